@@ -1,0 +1,7 @@
+"""``python -m metalearn_cli`` == ``metalearn`` (also the entry point for ``torchrun``)."""
+
+import sys
+
+from metalearn_cli.cli import main
+
+sys.exit(main())

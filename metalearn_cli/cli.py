@@ -1,0 +1,156 @@
+"""The Hydra edge: ``metalearn <subcommand> [overrides]``.
+
+Each subcommand is its own Hydra app with its own primary config (``configs/train.yaml``,
+``configs/eval.yaml``), so ``-m`` multirun, ``--help``, ``--cfg``, shell completion and launchers
+work unchanged. User errors (:class:`MetalearnError`, bad overrides, invalid values) become one
+line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from metalearn_cli import runner
+from metalearn_cli.errors import ConfigError, MetalearnError
+from metalearn_cli.schema import register_configs
+
+CONFIG_PATH = "pkg://metalearn_cli.configs"
+log = logging.getLogger("metalearn")
+
+USAGE = """\
+usage: metalearn <command> [key=value ...] [group=option ...] [hydra flags]
+
+Meta-learning experiments for few-shot image recognition, configured with Hydra.
+
+commands:
+  train     meta-train a meta-network on episodes, validate, test best.pt, write a run dir
+  eval      test a checkpoint on fixed tasks of any episode shape
+
+examples:
+  metalearn train                                    # ProtoNet on Omniglot 5-way 1-shot (embedded data, CPU ok)
+  metalearn train dataset=omniglot strategy=mgd episode=20way1shot trainer.iterations=2000 seed=3
+  metalearn train debug=smoke                        # seconds, on generated data
+  metalearn train -m seed=0,1,2                      # a multirun sweep: one run dir per job
+  metalearn train resume=outputs/train/<run>         # continue an interrupted run in its own dir
+  metalearn eval checkpoint=outputs/train/<run>/checkpoints/best.pt episode=5way5shot
+  metalearn train --help                             # config groups, options and the composed config
+  metalearn train --cfg job                          # print the composed config and exit
+
+Run dirs go to outputs/<command>/...; each holds .hydra/, checkpoints/, metrics.jsonl,
+tensorboard/ and results.json. Errors print one line and exit with code 2.
+"""
+
+
+def _run_job(job: Callable[[], float], run_dir: Path) -> Optional[float]:
+    """Run one job; record failures in the run dir. In a sweep a user error fails only this job."""
+    try:
+        return job()
+    except MetalearnError as exc:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(f"{exc}\n", encoding="utf-8")
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.error("job failed: %s", exc)
+            return None
+        raise
+    except Exception:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        raise
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+def train_app(cfg: DictConfig) -> Optional[float]:
+    """Returns the best validation accuracy: the objective a sweeper maximises."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    return _run_job(lambda: runner.train(cfg, run_dir), run_dir)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
+def eval_app(cfg: DictConfig) -> Optional[float]:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+    def job() -> float:
+        if OmegaConf.is_missing(cfg, "checkpoint"):
+            raise ConfigError("metalearn eval needs checkpoint=PATH (a best.pt/last.pt or a run dir)")
+        return runner.evaluate(cfg, run_dir)
+
+    return _run_job(job, run_dir)
+
+
+APPS: dict[str, Callable[[], Any]] = {"train": train_app, "eval": eval_app}
+
+
+def _resume_overrides(args: list[str]) -> list[str]:
+    """``resume=<run dir or checkpoint>`` continues in that run dir unless hydra.run.dir is given."""
+    if any(a.startswith("hydra.run.dir=") for a in args):
+        return args
+    for a in args:
+        if a.startswith("resume="):
+            value = a.split("=", 1)[1]
+            path = Path(value)
+            if value.lower() not in ("true", "false", "null", "none", "") and path.exists():
+                run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path.parent
+                return [*args, f"hydra.run.dir={run_dir}"]
+    return args
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error and of its cause: what is wrong, without the traceback."""
+    parts = []
+    for e in (exc, exc.__cause__):
+        if e is not None and str(e).strip():
+            line = str(e).strip().splitlines()[0].strip()
+            if line not in parts:
+                parts.append(line)
+    return ": ".join(parts) or exc.__class__.__name__
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point: dispatch to a subcommand's Hydra app; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in APPS:
+        print(f"metalearn: error: unknown command '{command}'; choose one of: {', '.join(APPS)} (see metalearn --help)",
+              file=sys.stderr)
+        return 2
+    register_configs()
+    # Let errors reach us instead of Hydra's multi-line report; we print one line for user errors.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    saved_argv = sys.argv
+    sys.argv = [f"metalearn {command}", *_resume_overrides(rest)]
+    try:
+        APPS[command]()
+    except runner.Interrupted as exc:
+        print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
+        return 130
+    except MetalearnError as exc:
+        print(f"metalearn {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"metalearn {command}: config error: {one_line(exc)} (see metalearn {command} --help)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metalearn {command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

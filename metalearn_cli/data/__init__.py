@@ -1,0 +1,51 @@
+"""Data sets as class-indexed image tensors split into train / val / test classes.
+
+Every data set registers in :data:`DATASETS` and builds a :class:`FewShotData`, whose three
+splits hold disjoint classes. Importing this package registers all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from metalearn_cli.episodes import ClassImages
+from metalearn_cli.errors import DataError
+from metalearn_cli.registry import Registry
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class FewShotData:
+    """A data set cut into disjoint class splits; ``name`` is used in messages."""
+
+    name: str
+    train: ClassImages
+    val: ClassImages
+    test: ClassImages
+
+    def __post_init__(self) -> None:
+        shapes = {tuple(s.images.shape[2:]) for s in (self.train, self.val, self.test)}
+        if len(shapes) != 1:
+            raise DataError(f"{self.name}: the splits have different image shapes {sorted(shapes)}")
+        seen: dict[str, str] = {}
+        for split_name in SPLITS:
+            for cls in self.split(split_name).class_names:
+                if cls in seen:
+                    raise DataError(f"{self.name}: class '{cls}' is in both the {seen[cls]} and {split_name} splits")
+                seen[cls] = split_name
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.images.shape[2:]
+        return int(c), int(h), int(w)
+
+    def split(self, name: str) -> ClassImages:
+        if name not in SPLITS:
+            raise DataError(f"unknown split '{name}'; choose one of: {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
+DATASETS: Registry[FewShotData] = Registry("dataset")
+
+from metalearn_cli.data import omniglot, synthetic  # noqa: E402,F401  (registers the data sets)

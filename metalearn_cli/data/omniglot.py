@@ -1,0 +1,295 @@
+"""Omniglot (Lake et al. 2015) at 28x28, offline by default.
+
+The package embeds all 1,623 characters x 20 drawings as one compressed uint8 array
+(``assets/omniglot/omniglot28.npz``, made by ``scripts/prepare_omniglot.py`` from the original
+archives), so ``dataset=omniglot`` needs no download. ``dataset.root`` reads the full-resolution
+``images_background`` / ``images_evaluation`` sets (zips or extracted folders, torchvision's
+layout) instead, and ``dataset.download=true`` fetches them with torchvision's ``Omniglot``.
+
+Protocols (``dataset.split``):
+- ``vinyals``: Vinyals et al. (2016) character split as used by Snell et al. (2017): 1028 / 172 /
+  423 characters, each rotated by 0/90/180/270 degrees into 4 classes.
+- ``lake``: background alphabets train, evaluation alphabets test (no rotations); the last five
+  background alphabets (sorted by name) are held out for validation.
+
+Pixels are inverted so strokes are bright on a zero background (zero padding then means "no ink").
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import io
+import os
+import tempfile
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.episodes import ClassImages
+from metalearn_cli.errors import DataError
+
+IMAGE_SIZE = 28
+SETS = ("images_background", "images_evaluation")
+LAKE_VAL_ALPHABETS = 5
+ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "omniglot"
+ASSET_NAME = "omniglot28.npz"
+CACHE_NAME = ".metalearn-omniglot28.npz"
+
+
+class OmniglotSplit(enum.Enum):
+    vinyals = "vinyals"
+    lake = "lake"
+
+
+@dataclass
+class OmniglotParams:
+    name: str = "omniglot"
+    split: OmniglotSplit = OmniglotSplit.vinyals
+    root: Optional[str] = None  # folder with images_background/_evaluation (.zip or folders); null = embedded copy
+    download: bool = False  # fetch the original archives into root with torchvision (needs a network)
+
+
+@dataclass(frozen=True)
+class OmniglotArrays:
+    """All characters of both sets: ``images[char, drawing]`` is 28x28 uint8, strokes bright."""
+
+    images: np.ndarray  # [n_chars, n_drawings, 28, 28] uint8
+    characters: list[str]  # "Alphabet/characterNN", sorted within each set
+    background: np.ndarray  # [n_chars] bool: True for images_background
+
+
+# ----------------------------------------------------------------------------- reading sources
+def _find_sources(root: Path) -> dict[str, Path]:
+    """Locate each set as ``<set>.zip`` or ``<set>/`` in ``root`` or ``root/omniglot-py``."""
+    found: dict[str, Path] = {}
+    for name in SETS:
+        for base in (root, root / "omniglot-py"):
+            if (base / name).is_dir():
+                found[name] = base / name
+                break
+            if (base / f"{name}.zip").is_file():
+                found[name] = base / f"{name}.zip"
+                break
+    missing = [s for s in SETS if s not in found]
+    if missing:
+        raise DataError(
+            f"Omniglot not found in {root}: missing {' and '.join(m + '(.zip)' for m in missing)}; put the original "
+            "archives there, pass dataset.download=true on a connected machine, or omit dataset.root to use the embedded copy"
+        )
+    return found
+
+
+def _members(source: Path, set_name: str) -> dict[str, list[str]]:
+    """Map 'Alphabet/characterNN' -> sorted PNG member paths of one set (zip or folder)."""
+    if source.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(source) as zf:
+                names = [n for n in zf.namelist() if n.lower().endswith(".png")]
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"cannot read {source}: {exc}; re-download or re-create the archive") from exc
+    else:
+        names = [str(p.relative_to(source.parent)).replace(os.sep, "/") for p in source.rglob("*.png")]
+    chars: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        parts = name.split("/")
+        if len(parts) != 4 or parts[0] != set_name:
+            raise DataError(f"unexpected file {name} in {source}: expected {set_name}/<Alphabet>/<character>/<image>.png")
+        chars[f"{parts[1]}/{parts[2]}"].append(name)
+    if not chars:
+        raise DataError(f"{source} holds no PNG images; expected {set_name}/<Alphabet>/<character>/<image>.png")
+    return {c: sorted(v) for c, v in sorted(chars.items())}
+
+
+def _fingerprint(sources: dict[str, Path]) -> str:
+    """Cheap identity of the source files, to know when a cached conversion is stale."""
+    h = hashlib.sha1()
+    for name, src in sorted(sources.items()):
+        paths = [src] if src.is_file() else sorted(src.rglob("*.png"))
+        for p in paths:
+            st = p.stat()
+            h.update(f"{name}:{p.relative_to(src.parent)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()
+
+
+def to_28(data: bytes, where: str) -> np.ndarray:
+    """Decode one PNG and resize it to 28x28 (Lanczos), strokes bright on black."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            small = img.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+    except Exception as exc:  # PIL raises many types for a corrupt file
+        raise DataError(f"cannot decode image {where}: {exc}; re-extract or re-download the data set") from exc
+    return 255 - np.asarray(small, dtype=np.uint8)
+
+
+def read_source(root: Path) -> OmniglotArrays:
+    """Read both full-resolution sets from ``root`` (zips or folders) into 28x28 arrays."""
+    sources = _find_sources(root)
+    images: list[np.ndarray] = []
+    characters: list[str] = []
+    background: list[bool] = []
+    per_char: Optional[int] = None
+    for set_name in SETS:
+        src = sources[set_name]
+        chars = _members(src, set_name)
+        zf = zipfile.ZipFile(src) if src.suffix == ".zip" else None
+        try:
+            for char, files in chars.items():
+                if per_char is None:
+                    per_char = len(files)
+                if len(files) != per_char or per_char < 2:
+                    raise DataError(
+                        f"{src}: character {char} has {len(files)} images but others have {per_char}; "
+                        "the set is incomplete, re-extract or re-download it"
+                    )
+                read = zf.read if zf is not None else (lambda n: (src.parent / n).read_bytes())
+                images.append(np.stack([to_28(read(f), f"{src}:{f}") for f in files]))
+                characters.append(char)
+                background.append(set_name == "images_background")
+        finally:
+            if zf is not None:
+                zf.close()
+    return OmniglotArrays(np.stack(images), characters, np.array(background))
+
+
+# ----------------------------------------------------------------------------- the array file
+def save_arrays(arrays: OmniglotArrays, path: Path, fingerprint: str = "") -> None:
+    """Write the arrays atomically as a compressed .npz."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(
+                f,
+                images=arrays.images,
+                characters=np.array(arrays.characters),
+                background=arrays.background,
+                fingerprint=np.array(fingerprint),
+            )
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the asset is shipped
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_arrays(path: Path | str) -> tuple[OmniglotArrays, str]:
+    """Read an array file written by :func:`save_arrays`; returns the arrays and their fingerprint."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = OmniglotArrays(z["images"], [str(c) for c in z["characters"]], z["background"].astype(bool))
+            fingerprint = str(z["fingerprint"]) if "fingerprint" in z else ""
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read the Omniglot array file {path}: {exc}; re-create it with scripts/prepare_omniglot.py") from exc
+    if arrays.images.ndim != 4 or arrays.images.dtype != np.uint8 or len(arrays.characters) != len(arrays.images):
+        raise DataError(f"{path} is not an Omniglot array file; re-create it with scripts/prepare_omniglot.py")
+    return arrays, fingerprint
+
+
+def _from_root(params: OmniglotParams) -> OmniglotArrays:
+    root = Path(params.root).expanduser()
+    if params.download:
+        _download(root)
+    sources = _find_sources(root)
+    fingerprint = _fingerprint(sources)
+    cache = root / CACHE_NAME
+    if cache.is_file():
+        try:
+            arrays, cached_fp = load_arrays(cache)
+            if cached_fp == fingerprint:
+                return arrays
+        except DataError:
+            pass  # a damaged cache is rebuilt below
+    arrays = read_source(root)
+    try:
+        save_arrays(arrays, cache, fingerprint)
+    except OSError:
+        pass  # a read-only root only costs the conversion next time
+    return arrays
+
+
+def _download(root: Path) -> None:
+    """Fetch the original archives with torchvision's own URLs and checksums."""
+    from torchvision.datasets import Omniglot
+
+    try:
+        for background in (True, False):
+            Omniglot(str(root), background=background, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise DataError(
+            f"could not download Omniglot into {root} ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "put images_background.zip and images_evaluation.zip there yourself, or omit dataset.root to use the embedded copy"
+        ) from exc
+
+
+# ----------------------------------------------------------------------------- splits
+def _split_lines(name: str) -> list[str]:
+    text = (ASSET_DIR / "splits" / "vinyals" / f"{name}.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _classes(arrays: OmniglotArrays, entries: list[tuple[str, int]], where: str) -> ClassImages:
+    """Stack (character, quarter-turns) classes into ``[classes, drawings, 1, 28, 28]``."""
+    index = {c: i for i, c in enumerate(arrays.characters)}
+    missing = [c for c, _ in entries if c not in index]
+    if missing:
+        raise DataError(
+            f"{where} lacks {len(set(missing))} characters of the split (e.g. {missing[0]}); "
+            "supply both complete sets, images_background and images_evaluation"
+        )
+    base = torch.from_numpy(arrays.images[[index[c] for c, _ in entries]]).unsqueeze(2)
+    turns = torch.tensor([k for _, k in entries])
+    out = base.clone()
+    for k in (1, 2, 3):
+        sel = turns == k
+        if sel.any():
+            out[sel] = torch.rot90(base[sel], k, dims=(-2, -1))
+    names = [c if k == 0 else f"{c}/rot{k * 90:03d}" for c, k in entries]
+    return ClassImages(out.contiguous(), names)
+
+
+def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str) -> FewShotData:
+    """Cut the characters into train / val / test classes by the chosen protocol."""
+    parts: dict[str, list[tuple[str, int]]] = {}
+    if split is OmniglotSplit.vinyals:
+        for part in ("train", "val", "test"):
+            entries = []
+            for line in _split_lines(part):
+                alphabet, character, rot = line.split("/")
+                entries.append((f"{alphabet}/{character}", int(rot[3:]) // 90))
+            parts[part] = entries
+    else:
+        bg = [c for c, b in zip(arrays.characters, arrays.background) if b]
+        alphabets = sorted({c.split("/")[0] for c in bg})
+        if len(alphabets) <= LAKE_VAL_ALPHABETS:
+            raise DataError(f"{where}: the lake split needs more than {LAKE_VAL_ALPHABETS} background alphabets")
+        val_alphabets = set(alphabets[-LAKE_VAL_ALPHABETS:])
+        parts["train"] = [(c, 0) for c in bg if c.split("/")[0] not in val_alphabets]
+        parts["val"] = [(c, 0) for c in bg if c.split("/")[0] in val_alphabets]
+        parts["test"] = [(c, 0) for c, b in zip(arrays.characters, arrays.background) if not b]
+        if not parts["test"]:
+            raise DataError(f"{where} has no images_evaluation characters for the lake test split")
+    splits = {p: _classes(arrays, e, where) for p, e in parts.items()}
+    return FewShotData(name="omniglot", train=splits["train"], val=splits["val"], test=splits["test"])
+
+
+@DATASETS.register("omniglot", params=OmniglotParams)
+def build_omniglot(params: OmniglotParams) -> FewShotData:
+    if params.root is None:
+        if params.download:
+            raise DataError("dataset.download=true needs dataset.root=DIR to download into")
+        asset = ASSET_DIR / ASSET_NAME
+        if not asset.is_file():
+            raise DataError(f"the embedded Omniglot file {asset} is missing; reinstall metalearn or run scripts/prepare_omniglot.py")
+        arrays, _ = load_arrays(str(asset))
+        return make_splits(arrays, params.split, "the embedded Omniglot")
+    return make_splits(_from_root(params), params.split, f"dataset.root={params.root}")

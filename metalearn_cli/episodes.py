@@ -1,0 +1,154 @@
+"""Meta-tasks (episodes): N-way K-shot support sets and their query sets, sampled in batches.
+
+The sampler is the one place that knows the layout of an episode; everything downstream reads
+the typed fields of :class:`EpisodeBatch`. Episodes come from a seeded CPU ``torch.Generator``,
+so the same seed gives the same episodes on every machine and device; the images stay resident
+(on the training device when it fits) and are gathered by index, with no per-step host copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from metalearn_cli.errors import DataError
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """``T`` tasks of ``n_way`` classes; support ``[T, S, C, H, W]`` with ``S = n_way * k_shot``."""
+
+    support_images: torch.Tensor  # [T, S, C, H, W] float in [0, 1]
+    support_labels: torch.Tensor  # [T, S] int64 in 0..n_way-1
+    query_images: torch.Tensor  # [T, Q, C, H, W], Q = n_way * n_query
+    query_labels: torch.Tensor  # [T, Q]
+    n_way: int
+    k_shot: int
+    n_query: int
+
+    @property
+    def tasks(self) -> int:
+        return self.support_images.shape[0]
+
+    def split_tasks(self) -> list["EpisodeBatch"]:
+        """One single-task batch per task (for per-task work such as transductive batch norm)."""
+        return [
+            EpisodeBatch(
+                self.support_images[t : t + 1], self.support_labels[t : t + 1],
+                self.query_images[t : t + 1], self.query_labels[t : t + 1],
+                self.n_way, self.k_shot, self.n_query,
+            )
+            for t in range(self.tasks)
+        ]
+
+
+@dataclass(frozen=True)
+class ClassImages:
+    """The images of one split, indexed by class: ``images[class, example]`` is ``[C, H, W]`` uint8."""
+
+    images: torch.Tensor  # [n_classes, n_per_class, C, H, W] uint8
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 5 or self.images.dtype != torch.uint8:
+            raise ValueError("ClassImages.images must be a uint8 tensor [classes, examples, C, H, W]")
+        if len(self.class_names) != self.images.shape[0]:
+            raise ValueError("one class name per class is needed")
+
+    @property
+    def n_classes(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def n_per_class(self) -> int:
+        return self.images.shape[1]
+
+    def to(self, device: torch.device) -> "ClassImages":
+        return ClassImages(self.images.to(device), self.class_names)
+
+
+def check_fits(split: ClassImages, split_name: str, dataset: str, n_way: int, k_shot: int, n_query: int) -> None:
+    """Raise a one-line :class:`DataError` if the split cannot supply these episodes."""
+    if n_way < 2 or k_shot < 1 or n_query < 1:
+        raise DataError(f"episodes need way >= 2, shot >= 1 and query >= 1 (got way={n_way}, shot={k_shot}, query={n_query})")
+    if n_way > split.n_classes:
+        raise DataError(
+            f"{n_way}-way episodes need {n_way} classes but the {split_name} split of {dataset} has "
+            f"{split.n_classes}; lower the way (episode=... or trainer.train_way=...)"
+        )
+    if k_shot + n_query > split.n_per_class:
+        raise DataError(
+            f"episodes need {k_shot + n_query} images per class (shot {k_shot} + query {n_query}) but the "
+            f"{split_name} split of {dataset} has {split.n_per_class}; lower episode.query or the shot"
+        )
+
+
+class EpisodeSampler:
+    """Draws batches of ``n_way``-``k_shot`` tasks with ``n_query`` queries per class from one split."""
+
+    def __init__(self, split: ClassImages, n_way: int, k_shot: int, n_query: int, seed: int) -> None:
+        self.split = split
+        self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        device = split.images.device
+        # Labels are fixed per episode shape: class i of a task is label i.
+        self._support_labels = torch.arange(n_way, device=device).repeat_interleave(k_shot)
+        self._query_labels = torch.arange(n_way, device=device).repeat_interleave(n_query)
+
+    def get_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+    def sample(self, tasks: int) -> EpisodeBatch:
+        """Sample ``tasks`` independent episodes (classes without replacement within a task)."""
+        g, split = self.generator, self.split
+        n, k, q = self.n_way, self.k_shot, self.n_query
+        # Drawn task by task so an episode depends only on the seed and its position in the
+        # stream, not on how many tasks are batched together.
+        picks = [
+            (
+                torch.rand(split.n_classes, generator=g).argsort()[:n],
+                torch.rand(n, split.n_per_class, generator=g).argsort(dim=1)[:, : k + q],
+            )
+            for _ in range(tasks)
+        ]
+        classes = torch.stack([c for c, _ in picks])  # [T, N]
+        examples = torch.stack([e for _, e in picks])  # [T, N, K+Q]
+        device = split.images.device
+        classes, examples = classes.to(device, non_blocking=True), examples.to(device, non_blocking=True)
+        images = split.images[classes[:, :, None], examples]  # [T, N, K+Q, C, H, W] uint8
+        images = images.to(torch.float32).div_(255.0)
+        shape = images.shape[3:]
+        return EpisodeBatch(
+            support_images=images[:, :, :k].reshape(tasks, n * k, *shape),
+            support_labels=self._support_labels.expand(tasks, -1),
+            query_images=images[:, :, k:].reshape(tasks, n * q, *shape),
+            query_labels=self._query_labels.expand(tasks, -1),
+            n_way=n,
+            k_shot=k,
+            n_query=q,
+        )
+
+    def fixed(self, episodes: int, batch_tasks: int) -> Iterator[EpisodeBatch]:
+        """The same ``episodes`` tasks on every call (evaluation): restarts from ``seed`` each time."""
+        saved = self.generator.get_state()
+        self.generator.manual_seed(self.seed)
+        try:
+            done = 0
+            while done < episodes:
+                tasks = min(batch_tasks, episodes - done)
+                yield self.sample(tasks)
+                done += tasks
+        finally:
+            self.generator.set_state(saved)
+
+
+def split_seed(seed: int, split: str) -> int:
+    """A stable per-split seed, so train/val/test episode streams never coincide."""
+    offsets = {"train": 0, "val": 1, "test": 2}
+    return (seed * 1_000_003 + offsets[split] * 7_919) % (2**63 - 1)

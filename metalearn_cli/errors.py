@@ -1,0 +1,21 @@
+"""User-facing errors: each carries one line saying what is wrong and how to fix it.
+
+The CLI turns a :class:`MetalearnError` into that line and exit code 2; any other exception is
+a bug and keeps its traceback.
+"""
+
+
+class MetalearnError(Exception):
+    """A problem the user can fix (bad config, missing data, unreadable checkpoint)."""
+
+
+class ConfigError(MetalearnError):
+    """A config value is invalid or two choices do not fit together."""
+
+
+class DataError(MetalearnError):
+    """A data set is missing, incomplete or too small for the requested episodes."""
+
+
+class CheckpointError(MetalearnError):
+    """A checkpoint is missing, corrupt, foreign or from an incompatible version."""

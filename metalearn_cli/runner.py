@@ -1,0 +1,360 @@
+"""Training and evaluation runs: ``train(cfg, run_dir)`` and ``evaluate(cfg, run_dir)``.
+
+Hydra-free: both take a composed config and a run directory, so tests call them directly. The
+training loop is shared by every strategy; per-step work stays on the device (metrics are
+accumulated as tensors and read back only every ``trainer.log_every`` meta-iterations).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from metalearn_cli.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.episodes import EpisodeSampler, check_fits, split_seed
+from metalearn_cli.errors import CheckpointError, ConfigError, MetalearnError
+from metalearn_cli.metrics import MetricsLog
+from metalearn_cli.model import batch_norm_mode, build_meta_model
+from metalearn_cli.optimizers import OPTIMIZERS, build_schedule
+from metalearn_cli.schema import EvalConfig, TrainConfig
+from metalearn_cli.strategies import STRATEGIES, Strategy, query_accuracy
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(MetalearnError):
+    """Training stopped by SIGINT/SIGTERM after saving ``last.pt``."""
+
+
+# ----------------------------------------------------------------------------- set-up
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _setup(cfg: Any) -> torch.device:
+    if cfg.threads is not None:
+        if cfg.threads < 1:
+            raise ConfigError("threads must be >= 1 or null")
+        torch.set_num_threads(cfg.threads)
+    return resolve_device(cfg.device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def validate_train_config(cfg: Any) -> DictConfig:
+    """Check a plain or composed config against :class:`TrainConfig` (used for checkpoints' configs)."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+    except Exception as exc:
+        raise ConfigError(f"invalid run config: {str(exc).splitlines()[0]}") from exc
+
+
+@dataclass
+class Shapes:
+    """Episode shapes: training tasks may have more ways / other queries than evaluation tasks."""
+
+    way: int
+    shot: int
+    query: int
+    train_way: int
+    train_query: int
+
+    @classmethod
+    def of(cls, cfg: Any) -> "Shapes":
+        e, t = cfg.episode, cfg.trainer
+        return cls(e.way, e.shot, e.query, t.train_way or e.way, t.train_query or e.query)
+
+
+def build_strategy(cfg: Any, data: FewShotData, device: torch.device) -> Strategy:
+    """Meta-network + strategy for ``cfg``, on ``device``, with the configured kernels."""
+    model = build_meta_model(cfg, data.image_shape)
+    strategy = STRATEGIES.build(cfg.strategy, model=model)
+    strategy.check_compatible()
+    strategy.to(device)
+    model.use_channels_last(cfg.trainer.channels_last)
+    return strategy
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_tasks(strategy: Strategy, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str) -> torch.Tensor:
+    """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks."""
+    if episodes < 1 or batch_tasks < 1:
+        raise ConfigError("eval.episodes, eval.batch_tasks and trainer.val_episodes must be >= 1")
+    accs = []
+    with batch_norm_mode(strategy.model, bn_mode):
+        for batch in sampler.fixed(episodes, batch_tasks):
+            # Transductive statistics must come from one task at a time, never a mix of tasks.
+            parts = batch.split_tasks() if bn_mode == "transductive" else [batch]
+            for part in parts:
+                logits = strategy.predict(part)
+                accs.append(query_accuracy(logits.detach(), part.query_labels))
+    return torch.cat(accs).cpu()
+
+
+def summarize(accs: torch.Tensor) -> dict[str, float]:
+    """Mean accuracy and its 95% confidence half-width, 1.96 * std / sqrt(n)."""
+    n = accs.numel()
+    std = accs.std(unbiased=True).item() if n > 1 else 0.0
+    return {"accuracy": accs.mean().item(), "ci95": 1.96 * std / math.sqrt(n), "episodes": n}
+
+
+def test_checkpoint(
+    strategy: Strategy, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: EvalConfig | Any,
+    seed: int, device: torch.device,
+) -> dict[str, Any]:
+    """Accuracy on fixed tasks of ``split``: the one code path behind train's and eval's results.json."""
+    way, shot, query = shapes
+    classes = data.split(split)
+    check_fits(classes, split, data.name, way, shot, query)
+    sampler = EpisodeSampler(classes.to(device), way, shot, query, split_seed(seed, split))
+    bn_mode = eval_cfg.bn_mode.value if hasattr(eval_cfg.bn_mode, "value") else str(eval_cfg.bn_mode)
+    start = time.perf_counter()
+    accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode)
+    seconds = time.perf_counter() - start
+    return {
+        **summarize(accs),
+        "split": split, "way": way, "shot": shot, "query": query, "bn_mode": bn_mode, "seed": seed,
+        "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- training
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[dict[str, Optional[str]]]:
+    """SIGINT/SIGTERM set a flag checked between meta-iterations, so a checkpoint can be saved."""
+    flag: dict[str, Optional[str]] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["signal"] is not None:  # a second request: stop now
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _resume_path(resume: Optional[str], run_dir: Path) -> Optional[Path]:
+    if resume is None or str(resume).lower() in ("false", "none", "null", ""):
+        return None
+    if str(resume).lower() == "true":
+        path = run_dir / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"resume=true but {path} does not exist; pass resume=<run dir or checkpoint> or drop resume")
+        return path
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+    return path
+
+
+def train(cfg: Any, run_dir: Path) -> float:
+    """Meta-train, validate, test ``best.pt``; writes the run dir; returns the best validation accuracy."""
+    wall_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    device = _setup(cfg)
+    shapes = Shapes.of(cfg)
+    t = cfg.trainer
+    if t.iterations < 1 or t.meta_batch < 1 or t.val_every < 1 or t.checkpoint_every < 1 or t.log_every < 1:
+        raise ConfigError("trainer.iterations, meta_batch, val_every, checkpoint_every and log_every must be >= 1")
+    resume = _resume_path(cfg.resume, run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if resume is None and (ckpt_dir / "last.pt").exists():
+        raise ConfigError(f"{run_dir} already holds checkpoints; pass resume=true to continue it, or use a new run dir")
+
+    seed_everything(cfg.seed)
+    data = DATASETS.build(cfg.dataset)
+    check_fits(data.train, "train", data.name, shapes.train_way, shapes.shot, shapes.train_query)
+    check_fits(data.val, "val", data.name, shapes.way, shapes.shot, shapes.query)
+    check_fits(data.test, "test", data.name, shapes.way, shapes.shot, shapes.query)
+    strategy = build_strategy(cfg, data, device)
+    optimizer = OPTIMIZERS.build(cfg.optimizer, parameters=list(strategy.parameters()))
+    schedule = build_schedule(OPTIMIZERS.params_of(cfg.optimizer).schedule, optimizer, t.iterations)
+    train_sampler = EpisodeSampler(data.train.to(device), shapes.train_way, shapes.shot, shapes.train_query,
+                                   split_seed(cfg.seed, "train"))
+    val_sampler = EpisodeSampler(data.val.to(device), shapes.way, shapes.shot, shapes.query, split_seed(cfg.seed, "val"))
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    config["resume"] = None  # a saved config describes the run, not how it was started
+
+    step, best_val, best_step, train_seconds = 0, -1.0, -1, 0.0
+    if resume is not None:
+        state = load_checkpoint(resume)
+        _check_same_run(state["config"], config, resume)
+        try:
+            strategy.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"{resume} does not match this run's meta-network: {str(exc).splitlines()[0][:160]}") from exc
+        train_sampler.set_state(state["sampler"])
+        restore_rng(state["rng"])
+        step, best_val, best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
+        train_seconds = float(state.get("train_seconds", 0.0))
+        log.info("resuming %s at meta-iteration %d (best val %.4f at %d)", resume, step, best_val, best_step)
+
+    session_start, seconds_before = time.perf_counter(), train_seconds
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "config": config, "model": strategy.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "step": step, "best_val": best_val, "best_step": best_step,
+            "sampler": train_sampler.get_state(), "rng": capture_rng(),
+            "train_seconds": seconds_before + time.perf_counter() - session_start,
+        }
+
+    metrics = MetricsLog(run_dir, resume_step=step if resume is not None else None)
+    sums: dict[str, torch.Tensor] = {}
+    window_start, window_steps = time.perf_counter(), 0
+    bar = tqdm(total=t.iterations, initial=step, disable=not t.progress, unit="it", dynamic_ncols=True, desc="meta-train")
+    try:
+        with _stop_requests() as stop:
+            strategy.train()
+            while step < t.iterations:
+                batch = train_sampler.sample(t.meta_batch)
+                out = strategy.meta_train_step(batch, optimizer)
+                schedule.step()
+                step += 1
+                window_steps += 1
+                for k, v in out.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                bar.update(1)
+                if step % t.log_every == 0 or step == t.iterations:
+                    values = {k: v.item() / window_steps for k, v in sums.items()}  # the only host sync
+                    values["lr"] = optimizer.param_groups[0]["lr"]
+                    values["tasks_per_s"] = window_steps * t.meta_batch / max(time.perf_counter() - window_start, 1e-9)
+                    metrics.log(step, "train", values)
+                    bar.set_postfix(loss=f"{values['loss']:.3f}", acc=f"{values['accuracy']:.3f}",
+                                    tasks_s=f"{values['tasks_per_s']:.0f}")
+                    sums, window_steps = {}, 0
+                    window_start = time.perf_counter()
+                paused = time.perf_counter()
+                if step % t.val_every == 0 or step == t.iterations:
+                    val = summarize(evaluate_tasks(strategy, val_sampler, t.val_episodes, cfg.eval.batch_tasks, "running"))
+                    metrics.log(step, "val", val)
+                    log.info("step %d: val accuracy %.4f ± %.4f", step, val["accuracy"], val["ci95"])
+                    if val["accuracy"] > best_val:
+                        best_val, best_step = val["accuracy"], step
+                        save_checkpoint(ckpt_dir / "best.pt", snapshot())
+                if step % t.checkpoint_every == 0 or step == t.iterations or stop["signal"]:
+                    save_checkpoint(ckpt_dir / "last.pt", snapshot())
+                window_start += time.perf_counter() - paused  # tasks/s counts meta-training only
+                if stop["signal"]:
+                    raise Interrupted(
+                        f"{stop['signal']} at meta-iteration {step}/{t.iterations}; saved {ckpt_dir / 'last.pt'}; "
+                        f"continue with: metalearn train resume={run_dir}"
+                    )
+    finally:
+        bar.close()
+        metrics.close()
+    train_seconds = seconds_before + time.perf_counter() - session_start
+
+    # Test what validation chose, read back from disk: `metalearn eval` on best.pt gives the same numbers.
+    best = load_checkpoint(ckpt_dir / "best.pt")
+    strategy.load_state_dict(best["model"])
+    result = test_checkpoint(strategy, data, "test", (shapes.way, shapes.shot, shapes.query), cfg.eval, cfg.seed, device)
+    result.update({
+        "checkpoint": "checkpoints/best.pt", "best_step": best_step, "val_accuracy": best_val,
+        "iterations": t.iterations, "meta_batch": t.meta_batch, "train_way": shapes.train_way,
+        "train_query": shapes.train_query, "train_seconds": round(train_seconds, 2),
+        "train_tasks_per_s": round(t.iterations * t.meta_batch / max(train_seconds, 1e-9), 2),
+        "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
+        "torch": torch.__version__, "dataset": data.name,
+    })
+    write_json(run_dir / "results.json", result)
+    log.info("test accuracy %.2f%% ± %.2f%% over %d %d-way %d-shot tasks (best val %.2f%% at step %d); %s",
+             100 * result["accuracy"], 100 * result["ci95"], result["episodes"], shapes.way, shapes.shot,
+             100 * best_val, best_step, run_dir)
+    return best_val
+
+
+def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Resuming continues *the same* run: only bookkeeping keys may differ."""
+    free = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
+            "trainer.checkpoint_every", "trainer.iterations", "eval"}
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out
+
+    a, b = flat(saved), flat(current)
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in free)]
+    if diff:
+        raise CheckpointError(
+            f"{path} was trained with another config ({', '.join(f'{k}={a.get(k)!r}' for k in diff[:3])}); "
+            "resume with the same settings, or start a new run"
+        )
+
+
+# ----------------------------------------------------------------------------- `metalearn eval`
+def evaluate(cfg: Any, run_dir: Path) -> float:
+    """Test a checkpoint on fixed tasks; writes ``results.json`` into ``run_dir``; returns accuracy."""
+    wall_start = time.perf_counter()
+    device = _setup(cfg)
+    state = load_checkpoint(cfg.checkpoint)
+    train_cfg = validate_train_config(state["config"])
+    episode = cfg.episode if cfg.episode is not None else train_cfg.episode
+    seed = cfg.seed if cfg.seed is not None else train_cfg.seed
+    if cfg.split not in ("test", "val"):
+        raise ConfigError(f"split={cfg.split} is not an evaluation split; use test or val")
+    data = DATASETS.build(train_cfg.dataset)
+    strategy = build_strategy(train_cfg, data, device)
+    try:
+        strategy.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{cfg.checkpoint} does not match its own config's meta-network: {str(exc).splitlines()[0][:160]}") from exc
+    result = test_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), cfg.eval, seed, device)
+    result.update({
+        "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": int(state["step"]),
+        "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
+        "torch": torch.__version__, "dataset": data.name,
+    })
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(run_dir) / "results.json", result)
+    log.info("%s accuracy %.2f%% ± %.2f%% over %d %d-way %d-shot tasks; %s", cfg.split, 100 * result["accuracy"],
+             100 * result["ci95"], result["episodes"], episode.way, episode.shot, run_dir)
+    return result["accuracy"]
