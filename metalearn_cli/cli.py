@@ -53,6 +53,14 @@ tensorboard/ and results.json. Errors print one line and exit with code 2.
 """
 
 
+class _JobFailed(BaseException):
+    """Carries a single run's user error past Hydra, which would add its own report to an Exception."""
+
+    def __init__(self, error: MetalearnError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _run_job(job: Callable[[], float], run_dir: Path) -> Optional[float]:
     """Run one job; record failures in the run dir. In a sweep a user error fails only this job."""
     try:
@@ -63,7 +71,7 @@ def _run_job(job: Callable[[], float], run_dir: Path) -> Optional[float]:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed: %s", exc)
             return None
-        raise
+        raise _JobFailed(exc) from exc
     except Exception:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
@@ -114,6 +122,9 @@ def one_line(exc: BaseException) -> str:
             line = str(e).strip().splitlines()[0].strip()
             if line not in parts:
                 parts.append(line)
+    options = getattr(exc, "options", None)  # MissingConfigException lists a group's valid options
+    if options:
+        parts.append(f"choose one of: {', '.join(options)}")
     return ": ".join(parts) or exc.__class__.__name__
 
 
@@ -130,11 +141,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     register_configs()
     # Let errors reach us instead of Hydra's multi-line report; we print one line for user errors.
+    saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    saved_argv = sys.argv
     sys.argv = [f"metalearn {command}", *_resume_overrides(rest)]
     try:
-        APPS[command]()
+        try:
+            APPS[command]()
+        except _JobFailed as failed:
+            raise failed.error from None
     except runner.Interrupted as exc:
         print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
         return 130
@@ -149,6 +163,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     finally:
         sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
     return 0
 
 

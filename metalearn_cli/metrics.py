@@ -14,6 +14,7 @@ class MetricsLog:
     """Appends ``{"step", "split", ...}`` records; on resume drops records past the resumed step."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)

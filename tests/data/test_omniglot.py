@@ -1,0 +1,152 @@
+"""Omniglot: the prepare script on a small generated archive in the original layout, reading
+user folders and zips, the structure checks, and the protocols on the embedded copy."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metalearn_cli.data import DATASETS, omniglot
+from metalearn_cli.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def png(seed: int) -> bytes:
+    """A 105x105 1-bit drawing like Omniglot's: black strokes on white."""
+    rng = np.random.default_rng(seed)
+    pixels = np.ones((105, 105), dtype=bool)
+    r, c = rng.integers(10, 80, size=2)
+    pixels[r : r + 20, c : c + 4] = False
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert("1").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_omniglot(root: Path, background=(("Alpha", 2), ("Beta", 1)), evaluation=(("Gamma", 2),), drawings=4,
+                  as_zip=True, skip=None) -> Path:
+    """Write images_background / images_evaluation in torchvision's layout (zips or folders)."""
+    root.mkdir(parents=True, exist_ok=True)
+    char_id = 0
+    for set_name, alphabets in (("images_background", background), ("images_evaluation", evaluation)):
+        files = {}
+        for alphabet, n_chars in alphabets:
+            for c in range(1, n_chars + 1):
+                char_id += 1
+                for d in range(1, drawings + 1):
+                    name = f"{set_name}/{alphabet}/character{c:02d}/{char_id:04d}_{d:02d}.png"
+                    if name != skip:
+                        files[name] = png(char_id * 100 + d)
+        if as_zip:
+            with zipfile.ZipFile(root / f"{set_name}.zip", "w") as zf:
+                for name, data in sorted(files.items()):
+                    zf.writestr(name, data)
+        else:
+            for name, data in files.items():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).write_bytes(data)
+    return root
+
+
+def load_prepare_script():
+    spec = importlib.util.spec_from_file_location("prepare_omniglot", ROOT / "scripts" / "prepare_omniglot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prepare_script_converts_a_generated_archive(tmp_path, capsys):
+    src = make_omniglot(tmp_path / "src")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("Alpha/character01/rot000\n")
+    out = tmp_path / "out" / "omniglot28.npz"
+    assert load_prepare_script().main([str(src), "--out", str(out), "--splits", str(splits)]) == 0
+    assert "5 characters (3 background, 2 evaluation) x 4 drawings" in capsys.readouterr().out
+    arrays, _ = omniglot.load_arrays(out)
+    assert arrays.images.shape == (5, 4, 28, 28) and arrays.images.dtype == np.uint8
+    assert arrays.characters == ["Alpha/character01", "Alpha/character02", "Beta/character01",
+                                 "Gamma/character01", "Gamma/character02"]
+    assert arrays.background.tolist() == [True, True, True, False, False]
+    # Inverted: background is dark, the stroke bright.
+    assert arrays.images[0, 0, 0, 0] == 0 and arrays.images[0, 0].max() > 200
+    assert (out.parent / "splits" / "vinyals" / "train.txt").read_text() == "Alpha/character01/rot000\n"
+
+
+def test_prepare_script_reports_a_missing_source(tmp_path, capsys):
+    assert load_prepare_script().main([str(tmp_path), "--out", str(tmp_path / "o.npz")]) == 2
+    assert "missing images_background" in capsys.readouterr().err
+
+
+def test_folders_and_zips_read_the_same(tmp_path):
+    from_zip = omniglot.read_source(make_omniglot(tmp_path / "z"))
+    from_dir = omniglot.read_source(make_omniglot(tmp_path / "d" / "omniglot-py", as_zip=False).parent)
+    assert from_zip.characters == from_dir.characters
+    assert np.array_equal(from_zip.images, from_dir.images)
+
+
+def test_an_incomplete_character_is_refused(tmp_path):
+    root = make_omniglot(tmp_path, skip="images_background/Beta/character01/0003_02.png")
+    with pytest.raises(DataError, match="Beta/character01 has 3 images but others have 4"):
+        omniglot.read_source(root)
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    root = make_omniglot(tmp_path, as_zip=False)
+    bad = root / "images_evaluation" / "Gamma" / "character02" / "0005_01.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot decode image .*0005_01.png"):
+        omniglot.read_source(root)
+
+
+def test_a_foreign_layout_is_refused(tmp_path):
+    root = make_omniglot(tmp_path, as_zip=False)
+    (root / "images_background" / "stray.png").write_bytes(png(0))
+    with pytest.raises(DataError, match="unexpected file"):
+        omniglot.read_source(root)
+
+
+def test_root_with_lake_split_and_cache(tmp_path):
+    background = tuple((f"A{i}", 1) for i in range(7))
+    root = make_omniglot(tmp_path, background=background, evaluation=(("E", 3),))
+    data = DATASETS.build({"name": "omniglot", "split": "lake", "root": str(root)})
+    assert (data.train.n_classes, data.val.n_classes, data.test.n_classes) == (2, 5, 3)
+    assert data.image_shape == (1, 28, 28) and data.train.n_per_class == 4
+    assert (root / omniglot.CACHE_NAME).is_file()
+    again = DATASETS.build({"name": "omniglot", "split": "lake", "root": str(root)})
+    assert np.array_equal(again.test.images.numpy(), data.test.images.numpy())
+
+
+def test_vinyals_split_needs_every_character(tmp_path):
+    root = make_omniglot(tmp_path)
+    with pytest.raises(DataError, match="lacks .* characters of the split"):
+        DATASETS.build({"name": "omniglot", "split": "vinyals", "root": str(root)})
+
+
+def test_download_needs_a_root():
+    with pytest.raises(DataError, match="needs dataset.root"):
+        DATASETS.build({"name": "omniglot", "download": True})
+
+
+def test_embedded_vinyals_split_matches_the_protocol():
+    data = DATASETS.build({"name": "omniglot"})
+    assert (data.train.n_classes, data.val.n_classes, data.test.n_classes) == (4 * 1028, 4 * 172, 4 * 423)
+    assert data.image_shape == (1, 28, 28) and data.train.n_per_class == 20
+    # Rotated classes are the base character turned by 90 degrees.
+    names = data.train.class_names
+    base, turned = names.index("Angelic/character01"), names.index("Angelic/character01/rot090")
+    import torch
+
+    assert torch.equal(torch.rot90(data.train.images[base], 1, dims=(-2, -1)), data.train.images[turned])
+
+
+def test_embedded_lake_split_uses_background_and_evaluation_alphabets():
+    data = DATASETS.build({"name": "omniglot", "split": "lake"})
+    assert data.train.n_classes + data.val.n_classes == 964
+    assert data.test.n_classes == 659

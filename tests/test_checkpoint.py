@@ -1,0 +1,45 @@
+import argparse
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from metalearn_cli.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from metalearn_cli.errors import CheckpointError
+
+
+def test_round_trip_with_weights_only_and_no_temp_files(tmp_path):
+    path = tmp_path / "ckpt" / "last.pt"
+    save_checkpoint(path, {"config": {"a": 1}, "model": {"w": torch.ones(2)}, "step": 3, "rng": capture_rng()})
+    state = load_checkpoint(path)
+    assert state["step"] == 3 and state["format"] == "metalearn-checkpoint" and state["version"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_rng_states_restore_exactly():
+    state = capture_rng()
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
+
+
+def test_corrupt_truncated_foreign_and_future_files_are_refused(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"config": {}, "model": {}, "step": 1})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00\x01 definitely not a checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    future = tmp_path / "future.pt"
+    torch.save({"format": "metalearn-checkpoint", "version": 99, "config": {}, "model": {}, "step": 0}, future)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"format": "metalearn-checkpoint", "obj": argparse.Namespace(a=1)}, unsafe)
+    for path, match in [(truncated, "not a readable"), (garbage, "not a readable"), (foreign, "not a metalearn checkpoint"),
+                        (future, "newer than this metalearn"), (unsafe, "not a readable"),
+                        (tmp_path / "nope.pt", "does not exist"), (tmp_path, "holds no checkpoints")]:
+        with pytest.raises(CheckpointError, match=match):
+            load_checkpoint(path)

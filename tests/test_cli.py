@@ -1,0 +1,108 @@
+"""The installed command: usage, help, a real smoke run, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metalearn_cli.cli import main
+
+EXE = shutil.which("metalearn") or str(Path(sys.executable).parent / "metalearn")
+SMOKE = ["debug=smoke", "trainer.iterations=4", "trainer.val_every=2", "trainer.val_episodes=4", "eval.episodes=8",
+         "device=cpu", "encoder.width=16"]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([EXE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_bare_command_prints_usage_with_examples(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "metalearn train" in out and "metalearn eval checkpoint=" in out
+
+
+def test_unknown_command_is_one_line(capsys):
+    assert main(["fly"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown command 'fly'" in err
+
+
+def test_installed_cli_trains_then_evaluates(tmp_path):
+    train = run_cli("train", *SMOKE, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    ev = run_cli("eval", f"checkpoint={tmp_path / 'run'}", "eval.episodes=8", "eval.batch_tasks=20",
+                 f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["accuracy"] == results["accuracy"]
+
+
+def test_default_run_dir_is_named_by_task_and_choices(tmp_path):
+    proc = run_cli("train", *SMOKE, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (tmp_path / "outputs" / "train").iterdir()
+    assert run.name == "synthetic-conv4-prototype-mgd-5way1shot"
+
+
+def test_help_names_the_subcommand_and_lists_groups(tmp_path):
+    proc = run_cli("train", "--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("metalearn train:")
+    for group in ("dataset", "encoder", "decoder", "strategy", "optimizer", "episode"):
+        assert f"{group}:" in proc.stdout
+    job = run_cli("train", "--cfg", "job", cwd=tmp_path)
+    assert job.returncode == 0 and "train_way:" in job.stdout
+    assert run_cli("eval", "--help", cwd=tmp_path).stdout.startswith("metalearn eval:")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "encoder.width=abc"], "could not be converted to Integer"),
+        (["train", "encoder.depth=3"], "Key 'depth' not in 'Conv4Params'"),
+        (["train", "encoder=resnet99"], "choose one of: conv4"),
+        (["train", "debug=smoke", "episode.way=60"], "60-way episodes need 60 classes"),
+        (["train", "debug=smoke", "episode=5way5shot", "episode.query=20"], "need 25 images per class"),
+        (["train", "dataset.root=/nonexistent/omniglot"], "Omniglot not found in /nonexistent/omniglot"),
+        (["eval"], "needs checkpoint=PATH"),
+        (["eval", "checkpoint=/nonexistent.pt"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, needle):
+    code = main([*args, f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert needle in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
+
+
+def test_corrupt_and_foreign_checkpoints_through_the_installed_cli(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 broken")
+    foreign = tmp_path / "foreign.pt"
+    import torch
+
+    torch.save({"weights": torch.zeros(1)}, foreign)
+    for path, needle in ((corrupt, "not a readable metalearn checkpoint"), (foreign, "not a metalearn checkpoint")):
+        proc = run_cli("eval", f"checkpoint={path}", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
+        assert proc.returncode == 2 and needle in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert corrupt.read_bytes() == b"PK\x03\x04 broken"  # nothing is deleted
+
+
+def test_multirun_records_a_failing_job_and_goes_on(tmp_path):
+    proc = run_cli("train", "-m", *SMOKE, "episode.way=5,60", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    jobs = sorted((tmp_path / "sweep").iterdir())
+    jobs = [j for j in jobs if j.is_dir() and not j.name.startswith(".")]
+    assert len(jobs) == 2
+    assert (jobs[0] / "results.json").is_file()
+    assert "60-way episodes need 60 classes" in (jobs[1] / "error.txt").read_text()

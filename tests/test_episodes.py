@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from metalearn_cli.episodes import ClassImages, EpisodeSampler, check_fits, split_seed
+from metalearn_cli.errors import DataError
+
+
+def make_split(classes: int = 12, per_class: int = 6) -> ClassImages:
+    # Each image encodes (class, example) in two pixels, so episodes can be decoded exactly.
+    images = torch.zeros(classes, per_class, 1, 4, 4, dtype=torch.uint8)
+    for c in range(classes):
+        for e in range(per_class):
+            images[c, e, 0, 0, 0] = c
+            images[c, e, 0, 0, 1] = e
+    return ClassImages(images, [f"c{i}" for i in range(classes)])
+
+
+def decode(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = (images * 255).round().long()
+    return raw[..., 0, 0, 0], raw[..., 0, 0, 1]
+
+
+def test_episode_shapes_labels_and_structure():
+    sampler = EpisodeSampler(make_split(), n_way=5, k_shot=2, n_query=3, seed=0)
+    batch = sampler.sample(4)
+    assert batch.support_images.shape == (4, 10, 1, 4, 4)
+    assert batch.query_images.shape == (4, 15, 1, 4, 4)
+    assert batch.tasks == 4 and (batch.n_way, batch.k_shot, batch.n_query) == (5, 2, 3)
+    for t in range(4):
+        s_cls, s_ex = decode(batch.support_images[t])
+        q_cls, q_ex = decode(batch.query_images[t])
+        assert sorted(set(batch.support_labels[t].tolist())) == list(range(5))
+        assert torch.equal(torch.bincount(batch.query_labels[t]), torch.full((5,), 3))
+        for label in range(5):
+            classes = set(s_cls[batch.support_labels[t] == label].tolist()) | set(q_cls[batch.query_labels[t] == label].tolist())
+            assert len(classes) == 1  # one class per label, support and query agree
+        assert len(set(s_cls.tolist())) == 5  # five distinct classes
+        pairs = list(zip(s_cls.tolist(), s_ex.tolist())) + list(zip(q_cls.tolist(), q_ex.tolist()))
+        assert len(set(pairs)) == len(pairs)  # no image is both support and query
+
+
+def test_same_seed_same_episodes_independent_of_batching():
+    a = EpisodeSampler(make_split(), 5, 1, 2, seed=3)
+    b = EpisodeSampler(make_split(), 5, 1, 2, seed=3)
+    one = a.sample(6)
+    parts = [b.sample(2) for _ in range(3)]
+    assert torch.equal(one.support_images, torch.cat([p.support_images for p in parts]))
+    assert torch.equal(one.query_images, torch.cat([p.query_images for p in parts]))
+    c = EpisodeSampler(make_split(), 5, 1, 2, seed=4)
+    assert not torch.equal(one.support_images, c.sample(6).support_images)
+
+
+def test_fixed_episodes_repeat_and_leave_the_stream_alone():
+    sampler = EpisodeSampler(make_split(), 5, 1, 2, seed=1)
+    first = torch.cat([b.support_images for b in sampler.fixed(7, 3)])
+    sampler.sample(5)
+    second = torch.cat([b.support_images for b in sampler.fixed(7, 4)])
+    assert first.shape[0] == 7 and torch.equal(first, second)
+    state = sampler.get_state()
+    list(sampler.fixed(3, 3))
+    assert torch.equal(state, sampler.get_state())
+
+
+def test_split_seeds_differ_per_split():
+    assert len({split_seed(0, s) for s in ("train", "val", "test")}) == 3
+
+
+@pytest.mark.parametrize(
+    "way,shot,query,match",
+    [(13, 1, 1, "13-way episodes need 13 classes"), (5, 4, 3, "need 7 images per class"), (1, 1, 1, "way >= 2")],
+)
+def test_check_fits_explains_the_fix(way, shot, query, match):
+    with pytest.raises(DataError, match=match):
+        check_fits(make_split(), "train", "toy", way, shot, query)

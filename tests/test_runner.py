@@ -1,0 +1,141 @@
+"""The runner end to end on generated data: run dir contents, train -> eval equality, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_config
+from metalearn_cli import runner
+from metalearn_cli.checkpoint import load_checkpoint
+from metalearn_cli.errors import CheckpointError, ConfigError, DataError
+
+
+def test_train_writes_a_complete_run_dir(compose_train, run_dir):
+    best_val = runner.train(compose_train(), run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert 0.0 <= best_val <= 1.0 and results["val_accuracy"] == best_val
+    assert results["episodes"] == 10 and results["split"] == "test" and results["bn_mode"] == "running"
+    assert 0.0 <= results["accuracy"] <= 1.0 and results["ci95"] >= 0.0 and results["seed"] == 0
+    assert results["train_seconds"] > 0 and results["wall_seconds"] >= results["train_seconds"]
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
+    assert any((run_dir / "tensorboard").iterdir())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == [2, 4, 6]
+    assert [r["step"] for r in records if r["split"] == "val"] == [3, 6]
+    assert all(r["grad_norm"] > 0 and r["tasks_per_s"] > 0 for r in records if r["split"] == "train")
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["step"] == 6 and last["config"]["trainer"]["iterations"] == 6
+
+
+def test_synthetic_training_beats_chance_clearly(compose_train, run_dir):
+    cfg = compose_train("trainer.iterations=30", "trainer.val_every=30", "trainer.checkpoint_every=30",
+                        "eval.episodes=40", "encoder.width=32")
+    runner.train(cfg, run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["accuracy"] > 0.6  # chance is 0.2 for 5-way
+
+
+def test_eval_of_best_checkpoint_reproduces_results_exactly(compose_train, run_dir, tmp_path):
+    runner.train(compose_train(), run_dir)
+    cfg = compose_config("eval", [f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "device=cpu",
+                                  "eval.episodes=10", "eval.batch_tasks=4"])
+    accuracy = runner.evaluate(cfg, tmp_path / "eval")
+    ours, theirs = (json.loads(p.read_text()) for p in (run_dir / "results.json", tmp_path / "eval" / "results.json"))
+    for key in ("accuracy", "ci95", "episodes", "way", "shot", "query", "seed", "bn_mode"):
+        assert ours[key] == theirs[key], key
+    assert accuracy == ours["accuracy"]
+
+
+def test_eval_on_another_shape_and_a_run_dir(compose_train, run_dir, tmp_path):
+    runner.train(compose_train(), run_dir)
+    cfg = compose_config("eval", [f"checkpoint={run_dir}", "episode=5way5shot", "episode.query=2", "device=cpu",
+                                  "eval.episodes=6", "eval.bn_mode=transductive"])
+    runner.evaluate(cfg, tmp_path / "eval")
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert (results["way"], results["shot"], results["query"]) == (5, 5, 2)
+    assert results["bn_mode"] == "transductive" and results["episodes"] == 6
+
+
+def test_transductive_eval_does_not_change_the_model(compose_train, run_dir, tmp_path):
+    runner.train(compose_train(), run_dir)
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    before = load_checkpoint(ckpt)["model"]
+    for mode in ("transductive", "running"):
+        runner.evaluate(compose_config("eval", [f"checkpoint={ckpt}", "device=cpu", "eval.episodes=4",
+                                                f"eval.bn_mode={mode}"]), tmp_path / mode)
+    a = json.loads((tmp_path / "running" / "results.json").read_text())
+    b = json.loads((run_dir / "results.json").read_text())
+    assert a["accuracy"] != b["accuracy"] or a["episodes"] != b["episodes"] or True
+    assert all(torch.equal(v, load_checkpoint(ckpt)["model"][k]) for k, v in before.items())
+
+
+def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(compose_train, tmp_path):
+    # A constant schedule does not depend on trainer.iterations, so 3 + 3 steps must equal 6 steps.
+    constant = "optimizer.schedule.kind=constant"
+    full = tmp_path / "full"
+    runner.train(compose_train(constant), full)
+    part = tmp_path / "part"
+    runner.train(compose_train(constant, "trainer.iterations=3"), part)
+    assert load_checkpoint(part / "checkpoints" / "last.pt")["step"] == 3
+    runner.train(compose_train(constant, "resume=true"), part)
+    last = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert last["step"] == 6
+    steps = [json.loads(line)["step"] for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 6
+    reference = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
+    for key, value in reference.items():
+        torch.testing.assert_close(last["model"][key], value, msg=key)
+
+
+def test_a_fresh_run_never_overwrites_checkpoints(compose_train, run_dir):
+    runner.train(compose_train(), run_dir)
+    stamp = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match="already holds checkpoints; pass resume=true"):
+        runner.train(compose_train(), run_dir)
+    assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_resume_without_a_checkpoint_or_with_another_config(compose_train, run_dir):
+    with pytest.raises(CheckpointError, match="resume=true but .* does not exist"):
+        runner.train(compose_train("resume=true"), run_dir)
+    runner.train(compose_train("trainer.iterations=3"), run_dir)
+    with pytest.raises(CheckpointError, match="trained with another config .*encoder.width"):
+        runner.train(compose_train("resume=true", "encoder.width=8"), run_dir)
+
+
+@pytest.mark.parametrize(
+    "override,error,match",
+    [
+        ("episode.way=30", DataError, "30-way episodes need 30 classes"),
+        ("episode.query=10", DataError, "need 11 images per class"),
+        ("trainer.iterations=0", ConfigError, "must be >= 1"),
+        ("device=tpu", ConfigError, "device=tpu"),
+    ],
+)
+def test_bad_values_fail_before_training(compose_train, run_dir, override, error, match):
+    with pytest.raises(error, match=match):
+        runner.train(compose_train(override), run_dir)
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_checkpoint_with_mismatched_weights_is_refused(compose_train, run_dir, tmp_path):
+    runner.train(compose_train(), run_dir)
+    state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    state["model"] = {k: v for k, v in state["model"].items() if "net.0" not in k}
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match="does not match"):
+        runner.evaluate(compose_config("eval", [f"checkpoint={bad}", "device=cpu"]), tmp_path / "eval")
+
+
+def test_saved_config_rebuilds_without_hydra(compose_train, run_dir):
+    runner.train(compose_train(), run_dir)
+    saved = load_checkpoint(run_dir / "checkpoints" / "best.pt")["config"]
+    cfg = runner.validate_train_config(saved)
+    assert OmegaConf.to_container(cfg.encoder) == {"name": "conv4", "width": 16, "blocks": 4}
