@@ -88,12 +88,17 @@ def check_fits(split: ClassImages, split_name: str, dataset: str, n_way: int, k_
 class EpisodeSampler:
     """Draws batches of ``n_way``-``k_shot`` tasks with ``n_query`` queries per class from one split."""
 
-    def __init__(self, split: ClassImages, n_way: int, k_shot: int, n_query: int, seed: int) -> None:
+    def __init__(
+        self, split: ClassImages, n_way: int, k_shot: int, n_query: int, seed: int, device: torch.device | None = None
+    ) -> None:
         self.split = split
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        device = split.images.device
+        # Episodes are delivered on `device`; the images may live elsewhere (host memory when the
+        # accelerator is too small for them).
+        self.device = torch.device(device) if device is not None else split.images.device
+        device = self.device
         # Labels are fixed per episode shape: class i of a task is label i.
         self._support_labels = torch.arange(n_way, device=device).repeat_interleave(k_shot)
         self._query_labels = torch.arange(n_way, device=device).repeat_interleave(n_query)
@@ -119,10 +124,10 @@ class EpisodeSampler:
         ]
         classes = torch.stack([c for c, _ in picks])  # [T, N]
         examples = torch.stack([e for _, e in picks])  # [T, N, K+Q]
-        device = split.images.device
-        classes, examples = classes.to(device, non_blocking=True), examples.to(device, non_blocking=True)
+        where = split.images.device
+        classes, examples = classes.to(where, non_blocking=True), examples.to(where, non_blocking=True)
         images = split.images[classes[:, :, None], examples]  # [T, N, K+Q, C, H, W] uint8
-        images = images.to(torch.float32).div_(255.0)
+        images = images.to(self.device, non_blocking=True).to(torch.float32).div_(255.0)
         shape = images.shape[3:]
         return EpisodeBatch(
             support_images=images[:, :, :k].reshape(tasks, n * k, *shape),

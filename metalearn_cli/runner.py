@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from metalearn_cli.data import DATASETS, FewShotData
-from metalearn_cli.episodes import EpisodeSampler, check_fits, split_seed
+from metalearn_cli.episodes import ClassImages, EpisodeSampler, check_fits, split_seed
 from metalearn_cli.errors import CheckpointError, ConfigError, MetalearnError
+from metalearn_cli.host import keep_freed_memory
 from metalearn_cli.metrics import MetricsLog
 from metalearn_cli.model import batch_norm_mode, build_meta_model
 from metalearn_cli.optimizers import OPTIMIZERS, build_schedule
@@ -57,6 +58,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _setup(cfg: Any) -> torch.device:
+    keep_freed_memory()
     if cfg.threads is not None:
         if cfg.threads < 1:
             raise ConfigError("threads must be >= 1 or null")
@@ -92,6 +94,16 @@ class Shapes:
     def of(cls, cfg: Any) -> "Shapes":
         e, t = cfg.episode, cfg.trainer
         return cls(e.way, e.shot, e.query, t.train_way or e.way, t.train_query or e.query)
+
+
+def resident(split: ClassImages, device: torch.device) -> ClassImages:
+    """Move a split's images to the device when they fit in half its free memory, else keep them on the host."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if split.images.numel() * split.images.element_size() > free // 2:
+            log.warning("%d classes of images do not fit on %s; sampling from host memory", split.n_classes, device)
+            return split
+    return split.to(device)
 
 
 def build_strategy(cfg: Any, data: FewShotData, device: torch.device) -> Strategy:
@@ -135,7 +147,7 @@ def test_checkpoint(
     way, shot, query = shapes
     classes = data.split(split)
     check_fits(classes, split, data.name, way, shot, query)
-    sampler = EpisodeSampler(classes.to(device), way, shot, query, split_seed(seed, split))
+    sampler = EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)
     bn_mode = eval_cfg.bn_mode.value if hasattr(eval_cfg.bn_mode, "value") else str(eval_cfg.bn_mode)
     start = time.perf_counter()
     accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode)
@@ -211,9 +223,10 @@ def train(cfg: Any, run_dir: Path) -> float:
     strategy = build_strategy(cfg, data, device)
     optimizer = OPTIMIZERS.build(cfg.optimizer, parameters=list(strategy.parameters()))
     schedule = build_schedule(OPTIMIZERS.params_of(cfg.optimizer).schedule, optimizer, t.iterations)
-    train_sampler = EpisodeSampler(data.train.to(device), shapes.train_way, shapes.shot, shapes.train_query,
-                                   split_seed(cfg.seed, "train"))
-    val_sampler = EpisodeSampler(data.val.to(device), shapes.way, shapes.shot, shapes.query, split_seed(cfg.seed, "val"))
+    train_sampler = EpisodeSampler(resident(data.train, device), shapes.train_way, shapes.shot, shapes.train_query,
+                                   split_seed(cfg.seed, "train"), device)
+    val_sampler = EpisodeSampler(resident(data.val, device), shapes.way, shapes.shot, shapes.query,
+                                 split_seed(cfg.seed, "val"), device)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     config["resume"] = None  # a saved config describes the run, not how it was started
 

@@ -106,3 +106,37 @@ def test_multirun_records_a_failing_job_and_goes_on(tmp_path):
     assert len(jobs) == 2
     assert (jobs[0] / "results.json").is_file()
     assert "60-way episodes need 60 classes" in (jobs[1] / "error.txt").read_text()
+
+
+def test_resume_path_continues_in_the_same_run_dir(tmp_path):
+    run = tmp_path / "run"
+    first = run_cli("train", *SMOKE, "optimizer.schedule.kind=constant", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("train", *SMOKE, "optimizer.schedule.kind=constant", "trainer.iterations=6", f"resume={run}",
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    import torch
+
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
+    assert not (tmp_path / "outputs").exists()  # no second run dir
+
+
+def test_sigint_saves_last_checkpoint_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([EXE, "train", *SMOKE, "trainer.iterations=100000", "trainer.log_every=1",
+                             "trainer.checkpoint_every=100000", "trainer.val_every=100000", f"hydra.run.dir={run}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGINT at meta-iteration" in err and f"resume={run}" in err
+    import torch
+
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] >= 1

@@ -150,3 +150,15 @@ def test_embedded_lake_split_uses_background_and_evaluation_alphabets():
     data = DATASETS.build({"name": "omniglot", "split": "lake"})
     assert data.train.n_classes + data.val.n_classes == 964
     assert data.test.n_classes == 659
+
+
+def test_failed_download_is_one_line(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *args, **kwargs):
+            raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "Omniglot", Offline)
+    with pytest.raises(DataError, match="could not download Omniglot .*network is unreachable"):
+        DATASETS.build({"name": "omniglot", "root": str(tmp_path), "download": True})

@@ -1,0 +1,27 @@
+"""Host-side settings that make CPU meta-training fast.
+
+glibc hands large freed blocks back to the kernel (``munmap``) and faults them in again on the next
+allocation. Meta-training frees and reallocates the same activation-sized buffers every step, so on
+CPU about a third of the time went to the kernel (Conv-4, 60-way Omniglot tasks: 254 -> 160 ms per
+meta-iteration once freed memory is kept). The cost: the process keeps its peak memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_KEEP_BELOW = 1 << 30  # blocks up to 1 GiB are recycled in the heap instead of mmap'd/unmapped
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to recycle large blocks; returns False where that is not possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW))
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep the default allocator
+        return False
