@@ -128,6 +128,30 @@ def one_line(exc: BaseException) -> str:
     return ": ".join(parts) or exc.__class__.__name__
 
 
+def _shell_completion(request: str) -> int:
+    """Hydra's shell completion for the whole command: the script names ``metalearn`` and each query
+    goes to the app of the subcommand typed so far (Hydra alone would take ``train`` for an override)."""
+    words = os.environ.get("COMP_LINE", "").split(" ")
+    if request.startswith("query="):
+        if len(words) <= 2:  # still typing the subcommand
+            print(" ".join(c for c in APPS if c.startswith(words[-1] if len(words) == 2 else "")))
+            return 0
+        if words[1] not in APPS:
+            return 0
+        command = words[1]
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+    else:
+        command = "train"  # install/uninstall: any app prints the same script
+    register_configs()
+    saved_argv = sys.argv
+    sys.argv = ["metalearn", "--shell-completion", request]
+    try:
+        APPS[command]()
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: dispatch to a subcommand's Hydra app; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -135,6 +159,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(USAGE, end="")
         return 0
     command, rest = args[0], args[1:]
+    for flag in ("-sc", "--shell-completion"):
+        for i, a in enumerate(args[:-1]):
+            if a == flag:
+                return _shell_completion(args[i + 1])
     if command not in APPS:
         print(f"metalearn: error: unknown command '{command}'; choose one of: {', '.join(APPS)} (see metalearn --help)",
               file=sys.stderr)

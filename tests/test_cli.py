@@ -140,3 +140,14 @@ def test_sigint_saves_last_checkpoint_and_says_how_to_resume(tmp_path):
     import torch
 
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] >= 1
+
+
+def test_shell_completion_knows_subcommands_and_their_groups(monkeypatch, capsys):
+    monkeypatch.setenv("COMP_LINE", "metalearn tr")
+    assert main(["-sc", "query=bash"]) == 0
+    assert capsys.readouterr().out.split() == ["train"]
+    monkeypatch.setenv("COMP_LINE", "metalearn train encoder=")
+    assert main(["-sc", "query=bash"]) == 0
+    assert "encoder=conv4" in capsys.readouterr().out.split()
+    assert main(["train", "-sc", "install=bash"]) == 0
+    assert "complete -p metalearn " in capsys.readouterr().out
