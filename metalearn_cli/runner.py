@@ -113,6 +113,8 @@ def build_strategy(cfg: Any, data: FewShotData, device: torch.device) -> Strateg
     strategy.check_compatible()
     strategy.to(device)
     model.use_channels_last(cfg.trainer.channels_last)
+    precision = cfg.trainer.precision
+    model.use_precision(precision.value if hasattr(precision, "value") else str(precision))
     return strategy
 
 

@@ -35,6 +35,11 @@ class BNMode(enum.Enum):
     transductive = "transductive"  # statistics of each test task's support + query images (MAML's protocol)
 
 
+class Precision(enum.Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # encoder under bfloat16 autocast; decoder, loss and weights stay fp32
+
+
 @dataclass
 class EpisodeConfig:
     way: int = MISSING  # classes per task (N)
@@ -53,6 +58,7 @@ class TrainerConfig:
     checkpoint_every: int = 500  # meta-iterations between last.pt writes
     log_every: int = 50  # meta-iterations between metric records (the only host syncs)
     channels_last: bool = True  # NHWC conv kernels: ~2x faster on CPU (oneDNN)
+    precision: Precision = Precision.fp32  # bf16: ~1.6x faster on CPUs with AVX512-BF16/AMX and on recent GPUs
     progress: bool = True  # tqdm progress bar
 
 

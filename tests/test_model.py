@@ -1,0 +1,51 @@
+"""MetaModel composition, kernels (channels_last, bf16) and the batch-norm evaluation modes."""
+
+import torch
+from omegaconf import OmegaConf
+
+from metalearn_cli.data import DATASETS
+from metalearn_cli.episodes import EpisodeSampler
+from metalearn_cli.model import batch_norm_mode, build_meta_model
+
+
+def make():
+    torch.manual_seed(0)
+    data = DATASETS.build({"name": "synthetic", "train_classes": 10, "images_per_class": 6})
+    cfg = OmegaConf.create({"encoder": {"name": "conv4", "width": 16}, "decoder": {"name": "prototype"}})
+    model = build_meta_model(cfg, data.image_shape)
+    return model, EpisodeSampler(data.train, 5, 1, 3, seed=0).sample(3)
+
+
+def test_embedding_width_is_wired_into_the_decoder():
+    model, batch = make()
+    assert model.decoder.in_dim == model.encoder.out_dim == 16
+    assert model(batch).shape == (3, 15, 5)
+
+
+def test_channels_last_and_bf16_agree_with_the_reference():
+    model, batch = make()
+    model.eval()
+    reference = model(batch)
+    model.use_channels_last(True)
+    torch.testing.assert_close(model(batch), reference, atol=1e-3, rtol=1e-4)
+    model.use_precision("bf16")
+    logits = model(batch)
+    assert logits.dtype == torch.float32  # the decoder computes in fp32
+    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
+    torch.testing.assert_close(logits, reference, atol=0.1 * reference.abs().max().item(), rtol=0.05)
+
+
+def test_batch_norm_modes_use_the_right_statistics_and_leave_the_model_unchanged():
+    model, batch = make()
+    model.train()
+    for _ in range(3):
+        model(batch)  # fill running statistics
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with batch_norm_mode(model, "running"):
+        running = model(batch)
+        assert not model.training
+    with batch_norm_mode(model, "transductive"):
+        transductive = model(batch)
+    assert model.training
+    assert not torch.allclose(running, transductive)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
