@@ -1,4 +1,4 @@
-"""Host-side settings that make CPU meta-training fast.
+"""Host-side settings that make meta-training fast: the allocator and the native precision.
 
 glibc hands large freed blocks back to the kernel (``munmap``) and faults them in again on the next
 allocation. Meta-training frees and reallocates the same activation-sized buffers every step, so on
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import sys
+
+import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -25,3 +27,11 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW))
     except (OSError, AttributeError):  # not glibc (musl, ...): keep the default allocator
         return False
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (emulated bf16 is slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)

@@ -28,7 +28,7 @@ from metalearn_cli.checkpoint import capture_rng, load_checkpoint, restore_rng, 
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import ClassImages, EpisodeSampler, check_fits, split_seed
 from metalearn_cli.errors import CheckpointError, ConfigError, MetalearnError
-from metalearn_cli.host import keep_freed_memory
+from metalearn_cli.host import keep_freed_memory, native_bf16
 from metalearn_cli.metrics import MetricsLog
 from metalearn_cli.model import batch_norm_mode, build_meta_model
 from metalearn_cli.optimizers import OPTIMIZERS, build_schedule
@@ -113,9 +113,16 @@ def build_strategy(cfg: Any, data: FewShotData, device: torch.device) -> Strateg
     strategy.check_compatible()
     strategy.to(device)
     model.use_channels_last(cfg.trainer.channels_last)
-    precision = cfg.trainer.precision
-    model.use_precision(precision.value if hasattr(precision, "value") else str(precision))
+    model.use_precision(resolve_precision(cfg.trainer.precision, device))
     return strategy
+
+
+def resolve_precision(precision: Any, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where the device computes it natively, else ``fp32``."""
+    name = precision.value if hasattr(precision, "value") else str(precision)
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return name
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -314,7 +321,7 @@ def train(cfg: Any, run_dir: Path) -> float:
         "train_query": shapes.train_query, "train_seconds": round(train_seconds, 2),
         "train_tasks_per_s": round(t.iterations * t.meta_batch / max(train_seconds, 1e-9), 2),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
-        "torch": torch.__version__, "dataset": data.name,
+        "precision": resolve_precision(cfg.trainer.precision, device), "torch": torch.__version__, "dataset": data.name,
     })
     write_json(run_dir / "results.json", result)
     log.info("test accuracy %.2f%% ± %.2f%% over %d %d-way %d-shot tasks (best val %.2f%% at step %d); %s",
@@ -366,7 +373,8 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     result.update({
         "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": int(state["step"]),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
-        "torch": torch.__version__, "dataset": data.name,
+        "precision": resolve_precision(train_cfg.trainer.precision, device), "torch": torch.__version__,
+        "dataset": data.name,
     })
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(run_dir) / "results.json", result)
