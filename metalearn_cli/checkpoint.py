@@ -24,17 +24,29 @@ VERSION = 1
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` (plus format and version) to ``path`` via a temp file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, "version": VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        kept = "the previous one is kept" if path.exists() else "no earlier checkpoint exists"
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({exc.strerror or exc}); {kept}; free disk space or choose another hydra.run.dir"
+        ) from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Temp files left by a process killed mid-write (the checkpoints themselves are never partial)."""
+    for stale in directory.glob(".*.pt.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:

@@ -65,9 +65,12 @@ def _run_job(job: Callable[[], float], run_dir: Path) -> Optional[float]:
     """Run one job; record failures in the run dir. In a sweep a user error fails only this job."""
     try:
         return job()
+    except runner.Interrupted as exc:
+        raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the runner saved and marked it
     except MetalearnError as exc:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(f"{exc}\n", encoding="utf-8")
+        runner.write_status(run_dir, "failed", error=str(exc))
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed: %s", exc)
             return None
@@ -75,6 +78,7 @@ def _run_job(job: Callable[[], float], run_dir: Path) -> Optional[float]:
     except Exception:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        runner.write_status(run_dir, "failed", error="unexpected error; see error.txt")
         raise
 
 
@@ -179,7 +183,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise failed.error from None
     except runner.Interrupted as exc:
         print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
-        return 130
+        return 0 if exc.signal_name == "SIGTERM" else 130  # pre-emption is an orderly stop
     except MetalearnError as exc:
         print(f"metalearn {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -189,6 +193,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"metalearn {command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system refused (run dir not writable, disk full, ...)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"metalearn {command}: error: cannot write{where}: {exc.strerror or exc}; choose a writable "
+              "hydra.run.dir or free disk space", file=sys.stderr)
+        return 2
     finally:
         sys.argv = saved_argv
         if saved_env is None:

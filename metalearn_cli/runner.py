@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -24,7 +25,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from metalearn_cli.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from metalearn_cli.checkpoint import (
+    capture_rng, load_checkpoint, remove_stale_temporaries, restore_rng, save_checkpoint,
+)
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import ClassImages, EpisodeSampler, check_fits, split_seed
 from metalearn_cli.errors import CheckpointError, ConfigError, MetalearnError
@@ -33,13 +36,63 @@ from metalearn_cli.metrics import MetricsLog
 from metalearn_cli.model import batch_norm_mode, build_meta_model
 from metalearn_cli.optimizers import OPTIMIZERS, build_schedule
 from metalearn_cli.schema import EvalConfig, TrainConfig
-from metalearn_cli.strategies import STRATEGIES, Strategy, query_accuracy
+from metalearn_cli.strategies import STRATEGIES, NonFiniteError, Strategy, query_accuracy
 
 log = logging.getLogger(__name__)
 
 
 class Interrupted(MetalearnError):
     """Training stopped by SIGINT/SIGTERM after saving ``last.pt``."""
+
+    def __init__(self, signal_name: str, message: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+class Diverged(MetalearnError):
+    """A NaN/Inf meta-loss or meta-gradient under ``trainer.nan_policy=stop``."""
+
+
+class _Window:
+    """Train metrics summed on the device between two log records (saved in checkpoints, so a
+    resumed run logs exactly what an uninterrupted one would)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+        self.skipped = 0
+        self.started = time.perf_counter()
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.detach().clone()
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def flush(self, meta_batch: int) -> dict[str, Any]:
+        values: dict[str, Any] = {k: v.item() / self.counts[k] for k, v in self.sums.items()}
+        values["skipped"] = self.skipped
+        values["tasks_per_s"] = self.steps * meta_batch / max(time.perf_counter() - self.started, 1e-9)
+        self.__init__()  # type: ignore[misc]
+        return values
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "counts": dict(self.counts),
+                "steps": self.steps, "skipped": self.skipped}
+
+    @classmethod
+    def restore(cls, state: Optional[dict[str, Any]]) -> "_Window":
+        window = cls()
+        if state:
+            window.sums, window.counts = dict(state["sums"]), dict(state["counts"])
+            window.steps, window.skipped = int(state["steps"]), int(state["skipped"])
+        return window
+
+
+def write_status(run_dir: Path, status: str, **extra: Any) -> None:
+    """``status.json``: running | completed | interrupted | failed, for people and sweep tools."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(run_dir) / "status.json", {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -64,6 +117,14 @@ def _setup(cfg: Any) -> torch.device:
             raise ConfigError("threads must be >= 1 or null")
         torch.set_num_threads(cfg.threads)
     return resolve_device(cfg.device)
+
+
+def use_deterministic_kernels() -> None:
+    """Deterministic algorithms everywhere (CUDA's cuBLAS needs its workspace pinned before use)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def seed_everything(seed: int) -> None:
@@ -217,8 +278,12 @@ def train(cfg: Any, run_dir: Path) -> float:
     device = _setup(cfg)
     shapes = Shapes.of(cfg)
     t = cfg.trainer
-    if t.iterations < 1 or t.meta_batch < 1 or t.val_every < 1 or t.checkpoint_every < 1 or t.log_every < 1:
-        raise ConfigError("trainer.iterations, meta_batch, val_every, checkpoint_every and log_every must be >= 1")
+    if t.deterministic:
+        use_deterministic_kernels()
+    if min(t.iterations, t.meta_batch, t.val_every, t.val_episodes, t.checkpoint_every, t.log_every) < 1:
+        raise ConfigError("trainer.iterations, meta_batch, val_every, val_episodes, checkpoint_every and log_every must be >= 1")
+    if cfg.eval.episodes < 1 or cfg.eval.batch_tasks < 1:
+        raise ConfigError("eval.episodes and eval.batch_tasks must be >= 1")
     resume = _resume_path(cfg.resume, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if resume is None and (ckpt_dir / "last.pt").exists():
@@ -256,40 +321,51 @@ def train(cfg: Any, run_dir: Path) -> float:
         log.info("resuming %s at meta-iteration %d (best val %.4f at %d)", resume, step, best_val, best_step)
 
     session_start, seconds_before = time.perf_counter(), train_seconds
+    window = _Window.restore(state.get("window") if resume is not None else None)
 
     def snapshot() -> dict[str, Any]:
         return {
             "config": config, "model": strategy.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "step": step, "best_val": best_val, "best_step": best_step,
-            "sampler": train_sampler.get_state(), "rng": capture_rng(),
+            "sampler": train_sampler.get_state(), "rng": capture_rng(), "window": window.state(),
             "train_seconds": seconds_before + time.perf_counter() - session_start,
         }
 
+    def save_last() -> None:
+        save_checkpoint(ckpt_dir / "last.pt", snapshot())
+        write_status(run_dir, "running", step=step, iterations=t.iterations)
+
+    remove_stale_temporaries(ckpt_dir)
+    write_status(run_dir, "running", step=step, iterations=t.iterations)
     metrics = MetricsLog(run_dir, resume_step=step if resume is not None else None)
-    sums: dict[str, torch.Tensor] = {}
-    window_start, window_steps = time.perf_counter(), 0
+    nan_policy = t.nan_policy.value if hasattr(t.nan_policy, "value") else str(t.nan_policy)
     bar = tqdm(total=t.iterations, initial=step, disable=not t.progress, unit="it", dynamic_ncols=True, desc="meta-train")
     try:
         with _stop_requests() as stop:
             strategy.train()
             while step < t.iterations:
                 batch = train_sampler.sample(t.meta_batch)
-                out = strategy.meta_train_step(batch, optimizer)
+                try:
+                    window.add(strategy.meta_train_step(batch, optimizer))
+                except NonFiniteError as exc:
+                    optimizer.zero_grad(set_to_none=True)
+                    if nan_policy == "stop":
+                        raise Diverged(
+                            f"non-finite {exc.quantity} at meta-iteration {step + 1}; the last good checkpoint "
+                            f"{ckpt_dir / 'last.pt'} is kept; lower optimizer.lr, set strategy.clip.norm, "
+                            "or pass trainer.nan_policy=skip"
+                        ) from None
+                    window.skipped += 1
                 schedule.step()
                 step += 1
-                window_steps += 1
-                for k, v in out.items():
-                    sums[k] = sums[k] + v if k in sums else v.clone()
+                window.steps += 1
                 bar.update(1)
                 if step % t.log_every == 0 or step == t.iterations:
-                    values = {k: v.item() / window_steps for k, v in sums.items()}  # the only host sync
+                    values = window.flush(t.meta_batch)  # the only host sync of a step
                     values["lr"] = optimizer.param_groups[0]["lr"]
-                    values["tasks_per_s"] = window_steps * t.meta_batch / max(time.perf_counter() - window_start, 1e-9)
                     metrics.log(step, "train", values)
-                    bar.set_postfix(loss=f"{values['loss']:.3f}", acc=f"{values['accuracy']:.3f}",
-                                    tasks_s=f"{values['tasks_per_s']:.0f}")
-                    sums, window_steps = {}, 0
-                    window_start = time.perf_counter()
+                    bar.set_postfix({k: f"{values[k]:.3f}" for k in ("loss", "accuracy") if k in values}
+                                    | {"tasks/s": f"{values['tasks_per_s']:.0f}"})
                 paused = time.perf_counter()
                 if step % t.val_every == 0 or step == t.iterations:
                     val = summarize(evaluate_tasks(strategy, val_sampler, t.val_episodes, cfg.eval.batch_tasks, "running"))
@@ -299,13 +375,17 @@ def train(cfg: Any, run_dir: Path) -> float:
                         best_val, best_step = val["accuracy"], step
                         save_checkpoint(ckpt_dir / "best.pt", snapshot())
                 if step % t.checkpoint_every == 0 or step == t.iterations or stop["signal"]:
-                    save_checkpoint(ckpt_dir / "last.pt", snapshot())
-                window_start += time.perf_counter() - paused  # tasks/s counts meta-training only
+                    save_last()
+                window.started += time.perf_counter() - paused  # tasks/s counts meta-training only
                 if stop["signal"]:
                     raise Interrupted(
+                        stop["signal"],
                         f"{stop['signal']} at meta-iteration {step}/{t.iterations}; saved {ckpt_dir / 'last.pt'}; "
-                        f"continue with: metalearn train resume={run_dir}"
+                        f"continue with: metalearn train resume={run_dir}",
                     )
+    except Interrupted:
+        write_status(run_dir, "interrupted", step=step, iterations=t.iterations)
+        raise
     finally:
         bar.close()
         metrics.close()
@@ -324,6 +404,7 @@ def train(cfg: Any, run_dir: Path) -> float:
         "precision": resolve_precision(cfg.trainer.precision, device), "torch": torch.__version__, "dataset": data.name,
     })
     write_json(run_dir / "results.json", result)
+    write_status(run_dir, "completed", step=step, iterations=t.iterations, accuracy=result["accuracy"])
     log.info("test accuracy %.2f%% ± %.2f%% over %d %d-way %d-shot tasks (best val %.2f%% at step %d); %s",
              100 * result["accuracy"], 100 * result["ci95"], result["episodes"], shapes.way, shapes.shot,
              100 * best_val, best_step, run_dir)
@@ -378,6 +459,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     })
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(run_dir) / "results.json", result)
+    write_status(run_dir, "completed", accuracy=result["accuracy"])
     log.info("%s accuracy %.2f%% ± %.2f%% over %d %d-way %d-shot tasks; %s", cfg.split, 100 * result["accuracy"],
              100 * result["ci95"], result["episodes"], episode.way, episode.shot, run_dir)
     return result["accuracy"]

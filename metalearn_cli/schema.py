@@ -41,6 +41,11 @@ class Precision(enum.Enum):
     bf16 = "bf16"  # encoder under bfloat16 autocast; decoder, loss and weights stay fp32
 
 
+class NanPolicy(enum.Enum):
+    stop = "stop"  # end the run with one line, keeping the last good checkpoint
+    skip = "skip"  # drop that meta-batch (no optimizer step) and count it in the metrics
+
+
 @dataclass
 class EpisodeConfig:
     way: int = MISSING  # classes per task (N)
@@ -61,6 +66,8 @@ class TrainerConfig:
     channels_last: bool = True  # NHWC conv kernels: ~2x faster on CPU (oneDNN)
     precision: Precision = Precision.auto  # bf16: ~1.6x faster on CPUs with AVX512-BF16/AMX and on recent GPUs
     progress: bool = True  # tqdm progress bar
+    nan_policy: NanPolicy = NanPolicy.stop  # what a NaN/Inf meta-loss or meta-gradient does
+    deterministic: bool = False  # deterministic kernels, CUDA included (slower there); CPU runs already repeat exactly
 
 
 @dataclass

@@ -93,13 +93,17 @@ def _members(source: Path, set_name: str) -> dict[str, list[str]]:
     if source.suffix == ".zip":
         try:
             with zipfile.ZipFile(source) as zf:
-                names = [n for n in zf.namelist() if n.lower().endswith(".png")]
+                names = [n for n in zf.namelist() if not n.endswith("/")]
         except (zipfile.BadZipFile, OSError) as exc:
             raise DataError(f"cannot read {source}: {exc}; re-download or re-create the archive") from exc
     else:
-        names = [str(p.relative_to(source.parent)).replace(os.sep, "/") for p in source.rglob("*.png")]
+        names = [str(p.relative_to(source.parent)).replace(os.sep, "/") for p in source.rglob("*") if p.is_file()]
     chars: dict[str, list[str]] = defaultdict(list)
     for name in names:
+        if name.rsplit("/", 1)[-1].startswith("."):
+            continue  # hidden files such as .DS_Store
+        if not name.lower().endswith(".png"):
+            raise DataError(f"{source} holds a file that is not a PNG image: {name}; remove it or re-extract the set")
         parts = name.split("/")
         if len(parts) != 4 or parts[0] != set_name:
             raise DataError(f"unexpected file {name} in {source}: expected {set_name}/<Alphabet>/<character>/<image>.png")

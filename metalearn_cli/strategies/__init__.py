@@ -45,14 +45,28 @@ class Strategy(nn.Module):
         raise NotImplementedError
 
 
+class NonFiniteError(ArithmeticError):
+    """The meta-loss or meta-gradient is NaN/Inf; raised before the optimizer steps on it."""
+
+    def __init__(self, quantity: str) -> None:
+        super().__init__(quantity)
+        self.quantity = quantity
+
+
 def clip_and_step(
-    parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, clip: ClipParams
+    parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, clip: ClipParams, loss: torch.Tensor
 ) -> torch.Tensor:
-    """Clip the meta-gradient (value, then global norm) and step; returns the pre-clip global norm."""
+    """Clip the meta-gradient (value, then global norm) and step; returns the pre-clip global norm.
+
+    A non-finite loss or gradient raises :class:`NonFiniteError` without stepping, so the weights
+    never see it (one scalar read per step: free on CPU, a short sync on a GPU).
+    """
     if clip.norm is not None and clip.norm <= 0 or clip.value is not None and clip.value <= 0:
         raise ConfigError("strategy.clip.norm and strategy.clip.value must be > 0 or null")
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
+    if not bool(torch.isfinite(loss).all() & torch.isfinite(norm)):
+        raise NonFiniteError("loss" if not bool(torch.isfinite(loss).all()) else "meta-gradient")
     if clip.value is not None:
         torch.nn.utils.clip_grad_value_(parameters, clip.value)
     if clip.norm is not None:

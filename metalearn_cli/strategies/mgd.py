@@ -39,7 +39,7 @@ class MGD(Strategy):
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = clip_and_step(list(self.model.parameters()), optimizer, self.params_.clip)
+        grad_norm = clip_and_step(list(self.model.parameters()), optimizer, self.params_.clip, loss.detach())
         return {
             "loss": loss.detach(),
             "accuracy": query_accuracy(logits.detach(), batch.query_labels).mean(),

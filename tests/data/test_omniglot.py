@@ -162,3 +162,17 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "Omniglot", Offline)
     with pytest.raises(DataError, match="could not download Omniglot .*network is unreachable"):
         DATASETS.build({"name": "omniglot", "root": str(tmp_path), "download": True})
+
+
+def test_a_non_image_file_in_a_class_folder_is_refused(tmp_path):
+    root = make_omniglot(tmp_path, as_zip=False)
+    (root / "images_background" / "Alpha" / "character01" / "notes.txt").write_text("hello")
+    (root / "images_background" / "Alpha" / "character01" / ".DS_Store").write_text("ignored")
+    with pytest.raises(DataError, match="not a PNG image: images_background/Alpha/character01/notes.txt"):
+        omniglot.read_source(root)
+
+
+def test_a_missing_alphabet_fails_the_vinyals_split_with_the_character_named(tmp_path):
+    root = make_omniglot(tmp_path)
+    with pytest.raises(DataError, match=r"lacks \d+ characters of the split \(e.g. [A-Za-z_()\-]+/character\d+\)"):
+        DATASETS.build({"name": "omniglot", "root": str(root)})

@@ -7,7 +7,7 @@ from metalearn_cli.episodes import EpisodeSampler
 from metalearn_cli.data import DATASETS
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import build_meta_model
-from metalearn_cli.strategies import STRATEGIES, ClipParams, clip_and_step
+from metalearn_cli.strategies import STRATEGIES, ClipParams, NonFiniteError, clip_and_step
 from omegaconf import OmegaConf
 
 
@@ -44,7 +44,7 @@ def test_value_clipping_bounds_each_component():
     p = torch.nn.Parameter(torch.zeros(4))
     p.grad = torch.tensor([5.0, -3.0, 0.1, 0.0])
     opt = torch.optim.SGD([p], lr=1.0)
-    norm = clip_and_step([p], opt, ClipParams(norm=None, value=0.5))
+    norm = clip_and_step([p], opt, ClipParams(norm=None, value=0.5), torch.tensor(1.0))
     assert torch.allclose(p.detach(), torch.tensor([-0.5, 0.5, -0.1, 0.0]))
     assert norm == pytest.approx(float(torch.tensor([5.0, -3.0, 0.1]).norm()))
 
@@ -53,7 +53,7 @@ def test_nonpositive_clip_is_a_config_error():
     p = torch.nn.Parameter(torch.zeros(1))
     p.grad = torch.ones(1)
     with pytest.raises(ConfigError, match="clip"):
-        clip_and_step([p], torch.optim.SGD([p], lr=1.0), ClipParams(norm=0.0))
+        clip_and_step([p], torch.optim.SGD([p], lr=1.0), ClipParams(norm=0.0), torch.tensor(1.0))
 
 
 def test_training_lowers_the_query_loss():
@@ -63,3 +63,12 @@ def test_training_lowers_the_query_loss():
     opt = torch.optim.Adam(strategy.parameters(), lr=3e-3)
     losses = [strategy.meta_train_step(sampler.sample(4), opt)["loss"].item() for _ in range(25)]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+@pytest.mark.parametrize("loss,grad,quantity", [(float("nan"), 1.0, "loss"), (1.0, float("inf"), "meta-gradient")])
+def test_non_finite_values_never_reach_the_weights(loss, grad, quantity):
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([grad, 0.0])
+    with pytest.raises(NonFiniteError) as info:
+        clip_and_step([p], torch.optim.SGD([p], lr=1.0), ClipParams(), torch.tensor(loss))
+    assert info.value.quantity == quantity and torch.equal(p.detach(), torch.zeros(2))

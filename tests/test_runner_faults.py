@@ -1,0 +1,198 @@
+"""Faults injected into training runs: kill -9, signals, NaN, a full disk, repeated runs.
+
+Each test is one promise of the runner: nothing is lost and a resumed run is the run it continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST, compose_config
+from metalearn_cli import runner
+from metalearn_cli.checkpoint import load_checkpoint, save_checkpoint
+from metalearn_cli.cli import main
+from metalearn_cli.errors import CheckpointError
+
+EXE = str(Path(sys.executable).parent / "metalearn")
+TIMING = {"tasks_per_s", "train_seconds", "wall_seconds", "eval_seconds", "eval_tasks_per_s", "train_tasks_per_s"}
+# Tiny but long enough to be killed mid-run: ~400 meta-iterations of a few ms each.
+LONG = [*FAST, "trainer.iterations=300", "trainer.checkpoint_every=7", "trainer.log_every=4", "trainer.val_every=50",
+        "encoder.width=8", "dataset.images_per_class=6"]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen([EXE, "train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def records(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def results(run: Path) -> dict:
+    return {k: v for k, v in json.loads((run / "results.json").read_text()).items() if k not in TIMING}
+
+
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        status = run / "status.json"
+        if (run / "checkpoints" / "last.pt").exists() and status.exists():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint appeared: {proc.communicate()[1][-2000:]}")
+
+
+def test_kill_9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    reference = tmp_path / "reference"
+    proc = cli(*LONG, f"hydra.run.dir={reference}", cwd=tmp_path)
+    assert proc.wait(timeout=300) == 0, proc.communicate()[1]
+
+    run = tmp_path / "killed"
+    proc = cli(*LONG, f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for_checkpoint(run, proc)
+    delay = random.uniform(0.0, 1.0)
+    time.sleep(delay)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed_at = load_checkpoint(run / "checkpoints" / "last.pt")["step"]  # never half-written
+    assert 0 < killed_at < 300, f"delay {delay:.2f}s"
+
+    resumed = cli(*LONG, "resume=true", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()[1]
+    a, b = load_checkpoint(reference / "checkpoints" / "last.pt"), load_checkpoint(run / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 300
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), f"{key} differs after a kill at step {killed_at}"
+    assert records(reference) == records(run)
+    assert results(reference) == results(run)
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_signals_checkpoint_at_the_next_step_and_mark_the_run(tmp_path, sig, code):
+    run = tmp_path / "run"
+    proc = cli(*LONG, "trainer.iterations=100000", "trainer.checkpoint_every=100000", f"hydra.run.dir={run}",
+               cwd=tmp_path)
+    wait_for_status = time.time() + 120
+    while time.time() < wait_for_status and not (run / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert f"{signal.Signals(sig).name} at meta-iteration" in err and f"resume={run}" in err
+    status = json.loads((run / "status.json").read_text())
+    step = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    assert status["status"] == "interrupted" and status["step"] == step >= 1
+
+
+def nan_on_call(monkeypatch, bad_call: int) -> None:
+    """Make the meta-loss NaN on one call of cross-entropy in the MGD strategy."""
+    from metalearn_cli.strategies import mgd
+
+    real = mgd.F.cross_entropy
+    calls = {"n": 0}
+
+    def cross_entropy(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == bad_call else loss
+
+    monkeypatch.setattr(mgd.F, "cross_entropy", cross_entropy)
+
+
+def test_nan_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    nan_on_call(monkeypatch, bad_call=5)
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "trainer.checkpoint_every=3", "trainer.val_every=100", f"hydra.run.dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss at meta-iteration 5" in err and "trainer.nan_policy=skip" in err
+    assert err.strip().count("\n") == 0
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["step"] == 3 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+
+def test_nan_skip_drops_the_meta_batch_and_counts_it(tmp_path, monkeypatch):
+    nan_on_call(monkeypatch, bad_call=3)
+    run = tmp_path / "run"
+    runner.train(compose_config("train", [*FAST, "trainer.nan_policy=skip"]), run)
+    train = [r for r in records(run) if r["split"] == "train"]
+    assert [r["skipped"] for r in train] == [0, 1, 0]
+    assert all(r["loss"] == r["loss"] for r in train)  # the NaN never reaches the averages
+    assert (run / "results.json").is_file()
+
+
+def test_same_seed_same_metrics_and_results(tmp_path):
+    for name in ("a", "b"):
+        runner.train(compose_config("train", [*FAST, "trainer.deterministic=true"]), tmp_path / name)
+    torch.use_deterministic_algorithms(False)
+    assert records(tmp_path / "a") == records(tmp_path / "b")
+    assert results(tmp_path / "a") == results(tmp_path / "b")
+    runner.train(compose_config("train", [*FAST, "seed=1"]), tmp_path / "c")
+    assert records(tmp_path / "a") != records(tmp_path / "c")
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"config": {}, "model": {"w": torch.ones(1)}, "step": 1})
+    import metalearn_cli.checkpoint as checkpoint
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"No space left on device\); the previous one is kept"):
+        save_checkpoint(path, {"config": {}, "model": {"w": torch.zeros(1)}, "step": 2})
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_full_disk_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
+    import metalearn_cli.checkpoint as checkpoint
+
+    real, calls = checkpoint.torch.save, {"n": 0}
+
+    def fills_up(obj, f):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(28, "No space left on device")
+        real(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", fills_up)
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "trainer.val_every=100", "trainer.checkpoint_every=2", f"hydra.run.dir={run}"]) == 2
+    err = capsys.readouterr().err
+    # Third write (best.pt after the final validation) hits the full disk; last.pt of step 4 survives.
+    assert "could not write checkpoint" in err and "No space left on device" in err and err.strip().count("\n") == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_an_interrupted_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"config": {}, "model": {}, "step": 1})
+    import metalearn_cli.checkpoint as checkpoint
+
+    def interrupted(obj, f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"config": {}, "model": {}, "step": 2})
+    assert load_checkpoint(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
