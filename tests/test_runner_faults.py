@@ -196,3 +196,16 @@ def test_an_interrupted_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"config": {}, "model": {}, "step": 2})
     assert load_checkpoint(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_second_ctrl_c_exits_at_once_without_corrupting_anything(tmp_path):
+    run = tmp_path / "run"
+    proc = cli(*LONG, "trainer.iterations=100000", "trainer.checkpoint_every=3", f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for_checkpoint(run, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] >= 3  # whatever was on disk is whole
+    assert not list((run / "checkpoints").glob("*.tmp"))
