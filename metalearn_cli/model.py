@@ -40,24 +40,48 @@ class MetaModel(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Embed ``[..., C, H, W]`` images to ``[..., D]`` in one encoder call."""
         lead = images.shape[:-3]
-        flat = images.reshape(-1, *images.shape[-3:]).contiguous(memory_format=self.memory_format)
+        flat = images.reshape(-1, *images.shape[-3:])
+        if not _inside_vmap(flat):  # vmap cannot change memory formats; its batched kernels pick their own
+            flat = flat.contiguous(memory_format=self.memory_format)
         if self.autocast_dtype is None:
             return self.encoder(flat).reshape(*lead, -1)
         with torch.autocast(flat.device.type, dtype=self.autocast_dtype):
             return self.encoder(flat).float().reshape(*lead, -1)
 
-    def forward(self, batch: EpisodeBatch) -> torch.Tensor:
-        s = batch.support_images.shape[1]
+    def forward(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor | None,
+        n_way: int,
+    ) -> torch.Tensor:
+        """Query logits ``[T, Q, n_way]``; with ``query_images=None`` the support set scores itself
+        (the inner-loop loss of gradient-based strategies). Tensors, not a batch, so
+        ``torch.func.functional_call`` and ``vmap`` can drive it."""
+        s = support_images.shape[1]
         # Support and query share one encoder pass (one set of batch-norm statistics, bigger GEMMs).
-        both = torch.cat([batch.support_images, batch.query_images], dim=1)
+        both = support_images if query_images is None else torch.cat([support_images, query_images], dim=1)
         emb = self.embed(both)
-        return self.decoder(emb[:, :s], batch.support_labels, emb[:, s:], batch.n_way)
+        query = emb[:, :s] if query_images is None else emb[:, s:]
+        return self.decoder(emb[:, :s], support_labels, query, n_way)
+
+    def episode_logits(self, batch: EpisodeBatch) -> torch.Tensor:
+        return self(batch.support_images, batch.support_labels, batch.query_images, batch.n_way)
+
+
+def _inside_vmap(x: torch.Tensor) -> bool:
+    """Whether ``x`` is wrapped by a torch.func transform (images only are, under vmap)."""
+    level = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", None)
+    return level is not None and level(x) != -1
 
 
 def build_meta_model(cfg: Any, image_shape: tuple[int, int, int]) -> MetaModel:
-    """Compose ``cfg.encoder`` and ``cfg.decoder`` for images of ``image_shape`` (C, H, W)."""
+    """Compose ``cfg.encoder`` and ``cfg.decoder`` for images of ``image_shape`` (C, H, W).
+
+    Decoders with a fixed output size get ``max_way``, the most ways any configured task has.
+    """
     encoder = ENCODERS.build(cfg.encoder, image_shape=image_shape)
-    decoder = DECODERS.build(cfg.decoder, in_dim=encoder.out_dim)
+    ways = [cfg.episode.way] if "episode" in cfg and cfg.episode is not None else []
+    if "trainer" in cfg and cfg.trainer.train_way:
+        ways.append(cfg.trainer.train_way)
+    decoder = DECODERS.build(cfg.decoder, in_dim=encoder.out_dim, max_way=max(ways, default=5))
     return MetaModel(encoder, decoder)
 
 

@@ -174,15 +174,29 @@ def build_strategy(cfg: Any, data: FewShotData, device: torch.device) -> Strateg
     strategy.check_compatible()
     strategy.to(device)
     model.use_channels_last(cfg.trainer.channels_last)
-    model.use_precision(resolve_precision(cfg.trainer.precision, device))
+    model.use_precision(resolve_precision(cfg.trainer.precision, device, strategy))
     return strategy
 
 
-def resolve_precision(precision: Any, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where the device computes it natively, else ``fp32``."""
-    name = precision.value if hasattr(precision, "value") else str(precision)
+def _name(value: Any) -> str:
+    return value.value if hasattr(value, "value") else str(value)
+
+
+def resolve_precision(precision: Any, device: torch.device, strategy: Strategy) -> str:
+    """``auto`` -> ``bf16`` where the device computes it natively and the strategy allows it, else ``fp32``."""
+    name = _name(precision)
     if name == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if native_bf16(device) and strategy.low_precision_ok else "fp32"
+    return name
+
+
+def resolve_bn_mode(bn_mode: Any, strategy: Strategy) -> str:
+    """``auto`` -> the strategy's own protocol; a mode the strategy cannot honour is a config error."""
+    name = _name(bn_mode)
+    if name == "auto":
+        return strategy.bn_modes[0]
+    if name not in strategy.bn_modes:
+        raise ConfigError(f"eval.bn_mode={name} is not possible with this strategy; use {' or '.join(strategy.bn_modes)} (or auto)")
     return name
 
 
@@ -195,7 +209,7 @@ def evaluate_tasks(strategy: Strategy, sampler: EpisodeSampler, episodes: int, b
     with batch_norm_mode(strategy.model, bn_mode):
         for batch in sampler.fixed(episodes, batch_tasks):
             # Transductive statistics must come from one task at a time, never a mix of tasks.
-            parts = batch.split_tasks() if bn_mode == "transductive" else [batch]
+            parts = batch.split_tasks() if bn_mode == "transductive" and not strategy.isolates_tasks else [batch]
             for part in parts:
                 logits = strategy.predict(part)
                 accs.append(query_accuracy(logits.detach(), part.query_labels))
@@ -218,7 +232,7 @@ def test_checkpoint(
     classes = data.split(split)
     check_fits(classes, split, data.name, way, shot, query)
     sampler = EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)
-    bn_mode = eval_cfg.bn_mode.value if hasattr(eval_cfg.bn_mode, "value") else str(eval_cfg.bn_mode)
+    bn_mode = resolve_bn_mode(eval_cfg.bn_mode, strategy)
     start = time.perf_counter()
     accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode)
     seconds = time.perf_counter() - start
@@ -338,7 +352,8 @@ def train(cfg: Any, run_dir: Path) -> float:
     remove_stale_temporaries(ckpt_dir)
     write_status(run_dir, "running", step=step, iterations=t.iterations)
     metrics = MetricsLog(run_dir, resume_step=step if resume is not None else None)
-    nan_policy = t.nan_policy.value if hasattr(t.nan_policy, "value") else str(t.nan_policy)
+    nan_policy = _name(t.nan_policy)
+    val_bn_mode = resolve_bn_mode(cfg.eval.bn_mode, strategy)
     bar = tqdm(total=t.iterations, initial=step, disable=not t.progress, unit="it", dynamic_ncols=True, desc="meta-train")
     try:
         with _stop_requests() as stop:
@@ -368,7 +383,7 @@ def train(cfg: Any, run_dir: Path) -> float:
                                     | {"tasks/s": f"{values['tasks_per_s']:.0f}"})
                 paused = time.perf_counter()
                 if step % t.val_every == 0 or step == t.iterations:
-                    val = summarize(evaluate_tasks(strategy, val_sampler, t.val_episodes, cfg.eval.batch_tasks, "running"))
+                    val = summarize(evaluate_tasks(strategy, val_sampler, t.val_episodes, cfg.eval.batch_tasks, val_bn_mode))
                     metrics.log(step, "val", val)
                     log.info("step %d: val accuracy %.4f ± %.4f", step, val["accuracy"], val["ci95"])
                     if val["accuracy"] > best_val:
@@ -401,7 +416,7 @@ def train(cfg: Any, run_dir: Path) -> float:
         "train_query": shapes.train_query, "train_seconds": round(train_seconds, 2),
         "train_tasks_per_s": round(t.iterations * t.meta_batch / max(train_seconds, 1e-9), 2),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
-        "precision": resolve_precision(cfg.trainer.precision, device), "torch": torch.__version__, "dataset": data.name,
+        "precision": resolve_precision(cfg.trainer.precision, device, strategy), "torch": torch.__version__, "dataset": data.name,
     })
     write_json(run_dir / "results.json", result)
     write_status(run_dir, "completed", step=step, iterations=t.iterations, accuracy=result["accuracy"])
@@ -454,7 +469,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     result.update({
         "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": int(state["step"]),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
-        "precision": resolve_precision(train_cfg.trainer.precision, device), "torch": torch.__version__,
+        "precision": resolve_precision(train_cfg.trainer.precision, device, strategy), "torch": torch.__version__,
         "dataset": data.name,
     })
     Path(run_dir).mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ REGISTRIES = {
 
 
 class BNMode(enum.Enum):
+    auto = "auto"  # the strategy's own protocol: running for mgd, transductive for the MAML family
     running = "running"  # batch norm uses the running statistics from meta-training (no test-batch leakage)
     transductive = "transductive"  # statistics of each test task's support + query images (MAML's protocol)
 
@@ -74,7 +75,7 @@ class TrainerConfig:
 class EvalConfig:
     episodes: int = 1000  # fixed test tasks; the CI95 shrinks as 1/sqrt(episodes)
     batch_tasks: int = 10  # tasks per forward pass: 10 is fastest on CPU, raise it on a GPU (never changes the tasks)
-    bn_mode: BNMode = BNMode.running
+    bn_mode: BNMode = BNMode.auto
 
 
 @dataclass

@@ -19,17 +19,17 @@ def make():
 def test_embedding_width_is_wired_into_the_decoder():
     model, batch = make()
     assert model.decoder.in_dim == model.encoder.out_dim == 16
-    assert model(batch).shape == (3, 15, 5)
+    assert model.episode_logits(batch).shape == (3, 15, 5)
 
 
 def test_channels_last_and_bf16_agree_with_the_reference():
     model, batch = make()
     model.eval()
-    reference = model(batch)
+    reference = model.episode_logits(batch)
     model.use_channels_last(True)
-    torch.testing.assert_close(model(batch), reference, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(model.episode_logits(batch), reference, atol=1e-3, rtol=1e-4)
     model.use_precision("bf16")
-    logits = model(batch)
+    logits = model.episode_logits(batch)
     assert logits.dtype == torch.float32  # the decoder computes in fp32
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
     torch.testing.assert_close(logits, reference, atol=0.1 * reference.abs().max().item(), rtol=0.05)
@@ -39,13 +39,13 @@ def test_batch_norm_modes_use_the_right_statistics_and_leave_the_model_unchanged
     model, batch = make()
     model.train()
     for _ in range(3):
-        model(batch)  # fill running statistics
+        model.episode_logits(batch)  # fill running statistics
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with batch_norm_mode(model, "running"):
-        running = model(batch)
+        running = model.episode_logits(batch)
         assert not model.training
     with batch_norm_mode(model, "transductive"):
-        transductive = model(batch)
+        transductive = model.episode_logits(batch)
     assert model.training
     assert not torch.allclose(running, transductive)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

@@ -21,6 +21,14 @@ class Encoder(nn.Module):
     out_dim: int
     supports_vmap: bool = True
 
+    def vmap_safe(self, enabled: bool = True) -> None:
+        """Switch layers to forms whose second derivatives are correct under ``vmap``."""
+        from metalearn_cli.encoders.norm import TaskBatchNorm2d
+
+        for module in self.modules():
+            if isinstance(module, TaskBatchNorm2d):
+                module.split_affine = enabled
+
     def second_order_context(self) -> ContextManager[None]:
         """Context under which second-order gradients through this encoder are correct."""
         return contextlib.nullcontext()

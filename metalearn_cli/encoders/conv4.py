@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from metalearn_cli.encoders import ENCODERS, Encoder
+from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.errors import ConfigError
 
 
@@ -37,7 +38,7 @@ class Conv4(Encoder):
         for i in range(params.blocks):
             layers += [
                 nn.Conv2d(c if i == 0 else params.width, params.width, 3, padding=1),
-                nn.BatchNorm2d(params.width),
+                TaskBatchNorm2d(params.width),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]

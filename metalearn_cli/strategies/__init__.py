@@ -29,6 +29,10 @@ class ClipParams:
 class Strategy(nn.Module):
     """Base class: the protocol the runner relies on."""
 
+    bn_modes: tuple[str, ...] = ("running", "transductive")  # evaluation batch-norm modes; the first is `auto`
+    isolates_tasks = False  # True: predict() already keeps each task's batch statistics apart
+    low_precision_ok = True  # False: precision=auto keeps fp32 (e.g. second-order gradients)
+
     def __init__(self, model: MetaModel) -> None:
         super().__init__()
         self.model = model
@@ -82,4 +86,4 @@ def query_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 
-from metalearn_cli.strategies import mgd  # noqa: E402,F401  (registers the strategies)
+from metalearn_cli.strategies import maml, mgd  # noqa: E402,F401  (registers the strategies)

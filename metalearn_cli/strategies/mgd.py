@@ -35,7 +35,7 @@ class MGD(Strategy):
             raise ConfigError("strategy=mgd needs a meta-network with parameters to learn")
 
     def meta_train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        logits = self.model(batch)
+        logits = self.model.episode_logits(batch)
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -48,7 +48,7 @@ class MGD(Strategy):
 
     @torch.no_grad()
     def predict(self, batch: EpisodeBatch) -> torch.Tensor:
-        return self.model(batch)
+        return self.model.episode_logits(batch)
 
 
 @STRATEGIES.register("mgd", params=MGDParams)

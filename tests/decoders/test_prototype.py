@@ -18,6 +18,6 @@ def test_prototype_logits_are_negative_squared_distances_to_class_means():
 
 def test_every_decoder_gives_task_logits():
     for name in DECODERS.names():
-        decoder = DECODERS.build({"name": name}, in_dim=5)
+        decoder = DECODERS.build({"name": name}, in_dim=5, max_way=4)
         logits = decoder(torch.randn(3, 4, 5), torch.tensor([[0, 1, 0, 1]] * 3), torch.randn(3, 7, 5), 2)
         assert logits.shape == (3, 7, 2)

@@ -1,0 +1,42 @@
+"""Linear head: a learned initial classifier (MAML's output layer), adapted per task by a strategy.
+
+Its rows are shared by all tasks: label ``i`` of any task starts from row ``i``. It is built with
+``max_way`` rows (the most ways any configured task has) and a task of ``n_way`` classes uses the
+first ``n_way``. It ignores the support set: adapting it to one is the strategy's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metalearn_cli.decoders import DECODERS
+from metalearn_cli.errors import ConfigError
+
+
+@dataclass
+class LinearParams:
+    name: str = "linear"
+    zero_init: bool = False  # start every task from a zero classifier (any row order is then equivalent)
+
+
+class LinearHead(nn.Module):
+    def __init__(self, params: LinearParams, in_dim: int, max_way: int) -> None:
+        super().__init__()
+        self.in_dim, self.max_way = in_dim, max_way
+        self.weight = nn.Parameter(torch.zeros(max_way, in_dim))
+        self.bias = nn.Parameter(torch.zeros(max_way))
+        if not params.zero_init:
+            nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int) -> torch.Tensor:
+        if n_way > self.max_way:
+            raise ConfigError(f"decoder=linear was built for up to {self.max_way} ways; this task has {n_way}")
+        return query @ self.weight[:n_way].T + self.bias[:n_way]
+
+
+@DECODERS.register("linear", params=LinearParams)
+def build_linear(params: LinearParams, in_dim: int, max_way: int) -> LinearHead:
+    return LinearHead(params, in_dim, max_way)

@@ -1,0 +1,168 @@
+"""MAML and its family, one functional implementation (Finn et al. 2017; Li et al. 2017; Raghu et al. 2020).
+
+- ``maml``: adapt the meta-network to each task's support set by ``inner_steps`` gradient steps,
+  then meta-train the initialisation on the query loss through those steps (second order).
+- ``first_order=true`` (FOMAML): the same, with the inner gradients treated as constants.
+- ``adapt=head`` (ANIL): adapt only the decoder's parameters; the encoder's features are computed
+  once per task instead of once per inner step.
+- ``learn_inner_lr=true`` (Meta-SGD): a learned inner learning rate per parameter element,
+  meta-trained with the initialisation and saved with it.
+
+The inner loop is ``torch.func.functional_call`` + ``torch.func.grad`` on one task, batched over the
+tasks of a meta-batch with ``torch.func.vmap`` or run task by task (``vectorize``). Batch norm uses
+each task's own statistics (MAML's transductive protocol), so tasks never share statistics.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from metalearn_cli.episodes import EpisodeBatch
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.model import MetaModel
+from metalearn_cli.strategies import STRATEGIES, ClipParams, Strategy, clip_and_step, query_accuracy
+
+Weights = dict[str, torch.Tensor]
+
+
+class Adapt(enum.Enum):
+    all = "all"  # every parameter of the meta-network (MAML)
+    head = "head"  # the decoder only (ANIL)
+
+
+class Vectorize(enum.Enum):
+    auto = "auto"  # vmap on CUDA when the encoder allows it, the task loop on CPU (measured faster there)
+    vmap = "vmap"
+    loop = "loop"
+
+
+@dataclass
+class MAMLParams:
+    name: str = "maml"
+    inner_steps: int = 1  # gradient steps on the support set per task during meta-training
+    eval_inner_steps: Optional[int] = None  # steps at evaluation; null = inner_steps (Finn et al. used more)
+    inner_lr: float = 0.4  # inner-loop step size (Finn et al., Omniglot: 0.4); Meta-SGD's initial value
+    first_order: bool = False  # FOMAML: drop the second-order term
+    adapt: Adapt = Adapt.all
+    learn_inner_lr: bool = False  # Meta-SGD: per-parameter learned inner learning rates
+    vectorize: Vectorize = Vectorize.auto
+    clip: ClipParams = field(default_factory=ClipParams)
+
+
+class MAML(Strategy):
+    bn_modes = ("transductive",)  # every task normalises with its own statistics
+    isolates_tasks = True
+
+    def __init__(self, params: MAMLParams, model: MetaModel) -> None:
+        super().__init__(model)
+        self.params_ = params
+        self.low_precision_ok = params.first_order  # second-order terms are kept in fp32 under precision=auto
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.track_running_stats = False  # batch statistics always, per task
+        self.adapt_names = [n for n, _ in model.named_parameters()
+                            if params.adapt is Adapt.all or n.startswith("decoder.")]
+        self.inner_lrs = nn.ParameterDict()
+        if params.learn_inner_lr:
+            for name, p in model.named_parameters():
+                if name in self.adapt_names:
+                    self.inner_lrs[name.replace(".", "__")] = nn.Parameter(torch.full_like(p, params.inner_lr))
+
+    # ------------------------------------------------------------------ set-up
+    def check_compatible(self) -> None:
+        p = self.params_
+        if p.inner_steps < 0 or (p.eval_inner_steps is not None and p.eval_inner_steps < 0):
+            raise ConfigError("strategy.inner_steps and strategy.eval_inner_steps must be >= 0")
+        if p.inner_lr <= 0:
+            raise ConfigError("strategy.inner_lr must be > 0")
+        if not self.adapt_names:
+            decoder = type(self.model.decoder).__name__
+            raise ConfigError(
+                f"strategy=maml with adapt={p.adapt.value} has nothing to adapt ({decoder} has no parameters); "
+                "use decoder=linear, or adapt=all"
+            )
+        if p.vectorize is Vectorize.vmap and not self.model.encoder.supports_vmap:
+            raise ConfigError(f"{type(self.model.encoder).__name__} does not support vmap; use strategy.vectorize=loop or auto")
+
+    def uses_vmap(self, device: torch.device) -> bool:
+        if self.params_.vectorize is Vectorize.auto:
+            return device.type == "cuda" and self.model.encoder.supports_vmap
+        return self.params_.vectorize is Vectorize.vmap
+
+    # ------------------------------------------------------------------ the inner loop
+    def _lr(self, name: str) -> torch.Tensor | float:
+        return self.inner_lrs[name.replace(".", "__")] if self.params_.learn_inner_lr else self.params_.inner_lr
+
+    def _task_logits(
+        self, weights: Weights, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, n_way: int, steps: int,
+        create_graph: bool,
+    ) -> torch.Tensor:
+        """Adapt ``weights`` to one task's support set and return its query logits ``[Q, n_way]``."""
+        head_only = self.params_.adapt is Adapt.head
+        if head_only:
+            # ANIL: the encoder is not adapted, so embed once and adapt the head on the features.
+            emb = self.model.embed(torch.cat([sx, qx])[None])[0]
+            es, eq = emb[: sx.shape[0]], emb[sx.shape[0]:]
+            head = {n[len("decoder."):]: w for n, w in weights.items() if n.startswith("decoder.")}
+
+            def logits(fast: Weights, query: torch.Tensor | None) -> torch.Tensor:
+                q = es if query is None else eq
+                return functional_call(self.model.decoder, fast, (es[None], sy[None], q[None], n_way))[0]
+
+            fast, prefix = head, "decoder."
+        else:
+            def logits(fast: Weights, query: torch.Tensor | None) -> torch.Tensor:
+                return functional_call(self.model, fast, (sx[None], sy[None], None if query is None else qx[None], n_way))[0]
+
+            fast, prefix = dict(weights), ""
+
+        adapted = [n for n in self.adapt_names if n.startswith(prefix)]
+        for _ in range(steps):
+            def support_loss(trainable: Weights) -> torch.Tensor:
+                return F.cross_entropy(logits({**fast, **trainable}, None), sy)
+
+            trainable = {n[len(prefix):]: fast[n[len(prefix):]] for n in adapted}
+            grads = grad(support_loss)(trainable)
+            for n in adapted:
+                key = n[len(prefix):]
+                g = grads[key] if create_graph else grads[key].detach()
+                fast[key] = fast[key] - self._lr(n) * g
+        return logits(fast, qx)
+
+    def _batch_logits(self, batch: EpisodeBatch, steps: int, create_graph: bool) -> torch.Tensor:
+        weights = dict(self.model.named_parameters())
+        task = lambda sx, sy, qx: self._task_logits(weights, sx, sy, qx, batch.n_way, steps, create_graph)  # noqa: E731
+        if self.uses_vmap(batch.support_images.device):
+            self.model.encoder.vmap_safe(True)
+            return vmap(task, randomness="different")(batch.support_images, batch.support_labels, batch.query_images)
+        self.model.encoder.vmap_safe(False)
+        return torch.stack([task(batch.support_images[t], batch.support_labels[t], batch.query_images[t])
+                            for t in range(batch.tasks)])
+
+    # ------------------------------------------------------------------ the protocol
+    def meta_train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        with self.model.encoder.second_order_context():
+            logits = self._batch_logits(batch, self.params_.inner_steps, create_graph=not self.params_.first_order)
+            loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        grad_norm = clip_and_step(list(self.parameters()), optimizer, self.params_.clip, loss.detach())
+        return {"loss": loss.detach(), "accuracy": query_accuracy(logits.detach(), batch.query_labels).mean(),
+                "grad_norm": grad_norm}
+
+    def predict(self, batch: EpisodeBatch) -> torch.Tensor:
+        steps = self.params_.eval_inner_steps if self.params_.eval_inner_steps is not None else self.params_.inner_steps
+        with torch.enable_grad():
+            return self._batch_logits(batch, steps, create_graph=False).detach()
+
+
+@STRATEGIES.register("maml", params=MAMLParams)
+def build_maml(params: MAMLParams, model: MetaModel) -> MAML:
+    return MAML(params, model)
