@@ -112,23 +112,28 @@ class MAML(Strategy):
             es, eq = emb[: sx.shape[0]], emb[sx.shape[0]:]
             head = {n[len("decoder."):]: w for n, w in weights.items() if n.startswith("decoder.")}
 
-            def logits(fast: Weights, query: torch.Tensor | None) -> torch.Tensor:
-                q = es if query is None else eq
-                return functional_call(self.model.decoder, fast, (es[None], sy[None], q[None], n_way))[0]
+            def logits(fast: Weights, query: torch.Tensor | None, constant: bool = False) -> torch.Tensor:
+                support = es.detach() if constant else es
+                q = support if query is None else eq
+                return functional_call(self.model.decoder, fast, (support[None], sy[None], q[None], n_way))[0]
 
             fast, prefix = head, "decoder."
         else:
-            def logits(fast: Weights, query: torch.Tensor | None) -> torch.Tensor:
+            def logits(fast: Weights, query: torch.Tensor | None, constant: bool = False) -> torch.Tensor:
                 return functional_call(self.model, fast, (sx[None], sy[None], None if query is None else qx[None], n_way))[0]
 
             fast, prefix = dict(weights), ""
 
         adapted = [n for n in self.adapt_names if n.startswith(prefix)]
         for _ in range(steps):
-            def support_loss(trainable: Weights) -> torch.Tensor:
-                return F.cross_entropy(logits({**fast, **trainable}, None), sy)
+            # First order: the inner gradient is a constant, so compute it on detached weights and
+            # features (no graph back to the meta-parameters: less memory and time).
+            base = fast if create_graph else {k: v.detach() for k, v in fast.items()}
 
-            trainable = {n[len(prefix):]: fast[n[len(prefix):]] for n in adapted}
+            def support_loss(trainable: Weights) -> torch.Tensor:
+                return F.cross_entropy(logits({**base, **trainable}, None, constant=not create_graph), sy)
+
+            trainable = {n[len(prefix):]: base[n[len(prefix):]] for n in adapted}
             grads = grad(support_loss)(trainable)
             for n in adapted:
                 key = n[len(prefix):]
