@@ -9,7 +9,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from conftest import compose_config
+from conftest import FAST, compose_config
+from encoders.test_encoders import SMALL
 from metalearn_cli import runner
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.schema import REGISTRIES
@@ -74,10 +75,12 @@ COMBOS = list(itertools.product(*(REGISTRIES[g].names() for g in ("encoder", "de
 
 @pytest.mark.parametrize("encoder,decoder,strategy", COMBOS)
 @pytest.mark.parametrize("optimizer", REGISTRIES["optimizer"].names())
-def test_one_meta_step_for_every_combination(compose_train, tmp_path, encoder, decoder, strategy, optimizer):
-    cfg = compose_train(f"encoder={encoder}", f"decoder={decoder}", f"strategy={strategy}", f"optimizer={optimizer}",
-                        "encoder.width=8", "trainer.iterations=1", "trainer.val_every=1", "trainer.val_episodes=2",
-                        "eval.episodes=2")
+def test_one_meta_step_for_every_combination(tmp_path, encoder, decoder, strategy, optimizer):
+    small = [f"encoder.{k}={v}".replace(" ", "") for k, v in SMALL[encoder].items() if k != "drop_rate"]
+    fast = [o for o in FAST if not o.startswith("encoder.")]
+    cfg = compose_config("train", [*fast, f"encoder={encoder}", f"decoder={decoder}", f"strategy={strategy}",
+                                   f"optimizer={optimizer}", *small, "trainer.iterations=1", "trainer.val_every=1",
+                                   "trainer.val_episodes=2", "eval.episodes=2"])
     try:
         runner.train(cfg, tmp_path)
     except ConfigError as exc:  # an invalid pair must say so in one line

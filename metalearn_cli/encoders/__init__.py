@@ -36,4 +36,4 @@ class Encoder(nn.Module):
 
 ENCODERS: Registry[Encoder] = Registry("encoder")
 
-from metalearn_cli.encoders import conv4  # noqa: E402,F401  (registers the encoders)
+from metalearn_cli.encoders import conv4, resnet12, rnn, transformer  # noqa: E402,F401  (registers the encoders)
