@@ -37,16 +37,21 @@ class MetaModel(nn.Module):
         self.memory_format = torch.channels_last if enabled else torch.contiguous_format
         return self.to(memory_format=self.memory_format)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Embed ``[..., C, H, W]`` images to ``[..., D]`` in one encoder call."""
+    def embed(self, images: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """Embed ``[..., C, H, W]`` images to ``[..., D]`` in one encoder call; ``film`` holds
+        per-task ``[T, C]`` scales and shifts for images ``[T, M, C, H, W]``."""
         lead = images.shape[:-3]
+        if film is not None:
+            per_task = images.shape[1]
+            film = [(g.repeat_interleave(per_task, 0), b.repeat_interleave(per_task, 0)) for g, b in film]
         flat = images.reshape(-1, *images.shape[-3:])
         if not _inside_vmap(flat):  # vmap cannot change memory formats; its batched kernels pick their own
             flat = flat.contiguous(memory_format=self.memory_format)
+        kwargs = {} if film is None else {"film": film}
         if self.autocast_dtype is None:
-            return self.encoder(flat).reshape(*lead, -1)
+            return self.encoder(flat, **kwargs).reshape(*lead, -1)
         with torch.autocast(flat.device.type, dtype=self.autocast_dtype):
-            return self.encoder(flat).float().reshape(*lead, -1)
+            return self.encoder(flat, **kwargs).float().reshape(*lead, -1)
 
     def forward(
         self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor | None,
@@ -58,9 +63,17 @@ class MetaModel(nn.Module):
         s = support_images.shape[1]
         # Support and query share one encoder pass (one set of batch-norm statistics, bigger GEMMs).
         both = support_images if query_images is None else torch.cat([support_images, query_images], dim=1)
-        emb = self.embed(both)
+        film = None
+        if getattr(self.decoder, "modulates_encoder", False):
+            # CNAPs: the support set, embedded as it is, sets the FiLM parameters for this task.
+            film = self.decoder.modulation(self.embed(support_images), support_labels)
+        emb = self.embed(both, film)
         query = emb[:, :s] if query_images is None else emb[:, s:]
         return self.decoder(emb[:, :s], support_labels, query, n_way)
+
+    def regularizer(self) -> torch.Tensor | float:
+        """The decoder's regularisation term from its last forward (LEO's KL and penalties), or 0."""
+        return getattr(self.decoder, "regularizer", 0.0)
 
     def episode_logits(self, batch: EpisodeBatch) -> torch.Tensor:
         return self(batch.support_images, batch.support_labels, batch.query_images, batch.n_way)
@@ -81,7 +94,8 @@ def build_meta_model(cfg: Any, image_shape: tuple[int, int, int]) -> MetaModel:
     ways = [cfg.episode.way] if "episode" in cfg and cfg.episode is not None else []
     if "trainer" in cfg and cfg.trainer.train_way:
         ways.append(cfg.trainer.train_way)
-    decoder = DECODERS.build(cfg.decoder, in_dim=encoder.out_dim, max_way=max(ways, default=5))
+    decoder = DECODERS.build(cfg.decoder, in_dim=encoder.out_dim, max_way=max(ways, default=5),
+                             film_channels=encoder.film_channels, encoder_name=type(encoder).__name__)
     return MetaModel(encoder, decoder)
 
 

@@ -13,4 +13,4 @@ from metalearn_cli.registry import Registry
 
 DECODERS: Registry[nn.Module] = Registry("decoder")
 
-from metalearn_cli.decoders import linear, prototype  # noqa: E402,F401  (registers the decoders)
+from metalearn_cli.decoders import film, latent, linear, prototype  # noqa: E402,F401  (registers the decoders)

@@ -38,5 +38,5 @@ class LinearHead(nn.Module):
 
 
 @DECODERS.register("linear", params=LinearParams)
-def build_linear(params: LinearParams, in_dim: int, max_way: int) -> LinearHead:
+def build_linear(params: LinearParams, in_dim: int, max_way: int, **_: object) -> LinearHead:
     return LinearHead(params, in_dim, max_way)

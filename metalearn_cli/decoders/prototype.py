@@ -36,5 +36,5 @@ class PrototypeDecoder(nn.Module):
 
 
 @DECODERS.register("prototype", params=PrototypeParams)
-def build_prototype(params: PrototypeParams, in_dim: int, max_way: int = 0) -> PrototypeDecoder:
+def build_prototype(params: PrototypeParams, in_dim: int, **_: object) -> PrototypeDecoder:
     return PrototypeDecoder(in_dim)

@@ -2,7 +2,9 @@
 
 Each encoder is an ``nn.Module`` that declares its own quirks, so strategies never special-case a
 backbone: ``out_dim`` (wired into the decoder), ``supports_vmap`` (may tasks be batched with
-``torch.func.vmap``) and ``second_order_context()`` (a context needed for double backward).
+``torch.func.vmap``), ``second_order_context()`` (a context needed for double backward) and
+``film_channels`` (blocks that accept FiLM modulation: ``forward(images, film=[(gamma, beta), ...])``
+with per-image ``[B, C]`` scales and shifts, applied as ``x * (1 + gamma) + beta``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import ContextManager
 
+import torch
 from torch import nn
 
 from metalearn_cli.registry import Registry
@@ -20,6 +23,7 @@ class Encoder(nn.Module):
 
     out_dim: int
     supports_vmap: bool = True
+    film_channels: tuple[int, ...] = ()  # channels of each FiLM-modulated block; empty = no FiLM support
 
     def vmap_safe(self, enabled: bool = True) -> None:
         """Switch layers to forms whose second derivatives are correct under ``vmap``."""
@@ -32,6 +36,11 @@ class Encoder(nn.Module):
     def second_order_context(self) -> ContextManager[None]:
         """Context under which second-order gradients through this encoder are correct."""
         return contextlib.nullcontext()
+
+
+def modulate(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """FiLM (Perez et al. 2018): per-image, per-channel ``x * (1 + gamma) + beta`` on ``[B, C, H, W]``."""
+    return x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
 
 ENCODERS: Registry[Encoder] = Registry("encoder")

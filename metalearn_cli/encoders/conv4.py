@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from metalearn_cli.encoders import ENCODERS, Encoder
+from metalearn_cli.encoders import ENCODERS, Encoder, modulate
 from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.errors import ConfigError
 
@@ -45,9 +45,16 @@ class Conv4(Encoder):
             h, w = h // 2, w // 2
         self.net = nn.Sequential(*layers)
         self.out_dim = params.width * h * w
+        self.film_channels = (params.width,) * params.blocks
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images).flatten(1)
+    def forward(self, images: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        if film is None:
+            return self.net(images).flatten(1)
+        x = images
+        for i, (gamma, beta) in enumerate(film):  # FiLM after batch norm, before the non-linearity
+            conv, norm, act, pool = self.net[4 * i : 4 * i + 4]
+            x = pool(act(modulate(norm(conv(x)), gamma, beta)))
+        return x.flatten(1)
 
 
 @ENCODERS.register("conv4", params=Conv4Params)

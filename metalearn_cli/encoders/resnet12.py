@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalearn_cli.encoders import ENCODERS, Encoder
+from metalearn_cli.encoders import ENCODERS, Encoder, modulate
 from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.errors import ConfigError
 
@@ -55,8 +55,11 @@ class ResidualBlock(nn.Module):
         self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), TaskBatchNorm2d(cout))
         self.act, self.pool, self.drop = nn.LeakyReLU(slope), nn.MaxPool2d(2), drop
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.pool(self.act(self.body(x) + self.shortcut(x))))
+    def forward(self, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        y = self.body(x) + self.shortcut(x)
+        if film is not None:
+            y = modulate(y, *film)
+        return self.drop(self.pool(self.act(y)))
 
 
 class ResNet12(Encoder):
@@ -76,9 +79,13 @@ class ResNet12(Encoder):
             cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.out_dim = params.channels[-1]
+        self.film_channels = tuple(params.channels)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.blocks(images).mean(dim=(-2, -1))
+    def forward(self, images: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        x = images
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if film is None else film[i])
+        return x.mean(dim=(-2, -1))
 
 
 @ENCODERS.register("resnet12", params=ResNet12Params)

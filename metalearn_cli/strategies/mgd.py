@@ -36,7 +36,7 @@ class MGD(Strategy):
 
     def meta_train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         logits = self.model.episode_logits(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten()) + self.model.regularizer()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = clip_and_step(list(self.model.parameters()), optimizer, self.params_.clip, loss.detach())
