@@ -61,7 +61,7 @@ class _JobFailed(BaseException):
         self.error = error
 
 
-def _run_job(job: Callable[[], float], run_dir: Path) -> Optional[float]:
+def _run_job(job: Callable[[], float], run_dir: Path) -> float:
     """Run one job; record failures in the run dir. In a sweep a user error fails only this job."""
     try:
         return job()
@@ -73,7 +73,7 @@ def _run_job(job: Callable[[], float], run_dir: Path) -> Optional[float]:
         runner.write_status(run_dir, "failed", error=str(exc))
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed: %s", exc)
-            return None
+            return float("nan")  # sweepers record a failed trial (Optuna: FAIL) and go on
         raise _JobFailed(exc) from exc
     except Exception:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -83,14 +83,14 @@ def _run_job(job: Callable[[], float], run_dir: Path) -> Optional[float]:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
-def train_app(cfg: DictConfig) -> Optional[float]:
+def train_app(cfg: DictConfig) -> float:
     """Returns the best validation accuracy: the objective a sweeper maximises."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     return _run_job(lambda: runner.train(cfg, run_dir), run_dir)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
-def eval_app(cfg: DictConfig) -> Optional[float]:
+def eval_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     def job() -> float:
@@ -129,6 +129,10 @@ def one_line(exc: BaseException) -> str:
     options = getattr(exc, "options", None)  # MissingConfigException lists a group's valid options
     if options:
         parts.append(f"choose one of: {', '.join(options)}")
+    missing = str(getattr(exc, "missing_cfg_file", "") or "")
+    if missing.startswith(("hydra/sweeper", "hydra/launcher")):
+        parts.append('the sweeper/launcher plugins come with the extras: pip install -e ".[sweep]" (optuna, joblib) '
+                     'or ".[cluster]" (submitit)')
     return ": ".join(parts) or exc.__class__.__name__
 
 

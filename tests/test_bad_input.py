@@ -29,6 +29,7 @@ def one_line_error(capsys, args: list[str]) -> str:
     [
         ("encoder=resnet99", "Could not find 'encoder/resnet99'"),
         ("experiment=no_such_table", "Could not find 'experiment/no_such_table'"),
+        ("hydra/sweeper=grid_search_9000", 'pip install -e ".[sweep]"'),
         ("encoder.depth=3", "Key 'depth' not in 'Conv4Params'"),
         ("trainer.epochs=3", "Key 'epochs' not in 'TrainerConfig'"),
         ("encoder.width=abc", "could not be converted to Integer"),

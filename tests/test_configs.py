@@ -16,7 +16,7 @@ from metalearn_cli.errors import ConfigError
 from metalearn_cli.schema import REGISTRIES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ["dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "debug", "experiment"]
+GROUPS = ["dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "debug", "experiment", "sweep"]
 
 
 def options(group: str) -> list[str]:

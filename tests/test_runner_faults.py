@@ -88,8 +88,8 @@ def test_signals_checkpoint_at_the_next_step_and_mark_the_run(tmp_path, sig, cod
     run = tmp_path / "run"
     proc = cli(*LONG, "trainer.iterations=100000", "trainer.checkpoint_every=100000", f"hydra.run.dir={run}",
                cwd=tmp_path)
-    wait_for_status = time.time() + 120
-    while time.time() < wait_for_status and not (run / "metrics.jsonl").exists():
+    deadline = time.time() + 120  # a logged record means the loop (and its signal handlers) runs
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size):
         time.sleep(0.05)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)

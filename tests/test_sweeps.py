@@ -1,0 +1,63 @@
+"""Multirun through the installed CLI: the basic sweeper, Optuna, joblib and submitit launchers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+EXE = str(Path(sys.executable).parent / "metalearn")
+TINY = ["debug=smoke", "trainer.iterations=2", "trainer.val_every=2", "trainer.val_episodes=4", "eval.episodes=4",
+        "encoder.width=8", "device=cpu"]
+
+
+def sweep(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[Path]]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([EXE, "train", "-m", *TINY, *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    jobs = sorted(p for p in (tmp_path / "sweep").glob("*") if p.is_dir() and not p.name.startswith("."))
+    return proc, jobs
+
+
+def plugin(name: str) -> bool:
+    return importlib.util.find_spec(f"hydra_plugins.{name}") is not None
+
+
+def test_a_2x2_grid_gives_four_run_dirs(tmp_path):
+    proc, jobs = sweep(tmp_path, "episode=5way1shot,5way5shot", "seed=0,1", "episode.query=5")
+    assert proc.returncode == 0, proc.stderr
+    assert len(jobs) == 4
+    shapes = {(r["shot"], r["seed"]) for r in (json.loads((j / "results.json").read_text()) for j in jobs)}
+    assert shapes == {(1, 0), (1, 1), (5, 0), (5, 1)}
+    assert all(json.loads((j / "status.json").read_text())["status"] == "completed" for j in jobs)
+
+
+@pytest.mark.skipif(not plugin("hydra_optuna_sweeper"), reason='needs the sweep extra: pip install -e ".[sweep]"')
+def test_optuna_study_maximises_validation_accuracy(tmp_path):
+    proc, jobs = sweep(tmp_path, "sweep=optuna_protonet", "hydra.sweeper.n_trials=2", "trainer.train_way=5")
+    assert proc.returncode == 0, proc.stderr
+    assert len(jobs) == 2
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    vals = [json.loads((j / "results.json").read_text())["val_accuracy"] for j in jobs]
+    assert best["best_value"] == pytest.approx(max(vals))
+
+
+@pytest.mark.skipif(not plugin("hydra_joblib_launcher"), reason='needs the sweep extra: pip install -e ".[sweep]"')
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    proc, jobs = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1")
+    assert proc.returncode == 0, proc.stderr
+    assert len(jobs) == 2 and all((j / "results.json").is_file() for j in jobs)
+
+
+@pytest.mark.skipif(not plugin("hydra_submitit_launcher"), reason='needs the cluster extra: pip install -e ".[cluster]"')
+def test_submitit_local_launcher(tmp_path):
+    proc, jobs = sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "seed=0,1")
+    assert proc.returncode == 0, proc.stderr
+    results = [j for j in jobs if (j / "results.json").is_file()]
+    assert len(results) == 2
