@@ -179,6 +179,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     # Let errors reach us instead of Hydra's multi-line report; we print one line for user errors.
     saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone writes the run dir
+        rest = [*rest, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     sys.argv = [f"metalearn {command}", *_resume_overrides(rest)]
     try:
         try:

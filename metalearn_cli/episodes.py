@@ -109,8 +109,12 @@ class EpisodeSampler:
     def set_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
 
-    def sample(self, tasks: int) -> EpisodeBatch:
-        """Sample ``tasks`` independent episodes (classes without replacement within a task)."""
+    def sample(self, tasks: int, part: tuple[int, int] = (0, 1)) -> EpisodeBatch:
+        """Sample ``tasks`` independent episodes (classes without replacement within a task).
+
+        ``part=(rank, ranks)`` keeps only that rank's contiguous share of the tasks; all ranks draw
+        the whole meta-batch from the stream, so their shares are disjoint and the stream stays in step.
+        """
         g, split = self.generator, self.split
         n, k, q = self.n_way, self.k_shot, self.n_query
         # Drawn task by task so an episode depends only on the seed and its position in the
@@ -122,6 +126,10 @@ class EpisodeSampler:
             )
             for _ in range(tasks)
         ]
+        rank, ranks = part
+        share = tasks // ranks
+        picks = picks[rank * share : (rank + 1) * share]
+        tasks = share
         classes = torch.stack([c for c, _ in picks])  # [T, N]
         examples = torch.stack([e for _, e in picks])  # [T, N, K+Q]
         where = split.images.device

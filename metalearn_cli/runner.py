@@ -29,6 +29,7 @@ from metalearn_cli.checkpoint import (
     capture_rng, load_checkpoint, remove_stale_temporaries, restore_rng, save_checkpoint,
 )
 from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.distributed import World as distributed_world, world
 from metalearn_cli.episodes import ClassImages, EpisodeSampler, check_fits, split_seed
 from metalearn_cli.errors import CheckpointError, ConfigError, MetalearnError
 from metalearn_cli.host import keep_freed_memory, native_bf16
@@ -175,6 +176,11 @@ def build_strategy(cfg: Any, data: FewShotData, device: torch.device) -> Strateg
     strategy.to(device)
     model.use_channels_last(cfg.trainer.channels_last)
     model.use_precision(resolve_precision(cfg.trainer.precision, device, strategy))
+    if cfg.trainer.compile:
+        if not strategy.low_precision_ok:
+            raise ConfigError("trainer.compile=true cannot be used with second-order gradients (torch.compile has no "
+                              "double backward); use strategy=fomaml or strategy.first_order=true, or drop compile")
+        model.encoder.compile()  # in place: parameter names (and checkpoints) stay the same
     return strategy
 
 
@@ -290,6 +296,11 @@ def train(cfg: Any, run_dir: Path) -> float:
     wall_start = time.perf_counter()
     run_dir = Path(run_dir)
     device = _setup(cfg)
+    ranks = world()
+    if ranks.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    main = ranks.main  # only rank 0 validates, tests and writes the run dir
     shapes = Shapes.of(cfg)
     t = cfg.trainer
     if t.deterministic:
@@ -298,6 +309,8 @@ def train(cfg: Any, run_dir: Path) -> float:
         raise ConfigError("trainer.iterations, meta_batch, val_every, val_episodes, checkpoint_every and log_every must be >= 1")
     if cfg.eval.episodes < 1 or cfg.eval.batch_tasks < 1:
         raise ConfigError("eval.episodes and eval.batch_tasks must be >= 1")
+    if t.meta_batch % ranks.size:
+        raise ConfigError(f"trainer.meta_batch={t.meta_batch} does not split over {ranks.size} processes; use a multiple of {ranks.size}")
     resume = _resume_path(cfg.resume, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if resume is None and (ckpt_dir / "last.pt").exists():
@@ -346,20 +359,22 @@ def train(cfg: Any, run_dir: Path) -> float:
         }
 
     def save_last() -> None:
-        save_checkpoint(ckpt_dir / "last.pt", snapshot())
-        write_status(run_dir, "running", step=step, iterations=t.iterations)
+        if main:
+            save_checkpoint(ckpt_dir / "last.pt", snapshot())
+            write_status(run_dir, "running", step=step, iterations=t.iterations)
 
-    remove_stale_temporaries(ckpt_dir)
-    write_status(run_dir, "running", step=step, iterations=t.iterations)
-    metrics = MetricsLog(run_dir, resume_step=step if resume is not None else None)
+    if main:
+        remove_stale_temporaries(ckpt_dir)
+        write_status(run_dir, "running", step=step, iterations=t.iterations)
+    metrics = MetricsLog(run_dir, resume_step=step if resume is not None else None) if main else None
     nan_policy = _name(t.nan_policy)
     val_bn_mode = resolve_bn_mode(cfg.eval.bn_mode, strategy)
-    bar = tqdm(total=t.iterations, initial=step, disable=not t.progress, unit="it", dynamic_ncols=True, desc="meta-train")
+    bar = tqdm(total=t.iterations, initial=step, disable=not (t.progress and main), unit="it", dynamic_ncols=True, desc="meta-train")
     try:
         with _stop_requests() as stop:
             strategy.train()
             while step < t.iterations:
-                batch = train_sampler.sample(t.meta_batch)
+                batch = train_sampler.sample(t.meta_batch, part=(ranks.rank, ranks.size))
                 try:
                     window.add(strategy.meta_train_step(batch, optimizer))
                 except NonFiniteError as exc:
@@ -378,11 +393,12 @@ def train(cfg: Any, run_dir: Path) -> float:
                 if step % t.log_every == 0 or step == t.iterations:
                     values = window.flush(t.meta_batch)  # the only host sync of a step
                     values["lr"] = optimizer.param_groups[0]["lr"]
-                    metrics.log(step, "train", values)
+                    if metrics is not None:
+                        metrics.log(step, "train", values)
                     bar.set_postfix({k: f"{values[k]:.3f}" for k in ("loss", "accuracy") if k in values}
                                     | {"tasks/s": f"{values['tasks_per_s']:.0f}"})
                 paused = time.perf_counter()
-                if step % t.val_every == 0 or step == t.iterations:
+                if main and (step % t.val_every == 0 or step == t.iterations):
                     val = summarize(evaluate_tasks(strategy, val_sampler, t.val_episodes, cfg.eval.batch_tasks, val_bn_mode))
                     metrics.log(step, "val", val)
                     log.info("step %d: val accuracy %.4f ± %.4f", step, val["accuracy"], val["ci95"])
@@ -399,12 +415,16 @@ def train(cfg: Any, run_dir: Path) -> float:
                         f"continue with: metalearn train resume={run_dir}",
                     )
     except Interrupted:
-        write_status(run_dir, "interrupted", step=step, iterations=t.iterations)
+        if main:
+            write_status(run_dir, "interrupted", step=step, iterations=t.iterations)
         raise
     finally:
         bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     train_seconds = seconds_before + time.perf_counter() - session_start
+    if not main:
+        return best_val
 
     # Test what validation chose, read back from disk: `metalearn eval` on best.pt gives the same numbers.
     best = load_checkpoint(ckpt_dir / "best.pt")

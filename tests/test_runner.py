@@ -139,3 +139,15 @@ def test_saved_config_rebuilds_without_hydra(compose_train, run_dir):
     saved = load_checkpoint(run_dir / "checkpoints" / "best.pt")["config"]
     cfg = runner.validate_train_config(saved)
     assert OmegaConf.to_container(cfg.encoder) == {"name": "conv4", "width": 16, "blocks": 4}
+
+
+def test_compile_is_refused_for_second_order(compose_train, run_dir):
+    with pytest.raises(ConfigError, match="trainer.compile=true cannot be used with second-order"):
+        runner.train(compose_train("strategy=maml", "decoder=linear", "trainer.compile=true"), run_dir)
+
+
+@pytest.mark.slow
+def test_compiled_encoder_trains_and_keeps_checkpoint_keys(compose_train, run_dir):
+    runner.train(compose_train("trainer.compile=true"), run_dir)
+    keys = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"].keys()
+    assert "model.encoder.net.0.weight" in keys and not any("_orig_mod" in k for k in keys)

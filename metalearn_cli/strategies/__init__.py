@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from metalearn_cli.distributed import average_gradients
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import MetaModel
@@ -67,6 +68,7 @@ def clip_and_step(
     """
     if clip.norm is not None and clip.norm <= 0 or clip.value is not None and clip.value <= 0:
         raise ConfigError("strategy.clip.norm and strategy.clip.value must be > 0 or null")
+    average_gradients(parameters)  # data-parallel ranks: the meta-gradient of the whole meta-batch
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
     if not bool(torch.isfinite(loss).all() & torch.isfinite(norm)):

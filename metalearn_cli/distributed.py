@@ -1,0 +1,56 @@
+"""Data-parallel meta-training over processes (``torchrun --nproc-per-node=N -m metalearn_cli train``).
+
+The tasks of a meta-batch are split across ranks: every rank draws the whole meta-batch's task
+indices from the same seeded stream and gathers the images of its own share only, so ranks see
+disjoint tasks and together exactly the tasks one process would. Meta-gradients are averaged with
+one all-reduce before clipping, so the update equals single-process training on the same
+meta-batch (exactly so for strategies that keep tasks apart, such as the MAML family; with `mgd`
+batch-norm statistics are per rank, as with DDP without SyncBN). Only rank 0 validates, tests and
+writes the run dir.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """The process group described by torchrun's environment, joined on first use."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """Average the gradients over ranks with one flat all-reduce (no-op in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
