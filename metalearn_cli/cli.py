@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from metalearn_cli import runner
+from metalearn_cli import report, runner
 from metalearn_cli.errors import ConfigError, MetalearnError
 from metalearn_cli.schema import register_configs
 
@@ -37,6 +37,7 @@ Meta-learning experiments for few-shot image recognition, configured with Hydra.
 commands:
   train     meta-train a meta-network on episodes, validate, test best.pt, write a run dir
   eval      test a checkpoint on fixed tasks of any episode shape
+  report    one table (markdown + CSV) and plots over run dirs or sweep dirs
 
 examples:
   metalearn train                                    # ProtoNet on Omniglot 5-way 1-shot (embedded data, CPU ok)
@@ -45,6 +46,7 @@ examples:
   metalearn train -m seed=0,1,2                      # a multirun sweep: one run dir per job
   metalearn train resume=outputs/train/<run>         # continue an interrupted run in its own dir
   metalearn eval checkpoint=outputs/train/<run>/checkpoints/best.pt episode=5way5shot
+  metalearn report outputs/multirun/train/<time>     # table, learning curves, accuracy bar chart
   metalearn train --help                             # config groups, options and the composed config
   metalearn train --cfg job                          # print the composed config and exit
 
@@ -171,8 +173,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         for i, a in enumerate(args[:-1]):
             if a == flag:
                 return _shell_completion(args[i + 1])
+    if command == "report":
+        try:
+            return report.main(rest)
+        except MetalearnError as exc:
+            print(f"metalearn report: error: {exc}", file=sys.stderr)
+            return 2
     if command not in APPS:
-        print(f"metalearn: error: unknown command '{command}'; choose one of: {', '.join(APPS)} (see metalearn --help)",
+        print(f"metalearn: error: unknown command '{command}'; choose one of: {', '.join([*APPS, 'report'])} (see metalearn --help)",
               file=sys.stderr)
         return 2
     register_configs()

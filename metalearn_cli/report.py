@@ -1,0 +1,133 @@
+"""``metalearn report PATH...``: one table of configs x metrics over run dirs or sweep dirs, plus
+learning curves and a bar chart of test accuracy with CI95 error bars (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metalearn_cli.errors import MetalearnError
+
+COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "status",
+           "test_accuracy", "ci95", "val_accuracy", "train_seconds", "tasks_per_s"]
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Every run dir (a dir holding status.json or results.json) under the given paths, sorted."""
+    runs: set[Path] = set()
+    for path in paths:
+        if not path.exists():
+            raise MetalearnError(f"{path} does not exist; pass run dirs or sweep dirs (e.g. outputs/multirun/train/<time>)")
+        for marker in ("status.json", "results.json"):
+            runs.update(p.parent for p in path.rglob(marker))
+    if not runs:
+        raise MetalearnError(f"no run dirs (with status.json or results.json) under {', '.join(map(str, paths))}")
+    return sorted(runs)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def describe(run: Path, base: Path) -> dict[str, Any]:
+    """One row: the run's choices (from .hydra/config.yaml) and its measured figures."""
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) if (run / ".hydra" / "config.yaml").is_file() else {}
+    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) if (run / ".hydra" / "overrides.yaml").is_file() else []
+    results, status = _json(run / "results.json"), _json(run / "status.json")
+    ep = cfg.get("episode") or {}
+    name = lambda group: (cfg.get(group) or {}).get("name", "")  # noqa: E731
+    return {
+        "run": str(run.relative_to(base)) if run.is_relative_to(base) else str(run),
+        "overrides": " ".join(o for o in overrides or [] if not o.startswith("hydra.")),
+        "dataset": name("dataset"), "encoder": name("encoder"), "decoder": name("decoder"), "strategy": name("strategy"),
+        "episode": f"{ep.get('way', '?')}w{ep.get('shot', '?')}s" if ep else "",
+        "status": status.get("status", "completed" if results else "unknown"),
+        "test_accuracy": results.get("accuracy"), "ci95": results.get("ci95"),
+        "val_accuracy": results.get("val_accuracy"), "train_seconds": results.get("train_seconds"),
+        "tasks_per_s": results.get("train_tasks_per_s"),
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return "–"
+        if key in ("test_accuracy", "val_accuracy", "ci95"):
+            return f"{100 * value:.2f}"
+        return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+    out = io.StringIO()
+    out.write("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n")
+    for row in rows:
+        out.write("| " + " | ".join(cell(k, row[k]) for k in COLUMNS) + " |\n")
+    return out.getvalue()
+
+
+def plot(runs: list[Path], rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for run, row in zip(runs, rows):
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").is_file() else []
+        train = [(r["step"], r["loss"]) for r in records if r.get("split") == "train" and "loss" in r]
+        val = [(r["step"], r["accuracy"]) for r in records if r.get("split") == "val"]
+        if train:
+            loss_ax.plot(*zip(*train), label=row["run"])
+        if val:
+            val_ax.plot(*zip(*val), marker="o", label=row["run"])
+    loss_ax.set(xlabel="meta-iteration", ylabel="train loss", title="training loss")
+    val_ax.set(xlabel="meta-iteration", ylabel="validation accuracy", title="validation accuracy")
+    val_ax.legend(fontsize=7)
+    fig.tight_layout()
+    curves = out / "curves.png"
+    fig.savefig(curves, dpi=110)
+    plt.close(fig)
+
+    done = [r for r in rows if r["test_accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(done) + 2), 4))
+    ax.bar(range(len(done)), [100 * r["test_accuracy"] for r in done], yerr=[100 * (r["ci95"] or 0) for r in done], capsize=4)
+    ax.set_xticks(range(len(done)), [r["run"] for r in done], rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="test accuracy (%) ± CI95", title="test accuracy")
+    if done:
+        low = min(100 * (r["test_accuracy"] - (r["ci95"] or 0)) for r in done)
+        ax.set_ylim(max(0, low - 5), 100)
+    fig.tight_layout()
+    bars = out / "accuracy.png"
+    fig.savefig(bars, dpi=110)
+    plt.close(fig)
+    return [curves, bars]
+
+
+def main(argv: list[str]) -> int:
+    """``metalearn report PATH... [--out DIR]``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="metalearn report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or sweep dirs")
+    parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the PNGs (default: the first PATH)")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.paths)
+    base = args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent
+    rows = [describe(run, base) for run in runs]
+    out = args.out or base
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows)
+    (out / "report.md").write_text(table, encoding="utf-8")
+    with open(out / "report.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    pictures = plot(runs, rows, out)
+    print(table, end="")
+    print(f"\n{len(rows)} runs; wrote {out / 'report.md'}, {out / 'report.csv'}, " + ", ".join(map(str, pictures)))
+    return 0
