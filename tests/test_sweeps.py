@@ -61,3 +61,16 @@ def test_submitit_local_launcher(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = [j for j in jobs if (j / "results.json").is_file()]
     assert len(results) == 2
+
+
+@pytest.mark.skipif(not plugin("hydra_submitit_launcher"), reason='needs the cluster extra: pip install -e ".[cluster]"')
+def test_the_documented_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_module
+
+    from metalearn_cli.schema import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="metalearn_cli.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1 and launcher.partition == "gpu"
