@@ -98,10 +98,9 @@ class EpisodeSampler:
         # Episodes are delivered on `device`; the images may live elsewhere (host memory when the
         # accelerator is too small for them).
         self.device = torch.device(device) if device is not None else split.images.device
-        device = self.device
         # Labels are fixed per episode shape: class i of a task is label i.
-        self._support_labels = torch.arange(n_way, device=device).repeat_interleave(k_shot)
-        self._query_labels = torch.arange(n_way, device=device).repeat_interleave(n_query)
+        self._support_labels = torch.arange(n_way, device=self.device).repeat_interleave(k_shot)
+        self._query_labels = torch.arange(n_way, device=self.device).repeat_interleave(n_query)
 
     def get_state(self) -> torch.Tensor:
         return self.generator.get_state()

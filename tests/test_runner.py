@@ -69,9 +69,8 @@ def test_transductive_eval_does_not_change_the_model(compose_train, run_dir, tmp
     for mode in ("transductive", "running"):
         runner.evaluate(compose_config("eval", [f"checkpoint={ckpt}", "device=cpu", "eval.episodes=4",
                                                 f"eval.bn_mode={mode}"]), tmp_path / mode)
-    a = json.loads((tmp_path / "running" / "results.json").read_text())
-    b = json.loads((run_dir / "results.json").read_text())
-    assert a["accuracy"] != b["accuracy"] or a["episodes"] != b["episodes"] or True
+    modes = {m: json.loads((tmp_path / m / "results.json").read_text())["bn_mode"] for m in ("transductive", "running")}
+    assert modes == {"transductive": "transductive", "running": "running"}
     assert all(torch.equal(v, load_checkpoint(ckpt)["model"][k]) for k, v in before.items())
 
 
