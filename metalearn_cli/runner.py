@@ -29,7 +29,7 @@ from metalearn_cli.checkpoint import (
     capture_rng, load_checkpoint, remove_stale_temporaries, restore_rng, save_checkpoint,
 )
 from metalearn_cli.data import DATASETS, FewShotData
-from metalearn_cli.distributed import World as distributed_world, world
+from metalearn_cli.distributed import world
 from metalearn_cli.episodes import ClassImages, EpisodeSampler, check_fits, split_seed
 from metalearn_cli.errors import CheckpointError, ConfigError, MetalearnError
 from metalearn_cli.host import keep_freed_memory, native_bf16
@@ -363,12 +363,12 @@ def train(cfg: Any, run_dir: Path) -> float:
             save_checkpoint(ckpt_dir / "last.pt", snapshot())
             write_status(run_dir, "running", step=step, iterations=t.iterations)
 
+    val_bn_mode = resolve_bn_mode(cfg.eval.bn_mode, strategy)  # fail before anything is written
     if main:
         remove_stale_temporaries(ckpt_dir)
         write_status(run_dir, "running", step=step, iterations=t.iterations)
     metrics = MetricsLog(run_dir, resume_step=step if resume is not None else None) if main else None
     nan_policy = _name(t.nan_policy)
-    val_bn_mode = resolve_bn_mode(cfg.eval.bn_mode, strategy)
     bar = tqdm(total=t.iterations, initial=step, disable=not (t.progress and main), unit="it", dynamic_ncols=True, desc="meta-train")
     try:
         with _stop_requests() as stop:

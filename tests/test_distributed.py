@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from conftest import FAST, compose_config
 from metalearn_cli import runner
 from metalearn_cli.checkpoint import load_checkpoint
+from metalearn_cli.distributed import World
 from metalearn_cli.episodes import ClassImages, EpisodeSampler
 
 OVERRIDES = [*FAST, "strategy=fomaml", "decoder=linear", "encoder.width=8", "trainer.meta_batch=4",
@@ -57,6 +58,6 @@ def test_ranks_draw_disjoint_shares_of_the_same_meta_batch():
 
 
 def test_a_meta_batch_that_does_not_split_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "world", lambda: runner.distributed_world(rank=0, size=3))
+    monkeypatch.setattr(runner, "world", lambda: World(rank=0, size=3))
     with pytest.raises(runner.ConfigError, match="does not split over 3 processes"):
         runner.train(compose_config("train", [*FAST, "trainer.meta_batch=4"]), tmp_path)

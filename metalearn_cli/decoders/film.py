@@ -41,8 +41,9 @@ class FiLMDecoder(nn.Module):
     def modulation(self, support: torch.Tensor, support_labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-task ``(gamma, beta)`` of shape ``[T, C]`` for each encoder block."""
         task = self.task_encoder(support).mean(1)  # [T, h]: invariant to the order of the support set
-        self.regularizer = sum(layer(task).square().mean() for layer in self.film) * 1e-3  # keep modulations small
-        return [tuple(layer(task).chunk(2, dim=-1)) for layer in self.film]  # type: ignore[misc]
+        params = [layer(task) for layer in self.film]
+        self.regularizer = sum(p.square().mean() for p in params) * 1e-3  # keep modulations small
+        return [tuple(p.chunk(2, dim=-1)) for p in params]  # type: ignore[misc]
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int) -> torch.Tensor:
         onehot = F.one_hot(support_labels, n_way).to(support.dtype)
