@@ -23,21 +23,31 @@ VERSION = 1
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (plus format and version) to ``path`` via a temp file and ``os.replace``."""
+    """Write ``state`` (plus format and version) to ``path`` atomically (see :func:`atomic_save`)."""
+    atomic_save(path, {"format": FORMAT, "version": VERSION, **state}, "checkpoint",
+                "free disk space or choose another hydra.run.dir")
+
+
+def atomic_save(path: Path, payload: dict[str, Any], what: str, remedy: str) -> None:
+    """``torch.save`` via a temp file, fsync and ``os.replace``: ``path`` is whole or untouched.
+
+    A failure is a one-line :class:`CheckpointError` naming ``what`` was written and ending in
+    ``remedy``; no temp file is left.
+    """
+    path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except OSError as exc:
-        kept = "the previous one is kept" if path.exists() else "no earlier checkpoint exists"
-        raise CheckpointError(
-            f"could not write checkpoint {path} ({exc.strerror or exc}); {kept}; free disk space or choose another hydra.run.dir"
-        ) from exc
+        kept = "the previous one is kept" if path.exists() else "no earlier file exists"
+        raise CheckpointError(f"could not write {what} {path} ({exc.strerror or exc}); {kept}; {remedy}") from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

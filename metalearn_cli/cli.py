@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from metalearn_cli import report, runner
+from metalearn_cli import predict, report, runner
 from metalearn_cli.errors import ConfigError, MetalearnError
 from metalearn_cli.schema import register_configs
 
@@ -37,6 +37,8 @@ Meta-learning experiments for few-shot image recognition, configured with Hydra.
 commands:
   train     meta-train a meta-network on episodes, validate, test best.pt, write a run dir
   eval      test a checkpoint on fixed tasks of any episode shape
+  predict   adapt a trained meta-network to your own support images and classify query images
+  export    write a checkpoint's meta-knowledge alone, for metalearn_cli.load() and predict
   report    one table (markdown + CSV) and plots over run dirs or sweep dirs
 
 examples:
@@ -46,6 +48,8 @@ examples:
   metalearn train -m seed=0,1,2                      # a multirun sweep: one run dir per job
   metalearn train resume=outputs/train/<run>         # continue an interrupted run in its own dir
   metalearn eval checkpoint=outputs/train/<run>/checkpoints/best.pt episode=5way5shot
+  metalearn predict checkpoint=<run>/checkpoints/best.pt support=task/support query=task/query
+  metalearn export checkpoint=<run>/checkpoints/best.pt out=meta_knowledge.pt
   metalearn report outputs/multirun/train/<time>     # table, learning curves, accuracy bar chart
   metalearn train --help                             # config groups, options and the composed config
   metalearn train --cfg job                          # print the composed config and exit
@@ -96,14 +100,41 @@ def eval_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     def job() -> float:
-        if OmegaConf.is_missing(cfg, "checkpoint"):
-            raise ConfigError("metalearn eval needs checkpoint=PATH (a best.pt/last.pt or a run dir)")
+        _required(cfg, "eval", "checkpoint")
         return runner.evaluate(cfg, run_dir)
 
     return _run_job(job, run_dir)
 
 
-APPS: dict[str, Callable[[], Any]] = {"train": train_app, "eval": eval_app}
+def _required(cfg: DictConfig, command: str, *keys: str) -> None:
+    missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
+    if missing:
+        raise ConfigError(f"metalearn {command} needs {' and '.join(f'{k}=...' for k in missing)} (see metalearn {command} --help)")
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="predict", version_base="1.3")
+def predict_app(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+    def job() -> float:
+        _required(cfg, "predict", "checkpoint", "support", "query")
+        return predict.predict(cfg, run_dir)
+
+    return _run_job(job, run_dir)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="export", version_base="1.3")
+def export_app(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+    def job() -> float:
+        _required(cfg, "export", "checkpoint", "out")
+        return predict.export(cfg, run_dir)
+
+    return _run_job(job, run_dir)
+
+
+APPS: dict[str, Callable[[], Any]] = {"train": train_app, "eval": eval_app, "predict": predict_app, "export": export_app}
 
 
 def _resume_overrides(args: list[str]) -> list[str]:

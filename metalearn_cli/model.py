@@ -104,15 +104,15 @@ def batch_norm_mode(model: nn.Module, mode: str) -> Iterator[None]:
     """Evaluate with running statistics (``running``) or each batch's own (``transductive``).
 
     Transductive mode uses the test batch's statistics without updating the running ones, so
-    evaluating never changes the model.
+    evaluating never changes the model. Everything else is in evaluation mode either way (no
+    dropout or DropBlock, LEO's codes at their means).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     was_training, tracked = model.training, [m.track_running_stats for m in norms]
-    if mode == "running":
-        model.eval()
-    else:
-        model.train()
+    model.eval()
+    if mode == "transductive":
         for m in norms:
+            m.train()
             m.track_running_stats = False
     try:
         yield

@@ -111,7 +111,8 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _setup(cfg: Any) -> torch.device:
+def setup_device(cfg: Any) -> torch.device:
+    """Host settings (allocator, threads) and the device a run uses."""
     keep_freed_memory()
     if cfg.threads is not None:
         if cfg.threads < 1:
@@ -168,9 +169,9 @@ def resident(split: ClassImages, device: torch.device) -> ClassImages:
     return split.to(device)
 
 
-def build_strategy(cfg: Any, data: FewShotData, device: torch.device) -> Strategy:
-    """Meta-network + strategy for ``cfg``, on ``device``, with the configured kernels."""
-    model = build_meta_model(cfg, data.image_shape)
+def build_strategy(cfg: Any, image_shape: tuple[int, int, int], device: torch.device) -> Strategy:
+    """Meta-network + strategy for ``cfg`` and images of ``image_shape``, on ``device``, with the configured kernels."""
+    model = build_meta_model(cfg, image_shape)
     strategy = STRATEGIES.build(cfg.strategy, model=model)
     strategy.check_compatible()
     strategy.to(device)
@@ -295,7 +296,7 @@ def train(cfg: Any, run_dir: Path) -> float:
     """Meta-train, validate, test ``best.pt``; writes the run dir; returns the best validation accuracy."""
     wall_start = time.perf_counter()
     run_dir = Path(run_dir)
-    device = _setup(cfg)
+    device = setup_device(cfg)
     ranks = world()
     if ranks.size > 1 and device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
@@ -321,7 +322,7 @@ def train(cfg: Any, run_dir: Path) -> float:
     check_fits(data.train, "train", data.name, shapes.train_way, shapes.shot, shapes.train_query)
     check_fits(data.val, "val", data.name, shapes.way, shapes.shot, shapes.query)
     check_fits(data.test, "test", data.name, shapes.way, shapes.shot, shapes.query)
-    strategy = build_strategy(cfg, data, device)
+    strategy = build_strategy(cfg, data.image_shape, device)
     optimizer = OPTIMIZERS.build(cfg.optimizer, parameters=list(strategy.parameters()))
     schedule = build_schedule(OPTIMIZERS.params_of(cfg.optimizer).schedule, optimizer, t.iterations)
     train_sampler = EpisodeSampler(resident(data.train, device), shapes.train_way, shapes.shot, shapes.train_query,
@@ -472,7 +473,7 @@ def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) 
 def evaluate(cfg: Any, run_dir: Path) -> float:
     """Test a checkpoint on fixed tasks; writes ``results.json`` into ``run_dir``; returns accuracy."""
     wall_start = time.perf_counter()
-    device = _setup(cfg)
+    device = setup_device(cfg)
     state = load_checkpoint(cfg.checkpoint)
     train_cfg = validate_train_config(state["config"])
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
@@ -480,7 +481,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split} is not an evaluation split; use test or val")
     data = DATASETS.build(train_cfg.dataset)
-    strategy = build_strategy(train_cfg, data, device)
+    strategy = build_strategy(train_cfg, data.image_shape, device)
     try:
         strategy.load_state_dict(state["model"])
     except RuntimeError as exc:

@@ -106,11 +106,29 @@ class EvalRunConfig:
     threads: Optional[int] = None
 
 
+@dataclass
+class PredictConfig:
+    checkpoint: str = MISSING  # a best.pt / last.pt, a run dir, or a file written by metalearn export
+    support: str = MISSING  # a folder with one sub-folder of images per class (any K >= 1 each, >= 2 classes)
+    query: str = MISSING  # a folder of images, or of class sub-folders named like the support's (then accuracy is reported)
+    show: int = 20  # predictions printed on screen; all of them go to predictions.csv
+    device: str = "auto"
+    threads: Optional[int] = None
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = MISSING  # a best.pt / last.pt or a run dir
+    out: str = MISSING  # where to write the meta-knowledge file (loadable with torch.load(weights_only=True))
+
+
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalRunConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     for group, registry in REGISTRIES.items():
         for name in registry.names():
             cs.store(group=f"schema/{group}", name=name, node=registry.get(name).params)

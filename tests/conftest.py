@@ -55,3 +55,40 @@ def run_dir(tmp_path: Path) -> Path:
     path = tmp_path / "run"
     path.mkdir()
     return path
+
+
+def write_image_task(root: Path, classes: int = 3, support: tuple[int, ...] = (2,), query: int = 3,
+                     labelled: bool = True, split: str = "test") -> list[str]:
+    """An image task on disk from the synthetic data set's ``split`` classes (the FAST run's):
+    ``root/support/<class>/`` with ``support[c % len(support)]`` images each (stored larger and in
+    RGB, to exercise conversion) and ``root/query/`` (class sub-folders when ``labelled``)."""
+    from PIL import Image
+
+    from metalearn_cli.data import DATASETS
+
+    data = DATASETS.build({"name": "synthetic", "train_classes": 20, "val_classes": 8, "test_classes": 8,
+                           "images_per_class": 8})
+    split_images = data.split(split)
+    names = split_images.class_names[:classes]
+    for c, name in enumerate(names):
+        k = support[c % len(support)]
+        for j in range(k + query):
+            img = Image.fromarray(split_images.images[c, j, 0].numpy())
+            if j < k:
+                folder = root / "support" / name
+                img = img.resize((56, 56), Image.Resampling.NEAREST).convert("RGB")
+            else:
+                folder = root / "query" / name if labelled else root / "query"
+            folder.mkdir(parents=True, exist_ok=True)
+            img.save(folder / (f"{j}.png" if labelled or j < k else f"{name}_{j}.png"))
+    return names
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained ProtoNet run dir (FAST settings), shared by a test module."""
+    from metalearn_cli.runner import train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(compose_config("train", FAST + ["trainer.iterations=10"]), run)
+    return run

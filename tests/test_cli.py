@@ -62,6 +62,8 @@ def test_help_names_the_subcommand_and_lists_groups(tmp_path):
     job = run_cli("train", "--cfg", "job", cwd=tmp_path)
     assert job.returncode == 0 and "train_way:" in job.stdout
     assert run_cli("eval", "--help", cwd=tmp_path).stdout.startswith("metalearn eval:")
+    assert run_cli("predict", "--help", cwd=tmp_path).stdout.startswith("metalearn predict:")
+    assert run_cli("export", "--help", cwd=tmp_path).stdout.startswith("metalearn export:")
 
 
 @pytest.mark.parametrize(
@@ -73,7 +75,7 @@ def test_help_names_the_subcommand_and_lists_groups(tmp_path):
         (["train", "debug=smoke", "episode.way=60"], "60-way episodes need 60 classes"),
         (["train", "debug=smoke", "episode=5way5shot", "episode.query=20"], "need 25 images per class"),
         (["train", "dataset.root=/nonexistent/omniglot"], "Omniglot not found in /nonexistent/omniglot"),
-        (["eval"], "needs checkpoint=PATH"),
+        (["eval"], "needs checkpoint=..."),
         (["eval", "checkpoint=/nonexistent.pt"], "does not exist"),
     ],
 )

@@ -38,6 +38,14 @@ def test_every_registry_entry_has_a_config_and_every_config_a_registry_entry():
         assert named == set(registry.names()), group
 
 
+def test_predict_and_export_configs_compose_and_type_their_keys():
+    cfg = compose_config("predict", ["checkpoint=c.pt", "support=s", "query=q", "show=3"])
+    assert (cfg.checkpoint, cfg.support, cfg.query, cfg.show) == ("c.pt", "s", "q", 3)
+    assert compose_config("export", ["checkpoint=c.pt", "out=o.pt"]).out == "o.pt"
+    with pytest.raises(Exception, match="show"):
+        compose_config("predict", ["show=many"])
+
+
 def test_eval_config_composes_with_and_without_an_episode():
     assert compose_config("eval", ["checkpoint=x"]).episode is None
     assert compose_config("eval", ["checkpoint=x", "episode=20way5shot"]).episode.way == 20

@@ -49,3 +49,15 @@ def test_batch_norm_modes_use_the_right_statistics_and_leave_the_model_unchanged
     assert model.training
     assert not torch.allclose(running, transductive)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_transductive_mode_switches_only_batch_norm_to_batch_statistics():
+    """Dropout-like layers stay off at evaluation whichever statistics batch norm uses."""
+    model, batch = make()
+    model.train()
+    with batch_norm_mode(model, "transductive"):
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        others = [m for m in model.modules() if not isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m is not model]
+        assert norms and all(m.training and not m.track_running_stats for m in norms)
+        assert all(not m.training for m in others)
+    assert model.training and all(m.track_running_stats for m in norms)

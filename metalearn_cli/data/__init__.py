@@ -7,10 +7,14 @@ splits hold disjoint classes. Importing this package registers all of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import DataError
 from metalearn_cli.registry import Registry
+
+if TYPE_CHECKING:
+    from metalearn_cli.data.images import ImageFormat
 
 SPLITS = ("train", "val", "test")
 
@@ -48,4 +52,10 @@ class FewShotData:
 
 DATASETS: Registry[FewShotData] = Registry("dataset")
 
-from metalearn_cli.data import omniglot, synthetic  # noqa: E402,F401  (registers the data sets)
+
+def image_format(dataset_cfg: Any) -> "ImageFormat":
+    """How this data set's images look to the model, from its config alone (no data is read):
+    every data set's parameters say it with an ``image_format()`` method."""
+    return DATASETS.params_of(dataset_cfg).image_format()
+
+from metalearn_cli.data import cifar_fs, folder, mini_imagenet, omniglot, synthetic  # noqa: E402,F401  (registers the data sets)

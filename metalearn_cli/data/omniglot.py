@@ -31,13 +31,14 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image
 
 from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.data.images import ImageFormat, read_image
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import DataError
 
 IMAGE_SIZE = 28
+IMAGE_FORMAT = ImageFormat(channels=1, size=IMAGE_SIZE, resample="lanczos", invert=True)
 SETS = ("images_background", "images_evaluation")
 LAKE_VAL_ALPHABETS = 5
 ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "omniglot"
@@ -56,6 +57,9 @@ class OmniglotParams:
     split: OmniglotSplit = OmniglotSplit.vinyals
     root: Optional[str] = None  # folder with images_background/_evaluation (.zip or folders); null = embedded copy
     download: bool = False  # fetch the original archives into root with torchvision (needs a network)
+
+    def image_format(self) -> ImageFormat:
+        return IMAGE_FORMAT
 
 
 @dataclass(frozen=True)
@@ -125,13 +129,8 @@ def _fingerprint(sources: dict[str, Path]) -> str:
 
 
 def to_28(data: bytes, where: str) -> np.ndarray:
-    """Decode one PNG and resize it to 28x28 (Lanczos), strokes bright on black."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            small = img.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-    except Exception as exc:  # PIL raises many types for a corrupt file
-        raise DataError(f"cannot decode image {where}: {exc}; re-extract or re-download the data set") from exc
-    return 255 - np.asarray(small, dtype=np.uint8)
+    """Decode one PNG and convert it as :data:`IMAGE_FORMAT` says (28x28 Lanczos, strokes bright on black)."""
+    return read_image(io.BytesIO(data), IMAGE_FORMAT, where)[0].numpy()
 
 
 def read_source(root: Path) -> OmniglotArrays:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.data.images import ImageFormat
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import ConfigError
 
@@ -28,6 +29,9 @@ class SyntheticParams:
     shift: int = 2  # max pixels an example is shifted from its class glyph
     noise: float = 0.15  # std of the pixel noise added to each example
     seed: int = 0  # fixes the glyphs and examples, independent of the run seed
+
+    def image_format(self) -> ImageFormat:
+        return ImageFormat(channels=self.channels, size=self.image_size)
 
 
 @DATASETS.register("synthetic", params=SyntheticParams)

@@ -1,0 +1,71 @@
+"""CIFAR-FS (Bertinetto et al. 2019): CIFAR-100's 100 classes x 600 images, 64 / 16 / 20 classes.
+
+Read with torchvision's real ``CIFAR100`` (its train and test parts together make 600 images per
+class) from ``dataset.root``; ``dataset.download=true`` fetches it there. The class split ships in
+``assets/cifar_fs/``. Images stay 32 x 32 unless ``image_size`` asks otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metalearn_cli.data import DATASETS, SPLITS, FewShotData
+from metalearn_cli.data.folders import split_of
+from metalearn_cli.data.images import ImageFormat
+from metalearn_cli.episodes import ClassImages
+from metalearn_cli.errors import DataError
+
+ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "cifar_fs"
+
+
+@dataclass
+class CifarFSParams:
+    name: str = "cifar_fs"
+    root: Optional[str] = None  # the folder holding torchvision's cifar-100-python/
+    download: bool = False  # fetch CIFAR-100 into root with torchvision (needs a network)
+    image_size: int = 32  # the protocol's 32 x 32
+
+    def image_format(self) -> ImageFormat:
+        return ImageFormat(3, self.image_size, "bilinear")
+
+
+def _read_cifar100(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from torchvision.datasets import CIFAR100
+
+    try:
+        parts = [CIFAR100(root, train=train, download=download) for train in (True, False)]
+    except Exception as exc:  # torchvision says "Dataset not found or corrupted" (RuntimeError) or fails to fetch
+        raise DataError(
+            f"CIFAR-100 not found or corrupted in {root} ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}); "
+            "put torchvision's cifar-100-python/ there or pass dataset.download=true on a connected machine"
+        ) from exc
+    images = np.concatenate([p.data for p in parts])  # [60000, 32, 32, 3] uint8
+    labels = np.concatenate([np.asarray(p.targets) for p in parts])
+    return images, labels, list(parts[0].classes)
+
+
+@DATASETS.register("cifar_fs", params=CifarFSParams)
+def build_cifar_fs(params: CifarFSParams) -> FewShotData:
+    if params.root is None:
+        raise DataError("dataset=cifar_fs needs dataset.root=DIR (with cifar-100-python/, or dataset.download=true to fetch it)")
+    images, labels, classes = _read_cifar100(params.root, params.download)
+    split = {s: (ASSET_DIR / f"{s}.txt").read_text().split() for s in SPLITS}
+    missing = [c for s in SPLITS for c in split[s] if c not in classes]
+    if missing:
+        raise DataError(f"the CIFAR-100 in {params.root} lacks the class {missing[0]}; it is not the standard CIFAR-100")
+    per_class = int(np.bincount(labels, minlength=len(classes)).min())
+    stacked = torch.stack([torch.from_numpy(images[labels == c][:per_class]) for c in range(len(classes))])
+    stacked = stacked.permute(0, 1, 4, 2, 3)  # [classes, images, 3, 32, 32], each class in the files' order
+    fmt = params.image_format()
+    if fmt.size != 32:
+        pipeline = fmt.pipeline()
+        stacked = torch.stack([torch.stack([pipeline(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in cls])
+                               for cls in stacked])
+    data = ClassImages(stacked.contiguous(), classes)
+    return FewShotData(name="cifar_fs", **{s: split_of(data, split[s]) for s in SPLITS})

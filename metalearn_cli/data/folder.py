@@ -1,0 +1,92 @@
+"""Any class-per-folder image set: ``root/<class>/<image>``, split by a file or by seeded ratios.
+
+``split_file`` lists ``<class> <train|val|test>`` per line (a comma also separates); without it the
+sorted class names are shuffled by ``split_seed`` and cut by ``ratios``, so the split is the same
+on every machine. Images are converted to ``image_size`` x ``image_size`` once and cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from metalearn_cli.data import DATASETS, SPLITS, FewShotData
+from metalearn_cli.data.folders import CACHE_DIR, load_classes, split_of
+from metalearn_cli.data.images import ImageFormat, class_folders, image_files
+from metalearn_cli.errors import ConfigError, DataError
+
+
+@dataclass
+class FolderParams:
+    name: str = "folder"
+    root: Optional[str] = None  # root/<class>/<image files>
+    image_size: int = 84  # pixels per side after resizing
+    channels: int = 3  # 3 = RGB, 1 = grey
+    resample: str = "bilinear"  # lanczos | bilinear | bicubic | nearest
+    split_file: Optional[str] = None  # lines "<class> <train|val|test>"; null = seeded split by ratios
+    ratios: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])  # train / val / test shares of the classes
+    split_seed: int = 0  # fixes the ratio split (not the run seed: the split must not move between runs)
+    images_per_class: Optional[int] = None  # null = the smallest class's count
+    cache: bool = True  # keep the converted tensor in root/.metalearn-cache/
+
+    def image_format(self) -> ImageFormat:
+        return ImageFormat(self.channels, self.image_size, self.resample)
+
+
+def read_split_file(path: Path, classes: list[str]) -> dict[str, list[str]]:
+    """``<class> <split>`` lines -> split -> classes (in file order); every listed class must exist."""
+    if not path.is_file():
+        raise DataError(f"split file {path} does not exist; pass dataset.split_file=FILE or null for a seeded split")
+    parts: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.replace(",", " ").split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) != 2 or fields[1] not in SPLITS:
+            raise DataError(f"{path}:{n}: expected '<class> <train|val|test>', got {line.strip()!r}")
+        if fields[0] not in classes:
+            raise DataError(f"{path}:{n}: class {fields[0]} has no folder in the data set root")
+        parts[fields[1]].append(fields[0])
+    return parts
+
+
+def ratio_split(classes: list[str], ratios: list[float], seed: int) -> dict[str, list[str]]:
+    """Shuffle the sorted classes with ``seed`` and cut them by ``ratios`` (each split gets >= 1 class)."""
+    if len(ratios) != 3 or min(ratios) <= 0:
+        raise ConfigError("dataset.ratios must be three positive train/val/test shares, e.g. [0.64, 0.16, 0.2]")
+    order = torch.randperm(len(classes), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [sorted(classes)[i] for i in order]
+    total = sum(ratios)
+    n = len(classes)
+    n_train = min(max(1, round(n * ratios[0] / total)), n - 2)
+    n_val = min(max(1, round(n * ratios[1] / total)), n - n_train - 1)
+    return {"train": shuffled[:n_train], "val": shuffled[n_train:n_train + n_val], "test": shuffled[n_train + n_val:]}
+
+
+@DATASETS.register("folder", params=FolderParams)
+def build_folder(params: FolderParams) -> FewShotData:
+    if params.root is None:
+        raise DataError("dataset=folder needs dataset.root=DIR with one sub-folder of images per class")
+    root = Path(params.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset.root={root} does not exist; it must hold one sub-folder of images per class")
+    folders = class_folders(root)
+    names = [f.name for f in folders]
+    if len(names) < 3:
+        raise DataError(f"{root} has {len(names)} class folders; train, val and test need at least one class each")
+    parts = read_split_file(Path(params.split_file), names) if params.split_file else ratio_split(names, params.ratios, params.split_seed)
+    empty = [s for s in SPLITS if not parts[s]]
+    if empty:
+        raise DataError(f"the {empty[0]} split of {root} has no classes; change dataset.ratios or the split file")
+    used = [c for s in SPLITS for c in parts[s]]
+    files = {c: image_files(root / c) for c in used}
+    for c, found in files.items():
+        if not found:
+            raise DataError(f"class folder {root / c} holds no images; add images or remove the folder")
+    data = load_classes(files, params.image_format(), params.images_per_class,
+                        root / CACHE_DIR if params.cache else None, f"dataset.root={root}")
+    return FewShotData(name=f"folder:{root.name}", train=split_of(data, parts["train"]), val=split_of(data, parts["val"]),
+                       test=split_of(data, parts["test"]))

@@ -1,0 +1,97 @@
+"""Image files grouped by class -> one resident uint8 tensor, converted once and cached.
+
+Data sets read from image folders (``folder``, ``mini_imagenet``) list each class's files and call
+:func:`load_classes`. Conversion (decode, resize to the data set's :class:`ImageFormat`) happens
+once; the tensor is cached beside the images with the fingerprint of its sources and a SHA-256
+checksum of its bytes, so a changed source or a damaged cache file is noticed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from metalearn_cli.checkpoint import atomic_save
+from metalearn_cli.data.images import ImageFormat, read_image
+from metalearn_cli.episodes import ClassImages
+from metalearn_cli.errors import CheckpointError, DataError
+
+log = logging.getLogger(__name__)
+CACHE_DIR = ".metalearn-cache"
+
+
+def _fingerprint(files: dict[str, list[Path]], fmt: ImageFormat, per_class: int) -> str:
+    """Identity of the sources and the conversion: file names, sizes and times, the format, the count."""
+    h = hashlib.sha256(f"{fmt}:{per_class}".encode())
+    for name, paths in files.items():
+        for p in paths[:per_class]:
+            st = p.stat()
+            h.update(f"{name}/{p.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()
+
+
+def _checksum(images: torch.Tensor) -> str:
+    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read_cache(path: Path, fingerprint: str) -> Optional[torch.Tensor]:
+    """The cached tensor if it is whole and made from these sources, else ``None`` (it is then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint and _checksum(state["images"]) == state.get("checksum"):
+            return state["images"]
+    except Exception:  # a truncated or foreign file: rebuild it
+        pass
+    log.warning("the image cache %s is stale or damaged; converting the images again", path)
+    return None
+
+
+def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Optional[int], cache_dir: Optional[Path],
+                 what: str) -> ClassImages:
+    """Stack the first ``per_class`` images of every class (sorted by file name) into ``ClassImages``.
+
+    ``per_class=None`` takes the smallest class's count. ``cache_dir=None`` disables the cache; an
+    unwritable cache dir only costs the conversion next time.
+    """
+    if not files:
+        raise DataError(f"{what} has no classes")
+    counts = {name: len(paths) for name, paths in files.items()}
+    smallest = min(counts, key=counts.get)  # type: ignore[arg-type]
+    n = per_class if per_class is not None else counts[smallest]
+    if n < 1 or counts[smallest] < n:
+        raise DataError(f"{what}: class {smallest} has {counts[smallest]} images but {n} per class are needed; "
+                        "add images or lower dataset.images_per_class")
+    if per_class is None and len(set(counts.values())) > 1:
+        log.warning("%s: classes have %d to %d images; using the first %d of each (set dataset.images_per_class)",
+                    what, counts[smallest], max(counts.values()), n)
+    fingerprint = _fingerprint(files, fmt, n)
+    cache = cache_dir / f"{fingerprint[:20]}.pt" if cache_dir is not None else None
+    images = _read_cache(cache, fingerprint) if cache is not None else None
+    if images is None:
+        images = torch.empty(len(files), n, *fmt.shape, dtype=torch.uint8)
+        progress = tqdm(total=len(files) * n, desc=f"converting {what}", unit="img", disable=len(files) * n < 2000)
+        for i, paths in enumerate(files.values()):
+            for j, p in enumerate(paths[:n]):
+                images[i, j] = read_image(p, fmt)
+                progress.update(1)
+        progress.close()
+        if cache is not None:
+            try:
+                atomic_save(cache, {"images": images, "fingerprint": fingerprint, "checksum": _checksum(images)},
+                            "image cache", "the images are converted again next time")
+            except CheckpointError as exc:
+                log.warning("%s", exc)
+    return ClassImages(images, list(files))
+
+
+def split_of(data: ClassImages, names: list[str]) -> ClassImages:
+    """The classes ``names`` of ``data``, in that order."""
+    index = {c: i for i, c in enumerate(data.class_names)}
+    return ClassImages(data.images[[index[c] for c in names]], list(names))

@@ -1,0 +1,114 @@
+"""Image files -> the model's pixels: one conversion for data sets, prediction and the Python API.
+
+A data set declares its :class:`ImageFormat` (channels, square size, resampling filter, whether
+strokes are inverted); the same torchvision pipeline converts its source files when the data set
+is built and a user's own images when a trained meta-network is applied to them, so both look
+exactly alike to the model. Pixels stay uint8 ``[C, H, W]``; scaling to [0, 1] happens on the
+device, as for training episodes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, Union
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+
+from metalearn_cli.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+RESAMPLING = {"lanczos": InterpolationMode.LANCZOS, "bilinear": InterpolationMode.BILINEAR,
+              "bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """How any image file becomes a ``[channels, size, size]`` uint8 tensor for the model."""
+
+    channels: int  # 1 (grey) or 3 (RGB)
+    size: int  # square side in pixels; images are resized to it whatever their aspect ratio
+    resample: str = "bilinear"  # lanczos | bilinear | bicubic | nearest
+    invert: bool = False  # 255 - pixel after conversion (Omniglot: dark strokes on white become bright on black)
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3) or self.size < 1 or self.resample not in RESAMPLING:
+            raise DataError(f"invalid image format {self}: channels must be 1 or 3, size >= 1, "
+                            f"resample one of {', '.join(RESAMPLING)}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels, self.size, self.size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ImageFormat":
+        return cls(int(values["channels"]), int(values["size"]), str(values["resample"]), bool(values["invert"]))
+
+    def pipeline(self) -> transforms.Compose:
+        """torchvision's transforms from a decoded PIL image to uint8 ``[C, H, W]``."""
+        steps: list[Any] = [
+            transforms.Lambda(lambda img: ImageOps.exif_transpose(img).convert("L" if self.channels == 1 else "RGB")),
+            transforms.Resize((self.size, self.size), interpolation=RESAMPLING[self.resample]),
+            transforms.PILToTensor(),
+        ]
+        if self.invert:
+            steps.append(transforms.Lambda(lambda t: 255 - t))
+        return transforms.Compose(steps)
+
+
+ImageSource = Union[str, os.PathLike, IO[bytes], Image.Image]
+
+
+def read_image(source: ImageSource, fmt: ImageFormat, where: str | None = None) -> torch.Tensor:
+    """Decode one image (a path or a PIL image) and convert it; an unreadable file is a :class:`DataError`."""
+    name = where or str(source)
+    try:
+        if isinstance(source, Image.Image):
+            return fmt.pipeline()(source)
+        with Image.open(source) as img:
+            img.load()
+            return fmt.pipeline()(img)
+    except FileNotFoundError as exc:
+        raise DataError(f"image {name} does not exist; check the path") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # PIL's ways of saying "corrupt"
+        raise DataError(f"cannot decode image {name} ({exc.__class__.__name__}); replace or remove the file") from exc
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name (hidden files skipped)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The class sub-folders of ``root``, sorted by name (hidden folders skipped)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_class_folders(root: Path, fmt: ImageFormat, what: str) -> tuple[list[str], list[list[Path]], list[torch.Tensor]]:
+    """Read ``root/<class>/<image>`` into per-class uint8 stacks ``[K_c, C, H, W]`` (K may differ per class).
+
+    Returns class names, the files of each class and the stacks; ``what`` names the folder in errors.
+    """
+    if not root.is_dir():
+        raise DataError(f"{what} folder {root} does not exist; it needs one sub-folder of images per class")
+    folders = class_folders(root)
+    if not folders:
+        raise DataError(f"{what} folder {root} has no class sub-folders; put the images of each class in root/<class>/")
+    names, files, stacks = [], [], []
+    for folder in folders:
+        found = image_files(folder)
+        if not found:
+            raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...); "
+                            "add images or remove the folder")
+        names.append(folder.name)
+        files.append(found)
+        stacks.append(torch.stack([read_image(p, fmt) for p in found]))
+    return names, files, stacks

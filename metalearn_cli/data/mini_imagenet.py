@@ -1,0 +1,81 @@
+"""mini-ImageNet (Vinyals et al. 2016) with the class split of Ravi & Larochelle (2017).
+
+100 ImageNet classes x 600 images, 64 / 16 / 20 classes for train / val / test (the WordNet ids
+ship in ``assets/mini_imagenet/``; the images cannot, by ImageNet's terms). ``dataset.root`` holds
+the images in one of the usual layouts: ``images/<wnid><index>.jpg`` (the CSV-based release),
+``<wnid>/*.jpg`` or ``{train,val,test}/<wnid>/*.jpg``. They are resized to 84 x 84 once and cached
+as one uint8 tensor with a checksum in ``root/.metalearn-cache/``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+from metalearn_cli.data import DATASETS, SPLITS, FewShotData
+from metalearn_cli.data.folders import CACHE_DIR, load_classes, split_of
+from metalearn_cli.data.images import IMAGE_SUFFIXES, ImageFormat, image_files
+from metalearn_cli.errors import DataError
+
+ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "mini_imagenet"
+
+
+@dataclass
+class MiniImageNetParams:
+    name: str = "mini_imagenet"
+    root: Optional[str] = None  # the folder with images/ or per-class folders
+    image_size: int = 84  # the protocol's 84 x 84; change only knowingly
+    images_per_class: Optional[int] = 600  # null = the smallest class's count
+    cache: bool = True  # keep the converted tensor (1.3 GB at 84 x 84) in root/.metalearn-cache/
+
+    def image_format(self) -> ImageFormat:
+        return ImageFormat(3, self.image_size, "bilinear")
+
+
+def ravi_split() -> dict[str, list[str]]:
+    """The shipped class lists: split -> sorted WordNet ids."""
+    return {s: (ASSET_DIR / f"{s}.txt").read_text().split() for s in SPLITS}
+
+
+def find_images(root: Path, wnids: list[str]) -> dict[str, list[Path]]:
+    """Each class's image files, from whichever of the usual layouts ``root`` has."""
+    found: dict[str, list[Path]] = defaultdict(list)
+    flat = root / "images"
+    if flat.is_dir():
+        wanted = set(wnids)
+        for p in sorted(flat.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.name[:9] in wanted:
+                found[p.name[:9]].append(p)
+    for wnid in wnids:
+        if wnid in found:
+            continue
+        for folder in (root / wnid, *(root / s / wnid for s in SPLITS), flat / wnid):
+            if folder.is_dir():
+                found[wnid] = image_files(folder)
+                break
+    return found
+
+
+@DATASETS.register("mini_imagenet", params=MiniImageNetParams)
+def build_mini_imagenet(params: MiniImageNetParams) -> FewShotData:
+    if params.root is None:
+        raise DataError("dataset=mini_imagenet needs dataset.root=DIR holding the mini-ImageNet images "
+                        "(images/<wnid><index>.jpg or <wnid>/ folders); they are not shipped, by ImageNet's terms")
+    root = Path(params.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset.root={root} does not exist; put the mini-ImageNet images there (images/ or <wnid>/ folders)")
+    split = ravi_split()
+    wnids = [w for s in SPLITS for w in split[s]]
+    files = find_images(root, wnids)
+    missing = [w for w in wnids if not files.get(w)]
+    if missing:
+        raise DataError(
+            f"mini-ImageNet in {root} lacks {len(missing)} of the 100 classes of the Ravi split (e.g. {missing[0]}); "
+            f"put the images in {root}/images/ as <wnid><index>.jpg, or in {root}/<wnid>/ folders"
+        )
+    data = load_classes({w: files[w] for w in wnids}, params.image_format(), params.images_per_class,
+                        root / CACHE_DIR if params.cache else None, "mini-ImageNet")
+    return FewShotData(name="mini_imagenet", **{s: split_of(data, split[s]) for s in SPLITS})

@@ -1,0 +1,126 @@
+"""``metalearn predict`` and ``metalearn export``: a trained meta-network meets a user's own task.
+
+``predict`` reads a support folder (one sub-folder of images per class, any number of images each)
+and a query folder (images, or class sub-folders when the answers are known), adapts the
+meta-knowledge to the support set as it was meta-trained, and writes ``predictions.csv`` (one row
+per query image: its path as given, the predicted class, one probability column per class) plus
+``predictions.json`` (the summary, with accuracy when the query folder is labelled).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metalearn_cli import knowledge
+from metalearn_cli.data.images import class_folders, image_files, read_class_folders
+from metalearn_cli.errors import DataError
+from metalearn_cli.runner import setup_device, write_json, write_status
+
+log = logging.getLogger(__name__)
+
+
+def _queries(root: Path, given: str, class_names: list[str]) -> tuple[list[str], list[Path], list[int] | None]:
+    """Query files (paths as the user spelled them) and, for class sub-folders, their true labels."""
+    if not root.is_dir():
+        raise DataError(f"query folder {root} does not exist; pass query=DIR holding images or class sub-folders")
+    folders, files = class_folders(root), image_files(root)
+    if folders and files:
+        raise DataError(f"query folder {root} mixes images and sub-folders; use either images only or one sub-folder per class")
+    if not folders:
+        if not files:
+            raise DataError(f"query folder {root} holds no images; put the images to classify there")
+        return [os.path.join(given, p.name) for p in files], files, None
+    unknown = [f.name for f in folders if f.name not in class_names]
+    if unknown:
+        raise DataError(f"query class folder '{unknown[0]}' is not a support class ({', '.join(class_names)}); "
+                        "name query sub-folders after support classes, or put the images directly in the query folder")
+    shown, paths, labels = [], [], []
+    for folder in folders:
+        for p in image_files(folder):
+            shown.append(os.path.join(given, folder.name, p.name))
+            paths.append(p)
+            labels.append(class_names.index(folder.name))
+    if not paths:
+        raise DataError(f"the class folders of {root} hold no images")
+    return shown, paths, labels
+
+
+def _table(rows: list[dict[str, Any]], class_names: list[str], limit: int) -> str:
+    """The first ``limit`` predictions as a fixed-width table for the terminal."""
+    width = min(max([len("file"), *(len(r["file"]) for r in rows)]), 60)
+    head = f"{'file':<{width}}  {'predicted':<12} {'p':>6}" + ("  true" if "true" in rows[0] else "")
+    lines = [head, "-" * len(head)]
+    for r in rows[:limit]:
+        name = r["file"] if len(r["file"]) <= width else "..." + r["file"][-(width - 3):]
+        line = f"{name:<{width}}  {r['predicted']:<12} {r['p_' + r['predicted']]:>6.3f}"
+        if "true" in r:
+            line += f"  {r['true']}" + ("" if r["true"] == r["predicted"] else "  (wrong)")
+        lines.append(line)
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more in predictions.csv")
+    return "\n".join(lines)
+
+
+def predict(cfg: Any, run_dir: Path) -> float:
+    """Classify ``cfg.query`` with a meta-network adapted to ``cfg.support``; returns the accuracy (NaN if unlabelled)."""
+    start = time.perf_counter()
+    device = setup_device(cfg)
+    meta = knowledge.load(cfg.checkpoint, device)
+    class_names, support_files, stacks = read_class_folders(Path(cfg.support), meta.image_format, "support")
+    if len(class_names) < 2:
+        raise DataError(f"support folder {cfg.support} has one class ({class_names[0]}); a task needs at least two class sub-folders")
+    shown, paths, truth = _queries(Path(cfg.query), str(cfg.query), class_names)
+    labels = [i for i, s in enumerate(stacks) for _ in range(s.shape[0])]
+    classify = meta.adapt(torch.cat(stacks), labels)
+    probs = classify(meta.read_images(paths))
+    predicted = probs.argmax(-1).tolist()
+
+    rows = []
+    for i, (name, pred) in enumerate(zip(shown, predicted)):
+        row: dict[str, Any] = {"file": name, "predicted": class_names[pred]}
+        if truth is not None:
+            row["true"] = class_names[truth[i]]
+        row.update({f"p_{c}": round(float(probs[i, j]), 6) for j, c in enumerate(class_names)})
+        rows.append(row)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    accuracy = (sum(p == t for p, t in zip(predicted, truth)) / len(truth)) if truth is not None else math.nan
+    summary = {
+        "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": meta.step, "classes": class_names,
+        "support_per_class": {c: len(f) for c, f in zip(class_names, support_files)}, "queries": len(rows),
+        "accuracy": None if truth is None else accuracy, "bn_mode": meta.bn_mode, "device": str(device),
+        "image_format": meta.image_format.to_dict(), "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json(run_dir / "predictions.json", summary)
+    write_status(run_dir, "completed", queries=len(rows))
+    print(_table(rows, class_names, cfg.show), flush=True)
+    if truth is not None:
+        log.info("accuracy %.2f%% on %d labelled queries (%d-way, %s support images per class); %s", 100 * accuracy,
+                 len(rows), len(class_names), "/".join(str(len(f)) for f in support_files), run_dir / "predictions.csv")
+    else:
+        log.info("%d queries classified into %d classes; %s", len(rows), len(class_names), run_dir / "predictions.csv")
+    return accuracy
+
+
+def export(cfg: Any, run_dir: Path) -> float:
+    """Write the meta-knowledge of ``cfg.checkpoint`` to ``cfg.out``; returns NaN (no metric)."""
+    payload = knowledge.export(cfg.checkpoint, Path(cfg.out))
+    size = Path(cfg.out).stat().st_size
+    params = sum(v.numel() for v in payload["model"].values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    write_json(Path(run_dir) / "export.json", {"out": str(Path(cfg.out).resolve()), "from": payload["exported_from"],
+                                                "step": payload["step"], "bytes": size, "parameters": params})
+    log.info("wrote %s (%d parameters and buffers, %.1f MB, step %d); load it with metalearn_cli.load(%r)",
+             cfg.out, params, size / 1e6, payload["step"], str(cfg.out))
+    return math.nan

@@ -1,0 +1,143 @@
+"""Image-folder data sets (folder, mini_imagenet, cifar_fs) on tiny generated files."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metalearn_cli.data import DATASETS
+from metalearn_cli.data import mini_imagenet as mini
+from metalearn_cli.data.folders import CACHE_DIR
+from metalearn_cli.errors import DataError
+from metalearn_cli.runner import train
+from tests.conftest import FAST, compose_config
+
+
+def make_folder(root: Path, classes: list[str], per_class: int = 3, size=(20, 14), flat: bool = False) -> None:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        for j in range(per_class):
+            img = Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+            if flat:
+                (root / "images").mkdir(parents=True, exist_ok=True)
+                img.save(root / "images" / f"{c}{j:08d}.jpg")
+            else:
+                (root / c).mkdir(parents=True, exist_ok=True)
+                img.save(root / c / f"{j}.png")
+
+
+def test_folder_split_by_ratios_is_seeded_disjoint_and_cached(tmp_path, monkeypatch):
+    make_folder(tmp_path, [f"class{i:02d}" for i in range(10)], per_class=4)
+    cfg = {"name": "folder", "root": str(tmp_path), "image_size": 8}
+    data = DATASETS.build(cfg)
+    assert (data.train.n_classes, data.val.n_classes, data.test.n_classes) == (6, 2, 2)
+    assert data.image_shape == (3, 8, 8) and data.train.n_per_class == 4
+    again = DATASETS.build(cfg)
+    assert again.test.class_names == data.test.class_names and torch.equal(again.test.images, data.test.images)
+    assert DATASETS.build({**cfg, "split_seed": 1}).test.class_names != data.test.class_names
+    # The second build read the cache: converting an image would now fail.
+    from metalearn_cli.data import folders
+
+    monkeypatch.setattr(folders, "read_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("converted again")))
+    assert torch.equal(DATASETS.build(cfg).train.images, data.train.images)
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path):
+    make_folder(tmp_path, ["a", "b", "c"], per_class=2)
+    cfg = {"name": "folder", "root": str(tmp_path), "image_size": 6}
+    first = DATASETS.build(cfg)
+    (cache,) = (tmp_path / CACHE_DIR).iterdir()
+    state = torch.load(cache, weights_only=True)
+    state["images"][0, 0, 0, 0, 0] ^= 1  # a flipped bit: the checksum no longer matches
+    torch.save(state, cache)
+    assert torch.equal(DATASETS.build(cfg).train.images, first.train.images)
+
+
+def test_folder_split_file_and_its_errors(tmp_path):
+    make_folder(tmp_path / "data", ["a", "b", "c", "d"], per_class=2)
+    split = tmp_path / "split.txt"
+    split.write_text("# class split\na train\nb,train\nc val\nd test\n")
+    data = DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6, "split_file": str(split)})
+    assert data.train.class_names == ["a", "b"] and data.test.class_names == ["d"]
+    split.write_text("a train\nzzz test\n")
+    with pytest.raises(DataError, match="class zzz has no folder"):
+        DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "split_file": str(split)})
+    (tmp_path / "data" / "e").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6})
+    with pytest.raises(DataError, match="needs dataset.root"):
+        DATASETS.build({"name": "folder"})
+
+
+def test_training_on_a_folder_data_set(tmp_path):
+    make_folder(tmp_path / "data", [f"c{i}" for i in range(20)], per_class=6, size=(30, 30))
+    fast = [o for o in FAST if not o.startswith("dataset")]
+    cfg = compose_config("train", fast + ["dataset=folder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16",
+                                          "dataset.ratios=[0.5,0.25,0.25]", "episode.query=2", "trainer.val_episodes=2"])
+    train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("layout", ["images", "per_class", "per_split"])
+def test_mini_imagenet_reads_each_usual_layout_with_the_ravi_split(tmp_path, layout):
+    split = mini.ravi_split()
+    assert [len(split[s]) for s in ("train", "val", "test")] == [64, 16, 20]
+    wnids = [w for s in split.values() for w in s]
+    if layout == "images":
+        make_folder(tmp_path, wnids, per_class=2, size=(10, 12), flat=True)
+    elif layout == "per_class":
+        make_folder(tmp_path, wnids, per_class=2, size=(10, 12))
+    else:
+        for s, ws in split.items():
+            make_folder(tmp_path / s, ws, per_class=2, size=(10, 12))
+    data = DATASETS.build({"name": "mini_imagenet", "root": str(tmp_path), "image_size": 8, "images_per_class": 2})
+    assert data.test.class_names == split["test"] and data.image_shape == (3, 8, 8)
+    assert (data.train.n_classes, data.val.n_classes, data.test.n_classes) == (64, 16, 20)
+
+
+def test_mini_imagenet_missing_images_say_where_to_put_them(tmp_path):
+    with pytest.raises(DataError, match="needs dataset.root"):
+        DATASETS.build({"name": "mini_imagenet"})
+    make_folder(tmp_path, mini.ravi_split()["train"][:3], per_class=1, flat=True)
+    with pytest.raises(DataError, match=r"lacks 97 of the 100 classes .*images/ as <wnid><index>.jpg"):
+        DATASETS.build({"name": "mini_imagenet", "root": str(tmp_path)})
+
+
+def write_fake_cifar100(root: Path, per_class: int = 2) -> list[str]:
+    """torchvision's cifar-100-python layout with random pixels (integrity checks patched in the test)."""
+    names = sorted({w for s in ("train", "val", "test") for w in
+                    (Path(__file__).parents[2] / "metalearn_cli" / "data" / "assets" / "cifar_fs" / f"{s}.txt").read_text().split()})
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for part, n in (("train", per_class), ("test", 1)):
+        labels = [c for c in range(100) for _ in range(n)]
+        data = rng.integers(0, 255, (len(labels), 3072), dtype=np.uint8)
+        with open(base / part, "wb") as f:
+            pickle.dump({"data": data, "fine_labels": labels}, f)
+    with open(base / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": names}, f)
+    return names
+
+
+def test_cifar_fs_uses_torchvisions_cifar100_and_the_bertinetto_split(tmp_path, monkeypatch):
+    from torchvision.datasets import cifar
+
+    write_fake_cifar100(tmp_path)
+    monkeypatch.setattr(cifar.CIFAR100, "_check_integrity", lambda self: True)  # the fake files have other MD5s
+    monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
+    data = DATASETS.build({"name": "cifar_fs", "root": str(tmp_path)})
+    assert (data.train.n_classes, data.val.n_classes, data.test.n_classes) == (64, 16, 20)
+    assert data.image_shape == (3, 32, 32) and data.train.n_per_class == 3
+    assert "whale" in data.test.class_names and "dolphin" in data.train.class_names
+    assert DATASETS.build({"name": "cifar_fs", "root": str(tmp_path), "image_size": 16}).image_shape == (3, 16, 16)
+
+
+def test_cifar_fs_missing_is_one_line(tmp_path):
+    with pytest.raises(DataError, match="CIFAR-100 not found or corrupted .*dataset.download=true"):
+        DATASETS.build({"name": "cifar_fs", "root": str(tmp_path)})

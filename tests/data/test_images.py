@@ -1,0 +1,65 @@
+"""Image conversion: any file becomes the model's pixels the way its data set's were made."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metalearn_cli.data import image_format
+from metalearn_cli.data.images import ImageFormat, read_class_folders, read_image
+from metalearn_cli.errors import DataError
+
+
+def test_any_size_and_mode_becomes_the_formats_shape(tmp_path):
+    fmt = ImageFormat(channels=3, size=12)
+    for mode, size in (("RGBA", (40, 20)), ("L", (7, 9)), ("P", (30, 30)), ("1", (16, 16))):
+        path = tmp_path / f"{mode}.png"
+        Image.new(mode, size).save(path)
+        out = read_image(path, fmt)
+        assert out.shape == (3, 12, 12) and out.dtype == torch.uint8
+
+
+def test_invert_and_grey_follow_the_format():
+    white = Image.new("RGB", (10, 10), (255, 255, 255))
+    assert read_image(white, ImageFormat(1, 5)).unique().tolist() == [255]
+    assert read_image(white, ImageFormat(1, 5, invert=True)).unique().tolist() == [0]
+
+
+def test_omniglot_format_matches_its_data_set_conversion():
+    """A user's Omniglot-style drawing (dark on white) is converted like the embedded data (bright strokes)."""
+    fmt = image_format({"name": "omniglot"})
+    assert fmt == ImageFormat(1, 28, "lanczos", True)
+    from metalearn_cli.data.omniglot import to_28
+
+    drawing = Image.new("L", (105, 105), 255)
+    drawing.paste(0, (40, 10, 60, 95))
+    buf = io.BytesIO()
+    drawing.save(buf, format="PNG")
+    assert np.array_equal(read_image(drawing, fmt)[0].numpy(), to_28(buf.getvalue(), "x"))
+    assert read_image(drawing, fmt).float().mean() > 0  # strokes are bright
+
+
+def test_corrupt_and_missing_files_are_one_line(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="cannot decode image .*bad.png"):
+        read_image(bad, ImageFormat(1, 8))
+    with pytest.raises(DataError, match="does not exist"):
+        read_image(tmp_path / "nope.png", ImageFormat(1, 8))
+
+
+def test_class_folders_allow_different_counts_and_reject_empty_classes(tmp_path):
+    for name, count in (("b", 3), ("a", 1)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("L", (8, 8)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "a" / ".hidden.png").write_bytes(b"")
+    names, files, stacks = read_class_folders(tmp_path, ImageFormat(1, 4), "support")
+    assert names == ["a", "b"] and [s.shape[0] for s in stacks] == [1, 3]
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataError, match="class folder .*c holds no images"):
+        read_class_folders(tmp_path, ImageFormat(1, 4), "support")

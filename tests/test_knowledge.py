@@ -1,0 +1,91 @@
+"""Exported meta-knowledge and the Python API: load, adapt to a new task, classify queries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import metalearn_cli
+from metalearn_cli.episodes import EpisodeSampler
+from metalearn_cli.errors import CheckpointError, ConfigError, DataError
+from metalearn_cli.knowledge import export, load, read_meta_knowledge
+from metalearn_cli.runner import train
+from tests.conftest import FAST, compose_config, write_image_task
+
+
+def test_export_holds_the_meta_knowledge_alone_and_loads_safely(trained_run, tmp_path):
+    out = tmp_path / "mk.pt"
+    export(trained_run / "checkpoints" / "best.pt", out)
+    state = torch.load(out, map_location="cpu", weights_only=True)
+    assert state["format"] == "metalearn-meta-knowledge"
+    assert not {"optimizer", "rng", "sampler", "schedule"} & set(state)
+    assert state["image_format"] == {"channels": 1, "size": 28, "resample": "bilinear", "invert": False}
+    ckpt = torch.load(trained_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(state["model"][k], ckpt["model"][k]) for k in ckpt["model"])
+
+
+def test_export_and_checkpoint_give_the_same_classifier(trained_run, tmp_path):
+    export(trained_run, tmp_path / "mk.pt")
+    names = write_image_task(tmp_path / "task", classes=4, support=(1, 3))
+    files = sorted((tmp_path / "task" / "query").rglob("*.png"))
+    a, b = metalearn_cli.load(tmp_path / "mk.pt", "cpu"), metalearn_cli.load(trained_run, "cpu")
+    support = sorted((tmp_path / "task" / "support").rglob("*.png"))
+    labels = [names.index(p.parent.name) for p in support]
+    pa = a.adapt(a.read_images(support), labels)(a.read_images(files))
+    pb = b.adapt(support, labels)(files)  # paths straight in: converted the same way
+    assert pa.shape == (len(files), 4) and torch.allclose(pa, pb)
+    assert torch.allclose(pa.sum(-1), torch.ones(len(files)))
+
+
+def test_a_prototype_classifier_puts_each_single_shot_support_image_in_its_own_class(trained_run):
+    knowledge = load(trained_run, "cpu")
+    data = compose_config("train", FAST)
+    from metalearn_cli.data import DATASETS
+
+    test = DATASETS.build(data.dataset).test
+    batch = EpisodeSampler(test, 5, 1, 1, seed=3).sample(1)
+    classify = knowledge.adapt(batch.support_images[0], batch.support_labels[0])
+    assert classify(batch.support_images[0]).argmax(-1).tolist() == batch.support_labels[0].tolist()
+    # Queries from the held-out test classes: far better than chance (1/5) after a short training.
+    queries = EpisodeSampler(test, 5, 1, 3, seed=4).sample(20)
+    correct = sum((knowledge.adapt(queries.support_images[t], queries.support_labels[t])(queries.query_images[t])
+                   .argmax(-1) == queries.query_labels[t]).float().mean() for t in range(20)) / 20
+    assert correct > 0.5
+
+
+def test_metasgd_learned_learning_rates_travel_with_the_export(tmp_path):
+    run = tmp_path / "run"
+    train(compose_config("train", FAST + ["strategy=metasgd", "decoder=linear", "trainer.iterations=2"]), run)
+    export(run, tmp_path / "mk.pt")
+    state = torch.load(tmp_path / "mk.pt", weights_only=True)
+    lrs = {k: v for k, v in state["model"].items() if k.startswith("inner_lrs.")}
+    assert lrs and any(not torch.all(v == 0.4) for v in lrs.values())  # meta-trained, not the initial value
+    knowledge = load(tmp_path / "mk.pt", "cpu")
+    assert all(torch.equal(knowledge.strategy.state_dict()[k], v) for k, v in lrs.items())
+    assert knowledge.max_way == 5
+    support = torch.rand(6, 1, 28, 28)
+    assert knowledge.adapt(support, [0, 0, 1, 1, 2, 2])(torch.rand(4, 1, 28, 28)).shape == (4, 3)
+    with pytest.raises(ConfigError, match="at most 5 classes"):
+        knowledge.adapt(torch.rand(6, 1, 28, 28), [0, 1, 2, 3, 4, 5])
+
+
+def test_bad_tasks_and_tampered_files_are_one_line_errors(trained_run, tmp_path):
+    knowledge = load(trained_run, "cpu")
+    with pytest.raises(DataError, match="at least one image of every class"):
+        knowledge.adapt(torch.rand(3, 1, 28, 28), [0, 2, 2])
+    with pytest.raises(DataError, match="N >= 2"):
+        knowledge.adapt(torch.rand(2, 1, 28, 28), [0, 0])
+    with pytest.raises(DataError, match="one label per image"):
+        knowledge.adapt(torch.rand(2, 1, 28, 28), [0, 1, 1])
+    with pytest.raises(DataError, match=r"images must be \[n, 1, 28, 28\]"):
+        knowledge.adapt(torch.rand(2, 3, 28, 28), [0, 1])
+    state = read_meta_knowledge(trained_run)
+    bad = {**state, "model": {k: v for i, (k, v) in enumerate(state["model"].items()) if i}}
+    with pytest.raises(CheckpointError, match="does not match its own config's meta-network"):
+        load(bad, "cpu")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="not a readable metalearn checkpoint"):
+        load(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="neither a metalearn checkpoint nor an exported"):
+        load(tmp_path / "foreign.pt")

@@ -1,0 +1,101 @@
+"""`metalearn predict` / `metalearn export` through the CLI, and the README's Python example."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from metalearn_cli.cli import main
+from tests.conftest import write_image_task
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_labelled_queries_give_predictions_with_probabilities_and_accuracy(trained_run, tmp_path, capsys):
+    names = write_image_task(tmp_path / "task", classes=3, support=(1, 2, 3), query=4)
+    out = tmp_path / "pred"
+    assert main(["predict", f"checkpoint={trained_run / 'checkpoints' / 'best.pt'}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={out}", "device=cpu", "show=5"]) == 0
+    rows = read_csv(out / "predictions.csv")
+    assert list(rows[0]) == ["file", "predicted", "true", *(f"p_{n}" for n in names)]
+    assert len(rows) == 12 and {r["true"] for r in rows} == set(names)
+    for r in rows:
+        probs = [float(r[f"p_{n}"]) for n in names]
+        assert abs(sum(probs) - 1) < 1e-4 and r["predicted"] == names[probs.index(max(probs))]
+    summary = json.loads((out / "predictions.json").read_text())
+    assert summary["accuracy"] == pytest.approx(sum(r["true"] == r["predicted"] for r in rows) / 12)
+    assert summary["support_per_class"] == dict(zip(names, (1, 2, 3)))
+    screen = capsys.readouterr().out
+    assert screen.splitlines()[0].split() == ["file", "predicted", "p", "true"] and "7 more in predictions.csv" in screen
+
+
+def test_unlabelled_queries_keep_their_paths_as_given_and_export_predicts_the_same(trained_run, tmp_path):
+    write_image_task(tmp_path / "task", classes=2, support=(2,), query=2, labelled=False)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["export", f"checkpoint={trained_run}", "out=mk.pt", f"hydra.run.dir={tmp_path / 'exp'}"]) == 0
+        for ckpt, out in ((str(trained_run), "a"), ("mk.pt", "b")):
+            assert main(["predict", f"checkpoint={ckpt}", "support=task/support", "query=task/query",
+                         f"hydra.run.dir={out}", "device=cpu"]) == 0
+    finally:
+        os.chdir(cwd)
+    a, b = read_csv(tmp_path / "a" / "predictions.csv"), read_csv(tmp_path / "b" / "predictions.csv")
+    assert a == b and "true" not in a[0]
+    assert sorted(r["file"] for r in a) == sorted(f"task/query/{p.name}" for p in (tmp_path / "task" / "query").iterdir())
+    assert json.loads((tmp_path / "exp" / "export.json").read_text())["parameters"] > 0
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: (t / "support" / "extra").mkdir(), "class folder .*extra holds no images"),
+    (lambda t: [shutil.rmtree(d) for d in sorted((t / "support").iterdir())[1:]], "has one class"),
+    (lambda t: next((t / "query").rglob("*.png")).write_bytes(b"\x89PNG broken"), "cannot decode image"),
+    (lambda t: (t / "query" / "stranger").mkdir(), "query class folder 'stranger' is not a support class"),
+    (lambda t: [p.unlink() for p in (t / "query").rglob("*.png")], "hold no images"),
+])
+def test_bad_task_folders_are_one_line(trained_run, tmp_path, capsys, damage, message):
+    write_image_task(tmp_path / "task", classes=3)
+    damage(tmp_path / "task")
+    code = main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'p'}", "device=cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and re.search(message, err), err
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_one_line(trained_run, tmp_path, capsys):
+    state = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)
+    key = next(iter(state["model"]))
+    state["model"][key] = torch.zeros(3)
+    torch.save(state, tmp_path / "bent.pt")
+    write_image_task(tmp_path / "task", classes=2)
+    code = main(["predict", f"checkpoint={tmp_path / 'bent.pt'}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'p'}", "device=cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "does not match its own config's meta-network" in err
+
+
+def test_the_readme_python_example_runs(trained_run, tmp_path, monkeypatch, capsys):
+    """The README's API example, run as written against files it names."""
+    block = re.search(r"<!-- example: python-api -->\s*```python\n(.*?)```", README.read_text(), re.S)
+    assert block, "README.md lost its python-api example"
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", f"checkpoint={trained_run}", "out=meta_knowledge.pt", f"hydra.run.dir={tmp_path / 'e'}"]) == 0
+    names = write_image_task(tmp_path / "task", classes=2, support=(1,), query=1)
+    for i, name in enumerate(names):  # the file names the example uses
+        (tmp_path / "task" / "support" / name).rename(tmp_path / "task" / "support" / ("cat", "dog")[i])
+    (tmp_path / "task" / "query" / names[0] / "1.png").rename(tmp_path / "task" / "query" / "unknown.png")
+    exec(compile(block.group(1), "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert re.search(r"tensor\(\[\[0\.\d+, 0\.\d+\]\]\)", out), out
