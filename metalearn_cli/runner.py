@@ -246,6 +246,7 @@ def test_checkpoint(
     return {
         **summarize(accs),
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": bn_mode, "seed": seed,
+        "inner_steps_at_test": strategy.test_inner_steps(),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
     }
 
@@ -438,6 +439,7 @@ def train(cfg: Any, run_dir: Path) -> float:
         "train_tasks_per_s": round(t.iterations * t.meta_batch / max(train_seconds, 1e-9), 2),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
         "precision": resolve_precision(cfg.trainer.precision, device, strategy), "torch": torch.__version__, "dataset": data.name,
+        "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,
     })
     write_json(run_dir / "results.json", result)
     write_status(run_dir, "completed", step=step, iterations=t.iterations, accuracy=result["accuracy"])
@@ -450,7 +452,7 @@ def train(cfg: Any, run_dir: Path) -> float:
 def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """Resuming continues *the same* run: only bookkeeping keys may differ."""
     free = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
-            "trainer.checkpoint_every", "trainer.iterations", "eval"}
+            "trainer.checkpoint_every", "trainer.iterations", "eval", "reference"}
 
     def flat(d: Any, prefix: str = "") -> dict[str, Any]:
         if not isinstance(d, dict):

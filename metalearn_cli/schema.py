@@ -80,6 +80,14 @@ class EvalConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """The published figure a preset reproduces: copied into results.json for reports to print beside ours."""
+
+    accuracy: Optional[float] = None  # published test accuracy in %, null if the paper has none for this cell
+    source: str = ""  # paper and table
+
+
+@dataclass
 class TrainConfig:
     dataset: Any = MISSING
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
@@ -93,6 +101,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     threads: Optional[int] = None  # CPU threads for torch; null = torch's default
     resume: Optional[str] = None  # true: continue this run dir's last.pt; a path: that checkpoint or run dir
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)  # set by experiment presets
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,36 @@ def test_experiment_headers_name_the_command_and_the_published_figure():
         assert lines[0] == "# @package _global_", path
         header = "\n".join(lines[:12])
         assert "metalearn train experiment=" + path.stem in header and "published" in header.lower(), path
+
+
+PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def test_presets_cover_the_reproduction_table_and_carry_their_published_figure():
+    for method in ("protonet", "maml", "metasgd", "anil", "latent"):
+        for shape in ("5w1s", "5w5s", "20w1s", "20w5s"):
+            assert f"{method}_omniglot_{shape}" in PRESETS
+        for shape in ("5w1s", "5w5s"):
+            for encoder in ("conv4", "resnet12"):
+                assert f"{method}_mini_{shape}_{encoder}" in PRESETS
+    cfg = compose_config("train", ["experiment=protonet_omniglot_20w5s"])
+    assert (cfg.reference.accuracy, cfg.episode.way, cfg.episode.shot, cfg.trainer.train_way) == (98.9, 20, 5, 60)
+    cfg = compose_config("train", ["experiment=maml_mini_5w5s_conv4"])
+    assert (cfg.reference.accuracy, cfg.dataset.name, cfg.encoder.width, cfg.strategy.inner_steps) == (63.11, "mini_imagenet", 32, 5)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_runs_one_step_under_debug_smoke(tmp_path, preset):
+    """`debug=smoke` comes last in the defaults: any preset becomes a seconds-long run on generated data."""
+    cfg = compose_config("train", [f"experiment={preset}", "debug=smoke"])
+    assert cfg.dataset.name == "synthetic" and cfg.trainer.meta_batch == 2
+    shrink = {"conv4": ["encoder.width=8"], "resnet12": ["encoder.channels=[8,8,8,8]"]}[cfg.encoder.name]
+    cfg = compose_config("train", [f"experiment={preset}", "debug=smoke", *shrink, "trainer.iterations=1", "trainer.val_every=1",
+                                   "trainer.val_episodes=2", "eval.episodes=2", "episode.query=1", "trainer.train_query=1",
+                                   "device=cpu"])
+    runner.train(cfg, tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["published_accuracy"] == cfg.reference.accuracy and results["way"] == cfg.episode.way
 
 
 COMBOS = list(itertools.product(*(REGISTRIES[g].names() for g in ("encoder", "decoder", "strategy"))))

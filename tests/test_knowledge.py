@@ -10,7 +10,7 @@ from metalearn_cli.episodes import EpisodeSampler
 from metalearn_cli.errors import CheckpointError, ConfigError, DataError
 from metalearn_cli.knowledge import export, load, read_meta_knowledge
 from metalearn_cli.runner import train
-from tests.conftest import FAST, compose_config, write_image_task
+from conftest import FAST, compose_config, write_image_task
 
 
 def test_export_holds_the_meta_knowledge_alone_and_loads_safely(trained_run, tmp_path):

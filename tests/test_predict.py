@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from metalearn_cli.cli import main
-from tests.conftest import write_image_task
+from conftest import write_image_task
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -49,6 +49,10 @@ class Strategy(nn.Module):
         """Query logits ``[T, Q, n_way]`` after adapting to each task's support set."""
         raise NotImplementedError
 
+    def test_inner_steps(self) -> int | None:
+        """Gradient steps ``predict`` takes on a support set (recorded in results.json); None: no inner loop."""
+        return None
+
 
 class NonFiniteError(ArithmeticError):
     """The meta-loss or meta-gradient is NaN/Inf; raised before the optimizer steps on it."""

@@ -162,8 +162,12 @@ class MAML(Strategy):
         return {"loss": loss.detach(), "accuracy": query_accuracy(logits.detach(), batch.query_labels).mean(),
                 "grad_norm": grad_norm}
 
+    def test_inner_steps(self) -> int:
+        p = self.params_
+        return p.eval_inner_steps if p.eval_inner_steps is not None else p.inner_steps
+
     def predict(self, batch: EpisodeBatch) -> torch.Tensor:
-        steps = self.params_.eval_inner_steps if self.params_.eval_inner_steps is not None else self.params_.inner_steps
+        steps = self.test_inner_steps()
         with torch.enable_grad():
             return self._batch_logits(batch, steps, create_graph=False).detach()
 

@@ -15,7 +15,7 @@ from metalearn_cli.data import mini_imagenet as mini
 from metalearn_cli.data.folders import CACHE_DIR
 from metalearn_cli.errors import DataError
 from metalearn_cli.runner import train
-from tests.conftest import FAST, compose_config
+from conftest import FAST, compose_config
 
 
 def make_folder(root: Path, classes: list[str], per_class: int = 3, size=(20, 14), flat: bool = False) -> None:
