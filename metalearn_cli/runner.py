@@ -8,6 +8,7 @@ accumulated as tensors and read back only every ``trainer.log_every`` meta-itera
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import math
@@ -208,19 +209,47 @@ def resolve_bn_mode(bn_mode: Any, strategy: Strategy) -> str:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def evaluate_tasks(strategy: Strategy, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str) -> torch.Tensor:
-    """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks."""
+def evaluate_tasks(
+    strategy: Strategy, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str,
+    stats: Optional[list[dict[str, float]]] = None,
+) -> torch.Tensor:
+    """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks.
+
+    With ``stats`` (a list), one row per task is appended: the norms the decoder reports for what
+    it generated (prototypes, latent codes, weights, FiLM modulations) on that task.
+    """
     if episodes < 1 or batch_tasks < 1:
         raise ConfigError("eval.episodes, eval.batch_tasks and trainer.val_episodes must be >= 1")
     accs = []
-    with batch_norm_mode(strategy.model, bn_mode):
-        for batch in sampler.fixed(episodes, batch_tasks):
-            # Transductive statistics must come from one task at a time, never a mix of tasks.
-            parts = batch.split_tasks() if bn_mode == "transductive" and not strategy.isolates_tasks else [batch]
-            for part in parts:
-                logits = strategy.predict(part)
-                accs.append(query_accuracy(logits.detach(), part.query_labels))
+    decoder = strategy.model.decoder
+    decoder.collect_stats = stats is not None
+    try:
+        with batch_norm_mode(strategy.model, bn_mode):
+            for batch in sampler.fixed(episodes, batch_tasks):
+                # Transductive statistics must come from one task at a time, never a mix of tasks;
+                # the task statistics are read after each task too.
+                one_by_one = (bn_mode == "transductive" and not strategy.isolates_tasks) or stats is not None
+                for part in batch.split_tasks() if one_by_one else [batch]:
+                    decoder.stats = None
+                    logits = strategy.predict(part)
+                    accs.append(query_accuracy(logits.detach(), part.query_labels))
+                    if stats is not None:
+                        if decoder.stats is None:
+                            raise ConfigError("eval.save_task_stats cannot read the decoder inside vmap; "
+                                              "pass strategy.vectorize=loop")
+                        stats.append({"episode": len(stats), "accuracy": accs[-1].item(),
+                                      **{k: v[-1].item() for k, v in decoder.stats.items()}})
+    finally:
+        decoder.collect_stats, decoder.stats = False, None
     return torch.cat(accs).cpu()
+
+
+def write_task_stats(path: Path, rows: list[dict[str, float]]) -> None:
+    """``task_stats.csv``: one row per test task."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["episode", "accuracy"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def summarize(accs: torch.Tensor) -> dict[str, float]:
@@ -232,17 +261,22 @@ def summarize(accs: torch.Tensor) -> dict[str, float]:
 
 def test_checkpoint(
     strategy: Strategy, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: EvalConfig | Any,
-    seed: int, device: torch.device,
+    seed: int, device: torch.device, run_dir: Optional[Path] = None,
 ) -> dict[str, Any]:
-    """Accuracy on fixed tasks of ``split``: the one code path behind train's and eval's results.json."""
+    """Accuracy on fixed tasks of ``split``: the one code path behind train's and eval's results.json.
+    With ``eval.save_task_stats``, also writes ``run_dir/task_stats.csv``."""
     way, shot, query = shapes
     classes = data.split(split)
     check_fits(classes, split, data.name, way, shot, query)
     sampler = EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)
     bn_mode = resolve_bn_mode(eval_cfg.bn_mode, strategy)
     start = time.perf_counter()
-    accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode)
+    stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
+    accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats)
     seconds = time.perf_counter() - start
+    if stats is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_task_stats(Path(run_dir) / "task_stats.csv", stats)
     return {
         **summarize(accs),
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": bn_mode, "seed": seed,
@@ -431,7 +465,7 @@ def train(cfg: Any, run_dir: Path) -> float:
     # Test what validation chose, read back from disk: `metalearn eval` on best.pt gives the same numbers.
     best = load_checkpoint(ckpt_dir / "best.pt")
     strategy.load_state_dict(best["model"])
-    result = test_checkpoint(strategy, data, "test", (shapes.way, shapes.shot, shapes.query), cfg.eval, cfg.seed, device)
+    result = test_checkpoint(strategy, data, "test", (shapes.way, shapes.shot, shapes.query), cfg.eval, cfg.seed, device, run_dir)
     result.update({
         "checkpoint": "checkpoints/best.pt", "best_step": best_step, "val_accuracy": best_val,
         "iterations": t.iterations, "meta_batch": t.meta_batch, "train_way": shapes.train_way,
@@ -488,7 +522,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
         strategy.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{cfg.checkpoint} does not match its own config's meta-network: {str(exc).splitlines()[0][:160]}") from exc
-    result = test_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), cfg.eval, seed, device)
+    result = test_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), cfg.eval, seed, device, run_dir)
     result.update({
         "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": int(state["step"]),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),

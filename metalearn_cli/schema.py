@@ -77,6 +77,7 @@ class EvalConfig:
     episodes: int = 1000  # fixed test tasks; the CI95 shrinks as 1/sqrt(episodes)
     batch_tasks: int = 10  # tasks per forward pass: 10 is fastest on CPU, raise it on a GPU (never changes the tasks)
     bn_mode: BNMode = BNMode.auto
+    save_task_stats: bool = False  # write task_stats.csv: per test task, accuracy and the norms of what the decoder generated
 
 
 @dataclass

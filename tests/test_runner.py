@@ -149,3 +149,27 @@ def test_compiled_encoder_trains_and_keeps_checkpoint_keys(compose_train, run_di
     runner.train(compose_train("trainer.compile=true"), run_dir)
     keys = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"].keys()
     assert "model.encoder.net.0.weight" in keys and not any("_orig_mod" in k for k in keys)
+
+
+@pytest.mark.parametrize("decoder, strategy, columns", [
+    ("latent", "mgd", {"code_norm", "initial_code_norm", "weight_norm"}),
+    ("film", "mgd", {"gamma_norm", "beta_norm", "weight_norm"}),
+    ("prototype", "mgd", {"prototype_norm"}),
+    ("linear", "maml", {"weight_norm"}),
+])
+def test_eval_writes_per_task_stats_of_what_the_decoder_generated(compose_train, tmp_path, decoder, strategy, columns):
+    import csv
+
+    extra = ["decoder.latent_steps=2"] if decoder == "latent" else []
+    runner.train(compose_train(f"decoder={decoder}", f"strategy={strategy}", *extra), tmp_path / "run")
+    cfg = compose_config("eval", [f"checkpoint={tmp_path / 'run'}", "eval.episodes=7", "eval.batch_tasks=3",
+                                  "eval.save_task_stats=true", "device=cpu"])
+    runner.evaluate(cfg, tmp_path / "eval")
+    with open(tmp_path / "eval" / "task_stats.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 and columns | {"episode", "accuracy"} == set(rows[0])
+    assert all(float(r[c]) > 0 for r in rows for c in columns)
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert sum(float(r["accuracy"]) for r in rows) / 7 == pytest.approx(results["accuracy"])
+    # Per-task rows, not one row repeated: tasks differ, so do their generated parameters.
+    assert len({r[sorted(columns)[0]] for r in rows}) > 1

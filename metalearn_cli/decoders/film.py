@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalearn_cli.decoders import DECODERS
+from metalearn_cli.decoders import DECODERS, record_stats
 from metalearn_cli.errors import ConfigError
 
 
@@ -42,6 +42,8 @@ class FiLMDecoder(nn.Module):
         """Per-task ``(gamma, beta)`` of shape ``[T, C]`` for each encoder block."""
         task = self.task_encoder(support).mean(1)  # [T, h]: invariant to the order of the support set
         params = [layer(task) for layer in self.film]
+        if getattr(self, "collect_stats", False):  # mean over blocks of ||gamma_b||, ||beta_b|| per task
+            self._film_norms = [torch.stack([p.chunk(2, dim=-1)[i].norm(dim=-1) for p in params]).mean(0) for i in (0, 1)]
         self.regularizer = sum(p.square().mean() for p in params) * 1e-3  # keep modulations small
         return [tuple(p.chunk(2, dim=-1)) for p in params]  # type: ignore[misc]
 
@@ -51,6 +53,9 @@ class FiLMDecoder(nn.Module):
         generated = self.classifier(means)
         weight = means + generated[..., :-1]
         bias = generated[..., -1] - 0.5 * means.square().sum(-1)  # at init: -||q - mean||^2 up to a per-query constant
+        if getattr(self, "collect_stats", False):
+            gamma, beta = self._film_norms
+            record_stats(self, gamma_norm=gamma, beta_norm=beta, weight_norm=weight.norm(dim=-1).mean(-1))
         return query @ weight.transpose(1, 2) + bias.unsqueeze(1)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from metalearn_cli.decoders import DECODERS
+from metalearn_cli.decoders import DECODERS, record_stats
 from metalearn_cli.errors import ConfigError
 
 
@@ -34,7 +34,9 @@ class LinearHead(nn.Module):
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int) -> torch.Tensor:
         if n_way > self.max_way:
             raise ConfigError(f"decoder=linear was built for up to {self.max_way} ways; this task has {n_way}")
-        return query @ self.weight[:n_way].T + self.bias[:n_way]
+        weight = self.weight[:n_way]  # the task's adapted head when a strategy calls with fast weights
+        record_stats(self, weight_norm=weight.norm(dim=-1).mean().expand(query.shape[0]))
+        return query @ weight.T + self.bias[:n_way]
 
 
 @DECODERS.register("linear", params=LinearParams)
