@@ -45,6 +45,7 @@ examples:
   metalearn train                                    # ProtoNet on Omniglot 5-way 1-shot (embedded data, CPU ok)
   metalearn train dataset=omniglot strategy=mgd episode=20way1shot trainer.iterations=2000 seed=3
   metalearn train debug=smoke                        # seconds, on generated data
+  metalearn train experiment=maml_omniglot_5w1s      # a published table cell (configs/experiment/)
   metalearn train -m seed=0,1,2                      # a multirun sweep: one run dir per job
   metalearn train resume=outputs/train/<run>         # continue an interrupted run in its own dir
   metalearn eval checkpoint=outputs/train/<run>/checkpoints/best.pt episode=5way5shot

@@ -14,8 +14,9 @@ import yaml
 
 from metalearn_cli.errors import MetalearnError
 
-COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "status",
-           "test_accuracy", "ci95", "val_accuracy", "train_seconds", "tasks_per_s"]
+COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
+           "test_accuracy", "ci95", "published", "val_accuracy", "train_seconds", "tasks_per_s"]
+SEED_COLUMNS = ["setting", "seeds", "mean_accuracy", "std_accuracy", "runs"]
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -49,19 +50,41 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "run": str(run.relative_to(base)) if run.is_relative_to(base) else str(run),
         "overrides": " ".join(o for o in overrides or [] if not o.startswith("hydra.")),
         "dataset": name("dataset"), "encoder": name("encoder"), "decoder": name("decoder"), "strategy": name("strategy"),
-        "episode": f"{ep.get('way', '?')}w{ep.get('shot', '?')}s" if ep else "",
+        "episode": f"{ep.get('way', '?')}w{ep.get('shot', '?')}s" if ep else "", "seed": cfg.get("seed"),
         "status": status.get("status", "completed" if results else "unknown"),
         "test_accuracy": results.get("accuracy"), "ci95": results.get("ci95"),
+        "published": results.get("published_accuracy"),
         "val_accuracy": results.get("val_accuracy"), "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s"),
     }
+
+
+def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs that differ only in ``seed=``: mean and sample std of their test accuracy (in %)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["test_accuracy"] is None:
+            continue
+        setting = " ".join(o for o in row["overrides"].split() if not o.startswith("seed=")) or "(defaults)"
+        groups.setdefault(f"{setting} [{row['dataset']} {row['encoder']} {row['decoder']} {row['strategy']} {row['episode']}]",
+                          []).append(row)
+    out = []
+    for setting, members in groups.items():
+        if len(members) < 2:
+            continue
+        accs = [100 * m["test_accuracy"] for m in members]
+        mean = sum(accs) / len(accs)
+        std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5
+        out.append({"setting": setting, "seeds": ",".join(str(m["seed"]) for m in members),
+                    "mean_accuracy": round(mean, 2), "std_accuracy": round(std, 2), "runs": len(members)})
+    return out
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     def cell(key: str, value: Any) -> str:
         if value is None:
             return "–"
-        if key in ("test_accuracy", "val_accuracy", "ci95"):
+        if key in ("test_accuracy", "val_accuracy", "ci95") and isinstance(value, float):
             return f"{100 * value:.2f}"
         return f"{value:.1f}" if isinstance(value, float) else str(value)
 
@@ -84,7 +107,7 @@ def plot(runs: list[Path], rows: list[dict[str, Any]], out: Path) -> list[Path]:
         train = [(r["step"], r["loss"]) for r in records if r.get("split") == "train" and "loss" in r]
         val = [(r["step"], r["accuracy"]) for r in records if r.get("split") == "val"]
         if train:
-            loss_ax.plot(*zip(*train), label=row["run"])
+            loss_ax.plot(*zip(*train), marker="o" if len(train) < 20 else None, label=row["run"])  # short runs: visible points
         if val:
             val_ax.plot(*zip(*val), marker="o", label=row["run"])
     loss_ax.set(xlabel="meta-iteration", ylabel="train loss", title="training loss")
@@ -98,10 +121,14 @@ def plot(runs: list[Path], rows: list[dict[str, Any]], out: Path) -> list[Path]:
     done = [r for r in rows if r["test_accuracy"] is not None]
     fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(done) + 2), 4))
     ax.bar(range(len(done)), [100 * r["test_accuracy"] for r in done], yerr=[100 * (r["ci95"] or 0) for r in done], capsize=4)
+    published = [(i, r["published"]) for i, r in enumerate(done) if r.get("published") is not None]
+    if published:  # the paper's figure beside ours, where a preset names one
+        ax.scatter(*zip(*published), marker="_", s=400, color="crimson", zorder=3, label="published")
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xticks(range(len(done)), [r["run"] for r in done], rotation=30, ha="right", fontsize=7)
     ax.set(ylabel="test accuracy (%) ± CI95", title="test accuracy")
     if done:
-        low = min(100 * (r["test_accuracy"] - (r["ci95"] or 0)) for r in done)
+        low = min([100 * (r["test_accuracy"] - (r["ci95"] or 0)) for r in done] + [p for _, p in published])
         ax.set_ylim(max(0, low - 5), 100)
     fig.tight_layout()
     bars = out / "accuracy.png"
@@ -127,6 +154,16 @@ def main(argv: list[str]) -> int:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    seeds = across_seeds(rows)
+    if seeds:
+        table += ("\n### Across training seeds (test accuracy %, mean ± sample std)\n\n| setting | seeds | mean | std | runs |\n"
+                  "|---|---|---|---|---|\n" + "".join(f"| {g['setting']} | {g['seeds']} | {g['mean_accuracy']:.2f} | "
+                                                       f"{g['std_accuracy']:.2f} | {g['runs']} |\n" for g in seeds))
+        (out / "report.md").write_text(table, encoding="utf-8")
+        with open(out / "seeds.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=SEED_COLUMNS)
+            writer.writeheader()
+            writer.writerows(seeds)
     pictures = plot(runs, rows, out)
     print(table, end="")
     print(f"\n{len(rows)} runs; wrote {out / 'report.md'}, {out / 'report.csv'}, " + ", ".join(map(str, pictures)))

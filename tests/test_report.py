@@ -2,6 +2,8 @@
 
 import csv
 
+from omegaconf import OmegaConf
+
 from conftest import FAST, compose_config
 from metalearn_cli import runner
 from metalearn_cli.cli import main
@@ -9,7 +11,12 @@ from metalearn_cli.cli import main
 
 def test_report_over_two_runs(tmp_path, capsys):
     for seed in (0, 1):
-        runner.train(compose_config("train", [*FAST, f"seed={seed}"]), tmp_path / "sweep" / f"{seed}_job")
+        cfg = compose_config("train", [*FAST, f"seed={seed}"])
+        run = tmp_path / "sweep" / f"{seed}_job"
+        runner.train(cfg, run)
+        (run / ".hydra").mkdir()  # what Hydra writes in a real sweep
+        (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        (run / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n- trainer.iterations=6\n")
     (tmp_path / "sweep" / "2_failed").mkdir()
     (tmp_path / "sweep" / "2_failed" / "status.json").write_text('{"status": "failed", "error": "x"}')
     assert main(["report", str(tmp_path / "sweep")]) == 0
@@ -20,6 +27,12 @@ def test_report_over_two_runs(tmp_path, capsys):
     assert 0 <= float(rows[0]["test_accuracy"]) <= 1
     for name in ("curves.png", "accuracy.png"):
         assert (tmp_path / "sweep" / name).read_bytes()[:4] == b"\x89PNG"
+    # The two runs differ only in their seed: one row of mean and std over training seeds.
+    (group,) = list(csv.DictReader((tmp_path / "sweep" / "seeds.csv").open()))
+    accs = [100 * float(r["test_accuracy"]) for r in rows[:2]]
+    assert group["seeds"] == "0,1" and float(group["mean_accuracy"]) == round(sum(accs) / 2, 2)
+    assert float(group["std_accuracy"]) == round(abs(accs[0] - accs[1]) / 2**0.5, 2)
+    assert "Across training seeds" in out
 
 
 def test_report_without_runs_is_one_line(tmp_path, capsys):
