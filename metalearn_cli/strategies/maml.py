@@ -7,6 +7,10 @@
   once per task instead of once per inner step.
 - ``learn_inner_lr=true`` (Meta-SGD): a learned inner learning rate per parameter element,
   meta-trained with the initialisation and saved with it.
+- MAML++ (Antoniou et al. 2019), each an option: ``multi_step_loss`` (the query loss after every
+  inner step, weights annealed to the last step over ``msl_anneal`` meta-iterations),
+  ``per_step_lr`` (a learned inner learning rate per parameter tensor and inner step) and
+  ``first_order_until`` (derivative-order annealing: first order for the first N meta-iterations).
 
 The inner loop is ``torch.func.functional_call`` + ``torch.func.grad`` on one task, batched over the
 tasks of a meta-batch with ``torch.func.vmap`` or run task by task (``vectorize``). Batch norm uses
@@ -53,7 +57,25 @@ class MAMLParams:
     adapt: Adapt = Adapt.all
     learn_inner_lr: bool = False  # Meta-SGD: per-parameter learned inner learning rates
     vectorize: Vectorize = Vectorize.auto
+    multi_step_loss: bool = False  # MAML++ MSL: query loss after every inner step (more stable, costs a query pass per step)
+    msl_anneal: int = 1000  # meta-iterations over which MSL's weights move from uniform to the last step alone
+    per_step_lr: bool = False  # MAML++ LSLR: a learned inner learning rate per parameter tensor and inner step
+    first_order_until: int = 0  # MAML++ DA: first-order meta-gradients for this many meta-iterations, then second order
     clip: ClipParams = field(default_factory=ClipParams)
+
+
+class _Counter(nn.Module):
+    """Meta-iterations done, kept in the state dict (MAML++'s schedules depend on it; resume restores it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"meta_iterations": self.value}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.value = int(state["meta_iterations"])
 
 
 class MAML(Strategy):
@@ -63,7 +85,6 @@ class MAML(Strategy):
     def __init__(self, params: MAMLParams, model: MetaModel) -> None:
         super().__init__(model)
         self.params_ = params
-        self.low_precision_ok = params.first_order  # second-order terms are kept in fp32 under precision=auto
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.track_running_stats = False  # batch statistics always, per task
@@ -74,6 +95,14 @@ class MAML(Strategy):
             for name, p in model.named_parameters():
                 if name in self.adapt_names:
                     self.inner_lrs[name.replace(".", "__")] = nn.Parameter(torch.full_like(p, params.inner_lr))
+        if params.per_step_lr:
+            steps = max(params.inner_steps, 1)
+            self.step_lrs = nn.ParameterDict({n.replace(".", "__"): nn.Parameter(torch.full((steps,), params.inner_lr))
+                                              for n in self.adapt_names})
+        if params.multi_step_loss or params.first_order_until > 0:
+            self.meta_iterations = _Counter()
+        # Second-order terms appear (at once, or after first_order_until): keep fp32 under precision=auto.
+        self.low_precision_ok = params.first_order
 
     # ------------------------------------------------------------------ set-up
     def check_compatible(self) -> None:
@@ -88,6 +117,11 @@ class MAML(Strategy):
                 f"strategy=maml with adapt={p.adapt.value} has nothing to adapt ({decoder} has no parameters); "
                 "use decoder=linear, or adapt=all"
             )
+        if p.learn_inner_lr and p.per_step_lr:
+            raise ConfigError("strategy.learn_inner_lr (Meta-SGD, per element) and strategy.per_step_lr (MAML++, per "
+                              "tensor and step) are two kinds of learned inner rates; choose one")
+        if p.msl_anneal < 1 or p.first_order_until < 0:
+            raise ConfigError("strategy.msl_anneal must be >= 1 and strategy.first_order_until >= 0")
         if p.vectorize is Vectorize.vmap and not self.model.encoder.supports_vmap:
             raise ConfigError(f"{type(self.model.encoder).__name__} does not support vmap; use strategy.vectorize=loop or auto")
 
@@ -97,14 +131,19 @@ class MAML(Strategy):
         return self.params_.vectorize is Vectorize.vmap
 
     # ------------------------------------------------------------------ the inner loop
-    def _lr(self, name: str) -> torch.Tensor | float:
-        return self.inner_lrs[name.replace(".", "__")] if self.params_.learn_inner_lr else self.params_.inner_lr
+    def _lr(self, name: str, step: int) -> torch.Tensor | float:
+        key = name.replace(".", "__")
+        if self.params_.per_step_lr:
+            rates = self.step_lrs[key]
+            return rates[min(step, rates.shape[0] - 1)]  # evaluation may take more steps than were learned
+        return self.inner_lrs[key] if self.params_.learn_inner_lr else self.params_.inner_lr
 
     def _task_logits(
         self, weights: Weights, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, n_way: int, steps: int,
-        create_graph: bool,
+        create_graph: bool, every_step: bool = False,
     ) -> torch.Tensor:
-        """Adapt ``weights`` to one task's support set and return its query logits ``[Q, n_way]``."""
+        """Adapt ``weights`` to one task's support set and return its query logits ``[Q, n_way]``
+        (``every_step``: after each inner step, ``[steps, Q, n_way]``, for MAML++'s multi-step loss)."""
         head_only = self.params_.adapt is Adapt.head
         if head_only:
             # ANIL: the encoder is not adapted, so embed once and adapt the head on the features.
@@ -125,7 +164,8 @@ class MAML(Strategy):
             fast, prefix = dict(weights), ""
 
         adapted = [n for n in self.adapt_names if n.startswith(prefix)]
-        for _ in range(steps):
+        per_step = []
+        for step in range(steps):
             # First order: the inner gradient is a constant, so compute it on detached weights and
             # features (no graph back to the meta-parameters: less memory and time).
             base = fast if create_graph else {k: v.detach() for k, v in fast.items()}
@@ -138,12 +178,16 @@ class MAML(Strategy):
             for n in adapted:
                 key = n[len(prefix):]
                 g = grads[key] if create_graph else grads[key].detach()
-                fast[key] = fast[key] - self._lr(n) * g
-        return logits(fast, qx)
+                fast[key] = fast[key] - self._lr(n, step) * g
+            if every_step and step < steps - 1:
+                per_step.append(logits(fast, qx))
+        final = logits(fast, qx)
+        return torch.stack([*per_step, final]) if every_step else final
 
-    def _batch_logits(self, batch: EpisodeBatch, steps: int, create_graph: bool) -> torch.Tensor:
+    def _batch_logits(self, batch: EpisodeBatch, steps: int, create_graph: bool, every_step: bool = False) -> torch.Tensor:
         weights = dict(self.model.named_parameters())
-        task = lambda sx, sy, qx: self._task_logits(weights, sx, sy, qx, batch.n_way, steps, create_graph)  # noqa: E731
+        task = lambda sx, sy, qx: self._task_logits(weights, sx, sy, qx, batch.n_way, steps, create_graph,  # noqa: E731
+                                                    every_step)
         if self.uses_vmap(batch.support_images.device):
             self.model.encoder.vmap_safe(True)
             return vmap(task, randomness="different")(batch.support_images, batch.support_labels, batch.query_images)
@@ -152,13 +196,33 @@ class MAML(Strategy):
                             for t in range(batch.tasks)])
 
     # ------------------------------------------------------------------ the protocol
+    def msl_weights(self, steps: int) -> list[float]:
+        """MAML++'s multi-step loss weights: uniform at first, moving linearly to the last step alone
+        over ``msl_anneal`` meta-iterations (earlier steps keep at least 0.03 / steps)."""
+        done = self.meta_iterations.value if hasattr(self, "meta_iterations") else 0
+        progress = min(1.0, done / self.params_.msl_anneal)
+        early = [max((1 - progress) / steps, 0.03 / steps) for _ in range(steps - 1)]
+        return [*early, 1.0 - sum(early)]
+
     def meta_train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        p = self.params_
+        done = self.meta_iterations.value if hasattr(self, "meta_iterations") else 0
+        create_graph = not p.first_order and done >= p.first_order_until
+        multi_step = p.multi_step_loss and p.inner_steps > 1
         with self.model.encoder.second_order_context():
-            logits = self._batch_logits(batch, self.params_.inner_steps, create_graph=not self.params_.first_order)
-            loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
+            logits = self._batch_logits(batch, p.inner_steps, create_graph, every_step=multi_step)
+            if multi_step:  # [T, steps, Q, N]: a weighted sum of the query losses after each step
+                labels = batch.query_labels.flatten()
+                loss = sum(w * F.cross_entropy(logits[:, j].flatten(0, 1), labels)
+                           for j, w in enumerate(self.msl_weights(p.inner_steps)))
+                logits = logits[:, -1]
+            else:
+                loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = clip_and_step(list(self.parameters()), optimizer, self.params_.clip, loss.detach())
+        if hasattr(self, "meta_iterations"):
+            self.meta_iterations.value += 1
         return {"loss": loss.detach(), "accuracy": query_accuracy(logits.detach(), batch.query_labels).mean(),
                 "grad_norm": grad_norm}
 

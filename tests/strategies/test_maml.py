@@ -151,3 +151,59 @@ def test_every_preset_trains_through_the_runner(tmp_path, strategy, vectorize):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["bn_mode"] == "transductive" and 0 <= results["accuracy"] <= 1
     assert results["precision"] == ("fp32" if strategy != "fomaml" else results["precision"])
+
+
+# ----------------------------------------------------------------------------- MAML++ options
+def test_multi_step_loss_weights_the_query_loss_after_every_step_and_anneals_to_the_last():
+    maml, batch = setup(inner_steps=3, multi_step_loss=True, msl_anneal=4, inner_lr=0.3)
+    assert maml.msl_weights(3) == pytest.approx([1 / 3] * 3)
+    plain, _ = setup(inner_steps=3, inner_lr=0.3)
+    per_step = plain._batch_logits(batch, 3, create_graph=True, every_step=True)  # [T, 3, Q, N]
+    assert per_step.shape[:2] == (3, 3)
+    assert torch.allclose(per_step[:, -1], plain._batch_logits(batch, 3, create_graph=True))
+    expected = sum(F.cross_entropy(per_step[:, j].flatten(0, 1), batch.query_labels.flatten()) for j in range(3)) / 3
+    out = maml.meta_train_step(batch, torch.optim.SGD(maml.parameters(), lr=0.0))
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-9)
+    for _ in range(4):
+        maml.meta_iterations.value += 1
+    assert maml.msl_weights(3) == pytest.approx([0.01, 0.01, 0.98])
+
+
+def test_per_step_learning_rates_are_learned_per_tensor_and_step():
+    maml, batch = setup(inner_steps=2, per_step_lr=True, inner_lr=0.3)
+    assert {tuple(p.shape) for p in maml.step_lrs.values()} == {(2,)}
+    grads = meta_gradients(maml, batch)
+    lr_grads = [g for n, g in grads.items() if n.startswith("step_lrs.")]
+    assert len(lr_grads) == len(maml.adapt_names) and all(g.abs().sum() > 0 for g in lr_grads)
+    assert all(g[0] != g[1] for g in lr_grads)  # each step's rate gets its own gradient
+    # With every per-step rate at inner_lr, the adaptation is plain MAML's.
+    plain, _ = setup(inner_steps=2, inner_lr=0.3)
+    assert torch.allclose(maml._batch_logits(batch, 2, True), plain._batch_logits(batch, 2, True))
+    with pytest.raises(ConfigError, match="choose one"):
+        setup(per_step_lr=True, learn_inner_lr=True)
+
+
+def test_derivative_order_annealing_is_first_order_first_then_second_order():
+    annealed, batch = setup(inner_steps=1, inner_lr=0.3, first_order_until=1)
+    first, _ = setup(inner_steps=1, inner_lr=0.3, first_order=True)
+    second, _ = setup(inner_steps=1, inner_lr=0.3)
+    early = meta_gradients(annealed, batch)  # meta-iteration 1: first order
+    fo = meta_gradients(first, batch)
+    assert all(torch.allclose(early[n], fo[n]) for n in fo)
+    late = meta_gradients(annealed, batch)  # meta-iteration 2: second order (lr 0: the weights did not move)
+    so = meta_gradients(second, batch)
+    assert all(torch.allclose(late[n], so[n]) for n in so)
+    assert not all(torch.allclose(late[n], fo[n]) for n in fo)
+
+
+def test_maml_plus_plus_state_survives_a_checkpoint(tmp_path):
+    cfg = compose_config("train", FAST + ["strategy=maml", "decoder=linear", "strategy.inner_steps=2",
+                                          "strategy.multi_step_loss=true", "strategy.per_step_lr=true",
+                                          "strategy.first_order_until=2"])
+    runner.train(cfg, tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["model"]["meta_iterations._extra_state"] == {"meta_iterations": 6}
+    rebuilt = STRATEGIES.build(cfg.strategy, model=build_meta_model(cfg, (1, 28, 28)))
+    rebuilt.load_state_dict(state["model"])
+    assert rebuilt.meta_iterations.value == 6
+    assert any(not torch.all(v == cfg.strategy.inner_lr) for k, v in state["model"].items() if k.startswith("step_lrs."))
