@@ -186,6 +186,22 @@ def build_strategy(cfg: Any, image_shape: tuple[int, int, int], device: torch.de
     return strategy
 
 
+def initialise_from(strategy: Strategy, source: str) -> None:
+    """Copy the tensors of another run's meta-knowledge whose names and shapes match (e.g. a
+    ProtoNet-trained encoder under a latent decoder); everything else keeps its fresh initialisation."""
+    from metalearn_cli.knowledge import read_meta_knowledge
+
+    theirs = read_meta_knowledge(source)["model"]
+    ours = strategy.state_dict()
+    matched = {k: v for k, v in theirs.items()
+               if k in ours and isinstance(v, torch.Tensor) and v.is_floating_point() and v.shape == ours[k].shape}
+    if not matched:
+        raise ConfigError(f"trainer.init_from={source} shares no parameter (same name and shape) with this meta-network; "
+                          "pass a checkpoint of a run with the same encoder")
+    strategy.load_state_dict({**ours, **{k: v.to(ours[k].device, ours[k].dtype) for k, v in matched.items()}})
+    log.info("initialised %d of %d tensors from %s", len(matched), len(ours), source)
+
+
 def _name(value: Any) -> str:
     return value.value if hasattr(value, "value") else str(value)
 
@@ -358,6 +374,8 @@ def train(cfg: Any, run_dir: Path) -> float:
     check_fits(data.val, "val", data.name, shapes.way, shapes.shot, shapes.query)
     check_fits(data.test, "test", data.name, shapes.way, shapes.shot, shapes.query)
     strategy = build_strategy(cfg, data.image_shape, device)
+    if t.init_from and resume is None:
+        initialise_from(strategy, t.init_from)
     optimizer = OPTIMIZERS.build(cfg.optimizer, parameters=list(strategy.parameters()))
     schedule = build_schedule(OPTIMIZERS.params_of(cfg.optimizer).schedule, optimizer, t.iterations)
     train_sampler = EpisodeSampler(resident(data.train, device), shapes.train_way, shapes.shot, shapes.train_query,

@@ -70,6 +70,7 @@ class TrainerConfig:
     progress: bool = True  # tqdm progress bar
     nan_policy: NanPolicy = NanPolicy.stop  # what a NaN/Inf meta-loss or meta-gradient does
     deterministic: bool = False  # deterministic kernels, CUDA included (slower there); CPU runs already repeat exactly
+    init_from: Optional[str] = None  # a checkpoint, run dir or export: start from its tensors where names and shapes match
 
 
 @dataclass

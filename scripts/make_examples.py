@@ -46,7 +46,7 @@ STEPS: list[tuple[str, str]] = [
     ("The predictions file", "head -3 runs/predict/predictions.csv"),
     ("Export the meta-knowledge alone", "metalearn export checkpoint=runs/protonet out=meta_knowledge.pt hydra.run.dir=runs/export"),
     ("Use it from Python", "python api_example.py"),
-    ("A sweep on generated data: 2 strategies x 2 decoders (fomaml + prototype has nothing to adapt: that job fails alone, the sweep goes on)",
+    ("A sweep on generated data: 2 strategies x 2 decoders, one run dir per job under one sweep dir",
      "metalearn train -m debug=smoke strategy=mgd,fomaml decoder=linear,prototype seed=0 hydra.sweep.dir=runs/sweep"),
     ("Summarise the sweep", "metalearn report runs/sweep --out runs/sweep-report"),
     ("Plan a table reproduction (without running it)", "python {script} --table omniglot --methods protonet --dry-run --out runs/repro"),
@@ -55,7 +55,8 @@ STEPS: list[tuple[str, str]] = [
 
 
 def make_task(folder: Path) -> None:
-    """5 Omniglot test characters: 1 support and 3 query drawings each, saved as 105x105 PNGs."""
+    """5 Omniglot test characters: 1 support and 3 query drawings each, saved as PNGs of the embedded
+    28x28 drawings (dark strokes on white, as the original files are)."""
     from PIL import Image
 
     from metalearn_cli.data import DATASETS
@@ -68,11 +69,13 @@ def make_task(folder: Path) -> None:
             out = folder / part / name
             out.mkdir(parents=True, exist_ok=True)
             drawing = 255 - test.images[c, j, 0].numpy()  # back to dark strokes on white
-            Image.fromarray(drawing).resize((105, 105), Image.Resampling.BILINEAR).save(out / f"{j}.png")
+            Image.fromarray(drawing).save(out / f"{j}.png")
 
 
 def shorten(text: str) -> str:
     lines = [ln for ln in text.rstrip().splitlines() if ln.strip()]
+    bars = [ln for ln in lines if ln.startswith("meta-train:")]  # tqdm's redraws: keep the final state
+    lines = [ln for ln in lines if not ln.startswith("meta-train:")] + bars[-1:]
     if len(lines) <= KEEP:
         return "\n".join(lines)
     half = KEEP // 2

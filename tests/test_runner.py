@@ -173,3 +173,17 @@ def test_eval_writes_per_task_stats_of_what_the_decoder_generated(compose_train,
     assert sum(float(r["accuracy"]) for r in rows) / 7 == pytest.approx(results["accuracy"])
     # Per-task rows, not one row repeated: tasks differ, so do their generated parameters.
     assert len({r[sorted(columns)[0]] for r in rows}) > 1
+
+
+def test_init_from_copies_the_matching_tensors_of_another_run(compose_train, tmp_path):
+    runner.train(compose_train(), tmp_path / "proto")
+    source = load_checkpoint(tmp_path / "proto" / "checkpoints" / "best.pt")["model"]
+    cfg = compose_train("decoder=latent", f"trainer.init_from={tmp_path / 'proto'}", "trainer.iterations=1",
+                        "optimizer=sgd", "optimizer.lr=1e-12")  # one negligible step: the start is visible in last.pt
+    runner.train(cfg, tmp_path / "latent")
+    started = load_checkpoint(tmp_path / "latent" / "checkpoints" / "last.pt")["model"]
+    encoder = [k for k in source if k.startswith("model.encoder.") and source[k].is_floating_point()]
+    assert encoder and all(torch.allclose(started[k], source[k], atol=1e-9) for k in encoder if "running" not in k)
+    assert any(k.startswith("model.decoder.") for k in started)  # the latent decoder kept its own initialisation
+    with pytest.raises(ConfigError, match="shares no parameter"):
+        runner.train(compose_train("encoder.width=8", f"trainer.init_from={tmp_path / 'proto'}"), tmp_path / "narrow")
