@@ -56,11 +56,12 @@ def _queries(root: Path, given: str, class_names: list[str]) -> tuple[list[str],
 def _table(rows: list[dict[str, Any]], class_names: list[str], limit: int) -> str:
     """The first ``limit`` predictions as a fixed-width table for the terminal."""
     width = min(max([len("file"), *(len(r["file"]) for r in rows)]), 60)
-    head = f"{'file':<{width}}  {'predicted':<12} {'p':>6}" + ("  true" if "true" in rows[0] else "")
+    pw = max(len("predicted"), *(len(c) for c in class_names))
+    head = f"{'file':<{width}}  {'predicted':<{pw}} {'p':>6}" + ("  true" if "true" in rows[0] else "")
     lines = [head, "-" * len(head)]
     for r in rows[:limit]:
         name = r["file"] if len(r["file"]) <= width else "..." + r["file"][-(width - 3):]
-        line = f"{name:<{width}}  {r['predicted']:<12} {r['p_' + r['predicted']]:>6.3f}"
+        line = f"{name:<{width}}  {r['predicted']:<{pw}} {r['p_' + r['predicted']]:>6.3f}"
         if "true" in r:
             line += f"  {r['true']}" + ("" if r["true"] == r["predicted"] else "  (wrong)")
         lines.append(line)

@@ -62,7 +62,7 @@ def make_task(folder: Path) -> None:
     from metalearn_cli.data import DATASETS
 
     test = DATASETS.build({"name": "omniglot"}).test
-    for c in range(0, 20, 4):  # five characters from different alphabets' rotations
+    for c in range(0, test.n_classes, test.n_classes // 5)[:5]:  # five characters spread over the alphabets
         name = test.class_names[c].split("/")[0].lower()[:14] + f"_{c}"
         for j in range(4):
             part = "support" if j == 0 else "query"
