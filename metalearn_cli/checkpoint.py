@@ -60,8 +60,13 @@ def remove_stale_temporaries(directory: Path) -> None:
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Read a checkpoint safely; any problem is a one-line :class:`CheckpointError`."""
-    path = Path(path)
+    """Read a checkpoint safely (a file, or a run dir's best.pt); any problem is a one-line :class:`CheckpointError`."""
+    path = resolve_checkpoint(Path(path))
+    return check_checkpoint(read_state(path), path)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run dir names its checkpoints/best.pt (else last.pt); a file names itself."""
     if path.is_dir():
         for candidate in (path / "checkpoints" / "best.pt", path / "best.pt", path / "checkpoints" / "last.pt"):
             if candidate.is_file():
@@ -69,6 +74,11 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
                 break
         else:
             raise CheckpointError(f"{path} holds no checkpoints/best.pt or last.pt; pass a checkpoint file or a run dir")
+    return path
+
+
+def read_state(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``: nothing in the file is executed."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass checkpoints/best.pt or last.pt of a run dir")
     try:
@@ -79,6 +89,11 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
             f"{path} is not a readable metalearn checkpoint (corrupt, truncated or unsafe: {reason[:160]}); "
             "use another checkpoint, e.g. checkpoints/last.pt or best.pt of the run"
         ) from exc
+    return state
+
+
+def check_checkpoint(state: Any, path: Path) -> dict[str, Any]:
+    """The header, version and required keys of a loaded checkpoint."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a metalearn checkpoint (no '{FORMAT}' header); pass a best.pt/last.pt written by metalearn train")
     if int(state.get("version", -1)) > VERSION:

@@ -24,7 +24,7 @@ from typing import Any, Sequence, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metalearn_cli.checkpoint import atomic_save, load_checkpoint
+from metalearn_cli.checkpoint import atomic_save, check_checkpoint, read_state, resolve_checkpoint
 from metalearn_cli.data import image_format
 from metalearn_cli.data.images import ImageFormat, ImageSource, read_image
 from metalearn_cli.episodes import EpisodeBatch
@@ -40,27 +40,20 @@ Images = Union[torch.Tensor, Sequence[ImageSource]]
 
 def read_meta_knowledge(path: Path | str) -> dict[str, Any]:
     """An export or a training checkpoint (or a run dir) as ``{config, model, image_format, step, source}``."""
-    path = Path(path)
-    if path.is_file():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt, truncated or unsafe: load_checkpoint below words it
-            state = None
-            cause: Exception | None = exc
-        else:
-            cause = None
-        if isinstance(state, dict) and state.get("format") == FORMAT:
-            if int(state.get("version", -1)) > VERSION:
-                raise CheckpointError(f"{path} has meta-knowledge format version {state['version']}, newer than this "
-                                      f"metalearn ({VERSION}); upgrade metalearn")
-            for key in ("config", "model", "image_format"):
-                if key not in state:
-                    raise CheckpointError(f"{path} lacks '{key}'; the file is incomplete, export it again")
-            return {**state, "source": str(path)}
-        if cause is None and not (isinstance(state, dict) and "format" in state):
-            raise CheckpointError(f"{path} is neither a metalearn checkpoint nor an exported meta-knowledge file; "
-                                  "pass a best.pt/last.pt of a run or a file written by metalearn export")
-    state = load_checkpoint(path)  # training checkpoints, run dirs and every error wording
+    path = resolve_checkpoint(Path(path))
+    state = read_state(path)  # read once; corrupt, truncated or unsafe files are one line here
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        if int(state.get("version", -1)) > VERSION:
+            raise CheckpointError(f"{path} has meta-knowledge format version {state['version']}, newer than this "
+                                  f"metalearn ({VERSION}); upgrade metalearn")
+        for key in ("config", "model", "image_format"):
+            if key not in state:
+                raise CheckpointError(f"{path} lacks '{key}'; the file is incomplete, export it again")
+        return {**state, "source": str(path)}
+    if not (isinstance(state, dict) and "format" in state):
+        raise CheckpointError(f"{path} is neither a metalearn checkpoint nor an exported meta-knowledge file; "
+                              "pass a best.pt/last.pt of a run or a file written by metalearn export")
+    state = check_checkpoint(state, path)  # a training checkpoint: its header, version and keys
     try:
         fmt = image_format(state["config"]["dataset"]).to_dict()
     except (MetalearnError, KeyError, TypeError) as exc:

@@ -45,7 +45,7 @@ class MetaModel(nn.Module):
             per_task = images.shape[1]
             film = [(g.repeat_interleave(per_task, 0), b.repeat_interleave(per_task, 0)) for g, b in film]
         flat = images.reshape(-1, *images.shape[-3:])
-        if not _inside_vmap(flat):  # vmap cannot change memory formats; its batched kernels pick their own
+        if not inside_vmap(flat):  # vmap cannot change memory formats; its batched kernels pick their own
             flat = flat.contiguous(memory_format=self.memory_format)
         kwargs = {} if film is None else {"film": film}
         if self.autocast_dtype is None:
@@ -79,7 +79,7 @@ class MetaModel(nn.Module):
         return self(batch.support_images, batch.support_labels, batch.query_images, batch.n_way)
 
 
-def _inside_vmap(x: torch.Tensor) -> bool:
+def inside_vmap(x: torch.Tensor) -> bool:
     """Whether ``x`` is wrapped by a torch.func transform (images only are, under vmap)."""
     level = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", None)
     return level is not None and level(x) != -1

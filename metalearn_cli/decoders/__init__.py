@@ -19,12 +19,11 @@ def record_stats(decoder: nn.Module, **values: torch.Tensor) -> None:
     """Keep per-task norms ``[T]`` of what the decoder generated (prototypes, codes, weights,
     modulations) for ``eval.save_task_stats``; only when asked, and never inside a torch.func
     transform (whose tensors cannot leave it)."""
-    if getattr(decoder, "collect_stats", False) and not any(_transformed(v) for v in values.values()):
+    if not getattr(decoder, "collect_stats", False):
+        return
+    from metalearn_cli.model import inside_vmap  # model imports this package: import at call time
+
+    if not any(inside_vmap(v) for v in values.values()):
         decoder.stats = {k: v.detach().float().cpu() for k, v in values.items()}
-
-
-def _transformed(x: torch.Tensor) -> bool:
-    level = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", None)
-    return level is not None and level(x) != -1
 
 from metalearn_cli.decoders import film, latent, linear, prototype  # noqa: E402,F401  (registers the decoders)
