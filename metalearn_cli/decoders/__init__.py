@@ -7,6 +7,8 @@ scores the queries with them; it is built with the encoder's ``in_dim`` wired in
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -15,14 +17,15 @@ from metalearn_cli.registry import Registry
 DECODERS: Registry[nn.Module] = Registry("decoder")
 
 
-def record_stats(decoder: nn.Module, **values: torch.Tensor) -> None:
+def record_stats(decoder: nn.Module, compute: Callable[[], dict[str, torch.Tensor]]) -> None:
     """Keep per-task norms ``[T]`` of what the decoder generated (prototypes, codes, weights,
-    modulations) for ``eval.save_task_stats``; only when asked, and never inside a torch.func
-    transform (whose tensors cannot leave it)."""
+    modulations) for ``eval.save_task_stats``. ``compute`` runs only when asked (no cost on the
+    training path), and nothing is kept inside a torch.func transform (its tensors cannot leave it)."""
     if not getattr(decoder, "collect_stats", False):
         return
     from metalearn_cli.model import inside_vmap  # model imports this package: import at call time
 
+    values = compute()
     if not any(inside_vmap(v) for v in values.values()):
         decoder.stats = {k: v.detach().float().cpu() for k, v in values.items()}
 

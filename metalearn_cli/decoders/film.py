@@ -53,9 +53,8 @@ class FiLMDecoder(nn.Module):
         generated = self.classifier(means)
         weight = means + generated[..., :-1]
         bias = generated[..., -1] - 0.5 * means.square().sum(-1)  # at init: -||q - mean||^2 up to a per-query constant
-        if getattr(self, "collect_stats", False):
-            gamma, beta = self._film_norms
-            record_stats(self, gamma_norm=gamma, beta_norm=beta, weight_norm=weight.norm(dim=-1).mean(-1))
+        record_stats(self, lambda: {"gamma_norm": self._film_norms[0], "beta_norm": self._film_norms[1],
+                                    "weight_norm": weight.norm(dim=-1).mean(-1)})
         return query @ weight.transpose(1, 2) + bias.unsqueeze(1)
 
 

@@ -85,8 +85,8 @@ class LatentDecoder(nn.Module):
                     (g,) = torch.autograd.grad(loss, z, create_graph=self.training)
                     z = z - self.p.latent_lr * g
         w = self.weights(z)
-        record_stats(self, code_norm=z.norm(dim=-1).mean(-1), initial_code_norm=z0.norm(dim=-1).mean(-1),
-                     weight_norm=w.norm(dim=-1).mean(-1))
+        record_stats(self, lambda: {"code_norm": z.norm(dim=-1).mean(-1), "initial_code_norm": z0.norm(dim=-1).mean(-1),
+                                    "weight_norm": w.norm(dim=-1).mean(-1)})
         d = self.decoder.weight  # [2D, k]
         normed = d / d.norm(dim=0, keepdim=True).clamp(min=1e-8)
         corr = normed.T @ normed  # [k, k] correlations of the decoder's columns

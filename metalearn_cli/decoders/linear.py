@@ -35,7 +35,7 @@ class LinearHead(nn.Module):
         if n_way > self.max_way:
             raise ConfigError(f"decoder=linear was built for up to {self.max_way} ways; this task has {n_way}")
         weight = self.weight[:n_way]  # the task's adapted head when a strategy calls with fast weights
-        record_stats(self, weight_norm=weight.norm(dim=-1).mean().expand(query.shape[0]))
+        record_stats(self, lambda: {"weight_norm": weight.norm(dim=-1).mean().expand(query.shape[0])})
         return query @ weight.T + self.bias[:n_way]
 
 

@@ -27,7 +27,7 @@ class PrototypeDecoder(nn.Module):
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int) -> torch.Tensor:
         onehot = F.one_hot(support_labels, n_way).to(support.dtype)  # [T, S, N]
         prototypes = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)  # [T, N, D]
-        record_stats(self, prototype_norm=prototypes.norm(dim=-1).mean(-1))
+        record_stats(self, lambda: {"prototype_norm": prototypes.norm(dim=-1).mean(-1)})
         # ||q - p||^2 = ||q||^2 - 2 q.p + ||p||^2, as one batched matmul.
         return -(
             query.pow(2).sum(-1, keepdim=True)
