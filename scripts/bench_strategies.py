@@ -27,38 +27,62 @@ import sys
 import time
 
 
+VARIANTS = {
+    "sync": "the per-step non-finite check forced to read the flag on the host (what the step cost before fused optimizers)",
+    "nhwc": "trainer.channels_last=true (the CPU's default)",
+    "nchw": "trainer.channels_last=false (the CUDA default)",
+    "noautotune": "torch.backends.cudnn.benchmark=False (CUDA; the product autotunes unless trainer.deterministic)",
+    "bf16": "trainer.precision=bf16 (first order only)",
+}
+
+
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
+    from metalearn_cli import strategies as strategies_module
     from metalearn_cli.data import DATASETS
     from metalearn_cli.episodes import EpisodeSampler
     from metalearn_cli.host import keep_freed_memory
     from metalearn_cli.model import build_meta_model
+    from metalearn_cli.optimizers import OPTIMIZERS
     from metalearn_cli.strategies import STRATEGIES
     from omegaconf import OmegaConf
 
+    mode, *variants = args.vectorize.split("+")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variant {sorted(unknown)}; choose from {sorted(VARIANTS)}")
     keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if "sync" in variants:
+        strategies_module.defers_nonfinite_check = lambda optimizer: False
+    torch.backends.cudnn.benchmark = device.type == "cuda" and "noautotune" not in variants  # as runner.train
     data = DATASETS.build({"name": "omniglot"})
     cfg = OmegaConf.create({"encoder": {"name": "conv4"}, "decoder": {"name": "linear"},
                             "episode": {"way": 5, "shot": args.shot, "query": 15}})
     torch.manual_seed(0)
     model = build_meta_model(cfg, data.image_shape)
     strategy = STRATEGIES.build({"name": "maml", "inner_steps": args.steps, "first_order": args.first_order,
-                                 "vectorize": args.vectorize, "inner_lr": 0.4}, model=model)
+                                 "vectorize": mode, "inner_lr": 0.4}, model=model)
     strategy.check_compatible()
     strategy.to(device)
-    model.use_channels_last(device.type == "cpu")
-    optimizer = torch.optim.Adam(strategy.parameters(), lr=1e-3)
+    from metalearn_cli.runner import resolve_channels_last
+
+    layout = True if "nhwc" in variants else False if "nchw" in variants else None
+    model.use_channels_last(resolve_channels_last(layout, device))  # the product's default for the device
+    model.use_precision("bf16" if "bf16" in variants else "fp32")
+    # The product's optimizer: fused on CUDA, which skips a non-finite step without a host sync.
+    optimizer = OPTIMIZERS.build({"name": "adam", "lr": 1e-3}, parameters=list(strategy.parameters()))
     sampler = EpisodeSampler(data.train.to(device), 5, args.shot, 15, seed=0, device=device)
-    batches = [sampler.sample(args.tasks) for _ in range(args.iterations + 1)]
-    strategy.meta_train_step(batches[0], optimizer)  # warm-up
+    batches = [sampler.sample(args.tasks) for _ in range(args.iterations + 2)]
+    for batch in batches[:2]:  # warm-up (and cuDNN's autotuning, where asked)
+        strategy.meta_train_step(batch, optimizer)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for batch in batches[1:]:
+    for batch in batches[2:]:
         out = strategy.meta_train_step(batch, optimizer)
     out["loss"].item()
     if device.type == "cuda":
@@ -136,7 +160,12 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="only 1-shot, 1 inner step")
-    parser.add_argument("--modes", default="loop,vmap")
+    parser.add_argument("--shots", default="1,5")
+    parser.add_argument("--inner-steps", default="1,5")
+    parser.add_argument("--modes", default="loop,vmap", help="vectorize modes for every row")
+    parser.add_argument("--variants", default="",
+                        help="extra rows for 1-shot, 1 step only, as MODE+VARIANT[+VARIANT], e.g. vmap+sync,vmap+nchw; "
+                             "variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
     parser.add_argument("--learn2learn-python", help="python of a throw-away env with learn2learn 0.2.0")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shot", type=int, default=1, help=argparse.SUPPRESS)
@@ -148,28 +177,39 @@ def main() -> int:
         print(json.dumps(measure_learn2learn(args) if args.vectorize == "learn2learn" else measure(args)))
         return 0
 
-    shots, steps = ([1], [1]) if args.quick else ([1, 5], [1, 5])
-    print(f"{args.device}, {args.threads} threads, {args.tasks} tasks per meta-iteration, Omniglot 5-way, 15 queries, Conv-4")
+    shots, steps = ([1], [1]) if args.quick else ([int(x) for x in args.shots.split(",")],
+                                                  [int(x) for x in args.inner_steps.split(",")])
+    import torch
+
+    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} threads"
+    print(f"{args.device} ({card}), torch {torch.__version__}, {args.tasks} tasks per meta-iteration, Omniglot 5-way, "
+          f"15 queries, Conv-4, {args.iterations} timed meta-iterations after 2 warm-up")
     print("| shot | inner steps | order | implementation | s / meta-iteration | tasks/s | peak memory (GB) |")
     print("|---|---|---|---|---|---|---|")
-    baseline: dict[tuple, float] = {}
+    seen: dict[tuple, dict[str, float]] = {}  # (shot, step, order) -> tasks/s of learn2learn and of the loop
+    variants = [m for m in args.variants.split(",") if m]
+    plan = []  # the main matrix first, the variants (1-shot, 1 step) last
     for shot, step, first_order in itertools.product(shots, steps, [False, True]):
-        rows = [(mode, sys.executable) for mode in args.modes.split(",")]
+        rows = [(mode, sys.executable) for mode in args.modes.split(",") if mode]
         if args.learn2learn_python and shot == 1 and step == 1:
             rows.insert(0, ("learn2learn", args.learn2learn_python))
-        for mode, python in rows:
-            r = run_one(python, args, shot, step, first_order, mode)
-            order = "first" if first_order else "second"
-            name = "learn2learn 0.2.0 MAML" if mode == "learn2learn" else f"metalearn vectorize={mode}"
-            if isinstance(r, str):
-                print(f"| {shot} | {step} | {order} | {name} | – | – | {r} |", flush=True)
-                continue
-            if mode == "learn2learn":
-                baseline[(shot, step, first_order)] = r["tasks_per_s"]
-            ratio = baseline.get((shot, step, first_order))
-            speedup = f" ({r['tasks_per_s'] / ratio:.2f}x learn2learn)" if ratio and mode != "learn2learn" else ""
-            print(f"| {shot} | {step} | {order} | {name} | {r['s_per_iteration']:.2f} | "
-                  f"{r['tasks_per_s']:.1f}{speedup} | {r['peak_gb']:.2f} |", flush=True)
+        plan += [(shot, step, first_order, row) for row in rows]
+    plan += [(1, 1, first_order, (mode, sys.executable)) for first_order in (False, True) for mode in variants
+             if "bf16" not in mode or first_order]
+    for shot, step, first_order, (mode, python) in plan:
+        key = (shot, step, first_order)
+        r = run_one(python, args, shot, step, first_order, mode)
+        order = "first" if first_order else "second"
+        name = "learn2learn 0.2.0 MAML" if mode == "learn2learn" else f"metalearn vectorize={mode}"
+        if isinstance(r, str):
+            print(f"| {shot} | {step} | {order} | {name} | – | – | {r} |", flush=True)
+            continue
+        if mode in ("learn2learn", "loop"):
+            seen.setdefault(key, {})[mode] = r["tasks_per_s"]
+        ratios = [f"{r['tasks_per_s'] / base:.2f}x {ref}" for ref, base in seen.get(key, {}).items() if ref != mode]
+        speedup = f" ({', '.join(ratios)})" if ratios and mode != "learn2learn" else ""
+        print(f"| {shot} | {step} | {order} | {name} | {r['s_per_iteration']:.3f} | "
+              f"{r['tasks_per_s']:.1f}{speedup} | {r['peak_gb']:.2f} |", flush=True)
     return 0
 
 

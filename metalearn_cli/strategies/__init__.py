@@ -42,7 +42,7 @@ class Strategy(nn.Module):
         """Raise :class:`ConfigError` if the encoder/decoder pair cannot be trained this way."""
 
     def meta_train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        """One meta-iteration on ``batch``; returns scalar device tensors (no host sync)."""
+        """One meta-iteration on ``batch``; returns scalar device tensors (no host sync), see :func:`step_record`."""
         raise NotImplementedError
 
     def predict(self, batch: EpisodeBatch) -> torch.Tensor:
@@ -62,27 +62,53 @@ class NonFiniteError(ArithmeticError):
         self.quantity = quantity
 
 
+def defers_nonfinite_check(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` can skip a flagged step on the device itself (the fused CUDA/CPU kernels
+    read ``found_inf`` as AMP's grad scaler uses it), so no step waits for the host."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
 def clip_and_step(
     parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, clip: ClipParams, loss: torch.Tensor
-) -> torch.Tensor:
-    """Clip the meta-gradient (value, then global norm) and step; returns the pre-clip global norm.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip the meta-gradient (value, then global norm) and step; returns the pre-clip global norm and
+    a device flag (1.0 = this step was non-finite and skipped).
 
-    A non-finite loss or gradient raises :class:`NonFiniteError` without stepping, so the weights
-    never see it (one scalar read per step: free on CPU, a short sync on a GPU).
+    A non-finite loss or gradient must never reach the weights. With a fused optimizer (built on
+    CUDA) the flag goes to the optimizer as ``found_inf`` and the kernel skips the update, parameters
+    and moments alike, with no host sync; the runner reads the flags at its next log record. Other
+    optimizers read the flag at once (free on CPU) and raise :class:`NonFiniteError` without stepping.
     """
     if clip.norm is not None and clip.norm <= 0 or clip.value is not None and clip.value <= 0:
         raise ConfigError("strategy.clip.norm and strategy.clip.value must be > 0 or null")
     average_gradients(parameters)  # data-parallel ranks: the meta-gradient of the whole meta-batch
     grads = [p.grad for p in parameters if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
-    if not bool(torch.isfinite(loss).all() & torch.isfinite(norm)):
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros((), device=loss.device)
+    finite = torch.isfinite(loss).all() & torch.isfinite(norm)
+    deferred = defers_nonfinite_check(optimizer)
+    if not deferred and not bool(finite):
         raise NonFiniteError("loss" if not bool(torch.isfinite(loss).all()) else "meta-gradient")
     if clip.value is not None:
         torch.nn.utils.clip_grad_value_(parameters, clip.value)
     if clip.norm is not None:
         torch.nn.utils.clip_grad_norm_(parameters, clip.norm, foreach=True)
-    optimizer.step()
-    return norm.detach()
+    skipped = (~finite).to(torch.float32)  # a 0-dim float, as the fused kernels expect
+    if deferred:
+        optimizer.found_inf = skipped  # type: ignore[attr-defined]  # the kernel skips when it reads 1.0
+        try:
+            optimizer.step()
+        finally:
+            optimizer.found_inf = None  # type: ignore[attr-defined]
+    else:
+        optimizer.step()
+    return norm.detach(), skipped
+
+
+def step_record(skipped: torch.Tensor, **values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What ``meta_train_step`` returns: a skipped step's values read 0 (the runner's means leave
+    skipped steps out), plus the ``skipped`` flag itself."""
+    bad = skipped.bool()
+    return {**{k: torch.where(bad, torch.zeros_like(v), v.detach()) for k, v in values.items()}, "skipped": skipped}
 
 
 def query_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

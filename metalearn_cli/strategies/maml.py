@@ -31,7 +31,7 @@ from torch.func import functional_call, grad, vmap
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import MetaModel
-from metalearn_cli.strategies import STRATEGIES, ClipParams, Strategy, clip_and_step, query_accuracy
+from metalearn_cli.strategies import STRATEGIES, ClipParams, Strategy, clip_and_step, query_accuracy, step_record
 
 Weights = dict[str, torch.Tensor]
 
@@ -220,11 +220,11 @@ class MAML(Strategy):
                 loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        grad_norm = clip_and_step(list(self.parameters()), optimizer, self.params_.clip, loss.detach())
+        grad_norm, skipped = clip_and_step(list(self.parameters()), optimizer, self.params_.clip, loss.detach())
         if hasattr(self, "meta_iterations"):
             self.meta_iterations.value += 1
-        return {"loss": loss.detach(), "accuracy": query_accuracy(logits.detach(), batch.query_labels).mean(),
-                "grad_norm": grad_norm}
+        return step_record(skipped, loss=loss, accuracy=query_accuracy(logits.detach(), batch.query_labels).mean(),
+                           grad_norm=grad_norm)
 
     def test_inner_steps(self) -> int:
         p = self.params_

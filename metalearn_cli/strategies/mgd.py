@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import MetaModel
-from metalearn_cli.strategies import STRATEGIES, ClipParams, Strategy, clip_and_step, query_accuracy
+from metalearn_cli.strategies import STRATEGIES, ClipParams, Strategy, clip_and_step, query_accuracy, step_record
 
 
 @dataclass
@@ -39,12 +39,9 @@ class MGD(Strategy):
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten()) + self.model.regularizer()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = clip_and_step(list(self.model.parameters()), optimizer, self.params_.clip, loss.detach())
-        return {
-            "loss": loss.detach(),
-            "accuracy": query_accuracy(logits.detach(), batch.query_labels).mean(),
-            "grad_norm": grad_norm,
-        }
+        grad_norm, skipped = clip_and_step(list(self.model.parameters()), optimizer, self.params_.clip, loss.detach())
+        return step_record(skipped, loss=loss, accuracy=query_accuracy(logits.detach(), batch.query_labels).mean(),
+                           grad_norm=grad_norm)
 
     @torch.no_grad()
     def predict(self, batch: EpisodeBatch) -> torch.Tensor:
