@@ -35,6 +35,7 @@ class LatentParams:
     encoder_penalty: float = 1e-9  # weight of ||stopgrad(adapted z) - z||^2 (LEO's beta)
     orthogonality: float = 1e-3  # weight of the decoder's orthogonality penalty (LEO's lambda)
     dropout: float = 0.0  # on the support embeddings before encoding
+    prototype_residual: bool = False  # classifier = the prototype classifier + gate * decoded weights (gate starts at 0)
 
 
 class LatentDecoder(nn.Module):
@@ -49,6 +50,9 @@ class LatentDecoder(nn.Module):
         self.relation = nn.Sequential(nn.Linear(2 * k, 2 * k), nn.ReLU(), nn.Linear(2 * k, 2 * k), nn.ReLU(),
                                       nn.Linear(2 * k, 2 * k))
         self.decoder = nn.Linear(k, 2 * in_dim)
+        if params.prototype_residual:
+            # ReZero-style gate: training starts exactly at ProtoNets and the decoded weights earn their way in.
+            self.gate = nn.Parameter(torch.zeros(()))
         self.regularizer = torch.zeros(())
         self.support_losses: list[torch.Tensor] = []  # for inspection and tests: support loss before each latent step
 
@@ -63,13 +67,28 @@ class LatentDecoder(nn.Module):
         # signal in noise at the start of training here; the code z is still sampled.
         return self.decoder(z)[..., : self.in_dim]  # [T, N, D]
 
+    def classifier(self, z: torch.Tensor, prototypes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-class weights ``[T, N, D]`` and biases ``[T, N]`` (None: no bias) of the task's linear classifier.
+        With prototypes, ``2 c_n`` and ``-||c_n||^2`` are the squared-Euclidean prototype classifier."""
+        w = self.weights(z)
+        if prototypes is None:
+            return w, None
+        return 2 * prototypes + self.gate * w, -prototypes.square().sum(-1)
+
+    @staticmethod
+    def _logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        logits = x @ w.transpose(1, 2)
+        return logits if b is None else logits + b.unsqueeze(1)
+
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int) -> torch.Tensor:
         e = self.encoder(self.dropout(support))  # [T, S, k]
         s = e.shape[1]
         pairs = torch.cat([e.unsqueeze(2).expand(-1, -1, s, -1), e.unsqueeze(1).expand(-1, s, -1, -1)], dim=-1)
         related = self.relation(pairs).mean(2)  # [T, S, 2k]
         onehot = F.one_hot(support_labels, n_way).to(related.dtype)  # [T, S, N]
-        per_class = onehot.transpose(1, 2) @ related / onehot.sum(1).unsqueeze(-1)  # [T, N, 2k]
+        counts = onehot.sum(1).unsqueeze(-1)  # [T, N, 1]
+        per_class = onehot.transpose(1, 2) @ related / counts  # [T, N, 2k]
+        prototypes = onehot.transpose(1, 2) @ support / counts if self.p.prototype_residual else None
         z, mean, std = self._gaussian(per_class)
         kl = (0.5 * (std.square() + mean.square() - 1) - torch.log(std)).sum(-1).mean()
 
@@ -79,12 +98,12 @@ class LatentDecoder(nn.Module):
                 if not z.requires_grad:
                     z = z.detach().requires_grad_()
                 for _ in range(self.p.latent_steps):
-                    logits = support @ self.weights(z).transpose(1, 2)
+                    logits = self._logits(support, *self.classifier(z, prototypes))
                     loss = F.cross_entropy(logits.flatten(0, 1), support_labels.flatten())
                     self.support_losses.append(loss.detach())
                     (g,) = torch.autograd.grad(loss, z, create_graph=self.training)
                     z = z - self.p.latent_lr * g
-        w = self.weights(z)
+        w, b = self.classifier(z, prototypes)
         record_stats(self, lambda: {"code_norm": z.norm(dim=-1).mean(-1), "initial_code_norm": z0.norm(dim=-1).mean(-1),
                                     "weight_norm": w.norm(dim=-1).mean(-1)})
         d = self.decoder.weight  # [2D, k]
@@ -93,7 +112,7 @@ class LatentDecoder(nn.Module):
         ortho = (corr - torch.eye(corr.shape[0], device=corr.device)).square().mean()
         self.regularizer = (self.p.kl_weight * kl + self.p.encoder_penalty * (z.detach() - z0).square().sum(-1).mean()
                             + self.p.orthogonality * ortho)
-        return query @ w.transpose(1, 2)
+        return self._logits(query, w, b)
 
 
 @DECODERS.register("latent", params=LatentParams)

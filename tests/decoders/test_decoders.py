@@ -34,6 +34,21 @@ def test_latent_steps_lower_the_support_loss_and_expose_regularisers():
     assert decoder.regularizer > 0
 
 
+def test_latent_with_a_prototype_residual_starts_as_prototypes_and_its_gate_learns():
+    torch.manual_seed(0)
+    latent = DECODERS.build({"name": "latent", "latent_dim": 4, "prototype_residual": True}, in_dim=8)
+    proto = DECODERS.build({"name": "prototype"}, in_dim=8)
+    support, labels = torch.randn(2, 6, 8), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2)
+    query = torch.randn(2, 5, 8)
+    latent.eval()
+    out = latent(support, labels, query, 3)
+    # -||q - c||^2 = 2 q.c - ||c||^2 - ||q||^2: the same softmax, shifted by ||q||^2 per query.
+    torch.testing.assert_close(out - query.square().sum(-1, keepdim=True), proto(support, labels, query, 3),
+                               atol=1e-4, rtol=1e-4)
+    torch.nn.functional.cross_entropy(out.flatten(0, 1), torch.tensor([0, 1, 2, 0, 1] * 2)).backward()
+    assert latent.gate.grad is not None and latent.gate.grad.abs() > 0
+
+
 def test_latent_is_deterministic_at_evaluation_and_sampled_in_training():
     torch.manual_seed(0)
     decoder = DECODERS.build({"name": "latent", "latent_dim": 4}, in_dim=5)
