@@ -1,6 +1,6 @@
 """Conv-4: the standard few-shot backbone (Vinyals et al. 2016; Snell et al. 2017).
 
-Four blocks of conv3x3 -> batch norm -> ReLU -> max-pool 2x2; a 28x28 image becomes a
+Four blocks of conv3x3 -> batch norm -> ReLU -> max-pool 2x2 (computed as pool, then ReLU: equal); a 28x28 image becomes a
 ``width``-dim embedding (84x84: ``width * 25``).
 """
 
@@ -39,8 +39,10 @@ class Conv4(Encoder):
             layers += [
                 nn.Conv2d(c if i == 0 else params.width, params.width, 3, padding=1),
                 TaskBatchNorm2d(params.width),
-                nn.ReLU(inplace=True),
+                # Pool before ReLU: the same function (max and ReLU commute) with the ReLU and its
+                # backward on a quarter of the elements.
                 nn.MaxPool2d(2),
+                nn.ReLU(inplace=True),
             ]
             h, w = h // 2, w // 2
         self.net = nn.Sequential(*layers)
@@ -52,7 +54,7 @@ class Conv4(Encoder):
             return self.net(images).flatten(1)
         x = images
         for i, (gamma, beta) in enumerate(film):  # FiLM after batch norm, before the non-linearity
-            conv, norm, act, pool = self.net[4 * i : 4 * i + 4]
+            conv, norm, pool, act = self.net[4 * i : 4 * i + 4]
             x = pool(act(modulate(norm(conv(x)), gamma, beta)))
         return x.flatten(1)
 
