@@ -43,7 +43,7 @@ class Precision(enum.Enum):
 
 
 class NanPolicy(enum.Enum):
-    stop = "stop"  # end the run with one line, keeping the last good checkpoint
+    stop = "stop"  # end the run with one line, keeping the last good checkpoint (CUDA: at the next metrics record)
     skip = "skip"  # drop that meta-batch (no optimizer step) and count it in the metrics
 
 
