@@ -137,6 +137,27 @@ def test_nan_skip_drops_the_meta_batch_and_counts_it(tmp_path, monkeypatch):
     assert (run / "results.json").is_file()
 
 
+def test_a_fused_optimizer_defers_the_check_to_the_metrics_record(tmp_path, monkeypatch, capsys):
+    """The CUDA path, run on CPU: fused optimizers skip the flagged step on the device, the runner
+    counts it at the next record (skip) or stops there in one line (stop)."""
+    from metalearn_cli import optimizers
+
+    monkeypatch.setattr(optimizers, "_fused", lambda parameters: True)
+    nan_on_call(monkeypatch, bad_call=3)
+    run = tmp_path / "skip"
+    runner.train(compose_config("train", [*FAST, "trainer.nan_policy=skip", "trainer.val_every=100"]), run)
+    train = [r for r in records(run) if r["split"] == "train"]
+    assert [r["skipped"] for r in train] == [0, 1, 0] and all(r["loss"] == r["loss"] > 0 for r in train)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+    nan_on_call(monkeypatch, bad_call=3)
+    stop = tmp_path / "stop"
+    assert main(["train", *FAST, "trainer.val_every=100", f"hydra.run.dir={stop}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "non-finite loss or meta-gradient in 1 of meta-iterations 3-4" in err and err.count("\n") == 0
+
+
 def test_same_seed_same_metrics_and_results(tmp_path):
     for name in ("a", "b"):
         runner.train(compose_config("train", [*FAST, "trainer.deterministic=true"]), tmp_path / name)
