@@ -1,7 +1,7 @@
 """Conv-4: the standard few-shot backbone (Vinyals et al. 2016; Snell et al. 2017).
 
-Four blocks of conv3x3 -> batch norm -> ReLU -> max-pool 2x2 (computed as pool, then ReLU: equal); a 28x28 image becomes a
-``width``-dim embedding (84x84: ``width * 25``).
+Four blocks of conv3x3 -> batch norm -> ReLU -> max-pool 2x2 (computed as pool, then ReLU: the
+same function); a 28x28 image becomes a ``width``-dim embedding (84x84: ``width * 25``).
 """
 
 from __future__ import annotations
