@@ -137,25 +137,32 @@ def test_nan_skip_drops_the_meta_batch_and_counts_it(tmp_path, monkeypatch):
     assert (run / "results.json").is_file()
 
 
-def test_a_fused_optimizer_defers_the_check_to_the_metrics_record(tmp_path, monkeypatch, capsys):
-    """The CUDA path, run on CPU: fused optimizers skip the flagged step on the device, the runner
-    counts it at the next record (skip) or stops there in one line (stop)."""
+def fused_optimizers_on_cpu(monkeypatch) -> None:
+    """The CUDA path on CPU: fused optimizers that skip a flagged step on the device."""
     from metalearn_cli import optimizers
 
     monkeypatch.setattr(optimizers, "_fused", lambda parameters: True)
+
+
+def test_a_fused_optimizer_skips_on_the_device_and_the_record_counts_it(tmp_path, monkeypatch):
+    fused_optimizers_on_cpu(monkeypatch)
     nan_on_call(monkeypatch, bad_call=3)
-    run = tmp_path / "skip"
+    run = tmp_path / "run"
     runner.train(compose_config("train", [*FAST, "trainer.nan_policy=skip", "trainer.val_every=100"]), run)
     train = [r for r in records(run) if r["split"] == "train"]
     assert [r["skipped"] for r in train] == [0, 1, 0] and all(r["loss"] == r["loss"] > 0 for r in train)
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
+
+def test_a_fused_optimizer_stops_at_the_next_record_with_one_line(tmp_path, monkeypatch, capsys):
+    fused_optimizers_on_cpu(monkeypatch)
     nan_on_call(monkeypatch, bad_call=3)
-    stop = tmp_path / "stop"
-    assert main(["train", *FAST, "trainer.val_every=100", f"hydra.run.dir={stop}"]) == 2
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "trainer.val_every=100", f"hydra.run.dir={run}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "non-finite loss or meta-gradient in 1 of meta-iterations 3-4" in err and err.count("\n") == 0
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
 
 
 def test_same_seed_same_metrics_and_results(tmp_path):
