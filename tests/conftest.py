@@ -92,3 +92,18 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
     train(compose_config("train", FAST + ["trainer.iterations=10"]), run)
     return run
+
+
+def nan_on_call(monkeypatch, bad_call: int) -> None:
+    """Make the meta-loss NaN on one call of cross-entropy in the MGD strategy."""
+    from metalearn_cli.strategies import mgd
+
+    real = mgd.F.cross_entropy
+    calls = {"n": 0}
+
+    def cross_entropy(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == bad_call else loss
+
+    monkeypatch.setattr(mgd.F, "cross_entropy", cross_entropy)

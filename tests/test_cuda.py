@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, nan_on_call
 from metalearn_cli import runner
 from metalearn_cli.cli import main
 from metalearn_cli.data import DATASETS
@@ -111,19 +111,6 @@ def test_a_meta_training_step_never_waits_for_the_host(strategy):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out["skipped"].item() == 0 and torch.isfinite(out["loss"]).item()
-
-
-def nan_on_call(monkeypatch, bad_call: int) -> None:
-    from metalearn_cli.strategies import mgd
-
-    real, calls = mgd.F.cross_entropy, {"n": 0}
-
-    def cross_entropy(*args, **kwargs):
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == bad_call else loss
-
-    monkeypatch.setattr(mgd.F, "cross_entropy", cross_entropy)
 
 
 def test_a_non_finite_step_is_skipped_on_the_device_and_counted(tmp_path, monkeypatch):

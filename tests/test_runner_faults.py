@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, nan_on_call
 from metalearn_cli import runner
 from metalearn_cli.checkpoint import load_checkpoint, save_checkpoint
 from metalearn_cli.cli import main
@@ -98,21 +98,6 @@ def test_signals_checkpoint_at_the_next_step_and_mark_the_run(tmp_path, sig, cod
     status = json.loads((run / "status.json").read_text())
     step = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
     assert status["status"] == "interrupted" and status["step"] == step >= 1
-
-
-def nan_on_call(monkeypatch, bad_call: int) -> None:
-    """Make the meta-loss NaN on one call of cross-entropy in the MGD strategy."""
-    from metalearn_cli.strategies import mgd
-
-    real = mgd.F.cross_entropy
-    calls = {"n": 0}
-
-    def cross_entropy(*args, **kwargs):
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == bad_call else loss
-
-    monkeypatch.setattr(mgd.F, "cross_entropy", cross_entropy)
 
 
 def test_nan_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
