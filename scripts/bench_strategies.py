@@ -45,6 +45,7 @@ def measure(args: argparse.Namespace) -> dict:
     from metalearn_cli.host import keep_freed_memory
     from metalearn_cli.model import build_meta_model
     from metalearn_cli.optimizers import OPTIMIZERS
+    from metalearn_cli.runner import resolve_channels_last, select_kernels
     from metalearn_cli.strategies import STRATEGIES
     from omegaconf import OmegaConf
 
@@ -57,7 +58,9 @@ def measure(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if "sync" in variants:
         strategies_module.defers_nonfinite_check = lambda optimizer: False
-    torch.backends.cudnn.benchmark = device.type == "cuda" and "noautotune" not in variants  # as runner.train
+    select_kernels(device, deterministic=False)  # the product's kernel choice (cuDNN autotuning on CUDA)
+    if "noautotune" in variants:
+        torch.backends.cudnn.benchmark = False
     data = DATASETS.build({"name": "omniglot"})
     cfg = OmegaConf.create({"encoder": {"name": "conv4"}, "decoder": {"name": "linear"},
                             "episode": {"way": 5, "shot": args.shot, "query": 15}})
@@ -67,8 +70,6 @@ def measure(args: argparse.Namespace) -> dict:
                                  "vectorize": mode, "inner_lr": 0.4}, model=model)
     strategy.check_compatible()
     strategy.to(device)
-    from metalearn_cli.runner import resolve_channels_last
-
     layout = True if "nhwc" in variants else False if "nchw" in variants else None
     model.use_channels_last(resolve_channels_last(layout, device))  # the product's default for the device
     model.use_precision("bf16" if "bf16" in variants else "fp32")

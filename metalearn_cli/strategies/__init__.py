@@ -84,10 +84,11 @@ def clip_and_step(
     average_gradients(parameters)  # data-parallel ranks: the meta-gradient of the whole meta-batch
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros((), device=loss.device)
-    finite = torch.isfinite(loss).all() & torch.isfinite(norm)
+    loss_finite = torch.isfinite(loss).all()
+    finite = loss_finite & torch.isfinite(norm)
     deferred = defers_nonfinite_check(optimizer)
     if not deferred and not bool(finite):
-        raise NonFiniteError("loss" if not bool(torch.isfinite(loss).all()) else "meta-gradient")
+        raise NonFiniteError("loss" if not bool(loss_finite) else "meta-gradient")
     if clip.value is not None:
         torch.nn.utils.clip_grad_value_(parameters, clip.value)
     if clip.norm is not None:
