@@ -1,15 +1,15 @@
-"""Checkpoints: one self-describing dict per file, written atomically, read with ``weights_only``.
+"""Checkpoint and export files: writing them, and the one way to read them back.
 
-Like nanoGPT's checkpoint dict, a file holds everything needed to rebuild and continue a run:
-the resolved config, a format version, the strategy's state (the meta-knowledge: model and any
-learned strategy parameters), optimizer and schedule, step, best validation and every RNG state.
+A training checkpoint (``best.pt`` / ``last.pt``) holds everything needed to continue a run, as
+nanoGPT's checkpoint dict does: the resolved config, a format version, the strategy's state (the
+meta-knowledge: model and any learned strategy parameters), optimizer and schedule, step, best
+validation and every RNG state. An export holds the meta-knowledge alone. Both are read with
+``weights_only=True`` (nothing in a file is executed), through one header check.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,64 +17,23 @@ import numpy as np
 import torch
 
 from metalearn_cli.errors import CheckpointError
+from metalearn_cli.rundir import atomic_write, resolve_checkpoint
 
 FORMAT = "metalearn-checkpoint"
-VERSION = 1
+EXPORT_FORMAT = "metalearn-meta-knowledge"
+VERSION = 1  # of both formats
+REQUIRED = {FORMAT: ("config", "model", "step"), EXPORT_FORMAT: ("config", "model", "image_format")}
+
+
+def save_torch(path: Path, payload: dict[str, Any], what: str, remedy: str) -> None:
+    """``torch.save`` atomically: ``path`` is whole or untouched."""
+    atomic_write(path, lambda f: torch.save(payload, f), what, remedy)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (plus format and version) to ``path`` atomically (see :func:`atomic_save`)."""
-    atomic_save(path, {"format": FORMAT, "version": VERSION, **state}, "checkpoint",
-                "free disk space or choose another hydra.run.dir")
-
-
-def atomic_save(path: Path, payload: dict[str, Any], what: str, remedy: str) -> None:
-    """``torch.save`` via a temp file, fsync and ``os.replace``: ``path`` is whole or untouched.
-
-    A failure is a one-line :class:`CheckpointError` naming ``what`` was written and ending in
-    ``remedy``; no temp file is left.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except OSError as exc:
-        kept = "the previous one is kept" if path.exists() else "no earlier file exists"
-        raise CheckpointError(f"could not write {what} {path} ({exc.strerror or exc}); {kept}; {remedy}") from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def remove_stale_temporaries(directory: Path) -> None:
-    """Temp files left by a process killed mid-write (the checkpoints themselves are never partial)."""
-    for stale in directory.glob(".*.pt.*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Read a checkpoint safely (a file, or a run dir's best.pt); any problem is a one-line :class:`CheckpointError`."""
-    path = resolve_checkpoint(Path(path))
-    return check_checkpoint(read_state(path), path)
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A run dir names its checkpoints/best.pt (else last.pt); a file names itself."""
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt", path / "checkpoints" / "last.pt"):
-            if candidate.is_file():
-                path = candidate
-                break
-        else:
-            raise CheckpointError(f"{path} holds no checkpoints/best.pt or last.pt; pass a checkpoint file or a run dir")
-    return path
+    """Write a training checkpoint (``state`` plus format and version) atomically."""
+    save_torch(path, {"format": FORMAT, "version": VERSION, **state}, "checkpoint",
+               "free disk space or choose another hydra.run.dir")
 
 
 def read_state(path: Path) -> Any:
@@ -82,27 +41,60 @@ def read_state(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass checkpoints/best.pt or last.pt of a run dir")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on a damaged or foreign file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise CheckpointError(
             f"{path} is not a readable metalearn checkpoint (corrupt, truncated or unsafe: {reason[:160]}); "
             "use another checkpoint, e.g. checkpoints/last.pt or best.pt of the run"
         ) from exc
-    return state
 
 
-def check_checkpoint(state: Any, path: Path) -> dict[str, Any]:
-    """The header, version and required keys of a loaded checkpoint."""
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a metalearn checkpoint (no '{FORMAT}' header); pass a best.pt/last.pt written by metalearn train")
-    if int(state.get("version", -1)) > VERSION:
-        raise CheckpointError(f"{path} has format version {state['version']}, newer than this metalearn ({VERSION}); upgrade metalearn")
-    for key in ("config", "model", "step"):
+def check_header(state: Any, path: Path, formats: tuple[str, ...] = (FORMAT,)) -> dict[str, Any]:
+    """The format, version and required keys of a loaded file; one line for whatever is wrong."""
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt not in formats:
+        if formats == (FORMAT,):
+            raise CheckpointError(f"{path} is not a metalearn checkpoint (no '{FORMAT}' header); "
+                                  "pass a best.pt/last.pt written by metalearn train")
+        raise CheckpointError(f"{path} is neither a metalearn checkpoint nor an exported meta-knowledge file; "
+                              "pass a best.pt/last.pt of a run or a file written by metalearn export")
+    try:
+        version = int(state.get("version", -1))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path} has an unreadable format version {state.get('version')!r}; the file is foreign "
+                              "or damaged, use another checkpoint") from None
+    if version > VERSION:
+        raise CheckpointError(f"{path} has format version {version}, newer than this metalearn ({VERSION}); upgrade metalearn")
+    for key in REQUIRED[fmt]:
         if key not in state:
             raise CheckpointError(f"{path} lacks '{key}'; the file is incomplete, use another checkpoint")
     return state
 
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """A training checkpoint (a file, or a run dir's best.pt), header checked."""
+    path = resolve_checkpoint(path)
+    return check_header(read_state(path), path)
+
+
+def read_meta_knowledge(path: Path | str) -> dict[str, Any]:
+    """A checkpoint or an export (or a run dir) as ``{config, model, image_format, step, source}``:
+    what eval, predict, ``load`` and ``trainer.init_from`` need, whichever file they are given."""
+    from metalearn_cli.data import image_format  # the data sets load only when a file is read
+
+    path = resolve_checkpoint(path)
+    state = check_header(read_state(path), path, (FORMAT, EXPORT_FORMAT))
+    step = state.get("step", -1)
+    if not isinstance(step, int):
+        raise CheckpointError(f"{path} has a non-integer step {step!r}; the file is foreign or damaged")
+    fmt = state.get("image_format")
+    if fmt is None:
+        try:
+            fmt = image_format(state["config"]["dataset"]).to_dict()
+        except Exception as exc:  # a foreign config: any failure means the same
+            raise CheckpointError(f"{path}: its config names no usable data set ({exc}); the checkpoint is foreign or damaged") from exc
+    return {"config": state["config"], "model": state["model"], "image_format": fmt, "step": step, "source": str(path)}
 
 
 def capture_rng() -> dict[str, Any]:

@@ -22,9 +22,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from metalearn_cli import predict, report, runner
-from metalearn_cli.errors import ConfigError, MetalearnError
-from metalearn_cli.schema import register_configs
+from metalearn_cli.errors import ConfigError, Interrupted, MetalearnError
+from metalearn_cli.rundir import record_failure, run_dir_of
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
 log = logging.getLogger("metalearn")
@@ -72,28 +71,26 @@ def _run_job(job: Callable[[], float], run_dir: Path) -> float:
     """Run one job; record failures in the run dir. In a sweep a user error fails only this job."""
     try:
         return job()
-    except runner.Interrupted as exc:
-        raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the runner saved and marked it
+    except Interrupted as exc:
+        raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except MetalearnError as exc:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(f"{exc}\n", encoding="utf-8")
-        runner.write_status(run_dir, "failed", error=str(exc))
+        record_failure(run_dir, str(exc))
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed: %s", exc)
             return float("nan")  # sweepers record a failed trial (Optuna: FAIL) and go on
         raise _JobFailed(exc) from exc
     except Exception:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-        runner.write_status(run_dir, "failed", error="unexpected error; see error.txt")
+        record_failure(run_dir, "unexpected error; see error.txt", traceback.format_exc())
         raise
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> float:
     """Returns the best validation accuracy: the objective a sweeper maximises."""
+    from metalearn_cli.loop import train
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return _run_job(lambda: runner.train(cfg, run_dir), run_dir)
+    return _run_job(lambda: train(cfg, run_dir), run_dir)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
@@ -101,8 +98,10 @@ def eval_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     def job() -> float:
+        from metalearn_cli.evaluation import evaluate
+
         _required(cfg, "eval", "checkpoint")
-        return runner.evaluate(cfg, run_dir)
+        return evaluate(cfg, run_dir)
 
     return _run_job(job, run_dir)
 
@@ -118,8 +117,10 @@ def predict_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     def job() -> float:
+        from metalearn_cli.predict import predict
+
         _required(cfg, "predict", "checkpoint", "support", "query")
-        return predict.predict(cfg, run_dir)
+        return predict(cfg, run_dir)
 
     return _run_job(job, run_dir)
 
@@ -129,8 +130,10 @@ def export_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     def job() -> float:
+        from metalearn_cli.export import export_command
+
         _required(cfg, "export", "checkpoint", "out")
-        return predict.export(cfg, run_dir)
+        return export_command(cfg, run_dir)
 
     return _run_job(job, run_dir)
 
@@ -147,8 +150,7 @@ def _resume_overrides(args: list[str]) -> list[str]:
             value = a.split("=", 1)[1]
             path = Path(value)
             if value.lower() not in ("true", "false", "null", "none", "") and path.exists():
-                run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path.parent
-                return [*args, f"hydra.run.dir={run_dir}"]
+                return [*args, f"hydra.run.dir={run_dir_of(path)}"]
     return args
 
 
@@ -184,6 +186,8 @@ def _shell_completion(request: str) -> int:
         os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
     else:
         command = "train"  # install/uninstall: any app prints the same script
+    from metalearn_cli.components import register_configs
+
     register_configs()
     saved_argv = sys.argv
     sys.argv = ["metalearn", "--shell-completion", request]
@@ -206,6 +210,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             if a == flag:
                 return _shell_completion(args[i + 1])
     if command == "report":
+        from metalearn_cli import report
+
         try:
             return report.main(rest)
         except MetalearnError as exc:
@@ -215,6 +221,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"metalearn: error: unknown command '{command}'; choose one of: {', '.join([*APPS, 'report'])} (see metalearn --help)",
               file=sys.stderr)
         return 2
+    from metalearn_cli.components import register_configs
+
     register_configs()
     # Let errors reach us instead of Hydra's multi-line report; we print one line for user errors.
     saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
@@ -227,7 +235,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             APPS[command]()
         except _JobFailed as failed:
             raise failed.error from None
-    except runner.Interrupted as exc:
+    except Interrupted as exc:
         print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
         return 0 if exc.signal_name == "SIGTERM" else 130  # pre-emption is an orderly stop
     except MetalearnError as exc:

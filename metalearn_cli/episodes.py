@@ -1,6 +1,7 @@
-"""Meta-tasks (episodes): N-way K-shot support sets and their query sets, sampled in batches.
+"""Meta-tasks (episodes): their shapes, N-way K-shot support sets and query sets, sampled in batches.
 
-The sampler is the one place that knows the layout of an episode; everything downstream reads
+:class:`TaskShapes` is the one place the training and evaluation task shapes are derived from a
+config. The sampler is the one place that knows the layout of an episode; everything downstream reads
 the typed fields of :class:`EpisodeBatch`. Episodes come from a seeded CPU ``torch.Generator``,
 so the same seed gives the same episodes on every machine and device; the images stay resident
 (on the training device when it fits) and are gathered by index, with no per-step host copies.
@@ -8,12 +9,45 @@ so the same seed gives the same episodes on every machine and device; the images
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
 from metalearn_cli.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskShapes:
+    """Evaluation tasks (``way``, ``shot``, ``query``) and training tasks, which may have more ways
+    (``trainer.train_way``; Snell et al. train 60-way) or other queries (``trainer.train_query``)."""
+
+    way: int
+    shot: int
+    query: int
+    train_way: int
+    train_query: int
+
+    @classmethod
+    def of(cls, cfg: Any) -> "TaskShapes":
+        e = cfg.episode
+        t = cfg.trainer if "trainer" in cfg else None
+        train_way = (t.train_way if t is not None else None) or e.way
+        train_query = (t.train_query if t is not None else None) or e.query
+        return cls(e.way, e.shot, e.query, train_way, train_query)
+
+    @property
+    def max_way(self) -> int:
+        """The most classes any configured task has (the size of a fixed classifier head)."""
+        return max(self.way, self.train_way)
+
+    @property
+    def query_set(self) -> int:
+        """Queries in one evaluation task (``predict`` scores queries in sets of this size)."""
+        return max(1, self.way * self.query)
 
 
 @dataclass(frozen=True)
@@ -67,6 +101,16 @@ class ClassImages:
 
     def to(self, device: torch.device) -> "ClassImages":
         return ClassImages(self.images.to(device), self.class_names)
+
+
+def resident(split: ClassImages, device: torch.device) -> ClassImages:
+    """A split's images on the device when they fit in half its free memory, else on the host."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if split.images.numel() * split.images.element_size() > free // 2:
+            log.warning("%d classes of images do not fit on %s; sampling from host memory", split.n_classes, device)
+            return split
+    return split.to(device)
 
 
 def check_fits(split: ClassImages, split_name: str, dataset: str, n_way: int, k_shot: int, n_query: int) -> None:

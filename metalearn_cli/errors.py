@@ -19,3 +19,19 @@ class DataError(MetalearnError):
 
 class CheckpointError(MetalearnError):
     """A checkpoint is missing, corrupt, foreign or from an incompatible version."""
+
+
+class WriteError(MetalearnError):
+    """A file could not be written (no space, no permission); its previous version is kept."""
+
+
+class Interrupted(MetalearnError):
+    """Training stopped by SIGINT/SIGTERM after saving ``last.pt``."""
+
+    def __init__(self, signal_name: str, message: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+class Diverged(MetalearnError):
+    """A NaN/Inf meta-loss or meta-gradient under ``trainer.nan_policy=stop``."""

@@ -1,13 +1,17 @@
-"""Run metrics: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events."""
+"""Run metrics: ``metrics.jsonl`` (one JSON object per logged step), TensorBoard events, and the
+device-side window of training metrics between two records."""
 
 from __future__ import annotations
 
 import json
-import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
+
+from metalearn_cli.rundir import atomic_write
 
 
 class MetricsLog:
@@ -28,11 +32,10 @@ class MetricsLog:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
-            if int(record.get("step", 0)) <= step:
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
                 kept.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        text = "".join(k + "\n" for k in kept).encode("utf-8")
+        atomic_write(self.path, lambda f: f.write(text), "metrics", "free disk space")
 
     def log(self, step: int, split: str, values: dict[str, Any]) -> None:
         record = {"step": step, "split": split, **values}
@@ -45,3 +48,50 @@ class MetricsLog:
     def close(self) -> None:
         self._file.close()
         self._tb.close()
+
+
+class MetricWindow:
+    """Train metrics summed on the device between two log records (saved in checkpoints, so a
+    resumed run logs exactly what an uninterrupted one would)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+        self.skipped = 0
+        self.started = time.perf_counter()
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.detach().clone()
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def flush(self, meta_batch: int) -> dict[str, Any]:
+        """The means since the last record (the only host sync of the training loop)."""
+        # Steps the optimizer skipped on the device (fused optimizers: no per-step sync) read 0 in
+        # every sum; the means leave them out.
+        flagged = int(self.sums.pop("skipped").item()) if "skipped" in self.sums else 0
+        values: dict[str, Any] = {k: v.item() / max(self.counts[k] - flagged, 1) for k, v in self.sums.items()}
+        values["skipped"] = self.skipped + flagged
+        values["tasks_per_s"] = self.steps * meta_batch / max(time.perf_counter() - self.started, 1e-9)
+        self.__init__()  # type: ignore[misc]
+        return values
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "counts": dict(self.counts),
+                "steps": self.steps, "skipped": self.skipped}
+
+    @classmethod
+    def restore(cls, state: Optional[dict[str, Any]]) -> "MetricWindow":
+        window = cls()
+        if state:
+            window.sums, window.counts = dict(state["sums"]), dict(state["counts"])
+            window.steps, window.skipped = int(state["steps"]), int(state["skipped"])
+        return window
+
+
+def step_record(skipped: torch.Tensor, **values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One meta-step's metrics for the window: a skipped step's values read 0 (the window's means
+    leave skipped steps out), plus the ``skipped`` flag itself."""
+    bad = skipped.bool()
+    return {**{k: torch.where(bad, torch.zeros_like(v), v.detach()) for k, v in values.items()}, "skipped": skipped}

@@ -1,6 +1,7 @@
 """The meta-network: an encoder embeds a task's images, a decoder turns the embedded support set
 into the task's classifier and scores the queries. Composed by name from the registries; derived
-sizes (image shape -> encoder, embedding width -> decoder) are wired here, never typed in YAML.
+sizes (image shape -> encoder, embedding width and most ways -> decoder) are wired here, never typed
+in YAML. The model also owns the state of its batch-norm layers (which statistics they use).
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from metalearn_cli.decoders import DECODERS
-from metalearn_cli.encoders import ENCODERS, Encoder
-from metalearn_cli.episodes import EpisodeBatch
+from metalearn_cli.decoders import DECODERS, Decoder, DecoderOutput
+from metalearn_cli.encoders import ENCODERS, Encoder, inside_vmap
+from metalearn_cli.episodes import EpisodeBatch, TaskShapes
 
 
 class MetaModel(nn.Module):
-    """``encoder`` + ``decoder``; ``forward(batch)`` gives query logits ``[T, Q, n_way]``."""
+    """``encoder`` + ``decoder``; ``forward(...)`` gives the decoder's output for the queries."""
 
-    def __init__(self, encoder: Encoder, decoder: nn.Module) -> None:
+    def __init__(self, encoder: Encoder, decoder: Decoder) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -55,34 +56,31 @@ class MetaModel(nn.Module):
 
     def forward(
         self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor | None,
-        n_way: int,
-    ) -> torch.Tensor:
-        """Query logits ``[T, Q, n_way]``; with ``query_images=None`` the support set scores itself
-        (the inner-loop loss of gradient-based strategies). Tensors, not a batch, so
-        ``torch.func.functional_call`` and ``vmap`` can drive it."""
+        n_way: int, with_stats: bool = False,
+    ) -> DecoderOutput:
+        """The decoder's output for the queries (logits ``[T, Q, n_way]``, regulariser, stats); with
+        ``query_images=None`` the support set scores itself (the inner-loop loss of gradient-based
+        strategies). Tensors, not a batch, so ``torch.func.functional_call`` and ``vmap`` can drive it."""
         s = support_images.shape[1]
         # Support and query share one encoder pass (one set of batch-norm statistics, bigger GEMMs).
         both = support_images if query_images is None else torch.cat([support_images, query_images], dim=1)
         film = None
-        if getattr(self.decoder, "modulates_encoder", False):
+        if self.decoder.modulates_encoder:
             # CNAPs: the support set, embedded as it is, sets the FiLM parameters for this task.
             film = self.decoder.modulation(self.embed(support_images), support_labels)
         emb = self.embed(both, film)
         query = emb[:, :s] if query_images is None else emb[:, s:]
-        return self.decoder(emb[:, :s], support_labels, query, n_way)
+        return self.decoder(emb[:, :s], support_labels, query, n_way, film=film, with_stats=with_stats)
 
-    def regularizer(self) -> torch.Tensor | float:
-        """The decoder's regularisation term from its last forward (LEO's KL and penalties), or 0."""
-        return getattr(self.decoder, "regularizer", 0.0)
+    def episode_output(self, batch: EpisodeBatch, with_stats: bool = False) -> DecoderOutput:
+        return self(batch.support_images, batch.support_labels, batch.query_images, batch.n_way, with_stats)
 
-    def episode_logits(self, batch: EpisodeBatch) -> torch.Tensor:
-        return self(batch.support_images, batch.support_labels, batch.query_images, batch.n_way)
-
-
-def inside_vmap(x: torch.Tensor) -> bool:
-    """Whether ``x`` is wrapped by a torch.func transform (images only are, under vmap)."""
-    level = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", None)
-    return level is not None and level(x) != -1
+    def use_batch_statistics(self) -> None:
+        """Batch norm always normalises with the statistics of the batch it sees and keeps no running
+        statistics (the MAML family's protocol: each task is normalised on its own)."""
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.track_running_stats = False
 
 
 def build_meta_model(cfg: Any, image_shape: tuple[int, int, int]) -> MetaModel:
@@ -91,10 +89,7 @@ def build_meta_model(cfg: Any, image_shape: tuple[int, int, int]) -> MetaModel:
     Decoders with a fixed output size get ``max_way``, the most ways any configured task has.
     """
     encoder = ENCODERS.build(cfg.encoder, image_shape=image_shape)
-    ways = [cfg.episode.way] if "episode" in cfg and cfg.episode is not None else []
-    if "trainer" in cfg and cfg.trainer.train_way:
-        ways.append(cfg.trainer.train_way)
-    decoder = DECODERS.build(cfg.decoder, in_dim=encoder.out_dim, max_way=max(ways, default=5),
+    decoder = DECODERS.build(cfg.decoder, in_dim=encoder.out_dim, max_way=TaskShapes.of(cfg).max_way,
                              film_channels=encoder.film_channels, encoder_name=type(encoder).__name__)
     return MetaModel(encoder, decoder)
 

@@ -1,4 +1,4 @@
-"""``metalearn predict`` and ``metalearn export``: a trained meta-network meets a user's own task.
+"""``metalearn predict``: a trained meta-network meets a user's own task.
 
 ``predict`` reads a support folder (one sub-folder of images per class, any number of images each)
 and a query folder (images, or class sub-folders when the answers are known), adapts the
@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from metalearn_cli import knowledge
+from metalearn_cli.assemble import setup_device
 from metalearn_cli.data.images import class_folders, image_files, read_class_folders
 from metalearn_cli.errors import DataError
-from metalearn_cli.runner import setup_device, write_json, write_status
+from metalearn_cli.rundir import write_json, write_status
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +115,3 @@ def predict(cfg: Any, run_dir: Path) -> float:
         log.info("%d queries classified into %d classes; %s", len(rows), len(class_names), run_dir / "predictions.csv")
     return accuracy
 
-
-def export(cfg: Any, run_dir: Path) -> float:
-    """Write the meta-knowledge of ``cfg.checkpoint`` to ``cfg.out``; returns NaN (no metric)."""
-    payload = knowledge.export(cfg.checkpoint, Path(cfg.out))
-    size = Path(cfg.out).stat().st_size
-    params = sum(v.numel() for v in payload["model"].values() if isinstance(v, torch.Tensor) and v.is_floating_point())
-    write_json(Path(run_dir) / "export.json", {"out": str(Path(cfg.out).resolve()), "from": payload["exported_from"],
-                                                "step": payload["step"], "bytes": size, "parameters": params})
-    log.info("wrote %s (%d parameters and buffers, %.1f MB, step %d); load it with metalearn_cli.load(%r)",
-             cfg.out, params, size / 1e6, payload["step"], str(cfg.out))
-    return math.nan

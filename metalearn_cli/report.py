@@ -6,52 +6,44 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from metalearn_cli.errors import MetalearnError
+from metalearn_cli.rundir import find_runs, read_run
 
 COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
            "test_accuracy", "ci95", "published", "val_accuracy", "train_seconds", "tasks_per_s"]
 SEED_COLUMNS = ["setting", "seeds", "mean_accuracy", "std_accuracy", "runs"]
 
 
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Every run dir (a dir holding status.json or results.json) under the given paths, sorted."""
-    runs: set[Path] = set()
-    for path in paths:
-        if not path.exists():
-            raise MetalearnError(f"{path} does not exist; pass run dirs or sweep dirs (e.g. outputs/multirun/train/<time>)")
-        for marker in ("status.json", "results.json"):
-            runs.update(p.parent for p in path.rglob(marker))
-    if not runs:
-        raise MetalearnError(f"no run dirs (with status.json or results.json) under {', '.join(map(str, paths))}")
-    return sorted(runs)
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
+def strategy_label(cfg: dict[str, Any]) -> str:
+    """The strategy's registry name; runs saved before the variants had names of their own said
+    ``maml`` for all four, so those are told apart by their flags."""
+    strategy = cfg.get("strategy") or {}
+    name = str(strategy.get("name", ""))
+    if name == "maml":
+        if strategy.get("adapt") == "head":
+            return "anil"
+        if strategy.get("learn_inner_lr"):
+            return "metasgd"
+        if strategy.get("first_order"):
+            return "fomaml"
+    return name
 
 
 def describe(run: Path, base: Path) -> dict[str, Any]:
     """One row: the run's choices (from .hydra/config.yaml) and its measured figures."""
-    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) if (run / ".hydra" / "config.yaml").is_file() else {}
-    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) if (run / ".hydra" / "overrides.yaml").is_file() else []
-    results, status = _json(run / "results.json"), _json(run / "status.json")
-    ep = cfg.get("episode") or {}
-    name = lambda group: (cfg.get(group) or {}).get("name", "")  # noqa: E731
+    record = read_run(run)
+    cfg, results = record["config"], record["results"]
+    ep = cfg.get("episode") if isinstance(cfg.get("episode"), dict) else {}
+    name = lambda group: (cfg.get(group) or {}).get("name", "") if isinstance(cfg.get(group), dict) else ""  # noqa: E731
     return {
         "run": str(run.relative_to(base)) if run.is_relative_to(base) else str(run),
-        "overrides": " ".join(o for o in overrides or [] if not o.startswith("hydra.")),
-        "dataset": name("dataset"), "encoder": name("encoder"), "decoder": name("decoder"), "strategy": name("strategy"),
+        "overrides": " ".join(o for o in record["overrides"] if not o.startswith("hydra.")),
+        "dataset": name("dataset"), "encoder": name("encoder"), "decoder": name("decoder"),
+        "strategy": strategy_label(cfg),
         "episode": f"{ep.get('way', '?')}w{ep.get('shot', '?')}s" if ep else "", "seed": cfg.get("seed"),
-        "status": status.get("status", "completed" if results else "unknown"),
+        "status": record["status"],
         "test_accuracy": results.get("accuracy"), "ci95": results.get("ci95"),
         "published": results.get("published_accuracy"),
         "val_accuracy": results.get("val_accuracy"), "train_seconds": results.get("train_seconds"),
@@ -103,7 +95,7 @@ def plot(runs: list[Path], rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for run, row in zip(runs, rows):
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").is_file() else []
+        records = read_run(run)["metrics"]
         train = [(r["step"], r["loss"]) for r in records if r.get("split") == "train" and "loss" in r]
         val = [(r["step"], r["accuracy"]) for r in records if r.get("split") == "val"]
         if train:

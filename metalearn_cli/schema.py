@@ -1,9 +1,10 @@
-"""Typed schemas of the run configs, registered once in Hydra's ConfigStore.
+"""Typed schemas of the run-level configs: the single source of their defaults.
 
-The primary configs (``train.yaml``, ``eval.yaml``) extend :class:`TrainConfig` / :class:`EvalRunConfig`;
-every option of a registry-backed group (dataset, encoder, decoder, strategy, optimizer) extends the
-dataclass its component registered, stored as ``schema/<group>/<name>``. So a wrong type or an
-unknown key fails while Hydra composes, before anything runs.
+The primary configs (``train.yaml``, ``eval.yaml``, ...) extend :class:`TrainConfig`,
+:class:`EvalRunConfig`, ... ; the options of the component groups (dataset, encoder, decoder,
+strategy, optimizer) extend the dataclasses their components register (see
+:mod:`metalearn_cli.components`). So a wrong type or an unknown key fails while Hydra composes,
+before anything runs. This module imports none of the components.
 """
 
 from __future__ import annotations
@@ -12,22 +13,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
-
-from metalearn_cli.data import DATASETS
-from metalearn_cli.decoders import DECODERS
-from metalearn_cli.encoders import ENCODERS
-from metalearn_cli.optimizers import OPTIMIZERS
-from metalearn_cli.strategies import STRATEGIES
-
-REGISTRIES = {
-    "dataset": DATASETS,
-    "encoder": ENCODERS,
-    "decoder": DECODERS,
-    "strategy": STRATEGIES,
-    "optimizer": OPTIMIZERS,
-}
 
 
 class BNMode(enum.Enum):
@@ -56,11 +42,11 @@ class EpisodeConfig:
 
 @dataclass
 class TrainerConfig:
-    iterations: int = 2000  # meta-iterations (outer steps)
+    iterations: int = 5000  # meta-iterations (outer steps); cosine lr decay over exactly this many
     meta_batch: int = 1  # tasks per meta-iteration
-    train_way: Optional[int] = None  # ways of training tasks; null = episode.way (Snell et al. train with more)
-    train_query: Optional[int] = None  # queries per class in training tasks; null = episode.query
-    val_every: int = 500  # meta-iterations between validations (and best.pt updates)
+    train_way: Optional[int] = 60  # ways of training tasks; null = episode.way (Snell et al. train 60-way)
+    train_query: Optional[int] = 5  # queries per class in training tasks; null = episode.query
+    val_every: int = 1000  # meta-iterations between validations (and best.pt updates)
     val_episodes: int = 300  # fixed validation tasks per validation
     checkpoint_every: int = 500  # meta-iterations between last.pt writes
     log_every: int = 50  # meta-iterations between metric records (the only host syncs)
@@ -133,13 +119,5 @@ class ExportConfig:
     out: str = MISSING  # where to write the meta-knowledge file (loadable with torch.load(weights_only=True))
 
 
-def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent)."""
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="eval_schema", node=EvalRunConfig)
-    cs.store(name="predict_schema", node=PredictConfig)
-    cs.store(name="export_schema", node=ExportConfig)
-    for group, registry in REGISTRIES.items():
-        for name in registry.names():
-            cs.store(group=f"schema/{group}", name=name, node=registry.get(name).params)
+SCHEMAS = {"train_schema": TrainConfig, "eval_schema": EvalRunConfig, "predict_schema": PredictConfig,
+           "export_schema": ExportConfig}

@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("protonet", "maml", "metasgd", "anil", "latent")
@@ -82,13 +80,14 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def collect(out: Path) -> list[dict[str, Any]]:
     """One row per run dir under ``out/runs``, in table order."""
+    from metalearn_cli.rundir import read_run
+
     rows = []
-    for results_or_status in sorted((out / "runs").rglob("status.json")):
-        run = results_or_status.parent
-        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) if (run / ".hydra" / "overrides.yaml").is_file() else []
-        preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), run.name)
-        status = json.loads(results_or_status.read_text()).get("status", "?")
-        r = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    for status_file in sorted((out / "runs").rglob("status.json")):
+        run = status_file.parent
+        record = read_run(run)
+        preset = next((o.split("=", 1)[1] for o in record["overrides"] if o.startswith("experiment=")), run.name)
+        status, r = record["status"], record["results"]
         ours = 100 * r["accuracy"] if "accuracy" in r else None
         pub = r.get("published_accuracy")
         rows.append({

@@ -12,9 +12,9 @@ from omegaconf.errors import ValidationError
 
 from conftest import FAST, compose_config
 from encoders.test_encoders import SMALL
-from metalearn_cli import runner
+from metalearn_cli import evaluation, loop
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.schema import REGISTRIES
+from metalearn_cli.components import REGISTRIES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ["dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "debug", "experiment", "sweep"]
@@ -104,7 +104,7 @@ def test_every_preset_runs_one_step_under_debug_smoke(tmp_path, preset):
     cfg = compose_config("train", [f"experiment={preset}", "debug=smoke", *shrink, "trainer.iterations=1", "trainer.val_every=1",
                                    "trainer.val_episodes=2", "eval.episodes=2", "episode.query=1", "trainer.train_query=1",
                                    "device=cpu"])
-    runner.train(cfg, tmp_path / "run")
+    loop.train(cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["published_accuracy"] == cfg.reference.accuracy and results["way"] == cfg.episode.way
 
@@ -121,7 +121,7 @@ def test_one_meta_step_for_every_combination(tmp_path, encoder, decoder, strateg
                                    f"optimizer={optimizer}", *small, "trainer.iterations=1", "trainer.val_every=1",
                                    "trainer.val_episodes=2", "eval.episodes=2"])
     try:
-        runner.train(cfg, tmp_path)
+        loop.train(cfg, tmp_path)
     except ConfigError as exc:  # an invalid pair must say so in one line
         assert "\n" not in str(exc)
         return

@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import FAST, compose_config
-from metalearn_cli import runner
+from metalearn_cli import evaluation, loop
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.distributed import World
 from metalearn_cli.episodes import ClassImages, EpisodeSampler
@@ -31,14 +31,14 @@ def rank_main(rank: int, world: int, port: int, run_dir: str) -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     try:
-        runner.train(compose_config("train", OVERRIDES), Path(run_dir))
+        loop.train(compose_config("train", OVERRIDES), Path(run_dir))
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     torch.set_num_threads(1)
-    runner.train(compose_config("train", OVERRIDES), tmp_path / "single")
+    loop.train(compose_config("train", OVERRIDES), tmp_path / "single")
     mp.spawn(rank_main, args=(2, free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
     one = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["model"]
     two = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["model"]
@@ -58,6 +58,6 @@ def test_ranks_draw_disjoint_shares_of_the_same_meta_batch():
 
 
 def test_a_meta_batch_that_does_not_split_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "world", lambda: World(rank=0, size=3))
-    with pytest.raises(runner.ConfigError, match="does not split over 3 processes"):
-        runner.train(compose_config("train", [*FAST, "trainer.meta_batch=4"]), tmp_path)
+    monkeypatch.setattr(loop, "world", lambda: World(rank=0, size=3))
+    with pytest.raises(loop.ConfigError, match="does not split over 3 processes"):
+        loop.train(compose_config("train", [*FAST, "trainer.meta_batch=4"]), tmp_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metalearn_cli.schema import REGISTRIES
+from metalearn_cli.components import REGISTRIES
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -8,8 +8,10 @@ import torch
 import metalearn_cli
 from metalearn_cli.episodes import EpisodeSampler
 from metalearn_cli.errors import CheckpointError, ConfigError, DataError
-from metalearn_cli.knowledge import export, load, read_meta_knowledge
-from metalearn_cli.runner import train
+from metalearn_cli.checkpoint import read_meta_knowledge
+from metalearn_cli.export import export
+from metalearn_cli.knowledge import load
+from metalearn_cli.loop import train
 from conftest import FAST, compose_config, write_image_task
 
 

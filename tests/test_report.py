@@ -5,7 +5,7 @@ import csv
 from omegaconf import OmegaConf
 
 from conftest import FAST, compose_config
-from metalearn_cli import runner
+from metalearn_cli import evaluation, loop
 from metalearn_cli.cli import main
 
 
@@ -13,7 +13,7 @@ def test_report_over_two_runs(tmp_path, capsys):
     for seed in (0, 1):
         cfg = compose_config("train", [*FAST, f"seed={seed}"])
         run = tmp_path / "sweep" / f"{seed}_job"
-        runner.train(cfg, run)
+        loop.train(cfg, run)
         (run / ".hydra").mkdir()  # what Hydra writes in a real sweep
         (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         (run / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n- trainer.iterations=6\n")

@@ -16,10 +16,10 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from metalearn_cli.checkpoint import atomic_save
+from metalearn_cli.checkpoint import save_torch
 from metalearn_cli.data.images import ImageFormat, read_image
 from metalearn_cli.episodes import ClassImages
-from metalearn_cli.errors import CheckpointError, DataError
+from metalearn_cli.errors import DataError, WriteError
 
 log = logging.getLogger(__name__)
 CACHE_DIR = ".metalearn-cache"
@@ -84,9 +84,9 @@ def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Opti
         progress.close()
         if cache is not None:
             try:
-                atomic_save(cache, {"images": images, "fingerprint": fingerprint, "checksum": _checksum(images)},
+                save_torch(cache, {"images": images, "fingerprint": fingerprint, "checksum": _checksum(images)},
                             "image cache", "the images are converted again next time")
-            except CheckpointError as exc:
+            except WriteError as exc:
                 log.warning("%s", exc)
     return ClassImages(images, list(files))
 

@@ -21,7 +21,6 @@ import enum
 import hashlib
 import io
 import os
-import tempfile
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -35,7 +34,8 @@ import torch
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.data.images import ImageFormat, read_image
 from metalearn_cli.episodes import ClassImages
-from metalearn_cli.errors import DataError
+from metalearn_cli.errors import DataError, WriteError
+from metalearn_cli.rundir import atomic_write
 
 IMAGE_SIZE = 28
 IMAGE_FORMAT = ImageFormat(channels=1, size=IMAGE_SIZE, resample="lanczos", invert=True)
@@ -166,23 +166,10 @@ def read_source(root: Path) -> OmniglotArrays:
 # ----------------------------------------------------------------------------- the array file
 def save_arrays(arrays: OmniglotArrays, path: Path, fingerprint: str = "") -> None:
     """Write the arrays atomically as a compressed .npz."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(
-                f,
-                images=arrays.images,
-                characters=np.array(arrays.characters),
-                background=arrays.background,
-                fingerprint=np.array(fingerprint),
-            )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the asset is shipped
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: np.savez_compressed(
+        f, images=arrays.images, characters=np.array(arrays.characters), background=arrays.background,
+        fingerprint=np.array(fingerprint),
+    ), "the Omniglot array file", "free disk space or choose another dataset.root")
 
 
 def load_arrays(path: Path | str) -> tuple[OmniglotArrays, str]:
@@ -215,7 +202,7 @@ def _from_root(params: OmniglotParams) -> OmniglotArrays:
     arrays = read_source(root)
     try:
         save_arrays(arrays, cache, fingerprint)
-    except OSError:
+    except WriteError:
         pass  # a read-only root only costs the conversion next time
     return arrays
 

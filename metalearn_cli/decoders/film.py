@@ -9,12 +9,13 @@ classifiers. Needs an encoder with ``film_channels`` (conv4, resnet12); others a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from metalearn_cli.decoders import DECODERS, record_stats
+from metalearn_cli.decoders import DECODERS
+from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, class_means, output
 from metalearn_cli.errors import ConfigError
 
 
@@ -24,7 +25,7 @@ class FiLMParams:
     hidden: int = 128  # width of the task encoder and the generators
 
 
-class FiLMDecoder(nn.Module):
+class FiLMDecoder(Decoder):
     modulates_encoder = True
 
     def __init__(self, params: FiLMParams, in_dim: int, film_channels: tuple[int, ...]) -> None:
@@ -36,26 +37,28 @@ class FiLMDecoder(nn.Module):
         for layer in (*self.film, self.classifier[-1]):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-        self.regularizer = torch.zeros(())
 
-    def modulation(self, support: torch.Tensor, support_labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def modulation(self, support: torch.Tensor, support_labels: torch.Tensor) -> Film:
         """Per-task ``(gamma, beta)`` of shape ``[T, C]`` for each encoder block."""
         task = self.task_encoder(support).mean(1)  # [T, h]: invariant to the order of the support set
-        params = [layer(task) for layer in self.film]
-        if getattr(self, "collect_stats", False):  # mean over blocks of ||gamma_b||, ||beta_b|| per task
-            self._film_norms = [torch.stack([p.chunk(2, dim=-1)[i].norm(dim=-1) for p in params]).mean(0) for i in (0, 1)]
-        self.regularizer = sum(p.square().mean() for p in params) * 1e-3  # keep modulations small
-        return [tuple(p.chunk(2, dim=-1)) for p in params]  # type: ignore[misc]
+        return [tuple(layer(task).chunk(2, dim=-1)) for layer in self.film]  # type: ignore[misc]
 
-    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int) -> torch.Tensor:
-        onehot = F.one_hot(support_labels, n_way).to(support.dtype)
-        means = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)  # [T, N, D]
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
+                film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
+        means = class_means(support, support_labels, n_way)  # [T, N, D]
         generated = self.classifier(means)
         weight = means + generated[..., :-1]
         bias = generated[..., -1] - 0.5 * means.square().sum(-1)  # at init: -||q - mean||^2 up to a per-query constant
-        record_stats(self, lambda: {"gamma_norm": self._film_norms[0], "beta_norm": self._film_norms[1],
-                                    "weight_norm": weight.norm(dim=-1).mean(-1)})
-        return query @ weight.transpose(1, 2) + bias.unsqueeze(1)
+        logits = query @ weight.transpose(1, 2) + bias.unsqueeze(1)
+        film = film or []
+        # Keep the modulations small: 1e-3 x the mean square of each block's [gamma, beta].
+        regularizer = sum(torch.cat([g, b], -1).square().mean() for g, b in film) * 1e-3 if film else None
+        stats = None
+        if with_stats:  # mean over blocks of ||gamma_b||, ||beta_b|| per task
+            stats = {"gamma_norm": torch.stack([g.norm(dim=-1) for g, _ in film]).mean(0) if film else weight.new_zeros(weight.shape[0]),
+                     "beta_norm": torch.stack([b.norm(dim=-1) for _, b in film]).mean(0) if film else weight.new_zeros(weight.shape[0]),
+                     "weight_norm": weight.norm(dim=-1).mean(-1)}
+        return output(logits, regularizer, stats)
 
 
 @DECODERS.register("film", params=FiLMParams)

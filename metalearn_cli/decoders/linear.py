@@ -8,11 +8,13 @@ first ``n_way``. It ignores the support set: adapting it to one is the strategy'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
-from metalearn_cli.decoders import DECODERS, record_stats
+from metalearn_cli.decoders import DECODERS
+from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, output
 from metalearn_cli.errors import ConfigError
 
 
@@ -22,7 +24,7 @@ class LinearParams:
     zero_init: bool = False  # start every task from a zero classifier (any row order is then equivalent)
 
 
-class LinearHead(nn.Module):
+class LinearHead(Decoder):
     def __init__(self, params: LinearParams, in_dim: int, max_way: int) -> None:
         super().__init__()
         self.in_dim, self.max_way = in_dim, max_way
@@ -31,12 +33,13 @@ class LinearHead(nn.Module):
         if not params.zero_init:
             nn.init.kaiming_uniform_(self.weight, a=5**0.5)
 
-    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int) -> torch.Tensor:
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
+                film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
         if n_way > self.max_way:
             raise ConfigError(f"decoder=linear was built for up to {self.max_way} ways; this task has {n_way}")
         weight = self.weight[:n_way]  # the task's adapted head when a strategy calls with fast weights
-        record_stats(self, lambda: {"weight_norm": weight.norm(dim=-1).mean().expand(query.shape[0])})
-        return query @ weight.T + self.bias[:n_way]
+        stats = {"weight_norm": weight.norm(dim=-1).mean().expand(query.shape[0])} if with_stats else None
+        return output(query @ weight.T + self.bias[:n_way], stats=stats)
 
 
 @DECODERS.register("linear", params=LinearParams)

@@ -6,12 +6,12 @@ own: all meta-knowledge lives in the encoder.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from metalearn_cli.decoders import DECODERS, record_stats
+from metalearn_cli.decoders import DECODERS
+from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, class_means, output
 
 
 @dataclass
@@ -19,21 +19,21 @@ class PrototypeParams:
     name: str = "prototype"
 
 
-class PrototypeDecoder(nn.Module):
+class PrototypeDecoder(Decoder):
     def __init__(self, in_dim: int) -> None:
         super().__init__()
         self.in_dim = in_dim
 
-    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int) -> torch.Tensor:
-        onehot = F.one_hot(support_labels, n_way).to(support.dtype)  # [T, S, N]
-        prototypes = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)  # [T, N, D]
-        record_stats(self, lambda: {"prototype_norm": prototypes.norm(dim=-1).mean(-1)})
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
+                film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
+        prototypes = class_means(support, support_labels, n_way)  # [T, N, D]
         # ||q - p||^2 = ||q||^2 - 2 q.p + ||p||^2, as one batched matmul.
-        return -(
+        logits = -(
             query.pow(2).sum(-1, keepdim=True)
             - 2 * query @ prototypes.transpose(1, 2)
             + prototypes.pow(2).sum(-1).unsqueeze(1)
         )
+        return output(logits, stats={"prototype_norm": prototypes.norm(dim=-1).mean(-1)} if with_stats else None)
 
 
 @DECODERS.register("prototype", params=PrototypeParams)

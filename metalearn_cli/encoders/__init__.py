@@ -38,6 +38,12 @@ class Encoder(nn.Module):
         return contextlib.nullcontext()
 
 
+def inside_vmap(x: torch.Tensor) -> bool:
+    """Whether ``x`` is wrapped by a torch.func transform (images only are, under vmap)."""
+    level = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", None)
+    return level is not None and level(x) != -1
+
+
 def modulate(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """FiLM (Perez et al. 2018): per-image, per-channel ``x * (1 + gamma) + beta`` on ``[B, C, H, W]``."""
     return x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]

@@ -1,11 +1,14 @@
 """MAML and its family, one functional implementation (Finn et al. 2017; Li et al. 2017; Raghu et al. 2020).
 
+Each method is its own registry entry with its own defaults (``strategy=fomaml`` is FOMAML, and
+its runs are labelled so):
+
 - ``maml``: adapt the meta-network to each task's support set by ``inner_steps`` gradient steps,
   then meta-train the initialisation on the query loss through those steps (second order).
-- ``first_order=true`` (FOMAML): the same, with the inner gradients treated as constants.
-- ``adapt=head`` (ANIL): adapt only the decoder's parameters; the encoder's features are computed
+- ``fomaml`` (``first_order=true``): the same, with the inner gradients treated as constants.
+- ``anil`` (``adapt=head``): adapt only the decoder's parameters; the encoder's features are computed
   once per task instead of once per inner step.
-- ``learn_inner_lr=true`` (Meta-SGD): a learned inner learning rate per parameter element,
+- ``metasgd`` (``learn_inner_lr=true``): a learned inner learning rate per parameter element,
   meta-trained with the initialisation and saved with it.
 - MAML++ (Antoniou et al. 2019), each an option: ``multi_step_loss`` (the query loss after every
   inner step, weights annealed to the last step over ``msl_anneal`` meta-iterations),
@@ -14,24 +17,27 @@
 
 The inner loop is ``torch.func.functional_call`` + ``torch.func.grad`` on one task, batched over the
 tasks of a meta-batch with ``torch.func.vmap`` or run task by task (``vectorize``). Batch norm uses
-each task's own statistics (MAML's transductive protocol), so tasks never share statistics.
+each task's own statistics (MAML's transductive protocol), so tasks never share statistics. The
+meta-loss is the query loss plus the decoder's regulariser (of the adapted weights' query pass).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from metalearn_cli.decoders import DecoderOutput
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import MetaModel
-from metalearn_cli.strategies import STRATEGIES, ClipParams, Strategy, clip_and_step, query_accuracy, step_record
+from metalearn_cli.strategies import STRATEGIES
+from metalearn_cli.strategies.base import Prediction, StepOutput, Strategy
 
 Weights = dict[str, torch.Tensor]
 
@@ -51,7 +57,7 @@ class Vectorize(enum.Enum):
 class MAMLParams:
     name: str = "maml"
     inner_steps: int = 1  # gradient steps on the support set per task during meta-training
-    eval_inner_steps: Optional[int] = None  # steps at evaluation; null = inner_steps (Finn et al. used more)
+    eval_inner_steps: Optional[int] = 3  # steps at evaluation (Finn et al.: more at test time); null = inner_steps
     inner_lr: float = 0.4  # inner-loop step size (Finn et al., Omniglot: 0.4); Meta-SGD's initial value
     first_order: bool = False  # FOMAML: drop the second-order term
     adapt: Adapt = Adapt.all
@@ -61,7 +67,24 @@ class MAMLParams:
     msl_anneal: int = 1000  # meta-iterations over which MSL's weights move from uniform to the last step alone
     per_step_lr: bool = False  # MAML++ LSLR: a learned inner learning rate per parameter tensor and inner step
     first_order_until: int = 0  # MAML++ DA: first-order meta-gradients for this many meta-iterations, then second order
-    clip: ClipParams = field(default_factory=ClipParams)
+
+
+@dataclass
+class FOMAMLParams(MAMLParams):
+    name: str = "fomaml"
+    first_order: bool = True
+
+
+@dataclass
+class ANILParams(MAMLParams):
+    name: str = "anil"
+    adapt: Adapt = Adapt.head
+
+
+@dataclass
+class MetaSGDParams(MAMLParams):
+    name: str = "metasgd"
+    learn_inner_lr: bool = True
 
 
 class _Counter(nn.Module):
@@ -85,9 +108,7 @@ class MAML(Strategy):
     def __init__(self, params: MAMLParams, model: MetaModel) -> None:
         super().__init__(model)
         self.params_ = params
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.track_running_stats = False  # batch statistics always, per task
+        model.use_batch_statistics()  # batch statistics always, per task
         self.adapt_names = [n for n, _ in model.named_parameters()
                             if params.adapt is Adapt.all or n.startswith("decoder.")]
         self.inner_lrs = nn.ParameterDict()
@@ -101,8 +122,14 @@ class MAML(Strategy):
                                               for n in self.adapt_names})
         if params.multi_step_loss or params.first_order_until > 0:
             self.meta_iterations = _Counter()
-        # Second-order terms appear (at once, or after first_order_until): keep fp32 under precision=auto.
-        self.low_precision_ok = params.first_order
+
+    @property
+    def second_order(self) -> bool:
+        """Second-order terms appear (at once, or after ``first_order_until``)."""
+        return not self.params_.first_order
+
+    def backward_context(self) -> ContextManager[None]:
+        return self.model.encoder.second_order_context()
 
     # ------------------------------------------------------------------ set-up
     def check_compatible(self) -> None:
@@ -138,31 +165,40 @@ class MAML(Strategy):
             return rates[min(step, rates.shape[0] - 1)]  # evaluation may take more steps than were learned
         return self.inner_lrs[key] if self.params_.learn_inner_lr else self.params_.inner_lr
 
-    def _task_logits(
-        self, weights: Weights, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, n_way: int, steps: int,
-        create_graph: bool, every_step: bool = False,
-    ) -> torch.Tensor:
-        """Adapt ``weights`` to one task's support set and return its query logits ``[Q, n_way]``
-        (``every_step``: after each inner step, ``[steps, Q, n_way]``, for MAML++'s multi-step loss)."""
-        head_only = self.params_.adapt is Adapt.head
-        if head_only:
+    def _task_function(self, weights: Weights, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, n_way: int,
+                       ) -> tuple[Callable[..., DecoderOutput], Weights, str]:
+        """``(forward, fast weights, prefix)`` for one task: ``forward(fast, query, constant, with_stats)``
+        scores the support set (``query=None``) or the queries with ``fast`` weights."""
+        if self.params_.adapt is Adapt.head:
             # ANIL: the encoder is not adapted, so embed once and adapt the head on the features.
             emb = self.model.embed(torch.cat([sx, qx])[None])[0]
             es, eq = emb[: sx.shape[0]], emb[sx.shape[0]:]
             head = {n[len("decoder."):]: w for n, w in weights.items() if n.startswith("decoder.")}
 
-            def logits(fast: Weights, query: torch.Tensor | None, constant: bool = False) -> torch.Tensor:
+            def head_forward(fast: Weights, query: Optional[torch.Tensor], constant: bool = False,
+                             with_stats: bool = False) -> DecoderOutput:
                 support = es.detach() if constant else es
                 q = support if query is None else eq
-                return functional_call(self.model.decoder, fast, (support[None], sy[None], q[None], n_way))[0]
+                return functional_call(self.model.decoder, fast, (support[None], sy[None], q[None], n_way),
+                                       {"with_stats": with_stats})
 
-            fast, prefix = head, "decoder."
-        else:
-            def logits(fast: Weights, query: torch.Tensor | None, constant: bool = False) -> torch.Tensor:
-                return functional_call(self.model, fast, (sx[None], sy[None], None if query is None else qx[None], n_way))[0]
+            return head_forward, head, "decoder."
 
-            fast, prefix = dict(weights), ""
+        def forward(fast: Weights, query: Optional[torch.Tensor], constant: bool = False,
+                    with_stats: bool = False) -> DecoderOutput:
+            return functional_call(self.model, fast, (sx[None], sy[None], None if query is None else qx[None], n_way),
+                                   {"with_stats": with_stats})
 
+        return forward, dict(weights), ""
+
+    def _task_logits(
+        self, weights: Weights, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, n_way: int, steps: int,
+        create_graph: bool, every_step: bool = False, with_stats: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Adapt ``weights`` to one task's support set; returns its query logits ``[Q, n_way]``
+        (``every_step``: after each inner step, ``[steps, Q, n_way]``, for MAML++'s multi-step loss),
+        the decoder's regulariser of the final query pass and its stats (per-task values ``[]``)."""
+        forward, fast, prefix = self._task_function(weights, sx, sy, qx, n_way)
         adapted = [n for n in self.adapt_names if n.startswith(prefix)]
         per_step = []
         for step in range(steps):
@@ -171,7 +207,7 @@ class MAML(Strategy):
             base = fast if create_graph else {k: v.detach() for k, v in fast.items()}
 
             def support_loss(trainable: Weights) -> torch.Tensor:
-                return F.cross_entropy(logits({**base, **trainable}, None, constant=not create_graph), sy)
+                return F.cross_entropy(forward({**base, **trainable}, None, constant=not create_graph).logits[0], sy)
 
             trainable = {n[len(prefix):]: base[n[len(prefix):]] for n in adapted}
             grads = grad(support_loss)(trainable)
@@ -180,20 +216,24 @@ class MAML(Strategy):
                 g = grads[key] if create_graph else grads[key].detach()
                 fast[key] = fast[key] - self._lr(n, step) * g
             if every_step and step < steps - 1:
-                per_step.append(logits(fast, qx))
-        final = logits(fast, qx)
-        return torch.stack([*per_step, final]) if every_step else final
+                per_step.append(forward(fast, qx).logits[0])
+        final = forward(fast, qx, with_stats=with_stats)
+        logits = torch.stack([*per_step, final.logits[0]]) if every_step else final.logits[0]
+        return logits, final.regularizer, {k: v[0] for k, v in final.stats.items()}
 
-    def _batch_logits(self, batch: EpisodeBatch, steps: int, create_graph: bool, every_step: bool = False) -> torch.Tensor:
+    def _batch_logits(self, batch: EpisodeBatch, steps: int, create_graph: bool, every_step: bool = False,
+                      with_stats: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-task logits ``[T, ...]``, regularisers ``[T]`` and stats ``{name: [T]}`` of a batch of tasks."""
         weights = dict(self.model.named_parameters())
         task = lambda sx, sy, qx: self._task_logits(weights, sx, sy, qx, batch.n_way, steps, create_graph,  # noqa: E731
-                                                    every_step)
+                                                    every_step, with_stats)
         if self.uses_vmap(batch.support_images.device):
             self.model.encoder.vmap_safe(True)
             return vmap(task, randomness="different")(batch.support_images, batch.support_labels, batch.query_images)
         self.model.encoder.vmap_safe(False)
-        return torch.stack([task(batch.support_images[t], batch.support_labels[t], batch.query_images[t])
-                            for t in range(batch.tasks)])
+        outs = [task(batch.support_images[t], batch.support_labels[t], batch.query_images[t]) for t in range(batch.tasks)]
+        stats = {k: torch.stack([o[2][k] for o in outs]) for k in outs[0][2]}
+        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs]), stats
 
     # ------------------------------------------------------------------ the protocol
     def msl_weights(self, steps: int) -> list[float]:
@@ -204,38 +244,38 @@ class MAML(Strategy):
         early = [max((1 - progress) / steps, 0.03 / steps) for _ in range(steps - 1)]
         return [*early, 1.0 - sum(early)]
 
-    def meta_train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    def meta_loss(self, batch: EpisodeBatch) -> StepOutput:
         p = self.params_
         done = self.meta_iterations.value if hasattr(self, "meta_iterations") else 0
         create_graph = not p.first_order and done >= p.first_order_until
         multi_step = p.multi_step_loss and p.inner_steps > 1
-        with self.model.encoder.second_order_context():
-            logits = self._batch_logits(batch, p.inner_steps, create_graph, every_step=multi_step)
-            if multi_step:  # [T, steps, Q, N]: a weighted sum of the query losses after each step
-                labels = batch.query_labels.flatten()
-                loss = sum(w * F.cross_entropy(logits[:, j].flatten(0, 1), labels)
-                           for j, w in enumerate(self.msl_weights(p.inner_steps)))
-                logits = logits[:, -1]
-            else:
-                loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        grad_norm, skipped = clip_and_step(list(self.parameters()), optimizer, self.params_.clip, loss.detach())
+        logits, regularizer, _ = self._batch_logits(batch, p.inner_steps, create_graph, every_step=multi_step)
+        if multi_step:  # [T, steps, Q, N]: a weighted sum of the query losses after each step
+            labels = batch.query_labels.flatten()
+            loss = sum(w * F.cross_entropy(logits[:, j].flatten(0, 1), labels)
+                       for j, w in enumerate(self.msl_weights(p.inner_steps)))
+            logits = logits[:, -1]
+        else:
+            loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
+        return StepOutput(loss + regularizer.mean(), logits.detach())
+
+    def step_done(self) -> None:
         if hasattr(self, "meta_iterations"):
             self.meta_iterations.value += 1
-        return step_record(skipped, loss=loss, accuracy=query_accuracy(logits.detach(), batch.query_labels).mean(),
-                           grad_norm=grad_norm)
 
     def test_inner_steps(self) -> int:
         p = self.params_
         return p.eval_inner_steps if p.eval_inner_steps is not None else p.inner_steps
 
-    def predict(self, batch: EpisodeBatch) -> torch.Tensor:
-        steps = self.test_inner_steps()
+    def predict(self, batch: EpisodeBatch, with_stats: bool = False) -> Prediction:
         with torch.enable_grad():
-            return self._batch_logits(batch, steps, create_graph=False).detach()
+            logits, _, stats = self._batch_logits(batch, self.test_inner_steps(), create_graph=False, with_stats=with_stats)
+        return Prediction(logits.detach(), stats)
 
 
-@STRATEGIES.register("maml", params=MAMLParams)
-def build_maml(params: MAMLParams, model: MetaModel) -> MAML:
+def build(params: MAMLParams, model: MetaModel) -> MAML:
     return MAML(params, model)
+
+
+for _name, _params in (("maml", MAMLParams), ("fomaml", FOMAMLParams), ("anil", ANILParams), ("metasgd", MetaSGDParams)):
+    STRATEGIES.register(_name, params=_params)(build)

@@ -1,14 +1,14 @@
 """MGD: the amortised meta-network trained by meta-gradient descent.
 
 The encoder and decoder produce a task's classifier in one forward pass (no inner loop); the
-meta-objective is the query cross-entropy averaged over the tasks of a meta-batch, minimised by the
-outer optimizer with the meta-gradient clipped. With ``decoder=prototype`` this is Prototypical
-Networks (Snell et al. 2017).
+meta-objective is the query cross-entropy averaged over the tasks of a meta-batch plus the
+decoder's regulariser, minimised by the outer optimizer (its meta-gradient clipped by
+``optimizer.clip``). With ``decoder=prototype`` this is Prototypical Networks (Snell et al. 2017).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import MetaModel
-from metalearn_cli.strategies import STRATEGIES, ClipParams, Strategy, clip_and_step, query_accuracy, step_record
+from metalearn_cli.strategies import STRATEGIES
+from metalearn_cli.strategies.base import Prediction, StepOutput, Strategy
 
 
 @dataclass
 class MGDParams:
     name: str = "mgd"
-    clip: ClipParams = field(default_factory=ClipParams)
 
 
 class MGD(Strategy):
@@ -34,18 +34,15 @@ class MGD(Strategy):
         if not any(True for _ in self.model.parameters()):
             raise ConfigError("strategy=mgd needs a meta-network with parameters to learn")
 
-    def meta_train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        logits = self.model.episode_logits(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten()) + self.model.regularizer()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm, skipped = clip_and_step(list(self.model.parameters()), optimizer, self.params_.clip, loss.detach())
-        return step_record(skipped, loss=loss, accuracy=query_accuracy(logits.detach(), batch.query_labels).mean(),
-                           grad_norm=grad_norm)
+    def meta_loss(self, batch: EpisodeBatch) -> StepOutput:
+        out = self.model.episode_output(batch)
+        loss = F.cross_entropy(out.logits.flatten(0, 1), batch.query_labels.flatten()) + out.regularizer
+        return StepOutput(loss, out.logits.detach())
 
     @torch.no_grad()
-    def predict(self, batch: EpisodeBatch) -> torch.Tensor:
-        return self.model.episode_logits(batch)
+    def predict(self, batch: EpisodeBatch, with_stats: bool = False) -> Prediction:
+        out = self.model.episode_output(batch, with_stats)
+        return Prediction(out.logits, out.stats)
 
 
 @STRATEGIES.register("mgd", params=MGDParams)

@@ -12,12 +12,15 @@ from omegaconf import OmegaConf
 from torch.func import functional_call
 
 from conftest import FAST, compose_config
-from metalearn_cli import runner
+from metalearn_cli import evaluation, loop
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.data import DATASETS
 from metalearn_cli.episodes import EpisodeSampler
+from metalearn_cli.host import native_bf16
 from metalearn_cli.errors import ConfigError
+from metalearn_cli.loop import train_step
 from metalearn_cli.model import build_meta_model
+from metalearn_cli.optim import ClipParams
 from metalearn_cli.strategies import STRATEGIES
 
 
@@ -27,7 +30,7 @@ def setup(decoder="linear", width=4, **strategy):
     cfg = OmegaConf.create({"encoder": {"name": "conv4", "width": width}, "decoder": {"name": decoder},
                             "episode": {"way": 3, "shot": 1, "query": 2}})
     model = build_meta_model(cfg, data.image_shape).double()
-    maml = STRATEGIES.build({"name": "maml", "clip": {"norm": None}, **strategy}, model=model)
+    maml = STRATEGIES.build({"name": "maml", **strategy}, model=model)
     maml.check_compatible()
     batch = EpisodeSampler(data.train, 3, 1, 2, seed=0).sample(3)
     batch = type(batch)(batch.support_images.double(), batch.support_labels, batch.query_images.double(),
@@ -37,7 +40,7 @@ def setup(decoder="linear", width=4, **strategy):
 
 def meta_gradients(maml, batch) -> dict[str, torch.Tensor]:
     opt = torch.optim.SGD(maml.parameters(), lr=0.0)
-    maml.meta_train_step(batch, opt)
+    train_step(maml, batch, opt, ClipParams(norm=None))
     return {n: p.grad.clone() for n, p in maml.named_parameters() if p.grad is not None}
 
 
@@ -50,10 +53,10 @@ def reference_meta_gradients(maml, batch, lr: float, steps: int, first_order: bo
         sx, sy, qx = batch.support_images[t : t + 1], batch.support_labels[t : t + 1], batch.query_images[t : t + 1]
         fast = dict(params)
         for _ in range(steps):
-            loss = F.cross_entropy(functional_call(model, fast, (sx, sy, None, 3))[0], sy[0])
+            loss = F.cross_entropy(functional_call(model, fast, (sx, sy, None, 3)).logits[0], sy[0])
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
             fast = {n: w - lr * (g.detach() if first_order else g) for (n, w), g in zip(fast.items(), grads)}
-        losses.append(F.cross_entropy(functional_call(model, fast, (sx, sy, qx, 3))[0], batch.query_labels[t]))
+        losses.append(F.cross_entropy(functional_call(model, fast, (sx, sy, qx, 3)).logits[0], batch.query_labels[t]))
     grads = torch.autograd.grad(torch.stack(losses).mean(), list(params.values()))
     return {f"model.{n}": g for n, g in zip(params, grads)}
 
@@ -64,7 +67,7 @@ def test_one_inner_step_lowers_the_support_loss():
     sx, sy = batch.support_images[0], batch.support_labels[0]
 
     def support_loss(steps):
-        logits = maml._task_logits(weights, sx, sy, sx, 3, steps, create_graph=False)
+        logits, _, _ = maml._task_logits(weights, sx, sy, sx, 3, steps, create_graph=False)
         return F.cross_entropy(logits, sy).item()
 
     assert support_loss(1) < support_loss(0)
@@ -103,7 +106,7 @@ def test_zero_inner_steps_is_plain_training():
     ours = meta_gradients(maml, batch)
     maml.zero_grad()
     logits = torch.stack([maml.model(batch.support_images[t : t + 1], batch.support_labels[t : t + 1],
-                                     batch.query_images[t : t + 1], 3)[0] for t in range(batch.tasks)])
+                                     batch.query_images[t : t + 1], 3).logits[0] for t in range(batch.tasks)])
     F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten()).backward()
     for name, p in maml.named_parameters():
         torch.testing.assert_close(ours[name], p.grad, msg=name)
@@ -125,12 +128,12 @@ def test_nothing_to_adapt_is_a_config_error():
 def test_metasgd_learning_rates_are_meta_learned_saved_and_restored(tmp_path):
     run = tmp_path / "run"
     overrides = [*FAST, "strategy=metasgd", "decoder=linear", "encoder.width=8", "strategy.eval_inner_steps=1"]
-    runner.train(compose_config("train", overrides), run)
+    loop.train(compose_config("train", overrides), run)
     state = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     lrs = {k: v for k, v in state.items() if k.startswith("inner_lrs.")}
     assert lrs and any(not torch.allclose(v, torch.full_like(v, 0.4)) for v in lrs.values())
     out = tmp_path / "eval"
-    runner.evaluate(compose_config("eval", [f"checkpoint={run / 'checkpoints' / 'best.pt'}", "device=cpu",
+    evaluation.evaluate(compose_config("eval", [f"checkpoint={run / 'checkpoints' / 'best.pt'}", "device=cpu",
                                             "eval.episodes=10", "eval.batch_tasks=4"]), out)
     ours, theirs = (json.loads(p.read_text()) for p in (run / "results.json", out / "results.json"))
     assert ours["accuracy"] == theirs["accuracy"] and ours["bn_mode"] == theirs["bn_mode"] == "transductive"
@@ -138,19 +141,40 @@ def test_metasgd_learning_rates_are_meta_learned_saved_and_restored(tmp_path):
 
 def test_running_statistics_are_refused_for_maml(tmp_path):
     with pytest.raises(ConfigError, match="eval.bn_mode=running is not possible"):
-        runner.train(compose_config("train", [*FAST, "strategy=maml", "decoder=linear", "eval.bn_mode=running"]),
+        loop.train(compose_config("train", [*FAST, "strategy=maml", "decoder=linear", "eval.bn_mode=running"]),
                      tmp_path)
 
 
 @pytest.mark.parametrize("strategy", ["maml", "fomaml", "anil", "metasgd"])
 @pytest.mark.parametrize("vectorize", ["vmap", "loop"])
-def test_every_preset_trains_through_the_runner(tmp_path, strategy, vectorize):
+def test_every_variant_trains_through_the_loop_under_its_own_name(tmp_path, strategy, vectorize):
     cfg = compose_config("train", [*FAST, f"strategy={strategy}", "decoder=linear", "encoder.width=8",
                                    f"strategy.vectorize={vectorize}", "trainer.iterations=2", "trainer.val_every=2"])
-    runner.train(cfg, tmp_path)
+    loop.train(cfg, tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["bn_mode"] == "transductive" and 0 <= results["accuracy"] <= 1
-    assert results["precision"] == ("fp32" if strategy != "fomaml" else results["precision"])
+    assert results["strategy"] == strategy
+    # Second-order strategies keep fp32 under precision=auto; FOMAML may use bf16 where it is native.
+    assert results["precision"] == ("fp32" if strategy != "fomaml" else ("bf16" if native_bf16(torch.device("cpu")) else "fp32"))
+
+
+@pytest.mark.parametrize("strategy,flag,value", [("fomaml", "first_order", True), ("anil", "adapt", "head"),
+                                                  ("metasgd", "learn_inner_lr", True), ("maml", "first_order", False)])
+def test_each_variant_brings_its_own_defaults(strategy, flag, value):
+    cfg = compose_config("train", [f"strategy={strategy}"])
+    params = STRATEGIES.params_of(cfg.strategy)
+    assert params.name == strategy and getattr(getattr(params, flag), "value", getattr(params, flag)) == value
+
+
+@pytest.mark.parametrize("decoder", ["latent", "film"])
+def test_maml_adds_the_decoders_regulariser_to_the_meta_loss(decoder):
+    """The meta-loss equals the query loss of the adapted weights plus the decoder's regulariser of that pass."""
+    maml, batch = setup(decoder=decoder, width=8, inner_steps=1, inner_lr=0.1, vectorize="loop")
+    maml.eval()  # the latent codes at their means: the same value on every call
+    logits, regularizer, _ = maml._batch_logits(batch, 1, create_graph=True)
+    task = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
+    assert regularizer.mean() > 0
+    torch.testing.assert_close(maml.meta_loss(batch).loss, task + regularizer.mean())
 
 
 # ----------------------------------------------------------------------------- MAML++ options
@@ -158,12 +182,12 @@ def test_multi_step_loss_weights_the_query_loss_after_every_step_and_anneals_to_
     maml, batch = setup(inner_steps=3, multi_step_loss=True, msl_anneal=4, inner_lr=0.3)
     assert maml.msl_weights(3) == pytest.approx([1 / 3] * 3)
     plain, _ = setup(inner_steps=3, inner_lr=0.3)
-    per_step = plain._batch_logits(batch, 3, create_graph=True, every_step=True)  # [T, 3, Q, N]
+    per_step = plain._batch_logits(batch, 3, create_graph=True, every_step=True)[0]  # [T, 3, Q, N]
     assert per_step.shape[:2] == (3, 3)
-    assert torch.allclose(per_step[:, -1], plain._batch_logits(batch, 3, create_graph=True))
+    assert torch.allclose(per_step[:, -1], plain._batch_logits(batch, 3, create_graph=True)[0])
     expected = sum(F.cross_entropy(per_step[:, j].flatten(0, 1), batch.query_labels.flatten()) for j in range(3)) / 3
-    out = maml.meta_train_step(batch, torch.optim.SGD(maml.parameters(), lr=0.0))
-    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-9)
+    out, _ = train_step(maml, batch, torch.optim.SGD(maml.parameters(), lr=0.0), ClipParams())
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-9)
     for _ in range(4):
         maml.meta_iterations.value += 1
     assert maml.msl_weights(3) == pytest.approx([0.01, 0.01, 0.98])
@@ -178,7 +202,7 @@ def test_per_step_learning_rates_are_learned_per_tensor_and_step():
     assert all(g[0] != g[1] for g in lr_grads)  # each step's rate gets its own gradient
     # With every per-step rate at inner_lr, the adaptation is plain MAML's.
     plain, _ = setup(inner_steps=2, inner_lr=0.3)
-    assert torch.allclose(maml._batch_logits(batch, 2, True), plain._batch_logits(batch, 2, True))
+    assert torch.allclose(maml._batch_logits(batch, 2, True)[0], plain._batch_logits(batch, 2, True)[0])
     with pytest.raises(ConfigError, match="choose one"):
         setup(per_step_lr=True, learn_inner_lr=True)
 
@@ -200,7 +224,7 @@ def test_maml_plus_plus_state_survives_a_checkpoint(tmp_path):
     cfg = compose_config("train", FAST + ["strategy=maml", "decoder=linear", "strategy.inner_steps=2",
                                           "strategy.multi_step_loss=true", "strategy.per_step_lr=true",
                                           "strategy.first_order_until=2"])
-    runner.train(cfg, tmp_path / "run")
+    loop.train(cfg, tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["model"]["meta_iterations._extra_state"] == {"meta_iterations": 6}
     rebuilt = STRATEGIES.build(cfg.strategy, model=build_meta_model(cfg, (1, 28, 28)))

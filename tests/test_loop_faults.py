@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import FAST, compose_config, nan_on_call
-from metalearn_cli import runner
+from metalearn_cli import evaluation, loop
 from metalearn_cli.checkpoint import load_checkpoint, save_checkpoint
 from metalearn_cli.cli import main
 from metalearn_cli.errors import CheckpointError
@@ -115,7 +115,7 @@ def test_nan_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, mo
 def test_nan_skip_drops_the_meta_batch_and_counts_it(tmp_path, monkeypatch):
     nan_on_call(monkeypatch, bad_call=3)
     run = tmp_path / "run"
-    runner.train(compose_config("train", [*FAST, "trainer.nan_policy=skip"]), run)
+    loop.train(compose_config("train", [*FAST, "trainer.nan_policy=skip"]), run)
     train = [r for r in records(run) if r["split"] == "train"]
     assert [r["skipped"] for r in train] == [0, 1, 0]
     assert all(r["loss"] == r["loss"] for r in train)  # the NaN never reaches the averages
@@ -124,16 +124,16 @@ def test_nan_skip_drops_the_meta_batch_and_counts_it(tmp_path, monkeypatch):
 
 def fused_optimizers_on_cpu(monkeypatch) -> None:
     """The CUDA path on CPU: fused optimizers that skip a flagged step on the device."""
-    from metalearn_cli import optimizers
+    from metalearn_cli import optim
 
-    monkeypatch.setattr(optimizers, "_fused", lambda parameters: True)
+    monkeypatch.setattr(optim, "_fused", lambda parameters: True)
 
 
 def test_a_fused_optimizer_skips_on_the_device_and_the_record_counts_it(tmp_path, monkeypatch):
     fused_optimizers_on_cpu(monkeypatch)
     nan_on_call(monkeypatch, bad_call=3)
     run = tmp_path / "run"
-    runner.train(compose_config("train", [*FAST, "trainer.nan_policy=skip", "trainer.val_every=100"]), run)
+    loop.train(compose_config("train", [*FAST, "trainer.nan_policy=skip", "trainer.val_every=100"]), run)
     train = [r for r in records(run) if r["split"] == "train"]
     assert [r["skipped"] for r in train] == [0, 1, 0] and all(r["loss"] == r["loss"] > 0 for r in train)
     last = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -152,11 +152,11 @@ def test_a_fused_optimizer_stops_at_the_next_record_with_one_line(tmp_path, monk
 
 def test_same_seed_same_metrics_and_results(tmp_path):
     for name in ("a", "b"):
-        runner.train(compose_config("train", [*FAST, "trainer.deterministic=true"]), tmp_path / name)
+        loop.train(compose_config("train", [*FAST, "trainer.deterministic=true"]), tmp_path / name)
     torch.use_deterministic_algorithms(False)
     assert records(tmp_path / "a") == records(tmp_path / "b")
     assert results(tmp_path / "a") == results(tmp_path / "b")
-    runner.train(compose_config("train", [*FAST, "seed=1"]), tmp_path / "c")
+    loop.train(compose_config("train", [*FAST, "seed=1"]), tmp_path / "c")
     assert records(tmp_path / "a") != records(tmp_path / "c")
 
 

@@ -1,0 +1,193 @@
+"""From a config to a ready strategy on a device: validation, resolution of the run's settings,
+building, and loading meta-knowledge into it.
+
+Owns: :func:`validate` (every range check of the run-level settings, in one place, before anything
+is written), the resolution of ``device``, kernels, ``precision``, ``channels_last`` and the
+batch-norm mode, :func:`build_strategy` and :func:`load_strategy`. train, eval, predict, ``load``,
+``trainer.init_from`` and the benchmarks all assemble through here.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metalearn_cli.checkpoint import read_meta_knowledge
+from metalearn_cli.components import REGISTRIES
+from metalearn_cli.errors import CheckpointError, ConfigError
+from metalearn_cli.host import keep_freed_memory, native_bf16
+from metalearn_cli.model import build_meta_model
+from metalearn_cli.schema import TrainConfig
+from metalearn_cli.strategies import STRATEGIES, Strategy
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- validation
+def validate(cfg: Any) -> None:
+    """Every run-level range check of a training config, and each component's own parameters."""
+    t, e = cfg.trainer, cfg.eval
+    if min(t.iterations, t.meta_batch, t.val_every, t.val_episodes, t.checkpoint_every, t.log_every) < 1:
+        raise ConfigError("trainer.iterations, meta_batch, val_every, val_episodes, checkpoint_every and log_every must be >= 1")
+    validate_eval(e)
+    validate_host(cfg)
+    for group, registry in REGISTRIES.items():
+        registry.params_of(cfg[group])  # types and the component's own __post_init__ checks
+
+
+def validate_eval(e: Any) -> None:
+    if e.episodes < 1 or e.batch_tasks < 1:
+        raise ConfigError("eval.episodes and eval.batch_tasks must be >= 1")
+
+
+def validate_host(cfg: Any) -> None:
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError("threads must be >= 1 or null")
+
+
+def migrate(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip`` on 2026-11-27."""
+    config = copy.deepcopy(config)
+    strategy, optimizer = config.get("strategy"), config.get("optimizer")
+    if isinstance(strategy, dict) and "clip" in strategy:
+        clip = strategy.pop("clip")
+        if isinstance(optimizer, dict):
+            optimizer.setdefault("clip", clip)
+    return config
+
+
+def validate_train_config(cfg: Any) -> DictConfig:
+    """Check a plain or composed config against :class:`TrainConfig` (a checkpoint's, for instance)."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate(plain))
+    except Exception as exc:
+        raise ConfigError(f"invalid run config: {str(exc).splitlines()[0]}") from exc
+
+
+# ----------------------------------------------------------------------------- the host and device
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def setup_device(cfg: Any) -> torch.device:
+    """Host settings (allocator, threads) and the device a run uses."""
+    validate_host(cfg)
+    keep_freed_memory()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    return resolve_device(cfg.device)
+
+
+def select_kernels(device: torch.device, deterministic: bool) -> None:
+    """Deterministic kernels where asked (cuBLAS needs its workspace pinned first); otherwise cuDNN
+    autotuning on CUDA. Episodes keep their shapes, so autotuning pays once: Conv-4 MAML on an H100
+    went from 878 to 1026 tasks/s (second order) and 1147 to 1392 (first order)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _name(value: Any) -> str:
+    return value.value if hasattr(value, "value") else str(value)
+
+
+def resolve_channels_last(channels_last: Any, device: torch.device) -> bool:
+    """``null`` -> NHWC on CPUs (oneDNN: ~2x faster convolutions), NCHW on CUDA (Conv-4 MAML under
+    vmap on an H100: 1133 vs 878 tasks/s second order, 1597 vs 1147 first order)."""
+    return device.type == "cpu" if channels_last is None else bool(channels_last)
+
+
+def resolve_precision(precision: Any, device: torch.device, strategy: Strategy) -> str:
+    """``auto`` -> ``bf16`` where the device computes it natively and the strategy is first order, else ``fp32``."""
+    name = _name(precision)
+    if name == "auto":
+        return "bf16" if native_bf16(device) and not strategy.second_order else "fp32"
+    return name
+
+
+def resolve_bn_mode(bn_mode: Any, strategy: Strategy) -> str:
+    """``auto`` -> the strategy's own protocol; a mode the strategy cannot honour is a config error."""
+    name = _name(bn_mode)
+    if name == "auto":
+        return strategy.bn_modes[0]
+    if name not in strategy.bn_modes:
+        raise ConfigError(f"eval.bn_mode={name} is not possible with this strategy; use {' or '.join(strategy.bn_modes)} (or auto)")
+    return name
+
+
+# ----------------------------------------------------------------------------- building and loading
+def build_strategy(cfg: Any, image_shape: tuple[int, int, int], device: torch.device) -> Strategy:
+    """Meta-network + strategy for ``cfg`` and images of ``image_shape``, on ``device``, with the configured kernels."""
+    model = build_meta_model(cfg, image_shape)
+    strategy = STRATEGIES.build(cfg.strategy, model=model)
+    strategy.check_compatible()
+    strategy.to(device)
+    model.use_channels_last(resolve_channels_last(cfg.trainer.channels_last, device))
+    model.use_precision(resolve_precision(cfg.trainer.precision, device, strategy))
+    if cfg.trainer.compile:
+        if strategy.second_order:
+            raise ConfigError("trainer.compile=true cannot be used with second-order gradients (torch.compile has no "
+                              "double backward); use strategy=fomaml or strategy.first_order=true, or drop compile")
+        model.encoder.compile()  # in place: parameter names (and checkpoints) stay the same
+    return strategy
+
+
+def load_weights(strategy: Strategy, weights: dict[str, Any], source: Any) -> None:
+    try:
+        strategy.load_state_dict(weights)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{source} does not match its own config's meta-network: {str(exc).splitlines()[0][:160]}") from exc
+
+
+def load_strategy(knowledge: dict[str, Any], device: torch.device, image_shape: tuple[int, int, int]) -> tuple[Strategy, DictConfig]:
+    """Rebuild the strategy a checkpoint or export describes (see :func:`read_meta_knowledge`) and
+    load its meta-knowledge; returns it with its validated config. No compile: that pays off over
+    long runs, not for evaluation."""
+    config = validate_train_config(knowledge["config"])
+    config.trainer.compile = False
+    strategy = build_strategy(config, image_shape, device)
+    load_weights(strategy, knowledge["model"], knowledge.get("source", "the file"))
+    return strategy, config
+
+
+def initialise_from(strategy: Strategy, source: str) -> None:
+    """Copy the tensors of another run's meta-knowledge whose names and shapes match (e.g. a
+    ProtoNet-trained encoder under a latent decoder); everything else keeps its fresh initialisation."""
+    theirs = read_meta_knowledge(source)["model"]
+    ours = strategy.state_dict()
+    matched = {k: v for k, v in theirs.items()
+               if k in ours and isinstance(v, torch.Tensor) and v.is_floating_point() and v.shape == ours[k].shape}
+    if not matched:
+        raise ConfigError(f"trainer.init_from={source} shares no parameter (same name and shape) with this meta-network; "
+                          "pass a checkpoint of a run with the same encoder")
+    strategy.load_state_dict({**ours, **{k: v.to(ours[k].device, ours[k].dtype) for k, v in matched.items()}})
+    log.info("initialised %d of %d tensors from %s", len(matched), len(ours), source)
+

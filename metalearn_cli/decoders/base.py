@@ -1,0 +1,53 @@
+"""The decoder protocol: an embedded support set -> the task's classifier, applied to embedded queries.
+
+``Decoder.forward(support [T, S, D], support_labels [T, S], query [T, Q, D], n_way, film=None,
+with_stats=False)`` returns a :class:`DecoderOutput`: the query logits, the decoder's regularisation
+term for that call (added to the meta-loss by every strategy) and, when asked, per-task norms of
+what it generated. Everything a caller needs comes back in the output; nothing is left on the module
+between calls, so ``torch.func.functional_call`` and ``vmap`` see a pure function.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Film = list[tuple[torch.Tensor, torch.Tensor]]  # per encoder block: per-task scales and shifts [T, C]
+
+
+class DecoderOutput(NamedTuple):
+    logits: torch.Tensor  # [T, Q, n_way]
+    regularizer: torch.Tensor  # 0-dim: what the decoder adds to the meta-loss (LEO's KL and penalties, ...)
+    stats: dict[str, torch.Tensor]  # per-task norms [T] of what was generated; empty unless with_stats
+
+
+class Decoder(nn.Module):
+    """Base of every decoder: the attributes and calls the model, the strategies and ``load`` rely on."""
+
+    modulates_encoder = False  # True: modulation() gives FiLM parameters the encoder applies (CNAPs)
+    max_way: Optional[int] = None  # the most classes a task may have (a fixed-size head); None = any
+
+    def modulation(self, support: torch.Tensor, support_labels: torch.Tensor) -> Optional[Film]:
+        """FiLM scales and shifts for every encoder block, from the unmodulated support embeddings."""
+        return None
+
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
+                film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
+        raise NotImplementedError
+
+
+def class_means(x: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """Per-task class means ``[T, N, ...D]`` of ``x [T, S, D]`` (prototypes, LEO's per-class codes)."""
+    onehot = F.one_hot(labels, n_way).to(x.dtype)  # [T, S, N]
+    return onehot.transpose(1, 2) @ x / onehot.sum(1).unsqueeze(-1)
+
+
+def output(logits: torch.Tensor, regularizer: Optional[torch.Tensor] = None,
+           stats: Optional[dict[str, torch.Tensor]] = None) -> DecoderOutput:
+    """A :class:`DecoderOutput`, with a zero regulariser on the logits' device when there is none."""
+    if regularizer is None:
+        regularizer = logits.new_zeros(())
+    return DecoderOutput(logits, regularizer, {k: v.detach().float() for k, v in (stats or {}).items()})

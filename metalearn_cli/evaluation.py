@@ -1,0 +1,133 @@
+"""Scoring a meta-network on fixed tasks: the one code path behind validation, a training run's
+``results.json`` and ``metalearn eval``.
+
+Owns: accuracy per task on the sampler's fixed tasks (one task at a time where batch statistics
+must not mix tasks), the summary (mean and CI95 = 1.96 std / sqrt(n)), ``task_stats.csv`` and the
+``eval`` command itself, which accepts a checkpoint, a run dir or an export.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm import tqdm
+
+from metalearn_cli.assemble import (
+    load_strategy, resolve_bn_mode, resolve_precision, setup_device, validate_eval, validate_train_config,
+)
+from metalearn_cli.checkpoint import read_meta_knowledge
+from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.episodes import EpisodeSampler, check_fits, resident, split_seed
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.model import batch_norm_mode
+from metalearn_cli.rundir import write_results, write_status
+from metalearn_cli.strategies import Strategy, query_accuracy
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_tasks(
+    strategy: Strategy, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str,
+    stats: Optional[list[dict[str, float]]] = None, progress: bool = False,
+) -> torch.Tensor:
+    """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks.
+
+    With ``stats`` (a list), one row per task is appended: the norms the decoder reports for what
+    it generated (prototypes, latent codes, weights, FiLM modulations) on that task.
+    """
+    if episodes < 1 or batch_tasks < 1:
+        raise ConfigError("eval.episodes, eval.batch_tasks and trainer.val_episodes must be >= 1")
+    accs = []
+    # Transductive statistics must come from one task at a time, never a mix of tasks.
+    one_by_one = bn_mode == "transductive" and not strategy.isolates_tasks
+    bar = tqdm(total=episodes, disable=not progress, unit="task", dynamic_ncols=True, desc="test", leave=False)
+    with batch_norm_mode(strategy.model, bn_mode):
+        for batch in sampler.fixed(episodes, batch_tasks):
+            for part in batch.split_tasks() if one_by_one else [batch]:
+                out = strategy.predict(part, with_stats=stats is not None)
+                acc = query_accuracy(out.logits.detach(), part.query_labels)
+                accs.append(acc)
+                if stats is not None:
+                    values = {k: v.detach().float().cpu() for k, v in out.stats.items()}
+                    for t in range(acc.numel()):
+                        stats.append({"episode": len(stats), "accuracy": acc[t].item(),
+                                      **{k: v[t].item() for k, v in values.items()}})
+            bar.update(batch.tasks)
+    bar.close()
+    return torch.cat(accs).cpu()
+
+
+def write_task_stats(path: Path, rows: list[dict[str, float]]) -> None:
+    """``task_stats.csv``: one row per test task."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["episode", "accuracy"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summarize(accs: torch.Tensor) -> dict[str, float]:
+    """Mean accuracy and its 95% confidence half-width, 1.96 * std / sqrt(n)."""
+    n = accs.numel()
+    std = accs.std(unbiased=True).item() if n > 1 else 0.0
+    return {"accuracy": accs.mean().item(), "ci95": 1.96 * std / math.sqrt(n), "episodes": n}
+
+
+def score_checkpoint(
+    strategy: Strategy, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: Any,
+    seed: int, device: torch.device, run_dir: Optional[Path] = None, progress: bool = False,
+) -> dict[str, Any]:
+    """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's
+    results.json report. With ``eval.save_task_stats``, also writes ``run_dir/task_stats.csv``."""
+    way, shot, query = shapes
+    classes = data.split(split)
+    check_fits(classes, split, data.name, way, shot, query)
+    sampler = EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)
+    bn_mode = resolve_bn_mode(eval_cfg.bn_mode, strategy)
+    start = time.perf_counter()
+    stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
+    accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats, progress)
+    seconds = time.perf_counter() - start
+    if stats is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_task_stats(Path(run_dir) / "task_stats.csv", stats)
+    return {
+        **summarize(accs),
+        "split": split, "way": way, "shot": shot, "query": query, "bn_mode": bn_mode, "seed": seed,
+        "inner_steps_at_test": strategy.test_inner_steps(),
+        "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
+    }
+
+
+def evaluate(cfg: Any, run_dir: Path) -> float:
+    """``metalearn eval``: test a checkpoint or export on fixed tasks; writes ``results.json``; returns accuracy."""
+    wall_start = time.perf_counter()
+    if cfg.split not in ("test", "val"):
+        raise ConfigError(f"split={cfg.split} is not an evaluation split; use test or val")
+    validate_eval(cfg.eval)
+    device = setup_device(cfg)
+    knowledge = read_meta_knowledge(cfg.checkpoint)
+    train_cfg = validate_train_config(knowledge["config"])
+    data = DATASETS.build(train_cfg.dataset)
+    strategy, train_cfg = load_strategy(knowledge, device, data.image_shape)
+    episode = cfg.episode if cfg.episode is not None else train_cfg.episode
+    seed = cfg.seed if cfg.seed is not None else train_cfg.seed
+    result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), cfg.eval, seed,
+                              device, run_dir, progress=sys.stderr.isatty())
+    result.update({
+        "checkpoint": str(Path(knowledge["source"]).resolve()), "checkpoint_step": knowledge["step"],
+        "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
+        "precision": resolve_precision(train_cfg.trainer.precision, device, strategy), "torch": torch.__version__,
+        "dataset": data.name,
+    })
+    write_results(run_dir, result)
+    write_status(run_dir, "completed", accuracy=result["accuracy"])
+    log.info("%s accuracy %.2f%% ± %.2f%% over %d %d-way %d-shot tasks; %s", cfg.split, 100 * result["accuracy"],
+             100 * result["ci95"], result["episodes"], episode.way, episode.shot, run_dir)
+    return result["accuracy"]

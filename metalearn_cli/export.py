@@ -1,0 +1,49 @@
+"""``metalearn export``: a checkpoint's meta-knowledge alone, in a file of its own.
+
+A training checkpoint carries optimizer, RNG and sampler states a user of the trained model never
+needs. An export keeps the meta-knowledge (the strategy's state: encoder, decoder and what the
+strategy learns itself, such as Meta-SGD's inner learning rates), the run config that rebuilds the
+meta-network and the image format its pixels must have; it loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metalearn_cli.checkpoint import EXPORT_FORMAT, VERSION, read_meta_knowledge, save_torch
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.rundir import write_json
+
+log = logging.getLogger(__name__)
+
+
+def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
+    """Write the meta-knowledge of ``checkpoint`` to ``out`` (atomically); returns what was written."""
+    from metalearn_cli.knowledge import load  # builds the meta-network: refuse a file that would not load
+
+    state = read_meta_knowledge(checkpoint)
+    if Path(out).resolve() == Path(state["source"]).resolve():
+        raise ConfigError(f"out={out} is the checkpoint being exported; choose another out=PATH")
+    payload = {"format": EXPORT_FORMAT, "version": VERSION, "config": state["config"], "model": state["model"],
+               "image_format": state["image_format"], "step": state["step"],
+               "exported_from": str(Path(state["source"]).resolve())}
+    load(payload, device="cpu")
+    save_torch(Path(out), payload, "meta-knowledge", "choose a writable out=PATH or free disk space")
+    return payload
+
+
+def export_command(cfg: Any, run_dir: Path) -> float:
+    """``metalearn export``: write ``cfg.out`` and a record of it; returns NaN (no metric)."""
+    payload = export(cfg.checkpoint, Path(cfg.out))
+    size = Path(cfg.out).stat().st_size
+    params = sum(v.numel() for v in payload["model"].values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    write_json(Path(run_dir) / "export.json", {"out": str(Path(cfg.out).resolve()), "from": payload["exported_from"],
+                                                "step": payload["step"], "bytes": size, "parameters": params})
+    log.info("wrote %s (%d parameters and buffers, %.1f MB, step %d); load it with metalearn_cli.load(%r)",
+             cfg.out, params, size / 1e6, payload["step"], str(cfg.out))
+    return math.nan

@@ -1,0 +1,299 @@
+"""The training loop shared by every strategy: ``train(cfg, run_dir)``.
+
+Owns: set-up and resume of a run, the meta-iteration (sample -> ``strategy.meta_loss`` ->
+:func:`~metalearn_cli.optim.meta_step` -> the NaN policy), metric records, validation and
+``best.pt``, ``last.pt`` and signals, and the final test of ``best.pt``. Hydra-free: it takes a
+composed config and a run directory, so tests call it directly. Per-step work stays on the device:
+metrics are accumulated as tensors and read back every ``trainer.log_every`` meta-iterations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from metalearn_cli.assemble import (
+    build_strategy, initialise_from, load_weights, migrate, resolve_bn_mode, resolve_precision, seed_everything,
+    select_kernels, setup_device, validate,
+)
+from metalearn_cli.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from metalearn_cli.data import DATASETS
+from metalearn_cli.distributed import world
+from metalearn_cli.episodes import EpisodeBatch, EpisodeSampler, TaskShapes, check_fits, resident, split_seed
+from metalearn_cli.errors import CheckpointError, ConfigError, Diverged, Interrupted
+from metalearn_cli.evaluation import evaluate_tasks, score_checkpoint, summarize
+from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
+from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step
+from metalearn_cli.rundir import CHECKPOINTS, remove_stale_temporaries, resume_checkpoint, write_results, write_status
+from metalearn_cli.strategies import StepOutput, Strategy, query_accuracy
+
+log = logging.getLogger(__name__)
+
+# Keys a resumed run may change: bookkeeping, never what is learned or how.
+RESUMABLE = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
+             "trainer.checkpoint_every", "trainer.iterations", "eval", "reference"}
+
+
+def train_step(strategy: Strategy, batch: EpisodeBatch, optimizer: torch.optim.Optimizer, clip: ClipParams,
+               parameters: Optional[list[torch.nn.Parameter]] = None) -> tuple[StepOutput, StepResult]:
+    """One meta-iteration on ``batch``: the strategy's meta-loss, then :func:`meta_step` (under the
+    strategy's backward context). Used by the loop, the benchmarks and the tests alike."""
+    with strategy.backward_context():
+        out = strategy.meta_loss(batch)
+        result = meta_step(out.loss, parameters if parameters is not None else list(strategy.parameters()),
+                           optimizer, clip)
+    if result.nonfinite is None:
+        strategy.step_done()
+    return out, result
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict[str, Optional[str]]]:
+    """SIGINT/SIGTERM set a flag checked between meta-iterations, so a checkpoint can be saved."""
+    flag: dict[str, Optional[str]] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["signal"] is not None:  # a second request: stop now
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Resuming continues *the same* run: only the :data:`RESUMABLE` keys may differ."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out
+
+    a, b = flat(migrate(saved)), flat(current)
+    diff = [k for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in RESUMABLE)]
+    if diff:
+        raise CheckpointError(
+            f"{path} was trained with another config ({', '.join(f'{k}={a.get(k)!r}' for k in diff[:3])}); "
+            "resume with the same settings, or start a new run"
+        )
+
+
+class TrainingRun:
+    """One run: built by ``__init__`` (nothing written yet), executed by :meth:`run`."""
+
+    def __init__(self, cfg: Any, run_dir: Path) -> None:
+        self.wall_start = time.perf_counter()
+        self.cfg, self.run_dir, self.t = cfg, Path(run_dir), cfg.trainer
+        self.device = setup_device(cfg)
+        self.ranks = world()
+        if self.ranks.size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.ranks.local_rank)
+            torch.cuda.set_device(self.device)
+        self.main = self.ranks.main  # only rank 0 validates, tests and writes the run dir
+        self.shapes = TaskShapes.of(cfg)
+        select_kernels(self.device, self.t.deterministic)
+        validate(cfg)
+        if self.t.meta_batch % self.ranks.size:
+            raise ConfigError(f"trainer.meta_batch={self.t.meta_batch} does not split over {self.ranks.size} processes; "
+                              f"use a multiple of {self.ranks.size}")
+        self.resume = resume_checkpoint(cfg.resume, self.run_dir)
+        self.ckpt_dir = self.run_dir / CHECKPOINTS
+        if self.resume is None and (self.ckpt_dir / "last.pt").exists():
+            raise ConfigError(f"{self.run_dir} already holds checkpoints; pass resume=true to continue it, or use a new run dir")
+        self._build()
+        self.step, self.best_val, self.best_step, self.seconds_before = 0, -1.0, -1, 0.0
+        self.window = MetricWindow()
+        if self.resume is not None:
+            self._restore(self.resume)
+        self.val_bn_mode = resolve_bn_mode(cfg.eval.bn_mode, self.strategy)  # fail before anything is written
+
+    def _build(self) -> None:
+        cfg, s = self.cfg, self.shapes
+        seed_everything(cfg.seed)
+        self.data = data = DATASETS.build(cfg.dataset)
+        check_fits(data.train, "train", data.name, s.train_way, s.shot, s.train_query)
+        check_fits(data.val, "val", data.name, s.way, s.shot, s.query)
+        check_fits(data.test, "test", data.name, s.way, s.shot, s.query)
+        self.strategy = build_strategy(cfg, data.image_shape, self.device)
+        if self.t.init_from and self.resume is None:
+            initialise_from(self.strategy, self.t.init_from)
+        self.parameters = list(self.strategy.parameters())
+        optimizer_params = OPTIMIZERS.params_of(cfg.optimizer)
+        self.clip = optimizer_params.clip
+        self.optimizer = OPTIMIZERS.build(cfg.optimizer, parameters=self.parameters)
+        self.schedule = build_schedule(optimizer_params.schedule, self.optimizer, self.t.iterations)
+        self.train_sampler = EpisodeSampler(resident(data.train, self.device), s.train_way, s.shot, s.train_query,
+                                            split_seed(cfg.seed, "train"), self.device)
+        self.val_sampler = EpisodeSampler(resident(data.val, self.device), s.way, s.shot, s.query,
+                                          split_seed(cfg.seed, "val"), self.device)
+        self.config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        self.config["resume"] = None  # a saved config describes the run, not how it was started
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        check_same_run(state["config"], self.config, path)
+        load_weights(self.strategy, state["model"], path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path} does not match this run's meta-network: {str(exc).splitlines()[0][:160]}") from exc
+        self.train_sampler.set_state(state["sampler"])
+        restore_rng(state["rng"])
+        self.step, self.best_val, self.best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
+        self.seconds_before = float(state.get("train_seconds", 0.0))
+        self.window = MetricWindow.restore(state.get("window"))
+        log.info("resuming %s at meta-iteration %d (best val %.4f at %d)", path, self.step, self.best_val, self.best_step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "config": self.config, "model": self.strategy.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "step": self.step, "best_val": self.best_val,
+            "best_step": self.best_step, "sampler": self.train_sampler.get_state(), "rng": capture_rng(),
+            "window": self.window.state(), "train_seconds": self.train_seconds(),
+        }
+
+    def train_seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.session_start
+
+    def save_last(self) -> None:
+        if self.main:
+            save_checkpoint(self.ckpt_dir / "last.pt", self.snapshot())
+            write_status(self.run_dir, "running", step=self.step, iterations=self.t.iterations)
+
+    # ------------------------------------------------------------------ one meta-iteration
+    def meta_iteration(self, nan_policy: str) -> None:
+        batch = self.train_sampler.sample(self.t.meta_batch, part=(self.ranks.rank, self.ranks.size))
+        out, result = train_step(self.strategy, batch, self.optimizer, self.clip, self.parameters)
+        if result.nonfinite is not None:  # checked on the host: the weights never saw it
+            if nan_policy == "stop":
+                raise Diverged(f"non-finite {result.nonfinite} at meta-iteration {self.step + 1}; the last good "
+                               f"checkpoint {self.ckpt_dir / 'last.pt'} is kept; lower optimizer.lr, set "
+                               "optimizer.clip.norm, or pass trainer.nan_policy=skip")
+            self.window.skipped += 1
+        else:
+            self.window.add(step_record(result.skipped, loss=out.loss,
+                                        accuracy=query_accuracy(out.logits, batch.query_labels).mean(),
+                                        grad_norm=result.grad_norm))
+        self.schedule.step()
+        self.step += 1
+        self.window.steps += 1
+
+    def record(self, nan_policy: str, metrics: Optional[MetricsLog], bar: tqdm) -> None:
+        """A metrics record: the window's means, and the non-finite steps flagged on the device."""
+        first = self.step - self.window.steps + 1
+        values = self.window.flush(self.t.meta_batch)  # the only host sync of a step
+        if values["skipped"] and nan_policy == "stop":  # flagged on the device, never applied
+            raise Diverged(
+                f"non-finite loss or meta-gradient in {values['skipped']} of meta-iterations {first}-{self.step} "
+                f"(skipped on the device, the weights never saw them); the last checkpoint {self.ckpt_dir / 'last.pt'} "
+                "is kept; lower optimizer.lr, set optimizer.clip.norm, or pass trainer.nan_policy=skip"
+            )
+        values["lr"] = self.optimizer.param_groups[0]["lr"]
+        if metrics is not None:
+            metrics.log(self.step, "train", values)
+        bar.set_postfix({k: f"{values[k]:.3f}" for k in ("loss", "accuracy") if k in values}
+                        | {"tasks/s": f"{values['tasks_per_s']:.1f}"})
+
+    def validate_now(self, metrics: MetricsLog) -> None:
+        val = summarize(evaluate_tasks(self.strategy, self.val_sampler, self.t.val_episodes,
+                                       self.cfg.eval.batch_tasks, self.val_bn_mode))
+        metrics.log(self.step, "val", val)
+        log.info("step %d: val accuracy %.4f ± %.4f", self.step, val["accuracy"], val["ci95"])
+        if val["accuracy"] > self.best_val:
+            self.best_val, self.best_step = val["accuracy"], self.step
+            save_checkpoint(self.ckpt_dir / "best.pt", self.snapshot())
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> float:
+        """Meta-train, validate, test ``best.pt``; writes the run dir; returns the best validation accuracy."""
+        self.session_start = time.perf_counter()
+        if self.main:
+            remove_stale_temporaries(self.ckpt_dir)
+            write_status(self.run_dir, "running", step=self.step, iterations=self.t.iterations)
+        metrics = MetricsLog(self.run_dir, resume_step=self.step if self.resume is not None else None) if self.main else None
+        bar = tqdm(total=self.t.iterations, initial=self.step, disable=not (self.t.progress and self.main), unit="it",
+                   dynamic_ncols=True, desc="meta-train")
+        try:
+            with stop_requests() as stop:
+                self.strategy.train()
+                while self.step < self.t.iterations:
+                    self._iterate(stop, metrics, bar)
+        except Interrupted:
+            if self.main:
+                write_status(self.run_dir, "interrupted", step=self.step, iterations=self.t.iterations)
+            raise
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        train_seconds = self.train_seconds()
+        if self.main:
+            self.finish(train_seconds)
+        return self.best_val
+
+    def _iterate(self, stop: dict[str, Optional[str]], metrics: Optional[MetricsLog], bar: tqdm) -> None:
+        t, nan_policy = self.t, getattr(self.t.nan_policy, "value", str(self.t.nan_policy))
+        self.meta_iteration(nan_policy)
+        bar.update(1)
+        last = self.step == t.iterations
+        if self.step % t.log_every == 0 or last:
+            self.record(nan_policy, metrics, bar)
+        paused = time.perf_counter()
+        if self.main and (self.step % t.val_every == 0 or last):
+            self.validate_now(metrics)
+        if self.step % t.checkpoint_every == 0 or last or stop["signal"]:
+            self.save_last()
+        self.window.started += time.perf_counter() - paused  # tasks/s counts meta-training only
+        if stop["signal"]:
+            raise Interrupted(stop["signal"], f"{stop['signal']} at meta-iteration {self.step}/{t.iterations}; saved "
+                                              f"{self.ckpt_dir / 'last.pt'}; continue with: metalearn train resume={self.run_dir}")
+
+    def finish(self, train_seconds: float) -> None:
+        """Test what validation chose, read back from disk: ``metalearn eval`` on best.pt gives the same numbers."""
+        s, t = self.shapes, self.t
+        best = load_checkpoint(self.ckpt_dir / "best.pt")
+        self.strategy.load_state_dict(best["model"])
+        result = score_checkpoint(self.strategy, self.data, "test", (s.way, s.shot, s.query), self.cfg.eval,
+                                  self.cfg.seed, self.device, self.run_dir, progress=t.progress and sys.stderr.isatty())
+        result.update({
+            "checkpoint": "checkpoints/best.pt", "best_step": self.best_step, "val_accuracy": self.best_val,
+            "iterations": t.iterations, "meta_batch": t.meta_batch, "train_way": s.train_way,
+            "train_query": s.train_query, "train_seconds": round(train_seconds, 2),
+            "train_tasks_per_s": round(t.iterations * t.meta_batch / max(train_seconds, 1e-9), 2),
+            "wall_seconds": round(time.perf_counter() - self.wall_start, 2), "device": str(self.device),
+            "precision": resolve_precision(t.precision, self.device, self.strategy), "torch": torch.__version__,
+            "dataset": self.data.name, "strategy": self.cfg.strategy.name,
+            "published_accuracy": self.cfg.reference.accuracy, "published_source": self.cfg.reference.source,
+        })
+        write_results(self.run_dir, result)
+        write_status(self.run_dir, "completed", step=self.step, iterations=t.iterations, accuracy=result["accuracy"])
+        log.info("test accuracy %.2f%% ± %.2f%% over %d %d-way %d-shot tasks (best val %.2f%% at step %d); %s",
+                 100 * result["accuracy"], 100 * result["ci95"], result["episodes"], s.way, s.shot,
+                 100 * self.best_val, self.best_step, self.run_dir)
+
+
+def train(cfg: Any, run_dir: Path) -> float:
+    """Meta-train, validate, test ``best.pt``; writes the run dir; returns the best validation accuracy."""
+    return TrainingRun(cfg, run_dir).run()

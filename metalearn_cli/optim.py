@@ -1,0 +1,175 @@
+"""The outer loop's update: optimizers, their learning-rate schedules, clipping and the meta-step.
+
+Owns :func:`meta_step`, the one place a meta-gradient becomes a weight update: backward ->
+all-reduce over data-parallel ranks -> finite check -> clip -> step, with a fused skip on the device
+on CUDA. Strategies only compute the meta-loss; clipping is an optimizer setting
+(``optimizer.clip``), validated once when the optimizer is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import ContextManager, Iterable, Optional
+
+import torch
+
+from metalearn_cli.distributed import average_gradients
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.registry import Registry
+
+
+class Schedule(enum.Enum):
+    constant = "constant"
+    cosine = "cosine"  # cosine decay to min_lr_ratio * lr over the run
+    step = "step"  # multiply by gamma every step_size meta-iterations (Snell et al.: 0.5 every 2000)
+
+
+@dataclass
+class ScheduleParams:
+    kind: Schedule = Schedule.cosine
+    warmup: int = 0  # meta-iterations of linear warm-up from 0
+    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
+    step_size: int = 2000  # step: meta-iterations between decays
+    gamma: float = 0.5  # step: decay factor
+
+
+@dataclass
+class ClipParams:
+    norm: Optional[float] = 10.0  # max global L2 norm of the meta-gradient; null = no norm clipping (the pre-clip norm is logged)
+    value: Optional[float] = None  # max |component| of the meta-gradient; null = no value clipping
+
+
+@dataclass
+class AdamParams:
+    name: str = "adam"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    schedule: ScheduleParams = field(default_factory=ScheduleParams)
+    clip: ClipParams = field(default_factory=ClipParams)
+
+
+@dataclass
+class SGDParams:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: ScheduleParams = field(default_factory=ScheduleParams)
+    clip: ClipParams = field(default_factory=ClipParams)
+
+
+OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
+
+
+def _fused(parameters: list[torch.nn.Parameter]) -> bool:
+    """Fused kernels on CUDA: one launch per step, and they skip a flagged non-finite step on the
+    device (see :func:`meta_step`), so meta-training never waits for the host."""
+    return bool(parameters) and all(p.is_cuda and p.is_floating_point() for p in parameters)
+
+
+def check_clip(clip: ClipParams) -> ClipParams:
+    for what, value in (("norm", clip.norm), ("value", clip.value)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"optimizer.clip.{what}={value} must be a finite number > 0, or null for no clipping")
+    return clip
+
+
+@OPTIMIZERS.register("adam", params=AdamParams)
+def build_adam(params: AdamParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    check_clip(params.clip)
+    if params.lr <= 0 or len(params.betas) != 2:
+        raise ConfigError("optimizer=adam needs lr > 0 and two betas")
+    parameters = list(parameters)
+    return torch.optim.Adam(parameters, lr=params.lr, betas=tuple(params.betas), weight_decay=params.weight_decay,
+                            fused=_fused(parameters) or None)
+
+
+@OPTIMIZERS.register("sgd", params=SGDParams)
+def build_sgd(params: SGDParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    check_clip(params.clip)
+    if params.lr <= 0:
+        raise ConfigError("optimizer=sgd needs lr > 0")
+    parameters = list(parameters)
+    return torch.optim.SGD(
+        parameters, lr=params.lr, momentum=params.momentum, nesterov=params.nesterov and params.momentum > 0,
+        weight_decay=params.weight_decay, fused=_fused(parameters) or None,
+    )
+
+
+def build_schedule(params: ScheduleParams, optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-meta-iteration multiplier of the base learning rate."""
+    if params.warmup < 0 or params.step_size < 1 or not 0 <= params.min_lr_ratio <= 1:
+        raise ConfigError("optimizer.schedule needs warmup >= 0, step_size >= 1 and 0 <= min_lr_ratio <= 1")
+
+    def factor(step: int) -> float:
+        if step < params.warmup:
+            return (step + 1) / params.warmup
+        if params.kind is Schedule.cosine:
+            progress = min(1.0, (step - params.warmup) / max(1, total - params.warmup))
+            return params.min_lr_ratio + (1 - params.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if params.kind is Schedule.step:
+            return params.gamma ** (step // params.step_size)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------- the meta-step
+@dataclass
+class StepResult:
+    """What a meta-step did: the pre-clip meta-gradient norm and a device flag (1.0 = skipped).
+    ``nonfinite`` names the bad quantity when the check ran on the host (not on fused kernels)."""
+
+    grad_norm: torch.Tensor
+    skipped: torch.Tensor
+    nonfinite: Optional[str] = None
+
+
+def defers_nonfinite_check(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` can skip a flagged step on the device itself (the fused CUDA/CPU kernels
+    read ``found_inf`` as AMP's grad scaler uses it), so no step waits for the host."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def meta_step(
+    loss: torch.Tensor, parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, clip: ClipParams,
+    context: Optional[ContextManager[None]] = None,
+) -> StepResult:
+    """Backward, all-reduce, finite check, clip (value, then global norm) and step.
+
+    A non-finite loss or gradient never reaches the weights. With a fused optimizer (built on CUDA)
+    the flag goes to the optimizer as ``found_inf`` and the kernel skips the update, parameters and
+    moments alike, with no host sync; the caller reads the flags with its metrics. Other optimizers
+    read the flag at once (free on CPU), leave the weights alone and name the quantity.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with context or contextlib.nullcontext():
+        loss.backward()
+    average_gradients(parameters)  # data-parallel ranks: the meta-gradient of the whole meta-batch
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros((), device=loss.device)
+    loss_finite = torch.isfinite(loss.detach()).all()
+    finite = loss_finite & torch.isfinite(norm)
+    skipped = (~finite).to(torch.float32)  # a 0-dim float, as the fused kernels expect
+    if not defers_nonfinite_check(optimizer):
+        if not bool(finite):
+            optimizer.zero_grad(set_to_none=True)
+            return StepResult(norm.detach(), skipped, "loss" if not bool(loss_finite) else "meta-gradient")
+    if clip.value is not None:
+        torch.nn.utils.clip_grad_value_(parameters, clip.value)
+    if clip.norm is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, clip.norm, foreach=True)
+    if defers_nonfinite_check(optimizer):
+        optimizer.found_inf = skipped  # type: ignore[attr-defined]  # the kernel skips when it reads 1.0
+        try:
+            optimizer.step()
+        finally:
+            optimizer.found_inf = None  # type: ignore[attr-defined]
+    else:
+        optimizer.step()
+    return StepResult(norm.detach(), skipped)

@@ -1,0 +1,90 @@
+"""The meta-step (backward -> all-reduce -> finite check -> clip -> step), clipping as an optimizer
+setting, and the fused skip of non-finite steps."""
+
+import pytest
+import torch
+
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.metrics import step_record
+from metalearn_cli.optim import OPTIMIZERS, ClipParams, meta_step
+
+
+class _GivenGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p, grad):
+        ctx.save_for_backward(grad)
+        return p.sum() * 0
+
+    @staticmethod
+    def backward(ctx, _):
+        return ctx.saved_tensors[0], None
+
+
+def loss_with_gradient(p: torch.nn.Parameter, grad: list[float], value: float = 1.0) -> torch.Tensor:
+    """A loss whose value is ``value`` and whose gradient with respect to ``p`` is ``grad``."""
+    return _GivenGradient.apply(p, torch.tensor(grad)) + value
+
+
+def test_value_clipping_bounds_each_component():
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.SGD([p], lr=1.0)
+    result = meta_step(loss_with_gradient(p, [5.0, -3.0, 0.1, 0.0]), [p], opt, ClipParams(norm=None, value=0.5))
+    assert torch.allclose(p.detach(), torch.tensor([-0.5, 0.5, -0.1, 0.0]))
+    assert result.grad_norm == pytest.approx(float(torch.tensor([5.0, -3.0, 0.1]).norm())) and result.skipped == 0
+
+
+def test_norm_clipping_scales_the_whole_gradient():
+    p = torch.nn.Parameter(torch.zeros(2))
+    meta_step(loss_with_gradient(p, [3.0, 4.0]), [p], torch.optim.SGD([p], lr=1.0), ClipParams(norm=1.0))
+    torch.testing.assert_close(p.detach(), torch.tensor([-0.6, -0.8]))
+
+
+@pytest.mark.parametrize("clip", ["norm=0.0", "norm=-1", "value=0", "norm=nan", "value=inf"])
+def test_a_clip_that_is_not_a_positive_finite_number_is_refused_when_the_optimizer_is_built(clip):
+    key, value = clip.split("=")
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    with pytest.raises(ConfigError, match=f"optimizer.clip.{key}"):
+        OPTIMIZERS.build({"name": "adam", "clip": {key: float(value)}}, parameters=params)
+
+
+@pytest.mark.parametrize("loss,grad,quantity", [(float("nan"), 1.0, "loss"), (1.0, float("inf"), "meta-gradient")])
+def test_non_finite_values_never_reach_the_weights(loss, grad, quantity):
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=1.0)
+    result = meta_step(loss_with_gradient(p, [grad, 0.0], loss), [p], opt, ClipParams())
+    assert result.nonfinite == quantity and result.skipped == 1 and torch.equal(p.detach(), torch.zeros(2))
+    assert p.grad is None  # nothing left for a later step to apply
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.Adam(ps, lr=0.1, fused=True),
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, fused=True),
+], ids=["adam", "sgd"])
+def test_a_fused_optimizer_skips_a_non_finite_step_on_the_device(make):
+    """The CUDA path (fused optimizers, no host sync): a flagged step changes neither the weights nor
+    the optimizer's moments or step count, and the next finite step proceeds as if it never happened."""
+    def run(steps):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = make([p])
+        flags = []
+        for g, loss in steps:
+            result = meta_step(loss_with_gradient(p, g, loss), [p], opt, ClipParams())
+            assert result.nonfinite is None  # deferred: the host never looked
+            flags.append(float(result.skipped))
+        return p.detach(), opt.state_dict()["state"], flags
+
+    good = [([1.0, -2.0, 0.5], 1.0), ([0.3, 0.1, -1.0], 0.9)]
+    bad = [([float("nan"), 1.0, 1.0], 1.0), ([1.0, 1.0, 1.0], float("inf"))]
+    clean_p, clean_state, _ = run(good)
+    p, state, flags = run([good[0], *bad, good[1]])
+    assert flags == [0.0, 1.0, 1.0, 0.0]
+    assert torch.equal(p, clean_p)
+    for k, v in clean_state[0].items():
+        assert torch.equal(torch.as_tensor(state[0][k]), torch.as_tensor(v)), k
+
+
+def test_a_skipped_step_reads_zero_and_says_so():
+    out = step_record(torch.tensor(1.0), loss=torch.tensor(float("nan")), grad_norm=torch.tensor(float("inf")))
+    assert out["loss"] == 0 and out["grad_norm"] == 0 and out["skipped"] == 1
+    out = step_record(torch.tensor(0.0), loss=torch.tensor(2.5))
+    assert out["loss"] == 2.5 and out["skipped"] == 0
