@@ -93,7 +93,7 @@ def test_corrupt_and_foreign_checkpoints_through_the_installed_cli(tmp_path):
     import torch
 
     torch.save({"weights": torch.zeros(1)}, foreign)
-    for path, needle in ((corrupt, "not a readable metalearn checkpoint"), (foreign, "not a metalearn checkpoint")):
+    for path, needle in ((corrupt, "not a readable metalearn checkpoint"), (foreign, "neither a metalearn checkpoint nor an exported")):
         proc = run_cli("eval", f"checkpoint={path}", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
         assert proc.returncode == 2 and needle in proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr

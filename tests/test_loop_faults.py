@@ -21,7 +21,7 @@ from conftest import FAST, compose_config, nan_on_call
 from metalearn_cli import evaluation, loop
 from metalearn_cli.checkpoint import load_checkpoint, save_checkpoint
 from metalearn_cli.cli import main
-from metalearn_cli.errors import CheckpointError
+from metalearn_cli.errors import WriteError
 
 EXE = str(Path(sys.executable).parent / "metalearn")
 TIMING = {"tasks_per_s", "train_seconds", "wall_seconds", "eval_seconds", "eval_tasks_per_s", "train_tasks_per_s"}
@@ -170,7 +170,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match=r"No space left on device\); the previous one is kept"):
+    with pytest.raises(WriteError, match=r"No space left on device\); the previous one is kept"):
         save_checkpoint(path, {"config": {}, "model": {"w": torch.zeros(1)}, "step": 2})
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

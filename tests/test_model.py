@@ -11,7 +11,8 @@ from metalearn_cli.model import batch_norm_mode, build_meta_model
 def make():
     torch.manual_seed(0)
     data = DATASETS.build({"name": "synthetic", "train_classes": 10, "images_per_class": 6})
-    cfg = OmegaConf.create({"encoder": {"name": "conv4", "width": 16}, "decoder": {"name": "prototype"}})
+    cfg = OmegaConf.create({"encoder": {"name": "conv4", "width": 16}, "decoder": {"name": "prototype"},
+                            "episode": {"way": 5, "shot": 1, "query": 3}})
     model = build_meta_model(cfg, data.image_shape)
     return model, EpisodeSampler(data.train, 5, 1, 3, seed=0).sample(3)
 
@@ -19,17 +20,17 @@ def make():
 def test_embedding_width_is_wired_into_the_decoder():
     model, batch = make()
     assert model.decoder.in_dim == model.encoder.out_dim == 16
-    assert model.episode_logits(batch).shape == (3, 15, 5)
+    assert model.episode_output(batch).logits.shape == (3, 15, 5)
 
 
 def test_channels_last_and_bf16_agree_with_the_reference():
     model, batch = make()
     model.eval()
-    reference = model.episode_logits(batch)
+    reference = model.episode_output(batch).logits
     model.use_channels_last(True)
-    torch.testing.assert_close(model.episode_logits(batch), reference, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(model.episode_output(batch).logits, reference, atol=1e-3, rtol=1e-4)
     model.use_precision("bf16")
-    logits = model.episode_logits(batch)
+    logits = model.episode_output(batch).logits
     assert logits.dtype == torch.float32  # the decoder computes in fp32
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
     torch.testing.assert_close(logits, reference, atol=0.1 * reference.abs().max().item(), rtol=0.05)
@@ -39,13 +40,13 @@ def test_batch_norm_modes_use_the_right_statistics_and_leave_the_model_unchanged
     model, batch = make()
     model.train()
     for _ in range(3):
-        model.episode_logits(batch)  # fill running statistics
+        model.episode_output(batch).logits  # fill running statistics
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with batch_norm_mode(model, "running"):
-        running = model.episode_logits(batch)
+        running = model.episode_output(batch).logits
         assert not model.training
     with batch_norm_mode(model, "transductive"):
-        transductive = model.episode_logits(batch)
+        transductive = model.episode_output(batch).logits
     assert model.training
     assert not torch.allclose(running, transductive)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

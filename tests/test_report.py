@@ -2,11 +2,13 @@
 
 import csv
 
+import pytest
 from omegaconf import OmegaConf
 
 from conftest import FAST, compose_config
-from metalearn_cli import evaluation, loop
+from metalearn_cli import loop
 from metalearn_cli.cli import main
+from metalearn_cli.report import strategy_label
 
 
 def test_report_over_two_runs(tmp_path, capsys):
@@ -39,3 +41,25 @@ def test_report_without_runs_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no run dirs" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_report_labels_each_maml_variant_by_its_own_name(tmp_path):
+    for strategy in ("fomaml", "anil", "metasgd"):
+        cfg = compose_config("train", [*FAST, f"strategy={strategy}", "decoder=linear", "encoder.width=8",
+                                       "trainer.iterations=2", "trainer.val_every=2", "eval.episodes=2"])
+        run = tmp_path / "sweep" / strategy
+        loop.train(cfg, run)
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
+    rows = list(csv.DictReader((tmp_path / "report" / "report.csv").open()))
+    assert {r["run"]: r["strategy"] for r in rows} == {"anil": "anil", "fomaml": "fomaml", "metasgd": "metasgd"}
+
+
+@pytest.mark.parametrize("saved,label", [
+    ({"name": "maml", "adapt": "head"}, "anil"), ({"name": "maml", "learn_inner_lr": True}, "metasgd"),
+    ({"name": "maml", "first_order": True}, "fomaml"), ({"name": "maml", "adapt": "all"}, "maml"),
+    ({"name": "mgd"}, "mgd"),
+])
+def test_runs_saved_before_the_variants_had_names_are_labelled_by_their_flags(saved, label):
+    assert strategy_label({"strategy": saved}) == label

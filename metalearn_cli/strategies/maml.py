@@ -23,6 +23,7 @@ meta-loss is the query loss plus the decoder's regulariser (of the adapted weigh
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
@@ -129,7 +130,9 @@ class MAML(Strategy):
         return not self.params_.first_order
 
     def backward_context(self) -> ContextManager[None]:
-        return self.model.encoder.second_order_context()
+        """The encoder's second-order context, where second-order terms are computed (first order
+        needs none, and the transformer's math attention kernel fails under bf16 autocast)."""
+        return self.model.encoder.second_order_context() if self.second_order else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ set-up
     def check_compatible(self) -> None:
