@@ -9,7 +9,6 @@ batch-norm mode, :func:`build_strategy` and :func:`load_strategy`. train, eval, 
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import random
@@ -20,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn_cli.checkpoint import read_meta_knowledge
+from metalearn_cli.compat import migrate_config
 from metalearn_cli.components import REGISTRIES
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.host import keep_freed_memory, native_bf16
@@ -52,22 +52,11 @@ def validate_host(cfg: Any) -> None:
         raise ConfigError("threads must be >= 1 or null")
 
 
-def migrate(config: dict[str, Any]) -> dict[str, Any]:
-    """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip`` on 2026-11-27."""
-    config = copy.deepcopy(config)
-    strategy, optimizer = config.get("strategy"), config.get("optimizer")
-    if isinstance(strategy, dict) and "clip" in strategy:
-        clip = strategy.pop("clip")
-        if isinstance(optimizer, dict):
-            optimizer.setdefault("clip", clip)
-    return config
-
-
 def validate_train_config(cfg: Any) -> DictConfig:
     """Check a plain or composed config against :class:`TrainConfig` (a checkpoint's, for instance)."""
     try:
         plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-        return OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate(plain))
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_config(plain))
     except Exception as exc:
         raise ConfigError(f"invalid run config: {str(exc).splitlines()[0]}") from exc
 

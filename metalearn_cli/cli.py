@@ -8,12 +8,13 @@ line on stderr and exit code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -224,12 +225,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     from metalearn_cli.components import register_configs
 
     register_configs()
-    # Let errors reach us instead of Hydra's multi-line report; we print one line for user errors.
-    saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
-    os.environ["HYDRA_FULL_ERROR"] = "1"
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone writes the run dir
         rest = [*rest, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
-    sys.argv = [f"metalearn {command}", *_resume_overrides(rest)]
+    with _hydra_argv([f"metalearn {command}", *_resume_overrides(rest)]):
+        return _run_app(command)
+
+
+@contextlib.contextmanager
+def _hydra_argv(argv: list[str]) -> Iterator[None]:
+    """``sys.argv`` as Hydra reads it, and Hydra's errors raised to us instead of its multi-line report."""
+    saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+
+
+def _run_app(command: str) -> int:
+    """Run one subcommand's Hydra app; every user error becomes one line on stderr and its exit code."""
     try:
         try:
             APPS[command]()
@@ -252,12 +271,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"metalearn {command}: error: cannot write{where}: {exc.strerror or exc}; choose a writable "
               "hydra.run.dir or free disk space", file=sys.stderr)
         return 2
-    finally:
-        sys.argv = saved_argv
-        if saved_env is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved_env
     return 0
 
 

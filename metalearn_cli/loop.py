@@ -23,9 +23,10 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from metalearn_cli.assemble import (
-    build_strategy, initialise_from, load_weights, migrate, resolve_bn_mode, resolve_precision, seed_everything,
+    build_strategy, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
     select_kernels, setup_device, validate,
 )
+from metalearn_cli.compat import migrate_config
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from metalearn_cli.data import DATASETS
 from metalearn_cli.distributed import world
@@ -88,7 +89,7 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -
             out.update(flat(v, f"{prefix}{k}."))
         return out
 
-    a, b = flat(migrate(saved)), flat(current)
+    a, b = flat(migrate_config(saved)), flat(current)
     diff = [k for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in RESUMABLE)]
     if diff:

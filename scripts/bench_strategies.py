@@ -39,13 +39,14 @@ VARIANTS = {
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
-    from metalearn_cli import strategies as strategies_module
+    from metalearn_cli import optim
+    from metalearn_cli.assemble import resolve_channels_last, select_kernels
     from metalearn_cli.data import DATASETS
     from metalearn_cli.episodes import EpisodeSampler
     from metalearn_cli.host import keep_freed_memory
+    from metalearn_cli.loop import train_step
     from metalearn_cli.model import build_meta_model
-    from metalearn_cli.optimizers import OPTIMIZERS
-    from metalearn_cli.runner import resolve_channels_last, select_kernels
+    from metalearn_cli.optim import OPTIMIZERS, ClipParams
     from metalearn_cli.strategies import STRATEGIES
     from omegaconf import OmegaConf
 
@@ -57,7 +58,7 @@ def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if "sync" in variants:
-        strategies_module.defers_nonfinite_check = lambda optimizer: False
+        optim.defers_nonfinite_check = lambda optimizer: False
     select_kernels(device, deterministic=False)  # the product's kernel choice (cuDNN autotuning on CUDA)
     if "noautotune" in variants:
         torch.backends.cudnn.benchmark = False
@@ -77,15 +78,16 @@ def measure(args: argparse.Namespace) -> dict:
     optimizer = OPTIMIZERS.build({"name": "adam", "lr": 1e-3}, parameters=list(strategy.parameters()))
     sampler = EpisodeSampler(data.train.to(device), 5, args.shot, 15, seed=0, device=device)
     batches = [sampler.sample(args.tasks) for _ in range(args.iterations + 2)]
+    clip = ClipParams()  # the product's default
     for batch in batches[:2]:  # warm-up (and cuDNN's autotuning, where asked)
-        strategy.meta_train_step(batch, optimizer)
+        train_step(strategy, batch, optimizer, clip)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for batch in batches[2:]:
-        out = strategy.meta_train_step(batch, optimizer)
-    out["loss"].item()
+        out, _ = train_step(strategy, batch, optimizer, clip)
+    out.loss.item()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.iterations

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from metalearn_cli.data import DATASETS, SPLITS, FewShotData
-from metalearn_cli.data.folders import split_of
+from metalearn_cli.data.class_cache import split_of
 from metalearn_cli.data.images import ImageFormat
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import DataError

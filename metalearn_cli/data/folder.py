@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from metalearn_cli.data import DATASETS, SPLITS, FewShotData
-from metalearn_cli.data.folders import CACHE_DIR, load_classes, split_of
+from metalearn_cli.data.class_cache import CACHE_DIR, load_classes, split_of
 from metalearn_cli.data.images import ImageFormat, class_folders, image_files
 from metalearn_cli.errors import ConfigError, DataError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from metalearn_cli.data import DATASETS, SPLITS, FewShotData
-from metalearn_cli.data.folders import CACHE_DIR, load_classes, split_of
+from metalearn_cli.data.class_cache import CACHE_DIR, load_classes, split_of
 from metalearn_cli.data.images import IMAGE_SUFFIXES, ImageFormat, image_files
 from metalearn_cli.errors import DataError
 

@@ -16,17 +16,16 @@ initial codes, and an orthogonality penalty on the decoder's weight rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metalearn_cli.compat import rename_on_load
 from metalearn_cli.decoders import DECODERS
 from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, class_means, output
 from metalearn_cli.errors import ConfigError
-
-_RENAMED = {"encoder.": "code_encoder.", "decoder.": "weight_decoder."}  # names in checkpoints before 2026-11-27
 
 
 @dataclass
@@ -57,14 +56,7 @@ class LatentDecoder(Decoder):
         if params.prototype_residual:
             # ReZero-style gate: training starts exactly at ProtoNets and the decoded weights earn their way in.
             self.gate = nn.Parameter(torch.zeros(()))
-        self._register_load_state_dict_pre_hook(self._rename_old_keys)
-
-    @staticmethod
-    def _rename_old_keys(state: dict[str, Any], prefix: str, *_: Any) -> None:
-        for key in [k for k in state if k.startswith(prefix)]:
-            for old, new in _RENAMED.items():
-                if key[len(prefix):].startswith(old):
-                    state[prefix + new + key[len(prefix) + len(old):]] = state.pop(key)
+        rename_on_load(self, {"encoder.": "code_encoder.", "decoder.": "weight_decoder."})  # names before 2026-11-27
 
     def _gaussian(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean, logvar = stats.chunk(2, dim=-1)

@@ -24,7 +24,7 @@ class Cell(enum.Enum):
     gru = "gru"
 
 
-class Sequence(enum.Enum):
+class SequenceKind(enum.Enum):
     rows = "rows"  # one step per image row: H steps of C*W features
     patches = "patches"  # one step per patch, row-major: (H/p)*(W/p) steps of C*p*p features
 
@@ -36,7 +36,7 @@ class RNNParams:
     hidden: int = 128
     layers: int = 1
     bidirectional: bool = True
-    sequence: Sequence = Sequence.rows
+    sequence: SequenceKind = SequenceKind.rows
     patch: int = 4  # patch side for sequence=patches
 
 
@@ -48,10 +48,10 @@ class RNNEncoder(Encoder):
         c, h, w = image_shape
         if params.hidden < 1 or params.layers < 1 or params.patch < 1:
             raise ConfigError("encoder=rnn needs hidden >= 1, layers >= 1 and patch >= 1")
-        if params.sequence is Sequence.patches and (h % params.patch or w % params.patch):
+        if params.sequence is SequenceKind.patches and (h % params.patch or w % params.patch):
             raise ConfigError(f"encoder=rnn: patch={params.patch} does not divide the {h}x{w} images")
         self.sequence, self.patch = params.sequence, params.patch
-        features = c * w if params.sequence is Sequence.rows else c * params.patch**2
+        features = c * w if params.sequence is SequenceKind.rows else c * params.patch**2
         rnn = nn.LSTM if params.cell is Cell.lstm else nn.GRU
         self.rnn = rnn(features, params.hidden, params.layers, batch_first=True, bidirectional=params.bidirectional)
         self.out_dim = params.hidden * (2 if params.bidirectional else 1)
@@ -61,7 +61,7 @@ class RNNEncoder(Encoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b, c, h, w = images.shape
-        if self.sequence is Sequence.rows:
+        if self.sequence is SequenceKind.rows:
             seq = images.permute(0, 2, 1, 3).reshape(b, h, c * w)
         else:
             p = self.patch

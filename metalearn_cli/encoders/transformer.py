@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from metalearn_cli.compat import rename_on_load
 from metalearn_cli.encoders import ENCODERS, Encoder
 from metalearn_cli.errors import ConfigError
 
@@ -53,7 +54,8 @@ class VisionTransformer(Encoder):
         self.positions = nn.Parameter(torch.randn(1, tokens + (self.cls is not None), params.width) * 0.02)
         layer = nn.TransformerEncoderLayer(params.width, params.heads, int(params.width * params.mlp_ratio),
                                            params.dropout, activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, params.depth, enable_nested_tensor=False)
+        self.blocks = nn.TransformerEncoder(layer, params.depth, enable_nested_tensor=False)
+        rename_on_load(self, {"encoder.": "blocks."})  # the name before 2026-11-27
         self.norm = nn.LayerNorm(params.width)
         self.out_dim = params.width
 
@@ -64,7 +66,7 @@ class VisionTransformer(Encoder):
         x = self.embed(images).flatten(2).transpose(1, 2)  # [B, tokens, width]
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.norm(self.encoder(x + self.positions))
+        x = self.norm(self.blocks(x + self.positions))
         return x[:, 0] if self.cls is not None else x.mean(1)
 
 

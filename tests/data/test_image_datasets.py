@@ -12,7 +12,7 @@ from PIL import Image
 
 from metalearn_cli.data import DATASETS
 from metalearn_cli.data import mini_imagenet as mini
-from metalearn_cli.data.folders import CACHE_DIR
+from metalearn_cli.data.class_cache import CACHE_DIR
 from metalearn_cli.errors import DataError
 from metalearn_cli.loop import train
 from conftest import FAST, compose_config
@@ -41,9 +41,9 @@ def test_folder_split_by_ratios_is_seeded_disjoint_and_cached(tmp_path, monkeypa
     assert again.test.class_names == data.test.class_names and torch.equal(again.test.images, data.test.images)
     assert DATASETS.build({**cfg, "split_seed": 1}).test.class_names != data.test.class_names
     # The second build read the cache: converting an image would now fail.
-    from metalearn_cli.data import folders
+    from metalearn_cli.data import class_cache
 
-    monkeypatch.setattr(folders, "read_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("converted again")))
+    monkeypatch.setattr(class_cache, "read_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("converted again")))
     assert torch.equal(DATASETS.build(cfg).train.images, data.train.images)
 
 

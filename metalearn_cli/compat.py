@@ -1,0 +1,34 @@
+"""Files written by earlier versions of metalearn: the one place that knows what was renamed.
+
+Checkpoints and exports keep their config and tensor names; when a refactor renames one, the
+mapping lives here, so an old run still evaluates, resumes and exports.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+
+def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip`` on 2026-11-27."""
+    config = copy.deepcopy(config)
+    strategy, optimizer = config.get("strategy"), config.get("optimizer")
+    if isinstance(strategy, dict) and "clip" in strategy:
+        clip = strategy.pop("clip")
+        if isinstance(optimizer, dict):
+            optimizer.setdefault("clip", clip)
+    return config
+
+
+def rename_on_load(module: nn.Module, renamed: dict[str, str]) -> None:
+    """Load state dicts whose keys under ``module`` still use old sub-module names (``{old.: new.}``)."""
+    def hook(state: dict[str, Any], prefix: str, *_: Any) -> None:
+        for key in [k for k in state if k.startswith(prefix)]:
+            for old, new in renamed.items():
+                if key[len(prefix):].startswith(old):
+                    state[prefix + new + key[len(prefix) + len(old):]] = state.pop(key)
+
+    module._register_load_state_dict_pre_hook(hook)

@@ -1,0 +1,37 @@
+"""Files from earlier versions: renamed config keys and tensor names still load."""
+
+import torch
+from omegaconf import OmegaConf
+
+from metalearn_cli.assemble import validate_train_config
+from metalearn_cli.model import build_meta_model
+
+EPISODE = {"way": 3, "shot": 1, "query": 1}
+
+
+def test_a_config_with_the_clip_under_the_strategy_loads_with_it_under_the_optimizer():
+    from conftest import compose_config
+
+    saved = OmegaConf.to_container(compose_config("train"), resolve=True, enum_to_str=True)
+    saved["optimizer"].pop("clip")
+    saved["strategy"]["clip"] = {"norm": 3.0, "value": None}
+    cfg = validate_train_config(saved)
+    assert cfg.optimizer.clip.norm == 3.0 and "clip" not in cfg.strategy
+
+
+def test_old_tensor_names_of_the_latent_decoder_and_the_transformer_load():
+    cfg = OmegaConf.create({"encoder": {"name": "transformer", "width": 16, "depth": 1, "heads": 2, "patch": 7},
+                            "decoder": {"name": "latent", "latent_dim": 4}, "episode": EPISODE})
+    model = build_meta_model(cfg, (1, 28, 28))
+    renames = {"decoder.code_encoder.": "decoder.encoder.", "decoder.weight_decoder.": "decoder.decoder.",
+               "encoder.blocks.": "encoder.encoder."}
+    old = {}
+    for key, value in model.state_dict().items():
+        for new, former in renames.items():
+            key = key.replace(new, former) if key.startswith(new) else key
+        old[key] = value + 1
+    assert any(k.startswith("decoder.decoder.") for k in old) and any(k.startswith("encoder.encoder.") for k in old)
+    fresh = build_meta_model(cfg, (1, 28, 28))
+    fresh.load_state_dict(old)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value + 1), key
