@@ -10,19 +10,21 @@ batch-norm mode, :func:`build_strategy` and :func:`load_strategy`. train, eval, 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.components import REGISTRIES
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.host import keep_freed_memory, native_bf16
+from metalearn_cli.episodes import TaskShapes
+from metalearn_cli.host import available_memory, keep_freed_memory, native_bf16
 from metalearn_cli.model import build_meta_model
 from metalearn_cli.schema import TrainConfig
 from metalearn_cli.strategies import STRATEGIES, Strategy
@@ -31,8 +33,30 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- validation
+def non_finite(node: Any, prefix: str = "") -> Optional[str]:
+    """The first ``key=value`` of a config whose number is NaN or infinite, or None."""
+    if isinstance(node, (dict, DictConfig)):
+        for key, value in node.items():
+            found = non_finite(value, f"{prefix}{key}.")
+            if found:
+                return found
+    elif isinstance(node, (list, tuple, ListConfig)):
+        for i, value in enumerate(node):
+            found = non_finite(value, f"{prefix}{i}.")
+            if found:
+                return found
+    elif isinstance(node, float) and not math.isfinite(node):
+        return f"{prefix.rstrip('.')}={node}"
+    return None
+
+
 def validate(cfg: Any) -> None:
-    """Every run-level range check of a training config, and each component's own parameters."""
+    """Every run-level range check of a training config, and each component's own parameters.
+    Unknown keys (``+key=value``) are refused here: the run's own checkpoint would not load later."""
+    validate_train_config(cfg)
+    bad = non_finite(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
+    if bad:
+        raise ConfigError(f"{bad} is not a finite number; give a finite value")
     t, e = cfg.trainer, cfg.eval
     if min(t.iterations, t.meta_batch, t.val_every, t.val_episodes, t.checkpoint_every, t.log_every) < 1:
         raise ConfigError("trainer.iterations, meta_batch, val_every, val_episodes, checkpoint_every and log_every must be >= 1")
@@ -149,7 +173,44 @@ def build_strategy(cfg: Any, image_shape: tuple[int, int, int], device: torch.de
     return strategy
 
 
+def check_memory(cfg: Any, image_shape: tuple[int, int, int], device: torch.device) -> None:
+    """Refuse, in one line, a run whose estimated memory exceeds what ``device`` has free.
+
+    The meta-network is built on the ``meta`` device (no memory) to count its parameters (weights,
+    gradients and two optimizer moments) and the activations of one image (every leaf module's
+    output), times the images of a meta-iteration and the strategy's live copies of them."""
+    if not cfg.trainer.memory_check:
+        return
+    try:
+        with torch.device("meta"):
+            strategy = STRATEGIES.build(cfg.strategy, model=build_meta_model(cfg, image_shape))
+            sizes: list[int] = []
+            leaves = [m for m in strategy.model.encoder.modules() if not list(m.children())]
+            hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if isinstance(out, torch.Tensor) else 0))
+                     for m in leaves]
+            strategy.model.encoder(torch.zeros(1, *image_shape))
+            for h in hooks:
+                h.remove()
+    except (RuntimeError, NotImplementedError, TypeError):  # a layer without meta kernels: no estimate
+        return
+    s = TaskShapes.of(cfg)
+    images = cfg.trainer.meta_batch * s.train_way * (s.shot + s.train_query)
+    params = sum(p.numel() for p in strategy.parameters())
+    need = 4 * (4 * params + sum(sizes) * images * strategy.activation_copies())
+    free = available_memory(device)
+    if need > free:
+        raise ConfigError(
+            f"this run needs about {need / 2**30:.1f} GiB ({params:,} parameters, {images:,} images per meta-iteration), "
+            f"more than the {free / 2**30:.1f} GiB free on {device}; lower trainer.meta_batch, the task shape or the "
+            "encoder's size, or pass trainer.memory_check=false to try anyway")
+
+
 def load_weights(strategy: Strategy, weights: dict[str, Any], source: Any) -> None:
+    bad = [k for k, v in weights.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source} holds non-finite values in {bad[0]}; it came from a diverged run, use an "
+                              "earlier checkpoint")
     try:
         strategy.load_state_dict(weights)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:

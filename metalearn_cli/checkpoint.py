@@ -44,6 +44,8 @@ def read_state(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on a damaged or foreign file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        if "weights_only" in str(exc) or "Weights only load failed" in reason:
+            reason = "it holds pickled objects other than tensors, which are never executed"
         raise CheckpointError(
             f"{path} is not a readable metalearn checkpoint (corrupt, truncated or unsafe: {reason[:160]}); "
             "use another checkpoint, e.g. checkpoints/last.pt or best.pt of the run"
@@ -69,6 +71,8 @@ def check_header(state: Any, path: Path, formats: tuple[str, ...] = (FORMAT,)) -
     for key in REQUIRED[fmt]:
         if key not in state:
             raise CheckpointError(f"{path} lacks '{key}'; the file is incomplete, use another checkpoint")
+    if not isinstance(state.get("step", -1), int) or not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} has a malformed step or config; the file is foreign or damaged, use another checkpoint")
     return state
 
 
@@ -86,8 +90,6 @@ def read_meta_knowledge(path: Path | str) -> dict[str, Any]:
     path = resolve_checkpoint(path)
     state = check_header(read_state(path), path, (FORMAT, EXPORT_FORMAT))
     step = state.get("step", -1)
-    if not isinstance(step, int):
-        raise CheckpointError(f"{path} has a non-integer step {step!r}; the file is foreign or damaged")
     fmt = state.get("image_format")
     if fmt is None:
         try:

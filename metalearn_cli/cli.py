@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -23,8 +24,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from metalearn_cli.errors import ConfigError, Interrupted, MetalearnError
-from metalearn_cli.rundir import record_failure, run_dir_of
+from metalearn_cli.errors import ConfigError, FileSystemError, Interrupted, MetalearnError
+from metalearn_cli.rundir import RunGuard, exclusive, is_training_run, record_failure, run_dir_of
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
 log = logging.getLogger("metalearn")
@@ -68,30 +69,69 @@ class _JobFailed(BaseException):
         self.error = error
 
 
+class InternalError(MetalearnError):
+    """A bug: its traceback is in a file, the console gets one line (exit code 1)."""
+
+
+_guard = RunGuard(None)  # set by main() for the run dir a command names
+
+
+def _as_user_error(exc: BaseException) -> MetalearnError:
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return FileSystemError(f"cannot access {where}{exc.strerror or exc}; check that the path exists and is "
+                               "readable, and that hydra.run.dir is writable")
+    return ConfigError(one_line(exc))
+
+
 def _run_job(job: Callable[[], float], run_dir: Path) -> float:
-    """Run one job; record failures in the run dir. In a sweep a user error fails only this job."""
+    """Run one job; record failures in the run dir (never in an existing run it refused: that one is
+    put back as it was). In a sweep a failing job fails alone and the sweep goes on."""
     try:
-        return job()
+        try:
+            return job()
+        except (OSError, OmegaConfBaseException) as exc:
+            raise _as_user_error(exc) from exc
     except Interrupted as exc:
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except MetalearnError as exc:
-        record_failure(run_dir, str(exc))
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.error("job failed: %s", exc)
-            return float("nan")  # sweepers record a failed trial (Optuna: FAIL) and go on
-        raise _JobFailed(exc) from exc
-    except Exception:
-        record_failure(run_dir, "unexpected error; see error.txt", traceback.format_exc())
-        raise
+        error: MetalearnError = exc
+        if _guard.protects:
+            _guard.undo()
+        else:
+            record_failure(run_dir, str(exc))
+    except Exception as exc:
+        details = traceback.format_exc()
+        where = run_dir / "error.txt"
+        if _guard.protects:
+            _guard.undo()
+            fd, name = tempfile.mkstemp(prefix="metalearn-error-", suffix=".txt")
+            os.write(fd, details.encode())
+            os.close(fd)
+            where = Path(name)
+        else:
+            record_failure(run_dir, "unexpected error; see error.txt", details)
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error = InternalError(f"{type(exc).__name__}: {line[:200]}; this is a bug, the traceback is in {where}; please report it")
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.error("job failed: %s", error)
+        return float("nan")  # sweepers record a failed trial (Optuna: FAIL) and go on
+    raise _JobFailed(error)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> float:
     """Returns the best validation accuracy: the objective a sweeper maximises."""
-    from metalearn_cli.loop import train
-
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return _run_job(lambda: train(cfg, run_dir), run_dir)
+
+    def job() -> float:
+        from metalearn_cli.loop import TrainingRun
+
+        run = TrainingRun(cfg, run_dir)  # every check; a refusal leaves an existing run as it was
+        _guard.accept()
+        return run.run()
+
+    return _run_job(job, run_dir)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
@@ -227,8 +267,45 @@ def main(argv: Optional[list[str]] = None) -> int:
     register_configs()
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone writes the run dir
         rest = [*rest, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
-    with _hydra_argv([f"metalearn {command}", *_resume_overrides(rest)]):
-        return _run_app(command)
+    args = _resume_overrides(rest)
+    try:
+        run_dir = _named_run_dir(command, args)
+    except MetalearnError as exc:
+        print(f"metalearn {command}: error: {exc}", file=sys.stderr)
+        return 2
+    return _guarded(command, args, run_dir)
+
+
+def _named_run_dir(command: str, args: list[str]) -> Optional[Path]:
+    """The run dir named with ``hydra.run.dir=`` (None: Hydra's fresh default, or a sweep), checked
+    before Hydra writes anything into it."""
+    if any(a in ("-m", "--multirun") for a in args):
+        return None
+    given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
+    if not given:
+        return None
+    if not given[-1].strip():
+        raise ConfigError("hydra.run.dir is empty; name a folder for the run, or leave it out for outputs/<command>/<time>")
+    run_dir = Path(given[-1])
+    if command != "train" and is_training_run(run_dir):
+        raise ConfigError(f"{run_dir} is a training run; metalearn {command} writes its own files, so give it another "
+                          f"hydra.run.dir (or leave it out: outputs/{command}/<time>)")
+    return run_dir
+
+
+def _guarded(command: str, args: list[str], run_dir: Optional[Path]) -> int:
+    """Run the command holding its run dir's lock; an existing run it refuses is left as it was."""
+    global _guard
+    _guard = RunGuard(run_dir)
+    try:
+        with exclusive(run_dir) if run_dir is not None else contextlib.nullcontext():
+            with _hydra_argv([f"metalearn {command}", *args]):
+                return _run_app(command)
+    except MetalearnError as exc:  # the lock is held by another process
+        print(f"metalearn {command}: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        _guard = RunGuard(None)
 
 
 @contextlib.contextmanager
@@ -257,6 +334,9 @@ def _run_app(command: str) -> int:
     except Interrupted as exc:
         print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
         return 0 if exc.signal_name == "SIGTERM" else 130  # pre-emption is an orderly stop
+    except InternalError as exc:
+        print(f"metalearn {command}: internal error: {exc}", file=sys.stderr)
+        return 1
     except MetalearnError as exc:
         print(f"metalearn {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -266,10 +346,8 @@ def _run_app(command: str) -> int:
     except KeyboardInterrupt:
         print(f"metalearn {command}: interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:  # the file system refused (run dir not writable, disk full, ...)
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"metalearn {command}: error: cannot write{where}: {exc.strerror or exc}; choose a writable "
-              "hydra.run.dir or free disk space", file=sys.stderr)
+    except OSError as exc:  # the file system refused before the job ran (Hydra writing .hydra/, ...)
+        print(f"metalearn {command}: error: {_as_user_error(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -25,6 +25,10 @@ class WriteError(MetalearnError):
     """A file could not be written (no space, no permission); its previous version is kept."""
 
 
+class FileSystemError(MetalearnError):
+    """A file or folder could not be read or written (missing, no permission, not a folder, ...)."""
+
+
 class Interrupted(MetalearnError):
     """Training stopped by SIGINT/SIGTERM after saving ``last.pt``."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from metalearn_cli.assemble import (
@@ -105,6 +106,22 @@ def score_checkpoint(
     }
 
 
+def dataset_of(saved: Any, root: Optional[str], source: str) -> Any:
+    """The checkpoint's data set, touching only what the user names: a checkpoint is data, so its
+    ``root`` is not read unless ``dataset_root=`` says where the data set is, and nothing is downloaded."""
+    dataset = OmegaConf.to_container(saved, resolve=True)
+    if "download" in dataset:
+        dataset["download"] = False
+    if dataset.get("root") is not None or root is not None:
+        if root is None:
+            raise ConfigError(f"{source} was trained on {dataset.get('name')} read from {dataset['root']}; pass "
+                              f"dataset_root=DIR to say where to read it (e.g. dataset_root={dataset['root']})")
+        if "root" not in dataset:
+            raise ConfigError(f"dataset_root={root} but {source}'s data set ({dataset.get('name')}) is not read from a folder; drop it")
+        dataset["root"] = root
+    return dataset
+
+
 def evaluate(cfg: Any, run_dir: Path) -> float:
     """``metalearn eval``: test a checkpoint or export on fixed tasks; writes ``results.json``; returns accuracy."""
     wall_start = time.perf_counter()
@@ -114,7 +131,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     device = setup_device(cfg)
     knowledge = read_meta_knowledge(cfg.checkpoint)
     train_cfg = validate_train_config(knowledge["config"])
-    data = DATASETS.build(train_cfg.dataset)
+    data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"]))
     strategy, train_cfg = load_strategy(knowledge, device, data.image_shape)
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed

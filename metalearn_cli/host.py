@@ -9,6 +9,7 @@ meta-iteration once freed memory is kept). The cost: the process keeps its peak 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 import torch
@@ -27,6 +28,20 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW))
     except (OSError, AttributeError):  # not glibc (musl, ...): keep the default allocator
         return False
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a run may still allocate on ``device``: free GPU memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def native_bf16(device: torch.device) -> bool:

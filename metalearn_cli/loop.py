@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from metalearn_cli.assemble import (
-    build_strategy, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
+    build_strategy, check_memory, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
     select_kernels, setup_device, validate,
 )
 from metalearn_cli.compat import migrate_config
@@ -35,14 +35,14 @@ from metalearn_cli.errors import CheckpointError, ConfigError, Diverged, Interru
 from metalearn_cli.evaluation import evaluate_tasks, score_checkpoint, summarize
 from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
 from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step
-from metalearn_cli.rundir import CHECKPOINTS, remove_stale_temporaries, resume_checkpoint, write_results, write_status
+from metalearn_cli.rundir import CHECKPOINTS, exclusive, remove_stale_temporaries, resume_checkpoint, write_results, write_status
 from metalearn_cli.strategies import StepOutput, Strategy, query_accuracy
 
 log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: bookkeeping, never what is learned or how.
 RESUMABLE = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
-             "trainer.checkpoint_every", "trainer.iterations", "eval", "reference"}
+             "trainer.checkpoint_every", "trainer.iterations", "trainer.nan_policy", "eval", "reference"}
 
 
 def train_step(strategy: Strategy, batch: EpisodeBatch, optimizer: torch.optim.Optimizer, clip: ClipParams,
@@ -59,17 +59,22 @@ def train_step(strategy: Strategy, batch: EpisodeBatch, optimizer: torch.optim.O
 
 
 @contextlib.contextmanager
-def stop_requests() -> Iterator[dict[str, Optional[str]]]:
-    """SIGINT/SIGTERM set a flag checked between meta-iterations, so a checkpoint can be saved."""
-    flag: dict[str, Optional[str]] = {"signal": None}
+def stop_requests() -> Iterator[dict[str, Any]]:
+    """SIGINT/SIGTERM set a flag checked between meta-iterations, so a checkpoint can be saved. Once
+    ``flag["now"]`` holds a message (the final test: nothing left to save), a request raises
+    :class:`Interrupted` at once with it."""
+    flag: dict[str, Any] = {"signal": None, "now": None}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if flag["now"] is not None:
+            raise Interrupted(name, f"{name} {flag['now']}")
         if flag["signal"] is not None:  # a second request: stop now
             raise KeyboardInterrupt
-        flag["signal"] = signal.Signals(signum).name
+        flag["signal"] = name
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -123,6 +128,7 @@ class TrainingRun:
             raise ConfigError(f"{self.run_dir} already holds checkpoints; pass resume=true to continue it, or use a new run dir")
         self._build()
         self.step, self.best_val, self.best_step, self.seconds_before = 0, -1.0, -1, 0.0
+        self.saved_step: Optional[int] = None  # the step of the last.pt on disk
         self.window = MetricWindow()
         if self.resume is not None:
             self._restore(self.resume)
@@ -135,6 +141,7 @@ class TrainingRun:
         check_fits(data.train, "train", data.name, s.train_way, s.shot, s.train_query)
         check_fits(data.val, "val", data.name, s.way, s.shot, s.query)
         check_fits(data.test, "test", data.name, s.way, s.shot, s.query)
+        check_memory(cfg, data.image_shape, self.device)
         self.strategy = build_strategy(cfg, data.image_shape, self.device)
         if self.t.init_from and self.resume is None:
             initialise_from(self.strategy, self.t.init_from)
@@ -162,6 +169,10 @@ class TrainingRun:
         self.train_sampler.set_state(state["sampler"])
         restore_rng(state["rng"])
         self.step, self.best_val, self.best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
+        self.saved_step = self.step
+        if self.t.iterations < self.step:
+            raise ConfigError(f"trainer.iterations={self.t.iterations} is below the step of {path} ({self.step}); "
+                              f"resume with trainer.iterations >= {self.step}")
         self.seconds_before = float(state.get("train_seconds", 0.0))
         self.window = MetricWindow.restore(state.get("window"))
         log.info("resuming %s at meta-iteration %d (best val %.4f at %d)", path, self.step, self.best_val, self.best_step)
@@ -175,12 +186,27 @@ class TrainingRun:
             "window": self.window.state(), "train_seconds": self.train_seconds(),
         }
 
+    def kept(self) -> str:
+        """Which checkpoint a stopped run leaves, in words."""
+        if self.saved_step is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint {self.ckpt_dir / 'last.pt'} (meta-iteration {self.saved_step}) is kept"
+
+    def check_finite(self) -> None:
+        """No non-finite weight or buffer (e.g. batch-norm statistics) is ever saved or trained on."""
+        for name, value in self.strategy.state_dict().items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise Diverged(f"non-finite values in {name} after meta-iteration {self.step}; nothing non-finite "
+                               f"was saved: {self.kept()}; lower optimizer.lr or set optimizer.clip.norm")
+
     def train_seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.session_start
 
     def save_last(self) -> None:
         if self.main:
+            self.check_finite()
             save_checkpoint(self.ckpt_dir / "last.pt", self.snapshot())
+            self.saved_step = self.step
             write_status(self.run_dir, "running", step=self.step, iterations=self.t.iterations)
 
     # ------------------------------------------------------------------ one meta-iteration
@@ -189,9 +215,8 @@ class TrainingRun:
         out, result = train_step(self.strategy, batch, self.optimizer, self.clip, self.parameters)
         if result.nonfinite is not None:  # checked on the host: the weights never saw it
             if nan_policy == "stop":
-                raise Diverged(f"non-finite {result.nonfinite} at meta-iteration {self.step + 1}; the last good "
-                               f"checkpoint {self.ckpt_dir / 'last.pt'} is kept; lower optimizer.lr, set "
-                               "optimizer.clip.norm, or pass trainer.nan_policy=skip")
+                raise Diverged(f"non-finite {result.nonfinite} at meta-iteration {self.step + 1}; {self.kept()}; "
+                               "lower optimizer.lr, set optimizer.clip.norm, or pass trainer.nan_policy=skip")
             self.window.skipped += 1
         else:
             self.window.add(step_record(result.skipped, loss=out.loss,
@@ -208,9 +233,10 @@ class TrainingRun:
         if values["skipped"] and nan_policy == "stop":  # flagged on the device, never applied
             raise Diverged(
                 f"non-finite loss or meta-gradient in {values['skipped']} of meta-iterations {first}-{self.step} "
-                f"(skipped on the device, the weights never saw them); the last checkpoint {self.ckpt_dir / 'last.pt'} "
-                "is kept; lower optimizer.lr, set optimizer.clip.norm, or pass trainer.nan_policy=skip"
+                f"(skipped on the device, the weights never saw them); {self.kept()}; lower optimizer.lr, set "
+                "optimizer.clip.norm, or pass trainer.nan_policy=skip"
             )
+        self.check_finite()
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         if metrics is not None:
             metrics.log(self.step, "train", values)
@@ -218,6 +244,7 @@ class TrainingRun:
                         | {"tasks/s": f"{values['tasks_per_s']:.1f}"})
 
     def validate_now(self, metrics: MetricsLog) -> None:
+        self.check_finite()
         val = summarize(evaluate_tasks(self.strategy, self.val_sampler, self.t.val_episodes,
                                        self.cfg.eval.batch_tasks, self.val_bn_mode))
         metrics.log(self.step, "val", val)
@@ -228,7 +255,14 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> float:
-        """Meta-train, validate, test ``best.pt``; writes the run dir; returns the best validation accuracy."""
+        """Meta-train, validate, test ``best.pt``; writes the run dir (holding its lock: one writer at
+        a time); returns the best validation accuracy."""
+        with exclusive(self.run_dir):
+            if self.resume is None and (self.ckpt_dir / "last.pt").exists():  # written since __init__ looked
+                raise ConfigError(f"{self.run_dir} already holds checkpoints; pass resume=true to continue it, or use a new run dir")
+            return self._run()
+
+    def _run(self) -> float:
         self.session_start = time.perf_counter()
         if self.main:
             remove_stale_temporaries(self.ckpt_dir)
@@ -238,20 +272,23 @@ class TrainingRun:
                    dynamic_ncols=True, desc="meta-train")
         try:
             with stop_requests() as stop:
-                self.strategy.train()
-                while self.step < self.t.iterations:
-                    self._iterate(stop, metrics, bar)
+                try:
+                    self.strategy.train()
+                    while self.step < self.t.iterations:
+                        self._iterate(stop, metrics, bar)
+                finally:
+                    bar.close()
+                    if metrics is not None:
+                        metrics.close()
+                train_seconds = self.train_seconds()
+                stop["now"] = (f"during the final test; {self.ckpt_dir / 'last.pt'} holds the finished training; "
+                               f"test it with: metalearn train resume={self.run_dir}")
+                if self.main:
+                    self.finish(train_seconds)
         except Interrupted:
             if self.main:
                 write_status(self.run_dir, "interrupted", step=self.step, iterations=self.t.iterations)
             raise
-        finally:
-            bar.close()
-            if metrics is not None:
-                metrics.close()
-        train_seconds = self.train_seconds()
-        if self.main:
-            self.finish(train_seconds)
         return self.best_val
 
     def _iterate(self, stop: dict[str, Optional[str]], metrics: Optional[MetricsLog], bar: tqdm) -> None:

@@ -82,8 +82,11 @@ def check_clip(clip: ClipParams) -> ClipParams:
 @OPTIMIZERS.register("adam", params=AdamParams)
 def build_adam(params: AdamParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     check_clip(params.clip)
-    if params.lr <= 0 or len(params.betas) != 2:
+    if not params.lr > 0 or len(params.betas) != 2:
         raise ConfigError("optimizer=adam needs lr > 0 and two betas")
+    if not all(0 <= b < 1 for b in params.betas) or params.weight_decay < 0:
+        raise ConfigError(f"optimizer=adam needs betas in [0, 1) and weight_decay >= 0 (got betas={list(params.betas)}, "
+                          f"weight_decay={params.weight_decay})")
     parameters = list(parameters)
     return torch.optim.Adam(parameters, lr=params.lr, betas=tuple(params.betas), weight_decay=params.weight_decay,
                             fused=_fused(parameters) or None)
@@ -92,8 +95,11 @@ def build_adam(params: AdamParams, parameters: Iterable[torch.nn.Parameter]) -> 
 @OPTIMIZERS.register("sgd", params=SGDParams)
 def build_sgd(params: SGDParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     check_clip(params.clip)
-    if params.lr <= 0:
+    if not params.lr > 0:
         raise ConfigError("optimizer=sgd needs lr > 0")
+    if params.momentum < 0 or params.weight_decay < 0:
+        raise ConfigError(f"optimizer=sgd needs momentum >= 0 and weight_decay >= 0 (got momentum={params.momentum}, "
+                          f"weight_decay={params.weight_decay})")
     parameters = list(parameters)
     return torch.optim.SGD(
         parameters, lr=params.lr, momentum=params.momentum, nesterov=params.nesterov and params.momentum > 0,
@@ -103,8 +109,8 @@ def build_sgd(params: SGDParams, parameters: Iterable[torch.nn.Parameter]) -> to
 
 def build_schedule(params: ScheduleParams, optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-meta-iteration multiplier of the base learning rate."""
-    if params.warmup < 0 or params.step_size < 1 or not 0 <= params.min_lr_ratio <= 1:
-        raise ConfigError("optimizer.schedule needs warmup >= 0, step_size >= 1 and 0 <= min_lr_ratio <= 1")
+    if params.warmup < 0 or params.step_size < 1 or not 0 <= params.min_lr_ratio <= 1 or not params.gamma > 0:
+        raise ConfigError("optimizer.schedule needs warmup >= 0, step_size >= 1, 0 <= min_lr_ratio <= 1 and gamma > 0")
 
     def factor(step: int) -> float:
         if step < params.warmup:

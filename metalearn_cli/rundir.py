@@ -1,6 +1,7 @@
 """The run directory: its layout, every write into it, and reading a finished run back.
 
-Owns: atomic file writes (temp file, fsync, ``os.replace``: a file is whole or untouched, for
+Owns: the run dir's lock (one writer at a time), snapshots that put a run dir back as it was after
+a refused command, atomic file writes (temp file, fsync, ``os.replace``: a file is whole or untouched, for
 checkpoints, caches and JSON alike), ``status.json`` / ``results.json`` / ``error.txt``, which
 checkpoint a path means (a run dir -> its ``best.pt``, else ``last.pt``; resume -> ``last.pt``),
 and :func:`read_run`, the one parser of a run dir used by ``metalearn report`` and
@@ -9,19 +10,98 @@ and :func:`read_run`, the one parser of a run dir used by ``metalearn report`` a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Callable, Iterator, Optional
 
 import yaml
 
-from metalearn_cli.errors import CheckpointError, MetalearnError, WriteError
+from metalearn_cli.errors import CheckpointError, ConfigError, MetalearnError, WriteError
 
 CHECKPOINTS = "checkpoints"
-STATUS, RESULTS, ERROR, METRICS = "status.json", "results.json", "error.txt", "metrics.jsonl"
+STATUS, RESULTS, ERROR, METRICS, LOCK = "status.json", "results.json", "error.txt", "metrics.jsonl", ".lock"
+_HELD: dict[Path, list[int]] = {}  # run dir -> [fd, depth]: the locks this process holds
+
+
+@contextlib.contextmanager
+def exclusive(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` exclusively (``flock``) while the block runs: a second process that
+    wants the same run dir is refused at once. The OS releases the lock when a process dies.
+    Re-entrant within one process (the CLI and the training loop both take it)."""
+    path = Path(run_dir).resolve()
+    if path in _HELD:
+        _HELD[path][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[path][1] -= 1
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"{run_dir} is being written by another metalearn process; wait for it to end, "
+                          "or choose another hydra.run.dir") from None
+    _HELD[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` holds a run (its status, results or checkpoints)."""
+    path = Path(path)
+    return any((path / name).exists() for name in (STATUS, RESULTS, CHECKPOINTS))
+
+
+def is_training_run(path: Path) -> bool:
+    return (Path(path) / CHECKPOINTS).is_dir()
+
+
+class Snapshot:
+    """The small files of a run dir (top level and ``.hydra/``) as they were, to put them back
+    byte for byte after a command that was refused, or to keep the original ``.hydra/`` of a resumed run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.files = {p: p.read_bytes() for p in self._files()}
+
+    def _files(self) -> list[Path]:
+        found = [*self.run_dir.glob("*"), *(self.run_dir / ".hydra").glob("*")]
+        return [p for p in found if p.is_file() and p.name != LOCK]
+
+    def restore(self) -> None:
+        for path in self._files():
+            if path not in self.files:
+                path.unlink(missing_ok=True)
+        for path, data in self.files.items():
+            if not path.is_file() or path.read_bytes() != data:
+                atomic_write(path, lambda f, d=data: f.write(d), path.name, "free disk space")  # type: ignore[misc]
+
+    def keep_hydra(self, record: str) -> Optional[Path]:
+        """Move the ``.hydra/`` files a command just wrote to ``.hydra/<record>/`` and put the originals
+        back: the run's own record is never rewritten. Returns where the new files went."""
+        hydra = self.run_dir / ".hydra"
+        originals = {p: d for p, d in self.files.items() if p.parent == hydra}
+        if not originals:
+            return None
+        target = hydra / record
+        target.mkdir(parents=True, exist_ok=True)
+        for path in [p for p in hydra.glob("*") if p.is_file()]:
+            os.replace(path, target / path.name)
+        for path, data in originals.items():
+            atomic_write(path, lambda f, d=data: f.write(d), path.name, "free disk space")  # type: ignore[misc]
+        return target
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], what: str, remedy: str) -> None:
@@ -160,3 +240,28 @@ def find_runs(paths: list[Path]) -> list[Path]:
     if not runs:
         raise MetalearnError(f"no run dirs (with status.json or results.json) under {', '.join(map(str, paths))}")
     return sorted(runs)
+
+
+class RunGuard:
+    """What a command may do to a run dir that already holds a run: nothing, until the command is
+    accepted (a resume that passed every check). A refused command's traces, Hydra's ``.hydra/``
+    files included, are undone byte for byte; an accepted resume keeps the run's original ``.hydra/``
+    and files the resume's own under ``.hydra/resume-<time>/``."""
+
+    def __init__(self, run_dir: Optional[Path]) -> None:
+        self.snapshot = Snapshot(run_dir) if run_dir is not None and is_run(run_dir) else None
+        self.accepted = False
+
+    def accept(self) -> None:
+        if self.snapshot is not None and not self.accepted:
+            self.snapshot.keep_hydra("resume-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+        self.accepted = True
+
+    @property
+    def protects(self) -> bool:
+        """True while a failure must leave the run dir as it was."""
+        return self.snapshot is not None and not self.accepted
+
+    def undo(self) -> None:
+        if self.snapshot is not None:
+            self.snapshot.restore()

@@ -57,6 +57,7 @@ class TrainerConfig:
     nan_policy: NanPolicy = NanPolicy.stop  # what a NaN/Inf meta-loss or meta-gradient does
     deterministic: bool = False  # deterministic kernels, CUDA included (slower there); CPU runs already repeat exactly
     init_from: Optional[str] = None  # a checkpoint, run dir or export: start from its tensors where names and shapes match
+    memory_check: bool = True  # refuse a run whose estimated memory exceeds what the device has free (false: try anyway)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class EvalRunConfig:
     split: str = "test"  # test | val
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: Optional[int] = None  # null: the checkpoint's seed (the same tasks as its results.json)
+    dataset_root: Optional[str] = None  # where the checkpoint's data set lives, when it was read from a folder (never taken from the file)
     device: str = "auto"
     threads: Optional[int] = None
 

@@ -42,7 +42,7 @@ def one_line_error(capsys, args: list[str]) -> str:
         ("optimizer.lr=0", "lr > 0"),
         ("optimizer.lr=-0.1", "lr > 0"),
         ("optimizer.clip.norm=0", "must be a finite number > 0"),
-            ("optimizer.clip.norm=nan", "must be a finite number > 0"),
+        ("optimizer.clip.norm=nan", "must be a finite number > 0"),
         ("episode.way=30", "30-way episodes need 30 classes"),
         ("episode.query=10", "need 11 images per class"),
         ("device=quantum", "device=quantum"),

@@ -53,6 +53,18 @@ class FewShotData:
 DATASETS: Registry[FewShotData] = Registry("dataset")
 
 
+def check_host_memory(nbytes: int, what: str) -> None:
+    """Refuse, in one line, data that would not fit in the host's available memory."""
+    import torch
+
+    from metalearn_cli.host import available_memory
+
+    free = available_memory(torch.device("cpu"))
+    if nbytes > free:
+        raise DataError(f"{what} needs {nbytes / 2**30:.1f} GiB for its images, more than the {free / 2**30:.1f} GiB "
+                        "available; use smaller images or fewer classes / images per class")
+
+
 def image_format(dataset_cfg: Any) -> "ImageFormat":
     """How this data set's images look to the model, from its config alone (no data is read):
     every data set's parameters say it with an ``image_format()`` method."""

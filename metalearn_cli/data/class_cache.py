@@ -75,6 +75,9 @@ def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Opti
     cache = cache_dir / f"{fingerprint[:20]}.pt" if cache_dir is not None else None
     images = _read_cache(cache, fingerprint) if cache is not None else None
     if images is None:
+        from metalearn_cli.data import check_host_memory  # the package imports this module
+
+        check_host_memory(len(files) * n * fmt.channels * fmt.size**2, f"{what} at image_size={fmt.size}")
         images = torch.empty(len(files), n, *fmt.shape, dtype=torch.uint8)
         progress = tqdm(total=len(files) * n, desc=f"converting {what}", unit="img", disable=len(files) * n < 2000)
         for i, paths in enumerate(files.values()):

@@ -77,6 +77,9 @@ def read_image(source: ImageSource, fmt: ImageFormat, where: str | None = None) 
             return fmt.pipeline()(img)
     except FileNotFoundError as exc:
         raise DataError(f"image {name} does not exist; check the path") from exc
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {name} has more pixels than PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS}); "
+                        "shrink it or remove it") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # PIL's ways of saying "corrupt"
         raise DataError(f"cannot decode image {name} ({exc.__class__.__name__}); replace or remove the file") from exc
 

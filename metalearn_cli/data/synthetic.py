@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.data import DATASETS, FewShotData, check_host_memory
 from metalearn_cli.data.images import ImageFormat
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import ConfigError
@@ -37,10 +37,12 @@ class SyntheticParams:
 @DATASETS.register("synthetic", params=SyntheticParams)
 def build_synthetic(params: SyntheticParams) -> FewShotData:
     counts = (params.train_classes, params.val_classes, params.test_classes)
-    if min(counts) < 1 or params.images_per_class < 1 or params.image_size < 4 or params.channels < 1:
-        raise ConfigError("dataset=synthetic needs >= 1 class per split, >= 1 image per class and image_size >= 4")
+    if min(counts) < 1 or params.images_per_class < 1 or params.image_size < 4 or params.channels not in (1, 3):
+        raise ConfigError("dataset=synthetic needs >= 1 class per split, >= 1 image per class, image_size >= 4 "
+                          "and 1 or 3 channels")
     g = torch.Generator().manual_seed(params.seed)
     total, m, size, c = sum(counts), params.images_per_class, params.image_size, params.channels
+    check_host_memory(4 * total * m * c * size * size, f"dataset=synthetic with image_size={size}")
     coarse = (torch.rand(total, c, 7, 7, generator=g) > 0.5).float()
     glyphs = F.interpolate(coarse, size=(size, size), mode="nearest")  # [total, C, H, W]
     s = params.shift

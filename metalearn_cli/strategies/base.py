@@ -63,6 +63,10 @@ class Strategy(nn.Module):
         """Query logits ``[T, Q, n_way]`` after adapting to each task's support set."""
         raise NotImplementedError
 
+    def activation_copies(self) -> int:
+        """How many forward passes' activations a meta-step keeps alive at once (memory estimate)."""
+        return 1
+
     def test_inner_steps(self) -> Optional[int]:
         """Gradient steps ``predict`` takes on a support set (recorded in results.json); None: no inner loop."""
         return None

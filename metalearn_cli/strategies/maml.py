@@ -266,6 +266,10 @@ class MAML(Strategy):
         if hasattr(self, "meta_iterations"):
             self.meta_iterations.value += 1
 
+    def activation_copies(self) -> int:
+        """Every inner step's graph stays alive for the meta-gradient (twice over, second order)."""
+        return (self.params_.inner_steps + 1) * (2 if self.second_order else 1)
+
     def test_inner_steps(self) -> int:
         p = self.params_
         return p.eval_inner_steps if p.eval_inner_steps is not None else p.inner_steps
