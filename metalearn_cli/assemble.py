@@ -76,10 +76,26 @@ def validate_host(cfg: Any) -> None:
         raise ConfigError("threads must be >= 1 or null")
 
 
+def code_key(node: Any, prefix: str = "") -> Optional[str]:
+    """The first key that would name code (``_target_``, ``_recursive_``, ...), or None."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if str(key).startswith("_"):
+                return f"{prefix}{key}"
+            found = code_key(value, f"{prefix}{key}.")
+            if found:
+                return found
+    return None
+
+
 def validate_train_config(cfg: Any) -> DictConfig:
     """Check a plain or composed config against :class:`TrainConfig` (a checkpoint's, for instance)."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    named = code_key(plain)
+    if named:
+        raise ConfigError(f"{named} is not a metalearn option: configs choose components by registry name, never by "
+                          "code path; remove it")
     try:
-        plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
         return OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_config(plain))
     except Exception as exc:
         raise ConfigError(f"invalid run config: {str(exc).splitlines()[0]}") from exc

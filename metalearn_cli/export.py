@@ -15,11 +15,18 @@ from typing import Any
 
 import torch
 
-from metalearn_cli.checkpoint import EXPORT_FORMAT, VERSION, read_meta_knowledge, save_torch
-from metalearn_cli.errors import ConfigError
-from metalearn_cli.rundir import write_json
+from metalearn_cli.checkpoint import EXPORT_FORMAT, VERSION, check_header, read_meta_knowledge, read_state, save_torch
+from metalearn_cli.errors import CheckpointError, ConfigError
+from metalearn_cli.rundir import CHECKPOINTS, write_json
 
 log = logging.getLogger(__name__)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    try:
+        return check_header(read_state(path), path) is not None
+    except CheckpointError:
+        return False
 
 
 def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
@@ -29,6 +36,8 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
     state = read_meta_knowledge(checkpoint)
     if Path(out).resolve() == Path(state["source"]).resolve():
         raise ConfigError(f"out={out} is the checkpoint being exported; choose another out=PATH")
+    if Path(out).exists() and (Path(out).parent.name == CHECKPOINTS or _is_checkpoint(Path(out))):
+        raise ConfigError(f"out={out} is a training checkpoint, which an export would replace; choose another out=PATH")
     payload = {"format": EXPORT_FORMAT, "version": VERSION, "config": state["config"], "model": state["model"],
                "image_format": state["image_format"], "step": state["step"],
                "exported_from": str(Path(state["source"]).resolve())}

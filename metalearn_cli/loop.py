@@ -257,8 +257,8 @@ class TrainingRun:
     def run(self) -> float:
         """Meta-train, validate, test ``best.pt``; writes the run dir (holding its lock: one writer at
         a time); returns the best validation accuracy."""
-        with exclusive(self.run_dir):
-            if self.resume is None and (self.ckpt_dir / "last.pt").exists():  # written since __init__ looked
+        with exclusive(self.run_dir) if self.main else contextlib.nullcontext():  # rank 0 alone writes
+            if self.main and self.resume is None and (self.ckpt_dir / "last.pt").exists():  # written since __init__ looked
                 raise ConfigError(f"{self.run_dir} already holds checkpoints; pass resume=true to continue it, or use a new run dir")
             return self._run()
 

@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from metalearn_cli.errors import MetalearnError
 from metalearn_cli.rundir import find_runs, read_run
 
 COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
@@ -139,6 +140,8 @@ def main(argv: list[str]) -> int:
     base = args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent
     rows = [describe(run, base) for run in runs]
     out = args.out or base
+    if out.exists() and not out.is_dir():
+        raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows)
     (out / "report.md").write_text(table, encoding="utf-8")

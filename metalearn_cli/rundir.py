@@ -41,8 +41,12 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         finally:
             _HELD[path][1] -= 1
         return
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise WriteError(f"cannot create the run dir {run_dir} ({exc.strerror or exc}); choose a writable "
+                         "hydra.run.dir") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

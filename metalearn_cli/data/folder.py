@@ -71,6 +71,8 @@ def build_folder(params: FolderParams) -> FewShotData:
     if params.root is None:
         raise DataError("dataset=folder needs dataset.root=DIR with one sub-folder of images per class")
     root = Path(params.root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"dataset.root={root} is a file, not a folder; pass the folder that holds one sub-folder of images per class")
     if not root.is_dir():
         raise DataError(f"dataset.root={root} does not exist; it must hold one sub-folder of images per class")
     folders = class_folders(root)

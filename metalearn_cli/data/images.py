@@ -101,7 +101,8 @@ def read_class_folders(root: Path, fmt: ImageFormat, what: str) -> tuple[list[st
     Returns class names, the files of each class and the stacks; ``what`` names the folder in errors.
     """
     if not root.is_dir():
-        raise DataError(f"{what} folder {root} does not exist; it needs one sub-folder of images per class")
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"{what} folder {root} {state}; it needs one sub-folder of images per class")
     folders = class_folders(root)
     if not folders:
         raise DataError(f"{what} folder {root} has no class sub-folders; put the images of each class in root/<class>/")

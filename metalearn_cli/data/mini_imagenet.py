@@ -66,7 +66,8 @@ def build_mini_imagenet(params: MiniImageNetParams) -> FewShotData:
                         "(images/<wnid><index>.jpg or <wnid>/ folders); they are not shipped, by ImageNet's terms")
     root = Path(params.root).expanduser()
     if not root.is_dir():
-        raise DataError(f"dataset.root={root} does not exist; put the mini-ImageNet images there (images/ or <wnid>/ folders)")
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"dataset.root={root} {state}; put the mini-ImageNet images there (images/ or <wnid>/ folders)")
     split = ravi_split()
     wnids = [w for s in SPLITS for w in split[s]]
     files = find_images(root, wnids)

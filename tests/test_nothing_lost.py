@@ -1,0 +1,288 @@
+"""Nothing lost, for real: a table of bad inputs against a finished run (each one line, exit code 2,
+no traceback, the run dir byte-identical before and after), the run-dir lock, no non-finite
+checkpoint, signals in every phase, internal errors kept off the console."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FAST, write_image_task
+from metalearn_cli.checkpoint import save_checkpoint
+from metalearn_cli.cli import main
+
+SMOKE = [*FAST, "trainer.iterations=2", "trainer.val_every=2", "trainer.checkpoint_every=2", "eval.episodes=2"]
+
+
+def tree_hash(root: Path) -> str:
+    """Every file under ``root``: path and bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A finished training run, made through the CLI as a user would."""
+    root = tmp_path_factory.mktemp("nothing_lost")
+    path = root / "run"
+    assert main(["train", *SMOKE, f"hydra.run.dir={path}"]) == 0
+    write_image_task(root / "task")
+    state = torch.load(path / "checkpoints" / "best.pt", weights_only=True)
+    for name, change in [("version_abc", {"version": "abc"}), ("step_abc", {"step": "abc"}),
+                         ("nan", {"model": {k: v * float("nan") if v.is_floating_point() else v
+                                            for k, v in state["model"].items()}})]:
+        torch.save({**state, **change}, root / f"{name}.pt")
+    rooted = {**state["config"], "dataset": {**state["config"]["dataset"]}}
+    save_checkpoint(root / "rooted.pt", {**{k: v for k, v in state.items() if k not in ("format", "version")},
+                                         "config": {**rooted, "dataset": {"name": "omniglot", "split": "vinyals",
+                                                                          "root": str(root / "elsewhere"), "download": True}}})
+    return path
+
+
+R = "{run}"  # the finished run dir
+T = "{tmp}"  # a fresh folder of this case
+CASES = [
+    # a training config that is wrong: refused before anything is written
+    (["train", *SMOKE, "encoder=resnet99"], "Could not find 'encoder/resnet99'"),
+    (["train", *SMOKE, "experiment=no_such_table"], "Could not find 'experiment/no_such_table'"),
+    (["train", *SMOKE, "encoder.depth=3"], "Key 'depth' not in 'Conv4Params'"),
+    (["train", *SMOKE, "trainer.epochs=3"], "Key 'epochs' not in 'TrainerConfig'"),
+    (["train", *SMOKE, "encoder.width=abc"], "could not be converted to Integer"),
+    (["train", *SMOKE, "episode.way=0"], "way >= 2"),
+    (["train", *SMOKE, "episode.shot=0"], "shot >= 1"),
+    (["train", *SMOKE, "episode.query=0"], "query >= 1"),
+    (["train", *SMOKE, "episode.way=30"], "30-way episodes need 30 classes"),
+    (["train", *SMOKE, "episode.query=10"], "need 11 images per class"),
+    (["train", *SMOKE, "trainer.iterations=0"], "must be >= 1"),
+    (["train", *SMOKE, "trainer.meta_batch=-1"], "must be >= 1"),
+    (["train", *SMOKE, "trainer.val_every=0"], "must be >= 1"),
+    (["train", *SMOKE, "eval.episodes=0"], "must be >= 1"),
+    (["train", *SMOKE, "eval.batch_tasks=0"], "must be >= 1"),
+    (["train", *SMOKE, "threads=0"], "threads must be >= 1"),
+    (["train", *SMOKE, "device=quantum"], "device=quantum"),
+    (["train", *SMOKE, "device=cuda:7"], "device=cuda:7"),
+    (["train", *SMOKE, "optimizer.lr=0"], "lr > 0"),
+    (["train", *SMOKE, "optimizer.lr=-0.1"], "lr > 0"),
+    (["train", *SMOKE, "optimizer.lr=nan"], "optimizer.lr=nan is not a finite number"),
+    (["train", *SMOKE, "optimizer.lr=inf"], "optimizer.lr=inf is not a finite number"),
+    (["train", *SMOKE, "optimizer.betas=[1.5,0.9]"], "betas in [0, 1)"),
+    (["train", *SMOKE, "optimizer.weight_decay=-1"], "weight_decay >= 0"),
+    (["train", *SMOKE, "optimizer=sgd", "optimizer.momentum=-0.5"], "momentum >= 0"),
+    (["train", *SMOKE, "optimizer.clip.norm=0"], "must be a finite number > 0"),
+    (["train", *SMOKE, "optimizer.clip.value=-1"], "must be a finite number > 0"),
+    (["train", *SMOKE, "optimizer.clip.norm=nan"], "optimizer.clip.norm=nan is not a finite number"),
+    (["train", *SMOKE, "optimizer.schedule.min_lr_ratio=2"], "0 <= min_lr_ratio <= 1"),
+    (["train", *SMOKE, "optimizer.schedule.gamma=0"], "gamma > 0"),
+    (["train", *SMOKE, "optimizer.schedule.kind=linear"], "linear"),
+    (["train", *SMOKE, "strategy=maml", "strategy.inner_lr=0"], "inner_lr must be > 0"),
+    (["train", *SMOKE, "strategy=maml", "strategy.inner_steps=-1"], "must be >= 0"),
+    (["train", *SMOKE, "strategy=anil", "decoder=prototype"], "nothing to adapt"),
+    (["train", *SMOKE, "strategy=maml", "decoder=linear", "eval.bn_mode=running"], "eval.bn_mode=running is not possible"),
+    (["train", *SMOKE, "strategy=maml", "decoder=linear", "trainer.compile=true"], "cannot be used with second-order"),
+    (["train", *[o for o in SMOKE if not o.startswith("encoder.")], "encoder=rnn", "decoder=film"], "decoder=film needs an encoder that accepts FiLM"),
+    (["train", *SMOKE, "decoder=latent", "decoder.latent_dim=0"], "latent_dim >= 1"),
+    (["train", *SMOKE, "encoder.width=0"], "width >= 1"),
+    (["train", *SMOKE, "dataset.channels=2"], "1 or 3 channels"),
+    (["train", *SMOKE, "+foo=bar"], "Key 'foo' not in 'TrainConfig'"),
+    (["train", *SMOKE, "+encoder._target_=os.system"], "_target_"),
+    (["train", *SMOKE, "trainer.meta_batch=1000000"], "trainer.memory_check=false"),
+    (["train", *SMOKE, "encoder.width=100000"], "trainer.memory_check=false"),
+    (["train", *SMOKE, "dataset.image_size=100000"], "image_size=100000"),
+    (["train", "dataset=omniglot", f"dataset.root={T}/nowhere"], "Omniglot not found"),
+    (["train", "dataset=mini_imagenet", f"dataset.root={T}/nowhere"], "mini"),
+    (["train", "dataset=folder", "dataset.root={root}/nan.pt"], "is a file, not a folder"),
+    (["train", *SMOKE, "hydra.run.dir="], "hydra.run.dir is empty"),
+    # commands aimed at the finished run: refused, and the run is left byte for byte as it was
+    (["train", *SMOKE, f"hydra.run.dir={R}"], "already holds checkpoints; pass resume=true"),
+    (["train", *SMOKE, "seed=5", f"hydra.run.dir={R}"], "already holds checkpoints"),
+    (["train", *SMOKE, "seed=5", f"resume={R}"], "trained with another config"),
+    (["train", *SMOKE, "encoder.width=8", f"resume={R}"], "trained with another config"),
+    (["train", *SMOKE, "trainer.iterations=1", f"resume={R}"], "below the step of"),
+    (["train", *SMOKE, "optimizer.lr=nan", f"resume={R}"], "not a finite number"),
+    (["train", *SMOKE, "+foo=bar", f"resume={R}"], "Key 'foo' not in 'TrainConfig'"),
+    (["train", *SMOKE, "resume=true", f"hydra.run.dir={T}/fresh"], "resume=true but"),
+    (["eval", f"checkpoint={R}", f"hydra.run.dir={R}"], "is a training run"),
+    (["predict", f"checkpoint={R}", "support={root}/task/support", "query={root}/task/query",
+      f"hydra.run.dir={R}"], "is a training run"),
+    (["export", f"checkpoint={R}", f"out={R}/checkpoints/best.pt", f"hydra.run.dir={T}/x"], "is the checkpoint being exported"),
+    (["export", f"checkpoint={R}", f"out={R}/checkpoints/last.pt", f"hydra.run.dir={T}/x"], "a training checkpoint"),
+    (["export", f"checkpoint={R}", f"out={T}/k.pt", f"hydra.run.dir={R}"], "is a training run"),
+    # files that are damaged, foreign or crafted
+    (["eval", "checkpoint={root}/version_abc.pt"], "unreadable format version"),
+    (["eval", "checkpoint={root}/step_abc.pt"], "malformed step"),
+    (["eval", "checkpoint={root}/nan.pt"], "non-finite values"),
+    (["eval", "checkpoint={root}/rooted.pt"], "pass dataset_root=DIR"),
+    (["eval", f"checkpoint={R}", "dataset_root={tmp}"], "is not read from a folder"),
+    (["eval", "checkpoint={tmp}/missing.pt"], "does not exist"),
+    (["eval", f"checkpoint={R}", "split=train"], "not an evaluation split"),
+    (["eval", f"checkpoint={R}", "eval.episodes=0"], "must be >= 1"),
+    (["eval"], "metalearn eval needs checkpoint="),
+    (["predict", f"checkpoint={R}", "support={tmp}/nowhere", "query={tmp}/nowhere"], "support"),
+    (["report", "{tmp}/missing"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("args,needle", CASES, ids=[f"{i}-{c[0][0]}" for i, c in enumerate(CASES)])
+def test_bad_input_is_one_line_and_leaves_the_finished_run_as_it_was(run, tmp_path, capsys, args, needle):
+    before = tree_hash(run)
+    filled = [a.replace(R, str(run)).replace(T, str(tmp_path / "case")).replace("{root}", str(run.parent)) for a in args]
+    (tmp_path / "case").mkdir()
+    if args[0] != "report" and not any(a.startswith("hydra.run.dir=") for a in filled) \
+            and not any(a.startswith("resume=") for a in filled):
+        filled.append(f"hydra.run.dir={tmp_path / 'case' / 'out'}")
+    code = main(filled)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert needle in err, err
+    assert tree_hash(run) == before, "the finished run changed"
+
+
+def test_the_table_covers_at_least_sixty_cases():
+    assert len(CASES) >= 60
+
+
+# ----------------------------------------------------------------------------- no non-finite checkpoint
+def test_a_non_finite_state_is_never_saved_and_the_kept_checkpoint_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "trainer.iterations=20", "optimizer=sgd", "optimizer.lr=1e6",
+                 "trainer.checkpoint_every=1", "trainer.val_every=100", f"hydra.run.dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite" in err and err.strip().count("\n") == 0
+    for name in ("last.pt", "best.pt"):
+        if (run / "checkpoints" / name).exists():
+            state = torch.load(run / "checkpoints" / name, weights_only=True)
+            assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()), name
+            if name == "last.pt":
+                assert f"(meta-iteration {state['step']}) is kept" in err
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_run_that_diverges_before_any_checkpoint_says_so(tmp_path, capsys):
+    assert main(["train", *SMOKE, "trainer.iterations=20", "optimizer=sgd", "optimizer.lr=1e30",
+                 "trainer.checkpoint_every=10", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint was written yet" in err and "is kept" not in err
+
+
+def test_the_advice_to_skip_is_accepted_on_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "trainer.iterations=4", f"hydra.run.dir={run}"]) == 0
+    assert main(["train", *SMOKE, "trainer.iterations=6", "trainer.nan_policy=skip", f"resume={run}"]) == 0
+
+
+# ----------------------------------------------------------------------------- one writer per run dir
+def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"), str(run / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = tree_hash(run)
+        assert main(["train", *SMOKE, f"hydra.run.dir={run}"]) == 2
+        assert "being written by another metalearn process" in capsys.readouterr().err
+        assert tree_hash(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["train", *SMOKE, f"hydra.run.dir={run}"]) == 0  # the OS released the dead holder's lock
+
+
+# ----------------------------------------------------------------------------- a resume keeps the run's record
+def test_an_accepted_resume_keeps_the_original_hydra_files_and_records_its_own(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "trainer.iterations=4", "seed=3", f"hydra.run.dir={run}"]) == 0
+    original = {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")}
+    assert main(["train", *SMOKE, "trainer.iterations=6", "seed=3", f"resume={run}"]) == 0
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")} == original
+    (record,) = (run / ".hydra").glob("resume-*")
+    assert "trainer.iterations=6" in (record / "overrides.yaml").read_text()
+
+
+# ----------------------------------------------------------------------------- signals in every phase
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_signal_during_the_final_test_marks_the_run_interrupted(tmp_path, monkeypatch, capsys, sig, code):
+    from metalearn_cli import loop
+
+    real = loop.score_checkpoint
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        time.sleep(0.5)  # the handler runs here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "score_checkpoint", signalled)
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, f"hydra.run.dir={run}"]) == code
+    err = capsys.readouterr().err
+    assert "during the final test" in err and f"resume={run}" in err and "Traceback" not in err
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(loop, "score_checkpoint", real)
+    assert main(["train", *SMOKE, f"resume={run}"]) == 0  # resuming runs the test it missed
+    assert json.loads((run / "results.json").read_text())["episodes"] == 2
+
+
+# ----------------------------------------------------------------------------- bugs stay off the console
+def test_an_internal_error_is_one_line_with_the_traceback_in_the_run_dir(tmp_path, monkeypatch, capsys):
+    from metalearn_cli import loop
+
+    def broken(self, *args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(loop.TrainingRun, "meta_iteration", broken)
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, f"hydra.run.dir={run}"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err and "internal error" in err and "a bug" in err
+    assert "Traceback" in (run / "error.txt").read_text()
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_sweep_goes_on_past_a_job_with_a_bad_value(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    assert main(["train", "-m", *SMOKE, "optimizer.lr=nan,0.001", f"hydra.sweep.dir={sweep}"]) == 0
+    statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.rglob("status.json"))
+    assert statuses == ["completed", "failed"]
+
+
+# ----------------------------------------------------------------------------- damaged inputs elsewhere
+def test_an_image_over_the_decompression_bomb_limit_is_one_line(tmp_path, monkeypatch):
+    from metalearn_cli.data.images import ImageFormat, read_image
+    from metalearn_cli.errors import DataError
+
+    path = tmp_path / "big.png"
+    Image.new("L", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 pixels: over twice the limit
+    with pytest.raises(DataError, match="decompression-bomb limit"):
+        read_image(path, ImageFormat(channels=1, size=28))
+
+
+def test_report_reads_damaged_run_dirs_and_refuses_an_out_that_is_a_file(tmp_path, run, capsys):
+    import shutil
+
+    damaged = tmp_path / "runs" / "damaged"
+    shutil.copytree(run, damaged)
+    with open(damaged / "metrics.jsonl", "a") as f:
+        f.write('not json\n[1, 2]\n{"split": "train"}\n{"step": "x", "split": "val"}\n{"step": 9, "spl')
+    (damaged / ".hydra" / "config.yaml").write_text("encoder: [unclosed\n")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.csv").is_file()
+    (tmp_path / "afile").write_text("x")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and err.strip().count("\n") == 0
