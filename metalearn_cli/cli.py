@@ -125,9 +125,10 @@ def train_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     def job() -> float:
-        from metalearn_cli.loop import TrainingRun
+        from metalearn_cli.loop import TrainingRun, resumed_config
 
-        run = TrainingRun(cfg, run_dir)  # every check; a refusal leaves an existing run as it was
+        config = resumed_config(cfg, run_dir, _typed_keys(list(HydraConfig.get().overrides.task)))
+        run = TrainingRun(config, run_dir)  # every check; a refusal leaves an existing run as it was
         _guard.accept()
         return run.run()
 
@@ -180,6 +181,21 @@ def export_app(cfg: DictConfig) -> float:
 
 
 APPS: dict[str, Callable[[], Any]] = {"train": train_app, "eval": eval_app, "predict": predict_app, "export": export_app}
+
+
+MODIFIERS = ("experiment", "debug", "sweep")  # groups whose options set keys anywhere (@package _global_)
+
+
+def _typed_keys(overrides: list[str]) -> list[str]:
+    """The config keys (or groups) a command line sets; ``"*"`` when a modifier may set any key."""
+    keys = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key in MODIFIERS:
+            keys.append("*")
+        elif key != "resume" and not key.startswith("hydra"):
+            keys.append(key.split("@", 1)[0])
+    return keys
 
 
 def _resume_overrides(args: list[str]) -> list[str]:

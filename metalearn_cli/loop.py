@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from metalearn_cli.assemble import (
     build_strategy, check_memory, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
-    select_kernels, setup_device, validate,
+    select_kernels, setup_device, validate, validate_train_config,
 )
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -35,7 +35,7 @@ from metalearn_cli.errors import CheckpointError, ConfigError, Diverged, Interru
 from metalearn_cli.evaluation import evaluate_tasks, score_checkpoint, summarize
 from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
 from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step
-from metalearn_cli.rundir import CHECKPOINTS, exclusive, remove_stale_temporaries, resume_checkpoint, write_results, write_status
+from metalearn_cli.rundir import CHECKPOINTS, RESULTS, exclusive, remove_stale_temporaries, resume_checkpoint, write_results, write_status
 from metalearn_cli.strategies import StepOutput, Strategy, query_accuracy
 
 log = logging.getLogger(__name__)
@@ -84,19 +84,48 @@ def stop_requests() -> Iterator[dict[str, Any]]:
             signal.signal(s, h)
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def _under(key: str, prefixes: Any) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def resumed_config(cfg: Any, run_dir: Path, typed: list[str]) -> Any:
+    """The config a resumed run continues with: its own, saved in its checkpoint, changed only where
+    the user typed a key (``typed``: dotted keys or groups; ``"*"`` for a modifier such as
+    ``experiment=``) and only in the :data:`RESUMABLE` keys. So the printed resume command works as
+    printed, and a resume never takes the command line's defaults for the run's settings."""
+    path = resume_checkpoint(cfg.resume, run_dir)
+    if path is None:
+        return cfg
+    saved = migrate_config(load_checkpoint(path)["config"])
+    current = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    a, b = _flat(saved), _flat(current)
+    wanted = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "resume"
+              and ("*" in typed or _under(k, typed))]
+    refused = [k for k in wanted if not _under(k, RESUMABLE)]
+    if refused:
+        raise CheckpointError(
+            f"{path} was trained with {', '.join(f'{k}={a.get(k)!r}' for k in refused[:3])}; a resume continues the "
+            f"run with its own settings, so drop {', '.join(refused[:3])} from the command, or start a new run")
+    merged = OmegaConf.create(saved)
+    for key in wanted:
+        OmegaConf.update(merged, key, b.get(key), merge=False)
+    merged.resume = cfg.resume
+    return validate_train_config(merged)
+
+
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """Resuming continues *the same* run: only the :data:`RESUMABLE` keys may differ."""
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix.rstrip("."): d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}."))
-        return out
-
-    a, b = flat(migrate_config(saved)), flat(current)
-    diff = [k for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in RESUMABLE)]
+    a, b = _flat(migrate_config(saved)), _flat(current)
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not _under(k, RESUMABLE)]
     if diff:
         raise CheckpointError(
             f"{path} was trained with another config ({', '.join(f'{k}={a.get(k)!r}' for k in diff[:3])}); "
@@ -170,6 +199,10 @@ class TrainingRun:
         restore_rng(state["rng"])
         self.step, self.best_val, self.best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
         self.saved_step = self.step
+        if (self.run_dir / RESULTS).is_file() and self.t.iterations <= self.step:
+            raise ConfigError(f"{self.run_dir} is completed ({self.step} meta-iterations, tested); to train it further "
+                              f"pass trainer.iterations=N with N > {self.step} (a new learning-rate schedule over N: "
+                              "not the same as a longer run from the start)")
         if self.t.iterations < self.step:
             raise ConfigError(f"trainer.iterations={self.t.iterations} is below the step of {path} ({self.step}); "
                               f"resume with trainer.iterations >= {self.step}")

@@ -104,7 +104,7 @@ def test_resume_problems(tmp_path, capsys, trained):
     err = one_line_error(capsys, ["train", *SMOKE, "resume=true", f"hydra.run.dir={tmp_path / 'fresh'}"])
     assert "resume=true but" in err and "does not exist" in err
     err = one_line_error(capsys, ["train", *SMOKE, "encoder.width=8", "trainer.iterations=4", f"resume={trained}"])
-    assert "trained with another config" in err and "encoder.width" in err
+    assert "a resume continues the run with its own settings" in err and "encoder.width" in err
     err = one_line_error(capsys, ["train", *SMOKE, f"hydra.run.dir={trained}"])
     assert "already holds checkpoints; pass resume=true" in err
 

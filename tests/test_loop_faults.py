@@ -222,3 +222,62 @@ def test_a_second_ctrl_c_exits_at_once_without_corrupting_anything(tmp_path):
     assert "Traceback" not in err
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] >= 3  # whatever was on disk is whole
     assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+# ----------------------------------------------------------------------------- resume as printed
+def stop_at(monkeypatch, step: int) -> None:
+    """Send SIGTERM to this process once meta-iteration ``step`` is done (in-process runs)."""
+    real = loop.TrainingRun.meta_iteration
+
+    def meta_iteration(self, nan_policy):
+        real(self, nan_policy)
+        if self.step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop.TrainingRun, "meta_iteration", meta_iteration)
+
+
+STARTED = ["debug=smoke", "dataset=synthetic", "trainer.iterations=40", "trainer.checkpoint_every=10", "encoder.width=8",
+           "trainer.val_every=20", "eval.episodes=4", "device=cpu"]
+
+
+def test_the_printed_resume_command_continues_the_run_bit_identically(tmp_path, monkeypatch, capsys):
+    reference = tmp_path / "reference"
+    assert main(["train", *STARTED, f"hydra.run.dir={reference}"]) == 0
+    run = tmp_path / "run"
+    stop_at(monkeypatch, 15)
+    assert main(["train", *STARTED, f"hydra.run.dir={run}"]) == 0  # SIGTERM: an orderly stop
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    printed = err.split("continue with: ", 1)[1].split()
+    assert printed[:2] == ["metalearn", "train"] and len(printed) == 3  # `metalearn train resume=RUN`, nothing else
+    hydra_before = {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")}
+    assert main(printed[1:]) == 0, capsys.readouterr().err
+    assert records(reference) == records(run)
+    assert results(reference) == results(run)
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")} == hydra_before  # the run's own record
+    assert len(list((run / ".hydra").glob("resume-*"))) == 1
+
+
+def test_a_failed_resume_leaves_the_run_as_it_was(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    stop_at(monkeypatch, 15)
+    assert main(["train", *STARTED, f"hydra.run.dir={run}"]) == 0
+    monkeypatch.undo()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["train", "encoder.width=16", f"resume={run}"]) == 2
+    assert "drop encoder.width" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+
+
+def test_a_completed_run_is_extended_only_with_more_iterations(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *STARTED, "trainer.iterations=10", f"hydra.run.dir={run}"]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["train", f"resume={run}"]) == 2
+    assert "is completed" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert main(["train", "trainer.iterations=20", f"resume={run}"]) == 0
+    assert json.loads((run / "results.json").read_text())["iterations"] == 20
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["trainer"]["iterations"] == 20
