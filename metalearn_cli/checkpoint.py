@@ -96,7 +96,9 @@ def read_meta_knowledge(path: Path | str) -> dict[str, Any]:
             fmt = image_format(state["config"]["dataset"]).to_dict()
         except Exception as exc:  # a foreign config: any failure means the same
             raise CheckpointError(f"{path}: its config names no usable data set ({exc}); the checkpoint is foreign or damaged") from exc
-    return {"config": state["config"], "model": state["model"], "image_format": fmt, "step": step, "source": str(path)}
+    mean = state.get("pixel_mean")
+    return {"config": state["config"], "model": state["model"], "image_format": fmt, "step": step, "source": str(path),
+            "pixel_mean": float(mean) if isinstance(mean, (int, float)) else None}
 
 
 def capture_rng() -> dict[str, Any]:

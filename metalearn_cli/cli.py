@@ -9,6 +9,8 @@ line on stderr and exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import io
 import logging
 import os
 import sys
@@ -41,6 +43,7 @@ commands:
   predict   adapt a trained meta-network to your own support images and classify query images
   export    write a checkpoint's meta-knowledge alone, for metalearn_cli.load() and predict
   report    one table (markdown + CSV) and plots over run dirs or sweep dirs
+  sample-task  write a small Omniglot task folder (support/, query/) to try predict on
 
 examples:
   metalearn train                                    # ProtoNet on Omniglot 5-way 1-shot (embedded data, CPU ok)
@@ -52,7 +55,9 @@ examples:
   metalearn eval checkpoint=outputs/train/<run>/checkpoints/best.pt episode=5way5shot
   metalearn predict checkpoint=<run>/checkpoints/best.pt support=task/support query=task/query
   metalearn export checkpoint=<run>/checkpoints/best.pt out=meta_knowledge.pt
-  metalearn report outputs/multirun/train/<time>     # table, learning curves, accuracy bar chart
+  metalearn report outputs/multirun/train/<time>     # table, learning curves, accuracy chart
+  metalearn sample-task --out my_task                # then: metalearn predict ... support=my_task/support query=my_task/query
+  metalearn --version
   metalearn train --help                             # config groups, options and the composed config
   metalearn train --cfg job                          # print the composed config and exit
 
@@ -216,17 +221,49 @@ def one_line(exc: BaseException) -> str:
     parts = []
     for e in (exc, exc.__cause__):
         if e is not None and str(e).strip():
-            line = str(e).strip().splitlines()[0].strip()
+            line = str(e).strip().splitlines()[0].strip().rstrip(".")
             if line not in parts:
                 parts.append(line)
     options = getattr(exc, "options", None)  # MissingConfigException lists a group's valid options
     if options:
-        parts.append(f"choose one of: {', '.join(options)}")
+        missing_option = str(getattr(exc, "missing_cfg_file", "") or "").rsplit("/", 1)[-1]
+        close = difflib.get_close_matches(missing_option, options, n=1)
+        parts.append((f"did you mean {close[0]}? " if close else "") + f"choose one of: {', '.join(options)}")
+    suggestion = _did_you_mean(" ".join(parts))
+    if suggestion:
+        parts.append(suggestion)
     missing = str(getattr(exc, "missing_cfg_file", "") or "")
     if missing.startswith(("hydra/sweeper", "hydra/launcher")):
         parts.append('the sweeper/launcher plugins come with the extras: pip install -e ".[sweep]" (optuna, joblib) '
                      'or ".[cluster]" (submitit)')
     return ": ".join(parts) or exc.__class__.__name__
+
+
+def _did_you_mean(message: str) -> Optional[str]:
+    """For ``Key 'x' not in 'SomeParams'``: the closest key that dataclass does have."""
+    import dataclasses
+    import re
+
+    match = re.search(r"Key '([^']+)' not in '([^']+)'", message)
+    if not match:
+        return None
+    from metalearn_cli import schema
+    from metalearn_cli.components import REGISTRIES
+
+    classes = [v for v in vars(schema).values() if dataclasses.is_dataclass(v)]
+    classes += [registry.get(n).params for registry in REGISTRIES.values() for n in registry.names()]
+    seen = list(classes)
+    while seen:  # nested dataclasses (ScheduleParams, ClipParams, ...)
+        for f in dataclasses.fields(seen.pop()):
+            kind = f.type if isinstance(f.type, type) else None
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                kind = type(f.default_factory())  # type: ignore[misc]
+            if kind is not None and dataclasses.is_dataclass(kind) and kind not in classes:
+                classes.append(kind)
+                seen.append(kind)
+    keys = [f.name for c in classes if c.__name__ == match.group(2) for f in dataclasses.fields(c)]
+    close = difflib.get_close_matches(match.group(1), keys, n=1)
+    return f"did you mean '{close[0]}'?" if close else None
 
 
 def _shell_completion(request: str) -> int:
@@ -261,21 +298,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
+    if args[0] in ("--version", "-V", "version"):
+        from metalearn_cli import __version__
+
+        print(f"metalearn {__version__}")
+        return 0
     command, rest = args[0], args[1:]
     for flag in ("-sc", "--shell-completion"):
         for i, a in enumerate(args[:-1]):
             if a == flag:
                 return _shell_completion(args[i + 1])
-    if command == "report":
-        from metalearn_cli import report
+    if command in ("report", "sample-task"):
+        from metalearn_cli import report, sample_task
 
         try:
-            return report.main(rest)
+            return {"report": report.main, "sample-task": sample_task.main}[command](rest)
         except MetalearnError as exc:
-            print(f"metalearn report: error: {exc}", file=sys.stderr)
+            print(f"metalearn {command}: error: {exc}", file=sys.stderr)
             return 2
     if command not in APPS:
-        print(f"metalearn: error: unknown command '{command}'; choose one of: {', '.join([*APPS, 'report'])} (see metalearn --help)",
+        close = difflib.get_close_matches(command, [*APPS, "report", "sample-task"], n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        print(f"metalearn: error: unknown command '{command}'; {hint}choose one of: {', '.join([*APPS, 'report', 'sample-task'])} "
+              "(see metalearn --help)",
               file=sys.stderr)
         return 2
     from metalearn_cli.components import register_configs
@@ -284,6 +329,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone writes the run dir
         rest = [*rest, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     args = _resume_overrides(rest)
+    if any(a in ("--help", "-h") for a in args):
+        return _help(command, args)
     try:
         run_dir = _named_run_dir(command, args)
     except MetalearnError as exc:
@@ -307,6 +354,31 @@ def _named_run_dir(command: str, args: list[str]) -> Optional[Path]:
         raise ConfigError(f"{run_dir} is a training run; metalearn {command} writes its own files, so give it another "
                           f"hydra.run.dir (or leave it out: outputs/{command}/<time>)")
     return run_dir
+
+
+GROUPS = {  # the config groups each command accepts (its --help lists only these)
+    "train": ("dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "experiment", "sweep", "debug"),
+    "eval": ("episode",), "predict": (), "export": (),
+}
+
+
+def _help(command: str, args: list[str]) -> int:
+    """Hydra's --help, listing only the groups ``command`` accepts (not the internal ``schema/*``)."""
+    out, code = io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out), _hydra_argv([f"metalearn {command}", *args]):
+            code = _run_app(command)
+    except SystemExit as exc:  # Hydra exits after printing the help
+        code = int(exc.code or 0)
+    for line in out.getvalue().splitlines():
+        group = line.split(":", 1)[0] if ": " in line and " " not in line.split(":", 1)[0] else None
+        if group is None or group in GROUPS[command] or not _is_group_line(group):
+            print(line)
+    return code
+
+
+def _is_group_line(name: str) -> bool:
+    return name.startswith("schema/") or name in GROUPS["train"]
 
 
 def _guarded(command: str, args: list[str], run_dir: Optional[Path]) -> int:

@@ -40,7 +40,7 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
         raise ConfigError(f"out={out} is a training checkpoint, which an export would replace; choose another out=PATH")
     payload = {"format": EXPORT_FORMAT, "version": VERSION, "config": state["config"], "model": state["model"],
                "image_format": state["image_format"], "step": state["step"],
-               "exported_from": str(Path(state["source"]).resolve())}
+               "exported_from": str(Path(state["source"]).resolve()), "pixel_mean": state["pixel_mean"]}
     load(payload, device="cpu")
     save_torch(Path(out), payload, "meta-knowledge", "choose a writable out=PATH or free disk space")
     return payload

@@ -15,6 +15,7 @@ latent steps for LEO-style codes).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -30,6 +31,7 @@ from metalearn_cli.model import batch_norm_mode
 from metalearn_cli.strategies import Strategy
 
 Images = Union[torch.Tensor, Sequence[ImageSource]]
+log = logging.getLogger(__name__)
 
 
 class TaskClassifier:
@@ -72,6 +74,7 @@ class MetaKnowledge:
         self.bn_mode = resolve_bn_mode(self.config.eval.bn_mode, self.strategy)
         self.query_chunk = TaskShapes.of(self.config).query_set
         self.step = int(state.get("step", -1))
+        self.pixel_mean: float | None = state.get("pixel_mean")  # of the training images, as the model saw them
 
     @property
     def max_way(self) -> int | None:
@@ -94,6 +97,19 @@ class MetaKnowledge:
         pixels = images.to(self.device)
         return pixels.float().div(255.0) if pixels.dtype == torch.uint8 else pixels.float()
 
+    def warn_if_inverted(self, pixels: torch.Tensor) -> bool:
+        """Warn (and return True) when images look inverted against the training data: mean brightness
+        on the other side of mid-grey, far from the training images' (e.g. Omniglot saved white on black)."""
+        if self.pixel_mean is None or pixels.numel() == 0:
+            return False
+        mean = float(pixels.float().mean())
+        if (mean - 0.5) * (self.pixel_mean - 0.5) >= 0 or abs(mean - self.pixel_mean) < 0.3:
+            return False
+        log.warning("these images look inverted against the training data (mean brightness %.2f after conversion, "
+                    "training images %.2f): for Omniglot-trained models give dark strokes on white, as the original "
+                    "files are; predictions on inverted images are poor", mean, self.pixel_mean)
+        return True
+
     def adapt(self, support_images: Images, support_labels: Sequence[int] | torch.Tensor) -> TaskClassifier:
         """Adapt to a new task: ``support_labels[i]`` in 0..N-1 is the class of ``support_images[i]``;
         every class needs at least one image, and N >= 2."""
@@ -104,6 +120,7 @@ class MetaKnowledge:
         n = int(labels.max()) + 1 if labels.numel() else 0
         if n < 2 or labels.min() < 0 or torch.bincount(labels, minlength=n).min() == 0:
             raise DataError("support labels must be 0..N-1 with N >= 2 and at least one image of every class")
+        self.warn_if_inverted(support)
         if self.max_way is not None and n > self.max_way:
             raise ConfigError(f"this meta-network's classifier head has {self.max_way} outputs, so a task may have at "
                               f"most {self.max_way} classes; this one has {n}")

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from metalearn_cli.assemble import (
     build_strategy, check_memory, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
@@ -183,6 +184,9 @@ class TrainingRun:
                                             split_seed(cfg.seed, "train"), self.device)
         self.val_sampler = EpisodeSampler(resident(data.val, self.device), s.way, s.shot, s.query,
                                           split_seed(cfg.seed, "val"), self.device)
+        # Mean brightness of the training images as the model sees them: predict warns when a user's
+        # images look inverted against it (Omniglot files are dark on white, the model sees white strokes).
+        self.pixel_mean = float(data.train.images.float().mean() / 255)
         self.config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         self.config["resume"] = None  # a saved config describes the run, not how it was started
 
@@ -216,7 +220,7 @@ class TrainingRun:
             "config": self.config, "model": self.strategy.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "step": self.step, "best_val": self.best_val,
             "best_step": self.best_step, "sampler": self.train_sampler.get_state(), "rng": capture_rng(),
-            "window": self.window.state(), "train_seconds": self.train_seconds(),
+            "window": self.window.state(), "train_seconds": self.train_seconds(), "pixel_mean": self.pixel_mean,
         }
 
     def kept(self) -> str:
@@ -301,10 +305,11 @@ class TrainingRun:
             remove_stale_temporaries(self.ckpt_dir)
             write_status(self.run_dir, "running", step=self.step, iterations=self.t.iterations)
         metrics = MetricsLog(self.run_dir, resume_step=self.step if self.resume is not None else None) if self.main else None
-        bar = tqdm(total=self.t.iterations, initial=self.step, disable=not (self.t.progress and self.main), unit="it",
-                   dynamic_ncols=True, desc="meta-train")
+        # A bar only on a terminal (no \r frames in redirected logs); log lines print above it.
+        bar = tqdm(total=self.t.iterations, initial=self.step, unit="it", dynamic_ncols=True, desc="meta-train",
+                   disable=not (self.t.progress and self.main and sys.stderr.isatty()))
         try:
-            with stop_requests() as stop:
+            with stop_requests() as stop, logging_redirect_tqdm():
                 try:
                     self.strategy.train()
                     while self.step < self.t.iterations:

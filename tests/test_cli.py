@@ -153,3 +153,31 @@ def test_shell_completion_knows_subcommands_and_their_groups(monkeypatch, capsys
     assert "encoder=conv4" in capsys.readouterr().out.split()
     assert main(["train", "-sc", "install=bash"]) == 0
     assert "complete -p metalearn " in capsys.readouterr().out
+
+
+def test_version_and_a_mistyped_command(capsys):
+    from metalearn_cli import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"metalearn {__version__}"
+    assert main(["evl"]) == 2 and "did you mean 'eval'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override,hint", [("trainer.iterationz=3", "did you mean 'iterations'?"),
+                                           ("encoder=resnt12", "did you mean resnet12?"),
+                                           ("optimizer.schedule.kindd=cosine", "did you mean 'kind'?")])
+def test_a_mistyped_key_or_option_gets_a_suggestion(capsys, override, hint):
+    assert main(["train", override]) == 2
+    err = capsys.readouterr().err
+    assert hint in err and ".:" not in err and err.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("command,listed,hidden", [
+    ("train", ["dataset:", "strategy:", "experiment:"], ["schema/"]),
+    ("eval", ["episode:"], ["schema/", "dataset:", "experiment:", "sweep:", "strategy:"]),
+    ("predict", [], ["schema/", "dataset:", "episode:"]),
+])
+def test_each_help_lists_only_the_groups_its_command_accepts(capsys, command, listed, hidden):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    groups = out.split("== Composed config")[0]
+    assert all(g in groups for g in listed) and not any(h in groups for h in hidden), groups

@@ -91,3 +91,14 @@ def test_bad_tasks_and_tampered_files_are_one_line_errors(trained_run, tmp_path)
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="neither a metalearn checkpoint nor an exported"):
         load(tmp_path / "foreign.pt")
+
+
+def test_images_that_look_inverted_get_a_warning(trained_run, caplog):
+    knowledge = load(trained_run, device="cpu")
+    assert knowledge.pixel_mean is not None  # saved by the training run
+    knowledge.pixel_mean = 0.1  # as for Omniglot: white strokes on black, as the model sees them
+    assert not knowledge.warn_if_inverted(torch.full((4, 1, 28, 28), 0.12))
+    assert not knowledge.warn_if_inverted(torch.full((4, 1, 28, 28), 0.45))
+    with caplog.at_level("WARNING"):
+        assert knowledge.warn_if_inverted(torch.full((4, 1, 28, 28), 0.9))
+    assert "look inverted" in caplog.text
