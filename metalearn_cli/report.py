@@ -1,16 +1,18 @@
-"""``metalearn report PATH...``: one table of configs x metrics over run dirs or sweep dirs, plus
-learning curves and a bar chart of test accuracy with CI95 error bars (matplotlib, headless)."""
+"""``metalearn report PATH...``: one table of configs x metrics over run dirs or sweep dirs (accuracies
+in percent throughout), plus learning curves and a chart of test accuracy with CI95 error bars
+(:mod:`metalearn_cli.report_plots`). Written to ``report/`` beside the inputs, never inside a run."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from metalearn_cli.errors import MetalearnError
-from metalearn_cli.rundir import find_runs, read_run
+from metalearn_cli.rundir import find_runs, is_run, read_run
 
 COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
            "test_accuracy", "ci95", "published", "val_accuracy", "train_seconds", "tasks_per_s"]
@@ -32,40 +34,58 @@ def strategy_label(cfg: dict[str, Any]) -> str:
     return name
 
 
+def _percent(value: Any) -> Optional[float]:
+    return round(100 * value, 2) if isinstance(value, (int, float)) else None
+
+
 def describe(run: Path, base: Path) -> dict[str, Any]:
-    """One row: the run's choices (from .hydra/config.yaml) and its measured figures."""
+    """One row: the run's choices (from .hydra/config.yaml) and its measured figures (accuracies in %)."""
     record = read_run(run)
     cfg, results = record["config"], record["results"]
     ep = cfg.get("episode") if isinstance(cfg.get("episode"), dict) else {}
     name = lambda group: (cfg.get(group) or {}).get("name", "") if isinstance(cfg.get(group), dict) else ""  # noqa: E731
     return {
-        "run": str(run.relative_to(base)) if run.is_relative_to(base) else str(run),
+        "run": str(run.relative_to(base)) if run != base and run.is_relative_to(base) else run.name,
         "overrides": " ".join(o for o in record["overrides"] if not o.startswith("hydra.")),
         "dataset": name("dataset"), "encoder": name("encoder"), "decoder": name("decoder"),
         "strategy": strategy_label(cfg),
         "episode": f"{ep.get('way', '?')}w{ep.get('shot', '?')}s" if ep else "", "seed": cfg.get("seed"),
         "status": record["status"],
-        "test_accuracy": results.get("accuracy"), "ci95": results.get("ci95"),
+        "test_accuracy": _percent(results.get("accuracy")), "ci95": _percent(results.get("ci95")),
         "published": results.get("published_accuracy"),
-        "val_accuracy": results.get("val_accuracy"), "train_seconds": results.get("train_seconds"),
+        "val_accuracy": _percent(results.get("val_accuracy")), "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s"),
     }
+
+
+def setting_of(row: dict[str, Any]) -> str:
+    """What a run was, without its seed: runs of one setting differ only in ``seed=``."""
+    setting = " ".join(o for o in row["overrides"].split() if not o.startswith("seed=")) or "(defaults)"
+    return f"{setting} [{row['dataset']} {row['encoder']} {row['decoder']} {row['strategy']} {row['episode']}]"
+
+
+def short_settings(rows: list[dict[str, Any]]) -> list[str]:
+    """Each run's setting by the overrides that tell it from the others (seed aside): legends stay short."""
+    tokens = [[o for o in r["overrides"].split() if not o.startswith("seed=")] for r in rows]
+    common = set.intersection(*(set(t) for t in tokens)) if tokens else set()
+    short = [" ".join(o for o in t if o not in common) for t in tokens]
+    full = [setting_of(r) for r in rows]
+    if len(set(short)) != len(set(full)):  # the overrides alone do not tell the settings apart
+        return full
+    return [s or "(common settings)" for s in short]
 
 
 def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Runs that differ only in ``seed=``: mean and sample std of their test accuracy (in %)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        if row["test_accuracy"] is None:
-            continue
-        setting = " ".join(o for o in row["overrides"].split() if not o.startswith("seed=")) or "(defaults)"
-        groups.setdefault(f"{setting} [{row['dataset']} {row['encoder']} {row['decoder']} {row['strategy']} {row['episode']}]",
-                          []).append(row)
+        if row["test_accuracy"] is not None:
+            groups.setdefault(setting_of(row), []).append(row)
     out = []
     for setting, members in groups.items():
         if len(members) < 2:
             continue
-        accs = [100 * m["test_accuracy"] for m in members]
+        accs = [m["test_accuracy"] for m in members]
         mean = sum(accs) / len(accs)
         std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5
         out.append({"setting": setting, "seeds": ",".join(str(m["seed"]) for m in members),
@@ -74,77 +94,36 @@ def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    def cell(key: str, value: Any) -> str:
+    def cell(value: Any) -> str:
         if value is None:
             return "–"
-        if key in ("test_accuracy", "val_accuracy", "ci95") and isinstance(value, float):
-            return f"{100 * value:.2f}"
-        return f"{value:.1f}" if isinstance(value, float) else str(value)
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
 
     out = io.StringIO()
-    out.write("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n")
+    header = [f"{c} (%)" if c in ("test_accuracy", "ci95", "published", "val_accuracy") else c for c in COLUMNS]
+    out.write("| " + " | ".join(header) + " |\n|" + "---|" * len(COLUMNS) + "\n")
     for row in rows:
-        out.write("| " + " | ".join(cell(k, row[k]) for k in COLUMNS) + " |\n")
+        out.write("| " + " | ".join(cell(row[k]) for k in COLUMNS) + " |\n")
     return out.getvalue()
 
 
-def plot(runs: list[Path], rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for run, row in zip(runs, rows):
-        records = read_run(run)["metrics"]
-        train = [(r["step"], r["loss"]) for r in records if r.get("split") == "train" and "loss" in r]
-        val = [(r["step"], r["accuracy"]) for r in records if r.get("split") == "val"]
-        if train:
-            loss_ax.plot(*zip(*train), marker="o" if len(train) < 20 else None, label=row["run"])  # short runs: visible points
-        if val:
-            val_ax.plot(*zip(*val), marker="o", label=row["run"])
-    loss_ax.set(xlabel="meta-iteration", ylabel="train loss", title="training loss")
-    val_ax.set(xlabel="meta-iteration", ylabel="validation accuracy", title="validation accuracy")
-    val_ax.legend(fontsize=7)
-    fig.tight_layout()
-    curves = out / "curves.png"
-    fig.savefig(curves, dpi=110)
-    plt.close(fig)
-
-    done = [r for r in rows if r["test_accuracy"] is not None]
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(done) + 2), 4))
-    ax.bar(range(len(done)), [100 * r["test_accuracy"] for r in done], yerr=[100 * (r["ci95"] or 0) for r in done], capsize=4)
-    published = [(i, r["published"]) for i, r in enumerate(done) if r.get("published") is not None]
-    if published:  # the paper's figure beside ours, where a preset names one
-        ax.scatter(*zip(*published), marker="_", s=400, color="crimson", zorder=3, label="published")
-        ax.legend(fontsize=7, loc="lower right")
-    ax.set_xticks(range(len(done)), [r["run"] for r in done], rotation=30, ha="right", fontsize=7)
-    ax.set(ylabel="test accuracy (%) ± CI95", title="test accuracy")
-    if done:
-        low = min([100 * (r["test_accuracy"] - (r["ci95"] or 0)) for r in done] + [p for _, p in published])
-        ax.set_ylim(max(0, low - 5), 100)
-    fig.tight_layout()
-    bars = out / "accuracy.png"
-    fig.savefig(bars, dpi=110)
-    plt.close(fig)
-    return [curves, bars]
+def common_base(runs: list[Path]) -> Path:
+    """The deepest folder holding every run: labels are paths below it, so they show what differs."""
+    base = Path(os.path.commonpath([str(r.resolve()) for r in runs]))
+    return base.parent if len(runs) == 1 else base
 
 
-def main(argv: list[str]) -> int:
-    """``metalearn report PATH... [--out DIR]``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="metalearn report", description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or sweep dirs")
-    parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the PNGs (default: the first PATH)")
-    args = parser.parse_args(argv)
-    runs = find_runs(args.paths)
-    base = args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent
-    rows = [describe(run, base) for run in runs]
-    out = args.out or base
-    if out.exists() and not out.is_dir():
-        raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")
-    out.mkdir(parents=True, exist_ok=True)
+def default_out(runs: list[Path]) -> Path:
+    """``report/`` beside the inputs: in the folder holding them all, never inside a run."""
+    base = common_base(runs)
+    while is_run(base) and base.parent != base:
+        base = base.parent
+    return base / "report"
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path) -> str:
+    """report.md, report.csv and (for runs that differ only in their seed) seeds.csv; returns the markdown."""
     table = markdown(rows)
-    (out / "report.md").write_text(table, encoding="utf-8")
     with open(out / "report.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -154,12 +133,32 @@ def main(argv: list[str]) -> int:
         table += ("\n### Across training seeds (test accuracy %, mean ± sample std)\n\n| setting | seeds | mean | std | runs |\n"
                   "|---|---|---|---|---|\n" + "".join(f"| {g['setting']} | {g['seeds']} | {g['mean_accuracy']:.2f} | "
                                                        f"{g['std_accuracy']:.2f} | {g['runs']} |\n" for g in seeds))
-        (out / "report.md").write_text(table, encoding="utf-8")
         with open(out / "seeds.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=SEED_COLUMNS)
             writer.writeheader()
             writer.writerows(seeds)
-    pictures = plot(runs, rows, out)
+    (out / "report.md").write_text(table, encoding="utf-8")
+    return table
+
+
+def main(argv: list[str]) -> int:
+    """``metalearn report PATH... [--out DIR]``; returns the exit code."""
+    from metalearn_cli.report_plots import plot
+
+    parser = argparse.ArgumentParser(prog="metalearn report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or sweep dirs")
+    parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the PNGs "
+                                                 "(default: report/ in the folder holding the runs)")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.paths)
+    base = common_base(runs)
+    rows = [describe(run, base) for run in runs]
+    out = args.out or default_out(runs)
+    if out.exists() and not out.is_dir():
+        raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")
+    out.mkdir(parents=True, exist_ok=True)
+    table = write_tables(rows, out)
+    pictures = plot(runs, rows, short_settings(rows), out)
     print(table, end="")
     print(f"\n{len(rows)} runs; wrote {out / 'report.md'}, {out / 'report.csv'}, " + ", ".join(map(str, pictures)))
     return 0

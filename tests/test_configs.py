@@ -167,7 +167,23 @@ def test_option_yamls_never_restate_a_default_with_another_value(group):
     for path in (CONFIGS / group).glob("*.yaml"):
         name = compose_config("train", [f"{group}={path.stem}"])[group].name
         raw = yaml.safe_load(path.read_text()) or {}
+        if path.read_text().startswith("# @package _global_"):  # a strategy that brings its paper's setting
+            own = raw.get(group, {})
+            assert set(raw) <= {"defaults", group, "trainer"}, path
+            assert not _restated(raw.get("trainer", {}), _schema_defaults(SCHEMAS["train_schema"])["trainer"]) or \
+                raw["trainer"] == {"train_way": None, "train_query": None}, path
+            raw = own
         assert not _restated(raw, _schema_defaults(REGISTRIES[group].get(name).params)), path
+
+
+@pytest.mark.parametrize("strategy", ["maml", "fomaml", "anil", "metasgd"])
+def test_a_gradient_based_strategy_brings_its_papers_decoder_and_task_shape(strategy):
+    cfg = compose_config("train", [f"strategy={strategy}"])
+    assert (cfg.decoder.name, cfg.trainer.train_way, cfg.trainer.train_query) == ("linear", None, None)
+    cfg = compose_config("train", [f"strategy={strategy}", "decoder=latent", "trainer.train_way=20"])
+    assert (cfg.decoder.name, cfg.trainer.train_way) == ("latent", 20)  # what the user types wins
+    cfg = compose_config("train")
+    assert (cfg.decoder.name, cfg.trainer.train_way, cfg.trainer.train_query) == ("prototype", 60, 5)
 
 
 def test_primary_yamls_never_restate_a_default_with_another_value():

@@ -24,14 +24,15 @@ def test_report_over_two_runs(tmp_path, capsys):
     assert main(["report", str(tmp_path / "sweep")]) == 0
     out = capsys.readouterr().out
     assert out.count("| completed |") == 2 and "| failed |" in out
-    rows = list(csv.DictReader((tmp_path / "sweep" / "report.csv").open()))
+    report = tmp_path / "sweep" / "report"  # beside the runs, never inside one
+    rows = list(csv.DictReader((report / "report.csv").open()))
     assert [r["run"] for r in rows] == ["0_job", "1_job", "2_failed"]
-    assert 0 <= float(rows[0]["test_accuracy"]) <= 1
+    assert 1 < float(rows[0]["test_accuracy"]) <= 100  # percent, as everywhere in the report
     for name in ("curves.png", "accuracy.png"):
-        assert (tmp_path / "sweep" / name).read_bytes()[:4] == b"\x89PNG"
+        assert (report / name).read_bytes()[:4] == b"\x89PNG"
     # The two runs differ only in their seed: one row of mean and std over training seeds.
-    (group,) = list(csv.DictReader((tmp_path / "sweep" / "seeds.csv").open()))
-    accs = [100 * float(r["test_accuracy"]) for r in rows[:2]]
+    (group,) = list(csv.DictReader((report / "seeds.csv").open()))
+    accs = [float(r["test_accuracy"]) for r in rows[:2]]
     assert group["seeds"] == "0,1" and float(group["mean_accuracy"]) == round(sum(accs) / 2, 2)
     assert float(group["std_accuracy"]) == round(abs(accs[0] - accs[1]) / 2**0.5, 2)
     assert "Across training seeds" in out
@@ -63,3 +64,14 @@ def test_report_labels_each_maml_variant_by_its_own_name(tmp_path):
 ])
 def test_runs_saved_before_the_variants_had_names_are_labelled_by_their_flags(saved, label):
     assert strategy_label({"strategy": saved}) == label
+
+
+def test_two_run_dirs_get_short_labels_and_the_report_lands_beside_them(tmp_path):
+    for name, seed in (("a", 0), ("b", 1)):
+        loop.train(compose_config("train", [*FAST, f"seed={seed}"]), tmp_path / "runs" / name)
+    assert main(["report", str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b")]) == 0
+    rows = list(csv.DictReader((tmp_path / "runs" / "report" / "report.csv").open()))
+    assert [r["run"] for r in rows] == ["a", "b"]
+    assert not (tmp_path / "runs" / "a" / "report.md").exists()
+    assert main(["report", str(tmp_path / "runs" / "a")]) == 0  # one run: the report goes beside it
+    assert (tmp_path / "runs" / "report" / "report.md").is_file() and not (tmp_path / "runs" / "a" / "report").exists()
