@@ -218,12 +218,14 @@ def _resume_overrides(args: list[str]) -> list[str]:
 
 def one_line(exc: BaseException) -> str:
     """The first line of an error and of its cause: what is wrong, without the traceback."""
-    parts = []
-    for e in (exc, exc.__cause__):
-        if e is not None and str(e).strip():
-            line = str(e).strip().splitlines()[0].strip().rstrip(".")
-            if line not in parts:
-                parts.append(line)
+    parts: list[str] = []
+    chain: list[BaseException] = [exc]
+    while len(chain) < 4 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+    for e in chain:
+        line = str(e).strip().splitlines()[0].strip().rstrip(".:") if str(e).strip() else ""
+        if line and line not in parts and (len(parts) < 2 or e is chain[-1]):
+            parts.append(line)
     options = getattr(exc, "options", None)  # MissingConfigException lists a group's valid options
     if options:
         missing_option = str(getattr(exc, "missing_cfg_file", "") or "").rsplit("/", 1)[-1]
@@ -332,11 +334,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     if any(a in ("--help", "-h") for a in args):
         return _help(command, args)
     try:
+        _check_debug(args)
         run_dir = _named_run_dir(command, args)
     except MetalearnError as exc:
         print(f"metalearn {command}: error: {exc}", file=sys.stderr)
         return 2
     return _guarded(command, args, run_dir)
+
+
+def _check_debug(args: list[str]) -> None:
+    """``debug=smoke`` runs on generated data: a data set chosen on the same command line cannot be honoured."""
+    if "debug=smoke" in args:
+        chosen = [a for a in args if a.startswith("dataset=") and a != "dataset=synthetic"]
+        if chosen:
+            raise ConfigError(f"debug=smoke runs on generated data (dataset=synthetic), so {chosen[0]} cannot apply; "
+                              "drop one of them (for a short run on real data: trainer.iterations=50 eval.episodes=100)")
+        if any(a.startswith("experiment=") for a in args):
+            print("metalearn train: note: debug=smoke replaces the preset's data set by generated 28x28 images and "
+                  "shrinks its budget; its figures are not comparable with the published one", file=sys.stderr)
 
 
 def _named_run_dir(command: str, args: list[str]) -> Optional[Path]:

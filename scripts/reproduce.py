@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shlex
 import io
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     if not args.tabulate_only:
         for method, cmd in commands(args):
-            print("$ " + " ".join(cmd[2:]), flush=True)
+            print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)  # pastes into a shell as it is
             if not args.dry_run:
                 done = subprocess.run(cmd, cwd=ROOT)
                 if done.returncode != 0:

@@ -181,3 +181,23 @@ def test_each_help_lists_only_the_groups_its_command_accepts(capsys, command, li
     out = capsys.readouterr().out
     groups = out.split("== Composed config")[0]
     assert all(g in groups for g in listed) and not any(h in groups for h in hidden), groups
+
+
+def test_debug_smoke_with_a_chosen_data_set_is_refused_in_one_line(capsys, tmp_path):
+    assert main(["train", "debug=smoke", "dataset=mini_imagenet", f"hydra.run.dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert "debug=smoke runs on generated data" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_file_system_error_inside_a_job_says_what_it_is_without_claiming_a_write(tmp_path, capsys, monkeypatch):
+    from metalearn_cli import loop
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "data"))
+
+    monkeypatch.setattr(loop.TrainingRun, "_build", unreadable)
+    assert main(["train", "debug=smoke", f"hydra.run.dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot access" in err and "Permission denied" in err and "cannot write" not in err
+    assert "Error executing job" not in err and err.strip().count("\n") == 0

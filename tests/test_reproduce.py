@@ -39,3 +39,15 @@ def test_dry_run_prints_one_multirun_per_override_set(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("$ ")]
     assert "-m experiment=maml_mini_5w1s_conv4,maml_mini_5w1s_resnet12,maml_mini_5w5s_conv4,maml_mini_5w5s_resnet12" in line
+
+
+def test_dry_run_commands_paste_into_a_shell_as_they_are(tmp_path):
+    import shlex
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--table", "omniglot", "--dry-run",
+                           "--methods", "protonet", "--budget", "quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("$ ")]
+    words = shlex.split(line[2:])  # what a shell would pass on
+    assert words[:3] == ["metalearn", "train", "-m"]
+    assert "hydra.sweep.subdir=${hydra.job.num}_${hydra:runtime.choices.experiment}" in words
