@@ -41,7 +41,7 @@ def test_strategy_presets_in_configs_are_all_described():
 
 def test_readme_links_every_doc_and_every_link_resolves():
     readme = (ROOT / "README.md").read_text()
-    for doc in ("concepts", "algorithms", "examples", "faq", "future"):
+    for doc in ("concepts", "algorithms", "examples", "faq", "future", "benchmarks"):
         assert f"docs/{doc}.md" in readme, f"README.md does not link docs/{doc}.md"
     for source in [ROOT / "README.md", *DOCS.glob("*.md")]:
         for link in re.findall(r"\]\(((?!http)[^)#]+)", source.read_text()):
