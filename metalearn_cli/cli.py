@@ -9,7 +9,6 @@ line on stderr and exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import io
 import logging
 import os
@@ -26,7 +25,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from metalearn_cli.errors import ConfigError, FileSystemError, Interrupted, MetalearnError
+from metalearn_cli.console import as_user_error, one_line, suggest
+from metalearn_cli.errors import ConfigError, Interrupted, MetalearnError
 from metalearn_cli.rundir import RunGuard, exclusive, is_training_run, record_failure, run_dir_of
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
@@ -81,14 +81,6 @@ class InternalError(MetalearnError):
 _guard = RunGuard(None)  # set by main() for the run dir a command names
 
 
-def _as_user_error(exc: BaseException) -> MetalearnError:
-    if isinstance(exc, OSError):
-        where = f"{exc.filename}: " if exc.filename else ""
-        return FileSystemError(f"cannot access {where}{exc.strerror or exc}; check that the path exists and is "
-                               "readable, and that hydra.run.dir is writable")
-    return ConfigError(one_line(exc))
-
-
 def _run_job(job: Callable[[], float], run_dir: Path) -> float:
     """Run one job; record failures in the run dir (never in an existing run it refused: that one is
     put back as it was). In a sweep a failing job fails alone and the sweep goes on."""
@@ -96,7 +88,7 @@ def _run_job(job: Callable[[], float], run_dir: Path) -> float:
         try:
             return job()
         except (OSError, OmegaConfBaseException) as exc:
-            raise _as_user_error(exc) from exc
+            raise as_user_error(exc) from exc
     except Interrupted as exc:
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except MetalearnError as exc:
@@ -216,58 +208,6 @@ def _resume_overrides(args: list[str]) -> list[str]:
     return args
 
 
-def one_line(exc: BaseException) -> str:
-    """The first line of an error and of its cause: what is wrong, without the traceback."""
-    parts: list[str] = []
-    chain: list[BaseException] = [exc]
-    while len(chain) < 4 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
-    for e in chain:
-        line = str(e).strip().splitlines()[0].strip().rstrip(".:") if str(e).strip() else ""
-        if line and line not in parts and (len(parts) < 2 or e is chain[-1]):
-            parts.append(line)
-    options = getattr(exc, "options", None)  # MissingConfigException lists a group's valid options
-    if options:
-        missing_option = str(getattr(exc, "missing_cfg_file", "") or "").rsplit("/", 1)[-1]
-        close = difflib.get_close_matches(missing_option, options, n=1)
-        parts.append((f"did you mean {close[0]}? " if close else "") + f"choose one of: {', '.join(options)}")
-    suggestion = _did_you_mean(" ".join(parts))
-    if suggestion:
-        parts.append(suggestion)
-    missing = str(getattr(exc, "missing_cfg_file", "") or "")
-    if missing.startswith(("hydra/sweeper", "hydra/launcher")):
-        parts.append('the sweeper/launcher plugins come with the extras: pip install -e ".[sweep]" (optuna, joblib) '
-                     'or ".[cluster]" (submitit)')
-    return ": ".join(parts) or exc.__class__.__name__
-
-
-def _did_you_mean(message: str) -> Optional[str]:
-    """For ``Key 'x' not in 'SomeParams'``: the closest key that dataclass does have."""
-    import dataclasses
-    import re
-
-    match = re.search(r"Key '([^']+)' not in '([^']+)'", message)
-    if not match:
-        return None
-    from metalearn_cli import schema
-    from metalearn_cli.components import REGISTRIES
-
-    classes = [v for v in vars(schema).values() if dataclasses.is_dataclass(v)]
-    classes += [registry.get(n).params for registry in REGISTRIES.values() for n in registry.names()]
-    seen = list(classes)
-    while seen:  # nested dataclasses (ScheduleParams, ClipParams, ...)
-        for f in dataclasses.fields(seen.pop()):
-            kind = f.type if isinstance(f.type, type) else None
-            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                kind = type(f.default_factory())  # type: ignore[misc]
-            if kind is not None and dataclasses.is_dataclass(kind) and kind not in classes:
-                classes.append(kind)
-                seen.append(kind)
-    keys = [f.name for c in classes if c.__name__ == match.group(2) for f in dataclasses.fields(c)]
-    close = difflib.get_close_matches(match.group(1), keys, n=1)
-    return f"did you mean '{close[0]}'?" if close else None
-
-
 def _shell_completion(request: str) -> int:
     """Hydra's shell completion for the whole command: the script names ``metalearn`` and each query
     goes to the app of the subcommand typed so far (Hydra alone would take ``train`` for an override)."""
@@ -319,8 +259,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"metalearn {command}: error: {exc}", file=sys.stderr)
             return 2
     if command not in APPS:
-        close = difflib.get_close_matches(command, [*APPS, "report", "sample-task"], n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = suggest(command, [*APPS, "report", "sample-task"])
         print(f"metalearn: error: unknown command '{command}'; {hint}choose one of: {', '.join([*APPS, 'report', 'sample-task'])} "
               "(see metalearn --help)",
               file=sys.stderr)
@@ -450,7 +389,7 @@ def _run_app(command: str) -> int:
         print(f"metalearn {command}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # the file system refused before the job ran (Hydra writing .hydra/, ...)
-        print(f"metalearn {command}: error: {_as_user_error(exc)}", file=sys.stderr)
+        print(f"metalearn {command}: error: {as_user_error(exc)}", file=sys.stderr)
         return 2
     return 0
 

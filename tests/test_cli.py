@@ -201,3 +201,21 @@ def test_a_file_system_error_inside_a_job_says_what_it_is_without_claiming_a_wri
     err = capsys.readouterr().err
     assert "cannot access" in err and "Permission denied" in err and "cannot write" not in err
     assert "Error executing job" not in err and err.strip().count("\n") == 0
+
+
+def test_the_usage_and_version_answer_without_loading_torch():
+    code = ("import sys; from metalearn_cli.cli import main; main([]); main(['--version']); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: metalearn" in proc.stdout
+
+
+def test_a_redirected_log_has_no_progress_bar_frames(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "train", "dataset=synthetic", "encoder.width=8",
+                           "trainer.iterations=20", "trainer.val_every=10", "trainer.log_every=5", "trainer.train_way=null",
+                           "trainer.train_query=null", "eval.episodes=20", "trainer.progress=true",
+                           f"hydra.run.dir={tmp_path / 'r'}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr + proc.stdout
+    assert "val accuracy" in proc.stdout + proc.stderr

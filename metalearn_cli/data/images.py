@@ -16,14 +16,13 @@ from typing import IO, Any, Union
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision import transforms
-from torchvision.transforms import InterpolationMode
 
 from metalearn_cli.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-RESAMPLING = {"lanczos": InterpolationMode.LANCZOS, "bilinear": InterpolationMode.BILINEAR,
-              "bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}
+# torchvision's InterpolationMode by name (torchvision is imported when images are converted, not
+# to print --help: it costs a second).
+RESAMPLING = ("lanczos", "bilinear", "bicubic", "nearest")
 
 
 @dataclass(frozen=True)
@@ -51,11 +50,14 @@ class ImageFormat:
     def from_dict(cls, values: dict[str, Any]) -> "ImageFormat":
         return cls(int(values["channels"]), int(values["size"]), str(values["resample"]), bool(values["invert"]))
 
-    def pipeline(self) -> transforms.Compose:
+    def pipeline(self) -> Any:
         """torchvision's transforms from a decoded PIL image to uint8 ``[C, H, W]``."""
+        from torchvision import transforms
+        from torchvision.transforms import InterpolationMode
+
         steps: list[Any] = [
             transforms.Lambda(lambda img: ImageOps.exif_transpose(img).convert("L" if self.channels == 1 else "RGB")),
-            transforms.Resize((self.size, self.size), interpolation=RESAMPLING[self.resample]),
+            transforms.Resize((self.size, self.size), interpolation=InterpolationMode(self.resample)),
             transforms.PILToTensor(),
         ]
         if self.invert:

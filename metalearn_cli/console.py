@@ -1,0 +1,78 @@
+"""What the console shows of an error: one line, what is wrong and how to fix it, with a "did you
+mean" where a key, an option or a command is close to a real one."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Optional
+
+from metalearn_cli.errors import ConfigError, FileSystemError, MetalearnError
+
+
+def as_user_error(exc: BaseException) -> MetalearnError:
+    """An OSError or a config library's error raised inside a job, as a user error of ours."""
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return FileSystemError(f"cannot access {where}{exc.strerror or exc}; check that the path exists and is "
+                               "readable, and that hydra.run.dir is writable")
+    return ConfigError(one_line(exc))
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error and of its cause: what is wrong, without the traceback."""
+    parts: list[str] = []
+    chain: list[BaseException] = [exc]
+    while len(chain) < 4 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+    for e in chain:
+        line = str(e).strip().splitlines()[0].strip().rstrip(".:") if str(e).strip() else ""
+        if line and line not in parts and (len(parts) < 2 or e is chain[-1]):
+            parts.append(line)
+    options = getattr(exc, "options", None)  # MissingConfigException lists a group's valid options
+    if options:
+        missing_option = str(getattr(exc, "missing_cfg_file", "") or "").rsplit("/", 1)[-1]
+        close = difflib.get_close_matches(missing_option, options, n=1)
+        parts.append((f"did you mean {close[0]}? " if close else "") + f"choose one of: {', '.join(options)}")
+    suggestion = did_you_mean(" ".join(parts))
+    if suggestion:
+        parts.append(suggestion)
+    missing = str(getattr(exc, "missing_cfg_file", "") or "")
+    if missing.startswith(("hydra/sweeper", "hydra/launcher")):
+        parts.append('the sweeper/launcher plugins come with the extras: pip install -e ".[sweep]" (optuna, joblib) '
+                     'or ".[cluster]" (submitit)')
+    return ": ".join(parts) or exc.__class__.__name__
+
+
+def did_you_mean(message: str) -> Optional[str]:
+    """For ``Key 'x' not in 'SomeParams'``: the closest key that dataclass does have."""
+    import dataclasses
+    import re
+
+    match = re.search(r"Key '([^']+)' not in '([^']+)'", message)
+    if not match:
+        return None
+    from metalearn_cli import schema
+    from metalearn_cli.components import REGISTRIES
+
+    classes = [v for v in vars(schema).values() if dataclasses.is_dataclass(v)]
+    classes += [registry.get(n).params for registry in REGISTRIES.values() for n in registry.names()]
+    seen = list(classes)
+    while seen:  # nested dataclasses (ScheduleParams, ClipParams, ...)
+        for f in dataclasses.fields(seen.pop()):
+            kind = f.type if isinstance(f.type, type) else None
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                kind = type(f.default_factory())  # type: ignore[misc]
+            if kind is not None and dataclasses.is_dataclass(kind) and kind not in classes:
+                classes.append(kind)
+                seen.append(kind)
+    keys = [f.name for c in classes if c.__name__ == match.group(2) for f in dataclasses.fields(c)]
+    close = difflib.get_close_matches(match.group(1), keys, n=1)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+
+
+def suggest(word: str, choices: list[str]) -> str:
+    """``did you mean 'x'? `` for the closest choice, or nothing."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
