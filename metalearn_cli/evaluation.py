@@ -47,7 +47,7 @@ def evaluate_tasks(
         raise ConfigError("eval.episodes, eval.batch_tasks and trainer.val_episodes must be >= 1")
     accs = []
     # Transductive statistics must come from one task at a time, never a mix of tasks.
-    one_by_one = bn_mode == "transductive" and not strategy.isolates_tasks
+    one_by_one = bn_mode.startswith("transductive") and not strategy.isolates_tasks
     bar = tqdm(total=episodes, disable=not progress, unit="task", dynamic_ncols=True, desc="test", leave=False)
     with batch_norm_mode(strategy.model, bn_mode):
         for batch in sampler.fixed(episodes, batch_tasks):

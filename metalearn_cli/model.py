@@ -26,6 +26,9 @@ class MetaModel(nn.Module):
         self.decoder = decoder
         self.memory_format = torch.contiguous_format
         self.autocast_dtype: torch.dtype | None = None
+        # One encoder pass over support + query (one set of batch statistics; Snell et al.'s
+        # ProtoNet pass), or two passes, support alone then query alone (Finn et al.'s MAML).
+        self.joint_statistics = True
 
     def use_precision(self, precision: str) -> "MetaModel":
         """``bf16`` runs the encoder under bfloat16 autocast; the decoder always computes in fp32
@@ -62,22 +65,27 @@ class MetaModel(nn.Module):
         ``query_images=None`` the support set scores itself (the inner-loop loss of gradient-based
         strategies). Tensors, not a batch, so ``torch.func.functional_call`` and ``vmap`` can drive it."""
         s = support_images.shape[1]
-        # Support and query share one encoder pass (one set of batch-norm statistics, bigger GEMMs).
-        both = support_images if query_images is None else torch.cat([support_images, query_images], dim=1)
         film = None
         if self.decoder.modulates_encoder:
             # CNAPs: the support set, embedded as it is, sets the FiLM parameters for this task.
             film = self.decoder.modulation(self.embed(support_images), support_labels)
-        emb = self.embed(both, film)
-        query = emb[:, :s] if query_images is None else emb[:, s:]
-        return self.decoder(emb[:, :s], support_labels, query, n_way, film=film, with_stats=with_stats)
+        if query_images is None:
+            support = query = self.embed(support_images, film)
+        elif self.joint_statistics:  # one pass (one set of batch-norm statistics, bigger GEMMs)
+            emb = self.embed(torch.cat([support_images, query_images], dim=1), film)
+            support, query = emb[:, :s], emb[:, s:]
+        else:  # the support set's statistics never see a query, nor the other way round
+            support, query = self.embed(support_images, film), self.embed(query_images, film)
+        return self.decoder(support, support_labels, query, n_way, film=film, with_stats=with_stats)
 
     def episode_output(self, batch: EpisodeBatch, with_stats: bool = False) -> DecoderOutput:
         return self(batch.support_images, batch.support_labels, batch.query_images, batch.n_way, with_stats)
 
     def use_batch_statistics(self) -> None:
         """Batch norm always normalises with the statistics of the batch it sees and keeps no running
-        statistics (the MAML family's protocol: each task is normalised on its own)."""
+        statistics, support and query apart (the MAML family's protocol, as in Finn et al.'s code:
+        each task normalised on its own, adaptation never sees the queries)."""
+        self.joint_statistics = False
         for module in self.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.track_running_stats = False
@@ -95,17 +103,23 @@ def build_meta_model(cfg: Any, image_shape: tuple[int, int, int]) -> MetaModel:
 
 
 @contextlib.contextmanager
-def batch_norm_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Evaluate with running statistics (``running``) or each batch's own (``transductive``).
+def batch_norm_mode(model: "MetaModel", mode: str) -> Iterator[None]:
+    """Evaluate with the statistics ``mode`` names (see ``schema.BNMode``):
 
-    Transductive mode uses the test batch's statistics without updating the running ones, so
-    evaluating never changes the model. Everything else is in evaluation mode either way (no
-    dropout or DropBlock, LEO's codes at their means).
+    - ``running``: the running statistics stored by meta-training (inductive: queries never interact);
+    - ``transductive``: each batch's own, the support set alone and then the query set alone (as
+      Finn et al.'s MAML code did);
+    - ``transductive_joint``: the support and query sets in one batch (Snell et al.'s training pass).
+
+    Batch statistics are used without updating the running ones, so evaluating never changes the
+    model. Everything else is in evaluation mode either way (no dropout or DropBlock, LEO's codes
+    at their means).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    was_training, tracked = model.training, [m.track_running_stats for m in norms]
+    was_training, tracked, joint = model.training, [m.track_running_stats for m in norms], model.joint_statistics
     model.eval()
-    if mode == "transductive":
+    if mode.startswith("transductive"):
+        model.joint_statistics = mode == "transductive_joint"
         for m in norms:
             m.train()
             m.track_running_stats = False
@@ -113,5 +127,6 @@ def batch_norm_mode(model: nn.Module, mode: str) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
+        model.joint_statistics = joint
         for m, t in zip(norms, tracked):
             m.track_running_stats = t

@@ -18,8 +18,9 @@ from omegaconf import MISSING
 
 class BNMode(enum.Enum):
     auto = "auto"  # the strategy's own protocol: running for mgd, transductive for the MAML family
-    running = "running"  # batch norm uses the running statistics from meta-training (no test-batch leakage)
-    transductive = "transductive"  # statistics of each test task's support + query images (MAML's protocol)
+    running = "running"  # the running statistics from meta-training: inductive, one query never affects another
+    transductive = "transductive"  # each task's own batch statistics: the support set alone, then the query set alone (Finn et al.'s MAML code)
+    transductive_joint = "transductive_joint"  # each task's support + query images in one batch (Snell et al.'s training pass)
 
 
 class Precision(enum.Enum):

@@ -90,3 +90,50 @@ def test_eval_accepts_an_export_and_reproduces_the_run(compose_train, run_dir, t
     assert evaluation.evaluate(cfg, tmp_path / "eval") == json.loads((run_dir / "results.json").read_text())["accuracy"]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["checkpoint"].endswith("knowledge.pt") and results["checkpoint_step"] >= 1
+
+
+def test_ci95_is_1_96_sample_std_over_root_n():
+    accs = torch.tensor([1.0, 0.0, 1.0, 1.0])  # mean 0.75, sample std 0.5
+    summary = evaluation.summarize(accs)
+    assert summary["accuracy"] == 0.75 and summary["episodes"] == 4
+    assert summary["ci95"] == pytest.approx(1.96 * 0.5 / 2)
+    assert evaluation.summarize(torch.tensor([0.6]))["ci95"] == 0.0
+
+
+def _mgd(compose_train, tmp_path):
+    from metalearn_cli.assemble import load_strategy
+    from metalearn_cli.checkpoint import read_meta_knowledge
+    from metalearn_cli.data import DATASETS
+    from metalearn_cli.episodes import EpisodeSampler
+
+    run = tmp_path / "run"
+    loop.train(compose_train(), run)
+    knowledge = read_meta_knowledge(run)
+    strategy, cfg = load_strategy(knowledge, torch.device("cpu"), (1, 28, 28))
+    data = DATASETS.build(cfg.dataset)
+    return strategy, EpisodeSampler(data.test, 5, 1, 3, seed=7)
+
+
+def test_in_running_mode_one_query_never_changes_another(compose_train, tmp_path):
+    from metalearn_cli.model import batch_norm_mode
+
+    strategy, sampler = _mgd(compose_train, tmp_path)
+    batch = sampler.sample(2)
+    changed = batch.query_images.clone()
+    changed[:, 0] = torch.rand_like(changed[:, 0])
+    other = type(batch)(batch.support_images, batch.support_labels, changed, batch.query_labels, 5, 1, 3)
+    with batch_norm_mode(strategy.model, "running"):
+        a, b = strategy.predict(batch).logits, strategy.predict(other).logits
+    torch.testing.assert_close(a[:, 1:], b[:, 1:])
+    assert not torch.allclose(a[:, 0], b[:, 0])
+    with batch_norm_mode(strategy.model, "transductive"):  # batch statistics: the queries are one batch
+        a, b = strategy.predict(batch).logits, strategy.predict(other).logits
+    assert not torch.allclose(a[:, 1:], b[:, 1:])
+
+
+@pytest.mark.parametrize("mode", ["transductive", "transductive_joint", "running"])
+def test_batching_tasks_never_mixes_their_statistics(compose_train, tmp_path, mode):
+    strategy, sampler = _mgd(compose_train, tmp_path)
+    one = evaluation.evaluate_tasks(strategy, sampler, 8, 1, mode)
+    four = evaluation.evaluate_tasks(strategy, sampler, 8, 4, mode)
+    torch.testing.assert_close(one, four)

@@ -9,7 +9,7 @@ layout) instead, and ``dataset.download=true`` fetches them with torchvision's `
 Protocols (``dataset.split``):
 - ``vinyals``: Vinyals et al. (2016) character split as used by Snell et al. (2017): 1028 / 172 /
   423 characters, each rotated by 0/90/180/270 degrees into 4 classes.
-- ``lake``: background alphabets train, evaluation alphabets test (no rotations); the last five
+- ``background``: background alphabets train, evaluation alphabets test (no rotations); the last five
   background alphabets (sorted by name) are held out for validation.
 
 Pixels are inverted so strokes are bright on a zero background (zero padding then means "no ink").
@@ -34,7 +34,7 @@ import torch
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.data.images import ImageFormat, read_image
 from metalearn_cli.episodes import ClassImages
-from metalearn_cli.errors import DataError, WriteError
+from metalearn_cli.errors import ConfigError, DataError, WriteError
 from metalearn_cli.rundir import atomic_write
 
 IMAGE_SIZE = 28
@@ -48,7 +48,8 @@ CACHE_NAME = ".metalearn-omniglot28.npz"
 
 class OmniglotSplit(enum.Enum):
     vinyals = "vinyals"
-    lake = "lake"
+    background = "background"
+    lake = "lake"  # the old name of background: refused with a hint (it is not Lake et al.'s protocol)
 
 
 @dataclass
@@ -261,19 +262,22 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str) -> Few
         bg = [c for c, b in zip(arrays.characters, arrays.background) if b]
         alphabets = sorted({c.split("/")[0] for c in bg})
         if len(alphabets) <= LAKE_VAL_ALPHABETS:
-            raise DataError(f"{where}: the lake split needs more than {LAKE_VAL_ALPHABETS} background alphabets")
+            raise DataError(f"{where}: the background split needs more than {LAKE_VAL_ALPHABETS} background alphabets")
         val_alphabets = set(alphabets[-LAKE_VAL_ALPHABETS:])
         parts["train"] = [(c, 0) for c in bg if c.split("/")[0] not in val_alphabets]
         parts["val"] = [(c, 0) for c in bg if c.split("/")[0] in val_alphabets]
         parts["test"] = [(c, 0) for c, b in zip(arrays.characters, arrays.background) if not b]
         if not parts["test"]:
-            raise DataError(f"{where} has no images_evaluation characters for the lake test split")
+            raise DataError(f"{where} has no images_evaluation characters for the background split's test classes")
     splits = {p: _classes(arrays, e, where) for p, e in parts.items()}
     return FewShotData(name="omniglot", train=splits["train"], val=splits["val"], test=splits["test"])
 
 
 @DATASETS.register("omniglot", params=OmniglotParams)
 def build_omniglot(params: OmniglotParams) -> FewShotData:
+    if params.split is OmniglotSplit.lake:
+        raise ConfigError("dataset.split=lake was renamed dataset.split=background: it draws random cross-alphabet "
+                          "tasks from the evaluation alphabets, which is not Lake et al.'s within-alphabet protocol")
     if params.root is None:
         if params.download:
             raise DataError("dataset.download=true needs dataset.root=DIR to download into")

@@ -48,7 +48,7 @@ class FiLMDecoder(Decoder):
         means = class_means(support, support_labels, n_way)  # [T, N, D]
         generated = self.classifier(means)
         weight = means + generated[..., :-1]
-        bias = generated[..., -1] - 0.5 * means.square().sum(-1)  # at init: -||q - mean||^2 up to a per-query constant
+        bias = generated[..., -1] - 0.5 * means.square().sum(-1)  # at init: -1/2 ||q - mean||^2 up to a per-query constant
         logits = query @ weight.transpose(1, 2) + bias.unsqueeze(1)
         film = film or []
         # Keep the modulations small: 1e-3 x the mean square of each block's [gamma, beta].

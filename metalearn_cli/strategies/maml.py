@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Optional
 
 import torch
@@ -59,10 +59,11 @@ class MAMLParams:
     name: str = "maml"
     inner_steps: int = 1  # gradient steps on the support set per task during meta-training
     eval_inner_steps: Optional[int] = 3  # steps at evaluation (Finn et al.: more at test time); null = inner_steps
-    inner_lr: float = 0.4  # inner-loop step size (Finn et al., Omniglot: 0.4); Meta-SGD's initial value
+    inner_lr: float = 0.4  # inner-loop step size (Finn et al., Omniglot: 0.4); Meta-SGD's initial value unless inner_lr_range
     first_order: bool = False  # FOMAML: drop the second-order term
     adapt: Adapt = Adapt.all
     learn_inner_lr: bool = False  # Meta-SGD: per-parameter learned inner learning rates
+    inner_lr_range: Optional[list[float]] = None  # Meta-SGD: draw each rate from U(low, high) (Li et al.: [0.005, 0.1]); null: start at inner_lr
     vectorize: Vectorize = Vectorize.auto
     multi_step_loss: bool = False  # MAML++ MSL: query loss after every inner step (more stable, costs a query pass per step)
     msl_anneal: int = 1000  # meta-iterations over which MSL's weights move from uniform to the last step alone
@@ -86,6 +87,7 @@ class ANILParams(MAMLParams):
 class MetaSGDParams(MAMLParams):
     name: str = "metasgd"
     learn_inner_lr: bool = True
+    inner_lr_range: Optional[list[float]] = field(default_factory=lambda: [0.005, 0.1])  # Li et al. 2017
 
 
 class _Counter(nn.Module):
@@ -103,7 +105,7 @@ class _Counter(nn.Module):
 
 
 class MAML(Strategy):
-    bn_modes = ("transductive",)  # every task normalises with its own statistics
+    bn_modes = ("transductive", "transductive_joint")  # every task normalises with its own statistics
     isolates_tasks = True
 
     def __init__(self, params: MAMLParams, model: MetaModel) -> None:
@@ -116,13 +118,21 @@ class MAML(Strategy):
         if params.learn_inner_lr:
             for name, p in model.named_parameters():
                 if name in self.adapt_names:
-                    self.inner_lrs[name.replace(".", "__")] = nn.Parameter(torch.full_like(p, params.inner_lr))
+                    self.inner_lrs[name.replace(".", "__")] = nn.Parameter(self._initial_rates(p))
         if params.per_step_lr:
             steps = max(params.inner_steps, 1)
             self.step_lrs = nn.ParameterDict({n.replace(".", "__"): nn.Parameter(torch.full((steps,), params.inner_lr))
                                               for n in self.adapt_names})
         if params.multi_step_loss or params.first_order_until > 0:
             self.meta_iterations = _Counter()
+
+    def _initial_rates(self, p: torch.Tensor) -> torch.Tensor:
+        r = self.params_.inner_lr_range
+        if r is None:
+            return torch.full_like(p, self.params_.inner_lr)
+        if not (len(r) == 2 and 0 < r[0] <= r[1]):
+            raise ConfigError("strategy.inner_lr_range must be [low, high] with 0 < low <= high, or null")
+        return torch.empty_like(p).uniform_(float(r[0]), float(r[1]))
 
     @property
     def second_order(self) -> bool:
@@ -173,9 +183,14 @@ class MAML(Strategy):
         """``(forward, fast weights, prefix)`` for one task: ``forward(fast, query, constant, with_stats)``
         scores the support set (``query=None``) or the queries with ``fast`` weights."""
         if self.params_.adapt is Adapt.head:
-            # ANIL: the encoder is not adapted, so embed once and adapt the head on the features.
-            emb = self.model.embed(torch.cat([sx, qx])[None])[0]
-            es, eq = emb[: sx.shape[0]], emb[sx.shape[0]:]
+            # ANIL: the encoder is not adapted, so embed once and adapt the head on the features; the
+            # support set is embedded alone (its statistics never see the queries), unless
+            # transductive_joint asks for one pass.
+            if self.model.joint_statistics:
+                emb = self.model.embed(torch.cat([sx, qx])[None])[0]
+                es, eq = emb[: sx.shape[0]], emb[sx.shape[0]:]
+            else:
+                es, eq = self.model.embed(sx[None])[0], self.model.embed(qx[None])[0]
             head = {n[len("decoder."):]: w for n, w in weights.items() if n.startswith("decoder.")}
 
             def head_forward(fast: Weights, query: Optional[torch.Tensor], constant: bool = False,
@@ -240,10 +255,13 @@ class MAML(Strategy):
 
     # ------------------------------------------------------------------ the protocol
     def msl_weights(self, steps: int) -> list[float]:
-        """MAML++'s multi-step loss weights: uniform at first, moving linearly to the last step alone
-        over ``msl_anneal`` meta-iterations (earlier steps keep at least 0.03 / steps)."""
+        """MAML++'s multi-step loss weights: uniform at first, moving linearly towards the last step
+        over ``msl_anneal`` meta-iterations (earlier steps keep at least 0.03 / steps meanwhile), then
+        the last step's loss alone, as Antoniou et al.'s code switches to it."""
         done = self.meta_iterations.value if hasattr(self, "meta_iterations") else 0
-        progress = min(1.0, done / self.params_.msl_anneal)
+        if done >= self.params_.msl_anneal:
+            return [0.0] * (steps - 1) + [1.0]
+        progress = done / self.params_.msl_anneal
         early = [max((1 - progress) / steps, 0.03 / steps) for _ in range(steps - 1)]
         return [*early, 1.0 - sum(early)]
 

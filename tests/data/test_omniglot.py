@@ -115,11 +115,11 @@ def test_a_foreign_layout_is_refused(tmp_path):
 def test_root_with_lake_split_and_cache(tmp_path):
     background = tuple((f"A{i}", 1) for i in range(7))
     root = make_omniglot(tmp_path, background=background, evaluation=(("E", 3),))
-    data = DATASETS.build({"name": "omniglot", "split": "lake", "root": str(root)})
+    data = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root)})
     assert (data.train.n_classes, data.val.n_classes, data.test.n_classes) == (2, 5, 3)
     assert data.image_shape == (1, 28, 28) and data.train.n_per_class == 4
     assert (root / omniglot.CACHE_NAME).is_file()
-    again = DATASETS.build({"name": "omniglot", "split": "lake", "root": str(root)})
+    again = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root)})
     assert np.array_equal(again.test.images.numpy(), data.test.images.numpy())
 
 
@@ -147,7 +147,7 @@ def test_embedded_vinyals_split_matches_the_protocol():
 
 
 def test_embedded_lake_split_uses_background_and_evaluation_alphabets():
-    data = DATASETS.build({"name": "omniglot", "split": "lake"})
+    data = DATASETS.build({"name": "omniglot", "split": "background"})
     assert data.train.n_classes + data.val.n_classes == 964
     assert data.test.n_classes == 659
 
@@ -176,3 +176,12 @@ def test_a_missing_alphabet_fails_the_vinyals_split_with_the_character_named(tmp
     root = make_omniglot(tmp_path)
     with pytest.raises(DataError, match=r"lacks \d+ characters of the split \(e.g. [A-Za-z_()\-]+/character\d+\)"):
         DATASETS.build({"name": "omniglot", "root": str(root)})
+
+
+def test_the_old_split_name_lake_is_refused_with_its_new_name():
+    import pytest
+
+    from metalearn_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="renamed dataset.split=background.*not Lake et al.'s within-alphabet"):
+        DATASETS.build({"name": "omniglot", "split": "lake"})

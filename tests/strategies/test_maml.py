@@ -188,9 +188,11 @@ def test_multi_step_loss_weights_the_query_loss_after_every_step_and_anneals_to_
     expected = sum(F.cross_entropy(per_step[:, j].flatten(0, 1), batch.query_labels.flatten()) for j in range(3)) / 3
     out, _ = train_step(maml, batch, torch.optim.SGD(maml.parameters(), lr=0.0), ClipParams())
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-9)
-    for _ in range(4):
+    maml.meta_iterations.value += 1  # with the meta-step above: 2 of msl_anneal=4
+    assert maml.msl_weights(3) == pytest.approx([1 / 6, 1 / 6, 2 / 3])  # half-way
+    for _ in range(2):
         maml.meta_iterations.value += 1
-    assert maml.msl_weights(3) == pytest.approx([0.01, 0.01, 0.98])
+    assert maml.msl_weights(3) == [0.0, 0.0, 1.0]  # after msl_anneal: the last step's loss alone, as MAML++ does
 
 
 def test_per_step_learning_rates_are_learned_per_tensor_and_step():
@@ -231,3 +233,48 @@ def test_maml_plus_plus_state_survives_a_checkpoint(tmp_path):
     rebuilt.load_state_dict(state["model"])
     assert rebuilt.meta_iterations.value == 6
     assert any(not torch.all(v == cfg.strategy.inner_lr) for k, v in state["model"].items() if k.startswith("step_lrs."))
+
+
+def test_anil_adapts_on_support_features_that_never_see_the_queries():
+    """Finn et al.'s code normalises the support set alone: another query set must not move the support
+    features (measured before: 19% relative change when ANIL embedded support and queries together)."""
+    maml, batch = setup(adapt="head", vectorize="loop")
+    weights = dict(maml.model.named_parameters())
+    sx, sy = batch.support_images[0], batch.support_labels[0]
+    other = batch.query_images[1]  # another task's images: a disjoint query set
+    supports = []
+    for qx in (batch.query_images[0], other):
+        forward, fast, _ = maml._task_function(weights, sx, sy, qx, 3)
+        supports.append(forward(fast, None).logits)
+    torch.testing.assert_close(supports[0], supports[1], rtol=0, atol=0)
+
+
+def test_the_final_query_pass_uses_the_query_sets_own_statistics():
+    """transductive: changing a query changes other queries' logits only through the query batch's
+    statistics, never the classifier the support set gave; transductive_joint mixes both."""
+    maml, batch = setup(vectorize="loop", inner_steps=1)
+    assert not maml.model.joint_statistics
+    logits = maml.predict(batch).logits
+    changed = batch.query_images.clone()
+    changed[:, 0] = torch.rand_like(changed[:, 0])
+    moved = maml.predict(type(batch)(batch.support_images, batch.support_labels, changed, batch.query_labels,
+                                     3, 1, 2)).logits
+    assert not torch.allclose(logits[:, 1:], moved[:, 1:])  # batch statistics: the query set is one batch
+    # The adapted classifier is the same: the support set alone was normalised and adapted on.
+    weights = dict(maml.model.named_parameters())
+    a, _, _ = maml._task_logits(weights, batch.support_images[0], batch.support_labels[0], batch.support_images[0], 3, 1, False)
+    b, _, _ = maml._task_logits(weights, batch.support_images[0], batch.support_labels[0], batch.support_images[0], 3, 1, False)
+    torch.testing.assert_close(a, b)
+
+
+def test_metasgd_draws_its_rates_as_the_paper_did():
+    maml, _ = setup(learn_inner_lr=True, inner_lr_range=[0.005, 0.1])
+    rates = torch.cat([r.detach().flatten() for r in maml.inner_lrs.values()])
+    assert rates.min() >= 0.005 and rates.max() <= 0.1 and rates.std() > 0.01
+    params = STRATEGIES.params_of(compose_config("train", ["strategy=metasgd"]).strategy)
+    assert params.inner_lr_range == [0.005, 0.1]
+    for preset in ("metasgd_omniglot_5w1s", "metasgd_mini_5w1s_conv4", "metasgd_omniglot_20w1s"):
+        cfg = compose_config("train", [f"experiment={preset}"])
+        assert cfg.strategy.inner_steps == 1 and cfg.strategy.eval_inner_steps is None, preset
+    with pytest.raises(ConfigError, match="inner_lr_range"):
+        setup(learn_inner_lr=True, inner_lr_range=[0.1, 0.005])
