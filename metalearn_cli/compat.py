@@ -13,8 +13,11 @@ from torch import nn
 
 
 def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip`` on 2026-11-27."""
+    """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip`` and
+    ``episode.protocol`` was added on 2026-11-27."""
     config = copy.deepcopy(config)
+    if isinstance(config.get("episode"), dict):  # episode.protocol added on 2026-11-27
+        config["episode"].setdefault("protocol", "random")
     strategy, optimizer = config.get("strategy"), config.get("optimizer")
     if isinstance(strategy, dict) and "clip" in strategy:
         clip = strategy.pop("clip")

@@ -25,7 +25,7 @@ from metalearn_cli.assemble import (
 )
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
-from metalearn_cli.episodes import EpisodeSampler, check_fits, resident, split_seed
+from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, resident, split_seed
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import batch_norm_mode
 from metalearn_cli.rundir import write_results, write_status
@@ -82,14 +82,19 @@ def summarize(accs: torch.Tensor) -> dict[str, float]:
 
 def score_checkpoint(
     strategy: Strategy, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: Any,
-    seed: int, device: torch.device, run_dir: Optional[Path] = None, progress: bool = False,
+    seed: int, device: torch.device, run_dir: Optional[Path] = None, progress: bool = False, lake: bool = False,
 ) -> dict[str, Any]:
     """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's
     results.json report. With ``eval.save_task_stats``, also writes ``run_dir/task_stats.csv``."""
     way, shot, query = shapes
     classes = data.split(split)
-    check_fits(classes, split, data.name, way, shot, query)
-    sampler = EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)
+    if lake:
+        if (shot, query) != (1, 1):
+            raise ConfigError("Lake et al.'s runs are one-shot with one query per class: use episode=lake20way1shot")
+        sampler: Any = LakeRuns(resident(classes, device), way, split_seed(seed, split), device)
+    else:
+        check_fits(classes, split, data.name, way, shot, query)
+        sampler = EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)
     bn_mode = resolve_bn_mode(eval_cfg.bn_mode, strategy)
     start = time.perf_counter()
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
@@ -101,6 +106,7 @@ def score_checkpoint(
     return {
         **summarize(accs),
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": bn_mode, "seed": seed,
+        "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
     }
@@ -122,6 +128,10 @@ def dataset_of(saved: Any, root: Optional[str], source: str) -> Any:
     return dataset
 
 
+def is_lake(episode: Any) -> bool:
+    return getattr(episode.protocol, "value", str(episode.protocol)) == "lake"
+
+
 def evaluate(cfg: Any, run_dir: Path) -> float:
     """``metalearn eval``: test a checkpoint or export on fixed tasks; writes ``results.json``; returns accuracy."""
     wall_start = time.perf_counter()
@@ -136,7 +146,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed
     result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), cfg.eval, seed,
-                              device, run_dir, progress=sys.stderr.isatty())
+                              device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode))
     result.update({
         "checkpoint": str(Path(knowledge["source"]).resolve()), "checkpoint_step": knowledge["step"],
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),

@@ -33,7 +33,7 @@ from metalearn_cli.data import DATASETS
 from metalearn_cli.distributed import world
 from metalearn_cli.episodes import EpisodeBatch, EpisodeSampler, TaskShapes, check_fits, resident, split_seed
 from metalearn_cli.errors import CheckpointError, ConfigError, Diverged, Interrupted
-from metalearn_cli.evaluation import evaluate_tasks, score_checkpoint, summarize
+from metalearn_cli.evaluation import evaluate_tasks, is_lake, score_checkpoint, summarize
 from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
 from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step
 from metalearn_cli.rundir import CHECKPOINTS, RESULTS, exclusive, remove_stale_temporaries, resume_checkpoint, write_results, write_status
@@ -352,7 +352,8 @@ class TrainingRun:
         best = load_checkpoint(self.ckpt_dir / "best.pt")
         self.strategy.load_state_dict(best["model"])
         result = score_checkpoint(self.strategy, self.data, "test", (s.way, s.shot, s.query), self.cfg.eval,
-                                  self.cfg.seed, self.device, self.run_dir, progress=t.progress and sys.stderr.isatty())
+                                  self.cfg.seed, self.device, self.run_dir, progress=t.progress and sys.stderr.isatty(),
+                                  lake=is_lake(self.cfg.episode))
         result.update({
             "checkpoint": "checkpoints/best.pt", "best_step": self.best_step, "val_accuracy": self.best_val,
             "iterations": t.iterations, "meta_batch": t.meta_batch, "train_way": s.train_way,

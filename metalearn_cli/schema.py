@@ -34,11 +34,17 @@ class NanPolicy(enum.Enum):
     skip = "skip"  # drop that meta-batch (no optimizer step) and count it in the metrics
 
 
+class Protocol(enum.Enum):
+    random = "random"  # N classes drawn at random from the split, K + Q random images of each
+    lake = "lake"  # Lake et al. (2015): 20 characters of one alphabet, support and query drawn by two different people (Omniglot, split=background)
+
+
 @dataclass
 class EpisodeConfig:
     way: int = MISSING  # classes per task (N)
     shot: int = MISSING  # labelled support images per class (K)
     query: int = 15  # query images per class scored per task
+    protocol: Protocol = Protocol.random
 
 
 @dataclass

@@ -32,6 +32,10 @@ TABLES = {
     "omniglot": [f"{{m}}_omniglot_{s}" for s in ("5w1s", "5w5s", "20w1s", "20w5s")],
     "mini_imagenet": [f"{{m}}_mini_{s}_{e}" for s in ("5w1s", "5w5s") for e in ("conv4", "resnet12")],
 }
+# Cells only some methods have: Lake et al.'s within-alphabet runs, beside the human and BPL figures.
+EXTRA = {
+    "omniglot": {"protonet": ["protonet_omniglot_lake20w1s"]},
+}
 # Reduced budgets for a 2-core CPU (under an hour for the Omniglot table on the reference machine).
 # MAML's and Meta-SGD's 20-way cells also drop to 1 inner step (3 at test) and 5 training queries;
 # ANIL keeps its 5 steps there (they adapt only the head: one step from a random head learns nothing).
@@ -41,7 +45,7 @@ QUICK_MAML = ["trainer.iterations=200", "trainer.meta_batch=4", "trainer.val_eve
 QUICK_MAML_20WAY = ["trainer.iterations=100", "trainer.meta_batch=4", "trainer.val_every=50", "trainer.val_episodes=50",
                     "trainer.train_query=5", "strategy.inner_steps=1", "strategy.eval_inner_steps=3", "eval.episodes=300"]
 COLUMNS = ["preset", "method", "task", "ours", "ci95", "published", "difference", "iterations", "meta_batch",
-           "episodes", "inner_steps_at_test", "train_s", "tasks_per_s", "wall_s", "status", "source"]
+           "episodes", "bn_mode", "inner_steps_at_test", "train_s", "tasks_per_s", "wall_s", "status", "source"]
 
 
 def quick_overrides(method: str, preset: str) -> list[str]:
@@ -59,8 +63,7 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     runs = []
     for method in args.methods:
         groups: dict[tuple[str, ...], list[str]] = {}
-        for pattern in TABLES[args.table]:
-            preset = pattern.format(m=method)
+        for preset in [p.format(m=method) for p in TABLES[args.table]] + EXTRA.get(args.table, {}).get(method, []):
             over = tuple(quick_overrides(method, preset) if args.budget == "quick" else [])
             groups.setdefault(over, []).append(preset)
         # Hydra composes a sweep's shared config before applying swept values, so overrides of
@@ -92,16 +95,21 @@ def collect(out: Path) -> list[dict[str, Any]]:
         ours = 100 * r["accuracy"] if "accuracy" in r else None
         pub = r.get("published_accuracy")
         rows.append({
-            "preset": preset, "method": preset.split("_")[0], "task": f"{r.get('way', '?')}-way {r.get('shot', '?')}-shot",
+            "preset": preset, "method": preset.split("_")[0],
+            "task": f"{r.get('way', '?')}-way {r.get('shot', '?')}-shot" + (" (Lake et al.'s within-alphabet runs)"
+                                                                            if r.get("protocol") == "lake" else ""),
             "ours": round(ours, 2) if ours is not None else None,
             "ci95": round(100 * r["ci95"], 2) if "ci95" in r else None,
             "published": pub, "difference": round(ours - pub, 2) if ours is not None and pub is not None else None,
             "iterations": r.get("iterations"), "meta_batch": r.get("meta_batch"), "episodes": r.get("episodes"),
+            "bn_mode": r.get("bn_mode"),
             "inner_steps_at_test": r.get("inner_steps_at_test"), "train_s": r.get("train_seconds"),
             "tasks_per_s": r.get("train_tasks_per_s"), "wall_s": r.get("wall_seconds"), "status": status,
             "source": r.get("published_source") or "",
         })
-    order = {p.format(m=m): i for i, (m, p) in enumerate((m, p) for m in METHODS for p in sum(TABLES.values(), []))}
+    presets = [p.format(m=m) for m in METHODS for p in sum(TABLES.values(), [])]
+    presets += [p for table in EXTRA.values() for m in METHODS for p in table.get(m, [])]
+    order = {p: i for i, p in enumerate(presets)}
     return sorted(rows, key=lambda row: order.get(row["preset"], 10**6))
 
 
@@ -110,13 +118,13 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
         return "–" if v is None or v == "" else str(v)
 
     lines = [title, "", "| method | task | ours (± CI95) | published | difference | iterations x tasks | test episodes | "
-             "inner steps at test | training time | tasks/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "batch norm | inner steps at test | training time | tasks/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours = f"{r['ours']:.2f} ± {r['ci95']:.2f}" if r["ours"] is not None else f"({r['status']})"
         diff = f"{r['difference']:+.2f}" if r["difference"] is not None else "–"
         train = f"{r['train_s'] / 60:.1f} min" if r["train_s"] is not None else "–"
         lines.append(f"| {r['method']} | {r['task']} | {ours} | {cell(r['published'])} | {diff} | "
-                     f"{cell(r['iterations'])} x {cell(r['meta_batch'])} | {cell(r['episodes'])} | "
+                     f"{cell(r['iterations'])} x {cell(r['meta_batch'])} | {cell(r['episodes'])} | {cell(r['bn_mode'])} | "
                      f"{cell(r['inner_steps_at_test'])} | {train} | {cell(r['tasks_per_s'])} |")
     return "\n".join(lines) + "\n"
 

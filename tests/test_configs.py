@@ -167,6 +167,8 @@ def test_option_yamls_never_restate_a_default_with_another_value(group):
     for path in (CONFIGS / group).glob("*.yaml"):
         name = compose_config("train", [f"{group}={path.stem}"])[group].name
         raw = yaml.safe_load(path.read_text()) or {}
+        if path.stem != name:  # a variant of an entry (dataset=omniglot_background): it exists to set values
+            continue
         if path.read_text().startswith("# @package _global_"):  # a strategy that brings its paper's setting
             own = raw.get(group, {})
             assert set(raw) <= {"defaults", group, "trainer"}, path

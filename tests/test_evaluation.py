@@ -137,3 +137,21 @@ def test_batching_tasks_never_mixes_their_statistics(compose_train, tmp_path, mo
     one = evaluation.evaluate_tasks(strategy, sampler, 8, 1, mode)
     four = evaluation.evaluate_tasks(strategy, sampler, 8, 4, mode)
     torch.testing.assert_close(one, four)
+
+
+def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
+    run = tmp_path / "run"
+    loop.train(compose_config("train", ["dataset.split=background", "encoder.width=8", "trainer.iterations=3",
+                                        "trainer.val_every=3", "trainer.val_episodes=4", "trainer.train_way=20",
+                                        "eval.episodes=4", "trainer.progress=false", "device=cpu"]), run)
+    cfg = compose_config("eval", [f"checkpoint={run}", "episode=lake20way1shot", "eval.episodes=6", "device=cpu"])
+    evaluation.evaluate(cfg, tmp_path / "lake")
+    results = json.loads((tmp_path / "lake" / "results.json").read_text())
+    assert (results["protocol"], results["way"], results["shot"], results["query"], results["episodes"]) == ("lake", 20, 1, 1, 6)
+    vinyals = tmp_path / "vinyals"
+    loop.train(compose_config("train", ["encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
+                                        "trainer.val_episodes=2", "eval.episodes=2", "trainer.progress=false",
+                                        "device=cpu"]), vinyals)
+    with pytest.raises(Exception, match="dataset.split=background"):
+        evaluation.evaluate(compose_config("eval", [f"checkpoint={vinyals}", "episode=lake20way1shot", "device=cpu"]),
+                            tmp_path / "bad")

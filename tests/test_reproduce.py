@@ -21,7 +21,7 @@ def test_reproduce_runs_the_presets_and_tabulates_them_beside_the_published_figu
     with open(out / "omniglot_quick.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["preset"] for r in rows] == [f"{m}_omniglot_{s}" for m in ("protonet", "anil")
-                                           for s in ("5w1s", "5w5s", "20w1s", "20w5s")]
+                                           for s in ("5w1s", "5w5s", "20w1s", "20w5s")] + ["protonet_omniglot_lake20w1s"]
     by = {r["preset"]: r for r in rows}
     assert by["protonet_omniglot_20w1s"]["published"] == "96.0" and by["anil_omniglot_5w1s"]["published"] == ""
     assert float(by["anil_omniglot_20w5s"]["difference"]) == round(float(by["anil_omniglot_20w5s"]["ours"]) - 98.0, 2)
