@@ -221,11 +221,16 @@ def check_memory(cfg: Any, image_shape: tuple[int, int, int], device: torch.devi
             "encoder's size, or pass trainer.memory_check=false to try anyway")
 
 
+def first_non_finite(tensors: dict[str, Any]) -> Optional[str]:
+    """The name of the first floating tensor holding NaN or Inf (weights, batch-norm statistics), or None."""
+    return next((k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                 and not bool(torch.isfinite(v).all())), None)
+
+
 def load_weights(strategy: Strategy, weights: dict[str, Any], source: Any) -> None:
-    bad = [k for k, v in weights.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-           and not bool(torch.isfinite(v).all())]
+    bad = first_non_finite(weights)
     if bad:
-        raise CheckpointError(f"{source} holds non-finite values in {bad[0]}; it came from a diverged run, use an "
+        raise CheckpointError(f"{source} holds non-finite values in {bad}; it came from a diverged run, use an "
                               "earlier checkpoint")
     try:
         strategy.load_state_dict(weights)
@@ -233,13 +238,15 @@ def load_weights(strategy: Strategy, weights: dict[str, Any], source: Any) -> No
         raise CheckpointError(f"{source} does not match its own config's meta-network: {str(exc).splitlines()[0][:160]}") from exc
 
 
-def load_strategy(knowledge: dict[str, Any], device: torch.device, image_shape: tuple[int, int, int]) -> tuple[Strategy, DictConfig]:
-    """Rebuild the strategy a checkpoint or export describes (see :func:`read_meta_knowledge`) and
-    load its meta-knowledge; returns it with its validated config. No compile: that pays off over
-    long runs, not for evaluation."""
+def load_strategy(knowledge: dict[str, Any], device: torch.device) -> tuple[Strategy, DictConfig]:
+    """Rebuild the strategy a checkpoint or export describes (see :func:`read_meta_knowledge`), for
+    images of its own format, and load its meta-knowledge; returns it with its validated config.
+    No compile: that pays off over long runs, not for evaluation."""
+    from metalearn_cli.data.images import ImageFormat
+
     config = validate_train_config(knowledge["config"])
     config.trainer.compile = False
-    strategy = build_strategy(config, image_shape, device)
+    strategy = build_strategy(config, ImageFormat.from_dict(knowledge["image_format"]).shape, device)
     load_weights(strategy, knowledge["model"], knowledge.get("source", "the file"))
     return strategy, config
 

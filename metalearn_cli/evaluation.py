@@ -23,7 +23,6 @@ from tqdm import tqdm
 from metalearn_cli.assemble import load_strategy, resolve_bn_mode, resolve_precision, setup_device, validate_eval
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
-from metalearn_cli.data.images import ImageFormat
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, resident, split_seed
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import batch_norm_mode
@@ -139,7 +138,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     validate_eval(cfg.eval)
     device = setup_device(cfg)
     knowledge = read_meta_knowledge(cfg.checkpoint)
-    strategy, train_cfg = load_strategy(knowledge, device, ImageFormat.from_dict(knowledge["image_format"]).shape)
+    strategy, train_cfg = load_strategy(knowledge, device)
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"]))
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed

@@ -69,7 +69,7 @@ class MetaKnowledge:
         self.device = device
         self.strategy: Strategy
         self.config: DictConfig
-        self.strategy, self.config = load_strategy(state, device, self.image_format.shape)
+        self.strategy, self.config = load_strategy(state, device)
         self.strategy.eval()
         self.bn_mode = resolve_bn_mode(self.config.eval.bn_mode, self.strategy)
         self.query_chunk = TaskShapes.of(self.config).query_set

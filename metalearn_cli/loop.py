@@ -24,7 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from metalearn_cli.assemble import (
-    build_strategy, check_memory, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
+    build_strategy, check_memory, first_non_finite, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
     select_kernels, setup_device, validate, validate_train_config,
 )
 from metalearn_cli.compat import migrate_config
@@ -231,10 +231,10 @@ class TrainingRun:
 
     def check_finite(self) -> None:
         """No non-finite weight or buffer (e.g. batch-norm statistics) is ever saved or trained on."""
-        for name, value in self.strategy.state_dict().items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise Diverged(f"non-finite values in {name} after meta-iteration {self.step}; nothing non-finite "
-                               f"was saved: {self.kept()}; lower optimizer.lr or set optimizer.clip.norm")
+        name = first_non_finite(self.strategy.state_dict())
+        if name is not None:
+            raise Diverged(f"non-finite values in {name} after meta-iteration {self.step}; nothing non-finite "
+                           f"was saved: {self.kept()}; lower optimizer.lr or set optimizer.clip.norm")
 
     def train_seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.session_start

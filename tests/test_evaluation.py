@@ -109,7 +109,7 @@ def _mgd(compose_train, tmp_path):
     run = tmp_path / "run"
     loop.train(compose_train(), run)
     knowledge = read_meta_knowledge(run)
-    strategy, cfg = load_strategy(knowledge, torch.device("cpu"), (1, 28, 28))
+    strategy, cfg = load_strategy(knowledge, torch.device("cpu"))
     data = DATASETS.build(cfg.dataset)
     return strategy, EpisodeSampler(data.test, 5, 1, 3, seed=7)
 
