@@ -14,6 +14,7 @@ from torch import nn
 
 from metalearn_cli.decoders import DECODERS, Decoder, DecoderOutput
 from metalearn_cli.encoders import ENCODERS, Encoder, inside_vmap
+from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.episodes import EpisodeBatch, TaskShapes
 
 
@@ -26,9 +27,8 @@ class MetaModel(nn.Module):
         self.decoder = decoder
         self.memory_format = torch.contiguous_format
         self.autocast_dtype: torch.dtype | None = None
-        # One encoder pass over support + query (one set of batch statistics; Snell et al.'s
-        # ProtoNet pass), or two passes, support alone then query alone (Finn et al.'s MAML).
-        self.joint_statistics = True
+        # Which statistics batch norm uses in a pass over a task (see ``embed_task``).
+        self.statistics = "joint"
 
     def use_precision(self, precision: str) -> "MetaModel":
         """``bf16`` runs the encoder under bfloat16 autocast; the decoder always computes in fp32
@@ -64,19 +64,44 @@ class MetaModel(nn.Module):
         """The decoder's output for the queries (logits ``[T, Q, n_way]``, regulariser, stats); with
         ``query_images=None`` the support set scores itself (the inner-loop loss of gradient-based
         strategies). Tensors, not a batch, so ``torch.func.functional_call`` and ``vmap`` can drive it."""
-        s = support_images.shape[1]
         film = None
         if self.decoder.modulates_encoder:
             # CNAPs: the support set, embedded as it is, sets the FiLM parameters for this task.
             film = self.decoder.modulation(self.embed(support_images), support_labels)
         if query_images is None:
             support = query = self.embed(support_images, film)
-        elif self.joint_statistics:  # one pass (one set of batch-norm statistics, bigger GEMMs)
-            emb = self.embed(torch.cat([support_images, query_images], dim=1), film)
-            support, query = emb[:, :s], emb[:, s:]
-        else:  # the support set's statistics never see a query, nor the other way round
-            support, query = self.embed(support_images, film), self.embed(query_images, film)
+        else:
+            support, query = self.embed_task(support_images, query_images, film)
         return self.decoder(support, support_labels, query, n_way, film=film, with_stats=with_stats)
+
+    def embed_task(self, support_images: torch.Tensor, query_images: torch.Tensor,
+                   film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed a task's support ``[T, S, C, H, W]`` and query images, in the passes
+        ``self.statistics`` asks for:
+
+        - ``joint``: one pass over support + query (one set of batch statistics, bigger GEMMs: Snell
+          et al.'s ProtoNet pass; with running statistics in evaluation, the same as two passes);
+        - ``separate``: the support set alone, then the query set alone (Finn et al.'s MAML);
+        - ``support``: one pass, every task normalised with its own support images' statistics.
+        """
+        s = support_images.shape[1]
+        if self.statistics == "separate":
+            return self.embed(support_images, film), self.embed(query_images, film)
+        images = torch.cat([support_images, query_images], dim=1)
+        with self._support_statistics(images.shape[1] if self.statistics == "support" else None, s):
+            emb = self.embed(images, film)
+        return emb[:, :s], emb[:, s:]
+
+    @contextlib.contextmanager
+    def _support_statistics(self, per_task: int | None, support: int) -> Iterator[None]:
+        norms = [m for m in self.modules() if isinstance(m, TaskBatchNorm2d)] if per_task else []
+        for m in norms:
+            m.support_rows = (per_task, support)
+        try:
+            yield
+        finally:
+            for m in norms:
+                m.support_rows = None
 
     def episode_output(self, batch: EpisodeBatch, with_stats: bool = False) -> DecoderOutput:
         return self(batch.support_images, batch.support_labels, batch.query_images, batch.n_way, with_stats)
@@ -85,7 +110,7 @@ class MetaModel(nn.Module):
         """Batch norm always normalises with the statistics of the batch it sees and keeps no running
         statistics, support and query apart (the MAML family's protocol, as in Finn et al.'s code:
         each task normalised on its own, adaptation never sees the queries)."""
-        self.joint_statistics = False
+        self.statistics = "separate"
         for module in self.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.track_running_stats = False
@@ -107,6 +132,8 @@ def batch_norm_mode(model: "MetaModel", mode: str) -> Iterator[None]:
     """Evaluate with the statistics ``mode`` names (see ``schema.BNMode``):
 
     - ``running``: the running statistics stored by meta-training (inductive: queries never interact);
+    - ``support``: each task's support set's statistics, for its support and query images (inductive);
+    - ``per_step``: the MAML family's stored statistics of each inner step (MAML++'s BNRS; inductive);
     - ``transductive``: each batch's own, the support set alone and then the query set alone (as
       Finn et al.'s MAML code did);
     - ``transductive_joint``: the support and query sets in one batch (Snell et al.'s training pass).
@@ -116,10 +143,10 @@ def batch_norm_mode(model: "MetaModel", mode: str) -> Iterator[None]:
     at their means).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    was_training, tracked, joint = model.training, [m.track_running_stats for m in norms], model.joint_statistics
+    was_training, tracked, statistics = model.training, [m.track_running_stats for m in norms], model.statistics
     model.eval()
+    model.statistics = {"support": "support", "transductive": "separate"}.get(mode, "joint")
     if mode.startswith("transductive"):
-        model.joint_statistics = mode == "transductive_joint"
         for m in norms:
             m.train()
             m.track_running_stats = False
@@ -127,6 +154,6 @@ def batch_norm_mode(model: "MetaModel", mode: str) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
-        model.joint_statistics = joint
+        model.statistics = statistics
         for m, t in zip(norms, tracked):
             m.track_running_stats = t

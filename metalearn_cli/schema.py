@@ -17,8 +17,10 @@ from omegaconf import MISSING
 
 
 class BNMode(enum.Enum):
-    auto = "auto"  # the strategy's own protocol: running for mgd, transductive for the MAML family
+    auto = "auto"  # the strategy's own protocol: running for mgd, transductive for the MAML family (per_step with strategy.per_step_bn)
     running = "running"  # the running statistics from meta-training: inductive, one query never affects another
+    support = "support"  # each task's support-set statistics normalise its support and query images: inductive
+    per_step = "per_step"  # MAML family with strategy.per_step_bn: the stored statistics of each inner step (MAML++'s BNRS): inductive
     transductive = "transductive"  # each task's own batch statistics: the support set alone, then the query set alone (Finn et al.'s MAML code)
     transductive_joint = "transductive_joint"  # each task's support + query images in one batch (Snell et al.'s training pass)
 

@@ -114,7 +114,8 @@ def _mgd(compose_train, tmp_path):
     return strategy, EpisodeSampler(data.test, 5, 1, 3, seed=7)
 
 
-def test_in_running_mode_one_query_never_changes_another(compose_train, tmp_path):
+@pytest.mark.parametrize("mode", ["running", "support"])
+def test_in_inductive_modes_one_query_never_changes_another(compose_train, tmp_path, mode):
     from metalearn_cli.model import batch_norm_mode
 
     strategy, sampler = _mgd(compose_train, tmp_path)
@@ -122,7 +123,7 @@ def test_in_running_mode_one_query_never_changes_another(compose_train, tmp_path
     changed = batch.query_images.clone()
     changed[:, 0] = torch.rand_like(changed[:, 0])
     other = type(batch)(batch.support_images, batch.support_labels, changed, batch.query_labels, 5, 1, 3)
-    with batch_norm_mode(strategy.model, "running"):
+    with batch_norm_mode(strategy.model, mode):
         a, b = strategy.predict(batch).logits, strategy.predict(other).logits
     torch.testing.assert_close(a[:, 1:], b[:, 1:])
     assert not torch.allclose(a[:, 0], b[:, 0])
@@ -131,7 +132,37 @@ def test_in_running_mode_one_query_never_changes_another(compose_train, tmp_path
     assert not torch.allclose(a[:, 1:], b[:, 1:])
 
 
-@pytest.mark.parametrize("mode", ["transductive", "transductive_joint", "running"])
+def test_support_mode_normalises_with_the_support_sets_statistics(compose_train, tmp_path):
+    """``support`` equals running mode on a model whose running statistics are set to the support
+    set's own (biased) statistics, layer by layer."""
+    from metalearn_cli.model import batch_norm_mode
+
+    strategy, sampler = _mgd(compose_train, tmp_path)
+    strategy.model.autocast_dtype = None  # fp32 throughout: compare the statistics, not bf16 rounding
+    batch = sampler.sample(1)
+    with batch_norm_mode(strategy.model, "support"):
+        got = strategy.predict(batch).logits
+    norms = [m for m in strategy.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = {}
+
+    def keep(m, args):
+        x = args[0].float()
+        stats[m] = (x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False))
+
+    hooks = [m.register_forward_pre_hook(keep) for m in norms]
+    with batch_norm_mode(strategy.model, "transductive"), torch.no_grad():
+        strategy.model.embed(batch.support_images)  # the support set alone, layer by layer
+    for h in hooks:
+        h.remove()
+    for m in norms:
+        m.running_mean.copy_(stats[m][0])
+        m.running_var.copy_(stats[m][1])
+    with batch_norm_mode(strategy.model, "running"):
+        expected = strategy.predict(batch).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["transductive", "transductive_joint", "running", "support"])
 def test_batching_tasks_never_mixes_their_statistics(compose_train, tmp_path, mode):
     strategy, sampler = _mgd(compose_train, tmp_path)
     one = evaluation.evaluate_tasks(strategy, sampler, 8, 1, mode)

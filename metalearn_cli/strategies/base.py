@@ -32,7 +32,7 @@ class Prediction(NamedTuple):
 class Strategy(nn.Module):
     """Base class: the protocol every strategy implements."""
 
-    bn_modes: ClassVar[tuple[str, ...]] = ("running", "transductive", "transductive_joint")  # evaluation modes; the first is `auto`
+    bn_modes: tuple[str, ...] = ("running", "support", "transductive", "transductive_joint")  # evaluation modes; the first is `auto`
     isolates_tasks: ClassVar[bool] = False  # True: predict() already keeps each task's batch statistics apart
 
     def __init__(self, model: MetaModel) -> None:

@@ -13,11 +13,13 @@ its runs are labelled so):
 - MAML++ (Antoniou et al. 2019), each an option: ``multi_step_loss`` (the query loss after every
   inner step, weights annealed to the last step over ``msl_anneal`` meta-iterations),
   ``per_step_lr`` (a learned inner learning rate per parameter tensor and inner step) and
-  ``first_order_until`` (derivative-order annealing: first order for the first N meta-iterations).
+  ``first_order_until`` (derivative-order annealing: first order for the first N meta-iterations) and
+  ``per_step_bn`` (BNRS: batch-norm running statistics per inner step, for inductive evaluation).
 
 The inner loop is ``torch.func.functional_call`` + ``torch.func.grad`` on one task, batched over the
 tasks of a meta-batch with ``torch.func.vmap`` or run task by task (``vectorize``). Batch norm uses
-each task's own statistics (MAML's transductive protocol), so tasks never share statistics. The
+each task's own statistics in training (MAML's transductive protocol), so tasks never share
+statistics; evaluation may use the support set's statistics or BNRS's stored ones instead. The
 meta-loss is the query loss plus the decoder's regulariser (of the adapted weights' query pass).
 """
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Optional
+from typing import Callable, ContextManager, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from metalearn_cli.decoders import DecoderOutput
+from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import MetaModel
@@ -69,6 +72,7 @@ class MAMLParams:
     msl_anneal: int = 1000  # meta-iterations over which MSL's weights move from uniform to the last step alone
     per_step_lr: bool = False  # MAML++ LSLR: a learned inner learning rate per parameter tensor and inner step
     first_order_until: int = 0  # MAML++ DA: first-order meta-gradients for this many meta-iterations, then second order
+    per_step_bn: bool = False  # MAML++ BNRS: batch-norm running statistics per inner step, used by eval.bn_mode=per_step (auto)
 
 
 @dataclass
@@ -105,13 +109,20 @@ class _Counter(nn.Module):
 
 
 class MAML(Strategy):
-    bn_modes = ("transductive", "transductive_joint")  # every task normalises with its own statistics
     isolates_tasks = True
 
     def __init__(self, params: MAMLParams, model: MetaModel) -> None:
         super().__init__(model)
         self.params_ = params
-        model.use_batch_statistics()  # batch statistics always, per task
+        model.use_batch_statistics()  # batch statistics in training, per task
+        # Evaluation: each task's own statistics, its support set's, or (BNRS) each inner step's stored ones.
+        self.bn_modes = ("transductive", "transductive_joint", "support")
+        self.norms = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)]
+        self._records: list[tuple[TaskBatchNorm2d, int, torch.Tensor, torch.Tensor]] = []  # BNRS batch statistics of a meta-step
+        if params.per_step_bn:
+            self.bn_modes = ("per_step", *self.bn_modes)
+            for m in self.norms:
+                m.use_per_step(max(params.inner_steps, 1))
         self.adapt_names = [n for n, _ in model.named_parameters()
                             if params.adapt is Adapt.all or n.startswith("decoder.")]
         self.inner_lrs = nn.ParameterDict()
@@ -162,15 +173,41 @@ class MAML(Strategy):
                               "tensor and step) are two kinds of learned inner rates; choose one")
         if p.msl_anneal < 1 or p.first_order_until < 0:
             raise ConfigError("strategy.msl_anneal must be >= 1 and strategy.first_order_until >= 0")
+        if p.per_step_bn and (p.inner_steps < 1 or p.vectorize is Vectorize.vmap):
+            raise ConfigError("strategy.per_step_bn needs strategy.inner_steps >= 1 and vectorize=loop or auto (its "
+                              "statistics are updated in place, which vmap cannot do)")
         if p.vectorize is Vectorize.vmap and not self.model.encoder.supports_vmap:
             raise ConfigError(f"{type(self.model.encoder).__name__} does not support vmap; use strategy.vectorize=loop or auto")
 
     def uses_vmap(self, device: torch.device) -> bool:
         if self.params_.vectorize is Vectorize.auto:
-            return device.type == "cuda" and self.model.encoder.supports_vmap
+            return device.type == "cuda" and self.model.encoder.supports_vmap and not self.params_.per_step_bn
         return self.params_.vectorize is Vectorize.vmap
 
     # ------------------------------------------------------------------ the inner loop
+    def _bn_step(self, step: int) -> None:
+        """BNRS: the inner step whose statistics the next pass uses (and, training, records)."""
+        if self.params_.per_step_bn:
+            for m in self.norms:
+                m.step = max(step, 0)
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        """BNRS in training: record every pass's batch statistics, then fold them into each step's set."""
+        if not self.params_.per_step_bn:
+            yield
+            return
+        for m in self.norms:
+            m.record = self._records
+        try:
+            yield
+            for m, j, mean, var in self._records:
+                m.fold_step_statistics(j, mean, var)
+        finally:
+            self._records.clear()
+            for m in self.norms:
+                m.record = None
+
     def _lr(self, name: str, step: int) -> torch.Tensor | float:
         key = name.replace(".", "__")
         if self.params_.per_step_lr:
@@ -185,12 +222,9 @@ class MAML(Strategy):
         if self.params_.adapt is Adapt.head:
             # ANIL: the encoder is not adapted, so embed once and adapt the head on the features; the
             # support set is embedded alone (its statistics never see the queries), unless
-            # transductive_joint asks for one pass.
-            if self.model.joint_statistics:
-                emb = self.model.embed(torch.cat([sx, qx])[None])[0]
-                es, eq = emb[: sx.shape[0]], emb[sx.shape[0]:]
-            else:
-                es, eq = self.model.embed(sx[None])[0], self.model.embed(qx[None])[0]
+            # eval.bn_mode asks for one pass (transductive_joint, support).
+            self._bn_step(0)
+            es, eq = (e[0] for e in self.model.embed_task(sx[None], qx[None]))
             head = {n[len("decoder."):]: w for n, w in weights.items() if n.startswith("decoder.")}
 
             def head_forward(fast: Weights, query: Optional[torch.Tensor], constant: bool = False,
@@ -224,17 +258,24 @@ class MAML(Strategy):
             # features (no graph back to the meta-parameters: less memory and time).
             base = fast if create_graph else {k: v.detach() for k, v in fast.items()}
 
-            def support_loss(trainable: Weights) -> torch.Tensor:
-                return F.cross_entropy(forward({**base, **trainable}, None, constant=not create_graph).logits[0], sy)
+            def support_loss(trainable: Weights) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                start = len(self._records)
+                loss = F.cross_entropy(forward({**base, **trainable}, None, constant=not create_graph).logits[0], sy)
+                return loss, [t for r in self._records[start:] for t in r[2:]]  # BNRS statistics, unwrapped by grad
 
             trainable = {n[len(prefix):]: base[n[len(prefix):]] for n in adapted}
-            grads = grad(support_loss)(trainable)
+            self._bn_step(step)
+            start = len(self._records)
+            grads, recorded = grad(support_loss, has_aux=True)(trainable)
+            self._records[start:] = [(m, j, recorded[2 * i], recorded[2 * i + 1])
+                                     for i, (m, j, _, _) in enumerate(self._records[start:])]
             for n in adapted:
                 key = n[len(prefix):]
                 g = grads[key] if create_graph else grads[key].detach()
                 fast[key] = fast[key] - self._lr(n, step) * g
             if every_step and step < steps - 1:
                 per_step.append(forward(fast, qx).logits[0])
+        self._bn_step(steps - 1)  # the query pass after step j uses step j's statistics, as MAML++'s code
         final = forward(fast, qx, with_stats=with_stats)
         logits = torch.stack([*per_step, final.logits[0]]) if every_step else final.logits[0]
         return logits, final.regularizer, {k: v[0] for k, v in final.stats.items()}
@@ -270,7 +311,8 @@ class MAML(Strategy):
         done = self.meta_iterations.value if hasattr(self, "meta_iterations") else 0
         create_graph = not p.first_order and done >= p.first_order_until
         multi_step = p.multi_step_loss and p.inner_steps > 1
-        logits, regularizer, _ = self._batch_logits(batch, p.inner_steps, create_graph, every_step=multi_step)
+        with self._recording():
+            logits, regularizer, _ = self._batch_logits(batch, p.inner_steps, create_graph, every_step=multi_step)
         if multi_step:  # [T, steps, Q, N]: a weighted sum of the query losses after each step
             labels = batch.query_labels.flatten()
             loss = sum(w * F.cross_entropy(logits[:, j].flatten(0, 1), labels)

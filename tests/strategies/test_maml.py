@@ -253,7 +253,7 @@ def test_the_final_query_pass_uses_the_query_sets_own_statistics():
     """transductive: changing a query changes other queries' logits only through the query batch's
     statistics, never the classifier the support set gave; transductive_joint mixes both."""
     maml, batch = setup(vectorize="loop", inner_steps=1)
-    assert not maml.model.joint_statistics
+    assert maml.model.statistics == "separate"
     logits = maml.predict(batch).logits
     changed = batch.query_images.clone()
     changed[:, 0] = torch.rand_like(changed[:, 0])
@@ -278,3 +278,70 @@ def test_metasgd_draws_its_rates_as_the_paper_did():
         assert cfg.strategy.inner_steps == 1 and cfg.strategy.eval_inner_steps is None, preset
     with pytest.raises(ConfigError, match="inner_lr_range"):
         setup(learn_inner_lr=True, inner_lr_range=[0.1, 0.005])
+
+
+def _one_query_changed(batch):
+    changed = batch.query_images.clone()
+    changed[:, 0] = torch.rand_like(changed[:, 0])
+    return type(batch)(batch.support_images, batch.support_labels, changed, batch.query_labels, 3, 1, 2)
+
+
+@pytest.mark.parametrize("adapt", ["all", "head"])
+@pytest.mark.parametrize("mode", ["support", "per_step"])
+def test_in_inductive_modes_one_query_never_changes_another(adapt, mode):
+    from metalearn_cli.model import batch_norm_mode
+
+    maml, batch = setup(vectorize="loop", inner_steps=2, adapt=adapt, per_step_bn=mode == "per_step")
+    assert mode in maml.bn_modes
+    with batch_norm_mode(maml.model, mode):
+        a, b = maml.predict(batch).logits, maml.predict(_one_query_changed(batch)).logits
+    torch.testing.assert_close(a[:, 1:], b[:, 1:])
+    assert not torch.allclose(a[:, 0], b[:, 0])
+
+
+def test_per_step_statistics_are_learned_per_inner_step_saved_and_used_in_evaluation(tmp_path):
+    """MAML++ BNRS: each inner step's batch statistics move that step's stored set (and only in
+    training); evaluation in per_step mode normalises with them, and auto picks that mode."""
+    from metalearn_cli.assemble import resolve_bn_mode
+    from metalearn_cli.model import batch_norm_mode
+
+    maml, batch = setup(vectorize="loop", inner_steps=2, per_step_bn=True)
+    norm = maml.norms[0]
+    assert norm.step_mean.shape == (2, 4) and resolve_bn_mode("auto", maml) == "per_step"
+    with batch_norm_mode(maml.model, "per_step"):
+        before = maml.predict(batch).logits
+    assert torch.equal(norm.step_mean, torch.zeros(2, 4))  # evaluating never moves them
+    meta_gradients(maml, batch)
+    moved = (norm.step_mean != 0).any(-1)
+    assert moved.all(), "every inner step's set moved"
+    assert not torch.allclose(norm.step_mean[0], norm.step_mean[1])  # the steps' statistics differ
+    with batch_norm_mode(maml.model, "per_step"):
+        after = maml.predict(batch).logits
+    assert not torch.allclose(before, after)
+    assert "model.encoder.net.1.step_mean" in maml.state_dict()
+    again, _ = setup(vectorize="loop", inner_steps=2, per_step_bn=True)
+    again.load_state_dict(maml.state_dict())
+    torch.testing.assert_close(again.norms[0].step_var, norm.step_var)
+
+
+def test_per_step_statistics_refuse_vmap():
+    with pytest.raises(ConfigError, match="per_step_bn"):
+        setup(vectorize="vmap", per_step_bn=True)
+    maml, _ = setup(vectorize="auto", per_step_bn=True)
+    assert not maml.uses_vmap(torch.device("cuda"))
+
+
+@pytest.mark.parametrize("adapt", ["all", "head"])
+def test_support_mode_never_lets_the_queries_into_the_support_statistics(adapt):
+    from metalearn_cli.model import batch_norm_mode
+
+    maml, batch = setup(vectorize="loop", inner_steps=1, adapt=adapt)
+    with batch_norm_mode(maml.model, "support"):
+        a = maml.predict(batch).logits
+        b = maml.predict(_one_query_changed(batch)).logits
+        # Each query alone gives the same logits as in its batch: the support statistics normalise it.
+        single = type(batch)(batch.support_images, batch.support_labels, batch.query_images[:, 1:2],
+                             batch.query_labels[:, 1:2], 3, 1, 1)
+        c = maml.predict(single).logits
+    torch.testing.assert_close(a[:, 1:], b[:, 1:])
+    torch.testing.assert_close(a[:, 1:2], c)
