@@ -58,12 +58,31 @@ def validate(cfg: Any) -> None:
     if bad:
         raise ConfigError(f"{bad} is not a finite number; give a finite value")
     t, e = cfg.trainer, cfg.eval
-    if min(t.iterations, t.meta_batch, t.val_every, t.val_episodes, t.checkpoint_every, t.log_every) < 1:
-        raise ConfigError("trainer.iterations, meta_batch, val_every, val_episodes, checkpoint_every and log_every must be >= 1")
+    if min(t.meta_batch, t.val_every, t.val_episodes, t.checkpoint_every, t.log_every) < 1 or t.iterations < 0:
+        raise ConfigError("trainer.meta_batch, val_every, val_episodes, checkpoint_every and log_every must be >= 1, and "
+                          "trainer.iterations >= 0")
+    initialised = bool(t.init_from) or cfg.pretrain.iterations > 0
+    if t.iterations == 0 and not initialised:
+        raise ConfigError("trainer.iterations=0 trains nothing; it is for evaluating pre-trained weights: add "
+                          "pretrain=supervised or trainer.init_from=RUN, or give trainer.iterations >= 1")
+    if t.freeze_encoder and not initialised:
+        raise ConfigError("trainer.freeze_encoder=true would keep a random encoder; add pretrain=supervised or "
+                          "trainer.init_from=RUN, or drop freeze_encoder")
+    validate_pretrain(cfg)
     validate_eval(e)
     validate_host(cfg)
     for group, registry in REGISTRIES.items():
         registry.params_of(cfg[group])  # types and the component's own __post_init__ checks
+
+
+def validate_pretrain(cfg: Any) -> None:
+    p = cfg.pretrain
+    if p.iterations < 0 or p.batch_size < 1 or p.val_every < 1 or p.val_episodes < 1:
+        raise ConfigError("pretrain.iterations must be >= 0, and pretrain.batch_size, val_every, val_episodes >= 1")
+    if p.lr <= 0 or p.weight_decay < 0 or not 0 <= p.label_smoothing < 1:
+        raise ConfigError("pretrain.lr must be > 0, pretrain.weight_decay >= 0 and 0 <= pretrain.label_smoothing < 1")
+    if p.iterations and cfg.trainer.init_from:
+        raise ConfigError("pretrain.iterations > 0 and trainer.init_from both set the starting weights; choose one")
 
 
 def validate_eval(e: Any) -> None:
@@ -249,6 +268,18 @@ def load_strategy(knowledge: dict[str, Any], device: torch.device) -> tuple[Stra
     strategy = build_strategy(config, ImageFormat.from_dict(knowledge["image_format"]).shape, device)
     load_weights(strategy, knowledge["model"], knowledge.get("source", "the file"))
     return strategy, config
+
+
+def freeze_encoder(strategy: Strategy, cfg: Any) -> None:
+    """``trainer.freeze_encoder``: the encoder's weights and batch-norm statistics stay as loaded;
+    the strategy must still have something to meta-train."""
+    if getattr(strategy, "adapt_names", None) and any(n.startswith("encoder.") for n in strategy.adapt_names):
+        raise ConfigError(f"trainer.freeze_encoder=true with strategy={cfg.strategy.name} would adapt the frozen encoder in "
+                          "its inner loop; use strategy=anil (head only) or drop freeze_encoder")
+    strategy.model.freeze_encoder()
+    if cfg.trainer.iterations > 0 and not any(p.requires_grad for p in strategy.parameters()):
+        raise ConfigError(f"trainer.freeze_encoder=true leaves nothing to meta-train in decoder={cfg.decoder.name}; "
+                          "use trainer.iterations=0 to evaluate the pre-trained encoder, or another decoder")
 
 
 def initialise_from(strategy: Strategy, source: str) -> None:

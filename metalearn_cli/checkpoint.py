@@ -122,3 +122,13 @@ def restore_rng(rng: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     p = rng["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def load_states(path: Path, state: dict[str, Any], parts: dict[str, Any], what: str) -> None:
+    """``parts[key].load_state_dict(state[key])`` for each part (optimizer, schedule, head, ...);
+    one line naming the file when one does not fit."""
+    try:
+        for key, part in parts.items():
+            part.load_state_dict(state[key])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} does not match this run's {what}: {str(exc).splitlines()[0][:160]}") from exc

@@ -7,17 +7,28 @@ mapping lives here, so an old run still evaluates, resumes and exports.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 from torch import nn
 
 
 def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip`` and
-    ``episode.protocol`` was added on 2026-11-27."""
+    """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip``;
+    ``episode.protocol``, ``pretrain``, ``trainer.freeze_encoder`` and the transformer's ``stem`` (files
+    before it hold the patch stem) were added on 2026-11-27."""
+    from metalearn_cli.schema import PretrainConfig
+
     config = copy.deepcopy(config)
+    if "trainer" in config and "pretrain" not in config:  # a training run's config from before the pre-training stage
+        config["pretrain"] = dataclasses.asdict(PretrainConfig())
+        if isinstance(config["trainer"], dict):
+            config["trainer"].setdefault("freeze_encoder", False)
     if isinstance(config.get("episode"), dict):  # episode.protocol added on 2026-11-27
         config["episode"].setdefault("protocol", "random")
+    encoder = config.get("encoder")
+    if isinstance(encoder, dict) and encoder.get("name") == "transformer":  # the conv stem became the default on 2026-11-27
+        encoder.setdefault("stem", "patch")
     strategy, optimizer = config.get("strategy"), config.get("optimizer")
     if isinstance(strategy, dict) and "clip" in strategy:
         clip = strategy.pop("clip")

@@ -248,5 +248,5 @@ class LakeRuns:
 
 def split_seed(seed: int, split: str) -> int:
     """A stable per-split seed, so train/val/test episode streams never coincide."""
-    offsets = {"train": 0, "val": 1, "test": 2}
+    offsets = {"train": 0, "val": 1, "test": 2, "pretrain": 3}
     return (seed * 1_000_003 + offsets[split] * 7_919) % (2**63 - 1)

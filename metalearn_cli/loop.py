@@ -24,17 +24,18 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from metalearn_cli.assemble import (
-    build_strategy, check_memory, first_non_finite, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
+    build_strategy, check_memory, first_non_finite, freeze_encoder, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
     select_kernels, setup_device, validate, validate_train_config,
 )
 from metalearn_cli.compat import migrate_config
-from metalearn_cli.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
 from metalearn_cli.data import DATASETS
 from metalearn_cli.distributed import world
 from metalearn_cli.episodes import EpisodeBatch, EpisodeSampler, TaskShapes, check_fits, resident, split_seed
 from metalearn_cli.errors import CheckpointError, ConfigError, Diverged, Interrupted
 from metalearn_cli.evaluation import evaluate_tasks, is_lake, score_checkpoint, summarize
 from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
+from metalearn_cli.pretrain import Pretraining, pretrained_checkpoint
 from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step
 from metalearn_cli.rundir import CHECKPOINTS, RESULTS, exclusive, remove_stale_temporaries, resume_checkpoint, write_results, write_status
 from metalearn_cli.strategies import StepOutput, Strategy, query_accuracy
@@ -149,6 +150,9 @@ class TrainingRun:
         self.shapes = TaskShapes.of(cfg)
         select_kernels(self.device, self.t.deterministic)
         validate(cfg)
+        if self.ranks.size > 1 and cfg.pretrain.iterations > 0:
+            raise ConfigError("the pre-training stage runs in one process; pre-train in a single-process run, then pass "
+                              "trainer.init_from=RUN to this one")
         if self.t.meta_batch % self.ranks.size:
             raise ConfigError(f"trainer.meta_batch={self.t.meta_batch} does not split over {self.ranks.size} processes; "
                               f"use a multiple of {self.ranks.size}")
@@ -175,7 +179,9 @@ class TrainingRun:
         self.strategy = build_strategy(cfg, data.image_shape, self.device)
         if self.t.init_from and self.resume is None:
             initialise_from(self.strategy, self.t.init_from)
-        self.parameters = list(self.strategy.parameters())
+        if self.t.freeze_encoder:
+            freeze_encoder(self.strategy, cfg)
+        self.parameters = [p for p in self.strategy.parameters() if p.requires_grad]
         optimizer_params = OPTIMIZERS.params_of(cfg.optimizer)
         self.clip = optimizer_params.clip
         self.optimizer = OPTIMIZERS.build(cfg.optimizer, parameters=self.parameters)
@@ -194,11 +200,7 @@ class TrainingRun:
         state = load_checkpoint(path)
         check_same_run(state["config"], self.config, path)
         load_weights(self.strategy, state["model"], path)
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.schedule.load_state_dict(state["schedule"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path} does not match this run's meta-network: {str(exc).splitlines()[0][:160]}") from exc
+        load_states(path, state, {"optimizer": self.optimizer, "schedule": self.schedule}, "meta-network")
         self.train_sampler.set_state(state["sampler"])
         restore_rng(state["rng"])
         self.step, self.best_val, self.best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
@@ -311,7 +313,11 @@ class TrainingRun:
         try:
             with stop_requests() as stop, logging_redirect_tqdm():
                 try:
+                    self.pretrain(stop)
                     self.strategy.train()
+                    if self.t.iterations == 0 and self.main:  # nothing to meta-train: the initial weights are the result
+                        self.validate_now(metrics)
+                        self.save_last()
                     while self.step < self.t.iterations:
                         self._iterate(stop, metrics, bar)
                 finally:
@@ -328,6 +334,18 @@ class TrainingRun:
                 write_status(self.run_dir, "interrupted", step=self.step, iterations=self.t.iterations)
             raise
         return self.best_val
+
+    def pretrain(self, stop: dict[str, Optional[str]]) -> None:
+        """The pre-training stage (``pretrain.iterations > 0``), before the first meta-iteration: runs,
+        resumes or finds it done in ``<run>/pretrain``, then meta-training starts from its best.pt.
+        A step-0 last.pt is written first, so ``resume=true`` continues an interrupted stage."""
+        source = pretrained_checkpoint(self.cfg, self.run_dir)
+        if source is None or self.step > 0 or not self.main:
+            return
+        self.save_last()
+        Pretraining(self.cfg, self.run_dir, self.data, self.device).run(stop)
+        initialise_from(self.strategy, str(source))
+        self.save_last()
 
     def _iterate(self, stop: dict[str, Optional[str]], metrics: Optional[MetricsLog], bar: tqdm) -> None:
         t, nan_policy = self.t, getattr(self.t.nan_policy, "value", str(self.t.nan_policy))

@@ -29,6 +29,20 @@ class MetaModel(nn.Module):
         self.autocast_dtype: torch.dtype | None = None
         # Which statistics batch norm uses in a pass over a task (see ``embed_task``).
         self.statistics = "joint"
+        self.encoder_frozen = False
+
+    def freeze_encoder(self) -> None:
+        """No gradient reaches the encoder's weights and its batch norm keeps its stored statistics
+        (evaluation mode, in training too); FiLM modulations still pass through it."""
+        self.encoder_frozen = True
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "MetaModel":
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
 
     def use_precision(self, precision: str) -> "MetaModel":
         """``bf16`` runs the encoder under bfloat16 autocast; the decoder always computes in fp32
@@ -66,8 +80,8 @@ class MetaModel(nn.Module):
         strategies). Tensors, not a batch, so ``torch.func.functional_call`` and ``vmap`` can drive it."""
         film = None
         if self.decoder.modulates_encoder:
-            # CNAPs: the support set, embedded as it is, sets the FiLM parameters for this task.
-            film = self.decoder.modulation(self.embed(support_images), support_labels)
+            # CNAPs: the decoder's own set encoder reads the support images and sets this task's FiLM parameters.
+            film = self.decoder.modulation(support_images, support_labels)
         if query_images is None:
             support = query = self.embed(support_images, film)
         else:
@@ -123,7 +137,8 @@ def build_meta_model(cfg: Any, image_shape: tuple[int, int, int]) -> MetaModel:
     """
     encoder = ENCODERS.build(cfg.encoder, image_shape=image_shape)
     decoder = DECODERS.build(cfg.decoder, in_dim=encoder.out_dim, max_way=TaskShapes.of(cfg).max_way,
-                             film_channels=encoder.film_channels, encoder_name=type(encoder).__name__)
+                             film_channels=encoder.film_channels, encoder_name=type(encoder).__name__,
+                             image_shape=image_shape)
     return MetaModel(encoder, decoder)
 
 

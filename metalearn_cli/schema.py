@@ -66,7 +66,31 @@ class TrainerConfig:
     nan_policy: NanPolicy = NanPolicy.stop  # what a NaN/Inf meta-loss or meta-gradient does
     deterministic: bool = False  # deterministic kernels, CUDA included (slower there); CPU runs already repeat exactly
     init_from: Optional[str] = None  # a checkpoint, run dir or export: start from its tensors where names and shapes match
+    freeze_encoder: bool = False  # meta-train everything but the (pre-trained) encoder: its weights and batch-norm statistics stay as loaded (LEO, CNAPs)
     memory_check: bool = True  # refuse a run whose estimated memory exceeds what the device has free (false: try anyway)
+
+
+class Augment(enum.Enum):
+    auto = "auto"  # the data set's default: crop for Omniglot, crop_flip_jitter for mini-ImageNet and CIFAR-FS
+    none = "none"
+    crop = "crop"  # random crops of the image size from a 10%-padded copy
+    crop_flip = "crop_flip"  # + horizontal flips
+    crop_flip_jitter = "crop_flip_jitter"  # + colour jitter (colour images)
+
+
+@dataclass
+class PretrainConfig:
+    """Supervised pre-training of the encoder before meta-training (Tian et al. 2020; Chen et al. 2021):
+    plain classification over every training class, best checkpoint by episodic validation."""
+
+    iterations: int = 0  # SGD steps; 0 = no pre-training stage
+    batch_size: int = 128  # images per step, drawn from all training classes
+    lr: float = 0.05  # SGD with Nesterov momentum 0.9, cosine decay (RFS's settings)
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    augment: Augment = Augment.auto  # per-image torchvision.transforms.v2
+    val_every: int = 500  # steps between episodic validations (nearest-centroid accuracy on the fixed val tasks)
+    val_episodes: int = 300
 
 
 @dataclass
@@ -94,6 +118,7 @@ class TrainConfig:
     strategy: Any = MISSING
     optimizer: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0  # seeds the weights, the training tasks and the fixed val/test tasks
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N

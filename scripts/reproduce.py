@@ -27,7 +27,7 @@ from typing import Any
 
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("protonet", "maml", "metasgd", "anil", "latent")
+METHODS = ("protonet", "maml", "metasgd", "anil", "latent", "rfs")
 TABLES = {
     "omniglot": [f"{{m}}_omniglot_{s}" for s in ("5w1s", "5w5s", "20w1s", "20w5s")],
     "mini_imagenet": [f"{{m}}_mini_{s}_{e}" for s in ("5w1s", "5w5s") for e in ("conv4", "resnet12")],
@@ -39,6 +39,7 @@ EXTRA = {
 # Reduced budgets for a 2-core CPU (under an hour for the Omniglot table on the reference machine).
 # MAML's and Meta-SGD's 20-way cells also drop to 1 inner step (3 at test) and 5 training queries;
 # ANIL keeps its 5 steps there (they adapt only the head: one step from a random head learns nothing).
+QUICK_RFS = ["pretrain.iterations=1500", "pretrain.val_every=500", "pretrain.val_episodes=100", "eval.episodes=1000"]
 QUICK_MGD = ["trainer.iterations=500", "trainer.val_every=250", "trainer.val_episodes=100", "eval.episodes=1000"]
 QUICK_MAML = ["trainer.iterations=200", "trainer.meta_batch=4", "trainer.val_every=100", "trainer.val_episodes=50",
               "eval.episodes=300"]
@@ -49,6 +50,8 @@ COLUMNS = ["preset", "method", "task", "ours", "ci95", "published", "difference"
 
 
 def quick_overrides(method: str, preset: str) -> list[str]:
+    if method == "rfs":  # no meta-training: a shorter pre-training stage
+        return QUICK_RFS
     if method in ("protonet", "latent"):
         return QUICK_MGD
     if "_20w" not in preset:

@@ -37,7 +37,7 @@ def one_line_error(capsys, args: list[str]) -> str:
         ("episode.way=-3", "way >= 2"),
         ("episode.shot=0", "shot >= 1"),
         ("episode.query=0", "query >= 1"),
-        ("trainer.iterations=0", "must be >= 1"),
+        ("trainer.iterations=0", "trains nothing"),
         ("trainer.meta_batch=-1", "must be >= 1"),
         ("optimizer.lr=0", "lr > 0"),
         ("optimizer.lr=-0.1", "lr > 0"),

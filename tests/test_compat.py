@@ -20,7 +20,7 @@ def test_a_config_with_the_clip_under_the_strategy_loads_with_it_under_the_optim
 
 
 def test_old_tensor_names_of_the_latent_decoder_and_the_transformer_load():
-    cfg = OmegaConf.create({"encoder": {"name": "transformer", "width": 16, "depth": 1, "heads": 2, "patch": 7},
+    cfg = OmegaConf.create({"encoder": {"name": "transformer", "width": 16, "depth": 1, "heads": 2, "patch": 7, "stem": "patch"},
                             "decoder": {"name": "latent", "latent_dim": 4}, "episode": EPISODE})
     model = build_meta_model(cfg, (1, 28, 28))
     renames = {"decoder.code_encoder.": "decoder.encoder.", "decoder.weight_decoder.": "decoder.decoder.",
@@ -35,3 +35,13 @@ def test_old_tensor_names_of_the_latent_decoder_and_the_transformer_load():
     fresh.load_state_dict(old)
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value + 1), key
+
+
+def test_a_transformer_run_saved_before_the_conv_stem_keeps_its_patch_stem():
+    from metalearn_cli.compat import migrate_config
+
+    old = {"encoder": {"name": "transformer", "patch": 4}, "trainer": {"iterations": 5}}
+    new = migrate_config(old)
+    assert new["encoder"]["stem"] == "patch" and new["pretrain"]["iterations"] == 0
+    assert new["trainer"]["freeze_encoder"] is False
+    assert migrate_config({"encoder": {"name": "conv4"}})["encoder"] == {"name": "conv4"}

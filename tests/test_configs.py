@@ -21,7 +21,7 @@ from metalearn_cli.components import REGISTRIES
 from metalearn_cli.schema import SCHEMAS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ["dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "debug", "experiment", "sweep"]
+GROUPS = ["dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "pretrain", "debug", "experiment", "sweep"]
 
 
 def options(group: str) -> list[str]:
@@ -31,7 +31,7 @@ def options(group: str) -> list[str]:
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes(group, option):
     cfg = compose_config("train", [f"{group}={option}"])
-    assert cfg.trainer.iterations >= 1
+    assert cfg.trainer.iterations >= 1 or cfg.pretrain.iterations >= 1
     if group in REGISTRIES:
         assert cfg[group].name in REGISTRIES[group].names()
         REGISTRIES[group].params_of(cfg[group])  # validates against the registered dataclass
@@ -87,7 +87,7 @@ PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 
 def test_presets_cover_the_reproduction_table_and_carry_their_published_figure():
-    for method in ("protonet", "maml", "metasgd", "anil", "latent"):
+    for method in ("protonet", "maml", "metasgd", "anil", "latent", "rfs"):
         for shape in ("5w1s", "5w5s", "20w1s", "20w5s"):
             assert f"{method}_omniglot_{shape}" in PRESETS
         for shape in ("5w1s", "5w5s"):
@@ -107,7 +107,8 @@ def test_every_preset_runs_one_step_under_debug_smoke(tmp_path, preset):
     shrink = {"conv4": ["encoder.width=8"], "resnet12": ["encoder.channels=[8,8,8,8]"]}[cfg.encoder.name]
     cfg = compose_config("train", [f"experiment={preset}", "debug=smoke", *shrink, "trainer.iterations=1", "trainer.val_every=1",
                                    "trainer.val_episodes=2", "eval.episodes=2", "episode.query=1", "trainer.train_query=1",
-                                   "device=cpu"])
+                                   "device=cpu", *(["pretrain.iterations=2", "pretrain.val_every=1", "pretrain.val_episodes=2"]
+                                                   if cfg.pretrain.iterations else [])])
     loop.train(cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["published_accuracy"] == cfg.reference.accuracy and results["way"] == cfg.episode.way
@@ -120,7 +121,7 @@ def refusal(encoder: str, decoder: str, strategy: str) -> str | None:
     """What a combination that cannot be trained must say; None for every combination that trains."""
     if decoder == "film" and encoder in ("rnn", "transformer"):
         return "decoder=film needs an encoder that accepts FiLM modulation"
-    if strategy == "anil" and decoder == "prototype":
+    if strategy == "anil" and decoder in ("prototype", "logistic"):
         return "nothing to adapt"
     return None
 

@@ -80,7 +80,7 @@ def test_resume_without_a_checkpoint_or_with_another_config(compose_train, run_d
     [
         ("episode.way=30", DataError, "30-way episodes need 30 classes"),
         ("episode.query=10", DataError, "need 11 images per class"),
-        ("trainer.iterations=0", ConfigError, "must be >= 1"),
+        ("trainer.iterations=0", ConfigError, "trains nothing"),
         ("device=tpu", ConfigError, "device=tpu"),
     ],
 )

@@ -65,7 +65,7 @@ CASES = [
     (["train", *SMOKE, "episode.query=0"], "query >= 1"),
     (["train", *SMOKE, "episode.way=30"], "30-way episodes need 30 classes"),
     (["train", *SMOKE, "episode.query=10"], "need 11 images per class"),
-    (["train", *SMOKE, "trainer.iterations=0"], "must be >= 1"),
+    (["train", *SMOKE, "trainer.iterations=0"], "trains nothing"),
     (["train", *SMOKE, "trainer.meta_batch=-1"], "must be >= 1"),
     (["train", *SMOKE, "trainer.val_every=0"], "must be >= 1"),
     (["train", *SMOKE, "eval.episodes=0"], "must be >= 1"),

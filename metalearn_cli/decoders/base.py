@@ -30,8 +30,8 @@ class Decoder(nn.Module):
     modulates_encoder = False  # True: modulation() gives FiLM parameters the encoder applies (CNAPs)
     max_way: Optional[int] = None  # the most classes a task may have (a fixed-size head); None = any
 
-    def modulation(self, support: torch.Tensor, support_labels: torch.Tensor) -> Optional[Film]:
-        """FiLM scales and shifts for every encoder block, from the unmodulated support embeddings."""
+    def modulation(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> Optional[Film]:
+        """FiLM scales and shifts ``[T, C]`` for every FiLM site of the encoder, from the support images ``[T, S, C, H, W]``."""
         return None
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,

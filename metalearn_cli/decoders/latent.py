@@ -1,22 +1,28 @@
-"""Latent decoder in the style of LEO (Rusu et al. 2019): the support set is encoded into a
-low-dimensional Gaussian latent code per class, the code is decoded into that class's classifier
-weights, and optionally the codes (not the weights) are adapted by gradient steps on the support
-loss: an inner loop in latent space.
+"""Latent decoder, LEO (Rusu et al. 2019): the support set is encoded into a low-dimensional
+Gaussian latent code per class, the code is decoded into that class's classifier weights, the codes
+are adapted by gradient steps on the support loss (an inner loop in latent space), and the decoded
+weights are fine-tuned by a few more gradient steps with learned per-dimension rates.
 
 Per class n: every support embedding is encoded (``code_encoder``), related to every other support
 example of the task (``relation`` on concatenated pairs, averaged over partners), and averaged
 over the class's examples into the mean and log-variance of ``z_n``. Training samples ``z_n``;
-evaluation uses the mean. ``weight_decoder`` maps ``z_n`` to the mean of ``w_n`` (LEO also samples ``w_n``;
-that drowned the signal in noise early in training here); logits are ``query @ w_n``. Regularisers of the paper, exposed as
-the output's ``regularizer``, which every strategy adds to its loss: the KL divergence of
-q(z | support) from N(0, I), the encoder penalty ``||stopgrad(z') - z||^2`` between adapted and
-initial codes, and an orthogonality penalty on the decoder's weight rows.
+evaluation uses the mean. ``weight_decoder`` maps ``z_n`` to the weights ``w_n``: with
+``sample_weights`` to their mean and standard deviation, sampled in training as LEO does
+(``std = exp(u) - 1 + sqrt(2 / D)``, floored), otherwise to the mean alone (no unused outputs).
+``latent_steps`` steps on the codes (rate ``latent_lr``, learned with ``learn_rates``), then
+``finetune_steps`` steps on the weights themselves (per-dimension rates, learned, starting at
+``finetune_lr``); logits are ``query @ w_n``. Regularisers of the paper, exposed as the output's
+``regularizer``, which every strategy adds to its loss: the KL divergence of q(z | support) from
+N(0, I), the encoder penalty ``||stopgrad(z') - z||^2`` between adapted and initial codes, an
+orthogonality penalty on the decoder's weight rows, and an L2 penalty on the decoder's own weights.
+LEO trained all of this on fixed features pre-trained by classification: the ``leo_*`` presets
+pre-train and freeze the encoder (``pretrain=supervised``, ``trainer.freeze_encoder=true``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +45,11 @@ class LatentParams:
     orthogonality: float = 1e-3  # weight of the decoder's orthogonality penalty (LEO's lambda)
     dropout: float = 0.0  # on the support embeddings before encoding
     prototype_residual: bool = False  # classifier = the prototype classifier + gate * decoded weights (gate starts at 0)
+    sample_weights: bool = False  # decode a mean and a std per weight and sample the weights in training (LEO)
+    finetune_steps: int = 0  # gradient steps on the decoded weights after the latent steps (LEO: 5)
+    finetune_lr: float = 0.001  # initial value of the learned per-dimension fine-tuning rates (LEO's finetuning_lr_init)
+    learn_rates: bool = False  # learn the latent step size too (LEO does)
+    l2: float = 0.0  # weight of the L2 penalty sum(theta^2) / 2 on the decoder's weight matrices (LEO: 1e-4)
 
 
 class LatentDecoder(Decoder):
@@ -46,17 +57,31 @@ class LatentDecoder(Decoder):
         super().__init__()
         if params.latent_dim < 1 or params.latent_steps < 0 or params.latent_lr <= 0:
             raise ConfigError("decoder=latent needs latent_dim >= 1, latent_steps >= 0 and latent_lr > 0")
+        if params.finetune_steps < 0 or params.finetune_lr <= 0 or params.l2 < 0:
+            raise ConfigError("decoder=latent needs finetune_steps >= 0, finetune_lr > 0 and l2 >= 0")
         self.p, self.in_dim = params, in_dim
         k = params.latent_dim
         self.dropout = nn.Dropout(params.dropout)
         self.code_encoder = nn.Linear(in_dim, k)
         self.relation = nn.Sequential(nn.Linear(2 * k, 2 * k), nn.ReLU(), nn.Linear(2 * k, 2 * k), nn.ReLU(),
                                       nn.Linear(2 * k, 2 * k))
-        self.weight_decoder = nn.Linear(k, 2 * in_dim)
+        self.weight_decoder = nn.Linear(k, (2 if params.sample_weights else 1) * in_dim)
         if params.prototype_residual:
             # ReZero-style gate: training starts exactly at ProtoNets and the decoded weights earn their way in.
             self.gate = nn.Parameter(torch.zeros(()))
+        if params.learn_rates:
+            self.log_latent_lr = nn.Parameter(torch.tensor(float(params.latent_lr)).log())
+        if params.finetune_steps:
+            self.finetune_lrs = nn.Parameter(torch.full((in_dim,), float(params.finetune_lr)))
         rename_on_load(self, {"encoder.": "code_encoder.", "decoder.": "weight_decoder."})  # names before 2026-11-27
+        self._register_load_state_dict_pre_hook(self._drop_unused_outputs)
+
+    def _drop_unused_outputs(self, state: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
+        """Files from before 2026-11-27 decoded 2D outputs and used the first D (the means): keep those."""
+        for name in ("weight_decoder.weight", "weight_decoder.bias"):
+            key = prefix + name
+            if not self.p.sample_weights and key in state and state[key].shape[0] == 2 * self.in_dim:
+                state[key] = state[key][: self.in_dim]
 
     def _gaussian(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean, logvar = stats.chunk(2, dim=-1)
@@ -65,9 +90,19 @@ class LatentDecoder(Decoder):
         return sample, mean, std
 
     def weights(self, z: torch.Tensor) -> torch.Tensor:
-        # The mean of the weight distribution: sampling the weights too (as LEO does) drowned the
-        # signal in noise at the start of training here; the code z is still sampled.
-        return self.weight_decoder(z)[..., : self.in_dim]  # [T, N, D]
+        """Per-class weights ``[T, N, D]``: sampled in training with ``sample_weights``, else the mean."""
+        out = self.weight_decoder(z)
+        if not self.p.sample_weights:
+            return out
+        mean, raw = out.chunk(2, dim=-1)
+        if not self.training:
+            return mean
+        std = (torch.exp(raw) - 1 + (2 / self.in_dim) ** 0.5).clamp(min=1e-10)  # LEO's offset: std starts near sqrt(2/D)
+        return mean + std * torch.randn_like(std)
+
+    @property
+    def latent_step_size(self) -> torch.Tensor | float:
+        return self.log_latent_lr.exp() if self.p.learn_rates else self.p.latent_lr
 
     def classifier(self, z: torch.Tensor, prototypes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-class weights ``[T, N, D]`` and biases ``[T, N]`` (None: no bias) of the task's linear classifier.
@@ -82,23 +117,41 @@ class LatentDecoder(Decoder):
         logits = x @ w.transpose(1, 2)
         return logits if b is None else logits + b.unsqueeze(1)
 
+    def _descend(self, x: torch.Tensor, steps: int, rate: torch.Tensor | float,
+                 loss_of: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``steps`` gradient steps on ``x`` against ``loss_of(x)``, differentiable in training (so the
+        rates and everything upstream are meta-learned); returns ``x`` and the loss before each step."""
+        losses: list[torch.Tensor] = []
+        if not steps:
+            return x, losses
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_()
+            for _ in range(steps):
+                loss = loss_of(x)
+                losses.append(loss.detach())
+                (g,) = torch.autograd.grad(loss, x, create_graph=self.training)
+                x = x - rate * g
+        return x, losses
+
     def adapt_codes(self, z: torch.Tensor, support: torch.Tensor, support_labels: torch.Tensor,
                     prototypes: Optional[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``latent_steps`` gradient steps on the codes against the support loss (LEO's inner loop);
-        returns the adapted codes and the support loss before each step."""
-        losses: list[torch.Tensor] = []
-        if not self.p.latent_steps:
-            return z, losses
-        with torch.enable_grad():
-            if not z.requires_grad:
-                z = z.detach().requires_grad_()
-            for _ in range(self.p.latent_steps):
-                logits = self._logits(support, *self.classifier(z, prototypes))
-                loss = F.cross_entropy(logits.flatten(0, 1), support_labels.flatten())
-                losses.append(loss.detach())
-                (g,) = torch.autograd.grad(loss, z, create_graph=self.training)
-                z = z - self.p.latent_lr * g
-        return z, losses
+        """``latent_steps`` gradient steps on the codes against the support loss (LEO's inner loop)."""
+        def loss_of(codes: torch.Tensor) -> torch.Tensor:
+            logits = self._logits(support, *self.classifier(codes, prototypes))
+            return F.cross_entropy(logits.flatten(0, 1), support_labels.flatten())
+
+        return self._descend(z, self.p.latent_steps, self.latent_step_size, loss_of)
+
+    def finetune(self, w: torch.Tensor, b: torch.Tensor | None, support: torch.Tensor,
+                 support_labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """LEO's fine-tuning: ``finetune_steps`` gradient steps on the decoded weights themselves, with a
+        learned rate per embedding dimension."""
+        def loss_of(weights: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(self._logits(support, weights, b).flatten(0, 1), support_labels.flatten())
+
+        rates = self.finetune_lrs if self.p.finetune_steps else 0.0
+        return self._descend(w, self.p.finetune_steps, rates, loss_of)
 
     def codes(self, support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
         """Per-class code statistics ``[T, N, 2k]`` (mean and log-variance) from the support set."""
@@ -111,23 +164,27 @@ class LatentDecoder(Decoder):
     def penalty(self, mean: torch.Tensor, std: torch.Tensor, z: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
         """KL(q(z | support) || N(0, I)), the encoder penalty and the decoder's orthogonality penalty, weighted."""
         kl = (0.5 * (std.square() + mean.square() - 1) - torch.log(std)).sum(-1).mean()
-        d = self.weight_decoder.weight  # [2D, k]
+        d = self.weight_decoder.weight  # [D, k], or [2D, k] with sample_weights
         normed = d / d.norm(dim=0, keepdim=True).clamp(min=1e-8)
         corr = normed.T @ normed  # [k, k] correlations of the decoder's columns
         ortho = (corr - torch.eye(corr.shape[0], device=corr.device)).square().mean()
+        l2 = sum(m.weight.square().sum() for m in self.modules() if isinstance(m, nn.Linear)) / 2 if self.p.l2 else 0.0
         return (self.p.kl_weight * kl + self.p.encoder_penalty * (z.detach() - z0).square().sum(-1).mean()
-                + self.p.orthogonality * ortho)
+                + self.p.orthogonality * ortho + self.p.l2 * l2)
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
                 film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
         prototypes = class_means(support, support_labels, n_way) if self.p.prototype_residual else None
         z0, mean, std = self._gaussian(self.codes(support, support_labels, n_way))
         z, _ = self.adapt_codes(z0, support, support_labels, prototypes)
-        w, b = self.classifier(z, prototypes)
+        decoded, b = self.classifier(z, prototypes)
+        w, _ = self.finetune(decoded, b, support, support_labels)
         stats = None
         if with_stats:
             stats = {"code_norm": z.norm(dim=-1).mean(-1), "initial_code_norm": z0.norm(dim=-1).mean(-1),
                      "weight_norm": w.norm(dim=-1).mean(-1)}
+            if self.p.finetune_steps:
+                stats["finetune_shift"] = (w - decoded).norm(dim=-1).mean(-1)
         return output(self._logits(query, w, b), self.penalty(mean, std, z, z0), stats)
 
 

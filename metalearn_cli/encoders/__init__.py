@@ -3,8 +3,9 @@
 Each encoder is an ``nn.Module`` that declares its own quirks, so strategies never special-case a
 backbone: ``out_dim`` (wired into the decoder), ``supports_vmap`` (may tasks be batched with
 ``torch.func.vmap``), ``second_order_context()`` (a context needed for double backward) and
-``film_channels`` (blocks that accept FiLM modulation: ``forward(images, film=[(gamma, beta), ...])``
-with per-image ``[B, C]`` scales and shifts, applied as ``x * (1 + gamma) + beta``).
+``film_channels`` (the channels of each FiLM site, one per batch norm: ``forward(images,
+film=[(gamma, beta), ...])`` with per-image ``[B, C]`` scales and shifts, applied right after that
+batch norm as ``x * (1 + gamma) + beta``).
 """
 
 from __future__ import annotations
@@ -23,19 +24,21 @@ class Encoder(nn.Module):
 
     out_dim: int
     supports_vmap: bool = True
-    film_channels: tuple[int, ...] = ()  # channels of each FiLM-modulated block; empty = no FiLM support
-
-    def vmap_safe(self, enabled: bool = True) -> None:
-        """Switch layers to forms whose second derivatives are correct under ``vmap``."""
-        from metalearn_cli.encoders.norm import TaskBatchNorm2d
-
-        for module in self.modules():
-            if isinstance(module, TaskBatchNorm2d):
-                module.split_affine = enabled
+    film_channels: tuple[int, ...] = ()  # channels of each FiLM site (after each batch norm); empty = no FiLM support
 
     def second_order_context(self) -> ContextManager[None]:
         """Context under which second-order gradients through this encoder are correct."""
         return contextlib.nullcontext()
+
+
+def vmap_safe(module: nn.Module, enabled: bool = True) -> None:
+    """Switch the batch norms under ``module`` (encoder and decoder alike) to forms whose second
+    derivatives are correct under ``vmap``."""
+    from metalearn_cli.encoders.norm import TaskBatchNorm2d
+
+    for m in module.modules():
+        if isinstance(m, TaskBatchNorm2d):
+            m.split_affine = enabled
 
 
 def inside_vmap(x: torch.Tensor) -> bool:

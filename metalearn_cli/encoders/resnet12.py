@@ -55,11 +55,16 @@ class ResidualBlock(nn.Module):
         self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), TaskBatchNorm2d(cout))
         self.act, self.pool, self.drop = nn.LeakyReLU(slope), nn.MaxPool2d(2), drop
 
-    def forward(self, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        y = self.body(x) + self.shortcut(x)
-        if film is not None:
-            y = modulate(y, *film)
-        return self.drop(self.pool(self.act(y)))
+    def forward(self, x: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        if film is None:
+            y = self.body(x)
+        else:  # FiLM right after each batch norm of the body (CNAPs' FiLM ResNet; the shortcut is left as is)
+            y = x
+            for i in range(3):
+                y = modulate(self.body[3 * i + 1](self.body[3 * i](y)), *film[i])
+                if i < 2:
+                    y = self.body[3 * i + 2](y)
+        return self.drop(self.pool(self.act(y + self.shortcut(x))))
 
 
 class ResNet12(Encoder):
@@ -79,12 +84,12 @@ class ResNet12(Encoder):
             cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.out_dim = params.channels[-1]
-        self.film_channels = tuple(params.channels)
+        self.film_channels = tuple(c for c in params.channels for _ in range(3))  # three batch norms per residual body
 
     def forward(self, images: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         x = images
         for i, block in enumerate(self.blocks):
-            x = block(x, None if film is None else film[i])
+            x = block(x, None if film is None else film[3 * i: 3 * i + 3])
         return x.mean(dim=(-2, -1))
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from metalearn_cli.encoders import ENCODERS, Encoder
+from metalearn_cli.encoders.stem import ConvStem
 from metalearn_cli.errors import ConfigError
 
 
@@ -27,6 +28,7 @@ class Cell(enum.Enum):
 class SequenceKind(enum.Enum):
     rows = "rows"  # one step per image row: H steps of C*W features
     patches = "patches"  # one step per patch, row-major: (H/p)*(W/p) steps of C*p*p features
+    conv = "conv"  # a convolutional stem down by `patch`, then one step per row of its feature map
 
 
 @dataclass
@@ -37,7 +39,8 @@ class RNNParams:
     layers: int = 1
     bidirectional: bool = True
     sequence: SequenceKind = SequenceKind.rows
-    patch: int = 4  # patch side for sequence=patches
+    patch: int = 4  # patch side for sequence=patches; the stem's downsampling for sequence=conv
+    stem_channels: int = 64  # channels of the convolutional stem (sequence=conv)
 
 
 class RNNEncoder(Encoder):
@@ -48,10 +51,14 @@ class RNNEncoder(Encoder):
         c, h, w = image_shape
         if params.hidden < 1 or params.layers < 1 or params.patch < 1:
             raise ConfigError("encoder=rnn needs hidden >= 1, layers >= 1 and patch >= 1")
-        if params.sequence is SequenceKind.patches and (h % params.patch or w % params.patch):
+        if params.sequence is not SequenceKind.rows and (h % params.patch or w % params.patch):
             raise ConfigError(f"encoder=rnn: patch={params.patch} does not divide the {h}x{w} images")
         self.sequence, self.patch = params.sequence, params.patch
-        features = c * w if params.sequence is SequenceKind.rows else c * params.patch**2
+        if params.sequence is SequenceKind.conv:
+            self.stem = ConvStem(c, params.stem_channels, params.patch)
+            features = params.stem_channels * (w // params.patch)
+        else:
+            features = c * w if params.sequence is SequenceKind.rows else c * params.patch**2
         rnn = nn.LSTM if params.cell is Cell.lstm else nn.GRU
         self.rnn = rnn(features, params.hidden, params.layers, batch_first=True, bidirectional=params.bidirectional)
         self.out_dim = params.hidden * (2 if params.bidirectional else 1)
@@ -60,8 +67,10 @@ class RNNEncoder(Encoder):
         return torch.backends.cudnn.flags(enabled=False) if torch.cuda.is_available() else contextlib.nullcontext()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.sequence is SequenceKind.conv:
+            images = self.stem(images)
         b, c, h, w = images.shape
-        if self.sequence is SequenceKind.rows:
+        if self.sequence is not SequenceKind.patches:
             seq = images.permute(0, 2, 1, 3).reshape(b, h, c * w)
         else:
             p = self.patch

@@ -1,5 +1,5 @@
-"""A small Vision Transformer (Dosovitskiy et al. 2021): patch embedding, learned positions,
-pre-norm encoder layers, class-token or mean pooling.
+"""A small Vision Transformer (Dosovitskiy et al. 2021): a convolutional stem (Xiao et al. 2021) or a
+plain patch embedding, learned positions, pre-norm encoder layers, class-token or mean pooling.
 
 Quirk it declares: the fused attention kernels have no double backward, so second-order gradients
 run with the math kernel of scaled-dot-product attention.
@@ -17,7 +17,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from metalearn_cli.compat import rename_on_load
 from metalearn_cli.encoders import ENCODERS, Encoder
+from metalearn_cli.encoders.stem import ConvStem
 from metalearn_cli.errors import ConfigError
+
+
+class Stem(enum.Enum):
+    conv = "conv"  # stride-2 conv3x3 + batch norm + ReLU layers down to the patch grid (Xiao et al. 2021)
+    patch = "patch"  # one strided convolution per patch (the original ViT; what files before 2026-11-27 hold)
 
 
 class Pooling(enum.Enum):
@@ -35,6 +41,7 @@ class TransformerParams:
     mlp_ratio: float = 2.0
     dropout: float = 0.0
     pooling: Pooling = Pooling.cls
+    stem: Stem = Stem.conv
 
 
 class VisionTransformer(Encoder):
@@ -48,7 +55,10 @@ class VisionTransformer(Encoder):
         if h % params.patch or w % params.patch:
             raise ConfigError(f"encoder=transformer: patch={params.patch} does not divide the {h}x{w} images")
         tokens = (h // params.patch) * (w // params.patch)
-        self.embed = nn.Conv2d(c, params.width, params.patch, stride=params.patch)
+        if params.stem is Stem.conv:
+            self.embed: nn.Module = ConvStem(c, params.width, params.patch)
+        else:
+            self.embed = nn.Conv2d(c, params.width, params.patch, stride=params.patch)
         self.pooling = params.pooling
         self.cls = nn.Parameter(torch.zeros(1, 1, params.width)) if params.pooling is Pooling.cls else None
         self.positions = nn.Parameter(torch.randn(1, tokens + (self.cls is not None), params.width) * 0.02)

@@ -36,6 +36,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from metalearn_cli.decoders import DecoderOutput
+from metalearn_cli.encoders import vmap_safe
 from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
@@ -287,9 +288,9 @@ class MAML(Strategy):
         task = lambda sx, sy, qx: self._task_logits(weights, sx, sy, qx, batch.n_way, steps, create_graph,  # noqa: E731
                                                     every_step, with_stats)
         if self.uses_vmap(batch.support_images.device):
-            self.model.encoder.vmap_safe(True)
+            vmap_safe(self.model, True)
             return vmap(task, randomness="different")(batch.support_images, batch.support_labels, batch.query_images)
-        self.model.encoder.vmap_safe(False)
+        vmap_safe(self.model, False)
         outs = [task(batch.support_images[t], batch.support_labels[t], batch.query_images[t]) for t in range(batch.tasks)]
         stats = {k: torch.stack([o[2][k] for o in outs]) for k in outs[0][2]}
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs]), stats

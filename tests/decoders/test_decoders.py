@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from metalearn_cli.decoders import DECODERS
@@ -92,12 +93,12 @@ def test_film_modulates_the_encoder_per_task_and_ignores_support_order():
     cfg = OmegaConf.create({"encoder": {"name": "conv4", "width": 8}, "decoder": {"name": "film", "hidden": 16},
                             "episode": {"way": 3, "shot": 2, "query": 2}})
     model = build_meta_model(cfg, (1, 28, 28)).eval()
-    for layer in model.decoder.film:  # leave the zero init so modulation is visible
-        torch.nn.init.normal_(layer.weight, std=0.5)
+    for site in model.decoder.film:  # leave the zero init so modulation is visible
+        torch.nn.init.normal_(site[-1].weight, std=0.5)
     sx, sy, qx = torch.rand(2, 6, 1, 28, 28), torch.tensor([[0, 0, 1, 1, 2, 2]] * 2), torch.rand(2, 4, 1, 28, 28)
     logits = model(sx, sy, qx, 3).logits
     assert logits.shape == (2, 4, 3)
-    film = model.decoder.modulation(model.embed(sx), sy)
+    film = model.decoder.modulation(sx, sy)
     assert len(film) == 4 and film[0][0].shape == (2, 8) and not torch.allclose(film[0][0][0], film[0][0][1])
     perm = torch.tensor([5, 3, 1, 4, 2, 0])
     torch.testing.assert_close(model(sx[:, perm], sy[:, perm], qx, 3).logits, logits, atol=1e-4, rtol=1e-4)
@@ -114,3 +115,172 @@ def test_film_refuses_encoders_without_modulation():
                             "episode": {"way": 3, "shot": 1, "query": 1}})
     with pytest.raises(ConfigError, match="decoder=film needs an encoder that accepts FiLM modulation .* RNNEncoder"):
         build_meta_model(cfg, (1, 28, 28))
+
+
+# ----------------------------------------------------------------------------- RFS's logistic regression
+def test_logistic_fit_reaches_the_optimum_of_the_regularised_objective():
+    """At the fitted weights the gradient of sum CE + ||W||^2 / (2C) vanishes (scikit-learn's objective)."""
+    import torch.nn.functional as F
+
+    from metalearn_cli.decoders.logistic import fit_logistic
+
+    torch.manual_seed(0)
+    for shape, c in (((3, 5, 16), 1.0), ((2, 100, 32), 0.5)):
+        x = F.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1)
+        way = 5 if shape[1] == 5 else 20
+        y = torch.arange(way).repeat_interleave(shape[1] // way).expand(shape[0], -1)
+        w, b = fit_logistic(x, y, way, c, 200)
+        w, b = w.requires_grad_(), b.requires_grad_()
+        loss = F.cross_entropy((x @ w.transpose(1, 2) + b[:, None]).flatten(0, 1), y.flatten(), reduction="sum")
+        grads = torch.autograd.grad(loss + w.square().sum() / (2 * c), (w, b))
+        assert max(g.abs().max().item() for g in grads) < 1e-3
+
+
+def test_logistic_decoder_classifies_a_separable_task():
+    torch.manual_seed(0)
+    decoder = DECODERS.build({"name": "logistic"}, in_dim=8)
+    centres = torch.randn(4, 8) * 3
+    labels = torch.arange(4).repeat(3)[None]
+    support = centres[labels] + 0.1 * torch.randn(1, 12, 8)
+    query = centres[torch.arange(4)][None] + 0.1 * torch.randn(1, 4, 8)
+    assert torch.equal(decoder(support, labels, query, 4).logits.argmax(-1), torch.arange(4)[None])
+
+
+# ----------------------------------------------------------------------------- LEO as published
+def _leo(**params):
+    torch.manual_seed(0)
+    return DECODERS.build({"name": "latent", "latent_dim": 8, "latent_steps": 2, "finetune_steps": 5,
+                           "finetune_lr": 0.5, **params}, in_dim=6)
+
+
+def test_fine_tuning_the_decoded_weights_lowers_the_support_loss():
+    decoder = _leo().eval()
+    support, labels = torch.randn(2, 6, 6), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2)
+    z = decoder.codes(support, labels, 3).chunk(2, dim=-1)[0]
+    w, _ = decoder.classifier(z, None)
+    tuned, losses = decoder.finetune(w, None, support, labels)
+    after = torch.nn.functional.cross_entropy((support @ tuned.transpose(1, 2)).flatten(0, 1), labels.flatten())
+    assert len(losses) == 5 and after < losses[0] and all(b < a for a, b in zip(losses, losses[1:]))
+
+
+def test_fine_tuning_rates_are_per_dimension_and_meta_learned():
+    decoder = _leo(learn_rates=True).train()
+    support, labels, query = torch.randn(2, 6, 6), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2), torch.randn(2, 6, 6)
+    loss = torch.nn.functional.cross_entropy(decoder(support, labels, query, 3).logits.flatten(0, 1), labels.flatten())
+    loss.backward()
+    assert decoder.finetune_lrs.shape == (6,) and decoder.finetune_lrs.grad.abs().gt(0).all()
+    assert decoder.log_latent_lr.grad is not None and decoder.log_latent_lr.grad != 0
+
+
+def test_sampled_weights_use_every_decoder_output_and_only_in_training():
+    """No dead outputs: every row of the weight decoder gets gradient from the task loss itself."""
+    for sample in (False, True):
+        decoder = _leo(sample_weights=sample, orthogonality=0.0, kl_weight=0.0, l2=0.0, finetune_steps=0, latent_steps=0)
+        assert decoder.weight_decoder.out_features == (2 if sample else 1) * 6
+        support, labels, query = torch.randn(2, 6, 6), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2), torch.randn(2, 6, 6)
+        decoder.train()
+        out = decoder(support, labels, query, 3)
+        torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), labels.flatten()).backward()
+        assert decoder.weight_decoder.weight.grad.abs().sum(-1).gt(0).all()
+        decoder.eval()
+        a, b = decoder(support, labels, query, 3).logits, decoder(support, labels, query, 3).logits
+        torch.testing.assert_close(a, b)  # evaluation: the means, no sampling
+
+
+def test_l2_penalty_is_half_the_sum_of_squared_weights():
+    zero = _leo(l2=0.0, kl_weight=0.0, orthogonality=0.0, encoder_penalty=0.0).eval()
+    one = _leo(l2=1.0, kl_weight=0.0, orthogonality=0.0, encoder_penalty=0.0).eval()
+    one.load_state_dict(zero.state_dict())
+    support, labels = torch.randn(1, 6, 6), torch.tensor([[0, 1, 2, 0, 1, 2]])
+    expected = sum(m.weight.square().sum() for m in one.modules() if isinstance(m, torch.nn.Linear)) / 2
+    got = one(support, labels, support, 3).regularizer - zero(support, labels, support, 3).regularizer
+    torch.testing.assert_close(got, expected)
+
+
+def test_old_latent_files_with_unused_outputs_load_their_means():
+    decoder = _leo()
+    old = {k: v for k, v in decoder.state_dict().items()}
+    old["weight_decoder.weight"] = torch.randn(12, 8)
+    old["weight_decoder.bias"] = torch.randn(12)
+    decoder.load_state_dict(old)
+    torch.testing.assert_close(decoder.weight_decoder.weight, old["weight_decoder.weight"][:6])
+
+
+# ----------------------------------------------------------------------------- CNAPs
+def _film_model(encoder):
+    from omegaconf import OmegaConf
+
+    from metalearn_cli.model import build_meta_model
+
+    torch.manual_seed(0)
+    enc = {"conv4": {"name": "conv4", "width": 8}, "resnet12": {"name": "resnet12", "channels": [4, 4, 4, 4]}}[encoder]
+    cfg = OmegaConf.create({"encoder": enc, "decoder": {"name": "film", "hidden": 16}, "episode": {"way": 3, "shot": 2, "query": 2}})
+    model = build_meta_model(cfg, (1, 28, 28)).train()
+    for site in model.decoder.film:
+        torch.nn.init.normal_(site[-1].weight, std=0.5)
+    return model
+
+
+def film_reaches_every_site(model) -> bool:
+    """Whether each FiLM site's modulation changes the model's logits (the test the mutation must fail)."""
+    sx, sy, qx = torch.rand(2, 6, 1, 28, 28), torch.tensor([[0, 0, 1, 1, 2, 2]] * 2), torch.rand(2, 6, 1, 28, 28)
+    model.eval()
+    film = model.decoder.modulation(sx, sy)
+    support, query = model.embed_task(sx, qx, film)
+    base = model.decoder(support, sy, query, 3).logits
+    for k in range(len(film)):
+        changed = [(g + (1.0 if i == k else 0.0), b) for i, (g, b) in enumerate(film)]
+        support, query = model.embed_task(sx, qx, changed)
+        if torch.allclose(model.decoder(support, sy, query, 3).logits, base):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("encoder,sites", [("conv4", 4), ("resnet12", 12)])
+def test_film_is_applied_after_every_batch_norm(encoder, sites, monkeypatch):
+    model = _film_model(encoder)
+    assert len(model.decoder.film) == sites == len(model.encoder.film_channels)
+    assert film_reaches_every_site(model)
+    # Mutation: an encoder that ignores FiLM must fail the check above.
+    import metalearn_cli.encoders.conv4 as conv4
+    import metalearn_cli.encoders.resnet12 as resnet12
+
+    for module in (conv4, resnet12):
+        monkeypatch.setattr(module, "modulate", lambda x, gamma, beta: x)
+    assert not film_reaches_every_site(model)
+
+
+def test_film_backbone_runs_one_modulated_pass_and_no_unmodulated_one():
+    """CNAPs' task representation comes from its own set encoder: every backbone batch norm runs
+    once per forward (support + query, modulated), so its statistics see only modulated features."""
+    model = _film_model("conv4")
+    calls = []
+    for m in model.encoder.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_hook(lambda m, a, o: calls.append(m))
+    sx, sy, qx = torch.rand(2, 6, 1, 28, 28), torch.tensor([[0, 0, 1, 1, 2, 2]] * 2), torch.rand(2, 6, 1, 28, 28)
+    model(sx, sy, qx, 3)
+    assert len(calls) == 4 and len(set(calls)) == 4
+
+
+def test_cnaps_classifier_starts_at_class_means_without_a_norm_term():
+    model = _film_model("conv4")
+    means = torch.randn(2, 3, model.encoder.out_dim)
+    torch.testing.assert_close(model.decoder.weight_generator(means), means)
+    torch.testing.assert_close(model.decoder.bias_generator(means), torch.zeros(2, 3, 1))
+
+
+# ----------------------------------------------------------------------------- FEAT
+def test_feat_adapts_each_prototype_to_the_other_classes_and_is_permutation_equivariant():
+    torch.manual_seed(0)
+    decoder = DECODERS.build({"name": "feat"}, in_dim=8).eval()
+    support, labels, query = torch.randn(1, 4, 8), torch.tensor([[0, 1, 2, 3]]), torch.randn(1, 5, 8)
+    logits = decoder(support, labels, query, 4).logits
+    perm = torch.tensor([2, 0, 3, 1])  # class i of the new task is class perm[i] of the old one
+    relabelled = decoder(support[:, perm], torch.tensor([[0, 1, 2, 3]]), query, 4).logits
+    torch.testing.assert_close(relabelled, logits[..., perm], atol=1e-5, rtol=1e-5)
+    other = support.clone()
+    other[0, 3] += 1.0  # another class changes: class 0's adapted prototype moves with it
+    a = decoder.adapt(support)[0, 0]
+    b = decoder.adapt(other)[0, 0]
+    assert not torch.allclose(a, b)

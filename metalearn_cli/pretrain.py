@@ -1,0 +1,201 @@
+"""The pre-training stage: plain supervised classification over every training class, before
+meta-training (Tian et al. 2020, RFS; Chen et al. 2021, Meta-Baseline; the features LEO and CNAPs
+started from).
+
+Owns: ``<run>/pretrain/``, a run directory of its own (config, metrics.jsonl, TensorBoard,
+``checkpoints/last.pt`` and ``best.pt``, ``results.json``). The encoder is trained with a linear
+head over all training classes (Omniglot's Vinyals split: 4,112 classes with rotations) on
+augmented mini-batches drawn from the resident images; the best checkpoint is chosen by *episodic*
+validation (nearest-centroid accuracy on the same fixed validation tasks every method uses), and the
+stage's ``results.json`` is that encoder's nearest-centroid test accuracy. The stage checkpoint is a
+ProtoNet checkpoint (``metalearn eval RUN/pretrain`` works on it) that also carries the head, so an
+interrupted stage resumes. Meta-training then starts from its ``best.pt`` (see ``loop``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from metalearn_cli.assemble import build_strategy, first_non_finite
+from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
+from metalearn_cli.data import FewShotData
+from metalearn_cli.episodes import EpisodeSampler, resident, split_seed
+from metalearn_cli.errors import Diverged, Interrupted
+from metalearn_cli.evaluation import evaluate_tasks, score_checkpoint, summarize
+from metalearn_cli.metrics import MetricsLog
+from metalearn_cli.rundir import CHECKPOINTS, RESULTS, write_results, write_status
+from metalearn_cli.strategies import STRATEGIES, Strategy
+
+log = logging.getLogger(__name__)
+
+STAGE = "pretrain"  # the stage's sub-directory of a run
+DEFAULT_AUGMENT = {"omniglot": "crop", "mini_imagenet": "crop_flip_jitter", "cifar_fs": "crop_flip_jitter",
+                   "folder": "crop_flip", "synthetic": "none"}
+
+
+def stage_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / STAGE
+
+
+def pretrained_checkpoint(cfg: Any, run_dir: Path) -> Optional[Path]:
+    """The checkpoint meta-training starts from when the run has a pre-training stage."""
+    return stage_dir(run_dir) / CHECKPOINTS / "best.pt" if cfg.pretrain.iterations > 0 else None
+
+
+def augmentation(name: str, dataset: str, image_shape: tuple[int, int, int]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """Per-image random transforms (torchvision.transforms.v2) for a batch ``[B, C, H, W]`` in [0, 1]."""
+    name = getattr(name, "value", name)
+    name = DEFAULT_AUGMENT.get(dataset, "crop_flip") if name == "auto" else name
+    if name == "none":
+        return None
+    from torchvision.transforms import v2
+
+    c, h, w = image_shape
+    parts: list[nn.Module] = [v2.RandomCrop((h, w), padding=max(1, h // 10))]  # shifts of up to 10%
+    if "flip" in name:
+        parts.append(v2.RandomHorizontalFlip())
+    if "jitter" in name and c == 3:
+        parts.append(v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4))
+    transform = v2.Compose(parts)
+    return lambda batch: torch.stack([transform(image) for image in batch])  # each image its own draw
+
+
+def protonet_config(cfg: Any) -> dict[str, Any]:
+    """The stage's own config: the run's data, episode and encoder under a prototype decoder and mgd."""
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    config["decoder"] = {"name": "prototype"}
+    config["strategy"] = OmegaConf.to_container(OmegaConf.structured(STRATEGIES.params_of({"name": "mgd"})), enum_to_str=True)
+    config["trainer"] = {**config["trainer"], "init_from": None, "freeze_encoder": False, "iterations": cfg.pretrain.iterations}
+    config["resume"] = None
+    return config
+
+
+class Pretraining:
+    """One pre-training stage in ``<run>/pretrain``; :meth:`run` returns its ``best.pt``."""
+
+    def __init__(self, cfg: Any, run_dir: Path, data: FewShotData, device: torch.device) -> None:
+        self.p, self.dir, self.device, self.data = cfg.pretrain, stage_dir(run_dir), device, data
+        self.config = protonet_config(cfg)
+        self.cfg = OmegaConf.create(self.config)
+        self.strategy: Strategy = build_strategy(self.cfg, data.image_shape, device)
+        self.images = resident(data.train, device).images  # [classes, per class, C, H, W] uint8
+        classes, per_class = self.images.shape[:2]
+        self.head = nn.Linear(self.strategy.model.encoder.out_dim, classes).to(device)
+        params = [*self.strategy.parameters(), *self.head.parameters()]
+        self.optimizer = torch.optim.SGD(params, lr=self.p.lr, momentum=0.9, nesterov=True, weight_decay=self.p.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, self.p.iterations) / self.p.iterations)))
+        self.augment = augmentation(self.p.augment, cfg.dataset.name, data.image_shape)
+        self.generator = torch.Generator().manual_seed(split_seed(cfg.seed, "pretrain"))
+        self.val_sampler = EpisodeSampler(resident(data.val, device), cfg.episode.way, cfg.episode.shot, cfg.episode.query,
+                                          split_seed(cfg.seed, "val"), device)
+        self.seed, self.eval_cfg = cfg.seed, cfg.eval
+        self.step, self.best_val, self.best_step = 0, -1.0, -1
+        self.pixel_mean = float(data.train.images.float().mean() / 255)
+
+    # ------------------------------------------------------------------ state
+    def snapshot(self) -> dict[str, Any]:
+        return {"config": self.config, "model": self.strategy.state_dict(), "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(), "step": self.step,
+                "best_val": self.best_val, "best_step": self.best_step, "generator": self.generator.get_state(),
+                "rng": capture_rng(), "pixel_mean": self.pixel_mean}
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        load_states(path, state, {"model": self.strategy, "head": self.head, "optimizer": self.optimizer,
+                                  "schedule": self.schedule}, "pre-training")
+        self.generator.set_state(state["generator"])
+        restore_rng(state["rng"])
+        self.step, self.best_val, self.best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
+        log.info("resuming pre-training at step %d of %d", self.step, self.p.iterations)
+
+    # ------------------------------------------------------------------ one step
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        classes, per_class = self.images.shape[:2]
+        index = torch.randint(classes * per_class, (self.p.batch_size,), generator=self.generator)
+        labels = index.div(per_class, rounding_mode="floor")
+        index, labels = index.to(self.images.device), labels.to(self.device)
+        images = self.images.flatten(0, 1)[index].to(self.device).float().div_(255.0)
+        return (self.augment(images) if self.augment else images), labels
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.batch()
+        logits = self.head(self.strategy.model.embed(images))
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.p.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        self.step += 1
+        return loss.detach(), (logits.argmax(-1) == labels).float().mean()
+
+    def validate(self, metrics: MetricsLog) -> None:
+        bad = first_non_finite(self.strategy.state_dict())
+        if bad is not None:
+            raise Diverged(f"pre-training: non-finite values in {bad} at step {self.step}; lower pretrain.lr")
+        val = summarize(evaluate_tasks(self.strategy, self.val_sampler, self.p.val_episodes, self.eval_cfg.batch_tasks, "running"))
+        self.strategy.train()
+        metrics.log(self.step, "val", val)
+        log.info("pre-training step %d: val nearest-centroid accuracy %.4f ± %.4f", self.step, val["accuracy"], val["ci95"])
+        if val["accuracy"] > self.best_val:
+            self.best_val, self.best_step = val["accuracy"], self.step
+            save_checkpoint(self.dir / CHECKPOINTS / "best.pt", self.snapshot())
+        save_checkpoint(self.dir / CHECKPOINTS / "last.pt", self.snapshot())
+        write_status(self.dir, "running", step=self.step, iterations=self.p.iterations)
+
+    # ------------------------------------------------------------------ the stage
+    def run(self, stop: dict[str, Any]) -> Path:
+        """Train (or resume, or skip when done) and test; ``stop["signal"]`` ends it at the next validation."""
+        best = self.dir / CHECKPOINTS / "best.pt"
+        if (self.dir / RESULTS).is_file() and best.is_file():
+            return best
+        if (self.dir / CHECKPOINTS / "last.pt").is_file():
+            self.restore(self.dir / CHECKPOINTS / "last.pt")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsLog(self.dir, resume_step=self.step if self.step else None)
+        start, window = time.perf_counter(), []
+        try:
+            self.strategy.train()
+            while self.step < self.p.iterations:
+                window.append(self.train_step())
+                last = self.step == self.p.iterations
+                if self.step % 50 == 0 or last:
+                    loss, acc = (torch.stack(v).mean().item() for v in zip(*window))
+                    window.clear()
+                    if not math.isfinite(loss):
+                        raise Diverged(f"pre-training: non-finite loss at step {self.step}; lower pretrain.lr")
+                    metrics.log(self.step, "pretrain", {"loss": loss, "accuracy": acc, "lr": self.optimizer.param_groups[0]["lr"]})
+                if self.step % self.p.val_every == 0 or last or stop.get("signal"):
+                    self.validate(metrics)
+                if stop.get("signal") and not last:
+                    write_status(self.dir, "interrupted", step=self.step, iterations=self.p.iterations)
+                    raise Interrupted(stop["signal"], f"{stop['signal']} during pre-training at step {self.step}/"
+                                      f"{self.p.iterations}; saved {self.dir / CHECKPOINTS / 'last.pt'}; continue with: "
+                                      f"metalearn train resume={self.dir.parent}")
+        finally:
+            metrics.close()
+        self.finish(time.perf_counter() - start)
+        return best
+
+    def finish(self, seconds: float) -> None:
+        """Nearest-centroid test accuracy of ``best.pt``, as ``metalearn eval RUN/pretrain`` gives it."""
+        self.strategy.load_state_dict(load_checkpoint(self.dir / CHECKPOINTS / "best.pt")["model"])
+        e = self.cfg.episode
+        result = score_checkpoint(self.strategy, self.data, "test", (e.way, e.shot, e.query), self.cfg.eval, self.seed,
+                                  self.device)
+        result.update({"checkpoint": "checkpoints/best.pt", "best_step": self.best_step, "val_accuracy": self.best_val,
+                       "iterations": self.p.iterations, "train_seconds": round(seconds, 2), "dataset": self.data.name,
+                       "strategy": "pretrain", "stage": "supervised pre-training, nearest-centroid evaluation"})
+        write_results(self.dir, result)
+        write_status(self.dir, "completed", step=self.step, iterations=self.p.iterations, accuracy=result["accuracy"])
+        log.info("pre-training done: nearest-centroid test accuracy %.2f%% ± %.2f%% (best val at step %d)",
+                 100 * result["accuracy"], 100 * result["ci95"], self.best_step)

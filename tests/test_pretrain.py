@@ -1,0 +1,158 @@
+"""The pre-training stage: its own run dir, the best checkpoint by episodic validation, meta-training
+starting from it (or evaluating it alone), freezing that really freezes, and resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metalearn_cli import loop
+from metalearn_cli.assemble import build_strategy, initialise_from
+from metalearn_cli.checkpoint import load_checkpoint
+from metalearn_cli.data import DATASETS
+from metalearn_cli.decoders import DECODERS
+from metalearn_cli.errors import ConfigError, Interrupted
+from metalearn_cli.pretrain import Pretraining, augmentation
+
+PRE = ["pretrain=supervised", "pretrain.iterations=6", "pretrain.batch_size=16", "pretrain.val_every=3",
+       "pretrain.val_episodes=4"]
+
+
+def encoder_tensors(state):
+    return {k: v for k, v in state.items() if k.startswith("model.encoder.") and v.is_floating_point()}
+
+
+def test_pretraining_is_a_stage_with_its_own_run_dir_and_meta_training_starts_from_its_best(compose_train, tmp_path):
+    run = tmp_path / "run"
+    loop.train(compose_train(*PRE, "trainer.iterations=0"), run)
+    stage = run / "pretrain"
+    for name in ("metrics.jsonl", "results.json", "status.json", "checkpoints/best.pt", "checkpoints/last.pt", "tensorboard"):
+        assert (stage / name).exists(), name
+    records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in records} == {"pretrain", "val"} and max(r["step"] for r in records) == 6
+    stage_results = json.loads((stage / "results.json").read_text())
+    assert stage_results["strategy"] == "pretrain" and 0 < stage_results["accuracy"] <= 1
+    # trainer.iterations=0: the run's best.pt is the pre-trained encoder, unchanged, and it was tested.
+    pre, final = load_checkpoint(stage / "checkpoints/best.pt")["model"], load_checkpoint(run / "checkpoints/best.pt")["model"]
+    assert encoder_tensors(pre) and all(torch.equal(v, final[k]) for k, v in encoder_tensors(pre).items())
+    results = json.loads((run / "results.json").read_text())
+    assert results["best_step"] == 0 and results["accuracy"] == pytest.approx(stage_results["accuracy"], abs=1e-6)
+
+
+def test_freezing_keeps_every_encoder_weight_and_batch_norm_statistic(compose_train, tmp_path):
+    run = tmp_path / "run"
+    loop.train(compose_train(*PRE, "decoder=latent", "trainer.freeze_encoder=true"), run)
+    pre = load_checkpoint(run / "pretrain/checkpoints/best.pt")["model"]
+    final = load_checkpoint(run / "checkpoints/last.pt")["model"]
+    enc = encoder_tensors(pre)
+    assert any("running_mean" in k for k in enc)
+    assert all(torch.equal(v, final[k]) for k, v in enc.items()), "the encoder moved"
+    decoder = {k: v for k, v in final.items() if ".decoder." in k}
+    fresh = build_strategy(compose_train(*PRE, "decoder=latent"), DATASETS.build(compose_train().dataset).image_shape,
+                           torch.device("cpu")).state_dict()
+    assert any(not torch.equal(v, fresh[k]) for k, v in decoder.items()), "the decoder was not meta-trained"
+
+
+def test_without_freezing_meta_training_moves_the_pretrained_encoder(compose_train, tmp_path):
+    run = tmp_path / "run"
+    loop.train(compose_train(*PRE), run)
+    pre = encoder_tensors(load_checkpoint(run / "pretrain/checkpoints/best.pt")["model"])
+    final = load_checkpoint(run / "checkpoints/last.pt")["model"]
+    assert any(not torch.equal(v, final[k]) for k, v in pre.items() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODERS.names()))
+def test_a_pretrained_checkpoint_loads_into_every_decoder(compose_train, tmp_path, decoder):
+    run = tmp_path / "run"
+    if not (run / "pretrain/checkpoints/best.pt").exists():
+        loop.train(compose_train(*PRE, "trainer.iterations=0"), run)
+    strategy = "anil" if decoder == "linear" else "mgd"
+    cfg = compose_train(f"decoder={decoder}", f"strategy={strategy}")
+    built = build_strategy(cfg, DATASETS.build(cfg.dataset).image_shape, torch.device("cpu"))
+    initialise_from(built, str(run / "pretrain"))
+    state = built.state_dict()
+    for key, value in encoder_tensors(load_checkpoint(run / "pretrain/checkpoints/best.pt")["model"]).items():
+        if value.is_floating_point():
+            assert torch.equal(state[key], value), key
+
+
+def test_an_interrupted_stage_resumes_to_the_same_weights(compose_train, tmp_path):
+    cfg = compose_train(*PRE)
+    data = DATASETS.build(cfg.dataset)
+    whole = tmp_path / "whole"
+    torch.manual_seed(0)  # the run seeds before building (seed_everything); so do both here
+    Pretraining(cfg, whole, data, torch.device("cpu")).run({"signal": None})
+    cut = tmp_path / "cut"
+    torch.manual_seed(0)
+    stage = Pretraining(cfg, cut, data, torch.device("cpu"))
+    stop = {"signal": None}
+    original = stage.train_step
+
+    def step_then_stop():
+        out = original()
+        if stage.step == 2:
+            stop["signal"] = "SIGINT"
+        return out
+
+    stage.train_step = step_then_stop
+    with pytest.raises(Interrupted, match="during pre-training at step 2/6.*resume="):
+        stage.run(stop)
+    assert json.loads((cut / "pretrain/status.json").read_text())["status"] == "interrupted"
+    Pretraining(cfg, cut, data, torch.device("cpu")).run({"signal": None})
+    a = load_checkpoint(whole / "pretrain/checkpoints/last.pt")
+    b = load_checkpoint(cut / "pretrain/checkpoints/last.pt")
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+
+
+def test_resume_true_continues_a_run_interrupted_during_pretraining(compose_train, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    original = Pretraining.train_step
+
+    def interrupted(self):
+        out = original(self)
+        if self.step == 3:
+            raise Interrupted("SIGTERM", "SIGTERM during pre-training")
+        return out
+
+    monkeypatch.setattr(Pretraining, "train_step", interrupted)
+    with pytest.raises(Interrupted):
+        loop.train(compose_train(*PRE), run)
+    monkeypatch.setattr(Pretraining, "train_step", original)
+    assert (run / "checkpoints/last.pt").is_file()  # step 0: resume=true finds the run
+    loop.train(compose_train(*PRE, "resume=true"), run)
+    assert json.loads((run / "pretrain/status.json").read_text())["status"] == "completed"
+    assert json.loads((run / "results.json").read_text())["iterations"] == 6
+
+
+def test_augmentation_draws_per_image():
+    augment = augmentation("auto", "omniglot", (1, 28, 28))
+    image = torch.zeros(1, 28, 28)
+    image[:, 10:18, 10:18] = 1
+    out = augment(image.expand(16, -1, -1, -1))
+    assert out.shape == (16, 1, 28, 28) and len({tuple(o.flatten().nonzero()[:1].tolist()[0]) for o in out}) > 1
+    assert augmentation("auto", "synthetic", (1, 16, 16)) is None
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer.iterations=0"], "trains nothing"),
+    (["trainer.freeze_encoder=true"], "would keep a random encoder"),
+    ([*PRE, "trainer.init_from=somewhere"], "choose one"),
+    ([*PRE, "pretrain.batch_size=0"], "pretrain.batch_size"),
+    ([*PRE, "pretrain.lr=0"], "pretrain.lr must be > 0"),
+    ([*PRE, "trainer.freeze_encoder=true"], "leaves nothing to meta-train in decoder=prototype"),
+    ([*PRE, "trainer.freeze_encoder=true", "strategy=maml"], "would adapt the frozen encoder"),
+])
+def test_bad_pretraining_settings_are_one_line_errors(compose_train, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        loop.train(compose_train(*overrides), tmp_path / "run")
+    assert "\n" not in str(info.value)
+
+
+def test_an_unknown_augmentation_fails_at_compose_time(compose_train):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="augment"):
+        compose_train(*PRE, "pretrain.augment=sometimes")
