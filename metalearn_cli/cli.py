@@ -311,7 +311,7 @@ def _named_run_dir(command: str, args: list[str]) -> Optional[Path]:
 
 
 GROUPS = {  # the config groups each command accepts (its --help lists only these)
-    "train": ("dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "experiment", "sweep", "debug"),
+    "train": ("dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "pretrain", "experiment", "sweep", "debug"),
     "eval": ("episode",), "predict": (), "export": (),
 }
 

@@ -32,9 +32,9 @@ TUNED = ["optimizer.lr=0.0002"]
 ROWS = {
     "prototypes (ProtoNet fine-tuning)": ["decoder=prototype", *TUNED],
     "RFS (logistic regression, no meta-training)": ["decoder=logistic", "trainer.iterations=0"],
-    "LEO as published (frozen encoder)": ["decoder=latent", "decoder.latent_steps=5", "decoder.finetune_steps=5",
-                                          "decoder.sample_weights=true", "decoder.learn_rates=true", "decoder.l2=0.0001",
-                                          "decoder.dropout=0.3", *FROZEN],
+    "LEO (frozen encoder; the leo_* presets)": ["decoder=latent", "decoder.latent_steps=5", "decoder.finetune_steps=5",
+                                          "decoder.sample_weights=false", "decoder.learn_rates=true", "decoder.l2=0.0001",
+                                          "decoder.dropout=0.3", "decoder.normalize=true", *FROZEN],
     "latent, prototype residual": ["decoder=latent", "decoder.prototype_residual=true", *TUNED],
     "FiLM, CNAPs-like (frozen encoder)": ["decoder=film", *FROZEN],
     "FEAT task encoder": ["decoder=feat", *TUNED],

@@ -172,8 +172,8 @@ def test_a_mistyped_key_or_option_gets_a_suggestion(capsys, override, hint):
 
 
 @pytest.mark.parametrize("command,listed,hidden", [
-    ("train", ["dataset:", "strategy:", "experiment:"], ["schema/"]),
-    ("eval", ["episode:"], ["schema/", "dataset:", "experiment:", "sweep:", "strategy:"]),
+    ("train", ["dataset:", "strategy:", "experiment:", "pretrain: none, supervised"], ["schema/"]),
+    ("eval", ["episode:"], ["schema/", "dataset:", "experiment:", "sweep:", "strategy:", "pretrain:"]),
     ("predict", [], ["schema/", "dataset:", "episode:"]),
 ])
 def test_each_help_lists_only_the_groups_its_command_accepts(capsys, command, listed, hidden):

@@ -50,6 +50,7 @@ class LatentParams:
     finetune_lr: float = 0.001  # initial value of the learned per-dimension fine-tuning rates (LEO's finetuning_lr_init)
     learn_rates: bool = False  # learn the latent step size too (LEO does)
     l2: float = 0.0  # weight of the L2 penalty sum(theta^2) / 2 on the decoder's weight matrices (LEO: 1e-4)
+    normalize: bool = False  # L2-normalise support and query embeddings first (pre-trained features can be large: see docs)
 
 
 class LatentDecoder(Decoder):
@@ -174,6 +175,8 @@ class LatentDecoder(Decoder):
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
                 film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
+        if self.p.normalize:
+            support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
         prototypes = class_means(support, support_labels, n_way) if self.p.prototype_residual else None
         z0, mean, std = self._gaussian(self.codes(support, support_labels, n_way))
         z, _ = self.adapt_codes(z0, support, support_labels, prototypes)

@@ -284,3 +284,11 @@ def test_feat_adapts_each_prototype_to_the_other_classes_and_is_permutation_equi
     a = decoder.adapt(support)[0, 0]
     b = decoder.adapt(other)[0, 0]
     assert not torch.allclose(a, b)
+
+
+def test_latent_normalize_makes_the_decoder_blind_to_the_embedding_scale():
+    """Pre-trained features of norm ~50 made LEO's latent steps diverge; normalised, scale is irrelevant."""
+    decoder = _leo(normalize=True).eval()
+    support, labels, query = torch.randn(2, 6, 6), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2), torch.randn(2, 5, 6)
+    torch.testing.assert_close(decoder(50 * support, labels, 50 * query, 3).logits, decoder(support, labels, query, 3).logits,
+                               rtol=1e-4, atol=1e-4)
