@@ -234,13 +234,15 @@ def read_run(run: Path) -> dict[str, Any]:
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Every run dir (a dir holding status.json or results.json) under the given paths, sorted."""
+    """Every run dir (a dir holding status.json or results.json) under the given paths, sorted; a
+    run's own stages (``<run>/pretrain``) belong to their run and are not listed apart."""
     runs: set[Path] = set()
     for path in paths:
         if not Path(path).exists():
             raise MetalearnError(f"{path} does not exist; pass run dirs or sweep dirs (e.g. outputs/multirun/train/<time>)")
         for marker in (STATUS, RESULTS):
-            runs.update(p.parent for p in Path(path).rglob(marker))
+            runs.update(p.parent for p in Path(path).rglob(marker)
+                        if not any((p.parent.parent / m).is_file() for m in (STATUS, RESULTS)))
     if not runs:
         raise MetalearnError(f"no run dirs (with status.json or results.json) under {', '.join(map(str, paths))}")
     return sorted(runs)

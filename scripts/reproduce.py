@@ -87,11 +87,10 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def collect(out: Path) -> list[dict[str, Any]]:
     """One row per run dir under ``out/runs``, in table order."""
-    from metalearn_cli.rundir import read_run
+    from metalearn_cli.rundir import find_runs, read_run
 
     rows = []
-    for status_file in sorted((out / "runs").rglob("status.json")):
-        run = status_file.parent
+    for run in find_runs([out / "runs"]):  # a run's pre-training stage is part of its row
         record = read_run(run)
         preset = next((o.split("=", 1)[1] for o in record["overrides"] if o.startswith("experiment=")), run.name)
         status, r = record["status"], record["results"]

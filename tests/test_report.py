@@ -75,3 +75,17 @@ def test_two_run_dirs_get_short_labels_and_the_report_lands_beside_them(tmp_path
     assert not (tmp_path / "runs" / "a" / "report.md").exists()
     assert main(["report", str(tmp_path / "runs" / "a")]) == 0  # one run: the report goes beside it
     assert (tmp_path / "runs" / "report" / "report.md").is_file() and not (tmp_path / "runs" / "a" / "report").exists()
+
+
+def test_a_runs_pretraining_stage_is_part_of_the_run_not_a_row_of_its_own(tmp_path):
+    from metalearn_cli.rundir import find_runs
+
+    run = tmp_path / "sweep" / "0_rfs"
+    (run / "pretrain").mkdir(parents=True)
+    for d in (run, run / "pretrain"):
+        (d / "status.json").write_text('{"status": "completed"}')
+        (d / "results.json").write_text('{"accuracy": 0.9}')
+    other = tmp_path / "sweep" / "1_protonet"
+    other.mkdir()
+    (other / "status.json").write_text('{"status": "completed"}')
+    assert find_runs([tmp_path / "sweep"]) == [run, other]
