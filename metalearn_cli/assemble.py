@@ -57,6 +57,7 @@ def validate(cfg: Any) -> None:
     bad = non_finite(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
     if bad:
         raise ConfigError(f"{bad} is not a finite number; give a finite value")
+    check_seed(cfg.seed)
     t, e = cfg.trainer, cfg.eval
     if min(t.meta_batch, t.val_every, t.val_episodes, t.checkpoint_every, t.log_every) < 1 or t.iterations < 0:
         raise ConfigError("trainer.meta_batch, val_every, val_episodes, checkpoint_every and log_every must be >= 1, and "
@@ -73,6 +74,12 @@ def validate(cfg: Any) -> None:
     validate_host(cfg)
     for group, registry in REGISTRIES.items():
         registry.params_of(cfg[group])  # types and the component's own __post_init__ checks
+
+
+def check_seed(seed: Any) -> None:
+    """Seeds feed Python's, NumPy's and torch's generators and the per-split task streams: 0 <= seed < 2**63."""
+    if seed is not None and not 0 <= int(seed) < 2**63:
+        raise ConfigError(f"seed={seed} is out of range; use an integer from 0 to {2**63 - 1}")
 
 
 def validate_pretrain(cfg: Any) -> None:
@@ -223,21 +230,26 @@ def check_memory(cfg: Any, image_shape: tuple[int, int, int], device: torch.devi
             leaves = [m for m in strategy.model.encoder.modules() if not list(m.children())]
             hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if isinstance(out, torch.Tensor) else 0))
                      for m in leaves]
-            strategy.model.encoder(torch.zeros(1, *image_shape))
+            strategy.model.encoder(torch.zeros(2, *image_shape))  # two images: batch norm needs more than one value
             for h in hooks:
                 h.remove()
-    except (RuntimeError, NotImplementedError, TypeError):  # a layer without meta kernels: no estimate
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):  # a layer without meta kernels: no estimate
         return
     s = TaskShapes.of(cfg)
     images = cfg.trainer.meta_batch * s.train_way * (s.shot + s.train_query)
     params = sum(p.numel() for p in strategy.parameters())
-    need = 4 * (4 * params + sum(sizes) * images * strategy.activation_copies())
+    per_image = sum(sizes) // 2
+    stages = [(images * strategy.activation_copies(), f"{images:,} images per meta-iteration", "trainer.meta_batch, the task shape")]
+    if cfg.pretrain.iterations > 0:
+        stages.append((cfg.pretrain.batch_size, f"{cfg.pretrain.batch_size:,} images per pre-training step", "pretrain.batch_size"))
     free = available_memory(device)
-    if need > free:
-        raise ConfigError(
-            f"this run needs about {need / 2**30:.1f} GiB ({params:,} parameters, {images:,} images per meta-iteration), "
-            f"more than the {free / 2**30:.1f} GiB free on {device}; lower trainer.meta_batch, the task shape or the "
-            "encoder's size, or pass trainer.memory_check=false to try anyway")
+    for copies, what, knob in stages:
+        need = 4 * (4 * params + per_image * copies)
+        if need > free:
+            raise ConfigError(
+                f"this run needs about {need / 2**30:.1f} GiB ({params:,} parameters, {what}), more than the "
+                f"{free / 2**30:.1f} GiB free on {device}; lower {knob} or the encoder's size, or pass "
+                "trainer.memory_check=false to try anyway")
 
 
 def first_non_finite(tensors: dict[str, Any]) -> Optional[str]:
@@ -286,6 +298,10 @@ def initialise_from(strategy: Strategy, source: str) -> None:
     """Copy the tensors of another run's meta-knowledge whose names and shapes match (e.g. a
     ProtoNet-trained encoder under a latent decoder); everything else keeps its fresh initialisation."""
     theirs = read_meta_knowledge(source)["model"]
+    bad = first_non_finite(theirs)
+    if bad:
+        raise CheckpointError(f"trainer.init_from={source} holds non-finite values in {bad}; it came from a diverged run, "
+                              "pass an earlier checkpoint of it")
     ours = strategy.state_dict()
     matched = {k: v for k, v in theirs.items()
                if k in ours and isinstance(v, torch.Tensor) and v.is_floating_point() and v.shape == ours[k].shape}

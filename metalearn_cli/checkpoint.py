@@ -10,6 +10,7 @@ validation and every RNG state. An export holds the meta-knowledge alone. Both a
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ def read_state(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass checkpoints/best.pt or last.pt of a run dir")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a refused file is one line of ours, not torch's advice to file an issue
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on a damaged or foreign file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         if "weights_only" in str(exc) or "Weights only load failed" in reason:

@@ -12,11 +12,12 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,44 +28,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metalearn_cli.console import as_user_error, one_line, suggest
 from metalearn_cli.errors import ConfigError, Interrupted, MetalearnError
-from metalearn_cli.rundir import RunGuard, exclusive, is_training_run, record_failure, run_dir_of
+from metalearn_cli.command_line import (
+    CONFIG_FLAGS, PRINTING_FLAGS, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, help_for, hydra_argv, rank, refuse_foreign_target,
+    shell_completion, typed_keys, with_run_dir,
+)
+from metalearn_cli.rundir import RunGuard, canonical, exclusive, record_failure
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
 log = logging.getLogger("metalearn")
-
-USAGE = """\
-usage: metalearn <command> [key=value ...] [group=option ...] [hydra flags]
-
-Meta-learning experiments for few-shot image recognition, configured with Hydra.
-
-commands:
-  train     meta-train a meta-network on episodes, validate, test best.pt, write a run dir
-  eval      test a checkpoint on fixed tasks of any episode shape
-  predict   adapt a trained meta-network to your own support images and classify query images
-  export    write a checkpoint's meta-knowledge alone, for metalearn_cli.load() and predict
-  report    one table (markdown + CSV) and plots over run dirs or sweep dirs
-  sample-task  write a small Omniglot task folder (support/, query/) to try predict on
-
-examples:
-  metalearn train                                    # ProtoNet on Omniglot 5-way 1-shot (embedded data, CPU ok)
-  metalearn train dataset=omniglot strategy=mgd episode=20way1shot trainer.iterations=2000 seed=3
-  metalearn train debug=smoke                        # seconds, on generated data
-  metalearn train experiment=maml_omniglot_5w1s      # a published table cell (configs/experiment/)
-  metalearn train -m seed=0,1,2                      # a multirun sweep: one run dir per job
-  metalearn train resume=outputs/train/<run>         # continue an interrupted run in its own dir
-  metalearn eval checkpoint=outputs/train/<run>/checkpoints/best.pt episode=5way5shot
-  metalearn predict checkpoint=<run>/checkpoints/best.pt support=task/support query=task/query
-  metalearn export checkpoint=<run>/checkpoints/best.pt out=meta_knowledge.pt
-  metalearn report outputs/multirun/train/<time>     # table, learning curves, accuracy chart
-  metalearn sample-task --out my_task                # then: metalearn predict ... support=my_task/support query=my_task/query
-  metalearn --version
-  metalearn train --help                             # config groups, options and the composed config
-  metalearn train --cfg job                          # print the composed config and exit
-
-Run dirs go to outputs/<command>/...; each holds .hydra/, checkpoints/, metrics.jsonl,
-tensorboard/ and results.json. Errors print one line and exit with code 2.
-"""
-
 
 class _JobFailed(BaseException):
     """Carries a single run's user error past Hydra, which would add its own report to an Exception."""
@@ -93,14 +64,16 @@ def _run_job(job: Callable[[], float], run_dir: Path) -> float:
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except MetalearnError as exc:
         error: MetalearnError = exc
-        if _guard.protects:
+        if rank() > 0:
+            pass  # rank 0 records the run's failure; the others write nothing
+        elif _guard.protects:
             _guard.undo()
         else:
             record_failure(run_dir, str(exc))
     except Exception as exc:
         details = traceback.format_exc()
         where = run_dir / "error.txt"
-        if _guard.protects:
+        if _guard.protects or rank() > 0:
             _guard.undo()
             fd, name = tempfile.mkstemp(prefix="metalearn-error-", suffix=".txt")
             os.write(fd, details.encode())
@@ -122,9 +95,10 @@ def train_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     def job() -> float:
-        from metalearn_cli.loop import TrainingRun, resumed_config
+        from metalearn_cli.loop import TrainingRun
+        from metalearn_cli.resume import resumed_config
 
-        config = resumed_config(cfg, run_dir, _typed_keys(list(HydraConfig.get().overrides.task)))
+        config = resumed_config(cfg, run_dir, typed_keys(list(HydraConfig.get().overrides.task)))
         run = TrainingRun(config, run_dir)  # every check; a refusal leaves an existing run as it was
         _guard.accept()
         return run.run()
@@ -180,60 +154,6 @@ def export_app(cfg: DictConfig) -> float:
 APPS: dict[str, Callable[[], Any]] = {"train": train_app, "eval": eval_app, "predict": predict_app, "export": export_app}
 
 
-MODIFIERS = ("experiment", "debug", "sweep")  # groups whose options set keys anywhere (@package _global_)
-
-
-def _typed_keys(overrides: list[str]) -> list[str]:
-    """The config keys (or groups) a command line sets; ``"*"`` when a modifier may set any key."""
-    keys = []
-    for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
-        if key in MODIFIERS:
-            keys.append("*")
-        elif key != "resume" and not key.startswith("hydra"):
-            keys.append(key.split("@", 1)[0])
-    return keys
-
-
-def _resume_overrides(args: list[str]) -> list[str]:
-    """``resume=<run dir or checkpoint>`` continues in that run dir unless hydra.run.dir is given."""
-    if any(a.startswith("hydra.run.dir=") for a in args):
-        return args
-    for a in args:
-        if a.startswith("resume="):
-            value = a.split("=", 1)[1]
-            path = Path(value)
-            if value.lower() not in ("true", "false", "null", "none", "") and path.exists():
-                return [*args, f"hydra.run.dir={run_dir_of(path)}"]
-    return args
-
-
-def _shell_completion(request: str) -> int:
-    """Hydra's shell completion for the whole command: the script names ``metalearn`` and each query
-    goes to the app of the subcommand typed so far (Hydra alone would take ``train`` for an override)."""
-    words = os.environ.get("COMP_LINE", "").split(" ")
-    if request.startswith("query="):
-        if len(words) <= 2:  # still typing the subcommand
-            print(" ".join(c for c in APPS if c.startswith(words[-1] if len(words) == 2 else "")))
-            return 0
-        if words[1] not in APPS:
-            return 0
-        command = words[1]
-        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
-    else:
-        command = "train"  # install/uninstall: any app prints the same script
-    from metalearn_cli.components import register_configs
-
-    register_configs()
-    saved_argv = sys.argv
-    sys.argv = ["metalearn", "--shell-completion", request]
-    try:
-        APPS[command]()
-    finally:
-        sys.argv = saved_argv
-    return 0
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: dispatch to a subcommand's Hydra app; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -249,7 +169,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for flag in ("-sc", "--shell-completion"):
         for i, a in enumerate(args[:-1]):
             if a == flag:
-                return _shell_completion(args[i + 1])
+                return shell_completion(args[i + 1], APPS)
     if command in ("report", "sample-task"):
         from metalearn_cli import report, sample_task
 
@@ -267,72 +187,102 @@ def main(argv: Optional[list[str]] = None) -> int:
     from metalearn_cli.components import register_configs
 
     register_configs()
-    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone writes the run dir
+    if rank() > 0:  # torchrun: rank 0 alone writes the run dir
         rest = [*rest, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
-    args = _resume_overrides(rest)
-    if any(a in ("--help", "-h") for a in args):
-        return _help(command, args)
+    if flag_present(rest, ("--help", "-h")):
+        return _help(command, rest)
+    scratch: list[Path] = []
     try:
-        _check_debug(args)
-        run_dir = _named_run_dir(command, args)
+        values = _override_values(rest)
+        check_debug(rest, values)
+        args, run_dir = _place_run(command, rest, values, scratch)
     except MetalearnError as exc:
         print(f"metalearn {command}: error: {exc}", file=sys.stderr)
         return 2
-    return _guarded(command, args, run_dir)
+    try:
+        return _guarded(command, args, run_dir)
+    finally:
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _check_debug(args: list[str]) -> None:
-    """``debug=smoke`` runs on generated data: a data set chosen on the same command line cannot be honoured."""
-    if "debug=smoke" in args:
-        chosen = [a for a in args if a.startswith("dataset=") and a != "dataset=synthetic"]
-        if chosen:
-            raise ConfigError(f"debug=smoke runs on generated data (dataset=synthetic), so {chosen[0]} cannot apply; "
-                              "drop one of them (for a short run on real data: trainer.iterations=50 eval.episodes=100)")
-        if any(a.startswith("experiment=") for a in args):
-            print("metalearn train: note: debug=smoke replaces the preset's data set by generated 28x28 images and "
-                  "shrinks its budget; its figures are not comparable with the published one", file=sys.stderr)
+def _override_values(args: list[str]) -> dict[str, Any]:
+    """The value of each ``key=value`` override as Hydra reads it (quotes removed, escapes applied)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, values = OverridesParser.create(), {}
+    for before, arg in zip(["", *args], args):
+        if arg.startswith("-") or (before.startswith("-") and before.split("=", 1)[0] in VALUE_FLAGS):
+            continue
+        if "=" not in arg:
+            raise ConfigError(f"{arg!r} is not key=value; if it is the rest of a value with spaces, quote the whole value "
+                              "inside the shell's quotes: 'key=\"my folder\"' (see docs/faq.md)")
+        try:
+            override = parser.parse_override(arg)
+        except HydraException as exc:
+            raise ConfigError(f"cannot read {arg!r} ({one_line(exc)}); a value with spaces or non-ASCII characters "
+                              "needs quotes inside the shell's: 'key=\"my folder/ü\"' (see docs/faq.md)") from None
+        if not override.is_delete() and not override.is_sweep_override():
+            values[override.key_or_group] = override.value()
+    return values
 
 
-def _named_run_dir(command: str, args: list[str]) -> Optional[Path]:
-    """The run dir named with ``hydra.run.dir=`` (None: Hydra's fresh default, or a sweep), checked
-    before Hydra writes anything into it."""
-    if any(a in ("-m", "--multirun") for a in args):
-        return None
-    given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
-    if not given:
-        return None
-    if not given[-1].strip():
+def _place_run(command: str, args: list[str], values: dict[str, Any], scratch: list[Path]) -> tuple[list[str], Optional[Path]]:
+    """The run dir a single job will write, in its canonical spelling, and the arguments that hand
+    Hydra exactly that path (None: a sweep, or a flag that writes no run dir). A default dir is
+    claimed fresh; a dir named on the command line is checked before Hydra writes anything in it."""
+    from metalearn_cli.resume import resume_value, run_dir_of
+
+    if flag_present(args, ("-m", "--multirun", *PRINTING_FLAGS)) or flag_present(args, CONFIG_FLAGS):
+        return args, None
+    named = values.get("hydra.run.dir")
+    resume = resume_value(values.get("resume"))
+    if named is None and resume not in (None, "true") and Path(resume).exists():
+        named = str(run_dir_of(Path(resume)))  # resume=<run> continues in that run's own dir
+    if named is not None and not str(named).strip():
         raise ConfigError("hydra.run.dir is empty; name a folder for the run, or leave it out for outputs/<command>/<time>")
-    run_dir = Path(given[-1])
-    if command != "train" and is_training_run(run_dir):
-        raise ConfigError(f"{run_dir} is a training run; metalearn {command} writes its own files, so give it another "
-                          f"hydra.run.dir (or leave it out: outputs/{command}/<time>)")
-    return run_dir
+    if rank() > 0 and named is None:
+        scratch.append(Path(tempfile.mkdtemp(prefix="metalearn-rank-")))  # Hydra creates its run dir; rank 0 writes the real one
+        return with_run_dir(args, scratch[-1]), None
+    if named is None or "${" in str(named):
+        resolved = _composed_run_dir(command, args)
+        if resolved is None:
+            return args, None  # the config does not compose: Hydra reports why before writing anything
+        if named is None:
+            claimed = claim_fresh(canonical(resolved))
+            return with_run_dir(args, claimed), claimed
+        named = resolved
+    run_dir = canonical(named)
+    if rank() > 0:
+        return with_run_dir(args, run_dir), None
+    refuse_foreign_target(command, run_dir, resuming=resume is not None)
+    return with_run_dir(args, run_dir), run_dir
 
 
-GROUPS = {  # the config groups each command accepts (its --help lists only these)
-    "train": ("dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "pretrain", "experiment", "sweep", "debug"),
-    "eval": ("episode",), "predict": (), "export": (),
-}
+def _composed_run_dir(command: str, args: list[str]) -> Optional[str]:
+    """``hydra.run.dir`` resolved as Hydra will resolve it (interpolations, the default's time)."""
+    from hydra import compose, initialize_config_module
+
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        with initialize_config_module(config_module="metalearn_cli.configs", version_base="1.3"):
+            cfg = compose(config_name=command, overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            return str(OmegaConf.select(cfg, "hydra.run.dir"))
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return None
 
 
 def _help(command: str, args: list[str]) -> int:
     """Hydra's --help, listing only the groups ``command`` accepts (not the internal ``schema/*``)."""
     out, code = io.StringIO(), 0
     try:
-        with contextlib.redirect_stdout(out), _hydra_argv([f"metalearn {command}", *args]):
+        with contextlib.redirect_stdout(out), hydra_argv([f"metalearn {command}", *args]):
             code = _run_app(command)
     except SystemExit as exc:  # Hydra exits after printing the help
         code = int(exc.code or 0)
-    for line in out.getvalue().splitlines():
-        group = line.split(":", 1)[0] if ": " in line and " " not in line.split(":", 1)[0] else None
-        if group is None or group in GROUPS[command] or not _is_group_line(group):
-            print(line)
+    print(help_for(command, out.getvalue()), end="")
     return code
-
-
-def _is_group_line(name: str) -> bool:
-    return name.startswith("schema/") or name in GROUPS["train"]
 
 
 def _guarded(command: str, args: list[str], run_dir: Optional[Path]) -> int:
@@ -341,29 +291,13 @@ def _guarded(command: str, args: list[str], run_dir: Optional[Path]) -> int:
     _guard = RunGuard(run_dir)
     try:
         with exclusive(run_dir) if run_dir is not None else contextlib.nullcontext():
-            with _hydra_argv([f"metalearn {command}", *args]):
+            with hydra_argv([f"metalearn {command}", *args]):
                 return _run_app(command)
     except MetalearnError as exc:  # the lock is held by another process
         print(f"metalearn {command}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         _guard = RunGuard(None)
-
-
-@contextlib.contextmanager
-def _hydra_argv(argv: list[str]) -> Iterator[None]:
-    """``sys.argv`` as Hydra reads it, and Hydra's errors raised to us instead of its multi-line report."""
-    saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = argv
-    try:
-        yield
-    finally:
-        sys.argv = saved_argv
-        if saved_env is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved_env
 
 
 def _run_app(command: str) -> int:

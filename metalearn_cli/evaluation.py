@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from metalearn_cli.assemble import load_strategy, resolve_bn_mode, resolve_precision, setup_device, validate_eval
+from metalearn_cli.assemble import check_seed, load_strategy, resolve_bn_mode, resolve_precision, setup_device, validate_eval
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, resident, split_seed
@@ -136,6 +136,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split} is not an evaluation split; use test or val")
     validate_eval(cfg.eval)
+    check_seed(cfg.seed)
     device = setup_device(cfg)
     knowledge = read_meta_knowledge(cfg.checkpoint)
     strategy, train_cfg = load_strategy(knowledge, device)

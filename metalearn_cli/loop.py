@@ -27,7 +27,6 @@ from metalearn_cli.assemble import (
     build_strategy, check_memory, first_non_finite, freeze_encoder, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
     select_kernels, setup_device, validate, validate_train_config,
 )
-from metalearn_cli.compat import migrate_config
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
 from metalearn_cli.data import DATASETS
 from metalearn_cli.distributed import world
@@ -37,15 +36,11 @@ from metalearn_cli.evaluation import evaluate_tasks, is_lake, score_checkpoint, 
 from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
 from metalearn_cli.pretrain import Pretraining, pretrained_checkpoint
 from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step
-from metalearn_cli.rundir import CHECKPOINTS, RESULTS, exclusive, remove_stale_temporaries, resume_checkpoint, write_results, write_status
+from metalearn_cli.resume import check_same_run, resume_checkpoint
+from metalearn_cli.rundir import CHECKPOINTS, RESULTS, exclusive, refuse_held, remove_stale_temporaries, write_results, write_status
 from metalearn_cli.strategies import StepOutput, Strategy, query_accuracy
 
 log = logging.getLogger(__name__)
-
-# Keys a resumed run may change: bookkeeping, never what is learned or how.
-RESUMABLE = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
-             "trainer.checkpoint_every", "trainer.iterations", "trainer.nan_policy", "eval", "reference"}
-
 
 def train_step(strategy: Strategy, batch: EpisodeBatch, optimizer: torch.optim.Optimizer, clip: ClipParams,
                parameters: Optional[list[torch.nn.Parameter]] = None) -> tuple[StepOutput, StepResult]:
@@ -86,55 +81,6 @@ def stop_requests() -> Iterator[dict[str, Any]]:
             signal.signal(s, h)
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
-
-
-def _under(key: str, prefixes: Any) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-def resumed_config(cfg: Any, run_dir: Path, typed: list[str]) -> Any:
-    """The config a resumed run continues with: its own, saved in its checkpoint, changed only where
-    the user typed a key (``typed``: dotted keys or groups; ``"*"`` for a modifier such as
-    ``experiment=``) and only in the :data:`RESUMABLE` keys. So the printed resume command works as
-    printed, and a resume never takes the command line's defaults for the run's settings."""
-    path = resume_checkpoint(cfg.resume, run_dir)
-    if path is None:
-        return cfg
-    saved = migrate_config(load_checkpoint(path)["config"])
-    current = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    a, b = _flat(saved), _flat(current)
-    wanted = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "resume"
-              and ("*" in typed or _under(k, typed))]
-    refused = [k for k in wanted if not _under(k, RESUMABLE)]
-    if refused:
-        raise CheckpointError(
-            f"{path} was trained with {', '.join(f'{k}={a.get(k)!r}' for k in refused[:3])}; a resume continues the "
-            f"run with its own settings, so drop {', '.join(refused[:3])} from the command, or start a new run")
-    merged = OmegaConf.create(saved)
-    for key in wanted:
-        OmegaConf.update(merged, key, b.get(key), merge=False)
-    merged.resume = cfg.resume
-    return validate_train_config(merged)
-
-
-def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Resuming continues *the same* run: only the :data:`RESUMABLE` keys may differ."""
-    a, b = _flat(migrate_config(saved)), _flat(current)
-    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not _under(k, RESUMABLE)]
-    if diff:
-        raise CheckpointError(
-            f"{path} was trained with another config ({', '.join(f'{k}={a.get(k)!r}' for k in diff[:3])}); "
-            "resume with the same settings, or start a new run"
-        )
-
-
 class TrainingRun:
     """One run: built by ``__init__`` (nothing written yet), executed by :meth:`run`."""
 
@@ -158,8 +104,8 @@ class TrainingRun:
                               f"use a multiple of {self.ranks.size}")
         self.resume = resume_checkpoint(cfg.resume, self.run_dir)
         self.ckpt_dir = self.run_dir / CHECKPOINTS
-        if self.resume is None and (self.ckpt_dir / "last.pt").exists():
-            raise ConfigError(f"{self.run_dir} already holds checkpoints; pass resume=true to continue it, or use a new run dir")
+        if self.resume is None:
+            refuse_held(self.run_dir)
         self._build()
         self.step, self.best_val, self.best_step, self.seconds_before = 0, -1.0, -1, 0.0
         self.saved_step: Optional[int] = None  # the step of the last.pt on disk
@@ -297,8 +243,8 @@ class TrainingRun:
         """Meta-train, validate, test ``best.pt``; writes the run dir (holding its lock: one writer at
         a time); returns the best validation accuracy."""
         with exclusive(self.run_dir) if self.main else contextlib.nullcontext():  # rank 0 alone writes
-            if self.main and self.resume is None and (self.ckpt_dir / "last.pt").exists():  # written since __init__ looked
-                raise ConfigError(f"{self.run_dir} already holds checkpoints; pass resume=true to continue it, or use a new run dir")
+            if self.main and self.resume is None:
+                refuse_held(self.run_dir)  # written since __init__ looked
             return self._run()
 
     def _run(self) -> float:

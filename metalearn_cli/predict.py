@@ -22,7 +22,7 @@ import torch
 from metalearn_cli import knowledge
 from metalearn_cli.assemble import setup_device
 from metalearn_cli.data.images import class_folders, image_files, read_class_folders
-from metalearn_cli.errors import DataError
+from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.rundir import write_json, write_status
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ def _table(rows: list[dict[str, Any]], class_names: list[str], limit: int) -> st
 def predict(cfg: Any, run_dir: Path) -> float:
     """Classify ``cfg.query`` with a meta-network adapted to ``cfg.support``; returns the accuracy (NaN if unlabelled)."""
     start = time.perf_counter()
+    if cfg.show < 0:
+        raise ConfigError(f"show={cfg.show} is negative; give how many predictions to print (0: none, all go to predictions.csv)")
     device = setup_device(cfg)
     meta = knowledge.load(cfg.checkpoint, device)
     class_names, support_files, stacks = read_class_folders(Path(cfg.support), meta.image_format, "support")

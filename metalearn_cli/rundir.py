@@ -3,7 +3,8 @@
 Owns: the run dir's lock (one writer at a time), snapshots that put a run dir back as it was after
 a refused command, atomic file writes (temp file, fsync, ``os.replace``: a file is whole or untouched, for
 checkpoints, caches and JSON alike), ``status.json`` / ``results.json`` / ``error.txt``, which
-checkpoint a path means (a run dir -> its ``best.pt``, else ``last.pt``; resume -> ``last.pt``),
+checkpoint a path means (a run dir -> its ``best.pt``, else ``last.pt``), the canonical spelling of a
+run dir and what a run dir holds that no command may replace,
 and :func:`read_run`, the one parser of a run dir used by ``metalearn report`` and
 ``scripts/reproduce.py``.
 """
@@ -62,14 +63,44 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def canonical(path: Path | str) -> Path:
+    """The one spelling of a run dir: absolute, symlinks and ``..`` resolved as the OS will when the
+    folder is created (relative paths are taken from the working directory, as Hydra does). Every
+    guard compares and locks this path, so no spelling of a run dir gets around them."""
+    return Path(path).resolve()
+
+
 def is_run(path: Path) -> bool:
     """Whether ``path`` holds a run (its status, results or checkpoints)."""
     path = Path(path)
     return any((path / name).exists() for name in (STATUS, RESULTS, CHECKPOINTS))
 
 
-def is_training_run(path: Path) -> bool:
-    return (Path(path) / CHECKPOINTS).is_dir()
+OUTPUTS = (RESULTS, METRICS, "predictions.csv", "predictions.json", "export.json", "tensorboard", "pretrain")
+
+
+def held(path: Path) -> list[str]:
+    """What a run dir holds that a new command must never replace: results, metrics, any checkpoint,
+    a stage, a status other than a failure before anything was written. Empty for a new folder, or for
+    one whose only trace is a command refused before it wrote anything (``.hydra/``, ``error.txt``)."""
+    path = Path(path)
+    found = [name for name in OUTPUTS if (path / name).exists()]
+    if (path / CHECKPOINTS).is_dir():
+        found += [f"{CHECKPOINTS}/{p.name}" for p in sorted((path / CHECKPOINTS).iterdir()) if not p.name.startswith(".")]
+    status = _json(path / STATUS).get("status") if (path / STATUS).exists() else None
+    if (path / STATUS).exists() and (status != "failed" or found):
+        found.insert(0, f"{STATUS} ({status or 'unreadable'})")
+    return found
+
+
+def refuse_held(run_dir: Path) -> None:
+    """A new run never writes into a dir that holds another run's output (a finished run whose
+    ``last.pt`` was deleted included); only a resume continues one."""
+    found = held(run_dir)
+    if found:
+        last = Path(run_dir) / CHECKPOINTS / "last.pt"
+        hint = "pass resume=true to continue it, or use" if last.is_file() else "it has no last.pt to resume from; use"
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(found[:3])}); {hint} a new hydra.run.dir")
 
 
 class Snapshot:
@@ -170,28 +201,6 @@ def resolve_checkpoint(path: Path | str) -> Path:
                 return candidate
         raise CheckpointError(f"{path} holds no checkpoints/best.pt or last.pt; pass a checkpoint file or a run dir")
     return path
-
-
-def resume_checkpoint(resume: Optional[str], run_dir: Path) -> Optional[Path]:
-    """The checkpoint ``resume=`` continues: ``true`` -> this run's ``last.pt``; a run dir -> its ``last.pt``."""
-    if resume is None or str(resume).lower() in ("false", "none", "null", ""):
-        return None
-    if str(resume).lower() == "true":
-        path = Path(run_dir) / CHECKPOINTS / "last.pt"
-        if not path.is_file():
-            raise CheckpointError(f"resume=true but {path} does not exist; pass resume=<run dir or checkpoint> or drop resume")
-        return path
-    path = Path(resume)
-    if path.is_dir():
-        path = path / CHECKPOINTS / "last.pt" if (path / CHECKPOINTS).is_dir() else path / "last.pt"
-    return path
-
-
-def run_dir_of(path: Path) -> Path:
-    """The run dir a checkpoint path or run dir belongs to."""
-    if path.is_dir():
-        return path
-    return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
 
 
 # ----------------------------------------------------------------------------- reading a run back

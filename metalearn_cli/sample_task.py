@@ -24,6 +24,8 @@ def write_sample_task(out: Path, way: int = 5, shot: int = 1, query: int = 5, se
     if not 2 <= way <= test.n_classes or shot < 1 or query < 0 or shot + query > test.n_per_class:
         raise ConfigError(f"a sample task needs 2 <= --way <= {test.n_classes}, --shot >= 1, --query >= 0 and "
                           f"--shot + --query <= {test.n_per_class}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; choose a new folder for the task")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty; choose a new --out folder")
     g = torch.Generator().manual_seed(seed)

@@ -106,7 +106,7 @@ def test_resume_problems(tmp_path, capsys, trained):
     err = one_line_error(capsys, ["train", *SMOKE, "encoder.width=8", "trainer.iterations=4", f"resume={trained}"])
     assert "a resume continues the run with its own settings" in err and "encoder.width" in err
     err = one_line_error(capsys, ["train", *SMOKE, f"hydra.run.dir={trained}"])
-    assert "already holds checkpoints; pass resume=true" in err
+    assert "pass resume=true to continue it" in err
 
 
 def test_an_output_dir_that_cannot_be_written(tmp_path, capsys):

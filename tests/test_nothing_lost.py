@@ -105,8 +105,8 @@ CASES = [
     (["train", "dataset=folder", "dataset.root={root}/nan.pt"], "is a file, not a folder"),
     (["train", *SMOKE, "hydra.run.dir="], "hydra.run.dir is empty"),
     # commands aimed at the finished run: refused, and the run is left byte for byte as it was
-    (["train", *SMOKE, f"hydra.run.dir={R}"], "already holds checkpoints; pass resume=true"),
-    (["train", *SMOKE, "seed=5", f"hydra.run.dir={R}"], "already holds checkpoints"),
+    (["train", *SMOKE, f"hydra.run.dir={R}"], "pass resume=true to continue it"),
+    (["train", *SMOKE, "seed=5", f"hydra.run.dir={R}"], "already holds a run ("),
     (["train", *SMOKE, "seed=5", f"resume={R}"], "was trained with seed=0; a resume continues the run"),
     (["train", *SMOKE, "encoder.width=8", f"resume={R}"], "was trained with encoder.width=16"),
     (["train", "trainer.iterations=1", f"resume={R}"], "is completed (2 meta-iterations, tested)"),

@@ -86,15 +86,24 @@ def read_image(source: ImageSource, fmt: ImageFormat, where: str | None = None) 
         raise DataError(f"cannot decode image {name} ({exc.__class__.__name__}); replace or remove the file") from exc
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The visible entries of ``folder``; a symbolic link that leads nowhere (dangling, or looping back
+    on itself) is refused rather than skipped: a class would silently lose images."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    for p in entries:
+        if p.is_symlink() and not p.exists():
+            raise DataError(f"{p} is a symbolic link that leads nowhere (dangling or looping); fix or remove it")
+    return entries
+
+
 def image_files(folder: Path) -> list[Path]:
     """The image files directly in ``folder``, sorted by name (hidden files skipped)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in _entries(folder) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def class_folders(root: Path) -> list[Path]:
     """The class sub-folders of ``root``, sorted by name (hidden folders skipped)."""
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in _entries(root) if p.is_dir())
 
 
 def read_class_folders(root: Path, fmt: ImageFormat, what: str) -> tuple[list[str], list[list[Path]], list[torch.Tensor]]:

@@ -1,0 +1,199 @@
+"""What a command line asks of the file system before Hydra runs it (Hydra-free, so tests call it).
+
+The CLI reads the run dir a command will write once, in one canonical spelling
+(:func:`~metalearn_cli.rundir.canonical`), and hands Hydra exactly that path: the lock, the
+snapshot that undoes a refused command and the refusals below all look at the folder Hydra creates,
+however the user spelled it (quoted, relative, through a symlink, with spaces or non-ASCII).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.rundir import CHECKPOINTS, held, refuse_held
+
+USAGE = """\
+usage: metalearn <command> [key=value ...] [group=option ...] [hydra flags]
+
+Meta-learning experiments for few-shot image recognition, configured with Hydra.
+
+commands:
+  train     meta-train a meta-network on episodes, validate, test best.pt, write a run dir
+  eval      test a checkpoint on fixed tasks of any episode shape
+  predict   adapt a trained meta-network to your own support images and classify query images
+  export    write a checkpoint's meta-knowledge alone, for metalearn_cli.load() and predict
+  report    one table (markdown + CSV) and plots over run dirs or sweep dirs
+  sample-task  write a small Omniglot task folder (support/, query/) to try predict on
+
+examples:
+  metalearn train                                    # ProtoNet on Omniglot 5-way 1-shot (embedded data, CPU ok)
+  metalearn train dataset=omniglot strategy=mgd episode=20way1shot trainer.iterations=2000 seed=3
+  metalearn train debug=smoke                        # seconds, on generated data
+  metalearn train experiment=maml_omniglot_5w1s      # a published table cell (configs/experiment/)
+  metalearn train -m seed=0,1,2                      # a multirun sweep: one run dir per job
+  metalearn train resume=outputs/train/<run>         # continue an interrupted run in its own dir
+  metalearn eval checkpoint=outputs/train/<run>/checkpoints/best.pt episode=5way5shot
+  metalearn predict checkpoint=<run>/checkpoints/best.pt support=task/support query=task/query
+  metalearn export checkpoint=<run>/checkpoints/best.pt out=meta_knowledge.pt
+  metalearn report outputs/multirun/train/<time>     # table, learning curves, accuracy chart
+  metalearn sample-task --out my_task                # then: metalearn predict ... support=my_task/support query=my_task/query
+  metalearn train 'hydra.run.dir="runs/my run"'      # quote values with spaces or non-ASCII characters
+  metalearn --version
+  metalearn train --help                             # config groups, options and the composed config
+  metalearn train --cfg job                          # print the composed config and exit
+
+Run dirs go to outputs/<command>/...; each holds .hydra/, checkpoints/, metrics.jsonl,
+tensorboard/ and results.json. Errors print one line and exit with code 2.
+"""
+
+MODIFIERS = ("experiment", "debug", "sweep")  # groups whose options set keys anywhere (@package _global_)
+
+GROUPS = {  # the config groups each command accepts (its --help lists only these)
+    "train": ("dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "pretrain", "experiment", "sweep", "debug"),
+    "eval": ("episode",), "predict": (), "export": (),
+}
+
+# Hydra flags after which no run dir is written (they print and exit), or that choose another config
+# whose run dir the CLI does not compose.
+PRINTING_FLAGS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--resolve", "--shell-completion", "-sc")
+CONFIG_FLAGS = ("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp", "--experimental-rerun")
+VALUE_FLAGS = (*CONFIG_FLAGS, "--cfg", "-c", "--package", "-p", "--info", "-i")  # flags followed by a value
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 alone: rank 0 alone locks and writes the run dir)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def typed_keys(overrides: list[str]) -> list[str]:
+    """The config keys (or groups) a command line sets; ``"*"`` when a modifier may set any key."""
+    keys = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key in MODIFIERS:
+            keys.append("*")
+        elif key != "resume" and not key.startswith("hydra"):
+            keys.append(key.split("@", 1)[0])
+    return keys
+
+
+def check_debug(args: list[str], values: dict[str, Any]) -> None:
+    """``debug=smoke`` runs on generated data: a data set or Lake's runs chosen on the same command
+    line cannot be honoured."""
+    if values.get("debug") != "smoke":
+        return
+    chosen = [a for a in args if a.startswith("dataset=") and a != "dataset=synthetic"]
+    if chosen:
+        raise ConfigError(f"debug=smoke runs on generated data (dataset=synthetic), so {chosen[0]} cannot apply; "
+                          "drop one of them (for a short run on real data: trainer.iterations=50 eval.episodes=100)")
+    if values.get("episode") == "lake20way1shot" or values.get("episode.protocol") == "lake":
+        raise ConfigError("debug=smoke runs on generated data, which has no alphabets for Lake et al.'s within-alphabet "
+                          "runs; drop one of them (Lake's runs need dataset=omniglot_background)")
+    if any(a.startswith("experiment=") for a in args):
+        print("metalearn train: note: debug=smoke replaces the preset's data set by generated 28x28 images and "
+              "shrinks its budget; its figures are not comparable with the published one", file=sys.stderr)
+
+
+def hydra_quote(text: str) -> str:
+    """``text`` as one quoted Hydra override value that parses back to exactly ``text``."""
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text).replace("'", "\\'").replace("${", "\\${")
+    return f"'{escaped}'"
+
+
+def claim_fresh(path: Path) -> Path:
+    """A default run dir of its own: ``path``, else ``path_1``, ``path_2``, ... created atomically
+    (``mkdir`` fails if another process took the name first), so two runs started in the same second
+    never share one."""
+    for i in range(10_000):
+        candidate = path if i == 0 else path.with_name(f"{path.name}_{i}")
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"no free run dir next to {path}; pass hydra.run.dir=DIR")
+
+
+def refuse_foreign_target(command: str, run_dir: Path, resuming: bool) -> None:
+    """A new training run, ``eval``, ``predict`` and ``export`` write a run dir of their own: never a
+    training run's, and never an earlier command's (checked before Hydra writes ``.hydra/``)."""
+    if command == "train":
+        if not resuming:
+            refuse_held(run_dir)
+        return
+    found = held(run_dir)
+    if found:
+        kind = "a training run" if (run_dir / CHECKPOINTS).is_dir() else "an earlier run"
+        raise ConfigError(f"{run_dir} is {kind} ({', '.join(found[:3])}); metalearn {command} writes its own files, so "
+                          f"give it another hydra.run.dir (or leave it out: outputs/{command}/<time>)")
+
+
+def with_run_dir(args: list[str], run_dir: Path) -> list[str]:
+    """``args`` with every ``hydra.run.dir=`` replaced by one naming ``run_dir`` in Hydra's quoting."""
+    kept = [a for a in args if not a.startswith("hydra.run.dir=")]
+    return [*kept, f"hydra.run.dir={hydra_quote(str(run_dir))}"]
+
+
+def flag_present(args: list[str], flags: tuple[str, ...]) -> Optional[str]:
+    return next((a for a in args if a.split("=", 1)[0] in flags), None)
+
+
+def help_for(command: str, text: str) -> str:
+    """Hydra's --help text for ``command``, listing only the groups it accepts (not ``schema/*``)."""
+    kept = []
+    for line in text.splitlines():
+        group = line.split(":", 1)[0] if ": " in line and " " not in line.split(":", 1)[0] else None
+        if group is None or group in GROUPS[command] or not (group.startswith("schema/") or group in GROUPS["train"]):
+            kept.append(line)
+    return "".join(line + "\n" for line in kept)
+
+
+@contextlib.contextmanager
+def hydra_argv(argv: list[str]) -> Iterator[None]:
+    """``sys.argv`` as Hydra reads it, and Hydra's errors raised to us instead of its multi-line report."""
+    saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+
+
+def shell_completion(request: str, apps: dict[str, Callable[[], Any]]) -> int:
+    """Hydra's shell completion for the whole command: the script names ``metalearn`` and each query
+    goes to the app of the subcommand typed so far (Hydra alone would take ``train`` for an override)."""
+    words = os.environ.get("COMP_LINE", "").split(" ")
+    if request.startswith("query="):
+        if len(words) <= 2:  # still typing the subcommand
+            print(" ".join(c for c in apps if c.startswith(words[-1] if len(words) == 2 else "")))
+            return 0
+        if words[1] not in apps:
+            return 0
+        command = words[1]
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+    else:
+        command = "train"  # install/uninstall: any app prints the same script
+    from metalearn_cli.components import register_configs
+
+    register_configs()
+    saved_argv = sys.argv
+    sys.argv = ["metalearn", "--shell-completion", request]
+    try:
+        apps[command]()
+    finally:
+        sys.argv = saved_argv
+    return 0

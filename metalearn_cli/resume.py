@@ -1,0 +1,114 @@
+"""Resume: which checkpoint ``resume=`` names, and the config a resumed run continues with.
+
+A resume continues *the same* run in *its own* run dir: the saved config wins, and only the
+:data:`RESUMABLE` keys (bookkeeping, never what is learned or how) may be changed on the command
+line. One parser of ``resume=`` values and one config diff serve the CLI and the loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from metalearn_cli.checkpoint import load_checkpoint
+from metalearn_cli.compat import migrate_config
+from metalearn_cli.errors import CheckpointError, ConfigError
+from metalearn_cli.rundir import CHECKPOINTS, canonical
+
+# Keys a resumed run may change: bookkeeping, never what is learned or how.
+RESUMABLE = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
+             "trainer.checkpoint_every", "trainer.iterations", "trainer.nan_policy", "eval", "reference"}
+
+
+def resume_value(resume: Any) -> Optional[str]:
+    """``resume=`` as ``"true"``, a path, or None (false, none, null, empty): the one parser of it."""
+    if resume is None or str(resume).strip().lower() in ("false", "none", "null", ""):
+        return None
+    return "true" if str(resume).strip().lower() == "true" else str(resume)
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run dir a checkpoint path or run dir belongs to."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
+
+
+def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:
+    """The checkpoint ``resume=`` continues: ``true`` -> this run's ``last.pt``; a run dir -> its
+    ``last.pt``; a file -> itself. A resume writes into the run it continues, never elsewhere."""
+    value = resume_value(resume)
+    if value is None:
+        return None
+    if value == "true":
+        path = Path(run_dir) / CHECKPOINTS / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"resume=true but {path} does not exist; pass resume=<run dir or checkpoint> or drop resume")
+        return path
+    path = Path(value)
+    if path.is_dir():
+        path = path / CHECKPOINTS / "last.pt" if (path / CHECKPOINTS).is_dir() else path / "last.pt"
+    if path.exists() and canonical(run_dir_of(path)) != canonical(run_dir):
+        raise ConfigError(f"resume={value} continues the run in {run_dir_of(path)}, but hydra.run.dir is {run_dir}; drop "
+                          f"hydra.run.dir (or, for a new run that starts from its weights, pass trainer.init_from={value})")
+    return path
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def _under(key: str, prefixes: Any) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between a saved run config and ``current``."""
+    a, b = _flat(migrate_config(saved)), _flat(current)
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "resume"]
+
+
+def resumed_config(cfg: Any, run_dir: Path, typed: list[str]) -> Any:
+    """The config a resumed run continues with: its own, saved in its checkpoint, changed only where
+    the user typed a key (``typed``: dotted keys or groups; ``"*"`` for a modifier such as
+    ``experiment=``) and only in the :data:`RESUMABLE` keys. So the printed resume command works as
+    printed, and a resume never takes the command line's defaults for the run's settings."""
+    from metalearn_cli.assemble import validate_train_config
+
+    path = resume_checkpoint(cfg.resume, run_dir)
+    if path is None:
+        return cfg
+    saved = migrate_config(load_checkpoint(path)["config"])
+    current = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    wanted = [k for k in config_diff(saved, current) if "*" in typed or _under(k, typed)]
+    refused = [k for k in wanted if not _under(k, RESUMABLE)]
+    if refused:
+        values = _flat(saved)
+        raise CheckpointError(
+            f"{path} was trained with {', '.join(f'{k}={values.get(k)!r}' for k in refused[:3])}; a resume continues the "
+            f"run with its own settings, so drop {', '.join(refused[:3])} from the command, or start a new run")
+    merged = OmegaConf.create(saved)
+    flat = _flat(current)
+    for key in wanted:
+        OmegaConf.update(merged, key, flat.get(key), merge=False)
+    merged.resume = cfg.resume
+    return validate_train_config(merged)
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Resuming continues *the same* run: only the :data:`RESUMABLE` keys may differ."""
+    diff = [k for k in config_diff(saved, current) if not _under(k, RESUMABLE)]
+    if diff:
+        values = _flat(migrate_config(saved))
+        raise CheckpointError(
+            f"{path} was trained with another config ({', '.join(f'{k}={values.get(k)!r}' for k in diff[:3])}); "
+            "resume with the same settings, or start a new run"
+        )
