@@ -32,7 +32,7 @@ from metalearn_cli.command_line import (
     CONFIG_FLAGS, PRINTING_FLAGS, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, help_for, hydra_argv, rank, refuse_foreign_target,
     shell_completion, typed_keys, with_run_dir,
 )
-from metalearn_cli.rundir import RunGuard, canonical, exclusive, record_failure
+from metalearn_cli.rundir import RunGuard, canonical, exclusive, record_failure, refuse_replacing
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
 log = logging.getLogger("metalearn")
@@ -231,7 +231,7 @@ def _place_run(command: str, args: list[str], values: dict[str, Any], scratch: l
     """The run dir a single job will write, in its canonical spelling, and the arguments that hand
     Hydra exactly that path (None: a sweep, or a flag that writes no run dir). A default dir is
     claimed fresh; a dir named on the command line is checked before Hydra writes anything in it."""
-    from metalearn_cli.resume import resume_value, run_dir_of
+    from metalearn_cli.resume import refuse_another_dir, resume_value, run_dir_of
 
     if flag_present(args, ("-m", "--multirun", *PRINTING_FLAGS)) or flag_present(args, CONFIG_FLAGS):
         return args, None
@@ -253,6 +253,10 @@ def _place_run(command: str, args: list[str], values: dict[str, Any], scratch: l
             return with_run_dir(args, claimed), claimed
         named = resolved
     run_dir = canonical(named)
+    if command == "export" and isinstance(values.get("out"), str):
+        refuse_replacing(values["out"])
+    if resume not in (None, "true"):
+        refuse_another_dir(resume, Path(resume), run_dir)
     if rank() > 0:
         return with_run_dir(args, run_dir), None
     refuse_foreign_target(command, run_dir, resuming=resume is not None)

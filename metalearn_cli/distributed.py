@@ -54,3 +54,16 @@ def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def average_metrics(sums: dict[str, torch.Tensor]) -> None:
+    """Average a metric window's scalar sums over ranks in place (one all-reduce), so the records
+    rank 0 writes describe the whole meta-batch, not its own share of the tasks."""
+    if not sums or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    keys = sorted(sums)
+    flat = torch.stack([sums[k].detach().float().reshape(()) for k in keys])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for key, value in zip(keys, flat):
+        sums[key] = value.to(sums[key].dtype)

@@ -17,7 +17,7 @@ import torch
 
 from metalearn_cli.checkpoint import EXPORT_FORMAT, VERSION, check_header, read_meta_knowledge, read_state, save_torch
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.rundir import CHECKPOINTS, held, write_json
+from metalearn_cli.rundir import CHECKPOINTS, refuse_replacing, write_json
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,7 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
         raise ConfigError(f"out={out} is the checkpoint being exported; choose another out=PATH")
     if Path(out).exists() and (Path(out).parent.name == CHECKPOINTS or _is_checkpoint(Path(out))):
         raise ConfigError(f"out={out} is a training checkpoint, which an export would replace; choose another out=PATH")
-    run = next((d for d in Path(out).resolve().parents if held(d)), None)
-    if Path(out).exists() and run is not None:
-        raise ConfigError(f"out={out} is a file of the run {run}, which an export would replace; choose another out=PATH")
+    refuse_replacing(out)
     payload = {"format": EXPORT_FORMAT, "version": VERSION, "config": state["config"], "model": state["model"],
                "image_format": state["image_format"], "step": state["step"],
                "exported_from": str(Path(state["source"]).resolve()), "pixel_mean": state["pixel_mean"]}

@@ -48,5 +48,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively (emulated bf16 is slower than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    if not torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512"):
+        return False  # no AVX512 kernels, or ATEN_CPU_CAPABILITY=avx2 emulating such a CPU: bf16 would be emulated
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)

@@ -29,8 +29,8 @@ from metalearn_cli.assemble import (
 )
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
 from metalearn_cli.data import DATASETS
-from metalearn_cli.distributed import world
-from metalearn_cli.episodes import EpisodeBatch, EpisodeSampler, TaskShapes, check_fits, resident, split_seed
+from metalearn_cli.distributed import average_metrics, world
+from metalearn_cli.episodes import EpisodeBatch, EpisodeSampler, LakeRuns, TaskShapes, check_fits, resident, split_seed
 from metalearn_cli.errors import CheckpointError, ConfigError, Diverged, Interrupted
 from metalearn_cli.evaluation import evaluate_tasks, is_lake, score_checkpoint, summarize
 from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
@@ -121,6 +121,8 @@ class TrainingRun:
         check_fits(data.train, "train", data.name, s.train_way, s.shot, s.train_query)
         check_fits(data.val, "val", data.name, s.way, s.shot, s.query)
         check_fits(data.test, "test", data.name, s.way, s.shot, s.query)
+        if is_lake(cfg.episode):
+            LakeRuns(data.test, s.way, cfg.seed)  # a data set without alphabets is refused now, not after training
         check_memory(cfg, data.image_shape, self.device)
         self.strategy = build_strategy(cfg, data.image_shape, self.device)
         if self.t.init_from and self.resume is None:
@@ -214,6 +216,7 @@ class TrainingRun:
     def record(self, nan_policy: str, metrics: Optional[MetricsLog], bar: tqdm) -> None:
         """A metrics record: the window's means, and the non-finite steps flagged on the device."""
         first = self.step - self.window.steps + 1
+        average_metrics(self.window.sums)  # ranks > 1: the whole meta-batch's means
         values = self.window.flush(self.t.meta_batch)  # the only host sync of a step
         if values["skipped"] and nan_policy == "stop":  # flagged on the device, never applied
             raise Diverged(

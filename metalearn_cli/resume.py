@@ -51,10 +51,16 @@ def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:
     path = Path(value)
     if path.is_dir():
         path = path / CHECKPOINTS / "last.pt" if (path / CHECKPOINTS).is_dir() else path / "last.pt"
+    refuse_another_dir(value, path, run_dir)
+    return path
+
+
+def refuse_another_dir(value: str, path: Path, run_dir: Path) -> None:
+    """A resume writes into the run it continues: ``resume=A hydra.run.dir=B`` would train in B
+    without A's ``best.pt`` and fail at the final test."""
     if path.exists() and canonical(run_dir_of(path)) != canonical(run_dir):
         raise ConfigError(f"resume={value} continues the run in {run_dir_of(path)}, but hydra.run.dir is {run_dir}; drop "
                           f"hydra.run.dir (or, for a new run that starts from its weights, pass trainer.init_from={value})")
-    return path
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -103,6 +103,14 @@ def refuse_held(run_dir: Path) -> None:
         raise ConfigError(f"{run_dir} already holds a run ({', '.join(found[:3])}); {hint} a new hydra.run.dir")
 
 
+def refuse_replacing(out: Path | str, key: str = "out") -> None:
+    """A file a command writes (``export out=``) never replaces a file of a run dir, however spelled."""
+    path = Path(out)
+    run = next((d for d in canonical(path).parents if held(d)), None)
+    if path.exists() and run is not None:
+        raise ConfigError(f"{key}={out} is a file of the run {run}, which would be replaced; choose another {key}=PATH")
+
+
 class Snapshot:
     """The small files of a run dir (top level and ``.hydra/``) as they were, to put them back
     byte for byte after a command that was refused, or to keep the original ``.hydra/`` of a resumed run."""

@@ -1,9 +1,14 @@
-"""Two gloo processes on CPU train exactly like one process on the same meta-batch."""
+"""Two gloo processes on CPU train exactly like one process on the same meta-batch: in-process ranks,
+and the command a user runs (``torchrun --nproc-per-node=2 -m metalearn_cli train ...``)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import FAST, compose_config
-from metalearn_cli import evaluation, loop
+from metalearn_cli import loop
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.distributed import World
 from metalearn_cli.episodes import ClassImages, EpisodeSampler
@@ -24,6 +29,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def zero_by_construction(state: dict[str, torch.Tensor]) -> set[str]:
+    """Biases that feed a batch norm directly (``<seq>.<i>.bias`` before ``<seq>.<i+1>.running_mean``):
+    the norm subtracts them again, so their true gradient is zero and what an optimizer does with
+    rounding noise (Adam scales it to a full step) says nothing about distributed training."""
+    zero = set()
+    for key in state:
+        match = re.fullmatch(r"(.*\.)(\d+)\.bias", key)
+        if match and f"{match.group(1)}{int(match.group(2)) + 1}.running_mean" in state:
+            zero.add(key)
+    return zero
+
+
+def assert_same_training(one: Path, two: Path) -> None:
+    """Every defined parameter and every training-loss record agree between the two runs."""
+    a = load_checkpoint(one / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(two / "checkpoints" / "last.pt")["model"]
+    skipped = zero_by_construction(a)
+    assert skipped, "the Conv-4 biases before its batch norms were not recognised"
+    for key, value in a.items():
+        if key not in skipped:
+            torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    records = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
+    assert len(records[0]) == len(records[1])  # rank 0 alone wrote the metrics
+    for r1, r2 in zip(*records):
+        if r1["split"] == "train":
+            assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-4), r1
+
+
+def test_zero_by_construction_names_the_conv_biases_only():
+    state = {"model.encoder.net.0.weight": 0, "model.encoder.net.0.bias": 0, "model.encoder.net.1.running_mean": 0,
+             "model.decoder.head.bias": 0, "model.encoder.net.4.bias": 0}
+    assert zero_by_construction(state) == {"model.encoder.net.0.bias"}
 
 
 def rank_main(rank: int, world: int, port: int, run_dir: str) -> None:
@@ -40,12 +79,36 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     torch.set_num_threads(1)
     loop.train(compose_config("train", OVERRIDES), tmp_path / "single")
     mp.spawn(rank_main, args=(2, free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
-    one = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["model"]
-    two = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["model"]
-    for key, value in one.items():
-        torch.testing.assert_close(two[key], value, rtol=1e-5, atol=1e-6, msg=key)
-    lines = lambda run: (tmp_path / run / "metrics.jsonl").read_text().splitlines()  # noqa: E731
-    assert len(lines("ddp")) == len(lines("single"))  # only rank 0 wrote the run dir
+    assert_same_training(tmp_path / "single", tmp_path / "ddp")
+
+
+def files_of(run: Path) -> list[str]:
+    """The run dir's files, with the event file's host- and time-stamped name reduced to its folder."""
+    return sorted(str(p.relative_to(run).parent) if p.parent.name == "tensorboard" else str(p.relative_to(run))
+                  for p in run.rglob("*") if p.is_file())
+
+
+def test_torchrun_as_users_run_it(tmp_path):
+    """The real command in a subprocess: it starts, rank 0 alone takes the lock and writes one set of
+    files, the others leave nothing anywhere, and training equals one process's."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    args = ["-m", "metalearn_cli", "train", *OVERRIDES, "threads=1"]
+    one = subprocess.run([sys.executable, *args, f"hydra.run.dir={tmp_path / 'single'}"], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    two = subprocess.run([*launcher, "--standalone", "--nproc-per-node=2", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    assert files_of(tmp_path / "ddp") == files_of(tmp_path / "single")
+    assert list(cwd.iterdir()) == []  # no stray run dir from another rank
+    assert not list(tmp_path.glob("metalearn-rank-*"))  # the other rank's scratch dir is gone
+    assert_same_training(tmp_path / "single", tmp_path / "ddp")
+    results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("single", "ddp")]
+    assert results[1]["accuracy"] == pytest.approx(results[0]["accuracy"], abs=0.02)
 
 
 def test_ranks_draw_disjoint_shares_of_the_same_meta_batch():

@@ -1,0 +1,146 @@
+"""No spelling of a path gets around a run-dir guard: every refused command, under every spelling
+of the run dir it names (plain, quoted, relative with ``..``, through a symlink, with spaces and
+non-ASCII characters), is one line, exit code 2, the run dir byte for byte as it was, and nothing
+new anywhere (no stray folder named with a quote, no ``.lock`` elsewhere)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_image_task
+from metalearn_cli.cli import main
+from metalearn_cli.command_line import claim_fresh, hydra_quote
+from test_nothing_lost import SMOKE, tree_hash
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A finished training run, an earlier eval, and a task folder, made through the CLI."""
+    root = tmp_path_factory.mktemp("guards")
+    train, evaluation = root / "runs" / "train", root / "runs" / "eval"
+    assert main(["train", *SMOKE, f"hydra.run.dir={train}"]) == 0
+    assert main(["eval", f"checkpoint={train}", "eval.episodes=2", f"hydra.run.dir={evaluation}"]) == 0
+    write_image_task(root / "task")
+    return {"train": train, "eval": evaluation, "root": root}
+
+
+def spell(path: Path, how: str, cwd: Path) -> str:
+    """``path`` as a user might type it on a Hydra command line (the value after ``key=``)."""
+    if how == "plain":
+        return str(path)
+    if how == "quoted":
+        return f'"{path}"'
+    if how == "relative":
+        os.makedirs(cwd / "sub", exist_ok=True)
+        return os.path.join("sub", "..", os.path.relpath(path, cwd))
+    link = cwd / ("link" if how == "symlink" else "my rün link")
+    if not link.exists():
+        link.symlink_to(path, target_is_directory=True)
+    return str(link) if how == "symlink" else f"'{link}'"
+
+
+SPELLINGS = ["plain", "quoted", "relative", "symlink", "spaces-non-ascii"]
+CASES = {  # command line (RUN: the spelled training run, EVAL: the spelled eval dir) -> what the line says
+    "train over a finished run": (["train", *SMOKE, "hydra.run.dir=RUN"], "already holds a run"),
+    "train another seed over it": (["train", *SMOKE, "seed=5", "hydra.run.dir=RUN"], "already holds a run"),
+    "eval into the training run": (["eval", "checkpoint=CKPT", "episode=5way5shot", "hydra.run.dir=RUN"], "is a training run"),
+    "predict into the training run": (["predict", "checkpoint=CKPT", "support=TASK/support", "query=TASK/query",
+                                       "hydra.run.dir=RUN"], "is a training run"),
+    "export over results.json": (["export", "checkpoint=CKPT", "out=RUN/results.json", "hydra.run.dir=FRESH"],
+                                 "which would be replaced"),
+    "export into the training run": (["export", "checkpoint=CKPT", "out=FRESH/k.pt", "hydra.run.dir=RUN"], "is a training run"),
+    "eval into an earlier eval": (["eval", "checkpoint=CKPT", "hydra.run.dir=EVAL"], "is an earlier run"),
+    "resume into another dir": (["train", "resume=RUN", "hydra.run.dir=FRESH"], "drop hydra.run.dir"),
+}
+
+
+@pytest.mark.parametrize("how", SPELLINGS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_no_spelling_gets_around_a_guard(runs, tmp_path, monkeypatch, capsys, case, how):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    before = {name: tree_hash(runs[name]) for name in ("train", "eval")}
+    args, needle = CASES[case]
+    fresh = tmp_path / "fresh"
+    filled = []
+    for a in args:
+        key, _, value = a.partition("=")
+        if value.startswith(("RUN", "EVAL")):
+            target = runs["train" if value.startswith("RUN") else "eval"]
+            rest = value.split("/", 1)[1] if "/" in value else ""
+            spelled = spell(target, how, cwd)
+            if rest:  # a file inside the run: keep the spelling's quotes around the whole value
+                spelled = spelled[:-1] + "/" + rest + spelled[-1] if spelled[0] in "\"'" else os.path.join(spelled, rest)
+            a = f"{key}={spelled}"
+        a = a.replace("CKPT", str(runs["train"])).replace("TASK", str(runs["root"] / "task")).replace("FRESH", str(fresh))
+        filled.append(a)
+    code = main(filled)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err and needle in err, err
+    assert {name: tree_hash(runs[name]) for name in ("train", "eval")} == before, "a run changed"
+    assert {p.name for p in cwd.iterdir()} <= {"link", "my rün link", "sub"}, "something was written in the cwd"
+    assert not fresh.exists() or not any(fresh.rglob("*.json")), "the refused command wrote elsewhere"
+
+
+def test_a_finished_run_without_last_pt_is_not_retrained(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["train"], run)
+    (run / "checkpoints" / "last.pt").unlink()
+    before = tree_hash(run)
+    for extra in ([], ["seed=5"]):
+        assert main(["train", *SMOKE, *extra, f"hydra.run.dir={run}"]) == 2
+        err = capsys.readouterr().err
+        assert "already holds a run" in err and "no last.pt to resume from" in err, err
+        assert tree_hash(run) == before
+
+
+def test_a_run_refused_before_it_wrote_anything_can_be_run_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "optimizer.lr=0", f"hydra.run.dir={run}"]) == 2  # refused: a failure record only
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+    assert main(["train", *SMOKE, f"hydra.run.dir={run}"]) == 0
+
+
+def test_the_quoted_guard_through_the_console_script(runs, tmp_path):
+    """The same guard, through the command a user types, with the quotes a shell passes on."""
+    before = tree_hash(runs["train"])
+    script = Path(sys.executable).with_name("metalearn")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "metalearn_cli"]
+    proc = subprocess.run([*command, "eval", f"checkpoint={runs['train']}", "episode=5way5shot",
+                           f'hydra.run.dir="{runs["train"]}"'], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is a training run" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert tree_hash(runs["train"]) == before and list(tmp_path.iterdir()) == []
+
+
+def test_default_run_dirs_never_collide(tmp_path, monkeypatch):
+    """Two runs started in the same second get two dirs; the names are claimed atomically."""
+    base = tmp_path / "outputs" / "2026-12-01_12-00-00"
+    assert [claim_fresh(base), claim_fresh(base), claim_fresh(base)] == [base, base.with_name(base.name + "_1"),
+                                                                          base.with_name(base.name + "_2")]
+    monkeypatch.chdir(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-m", "metalearn_cli", "train", *SMOKE, f"seed={seed}"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    assert all(p.wait(timeout=300) == 0 for p in procs), [p.stderr.read() for p in procs]
+    runs = [p.parent for p in (tmp_path / "outputs" / "train").rglob("results.json")]
+    assert len(runs) == 2
+    seeds = sorted(json.loads(json.dumps(__import__("yaml").safe_load((r / ".hydra" / "config.yaml").read_text())))["seed"]
+                   for r in runs)
+    assert seeds == [1, 2]  # each run's .hydra/ holds its own config
+
+
+@pytest.mark.parametrize("text", ["/tmp/plain", "/tmp/my rün", "it's", "a\\", "a\\'b", "x${y}", 'double"quote'])
+def test_hydra_quote_parses_back_to_the_same_text(text):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_override(f"hydra.run.dir={hydra_quote(text)}").value()
+    assert OmegaConf.create({"dir": parsed}).dir == text  # as the composed config resolves it
