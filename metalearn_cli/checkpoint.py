@@ -18,17 +18,13 @@ import numpy as np
 import torch
 
 from metalearn_cli.errors import CheckpointError
-from metalearn_cli.rundir import atomic_write, resolve_checkpoint
+from metalearn_cli.files import save_torch
+from metalearn_cli.rundir import resolve_checkpoint
 
 FORMAT = "metalearn-checkpoint"
 EXPORT_FORMAT = "metalearn-meta-knowledge"
 VERSION = 1  # of both formats
 REQUIRED = {FORMAT: ("config", "model", "step"), EXPORT_FORMAT: ("config", "model", "image_format")}
-
-
-def save_torch(path: Path, payload: dict[str, Any], what: str, remedy: str) -> None:
-    """``torch.save`` atomically: ``path`` is whole or untouched."""
-    atomic_write(path, lambda f: torch.save(payload, f), what, remedy)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

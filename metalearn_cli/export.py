@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from metalearn_cli.checkpoint import EXPORT_FORMAT, VERSION, check_header, read_meta_knowledge, read_state, save_torch
+from metalearn_cli.checkpoint import EXPORT_FORMAT, VERSION, check_header, read_meta_knowledge, read_state
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.rundir import CHECKPOINTS, refuse_replacing, write_json
+from metalearn_cli.files import save_torch, write_json
+from metalearn_cli.rundir import CHECKPOINTS, refuse_replacing
 
 log = logging.getLogger(__name__)
 

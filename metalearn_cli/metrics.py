@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from metalearn_cli.rundir import atomic_write
+from metalearn_cli.files import atomic_write
 
 
 class MetricsLog:

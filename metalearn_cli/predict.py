@@ -23,7 +23,8 @@ from metalearn_cli import knowledge
 from metalearn_cli.assemble import setup_device
 from metalearn_cli.data.images import class_folders, image_files, read_class_folders
 from metalearn_cli.errors import ConfigError, DataError
-from metalearn_cli.rundir import write_json, write_status
+from metalearn_cli.files import write_json
+from metalearn_cli.rundir import write_status
 
 log = logging.getLogger(__name__)
 

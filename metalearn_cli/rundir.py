@@ -1,11 +1,10 @@
 """The run directory: its layout, every write into it, and reading a finished run back.
 
-Owns: the run dir's lock (one writer at a time), snapshots that put a run dir back as it was after
-a refused command, atomic file writes (temp file, fsync, ``os.replace``: a file is whole or untouched, for
-checkpoints, caches and JSON alike), ``status.json`` / ``results.json`` / ``error.txt``, which
-checkpoint a path means (a run dir -> its ``best.pt``, else ``last.pt``), the canonical spelling of a
-run dir and what a run dir holds that no command may replace,
-and :func:`read_run`, the one parser of a run dir used by ``metalearn report`` and
+Owns: the canonical spelling of a run dir, what a run dir holds that no command may replace, the
+run dir's lock (one writer at a time), snapshots that put a run dir back as it was after a refused
+command, ``status.json`` / ``results.json`` / ``error.txt`` (written atomically through
+:mod:`metalearn_cli.files`), which checkpoint a path means (a run dir -> its ``best.pt``, else
+``last.pt``), and :func:`read_run`, the one parser of a run dir used by ``metalearn report`` and
 ``scripts/reproduce.py``.
 """
 
@@ -15,14 +14,14 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import yaml
 
 from metalearn_cli.errors import CheckpointError, ConfigError, MetalearnError, WriteError
+from metalearn_cli.files import atomic_write, write_json
 
 CHECKPOINTS = "checkpoints"
 STATUS, RESULTS, ERROR, METRICS, LOCK = "status.json", "results.json", "error.txt", "metrics.jsonl", ".lock"
@@ -145,41 +144,6 @@ class Snapshot:
         for path, data in originals.items():
             atomic_write(path, lambda f, d=data: f.write(d), path.name, "free disk space")  # type: ignore[misc]
         return target
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], what: str, remedy: str) -> None:
-    """Write ``path`` through ``write(file)`` via a temp file, fsync and ``os.replace``.
-
-    A failure is one line naming ``what`` was written and ending in ``remedy``; no temp file is left.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary files
-        os.replace(tmp, path)
-    except OSError as exc:
-        kept = "the previous one is kept" if path.exists() else "no earlier file exists"
-        raise WriteError(f"could not write {what} {path} ({exc.strerror or exc}); {kept}; {remedy}") from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def remove_stale_temporaries(directory: Path) -> None:
-    """Temp files left by a process killed mid-write (the files themselves are never partial)."""
-    for stale in Path(directory).glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    text = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    atomic_write(path, lambda f: f.write(text), Path(path).name, "free disk space or choose another hydra.run.dir")
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from metalearn_cli.checkpoint import save_torch
+from metalearn_cli.files import save_torch
 from metalearn_cli.data.images import ImageFormat, read_image
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import DataError, WriteError

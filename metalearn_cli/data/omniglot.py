@@ -35,7 +35,7 @@ from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.data.images import ImageFormat, read_image
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import ConfigError, DataError, WriteError
-from metalearn_cli.rundir import atomic_write
+from metalearn_cli.files import atomic_write
 
 IMAGE_SIZE = 28
 IMAGE_FORMAT = ImageFormat(channels=1, size=IMAGE_SIZE, resample="lanczos", invert=True)
