@@ -32,6 +32,12 @@ from metalearn_cli.strategies import Strategy
 
 Images = Union[torch.Tensor, Sequence[ImageSource]]
 log = logging.getLogger(__name__)
+FLAT = 2 / 255  # pixel standard deviation (in [0, 1]) below which an image is one flat value
+
+
+def opposite(mean: float, reference: float) -> bool:
+    """Mean brightness on the other side of mid-grey, and far (> 0.3) from ``reference``: inverted polarity."""
+    return (mean - 0.5) * (reference - 0.5) < 0 and abs(mean - reference) >= 0.3
 
 
 class TaskClassifier:
@@ -46,6 +52,11 @@ class TaskClassifier:
         query = k.as_pixels(query_images)
         if query.shape[0] == 0:
             return torch.zeros(0, self.n_classes)
+        k.check_images(query, "query")
+        if not k.warn_if_inverted(query, "query") and opposite(float(self.support.mean()), float(query.mean())):
+            log.warning("the query images look inverted against the support images (mean brightness %.2f against "
+                        "%.2f): give both the same polarity (e.g. dark strokes on white)", float(query.mean()),
+                        float(self.support.mean()))
         out = []
         # Queries go in chunks of the trained episode's query-set size: bounded memory, and the
         # MAML family's transductive batch norm sees query sets shaped like the ones it was trained on.
@@ -97,18 +108,28 @@ class MetaKnowledge:
         pixels = images.to(self.device)
         return pixels.float().div(255.0) if pixels.dtype == torch.uint8 else pixels.float()
 
-    def warn_if_inverted(self, pixels: torch.Tensor) -> bool:
+    def warn_if_inverted(self, pixels: torch.Tensor, what: str = "support") -> bool:
         """Warn (and return True) when images look inverted against the training data: mean brightness
         on the other side of mid-grey, far from the training images' (e.g. Omniglot saved white on black)."""
         if self.pixel_mean is None or pixels.numel() == 0:
             return False
         mean = float(pixels.float().mean())
-        if (mean - 0.5) * (self.pixel_mean - 0.5) >= 0 or abs(mean - self.pixel_mean) < 0.3:
+        if not opposite(mean, self.pixel_mean):
             return False
-        log.warning("these images look inverted against the training data (mean brightness %.2f after conversion, "
+        log.warning("the %s images look inverted against the training data (mean brightness %.2f after conversion, "
                     "training images %.2f): for Omniglot-trained models give dark strokes on white, as the original "
-                    "files are; predictions on inverted images are poor", mean, self.pixel_mean)
+                    "files are; predictions on inverted images are poor", what, mean, self.pixel_mean)
         return True
+
+    def check_images(self, pixels: torch.Tensor, what: str) -> int:
+        """Warn about images that are nearly one flat value after conversion (blank, or their content
+        was lost in conversion); returns how many."""
+        flat = int((pixels.flatten(1).float().std(dim=1, unbiased=False) < FLAT).sum()) if pixels.numel() else 0
+        if flat:
+            log.warning("%d of %d %s images are nearly one flat value after conversion: blank files, or content the "
+                        "conversion to %d-channel %dpx images lost; check them", flat, pixels.shape[0], what,
+                        self.image_format.channels, self.image_format.size)
+        return flat
 
     def adapt(self, support_images: Images, support_labels: Sequence[int] | torch.Tensor) -> TaskClassifier:
         """Adapt to a new task: ``support_labels[i]`` in 0..N-1 is the class of ``support_images[i]``;
@@ -120,7 +141,8 @@ class MetaKnowledge:
         n = int(labels.max()) + 1 if labels.numel() else 0
         if n < 2 or labels.min() < 0 or torch.bincount(labels, minlength=n).min() == 0:
             raise DataError("support labels must be 0..N-1 with N >= 2 and at least one image of every class")
-        self.warn_if_inverted(support)
+        self.check_images(support, "support")
+        self.warn_if_inverted(support, "support")
         if self.max_way is not None and n > self.max_way:
             raise ConfigError(f"this meta-network's classifier head has {self.max_way} outputs, so a task may have at "
                               f"most {self.max_way} classes; this one has {n}")

@@ -104,3 +104,28 @@ def test_images_that_look_inverted_get_a_warning(trained_run, caplog):
     with caplog.at_level("WARNING"):
         assert knowledge.warn_if_inverted(torch.full((4, 1, 28, 28), 0.9))
     assert "look inverted" in caplog.text
+
+
+def test_queries_are_checked_against_training_and_against_the_support(trained_run, caplog):
+    knowledge = load(trained_run, device="cpu")
+    knowledge.pixel_mean = 0.1  # the model saw dark images (white strokes on black)
+    dark = torch.rand(3, 1, 28, 28) * 0.2
+    bright = 1 - dark
+    with caplog.at_level("WARNING"):
+        knowledge.adapt(dark, [0, 1, 2])(dark)
+    assert "inverted" not in caplog.text
+    with caplog.at_level("WARNING"):
+        knowledge.adapt(dark, [0, 1, 2])(bright)  # support fine, queries inverted: warned
+    assert "the query images look inverted against the training data" in caplog.text
+    caplog.clear()
+    knowledge.pixel_mean = None  # an older checkpoint: no training brightness, the support is the reference
+    with caplog.at_level("WARNING"):
+        knowledge.adapt(dark, [0, 1, 2])(bright)
+    assert "the query images look inverted against the support images" in caplog.text
+
+
+def test_flat_images_are_named(trained_run, caplog):
+    knowledge = load(trained_run, device="cpu")
+    with caplog.at_level("WARNING"):
+        assert knowledge.check_images(torch.cat([torch.full((2, 1, 28, 28), 0.3), torch.rand(1, 1, 28, 28)]), "query") == 2
+    assert "2 of 3 query images are nearly one flat value" in caplog.text

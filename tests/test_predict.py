@@ -99,3 +99,19 @@ def test_the_readme_python_example_runs(trained_run, tmp_path, monkeypatch, caps
     exec(compile(block.group(1), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert re.search(r"tensor\(\[\[0\.\d+, 0\.\d+\]\]\)", out), out
+
+
+def test_blank_images_are_named_and_uniform_probabilities_are_flagged(trained_run, tmp_path, capfd):
+    """A task whose images carry nothing (e.g. what dropping a transparency used to leave) says so,
+    instead of scoring at chance in silence."""
+    from PIL import Image
+
+    for folder in ("support/a", "support/b", "query/a", "query/b"):
+        (tmp_path / "task" / folder).mkdir(parents=True)
+        Image.new("L", (28, 28), 0).save(tmp_path / "task" / folder / "0.png")
+    assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'pred'}", "device=cpu"]) == 0
+    shown = "".join(capfd.readouterr())  # Hydra's logging prints to the console, as a user sees it
+    assert "2 of 2 support images are nearly one flat value" in shown
+    assert "2 of 2 query images are nearly one flat value" in shown
+    assert "every query got near-uniform probabilities" in shown

@@ -56,13 +56,24 @@ class ImageFormat:
         from torchvision.transforms import InterpolationMode
 
         steps: list[Any] = [
-            transforms.Lambda(lambda img: ImageOps.exif_transpose(img).convert("L" if self.channels == 1 else "RGB")),
+            transforms.Lambda(lambda img: opaque(ImageOps.exif_transpose(img)).convert("L" if self.channels == 1 else "RGB")),
             transforms.Resize((self.size, self.size), interpolation=InterpolationMode(self.resample)),
             transforms.PILToTensor(),
         ]
         if self.invert:
             steps.append(transforms.Lambda(lambda t: 255 - t))
         return transforms.Compose(steps)
+
+
+def opaque(img: Image.Image) -> Image.Image:
+    """Transparent pixels composited onto white, the background of drawings (dark strokes on white,
+    as Omniglot's originals are). Drawing tools export strokes on a transparent background, often with
+    black colour under the transparency: dropping the alpha channel would turn the whole image into
+    one flat value. Modes RGBA, LA, PA, and P/L/RGB with a transparency key."""
+    if img.mode not in ("RGBA", "LA", "PA") and "transparency" not in img.info:
+        return img
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
 
 
 ImageSource = Union[str, os.PathLike, IO[bytes], Image.Image]

@@ -63,3 +63,46 @@ def test_class_folders_allow_different_counts_and_reject_empty_classes(tmp_path)
     (tmp_path / "c").mkdir()
     with pytest.raises(DataError, match="class folder .*c holds no images"):
         read_class_folders(tmp_path, ImageFormat(1, 4), "support")
+
+
+def _drawing(size: int = 24) -> np.ndarray:
+    """A dark cross on white, as a drawing tool would draw it."""
+    pixels = np.full((size, size), 255, dtype=np.uint8)
+    pixels[size // 2 - 1 : size // 2 + 2, 3:-3] = 0
+    pixels[3:-3, size // 2 - 1 : size // 2 + 2] = 0
+    return pixels
+
+
+def _transparent(mode: str, tmp_path) -> "Path":
+    """The drawing with its white background made transparent, saved as a real PNG in ``mode``; the
+    colour under the transparency is black, as many tools leave it."""
+    stroke = _drawing() == 0
+    alpha = np.where(stroke, 255, 0).astype(np.uint8)
+    black = np.zeros_like(alpha)
+    if mode == "RGBA":
+        img = Image.fromarray(np.stack([black, black, black, alpha], -1), "RGBA")
+    elif mode == "LA":
+        img = Image.fromarray(np.stack([black, alpha], -1), "LA")
+    elif mode == "P":  # palette: index 0 transparent white-ish, index 1 opaque black
+        img = Image.fromarray(stroke.astype(np.uint8), "P")
+        img.putpalette([0, 0, 0, 0, 0, 0] + [0] * 762)
+        img.info["transparency"] = 0
+    else:  # "L" with a transparency key: grey 0 under the background, strokes grey 1
+        img = Image.fromarray(np.where(stroke, 1, 0).astype(np.uint8), "L")
+        img.info["transparency"] = 0
+    path = tmp_path / f"{mode}.png"
+    img.save(path, transparency=img.info.get("transparency")) if "transparency" in img.info else img.save(path)
+    with Image.open(path) as check:
+        assert check.mode == mode and (mode in ("RGBA", "LA") or "transparency" in check.info)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L"])
+def test_transparent_drawings_convert_like_the_same_drawing_on_white(tmp_path, mode):
+    """Strokes on a transparent background are composited onto white before conversion: the pixels
+    equal the opaque drawing's, not one flat value (dropping alpha turned them all black)."""
+    fmt = image_format({"name": "omniglot"})
+    expected = read_image(Image.fromarray(_drawing(), "L"), fmt)
+    got = read_image(_transparent(mode, tmp_path), fmt)
+    assert got.float().std() > 50  # strokes and background
+    assert (got.int() - expected.int()).abs().max() <= 1, mode
