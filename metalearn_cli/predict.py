@@ -87,9 +87,6 @@ def predict(cfg: Any, run_dir: Path) -> float:
     classify = meta.adapt(torch.cat(stacks), labels)
     probs = classify(meta.read_images(paths))
     predicted = probs.argmax(-1).tolist()
-    if bool((probs.max(-1).values - probs.min(-1).values < 0.02).all()):
-        log.warning("every query got near-uniform probabilities (all within 0.02 of each other): the images carry "
-                    "nothing this meta-network can tell apart; check their format and polarity")
 
     rows = []
     for i, (name, pred) in enumerate(zip(shown, predicted)):
@@ -114,6 +111,9 @@ def predict(cfg: Any, run_dir: Path) -> float:
     write_json(run_dir / "predictions.json", summary)
     write_status(run_dir, "completed", queries=len(rows))
     print(_table(rows, class_names, cfg.show), flush=True)
+    if bool((probs.max(-1).values - probs.min(-1).values < 0.02).all()):
+        log.warning("every query got near-uniform probabilities (all within 0.02 of each other): this meta-network "
+                    "cannot tell these classes apart; check the images' format and polarity, or the checkpoint's training")
     if truth is not None:
         log.info("accuracy %.2f%% on %d labelled queries (%d-way, %s support images per class); %s", 100 * accuracy,
                  len(rows), len(class_names), "/".join(str(len(f)) for f in support_files), run_dir / "predictions.csv")
