@@ -163,7 +163,8 @@ class TrainingRun:
                               f"resume with trainer.iterations >= {self.step}")
         self.seconds_before = float(state.get("train_seconds", 0.0))
         self.window = MetricWindow.restore(state.get("window"))
-        log.info("resuming %s at meta-iteration %d (best val %.4f at %d)", path, self.step, self.best_val, self.best_step)
+        best = f"best val {self.best_val:.4f} at {self.best_step}" if self.best_step >= 0 else "not validated yet"
+        log.info("resuming %s at meta-iteration %d (%s)", path, self.step, best)
 
     # ------------------------------------------------------------------ checkpoints
     def snapshot(self) -> dict[str, Any]:
@@ -279,9 +280,12 @@ class TrainingRun:
                                f"test it with: metalearn train resume={self.run_dir}")
                 if self.main:
                     self.finish(train_seconds)
-        except Interrupted:
+        except (Interrupted, KeyboardInterrupt) as exc:
             if self.main:
                 write_status(self.run_dir, "interrupted", step=self.step, iterations=self.t.iterations)
+            if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, between two saves
+                resume = f"; continue with: metalearn train resume={self.run_dir}" if self.saved_step is not None else ""
+                raise Interrupted("SIGINT", f"SIGINT twice: stopped at once; {self.kept()}{resume}") from None
             raise
         return self.best_val
 

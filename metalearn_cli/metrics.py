@@ -60,6 +60,7 @@ class MetricWindow:
         self.steps = 0
         self.skipped = 0
         self.started = time.perf_counter()
+        self.untimed = 0  # steps of the window taken before a resume, outside this timer
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         for k, v in values.items():
@@ -73,7 +74,7 @@ class MetricWindow:
         flagged = int(self.sums.pop("skipped").item()) if "skipped" in self.sums else 0
         values: dict[str, Any] = {k: v.item() / max(self.counts[k] - flagged, 1) for k, v in self.sums.items()}
         values["skipped"] = self.skipped + flagged
-        values["tasks_per_s"] = self.steps * meta_batch / max(time.perf_counter() - self.started, 1e-9)
+        values["tasks_per_s"] = (self.steps - self.untimed) * meta_batch / max(time.perf_counter() - self.started, 1e-9)
         self.__init__()  # type: ignore[misc]
         return values
 
@@ -87,6 +88,7 @@ class MetricWindow:
         if state:
             window.sums, window.counts = dict(state["sums"]), dict(state["counts"])
             window.steps, window.skipped = int(state["steps"]), int(state["skipped"])
+            window.untimed = window.steps  # the timer restarts with the resume: tasks/s counts the steps after it
         return window
 
 

@@ -69,6 +69,22 @@ def canonical(path: Path | str) -> Path:
     return Path(path).resolve()
 
 
+def is_locked(run_dir: Path) -> bool:
+    """Whether a live process holds ``run_dir``'s lock (the OS releases a dead process's)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def is_run(path: Path) -> bool:
     """Whether ``path`` holds a run (its status, results or checkpoints)."""
     path = Path(path)
@@ -205,11 +221,14 @@ def read_run(run: Path) -> dict[str, Any]:
             if isinstance(record, dict) and isinstance(record.get("step"), int):
                 metrics.append(record)
     results, status = _json(run / RESULTS), _json(run / STATUS)
+    state = status.get("status", "completed" if results else "unknown")
+    if state == "running" and not is_locked(run):
+        state = "interrupted"  # killed (kill -9, power loss): no live process holds its lock
     return {
         "config": _yaml(run / ".hydra" / "config.yaml", {}),
         "overrides": [o for o in _yaml(run / ".hydra" / "overrides.yaml", []) if isinstance(o, str)],
         "results": results,
-        "status": status.get("status", "completed" if results else "unknown"),
+        "status": state,
         "metrics": metrics,
     }
 

@@ -222,6 +222,9 @@ def test_a_second_ctrl_c_exits_at_once_without_corrupting_anything(tmp_path):
     assert "Traceback" not in err
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] >= 3  # whatever was on disk is whole
     assert not list((run / "checkpoints").glob("*.tmp"))
+    # The run says what it is, and how to go on: never "running" forever, the resume command printed.
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    assert f"metalearn train resume={run}" in err  # the orderly stop, or the at-once one: both say how to go on
 
 
 # ----------------------------------------------------------------------------- resume as printed
@@ -281,3 +284,32 @@ def test_a_completed_run_is_extended_only_with_more_iterations(tmp_path, capsys)
     assert main(["train", "trainer.iterations=20", f"resume={run}"]) == 0
     assert json.loads((run / "results.json").read_text())["iterations"] == 20
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["trainer"]["iterations"] == 20
+
+
+def test_a_second_ctrl_c_inside_a_step_marks_the_run_and_prints_the_resume_command(tmp_path, monkeypatch, capsys):
+    """The at-once stop (KeyboardInterrupt from the second request) is an interruption with a
+    resume command, not a bare 'interrupted' and a status left at running."""
+    real = loop.TrainingRun.meta_iteration
+
+    def meta_iteration(self, nan_policy):
+        real(self, nan_policy)
+        if self.step == 5:
+            raise KeyboardInterrupt  # what the handler raises on a second request
+
+    monkeypatch.setattr(loop.TrainingRun, "meta_iteration", meta_iteration)
+    run = tmp_path / "run"
+    assert main(["train", *STARTED, "trainer.checkpoint_every=2", f"hydra.run.dir={run}"]) == 130
+    err = capsys.readouterr().err
+    assert "SIGINT twice: stopped at once" in err and f"metalearn train resume={run}" in err and "(meta-iteration 4) is kept" in err
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+
+
+def test_the_throughput_window_restarts_with_its_timer():
+    from metalearn_cli.metrics import MetricWindow
+
+    window = MetricWindow()
+    window.steps = 40  # steps taken before a kill, an hour ago
+    resumed = MetricWindow.restore(window.state())
+    resumed.started -= 1.0  # one second after the resume...
+    resumed.steps += 10  # ...ten more steps
+    assert resumed.flush(meta_batch=2)["tasks_per_s"] == pytest.approx(20, rel=0.05)
