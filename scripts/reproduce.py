@@ -69,6 +69,8 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     for method in args.methods:
         groups: dict[tuple[str, ...], list[str]] = {}
         for preset in [p.format(m=method) for p in TABLES[args.table]] + EXTRA.get(args.table, {}).get(method, []):
+            if args.cells and not any(preset == c or f"_{c}" in preset for c in args.cells):
+                continue
             over = tuple(quick_overrides(method, preset) if args.budget == "quick" else [])
             groups.setdefault(over, []).append(preset)
         # Hydra composes a sweep's shared config before applying swept values, so overrides of
@@ -144,9 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/reproduce/<table>-<budget>-<time>")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and stop")
     parser.add_argument("--tabulate-only", action="store_true", help="rebuild the table from an existing --out")
-    parser.add_argument("extra", nargs="*", help="more Hydra overrides for every run (e.g. trainer.threads=2)")
+    parser.add_argument("--cells", default=None,
+                        help="run only these cells: comma-separated presets or settings, e.g. 5w1s,lake20w1s or "
+                             "protonet_omniglot_20w5s (default: every cell)")
+    parser.add_argument("extra", nargs="*", help="more Hydra overrides for every run (e.g. threads=2)")
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
+    args.cells = [c for c in (args.cells or "").split(",") if c]
+    known = [p.format(m=m) for m in METHODS for p in TABLES[args.table]] + [p for v in EXTRA.get(args.table, {}).values() for p in v]
+    missing = [c for c in args.cells if not any(p == c or f"_{c}" in p for p in known)]
+    if missing:
+        parser.error(f"no cell of the {args.table} table matches {missing[0]}; give a preset (e.g. {known[0]}) or a "
+                     f"setting (e.g. {known[0].rsplit('_', 1)[-1]})")
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method {unknown[0]}; choose from {', '.join(METHODS)}")

@@ -51,3 +51,20 @@ def test_dry_run_commands_paste_into_a_shell_as_they_are(tmp_path):
     words = shlex.split(line[2:])  # what a shell would pass on
     assert words[:3] == ["metalearn", "train", "-m"]
     assert "hydra.sweep.subdir=${hydra.job.num}_${hydra:runtime.choices.experiment}" in words
+
+
+def test_cells_choose_what_runs_and_the_help_example_is_a_real_key(tmp_path):
+    import re
+
+    from conftest import compose_config
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--table", "omniglot", "--dry-run",
+                           "--methods", "protonet,maml", "--cells", "5w1s,lake20w1s", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    runs = sorted(re.search(r"experiment=(\S+)", ln).group(1) for ln in proc.stdout.splitlines() if ln.startswith("$ "))
+    assert runs == ["maml_omniglot_5w1s", "protonet_omniglot_5w1s,protonet_omniglot_lake20w1s"]
+    helped = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--help"], capture_output=True,
+                            text=True, timeout=60).stdout
+    example = re.search(r"\(e\.g\. (\S+=\S+)\)", helped).group(1)
+    compose_config("train", [example])  # pasted as shown, it composes
