@@ -188,6 +188,27 @@ def resolve_precision(precision: Any, device: torch.device, strategy: Strategy) 
     return name
 
 
+def precision_reason(precision: Any, device: torch.device, strategy: Strategy) -> str:
+    """Why a run computes in the precision it does, in words for its start-up line."""
+    chosen = resolve_precision(precision, device, strategy)
+    if _name(precision) != "auto":
+        return f"{chosen} (trainer.precision={chosen})"
+    if strategy.second_order:
+        return "fp32 (auto: second-order meta-gradients stay in fp32)"
+    if chosen == "bf16":
+        return "bf16 (auto: native bf16 on this device)"
+    where = "this GPU" if device.type == "cuda" else f"this CPU ({torch.backends.cpu.get_cpu_capability()} kernels)"
+    return f"fp32 (auto: no native bf16 on {where}; timings in the docs assume bf16 CPUs, about 1.6x faster)"
+
+
+def startup_line(what: str, device: torch.device, precision: Any, strategy: Strategy, run_dir: Any) -> str:
+    """The first line of a run: where it computes, in what precision and why, with how many threads."""
+    threads = f"{torch.get_num_threads()} CPU threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.backends.cpu.get_cpu_capability()} kernels"
+    return (f"{what} on {device} ({name}), {precision_reason(precision, device, strategy)}, {threads}; "
+            f"run dir {run_dir}")
+
+
 def resolve_bn_mode(bn_mode: Any, strategy: Strategy) -> str:
     """``auto`` -> the strategy's own protocol; a mode the strategy cannot honour is a config error."""
     name = _name(bn_mode)

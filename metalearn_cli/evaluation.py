@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from metalearn_cli.assemble import check_seed, load_strategy, resolve_bn_mode, resolve_precision, setup_device, validate_eval
+from metalearn_cli.assemble import check_seed, load_strategy, resolve_bn_mode, resolve_precision, setup_device, startup_line, validate_eval
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, resident, split_seed
@@ -140,6 +140,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     device = setup_device(cfg)
     knowledge = read_meta_knowledge(cfg.checkpoint)
     strategy, train_cfg = load_strategy(knowledge, device)
+    log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"]))
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -25,7 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from metalearn_cli.assemble import (
     build_strategy, check_memory, first_non_finite, freeze_encoder, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
-    select_kernels, setup_device, validate,
+    select_kernels, setup_device, startup_line, validate,
 )
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
 from metalearn_cli.data import DATASETS
@@ -38,6 +36,7 @@ from metalearn_cli.pretrain import Pretraining, pretrained_checkpoint
 from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step
 from metalearn_cli.files import remove_stale_temporaries
 from metalearn_cli.resume import check_same_run, resume_checkpoint
+from metalearn_cli.signals import stop_requests
 from metalearn_cli.rundir import CHECKPOINTS, RESULTS, exclusive, refuse_held, write_results, write_status
 from metalearn_cli.strategies import StepOutput, Strategy, query_accuracy
 
@@ -54,32 +53,6 @@ def train_step(strategy: Strategy, batch: EpisodeBatch, optimizer: torch.optim.O
     if result.nonfinite is None:
         strategy.step_done()
     return out, result
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[dict[str, Any]]:
-    """SIGINT/SIGTERM set a flag checked between meta-iterations, so a checkpoint can be saved. Once
-    ``flag["now"]`` holds a message (the final test: nothing left to save), a request raises
-    :class:`Interrupted` at once with it."""
-    flag: dict[str, Any] = {"signal": None, "now": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if flag["now"] is not None:
-            raise Interrupted(name, f"{name} {flag['now']}")
-        if flag["signal"] is not None:  # a second request: stop now
-            raise KeyboardInterrupt
-        flag["signal"] = name
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 class TrainingRun:
@@ -230,6 +203,11 @@ class TrainingRun:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         if metrics is not None:
             metrics.log(self.step, "train", values)
+            if first == self.step_at_start + 1 and self.step < self.t.iterations and values["tasks_per_s"] > 0:
+                left = (self.t.iterations - self.step) * self.t.meta_batch / values["tasks_per_s"]
+                log.info("%.1f tasks/s: about %s for the remaining %d meta-iterations, validation not included",
+                         values["tasks_per_s"], f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min",
+                         self.t.iterations - self.step)
         bar.set_postfix({k: f"{values[k]:.3f}" for k in ("loss", "accuracy") if k in values}
                         | {"tasks/s": f"{values['tasks_per_s']:.1f}"})
 
@@ -253,8 +231,9 @@ class TrainingRun:
             return self._run()
 
     def _run(self) -> float:
-        self.session_start = time.perf_counter()
+        self.session_start, self.step_at_start = time.perf_counter(), self.step
         if self.main:
+            log.info(startup_line("meta-training", self.device, self.t.precision, self.strategy, self.run_dir))
             remove_stale_temporaries(self.ckpt_dir)
             write_status(self.run_dir, "running", step=self.step, iterations=self.t.iterations)
         metrics = MetricsLog(self.run_dir, resume_step=self.step if self.resume is not None else None) if self.main else None

@@ -1,0 +1,41 @@
+"""Stop requests: SIGINT and SIGTERM become a flag a run checks between steps, so it can save first.
+
+A first request asks the run to stop at its next step (it saves ``last.pt`` and says how to resume);
+a second one stops at once; once nothing is left to save (the final test), a request stops at once
+with the message the run left in ``flag["now"]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any, Iterator
+
+from metalearn_cli.errors import Interrupted
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict[str, Any]]:
+    """SIGINT/SIGTERM set a flag checked between meta-iterations, so a checkpoint can be saved. Once
+    ``flag["now"]`` holds a message (the final test: nothing left to save), a request raises
+    :class:`Interrupted` at once with it."""
+    flag: dict[str, Any] = {"signal": None, "now": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if flag["now"] is not None:
+            raise Interrupted(name, f"{name} {flag['now']}")
+        if flag["signal"] is not None:  # a second request: stop now
+            raise KeyboardInterrupt
+        flag["signal"] = name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
