@@ -210,6 +210,11 @@ class TrainingRun:
                          self.t.iterations - self.step)
         bar.set_postfix({k: f"{values[k]:.3f}" for k in ("loss", "accuracy") if k in values}
                         | {"tasks/s": f"{values['tasks_per_s']:.1f}"})
+        tenth = max(self.t.iterations // 10, 1)
+        if bar.disable and self.t.progress and self.main and self.step // tenth > (first - 1) // tenth:
+            # Off a terminal (a log file, a job), progress is a line about every tenth of the run.
+            log.info("meta-train %d/%d: loss %.3f, accuracy %.3f, %.1f tasks/s", self.step, self.t.iterations,
+                     values.get("loss", float("nan")), values.get("accuracy", float("nan")), values["tasks_per_s"])
 
     def validate_now(self, metrics: MetricsLog) -> None:
         self.check_finite()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
+from tqdm import tqdm
 
 from metalearn_cli.assemble import build_strategy, first_non_finite
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
@@ -98,7 +100,7 @@ class Pretraining:
         self.generator = torch.Generator().manual_seed(split_seed(cfg.seed, "pretrain"))
         self.val_sampler = EpisodeSampler(resident(data.val, device), cfg.episode.way, cfg.episode.shot, cfg.episode.query,
                                           split_seed(cfg.seed, "val"), device)
-        self.seed, self.eval_cfg = cfg.seed, cfg.eval
+        self.seed, self.eval_cfg, self.progress = cfg.seed, cfg.eval, cfg.trainer.progress
         self.step, self.best_val, self.best_step = 0, -1.0, -1
         self.pixel_mean = float(data.train.images.float().mean() / 255)
 
@@ -138,10 +140,13 @@ class Pretraining:
         self.step += 1
         return loss.detach(), (logits.argmax(-1) == labels).float().mean()
 
-    def validate(self, metrics: MetricsLog) -> None:
+    def check_finite(self) -> None:
         bad = first_non_finite(self.strategy.state_dict())
         if bad is not None:
             raise Diverged(f"pre-training: non-finite values in {bad} at step {self.step}; lower pretrain.lr")
+
+    def validate(self, metrics: MetricsLog) -> None:
+        self.check_finite()
         val = summarize(evaluate_tasks(self.strategy, self.val_sampler, self.p.val_episodes, self.eval_cfg.batch_tasks, "running"))
         self.strategy.train()
         metrics.log(self.step, "val", val)
@@ -149,6 +154,10 @@ class Pretraining:
         if val["accuracy"] > self.best_val:
             self.best_val, self.best_step = val["accuracy"], self.step
             save_checkpoint(self.dir / CHECKPOINTS / "best.pt", self.snapshot())
+        self.save_last()
+
+    def save_last(self) -> None:
+        self.check_finite()
         save_checkpoint(self.dir / CHECKPOINTS / "last.pt", self.snapshot())
         write_status(self.dir, "running", step=self.step, iterations=self.p.iterations)
 
@@ -163,10 +172,13 @@ class Pretraining:
         self.dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(self.dir, resume_step=self.step if self.step else None)
         start, window = time.perf_counter(), []
+        bar = tqdm(total=self.p.iterations, initial=self.step, unit="it", dynamic_ncols=True, desc="pre-train",
+                   disable=not (self.progress and sys.stderr.isatty()))
         try:
             self.strategy.train()
             while self.step < self.p.iterations:
                 window.append(self.train_step())
+                bar.update(1)
                 last = self.step == self.p.iterations
                 if self.step % 50 == 0 or last:
                     loss, acc = (torch.stack(v).mean().item() for v in zip(*window))
@@ -174,14 +186,16 @@ class Pretraining:
                     if not math.isfinite(loss):
                         raise Diverged(f"pre-training: non-finite loss at step {self.step}; lower pretrain.lr")
                     metrics.log(self.step, "pretrain", {"loss": loss, "accuracy": acc, "lr": self.optimizer.param_groups[0]["lr"]})
-                if self.step % self.p.val_every == 0 or last or stop.get("signal"):
+                if self.step % self.p.val_every == 0 or last:
                     self.validate(metrics)
-                if stop.get("signal") and not last:
+                if stop.get("signal") and not last:  # obeyed within one step: saved, not validated
+                    self.save_last()
                     write_status(self.dir, "interrupted", step=self.step, iterations=self.p.iterations)
                     raise Interrupted(stop["signal"], f"{stop['signal']} during pre-training at step {self.step}/"
                                       f"{self.p.iterations}; saved {self.dir / CHECKPOINTS / 'last.pt'}; continue with: "
                                       f"metalearn train resume={self.dir.parent}")
         finally:
+            bar.close()
             metrics.close()
         self.finish(time.perf_counter() - start)
         return best

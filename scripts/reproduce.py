@@ -81,7 +81,7 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         for i, (over, presets) in enumerate(sweeps):
             sweep_dir = args.out / "runs" / f"{method}-{i}"
             cmd = [sys.executable, "-m", "metalearn_cli", "train", "-m", f"experiment={','.join(presets)}", *over,
-                   f"device={args.device}", f"seed={args.seed}", "trainer.progress=false", f"hydra.sweep.dir={sweep_dir}",
+                   f"device={args.device}", f"seed={args.seed}", f"hydra.sweep.dir={sweep_dir}",
                    "hydra.sweep.subdir=${hydra.job.num}_${hydra:runtime.choices.experiment}"]
             if args.root:
                 cmd.append(f"dataset.root={args.root}")

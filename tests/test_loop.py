@@ -131,3 +131,11 @@ def test_channels_last_defaults_to_nhwc_on_cpus_and_nchw_on_cuda():
     assert resolve_channels_last(None, torch.device("cuda")) is False
     assert resolve_channels_last(True, torch.device("cuda")) is True
     assert resolve_channels_last(False, torch.device("cpu")) is False
+
+
+def test_off_a_terminal_progress_is_a_log_line_about_every_tenth_of_the_run(compose_train, run_dir, caplog):
+    with caplog.at_level("INFO", logger="metalearn_cli.loop"):
+        loop.train(compose_train("trainer.progress=true", "trainer.iterations=20", "trainer.log_every=1",
+                                 "trainer.val_every=20", "trainer.checkpoint_every=20"), run_dir)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("meta-train ")]
+    assert [line.split(":")[0] for line in lines] == [f"meta-train {s}/20" for s in range(2, 21, 2)]

@@ -100,6 +100,9 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(compose_train, tmp_pat
     with pytest.raises(Interrupted, match="during pre-training at step 2/6.*resume="):
         stage.run(stop)
     assert json.loads((cut / "pretrain/status.json").read_text())["status"] == "interrupted"
+    records = [json.loads(line) for line in (cut / "pretrain/metrics.jsonl").read_text().splitlines()]
+    assert not any(r["split"] == "val" and r["step"] == 2 for r in records)  # obeyed at once: no validation first
+    assert load_checkpoint(cut / "pretrain/checkpoints/last.pt")["step"] == 2
     Pretraining(cfg, cut, data, torch.device("cpu")).run({"signal": None})
     a = load_checkpoint(whole / "pretrain/checkpoints/last.pt")
     b = load_checkpoint(cut / "pretrain/checkpoints/last.pt")
