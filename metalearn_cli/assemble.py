@@ -26,6 +26,7 @@ from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.episodes import TaskShapes
 from metalearn_cli.host import available_memory, keep_freed_memory, native_bf16
 from metalearn_cli.model import build_meta_model
+from metalearn_cli.optim import check_optimizer
 from metalearn_cli.schema import TrainConfig
 from metalearn_cli.strategies import STRATEGIES, Strategy
 
@@ -86,8 +87,13 @@ def validate_pretrain(cfg: Any) -> None:
     p = cfg.pretrain
     if p.iterations < 0 or p.batch_size < 1 or p.val_every < 1 or p.val_episodes < 1:
         raise ConfigError("pretrain.iterations must be >= 0, and pretrain.batch_size, val_every, val_episodes >= 1")
-    if p.lr <= 0 or p.weight_decay < 0 or not 0 <= p.label_smoothing < 1:
-        raise ConfigError("pretrain.lr must be > 0, pretrain.weight_decay >= 0 and 0 <= pretrain.label_smoothing < 1")
+    if not 0 <= p.label_smoothing < 1:
+        raise ConfigError("pretrain.label_smoothing must be in [0, 1)")
+    if p.iterations > 0:  # the node's types and ranges, as the optimizer group's are checked
+        try:
+            check_optimizer(p.optimizer)
+        except ConfigError as exc:
+            raise ConfigError(f"pretrain.optimizer: {exc}") from None
     if p.iterations and cfg.trainer.init_from:
         raise ConfigError("pretrain.iterations > 0 and trainer.init_from both set the starting weights; choose one")
 

@@ -16,7 +16,8 @@ from torch import nn
 def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip``;
     ``episode.protocol``, ``pretrain``, ``trainer.freeze_encoder`` and the transformer's ``stem`` (files
-    before it hold the patch stem) were added on 2026-11-27."""
+    before it hold the patch stem) were added on 2026-11-27; ``pretrain.lr`` and ``weight_decay`` moved
+    into ``pretrain.optimizer`` and ``dataset.augment`` was added on 2026-12-01."""
     from metalearn_cli.schema import PretrainConfig
 
     config = copy.deepcopy(config)
@@ -29,6 +30,17 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     encoder = config.get("encoder")
     if isinstance(encoder, dict) and encoder.get("name") == "transformer":  # the conv stem became the default on 2026-11-27
         encoder.setdefault("stem", "patch")
+    pretrain = config.get("pretrain")
+    if isinstance(pretrain, dict) and "optimizer" not in pretrain:  # an optimizer node since 2026-12-01
+        node = copy.deepcopy(PretrainConfig().optimizer)
+        node.update({k: pretrain.pop(k) for k in ("lr", "weight_decay") if k in pretrain})
+        pretrain["optimizer"] = node
+    dataset = config.get("dataset")
+    if isinstance(dataset, dict) and "augment" not in dataset and "name" in dataset:  # dataset.augment since 2026-12-01
+        from metalearn_cli.data import DATASETS
+
+        if dataset["name"] in DATASETS.names():
+            dataset["augment"] = getattr(DATASETS.get(dataset["name"]).params(), "augment").value
     strategy, optimizer = config.get("strategy"), config.get("optimizer")
     if isinstance(strategy, dict) and "clip" in strategy:
         clip = strategy.pop("clip")

@@ -12,7 +12,7 @@ import contextlib
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import ContextManager, Iterable, Optional
+from typing import Any, ContextManager, Iterable, Optional
 
 import torch
 
@@ -123,6 +123,14 @@ def build_schedule(params: ScheduleParams, optimizer: torch.optim.Optimizer, tot
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_optimizer(cfg: Any) -> Any:
+    """An optimizer node's types and ranges, schedule and clipping included, checked by building it on
+    a probe parameter (before the run builds anything); returns its typed parameters."""
+    params = OPTIMIZERS.params_of(cfg)
+    build_schedule(params.schedule, OPTIMIZERS.build(cfg, parameters=[torch.nn.Parameter(torch.zeros(1))]), 1)
+    return params
 
 
 # ----------------------------------------------------------------------------- the meta-step

@@ -29,19 +29,18 @@ from tqdm import tqdm
 
 from metalearn_cli.assemble import build_strategy, first_non_finite
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
-from metalearn_cli.data import FewShotData
+from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, resident, split_seed
 from metalearn_cli.errors import Diverged, Interrupted
 from metalearn_cli.evaluation import evaluate_tasks, score_checkpoint, summarize
 from metalearn_cli.metrics import MetricsLog
+from metalearn_cli.optim import OPTIMIZERS, build_schedule, meta_step
 from metalearn_cli.rundir import CHECKPOINTS, RESULTS, write_results, write_status
 from metalearn_cli.strategies import STRATEGIES, Strategy
 
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"  # the stage's sub-directory of a run
-DEFAULT_AUGMENT = {"omniglot": "crop", "mini_imagenet": "crop_flip_jitter", "cifar_fs": "crop_flip_jitter",
-                   "folder": "crop_flip", "synthetic": "none"}
 
 
 def stage_dir(run_dir: Path) -> Path:
@@ -53,10 +52,11 @@ def pretrained_checkpoint(cfg: Any, run_dir: Path) -> Optional[Path]:
     return stage_dir(run_dir) / CHECKPOINTS / "best.pt" if cfg.pretrain.iterations > 0 else None
 
 
-def augmentation(name: str, dataset: str, image_shape: tuple[int, int, int]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """Per-image random transforms (torchvision.transforms.v2) for a batch ``[B, C, H, W]`` in [0, 1]."""
+def augmentation(name: Any, dataset: Any, image_shape: tuple[int, int, int]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """Per-image random transforms (torchvision.transforms.v2) for a batch ``[B, C, H, W]`` in [0, 1];
+    ``auto`` is the data set's own choice (``dataset.augment``, a field of every data set's parameters)."""
     name = getattr(name, "value", name)
-    name = DEFAULT_AUGMENT.get(dataset, "crop_flip") if name == "auto" else name
+    name = getattr(DATASETS.params_of(dataset).augment, "value", "none") if name == "auto" else name
     if name == "none":
         return None
     from torchvision.transforms import v2
@@ -92,11 +92,14 @@ class Pretraining:
         self.images = resident(data.train, device).images  # [classes, per class, C, H, W] uint8
         classes, per_class = self.images.shape[:2]
         self.head = nn.Linear(self.strategy.model.encoder.out_dim, classes).to(device)
-        params = [*self.strategy.parameters(), *self.head.parameters()]
-        self.optimizer = torch.optim.SGD(params, lr=self.p.lr, momentum=0.9, nesterov=True, weight_decay=self.p.weight_decay)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, self.p.iterations) / self.p.iterations)))
-        self.augment = augmentation(self.p.augment, cfg.dataset.name, data.image_shape)
+        self.parameters = [p for p in [*self.strategy.parameters(), *self.head.parameters()] if p.requires_grad]
+        # The optimizer group's registry, schedule and clipping, and the update through meta_step: one
+        # definition of each for both stages.
+        optimizer = OPTIMIZERS.params_of(self.p.optimizer)
+        self.optimizer = OPTIMIZERS.build(self.p.optimizer, parameters=self.parameters)
+        self.schedule = build_schedule(optimizer.schedule, self.optimizer, self.p.iterations)
+        self.clip, self.nan_policy = optimizer.clip, getattr(cfg.trainer.nan_policy, "value", str(cfg.trainer.nan_policy))
+        self.augment = augmentation(self.p.augment, cfg.dataset, data.image_shape)
         self.generator = torch.Generator().manual_seed(split_seed(cfg.seed, "pretrain"))
         self.val_sampler = EpisodeSampler(resident(data.val, device), cfg.episode.way, cfg.episode.shot, cfg.episode.query,
                                           split_seed(cfg.seed, "val"), device)
@@ -129,15 +132,19 @@ class Pretraining:
         images = self.images.flatten(0, 1)[index].to(self.device).float().div_(255.0)
         return (self.augment(images) if self.augment else images), labels
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """One supervised step; None when ``trainer.nan_policy=skip`` dropped a non-finite one."""
         images, labels = self.batch()
         logits = self.head(self.strategy.model.embed(images))
         loss = F.cross_entropy(logits, labels, label_smoothing=self.p.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        result = meta_step(loss, self.parameters, self.optimizer, self.clip)
         self.schedule.step()
         self.step += 1
+        if result.nonfinite is not None:  # checked on the host; fused CUDA kernels skip on the device (NaN in the window)
+            if self.nan_policy == "stop":
+                raise Diverged(f"pre-training: non-finite {result.nonfinite} at step {self.step}; "
+                               "lower pretrain.optimizer.lr, set pretrain.optimizer.clip.norm, or pass trainer.nan_policy=skip")
+            return None
         return loss.detach(), (logits.argmax(-1) == labels).float().mean()
 
     def check_finite(self) -> None:
@@ -177,10 +184,12 @@ class Pretraining:
         try:
             self.strategy.train()
             while self.step < self.p.iterations:
-                window.append(self.train_step())
+                done = self.train_step()
+                if done is not None:
+                    window.append(done)
                 bar.update(1)
                 last = self.step == self.p.iterations
-                if self.step % 50 == 0 or last:
+                if (self.step % 50 == 0 or last) and window:
                     loss, acc = (torch.stack(v).mean().item() for v in zip(*window))
                     window.clear()
                     if not math.isfinite(loss):

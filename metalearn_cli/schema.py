@@ -71,7 +71,7 @@ class TrainerConfig:
 
 
 class Augment(enum.Enum):
-    auto = "auto"  # the data set's default: crop for Omniglot, crop_flip_jitter for mini-ImageNet and CIFAR-FS
+    auto = "auto"  # the data set's own (dataset.augment): crop for Omniglot, crop_flip_jitter for mini-ImageNet and CIFAR-FS
     none = "none"
     crop = "crop"  # random crops of the image size from a 10%-padded copy
     crop_flip = "crop_flip"  # + horizontal flips
@@ -83,12 +83,16 @@ class PretrainConfig:
     """Supervised pre-training of the encoder before meta-training (Tian et al. 2020; Chen et al. 2021):
     plain classification over every training class, best checkpoint by episodic validation."""
 
-    iterations: int = 0  # SGD steps; 0 = no pre-training stage
+    iterations: int = 0  # optimizer steps; 0 = no pre-training stage
     batch_size: int = 128  # images per step, drawn from all training classes
-    lr: float = 0.05  # SGD with Nesterov momentum 0.9, cosine decay (RFS's settings)
-    weight_decay: float = 5e-4
+    # An optimizer-group node (configs/optimizer/), its update through optim.meta_step like meta-training's:
+    # SGD + Nesterov momentum 0.9, lr 0.05, weight decay 5e-4, cosine decay to 0, no clipping (RFS's settings).
+    optimizer: Any = field(default_factory=lambda: {
+        "name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+        "schedule": {"kind": "cosine", "warmup": 0, "min_lr_ratio": 0.0, "step_size": 2000, "gamma": 0.5},
+        "clip": {"norm": None, "value": None}})
     label_smoothing: float = 0.0
-    augment: Augment = Augment.auto  # per-image torchvision.transforms.v2
+    augment: Augment = Augment.auto  # per-image torchvision.transforms.v2; auto = the data set's own (dataset.augment)
     val_every: int = 500  # steps between episodic validations (nearest-centroid accuracy on the fixed val tasks)
     val_episodes: int = 300
 

@@ -131,12 +131,21 @@ def test_resume_true_continues_a_run_interrupted_during_pretraining(compose_trai
 
 
 def test_augmentation_draws_per_image():
-    augment = augmentation("auto", "omniglot", (1, 28, 28))
+    augment = augmentation("auto", {"name": "omniglot"}, (1, 28, 28))
     image = torch.zeros(1, 28, 28)
     image[:, 10:18, 10:18] = 1
     out = augment(image.expand(16, -1, -1, -1))
     assert out.shape == (16, 1, 28, 28) and len({tuple(o.flatten().nonzero()[:1].tolist()[0]) for o in out}) > 1
-    assert augmentation("auto", "synthetic", (1, 16, 16)) is None
+    assert augmentation("auto", {"name": "synthetic"}, (1, 16, 16)) is None
+    assert augmentation("auto", {"name": "synthetic", "augment": "crop"}, (1, 16, 16)) is not None  # the data set's choice
+
+
+def test_every_data_set_names_its_own_augmentation():
+    """A new data set cannot silently get none: ``augment`` is a field of every data set's parameters."""
+    from metalearn_cli.data import DATASETS
+
+    for name in DATASETS.names():
+        assert DATASETS.get(name).params().augment.value in ("none", "crop", "crop_flip", "crop_flip_jitter"), name
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -144,7 +153,11 @@ def test_augmentation_draws_per_image():
     (["trainer.freeze_encoder=true"], "would keep a random encoder"),
     ([*PRE, "trainer.init_from=somewhere"], "choose one"),
     ([*PRE, "pretrain.batch_size=0"], "pretrain.batch_size"),
-    ([*PRE, "pretrain.lr=0"], "pretrain.lr must be > 0"),
+    ([*PRE, "pretrain.optimizer.lr=0"], "pretrain.optimizer: optimizer=sgd needs lr > 0"),
+    ([*PRE, "pretrain.optimizer.momentum=abc"], "pretrain.optimizer: invalid optimizer 'sgd' config"),
+    ([*PRE, "pretrain.optimizer.schedule.kind=linear"], "pretrain.optimizer"),
+    ([*PRE, "pretrain.optimizer.clip.norm=0"], "pretrain.optimizer: optimizer.clip.norm=0"),
+    ([*PRE, "pretrain.optimizer.name=lamb"], "unknown optimizer 'lamb'"),
     ([*PRE, "trainer.freeze_encoder=true"], "leaves nothing to meta-train in decoder=prototype"),
     ([*PRE, "trainer.freeze_encoder=true", "strategy=maml"], "would adapt the frozen encoder"),
 ])

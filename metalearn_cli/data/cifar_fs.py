@@ -20,6 +20,7 @@ from metalearn_cli.data.class_cache import split_of
 from metalearn_cli.data.images import ImageFormat
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import DataError
+from metalearn_cli.schema import Augment
 
 ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "cifar_fs"
 
@@ -30,6 +31,7 @@ class CifarFSParams:
     root: Optional[str] = None  # the folder holding torchvision's cifar-100-python/
     download: bool = False  # fetch CIFAR-100 into root with torchvision (needs a network)
     image_size: int = 32  # the protocol's 32 x 32
+    augment: Augment = Augment.crop_flip_jitter  # supervised pre-training (RFS's recipe)
 
     def image_format(self) -> ImageFormat:
         return ImageFormat(3, self.image_size, "bilinear")

@@ -17,6 +17,7 @@ from metalearn_cli.data import DATASETS, SPLITS, FewShotData
 from metalearn_cli.data.class_cache import CACHE_DIR, load_classes, split_of
 from metalearn_cli.data.images import ImageFormat, class_folders, image_files
 from metalearn_cli.errors import ConfigError, DataError
+from metalearn_cli.schema import Augment
 
 
 @dataclass
@@ -31,6 +32,7 @@ class FolderParams:
     split_seed: int = 0  # fixes the ratio split (not the run seed: the split must not move between runs)
     images_per_class: Optional[int] = None  # null = the smallest class's count
     cache: bool = True  # keep the converted tensor in root/.metalearn-cache/
+    augment: Augment = Augment.crop_flip  # supervised pre-training; crop_flip_jitter for colour photos, crop for symbols
 
     def image_format(self) -> ImageFormat:
         return ImageFormat(self.channels, self.image_size, self.resample)

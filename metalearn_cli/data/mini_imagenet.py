@@ -19,6 +19,7 @@ from metalearn_cli.data import DATASETS, SPLITS, FewShotData
 from metalearn_cli.data.class_cache import CACHE_DIR, load_classes, split_of
 from metalearn_cli.data.images import IMAGE_SUFFIXES, ImageFormat, image_files
 from metalearn_cli.errors import DataError
+from metalearn_cli.schema import Augment
 
 ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "mini_imagenet"
 
@@ -30,6 +31,7 @@ class MiniImageNetParams:
     image_size: int = 84  # the protocol's 84 x 84; change only knowingly
     images_per_class: Optional[int] = 600  # null = the smallest class's count
     cache: bool = True  # keep the converted tensor (1.3 GB at 84 x 84) in root/.metalearn-cache/
+    augment: Augment = Augment.crop_flip_jitter  # supervised pre-training (RFS's recipe)
 
     def image_format(self) -> ImageFormat:
         return ImageFormat(3, self.image_size, "bilinear")

@@ -36,6 +36,7 @@ from metalearn_cli.data.images import ImageFormat, read_image
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import ConfigError, DataError, WriteError
 from metalearn_cli.files import atomic_write
+from metalearn_cli.schema import Augment
 
 IMAGE_SIZE = 28
 IMAGE_FORMAT = ImageFormat(channels=1, size=IMAGE_SIZE, resample="lanczos", invert=True)
@@ -58,6 +59,7 @@ class OmniglotParams:
     split: OmniglotSplit = OmniglotSplit.vinyals
     root: Optional[str] = None  # folder with images_background/_evaluation (.zip or folders); null = embedded copy
     download: bool = False  # fetch the original archives into root with torchvision (needs a network)
+    augment: Augment = Augment.crop  # supervised pre-training: shifts of up to 10% (strokes have no mirror images)
 
     def image_format(self) -> ImageFormat:
         return IMAGE_FORMAT

@@ -15,6 +15,7 @@ from metalearn_cli.data import DATASETS, FewShotData, check_host_memory
 from metalearn_cli.data.images import ImageFormat
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import ConfigError
+from metalearn_cli.schema import Augment
 
 
 @dataclass
@@ -29,6 +30,7 @@ class SyntheticParams:
     shift: int = 2  # max pixels an example is shifted from its class glyph
     noise: float = 0.15  # std of the pixel noise added to each example
     seed: int = 0  # fixes the glyphs and examples, independent of the run seed
+    augment: Augment = Augment.none  # supervised pre-training: the examples are already shifted and noisy
 
     def image_format(self) -> ImageFormat:
         return ImageFormat(channels=self.channels, size=self.image_size)
