@@ -27,12 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from metalearn_cli.console import as_user_error, one_line, suggest
-from metalearn_cli.errors import ConfigError, Interrupted, MetalearnError
+from metalearn_cli.errors import ConfigError, InternalError, Interrupted, MetalearnError
 from metalearn_cli.command_line import (
-    CONFIG_FLAGS, PRINTING_FLAGS, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, help_for, hydra_argv, rank, refuse_foreign_target,
+    CONFIG_FLAGS, PRINTING_FLAGS, add_override, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, help_for, hydra_argv, rank, refuse_foreign_target, required,
     shell_completion, typed_keys, with_run_dir,
 )
-from metalearn_cli.rundir import RunGuard, canonical, exclusive, record_failure, refuse_replacing
+from metalearn_cli.rundir import RunGuard, canonical, exclusive, held, refuse_replacing
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
 log = logging.getLogger("metalearn")
@@ -45,45 +45,48 @@ class _JobFailed(BaseException):
         self.error = error
 
 
-class InternalError(MetalearnError):
-    """A bug: its traceback is in a file, the console gets one line (exit code 1)."""
+_claimed: Optional[Path] = None  # the default run dir main() made for this command (removed if refused)
 
 
-_guard = RunGuard(None)  # set by main() for the run dir a command names
+def _hydra_record(cfg: DictConfig) -> dict[str, str]:
+    """The ``.hydra/`` files Hydra would write, written by the job itself once it is accepted."""
+    hc = HydraConfig.get()
+    return {"config.yaml": OmegaConf.to_yaml(cfg),
+            "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})),
+            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task)))}
 
 
-def _run_job(job: Callable[[], float], run_dir: Path) -> float:
-    """Run one job; record failures in the run dir (never in an existing run it refused: that one is
-    put back as it was). In a sweep a failing job fails alone and the sweep goes on."""
+def _run_job(job: Callable[[Callable[[], None]], float], cfg: DictConfig) -> float:
+    """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
+    recorded only in a dir that held no run. In a sweep a failing job fails alone and the sweep goes on."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    guard = RunGuard(run_dir, claimed=_claimed == canonical(run_dir), writer=rank() == 0)
+    record = _hydra_record(cfg)
+    log_name = hc.job.name if hc.runtime.choices.get("hydra/job_logging") == "metalearn" else None
     try:
         try:
-            return job()
+            return job(lambda: guard.accept(record, log_name))
         except (OSError, OmegaConfBaseException) as exc:
             raise as_user_error(exc) from exc
     except Interrupted as exc:
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except MetalearnError as exc:
         error: MetalearnError = exc
-        if rank() > 0:
-            pass  # rank 0 records the run's failure; the others write nothing
-        elif _guard.protects:
-            _guard.undo()
-        else:
-            record_failure(run_dir, str(exc))
+        guard.failed(str(exc), None, record)
     except Exception as exc:
         details = traceback.format_exc()
         where = run_dir / "error.txt"
-        if _guard.protects or rank() > 0:
-            _guard.undo()
+        if not guard.failed("unexpected error; see error.txt", details, record):
             fd, name = tempfile.mkstemp(prefix="metalearn-error-", suffix=".txt")
             os.write(fd, details.encode())
             os.close(fd)
             where = Path(name)
-        else:
-            record_failure(run_dir, "unexpected error; see error.txt", details)
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = InternalError(f"{type(exc).__name__}: {line[:200]}; this is a bug, the traceback is in {where}; please report it")
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    finally:
+        guard.close()
+    if hc.mode == RunMode.MULTIRUN:
         log.error("job failed: %s", error)
         return float("nan")  # sweepers record a failed trial (Optuna: FAIL) and go on
     raise _JobFailed(error)
@@ -94,61 +97,62 @@ def train_app(cfg: DictConfig) -> float:
     """Returns the best validation accuracy: the objective a sweeper maximises."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
-    def job() -> float:
+    def job(accept: Callable[[], None]) -> float:
         from metalearn_cli.loop import TrainingRun
         from metalearn_cli.resume import resumed_config
 
+        refuse_foreign_target("train", run_dir, resuming=True)  # inside another run: refused (held: by the loop)
         config = resumed_config(cfg, run_dir, typed_keys(list(HydraConfig.get().overrides.task)))
         run = TrainingRun(config, run_dir)  # every check; a refusal leaves an existing run as it was
-        _guard.accept()
+        accept()
         return run.run()
 
-    return _run_job(job, run_dir)
+    return _run_job(job, cfg)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def eval_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
-    def job() -> float:
+    def job(accept: Callable[[], None]) -> float:
         from metalearn_cli.evaluation import evaluate
 
-        _required(cfg, "eval", "checkpoint")
+        required(cfg, "eval", "checkpoint")
+        refuse_foreign_target("eval", run_dir, resuming=False)  # also under -m, -cd, ...
+        accept()
         return evaluate(cfg, run_dir)
 
-    return _run_job(job, run_dir)
-
-
-def _required(cfg: DictConfig, command: str, *keys: str) -> None:
-    missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
-    if missing:
-        raise ConfigError(f"metalearn {command} needs {' and '.join(f'{k}=...' for k in missing)} (see metalearn {command} --help)")
+    return _run_job(job, cfg)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="predict", version_base="1.3")
 def predict_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
-    def job() -> float:
+    def job(accept: Callable[[], None]) -> float:
         from metalearn_cli.predict import predict
 
-        _required(cfg, "predict", "checkpoint", "support", "query")
+        required(cfg, "predict", "checkpoint", "support", "query")
+        refuse_foreign_target("predict", run_dir, resuming=False)  # also under -m, -cd, ...
+        accept()
         return predict(cfg, run_dir)
 
-    return _run_job(job, run_dir)
+    return _run_job(job, cfg)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="export", version_base="1.3")
 def export_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
-    def job() -> float:
+    def job(accept: Callable[[], None]) -> float:
         from metalearn_cli.export import export_command
 
-        _required(cfg, "export", "checkpoint", "out")
+        required(cfg, "export", "checkpoint", "out")
+        refuse_foreign_target("export", run_dir, resuming=False)  # also under -m, -cd, ...
+        accept()
         return export_command(cfg, run_dir)
 
-    return _run_job(job, run_dir)
+    return _run_job(job, cfg)
 
 
 APPS: dict[str, Callable[[], Any]] = {"train": train_app, "eval": eval_app, "predict": predict_app, "export": export_app}
@@ -184,11 +188,17 @@ def main(argv: Optional[list[str]] = None) -> int:
               "(see metalearn --help)",
               file=sys.stderr)
         return 2
+    return _hydra_command(command, rest)
+
+
+def _hydra_command(command: str, rest: list[str]) -> int:
+    """A Hydra subcommand: its run dir placed and checked, then the app run under the run dir's lock."""
     from metalearn_cli.components import register_configs
 
     register_configs()
+    rest = add_override(rest, "hydra.output_subdir=null")  # a job writes its .hydra/ record itself, once accepted
     if rank() > 0:  # torchrun: rank 0 alone writes the run dir
-        rest = [*rest, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+        rest = add_override(rest, "hydra/job_logging=disabled")
     if flag_present(rest, ("--help", "-h")):
         return _help(command, rest)
     scratch: list[Path] = []
@@ -236,11 +246,16 @@ def _place_run(command: str, args: list[str], values: dict[str, Any], scratch: l
     if flag_present(args, ("-m", "--multirun", *PRINTING_FLAGS)) or flag_present(args, CONFIG_FLAGS):
         return args, None
     named = values.get("hydra.run.dir")
+    if named is not None and (not isinstance(named, (str, int, float)) or str(named).strip() in ("", "???")):
+        raise ConfigError(f"hydra.run.dir={named!r} is not a folder; name a folder for the run, or leave it out for "
+                          "outputs/<command>/<time>")
+    named = None if named is None else str(named)
     resume = resume_value(values.get("resume"))
-    if named is None and resume not in (None, "true") and Path(resume).exists():
-        named = str(run_dir_of(Path(resume)))  # resume=<run> continues in that run's own dir
-    if named is not None and not str(named).strip():
-        raise ConfigError("hydra.run.dir is empty; name a folder for the run, or leave it out for outputs/<command>/<time>")
+    if resume not in (None, "true") and Path(resume).exists():
+        if not held(run_dir_of(Path(resume))):
+            raise ConfigError(f"resume={resume} is not a run dir or a checkpoint inside one; pass the run dir a "
+                              "training run wrote (or its checkpoints/last.pt)")
+        named = named or str(run_dir_of(Path(resume)))  # resume=<run> continues in that run's own dir
     if rank() > 0 and named is None:
         scratch.append(Path(tempfile.mkdtemp(prefix="metalearn-rank-")))  # Hydra creates its run dir; rank 0 writes the real one
         return with_run_dir(args, scratch[-1]), None
@@ -249,8 +264,9 @@ def _place_run(command: str, args: list[str], values: dict[str, Any], scratch: l
         if resolved is None:
             return args, None  # the config does not compose: Hydra reports why before writing anything
         if named is None:
-            claimed = claim_fresh(canonical(resolved))
-            return with_run_dir(args, claimed), claimed
+            global _claimed
+            _claimed = claim_fresh(canonical(resolved))
+            return with_run_dir(args, _claimed), _claimed
         named = resolved
     run_dir = canonical(named)
     if command == "export" and isinstance(values.get("out"), str):
@@ -290,9 +306,7 @@ def _help(command: str, args: list[str]) -> int:
 
 
 def _guarded(command: str, args: list[str], run_dir: Optional[Path]) -> int:
-    """Run the command holding its run dir's lock; an existing run it refuses is left as it was."""
-    global _guard
-    _guard = RunGuard(run_dir)
+    """Run the command holding its run dir's lock (refused at once if another process holds it)."""
     try:
         with exclusive(run_dir) if run_dir is not None else contextlib.nullcontext():
             with hydra_argv([f"metalearn {command}", *args]):
@@ -300,8 +314,6 @@ def _guarded(command: str, args: list[str], run_dir: Optional[Path]) -> int:
     except MetalearnError as exc:  # the lock is held by another process
         print(f"metalearn {command}: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        _guard = RunGuard(None)
 
 
 def _run_app(command: str) -> int:

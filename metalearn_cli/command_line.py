@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from omegaconf import OmegaConf
+
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.rundir import CHECKPOINTS, held, refuse_held
 
@@ -126,6 +128,10 @@ def claim_fresh(path: Path) -> Path:
 def refuse_foreign_target(command: str, run_dir: Path, resuming: bool) -> None:
     """A new training run, ``eval``, ``predict`` and ``export`` write a run dir of their own: never a
     training run's, and never an earlier command's (checked before Hydra writes ``.hydra/``)."""
+    outer = next((d for d in run_dir.parents if held(d)), None)
+    if outer is not None:
+        raise ConfigError(f"{run_dir} is inside the run {outer}; give metalearn {command} a hydra.run.dir of its own, "
+                          "outside any run dir")
     if command == "train":
         if not resuming:
             refuse_held(run_dir)
@@ -139,8 +145,19 @@ def refuse_foreign_target(command: str, run_dir: Path, resuming: bool) -> None:
 
 def with_run_dir(args: list[str], run_dir: Path) -> list[str]:
     """``args`` with every ``hydra.run.dir=`` replaced by one naming ``run_dir`` in Hydra's quoting."""
-    kept = [a for a in args if not a.startswith("hydra.run.dir=")]
-    return [*kept, f"hydra.run.dir={hydra_quote(str(run_dir))}"]
+    return add_override(args, f"hydra.run.dir={hydra_quote(str(run_dir))}")
+
+
+def add_override(args: list[str], override: str) -> list[str]:
+    """``args`` with ``override`` beside the other overrides (Hydra's parser takes them as one run
+    of words: one after a flag such as ``-cd DIR`` that follows them would not parse), in place of
+    any the user gave for the same key (``+``/``++``/``~`` spellings included)."""
+    key = override.split("=", 1)[0]
+    kept = [a for a in args if a.startswith("-") or a.split("=", 1)[0].lstrip("+~") != key]
+    places = [i for i, a in enumerate(kept) if "=" in a and not a.startswith("-")
+              and not (i and kept[i - 1].split("=", 1)[0] in VALUE_FLAGS)]
+    at = places[-1] + 1 if places else len(kept)
+    return [*kept[:at], override, *kept[at:]]
 
 
 def flag_present(args: list[str], flags: tuple[str, ...]) -> Optional[str]:
@@ -197,3 +214,9 @@ def shell_completion(request: str, apps: dict[str, Callable[[], Any]]) -> int:
     finally:
         sys.argv = saved_argv
     return 0
+
+
+def required(cfg: Any, command: str, *keys: str) -> None:
+    missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
+    if missing:
+        raise ConfigError(f"metalearn {command} needs {' and '.join(f'{k}=...' for k in missing)} (see metalearn {command} --help)")

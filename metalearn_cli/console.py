@@ -3,6 +3,7 @@ mean" where a key, an option or a command is close to a real one."""
 
 from __future__ import annotations
 
+import argparse
 import difflib
 from typing import Optional
 
@@ -76,3 +77,10 @@ def suggest(word: str, choices: list[str]) -> str:
     """``did you mean 'x'? `` for the closest choice, or nothing."""
     close = difflib.get_close_matches(word, choices, n=1)
     return f"did you mean '{close[0]}'? " if close else ""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for the ``--flag`` commands, its errors one line of ours (usage goes to --help)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message} (see {self.prog} --help)")

@@ -39,3 +39,7 @@ class Interrupted(MetalearnError):
 
 class Diverged(MetalearnError):
     """A NaN/Inf meta-loss or meta-gradient under ``trainer.nan_policy=stop``."""
+
+
+class InternalError(MetalearnError):
+    """A bug: its traceback is in a file, the console gets one line (exit code 1)."""

@@ -23,6 +23,13 @@ from metalearn_cli.rundir import CHECKPOINTS, refuse_replacing
 log = logging.getLogger(__name__)
 
 
+def _is_export(path: Path) -> bool:
+    try:
+        return check_header(read_state(path), path, (EXPORT_FORMAT,)) is not None
+    except CheckpointError:
+        return False
+
+
 def _is_checkpoint(path: Path) -> bool:
     try:
         return check_header(read_state(path), path) is not None
@@ -40,6 +47,8 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
     if Path(out).exists() and (Path(out).parent.name == CHECKPOINTS or _is_checkpoint(Path(out))):
         raise ConfigError(f"out={out} is a training checkpoint, which an export would replace; choose another out=PATH")
     refuse_replacing(out)
+    if Path(out).exists() and not _is_export(Path(out)):
+        raise ConfigError(f"out={out} exists and is not an earlier export, which an export would replace; choose another out=PATH")
     payload = {"format": EXPORT_FORMAT, "version": VERSION, "config": state["config"], "model": state["model"],
                "image_format": state["image_format"], "step": state["step"],
                "exported_from": str(Path(state["source"]).resolve()), "pixel_mean": state["pixel_mean"]}

@@ -4,15 +4,16 @@ in percent throughout), plus learning curves and a chart of test accuracy with C
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
 
 from metalearn_cli.errors import MetalearnError
-from metalearn_cli.rundir import find_runs, is_run, read_run
+from metalearn_cli.console import OneLineParser
+from metalearn_cli.rundir import find_runs, is_run, read_run, refuse_replacing
 
 COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
            "test_accuracy", "ci95", "published", "val_accuracy", "train_seconds", "tasks_per_s"]
@@ -34,8 +35,10 @@ def strategy_label(cfg: dict[str, Any]) -> str:
     return name
 
 
-def _percent(value: Any) -> Optional[float]:
-    return round(100 * value, 2) if isinstance(value, (int, float)) else None
+def _percent(value: Any, low: float = -math.inf) -> Optional[float]:
+    """A fraction as a percentage; anything else (a damaged file: text, inf, NaN, below ``low``) as missing."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
+    return round(100 * value, 2) if ok else None
 
 
 def describe(run: Path, base: Path) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "strategy": strategy_label(cfg),
         "episode": f"{ep.get('way', '?')}w{ep.get('shot', '?')}s" if ep else "", "seed": cfg.get("seed"),
         "status": record["status"],
-        "test_accuracy": _percent(results.get("accuracy")), "ci95": _percent(results.get("ci95")),
+        "test_accuracy": _percent(results.get("accuracy")), "ci95": _percent(results.get("ci95"), low=0),
         "published": results.get("published_accuracy"),
         "val_accuracy": _percent(results.get("val_accuracy")), "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s"),
@@ -145,7 +148,7 @@ def main(argv: list[str]) -> int:
     """``metalearn report PATH... [--out DIR]``; returns the exit code."""
     from metalearn_cli.report_plots import plot
 
-    parser = argparse.ArgumentParser(prog="metalearn report", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="metalearn report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or sweep dirs")
     parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the PNGs "
                                                  "(default: report/ in the folder holding the runs)")
@@ -153,6 +156,8 @@ def main(argv: list[str]) -> int:
     runs = find_runs(args.paths)
     base = common_base(runs)
     rows = [describe(run, base) for run in runs]
+    if args.out is not None:
+        refuse_replacing(args.out, "--out ")
     out = args.out or default_out(runs)
     if out.exists() and not out.is_dir():
         raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -118,48 +120,16 @@ def refuse_held(run_dir: Path) -> None:
         raise ConfigError(f"{run_dir} already holds a run ({', '.join(found[:3])}); {hint} a new hydra.run.dir")
 
 
-def refuse_replacing(out: Path | str, key: str = "out") -> None:
-    """A file a command writes (``export out=``) never replaces a file of a run dir, however spelled."""
+def refuse_replacing(out: Path | str, key: str = "out=") -> None:
+    """What a command writes outside its run dir (``export out=``, ``sample-task --out``, ``report
+    --out``) never goes into a run dir, however spelled: a file of the run would be replaced, or the
+    run would hold files it did not write."""
     path = Path(out)
-    run = next((d for d in canonical(path).parents if held(d)), None)
-    if path.exists() and run is not None:
-        raise ConfigError(f"{key}={out} is a file of the run {run}, which would be replaced; choose another {key}=PATH")
-
-
-class Snapshot:
-    """The small files of a run dir (top level and ``.hydra/``) as they were, to put them back
-    byte for byte after a command that was refused, or to keep the original ``.hydra/`` of a resumed run."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.files = {p: p.read_bytes() for p in self._files()}
-
-    def _files(self) -> list[Path]:
-        found = [*self.run_dir.glob("*"), *(self.run_dir / ".hydra").glob("*")]
-        return [p for p in found if p.is_file() and p.name != LOCK]
-
-    def restore(self) -> None:
-        for path in self._files():
-            if path not in self.files:
-                path.unlink(missing_ok=True)
-        for path, data in self.files.items():
-            if not path.is_file() or path.read_bytes() != data:
-                atomic_write(path, lambda f, d=data: f.write(d), path.name, "free disk space")  # type: ignore[misc]
-
-    def keep_hydra(self, record: str) -> Optional[Path]:
-        """Move the ``.hydra/`` files a command just wrote to ``.hydra/<record>/`` and put the originals
-        back: the run's own record is never rewritten. Returns where the new files went."""
-        hydra = self.run_dir / ".hydra"
-        originals = {p: d for p, d in self.files.items() if p.parent == hydra}
-        if not originals:
-            return None
-        target = hydra / record
-        target.mkdir(parents=True, exist_ok=True)
-        for path in [p for p in hydra.glob("*") if p.is_file()]:
-            os.replace(path, target / path.name)
-        for path, data in originals.items():
-            atomic_write(path, lambda f, d=data: f.write(d), path.name, "free disk space")  # type: ignore[misc]
-        return target
+    run = next((d for d in [canonical(path), *canonical(path).parents] if held(d)), None)
+    if run is not None:
+        what = "a file of" if path.exists() and not path.is_dir() else "inside"
+        raise ConfigError(f"{key}{out} is {what} the run {run}, which would be replaced or mixed with files it did not "
+                          f"write; choose a {key}PATH outside run dirs")
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
@@ -249,25 +219,53 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 class RunGuard:
-    """What a command may do to a run dir that already holds a run: nothing, until the command is
-    accepted (a resume that passed every check). A refused command's traces, Hydra's ``.hydra/``
-    files included, are undone byte for byte; an accepted resume keeps the run's original ``.hydra/``
-    and files the resume's own under ``.hydra/resume-<time>/``."""
+    """What one job may write into its run dir: nothing until it is accepted.
 
-    def __init__(self, run_dir: Optional[Path]) -> None:
-        self.snapshot = Snapshot(run_dir) if run_dir is not None and is_run(run_dir) else None
+    Hydra writes nothing into a run dir itself (the CLI turns its ``.hydra/`` and its log file off);
+    a job checks first, then :meth:`accept` writes the command's record (``.hydra/``, or
+    ``.hydra/resume-<time>/`` in the run an accepted resume continues) and starts its log file. So
+    however a command reaches a dir (a sweep, ``-cd``, a colliding sub-dir), a refused one changes
+    nothing in a run that was there. A failure is recorded only in a dir that held no run; a default
+    dir the CLI claimed for a refused command is removed again."""
+
+    def __init__(self, run_dir: Path, claimed: bool = False, writer: bool = True) -> None:
+        self.run_dir, self.claimed, self.writer = Path(run_dir), claimed, writer
+        self.existing = held(self.run_dir)
         self.accepted = False
+        self.handler: Optional[logging.Handler] = None
 
-    def accept(self) -> None:
-        if self.snapshot is not None and not self.accepted:
-            self.snapshot.keep_hydra("resume-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+    def accept(self, record: dict[str, str], log_name: Optional[str]) -> None:
+        if self.accepted or not self.writer:
+            return
         self.accepted = True
+        folder = self.run_dir / ".hydra"
+        if self.existing:
+            folder = folder / ("resume-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+        for name, text in record.items():
+            atomic_write(folder / name, lambda f, t=text: f.write(t.encode("utf-8")), name, "free disk space")  # type: ignore[misc]
+        if log_name is not None:
+            self.handler = logging.FileHandler(self.run_dir / f"{Path(log_name).name}.log", encoding="utf-8")
+            self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            logging.getLogger().addHandler(self.handler)
+
+    def close(self) -> None:
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None
 
     @property
     def protects(self) -> bool:
-        """True while a failure must leave the run dir as it was."""
-        return self.snapshot is not None and not self.accepted
+        """True while a failure must leave the run dir untouched (a run was there, or this is not rank 0)."""
+        return not self.writer or (bool(self.existing) and not self.accepted)
 
-    def undo(self) -> None:
-        if self.snapshot is not None:
-            self.snapshot.restore()
+    def failed(self, message: str, details: Optional[str], record: dict[str, str]) -> bool:
+        """Record a failure where it belongs; returns whether it was written into the run dir."""
+        if self.protects:
+            return False
+        if self.claimed and not self.accepted:  # a default dir made for a command refused before it wrote anything
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return False
+        self.accept(record, None)  # what was asked, beside why it failed (report lists the run as failed)
+        record_failure(self.run_dir, message, details)
+        return True

@@ -7,13 +7,14 @@ first ``metalearn predict`` needs nothing but the package.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from metalearn_cli.console import OneLineParser
 from metalearn_cli.errors import ConfigError
+from metalearn_cli.rundir import refuse_replacing
 
 
 def write_sample_task(out: Path, way: int = 5, shot: int = 1, query: int = 5, seed: int = 0) -> list[str]:
@@ -24,6 +25,7 @@ def write_sample_task(out: Path, way: int = 5, shot: int = 1, query: int = 5, se
     if not 2 <= way <= test.n_classes or shot < 1 or query < 0 or shot + query > test.n_per_class:
         raise ConfigError(f"a sample task needs 2 <= --way <= {test.n_classes}, --shot >= 1, --query >= 0 and "
                           f"--shot + --query <= {test.n_per_class}")
+    refuse_replacing(out, "--out ")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; choose a new folder for the task")
     if out.exists() and any(out.iterdir()):
@@ -44,7 +46,7 @@ def write_sample_task(out: Path, way: int = 5, shot: int = 1, query: int = 5, se
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="metalearn sample-task", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="metalearn sample-task", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("sample_task"), help="a new folder (default: sample_task)")
     parser.add_argument("--way", type=int, default=5, help="classes (default 5)")
     parser.add_argument("--shot", type=int, default=1, help="support images per class (default 1)")

@@ -58,6 +58,7 @@ def run(tmp_path_factory) -> Path:
         save_checkpoint(root / f"{field}_{len(value)}_{value['name']}.pt",
                         {**{k: v for k, v in state.items() if k not in ("format", "version")},
                          "config": {**state["config"], field: value}})
+    (root / "notes.txt").write_text("a user's file, not an export")
     (root / "looping" / "a").mkdir(parents=True)
     (root / "looping" / "loop").symlink_to(root / "looping" / "loop")  # a link that points at itself
     rooted = {**state["config"], "dataset": {**state["config"]["dataset"]}}
@@ -119,7 +120,12 @@ CASES = [
     (["train", "dataset=omniglot", f"dataset.root={T}/nowhere"], "Omniglot not found"),
     (["train", "dataset=mini_imagenet", f"dataset.root={T}/nowhere"], "mini"),
     (["train", "dataset=folder", "dataset.root={root}/nan.pt"], "is a file, not a folder"),
-    (["train", *SMOKE, "hydra.run.dir="], "hydra.run.dir is empty"),
+    (["train", *SMOKE, "hydra.run.dir="], "is not a folder"),
+    (["train", *SMOKE, "hydra.run.dir=[a,b]"], "is not a folder"),
+    (["train", *SMOKE, "hydra.run.dir=???"], "is not a folder"),
+    (["train", *SMOKE, "resume={root}/nan.pt"], "is not a run dir or a checkpoint inside one"),
+    (["eval", f"checkpoint={R}", f"hydra.run.dir={R}/checkpoints"], "is inside the run"),
+    (["train", *SMOKE, f"hydra.run.dir={R}/tensorboard"], "is inside the run"),
     # commands aimed at the finished run: refused, and the run is left byte for byte as it was
     (["train", *SMOKE, f"hydra.run.dir={R}"], "pass resume=true to continue it"),
     (["train", *SMOKE, "seed=5", f"hydra.run.dir={R}"], "already holds a run ("),
@@ -172,6 +178,12 @@ CASES = [
     (["train", f"resume={R}/checkpoints/last.pt", "hydra.run.dir={tmp}/other"], "drop hydra.run.dir"),
     (["export", f"checkpoint={R}", f"out={R}/results.json"], "which would be replaced"),
     (["sample-task", "--out", "{root}/nan.pt"], "is a file"),
+    (["sample-task", "--way", "abc"], "invalid int value"),
+    (["sample-task", "--out", f"{R}/task"], "is inside the run"),
+    (["report"], "the following arguments are required"),
+    (["report", f"{R}", "--out", f"{R}/report"], "is inside the run"),
+    (["export", f"checkpoint={R}", f"out={R}/new.pt"], "is inside the run"),
+    (["export", f"checkpoint={R}", "out={root}/notes.txt"], "not an earlier export"),
 ]
 
 
@@ -190,6 +202,7 @@ def test_bad_input_is_one_line_and_leaves_the_finished_run_as_it_was(run, tmp_pa
     assert needle in err, err
     assert tree_hash(run) == before, "the finished run changed"
     assert not (run.parent / "pwned").exists()  # a crafted pickle is refused, never executed
+    assert (run.parent / "notes.txt").read_text() == "a user's file, not an export"
 
 
 def test_the_table_covers_at_least_ninety_cases():
@@ -357,6 +370,9 @@ def test_report_reads_damaged_run_dirs_and_refuses_an_out_that_is_a_file(tmp_pat
     with open(damaged / "metrics.jsonl", "a") as f:
         f.write('not json\n[1, 2]\n{"split": "train"}\n{"step": "x", "split": "val"}\n{"step": 9, "spl')
     (damaged / ".hydra" / "config.yaml").write_text("encoder: [unclosed\n")
+    for name, results in (("negative", {"accuracy": 1e999, "ci95": -1}), ("text", {"accuracy": "high", "ci95": "x"})):
+        shutil.copytree(run, tmp_path / "runs" / name)
+        (tmp_path / "runs" / name / "results.json").write_text(json.dumps(results).replace("Infinity", "1e999"))
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "report.csv").is_file()
     (tmp_path / "afile").write_text("x")

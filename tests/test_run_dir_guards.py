@@ -144,3 +144,40 @@ def test_hydra_quote_parses_back_to_the_same_text(text):
 
     parsed = OverridesParser.create().parse_override(f"hydra.run.dir={hydra_quote(text)}").value()
     assert OmegaConf.create({"dir": parsed}).dir == text  # as the composed config resolves it
+
+
+# ----------------------------------------------------------------------------- ways past the command-line check
+def test_jobs_check_their_own_run_dir_under_sweeps_and_other_hydra_flags(runs, tmp_path, capsys, monkeypatch):
+    """A sweep job, ``-cd`` / ``--config-name``, or a sub-dir naming a finished run: the job itself
+    refuses before anything is written (Hydra writes no .hydra/ and no log file into a run dir)."""
+    monkeypatch.chdir(tmp_path)
+    train = runs["train"]
+    before = tree_hash(train)
+    cases = [
+        ["train", "-m", *SMOKE, f"hydra.sweep.dir={train.parent}", f"hydra.sweep.subdir={train.name}"],
+        ["eval", "-m", f"checkpoint={train}", f"hydra.sweep.dir={train.parent}", f"hydra.sweep.subdir={train.name}"],
+        ["train", *SMOKE, f"hydra.run.dir={train}", "--config-name", "train"],
+        ["eval", f"checkpoint={train}", f"hydra.run.dir={train}", "-cd", str(tmp_path)],
+        ["train", *SMOKE, "seed=5", f"hydra.run.dir={tmp_path / 'new'}", f"hydra.output_subdir={train / '.hydra'}"],
+    ]
+    for args in cases:
+        main(args)
+        capsys.readouterr()
+        assert tree_hash(train) == before, args
+    assert (tmp_path / "new" / ".hydra" / "config.yaml").is_file()  # that run's record went into its own dir
+
+
+def test_a_sub_dir_that_collides_inside_one_sweep_leaves_the_first_job_as_it_was(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    assert main(["train", "-m", *SMOKE, "encoder.width=8,16", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=same"]) == 0
+    status = json.loads((sweep / "same" / "status.json").read_text())["status"]
+    assert status == "completed"
+    assert "encoder.width=8" in (sweep / "same" / ".hydra" / "overrides.yaml").read_text()  # the record matches the weights
+    assert "already holds a run" in capsys.readouterr().out
+
+
+def test_a_refused_command_without_a_run_dir_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *SMOKE, "resume=true"]) == 2
+    assert "resume=true but" in capsys.readouterr().err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # the claimed default dir is gone
