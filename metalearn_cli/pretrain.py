@@ -150,7 +150,7 @@ class Pretraining:
     def check_finite(self) -> None:
         bad = first_non_finite(self.strategy.state_dict())
         if bad is not None:
-            raise Diverged(f"pre-training: non-finite values in {bad} at step {self.step}; lower pretrain.lr")
+            raise Diverged(f"pre-training: non-finite values in {bad} at step {self.step}; lower pretrain.optimizer.lr or set pretrain.optimizer.clip.norm")
 
     def validate(self, metrics: MetricsLog) -> None:
         self.check_finite()
@@ -193,7 +193,7 @@ class Pretraining:
                     loss, acc = (torch.stack(v).mean().item() for v in zip(*window))
                     window.clear()
                     if not math.isfinite(loss):
-                        raise Diverged(f"pre-training: non-finite loss at step {self.step}; lower pretrain.lr")
+                        raise Diverged(f"pre-training: non-finite loss at step {self.step}; lower pretrain.optimizer.lr or set pretrain.optimizer.clip.norm")
                     metrics.log(self.step, "pretrain", {"loss": loss, "accuracy": acc, "lr": self.optimizer.param_groups[0]["lr"]})
                 if self.step % self.p.val_every == 0 or last:
                     self.validate(metrics)
