@@ -9,7 +9,6 @@ line on stderr and exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import shutil
@@ -29,7 +28,8 @@ from omegaconf.errors import OmegaConfBaseException
 from metalearn_cli.console import as_user_error, one_line, suggest
 from metalearn_cli.errors import ConfigError, InternalError, Interrupted, MetalearnError
 from metalearn_cli.command_line import (
-    CONFIG_FLAGS, PRINTING_FLAGS, add_override, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, help_for, hydra_argv, rank, refuse_foreign_target, required,
+    CONFIG_FLAGS, PRINTING_FLAGS, add_override, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, flat_keys, hydra_argv, print_help, rank, refuse_foreign_target,
+    refuse_unknown_flags, required,
     shell_completion, typed_keys, with_run_dir,
 )
 from metalearn_cli.rundir import RunGuard, canonical, exclusive, held, refuse_replacing
@@ -200,9 +200,10 @@ def _hydra_command(command: str, rest: list[str]) -> int:
     if rank() > 0:  # torchrun: rank 0 alone writes the run dir
         rest = add_override(rest, "hydra/job_logging=disabled")
     if flag_present(rest, ("--help", "-h")):
-        return _help(command, rest)
+        return print_help(command, rest, _run_app)
     scratch: list[Path] = []
     try:
+        refuse_unknown_flags(command, rest, _config_keys)
         values = _override_values(rest)
         check_debug(rest, values)
         args, run_dir = _place_run(command, rest, values, scratch)
@@ -279,6 +280,14 @@ def _place_run(command: str, args: list[str], values: dict[str, Any], scratch: l
     return with_run_dir(args, run_dir), run_dir
 
 
+def _config_keys(command: str) -> list[str]:
+    """Every dotted key of ``command``'s default config (for "write it as key=value" hints)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="metalearn_cli.configs", version_base="1.3"):
+        return flat_keys(OmegaConf.to_container(compose(config_name=command), resolve=False))
+
+
 def _composed_run_dir(command: str, args: list[str]) -> Optional[str]:
     """``hydra.run.dir`` resolved as Hydra will resolve it (interpolations, the default's time)."""
     from hydra import compose, initialize_config_module
@@ -291,18 +300,6 @@ def _composed_run_dir(command: str, args: list[str]) -> Optional[str]:
             return str(OmegaConf.select(cfg, "hydra.run.dir"))
     except (HydraException, OmegaConfBaseException, ValueError):
         return None
-
-
-def _help(command: str, args: list[str]) -> int:
-    """Hydra's --help, listing only the groups ``command`` accepts (not the internal ``schema/*``)."""
-    out, code = io.StringIO(), 0
-    try:
-        with contextlib.redirect_stdout(out), hydra_argv([f"metalearn {command}", *args]):
-            code = _run_app(command)
-    except SystemExit as exc:  # Hydra exits after printing the help
-        code = int(exc.code or 0)
-    print(help_for(command, out.getvalue()), end="")
-    return code
 
 
 def _guarded(command: str, args: list[str], run_dir: Optional[Path]) -> int:

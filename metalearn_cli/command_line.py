@@ -9,6 +9,7 @@ however the user spelled it (quoted, relative, through a symlink, with spaces or
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import sys
@@ -162,6 +163,40 @@ def add_override(args: list[str], override: str) -> list[str]:
 
 def flag_present(args: list[str], flags: tuple[str, ...]) -> Optional[str]:
     return next((a for a in args if a.split("=", 1)[0] in flags), None)
+
+
+def print_help(command: str, args: list[str], run_app: Callable[[str], int]) -> int:
+    """Hydra's --help, listing only the groups ``command`` accepts (not the internal ``schema/*``)."""
+    out, code = io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out), hydra_argv([f"metalearn {command}", *args]):
+            code = run_app(command)
+    except SystemExit as exc:  # Hydra exits after printing the help
+        code = int(exc.code or 0)
+    print(help_for(command, out.getvalue()), end="")
+    return code
+
+
+HYDRA_FLAGS = (*PRINTING_FLAGS, *VALUE_FLAGS, "--hydra-help", "--version", "--run", "-r", "--multirun", "-m")
+
+
+def flat_keys(tree: Any, prefix: str = "") -> list[str]:
+    if not isinstance(tree, dict):
+        return [prefix.rstrip(".")]
+    return [k for key, value in tree.items() for k in flat_keys(value, f"{prefix}{key}.")]
+
+
+def refuse_unknown_flags(command: str, args: list[str], keys: Callable[[str], list[str]]) -> None:
+    """``--iterations 5`` (other tools' habit) is one line saying how to write it here: ``trainer.iterations=5``."""
+    for i, arg in enumerate(args):
+        name = arg.split("=", 1)[0]
+        if not arg.startswith("--") or name in HYDRA_FLAGS:
+            continue
+        value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) and "=" not in args[i + 1] else "...")
+        word = name[2:].replace("-", "_")
+        found = [k for k in keys(command) if k == word or k.endswith("." + word)]
+        hint = f"write it as {' or '.join(f'{k}={value}' for k in found[:2])}" if found else "settings are key=value"
+        raise ConfigError(f"{name} is not a flag of metalearn {command}; {hint} (see metalearn {command} --help)")
 
 
 def help_for(command: str, text: str) -> str:

@@ -83,4 +83,10 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse for the ``--flag`` commands, its errors one line of ours (usage goes to --help)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments: "):  # key=value, the Hydra commands' grammar
+            for word in message.split(": ", 1)[1].split():
+                key, _, value = word.partition("=")
+                if value and f"--{key.replace('_', '-')}" in self._option_string_actions:
+                    message += f"; this command takes flags: write --{key.replace('_', '-')} {value}"
+                    break
         raise ConfigError(f"{message} (see {self.prog} --help)")

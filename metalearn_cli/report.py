@@ -153,6 +153,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the PNGs "
                                                  "(default: report/ in the folder holding the runs)")
     args = parser.parse_args(argv)
+    for path in args.paths:  # key=value, the Hydra commands' grammar, where a flag is meant
+        if "=" in str(path) and not Path(path).exists():
+            parser.error(f"unrecognized arguments: {path}")
     runs = find_runs(args.paths)
     base = common_base(runs)
     rows = [describe(run, base) for run in runs]

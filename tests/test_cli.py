@@ -231,3 +231,18 @@ def test_a_run_starts_by_saying_where_it_computes_and_in_what_precision_and_why(
     log = (tmp_path / "run" / "train.log").read_text()
     assert "meta-training on cpu (AVX2 kernels), fp32 (auto: no native bf16 on this CPU (AVX2 kernels)" in log
     assert "CPU threads; run dir" in log and "for the remaining 5 meta-iterations" in log
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--iterations", "5"], "write it as trainer.iterations=5 or pretrain.iterations=5"),
+    (["train", "--lr=0.1"], "write it as optimizer.lr=0.1"),
+    (["eval", "--episodes", "3"], "write it as eval.episodes=3"),
+    (["sample-task", "out=my_task"], "this command takes flags: write --out my_task"),
+    (["report", "runs", "out=figures"], "this command takes flags: write --out figures"),
+])
+def test_the_other_grammar_gets_a_write_it_as_line(tmp_path, monkeypatch, capsys, args, needle):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.strip().count("\n") == 0, err
+    assert list(tmp_path.iterdir()) == []
