@@ -67,6 +67,31 @@ def setting_of(row: dict[str, Any]) -> str:
     return f"{setting} [{row['dataset']} {row['encoder']} {row['decoder']} {row['strategy']} {row['episode']}]"
 
 
+BOOKKEEPING = ("seed", "resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.checkpoint_every",
+               "reference")  # keys that never make two runs different settings
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
+    """Each run's setting by the config values that tell it from the others (seed and bookkeeping
+    aside), read from the runs' own configs; runs without a readable config fall back on overrides."""
+    configs = [_flat(read_run(run)["config"]) for run in runs]
+    if len(runs) < 2 or not all(configs):
+        return short_settings(rows)
+    keys = sorted({k for c in configs for k in c if not any(k == b or k.startswith(b + ".") for b in BOOKKEEPING)})
+    differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    # A component that differs is named by its group (strategy=maml), not by each of its parameters.
+    swapped = {k[: -len(".name")] for k in differ if k.endswith(".name")}
+    shown = [k for k in differ if not any(k.startswith(g + ".") for g in swapped)]
+    return [" ".join([*(f"{g}={c.get(g + '.name')}" for g in sorted(swapped)), *(f"{k}={c.get(k)}" for k in shown)])
+            or "(common settings)" for c in configs]
+
+
 def short_settings(rows: list[dict[str, Any]]) -> list[str]:
     """Each run's setting by the overrides that tell it from the others (seed aside): legends stay short."""
     tokens = [[o for o in r["overrides"].split() if not o.startswith("seed=")] for r in rows]
@@ -150,9 +175,13 @@ def main(argv: list[str]) -> int:
 
     parser = OneLineParser(prog="metalearn report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or sweep dirs")
-    parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the PNGs "
+    parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the figures "
                                                  "(default: report/ in the folder holding the runs)")
+    parser.add_argument("--format", default="png", help="figure formats, comma-separated: png, pdf, svg (default: png)")
     args = parser.parse_args(argv)
+    formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
+    if not formats or any(f not in ("png", "pdf", "svg") for f in formats):
+        parser.error(f"--format {args.format}: choose from png, pdf, svg (comma-separated)")
     for path in args.paths:  # key=value, the Hydra commands' grammar, where a flag is meant
         if "=" in str(path) and not Path(path).exists():
             parser.error(f"unrecognized arguments: {path}")
@@ -166,7 +195,7 @@ def main(argv: list[str]) -> int:
         raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")
     out.mkdir(parents=True, exist_ok=True)
     table = write_tables(rows, out)
-    pictures = plot(runs, rows, short_settings(rows), out)
+    pictures = plot(runs, rows, config_labels(runs, rows), out, tuple(formats))
     print(table, end="")
     print(f"\n{len(rows)} runs; wrote {out / 'report.md'}, {out / 'report.csv'}, " + ", ".join(map(str, pictures)))
     return 0

@@ -1,12 +1,23 @@
-"""The pictures of ``metalearn report`` (matplotlib, headless): learning curves, mean ± std over the
-seeds of each setting, and test accuracy as points with CI95 error bars, all in percent."""
+"""The figures of ``metalearn report`` (matplotlib, headless), ready for a paper: learning curves
+and test accuracy per *setting* (runs that differ only in their seed are one setting), each setting
+one colour in every panel and every series in the legend, labels from what differs between the runs'
+configs, seeds aggregated (mean with a CI95 band / bar), in PNG, PDF or SVG."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from metalearn_cli.rundir import read_run
+
+FONT = 10  # readable at a column's width
+# Student's t 97.5% quantiles by degrees of freedom (CI95 of a mean over a few seeds); 1.96 beyond.
+T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13, 20: 2.09, 30: 2.04}
+
+
+def t975(df: int) -> float:
+    return T975.get(df) or T975[max(k for k in T975 if k <= df)] if df <= 30 else 1.96
 
 
 def _series(run: Path) -> tuple[dict[int, float], dict[int, float]]:
@@ -18,8 +29,24 @@ def _series(run: Path) -> tuple[dict[int, float], dict[int, float]]:
     return loss, val
 
 
-def _band(ax: Any, members: list[dict[int, float]], label: str) -> None:
-    """One line per setting: the mean over its runs, shaded ± std where there are several."""
+def groups_of(runs: list[Path], rows: list[dict[str, Any]], settings: list[str]) -> dict[str, list[int]]:
+    """Setting label -> the indices of its runs (in the order they come)."""
+    groups: dict[str, list[int]] = {}
+    for i, setting in enumerate(settings if len(runs) > 1 else [rows[0]["run"]]):
+        groups.setdefault(setting, []).append(i)
+    return groups
+
+
+def colours(labels: list[str]) -> dict[str, Any]:
+    """One colour per setting, the same in every panel and figure."""
+    import matplotlib
+
+    cycle = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    return {label: cycle(i % cycle.N) for i, label in enumerate(labels)}
+
+
+def _band(ax: Any, members: list[dict[int, float]], colour: Any) -> None:
+    """The mean over a setting's runs at the steps they all logged, shaded by its CI95 over seeds."""
     steps = sorted(set.intersection(*(set(m) for m in members))) if members else []
     if not steps:
         return
@@ -27,67 +54,108 @@ def _band(ax: Any, members: list[dict[int, float]], label: str) -> None:
 
     values = np.array([[m[s] for s in steps] for m in members])
     mean = values.mean(0)
-    line = ax.plot(steps, mean, marker="o" if len(steps) < 20 else None, label=f"{label} (n={len(members)})")[0]
+    ax.plot(steps, mean, color=colour, marker="o" if len(steps) < 20 else None, markersize=4)
     if len(members) > 1:
-        std = values.std(0, ddof=1)
-        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        half = t975(len(members) - 1) * values.std(0, ddof=1) / len(members) ** 0.5
+        ax.fill_between(steps, mean - half, mean + half, color=colour, alpha=0.2, linewidth=0)
 
 
-def curves(runs: list[Path], rows: list[dict[str, Any]], settings: list[str], out: Path) -> Path:
-    """Loss and validation curves; runs of one setting (differing only in their seed) are one mean ± std band."""
+def _legend(fig: Any, labels: dict[str, str], palette: dict[str, Any]) -> None:
+    """Every setting, whatever each panel logged, below the panels (never over a point)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=palette[s], marker="o", label=textwrap.fill(text, 90)) for s, text in labels.items()]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=1 if len(handles) > 2 else len(handles),
+               fontsize=FONT - 1, frameon=False)  # below the panels (saved with bbox_inches="tight")
+
+
+def curves_figure(runs: list[Path], rows: list[dict[str, Any]], settings: list[str]) -> Any:
+    """Training loss and validation accuracy per setting: the mean over its seeds with a CI95 band."""
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[Path]] = {}
-    for run, row, setting in zip(runs, rows, settings):
-        groups.setdefault(setting if len(runs) > 1 else row["run"], []).append(run)
-    several = any(len(m) > 1 for m in groups.values())
-    labels = {s: (s if several else rows[runs.index(m[0])]["run"]) for s, m in groups.items()}
-    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    groups = groups_of(runs, rows, settings)
+    palette = colours(list(groups))
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for setting, members in groups.items():
-        series = [_series(r) for r in members]
-        _band(loss_ax, [s[0] for s in series], labels[setting])
-        _band(val_ax, [s[1] for s in series], labels[setting])
-    loss_ax.set(xlabel="meta-iteration", ylabel="train loss", title="training loss" + (" (mean ± std over seeds)" if several else ""))
-    val_ax.set(xlabel="meta-iteration", ylabel="validation accuracy (%)", title="validation accuracy")
-    handles, names = val_ax.get_legend_handles_labels()
-    if handles:  # below the plots: never over a point
-        fig.legend(handles, names, loc="lower center", ncol=1, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 * min(len(handles), 6) + 0.02, 1, 1))
-    path = out / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        series = [_series(runs[i]) for i in members]
+        _band(loss_ax, [s[0] for s in series], palette[setting])
+        _band(val_ax, [s[1] for s in series], palette[setting])
+    several = any(len(m) > 1 for m in groups.values())
+    loss_ax.set_xlabel("meta-iteration", fontsize=FONT)
+    loss_ax.set_ylabel("training loss", fontsize=FONT)
+    val_ax.set_xlabel("meta-iteration", fontsize=FONT)
+    val_ax.set_ylabel("validation accuracy (%)", fontsize=FONT)
+    loss_ax.set_title("training loss" + (" (mean, CI95 over seeds)" if several else ""), fontsize=FONT)
+    val_ax.set_title("validation accuracy", fontsize=FONT)
+    for ax in (loss_ax, val_ax):
+        ax.tick_params(labelsize=FONT - 1)
+        ax.grid(alpha=0.3)
+    labels = {s: f"{s} (n={len(m)})" if several else s for s, m in groups.items()}
+    _legend(fig, labels, palette)
+    fig.tight_layout()
+    return fig
 
 
-def accuracy(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Test accuracy (%) of each run as a point with its CI95, runs on the vertical axis (labels in full)."""
+def accuracy_figure(rows: list[dict[str, Any]], settings: list[str]) -> Any:
+    """Test accuracy (%) per setting: one seed -> its CI95 over the test tasks; several -> their mean
+    with the CI95 over seeds, each seed a small dot; the published figure as a cross."""
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if r["test_accuracy"] is not None]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.4 * max(len(done), 1)))
-    ys = list(range(len(done)))[::-1]
-    ax.errorbar([r["test_accuracy"] for r in done], ys, xerr=[r["ci95"] or 0 for r in done], fmt="o", capsize=4,
-                label="ours ± CI95")
-    published = [(r["published"], y) for r, y in zip(done, ys) if r.get("published") is not None]
-    if published:  # the paper's figure beside ours, where a preset names one
-        ax.scatter(*zip(*published), marker="x", s=60, color="crimson", zorder=3, label="published")
-    ax.set_yticks(ys, [r["run"] for r in done], fontsize=8)
-    ax.set(xlabel="test accuracy (%)")
-    ax.set_title("test accuracy", loc="right")
-    if done:
-        low = min([r["test_accuracy"] - (r["ci95"] or 0) for r in done] + [p for p, _ in published])
-        ax.set_xlim(max(0.0, low - 5), 100)
+    groups = {s: [i for i in m if rows[i]["test_accuracy"] is not None]
+              for s, m in groups_of(list(range(len(rows))), rows, settings).items()}  # type: ignore[arg-type]
+    groups = {s: m for s, m in groups.items() if m}
+    palette = colours(list(groups))
+    lines = sum(len(textwrap.wrap(s, 48)) or 1 for s in groups)
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.3 * max(lines, 1) + 0.15 * len(groups)))
+    ys = list(range(len(groups)))[::-1]
+    lows, highs = [], []
+    for (setting, members), y in zip(groups.items(), ys):
+        accs = [rows[i]["test_accuracy"] for i in members]
+        mean = sum(accs) / len(accs)
+        if len(accs) > 1:
+            std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5
+            half = t975(len(accs) - 1) * std / len(accs) ** 0.5
+            ax.scatter(accs, [y] * len(accs), s=12, color=palette[setting], alpha=0.5, zorder=2)
+        else:
+            half = rows[members[0]]["ci95"] or 0.0
+        ax.errorbar([mean], [y], xerr=[half], fmt="o", capsize=4, color=palette[setting], zorder=3)
+        published = rows[members[0]].get("published")
+        if published is not None:
+            ax.scatter([published], [y], marker="x", s=60, color="black", zorder=4)
+            lows.append(published)
+            highs.append(published)
+        lows.append(mean - half)
+        highs.append(mean + half)
+    ax.set_yticks(ys, [textwrap.fill(f"{s} (n={len(m)})" if len(m) > 1 else s, 48) for s, m in groups.items()],
+                  fontsize=FONT - 1)
+    ax.set_xlabel("test accuracy (%)" + ("; × published" if any(r.get("published") is not None for r in rows) else ""),
+                  fontsize=FONT)
+    if lows:
+        span = max(max(highs) - min(lows), 1.0)
+        ax.set_xlim(max(0.0, min(lows) - 0.15 * span), min(100.0, max(highs) + 0.15 * span))
+    ax.tick_params(axis="x", labelsize=FONT - 1)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
+    ax.set_title("test accuracy (mean, CI95)", fontsize=FONT)
     fig.tight_layout()
-    path = out / "accuracy.png"
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def save(fig: Any, stem: Path, formats: list[str]) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        fig.savefig(path, dpi=200 if fmt == "png" else None, bbox_inches="tight")
+        paths.append(path)
     plt.close(fig)
-    return path
+    return paths
 
 
-def plot(runs: list[Path], rows: list[dict[str, Any]], settings: list[str], out: Path) -> list[Path]:
+def plot(runs: list[Path], rows: list[dict[str, Any]], settings: list[str], out: Path,
+         formats: tuple[str, ...] = ("png",)) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    return [curves(runs, rows, settings, out), accuracy(rows, out)]
+    return [*save(curves_figure(runs, rows, settings), out / "curves", list(formats)),
+            *save(accuracy_figure(rows, settings), out / "accuracy", list(formats))]

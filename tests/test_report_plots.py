@@ -1,0 +1,77 @@
+"""The report's figures, read from the figure objects: one colour per setting in every panel, every
+setting in the legend, labels from what differs, seeds aggregated, vector formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+from conftest import FAST
+from metalearn_cli.cli import main
+from metalearn_cli.report import common_base, config_labels, describe
+from metalearn_cli.report_plots import accuracy_figure, curves_figure
+from metalearn_cli.rundir import find_runs
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """Two settings x two seeds, and a third setting whose run logged no validation."""
+    root = tmp_path_factory.mktemp("plots")
+    for width in (8, 16):
+        for seed in (0, 1):
+            assert main(["train", *FAST, f"encoder.width={width}", f"seed={seed}",
+                         f"hydra.run.dir={root / f'w{width}-s{seed}'}"]) == 0
+    assert main(["train", *FAST, "encoder.width=4", f"hydra.run.dir={root / 'w4'}"]) == 0
+    metrics = root / "w4" / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines() if '"val"' not in line))
+    return root
+
+
+def rows_of(root: Path):
+    runs = find_runs([root])
+    rows = [describe(run, common_base(runs)) for run in runs]
+    return runs, rows, config_labels(runs, rows)
+
+
+def test_every_setting_has_one_colour_in_both_panels_and_a_place_in_the_legend(sweep):
+    runs, rows, settings = rows_of(sweep)
+    fig = curves_figure(runs, rows, settings)
+    loss_ax, val_ax = fig.axes
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["encoder.width=16 (n=2)", "encoder.width=4 (n=1)", "encoder.width=8 (n=2)"]
+    colour = {text: handle.get_color() for text, handle in zip(legend, fig.legends[0].legend_handles)}
+    assert len({tuple(c) for c in colour.values()}) == 3
+    loss_colours = [tuple(line.get_color()) for line in loss_ax.get_lines()]
+    val_colours = [tuple(line.get_color()) for line in val_ax.get_lines()]
+    assert len(loss_colours) == 3 and len(val_colours) == 2  # the run without validation is in the legend all the same
+    assert set(val_colours) <= set(loss_colours)
+    assert len(val_ax.collections) == 2  # CI95 bands over the two seeds of each aggregated setting
+
+
+def test_accuracy_aggregates_seeds_and_labels_by_what_differs(sweep):
+    runs, rows, settings = rows_of(sweep)
+    fig = accuracy_figure(rows, settings)
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert sorted(labels) == ["encoder.width=16 (n=2)", "encoder.width=4", "encoder.width=8 (n=2)"]
+    assert len(ax.containers) == 3  # one error bar per setting, not per run
+    means = sorted(c.lines[0].get_xdata()[0] for c in ax.containers)
+    by_width = {}
+    for row, setting in zip(rows, settings):
+        by_width.setdefault(setting, []).append(row["test_accuracy"])
+    assert means == pytest.approx(sorted(sum(v) / len(v) for v in by_width.values()))
+    assert ax.get_xlim()[1] <= 100
+
+
+def test_report_writes_each_requested_format(sweep, tmp_path, capsys):
+    assert main(["report", str(sweep), "--out", str(tmp_path / "r"), "--format", "png,pdf,svg"]) == 0
+    written = sorted(p.name for p in (tmp_path / "r").iterdir() if p.suffix in (".png", ".pdf", ".svg"))
+    assert written == ["accuracy.pdf", "accuracy.png", "accuracy.svg", "curves.pdf", "curves.png", "curves.svg"]
+    assert (tmp_path / "r" / "curves.pdf").read_bytes()[:4] == b"%PDF"
+    assert main(["report", str(sweep), "--out", str(tmp_path / "r2"), "--format", "gif"]) == 2
+    assert json.loads((sweep / "w4" / "status.json").read_text())["status"] == "completed"
