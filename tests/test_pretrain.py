@@ -172,3 +172,24 @@ def test_an_unknown_augmentation_fails_at_compose_time(compose_train):
 
     with pytest.raises(ConfigCompositionException, match="augment"):
         compose_train(*PRE, "pretrain.augment=sometimes")
+
+
+def test_the_stage_learns_its_encoder_moves_and_validation_beats_the_start(compose_train, tmp_path):
+    """Fails when the stage's update is gone (no optimizer step, no backward): the encoder must move
+    and its nearest-centroid accuracy on the fixed validation tasks must rise above the random start."""
+    from metalearn_cli.evaluation import evaluate_tasks, summarize
+
+    cfg = compose_train(*PRE, "pretrain.iterations=60", "pretrain.val_every=60", "pretrain.batch_size=32",
+                        "pretrain.val_episodes=20")
+    data = DATASETS.build(cfg.dataset)
+    torch.manual_seed(0)
+    stage = Pretraining(cfg, tmp_path, data, torch.device("cpu"))
+    start = {k: v.clone() for k, v in stage.strategy.state_dict().items()}
+    at_start = summarize(evaluate_tasks(stage.strategy, stage.val_sampler, cfg.pretrain.val_episodes, 10, "running"))
+    stage.run({"signal": None})
+    best = load_checkpoint(tmp_path / "pretrain" / "checkpoints" / "best.pt")
+    moved = [k for k, v in start.items() if k.startswith("model.encoder") and v.is_floating_point()
+             and not torch.equal(v, best["model"][k])]
+    assert len(moved) > len([k for k in start if k.startswith("model.encoder")]) // 2
+    print(f"val accuracy {at_start['accuracy']:.3f} at the start, {best['best_val']:.3f} after 60 steps")
+    assert best["best_val"] > at_start["accuracy"] + 0.05

@@ -173,8 +173,9 @@ def test_maml_adds_the_decoders_regulariser_to_the_meta_loss(decoder):
     maml.eval()  # the latent codes at their means: the same value on every call
     logits, regularizer, _ = maml._batch_logits(batch, 1, create_graph=True)
     task = F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
-    assert regularizer.mean() > 0
-    torch.testing.assert_close(maml.meta_loss(batch).loss, task + regularizer.mean())
+    # Compared on its own scale (FiLM's is ~1e-12, below any tolerance on the whole loss): a meta-loss
+    # without the regulariser fails here.
+    torch.testing.assert_close(maml.meta_loss(batch).loss - task, regularizer.mean(), rtol=1e-2, atol=0)
 
 
 # ----------------------------------------------------------------------------- MAML++ options
@@ -260,11 +261,6 @@ def test_the_final_query_pass_uses_the_query_sets_own_statistics():
     moved = maml.predict(type(batch)(batch.support_images, batch.support_labels, changed, batch.query_labels,
                                      3, 1, 2)).logits
     assert not torch.allclose(logits[:, 1:], moved[:, 1:])  # batch statistics: the query set is one batch
-    # The adapted classifier is the same: the support set alone was normalised and adapted on.
-    weights = dict(maml.model.named_parameters())
-    a, _, _ = maml._task_logits(weights, batch.support_images[0], batch.support_labels[0], batch.support_images[0], 3, 1, False)
-    b, _, _ = maml._task_logits(weights, batch.support_images[0], batch.support_labels[0], batch.support_images[0], 3, 1, False)
-    torch.testing.assert_close(a, b)
 
 
 def test_metasgd_draws_its_rates_as_the_paper_did():

@@ -12,10 +12,10 @@ from metalearn_cli.optim import ClipParams
 from metalearn_cli.strategies import STRATEGIES
 
 
-def setup(decoder="prototype"):
+def setup(decoder="prototype", **params):
     torch.manual_seed(0)
     data = DATASETS.build({"name": "synthetic", "train_classes": 10, "images_per_class": 6})
-    cfg = OmegaConf.create({"encoder": {"name": "conv4", "width": 8}, "decoder": {"name": decoder},
+    cfg = OmegaConf.create({"encoder": {"name": "conv4", "width": 8}, "decoder": {"name": decoder, **params},
                             "episode": {"way": 5, "shot": 1, "query": 3}})
     model = build_meta_model(cfg, data.image_shape)
     strategy = STRATEGIES.build({"name": "mgd"}, model=model)
@@ -50,8 +50,11 @@ def test_the_meta_loss_is_the_query_loss_plus_the_decoders_regulariser():
     torch.manual_seed(3)
     out = strategy.model.episode_output(batch)
     task = F.cross_entropy(out.logits.flatten(0, 1), batch.query_labels.flatten())
-    assert out.regularizer > 0
     torch.testing.assert_close(loss, task + out.regularizer)
+    # The regulariser is the decoder's weighted penalties: doubling every weight doubles it.
+    doubled, _ = setup("latent", kl_weight=2e-3, orthogonality=2e-3, encoder_penalty=2e-9)
+    torch.manual_seed(3)
+    torch.testing.assert_close(doubled.model.episode_output(batch).regularizer, 2 * out.regularizer)
 
 
 def test_training_lowers_the_query_loss():
