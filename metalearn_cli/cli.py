@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from metalearn_cli.console import as_user_error, one_line, suggest
 from metalearn_cli.errors import ConfigError, InternalError, Interrupted, MetalearnError
 from metalearn_cli.command_line import (
-    CONFIG_FLAGS, PRINTING_FLAGS, add_override, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, flat_keys, hydra_argv, print_help, rank, refuse_foreign_target,
+    CONFIG_FLAGS, FLAG_COMMANDS, PRINTING_FLAGS, add_override, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, flat_keys, hydra_argv, print_help, rank, refuse_foreign_target,
     refuse_unknown_flags, required,
     shell_completion, typed_keys, with_run_dir,
 )
@@ -174,17 +174,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         for i, a in enumerate(args[:-1]):
             if a == flag:
                 return shell_completion(args[i + 1], APPS)
-    if command in ("report", "sample-task"):
-        from metalearn_cli import report, sample_task
+    if command in FLAG_COMMANDS:
+        from metalearn_cli import compare, report, sample_task
 
         try:
-            return {"report": report.main, "sample-task": sample_task.main}[command](rest)
+            return {"report": report.main, "sample-task": sample_task.main, "compare": compare.main}[command](rest)
         except MetalearnError as exc:
             print(f"metalearn {command}: error: {exc}", file=sys.stderr)
             return 2
     if command not in APPS:
-        hint = suggest(command, [*APPS, "report", "sample-task"])
-        print(f"metalearn: error: unknown command '{command}'; {hint}choose one of: {', '.join([*APPS, 'report', 'sample-task'])} "
+        hint = suggest(command, [*APPS, *FLAG_COMMANDS])
+        print(f"metalearn: error: unknown command '{command}'; {hint}choose one of: {', '.join([*APPS, *FLAG_COMMANDS])} "
               "(see metalearn --help)",
               file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ commands:
   export    write a checkpoint's meta-knowledge alone, for metalearn_cli.load() and predict
   report    one table (markdown + CSV) and plots over run dirs or sweep dirs
   sample-task  write a small Omniglot task folder (support/, query/) to try predict on
+  compare   paired comparison of runs on the same test tasks: difference with bootstrap CI95, McNemar
 
 examples:
   metalearn train                                    # ProtoNet on Omniglot 5-way 1-shot (embedded data, CPU ok)
@@ -45,6 +46,7 @@ examples:
   metalearn predict checkpoint=<run>/checkpoints/best.pt support=task/support query=task/query
   metalearn export checkpoint=<run>/checkpoints/best.pt out=meta_knowledge.pt
   metalearn report outputs/multirun/train/<time>     # table, learning curves, accuracy chart
+  metalearn compare outputs/train/<run A> outputs/train/<run B>   # B vs A, task by task
   metalearn sample-task --out my_task                # then: metalearn predict ... support=my_task/support query=my_task/query
   metalearn train 'hydra.run.dir="runs/my run"'      # quote values with spaces or non-ASCII characters
   metalearn --version
@@ -55,6 +57,7 @@ Run dirs go to outputs/<command>/...; each holds .hydra/, checkpoints/, metrics.
 tensorboard/ and results.json. Errors print one line and exit with code 2.
 """
 
+FLAG_COMMANDS = ("report", "sample-task", "compare")  # argparse commands (--flags), beside the Hydra ones (key=value)
 MODIFIERS = ("experiment", "debug", "sweep")  # groups whose options set keys anywhere (@package _global_)
 
 GROUPS = {  # the config groups each command accepts (its --help lists only these)

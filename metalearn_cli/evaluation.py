@@ -26,6 +26,7 @@ from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, resident, split_seed
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import batch_norm_mode
+from metalearn_cli.files import atomic_write
 from metalearn_cli.rundir import write_results, write_status
 from metalearn_cli.strategies import Strategy, query_accuracy
 
@@ -34,12 +35,14 @@ log = logging.getLogger(__name__)
 
 def evaluate_tasks(
     strategy: Strategy, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str,
-    stats: Optional[list[dict[str, float]]] = None, progress: bool = False,
+    stats: Optional[list[dict[str, float]]] = None, progress: bool = False, outcomes: Optional[list[torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks.
 
     With ``stats`` (a list), one row per task is appended: the norms the decoder reports for what
-    it generated (prototypes, latent codes, weights, FiLM modulations) on that task.
+    it generated (prototypes, latent codes, weights, FiLM modulations) on that task. With
+    ``outcomes`` (a list), each batch's per-query correctness ``[tasks, queries]`` is appended (for
+    ``metalearn compare``'s paired tests).
     """
     if episodes < 1 or batch_tasks < 1:
         raise ConfigError("eval.episodes, eval.batch_tasks and trainer.val_episodes must be >= 1")
@@ -53,6 +56,8 @@ def evaluate_tasks(
                 out = strategy.predict(part, with_stats=stats is not None)
                 acc = query_accuracy(out.logits.detach(), part.query_labels)
                 accs.append(acc)
+                if outcomes is not None:
+                    outcomes.append((out.logits.detach().argmax(-1) == part.query_labels).cpu())
                 if stats is not None:
                     values = {k: v.detach().float().cpu() for k, v in out.stats.items()}
                     for t in range(acc.numel()):
@@ -61,6 +66,21 @@ def evaluate_tasks(
             bar.update(batch.tasks)
     bar.close()
     return torch.cat(accs).cpu()
+
+
+OUTCOMES = "test_outcomes.npz"  # per-query correctness on the fixed tasks, for metalearn compare
+
+
+def write_outcomes(path: Path, correct: torch.Tensor) -> None:
+    """``[tasks, queries]`` booleans, bit-packed (1,000 tasks x 75 queries: about 10 kB)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    array = correct.numpy().astype(bool)
+    np.savez_compressed(buffer, packed=np.packbits(array, axis=None), shape=np.array(array.shape))
+    atomic_write(path, lambda f: f.write(buffer.getvalue()), path.name, "free disk space")
 
 
 def write_task_stats(path: Path, rows: list[dict[str, float]]) -> None:
@@ -96,11 +116,14 @@ def score_checkpoint(
     bn_mode = resolve_bn_mode(eval_cfg.bn_mode, strategy)
     start = time.perf_counter()
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
-    accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats, progress)
+    outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
+    accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats, progress, outcomes)
     seconds = time.perf_counter() - start
     if stats is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_task_stats(Path(run_dir) / "task_stats.csv", stats)
+    if outcomes:
+        write_outcomes(Path(run_dir) / OUTCOMES, torch.cat(outcomes))
     return {
         **summarize(accs),
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": bn_mode, "seed": seed,

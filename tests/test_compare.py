@@ -1,0 +1,58 @@
+"""metalearn compare: paired differences on the same fixed test tasks, McNemar, and refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import FAST
+from metalearn_cli.cli import main
+from metalearn_cli.compare import mcnemar, outcomes, paired
+
+
+def test_mcnemar_exact_and_chi_square():
+    assert mcnemar(0, 0) == 1.0
+    assert mcnemar(0, 6) == pytest.approx(2 / 64)  # exact: both tails of Binomial(6, 1/2) at 0
+    assert mcnemar(3, 3) == 1.0
+    assert mcnemar(10, 40) == pytest.approx(math.erfc(math.sqrt((30 - 1) ** 2 / 50 / 2)))
+
+
+def test_paired_counts_and_interval():
+    rng = np.random.default_rng(0)
+    a = rng.random((200, 15)) < 0.6
+    b = a.copy()
+    b[:, 0] = True  # B also gets every first query right
+    result = paired(a, b)
+    assert result["only_reference_right"] == 0 and result["only_run_right"] == int((~a[:, 0]).sum())
+    assert result["difference"] == pytest.approx(100 * (b.mean() - a.mean()))
+    assert result["ci95_low"] <= result["difference"] <= result["ci95_high"] and result["ci95_low"] > 0
+    same = paired(a, a)
+    assert same["difference"] == same["ci95_low"] == same["ci95_high"] == 0 and same["mcnemar_p"] == 1.0
+
+
+def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
+    for name, width in (("a", 16), ("b", 8)):
+        assert main(["train", *FAST, f"encoder.width={width}", f"hydra.run.dir={tmp_path / name}"]) == 0
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    with open(tmp_path / "cmp" / "compare.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    acc = {n: 100 * json.loads((tmp_path / n / "results.json").read_text())["accuracy"] for n in ("a", "b")}
+    assert float(row["difference"]) == pytest.approx(acc["b"] - acc["a"], abs=1e-3)
+    queries = outcomes(tmp_path / "a").size
+    assert (int(row["only_run_right"]) - int(row["only_reference_right"])) == pytest.approx(
+        (acc["b"] - acc["a"]) / 100 * queries, abs=0.5)
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    # another task shape is not the same tasks; a run without outcomes says how to get them
+    assert main(["train", *FAST, "episode.shot=2", f"hydra.run.dir={tmp_path / 'c'}"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 2
+    assert "was not scored on the tasks of" in capsys.readouterr().err
+    (tmp_path / "b" / "test_outcomes.npz").unlink()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no test_outcomes.npz" in err and "metalearn eval checkpoint=" in err and err.count("\n") == 1
