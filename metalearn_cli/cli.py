@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from metalearn_cli.console import as_user_error, one_line, suggest
 from metalearn_cli.errors import ConfigError, InternalError, Interrupted, MetalearnError
 from metalearn_cli.command_line import (
-    CONFIG_FLAGS, FLAG_COMMANDS, PRINTING_FLAGS, add_override, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, flat_keys, hydra_argv, print_help, rank, refuse_foreign_target,
+    CONFIG_FLAGS, FLAG_COMMANDS, version_line, PRINTING_FLAGS, add_override, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, flat_keys, hydra_argv, print_help, rank, refuse_foreign_target,
     refuse_unknown_flags, required,
     shell_completion, typed_keys, with_run_dir,
 )
@@ -165,9 +165,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(USAGE, end="")
         return 0
     if args[0] in ("--version", "-V", "version"):
-        from metalearn_cli import __version__
-
-        print(f"metalearn {__version__}")
+        print(version_line())
         return 0
     command, rest = args[0], args[1:]
     for flag in ("-sc", "--shell-completion"):

@@ -72,6 +72,30 @@ CONFIG_FLAGS = ("--config-name", "-cn", "--config-dir", "-cd", "--config-path", 
 VALUE_FLAGS = (*CONFIG_FLAGS, "--cfg", "-c", "--package", "-p", "--info", "-i")  # flags followed by a value
 
 
+def version_line() -> str:
+    """``metalearn --version``: the versions that decide numbers and speed, and whether this CPU
+    computes bf16 natively (``precision=auto`` trains in bf16 there), without importing torch."""
+    from importlib import metadata
+
+    from metalearn_cli import __version__
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        bf16 = "yes (precision=auto: bf16)" if {"avx512_bf16", "amx_bf16"} & set(flags) else "no (precision=auto: fp32)"
+    except OSError:
+        bf16 = "unknown"
+    return (f"metalearn {__version__} (torch {version('torch')}, torchvision {version('torchvision')}, hydra-core "
+            f"{version('hydra-core')}, Python {sys.version.split()[0]}; native bf16 on this CPU: {bf16}; "
+            "CUDA is used when torch finds a GPU)")
+
+
 def rank() -> int:
     """This process's rank under torchrun (0 alone: rank 0 alone locks and writes the run dir)."""
     try:

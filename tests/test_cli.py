@@ -158,7 +158,9 @@ def test_shell_completion_knows_subcommands_and_their_groups(monkeypatch, capsys
 def test_version_and_a_mistyped_command(capsys):
     from metalearn_cli import __version__
 
-    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"metalearn {__version__}"
+    assert main(["--version"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"metalearn {__version__} (torch ") and "native bf16 on this CPU: " in line
     assert main(["evl"]) == 2 and "did you mean 'eval'?" in capsys.readouterr().err
 
 
@@ -246,3 +248,9 @@ def test_the_other_grammar_gets_a_write_it_as_line(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert needle in err and err.strip().count("\n") == 0, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_import_metalearn_is_the_package():
+    proc = subprocess.run([sys.executable, "-c", "import metalearn, metalearn_cli; assert metalearn is metalearn_cli; "
+                           "print(metalearn.load.__module__)"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "metalearn_cli", proc.stderr
