@@ -193,6 +193,9 @@ def _hydra_command(command: str, rest: list[str]) -> int:
     """A Hydra subcommand: its run dir placed and checked, then the app run under the run dir's lock."""
     from metalearn_cli.components import register_configs
 
+    global _claimed
+    _claimed = None  # set again only if this command claims a default dir
+
     register_configs()
     rest = add_override(rest, "hydra.output_subdir=null")  # a job writes its .hydra/ record itself, once accepted
     if rank() > 0:  # torchrun: rank 0 alone writes the run dir
@@ -263,7 +266,7 @@ def _place_run(command: str, args: list[str], values: dict[str, Any], scratch: l
         if resolved is None:
             return args, None  # the config does not compose: Hydra reports why before writing anything
         if named is None:
-            global _claimed
+            global _claimed  # noqa: PLW0603
             _claimed = claim_fresh(canonical(resolved))
             return with_run_dir(args, _claimed), _claimed
         named = resolved
