@@ -245,7 +245,8 @@ def _place_run(command: str, args: list[str], values: dict[str, Any], scratch: l
     claimed fresh; a dir named on the command line is checked before Hydra writes anything in it."""
     from metalearn_cli.resume import refuse_another_dir, resume_value, run_dir_of
 
-    if flag_present(args, ("-m", "--multirun", *PRINTING_FLAGS)) or flag_present(args, CONFIG_FLAGS):
+    multirun = str(values.get("hydra.mode", "")).upper() == "MULTIRUN"  # the same as -m: each job checks its own dir
+    if multirun or flag_present(args, ("-m", "--multirun", *PRINTING_FLAGS)) or flag_present(args, CONFIG_FLAGS):
         return args, None
     named = values.get("hydra.run.dir")
     if named is not None and (not isinstance(named, (str, int, float)) or str(named).strip() in ("", "???")):

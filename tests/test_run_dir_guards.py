@@ -155,6 +155,7 @@ def test_jobs_check_their_own_run_dir_under_sweeps_and_other_hydra_flags(runs, t
     before = tree_hash(train)
     cases = [
         ["train", "-m", *SMOKE, f"hydra.sweep.dir={train.parent}", f"hydra.sweep.subdir={train.name}"],
+        ["train", *SMOKE, "hydra.mode=MULTIRUN", f"hydra.sweep.dir={train.parent}", f"hydra.sweep.subdir={train.name}"],
         ["eval", "-m", f"checkpoint={train}", f"hydra.sweep.dir={train.parent}", f"hydra.sweep.subdir={train.name}"],
         ["train", *SMOKE, f"hydra.run.dir={train}", "--config-name", "train"],
         ["eval", f"checkpoint={train}", f"hydra.run.dir={train}", "-cd", str(tmp_path)],
@@ -165,6 +166,7 @@ def test_jobs_check_their_own_run_dir_under_sweeps_and_other_hydra_flags(runs, t
         capsys.readouterr()
         assert tree_hash(train) == before, args
     assert (tmp_path / "new" / ".hydra" / "config.yaml").is_file()  # that run's record went into its own dir
+    assert not (tmp_path / "outputs").exists()  # no default dir claimed for a sweep
 
 
 def test_a_sub_dir_that_collides_inside_one_sweep_leaves_the_first_job_as_it_was(tmp_path, capsys):
