@@ -28,11 +28,12 @@ from omegaconf.errors import OmegaConfBaseException
 from metalearn_cli.console import as_user_error, one_line, suggest
 from metalearn_cli.errors import ConfigError, InternalError, Interrupted, MetalearnError
 from metalearn_cli.command_line import (
-    CONFIG_FLAGS, FLAG_COMMANDS, version_line, PRINTING_FLAGS, add_override, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, flat_keys, hydra_argv, print_help, rank, refuse_foreign_target,
+    CONFIG_FLAGS, FLAG_COMMANDS, version_line, PRINTING_FLAGS, add_override, USAGE, VALUE_FLAGS, check_debug, claim_fresh, flag_present, hydra_argv, print_help, rank, refuse_foreign_target,
     refuse_unknown_flags, required,
     shell_completion, typed_keys, with_run_dir,
 )
 from metalearn_cli.rundir import RunGuard, canonical, exclusive, held, refuse_replacing
+from metalearn_cli.schema import flatten
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
 log = logging.getLogger("metalearn")
@@ -287,7 +288,7 @@ def _config_keys(command: str) -> list[str]:
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="metalearn_cli.configs", version_base="1.3"):
-        return flat_keys(OmegaConf.to_container(compose(config_name=command), resolve=False))
+        return list(flatten(OmegaConf.to_container(compose(config_name=command), resolve=False)))
 
 
 def _composed_run_dir(command: str, args: list[str]) -> Optional[str]:

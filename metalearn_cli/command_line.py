@@ -207,12 +207,6 @@ def print_help(command: str, args: list[str], run_app: Callable[[str], int]) -> 
 HYDRA_FLAGS = (*PRINTING_FLAGS, *VALUE_FLAGS, "--hydra-help", "--version", "--run", "-r", "--multirun", "-m")
 
 
-def flat_keys(tree: Any, prefix: str = "") -> list[str]:
-    if not isinstance(tree, dict):
-        return [prefix.rstrip(".")]
-    return [k for key, value in tree.items() for k in flat_keys(value, f"{prefix}{key}.")]
-
-
 def refuse_unknown_flags(command: str, args: list[str], keys: Callable[[str], list[str]]) -> None:
     """``--iterations 5`` (other tools' habit) is one line saying how to write it here: ``trainer.iterations=5``."""
     for i, arg in enumerate(args):

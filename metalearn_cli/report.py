@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.console import OneLineParser
-from metalearn_cli.rundir import find_runs, is_run, read_run, refuse_replacing
+from metalearn_cli.rundir import find_runs, held, read_run, refuse_replacing
+from metalearn_cli.schema import flatten
 
 COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
            "test_accuracy", "ci95", "published", "val_accuracy", "train_seconds", "tasks_per_s"]
@@ -71,16 +72,10 @@ BOOKKEEPING = ("seed", "resume", "device", "threads", "trainer.progress", "train
                "reference")  # keys that never make two runs different settings
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-
-
 def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
     """Each run's setting by the config values that tell it from the others (seed and bookkeeping
     aside), read from the runs' own configs; runs without a readable config fall back on overrides."""
-    configs = [_flat(read_run(run)["config"]) for run in runs]
+    configs = [flatten(read_run(run)["config"]) for run in runs]
     if len(runs) < 2 or not all(configs):
         return short_settings(rows)
     keys = sorted({k for c in configs for k in c if not any(k == b or k.startswith(b + ".") for b in BOOKKEEPING)})
@@ -144,7 +139,7 @@ def common_base(runs: list[Path]) -> Path:
 def default_out(runs: list[Path]) -> Path:
     """``report/`` beside the inputs: in the folder holding them all, never inside a run."""
     base = common_base(runs)
-    while is_run(base) and base.parent != base:
+    while held(base) and base.parent != base:
         base = base.parent
     return base / "report"
 

@@ -16,6 +16,7 @@ from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.rundir import CHECKPOINTS, canonical
+from metalearn_cli.schema import flatten
 
 # Keys a resumed run may change: bookkeeping, never what is learned or how.
 RESUMABLE = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
@@ -63,22 +64,13 @@ def refuse_another_dir(value: str, path: Path, run_dir: Path) -> None:
                           f"hydra.run.dir (or, for a new run that starts from its weights, pass trainer.init_from={value})")
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
-
-
 def _under(key: str, prefixes: Any) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between a saved run config and ``current``."""
-    a, b = _flat(migrate_config(saved)), _flat(current)
+    a, b = flatten(migrate_config(saved)), flatten(current)
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "resume"]
 
 
@@ -97,12 +89,12 @@ def resumed_config(cfg: Any, run_dir: Path, typed: list[str]) -> Any:
     wanted = [k for k in config_diff(saved, current) if "*" in typed or _under(k, typed)]
     refused = [k for k in wanted if not _under(k, RESUMABLE)]
     if refused:
-        values = _flat(saved)
+        values = flatten(saved)
         raise CheckpointError(
             f"{path} was trained with {', '.join(f'{k}={values.get(k)!r}' for k in refused[:3])}; a resume continues the "
             f"run with its own settings, so drop {', '.join(refused[:3])} from the command, or start a new run")
     merged = OmegaConf.create(saved)
-    flat = _flat(current)
+    flat = flatten(current)
     for key in wanted:
         OmegaConf.update(merged, key, flat.get(key), merge=False)
     merged.resume = cfg.resume
@@ -113,7 +105,7 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -
     """Resuming continues *the same* run: only the :data:`RESUMABLE` keys may differ."""
     diff = [k for k in config_diff(saved, current) if not _under(k, RESUMABLE)]
     if diff:
-        values = _flat(migrate_config(saved))
+        values = flatten(migrate_config(saved))
         raise CheckpointError(
             f"{path} was trained with another config ({', '.join(f'{k}={values.get(k)!r}' for k in diff[:3])}); "
             "resume with the same settings, or start a new run"

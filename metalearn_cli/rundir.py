@@ -87,12 +87,6 @@ def is_locked(run_dir: Path) -> bool:
         os.close(fd)
 
 
-def is_run(path: Path) -> bool:
-    """Whether ``path`` holds a run (its status, results or checkpoints)."""
-    path = Path(path)
-    return any((path / name).exists() for name in (STATUS, RESULTS, CHECKPOINTS))
-
-
 OUTPUTS = (RESULTS, METRICS, "predictions.csv", "predictions.json", "export.json", "tensorboard", "pretrain")
 
 

@@ -159,5 +159,12 @@ class ExportConfig:
     out: str = MISSING  # where to write the meta-knowledge file (loadable with torch.load(weights_only=True))
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A plain config as ``{dotted.key: value}`` (for config diffs, labels and key hints)."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, value in tree.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+
+
 SCHEMAS = {"train_schema": TrainConfig, "eval_schema": EvalRunConfig, "predict_schema": PredictConfig,
            "export_schema": ExportConfig}
