@@ -9,10 +9,11 @@ however the user spelled it (quoted, relative, through a symlink, with spaces or
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
+import string
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -60,8 +61,9 @@ tensorboard/ and results.json. Errors print one line and exit with code 2.
 FLAG_COMMANDS = ("report", "sample-task", "compare")  # argparse commands (--flags), beside the Hydra ones (key=value)
 MODIFIERS = ("experiment", "debug", "sweep")  # groups whose options set keys anywhere (@package _global_)
 
-GROUPS = {  # the config groups each command accepts (its --help lists only these)
-    "train": ("dataset", "episode", "encoder", "decoder", "strategy", "optimizer", "pretrain", "experiment", "sweep", "debug"),
+GROUPS = {  # the config groups each command accepts (its --help lists only these): train takes every folder of configs/
+    "train": tuple(sorted(d.name for d in resources.files("metalearn_cli.configs").iterdir()
+                          if d.is_dir() and d.name not in ("hydra", "__pycache__"))),
     "eval": ("episode",), "predict": (), "export": (),
 }
 
@@ -192,18 +194,6 @@ def flag_present(args: list[str], flags: tuple[str, ...]) -> Optional[str]:
     return next((a for a in args if a.split("=", 1)[0] in flags), None)
 
 
-def print_help(command: str, args: list[str], run_app: Callable[[str], int]) -> int:
-    """Hydra's --help, listing only the groups ``command`` accepts (not the internal ``schema/*``)."""
-    out, code = io.StringIO(), 0
-    try:
-        with contextlib.redirect_stdout(out), hydra_argv([f"metalearn {command}", *args]):
-            code = run_app(command)
-    except SystemExit as exc:  # Hydra exits after printing the help
-        code = int(exc.code or 0)
-    print(help_for(command, out.getvalue()), end="")
-    return code
-
-
 HYDRA_FLAGS = (*PRINTING_FLAGS, *VALUE_FLAGS, "--hydra-help", "--version", "--run", "-r", "--multirun", "-m")
 
 
@@ -220,14 +210,19 @@ def refuse_unknown_flags(command: str, args: list[str], keys: Callable[[str], li
         raise ConfigError(f"{name} is not a flag of metalearn {command}; {hint} (see metalearn {command} --help)")
 
 
-def help_for(command: str, text: str) -> str:
-    """Hydra's --help text for ``command``, listing only the groups it accepts (not ``schema/*``)."""
-    kept = []
-    for line in text.splitlines():
-        group = line.split(":", 1)[0] if ": " in line and " " not in line.split(":", 1)[0] else None
-        if group is None or group in GROUPS[command] or not (group.startswith("schema/") or group in GROUPS["train"]):
-            kept.append(line)
-    return "".join(line + "\n" for line in kept)
+def config_groups(command: str) -> dict[str, list[str]]:
+    """The groups ``command`` accepts and their options, read from the shipped ``configs/`` folders."""
+    root = resources.files("metalearn_cli.configs")
+    return {group: sorted(f.name[:-5] for f in root.joinpath(group).iterdir() if f.name.endswith(".yaml"))
+            for group in GROUPS[command]}
+
+
+def render_help(command: str, template: str, config_yaml: str) -> str:
+    """``--help`` from the command's help template (``configs/hydra/help/``) and its composed config,
+    as Hydra's would read, listing only the groups the command accepts (not the internal ``schema/*``)."""
+    groups = "\n".join(f"{group}: {', '.join(options)}" for group, options in sorted(config_groups(command).items()))
+    text = string.Template(template).safe_substitute(APP_CONFIG_GROUPS=groups, CONFIG=config_yaml)
+    return text + "\n"
 
 
 @contextlib.contextmanager
@@ -260,9 +255,6 @@ def shell_completion(request: str, apps: dict[str, Callable[[], Any]]) -> int:
         os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
     else:
         command = "train"  # install/uninstall: any app prints the same script
-    from metalearn_cli.components import register_configs
-
-    register_configs()
     saved_argv = sys.argv
     sys.argv = ["metalearn", "--shell-completion", request]
     try:

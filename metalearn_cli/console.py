@@ -53,10 +53,10 @@ def did_you_mean(message: str) -> Optional[str]:
     if not match:
         return None
     from metalearn_cli import schema
-    from metalearn_cli.components import REGISTRIES
+    from metalearn_cli.params import PARAMS  # torch-free: a config error never loads a model
 
     classes = [v for v in vars(schema).values() if dataclasses.is_dataclass(v)]
-    classes += [registry.get(n).params for registry in REGISTRIES.values() for n in registry.names()]
+    classes += [params for entries in PARAMS.values() for params in entries.values()]
     seen = list(classes)
     while seen:  # nested dataclasses (ScheduleParams, ClipParams, ...)
         for f in dataclasses.fields(seen.pop()):
@@ -69,8 +69,6 @@ def did_you_mean(message: str) -> Optional[str]:
     keys = [f.name for c in classes if c.__name__ == match.group(2) for f in dataclasses.fields(c)]
     close = difflib.get_close_matches(match.group(1), keys, n=1)
     return f"did you mean '{close[0]}'?" if close else None
-
-
 
 
 def suggest(word: str, choices: list[str]) -> str:

@@ -30,7 +30,7 @@ def parameters(encoder: str, decoder: str) -> int | str:
 
     from metalearn_cli.errors import MetalearnError
     from metalearn_cli.model import build_meta_model
-    from metalearn_cli.components import register_configs
+    from metalearn_cli.cli import register_configs
 
     register_configs()
     with initialize_config_module(config_module="metalearn_cli.configs", version_base="1.3"):

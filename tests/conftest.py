@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from metalearn_cli.components import register_configs
+from metalearn_cli.cli import register_configs
 
 # Small, fast settings on generated data: seconds per run on 2 CPU cores.
 FAST = [

@@ -213,6 +213,25 @@ def test_the_usage_and_version_answer_without_loading_torch():
     assert "usage: metalearn" in proc.stdout
 
 
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "export"])
+def test_every_help_answers_with_torch_blocked(command):
+    """--help composes from the torch-free params tables: importing torch would fail here."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+            f"from metalearn_cli.cli import main; sys.exit(main([{command!r}, 'encoder=resnet12' if {command!r} == 'train' else 'checkpoint=x.pt', '--help']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"metalearn {command}:") and "== Composed config" in proc.stdout
+    if command == "train":  # the config as composed with the overrides given
+        assert "name: resnet12" in proc.stdout and "channels:" in proc.stdout
+
+
+def test_help_with_a_bad_override_is_one_line(capsys):
+    assert main(["train", "encoder=resnet99", "--help"]) == 2
+    assert main(["predict", "seed=1", "--help"]) == 2  # predict has no seed
+    err = capsys.readouterr().err
+    assert "resnet99" in err and "'seed' not in 'PredictConfig'" in err and err.strip().count("\n") == 1
+
+
 def test_a_redirected_log_has_no_progress_bar_frames(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "train", "dataset=synthetic", "encoder.width=8",
                            "trainer.iterations=20", "trainer.val_every=10", "trainer.log_every=5", "trainer.train_way=null",

@@ -48,3 +48,15 @@ def test_double_registration_and_params_without_name_are_refused():
 
     with pytest.raises(TypeError):
         reg.register("b", params=NoName)
+
+
+def test_every_registry_names_the_torch_free_params_table():
+    """Configs compose from metalearn_cli.params; the code registers with the same classes, no more, no less."""
+    from metalearn_cli.components import REGISTRIES
+    from metalearn_cli.params import PARAMS
+
+    assert set(REGISTRIES) == set(PARAMS)
+    for group, registry in REGISTRIES.items():
+        assert registry.names() == sorted(PARAMS[group]), group
+        for name in registry.names():
+            assert registry.get(name).params is PARAMS[group][name], (group, name)

@@ -67,7 +67,7 @@ def test_submitit_local_launcher(tmp_path):
 def test_the_documented_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_module
 
-    from metalearn_cli.components import register_configs
+    from metalearn_cli.cli import register_configs
 
     register_configs()
     with initialize_config_module(config_module="metalearn_cli.configs", version_base="1.3"):

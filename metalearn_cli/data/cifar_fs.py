@@ -7,34 +7,20 @@ class) from ``dataset.root``; ``dataset.download=true`` fetches it there. The cl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib import resources
-from typing import Optional
 
 import numpy as np
 import torch
 from PIL import Image
 
 from metalearn_cli.data import DATASETS, SPLITS, FewShotData
+from metalearn_cli.data.images import pipeline as image_pipeline
 from metalearn_cli.data.class_cache import split_of
-from metalearn_cli.data.images import ImageFormat
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import DataError
-from metalearn_cli.schema import Augment
+from metalearn_cli.params.datasets import CifarFSParams
 
 ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "cifar_fs"
-
-
-@dataclass
-class CifarFSParams:
-    name: str = "cifar_fs"
-    root: Optional[str] = None  # the folder holding torchvision's cifar-100-python/
-    download: bool = False  # fetch CIFAR-100 into root with torchvision (needs a network)
-    image_size: int = 32  # the protocol's 32 x 32
-    augment: Augment = Augment.crop_flip_jitter  # supervised pre-training (RFS's recipe)
-
-    def image_format(self) -> ImageFormat:
-        return ImageFormat(3, self.image_size, "bilinear")
 
 
 def _read_cifar100(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -66,7 +52,7 @@ def build_cifar_fs(params: CifarFSParams) -> FewShotData:
     stacked = stacked.permute(0, 1, 4, 2, 3)  # [classes, images, 3, 32, 32], each class in the files' order
     fmt = params.image_format()
     if fmt.size != 32:
-        pipeline = fmt.pipeline()
+        pipeline = image_pipeline(fmt)
         stacked = torch.stack([torch.stack([pipeline(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in cls])
                                for cls in stacked])
     data = ClassImages(stacked.contiguous(), classes)

@@ -7,35 +7,15 @@ on every machine. Images are converted to ``image_size`` x ``image_size`` once a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from metalearn_cli.data import DATASETS, SPLITS, FewShotData
 from metalearn_cli.data.class_cache import CACHE_DIR, load_classes, split_of
-from metalearn_cli.data.images import ImageFormat, class_folders, image_files
+from metalearn_cli.data.images import class_folders, image_files
 from metalearn_cli.errors import ConfigError, DataError
-from metalearn_cli.schema import Augment
-
-
-@dataclass
-class FolderParams:
-    name: str = "folder"
-    root: Optional[str] = None  # root/<class>/<image files>
-    image_size: int = 84  # pixels per side after resizing
-    channels: int = 3  # 3 = RGB, 1 = grey
-    resample: str = "bilinear"  # lanczos | bilinear | bicubic | nearest
-    split_file: Optional[str] = None  # lines "<class> <train|val|test>"; null = seeded split by ratios
-    ratios: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])  # train / val / test shares of the classes
-    split_seed: int = 0  # fixes the ratio split (not the run seed: the split must not move between runs)
-    images_per_class: Optional[int] = None  # null = the smallest class's count
-    cache: bool = True  # keep the converted tensor in root/.metalearn-cache/
-    augment: Augment = Augment.crop_flip  # supervised pre-training; crop_flip_jitter for colour photos, crop for symbols
-
-    def image_format(self) -> ImageFormat:
-        return ImageFormat(self.channels, self.image_size, self.resample)
+from metalearn_cli.params.datasets import FolderParams
 
 
 def read_split_file(path: Path, classes: list[str]) -> dict[str, list[str]]:

@@ -10,7 +10,6 @@ device, as for training episodes.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Union
 
@@ -18,51 +17,26 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from metalearn_cli.errors import DataError
+from metalearn_cli.params.datasets import ImageFormat  # noqa: F401 (re-exported: the conversion's declaration)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-# torchvision's InterpolationMode by name (torchvision is imported when images are converted, not
-# to print --help: it costs a second).
-RESAMPLING = ("lanczos", "bilinear", "bicubic", "nearest")
 
 
-@dataclass(frozen=True)
-class ImageFormat:
-    """How any image file becomes a ``[channels, size, size]`` uint8 tensor for the model."""
+def pipeline(fmt: ImageFormat) -> Any:
+    """torchvision's transforms from a decoded PIL image to uint8 ``[C, H, W]``."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
 
-    channels: int  # 1 (grey) or 3 (RGB)
-    size: int  # square side in pixels; images are resized to it whatever their aspect ratio
-    resample: str = "bilinear"  # lanczos | bilinear | bicubic | nearest
-    invert: bool = False  # 255 - pixel after conversion (Omniglot: dark strokes on white become bright on black)
+    steps: list[Any] = [
+        transforms.Lambda(lambda img: opaque(ImageOps.exif_transpose(img)).convert("L" if fmt.channels == 1 else "RGB")),
+        transforms.Resize((fmt.size, fmt.size), interpolation=InterpolationMode(fmt.resample)),
+        transforms.PILToTensor(),
+    ]
+    if fmt.invert:
+        steps.append(transforms.Lambda(lambda t: 255 - t))
+    return transforms.Compose(steps)
 
-    def __post_init__(self) -> None:
-        if self.channels not in (1, 3) or self.size < 1 or self.resample not in RESAMPLING:
-            raise DataError(f"invalid image format {self}: channels must be 1 or 3, size >= 1, "
-                            f"resample one of {', '.join(RESAMPLING)}")
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.channels, self.size, self.size
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ImageFormat":
-        return cls(int(values["channels"]), int(values["size"]), str(values["resample"]), bool(values["invert"]))
-
-    def pipeline(self) -> Any:
-        """torchvision's transforms from a decoded PIL image to uint8 ``[C, H, W]``."""
-        from torchvision import transforms
-        from torchvision.transforms import InterpolationMode
-
-        steps: list[Any] = [
-            transforms.Lambda(lambda img: opaque(ImageOps.exif_transpose(img)).convert("L" if self.channels == 1 else "RGB")),
-            transforms.Resize((self.size, self.size), interpolation=InterpolationMode(self.resample)),
-            transforms.PILToTensor(),
-        ]
-        if self.invert:
-            steps.append(transforms.Lambda(lambda t: 255 - t))
-        return transforms.Compose(steps)
 
 
 def opaque(img: Image.Image) -> Image.Image:
@@ -84,10 +58,10 @@ def read_image(source: ImageSource, fmt: ImageFormat, where: str | None = None) 
     name = where or str(source)
     try:
         if isinstance(source, Image.Image):
-            return fmt.pipeline()(source)
+            return pipeline(fmt)(source)
         with Image.open(source) as img:
             img.load()
-            return fmt.pipeline()(img)
+            return pipeline(fmt)(img)
     except FileNotFoundError as exc:
         raise DataError(f"image {name} does not exist; check the path") from exc
     except Image.DecompressionBombError as exc:

@@ -10,31 +10,16 @@ as one uint8 tensor with a checksum in ``root/.metalearn-cache/``.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 from metalearn_cli.data import DATASETS, SPLITS, FewShotData
 from metalearn_cli.data.class_cache import CACHE_DIR, load_classes, split_of
-from metalearn_cli.data.images import IMAGE_SUFFIXES, ImageFormat, image_files
+from metalearn_cli.data.images import IMAGE_SUFFIXES, image_files
 from metalearn_cli.errors import DataError
-from metalearn_cli.schema import Augment
+from metalearn_cli.params.datasets import MiniImageNetParams
 
 ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "mini_imagenet"
-
-
-@dataclass
-class MiniImageNetParams:
-    name: str = "mini_imagenet"
-    root: Optional[str] = None  # the folder with images/ or per-class folders
-    image_size: int = 84  # the protocol's 84 x 84; change only knowingly
-    images_per_class: Optional[int] = 600  # null = the smallest class's count
-    cache: bool = True  # keep the converted tensor (1.3 GB at 84 x 84) in root/.metalearn-cache/
-    augment: Augment = Augment.crop_flip_jitter  # supervised pre-training (RFS's recipe)
-
-    def image_format(self) -> ImageFormat:
-        return ImageFormat(3, self.image_size, "bilinear")
 
 
 def ravi_split() -> dict[str, list[str]]:

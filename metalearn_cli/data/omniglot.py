@@ -17,7 +17,6 @@ Pixels are inverted so strokes are bright on a zero background (zero padding the
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import io
 import os
@@ -32,37 +31,19 @@ import numpy as np
 import torch
 
 from metalearn_cli.data import DATASETS, FewShotData
-from metalearn_cli.data.images import ImageFormat, read_image
+from metalearn_cli.data.images import read_image
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import ConfigError, DataError, WriteError
 from metalearn_cli.files import atomic_write
-from metalearn_cli.schema import Augment
+from metalearn_cli.params.datasets import OMNIGLOT_FORMAT, OmniglotParams, OmniglotSplit
 
-IMAGE_SIZE = 28
-IMAGE_FORMAT = ImageFormat(channels=1, size=IMAGE_SIZE, resample="lanczos", invert=True)
+IMAGE_FORMAT = OMNIGLOT_FORMAT
+IMAGE_SIZE = IMAGE_FORMAT.size
 SETS = ("images_background", "images_evaluation")
 LAKE_VAL_ALPHABETS = 5
 ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "omniglot"
 ASSET_NAME = "omniglot28.npz"
 CACHE_NAME = ".metalearn-omniglot28.npz"
-
-
-class OmniglotSplit(enum.Enum):
-    vinyals = "vinyals"
-    background = "background"
-    lake = "lake"  # the old name of background: refused with a hint (it is not Lake et al.'s protocol)
-
-
-@dataclass
-class OmniglotParams:
-    name: str = "omniglot"
-    split: OmniglotSplit = OmniglotSplit.vinyals
-    root: Optional[str] = None  # folder with images_background/_evaluation (.zip or folders); null = embedded copy
-    download: bool = False  # fetch the original archives into root with torchvision (needs a network)
-    augment: Augment = Augment.crop  # supervised pre-training: shifts of up to 10% (strokes have no mirror images)
-
-    def image_format(self) -> ImageFormat:
-        return IMAGE_FORMAT
 
 
 @dataclass(frozen=True)

@@ -6,34 +6,14 @@ with pixel noise, so a few meta-iterations already beat chance and a bug that br
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from metalearn_cli.data import DATASETS, FewShotData, check_host_memory
-from metalearn_cli.data.images import ImageFormat
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.schema import Augment
-
-
-@dataclass
-class SyntheticParams:
-    name: str = "synthetic"
-    train_classes: int = 48
-    val_classes: int = 16
-    test_classes: int = 16
-    images_per_class: int = 20
-    image_size: int = 28  # pixels per side; conv4 needs >= 16
-    channels: int = 1
-    shift: int = 2  # max pixels an example is shifted from its class glyph
-    noise: float = 0.15  # std of the pixel noise added to each example
-    seed: int = 0  # fixes the glyphs and examples, independent of the run seed
-    augment: Augment = Augment.none  # supervised pre-training: the examples are already shifted and noisy
-
-    def image_format(self) -> ImageFormat:
-        return ImageFormat(channels=self.channels, size=self.image_size)
+from metalearn_cli.params.datasets import SyntheticParams
 
 
 @DATASETS.register("synthetic", params=SyntheticParams)

@@ -11,7 +11,6 @@ labels. FEAT starts from a pre-trained encoder: the ``feat_*`` presets pre-train
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -20,15 +19,7 @@ from torch import nn
 from metalearn_cli.decoders import DECODERS
 from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, class_means, output
 from metalearn_cli.errors import ConfigError
-
-
-@dataclass
-class FEATParams:
-    name: str = "feat"
-    heads: int = 1  # attention heads (FEAT: 1)
-    dropout: float = 0.5  # on the attention weights and the output projection (FEAT: 0.5)
-    temperature: float = 1.0  # divides the squared distances (1.0: ProtoNets' scale; FEAT used 64 on 1,600-d mini-ImageNet features)
-    layer_norm: bool = True  # FEAT's post-residual LayerNorm of the adapted prototypes; false: p + attention(p)
+from metalearn_cli.params.decoders import FEATParams
 
 
 class FEATDecoder(Decoder):

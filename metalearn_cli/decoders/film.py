@@ -21,7 +21,6 @@ CNAPs adapted a frozen backbone pre-trained by classification; the ``cnaps_*`` p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -31,12 +30,7 @@ from metalearn_cli.decoders import DECODERS
 from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, class_means, output
 from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.errors import ConfigError
-
-
-@dataclass
-class FiLMParams:
-    name: str = "film"
-    hidden: int = 64  # channels of the set encoder = width of the task representation and the generators (CNAPs: 64)
+from metalearn_cli.params.decoders import FiLMParams
 
 
 class ResidualMLP(nn.Module):

@@ -7,7 +7,6 @@ first ``n_way``. It ignores the support set: adapting it to one is the strategy'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -16,12 +15,7 @@ from torch import nn
 from metalearn_cli.decoders import DECODERS
 from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, output
 from metalearn_cli.errors import ConfigError
-
-
-@dataclass
-class LinearParams:
-    name: str = "linear"
-    zero_init: bool = False  # start every task from a zero classifier (any row order is then equivalent)
+from metalearn_cli.params.decoders import LinearParams
 
 
 class LinearHead(Decoder):

@@ -11,7 +11,6 @@ strategy may also meta-train the encoder through it (MetaOptNet-style, by unroll
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -20,14 +19,7 @@ import torch.nn.functional as F
 from metalearn_cli.decoders import DECODERS
 from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, output
 from metalearn_cli.errors import ConfigError
-
-
-@dataclass
-class LogisticParams:
-    name: str = "logistic"
-    C: float = 1.0  # inverse L2 strength, as scikit-learn's (RFS: LogisticRegression() defaults, C=1)
-    steps: int = 200  # accelerated gradient steps (gradient below 1e-3 at S = 100 support images, measured)
-    normalize: bool = True  # L2-normalise the embeddings first (RFS does)
+from metalearn_cli.params.decoders import LogisticParams
 
 
 def fit_logistic(x: torch.Tensor, labels: torch.Tensor, n_way: int, c: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:

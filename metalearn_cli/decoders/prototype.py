@@ -5,18 +5,13 @@ own: all meta-knowledge lives in the encoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from metalearn_cli.decoders import DECODERS
 from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, class_means, output
-
-
-@dataclass
-class PrototypeParams:
-    name: str = "prototype"
+from metalearn_cli.params.decoders import PrototypeParams
 
 
 class PrototypeDecoder(Decoder):

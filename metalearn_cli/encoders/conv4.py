@@ -6,7 +6,6 @@ same function); a 28x28 image becomes a ``width``-dim embedding (84x84: ``width 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -14,13 +13,7 @@ from torch import nn
 from metalearn_cli.encoders import ENCODERS, Encoder, modulate
 from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.errors import ConfigError
-
-
-@dataclass
-class Conv4Params:
-    name: str = "conv4"
-    width: int = 64  # channels per conv layer; 64 is the standard, 32 is MAML's mini-ImageNet choice
-    blocks: int = 4  # each halves the resolution
+from metalearn_cli.params.encoders import Conv4Params
 
 
 class Conv4(Encoder):

@@ -6,7 +6,6 @@ Works on 28x28 (-> 1x1) and 84x84 (-> 5x5) inputs; the feature map is average-po
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -15,15 +14,7 @@ from torch import nn
 from metalearn_cli.encoders import ENCODERS, Encoder, modulate
 from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.errors import ConfigError
-
-
-@dataclass
-class ResNet12Params:
-    name: str = "resnet12"
-    channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # per residual block
-    drop_rate: float = 0.0  # DropBlock drop probability in the last two blocks (MetaOptNet: 0.1); 0 = off
-    block_size: int = 5  # DropBlock square size (on 84x84 inputs; clipped to the feature map)
-    leaky_slope: float = 0.1
+from metalearn_cli.params.encoders import ResNet12Params
 
 
 class DropBlock(nn.Module):

@@ -8,8 +8,6 @@ kernels have no double backward, so second-order gradients run with cuDNN off.
 from __future__ import annotations
 
 import contextlib
-import enum
-from dataclasses import dataclass
 from typing import ContextManager
 
 import torch
@@ -18,29 +16,7 @@ from torch import nn
 from metalearn_cli.encoders import ENCODERS, Encoder
 from metalearn_cli.encoders.stem import ConvStem
 from metalearn_cli.errors import ConfigError
-
-
-class Cell(enum.Enum):
-    lstm = "lstm"
-    gru = "gru"
-
-
-class SequenceKind(enum.Enum):
-    rows = "rows"  # one step per image row: H steps of C*W features
-    patches = "patches"  # one step per patch, row-major: (H/p)*(W/p) steps of C*p*p features
-    conv = "conv"  # a convolutional stem down by `patch`, then one step per row of its feature map
-
-
-@dataclass
-class RNNParams:
-    name: str = "rnn"
-    cell: Cell = Cell.lstm
-    hidden: int = 128
-    layers: int = 1
-    bidirectional: bool = True
-    sequence: SequenceKind = SequenceKind.rows
-    patch: int = 4  # patch side for sequence=patches; the stem's downsampling for sequence=conv
-    stem_channels: int = 64  # channels of the convolutional stem (sequence=conv)
+from metalearn_cli.params.encoders import Cell, RNNParams, SequenceKind
 
 
 class RNNEncoder(Encoder):

@@ -7,8 +7,6 @@ run with the math kernel of scaled-dot-product attention.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from typing import ContextManager
 
 import torch
@@ -19,29 +17,7 @@ from metalearn_cli.compat import rename_on_load
 from metalearn_cli.encoders import ENCODERS, Encoder
 from metalearn_cli.encoders.stem import ConvStem
 from metalearn_cli.errors import ConfigError
-
-
-class Stem(enum.Enum):
-    conv = "conv"  # stride-2 conv3x3 + batch norm + ReLU layers down to the patch grid (Xiao et al. 2021)
-    patch = "patch"  # one strided convolution per patch (the original ViT; what files before 2026-11-27 hold)
-
-
-class Pooling(enum.Enum):
-    cls = "cls"  # a learned class token
-    mean = "mean"  # the mean of the patch tokens
-
-
-@dataclass
-class TransformerParams:
-    name: str = "transformer"
-    patch: int = 4  # patch side in pixels (28x28 -> 49 tokens)
-    width: int = 128  # token dimension
-    depth: int = 4  # encoder layers
-    heads: int = 4
-    mlp_ratio: float = 2.0
-    dropout: float = 0.0
-    pooling: Pooling = Pooling.cls
-    stem: Stem = Stem.conv
+from metalearn_cli.params.encoders import Pooling, Stem, TransformerParams
 
 
 class VisionTransformer(Encoder):

@@ -26,8 +26,6 @@ meta-loss is the query loss plus the decoder's regulariser (of the adapted weigh
 from __future__ import annotations
 
 import contextlib
-import enum
-from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Optional
 
 import torch
@@ -43,56 +41,9 @@ from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import MetaModel
 from metalearn_cli.strategies import STRATEGIES
 from metalearn_cli.strategies.base import Prediction, StepOutput, Strategy
+from metalearn_cli.params.strategies import ANILParams, Adapt, FOMAMLParams, MAMLParams, MetaSGDParams, Vectorize
 
 Weights = dict[str, torch.Tensor]
-
-
-class Adapt(enum.Enum):
-    all = "all"  # every parameter of the meta-network (MAML)
-    head = "head"  # the decoder only (ANIL)
-
-
-class Vectorize(enum.Enum):
-    auto = "auto"  # vmap on CUDA when the encoder allows it, the task loop on CPU (measured faster there)
-    vmap = "vmap"
-    loop = "loop"
-
-
-@dataclass
-class MAMLParams:
-    name: str = "maml"
-    inner_steps: int = 1  # gradient steps on the support set per task during meta-training
-    eval_inner_steps: Optional[int] = 3  # steps at evaluation (Finn et al.: more at test time); null = inner_steps
-    inner_lr: float = 0.4  # inner-loop step size (Finn et al., Omniglot: 0.4); Meta-SGD's initial value unless inner_lr_range
-    first_order: bool = False  # FOMAML: drop the second-order term
-    adapt: Adapt = Adapt.all
-    learn_inner_lr: bool = False  # Meta-SGD: per-parameter learned inner learning rates
-    inner_lr_range: Optional[list[float]] = None  # Meta-SGD: draw each rate from U(low, high) (Li et al.: [0.005, 0.1]); null: start at inner_lr
-    vectorize: Vectorize = Vectorize.auto
-    multi_step_loss: bool = False  # MAML++ MSL: query loss after every inner step (more stable, costs a query pass per step)
-    msl_anneal: int = 1000  # meta-iterations over which MSL's weights move from uniform to the last step alone
-    per_step_lr: bool = False  # MAML++ LSLR: a learned inner learning rate per parameter tensor and inner step
-    first_order_until: int = 0  # MAML++ DA: first-order meta-gradients for this many meta-iterations, then second order
-    per_step_bn: bool = False  # MAML++ BNRS: batch-norm running statistics per inner step, used by eval.bn_mode=per_step (auto)
-
-
-@dataclass
-class FOMAMLParams(MAMLParams):
-    name: str = "fomaml"
-    first_order: bool = True
-
-
-@dataclass
-class ANILParams(MAMLParams):
-    name: str = "anil"
-    adapt: Adapt = Adapt.head
-
-
-@dataclass
-class MetaSGDParams(MAMLParams):
-    name: str = "metasgd"
-    learn_inner_lr: bool = True
-    inner_lr_range: Optional[list[float]] = field(default_factory=lambda: [0.005, 0.1])  # Li et al. 2017
 
 
 class _Counter(nn.Module):

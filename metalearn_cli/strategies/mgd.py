@@ -8,7 +8,6 @@ decoder's regulariser, minimised by the outer optimizer (its meta-gradient clipp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +17,7 @@ from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import MetaModel
 from metalearn_cli.strategies import STRATEGIES
 from metalearn_cli.strategies.base import Prediction, StepOutput, Strategy
-
-
-@dataclass
-class MGDParams:
-    name: str = "mgd"
+from metalearn_cli.params.strategies import MGDParams
 
 
 class MGD(Strategy):

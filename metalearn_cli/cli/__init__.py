@@ -1,0 +1,97 @@
+"""The Hydra edge: ``metalearn <subcommand> [overrides]``.
+
+Each subcommand is its own Hydra app with its own primary config (``configs/train.yaml``,
+``configs/eval.yaml``), so ``-m`` multirun, ``--help``, ``--cfg``, shell completion and launchers
+work unchanged. User errors (:class:`MetalearnError`, bad overrides, invalid values) become one
+line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+from metalearn_cli.cli import placement
+from metalearn_cli.cli.apps import APPS, register_configs, run_app
+from metalearn_cli.cli.placement import config_keys, override_values, place_run, print_help
+from metalearn_cli.command_line import (
+    FLAG_COMMANDS, USAGE, add_override, check_debug, flag_present, hydra_argv, rank, refuse_unknown_flags, shell_completion,
+    version_line,
+)
+from metalearn_cli.console import suggest
+from metalearn_cli.errors import MetalearnError
+from metalearn_cli.rundir import exclusive
+
+__all__ = ["APPS", "main", "register_configs"]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point: dispatch to a subcommand's Hydra app; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if args[0] in ("--version", "-V", "version"):
+        print(version_line())
+        return 0
+    command, rest = args[0], args[1:]
+    for flag in ("-sc", "--shell-completion"):
+        for i, a in enumerate(args[:-1]):
+            if a == flag:
+                register_configs()
+                return shell_completion(args[i + 1], APPS)
+    if command in FLAG_COMMANDS:
+        from metalearn_cli import compare, report, sample_task
+
+        try:
+            return {"report": report.main, "sample-task": sample_task.main, "compare": compare.main}[command](rest)
+        except MetalearnError as exc:
+            print(f"metalearn {command}: error: {exc}", file=sys.stderr)
+            return 2
+    if command not in APPS:
+        hint = suggest(command, [*APPS, *FLAG_COMMANDS])
+        print(f"metalearn: error: unknown command '{command}'; {hint}choose one of: {', '.join([*APPS, *FLAG_COMMANDS])} "
+              "(see metalearn --help)",
+              file=sys.stderr)
+        return 2
+    return _hydra_command(command, rest)
+
+
+def _hydra_command(command: str, rest: list[str]) -> int:
+    """A Hydra subcommand: its run dir placed and checked, then the app run under the run dir's lock."""
+    placement.claimed = None  # set again only if this command claims a default dir
+
+    register_configs()
+    rest = add_override(rest, "hydra.output_subdir=null")  # a job writes its .hydra/ record itself, once accepted
+    if rank() > 0:  # torchrun: rank 0 alone writes the run dir
+        rest = add_override(rest, "hydra/job_logging=disabled")
+    if flag_present(rest, ("--help", "-h")):
+        return print_help(command, rest)
+    scratch: list[Path] = []
+    try:
+        refuse_unknown_flags(command, rest, config_keys)
+        values = override_values(rest)
+        check_debug(rest, values)
+        args, run_dir = place_run(command, rest, values, scratch)
+    except MetalearnError as exc:
+        print(f"metalearn {command}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _guarded(command, args, run_dir)
+    finally:
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _guarded(command: str, args: list[str], run_dir: Optional[Path]) -> int:
+    """Run the command holding its run dir's lock (refused at once if another process holds it)."""
+    try:
+        with exclusive(run_dir) if run_dir is not None else contextlib.nullcontext():
+            with hydra_argv([f"metalearn {command}", *args]):
+                return run_app(command)
+    except MetalearnError as exc:  # the lock is held by another process
+        print(f"metalearn {command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,165 @@
+"""The Hydra apps, one per subcommand, and the guard each job runs under."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import metalearn_cli.cli.placement as placement
+from metalearn_cli.command_line import rank, refuse_foreign_target, required, typed_keys
+from metalearn_cli.console import as_user_error, one_line
+from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
+from metalearn_cli.params import PARAMS
+from metalearn_cli.rundir import RunGuard, canonical
+from metalearn_cli.schema import SCHEMAS
+
+
+CONFIG_PATH = "pkg://metalearn_cli.configs"
+log = logging.getLogger("metalearn")
+
+class _JobFailed(BaseException):
+    """Carries a single run's user error past Hydra, which would add its own report to an Exception."""
+
+    def __init__(self, error: MetalearnError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _hydra_record(cfg: DictConfig) -> dict[str, str]:
+    """The ``.hydra/`` files Hydra would write, written by the job itself once it is accepted."""
+    hc = HydraConfig.get()
+    return {"config.yaml": OmegaConf.to_yaml(cfg),
+            "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})),
+            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task)))}
+
+
+def _run_job(job: Callable[[Callable[[], None]], float], cfg: DictConfig) -> float:
+    """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
+    recorded only in a dir that held no run. In a sweep a failing job fails alone and the sweep goes on."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0)
+    record = _hydra_record(cfg)
+    log_name = hc.job.name if hc.runtime.choices.get("hydra/job_logging") == "metalearn" else None
+    try:
+        try:
+            return job(lambda: guard.accept(record, log_name))
+        except (OSError, OmegaConfBaseException) as exc:
+            raise as_user_error(exc) from exc
+    except Interrupted as exc:
+        raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
+    except MetalearnError as exc:
+        error: MetalearnError = exc
+        guard.failed(str(exc), None, record)
+    except Exception as exc:
+        details = traceback.format_exc()
+        where = run_dir / "error.txt"
+        if not guard.failed("unexpected error; see error.txt", details, record):
+            fd, name = tempfile.mkstemp(prefix="metalearn-error-", suffix=".txt")
+            os.write(fd, details.encode())
+            os.close(fd)
+            where = Path(name)
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error = InternalError(f"{type(exc).__name__}: {line[:200]}; this is a bug, the traceback is in {where}; please report it")
+    finally:
+        guard.close()
+    if hc.mode == RunMode.MULTIRUN:
+        log.error("job failed: %s", error)
+        return float("nan")  # sweepers record a failed trial (Optuna: FAIL) and go on
+    raise _JobFailed(error)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+def train_app(cfg: DictConfig) -> float:
+    """Returns the best validation accuracy: the objective a sweeper maximises."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+    def job(accept: Callable[[], None]) -> float:
+        from metalearn_cli.loop import TrainingRun
+        from metalearn_cli.resume import resumed_config
+
+        refuse_foreign_target("train", run_dir, resuming=True)  # inside another run: refused (held: by the loop)
+        config = resumed_config(cfg, run_dir, typed_keys(list(HydraConfig.get().overrides.task)))
+        run = TrainingRun(config, run_dir)  # every check; a refusal leaves an existing run as it was
+        accept()
+        return run.run()
+
+    return _run_job(job, cfg)
+
+
+def _tool_app(command: str, keys: tuple[str, ...], target: str) -> Callable[[], Any]:
+    """eval, predict and export: the same guards around their own ``module:function`` (imported when run)."""
+
+    @hydra.main(config_path=CONFIG_PATH, config_name=command, version_base="1.3")
+    def app(cfg: DictConfig) -> float:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+        def job(accept: Callable[[], None]) -> float:
+            required(cfg, command, *keys)
+            refuse_foreign_target(command, run_dir, resuming=False)  # also under -m, -cd, ...
+            accept()
+            module, function = target.split(":")
+            return getattr(importlib.import_module(module), function)(cfg, run_dir)
+
+        return _run_job(job, cfg)
+
+    return app
+
+
+APPS: dict[str, Callable[[], Any]] = {
+    "train": train_app, "eval": _tool_app("eval", ("checkpoint",), "metalearn_cli.evaluation:evaluate"),
+    "predict": _tool_app("predict", ("checkpoint", "support", "query"), "metalearn_cli.predict:predict"),
+    "export": _tool_app("export", ("checkpoint", "out"), "metalearn_cli.export:export_command")}
+
+
+def register_configs() -> None:
+    """Store the run schemas and every component's parameters in Hydra's ConfigStore as
+    ``schema/<group>/<name>`` (what ``configs/<group>/<name>.yaml`` extends); idempotent, torch-free."""
+    store = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        store.store(name=name, node=node)
+    for group, entries in PARAMS.items():
+        for name, params in entries.items():
+            store.store(group=f"schema/{group}", name=name, node=params)
+
+
+def run_app(command: str) -> int:
+    """Run one subcommand's Hydra app; every user error becomes one line on stderr and its exit code."""
+    try:
+        try:
+            APPS[command]()
+        except _JobFailed as failed:
+            raise failed.error from None
+    except Interrupted as exc:
+        print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
+        return 0 if exc.signal_name == "SIGTERM" else 130  # pre-emption is an orderly stop
+    except InternalError as exc:
+        print(f"metalearn {command}: internal error: {exc}", file=sys.stderr)
+        return 1
+    except MetalearnError as exc:
+        print(f"metalearn {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"metalearn {command}: config error: {one_line(exc)} (see metalearn {command} --help)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metalearn {command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # the file system refused before the job ran (Hydra writing .hydra/, ...)
+        print(f"metalearn {command}: error: {as_user_error(exc)}", file=sys.stderr)
+        return 2
+    return 0

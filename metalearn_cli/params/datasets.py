@@ -1,0 +1,126 @@
+"""The parameters of each data set (``configs/dataset/<name>.yaml`` extends them).
+
+Torch-free, like every module of :mod:`metalearn_cli.params`: ``--help`` and config composition read
+these without importing the data code. Each data set's loader registers with its class here.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from metalearn_cli.errors import DataError
+from metalearn_cli.schema import Augment
+
+# torchvision's InterpolationMode by name (torchvision is imported when images are converted, not
+# to print --help: it costs a second).
+RESAMPLING = ("lanczos", "bilinear", "bicubic", "nearest")
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """How any image file becomes a ``[channels, size, size]`` uint8 tensor for the model."""
+
+    channels: int  # 1 (grey) or 3 (RGB)
+    size: int  # square side in pixels; images are resized to it whatever their aspect ratio
+    resample: str = "bilinear"  # lanczos | bilinear | bicubic | nearest
+    invert: bool = False  # 255 - pixel after conversion (Omniglot: dark strokes on white become bright on black)
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3) or self.size < 1 or self.resample not in RESAMPLING:
+            raise DataError(f"invalid image format {self}: channels must be 1 or 3, size >= 1, "
+                            f"resample one of {', '.join(RESAMPLING)}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels, self.size, self.size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ImageFormat":
+        return cls(int(values["channels"]), int(values["size"]), str(values["resample"]), bool(values["invert"]))
+
+
+OMNIGLOT_FORMAT = ImageFormat(channels=1, size=28, resample="lanczos", invert=True)  # Vinyals et al.'s 28 x 28
+
+
+@dataclass
+class CifarFSParams:
+    name: str = "cifar_fs"
+    root: Optional[str] = None  # the folder holding torchvision's cifar-100-python/
+    download: bool = False  # fetch CIFAR-100 into root with torchvision (needs a network)
+    image_size: int = 32  # the protocol's 32 x 32
+    augment: Augment = Augment.crop_flip_jitter  # supervised pre-training (RFS's recipe)
+
+    def image_format(self) -> ImageFormat:
+        return ImageFormat(3, self.image_size, "bilinear")
+
+
+@dataclass
+class FolderParams:
+    name: str = "folder"
+    root: Optional[str] = None  # root/<class>/<image files>
+    image_size: int = 84  # pixels per side after resizing
+    channels: int = 3  # 3 = RGB, 1 = grey
+    resample: str = "bilinear"  # lanczos | bilinear | bicubic | nearest
+    split_file: Optional[str] = None  # lines "<class> <train|val|test>"; null = seeded split by ratios
+    ratios: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])  # train / val / test shares of the classes
+    split_seed: int = 0  # fixes the ratio split (not the run seed: the split must not move between runs)
+    images_per_class: Optional[int] = None  # null = the smallest class's count
+    cache: bool = True  # keep the converted tensor in root/.metalearn-cache/
+    augment: Augment = Augment.crop_flip  # supervised pre-training; crop_flip_jitter for colour photos, crop for symbols
+
+    def image_format(self) -> ImageFormat:
+        return ImageFormat(self.channels, self.image_size, self.resample)
+
+
+@dataclass
+class MiniImageNetParams:
+    name: str = "mini_imagenet"
+    root: Optional[str] = None  # the folder with images/ or per-class folders
+    image_size: int = 84  # the protocol's 84 x 84; change only knowingly
+    images_per_class: Optional[int] = 600  # null = the smallest class's count
+    cache: bool = True  # keep the converted tensor (1.3 GB at 84 x 84) in root/.metalearn-cache/
+    augment: Augment = Augment.crop_flip_jitter  # supervised pre-training (RFS's recipe)
+
+    def image_format(self) -> ImageFormat:
+        return ImageFormat(3, self.image_size, "bilinear")
+
+
+class OmniglotSplit(enum.Enum):
+    vinyals = "vinyals"
+    background = "background"
+    lake = "lake"  # the old name of background: refused with a hint (it is not Lake et al.'s protocol)
+
+
+@dataclass
+class OmniglotParams:
+    name: str = "omniglot"
+    split: OmniglotSplit = OmniglotSplit.vinyals
+    root: Optional[str] = None  # folder with images_background/_evaluation (.zip or folders); null = embedded copy
+    download: bool = False  # fetch the original archives into root with torchvision (needs a network)
+    augment: Augment = Augment.crop  # supervised pre-training: shifts of up to 10% (strokes have no mirror images)
+
+    def image_format(self) -> ImageFormat:
+        return OMNIGLOT_FORMAT
+
+
+@dataclass
+class SyntheticParams:
+    name: str = "synthetic"
+    train_classes: int = 48
+    val_classes: int = 16
+    test_classes: int = 16
+    images_per_class: int = 20
+    image_size: int = 28  # pixels per side; conv4 needs >= 16
+    channels: int = 1
+    shift: int = 2  # max pixels an example is shifted from its class glyph
+    noise: float = 0.15  # std of the pixel noise added to each example
+    seed: int = 0  # fixes the glyphs and examples, independent of the run seed
+    augment: Augment = Augment.none  # supervised pre-training: the examples are already shifted and noisy
+
+    def image_format(self) -> ImageFormat:
+        return ImageFormat(channels=self.channels, size=self.image_size)

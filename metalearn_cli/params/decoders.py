@@ -1,0 +1,58 @@
+"""The parameters of each decoder (``configs/decoder/<name>.yaml`` extends them); torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class FEATParams:
+    name: str = "feat"
+    heads: int = 1  # attention heads (FEAT: 1)
+    dropout: float = 0.5  # on the attention weights and the output projection (FEAT: 0.5)
+    temperature: float = 1.0  # divides the squared distances (1.0: ProtoNets' scale; FEAT used 64 on 1,600-d mini-ImageNet features)
+    layer_norm: bool = True  # FEAT's post-residual LayerNorm of the adapted prototypes; false: p + attention(p)
+
+
+@dataclass
+class FiLMParams:
+    name: str = "film"
+    hidden: int = 64  # channels of the set encoder = width of the task representation and the generators (CNAPs: 64)
+
+
+@dataclass
+class LatentParams:
+    name: str = "latent"
+    latent_dim: int = 64  # size of each class's code
+    latent_steps: int = 0  # inner-loop gradient steps on the codes; 0 = amortised only
+    latent_lr: float = 1.0  # inner-loop step size in latent space
+    kl_weight: float = 1e-3  # weight of KL(q(z|support) || N(0, I))
+    encoder_penalty: float = 1e-9  # weight of ||stopgrad(adapted z) - z||^2 (LEO's beta)
+    orthogonality: float = 1e-3  # weight of the decoder's orthogonality penalty (LEO's lambda)
+    dropout: float = 0.0  # on the support embeddings before encoding
+    prototype_residual: bool = False  # classifier = the prototype classifier + gate * decoded weights (gate starts at 0)
+    sample_weights: bool = False  # decode a mean and a std per weight and sample the weights in training (LEO)
+    finetune_steps: int = 0  # gradient steps on the decoded weights after the latent steps (LEO: 5)
+    finetune_lr: float = 0.001  # initial value of the learned per-dimension fine-tuning rates (LEO's finetuning_lr_init)
+    learn_rates: bool = False  # learn the latent step size too (LEO does)
+    l2: float = 0.0  # weight of the L2 penalty sum(theta^2) / 2 on the decoder's weight matrices (LEO: 1e-4)
+    normalize: bool = False  # L2-normalise support and query embeddings first (pre-trained features can be large: see docs)
+
+
+@dataclass
+class LinearParams:
+    name: str = "linear"
+    zero_init: bool = False  # start every task from a zero classifier (any row order is then equivalent)
+
+
+@dataclass
+class LogisticParams:
+    name: str = "logistic"
+    C: float = 1.0  # inverse L2 strength, as scikit-learn's (RFS: LogisticRegression() defaults, C=1)
+    steps: int = 200  # accelerated gradient steps (gradient below 1e-3 at S = 100 support images, measured)
+    normalize: bool = True  # L2-normalise the embeddings first (RFS does)
+
+
+@dataclass
+class PrototypeParams:
+    name: str = "prototype"
