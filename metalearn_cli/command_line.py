@@ -55,7 +55,7 @@ examples:
   metalearn train --cfg job                          # print the composed config and exit
 
 Run dirs go to outputs/<command>/...; each holds .hydra/, checkpoints/, metrics.jsonl,
-tensorboard/ and results.json. Errors print one line and exit with code 2.
+tensorboard/ (or logger=csv / logger=mlflow) and results.json. Errors print one line and exit with code 2.
 """
 
 FLAG_COMMANDS = ("report", "sample-task", "compare")  # argparse commands (--flags), beside the Hydra ones (key=value)

@@ -17,7 +17,7 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip``;
     ``episode.protocol``, ``pretrain``, ``trainer.freeze_encoder`` and the transformer's ``stem`` (files
     before it hold the patch stem) were added on 2026-11-27; ``pretrain.lr`` and ``weight_decay`` moved
-    into ``pretrain.optimizer`` and ``dataset.augment`` was added on 2026-12-01."""
+    into ``pretrain.optimizer``, and ``dataset.augment`` and ``logger`` were added, on 2026-12-01."""
     from metalearn_cli.schema import PretrainConfig
 
     config = copy.deepcopy(config)
@@ -41,6 +41,8 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
 
         if dataset["name"] in DATASETS.names():
             dataset["augment"] = getattr(DATASETS.get(dataset["name"]).params(), "augment").value
+    if "trainer" in config:  # the logger group since 2026-12-01 (TensorBoard, as before)
+        config.setdefault("logger", {"name": "tensorboard"})
     strategy, optimizer = config.get("strategy"), config.get("optimizer")
     if isinstance(strategy, dict) and "clip" in strategy:
         clip = strategy.pop("clip")

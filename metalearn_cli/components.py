@@ -1,5 +1,5 @@
 """The component groups of a run config and their registries: "config group -> registry" (dataset,
-encoder, decoder, strategy, optimizer). Importing it imports every component, torch included; the
+encoder, decoder, strategy, optimizer, logger). Importing it imports every component, torch included; the
 torch-free table of their parameters is :data:`metalearn_cli.params.PARAMS` (what Hydra composes).
 """
 
@@ -10,6 +10,7 @@ from typing import Any
 from metalearn_cli.data import DATASETS
 from metalearn_cli.decoders import DECODERS
 from metalearn_cli.encoders import ENCODERS
+from metalearn_cli.loggers import LOGGERS
 from metalearn_cli.optim import OPTIMIZERS
 from metalearn_cli.registry import Registry
 from metalearn_cli.strategies import STRATEGIES
@@ -20,5 +21,6 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "decoder": DECODERS,
     "strategy": STRATEGIES,
     "optimizer": OPTIMIZERS,
+    "logger": LOGGERS,
 }
 

@@ -241,7 +241,8 @@ class TrainingRun:
             log.info(startup_line("meta-training", self.device, self.t.precision, self.strategy, self.run_dir))
             remove_stale_temporaries(self.ckpt_dir)
             write_status(self.run_dir, "running", step=self.step, iterations=self.t.iterations)
-        metrics = MetricsLog(self.run_dir, resume_step=self.step if self.resume is not None else None) if self.main else None
+        metrics = (MetricsLog(self.run_dir, self.step if self.resume is not None else None, self.cfg.logger, self.cfg)
+                   if self.main else None)
         # A bar only on a terminal (no \r frames in redirected logs); log lines print above it.
         bar = tqdm(total=self.t.iterations, initial=self.step, unit="it", dynamic_ncols=True, desc="meta-train",
                    disable=not (self.t.progress and self.main and sys.stderr.isatty()))
@@ -257,13 +258,11 @@ class TrainingRun:
                         self._iterate(stop, metrics, bar)
                 finally:
                     bar.close()
-                    if metrics is not None:
-                        metrics.close()
                 train_seconds = self.train_seconds()
                 stop["now"] = (f"during the final test; {self.ckpt_dir / 'last.pt'} holds the finished training; "
                                f"test it with: metalearn train resume={self.run_dir}")
                 if self.main:
-                    self.finish(train_seconds)
+                    self.finish(train_seconds, metrics)
         except (Interrupted, KeyboardInterrupt) as exc:
             if self.main:
                 write_status(self.run_dir, "interrupted", step=self.step, iterations=self.t.iterations)
@@ -271,6 +270,9 @@ class TrainingRun:
                 resume = f"; continue with: metalearn train resume={self.run_dir}" if self.saved_step is not None else ""
                 raise Interrupted("SIGINT", f"SIGINT twice: stopped at once; {self.kept()}{resume}") from None
             raise
+        finally:
+            if metrics is not None:
+                metrics.close()  # the logger learns how the run ended
         return self.best_val
 
     def pretrain(self, stop: dict[str, Optional[str]]) -> None:
@@ -302,7 +304,7 @@ class TrainingRun:
             raise Interrupted(stop["signal"], f"{stop['signal']} at meta-iteration {self.step}/{t.iterations}; saved "
                                               f"{self.ckpt_dir / 'last.pt'}; continue with: metalearn train resume={self.run_dir}")
 
-    def finish(self, train_seconds: float) -> None:
+    def finish(self, train_seconds: float, metrics: Optional[MetricsLog]) -> None:
         """Test what validation chose, read back from disk: ``metalearn eval`` on best.pt gives the same numbers."""
         s, t = self.shapes, self.t
         best = load_checkpoint(self.ckpt_dir / "best.pt")
@@ -321,6 +323,8 @@ class TrainingRun:
             "published_accuracy": self.cfg.reference.accuracy, "published_source": self.cfg.reference.source,
         })
         write_results(self.run_dir, result)
+        if metrics is not None:
+            metrics.summary(self.step, "test", {k: result[k] for k in ("accuracy", "ci95")})
         write_status(self.run_dir, "completed", step=self.step, iterations=t.iterations, accuracy=result["accuracy"])
         log.info("test accuracy %.2f%% ± %.2f%% over %d %d-way %d-shot tasks (best val %.2f%% at step %d); %s",
                  100 * result["accuracy"], 100 * result["ci95"], result["episodes"], s.way, s.shot,

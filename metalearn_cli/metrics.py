@@ -1,5 +1,6 @@
-"""Run metrics: ``metrics.jsonl`` (one JSON object per logged step), TensorBoard events, and the
-device-side window of training metrics between two records."""
+"""Run metrics: ``metrics.jsonl`` (one JSON object per logged step), mirrored to the chosen logger
+(:mod:`metalearn_cli.loggers`: TensorBoard, CSV, MLflow), and the device-side window of training
+metrics between two records."""
 
 from __future__ import annotations
 
@@ -9,21 +10,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from metalearn_cli.files import atomic_write
+from metalearn_cli.loggers import build_sink
 
 
 class MetricsLog:
     """Appends ``{"step", "split", ...}`` records; on resume drops records past the resumed step."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None, logger: Any = None, config: Any = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
-        self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+        self._sink = build_sink(logger or {"name": "tensorboard"}, run_dir, resume_step, config or {})
 
     def _truncate_after(self, step: int) -> None:
         kept = []
@@ -41,13 +42,17 @@ class MetricsLog:
         record = {"step": step, "split": split, **values}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._tb.add_scalar(f"{split}/{key}", value, step)
+        self.summary(step, split, values)
+
+    def summary(self, step: int, split: str, values: dict[str, Any]) -> None:
+        """To the logger only (the final test: ``results.json`` is its record, not ``metrics.jsonl``)."""
+        numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if numbers:
+            self._sink.log(step, split, numbers)
 
     def close(self) -> None:
         self._file.close()
-        self._tb.close()
+        self._sink.close()
 
 
 class MetricWindow:

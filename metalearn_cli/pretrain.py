@@ -177,7 +177,7 @@ class Pretraining:
         if (self.dir / CHECKPOINTS / "last.pt").is_file():
             self.restore(self.dir / CHECKPOINTS / "last.pt")
         self.dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsLog(self.dir, resume_step=self.step if self.step else None)
+        metrics = MetricsLog(self.dir, self.step if self.step else None, self.cfg.logger, self.cfg)
         start, window = time.perf_counter(), []
         bar = tqdm(total=self.p.iterations, initial=self.step, unit="it", dynamic_ncols=True, desc="pre-train",
                    disable=not (self.progress and sys.stderr.isatty()))

@@ -20,7 +20,7 @@ from metalearn_cli.schema import flatten
 
 # Keys a resumed run may change: bookkeeping, never what is learned or how.
 RESUMABLE = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
-             "trainer.checkpoint_every", "trainer.iterations", "trainer.nan_policy", "eval", "reference"}
+             "trainer.checkpoint_every", "trainer.iterations", "trainer.nan_policy", "eval", "reference", "logger"}
 
 
 def resume_value(resume: Any) -> Optional[str]:

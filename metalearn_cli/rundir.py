@@ -87,7 +87,8 @@ def is_locked(run_dir: Path) -> bool:
         os.close(fd)
 
 
-OUTPUTS = (RESULTS, METRICS, "predictions.csv", "predictions.json", "export.json", "tensorboard", "pretrain")
+OUTPUTS = (RESULTS, METRICS, "predictions.csv", "predictions.json", "export.json", "tensorboard", "metrics.csv",
+           "mlruns", "mlflow.json", "pretrain")
 
 
 def held(path: Path) -> list[str]:

@@ -129,6 +129,7 @@ class TrainConfig:
     threads: Optional[int] = None  # CPU threads for torch; null = torch's default
     resume: Optional[str] = None  # true: continue this run dir's last.pt; a path: that checkpoint or run dir
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)  # set by experiment presets
+    logger: Any = field(default_factory=lambda: {"name": "tensorboard"})  # where metrics go besides metrics.jsonl (configs/logger/)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Every component's parameter dataclass, by config group and name, without importing torch.
 
-The components (data sets, encoders, decoders, strategies, optimizers) register their code with
+The components (data sets, encoders, decoders, strategies, optimizers, metrics loggers) register their code with
 these classes in their registries; Hydra's ConfigStore, ``--help`` and shell completion read them
 from here, so composing a config never loads a model. ``tests/test_registry.py`` checks that each
 registry and this table name the same classes.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from metalearn_cli.params import datasets, decoders, encoders, optimizers, strategies
+from metalearn_cli.params import datasets, decoders, encoders, loggers, optimizers, strategies
 
 
 def _by_name(*classes: type) -> dict[str, type]:
@@ -26,4 +26,5 @@ PARAMS: dict[str, dict[str, type]] = {
     "strategy": _by_name(strategies.MAMLParams, strategies.FOMAMLParams, strategies.ANILParams,
                          strategies.MetaSGDParams, strategies.MGDParams),
     "optimizer": _by_name(optimizers.AdamParams, optimizers.SGDParams),
+    "logger": _by_name(loggers.TensorBoardParams, loggers.CSVParams, loggers.MLflowParams),
 }

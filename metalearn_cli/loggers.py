@@ -1,0 +1,137 @@
+"""Where a run's metric records go besides ``metrics.jsonl``: the ``logger`` group (TensorBoard by
+default, CSV, MLflow), each a sink with ``log``, ``summary`` (the final test) and ``close``.
+
+``metrics.jsonl`` stays the run's own record (``report`` and ``compare`` read it); a sink mirrors it.
+On resume each sink drops what came after the resumed step, as ``metrics.jsonl`` does, where its
+format allows: TensorBoard purges, the CSV is rewritten, MLflow (append-only) continues its run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+from metalearn_cli.files import atomic_write, write_json
+from metalearn_cli.params.loggers import CSVParams, MLflowParams, TensorBoardParams
+from metalearn_cli.registry import Registry
+from metalearn_cli.schema import flatten
+
+
+class Sink(Protocol):
+    def log(self, step: int, split: str, values: dict[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
+LOGGERS: Registry[Sink] = Registry("logger")
+
+
+@LOGGERS.register("tensorboard", params=TensorBoardParams)
+class TensorBoardSink:
+    def __init__(self, params: TensorBoardParams, run_dir: Path, resume_step: Optional[int], config: Any) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+
+    def log(self, step: int, split: str, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self._writer.add_scalar(f"{split}/{key}", value, step)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+CSV_FIELDS = ("step", "split", "metric", "value")
+
+
+@LOGGERS.register("csv", params=CSVParams)
+class CSVSink:
+    """``metrics.csv`` in long form: one row per step, split and metric (every split has its own metrics)."""
+
+    def __init__(self, params: CSVParams, run_dir: Path, resume_step: Optional[int], config: Any) -> None:
+        path = run_dir / "metrics.csv"
+        if resume_step is not None and path.is_file():
+            with open(path, newline="", encoding="utf-8") as f:
+                kept = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
+            out = io.StringIO()
+            writer = csv.DictWriter(out, CSV_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(kept)
+            data = out.getvalue().encode("utf-8")
+            atomic_write(path, lambda f: f.write(data), "metrics.csv", "free disk space")
+        fresh = not path.is_file()
+        self._file = open(path, "a", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._file, lineterminator="\n")
+        if fresh:
+            self._csv.writerow(CSV_FIELDS)
+
+    def log(self, step: int, split: str, values: dict[str, float]) -> None:
+        self._csv.writerows([step, split, key, repr(float(value))] for key, value in values.items())
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@LOGGERS.register("mlflow", params=MLflowParams)
+class MLflowSink:
+    """One MLflow run per run dir (``<run>/mlflow.json`` keeps its id, so a resume continues it): the
+    config as parameters, the records as metrics ``<split>/<name>``, the final test, the end status."""
+
+    RECORD = "mlflow.json"
+
+    def __init__(self, params: MLflowParams, run_dir: Path, resume_step: Optional[int], config: Any) -> None:
+        uri = params.tracking_uri or (run_dir / "mlruns").resolve().as_uri()
+        if uri.startswith("file:"):  # MLflow 3 keeps its local file store behind this switch
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        self._client, record = MlflowClient(tracking_uri=uri), run_dir / self.RECORD
+        saved = json.loads(record.read_text(encoding="utf-8")) if resume_step is not None and record.is_file() else {}
+        if saved.get("tracking_uri") == uri:
+            self._run_id = saved["run_id"]
+            self._client.update_run(self._run_id, status="RUNNING")
+            return
+        experiment = self._client.get_experiment_by_name(params.experiment)
+        experiment_id = experiment.experiment_id if experiment else self._client.create_experiment(params.experiment)
+        self._run_id = self._client.create_run(experiment_id, run_name=run_dir.name,
+                                               tags={"metalearn.run_dir": str(run_dir)}).info.run_id
+        values = flatten(_plain(config))
+        settings = [Param(k, str(v)[:6000]) for k, v in values.items() if k != "resume"]
+        for i in range(0, len(settings), 100):  # MLflow takes at most 100 parameters per call
+            self._client.log_batch(self._run_id, params=settings[i:i + 100])
+        write_json(record, {"tracking_uri": uri, "run_id": self._run_id, "experiment": params.experiment})
+
+    def log(self, step: int, split: str, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        stamp = _millis()
+        self._client.log_batch(self._run_id, metrics=[Metric(f"{split}/{k}", float(v), stamp, step) for k, v in values.items()])
+
+    def close(self) -> None:
+        failed = sys.exc_info()[0]  # close() runs in the loop's finally: the exception ending the run, if any
+        status = "FINISHED" if failed is None else "KILLED" if failed.__name__ in ("Interrupted", "KeyboardInterrupt") else "FAILED"
+        self._client.set_terminated(self._run_id, status=status)
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(config, resolve=True, enum_to_str=True) if OmegaConf.is_config(config) else dict(config)
+
+
+def _millis() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def build_sink(logger_cfg: Any, run_dir: Path, resume_step: Optional[int], config: Any) -> Sink:
+    """The sink the ``logger`` group names (validated earlier with the rest of the config)."""
+    params = LOGGERS.params_of(logger_cfg)
+    return LOGGERS.get(params.name).factory(params, run_dir=run_dir, resume_step=resume_step, config=config)

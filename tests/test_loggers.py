@@ -1,0 +1,102 @@
+"""The logger group: every record of metrics.jsonl reaches the chosen logger, a resume continues it,
+and the final test reaches it too."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metalearn_cli.cli import main
+
+SMOKE = ["debug=smoke", "trainer.iterations=10", "trainer.val_every=5", "trainer.checkpoint_every=5",
+         "trainer.log_every=5", "trainer.val_episodes=8", "eval.episodes=8", "encoder.width=16", "device=cpu"]
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def csv_rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_holds_every_number_of_metrics_jsonl_and_the_final_test(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "logger=csv", f"hydra.run.dir={run}"]) == 0
+    rows = {(int(r["step"]), r["split"], r["metric"]): float(r["value"]) for r in csv_rows(run)}
+    expected = {(r["step"], r["split"], k): float(v) for r in records(run) for k, v in r.items()
+                if k not in ("step", "split") and isinstance(v, (int, float))}
+    assert expected and {k: rows[k] for k in expected} == pytest.approx(expected)
+    results = json.loads((run / "results.json").read_text())
+    assert rows[(10, "test", "accuracy")] == pytest.approx(results["accuracy"])
+    assert not (run / "tensorboard").exists()  # the default logger is replaced, not added to
+
+
+def test_a_resumed_csv_keeps_each_step_once(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "logger=csv", f"hydra.run.dir={run}"]) == 0
+    assert main(["train", "resume=true", "trainer.iterations=20", f"hydra.run.dir={run}"]) == 0
+    keys = [(r["step"], r["split"], r["metric"]) for r in csv_rows(run)]
+    assert len(keys) == len(set(keys)) and ("20", "val", "accuracy") in keys and ("5", "train", "loss") in keys
+
+
+def test_mlflow_through_the_console_script_gets_params_metrics_test_and_status(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    run = tmp_path / "my runs ü" / "a"
+    exe = Path(sys.executable).with_name("metalearn")
+    proc = subprocess.run([str(exe), "train", *SMOKE, "logger=mlflow", f"hydra.run.dir='{run}'"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((run / "mlflow.json").read_text())
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    mlrun = client.get_run(saved["run_id"])
+    assert mlrun.info.status == "FINISHED" and mlrun.data.params["encoder.name"] == "conv4"
+    history = [(m.step, m.value) for m in client.get_metric_history(saved["run_id"], "val/accuracy")]
+    expected = [(r["step"], r["accuracy"]) for r in records(run) if r["split"] == "val"]
+    assert sorted(history) == pytest.approx(expected)
+    results = json.loads((run / "results.json").read_text())
+    assert mlrun.data.metrics["test/accuracy"] == pytest.approx(results["accuracy"])
+    assert (run / "mlruns").is_dir()  # the local file store, inside the run
+
+
+def test_a_resume_continues_the_same_mlflow_run(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "logger=mlflow", f"hydra.run.dir={run}"]) == 0
+    first = json.loads((run / "mlflow.json").read_text())["run_id"]
+    assert main(["train", "resume=true", "trainer.iterations=20", f"hydra.run.dir={run}"]) == 0
+    saved = json.loads((run / "mlflow.json").read_text())
+    assert saved["run_id"] == first
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    assert [m.step for m in client.get_metric_history(first, "val/accuracy")] == [5, 10, 15, 20]
+    assert client.get_run(first).info.status == "FINISHED"
+
+
+def test_mlflow_missing_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "logger=mlflow", f"hydra.run.dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "logger=mlflow needs MLflow: pip install 'metalearn[mlflow]'" in err and err.strip().count("\n") == 0
+    assert not (run / "checkpoints").exists()
+
+
+def test_an_unknown_logger_lists_the_choices(capsys):
+    assert main(["train", "logger=wandb"]) == 2
+    err = capsys.readouterr().err
+    assert "csv" in err and "mlflow" in err and "tensorboard" in err
