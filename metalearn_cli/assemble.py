@@ -23,8 +23,7 @@ from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.components import REGISTRIES
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.episodes import TaskShapes
-from metalearn_cli.host import available_memory, keep_freed_memory, native_bf16
+from metalearn_cli.host import keep_freed_memory, native_bf16
 from metalearn_cli.model import build_meta_model
 from metalearn_cli.optim import check_optimizer
 from metalearn_cli.schema import TrainConfig
@@ -240,43 +239,6 @@ def build_strategy(cfg: Any, image_shape: tuple[int, int, int], device: torch.de
                               "double backward); use strategy=fomaml or strategy.first_order=true, or drop compile")
         model.encoder.compile()  # in place: parameter names (and checkpoints) stay the same
     return strategy
-
-
-def check_memory(cfg: Any, image_shape: tuple[int, int, int], device: torch.device) -> None:
-    """Refuse, in one line, a run whose estimated memory exceeds what ``device`` has free.
-
-    The meta-network is built on the ``meta`` device (no memory) to count its parameters (weights,
-    gradients and two optimizer moments) and the activations of one image (every leaf module's
-    output), times the images of a meta-iteration and the strategy's live copies of them."""
-    if not cfg.trainer.memory_check:
-        return
-    try:
-        with torch.device("meta"):
-            strategy = STRATEGIES.build(cfg.strategy, model=build_meta_model(cfg, image_shape))
-            sizes: list[int] = []
-            leaves = [m for m in strategy.model.encoder.modules() if not list(m.children())]
-            hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if isinstance(out, torch.Tensor) else 0))
-                     for m in leaves]
-            strategy.model.encoder(torch.zeros(2, *image_shape))  # two images: batch norm needs more than one value
-            for h in hooks:
-                h.remove()
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):  # a layer without meta kernels: no estimate
-        return
-    s = TaskShapes.of(cfg)
-    images = cfg.trainer.meta_batch * s.train_way * (s.shot + s.train_query)
-    params = sum(p.numel() for p in strategy.parameters())
-    per_image = sum(sizes) // 2
-    stages = [(images * strategy.activation_copies(), f"{images:,} images per meta-iteration", "trainer.meta_batch, the task shape")]
-    if cfg.pretrain.iterations > 0:
-        stages.append((cfg.pretrain.batch_size, f"{cfg.pretrain.batch_size:,} images per pre-training step", "pretrain.batch_size"))
-    free = available_memory(device)
-    for copies, what, knob in stages:
-        need = 4 * (4 * params + per_image * copies)
-        if need > free:
-            raise ConfigError(
-                f"this run needs about {need / 2**30:.1f} GiB ({params:,} parameters, {what}), more than the "
-                f"{free / 2**30:.1f} GiB free on {device}; lower {knob} or the encoder's size, or pass "
-                "trainer.memory_check=false to try anyway")
 
 
 def first_non_finite(tensors: dict[str, Any]) -> Optional[str]:

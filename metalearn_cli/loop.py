@@ -22,7 +22,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from metalearn_cli.assemble import (
-    build_strategy, check_memory, first_non_finite, freeze_encoder, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
+    build_strategy, first_non_finite, freeze_encoder, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
     select_kernels, setup_device, startup_line, validate,
 )
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
@@ -31,6 +31,7 @@ from metalearn_cli.distributed import average_metrics, world
 from metalearn_cli.episodes import EpisodeBatch, EpisodeSampler, LakeRuns, TaskShapes, check_fits, resident, split_seed
 from metalearn_cli.errors import ConfigError, Diverged, Interrupted
 from metalearn_cli.evaluation import evaluate_tasks, is_lake, score_checkpoint, summarize
+from metalearn_cli.cost import check_memory
 from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
 from metalearn_cli.pretrain import Pretraining, pretrained_checkpoint
 from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step

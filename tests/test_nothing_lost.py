@@ -238,7 +238,7 @@ def test_the_memory_estimate_runs_on_images_too_small_for_one_value_per_channel(
     import torch as _torch
 
     from conftest import compose_config
-    from metalearn_cli.assemble import check_memory
+    from metalearn_cli.cost import check_memory
 
     cfg = compose_config("train", [*FAST, "encoder=transformer", "dataset.image_size=4"])
     check_memory(cfg, (1, 4, 4), _torch.device("cpu"))  # raises nothing: trains as it did
