@@ -5,6 +5,9 @@ methods are compared task by task rather than by two intervals that overlap:
 
 - the mean per-task accuracy difference (B - A) with a 95% bootstrap interval over tasks (10,000
   resamples, seeded, so the table repeats);
+- with several seeds of each setting (runs whose configs differ only in ``seed``), runs are paired by
+  seed (each seed fixes its own test tasks) and the interval is a two-level bootstrap: seeds drawn
+  with replacement, then tasks within each drawn seed, so it holds the spread between seeds too;
 - McNemar's test on the per-query outcomes: of the queries exactly one run gets right, how often
   each one is that run (exact binomial below 25 discordant queries, chi-square with continuity
   correction above);
@@ -26,7 +29,7 @@ from metalearn_cli.errors import MetalearnError
 from metalearn_cli.rundir import find_runs, held, read_run, refuse_replacing
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
-COLUMNS = ["reference", "run", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
+COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
            "only_reference_right", "only_run_right", "mcnemar_p"]
 
 
@@ -59,17 +62,40 @@ def mcnemar(only_a: int, only_b: int) -> float:
 
 
 def paired(a: Any, b: Any, resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """B against A on the same tasks: mean per-task difference, its bootstrap CI95, McNemar."""
+    """B against A on the same tasks: mean per-task difference, its bootstrap CI95, McNemar. ``a`` and
+    ``b`` are ``[tasks, queries]`` outcomes, or lists of them paired by seed (a two-level bootstrap)."""
     import numpy as np
 
-    diff = b.mean(1) - a.mean(1)
+    a_seeds, b_seeds = (list(x) if isinstance(x, (list, tuple)) else [x] for x in (a, b))
+    diff = np.stack([bs.mean(1) - as_.mean(1) for as_, bs in zip(a_seeds, b_seeds)])  # [seeds, tasks]
     rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(1)
+    if len(diff) == 1:
+        means = diff[0][rng.integers(0, diff.shape[1], size=(resamples, diff.shape[1]))].mean(1)
+    else:  # seeds with replacement, then tasks within each drawn seed (in chunks: memory stays small)
+        means = np.concatenate([diff[rng.integers(0, len(diff), size=(n, len(diff), 1)),
+                                     rng.integers(0, diff.shape[1], size=(n, len(diff), diff.shape[1]))].mean((1, 2))
+                                for n in [1000] * (resamples // 1000)])
     low, high = np.percentile(means, [2.5, 97.5])
-    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    return {"tasks": len(diff), "accuracy_reference": 100 * a.mean(), "accuracy_run": 100 * b.mean(),
-            "difference": 100 * diff.mean(), "ci95_low": 100 * low, "ci95_high": 100 * high,
-            "only_reference_right": only_a, "only_run_right": only_b, "mcnemar_p": mcnemar(only_a, only_b)}
+    a_all, b_all = np.concatenate(a_seeds), np.concatenate(b_seeds)
+    only_a, only_b = int((a_all & ~b_all).sum()), int((~a_all & b_all).sum())
+    return {"seeds": len(diff), "tasks": diff.shape[1], "accuracy_reference": 100 * a_all.mean(),
+            "accuracy_run": 100 * b_all.mean(), "difference": 100 * diff.mean(), "ci95_low": 100 * low,
+            "ci95_high": 100 * high, "only_reference_right": only_a, "only_run_right": only_b,
+            "mcnemar_p": mcnemar(only_a, only_b)}
+
+
+def settings(runs: list[Path]) -> list[tuple[str, dict[int, Path]]]:
+    """Runs grouped by setting (configs equal but for seed and bookkeeping), each keyed by its seed;
+    in the order given. Runs without a readable config, or two runs of one setting and seed, stand alone."""
+    from metalearn_cli.report import config_labels
+
+    labels = config_labels(runs, []) if len(runs) > 1 and all(read_run(r)["config"] for r in runs) else [str(r) for r in runs]
+    groups: dict[str, dict[int, Path]] = {}
+    for run, label in zip(runs, labels):
+        seed = int(read_run(run)["results"].get("seed") or 0)
+        key = label if seed not in groups.get(label, {}) else str(run)
+        groups.setdefault(key, {})[seed] = run
+    return list(groups.items())
 
 
 def same_tasks(reference: Path, run: Path) -> None:
@@ -103,28 +129,48 @@ def figure(rows: list[dict[str, Any]], diffs: list[Any], out: Path) -> Path:
     return path
 
 
+def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Each setting against the first, on the seeds they share: the table's rows and each row's
+    per-task differences (averaged over seeds) for the figure."""
+    (ref_name, ref_runs), rows, diffs = groups[0], [], []
+    for name, group in groups[1:]:
+        seeds = sorted(set(ref_runs) & set(group))
+        if not seeds:
+            raise MetalearnError(f"{name} shares no seed with {ref_name} (seeds {sorted(group)} vs {sorted(ref_runs)}); "
+                                 "runs are compared on the test tasks of the same seed")
+        a, b = [], []
+        for seed in seeds:
+            same_tasks(ref_runs[seed], group[seed])
+            a.append(outcomes(ref_runs[seed]))
+            b.append(outcomes(group[seed]))
+            if a[-1].shape != b[-1].shape:
+                raise MetalearnError(f"{group[seed]} holds {b[-1].shape} outcomes, {ref_runs[seed]} {a[-1].shape}; "
+                                     "score both on the same tasks")
+        one = len(ref_runs) == len(group) == 1
+        rows.append({"reference": label(ref_runs[seeds[0]]) if one else ref_name,
+                     "run": label(group[seeds[0]]) if one else name, **paired(a, b)})
+        diffs.append(sum(y.mean(1) - x.mean(1) for x, y in zip(a, b)) / len(seeds))
+    return rows, diffs
+
+
 def main(argv: list[str]) -> int:
     parser = OneLineParser(prog="metalearn compare", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run dirs or eval dirs; the first is the reference")
+    parser.add_argument("runs", nargs="+", type=Path, help="run dirs, eval dirs or sweep dirs; the first run's setting "
+                                                          "is the reference; seeds of one setting are pooled, paired by seed")
     parser.add_argument("--out", type=Path, default=None, help="where to write compare.csv and compare.png "
                                                                "(default: compare/ beside the first run)")
     args = parser.parse_args(argv)
     runs = [r for path in args.runs for r in find_runs([path])]
     if len(runs) < 2:
         parser.error("give two runs or more: the first is the reference")
-    reference, base = runs[0], runs[0].parent
+    base = runs[0].parent
     while held(base) and base.parent != base:  # beside the runs, never inside one
         base = base.parent
-    rows, diffs = [], []
-    ref = outcomes(reference)
-    for run in runs[1:]:
-        same_tasks(reference, run)
-        other = outcomes(run)
-        if other.shape != ref.shape:
-            raise MetalearnError(f"{run} holds {other.shape} outcomes, {reference} {ref.shape}; score both on the same tasks")
-        label = lambda p: str(p.relative_to(base)) if p.is_relative_to(base) else str(p)  # noqa: E731
-        rows.append({"reference": label(reference), "run": label(run), **paired(ref, other)})
-        diffs.append(other.mean(1) - ref.mean(1))
+    label = lambda p: str(p.relative_to(base)) if p.is_relative_to(base) else str(p)  # noqa: E731
+    groups = settings(runs)
+    if len(groups) < 2:
+        parser.error("the runs given are seeds of one setting; give runs of two settings or more")
+    rows, diffs = compare_groups(groups, label)
     if args.out is not None:
         refuse_replacing(args.out, "--out ")
     out = args.out or base / "compare"
@@ -134,8 +180,8 @@ def main(argv: list[str]) -> int:
         writer.writeheader()
         writer.writerows([{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows])
     for r in rows:
-        print(f"{r['run']} vs {r['reference']}: {r['accuracy_run']:.2f}% vs {r['accuracy_reference']:.2f}% on "
-              f"{r['tasks']} shared tasks; difference {r['difference']:+.2f} points, CI95 [{r['ci95_low']:+.2f}, "
+        shared = f"{r['tasks']} shared tasks" + (f" x {r['seeds']} seeds" if r["seeds"] > 1 else "")
+        print(f"{r['run']} vs {r['reference']}: {r['accuracy_run']:.2f}% vs {r['accuracy_reference']:.2f}% on {shared}; difference {r['difference']:+.2f} points, CI95 [{r['ci95_low']:+.2f}, "
               f"{r['ci95_high']:+.2f}]; McNemar p = {r['mcnemar_p']:.3g} ({r['only_run_right']} vs "
               f"{r['only_reference_right']} queries only one got right)")
     print(f"wrote {out / 'compare.csv'} and {figure(rows, diffs, out)}")

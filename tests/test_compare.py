@@ -56,3 +56,37 @@ def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "holds no test_outcomes.npz" in err and "metalearn eval checkpoint=" in err and err.count("\n") == 1
+
+
+def test_paired_over_seeds_is_the_mean_of_seeds_and_holds_their_spread():
+    rng = np.random.default_rng(1)
+    a = [rng.random((300, 10)) < 0.6 for _ in range(3)]
+    shifts = (0.0, 0.1, 0.2)  # B's gain differs by seed
+    b = [x | (rng.random(x.shape) < s) for x, s in zip(a, shifts)]
+    both = paired(a, b)
+    per_seed = [paired(x, y)["difference"] for x, y in zip(a, b)]
+    assert both["seeds"] == 3 and both["tasks"] == 300
+    assert both["difference"] == pytest.approx(np.mean(per_seed))
+    pooled = paired(np.concatenate(a), np.concatenate(b))  # as if 900 tasks of one seed
+    assert both["ci95_high"] - both["ci95_low"] > 1.5 * (pooled["ci95_high"] - pooled["ci95_low"])
+    assert both["only_run_right"] == pooled["only_run_right"] and both["mcnemar_p"] == pooled["mcnemar_p"]
+
+
+def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
+    for width in (8, 16):
+        for seed in (0, 1):
+            assert main(["train", *FAST, f"encoder.width={width}", f"seed={seed}",
+                         f"hydra.run.dir={tmp_path / f'w{width}_s{seed}'}"]) == 0
+    runs = [str(tmp_path / n) for n in ("w8_s0", "w8_s1", "w16_s1", "w16_s0")]
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
+    with open(tmp_path / "cmp" / "compare.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["seeds"] == "2" and "encoder.width=16" in row["run"] and "encoder.width=8" in row["reference"]
+    acc = {n: 100 * json.loads((tmp_path / n / "results.json").read_text())["accuracy"] for n in ("w8_s0", "w8_s1", "w16_s0", "w16_s1")}
+    expected = ((acc["w16_s0"] - acc["w8_s0"]) + (acc["w16_s1"] - acc["w8_s1"])) / 2
+    assert float(row["difference"]) == pytest.approx(expected, abs=1e-3)
+    assert "x 2 seeds" in capsys.readouterr().out
+    assert main(["compare", runs[0], runs[1]]) == 2  # seeds of one setting: nothing to compare
+    assert "seeds of one setting" in capsys.readouterr().err
+    assert main(["compare", runs[0], str(tmp_path / "w16_s1")]) == 2  # no seed in common
+    assert "shares no seed" in capsys.readouterr().err
