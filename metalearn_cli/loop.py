@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from metalearn_cli.assemble import (
@@ -33,6 +32,7 @@ from metalearn_cli.errors import ConfigError, Diverged, Interrupted
 from metalearn_cli.evaluation import evaluate_tasks, is_lake, score_checkpoint, summarize
 from metalearn_cli.cost import check_memory
 from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
+from metalearn_cli.progress import Progress
 from metalearn_cli.pretrain import Pretraining, pretrained_checkpoint
 from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step
 from metalearn_cli.files import remove_stale_temporaries
@@ -189,7 +189,7 @@ class TrainingRun:
         self.step += 1
         self.window.steps += 1
 
-    def record(self, nan_policy: str, metrics: Optional[MetricsLog], bar: tqdm) -> None:
+    def record(self, nan_policy: str, metrics: Optional[MetricsLog], progress: Progress) -> None:
         """A metrics record: the window's means, and the non-finite steps flagged on the device."""
         first = self.step - self.window.steps + 1
         average_metrics(self.window.sums)  # ranks > 1: the whole meta-batch's means
@@ -204,18 +204,9 @@ class TrainingRun:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         if metrics is not None:
             metrics.log(self.step, "train", values)
-            if first == self.step_at_start + 1 and self.step < self.t.iterations and values["tasks_per_s"] > 0:
-                left = (self.t.iterations - self.step) * self.t.meta_batch / values["tasks_per_s"]
-                log.info("%.1f tasks/s: about %s for the remaining %d meta-iterations, validation not included",
-                         values["tasks_per_s"], f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min",
-                         self.t.iterations - self.step)
-        bar.set_postfix({k: f"{values[k]:.3f}" for k in ("loss", "accuracy") if k in values}
-                        | {"tasks/s": f"{values['tasks_per_s']:.1f}"})
-        tenth = max(self.t.iterations // 10, 1)
-        if bar.disable and self.t.progress and self.main and self.step // tenth > (first - 1) // tenth:
-            # Off a terminal (a log file, a job), progress is a line about every tenth of the run.
-            log.info("meta-train %d/%d: loss %.3f, accuracy %.3f, %.1f tasks/s", self.step, self.t.iterations,
-                     values.get("loss", float("nan")), values.get("accuracy", float("nan")), values["tasks_per_s"])
+            if first == self.step_at_start + 1:
+                progress.estimate(self.step, self.t.meta_batch, values["tasks_per_s"])
+        progress.show(first, self.step, values)
 
     def validate_now(self, metrics: MetricsLog) -> None:
         self.check_finite()
@@ -226,6 +217,16 @@ class TrainingRun:
         if val["accuracy"] > self.best_val:
             self.best_val, self.best_step = val["accuracy"], self.step
             save_checkpoint(self.ckpt_dir / "best.pt", self.snapshot())
+
+    def validate_start(self, metrics: MetricsLog) -> None:
+        """Step 0 is a candidate too: when every step hurts, best.pt is the weights the run started from
+        (pre-trained or initialised). Its own RNG state, so training draws exactly what it drew without it."""
+        paused = time.perf_counter()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self.validate_now(metrics)
+        if self.t.iterations == 0:  # nothing to meta-train: the initial weights are the result
+            self.save_last()
+        self.window.started += time.perf_counter() - paused  # tasks/s counts meta-training only
 
     # ------------------------------------------------------------------ the run
     def run(self) -> float:
@@ -244,21 +245,18 @@ class TrainingRun:
             write_status(self.run_dir, "running", step=self.step, iterations=self.t.iterations)
         metrics = (MetricsLog(self.run_dir, self.step if self.resume is not None else None, self.cfg.logger, self.cfg)
                    if self.main else None)
-        # A bar only on a terminal (no \r frames in redirected logs); log lines print above it.
-        bar = tqdm(total=self.t.iterations, initial=self.step, unit="it", dynamic_ncols=True, desc="meta-train",
-                   disable=not (self.t.progress and self.main and sys.stderr.isatty()))
+        progress = Progress("meta-train", self.t.iterations, self.step, self.t.progress and self.main, log)
         try:
             with stop_requests() as stop, logging_redirect_tqdm():
                 try:
                     self.pretrain(stop)
+                    if self.main and self.step == 0 and self.best_step < 0:
+                        self.validate_start(metrics)
                     self.strategy.train()
-                    if self.t.iterations == 0 and self.main:  # nothing to meta-train: the initial weights are the result
-                        self.validate_now(metrics)
-                        self.save_last()
                     while self.step < self.t.iterations:
-                        self._iterate(stop, metrics, bar)
+                        self._iterate(stop, metrics, progress)
                 finally:
-                    bar.close()
+                    progress.close()
                 train_seconds = self.train_seconds()
                 stop["now"] = (f"during the final test; {self.ckpt_dir / 'last.pt'} holds the finished training; "
                                f"test it with: metalearn train resume={self.run_dir}")
@@ -288,13 +286,13 @@ class TrainingRun:
         initialise_from(self.strategy, str(source))
         self.save_last()
 
-    def _iterate(self, stop: dict[str, Optional[str]], metrics: Optional[MetricsLog], bar: tqdm) -> None:
+    def _iterate(self, stop: dict[str, Optional[str]], metrics: Optional[MetricsLog], progress: Progress) -> None:
         t, nan_policy = self.t, getattr(self.t.nan_policy, "value", str(self.t.nan_policy))
         self.meta_iteration(nan_policy)
-        bar.update(1)
+        progress.update()
         last = self.step == t.iterations
         if self.step % t.log_every == 0 or last:
-            self.record(nan_policy, metrics, bar)
+            self.record(nan_policy, metrics, progress)
         paused = time.perf_counter()
         if self.main and (self.step % t.val_every == 0 or last):
             self.validate_now(metrics)

@@ -27,7 +27,7 @@ def test_train_writes_a_complete_run_dir(compose_train, run_dir):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if r["split"] == "train"]
     assert train_steps == [2, 4, 6]
-    assert [r["step"] for r in records if r["split"] == "val"] == [3, 6]
+    assert [r["step"] for r in records if r["split"] == "val"] == [0, 3, 6]  # step 0: the starting weights are a candidate
     assert all(r["grad_norm"] > 0 and r["tasks_per_s"] > 0 for r in records if r["split"] == "train")
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["step"] == 6 and last["config"]["trainer"]["iterations"] == 6
@@ -121,6 +121,23 @@ def test_init_from_copies_the_matching_tensors_of_another_run(compose_train, tmp
     assert any(k.startswith("model.decoder.") for k in started)  # the latent decoder kept its own initialisation
     with pytest.raises(ConfigError, match="shares no parameter"):
         loop.train(compose_train("encoder.width=8", f"trainer.init_from={tmp_path / 'proto'}"), tmp_path / "narrow")
+
+
+def test_a_run_whose_every_step_hurts_keeps_its_starting_weights(compose_train, tmp_path):
+    """Fine-tuning that only destroys (lr 50, no clipping) leaves best.pt = the weights it started from."""
+    loop.train(compose_train("trainer.iterations=20", "trainer.val_every=10", "encoder.width=32"), tmp_path / "good")
+    cfg = compose_train(f"trainer.init_from={tmp_path / 'good'}", "optimizer=sgd", "optimizer.lr=50",
+                        "optimizer.clip.norm=null", "trainer.nan_policy=skip", "encoder.width=32")
+    loop.train(cfg, tmp_path / "hurt")
+    hurt = json.loads((tmp_path / "hurt" / "results.json").read_text())
+    good = json.loads((tmp_path / "good" / "results.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "hurt" / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["accuracy"] for r in records if r["split"] == "val"}
+    assert min(val) == 0 and all(val[0] > acc for step, acc in val.items() if step > 0)  # every later validation is worse
+    assert hurt["best_step"] == 0 and hurt["accuracy"] == good["accuracy"]  # the same weights on the same test tasks
+    start = load_checkpoint(tmp_path / "good" / "checkpoints" / "best.pt")["model"]
+    kept = load_checkpoint(tmp_path / "hurt" / "checkpoints" / "best.pt")["model"]
+    assert all(torch.equal(kept[k], v) for k, v in start.items() if not k.endswith("num_batches_tracked"))
 
 
 def test_channels_last_defaults_to_nhwc_on_cpus_and_nchw_on_cuda():

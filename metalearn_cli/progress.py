@@ -1,0 +1,40 @@
+"""What a running stage shows: a tqdm bar on a terminal (no ``\\r`` frames in a redirected log), a
+log line about every tenth of the stage off one, and an estimate of the time left after the first
+measured window. Never silent, never a frame in a log file."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+
+class Progress:
+    def __init__(self, desc: str, total: int, initial: int, enabled: bool, log: logging.Logger) -> None:
+        self.desc, self.total, self.enabled, self.log = desc, total, enabled, log
+        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc=desc,
+                        disable=not (enabled and sys.stderr.isatty()))
+
+    def update(self, steps: int = 1) -> None:
+        self.bar.update(steps)
+
+    def estimate(self, step: int, tasks_per_step: int, tasks_per_s: float) -> None:
+        """The time left, from the first measured window of this session."""
+        if step < self.total and tasks_per_s > 0:
+            left = (self.total - step) * tasks_per_step / tasks_per_s
+            self.log.info("%.1f tasks/s: about %s for the remaining %d meta-iterations, validation not included",
+                          tasks_per_s, f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min", self.total - step)
+
+    def show(self, first: int, step: int, values: dict[str, Any]) -> None:
+        """A record of steps ``first..step``: on the bar, or as a log line when it crosses a tenth."""
+        self.bar.set_postfix({k: f"{values[k]:.3f}" for k in ("loss", "accuracy") if k in values}
+                             | {"tasks/s": f"{values['tasks_per_s']:.1f}"})
+        tenth = max(self.total // 10, 1)
+        if self.bar.disable and self.enabled and step // tenth > (first - 1) // tenth:
+            self.log.info("%s %d/%d: loss %.3f, accuracy %.3f, %.1f tasks/s", self.desc, step, self.total,
+                          values.get("loss", float("nan")), values.get("accuracy", float("nan")), values["tasks_per_s"])
+
+    def close(self) -> None:
+        self.bar.close()
