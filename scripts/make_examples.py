@@ -3,16 +3,21 @@
 
     python scripts/make_examples.py            # about 3 minutes on 2 CPU cores
 
-Runs in a scratch folder: a short real Omniglot training run, evaluation on another task shape,
-prediction on a task made of Omniglot test characters saved as ordinary PNG files (dark strokes on
-white, as a user would draw them), export, the Python API, a small sweep and its report, the
-reproduction script's plan, and a bad input. Long outputs keep their first and last lines.
+Runs in a scratch folder: a short real Omniglot training run, evaluation on another task shape, a
+task of unseen Omniglot characters written as ordinary PNG files (``metalearn sample-task``),
+prediction on it, export, the Python API, a small sweep, its report and a paired comparison, the
+reproduction script's plan, and a bad input. Long outputs keep their first and last lines. A step
+that exits with another code than the one it documents stops the script before the page is written.
+
+:func:`documented` reads back the parts of the page that drift when the code changes (commands,
+their keys, logger names, the report's columns); ``tests/test_docs.py`` checks them against the code.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -35,41 +40,29 @@ probs = classify(knowledge.read_images(sorted(__import__("glob").glob("my_task/q
 print(probs.shape, probs.argmax(-1).tolist())
 """
 
-STEPS: list[tuple[str, str]] = [
+STEPS: list[tuple[str, str, int]] = [  # (title, command line, the exit code it documents)
     ("Train: ProtoNets on the embedded Omniglot, a short budget (the default is 5,000 meta-iterations)",
-     "metalearn train trainer.iterations=300 trainer.val_every=150 hydra.run.dir=runs/protonet"),
+     "metalearn train trainer.iterations=300 trainer.val_every=150 hydra.run.dir=runs/protonet", 0),
     ("Evaluate the best checkpoint on another task shape", "metalearn eval checkpoint=runs/protonet episode=20way1shot "
-     "eval.episodes=300 hydra.run.dir=runs/eval-20way"),
+     "eval.episodes=300 hydra.run.dir=runs/eval-20way", 0),
+    ("A task to try: 5 Omniglot characters the training never saw, as PNG files (1 support and 5 query images each)",
+     "metalearn sample-task --out my_task", 0),
     ("Predict: your own images, one support folder per class, labelled query folders",
      "metalearn predict checkpoint=runs/protonet/checkpoints/best.pt support=my_task/support query=my_task/query "
-     "hydra.run.dir=runs/predict show=6"),
-    ("The predictions file", "head -3 runs/predict/predictions.csv"),
-    ("Export the meta-knowledge alone", "metalearn export checkpoint=runs/protonet out=meta_knowledge.pt hydra.run.dir=runs/export"),
-    ("Use it from Python", "python api_example.py"),
+     "hydra.run.dir=runs/predict show=6", 0),
+    ("The predictions file", "head -3 runs/predict/predictions.csv", 0),
+    ("Export the meta-knowledge alone", "metalearn export checkpoint=runs/protonet out=meta_knowledge.pt hydra.run.dir=runs/export", 0),
+    ("Use it from Python", "python api_example.py", 0),
     ("A sweep on generated data: 2 strategies x 2 decoders, one run dir per job under one sweep dir",
-     "metalearn train -m debug=smoke strategy=mgd,fomaml decoder=linear,prototype seed=0 hydra.sweep.dir=runs/sweep"),
-    ("Summarise the sweep", "metalearn report runs/sweep --out runs/sweep-report"),
-    ("Plan a table reproduction (without running it)", "python {script} --table omniglot --methods protonet --dry-run --out runs/repro"),
-    ("A bad value: one line, exit code 2", "metalearn train encoder.width=abc"),
+     "metalearn train -m debug=smoke strategy=mgd,fomaml decoder=linear,prototype seed=0 hydra.sweep.dir=runs/sweep", 0),
+    ("Summarise the sweep", "metalearn report runs/sweep --out runs/sweep-report", 0),
+    ("Compare two of its runs task by task (one seed, so the same test tasks)",
+     "metalearn compare runs/sweep/1_synthetic-mgd-5way1shot-seed0 runs/sweep/3_synthetic-fomaml-5way1shot-seed0 "
+     "--out runs/compare", 0),
+    ("Plan a table reproduction (without running it)",
+     "python scripts/reproduce.py --table omniglot --methods protonet --dry-run --out runs/repro", 0),
+    ("A bad value: one line, exit code 2", "metalearn train encoder.width=abc", 2),
 ]
-
-
-def make_task(folder: Path) -> None:
-    """5 Omniglot test characters: 1 support and 3 query drawings each, saved as PNGs of the embedded
-    28x28 drawings (dark strokes on white, as the original files are)."""
-    from PIL import Image
-
-    from metalearn_cli.data import DATASETS
-
-    test = DATASETS.build({"name": "omniglot"}).test
-    for c in range(0, test.n_classes, test.n_classes // 5)[:5]:  # five characters spread over the alphabets
-        name = test.class_names[c].split("/")[0].lower()[:14] + f"_{c}"
-        for j in range(4):
-            part = "support" if j == 0 else "query"
-            out = folder / part / name
-            out.mkdir(parents=True, exist_ok=True)
-            drawing = 255 - test.images[c, j, 0].numpy()  # back to dark strokes on white
-            Image.fromarray(drawing).save(out / f"{j}.png")
 
 
 def shorten(text: str) -> str:
@@ -95,29 +88,61 @@ def main() -> int:
         "deliberately short; see the README for full-budget figures.",
         "",
     ]
+    wrong = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        make_task(work / "my_task")
         (work / "api_example.py").write_text(API)
-        for title, command in STEPS:
-            command = command.format(script="scripts/reproduce.py")
+        for title, command, expected in STEPS:
             argv = shlex.split(command)
             if argv[0] == "python":
                 argv[0] = sys.executable
-                if argv[1] == "scripts/reproduce.py":
-                    argv[1] = str(ROOT / "scripts" / "reproduce.py")
+                if argv[1].startswith("scripts/"):  # the repository's scripts, run from the scratch folder
+                    argv[1] = str(ROOT / argv[1])
             start = time.perf_counter()
             done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - start
             print(f"{done.returncode} {seconds:6.1f}s  {command}", flush=True)
+            if done.returncode != expected:
+                wrong.append(f"exit code {done.returncode}, expected {expected}: {command}\n"
+                             f"{(done.stdout + done.stderr).strip()[-1500:]}")
             parts += [f"## {title}", ""]
             if command == "python api_example.py":
                 parts += ["```python", API.rstrip(), "```", ""]
             parts += ["```console", f"$ {command}", shorten(done.stdout + done.stderr),
                       f"# exit code {done.returncode}, {seconds:.0f} s", "```", ""]
+    if wrong:
+        print("not written:\n" + "\n".join(wrong), file=sys.stderr)
+        return 1
     DOC.write_text("\n".join(parts), encoding="utf-8")
     print(f"wrote {DOC}")
     return 0
+
+
+LOG_LINE = re.compile(r"^\[[\d\- :,]+\]\[(metalearn[\w.]*)\]\[[A-Z]+\] - ", re.M)  # our job_logging format
+
+
+def documented(text: str) -> dict[str, list]:
+    """The parts of docs/examples.md that must follow the code, read from the page (no command is run).
+
+    ``commands``: the words of every ``$ metalearn...`` line (the steps and the command lines they
+    print); ``scripts``: the files run as ``$ python scripts/...``; ``loggers``: the logger names of the
+    ``[time][metalearn...][LEVEL] - `` log lines; ``report_header``: the columns of the table
+    ``metalearn report`` printed.
+    """
+    commands, scripts, header = [], [], []
+    for block in re.findall(r"^```console\n(.*?)^```", text, re.M | re.S):
+        lines = block.splitlines()
+        for line in lines:
+            words = shlex.split(line[2:]) if line.startswith("$ ") else []
+            if words and words[0].startswith("metalearn"):  # metalearn_cli too: a drifted name is caught
+                commands.append(words)
+            elif words[:1] == ["python"] and words[1].startswith("scripts/"):
+                scripts.append(words[1])
+        if lines and lines[0].startswith("$ metalearn report"):
+            first = next((ln for ln in lines if ln.startswith("| ")), "")
+            header = [c.strip() for c in first.strip().strip("|").split("|")] if first else []
+    return {"commands": commands, "scripts": scripts, "loggers": sorted(set(LOG_LINE.findall(text))),
+            "report_header": header}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Reproduce a benchmark table: run its experiment presets as Hydra multiruns, then tabulate.
 
-    python scripts/reproduce.py --table omniglot --budget quick          # a CPU, well under an hour
+    python scripts/reproduce.py --table omniglot --budget quick          # 2 CPU cores: over an hour (--dry-run estimates it)
     python scripts/reproduce.py --table omniglot --budget paper --device cuda
     python scripts/reproduce.py --table mini_imagenet --root /data/mini-imagenet --budget paper
 
@@ -36,7 +36,8 @@ TABLES = {
 EXTRA = {
     "omniglot": {"protonet": ["protonet_omniglot_lake20w1s"]},
 }
-# Reduced budgets for a 2-core CPU (under an hour for the Omniglot table on the reference machine).
+# Reduced budgets for a 2-core CPU (about 44 min of training for the Omniglot table on the reference
+# machine, plus the tests: over an hour; --dry-run estimates each cell).
 # MAML's and Meta-SGD's 20-way cells also drop to 1 inner step (3 at test) and 5 training queries;
 # ANIL keeps its 5 steps there (they adapt only the head: one step from a random head learns nothing).
 # RFS keeps its presets' 3,000 pre-training steps (2-3 min): at 1,500 the 4,112-way classifier had
@@ -87,6 +88,108 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
                 cmd.append(f"dataset.root={args.root}")
             runs.append((method, cmd + list(args.extra)))
     return runs
+
+
+# The training time --dry-run estimates per cell. Figures measured on docs/benchmarks.md's reference
+# machine: 2 CPU cores, AMD EPYC with AVX512-BF16 (native bf16: precision=auto trains protonet, latent
+# and rfs in bf16; MAML, Meta-SGD and ANIL are second order and stay in fp32), torch 2.14.1. Each
+# figure holds for its cell at --budget quick: only counts scale (iterations x tasks per iteration,
+# pre-training steps), and a cell whose per-task settings differ from the measured ones (the paper
+# budget's 20-way MAML, another encoder, mini-ImageNet, debug=smoke, a GPU) gets no estimate.
+#
+# Meta-training tasks per second, validation included: the tasks/s column of "Reproducing published
+# tables" in docs/benchmarks.md (2026-11-27). That page warns that the MAML-family rows ran partly
+# beside the test suite; their 5-way figures agree with its uncontended "Meta-strategies: throughput"
+# table (14.1 and 7.2 tasks/s for one inner step, 1 and 5 shots).
+TRAIN_TASKS_PER_S = {
+    "protonet_omniglot_5w1s": 10.75, "protonet_omniglot_5w5s": 5.39, "protonet_omniglot_20w1s": 2.84,
+    "protonet_omniglot_20w5s": 5.77, "protonet_omniglot_lake20w1s": 8.34,
+    "maml_omniglot_5w1s": 12.9, "maml_omniglot_5w5s": 8.04, "maml_omniglot_20w1s": 6.68, "maml_omniglot_20w5s": 2.14,
+    "metasgd_omniglot_5w1s": 14.99, "metasgd_omniglot_5w5s": 7.5, "metasgd_omniglot_20w1s": 6.7,
+    "metasgd_omniglot_20w5s": 2.14,  # measured 0.32 while paused for 4.5 min and sharing the CPU: MAML's figure
+    # for the same tasks and one inner step (Meta-SGD's other three cells are within 16% of MAML's)
+    "anil_omniglot_5w1s": 24.78, "anil_omniglot_5w5s": 20.99, "anil_omniglot_20w1s": 12.64, "anil_omniglot_20w5s": 8.7,
+    "latent_omniglot_5w1s": 9.64, "latent_omniglot_5w5s": 2.66, "latent_omniglot_20w1s": 8.84, "latent_omniglot_20w5s": 2.55,
+}
+# RFS has no meta-training: the same table's training time (2.4 / 2.4 / 2.8 / 4.1 min) is its
+# pre-training stage, the presets' 3,000 steps with the stage's validation and nearest-centroid test,
+# and the validation of the pre-trained encoder, as steps per second.
+PRETRAIN_STEPS_PER_S = {"rfs_omniglot_5w1s": 3000 / 144, "rfs_omniglot_5w5s": 3000 / 144, "rfs_omniglot_20w1s": 3000 / 168,
+                        "rfs_omniglot_20w5s": 3000 / 246}
+COUNTS = ("trainer.iterations", "trainer.meta_batch", "pretrain.iterations")  # what the estimate scales
+ASIDE = ("trainer.val_every", "trainer.val_episodes", "pretrain.val_every", "pretrain.val_episodes", "eval.",
+         "strategy.eval_", "trainer.progress", "trainer.log_every", "trainer.checkpoint_every", "trainer.memory_check",
+         "trainer.nan_policy", "optimizer.", "pretrain.optimizer.", "pretrain.label_smoothing", "seed", "device", "threads",
+         "resume", "reference.", "dataset.root", "logger")  # a training task costs the same (validation: in the figures)
+
+
+def _composed(overrides: tuple[str, ...]) -> dict[str, Any]:
+    """``metalearn train``'s config with these overrides, as ``{dotted.key: value}``."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from metalearn_cli.cli import register_configs
+    from metalearn_cli.schema import flatten
+
+    register_configs()
+    with initialize_config_module(config_module="metalearn_cli.configs", version_base="1.3"):
+        return flatten(OmegaConf.to_container(compose(config_name="train", overrides=list(overrides)), resolve=True))
+
+
+def estimate(preset: str, overrides: list[str]) -> tuple[float | None, str]:
+    """Seconds of training one cell will take on the reference machine (None: no measured figure fits) and how."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(o.startswith("device=cuda") for o in overrides):
+        return None, "the measured figures are a CPU's"
+    if preset not in TRAIN_TASKS_PER_S and preset not in PRETRAIN_STEPS_PER_S:
+        return None, "no measured figure for this cell"
+    try:
+        cfg = _composed((f"experiment={preset}", *overrides))
+        measured = _composed((f"experiment={preset}", *quick_overrides(preset.split("_")[0], preset)))
+    except (HydraException, OmegaConfBaseException) as exc:
+        return None, f"the config does not compose ({str(exc).splitlines()[0]})"
+    differ = [k for k in sorted(set(cfg) | set(measured))
+              if not k.startswith(COUNTS + ASIDE) and cfg.get(k) != measured.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}={cfg.get(k)} (measured: {measured.get(k)})" for k in differ[:2])
+        return None, f"its training tasks differ from the measured cell's: {shown}{', ...' if len(differ) > 2 else ''}"
+    tasks, steps = cfg["trainer.iterations"] * cfg["trainer.meta_batch"], cfg["pretrain.iterations"]
+    if (tasks and preset not in TRAIN_TASKS_PER_S) or (steps and preset not in PRETRAIN_STEPS_PER_S):
+        return None, "no measured figure for this cell's " + ("meta-training" if tasks else "pre-training")
+    seconds, how = 0.0, []
+    if tasks:
+        seconds += tasks / TRAIN_TASKS_PER_S[preset]
+        how.append(f"{cfg['trainer.iterations']} x {cfg['trainer.meta_batch']} tasks at {TRAIN_TASKS_PER_S[preset]:g}/s")
+    if steps:
+        seconds += steps / PRETRAIN_STEPS_PER_S[preset]
+        how.append(f"{steps} pre-training steps at {PRETRAIN_STEPS_PER_S[preset]:.1f}/s")
+    return seconds, ", ".join(how) or "nothing to train"
+
+
+def sweep_cells(cmd: list[str]) -> list[tuple[str, list[str]]]:
+    """The cells of one planned sweep, each with the overrides its job gets (Hydra's own aside)."""
+    presets = next(a for a in cmd if a.startswith("experiment=")).split("=", 1)[1].split(",")
+    overrides = [a for a in cmd[cmd.index("train") + 1:] if a != "-m" and not a.startswith(("experiment=", "hydra."))]
+    return [(preset, overrides) for preset in presets]
+
+
+def print_estimates(cells: list[tuple[str, float | None, str]]) -> None:
+    """The plan's training time: the sum of the cells (each rounded to 0.1 min as printed, so the sum is exact)."""
+    minutes = [round(s / 60, 1) for _, s, _ in cells if s is not None]
+    total, missing = round(sum(minutes), 1), len(cells) - len(minutes)
+    if not minutes:
+        print("# no estimate for any cell: the measured figures are those of the Omniglot table's cells at --budget "
+              "quick on a 2-core CPU")
+        return
+    print(f"# estimated training time: about {total:.1f} min{f' ({total / 60:.1f} h)' if total >= 120 else ''}, the sum "
+          f"of the {len(minutes)} cell{'s' if len(minutes) > 1 else ''} with an estimate"
+          + (f"; {missing} {'cells have' if missing > 1 else 'cell has'} none" if missing else ""))
+    print("#   for a 2-core CPU with native bf16 (AVX512-BF16 or AMX), as measured on docs/benchmarks.md's reference\n"
+          "#   machine; without it precision=auto trains in fp32 and the bf16 cells (protonet, latent, rfs) take about\n"
+          "#   1.6x longer. On top: each run's start-up (about 5 s) and final test, from seconds (ProtoNet 5-way) to\n"
+          "#   about 7 min (MAML 20-way 5-shot: 300 tasks of 3 inner steps); see docs/benchmarks.md.")
 
 
 def collect(out: Path) -> list[dict[str, Any]]:
@@ -144,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help="dataset.root (mini-ImageNet's images)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/reproduce/<table>-<budget>-<time>")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the commands, each cell's estimated training time and their sum, and stop")
     parser.add_argument("--tabulate-only", action="store_true", help="rebuild the table from an existing --out")
     parser.add_argument("--cells", default=None,
                         help="run only these cells: comma-separated presets or settings, e.g. 5w1s,lake20w1s or "
@@ -167,14 +271,22 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     if not args.tabulate_only:
+        planned = []
         for method, cmd in commands(args):
             print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)  # pastes into a shell as it is
-            if not args.dry_run:
+            if args.dry_run:  # each cell's estimated training time, as shell comments
+                for preset, overrides in sweep_cells(cmd):
+                    seconds, how = estimate(preset, overrides)
+                    planned.append((preset, seconds, how))
+                    print(f"#   {preset:<28} " + (f"about {seconds / 60:5.1f} min of training ({how})"
+                                                  if seconds is not None else f"no estimate: {how}"))
+            else:
                 done = subprocess.run(cmd, cwd=ROOT)
                 if done.returncode != 0:
                     print(f"reproduce: the {method} sweep exited with {done.returncode}; its failed jobs are marked in the table",
                           file=sys.stderr)
         if args.dry_run:
+            print_estimates(planned)
             return 0
     rows = collect(args.out)
     if not rows:

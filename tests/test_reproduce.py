@@ -68,3 +68,41 @@ def test_cells_choose_what_runs_and_the_help_example_is_a_real_key(tmp_path):
                             text=True, timeout=60).stdout
     example = re.search(r"\(e\.g\. (\S+=\S+)\)", helped).group(1)
     compose_config("train", [example])  # pasted as shown, it composes
+
+
+def _dry_run(tmp_path, *args):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--table", "omniglot", "--dry-run",
+                           "--out", str(tmp_path), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_dry_run_estimates_every_cell_and_the_total_is_their_sum(tmp_path):
+    import re
+
+    out = _dry_run(tmp_path, "--methods", "protonet,maml,rfs")
+    cells = dict(re.findall(r"^#   (\w+) +about +([\d.]+) min of training \(", out, re.M))
+    shapes = ("5w1s", "5w5s", "20w1s", "20w5s")
+    assert sorted(cells) == sorted([f"{m}_omniglot_{s}" for m in ("protonet", "maml", "rfs") for s in shapes]
+                                   + ["protonet_omniglot_lake20w1s"])
+    assert all(float(m) > 0 for m in cells.values())
+    total = float(re.search(r"^# estimated training time: about ([\d.]+) min", out, re.M).group(1))
+    assert total == round(sum(float(m) for m in cells.values()), 1)
+    assert "2-core CPU with native bf16" in out and "1.6x" in out
+    # A cell trained longer is estimated longer: the estimate reads the composed config's counts.
+    longer = _dry_run(tmp_path, "--methods", "protonet", "--cells", "5w1s", "trainer.iterations=1000")
+    doubled = float(re.search(r"protonet_omniglot_5w1s +about +([\d.]+) min", longer).group(1))
+    assert doubled == round(2 * 500 / 10.75 / 60, 1) > float(cells["protonet_omniglot_5w1s"])
+
+
+def test_dry_run_gives_no_estimate_where_no_measured_figure_fits(tmp_path):
+    import re
+
+    out = _dry_run(tmp_path, "--methods", "maml", "--budget", "paper")
+    # The paper's 20-way MAML adapts in 5 steps on 15 queries; the figures were measured with 1 step on 5.
+    for cell in ("maml_omniglot_20w1s", "maml_omniglot_20w5s"):
+        assert re.search(rf"^#   {cell} +no estimate: .*strategy\.inner_steps", out, re.M), out
+    cells = dict(re.findall(r"^#   (\w+) +about +([\d.]+) min of training \(", out, re.M))
+    assert sorted(cells) == ["maml_omniglot_5w1s", "maml_omniglot_5w5s"]
+    assert "the sum of the 2 cells with an estimate; 2 cells have none" in out
+    assert "no estimate: the measured figures are a CPU's" in _dry_run(tmp_path, "--methods", "maml", "--device", "cuda")
