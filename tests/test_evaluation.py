@@ -68,7 +68,8 @@ def test_eval_writes_per_task_stats_of_what_the_decoder_generated(compose_train,
 
     extra = ["decoder.latent_steps=2"] if decoder == "latent" else []
     loop.train(compose_train(f"decoder={decoder}", f"strategy={strategy}", *extra), tmp_path / "run")
-    cfg = compose_config("eval", [f"checkpoint={tmp_path / 'run'}", "eval.episodes=7", "eval.batch_tasks=3",
+    last = tmp_path / "run" / "checkpoints" / "last.pt"  # trained (best.pt may be the zero-initialised start)
+    cfg = compose_config("eval", [f"checkpoint={last}", "eval.episodes=7", "eval.batch_tasks=3",
                                   "eval.save_task_stats=true", "device=cpu"])
     evaluation.evaluate(cfg, tmp_path / "eval")
     with open(tmp_path / "eval" / "task_stats.csv", newline="") as f:
@@ -89,7 +90,8 @@ def test_eval_accepts_an_export_and_reproduces_the_run(compose_train, run_dir, t
                                   "eval.batch_tasks=4"])
     assert evaluation.evaluate(cfg, tmp_path / "eval") == json.loads((run_dir / "results.json").read_text())["accuracy"]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert results["checkpoint"].endswith("knowledge.pt") and results["checkpoint_step"] >= 1
+    trained = json.loads((run_dir / "results.json").read_text())
+    assert results["checkpoint"].endswith("knowledge.pt") and results["checkpoint_step"] == trained["best_step"]
 
 
 def test_ci95_is_1_96_sample_std_over_root_n():
