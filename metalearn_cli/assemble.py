@@ -62,6 +62,8 @@ def validate(cfg: Any) -> None:
     if min(t.meta_batch, t.val_every, t.val_episodes, t.checkpoint_every, t.log_every) < 1 or t.iterations < 0:
         raise ConfigError("trainer.meta_batch, val_every, val_episodes, checkpoint_every and log_every must be >= 1, and "
                           "trainer.iterations >= 0")
+    if not 0 <= t.within_alphabet <= 1:
+        raise ConfigError(f"trainer.within_alphabet={t.within_alphabet} is a share of the training tasks: give 0 to 1")
     initialised = bool(t.init_from) or cfg.pretrain.iterations > 0
     if t.iterations == 0 and not initialised:
         raise ConfigError("trainer.iterations=0 trains nothing; it is for evaluating pre-trained weights: add "

@@ -17,8 +17,10 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip``;
     ``episode.protocol``, ``pretrain``, ``trainer.freeze_encoder`` and the transformer's ``stem`` (files
     before it hold the patch stem) were added on 2026-11-27; ``pretrain.lr`` and ``weight_decay`` moved
-    into ``pretrain.optimizer``, and ``dataset.augment`` and ``logger`` were added, on 2026-12-01."""
-    from metalearn_cli.schema import PretrainConfig
+    into ``pretrain.optimizer``, and ``logger`` was added, on 2026-12-01. Options added to a data set or
+    the trainer since a file was written take their defaults, which keep what the run did then."""
+    from metalearn_cli.params import PARAMS
+    from metalearn_cli.schema import PretrainConfig, TrainerConfig
 
     config = copy.deepcopy(config)
     if "trainer" in config and "pretrain" not in config:  # a training run's config from before the pre-training stage
@@ -36,11 +38,10 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
         node.update({k: pretrain.pop(k) for k in ("lr", "weight_decay") if k in pretrain})
         pretrain["optimizer"] = node
     dataset = config.get("dataset")
-    if isinstance(dataset, dict) and "augment" not in dataset and "name" in dataset:  # dataset.augment since 2026-12-01
-        from metalearn_cli.data import DATASETS
-
-        if dataset["name"] in DATASETS.names():
-            dataset["augment"] = getattr(DATASETS.get(dataset["name"]).params(), "augment").value
+    if isinstance(dataset, dict) and dataset.get("name") in PARAMS["dataset"]:  # a data set's options added since: their defaults
+        _fill(dataset, PARAMS["dataset"][dataset["name"]])
+    if isinstance(config.get("trainer"), dict):  # trainer options added since (within_alphabet, augment, ...): their defaults
+        _fill(config["trainer"], TrainerConfig)
     if "trainer" in config:  # the logger group since 2026-12-01 (TensorBoard, as before)
         config.setdefault("logger", {"name": "tensorboard"})
     strategy, optimizer = config.get("strategy"), config.get("optimizer")
@@ -49,6 +50,14 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(optimizer, dict):
             optimizer.setdefault("clip", clip)
     return config
+
+
+def _fill(node: dict[str, Any], schema: type) -> None:
+    """``node``'s missing keys from ``schema``'s defaults (enums as their names, as saved configs hold them)."""
+    from omegaconf import OmegaConf
+
+    for key, value in OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True).items():
+        node.setdefault(key, value)
 
 
 def rename_on_load(module: nn.Module, renamed: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from metalearn_cli.errors import DataError
+from metalearn_cli.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,18 @@ class EpisodeSampler:
     """Draws batches of ``n_way``-``k_shot`` tasks with ``n_query`` queries per class from one split."""
 
     def __init__(
-        self, split: ClassImages, n_way: int, k_shot: int, n_query: int, seed: int, device: torch.device | None = None
+        self, split: ClassImages, n_way: int, k_shot: int, n_query: int, seed: int, device: torch.device | None = None,
+        within: float = 0.0,
     ) -> None:
         self.split = split
+        # within > 0: that share of the tasks takes its classes from one alphabet (uniform over the
+        # alphabets with n_way characters or more), the rest from the whole split.
+        self.within, self.groups = within, [torch.tensor(g) for g in alphabet_groups(split) if len(g) >= n_way]
+        if within > 0 and not self.groups:
+            largest = max((len(g) for g in alphabet_groups(split)), default=0)
+            raise ConfigError(f"trainer.within_alphabet={within} needs classes named Alphabet/character with {n_way} "
+                              f"characters in one alphabet ({'the largest has ' + str(largest) if largest else 'these classes name no alphabet'}); "
+                              "use dataset=omniglot, lower trainer.train_way, or set trainer.within_alphabet=0")
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
@@ -164,7 +173,7 @@ class EpisodeSampler:
         # stream, not on how many tasks are batched together.
         picks = [
             (
-                torch.rand(split.n_classes, generator=g).argsort()[:n],
+                self._classes(g),
                 torch.rand(n, split.n_per_class, generator=g).argsort(dim=1)[:, : k + q],
             )
             for _ in range(tasks)
@@ -189,6 +198,14 @@ class EpisodeSampler:
             k_shot=k,
             n_query=q,
         )
+
+    def _classes(self, g: torch.Generator) -> torch.Tensor:
+        """One task's classes: from one alphabet (a ``within`` share of the tasks), else from the whole split.
+        With ``within=0`` the stream draws exactly what it drew before the option existed."""
+        if self.within > 0 and (self.within >= 1 or float(torch.rand(1, generator=g)) < self.within):
+            group = self.groups[int(torch.randint(len(self.groups), (1,), generator=g))]
+            return group[torch.rand(len(group), generator=g).argsort()[: self.n_way]]
+        return torch.rand(self.split.n_classes, generator=g).argsort()[: self.n_way]
 
     def fixed(self, episodes: int, batch_tasks: int) -> Iterator[EpisodeBatch]:
         """The same ``episodes`` tasks on every call (evaluation): restarts from ``seed`` each time."""
@@ -244,6 +261,18 @@ class LakeRuns:
             t = len(part)
             labels = self._labels.expand(t, -1)
             yield EpisodeBatch(images[:, :, 0], labels, images[:, :, 1], labels, self.n_way, 1, 1)
+
+
+def alphabet_groups(split: ClassImages) -> list[list[int]]:
+    """Class indices by alphabet, from names ``Alphabet/character`` (a rotated copy ``.../rot090`` is
+    its own alphabet: its strokes look alike among themselves); [] when the names name no alphabet."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(split.class_names):
+        parts = name.split("/")
+        if len(parts) < 2:
+            return []
+        groups.setdefault("/".join([parts[0], *parts[2:]]), []).append(i)
+    return list(groups.values())
 
 
 def split_seed(seed: int, split: str) -> int:

@@ -10,6 +10,7 @@ metrics are accumulated as tensors and read back every ``trainer.log_every`` met
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 import time
@@ -24,6 +25,7 @@ from metalearn_cli.assemble import (
     build_strategy, first_non_finite, freeze_encoder, initialise_from, load_weights, resolve_bn_mode, resolve_precision, seed_everything,
     select_kernels, setup_device, startup_line, validate,
 )
+from metalearn_cli.augment import augment_images, augmentation
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
 from metalearn_cli.data import DATASETS
 from metalearn_cli.distributed import average_metrics, world
@@ -110,7 +112,8 @@ class TrainingRun:
         self.optimizer = OPTIMIZERS.build(cfg.optimizer, parameters=self.parameters)
         self.schedule = build_schedule(optimizer_params.schedule, self.optimizer, self.t.iterations)
         self.train_sampler = EpisodeSampler(resident(data.train, self.device), s.train_way, s.shot, s.train_query,
-                                            split_seed(cfg.seed, "train"), self.device)
+                                            split_seed(cfg.seed, "train"), self.device, within=self.t.within_alphabet)
+        self.augment = augmentation(self.t.augment, DATASETS.params_of(cfg.dataset).meta_augment, data.image_shape)
         self.val_sampler = EpisodeSampler(resident(data.val, self.device), s.way, s.shot, s.query,
                                           split_seed(cfg.seed, "val"), self.device)
         # Mean brightness of the training images as the model sees them: predict warns when a user's
@@ -175,6 +178,9 @@ class TrainingRun:
     # ------------------------------------------------------------------ one meta-iteration
     def meta_iteration(self, nan_policy: str) -> None:
         batch = self.train_sampler.sample(self.t.meta_batch, part=(self.ranks.rank, self.ranks.size))
+        if self.augment is not None:  # training tasks only: validation and test never see it
+            batch = dataclasses.replace(batch, support_images=augment_images(self.augment, batch.support_images),
+                                        query_images=augment_images(self.augment, batch.query_images))
         out, result = train_step(self.strategy, batch, self.optimizer, self.clip, self.parameters)
         if result.nonfinite is not None:  # checked on the host: the weights never saw it
             if nan_policy == "stop":

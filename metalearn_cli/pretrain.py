@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from metalearn_cli.assemble import build_strategy, first_non_finite
+from metalearn_cli.augment import augmentation
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, resident, split_seed
@@ -50,25 +51,6 @@ def stage_dir(run_dir: Path) -> Path:
 def pretrained_checkpoint(cfg: Any, run_dir: Path) -> Optional[Path]:
     """The checkpoint meta-training starts from when the run has a pre-training stage."""
     return stage_dir(run_dir) / CHECKPOINTS / "best.pt" if cfg.pretrain.iterations > 0 else None
-
-
-def augmentation(name: Any, dataset: Any, image_shape: tuple[int, int, int]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """Per-image random transforms (torchvision.transforms.v2) for a batch ``[B, C, H, W]`` in [0, 1];
-    ``auto`` is the data set's own choice (``dataset.augment``, a field of every data set's parameters)."""
-    name = getattr(name, "value", name)
-    name = getattr(DATASETS.params_of(dataset).augment, "value", "none") if name == "auto" else name
-    if name == "none":
-        return None
-    from torchvision.transforms import v2
-
-    c, h, w = image_shape
-    parts: list[nn.Module] = [v2.RandomCrop((h, w), padding=max(1, h // 10))]  # shifts of up to 10%
-    if "flip" in name:
-        parts.append(v2.RandomHorizontalFlip())
-    if "jitter" in name and c == 3:
-        parts.append(v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4))
-    transform = v2.Compose(parts)
-    return lambda batch: torch.stack([transform(image) for image in batch])  # each image its own draw
 
 
 def protonet_config(cfg: Any) -> dict[str, Any]:
@@ -99,7 +81,7 @@ class Pretraining:
         self.optimizer = OPTIMIZERS.build(self.p.optimizer, parameters=self.parameters)
         self.schedule = build_schedule(optimizer.schedule, self.optimizer, self.p.iterations)
         self.clip, self.nan_policy = optimizer.clip, getattr(cfg.trainer.nan_policy, "value", str(cfg.trainer.nan_policy))
-        self.augment = augmentation(self.p.augment, cfg.dataset, data.image_shape)
+        self.augment = augmentation(self.p.augment, DATASETS.params_of(cfg.dataset).augment, data.image_shape)
         self.generator = torch.Generator().manual_seed(split_seed(cfg.seed, "pretrain"))
         self.val_sampler = EpisodeSampler(resident(data.val, device), cfg.episode.way, cfg.episode.shot, cfg.episode.query,
                                           split_seed(cfg.seed, "val"), device)

@@ -41,6 +41,15 @@ class Protocol(enum.Enum):
     lake = "lake"  # Lake et al. (2015): 20 characters of one alphabet, support and query drawn by two different people (Omniglot, split=background)
 
 
+class Augment(enum.Enum):
+    auto = "auto"  # the data set's own: dataset.augment (pre-training), dataset.meta_augment (meta-training)
+    none = "none"
+    crop = "crop"  # random crops of the image size from a 10%-padded copy
+    crop_flip = "crop_flip"  # + horizontal flips
+    crop_flip_jitter = "crop_flip_jitter"  # + colour jitter (colour images)
+    affine = "affine"  # Koch et al. (2015): each image its own rotation, shear, scale and shift (Omniglot strokes)
+
+
 @dataclass
 class EpisodeConfig:
     way: int = MISSING  # classes per task (N)
@@ -68,14 +77,8 @@ class TrainerConfig:
     init_from: Optional[str] = None  # a checkpoint, run dir or export: start from its tensors where names and shapes match
     freeze_encoder: bool = False  # meta-train everything but the (pre-trained) encoder: its weights and batch-norm statistics stay as loaded (LEO, CNAPs)
     memory_check: bool = True  # refuse a run whose estimated memory exceeds what the device has free (false: try anyway)
-
-
-class Augment(enum.Enum):
-    auto = "auto"  # the data set's own (dataset.augment): crop for Omniglot, crop_flip_jitter for mini-ImageNet and CIFAR-FS
-    none = "none"
-    crop = "crop"  # random crops of the image size from a 10%-padded copy
-    crop_flip = "crop_flip"  # + horizontal flips
-    crop_flip_jitter = "crop_flip_jitter"  # + colour jitter (colour images)
+    within_alphabet: float = 0.0  # share of training tasks drawn from one alphabet (Lake's runs are within-alphabet); needs Alphabet/character class names
+    augment: Augment = Augment.none  # per-image transforms of training tasks (never at validation or test); auto = dataset.meta_augment
 
 
 @dataclass

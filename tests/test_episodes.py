@@ -110,3 +110,42 @@ def test_lake_runs_refuse_a_split_without_alphabets():
     images = torch.zeros(30, 4, 1, 2, 2, dtype=torch.uint8)
     with pytest.raises(DataError, match="dataset.split=background"):
         LakeRuns(ClassImages(images, [f"A/c{i}/rot000" for i in range(30)]), 20, seed=0)
+
+
+def alphabets(per_alphabet: tuple[int, ...], per_class: int = 4) -> ClassImages:
+    names = [f"alpha{a}/char{c}" for a, n in enumerate(per_alphabet) for c in range(n)]
+    return ClassImages(torch.zeros(len(names), per_class, 1, 4, 4, dtype=torch.uint8), names)
+
+
+def test_within_alphabet_tasks_take_every_class_from_one_alphabet():
+    split = alphabets((6, 8, 3, 10))
+    sampler = EpisodeSampler(split, n_way=5, k_shot=1, n_query=1, seed=0, within=1.0)
+    alphabet_of = [name.split("/")[0] for name in split.class_names]
+    seen = set()
+    for _ in range(50):
+        classes = sampler._classes(sampler.generator)
+        names = {alphabet_of[int(c)] for c in classes}
+        assert len(names) == 1 and len(set(classes.tolist())) == 5  # one alphabet, five different characters
+        seen |= names
+    assert seen == {"alpha0", "alpha1", "alpha3"}  # alpha2 has too few characters for 5-way
+
+
+def test_a_within_alphabet_share_mixes_both_kinds_and_zero_changes_nothing():
+    split = alphabets((10, 10, 10, 10))
+    alphabet_of = [name.split("/")[0] for name in split.class_names]
+    mixed = EpisodeSampler(split, 5, 1, 1, seed=0, within=0.5)
+    kinds = [len({alphabet_of[int(c)] for c in mixed._classes(mixed.generator)}) == 1 for _ in range(200)]
+    assert 60 < sum(kinds) < 140  # about half within one alphabet (a random 5 of 40 rarely are)
+    plain, zero = EpisodeSampler(split, 5, 1, 1, seed=3), EpisodeSampler(split, 5, 1, 1, seed=3, within=0.0)
+    assert torch.equal(plain.sample(4).support_images, zero.sample(4).support_images)
+
+
+def test_within_alphabet_needs_alphabets_large_enough():
+    from metalearn_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="the largest has 6"):
+        EpisodeSampler(alphabets((6, 4)), 20, 1, 1, seed=0, within=1.0)
+    plain = ClassImages(torch.zeros(8, 4, 1, 4, 4, dtype=torch.uint8), [f"c{i}" for i in range(8)])
+    with pytest.raises(ConfigError, match="name no alphabet"):
+        EpisodeSampler(plain, 5, 1, 1, seed=0, within=0.5)
+    assert EpisodeSampler(plain, 5, 1, 1, seed=0).sample(1).n_way == 5  # without the option: as before

@@ -80,7 +80,7 @@ def test_a_resume_continues_the_same_mlflow_run(tmp_path):
     saved = json.loads((run / "mlflow.json").read_text())
     assert saved["run_id"] == first
     client = MlflowClient(tracking_uri=saved["tracking_uri"])
-    assert [m.step for m in client.get_metric_history(first, "val/accuracy")] == [5, 10, 15, 20]
+    assert [m.step for m in client.get_metric_history(first, "val/accuracy")] == [0, 5, 10, 15, 20]
     assert client.get_run(first).info.status == "FINISHED"
 
 

@@ -183,7 +183,7 @@ def test_a_full_disk_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
 
     def fills_up(obj, f):
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > 3:
             raise OSError(28, "No space left on device")
         real(obj, f)
 
@@ -191,7 +191,8 @@ def test_a_full_disk_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     assert main(["train", *FAST, "trainer.val_every=100", "trainer.checkpoint_every=2", f"hydra.run.dir={run}"]) == 2
     err = capsys.readouterr().err
-    # Third write (best.pt after the final validation) hits the full disk; last.pt of step 4 survives.
+    # Writes: best.pt at step 0, last.pt at steps 2 and 4; the fourth (best.pt after the final
+    # validation) hits the full disk; last.pt of step 4 survives.
     assert "could not write checkpoint" in err and "No space left on device" in err and err.strip().count("\n") == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
 

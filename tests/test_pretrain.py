@@ -4,6 +4,7 @@ starting from it (or evaluating it alone), freezing that really freezes, and res
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.data import DATASETS
 from metalearn_cli.decoders import DECODERS
 from metalearn_cli.errors import ConfigError, Interrupted
-from metalearn_cli.pretrain import Pretraining, augmentation
+from metalearn_cli.pretrain import Pretraining
 
 PRE = ["pretrain=supervised", "pretrain.iterations=6", "pretrain.batch_size=16", "pretrain.val_every=3",
        "pretrain.val_episodes=4"]
@@ -130,22 +131,15 @@ def test_resume_true_continues_a_run_interrupted_during_pretraining(compose_trai
     assert json.loads((run / "results.json").read_text())["iterations"] == 6
 
 
-def test_augmentation_draws_per_image():
-    augment = augmentation("auto", {"name": "omniglot"}, (1, 28, 28))
-    image = torch.zeros(1, 28, 28)
-    image[:, 10:18, 10:18] = 1
-    out = augment(image.expand(16, -1, -1, -1))
-    assert out.shape == (16, 1, 28, 28) and len({tuple(o.flatten().nonzero()[:1].tolist()[0]) for o in out}) > 1
-    assert augmentation("auto", {"name": "synthetic"}, (1, 16, 16)) is None
-    assert augmentation("auto", {"name": "synthetic", "augment": "crop"}, (1, 16, 16)) is not None  # the data set's choice
-
-
-def test_every_data_set_names_its_own_augmentation():
-    """A new data set cannot silently get none: ``augment`` is a field of every data set's parameters."""
+def test_the_stage_augments_with_the_data_sets_own_choice(compose_train):
+    """pretrain.augment=auto is dataset.augment; the transforms themselves are tests/test_augment.py's."""
     from metalearn_cli.data import DATASETS
 
-    for name in DATASETS.names():
-        assert DATASETS.get(name).params().augment.value in ("none", "crop", "crop_flip", "crop_flip_jitter"), name
+    cfg = compose_train(*PRE, "dataset.augment=crop")
+    stage = Pretraining(cfg, Path("unused"), DATASETS.build(cfg.dataset), torch.device("cpu"))
+    assert stage.augment is not None
+    cfg = compose_train(*PRE)  # synthetic's own: none
+    assert Pretraining(cfg, Path("unused"), DATASETS.build(cfg.dataset), torch.device("cpu")).augment is None
 
 
 @pytest.mark.parametrize("overrides,message", [

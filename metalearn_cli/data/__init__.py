@@ -21,12 +21,14 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class FewShotData:
-    """A data set cut into disjoint class splits; ``name`` is used in messages."""
+    """A data set cut into disjoint class splits; ``name`` is used in messages. With ``val_drawings``
+    the validation split holds other images of the training classes (Omniglot's ``val=drawers``)."""
 
     name: str
     train: ClassImages
     val: ClassImages
     test: ClassImages
+    val_drawings: bool = False
 
     def __post_init__(self) -> None:
         shapes = {tuple(s.images.shape[2:]) for s in (self.train, self.val, self.test)}
@@ -34,6 +36,10 @@ class FewShotData:
             raise DataError(f"{self.name}: the splits have different image shapes {sorted(shapes)}")
         seen: dict[str, str] = {}
         for split_name in SPLITS:
+            if split_name == "val" and self.val_drawings:
+                if self.val.class_names != self.train.class_names:
+                    raise DataError(f"{self.name}: validation drawings must be of the training classes")
+                continue
             for cls in self.split(split_name).class_names:
                 if cls in seen:
                     raise DataError(f"{self.name}: class '{cls}' is in both the {seen[cls]} and {split_name} splits")

@@ -35,12 +35,13 @@ from metalearn_cli.data.images import read_image
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import ConfigError, DataError, WriteError
 from metalearn_cli.files import atomic_write
-from metalearn_cli.params.datasets import OMNIGLOT_FORMAT, OmniglotParams, OmniglotSplit
+from metalearn_cli.params.datasets import OMNIGLOT_FORMAT, OmniglotParams, OmniglotSplit, OmniglotVal
 
 IMAGE_FORMAT = OMNIGLOT_FORMAT
 IMAGE_SIZE = IMAGE_FORMAT.size
 SETS = ("images_background", "images_evaluation")
 LAKE_VAL_ALPHABETS = 5
+VAL_DRAWERS = 5  # dataset.val=drawers: the last 5 of each character's 20 drawings validate
 ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "omniglot"
 ASSET_NAME = "omniglot28.npz"
 CACHE_NAME = ".metalearn-omniglot28.npz"
@@ -231,8 +232,10 @@ def _classes(arrays: OmniglotArrays, entries: list[tuple[str, int]], where: str)
     return ClassImages(out.contiguous(), names)
 
 
-def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str) -> FewShotData:
+def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: OmniglotVal = OmniglotVal.alphabets) -> FewShotData:
     """Cut the characters into train / val / test classes by the chosen protocol."""
+    if val is OmniglotVal.drawers and split is not OmniglotSplit.background:
+        raise ConfigError("dataset.val=drawers is for dataset.split=background (Lake et al.'s 30 training alphabets)")
     parts: dict[str, list[tuple[str, int]]] = {}
     if split is OmniglotSplit.vinyals:
         for part in ("train", "val", "test"):
@@ -246,14 +249,22 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str) -> Few
         alphabets = sorted({c.split("/")[0] for c in bg})
         if len(alphabets) <= LAKE_VAL_ALPHABETS:
             raise DataError(f"{where}: the background split needs more than {LAKE_VAL_ALPHABETS} background alphabets")
-        val_alphabets = set(alphabets[-LAKE_VAL_ALPHABETS:])
+        val_alphabets = set(alphabets[-LAKE_VAL_ALPHABETS:]) if val is OmniglotVal.alphabets else set()
         parts["train"] = [(c, 0) for c in bg if c.split("/")[0] not in val_alphabets]
-        parts["val"] = [(c, 0) for c in bg if c.split("/")[0] in val_alphabets]
+        parts["val"] = [(c, 0) for c in bg if c.split("/")[0] in val_alphabets] or parts["train"]
         parts["test"] = [(c, 0) for c, b in zip(arrays.characters, arrays.background) if not b]
         if not parts["test"]:
             raise DataError(f"{where} has no images_evaluation characters for the background split's test classes")
     splits = {p: _classes(arrays, e, where) for p, e in parts.items()}
-    return FewShotData(name="omniglot", train=splits["train"], val=splits["val"], test=splits["test"])
+    if val is OmniglotVal.drawers:  # the same characters: drawers 1-15 train, 16-20 validate (new drawings)
+        cut = splits["train"].n_per_class - VAL_DRAWERS
+        if cut < 1:
+            raise DataError(f"{where}: dataset.val=drawers needs more than {VAL_DRAWERS} drawings per character "
+                            f"(it has {splits['train'].n_per_class}); use dataset.val=alphabets")
+        splits["val"] = ClassImages(splits["train"].images[:, cut:].contiguous(), splits["train"].class_names)
+        splits["train"] = ClassImages(splits["train"].images[:, :cut].contiguous(), splits["train"].class_names)
+    return FewShotData(name="omniglot", train=splits["train"], val=splits["val"], test=splits["test"],
+                       val_drawings=val is OmniglotVal.drawers)
 
 
 @DATASETS.register("omniglot", params=OmniglotParams)
@@ -268,5 +279,5 @@ def build_omniglot(params: OmniglotParams) -> FewShotData:
         if not asset.is_file():
             raise DataError(f"the embedded Omniglot file {asset} is missing; reinstall metalearn or run scripts/prepare_omniglot.py")
         arrays, _ = load_arrays(str(asset))
-        return make_splits(arrays, params.split, "the embedded Omniglot")
-    return make_splits(_from_root(params), params.split, f"dataset.root={params.root}")
+        return make_splits(arrays, params.split, "the embedded Omniglot", params.val)
+    return make_splits(_from_root(params), params.split, f"dataset.root={params.root}", params.val)

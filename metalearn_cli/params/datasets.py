@@ -54,6 +54,7 @@ class CifarFSParams:
     download: bool = False  # fetch CIFAR-100 into root with torchvision (needs a network)
     image_size: int = 32  # the protocol's 32 x 32
     augment: Augment = Augment.crop_flip_jitter  # supervised pre-training (RFS's recipe)
+    meta_augment: Augment = Augment.crop_flip  # meta-training with trainer.augment=auto
 
     def image_format(self) -> ImageFormat:
         return ImageFormat(3, self.image_size, "bilinear")
@@ -72,6 +73,7 @@ class FolderParams:
     images_per_class: Optional[int] = None  # null = the smallest class's count
     cache: bool = True  # keep the converted tensor in root/.metalearn-cache/
     augment: Augment = Augment.crop_flip  # supervised pre-training; crop_flip_jitter for colour photos, crop for symbols
+    meta_augment: Augment = Augment.crop_flip  # meta-training with trainer.augment=auto; affine for strokes
 
     def image_format(self) -> ImageFormat:
         return ImageFormat(self.channels, self.image_size, self.resample)
@@ -85,6 +87,7 @@ class MiniImageNetParams:
     images_per_class: Optional[int] = 600  # null = the smallest class's count
     cache: bool = True  # keep the converted tensor (1.3 GB at 84 x 84) in root/.metalearn-cache/
     augment: Augment = Augment.crop_flip_jitter  # supervised pre-training (RFS's recipe)
+    meta_augment: Augment = Augment.crop_flip  # meta-training with trainer.augment=auto
 
     def image_format(self) -> ImageFormat:
         return ImageFormat(3, self.image_size, "bilinear")
@@ -96,6 +99,12 @@ class OmniglotSplit(enum.Enum):
     lake = "lake"  # the old name of background: refused with a hint (it is not Lake et al.'s protocol)
 
 
+class OmniglotVal(enum.Enum):
+    alphabets = "alphabets"  # the last 5 background alphabets (by name) validate; training keeps the other 25
+    drawers = "drawers"  # training keeps all 30 background alphabets, drawers 1-15 of each character; validation
+    #   is drawers 16-20 of the same characters (new drawings, not new characters: Lake et al. train on all 30)
+
+
 @dataclass
 class OmniglotParams:
     name: str = "omniglot"
@@ -103,6 +112,8 @@ class OmniglotParams:
     root: Optional[str] = None  # folder with images_background/_evaluation (.zip or folders); null = embedded copy
     download: bool = False  # fetch the original archives into root with torchvision (needs a network)
     augment: Augment = Augment.crop  # supervised pre-training: shifts of up to 10% (strokes have no mirror images)
+    meta_augment: Augment = Augment.affine  # meta-training with trainer.augment=auto: Koch et al.'s distortions
+    val: OmniglotVal = OmniglotVal.alphabets  # split=background: what validation holds out (see OmniglotVal)
 
     def image_format(self) -> ImageFormat:
         return OMNIGLOT_FORMAT
@@ -121,6 +132,7 @@ class SyntheticParams:
     noise: float = 0.15  # std of the pixel noise added to each example
     seed: int = 0  # fixes the glyphs and examples, independent of the run seed
     augment: Augment = Augment.none  # supervised pre-training: the examples are already shifted and noisy
+    meta_augment: Augment = Augment.none  # meta-training with trainer.augment=auto
 
     def image_format(self) -> ImageFormat:
         return ImageFormat(channels=self.channels, size=self.image_size)

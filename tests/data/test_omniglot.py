@@ -185,3 +185,45 @@ def test_the_old_split_name_lake_is_refused_with_its_new_name():
 
     with pytest.raises(ConfigError, match="renamed dataset.split=background.*not Lake et al.'s within-alphabet"):
         DATASETS.build({"name": "omniglot", "split": "lake"})
+
+
+def test_drawers_validation_keeps_every_background_alphabet_for_training(tmp_path):
+    """dataset.val=drawers: all background characters train on their first drawers, validation is
+    their last 5 drawings (Lake et al. train on all 30 alphabets; no alphabet is held out)."""
+    background = tuple((f"A{i}", 2) for i in range(7))
+    root = make_omniglot(tmp_path, background=background, evaluation=(("E", 3),), drawings=8)
+    data = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root), "val": "drawers"})
+    assert data.train.class_names == data.val.class_names and data.train.n_classes == 14
+    assert (data.train.n_per_class, data.val.n_per_class, data.test.n_classes) == (3, 5, 3)
+    train, val = data.train.images.flatten(2), data.val.images.flatten(2)
+    assert not any(bool((t == v).all()) for c in range(14) for t in train[c] for v in val[c])  # other drawings
+    held_out = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root)})
+    assert (held_out.train.n_classes, held_out.val.n_classes) == (4, 10)  # the default: 5 alphabets held out
+
+
+def test_drawers_validation_needs_the_background_split_and_enough_drawings(tmp_path):
+    from metalearn_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dataset.val=drawers is for dataset.split=background"):
+        DATASETS.build({"name": "omniglot", "split": "vinyals", "val": "drawers"})
+    root = make_omniglot(tmp_path, background=tuple((f"A{i}", 1) for i in range(7)), drawings=4)
+    with pytest.raises(DataError, match="drawings"):
+        DATASETS.build({"name": "omniglot", "split": "background", "root": str(root), "val": "drawers"})
+
+
+def test_a_within_alphabet_augmented_lake_run_through_the_console_script(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    run = tmp_path / "lake run"
+    exe = Path(sys.executable).with_name("metalearn")
+    proc = subprocess.run([str(exe), "train", "dataset=omniglot_background", "dataset.val=drawers", "episode=lake20way1shot",
+                           "trainer.within_alphabet=1", "trainer.augment=auto", "trainer.train_way=20", "trainer.iterations=6",
+                           "trainer.val_every=3", "trainer.val_episodes=6", "trainer.log_every=3", "eval.episodes=20",
+                           "encoder.width=16", f"hydra.run.dir='{run}'"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    config = (run / ".hydra" / "config.yaml").read_text()
+    assert "within_alphabet: 1" in config and "augment: auto" in config and "val: drawers" in config
+    results = json.loads((run / "results.json").read_text())
+    assert results["protocol"] == "lake" and results["episodes"] == 20 and results["way"] == 20

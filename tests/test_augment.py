@@ -1,0 +1,74 @@
+"""Per-image augmentation of training images: each image its own draw, the data set's defaults, and
+never at validation or test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metalearn_cli import augment as augment_module
+from metalearn_cli import loop
+from metalearn_cli.augment import augment_images, augmentation
+from metalearn_cli.params import PARAMS
+
+
+def square(size: int = 28) -> torch.Tensor:
+    image = torch.zeros(1, size, size)
+    image[:, 10:18, 10:18] = 1
+    return image
+
+
+@pytest.mark.parametrize("kind", ["crop", "affine"])
+def test_each_image_gets_its_own_draw(kind):
+    out = augmentation(kind, None, (1, 28, 28))(square().expand(16, -1, -1, -1))
+    assert out.shape == (16, 1, 28, 28)
+    assert len({o.numpy().tobytes() for o in out}) > 8  # 16 copies of one image, many different results
+
+
+def test_affine_is_koch_et_al_rotation_shear_scale_and_shift():
+    torch.manual_seed(0)
+    out = augmentation("affine", None, (1, 28, 28))(square().expand(64, -1, -1, -1))
+    mass = out.sum((1, 2, 3))
+    assert mass.min() < 64 * 0.9 and mass.max() > 64 * 1.1  # scaled both ways (the square covers 64 pixels)
+    tilted = ((out > 0.1) & (out < 0.9)).flatten(1).sum(1)  # rotation and shear leave grey edges; a pure shift none
+    assert (tilted > 4).float().mean() > 0.5
+
+
+def test_auto_is_the_data_sets_own_and_none_is_nothing():
+    assert augmentation("auto", "none", (1, 16, 16)) is None and augmentation("none", "affine", (1, 16, 16)) is None
+    assert augmentation("auto", "affine", (1, 28, 28)) is not None
+    assert PARAMS["dataset"]["omniglot"]().meta_augment.value == "affine"
+    for name, params in PARAMS["dataset"].items():  # a new data set cannot silently get none
+        assert {"augment", "meta_augment"} <= set(params.__dataclass_fields__), name
+
+
+def test_augmented_support_images_differ_from_the_raw_ones():
+    images = torch.rand(2, 5, 1, 28, 28)
+    out = augment_images(augmentation("affine", None, (1, 28, 28)), images)
+    assert out.shape == images.shape and not torch.equal(out, images)
+    assert all(not torch.equal(out[t, i], images[t, i]) for t in range(2) for i in range(5))
+
+
+def test_meta_training_augments_training_tasks_only(compose_train, run_dir, monkeypatch):
+    """One call per meta-iteration (support and query), none in validation or the final test."""
+    calls = []
+    real = augment_module.augment_images
+
+    def counted(fn, images):
+        calls.append(images.shape)
+        return real(fn, images)
+
+    monkeypatch.setattr(loop, "augment_images", counted)
+    loop.train(compose_train("trainer.augment=crop"), run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert len(calls) == 2 * results["iterations"] and results["episodes"] == 10
+
+
+def test_without_augment_the_run_is_what_it_was(compose_train, tmp_path):
+    loop.train(compose_train(), tmp_path / "a")
+    loop.train(compose_train("trainer.augment=none"), tmp_path / "b")
+    loop.train(compose_train("trainer.augment=crop"), tmp_path / "c")
+    acc = {n: json.loads((tmp_path / n / "metrics.jsonl").read_text().splitlines()[-1]) for n in "abc"}
+    assert acc["a"] == acc["b"] and acc["a"] != acc["c"]
