@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +114,15 @@ def figure(rows: list[dict[str, Any]], diffs: list[Any], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.8 * len(rows)))
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 1.1 * len(rows)))
     ys = list(range(len(rows)))[::-1]
     for row, diff, y in zip(rows, diffs, ys):
         ax.scatter(100 * diff, [y + 0.25] * len(diff), s=4, alpha=0.15, color="grey")
         ax.errorbar([row["difference"]], [y], xerr=[[row["difference"] - row["ci95_low"]], [row["ci95_high"] - row["difference"]]],
                     fmt="o", capsize=4, color="C0")
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(ys, [f"{r['run']} vs {r['reference']}\nMcNemar p = {r['mcnemar_p']:.3g}" for r in rows], fontsize=9)
+    labels = [textwrap.fill(f"{r['run']} vs {r['reference']}", 48) + f"\nMcNemar p = {r['mcnemar_p']:.3g}" for r in rows]
+    ax.set_yticks(ys, labels, fontsize=8)  # settings can be long: wrapped, so the plot keeps its width
     ax.set_xlabel("per-task accuracy difference (percentage points; mean, bootstrap CI95)", fontsize=10)
     fig.tight_layout()
     path = out / "compare.png"
