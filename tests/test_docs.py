@@ -23,6 +23,20 @@ def test_every_path_named_in_the_concepts_exists():
         assert (ROOT / path).exists(), f"docs/concepts.md names {path}, which does not exist"
 
 
+def test_the_to_add_table_names_files_every_component_of_its_kind_has():
+    """Each ``<name>`` path of the "To add a component" table exists for a registered component."""
+    text = (DOCS / "concepts.md").read_text().split("## To add a component, touch")[1].split("\n## ")[0]
+    example = {"decoder": "prototype", "encoder": "conv4", "strategy": "mgd", "data set": "omniglot",
+               "metrics logger": "csv", "optimizer": "adam", "batch-norm mode": ""}
+    rows = re.findall(r"^\| an? ([\w -]+) \| (.+) \|$", text, re.M)
+    assert {kind for kind, _ in rows} == set(example)
+    for kind, cells in rows:
+        paths = re.findall(r"`((?:configs|metalearn_cli|docs)/[\w/.<>-]*)`", cells)
+        assert paths, kind
+        for path in paths:
+            assert (ROOT / path.replace("<name>", example[kind])).exists(), f"{kind}: {path}"
+
+
 @pytest.mark.parametrize("group", ["strategy", "decoder", "encoder"])
 def test_algorithms_describe_every_registered_component_and_nothing_else(group):
     text = (DOCS / "algorithms.md").read_text()
