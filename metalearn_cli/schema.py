@@ -17,7 +17,7 @@ from omegaconf import MISSING
 
 
 class BNMode(enum.Enum):
-    auto = "auto"  # the strategy's own protocol: running for mgd, transductive for the MAML family (per_step with strategy.per_step_bn)
+    auto = "auto"  # the strategy's own protocol: running for mgd, transductive for the MAML family (MAML++ included, as its code ran)
     running = "running"  # the running statistics from meta-training: inductive, one query never affects another
     support = "support"  # each task's support-set statistics normalise its support and query images: inductive
     per_step = "per_step"  # MAML family with strategy.per_step_bn: the stored statistics of each inner step (MAML++'s BNRS): inductive

@@ -71,8 +71,8 @@ class MAML(Strategy):
         self.bn_modes = ("transductive", "transductive_joint", "support")
         self.norms = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)]
         self._records: list[tuple[TaskBatchNorm2d, int, torch.Tensor, torch.Tensor]] = []  # BNRS batch statistics of a meta-step
-        if params.per_step_bn:
-            self.bn_modes = ("per_step", *self.bn_modes)
+        if params.per_step_bn:  # MAML++'s code normalises with batch statistics at every step, evaluation included
+            self.bn_modes = (*self.bn_modes, "per_step")  # (auto: transductive); its stored statistics: inductive, an option
             for m in self.norms:
                 m.use_per_step(max(params.inner_steps, 1))
         self.adapt_names = [n for n, _ in model.named_parameters()

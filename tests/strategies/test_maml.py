@@ -297,13 +297,15 @@ def test_in_inductive_modes_one_query_never_changes_another(adapt, mode):
 
 def test_per_step_statistics_are_learned_per_inner_step_saved_and_used_in_evaluation(tmp_path):
     """MAML++ BNRS: each inner step's batch statistics move that step's stored set (and only in
-    training); evaluation in per_step mode normalises with them, and auto picks that mode."""
+    training); evaluation in per_step mode normalises with them. auto stays transductive: MAML++'s code
+    normalises with batch statistics at every step, at evaluation too."""
     from metalearn_cli.assemble import resolve_bn_mode
     from metalearn_cli.model import batch_norm_mode
 
     maml, batch = setup(vectorize="loop", inner_steps=2, per_step_bn=True)
     norm = maml.norms[0]
-    assert norm.step_mean.shape == (2, 4) and resolve_bn_mode("auto", maml) == "per_step"
+    assert norm.step_mean.shape == (2, 4) and resolve_bn_mode("auto", maml) == "transductive"
+    assert resolve_bn_mode("per_step", maml) == "per_step"
     with batch_norm_mode(maml.model, "per_step"):
         before = maml.predict(batch).logits
     assert torch.equal(norm.step_mean, torch.zeros(2, 4))  # evaluating never moves them
