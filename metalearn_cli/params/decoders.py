@@ -35,7 +35,7 @@ class LatentParams:
     finetune_steps: int = 0  # gradient steps on the decoded weights after the latent steps (LEO: 5)
     finetune_lr: float = 0.001  # initial value of the learned per-dimension fine-tuning rates (LEO's finetuning_lr_init)
     learn_rates: bool = False  # learn the latent step size too (LEO does)
-    l2: float = 0.0  # weight of the L2 penalty sum(theta^2) / 2 on the decoder's weight matrices (LEO: 1e-4)
+    l2: float = 0.0  # weight of the L2 penalty sum(theta^2) / 2 on the decoder's weight matrices (LEO's default: 1e-8)
     normalize: bool = False  # L2-normalise support and query embeddings first (pre-trained features can be large: see docs)
 
 
