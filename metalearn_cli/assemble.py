@@ -276,7 +276,7 @@ def load_strategy(knowledge: dict[str, Any], device: torch.device) -> tuple[Stra
 def freeze_encoder(strategy: Strategy, cfg: Any) -> None:
     """``trainer.freeze_encoder``: the encoder's weights and batch-norm statistics stay as loaded;
     the strategy must still have something to meta-train."""
-    if getattr(strategy, "adapt_names", None) and any(n.startswith("encoder.") for n in strategy.adapt_names):
+    if strategy.adapts_encoder:
         raise ConfigError(f"trainer.freeze_encoder=true with strategy={cfg.strategy.name} would adapt the frozen encoder in "
                           "its inner loop; use strategy=anil (head only) or drop freeze_encoder")
     strategy.model.freeze_encoder()

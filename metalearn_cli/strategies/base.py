@@ -40,6 +40,12 @@ class Strategy(nn.Module):
         self.model = model
 
     @property
+    def adapts_encoder(self) -> bool:
+        """Whether adapting to a task changes the encoder's weights (an inner loop over them): a frozen
+        encoder cannot be trained this way."""
+        return False
+
+    @property
     def second_order(self) -> bool:
         """Whether meta-gradients differentiate through gradients (no bf16 under ``precision=auto``,
         no ``torch.compile``)."""

@@ -278,6 +278,10 @@ class MAML(Strategy):
         if hasattr(self, "meta_iterations"):
             self.meta_iterations.value += 1
 
+    @property
+    def adapts_encoder(self) -> bool:
+        return any(n.startswith("encoder.") for n in self.adapt_names)
+
     def activation_copies(self) -> int:
         """Every inner step's graph stays alive for the meta-gradient (twice over, second order)."""
         return (self.params_.inner_steps + 1) * (2 if self.second_order else 1)
