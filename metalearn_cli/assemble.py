@@ -102,6 +102,8 @@ def validate_pretrain(cfg: Any) -> None:
 def validate_eval(e: Any) -> None:
     if e.episodes < 1 or e.batch_tasks < 1:
         raise ConfigError("eval.episodes and eval.batch_tasks must be >= 1")
+    if e.finetune_steps < 0 or e.finetune_lr < 0:
+        raise ConfigError("eval.finetune_steps and eval.finetune_lr must be >= 0")
 
 
 def validate_host(cfg: Any) -> None:

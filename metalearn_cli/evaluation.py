@@ -8,6 +8,7 @@ must not mix tasks), the summary (mean and CI95 = 1.96 std / sqrt(n)), ``task_st
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -27,6 +28,7 @@ from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, residen
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import batch_norm_mode
 from metalearn_cli.files import atomic_write
+from metalearn_cli.finetune import Finetuner
 from metalearn_cli.rundir import write_results, write_status
 from metalearn_cli.strategies import Strategy, query_accuracy
 
@@ -36,24 +38,27 @@ log = logging.getLogger(__name__)
 def evaluate_tasks(
     strategy: Strategy, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str,
     stats: Optional[list[dict[str, float]]] = None, progress: bool = False, outcomes: Optional[list[torch.Tensor]] = None,
+    finetune: Optional[Finetuner] = None,
 ) -> torch.Tensor:
     """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks.
 
     With ``stats`` (a list), one row per task is appended: the norms the decoder reports for what
     it generated (prototypes, latent codes, weights, FiLM modulations) on that task. With
     ``outcomes`` (a list), each batch's per-query correctness ``[tasks, queries]`` is appended (for
-    ``metalearn compare``'s paired tests).
+    ``metalearn compare``'s paired tests). With ``finetune``, each task is scored after its own
+    test-time fine-tuning (one task at a time).
     """
     if episodes < 1 or batch_tasks < 1:
         raise ConfigError("eval.episodes, eval.batch_tasks and trainer.val_episodes must be >= 1")
     accs = []
     # Transductive statistics must come from one task at a time, never a mix of tasks.
-    one_by_one = bn_mode.startswith("transductive") and not strategy.isolates_tasks
+    one_by_one = (bn_mode.startswith("transductive") and not strategy.isolates_tasks) or finetune is not None
     bar = tqdm(total=episodes, disable=not progress, unit="task", dynamic_ncols=True, desc="test", leave=False)
     with batch_norm_mode(strategy.model, bn_mode):
         for batch in sampler.fixed(episodes, batch_tasks):
             for part in batch.split_tasks() if one_by_one else [batch]:
-                out = strategy.predict(part, with_stats=stats is not None)
+                with finetune.adapted(strategy, part) if finetune is not None else contextlib.nullcontext():
+                    out = strategy.predict(part, with_stats=stats is not None)
                 acc = query_accuracy(out.logits.detach(), part.query_labels)
                 accs.append(acc)
                 if outcomes is not None:
@@ -101,6 +106,7 @@ def summarize(accs: torch.Tensor) -> dict[str, float]:
 def score_checkpoint(
     strategy: Strategy, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: Any,
     seed: int, device: torch.device, run_dir: Optional[Path] = None, progress: bool = False, lake: bool = False,
+    finetune: Optional[Finetuner] = None,
 ) -> dict[str, Any]:
     """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's
     results.json report. With ``eval.save_task_stats``, also writes ``run_dir/task_stats.csv``."""
@@ -117,7 +123,7 @@ def score_checkpoint(
     start = time.perf_counter()
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
-    accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats, progress, outcomes)
+    accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats, progress, outcomes, finetune)
     seconds = time.perf_counter() - start
     if stats is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -129,6 +135,7 @@ def score_checkpoint(
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": bn_mode, "seed": seed,
         "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),
+        "finetune_steps": finetune.steps if finetune is not None else 0,
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
     }
 
@@ -167,8 +174,9 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"]))
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed
+    finetune = Finetuner.of(cfg.eval, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
     result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), cfg.eval, seed,
-                              device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode))
+                              device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode), finetune=finetune)
     result.update({
         "checkpoint": str(Path(knowledge["source"]).resolve()), "checkpoint_step": knowledge["step"],
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),

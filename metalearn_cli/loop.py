@@ -38,9 +38,10 @@ from metalearn_cli.progress import Progress
 from metalearn_cli.pretrain import Pretraining, pretrained_checkpoint
 from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step
 from metalearn_cli.files import remove_stale_temporaries
+from metalearn_cli.finetune import Finetuner
 from metalearn_cli.resume import check_same_run, resume_checkpoint
 from metalearn_cli.signals import stop_requests
-from metalearn_cli.rundir import CHECKPOINTS, RESULTS, exclusive, refuse_held, write_results, write_status
+from metalearn_cli.rundir import RESULTS, RunDir, exclusive, refuse_held, write_results, write_status
 from metalearn_cli.strategies import StepOutput, Strategy, query_accuracy
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class TrainingRun:
             raise ConfigError(f"trainer.meta_batch={self.t.meta_batch} does not split over {self.ranks.size} processes; "
                               f"use a multiple of {self.ranks.size}")
         self.resume = resume_checkpoint(cfg.resume, self.run_dir)
-        self.ckpt_dir = self.run_dir / CHECKPOINTS
+        self.files = RunDir(self.run_dir)
         if self.resume is None:
             refuse_held(self.run_dir)
         self._build()
@@ -114,6 +115,7 @@ class TrainingRun:
         self.train_sampler = EpisodeSampler(resident(data.train, self.device), s.train_way, s.shot, s.train_query,
                                             split_seed(cfg.seed, "train"), self.device, within=self.t.within_alphabet)
         self.augment = augmentation(self.t.augment, DATASETS.params_of(cfg.dataset).meta_augment, data.image_shape)
+        self.finetune = Finetuner.of(cfg.eval, DATASETS.params_of(cfg.dataset).meta_augment, data.image_shape, self.strategy)  # the final test's
         self.val_sampler = EpisodeSampler(resident(data.val, self.device), s.way, s.shot, s.query,
                                           split_seed(cfg.seed, "val"), self.device)
         # Mean brightness of the training images as the model sees them: predict warns when a user's
@@ -156,7 +158,7 @@ class TrainingRun:
         """Which checkpoint a stopped run leaves, in words."""
         if self.saved_step is None:
             return "no checkpoint was written yet"
-        return f"the last good checkpoint {self.ckpt_dir / 'last.pt'} (meta-iteration {self.saved_step}) is kept"
+        return f"the last good checkpoint {self.files.last} (meta-iteration {self.saved_step}) is kept"
 
     def check_finite(self) -> None:
         """No non-finite weight or buffer (e.g. batch-norm statistics) is ever saved or trained on."""
@@ -171,7 +173,7 @@ class TrainingRun:
     def save_last(self) -> None:
         if self.main:
             self.check_finite()
-            save_checkpoint(self.ckpt_dir / "last.pt", self.snapshot())
+            save_checkpoint(self.files.last, self.snapshot())
             self.saved_step = self.step
             write_status(self.run_dir, "running", step=self.step, iterations=self.t.iterations)
 
@@ -222,7 +224,7 @@ class TrainingRun:
         log.info("step %d: val accuracy %.4f ± %.4f", self.step, val["accuracy"], val["ci95"])
         if val["accuracy"] > self.best_val:
             self.best_val, self.best_step = val["accuracy"], self.step
-            save_checkpoint(self.ckpt_dir / "best.pt", self.snapshot())
+            save_checkpoint(self.files.best, self.snapshot())
 
     def validate_start(self, metrics: MetricsLog) -> None:
         """Step 0 is a candidate too: when every step hurts, best.pt is the weights the run started from
@@ -247,7 +249,7 @@ class TrainingRun:
         self.session_start, self.step_at_start = time.perf_counter(), self.step
         if self.main:
             log.info(startup_line("meta-training", self.device, self.t.precision, self.strategy, self.run_dir))
-            remove_stale_temporaries(self.ckpt_dir)
+            remove_stale_temporaries(self.files.checkpoints)
             write_status(self.run_dir, "running", step=self.step, iterations=self.t.iterations)
         metrics = (MetricsLog(self.run_dir, self.step if self.resume is not None else None, self.cfg.logger, self.cfg)
                    if self.main else None)
@@ -264,7 +266,7 @@ class TrainingRun:
                 finally:
                     progress.close()
                 train_seconds = self.train_seconds()
-                stop["now"] = (f"during the final test; {self.ckpt_dir / 'last.pt'} holds the finished training; "
+                stop["now"] = (f"during the final test; {self.files.last} holds the finished training; "
                                f"test it with: metalearn train resume={self.run_dir}")
                 if self.main:
                     self.finish(train_seconds, metrics)
@@ -307,16 +309,16 @@ class TrainingRun:
         self.window.started += time.perf_counter() - paused  # tasks/s counts meta-training only
         if stop["signal"]:
             raise Interrupted(stop["signal"], f"{stop['signal']} at meta-iteration {self.step}/{t.iterations}; saved "
-                                              f"{self.ckpt_dir / 'last.pt'}; continue with: metalearn train resume={self.run_dir}")
+                                              f"{self.files.last}; continue with: metalearn train resume={self.run_dir}")
 
     def finish(self, train_seconds: float, metrics: Optional[MetricsLog]) -> None:
         """Test what validation chose, read back from disk: ``metalearn eval`` on best.pt gives the same numbers."""
         s, t = self.shapes, self.t
-        best = load_checkpoint(self.ckpt_dir / "best.pt")
+        best = load_checkpoint(self.files.best)
         self.strategy.load_state_dict(best["model"])
         result = score_checkpoint(self.strategy, self.data, "test", (s.way, s.shot, s.query), self.cfg.eval,
                                   self.cfg.seed, self.device, self.run_dir, progress=t.progress and sys.stderr.isatty(),
-                                  lake=is_lake(self.cfg.episode))
+                                  lake=is_lake(self.cfg.episode), finetune=self.finetune)
         result.update({
             "checkpoint": "checkpoints/best.pt", "best_step": self.best_step, "val_accuracy": self.best_val,
             "iterations": t.iterations, "meta_batch": t.meta_batch, "train_way": s.train_way,

@@ -36,7 +36,7 @@ from metalearn_cli.errors import Diverged, Interrupted
 from metalearn_cli.evaluation import evaluate_tasks, score_checkpoint, summarize
 from metalearn_cli.metrics import MetricsLog
 from metalearn_cli.optim import OPTIMIZERS, build_schedule, meta_step
-from metalearn_cli.rundir import CHECKPOINTS, RESULTS, write_results, write_status
+from metalearn_cli.rundir import RESULTS, RunDir, write_results, write_status
 from metalearn_cli.strategies import STRATEGIES, Strategy
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def stage_dir(run_dir: Path) -> Path:
 
 def pretrained_checkpoint(cfg: Any, run_dir: Path) -> Optional[Path]:
     """The checkpoint meta-training starts from when the run has a pre-training stage."""
-    return stage_dir(run_dir) / CHECKPOINTS / "best.pt" if cfg.pretrain.iterations > 0 else None
+    return RunDir(stage_dir(run_dir)).best if cfg.pretrain.iterations > 0 else None
 
 
 def protonet_config(cfg: Any) -> dict[str, Any]:
@@ -142,22 +142,22 @@ class Pretraining:
         log.info("pre-training step %d: val nearest-centroid accuracy %.4f ± %.4f", self.step, val["accuracy"], val["ci95"])
         if val["accuracy"] > self.best_val:
             self.best_val, self.best_step = val["accuracy"], self.step
-            save_checkpoint(self.dir / CHECKPOINTS / "best.pt", self.snapshot())
+            save_checkpoint(RunDir(self.dir).best, self.snapshot())
         self.save_last()
 
     def save_last(self) -> None:
         self.check_finite()
-        save_checkpoint(self.dir / CHECKPOINTS / "last.pt", self.snapshot())
+        save_checkpoint(RunDir(self.dir).last, self.snapshot())
         write_status(self.dir, "running", step=self.step, iterations=self.p.iterations)
 
     # ------------------------------------------------------------------ the stage
     def run(self, stop: dict[str, Any]) -> Path:
         """Train (or resume, or skip when done) and test; ``stop["signal"]`` ends it at the next validation."""
-        best = self.dir / CHECKPOINTS / "best.pt"
+        best = RunDir(self.dir).best
         if (self.dir / RESULTS).is_file() and best.is_file():
             return best
-        if (self.dir / CHECKPOINTS / "last.pt").is_file():
-            self.restore(self.dir / CHECKPOINTS / "last.pt")
+        if (RunDir(self.dir).last).is_file():
+            self.restore(RunDir(self.dir).last)
         self.dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(self.dir, self.step if self.step else None, self.cfg.logger, self.cfg)
         start, window = time.perf_counter(), []
@@ -183,7 +183,7 @@ class Pretraining:
                     self.save_last()
                     write_status(self.dir, "interrupted", step=self.step, iterations=self.p.iterations)
                     raise Interrupted(stop["signal"], f"{stop['signal']} during pre-training at step {self.step}/"
-                                      f"{self.p.iterations}; saved {self.dir / CHECKPOINTS / 'last.pt'}; continue with: "
+                                      f"{self.p.iterations}; saved {RunDir(self.dir).last}; continue with: "
                                       f"metalearn train resume={self.dir.parent}")
         finally:
             bar.close()
@@ -193,7 +193,7 @@ class Pretraining:
 
     def finish(self, seconds: float) -> None:
         """Nearest-centroid test accuracy of ``best.pt``, as ``metalearn eval RUN/pretrain`` gives it."""
-        self.strategy.load_state_dict(load_checkpoint(self.dir / CHECKPOINTS / "best.pt")["model"])
+        self.strategy.load_state_dict(load_checkpoint(RunDir(self.dir).best)["model"])
         e = self.cfg.episode
         result = score_checkpoint(self.strategy, self.data, "test", (e.way, e.shot, e.query), self.cfg.eval, self.seed,
                                   self.device)

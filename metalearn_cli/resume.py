@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.rundir import CHECKPOINTS, canonical
+from metalearn_cli.rundir import CHECKPOINTS, LAST, RunDir, canonical
 from metalearn_cli.schema import flatten
 
 # Keys a resumed run may change: bookkeeping, never what is learned or how.
@@ -45,13 +45,13 @@ def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:
     if value is None:
         return None
     if value == "true":
-        path = Path(run_dir) / CHECKPOINTS / "last.pt"
+        path = RunDir(Path(run_dir)).last
         if not path.is_file():
             raise CheckpointError(f"resume=true but {path} does not exist; pass resume=<run dir or checkpoint> or drop resume")
         return path
     path = Path(value)
     if path.is_dir():
-        path = path / CHECKPOINTS / "last.pt" if (path / CHECKPOINTS).is_dir() else path / "last.pt"
+        path = RunDir(path).last if RunDir(path).checkpoints.is_dir() else path / LAST
     refuse_another_dir(value, path, run_dir)
     return path
 

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -27,6 +28,32 @@ from metalearn_cli.files import atomic_write, write_json
 
 CHECKPOINTS = "checkpoints"
 STATUS, RESULTS, ERROR, METRICS, LOCK = "status.json", "results.json", "error.txt", "metrics.jsonl", ".lock"
+BEST, LAST = "best.pt", "last.pt"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run's (or a stage's) directory and its files by role: the one place their names are spelled."""
+
+    path: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def best(self) -> Path:
+        """The checkpoint validation chose (what the final test scores)."""
+        return self.path / CHECKPOINTS / BEST
+
+    @property
+    def last(self) -> Path:
+        """The latest checkpoint, with everything a resume needs."""
+        return self.path / CHECKPOINTS / LAST
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS
 _HELD: dict[Path, list[int]] = {}  # run dir -> [fd, depth]: the locks this process holds
 
 
@@ -110,7 +137,7 @@ def refuse_held(run_dir: Path) -> None:
     ``last.pt`` was deleted included); only a resume continues one."""
     found = held(run_dir)
     if found:
-        last = Path(run_dir) / CHECKPOINTS / "last.pt"
+        last = RunDir(Path(run_dir)).last
         hint = "pass resume=true to continue it, or use" if last.is_file() else "it has no last.pt to resume from; use"
         raise ConfigError(f"{run_dir} already holds a run ({', '.join(found[:3])}); {hint} a new hydra.run.dir")
 
@@ -149,7 +176,7 @@ def resolve_checkpoint(path: Path | str) -> Path:
     """A run dir names its ``checkpoints/best.pt`` (else ``last.pt``); a file names itself."""
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / CHECKPOINTS / "best.pt", path / "best.pt", path / CHECKPOINTS / "last.pt", path / "last.pt"):
+        for candidate in (RunDir(path).best, path / BEST, RunDir(path).last, path / LAST):  # a checkpoints/ dir given itself too
             if candidate.is_file():
                 return candidate
         raise CheckpointError(f"{path} holds no checkpoints/best.pt or last.pt; pass a checkpoint file or a run dir")

@@ -100,12 +100,24 @@ class PretrainConfig:
     val_episodes: int = 300
 
 
+class FinetuneParams(enum.Enum):
+    backbone = "backbone"  # the encoder (P>M>F)
+    decoder = "decoder"  # the decoder's weights (what generates the task's classifier)
+    all = "all"
+
+
 @dataclass
 class EvalConfig:
     episodes: int = 1000  # fixed test tasks; the CI95 shrinks as 1/sqrt(episodes)
     batch_tasks: int = 10  # tasks per forward pass: 10 is fastest on CPU, raise it on a GPU (never changes the tasks)
     bn_mode: BNMode = BNMode.auto
     save_task_stats: bool = False  # write task_stats.csv: per test task, accuracy and the norms of what the decoder generated
+    # Test-time fine-tuning (Hu et al. 2022, P>M>F): steps on each test task's support set, augmented copies as
+    # pseudo-queries, SGD with momentum 0.9; the weights are restored after each task. Not in validation.
+    finetune_steps: int = 0  # 0 = off (P>M>F: 50)
+    finetune_lr: float = 0.01  # P>M>F picks it from {0, 1e-4, 1e-3, 1e-2} on validation tasks
+    finetune_params: FinetuneParams = FinetuneParams.backbone
+    finetune_augment: Augment = Augment.auto  # the pseudo-queries' transforms; auto = dataset.meta_augment
 
 
 @dataclass

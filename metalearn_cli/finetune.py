@@ -1,0 +1,71 @@
+"""Test-time fine-tuning (Hu et al. 2022, P>M>F): before a test task is scored, a few gradient steps
+on its support set alone, with augmented copies of the support images as pseudo-queries.
+
+The loss is the strategy's own meta-loss on that pseudo-task (ProtoNets: prototypes of the support
+images, cross-entropy of their augmented copies), so a query image or its label never enters it.
+The weights are restored after every task: no task sees another's steps, and the checkpoint (and
+the strategy a caller holds) is exactly what it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Optional
+
+import torch
+
+from metalearn_cli.augment import augment_images, augmentation
+from metalearn_cli.episodes import EpisodeBatch
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.strategies import Strategy
+
+
+class Finetuner:
+    def __init__(self, steps: int, lr: float, params: str, augment: Any) -> None:
+        self.steps, self.lr, self.params, self.augment = steps, lr, params, augment
+
+    @classmethod
+    def of(cls, eval_cfg: Any, augment_default: Any, image_shape: tuple[int, int, int], strategy: Strategy) -> Optional["Finetuner"]:
+        """The fine-tuning ``eval.finetune_*`` asks for (checked against ``strategy`` before anything
+        runs); None when ``eval.finetune_steps=0``."""
+        if eval_cfg.finetune_steps == 0:
+            return None
+        augment = augmentation(eval_cfg.finetune_augment, augment_default, image_shape)
+        if augment is None:
+            raise ConfigError("eval.finetune_steps needs augmented copies of the support images as pseudo-queries, "
+                              "but eval.finetune_augment resolves to none here; set eval.finetune_augment=crop (or affine)")
+        tuner = cls(eval_cfg.finetune_steps, eval_cfg.finetune_lr, getattr(eval_cfg.finetune_params, "value", str(eval_cfg.finetune_params)), augment)
+        if not tuner._chosen(strategy):
+            raise ConfigError(f"eval.finetune_params={tuner.params} names no parameter of this meta-network "
+                              "(a prototype decoder has none); use backbone or all")
+        return tuner
+
+    def _chosen(self, strategy: Strategy) -> list[torch.nn.Parameter]:
+        names = {"backbone": ("model.encoder.",), "decoder": ("model.decoder.",), "all": ("",)}[self.params]
+        return [p for n, p in strategy.named_parameters() if n.startswith(names)]
+
+    @contextlib.contextmanager
+    def adapted(self, strategy: Strategy, task: EpisodeBatch) -> Iterator[None]:
+        """``strategy`` fine-tuned on ``task``'s support set (one task) inside the block, restored after it."""
+        chosen, every = self._chosen(strategy), list(strategy.parameters())
+        saved, flags = [p.detach().clone() for p in chosen], [p.requires_grad for p in every]
+        pseudo = EpisodeBatch(task.support_images, task.support_labels, augment_images(self.augment, task.support_images),
+                              task.support_labels, task.n_way, task.k_shot, task.k_shot)
+        for p in every:
+            p.requires_grad_(any(p is c for c in chosen))
+        optimizer = torch.optim.SGD(chosen, lr=self.lr, momentum=0.9)  # P>M>F's optimizer
+        try:
+            with torch.enable_grad():
+                for _ in range(self.steps):
+                    optimizer.zero_grad(set_to_none=True)
+                    with strategy.backward_context():
+                        strategy.meta_loss(pseudo).loss.backward()
+                    optimizer.step()
+            yield
+        finally:
+            with torch.no_grad():
+                for p, value in zip(chosen, saved):
+                    p.copy_(value)
+            for p, flag in zip(every, flags):
+                p.requires_grad_(flag)
+                p.grad = None

@@ -1,0 +1,87 @@
+"""Test-time fine-tuning (P>M>F): it changes predictions, never sees a query label, and leaves the
+strategy and the checkpoint as they were."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_config
+from metalearn_cli import evaluation, loop
+from metalearn_cli.assemble import load_strategy
+from metalearn_cli.checkpoint import read_meta_knowledge
+from metalearn_cli.data import DATASETS
+from metalearn_cli.episodes import EpisodeSampler, resident
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.finetune import Finetuner
+
+
+def tuner(strategy, steps=5, lr=0.05, params="backbone"):
+    cfg = OmegaConf.create({"finetune_steps": steps, "finetune_lr": lr, "finetune_params": params, "finetune_augment": "crop"})
+    return Finetuner.of(cfg, "none", (1, 28, 28), strategy)
+
+
+@pytest.fixture
+def trained(compose_train, tmp_path):
+    loop.train(compose_train(), tmp_path / "run")
+    strategy, cfg = load_strategy(read_meta_knowledge(tmp_path / "run"), torch.device("cpu"))
+    data = DATASETS.build(cfg.dataset)
+    task = EpisodeSampler(resident(data.test, torch.device("cpu")), 5, 1, 3, seed=1).sample(1)
+    return strategy, task, tmp_path / "run"
+
+
+def test_it_changes_predictions_and_restores_every_weight(trained):
+    strategy, task, _ = trained
+    strategy.eval()
+    before = {k: v.clone() for k, v in strategy.state_dict().items()}
+    plain = strategy.predict(task).logits
+    with tuner(strategy).adapted(strategy, task):
+        tuned = strategy.predict(task).logits
+        assert any(not torch.equal(v, before[k]) for k, v in strategy.state_dict().items())  # it moved
+    assert not torch.allclose(plain, tuned)
+    assert all(torch.equal(v, before[k]) for k, v in strategy.state_dict().items())  # and came back
+    assert torch.equal(strategy.predict(task).logits, plain)
+
+
+def test_it_never_sees_a_query_image_or_label(trained):
+    strategy, task, _ = trained
+    strategy.eval()
+    wrong = task.__class__(task.support_images, task.support_labels, torch.rand_like(task.query_images),
+                           task.query_labels.flip(-1), task.n_way, task.k_shot, task.n_query)
+    torch.manual_seed(0)
+    with tuner(strategy).adapted(strategy, task):
+        right_logits = strategy.predict(task).logits
+    torch.manual_seed(0)  # the same augmentations: only the queries differ
+    with tuner(strategy).adapted(strategy, wrong):
+        weights_seen = {k: v.clone() for k, v in strategy.state_dict().items()}
+        wrong_logits = strategy.predict(task).logits  # the real queries, under weights tuned beside other queries
+    torch.manual_seed(0)
+    with tuner(strategy).adapted(strategy, task):
+        assert all(torch.equal(v, weights_seen[k]) for k, v in strategy.state_dict().items())
+    assert torch.equal(right_logits, wrong_logits)
+
+
+def test_eval_with_finetuning_leaves_the_checkpoint_and_records_it(trained, tmp_path):
+    _, _, run = trained
+    best = run / "checkpoints" / "best.pt"
+    digest = hashlib.sha256(best.read_bytes()).hexdigest()
+    cfg = compose_config("eval", [f"checkpoint={run}", "eval.episodes=6", "eval.finetune_steps=3",
+                                  "eval.finetune_augment=crop", "device=cpu"])
+    tuned = evaluation.evaluate(cfg, tmp_path / "tuned")
+    results = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    assert results["finetune_steps"] == 3 and results["episodes"] == 6 and 0 <= tuned <= 1
+    assert hashlib.sha256(best.read_bytes()).hexdigest() == digest
+
+
+def test_refusals_are_one_line_before_anything_runs(trained):
+    strategy, _, _ = trained
+    with pytest.raises(ConfigError, match="names no parameter"):
+        tuner(strategy, params="decoder")  # a prototype decoder has no weights
+    cfg = OmegaConf.create({"finetune_steps": 2, "finetune_lr": 0.1, "finetune_params": "backbone", "finetune_augment": "auto"})
+    with pytest.raises(ConfigError, match="finetune_augment=crop"):
+        Finetuner.of(cfg, "none", (1, 28, 28), strategy)  # generated data's default: no augmentation
+    assert Finetuner.of(OmegaConf.create({"finetune_steps": 0}), "none", (1, 28, 28), strategy) is None
