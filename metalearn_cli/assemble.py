@@ -102,8 +102,10 @@ def validate_pretrain(cfg: Any) -> None:
 def validate_eval(e: Any) -> None:
     if e.episodes < 1 or e.batch_tasks < 1:
         raise ConfigError("eval.episodes and eval.batch_tasks must be >= 1")
-    if e.finetune_steps < 0 or e.finetune_lr < 0:
-        raise ConfigError("eval.finetune_steps and eval.finetune_lr must be >= 0")
+    if e.finetune_steps < 0 or e.finetune_lr < 0 or any(lr < 0 for lr in e.finetune_lr_search or []):
+        raise ConfigError("eval.finetune_steps, eval.finetune_lr and eval.finetune_lr_search must be >= 0")
+    if e.finetune_search_episodes < 1 or (e.finetune_lr_search is not None and not e.finetune_lr_search):
+        raise ConfigError("eval.finetune_search_episodes must be >= 1 and eval.finetune_lr_search a non-empty list (or null)")
 
 
 def validate_host(cfg: Any) -> None:

@@ -111,15 +111,15 @@ def score_checkpoint(
     """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's
     results.json report. With ``eval.save_task_stats``, also writes ``run_dir/task_stats.csv``."""
     way, shot, query = shapes
-    classes = data.split(split)
-    if lake:
-        if (shot, query) != (1, 1):
-            raise ConfigError("Lake et al.'s runs are one-shot with one query per class: use episode=lake20way1shot")
-        sampler: Any = LakeRuns(resident(classes, device), way, split_seed(seed, split), device)
-    else:
-        check_fits(classes, split, data.name, way, shot, query)
-        sampler = EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)
+    sampler = fixed_tasks(data, split, shapes, seed, device, lake)
     bn_mode = resolve_bn_mode(eval_cfg.bn_mode, strategy)
+    search = None
+    if finetune is not None and eval_cfg.finetune_lr_search:  # on validation tasks, before the test
+        val = fixed_tasks(data, "val", shapes, seed, device, lake)
+        search = finetune.search(list(eval_cfg.finetune_lr_search), lambda tuner: float(evaluate_tasks(
+            strategy, val, eval_cfg.finetune_search_episodes, eval_cfg.batch_tasks, bn_mode, finetune=tuner).mean()))
+        log.info("test-time fine-tuning: lr %g chosen on %d validation tasks (%s)", finetune.lr,
+                 eval_cfg.finetune_search_episodes, ", ".join(f"{k}: {100 * v:.2f}%" for k, v in search.items()))
     start = time.perf_counter()
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
@@ -136,8 +136,22 @@ def score_checkpoint(
         "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),
         "finetune_steps": finetune.steps if finetune is not None else 0,
+        **({"finetune_lr": finetune.lr, "finetune_search": search} if finetune is not None else {}),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
     }
+
+
+def fixed_tasks(data: FewShotData, split: str, shapes: tuple[int, int, int], seed: int, device: torch.device,
+                lake: bool) -> Any:
+    """The fixed tasks of ``split`` (Lake's runs or random tasks), from the seed: the same on every call."""
+    way, shot, query = shapes
+    classes = data.split(split)
+    if lake:
+        if (shot, query) != (1, 1):
+            raise ConfigError("Lake et al.'s runs are one-shot with one query per class: use episode=lake20way1shot")
+        return LakeRuns(resident(classes, device), way, split_seed(seed, split), device)
+    check_fits(classes, split, data.name, way, shot, query)
+    return EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)
 
 
 def dataset_of(saved: Any, root: Optional[str], source: str) -> Any:

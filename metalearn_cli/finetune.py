@@ -10,7 +10,7 @@ the strategy a caller holds) is exactly what it was.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -40,6 +40,16 @@ class Finetuner:
                               "(a prototype decoder has none); use backbone or all")
         return tuner
 
+    def search(self, rates: list[float], score: Callable[["Finetuner"], float]) -> dict[str, float]:
+        """P>M>F's choice of the step size: ``score`` (mean accuracy on the same fixed validation tasks)
+        for each rate; the best is kept (the smaller on a tie). Returns ``{rate: accuracy}``."""
+        found = {}
+        for lr in sorted(rates):
+            self.lr = float(lr)
+            found[repr(float(lr))] = score(self)
+        self.lr = float(max(sorted(rates), key=lambda lr: found[repr(float(lr))]))
+        return found
+
     def _chosen(self, strategy: Strategy) -> list[torch.nn.Parameter]:
         names = {"backbone": ("model.encoder.",), "decoder": ("model.decoder.",), "all": ("",)}[self.params]
         return [p for n, p in strategy.named_parameters() if n.startswith(names)]
@@ -47,6 +57,9 @@ class Finetuner:
     @contextlib.contextmanager
     def adapted(self, strategy: Strategy, task: EpisodeBatch) -> Iterator[None]:
         """``strategy`` fine-tuned on ``task``'s support set (one task) inside the block, restored after it."""
+        if self.lr == 0:  # P>M>F's search includes "no fine-tuning"
+            yield
+            return
         chosen, every = self._chosen(strategy), list(strategy.parameters())
         saved, flags = [p.detach().clone() for p in chosen], [p.requires_grad for p in every]
         pseudo = EpisodeBatch(task.support_images, task.support_labels, augment_images(self.augment, task.support_images),

@@ -118,6 +118,8 @@ class EvalConfig:
     finetune_lr: float = 0.01  # P>M>F picks it from {0, 1e-4, 1e-3, 1e-2} on validation tasks
     finetune_params: FinetuneParams = FinetuneParams.backbone
     finetune_augment: Augment = Augment.auto  # the pseudo-queries' transforms; auto = dataset.meta_augment
+    finetune_lr_search: Optional[list[float]] = None  # P>M>F: pick finetune_lr from these ([0, 1e-4, 1e-3, 1e-2]) on validation tasks first
+    finetune_search_episodes: int = 50  # validation tasks per candidate rate (the same fixed tasks for each)
 
 
 @dataclass

@@ -85,3 +85,26 @@ def test_refusals_are_one_line_before_anything_runs(trained):
     with pytest.raises(ConfigError, match="finetune_augment=crop"):
         Finetuner.of(cfg, "none", (1, 28, 28), strategy)  # generated data's default: no augmentation
     assert Finetuner.of(OmegaConf.create({"finetune_steps": 0}), "none", (1, 28, 28), strategy) is None
+
+
+def test_the_rate_is_chosen_on_validation_tasks_and_recorded(trained, tmp_path):
+    _, _, run = trained
+    cfg = compose_config("eval", [f"checkpoint={run}", "eval.episodes=4", "eval.finetune_steps=2", "eval.finetune_augment=crop",
+                                  "eval.finetune_lr_search=[0,0.001,5.0]", "eval.finetune_search_episodes=3", "device=cpu"])
+    evaluation.evaluate(cfg, tmp_path / "searched")
+    results = json.loads((tmp_path / "searched" / "results.json").read_text())
+    search = results["finetune_search"]
+    assert set(search) == {"0.0", "0.001", "5.0"} and all(0 <= v <= 1 for v in search.values())
+    best = max(search.values())
+    assert results["finetune_lr"] == min(float(k) for k, v in search.items() if v == best)
+    assert len(set(search.values())) > 1  # the rates are told apart
+    plain = compose_config("eval", [f"checkpoint={run}", "split=val", "eval.episodes=3", "device=cpu"])
+    assert evaluation.evaluate(plain, tmp_path / "val") == pytest.approx(search["0.0"])  # rate 0: the plain score
+
+
+def test_a_rate_of_zero_changes_nothing(trained):
+    strategy, task, _ = trained
+    strategy.eval()
+    plain = strategy.predict(task).logits
+    with tuner(strategy, lr=0.0).adapted(strategy, task):
+        assert torch.equal(strategy.predict(task).logits, plain)
