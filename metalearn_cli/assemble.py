@@ -95,6 +95,9 @@ def validate_pretrain(cfg: Any) -> None:
             check_optimizer(p.optimizer)
         except ConfigError as exc:
             raise ConfigError(f"pretrain.optimizer: {exc}") from None
+    if p.epochs is not None and (p.iterations == 0 or not p.epochs > 0):
+        raise ConfigError("pretrain.epochs sets the length of a pre-training stage: add pretrain=supervised (or pretrain=rfs) "
+                          "and give epochs > 0")
     if p.iterations and cfg.trainer.init_from:
         raise ConfigError("pretrain.iterations > 0 and trainer.init_from both set the starting weights; choose one")
 

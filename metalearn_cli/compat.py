@@ -20,6 +20,7 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     into ``pretrain.optimizer``, and ``logger`` was added, on 2026-12-01. Options added to a data set or
     the trainer since a file was written take their defaults, which keep what the run did then."""
     from metalearn_cli.params import PARAMS
+    from metalearn_cli.params.optimizers import ScheduleParams
     from metalearn_cli.schema import PretrainConfig, TrainerConfig
 
     config = copy.deepcopy(config)
@@ -42,6 +43,11 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
         _fill(dataset, PARAMS["dataset"][dataset["name"]])
     if isinstance(config.get("trainer"), dict):  # trainer options added since (within_alphabet, augment, ...): their defaults
         _fill(config["trainer"], TrainerConfig)
+    for node in (config.get("optimizer"), (config.get("pretrain") or {}).get("optimizer")):  # schedule.milestones since 2026-12-01
+        if isinstance(node, dict) and isinstance(node.get("schedule"), dict):
+            _fill(node["schedule"], ScheduleParams)
+    if isinstance(config.get("pretrain"), dict):
+        config["pretrain"].setdefault("epochs", None)
     if "trainer" in config:  # the logger group since 2026-12-01 (TensorBoard, as before)
         config.setdefault("logger", {"name": "tensorboard"})
     strategy, optimizer = config.get("strategy"), config.get("optimizer")

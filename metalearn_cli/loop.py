@@ -35,7 +35,7 @@ from metalearn_cli.evaluation import evaluate_tasks, is_lake, score_checkpoint, 
 from metalearn_cli.cost import check_memory
 from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
 from metalearn_cli.progress import Progress
-from metalearn_cli.pretrain import Pretraining, pretrained_checkpoint
+from metalearn_cli.pretrain import Pretraining, pretrained_checkpoint, resolve_budget
 from metalearn_cli.optim import OPTIMIZERS, ClipParams, StepResult, build_schedule, meta_step
 from metalearn_cli.files import remove_stale_temporaries
 from metalearn_cli.finetune import Finetuner
@@ -96,6 +96,7 @@ class TrainingRun:
         cfg, s = self.cfg, self.shapes
         seed_everything(cfg.seed)
         self.data = data = DATASETS.build(cfg.dataset)
+        resolve_budget(cfg, data)
         check_fits(data.train, "train", data.name, s.train_way, s.shot, s.train_query)
         check_fits(data.val, "val", data.name, s.way, s.shot, s.query)
         check_fits(data.test, "test", data.name, s.way, s.shot, s.query)

@@ -69,6 +69,9 @@ def build_schedule(params: ScheduleParams, optimizer: torch.optim.Optimizer, tot
     """A per-meta-iteration multiplier of the base learning rate."""
     if params.warmup < 0 or params.step_size < 1 or not 0 <= params.min_lr_ratio <= 1 or not params.gamma > 0:
         raise ConfigError("optimizer.schedule needs warmup >= 0, step_size >= 1, 0 <= min_lr_ratio <= 1 and gamma > 0")
+    if any(not 0 < m < 1 for m in params.milestones):
+        raise ConfigError("optimizer.schedule.milestones are fractions of the run: each between 0 and 1")
+    steps = sorted(round(m * total) for m in params.milestones)
 
     def factor(step: int) -> float:
         if step < params.warmup:
@@ -78,6 +81,8 @@ def build_schedule(params: ScheduleParams, optimizer: torch.optim.Optimizer, tot
             return params.min_lr_ratio + (1 - params.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         if params.kind is Schedule.step:
             return params.gamma ** (step // params.step_size)
+        if params.kind is Schedule.multistep:
+            return params.gamma ** sum(step >= s for s in steps)
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -48,6 +48,14 @@ def stage_dir(run_dir: Path) -> Path:
     return Path(run_dir) / STAGE
 
 
+def resolve_budget(cfg: Any, data: FewShotData) -> None:
+    """``pretrain.epochs`` -> ``pretrain.iterations``, now that the training images are counted (the
+    saved config holds both, so a resume and a report see the steps the stage took)."""
+    p = cfg.pretrain
+    if p.epochs is not None and p.iterations > 0:
+        p.iterations = math.ceil(p.epochs * data.train.n_classes * data.train.n_per_class / p.batch_size)
+
+
 def pretrained_checkpoint(cfg: Any, run_dir: Path) -> Optional[Path]:
     """The checkpoint meta-training starts from when the run has a pre-training stage."""
     return RunDir(stage_dir(run_dir)).best if cfg.pretrain.iterations > 0 else None

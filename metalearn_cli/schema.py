@@ -87,12 +87,13 @@ class PretrainConfig:
     plain classification over every training class, best checkpoint by episodic validation."""
 
     iterations: int = 0  # optimizer steps; 0 = no pre-training stage
+    epochs: Optional[float] = None  # with the stage on: iterations = ceil(epochs x training images / batch_size) (RFS: 100)
     batch_size: int = 128  # images per step, drawn from all training classes
     # An optimizer-group node (configs/optimizer/), its update through optim.meta_step like meta-training's:
     # SGD + Nesterov momentum 0.9, lr 0.05, weight decay 5e-4, cosine decay to 0, no clipping (RFS's settings).
     optimizer: Any = field(default_factory=lambda: {
         "name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-        "schedule": {"kind": "cosine", "warmup": 0, "min_lr_ratio": 0.0, "step_size": 2000, "gamma": 0.5},
+        "schedule": {"kind": "cosine", "warmup": 0, "min_lr_ratio": 0.0, "step_size": 2000, "gamma": 0.5, "milestones": [0.6, 0.8]},
         "clip": {"norm": None, "value": None}})
     label_smoothing: float = 0.0
     augment: Augment = Augment.auto  # per-image torchvision.transforms.v2; auto = the data set's own (dataset.augment)

@@ -88,3 +88,18 @@ def test_a_skipped_step_reads_zero_and_says_so():
     assert out["loss"] == 0 and out["grad_norm"] == 0 and out["skipped"] == 1
     out = step_record(torch.tensor(0.0), loss=torch.tensor(2.5))
     assert out["loss"] == 2.5 and out["skipped"] == 0
+
+
+def test_multistep_decays_at_fractions_of_the_run():
+    """RFS's schedule: lr x 0.1 at 60% and 80% of the run."""
+    import torch
+
+    from metalearn_cli.optim import build_schedule
+    from metalearn_cli.params.optimizers import Schedule, ScheduleParams
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = build_schedule(ScheduleParams(kind=Schedule.multistep, gamma=0.1, milestones=[0.6, 0.8]), optimizer, 100)
+    factors = [schedule.lr_lambdas[0](step) for step in (0, 59, 60, 79, 80, 99)]
+    assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    with pytest.raises(ConfigError, match="milestones"):
+        build_schedule(ScheduleParams(kind=Schedule.multistep, milestones=[60.0]), optimizer, 100)

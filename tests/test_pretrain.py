@@ -187,3 +187,22 @@ def test_the_stage_learns_its_encoder_moves_and_validation_beats_the_start(compo
     assert len(moved) > len([k for k in start if k.startswith("model.encoder")]) // 2
     print(f"val accuracy {at_start['accuracy']:.3f} at the start, {best['best_val']:.3f} after 60 steps")
     assert best["best_val"] > at_start["accuracy"] + 0.05
+
+
+def test_an_epoch_budget_sets_the_stages_steps_and_the_saved_config_holds_them(compose_train, tmp_path):
+    """20 classes x 8 images = 160 training images; 2 epochs of 16 images = 20 steps."""
+    run = tmp_path / "run"
+    loop.train(compose_train(*PRE, "pretrain.epochs=2", "pretrain.val_every=10"), run)
+    records = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 20
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")["config"]["pretrain"]
+    assert (saved["epochs"], saved["iterations"]) == (2.0, 20)
+    with pytest.raises(ConfigError, match="pretrain.epochs sets the length"):
+        loop.train(compose_train("pretrain.epochs=2"), tmp_path / "no_stage")
+
+
+def test_the_rfs_schedule_composes_as_rfs_ran(compose_train):
+    cfg = compose_train("pretrain=rfs")
+    o = cfg.pretrain.optimizer
+    assert (cfg.pretrain.epochs, cfg.pretrain.batch_size, o.lr, o.momentum, o.nesterov, o.weight_decay) == (100, 64, 0.05, 0.9, False, 5e-4)
+    assert (o.schedule.kind, list(o.schedule.milestones), o.schedule.gamma) == ("multistep", [0.6, 0.8], 0.1)

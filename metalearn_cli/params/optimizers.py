@@ -12,6 +12,7 @@ class Schedule(enum.Enum):
     constant = "constant"
     cosine = "cosine"  # cosine decay to min_lr_ratio * lr over the run
     step = "step"  # multiply by gamma every step_size meta-iterations (Snell et al.: 0.5 every 2000)
+    multistep = "multistep"  # multiply by gamma at each milestone, a fraction of the run (RFS: 0.1 at 60% and 80%)
 
 
 @dataclass
@@ -20,7 +21,8 @@ class ScheduleParams:
     warmup: int = 0  # meta-iterations of linear warm-up from 0
     min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
     step_size: int = 2000  # step: meta-iterations between decays
-    gamma: float = 0.5  # step: decay factor
+    gamma: float = 0.5  # step, multistep: decay factor
+    milestones: list[float] = field(default_factory=lambda: [0.6, 0.8])  # multistep: where, as fractions of the run
 
 
 @dataclass
