@@ -34,7 +34,8 @@ def koch_affine(images: torch.Tensor) -> torch.Tensor:
     rotate = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
     skew = torch.stack([torch.stack([one, shear[:, 0]], -1), torch.stack([shear[:, 1], one], -1)], -2)
     forward = rotate @ skew @ torch.diag_embed(scale)  # where an image point goes
-    inverse = torch.linalg.inv(forward)  # the grid asks, for each output pixel, where it came from
+    (a, b), (c, d) = forward[:, 0].unbind(-1), forward[:, 1].unbind(-1)  # closed-form inverse: no device sync
+    inverse = torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2) / (a * d - b * c)[:, None, None]
     theta = torch.cat([inverse, -(inverse @ shift[..., None])], -1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

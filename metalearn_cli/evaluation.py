@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -116,14 +116,20 @@ def score_checkpoint(
     search = None
     if finetune is not None and eval_cfg.finetune_lr_search:  # on validation tasks, before the test
         val = fixed_tasks(data, "val", shapes, seed, device, lake)
-        search = finetune.search(list(eval_cfg.finetune_lr_search), lambda tuner: float(evaluate_tasks(
-            strategy, val, eval_cfg.finetune_search_episodes, eval_cfg.batch_tasks, bn_mode, finetune=tuner).mean()))
+
+        def score(tuner: Finetuner) -> float:
+            with seeded(split_seed(seed, "val"), device):  # every rate sees the same augmentations
+                return float(evaluate_tasks(strategy, val, eval_cfg.finetune_search_episodes, eval_cfg.batch_tasks,
+                                            bn_mode, finetune=tuner).mean())
+
+        search = finetune.search(list(eval_cfg.finetune_lr_search), score)
         log.info("test-time fine-tuning: lr %g chosen on %d validation tasks (%s)", finetune.lr,
                  eval_cfg.finetune_search_episodes, ", ".join(f"{k}: {100 * v:.2f}%" for k, v in search.items()))
     start = time.perf_counter()
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
-    accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats, progress, outcomes, finetune)
+    with seeded(split_seed(seed, split), device) if finetune is not None else contextlib.nullcontext():  # repeats exactly
+        accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats, progress, outcomes, finetune)
     seconds = time.perf_counter() - start
     if stats is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -139,6 +145,14 @@ def score_checkpoint(
         **({"finetune_lr": finetune.lr, "finetune_search": search} if finetune is not None else {}),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
     }
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Random draws inside (test-time fine-tuning's augmentations) from ``seed``; the caller's streams untouched."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed % 2**63)
+        yield
 
 
 def fixed_tasks(data: FewShotData, split: str, shapes: tuple[int, int, int], seed: int, device: torch.device,

@@ -1,10 +1,12 @@
 """Test-time fine-tuning (Hu et al. 2022, P>M>F): before a test task is scored, a few gradient steps
-on its support set alone, with augmented copies of the support images as pseudo-queries.
+on its support set alone, with new augmented copies of the support images as pseudo-queries at
+every step, Adam (betas 0.9, 0.999, no weight decay), as P>M>F's code does.
 
 The loss is the strategy's own meta-loss on that pseudo-task (ProtoNets: prototypes of the support
 images, cross-entropy of their augmented copies), so a query image or its label never enters it.
-The weights are restored after every task: no task sees another's steps, and the checkpoint (and
-the strategy a caller holds) is exactly what it was.
+The weights and buffers are restored after every task: no task sees another's steps, and the
+checkpoint (and the strategy a caller holds) is exactly what it was. The draws come from a generator
+the caller seeds (:func:`metalearn_cli.evaluation.score_checkpoint`), so a fine-tuned test repeats.
 """
 
 from __future__ import annotations
@@ -61,15 +63,17 @@ class Finetuner:
             yield
             return
         chosen, every = self._chosen(strategy), list(strategy.parameters())
-        saved, flags = [p.detach().clone() for p in chosen], [p.requires_grad for p in every]
-        pseudo = EpisodeBatch(task.support_images, task.support_labels, augment_images(self.augment, task.support_images),
-                              task.support_labels, task.n_way, task.k_shot, task.k_shot)
-        for p in every:
-            p.requires_grad_(any(p is c for c in chosen))
-        optimizer = torch.optim.SGD(chosen, lr=self.lr, momentum=0.9)  # P>M>F's optimizer
+        flags = [p.requires_grad for p in every]
+        saved = {k: v.detach().clone() for k, v in strategy.state_dict().items()}  # buffers too (MAML++'s per-step statistics)
         try:
+            for p in every:
+                p.requires_grad_(any(p is c for c in chosen))
+            optimizer = torch.optim.Adam(chosen, lr=self.lr, betas=(0.9, 0.999))  # as P>M>F's code
             with torch.enable_grad():
-                for _ in range(self.steps):
+                for _ in range(self.steps):  # new augmented copies at every step, as P>M>F's code draws them
+                    pseudo = EpisodeBatch(task.support_images, task.support_labels,
+                                          augment_images(self.augment, task.support_images), task.support_labels,
+                                          task.n_way, task.k_shot, task.k_shot)
                     optimizer.zero_grad(set_to_none=True)
                     with strategy.backward_context():
                         strategy.meta_loss(pseudo).loss.backward()
@@ -77,8 +81,8 @@ class Finetuner:
             yield
         finally:
             with torch.no_grad():
-                for p, value in zip(chosen, saved):
-                    p.copy_(value)
+                for key, value in strategy.state_dict().items():
+                    value.copy_(saved[key])
             for p, flag in zip(every, flags):
                 p.requires_grad_(flag)
                 p.grad = None

@@ -35,7 +35,8 @@ class TensorBoardSink:
     def __init__(self, params: TensorBoardParams, run_dir: Path, resume_step: Optional[int], config: Any) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+        # The resumed step's own records were written before its checkpoint: keep them, drop what follows.
+        self._writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         for key, value in values.items():

@@ -69,7 +69,7 @@ def setting_of(row: dict[str, Any]) -> str:
 
 
 BOOKKEEPING = ("seed", "resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.checkpoint_every",
-               "reference")  # keys that never make two runs different settings
+               "reference", "logger")  # keys that never make two runs different settings
 
 
 def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:

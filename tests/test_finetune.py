@@ -108,3 +108,26 @@ def test_a_rate_of_zero_changes_nothing(trained):
     plain = strategy.predict(task).logits
     with tuner(strategy, lr=0.0).adapted(strategy, task):
         assert torch.equal(strategy.predict(task).logits, plain)
+
+
+def test_a_fine_tuned_test_repeats_exactly_and_buffers_come_back(trained, tmp_path):
+    """The run's own results.json is what metalearn eval gives again (seeded augmentations)."""
+    _, _, run = trained
+    args = [f"checkpoint={run}", "eval.episodes=4", "eval.finetune_steps=2", "eval.finetune_augment=crop", "device=cpu"]
+    first = evaluation.evaluate(compose_config("eval", args), tmp_path / "one")
+    torch.manual_seed(123)  # whatever the caller's stream holds
+    second = evaluation.evaluate(compose_config("eval", args), tmp_path / "two")
+    assert first == second
+
+
+def test_maml_per_step_statistics_are_restored(compose_train, tmp_path):
+    from metalearn_cli.model import batch_norm_mode
+
+    loop.train(compose_train("strategy=maml", "decoder=linear", "strategy.per_step_bn=true", "strategy.vectorize=loop"), tmp_path / "m")
+    strategy, cfg = load_strategy(read_meta_knowledge(tmp_path / "m"), torch.device("cpu"))
+    data = DATASETS.build(cfg.dataset)
+    task = EpisodeSampler(resident(data.test, torch.device("cpu")), 5, 1, 3, seed=1).sample(1)
+    before = {k: v.clone() for k, v in strategy.state_dict().items()}
+    with batch_norm_mode(strategy.model, "transductive"), tuner(strategy, steps=2, lr=0.01, params="all").adapted(strategy, task):
+        strategy.predict(task)
+    assert all(torch.equal(v, before[k]) for k, v in strategy.state_dict().items())
