@@ -46,8 +46,8 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     for node in (config.get("optimizer"), (config.get("pretrain") or {}).get("optimizer")):  # schedule.milestones since 2026-12-01
         if isinstance(node, dict) and isinstance(node.get("schedule"), dict):
             _fill(node["schedule"], ScheduleParams)
-    if isinstance(config.get("pretrain"), dict):
-        config["pretrain"].setdefault("epochs", None)
+    if isinstance(config.get("pretrain"), dict):  # pretrain options added since (epochs): their defaults
+        _fill(config["pretrain"], PretrainConfig)
     if "trainer" in config:  # the logger group since 2026-12-01 (TensorBoard, as before)
         config.setdefault("logger", {"name": "tensorboard"})
     strategy, optimizer = config.get("strategy"), config.get("optimizer")
