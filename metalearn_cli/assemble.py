@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from metalearn_cli import bn_modes
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.components import REGISTRIES
@@ -225,12 +226,7 @@ def startup_line(what: str, device: torch.device, precision: Any, strategy: Stra
 
 def resolve_bn_mode(bn_mode: Any, strategy: Strategy) -> str:
     """``auto`` -> the strategy's own protocol; a mode the strategy cannot honour is a config error."""
-    name = _name(bn_mode)
-    if name == "auto":
-        return strategy.bn_modes[0]
-    if name not in strategy.bn_modes:
-        raise ConfigError(f"eval.bn_mode={name} is not possible with this strategy; use {' or '.join(strategy.bn_modes)} (or auto)")
-    return name
+    return bn_modes.resolve(bn_mode, strategy.bn_modes)
 
 
 # ----------------------------------------------------------------------------- building and loading

@@ -26,7 +26,8 @@ from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, resident, split_seed
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.model import batch_norm_mode
+from metalearn_cli.bn_modes import MODES
+from metalearn_cli.encoders.norm import batch_norm_mode
 from metalearn_cli.files import atomic_write
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.rundir import write_results, write_status
@@ -52,7 +53,7 @@ def evaluate_tasks(
         raise ConfigError("eval.episodes, eval.batch_tasks and trainer.val_episodes must be >= 1")
     accs = []
     # Transductive statistics must come from one task at a time, never a mix of tasks.
-    one_by_one = (bn_mode.startswith("transductive") and not strategy.isolates_tasks) or finetune is not None
+    one_by_one = (MODES[bn_mode].mixes_tasks and not strategy.isolates_tasks) or finetune is not None
     bar = tqdm(total=episodes, disable=not progress, unit="task", dynamic_ncols=True, desc="test", leave=False)
     with batch_norm_mode(strategy.model, bn_mode):
         for batch in sampler.fixed(episodes, batch_tasks):

@@ -27,7 +27,7 @@ from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data.images import ImageFormat, ImageSource, read_image
 from metalearn_cli.episodes import EpisodeBatch, TaskShapes
 from metalearn_cli.errors import ConfigError, DataError
-from metalearn_cli.model import batch_norm_mode
+from metalearn_cli.encoders.norm import batch_norm_mode
 from metalearn_cli.strategies import Strategy
 
 Images = Union[torch.Tensor, Sequence[ImageSource]]

@@ -72,14 +72,14 @@ class MetricWindow:
             self.sums[k] = self.sums[k] + v if k in self.sums else v.detach().clone()
             self.counts[k] = self.counts.get(k, 0) + 1
 
-    def flush(self, meta_batch: int) -> dict[str, Any]:
+    def flush(self, per_step: int, unit: str = "tasks") -> dict[str, Any]:
         """The means since the last record (the only host sync of the training loop)."""
         # Steps the optimizer skipped on the device (fused optimizers: no per-step sync) read 0 in
         # every sum; the means leave them out.
         flagged = int(self.sums.pop("skipped").item()) if "skipped" in self.sums else 0
         values: dict[str, Any] = {k: v.item() / max(self.counts[k] - flagged, 1) for k, v in self.sums.items()}
         values["skipped"] = self.skipped + flagged
-        values["tasks_per_s"] = (self.steps - self.untimed) * meta_batch / max(time.perf_counter() - self.started, 1e-9)
+        values[f"{unit}_per_s"] = (self.steps - self.untimed) * per_step / max(time.perf_counter() - self.started, 1e-9)
         self.__init__()  # type: ignore[misc]
         return values
 

@@ -140,35 +140,3 @@ def build_meta_model(cfg: Any, image_shape: tuple[int, int, int]) -> MetaModel:
                              film_channels=encoder.film_channels, encoder_name=type(encoder).__name__,
                              image_shape=image_shape)
     return MetaModel(encoder, decoder)
-
-
-@contextlib.contextmanager
-def batch_norm_mode(model: "MetaModel", mode: str) -> Iterator[None]:
-    """Evaluate with the statistics ``mode`` names (see ``schema.BNMode``):
-
-    - ``running``: the running statistics stored by meta-training (inductive: queries never interact);
-    - ``support``: each task's support set's statistics, for its support and query images (inductive);
-    - ``per_step``: the MAML family's stored statistics of each inner step (MAML++'s BNRS; inductive);
-    - ``transductive``: each batch's own, the support set alone and then the query set alone (as
-      Finn et al.'s MAML code did);
-    - ``transductive_joint``: the support and query sets in one batch (Snell et al.'s training pass).
-
-    Batch statistics are used without updating the running ones, so evaluating never changes the
-    model. Everything else is in evaluation mode either way (no dropout or DropBlock, LEO's codes
-    at their means).
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    was_training, tracked, statistics = model.training, [m.track_running_stats for m in norms], model.statistics
-    model.eval()
-    model.statistics = {"support": "support", "transductive": "separate"}.get(mode, "joint")
-    if mode.startswith("transductive"):
-        for m in norms:
-            m.train()
-            m.track_running_stats = False
-    try:
-        yield
-    finally:
-        model.train(was_training)
-        model.statistics = statistics
-        for m, t in zip(norms, tracked):
-            m.track_running_stats = t

@@ -12,29 +12,31 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, desc: str, total: int, initial: int, enabled: bool, log: logging.Logger) -> None:
-        self.desc, self.total, self.enabled, self.log = desc, total, enabled, log
+    def __init__(self, desc: str, total: int, initial: int, enabled: bool, log: logging.Logger,
+                 unit: str = "tasks") -> None:
+        self.desc, self.total, self.enabled, self.log, self.unit = desc, total, enabled, log, unit
         self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc=desc,
                         disable=not (enabled and sys.stderr.isatty()))
 
     def update(self, steps: int = 1) -> None:
         self.bar.update(steps)
 
-    def estimate(self, step: int, tasks_per_step: int, tasks_per_s: float) -> None:
+    def estimate(self, step: int, per_step: int, per_s: float) -> None:
         """The time left, from the first measured window of this session."""
-        if step < self.total and tasks_per_s > 0:
-            left = (self.total - step) * tasks_per_step / tasks_per_s
-            self.log.info("%.1f tasks/s: about %s for the remaining %d meta-iterations, validation not included",
-                          tasks_per_s, f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min", self.total - step)
+        if step < self.total and per_s > 0:
+            left = (self.total - step) * per_step / per_s
+            self.log.info("%s: %.1f %s/s: about %s for the remaining %d steps, validation not included", self.desc,
+                          per_s, self.unit, f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min", self.total - step)
 
     def show(self, first: int, step: int, values: dict[str, Any]) -> None:
         """A record of steps ``first..step``: on the bar, or as a log line when it crosses a tenth."""
+        rate = values[f"{self.unit}_per_s"]
         self.bar.set_postfix({k: f"{values[k]:.3f}" for k in ("loss", "accuracy") if k in values}
-                             | {"tasks/s": f"{values['tasks_per_s']:.1f}"})
+                             | {f"{self.unit}/s": f"{rate:.1f}"})
         tenth = max(self.total // 10, 1)
         if self.bar.disable and self.enabled and step // tenth > (first - 1) // tenth:
-            self.log.info("%s %d/%d: loss %.3f, accuracy %.3f, %.1f tasks/s", self.desc, step, self.total,
-                          values.get("loss", float("nan")), values.get("accuracy", float("nan")), values["tasks_per_s"])
+            self.log.info("%s %d/%d: loss %.3f, accuracy %.3f, %.1f %s/s", self.desc, step, self.total,
+                          values.get("loss", float("nan")), values.get("accuracy", float("nan")), rate, self.unit)
 
     def close(self) -> None:
         self.bar.close()

@@ -15,14 +15,11 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from metalearn_cli.bn_modes import AUTO, MODES
 
-class BNMode(enum.Enum):
-    auto = "auto"  # the strategy's own protocol: running for mgd, transductive for the MAML family (MAML++ included, as its code ran)
-    running = "running"  # the running statistics from meta-training: inductive, one query never affects another
-    support = "support"  # each task's support-set statistics normalise its support and query images: inductive
-    per_step = "per_step"  # MAML family with strategy.per_step_bn: the stored statistics of each inner step (MAML++'s BNRS): inductive
-    transductive = "transductive"  # each task's own batch statistics: the support set alone, then the query set alone (Finn et al.'s MAML code)
-    transductive_joint = "transductive_joint"  # each task's support + query images in one batch (Snell et al.'s training pass)
+
+# eval.bn_mode: auto (the strategy's own protocol) or a mode of the table in metalearn_cli/bn_modes.py.
+BNMode = enum.Enum("BNMode", {AUTO: AUTO, **{m: m for m in MODES}})
 
 
 class Precision(enum.Enum):

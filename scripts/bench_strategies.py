@@ -44,7 +44,7 @@ def measure(args: argparse.Namespace) -> dict:
     from metalearn_cli.data import DATASETS
     from metalearn_cli.episodes import EpisodeSampler
     from metalearn_cli.host import keep_freed_memory
-    from metalearn_cli.loop import train_step
+    from metalearn_cli.objectives import train_step
     from metalearn_cli.model import build_meta_model
     from metalearn_cli.optim import OPTIMIZERS, ClipParams
     from metalearn_cli.strategies import STRATEGIES

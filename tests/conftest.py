@@ -87,7 +87,7 @@ def write_image_task(root: Path, classes: int = 3, support: tuple[int, ...] = (2
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny trained ProtoNet run dir (FAST settings), shared by a test module."""
-    from metalearn_cli.loop import train
+    from metalearn_cli.training import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
     train(compose_config("train", FAST + ["trainer.iterations=10"]), run)

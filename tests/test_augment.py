@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from metalearn_cli import augment as augment_module
-from metalearn_cli import loop
+from metalearn_cli import objectives, training
 from metalearn_cli.augment import augment_images, augmentation
 from metalearn_cli.params import PARAMS
 
@@ -60,15 +60,15 @@ def test_meta_training_augments_training_tasks_only(compose_train, run_dir, monk
         calls.append(images.shape)
         return real(fn, images)
 
-    monkeypatch.setattr(loop, "augment_images", counted)
-    loop.train(compose_train("trainer.augment=crop"), run_dir)
+    monkeypatch.setattr(objectives, "augment_images", counted)
+    training.train(compose_train("trainer.augment=crop"), run_dir)
     results = json.loads((run_dir / "results.json").read_text())
     assert len(calls) == 2 * results["iterations"] and results["episodes"] == 10
 
 
 def test_without_augment_the_run_is_what_it_was(compose_train, tmp_path):
-    loop.train(compose_train(), tmp_path / "a")
-    loop.train(compose_train("trainer.augment=none"), tmp_path / "b")
-    loop.train(compose_train("trainer.augment=crop"), tmp_path / "c")
+    training.train(compose_train(), tmp_path / "a")
+    training.train(compose_train("trainer.augment=none"), tmp_path / "b")
+    training.train(compose_train("trainer.augment=crop"), tmp_path / "c")
     acc = {n: json.loads((tmp_path / n / "metrics.jsonl").read_text().splitlines()[-1]) for n in "abc"}
     assert acc["a"] == acc["b"] and acc["a"] != acc["c"]

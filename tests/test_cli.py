@@ -193,12 +193,12 @@ def test_debug_smoke_with_a_chosen_data_set_is_refused_in_one_line(capsys, tmp_p
 
 
 def test_a_file_system_error_inside_a_job_says_what_it_is_without_claiming_a_write(tmp_path, capsys, monkeypatch):
-    from metalearn_cli import loop
+    from metalearn_cli import training
 
     def unreadable(self):
         raise PermissionError(13, "Permission denied", str(tmp_path / "data"))
 
-    monkeypatch.setattr(loop.TrainingRun, "_build", unreadable)
+    monkeypatch.setattr(training.Training, "_build", unreadable)
     assert main(["train", "debug=smoke", f"hydra.run.dir={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err
     assert "cannot access" in err and "Permission denied" in err and "cannot write" not in err
@@ -251,7 +251,7 @@ def test_a_run_starts_by_saying_where_it_computes_and_in_what_precision_and_why(
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (tmp_path / "run" / "train.log").read_text()
     assert "meta-training on cpu (AVX2 kernels), fp32 (auto: no native bf16 on this CPU (AVX2 kernels)" in log
-    assert "CPU threads; run dir" in log and "for the remaining 5 meta-iterations" in log
+    assert "CPU threads; run dir" in log and "for the remaining 5 steps" in log
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -15,7 +15,7 @@ from omegaconf.errors import ValidationError
 
 from conftest import FAST, compose_config
 from encoders.test_encoders import SMALL
-from metalearn_cli import evaluation, loop
+from metalearn_cli import training
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.components import REGISTRIES
 from metalearn_cli.schema import SCHEMAS
@@ -109,7 +109,7 @@ def test_every_preset_runs_one_step_under_debug_smoke(tmp_path, preset):
                                    "trainer.val_episodes=2", "eval.episodes=2", "episode.query=1", "trainer.train_query=1",
                                    "device=cpu", *(["pretrain.iterations=2", "pretrain.val_every=1", "pretrain.val_episodes=2"]
                                                    if cfg.pretrain.iterations else [])])
-    loop.train(cfg, tmp_path / "run")
+    training.train(cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["published_accuracy"] == cfg.reference.accuracy and results["way"] == cfg.episode.way
 
@@ -137,10 +137,10 @@ def test_one_meta_step_for_every_combination(tmp_path, encoder, decoder, strateg
     expected = refusal(encoder, decoder, strategy)
     if expected is not None:  # an invalid combination says so in one line, before anything is written
         with pytest.raises(ConfigError, match=expected) as info:
-            loop.train(cfg, tmp_path / "run")
+            training.train(cfg, tmp_path / "run")
         assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
         return
-    loop.train(cfg, tmp_path / "run")
+    training.train(cfg, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "results.json").read_text())["strategy"] == strategy
 
 

@@ -15,11 +15,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import FAST, compose_config, nan_on_call
-from metalearn_cli import evaluation, loop
+from metalearn_cli import training
 from metalearn_cli.cli import main
 from metalearn_cli.data import DATASETS
 from metalearn_cli.episodes import EpisodeSampler
-from metalearn_cli.loop import train_step
+from metalearn_cli.objectives import train_step
 from metalearn_cli.model import build_meta_model
 from metalearn_cli.optim import OPTIMIZERS, ClipParams
 from metalearn_cli.strategies import STRATEGIES
@@ -80,7 +80,7 @@ def test_cuda_and_cpu_give_the_same_meta_gradients(first_order):
 ], ids=lambda o: "-".join(x.split("=")[1] for x in o[:2]))
 def test_every_strategy_trains_on_cuda_and_its_checkpoint_evaluates_on_a_cpu(tmp_path, overrides):
     run = tmp_path / "run"
-    loop.train(compose_config("train", [*GPU, *overrides]), run)
+    training.train(compose_config("train", [*GPU, *overrides]), run)
     results = json.loads((run / "results.json").read_text())
     assert results["device"].startswith("cuda") and 0 <= results["accuracy"] <= 1
     assert main(["eval", f"checkpoint={run}", "device=cpu", "eval.episodes=10", f"hydra.run.dir={tmp_path / 'ev'}"]) == 0
@@ -117,7 +117,7 @@ def test_a_meta_training_step_never_waits_for_the_host(strategy):
 def test_a_non_finite_step_is_skipped_on_the_device_and_counted(tmp_path, monkeypatch):
     nan_on_call(monkeypatch, bad_call=3)
     run = tmp_path / "run"
-    loop.train(compose_config("train", [*GPU, "trainer.nan_policy=skip"]), run)
+    training.train(compose_config("train", [*GPU, "trainer.nan_policy=skip"]), run)
     train = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in train if r["split"] == "train"]
     assert [r["skipped"] for r in train] == [0, 1, 0] and all(r["loss"] == r["loss"] and r["loss"] > 0 for r in train)
@@ -130,7 +130,7 @@ def test_a_non_finite_step_under_stop_fails_at_the_next_record_with_one_line(tmp
     run = tmp_path / "run"
     assert main(["train", *GPU, f"hydra.run.dir={run}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "non-finite loss or meta-gradient in 1 of meta-iterations 3-4" in err and err.count("\n") == 0
+    assert "non-finite loss or gradient in 1 of meta-iterations 3-4" in err and err.count("\n") == 0
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
 
 
@@ -138,7 +138,7 @@ def test_bf16_training_stays_close_to_fp32(tmp_path):
     losses = {}
     for precision in ("fp32", "bf16"):
         run = tmp_path / precision
-        loop.train(compose_config("train", [*GPU, f"trainer.precision={precision}", "trainer.iterations=20",
+        training.train(compose_config("train", [*GPU, f"trainer.precision={precision}", "trainer.iterations=20",
                                               "trainer.log_every=10", "trainer.deterministic=true"]), run)
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         losses[precision] = [r["loss"] for r in records if r["split"] == "train"]

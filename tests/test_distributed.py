@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import FAST, compose_config
-from metalearn_cli import loop
+from metalearn_cli import training
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.distributed import World
 from metalearn_cli.episodes import ClassImages, EpisodeSampler
@@ -70,14 +70,14 @@ def rank_main(rank: int, world: int, port: int, run_dir: str) -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     try:
-        loop.train(compose_config("train", OVERRIDES), Path(run_dir))
+        training.train(compose_config("train", OVERRIDES), Path(run_dir))
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     torch.set_num_threads(1)
-    loop.train(compose_config("train", OVERRIDES), tmp_path / "single")
+    training.train(compose_config("train", OVERRIDES), tmp_path / "single")
     mp.spawn(rank_main, args=(2, free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
     assert_same_training(tmp_path / "single", tmp_path / "ddp")
 
@@ -121,6 +121,6 @@ def test_ranks_draw_disjoint_shares_of_the_same_meta_batch():
 
 
 def test_a_meta_batch_that_does_not_split_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "world", lambda: World(rank=0, size=3))
-    with pytest.raises(loop.ConfigError, match="does not split over 3 processes"):
-        loop.train(compose_config("train", [*FAST, "trainer.meta_batch=4"]), tmp_path)
+    monkeypatch.setattr(training, "world", lambda: World(rank=0, size=3))
+    with pytest.raises(training.ConfigError, match="does not split over 3 processes"):
+        training.train(compose_config("train", [*FAST, "trainer.meta_batch=4"]), tmp_path)

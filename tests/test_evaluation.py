@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import compose_config
-from metalearn_cli import evaluation, loop
+from metalearn_cli import evaluation, training
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.errors import CheckpointError
 from metalearn_cli.export import export
 
 def test_eval_of_best_checkpoint_reproduces_results_exactly(compose_train, run_dir, tmp_path):
-    loop.train(compose_train(), run_dir)
+    training.train(compose_train(), run_dir)
     cfg = compose_config("eval", [f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "device=cpu",
                                   "eval.episodes=10", "eval.batch_tasks=4"])
     accuracy = evaluation.evaluate(cfg, tmp_path / "eval")
@@ -26,7 +26,7 @@ def test_eval_of_best_checkpoint_reproduces_results_exactly(compose_train, run_d
 
 
 def test_eval_on_another_shape_and_a_run_dir(compose_train, run_dir, tmp_path):
-    loop.train(compose_train(), run_dir)
+    training.train(compose_train(), run_dir)
     cfg = compose_config("eval", [f"checkpoint={run_dir}", "episode=5way5shot", "episode.query=2", "device=cpu",
                                   "eval.episodes=6", "eval.bn_mode=transductive"])
     evaluation.evaluate(cfg, tmp_path / "eval")
@@ -36,7 +36,7 @@ def test_eval_on_another_shape_and_a_run_dir(compose_train, run_dir, tmp_path):
 
 
 def test_transductive_eval_does_not_change_the_model(compose_train, run_dir, tmp_path):
-    loop.train(compose_train(), run_dir)
+    training.train(compose_train(), run_dir)
     ckpt = run_dir / "checkpoints" / "best.pt"
     before = load_checkpoint(ckpt)["model"]
     for mode in ("transductive", "running"):
@@ -48,7 +48,7 @@ def test_transductive_eval_does_not_change_the_model(compose_train, run_dir, tmp
 
 
 def test_checkpoint_with_mismatched_weights_is_refused(compose_train, run_dir, tmp_path):
-    loop.train(compose_train(), run_dir)
+    training.train(compose_train(), run_dir)
     state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     state["model"] = {k: v for k, v in state["model"].items() if "net.0" not in k}
     bad = tmp_path / "bad.pt"
@@ -67,7 +67,7 @@ def test_eval_writes_per_task_stats_of_what_the_decoder_generated(compose_train,
     import csv
 
     extra = ["decoder.latent_steps=2"] if decoder == "latent" else []
-    loop.train(compose_train(f"decoder={decoder}", f"strategy={strategy}", *extra), tmp_path / "run")
+    training.train(compose_train(f"decoder={decoder}", f"strategy={strategy}", *extra), tmp_path / "run")
     last = tmp_path / "run" / "checkpoints" / "last.pt"  # trained (best.pt may be the zero-initialised start)
     cfg = compose_config("eval", [f"checkpoint={last}", "eval.episodes=7", "eval.batch_tasks=3",
                                   "eval.save_task_stats=true", "device=cpu"])
@@ -84,7 +84,7 @@ def test_eval_writes_per_task_stats_of_what_the_decoder_generated(compose_train,
 
 
 def test_eval_accepts_an_export_and_reproduces_the_run(compose_train, run_dir, tmp_path):
-    loop.train(compose_train(), run_dir)
+    training.train(compose_train(), run_dir)
     export(run_dir, tmp_path / "knowledge.pt")
     cfg = compose_config("eval", [f"checkpoint={tmp_path / 'knowledge.pt'}", "device=cpu", "eval.episodes=10",
                                   "eval.batch_tasks=4"])
@@ -109,7 +109,7 @@ def _mgd(compose_train, tmp_path):
     from metalearn_cli.episodes import EpisodeSampler
 
     run = tmp_path / "run"
-    loop.train(compose_train(), run)
+    training.train(compose_train(), run)
     knowledge = read_meta_knowledge(run)
     strategy, cfg = load_strategy(knowledge, torch.device("cpu"))
     data = DATASETS.build(cfg.dataset)
@@ -118,7 +118,7 @@ def _mgd(compose_train, tmp_path):
 
 @pytest.mark.parametrize("mode", ["running", "support"])
 def test_in_inductive_modes_one_query_never_changes_another(compose_train, tmp_path, mode):
-    from metalearn_cli.model import batch_norm_mode
+    from metalearn_cli.encoders.norm import batch_norm_mode
 
     strategy, sampler = _mgd(compose_train, tmp_path)
     batch = sampler.sample(2)
@@ -137,7 +137,7 @@ def test_in_inductive_modes_one_query_never_changes_another(compose_train, tmp_p
 def test_support_mode_normalises_with_the_support_sets_statistics(compose_train, tmp_path):
     """``support`` equals running mode on a model whose running statistics are set to the support
     set's own (biased) statistics, layer by layer."""
-    from metalearn_cli.model import batch_norm_mode
+    from metalearn_cli.encoders.norm import batch_norm_mode
 
     strategy, sampler = _mgd(compose_train, tmp_path)
     strategy.model.autocast_dtype = None  # fp32 throughout: compare the statistics, not bf16 rounding
@@ -174,7 +174,7 @@ def test_batching_tasks_never_mixes_their_statistics(compose_train, tmp_path, mo
 
 def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
     run = tmp_path / "run"
-    loop.train(compose_config("train", ["dataset.split=background", "encoder.width=8", "trainer.iterations=3",
+    training.train(compose_config("train", ["dataset.split=background", "encoder.width=8", "trainer.iterations=3",
                                         "trainer.val_every=3", "trainer.val_episodes=4", "trainer.train_way=20",
                                         "eval.episodes=4", "trainer.progress=false", "device=cpu"]), run)
     cfg = compose_config("eval", [f"checkpoint={run}", "episode=lake20way1shot", "eval.episodes=6", "device=cpu"])
@@ -182,7 +182,7 @@ def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
     results = json.loads((tmp_path / "lake" / "results.json").read_text())
     assert (results["protocol"], results["way"], results["shot"], results["query"], results["episodes"]) == ("lake", 20, 1, 1, 6)
     vinyals = tmp_path / "vinyals"
-    loop.train(compose_config("train", ["encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
+    training.train(compose_config("train", ["encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
                                         "trainer.val_episodes=2", "eval.episodes=2", "trainer.progress=false",
                                         "device=cpu"]), vinyals)
     with pytest.raises(Exception, match="dataset.split=background"):

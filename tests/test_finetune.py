@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from metalearn_cli import evaluation, loop
+from metalearn_cli import evaluation, training
 from metalearn_cli.assemble import load_strategy
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS
@@ -27,7 +27,7 @@ def tuner(strategy, steps=5, lr=0.05, params="backbone"):
 
 @pytest.fixture
 def trained(compose_train, tmp_path):
-    loop.train(compose_train(), tmp_path / "run")
+    training.train(compose_train(), tmp_path / "run")
     strategy, cfg = load_strategy(read_meta_knowledge(tmp_path / "run"), torch.device("cpu"))
     data = DATASETS.build(cfg.dataset)
     task = EpisodeSampler(resident(data.test, torch.device("cpu")), 5, 1, 3, seed=1).sample(1)
@@ -121,9 +121,9 @@ def test_a_fine_tuned_test_repeats_exactly_and_buffers_come_back(trained, tmp_pa
 
 
 def test_maml_per_step_statistics_are_restored(compose_train, tmp_path):
-    from metalearn_cli.model import batch_norm_mode
+    from metalearn_cli.encoders.norm import batch_norm_mode
 
-    loop.train(compose_train("strategy=maml", "decoder=linear", "strategy.per_step_bn=true", "strategy.vectorize=loop"), tmp_path / "m")
+    training.train(compose_train("strategy=maml", "decoder=linear", "strategy.per_step_bn=true", "strategy.vectorize=loop"), tmp_path / "m")
     strategy, cfg = load_strategy(read_meta_knowledge(tmp_path / "m"), torch.device("cpu"))
     data = DATASETS.build(cfg.dataset)
     task = EpisodeSampler(resident(data.test, torch.device("cpu")), 5, 1, 3, seed=1).sample(1)

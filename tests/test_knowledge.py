@@ -11,7 +11,7 @@ from metalearn_cli.errors import CheckpointError, ConfigError, DataError
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.export import export
 from metalearn_cli.knowledge import load
-from metalearn_cli.loop import train
+from metalearn_cli.training import train
 from conftest import FAST, compose_config, write_image_task
 
 

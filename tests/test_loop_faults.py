@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import FAST, compose_config, nan_on_call
-from metalearn_cli import evaluation, loop
+from metalearn_cli import loop, training
 from metalearn_cli.checkpoint import load_checkpoint, save_checkpoint
 from metalearn_cli.cli import main
 from metalearn_cli.errors import WriteError
@@ -115,7 +115,7 @@ def test_nan_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, mo
 def test_nan_skip_drops_the_meta_batch_and_counts_it(tmp_path, monkeypatch):
     nan_on_call(monkeypatch, bad_call=3)
     run = tmp_path / "run"
-    loop.train(compose_config("train", [*FAST, "trainer.nan_policy=skip"]), run)
+    training.train(compose_config("train", [*FAST, "trainer.nan_policy=skip"]), run)
     train = [r for r in records(run) if r["split"] == "train"]
     assert [r["skipped"] for r in train] == [0, 1, 0]
     assert all(r["loss"] == r["loss"] for r in train)  # the NaN never reaches the averages
@@ -133,7 +133,7 @@ def test_a_fused_optimizer_skips_on_the_device_and_the_record_counts_it(tmp_path
     fused_optimizers_on_cpu(monkeypatch)
     nan_on_call(monkeypatch, bad_call=3)
     run = tmp_path / "run"
-    loop.train(compose_config("train", [*FAST, "trainer.nan_policy=skip", "trainer.val_every=100"]), run)
+    training.train(compose_config("train", [*FAST, "trainer.nan_policy=skip", "trainer.val_every=100"]), run)
     train = [r for r in records(run) if r["split"] == "train"]
     assert [r["skipped"] for r in train] == [0, 1, 0] and all(r["loss"] == r["loss"] > 0 for r in train)
     last = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -146,17 +146,17 @@ def test_a_fused_optimizer_stops_at_the_next_record_with_one_line(tmp_path, monk
     run = tmp_path / "run"
     assert main(["train", *FAST, "trainer.val_every=100", f"hydra.run.dir={run}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "non-finite loss or meta-gradient in 1 of meta-iterations 3-4" in err and err.count("\n") == 0
+    assert "non-finite loss or gradient in 1 of meta-iterations 3-4" in err and err.count("\n") == 0
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
 
 
 def test_same_seed_same_metrics_and_results(tmp_path):
     for name in ("a", "b"):
-        loop.train(compose_config("train", [*FAST, "trainer.deterministic=true"]), tmp_path / name)
+        training.train(compose_config("train", [*FAST, "trainer.deterministic=true"]), tmp_path / name)
     torch.use_deterministic_algorithms(False)
     assert records(tmp_path / "a") == records(tmp_path / "b")
     assert results(tmp_path / "a") == results(tmp_path / "b")
-    loop.train(compose_config("train", [*FAST, "seed=1"]), tmp_path / "c")
+    training.train(compose_config("train", [*FAST, "seed=1"]), tmp_path / "c")
     assert records(tmp_path / "a") != records(tmp_path / "c")
 
 
@@ -231,14 +231,14 @@ def test_a_second_ctrl_c_exits_at_once_without_corrupting_anything(tmp_path):
 # ----------------------------------------------------------------------------- resume as printed
 def stop_at(monkeypatch, step: int) -> None:
     """Send SIGTERM to this process once meta-iteration ``step`` is done (in-process runs)."""
-    real = loop.TrainingRun.meta_iteration
+    real = loop.TrainingRun.iteration
 
-    def meta_iteration(self, nan_policy):
-        real(self, nan_policy)
+    def iteration(self):
+        real(self)
         if self.step == step:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(loop.TrainingRun, "meta_iteration", meta_iteration)
+    monkeypatch.setattr(loop.TrainingRun, "iteration", iteration)
 
 
 STARTED = ["debug=smoke", "dataset=synthetic", "trainer.iterations=40", "trainer.checkpoint_every=10", "encoder.width=8",
@@ -290,14 +290,14 @@ def test_a_completed_run_is_extended_only_with_more_iterations(tmp_path, capsys)
 def test_a_second_ctrl_c_inside_a_step_marks_the_run_and_prints_the_resume_command(tmp_path, monkeypatch, capsys):
     """The at-once stop (KeyboardInterrupt from the second request) is an interruption with a
     resume command, not a bare 'interrupted' and a status left at running."""
-    real = loop.TrainingRun.meta_iteration
+    real = loop.TrainingRun.iteration
 
-    def meta_iteration(self, nan_policy):
-        real(self, nan_policy)
+    def iteration(self):
+        real(self)
         if self.step == 5:
             raise KeyboardInterrupt  # what the handler raises on a second request
 
-    monkeypatch.setattr(loop.TrainingRun, "meta_iteration", meta_iteration)
+    monkeypatch.setattr(loop.TrainingRun, "iteration", iteration)
     run = tmp_path / "run"
     assert main(["train", *STARTED, "trainer.checkpoint_every=2", f"hydra.run.dir={run}"]) == 130
     err = capsys.readouterr().err
@@ -313,4 +313,4 @@ def test_the_throughput_window_restarts_with_its_timer():
     resumed = MetricWindow.restore(window.state())
     resumed.started -= 1.0  # one second after the resume...
     resumed.steps += 10  # ...ten more steps
-    assert resumed.flush(meta_batch=2)["tasks_per_s"] == pytest.approx(20, rel=0.05)
+    assert resumed.flush(per_step=2)["tasks_per_s"] == pytest.approx(20, rel=0.05)

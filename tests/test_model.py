@@ -5,7 +5,8 @@ from omegaconf import OmegaConf
 
 from metalearn_cli.data import DATASETS
 from metalearn_cli.episodes import EpisodeSampler
-from metalearn_cli.model import batch_norm_mode, build_meta_model
+from metalearn_cli.encoders.norm import batch_norm_mode
+from metalearn_cli.model import build_meta_model
 
 
 def make():

@@ -307,22 +307,22 @@ def test_an_accepted_resume_keeps_the_original_hydra_files_and_records_its_own(t
 # ----------------------------------------------------------------------------- signals in every phase
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
 def test_a_signal_during_the_final_test_marks_the_run_interrupted(tmp_path, monkeypatch, capsys, sig, code):
-    from metalearn_cli import loop
+    from metalearn_cli import training
 
-    real = loop.score_checkpoint
+    real = training.score_checkpoint
 
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), sig)
         time.sleep(0.5)  # the handler runs here
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "score_checkpoint", signalled)
+    monkeypatch.setattr(training, "score_checkpoint", signalled)
     run = tmp_path / "run"
     assert main(["train", *SMOKE, f"hydra.run.dir={run}"]) == code
     err = capsys.readouterr().err
     assert "during the final test" in err and f"resume={run}" in err and "Traceback" not in err
     assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(loop, "score_checkpoint", real)
+    monkeypatch.setattr(training, "score_checkpoint", real)
     assert main(["train", *SMOKE, f"resume={run}"]) == 0  # resuming runs the test it missed
     assert json.loads((run / "results.json").read_text())["episodes"] == 2
 
@@ -334,7 +334,7 @@ def test_an_internal_error_is_one_line_with_the_traceback_in_the_run_dir(tmp_pat
     def broken(self, *args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(loop.TrainingRun, "meta_iteration", broken)
+    monkeypatch.setattr(loop.TrainingRun, "iteration", broken)
     run = tmp_path / "run"
     assert main(["train", *SMOKE, f"hydra.run.dir={run}"]) == 1
     err = capsys.readouterr().err

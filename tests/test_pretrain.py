@@ -4,21 +4,29 @@ starting from it (or evaluating it alone), freezing that really freezes, and res
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from metalearn_cli import loop
+from metalearn_cli import training
 from metalearn_cli.assemble import build_strategy, initialise_from
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.data import DATASETS
 from metalearn_cli.decoders import DECODERS
 from metalearn_cli.errors import ConfigError, Interrupted
-from metalearn_cli.pretrain import Pretraining
+from metalearn_cli.distributed import World
+from metalearn_cli.loop import TrainingRun
+from metalearn_cli.objectives import SupervisedObjective
+from metalearn_cli.pretrain import pretrain_stage
 
 PRE = ["pretrain=supervised", "pretrain.iterations=6", "pretrain.batch_size=16", "pretrain.val_every=3",
        "pretrain.val_episodes=4"]
+
+
+def stage_run(cfg, run_dir, data):
+    """The pre-training stage of ``run_dir`` in the one loop, resumed from its last.pt when there is one."""
+    stage, resume = pretrain_stage(cfg, run_dir, data, torch.device("cpu"))
+    return TrainingRun(stage, torch.device("cpu"), World(), resume)
 
 
 def encoder_tensors(state):
@@ -27,7 +35,7 @@ def encoder_tensors(state):
 
 def test_pretraining_is_a_stage_with_its_own_run_dir_and_meta_training_starts_from_its_best(compose_train, tmp_path):
     run = tmp_path / "run"
-    loop.train(compose_train(*PRE, "trainer.iterations=0"), run)
+    training.train(compose_train(*PRE, "trainer.iterations=0"), run)
     stage = run / "pretrain"
     for name in ("metrics.jsonl", "results.json", "status.json", "checkpoints/best.pt", "checkpoints/last.pt", "tensorboard"):
         assert (stage / name).exists(), name
@@ -44,7 +52,7 @@ def test_pretraining_is_a_stage_with_its_own_run_dir_and_meta_training_starts_fr
 
 def test_freezing_keeps_every_encoder_weight_and_batch_norm_statistic(compose_train, tmp_path):
     run = tmp_path / "run"
-    loop.train(compose_train(*PRE, "decoder=latent", "trainer.freeze_encoder=true"), run)
+    training.train(compose_train(*PRE, "decoder=latent", "trainer.freeze_encoder=true"), run)
     pre = load_checkpoint(run / "pretrain/checkpoints/best.pt")["model"]
     final = load_checkpoint(run / "checkpoints/last.pt")["model"]
     enc = encoder_tensors(pre)
@@ -58,7 +66,7 @@ def test_freezing_keeps_every_encoder_weight_and_batch_norm_statistic(compose_tr
 
 def test_without_freezing_meta_training_moves_the_pretrained_encoder(compose_train, tmp_path):
     run = tmp_path / "run"
-    loop.train(compose_train(*PRE), run)
+    training.train(compose_train(*PRE), run)
     pre = encoder_tensors(load_checkpoint(run / "pretrain/checkpoints/best.pt")["model"])
     final = load_checkpoint(run / "checkpoints/last.pt")["model"]
     assert any(not torch.equal(v, final[k]) for k, v in pre.items() if v.is_floating_point())
@@ -68,7 +76,7 @@ def test_without_freezing_meta_training_moves_the_pretrained_encoder(compose_tra
 def test_a_pretrained_checkpoint_loads_into_every_decoder(compose_train, tmp_path, decoder):
     run = tmp_path / "run"
     if not (run / "pretrain/checkpoints/best.pt").exists():
-        loop.train(compose_train(*PRE, "trainer.iterations=0"), run)
+        training.train(compose_train(*PRE, "trainer.iterations=0"), run)
     strategy = "anil" if decoder == "linear" else "mgd"
     cfg = compose_train(f"decoder={decoder}", f"strategy={strategy}")
     built = build_strategy(cfg, DATASETS.build(cfg.dataset).image_shape, torch.device("cpu"))
@@ -84,62 +92,86 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(compose_train, tmp_pat
     data = DATASETS.build(cfg.dataset)
     whole = tmp_path / "whole"
     torch.manual_seed(0)  # the run seeds before building (seed_everything); so do both here
-    Pretraining(cfg, whole, data, torch.device("cpu")).run({"signal": None})
+    stage_run(cfg, whole, data).run({"signal": None})
     cut = tmp_path / "cut"
     torch.manual_seed(0)
-    stage = Pretraining(cfg, cut, data, torch.device("cpu"))
+    run = stage_run(cfg, cut, data)
     stop = {"signal": None}
-    original = stage.train_step
+    original = run.iteration
 
     def step_then_stop():
-        out = original()
-        if stage.step == 2:
+        original()
+        if run.step == 2:
             stop["signal"] = "SIGINT"
-        return out
 
-    stage.train_step = step_then_stop
-    with pytest.raises(Interrupted, match="during pre-training at step 2/6.*resume="):
-        stage.run(stop)
+    run.iteration = step_then_stop
+    with pytest.raises(Interrupted, match="at pre-training step 2/6.*resume="):
+        run.run(stop)
     assert json.loads((cut / "pretrain/status.json").read_text())["status"] == "interrupted"
     records = [json.loads(line) for line in (cut / "pretrain/metrics.jsonl").read_text().splitlines()]
     assert not any(r["split"] == "val" and r["step"] == 2 for r in records)  # obeyed at once: no validation first
     assert load_checkpoint(cut / "pretrain/checkpoints/last.pt")["step"] == 2
-    Pretraining(cfg, cut, data, torch.device("cpu")).run({"signal": None})
+    stage_run(cfg, cut, data).run({"signal": None})
     a = load_checkpoint(whole / "pretrain/checkpoints/last.pt")
     b = load_checkpoint(cut / "pretrain/checkpoints/last.pt")
     assert a["step"] == b["step"] == 6
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    assert all(torch.equal(v, b["head"][k]) for k, v in a["head"].items())
 
 
 def test_resume_true_continues_a_run_interrupted_during_pretraining(compose_train, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    original = Pretraining.train_step
+    original = SupervisedObjective.step
 
-    def interrupted(self):
-        out = original(self)
-        if self.step == 3:
+    def interrupted(self, *args):
+        out = original(self, *args)
+        calls.append(1)
+        if len(calls) == 3:
             raise Interrupted("SIGTERM", "SIGTERM during pre-training")
         return out
 
-    monkeypatch.setattr(Pretraining, "train_step", interrupted)
+    calls: list[int] = []
+    monkeypatch.setattr(SupervisedObjective, "step", interrupted)
     with pytest.raises(Interrupted):
-        loop.train(compose_train(*PRE), run)
-    monkeypatch.setattr(Pretraining, "train_step", original)
+        training.train(compose_train(*PRE), run)
+    monkeypatch.setattr(SupervisedObjective, "step", original)
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
     assert (run / "checkpoints/last.pt").is_file()  # step 0: resume=true finds the run
-    loop.train(compose_train(*PRE, "resume=true"), run)
+    training.train(compose_train(*PRE, "resume=true"), run)
     assert json.loads((run / "pretrain/status.json").read_text())["status"] == "completed"
     assert json.loads((run / "results.json").read_text())["iterations"] == 6
 
 
-def test_the_stage_augments_with_the_data_sets_own_choice(compose_train):
+def test_the_stage_augments_with_the_data_sets_own_choice(compose_train, tmp_path):
     """pretrain.augment=auto is dataset.augment; the transforms themselves are tests/test_augment.py's."""
-    from metalearn_cli.data import DATASETS
-
     cfg = compose_train(*PRE, "dataset.augment=crop")
-    stage = Pretraining(cfg, Path("unused"), DATASETS.build(cfg.dataset), torch.device("cpu"))
-    assert stage.augment is not None
+    stage, _ = pretrain_stage(cfg, tmp_path, DATASETS.build(cfg.dataset), torch.device("cpu"))
+    assert stage.objective.augment is not None
     cfg = compose_train(*PRE)  # synthetic's own: none
-    assert Pretraining(cfg, Path("unused"), DATASETS.build(cfg.dataset), torch.device("cpu")).augment is None
+    assert pretrain_stage(cfg, tmp_path, DATASETS.build(cfg.dataset), torch.device("cpu"))[0].objective.augment is None
+
+
+def test_the_stage_runs_the_shared_loop_and_its_nan_policy(compose_train, tmp_path, monkeypatch):
+    """The stage's update is the loop's: a non-finite loss is refused with the stage's own hint, and
+    under trainer.nan_policy=skip that step is left out (the weights never see it) and the stage goes on."""
+    from metalearn_cli import objectives
+    from metalearn_cli.errors import Diverged
+
+    real = objectives.F.cross_entropy
+    calls = {"n": 0}
+
+    def nan_on_third(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(objectives.F, "cross_entropy", nan_on_third)
+    with pytest.raises(Diverged, match="non-finite loss at pre-training step 3.*pretrain.optimizer.lr"):
+        training.train(compose_train(*PRE), tmp_path / "a")
+    calls["n"] = 0
+    training.train(compose_train(*PRE, "trainer.nan_policy=skip", "trainer.iterations=0"), tmp_path / "b")
+    records = [json.loads(line) for line in (tmp_path / "b/pretrain/metrics.jsonl").read_text().splitlines()]
+    assert sum(r["skipped"] for r in records if r["split"] == "pretrain") == 1
+    assert json.loads((tmp_path / "b/pretrain/status.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -157,7 +189,7 @@ def test_the_stage_augments_with_the_data_sets_own_choice(compose_train):
 ])
 def test_bad_pretraining_settings_are_one_line_errors(compose_train, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
-        loop.train(compose_train(*overrides), tmp_path / "run")
+        training.train(compose_train(*overrides), tmp_path / "run")
     assert "\n" not in str(info.value)
 
 
@@ -177,10 +209,10 @@ def test_the_stage_learns_its_encoder_moves_and_validation_beats_the_start(compo
                         "pretrain.val_episodes=20")
     data = DATASETS.build(cfg.dataset)
     torch.manual_seed(0)
-    stage = Pretraining(cfg, tmp_path, data, torch.device("cpu"))
-    start = {k: v.clone() for k, v in stage.strategy.state_dict().items()}
-    at_start = summarize(evaluate_tasks(stage.strategy, stage.val_sampler, cfg.pretrain.val_episodes, 10, "running"))
-    stage.run({"signal": None})
+    run = stage_run(cfg, tmp_path, data)
+    start = {k: v.clone() for k, v in run.strategy.state_dict().items()}
+    at_start = summarize(evaluate_tasks(run.strategy, run.stage.val_sampler, cfg.pretrain.val_episodes, 10, "running"))
+    run.run({"signal": None})
     best = load_checkpoint(tmp_path / "pretrain" / "checkpoints" / "best.pt")
     moved = [k for k, v in start.items() if k.startswith("model.encoder") and v.is_floating_point()
              and not torch.equal(v, best["model"][k])]
@@ -192,13 +224,13 @@ def test_the_stage_learns_its_encoder_moves_and_validation_beats_the_start(compo
 def test_an_epoch_budget_sets_the_stages_steps_and_the_saved_config_holds_them(compose_train, tmp_path):
     """20 classes x 8 images = 160 training images; 2 epochs of 16 images = 20 steps."""
     run = tmp_path / "run"
-    loop.train(compose_train(*PRE, "pretrain.epochs=2", "pretrain.val_every=10"), run)
+    training.train(compose_train(*PRE, "pretrain.epochs=2", "pretrain.val_every=10"), run)
     records = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in records) == 20
     saved = load_checkpoint(run / "checkpoints" / "last.pt")["config"]["pretrain"]
     assert (saved["epochs"], saved["iterations"]) == (2.0, 20)
     with pytest.raises(ConfigError, match="pretrain.epochs sets the length"):
-        loop.train(compose_train("pretrain.epochs=2"), tmp_path / "no_stage")
+        training.train(compose_train("pretrain.epochs=2"), tmp_path / "no_stage")
 
 
 def test_the_rfs_schedule_composes_as_rfs_ran(compose_train):

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import FAST, compose_config
-from metalearn_cli import loop
+from metalearn_cli import training
 from metalearn_cli.cli import main
 from metalearn_cli.report import strategy_label
 
@@ -15,7 +15,7 @@ def test_report_over_two_runs(tmp_path, capsys):
     for seed in (0, 1):
         cfg = compose_config("train", [*FAST, f"seed={seed}"])
         run = tmp_path / "sweep" / f"{seed}_job"
-        loop.train(cfg, run)
+        training.train(cfg, run)
         (run / ".hydra").mkdir()  # what Hydra writes in a real sweep
         (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         (run / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n- trainer.iterations=6\n")
@@ -49,7 +49,7 @@ def test_report_labels_each_maml_variant_by_its_own_name(tmp_path):
         cfg = compose_config("train", [*FAST, f"strategy={strategy}", "decoder=linear", "encoder.width=8",
                                        "trainer.iterations=2", "trainer.val_every=2", "eval.episodes=2"])
         run = tmp_path / "sweep" / strategy
-        loop.train(cfg, run)
+        training.train(cfg, run)
         (run / ".hydra").mkdir()
         (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
@@ -68,7 +68,7 @@ def test_runs_saved_before_the_variants_had_names_are_labelled_by_their_flags(sa
 
 def test_two_run_dirs_get_short_labels_and_the_report_lands_beside_them(tmp_path):
     for name, seed in (("a", 0), ("b", 1)):
-        loop.train(compose_config("train", [*FAST, f"seed={seed}"]), tmp_path / "runs" / name)
+        training.train(compose_config("train", [*FAST, f"seed={seed}"]), tmp_path / "runs" / name)
     assert main(["report", str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b")]) == 0
     rows = list(csv.DictReader((tmp_path / "runs" / "report" / "report.csv").open()))
     assert [r["run"] for r in rows] == ["a", "b"]

@@ -1,6 +1,5 @@
 """`metalearn sample-task`: a task folder from the embedded Omniglot that predict reads as it is."""
 
-from pathlib import Path
 
 import numpy as np
 from PIL import Image

@@ -89,12 +89,12 @@ def train_app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     def job(accept: Callable[[], None]) -> float:
-        from metalearn_cli.loop import TrainingRun
+        from metalearn_cli.training import Training
         from metalearn_cli.resume import resumed_config
 
         refuse_foreign_target("train", run_dir, resuming=True)  # inside another run: refused (held: by the loop)
         config = resumed_config(cfg, run_dir, typed_keys(list(HydraConfig.get().overrides.task)))
-        run = TrainingRun(config, run_dir)  # every check; a refusal leaves an existing run as it was
+        run = Training(config, run_dir)  # every check; a refusal leaves an existing run as it was
         accept()
         return run.run()
 

@@ -5,7 +5,9 @@ Native batch norm with per-task (batched) affine weights has given wrong second 
 vmap in current PyTorch. Normalising with ``F.batch_norm`` without its affine part and then applying
 ``x * weight + bias`` as plain ops is correct there, and the fastest correct form measured.
 
-Two further statistics, set by the model or the strategy for one pass (see ``schema.BNMode``):
+Which statistics an evaluation uses is a mode of :mod:`metalearn_cli.bn_modes`' table, applied to a
+whole model by :func:`batch_norm_mode`. Two further statistics, set by the model or the strategy for
+one pass:
 
 - ``support_rows = (M, S)``: the batch holds tasks of ``M`` images each, the first ``S`` of them the
   support set; every task's images are normalised with the statistics of its own support images
@@ -13,16 +15,22 @@ Two further statistics, set by the model or the strategy for one pass (see ``sch
 - ``step = j`` on a layer with ``per_step`` statistics (MAML++'s BNRS, Antoniou et al. 2019): one
   stored set of running statistics per inner step. In training, the batch's statistics normalise and
   are recorded (``record``) for the strategy to fold into set ``j`` outside any ``torch.func``
-  transform; in evaluation, set ``j`` normalises.
+  transform; in evaluation, set ``j`` normalises. :class:`StepStatistics` keeps that bookkeeping
+  for a strategy.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from metalearn_cli.bn_modes import MODES
+
+Record = tuple["TaskBatchNorm2d", int, torch.Tensor, torch.Tensor]  # a layer, its step, a batch's mean and variance
 
 
 class TaskBatchNorm2d(nn.BatchNorm2d):
@@ -33,7 +41,7 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
     split_affine: bool = False
     support_rows: Optional[tuple[int, int]] = None
     step: Optional[int] = None
-    record: Optional[list[tuple["TaskBatchNorm2d", int, torch.Tensor, torch.Tensor]]] = None
+    record: Optional[list[Record]] = None
 
     def use_per_step(self, steps: int) -> None:
         """Keep ``steps`` sets of running statistics (state-dict keys ``step_mean``/``step_var``)."""
@@ -94,3 +102,68 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         momentum = self.momentum if self.momentum is not None else 0.1
         self.step_mean[j].lerp_(mean.to(self.step_mean.dtype), momentum)
         self.step_var[j].lerp_(var.to(self.step_var.dtype), momentum)
+
+
+class StepStatistics:
+    """MAML++'s per-step statistics (BNRS) of a model's batch-norm layers: which inner step's set a
+    pass uses, and in training the batch statistics each pass recorded, folded into each step's set
+    once the meta-step is done. Off (every method a no-op) unless ``steps`` is given."""
+
+    def __init__(self, model: nn.Module, steps: Optional[int]) -> None:
+        self.on = steps is not None
+        self.norms = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)] if self.on else []
+        self.records: list[Record] = []
+        for m in self.norms:
+            m.use_per_step(max(steps or 1, 1))
+
+    def at(self, step: int) -> None:
+        """The inner step whose statistics the next pass uses (and, training, records)."""
+        for m in self.norms:
+            m.step = max(step, 0)
+
+    def since(self, start: int) -> list[torch.Tensor]:
+        """The statistics recorded after ``start`` (``len(records)`` before a pass), flat: returned as
+        the aux output of a ``torch.func`` transform so they leave it unwrapped."""
+        return [t for r in self.records[start:] for t in r[2:]]
+
+    def unwrapped(self, start: int, flat: list[torch.Tensor]) -> None:
+        """Replace the records after ``start`` with the values a transform returned (see :meth:`since`)."""
+        self.records[start:] = [(m, j, flat[2 * i], flat[2 * i + 1]) for i, (m, j, _, _) in enumerate(self.records[start:])]
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Record every pass's batch statistics, then fold them into each step's set."""
+        for m in self.norms:
+            m.record = self.records
+        try:
+            yield
+            for m, j, mean, var in self.records:
+                m.fold_step_statistics(j, mean, var)
+        finally:
+            self.records.clear()
+            for m in self.norms:
+                m.record = None
+
+
+@contextlib.contextmanager
+def batch_norm_mode(model: Any, mode: str) -> Iterator[None]:
+    """Evaluate ``model`` (a MetaModel) with the statistics ``mode`` names in
+    :data:`metalearn_cli.bn_modes.MODES`. Batch statistics are used without updating the running ones,
+    so evaluating never changes the model. Everything else is in evaluation mode either way (no
+    dropout or DropBlock, LEO's codes at their means)."""
+    spec = MODES[mode]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training, tracked, embed = model.training, [m.track_running_stats for m in norms], model.statistics
+    model.eval()
+    model.statistics = spec.embed
+    if spec.statistics == "batch":
+        for m in norms:
+            m.train()
+            m.track_running_stats = False
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        model.statistics = embed
+        for m, t in zip(norms, tracked):
+            m.track_running_stats = t

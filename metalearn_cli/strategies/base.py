@@ -15,6 +15,7 @@ from typing import ClassVar, ContextManager, NamedTuple, Optional
 import torch
 from torch import nn
 
+from metalearn_cli.bn_modes import available
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.model import MetaModel
 
@@ -32,12 +33,18 @@ class Prediction(NamedTuple):
 class Strategy(nn.Module):
     """Base class: the protocol every strategy implements."""
 
-    bn_modes: tuple[str, ...] = ("running", "support", "transductive", "transductive_joint")  # evaluation modes; the first is `auto`
+    bn_auto: str = "running"  # eval.bn_mode=auto: the strategy's own protocol (a mode of bn_modes.MODES)
+    stored_statistics: tuple[str, ...] = ("running",)  # what training stores for evaluation modes to use
     isolates_tasks: ClassVar[bool] = False  # True: predict() already keeps each task's batch statistics apart
 
     def __init__(self, model: MetaModel) -> None:
         super().__init__()
         self.model = model
+
+    @property
+    def bn_modes(self) -> tuple[str, ...]:
+        """The batch-norm modes this strategy can be evaluated in, ``auto``'s first."""
+        return available(self.bn_auto, self.stored_statistics)
 
     @property
     def adapts_encoder(self) -> bool:

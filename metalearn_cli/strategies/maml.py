@@ -26,7 +26,7 @@ meta-loss is the query loss plus the decoder's regulariser (of the adapted weigh
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Iterator, Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from torch.func import functional_call, grad, vmap
 
 from metalearn_cli.decoders import DecoderOutput
 from metalearn_cli.encoders import vmap_safe
-from metalearn_cli.encoders.norm import TaskBatchNorm2d
+from metalearn_cli.encoders.norm import StepStatistics
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import MetaModel
@@ -67,14 +67,13 @@ class MAML(Strategy):
         super().__init__(model)
         self.params_ = params
         model.use_batch_statistics()  # batch statistics in training, per task
-        # Evaluation: each task's own statistics, its support set's, or (BNRS) each inner step's stored ones.
-        self.bn_modes = ("transductive", "transductive_joint", "support")
-        self.norms = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)]
-        self._records: list[tuple[TaskBatchNorm2d, int, torch.Tensor, torch.Tensor]] = []  # BNRS batch statistics of a meta-step
-        if params.per_step_bn:  # MAML++'s code normalises with batch statistics at every step, evaluation included
-            self.bn_modes = (*self.bn_modes, "per_step")  # (auto: transductive); its stored statistics: inductive, an option
-            for m in self.norms:
-                m.use_per_step(max(params.inner_steps, 1))
+        # Evaluation: each task's own statistics (auto), its support set's, or (BNRS) each inner step's stored ones.
+        self.bn_auto, self.stored_statistics = "transductive", ()
+        # BNRS: MAML++'s code normalises with batch statistics at every step, evaluation included (auto stays
+        # transductive); the statistics it stores per inner step are an inductive option beside it.
+        self.bn_steps = StepStatistics(model, params.inner_steps if params.per_step_bn else None)
+        if params.per_step_bn:
+            self.stored_statistics = ("per_step",)
         self.adapt_names = [n for n, _ in model.named_parameters()
                             if params.adapt is Adapt.all or n.startswith("decoder.")]
         self.inner_lrs = nn.ParameterDict()
@@ -137,29 +136,6 @@ class MAML(Strategy):
         return self.params_.vectorize is Vectorize.vmap
 
     # ------------------------------------------------------------------ the inner loop
-    def _bn_step(self, step: int) -> None:
-        """BNRS: the inner step whose statistics the next pass uses (and, training, records)."""
-        if self.params_.per_step_bn:
-            for m in self.norms:
-                m.step = max(step, 0)
-
-    @contextlib.contextmanager
-    def _recording(self) -> Iterator[None]:
-        """BNRS in training: record every pass's batch statistics, then fold them into each step's set."""
-        if not self.params_.per_step_bn:
-            yield
-            return
-        for m in self.norms:
-            m.record = self._records
-        try:
-            yield
-            for m, j, mean, var in self._records:
-                m.fold_step_statistics(j, mean, var)
-        finally:
-            self._records.clear()
-            for m in self.norms:
-                m.record = None
-
     def _lr(self, name: str, step: int) -> torch.Tensor | float:
         key = name.replace(".", "__")
         if self.params_.per_step_lr:
@@ -175,7 +151,7 @@ class MAML(Strategy):
             # ANIL: the encoder is not adapted, so embed once and adapt the head on the features; the
             # support set is embedded alone (its statistics never see the queries), unless
             # eval.bn_mode asks for one pass (transductive_joint, support).
-            self._bn_step(0)
+            self.bn_steps.at(0)
             es, eq = (e[0] for e in self.model.embed_task(sx[None], qx[None]))
             head = {n[len("decoder."):]: w for n, w in weights.items() if n.startswith("decoder.")}
 
@@ -211,23 +187,22 @@ class MAML(Strategy):
             base = fast if create_graph else {k: v.detach() for k, v in fast.items()}
 
             def support_loss(trainable: Weights) -> tuple[torch.Tensor, list[torch.Tensor]]:
-                start = len(self._records)
+                start = len(self.bn_steps.records)
                 loss = F.cross_entropy(forward({**base, **trainable}, None, constant=not create_graph).logits[0], sy)
-                return loss, [t for r in self._records[start:] for t in r[2:]]  # BNRS statistics, unwrapped by grad
+                return loss, self.bn_steps.since(start)  # BNRS statistics, unwrapped by grad
 
             trainable = {n[len(prefix):]: base[n[len(prefix):]] for n in adapted}
-            self._bn_step(step)
-            start = len(self._records)
+            self.bn_steps.at(step)
+            start = len(self.bn_steps.records)
             grads, recorded = grad(support_loss, has_aux=True)(trainable)
-            self._records[start:] = [(m, j, recorded[2 * i], recorded[2 * i + 1])
-                                     for i, (m, j, _, _) in enumerate(self._records[start:])]
+            self.bn_steps.unwrapped(start, recorded)
             for n in adapted:
                 key = n[len(prefix):]
                 g = grads[key] if create_graph else grads[key].detach()
                 fast[key] = fast[key] - self._lr(n, step) * g
             if every_step and step < steps - 1:
                 per_step.append(forward(fast, qx).logits[0])
-        self._bn_step(steps - 1)  # the query pass after step j uses step j's statistics, as MAML++'s code
+        self.bn_steps.at(steps - 1)  # the query pass after step j uses step j's statistics, as MAML++'s code
         final = forward(fast, qx, with_stats=with_stats)
         logits = torch.stack([*per_step, final.logits[0]]) if every_step else final.logits[0]
         return logits, final.regularizer, {k: v[0] for k, v in final.stats.items()}
@@ -263,7 +238,7 @@ class MAML(Strategy):
         done = self.meta_iterations.value if hasattr(self, "meta_iterations") else 0
         create_graph = not p.first_order and done >= p.first_order_until
         multi_step = p.multi_step_loss and p.inner_steps > 1
-        with self._recording():
+        with self.bn_steps.recording():
             logits, regularizer, _ = self._batch_logits(batch, p.inner_steps, create_graph, every_step=multi_step)
         if multi_step:  # [T, steps, Q, N]: a weighted sum of the query losses after each step
             labels = batch.query_labels.flatten()

@@ -14,7 +14,7 @@ from metalearn_cli.data import DATASETS
 from metalearn_cli.data import mini_imagenet as mini
 from metalearn_cli.data.class_cache import CACHE_DIR
 from metalearn_cli.errors import DataError
-from metalearn_cli.loop import train
+from metalearn_cli.training import train
 from conftest import FAST, compose_config
 
 

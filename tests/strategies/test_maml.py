@@ -12,13 +12,13 @@ from omegaconf import OmegaConf
 from torch.func import functional_call
 
 from conftest import FAST, compose_config
-from metalearn_cli import evaluation, loop
+from metalearn_cli import evaluation, training
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.data import DATASETS
 from metalearn_cli.episodes import EpisodeSampler
 from metalearn_cli.host import native_bf16
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.loop import train_step
+from metalearn_cli.objectives import train_step
 from metalearn_cli.model import build_meta_model
 from metalearn_cli.optim import ClipParams
 from metalearn_cli.strategies import STRATEGIES
@@ -128,7 +128,7 @@ def test_nothing_to_adapt_is_a_config_error():
 def test_metasgd_learning_rates_are_meta_learned_saved_and_restored(tmp_path):
     run = tmp_path / "run"
     overrides = [*FAST, "strategy=metasgd", "decoder=linear", "encoder.width=8", "strategy.eval_inner_steps=1"]
-    loop.train(compose_config("train", overrides), run)
+    training.train(compose_config("train", overrides), run)
     state = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     lrs = {k: v for k, v in state.items() if k.startswith("inner_lrs.")}
     assert lrs and any(not torch.allclose(v, torch.full_like(v, 0.4)) for v in lrs.values())
@@ -141,7 +141,7 @@ def test_metasgd_learning_rates_are_meta_learned_saved_and_restored(tmp_path):
 
 def test_running_statistics_are_refused_for_maml(tmp_path):
     with pytest.raises(ConfigError, match="eval.bn_mode=running is not possible"):
-        loop.train(compose_config("train", [*FAST, "strategy=maml", "decoder=linear", "eval.bn_mode=running"]),
+        training.train(compose_config("train", [*FAST, "strategy=maml", "decoder=linear", "eval.bn_mode=running"]),
                      tmp_path)
 
 
@@ -150,7 +150,7 @@ def test_running_statistics_are_refused_for_maml(tmp_path):
 def test_every_variant_trains_through_the_loop_under_its_own_name(tmp_path, strategy, vectorize):
     cfg = compose_config("train", [*FAST, f"strategy={strategy}", "decoder=linear", "encoder.width=8",
                                    f"strategy.vectorize={vectorize}", "trainer.iterations=2", "trainer.val_every=2"])
-    loop.train(cfg, tmp_path)
+    training.train(cfg, tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["bn_mode"] == "transductive" and 0 <= results["accuracy"] <= 1
     assert results["strategy"] == strategy
@@ -227,7 +227,7 @@ def test_maml_plus_plus_state_survives_a_checkpoint(tmp_path):
     cfg = compose_config("train", FAST + ["strategy=maml", "decoder=linear", "strategy.inner_steps=2",
                                           "strategy.multi_step_loss=true", "strategy.per_step_lr=true",
                                           "strategy.first_order_until=2"])
-    loop.train(cfg, tmp_path / "run")
+    training.train(cfg, tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["model"]["meta_iterations._extra_state"] == {"meta_iterations": 6}
     rebuilt = STRATEGIES.build(cfg.strategy, model=build_meta_model(cfg, (1, 28, 28)))
@@ -285,7 +285,7 @@ def _one_query_changed(batch):
 @pytest.mark.parametrize("adapt", ["all", "head"])
 @pytest.mark.parametrize("mode", ["support", "per_step"])
 def test_in_inductive_modes_one_query_never_changes_another(adapt, mode):
-    from metalearn_cli.model import batch_norm_mode
+    from metalearn_cli.encoders.norm import batch_norm_mode
 
     maml, batch = setup(vectorize="loop", inner_steps=2, adapt=adapt, per_step_bn=mode == "per_step")
     assert mode in maml.bn_modes
@@ -300,10 +300,10 @@ def test_per_step_statistics_are_learned_per_inner_step_saved_and_used_in_evalua
     training); evaluation in per_step mode normalises with them. auto stays transductive: MAML++'s code
     normalises with batch statistics at every step, at evaluation too."""
     from metalearn_cli.assemble import resolve_bn_mode
-    from metalearn_cli.model import batch_norm_mode
+    from metalearn_cli.encoders.norm import batch_norm_mode
 
     maml, batch = setup(vectorize="loop", inner_steps=2, per_step_bn=True)
-    norm = maml.norms[0]
+    norm = maml.bn_steps.norms[0]
     assert norm.step_mean.shape == (2, 4) and resolve_bn_mode("auto", maml) == "transductive"
     assert resolve_bn_mode("per_step", maml) == "per_step"
     with batch_norm_mode(maml.model, "per_step"):
@@ -319,7 +319,7 @@ def test_per_step_statistics_are_learned_per_inner_step_saved_and_used_in_evalua
     assert "model.encoder.net.1.step_mean" in maml.state_dict()
     again, _ = setup(vectorize="loop", inner_steps=2, per_step_bn=True)
     again.load_state_dict(maml.state_dict())
-    torch.testing.assert_close(again.norms[0].step_var, norm.step_var)
+    torch.testing.assert_close(again.bn_steps.norms[0].step_var, norm.step_var)
 
 
 def test_per_step_statistics_refuse_vmap():
@@ -331,7 +331,7 @@ def test_per_step_statistics_refuse_vmap():
 
 @pytest.mark.parametrize("adapt", ["all", "head"])
 def test_support_mode_never_lets_the_queries_into_the_support_statistics(adapt):
-    from metalearn_cli.model import batch_norm_mode
+    from metalearn_cli.encoders.norm import batch_norm_mode
 
     maml, batch = setup(vectorize="loop", inner_steps=1, adapt=adapt)
     with batch_norm_mode(maml.model, "support"):

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from metalearn_cli.data import DATASETS
 from metalearn_cli.episodes import EpisodeSampler
-from metalearn_cli.loop import train_step
+from metalearn_cli.objectives import train_step
 from metalearn_cli.model import build_meta_model
 from metalearn_cli.optim import ClipParams
 from metalearn_cli.strategies import STRATEGIES

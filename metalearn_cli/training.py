@@ -1,0 +1,157 @@
+"""A ``metalearn train`` run: ``train(cfg, run_dir)``.
+
+Owns: a run's set-up (device, processes, validation of the config, the data, the meta-network and
+where its weights start), its stages in order (the pre-training stage when ``pretrain.iterations >
+0``, then meta-training; each a :class:`~metalearn_cli.loop.Stage` run by the one loop), one lock on
+the run directory and one stop handler over all stages. Hydra-free: it takes a composed config and a
+run directory, so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from metalearn_cli.assemble import (
+    build_strategy, freeze_encoder, initialise_from, resolve_bn_mode, resolve_precision, seed_everything, select_kernels,
+    setup_device, validate,
+)
+from metalearn_cli.augment import augmentation
+from metalearn_cli.cost import check_memory
+from metalearn_cli.data import DATASETS
+from metalearn_cli.distributed import World, world
+from metalearn_cli.episodes import EpisodeSampler, LakeRuns, TaskShapes, check_fits, resident, split_seed
+from metalearn_cli.errors import ConfigError, Interrupted
+from metalearn_cli.evaluation import is_lake, score_checkpoint
+from metalearn_cli.finetune import Finetuner
+from metalearn_cli.loop import Stage, TrainingRun
+from metalearn_cli.objectives import EpisodicObjective
+from metalearn_cli.pretrain import pretrain_stage, pretrained_checkpoint, resolve_budget
+from metalearn_cli.resume import resume_checkpoint
+from metalearn_cli.rundir import exclusive, refuse_held, write_status
+from metalearn_cli.signals import stop_requests
+
+log = logging.getLogger(__name__)
+
+
+class Training:
+    """One run: built by ``__init__`` (every check, nothing written yet), executed by :meth:`run`."""
+
+    def __init__(self, cfg: Any, run_dir: Path) -> None:
+        self.wall_start = time.perf_counter()
+        self.cfg, self.run_dir, self.t = cfg, Path(run_dir), cfg.trainer
+        self.device = setup_device(cfg)
+        self.ranks = world()
+        if self.ranks.size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.ranks.local_rank)
+            torch.cuda.set_device(self.device)
+        self.main = self.ranks.main  # only rank 0 validates, tests and writes the run dir
+        self.shapes = TaskShapes.of(cfg)
+        select_kernels(self.device, self.t.deterministic)
+        validate(cfg)
+        if self.ranks.size > 1 and cfg.pretrain.iterations > 0:
+            raise ConfigError("the pre-training stage runs in one process; pre-train in a single-process run, then pass "
+                              "trainer.init_from=RUN to this one")
+        if self.t.meta_batch % self.ranks.size:
+            raise ConfigError(f"trainer.meta_batch={self.t.meta_batch} does not split over {self.ranks.size} processes; "
+                              f"use a multiple of {self.ranks.size}")
+        self.resume = resume_checkpoint(cfg.resume, self.run_dir)
+        if self.resume is None:
+            refuse_held(self.run_dir)
+        self._build()
+        self.meta = TrainingRun(self.meta_stage(), self.device, self.ranks, self.resume)
+
+    def _build(self) -> None:
+        cfg, s = self.cfg, self.shapes
+        seed_everything(cfg.seed)
+        self.data = data = DATASETS.build(cfg.dataset)
+        resolve_budget(cfg, data)
+        check_fits(data.train, "train", data.name, s.train_way, s.shot, s.train_query)
+        check_fits(data.val, "val", data.name, s.way, s.shot, s.query)
+        check_fits(data.test, "test", data.name, s.way, s.shot, s.query)
+        if is_lake(cfg.episode):
+            LakeRuns(data.test, s.way, cfg.seed)  # a data set without alphabets is refused now, not after training
+        check_memory(cfg, data.image_shape, self.device)
+        self.strategy = build_strategy(cfg, data.image_shape, self.device)
+        if self.t.init_from and self.resume is None:
+            initialise_from(self.strategy, self.t.init_from)
+        if self.t.freeze_encoder:
+            freeze_encoder(self.strategy, cfg)
+        self.config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        self.config["resume"] = None  # a saved config describes the run, not how it was started
+
+    def meta_stage(self) -> Stage:
+        cfg, s, data = self.cfg, self.shapes, self.data
+        train_sampler = EpisodeSampler(resident(data.train, self.device), s.train_way, s.shot, s.train_query,
+                                       split_seed(cfg.seed, "train"), self.device, within=self.t.within_alphabet)
+        meta_augment = DATASETS.params_of(cfg.dataset).meta_augment
+        objective = EpisodicObjective(self.strategy, train_sampler, self.t.meta_batch, (self.ranks.rank, self.ranks.size),
+                                      augmentation(self.t.augment, meta_augment, data.image_shape))
+        finetune = Finetuner.of(cfg.eval, meta_augment, data.image_shape, self.strategy)  # the final test's
+        val_sampler = EpisodeSampler(resident(data.val, self.device), s.way, s.shot, s.query,
+                                     split_seed(cfg.seed, "val"), self.device)
+
+        def test() -> dict[str, Any]:
+            return score_checkpoint(self.strategy, data, "test", (s.way, s.shot, s.query), cfg.eval, cfg.seed, self.device,
+                                    self.run_dir, progress=self.t.progress and sys.stderr.isatty(),
+                                    lake=is_lake(cfg.episode), finetune=finetune)
+
+        def extras() -> dict[str, Any]:
+            return {"meta_batch": self.t.meta_batch, "train_way": s.train_way, "train_query": s.train_query,
+                    "wall_seconds": round(time.perf_counter() - self.wall_start, 2), "device": str(self.device),
+                    "precision": resolve_precision(self.t.precision, self.device, self.strategy),
+                    "torch": torch.__version__, "dataset": data.name, "strategy": cfg.strategy.name,
+                    "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source}
+
+        # Mean brightness of the training images as the model sees them: predict warns when a user's
+        # images look inverted against it (Omniglot files are dark on white, the model sees white strokes).
+        return Stage(name="meta-training", step_name="meta-iteration", run_dir=self.run_dir,
+                     objective=objective, cfg=cfg, config=self.config, optimizer=cfg.optimizer, optimizer_key="optimizer",
+                     iterations=self.t.iterations, log_every=self.t.log_every, val_every=self.t.val_every,
+                     checkpoint_every=self.t.checkpoint_every, val_sampler=val_sampler, val_episodes=self.t.val_episodes,
+                     val_bn_mode=resolve_bn_mode(cfg.eval.bn_mode, self.strategy),  # fails before anything is written
+                     test=test, extras=extras, resume_hint=self.run_dir,
+                     pixel_mean=float(data.train.images.float().mean() / 255))
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> float:
+        """Every stage, then the final test of ``best.pt``; writes the run dir (holding its lock: one
+        writer at a time); returns the best validation accuracy."""
+        with exclusive(self.run_dir) if self.main else contextlib.nullcontext():  # rank 0 alone writes
+            if self.main and self.resume is None:
+                refuse_held(self.run_dir)  # written since __init__ looked
+            with stop_requests() as stop, logging_redirect_tqdm():
+                try:
+                    self.pretrain(stop)
+                except (Interrupted, KeyboardInterrupt):
+                    write_status(self.run_dir, "interrupted", step=0, iterations=self.t.iterations)
+                    raise
+                return self.meta.run(stop)
+
+    def pretrain(self, stop: dict[str, Optional[str]]) -> None:
+        """The pre-training stage, before the first meta-iteration: runs, resumes or finds it done in
+        ``<run>/pretrain``, then meta-training starts from its best.pt. A step-0 last.pt is written
+        first, so ``resume=true`` continues an interrupted stage."""
+        source = pretrained_checkpoint(self.cfg, self.run_dir)
+        if source is None or self.meta.step > 0 or not self.main:
+            return
+        self.meta.save_last()
+        stage, resume = pretrain_stage(self.cfg, self.run_dir, self.data, self.device)
+        if stage is not None:
+            TrainingRun(stage, self.device, World(), resume).run(stop)
+        initialise_from(self.strategy, str(source))
+        self.meta.save_last()
+
+
+def train(cfg: Any, run_dir: Path) -> float:
+    """Pre-train (when asked), meta-train, validate, test ``best.pt``; writes the run dir; returns the
+    best validation accuracy."""
+    return Training(cfg, run_dir).run()

@@ -1,0 +1,131 @@
+"""Mutation testing with mutmut: does the suite fail when a line of the code that decides results is
+wrong? Not part of CI (a module takes minutes to tens of minutes on 2 cores).
+
+For each named module, a scratch copy of the project (the files git tracks) gets a ``[mutmut]``
+section naming that module and its targeted tests, ``mutmut run`` mutates it (operators, constants,
+arguments, removed calls) and runs the tests that cover each mutant; a mutant is killed when a test
+fails. Prints, and with ``--write`` writes to docs/mutation.md, a table of killed / survived per
+module, and the survivors' names (``mutmut show NAME`` in the scratch copy shows each diff).
+
+    python scripts/mutation.py optim rundir          # some modules
+    python scripts/mutation.py --all --write         # every module, the docs table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = Path(os.environ.get("METALEARN_MUTATION_DIR", "/tmp/metalearn-mutation"))
+
+# module -> (files to mutate, the tests that must catch a wrong line there). In-process tests only:
+# a subprocess imports the installed package, not mutmut's mutated copy.
+TARGETS: dict[str, tuple[list[str], list[str]]] = {
+    "optim": (["metalearn_cli/optim.py"], ["tests/test_optim.py"]),
+    "rundir": (["metalearn_cli/rundir.py"], ["tests/test_rundir.py"]),
+    "resume": (["metalearn_cli/resume.py"], ["tests/test_resume.py"]),
+    "episodes": (["metalearn_cli/episodes.py"], ["tests/test_episodes.py"]),
+    "loop": (["metalearn_cli/loop.py", "metalearn_cli/objectives.py"],
+             ["tests/test_loop.py", "tests/test_pretrain.py", "tests/test_objectives.py"]),
+    "maml": (["metalearn_cli/strategies/maml.py"], ["tests/strategies/test_maml.py"]),
+    "decoders": (["metalearn_cli/decoders/*"], ["tests/decoders"]),
+}
+STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "not checked", "segfault")
+
+
+def scratch_copy(name: str) -> Path:
+    """The tracked files of the working tree (edits included) in a fresh directory."""
+    target = SCRATCH / name
+    shutil.rmtree(target, ignore_errors=True)
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        source = ROOT / rel
+        if source.is_file():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / rel)
+    return target
+
+
+def configure(directory: Path, mutate: list[str], tests: list[str]) -> None:
+    lines = ["[mutmut]", "source_paths=metalearn_cli", "only_mutate=" + "\n    ".join(mutate),
+             "pytest_add_cli_args_test_selection=" + "\n    ".join(tests),
+             "pytest_add_cli_args=-q\n    -p\n    no:cacheprovider\n    -m\n    not slow and not gpu",
+             "use_git_change_detection=false"]
+    (directory / "setup.cfg").write_text("\n".join(lines) + "\n")
+
+
+def results(directory: Path) -> dict[str, list[str]]:
+    """mutant name -> status, from ``mutmut results --all true``."""
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=directory,
+                         capture_output=True, text=True).stdout
+    found: dict[str, list[str]] = {s: [] for s in STATUSES}
+    for line in out.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if status in found:
+            found[status].append(name)
+    return found
+
+
+def run(name: str, children: int) -> dict[str, object]:
+    mutate, tests = TARGETS[name]
+    directory = scratch_copy(name)
+    configure(directory, mutate, tests)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=directory,
+                          capture_output=True, text=True)
+    minutes = (time.perf_counter() - start) / 60
+    found = results(directory)
+    killed, survived = len(found["killed"]) + len(found["timeout"]), found["survived"] + found["no tests"]
+    total = killed + len(survived)
+    row = {"module": name, "files": mutate, "tests": tests, "mutants": total, "killed": killed,
+           "survived": len(survived), "score": killed / total if total else float("nan"), "minutes": round(minutes, 1),
+           "survivors": sorted(survived), "exit": proc.returncode}
+    if proc.returncode and not total:
+        row["error"] = (proc.stderr or proc.stdout)[-2000:]
+    return row
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    lines = ["| module | files | tests | mutants | killed | survived | score | minutes |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['module']} | {', '.join(r['files'])} | {', '.join(r['tests'])} | {r['mutants']} | "
+                     f"{r['killed']} | {r['survived']} | {100 * r['score']:.0f}% | {r['minutes']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", choices=[[], *TARGETS], help="modules to mutate (see TARGETS)")
+    parser.add_argument("--all", action="store_true", help="every module")
+    parser.add_argument("--children", type=int, default=2, help="parallel test processes (default 2: the cores)")
+    parser.add_argument("--json", type=Path, help="also write the rows, survivors included, to this file")
+    args = parser.parse_args()
+    names = list(TARGETS) if args.all else args.modules
+    if not names:
+        parser.error("name modules or pass --all")
+    rows = []
+    for name in names:
+        row = run(name, args.children)
+        rows.append(row)
+        print(table([row]).splitlines()[-1], flush=True)
+        if "error" in row:
+            print(row["error"], file=sys.stderr)
+    print(table(rows))
+    for r in rows:
+        if r["survivors"]:
+            print(f"\n{r['module']} survivors ({SCRATCH / str(r['module'])}: mutmut show NAME):\n  " + "\n  ".join(r["survivors"]))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

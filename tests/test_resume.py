@@ -1,0 +1,84 @@
+"""resume.py, the one owner of resume: the ``resume=`` parser, which checkpoint it names, the config
+diff and which keys a resume may change."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import FAST, compose_config
+from metalearn_cli.checkpoint import load_checkpoint
+from metalearn_cli.errors import CheckpointError, ConfigError
+from metalearn_cli.resume import (
+    check_same_run, config_diff, resume_checkpoint, resume_value, resumed_config, run_dir_of,
+)
+
+
+@pytest.mark.parametrize("value,parsed", [
+    (None, None), (False, None), ("false", None), ("None", None), (" null ", None), ("", None),
+    (True, "true"), ("TRUE", "true"), (" true", "true"), ("runs/a b", "runs/a b"),
+])
+def test_resume_value_is_true_a_path_or_nothing(value, parsed):
+    assert resume_value(value) == parsed
+
+
+def test_run_dir_of_a_run_a_checkpoint_and_a_loose_file(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert run_dir_of(run) == run
+    assert run_dir_of(run / "checkpoints" / "last.pt") == run
+    assert run_dir_of(tmp_path / "elsewhere" / "model.pt") == tmp_path / "elsewhere"
+
+
+def test_resume_names_the_last_checkpoint_of_this_run_or_of_a_named_run(trained_run, tmp_path):
+    last = trained_run / "checkpoints" / "last.pt"
+    assert resume_checkpoint(None, trained_run) is None
+    assert resume_checkpoint("false", trained_run) is None
+    assert resume_checkpoint("true", trained_run) == last
+    assert resume_checkpoint(str(trained_run), trained_run) == last
+    assert resume_checkpoint(str(last), trained_run) == last
+    with pytest.raises(CheckpointError, match="resume=true but .*last.pt does not exist"):
+        resume_checkpoint("true", tmp_path / "new")
+
+
+def test_a_resume_never_writes_into_another_run_dir(trained_run, tmp_path):
+    with pytest.raises(ConfigError, match="continues the run in .*hydra.run.dir is .*trainer.init_from="):
+        resume_checkpoint(str(trained_run), tmp_path / "other")
+
+
+def test_the_config_diff_names_exactly_the_keys_that_differ():
+    saved = OmegaConf.to_container(compose_config("train", FAST), resolve=True, enum_to_str=True)
+    same = {**saved, "resume": "true"}
+    assert config_diff(saved, same) == []  # resume itself is never a difference
+    changed = OmegaConf.to_container(compose_config("train", [*FAST, "encoder.width=12", "trainer.val_every=5"]),
+                                     resolve=True, enum_to_str=True)
+    assert config_diff(saved, changed) == ["encoder.width", "trainer.val_every"]
+
+
+def test_only_bookkeeping_may_change_on_a_resume(trained_run):
+    saved = load_checkpoint(trained_run / "checkpoints" / "last.pt")["config"]
+    bookkeeping = OmegaConf.to_container(
+        compose_config("train", [*FAST, "trainer.iterations=10", "trainer.val_every=5", "eval.episodes=7"]),
+        resolve=True, enum_to_str=True)
+    check_same_run(saved, bookkeeping, trained_run)
+    learned = {**bookkeeping, "optimizer": {**bookkeeping["optimizer"], "lr": 0.5}}
+    with pytest.raises(CheckpointError, match=r"another config \(optimizer.lr=.*start a new run"):
+        check_same_run(saved, learned, trained_run)
+
+
+def test_a_resumed_config_is_the_saved_one_changed_only_where_typed(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    cfg = compose_config("train", ["trainer.iterations=20", "eval.episodes=3", "resume=true"])  # defaults, not FAST
+    resumed = resumed_config(cfg, run, typed=["trainer.iterations"])
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")["config"]
+    assert resumed.trainer.iterations == 20  # typed: taken
+    assert resumed.eval.episodes == saved["eval"]["episodes"] != 3  # not typed: the run's own
+    assert resumed.encoder.width == saved["encoder"]["width"] != cfg.encoder.width  # the command line's defaults never leak in
+    assert resume_value(resumed.resume) == "true"
+    with pytest.raises(CheckpointError, match="drop encoder.width"):
+        resumed_config(compose_config("train", ["encoder.width=12", "resume=true"]), run, typed=["encoder.width"])
+    plain = compose_config("train", FAST)
+    assert resumed_config(plain, run, typed=["*"]) is plain  # no resume: as composed
