@@ -17,7 +17,7 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip``;
     ``episode.protocol``, ``pretrain``, ``trainer.freeze_encoder`` and the transformer's ``stem`` (files
     before it hold the patch stem) were added on 2026-11-27; ``pretrain.lr`` and ``weight_decay`` moved
-    into ``pretrain.optimizer``, and ``logger`` was added, on 2026-12-01. Options added to a data set or
+    into ``pretrain.optimizer``, ``logger`` was added, and FEAT took its code's recipe, on 2026-12-01. Options added to a data set or
     the trainer since a file was written take their defaults, which keep what the run did then."""
     from metalearn_cli.params import PARAMS
     from metalearn_cli.params.optimizers import ScheduleParams
@@ -30,6 +30,10 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
             config["trainer"].setdefault("freeze_encoder", False)
     if isinstance(config.get("episode"), dict):  # episode.protocol added on 2026-11-27
         config["episode"].setdefault("protocol", "random")
+    decoder = config.get("decoder")
+    if isinstance(decoder, dict) and decoder.get("name") == "feat" and "attention_dropout" not in decoder:
+        # FEAT's code's recipe since 2026-12-01; before it, one dropout for both places, no contrastive term, one rate
+        decoder.update(attention_dropout=decoder.get("dropout", 0.5), balance=0.0, temperature2=16.0, lr_mul=1.0)
     encoder = config.get("encoder")
     if isinstance(encoder, dict) and encoder.get("name") == "transformer":  # the conv stem became the default on 2026-11-27
         encoder.setdefault("stem", "patch")

@@ -69,7 +69,7 @@ class TrainingRun:
         self.stage, self.device, self.ranks, self.main = stage, device, ranks, ranks.main  # rank 0 alone writes
         self.objective, self.strategy, self.files = stage.objective, stage.objective.strategy, RunDir(stage.run_dir)
         self.clip = OPTIMIZERS.params_of(stage.optimizer).clip
-        self.optimizer = OPTIMIZERS.build(stage.optimizer, parameters=self.objective.parameters)
+        self.optimizer = OPTIMIZERS.build(stage.optimizer, parameters=self.objective.param_groups)
         self.schedule = build_schedule(OPTIMIZERS.params_of(stage.optimizer).schedule, self.optimizer, stage.iterations)
         t = stage.cfg.trainer
         self.nan_policy, self.progress_on = getattr(t.nan_policy, "value", str(t.nan_policy)), bool(t.progress)

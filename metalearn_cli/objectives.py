@@ -38,11 +38,24 @@ def train_step(strategy: Strategy, batch: EpisodeBatch, optimizer: torch.optim.O
     return out, result
 
 
+def decoder_lr_groups(strategy: Strategy, parameters: list[nn.Parameter]) -> list[Any]:
+    """``parameters`` as optimizer groups: the decoder's at ``decoder.lr_mul`` times the rate (FEAT's
+    optimizer: 10x for everything but the encoder); a plain list when the decoder asks for none."""
+    mul = strategy.model.decoder.lr_mul
+    if mul == 1.0:
+        return parameters
+    fast = {id(p) for p in strategy.model.decoder.parameters()}
+    groups = [{"params": [p for p in parameters if id(p) not in fast]},
+              {"params": [p for p in parameters if id(p) in fast], "lr_scale": mul}]
+    return [g for g in groups if g["params"]]
+
+
 class Objective(Protocol):
     """A stage's objective, as the loop sees it."""
 
     strategy: Strategy  # what is validated, tested and saved as the stage's model
     parameters: list[nn.Parameter]  # what the stage's optimizer updates
+    param_groups: list[Any]  # the same, as the optimizer is built from them (groups with an ``lr_scale``)
     split: str  # the metrics records' split ("train", "pretrain")
     unit: str  # what a step consumes ("tasks", "images"): throughput is ``<unit>_per_s``
     per_step: int  # how many of them
@@ -63,6 +76,7 @@ class EpisodicObjective:
                  augment: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> None:
         self.strategy, self.sampler, self.per_step, self.part, self.augment = strategy, sampler, meta_batch, part, augment
         self.parameters = [p for p in strategy.parameters() if p.requires_grad]
+        self.param_groups = decoder_lr_groups(strategy, self.parameters)
 
     def step(self, optimizer: torch.optim.Optimizer, clip: ClipParams) -> tuple[dict[str, torch.Tensor], StepResult]:
         batch = self.sampler.sample(self.per_step, part=self.part)
@@ -92,6 +106,7 @@ class SupervisedObjective:
         self.device = next(strategy.parameters()).device
         self.head = nn.Linear(strategy.model.encoder.out_dim, images.shape[0]).to(self.device)
         self.parameters = [p for p in [*strategy.parameters(), *self.head.parameters()] if p.requires_grad]
+        self.param_groups: list[Any] = self.parameters
         self.generator = torch.Generator().manual_seed(seed)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,11 +29,11 @@ SCRATCH = Path(os.environ.get("METALEARN_MUTATION_DIR", "/tmp/metalearn-mutation
 # a subprocess imports the installed package, not mutmut's mutated copy.
 TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "optim": (["metalearn_cli/optim.py"], ["tests/test_optim.py"]),
-    "rundir": (["metalearn_cli/rundir.py"], ["tests/test_rundir.py"]),
     "resume": (["metalearn_cli/resume.py"], ["tests/test_resume.py"]),
     "episodes": (["metalearn_cli/episodes.py"], ["tests/test_episodes.py"]),
+    "rundir": (["metalearn_cli/rundir.py"], ["tests/test_rundir.py", "tests/test_run_dir_guards.py", "tests/test_report.py"]),
     "loop": (["metalearn_cli/loop.py", "metalearn_cli/objectives.py"],
-             ["tests/test_loop.py", "tests/test_pretrain.py", "tests/test_objectives.py"]),
+             ["tests/test_loop.py", "tests/test_objectives.py", "tests/test_pretrain.py"]),
     "maml": (["metalearn_cli/strategies/maml.py"], ["tests/strategies/test_maml.py"]),
     "decoders": (["metalearn_cli/decoders/*"], ["tests/decoders"]),
 }

@@ -28,6 +28,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes(group, option):
     cfg = compose_config("train", [f"{group}={option}"])
@@ -99,6 +100,7 @@ def test_presets_cover_the_reproduction_table_and_carry_their_published_figure()
     assert (cfg.reference.accuracy, cfg.dataset.name, cfg.encoder.width, cfg.strategy.inner_steps) == (63.11, "mini_imagenet", 32, 5)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_runs_one_step_under_debug_smoke(tmp_path, preset):
     """`debug=smoke` comes last in the defaults: any preset becomes a seconds-long run on generated data."""
@@ -126,6 +128,7 @@ def refusal(encoder: str, decoder: str, strategy: str) -> str | None:
     return None
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("encoder,decoder,strategy", COMBOS)
 @pytest.mark.parametrize("optimizer", REGISTRIES["optimizer"].names())
 def test_one_meta_step_for_every_combination(tmp_path, encoder, decoder, strategy, optimizer):

@@ -103,3 +103,90 @@ def test_multistep_decays_at_fractions_of_the_run():
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     with pytest.raises(ConfigError, match="milestones"):
         build_schedule(ScheduleParams(kind=Schedule.multistep, milestones=[60.0]), optimizer, 100)
+
+
+# ----------------------------------------------------------------------------- schedules and their checks
+def _factors(params, total=100, steps=(0, 10, 50, 99)):
+    from metalearn_cli.optim import build_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = build_schedule(params, optimizer, total)
+    return [schedule.lr_lambdas[0](s) for s in steps]
+
+
+def test_each_schedule_multiplies_the_rate_as_documented():
+    import math
+
+    from metalearn_cli.params.optimizers import Schedule, ScheduleParams
+
+    assert _factors(ScheduleParams(kind=Schedule.constant)) == [1.0] * 4
+    cosine = _factors(ScheduleParams(kind=Schedule.cosine, min_lr_ratio=0.2), steps=(0, 50, 100))
+    assert cosine == pytest.approx([1.0, 0.6, 0.2])
+    assert _factors(ScheduleParams(kind=Schedule.step, step_size=10, gamma=0.5), steps=(0, 9, 10, 25)) == [1, 1, 0.5, 0.25]
+    warm = _factors(ScheduleParams(kind=Schedule.cosine, warmup=4), steps=(0, 1, 3, 4, 52))
+    assert warm[:4] == [0.25, 0.5, 1.0, 1.0]  # linear from 1/warmup, then the cosine from its start
+    assert warm[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 48 / 96)))
+
+
+@pytest.mark.parametrize("bad", [{"warmup": -1}, {"step_size": 0}, {"min_lr_ratio": -0.1}, {"min_lr_ratio": 1.5},
+                                 {"gamma": 0.0}, {"milestones": [0.0]}, {"milestones": [0.5, 1.0]}])
+def test_a_schedule_out_of_range_is_refused(bad):
+    from metalearn_cli.params.optimizers import ScheduleParams
+
+    with pytest.raises(ConfigError, match="optimizer.schedule"):
+        _factors(ScheduleParams(**bad))
+
+
+@pytest.mark.parametrize("edge", [{"warmup": 0}, {"step_size": 1}, {"min_lr_ratio": 0.0}, {"min_lr_ratio": 1.0},
+                                  {"milestones": [0.01, 0.99]}])
+def test_a_schedule_at_the_edge_of_its_range_is_accepted(edge):
+    from metalearn_cli.params.optimizers import ScheduleParams
+
+    assert len(_factors(ScheduleParams(**edge))) == 4
+
+
+@pytest.mark.parametrize("node,message", [
+    ({"name": "adam", "lr": 0.0}, "adam needs lr > 0"), ({"name": "adam", "betas": [0.9]}, "two betas"),
+    ({"name": "adam", "betas": [0.9, 1.0]}, "betas in"), ({"name": "adam", "weight_decay": -1.0}, "weight_decay >= 0"),
+    ({"name": "sgd", "lr": -1.0}, "sgd needs lr > 0"), ({"name": "sgd", "momentum": -0.5}, "momentum >= 0"),
+    ({"name": "sgd", "weight_decay": -1.0}, "weight_decay >= 0"),
+    ({"name": "sgd", "schedule": {"gamma": -1.0}}, "optimizer.schedule"),
+])
+def test_an_optimizer_out_of_range_is_refused_before_the_run_builds_anything(node, message):
+    from metalearn_cli.optim import check_optimizer
+
+    with pytest.raises(ConfigError, match=message):
+        check_optimizer(node)
+
+
+def test_the_built_optimizers_carry_their_settings():
+    from metalearn_cli.optim import check_optimizer
+
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    adam = OPTIMIZERS.build({"name": "adam", "lr": 0.01, "betas": [0.8, 0.9], "weight_decay": 0.1}, parameters=p)
+    group = adam.param_groups[0]
+    assert isinstance(adam, torch.optim.Adam) and (group["lr"], group["betas"], group["weight_decay"]) == (0.01, (0.8, 0.9), 0.1)
+    sgd = OPTIMIZERS.build({"name": "sgd", "lr": 0.2, "momentum": 0.5, "nesterov": True, "weight_decay": 0.0}, parameters=p)
+    group = sgd.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.2, 0.5, True, 0.0)
+    plain = OPTIMIZERS.build({"name": "sgd", "momentum": 0.0, "nesterov": True}, parameters=p)
+    assert plain.param_groups[0]["nesterov"] is False  # Nesterov needs momentum: dropped, not an error
+    assert check_optimizer({"name": "sgd", "lr": 0.3}).lr == 0.3
+
+
+def test_fused_kernels_are_for_cuda_parameters_only():
+    from metalearn_cli.optim import _fused, defers_nonfinite_check
+
+    assert _fused([]) is False and _fused([torch.nn.Parameter(torch.zeros(1))]) is False
+    assert not defers_nonfinite_check(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+    assert defers_nonfinite_check(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1, fused=True))
+
+
+def test_the_step_reports_the_pre_clip_norm_and_clears_old_gradients():
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([100.0, 100.0])  # left by someone else: never added to this step's
+    result = meta_step(loss_with_gradient(p, [3.0, 4.0]), [p], torch.optim.SGD([p], lr=1.0), ClipParams(norm=1.0))
+    assert float(result.grad_norm) == pytest.approx(5.0) and result.skipped == 0 and result.nonfinite is None
+    torch.testing.assert_close(p.detach(), torch.tensor([-0.6, -0.8]))
+    bad = meta_step(loss_with_gradient(p, [float("inf"), 0.0]), [p], torch.optim.SGD([p], lr=1.0), ClipParams())
+    assert isinstance(bad.grad_norm, torch.Tensor) and not torch.isfinite(bad.grad_norm)

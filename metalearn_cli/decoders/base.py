@@ -28,6 +28,7 @@ class Decoder(nn.Module):
     """Base of every decoder: the attributes and calls the model, the strategies and ``load`` rely on."""
 
     modulates_encoder = False  # True: modulation() gives FiLM parameters the encoder applies (CNAPs)
+    lr_mul = 1.0  # this decoder's learning rate over the optimizer's (FEAT: 10)
     max_way: Optional[int] = None  # the most classes a task may have (a fixed-size head); None = any
 
     def modulation(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> Optional[Film]:
@@ -37,6 +38,13 @@ class Decoder(nn.Module):
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
                 film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
         raise NotImplementedError
+
+    def labelled_loss(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                      query_labels: torch.Tensor, n_way: int) -> Optional[torch.Tensor]:
+        """A training loss that needs the query labels (FEAT's contrastive term), on the same embeddings
+        as ``forward``; a strategy adds it to its meta-loss in training. None: the decoder has none. It
+        is never part of ``forward``: predicting never sees a query label."""
+        return None
 
 
 def class_means(x: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:

@@ -9,9 +9,13 @@ from dataclasses import dataclass
 class FEATParams:
     name: str = "feat"
     heads: int = 1  # attention heads (FEAT: 1)
-    dropout: float = 0.5  # on the attention weights and the output projection (FEAT: 0.5)
-    temperature: float = 1.0  # divides the squared distances (1.0: ProtoNets' scale; FEAT used 64 on 1,600-d mini-ImageNet features)
+    attention_dropout: float = 0.1  # on the attention weights (FEAT's code: 0.1)
+    dropout: float = 0.5  # on the output projection, before the residual (FEAT's code: 0.5)
+    temperature: float = 64.0  # divides the squared distances of the queries (FEAT, Conv-4 1-shot: 64 on 64-d features; 1 = ProtoNets' scale)
     layer_norm: bool = True  # FEAT's post-residual LayerNorm of the adapted prototypes; false: p + attention(p)
+    balance: float = 1.0  # weight of the contrastive term in the meta-loss (FEAT, Conv-4 1-shot: 1; 0 = off)
+    temperature2: float = 16.0  # divides the contrastive term's squared distances (FEAT, Conv-4 1-shot: 16)
+    lr_mul: float = 10.0  # the decoder's learning rate over the optimizer's (FEAT: 10 for everything but the encoder)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The encoder and decoder produce a task's classifier in one forward pass (no inner loop); the
 meta-objective is the query cross-entropy averaged over the tasks of a meta-batch plus the
-decoder's regulariser, minimised by the outer optimizer (its meta-gradient clipped by
+decoder's regulariser and, when the decoder has one, its labelled training loss (FEAT's contrastive
+term), minimised by the outer optimizer (its meta-gradient clipped by
 ``optimizer.clip``). With ``decoder=prototype`` this is Prototypical Networks (Snell et al. 2017).
 """
 
@@ -30,8 +31,10 @@ class MGD(Strategy):
             raise ConfigError("strategy=mgd needs a meta-network with parameters to learn")
 
     def meta_loss(self, batch: EpisodeBatch) -> StepOutput:
-        out = self.model.episode_output(batch)
+        out, labelled = self.model.training_output(batch)
         loss = F.cross_entropy(out.logits.flatten(0, 1), batch.query_labels.flatten()) + out.regularizer
+        if labelled is not None:  # a decoder's training loss over the query labels (FEAT's contrastive term)
+            loss = loss + labelled
         return StepOutput(loss, out.logits.detach())
 
     @torch.no_grad()

@@ -286,6 +286,49 @@ def test_feat_adapts_each_prototype_to_the_other_classes_and_is_permutation_equi
     assert not torch.allclose(a, b)
 
 
+def test_feat_contrastive_term_is_each_class_as_one_set_scored_against_the_adapted_centres():
+    """FEAT's regulariser, written out directly: class n's support and query instances, adapted as one
+    set; every instance (unadapted) scored by -||x - centre_n||^2 / temperature2; balance x CE."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    decoder = DECODERS.build({"name": "feat", "balance": 0.5, "temperature2": 4.0}, in_dim=8).eval()
+    support, query = torch.randn(2, 3, 8), torch.randn(2, 6, 8)
+    support_labels = torch.tensor([[2, 0, 1], [1, 2, 0]])
+    query_labels = torch.tensor([[0, 1, 2, 2, 1, 0], [0, 0, 1, 1, 2, 2]])
+    got = decoder.labelled_loss(support, support_labels, query, query_labels, 3)
+    x, y = torch.cat([support, query], 1), torch.cat([support_labels, query_labels], 1)
+    losses = []
+    for t in range(2):
+        centres = torch.stack([decoder.adapt(x[t][y[t] == n].unsqueeze(0))[0].mean(0) for n in range(3)])
+        logits = -((x[t].unsqueeze(1) - centres.unsqueeze(0)) ** 2).sum(-1) / 4.0
+        losses.append(F.cross_entropy(logits, y[t], reduction="none"))
+    torch.testing.assert_close(got, 0.5 * torch.cat(losses).mean())
+    assert DECODERS.build({"name": "feat", "balance": 0.0}, in_dim=8).labelled_loss(support, support_labels, query,
+                                                                                   query_labels, 3) is None
+    assert DECODERS.build({"name": "prototype"}, in_dim=8).labelled_loss(support, support_labels, query,
+                                                                        query_labels, 3) is None
+
+
+def test_feat_runs_its_codes_recipe_by_default():
+    decoder = DECODERS.build({"name": "feat"}, in_dim=64)
+    p = decoder.p
+    assert (p.temperature, p.temperature2, p.balance, p.lr_mul) == (64.0, 16.0, 1.0, 10.0)
+    assert decoder.attention.dropout == 0.1 and decoder.dropout.p == 0.5 and decoder.lr_mul == 10.0
+    with pytest.raises(Exception, match="attention_dropout"):
+        DECODERS.build({"name": "feat", "attention_dropout": 1.0}, in_dim=64)
+
+
+def test_a_feat_checkpoint_from_before_the_recipe_keeps_what_it_ran():
+    from metalearn_cli.compat import migrate_config
+
+    old = migrate_config({"decoder": {"name": "feat", "heads": 1, "dropout": 0.5, "temperature": 1.0, "layer_norm": True}})
+    assert old["decoder"]["attention_dropout"] == 0.5 and old["decoder"]["balance"] == 0.0 and old["decoder"]["lr_mul"] == 1.0
+    assert old["decoder"]["temperature"] == 1.0
+    new = {"decoder": {"name": "feat", "attention_dropout": 0.1, "balance": 1.0, "lr_mul": 10.0}}
+    assert migrate_config(new)["decoder"] == new["decoder"]
+
+
 def test_latent_normalize_makes_the_decoder_blind_to_the_embedding_scale():
     """Pre-trained features of norm ~50 made LEO's latent steps diverge; normalised, scale is irrelevant."""
     decoder = _leo(normalize=True).eval()

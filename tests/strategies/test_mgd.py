@@ -1,9 +1,12 @@
 """MGD: the meta-gradient reaches the encoder, clipping bounds it, the pre-clip norm is reported."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from conftest import FAST, compose_config
+from metalearn_cli.assemble import build_strategy
 from metalearn_cli.data import DATASETS
 from metalearn_cli.episodes import EpisodeSampler
 from metalearn_cli.objectives import train_step
@@ -64,3 +67,47 @@ def test_training_lowers_the_query_loss():
     opt = torch.optim.Adam(strategy.parameters(), lr=3e-3)
     losses = [train_step(strategy, sampler.sample(4), opt, ClipParams())[0].loss.item() for _ in range(25)]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_the_meta_loss_adds_a_decoders_labelled_loss_and_prediction_never_sees_query_labels(monkeypatch):
+    """FEAT's contrastive term enters through the meta-loss (training), never through predict."""
+    from metalearn_cli.decoders.feat import FEATDecoder
+
+    cfg = compose_config("train", [*FAST, "decoder=feat"])
+    data = DATASETS.build(cfg.dataset)
+    strategy = build_strategy(cfg, data.image_shape, torch.device("cpu"))
+    batch = EpisodeSampler(data.train, 5, 1, 3, seed=0).sample(2)
+    seen = []
+    real = FEATDecoder.labelled_loss
+
+    def spy(self, *args):
+        seen.append(args[3])
+        return real(self, *args)
+
+    monkeypatch.setattr(FEATDecoder, "labelled_loss", spy)
+    strategy.eval()  # no dropout: the two losses differ by the term alone
+    torch.manual_seed(0)
+    with_term = strategy.meta_loss(batch).loss
+    assert len(seen) == 1 and torch.equal(seen[0], batch.query_labels)
+    strategy.model.decoder.p.balance = 0.0
+    without = strategy.meta_loss(batch).loss
+    assert with_term > without
+    strategy.predict(batch)
+    assert len(seen) == 2  # only the two meta-losses asked for it
+
+
+def test_feats_decoder_learns_at_ten_times_the_rate_of_the_encoder():
+    from metalearn_cli.objectives import EpisodicObjective
+    from metalearn_cli.optim import OPTIMIZERS
+
+    cfg = compose_config("train", [*FAST, "decoder=feat", "optimizer.lr=0.001"])
+    data = DATASETS.build(cfg.dataset)
+    strategy = build_strategy(cfg, data.image_shape, torch.device("cpu"))
+    objective = EpisodicObjective(strategy, EpisodeSampler(data.train, 5, 1, 3, seed=0), 2, (0, 1), None)
+    optimizer = OPTIMIZERS.build(cfg.optimizer, parameters=objective.param_groups)
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert all(lrs[id(p)] == pytest.approx(0.01) for p in strategy.model.decoder.parameters())
+    assert all(lrs[id(p)] == 0.001 for p in strategy.model.encoder.parameters())
+    assert len(lrs) == len(objective.parameters)
+    plain = build_strategy(compose_config("train", FAST), data.image_shape, torch.device("cpu"))
+    assert EpisodicObjective(plain, objective.sampler, 2, (0, 1), None).param_groups == [p for p in plain.parameters()]
