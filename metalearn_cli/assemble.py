@@ -24,8 +24,8 @@ from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.components import REGISTRIES
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.host import keep_freed_memory, native_bf16
-from metalearn_cli.model import build_meta_model
+from metalearn_cli.host import keep_freed_memory
+from metalearn_cli.model import build_meta_model, resolve_precision
 from metalearn_cli.optim import check_optimizer
 from metalearn_cli.schema import TrainConfig
 from metalearn_cli.strategies import STRATEGIES, Strategy
@@ -51,10 +51,11 @@ def non_finite(node: Any, prefix: str = "") -> Optional[str]:
     return None
 
 
-def validate(cfg: Any) -> None:
-    """Every run-level range check of a training config, and each component's own parameters.
-    Unknown keys (``+key=value``) are refused here: the run's own checkpoint would not load later."""
-    validate_train_config(cfg)
+def validate(cfg: Any) -> TrainConfig:
+    """Every run-level range check of a training config, and each component's own parameters;
+    returns it typed (enums, dataclasses). Unknown keys (``+key=value``) are refused here: the run's own
+    checkpoint would not load later."""
+    typed = OmegaConf.to_object(validate_train_config(cfg))
     bad = non_finite(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
     if bad:
         raise ConfigError(f"{bad} is not a finite number; give a finite value")
@@ -77,6 +78,7 @@ def validate(cfg: Any) -> None:
     validate_host(cfg)
     for group, registry in REGISTRIES.items():
         registry.params_of(cfg[group])  # types and the component's own __post_init__ checks
+    return typed
 
 
 def check_seed(seed: Any) -> None:
@@ -189,23 +191,9 @@ def _name(value: Any) -> str:
     return value.value if hasattr(value, "value") else str(value)
 
 
-def resolve_channels_last(channels_last: Any, device: torch.device) -> bool:
-    """``null`` -> NHWC on CPUs (oneDNN: ~2x faster convolutions), NCHW on CUDA (Conv-4 MAML under
-    vmap on an H100: 1133 vs 878 tasks/s second order, 1597 vs 1147 first order)."""
-    return device.type == "cpu" if channels_last is None else bool(channels_last)
-
-
-def resolve_precision(precision: Any, device: torch.device, strategy: Strategy) -> str:
-    """``auto`` -> ``bf16`` where the device computes it natively and the strategy is first order, else ``fp32``."""
-    name = _name(precision)
-    if name == "auto":
-        return "bf16" if native_bf16(device) and not strategy.second_order else "fp32"
-    return name
-
-
 def precision_reason(precision: Any, device: torch.device, strategy: Strategy) -> str:
     """Why a run computes in the precision it does, in words for its start-up line."""
-    chosen = resolve_precision(precision, device, strategy)
+    chosen = resolve_precision(precision, device, strategy.second_order)
     if _name(precision) != "auto":
         return f"{chosen} (trainer.precision={chosen})"
     if strategy.second_order:
@@ -236,8 +224,8 @@ def build_strategy(cfg: Any, image_shape: tuple[int, int, int], device: torch.de
     strategy = STRATEGIES.build(cfg.strategy, model=model)
     strategy.check_compatible()
     strategy.to(device)
-    model.use_channels_last(resolve_channels_last(cfg.trainer.channels_last, device))
-    model.use_precision(resolve_precision(cfg.trainer.precision, device, strategy))
+    model.use_channels_last(cfg.trainer.channels_last, device)  # the model resolves null and auto itself
+    model.use_precision(cfg.trainer.precision, device, strategy.second_order)
     if cfg.trainer.compile:
         if strategy.second_order:
             raise ConfigError("trainer.compile=true cannot be used with second-order gradients (torch.compile has no "

@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from metalearn_cli.assemble import check_seed, load_strategy, resolve_bn_mode, resolve_precision, setup_device, startup_line, validate_eval
+from metalearn_cli.assemble import check_seed, load_strategy, resolve_bn_mode, setup_device, startup_line, validate_eval
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, resident, split_seed
@@ -209,7 +209,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     result.update({
         "checkpoint": str(Path(knowledge["source"]).resolve()), "checkpoint_step": knowledge["step"],
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
-        "precision": resolve_precision(train_cfg.trainer.precision, device, strategy), "torch": torch.__version__,
+        "precision": strategy.model.precision, "torch": torch.__version__,
         "dataset": data.name,
     })
     write_results(run_dir, result)

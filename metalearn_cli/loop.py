@@ -32,6 +32,7 @@ from metalearn_cli.optim import OPTIMIZERS, build_schedule
 from metalearn_cli.progress import Progress
 from metalearn_cli.resume import check_same_run
 from metalearn_cli.rundir import RunDir, write_results, write_status
+from metalearn_cli.schema import EvalConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ class Stage:
     step_name: str  # what messages call one step: "meta-iteration", "pre-training step"
     run_dir: Path
     objective: Objective
-    cfg: Any  # the stage's composed config (trainer, eval, logger)
-    config: dict[str, Any]  # saved in every checkpoint: what a resume compares
+    trainer: TrainerConfig  # typed: progress, precision, nan_policy
+    evaluation: EvalConfig  # typed: batch_tasks of validation
+    logger: Any  # the logger group's node
+    config: dict[str, Any]  # saved in every checkpoint (what a resume compares) and given to the logger
     optimizer: Any  # an optimizer-registry node
     optimizer_key: str  # its config path, for hints ("optimizer", "pretrain.optimizer")
     iterations: int
@@ -71,8 +74,7 @@ class TrainingRun:
         self.clip = OPTIMIZERS.params_of(stage.optimizer).clip
         self.optimizer = OPTIMIZERS.build(stage.optimizer, parameters=self.objective.param_groups)
         self.schedule = build_schedule(OPTIMIZERS.params_of(stage.optimizer).schedule, self.optimizer, stage.iterations)
-        t = stage.cfg.trainer
-        self.nan_policy, self.progress_on = getattr(t.nan_policy, "value", str(t.nan_policy)), bool(t.progress)
+        self.nan_policy, self.progress_on = stage.trainer.nan_policy.value, stage.trainer.progress
         self.step, self.best_val, self.best_step, self.seconds_before = 0, -1.0, -1, 0.0
         self.saved_step: Optional[int] = None  # the step of the last.pt on disk
         self.window, self.resumed = MetricWindow(), resume is not None
@@ -169,7 +171,7 @@ class TrainingRun:
     def validate_now(self, metrics: MetricsLog) -> None:
         self.check_finite()
         s = self.stage
-        val = summarize(evaluate_tasks(self.strategy, s.val_sampler, s.val_episodes, s.cfg.eval.batch_tasks, s.val_bn_mode))
+        val = summarize(evaluate_tasks(self.strategy, s.val_sampler, s.val_episodes, s.evaluation.batch_tasks, s.val_bn_mode))
         metrics.log(self.step, "val", val)
         log.info("%s step %d: val accuracy %.4f ± %.4f", s.name, self.step, val["accuracy"], val["ci95"])
         if val["accuracy"] > self.best_val:
@@ -194,10 +196,10 @@ class TrainingRun:
         self.session_start, self.step_at_start = time.perf_counter(), self.step
         self.window.started = self.session_start  # throughput counts this session's training, not set-up
         if self.main:
-            log.info(startup_line(s.name, self.device, s.cfg.trainer.precision, self.strategy, s.run_dir))
+            log.info(startup_line(s.name, self.device, s.trainer.precision, self.strategy, s.run_dir))
             remove_stale_temporaries(self.files.checkpoints)
             write_status(s.run_dir, "running", step=self.step, iterations=s.iterations)
-        metrics = MetricsLog(s.run_dir, self.step if self.resumed else None, s.cfg.logger, s.cfg) if self.main else None
+        metrics = MetricsLog(s.run_dir, self.step if self.resumed else None, s.logger, s.config) if self.main else None
         progress = Progress(s.name, s.iterations, self.step, self.progress_on and self.main, log,
                             self.objective.unit)
         try:

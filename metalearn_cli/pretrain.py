@@ -23,7 +23,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from metalearn_cli.assemble import build_strategy
+from metalearn_cli.assemble import build_strategy, validate_train_config
 from metalearn_cli.augment import augmentation
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, resident, split_seed
@@ -71,7 +71,8 @@ def pretrain_stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.dev
     if files.results.is_file() and files.best.is_file():
         return None, None
     config = protonet_config(cfg)
-    stage_cfg = OmegaConf.create(config)
+    stage_cfg = validate_train_config(config)
+    typed = OmegaConf.to_object(stage_cfg)
     strategy = build_strategy(stage_cfg, data.image_shape, device)
     objective = SupervisedObjective(strategy, resident(data.train, device).images, p.batch_size, p.label_smoothing,
                                     augmentation(p.augment, DATASETS.params_of(cfg.dataset).augment, data.image_shape),
@@ -86,7 +87,8 @@ def pretrain_stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.dev
         return {"dataset": data.name, "strategy": "pretrain", "stage": "supervised pre-training, nearest-centroid evaluation"}
 
     stage = Stage(name="pre-training", step_name="pre-training step", run_dir=directory,
-                  objective=objective, cfg=stage_cfg, config=config, optimizer=p.optimizer, optimizer_key="pretrain.optimizer",
+                  objective=objective, trainer=typed.trainer, evaluation=typed.eval, logger=stage_cfg.logger,
+                  config=config, optimizer=p.optimizer, optimizer_key="pretrain.optimizer",
                   iterations=p.iterations, log_every=cfg.trainer.log_every, val_every=p.val_every,
                   checkpoint_every=p.val_every, val_sampler=val_sampler, val_episodes=p.val_episodes,
                   val_bn_mode="running", test=test, extras=extras, resume_hint=Path(run_dir),

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from metalearn_cli.assemble import (
-    build_strategy, freeze_encoder, initialise_from, resolve_bn_mode, resolve_precision, seed_everything, select_kernels,
+    build_strategy, freeze_encoder, initialise_from, resolve_bn_mode, seed_everything, select_kernels,
     setup_device, validate,
 )
 from metalearn_cli.augment import augmentation
@@ -56,7 +56,7 @@ class Training:
         self.main = self.ranks.main  # only rank 0 validates, tests and writes the run dir
         self.shapes = TaskShapes.of(cfg)
         select_kernels(self.device, self.t.deterministic)
-        validate(cfg)
+        self.typed = validate(cfg)  # TrainConfig: what crosses into the loop is typed
         if self.ranks.size > 1 and cfg.pretrain.iterations > 0:
             raise ConfigError("the pre-training stage runs in one process; pre-train in a single-process run, then pass "
                               "trainer.init_from=RUN to this one")
@@ -107,14 +107,15 @@ class Training:
         def extras() -> dict[str, Any]:
             return {"meta_batch": self.t.meta_batch, "train_way": s.train_way, "train_query": s.train_query,
                     "wall_seconds": round(time.perf_counter() - self.wall_start, 2), "device": str(self.device),
-                    "precision": resolve_precision(self.t.precision, self.device, self.strategy),
+                    "precision": self.strategy.model.precision,
                     "torch": torch.__version__, "dataset": data.name, "strategy": cfg.strategy.name,
                     "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source}
 
         # Mean brightness of the training images as the model sees them: predict warns when a user's
         # images look inverted against it (Omniglot files are dark on white, the model sees white strokes).
         return Stage(name="meta-training", step_name="meta-iteration", run_dir=self.run_dir,
-                     objective=objective, cfg=cfg, config=self.config, optimizer=cfg.optimizer, optimizer_key="optimizer",
+                     objective=objective, trainer=self.typed.trainer, evaluation=self.typed.eval, logger=cfg.logger,
+                     config=self.config, optimizer=cfg.optimizer, optimizer_key="optimizer",
                      iterations=self.t.iterations, log_every=self.t.log_every, val_every=self.t.val_every,
                      checkpoint_every=self.t.checkpoint_every, val_sampler=val_sampler, val_episodes=self.t.val_episodes,
                      val_bn_mode=resolve_bn_mode(cfg.eval.bn_mode, self.strategy),  # fails before anything is written

@@ -40,7 +40,7 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from metalearn_cli import optim
-    from metalearn_cli.assemble import resolve_channels_last, select_kernels
+    from metalearn_cli.assemble import select_kernels
     from metalearn_cli.data import DATASETS
     from metalearn_cli.episodes import EpisodeSampler
     from metalearn_cli.host import keep_freed_memory
@@ -72,7 +72,7 @@ def measure(args: argparse.Namespace) -> dict:
     strategy.check_compatible()
     strategy.to(device)
     layout = True if "nhwc" in variants else False if "nchw" in variants else None
-    model.use_channels_last(resolve_channels_last(layout, device))  # the product's default for the device
+    model.use_channels_last(layout, device)  # None: the product's default for the device
     model.use_precision("bf16" if "bf16" in variants else "fp32")
     # The product's optimizer: fused on CUDA, which skips a non-finite step without a host sync.
     optimizer = OPTIMIZERS.build({"name": "adam", "lr": 1e-3}, parameters=list(strategy.parameters()))

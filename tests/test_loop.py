@@ -142,7 +142,7 @@ def test_a_run_whose_every_step_hurts_keeps_its_starting_weights(compose_train, 
 
 def test_channels_last_defaults_to_nhwc_on_cpus_and_nchw_on_cuda():
     """Measured: NHWC ~2x faster convolutions on CPU (oneDNN), NCHW 1.3-1.4x faster on an H100."""
-    from metalearn_cli.assemble import resolve_channels_last
+    from metalearn_cli.model import resolve_channels_last
 
     assert resolve_channels_last(None, torch.device("cpu")) is True
     assert resolve_channels_last(None, torch.device("cuda")) is False
