@@ -34,6 +34,8 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(decoder, dict) and decoder.get("name") == "feat" and "attention_dropout" not in decoder:
         # FEAT's code's recipe since 2026-12-01; before it, one dropout for both places, no contrastive term, one rate
         decoder.update(attention_dropout=decoder.get("dropout", 0.5), balance=0.0, temperature2=16.0, lr_mul=1.0)
+    if isinstance(decoder, dict) and decoder.get("name") == "latent" and "code_std" not in decoder:
+        decoder["code_std"] = "logvar"  # LEO's code noise since 2026-12-01 (the KL a mean, dropout in every loss: docs)
     encoder = config.get("encoder")
     if isinstance(encoder, dict) and encoder.get("name") == "transformer":  # the conv stem became the default on 2026-11-27
         encoder.setdefault("stem", "patch")

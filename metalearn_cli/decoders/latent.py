@@ -5,16 +5,20 @@ weights are fine-tuned by a few more gradient steps with learned per-dimension r
 
 Per class n: every support embedding is encoded (``code_encoder``), related to every other support
 example of the task (``relation`` on concatenated pairs, averaged over partners), and averaged
-over the class's examples into the mean and log-variance of ``z_n``. Training samples ``z_n``;
-evaluation uses the mean. ``weight_decoder`` maps ``z_n`` to the weights ``w_n``: with
+over the class's examples into the mean and the raw scale ``u`` of ``z_n``, with ``std = max(exp(u) - 1,
+1e-10)`` as LEO's code (near 0 at the start; ``code_std: logvar`` is ``exp(u / 2)``). Training
+samples ``z_n``; evaluation uses the mean. ``weight_decoder`` maps ``z_n`` to the weights ``w_n``: with
 ``sample_weights`` to their mean and standard deviation, sampled in training as LEO does
 (``std = exp(u) - 1 + sqrt(2 / D)``, floored), otherwise to the mean alone (no unused outputs).
-``latent_steps`` steps on the codes (rate ``latent_lr``, learned with ``learn_rates``), then
+``latent_steps`` steps on the codes (rate ``latent_lr``; with ``learn_rates`` one learned rate per
+code dimension, as LEO's), then
 ``finetune_steps`` steps on the weights themselves (per-dimension rates, learned, starting at
 ``finetune_lr``); logits are ``query @ w_n``. Regularisers of the paper, exposed as the output's
 ``regularizer``, which every strategy adds to its loss: the KL divergence of q(z | support) from
-N(0, I), the encoder penalty ``||stopgrad(z') - z||^2`` between adapted and initial codes, an
+N(0, I) (analytic, averaged over code dimensions as LEO's one-sample estimate is), the encoder penalty ``||stopgrad(z') - z||^2`` between adapted and initial codes, an
 orthogonality penalty on the decoder's weight rows, and an L2 penalty on the decoder's own weights.
+``dropout`` applies wherever the embeddings enter, as LEO's code: the code encoder, every inner and
+fine-tuning loss and the query logits (training only).
 LEO trained all of this on fixed features pre-trained by classification: the ``leo_*`` presets
 pre-train and freeze the encoder (``pretrain=supervised``, ``trainer.freeze_encoder=true``).
 """
@@ -41,6 +45,8 @@ class LatentDecoder(Decoder):
             raise ConfigError("decoder=latent needs latent_dim >= 1, latent_steps >= 0 and latent_lr > 0")
         if params.finetune_steps < 0 or params.finetune_lr <= 0 or params.l2 < 0:
             raise ConfigError("decoder=latent needs finetune_steps >= 0, finetune_lr > 0 and l2 >= 0")
+        if params.code_std not in ("leo", "logvar"):
+            raise ConfigError(f"decoder.code_std={params.code_std} is not a code noise; use leo or logvar")
         self.p, self.in_dim = params, in_dim
         k = params.latent_dim
         self.dropout = nn.Dropout(params.dropout)
@@ -51,23 +57,30 @@ class LatentDecoder(Decoder):
         if params.prototype_residual:
             # ReZero-style gate: training starts exactly at ProtoNets and the decoded weights earn their way in.
             self.gate = nn.Parameter(torch.zeros(()))
-        if params.learn_rates:
-            self.log_latent_lr = nn.Parameter(torch.tensor(float(params.latent_lr)).log())
+        if params.learn_rates:  # one per code dimension (LEO's inner_lr is [1, 1, k])
+            self.log_latent_lr = nn.Parameter(torch.full((k,), float(params.latent_lr)).log())
         if params.finetune_steps:
             self.finetune_lrs = nn.Parameter(torch.full((in_dim,), float(params.finetune_lr)))
         rename_on_load(self, {"encoder.": "code_encoder.", "decoder.": "weight_decoder."})  # names before 2026-11-27
         self._register_load_state_dict_pre_hook(self._drop_unused_outputs)
 
     def _drop_unused_outputs(self, state: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
-        """Files from before 2026-11-27 decoded 2D outputs and used the first D (the means): keep those."""
+        """Files from before 2026-11-27 decoded 2D outputs and used the first D (the means): keep those.
+        Files from before 2026-12-01 learned one latent step size: every code dimension starts from it."""
+        rate = prefix + "log_latent_lr"
+        if self.p.learn_rates and rate in state and state[rate].dim() == 0:
+            state[rate] = state[rate].expand(self.p.latent_dim).clone()
         for name in ("weight_decoder.weight", "weight_decoder.bias"):
             key = prefix + name
             if not self.p.sample_weights and key in state and state[key].shape[0] == 2 * self.in_dim:
                 state[key] = state[key][: self.in_dim]
 
     def _gaussian(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean, logvar = stats.chunk(2, dim=-1)
-        std = torch.exp(0.5 * logvar.clamp(-10, 10))
+        mean, raw = stats.chunk(2, dim=-1)
+        if self.p.code_std == "leo":
+            std = (torch.exp(raw.clamp(max=10)) - 1).clamp(min=1e-10)
+        else:
+            std = torch.exp(0.5 * raw.clamp(-10, 10))
         sample = mean + std * torch.randn_like(std) if self.training else mean
         return sample, mean, std
 
@@ -120,7 +133,7 @@ class LatentDecoder(Decoder):
                     prototypes: Optional[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``latent_steps`` gradient steps on the codes against the support loss (LEO's inner loop)."""
         def loss_of(codes: torch.Tensor) -> torch.Tensor:
-            logits = self._logits(support, *self.classifier(codes, prototypes))
+            logits = self._logits(self.dropout(support), *self.classifier(codes, prototypes))
             return F.cross_entropy(logits.flatten(0, 1), support_labels.flatten())
 
         return self._descend(z, self.p.latent_steps, self.latent_step_size, loss_of)
@@ -130,7 +143,7 @@ class LatentDecoder(Decoder):
         """LEO's fine-tuning: ``finetune_steps`` gradient steps on the decoded weights themselves, with a
         learned rate per embedding dimension."""
         def loss_of(weights: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(self._logits(support, weights, b).flatten(0, 1), support_labels.flatten())
+            return F.cross_entropy(self._logits(self.dropout(support), weights, b).flatten(0, 1), support_labels.flatten())
 
         rates = self.finetune_lrs if self.p.finetune_steps else 0.0
         return self._descend(w, self.p.finetune_steps, rates, loss_of)
@@ -145,7 +158,7 @@ class LatentDecoder(Decoder):
 
     def penalty(self, mean: torch.Tensor, std: torch.Tensor, z: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
         """KL(q(z | support) || N(0, I)), the encoder penalty and the decoder's orthogonality penalty, weighted."""
-        kl = (0.5 * (std.square() + mean.square() - 1) - torch.log(std)).sum(-1).mean()
+        kl = (0.5 * (std.square() + mean.square() - 1) - torch.log(std)).mean()  # per dimension: LEO's mean
         d = self.weight_decoder.weight  # [D, k], or [2D, k] with sample_weights
         normed = d / d.norm(dim=0, keepdim=True).clamp(min=1e-8)
         corr = normed.T @ normed  # [k, k] correlations of the decoder's columns
@@ -169,7 +182,7 @@ class LatentDecoder(Decoder):
                      "weight_norm": w.norm(dim=-1).mean(-1)}
             if self.p.finetune_steps:
                 stats["finetune_shift"] = (w - decoded).norm(dim=-1).mean(-1)
-        return output(self._logits(query, w, b), self.penalty(mean, std, z, z0), stats)
+        return output(self._logits(self.dropout(query), w, b), self.penalty(mean, std, z, z0), stats)
 
 
 @DECODERS.register("latent", params=LatentParams)

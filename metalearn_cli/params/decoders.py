@@ -30,15 +30,16 @@ class LatentParams:
     latent_dim: int = 64  # size of each class's code
     latent_steps: int = 0  # inner-loop gradient steps on the codes; 0 = amortised only
     latent_lr: float = 1.0  # inner-loop step size in latent space
-    kl_weight: float = 1e-3  # weight of KL(q(z|support) || N(0, I))
+    kl_weight: float = 1e-3  # weight of KL(q(z|support) || N(0, I)), a mean over code dimensions as LEO's
+    code_std: str = "leo"  # leo: std = max(exp(u) - 1, 1e-10), near 0 at the start (LEO's code); logvar: exp(u / 2), 1 at the start
     encoder_penalty: float = 1e-9  # weight of ||stopgrad(adapted z) - z||^2 (LEO's beta)
     orthogonality: float = 1e-3  # weight of the decoder's orthogonality penalty (LEO's lambda)
-    dropout: float = 0.0  # on the support embeddings before encoding
+    dropout: float = 0.0  # on the embeddings wherever they enter: the code encoder and every loss (LEO's code; its mini-ImageNet value 0.3)
     prototype_residual: bool = False  # classifier = the prototype classifier + gate * decoded weights (gate starts at 0)
     sample_weights: bool = False  # decode a mean and a std per weight and sample the weights in training (LEO)
     finetune_steps: int = 0  # gradient steps on the decoded weights after the latent steps (LEO: 5)
     finetune_lr: float = 0.001  # initial value of the learned per-dimension fine-tuning rates (LEO's finetuning_lr_init)
-    learn_rates: bool = False  # learn the latent step size too (LEO does)
+    learn_rates: bool = False  # learn the latent step size too, one per code dimension (LEO does)
     l2: float = 0.0  # weight of the L2 penalty sum(theta^2) / 2 on the decoder's weight matrices (LEO's default: 1e-8)
     normalize: bool = False  # L2-normalise support and query embeddings first (pre-trained features can be large: see docs)
 

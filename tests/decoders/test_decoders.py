@@ -49,10 +49,10 @@ def test_latent_regulariser_is_the_weighted_kl_and_orthogonality_penalty():
 
     assert regulariser()[1] == 0
     decoder, kl = regulariser(kl_weight=2.0)
-    mean, logvar = decoder.codes(support, labels, 3).chunk(2, dim=-1)
-    var = torch.exp(logvar.clamp(-10, 10))
-    expected = 0.5 * (var + mean.square() - 1 - logvar.clamp(-10, 10))
-    torch.testing.assert_close(kl, 2.0 * expected.sum(-1).mean())
+    mean, raw = decoder.codes(support, labels, 3).chunk(2, dim=-1)
+    std = (torch.exp(raw) - 1).clamp(min=1e-10)  # LEO's code noise
+    expected = 0.5 * (std.square() + mean.square() - 1) - std.log()
+    torch.testing.assert_close(kl, 2.0 * expected.mean())  # a mean over the code's dimensions, as LEO's
     decoder, ortho = regulariser(orthogonality=3.0)
     w = decoder.weight_decoder.weight
     corr = torch.nn.functional.normalize(w, dim=0).T @ torch.nn.functional.normalize(w, dim=0)
@@ -169,7 +169,7 @@ def test_fine_tuning_rates_are_per_dimension_and_meta_learned():
     loss = torch.nn.functional.cross_entropy(decoder(support, labels, query, 3).logits.flatten(0, 1), labels.flatten())
     loss.backward()
     assert decoder.finetune_lrs.shape == (6,) and decoder.finetune_lrs.grad.abs().gt(0).all()
-    assert decoder.log_latent_lr.grad is not None and decoder.log_latent_lr.grad != 0
+    assert decoder.log_latent_lr.shape == (decoder.p.latent_dim,) and decoder.log_latent_lr.grad.abs().gt(0).all()
 
 
 def test_sampled_weights_use_every_decoder_output_and_only_in_training():
@@ -335,3 +335,49 @@ def test_latent_normalize_makes_the_decoder_blind_to_the_embedding_scale():
     support, labels, query = torch.randn(2, 6, 6), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2), torch.randn(2, 5, 6)
     torch.testing.assert_close(decoder(50 * support, labels, 50 * query, 3).logits, decoder(support, labels, query, 3).logits,
                                rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- LEO as its code runs it
+def _leo_code(**params):
+    torch.manual_seed(0)
+    return DECODERS.build({"name": "latent", "latent_dim": 6, **params}, in_dim=8)
+
+
+def test_leo_codes_start_almost_noiseless_as_in_leos_code():
+    stats = torch.cat([torch.randn(2, 3, 6), torch.zeros(2, 3, 6)], -1)  # raw scale u = 0, as at the start
+    sample, mean, std = _leo_code().train()._gaussian(stats)
+    assert std.max() <= 1e-9 and torch.allclose(sample, mean, atol=1e-6)
+    sample, mean, std = _leo_code(code_std="logvar").train()._gaussian(stats)
+    assert torch.allclose(std, torch.ones_like(std)) and not torch.allclose(sample, mean, atol=0.1)
+    with pytest.raises(Exception, match="code_std"):
+        _leo_code(code_std="wide")
+
+
+def test_leo_kl_is_a_mean_over_code_dimensions():
+    decoder = _leo_code(kl_weight=1.0, encoder_penalty=0.0, orthogonality=0.0)
+    mean, std = torch.randn(2, 3, 6), torch.rand(2, 3, 6) + 0.5
+    z = torch.zeros(2, 3, 6)
+    per_dim = 0.5 * (std ** 2 + mean ** 2 - 1) - std.log()
+    torch.testing.assert_close(decoder.penalty(mean, std, z, z), per_dim.mean())
+
+
+def test_leo_dropout_reaches_every_loss_and_the_query_logits():
+    decoder = _leo_code(latent_steps=2, finetune_steps=3, dropout=0.3).train()
+    calls = []
+    decoder.dropout.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    support, labels, query = torch.randn(1, 4, 8), torch.tensor([[0, 1, 2, 3]]), torch.randn(1, 5, 8)
+    decoder(support, labels, query, 4)
+    assert len(calls) == 1 + 2 + 3 + 1  # the code encoder, each latent step, each fine-tuning step, the queries
+    assert calls[-1] == query.shape
+
+
+def test_leo_learns_one_latent_step_size_per_code_dimension_and_old_files_load():
+    decoder = _leo_code(latent_steps=1, learn_rates=True, latent_lr=0.5)
+    assert decoder.log_latent_lr.shape == (6,) and torch.allclose(decoder.log_latent_lr.exp(), torch.full((6,), 0.5))
+    state = decoder.state_dict()
+    state["log_latent_lr"] = torch.tensor(0.25).log()  # a file from before: one rate
+    decoder.load_state_dict(state)
+    assert torch.allclose(decoder.log_latent_lr.exp(), torch.full((6,), 0.25))
+    from metalearn_cli.compat import migrate_config
+
+    assert migrate_config({"decoder": {"name": "latent", "latent_dim": 64}})["decoder"]["code_std"] == "logvar"
