@@ -1,10 +1,12 @@
-"""Omniglot (Lake et al. 2015) at 28x28, offline by default.
+"""Omniglot (Lake et al. 2015) at 28x28 (or ``dataset.image_size``), offline by default.
 
 The package embeds all 1,623 characters x 20 drawings as one compressed uint8 array
 (``assets/omniglot/omniglot28.npz``, made by ``scripts/prepare_omniglot.py`` from the original
 archives), so ``dataset=omniglot`` needs no download. ``dataset.root`` reads the full-resolution
 ``images_background`` / ``images_evaluation`` sets (zips or extracted folders, torchvision's
-layout) instead, and ``dataset.download=true`` fetches them with torchvision's ``Omniglot``.
+layout) instead, and ``dataset.download=true`` fetches them with torchvision's ``Omniglot``. Only
+those archives give another resolution (``dataset.image_size``: each 105 x 105 drawing resized with
+Lanczos, converted once and cached beside them per size).
 
 Protocols (``dataset.split``):
 - ``vinyals``: Vinyals et al. (2016) character split as used by Snell et al. (2017): 1028 / 172 /
@@ -17,6 +19,7 @@ Pixels are inverted so strokes are bright on a zero background (zero padding the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -44,14 +47,14 @@ LAKE_VAL_ALPHABETS = 5
 VAL_DRAWERS = 5  # dataset.val=drawers: the last 5 of each character's 20 drawings validate
 ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "omniglot"
 ASSET_NAME = "omniglot28.npz"
-CACHE_NAME = ".metalearn-omniglot28.npz"
+CACHE_NAME = ".metalearn-omniglot{size}.npz"  # per image size
 
 
 @dataclass(frozen=True)
 class OmniglotArrays:
-    """All characters of both sets: ``images[char, drawing]`` is 28x28 uint8, strokes bright."""
+    """All characters of both sets: ``images[char, drawing]`` is a square uint8 image, strokes bright."""
 
-    images: np.ndarray  # [n_chars, n_drawings, 28, 28] uint8
+    images: np.ndarray  # [n_chars, n_drawings, size, size] uint8
     characters: list[str]  # "Alphabet/characterNN", sorted within each set
     background: np.ndarray  # [n_chars] bool: True for images_background
 
@@ -113,13 +116,13 @@ def _fingerprint(sources: dict[str, Path]) -> str:
     return h.hexdigest()
 
 
-def to_28(data: bytes, where: str) -> np.ndarray:
-    """Decode one PNG and convert it as :data:`IMAGE_FORMAT` says (28x28 Lanczos, strokes bright on black)."""
-    return read_image(io.BytesIO(data), IMAGE_FORMAT, where)[0].numpy()
+def convert(data: bytes, where: str, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Decode one PNG and convert it as :data:`IMAGE_FORMAT` says (Lanczos to ``size``, strokes bright on black)."""
+    return read_image(io.BytesIO(data), dataclasses.replace(IMAGE_FORMAT, size=size), where)[0].numpy()
 
 
-def read_source(root: Path) -> OmniglotArrays:
-    """Read both full-resolution sets from ``root`` (zips or folders) into 28x28 arrays."""
+def read_source(root: Path, size: int = IMAGE_SIZE) -> OmniglotArrays:
+    """Read both full-resolution sets from ``root`` (zips or folders) into ``size`` x ``size`` arrays."""
     sources = _find_sources(root)
     images: list[np.ndarray] = []
     characters: list[str] = []
@@ -139,7 +142,7 @@ def read_source(root: Path) -> OmniglotArrays:
                         "the set is incomplete, re-extract or re-download it"
                     )
                 read = zf.read if zf is not None else (lambda n: (src.parent / n).read_bytes())
-                images.append(np.stack([to_28(read(f), f"{src}:{f}") for f in files]))
+                images.append(np.stack([convert(read(f), f"{src}:{f}", size) for f in files]))
                 characters.append(char)
                 background.append(set_name == "images_background")
         finally:
@@ -176,7 +179,7 @@ def _from_root(params: OmniglotParams) -> OmniglotArrays:
         _download(root)
     sources = _find_sources(root)
     fingerprint = _fingerprint(sources)
-    cache = root / CACHE_NAME
+    cache = root / CACHE_NAME.format(size=params.image_size)
     if cache.is_file():
         try:
             arrays, cached_fp = load_arrays(cache)
@@ -184,7 +187,7 @@ def _from_root(params: OmniglotParams) -> OmniglotArrays:
                 return arrays
         except DataError:
             pass  # a damaged cache is rebuilt below
-    arrays = read_source(root)
+    arrays = read_source(root, params.image_size)
     try:
         save_arrays(arrays, cache, fingerprint)
     except WriteError:
@@ -213,7 +216,7 @@ def _split_lines(name: str) -> list[str]:
 
 
 def _classes(arrays: OmniglotArrays, entries: list[tuple[str, int]], where: str) -> ClassImages:
-    """Stack (character, quarter-turns) classes into ``[classes, drawings, 1, 28, 28]``."""
+    """Stack (character, quarter-turns) classes into ``[classes, drawings, 1, size, size]``."""
     index = {c: i for i, c in enumerate(arrays.characters)}
     missing = [c for c, _ in entries if c not in index]
     if missing:
@@ -272,9 +275,14 @@ def build_omniglot(params: OmniglotParams) -> FewShotData:
     if params.split is OmniglotSplit.lake:
         raise ConfigError("dataset.split=lake was renamed dataset.split=background: it draws random cross-alphabet "
                           "tasks from the evaluation alphabets, which is not Lake et al.'s within-alphabet protocol")
+    if params.image_size < 8:
+        raise ConfigError(f"dataset.image_size={params.image_size} is too small to draw a character on; give >= 8 (28: Vinyals et al.)")
     if params.root is None:
         if params.download:
             raise DataError("dataset.download=true needs dataset.root=DIR to download into")
+        if params.image_size != IMAGE_SIZE:
+            raise ConfigError(f"dataset.image_size={params.image_size}: the embedded copy is {IMAGE_SIZE} px; pass dataset.root=DIR "
+                              "with the full-resolution images_background and images_evaluation (dataset.download=true fetches them)")
         asset = ASSET_DIR / ASSET_NAME
         if not asset.is_file():
             raise DataError(f"the embedded Omniglot file {asset} is missing; reinstall metalearn or run scripts/prepare_omniglot.py")

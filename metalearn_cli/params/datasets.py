@@ -7,6 +7,7 @@ these without importing the data code. Each data set's loader registers with its
 from __future__ import annotations
 
 import enum
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -114,9 +115,10 @@ class OmniglotParams:
     augment: Augment = Augment.crop  # supervised pre-training: shifts of up to 10% (strokes have no mirror images)
     meta_augment: Augment = Augment.affine  # meta-training with trainer.augment=auto: Koch et al.'s distortions
     val: OmniglotVal = OmniglotVal.alphabets  # split=background: what validation holds out (see OmniglotVal)
+    image_size: int = 28  # pixels per side (Vinyals et al.: 28); other sizes are read from the full-resolution archives in root
 
     def image_format(self) -> ImageFormat:
-        return OMNIGLOT_FORMAT
+        return dataclasses.replace(OMNIGLOT_FORMAT, size=self.image_size)
 
 
 @dataclass

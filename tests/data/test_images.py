@@ -34,13 +34,13 @@ def test_omniglot_format_matches_its_data_set_conversion():
     """A user's Omniglot-style drawing (dark on white) is converted like the embedded data (bright strokes)."""
     fmt = image_format({"name": "omniglot"})
     assert fmt == ImageFormat(1, 28, "lanczos", True)
-    from metalearn_cli.data.omniglot import to_28
+    from metalearn_cli.data.omniglot import convert
 
     drawing = Image.new("L", (105, 105), 255)
     drawing.paste(0, (40, 10, 60, 95))
     buf = io.BytesIO()
     drawing.save(buf, format="PNG")
-    assert np.array_equal(read_image(drawing, fmt)[0].numpy(), to_28(buf.getvalue(), "x"))
+    assert np.array_equal(read_image(drawing, fmt)[0].numpy(), convert(buf.getvalue(), "x"))
     assert read_image(drawing, fmt).float().mean() > 0  # strokes are bright
 
 

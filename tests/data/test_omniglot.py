@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from metalearn_cli.data import DATASETS, omniglot
-from metalearn_cli.errors import DataError
+from metalearn_cli.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,9 +118,32 @@ def test_root_with_lake_split_and_cache(tmp_path):
     data = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root)})
     assert (data.train.n_classes, data.val.n_classes, data.test.n_classes) == (2, 5, 3)
     assert data.image_shape == (1, 28, 28) and data.train.n_per_class == 4
-    assert (root / omniglot.CACHE_NAME).is_file()
+    assert (root / omniglot.CACHE_NAME.format(size=28)).is_file()
     again = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root)})
     assert np.array_equal(again.test.images.numpy(), data.test.images.numpy())
+
+
+def test_a_chosen_resolution_is_read_from_the_archives_and_cached_per_size(tmp_path):
+    """dataset.image_size resizes the full-resolution drawings (Lanczos); the 28 px copy is the same
+    drawing at a quarter of the pixels, so the 56 px version pooled 2x2 is nearly parallel to it."""
+    import torch.nn.functional as F
+
+    background = tuple((f"A{i}", 1) for i in range(7))
+    root = make_omniglot(tmp_path, background=background, evaluation=(("E", 3),))
+    small = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root)})
+    large = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root), "image_size": 56})
+    assert large.image_shape == (1, 56, 56) and small.image_shape == (1, 28, 28)
+    assert (root / omniglot.CACHE_NAME.format(size=56)).is_file() and (root / omniglot.CACHE_NAME.format(size=28)).is_file()
+    pooled = F.avg_pool2d(large.test.images.float().flatten(0, 1), 2, 2).unflatten(0, large.test.images.shape[:2])
+    assert F.cosine_similarity(pooled.flatten(), small.test.images.float().flatten(), dim=0) > 0.9  # the same drawings
+    assert large.train.images.float().mean() > 0  # strokes bright, as at 28 px
+
+
+def test_another_resolution_needs_the_archives_and_a_sane_size():
+    with pytest.raises(ConfigError, match="the embedded copy is 28 px; pass dataset.root"):
+        DATASETS.build({"name": "omniglot", "image_size": 56})
+    with pytest.raises(ConfigError, match="too small"):
+        DATASETS.build({"name": "omniglot", "image_size": 4})
 
 
 def test_vinyals_split_needs_every_character(tmp_path):
