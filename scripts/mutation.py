@@ -4,11 +4,11 @@ wrong? Not part of CI (a module takes minutes to tens of minutes on 2 cores).
 For each named module, a scratch copy of the project (the files git tracks) gets a ``[mutmut]``
 section naming that module and its targeted tests, ``mutmut run`` mutates it (operators, constants,
 arguments, removed calls) and runs the tests that cover each mutant; a mutant is killed when a test
-fails. Prints, and with ``--write`` writes to docs/mutation.md, a table of killed / survived per
-module, and the survivors' names (``mutmut show NAME`` in the scratch copy shows each diff).
+fails. Prints a table of killed / survived per module (the rows of docs/mutation.md) and the
+survivors' names (``mutmut show NAME`` in the scratch copy shows each diff); ``--json`` keeps both.
 
-    python scripts/mutation.py optim rundir          # some modules
-    python scripts/mutation.py --all --write         # every module, the docs table
+    python scripts/mutation.py optim resume          # some modules
+    python scripts/mutation.py --all --json rows.json
 """
 
 from __future__ import annotations

@@ -190,3 +190,28 @@ def test_the_step_reports_the_pre_clip_norm_and_clears_old_gradients():
     torch.testing.assert_close(p.detach(), torch.tensor([-0.6, -0.8]))
     bad = meta_step(loss_with_gradient(p, [float("inf"), 0.0]), [p], torch.optim.SGD([p], lr=1.0), ClipParams())
     assert isinstance(bad.grad_norm, torch.Tensor) and not torch.isfinite(bad.grad_norm)
+
+
+def test_a_small_clip_is_accepted_and_applied():
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = OPTIMIZERS.build({"name": "sgd", "lr": 1.0, "momentum": 0.0, "weight_decay": 0.0, "clip": {"value": 0.5, "norm": None}},
+                           parameters=[p])
+    meta_step(loss_with_gradient(p, [3.0, -0.2]), [p], opt, ClipParams(value=0.5))
+    torch.testing.assert_close(p.detach(), torch.tensor([-0.5, 0.2]))
+
+
+def test_a_step_without_gradients_reports_a_zero_norm():
+    p, unused = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.ones(1))
+    result = meta_step(loss_with_gradient(p, [1.0, 1.0]), [unused], torch.optim.SGD([unused], lr=1.0), ClipParams())
+    assert float(result.grad_norm) == 0.0 and result.nonfinite is None and torch.equal(unused.detach(), torch.ones(1))
+
+
+def test_a_one_step_cosine_run_ends_at_its_floor_and_messages_name_the_key():
+    from metalearn_cli.params.optimizers import Schedule, ScheduleParams
+
+    assert _factors(ScheduleParams(kind=Schedule.cosine, min_lr_ratio=0.1, warmup=1), total=2, steps=(1, 2, 5)) == \
+        pytest.approx([1.0, 0.1, 0.1])
+    with pytest.raises(ConfigError, match=r"^optimizer\.schedule needs"):
+        _factors(ScheduleParams(gamma=0.0))
+    with pytest.raises(ConfigError, match=r"^optimizer\.schedule\.milestones are fractions"):
+        _factors(ScheduleParams(milestones=[2.0]))
