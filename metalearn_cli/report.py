@@ -42,6 +42,12 @@ def _percent(value: Any, low: float = -math.inf) -> Optional[float]:
     return round(100 * value, 2) if ok else None
 
 
+def _published(results: dict[str, Any]) -> Any:
+    """The published figure, and whose it is when it is not the method's own (``95.5 (humans)``)."""
+    value, of = results.get("published_accuracy"), results.get("published_of")
+    return f"{value:.2f} ({of})" if isinstance(value, (int, float)) and of else value
+
+
 def describe(run: Path, base: Path) -> dict[str, Any]:
     """One row: the run's choices (from .hydra/config.yaml) and its measured figures (accuracies in %)."""
     record = read_run(run)
@@ -56,7 +62,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "episode": f"{ep.get('way', '?')}w{ep.get('shot', '?')}s" if ep else "", "seed": cfg.get("seed"),
         "status": record["status"],
         "test_accuracy": _percent(results.get("accuracy")), "ci95": _percent(results.get("ci95"), low=0),
-        "published": results.get("published_accuracy"),
+        "published": _published(results),
         "val_accuracy": _percent(results.get("val_accuracy")), "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s"),
     }

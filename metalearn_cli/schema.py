@@ -126,6 +126,7 @@ class ReferenceConfig:
 
     accuracy: Optional[float] = None  # published test accuracy in %, null if the paper has none for this cell
     source: str = ""  # paper and table
+    of: str = ""  # whose figure it is when not the preset's method's own (Lake's runs: "humans"); reports print it beside the number
 
 
 @dataclass

@@ -109,7 +109,8 @@ class Training:
                     "wall_seconds": round(time.perf_counter() - self.wall_start, 2), "device": str(self.device),
                     "precision": self.strategy.model.precision,
                     "torch": torch.__version__, "dataset": data.name, "strategy": cfg.strategy.name,
-                    "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source}
+                    "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,
+                    "published_of": cfg.reference.of}
 
         # Mean brightness of the training images as the model sees them: predict warns when a user's
         # images look inverted against it (Omniglot files are dark on white, the model sees white strokes).

@@ -89,3 +89,12 @@ def test_a_runs_pretraining_stage_is_part_of_the_run_not_a_row_of_its_own(tmp_pa
     other.mkdir()
     (other / "status.json").write_text('{"status": "completed"}')
     assert find_runs([tmp_path / "sweep"]) == [run, other]
+
+
+def test_a_published_figure_that_is_not_the_methods_own_says_whose_it_is():
+    from metalearn_cli.report import _published
+
+    assert _published({"published_accuracy": 95.5, "published_of": "humans"}) == "95.50 (humans)"
+    assert _published({"published_accuracy": 98.8, "published_of": ""}) == 98.8
+    assert _published({"published_accuracy": None, "published_of": "humans"}) is None
+    assert _published({}) is None
