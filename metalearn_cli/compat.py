@@ -64,6 +64,19 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def refuse_changed_recipe(saved: dict[str, Any], path: Any) -> None:
+    """A run whose method changed since it was written loads and evaluates as it ran, but cannot be
+    continued: its objective would change mid-run. LEO took its code's recipe on 2026-12-01 (the KL a
+    mean, dropout in every loss, a latent rate per code dimension)."""
+    from metalearn_cli.errors import CheckpointError
+
+    decoder = saved.get("decoder")
+    if isinstance(decoder, dict) and decoder.get("name") == "latent" and "code_std" not in decoder:
+        raise CheckpointError(f"{path} was trained with the latent decoder as it was before 2026-12-01 (LEO's recipe changed "
+                              "since); it evaluates and predicts as before, but cannot be resumed: start a new run, "
+                              f"trainer.init_from={path} starts it from these weights")
+
+
 def _fill(node: dict[str, Any], schema: type) -> None:
     """``node``'s missing keys from ``schema``'s defaults (enums as their names, as saved configs hold them)."""
     from omegaconf import OmegaConf

@@ -21,6 +21,7 @@ import torch
 
 from metalearn_cli.assemble import first_non_finite, load_weights, startup_line
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
+from metalearn_cli.compat import refuse_changed_recipe
 from metalearn_cli.distributed import World, average_metrics
 from metalearn_cli.episodes import EpisodeSampler
 from metalearn_cli.errors import ConfigError, Diverged, Interrupted
@@ -52,6 +53,7 @@ class Stage:
     optimizer: Any  # an optimizer-registry node
     optimizer_key: str  # its config path, for hints ("optimizer", "pretrain.optimizer")
     iterations: int
+    iterations_key: str  # its config path, for hints ("trainer.iterations", "pretrain.iterations")
     log_every: int
     val_every: int
     checkpoint_every: int
@@ -78,11 +80,13 @@ class TrainingRun:
         self.step, self.best_val, self.best_step, self.seconds_before = 0, -1.0, -1, 0.0
         self.saved_step: Optional[int] = None  # the step of the last.pt on disk
         self.window, self.resumed = MetricWindow(), resume is not None
+        self.session_start = self.step_at_start = 0.0  # set when run() starts; save_last() may come first (step 0)
         if resume is not None:
             self.restore(resume)
 
     def restore(self, path: Path) -> None:
         state, s = load_checkpoint(path), self.stage
+        refuse_changed_recipe(state["config"], path)
         check_same_run(state["config"], s.config, path)
         load_weights(self.strategy, state["model"], path)
         load_states(path, state, {"optimizer": self.optimizer, "schedule": self.schedule}, s.name)
@@ -92,11 +96,11 @@ class TrainingRun:
         self.saved_step = self.step
         if self.files.results.is_file() and s.iterations <= self.step:
             raise ConfigError(f"{s.run_dir} is completed ({self.step} {s.step_name}s, tested); to train it further pass "
-                              f"trainer.iterations=N with N > {self.step} (a new learning-rate schedule over N: "
+                              f"{s.iterations_key}=N with N > {self.step} (a new learning-rate schedule over N: "
                               "not the same as a longer run from the start)")
         if s.iterations < self.step:
-            raise ConfigError(f"trainer.iterations={s.iterations} is below the step of {path} ({self.step}); "
-                              f"resume with trainer.iterations >= {self.step}")
+            raise ConfigError(f"{s.iterations_key}={s.iterations} is below the step of {path} ({self.step}); "
+                              f"resume with {s.iterations_key} >= {self.step}")
         self.seconds_before = float(state.get("train_seconds", 0.0))
         self.window = MetricWindow.restore(state.get("window"))
         best = f"best val {self.best_val:.4f} at {self.best_step}" if self.best_step >= 0 else "not validated yet"
@@ -128,7 +132,7 @@ class TrainingRun:
                            f"{self.kept()}; {self.fix()}")
 
     def train_seconds(self) -> float:
-        return self.seconds_before + time.perf_counter() - getattr(self, "session_start", time.perf_counter())
+        return self.seconds_before + (time.perf_counter() - self.session_start if self.session_start else 0.0)
 
     def save_last(self) -> None:
         if self.main:
@@ -224,6 +228,7 @@ class TrainingRun:
                 raise Interrupted("SIGINT", f"SIGINT twice: stopped at once; {self.kept()}{resume}") from None
             raise
         finally:
+            stop["now"] = None  # "nothing left to save" held for this stage's final test only: the next stage saves again
             if metrics is not None:
                 metrics.close()  # the logger learns how the stage ended
         return self.best_val

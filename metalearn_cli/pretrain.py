@@ -89,8 +89,8 @@ def pretrain_stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.dev
     stage = Stage(name="pre-training", step_name="pre-training step", run_dir=directory,
                   objective=objective, trainer=typed.trainer, evaluation=typed.eval, logger=stage_cfg.logger,
                   config=config, optimizer=p.optimizer, optimizer_key="pretrain.optimizer",
-                  iterations=p.iterations, log_every=cfg.trainer.log_every, val_every=p.val_every,
+                  iterations=p.iterations, iterations_key="pretrain.iterations", log_every=cfg.trainer.log_every, val_every=p.val_every,
                   checkpoint_every=p.val_every, val_sampler=val_sampler, val_episodes=p.val_episodes,
                   val_bn_mode="running", test=test, extras=extras, resume_hint=Path(run_dir),
-                  pixel_mean=float(data.train.images.float().mean() / 255))
+                  pixel_mean=data.pixel_mean)
     return stage, (files.last if files.last.is_file() else None)

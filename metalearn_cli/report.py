@@ -17,7 +17,7 @@ from metalearn_cli.rundir import find_runs, held, read_run, refuse_replacing
 from metalearn_cli.schema import flatten
 
 COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
-           "test_accuracy", "ci95", "published", "val_accuracy", "train_seconds", "tasks_per_s"]
+           "test_accuracy", "ci95", "published", "published_of", "val_accuracy", "train_seconds", "tasks_per_s"]
 SEED_COLUMNS = ["setting", "seeds", "mean_accuracy", "std_accuracy", "runs"]
 
 
@@ -42,12 +42,6 @@ def _percent(value: Any, low: float = -math.inf) -> Optional[float]:
     return round(100 * value, 2) if ok else None
 
 
-def _published(results: dict[str, Any]) -> Any:
-    """The published figure, and whose it is when it is not the method's own (``95.5 (humans)``)."""
-    value, of = results.get("published_accuracy"), results.get("published_of")
-    return f"{value:.2f} ({of})" if isinstance(value, (int, float)) and of else value
-
-
 def describe(run: Path, base: Path) -> dict[str, Any]:
     """One row: the run's choices (from .hydra/config.yaml) and its measured figures (accuracies in %)."""
     record = read_run(run)
@@ -62,7 +56,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "episode": f"{ep.get('way', '?')}w{ep.get('shot', '?')}s" if ep else "", "seed": cfg.get("seed"),
         "status": record["status"],
         "test_accuracy": _percent(results.get("accuracy")), "ci95": _percent(results.get("ci95"), low=0),
-        "published": _published(results),
+        "published": results.get("published_accuracy"), "published_of": results.get("published_of") or "",
         "val_accuracy": _percent(results.get("val_accuracy")), "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s"),
     }

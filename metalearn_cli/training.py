@@ -112,16 +112,14 @@ class Training:
                     "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,
                     "published_of": cfg.reference.of}
 
-        # Mean brightness of the training images as the model sees them: predict warns when a user's
-        # images look inverted against it (Omniglot files are dark on white, the model sees white strokes).
         return Stage(name="meta-training", step_name="meta-iteration", run_dir=self.run_dir,
                      objective=objective, trainer=self.typed.trainer, evaluation=self.typed.eval, logger=cfg.logger,
                      config=self.config, optimizer=cfg.optimizer, optimizer_key="optimizer",
-                     iterations=self.t.iterations, log_every=self.t.log_every, val_every=self.t.val_every,
+                     iterations=self.t.iterations, iterations_key="trainer.iterations", log_every=self.t.log_every, val_every=self.t.val_every,
                      checkpoint_every=self.t.checkpoint_every, val_sampler=val_sampler, val_episodes=self.t.val_episodes,
                      val_bn_mode=resolve_bn_mode(cfg.eval.bn_mode, self.strategy),  # fails before anything is written
                      test=test, extras=extras, resume_hint=self.run_dir,
-                     pixel_mean=float(data.train.images.float().mean() / 255))
+                     pixel_mean=data.pixel_mean)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> float:
@@ -133,8 +131,11 @@ class Training:
             with stop_requests() as stop, logging_redirect_tqdm():
                 try:
                     self.pretrain(stop)
-                except (Interrupted, KeyboardInterrupt):
+                except (Interrupted, KeyboardInterrupt) as exc:
                     write_status(self.run_dir, "interrupted", step=0, iterations=self.t.iterations)
+                    if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C between the stage's saves
+                        raise Interrupted("SIGINT", f"SIGINT twice: stopped at once during pre-training; continue "
+                                                    f"with: metalearn train resume={self.run_dir}") from None
                     raise
                 return self.meta.run(stop)
 

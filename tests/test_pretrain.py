@@ -238,3 +238,25 @@ def test_the_rfs_schedule_composes_as_rfs_ran(compose_train):
     o = cfg.pretrain.optimizer
     assert (cfg.pretrain.epochs, cfg.pretrain.batch_size, o.lr, o.momentum, o.nesterov, o.weight_decay) == (100, 64, 0.05, 0.9, False, 5e-4)
     assert (o.schedule.kind, list(o.schedule.milestones), o.schedule.gamma) == ("multistep", [0.6, 0.8], 0.1)
+
+
+def test_a_signal_during_meta_training_after_the_stage_is_obeyed_with_a_save(compose_train, tmp_path, monkeypatch):
+    """The stage's final test holds signals as "nothing left to save"; that ends with the stage, so a
+    SIGTERM during meta-training still saves the step and prints the resume command."""
+    import os
+    import signal
+
+    from metalearn_cli.loop import TrainingRun as Run
+
+    real = Run.iteration
+
+    def iteration(self):
+        real(self)
+        if self.stage.name == "meta-training" and self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Run, "iteration", iteration)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted, match="SIGTERM at meta-iteration 2/6; saved .*resume="):
+        training.train(compose_train(*PRE), run)
+    assert load_checkpoint(run / "checkpoints/last.pt")["step"] == 2

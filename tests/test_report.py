@@ -91,10 +91,14 @@ def test_a_runs_pretraining_stage_is_part_of_the_run_not_a_row_of_its_own(tmp_pa
     assert find_runs([tmp_path / "sweep"]) == [run, other]
 
 
-def test_a_published_figure_that_is_not_the_methods_own_says_whose_it_is():
-    from metalearn_cli.report import _published
+def test_a_published_figure_that_is_not_the_methods_own_says_whose_it_is(tmp_path):
+    """Lake's 95.5 is the humans' accuracy: the report says so in its own column, and the figure stays a
+    number (the plot and the CSV read it)."""
+    from metalearn_cli.report import describe, markdown
 
-    assert _published({"published_accuracy": 95.5, "published_of": "humans"}) == "95.50 (humans)"
-    assert _published({"published_accuracy": 98.8, "published_of": ""}) == 98.8
-    assert _published({"published_accuracy": None, "published_of": "humans"}) is None
-    assert _published({}) is None
+    run = tmp_path / "run"
+    training.train(compose_config("train", [*FAST, "reference.accuracy=95.5", "reference.of=humans"]), run)
+    row = describe(run, tmp_path)
+    assert row["published"] == 95.5 and row["published_of"] == "humans"
+    table = markdown([row])
+    assert "published_of" in table.splitlines()[0] and "| 95.50 | humans |" in table

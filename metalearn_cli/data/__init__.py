@@ -6,8 +6,11 @@ splits hold disjoint classes. Importing this package registers all of them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import DataError
@@ -49,6 +52,14 @@ class FewShotData:
     def image_shape(self) -> tuple[int, int, int]:
         c, h, w = self.train.images.shape[2:]
         return int(c), int(h), int(w)
+
+    @functools.cached_property
+    def pixel_mean(self) -> float:
+        """Mean brightness of the training images as the model sees them (0-1), saved with every model:
+        predict warns when a user's images look inverted against it (Omniglot files are dark on white,
+        the model sees white strokes)."""
+        total = sum(float(part.sum(dtype=torch.float64)) for part in self.train.images.split(256))
+        return total / self.train.images.numel() / 255
 
     def split(self, name: str) -> ClassImages:
         if name not in SPLITS:

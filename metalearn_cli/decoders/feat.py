@@ -64,6 +64,9 @@ class FEATDecoder(Decoder):
         if self.p.balance == 0:
             return None
         x = torch.cat([support, query], 1)  # [T, M, D]
+        if x.shape[1] % n_way:
+            raise ConfigError("decoder.balance > 0 (FEAT's contrastive term) needs as many images of every class in a "
+                              "training task; set decoder.balance=0")
         labels = torch.cat([support_labels, query_labels], 1)
         order = labels.argsort(dim=1, stable=True)  # instances grouped by class; every class has M / n_way
         grouped = x.gather(1, order.unsqueeze(-1).expand_as(x)).unflatten(1, (n_way, -1))  # [T, N, K+Q, D]

@@ -35,7 +35,7 @@ from metalearn_cli.compat import rename_on_load
 from metalearn_cli.decoders import DECODERS
 from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, class_means, output
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.params.decoders import LatentParams
+from metalearn_cli.params.decoders import CodeStd, LatentParams
 
 
 class LatentDecoder(Decoder):
@@ -45,8 +45,6 @@ class LatentDecoder(Decoder):
             raise ConfigError("decoder=latent needs latent_dim >= 1, latent_steps >= 0 and latent_lr > 0")
         if params.finetune_steps < 0 or params.finetune_lr <= 0 or params.l2 < 0:
             raise ConfigError("decoder=latent needs finetune_steps >= 0, finetune_lr > 0 and l2 >= 0")
-        if params.code_std not in ("leo", "logvar"):
-            raise ConfigError(f"decoder.code_std={params.code_std} is not a code noise; use leo or logvar")
         self.p, self.in_dim = params, in_dim
         k = params.latent_dim
         self.dropout = nn.Dropout(params.dropout)
@@ -77,7 +75,7 @@ class LatentDecoder(Decoder):
 
     def _gaussian(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean, raw = stats.chunk(2, dim=-1)
-        if self.p.code_std == "leo":
+        if self.p.code_std is CodeStd.leo:
             std = (torch.exp(raw.clamp(max=10)) - 1).clamp(min=1e-10)
         else:
             std = torch.exp(0.5 * raw.clamp(-10, 10))
@@ -164,7 +162,7 @@ class LatentDecoder(Decoder):
         corr = normed.T @ normed  # [k, k] correlations of the decoder's columns
         ortho = (corr - torch.eye(corr.shape[0], device=corr.device)).square().mean()
         l2 = sum(m.weight.square().sum() for m in self.modules() if isinstance(m, nn.Linear)) / 2 if self.p.l2 else 0.0
-        return (self.p.kl_weight * kl + self.p.encoder_penalty * (z.detach() - z0).square().sum(-1).mean()
+        return (self.p.kl_weight * kl + self.p.encoder_penalty * (z.detach() - z0).square().mean()  # means, as LEO's
                 + self.p.orthogonality * ortho + self.p.l2 * l2)
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 
@@ -24,6 +25,11 @@ class FiLMParams:
     hidden: int = 64  # channels of the set encoder = width of the task representation and the generators (CNAPs: 64)
 
 
+class CodeStd(enum.Enum):
+    leo = "leo"  # std = max(exp(u) - 1, 1e-10): near 0 at the start (LEO's code)
+    logvar = "logvar"  # std = exp(u / 2): 1 at the start (metalearn before 2026-12-01)
+
+
 @dataclass
 class LatentParams:
     name: str = "latent"
@@ -31,7 +37,7 @@ class LatentParams:
     latent_steps: int = 0  # inner-loop gradient steps on the codes; 0 = amortised only
     latent_lr: float = 1.0  # inner-loop step size in latent space
     kl_weight: float = 1e-3  # weight of KL(q(z|support) || N(0, I)), a mean over code dimensions as LEO's
-    code_std: str = "leo"  # leo: std = max(exp(u) - 1, 1e-10), near 0 at the start (LEO's code); logvar: exp(u / 2), 1 at the start
+    code_std: CodeStd = CodeStd.leo  # how the codes' noise scale is parameterised (see CodeStd)
     encoder_penalty: float = 1e-9  # weight of ||stopgrad(adapted z) - z||^2 (LEO's beta)
     orthogonality: float = 1e-3  # weight of the decoder's orthogonality penalty (LEO's lambda)
     dropout: float = 0.0  # on the embeddings wherever they enter: the code encoder and every loss (LEO's code; its mini-ImageNet value 0.3)

@@ -349,7 +349,7 @@ def test_leo_codes_start_almost_noiseless_as_in_leos_code():
     assert std.max() <= 1e-9 and torch.allclose(sample, mean, atol=1e-6)
     sample, mean, std = _leo_code(code_std="logvar").train()._gaussian(stats)
     assert torch.allclose(std, torch.ones_like(std)) and not torch.allclose(sample, mean, atol=0.1)
-    with pytest.raises(Exception, match="code_std"):
+    with pytest.raises(Exception, match="expected one of \\[leo, logvar\\]"):
         _leo_code(code_std="wide")
 
 
@@ -381,3 +381,13 @@ def test_leo_learns_one_latent_step_size_per_code_dimension_and_old_files_load()
     from metalearn_cli.compat import migrate_config
 
     assert migrate_config({"decoder": {"name": "latent", "latent_dim": 64}})["decoder"]["code_std"] == "logvar"
+
+
+def test_a_latent_run_from_before_leos_recipe_is_not_resumed():
+    from metalearn_cli.compat import refuse_changed_recipe
+    from metalearn_cli.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="cannot be resumed: start a new run, trainer.init_from=old.pt"):
+        refuse_changed_recipe({"decoder": {"name": "latent", "latent_dim": 64}}, "old.pt")
+    refuse_changed_recipe({"decoder": {"name": "latent", "code_std": "logvar"}}, "new.pt")  # chosen today: resumes
+    refuse_changed_recipe({"decoder": {"name": "prototype"}}, "p.pt")
