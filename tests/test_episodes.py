@@ -149,3 +149,115 @@ def test_within_alphabet_needs_alphabets_large_enough():
     with pytest.raises(ConfigError, match="name no alphabet"):
         EpisodeSampler(plain, 5, 1, 1, seed=0, within=0.5)
     assert EpisodeSampler(plain, 5, 1, 1, seed=0).sample(1).n_way == 5  # without the option: as before
+
+
+# ----------------------------------------------------------------------------- the stream, pinned
+def test_the_task_stream_is_the_documented_draws_from_the_samplers_own_generator():
+    """A task is: its classes (argsort of one uniform per class), then per class the order of its
+    examples, all from the sampler's generator; with within=1 the classes come from one alphabet (a
+    uniform alphabet, then argsort within it). Changing this changes every benchmark's tasks."""
+    split = make_split(12, 6)
+    batch = EpisodeSampler(split, 5, 1, 2, seed=3).sample(1)
+    g = torch.Generator().manual_seed(3)
+    classes = torch.rand(12, generator=g).argsort()[:5]
+    examples = torch.rand(5, 6, generator=g).argsort(dim=1)[:, :3]
+    got_c, got_e = decode(batch.support_images[0])
+    assert torch.equal(got_c, classes) and torch.equal(got_e, examples[:, 0])
+    q_c, q_e = decode(batch.query_images[0])
+    assert torch.equal(q_c, classes.repeat_interleave(2)) and torch.equal(q_e, examples[:, 1:].flatten())
+    torch.manual_seed(0)  # the global generator is never used: reseeding it changes nothing
+    split = alphabets((5, 7))
+    within = EpisodeSampler(split, 5, 1, 1, seed=4, within=1.0)
+    got = within._classes(within.generator)
+    g = torch.Generator().manual_seed(4)
+    group = [list(range(5)), list(range(5, 12))][int(torch.randint(2, (1,), generator=g))]
+    expected = torch.tensor(group)[torch.rand(len(group), generator=g).argsort()[:5]]
+    assert torch.equal(got, expected)
+
+
+def test_an_alphabet_of_exactly_n_way_characters_is_used_and_pixels_scale_to_one():
+    split = alphabets((5, 3))
+    sampler = EpisodeSampler(split, 5, 1, 1, seed=0, within=1.0)
+    assert sorted(sampler._classes(sampler.generator).tolist()) == [0, 1, 2, 3, 4]
+    white = ClassImages(torch.full((3, 2, 1, 2, 2), 255, dtype=torch.uint8), ["a", "b", "c"])
+    assert EpisodeSampler(white, 2, 1, 1, seed=0).sample(1).support_images.max() == 1.0
+
+
+def test_a_saved_sampler_state_continues_the_stream():
+    a, b = EpisodeSampler(make_split(), 5, 1, 1, seed=1), EpisodeSampler(make_split(), 5, 1, 1, seed=2)
+    a.sample(3)
+    b.set_state(a.get_state())
+    assert torch.equal(a.sample(2).support_images, b.sample(2).support_images)
+
+
+def test_rank_parts_are_disjoint_and_together_the_whole_meta_batch():
+    whole = EpisodeSampler(make_split(), 5, 1, 1, seed=7).sample(4)
+    parts = [EpisodeSampler(make_split(), 5, 1, 1, seed=7).sample(4, part=(r, 2)) for r in range(2)]
+    assert [p.tasks for p in parts] == [2, 2]
+    assert torch.equal(torch.cat([p.support_images for p in parts]), whole.support_images)
+
+
+def test_lake_runs_take_alphabets_of_exactly_n_way_and_two_drawers():
+    from metalearn_cli.episodes import LakeRuns
+
+    runs = LakeRuns(alphabets((5, 3), per_class=2), 5, seed=0)
+    assert runs.alphabets == [[0, 1, 2, 3, 4]]
+    with pytest.raises(DataError, match="Lake et al.'s runs need alphabets of at least 5 characters drawn by two"):
+        LakeRuns(alphabets((4, 3), per_class=4), 5, seed=0)
+    with pytest.raises(DataError, match="drawn by two people or more"):
+        LakeRuns(alphabets((6,), per_class=1), 5, seed=0)
+
+
+def test_split_seeds_are_pinned():
+    """The per-split seeds fix every test set; a change would silently change every benchmark's tasks."""
+    assert [split_seed(0, s) for s in ("train", "val", "test", "pretrain")] == [0, 7_919, 15_838, 23_757]
+    assert split_seed(5, "test") == 5 * 1_000_003 + 2 * 7_919
+
+
+def test_task_shapes_default_to_the_evaluation_episode():
+    from types import SimpleNamespace
+
+    from metalearn_cli.episodes import TaskShapes
+
+    episode = SimpleNamespace(way=5, shot=1, query=3)
+    assert TaskShapes.of(_Cfg(episode=episode)) == TaskShapes(5, 1, 3, 5, 3)  # an eval config: no trainer
+    trainer = SimpleNamespace(train_way=None, train_query=None)
+    assert TaskShapes.of(_Cfg(episode=episode, trainer=trainer)) == TaskShapes(5, 1, 3, 5, 3)
+    trainer = SimpleNamespace(train_way=20, train_query=15)
+    shapes = TaskShapes.of(_Cfg(episode=episode, trainer=trainer))
+    assert shapes == TaskShapes(5, 1, 3, 20, 15) and shapes.max_way == 20 and shapes.query_set == 15
+    assert TaskShapes(30, 1, 0, 5, 1).max_way == 30 and TaskShapes(5, 1, 0, 5, 1).query_set == 1
+
+
+class _Cfg(dict):
+    """A config as the loop reads it: attributes, and ``in`` for optional nodes."""
+
+    def __getattr__(self, key):
+        return self[key]
+
+
+def test_splitting_a_batch_gives_each_task_alone():
+    batch = EpisodeSampler(make_split(), 5, 2, 1, seed=0).sample(3)
+    tasks = batch.split_tasks()
+    assert len(tasks) == 3 and all(t.tasks == 1 for t in tasks)
+    for i, t in enumerate(tasks):
+        assert torch.equal(t.support_images[0], batch.support_images[i]) and torch.equal(t.query_images[0], batch.query_images[i])
+        assert torch.equal(t.support_labels[0], batch.support_labels[i]) and torch.equal(t.query_labels[0], batch.query_labels[i])
+        assert (t.n_way, t.k_shot, t.n_query) == (5, 2, 1)
+
+
+def test_class_images_refuse_what_is_not_a_split():
+    with pytest.raises(ValueError, match="uint8 tensor"):
+        ClassImages(torch.zeros(2, 2, 1, 4, 4), ["a", "b"])
+    with pytest.raises(ValueError, match="uint8 tensor"):
+        ClassImages(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), ["a", "b"])
+    with pytest.raises(ValueError, match="one class name per class"):
+        ClassImages(torch.zeros(2, 2, 1, 4, 4, dtype=torch.uint8), ["a"])
+
+
+def test_check_fits_accepts_the_edges():
+    split = make_split(5, 4)
+    check_fits(split, "train", "x", 5, 1, 3)  # every class, every image: fits
+    check_fits(split, "train", "x", 2, 1, 1)
+    with pytest.raises(DataError, match="way >= 2"):
+        check_fits(split, "train", "x", 1, 1, 1)
