@@ -244,6 +244,15 @@ def test_splitting_a_batch_gives_each_task_alone():
         assert torch.equal(t.support_images[0], batch.support_images[i]) and torch.equal(t.query_images[0], batch.query_images[i])
         assert torch.equal(t.support_labels[0], batch.support_labels[i]) and torch.equal(t.query_labels[0], batch.query_labels[i])
         assert (t.n_way, t.k_shot, t.n_query) == (5, 2, 1)
+        assert t.support_labels.shape[0] == t.query_labels.shape[0] == t.query_images.shape[0] == 1
+
+
+def test_a_rotated_copy_of_an_alphabet_is_its_own_alphabet():
+    from metalearn_cli.episodes import alphabet_groups
+
+    names = ["A/c1", "A/c2", "A/c1/rot090", "A/c2/rot090", "B/c1"]
+    split = ClassImages(torch.zeros(5, 2, 1, 2, 2, dtype=torch.uint8), names)
+    assert sorted(alphabet_groups(split)) == [[0, 1], [2, 3], [4]]
 
 
 def test_class_images_refuse_what_is_not_a_split():
