@@ -44,3 +44,149 @@ def test_every_spelling_of_a_run_dir_is_one_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spellings = [tmp_path / "runs" / "a", "runs/a", "runs/../runs/a", "link/a", "./link/./a/", "link/../runs/a"]
     assert {canonical(s) for s in spellings} == {(tmp_path / "runs" / "a").resolve()}
+
+
+# ----------------------------------------------------------------------------- what a run dir holds, piece by piece
+def _status(path, status):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "status.json").write_text(json.dumps({"status": status}))
+
+
+def test_held_names_every_output_and_a_status_but_not_a_bare_failure(tmp_path):
+    from metalearn_cli.rundir import RunDir
+
+    assert held(tmp_path / "new") == []
+    run = tmp_path / "run"
+    _status(run, "failed")
+    assert held(run) == []  # refused before it wrote anything: a new run may use the dir
+    (run / "metrics.jsonl").write_text("")
+    assert held(run) == ["status.json (failed)", "metrics.jsonl"]
+    files = RunDir(run)
+    files.checkpoints.mkdir()
+    (files.checkpoints / ".last.pt.tmp").write_bytes(b"")  # a temporary: not a checkpoint
+    files.last.write_bytes(b"")
+    assert held(run)[-1] == "checkpoints/last.pt" and len(held(run)) == 3
+    _status(tmp_path / "live", "running")
+    assert held(tmp_path / "live") == ["status.json (running)"]
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "status.json").write_text("not json")
+    assert held(tmp_path / "odd") == ["status.json (unreadable)"]
+    assert files.best == run / "checkpoints" / "best.pt" and files.results == run / "results.json"
+
+
+def test_refusing_a_held_dir_says_whether_it_can_be_resumed(tmp_path):
+    import pytest
+
+    from metalearn_cli.errors import ConfigError
+    from metalearn_cli.rundir import RunDir, refuse_held
+
+    refuse_held(tmp_path / "new")
+    run = tmp_path / "run"
+    (run / "results.json").parent.mkdir(parents=True)
+    (run / "results.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"already holds a run \(results.json\); it has no last.pt to resume from; use a new"):
+        refuse_held(run)
+    RunDir(run).checkpoints.mkdir()
+    RunDir(run).last.write_bytes(b"")
+    with pytest.raises(ConfigError, match="pass resume=true to continue it, or use a new hydra.run.dir"):
+        refuse_held(run)
+
+
+def test_nothing_is_written_into_a_run_from_outside(tmp_path):
+    import pytest
+
+    from metalearn_cli.errors import ConfigError
+    from metalearn_cli.rundir import refuse_replacing
+
+    run = tmp_path / "run"
+    _status(run, "completed")
+    (run / "results.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"out=.*results.json is a file of the run"):
+        refuse_replacing(run / "results.json")
+    with pytest.raises(ConfigError, match=r"--out .*deep is inside the run .*choose a --out PATH outside"):
+        refuse_replacing(run / "sub" / "deep", key="--out ")
+    refuse_replacing(tmp_path / "elsewhere")
+
+
+def test_status_results_and_failures_are_written_whole(tmp_path):
+    from metalearn_cli.rundir import record_failure, write_results, write_status
+
+    write_status(tmp_path, "running", step=3, iterations=10)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "running" and status["step"] == 3 and status["iterations"] == 10 and "T" in status["time"]
+    write_results(tmp_path, {"accuracy": 0.5})
+    assert json.loads((tmp_path / "results.json").read_text()) == {"accuracy": 0.5}
+    record_failure(tmp_path / "f", "one line", "Traceback\nmore\n\n")
+    assert (tmp_path / "f" / "error.txt").read_text() == "Traceback\nmore\n"
+    assert json.loads((tmp_path / "f" / "status.json").read_text())["error"] == "one line"
+    record_failure(tmp_path / "g", "only the message")
+    assert (tmp_path / "g" / "error.txt").read_text() == "only the message\n"
+
+
+def test_a_run_dir_names_its_best_checkpoint_first(tmp_path):
+    import pytest
+
+    from metalearn_cli.errors import CheckpointError
+    from metalearn_cli.rundir import RunDir, resolve_checkpoint
+
+    files = RunDir(tmp_path)
+    files.checkpoints.mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoints/best.pt or last.pt"):
+        resolve_checkpoint(tmp_path)
+    files.last.write_bytes(b"")
+    assert resolve_checkpoint(tmp_path) == files.last
+    files.best.write_bytes(b"")
+    assert resolve_checkpoint(tmp_path) == files.best
+    assert resolve_checkpoint(files.checkpoints) == files.best  # the checkpoints/ folder itself
+    assert resolve_checkpoint(files.last) == files.last  # a file names itself
+
+
+def test_reading_a_run_back_skips_what_a_kill_cut(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 3\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=3\n- 7\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "split": "train"}\n{"step": "x"}\n[1]\n{"step": 2, "spl')
+    record = read_run(run)
+    assert record["config"] == {"seed": 3} and record["overrides"] == ["seed=3"]
+    assert record["metrics"] == [{"step": 1, "split": "train"}] and record["status"] == "unknown"
+    (run / "results.json").write_text('{"accuracy": 0.9}')
+    assert read_run(run)["status"] == "completed" and read_run(run)["results"] == {"accuracy": 0.9}
+    (run / ".hydra" / "config.yaml").write_text("[unclosed")
+    assert read_run(run)["config"] == {}
+
+
+def test_finding_runs_lists_runs_not_their_stages(tmp_path):
+    import pytest
+
+    from metalearn_cli.errors import MetalearnError
+    from metalearn_cli.rundir import find_runs
+
+    for name in ("a", "b/c"):
+        _status(tmp_path / "sweep" / name, "completed")
+    _status(tmp_path / "sweep" / "a" / "pretrain", "completed")
+    (tmp_path / "sweep" / "d").mkdir()
+    (tmp_path / "sweep" / "d" / "results.json").write_text("{}")
+    assert find_runs([tmp_path / "sweep"]) == [tmp_path / "sweep" / n for n in ("a", "b/c", "d")]
+    with pytest.raises(MetalearnError, match="does not exist"):
+        find_runs([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MetalearnError, match="no run dirs"):
+        find_runs([tmp_path / "empty"])
+
+
+def test_one_writer_at_a_time_and_the_lock_goes_with_it(tmp_path):
+    from metalearn_cli.rundir import exclusive
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not is_locked(run)
+    with exclusive(run):
+        with exclusive(run):  # the same process again (a stage inside its run): allowed
+            pass
+        assert is_locked(run)
+        code = ("import sys; from metalearn_cli.rundir import exclusive\n"
+                "try:\n    exclusive(sys.argv[1]).__enter__()\nexcept Exception as e:\n    print(e)")
+        out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True).stdout
+        assert "is being written by another metalearn process" in out
+    assert not is_locked(run)
