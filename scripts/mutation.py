@@ -31,9 +31,9 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "optim": (["metalearn_cli/optim.py"], ["tests/test_optim.py"]),
     "resume": (["metalearn_cli/resume.py"], ["tests/test_resume.py"]),
     "episodes": (["metalearn_cli/episodes.py"], ["tests/test_episodes.py"]),
-    "rundir": (["metalearn_cli/rundir.py"], ["tests/test_rundir.py", "tests/test_run_dir_guards.py", "tests/test_report.py"]),
+    "rundir": (["metalearn_cli/rundir.py"], ["tests/test_rundir.py", "tests/test_run_dir_guards.py"]),
     "loop": (["metalearn_cli/loop.py", "metalearn_cli/objectives.py"],
-             ["tests/test_loop.py", "tests/test_objectives.py", "tests/test_pretrain.py"]),
+             ["tests/test_loop.py", "tests/test_objectives.py", "tests/test_pretrain.py", "tests/test_loop_faults.py"]),
     "maml": (["metalearn_cli/strategies/maml.py"], ["tests/strategies/test_maml.py"]),
     "decoders": (["metalearn_cli/decoders/*"], ["tests/decoders"]),
 }
@@ -83,10 +83,13 @@ def run(name: str, children: int) -> dict[str, object]:
                           capture_output=True, text=True)
     minutes = (time.perf_counter() - start) / 60
     found = results(directory)
-    killed, survived = len(found["killed"]) + len(found["timeout"]), found["survived"] + found["no tests"]
+    # A timeout is not counted as killed: on a loaded 2-core machine a slow test times out without
+    # having seen anything wrong. It is listed apart, and the score is over the mutants judged.
+    killed, survived = len(found["killed"]), found["survived"] + found["no tests"]
     total = killed + len(survived)
-    row = {"module": name, "files": mutate, "tests": tests, "mutants": total, "killed": killed,
-           "survived": len(survived), "score": killed / total if total else float("nan"), "minutes": round(minutes, 1),
+    row = {"module": name, "files": mutate, "tests": tests, "mutants": total + len(found["timeout"]), "killed": killed,
+           "survived": len(survived), "timeout": len(found["timeout"]), "not_checked": len(found["not checked"]),
+           "score": killed / total if total else float("nan"), "minutes": round(minutes, 1),
            "survivors": sorted(survived), "exit": proc.returncode}
     if proc.returncode and not total:
         row["error"] = (proc.stderr or proc.stdout)[-2000:]
@@ -94,10 +97,11 @@ def run(name: str, children: int) -> dict[str, object]:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    lines = ["| module | files | tests | mutants | killed | survived | score | minutes |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| module | files | tests | mutants | killed | survived | timed out | score | minutes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['module']} | {', '.join(r['files'])} | {', '.join(r['tests'])} | {r['mutants']} | "
-                     f"{r['killed']} | {r['survived']} | {100 * r['score']:.0f}% | {r['minutes']} |")
+                     f"{r['killed']} | {r['survived']} | {r['timeout']} | {100 * r['score']:.0f}% | {r['minutes']} |")
     return "\n".join(lines)
 
 
