@@ -80,10 +80,18 @@ def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
         return short_settings(rows)
     keys = sorted({k for c in configs for k in c if not any(k == b or k.startswith(b + ".") for b in BOOKKEEPING)})
     differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-    # A component that differs is named by its group (strategy=maml), not by each of its parameters.
+    # A component that differs is named by its group (strategy=maml), not by each of its parameters,
+    # unless runs of the same component differ in one (two FEAT recipes beside a ProtoNet).
     swapped = {k[: -len(".name")] for k in differ if k.endswith(".name")}
-    shown = [k for k in differ if not any(k.startswith(g + ".") for g in swapped)]
-    return [" ".join([*(f"{g}={c.get(g + '.name')}" for g in sorted(swapped)), *(f"{k}={c.get(k)}" for k in shown)])
+
+    def within_component(k: str, group: str) -> bool:
+        values: dict[str, set[str]] = {}
+        for c in configs:
+            values.setdefault(repr(c.get(group + ".name")), set()).add(repr(c.get(k)))
+        return any(len(v) > 1 for v in values.values())
+
+    shown = [k for k in differ if all(not k.startswith(g + ".") or within_component(k, g) for g in swapped)]
+    return [" ".join([*(f"{g}={c.get(g + '.name')}" for g in sorted(swapped)), *(f"{k}={c.get(k)}" for k in shown if k in c)])
             or "(common settings)" for c in configs]
 
 

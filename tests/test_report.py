@@ -102,3 +102,18 @@ def test_a_published_figure_that_is_not_the_methods_own_says_whose_it_is(tmp_pat
     assert row["published"] == 95.5 and row["published_of"] == "humans"
     table = markdown([row])
     assert "published_of" in table.splitlines()[0] and "| 95.50 | humans |" in table
+
+
+def test_two_recipes_of_one_component_beside_another_are_told_apart(tmp_path):
+    """FEAT twice (two temperatures) beside a ProtoNet: the swapped decoder is named by its group,
+    and the parameter that differs between the two FEAT runs is shown for them alone."""
+    from metalearn_cli.report import config_labels, describe
+
+    runs = [tmp_path / n for n in ("proto", "feat1", "feat64")]
+    for run, extra in zip(runs, (["decoder=prototype"], ["decoder=feat", "decoder.temperature=1"], ["decoder=feat"])):
+        (run / ".hydra").mkdir(parents=True)
+        cfg = compose_config("train", [*FAST, *extra])
+        (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        (run / "status.json").write_text('{"status": "completed"}')
+    labels = config_labels(runs, [describe(r, tmp_path) for r in runs])
+    assert labels == ["decoder=prototype", "decoder=feat decoder.temperature=1.0", "decoder=feat decoder.temperature=64.0"]
