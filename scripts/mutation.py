@@ -61,7 +61,10 @@ def configure(directory: Path, mutate: list[str], tests: list[str]) -> None:
              "use_git_change_detection=false",
              # A test's own duration is measured, but not the module fixture it may set up first (a trained
              # run): allow a minute on top, or mutants of code under such a fixture read as timeouts.
-             "timeout_constant=60"]
+             "timeout_constant=60",
+             # Workers forked from a process that ran torch code can deadlock (its thread pools do not
+             # survive fork): fork them from a clean server instead.
+             "process_isolation=forkserver"]
     (directory / "setup.cfg").write_text("\n".join(lines) + "\n")
 
 
