@@ -154,6 +154,11 @@ def test_reading_a_run_back_skips_what_a_kill_cut(tmp_path):
     assert read_run(run)["status"] == "completed" and read_run(run)["results"] == {"accuracy": 0.9}
     (run / ".hydra" / "config.yaml").write_text("[unclosed")
     assert read_run(run)["config"] == {}
+    (run / ".hydra" / "config.yaml").write_text("- a list\n")  # YAML, but not a config
+    assert read_run(run)["config"] == {}
+    # a cut line in the middle (a kill, then a resume appended) and a byte that is not UTF-8
+    (run / "metrics.jsonl").write_bytes(b'{"step": 1, "split": "tr\n{"step": 2, "split": "val\xff"}\n{"step": 3, "split": "val"}\n')
+    assert [r["step"] for r in read_run(run)["metrics"]] == [2, 3]
 
 
 def test_finding_runs_lists_runs_not_their_stages(tmp_path):
