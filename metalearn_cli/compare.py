@@ -11,6 +11,8 @@ methods are compared task by task rather than by two intervals that overlap:
 - McNemar's test on the per-query outcomes: of the queries exactly one run gets right, how often
   each one is that run (exact binomial below 25 discordant queries, chi-square with continuity
   correction above);
+- how many test predictions differ between the two runs (a decoder that changes none is the
+  reference under another name); runs written before 2026-12-02 hold no predictions;
 - a figure of the per-task differences.
 
 The first run is the reference; every other run is compared with it. Runs and eval dirs written
@@ -23,7 +25,7 @@ import csv
 import math
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from metalearn_cli.console import OneLineParser
 from metalearn_cli.errors import MetalearnError
@@ -31,7 +33,7 @@ from metalearn_cli.rundir import find_runs, held, read_run, refuse_replacing
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
 COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
-           "only_reference_right", "only_run_right", "mcnemar_p"]
+           "only_reference_right", "only_run_right", "mcnemar_p", "predictions_differ", "predictions"]
 
 
 def outcomes(run: Path) -> Any:
@@ -48,6 +50,26 @@ def outcomes(run: Path) -> Any:
             return np.unpackbits(f["packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
     except (OSError, ValueError, KeyError) as exc:
         raise MetalearnError(f"{path} is damaged ({exc.__class__.__name__}); score the run again with metalearn eval") from exc
+
+
+def predictions(run: Path) -> Any:
+    """The run's predicted classes ``[tasks, queries]`` (numpy int16), or None for a file written before
+    they were kept."""
+    import numpy as np
+
+    try:
+        with np.load(run / "test_outcomes.npz") as f:
+            return f["predicted"] if "predicted" in f.files else None
+    except (OSError, ValueError) as exc:
+        raise MetalearnError(f"{run / 'test_outcomes.npz'} is damaged ({exc.__class__.__name__}); score the run again "
+                             "with metalearn eval") from exc
+
+
+def differing(a: list[Any], b: list[Any]) -> tuple[Optional[int], int]:
+    """How many of the queries two runs predict differently (None when a file holds no predictions), of how many."""
+    if any(x is None for x in [*a, *b]):
+        return None, 0
+    return int(sum((x != y).sum() for x, y in zip(a, b))), sum(x.size for x in a)
 
 
 def mcnemar(only_a: int, only_b: int) -> float:
@@ -148,9 +170,11 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
             if a[-1].shape != b[-1].shape:
                 raise MetalearnError(f"{group[seed]} holds {b[-1].shape} outcomes, {ref_runs[seed]} {a[-1].shape}; "
                                      "score both on the same tasks")
+        changed, total = differing([predictions(ref_runs[s]) for s in seeds], [predictions(group[s]) for s in seeds])
         one = len(ref_runs) == len(group) == 1
         rows.append({"reference": label(ref_runs[seeds[0]]) if one else ref_name,
-                     "run": label(group[seeds[0]]) if one else name, **paired(a, b)})
+                     "run": label(group[seeds[0]]) if one else name, **paired(a, b),
+                     "predictions_differ": changed, "predictions": total})
         diffs.append(sum(y.mean(1) - x.mean(1) for x, y in zip(a, b)) / len(seeds))
     return rows, diffs
 
@@ -185,6 +209,7 @@ def main(argv: list[str]) -> int:
         shared = f"{r['tasks']} shared tasks" + (f" x {r['seeds']} seeds" if r["seeds"] > 1 else "")
         print(f"{r['run']} vs {r['reference']}: {r['accuracy_run']:.2f}% vs {r['accuracy_reference']:.2f}% on {shared}; difference {r['difference']:+.2f} points, CI95 [{r['ci95_low']:+.2f}, "
               f"{r['ci95_high']:+.2f}]; McNemar p = {r['mcnemar_p']:.3g} ({r['only_run_right']} vs "
-              f"{r['only_reference_right']} queries only one got right)")
+              f"{r['only_reference_right']} queries only one got right)"
+              + (f"; {r['predictions_differ']} of {r['predictions']} predictions differ" if r["predictions_differ"] is not None else ""))
     print(f"wrote {out / 'compare.csv'} and {figure(rows, diffs, out)}")
     return 0

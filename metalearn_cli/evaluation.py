@@ -45,8 +45,8 @@ def evaluate_tasks(
 
     With ``stats`` (a list), one row per task is appended: the norms the decoder reports for what
     it generated (prototypes, latent codes, weights, FiLM modulations) on that task. With
-    ``outcomes`` (a list), each batch's per-query correctness ``[tasks, queries]`` is appended (for
-    ``metalearn compare``'s paired tests). With ``finetune``, each task is scored after its own
+    ``outcomes`` (a list), each batch's predicted classes ``[tasks, queries]`` are appended, then its
+    query labels (for ``metalearn compare``: paired tests, and how many predictions two runs differ in). With ``finetune``, each task is scored after its own
     test-time fine-tuning (one task at a time).
     """
     if episodes < 1 or batch_tasks < 1:
@@ -63,7 +63,7 @@ def evaluate_tasks(
                 acc = query_accuracy(out.logits.detach(), part.query_labels)
                 accs.append(acc)
                 if outcomes is not None:
-                    outcomes.append((out.logits.detach().argmax(-1) == part.query_labels).cpu())
+                    outcomes += [out.logits.detach().argmax(-1).cpu(), part.query_labels.cpu()]
                 if stats is not None:
                     values = {k: v.detach().float().cpu() for k, v in out.stats.items()}
                     for t in range(acc.numel()):
@@ -74,18 +74,21 @@ def evaluate_tasks(
     return torch.cat(accs).cpu()
 
 
-OUTCOMES = "test_outcomes.npz"  # per-query correctness on the fixed tasks, for metalearn compare
+OUTCOMES = "test_outcomes.npz"  # per-query correctness and prediction on the fixed tasks, for metalearn compare
 
 
-def write_outcomes(path: Path, correct: torch.Tensor) -> None:
-    """``[tasks, queries]`` booleans, bit-packed (1,000 tasks x 75 queries: about 10 kB)."""
+def write_outcomes(path: Path, outcomes: list[torch.Tensor]) -> None:
+    """Correctness ``[tasks, queries]`` bit-packed, and the predicted classes (1,000 tasks x 75 queries:
+    about 15 kB); ``outcomes`` alternates predictions and labels, as :func:`evaluate_tasks` appends them."""
     import io
 
     import numpy as np
 
+    predicted, labels = torch.cat(outcomes[0::2]), torch.cat(outcomes[1::2])
     buffer = io.BytesIO()
-    array = correct.numpy().astype(bool)
-    np.savez_compressed(buffer, packed=np.packbits(array, axis=None), shape=np.array(array.shape))
+    array = (predicted == labels).numpy()
+    np.savez_compressed(buffer, packed=np.packbits(array, axis=None), shape=np.array(array.shape),
+                        predicted=predicted.numpy().astype(np.int16))
     atomic_write(path, lambda f: f.write(buffer.getvalue()), path.name, "free disk space")
 
 
@@ -136,7 +139,7 @@ def score_checkpoint(
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_task_stats(Path(run_dir) / "task_stats.csv", stats)
     if outcomes:
-        write_outcomes(Path(run_dir) / OUTCOMES, torch.cat(outcomes))
+        write_outcomes(Path(run_dir) / OUTCOMES, outcomes)
     return {
         **summarize(accs),
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": bn_mode, "seed": seed,

@@ -1,25 +1,33 @@
 #!/usr/bin/env python
-"""Meta-network decoders on one pre-trained encoder, 3 seeds, paired against prototypes.
+"""Meta-network decoders on one pre-trained encoder: what meta-training adds, by budget, 3 seeds paired.
 
-    python scripts/bench_pretrained.py [--encoder conv4] [--iterations 500] [--seeds 0,1,2]
-                                       [--settings 5w1s,20w1s] [--pretrain-iterations 3000] [--out DIR]
+    python scripts/bench_pretrained.py [--budgets 500,2000] [--seeds 0,1,2] [--rows 0,1,2,3,4,5]
+                                       [--pretrain-epochs 30] [--within 1.0] [--episodes 1000] [--out DIR]
 
-One supervised pre-training run (``pretrain=supervised``, seed 0) gives the encoder every row starts
-from (``trainer.init_from``). Each row then meta-trains for the same ``--iterations`` on tasks of
-the evaluation's shape (15 queries per class), per seed, and its best-on-validation checkpoint is
-tested on ``--episodes`` fixed tasks; a seed fixes the test tasks, so the rows of one seed are
-scored on the same tasks. Rows that train only a decoder on the frozen encoder (LEO, CNAPs, as their
-papers did) use Adam at 1e-3; rows that also fine-tune the encoder use 2e-4 (a pre-trained encoder
-at 1e-3 first loses its features). Reported per row: the mean over seeds, each seed, and the
-paired difference from prototypes with its 95% t-interval (2 degrees of freedom for 3 seeds).
-Every figure printed is measured in this run.
+Lake's split (``dataset=omniglot_background``: the 30 background alphabets train, validation on
+new drawers of their characters, ``dataset.val=drawers``; the 20 evaluation alphabets test). One
+supervised pre-training run (``pretrain=supervised``, ``--pretrain-epochs``, seed 0) gives the
+encoder every row starts from (``trainer.init_from``). Then, per row, budget and seed, one
+meta-training run on 20-way 1-shot tasks (5 queries: drawers 1-15 train), a ``--within`` share of them from one
+alphabet (``trainer.within_alphabet``), scored on two test settings from the same checkpoint:
+
+- **lake**: Lake et al.'s within-alphabet 20-way one-shot runs (``episode=lake20way1shot``, drawn);
+- **20w**: random 20-way 1-shot tasks of the evaluation alphabets (``metalearn eval episode=20way1shot``).
+
+Budget 0 is each decoder *before* meta-training; the prototype row at budget 0 is the pre-trained
+encoder with no meta-training at all, the row every other is measured against. A seed fixes the test
+tasks, so the rows of one seed share them: each difference is ``metalearn compare``'s, paired by
+seed (a two-level bootstrap over seeds and tasks), and "differ" counts the test predictions that
+are not the prototype row's at the same budget (a decoder that changes none is prototypes under
+another name). Rows that train only a decoder on the frozen encoder (LEO, CNAPs, as their papers
+did) use Adam at 1e-3; rows that fine-tune the encoder use 2e-4. Finished runs are reused, so an
+interrupted bench continues. Every figure printed is measured in this run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -27,96 +35,113 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from metalearn_cli.compare import differing, outcomes, paired, predictions  # noqa: E402
+
 FROZEN = ["trainer.freeze_encoder=true", "optimizer.lr=0.001"]
 TUNED = ["optimizer.lr=0.0002"]
 ROWS = {
     "prototypes (ProtoNet fine-tuning)": ["decoder=prototype", *TUNED],
-    "RFS (logistic regression, no meta-training)": ["decoder=logistic", "trainer.iterations=0"],
-    "LEO (frozen encoder; the leo_* presets)": ["decoder=latent", "decoder.latent_steps=5", "decoder.finetune_steps=5",
-                                          "decoder.sample_weights=false", "decoder.learn_rates=true", "decoder.l2=0.0001",
-                                          "decoder.dropout=0.3", "decoder.normalize=true", *FROZEN],
+    "FEAT (its code's recipe)": ["decoder=feat", *TUNED],
     "latent, prototype residual": ["decoder=latent", "decoder.prototype_residual=true", *TUNED],
     "FiLM, CNAPs-like (frozen encoder)": ["decoder=film", *FROZEN],
-    "FEAT task encoder": ["decoder=feat", *TUNED],
+    "LEO (frozen encoder)": ["decoder=latent", "decoder.latent_steps=5", "decoder.finetune_steps=5",
+                             "decoder.learn_rates=true", "decoder.dropout=0.3", "decoder.normalize=true", "decoder.l2=1e-8", *FROZEN],
+    "RFS logistic regression (no meta-training)": ["decoder=logistic"],
 }
-SETTINGS = {"5w1s": "5way1shot", "20w1s": "20way1shot"}
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+NO_META = list(ROWS)[0], 0  # the prototype row before meta-training: the pre-trained encoder as it is
+SETTINGS = ("lake", "20w")
 
 
-def metalearn(args: list[str], run: Path) -> dict:
-    """Run ``metalearn train`` in a fresh process (or reuse a finished run dir); its results.json."""
+def metalearn(command: str, args: list[str], run: Path) -> dict:
+    """``metalearn train|eval`` in a fresh process (a finished run dir is reused); its results.json."""
     if not (run / "results.json").is_file():
-        cmd = [sys.executable, "-m", "metalearn_cli", "train", *args, "trainer.progress=false", f"hydra.run.dir={run}"]
+        cmd = [sys.executable, "-m", "metalearn_cli", command, *args, f"hydra.run.dir={run}"]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
-            raise SystemExit(f"bench_pretrained: {' '.join(args)} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+            raise SystemExit(f"bench_pretrained: {command} {' '.join(args)} failed: "
+                             f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads((run / "results.json").read_text())
 
 
-def t_interval(diffs: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return mean, float("nan")
-    return mean, T_975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+def score(args: argparse.Namespace, pre: Path, row: str, budget: int, seed: int) -> dict[str, Path]:
+    """Train one row at one budget and seed; the dirs holding its test outcomes per setting."""
+    run = args.out / "runs" / f"row{list(ROWS).index(row)}" / f"it{budget}" / f"seed{seed}"
+    metalearn("train", [*args.common, f"seed={seed}", f"trainer.init_from={pre}", f"trainer.iterations={budget}",
+                        "trainer.train_way=null", "trainer.train_query=5", f"trainer.within_alphabet={args.within}",
+                        f"trainer.val_every={max(1, budget // 4)}", "trainer.val_episodes=200",
+                        "trainer.progress=false", *ROWS[row]], run)
+    random20 = run.parent / f"seed{seed}-20w"
+    metalearn("eval", [f"checkpoint={run}", "episode=20way1shot", f"eval.episodes={args.episodes}"], random20)
+    return {"lake": run, "20w": random20}
+
+
+def versus(runs: dict, row_a: tuple, row_b: tuple, setting: str, seeds: list[int]) -> str:
+    """B - A, paired by seed on the same tasks: the mean and its 95% bootstrap interval."""
+    a = [outcomes(runs[row_a][s][setting]) for s in seeds]
+    b = [outcomes(runs[row_b][s][setting]) for s in seeds]
+    r = paired(a, b)
+    return f"{r['difference']:+.2f} [{r['ci95_low']:+.2f}, {r['ci95_high']:+.2f}]"
+
+
+def table(runs: dict, setting: str, seeds: list[int]) -> list[str]:
+    lines = [f"**{setting}**", "", "| row | meta-iterations | mean | per seed | vs no meta-training | vs prototypes "
+             "(same budget) | predictions differing from prototypes | run s/seed (training, validation) |", "|---|---|---|---|---|---|---|---|"]
+    for (row, budget), by_seed in runs.items():
+        accs = [100 * json.loads((by_seed[s][setting] / "results.json").read_text())["accuracy"] for s in seeds]
+        seconds = [json.loads((by_seed[s]["lake"] / "results.json").read_text())["train_seconds"] for s in seeds]
+        base = (list(ROWS)[0], budget)
+        vs_none = versus(runs, NO_META, (row, budget), setting, seeds) if (row, budget) != NO_META else "–"
+        vs_proto, changed = "–", "–"
+        if base in runs and base != (row, budget):
+            vs_proto = versus(runs, base, (row, budget), setting, seeds)
+            n, total = differing([predictions(runs[base][s][setting]) for s in seeds],
+                                 [predictions(by_seed[s][setting]) for s in seeds])
+            changed = f"{n} of {total} ({100 * n / total:.1f}%)" if n is not None else "?"
+        lines.append(f"| {row} | {budget} | {statistics.fmean(accs):.2f} | {' / '.join(f'{a:.2f}' for a in accs)} | "
+                     f"{vs_none} | {vs_proto} | {changed} | {statistics.fmean(seconds):.0f} |")
+    return lines + [""]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default="conv4")
-    parser.add_argument("--encoder-args", default="", help="more encoder overrides, space-separated")
-    parser.add_argument("--iterations", type=int, default=500)
-    parser.add_argument("--pretrain-iterations", type=int, default=3000)
+    parser.add_argument("--budgets", default="500,2000", help="meta-iterations per run (budget 0 is always measured)")
+    parser.add_argument("--pretrain-epochs", type=float, default=30)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--settings", default="5w1s,20w1s")
     parser.add_argument("--rows", default=",".join(str(i) for i in range(len(ROWS))), help="row numbers to run")
+    parser.add_argument("--within", type=float, default=1.0, help="share of training tasks from one alphabet")
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_pretrained" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [list(ROWS)[int(i)] for i in args.rows.split(",")]
-    common = [f"encoder={args.encoder}", *args.encoder_args.split(), f"device={args.device}"]
-
+    budgets = [0, *(int(b) for b in args.budgets.split(",") if int(b) > 0)]
+    args.common = [f"encoder={args.encoder}", f"device={args.device}", "dataset=omniglot_background", "dataset.val=drawers",
+                   "episode=lake20way1shot", f"eval.episodes={args.episodes}"]
     start = time.perf_counter()
     pre_dir = args.out / f"pretrain-{args.encoder}"
-    pre = metalearn([*common, "pretrain=supervised", f"pretrain.iterations={args.pretrain_iterations}",
-                     "trainer.iterations=0", f"eval.episodes={args.episodes}"], pre_dir)
+    metalearn("train", [*args.common, "pretrain=supervised", f"pretrain.epochs={args.pretrain_epochs}", "trainer.iterations=0",
+                        "trainer.progress=false"], pre_dir)
     stage = json.loads((pre_dir / "pretrain" / "results.json").read_text())
-    print(f"pre-training: {args.pretrain_iterations} steps in {stage['train_seconds']:.0f} s; nearest-centroid 5-way 1-shot "
-          f"test {100 * stage['accuracy']:.2f} ± {100 * stage['ci95']:.2f}", flush=True)
+    print(f"pre-training: {args.pretrain_epochs:g} epochs in {stage['train_seconds']:.0f} s", flush=True)
 
-    table: dict[str, dict[str, list[float]]] = {}
-    seconds: dict[str, dict[str, list[float]]] = {}
-    for setting in args.settings.split(","):
-        for row in rows:
+    runs: dict[tuple[str, int], dict[int, dict[str, Path]]] = {}
+    for row in [list(ROWS)[0], *[r for r in rows if r != list(ROWS)[0]]]:  # the no-meta-training row first
+        for budget in budgets if "no meta-training" not in row else [0]:
             for seed in seeds:
-                run = args.out / setting / f"{list(ROWS).index(row)}" / f"seed{seed}"
-                r = metalearn([*common, f"episode={SETTINGS[setting]}", f"seed={seed}", f"trainer.init_from={pre_dir / 'pretrain'}",
-                               f"trainer.iterations={args.iterations}", "trainer.train_way=null", "trainer.train_query=15",
-                               f"trainer.val_every={max(1, args.iterations // 2)}", "trainer.val_episodes=200",
-                               f"eval.episodes={args.episodes}", *ROWS[row]], run)
-                table.setdefault(setting, {}).setdefault(row, []).append(100 * r["accuracy"])
-                seconds.setdefault(setting, {}).setdefault(row, []).append(r["train_seconds"])
-                print(f"{setting} | {row} | seed {seed} | {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} | "
-                      f"{r['train_seconds']:.0f} s", flush=True)
+                runs.setdefault((row, budget), {})[seed] = dirs = score(args, pre_dir / "pretrain", row, budget, seed)
+                accs = {k: 100 * json.loads((d / "results.json").read_text())["accuracy"] for k, d in dirs.items()}
+                print(f"{row} | {budget} | seed {seed} | lake {accs['lake']:.2f} | 20w {accs['20w']:.2f}", flush=True)
 
-    lines = [f"Omniglot (Vinyals split), encoder={args.encoder} {args.encoder_args}, pre-trained {args.pretrain_iterations} "
-             f"steps (seed 0), then {args.iterations} meta-iterations per row; {args.episodes} fixed test tasks per seed; "
-             f"seeds {args.seeds}; device={args.device}; total {(time.perf_counter() - start) / 60:.0f} min", ""]
-    base_row = list(ROWS)[0]
-    for setting, by_row in table.items():
-        lines += [f"**{setting}**", "", "| row | mean | per seed | paired difference vs prototypes (95% t-interval) | training s/seed |",
-                  "|---|---|---|---|---|"]
-        for row, accs in by_row.items():
-            per_seed = " / ".join(f"{a:.2f}" for a in accs)
-            diff = "–"
-            if row != base_row and base_row in by_row and len(by_row[base_row]) == len(accs):
-                mean, half = t_interval([a - b for a, b in zip(accs, by_row[base_row])])
-                diff = f"{mean:+.2f} ± {half:.2f}"
-            lines.append(f"| {row} | {statistics.fmean(accs):.2f} | {per_seed} | {diff} | {statistics.fmean(seconds[setting][row]):.0f} |")
-        lines.append("")
+    lines = [f"Omniglot, Lake's split (background alphabets train, drawers validate), encoder={args.encoder} pre-trained "
+             f"{args.pretrain_epochs:g} epochs (seed 0, {stage['train_seconds']:.0f} s); meta-training on 20-way 1-shot tasks, "
+             f"{100 * args.within:.0f}% of them within one alphabet; {args.episodes} fixed test tasks per seed and setting; seeds "
+             f"{args.seeds}; device={args.device}; total {(time.perf_counter() - start) / 60:.0f} min", ""]
+    for setting in SETTINGS:
+        lines += table(runs, setting, seeds)
     text = "\n".join(lines)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(text)
     print("\n" + text)
     return 0

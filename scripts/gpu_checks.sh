@@ -4,8 +4,8 @@
 #   2. scripts/bench_strategies.py on CUDA (every row, plus variants that explain the figures),
 #   3. MAML (Omniglot 5-way 1-shot preset) with a 32-task meta-batch for ITERS meta-iterations,
 #   4. the default job (`metalearn train`) end to end,
-#   5. issue 13's GPU row: ResNet-12 pre-trained on Omniglot, then the 20-way 1-shot decoder table
-#      (scripts/bench_pretrained.py, one seed).
+#   5. ResNet-12 pre-trained on Omniglot's background alphabets, then prototypes and FEAT on Lake's runs
+#      and random 20-way tasks (scripts/bench_pretrained.py, one seed, one budget).
 # Each part has its own time limit and writes its output under $OUT (default ./gpu-out) as it goes.
 # Where hydra-core/omegaconf are missing (a bare GPU image), wheels in .whl/ are installed first:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -60,8 +60,8 @@ run_job maml 120 experiment=maml_omniglot_5w1s "trainer.iterations=$ITERS" train
     trainer.checkpoint_every=500
 run_job default 100
 
-echo "== bench_pretrained --encoder resnet12 (20-way 1-shot, seed 0)"
-timeout --signal=INT 240 "$PY" scripts/bench_pretrained.py --encoder resnet12 --settings 20w1s --seeds 0 \
-    --pretrain-iterations "${PRETRAIN_ITERS:-2000}" --iterations "${ROW_ITERS:-300}" --device "$DEVICE" \
+echo "== bench_pretrained --encoder resnet12 (Lake's runs and random 20-way, seed 0)"
+timeout --signal=INT 240 "$PY" scripts/bench_pretrained.py --encoder resnet12 --seeds 0 --rows 0,1 \
+    --pretrain-epochs "${PRETRAIN_EPOCHS:-10}" --budgets "${ROW_ITERS:-300}" --device "$DEVICE" \
     --out /tmp/gpu-runs/bench_pretrained 2>&1 | tee "$OUT/bench_pretrained.txt"
 echo "== done"

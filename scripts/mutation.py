@@ -8,14 +8,21 @@ fails. Prints a table of killed / survived per module (the rows of docs/mutation
 survivors' names (``mutmut show NAME`` in the scratch copy shows each diff); ``--json`` keeps both.
 
     python scripts/mutation.py optim resume          # some modules
+    python scripts/mutation.py loop --sample 200     # a seeded random sample of the module's mutants
     python scripts/mutation.py --all --json rows.json
+
+A module whose mutants take longer than about 30 minutes on 2 cores (the loop, the decoders) is
+scored on a seeded random sample: each mutant is judged by the same tests as in a full run, and the
+score's 95% interval (Wilson) says how far the sample's figure may be from the full run's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -80,22 +87,46 @@ def results(directory: Path) -> dict[str, list[str]]:
     return found
 
 
-def run(name: str, children: int) -> dict[str, object]:
+def wilson(killed: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% interval of a proportion measured on a sample (Wilson's: sound near 0 and 1 too)."""
+    if not total:
+        return float("nan"), float("nan")
+    p = killed / total
+    centre, half = p + z * z / (2 * total), z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    return (centre - half) / (1 + z * z / total), (centre + half) / (1 + z * z / total)
+
+
+def sample_names(directory: Path, children: int, size: int, seed: int) -> list[str]:
+    """Generate the module's mutants without running any (a filter that matches none: mutmut generates,
+    collects which tests cover what, then stops), and draw ``size`` of their names."""
+    mutmut = [sys.executable, "-m", "mutmut"]
+    subprocess.run([*mutmut, "run", "--max-children", str(children), "no-mutant-is-named-so"], cwd=directory,
+                   capture_output=True, text=True)
+    names = sorted(n for names in results(directory).values() for n in names)
+    if not names:
+        raise SystemExit(f"mutmut generated no mutants in {directory}")
+    return sorted(random.Random(seed).sample(names, min(size, len(names))))
+
+
+def run(name: str, children: int, sample: int | None = None, seed: int = 0) -> dict[str, object]:
     mutate, tests = TARGETS[name]
     directory = scratch_copy(name)
     configure(directory, mutate, tests)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=directory,
-                          capture_output=True, text=True)
+    chosen = sample_names(directory, children, sample, seed) if sample else []
+    proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *chosen],
+                          cwd=directory, capture_output=True, text=True)
     minutes = (time.perf_counter() - start) / 60
     found = results(directory)
     # A timeout is not counted as killed: on a loaded 2-core machine a slow test times out without
     # having seen anything wrong. It is listed apart, and the score is over the mutants judged.
     killed, survived = len(found["killed"]), found["survived"] + found["no tests"]
     total = killed + len(survived)
+    low, high = wilson(killed, total)
     row = {"module": name, "files": mutate, "tests": tests, "mutants": total + len(found["timeout"]), "killed": killed,
            "survived": len(survived), "timeout": len(found["timeout"]), "not_checked": len(found["not checked"]),
-           "score": killed / total if total else float("nan"), "minutes": round(minutes, 1),
+           "score": killed / total if total else float("nan"), "interval": [low, high], "minutes": round(minutes, 1),
+           "sample": f"{len(chosen)} of {len(chosen) + len(found['not checked'])}, seed {seed}" if sample else "all",
            "survivors": sorted(survived), "exit": proc.returncode}
     if proc.returncode and not total:
         row["error"] = (proc.stderr or proc.stdout)[-2000:]
@@ -103,11 +134,13 @@ def run(name: str, children: int) -> dict[str, object]:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    lines = ["| module | files | tests | mutants | killed | survived | timed out | score | minutes |",
+    lines = ["| module | files | tests | mutants judged | killed | survived | timed out | score (95% interval) | minutes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['module']} | {', '.join(r['files'])} | {', '.join(r['tests'])} | {r['mutants']} | "
-                     f"{r['killed']} | {r['survived']} | {r['timeout']} | {100 * r['score']:.0f}% | {r['minutes']} |")
+        low, high = r["interval"]
+        lines.append(f"| {r['module']} | {', '.join(r['files'])} | {', '.join(r['tests'])} | {r['mutants']} ({r['sample']}) | "
+                     f"{r['killed']} | {r['survived']} | {r['timeout']} | {100 * r['score']:.0f}% "
+                     f"[{100 * low:.0f}, {100 * high:.0f}] | {r['minutes']} |")
     return "\n".join(lines)
 
 
@@ -116,6 +149,8 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", choices=[[], *TARGETS], help="modules to mutate (see TARGETS)")
     parser.add_argument("--all", action="store_true", help="every module")
     parser.add_argument("--children", type=int, default=2, help="parallel test processes (default 2: the cores)")
+    parser.add_argument("--sample", type=int, help="judge a random sample of this many mutants per module (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
     parser.add_argument("--json", type=Path, help="also write the rows, survivors included, to this file")
     args = parser.parse_args()
     names = list(TARGETS) if args.all else args.modules
@@ -123,7 +158,7 @@ def main() -> int:
         parser.error("name modules or pass --all")
     rows = []
     for name in names:
-        row = run(name, args.children)
+        row = run(name, args.children, args.sample, args.seed)
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
         if "error" in row:

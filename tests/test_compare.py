@@ -11,7 +11,7 @@ import pytest
 
 from conftest import FAST
 from metalearn_cli.cli import main
-from metalearn_cli.compare import mcnemar, outcomes, paired
+from metalearn_cli.compare import differing, mcnemar, outcomes, paired, predictions
 
 
 def test_mcnemar_exact_and_chi_square():
@@ -46,7 +46,12 @@ def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
     assert (int(row["only_run_right"]) - int(row["only_reference_right"])) == pytest.approx(
         (acc["b"] - acc["a"]) / 100 * queries, abs=0.5)
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
-    capsys.readouterr()
+    # the predictions kept beside the outcomes: right exactly where they equal the labels' outcomes say
+    pa, pb = predictions(tmp_path / "a"), predictions(tmp_path / "b")
+    assert pa.shape == outcomes(tmp_path / "a").shape and pa.min() >= 0 and pa.max() < 5
+    assert int(row["predictions_differ"]) == int((pa != pb).sum()) > 0 and int(row["predictions"]) == pa.size
+    assert int(row["predictions_differ"]) >= int(row["only_run_right"]) + int(row["only_reference_right"])
+    assert f"{row['predictions_differ']} of {pa.size} predictions differ" in capsys.readouterr().out
     # another task shape is not the same tasks; a run without outcomes says how to get them
     assert main(["train", *FAST, "episode.shot=2", f"hydra.run.dir={tmp_path / 'c'}"]) == 0
     capsys.readouterr()
@@ -56,6 +61,13 @@ def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "holds no test_outcomes.npz" in err and "metalearn eval checkpoint=" in err and err.count("\n") == 1
+
+
+def test_differing_predictions_are_counted_over_seeds_and_unknown_for_old_files():
+    a = [np.array([[0, 1, 2], [3, 4, 0]]), np.array([[1, 1, 1], [2, 2, 2]])]
+    b = [np.array([[0, 2, 2], [3, 4, 1]]), np.array([[1, 1, 1], [2, 2, 2]])]
+    assert differing(a, b) == (2, 12) and differing(a, a) == (0, 12)
+    assert differing(a, [b[0], None]) == (None, 0)
 
 
 def test_paired_over_seeds_is_the_mean_of_seeds_and_holds_their_spread():

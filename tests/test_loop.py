@@ -156,3 +156,36 @@ def test_off_a_terminal_progress_is_a_log_line_about_every_tenth_of_the_run(comp
                                  "trainer.val_every=20", "trainer.checkpoint_every=20"), run_dir)
     lines = [r.getMessage() for r in caplog.records if re.match(r"meta-training \d+/", r.getMessage())]
     assert [line.split(":")[0] for line in lines] == [f"meta-training {s}/20" for s in range(2, 21, 2)]
+
+
+def test_a_resumed_stage_knows_its_checkpoint_and_its_training_time(compose_train, run_dir):
+    """Restored, before a step: a stop now names the last.pt it resumed from, and the time trained so
+    far is the saved one (results.json's train_seconds covers every session)."""
+    training.train(compose_train("trainer.iterations=3", "optimizer.schedule.kind=constant"), run_dir)
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    meta = training.Training(compose_train("resume=true", "optimizer.schedule.kind=constant"), run_dir).meta
+    assert meta.step == 3 and meta.saved_step == 3
+    assert meta.kept() == f"the last good checkpoint {run_dir / 'checkpoints' / 'last.pt'} (meta-iteration 3) is kept"
+    assert saved["train_seconds"] > 0 and meta.train_seconds() == saved["train_seconds"]
+    meta.run({"signal": None, "now": None})
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["train_seconds"] > round(saved["train_seconds"], 2)
+
+
+def test_a_resume_at_or_past_the_end_is_tested_or_refused(compose_train, run_dir):
+    training.train(compose_train("trainer.iterations=3"), run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    message = (f"{run_dir} is completed (3 meta-iterations, tested); to train it further pass trainer.iterations=N "
+               "with N > 3 (a new learning-rate schedule over N: not the same as a longer run from the start)")
+    with pytest.raises(ConfigError) as refused:
+        training.Training(compose_train("resume=true", "trainer.iterations=3"), run_dir)
+    assert str(refused.value) == message
+    (run_dir / "results.json").unlink()  # stopped during its final test: resuming at the end only tests
+    stamp = last.stat().st_mtime_ns
+    training.train(compose_train("resume=true", "trainer.iterations=3"), run_dir)
+    assert json.loads((run_dir / "results.json").read_text())["iterations"] == 3
+    assert load_checkpoint(last)["step"] == 3 and last.stat().st_mtime_ns == stamp  # no step taken, nothing re-saved
+    (run_dir / "results.json").unlink()
+    with pytest.raises(ConfigError) as below:
+        training.Training(compose_train("resume=true", "trainer.iterations=2"), run_dir)
+    assert str(below.value) == f"trainer.iterations=2 is below the step of {last} (3); resume with trainer.iterations >= 3"
