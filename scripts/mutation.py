@@ -10,6 +10,7 @@ survivors' names (``mutmut show NAME`` in the scratch copy shows each diff); ``-
     python scripts/mutation.py optim resume          # some modules
     python scripts/mutation.py loop --sample 200     # a seeded random sample of the module's mutants
     python scripts/mutation.py --all --json rows.json
+    python scripts/mutation.py --rejudge rows.json --json after.json   # survivors again, after new tests
 
 A module whose mutants take longer than about 30 minutes on 2 cores (the loop, the decoders) is
 scored on a seeded random sample: each mutant is judged by the same tests as in a full run, and the
@@ -19,6 +20,7 @@ score's 95% interval (Wilson) says how far the sample's figure may be from the f
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -108,12 +110,21 @@ def sample_names(directory: Path, children: int, size: int, seed: int) -> list[s
     return sorted(random.Random(seed).sample(names, min(size, len(names))))
 
 
-def run(name: str, children: int, sample: int | None = None, seed: int = 0) -> dict[str, object]:
+def source_hash(mutate: list[str]) -> str:
+    """The mutated files' contents: mutant names only mean the same mutants over the same code."""
+    digest = hashlib.sha256()
+    for pattern in mutate:
+        for path in sorted(ROOT.glob(pattern)):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run(name: str, children: int, sample: int | None = None, seed: int = 0, only: list[str] | None = None) -> dict[str, object]:
     mutate, tests = TARGETS[name]
     directory = scratch_copy(name)
     configure(directory, mutate, tests)
     start = time.perf_counter()
-    chosen = sample_names(directory, children, sample, seed) if sample else []
+    chosen = only or (sample_names(directory, children, sample, seed) if sample else [])
     proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *chosen],
                           cwd=directory, capture_output=True, text=True)
     minutes = (time.perf_counter() - start) / 60
@@ -127,10 +138,27 @@ def run(name: str, children: int, sample: int | None = None, seed: int = 0) -> d
            "survived": len(survived), "timeout": len(found["timeout"]), "not_checked": len(found["not checked"]),
            "score": killed / total if total else float("nan"), "interval": [low, high], "minutes": round(minutes, 1),
            "sample": f"{len(chosen)} of {len(chosen) + len(found['not checked'])}, seed {seed}" if sample else "all",
-           "survivors": sorted(survived), "exit": proc.returncode}
+           "survivors": sorted(survived), "exit": proc.returncode, "source": source_hash(mutate)}
     if proc.returncode and not total:
         row["error"] = (proc.stderr or proc.stdout)[-2000:]
     return row
+
+
+def rejudge(old: dict[str, object], children: int) -> dict[str, object]:
+    """A finished row's survivors judged again by the tests as they are now (tests written for them):
+    the killed ones join the row's killed, the rest stay survivors. The code must be unchanged."""
+    name = str(old["module"])
+    if old.get("source") != source_hash(TARGETS[name][0]):
+        raise SystemExit(f"{name}: the mutated files changed since that run; run the module again instead")
+    if not old["survivors"]:
+        return old
+    new = run(name, children, only=list(old["survivors"]))
+    killed, survivors = int(old["killed"]) + int(new["killed"]), new["survivors"]
+    total = killed + len(survivors)
+    return {**old, "killed": killed, "survived": len(survivors), "survivors": survivors,
+            "timeout": int(old["timeout"]) + int(new["timeout"]), "score": killed / total, "interval": list(wilson(killed, total)),
+            "minutes": round(float(old["minutes"]) + float(new["minutes"]), 1),
+            "sample": f"{old['sample']}; survivors judged again after their tests"}
 
 
 def table(rows: list[dict[str, object]]) -> str:
@@ -151,14 +179,17 @@ def main() -> int:
     parser.add_argument("--children", type=int, default=2, help="parallel test processes (default 2: the cores)")
     parser.add_argument("--sample", type=int, help="judge a random sample of this many mutants per module (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
+    parser.add_argument("--rejudge", type=Path, help="a --json file of an earlier run: judge its survivors again "
+                                                      "with the tests as they are now (its modules, or those named)")
     parser.add_argument("--json", type=Path, help="also write the rows, survivors included, to this file")
     args = parser.parse_args()
-    names = list(TARGETS) if args.all else args.modules
+    earlier = {r["module"]: r for r in json.loads(args.rejudge.read_text())} if args.rejudge else {}
+    names = list(TARGETS) if args.all else args.modules or list(earlier)
     if not names:
         parser.error("name modules or pass --all")
     rows = []
     for name in names:
-        row = run(name, args.children, args.sample, args.seed)
+        row = rejudge(earlier[name], args.children) if name in earlier else run(name, args.children, args.sample, args.seed)
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
         if "error" in row:

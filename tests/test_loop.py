@@ -22,6 +22,8 @@ def test_train_writes_a_complete_run_dir(compose_train, run_dir):
     assert results["episodes"] == 10 and results["split"] == "test" and results["bn_mode"] == "running"
     assert 0.0 <= results["accuracy"] <= 1.0 and results["ci95"] >= 0.0 and results["seed"] == 0
     assert results["train_seconds"] > 0 and results["wall_seconds"] >= results["train_seconds"]
+    assert results["train_seconds"] == round(results["train_seconds"], 2) and isinstance(results["train_tasks_per_s"], float)
+    assert results["train_tasks_per_s"] == pytest.approx(6 * results["meta_batch"] / results["train_seconds"], abs=0.01, rel=0.01)
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
     assert any((run_dir / "tensorboard").iterdir())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -158,12 +160,29 @@ def test_off_a_terminal_progress_is_a_log_line_about_every_tenth_of_the_run(comp
     assert [line.split(":")[0] for line in lines] == [f"meta-training {s}/20" for s in range(2, 21, 2)]
 
 
-def test_a_resumed_stage_knows_its_checkpoint_and_its_training_time(compose_train, run_dir):
-    """Restored, before a step: a stop now names the last.pt it resumed from, and the time trained so
-    far is the saved one (results.json's train_seconds covers every session)."""
-    training.train(compose_train("trainer.iterations=3", "optimizer.schedule.kind=constant"), run_dir)
+def test_a_resumed_stage_knows_its_checkpoint_and_its_training_time(compose_train, run_dir, caplog):
+    """Restored, before a step: a stop now names the last.pt it resumed from, the time trained so far
+    and the throughput window are the saved ones (results.json's train_seconds covers every session)."""
+    from metalearn_cli.errors import Interrupted
+
+    settings = ("trainer.log_every=2", "optimizer.schedule.kind=constant")
+    first = training.Training(compose_train(*settings), run_dir).meta
+
+    class StopAfterThree(dict):  # a SIGTERM seen after step 3: saved mid-window (steps 3-4 are one record)
+        def __getitem__(self, key):
+            return "SIGTERM" if key == "signal" and first.step >= 3 else super().__getitem__(key)
+
+    with pytest.raises(Interrupted):
+        first.run(StopAfterThree(signal=None, now=None))
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    meta = training.Training(compose_train("resume=true", "optimizer.schedule.kind=constant"), run_dir).meta
+    with caplog.at_level("INFO", logger="metalearn_cli.loop"):
+        meta = training.Training(compose_train("resume=true", *settings), run_dir).meta
+    best = f"best val {saved['best_val']:.4f} at {saved['best_step']}"
+    assert f"resuming meta-training from {run_dir / 'checkpoints' / 'last.pt'} at meta-iteration 3 ({best})" in caplog.messages
+    restored = meta.window.state()
+    assert saved["window"]["steps"] == 1 and restored["steps"] == 1 and restored["counts"] == saved["window"]["counts"]
+    assert restored["sums"].keys() == saved["window"]["sums"].keys() and all(
+        torch.equal(v, saved["window"]["sums"][k]) for k, v in restored["sums"].items())
     assert meta.step == 3 and meta.saved_step == 3
     assert meta.kept() == f"the last good checkpoint {run_dir / 'checkpoints' / 'last.pt'} (meta-iteration 3) is kept"
     assert saved["train_seconds"] > 0 and meta.train_seconds() == saved["train_seconds"]

@@ -69,3 +69,61 @@ def test_a_restored_objective_draws_the_batches_the_original_would_have():
         else:
             x, y = a.sampler.sample(2), b.sampler.sample(2)
             assert torch.equal(x.support_images, y.support_images) and torch.equal(x.query_labels, y.query_labels)
+
+
+def test_episodic_augmentation_reaches_every_support_and_query_image():
+    """The strategy's meta-loss sees the augmented support and query images, never the raw ones."""
+    objective = episodic()
+    seen = []
+    objective.augment = lambda images: 1.0 - images  # a visible transform: every pixel inverted
+    raw = objective.sampler.get_state()
+    meta_loss = objective.strategy.meta_loss
+    objective.strategy.meta_loss = lambda batch: seen.append(batch) or meta_loss(batch)
+    objective.step(torch.optim.SGD(objective.parameters, lr=0.0), ClipParams())
+    objective.sampler.set_state(raw)
+    plain = objective.sampler.sample(objective.per_step, part=objective.part)
+    (batch,) = seen
+    torch.testing.assert_close(batch.support_images, 1.0 - plain.support_images)
+    torch.testing.assert_close(batch.query_images, 1.0 - plain.query_images)
+    torch.testing.assert_close(batch.query_labels, plain.query_labels)
+
+
+def test_train_step_measures_the_parameters_given_or_else_all_and_counts_applied_steps_only():
+    """The list given is what the meta-gradient norm (and clipping) covers; without one, every parameter."""
+    from metalearn_cli.objectives import train_step
+
+    objective = episodic()
+    strategy, batch = objective.strategy, objective.sampler.sample(2)
+    chosen = [p for n, p in strategy.named_parameters() if n.endswith("net.0.weight")]
+    optimizer = torch.optim.SGD(list(strategy.parameters()), lr=0.0)
+    counted = []
+    strategy.step_done = lambda: counted.append(1)
+    _, result = train_step(strategy, batch, optimizer, ClipParams(norm=None), chosen)
+    assert len(chosen) == 1 and result.grad_norm.item() == torch.linalg.vector_norm(chosen[0].grad).item()
+    _, result = train_step(strategy, batch, optimizer, ClipParams(norm=None))  # unclipped: .grad is what was measured
+    every = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in strategy.parameters()]))
+    assert result.grad_norm.item() == every.item() > torch.linalg.vector_norm(chosen[0].grad).item()
+    assert counted == [1, 1]
+    meta_loss = strategy.meta_loss
+
+    def poisoned(b):
+        out = meta_loss(b)
+        return out._replace(loss=out.loss * float("nan"))
+
+    strategy.meta_loss = poisoned
+    optimizer = torch.optim.SGD(list(strategy.parameters()), lr=0.1)
+    weights = [p.detach().clone() for p in strategy.parameters()]
+    _, result = train_step(strategy, batch, optimizer, ClipParams())
+    assert result.nonfinite == "loss" and counted == [1, 1]  # not applied, not counted
+    assert all(torch.equal(a, b) for a, b in zip(weights, strategy.parameters()))
+
+
+def test_the_supervised_accuracy_is_the_share_of_its_batch_predicted_right():
+    objective = supervised()
+    state = objective.generator.get_state()
+    values, _ = objective.step(torch.optim.SGD(objective.parameters, lr=0.0), ClipParams())
+    objective.generator.set_state(state)
+    images, labels = objective.batch()
+    with torch.no_grad():
+        expected = (objective.head(objective.strategy.model.embed(images)).argmax(-1) == labels).float().mean()
+    assert values["accuracy"].item() == expected.item()
