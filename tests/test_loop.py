@@ -165,7 +165,7 @@ def test_a_resumed_stage_knows_its_checkpoint_and_its_training_time(compose_trai
     and the throughput window are the saved ones (results.json's train_seconds covers every session)."""
     from metalearn_cli.errors import Interrupted
 
-    settings = ("trainer.log_every=2", "optimizer.schedule.kind=constant")
+    settings = ("trainer.log_every=2", "trainer.val_every=100", "optimizer.schedule.kind=constant")  # best: step 0
     first = training.Training(compose_train(*settings), run_dir).meta
 
     class StopAfterThree(dict):  # a SIGTERM seen after step 3: saved mid-window (steps 3-4 are one record)
@@ -177,7 +177,8 @@ def test_a_resumed_stage_knows_its_checkpoint_and_its_training_time(compose_trai
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     with caplog.at_level("INFO", logger="metalearn_cli.loop"):
         meta = training.Training(compose_train("resume=true", *settings), run_dir).meta
-    best = f"best val {saved['best_val']:.4f} at {saved['best_step']}"
+    assert saved["best_step"] == 0
+    best = f"best val {saved['best_val']:.4f} at 0"
     assert f"resuming meta-training from {run_dir / 'checkpoints' / 'last.pt'} at meta-iteration 3 ({best})" in caplog.messages
     restored = meta.window.state()
     assert saved["window"]["steps"] == 1 and restored["steps"] == 1 and restored["counts"] == saved["window"]["counts"]
@@ -208,3 +209,19 @@ def test_a_resume_at_or_past_the_end_is_tested_or_refused(compose_train, run_dir
     with pytest.raises(ConfigError) as below:
         training.Training(compose_train("resume=true", "trainer.iterations=2"), run_dir)
     assert str(below.value) == f"trainer.iterations=2 is below the step of {last} (3); resume with trainer.iterations >= 3"
+
+
+def test_the_final_test_is_logged_at_the_last_step_and_the_status_says_completed(compose_train, run_dir, caplog):
+    import csv
+
+    with caplog.at_level("INFO", logger="metalearn_cli.loop"):
+        training.train(compose_train("logger=csv"), run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
+        test = {r["metric"]: (int(r["step"]), float(r["value"])) for r in csv.DictReader(f) if r["split"] == "test"}
+    assert test == {"accuracy": (6, results["accuracy"]), "ci95": (6, results["ci95"])}
+    status = json.loads((run_dir / "status.json").read_text())
+    assert (status["status"], status["step"], status["iterations"], status["accuracy"]) == ("completed", 6, 6, results["accuracy"])
+    line = (f"meta-training: test accuracy {100 * results['accuracy']:.2f}% ± {100 * results['ci95']:.2f}% over 10 tasks "
+            f"(best val {100 * results['val_accuracy']:.2f}% at step {results['best_step']}); {run_dir}")
+    assert line in caplog.messages
