@@ -31,6 +31,8 @@ def test_train_writes_a_complete_run_dir(compose_train, run_dir):
     assert train_steps == [2, 4, 6]
     assert [r["step"] for r in records if r["split"] == "val"] == [0, 3, 6]  # step 0: the starting weights are a candidate
     assert all(r["grad_norm"] > 0 and r["tasks_per_s"] > 0 for r in records if r["split"] == "train")
+    speeds = [r["tasks_per_s"] for r in records if r["split"] == "train"]
+    assert speeds[0] > 0.1 * speeds[-1]  # the first window's clock excludes step 0's validation, and only that
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["step"] == 6 and last["config"]["trainer"]["iterations"] == 6
 
@@ -225,3 +227,19 @@ def test_the_final_test_is_logged_at_the_last_step_and_the_status_says_completed
     line = (f"meta-training: test accuracy {100 * results['accuracy']:.2f}% ± {100 * results['ci95']:.2f}% over 10 tasks "
             f"(best val {100 * results['val_accuracy']:.2f}% at step {results['best_step']}); {run_dir}")
     assert line in caplog.messages
+    assert caplog.messages[0].startswith("meta-training on cpu (") and caplog.messages[0].endswith(f"; run dir {run_dir}")
+
+
+def test_nothing_non_finite_is_saved_and_a_save_marks_the_run_running(compose_train, run_dir):
+    from metalearn_cli.errors import Diverged
+
+    meta = training.Training(compose_train(), run_dir).meta
+    meta.save_last()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert (status["status"], status["step"], status["iterations"]) == ("running", 0, 6) and meta.saved_step == 0
+    stamp = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
+    with torch.no_grad():
+        next(meta.strategy.parameters())[0] = float("nan")
+    with pytest.raises(Diverged, match=r"non-finite values in model\.encoder\..* at meta-iteration 0; nothing non-finite was saved"):
+        meta.save_last()
+    assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
