@@ -170,12 +170,16 @@ def test_a_resumed_stage_knows_its_checkpoint_and_its_training_time(compose_trai
     settings = ("trainer.log_every=2", "trainer.val_every=100", "optimizer.schedule.kind=constant")  # best: step 0
     first = training.Training(compose_train(*settings), run_dir).meta
 
+    statuses = []
+
     class StopAfterThree(dict):  # a SIGTERM seen after step 3: saved mid-window (steps 3-4 are one record)
         def __getitem__(self, key):
+            statuses.append(json.loads((run_dir / "status.json").read_text()))
             return "SIGTERM" if key == "signal" and first.step >= 3 else super().__getitem__(key)
 
     with pytest.raises(Interrupted):
         first.run(StopAfterThree(signal=None, now=None))
+    assert {k: statuses[0][k] for k in ("status", "step", "iterations")} == {"status": "running", "step": 0, "iterations": 6}
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     with caplog.at_level("INFO", logger="metalearn_cli.loop"):
         meta = training.Training(compose_train("resume=true", *settings), run_dir).meta
@@ -216,8 +220,14 @@ def test_a_resume_at_or_past_the_end_is_tested_or_refused(compose_train, run_dir
 def test_the_final_test_is_logged_at_the_last_step_and_the_status_says_completed(compose_train, run_dir, caplog):
     import csv
 
+    meta, stop, seen = training.Training(compose_train("logger=csv"), run_dir).meta, {"signal": None, "now": None}, []
+    test = meta.stage.test
+    meta.stage.test = lambda: seen.append(stop["now"]) or test()  # what a signal during the final test is told
     with caplog.at_level("INFO", logger="metalearn_cli.loop"):
-        training.train(compose_train("logger=csv"), run_dir)
+        meta.run(stop)
+    assert seen == [f"during the final test; {run_dir / 'checkpoints' / 'last.pt'} holds the finished training; "
+                    f"test it with: metalearn train resume={run_dir}"] and stop["now"] is None
+    assert not any(re.match(r"meta-training \d+/", m) for m in caplog.messages)  # trainer.progress=false: no progress lines
     results = json.loads((run_dir / "results.json").read_text())
     with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
         test = {r["metric"]: (int(r["step"]), float(r["value"])) for r in csv.DictReader(f) if r["split"] == "test"}
