@@ -274,6 +274,20 @@ def test_metasgd_draws_its_rates_as_the_paper_did():
         assert cfg.strategy.inner_steps == 1 and cfg.strategy.eval_inner_steps is None, preset
     with pytest.raises(ConfigError, match="inner_lr_range"):
         setup(learn_inner_lr=True, inner_lr_range=[0.1, 0.005])
+    same, _ = setup(learn_inner_lr=True, inner_lr_range=[0.05, 0.05])  # a range of one value: every rate is it
+    assert all(torch.all(r == 0.05) for r in same.inner_lrs.values())
+
+
+def test_predict_reports_the_decoders_stats_per_task_when_asked():
+    maml, batch = setup(inner_steps=1)
+    assert maml.predict(batch).stats == {}
+    stats = maml.predict(batch, with_stats=True).stats
+    assert stats and all(v.shape == (batch.tasks,) and torch.isfinite(v).all() for v in stats.values())
+
+
+def test_the_memory_model_counts_every_inner_steps_graph_twice_at_second_order():
+    assert setup(inner_steps=3)[0].activation_copies() == 8
+    assert setup(inner_steps=3, first_order=True)[0].activation_copies() == 4
 
 
 def _one_query_changed(batch):
