@@ -285,6 +285,14 @@ def test_predict_reports_the_decoders_stats_per_task_when_asked():
     assert stats and all(v.shape == (batch.tasks,) and torch.isfinite(v).all() for v in stats.values())
 
 
+def test_auto_vectorises_on_cuda_only_and_never_with_per_step_statistics():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = setup(inner_steps=1)[0]
+    assert auto.params_.vectorize.value == "auto" and not auto.uses_vmap(cpu) and auto.uses_vmap(cuda)
+    assert not setup(inner_steps=1, per_step_bn=True)[0].uses_vmap(cuda)
+    assert setup(inner_steps=1, vectorize="vmap")[0].uses_vmap(cpu) and not setup(inner_steps=1, vectorize="loop")[0].uses_vmap(cuda)
+
+
 def test_the_memory_model_counts_every_inner_steps_graph_twice_at_second_order():
     assert setup(inner_steps=3)[0].activation_copies() == 8
     assert setup(inner_steps=3, first_order=True)[0].activation_copies() == 4
