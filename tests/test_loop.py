@@ -33,7 +33,7 @@ def test_train_writes_a_complete_run_dir(compose_train, run_dir):
     assert [r["step"] for r in records if r["split"] == "val"] == [0, 3, 6]  # step 0: the starting weights are a candidate
     assert all(r["grad_norm"] > 0 and r["tasks_per_s"] > 0 for r in records if r["split"] == "train")
     speeds = [r["tasks_per_s"] for r in records if r["split"] == "train"]
-    assert speeds[0] > 0.1 * speeds[-1]  # the first window's clock excludes step 0's validation, and only that
+    assert speeds[0] > 1e-3 * speeds[-1]  # the first window (warm-up included) is timed from its start, not from the epoch
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["step"] == 6 and last["config"]["trainer"]["iterations"] == 6
 
