@@ -293,6 +293,29 @@ def test_auto_vectorises_on_cuda_only_and_never_with_per_step_statistics():
     assert setup(inner_steps=1, vectorize="vmap")[0].uses_vmap(cpu) and not setup(inner_steps=1, vectorize="loop")[0].uses_vmap(cuda)
 
 
+@pytest.mark.parametrize("setting,message", [
+    ({"inner_steps": -1}, "strategy.inner_steps and strategy.eval_inner_steps must be >= 0"),
+    ({"eval_inner_steps": -1}, "strategy.inner_steps and strategy.eval_inner_steps must be >= 0"),
+    ({"inner_lr": 0.0}, "strategy.inner_lr must be > 0"),
+    ({"msl_anneal": 0}, "strategy.msl_anneal must be >= 1 and strategy.first_order_until >= 0"),
+    ({"first_order_until": -1}, "strategy.msl_anneal must be >= 1 and strategy.first_order_until >= 0"),
+])
+def test_impossible_inner_loop_settings_are_refused_in_one_line(setting, message):
+    with pytest.raises(ConfigError) as refused:
+        setup(**setting)
+    assert str(refused.value) == message
+    assert setup(eval_inner_steps=0)[0].test_inner_steps() == 0  # zero test-time steps: the initialisation's own logits
+
+
+def test_vmap_is_refused_for_an_encoder_that_cannot_batch_tasks():
+    data = DATASETS.build({"name": "synthetic", "train_classes": 10, "images_per_class": 6, "image_size": 16})
+    cfg = OmegaConf.create({"encoder": {"name": "rnn"}, "decoder": {"name": "linear"}, "episode": {"way": 3, "shot": 1, "query": 2}})
+    maml = STRATEGIES.build({"name": "maml", "vectorize": "vmap"}, model=build_meta_model(cfg, data.image_shape))
+    with pytest.raises(ConfigError) as refused:
+        maml.check_compatible()
+    assert str(refused.value) == f"{type(maml.model.encoder).__name__} does not support vmap; use strategy.vectorize=loop or auto"
+
+
 def test_the_memory_model_counts_every_inner_steps_graph_twice_at_second_order():
     assert setup(inner_steps=3)[0].activation_copies() == 8
     assert setup(inner_steps=3, first_order=True)[0].activation_copies() == 4
