@@ -139,7 +139,7 @@ def run(name: str, children: int, sample: int | None = None, seed: int = 0, only
            "score": killed / total if total else float("nan"), "interval": [low, high], "minutes": round(minutes, 1),
            "sample": f"{len(chosen)} of {len(chosen) + len(found['not checked'])}, seed {seed}" if sample else "all",
            "survivors": sorted(survived), "exit": proc.returncode, "source": source_hash(mutate)}
-    if proc.returncode and not total:
+    if proc.returncode and (not total or chosen):
         row["error"] = (proc.stderr or proc.stdout)[-2000:]
     return row
 
@@ -153,6 +153,10 @@ def rejudge(old: dict[str, object], children: int) -> dict[str, object]:
     if not old["survivors"]:
         return old
     new = run(name, children, only=list(old["survivors"]))
+    judged = int(new["killed"]) + int(new["survived"]) + int(new["timeout"])
+    if judged != len(old["survivors"]):  # mutmut stopped early, e.g. a test that fails on the unmutated code
+        raise SystemExit(f"{name}: {judged} of {len(old['survivors'])} survivors judged; "
+                         f"{new.get('error') or 'see mutmut run in ' + str(SCRATCH / name)}")
     killed, survivors = int(old["killed"]) + int(new["killed"]), new["survivors"]
     total = killed + len(survivors)
     return {**old, "killed": killed, "survived": len(survivors), "survivors": survivors,
