@@ -391,3 +391,113 @@ def test_a_latent_run_from_before_leos_recipe_is_not_resumed():
         refuse_changed_recipe({"decoder": {"name": "latent", "latent_dim": 64}}, "old.pt")
     refuse_changed_recipe({"decoder": {"name": "latent", "code_std": "logvar"}}, "new.pt")  # chosen today: resumes
     refuse_changed_recipe({"decoder": {"name": "prototype"}}, "p.pt")
+
+
+# ----------------------------------------------------------------------------- what mutation testing asked for
+def _task(t=2, way=3, per_class=2, queries=5, dim=6):
+    torch.manual_seed(1)
+    labels = torch.arange(way).repeat(per_class).expand(t, -1)
+    return torch.randn(t, way * per_class, dim), labels, torch.randn(t, queries, dim), way
+
+
+def test_each_decoders_stats_are_named_and_measured_over_its_features():
+    """The per-task stats are norms over the feature axis, averaged over classes: recomputed here."""
+    support, labels, query, way = _task()
+    means = torch.stack([torch.stack([support[t][labels[t] == c].mean(0) for c in range(way)]) for t in range(2)])
+    proto = DECODERS.build({"name": "prototype"}, in_dim=6)
+    torch.testing.assert_close(proto(support, labels, query, way, with_stats=True).stats,
+                               {"prototype_norm": means.norm(dim=-1).mean(-1)})
+    feat = DECODERS.build({"name": "feat", "heads": 1}, in_dim=6).eval()
+    adapted = feat.adapt(means)
+    torch.testing.assert_close(feat(support, labels, query, way, with_stats=True).stats,
+                               {"prototype_norm": means.norm(dim=-1).mean(-1), "adapted_norm": adapted.norm(dim=-1).mean(-1),
+                                "adaptation_shift": (adapted - means).norm(dim=-1).mean(-1)})
+    keys = {name: set(DECODERS.build({"name": name}, in_dim=6, max_way=4, film_channels=(4,))(
+        support, labels, query, way, with_stats=True).stats) for name in ("latent", "logistic", "film")}
+    assert keys == {"latent": {"code_norm", "initial_code_norm", "weight_norm"}, "logistic": {"weight_norm"},
+                    "film": {"gamma_norm", "beta_norm", "weight_norm"}}
+
+
+def test_logistic_normalises_each_embedding_on_its_own():
+    """RFS's L2 normalisation is per image: rescaling any one image's embedding changes nothing."""
+    support, labels, query, way = _task(t=1)
+    decoder = DECODERS.build({"name": "logistic"}, in_dim=6)
+    scale_s, scale_q = torch.rand(1, support.shape[1], 1) * 5 + 0.1, torch.rand(1, query.shape[1], 1) * 5 + 0.1
+    out, scaled = decoder(support, labels, query, way, with_stats=True), decoder(support * scale_s, labels, query * scale_q, way, with_stats=True)
+    torch.testing.assert_close(scaled.logits, out.logits, atol=1e-4, rtol=1e-4)
+    from metalearn_cli.decoders.logistic import fit_logistic
+    import torch.nn.functional as F
+
+    w, _ = fit_logistic(F.normalize(support, dim=-1), labels, way, 1.0, 200)
+    torch.testing.assert_close(out.stats["weight_norm"], w.norm(dim=-1).mean(-1), atol=1e-4, rtol=1e-4)
+
+
+def test_logistic_fit_converges_for_a_strong_and_a_weak_penalty():
+    import torch.nn.functional as F
+
+    from metalearn_cli.decoders.logistic import fit_logistic
+
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(2, 40, 16, dtype=torch.float64), dim=-1) * 3
+    y = torch.arange(4).repeat_interleave(10).expand(2, -1)
+    for c in (0.05, 20.0):
+        w, b = fit_logistic(x, y, 4, c, 500)
+        w, b = w.requires_grad_(), b.requires_grad_()
+        loss = F.cross_entropy((x @ w.transpose(1, 2) + b[:, None]).flatten(0, 1), y.flatten(), reduction="sum")
+        grads = torch.autograd.grad(loss + w.square().sum() / (2 * c), (w, b))
+        assert max(g.abs().max().item() for g in grads) < 1e-3, c
+
+
+@pytest.mark.parametrize("name,params,message", [
+    ("latent", {"latent_lr": 0.0}, "decoder=latent needs latent_dim >= 1, latent_steps >= 0 and latent_lr > 0"),
+    ("latent", {"latent_steps": -1}, "decoder=latent needs latent_dim >= 1, latent_steps >= 0 and latent_lr > 0"),
+    ("latent", {"finetune_steps": -1}, "decoder=latent needs"),
+    ("latent", {"finetune_lr": 0.0}, "decoder=latent needs"),
+    ("film", {"hidden": 0}, "decoder=film needs hidden >= 1"),
+    ("logistic", {"steps": 0}, "decoder=logistic needs"),
+])
+def test_each_impossible_decoder_setting_is_refused_alone(name, params, message):
+    from metalearn_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        DECODERS.build({"name": name, **params}, in_dim=6, film_channels=(4,))
+    assert str(refused.value).startswith(message)
+
+
+def test_the_smallest_allowed_settings_build():
+    assert DECODERS.build({"name": "film", "hidden": 1}, in_dim=6, film_channels=(4,))
+    assert DECODERS.build({"name": "logistic", "steps": 1}, in_dim=6)
+
+
+def test_the_mlps_are_the_papers_linear_relu_stacks():
+    from torch import nn
+
+    film = DECODERS.build({"name": "film"}, in_dim=6, film_channels=(4,))
+    latent = DECODERS.build({"name": "latent"}, in_dim=6)
+    stack = [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert [type(m) for m in film.shared.net] == stack and [type(m) for m in film.weight_generator.net] == stack
+    assert [type(m) for m in latent.relation] == stack
+
+
+def test_film_logits_add_the_generated_bias():
+    support, labels, query, way = _task()
+    decoder = DECODERS.build({"name": "film"}, in_dim=6, film_channels=(4,))
+    with torch.no_grad():
+        decoder.bias_generator.net[-1].bias.fill_(0.7)  # a bias of 0.7 on top of the generated one
+    means = torch.stack([torch.stack([support[t][labels[t] == c].mean(0) for c in range(way)]) for t in range(2)])
+    weight, bias = decoder.weight_generator(means), decoder.bias_generator(means)[..., 0]
+    torch.testing.assert_close(decoder(support, labels, query, way).logits, query @ weight.transpose(1, 2) + bias[:, None])
+
+
+def test_sampled_codes_and_weights_are_the_mean_plus_std_times_a_standard_normal():
+    decoder = _leo(sample_weights=True, code_std="logvar").train()
+    stats = torch.cat([torch.full((4000, 3), 0.5), torch.full((4000, 3), 2 * torch.log(torch.tensor(0.3)))], -1)
+    sample, mean, std = decoder._gaussian(stats)
+    z = (sample - mean) / std
+    assert torch.allclose(std, torch.tensor(0.3)) and abs(z.mean()) < 0.05 and 0.95 < z.std() < 1.05
+    out = decoder.weight_decoder(torch.zeros(1, 1, decoder.p.latent_dim))
+    mean_w, raw = out.chunk(2, dim=-1)
+    std_w = (torch.exp(raw) - 1 + (2 / decoder.in_dim) ** 0.5)
+    draws = torch.stack([decoder.weights(torch.zeros(1, 1, decoder.p.latent_dim)) for _ in range(4000)])
+    z = (draws - mean_w) / std_w
+    assert abs(z.mean()) < 0.05 and 0.95 < z.std() < 1.05
