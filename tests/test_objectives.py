@@ -127,3 +127,19 @@ def test_the_supervised_accuracy_is_the_share_of_its_batch_predicted_right():
     with torch.no_grad():
         expected = (objective.head(objective.strategy.model.embed(images)).argmax(-1) == labels).float().mean()
     assert values["accuracy"].item() == expected.item()
+
+
+def test_feats_decoder_trains_at_its_rate_multiple_and_everything_else_at_the_rate():
+    """FEAT's optimizer: the attention (the decoder) at lr_mul x the rate, each parameter in exactly one group."""
+    cfg = compose_config("train", [*FAST, "decoder=feat"])
+    data = DATASETS.build(cfg.dataset)
+    strategy = build_strategy(cfg, data.image_shape, torch.device("cpu"))
+    objective = EpisodicObjective(strategy, EpisodeSampler(resident(data.train, torch.device("cpu")), 5, 1, 3, seed=11),
+                                  2, (0, 1), None)
+    plain, fast = objective.param_groups
+    decoder = {id(p) for p in strategy.model.decoder.parameters()}
+    assert "lr_scale" not in plain and fast["lr_scale"] == strategy.model.decoder.lr_mul == 10
+    assert decoder and {id(p) for p in fast["params"]} == decoder and not decoder & {id(p) for p in plain["params"]}
+    assert len(plain["params"]) + len(fast["params"]) == len(objective.parameters)
+    proto = episodic()  # lr_mul 1: one plain list, no groups
+    assert proto.param_groups is proto.parameters
