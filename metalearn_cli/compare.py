@@ -36,8 +36,9 @@ COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy
            "only_reference_right", "only_run_right", "mcnemar_p", "predictions_differ", "predictions"]
 
 
-def outcomes(run: Path) -> Any:
-    """The run's per-query correctness ``[tasks, queries]`` (numpy bool)."""
+def read_outcomes(run: Path) -> tuple[Any, Any]:
+    """The run's per-query correctness ``[tasks, queries]`` (numpy bool) and predicted classes (int16;
+    None for a file written before they were kept), read in one pass."""
     import numpy as np
 
     path = run / "test_outcomes.npz"
@@ -47,22 +48,20 @@ def outcomes(run: Path) -> Any:
     try:
         with np.load(path) as f:
             shape = tuple(int(s) for s in f["shape"])
-            return np.unpackbits(f["packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+            correct = np.unpackbits(f["packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+            return correct, (f["predicted"] if "predicted" in f.files else None)
     except (OSError, ValueError, KeyError) as exc:
         raise MetalearnError(f"{path} is damaged ({exc.__class__.__name__}); score the run again with metalearn eval") from exc
 
 
-def predictions(run: Path) -> Any:
-    """The run's predicted classes ``[tasks, queries]`` (numpy int16), or None for a file written before
-    they were kept."""
-    import numpy as np
+def outcomes(run: Path) -> Any:
+    """The run's per-query correctness ``[tasks, queries]`` (numpy bool)."""
+    return read_outcomes(run)[0]
 
-    try:
-        with np.load(run / "test_outcomes.npz") as f:
-            return f["predicted"] if "predicted" in f.files else None
-    except (OSError, ValueError) as exc:
-        raise MetalearnError(f"{run / 'test_outcomes.npz'} is damaged ({exc.__class__.__name__}); score the run again "
-                             "with metalearn eval") from exc
+
+def predictions(run: Path) -> Any:
+    """The run's predicted classes ``[tasks, queries]``, or None for a file written before they were kept."""
+    return read_outcomes(run)[1]
 
 
 def differing(a: list[Any], b: list[Any]) -> tuple[Optional[int], int]:
@@ -162,15 +161,17 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
         if not seeds:
             raise MetalearnError(f"{name} shares no seed with {ref_name} (seeds {sorted(group)} vs {sorted(ref_runs)}); "
                                  "runs are compared on the test tasks of the same seed")
-        a, b = [], []
+        a, b, pa, pb = [], [], [], []
         for seed in seeds:
             same_tasks(ref_runs[seed], group[seed])
-            a.append(outcomes(ref_runs[seed]))
-            b.append(outcomes(group[seed]))
+            for runs, correct, predicted in ((ref_runs, a, pa), (group, b, pb)):
+                c, p = read_outcomes(runs[seed])
+                correct.append(c)
+                predicted.append(p)
             if a[-1].shape != b[-1].shape:
                 raise MetalearnError(f"{group[seed]} holds {b[-1].shape} outcomes, {ref_runs[seed]} {a[-1].shape}; "
                                      "score both on the same tasks")
-        changed, total = differing([predictions(ref_runs[s]) for s in seeds], [predictions(group[s]) for s in seeds])
+        changed, total = differing(pa, pb)
         one = len(ref_runs) == len(group) == 1
         rows.append({"reference": label(ref_runs[seeds[0]]) if one else ref_name,
                      "run": label(group[seeds[0]]) if one else name, **paired(a, b),
