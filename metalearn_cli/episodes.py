@@ -275,6 +275,23 @@ def alphabet_groups(split: ClassImages) -> list[list[int]]:
     return list(groups.values())
 
 
+def is_lake(episode: Any) -> bool:
+    """Whether the test is Lake et al.'s within-alphabet runs (``episode.protocol=lake``)."""
+    return getattr(episode.protocol, "value", str(episode.protocol)) == "lake"
+
+
+def validation_sampler(split: ClassImages, episode: Any, seed: int, device: torch.device) -> EpisodeSampler:
+    """The fixed validation tasks, of the test's kind, so that best.pt is chosen for the task the run is
+    scored on: within one alphabet when the test is Lake's runs (random 20-way tasks are far easier
+    and reward other weights), else classes from the whole split."""
+    lake = is_lake(episode)
+    if lake and not any(len(g) >= episode.way for g in alphabet_groups(split)):
+        raise ConfigError(f"episode.protocol=lake validates on tasks from one alphabet, but no validation alphabet has "
+                          f"{episode.way} characters; use dataset.val=drawers (new drawers of every background character)")
+    return EpisodeSampler(resident(split, device), episode.way, episode.shot, episode.query, split_seed(seed, "val"), device,
+                          within=1.0 if lake else 0.0)
+
+
 def split_seed(seed: int, split: str) -> int:
     """A stable per-split seed, so train/val/test episode streams never coincide."""
     offsets = {"train": 0, "val": 1, "test": 2, "pretrain": 3}

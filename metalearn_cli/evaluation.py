@@ -24,7 +24,7 @@ from tqdm import tqdm
 from metalearn_cli.assemble import check_seed, load_strategy, resolve_bn_mode, setup_device, startup_line, validate_eval
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
-from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, resident, split_seed
+from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, is_lake, resident, split_seed
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.bn_modes import MODES
 from metalearn_cli.encoders.norm import batch_norm_mode
@@ -186,10 +186,6 @@ def dataset_of(saved: Any, root: Optional[str], source: str) -> Any:
             raise ConfigError(f"dataset_root={root} but {source}'s data set ({dataset.get('name')}) is not read from a folder; drop it")
         dataset["root"] = root
     return dataset
-
-
-def is_lake(episode: Any) -> bool:
-    return getattr(episode.protocol, "value", str(episode.protocol)) == "lake"
 
 
 def evaluate(cfg: Any, run_dir: Path) -> float:

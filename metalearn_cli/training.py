@@ -28,9 +28,9 @@ from metalearn_cli.augment import augmentation
 from metalearn_cli.cost import check_memory
 from metalearn_cli.data import DATASETS
 from metalearn_cli.distributed import World, world
-from metalearn_cli.episodes import EpisodeSampler, LakeRuns, TaskShapes, check_fits, resident, split_seed
+from metalearn_cli.episodes import EpisodeSampler, LakeRuns, TaskShapes, check_fits, is_lake, resident, split_seed, validation_sampler
 from metalearn_cli.errors import ConfigError, Interrupted
-from metalearn_cli.evaluation import is_lake, score_checkpoint
+from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.loop import Stage, TrainingRun
 from metalearn_cli.objectives import EpisodicObjective
@@ -96,8 +96,7 @@ class Training:
         objective = EpisodicObjective(self.strategy, train_sampler, self.t.meta_batch, (self.ranks.rank, self.ranks.size),
                                       augmentation(self.t.augment, meta_augment, data.image_shape))
         finetune = Finetuner.of(cfg.eval, meta_augment, data.image_shape, self.strategy)  # the final test's
-        val_sampler = EpisodeSampler(resident(data.val, self.device), s.way, s.shot, s.query,
-                                     split_seed(cfg.seed, "val"), self.device)
+        val_sampler = validation_sampler(data.val, cfg.episode, cfg.seed, self.device)
 
         def test() -> dict[str, Any]:
             return score_checkpoint(self.strategy, data, "test", (s.way, s.shot, s.query), cfg.eval, cfg.seed, self.device,

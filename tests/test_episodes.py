@@ -151,6 +151,27 @@ def test_within_alphabet_needs_alphabets_large_enough():
     assert EpisodeSampler(plain, 5, 1, 1, seed=0).sample(1).n_way == 5  # without the option: as before
 
 
+def test_validation_tasks_are_of_the_tests_kind():
+    """Lake's runs validate on tasks from one alphabet (best.pt is picked for the runs it is scored
+    on); a random test validates on random tasks, the stream it drew before this option."""
+    from types import SimpleNamespace
+
+    from metalearn_cli.episodes import validation_sampler
+    from metalearn_cli.errors import ConfigError
+
+    split = alphabets((6, 8, 3, 10))
+    alphabet_of = [name.split("/")[0] for name in split.class_names]
+    lake = SimpleNamespace(way=5, shot=1, query=1, protocol="lake")
+    sampler = validation_sampler(split, lake, seed=0, device=torch.device("cpu"))
+    assert all(len({alphabet_of[int(c)] for c in sampler._classes(sampler.generator)}) == 1 for _ in range(50))
+    plain = validation_sampler(split, SimpleNamespace(way=5, shot=1, query=1, protocol="random"), 0, torch.device("cpu"))
+    assert plain.within == 0.0
+    assert torch.equal(plain.sample(3).support_images, EpisodeSampler(split, 5, 1, 1, split_seed(0, "val")).sample(3).support_images)
+    assert sum(len({alphabet_of[int(c)] for c in plain._classes(plain.generator)}) == 1 for _ in range(50)) < 25
+    with pytest.raises(ConfigError, match="no validation alphabet has 20 characters; use dataset.val=drawers"):
+        validation_sampler(split, SimpleNamespace(way=20, shot=1, query=1, protocol="lake"), 0, torch.device("cpu"))
+
+
 # ----------------------------------------------------------------------------- the stream, pinned
 def test_the_task_stream_is_the_documented_draws_from_the_samplers_own_generator():
     """A task is: its classes (argsort of one uniform per class), then per class the order of its
