@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -23,13 +23,19 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TaskShapes:
     """Evaluation tasks (``way``, ``shot``, ``query``) and training tasks, which may have more ways
-    (``trainer.train_way``; Snell et al. train 60-way) or other queries (``trainer.train_query``)."""
+    (``trainer.train_way``; Snell et al. train 60-way) or other queries (``trainer.train_query``);
+    validation tasks may have more ways too (``trainer.val_way``: 5-way validation saturates on Omniglot)."""
 
     way: int
     shot: int
     query: int
     train_way: int
     train_query: int
+    val_way: int = 0  # 0: the evaluation's way
+
+    def __post_init__(self) -> None:
+        if not self.val_way:
+            object.__setattr__(self, "val_way", self.way)
 
     @classmethod
     def of(cls, cfg: Any) -> "TaskShapes":
@@ -37,12 +43,13 @@ class TaskShapes:
         t = cfg.trainer if "trainer" in cfg else None
         train_way = (t.train_way if t is not None else None) or e.way
         train_query = (t.train_query if t is not None else None) or e.query
-        return cls(e.way, e.shot, e.query, train_way, train_query)
+        val_way = getattr(t, "val_way", None) or e.way
+        return cls(e.way, e.shot, e.query, train_way, train_query, val_way)
 
     @property
     def max_way(self) -> int:
         """The most classes any configured task has (the size of a fixed classifier head)."""
-        return max(self.way, self.train_way)
+        return max(self.way, self.train_way, self.val_way)
 
     @property
     def query_set(self) -> int:
@@ -280,15 +287,17 @@ def is_lake(episode: Any) -> bool:
     return getattr(episode.protocol, "value", str(episode.protocol)) == "lake"
 
 
-def validation_sampler(split: ClassImages, episode: Any, seed: int, device: torch.device) -> EpisodeSampler:
+def validation_sampler(split: ClassImages, episode: Any, seed: int, device: torch.device,
+                       way: Optional[int] = None) -> EpisodeSampler:
     """The fixed validation tasks, of the test's kind, so that best.pt is chosen for the task the run is
     scored on: within one alphabet when the test is Lake's runs (random 20-way tasks are far easier
-    and reward other weights), else classes from the whole split."""
-    lake = is_lake(episode)
-    if lake and not any(len(g) >= episode.way for g in alphabet_groups(split)):
+    and reward other weights), else classes from the whole split. ``way`` (``trainer.val_way``) may
+    exceed the test's: 5-way Omniglot validation sits near 99% and cannot rank checkpoints."""
+    lake, way = is_lake(episode), way or episode.way
+    if lake and not any(len(g) >= way for g in alphabet_groups(split)):
         raise ConfigError(f"episode.protocol=lake validates on tasks from one alphabet, but no validation alphabet has "
-                          f"{episode.way} characters; use dataset.val=drawers (new drawers of every background character)")
-    return EpisodeSampler(resident(split, device), episode.way, episode.shot, episode.query, split_seed(seed, "val"), device,
+                          f"{way} characters; use dataset.val=drawers (new drawers of every background character)")
+    return EpisodeSampler(resident(split, device), way, episode.shot, episode.query, split_seed(seed, "val"), device,
                           within=1.0 if lake else 0.0)
 
 

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from metalearn_cli.assemble import build_strategy, validate_train_config
 from metalearn_cli.augment import augmentation
 from metalearn_cli.data import DATASETS, FewShotData
-from metalearn_cli.episodes import resident, split_seed, validation_sampler
+from metalearn_cli.episodes import TaskShapes, resident, split_seed, validation_sampler
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.loop import Stage
 from metalearn_cli.objectives import SupervisedObjective
@@ -78,7 +78,7 @@ def pretrain_stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.dev
                                     augmentation(p.augment, DATASETS.params_of(cfg.dataset).augment, data.image_shape),
                                     split_seed(cfg.seed, "pretrain"))
     e = cfg.episode
-    val_sampler = validation_sampler(data.val, e, cfg.seed, device)
+    val_sampler = validation_sampler(data.val, e, cfg.seed, device, TaskShapes.of(cfg).val_way)
 
     def test() -> dict[str, Any]:  # nearest-centroid, as ``metalearn eval RUN/pretrain`` gives it
         return score_checkpoint(strategy, data, "test", (e.way, e.shot, e.query), cfg.eval, cfg.seed, device)

@@ -63,6 +63,7 @@ class TrainerConfig:
     train_query: Optional[int] = 5  # queries per class in training tasks; null = episode.query
     val_every: int = 1000  # meta-iterations between validations (and best.pt updates)
     val_episodes: int = 300  # fixed validation tasks per validation
+    val_way: Optional[int] = None  # ways of validation tasks; null = episode.way (5-way Omniglot validation saturates near 99%)
     checkpoint_every: int = 500  # meta-iterations between last.pt writes
     log_every: int = 50  # meta-iterations between metric records (the only host syncs)
     channels_last: Optional[bool] = None  # NHWC conv kernels; null = auto: on for CPU (oneDNN, ~2x), off for CUDA (NCHW faster there)

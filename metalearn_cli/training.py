@@ -75,7 +75,7 @@ class Training:
         self.data = data = DATASETS.build(cfg.dataset)
         resolve_budget(cfg, data)
         check_fits(data.train, "train", data.name, s.train_way, s.shot, s.train_query)
-        check_fits(data.val, "val", data.name, s.way, s.shot, s.query)
+        check_fits(data.val, "val", data.name, s.val_way, s.shot, s.query)
         check_fits(data.test, "test", data.name, s.way, s.shot, s.query)
         if is_lake(cfg.episode):
             LakeRuns(data.test, s.way, cfg.seed)  # a data set without alphabets is refused now, not after training
@@ -96,7 +96,7 @@ class Training:
         objective = EpisodicObjective(self.strategy, train_sampler, self.t.meta_batch, (self.ranks.rank, self.ranks.size),
                                       augmentation(self.t.augment, meta_augment, data.image_shape))
         finetune = Finetuner.of(cfg.eval, meta_augment, data.image_shape, self.strategy)  # the final test's
-        val_sampler = validation_sampler(data.val, cfg.episode, cfg.seed, self.device)
+        val_sampler = validation_sampler(data.val, cfg.episode, cfg.seed, self.device, s.val_way)
 
         def test() -> dict[str, Any]:
             return score_checkpoint(self.strategy, data, "test", (s.way, s.shot, s.query), cfg.eval, cfg.seed, self.device,

@@ -170,6 +170,22 @@ def test_validation_tasks_are_of_the_tests_kind():
     assert sum(len({alphabet_of[int(c)] for c in plain._classes(plain.generator)}) == 1 for _ in range(50)) < 25
     with pytest.raises(ConfigError, match="no validation alphabet has 20 characters; use dataset.val=drawers"):
         validation_sampler(split, SimpleNamespace(way=20, shot=1, query=1, protocol="lake"), 0, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="no validation alphabet has 12 characters"):  # trainer.val_way counts, not the test's 5
+        validation_sampler(split, lake, 0, torch.device("cpu"), way=12)
+
+
+def test_validation_may_have_more_ways_than_the_test():
+    """trainer.val_way: 5-way Omniglot validation sits near 99% and cannot rank checkpoints; 20-way tasks can."""
+    from types import SimpleNamespace
+
+    from metalearn_cli.episodes import validation_sampler
+
+    split = make_split(24, 4)
+    five = SimpleNamespace(way=5, shot=1, query=2, protocol="random")
+    wide = validation_sampler(split, five, 0, torch.device("cpu"), way=20)
+    task = wide.sample(1)
+    assert task.n_way == 20 and len(set(task.support_images[0, :, 0, 0, 0].tolist())) == 20
+    assert validation_sampler(split, five, 0, torch.device("cpu"), way=None).sample(1).n_way == 5
 
 
 # ----------------------------------------------------------------------------- the stream, pinned
@@ -248,6 +264,9 @@ def test_task_shapes_default_to_the_evaluation_episode():
     shapes = TaskShapes.of(_Cfg(episode=episode, trainer=trainer))
     assert shapes == TaskShapes(5, 1, 3, 20, 15) and shapes.max_way == 20 and shapes.query_set == 15
     assert TaskShapes(30, 1, 0, 5, 1).max_way == 30 and TaskShapes(5, 1, 0, 5, 1).query_set == 1
+    assert shapes.val_way == 5  # validation is of the test's way unless trainer.val_way says otherwise
+    wider = TaskShapes.of(_Cfg(episode=episode, trainer=SimpleNamespace(train_way=None, train_query=None, val_way=30)))
+    assert (wider.way, wider.train_way, wider.val_way, wider.max_way) == (5, 5, 30, 30)
 
 
 class _Cfg(dict):
