@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException
@@ -87,6 +89,17 @@ def test_experiment_headers_name_the_command_and_the_published_figure():
 PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 
+def test_recipe_presets_carry_a_measured_figure_with_its_date_and_machine():
+    """The project's own recipes (best_*, the Lake presets) are judged by what they measured, not by a paper."""
+    recipes = [p for p in PRESETS if p.startswith("best_") or p.endswith("_lake20w1s")]
+    assert {"best_omniglot_5w1s", "best_omniglot_20w1s", "metanet_omniglot_lake20w1s"} <= set(recipes)
+    for name in recipes:
+        header = "\n".join((CONFIGS / "experiment" / f"{name}.yaml").read_text().splitlines()[:12])
+        measured = re.search(r"# Measured \((\d{4}-\d{2}-\d{2}), ([^)]*)\): [\s\S]*?(\d+\.\d+)%", header)
+        assert measured and "cores" in measured.group(2), name
+        assert 0 < float(measured.group(3)) <= 100, name
+
+
 def test_presets_cover_the_reproduction_table_and_carry_their_published_figure():
     for method in ("protonet", "maml", "metasgd", "anil", "latent", "rfs"):
         for shape in ("5w1s", "5w5s", "20w1s", "20w5s"):
@@ -98,6 +111,24 @@ def test_presets_cover_the_reproduction_table_and_carry_their_published_figure()
     assert (cfg.reference.accuracy, cfg.episode.way, cfg.episode.shot, cfg.trainer.train_way) == (98.9, 20, 5, 60)
     cfg = compose_config("train", ["experiment=maml_mini_5w5s_conv4"])
     assert (cfg.reference.accuracy, cfg.dataset.name, cfg.encoder.width, cfg.strategy.inner_steps) == (63.11, "mini_imagenet", 32, 5)
+
+
+def test_the_best_presets_are_one_training_tested_on_two_task_shapes(tmp_path):
+    """best_omniglot_5w1s's header quotes best_omniglot_20w1s's run tested 5-way: that holds only while
+    the two train, validate and pick best.pt identically, which 20-way validation (trainer.val_way) allows."""
+    five, twenty = (compose_config("train", [f"experiment=best_omniglot_{s}"]) for s in ("5w1s", "20w1s"))
+    for group in ("dataset", "encoder", "decoder", "strategy", "optimizer", "pretrain", "trainer", "seed"):
+        assert OmegaConf.to_container(five[group]) == OmegaConf.to_container(twenty[group]) if group != "seed" else five.seed == twenty.seed, group
+    assert (five.episode.way, twenty.episode.way, five.trainer.val_way) == (5, 20, 20)
+    best = {}
+    for shape in ("5w1s", "20w1s"):  # the same, run: generated data, 10-way training, 20-way validation
+        cfg = compose_config("train", [f"experiment=best_omniglot_{shape}", "debug=smoke", "encoder.width=8", "trainer.train_way=10",
+                                       "trainer.iterations=4", "trainer.val_every=2", "eval.episodes=2", "device=cpu"])
+        training.train(cfg, tmp_path / shape)
+        best[shape] = torch.load(tmp_path / shape / "checkpoints" / "best.pt", weights_only=False)["model"]
+        assert json.loads((tmp_path / shape / "results.json").read_text())["way"] == cfg.episode.way
+    assert best["5w1s"].keys() == best["20w1s"].keys()
+    assert all(torch.equal(best["5w1s"][k], best["20w1s"][k]) for k in best["5w1s"])
 
 
 @pytest.mark.smoke
