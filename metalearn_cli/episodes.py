@@ -43,8 +43,7 @@ class TaskShapes:
         t = cfg.trainer if "trainer" in cfg else None
         train_way = (t.train_way if t is not None else None) or e.way
         train_query = (t.train_query if t is not None else None) or e.query
-        val_way = getattr(t, "val_way", None) or e.way
-        return cls(e.way, e.shot, e.query, train_way, train_query, val_way)
+        return cls(e.way, e.shot, e.query, train_way, train_query, getattr(t, "val_way", None) or 0)
 
     @property
     def max_way(self) -> int:

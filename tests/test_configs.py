@@ -18,6 +18,7 @@ from omegaconf.errors import ValidationError
 from conftest import FAST, compose_config
 from encoders.test_encoders import SMALL
 from metalearn_cli import training
+from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.components import REGISTRIES
 from metalearn_cli.schema import SCHEMAS
@@ -117,15 +118,16 @@ def test_the_best_presets_are_one_training_tested_on_two_task_shapes(tmp_path):
     """best_omniglot_5w1s's header quotes best_omniglot_20w1s's run tested 5-way: that holds only while
     the two train, validate and pick best.pt identically, which 20-way validation (trainer.val_way) allows."""
     five, twenty = (compose_config("train", [f"experiment=best_omniglot_{s}"]) for s in ("5w1s", "20w1s"))
-    for group in ("dataset", "encoder", "decoder", "strategy", "optimizer", "pretrain", "trainer", "seed"):
-        assert OmegaConf.to_container(five[group]) == OmegaConf.to_container(twenty[group]) if group != "seed" else five.seed == twenty.seed, group
+    def but_the_test(cfg: Any) -> dict:
+        return {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("episode", "reference")}
+    assert but_the_test(five) == but_the_test(twenty)
     assert (five.episode.way, twenty.episode.way, five.trainer.val_way) == (5, 20, 20)
     best = {}
     for shape in ("5w1s", "20w1s"):  # the same, run: generated data, 10-way training, 20-way validation
         cfg = compose_config("train", [f"experiment=best_omniglot_{shape}", "debug=smoke", "encoder.width=8", "trainer.train_way=10",
                                        "trainer.iterations=4", "trainer.val_every=2", "eval.episodes=2", "device=cpu"])
         training.train(cfg, tmp_path / shape)
-        best[shape] = torch.load(tmp_path / shape / "checkpoints" / "best.pt", weights_only=False)["model"]
+        best[shape] = load_checkpoint(tmp_path / shape / "checkpoints" / "best.pt")["model"]
         assert json.loads((tmp_path / shape / "results.json").read_text())["way"] == cfg.episode.way
     assert best["5w1s"].keys() == best["20w1s"].keys()
     assert all(torch.equal(best["5w1s"][k], best["20w1s"][k]) for k in best["5w1s"])
