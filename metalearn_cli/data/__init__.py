@@ -40,7 +40,7 @@ class FewShotData:
         seen: dict[str, str] = {}
         for split_name in SPLITS:
             if split_name == "val" and self.val_drawings:
-                if self.val.class_names != self.train.class_names:
+                if not set(self.val.class_names) <= set(self.train.class_names):
                     raise DataError(f"{self.name}: validation drawings must be of the training classes")
                 continue
             for cls in self.split(split_name).class_names:

@@ -12,7 +12,9 @@ Protocols (``dataset.split``):
 - ``vinyals``: Vinyals et al. (2016) character split as used by Snell et al. (2017): 1028 / 172 /
   423 characters, each rotated by 0/90/180/270 degrees into 4 classes.
 - ``background``: background alphabets train, evaluation alphabets test (no rotations); the last five
-  background alphabets (sorted by name) are held out for validation.
+  background alphabets (sorted by name) are held out for validation. ``dataset.rotations=4`` adds
+  each training character's 90/180/270-degree turns as new classes (Santoro et al. 2016; Vinyals et
+  al. 2016), each turn of an alphabet an alphabet of its own; validation and test stay unrotated.
 
 Pixels are inverted so strokes are bright on a zero background (zero padding then means "no ink").
 """
@@ -235,10 +237,14 @@ def _classes(arrays: OmniglotArrays, entries: list[tuple[str, int]], where: str)
     return ClassImages(out.contiguous(), names)
 
 
-def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: OmniglotVal = OmniglotVal.alphabets) -> FewShotData:
+def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: OmniglotVal = OmniglotVal.alphabets,
+                rotations: int = 1) -> FewShotData:
     """Cut the characters into train / val / test classes by the chosen protocol."""
     if val is OmniglotVal.drawers and split is not OmniglotSplit.background:
         raise ConfigError("dataset.val=drawers is for dataset.split=background (Lake et al.'s 30 training alphabets)")
+    if rotations not in (1, 4) or (rotations == 4 and split is not OmniglotSplit.background):
+        raise ConfigError(f"dataset.rotations={rotations}: give 1 (none) or 4 (each training character turned by 90, 180 "
+                          "and 270 degrees into new classes), and 4 only with dataset.split=background (vinyals has its own)")
     parts: dict[str, list[tuple[str, int]]] = {}
     if split is OmniglotSplit.vinyals:
         for part in ("train", "val", "test"):
@@ -253,7 +259,7 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: O
         if len(alphabets) <= LAKE_VAL_ALPHABETS:
             raise DataError(f"{where}: the background split needs more than {LAKE_VAL_ALPHABETS} background alphabets")
         val_alphabets = set(alphabets[-LAKE_VAL_ALPHABETS:]) if val is OmniglotVal.alphabets else set()
-        parts["train"] = [(c, 0) for c in bg if c.split("/")[0] not in val_alphabets]
+        parts["train"] = [(c, k) for k in range(rotations) for c in bg if c.split("/")[0] not in val_alphabets]
         parts["val"] = [(c, 0) for c in bg if c.split("/")[0] in val_alphabets] or parts["train"]
         parts["test"] = [(c, 0) for c, b in zip(arrays.characters, arrays.background) if not b]
         if not parts["test"]:
@@ -264,7 +270,8 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: O
         if cut < 1:
             raise DataError(f"{where}: dataset.val=drawers needs more than {VAL_DRAWERS} drawings per character "
                             f"(it has {splits['train'].n_per_class}); use dataset.val=alphabets")
-        splits["val"] = ClassImages(splits["train"].images[:, cut:].contiguous(), splits["train"].class_names)
+        upright = len(splits["train"].class_names) // rotations  # the turned copies come after: validate unrotated
+        splits["val"] = ClassImages(splits["train"].images[:upright, cut:].contiguous(), splits["train"].class_names[:upright])
         splits["train"] = ClassImages(splits["train"].images[:, :cut].contiguous(), splits["train"].class_names)
     return FewShotData(name="omniglot", train=splits["train"], val=splits["val"], test=splits["test"],
                        val_drawings=val is OmniglotVal.drawers)
@@ -287,5 +294,5 @@ def build_omniglot(params: OmniglotParams) -> FewShotData:
         if not asset.is_file():
             raise DataError(f"the embedded Omniglot file {asset} is missing; reinstall metalearn or run scripts/prepare_omniglot.py")
         arrays, _ = load_arrays(str(asset))
-        return make_splits(arrays, params.split, "the embedded Omniglot", params.val)
-    return make_splits(_from_root(params), params.split, f"dataset.root={params.root}", params.val)
+        return make_splits(arrays, params.split, "the embedded Omniglot", params.val, params.rotations)
+    return make_splits(_from_root(params), params.split, f"dataset.root={params.root}", params.val, params.rotations)

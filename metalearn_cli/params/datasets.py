@@ -116,6 +116,7 @@ class OmniglotParams:
     meta_augment: Augment = Augment.affine  # meta-training with trainer.augment=auto: Koch et al.'s distortions
     val: OmniglotVal = OmniglotVal.alphabets  # split=background: what validation holds out (see OmniglotVal)
     image_size: int = 28  # pixels per side (Vinyals et al.: 28); other sizes are read from the full-resolution archives in root
+    rotations: int = 1  # split=background: each training character also rotated by 90/180/270 degrees into new classes (4)
 
     def image_format(self) -> ImageFormat:
         return dataclasses.replace(OMNIGLOT_FORMAT, size=self.image_size)

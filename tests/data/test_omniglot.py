@@ -250,3 +250,31 @@ def test_a_within_alphabet_augmented_lake_run_through_the_console_script(tmp_pat
     assert "within_alphabet: 1" in config and "augment: auto" in config and "val: drawers" in config
     results = json.loads((run / "results.json").read_text())
     assert results["protocol"] == "lake" and results["episodes"] == 20 and results["way"] == 20
+
+
+def test_rotations_turn_each_training_character_into_four_alphabets_and_leave_val_and_test_upright(tmp_path):
+    """dataset.rotations=4 on the background split: each training character and its three turns are
+    four classes; a turned alphabet is an alphabet of its own for within-alphabet tasks; validation
+    (held-out alphabets or drawers) and the test (Lake's runs) stay unrotated."""
+    import torch
+
+    from metalearn_cli.episodes import alphabet_groups
+
+    background = tuple((f"A{i}", 2) for i in range(7))
+    root = make_omniglot(tmp_path, background=background, evaluation=(("E", 3),), drawings=8)
+    spec = {"name": "omniglot", "split": "background", "root": str(root)}
+    upright, turned = DATASETS.build(spec), DATASETS.build({**spec, "rotations": 4})
+    assert turned.train.n_classes == 4 * upright.train.n_classes
+    assert turned.val.class_names == upright.val.class_names and turned.test.class_names == upright.test.class_names
+    names = turned.train.class_names
+    for k in (1, 2, 3):
+        i = names.index(f"A0/character01/rot{k * 90:03d}")
+        assert torch.equal(turned.train.images[i], torch.rot90(turned.train.images[names.index("A0/character01")], k, dims=(-2, -1)))
+    assert len(alphabet_groups(turned.train)) == 4 * len(alphabet_groups(upright.train))
+    drawers = DATASETS.build({**spec, "rotations": 4, "val": "drawers"})
+    assert drawers.train.n_classes == 56 and drawers.val.n_classes == 14
+    assert not any("/rot" in n for n in drawers.val.class_names)
+    with pytest.raises(ConfigError, match="dataset.rotations=3"):
+        DATASETS.build({**spec, "rotations": 3})
+    with pytest.raises(ConfigError, match="only with dataset.split=background"):
+        DATASETS.build({"name": "omniglot", "rotations": 4})
