@@ -112,7 +112,7 @@ class EvalConfig:
     bn_mode: BNMode = BNMode.auto
     save_task_stats: bool = False  # write task_stats.csv: per test task, accuracy and the norms of what the decoder generated
     # Test-time fine-tuning (Hu et al. 2022, P>M>F): steps on each test task's support set, augmented copies as
-    # pseudo-queries, SGD with momentum 0.9; the weights are restored after each task. Not in validation.
+    # pseudo-queries, Adam as P>M>F's code; the weights are restored after each task. Not in validation.
     finetune_steps: int = 0  # 0 = off (P>M>F: 50)
     finetune_lr: float = 0.01  # P>M>F picks it from {0, 1e-4, 1e-3, 1e-2} on validation tasks
     finetune_params: FinetuneParams = FinetuneParams.backbone
