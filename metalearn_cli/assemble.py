@@ -112,6 +112,8 @@ def validate_eval(e: Any) -> None:
         raise ConfigError("eval.finetune_steps, eval.finetune_lr and eval.finetune_lr_search must be >= 0")
     if e.finetune_search_episodes < 1 or (e.finetune_lr_search is not None and not e.finetune_lr_search):
         raise ConfigError("eval.finetune_search_episodes must be >= 1 and eval.finetune_lr_search a non-empty list (or null)")
+    if e.tta_shift < 0:
+        raise ConfigError(f"eval.tta_shift={e.tta_shift}: give the pixels to shift each test image's copies by (>= 0; 0 = off)")
 
 
 def validate_host(cfg: Any) -> None:

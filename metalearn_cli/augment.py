@@ -1,6 +1,8 @@
 """Per-image random transforms of training images (``torchvision.transforms.v2``): one owner for the
 pre-training stage (``pretrain.augment``) and meta-training tasks (``trainer.augment``). Evaluation
-never augments: only the training loops call :func:`augmentation`.
+never draws random transforms: only the training loops (and test-time fine-tuning's pseudo-queries)
+call :func:`augmentation`. Test-time augmentation (``eval.tta_shift``) uses fixed shifts,
+:func:`shift_views` and :func:`shifted`, so a test repeats exactly.
 
 Kinds (:class:`metalearn_cli.schema.Augment`): ``crop`` (random crops from a 10%-padded copy),
 ``crop_flip`` (+ horizontal flips), ``crop_flip_jitter`` (+ colour jitter, colour images), and
@@ -60,6 +62,23 @@ def augmentation(kind: Any, dataset_default: Any, image_shape: tuple[int, int, i
         parts.append(v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4))
     transform = v2.Compose(parts)
     return lambda batch: torch.stack([transform(image) for image in batch])  # each image its own draw
+
+
+def shift_views(shift: int) -> tuple[tuple[int, int], ...]:
+    """The ``(dy, dx)`` offsets of test-time augmentation: the image itself and its copies moved by
+    ``shift`` pixels up, down, left and right (just the image for 0)."""
+    if shift == 0:
+        return ((0, 0),)
+    return ((0, 0), (shift, 0), (-shift, 0), (0, shift), (0, -shift))
+
+
+def shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``[..., H, W]`` moved ``dy`` pixels down and ``dx`` right, zeros filling what moved in (no wrap)."""
+    if dy == 0 and dx == 0:
+        return images
+    h, w, p = images.shape[-2], images.shape[-1], max(abs(dy), abs(dx))
+    padded = F.pad(images, (p, p, p, p))
+    return padded[..., p - dy:p - dy + h, p - dx:p - dx + w]
 
 
 def augment_images(augment: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 def evaluate_tasks(
     strategy: Strategy, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str,
     stats: Optional[list[dict[str, float]]] = None, progress: bool = False, outcomes: Optional[list[torch.Tensor]] = None,
-    finetune: Optional[Finetuner] = None,
+    finetune: Optional[Finetuner] = None, tta_shift: int = 0,
 ) -> torch.Tensor:
     """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks.
 
@@ -59,7 +59,8 @@ def evaluate_tasks(
         for batch in sampler.fixed(episodes, batch_tasks):
             for part in batch.split_tasks() if one_by_one else [batch]:
                 with finetune.adapted(strategy, part) if finetune is not None else contextlib.nullcontext():
-                    out = strategy.predict(part, with_stats=stats is not None)
+                    with strategy.model.test_views(tta_shift):
+                        out = strategy.predict(part, with_stats=stats is not None)
                 acc = query_accuracy(out.logits.detach(), part.query_labels)
                 accs.append(acc)
                 if outcomes is not None:
@@ -117,6 +118,7 @@ def score_checkpoint(
     way, shot, query = shapes
     sampler = fixed_tasks(data, split, shapes, seed, device, lake)
     bn_mode = resolve_bn_mode(eval_cfg.bn_mode, strategy)
+    tta_shift = getattr(eval_cfg, "tta_shift", 0)  # absent from configs saved before it existed
     search = None
     if finetune is not None and eval_cfg.finetune_lr_search:  # on validation tasks, before the test
         val = fixed_tasks(data, "val", shapes, seed, device, lake)
@@ -124,7 +126,7 @@ def score_checkpoint(
         def score(tuner: Finetuner) -> float:
             with seeded(split_seed(seed, "val"), device):  # every rate sees the same augmentations
                 return float(evaluate_tasks(strategy, val, eval_cfg.finetune_search_episodes, eval_cfg.batch_tasks,
-                                            bn_mode, finetune=tuner).mean())
+                                            bn_mode, finetune=tuner, tta_shift=tta_shift).mean())
 
         search = finetune.search(list(eval_cfg.finetune_lr_search), score)
         log.info("test-time fine-tuning: lr %g chosen on %d validation tasks (%s)", finetune.lr,
@@ -133,7 +135,8 @@ def score_checkpoint(
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
     with seeded(split_seed(seed, split), device) if finetune is not None else contextlib.nullcontext():  # repeats exactly
-        accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats, progress, outcomes, finetune)
+        accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats, progress, outcomes,
+                              finetune, tta_shift)
     seconds = time.perf_counter() - start
     if stats is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,7 @@ def score_checkpoint(
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": bn_mode, "seed": seed,
         "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),
-        "finetune_steps": finetune.steps if finetune is not None else 0,
+        "finetune_steps": finetune.steps if finetune is not None else 0, "tta_shift": tta_shift,
         **({"finetune_lr": finetune.lr, "finetune_search": search} if finetune is not None else {}),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
     }

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from metalearn_cli.augment import shift_views, shifted
 from metalearn_cli.decoders import DECODERS, Decoder, DecoderOutput
 from metalearn_cli.encoders import ENCODERS, Encoder, inside_vmap
 from metalearn_cli.encoders.norm import TaskBatchNorm2d
@@ -32,6 +33,7 @@ class MetaModel(nn.Module):
         # Which statistics batch norm uses in a pass over a task (see ``embed_task``).
         self.statistics = "joint"
         self.encoder_frozen = False
+        self.views: tuple[tuple[int, int], ...] = ((0, 0),)  # test-time augmentation's shifts (see ``test_views``)
 
     def freeze_encoder(self) -> None:
         """No gradient reaches the encoder's weights and its batch norm keeps its stored statistics
@@ -62,8 +64,26 @@ class MetaModel(nn.Module):
         return self.to(memory_format=self.memory_format)
 
     def embed(self, images: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
-        """Embed ``[..., C, H, W]`` images to ``[..., D]`` in one encoder call; ``film`` holds
-        per-task ``[T, C]`` scales and shifts for images ``[T, M, C, H, W]``."""
+        """Embed ``[..., C, H, W]`` images to ``[..., D]``; ``film`` holds per-task ``[T, C]`` scales
+        and shifts for images ``[T, M, C, H, W]``. Inside :meth:`test_views`, an image's features are
+        the mean over its shifted copies (one encoder call each)."""
+        if len(self.views) == 1:
+            return self._embed_once(images, film)
+        return torch.stack([self._embed_once(shifted(images, dy, dx), film) for dy, dx in self.views]).mean(0)
+
+    @contextlib.contextmanager
+    def test_views(self, shift: int) -> Iterator[None]:
+        """Test-time augmentation (``eval.tta_shift``): inside the block every image, support and
+        query alike, is embedded as the mean of the features of itself and its copies moved by
+        ``shift`` pixels (:func:`metalearn_cli.augment.shift_views`); no-op for 0."""
+        saved, self.views = self.views, shift_views(shift)
+        try:
+            yield
+        finally:
+            self.views = saved
+
+    def _embed_once(self, images: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+        """The images in one encoder call."""
         lead = images.shape[:-3]
         if film is not None:
             per_task = images.shape[1]

@@ -119,6 +119,9 @@ class EvalConfig:
     finetune_augment: Augment = Augment.auto  # the pseudo-queries' transforms; auto = dataset.meta_augment
     finetune_lr_search: Optional[list[float]] = None  # P>M>F: pick finetune_lr from these ([0, 1e-4, 1e-3, 1e-2]) on validation tasks first
     finetune_search_episodes: int = 50  # validation tasks per candidate rate (the same fixed tasks for each)
+    # Test-time augmentation: each test image (support and query) embedded as the mean of the features of itself and
+    # its 4 copies moved this many pixels up, down, left and right (zero-filled); 5 x the encoder's test work. Not in validation.
+    tta_shift: int = 0  # 0 = off
 
 
 @dataclass

@@ -72,3 +72,14 @@ def test_without_augment_the_run_is_what_it_was(compose_train, tmp_path):
     training.train(compose_train("trainer.augment=crop"), tmp_path / "c")
     acc = {n: json.loads((tmp_path / n / "metrics.jsonl").read_text().splitlines()[-1]) for n in "abc"}
     assert acc["a"] == acc["b"] and acc["a"] != acc["c"]
+
+
+def test_shifted_moves_the_image_and_fills_with_zeros_without_wrapping():
+    from metalearn_cli.augment import shift_views, shifted
+
+    image = torch.arange(1, 26, dtype=torch.float32).reshape(1, 1, 5, 5)
+    down = shifted(image, 2, 0)
+    assert torch.equal(down[..., 2:, :], image[..., :3, :]) and not down[..., :2, :].any()
+    left = shifted(image, 0, -1)
+    assert torch.equal(left[..., :, :4], image[..., :, 1:]) and not left[..., :, 4].any()
+    assert shifted(image, 0, 0) is image and shift_views(0) == ((0, 0),) and len(set(shift_views(3))) == 5

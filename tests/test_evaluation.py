@@ -188,3 +188,25 @@ def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
     with pytest.raises(Exception, match="dataset.split=background"):
         evaluation.evaluate(compose_config("eval", [f"checkpoint={vinyals}", "episode=lake20way1shot", "device=cpu"]),
                             tmp_path / "bad")
+
+
+def test_test_time_augmentation_through_the_eval_command(compose_train, run_dir, tmp_path):
+    """`python -m metalearn_cli eval ... eval.tta_shift=2` scores the same fixed tasks with each image
+    embedded over its shifted copies: recorded in results.json, other predictions than the plain
+    test; a negative shift is one line before anything runs."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    training.train(compose_train(), run_dir)
+    base = [sys.executable, "-m", "metalearn_cli", "eval", f"checkpoint={run_dir}", "eval.episodes=8", "device=cpu"]
+    for name, extra in (("plain", []), ("tta", ["eval.tta_shift=2"])):
+        proc = subprocess.run([*base, *extra, f"hydra.run.dir='{tmp_path / name}'"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    plain, tta = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("plain", "tta"))
+    assert (plain["tta_shift"], tta["tta_shift"], tta["episodes"]) == (0, 2, 8)
+    predicted = [np.load(tmp_path / n / evaluation.OUTCOMES)["predicted"] for n in ("plain", "tta")]
+    assert predicted[0].shape == predicted[1].shape and (predicted[0] != predicted[1]).any()
+    bad = subprocess.run([*base, "eval.tta_shift=-1", f"hydra.run.dir='{tmp_path / 'bad'}'"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "eval.tta_shift=-1" in bad.stderr.strip().splitlines()[-1]

@@ -63,3 +63,23 @@ def test_transductive_mode_switches_only_batch_norm_to_batch_statistics():
         assert norms and all(m.training and not m.track_running_stats for m in norms)
         assert all(not m.training for m in others)
     assert model.training and all(m.track_running_stats for m in norms)
+
+
+def test_test_views_embed_each_image_as_the_mean_over_its_shifted_copies_then_come_back():
+    """eval.tta_shift: inside ``test_views`` the features of an image are the mean of the features of
+    the image and its 4 shifted copies; outside (and after), the single pass as before."""
+    from metalearn_cli.augment import shifted
+
+    model, batch = make()
+    model.eval()
+    images = batch.support_images
+    plain = model.embed(images)
+    with model.test_views(2):
+        viewed = model.embed(images)
+        logits = model.episode_output(batch).logits
+    by_hand = torch.stack([model.embed(shifted(images, dy, dx)) for dy, dx in ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2))]).mean(0)
+    torch.testing.assert_close(viewed, by_hand)
+    assert not torch.allclose(viewed, plain) and not torch.allclose(logits, model.episode_output(batch).logits)
+    assert torch.equal(model.embed(images), plain) and model.views == ((0, 0),)
+    with model.test_views(0):
+        assert torch.equal(model.embed(images), plain)

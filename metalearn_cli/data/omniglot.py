@@ -15,6 +15,8 @@ Protocols (``dataset.split``):
   background alphabets (sorted by name) are held out for validation. ``dataset.rotations=4`` adds
   each training character's 90/180/270-degree turns as new classes (Santoro et al. 2016; Vinyals et
   al. 2016), each turn of an alphabet an alphabet of its own; validation and test stay unrotated.
+- ``dataset.mirror=true`` (either split) adds each training class's left-right mirror image as a new
+  class, each mirrored alphabet an alphabet of its own; validation and test are never mirrored.
 
 Pixels are inverted so strokes are bright on a zero background (zero padding then means "no ink").
 """
@@ -218,7 +220,8 @@ def _split_lines(name: str) -> list[str]:
 
 
 def _classes(arrays: OmniglotArrays, entries: list[tuple[str, int]], where: str) -> ClassImages:
-    """Stack (character, quarter-turns) classes into ``[classes, drawings, 1, size, size]``."""
+    """Stack (character, turn) classes into ``[classes, drawings, 1, size, size]``; turn ``k`` is ``k % 4``
+    quarter-turns, of the left-right mirror image when ``k >= 4``."""
     index = {c: i for i, c in enumerate(arrays.characters)}
     missing = [c for c, _ in entries if c not in index]
     if missing:
@@ -229,16 +232,24 @@ def _classes(arrays: OmniglotArrays, entries: list[tuple[str, int]], where: str)
     base = torch.from_numpy(arrays.images[[index[c] for c, _ in entries]]).unsqueeze(2)
     turns = torch.tensor([k for _, k in entries])
     out = base.clone()
+    mirrored = turns >= 4
+    if mirrored.any():
+        out[mirrored] = torch.flip(base[mirrored], dims=(-1,))
     for k in (1, 2, 3):
-        sel = turns == k
+        sel = turns % 4 == k
         if sel.any():
-            out[sel] = torch.rot90(base[sel], k, dims=(-2, -1))
-    names = [c if k == 0 else f"{c}/rot{k * 90:03d}" for c, k in entries]
-    return ClassImages(out.contiguous(), names)
+            out[sel] = torch.rot90(out[sel], k, dims=(-2, -1))
+    return ClassImages(out.contiguous(), [_class_name(c, k) for c, k in entries])
+
+
+def _class_name(character: str, turn: int) -> str:
+    """``Alphabet/character[/mirror][/rotNNN]``: every part after the character names a new alphabet."""
+    parts = [character] + (["mirror"] if turn >= 4 else []) + ([f"rot{turn % 4 * 90:03d}"] if turn % 4 else [])
+    return "/".join(parts)
 
 
 def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: OmniglotVal = OmniglotVal.alphabets,
-                rotations: int = 1) -> FewShotData:
+                rotations: int = 1, mirror: bool = False) -> FewShotData:
     """Cut the characters into train / val / test classes by the chosen protocol."""
     if val is OmniglotVal.drawers and split is not OmniglotSplit.background:
         raise ConfigError("dataset.val=drawers is for dataset.split=background (Lake et al.'s 30 training alphabets)")
@@ -264,13 +275,16 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: O
         parts["test"] = [(c, 0) for c, b in zip(arrays.characters, arrays.background) if not b]
         if not parts["test"]:
             raise DataError(f"{where} has no images_evaluation characters for the background split's test classes")
+    copies = rotations * (2 if mirror else 1)  # training classes per upright character (background split)
+    if mirror:  # each training class's mirror image (after the upright ones: the drawers cut below relies on it)
+        parts["train"] += [(c, k + 4) for c, k in parts["train"]]
     splits = {p: _classes(arrays, e, where) for p, e in parts.items()}
     if val is OmniglotVal.drawers:  # the same characters: drawers 1-15 train, 16-20 validate (new drawings)
         cut = splits["train"].n_per_class - VAL_DRAWERS
         if cut < 1:
             raise DataError(f"{where}: dataset.val=drawers needs more than {VAL_DRAWERS} drawings per character "
                             f"(it has {splits['train'].n_per_class}); use dataset.val=alphabets")
-        upright = len(splits["train"].class_names) // rotations  # the turned copies come after: validate unrotated
+        upright = len(splits["train"].class_names) // copies  # the turned copies come after: validate upright
         splits["val"] = ClassImages(splits["train"].images[:upright, cut:].contiguous(), splits["train"].class_names[:upright])
         splits["train"] = ClassImages(splits["train"].images[:, :cut].contiguous(), splits["train"].class_names)
     return FewShotData(name="omniglot", train=splits["train"], val=splits["val"], test=splits["test"],
@@ -294,5 +308,5 @@ def build_omniglot(params: OmniglotParams) -> FewShotData:
         if not asset.is_file():
             raise DataError(f"the embedded Omniglot file {asset} is missing; reinstall metalearn or run scripts/prepare_omniglot.py")
         arrays, _ = load_arrays(str(asset))
-        return make_splits(arrays, params.split, "the embedded Omniglot", params.val, params.rotations)
-    return make_splits(_from_root(params), params.split, f"dataset.root={params.root}", params.val, params.rotations)
+        return make_splits(arrays, params.split, "the embedded Omniglot", params.val, params.rotations, params.mirror)
+    return make_splits(_from_root(params), params.split, f"dataset.root={params.root}", params.val, params.rotations, params.mirror)

@@ -117,6 +117,7 @@ class OmniglotParams:
     val: OmniglotVal = OmniglotVal.alphabets  # split=background: what validation holds out (see OmniglotVal)
     image_size: int = 28  # pixels per side (Vinyals et al.: 28); other sizes are read from the full-resolution archives in root
     rotations: int = 1  # split=background: each training character also rotated by 90/180/270 degrees into new classes (4)
+    mirror: bool = False  # each training class (and each turn) also mirrored left-right into a new class; val and test never
 
     def image_format(self) -> ImageFormat:
         return dataclasses.replace(OMNIGLOT_FORMAT, size=self.image_size)

@@ -280,6 +280,29 @@ def test_rotations_turn_each_training_character_into_four_alphabets_and_leave_va
         DATASETS.build({"name": "omniglot", "rotations": 4})
 
 
+def test_mirror_adds_each_training_class_mirrored_as_an_alphabet_of_its_own_and_leaves_val_and_test_upright(tmp_path):
+    """dataset.mirror=true: each training class (and each of its turns) also enters mirrored left-right
+    as a new class of a new alphabet, on either split; validation (held-out alphabets or drawers) and the test do not."""
+    import torch
+
+    from metalearn_cli.episodes import alphabet_groups
+
+    root = make_omniglot(tmp_path, background=tuple((f"A{i}", 2) for i in range(7)), evaluation=(("E", 3),), drawings=8)
+    spec = {"name": "omniglot", "split": "background", "root": str(root)}
+    upright, both = DATASETS.build(spec), DATASETS.build({**spec, "rotations": 4, "mirror": True})
+    assert both.train.n_classes == 8 * upright.train.n_classes and len(alphabet_groups(both.train)) == 8 * 2
+    assert both.val.class_names == upright.val.class_names and both.test.class_names == upright.test.class_names
+    names, images = both.train.class_names, both.train.images
+    original = images[names.index("A0/character01")]
+    assert torch.equal(images[names.index("A0/character01/mirror")], original.flip(-1))
+    assert torch.equal(images[names.index("A0/character01/mirror/rot090")], torch.rot90(original.flip(-1), 1, dims=(-2, -1)))
+    assert not torch.equal(original.flip(-1), original)  # the generated drawings are not symmetric: the test can fail
+    drawers = DATASETS.build({**spec, "mirror": True, "val": "drawers"})
+    assert drawers.train.n_classes == 28 and drawers.val.n_classes == 14 and "/mirror" not in "".join(drawers.val.class_names)
+    vinyals, mirrored = DATASETS.build({"name": "omniglot"}), DATASETS.build({"name": "omniglot", "mirror": True})
+    assert mirrored.train.n_classes == 2 * vinyals.train.n_classes and mirrored.test.class_names == vinyals.test.class_names
+
+
 def test_the_best_lake_preset_needs_the_archives_and_runs_on_them_through_the_console_script(tmp_path):
     """best_omniglot_lake20w1s trains at 56 px on rotated classes: without dataset.root it stops with one
     line naming the fix; with a (generated) archive folder it trains on 4 x the classes and tests on Lake's runs."""
