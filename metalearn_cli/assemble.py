@@ -116,6 +116,14 @@ def validate_eval(e: Any) -> None:
         raise ConfigError(f"eval.tta_shift={e.tta_shift}: give the pixels to shift each test image's copies by (>= 0; 0 = off)")
 
 
+def check_tta_shift(shift: int, image_shape: tuple[int, ...]) -> None:
+    """Refuse, before anything runs, a test-time shift that would move every copy off the image."""
+    side = min(image_shape[-2:])
+    if shift >= side:
+        raise ConfigError(f"eval.tta_shift={shift} moves every copy off the {side}-pixel images; give a few pixels "
+                          f"(about a tenth of the side, e.g. {max(1, side // 10)}) or 0 for no test-time augmentation")
+
+
 def validate_host(cfg: Any) -> None:
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError("threads must be >= 1 or null")

@@ -17,11 +17,9 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip``;
     ``episode.protocol``, ``pretrain``, ``trainer.freeze_encoder`` and the transformer's ``stem`` (files
     before it hold the patch stem) were added on 2026-11-27; ``pretrain.lr`` and ``weight_decay`` moved
-    into ``pretrain.optimizer``, ``logger`` was added, and FEAT took its code's recipe, on 2026-12-01. Options added to a data set or
-    the trainer since a file was written take their defaults, which keep what the run did then."""
-    from metalearn_cli.params import PARAMS
-    from metalearn_cli.params.optimizers import ScheduleParams
-    from metalearn_cli.schema import PretrainConfig, TrainerConfig
+    into ``pretrain.optimizer``, ``logger`` was added, and FEAT took its code's recipe, on 2026-12-01. Options added to a data set,
+    the trainer, pre-training or evaluation since a file was written take their defaults, which keep what the run did then."""
+    from metalearn_cli.schema import PretrainConfig
 
     config = copy.deepcopy(config)
     if "trainer" in config and "pretrain" not in config:  # a training run's config from before the pre-training stage
@@ -44,16 +42,7 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
         node = copy.deepcopy(PretrainConfig().optimizer)
         node.update({k: pretrain.pop(k) for k in ("lr", "weight_decay") if k in pretrain})
         pretrain["optimizer"] = node
-    dataset = config.get("dataset")
-    if isinstance(dataset, dict) and dataset.get("name") in PARAMS["dataset"]:  # a data set's options added since: their defaults
-        _fill(dataset, PARAMS["dataset"][dataset["name"]])
-    if isinstance(config.get("trainer"), dict):  # trainer options added since (within_alphabet, augment, ...): their defaults
-        _fill(config["trainer"], TrainerConfig)
-    for node in (config.get("optimizer"), (config.get("pretrain") or {}).get("optimizer")):  # schedule.milestones since 2026-12-01
-        if isinstance(node, dict) and isinstance(node.get("schedule"), dict):
-            _fill(node["schedule"], ScheduleParams)
-    if isinstance(config.get("pretrain"), dict):  # pretrain options added since (epochs): their defaults
-        _fill(config["pretrain"], PretrainConfig)
+    _fill_added_options(config)
     if "trainer" in config:  # the logger group since 2026-12-01 (TensorBoard, as before)
         config.setdefault("logger", {"name": "tensorboard"})
     strategy, optimizer = config.get("strategy"), config.get("optimizer")
@@ -62,6 +51,26 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(optimizer, dict):
             optimizer.setdefault("clip", clip)
     return config
+
+
+def _fill_added_options(config: dict[str, Any]) -> None:
+    """Options added to a node since a file was written take their defaults, which keep what the run did then."""
+    from metalearn_cli.params import PARAMS
+    from metalearn_cli.params.optimizers import ScheduleParams
+    from metalearn_cli.schema import EvalConfig, PretrainConfig, TrainerConfig
+
+    dataset = config.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("name") in PARAMS["dataset"]:  # a data set's options added since: their defaults
+        _fill(dataset, PARAMS["dataset"][dataset["name"]])
+    if isinstance(config.get("trainer"), dict):  # trainer options added since (within_alphabet, augment, ...): their defaults
+        _fill(config["trainer"], TrainerConfig)
+    for node in (config.get("optimizer"), (config.get("pretrain") or {}).get("optimizer")):  # schedule.milestones since 2026-12-01
+        if isinstance(node, dict) and isinstance(node.get("schedule"), dict):
+            _fill(node["schedule"], ScheduleParams)
+    if isinstance(config.get("eval"), dict):  # eval options added since (tta_shift, ...): their defaults
+        _fill(config["eval"], EvalConfig)
+    if isinstance(config.get("pretrain"), dict):  # pretrain options added since (epochs): their defaults
+        _fill(config["pretrain"], PretrainConfig)
 
 
 def refuse_changed_recipe(saved: dict[str, Any], path: Any) -> None:

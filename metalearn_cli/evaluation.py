@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from metalearn_cli.assemble import check_seed, load_strategy, resolve_bn_mode, setup_device, startup_line, validate_eval
+from metalearn_cli.assemble import check_seed, check_tta_shift, load_strategy, resolve_bn_mode, setup_device, startup_line, validate_eval
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, is_lake, resident, split_seed
@@ -118,7 +118,7 @@ def score_checkpoint(
     way, shot, query = shapes
     sampler = fixed_tasks(data, split, shapes, seed, device, lake)
     bn_mode = resolve_bn_mode(eval_cfg.bn_mode, strategy)
-    tta_shift = getattr(eval_cfg, "tta_shift", 0)  # absent from configs saved before it existed
+    tta_shift = eval_cfg.tta_shift
     search = None
     if finetune is not None and eval_cfg.finetune_lr_search:  # on validation tasks, before the test
         val = fixed_tasks(data, "val", shapes, seed, device, lake)
@@ -203,6 +203,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     strategy, train_cfg = load_strategy(knowledge, device)
     log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"]))
+    check_tta_shift(cfg.eval.tta_shift, data.image_shape)
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed
     finetune = Finetuner.of(cfg.eval, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)

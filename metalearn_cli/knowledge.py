@@ -60,7 +60,7 @@ class TaskClassifier:
         out = []
         # Queries go in chunks of the trained episode's query-set size: bounded memory, and the
         # MAML family's transductive batch norm sees query sets shaped like the ones it was trained on.
-        with batch_norm_mode(k.strategy.model, k.bn_mode):
+        with batch_norm_mode(k.strategy.model, k.bn_mode), k.strategy.model.test_views(k.config.eval.tta_shift):
             for chunk in query.split(k.query_chunk):
                 batch = EpisodeBatch(self.support[None], self.labels[None], chunk[None],
                                      torch.zeros(1, chunk.shape[0], dtype=torch.long, device=k.device),

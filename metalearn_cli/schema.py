@@ -120,7 +120,8 @@ class EvalConfig:
     finetune_lr_search: Optional[list[float]] = None  # P>M>F: pick finetune_lr from these ([0, 1e-4, 1e-3, 1e-2]) on validation tasks first
     finetune_search_episodes: int = 50  # validation tasks per candidate rate (the same fixed tasks for each)
     # Test-time augmentation: each test image (support and query) embedded as the mean of the features of itself and
-    # its 4 copies moved this many pixels up, down, left and right (zero-filled); 5 x the encoder's test work. Not in validation.
+    # its 4 copies moved this many pixels up, down, left and right (zero-filled); 5 x the encoder's test work. Never in
+    # training's validation; eval.finetune_lr_search's validation tasks and `metalearn predict` (the checkpoint's value) use it.
     tta_shift: int = 0  # 0 = off
 
 

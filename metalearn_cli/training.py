@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from metalearn_cli.assemble import (
-    build_strategy, freeze_encoder, initialise_from, resolve_bn_mode, seed_everything, select_kernels,
+    build_strategy, check_tta_shift, freeze_encoder, initialise_from, resolve_bn_mode, seed_everything, select_kernels,
     setup_device, validate,
 )
 from metalearn_cli.augment import augmentation
@@ -80,6 +80,7 @@ class Training:
         if is_lake(cfg.episode):
             LakeRuns(data.test, s.way, cfg.seed)  # a data set without alphabets is refused now, not after training
         check_memory(cfg, data.image_shape, self.device)
+        check_tta_shift(cfg.eval.tta_shift, data.image_shape)
         self.strategy = build_strategy(cfg, data.image_shape, self.device)
         if self.t.init_from and self.resume is None:
             initialise_from(self.strategy, self.t.init_from)

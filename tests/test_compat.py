@@ -45,3 +45,11 @@ def test_a_transformer_run_saved_before_the_conv_stem_keeps_its_patch_stem():
     assert new["encoder"]["stem"] == "patch" and new["pretrain"]["iterations"] == 0
     assert new["trainer"]["freeze_encoder"] is False
     assert migrate_config({"encoder": {"name": "conv4"}})["encoder"] == {"name": "conv4"}
+
+
+def test_a_run_saved_before_test_time_augmentation_loads_without_it():
+    from conftest import compose_config
+
+    saved = OmegaConf.to_container(compose_config("train"), resolve=True, enum_to_str=True)
+    saved["eval"].pop("tta_shift")
+    assert validate_train_config(saved).eval.tta_shift == 0

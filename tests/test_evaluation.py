@@ -210,3 +210,13 @@ def test_test_time_augmentation_through_the_eval_command(compose_train, run_dir,
     assert predicted[0].shape == predicted[1].shape and (predicted[0] != predicted[1]).any()
     bad = subprocess.run([*base, "eval.tta_shift=-1", f"hydra.run.dir='{tmp_path / 'bad'}'"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "eval.tta_shift=-1" in bad.stderr.strip().splitlines()[-1]
+    off = subprocess.run([*base, "eval.tta_shift=500", f"hydra.run.dir='{tmp_path / 'off'}'"], capture_output=True, text=True, timeout=300)
+    assert off.returncode != 0 and "moves every copy off" in off.stderr.strip().splitlines()[-1] and not (tmp_path / "off" / "results.json").exists()
+
+
+def test_a_training_run_refuses_a_shift_off_the_image_before_it_trains(compose_train, run_dir):
+    from metalearn_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.tta_shift=28 moves every copy off"):
+        training.train(compose_train("eval.tta_shift=28"), run_dir)
+    assert not (run_dir / "checkpoints" / "best.pt").exists()

@@ -129,3 +129,20 @@ def test_flat_images_are_named(trained_run, caplog):
     with caplog.at_level("WARNING"):
         assert knowledge.check_images(torch.cat([torch.full((2, 1, 28, 28), 0.3), torch.rand(1, 1, 28, 28)]), "query") == 2
     assert "2 of 3 query images are nearly one flat value" in caplog.text
+
+
+def test_predict_tests_as_the_run_did_with_its_test_time_augmentation(trained_run):
+    """A checkpoint whose config says ``eval.tta_shift=2`` classifies with the shifted copies: other
+    probabilities than the same weights without them."""
+    from omegaconf import OmegaConf
+
+    from metalearn_cli.data import DATASETS
+
+    test = DATASETS.build(compose_config("train", FAST).dataset).test
+    batch = EpisodeSampler(test, 5, 1, 3, seed=3).sample(1)
+    knowledge = load(trained_run, "cpu")
+    assert knowledge.config.eval.tta_shift == 0
+    plain = knowledge.adapt(batch.support_images[0], batch.support_labels[0])(batch.query_images[0])
+    OmegaConf.update(knowledge.config, "eval.tta_shift", 2)
+    shifted = knowledge.adapt(batch.support_images[0], batch.support_labels[0])(batch.query_images[0])
+    assert not torch.allclose(plain, shifted) and knowledge.strategy.model.views == ((0, 0),)

@@ -277,7 +277,7 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: O
             raise DataError(f"{where} has no images_evaluation characters for the background split's test classes")
     copies = rotations * (2 if mirror else 1)  # training classes per upright character (background split)
     if mirror:  # each training class's mirror image (after the upright ones: the drawers cut below relies on it)
-        parts["train"] += [(c, k + 4) for c, k in parts["train"]]
+        parts["train"] = parts["train"] + [(c, k + 4) for c, k in parts["train"]]  # a new list: val may alias train
     splits = {p: _classes(arrays, e, where) for p, e in parts.items()}
     if val is OmniglotVal.drawers:  # the same characters: drawers 1-15 train, 16-20 validate (new drawings)
         cut = splits["train"].n_per_class - VAL_DRAWERS
