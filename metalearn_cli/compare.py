@@ -5,9 +5,10 @@ methods are compared task by task rather than by two intervals that overlap:
 
 - the mean per-task accuracy difference (B - A) with a 95% bootstrap interval over tasks (10,000
   resamples, seeded, so the table repeats);
-- with several seeds of each setting (runs whose configs differ only in ``seed``), runs are paired by
-  seed (each seed fixes its own test tasks) and the interval is a two-level bootstrap: seeds drawn
-  with replacement, then tasks within each drawn seed, so it holds the spread between seeds too;
+- with several seeds of each setting (runs whose configs differ only in ``seed``, or the runs one
+  ``--setting`` names: seeds of one recipe given in different ways), runs are paired by seed (each seed
+  fixes its own test tasks) and the interval is a two-level bootstrap: seeds drawn with replacement,
+  then tasks within each drawn seed, so it holds the spread between seeds too;
 - McNemar's test on the per-query outcomes: of the queries exactly one run gets right, how often
   each one is that run (exact binomial below 25 discordant queries, chi-square with continuity
   correction above);
@@ -120,6 +121,23 @@ def settings(runs: list[Path]) -> list[tuple[str, dict[int, Path]]]:
     return list(groups.items())
 
 
+def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[int, Path]]]:
+    """``--setting`` groups as given: each one setting whatever its runs' configs say, keyed by seed."""
+    groups = []
+    for paths in named:
+        runs = [r for path in paths for r in find_runs([path])]
+        by_seed: dict[int, Path] = {}
+        for run in runs:
+            seed = int(read_run(run)["results"].get("seed") or 0)
+            if seed in by_seed:
+                raise MetalearnError(f"--setting holds two runs of seed {seed} ({by_seed[seed]} and {run}); a setting "
+                                     "holds one run per seed")
+            by_seed[seed] = run
+        name = label(runs[0]) + (f" (+{len(runs) - 1} more)" if len(runs) > 1 else "")
+        groups.append((name, by_seed))
+    return groups
+
+
 def same_tasks(reference: Path, run: Path) -> None:
     a, b = read_run(reference)["results"], read_run(run)["results"]
     differ = [k for k in SAME_TASKS if a.get(k) != b.get(k)]
@@ -182,21 +200,27 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
 
 def main(argv: list[str]) -> int:
     parser = OneLineParser(prog="metalearn compare", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run dirs, eval dirs or sweep dirs; the first run's setting "
+    parser.add_argument("runs", nargs="*", type=Path, help="run dirs, eval dirs or sweep dirs; the first run's setting "
                                                           "is the reference; seeds of one setting are pooled, paired by seed")
+    parser.add_argument("--setting", nargs="+", type=Path, action="append", default=[], metavar="RUN",
+                        help="the runs (seeds) of one setting, whatever their configs say; repeat it per setting, "
+                             "the first is the reference (instead of positional runs)")
     parser.add_argument("--out", type=Path, default=None, help="where to write compare.csv and compare.png "
                                                                "(default: compare/ beside the first run)")
     args = parser.parse_args(argv)
-    runs = [r for path in args.runs for r in find_runs([path])]
+    if args.runs and args.setting:
+        parser.error("give runs, or --setting groups, not both")
+    runs = [r for path in (args.runs or [p for group in args.setting for p in group]) for r in find_runs([path])]
     if len(runs) < 2:
         parser.error("give two runs or more: the first is the reference")
     base = runs[0].parent
     while held(base) and base.parent != base:  # beside the runs, never inside one
         base = base.parent
     label = lambda p: str(p.relative_to(base)) if p.is_relative_to(base) else str(p)  # noqa: E731
-    groups = settings(runs)
+    groups = named_settings(args.setting, label) if args.setting else settings(runs)
     if len(groups) < 2:
-        parser.error("the runs given are seeds of one setting; give runs of two settings or more")
+        parser.error("give --setting twice or more: the first is the reference" if args.setting else
+                     "the runs given are seeds of one setting; give runs of two settings or more")
     rows, diffs = compare_groups(groups, label)
     if args.out is not None:
         refuse_replacing(args.out, "--out ")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -102,3 +104,21 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
     assert "seeds of one setting" in capsys.readouterr().err
     assert main(["compare", runs[0], str(tmp_path / "w16_s1")]) == 2  # no seed in common
     assert "shares no seed" in capsys.readouterr().err
+    # --setting: the user says which runs are one setting (here across configs), through the console command
+    cross = [sys.executable, "-m", "metalearn_cli", "compare", "--setting", runs[0], runs[2], "--setting", runs[3], runs[1],
+             "--out", str(tmp_path / "cross")]
+    done = subprocess.run(cross, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "cross" / "compare.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    expected = ((acc["w16_s0"] - acc["w8_s0"]) + (acc["w8_s1"] - acc["w16_s1"])) / 2
+    assert row["seeds"] == "2" and float(row["difference"]) == pytest.approx(expected, abs=1e-3)
+    assert row["reference"].startswith("w8_s0") and "x 2 seeds" in done.stdout
+    assert main(["compare", "--setting", runs[0], runs[1], "--setting", runs[2], runs[3]]) == 0  # as the configs group them
+    assert "x 2 seeds" in capsys.readouterr().out
+    for argv, message in ((["--setting", runs[0], runs[0], "--setting", runs[2]], "two runs of seed 0"),
+                          (["--setting", runs[0], runs[1]], "--setting twice or more"),
+                          ([runs[0], "--setting", runs[2]], "not both")):
+        assert main(["compare", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
