@@ -124,8 +124,7 @@ def settings(runs: list[Path]) -> list[tuple[str, dict[int, Path]]]:
 def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[int, Path]]]:
     """``--setting`` groups as given: each one setting whatever its runs' configs say, keyed by seed."""
     groups = []
-    for paths in named:
-        runs = [r for path in paths for r in find_runs([path])]
+    for runs in named:
         by_seed: dict[int, Path] = {}
         for run in runs:
             seed = int(read_run(run)["results"].get("seed") or 0)
@@ -210,14 +209,15 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.runs and args.setting:
         parser.error("give runs, or --setting groups, not both")
-    runs = [r for path in (args.runs or [p for group in args.setting for p in group]) for r in find_runs([path])]
+    named = [[r for path in group for r in find_runs([path])] for group in args.setting]
+    runs = [r for group in named for r in group] if named else [r for path in args.runs for r in find_runs([path])]
     if len(runs) < 2:
         parser.error("give two runs or more: the first is the reference")
     base = runs[0].parent
     while held(base) and base.parent != base:  # beside the runs, never inside one
         base = base.parent
     label = lambda p: str(p.relative_to(base)) if p.is_relative_to(base) else str(p)  # noqa: E731
-    groups = named_settings(args.setting, label) if args.setting else settings(runs)
+    groups = named_settings(named, label) if named else settings(runs)
     if len(groups) < 2:
         parser.error("give --setting twice or more: the first is the reference" if args.setting else
                      "the runs given are seeds of one setting; give runs of two settings or more")
