@@ -24,7 +24,7 @@ from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.components import REGISTRIES
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.host import keep_freed_memory
+from metalearn_cli.host import keep_freed_memory, native_bf16
 from metalearn_cli.model import build_meta_model, resolve_precision
 from metalearn_cli.optim import check_optimizer
 from metalearn_cli.schema import TrainConfig
@@ -210,6 +210,8 @@ def precision_reason(precision: Any, device: torch.device, strategy: Strategy) -
         return "fp32 (auto: second-order meta-gradients stay in fp32)"
     if chosen == "bf16":
         return "bf16 (auto: native bf16 on this device)"
+    if native_bf16(device):
+        return "fp32 (auto: bf16 is native on this Intel CPU but, without AMX, no faster than fp32)"
     where = "this GPU" if device.type == "cuda" else f"this CPU ({torch.backends.cpu.get_cpu_capability()} kernels)"
     return f"fp32 (auto: no native bf16 on {where}; timings in the docs assume bf16 CPUs, about 1.6x faster)"
 

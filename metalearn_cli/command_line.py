@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import OmegaConf
 
+from metalearn_cli.cpu_kind import this_cpu, version_bf16
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.rundir import CHECKPOINTS, held, refuse_held
 
@@ -76,7 +77,7 @@ VALUE_FLAGS = (*CONFIG_FLAGS, "--cfg", "-c", "--package", "-p", "--info", "-i") 
 
 def version_line() -> str:
     """``metalearn --version``: the versions that decide numbers and speed, and whether this CPU
-    computes bf16 natively (``precision=auto`` trains in bf16 there), without importing torch."""
+    computes bf16 natively and whether ``precision=auto`` trains in it there, without importing torch."""
     from importlib import metadata
 
     from metalearn_cli import __version__
@@ -87,12 +88,7 @@ def version_line() -> str:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-        bf16 = "yes (precision=auto: bf16)" if {"avx512_bf16", "amx_bf16"} & set(flags) else "no (precision=auto: fp32)"
-    except OSError:
-        bf16 = "unknown"
+    bf16 = version_bf16(this_cpu())
     return (f"metalearn {__version__} (torch {version('torch')}, torchvision {version('torchvision')}, hydra-core "
             f"{version('hydra-core')}, Python {sys.version.split()[0]}; native bf16 on this CPU: {bf16}; "
             "CUDA is used when torch finds a GPU)")

@@ -1,4 +1,4 @@
-"""Host-side settings that make meta-training fast: the allocator and the native precision.
+"""Host-side settings that make meta-training fast: the allocator and the precision that pays.
 
 glibc hands large freed blocks back to the kernel (``munmap``) and faults them in again on the next
 allocation. Meta-training frees and reallocates the same activation-sized buffers every step, so on
@@ -13,6 +13,9 @@ import os
 import sys
 
 import torch
+
+from metalearn_cli.cpu_kind import bf16_pays as bf16_pays_on
+from metalearn_cli.cpu_kind import this_cpu
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -51,4 +54,16 @@ def native_bf16(device: torch.device) -> bool:
     if not torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512"):
         return False  # no AVX512 kernels, or ATEN_CPU_CAPABILITY=avx2 emulating such a CPU: bf16 would be emulated
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return any(_torch_cpu_has(name) for name in checks)
+
+
+def bf16_pays(device: torch.device) -> bool:
+    """Whether ``precision=auto`` trains in bf16 on ``device``: native there and faster than fp32
+    (not on an Intel CPU without AMX: :mod:`metalearn_cli.cpu_kind` says why)."""
+    if device.type == "cuda" or not native_bf16(device):
+        return native_bf16(device)
+    return bf16_pays_on(this_cpu(), native=True, amx=_torch_cpu_has("_is_amx_tile_supported"))
+
+
+def _torch_cpu_has(check: str) -> bool:
+    return bool(getattr(torch.cpu, check, lambda: False)())

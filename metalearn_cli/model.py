@@ -17,7 +17,7 @@ from metalearn_cli.decoders import DECODERS, Decoder, DecoderOutput
 from metalearn_cli.encoders import ENCODERS, Encoder, inside_vmap
 from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.episodes import EpisodeBatch, TaskShapes
-from metalearn_cli.host import native_bf16
+from metalearn_cli.host import bf16_pays
 
 
 class MetaModel(nn.Module):
@@ -187,8 +187,9 @@ def resolve_channels_last(channels_last: Any, device: torch.device) -> bool:
 
 
 def resolve_precision(precision: Any, device: torch.device, second_order: bool) -> str:
-    """``auto`` -> ``bf16`` where the device computes it natively and the meta-gradient is first order, else ``fp32``."""
+    """``auto`` -> ``bf16`` where the device computes it natively and faster than fp32 (:func:`bf16_pays`) and
+    the meta-gradient is first order, else ``fp32``."""
     name = getattr(precision, "value", str(precision))
     if name == "auto":
-        return "bf16" if native_bf16(device) and not second_order else "fp32"
+        return "bf16" if bf16_pays(device) and not second_order else "fp32"
     return name

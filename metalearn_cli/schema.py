@@ -23,7 +23,7 @@ BNMode = enum.Enum("BNMode", {AUTO: AUTO, **{m: m for m in MODES}})
 
 
 class Precision(enum.Enum):
-    auto = "auto"  # bf16 where the hardware computes it natively (AVX512-BF16/AMX CPUs, bf16 GPUs), else fp32
+    auto = "auto"  # bf16 where native and faster than fp32 (AMD AVX512-BF16, Intel AMX, bf16 GPUs), else fp32
     fp32 = "fp32"
     bf16 = "bf16"  # encoder under bfloat16 autocast; decoder, loss and weights stay fp32
 
@@ -68,7 +68,7 @@ class TrainerConfig:
     log_every: int = 50  # meta-iterations between metric records (the only host syncs)
     channels_last: Optional[bool] = None  # NHWC conv kernels; null = auto: on for CPU (oneDNN, ~2x), off for CUDA (NCHW faster there)
     compile: bool = False  # torch.compile the encoder (first-order strategies; long warm-up, pays off on GPUs)
-    precision: Precision = Precision.auto  # bf16: ~1.6x faster on CPUs with AVX512-BF16/AMX and on recent GPUs
+    precision: Precision = Precision.auto  # bf16: ~1.6x faster on AMD CPUs with AVX512-BF16, Intel AMX, recent GPUs
     progress: bool = True  # tqdm progress bar
     nan_policy: NanPolicy = NanPolicy.stop  # what a NaN/Inf meta-loss or meta-gradient does
     deterministic: bool = False  # deterministic kernels, CUDA included (slower there); CPU runs already repeat exactly
