@@ -60,9 +60,10 @@ def native_bf16(device: torch.device) -> bool:
 def bf16_pays(device: torch.device) -> bool:
     """Whether ``precision=auto`` trains in bf16 on ``device``: native there and faster than fp32
     (not on an Intel CPU without AMX: :mod:`metalearn_cli.cpu_kind` says why)."""
-    if device.type == "cuda" or not native_bf16(device):
-        return native_bf16(device)
-    return bf16_pays_on(this_cpu(), native=True, amx=_torch_cpu_has("_is_amx_tile_supported"))
+    native = native_bf16(device)
+    if device.type == "cuda":
+        return native
+    return bf16_pays_on(this_cpu(), native=native, amx=_torch_cpu_has("_is_amx_tile_supported"))
 
 
 def _torch_cpu_has(check: str) -> bool:
