@@ -10,7 +10,9 @@ Lanczos, converted once and cached beside them per size).
 
 Protocols (``dataset.split``):
 - ``vinyals``: Vinyals et al. (2016) character split as used by Snell et al. (2017): 1028 / 172 /
-  423 characters, each rotated by 0/90/180/270 degrees into 4 classes.
+  423 characters, each rotated by 0/90/180/270 degrees into 4 classes. ``dataset.val=trainval`` also
+  trains on the 172 validation characters, as Snell et al.'s final runs did (their ``run_trainval``);
+  validation then measures classes seen in training.
 - ``background``: background alphabets train, evaluation alphabets test (no rotations); the last five
   background alphabets (sorted by name) are held out for validation. ``dataset.rotations=4`` adds
   each training character's 90/180/270-degree turns as new classes (Santoro et al. 2016; Vinyals et
@@ -253,6 +255,9 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: O
     """Cut the characters into train / val / test classes by the chosen protocol."""
     if val is OmniglotVal.drawers and split is not OmniglotSplit.background:
         raise ConfigError("dataset.val=drawers is for dataset.split=background (Lake et al.'s 30 training alphabets)")
+    if val is OmniglotVal.trainval and split is not OmniglotSplit.vinyals:
+        raise ConfigError("dataset.val=trainval is for dataset.split=vinyals (its 172 validation characters join training); "
+                          "for split=background use dataset.val=drawers")
     if rotations not in (1, 4) or (rotations == 4 and split is not OmniglotSplit.background):
         raise ConfigError(f"dataset.rotations={rotations}: give 1 (none) or 4 (each training character turned by 90, 180 "
                           "and 270 degrees into new classes), and 4 only with dataset.split=background (vinyals has its own)")
@@ -264,6 +269,8 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: O
                 alphabet, character, rot = line.split("/")
                 entries.append((f"{alphabet}/{character}", int(rot[3:]) // 90))
             parts[part] = entries
+        if val is OmniglotVal.trainval:  # Snell et al.'s final runs: 1,200 characters x 4 rotations train
+            parts["train"] = parts["train"] + parts["val"]
     else:
         bg = [c for c, b in zip(arrays.characters, arrays.background) if b]
         alphabets = sorted({c.split("/")[0] for c in bg})
@@ -288,7 +295,7 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: O
         splits["val"] = ClassImages(splits["train"].images[:upright, cut:].contiguous(), splits["train"].class_names[:upright])
         splits["train"] = ClassImages(splits["train"].images[:, :cut].contiguous(), splits["train"].class_names)
     return FewShotData(name="omniglot", train=splits["train"], val=splits["val"], test=splits["test"],
-                       val_drawings=val is OmniglotVal.drawers)
+                       val_drawings=val in (OmniglotVal.drawers, OmniglotVal.trainval))
 
 
 @DATASETS.register("omniglot", params=OmniglotParams)

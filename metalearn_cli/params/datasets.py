@@ -104,6 +104,8 @@ class OmniglotVal(enum.Enum):
     alphabets = "alphabets"  # the last 5 background alphabets (by name) validate; training keeps the other 25
     drawers = "drawers"  # training keeps all 30 background alphabets, drawers 1-15 of each character; validation
     #   is drawers 16-20 of the same characters (new drawings, not new characters: Lake et al. train on all 30)
+    trainval = "trainval"  # split=vinyals: the 172 validation characters train too (1,200 x 4 rotations, as Snell et
+    #   al.'s final runs did); validation still draws from them, so it measures seen classes and is optimistic
 
 
 @dataclass
@@ -114,7 +116,7 @@ class OmniglotParams:
     download: bool = False  # fetch the original archives into root with torchvision (needs a network)
     augment: Augment = Augment.crop  # supervised pre-training: shifts of up to 10% (strokes have no mirror images)
     meta_augment: Augment = Augment.affine  # meta-training with trainer.augment=auto: Koch et al.'s distortions
-    val: OmniglotVal = OmniglotVal.alphabets  # split=background: what validation holds out (see OmniglotVal)
+    val: OmniglotVal = OmniglotVal.alphabets  # what validation holds out (see OmniglotVal); alphabets = Vinyals' own val split for split=vinyals
     image_size: int = 28  # pixels per side (Vinyals et al.: 28); other sizes are read from the full-resolution archives in root
     rotations: int = 1  # split=background: each training character also rotated by 90/180/270 degrees into new classes (4)
     mirror: bool = False  # each training class (and each turn) also mirrored left-right into a new class; val and test never

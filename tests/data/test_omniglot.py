@@ -169,6 +169,18 @@ def test_embedded_vinyals_split_matches_the_protocol():
     assert torch.equal(torch.rot90(data.train.images[base], 1, dims=(-2, -1)), data.train.images[turned])
 
 
+def test_trainval_trains_on_all_1200_vinyals_characters_as_snell_et_al_final_runs():
+    """dataset.val=trainval: the 172 validation characters (x 4 rotations) join training; validation still
+    draws them (seen classes); the test's 423 characters are untouched and disjoint from training."""
+    plain = DATASETS.build({"name": "omniglot"})
+    data = DATASETS.build({"name": "omniglot", "val": "trainval"})
+    assert data.train.n_classes == 4 * 1200 and data.train.class_names == plain.train.class_names + plain.val.class_names
+    assert data.val.class_names == plain.val.class_names and data.test.class_names == plain.test.class_names
+    assert not set(data.train.class_names) & set(data.test.class_names)
+    with pytest.raises(ConfigError, match="dataset.val=trainval is for dataset.split=vinyals"):
+        DATASETS.build({"name": "omniglot", "split": "background", "val": "trainval"})
+
+
 def test_embedded_lake_split_uses_background_and_evaluation_alphabets():
     data = DATASETS.build({"name": "omniglot", "split": "background"})
     assert data.train.n_classes + data.val.n_classes == 964
@@ -326,3 +338,14 @@ def test_the_best_lake_preset_needs_the_archives_and_runs_on_them_through_the_co
     results = json.loads((run / "results.json").read_text())
     assert (results["protocol"], results["way"], results["episodes"]) == ("lake", 20, 4)
     assert "rotations: 4" in (run / ".hydra" / "config.yaml").read_text() and (root / ".metalearn-omniglot56.npz").is_file()
+
+
+def test_trainval_on_the_background_split_is_one_readable_line_from_the_console_script(tmp_path):
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("metalearn")
+    proc = subprocess.run([str(exe), "train", "dataset=omniglot_background", "dataset.val=trainval",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "dataset.val=trainval is for dataset.split=vinyals" in proc.stderr
