@@ -92,8 +92,8 @@ PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 def test_recipe_presets_carry_a_measured_figure_with_its_date_and_machine():
     """The project's own recipes (best_*, the Lake presets) are judged by what they measured, not by a paper."""
-    recipes = [p for p in PRESETS if p.startswith("best_") or p.endswith("_lake20w1s")]
-    assert {"best_omniglot_5w1s", "best_omniglot_20w1s", "metanet_omniglot_lake20w1s"} <= set(recipes)
+    recipes = [p for p in PRESETS if p.startswith(("best_", "fast_")) or p.endswith("_lake20w1s")]
+    assert {"best_omniglot_5w1s", "best_omniglot_20w1s", "fast_omniglot_5w1s", "metanet_omniglot_lake20w1s"} <= set(recipes)
     for name in recipes:
         header = "\n".join((CONFIGS / "experiment" / f"{name}.yaml").read_text().splitlines()[:12])
         measured = re.search(r"# Measured \((\d{4}-\d{2}-\d{2}), ([^)]*)\): [\s\S]*?(\d+\.\d+)%", header)
@@ -139,7 +139,7 @@ def test_every_preset_runs_one_step_under_debug_smoke(tmp_path, preset):
     """`debug=smoke` comes last in the defaults: any preset becomes a seconds-long run on generated data."""
     cfg = compose_config("train", [f"experiment={preset}", "debug=smoke"])
     assert cfg.dataset.name == "synthetic" and cfg.trainer.meta_batch == 2
-    shrink = {"conv4": ["encoder.width=8"], "resnet12": ["encoder.channels=[8,8,8,8]"]}[cfg.encoder.name]
+    shrink = {"conv4": ["encoder.width=8", "encoder.widths=null"], "resnet12": ["encoder.channels=[8,8,8,8]"]}[cfg.encoder.name]
     cfg = compose_config("train", [f"experiment={preset}", "debug=smoke", *shrink, "trainer.iterations=1", "trainer.val_every=1",
                                    "trainer.val_episodes=2", "eval.episodes=2", "episode.query=1", "trainer.train_query=1",
                                    "device=cpu", *(["pretrain.iterations=2", "pretrain.val_every=1", "pretrain.val_episodes=2"]

@@ -73,3 +73,14 @@ def test_impossible_settings_are_config_errors(name, extra, match):
 
 def test_conv4_width():
     assert ENCODERS.build({"name": "conv4", "width": 32}, image_shape=(1, 84, 84)).out_dim == 32 * 5 * 5
+
+
+def test_conv4_widths_per_block():
+    """encoder.widths sets each block's channels: the embedding takes the last one, FiLM gets one per block."""
+    encoder = ENCODERS.build({"name": "conv4", "widths": [8, 8, 16, 24]}, image_shape=(1, 28, 28))
+    assert encoder.out_dim == 24 and encoder.film_channels == (8, 8, 16, 24)
+    assert encoder(torch.rand(3, 1, 28, 28)).shape == (3, 24)
+    film = [(torch.ones(3, c), torch.zeros(3, c)) for c in encoder.film_channels]
+    assert encoder(torch.rand(3, 1, 28, 28), film).shape == (3, 24)
+    with pytest.raises(ConfigError, match="one of encoder.widths per block"):
+        ENCODERS.build({"name": "conv4", "widths": [8, 8]}, image_shape=(1, 28, 28))
