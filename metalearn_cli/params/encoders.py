@@ -12,7 +12,7 @@ class Conv4Params:
     name: str = "conv4"
     width: int = 64  # channels per conv layer; 64 is the standard, 32 is MAML's mini-ImageNet choice
     blocks: int = 4  # each halves the resolution
-    widths: Optional[list[int]] = None  # channels of each block (e.g. [64, 64, 128, 128]: the small late maps cost little); null = width everywhere
+    widths: Optional[list[int]] = None  # channels of each block, e.g. [32, 64, 128, 128] (the small late maps cost little); when given, width is unused
 
 
 @dataclass
