@@ -25,7 +25,8 @@ SPLITS = ("train", "val", "test")
 @dataclass(frozen=True)
 class FewShotData:
     """A data set cut into disjoint class splits; ``name`` is used in messages. With ``val_drawings``
-    the validation split holds other images of the training classes (Omniglot's ``val=drawers``)."""
+    the validation classes also train: Omniglot's ``val=drawers`` (other drawings of them) and
+    ``val=trainval`` (the same images, as Snell et al.'s final runs)."""
 
     name: str
     train: ClassImages
