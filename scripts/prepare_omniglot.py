@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from metalearn_cli.data import omniglot
+from metalearn_cli.data import omniglot_files as omniglot
 from metalearn_cli.errors import MetalearnError
 
 PACKAGE_ASSETS = Path(__file__).resolve().parents[1] / "metalearn_cli" / "data" / "assets" / "omniglot"

@@ -124,7 +124,8 @@ def test_the_best_presets_are_one_training_tested_on_two_task_shapes(tmp_path):
     assert (five.episode.way, twenty.episode.way, five.trainer.val_way) == (5, 20, 20)
     best = {}
     for shape in ("5w1s", "20w1s"):  # the same, run: generated data, 10-way training, 20-way validation
-        cfg = compose_config("train", [f"experiment=best_omniglot_{shape}", "debug=smoke", "encoder.width=8", "trainer.train_way=10",
+        cfg = compose_config("train", [f"experiment=best_omniglot_{shape}", "debug=smoke", "encoder.width=8", "encoder.widths=null",
+                                       "trainer.train_way=10",
                                        "trainer.iterations=4", "trainer.val_every=2", "eval.episodes=2", "device=cpu"])
         training.train(cfg, tmp_path / shape)
         best[shape] = load_checkpoint(tmp_path / shape / "checkpoints" / "best.pt")["model"]

@@ -34,7 +34,7 @@ def test_omniglot_format_matches_its_data_set_conversion():
     """A user's Omniglot-style drawing (dark on white) is converted like the embedded data (bright strokes)."""
     fmt = image_format({"name": "omniglot"})
     assert fmt == ImageFormat(1, 28, "lanczos", True)
-    from metalearn_cli.data.omniglot import convert
+    from metalearn_cli.data.omniglot_files import convert
 
     drawing = Image.new("L", (105, 105), 255)
     drawing.paste(0, (40, 10, 60, 95))

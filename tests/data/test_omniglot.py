@@ -1,9 +1,8 @@
-"""Omniglot: the prepare script on a small generated archive in the original layout, reading
-user folders and zips, the structure checks, and the protocols on the embedded copy."""
+"""Omniglot: a small generated archive in the original layout (also for tests/data/test_omniglot_files.py),
+a chosen root and its cache, and the protocols on the embedded copy."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import zipfile
 from pathlib import Path
@@ -12,10 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metalearn_cli.data import DATASETS, omniglot
+from metalearn_cli.data import DATASETS, omniglot_files
 from metalearn_cli.errors import ConfigError, DataError
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def png(seed: int) -> bytes:
@@ -54,71 +51,13 @@ def make_omniglot(root: Path, background=(("Alpha", 2), ("Beta", 1)), evaluation
     return root
 
 
-def load_prepare_script():
-    spec = importlib.util.spec_from_file_location("prepare_omniglot", ROOT / "scripts" / "prepare_omniglot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_prepare_script_converts_a_generated_archive(tmp_path, capsys):
-    src = make_omniglot(tmp_path / "src")
-    splits = tmp_path / "splits"
-    splits.mkdir()
-    (splits / "train.txt").write_text("Alpha/character01/rot000\n")
-    out = tmp_path / "out" / "omniglot28.npz"
-    assert load_prepare_script().main([str(src), "--out", str(out), "--splits", str(splits)]) == 0
-    assert "5 characters (3 background, 2 evaluation) x 4 drawings" in capsys.readouterr().out
-    arrays, _ = omniglot.load_arrays(out)
-    assert arrays.images.shape == (5, 4, 28, 28) and arrays.images.dtype == np.uint8
-    assert arrays.characters == ["Alpha/character01", "Alpha/character02", "Beta/character01",
-                                 "Gamma/character01", "Gamma/character02"]
-    assert arrays.background.tolist() == [True, True, True, False, False]
-    # Inverted: background is dark, the stroke bright.
-    assert arrays.images[0, 0, 0, 0] == 0 and arrays.images[0, 0].max() > 200
-    assert (out.parent / "splits" / "vinyals" / "train.txt").read_text() == "Alpha/character01/rot000\n"
-
-
-def test_prepare_script_reports_a_missing_source(tmp_path, capsys):
-    assert load_prepare_script().main([str(tmp_path), "--out", str(tmp_path / "o.npz")]) == 2
-    assert "missing images_background" in capsys.readouterr().err
-
-
-def test_folders_and_zips_read_the_same(tmp_path):
-    from_zip = omniglot.read_source(make_omniglot(tmp_path / "z"))
-    from_dir = omniglot.read_source(make_omniglot(tmp_path / "d" / "omniglot-py", as_zip=False).parent)
-    assert from_zip.characters == from_dir.characters
-    assert np.array_equal(from_zip.images, from_dir.images)
-
-
-def test_an_incomplete_character_is_refused(tmp_path):
-    root = make_omniglot(tmp_path, skip="images_background/Beta/character01/0003_02.png")
-    with pytest.raises(DataError, match="Beta/character01 has 3 images but others have 4"):
-        omniglot.read_source(root)
-
-
-def test_a_corrupt_image_is_named(tmp_path):
-    root = make_omniglot(tmp_path, as_zip=False)
-    bad = root / "images_evaluation" / "Gamma" / "character02" / "0005_01.png"
-    bad.write_bytes(b"not a png")
-    with pytest.raises(DataError, match="cannot decode image .*0005_01.png"):
-        omniglot.read_source(root)
-
-
-def test_a_foreign_layout_is_refused(tmp_path):
-    root = make_omniglot(tmp_path, as_zip=False)
-    (root / "images_background" / "stray.png").write_bytes(png(0))
-    with pytest.raises(DataError, match="unexpected file"):
-        omniglot.read_source(root)
-
-
 def test_root_with_lake_split_and_cache(tmp_path):
     background = tuple((f"A{i}", 1) for i in range(7))
     root = make_omniglot(tmp_path, background=background, evaluation=(("E", 3),))
     data = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root)})
     assert (data.train.n_classes, data.val.n_classes, data.test.n_classes) == (2, 5, 3)
     assert data.image_shape == (1, 28, 28) and data.train.n_per_class == 4
-    assert (root / omniglot.CACHE_NAME.format(size=28)).is_file()
+    assert (root / omniglot_files.CACHE_NAME.format(size=28)).is_file()
     again = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root)})
     assert np.array_equal(again.test.images.numpy(), data.test.images.numpy())
 
@@ -133,7 +72,7 @@ def test_a_chosen_resolution_is_read_from_the_archives_and_cached_per_size(tmp_p
     small = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root)})
     large = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root), "image_size": 56})
     assert large.image_shape == (1, 56, 56) and small.image_shape == (1, 28, 28)
-    assert (root / omniglot.CACHE_NAME.format(size=56)).is_file() and (root / omniglot.CACHE_NAME.format(size=28)).is_file()
+    assert (root / omniglot_files.CACHE_NAME.format(size=56)).is_file() and (root / omniglot_files.CACHE_NAME.format(size=28)).is_file()
     pooled = F.avg_pool2d(large.test.images.float().flatten(0, 1), 2, 2).unflatten(0, large.test.images.shape[:2])
     assert F.cosine_similarity(pooled.flatten(), small.test.images.float().flatten(), dim=0) > 0.9  # the same drawings
     assert large.train.images.float().mean() > 0  # strokes bright, as at 28 px
@@ -197,14 +136,6 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "Omniglot", Offline)
     with pytest.raises(DataError, match="could not download Omniglot .*network is unreachable"):
         DATASETS.build({"name": "omniglot", "root": str(tmp_path), "download": True})
-
-
-def test_a_non_image_file_in_a_class_folder_is_refused(tmp_path):
-    root = make_omniglot(tmp_path, as_zip=False)
-    (root / "images_background" / "Alpha" / "character01" / "notes.txt").write_text("hello")
-    (root / "images_background" / "Alpha" / "character01" / ".DS_Store").write_text("ignored")
-    with pytest.raises(DataError, match="not a PNG image: images_background/Alpha/character01/notes.txt"):
-        omniglot.read_source(root)
 
 
 def test_a_missing_alphabet_fails_the_vinyals_split_with_the_character_named(tmp_path):

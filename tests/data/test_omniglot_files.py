@@ -1,0 +1,82 @@
+"""Omniglot's files: the prepare script on a small generated archive in the original layout, user
+folders and zips read alike, and the structure checks that name what is wrong."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.test_omniglot import make_omniglot, png
+from metalearn_cli.data import omniglot_files
+from metalearn_cli.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_prepare_script():
+    spec = importlib.util.spec_from_file_location("prepare_omniglot", ROOT / "scripts" / "prepare_omniglot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prepare_script_converts_a_generated_archive(tmp_path, capsys):
+    src = make_omniglot(tmp_path / "src")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("Alpha/character01/rot000\n")
+    out = tmp_path / "out" / "omniglot28.npz"
+    assert load_prepare_script().main([str(src), "--out", str(out), "--splits", str(splits)]) == 0
+    assert "5 characters (3 background, 2 evaluation) x 4 drawings" in capsys.readouterr().out
+    arrays, _ = omniglot_files.load_arrays(out)
+    assert arrays.images.shape == (5, 4, 28, 28) and arrays.images.dtype == np.uint8
+    assert arrays.characters == ["Alpha/character01", "Alpha/character02", "Beta/character01",
+                                 "Gamma/character01", "Gamma/character02"]
+    assert arrays.background.tolist() == [True, True, True, False, False]
+    # Inverted: background is dark, the stroke bright.
+    assert arrays.images[0, 0, 0, 0] == 0 and arrays.images[0, 0].max() > 200
+    assert (out.parent / "splits" / "vinyals" / "train.txt").read_text() == "Alpha/character01/rot000\n"
+
+
+def test_prepare_script_reports_a_missing_source(tmp_path, capsys):
+    assert load_prepare_script().main([str(tmp_path), "--out", str(tmp_path / "o.npz")]) == 2
+    assert "missing images_background" in capsys.readouterr().err
+
+
+def test_folders_and_zips_read_the_same(tmp_path):
+    from_zip = omniglot_files.read_source(make_omniglot(tmp_path / "z"))
+    from_dir = omniglot_files.read_source(make_omniglot(tmp_path / "d" / "omniglot-py", as_zip=False).parent)
+    assert from_zip.characters == from_dir.characters
+    assert np.array_equal(from_zip.images, from_dir.images)
+
+
+def test_an_incomplete_character_is_refused(tmp_path):
+    root = make_omniglot(tmp_path, skip="images_background/Beta/character01/0003_02.png")
+    with pytest.raises(DataError, match="Beta/character01 has 3 images but others have 4"):
+        omniglot_files.read_source(root)
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    root = make_omniglot(tmp_path, as_zip=False)
+    bad = root / "images_evaluation" / "Gamma" / "character02" / "0005_01.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot decode image .*0005_01.png"):
+        omniglot_files.read_source(root)
+
+
+def test_a_foreign_layout_is_refused(tmp_path):
+    root = make_omniglot(tmp_path, as_zip=False)
+    (root / "images_background" / "stray.png").write_bytes(png(0))
+    with pytest.raises(DataError, match="unexpected file"):
+        omniglot_files.read_source(root)
+
+
+def test_a_non_image_file_in_a_class_folder_is_refused(tmp_path):
+    root = make_omniglot(tmp_path, as_zip=False)
+    (root / "images_background" / "Alpha" / "character01" / "notes.txt").write_text("hello")
+    (root / "images_background" / "Alpha" / "character01" / ".DS_Store").write_text("ignored")
+    with pytest.raises(DataError, match="not a PNG image: images_background/Alpha/character01/notes.txt"):
+        omniglot_files.read_source(root)
