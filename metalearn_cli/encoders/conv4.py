@@ -4,7 +4,8 @@ Four blocks of conv3x3 -> batch norm -> ReLU -> max-pool 2x2 (computed as pool, 
 same function); a 28x28 image becomes a ``width``-dim embedding (84x84: ``width * 25``).
 ``widths`` gives each block its own channels: the first block's 28x28 maps dominate a CPU step's memory
 traffic and the last blocks' 7x7 and 3x3 maps cost little, so [32, 64, 128, 128] trains faster than 64
-everywhere and embeds in 128 dimensions.
+everywhere and embeds in 128 dimensions. ``global_pool`` (not in Snell et al.'s Conv-4) makes the last pool
+take its whole map: at 28 px the standard 2x2 window keeps only the top-left 2x2 of the 3x3 map.
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ class Conv4(Encoder):
                 f"the data set has {h}x{w}"
             )
         layers: list[nn.Module] = []
-        for width in widths:
+        for i, width in enumerate(widths):
+            last_global = params.global_pool and i == len(widths) - 1
             layers += [
                 nn.Conv2d(c, width, 3, padding=1),
                 TaskBatchNorm2d(width),
                 # Pool before ReLU: the same function (max and ReLU commute) with the ReLU and its
                 # backward on a quarter of the elements.
-                nn.MaxPool2d(2),
+                nn.AdaptiveMaxPool2d(1) if last_global else nn.MaxPool2d(2),
                 nn.ReLU(inplace=True),
             ]
-            c, h, w = width, h // 2, w // 2
+            c, h, w = (width, 1, 1) if last_global else (width, h // 2, w // 2)
         self.net = nn.Sequential(*layers)
         self.out_dim = c * h * w
         self.film_channels = tuple(widths)

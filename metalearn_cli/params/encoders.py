@@ -13,6 +13,7 @@ class Conv4Params:
     width: int = 64  # channels per conv layer; 64 is the standard, 32 is MAML's mini-ImageNet choice
     blocks: int = 4  # each halves the resolution
     widths: Optional[list[int]] = None  # channels of each block, e.g. [32, 64, 128, 128] (the small late maps cost little); when given, width is unused
+    global_pool: bool = False  # the last block max-pools its whole map (at 28 px a 2x2 window pools only the top-left 2x2 of the 3x3 map)
 
 
 @dataclass

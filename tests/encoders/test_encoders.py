@@ -84,3 +84,19 @@ def test_conv4_widths_per_block():
     assert encoder(torch.rand(3, 1, 28, 28), film).shape == (3, 24)
     with pytest.raises(ConfigError, match="one of encoder.widths per block"):
         ENCODERS.build({"name": "conv4", "widths": [8, 8]}, image_shape=(1, 28, 28))
+
+
+def test_conv4_global_pool_takes_the_whole_last_map():
+    """At 28 px the last block's 2x2 window pools only the top-left 2x2 of its 3x3 map;
+    encoder.global_pool=true takes the maximum over all nine positions (at 84 px: width features, not 5x5 x width)."""
+    torch.manual_seed(0)
+    whole = ENCODERS.build({"name": "conv4", "width": 8, "global_pool": True}, image_shape=(1, 28, 28)).eval()
+    images = torch.rand(4, 1, 28, 28)
+    last_map = whole.net[:-2](images)  # the last block's batch-normed 3x3 map, before its pool and ReLU
+    assert last_map.shape[-2:] == (3, 3)
+    assert torch.allclose(whole(images), last_map.amax(dim=(2, 3)).relu())
+    window = ENCODERS.build({"name": "conv4", "width": 8}, image_shape=(1, 28, 28)).eval()
+    window.load_state_dict(whole.state_dict())  # the same weights: only the last pool differs
+    assert torch.allclose(window(images), last_map[..., :2, :2].amax(dim=(2, 3)).relu())
+    assert whole.out_dim == 8 and whole(images).shape == (4, 8)
+    assert ENCODERS.build({"name": "conv4", "width": 8, "global_pool": True}, image_shape=(3, 84, 84)).out_dim == 8
