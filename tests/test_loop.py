@@ -99,7 +99,8 @@ def test_saved_config_rebuilds_without_hydra(compose_train, run_dir):
     training.train(compose_train(), run_dir)
     saved = load_checkpoint(run_dir / "checkpoints" / "best.pt")["config"]
     cfg = validate_train_config(saved)
-    assert OmegaConf.to_container(cfg.encoder) == {"name": "conv4", "width": 16, "blocks": 4, "widths": None}
+    assert OmegaConf.to_container(cfg.encoder) == {"name": "conv4", "width": 16, "blocks": 4, "widths": None,
+                                                   "global_pool": False}
 
 
 def test_compile_is_refused_for_second_order(compose_train, run_dir):
