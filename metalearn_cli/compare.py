@@ -5,8 +5,8 @@ methods are compared task by task rather than by two intervals that overlap:
 
 - the mean per-task accuracy difference (B - A) with a 95% bootstrap interval over tasks (10,000
   resamples, seeded, so the table repeats);
-- with several seeds of each setting (runs whose configs differ only in ``seed``, or the runs one
-  ``--setting`` names: seeds of one recipe given in different ways), runs are paired by seed (each seed
+- with several seeds of each setting (runs whose configs differ only in ``seed``, eval dirs of such
+  runs, or the runs one ``--setting`` names: seeds of one recipe given in different ways), runs are paired by seed (each seed
   fixes its own test tasks) and the interval is a two-level bootstrap: seeds drawn with replacement,
   then tasks within each drawn seed, so it holds the spread between seeds too;
 - McNemar's test on the per-query outcomes: of the queries exactly one run gets right, how often

@@ -72,13 +72,32 @@ BOOKKEEPING = ("seed", "resume", "device", "threads", "trainer.progress", "train
                "reference", "logger")  # keys that never make two runs different settings
 
 
+def bookkeeping(key: str) -> bool:
+    return any(key == b or key.startswith(b + ".") for b in BOOKKEEPING)
+
+
+def setting_config(run: Path) -> dict[str, Any]:
+    """A run's flat config. An eval dir's ``checkpoint`` (a path, one per seed) is replaced by the
+    config of the run that trained it (its seed, bookkeeping and ``eval.*`` aside: the eval dir's own
+    ``eval.*`` is what tested), so evaluations of one recipe's seeds are one setting."""
+    info = read_run(run)
+    config = flatten(info["config"])
+    trained = Path(str(info["results"].get("checkpoint", "")))  # <run>/checkpoints/<name>.pt, as eval resolved it
+    if "checkpoint" in config and trained.suffix == ".pt":
+        source = flatten(read_run(trained.parent.parent)["config"])
+        if source:
+            del config["checkpoint"]
+            config.update({f"checkpoint.{k}": v for k, v in source.items() if not bookkeeping(k) and not k.startswith("eval.")})
+    return config
+
+
 def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
     """Each run's setting by the config values that tell it from the others (seed and bookkeeping
     aside), read from the runs' own configs; runs without a readable config fall back on overrides."""
-    configs = [flatten(read_run(run)["config"]) for run in runs]
+    configs = [setting_config(run) for run in runs]
     if len(runs) < 2 or not all(configs):
         return short_settings(rows)
-    keys = sorted({k for c in configs for k in c if not any(k == b or k.startswith(b + ".") for b in BOOKKEEPING)})
+    keys = sorted({k for c in configs for k in c if not bookkeeping(k)})
     differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     # A component that differs is named by its group (strategy=maml), not by each of its parameters,
     # unless runs of the same component differ in one (two FEAT recipes beside a ProtoNet).

@@ -100,6 +100,16 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
     expected = ((acc["w16_s0"] - acc["w8_s0"]) + (acc["w16_s1"] - acc["w8_s1"])) / 2
     assert float(row["difference"]) == pytest.approx(expected, abs=1e-3)
     assert "x 2 seeds" in capsys.readouterr().out
+    # eval dirs of those runs (one checkpoint path each) pool by the recipe that trained them
+    evals = [str(tmp_path / f"eval_{n}") for n in ("w8_s0", "w8_s1", "w16_s1", "w16_s0")]
+    for run, evaluation in zip(runs, evals):
+        assert main(["eval", f"checkpoint={run}", "eval.episodes=20", "eval.tta_shift=1", f"hydra.run.dir={evaluation}"]) == 0
+    capsys.readouterr()
+    assert main(["compare", *evals, "--out", str(tmp_path / "cmp_eval")]) == 0
+    with open(tmp_path / "cmp_eval" / "compare.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["seeds"] == "2" and "encoder.width=16" in row["run"] and "encoder.width=8" in row["reference"]
+    assert "x 2 seeds" in capsys.readouterr().out
     assert main(["compare", runs[0], runs[1]]) == 2  # seeds of one setting: nothing to compare
     assert "seeds of one setting" in capsys.readouterr().err
     assert main(["compare", runs[0], str(tmp_path / "w16_s1")]) == 2  # no seed in common
