@@ -80,11 +80,13 @@ def setting_config(run: Path) -> dict[str, Any]:
     """A run's flat config. An eval dir's ``checkpoint`` (a path, one per seed) is replaced by the
     config of the run that trained it (its seed, bookkeeping and ``eval.*`` aside: the eval dir's own
     ``eval.*`` is what tested), so evaluations of one recipe's seeds are one setting."""
+    from metalearn_cli.resume import run_dir_of
+
     info = read_run(run)
     config = flatten(info["config"])
-    trained = Path(str(info["results"].get("checkpoint", "")))  # <run>/checkpoints/<name>.pt, as eval resolved it
-    if "checkpoint" in config and trained.suffix == ".pt":
-        source = flatten(read_run(trained.parent.parent)["config"])
+    trained = info["results"].get("checkpoint")  # the checkpoint file as eval resolved it
+    if "checkpoint" in config and trained:
+        source = flatten(read_run(run_dir_of(Path(str(trained))))["config"])
         if source:
             del config["checkpoint"]
             config.update({f"checkpoint.{k}": v for k, v in source.items() if not bookkeeping(k) and not k.startswith("eval.")})
