@@ -98,6 +98,10 @@ def validate_pretrain(cfg: Any) -> None:
             check_optimizer(p.optimizer)
         except ConfigError as exc:
             raise ConfigError(f"pretrain.optimizer: {exc}") from None
+    episodic = getattr(p.kind, "value", str(p.kind)) == "episodic"
+    if episodic and (p.epochs is not None or not 0 <= p.within_alphabet <= 1):
+        raise ConfigError("pretrain=episodic counts meta-iterations (pretrain.iterations; pretrain.epochs is supervised "
+                          "pre-training's) and pretrain.within_alphabet is a share from 0 to 1")
     if p.epochs is not None and (p.iterations == 0 or not p.epochs > 0):
         raise ConfigError("pretrain.epochs sets the length of a pre-training stage: add pretrain=supervised (or pretrain=rfs) "
                           "and give epochs > 0")

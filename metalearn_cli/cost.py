@@ -59,9 +59,17 @@ def estimated_flops(cfg: Any, image_shape: tuple[int, int, int]) -> Optional[int
     train_images = t.iterations * t.meta_batch * s.train_way * (s.shot + s.train_query)
     eval_pass = s.way * (s.shot + s.query) + 3 * s.way * s.shot * p.test_steps
     validations = t.iterations // t.val_every + 1
-    images = (3 * p.copies * train_images + 3 * cfg.pretrain.iterations * cfg.pretrain.batch_size
+    images = (3 * p.copies * train_images + 3 * cfg.pretrain.iterations * stage_batch(cfg)[0]
               + (validations * t.val_episodes + e.episodes) * eval_pass)
     return images * p.flops
+
+
+def stage_batch(cfg: Any) -> tuple[int, str]:
+    """Images per step of the pre-training stage, and the setting that sizes it."""
+    p, e = cfg.pretrain, cfg.episode
+    if getattr(p.kind, "value", str(p.kind)) == "episodic":
+        return cfg.trainer.meta_batch * (p.train_way or e.way) * (e.shot + (p.train_query or e.query)), "pretrain.train_way"
+    return p.batch_size, "pretrain.batch_size"
 
 
 def check_memory(cfg: Any, image_shape: tuple[int, int, int], device: torch.device) -> None:
@@ -77,7 +85,8 @@ def check_memory(cfg: Any, image_shape: tuple[int, int, int], device: torch.devi
     params, per_image = p.params, p.activations
     stages = [(images * p.copies, f"{images:,} images per meta-iteration", "trainer.meta_batch, the task shape")]
     if cfg.pretrain.iterations > 0:
-        stages.append((cfg.pretrain.batch_size, f"{cfg.pretrain.batch_size:,} images per pre-training step", "pretrain.batch_size"))
+        n, knob = stage_batch(cfg)
+        stages.append((n, f"{n:,} images per pre-training step", knob))
     free = available_memory(device)
     for copies, what, knob in stages:
         need = 4 * (4 * params + per_image * copies)

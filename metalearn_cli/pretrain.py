@@ -1,16 +1,19 @@
-"""The pre-training stage: plain supervised classification over every training class, before
-meta-training (Tian et al. 2020, RFS; Chen et al. 2021, Meta-Baseline; the features LEO and CNAPs
-started from).
+"""The pre-training stage, before meta-training: plain supervised classification over every
+training class (``pretrain=supervised``: Tian et al. 2020, RFS; Chen et al. 2021, Meta-Baseline; the
+features LEO and CNAPs started from), or ProtoNet meta-training on tasks of another shape than the
+run's (``pretrain=episodic``: e.g. 60-way cross-alphabet tasks before within-alphabet ones).
 
 Owns: ``<run>/pretrain/``, a run directory of its own (config, metrics.jsonl, TensorBoard,
-``checkpoints/last.pt`` and ``best.pt``, ``results.json``). The encoder is trained with a linear
-head over all training classes (Omniglot's Vinyals split: 4,112 classes with rotations) on
-augmented mini-batches drawn from the resident images; the best checkpoint is chosen by *episodic*
-validation (nearest-centroid accuracy on the same fixed validation tasks every method uses), and the
-stage's ``results.json`` is that encoder's nearest-centroid test accuracy. The stage checkpoint is a
-ProtoNet checkpoint (``metalearn eval RUN/pretrain`` works on it) that also carries the head, so an
-interrupted stage resumes. The stage runs in the one loop (:mod:`metalearn_cli.loop`) with a
-:class:`~metalearn_cli.objectives.SupervisedObjective`; meta-training then starts from its ``best.pt``
+``checkpoints/last.pt`` and ``best.pt``, ``results.json``). Supervised: the encoder is trained with a
+linear head over all training classes (Omniglot's Vinyals split: 4,112 classes with rotations) on
+augmented mini-batches drawn from the resident images. Episodic: prototypes and mgd on the stage's
+own ``train_way`` / ``train_query`` / ``within_alphabet`` tasks. Either way the best checkpoint is
+chosen by *episodic* validation (nearest-centroid accuracy on the run's fixed validation tasks), and
+the stage's ``results.json`` is that encoder's nearest-centroid accuracy on the run's test. The stage
+checkpoint is a ProtoNet checkpoint (``metalearn eval RUN/pretrain`` works on it; a supervised one also
+carries the head), so an interrupted stage resumes. The stage runs in the one loop
+(:mod:`metalearn_cli.loop`) with a :class:`~metalearn_cli.objectives.SupervisedObjective` or
+:class:`~metalearn_cli.objectives.EpisodicObjective`; meta-training then starts from its ``best.pt``
 (see :mod:`metalearn_cli.training`).
 """
 
@@ -23,13 +26,14 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from metalearn_cli.assemble import build_strategy, validate_train_config
+from metalearn_cli.assemble import build_strategy, resolve_bn_mode, seed_everything, validate_train_config
 from metalearn_cli.augment import augmentation
 from metalearn_cli.data import DATASETS, FewShotData
-from metalearn_cli.episodes import TaskShapes, resident, split_seed, validation_sampler
+from metalearn_cli.episodes import EpisodeSampler, TaskShapes, alphabet_groups, check_fits, is_lake, resident, split_seed, validation_sampler
+from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.loop import Stage
-from metalearn_cli.objectives import SupervisedObjective
+from metalearn_cli.objectives import EpisodicObjective, SupervisedObjective
 from metalearn_cli.rundir import RunDir
 from metalearn_cli.strategies import STRATEGIES
 
@@ -44,8 +48,23 @@ def resolve_budget(cfg: Any, data: FewShotData) -> None:
     """``pretrain.epochs`` -> ``pretrain.iterations``, now that the training images are counted (the
     saved config holds both, so a resume and a report see the steps the stage took)."""
     p = cfg.pretrain
-    if p.epochs is not None and p.iterations > 0:
+    if p.epochs is not None and p.iterations > 0 and not is_episodic(cfg):
         p.iterations = math.ceil(p.epochs * data.train.n_classes * data.train.n_per_class / p.batch_size)
+
+
+def check_stage_fits(cfg: Any, data: FewShotData) -> None:
+    """An episodic stage whose tasks the training split cannot supply is refused before anything is written."""
+    if cfg.pretrain.iterations == 0 or not is_episodic(cfg):
+        return
+    p, e = cfg.pretrain, cfg.episode
+    way, query = p.train_way or e.way, p.train_query or e.query
+    try:
+        check_fits(data.train, "train", data.name, way, e.shot, query)
+    except DataError as exc:
+        raise DataError(f"pretrain=episodic: {exc} (the stage's: pretrain.train_way / train_query)") from None
+    if p.within_alphabet > 0 and not any(len(g) >= way for g in alphabet_groups(data.train)):
+        raise ConfigError(f"pretrain.within_alphabet={p.within_alphabet} needs an alphabet of {way} characters in the training "
+                          "split (classes named Alphabet/character); lower pretrain.train_way or set pretrain.within_alphabet=0")
 
 
 def pretrained_checkpoint(cfg: Any, run_dir: Path) -> Optional[Path]:
@@ -53,44 +72,91 @@ def pretrained_checkpoint(cfg: Any, run_dir: Path) -> Optional[Path]:
     return RunDir(stage_dir(run_dir)).best if cfg.pretrain.iterations > 0 else None
 
 
+def is_episodic(cfg: Any) -> bool:
+    return getattr(cfg.pretrain.kind, "value", str(cfg.pretrain.kind)) == "episodic"
+
+
 def protonet_config(cfg: Any) -> dict[str, Any]:
-    """The stage's own config: the run's data, episode and encoder under a prototype decoder and mgd."""
+    """The stage's own config: the run's data, episode and encoder under a prototype decoder and mgd;
+    an episodic stage's trainer trains on the stage's task shape (what ``metalearn train`` with those
+    settings would run, so the stage is that run, in ``<run>/pretrain``)."""
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     config["decoder"] = {"name": "prototype"}
     config["strategy"] = OmegaConf.to_container(OmegaConf.structured(STRATEGIES.params_of({"name": "mgd"})), enum_to_str=True)
-    config["trainer"] = {**config["trainer"], "init_from": None, "freeze_encoder": False, "iterations": cfg.pretrain.iterations}
-    config["resume"] = None
+    trainer = {**config["trainer"], "init_from": None, "freeze_encoder": False, "iterations": cfg.pretrain.iterations}
+    if is_episodic(cfg):
+        p = config["pretrain"]
+        trainer.update({key: p[key] for key in ("train_way", "train_query", "within_alphabet", "augment", "val_every", "val_episodes")})
+    config["trainer"], config["resume"] = trainer, None
     return config
 
 
 def pretrain_stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device) -> tuple[Optional[Stage], Optional[Path]]:
     """The stage of ``<run>/pretrain`` and the checkpoint it resumes from; ``(None, None)`` once it is
-    done (tested). Built in the order the weights were always drawn: the encoder, then the head."""
-    p, directory = cfg.pretrain, stage_dir(run_dir)
-    files = RunDir(directory)
+    done (tested)."""
+    files = RunDir(stage_dir(run_dir))
     if files.results.is_file() and files.best.is_file():
         return None, None
-    config = protonet_config(cfg)
+    build = _episodic if is_episodic(cfg) else _supervised
+    return build(cfg, Path(run_dir), data, device), (files.last if files.last.is_file() else None)
+
+
+def _stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device, strategy: Any, **settings: Any) -> Stage:
+    """What both kinds of stage share: the run's fixed validation tasks, and the final test:
+    nearest-centroid on the run's own test (Lake's runs when the run's are), as ``metalearn eval
+    RUN/pretrain`` gives it."""
+    e, p = cfg.episode, cfg.pretrain
+    lake = is_lake(e)
+
+    def test() -> dict[str, Any]:
+        return score_checkpoint(strategy, data, "test", (e.way, e.shot, e.query), cfg.eval, cfg.seed, device, lake=lake)
+
+    return Stage(run_dir=stage_dir(run_dir), iterations=p.iterations, iterations_key="pretrain.iterations",
+                 log_every=cfg.trainer.log_every, val_every=p.val_every, val_episodes=p.val_episodes,
+                 val_sampler=validation_sampler(data.val, e, cfg.seed, device, TaskShapes.of(cfg).val_way),
+                 logger=cfg.logger, test=test, resume_hint=run_dir, pixel_mean=data.pixel_mean, **settings)
+
+
+def _supervised(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device) -> Stage:
+    """Classification over every training class. Built in the order the weights were always drawn:
+    the run's meta-network, then the stage's encoder, then the head."""
+    p, config = cfg.pretrain, protonet_config(cfg)
     stage_cfg = validate_train_config(config)
     typed = OmegaConf.to_object(stage_cfg)
     strategy = build_strategy(stage_cfg, data.image_shape, device)
     objective = SupervisedObjective(strategy, resident(data.train, device).images, p.batch_size, p.label_smoothing,
                                     augmentation(p.augment, DATASETS.params_of(cfg.dataset).augment, data.image_shape),
                                     split_seed(cfg.seed, "pretrain"))
-    e = cfg.episode
-    val_sampler = validation_sampler(data.val, e, cfg.seed, device, TaskShapes.of(cfg).val_way)
-
-    def test() -> dict[str, Any]:  # nearest-centroid, as ``metalearn eval RUN/pretrain`` gives it
-        return score_checkpoint(strategy, data, "test", (e.way, e.shot, e.query), cfg.eval, cfg.seed, device)
 
     def extras() -> dict[str, Any]:
         return {"dataset": data.name, "strategy": "pretrain", "stage": "supervised pre-training, nearest-centroid evaluation"}
 
-    stage = Stage(name="pre-training", step_name="pre-training step", run_dir=directory,
-                  objective=objective, trainer=typed.trainer, evaluation=typed.eval, logger=stage_cfg.logger,
-                  config=config, optimizer=p.optimizer, optimizer_key="pretrain.optimizer",
-                  iterations=p.iterations, iterations_key="pretrain.iterations", log_every=cfg.trainer.log_every, val_every=p.val_every,
-                  checkpoint_every=p.val_every, val_sampler=val_sampler, val_episodes=p.val_episodes,
-                  val_bn_mode="running", test=test, extras=extras, resume_hint=Path(run_dir),
-                  pixel_mean=data.pixel_mean)
-    return stage, (files.last if files.last.is_file() else None)
+    return _stage(cfg, run_dir, data, device, strategy, name="pre-training", step_name="pre-training step",
+                  objective=objective, trainer=typed.trainer, evaluation=typed.eval,
+                  config=config, optimizer=p.optimizer, optimizer_key="pretrain.optimizer", checkpoint_every=p.val_every,
+                  val_bn_mode="running", extras=extras)
+
+
+def _episodic(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device) -> Stage:
+    """ProtoNet meta-training on the stage's tasks, under the run's optimizer. Its weights are drawn
+    from the run's seed afresh and its tasks from the training stream, so the stage is exactly the
+    run ``metalearn train decoder=prototype strategy=mgd`` with the stage's task shape would be."""
+    config = protonet_config(cfg)
+    stage_cfg = validate_train_config(config)
+    typed = OmegaConf.to_object(stage_cfg)
+    seed_everything(cfg.seed)
+    strategy = build_strategy(stage_cfg, data.image_shape, device)
+    s = TaskShapes.of(stage_cfg)
+    sampler = EpisodeSampler(resident(data.train, device), s.train_way, s.shot, s.train_query, split_seed(cfg.seed, "train"),
+                             device, within=cfg.pretrain.within_alphabet)
+    objective = EpisodicObjective(strategy, sampler, cfg.trainer.meta_batch, (0, 1),
+                                  augmentation(cfg.pretrain.augment, DATASETS.params_of(cfg.dataset).meta_augment, data.image_shape))
+
+    def extras() -> dict[str, Any]:
+        return {"dataset": data.name, "strategy": "pretrain", "train_way": s.train_way, "train_query": s.train_query,
+                "stage": "episodic pre-training (prototypes, mgd), nearest-centroid evaluation"}
+
+    return _stage(cfg, run_dir, data, device, strategy, name="episodic pre-training", step_name="pre-training iteration",
+                  objective=objective, trainer=typed.trainer, evaluation=typed.eval, config=config, optimizer=cfg.optimizer,
+                  optimizer_key="optimizer", checkpoint_every=cfg.trainer.checkpoint_every,
+                  val_bn_mode=resolve_bn_mode(cfg.eval.bn_mode, strategy), extras=extras)

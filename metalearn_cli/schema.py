@@ -79,11 +79,18 @@ class TrainerConfig:
     augment: Augment = Augment.none  # per-image transforms of training tasks (never at validation or test); auto = dataset.meta_augment
 
 
+class PretrainKind(enum.Enum):
+    supervised = "supervised"  # classification over every training class (RFS, Meta-Baseline)
+    episodic = "episodic"  # ProtoNet meta-training on the stage's own tasks, under the run's optimizer
+
+
 @dataclass
 class PretrainConfig:
-    """Supervised pre-training of the encoder before meta-training (Tian et al. 2020; Chen et al. 2021):
-    plain classification over every training class, best checkpoint by episodic validation."""
+    """A first stage that trains the encoder before meta-training, best checkpoint by episodic
+    validation: plain classification over every training class (Tian et al. 2020; Chen et al. 2021),
+    or ProtoNet meta-training on tasks of another shape than the run's (pretrain=episodic)."""
 
+    kind: PretrainKind = PretrainKind.supervised
     iterations: int = 0  # optimizer steps; 0 = no pre-training stage
     epochs: Optional[float] = None  # with the stage on: iterations = ceil(epochs x training images / batch_size) (RFS: 100)
     batch_size: int = 128  # images per step, drawn from all training classes
@@ -94,9 +101,15 @@ class PretrainConfig:
         "schedule": {"kind": "cosine", "warmup": 0, "min_lr_ratio": 0.0, "step_size": 2000, "gamma": 0.5, "milestones": [0.6, 0.8]},
         "clip": {"norm": None, "value": None}})
     label_smoothing: float = 0.0
-    augment: Augment = Augment.auto  # per-image torchvision.transforms.v2; auto = the data set's own (dataset.augment)
+    augment: Augment = Augment.auto  # per-image torchvision.transforms.v2; auto = the data set's own (dataset.augment; episodic: meta_augment)
     val_every: int = 500  # steps between episodic validations (nearest-centroid accuracy on the fixed val tasks)
     val_episodes: int = 300
+    # kind=episodic only (batch_size, label_smoothing, epochs and optimizer are supervised's): the stage's training
+    # tasks, as trainer.train_way / train_query / within_alphabet; it steps with the run's optimizer (cosine over
+    # pretrain.iterations) and augments with dataset.meta_augment under augment=auto.
+    train_way: Optional[int] = 60  # null = episode.way
+    train_query: Optional[int] = 5  # null = episode.query
+    within_alphabet: float = 0.0
 
 
 class FinetuneParams(enum.Enum):

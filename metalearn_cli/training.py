@@ -34,7 +34,7 @@ from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.loop import Stage, TrainingRun
 from metalearn_cli.objectives import EpisodicObjective
-from metalearn_cli.pretrain import pretrain_stage, pretrained_checkpoint, resolve_budget
+from metalearn_cli.pretrain import check_stage_fits, pretrain_stage, pretrained_checkpoint, resolve_budget
 from metalearn_cli.resume import resume_checkpoint
 from metalearn_cli.rundir import exclusive, refuse_held, write_status
 from metalearn_cli.signals import stop_requests
@@ -77,6 +77,7 @@ class Training:
         check_fits(data.train, "train", data.name, s.train_way, s.shot, s.train_query)
         check_fits(data.val, "val", data.name, s.val_way, s.shot, s.query)
         check_fits(data.test, "test", data.name, s.way, s.shot, s.query)
+        check_stage_fits(cfg, data)
         if is_lake(cfg.episode):
             LakeRuns(data.test, s.way, cfg.seed)  # a data set without alphabets is refused now, not after training
         check_memory(cfg, data.image_shape, self.device)

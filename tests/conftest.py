@@ -107,3 +107,18 @@ def nan_on_call(monkeypatch, bad_call: int) -> None:
         return loss * float("nan") if calls["n"] == bad_call else loss
 
     monkeypatch.setattr(mgd.F, "cross_entropy", cross_entropy)
+
+
+def stop_after(run, step: int, signal: str = "SIGINT") -> dict:
+    """The stop requests a :class:`~metalearn_cli.loop.TrainingRun` obeys, with ``signal`` arriving
+    just after its ``step``-th step, as a Ctrl-C or SIGTERM then would."""
+    stop: dict = {"signal": None}
+    original = run.iteration
+
+    def step_then_stop():
+        original()
+        if run.step == step:
+            stop["signal"] = signal
+
+    run.iteration = step_then_stop
+    return stop

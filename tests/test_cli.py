@@ -174,7 +174,7 @@ def test_a_mistyped_key_or_option_gets_a_suggestion(capsys, override, hint):
 
 
 @pytest.mark.parametrize("command,listed,hidden", [
-    ("train", ["dataset:", "strategy:", "experiment:", "pretrain: none, rfs, supervised", "logger: csv, mlflow, tensorboard"], ["schema/", "debug/encoder"]),
+    ("train", ["dataset:", "strategy:", "experiment:", "pretrain: episodic, none, rfs, supervised", "logger: csv, mlflow, tensorboard"], ["schema/", "debug/encoder"]),
     ("eval", ["episode:"], ["schema/", "dataset:", "experiment:", "sweep:", "strategy:", "pretrain:"]),
     ("predict", [], ["schema/", "dataset:", "episode:"]),
 ])

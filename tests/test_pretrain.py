@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import stop_after
 
 from metalearn_cli import training
 from metalearn_cli.assemble import build_strategy, initialise_from
@@ -96,15 +97,7 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(compose_train, tmp_pat
     cut = tmp_path / "cut"
     torch.manual_seed(0)
     run = stage_run(cfg, cut, data)
-    stop = {"signal": None}
-    original = run.iteration
-
-    def step_then_stop():
-        original()
-        if run.step == 2:
-            stop["signal"] = "SIGINT"
-
-    run.iteration = step_then_stop
+    stop = stop_after(run, 2)
     with pytest.raises(Interrupted, match="at pre-training step 2/6.*resume="):
         run.run(stop)
     assert json.loads((cut / "pretrain/status.json").read_text())["status"] == "interrupted"

@@ -246,9 +246,10 @@ def test_mirror_adds_each_training_class_mirrored_as_an_alphabet_of_its_own_and_
     assert mirrored.train.n_classes == 2 * vinyals.train.n_classes and mirrored.test.class_names == vinyals.test.class_names
 
 
-def test_the_best_lake_preset_needs_the_archives_and_runs_on_them_through_the_console_script(tmp_path):
-    """best_omniglot_lake20w1s trains at 56 px on rotated classes: without dataset.root it stops with one
-    line naming the fix; with a (generated) archive folder it trains on 4 x the classes and tests on Lake's runs."""
+def test_the_56px_lake_data_needs_the_archives_and_runs_on_them_through_the_console_script(tmp_path):
+    """dataset=omniglot_background_56px_rotations (the 56 px Lake recipe of docs/benchmarks.md) trains at 56 px on
+    rotated classes: without dataset.root it stops with one line naming the fix; with a (generated) archive folder
+    it trains on 4 x the classes and tests on Lake's runs."""
     import json
     import subprocess
     import sys
@@ -256,14 +257,15 @@ def test_the_best_lake_preset_needs_the_archives_and_runs_on_them_through_the_co
     exe = Path(sys.executable).with_name("metalearn")
     small = ["pretrain.epochs=1", "pretrain.batch_size=16", "pretrain.val_episodes=4", "trainer.iterations=2",
              "trainer.val_every=1", "trainer.val_episodes=4", "eval.episodes=4", "encoder.width=8"]
-    bare = subprocess.run([str(exe), "train", "experiment=best_omniglot_lake20w1s", *small, f"hydra.run.dir='{tmp_path / 'bare'}'"],
+    preset = ["experiment=metanet_omniglot_lake20w1s", "dataset=omniglot_background_56px_rotations", "encoder.blocks=5"]
+    bare = subprocess.run([str(exe), "train", *preset, *small, f"hydra.run.dir='{tmp_path / 'bare'}'"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert bare.returncode != 0 and "Traceback" not in bare.stderr
     assert "pass dataset.root=DIR" in bare.stderr.strip().splitlines()[-1]
     root = make_omniglot(tmp_path / "Omniglot 原本", background=tuple((f"A{i}", 20) for i in range(6)),
                          evaluation=(("E", 20),), drawings=6)
     run = tmp_path / "best lake"
-    proc = subprocess.run([str(exe), "train", "experiment=best_omniglot_lake20w1s", *small, f"dataset.root='{root}'",
+    proc = subprocess.run([str(exe), "train", *preset, *small, f"dataset.root='{root}'",
                            f"hydra.run.dir='{run}'"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((run / "results.json").read_text())
