@@ -69,10 +69,10 @@ def validate(cfg: Any) -> TrainConfig:
     initialised = bool(t.init_from) or cfg.pretrain.iterations > 0
     if t.iterations == 0 and not initialised:
         raise ConfigError("trainer.iterations=0 trains nothing; it is for evaluating pre-trained weights: add "
-                          "pretrain=supervised or trainer.init_from=RUN, or give trainer.iterations >= 1")
+                          "pretrain=supervised, pretrain=episodic or trainer.init_from=RUN, or give trainer.iterations >= 1")
     if t.freeze_encoder and not initialised:
-        raise ConfigError("trainer.freeze_encoder=true would keep a random encoder; add pretrain=supervised or "
-                          "trainer.init_from=RUN, or drop freeze_encoder")
+        raise ConfigError("trainer.freeze_encoder=true would keep a random encoder; add pretrain=supervised, "
+                          "pretrain=episodic or trainer.init_from=RUN, or drop freeze_encoder")
     validate_pretrain(cfg)
     validate_eval(e)
     validate_host(cfg)
@@ -89,22 +89,24 @@ def check_seed(seed: Any) -> None:
 
 def validate_pretrain(cfg: Any) -> None:
     p = cfg.pretrain
+    episodic = getattr(p.kind, "value", str(p.kind)) == "episodic"
     if p.iterations < 0 or p.batch_size < 1 or p.val_every < 1 or p.val_episodes < 1:
         raise ConfigError("pretrain.iterations must be >= 0, and pretrain.batch_size, val_every, val_episodes >= 1")
     if not 0 <= p.label_smoothing < 1:
         raise ConfigError("pretrain.label_smoothing must be in [0, 1)")
-    if p.iterations > 0:  # the node's types and ranges, as the optimizer group's are checked
+    if p.iterations > 0 and not episodic:  # the node's types and ranges, as the optimizer group's are checked
         try:
             check_optimizer(p.optimizer)
         except ConfigError as exc:
             raise ConfigError(f"pretrain.optimizer: {exc}") from None
-    episodic = getattr(p.kind, "value", str(p.kind)) == "episodic"
-    if episodic and (p.epochs is not None or not 0 <= p.within_alphabet <= 1):
-        raise ConfigError("pretrain=episodic counts meta-iterations (pretrain.iterations; pretrain.epochs is supervised "
-                          "pre-training's) and pretrain.within_alphabet is a share from 0 to 1")
+    if episodic and p.epochs is not None:
+        raise ConfigError(f"pretrain.epochs={p.epochs}: pretrain=episodic counts meta-iterations (pretrain.iterations); "
+                          "pass pretrain.epochs=null")
+    if episodic and not 0 <= p.within_alphabet <= 1:
+        raise ConfigError(f"pretrain.within_alphabet={p.within_alphabet} is a share of the stage's training tasks: give 0 to 1")
     if p.epochs is not None and (p.iterations == 0 or not p.epochs > 0):
-        raise ConfigError("pretrain.epochs sets the length of a pre-training stage: add pretrain=supervised (or pretrain=rfs) "
-                          "and give epochs > 0")
+        raise ConfigError("pretrain.epochs sets the length of a supervised pre-training stage: add pretrain=supervised "
+                          "(or pretrain=rfs) and give epochs > 0")
     if p.iterations and cfg.trainer.init_from:
         raise ConfigError("pretrain.iterations > 0 and trainer.init_from both set the starting weights; choose one")
 

@@ -7,7 +7,6 @@ mapping lives here, so an old run still evaluates, resumes and exports.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 from torch import nn
@@ -23,7 +22,7 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
 
     config = copy.deepcopy(config)
     if "trainer" in config and "pretrain" not in config:  # a training run's config from before the pre-training stage
-        config["pretrain"] = dataclasses.asdict(PretrainConfig())
+        config["pretrain"] = {}  # every option its default, enums as their names (_fill_added_options)
         if isinstance(config["trainer"], dict):
             config["trainer"].setdefault("freeze_encoder", False)
     if isinstance(config.get("episode"), dict):  # episode.protocol added on 2026-11-27

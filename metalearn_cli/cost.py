@@ -68,7 +68,8 @@ def stage_batch(cfg: Any) -> tuple[int, str]:
     """Images per step of the pre-training stage, and the setting that sizes it."""
     p, e = cfg.pretrain, cfg.episode
     if getattr(p.kind, "value", str(p.kind)) == "episodic":
-        return cfg.trainer.meta_batch * (p.train_way or e.way) * (e.shot + (p.train_query or e.query)), "pretrain.train_way"
+        return (cfg.trainer.meta_batch * (p.train_way or e.way) * (e.shot + (p.train_query or e.query)),
+                "pretrain.train_way, pretrain.train_query or trainer.meta_batch")
     return p.batch_size, "pretrain.batch_size"
 
 

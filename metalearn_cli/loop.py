@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 class Stage:
     """One stage of a run: what it optimises and how often it records, validates and saves."""
 
-    name: str  # "meta-training", "pre-training": log lines and bars
-    step_name: str  # what messages call one step: "meta-iteration", "pre-training step"
+    name: str  # "meta-training", "pre-training", "episodic pre-training": log lines and bars
+    step_name: str  # what messages call one step: "meta-iteration", "pre-training step", "pre-training iteration"
     run_dir: Path
     objective: Objective
     trainer: TrainerConfig  # typed: progress, precision, nan_policy

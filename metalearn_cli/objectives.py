@@ -3,7 +3,7 @@ the update through :func:`~metalearn_cli.optim.meta_step`; the loop (:mod:`metal
 does everything else, the same for every stage.
 
 Owns: the meta-iteration's step (``train_step``: sample -> ``strategy.meta_loss`` -> ``meta_step``),
-the episodic objective of meta-training and the supervised objective of pre-training (its linear head
+the episodic objective of meta-training (and of ``pretrain=episodic``'s stage) and the supervised objective of pre-training (its linear head
 over all training classes, its class-batch sampler, its augmentation). Each keeps the state a resume
 needs beyond the weights and the optimizer (the task sampler; the head and the batch generator).
 """
@@ -68,7 +68,7 @@ class Objective(Protocol):
 
 
 class EpisodicObjective:
-    """Meta-training: a meta-batch of N-way K-shot tasks and the strategy's meta-loss."""
+    """Meta-training (and the episodic pre-training stage): a meta-batch of N-way K-shot tasks and the strategy's meta-loss."""
 
     split, unit = "train", "tasks"
 

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from metalearn_cli.assemble import build_strategy, resolve_bn_mode, seed_everything, validate_train_config
 from metalearn_cli.augment import augmentation
 from metalearn_cli.data import DATASETS, FewShotData
-from metalearn_cli.episodes import EpisodeSampler, TaskShapes, alphabet_groups, check_fits, is_lake, resident, split_seed, validation_sampler
+from metalearn_cli.episodes import EpisodeSampler, TaskShapes, alphabet_groups, is_lake, resident, split_seed, validation_sampler
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.loop import Stage
@@ -56,12 +56,14 @@ def check_stage_fits(cfg: Any, data: FewShotData) -> None:
     """An episodic stage whose tasks the training split cannot supply is refused before anything is written."""
     if cfg.pretrain.iterations == 0 or not is_episodic(cfg):
         return
-    p, e = cfg.pretrain, cfg.episode
+    p, e, train = cfg.pretrain, cfg.episode, data.train
     way, query = p.train_way or e.way, p.train_query or e.query
-    try:
-        check_fits(data.train, "train", data.name, way, e.shot, query)
-    except DataError as exc:
-        raise DataError(f"pretrain=episodic: {exc} (the stage's: pretrain.train_way / train_query)") from None
+    if not 2 <= way <= train.n_classes:
+        raise DataError(f"pretrain=episodic: {way}-way tasks need 2 to {train.n_classes} classes (the train split of "
+                        f"{data.name}); give pretrain.train_way in that range")
+    if query < 1 or e.shot + query > train.n_per_class:
+        raise DataError(f"pretrain=episodic: tasks of {e.shot} shot + {query} queries per class need that many of the "
+                        f"{train.n_per_class} images per class of {data.name}'s train split; lower pretrain.train_query")
     if p.within_alphabet > 0 and not any(len(g) >= way for g in alphabet_groups(data.train)):
         raise ConfigError(f"pretrain.within_alphabet={p.within_alphabet} needs an alphabet of {way} characters in the training "
                           "split (classes named Alphabet/character); lower pretrain.train_way or set pretrain.within_alphabet=0")
@@ -108,8 +110,9 @@ def _stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device, str
     e, p = cfg.episode, cfg.pretrain
     lake = is_lake(e)
 
-    def test() -> dict[str, Any]:
-        return score_checkpoint(strategy, data, "test", (e.way, e.shot, e.query), cfg.eval, cfg.seed, device, lake=lake)
+    def test() -> dict[str, Any]:  # its test_outcomes.npz pairs it with the run's (metalearn compare RUN/pretrain RUN)
+        return score_checkpoint(strategy, data, "test", (e.way, e.shot, e.query), cfg.eval, cfg.seed, device,
+                                stage_dir(run_dir), lake=lake)
 
     return Stage(run_dir=stage_dir(run_dir), iterations=p.iterations, iterations_key="pretrain.iterations",
                  log_every=cfg.trainer.log_every, val_every=p.val_every, val_episodes=p.val_episodes,

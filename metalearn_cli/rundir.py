@@ -227,11 +227,13 @@ def read_run(run: Path) -> dict[str, Any]:
 
 def find_runs(paths: list[Path]) -> list[Path]:
     """Every run dir (a dir holding status.json or results.json) under the given paths, sorted; a
-    run's own stages (``<run>/pretrain``) belong to their run and are not listed apart."""
+    run's own stages (``<run>/pretrain``) belong to their run and are listed only when named."""
     runs: set[Path] = set()
     for path in paths:
         if not Path(path).exists():
             raise MetalearnError(f"{path} does not exist; pass run dirs or sweep dirs (e.g. outputs/multirun/train/<time>)")
+        if any((Path(path) / m).is_file() for m in (STATUS, RESULTS)):
+            runs.add(Path(path))
         for marker in (STATUS, RESULTS):
             runs.update(p.parent for p in Path(path).rglob(marker)
                         if not any((p.parent.parent / m).is_file() for m in (STATUS, RESULTS)))

@@ -38,6 +38,9 @@ def test_the_estimate_grows_with_what_the_run_does():
     longer, _ = smoke("trainer.iterations=40")
     pretrained, _ = smoke("pretrain=supervised", "pretrain.iterations=10")
     assert estimated_flops(longer, shape) > base and estimated_flops(pretrained, shape) > base
+    episodic, _ = smoke("pretrain=episodic", "pretrain.iterations=10")
+    wider, _ = smoke("pretrain=episodic", "pretrain.iterations=10", "pretrain.train_way=40")
+    assert base < estimated_flops(episodic, shape) < estimated_flops(wider, shape)  # the stage's tasks, not batch_size
     second, _ = smoke("strategy=maml", "decoder=linear")
     first, _ = smoke("strategy=fomaml", "decoder=linear")
     assert estimated_flops(second, shape) > estimated_flops(first, shape)  # second order keeps twice the graph

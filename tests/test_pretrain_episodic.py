@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import stop_after
 
 from metalearn_cli import training
@@ -75,11 +76,37 @@ def test_an_interrupted_episodic_stage_resumes_to_the_same_weights(compose_train
     assert a["step"] == b["step"] == 6 and all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
 
 
+def test_resume_true_continues_a_run_stopped_during_the_episodic_stage(compose_train, tmp_path, monkeypatch):
+    """A SIGTERM inside the stage: the run says so, and `resume=true` finishes the stage, then meta-trains
+    from its best.pt to the same weights as a run never stopped."""
+    original, calls = EpisodicObjective.step, []
+
+    def interrupted(self, *args):
+        out = original(self, *args)
+        calls.append(1)
+        if len(calls) == 4:
+            raise Interrupted("SIGTERM", "SIGTERM during pre-training")
+        return out
+
+    monkeypatch.setattr(EpisodicObjective, "step", interrupted)
+    with pytest.raises(Interrupted):
+        training.train(compose_train(*EPISODIC), tmp_path / "cut")
+    monkeypatch.setattr(EpisodicObjective, "step", original)
+    assert json.loads((tmp_path / "cut/status.json").read_text())["status"] == "interrupted"
+    training.train(compose_train(*EPISODIC, "resume=true"), tmp_path / "cut")
+    training.train(compose_train(*EPISODIC), tmp_path / "whole")
+    a, b = (model_tensors(tmp_path / name / "checkpoints/last.pt") for name in ("whole", "cut"))
+    assert json.loads((tmp_path / "cut/pretrain/status.json").read_text())["status"] == "completed"
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+
 @pytest.mark.parametrize("overrides,error,message", [
-    (["pretrain.epochs=3"], ConfigError, "pretrain=episodic counts meta-iterations"),
-    (["pretrain.within_alphabet=1.5"], ConfigError, "share from 0 to 1"),
+    (["pretrain.epochs=3"], ConfigError, "pretrain=episodic counts meta-iterations .*pass pretrain.epochs=null"),
+    (["pretrain.within_alphabet=1.5"], ConfigError, "pretrain.within_alphabet=1.5 is a share .* give 0 to 1"),
     (["pretrain.within_alphabet=1.0"], ConfigError, "pretrain.within_alphabet=1.0 needs an alphabet"),
-    (["pretrain.train_way=500"], DataError, "pretrain=episodic: 500-way episodes"),
+    (["pretrain.train_way=500"], DataError, "pretrain=episodic: 500-way tasks .* give pretrain.train_way"),
+    (["pretrain.train_query=50"], DataError, "pretrain=episodic: .* lower pretrain.train_query"),
+    (["trainer.init_from=somewhere"], ConfigError, "choose one"),
 ])
 def test_bad_stage_settings_are_one_line_errors_before_anything_is_written(compose_train, tmp_path, overrides, error, message):
     with pytest.raises(error, match=message) as info:
@@ -101,6 +128,11 @@ def test_the_lake_preset_runs_both_stages_from_the_console_script_and_tests_each
     stage, final = (json.loads((d / "results.json").read_text()) for d in (run / "pretrain", run))
     assert (stage["protocol"], stage["way"], stage["train_way"], stage["tta_shift"]) == ("lake", 20, 5, 3)
     assert (final["protocol"], final["way"], final["episodes"]) == ("lake", 20, 2)
-    assert f"from {run / 'pretrain' / 'checkpoints' / 'best.pt'}" in proc.stdout + proc.stderr
-    config = (run / ".hydra" / "config.yaml").read_text()
-    assert "kind: episodic" in config and "rotations: 4" in config and "within_alphabet: 1.0" in config
+    assert f"from {run.resolve() / 'pretrain' / 'checkpoints' / 'best.pt'}" in proc.stdout + proc.stderr
+    paired = subprocess.run([str(exe), "compare", str(run / "pretrain"), str(run)], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)  # the stage's test outcomes pair with the run's
+    assert paired.returncode == 0 and "Traceback" not in paired.stderr, paired.stderr
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert (config["pretrain"]["kind"], config["pretrain"]["within_alphabet"], config["trainer"]["within_alphabet"]) == \
+        ("episodic", 0.0, 1.0)
+    assert config["dataset"]["rotations"] == 4 and config["pretrain"]["augment"] == "auto"

@@ -270,6 +270,8 @@ def test_the_56px_lake_data_needs_the_archives_and_runs_on_them_through_the_cons
     assert proc.returncode == 0, proc.stderr
     results = json.loads((run / "results.json").read_text())
     assert (results["protocol"], results["way"], results["episodes"]) == ("lake", 20, 4)
+    stage = json.loads((run / "pretrain" / "results.json").read_text())  # the supervised stage: tested on Lake's runs too
+    assert (stage["protocol"], stage["way"]) == ("lake", 20)
     assert "rotations: 4" in (run / ".hydra" / "config.yaml").read_text() and (root / ".metalearn-omniglot56.npz").is_file()
 
 
