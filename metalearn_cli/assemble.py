@@ -27,7 +27,7 @@ from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.host import keep_freed_memory, native_bf16
 from metalearn_cli.model import build_meta_model, resolve_precision
 from metalearn_cli.optim import check_optimizer
-from metalearn_cli.schema import TrainConfig
+from metalearn_cli.schema import TrainConfig, is_episodic
 from metalearn_cli.strategies import STRATEGIES, Strategy
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def check_seed(seed: Any) -> None:
 
 def validate_pretrain(cfg: Any) -> None:
     p = cfg.pretrain
-    episodic = getattr(p.kind, "value", str(p.kind)) == "episodic"
+    episodic = is_episodic(p)
     if p.iterations < 0 or p.batch_size < 1 or p.val_every < 1 or p.val_episodes < 1:
         raise ConfigError("pretrain.iterations must be >= 0, and pretrain.batch_size, val_every, val_episodes >= 1")
     if not 0 <= p.label_smoothing < 1:

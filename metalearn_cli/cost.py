@@ -17,6 +17,7 @@ from metalearn_cli.episodes import TaskShapes
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.host import available_memory
 from metalearn_cli.model import build_meta_model
+from metalearn_cli.schema import is_episodic
 from metalearn_cli.strategies import STRATEGIES
 
 
@@ -67,7 +68,7 @@ def estimated_flops(cfg: Any, image_shape: tuple[int, int, int]) -> Optional[int
 def stage_batch(cfg: Any) -> tuple[int, str]:
     """Images per step of the pre-training stage, and the setting that sizes it."""
     p, e = cfg.pretrain, cfg.episode
-    if getattr(p.kind, "value", str(p.kind)) == "episodic":
+    if is_episodic(p):
         return (cfg.trainer.meta_batch * (p.train_way or e.way) * (e.shot + (p.train_query or e.query)),
                 "pretrain.train_way, pretrain.train_query or trainer.meta_batch")
     return p.batch_size, "pretrain.batch_size"

@@ -35,6 +35,7 @@ from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.loop import Stage
 from metalearn_cli.objectives import EpisodicObjective, SupervisedObjective
 from metalearn_cli.rundir import RunDir
+from metalearn_cli.schema import is_episodic
 from metalearn_cli.strategies import STRATEGIES
 
 STAGE = "pretrain"  # the stage's sub-directory of a run
@@ -48,13 +49,13 @@ def resolve_budget(cfg: Any, data: FewShotData) -> None:
     """``pretrain.epochs`` -> ``pretrain.iterations``, now that the training images are counted (the
     saved config holds both, so a resume and a report see the steps the stage took)."""
     p = cfg.pretrain
-    if p.epochs is not None and p.iterations > 0 and not is_episodic(cfg):
+    if p.epochs is not None and p.iterations > 0 and not is_episodic(cfg.pretrain):
         p.iterations = math.ceil(p.epochs * data.train.n_classes * data.train.n_per_class / p.batch_size)
 
 
 def check_stage_fits(cfg: Any, data: FewShotData) -> None:
     """An episodic stage whose tasks the training split cannot supply is refused before anything is written."""
-    if cfg.pretrain.iterations == 0 or not is_episodic(cfg):
+    if cfg.pretrain.iterations == 0 or not is_episodic(cfg.pretrain):
         return
     p, e, train = cfg.pretrain, cfg.episode, data.train
     way, query = p.train_way or e.way, p.train_query or e.query
@@ -74,10 +75,6 @@ def pretrained_checkpoint(cfg: Any, run_dir: Path) -> Optional[Path]:
     return RunDir(stage_dir(run_dir)).best if cfg.pretrain.iterations > 0 else None
 
 
-def is_episodic(cfg: Any) -> bool:
-    return getattr(cfg.pretrain.kind, "value", str(cfg.pretrain.kind)) == "episodic"
-
-
 def protonet_config(cfg: Any) -> dict[str, Any]:
     """The stage's own config: the run's data, episode and encoder under a prototype decoder and mgd;
     an episodic stage's trainer trains on the stage's task shape (what ``metalearn train`` with those
@@ -86,7 +83,7 @@ def protonet_config(cfg: Any) -> dict[str, Any]:
     config["decoder"] = {"name": "prototype"}
     config["strategy"] = OmegaConf.to_container(OmegaConf.structured(STRATEGIES.params_of({"name": "mgd"})), enum_to_str=True)
     trainer = {**config["trainer"], "init_from": None, "freeze_encoder": False, "iterations": cfg.pretrain.iterations}
-    if is_episodic(cfg):
+    if is_episodic(cfg.pretrain):
         p = config["pretrain"]
         trainer.update({key: p[key] for key in ("train_way", "train_query", "within_alphabet", "augment", "val_every", "val_episodes")})
     config["trainer"], config["resume"] = trainer, None
@@ -99,7 +96,7 @@ def pretrain_stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.dev
     files = RunDir(stage_dir(run_dir))
     if files.results.is_file() and files.best.is_file():
         return None, None
-    build = _episodic if is_episodic(cfg) else _supervised
+    build = _episodic if is_episodic(cfg.pretrain) else _supervised
     return build(cfg, Path(run_dir), data, device), (files.last if files.last.is_file() else None)
 
 

@@ -194,6 +194,11 @@ class ExportConfig:
     out: str = MISSING  # where to write the meta-knowledge file (loadable with torch.load(weights_only=True))
 
 
+def is_episodic(pretrain: Any) -> bool:
+    """Whether a ``pretrain`` node (typed or composed) is ``pretrain=episodic``'s stage."""
+    return getattr(pretrain.kind, "value", str(pretrain.kind)) == PretrainKind.episodic.value
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """A plain config as ``{dotted.key: value}`` (for config diffs, labels and key hints)."""
     if not isinstance(tree, dict):

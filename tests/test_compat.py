@@ -47,6 +47,17 @@ def test_a_transformer_run_saved_before_the_conv_stem_keeps_its_patch_stem():
     assert migrate_config({"encoder": {"name": "conv4"}})["encoder"] == {"name": "conv4"}
 
 
+def test_runs_saved_before_episodic_pretraining_read_as_supervised_with_names_not_enums():
+    """A config written before pretrain.kind (or before the stage) resumes and compares as the string a
+    new run saves: a supervised stage, its new episodic keys at their defaults."""
+    from metalearn_cli.compat import migrate_config
+
+    for old in ({"trainer": {"iterations": 5}}, {"trainer": {"iterations": 5}, "pretrain": {"iterations": 0, "augment": "auto"}}):
+        pretrain = migrate_config(old)["pretrain"]
+        assert (pretrain["kind"], pretrain["augment"], pretrain["train_way"]) == ("supervised", "auto", 60)
+        assert all(not hasattr(v, "value") for v in pretrain.values())  # no enum objects
+
+
 def test_a_run_saved_before_test_time_augmentation_loads_without_it():
     from conftest import compose_config
 
