@@ -40,6 +40,17 @@ def world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def leave(finished: bool) -> None:
+    """Leave the process group, if one was joined: after a finished run every rank first waits for
+    rank 0's final test, so no rank tears its connections down while another still holds them (a
+    rank that exited early could abort in gloo's teardown); after an error, at once."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
     """Average the gradients over ranks with one flat all-reduce (no-op in a single process)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

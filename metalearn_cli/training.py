@@ -27,7 +27,7 @@ from metalearn_cli.assemble import (
 from metalearn_cli.augment import augmentation
 from metalearn_cli.cost import check_memory
 from metalearn_cli.data import DATASETS
-from metalearn_cli.distributed import World, world
+from metalearn_cli.distributed import World, leave, world
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, TaskShapes, check_fits, is_lake, resident, split_seed, validation_sampler
 from metalearn_cli.errors import ConfigError, Interrupted
 from metalearn_cli.evaluation import score_checkpoint
@@ -158,4 +158,10 @@ class Training:
 def train(cfg: Any, run_dir: Path) -> float:
     """Pre-train (when asked), meta-train, validate, test ``best.pt``; writes the run dir; returns the
     best validation accuracy."""
-    return Training(cfg, run_dir).run()
+    finished = False
+    try:
+        best = Training(cfg, run_dir).run()
+        finished = True
+        return best
+    finally:
+        leave(finished)
