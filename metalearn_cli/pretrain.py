@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 from metalearn_cli.assemble import build_strategy, resolve_bn_mode, seed_everything, validate_train_config
 from metalearn_cli.augment import augmentation
+from metalearn_cli.bn_modes import available, resolve
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, TaskShapes, alphabet_groups, is_lake, resident, split_seed, validation_sampler
 from metalearn_cli.errors import ConfigError, DataError
@@ -37,6 +38,7 @@ from metalearn_cli.objectives import EpisodicObjective, SupervisedObjective
 from metalearn_cli.rundir import RunDir
 from metalearn_cli.schema import is_episodic
 from metalearn_cli.strategies import STRATEGIES
+from metalearn_cli.strategies.mgd import MGD
 
 STAGE = "pretrain"  # the stage's sub-directory of a run
 
@@ -54,8 +56,19 @@ def resolve_budget(cfg: Any, data: FewShotData) -> None:
 
 
 def check_stage_fits(cfg: Any, data: FewShotData) -> None:
-    """An episodic stage whose tasks the training split cannot supply is refused before anything is written."""
-    if cfg.pretrain.iterations == 0 or not is_episodic(cfg.pretrain):
+    """A stage that cannot run is refused before anything is written: an ``eval.bn_mode`` its
+    prototypes under mgd cannot be evaluated in (it validates and tests in that mode), or episodic
+    tasks the training split cannot supply."""
+    if cfg.pretrain.iterations == 0:
+        return
+    stage_modes = available(MGD.bn_auto, MGD.stored_statistics)
+    try:
+        resolve(cfg.eval.bn_mode, stage_modes)
+    except ConfigError:
+        raise ConfigError(f"eval.bn_mode={getattr(cfg.eval.bn_mode, 'value', cfg.eval.bn_mode)} is not possible in the "
+                          f"pre-training stage (prototypes under mgd); use {' or '.join(stage_modes)} (or auto), or pre-train "
+                          "in a run of its own and pass trainer.init_from=RUN") from None
+    if not is_episodic(cfg.pretrain):
         return
     p, e, train = cfg.pretrain, cfg.episode, data.train
     way, query = p.train_way or e.way, p.train_query or e.query

@@ -179,11 +179,13 @@ def test_the_stage_runs_the_shared_loop_and_its_nan_policy(compose_train, tmp_pa
     ([*PRE, "pretrain.optimizer.name=lamb"], "unknown optimizer 'lamb'"),
     ([*PRE, "trainer.freeze_encoder=true"], "leaves nothing to meta-train in decoder=prototype"),
     ([*PRE, "trainer.freeze_encoder=true", "strategy=maml"], "would adapt the frozen encoder"),
+    ([*PRE, "strategy=maml", "strategy.per_step_bn=true", "eval.bn_mode=per_step"],
+     "eval.bn_mode=per_step is not possible in the pre-training stage .* trainer.init_from=RUN"),
 ])
 def test_bad_pretraining_settings_are_one_line_errors(compose_train, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
         training.train(compose_train(*overrides), tmp_path / "run")
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_an_unknown_augmentation_fails_at_compose_time(compose_train):

@@ -107,11 +107,13 @@ def test_resume_true_continues_a_run_stopped_during_the_episodic_stage(compose_t
     (["pretrain.train_way=500"], DataError, "pretrain=episodic: 500-way tasks .* give pretrain.train_way"),
     (["pretrain.train_query=50"], DataError, "pretrain=episodic: .* lower pretrain.train_query"),
     (["trainer.init_from=somewhere"], ConfigError, "choose one"),
+    (["eval.bn_mode=per_step"], ConfigError, "eval.bn_mode=per_step is not possible in the pre-training stage"),
 ])
 def test_bad_stage_settings_are_one_line_errors_before_anything_is_written(compose_train, tmp_path, overrides, error, message):
     with pytest.raises(error, match=message) as info:
         training.train(compose_train(*EPISODIC, *overrides), tmp_path / "run")
     assert "\n" not in str(info.value) and not (tmp_path / "run" / "pretrain").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_the_lake_preset_runs_both_stages_from_the_console_script_and_tests_each_on_lakes_runs(tmp_path):
