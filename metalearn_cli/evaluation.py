@@ -27,7 +27,7 @@ from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, is_lake, resident, split_seed
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.bn_modes import MODES
-from metalearn_cli.encoders.norm import batch_norm_mode
+from metalearn_cli.ensemble import Ensemble, load_ensemble
 from metalearn_cli.files import atomic_write
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.rundir import write_results, write_status
@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_tasks(
-    strategy: Strategy, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str,
+    strategy: Strategy | Ensemble, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str,
     stats: Optional[list[dict[str, float]]] = None, progress: bool = False, outcomes: Optional[list[torch.Tensor]] = None,
     finetune: Optional[Finetuner] = None, tta_shift: int = 0,
 ) -> torch.Tensor:
-    """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks.
+    """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks, of a strategy or an
+    :class:`~metalearn_cli.ensemble.Ensemble` of them.
 
     With ``stats`` (a list), one row per task is appended: the norms the decoder reports for what
     it generated (prototypes, latent codes, weights, FiLM modulations) on that task. With
@@ -52,15 +53,17 @@ def evaluate_tasks(
     if episodes < 1 or batch_tasks < 1:
         raise ConfigError("eval.episodes, eval.batch_tasks and trainer.val_episodes must be >= 1")
     accs = []
+    scored = strategy if isinstance(strategy, Ensemble) else Ensemble([strategy])
+    if finetune is not None and len(scored.members) > 1:
+        raise ConfigError("eval.finetune_steps cannot be combined with an ensemble; drop one of the two")
     # Transductive statistics must come from one task at a time, never a mix of tasks.
-    one_by_one = (MODES[bn_mode].mixes_tasks and not strategy.isolates_tasks) or finetune is not None
+    one_by_one = (MODES[bn_mode].mixes_tasks and not scored.isolates_tasks) or finetune is not None
     bar = tqdm(total=episodes, disable=not progress, unit="task", dynamic_ncols=True, desc="test", leave=False)
-    with batch_norm_mode(strategy.model, bn_mode):
+    with scored.statistics(bn_mode):
         for batch in sampler.fixed(episodes, batch_tasks):
             for part in batch.split_tasks() if one_by_one else [batch]:
-                with finetune.adapted(strategy, part) if finetune is not None else contextlib.nullcontext():
-                    with strategy.model.test_views(tta_shift):
-                        out = strategy.predict(part, with_stats=stats is not None)
+                with finetune.adapted(scored.members[0], part) if finetune is not None else contextlib.nullcontext():
+                    out = scored.predict(part, tta_shift, with_stats=stats is not None)
                 acc = query_accuracy(out.logits.detach(), part.query_labels)
                 accs.append(acc)
                 if outcomes is not None:
@@ -109,7 +112,7 @@ def summarize(accs: torch.Tensor) -> dict[str, float]:
 
 
 def score_checkpoint(
-    strategy: Strategy, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: Any,
+    strategy: Strategy | Ensemble, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: Any,
     seed: int, device: torch.device, run_dir: Optional[Path] = None, progress: bool = False, lake: bool = False,
     finetune: Optional[Finetuner] = None,
 ) -> dict[str, Any]:
@@ -199,9 +202,17 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     validate_eval(cfg.eval)
     check_seed(cfg.seed)
     device = setup_device(cfg)
+    others = [cfg.ensemble] if isinstance(cfg.ensemble, str) else list(cfg.ensemble or [])
+    if others and cfg.eval.finetune_steps:
+        raise ConfigError("eval.finetune_steps cannot be combined with ensemble=; drop one of the two")
     knowledge = read_meta_knowledge(cfg.checkpoint)
     strategy, train_cfg = load_strategy(knowledge, device)
+    source = str(Path(knowledge["source"]).resolve())
     log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
+    if others:
+        strategy = load_ensemble(strategy, train_cfg, source, [str(o) for o in others], device)
+        log.info("an ensemble of %d: the mean of the class probabilities of %s", len(strategy.members),
+                 ", ".join(strategy.sources))
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"]))
     check_tta_shift(cfg.eval.tta_shift, data.image_shape)
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
@@ -210,7 +221,8 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), cfg.eval, seed,
                               device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode), finetune=finetune)
     result.update({
-        "checkpoint": str(Path(knowledge["source"]).resolve()), "checkpoint_step": knowledge["step"],
+        "checkpoint": source, "checkpoint_step": knowledge["step"],
+        **({"ensemble": strategy.sources} if isinstance(strategy, Ensemble) else {}),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
         "precision": strategy.model.precision, "torch": torch.__version__,
         "dataset": data.name,

@@ -169,6 +169,7 @@ class TrainConfig:
 @dataclass
 class EvalRunConfig:
     checkpoint: str = MISSING  # a checkpoint file (best.pt / last.pt) or a run dir (uses its best.pt)
+    ensemble: Any = field(default_factory=list)  # more checkpoints or run dirs ([B,C], or one path), scored with it: the mean of their class probabilities
     episode: Optional[EpisodeConfig] = None  # null: the checkpoint's own episode shape
     split: str = "test"  # test | val
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,105 @@
+"""`metalearn eval checkpoint=A ensemble=[B,...]`: several trained meta-networks scored as one, on the
+same fixed tasks, by the mean of their class probabilities."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import compose_config
+from metalearn_cli import evaluation, training
+from metalearn_cli.assemble import load_strategy
+from metalearn_cli.checkpoint import read_meta_knowledge
+from metalearn_cli.data import DATASETS
+from metalearn_cli.ensemble import Ensemble
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def two_runs(compose_train, tmp_path):
+    """Two tiny runs of one recipe, different seeds (so different weights); the second in a folder
+    whose name has a space and a non-ASCII letter."""
+    runs = [tmp_path / "a", tmp_path / "b ü"]
+    for seed, run in enumerate(runs):
+        run.mkdir()
+        training.train(compose_train(f"seed={seed}"), run)
+    return runs
+
+
+def _loaded(run):
+    strategy, cfg = load_strategy(read_meta_knowledge(run), CPU)
+    return strategy, cfg
+
+
+def test_the_ensemble_predicts_the_mean_of_its_members_probabilities(two_runs):
+    (a, cfg), (b, _) = (_loaded(r) for r in two_runs)
+    data = DATASETS.build(cfg.dataset)
+    batch = next(evaluation.fixed_tasks(data, "test", (5, 1, 3), 0, CPU, False).fixed(4, 4))
+    ensemble = Ensemble([a, b])
+    with ensemble.statistics("running"):
+        mixed = ensemble.predict(batch).logits
+        alone = [s.predict(batch).logits.float().softmax(-1) for s in (a, b)]
+    assert torch.allclose(mixed.exp(), (alone[0] + alone[1]) / 2, atol=1e-6)
+    assert not torch.allclose(alone[0], alone[1])  # the members differ, so the mean is not either one
+
+
+def test_an_ensemble_of_one_scores_exactly_as_its_member(two_runs):
+    strategy, cfg = _loaded(two_runs[0])
+    data = DATASETS.build(cfg.dataset)
+
+    def score(scored):
+        sampler = evaluation.fixed_tasks(data, "test", (5, 1, 3), 0, CPU, False)
+        return evaluation.evaluate_tasks(scored, sampler, 8, 4, "running", tta_shift=1)
+
+    assert torch.equal(score(strategy), score(Ensemble([strategy])))
+
+
+def _eval(tmp_path, name, *overrides):
+    return subprocess.run([sys.executable, "-m", "metalearn_cli", "eval", "device=cpu", "eval.episodes=8",
+                           *overrides, f"hydra.run.dir='{tmp_path / name}'"], capture_output=True, text=True, timeout=300)
+
+
+def test_the_eval_command_scores_an_ensemble_on_the_first_member_s_tasks(two_runs, tmp_path):
+    """Through the console path: a member through a symlink and a folder name with a space and a
+    non-ASCII letter, quoted as Hydra lists need; results.json names every member by its real path."""
+    first, second = two_runs
+    link = tmp_path / "link"
+    link.symlink_to(second, target_is_directory=True)
+    proc = _eval(tmp_path, "ens", f"checkpoint={first}", f"ensemble=['{link}']")
+    assert proc.returncode == 0, proc.stderr
+    alone = _eval(tmp_path, "alone", f"checkpoint={first}")
+    assert alone.returncode == 0, alone.stderr
+    ens, own = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("ens", "alone"))
+    assert ens["ensemble"] == [str((first / "checkpoints" / "best.pt").resolve()),
+                               str((second / "checkpoints" / "best.pt").resolve())]
+    assert "ensemble" not in own and (ens["seed"], ens["episodes"]) == (own["seed"], 8)
+    labels = [np.load(tmp_path / n / evaluation.OUTCOMES)["predicted"].shape for n in ("ens", "alone")]
+    assert labels[0] == labels[1]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["eval.finetune_steps=2"], "eval.finetune_steps cannot be combined with ensemble="),
+    (["eval.bn_mode=per_step"], "eval.bn_mode=per_step is not possible"),
+])
+def test_refusals_are_one_line(two_runs, tmp_path, extra, expected):
+    proc = _eval(tmp_path, "bad", f"checkpoint={two_runs[0]}", f"ensemble=['{two_runs[1]}']", *extra)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and expected in last, proc.stderr
+    assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_a_member_trained_on_other_data_is_refused_naming_the_key(two_runs, compose_train, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    training.train(compose_train("dataset.test_classes=10"), other)
+    proc = _eval(tmp_path, "bad", f"checkpoint={two_runs[0]}", f"ensemble=['{other}']")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "trained on other data" in last and "dataset.test_classes=10" in last
+    assert not (tmp_path / "bad" / "results.json").exists()
