@@ -70,6 +70,13 @@ class Ensemble:
         return Prediction(probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), stats)
 
 
+def ensemble_paths(value: Any) -> list[str]:
+    """The ``ensemble=`` key as a list of paths: ``[B,C]``, one path ``B``, or nothing."""
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value or []]
+
+
 def check_same_data(first: Any, other: Any, source: str, first_source: str) -> None:
     """A member trained on other data would be scored on tasks it was not meant for: refused, naming the keys."""
     mine, theirs = (OmegaConf.to_container(c, resolve=True) for c in (first, other))

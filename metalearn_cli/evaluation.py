@@ -27,7 +27,7 @@ from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, is_lake, resident, split_seed
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.bn_modes import MODES
-from metalearn_cli.ensemble import Ensemble, load_ensemble
+from metalearn_cli.ensemble import Ensemble, ensemble_paths, load_ensemble
 from metalearn_cli.files import atomic_write
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.rundir import write_results, write_status
@@ -202,7 +202,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     validate_eval(cfg.eval)
     check_seed(cfg.seed)
     device = setup_device(cfg)
-    others = [cfg.ensemble] if isinstance(cfg.ensemble, str) else list(cfg.ensemble or [])
+    others = ensemble_paths(cfg.ensemble)
     if others and cfg.eval.finetune_steps:
         raise ConfigError("eval.finetune_steps cannot be combined with ensemble=; drop one of the two")
     knowledge = read_meta_knowledge(cfg.checkpoint)
@@ -210,7 +210,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     source = str(Path(knowledge["source"]).resolve())
     log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
     if others:
-        strategy = load_ensemble(strategy, train_cfg, source, [str(o) for o in others], device)
+        strategy = load_ensemble(strategy, train_cfg, source, others, device)
         log.info("an ensemble of %d: the mean of the class probabilities of %s", len(strategy.members),
                  ", ".join(strategy.sources))
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"]))

@@ -21,6 +21,7 @@ import torch
 
 from metalearn_cli import knowledge
 from metalearn_cli.assemble import setup_device
+from metalearn_cli.ensemble import ensemble_paths
 from metalearn_cli.data.images import class_folders, image_files, read_class_folders
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.files import write_json
@@ -72,20 +73,33 @@ def _table(rows: list[dict[str, Any]], class_names: list[str], limit: int) -> st
     return "\n".join(lines)
 
 
+def _members(cfg: Any, device: torch.device) -> list[knowledge.MetaKnowledge]:
+    """The checkpoint and its ``ensemble=`` members, which must read images the same way."""
+    members = [knowledge.load(cfg.checkpoint, device)]
+    for path in ensemble_paths(cfg.ensemble):
+        member = knowledge.load(path, device)
+        if member.image_format != members[0].image_format:
+            raise ConfigError(f"ensemble member {path} reads images as {member.image_format}, the checkpoint as "
+                              f"{members[0].image_format}; an ensemble's members must share their image format")
+        members.append(member)
+    return members
+
+
 def predict(cfg: Any, run_dir: Path) -> float:
     """Classify ``cfg.query`` with a meta-network adapted to ``cfg.support``; returns the accuracy (NaN if unlabelled)."""
     start = time.perf_counter()
     if cfg.show < 0:
         raise ConfigError(f"show={cfg.show} is negative; give how many predictions to print (0: none, all go to predictions.csv)")
     device = setup_device(cfg)
-    meta = knowledge.load(cfg.checkpoint, device)
+    members = _members(cfg, device)
+    meta = members[0]
     class_names, support_files, stacks = read_class_folders(Path(cfg.support), meta.image_format, "support")
     if len(class_names) < 2:
         raise DataError(f"support folder {cfg.support} has one class ({class_names[0]}); a task needs at least two class sub-folders")
     shown, paths, truth = _queries(Path(cfg.query), str(cfg.query), class_names)
     labels = [i for i, s in enumerate(stacks) for _ in range(s.shape[0])]
-    classify = meta.adapt(torch.cat(stacks), labels)
-    probs = classify(meta.read_images(paths))
+    support, queries = torch.cat(stacks), meta.read_images(paths)
+    probs = torch.stack([m.adapt(support, labels)(queries) for m in members]).mean(0)  # an ensemble: the mean
     predicted = probs.argmax(-1).tolist()
 
     rows = []
@@ -105,6 +119,7 @@ def predict(cfg: Any, run_dir: Path) -> float:
     summary = {
         "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": meta.step, "classes": class_names,
         "support_per_class": {c: len(f) for c, f in zip(class_names, support_files)}, "queries": len(rows),
+        **({"ensemble": [str(Path(p).resolve()) for p in ensemble_paths(cfg.ensemble)]} if len(members) > 1 else {}),
         "accuracy": None if truth is None else accuracy, "bn_mode": meta.bn_mode, "device": str(device),
         "image_format": meta.image_format.to_dict(), "seconds": round(time.perf_counter() - start, 3),
     }

@@ -182,6 +182,7 @@ class EvalRunConfig:
 @dataclass
 class PredictConfig:
     checkpoint: str = MISSING  # a best.pt / last.pt, a run dir, or a file written by metalearn export
+    ensemble: Any = field(default_factory=list)  # more of those ([B,C], or one path): the mean of their class probabilities
     support: str = MISSING  # a folder with one sub-folder of images per class (any K >= 1 each, >= 2 classes)
     query: str = MISSING  # a folder of images, or of class sub-folders named like the support's (then accuracy is reported)
     show: int = 20  # predictions printed on screen; all of them go to predictions.csv

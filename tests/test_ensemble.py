@@ -103,3 +103,29 @@ def test_a_member_trained_on_other_data_is_refused_naming_the_key(two_runs, comp
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "trained on other data" in last and "dataset.test_classes=10" in last
     assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_predict_with_an_ensemble_gives_the_mean_of_the_members_probabilities(two_runs, tmp_path):
+    """`metalearn predict ... ensemble=B` (the console path): each row's probabilities are the mean of what
+    each member alone predicts for that image; predictions.json names the members."""
+    import csv
+
+    from conftest import write_image_task
+    from metalearn_cli.cli import main
+
+    names = write_image_task(tmp_path / "task", classes=3, support=(1, 2), query=3)
+    task = [f"support={tmp_path / 'task' / 'support'}", f"query={tmp_path / 'task' / 'query'}", "device=cpu"]
+    for name, run in (("pa", two_runs[0]), ("pb", two_runs[1])):
+        assert main(["predict", f"checkpoint='{run}'", *task, f"hydra.run.dir={tmp_path / name}"]) == 0
+    proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "predict", f"checkpoint={two_runs[0]}",
+                           f"ensemble='{two_runs[1]}'", *task, f"hydra.run.dir='{tmp_path / 'ens'}'"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+    def probs(name):
+        with open(tmp_path / name / "predictions.csv", newline="") as f:
+            return torch.tensor([[float(r[f"p_{n}"]) for n in names] for r in csv.DictReader(f)])
+
+    assert torch.allclose(probs("ens"), (probs("pa") + probs("pb")) / 2, atol=2e-6)
+    summary = json.loads((tmp_path / "ens" / "predictions.json").read_text())
+    assert summary["ensemble"] == [str(two_runs[1].resolve())]
