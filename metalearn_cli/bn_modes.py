@@ -23,7 +23,7 @@ class BatchNormMode:
     statistics: str  # what normalises: "running" (stored in training), "batch", "support" (each task's support set), "per_step" (stored per inner step)
     embed: str  # how a task passes through the encoder (MetaModel.statistics): "joint" (support + query), "separate", "support"
     inductive: bool  # a query never affects another query's prediction
-    mixes_tasks: bool  # a batch of several tasks would share statistics: keep each task's apart (encoders.norm.per_task_statistics)
+    mixes_tasks: bool  # a batch of several tasks would share statistics: evaluate one task at a time
     needs: Optional[str]  # what the strategy must have stored ("running", "per_step"); None: nothing
     about: str  # one line for the docs and errors
 

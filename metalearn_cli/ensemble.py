@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from metalearn_cli.encoders.norm import batch_norm_mode, groups_tasks, per_task_statistics
+from metalearn_cli.encoders.norm import batch_norm_mode
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.strategies import Prediction, Strategy
@@ -35,15 +35,6 @@ class Ensemble:
     @property
     def isolates_tasks(self) -> bool:
         return all(m.isolates_tasks for m in self.members)
-
-    @property
-    def groups_tasks(self) -> bool:
-        """Every member can keep the statistics of a batch's tasks apart in one pass."""
-        return all(groups_tasks(m.model) for m in self.members)
-
-    def per_task_statistics(self, tasks: int) -> contextlib.AbstractContextManager[None]:
-        """Batch statistics per task for a batch of ``tasks`` (see :func:`~metalearn_cli.encoders.norm.per_task_statistics`)."""
-        return per_task_statistics([m.model for m in self.members], tasks)
 
     @property
     def bn_modes(self) -> tuple[str, ...]:

@@ -1,8 +1,8 @@
 """Scoring a meta-network on fixed tasks: the one code path behind validation, a training run's
 ``results.json`` and ``metalearn eval``.
 
-Owns: accuracy per task on the sampler's fixed tasks (each task's batch statistics kept apart where
-they must not mix tasks: in one pass over a batch of tasks, or one task at a time), the summary (mean and CI95 = 1.96 std / sqrt(n)), ``task_stats.csv`` and the
+Owns: accuracy per task on the sampler's fixed tasks (one task at a time where batch statistics
+must not mix tasks), the summary (mean and CI95 = 1.96 std / sqrt(n)), ``task_stats.csv`` and the
 ``eval`` command itself, which accepts a checkpoint, a run dir or an export.
 """
 
@@ -56,17 +56,13 @@ def evaluate_tasks(
     scored = strategy if isinstance(strategy, Ensemble) else Ensemble([strategy])
     if finetune is not None and len(scored.members) > 1:
         raise ConfigError("eval.finetune_steps cannot be combined with an ensemble; drop one of the two")
-    # Transductive statistics must come from one task at a time, never a mix of tasks: each task's
-    # rows normalised apart in one pass where every batch-norm layer can, else a pass per task.
-    per_task = MODES[bn_mode].mixes_tasks and not scored.isolates_tasks
-    grouped = per_task and finetune is None and scored.groups_tasks
-    one_by_one = (per_task and not grouped) or finetune is not None
+    # Transductive statistics must come from one task at a time, never a mix of tasks.
+    one_by_one = (MODES[bn_mode].mixes_tasks and not scored.isolates_tasks) or finetune is not None
     bar = tqdm(total=episodes, disable=not progress, unit="task", dynamic_ncols=True, desc="test", leave=False)
     with scored.statistics(bn_mode):
         for batch in sampler.fixed(episodes, batch_tasks):
             for part in batch.split_tasks() if one_by_one else [batch]:
-                with (finetune.adapted(scored.members[0], part) if finetune is not None else
-                      scored.per_task_statistics(part.tasks) if grouped else contextlib.nullcontext()):
+                with finetune.adapted(scored.members[0], part) if finetune is not None else contextlib.nullcontext():
                     out = scored.predict(part, tta_shift, with_stats=stats is not None)
                 acc = query_accuracy(out.logits.detach(), part.query_labels)
                 accs.append(acc)

@@ -10,10 +10,7 @@ import torch
 
 from conftest import compose_config
 from metalearn_cli import evaluation, training
-from metalearn_cli.assemble import load_strategy
-from metalearn_cli.checkpoint import load_checkpoint, read_meta_knowledge
-from metalearn_cli.data import DATASETS
-from metalearn_cli.ensemble import Ensemble
+from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.errors import CheckpointError
 from metalearn_cli.export import export
 
@@ -223,50 +220,3 @@ def test_a_training_run_refuses_a_shift_off_the_image_before_it_trains(compose_t
     with pytest.raises(ConfigError, match="eval.tta_shift=28 moves every copy off"):
         training.train(compose_train("eval.tta_shift=28"), run_dir)
     assert not (run_dir / "checkpoints" / "best.pt").exists()
-
-
-def _last(run):
-    """The strategy and config of a run's last.pt (trained, where best.pt may be its start)."""
-    return load_strategy(read_meta_knowledge(run / "checkpoints" / "last.pt"), torch.device("cpu"))
-
-
-@pytest.mark.parametrize("decoder, bn_mode, tta_shift", [
-    ("prototype", "transductive", 0),
-    ("prototype", "transductive_joint", 1),
-    ("film", "transductive", 1),  # CNAPs' set encoder has batch norm of its own
-])
-def test_transductive_tasks_in_one_pass_score_as_one_pass_per_task(compose_train, run_dir, decoder, bn_mode, tta_shift):
-    """Each task's batch statistics kept apart inside one pass over a batch of tasks: the same
-    class scores as a pass per task, and not those of statistics shared across the batch."""
-    training.train(compose_train(f"decoder={decoder}", "trainer.precision=fp32"), run_dir)
-    strategy, cfg = _last(run_dir)
-    scored = Ensemble([strategy])
-    batch = next(evaluation.fixed_tasks(DATASETS.build(cfg.dataset), "test", (5, 1, 3), 0, torch.device("cpu"),
-                                        False).fixed(4, 4))
-    assert scored.groups_tasks
-    with torch.no_grad(), scored.statistics(bn_mode):
-        alone = torch.cat([scored.predict(part, tta_shift).logits for part in batch.split_tasks()])
-        with scored.per_task_statistics(batch.tasks):
-            grouped = scored.predict(batch, tta_shift).logits
-        shared = scored.predict(batch, tta_shift).logits
-    assert torch.allclose(grouped, alone, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(shared, alone, atol=1e-3)  # statistics across tasks would change the scores
-
-
-def test_transductive_eval_in_one_pass_keeps_every_task_s_outcome(compose_train, run_dir, monkeypatch):
-    """`evaluate_tasks` on a batch of tasks gives each task the accuracy and predictions of a pass per task."""
-    training.train(compose_train("trainer.precision=fp32"), run_dir)
-    strategy, cfg = _last(run_dir)
-    data = DATASETS.build(cfg.dataset)
-
-    def score():
-        outcomes: list[torch.Tensor] = []
-        sampler = evaluation.fixed_tasks(data, "test", (5, 1, 3), 0, torch.device("cpu"), False)
-        accs = evaluation.evaluate_tasks(strategy, sampler, 12, 6, "transductive", outcomes=outcomes)
-        return accs, torch.cat(outcomes[0::2])
-
-    grouped = score()
-    monkeypatch.setattr(Ensemble, "groups_tasks", property(lambda self: False))
-    alone = score()
-    assert torch.equal(grouped[0], alone[0]) and torch.equal(grouped[1], alone[1])
-

@@ -12,10 +12,6 @@ one pass:
 - ``support_rows = (M, S)``: the batch holds tasks of ``M`` images each, the first ``S`` of them the
   support set; every task's images are normalised with the statistics of its own support images
   (inductive: a query never affects another query, and the support set never sees a query).
-- ``tasks = T``: the batch holds ``T`` tasks' images in equal consecutive runs (every pass over a
-  task batch does: support, query, both, or a set encoder's support); with batch statistics each
-  run is normalised with its own, so a batch of tasks is evaluated transductively as if each task
-  came alone (:func:`per_task_statistics`), without a pass per task.
 - ``step = j`` on a layer with ``per_step`` statistics (MAML++'s BNRS, Antoniou et al. 2019): one
   stored set of running statistics per inner step. In training, the batch's statistics normalise and
   are recorded (``record``) for the strategy to fold into set ``j`` outside any ``torch.func``
@@ -44,7 +40,6 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
 
     split_affine: bool = False
     support_rows: Optional[tuple[int, int]] = None
-    tasks: Optional[int] = None
     step: Optional[int] = None
     record: Optional[list[Record]] = None
 
@@ -57,8 +52,6 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.support_rows is not None:
             return self._affine(self._support_normalised(x))
-        if self.tasks is not None and (self.training or not self.track_running_stats):  # batch statistics
-            return self._affine(self._task_normalised(x))
         if self.step is not None and hasattr(self, "step_mean"):
             return self._affine(self._per_step(x))
         if not self.split_affine:
@@ -88,14 +81,6 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         rows = tasks[:, :support]
         mean = rows.mean((1, 3, 4), keepdim=True)
         var = rows.var((1, 3, 4), unbiased=False, keepdim=True)
-        return ((tasks - mean) * torch.rsqrt(var + self.eps)).flatten(0, 1).to(x.dtype)
-
-    def _task_normalised(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] % self.tasks:  # type: ignore[operator]
-            raise ValueError(f"{x.shape[0]} rows do not split into {self.tasks} tasks")
-        tasks = x.float().unflatten(0, (self.tasks, -1))  # [T, M, C, H, W], statistics in fp32 as native batch norm's
-        mean = tasks.mean((1, 3, 4), keepdim=True)
-        var = tasks.var((1, 3, 4), unbiased=False, keepdim=True)
         return ((tasks - mean) * torch.rsqrt(var + self.eps)).flatten(0, 1).to(x.dtype)
 
     def _per_step(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,26 +143,6 @@ class StepStatistics:
             self.records.clear()
             for m in self.norms:
                 m.record = None
-
-
-def groups_tasks(model: nn.Module) -> bool:
-    """Whether every batch-norm layer of ``model`` can keep tasks' statistics apart (:func:`per_task_statistics`)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    return all(isinstance(m, TaskBatchNorm2d) for m in norms)
-
-
-@contextlib.contextmanager
-def per_task_statistics(models: Any, tasks: int) -> Iterator[None]:
-    """Inside the block, batch statistics of ``models``' batch-norm layers are each task's own, for
-    a batch of ``tasks`` tasks: the same normalisation as a pass per task, in one pass."""
-    norms = [m for model in models for m in model.modules() if isinstance(m, TaskBatchNorm2d)]
-    for m in norms:
-        m.tasks = tasks
-    try:
-        yield
-    finally:
-        for m in norms:
-            m.tasks = None
 
 
 @contextlib.contextmanager
