@@ -176,8 +176,10 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
     for name, group in groups[1:]:
         seeds = sorted(set(ref_runs) & set(group))
         if not seeds:
-            raise MetalearnError(f"{name} shares no seed with {ref_name} (seeds {sorted(group)} vs {sorted(ref_runs)}); "
-                                 "runs are compared on the test tasks of the same seed")
+            short = [n if len(n) <= 80 else n[:77] + "..." for n in (name, ref_name)]
+            raise MetalearnError(f"{short[0]} shares no seed with {short[1]} (seeds {sorted(group)} vs {sorted(ref_runs)}); "
+                                 "runs are compared on the test tasks of the same seed: score one on the other's with "
+                                 f"metalearn eval checkpoint=RUN seed={sorted(ref_runs)[0]}")
         a, b, pa, pb = [], [], [], []
         for seed in seeds:
             same_tasks(ref_runs[seed], group[seed])

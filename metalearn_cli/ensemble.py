@@ -1,6 +1,6 @@
 """Several trained meta-networks scored as one (``metalearn eval checkpoint=A ensemble=[B,C]``).
 
-Each member adapts to the task on its own, with its own weights, batch-norm statistics and test-time
+Each member adapts to the task on its own, with its own weights, batch-norm mode and test-time
 views; the ensemble's class probabilities are the mean of the members' softmax probabilities (an
 ensemble of independently trained networks, as Dvornik et al. 2019 evaluate for few-shot
 classification). Members must have been trained on the same data set, so that they are scored on
@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
+from metalearn_cli import bn_modes
+from metalearn_cli.bn_modes import MODES
 from metalearn_cli.encoders.norm import batch_norm_mode
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
@@ -32,28 +34,38 @@ class Ensemble:
         self.sources = [str(s) for s in sources]
         self.model = self.members[0].model  # the first member describes the ensemble (precision, start-up line)
 
-    @property
-    def isolates_tasks(self) -> bool:
-        return all(m.isolates_tasks for m in self.members)
-
-    @property
-    def bn_modes(self) -> tuple[str, ...]:
-        """The modes every member can be evaluated in, in the first member's order (``auto``: its first)."""
-        modes = tuple(m for m in self.members[0].bn_modes if all(m in other.bn_modes for other in self.members))
-        if not modes:
-            raise ConfigError("the ensemble's members share no batch-norm mode they can all be evaluated in; "
-                              "score them one by one")
+    def modes(self, bn_mode: str | Sequence[str]) -> list[str]:
+        """One resolved batch-norm mode per member: a name for all of them, or one each."""
+        modes = [bn_mode] * len(self.members) if isinstance(bn_mode, str) else list(bn_mode)
+        if len(modes) != len(self.members):
+            raise ValueError(f"{len(modes)} batch-norm modes for {len(self.members)} members")
         return modes
+
+    def resolve_modes(self, bn_mode: Any) -> list[str]:
+        """``eval.bn_mode`` for each member: ``auto`` is each member's own protocol (so a member scores
+        as it would alone); a named mode must suit every member, and a member it does not suit is named."""
+        out = []
+        for i, member in enumerate(self.members):
+            try:
+                out.append(bn_modes.resolve(bn_mode, member.bn_modes))
+            except ConfigError as e:
+                name = self.sources[i] if i < len(self.sources) else f"member {i}"
+                raise ConfigError(f"ensemble member {name}: {e}") from None
+        return out
+
+    def mixes_tasks(self, modes: Sequence[str]) -> bool:
+        """Whether some member, in its mode, would share batch statistics across a batch's tasks."""
+        return any(MODES[m].mixes_tasks and not member.isolates_tasks for member, m in zip(self.members, modes))
 
     def test_inner_steps(self) -> Optional[int]:
         return self.members[0].test_inner_steps()
 
     @contextlib.contextmanager
-    def statistics(self, bn_mode: str) -> Iterator[None]:
-        """Every member in the batch-norm mode ``bn_mode`` inside the block."""
+    def statistics(self, bn_mode: str | Sequence[str]) -> Iterator[None]:
+        """Every member in its batch-norm mode (one name for all, or one each) inside the block."""
         with contextlib.ExitStack() as stack:
-            for member in self.members:
-                stack.enter_context(batch_norm_mode(member.model, bn_mode))
+            for member, mode in zip(self.members, self.modes(bn_mode)):
+                stack.enter_context(batch_norm_mode(member.model, mode))
             yield
 
     def predict(self, batch: EpisodeBatch, tta_shift: int = 0, with_stats: bool = False) -> Prediction:
@@ -71,10 +83,15 @@ class Ensemble:
 
 
 def ensemble_paths(value: Any) -> list[str]:
-    """The ``ensemble=`` key as a list of paths: ``[B,C]``, one path ``B``, or nothing."""
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value or []]
+    """The ``ensemble=`` key as a list of paths: ``[B,C]``, one path ``B`` (a folder named ``3`` too),
+    or nothing (``[]``, ``null``); an empty path is refused rather than read as the current folder."""
+    if value is None:
+        return []
+    paths = [str(v) for v in value] if isinstance(value, (list, tuple, ListConfig)) else [str(value)]
+    if any(not p.strip() for p in paths):
+        raise ConfigError("ensemble= holds an empty path; give the members as ensemble=[B,C] "
+                          "(quote a path with spaces: 'ensemble=[\"my runs/b\",c]'), or leave the key out")
+    return paths
 
 
 def check_same_data(first: Any, other: Any, source: str, first_source: str) -> None:
@@ -98,6 +115,9 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
         knowledge = read_meta_knowledge(path)
         strategy, cfg = load_strategy(knowledge, device)
         check_same_data(first_cfg.dataset, cfg.dataset, knowledge["source"], first_source)
+        resolved = str(Path(knowledge["source"]).resolve())
+        if resolved in sources:
+            raise ConfigError(f"ensemble member {path} is {resolved}, already a member; list each trained run once")
         members.append(strategy)
-        sources.append(str(Path(knowledge["source"]).resolve()))
+        sources.append(resolved)
     return Ensemble(members, sources)

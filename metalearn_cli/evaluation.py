@@ -26,7 +26,6 @@ from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, is_lake, resident, split_seed
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.bn_modes import MODES
 from metalearn_cli.ensemble import Ensemble, ensemble_paths, load_ensemble
 from metalearn_cli.files import atomic_write
 from metalearn_cli.finetune import Finetuner
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_tasks(
-    strategy: Strategy | Ensemble, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str,
+    strategy: Strategy | Ensemble, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str | list[str],
     stats: Optional[list[dict[str, float]]] = None, progress: bool = False, outcomes: Optional[list[torch.Tensor]] = None,
     finetune: Optional[Finetuner] = None, tta_shift: int = 0,
 ) -> torch.Tensor:
@@ -57,7 +56,7 @@ def evaluate_tasks(
     if finetune is not None and len(scored.members) > 1:
         raise ConfigError("eval.finetune_steps cannot be combined with an ensemble; drop one of the two")
     # Transductive statistics must come from one task at a time, never a mix of tasks.
-    one_by_one = (MODES[bn_mode].mixes_tasks and not scored.isolates_tasks) or finetune is not None
+    one_by_one = scored.mixes_tasks(scored.modes(bn_mode)) or finetune is not None
     bar = tqdm(total=episodes, disable=not progress, unit="task", dynamic_ncols=True, desc="test", leave=False)
     with scored.statistics(bn_mode):
         for batch in sampler.fixed(episodes, batch_tasks):
@@ -120,7 +119,8 @@ def score_checkpoint(
     results.json report. With ``eval.save_task_stats``, also writes ``run_dir/task_stats.csv``."""
     way, shot, query = shapes
     sampler = fixed_tasks(data, split, shapes, seed, device, lake)
-    bn_mode = resolve_bn_mode(eval_cfg.bn_mode, strategy)
+    modes = strategy.resolve_modes(eval_cfg.bn_mode) if isinstance(strategy, Ensemble) else [resolve_bn_mode(eval_cfg.bn_mode, strategy)]
+    bn_mode = modes[0] if len(set(modes)) == 1 else modes  # an ensemble's members each in their own mode
     tta_shift = eval_cfg.tta_shift
     search = None
     if finetune is not None and eval_cfg.finetune_lr_search:  # on validation tasks, before the test
@@ -148,7 +148,8 @@ def score_checkpoint(
         write_outcomes(Path(run_dir) / OUTCOMES, outcomes)
     return {
         **summarize(accs),
-        "split": split, "way": way, "shot": shot, "query": query, "bn_mode": bn_mode, "seed": seed,
+        "split": split, "way": way, "shot": shot, "query": query, "bn_mode": modes[0], "seed": seed,
+        **({"ensemble_bn_modes": modes} if len(modes) > 1 else {}),
         "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),
         "finetune_steps": finetune.steps if finetune is not None else 0, "tta_shift": tta_shift,

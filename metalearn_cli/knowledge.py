@@ -85,6 +85,7 @@ class MetaKnowledge:
         self.bn_mode = resolve_bn_mode(self.config.eval.bn_mode, self.strategy)
         self.query_chunk = TaskShapes.of(self.config).query_set
         self.step = int(state.get("step", -1))
+        self.source = str(Path(state["source"]).resolve()) if state.get("source") else None  # the file it was read from
         self.pixel_mean: float | None = state.get("pixel_mean")  # of the training images, as the model saw them
 
     @property

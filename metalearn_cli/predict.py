@@ -78,11 +78,20 @@ def _members(cfg: Any, device: torch.device) -> list[knowledge.MetaKnowledge]:
     members = [knowledge.load(cfg.checkpoint, device)]
     for path in ensemble_paths(cfg.ensemble):
         member = knowledge.load(path, device)
+        if member.source is not None and member.source in [m.source for m in members]:
+            raise ConfigError(f"ensemble member {path} is {member.source}, already a member; list each trained run once")
         if member.image_format != members[0].image_format:
             raise ConfigError(f"ensemble member {path} reads images as {member.image_format}, the checkpoint as "
                               f"{members[0].image_format}; an ensemble's members must share their image format")
         members.append(member)
     return members
+
+
+def _ensemble_record(members: list[knowledge.MetaKnowledge]) -> dict[str, Any]:
+    """What predictions.json says of an ensemble's members (nothing for one network)."""
+    if len(members) < 2:
+        return {}
+    return {"ensemble": [m.source for m in members], "ensemble_bn_modes": [m.bn_mode for m in members]}
 
 
 def predict(cfg: Any, run_dir: Path) -> float:
@@ -119,7 +128,7 @@ def predict(cfg: Any, run_dir: Path) -> float:
     summary = {
         "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": meta.step, "classes": class_names,
         "support_per_class": {c: len(f) for c, f in zip(class_names, support_files)}, "queries": len(rows),
-        **({"ensemble": [str(Path(p).resolve()) for p in ensemble_paths(cfg.ensemble)]} if len(members) > 1 else {}),
+        **_ensemble_record(members),
         "accuracy": None if truth is None else accuracy, "bn_mode": meta.bn_mode, "device": str(device),
         "image_format": meta.image_format.to_dict(), "seconds": round(time.perf_counter() - start, 3),
     }

@@ -113,7 +113,8 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
     assert main(["compare", runs[0], runs[1]]) == 2  # seeds of one setting: nothing to compare
     assert "seeds of one setting" in capsys.readouterr().err
     assert main(["compare", runs[0], str(tmp_path / "w16_s1")]) == 2  # no seed in common
-    assert "shares no seed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "shares no seed" in err and "metalearn eval checkpoint=RUN seed=" in err
     # --setting: the user says which runs are one setting (here across configs), through the console command
     cross = [sys.executable, "-m", "metalearn_cli", "compare", "--setting", runs[0], runs[2], "--setting", runs[3], runs[1],
              "--out", str(tmp_path / "cross")]

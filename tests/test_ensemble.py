@@ -128,4 +128,50 @@ def test_predict_with_an_ensemble_gives_the_mean_of_the_members_probabilities(tw
 
     assert torch.allclose(probs("ens"), (probs("pa") + probs("pb")) / 2, atol=2e-6)
     summary = json.loads((tmp_path / "ens" / "predictions.json").read_text())
-    assert summary["ensemble"] == [str(two_runs[1].resolve())]
+    assert summary["ensemble"] == [str((r / "checkpoints" / "best.pt").resolve()) for r in two_runs]
+    assert summary["ensemble_bn_modes"] == ["running", "running"]
+
+
+def test_the_ensemble_key_s_spellings():
+    """A list, one path (a folder named ``3`` too) or nothing; an empty path is a one-line error, not the current folder."""
+    from omegaconf import OmegaConf
+
+    from metalearn_cli.ensemble import ensemble_paths
+    from metalearn_cli.errors import ConfigError
+
+    assert ensemble_paths(OmegaConf.create({"e": ["b", "c ü"]}).e) == ["b", "c ü"]
+    assert ensemble_paths(3) == ["3"] and ensemble_paths("b") == ["b"]
+    assert ensemble_paths(None) == [] and ensemble_paths([]) == []
+    for empty in ("", ["b", " "]):
+        with pytest.raises(ConfigError, match="empty path"):
+            ensemble_paths(empty)
+
+
+def test_a_run_listed_twice_is_refused(two_runs, tmp_path):
+    """The checkpoint again (through a symlink): it would count twice in the mean."""
+    link = tmp_path / "again"
+    link.symlink_to(two_runs[0], target_is_directory=True)
+    proc = _eval(tmp_path, "twice", f"checkpoint={two_runs[0]}", f"ensemble=['{two_runs[1]}','{link}']")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "already a member" in last, proc.stderr
+    assert not (tmp_path / "twice" / "results.json").exists()
+
+
+def test_each_member_scores_in_its_own_protocol(two_runs, compose_train, tmp_path):
+    """With eval.bn_mode=auto a ProtoNet member keeps its running statistics and a MAML member its
+    batch statistics, whichever is first; a named mode one member cannot honour names that member."""
+    maml = tmp_path / "maml"
+    maml.mkdir()
+    training.train(compose_train("strategy=maml", "seed=2"), maml)
+    for order in ([two_runs[0], maml], [maml, two_runs[0]]):
+        cfg = compose_config("eval", [f"checkpoint={order[0]}", f"ensemble=['{order[1]}']", "device=cpu",
+                                      "eval.episodes=4", "seed=0"])
+        evaluation.evaluate(cfg, tmp_path / order[0].name)
+    first, second = (json.loads((tmp_path / n / "results.json").read_text()) for n in (two_runs[0].name, "maml"))
+    assert first["ensemble_bn_modes"] == ["running", "transductive"] and first["bn_mode"] == "running"
+    assert second["ensemble_bn_modes"] == ["transductive", "running"]
+    assert first["accuracy"] == pytest.approx(second["accuracy"], abs=1e-6)  # the order of members does not matter
+    proc = _eval(tmp_path, "bad", f"checkpoint={two_runs[0]}", f"ensemble=['{maml}']", "eval.bn_mode=running")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and f"ensemble member {(maml / 'checkpoints').resolve()}" in last, proc.stderr
+    assert "eval.bn_mode=running is not possible" in last
