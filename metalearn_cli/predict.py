@@ -9,13 +9,14 @@ per query image: its path as given, the predicted class, one probability column 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -87,6 +88,24 @@ def _members(cfg: Any, device: torch.device) -> list[knowledge.MetaKnowledge]:
     return members
 
 
+@contextlib.contextmanager
+def _said_once(logger: logging.Logger) -> Iterator[None]:
+    """Inside the block ``logger`` drops a message it has already given."""
+    seen: set[str] = set()
+
+    def first_time(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        new = message not in seen
+        seen.add(message)
+        return new
+
+    logger.addFilter(first_time)
+    try:
+        yield
+    finally:
+        logger.removeFilter(first_time)
+
+
 def _ensemble_record(members: list[knowledge.MetaKnowledge]) -> dict[str, Any]:
     """What predictions.json says of an ensemble's members (nothing for one network)."""
     if len(members) < 2:
@@ -108,7 +127,8 @@ def predict(cfg: Any, run_dir: Path) -> float:
     shown, paths, truth = _queries(Path(cfg.query), str(cfg.query), class_names)
     labels = [i for i, s in enumerate(stacks) for _ in range(s.shape[0])]
     support, queries = torch.cat(stacks), meta.read_images(paths)
-    probs = torch.stack([m.adapt(support, labels)(queries) for m in members]).mean(0)  # an ensemble: the mean
+    with _said_once(logging.getLogger(knowledge.__name__)):  # an ensemble's members warn about the images once
+        probs = torch.stack([m.adapt(support, labels)(queries) for m in members]).mean(0)  # an ensemble: the mean
     predicted = probs.argmax(-1).tolist()
 
     rows = []

@@ -175,3 +175,25 @@ def test_each_member_scores_in_its_own_protocol(two_runs, compose_train, tmp_pat
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and f"ensemble member {(maml / 'checkpoints').resolve()}" in last, proc.stderr
     assert "eval.bn_mode=running is not possible" in last
+
+
+def test_predict_with_an_ensemble_warns_about_the_images_once(two_runs, tmp_path):
+    """Blank query images are one warning each, not one per member (the console path)."""
+    from PIL import Image
+
+    from conftest import write_image_task
+
+    write_image_task(tmp_path / "task", classes=3, support=(1, 2), query=3)
+    for path in (tmp_path / "task" / "query").rglob("*.png"):
+        Image.new("L", Image.open(path).size, 255).save(path)
+    task = [f"support={tmp_path / 'task' / 'support'}", f"query={tmp_path / 'task' / 'query'}", "device=cpu"]
+
+    def warnings(name, *extra):
+        proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "predict", f"checkpoint={two_runs[0]}", *extra,
+                               *task, f"hydra.run.dir={tmp_path / name}"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return [line.split(" - ", 1)[1] for line in (proc.stdout + proc.stderr).splitlines() if "[WARNING]" in line]
+
+    alone = warnings("alone")
+    assert any("flat value" in w for w in alone) and len(alone) == len(set(alone))
+    assert warnings("ens", f"ensemble='{two_runs[1]}'") == alone
