@@ -113,6 +113,18 @@ def _ensemble_record(members: list[knowledge.MetaKnowledge]) -> dict[str, Any]:
     return {"ensemble": [m.source for m in members], "ensemble_bn_modes": [m.bn_mode for m in members]}
 
 
+def _rows(shown: list[str], predicted: list[int], truth: Any, class_names: list[str], probs: torch.Tensor) -> list[dict[str, Any]]:
+    """predictions.csv: a row per query (its file, the predicted class, the true one if labelled, each class's probability)."""
+    rows = []
+    for i, (name, pred) in enumerate(zip(shown, predicted)):
+        row: dict[str, Any] = {"file": name, "predicted": class_names[pred]}
+        if truth is not None:
+            row["true"] = class_names[truth[i]]
+        row.update({f"p_{c}": round(float(probs[i, j]), 6) for j, c in enumerate(class_names)})
+        rows.append(row)
+    return rows
+
+
 def predict(cfg: Any, run_dir: Path) -> float:
     """Classify ``cfg.query`` with a meta-network adapted to ``cfg.support``; returns the accuracy (NaN if unlabelled)."""
     start = time.perf_counter()
@@ -130,14 +142,7 @@ def predict(cfg: Any, run_dir: Path) -> float:
     with _said_once(logging.getLogger(knowledge.__name__)):  # an ensemble's members warn about the images once
         probs = torch.stack([m.adapt(support, labels)(queries) for m in members]).mean(0)  # an ensemble: the mean
     predicted = probs.argmax(-1).tolist()
-
-    rows = []
-    for i, (name, pred) in enumerate(zip(shown, predicted)):
-        row: dict[str, Any] = {"file": name, "predicted": class_names[pred]}
-        if truth is not None:
-            row["true"] = class_names[truth[i]]
-        row.update({f"p_{c}": round(float(probs[i, j]), 6) for j, c in enumerate(class_names)})
-        rows.append(row)
+    rows = _rows(shown, predicted, truth, class_names, probs)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "predictions.csv", "w", newline="", encoding="utf-8") as f:
