@@ -119,8 +119,8 @@ def score_checkpoint(
     results.json report. With ``eval.save_task_stats``, also writes ``run_dir/task_stats.csv``."""
     way, shot, query = shapes
     sampler = fixed_tasks(data, split, shapes, seed, device, lake)
-    modes = strategy.resolve_modes(eval_cfg.bn_mode) if isinstance(strategy, Ensemble) else [resolve_bn_mode(eval_cfg.bn_mode, strategy)]
-    bn_mode = modes[0] if len(set(modes)) == 1 else modes  # an ensemble's members each in their own mode
+    modes = (strategy.resolve_modes(eval_cfg.bn_mode) if isinstance(strategy, Ensemble)  # each member its own
+             else [resolve_bn_mode(eval_cfg.bn_mode, strategy)])
     tta_shift = eval_cfg.tta_shift
     search = None
     if finetune is not None and eval_cfg.finetune_lr_search:  # on validation tasks, before the test
@@ -129,7 +129,7 @@ def score_checkpoint(
         def score(tuner: Finetuner) -> float:
             with seeded(split_seed(seed, "val"), device):  # every rate sees the same augmentations
                 return float(evaluate_tasks(strategy, val, eval_cfg.finetune_search_episodes, eval_cfg.batch_tasks,
-                                            bn_mode, finetune=tuner, tta_shift=tta_shift).mean())
+                                            modes, finetune=tuner, tta_shift=tta_shift).mean())
 
         search = finetune.search(list(eval_cfg.finetune_lr_search), score)
         log.info("test-time fine-tuning: lr %g chosen on %d validation tasks (%s)", finetune.lr,
@@ -138,7 +138,7 @@ def score_checkpoint(
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
     with seeded(split_seed(seed, split), device) if finetune is not None else contextlib.nullcontext():  # repeats exactly
-        accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, bn_mode, stats, progress, outcomes,
+        accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, modes, stats, progress, outcomes,
                               finetune, tta_shift)
     seconds = time.perf_counter() - start
     if stats is not None:
