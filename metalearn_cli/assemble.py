@@ -1,163 +1,32 @@
-"""From a config to a ready strategy on a device: validation, resolution of the run's settings,
+"""From a validated config to a ready strategy on a device: resolution of the run's settings,
 building, and loading meta-knowledge into it.
 
-Owns: :func:`validate` (every range check of the run-level settings, in one place, before anything
-is written), the resolution of ``device``, kernels, ``precision``, ``channels_last`` and the
-batch-norm mode, :func:`build_strategy` and :func:`load_strategy`. train, eval, predict, ``load``,
-``trainer.init_from`` and the benchmarks all assemble through here.
+Owns: the resolution of ``device``, kernels, ``precision``, ``channels_last`` and the batch-norm
+mode, :func:`build_strategy` and :func:`load_strategy`. train, eval, predict, ``load``,
+``trainer.init_from`` and the benchmarks all assemble through here; the range checks that come
+first live in :mod:`metalearn_cli.config_checks`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 from typing import Any, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from metalearn_cli import bn_modes
 from metalearn_cli.checkpoint import read_meta_knowledge
-from metalearn_cli.compat import migrate_config
-from metalearn_cli.components import REGISTRIES
+from metalearn_cli.config_checks import validate_host, validate_train_config
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.host import keep_freed_memory, native_bf16
 from metalearn_cli.model import build_meta_model, resolve_precision
-from metalearn_cli.optim import check_optimizer
-from metalearn_cli.schema import TrainConfig, is_episodic
 from metalearn_cli.strategies import STRATEGIES, Strategy
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- validation
-def non_finite(node: Any, prefix: str = "") -> Optional[str]:
-    """The first ``key=value`` of a config whose number is NaN or infinite, or None."""
-    if isinstance(node, (dict, DictConfig)):
-        for key, value in node.items():
-            found = non_finite(value, f"{prefix}{key}.")
-            if found:
-                return found
-    elif isinstance(node, (list, tuple, ListConfig)):
-        for i, value in enumerate(node):
-            found = non_finite(value, f"{prefix}{i}.")
-            if found:
-                return found
-    elif isinstance(node, float) and not math.isfinite(node):
-        return f"{prefix.rstrip('.')}={node}"
-    return None
-
-
-def validate(cfg: Any) -> TrainConfig:
-    """Every run-level range check of a training config, and each component's own parameters;
-    returns it typed (enums, dataclasses). Unknown keys (``+key=value``) are refused here: the run's own
-    checkpoint would not load later."""
-    typed = OmegaConf.to_object(validate_train_config(cfg))
-    bad = non_finite(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
-    if bad:
-        raise ConfigError(f"{bad} is not a finite number; give a finite value")
-    check_seed(cfg.seed)
-    t, e = cfg.trainer, cfg.eval
-    if min(t.meta_batch, t.val_every, t.val_episodes, t.checkpoint_every, t.log_every) < 1 or t.iterations < 0:
-        raise ConfigError("trainer.meta_batch, val_every, val_episodes, checkpoint_every and log_every must be >= 1, and "
-                          "trainer.iterations >= 0")
-    if not 0 <= t.within_alphabet <= 1:
-        raise ConfigError(f"trainer.within_alphabet={t.within_alphabet} is a share of the training tasks: give 0 to 1")
-    initialised = bool(t.init_from) or cfg.pretrain.iterations > 0
-    if t.iterations == 0 and not initialised:
-        raise ConfigError("trainer.iterations=0 trains nothing; it is for evaluating pre-trained weights: add "
-                          "pretrain=supervised, pretrain=episodic or trainer.init_from=RUN, or give trainer.iterations >= 1")
-    if t.freeze_encoder and not initialised:
-        raise ConfigError("trainer.freeze_encoder=true would keep a random encoder; add pretrain=supervised, "
-                          "pretrain=episodic or trainer.init_from=RUN, or drop freeze_encoder")
-    validate_pretrain(cfg)
-    validate_eval(e)
-    validate_host(cfg)
-    for group, registry in REGISTRIES.items():
-        registry.params_of(cfg[group])  # types and the component's own __post_init__ checks
-    return typed
-
-
-def check_seed(seed: Any) -> None:
-    """Seeds feed Python's, NumPy's and torch's generators and the per-split task streams: 0 <= seed < 2**63."""
-    if seed is not None and not 0 <= int(seed) < 2**63:
-        raise ConfigError(f"seed={seed} is out of range; use an integer from 0 to {2**63 - 1}")
-
-
-def validate_pretrain(cfg: Any) -> None:
-    p = cfg.pretrain
-    episodic = is_episodic(p)
-    if p.iterations < 0 or p.batch_size < 1 or p.val_every < 1 or p.val_episodes < 1:
-        raise ConfigError("pretrain.iterations must be >= 0, and pretrain.batch_size, val_every, val_episodes >= 1")
-    if not 0 <= p.label_smoothing < 1:
-        raise ConfigError("pretrain.label_smoothing must be in [0, 1)")
-    if p.iterations > 0 and not episodic:  # the node's types and ranges, as the optimizer group's are checked
-        try:
-            check_optimizer(p.optimizer)
-        except ConfigError as exc:
-            raise ConfigError(f"pretrain.optimizer: {exc}") from None
-    if episodic and p.epochs is not None:
-        raise ConfigError(f"pretrain.epochs={p.epochs}: pretrain=episodic counts meta-iterations (pretrain.iterations); "
-                          "pass pretrain.epochs=null")
-    if episodic and not 0 <= p.within_alphabet <= 1:
-        raise ConfigError(f"pretrain.within_alphabet={p.within_alphabet} is a share of the stage's training tasks: give 0 to 1")
-    if p.epochs is not None and (p.iterations == 0 or not p.epochs > 0):
-        raise ConfigError("pretrain.epochs sets the length of a supervised pre-training stage: add pretrain=supervised "
-                          "(or pretrain=rfs) and give epochs > 0")
-    if p.iterations and cfg.trainer.init_from:
-        raise ConfigError("pretrain.iterations > 0 and trainer.init_from both set the starting weights; choose one")
-
-
-def validate_eval(e: Any) -> None:
-    if e.episodes < 1 or e.batch_tasks < 1:
-        raise ConfigError("eval.episodes and eval.batch_tasks must be >= 1")
-    if e.finetune_steps < 0 or e.finetune_lr < 0 or any(lr < 0 for lr in e.finetune_lr_search or []):
-        raise ConfigError("eval.finetune_steps, eval.finetune_lr and eval.finetune_lr_search must be >= 0")
-    if e.finetune_search_episodes < 1 or (e.finetune_lr_search is not None and not e.finetune_lr_search):
-        raise ConfigError("eval.finetune_search_episodes must be >= 1 and eval.finetune_lr_search a non-empty list (or null)")
-    if e.tta_shift < 0:
-        raise ConfigError(f"eval.tta_shift={e.tta_shift}: give the pixels to shift each test image's copies by (>= 0; 0 = off)")
-
-
-def check_tta_shift(shift: int, image_shape: tuple[int, ...]) -> None:
-    """Refuse, before anything runs, a test-time shift that would move every copy off the image."""
-    side = min(image_shape[-2:])
-    if shift >= side:
-        raise ConfigError(f"eval.tta_shift={shift} moves every copy off the {side}-pixel images; give a few pixels "
-                          f"(about a tenth of the side, e.g. {max(1, side // 10)}) or 0 for no test-time augmentation")
-
-
-def validate_host(cfg: Any) -> None:
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ConfigError("threads must be >= 1 or null")
-
-
-def code_key(node: Any, prefix: str = "") -> Optional[str]:
-    """The first key that would name code (``_target_``, ``_recursive_``, ...), or None."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if str(key).startswith("_"):
-                return f"{prefix}{key}"
-            found = code_key(value, f"{prefix}{key}.")
-            if found:
-                return found
-    return None
-
-
-def validate_train_config(cfg: Any) -> DictConfig:
-    """Check a plain or composed config against :class:`TrainConfig` (a checkpoint's, for instance)."""
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    named = code_key(plain)
-    if named:
-        raise ConfigError(f"{named} is not a metalearn option: configs choose components by registry name, never by "
-                          "code path; remove it")
-    try:
-        return OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_config(plain))
-    except Exception as exc:
-        raise ConfigError(f"invalid run config: {str(exc).splitlines()[0]}") from exc
 
 
 # ----------------------------------------------------------------------------- the host and device

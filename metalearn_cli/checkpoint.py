@@ -42,13 +42,31 @@ def read_state(path: Path) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on a damaged or foreign file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        if "weights_only" in str(exc) or "Weights only load failed" in reason:
-            reason = "it holds pickled objects other than tensors, which are never executed"
         raise CheckpointError(
-            f"{path} is not a readable metalearn checkpoint (corrupt, truncated or unsafe: {reason[:160]}); "
+            f"{path} is not a readable metalearn checkpoint ({_damage(path, exc)}); "
             "use another checkpoint, e.g. checkpoints/last.pt or best.pt of the run"
         ) from exc
+
+
+def _damage(path: Path, exc: Exception) -> str:
+    """What is wrong with a file ``torch.load`` refused, in words a user can act on: torch's own
+    messages for a damaged file are internal (``KeyError: '101'``, ``pop from empty list``)."""
+    message = str(exc).strip()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"it cannot be read: {err.strerror or err}"
+    if not head:
+        return "the file is empty: a copy or download that did not finish?"
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save: a zip archive (a pickle before 1.6)
+        return "it is not a PyTorch file (torch.save writes a zip archive; this one is something else)"
+    if "weights_only" in message or "Weights only load failed" in message:
+        return "it holds pickled objects other than tensors, which are never executed"
+    if "central directory" in message:
+        return "it is truncated: the end of its zip archive is missing (a copy or save that did not finish)"
+    first = message.splitlines()[0] if message else exc.__class__.__name__
+    return f"it is damaged inside ({exc.__class__.__name__}: {first[:120]})"
 
 
 def check_header(state: Any, path: Path, formats: tuple[str, ...] = (FORMAT,)) -> dict[str, Any]:

@@ -3,14 +3,16 @@
 Each member adapts to the task on its own, with its own weights, batch-norm mode and test-time
 views; the ensemble's class probabilities are the mean of the members' softmax probabilities (an
 ensemble of independently trained networks, as Dvornik et al. 2019 evaluate for few-shot
-classification). Members must have been trained on the same data set, so that they are scored on
-the same fixed tasks.
+classification). Members are scored on the same fixed tasks: their test classes must be the same;
+a member that reads them at another image size (28 px beside 56 px) gets the same tasks at its own
+size (:class:`LockstepTasks`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
@@ -27,11 +29,12 @@ from metalearn_cli.strategies import Prediction, Strategy
 class Ensemble:
     """Members scored together; what :func:`metalearn_cli.evaluation.evaluate_tasks` needs of a strategy."""
 
-    def __init__(self, members: Sequence[Strategy], sources: Sequence[str] = ()) -> None:
+    def __init__(self, members: Sequence[Strategy], sources: Sequence[str] = (), datasets: Sequence[Any] = ()) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = list(members)
         self.sources = [str(s) for s in sources]
+        self.datasets = list(datasets)  # each member's saved dataset config (what it reads the test tasks as)
         self.model = self.members[0].model  # the first member describes the ensemble (precision, start-up line)
 
     def modes(self, bn_mode: str | Sequence[str]) -> list[str]:
@@ -58,7 +61,12 @@ class Ensemble:
         return any(MODES[m].mixes_tasks and not member.isolates_tasks for member, m in zip(self.members, modes))
 
     def test_inner_steps(self) -> Optional[int]:
+        """The first member's (results.json's ``inner_steps_at_test``); :meth:`inner_steps_each` has all."""
         return self.members[0].test_inner_steps()
+
+    def inner_steps_each(self) -> list[Optional[int]]:
+        """Each member's test-time inner steps (``ensemble_inner_steps_at_test``: a MAML member beside a ProtoNet)."""
+        return [member.test_inner_steps() for member in self.members]
 
     @contextlib.contextmanager
     def statistics(self, bn_mode: str | Sequence[str]) -> Iterator[None]:
@@ -68,18 +76,54 @@ class Ensemble:
                 stack.enter_context(batch_norm_mode(member.model, mode))
             yield
 
-    def predict(self, batch: EpisodeBatch, tta_shift: int = 0, with_stats: bool = False) -> Prediction:
+    def predict(self, batch: EpisodeBatch | MemberBatches, tta_shift: int = 0, with_stats: bool = False) -> Prediction:
         """Log of the members' mean class probabilities ``[T, Q, n_way]``; with several members the
         decoders' norms are reported per member (``m0/...``, ``m1/...``)."""
         outs = []
-        for member in self.members:
+        for i, member in enumerate(self.members):
             with member.model.test_views(tta_shift):
-                outs.append(member.predict(batch, with_stats=with_stats))
+                outs.append(member.predict(batch.of(i) if isinstance(batch, MemberBatches) else batch, with_stats=with_stats))
         if len(outs) == 1:
             return outs[0]
         probs = torch.stack([o.logits.float().softmax(-1) for o in outs]).mean(0)
         stats = {f"m{i}/{k}": v for i, o in enumerate(outs) for k, v in o.stats.items()}
         return Prediction(probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), stats)
+
+
+@dataclass(frozen=True)
+class MemberBatches:
+    """One batch of tasks as each member reads it: the same tasks, one :class:`EpisodeBatch` per image
+    size (``index[m]`` is member ``m``'s); labels and task counts are the first's, equal in all of them."""
+
+    batches: tuple[EpisodeBatch, ...]
+    index: tuple[int, ...]
+
+    @property
+    def tasks(self) -> int:
+        return self.batches[0].tasks
+
+    @property
+    def query_labels(self) -> torch.Tensor:
+        return self.batches[0].query_labels
+
+    def of(self, member: int) -> EpisodeBatch:
+        return self.batches[self.index[member]]
+
+    def split_tasks(self) -> list["MemberBatches"]:
+        return [MemberBatches(parts, self.index) for parts in zip(*(b.split_tasks() for b in self.batches))]
+
+
+class LockstepTasks:
+    """Fixed tasks drawn from several copies of one test split at different image sizes: the samplers
+    share the seed, the class names and the images per class, so they draw the same classes and drawings
+    in the same order (a draw depends on those, never on the pixels)."""
+
+    def __init__(self, samplers: Sequence[Any], index: Sequence[int]) -> None:
+        self.samplers, self.index = list(samplers), tuple(index)
+
+    def fixed(self, episodes: int, batch_tasks: int) -> Iterator[MemberBatches]:
+        for batches in zip(*(s.fixed(episodes, batch_tasks) for s in self.samplers)):
+            yield MemberBatches(tuple(batches), self.index)
 
 
 def ensemble_paths(value: Any) -> list[str]:
@@ -94,14 +138,13 @@ def ensemble_paths(value: Any) -> list[str]:
     return paths
 
 
-def check_same_data(first: Any, other: Any, source: str, first_source: str) -> None:
-    """A member trained on other data would be scored on tasks it was not meant for: refused, naming the keys."""
+def other_data(first: Any, other: Any, source: str, first_source: str, what: str) -> ConfigError:
+    """The refusal of a member whose test tasks are not the first member's (``what`` says how), naming the keys."""
     mine, theirs = (OmegaConf.to_container(c, resolve=True) for c in (first, other))
     keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    if keys:
-        shown = ", ".join(f"dataset.{k}={theirs.get(k)!r} against {mine.get(k)!r}" for k in keys)
-        raise ConfigError(f"ensemble member {source} was trained on other data than {first_source} ({shown}); "
-                          "an ensemble's members must share their data set, so that they are scored on the same tasks")
+    shown = ", ".join(f"dataset.{k}={theirs.get(k)!r} against {mine.get(k)!r}" for k in keys)
+    return ConfigError(f"ensemble member {source} was trained on other data than {first_source} ({shown}): {what}; "
+                       "an ensemble's members must be tested on the same classes, so that they are scored on the same tasks")
 
 
 def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Sequence[str],
@@ -110,14 +153,14 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
     from metalearn_cli.assemble import load_strategy
     from metalearn_cli.checkpoint import read_meta_knowledge
 
-    members, sources = [first], [first_source]
+    members, sources, datasets = [first], [first_source], [first_cfg.dataset]
     for path in others:
         knowledge = read_meta_knowledge(path)
         strategy, cfg = load_strategy(knowledge, device)
-        check_same_data(first_cfg.dataset, cfg.dataset, knowledge["source"], first_source)
         resolved = str(Path(knowledge["source"]).resolve())
         if resolved in sources:
             raise ConfigError(f"ensemble member {path} is {resolved}, already a member; list each trained run once")
         members.append(strategy)
         sources.append(resolved)
-    return Ensemble(members, sources)
+        datasets.append(cfg.dataset)
+    return Ensemble(members, sources, datasets)

@@ -21,12 +21,13 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from metalearn_cli.assemble import check_seed, check_tta_shift, load_strategy, resolve_bn_mode, setup_device, startup_line, validate_eval
+from metalearn_cli.assemble import load_strategy, resolve_bn_mode, setup_device, startup_line
+from metalearn_cli.config_checks import check_seed, check_tta_shift, validate_eval
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, LakeRuns, check_fits, is_lake, resident, split_seed
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.ensemble import Ensemble, ensemble_paths, load_ensemble
+from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble, other_data
 from metalearn_cli.files import atomic_write
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.rundir import write_results, write_status
@@ -113,12 +114,13 @@ def summarize(accs: torch.Tensor) -> dict[str, float]:
 def score_checkpoint(
     strategy: Strategy | Ensemble, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: Any,
     seed: int, device: torch.device, run_dir: Optional[Path] = None, progress: bool = False, lake: bool = False,
-    finetune: Optional[Finetuner] = None,
+    finetune: Optional[Finetuner] = None, members: Optional[list[FewShotData]] = None,
 ) -> dict[str, Any]:
     """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's
-    results.json report. With ``eval.save_task_stats``, also writes ``run_dir/task_stats.csv``."""
+    results.json report. With ``eval.save_task_stats``, also writes ``run_dir/task_stats.csv``.
+    ``members``: an ensemble's data per member (:func:`member_data`), when some read other image sizes."""
     way, shot, query = shapes
-    sampler = fixed_tasks(data, split, shapes, seed, device, lake)
+    sampler = member_tasks(members or [data], split, shapes, seed, device, lake)
     modes = (strategy.resolve_modes(eval_cfg.bn_mode) if isinstance(strategy, Ensemble)  # each member its own
              else [resolve_bn_mode(eval_cfg.bn_mode, strategy)])
     tta_shift = eval_cfg.tta_shift
@@ -152,6 +154,7 @@ def score_checkpoint(
         **({"ensemble_bn_modes": modes} if len(modes) > 1 else {}),
         "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),
+        **({"ensemble_inner_steps_at_test": strategy.inner_steps_each()} if len(modes) > 1 else {}),
         "finetune_steps": finetune.steps if finetune is not None else 0, "tta_shift": tta_shift,
         **({"finetune_lr": finetune.lr, "finetune_search": search} if finetune is not None else {}),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
@@ -179,12 +182,48 @@ def fixed_tasks(data: FewShotData, split: str, shapes: tuple[int, int, int], see
     return EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)
 
 
-def dataset_of(saved: Any, root: Optional[str], source: str) -> Any:
+def member_tasks(datas: list[FewShotData], split: str, shapes: tuple[int, int, int], seed: int, device: torch.device,
+                 lake: bool) -> Any:
+    """The fixed tasks for each member's data (:func:`member_data`): one sampler when they all read the
+    same images, else the same tasks drawn in lockstep at each image size."""
+    distinct = list({id(d): d for d in datas}.values())
+    if len(distinct) == 1:
+        return fixed_tasks(distinct[0], split, shapes, seed, device, lake)
+    samplers = [fixed_tasks(d, split, shapes, seed, device, lake) for d in distinct]
+    return LockstepTasks(samplers, [next(i for i, d in enumerate(distinct) if d is m) for m in datas])
+
+
+def member_data(ensemble: Ensemble, first: FewShotData, split: str, root: Optional[str]) -> list[FewShotData]:
+    """Each member's data set as it reads the test tasks: ``first`` where it reads the same images (other
+    training-only settings, such as rotated training classes, do not matter), its own copy where it reads
+    the same classes at another image size; a member tested on other classes or images is refused."""
+    configs = [dataset_of(saved, root, source, root_optional=True) for saved, source in zip(ensemble.datasets, ensemble.sources)]
+    if root is not None and all(c.get("root") is None for c in configs):
+        raise ConfigError(f"dataset_root={root} but no member of the ensemble reads its data set from a folder; drop it")
+    datas, built = [first], {repr(sorted(configs[0].items())): first}
+    want = first.split(split)
+    for config, saved, source in zip(configs[1:], ensemble.datasets[1:], ensemble.sources[1:]):
+        key = repr(sorted(config.items()))
+        data = built[key] = built.get(key) or DATASETS.build(config)
+        mine = data.split(split)
+        if data.name != first.name or mine.class_names != want.class_names or mine.n_per_class != want.n_per_class:
+            raise other_data(ensemble.datasets[0], saved, source, ensemble.sources[0], f"its {split} classes differ")
+        if mine.images.shape == want.images.shape:
+            if not torch.equal(mine.images, want.images):
+                raise other_data(ensemble.datasets[0], saved, source, ensemble.sources[0], f"its {split} images differ")
+            data = first
+        datas.append(data)
+    return datas
+
+
+def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool = False) -> Any:
     """The checkpoint's data set, touching only what the user names: a checkpoint is data, so its
     ``root`` is not read unless ``dataset_root=`` says where the data set is, and nothing is downloaded."""
     dataset = OmegaConf.to_container(saved, resolve=True)
     if "download" in dataset:
         dataset["download"] = False
+    if root_optional and dataset.get("root") is None:  # an ensemble member on the embedded copy: dataset_root is another's
+        return dataset
     if dataset.get("root") is not None or root is not None:
         if root is None:
             raise ConfigError(f"{source} was trained on {dataset.get('name')} read from {dataset['root']}; pass "
@@ -214,13 +253,16 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
         strategy = load_ensemble(strategy, train_cfg, source, others, device)
         log.info("an ensemble of %d: the mean of the class probabilities of %s", len(strategy.members),
                  ", ".join(strategy.sources))
-    data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"]))
-    check_tta_shift(cfg.eval.tta_shift, data.image_shape)
+    data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], root_optional=bool(others)))
+    members = member_data(strategy, data, cfg.split, cfg.dataset_root) if others else [data]
+    for member in members:
+        check_tta_shift(cfg.eval.tta_shift, member.image_shape)
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed
     finetune = Finetuner.of(cfg.eval, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
     result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), cfg.eval, seed,
-                              device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode), finetune=finetune)
+                              device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode), finetune=finetune,
+                              members=members)
     result.update({
         "checkpoint": source, "checkpoint_step": knowledge["step"],
         **({"ensemble": strategy.sources} if isinstance(strategy, Ensemble) else {}),

@@ -26,7 +26,8 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from metalearn_cli.assemble import build_strategy, resolve_bn_mode, seed_everything, validate_train_config
+from metalearn_cli.assemble import build_strategy, resolve_bn_mode, seed_everything
+from metalearn_cli.config_checks import validate_train_config
 from metalearn_cli.augment import augmentation
 from metalearn_cli.bn_modes import available, resolve
 from metalearn_cli.data import DATASETS, FewShotData

@@ -79,7 +79,7 @@ def resumed_config(cfg: Any, run_dir: Path, typed: list[str]) -> Any:
     the user typed a key (``typed``: dotted keys or groups; ``"*"`` for a modifier such as
     ``experiment=``) and only in the :data:`RESUMABLE` keys. So the printed resume command works as
     printed, and a resume never takes the command line's defaults for the run's settings."""
-    from metalearn_cli.assemble import validate_train_config
+    from metalearn_cli.config_checks import validate_train_config
 
     path = resume_checkpoint(cfg.resume, run_dir)
     if path is None:

@@ -104,7 +104,8 @@ class PretrainConfig:
     augment: Augment = Augment.auto  # per-image torchvision.transforms.v2; auto = the data set's own (dataset.augment; episodic: meta_augment)
     val_every: int = 500  # steps between episodic validations (nearest-centroid accuracy on the fixed val tasks)
     val_episodes: int = 300
-    # kind=episodic only (batch_size, label_smoothing, epochs and optimizer are supervised's): the stage's training
+    # kind=episodic only (batch_size, label_smoothing, epochs and optimizer are supervised's; each kind refuses the
+    # other's keys typed on the command line): the stage's training
     # tasks, as trainer.train_way / train_query / within_alphabet; it steps with the run's optimizer (cosine over
     # pretrain.iterations) and augments with dataset.meta_augment under augment=auto.
     train_way: Optional[int] = 60  # null = episode.way

@@ -20,10 +20,8 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from metalearn_cli.assemble import (
-    build_strategy, check_tta_shift, freeze_encoder, initialise_from, resolve_bn_mode, seed_everything, select_kernels,
-    setup_device, validate,
-)
+from metalearn_cli.assemble import build_strategy, freeze_encoder, initialise_from, resolve_bn_mode, seed_everything, select_kernels, setup_device
+from metalearn_cli.config_checks import check_tta_shift, validate
 from metalearn_cli.augment import augmentation
 from metalearn_cli.cost import check_memory
 from metalearn_cli.data import DATASETS

@@ -43,3 +43,20 @@ def test_corrupt_truncated_foreign_and_future_files_are_refused(tmp_path):
                         (tmp_path / "nope.pt", "does not exist"), (tmp_path, "holds no checkpoints")]:
         with pytest.raises(CheckpointError, match=match):
             load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (lambda good: b"", "the file is empty"),
+    (lambda good: good[: len(good) // 2], "it is truncated"),
+    (lambda good: b"hello world\n" * 40, "not a PyTorch file"),
+    (lambda good: bytes(range(256)) * 4, "not a PyTorch file"),
+])
+def test_a_refused_file_says_what_is_wrong_in_words_not_torch_internals(tmp_path, content, reason):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"config": {}, "model": {"w": torch.ones(64)}, "step": 1})
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content(good.read_bytes()))
+    with pytest.raises(CheckpointError, match=reason) as err:
+        load_checkpoint(bad)
+    message = str(err.value)
+    assert "\n" not in message and "KeyError" not in message and "central directory" not in message

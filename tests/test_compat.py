@@ -3,7 +3,7 @@
 import torch
 from omegaconf import OmegaConf
 
-from metalearn_cli.assemble import validate_train_config
+from metalearn_cli.config_checks import validate_train_config
 from metalearn_cli.model import build_meta_model
 
 EPISODE = {"way": 3, "shot": 1, "query": 1}

@@ -94,15 +94,69 @@ def test_refusals_are_one_line(two_runs, tmp_path, extra, expected):
     assert not (tmp_path / "bad" / "results.json").exists()
 
 
-def test_a_member_trained_on_other_data_is_refused_naming_the_key(two_runs, compose_train, tmp_path):
+@pytest.mark.parametrize("change, why", [("dataset.test_classes=10", "its test classes differ"),
+                                         ("dataset.noise=0.3", "its test images differ")])
+def test_a_member_tested_on_other_tasks_is_refused_naming_the_key(two_runs, compose_train, tmp_path, change, why):
     other = tmp_path / "other"
     other.mkdir()
-    training.train(compose_train("dataset.test_classes=10"), other)
+    training.train(compose_train(change), other)
     proc = _eval(tmp_path, "bad", f"checkpoint={two_runs[0]}", f"ensemble=['{other}']")
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-    assert "trained on other data" in last and "dataset.test_classes=10" in last
+    assert "trained on other data" in last and change in last and why in last
     assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_members_that_differ_in_training_only_settings_or_image_size_score_together(two_runs, compose_train, tmp_path):
+    """A member trained with other training-only data settings reads the same test images; one at another
+    image size reads the same tasks at its own size (drawn in lockstep); both are accepted."""
+    members = {"augmented": "dataset.meta_augment=affine", "larger": "dataset.image_size=32"}
+    for name, change in members.items():
+        (tmp_path / name).mkdir()
+        training.train(compose_train(change, "seed=3"), tmp_path / name)
+    for name in members:
+        proc = _eval(tmp_path, f"with_{name}", f"checkpoint={two_runs[0]}", f"ensemble=['{tmp_path / name}']")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads((tmp_path / f"with_{name}" / "results.json").read_text())
+        assert result["ensemble"][1] == str((tmp_path / name / "checkpoints" / "best.pt").resolve())
+    strategies = [_loaded(r)[0] for r in (two_runs[0], tmp_path / "larger")]
+    datas = [DATASETS.build(_loaded(r)[1].dataset) for r in (two_runs[0], tmp_path / "larger")]
+    ensemble = Ensemble(strategies)
+    tasks = evaluation.member_tasks(datas, "test", (5, 1, 3), 0, CPU, False)
+    with ensemble.statistics("running"):
+        accs = evaluation.evaluate_tasks(ensemble, tasks, 8, 4, "running")
+        alone = [evaluation.fixed_tasks(d, "test", (5, 1, 3), 0, CPU, False) for d in datas]
+        for batches in zip(*(a.fixed(8, 4) for a in alone)):
+            mixed = torch.stack([s.predict(b).logits.float().softmax(-1) for s, b in zip(strategies, batches)]).mean(0)
+            expected = (mixed.argmax(-1) == batches[0].query_labels).float().mean(-1)
+            assert torch.equal(accs[:4], expected)
+            accs = accs[4:]
+
+
+@pytest.mark.parametrize("lake", [False, True])
+def test_lockstep_samplers_draw_the_same_tasks_at_each_image_size(lake):
+    """A copy of the split at twice the size (each pixel a 2 x 2 block): every batch, read back at the
+    first size, is the first sampler's batch, task for task (random tasks and Lake's runs)."""
+    from metalearn_cli.ensemble import LockstepTasks
+    from metalearn_cli.episodes import ClassImages, EpisodeSampler, LakeRuns
+
+    g = torch.Generator().manual_seed(0)
+    small = torch.randint(0, 256, (24, 6, 1, 8, 8), generator=g, dtype=torch.uint8)
+    names = [f"alphabet{i % 2}/character{i}" for i in range(24)]
+    splits = [ClassImages(small, names), ClassImages(small.repeat_interleave(2, -1).repeat_interleave(2, -2), names)]
+    if lake:
+        samplers = [LakeRuns(s, 5, 7) for s in splits]
+    else:
+        samplers = [EpisodeSampler(s, 5, 1, 2, 7) for s in splits]
+    count = 0
+    for batch in LockstepTasks(samplers, [0, 1, 1]).fixed(9, 4):
+        first, second = batch.of(0), batch.of(2)
+        assert batch.of(1) is second and torch.equal(first.query_labels, second.query_labels)
+        assert torch.equal(second.support_images[..., ::2, ::2], first.support_images)
+        assert torch.equal(second.query_images[..., ::2, ::2], first.query_images)
+        assert [p.tasks for p in batch.split_tasks()] == [1] * batch.tasks
+        count += batch.tasks
+    assert count == 9
 
 
 def test_predict_with_an_ensemble_gives_the_mean_of_the_members_probabilities(two_runs, tmp_path):
@@ -170,6 +224,8 @@ def test_each_member_scores_in_its_own_protocol(two_runs, compose_train, tmp_pat
     first, second = (json.loads((tmp_path / n / "results.json").read_text()) for n in (two_runs[0].name, "maml"))
     assert first["ensemble_bn_modes"] == ["running", "transductive"] and first["bn_mode"] == "running"
     assert second["ensemble_bn_modes"] == ["transductive", "running"]
+    assert first["ensemble_inner_steps_at_test"][0] is None and first["ensemble_inner_steps_at_test"][1] >= 1  # MAML's
+    assert second["ensemble_inner_steps_at_test"] == first["ensemble_inner_steps_at_test"][::-1]
     assert first["accuracy"] == pytest.approx(second["accuracy"], abs=1e-6)  # the order of members does not matter
     proc = _eval(tmp_path, "bad", f"checkpoint={two_runs[0]}", f"ensemble=['{maml}']", "eval.bn_mode=running")
     last = proc.stderr.strip().splitlines()[-1]

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from metalearn_cli import training
-from metalearn_cli.assemble import validate_train_config
+from metalearn_cli.config_checks import validate_train_config
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.errors import CheckpointError, ConfigError, DataError
 

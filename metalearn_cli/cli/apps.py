@@ -90,10 +90,13 @@ def train_app(cfg: DictConfig) -> float:
 
     def job(accept: Callable[[], None]) -> float:
         from metalearn_cli.training import Training
+        from metalearn_cli.config_checks import check_typed_pretrain_keys
         from metalearn_cli.resume import resumed_config
 
         refuse_foreign_target("train", run_dir, resuming=True)  # inside another run: refused (held: by the loop)
-        config = resumed_config(cfg, run_dir, typed_keys(list(HydraConfig.get().overrides.task)))
+        typed = typed_keys(list(HydraConfig.get().overrides.task))
+        config = resumed_config(cfg, run_dir, typed)
+        check_typed_pretrain_keys(config, typed)
         run = Training(config, run_dir)  # every check; a refusal leaves an existing run as it was
         accept()
         return run.run()

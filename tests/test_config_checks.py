@@ -1,0 +1,22 @@
+import pytest
+from omegaconf import OmegaConf
+
+from metalearn_cli.config_checks import check_typed_pretrain_keys
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.schema import PretrainConfig, PretrainKind
+
+
+def _cfg(kind, iterations=100):
+    return OmegaConf.create({"pretrain": OmegaConf.structured(PretrainConfig(kind=kind, iterations=iterations))})
+
+
+def test_a_typed_key_the_stage_does_not_read_is_refused_naming_it():
+    episodic, supervised = _cfg(PretrainKind.episodic), _cfg(PretrainKind.supervised)
+    check_typed_pretrain_keys(episodic, ["pretrain", "pretrain.train_way", "pretrain.within_alphabet", "seed"])  # its own
+    check_typed_pretrain_keys(supervised, ["pretrain.batch_size", "pretrain.optimizer.lr", "trainer.train_way"])
+    check_typed_pretrain_keys(_cfg(PretrainKind.episodic, iterations=0), ["pretrain.batch_size"])  # no stage: nothing read
+    for cfg, key, kind in [(episodic, "pretrain.batch_size", "episodic"), (episodic, "pretrain.optimizer.schedule.kind", "episodic"),
+                           (episodic, "pretrain.label_smoothing", "episodic"), (supervised, "pretrain.train_query", "supervised"),
+                           (supervised, "pretrain.within_alphabet", "supervised")]:
+        with pytest.raises(ConfigError, match=f"{key} is read by pretrain=.* only; this run's stage is pretrain={kind}"):
+            check_typed_pretrain_keys(cfg, ["seed", key])
