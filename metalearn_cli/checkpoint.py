@@ -65,8 +65,8 @@ def _damage(path: Path, exc: Exception) -> str:
         return "it holds pickled objects other than tensors, which are never executed"
     if "central directory" in message:
         return "it is truncated: the end of its zip archive is missing (a copy or save that did not finish)"
-    first = message.splitlines()[0] if message else exc.__class__.__name__
-    return f"it is damaged inside ({exc.__class__.__name__}: {first[:120]})"
+    first = (message.splitlines()[0] if message else exc.__class__.__name__).split(". ")[0]  # not torch's advice after it
+    return f"it is damaged inside: {exc.__class__.__name__}: {first[:120]}"
 
 
 def check_header(state: Any, path: Path, formats: tuple[str, ...] = (FORMAT,)) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def check_typed_pretrain_keys(cfg: Any, typed: list[str]) -> None:
     refused: a silent no-op would leave the user believing the stage ran as they asked. Keys set by
     config files (presets, ``debug=smoke``, which layer over either kind) are left to them."""
     p = cfg.pretrain
-    if p.iterations <= 0:
+    if p.iterations <= 0 or cfg.get("resume"):  # a resume repeats the run's own command line, checked by the resume
         return
     episodic = is_episodic(p)
     kind, other = ("episodic", "supervised") if episodic else ("supervised", "episodic")

@@ -138,6 +138,20 @@ def ensemble_paths(value: Any) -> list[str]:
     return paths
 
 
+# Dataset keys members may differ in and still read the same test images: how the images are read (their size,
+# where the files are, resampling, caching) and what only training uses. Any other key may change the test images.
+READING_KEYS = ("image_size", "root", "download", "cache", "resample", "channels")
+TRAINING_ONLY_KEYS = ("augment", "meta_augment", "rotations", "mirror", "val")
+
+
+def check_same_test_data(first: Any, other: Any, source: str, first_source: str) -> None:
+    """Refuse, from the saved configs alone (before any data is read), a member whose test images would differ."""
+    mine, theirs = (OmegaConf.to_container(c, resolve=True) for c in (first, other))
+    keys = {k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
+    if keys - set(READING_KEYS) - set(TRAINING_ONLY_KEYS):
+        raise other_data(first, other, source, first_source, "its test images would differ")
+
+
 def other_data(first: Any, other: Any, source: str, first_source: str, what: str) -> ConfigError:
     """The refusal of a member whose test tasks are not the first member's (``what`` says how), naming the keys."""
     mine, theirs = (OmegaConf.to_container(c, resolve=True) for c in (first, other))
@@ -157,6 +171,7 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
     for path in others:
         knowledge = read_meta_knowledge(path)
         strategy, cfg = load_strategy(knowledge, device)
+        check_same_test_data(first_cfg.dataset, cfg.dataset, knowledge["source"], first_source)
         resolved = str(Path(knowledge["source"]).resolve())
         if resolved in sources:
             raise ConfigError(f"ensemble member {path} is {resolved}, already a member; list each trained run once")

@@ -197,9 +197,8 @@ def member_data(ensemble: Ensemble, first: FewShotData, split: str, root: Option
     """Each member's data set as it reads the test tasks: ``first`` where it reads the same images (other
     training-only settings, such as rotated training classes, do not matter), its own copy where it reads
     the same classes at another image size; a member tested on other classes or images is refused."""
-    configs = [dataset_of(saved, root, source, root_optional=True) for saved, source in zip(ensemble.datasets, ensemble.sources)]
-    if root is not None and all(c.get("root") is None for c in configs):
-        raise ConfigError(f"dataset_root={root} but no member of the ensemble reads its data set from a folder; drop it")
+    optional = reads_folder(ensemble)
+    configs = [dataset_of(saved, root, source, optional) for saved, source in zip(ensemble.datasets, ensemble.sources)]
     datas, built = [first], {repr(sorted(configs[0].items())): first}
     want = first.split(split)
     for config, saved, source in zip(configs[1:], ensemble.datasets[1:], ensemble.sources[1:]):
@@ -214,6 +213,12 @@ def member_data(ensemble: Ensemble, first: FewShotData, split: str, root: Option
             data = first
         datas.append(data)
     return datas
+
+
+def reads_folder(ensemble: Ensemble) -> bool:
+    """Whether some member reads its data set from a folder: then ``dataset_root`` is for those members, and
+    the others keep their embedded copy (without one, ``dataset_root`` applies to every member as to one run)."""
+    return any(OmegaConf.select(d, "root") is not None for d in ensemble.datasets)
 
 
 def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool = False) -> Any:
@@ -253,7 +258,8 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
         strategy = load_ensemble(strategy, train_cfg, source, others, device)
         log.info("an ensemble of %d: the mean of the class probabilities of %s", len(strategy.members),
                  ", ".join(strategy.sources))
-    data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], root_optional=bool(others)))
+    optional = isinstance(strategy, Ensemble) and reads_folder(strategy)
+    data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], optional))
     members = member_data(strategy, data, cfg.split, cfg.dataset_root) if others else [data]
     for member in members:
         check_tta_shift(cfg.eval.tta_shift, member.image_shape)

@@ -39,7 +39,7 @@ def test_corrupt_truncated_foreign_and_future_files_are_refused(tmp_path):
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"format": "metalearn-checkpoint", "obj": argparse.Namespace(a=1)}, unsafe)
     for path, match in [(truncated, "not a readable"), (garbage, "not a readable"), (foreign, "not a metalearn checkpoint"),
-                        (future, "newer than this metalearn"), (unsafe, "not a readable"),
+                        (future, "newer than this metalearn"), (unsafe, "pickled objects other than tensors, which are never"),
                         (tmp_path / "nope.pt", "does not exist"), (tmp_path, "holds no checkpoints")]:
         with pytest.raises(CheckpointError, match=match):
             load_checkpoint(path)
@@ -50,6 +50,7 @@ def test_corrupt_truncated_foreign_and_future_files_are_refused(tmp_path):
     (lambda good: good[: len(good) // 2], "it is truncated"),
     (lambda good: b"hello world\n" * 40, "not a PyTorch file"),
     (lambda good: bytes(range(256)) * 4, "not a PyTorch file"),
+    (lambda good: good.replace(b"data.pkl", b"data.pkX"), "it is damaged inside"),
 ])
 def test_a_refused_file_says_what_is_wrong_in_words_not_torch_internals(tmp_path, content, reason):
     good = tmp_path / "good.pt"

@@ -14,7 +14,9 @@ Protocols (``dataset.split``):
   trains on the 172 validation characters, as Snell et al.'s final runs did (their ``run_trainval``);
   validation then measures classes seen in training.
 - ``background``: background alphabets train, evaluation alphabets test (no rotations); the last five
-  background alphabets (sorted by name) are held out for validation. ``dataset.rotations=4`` adds
+  background alphabets (sorted by name) are held out for validation (``dataset.val=drawers``: all 30
+  alphabets, drawers 16-20 validate; ``trainval``: all 30 alphabets and drawers train, and validation
+  draws the upright characters again, seen images). ``dataset.rotations=4`` adds
   each training character's 90/180/270-degree turns as new classes (Santoro et al. 2016; Vinyals et
   al. 2016), each turn of an alphabet an alphabet of its own; validation and test stay unrotated.
 - ``dataset.mirror=true`` (either split) adds each training class's left-right mirror image as a new
@@ -78,9 +80,6 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: O
     """Cut the characters into train / val / test classes by the chosen protocol."""
     if val is OmniglotVal.drawers and split is not OmniglotSplit.background:
         raise ConfigError("dataset.val=drawers is for dataset.split=background (Lake et al.'s 30 training alphabets)")
-    if val is OmniglotVal.trainval and split is not OmniglotSplit.vinyals:
-        raise ConfigError("dataset.val=trainval is for dataset.split=vinyals (its 172 validation characters join training); "
-                          "for split=background use dataset.val=drawers")
     if rotations not in (1, 4) or (rotations == 4 and split is not OmniglotSplit.background):
         raise ConfigError(f"dataset.rotations={rotations}: give 1 (none) or 4 (each training character turned by 90, 180 "
                           "and 270 degrees into new classes), and 4 only with dataset.split=background (vinyals has its own)")
@@ -102,6 +101,8 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: O
         val_alphabets = set(alphabets[-LAKE_VAL_ALPHABETS:]) if val is OmniglotVal.alphabets else set()
         parts["train"] = [(c, k) for k in range(rotations) for c in bg if c.split("/")[0] not in val_alphabets]
         parts["val"] = [(c, 0) for c in bg if c.split("/")[0] in val_alphabets] or parts["train"]
+        if val is OmniglotVal.trainval:  # every background drawing trains; validation draws the upright ones again
+            parts["val"] = [(c, 0) for c in bg]
         parts["test"] = [(c, 0) for c, b in zip(arrays.characters, arrays.background) if not b]
         if not parts["test"]:
             raise DataError(f"{where} has no images_evaluation characters for the background split's test classes")

@@ -105,7 +105,9 @@ class OmniglotVal(enum.Enum):
     drawers = "drawers"  # training keeps all 30 background alphabets, drawers 1-15 of each character; validation
     #   is drawers 16-20 of the same characters (new drawings, not new characters: Lake et al. train on all 30)
     trainval = "trainval"  # split=vinyals: the 172 validation characters train too (1,200 x 4 rotations, as Snell et
-    #   al.'s final runs did); validation still draws from them, so it measures seen classes and is optimistic
+    #   al.'s final runs did); validation still draws from them, so it measures seen classes and is optimistic.
+    #   split=background: all 30 alphabets and all 20 drawers train (Lake et al.'s training set, nothing held out);
+    #   validation draws the upright training characters again (seen images: it ranks checkpoints optimistically)
 
 
 @dataclass

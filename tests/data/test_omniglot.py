@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from metalearn_cli.data import DATASETS, omniglot_files
@@ -116,8 +117,19 @@ def test_trainval_trains_on_all_1200_vinyals_characters_as_snell_et_al_final_run
     assert data.train.n_classes == 4 * 1200 and data.train.class_names == plain.train.class_names + plain.val.class_names
     assert data.val.class_names == plain.val.class_names and data.test.class_names == plain.test.class_names
     assert not set(data.train.class_names) & set(data.test.class_names)
-    with pytest.raises(ConfigError, match="dataset.val=trainval is for dataset.split=vinyals"):
-        DATASETS.build({"name": "omniglot", "split": "background", "val": "trainval"})
+
+
+def test_trainval_on_the_background_split_trains_on_every_background_drawing():
+    """Lake et al.'s training set whole: all 30 alphabets and all 20 drawers train (turned copies too);
+    validation draws the upright characters' same images; the evaluation alphabets test."""
+    held = DATASETS.build({"name": "omniglot", "split": "background"})
+    data = DATASETS.build({"name": "omniglot", "split": "background", "val": "trainval", "rotations": 4})
+    upright = sorted(held.train.class_names + held.val.class_names)
+    assert data.train.n_classes == 4 * 964 and data.train.n_per_class == 20
+    assert sorted(data.val.class_names) == upright and data.val_drawings
+    assert data.test.class_names == held.test.class_names
+    first = data.train.class_names.index(data.val.class_names[0])
+    assert torch.equal(data.train.images[first], data.val.images[0])
 
 
 def test_embedded_lake_split_uses_background_and_evaluation_alphabets():
@@ -275,12 +287,41 @@ def test_the_56px_lake_data_needs_the_archives_and_runs_on_them_through_the_cons
     assert "rotations: 4" in (run / ".hydra" / "config.yaml").read_text() and (root / ".metalearn-omniglot56.npz").is_file()
 
 
-def test_trainval_on_the_background_split_is_one_readable_line_from_the_console_script(tmp_path):
+def test_drawers_on_the_vinyals_split_is_one_readable_line_from_the_console_script(tmp_path):
     import subprocess
     import sys
 
     exe = Path(sys.executable).with_name("metalearn")
-    proc = subprocess.run([str(exe), "train", "dataset=omniglot_background", "dataset.val=trainval",
+    proc = subprocess.run([str(exe), "train", "dataset=omniglot", "dataset.val=drawers",
                            f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "dataset.val=trainval is for dataset.split=vinyals" in proc.stderr
+    assert "dataset.val=drawers is for dataset.split=background" in proc.stderr
+
+
+def test_an_ensemble_reads_archive_members_from_dataset_root_and_keeps_embedded_members_embedded(tmp_path):
+    """`metalearn eval ... ensemble=[...] dataset_root=DIR`: every member that read archives reads them from DIR,
+    at its own size, drawing the same tasks; a member on the embedded copy keeps it (so here, beside tiny
+    archives, its test classes differ and it is refused); without dataset_root the archive member is named."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from metalearn_cli import evaluation
+    from metalearn_cli.ensemble import Ensemble, LockstepTasks
+
+    root = str(make_omniglot(tmp_path / "archives", background=tuple((f"A{i}", 1) for i in range(7)), evaluation=(("E", 3),)))
+
+    def saved(size, where):
+        return OmegaConf.create({"name": "omniglot", "split": "background", "root": where, "image_size": size})
+
+    member = SimpleNamespace(model=None)
+    pair = Ensemble([member, member], ["a", "b"], [saved(28, "/moved/away"), saved(56, "/moved/away")])
+    first = DATASETS.build(evaluation.dataset_of(pair.datasets[0], root, "a", evaluation.reads_folder(pair)))
+    datas = evaluation.member_data(pair, first, "test", root)
+    assert datas[0] is first and datas[1].image_shape == (1, 56, 56) and datas[1].test.class_names == first.test.class_names
+    assert isinstance(evaluation.member_tasks(datas, "test", (3, 1, 1), 0, torch.device("cpu"), False), LockstepTasks)
+    trio = Ensemble([member] * 3, ["a", "b", "c"], [*pair.datasets, saved(28, None)])
+    with pytest.raises(ConfigError, match="member c was trained on other data than a .*its test classes differ"):
+        evaluation.member_data(trio, first, "test", root)
+    with pytest.raises(ConfigError, match="a was trained on omniglot read from /moved/away; pass dataset_root=DIR"):
+        evaluation.member_data(pair, first, "test", None)
