@@ -11,8 +11,8 @@ size (:class:`LockstepTasks`).
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
