@@ -146,19 +146,21 @@ TRAINING_ONLY_KEYS = ("augment", "meta_augment", "rotations", "mirror", "val")
 
 def check_same_test_data(first: Any, other: Any, source: str, first_source: str) -> None:
     """Refuse, from the saved configs alone (before any data is read), a member whose test images would differ."""
-    mine, theirs = (OmegaConf.to_container(c, resolve=True) for c in (first, other))
-    keys = {k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
-    if keys - set(READING_KEYS) - set(TRAINING_ONLY_KEYS):
+    if set(_differing(first, other)) - set(READING_KEYS) - set(TRAINING_ONLY_KEYS):
         raise other_data(first, other, source, first_source, "its test images would differ")
 
 
 def other_data(first: Any, other: Any, source: str, first_source: str, what: str) -> ConfigError:
     """The refusal of a member whose test tasks are not the first member's (``what`` says how), naming the keys."""
-    mine, theirs = (OmegaConf.to_container(c, resolve=True) for c in (first, other))
-    keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    shown = ", ".join(f"dataset.{k}={theirs.get(k)!r} against {mine.get(k)!r}" for k in keys)
+    shown = ", ".join(f"dataset.{k}={theirs!r} against {mine!r}" for k, (mine, theirs) in _differing(first, other).items())
     return ConfigError(f"ensemble member {source} was trained on other data than {first_source} ({shown}): {what}; "
                        "an ensemble's members must be tested on the same classes, so that they are scored on the same tasks")
+
+
+def _differing(first: Any, other: Any) -> dict[str, tuple[Any, Any]]:
+    """The dataset keys whose saved values differ, sorted: ``{key: (first's, other's)}``."""
+    mine, theirs = (OmegaConf.to_container(c, resolve=True) for c in (first, other))
+    return {k: (mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)}
 
 
 def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Sequence[str],
