@@ -75,17 +75,31 @@ def _table(rows: list[dict[str, Any]], class_names: list[str], limit: int) -> st
 
 
 def _members(cfg: Any, device: torch.device) -> list[knowledge.MetaKnowledge]:
-    """The checkpoint and its ``ensemble=`` members, which must read images the same way."""
+    """The checkpoint and its ``ensemble=`` members (each may read images its own way, e.g. at its own size)."""
     members = [knowledge.load(cfg.checkpoint, device)]
     for path in ensemble_paths(cfg.ensemble):
         member = knowledge.load(path, device)
         if member.source is not None and member.source in [m.source for m in members]:
             raise ConfigError(f"ensemble member {path} is {member.source}, already a member; list each trained run once")
-        if member.image_format != members[0].image_format:
-            raise ConfigError(f"ensemble member {path} reads images as {member.image_format}, the checkpoint as "
-                              f"{members[0].image_format}; an ensemble's members must share their image format")
         members.append(member)
     return members
+
+
+def _mean_probabilities(members: list[knowledge.MetaKnowledge], support_dir: Path, paths: list[Path],
+                        labels: list[int], first: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The members' mean class probabilities. Each member reads the support and query files in its own
+    image format (an ensemble of 28 px and 56 px runs reads them at both sizes), each format once;
+    ``first``: the first member's support and queries, already read."""
+    read = [(members[0].image_format, first)]
+    probs = []
+    for m in members:
+        images = next((pair for fmt, pair in read if fmt == m.image_format), None)
+        if images is None:
+            stacks = read_class_folders(support_dir, m.image_format, "support")[2]
+            images = (torch.cat(stacks), m.read_images(paths))
+            read.append((m.image_format, images))
+        probs.append(m.adapt(images[0], labels)(images[1]))
+    return torch.stack(probs).mean(0)
 
 
 @contextlib.contextmanager
@@ -110,7 +124,8 @@ def _ensemble_record(members: list[knowledge.MetaKnowledge]) -> dict[str, Any]:
     """What predictions.json says of an ensemble's members (nothing for one network)."""
     if len(members) < 2:
         return {}
-    return {"ensemble": [m.source for m in members], "ensemble_bn_modes": [m.bn_mode for m in members]}
+    return {"ensemble": [m.source for m in members], "ensemble_bn_modes": [m.bn_mode for m in members],
+            "ensemble_image_formats": [m.image_format.to_dict() for m in members]}
 
 
 def _rows(shown: list[str], predicted: list[int], truth: Any, class_names: list[str], probs: torch.Tensor) -> list[dict[str, Any]]:
@@ -138,9 +153,9 @@ def predict(cfg: Any, run_dir: Path) -> float:
         raise DataError(f"support folder {cfg.support} has one class ({class_names[0]}); a task needs at least two class sub-folders")
     shown, paths, truth = _queries(Path(cfg.query), str(cfg.query), class_names)
     labels = [i for i, s in enumerate(stacks) for _ in range(s.shape[0])]
-    support, queries = torch.cat(stacks), meta.read_images(paths)
+    first = (torch.cat(stacks), meta.read_images(paths))
     with _said_once(logging.getLogger(knowledge.__name__)):  # an ensemble's members warn about the images once
-        probs = torch.stack([m.adapt(support, labels)(queries) for m in members]).mean(0)  # an ensemble: the mean
+        probs = _mean_probabilities(members, Path(cfg.support), paths, labels, first)
     predicted = probs.argmax(-1).tolist()
     rows = _rows(shown, predicted, truth, class_names, probs)
     run_dir = Path(run_dir)

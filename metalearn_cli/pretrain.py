@@ -50,10 +50,13 @@ def stage_dir(run_dir: Path) -> Path:
 
 def resolve_budget(cfg: Any, data: FewShotData) -> None:
     """``pretrain.epochs`` -> ``pretrain.iterations``, now that the training images are counted (the
-    saved config holds both, so a resume and a report see the steps the stage took)."""
+    saved config holds both, so a resume and a report see the steps the stage took); then
+    ``pretrain.max_iterations``, which shortens a stage but never turns one on."""
     p = cfg.pretrain
     if p.epochs is not None and p.iterations > 0 and not is_episodic(cfg.pretrain):
         p.iterations = math.ceil(p.epochs * data.train.n_classes * data.train.n_per_class / p.batch_size)
+    if p.max_iterations is not None:
+        p.iterations = min(p.iterations, p.max_iterations)
 
 
 def check_stage_fits(cfg: Any, data: FewShotData) -> None:

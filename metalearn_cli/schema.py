@@ -93,6 +93,7 @@ class PretrainConfig:
     kind: PretrainKind = PretrainKind.supervised
     iterations: int = 0  # optimizer steps; 0 = no pre-training stage
     epochs: Optional[float] = None  # with the stage on: iterations = ceil(epochs x training images / batch_size) (RFS: 100)
+    max_iterations: Optional[int] = None  # a cap on the stage's steps, epochs counted (debug=smoke: any preset's stage in seconds)
     batch_size: int = 128  # images per step, drawn from all training classes
     # An optimizer-group node (configs/optimizer/), its update through optim.meta_step like meta-training's:
     # SGD + Nesterov momentum 0.9, lr 0.05, weight decay 5e-4, cosine decay to 0, no clipping (RFS's settings).

@@ -254,6 +254,17 @@ def test_a_run_starts_by_saying_where_it_computes_and_in_what_precision_and_why(
     assert "CPU threads; run dir" in log and "for the remaining 5 steps" in log
 
 
+def test_debug_smoke_shortens_a_presets_pre_training_stage_too(tmp_path):
+    """best_omniglot_lake20w1s pre-trains for 30,000 meta-iterations; under debug=smoke its stage takes 20."""
+    proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "train", "experiment=best_omniglot_lake20w1s",
+                           "debug=smoke", "trainer.progress=false", "hydra.run.dir=run"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 20
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.parametrize("args,needle", [
     (["train", "--iterations", "5"], "write it as trainer.iterations=5 or pretrain.iterations=5"),
     (["train", "--lr=0.1"], "write it as optimizer.lr=0.1"),

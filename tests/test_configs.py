@@ -140,6 +140,7 @@ def test_every_preset_runs_one_step_under_debug_smoke(tmp_path, preset):
     """`debug=smoke` comes last in the defaults: any preset becomes a seconds-long run on generated data."""
     cfg = compose_config("train", [f"experiment={preset}", "debug=smoke"])
     assert cfg.dataset.name == "synthetic" and cfg.trainer.meta_batch == 2
+    assert cfg.pretrain.epochs is None and cfg.pretrain.max_iterations == 20  # a preset's stage shrinks too
     shrink = {"conv4": ["encoder.width=8", "encoder.widths=null"], "resnet12": ["encoder.channels=[8,8,8,8]"]}[cfg.encoder.name]
     cfg = compose_config("train", [f"experiment={preset}", "debug=smoke", *shrink, "trainer.iterations=1", "trainer.val_every=1",
                                    "trainer.val_episodes=2", "eval.episodes=2", "episode.query=1", "trainer.train_query=1",

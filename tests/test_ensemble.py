@@ -187,6 +187,31 @@ def test_predict_with_an_ensemble_gives_the_mean_of_the_members_probabilities(tw
     assert summary["ensemble_bn_modes"] == ["running", "running"]
 
 
+def test_predict_with_members_of_two_image_sizes_reads_the_files_at_each_size(two_runs, compose_train, tmp_path):
+    """A 32 px member beside the others' size: each reads the same files at its own size; the mean holds."""
+    import csv
+
+    from conftest import write_image_task
+    from metalearn_cli.cli import main
+
+    (tmp_path / "larger").mkdir()
+    training.train(compose_train("dataset.image_size=32", "seed=3"), tmp_path / "larger")
+    names = write_image_task(tmp_path / "task", classes=3, support=(1, 2), query=3)
+    task = [f"support={tmp_path / 'task' / 'support'}", f"query={tmp_path / 'task' / 'query'}", "device=cpu"]
+    for name, args in (("pa", [f"checkpoint={two_runs[0]}"]), ("pl", [f"checkpoint={tmp_path / 'larger'}"]),
+                       ("ens", [f"checkpoint={two_runs[0]}", f"ensemble={tmp_path / 'larger'}"])):
+        assert main(["predict", *args, *task, f"hydra.run.dir={tmp_path / name}"]) == 0
+
+    def probs(name):
+        with open(tmp_path / name / "predictions.csv", newline="") as f:
+            return torch.tensor([[float(r[f"p_{n}"]) for n in names] for r in csv.DictReader(f)])
+
+    assert not torch.allclose(probs("pa"), probs("pl"), atol=1e-3)
+    assert torch.allclose(probs("ens"), (probs("pa") + probs("pl")) / 2, atol=2e-6)
+    formats = json.loads((tmp_path / "ens" / "predictions.json").read_text())["ensemble_image_formats"]
+    assert [f["size"] for f in formats] == [compose_train().dataset.image_size, 32]
+
+
 def test_the_ensemble_key_s_spellings():
     """A list, one path (a folder named ``3`` too) or nothing; an empty path is a one-line error, not the current folder."""
     from omegaconf import OmegaConf
