@@ -48,19 +48,24 @@ def read_state(path: Path) -> Any:
         ) from exc
 
 
+LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # torch.save before 1.6 pickles this number first
+
+
 def _damage(path: Path, exc: Exception) -> str:
     """What is wrong with a file ``torch.load`` refused, in words a user can act on: torch's own
     messages for a damaged file are internal (``KeyError: '101'``, ``pop from empty list``)."""
     message = str(exc).strip()
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(16)
     except OSError as err:
         return f"it cannot be read: {err.strerror or err}"
     if not head:
         return "the file is empty: a copy or download that did not finish?"
-    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save: a zip archive (a pickle before 1.6)
+    if not head.startswith(b"PK\x03\x04") and not head.startswith(b"\x80"):  # torch.save: a zip archive (a pickle before 1.6)
         return "it is not a PyTorch file (torch.save writes a zip archive; this one is something else)"
+    if head.startswith(b"\x80") and head[2:14] != LEGACY_MAGIC:
+        return "it is a plain Python pickle, not a torch.save file (pickle.dump wrote it?); pass a best.pt or last.pt of a run"
     if "weights_only" in message or "Weights only load failed" in message:
         return "it holds pickled objects other than tensors, which are never executed"
     if "central directory" in message:

@@ -1,4 +1,5 @@
 import argparse
+import pickle
 import random
 
 import numpy as np
@@ -51,6 +52,7 @@ def test_corrupt_truncated_foreign_and_future_files_are_refused(tmp_path):
     (lambda good: b"hello world\n" * 40, "not a PyTorch file"),
     (lambda good: bytes(range(256)) * 4, "not a PyTorch file"),
     (lambda good: good.replace(b"data.pkl", b"data.pkX"), "it is damaged inside"),
+    (lambda good: pickle.dumps({"model": {"w": [1.0]}, "step": 1}), "a plain Python pickle, not a torch.save file"),
 ])
 def test_a_refused_file_says_what_is_wrong_in_words_not_torch_internals(tmp_path, content, reason):
     good = tmp_path / "good.pt"
