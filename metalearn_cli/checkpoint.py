@@ -51,20 +51,29 @@ def read_state(path: Path) -> Any:
 LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # torch.save before 1.6 pickles this number first
 
 
+def _plain_pickle(head: bytes) -> bool:
+    """A pickle (protocol 2-5) that does not open with the number torch.save's legacy format pickles first
+    (after protocol 4's frame header, where there is one)."""
+    if len(head) < 3 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+        return False
+    body = head[11:] if head[2:3] == b"\x95" else head[2:]  # FRAME: opcode + 8 length bytes
+    return not body.startswith(LEGACY_MAGIC)
+
+
 def _damage(path: Path, exc: Exception) -> str:
     """What is wrong with a file ``torch.load`` refused, in words a user can act on: torch's own
     messages for a damaged file are internal (``KeyError: '101'``, ``pop from empty list``)."""
     message = str(exc).strip()
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(32)
     except OSError as err:
         return f"it cannot be read: {err.strerror or err}"
     if not head:
         return "the file is empty: a copy or download that did not finish?"
     if not head.startswith(b"PK\x03\x04") and not head.startswith(b"\x80"):  # torch.save: a zip archive (a pickle before 1.6)
         return "it is not a PyTorch file (torch.save writes a zip archive; this one is something else)"
-    if head.startswith(b"\x80") and head[2:14] != LEGACY_MAGIC:
+    if _plain_pickle(head):
         return "it is a plain Python pickle, not a torch.save file (pickle.dump wrote it?); pass a best.pt or last.pt of a run"
     if "weights_only" in message or "Weights only load failed" in message:
         return "it holds pickled objects other than tensors, which are never executed"

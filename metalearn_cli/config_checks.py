@@ -77,6 +77,9 @@ def validate_pretrain(cfg: Any) -> None:
         raise ConfigError("pretrain.iterations must be >= 0, and pretrain.batch_size, val_every, val_episodes >= 1")
     if not 0 <= p.label_smoothing < 1:
         raise ConfigError("pretrain.label_smoothing must be in [0, 1)")
+    if p.max_iterations is not None and p.max_iterations < 1:
+        raise ConfigError(f"pretrain.max_iterations={p.max_iterations} caps the stage's steps: give >= 1 or null "
+                          "(pretrain=none turns the stage off)")
     if p.iterations > 0 and not episodic:  # the node's types and ranges, as the optimizer group's are checked
         try:
             check_optimizer(p.optimizer)

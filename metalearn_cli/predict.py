@@ -95,8 +95,12 @@ def _mean_probabilities(members: list[knowledge.MetaKnowledge], support_dir: Pat
     for m in members:
         images = next((pair for fmt, pair in read if fmt == m.image_format), None)
         if images is None:
-            stacks = read_class_folders(support_dir, m.image_format, "support")[2]
-            images = (torch.cat(stacks), m.read_images(paths))
+            try:
+                stacks = read_class_folders(support_dir, m.image_format, "support")[2]
+                images = (torch.cat(stacks), m.read_images(paths))
+            except DataError as exc:  # the first member read these files; say which format failed
+                fmt = m.image_format
+                raise DataError(f"ensemble member {m.source} ({fmt.channels}-channel, {fmt.size} px): {exc}") from None
             read.append((m.image_format, images))
         probs.append(m.adapt(images[0], labels)(images[1]))
     return torch.stack(probs).mean(0)

@@ -53,6 +53,7 @@ def test_corrupt_truncated_foreign_and_future_files_are_refused(tmp_path):
     (lambda good: bytes(range(256)) * 4, "not a PyTorch file"),
     (lambda good: good.replace(b"data.pkl", b"data.pkX"), "it is damaged inside"),
     (lambda good: pickle.dumps({"model": {"w": [1.0]}, "step": 1}), "a plain Python pickle, not a torch.save file"),
+    (lambda good: pickle.dumps({"model": {"w": [1.0]}}, protocol=2), "a plain Python pickle, not a torch.save file"),
 ])
 def test_a_refused_file_says_what_is_wrong_in_words_not_torch_internals(tmp_path, content, reason):
     good = tmp_path / "good.pt"
@@ -63,3 +64,14 @@ def test_a_refused_file_says_what_is_wrong_in_words_not_torch_internals(tmp_path
         load_checkpoint(bad)
     message = str(err.value)
     assert "\n" not in message and "KeyError" not in message and "central directory" not in message
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_torch_file_in_the_legacy_format_is_not_called_a_plain_pickle(tmp_path, protocol):
+    """torch.save before 1.6 (or with _use_new_zipfile_serialization=False) pickles a magic number first;
+    protocol 4 puts a frame header before it."""
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": argparse.Namespace(a=1)}, legacy, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(legacy)
+    assert "plain Python pickle" not in str(err.value)

@@ -107,6 +107,7 @@ def test_resume_true_continues_a_run_stopped_during_the_episodic_stage(compose_t
     (["pretrain.train_way=500"], DataError, "pretrain=episodic: 500-way tasks .* give pretrain.train_way"),
     (["pretrain.train_query=50"], DataError, "pretrain=episodic: .* lower pretrain.train_query"),
     (["trainer.init_from=somewhere"], ConfigError, "choose one"),
+    (["pretrain.max_iterations=0"], ConfigError, "pretrain.max_iterations=0 caps the stage's steps: give >= 1 or null"),
     (["eval.bn_mode=per_step"], ConfigError, "eval.bn_mode=per_step is not possible in the pre-training stage"),
 ])
 def test_bad_stage_settings_are_one_line_errors_before_anything_is_written(compose_train, tmp_path, overrides, error, message):
