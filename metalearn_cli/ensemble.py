@@ -138,9 +138,10 @@ def ensemble_paths(value: Any) -> list[str]:
     return paths
 
 
-# Dataset keys members may differ in and still read the same test images: how the images are read (their size,
-# where the files are, resampling, caching) and what only training uses. Any other key may change the test images.
-READING_KEYS = ("image_size", "root", "download", "cache", "resample", "channels")
+# Dataset keys members may differ in and still read the same test drawings: how the images are read (their size,
+# where the files are, resampling, caching, framing by their ink) and what only training uses. Any other key may
+# change the test drawings.
+READING_KEYS = ("image_size", "root", "download", "cache", "resample", "channels", "normalise")
 TRAINING_ONLY_KEYS = ("augment", "meta_augment", "rotations", "mirror", "val")
 
 

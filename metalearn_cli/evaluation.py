@@ -196,7 +196,8 @@ def member_tasks(datas: list[FewShotData], split: str, shapes: tuple[int, int, i
 def member_data(ensemble: Ensemble, first: FewShotData, split: str, root: Optional[str]) -> list[FewShotData]:
     """Each member's data set as it reads the test tasks: ``first`` where it reads the same images (other
     training-only settings, such as rotated training classes, do not matter), its own copy where it reads
-    the same classes at another image size; a member tested on other classes or images is refused."""
+    the same classes at another image size or framing (``dataset.normalise``); a member tested on other
+    classes or images is refused."""
     optional = reads_folder(ensemble)
     configs = [dataset_of(saved, root, source, optional) for saved, source in zip(ensemble.datasets, ensemble.sources)]
     datas, built = [first], {repr(sorted(configs[0].items())): first}
@@ -207,7 +208,7 @@ def member_data(ensemble: Ensemble, first: FewShotData, split: str, root: Option
         mine = data.split(split)
         if data.name != first.name or mine.class_names != want.class_names or mine.n_per_class != want.n_per_class:
             raise other_data(ensemble.datasets[0], saved, source, ensemble.sources[0], f"its {split} classes differ")
-        if mine.images.shape == want.images.shape:
+        if mine.images.shape == want.images.shape and config.get("normalise") == configs[0].get("normalise"):
             if not torch.equal(mine.images, want.images):
                 raise other_data(ensemble.datasets[0], saved, source, ensemble.sources[0], f"its {split} images differ")
             data = first

@@ -19,6 +19,8 @@ Protocols (``dataset.split``):
   draws the upright characters again, seen images). ``dataset.rotations=4`` adds
   each training character's 90/180/270-degree turns as new classes (Santoro et al. 2016; Vinyals et
   al. 2016), each turn of an alphabet an alphabet of its own; validation and test stay unrotated.
+- ``dataset.normalise=centre|centre_scale`` frames every drawing by its own ink's centre of mass (and
+  size) before anything else, training and test alike (:mod:`metalearn_cli.data.ink`).
 - ``dataset.mirror=true`` (either split) adds each training class's left-right mirror image as a new
   class, each mirrored alphabet an alphabet of its own; validation and test are never mirrored.
 
@@ -28,9 +30,12 @@ Pixels are inverted so strokes are bright on a zero background (zero padding the
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.data.ink import normalise_ink
 from metalearn_cli.data.omniglot_files import ASSET_DIR, ASSET_NAME, IMAGE_SIZE, OmniglotArrays, arrays_from_root, load_arrays
 from metalearn_cli.episodes import ClassImages
 from metalearn_cli.errors import ConfigError, DataError
@@ -138,6 +143,8 @@ def build_omniglot(params: OmniglotParams) -> FewShotData:
         asset = ASSET_DIR / ASSET_NAME
         if not asset.is_file():
             raise DataError(f"the embedded Omniglot file {asset} is missing; reinstall metalearn or run scripts/prepare_omniglot.py")
-        arrays, _ = load_arrays(str(asset))
-        return make_splits(arrays, params.split, "the embedded Omniglot", params.val, params.rotations, params.mirror)
-    return make_splits(arrays_from_root(params), params.split, f"dataset.root={params.root}", params.val, params.rotations, params.mirror)
+        arrays, where = load_arrays(str(asset))[0], "the embedded Omniglot"
+    else:
+        arrays, where = arrays_from_root(params), f"dataset.root={params.root}"
+    arrays = dataclasses.replace(arrays, images=normalise_ink(arrays.images, params.normalise))
+    return make_splits(arrays, params.split, where, params.val, params.rotations, params.mirror)

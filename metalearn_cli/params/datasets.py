@@ -110,6 +110,14 @@ class OmniglotVal(enum.Enum):
     #   validation draws the upright training characters again (seen images: it ranks checkpoints optimistically)
 
 
+class InkNormalise(enum.Enum):
+    """How each Omniglot drawing is framed by its own ink (:mod:`metalearn_cli.data.ink`)."""
+
+    none = "none"  # as drawn
+    centre = "centre"  # moved so its ink's centre of mass is the image centre
+    centre_scale = "centre_scale"  # also resized so its ink's RMS radius is the set's mean (0.8-1.25x)
+
+
 @dataclass
 class OmniglotParams:
     name: str = "omniglot"
@@ -122,6 +130,7 @@ class OmniglotParams:
     image_size: int = 28  # pixels per side (Vinyals et al.: 28); other sizes are read from the full-resolution archives in root
     rotations: int = 1  # split=background: each training character also rotated by 90/180/270 degrees into new classes (4)
     mirror: bool = False  # each training class (and each turn) also mirrored left-right into a new class; val and test never
+    normalise: InkNormalise = InkNormalise.none  # every image (train, val, test) framed by its own ink, once at load
 
     def image_format(self) -> ImageFormat:
         return dataclasses.replace(OMNIGLOT_FORMAT, size=self.image_size)
