@@ -3,7 +3,7 @@
 
     python scripts/bench_meta_networks.py [--iterations 500] [--device cpu] [--out DIR]
 
-Omniglot 5-way 1-shot, ``strategy=mgd``, the same number of meta-iterations for every pair
+Omniglot 5-way 1-shot (``dataset=omniglot``, the Vinyals split), ``strategy=mgd``, the same number of meta-iterations for every pair
 (5-way 1-shot training tasks, 15 queries), the best-on-validation checkpoint tested on 1,000 fixed
 tasks. Pairs the composition rules refuse (FiLM needs an encoder with per-block modulation) are
 listed with the reason. Prints one markdown table: parameters, test accuracy ± CI95, training
@@ -34,7 +34,7 @@ def parameters(encoder: str, decoder: str) -> int | str:
 
     register_configs()
     with initialize_config_module(config_module="metalearn_cli.configs", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"encoder={encoder}", f"decoder={decoder}", "trainer.train_way=null"])
+        cfg = compose(config_name="train", overrides=["dataset=omniglot", f"encoder={encoder}", f"decoder={decoder}", "trainer.train_way=null"])
     try:
         return sum(p.numel() for p in build_meta_model(cfg, (1, 28, 28)).parameters())
     except MetalearnError as exc:
@@ -56,7 +56,7 @@ def main() -> int:
                 rows.append(f"| `{encoder}` | `{decoder}` | – | refused: {params} | | |")
                 continue
             run = args.out / f"{encoder}-{decoder}"
-            cmd = [sys.executable, "-m", "metalearn_cli", "train", f"encoder={encoder}", f"decoder={decoder}",
+            cmd = [sys.executable, "-m", "metalearn_cli", "train", "dataset=omniglot", f"encoder={encoder}", f"decoder={decoder}",
                    f"trainer.iterations={args.iterations}", "trainer.train_way=null", "trainer.train_query=null",
                    f"trainer.val_every={max(1, args.iterations // 2)}", f"eval.episodes={args.episodes}",
                    f"device={args.device}", "trainer.progress=false", f"hydra.run.dir={run}"]

@@ -41,7 +41,7 @@ print(probs.shape, probs.argmax(-1).tolist())
 """
 
 STEPS: list[tuple[str, str, int]] = [  # (title, command line, the exit code it documents)
-    ("Train: ProtoNets on the embedded Omniglot, a short budget (the default is 5,000 meta-iterations)",
+    ("Train: ProtoNets on the embedded Omniglot, a short budget (the default is 3,700 meta-iterations)",
      "metalearn train trainer.iterations=300 trainer.val_every=150 hydra.run.dir=runs/protonet", 0),
     ("Evaluate the best checkpoint on another task shape", "metalearn eval checkpoint=runs/protonet episode=20way1shot "
      "eval.episodes=300 hydra.run.dir=runs/eval-20way", 0),

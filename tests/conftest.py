@@ -18,6 +18,7 @@ FAST = [
     "dataset.val_classes=8",
     "dataset.test_classes=8",
     "dataset.images_per_class=8",
+    "encoder=conv4",  # one width in every block (the default's encoder=conv4_fast widens the late ones)
     "encoder.width=16",
     "episode.query=3",
     "trainer.iterations=6",

@@ -50,7 +50,7 @@ def test_default_run_dir_is_named_by_task_and_choices(tmp_path):
     proc = run_cli("train", *SMOKE, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     (run,) = (tmp_path / "outputs" / "train").iterdir()
-    assert run.name == "synthetic-conv4-prototype-mgd-5way1shot"
+    assert run.name == "synthetic-conv4_fast-prototype-mgd-5way1shot"
 
 
 def test_help_names_the_subcommand_and_lists_groups(tmp_path):

@@ -77,6 +77,20 @@ def test_defaults_are_the_documented_ones():
     cfg = compose_config("train")
     assert (cfg.dataset.name, cfg.encoder.name, cfg.decoder.name, cfg.strategy.name) == ("omniglot", "conv4", "prototype", "mgd")
     assert (cfg.episode.way, cfg.episode.shot) == (5, 1) and cfg.eval.episodes == 1000
+    # the fast recipe (README, "What it reaches"): experiment=fast_omniglot_5w1s is the same run with its published figure
+    plain_values = OmegaConf.to_container(cfg, enum_to_str=True)
+    recipe = tuple(plain_values[group][key] for group, key in (("dataset", "val"), ("dataset", "normalise"), ("encoder", "widths"),
+                   ("encoder", "global_pool"), ("trainer", "iterations"), ("trainer", "train_query"), ("trainer", "augment"),
+                   ("eval", "tta_shift")))
+    assert recipe == ("trainval", "centre_scale", [32, 64, 128, 128], True, 3700, 2, "auto", 2)
+    named = compose_config("train", ["experiment=fast_omniglot_5w1s"])
+    assert {k: v for k, v in OmegaConf.to_container(named).items() if k != "reference"} == \
+        {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "reference"}
+    # another data set, or an experiment, drops the recipe: nothing of it leaks into a preset
+    plain = compose_config("train", ["dataset=omniglot"])
+    assert (plain.trainer.iterations, plain.trainer.train_query, plain.trainer.augment.value, plain.eval.tta_shift) == (5000, 5, "none", 0)
+    snell = compose_config("train", ["experiment=protonet_omniglot_5w1s"])
+    assert (snell.trainer.train_query, snell.trainer.augment.value, snell.eval.tta_shift, snell.encoder.widths) == (5, "none", 0, None)
 
 
 def test_experiment_headers_name_the_command_and_the_published_figure():
@@ -223,7 +237,9 @@ def test_a_gradient_based_strategy_brings_its_papers_decoder_and_task_shape(stra
     assert (cfg.decoder.name, cfg.trainer.train_way, cfg.trainer.train_query) == ("linear", None, None)
     cfg = compose_config("train", [f"strategy={strategy}", "decoder=latent", "trainer.train_way=20"])
     assert (cfg.decoder.name, cfg.trainer.train_way) == ("latent", 20)  # what the user types wins
-    cfg = compose_config("train")
+    cfg = compose_config("train")  # the default data set option brings the fast recipe's 2 queries; a strategy's shape wins
+    assert (cfg.decoder.name, cfg.trainer.train_way, cfg.trainer.train_query) == ("prototype", 60, 2)
+    cfg = compose_config("train", ["dataset=omniglot"])
     assert (cfg.decoder.name, cfg.trainer.train_way, cfg.trainer.train_query) == ("prototype", 60, 5)
 
 
