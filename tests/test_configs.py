@@ -231,6 +231,20 @@ def test_option_yamls_never_restate_a_default_with_another_value(group):
         assert not _restated(raw, _schema_defaults(REGISTRIES[group].get(name).params)), path
 
 
+@pytest.mark.smoke
+@pytest.mark.parametrize("strategy", REGISTRIES["strategy"].names())
+def test_every_strategy_trains_and_tests_on_the_default_data_set_option(tmp_path, strategy):
+    """`metalearn train strategy=X` keeps the default data set option's distortions and shifted test copies (debug=smoke
+    would swap the data set and drop both): every strategy trains on the framed Omniglot with them and tests with them."""
+    cfg = compose_config("train", [f"strategy={strategy}", "encoder.widths=[8,8,8,8]", "trainer.iterations=1", "trainer.val_every=1",
+                                   "trainer.val_episodes=2", "trainer.train_way=5", "eval.episodes=2", "device=cpu",
+                                   "trainer.progress=false"])
+    assert (cfg.dataset.normalise.value, cfg.trainer.augment.value, cfg.eval.tta_shift) == ("centre_scale", "auto", 2)
+    training.train(cfg, tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["way"] == 5 and 0 <= results["accuracy"] <= 1
+
+
 @pytest.mark.parametrize("strategy", ["maml", "fomaml", "anil", "metasgd"])
 def test_a_gradient_based_strategy_brings_its_papers_decoder_and_task_shape(strategy):
     cfg = compose_config("train", [f"strategy={strategy}"])
