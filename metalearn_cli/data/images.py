@@ -18,6 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from metalearn_cli.errors import DataError
 from metalearn_cli.params.datasets import ImageFormat  # noqa: F401 (re-exported: the conversion's declaration)
+from metalearn_cli.data.ink import normalise_ink
+from metalearn_cli.params.datasets import InkNormalise
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -34,6 +36,8 @@ def pipeline(fmt: ImageFormat) -> Any:
     ]
     if fmt.invert:
         steps.append(transforms.Lambda(lambda t: 255 - t))
+    if fmt.normalise != "none":  # after inverting: the ink is what is bright
+        steps.append(transforms.Lambda(lambda t: torch.from_numpy(normalise_ink(t.numpy(), InkNormalise(fmt.normalise)))))
     return transforms.Compose(steps)
 
 

@@ -27,11 +27,13 @@ class ImageFormat:
     size: int  # square side in pixels; images are resized to it whatever their aspect ratio
     resample: str = "bilinear"  # lanczos | bilinear | bicubic | nearest
     invert: bool = False  # 255 - pixel after conversion (Omniglot: dark strokes on white become bright on black)
+    normalise: str = "none"  # each drawing framed by its own ink after conversion (InkNormalise: dataset.normalise)
 
     def __post_init__(self) -> None:
-        if self.channels not in (1, 3) or self.size < 1 or self.resample not in RESAMPLING:
+        if self.channels not in (1, 3) or self.size < 1 or self.resample not in RESAMPLING or \
+                self.normalise not in ("none", "centre", "centre_scale"):
             raise DataError(f"invalid image format {self}: channels must be 1 or 3, size >= 1, "
-                            f"resample one of {', '.join(RESAMPLING)}")
+                            f"resample one of {', '.join(RESAMPLING)}, normalise one of none, centre, centre_scale")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -42,7 +44,8 @@ class ImageFormat:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ImageFormat":
-        return cls(int(values["channels"]), int(values["size"]), str(values["resample"]), bool(values["invert"]))
+        return cls(int(values["channels"]), int(values["size"]), str(values["resample"]), bool(values["invert"]),
+                   str(values.get("normalise", "none")))  # exports written before 2026-12-05 have no normalise
 
 
 OMNIGLOT_FORMAT = ImageFormat(channels=1, size=28, resample="lanczos", invert=True)  # Vinyals et al.'s 28 x 28
@@ -133,7 +136,8 @@ class OmniglotParams:
     normalise: InkNormalise = InkNormalise.none  # every image (train, val, test) framed by its own ink, once at load
 
     def image_format(self) -> ImageFormat:
-        return dataclasses.replace(OMNIGLOT_FORMAT, size=self.image_size)
+        """Also framed as the data set frames its drawings, so a user's images (predict, ``load``) match them."""
+        return dataclasses.replace(OMNIGLOT_FORMAT, size=self.image_size, normalise=InkNormalise(self.normalise).value)
 
 
 @dataclass

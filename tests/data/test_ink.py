@@ -119,3 +119,21 @@ def test_an_ensemble_member_framed_otherwise_reads_its_own_copy_of_the_same_task
     assert not torch.equal(datas[1].test.images, first.test.images)
     with pytest.raises(ConfigError, match="dataset.split='vinyals' against 'background'"):
         check_same_test_data(pair.datasets[0], saved("centre_scale", "vinyals"), "c", "a")
+
+
+def test_a_users_drawing_is_framed_as_the_training_drawings_were(tmp_path):
+    """predict and load().adapt read a user's files with the data set's ImageFormat: a framed run's format frames
+    them too, so they look to the model as its training and test drawings did; an export without the key reads none."""
+    from PIL import Image
+
+    from metalearn_cli.data import image_format
+    from metalearn_cli.data.images import ImageFormat, read_image
+
+    framed, plain = image_format({"name": "omniglot", "normalise": "centre_scale"}), image_format({"name": "omniglot"})
+    assert (framed.normalise, plain.normalise) == ("centre_scale", "none")
+    ink = drawing(2, 3, 6, 4)  # bright strokes, off centre
+    Image.fromarray(255 - ink).save(tmp_path / "mine.png")  # as a user's file: dark strokes on white
+    assert np.array_equal(read_image(tmp_path / "mine.png", framed)[0].numpy(), normalise_ink(ink[None], InkNormalise.centre_scale)[0])
+    assert np.array_equal(read_image(tmp_path / "mine.png", plain)[0].numpy(), ink)
+    older = {k: v for k, v in framed.to_dict().items() if k != "normalise"}
+    assert ImageFormat.from_dict(older).normalise == "none"
