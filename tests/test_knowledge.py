@@ -21,7 +21,7 @@ def test_export_holds_the_meta_knowledge_alone_and_loads_safely(trained_run, tmp
     state = torch.load(out, map_location="cpu", weights_only=True)
     assert state["format"] == "metalearn-meta-knowledge"
     assert not {"optimizer", "rng", "sampler", "schedule"} & set(state)
-    assert state["image_format"] == {"channels": 1, "size": 28, "resample": "bilinear", "invert": False}
+    assert state["image_format"] == {"channels": 1, "size": 28, "resample": "bilinear", "invert": False, "normalise": "none"}
     ckpt = torch.load(trained_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert all(torch.equal(state["model"][k], ckpt["model"][k]) for k in ckpt["model"])
 
