@@ -19,6 +19,14 @@ from metalearn_cli.schema import Augment
 RESAMPLING = ("lanczos", "bilinear", "bicubic", "nearest")
 
 
+class InkNormalise(enum.Enum):
+    """How each Omniglot drawing is framed by its own ink (:mod:`metalearn_cli.data.ink`)."""
+
+    none = "none"  # as drawn
+    centre = "centre"  # moved so its ink's centre of mass is the image centre
+    centre_scale = "centre_scale"  # also resized so its ink's RMS radius is the set's mean (0.8-1.25x)
+
+
 @dataclass(frozen=True)
 class ImageFormat:
     """How any image file becomes a ``[channels, size, size]`` uint8 tensor for the model."""
@@ -30,10 +38,10 @@ class ImageFormat:
     normalise: str = "none"  # each drawing framed by its own ink after conversion (InkNormalise: dataset.normalise)
 
     def __post_init__(self) -> None:
-        if self.channels not in (1, 3) or self.size < 1 or self.resample not in RESAMPLING or \
-                self.normalise not in ("none", "centre", "centre_scale"):
+        framings = [mode.value for mode in InkNormalise]  # dataset.normalise's choices
+        if self.channels not in (1, 3) or self.size < 1 or self.resample not in RESAMPLING or self.normalise not in framings:
             raise DataError(f"invalid image format {self}: channels must be 1 or 3, size >= 1, "
-                            f"resample one of {', '.join(RESAMPLING)}, normalise one of none, centre, centre_scale")
+                            f"resample one of {', '.join(RESAMPLING)}, normalise one of {', '.join(framings)}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -111,14 +119,6 @@ class OmniglotVal(enum.Enum):
     #   al.'s final runs did); validation still draws from them, so it measures seen classes and is optimistic.
     #   split=background: all 30 alphabets and all 20 drawers train (Lake et al.'s training set, nothing held out);
     #   validation draws the upright training characters again (seen images: it ranks checkpoints optimistically)
-
-
-class InkNormalise(enum.Enum):
-    """How each Omniglot drawing is framed by its own ink (:mod:`metalearn_cli.data.ink`)."""
-
-    none = "none"  # as drawn
-    centre = "centre"  # moved so its ink's centre of mass is the image centre
-    centre_scale = "centre_scale"  # also resized so its ink's RMS radius is the set's mean (0.8-1.25x)
 
 
 @dataclass
