@@ -16,8 +16,9 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     """A saved config in today's layout: ``strategy.clip`` moved to ``optimizer.clip``;
     ``episode.protocol``, ``pretrain``, ``trainer.freeze_encoder`` and the transformer's ``stem`` (files
     before it hold the patch stem) were added on 2026-11-27; ``pretrain.lr`` and ``weight_decay`` moved
-    into ``pretrain.optimizer``, ``logger`` was added, and FEAT took its code's recipe, on 2026-12-01. Options added to a data set,
-    the trainer, pre-training or evaluation since a file was written take their defaults, which keep what the run did then."""
+    into ``pretrain.optimizer``, ``logger`` was added, and FEAT took its code's recipe, on 2026-12-01; a Conv-4's
+    ``width`` is null beside ``widths`` since 2026-12-05. Options added to a data set, the trainer, pre-training or
+    evaluation since a file was written take their defaults, which keep what the run did then."""
     from metalearn_cli.schema import PretrainConfig
 
     config = copy.deepcopy(config)
@@ -36,6 +37,8 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     encoder = config.get("encoder")
     if isinstance(encoder, dict) and encoder.get("name") == "transformer":  # the conv stem became the default on 2026-11-27
         encoder.setdefault("stem", "patch")
+    if isinstance(encoder, dict) and encoder.get("name") == "conv4" and encoder.get("widths"):
+        encoder["width"] = None  # unused beside widths, and refused there since 2026-12-05
     pretrain = config.get("pretrain")
     if isinstance(pretrain, dict) and "optimizer" not in pretrain:  # an optimizer node since 2026-12-01
         node = copy.deepcopy(PretrainConfig().optimizer)

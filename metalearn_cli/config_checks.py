@@ -164,3 +164,15 @@ def validate_train_config(cfg: Any) -> DictConfig:
         return OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_config(plain))
     except Exception as exc:
         raise ConfigError(f"invalid run config: {str(exc).splitlines()[0]}") from exc
+
+
+def seen_class_validation(cfg: Any) -> Optional[str]:
+    """Why a sweep over this config would rank trials by classes that also train, or None: the default
+    data set option (and the best presets) validate on their training characters (``dataset.val=trainval``)."""
+    val = OmegaConf.select(cfg, "dataset.val")
+    val = getattr(val, "value", val)
+    if val not in ("trainval", "drawers"):
+        return None
+    what = "characters that also train" if val == "trainval" else "new drawings of the training characters"
+    return (f"dataset.val={val} validates on {what}, so this sweep ranks its trials by seen classes; add dataset=omniglot "
+            "(or dataset.val=alphabets on split=background) to rank them by held-out ones")

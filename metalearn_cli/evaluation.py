@@ -31,6 +31,7 @@ from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load
 from metalearn_cli.files import atomic_write
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.rundir import write_results, write_status
+from metalearn_cli.schema import EvalConfig
 from metalearn_cli.strategies import Strategy, query_accuracy
 
 log = logging.getLogger(__name__)
@@ -240,19 +241,36 @@ def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool
     return dataset
 
 
+def eval_settings(choices: Any, saved: Any) -> Any:
+    """``metalearn eval``'s eval.*: the checkpoint's own (those its results.json was scored with), each key the
+    command line set (not null) replacing the checkpoint's value; checked as one config."""
+    typed = {key: value for key, value in choices.items() if value is not None}
+    merged = OmegaConf.merge(OmegaConf.structured(EvalConfig), saved if saved is not None else {}, typed)
+    validate_eval(merged)
+    default = OmegaConf.structured(EvalConfig)
+    kept = [f"eval.{k}={v.name if hasattr(v, 'name') else v}" for k, v in merged.items()
+            if k not in typed and v != default[k]]
+    if kept:
+        log.info("the checkpoint's own test settings: %s (set any of them on the command line to change it)",
+                 " ".join(kept))
+    return merged
+
+
 def evaluate(cfg: Any, run_dir: Path) -> float:
     """``metalearn eval``: test a checkpoint or export on fixed tasks; writes ``results.json``; returns accuracy."""
     wall_start = time.perf_counter()
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split} is not an evaluation split; use test or val")
-    validate_eval(cfg.eval)
     check_seed(cfg.seed)
     device = setup_device(cfg)
     others = ensemble_paths(cfg.ensemble)
-    if others and cfg.eval.finetune_steps:
-        raise ConfigError("eval.finetune_steps cannot be combined with ensemble=; drop one of the two")
     knowledge = read_meta_knowledge(cfg.checkpoint)
     strategy, train_cfg = load_strategy(knowledge, device)
+    eval_cfg = eval_settings(cfg.eval, OmegaConf.select(train_cfg, "eval"))
+    if others and eval_cfg.finetune_steps:
+        whose = "" if cfg.eval.finetune_steps is not None else " (the checkpoint's own)"
+        raise ConfigError(f"eval.finetune_steps={eval_cfg.finetune_steps}{whose} cannot be combined with ensemble=; "
+                          "drop ensemble= or set eval.finetune_steps=0")
     source = str(Path(knowledge["source"]).resolve())
     log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
     if others:
@@ -263,11 +281,11 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], optional))
     members = member_data(strategy, data, cfg.split, cfg.dataset_root) if others else [data]
     for member in members:
-        check_tta_shift(cfg.eval.tta_shift, member.image_shape)
+        check_tta_shift(eval_cfg.tta_shift, member.image_shape)
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed
-    finetune = Finetuner.of(cfg.eval, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
-    result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), cfg.eval, seed,
+    finetune = Finetuner.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
+    result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), eval_cfg, seed,
                               device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode), finetune=finetune,
                               members=members)
     result.update({

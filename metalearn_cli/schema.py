@@ -10,8 +10,8 @@ before anything runs. This module imports none of the components.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Optional, get_type_hints
 
 from omegaconf import MISSING
 
@@ -140,6 +140,12 @@ class EvalConfig:
     tta_shift: int = 0  # 0 = off
 
 
+# `metalearn eval`'s eval.*: each key the command line leaves null is the checkpoint's own (its run tested so), so
+# `metalearn eval checkpoint=R` reproduces R's results.json; built from EvalConfig so the two cannot drift apart.
+EvalChoices = make_dataclass("EvalChoices", [(f.name, Optional[hint], field(default=None))
+                                             for f, hint in zip(fields(EvalConfig), get_type_hints(EvalConfig).values())])
+
+
 @dataclass
 class ReferenceConfig:
     """The published figure a preset reproduces: copied into results.json for reports to print beside ours."""
@@ -174,7 +180,7 @@ class EvalRunConfig:
     ensemble: Any = field(default_factory=list)  # more checkpoints or run dirs ([B,C], or one path), scored with it: the mean of their class probabilities
     episode: Optional[EpisodeConfig] = None  # null: the checkpoint's own episode shape
     split: str = "test"  # test | val
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalChoices = field(default_factory=EvalChoices)  # each key null: the checkpoint's own eval.* (EvalConfig)
     seed: Optional[int] = None  # null: the checkpoint's seed (the same tasks as its results.json)
     dataset_root: Optional[str] = None  # where the checkpoint's data set lives, when it was read from a folder (never taken from the file)
     device: str = "auto"

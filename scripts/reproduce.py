@@ -189,9 +189,9 @@ def print_estimates(cells: list[tuple[str, float | None, str]]) -> None:
     print("#   for a 2-core CPU with native bf16 (AVX512-BF16 on AMD, or AMX), as measured on docs/benchmarks.md's\n"
           "#   reference machine (an AMD EPYC); without it precision=auto trains in fp32 and the bf16 cells (protonet,\n"
           "#   latent, rfs) take about 1.6x longer, and an Intel Xeon with AVX512-BF16 but no AMX (fp32 there) took\n"
-          "#   2.4x as long for the default run. On top: each run's start-up (about 5 s) and final test, from\n"
-          "#   seconds (ProtoNet 5-way) to about 7 min (MAML 20-way 5-shot: 300 tasks of 3 inner steps); see\n"
-          "#   docs/benchmarks.md.")
+          "#   2.4x as long for the default run until 2026-12-05 (encoder=conv4, 5,000 iterations). On top: each\n"
+          "#   run's start-up (about 5 s) and final test, from seconds (ProtoNet 5-way) to about 7 min (MAML 20-way\n"
+          "#   5-shot: 300 tasks of 3 inner steps); see docs/benchmarks.md.")
 
 
 def collect(out: Path) -> list[dict[str, Any]]:

@@ -233,7 +233,7 @@ def test_help_with_a_bad_override_is_one_line(capsys):
 
 
 def test_a_redirected_log_has_no_progress_bar_frames(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "train", "dataset=synthetic", "encoder.width=8",
+    proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "train", "dataset=synthetic", "encoder=conv4", "encoder.width=8",
                            "trainer.iterations=20", "trainer.val_every=10", "trainer.log_every=5", "trainer.train_way=null",
                            "trainer.train_query=null", "eval.episodes=20", "trainer.progress=true",
                            f"hydra.run.dir={tmp_path / 'r'}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -1,7 +1,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from metalearn_cli.config_checks import check_typed_pretrain_keys
+from conftest import compose_config
+from metalearn_cli.config_checks import check_typed_pretrain_keys, seen_class_validation
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.schema import PretrainConfig, PretrainKind
 
@@ -20,3 +21,11 @@ def test_a_typed_key_the_stage_does_not_read_is_refused_naming_it():
                            (supervised, "pretrain.within_alphabet", "supervised")]:
         with pytest.raises(ConfigError, match=f"{key} is read by pretrain=.* only; this run's stage is pretrain={kind}"):
             check_typed_pretrain_keys(cfg, ["seed", key])
+
+
+@pytest.mark.parametrize("overrides, seen", [([], True), (["dataset=omniglot"], False),
+                                             (["experiment=best_omniglot_20w1s"], True),
+                                             (["dataset=omniglot_background", "dataset.val=drawers"], True),
+                                             (["dataset=synthetic"], False)])
+def test_a_sweep_is_told_when_validation_draws_training_classes(overrides, seen):
+    assert (seen_class_validation(compose_config("train", overrides)) is not None) == seen

@@ -84,7 +84,7 @@ def test_the_eval_command_scores_an_ensemble_on_the_first_member_s_tasks(two_run
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["eval.finetune_steps=2"], "eval.finetune_steps cannot be combined with ensemble="),
+    (["eval.finetune_steps=2"], "eval.finetune_steps=2 cannot be combined with ensemble="),
     (["eval.bn_mode=per_step"], "eval.bn_mode=per_step is not possible"),
 ])
 def test_refusals_are_one_line(two_runs, tmp_path, extra, expected):

@@ -25,6 +25,21 @@ def test_eval_of_best_checkpoint_reproduces_results_exactly(compose_train, run_d
     assert accuracy == ours["accuracy"]
 
 
+def test_eval_takes_the_runs_own_test_settings_unless_the_command_line_sets_them(compose_train, run_dir, tmp_path):
+    """The default run tests with shifted copies (eval.tta_shift=2): `metalearn eval checkpoint=R` alone must
+    reproduce its results.json, and a typed eval.* (even the schema's default, 0) must win."""
+    training.train(compose_train("eval.tta_shift=1", "eval.episodes=12"), run_dir)
+    trained = json.loads((run_dir / "results.json").read_text())
+    assert evaluation.evaluate(compose_config("eval", [f"checkpoint={run_dir}", "device=cpu"]),
+                               tmp_path / "own") == trained["accuracy"]
+    own = json.loads((tmp_path / "own" / "results.json").read_text())
+    assert (own["tta_shift"], own["episodes"]) == (1, 12)
+    evaluation.evaluate(compose_config("eval", [f"checkpoint={run_dir}", "device=cpu", "eval.tta_shift=0"]),
+                        tmp_path / "typed")
+    typed = json.loads((tmp_path / "typed" / "results.json").read_text())
+    assert (typed["tta_shift"], typed["episodes"]) == (0, 12)
+
+
 def test_eval_on_another_shape_and_a_run_dir(compose_train, run_dir, tmp_path):
     training.train(compose_train(), run_dir)
     cfg = compose_config("eval", [f"checkpoint={run_dir}", "episode=5way5shot", "episode.query=2", "device=cpu",
@@ -174,7 +189,7 @@ def test_batching_tasks_never_mixes_their_statistics(compose_train, tmp_path, mo
 
 def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
     run = tmp_path / "run"
-    training.train(compose_config("train", ["dataset.split=background", "encoder.width=8", "trainer.iterations=3",
+    training.train(compose_config("train", ["dataset.split=background", "encoder=conv4", "encoder.width=8", "trainer.iterations=3",
                                         "trainer.val_every=3", "trainer.val_episodes=4", "trainer.train_way=20",
                                         "eval.episodes=4", "trainer.progress=false", "device=cpu"]), run)
     cfg = compose_config("eval", [f"checkpoint={run}", "episode=lake20way1shot", "eval.episodes=6", "device=cpu"])
@@ -182,7 +197,7 @@ def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
     results = json.loads((tmp_path / "lake" / "results.json").read_text())
     assert (results["protocol"], results["way"], results["shot"], results["query"], results["episodes"]) == ("lake", 20, 1, 1, 6)
     vinyals = tmp_path / "vinyals"
-    training.train(compose_config("train", ["encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
+    training.train(compose_config("train", ["encoder=conv4", "encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
                                         "trainer.val_episodes=2", "eval.episodes=2", "trainer.progress=false",
                                         "device=cpu"]), vinyals)
     with pytest.raises(Exception, match="dataset.split=background"):

@@ -111,6 +111,7 @@ CASES = [
     (["train", *[o for o in SMOKE if not o.startswith("encoder.")], "encoder=rnn", "decoder=film"], "decoder=film needs an encoder that accepts FiLM"),
     (["train", *SMOKE, "decoder=latent", "decoder.latent_dim=0"], "latent_dim >= 1"),
     (["train", *SMOKE, "encoder.width=0"], "width >= 1"),
+    (["train", *SMOKE, "encoder.widths=[8,8,8,8]"], "encoder.width=16 and encoder.widths=[8, 8, 8, 8] are both set"),
     (["train", *SMOKE, "dataset.channels=2"], "1 or 3 channels"),
     (["train", *SMOKE, "+foo=bar"], "Key 'foo' not in 'TrainConfig'"),
     (["train", *SMOKE, "+encoder._target_=os.system"], "_target_"),

@@ -38,6 +38,16 @@ def test_a_2x2_grid_gives_four_run_dirs(tmp_path):
     assert all(json.loads((j / "status.json").read_text())["status"] == "completed" for j in jobs)
 
 
+def test_a_sweep_ranking_by_seen_classes_says_so(tmp_path):
+    """The default data set option validates on characters that also train: a sweep would rank by them."""
+    args = ["dataset=omniglot_trainval", "encoder=conv4", "encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
+            "trainer.val_episodes=2", "trainer.train_way=5", "eval.episodes=2", "device=cpu", "seed=0"]
+    proc = subprocess.run([EXE, "train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "dataset.val=trainval" in proc.stdout + proc.stderr and "ranks its trials by seen classes" in proc.stdout + proc.stderr
+
+
 @pytest.mark.skipif(not plugin("hydra_optuna_sweeper"), reason='needs the sweep extra: pip install -e ".[sweep]"')
 def test_optuna_study_maximises_validation_accuracy(tmp_path):
     proc, jobs = sweep(tmp_path, "sweep=optuna_protonet", "hydra.sweeper.n_trials=2", "trainer.train_way=5")

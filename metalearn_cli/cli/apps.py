@@ -90,13 +90,15 @@ def train_app(cfg: DictConfig) -> float:
 
     def job(accept: Callable[[], None]) -> float:
         from metalearn_cli.training import Training
-        from metalearn_cli.config_checks import check_typed_pretrain_keys
+        from metalearn_cli.config_checks import check_typed_pretrain_keys, seen_class_validation
         from metalearn_cli.resume import resumed_config
 
         refuse_foreign_target("train", run_dir, resuming=True)  # inside another run: refused (held: by the loop)
         typed = typed_keys(list(HydraConfig.get().overrides.task))
         config = resumed_config(cfg, run_dir, typed)
         check_typed_pretrain_keys(config, typed)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and seen_class_validation(config):
+            log.warning("metalearn train -m: %s", seen_class_validation(config))
         run = Training(config, run_dir)  # every check; a refusal leaves an existing run as it was
         accept()
         return run.run()

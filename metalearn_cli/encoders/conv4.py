@@ -24,7 +24,11 @@ class Conv4(Encoder):
     def __init__(self, params: Conv4Params, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
         c, h, w = image_shape
-        widths = list(params.widths) if params.widths else [params.width] * params.blocks
+        if params.widths and params.width is not None:  # one of the two, so that neither is silently unused
+            raise ConfigError(f"encoder.width={params.width} and encoder.widths={list(params.widths)} are both set, and only "
+                              "one can apply: encoder.width=null keeps the widths, encoder.widths=null gives every block "
+                              "encoder.width channels (the default encoder=conv4_fast sets widths; encoder=conv4 does not)")
+        widths = list(params.widths) if params.widths else [64 if params.width is None else params.width] * params.blocks
         if min(widths, default=0) < 1 or params.blocks < 1 or len(widths) != params.blocks:
             raise ConfigError(f"encoder=conv4 needs width >= 1, blocks >= 1 and, if given, one of encoder.widths per block "
                               f"(blocks={params.blocks}, widths={params.widths})")

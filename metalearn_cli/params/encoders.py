@@ -10,9 +10,10 @@ from typing import Optional
 @dataclass
 class Conv4Params:
     name: str = "conv4"
-    width: int = 64  # channels per conv layer; 64 is the standard, 32 is MAML's mini-ImageNet choice
+    width: Optional[int] = None  # channels in every block; null = 64, the standard (32 is MAML's mini-ImageNet choice), or
+    #   widths where given: setting both is refused, so that neither is silently unused
     blocks: int = 4  # each halves the resolution
-    widths: Optional[list[int]] = None  # channels of each block, e.g. [32, 64, 128, 128] (the small late maps cost little); when given, width is unused
+    widths: Optional[list[int]] = None  # channels of each block, e.g. [32, 64, 128, 128] (the small late maps cost little); when given, width must be null
     global_pool: bool = False  # the last block max-pools its whole map (at 28 px a 2x2 window pools only the top-left 2x2 of the 3x3 map)
 
 

@@ -88,7 +88,7 @@ def test_a_framed_lake_run_through_the_console_script_records_the_option(tmp_pat
     exe = Path(sys.executable).with_name("metalearn")
     proc = subprocess.run([str(exe), "train", "dataset=omniglot_background", f"dataset.normalise={mode}",
                            "episode=lake20way1shot", "trainer.train_way=20", "trainer.iterations=4", "trainer.val_every=2",
-                           "trainer.val_episodes=4", "trainer.log_every=2", "eval.episodes=10", "encoder.width=16",
+                           "trainer.val_episodes=4", "trainer.log_every=2", "eval.episodes=10", "encoder=conv4", "encoder.width=16",
                            f"hydra.run.dir='{run}'"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"normalise: {mode}" in (run / ".hydra" / "config.yaml").read_text()

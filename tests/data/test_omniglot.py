@@ -199,7 +199,7 @@ def test_a_within_alphabet_augmented_lake_run_through_the_console_script(tmp_pat
     proc = subprocess.run([str(exe), "train", "dataset=omniglot_background", "dataset.val=drawers", "episode=lake20way1shot",
                            "trainer.within_alphabet=1", "trainer.augment=auto", "trainer.train_way=20", "trainer.iterations=6",
                            "trainer.val_every=3", "trainer.val_episodes=6", "trainer.log_every=3", "eval.episodes=20",
-                           "encoder.width=16", f"hydra.run.dir='{run}'"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                           "encoder=conv4", "encoder.width=16", f"hydra.run.dir='{run}'"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     config = (run / ".hydra" / "config.yaml").read_text()
     assert "within_alphabet: 1" in config and "augment: auto" in config and "val: drawers" in config

@@ -84,6 +84,9 @@ def test_conv4_widths_per_block():
     assert encoder(torch.rand(3, 1, 28, 28), film).shape == (3, 24)
     with pytest.raises(ConfigError, match="one of encoder.widths per block"):
         ENCODERS.build({"name": "conv4", "widths": [8, 8]}, image_shape=(1, 28, 28))
+    with pytest.raises(ConfigError, match="both set, and only one can apply"):  # neither may be silently unused
+        ENCODERS.build({"name": "conv4", "width": 16, "widths": [8, 8, 16, 24]}, image_shape=(1, 28, 28))
+    assert ENCODERS.build({"name": "conv4"}, image_shape=(1, 28, 28)).out_dim == 64  # neither: the standard 64
 
 
 def test_conv4_global_pool_takes_the_whole_last_map():
