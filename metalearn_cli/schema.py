@@ -10,7 +10,7 @@ before anything runs. This module imports none of the components.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional, get_type_hints
 
 from omegaconf import MISSING
@@ -142,8 +142,8 @@ class EvalConfig:
 
 # `metalearn eval`'s eval.*: each key the command line leaves null is the checkpoint's own (its run tested so), so
 # `metalearn eval checkpoint=R` reproduces R's results.json; built from EvalConfig so the two cannot drift apart.
-EvalChoices = make_dataclass("EvalChoices", [(f.name, Optional[hint], field(default=None))
-                                             for f, hint in zip(fields(EvalConfig), get_type_hints(EvalConfig).values())])
+EvalChoices = make_dataclass("EvalChoices", [(name, Optional[hint], field(default=None))
+                                             for name, hint in get_type_hints(EvalConfig).items()])
 
 
 @dataclass

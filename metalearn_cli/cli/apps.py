@@ -97,8 +97,8 @@ def train_app(cfg: DictConfig) -> float:
         typed = typed_keys(list(HydraConfig.get().overrides.task))
         config = resumed_config(cfg, run_dir, typed)
         check_typed_pretrain_keys(config, typed)
-        if HydraConfig.get().mode == RunMode.MULTIRUN and seen_class_validation(config):
-            log.warning("metalearn train -m: %s", seen_class_validation(config))
+        if HydraConfig.get().mode == RunMode.MULTIRUN and (why := seen_class_validation(config)):
+            log.warning("metalearn train -m: %s", why)
         run = Training(config, run_dir)  # every check; a refusal leaves an existing run as it was
         accept()
         return run.run()
