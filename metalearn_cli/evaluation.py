@@ -63,7 +63,9 @@ def evaluate_tasks(
     with scored.statistics(bn_mode):
         for batch in sampler.fixed(episodes, batch_tasks):
             for part in batch.split_tasks() if one_by_one else [batch]:
-                with finetune.adapted(scored.members[0], part) if finetune is not None else contextlib.nullcontext():
+                if finetune is not None:
+                    out = finetune.predict(scored, part, tta_shift, with_stats=stats is not None)
+                else:
                     out = scored.predict(part, tta_shift, with_stats=stats is not None)
                 acc = query_accuracy(out.logits.detach(), part.query_labels)
                 accs.append(acc)

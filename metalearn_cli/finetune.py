@@ -3,23 +3,35 @@ on its support set alone, with new augmented copies of the support images as pse
 every step, Adam (betas 0.9, 0.999, no weight decay), as P>M>F's code does.
 
 The loss is the strategy's own meta-loss on that pseudo-task (ProtoNets: prototypes of the support
-images, cross-entropy of their augmented copies), so a query image or its label never enters it.
-The weights and buffers are restored after every task: no task sees another's steps, and the
-checkpoint (and the strategy a caller holds) is exactly what it was. The draws come from a generator
+images, cross-entropy of their augmented copies), so a query image or its label never enters it
+(nor FEAT's contrastive term, a training loss). The weights and buffers are restored after every
+task: no task sees another's steps, and the checkpoint (and the strategy a caller holds) is exactly
+what it was.
+
+``generated`` moves what the decoder generates instead of the network: the task's classifier as a
+linear layer (prototypes as weights ``2 p`` and biases ``-||p||^2``, Triantafillou et al. 2020's
+Proto-MAML head; FEAT's adapted prototypes; LEO's decoded weights) on fixed embeddings, so a step
+needs no backward pass through the encoder. The draws come from a generator
 the caller seeds (:func:`metalearn_cli.evaluation.score_checkpoint`), so a fine-tuned test repeats.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 
 from metalearn_cli.augment import augment_images, augmentation
+from metalearn_cli.decoders.base import Decoder
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.strategies import Strategy
+from metalearn_cli.strategies.base import Prediction
+
+if TYPE_CHECKING:
+    from metalearn_cli.ensemble import Ensemble
 
 
 class Finetuner:
@@ -37,10 +49,51 @@ class Finetuner:
             raise ConfigError("eval.finetune_steps needs augmented copies of the support images as pseudo-queries, "
                               "but eval.finetune_augment resolves to none here; set eval.finetune_augment=crop (or affine)")
         tuner = cls(eval_cfg.finetune_steps, eval_cfg.finetune_lr, getattr(eval_cfg.finetune_params, "value", str(eval_cfg.finetune_params)), augment)
-        if not tuner._chosen(strategy):
-            raise ConfigError(f"eval.finetune_params={tuner.params} names no parameter of this meta-network "
-                              "(a prototype decoder has none); use backbone or all")
+        tuner._check(strategy)
         return tuner
+
+    def _check(self, strategy: Strategy) -> None:
+        if self.params != "generated":
+            if not self._chosen(strategy):
+                raise ConfigError(f"eval.finetune_params={self.params} names no parameter of this meta-network "
+                                  "(a prototype decoder has none); use backbone, all or generated")
+            return
+        decoder = strategy.model.decoder
+        if strategy.test_inner_steps() is not None or type(decoder).linear_head is Decoder.linear_head:
+            raise ConfigError(f"eval.finetune_params=generated fine-tunes the classifier an amortised decoder generates "
+                              f"(strategy=mgd with decoder=prototype, feat or latent); this run's {type(decoder).__name__} "
+                              f"under {type(strategy).__name__} generates none: use backbone, decoder or all")
+
+    def predict(self, scored: "Ensemble", task: EpisodeBatch, tta_shift: int, with_stats: bool = False) -> Prediction:
+        """``task`` (one task) scored by the ensemble's one member after this fine-tuning on its support set."""
+        strategy = scored.members[0]
+        if self.params == "generated":
+            with strategy.model.test_views(tta_shift):
+                return self._tuned_head(strategy, task)
+        with self.adapted(strategy, task):
+            return scored.predict(task, tta_shift, with_stats=with_stats)
+
+    @torch.no_grad()
+    def _tuned_head(self, strategy: Strategy, task: EpisodeBatch) -> Prediction:
+        """The decoder's linear head for ``task``, fine-tuned on fixed embeddings of new augmented copies
+        of its support images at every step; the network itself never changes."""
+        model, labels = strategy.model, task.support_labels
+        film, support, query = model.embedded(task.support_images, labels, task.query_images)
+        head = model.decoder.linear_head(support, labels, task.n_way)
+        weight, bias = head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone()
+        if self.lr:
+            moved = [t.requires_grad_() for t in (weight, bias) if t is not None]
+            optimizer = torch.optim.Adam(moved, lr=self.lr, betas=(0.9, 0.999))
+            for _ in range(self.steps):
+                copies = model.embed_task(task.support_images, augment_images(self.augment, task.support_images), film)[1]
+                with torch.enable_grad():
+                    loss = F.cross_entropy(head.logits(copies, weight, bias).flatten(0, 1), labels.flatten())
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                optimizer.step()
+        shift = (weight - head.weight).norm(dim=-1).mean(-1)
+        return Prediction(head.logits(query, weight.detach(), None if bias is None else bias.detach()),
+                          {"finetune_shift": shift})
 
     def search(self, rates: list[float], score: Callable[["Finetuner"], float]) -> dict[str, float]:
         """P>M>F's choice of the step size: ``score`` (mean accuracy on the same fixed validation tasks)
@@ -53,7 +106,7 @@ class Finetuner:
         return found
 
     def _chosen(self, strategy: Strategy) -> list[torch.nn.Parameter]:
-        names = {"backbone": ("model.encoder.",), "decoder": ("model.decoder.",), "all": ("",)}[self.params]
+        names = {"backbone": ("model.encoder.",), "decoder": ("model.decoder.",), "all": ("",), "generated": ()}[self.params]
         return [p for n, p in strategy.named_parameters() if n.startswith(names)]
 
     @contextlib.contextmanager

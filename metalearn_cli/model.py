@@ -104,18 +104,21 @@ class MetaModel(nn.Module):
         """The decoder's output for the queries (logits ``[T, Q, n_way]``, regulariser, stats); with
         ``query_images=None`` the support set scores itself (the inner-loop loss of gradient-based
         strategies). Tensors, not a batch, so ``torch.func.functional_call`` and ``vmap`` can drive it."""
-        film, support, query = self._embedded(support_images, support_labels, query_images)
+        film, support, query = self.embedded(support_images, support_labels, query_images)
         return self.decoder(support, support_labels, query, n_way, film=film, with_stats=with_stats)
 
     def training_output(self, batch: EpisodeBatch) -> tuple[DecoderOutput, torch.Tensor | None]:
         """The decoder's output for a training task and its labelled loss (FEAT's contrastive term,
         which needs the query labels: only a meta-loss asks for it), from one pass of the encoder."""
-        film, support, query = self._embedded(batch.support_images, batch.support_labels, batch.query_images)
+        film, support, query = self.embedded(batch.support_images, batch.support_labels, batch.query_images)
         out = self.decoder(support, support_labels=batch.support_labels, query=query, n_way=batch.n_way, film=film)
+        if not self.training:  # FEAT's term is a training loss: test-time fine-tuning (eval mode) leaves it out
+            return out, None
         return out, self.decoder.labelled_loss(support, batch.support_labels, query, batch.query_labels, batch.n_way)
 
-    def _embedded(self, support_images: torch.Tensor, support_labels: torch.Tensor,
-                  query_images: torch.Tensor | None) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    def embedded(self, support_images: torch.Tensor, support_labels: torch.Tensor,
+                 query_images: torch.Tensor | None) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """A task's FiLM parameters (CNAPs; else None) and its support and query embeddings (as :meth:`embed_task`)."""
         film = None
         if self.decoder.modulates_encoder:
             # CNAPs: the decoder's own set encoder reads the support images and sets this task's FiLM parameters.

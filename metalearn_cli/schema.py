@@ -118,6 +118,7 @@ class FinetuneParams(enum.Enum):
     backbone = "backbone"  # the encoder (P>M>F)
     decoder = "decoder"  # the decoder's weights (what generates the task's classifier)
     all = "all"
+    generated = "generated"  # the task's classifier the decoder generates, on fixed embeddings (prototype, feat, latent)
 
 
 @dataclass

@@ -48,7 +48,7 @@ QUICK_MAML = ["trainer.iterations=200", "trainer.meta_batch=4", "trainer.val_eve
               "eval.episodes=300"]
 QUICK_MAML_20WAY = ["trainer.iterations=100", "trainer.meta_batch=4", "trainer.val_every=50", "trainer.val_episodes=50",
                     "trainer.train_query=5", "strategy.inner_steps=1", "strategy.eval_inner_steps=3", "eval.episodes=300"]
-COLUMNS = ["preset", "method", "task", "ours", "ci95", "published", "difference", "iterations", "meta_batch",
+COLUMNS = ["preset", "method", "task", "ours", "ci95", "published", "published_of", "difference", "iterations", "meta_batch",
            "episodes", "bn_mode", "inner_steps_at_test", "train_s", "tasks_per_s", "wall_s", "status", "source"]
 
 
@@ -207,11 +207,12 @@ def collect(out: Path) -> list[dict[str, Any]]:
         pub = r.get("published_accuracy")
         rows.append({
             "preset": preset, "method": preset.split("_")[0],
-            "task": f"{r.get('way', '?')}-way {r.get('shot', '?')}-shot" + (" (Lake et al.'s within-alphabet runs)"
-                                                                            if r.get("protocol") == "lake" else ""),
+            "task": f"{r.get('way', '?')}-way {r.get('shot', '?')}-shot" + (
+                f" (Lake et al.'s within-alphabet runs: {r.get('episodes', '?')} drawn runs, not their 20 fixed ones)"
+                if r.get("protocol") == "lake" else ""),
             "ours": round(ours, 2) if ours is not None else None,
             "ci95": round(100 * r["ci95"], 2) if "ci95" in r else None,
-            "published": pub, "difference": round(ours - pub, 2) if ours is not None and pub is not None else None,
+            "published": pub, "published_of": r.get("published_of") or "", "difference": round(ours - pub, 2) if ours is not None and pub is not None else None,
             "iterations": r.get("iterations"), "meta_batch": r.get("meta_batch"), "episodes": r.get("episodes"),
             "bn_mode": r.get("bn_mode"),
             "inner_steps_at_test": r.get("inner_steps_at_test"), "train_s": r.get("train_seconds"),
@@ -234,7 +235,8 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
         ours = f"{r['ours']:.2f} ± {r['ci95']:.2f}" if r["ours"] is not None else f"({r['status']})"
         diff = f"{r['difference']:+.2f}" if r["difference"] is not None else "–"
         train = f"{r['train_s'] / 60:.1f} min" if r["train_s"] is not None else "–"
-        lines.append(f"| {r['method']} | {r['task']} | {ours} | {cell(r['published'])} | {diff} | "
+        published = cell(r["published"]) + (f" ({r['published_of']})" if r.get("published_of") else "")  # "95.5 (humans)"
+        lines.append(f"| {r['method']} | {r['task']} | {ours} | {published} | {diff} | "
                      f"{cell(r['iterations'])} x {cell(r['meta_batch'])} | {cell(r['episodes'])} | {cell(r['bn_mode'])} | "
                      f"{cell(r['inner_steps_at_test'])} | {train} | {cell(r['tasks_per_s'])} |")
     return "\n".join(lines) + "\n"

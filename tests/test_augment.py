@@ -66,6 +66,24 @@ def test_meta_training_augments_training_tasks_only(compose_train, run_dir, monk
     assert len(calls) == 2 * results["iterations"] and results["episodes"] == 10
 
 
+def test_evaluating_an_augmented_run_draws_no_transform_at_all(compose_train, tmp_path, monkeypatch):
+    """Every way into a random transform raises while the run's checkpoint is evaluated, and nothing raises."""
+    from conftest import compose_config
+    from metalearn_cli import evaluation, finetune
+
+    training.train(compose_train("trainer.augment=affine"), tmp_path / "run")
+
+    def refused(*_):
+        raise AssertionError("evaluation drew a random transform")
+
+    for module, name in [(augment_module, "augment_images"), (augment_module, "koch_affine"),
+                         (augment_module, "augmentation"), (objectives, "augment_images"), (finetune, "augment_images"),
+                         (finetune, "augmentation")]:
+        monkeypatch.setattr(module, name, refused)
+    cfg = compose_config("eval", [f"checkpoint={tmp_path / 'run'}", "eval.episodes=6", "device=cpu"])
+    assert 0 <= evaluation.evaluate(cfg, tmp_path / "eval") <= 1
+
+
 def test_without_augment_the_run_is_what_it_was(compose_train, tmp_path):
     training.train(compose_train(), tmp_path / "a")
     training.train(compose_train("trainer.augment=none"), tmp_path / "b")

@@ -131,3 +131,55 @@ def test_maml_per_step_statistics_are_restored(compose_train, tmp_path):
     with batch_norm_mode(strategy.model, "transductive"), tuner(strategy, steps=2, lr=0.01, params="all").adapted(strategy, task):
         strategy.predict(task)
     assert all(torch.equal(v, before[k]) for k, v in strategy.state_dict().items())
+
+
+def test_generated_fine_tuning_moves_the_classifier_alone_and_never_a_weight(trained):
+    """``eval.finetune_params=generated``: the prototypes' linear head moves, the network does not."""
+    from metalearn_cli.ensemble import Ensemble
+
+    strategy, task, _ = trained
+    strategy.eval()
+    before = {k: v.clone() for k, v in strategy.state_dict().items()}
+    plain = strategy.predict(task).logits.log_softmax(-1)
+    untouched = tuner(strategy, lr=0.0, params="generated").predict(Ensemble([strategy]), task, 0)
+    assert torch.allclose(untouched.logits.log_softmax(-1), plain, atol=1e-4)  # rate 0: the decoder's own classifier
+    tuned = tuner(strategy, steps=10, lr=0.5, params="generated").predict(Ensemble([strategy]), task, 0)
+    assert not torch.allclose(tuned.logits.log_softmax(-1), plain, atol=1e-3)
+    assert float(tuned.stats["finetune_shift"].min()) > 0
+    assert all(torch.equal(v, before[k]) for k, v in strategy.state_dict().items())
+
+
+def test_generated_fine_tuning_never_sees_a_query_image_or_label(trained):
+    from metalearn_cli.ensemble import Ensemble
+
+    strategy, task, _ = trained
+    strategy.eval()
+    wrong = task.__class__(task.support_images, task.support_labels, torch.rand_like(task.query_images),
+                           task.query_labels.flip(-1), task.n_way, task.k_shot, task.n_query)
+    shifts = []
+    for seen in (task, wrong):
+        torch.manual_seed(0)  # the same augmented copies: only the queries differ
+        shifts.append(tuner(strategy, params="generated").predict(Ensemble([strategy]), seen, 0).stats["finetune_shift"])
+    assert torch.equal(shifts[0], shifts[1])
+
+
+def test_generated_fine_tuning_is_refused_where_no_classifier_is_generated(compose_train, tmp_path):
+    training.train(compose_train("strategy=maml", "decoder=linear", "strategy.vectorize=loop"), tmp_path / "m")
+    strategy, _ = load_strategy(read_meta_knowledge(tmp_path / "m"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="generates none"):
+        tuner(strategy, params="generated")
+
+
+def test_feats_contrastive_term_stays_out_of_test_time_fine_tuning(compose_train, tmp_path, monkeypatch):
+    training.train(compose_train("decoder=feat", "decoder.balance=0.5"), tmp_path / "f")
+    strategy, cfg = load_strategy(read_meta_knowledge(tmp_path / "f"), torch.device("cpu"))
+    task = EpisodeSampler(resident(DATASETS.build(cfg.dataset).test, torch.device("cpu")), 5, 1, 3, seed=1).sample(1)
+    calls = []
+    monkeypatch.setattr(type(strategy.model.decoder), "labelled_loss", lambda *a: calls.append(1))
+    strategy.train()
+    strategy.meta_loss(task)
+    assert calls == [1]  # a training step asks for it
+    strategy.eval()
+    with tuner(strategy).adapted(strategy, task):
+        pass
+    assert calls == [1]  # fine-tuning's steps do not

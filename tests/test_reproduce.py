@@ -28,6 +28,8 @@ def test_reproduce_runs_the_presets_and_tabulates_them_beside_the_published_figu
     assert by["anil_omniglot_20w1s"]["inner_steps_at_test"] == "5" and all(r["status"] == "completed" for r in rows)
     table = (out / "omniglot_quick.md").read_text()
     assert "| protonet | 20-way 1-shot |" in table and "budget=quick" in table
+    assert by["protonet_omniglot_lake20w1s"]["published_of"] == "humans"  # Lake's 95.5 is not a ProtoNet figure
+    assert "| 95.5 (humans) |" in table
     for png in ("curves.png", "accuracy.png"):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -106,3 +108,18 @@ def test_dry_run_gives_no_estimate_where_no_measured_figure_fits(tmp_path):
     assert sorted(cells) == ["maml_omniglot_5w1s", "maml_omniglot_5w5s"]
     assert "the sum of the 2 cells with an estimate; 2 cells have none" in out
     assert "no estimate: the measured figures are a CPU's" in _dry_run(tmp_path, "--methods", "maml", "--device", "cuda")
+
+
+def test_a_lake_row_says_its_runs_are_drawn_and_whose_figure_stands_beside_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    results = {"accuracy": 0.8, "ci95": 0.01, "way": 20, "shot": 1, "protocol": "lake", "episodes": 1000,
+               "published_accuracy": 95.5, "published_of": "humans"}
+    record = {"overrides": ["experiment=protonet_omniglot_lake20w1s"], "status": "completed", "results": results}
+    monkeypatch.setattr("metalearn_cli.rundir.find_runs", lambda roots: [tmp_path / "runs" / "r"])
+    monkeypatch.setattr("metalearn_cli.rundir.read_run", lambda run: record)
+    table = reproduce.markdown(reproduce.collect(tmp_path), "t")
+    assert "1000 drawn runs, not their 20 fixed ones" in table and "| 95.5 (humans) | -15.50 |" in table

@@ -9,7 +9,7 @@ between calls, so ``torch.func.functional_call`` and ``vmap`` see a pure functio
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,24 @@ class DecoderOutput(NamedTuple):
     logits: torch.Tensor  # [T, Q, n_way]
     regularizer: torch.Tensor  # 0-dim: what the decoder adds to the meta-loss (LEO's KL and penalties, ...)
     stats: dict[str, torch.Tensor]  # per-task norms [T] of what was generated; empty unless with_stats
+
+
+class LinearHead(NamedTuple):
+    """A task's generated classifier as a linear layer: ``features(x) @ weight^T + bias`` are the decoder's
+    logits up to a constant per query (which changes no prediction and no softmax)."""
+
+    weight: torch.Tensor  # [T, N, D]
+    bias: Optional[torch.Tensor]  # [T, N]; None: no bias
+    features: Callable[[torch.Tensor], torch.Tensor]  # what the decoder does to an embedding first (LEO: L2-normalise)
+
+    def logits(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """``[T, M, N]`` logits of embeddings ``x [T, M, D]`` under (possibly changed) ``weight`` and ``bias``."""
+        logits = self.features(x) @ weight.transpose(1, 2)
+        return logits if bias is None else logits + bias.unsqueeze(1)
+
+
+def unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class Decoder(nn.Module):
@@ -38,6 +56,12 @@ class Decoder(nn.Module):
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
                 film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
         raise NotImplementedError
+
+    def linear_head(self, support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> Optional[LinearHead]:
+        """The classifier this decoder generates for a task, as a linear layer on the embeddings
+        (test-time fine-tuning of the generated parameters, ``eval.finetune_params=generated``). None:
+        its classifier is not one (a learned head, per-task logistic regression, FiLM)."""
+        return None
 
     def labelled_loss(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                       query_labels: torch.Tensor, n_way: int) -> Optional[torch.Tensor]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalearn_cli.decoders import DECODERS
-from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, class_means, output
+from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, LinearHead, class_means, output, unchanged
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.params.decoders import FEATParams
 
@@ -56,6 +56,12 @@ class FEATDecoder(Decoder):
             stats = {"prototype_norm": prototypes.norm(dim=-1).mean(-1), "adapted_norm": adapted.norm(dim=-1).mean(-1),
                      "adaptation_shift": (adapted - prototypes).norm(dim=-1).mean(-1)}
         return output(logits, stats=stats)
+
+    def linear_head(self, support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> LinearHead:
+        """The adapted prototypes' squared-distance classifier: weights ``2 p' / T``, biases ``-||p'||^2 / T``."""
+        adapted = self.adapt(class_means(support, support_labels, n_way))
+        t = self.p.temperature
+        return LinearHead(2 * adapted / t, -adapted.pow(2).sum(-1) / t, unchanged)
 
     def labelled_loss(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                       query_labels: torch.Tensor, n_way: int) -> Optional[torch.Tensor]:

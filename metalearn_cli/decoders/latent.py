@@ -33,7 +33,7 @@ from torch import nn
 
 from metalearn_cli.compat import rename_on_load
 from metalearn_cli.decoders import DECODERS
-from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, class_means, output
+from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, LinearHead, class_means, output, unchanged
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.params.decoders import CodeStd, LatentParams
 
@@ -165,15 +165,29 @@ class LatentDecoder(Decoder):
         return (self.p.kl_weight * kl + self.p.encoder_penalty * (z.detach() - z0).square().mean()  # means, as LEO's
                 + self.p.orthogonality * ortho + self.p.l2 * l2)
 
-    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
-                film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
-        if self.p.normalize:
-            support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings as the decoder reads them (LEO's code L2-normalises them)."""
+        return F.normalize(x, dim=-1) if self.p.normalize else x
+
+    def _generate(self, support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> tuple[torch.Tensor, ...]:
+        """Codes, their adaptation, the decoded weights and their fine-tuning, on features as :meth:`features`
+        gives them: ``(w, b, decoded, z, z0, mean, std)``."""
         prototypes = class_means(support, support_labels, n_way) if self.p.prototype_residual else None
         z0, mean, std = self._gaussian(self.codes(support, support_labels, n_way))
         z, _ = self.adapt_codes(z0, support, support_labels, prototypes)
         decoded, b = self.classifier(z, prototypes)
         w, _ = self.finetune(decoded, b, support, support_labels)
+        return w, b, decoded, z, z0, mean, std
+
+    def linear_head(self, support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> LinearHead:
+        """The weights (and, with ``prototype_residual``, biases) after LEO's latent and fine-tuning steps."""
+        w, b, *_ = self._generate(self.features(support), support_labels, n_way)
+        return LinearHead(w, b, self.features if self.p.normalize else unchanged)
+
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
+                film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
+        support, query = self.features(support), self.features(query)
+        w, b, decoded, z, z0, mean, std = self._generate(support, support_labels, n_way)
         stats = None
         if with_stats:
             stats = {"code_norm": z.norm(dim=-1).mean(-1), "initial_code_norm": z0.norm(dim=-1).mean(-1),

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from metalearn_cli.decoders import DECODERS
-from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, class_means, output
+from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, LinearHead, class_means, output, unchanged
 from metalearn_cli.params.decoders import PrototypeParams
 
 
@@ -29,6 +29,12 @@ class PrototypeDecoder(Decoder):
             + prototypes.pow(2).sum(-1).unsqueeze(1)
         )
         return output(logits, stats={"prototype_norm": prototypes.norm(dim=-1).mean(-1)} if with_stats else None)
+
+    def linear_head(self, support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> LinearHead:
+        """``-||q - p||^2 = 2 q.p - ||p||^2 - ||q||^2``: weights ``2 p``, biases ``-||p||^2`` (Triantafillou et
+        al. 2020's Proto-MAML head)."""
+        prototypes = class_means(support, support_labels, n_way)
+        return LinearHead(2 * prototypes, -prototypes.pow(2).sum(-1), unchanged)
 
 
 @DECODERS.register("prototype", params=PrototypeParams)

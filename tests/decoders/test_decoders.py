@@ -501,3 +501,22 @@ def test_sampled_codes_and_weights_are_the_mean_plus_std_times_a_standard_normal
     draws = torch.stack([decoder.weights(torch.zeros(1, 1, decoder.p.latent_dim)) for _ in range(4000)])
     z = (draws - mean_w) / std_w
     assert abs(z.mean()) < 0.05 and 0.95 < z.std() < 1.05
+
+
+@pytest.mark.parametrize("params", [{"name": "prototype"}, {"name": "feat", "heads": 1},
+                                    {"name": "latent", "latent_dim": 4, "latent_steps": 2, "finetune_steps": 2},
+                                    {"name": "latent", "latent_dim": 4, "normalize": True, "prototype_residual": True}])
+def test_a_generated_linear_head_gives_the_decoders_own_predictions(params):
+    """``linear_head`` is what ``eval.finetune_params=generated`` moves: the same softmax as ``forward``."""
+    support, labels, query, way = _task()
+    decoder = DECODERS.build(params, in_dim=6).eval()
+    head = decoder.linear_head(support, labels, way)
+    expected = decoder(support, labels, query, way).logits.log_softmax(-1)
+    assert torch.allclose(head.logits(query, head.weight, head.bias).log_softmax(-1), expected, atol=1e-5)
+
+
+def test_decoders_whose_classifier_is_not_generated_offer_no_linear_head():
+    support, labels, _, way = _task()
+    for name in ("linear", "logistic", "film"):
+        decoder = DECODERS.build({"name": name}, in_dim=6, max_way=4, film_channels=(4,))
+        assert decoder.linear_head(support, labels, way) is None

@@ -70,10 +70,11 @@ def test_training_lowers_the_query_loss():
 
 
 def test_the_meta_loss_adds_a_decoders_labelled_loss_and_prediction_never_sees_query_labels(monkeypatch):
-    """FEAT's contrastive term enters through the meta-loss (training), never through predict."""
+    """FEAT's contrastive term enters through the meta-loss in training, never through predict nor a
+    meta-loss in evaluation mode (test-time fine-tuning's)."""
     from metalearn_cli.decoders.feat import FEATDecoder
 
-    cfg = compose_config("train", [*FAST, "decoder=feat"])
+    cfg = compose_config("train", [*FAST, "decoder=feat", "decoder.dropout=0", "decoder.attention_dropout=0"])
     data = DATASETS.build(cfg.dataset)
     strategy = build_strategy(cfg, data.image_shape, torch.device("cpu"))
     batch = EpisodeSampler(data.train, 5, 1, 3, seed=0).sample(2)
@@ -85,13 +86,14 @@ def test_the_meta_loss_adds_a_decoders_labelled_loss_and_prediction_never_sees_q
         return real(self, *args)
 
     monkeypatch.setattr(FEATDecoder, "labelled_loss", spy)
-    strategy.eval()  # no dropout: the two losses differ by the term alone
-    torch.manual_seed(0)
+    strategy.train()  # no dropout: the two losses differ by the term alone
     with_term = strategy.meta_loss(batch).loss
     assert len(seen) == 1 and torch.equal(seen[0], batch.query_labels)
     strategy.model.decoder.p.balance = 0.0
     without = strategy.meta_loss(batch).loss
     assert with_term > without
+    strategy.eval()
+    strategy.meta_loss(batch)
     strategy.predict(batch)
     assert len(seen) == 2  # only the two meta-losses asked for it
 
