@@ -159,7 +159,8 @@ def score_checkpoint(
         "inner_steps_at_test": strategy.test_inner_steps(),
         **({"ensemble_inner_steps_at_test": strategy.inner_steps_each()} if len(modes) > 1 else {}),
         "finetune_steps": finetune.steps if finetune is not None else 0, "tta_shift": tta_shift,
-        **({"finetune_lr": finetune.lr, "finetune_search": search} if finetune is not None else {}),
+        **({"finetune_lr": finetune.lr, "finetune_params": finetune.params, "finetune_search": search}
+           if finetune is not None else {}),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
     }
 

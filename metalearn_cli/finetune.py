@@ -56,7 +56,7 @@ class Finetuner:
         if self.params != "generated":
             if not self._chosen(strategy):
                 raise ConfigError(f"eval.finetune_params={self.params} names no parameter of this meta-network "
-                                  "(a prototype decoder has none); use backbone, all or generated")
+                                  "(a prototype decoder has none); use backbone or all (or generated, under strategy=mgd)")
             return
         decoder = strategy.model.decoder
         if strategy.test_inner_steps() is not None or type(decoder).linear_head is Decoder.linear_head:
@@ -67,16 +67,18 @@ class Finetuner:
     def predict(self, scored: "Ensemble", task: EpisodeBatch, tta_shift: int, with_stats: bool = False) -> Prediction:
         """``task`` (one task) scored by the ensemble's one member after this fine-tuning on its support set."""
         strategy = scored.members[0]
-        if self.params == "generated":
+        if self.params == "generated":  # the copies are embedded as the test's images are: with the shifted views
             with strategy.model.test_views(tta_shift):
-                return self._tuned_head(strategy, task)
+                return self._tuned_head(strategy, task, with_stats)
         with self.adapted(strategy, task):
             return scored.predict(task, tta_shift, with_stats=with_stats)
 
     @torch.no_grad()
-    def _tuned_head(self, strategy: Strategy, task: EpisodeBatch) -> Prediction:
+    def _tuned_head(self, strategy: Strategy, task: EpisodeBatch, with_stats: bool) -> Prediction:
         """The decoder's linear head for ``task``, fine-tuned on fixed embeddings of new augmented copies
-        of its support images at every step; the network itself never changes."""
+        of its support images at every step; the network itself never changes. The copies pass the
+        encoder beside the support set (in the batch-statistics modes, normalised with it, not with the
+        queries). Stats: ``head_shift`` (how far weights and biases moved) and, asked, the decoder's own."""
         model, labels = strategy.model, task.support_labels
         film, support, query = model.embedded(task.support_images, labels, task.query_images)
         head = model.decoder.linear_head(support, labels, task.n_way)
@@ -91,9 +93,13 @@ class Finetuner:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                 optimizer.step()
-        shift = (weight - head.weight).norm(dim=-1).mean(-1)
-        return Prediction(head.logits(query, weight.detach(), None if bias is None else bias.detach()),
-                          {"finetune_shift": shift})
+        moved_by = (weight - head.weight).square().sum(-1)
+        if bias is not None:
+            moved_by = moved_by + (bias - head.bias).square()
+        stats = {"head_shift": moved_by.sqrt().mean(-1)}
+        if with_stats:
+            stats.update(model.decoder(support, labels, query, task.n_way, film=film, with_stats=True).stats)
+        return Prediction(head.logits(query, weight.detach(), None if bias is None else bias.detach()), stats)
 
     def search(self, rates: list[float], score: Callable[["Finetuner"], float]) -> dict[str, float]:
         """P>M>F's choice of the step size: ``score`` (mean accuracy on the same fixed validation tasks)

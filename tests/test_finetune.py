@@ -74,6 +74,7 @@ def test_eval_with_finetuning_leaves_the_checkpoint_and_records_it(trained, tmp_
     tuned = evaluation.evaluate(cfg, tmp_path / "tuned")
     results = json.loads((tmp_path / "tuned" / "results.json").read_text())
     assert results["finetune_steps"] == 3 and results["episodes"] == 6 and 0 <= tuned <= 1
+    assert results["finetune_params"] == "backbone"
     assert hashlib.sha256(best.read_bytes()).hexdigest() == digest
 
 
@@ -145,7 +146,7 @@ def test_generated_fine_tuning_moves_the_classifier_alone_and_never_a_weight(tra
     assert torch.allclose(untouched.logits.log_softmax(-1), plain, atol=1e-4)  # rate 0: the decoder's own classifier
     tuned = tuner(strategy, steps=10, lr=0.5, params="generated").predict(Ensemble([strategy]), task, 0)
     assert not torch.allclose(tuned.logits.log_softmax(-1), plain, atol=1e-3)
-    assert float(tuned.stats["finetune_shift"].min()) > 0
+    assert float(tuned.stats["head_shift"].min()) > 0
     assert all(torch.equal(v, before[k]) for k, v in strategy.state_dict().items())
 
 
@@ -159,13 +160,18 @@ def test_generated_fine_tuning_never_sees_a_query_image_or_label(trained):
     shifts = []
     for seen in (task, wrong):
         torch.manual_seed(0)  # the same augmented copies: only the queries differ
-        shifts.append(tuner(strategy, params="generated").predict(Ensemble([strategy]), seen, 0).stats["finetune_shift"])
-    assert torch.equal(shifts[0], shifts[1])
+        shifts.append(tuner(strategy, params="generated").predict(Ensemble([strategy]), seen, 0, with_stats=True).stats)
+    assert torch.equal(shifts[0]["head_shift"], shifts[1]["head_shift"])
+    assert float(shifts[0]["head_shift"].min()) > 0 and "prototype_norm" in shifts[0]  # the decoder's own stats beside it
 
 
-def test_generated_fine_tuning_is_refused_where_no_classifier_is_generated(compose_train, tmp_path):
-    training.train(compose_train("strategy=maml", "decoder=linear", "strategy.vectorize=loop"), tmp_path / "m")
-    strategy, _ = load_strategy(read_meta_knowledge(tmp_path / "m"), torch.device("cpu"))
+@pytest.mark.parametrize("args", [("strategy=maml", "decoder=prototype"), ("decoder=film",)])
+def test_generated_fine_tuning_is_refused_where_no_classifier_is_generated(compose_train, args):
+    """An inner loop adapts its own head (the MAML family), and an amortised FiLM head is not offered."""
+    from metalearn_cli.assemble import build_strategy
+
+    cfg = compose_train(*args)
+    strategy = build_strategy(cfg, DATASETS.build(cfg.dataset).image_shape, torch.device("cpu"))
     with pytest.raises(ConfigError, match="generates none"):
         tuner(strategy, params="generated")
 
@@ -183,3 +189,23 @@ def test_feats_contrastive_term_stays_out_of_test_time_fine_tuning(compose_train
     with tuner(strategy).adapted(strategy, task):
         pass
     assert calls == [1]  # fine-tuning's steps do not
+
+
+def test_generated_fine_tuning_through_the_eval_command(trained, tmp_path):
+    """`python -m metalearn_cli eval ... eval.finetune_params=generated`: recorded in results.json, and other
+    predictions than the plain test on the same tasks."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    _, _, run = trained
+    base = [sys.executable, "-m", "metalearn_cli", "eval", f"checkpoint={run}", "eval.episodes=6", "device=cpu"]
+    tuned = ["eval.finetune_steps=10", "eval.finetune_params=generated", "eval.finetune_lr=0.5", "eval.finetune_augment=crop"]
+    for name, extra in (("plain", []), ("generated", tuned)):
+        proc = subprocess.run([*base, *extra, f"hydra.run.dir='{tmp_path / name}'"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "generated" / "results.json").read_text())
+    assert (results["finetune_params"], results["finetune_steps"], results["episodes"]) == ("generated", 10, 6)
+    predicted = [np.load(tmp_path / n / evaluation.OUTCOMES)["predicted"] for n in ("plain", "generated")]
+    assert (predicted[0] != predicted[1]).any()

@@ -59,8 +59,8 @@ class Decoder(nn.Module):
 
     def linear_head(self, support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> Optional[LinearHead]:
         """The classifier this decoder generates for a task, as a linear layer on the embeddings
-        (test-time fine-tuning of the generated parameters, ``eval.finetune_params=generated``). None:
-        its classifier is not one (a learned head, per-task logistic regression, FiLM)."""
+        (test-time fine-tuning of the generated parameters, ``eval.finetune_params=generated``). None: not
+        offered (a learned head, per-task logistic regression, CNAPs' FiLM head)."""
         return None
 
     def labelled_loss(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
