@@ -3,7 +3,7 @@
 
     python scripts/bench_pretrained.py [--budgets 500,2000] [--seeds 0,1,2] [--rows 0,1,2,3,4,5]
                                        [--pretrain-epochs 30] [--within 1.0] [--val alphabets]
-                                       [--episodes 1000] [--out DIR]
+                                       [--episodes 1000] [--out DIR] [OVERRIDE ...]
 
 Lake's split (``dataset=omniglot_background``: the background alphabets train, the 20 evaluation
 alphabets test). Validation (``--val``, 500 tasks) holds out 5 background alphabets by default:
@@ -25,7 +25,8 @@ seed (a two-level bootstrap over seeds and tasks), and "differ" counts the test 
 are not the prototype row's at the same budget (a decoder that changes none is prototypes under
 another name). Rows that train only a decoder on the frozen encoder (LEO, CNAPs, as their papers
 did) use Adam at 1e-3; rows that fine-tune the encoder use 2e-4. Finished runs are reused, so an
-interrupted bench continues. Every figure printed is measured in this run.
+interrupted bench continues. Trailing Hydra overrides (``encoder.width=96``) go to every run, after
+the bench's own. Every figure printed is measured in this run.
 """
 
 from __future__ import annotations
@@ -74,10 +75,16 @@ def score(args: argparse.Namespace, pre: Path, row: str, budget: int, seed: int)
     metalearn("train", [*args.common, f"seed={seed}", f"trainer.init_from={pre}", f"trainer.iterations={budget}",
                         "trainer.train_way=null", "trainer.train_query=5", f"trainer.within_alphabet={args.within}",
                         f"trainer.val_every={max(1, budget // 4)}", "trainer.val_episodes=500",
-                        "trainer.progress=false", *ROWS[row]], run)
+                        "trainer.progress=false", *ROWS[row], *args.overrides], run)
     random20 = run.parent / f"seed{seed}-20w"
-    metalearn("eval", [f"checkpoint={run}", "episode=20way1shot", f"eval.episodes={args.episodes}"], random20)
+    metalearn("eval", [f"checkpoint={run}", "episode=20way1shot", f"eval.episodes={args.episodes}",
+                       *eval_overrides(args.overrides)], random20)
     return {"lake": run, "20w": random20}
+
+
+def eval_overrides(overrides: list[str]) -> list[str]:
+    """The overrides ``metalearn eval`` takes: its own options and ``device``; the rest shaped the trained run."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "device" or o.startswith("eval.")]
 
 
 def versus(runs: dict, row_a: tuple, row_b: tuple, setting: str, seeds: list[int]) -> str:
@@ -119,6 +126,7 @@ def main() -> int:
                         help="what validation holds out of the background set (dataset.val)")
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, after the bench's own")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_pretrained" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -129,7 +137,7 @@ def main() -> int:
     start = time.perf_counter()
     pre_dir = args.out / f"pretrain-{args.encoder}"
     metalearn("train", [*args.common, "pretrain=supervised", f"pretrain.epochs={args.pretrain_epochs}", "trainer.iterations=0",
-                        "trainer.progress=false"], pre_dir)
+                        "trainer.progress=false", *args.overrides], pre_dir)
     stage = json.loads((pre_dir / "pretrain" / "results.json").read_text())
     print(f"pre-training: {args.pretrain_epochs:g} epochs in {stage['train_seconds']:.0f} s", flush=True)
 
