@@ -1,8 +1,8 @@
 """Per-image random transforms of training images (``torchvision.transforms.v2``): one owner for the
 pre-training stage (``pretrain.augment``) and meta-training tasks (``trainer.augment``). Evaluation
 never draws random transforms: only the training loops (and test-time fine-tuning's pseudo-queries)
-call :func:`augmentation`. Test-time augmentation (``eval.tta_shift``) uses fixed shifts,
-:func:`shift_views` and :func:`shifted`, so a test repeats exactly.
+call :func:`augmentation`. Test-time augmentation (``eval.tta_*``, :class:`TtaViews`) uses fixed
+copies, shifted, turned, scaled and sheared by set amounts, so a test repeats exactly.
 
 Kinds (:class:`metalearn_cli.schema.Augment`): ``crop`` (random crops from a 10%-padded copy),
 ``crop_flip`` (+ horizontal flips), ``crop_flip_jitter`` (+ colour jitter, colour images), and
@@ -17,7 +17,9 @@ here all four are drawn every time, from ranges that include no change. It is on
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +32,15 @@ def koch_affine(images: torch.Tensor) -> torch.Tensor:
     """``[B, C, H, W]`` -> each image under its own (θ, ρx, ρy, sx, sy, tx, ty), drawn uniformly as
     Koch et al. did; the torch generator of the images' device draws them (saved in checkpoints)."""
     u = torch.rand(images.shape[0], 7, device=images.device) * 2 - 1  # U(-1, 1)
-    angle, shear, scale = u[:, 0] * math.radians(10), u[:, 1:3] * 0.3, 1 + u[:, 3:5] * 0.2
-    shift = u[:, 5:7] * 2 * KOCH_TRANSLATE  # grid coordinates span 2 per side
+    return warp(images, u[:, 0] * math.radians(10), u[:, 1:3] * 0.3, 1 + u[:, 3:5] * 0.2,
+                u[:, 5:7] * 2 * KOCH_TRANSLATE)  # grid coordinates span 2 per side
+
+
+def warp(images: torch.Tensor, angle: torch.Tensor, shear: torch.Tensor, scale: torch.Tensor,
+         shift: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]``, each image under its own affine map: rotation ``angle`` ``[B]`` (radians), shear
+    factors ``[B, 2]`` (x by y, y by x), scales ``[B, 2]`` and shift ``[B, 2]`` (grid units, 2 per side);
+    bilinear, zeros filling what moves in."""
     cos, sin, one = angle.cos(), angle.sin(), torch.ones_like(angle)
     rotate = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
     skew = torch.stack([torch.stack([one, shear[:, 0]], -1), torch.stack([shear[:, 1], one], -1)], -2)
@@ -79,6 +88,53 @@ def shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     h, w, p = images.shape[-2], images.shape[-1], max(abs(dy), abs(dx))
     padded = F.pad(images, (p, p, p, p))
     return padded[..., p - dy:p - dy + h, p - dx:p - dx + w]
+
+
+def turned(images: torch.Tensor, degrees: float = 0.0, scale: float = 1.0, shear: float = 0.0) -> torch.Tensor:
+    """``[..., C, H, W]`` turned by ``degrees``, scaled by ``scale`` and sheared along x by ``shear``
+    (each image the same map, about its centre: :func:`warp`)."""
+    flat = images.reshape(-1, *images.shape[-3:])
+    n, float_images = flat.shape[0], flat.float()
+    fixed = partial(torch.full, device=images.device)
+    out = warp(float_images, fixed((n,), math.radians(degrees)), torch.stack([fixed((n,), shear), fixed((n,), 0.0)], -1),
+               fixed((n, 2), scale), fixed((n, 2), 0.0))
+    return out.to(images.dtype).reshape(images.shape)
+
+
+@dataclass(frozen=True)
+class TtaViews:
+    """Test-time augmentation (``eval.tta_*``): every test image, support and query alike, is embedded as
+    the mean of the features of itself and fixed copies: moved ``shift`` pixels up, down, left and right;
+    turned by +-``rotate`` degrees; scaled by 1 +- ``scale``; sheared along x by +-``shear``. 0 leaves a
+    kind out; all 0 is the image alone. Fixed amounts, so a test repeats exactly."""
+
+    shift: int = 0
+    rotate: float = 0.0
+    scale: float = 0.0
+    shear: float = 0.0
+
+    @classmethod
+    def of(cls, views: Union["TtaViews", int, Any]) -> "TtaViews":
+        """From an ``eval`` config (its ``tta_*`` keys), a :class:`TtaViews`, or an int (shifts alone)."""
+        if isinstance(views, (cls, int)):
+            return views if isinstance(views, cls) else cls(shift=views)
+        return cls(int(views.tta_shift), float(views.tta_rotate), float(views.tta_scale), float(views.tta_shear))
+
+    def copies(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...]:
+        """One function per view, the image itself first (then the shifts, in :func:`shift_views`'s order)."""
+        views: list[Callable[[torch.Tensor], torch.Tensor]] = [
+            (lambda x: x) if (dy, dx) == (0, 0) else partial(shifted, dy=dy, dx=dx) for dy, dx in shift_views(self.shift)]
+        for sign in (1, -1):
+            views += [partial(turned, degrees=sign * self.rotate)] if self.rotate else []
+        for sign in (1, -1):
+            views += [partial(turned, scale=1 + sign * self.scale)] if self.scale else []
+        for sign in (1, -1):
+            views += [partial(turned, shear=sign * self.shear)] if self.shear else []
+        return tuple(views)
+
+    def summary(self) -> dict[str, float]:
+        """What results.json records."""
+        return {"tta_shift": self.shift, "tta_rotate": self.rotate, "tta_scale": self.scale, "tta_shear": self.shear}
 
 
 def augment_images(augment: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:

@@ -126,6 +126,11 @@ def validate_eval(e: Any) -> None:
         raise ConfigError("eval.finetune_search_episodes must be >= 1 and eval.finetune_lr_search a non-empty list (or null)")
     if e.tta_shift < 0:
         raise ConfigError(f"eval.tta_shift={e.tta_shift}: give the pixels to shift each test image's copies by (>= 0; 0 = off)")
+    for key, top, what in (("tta_rotate", 90, "degrees to turn"), ("tta_scale", 1, "fraction to scale"),
+                           ("tta_shear", 1, "factor to shear")):
+        if not 0 <= getattr(e, key) < top:
+            raise ConfigError(f"eval.{key}={getattr(e, key)}: give the {what} each test image's copies by, in [0, {top}) "
+                              f"(a few degrees or tenths, as in training's distortions; 0 = off)")
 
 
 def check_tta_shift(shift: int, image_shape: tuple[int, ...]) -> None:

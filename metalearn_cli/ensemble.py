@@ -19,6 +19,7 @@ import torch
 from omegaconf import ListConfig, OmegaConf
 
 from metalearn_cli import bn_modes
+from metalearn_cli.augment import TtaViews
 from metalearn_cli.bn_modes import MODES
 from metalearn_cli.encoders.norm import batch_norm_mode
 from metalearn_cli.episodes import EpisodeBatch
@@ -76,12 +77,12 @@ class Ensemble:
                 stack.enter_context(batch_norm_mode(member.model, mode))
             yield
 
-    def predict(self, batch: EpisodeBatch | MemberBatches, tta_shift: int = 0, with_stats: bool = False) -> Prediction:
+    def predict(self, batch: EpisodeBatch | MemberBatches, views: TtaViews | int = 0, with_stats: bool = False) -> Prediction:
         """Log of the members' mean class probabilities ``[T, Q, n_way]``; with several members the
         decoders' norms are reported per member (``m0/...``, ``m1/...``)."""
         outs = []
         for i, member in enumerate(self.members):
-            with member.model.test_views(tta_shift):
+            with member.model.test_views(views):
                 outs.append(member.predict(batch.of(i) if isinstance(batch, MemberBatches) else batch, with_stats=with_stats))
         if len(outs) == 1:
             return outs[0]

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from metalearn_cli.assemble import load_strategy, resolve_bn_mode, setup_device, startup_line
+from metalearn_cli.augment import TtaViews
 from metalearn_cli.config_checks import check_seed, check_tta_shift, validate_eval
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 def evaluate_tasks(
     strategy: Strategy | Ensemble, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str | list[str],
     stats: Optional[list[dict[str, float]]] = None, progress: bool = False, outcomes: Optional[list[torch.Tensor]] = None,
-    finetune: Optional[Finetuner] = None, tta_shift: int = 0,
+    finetune: Optional[Finetuner] = None, views: TtaViews | int = 0,
 ) -> torch.Tensor:
     """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks, of a strategy or an
     :class:`~metalearn_cli.ensemble.Ensemble` of them.
@@ -64,9 +65,9 @@ def evaluate_tasks(
         for batch in sampler.fixed(episodes, batch_tasks):
             for part in batch.split_tasks() if one_by_one else [batch]:
                 if finetune is not None:
-                    out = finetune.predict(scored, part, tta_shift, with_stats=stats is not None)
+                    out = finetune.predict(scored, part, views, with_stats=stats is not None)
                 else:
-                    out = scored.predict(part, tta_shift, with_stats=stats is not None)
+                    out = scored.predict(part, views, with_stats=stats is not None)
                 acc = query_accuracy(out.logits.detach(), part.query_labels)
                 accs.append(acc)
                 if outcomes is not None:
@@ -126,7 +127,7 @@ def score_checkpoint(
     sampler = member_tasks(members or [data], split, shapes, seed, device, lake)
     modes = (strategy.resolve_modes(eval_cfg.bn_mode) if isinstance(strategy, Ensemble)  # each member its own
              else [resolve_bn_mode(eval_cfg.bn_mode, strategy)])
-    tta_shift = eval_cfg.tta_shift
+    views = TtaViews.of(eval_cfg)
     search = None
     if finetune is not None and eval_cfg.finetune_lr_search:  # on validation tasks, before the test
         val = fixed_tasks(data, "val", shapes, seed, device, lake)
@@ -134,7 +135,7 @@ def score_checkpoint(
         def score(tuner: Finetuner) -> float:
             with seeded(split_seed(seed, "val"), device):  # every rate sees the same augmentations
                 return float(evaluate_tasks(strategy, val, eval_cfg.finetune_search_episodes, eval_cfg.batch_tasks,
-                                            modes, finetune=tuner, tta_shift=tta_shift).mean())
+                                            modes, finetune=tuner, views=views).mean())
 
         search = finetune.search(list(eval_cfg.finetune_lr_search), score)
         log.info("test-time fine-tuning: lr %g chosen on %d validation tasks (%s)", finetune.lr,
@@ -144,7 +145,7 @@ def score_checkpoint(
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
     with seeded(split_seed(seed, split), device) if finetune is not None else contextlib.nullcontext():  # repeats exactly
         accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, modes, stats, progress, outcomes,
-                              finetune, tta_shift)
+                              finetune, views)
     seconds = time.perf_counter() - start
     if stats is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -158,7 +159,7 @@ def score_checkpoint(
         "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),
         **({"ensemble_inner_steps_at_test": strategy.inner_steps_each()} if len(modes) > 1 else {}),
-        "finetune_steps": finetune.steps if finetune is not None else 0, "tta_shift": tta_shift,
+        "finetune_steps": finetune.steps if finetune is not None else 0, **views.summary(),
         **({"finetune_lr": finetune.lr, "finetune_params": finetune.params, "finetune_search": search}
            if finetune is not None else {}),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from metalearn_cli.augment import augment_images, augmentation
+from metalearn_cli.augment import TtaViews, augment_images, augmentation
 from metalearn_cli.decoders.base import Decoder
 from metalearn_cli.episodes import EpisodeBatch
 from metalearn_cli.errors import ConfigError
@@ -64,14 +64,14 @@ class Finetuner:
                               f"(strategy=mgd with decoder=prototype, feat or latent); this run's {type(decoder).__name__} "
                               f"under {type(strategy).__name__} generates none: use backbone, decoder or all")
 
-    def predict(self, scored: "Ensemble", task: EpisodeBatch, tta_shift: int, with_stats: bool = False) -> Prediction:
+    def predict(self, scored: "Ensemble", task: EpisodeBatch, views: TtaViews | int, with_stats: bool = False) -> Prediction:
         """``task`` (one task) scored by the ensemble's one member after this fine-tuning on its support set."""
         strategy = scored.members[0]
-        if self.params == "generated":  # the copies are embedded as the test's images are: with the shifted views
-            with strategy.model.test_views(tta_shift):
+        if self.params == "generated":  # the copies are embedded as the test's images are: with the test's views
+            with strategy.model.test_views(views):
                 return self._tuned_head(strategy, task, with_stats)
         with self.adapted(strategy, task):
-            return scored.predict(task, tta_shift, with_stats=with_stats)
+            return scored.predict(task, views, with_stats=with_stats)
 
     @torch.no_grad()
     def _tuned_head(self, strategy: Strategy, task: EpisodeBatch, with_stats: bool) -> Prediction:

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from metalearn_cli.assemble import load_strategy, resolve_bn_mode, resolve_device
+from metalearn_cli.augment import TtaViews
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data.images import ImageFormat, ImageSource, read_image
 from metalearn_cli.episodes import EpisodeBatch, TaskShapes
@@ -60,7 +61,7 @@ class TaskClassifier:
         out = []
         # Queries go in chunks of the trained episode's query-set size: bounded memory, and the
         # MAML family's transductive batch norm sees query sets shaped like the ones it was trained on.
-        with batch_norm_mode(k.strategy.model, k.bn_mode), k.strategy.model.test_views(k.config.eval.tta_shift):
+        with batch_norm_mode(k.strategy.model, k.bn_mode), k.strategy.model.test_views(TtaViews.of(k.config.eval)):
             for chunk in query.split(k.query_chunk):
                 batch = EpisodeBatch(self.support[None], self.labels[None], chunk[None],
                                      torch.zeros(1, chunk.shape[0], dtype=torch.long, device=k.device),

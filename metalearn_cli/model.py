@@ -7,12 +7,12 @@ in YAML. The model also owns the state of its batch-norm layers (which statistic
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from metalearn_cli.augment import shift_views, shifted
+from metalearn_cli.augment import TtaViews
 from metalearn_cli.decoders import DECODERS, Decoder, DecoderOutput
 from metalearn_cli.encoders import ENCODERS, Encoder, inside_vmap
 from metalearn_cli.encoders.norm import TaskBatchNorm2d
@@ -33,7 +33,7 @@ class MetaModel(nn.Module):
         # Which statistics batch norm uses in a pass over a task (see ``embed_task``).
         self.statistics = "joint"
         self.encoder_frozen = False
-        self.views: tuple[tuple[int, int], ...] = ((0, 0),)  # test-time augmentation's shifts (see ``test_views``)
+        self.views: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = TtaViews().copies()  # see ``test_views``
 
     def freeze_encoder(self) -> None:
         """No gradient reaches the encoder's weights and its batch norm keeps its stored statistics
@@ -66,17 +66,17 @@ class MetaModel(nn.Module):
     def embed(self, images: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Embed ``[..., C, H, W]`` images to ``[..., D]``; ``film`` holds per-task ``[T, C]`` scales
         and shifts for images ``[T, M, C, H, W]``. Inside :meth:`test_views`, an image's features are
-        the mean over its shifted copies (one encoder call each)."""
+        the mean over its copies (one encoder call each)."""
         if len(self.views) == 1:
             return self._embed_once(images, film)
-        return torch.stack([self._embed_once(shifted(images, dy, dx), film) for dy, dx in self.views]).mean(0)
+        return torch.stack([self._embed_once(view(images), film) for view in self.views]).mean(0)
 
     @contextlib.contextmanager
-    def test_views(self, shift: int) -> Iterator[None]:
-        """Test-time augmentation (``eval.tta_shift``): inside the block every image, support and
-        query alike, is embedded as the mean of the features of itself and its copies moved by
-        ``shift`` pixels (:func:`metalearn_cli.augment.shift_views`); no-op for 0."""
-        saved, self.views = self.views, shift_views(shift)
+    def test_views(self, views: TtaViews | int) -> Iterator[None]:
+        """Test-time augmentation (``eval.tta_*``): inside the block every image, support and query
+        alike, is embedded as the mean of the features of itself and its fixed copies
+        (:class:`metalearn_cli.augment.TtaViews`; an int is shifts alone); no-op when all are 0."""
+        saved, self.views = self.views, TtaViews.of(views).copies()
         try:
             yield
         finally:

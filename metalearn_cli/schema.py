@@ -136,9 +136,12 @@ class EvalConfig:
     finetune_lr_search: Optional[list[float]] = None  # P>M>F: pick finetune_lr from these ([0, 1e-4, 1e-3, 1e-2]) on validation tasks first
     finetune_search_episodes: int = 50  # validation tasks per candidate rate (the same fixed tasks for each)
     # Test-time augmentation: each test image (support and query) embedded as the mean of the features of itself and
-    # its 4 copies moved this many pixels up, down, left and right (zero-filled); 5 x the encoder's test work. Never in
+    # fixed copies (metalearn_cli.augment.TtaViews); each copy is one more pass of the encoder's test work. Never in
     # training's validation; eval.finetune_lr_search's validation tasks and `metalearn predict` (the checkpoint's value) use it.
-    tta_shift: int = 0  # 0 = off
+    tta_shift: int = 0  # 4 copies moved this many pixels up, down, left and right (zero-filled); 0 = off
+    tta_rotate: float = 0.0  # 2 copies turned by +- this many degrees; 0 = off
+    tta_scale: float = 0.0  # 2 copies scaled by 1 +- this (0.1: 0.9 and 1.1); 0 = off
+    tta_shear: float = 0.0  # 2 copies sheared along x by +- this factor; 0 = off
 
 
 # `metalearn eval`'s eval.*: each key the command line leaves null is the checkpoint's own (its run tested so), so

@@ -101,3 +101,30 @@ def test_shifted_moves_the_image_and_fills_with_zeros_without_wrapping():
     left = shifted(image, 0, -1)
     assert torch.equal(left[..., :, :4], image[..., :, 1:]) and not left[..., :, 4].any()
     assert shifted(image, 0, 0) is image and shift_views(0) == ((0, 0),) and len(set(shift_views(3))) == 5
+
+
+def test_turned_is_an_exact_quarter_turn_at_90_degrees_and_the_image_itself_at_no_change():
+    from metalearn_cli.augment import turned
+
+    image = torch.rand(2, 3, 1, 6, 6)
+    quarter = turned(image, 90)
+    assert any(torch.allclose(quarter, torch.rot90(image, k, (-2, -1)), atol=1e-5) for k in (1, 3))
+    torch.testing.assert_close(turned(image), image)
+    assert turned(image, 90).shape == image.shape and turned(image.double(), 5).dtype == torch.float64
+    big = turned(torch.ones(1, 1, 8, 8), scale=0.5)  # shrunk to half: the border is empty, the centre still ink
+    assert big[..., 0, 0] == 0 and big[..., 4, 4] == 1
+    sheared = turned(torch.eye(8)[None, None], shear=0.3)
+    assert not torch.allclose(sheared, torch.eye(8)) and torch.allclose(turned(torch.eye(8)[None, None], shear=0.0), torch.eye(8))
+
+
+def test_tta_views_come_from_the_eval_config_and_bad_amounts_are_one_line(compose_train):
+    from metalearn_cli.augment import TtaViews
+    from metalearn_cli.config_checks import validate_eval
+    from metalearn_cli.errors import ConfigError
+
+    cfg = compose_train("eval.tta_shift=2", "eval.tta_rotate=10", "eval.tta_shear=0.2")
+    assert TtaViews.of(cfg.eval) == TtaViews(2, 10.0, 0.0, 0.2) and TtaViews.of(3) == TtaViews(shift=3)
+    assert len(TtaViews.of(cfg.eval).copies()) == 9 and len(TtaViews().copies()) == 1
+    for bad in ("eval.tta_rotate=-5", "eval.tta_scale=1.5", "eval.tta_shear=-0.1"):
+        with pytest.raises(ConfigError, match=bad.replace(".", r"\.")):
+            validate_eval(compose_train(bad).eval)

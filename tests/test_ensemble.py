@@ -55,7 +55,7 @@ def test_an_ensemble_of_one_scores_exactly_as_its_member(two_runs):
 
     def score(scored):
         sampler = evaluation.fixed_tasks(data, "test", (5, 1, 3), 0, CPU, False)
-        return evaluation.evaluate_tasks(scored, sampler, 8, 4, "running", tta_shift=1)
+        return evaluation.evaluate_tasks(scored, sampler, 8, 4, "running", views=1)
 
     assert torch.equal(score(strategy), score(Ensemble([strategy])))
 

@@ -207,8 +207,9 @@ def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
 
 def test_test_time_augmentation_through_the_eval_command(compose_train, run_dir, tmp_path):
     """`python -m metalearn_cli eval ... eval.tta_shift=2` scores the same fixed tasks with each image
-    embedded over its shifted copies: recorded in results.json, other predictions than the plain
-    test; a negative shift is one line before anything runs."""
+    embedded over its shifted copies, and ``eval.tta_rotate/scale/shear`` over turned, scaled and
+    sheared ones: recorded in results.json, other predictions than the plain test; a negative shift is
+    one line before anything runs."""
     import subprocess
     import sys
 
@@ -216,13 +217,16 @@ def test_test_time_augmentation_through_the_eval_command(compose_train, run_dir,
 
     training.train(compose_train(), run_dir)
     base = [sys.executable, "-m", "metalearn_cli", "eval", f"checkpoint={run_dir}", "eval.episodes=8", "device=cpu"]
-    for name, extra in (("plain", []), ("tta", ["eval.tta_shift=2"])):
+    runs = (("plain", []), ("tta", ["eval.tta_shift=2"]), ("affine", ["eval.tta_rotate=10", "eval.tta_scale=0.1", "eval.tta_shear=0.2"]))
+    for name, extra in runs:
         proc = subprocess.run([*base, *extra, f"hydra.run.dir='{tmp_path / name}'"], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
-    plain, tta = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("plain", "tta"))
+    plain, tta, affine = (json.loads((tmp_path / n / "results.json").read_text()) for n, _ in runs)
     assert (plain["tta_shift"], tta["tta_shift"], tta["episodes"]) == (0, 2, 8)
-    predicted = [np.load(tmp_path / n / evaluation.OUTCOMES)["predicted"] for n in ("plain", "tta")]
+    assert [affine[f"tta_{k}"] for k in ("shift", "rotate", "scale", "shear")] == [0, 10, 0.1, 0.2] and plain["tta_rotate"] == 0
+    predicted = [np.load(tmp_path / n / evaluation.OUTCOMES)["predicted"] for n, _ in runs]
     assert predicted[0].shape == predicted[1].shape and (predicted[0] != predicted[1]).any()
+    assert (predicted[2] != predicted[0]).any() and (predicted[2] != predicted[1]).any()
     bad = subprocess.run([*base, "eval.tta_shift=-1", f"hydra.run.dir='{tmp_path / 'bad'}'"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "eval.tta_shift=-1" in bad.stderr.strip().splitlines()[-1]
     off = subprocess.run([*base, "eval.tta_shift=500", f"hydra.run.dir='{tmp_path / 'off'}'"], capture_output=True, text=True, timeout=300)

@@ -132,8 +132,8 @@ def test_flat_images_are_named(trained_run, caplog):
 
 
 def test_predict_tests_as_the_run_did_with_its_test_time_augmentation(trained_run):
-    """A checkpoint whose config says ``eval.tta_shift=2`` classifies with the shifted copies: other
-    probabilities than the same weights without them."""
+    """A checkpoint whose config says ``eval.tta_shift=2`` classifies with the shifted copies (and with
+    ``eval.tta_rotate``, the turned ones): other probabilities than the same weights without them."""
     from omegaconf import OmegaConf
 
     from metalearn_cli.data import DATASETS
@@ -145,4 +145,7 @@ def test_predict_tests_as_the_run_did_with_its_test_time_augmentation(trained_ru
     plain = knowledge.adapt(batch.support_images[0], batch.support_labels[0])(batch.query_images[0])
     OmegaConf.update(knowledge.config, "eval.tta_shift", 2)
     shifted = knowledge.adapt(batch.support_images[0], batch.support_labels[0])(batch.query_images[0])
-    assert not torch.allclose(plain, shifted) and knowledge.strategy.model.views == ((0, 0),)
+    assert not torch.allclose(plain, shifted) and len(knowledge.strategy.model.views) == 1
+    OmegaConf.update(knowledge.config, "eval.tta_rotate", 10.0)  # the turned copies too
+    turned = knowledge.adapt(batch.support_images[0], batch.support_labels[0])(batch.query_images[0])
+    assert not torch.allclose(turned, shifted) and len(knowledge.strategy.model.views) == 1

@@ -80,6 +80,23 @@ def test_test_views_embed_each_image_as_the_mean_over_its_shifted_copies_then_co
     by_hand = torch.stack([model.embed(shifted(images, dy, dx)) for dy, dx in ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2))]).mean(0)
     torch.testing.assert_close(viewed, by_hand)
     assert not torch.allclose(viewed, plain) and not torch.allclose(logits, model.episode_output(batch).logits)
-    assert torch.equal(model.embed(images), plain) and model.views == ((0, 0),)
+    assert torch.equal(model.embed(images), plain) and len(model.views) == 1
     with model.test_views(0):
         assert torch.equal(model.embed(images), plain)
+
+
+def test_test_views_add_turned_scaled_and_sheared_copies_in_pairs():
+    """eval.tta_rotate / tta_scale / tta_shear: each adds its + and - copy to the mean (7 views for all three)."""
+    from metalearn_cli.augment import TtaViews, turned
+
+    model, batch = make()
+    model.eval()
+    images = batch.support_images
+    views = TtaViews(rotate=10, scale=0.1, shear=0.2)
+    with model.test_views(views):
+        viewed = model.embed(images)
+        assert len(model.views) == 7
+    copies = [images, turned(images, 10), turned(images, -10), turned(images, scale=1.1), turned(images, scale=0.9),
+              turned(images, shear=0.2), turned(images, shear=-0.2)]
+    torch.testing.assert_close(viewed, torch.stack([model.embed(c) for c in copies]).mean(0))
+    assert len(model.views) == 1 and len(TtaViews(shift=1, rotate=5).copies()) == 7
