@@ -17,7 +17,7 @@ here all four are drawn every time, from ranges that include no change. It is on
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Callable, Optional, Union
 
@@ -124,17 +124,13 @@ class TtaViews:
         """One function per view, the image itself first (then the shifts, in :func:`shift_views`'s order)."""
         views: list[Callable[[torch.Tensor], torch.Tensor]] = [
             (lambda x: x) if (dy, dx) == (0, 0) else partial(shifted, dy=dy, dx=dx) for dy, dx in shift_views(self.shift)]
-        for sign in (1, -1):
-            views += [partial(turned, degrees=sign * self.rotate)] if self.rotate else []
-        for sign in (1, -1):
-            views += [partial(turned, scale=1 + sign * self.scale)] if self.scale else []
-        for sign in (1, -1):
-            views += [partial(turned, shear=sign * self.shear)] if self.shear else []
+        for key, amount, unchanged in (("degrees", self.rotate, 0.0), ("scale", self.scale, 1.0), ("shear", self.shear, 0.0)):
+            views += [partial(turned, **{key: unchanged + sign * amount}) for sign in (1, -1)] if amount else []
         return tuple(views)
 
     def summary(self) -> dict[str, float]:
-        """What results.json records."""
-        return {"tta_shift": self.shift, "tta_rotate": self.rotate, "tta_scale": self.scale, "tta_shear": self.shear}
+        """What results.json records: each field as its ``eval.tta_*`` key."""
+        return {f"tta_{name}": value for name, value in asdict(self).items()}
 
 
 def augment_images(augment: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
