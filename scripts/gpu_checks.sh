@@ -44,7 +44,8 @@ fi
 } 2>&1 | tee "$OUT/env.txt"
 
 echo "== tests/test_cuda.py"
-timeout "$(within 150)" "$PY" -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/tests.txt"
+# -o addopts=: in one process, without the -n auto of pyproject.toml (pytest-xdist is not in a bare GPU image)
+timeout "$(within 150)" "$PY" -m pytest -q -rs -o addopts= -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/tests.txt"
 
 echo "== bench_strategies --device cuda"
 timeout "$(within 200)" "$PY" scripts/bench_strategies.py --device "$DEVICE" --iterations 5 \

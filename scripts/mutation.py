@@ -66,7 +66,8 @@ def scratch_copy(name: str) -> Path:
 def configure(directory: Path, mutate: list[str], tests: list[str]) -> None:
     lines = ["[mutmut]", "source_paths=metalearn_cli", "only_mutate=" + "\n    ".join(mutate),
              "pytest_add_cli_args_test_selection=" + "\n    ".join(tests),
-             "pytest_add_cli_args=-q\n    -p\n    no:cacheprovider\n    -m\n    not slow and not gpu",
+             # -n 0: mutmut maps and runs tests in its own processes, not pytest-xdist's (addopts has -n auto)
+             "pytest_add_cli_args=-q\n    -p\n    no:cacheprovider\n    -n\n    0\n    -m\n    not slow and not gpu",
              "use_git_change_detection=false",
              # A test's own duration is measured, but not the module fixture it may set up first (a trained
              # run): allow a minute on top, or mutants of code under such a fixture read as timeouts.

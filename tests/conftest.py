@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from metalearn_cli.cli import register_configs
+
+
+def _share_the_cores() -> None:
+    """pytest-xdist (``-n auto`` in addopts) runs one worker per core: each takes its share of the
+    threads, in-process and in the CLI subprocesses its tests start, so workers do not oversubscribe."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores()
 
 # Small, fast settings on generated data: seconds per run on 2 CPU cores.
 FAST = [

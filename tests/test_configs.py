@@ -16,6 +16,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from conftest import FAST, compose_config
+from covering import pairwise_rows
 from encoders.test_encoders import SMALL
 from metalearn_cli import training
 from metalearn_cli.checkpoint import load_checkpoint
@@ -165,7 +166,7 @@ def test_every_preset_runs_one_step_under_debug_smoke(tmp_path, preset):
     assert results["published_accuracy"] == cfg.reference.accuracy and results["way"] == cfg.episode.way
 
 
-COMBOS = list(itertools.product(*(REGISTRIES[g].names() for g in ("encoder", "decoder", "strategy"))))
+COMBOS = list(itertools.product(*(REGISTRIES[g].names() for g in ("encoder", "decoder", "strategy", "optimizer"))))
 
 
 def refusal(encoder: str, decoder: str, strategy: str) -> str | None:
@@ -177,9 +178,15 @@ def refusal(encoder: str, decoder: str, strategy: str) -> str | None:
     return None
 
 
+def _combinations() -> list[Any]:
+    """Every combination; those outside a pairwise covering set (every two choices meet at least once,
+    tests/covering.py) are slow, so the default run tries each pair and ``pytest -m slow`` the rest."""
+    covering = set(pairwise_rows(COMBOS, lambda row: refusal(*row[:3]) is None))
+    return [pytest.param(*row, marks=() if row in covering else pytest.mark.slow) for row in COMBOS]
+
+
 @pytest.mark.smoke
-@pytest.mark.parametrize("encoder,decoder,strategy", COMBOS)
-@pytest.mark.parametrize("optimizer", REGISTRIES["optimizer"].names())
+@pytest.mark.parametrize("encoder,decoder,strategy,optimizer", _combinations())
 def test_one_meta_step_for_every_combination(tmp_path, encoder, decoder, strategy, optimizer):
     small = [f"encoder.{k}={v}".replace(" ", "") for k, v in SMALL[encoder].items() if k != "drop_rate"]
     fast = [o for o in FAST if not o.startswith("encoder.")]
