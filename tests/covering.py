@@ -24,11 +24,13 @@ def pairwise_rows(rows: Sequence[Row], trains: Callable[[Row], bool]) -> list[Ro
     rows = list(rows)
     good = [r for r in rows if trains(r)]
     bad = [r for r in rows if not trains(r)]
-    chosen: list[Row] = []
+    chosen: set[Row] = set()
+    covered: set[tuple[int, str, int, str]] = set()
     for pool in (good, bad):
-        missing = set().union(*map(pairs_of, pool)) - set().union(set(), *map(pairs_of, chosen))
+        missing = set().union(*map(pairs_of, pool)) - covered
         while missing:
             best = max(pool, key=lambda r: len(pairs_of(r) & missing))
-            chosen.append(best)
-            missing -= pairs_of(best)
+            chosen.add(best)
+            covered |= pairs_of(best)
+            missing -= covered
     return [r for r in rows if r in chosen]
