@@ -227,48 +227,6 @@ class EpisodeSampler:
             self.generator.set_state(saved)
 
 
-class LakeRuns:
-    """Lake et al.'s (2015) one-shot runs: 20 characters of one alphabet; the support image of each
-    drawn by one person, the query image by another. Fixed by the seed like every test set.
-
-    The split's classes must be ``Alphabet/character`` with their drawings in drawer order (Omniglot's
-    ``background`` split: the evaluation alphabets, unrotated)."""
-
-    def __init__(self, split: ClassImages, n_way: int, seed: int, device: torch.device | None = None) -> None:
-        alphabets: dict[str, list[int]] = {}
-        for i, name in enumerate(split.class_names):
-            parts = name.split("/")
-            if len(parts) != 2:
-                raise DataError(f"Lake et al.'s runs need classes named Alphabet/character (dataset=omniglot "
-                                f"dataset.split=background); this split has '{name}'")
-            alphabets.setdefault(parts[0], []).append(i)
-        self.alphabets = [v for _, v in sorted(alphabets.items()) if len(v) >= n_way]
-        if not self.alphabets or split.n_per_class < 2:
-            raise DataError(f"Lake et al.'s runs need alphabets of at least {n_way} characters drawn by two people or more")
-        self.split, self.n_way, self.seed = split, n_way, seed
-        self.device = torch.device(device) if device is not None else split.images.device
-        self._labels = torch.arange(n_way, device=self.device)
-
-    def fixed(self, episodes: int, batch_tasks: int) -> Iterator[EpisodeBatch]:
-        """``episodes`` runs, the same on every call."""
-        g = torch.Generator().manual_seed(self.seed)
-        runs = []
-        for _ in range(episodes):
-            chars = self.alphabets[int(torch.randint(len(self.alphabets), (1,), generator=g))]
-            picked = torch.tensor(chars)[torch.randperm(len(chars), generator=g)[: self.n_way]]
-            drawers = torch.randperm(self.split.n_per_class, generator=g)[:2]  # two different people
-            runs.append((picked, drawers))
-        for start in range(0, episodes, batch_tasks):
-            part = runs[start : start + batch_tasks]
-            classes = torch.stack([c for c, _ in part]).to(self.split.images.device)
-            drawers = torch.stack([d for _, d in part]).to(self.split.images.device)
-            images = self.split.images[classes[:, :, None], drawers[:, None, :]]  # [T, N, 2, C, H, W]
-            images = images.to(self.device).to(torch.float32).div_(255.0)
-            t = len(part)
-            labels = self._labels.expand(t, -1)
-            yield EpisodeBatch(images[:, :, 0], labels, images[:, :, 1], labels, self.n_way, 1, 1)
-
-
 def alphabet_groups(split: ClassImages) -> list[list[int]]:
     """Class indices by alphabet, from names ``Alphabet/character`` (a rotated copy ``.../rot090`` is
     its own alphabet: its strokes look alike among themselves); [] when the names name no alphabet."""

@@ -26,7 +26,8 @@ from metalearn_cli.augment import augmentation
 from metalearn_cli.cost import check_memory
 from metalearn_cli.data import DATASETS
 from metalearn_cli.distributed import World, leave, world
-from metalearn_cli.episodes import EpisodeSampler, LakeRuns, TaskShapes, check_fits, is_lake, resident, split_seed, validation_sampler
+from metalearn_cli.episodes import EpisodeSampler, TaskShapes, check_fits, is_lake, resident, split_seed, validation_sampler
+from metalearn_cli.lake_runs import LakeRuns
 from metalearn_cli.errors import ConfigError, Interrupted
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.finetune import Finetuner

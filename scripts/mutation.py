@@ -39,7 +39,7 @@ SCRATCH = Path(os.environ.get("METALEARN_MUTATION_DIR", "/tmp/metalearn-mutation
 TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "optim": (["metalearn_cli/optim.py"], ["tests/test_optim.py"]),
     "resume": (["metalearn_cli/resume.py"], ["tests/test_resume.py"]),
-    "episodes": (["metalearn_cli/episodes.py"], ["tests/test_episodes.py"]),
+    "episodes": (["metalearn_cli/episodes.py", "metalearn_cli/lake_runs.py"], ["tests/test_episodes.py", "tests/test_lake_runs.py"]),
     "rundir": (["metalearn_cli/rundir.py"], ["tests/test_rundir.py", "tests/test_run_dir_guards.py"]),
     "loop": (["metalearn_cli/loop.py", "metalearn_cli/objectives.py"],
              ["tests/test_loop.py", "tests/test_objectives.py", "tests/test_pretrain.py", "tests/test_loop_faults.py"]),

@@ -139,7 +139,8 @@ def test_lockstep_samplers_draw_the_same_tasks_at_each_image_size(lake):
     """A copy of the split at twice the size (each pixel a 2 x 2 block): every batch, read back at the
     first size, is the first sampler's batch, task for task (random tasks and Lake's runs)."""
     from metalearn_cli.ensemble import LockstepTasks
-    from metalearn_cli.episodes import ClassImages, EpisodeSampler, LakeRuns
+    from metalearn_cli.episodes import ClassImages, EpisodeSampler
+    from metalearn_cli.lake_runs import LakeRuns
 
     g = torch.Generator().manual_seed(0)
     small = torch.randint(0, 256, (24, 6, 1, 8, 8), generator=g, dtype=torch.uint8)

@@ -74,44 +74,6 @@ def test_check_fits_explains_the_fix(way, shot, query, match):
         check_fits(make_split(), "train", "toy", way, shot, query)
 
 
-def test_lake_runs_are_within_one_alphabet_with_two_different_drawers():
-    from metalearn_cli.episodes import ClassImages, LakeRuns
-
-    # 3 alphabets of 25, 25 and 5 characters, 4 drawers; pixel value = character, a channel per drawer id
-    names = [f"A{a}/character{c:02d}" for a, n in ((0, 25), (1, 25), (2, 5)) for c in range(n)]
-    images = torch.zeros(len(names), 4, 2, 2, 2, dtype=torch.uint8)
-    for i in range(len(names)):
-        images[i, :, 0] = i
-        for d in range(4):
-            images[i, d, 1] = d
-    runs = LakeRuns(ClassImages(images, names), 20, seed=3)
-    batches = list(runs.fixed(10, 4))
-    assert [b.tasks for b in batches] == [4, 4, 2]
-    for b in batches:
-        assert (b.n_way, b.k_shot, b.n_query) == (20, 1, 1)
-        chars = (b.support_images[:, :, 0, 0, 0] * 255).round().long()
-        assert torch.equal(chars, (b.query_images[:, :, 0, 0, 0] * 255).round().long())  # query i is character i
-        for t in range(b.tasks):
-            alphabets = {names[c].split("/")[0] for c in chars[t].tolist()}
-            assert len(alphabets) == 1 and alphabets != {"A2"} and len(set(chars[t].tolist())) == 20
-            s_drawer = (b.support_images[t, :, 1] * 255).round().unique()
-            q_drawer = (b.query_images[t, :, 1] * 255).round().unique()
-            assert len(s_drawer) == len(q_drawer) == 1 and s_drawer.item() != q_drawer.item()
-    again = list(runs.fixed(10, 5))  # fixed by the seed, whatever the batching
-    assert torch.equal(torch.cat([b.support_images for b in batches]), torch.cat([b.support_images for b in again]))
-
-
-def test_lake_runs_refuse_a_split_without_alphabets():
-    import pytest
-
-    from metalearn_cli.episodes import ClassImages, LakeRuns
-    from metalearn_cli.errors import DataError
-
-    images = torch.zeros(30, 4, 1, 2, 2, dtype=torch.uint8)
-    with pytest.raises(DataError, match="dataset.split=background"):
-        LakeRuns(ClassImages(images, [f"A/c{i}/rot000" for i in range(30)]), 20, seed=0)
-
-
 def alphabets(per_alphabet: tuple[int, ...], per_class: int = 4) -> ClassImages:
     names = [f"alpha{a}/char{c}" for a, n in enumerate(per_alphabet) for c in range(n)]
     return ClassImages(torch.zeros(len(names), per_class, 1, 4, 4, dtype=torch.uint8), names)
@@ -232,17 +194,6 @@ def test_rank_parts_are_disjoint_and_together_the_whole_meta_batch():
     parts = [EpisodeSampler(make_split(), 5, 1, 1, seed=7).sample(4, part=(r, 2)) for r in range(2)]
     assert [p.tasks for p in parts] == [2, 2]
     assert torch.equal(torch.cat([p.support_images for p in parts]), whole.support_images)
-
-
-def test_lake_runs_take_alphabets_of_exactly_n_way_and_two_drawers():
-    from metalearn_cli.episodes import LakeRuns
-
-    runs = LakeRuns(alphabets((5, 3), per_class=2), 5, seed=0)
-    assert runs.alphabets == [[0, 1, 2, 3, 4]]
-    with pytest.raises(DataError, match="Lake et al.'s runs need alphabets of at least 5 characters drawn by two"):
-        LakeRuns(alphabets((4, 3), per_class=4), 5, seed=0)
-    with pytest.raises(DataError, match="drawn by two people or more"):
-        LakeRuns(alphabets((6,), per_class=1), 5, seed=0)
 
 
 def test_split_seeds_are_pinned():

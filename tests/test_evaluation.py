@@ -196,6 +196,9 @@ def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
     evaluation.evaluate(cfg, tmp_path / "lake")
     results = json.loads((tmp_path / "lake" / "results.json").read_text())
     assert (results["protocol"], results["way"], results["shot"], results["query"], results["episodes"]) == ("lake", 20, 1, 1, 6)
+    by = results["by_alphabet"]  # the runs of each alphabet, whose accuracies average to the whole
+    assert sum(v["runs"] for v in by.values()) == 6 and all("/" not in name for name in by)
+    assert sum(v["runs"] * v["accuracy"] for v in by.values()) / 6 == pytest.approx(results["accuracy"], abs=1e-6)
     vinyals = tmp_path / "vinyals"
     training.train(compose_config("train", ["encoder=conv4", "encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
                                         "trainer.val_episodes=2", "eval.episodes=2", "trainer.progress=false",
