@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import random
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -37,15 +38,28 @@ def read_state(path: Path) -> Any:
     """``torch.load`` with ``weights_only=True``: nothing in the file is executed."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass checkpoints/best.pt or last.pt of a run dir")
+    other = {"best.pt": "use the run's checkpoints/last.pt", "last.pt": "use the run's checkpoints/best.pt"}.get(
+        path.name, "use another checkpoint, e.g. checkpoints/last.pt or best.pt of the run")
+    changed = _changed_entry(path)
+    if changed:
+        raise CheckpointError(f"{path} is damaged: its entry {changed} fails its CRC-32 check, so bytes changed after "
+                              f"it was written (a bad disk, copy or edit); {other}")
     try:
         with warnings.catch_warnings():  # a refused file is one line of ours, not torch's advice to file an issue
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on a damaged or foreign file
-        raise CheckpointError(
-            f"{path} is not a readable metalearn checkpoint ({_damage(path, exc)}); "
-            "use another checkpoint, e.g. checkpoints/last.pt or best.pt of the run"
-        ) from exc
+        raise CheckpointError(f"{path} is not a readable metalearn checkpoint ({_damage(path, exc)}); {other}") from exc
+
+
+def _changed_entry(path: Path) -> Optional[str]:
+    """The first entry of a torch.save zip archive whose CRC-32 does not match its bytes. torch.load does not
+    check them, so a changed byte inside a tensor would load as a wrong weight without a word."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None  # not a whole zip archive: torch.load's refusal says what it is (_damage)
 
 
 LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # torch.save before 1.6 pickles this number first
@@ -77,7 +91,7 @@ def _damage(path: Path, exc: Exception) -> str:
         return "it is a plain Python pickle, not a torch.save file (pickle.dump wrote it?); pass a best.pt or last.pt of a run"
     if "weights_only" in message or "Weights only load failed" in message:
         return "it holds pickled objects other than tensors, which are never executed"
-    if "central directory" in message:
+    if "central directory" in message or (head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path)):
         return "it is truncated: the end of its zip archive is missing (a copy or save that did not finish)"
     first = (message.splitlines()[0] if message else exc.__class__.__name__).split(". ")[0]  # not torch's advice after it
     return f"it is damaged inside: {exc.__class__.__name__}: {first[:120]}"

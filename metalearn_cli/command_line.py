@@ -131,6 +131,27 @@ def check_debug(args: list[str], values: dict[str, Any]) -> None:
               "shrinks its budget; its figures are not comparable with the published one", file=sys.stderr)
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the YAML files in ``configs/<group>/``."""
+    folder = resources.files("metalearn_cli.configs") / group
+    return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+def check_groups(command: str, values: dict[str, Any]) -> None:
+    """Two spellings Hydra answers with a traceback: a group set to null (``encoder=null``), and, in eval, a
+    key of the episode while the episode is the checkpoint's own (``episode`` is null until an option is named)."""
+    for group in GROUPS.get(command, ()):
+        if group in values and values[group] is None:
+            default = "to test on the checkpoint's own" if command == "eval" else "for the default"
+            raise ConfigError(f"{group}=null: {group} is a config group and takes one of its options "
+                              f"({', '.join(group_options(group))}); leave it out {default}")
+    keys = [k for k in values if k.startswith("episode.")]
+    if command == "eval" and keys and "episode" not in values:
+        raise ConfigError(f"{keys[0]}={values[keys[0]]} changes an episode option, but eval tests on the checkpoint's own "
+                          f"episode unless one is named; name one first, e.g. episode=5way1shot {keys[0]}={values[keys[0]]} "
+                          f"(options: {', '.join(group_options('episode'))})")
+
+
 def hydra_quote(text: str) -> str:
     """``text`` as one quoted Hydra override value that parses back to exactly ``text``."""
     escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text).replace("'", "\\'").replace("${", "\\${")

@@ -71,6 +71,20 @@ def did_you_mean(message: str) -> Optional[str]:
     return f"did you mean '{close[0]}'?" if close else None
 
 
+def shell_override(key: str, value: object) -> str:
+    """``key=value`` as a user pastes it into a shell: bare when plain, else quoted for Hydra and for the shell
+    (``'resume="my runs/été"'``), so a printed command works for a path with spaces or non-ASCII letters."""
+    import re
+    import shlex
+
+    text = str(value)
+    if re.fullmatch(r"[\w./@:+-]+", text, flags=re.ASCII):  # no comma: a,b is a sweep
+        return f"{key}={text}"
+    # Hydra's quoted values: a backslash is doubled only before a quote or at the end; ${ would interpolate
+    escaped = re.sub(r'(\\+)(?="|$)', lambda m: m.group(1) * 2, text).replace('"', '\\"').replace("${", "\\${")
+    return shlex.quote(f'{key}="{escaped}"')
+
+
 def suggest(word: str, choices: list[str]) -> str:
     """``did you mean 'x'? `` for the closest choice, or nothing."""
     close = difflib.get_close_matches(word, choices, n=1)

@@ -22,6 +22,7 @@ import torch
 from metalearn_cli.assemble import first_non_finite, load_weights, startup_line
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
 from metalearn_cli.compat import refuse_changed_recipe
+from metalearn_cli.console import shell_override
 from metalearn_cli.distributed import World, average_metrics
 from metalearn_cli.episodes import EpisodeSampler
 from metalearn_cli.errors import ConfigError, Diverged, Interrupted
@@ -217,14 +218,14 @@ class TrainingRun:
                 progress.close()
             train_seconds = self.train_seconds()
             stop["now"] = (f"during the final test; {self.files.last} holds the finished training; "
-                           f"test it with: metalearn train resume={s.resume_hint}")
+                           f"test it with: metalearn train {shell_override('resume', s.resume_hint)}")
             if self.main:
                 self.finish(train_seconds, metrics)
         except (Interrupted, KeyboardInterrupt) as exc:
             if self.main:
                 write_status(s.run_dir, "interrupted", step=self.step, iterations=s.iterations)
             if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, between two saves
-                resume = f"; continue with: metalearn train resume={s.resume_hint}" if self.saved_step is not None else ""
+                resume = f"; continue with: metalearn train {shell_override('resume', s.resume_hint)}" if self.saved_step is not None else ""
                 raise Interrupted("SIGINT", f"SIGINT twice: stopped at once; {self.kept()}{resume}") from None
             raise
         finally:
@@ -248,7 +249,7 @@ class TrainingRun:
         self.window.started += time.perf_counter() - paused  # throughput counts training only
         if stop["signal"]:
             raise Interrupted(stop["signal"], f"{stop['signal']} at {s.step_name} {self.step}/{s.iterations}; saved "
-                                              f"{self.files.last}; continue with: metalearn train resume={s.resume_hint}")
+                                              f"{self.files.last}; continue with: metalearn train {shell_override('resume', s.resume_hint)}")
 
     def finish(self, train_seconds: float, metrics: Optional[MetricsLog]) -> None:
         """Test what validation chose, read back from disk: ``metalearn eval`` on best.pt gives the same numbers."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from metalearn_cli.console import OneLineParser
+from metalearn_cli.console import OneLineParser, shell_override
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.rundir import refuse_replacing
 
@@ -55,5 +55,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     names = write_sample_task(args.out, args.way, args.shot, args.query, args.seed)
     print(f"wrote a {len(names)}-way {args.shot}-shot task to {args.out}; try:\n"
-          f"  metalearn predict checkpoint=<run>/checkpoints/best.pt support={args.out}/support query={args.out}/query")
+          f"  metalearn predict checkpoint=<run>/checkpoints/best.pt {shell_override('support', f'{args.out}/support')} "
+          f"{shell_override('query', f'{args.out}/query')}")
     return 0

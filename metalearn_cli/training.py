@@ -26,6 +26,7 @@ from metalearn_cli.augment import augmentation
 from metalearn_cli.cost import check_memory
 from metalearn_cli.data import DATASETS
 from metalearn_cli.distributed import World, leave, world
+from metalearn_cli.console import shell_override
 from metalearn_cli.episodes import EpisodeSampler, TaskShapes, check_fits, is_lake, resident, split_seed, validation_sampler
 from metalearn_cli.lake_runs import LakeRuns
 from metalearn_cli.errors import ConfigError, Interrupted
@@ -135,7 +136,7 @@ class Training:
                     write_status(self.run_dir, "interrupted", step=0, iterations=self.t.iterations)
                     if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C between the stage's saves
                         raise Interrupted("SIGINT", f"SIGINT twice: stopped at once during pre-training; continue "
-                                                    f"with: metalearn train resume={self.run_dir}") from None
+                                                    f"with: metalearn train {shell_override('resume', self.run_dir)}") from None
                     raise
                 return self.meta.run(stop)
 

@@ -1,6 +1,7 @@
 import argparse
 import pickle
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -46,12 +47,17 @@ def test_corrupt_truncated_foreign_and_future_files_are_refused(tmp_path):
             load_checkpoint(path)
 
 
+ONE, TWO = struct.pack("<f", 1.0), struct.pack("<f", 2.0)
+
+
 @pytest.mark.parametrize("content, reason", [
     (lambda good: b"", "the file is empty"),
     (lambda good: good[: len(good) // 2], "it is truncated"),
     (lambda good: b"hello world\n" * 40, "not a PyTorch file"),
     (lambda good: bytes(range(256)) * 4, "not a PyTorch file"),
     (lambda good: good.replace(b"data.pkl", b"data.pkX"), "it is damaged inside"),
+    (lambda good: good.replace(ONE * 2, TWO + ONE, 1), "fails its CRC-32 check"),  # a weight changed: 1.0 -> 2.0
+    (lambda good: good[: len(good) - 30], "it is truncated"),  # no end of the zip's directory: was torch's OSError
     (lambda good: pickle.dumps({"model": {"w": [1.0]}, "step": 1}), "a plain Python pickle, not a torch.save file"),
     (lambda good: pickle.dumps({"model": {"w": [1.0]}}, protocol=2), "a plain Python pickle, not a torch.save file"),
 ])
@@ -75,3 +81,14 @@ def test_a_torch_file_in_the_legacy_format_is_not_called_a_plain_pickle(tmp_path
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(legacy)
     assert "plain Python pickle" not in str(err.value)
+
+
+@pytest.mark.parametrize("name, hint", [("best.pt", "use the run's checkpoints/last.pt"),
+                                        ("last.pt", "use the run's checkpoints/best.pt"), ("mine.pt", "use another")])
+def test_a_damaged_checkpoint_points_to_the_other_one_not_to_itself(tmp_path, name, hint):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"config": {}, "model": {"w": torch.ones(64)}, "step": 1})
+    bad = tmp_path / name
+    bad.write_bytes(good.read_bytes().replace(ONE * 2, TWO + ONE, 1))
+    with pytest.raises(CheckpointError, match=hint):
+        load_checkpoint(bad)

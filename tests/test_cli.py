@@ -284,3 +284,19 @@ def test_import_metalearn_is_the_package():
     proc = subprocess.run([sys.executable, "-c", "import metalearn, metalearn_cli; assert metalearn is metalearn_cli; "
                            "print(metalearn.load.__module__)"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "metalearn_cli", proc.stderr
+
+
+@pytest.mark.parametrize("value", ["/tmp/runs/a-1", "/tmp/résultats été/run 2", "it's \"here\"", "x${y}", "c:\\dir\\", "a,b"])
+def test_printed_overrides_paste_back_into_a_shell_and_hydra_as_the_same_path(value):
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from metalearn_cli.console import shell_override
+
+    words = shlex.split(shell_override("resume", value))  # what the shell hands metalearn
+    assert len(words) == 1
+    parsed = OverridesParser.create().parse_override(words[0])
+    assert not parsed.is_sweep_override()
+    assert OmegaConf.create({"v": parsed.value()}).v == value  # as the config reads it, escapes resolved

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -248,12 +249,12 @@ STARTED = ["debug=smoke", "dataset=synthetic", "trainer.iterations=40", "trainer
 def test_the_printed_resume_command_continues_the_run_bit_identically(tmp_path, monkeypatch, capsys):
     reference = tmp_path / "reference"
     assert main(["train", *STARTED, f"hydra.run.dir={reference}"]) == 0
-    run = tmp_path / "run"
+    run = tmp_path / "run été 2"  # the printed command quotes it, so it pastes back whole
     stop_at(monkeypatch, 15)
-    assert main(["train", *STARTED, f"hydra.run.dir={run}"]) == 0  # SIGTERM: an orderly stop
+    assert main(["train", *STARTED, f'hydra.run.dir="{run}"']) == 0  # SIGTERM: an orderly stop
     monkeypatch.undo()
     err = capsys.readouterr().err
-    printed = err.split("continue with: ", 1)[1].split()
+    printed = shlex.split(err.split("continue with: ", 1)[1].splitlines()[0])
     assert printed[:2] == ["metalearn", "train"] and len(printed) == 3  # `metalearn train resume=RUN`, nothing else
     hydra_before = {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")}
     assert main(printed[1:]) == 0, capsys.readouterr().err

@@ -8,9 +8,11 @@ import hashlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,16 @@ def tree_hash(root: Path) -> str:
     return digest.hexdigest()
 
 
+def change_a_weight_byte(good: Path, bad: Path) -> None:
+    """A copy of ``good`` with one byte of a tensor's data changed: still a whole zip archive that torch.load reads."""
+    data = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as archive:
+        entry = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size >= 64)
+    name_length, extra_length = struct.unpack("<HH", data[entry.header_offset + 26 : entry.header_offset + 30])
+    data[entry.header_offset + 30 + name_length + extra_length + 8] ^= 0x40
+    bad.write_bytes(bytes(data))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A finished training run, made through the CLI as a user would."""
@@ -46,6 +58,7 @@ def run(tmp_path_factory) -> Path:
         torch.save({**state, **change}, root / f"{name}.pt")
     good = path / "checkpoints" / "best.pt"
     (root / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    change_a_weight_byte(good, root / "changed.pt")
     torch.save({**state, "version": 99}, root / "future.pt")
 
     class Evil:
@@ -157,6 +170,10 @@ CASES = [
     (["report", "{tmp}/missing"], "does not exist"),
     (["eval", "checkpoint={root}/truncated.pt"], "not a readable metalearn checkpoint"),
     (["eval", "checkpoint={root}/future.pt"], "newer than this metalearn"),
+    (["eval", "checkpoint={root}/changed.pt"], "fails its CRC-32 check"),  # torch.load would read it as a wrong weight
+    (["eval", f"checkpoint={R}", "episode.way=3"], "name one first, e.g. episode=5way1shot episode.way=3"),
+    (["eval", f"checkpoint={R}", "episode=null"], "leave it out to test on the checkpoint's own"),
+    (["train", *SMOKE, "encoder=null"], "encoder is a config group and takes one of its options (conv4, conv4_fast"),
     (["eval", "checkpoint={root}/evil.pt"], "not a readable metalearn checkpoint"),  # one line: torch's warning silenced
     (["eval", "checkpoint={root}/encoder_2_os.system.pt"], "unknown encoder 'os.system'"),
     (["eval", "checkpoint={root}/encoder_2_conv4.pt"], "_target_"),

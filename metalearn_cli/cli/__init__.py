@@ -18,7 +18,7 @@ from metalearn_cli.cli import placement
 from metalearn_cli.cli.apps import APPS, register_configs, run_app
 from metalearn_cli.cli.placement import config_keys, override_values, place_run, print_help
 from metalearn_cli.command_line import (
-    FLAG_COMMANDS, USAGE, add_override, check_debug, flag_present, hydra_argv, rank, refuse_unknown_flags, shell_completion,
+    FLAG_COMMANDS, USAGE, add_override, check_debug, check_groups, flag_present, hydra_argv, rank, refuse_unknown_flags, shell_completion,
     version_line,
 )
 from metalearn_cli.console import suggest
@@ -75,6 +75,7 @@ def _hydra_command(command: str, rest: list[str]) -> int:
         refuse_unknown_flags(command, rest, config_keys)
         values = override_values(rest)
         check_debug(rest, values)
+        check_groups(command, values)
         args, run_dir = place_run(command, rest, values, scratch)
     except MetalearnError as exc:
         print(f"metalearn {command}: error: {exc}", file=sys.stderr)
