@@ -250,10 +250,11 @@ class RunGuard:
     ``.hydra/resume-<time>/`` in the run an accepted resume continues) and starts its log file. So
     however a command reaches a dir (a sweep, ``-cd``, a colliding sub-dir), a refused one changes
     nothing in a run that was there. A failure is recorded only in a dir that held no run; a default
-    dir the CLI claimed for a refused command is removed again."""
+    dir the CLI claimed for a refused command is removed again, and so is one of a ``disposable`` command
+    (eval, predict, export) that failed: it holds nothing but the error, and ``report`` would list a typo as a run."""
 
-    def __init__(self, run_dir: Path, claimed: bool = False, writer: bool = True) -> None:
-        self.run_dir, self.claimed, self.writer = Path(run_dir), claimed, writer
+    def __init__(self, run_dir: Path, claimed: bool = False, writer: bool = True, disposable: bool = False) -> None:
+        self.run_dir, self.claimed, self.writer, self.disposable = Path(run_dir), claimed, writer, disposable
         self.existing = held(self.run_dir)
         self.accepted = False
         self.handler: Optional[logging.Handler] = None
@@ -287,7 +288,8 @@ class RunGuard:
         """Record a failure where it belongs; returns whether it was written into the run dir."""
         if self.protects:
             return False
-        if self.claimed and not self.accepted:  # a default dir made for a command refused before it wrote anything
+        if self.claimed and (not self.accepted or self.disposable):  # a default dir with nothing but the failure
+            self.close()  # the log file's handle, before its folder goes
             shutil.rmtree(self.run_dir, ignore_errors=True)
             return False
         self.accept(record, None)  # what was asked, beside why it failed (report lists the run as failed)

@@ -183,3 +183,16 @@ def test_a_refused_command_without_a_run_dir_leaves_no_folder_behind(tmp_path, m
     assert main(["train", *SMOKE, "resume=true"]) == 2
     assert "resume=true but" in capsys.readouterr().err
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # the claimed default dir is gone
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["eval", "checkpoint=nowhere.pt"], "does not exist"),
+    (["predict", "checkpoint=nowhere.pt", "support=s", "query=q"], "does not exist"),
+    (["export", "checkpoint=nowhere.pt", "out=x.pt"], "does not exist"),
+])
+def test_a_failed_tool_command_leaves_no_default_folder_to_list_as_a_run(tmp_path, monkeypatch, capsys, args, needle):
+    """eval, predict and export accept their default dir early; when they fail, it held nothing but the error."""
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert needle in capsys.readouterr().err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -47,12 +47,13 @@ def _hydra_record(cfg: DictConfig) -> dict[str, str]:
             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task)))}
 
 
-def _run_job(job: Callable[[Callable[[], None]], float], cfg: DictConfig) -> float:
+def _run_job(job: Callable[[Callable[[], None]], float], cfg: DictConfig, disposable: bool = False) -> float:
     """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
-    recorded only in a dir that held no run. In a sweep a failing job fails alone and the sweep goes on."""
+    recorded only in a dir that held no run (``disposable``: not in a default dir either, :class:`RunGuard`).
+    In a sweep a failing job fails alone and the sweep goes on."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0)
+    guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0, disposable=disposable)
     record = _hydra_record(cfg)
     log_name = hc.job.name if hc.runtime.choices.get("hydra/job_logging") == "metalearn" else None
     try:
@@ -120,7 +121,7 @@ def _tool_app(command: str, keys: tuple[str, ...], target: str) -> Callable[[], 
             module, function = target.split(":")
             return getattr(importlib.import_module(module), function)(cfg, run_dir)
 
-        return _run_job(job, cfg)
+        return _run_job(job, cfg, disposable=True)
 
     return app
 
