@@ -196,3 +196,15 @@ def test_a_failed_tool_command_leaves_no_default_folder_to_list_as_a_run(tmp_pat
     assert main(args) == 2
     assert needle in capsys.readouterr().err
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_sweep_whose_every_job_is_refused_exits_2_and_names_the_sweep_dir(tmp_path, capsys):
+    sweep = tmp_path / "sweep é"
+    args = ["train", "-m", *SMOKE, "seed=0,1", f'hydra.sweep.dir="{sweep}"']
+    assert main(args) == 0
+    first = tree_hash(sweep)
+    capsys.readouterr()
+    assert main(args) == 2  # both sub-dirs hold runs: nothing ran
+    out, err = capsys.readouterr()
+    assert "2 of 2 sweep jobs failed" in err and "use a new hydra.sweep.dir" in out + err
+    assert tree_hash(sweep) == first

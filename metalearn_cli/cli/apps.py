@@ -47,11 +47,17 @@ def _hydra_record(cfg: DictConfig) -> dict[str, str]:
             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task)))}
 
 
+FAILED_JOBS: list[str] = []  # the numbers of this sweep's failed jobs (a sweep none of whose jobs ran exits 2)
+SWEEP_JOBS: list[str] = []
+
+
 def _run_job(job: Callable[[Callable[[], None]], float], cfg: DictConfig, disposable: bool = False) -> float:
     """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
     recorded only in a dir that held no run (``disposable``: not in a default dir either, :class:`RunGuard`).
     In a sweep a failing job fails alone and the sweep goes on."""
     hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        SWEEP_JOBS.append(str(hc.job.num))
     run_dir = Path(hc.runtime.output_dir)
     guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0, disposable=disposable)
     record = _hydra_record(cfg)
@@ -79,7 +85,8 @@ def _run_job(job: Callable[[Callable[[], None]], float], cfg: DictConfig, dispos
     finally:
         guard.close()
     if hc.mode == RunMode.MULTIRUN:
-        log.error("job failed: %s", error)
+        FAILED_JOBS.append(str(hc.job.num))
+        log.error("job failed: %s", str(error).replace("a new hydra.run.dir", "a new hydra.sweep.dir (or hydra.sweep.subdir)"))
         return float("nan")  # sweepers record a failed trial (Optuna: FAIL) and go on
     raise _JobFailed(error)
 
@@ -145,11 +152,18 @@ def register_configs() -> None:
 
 def run_app(command: str) -> int:
     """Run one subcommand's Hydra app; every user error becomes one line on stderr and its exit code."""
+    FAILED_JOBS.clear()
+    SWEEP_JOBS.clear()
     try:
         try:
             APPS[command]()
         except _JobFailed as failed:
             raise failed.error from None
+        if FAILED_JOBS:
+            print(f"metalearn {command}: {len(FAILED_JOBS)} of {len(SWEEP_JOBS)} sweep jobs failed "
+                  f"(job {', '.join(FAILED_JOBS[:10])}; each says why above)", file=sys.stderr)
+            if len(FAILED_JOBS) == len(SWEEP_JOBS):
+                return 2
     except Interrupted as exc:
         print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
         return 0 if exc.signal_name == "SIGTERM" else 130  # pre-emption is an orderly stop
