@@ -86,7 +86,12 @@ class TrainingRun:
             self.restore(resume)
 
     def restore(self, path: Path) -> None:
-        state, s = load_checkpoint(path), self.stage
+        s = self.stage
+        if self.files.results.is_file() and self.files.last.is_file() and Path(path).resolve() != self.files.last.resolve():
+            raise ConfigError(f"{s.run_dir} is completed and tested; resuming it from {Path(path).name} would train over steps "
+                              f"it already ran and replace its results: resume from its last.pt ({shell_override('resume', s.run_dir)} "
+                              f"{s.iterations_key}=N) to train further, or test {Path(path).name} with metalearn eval")
+        state = load_checkpoint(path)
         refuse_changed_recipe(state["config"], path)
         check_same_run(state["config"], s.config, path)
         load_weights(self.strategy, state["model"], path)

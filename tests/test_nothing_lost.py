@@ -198,6 +198,7 @@ CASES = [
     (["predict", f"checkpoint={R}", "support={root}/task/support", "query={root}/task/query", "show=-5"], "show=-5"),
     (["train", f"resume={R}", "hydra.run.dir={tmp}/other"], "drop hydra.run.dir"),
     (["train", f"resume={R}/checkpoints/last.pt", "hydra.run.dir={tmp}/other"], "drop hydra.run.dir"),
+    (["train", f"resume={R}/checkpoints/best.pt"], "is completed and tested; resuming it from best.pt"),
     (["export", f"checkpoint={R}", f"out={R}/results.json"], "which would be replaced"),
     (["sample-task", "--out", "{root}/nan.pt"], "is a file"),
     (["sample-task", "--way", "abc"], "invalid int value"),
