@@ -284,6 +284,16 @@ class RunGuard:
         """True while a failure must leave the run dir untouched (a run was there, or this is not rank 0)."""
         return not self.writer or (bool(self.existing) and not self.accepted)
 
+    def interrupted(self) -> None:
+        """A disposable command stopped by Ctrl-C: its default dir goes; a named one says so in ``status.json``."""
+        if not self.disposable or not self.accepted or self.protects:
+            return
+        self.close()
+        if self.claimed:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        else:
+            write_status(self.run_dir, "interrupted")
+
     def failed(self, message: str, details: Optional[str], record: dict[str, str]) -> bool:
         """Record a failure where it belongs; returns whether it was written into the run dir."""
         if self.protects:

@@ -208,3 +208,19 @@ def test_a_sweep_whose_every_job_is_refused_exits_2_and_names_the_sweep_dir(tmp_
     out, err = capsys.readouterr()
     assert "2 of 2 sweep jobs failed" in err and "use a new hydra.sweep.dir" in out + err
     assert tree_hash(sweep) == first
+
+
+def test_ctrl_c_in_eval_marks_a_named_dir_interrupted_and_removes_a_default_one(runs, tmp_path, monkeypatch, capsys):
+    from metalearn_cli import evaluation
+
+    def stopped(cfg, run_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate", stopped)
+    monkeypatch.chdir(tmp_path)
+    named = tmp_path / "named"
+    assert main(["eval", f"checkpoint={runs['train']}", f"hydra.run.dir={named}"]) == 130
+    assert json.loads((named / "status.json").read_text())["status"] == "interrupted"
+    assert main(["eval", f"checkpoint={runs['train']}"]) == 130
+    assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+    assert "interrupted" in capsys.readouterr().err

@@ -69,6 +69,9 @@ def _run_job(job: Callable[[Callable[[], None]], float], cfg: DictConfig, dispos
             raise as_user_error(exc) from exc
     except Interrupted as exc:
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
+    except KeyboardInterrupt:  # eval, predict, export: no loop to mark it
+        guard.interrupted()
+        raise
     except MetalearnError as exc:
         error: MetalearnError = exc
         guard.failed(str(exc), None, record)
