@@ -181,7 +181,7 @@ def test_a_sub_dir_that_collides_inside_one_sweep_leaves_the_first_job_as_it_was
 def test_a_refused_command_without_a_run_dir_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["train", *SMOKE, "resume=true"]) == 2
-    assert "resume=true but" in capsys.readouterr().err
+    assert "resume=true continues the run in hydra.run.dir, and none is named" in capsys.readouterr().err
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # the claimed default dir is gone
 
 

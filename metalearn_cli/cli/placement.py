@@ -61,6 +61,9 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
                           "outputs/<command>/<time>")
     named = None if named is None else str(named)
     resume = resume_value(values.get("resume"))
+    if resume == "true" and named is None:
+        raise ConfigError("resume=true continues the run in hydra.run.dir, and none is named (the default is a new "
+                          "dir); pass resume=<run dir>, or resume=true hydra.run.dir=<run dir>")
     if resume not in (None, "true") and Path(resume).exists():
         if not held(run_dir_of(Path(resume))):
             raise ConfigError(f"resume={resume} is not a run dir or a checkpoint inside one; pass the run dir a "
