@@ -28,7 +28,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
-from metalearn_cli.console import OneLineParser
+from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.rundir import find_runs, held, read_run, refuse_replacing
 
@@ -200,7 +200,7 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
 
 
 def main(argv: list[str]) -> int:
-    parser = OneLineParser(prog="metalearn compare", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="metalearn compare", description=help_text(__doc__))
     parser.add_argument("runs", nargs="*", type=Path, help="run dirs, eval dirs or sweep dirs; the first run's setting "
                                                           "is the reference; seeds of one setting are pooled, paired by seed")
     parser.add_argument("--setting", nargs="+", type=Path, action="append", default=[], metavar="RUN",

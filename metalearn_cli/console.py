@@ -85,6 +85,14 @@ def shell_override(key: str, value: object) -> str:
     return shlex.quote(f'{key}="{escaped}"')
 
 
+def help_text(doc: str) -> str:
+    """A module docstring's first paragraph as ``--help`` prints it: one line, without reST markup."""
+    import re
+
+    first = doc.strip().split("\n\n")[0].replace("\n", " ")
+    return re.sub(r"(:\w+:)?`+([^`]+)`+", r"\2", first)
+
+
 def suggest(word: str, choices: list[str]) -> str:
     """``did you mean 'x'? `` for the closest choice, or nothing."""
     close = difflib.get_close_matches(word, choices, n=1)

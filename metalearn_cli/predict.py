@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 def _queries(root: Path, given: str, class_names: list[str]) -> tuple[list[str], list[Path], list[int] | None]:
     """Query files (paths as the user spelled them) and, for class sub-folders, their true labels."""
+    if root.is_file():
+        raise DataError(f"query={given} is a file; pass the folder that holds it (query=DIR of images or class sub-folders)")
     if not root.is_dir():
         raise DataError(f"query folder {root} does not exist; pass query=DIR holding images or class sub-folders")
     folders, files = class_folders(root), image_files(root)

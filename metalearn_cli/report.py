@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from metalearn_cli.errors import MetalearnError
-from metalearn_cli.console import OneLineParser
+from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.rundir import find_runs, held, read_run, refuse_replacing
 from metalearn_cli.schema import flatten
 
@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
     """``metalearn report PATH... [--out DIR]``; returns the exit code."""
     from metalearn_cli.report_plots import plot
 
-    parser = OneLineParser(prog="metalearn report", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="metalearn report", description=help_text(__doc__))
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or sweep dirs")
     parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the figures "
                                                  "(default: report/ in the folder holding the runs)")

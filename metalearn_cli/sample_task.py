@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from metalearn_cli.console import OneLineParser, shell_override
+from metalearn_cli.console import OneLineParser, help_text, shell_override
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.rundir import refuse_replacing
 
@@ -46,15 +46,16 @@ def write_sample_task(out: Path, way: int = 5, shot: int = 1, query: int = 5, se
 
 
 def main(argv: list[str]) -> int:
-    parser = OneLineParser(prog="metalearn sample-task", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="metalearn sample-task", description=help_text(__doc__))
     parser.add_argument("--out", type=Path, default=Path("sample_task"), help="a new folder (default: sample_task)")
     parser.add_argument("--way", type=int, default=5, help="classes (default 5)")
     parser.add_argument("--shot", type=int, default=1, help="support images per class (default 1)")
     parser.add_argument("--query", type=int, default=5, help="query images per class (default 5)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="which classes and drawings are drawn (default 0)")
     args = parser.parse_args(argv)
     names = write_sample_task(args.out, args.way, args.shot, args.query, args.seed)
+    query = f"{args.out}/query" if args.query > 0 else "<a folder of your own images>"  # --query 0 writes none
     print(f"wrote a {len(names)}-way {args.shot}-shot task to {args.out}; try:\n"
           f"  metalearn predict checkpoint=<run>/checkpoints/best.pt {shell_override('support', f'{args.out}/support')} "
-          f"{shell_override('query', f'{args.out}/query')}")
+          f"{shell_override('query', query) if args.query > 0 else 'query=' + query}")
     return 0

@@ -196,6 +196,7 @@ CASES = [
     (["train", *SMOKE, "hydra.run.dir={tmp}/a", "b"], "is not key=value"),
     (["train", "dataset=folder", "dataset.root={root}/looping"], "leads nowhere"),
     (["predict", f"checkpoint={R}", "support={root}/task/support", "query={root}/task/query", "show=-5"], "show=-5"),
+    (["predict", f"checkpoint={R}", "support={root}/task/support", "query={root}/nan.pt"], "is a file; pass the folder"),
     (["train", f"resume={R}", "hydra.run.dir={tmp}/other"], "drop hydra.run.dir"),
     (["train", f"resume={R}/checkpoints/last.pt", "hydra.run.dir={tmp}/other"], "drop hydra.run.dir"),
     (["train", f"resume={R}/checkpoints/best.pt"], "is completed and tested; resuming it from best.pt"),

@@ -18,3 +18,25 @@ def test_sample_task_writes_dark_on_white_test_characters(tmp_path, capsys):
     assert pixels.mean() > 200  # mostly white paper, dark strokes: the originals' look
     assert main(["sample-task", "--out", str(out)]) == 2  # never writes into a folder that holds files
     assert "not empty" in capsys.readouterr().err
+
+
+def test_the_printed_predict_line_names_the_folders_whole_and_no_missing_query(tmp_path, capsys):
+    import shlex
+
+    out = tmp_path / "my tâche"
+    assert main(["sample-task", "--out", str(out), "--way", "2", "--query", "1"]) == 0
+    words = shlex.split(capsys.readouterr().out.splitlines()[-1])
+    assert words[-2:] == [f'support="{out}/support"', f'query="{out}/query"']  # one word each, as Hydra reads them
+    assert main(["sample-task", "--out", str(tmp_path / "none"), "--query", "0"]) == 0
+    assert not (tmp_path / "none" / "query").exists() and "none/query" not in capsys.readouterr().out
+
+
+def test_help_of_the_flag_commands_is_plain_text():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("metalearn")
+    for command in ("report", "compare", "sample-task"):
+        text = subprocess.run([str(exe), command, "--help"], capture_output=True, text=True, timeout=60).stdout
+        assert "`" not in text and ":mod:" not in text and text.count("(") == text.count(")"), text
