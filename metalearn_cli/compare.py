@@ -138,6 +138,12 @@ def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[
 
 
 def same_tasks(reference: Path, run: Path) -> None:
+    for path in (reference, run):
+        record = read_run(path)
+        if not record["results"]:
+            raise MetalearnError(f"{path} has no test results (status: {record['status']}); "
+                                 + ("resume it to finish and test it (metalearn train resume=RUN)"
+                                    if record["status"] in ("interrupted", "running") else "test it with metalearn eval checkpoint=RUN"))
     a, b = read_run(reference)["results"], read_run(run)["results"]
     differ = [k for k in SAME_TASKS if a.get(k) != b.get(k)]
     if differ:

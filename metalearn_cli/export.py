@@ -53,7 +53,7 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
                "image_format": state["image_format"], "step": state["step"],
                "exported_from": str(Path(state["source"]).resolve()), "pixel_mean": state["pixel_mean"]}
     load(payload, device="cpu")
-    save_torch(Path(out), payload, "meta-knowledge", "choose a writable out=PATH or free disk space")
+    save_torch(Path(out), payload, "meta-knowledge", "choose a writable path for out= or free disk space")
     return payload
 
 

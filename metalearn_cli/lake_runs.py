@@ -76,5 +76,5 @@ def accuracy_by_alphabet(data: FewShotData, split: str, way: int, seed: int, acc
     by = LakeRuns(data.split(split), way, split_seed(seed, split)).by_alphabet(accs)
     hardest = sorted(by.items(), key=lambda item: item[1]["accuracy"])[:3]
     log.info("Lake's runs by alphabet (results.json: by_alphabet), the hardest: %s",
-             ", ".join(f"{name} {100 * v['accuracy']:.1f}% ({v['runs']} runs)" for name, v in hardest))
+             ", ".join(f"{name} {100 * v['accuracy']:.1f}% ({v['runs']} run{'s' if v['runs'] != 1 else ''})" for name, v in hardest))
     return by

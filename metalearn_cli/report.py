@@ -221,5 +221,5 @@ def main(argv: list[str]) -> int:
     table = write_tables(rows, out)
     pictures = plot(runs, rows, config_labels(runs, rows), out, tuple(formats))
     print(table, end="")
-    print(f"\n{len(rows)} runs; wrote {out / 'report.md'}, {out / 'report.csv'}, " + ", ".join(map(str, pictures)))
+    print(f"\n{len(rows)} run{'s' if len(rows) != 1 else ''}; wrote {out / 'report.md'}, {out / 'report.csv'}, " + ", ".join(map(str, pictures)))
     return 0

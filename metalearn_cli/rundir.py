@@ -151,7 +151,7 @@ def refuse_replacing(out: Path | str, key: str = "out=") -> None:
     if run is not None:
         what = "a file of" if path.exists() and not path.is_dir() else "inside"
         raise ConfigError(f"{key}{out} is {what} the run {run}, which would be replaced or mixed with files it did not "
-                          f"write; choose a {key}PATH outside run dirs")
+                          f"write; choose {key}PATH outside run dirs")
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:

@@ -133,3 +133,21 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
         assert main(["compare", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_without_test_results_is_named_with_its_status_not_called_other_tasks(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from metalearn_cli.rundir import write_status
+
+    done, stopped = tmp_path / "done", tmp_path / "stopped"
+    for path in (done, stopped):
+        path.mkdir()
+    (done / "results.json").write_text('{"accuracy": 0.9, "dataset": "omniglot", "split": "test", "way": 5}')
+    write_status(stopped, "interrupted", step=3)
+    exe = Path(sys.executable).with_name("metalearn")
+    proc = subprocess.run([str(exe), "compare", str(done), str(stopped)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "has no test results (status: interrupted); resume it" in proc.stderr, proc.stderr
