@@ -103,7 +103,7 @@ def test_nothing_is_written_into_a_run_from_outside(tmp_path):
     (run / "results.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"out=.*results.json is a file of the run"):
         refuse_replacing(run / "results.json")
-    with pytest.raises(ConfigError, match=r"--out .*deep is inside the run .*choose a --out PATH outside"):
+    with pytest.raises(ConfigError, match=r"--out .*deep is inside the run .*choose --out PATH outside"):
         refuse_replacing(run / "sub" / "deep", key="--out ")
     refuse_replacing(tmp_path / "elsewhere")
 
