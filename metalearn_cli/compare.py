@@ -138,13 +138,13 @@ def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[
 
 
 def same_tasks(reference: Path, run: Path) -> None:
-    for path in (reference, run):
-        record = read_run(path)
+    records = {path: read_run(path) for path in (reference, run)}
+    for path, record in records.items():
         if not record["results"]:
             raise MetalearnError(f"{path} has no test results (status: {record['status']}); "
                                  + ("resume it to finish and test it (metalearn train resume=RUN)"
                                     if record["status"] in ("interrupted", "running") else "test it with metalearn eval checkpoint=RUN"))
-    a, b = read_run(reference)["results"], read_run(run)["results"]
+    a, b = records[reference]["results"], records[run]["results"]
     differ = [k for k in SAME_TASKS if a.get(k) != b.get(k)]
     if differ:
         raise MetalearnError(f"{run} was not scored on the tasks of {reference} ({', '.join(f'{k}: {a.get(k)} vs {b.get(k)}' for k in differ[:3])}); "
