@@ -30,7 +30,8 @@ from typing import Any, Optional
 
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.errors import MetalearnError
-from metalearn_cli.rundir import find_runs, held, read_run, refuse_replacing
+from metalearn_cli.derived import default_output, outside_runs, record_inputs
+from metalearn_cli.rundir import canonical, find_runs, read_run, refuse_replacing
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
 COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
@@ -213,7 +214,7 @@ def main(argv: list[str]) -> int:
                         help="the runs (seeds) of one setting, whatever their configs say; repeat it per setting, "
                              "the first is the reference (instead of positional runs)")
     parser.add_argument("--out", type=Path, default=None, help="where to write compare.csv and compare.png "
-                                                               "(default: compare/ beside the first run)")
+                                                               "(default: compare/ beside the first run; compare-2/, ... when compare/ holds other runs' comparison)")
     args = parser.parse_args(argv)
     if args.runs and args.setting:
         parser.error("give runs, or --setting groups, not both")
@@ -221,9 +222,11 @@ def main(argv: list[str]) -> int:
     runs = [r for group in named for r in group] if named else [r for path in args.runs for r in find_runs([path])]
     if len(runs) < 2:
         parser.error("give two runs or more: the first is the reference")
-    base = runs[0].parent
-    while held(base) and base.parent != base:  # beside the runs, never inside one
-        base = base.parent
+    seen: dict[Path, Path] = {}
+    for run in runs:  # a run beside itself is no comparison (however spelled: a link, a sweep dir holding it)
+        if seen.setdefault(canonical(run), run) is not run:
+            parser.error(f"{run} is given twice (also as {seen[canonical(run)]}); compare each run once")
+    base = outside_runs(runs[0].parent)  # beside the runs, never inside one
     label = lambda p: str(p.relative_to(base)) if p.is_relative_to(base) else str(p)  # noqa: E731
     groups = named_settings(named, label) if named else settings(runs)
     if len(groups) < 2:
@@ -232,8 +235,9 @@ def main(argv: list[str]) -> int:
     rows, diffs = compare_groups(groups, label)
     if args.out is not None:
         refuse_replacing(args.out, "--out ")
-    out = args.out or base / "compare"
+    out = args.out or default_output(base, "compare", runs)
     out.mkdir(parents=True, exist_ok=True)
+    record_inputs(out, runs)
     with open(out / "compare.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()

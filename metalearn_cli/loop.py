@@ -109,7 +109,7 @@ class TrainingRun:
                               f"resume with {s.iterations_key} >= {self.step}")
         self.seconds_before = float(state.get("train_seconds", 0.0))
         self.window = MetricWindow.restore(state.get("window"))
-        best = f"best val {self.best_val:.4f} at {self.best_step}" if self.best_step >= 0 else "not validated yet"
+        best = f"best val {100 * self.best_val:.2f}% at {self.best_step}" if self.best_step >= 0 else "not validated yet"
         log.info("resuming %s from %s at %s %d (%s)", s.name, path, s.step_name, self.step, best)
 
     # ------------------------------------------------------------------ checkpoints
@@ -123,6 +123,9 @@ class TrainingRun:
 
     def kept(self) -> str:
         """Which checkpoint a stopped stage leaves, in words."""
+        if self.saved_step is None and self.best_step >= 0 and self.files.best.is_file():
+            return (f"no last.pt to resume from was written yet; {self.files.best} holds the weights validated at "
+                    f"{self.stage.step_name} {self.best_step}")
         if self.saved_step is None:
             return "no checkpoint was written yet"
         return f"the last good checkpoint {self.files.last} ({self.stage.step_name} {self.saved_step}) is kept"
@@ -183,7 +186,7 @@ class TrainingRun:
         s = self.stage
         val = summarize(evaluate_tasks(self.strategy, s.val_sampler, s.val_episodes, s.evaluation.batch_tasks, s.val_bn_mode))
         metrics.log(self.step, "val", val)
-        log.info("%s step %d: val accuracy %.4f ± %.4f", s.name, self.step, val["accuracy"], val["ci95"])
+        log.info("%s step %d: val accuracy %.2f%% ± %.2f%%", s.name, self.step, 100 * val["accuracy"], 100 * val["ci95"])
         if val["accuracy"] > self.best_val:
             self.best_val, self.best_step = val["accuracy"], self.step
             save_checkpoint(self.files.best, self.snapshot())

@@ -31,12 +31,14 @@ class Progress:
     def show(self, first: int, step: int, values: dict[str, Any]) -> None:
         """A record of steps ``first..step``: on the bar, or as a log line when it crosses a tenth."""
         rate = values[f"{self.unit}_per_s"]
-        self.bar.set_postfix({k: f"{values[k]:.3f}" for k in ("loss", "accuracy") if k in values}
-                             | {f"{self.unit}/s": f"{rate:.1f}"})
+        shown = {"loss": f"{values['loss']:.3f}"} if "loss" in values else {}
+        if "accuracy" in values:
+            shown["accuracy"] = f"{100 * values['accuracy']:.1f}%"  # a percentage, as every accuracy the log prints
+        self.bar.set_postfix(shown | {f"{self.unit}/s": f"{rate:.1f}"})
         tenth = max(self.total // 10, 1)
         if self.bar.disable and self.enabled and step // tenth > (first - 1) // tenth:
-            self.log.info("%s %d/%d: loss %.3f, accuracy %.3f, %.1f %s/s", self.desc, step, self.total,
-                          values.get("loss", float("nan")), values.get("accuracy", float("nan")), rate, self.unit)
+            self.log.info("%s %d/%d: loss %.3f, accuracy %.1f%%, %.1f %s/s", self.desc, step, self.total,
+                          values.get("loss", float("nan")), 100 * values.get("accuracy", float("nan")), rate, self.unit)
 
     def close(self) -> None:
         self.bar.close()

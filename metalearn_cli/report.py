@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.console import OneLineParser, help_text
-from metalearn_cli.rundir import find_runs, held, read_run, refuse_replacing
+from metalearn_cli.derived import default_output, outside_runs, record_inputs
+from metalearn_cli.rundir import find_runs, read_run, refuse_replacing
 from metalearn_cli.schema import flatten
 
 COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
@@ -47,7 +48,14 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
     record = read_run(run)
     cfg, results = record["config"], record["results"]
     ep = cfg.get("episode") if isinstance(cfg.get("episode"), dict) else {}
-    name = lambda group: (cfg.get(group) or {}).get("name", "") if isinstance(cfg.get(group), dict) else ""  # noqa: E731
+    choices = record["choices"]
+
+    def name(group: str) -> str:  # the config file picked (conv4_fast), else the component's registry name (conv4)
+        picked = choices.get(group)
+        if isinstance(picked, str) and picked:
+            return picked
+        return str((cfg.get(group) or {}).get("name", "")) if isinstance(cfg.get(group), dict) else ""
+
     return {
         "run": str(run.relative_to(base)) if run != base and run.is_relative_to(base) else run.name,
         "overrides": " ".join(o for o in record["overrides"] if not o.startswith("hydra.")),
@@ -166,11 +174,9 @@ def common_base(runs: list[Path]) -> Path:
 
 
 def default_out(runs: list[Path]) -> Path:
-    """``report/`` beside the inputs: in the folder holding them all, never inside a run."""
-    base = common_base(runs)
-    while held(base) and base.parent != base:
-        base = base.parent
-    return base / "report"
+    """``report/`` beside the inputs: in the folder holding them all, never inside a run, never over
+    the report of other runs (:mod:`metalearn_cli.derived`)."""
+    return default_output(outside_runs(common_base(runs)), "report", runs)
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path) -> str:
@@ -200,7 +206,7 @@ def main(argv: list[str]) -> int:
     parser = OneLineParser(prog="metalearn report", description=help_text(__doc__))
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or sweep dirs")
     parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the figures "
-                                                 "(default: report/ in the folder holding the runs)")
+                                                 "(default: report/ in the folder holding the runs; report-2/, ... when report/ holds other runs' report)")
     parser.add_argument("--format", default="png", help="figure formats, comma-separated: png, pdf, svg (default: png)")
     args = parser.parse_args(argv)
     formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
@@ -218,6 +224,7 @@ def main(argv: list[str]) -> int:
     if out.exists() and not out.is_dir():
         raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")
     out.mkdir(parents=True, exist_ok=True)
+    record_inputs(out, runs)
     table = write_tables(rows, out)
     pictures = plot(runs, rows, config_labels(runs, rows), out, tuple(formats))
     print(table, end="")

@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any, Iterator, Optional
 import yaml
 
 from metalearn_cli.errors import CheckpointError, ConfigError, MetalearnError, WriteError
-from metalearn_cli.files import atomic_write, write_json
+from metalearn_cli.files import write_json
 
 CHECKPOINTS = "checkpoints"
 STATUS, RESULTS, ERROR, METRICS, LOCK = "status.json", "results.json", "error.txt", "metrics.jsonl", ".lock"
@@ -70,6 +68,8 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         finally:
             _HELD[path][1] -= 1
         return
+    made = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)  # the topmost folder made here
+    lock_made = not (path / LOCK).exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -89,6 +89,20 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         del _HELD[path]
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+        if lock_made:
+            _remove_if_only_the_lock(path, made)
+
+
+def _remove_if_only_the_lock(path: Path, made: Optional[Path]) -> None:
+    """A command refused before it wrote anything leaves no lock file, nor any folder it made, behind."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in path.iterdir()] != [LOCK]:
+            return
+        (path / LOCK).unlink()
+        for folder in [path, *path.parents] if made is not None else []:
+            folder.rmdir()  # OSError (not empty) ends it
+            if folder == made:
+                return
 
 
 def canonical(path: Path | str) -> Path:
@@ -201,7 +215,7 @@ def _yaml(path: Path, default: Any) -> Any:
 
 
 def read_run(run: Path) -> dict[str, Any]:
-    """A run dir as ``{config, overrides, results, status, metrics}``; damaged files read as empty."""
+    """A run dir as ``{config, choices, overrides, results, status, metrics}``; damaged files read as empty."""
     run = Path(run)
     metrics = []
     if (run / METRICS).is_file():
@@ -216,8 +230,11 @@ def read_run(run: Path) -> dict[str, Any]:
     state = status.get("status", "completed" if results else "unknown")
     if state == "running" and not is_locked(run):
         state = "interrupted"  # killed (kill -9, power loss): no live process holds its lock
+    hydra = _yaml(run / ".hydra" / "hydra.yaml", {}).get("hydra")
+    choices = ((hydra or {}).get("runtime") or {}).get("choices") if isinstance(hydra, dict) else None
     return {
         "config": _yaml(run / ".hydra" / "config.yaml", {}),
+        "choices": choices if isinstance(choices, dict) else {},  # group -> the config file picked (encoder: conv4_fast)
         "overrides": [o for o in _yaml(run / ".hydra" / "overrides.yaml", []) if isinstance(o, str)],
         "results": results,
         "status": state,
@@ -240,68 +257,3 @@ def find_runs(paths: list[Path]) -> list[Path]:
     if not runs:
         raise MetalearnError(f"no run dirs (with status.json or results.json) under {', '.join(map(str, paths))}")
     return sorted(runs)
-
-
-class RunGuard:
-    """What one job may write into its run dir: nothing until it is accepted.
-
-    Hydra writes nothing into a run dir itself (the CLI turns its ``.hydra/`` and its log file off);
-    a job checks first, then :meth:`accept` writes the command's record (``.hydra/``, or
-    ``.hydra/resume-<time>/`` in the run an accepted resume continues) and starts its log file. So
-    however a command reaches a dir (a sweep, ``-cd``, a colliding sub-dir), a refused one changes
-    nothing in a run that was there. A failure is recorded only in a dir that held no run; a default
-    dir the CLI claimed for a refused command is removed again, and so is one of a ``disposable`` command
-    (eval, predict, export) that failed: it holds nothing but the error, and ``report`` would list a typo as a run."""
-
-    def __init__(self, run_dir: Path, claimed: bool = False, writer: bool = True, disposable: bool = False) -> None:
-        self.run_dir, self.claimed, self.writer, self.disposable = Path(run_dir), claimed, writer, disposable
-        self.existing = held(self.run_dir)
-        self.accepted = False
-        self.handler: Optional[logging.Handler] = None
-
-    def accept(self, record: dict[str, str], log_name: Optional[str]) -> None:
-        if self.accepted or not self.writer:
-            return
-        self.accepted = True
-        folder = self.run_dir / ".hydra"
-        if self.existing:
-            folder = folder / ("resume-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
-        for name, text in record.items():
-            atomic_write(folder / name, lambda f, t=text: f.write(t.encode("utf-8")), name, "free disk space")  # type: ignore[misc]
-        if log_name is not None:
-            self.handler = logging.FileHandler(self.run_dir / f"{Path(log_name).name}.log", encoding="utf-8")
-            self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-            logging.getLogger().addHandler(self.handler)
-
-    def close(self) -> None:
-        if self.handler is not None:
-            logging.getLogger().removeHandler(self.handler)
-            self.handler.close()
-            self.handler = None
-
-    @property
-    def protects(self) -> bool:
-        """True while a failure must leave the run dir untouched (a run was there, or this is not rank 0)."""
-        return not self.writer or (bool(self.existing) and not self.accepted)
-
-    def interrupted(self) -> None:
-        """A disposable command stopped by Ctrl-C: its default dir goes; a named one says so in ``status.json``."""
-        if not self.disposable or not self.accepted or self.protects:
-            return
-        self.close()
-        if self.claimed:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-        else:
-            write_status(self.run_dir, "interrupted")
-
-    def failed(self, message: str, details: Optional[str], record: dict[str, str]) -> bool:
-        """Record a failure where it belongs; returns whether it was written into the run dir."""
-        if self.protects:
-            return False
-        if self.claimed and (not self.accepted or self.disposable):  # a default dir with nothing but the failure
-            self.close()  # the log file's handle, before its folder goes
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            return False
-        self.accept(record, None)  # what was asked, beside why it failed (report lists the run as failed)
-        record_failure(self.run_dir, message, details)
-        return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -239,7 +240,9 @@ def test_a_redirected_log_has_no_progress_bar_frames(tmp_path):
                            f"hydra.run.dir={tmp_path / 'r'}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr + proc.stdout
-    assert "val accuracy" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert re.search(r"step 10: val accuracy \d+\.\d\d% ± \d+\.\d\d%", out), out  # every accuracy printed is a percentage
+    assert re.search(r"20/20: loss \d\.\d+, accuracy \d+\.\d%", out) and "test accuracy" in out, out
 
 
 def test_a_run_starts_by_saying_where_it_computes_and_in_what_precision_and_why(tmp_path):

@@ -127,7 +127,8 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
     assert row["reference"].startswith("w8_s0") and "x 2 seeds" in done.stdout
     assert main(["compare", "--setting", runs[0], runs[1], "--setting", runs[2], runs[3]]) == 0  # as the configs group them
     assert "x 2 seeds" in capsys.readouterr().out
-    for argv, message in ((["--setting", runs[0], runs[0], "--setting", runs[2]], "two runs of seed 0"),
+    for argv, message in ((["--setting", runs[0], runs[3], "--setting", runs[1]], "two runs of seed 0"),
+                          (["--setting", runs[0], "--setting", runs[0]], "is given twice"),
                           (["--setting", runs[0], runs[1]], "--setting twice or more"),
                           ([runs[0], "--setting", runs[2]], "not both")):
         assert main(["compare", *argv]) == 2
@@ -151,3 +152,26 @@ def test_a_run_without_test_results_is_named_with_its_status_not_called_other_ta
     proc = subprocess.run([str(exe), "compare", str(done), str(stopped)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "has no test results (status: interrupted); resume it" in proc.stderr, proc.stderr
+
+
+def test_a_run_given_twice_is_refused_and_other_runs_never_replace_a_default_comparison(tmp_path, capsys):
+    import os
+    from pathlib import Path
+
+    runs = tmp_path / "runs"
+    for name, width in (("a", 16), ("b", 8), ("c", 12)):
+        assert main(["train", *FAST, f"encoder.width={width}", f"hydra.run.dir={runs / name}"]) == 0
+    os.symlink(runs / "a", tmp_path / "link to a")
+    exe = Path(sys.executable).with_name("metalearn")
+    for twice in ([runs / "a", runs / "a"], [runs / "a", tmp_path / "link to a"]):
+        proc = subprocess.run([str(exe), "compare", *map(str, twice)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "is given twice" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (runs / "compare").exists()
+    capsys.readouterr()
+    assert main(["compare", str(runs / "a"), str(runs / "b")]) == 0
+    first = (runs / "compare" / "compare.csv").read_text()
+    assert main(["compare", str(runs / "a"), str(runs / "c")]) == 0  # other runs: a folder of their own
+    assert (runs / "compare" / "compare.csv").read_text() == first
+    assert ",c," in (runs / "compare-2" / "compare.csv").read_text() and f"{runs / 'compare-2'}" in capsys.readouterr().out
+    assert main(["compare", str(runs / "a"), str(runs / "b")]) == 0  # the same runs again: their own folder, refreshed
+    assert not (runs / "compare-3").exists()

@@ -186,7 +186,7 @@ def test_a_resumed_stage_knows_its_checkpoint_and_its_training_time(compose_trai
     with caplog.at_level("INFO", logger="metalearn_cli.loop"):
         meta = training.Training(compose_train("resume=true", *settings), run_dir).meta
     assert saved["best_step"] == 0
-    best = f"best val {saved['best_val']:.4f} at 0"
+    best = f"best val {100 * saved['best_val']:.2f}% at 0"
     assert f"resuming meta-training from {run_dir / 'checkpoints' / 'last.pt'} at meta-iteration 3 ({best})" in caplog.messages
     restored = meta.window.state()
     assert saved["window"]["steps"] == 1 and restored["steps"] == 1 and restored["counts"] == saved["window"]["counts"]

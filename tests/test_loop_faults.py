@@ -306,6 +306,25 @@ def test_a_second_ctrl_c_inside_a_step_marks_the_run_and_prints_the_resume_comma
     assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
 
 
+
+def test_a_second_ctrl_c_before_the_first_last_pt_names_the_validated_start(tmp_path, monkeypatch, capsys):
+    """Step 0 was validated, so best.pt exists: the message must not say that no checkpoint was written."""
+    real = loop.TrainingRun.iteration
+
+    def iteration(self):
+        real(self)
+        if self.step == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.TrainingRun, "iteration", iteration)
+    run = tmp_path / "run"
+    assert main(["train", *STARTED, "trainer.checkpoint_every=2", f"hydra.run.dir={run}"]) == 130
+    err = capsys.readouterr().err
+    best = run / "checkpoints" / "best.pt"
+    assert best.is_file() and not (run / "checkpoints" / "last.pt").exists()
+    assert f"no last.pt to resume from was written yet; {best} holds the weights validated at meta-iteration 0" in err
+    assert "no checkpoint was written" not in err and "resume=" not in err
+
 def test_the_throughput_window_restarts_with_its_timer():
     from metalearn_cli.metrics import MetricWindow
 

@@ -208,6 +208,8 @@ CASES = [
     (["report", f"{R}", "--out", f"{R}/report"], "is inside the run"),
     (["export", f"checkpoint={R}", f"out={R}/new.pt"], "is inside the run"),
     (["export", f"checkpoint={R}", "out={root}/notes.txt"], "not an earlier export"),
+    (["train", "~encoder"], "deletes encoder from the config"),
+    (["eval", f"checkpoint={R}", "~eval.episodes=10"], "deletes eval.episodes"),
 ]
 
 
@@ -227,6 +229,16 @@ def test_bad_input_is_one_line_and_leaves_the_finished_run_as_it_was(run, tmp_pa
     assert tree_hash(run) == before, "the finished run changed"
     assert not (run.parent / "pwned").exists()  # a crafted pickle is refused, never executed
     assert (run.parent / "notes.txt").read_text() == "a user's file, not an export"
+
+
+def test_a_config_error_leaves_no_folder_it_made_and_a_users_empty_folder_as_it_was(tmp_path):
+    made, empty = tmp_path / "new" / "deeper" / "run", tmp_path / "empty"
+    empty.mkdir()
+    for folder in (made, empty):
+        proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "train", "encoder=nope", f"hydra.run.dir={folder}"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 2 and "Could not find 'encoder/nope'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "new").exists() and list(empty.iterdir()) == []
 
 
 def test_the_table_covers_at_least_ninety_cases():
@@ -288,7 +300,10 @@ def test_a_run_that_diverges_before_any_checkpoint_says_so(tmp_path, capsys):
     assert main(["train", *SMOKE, "trainer.iterations=20", "optimizer=sgd", "optimizer.lr=1e30",
                  "trainer.checkpoint_every=10", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
-    assert "no checkpoint was written yet" in err and "is kept" not in err
+    assert "is kept" not in err and "no checkpoint was written yet" not in err  # step 0 was validated: best.pt exists
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert f"no last.pt to resume from was written yet; {best} holds the weights validated at meta-iteration 0" in err
+    assert best.is_file() and not best.with_name("last.pt").exists()
 
 
 def test_the_advice_to_skip_is_accepted_on_resume(tmp_path, capsys):

@@ -117,3 +117,26 @@ def test_two_recipes_of_one_component_beside_another_are_told_apart(tmp_path):
         (run / "status.json").write_text('{"status": "completed"}')
     labels = config_labels(runs, [describe(r, tmp_path) for r in runs])
     assert labels == ["decoder=prototype", "decoder=feat decoder.temperature=1.0", "decoder=feat decoder.temperature=64.0"]
+
+
+def test_a_run_is_labelled_by_the_config_file_it_picked_not_the_components_registry_name(tmp_path):
+    """encoder=conv4_fast builds the conv4 class; the report says conv4_fast, as the command did."""
+    small = [*FAST, "trainer.iterations=2", "trainer.val_every=2", "eval.episodes=2"]
+    assert main(["train", *small, "encoder=conv4_fast", "encoder.width=null", "encoder.widths=[8,8,8,8]", f"hydra.run.dir={tmp_path / 'runs' / 'fast'}"]) == 0
+    assert main(["train", *small, "encoder=conv4", "encoder.width=8", f"hydra.run.dir={tmp_path / 'runs' / 'plain'}"]) == 0
+    assert main(["report", str(tmp_path / "runs")]) == 0
+    rows = list(csv.DictReader((tmp_path / "runs" / "report" / "report.csv").open()))
+    assert {r["run"]: r["encoder"] for r in rows} == {"fast": "conv4_fast", "plain": "conv4"}
+    assert {r["dataset"] for r in rows} == {"synthetic"}
+
+
+def test_a_report_of_other_runs_never_replaces_the_default_report(tmp_path):
+    runs = tmp_path / "runs"
+    for name, seed in (("a", 0), ("b", 1)):
+        training.train(compose_config("train", [*FAST, f"seed={seed}"]), runs / name)
+    assert main(["report", str(runs)]) == 0
+    both = (runs / "report" / "report.csv").read_text()
+    assert main(["report", str(runs / "a")]) == 0
+    assert (runs / "report" / "report.csv").read_text() == both
+    assert [r["run"] for r in csv.DictReader((runs / "report-2" / "report.csv").open())] == ["a"]
+    assert main(["report", str(runs)]) == 0 and not (runs / "report-3").exists()  # the same runs: refreshed in place

@@ -24,7 +24,8 @@ from metalearn_cli.command_line import rank, refuse_foreign_target, required, ty
 from metalearn_cli.console import as_user_error, one_line
 from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
 from metalearn_cli.params import PARAMS
-from metalearn_cli.rundir import RunGuard, canonical
+from metalearn_cli.run_guard import RunGuard
+from metalearn_cli.rundir import canonical
 from metalearn_cli.schema import SCHEMAS
 
 

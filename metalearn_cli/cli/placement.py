@@ -33,6 +33,10 @@ def override_values(args: list[str]) -> dict[str, Any]:
     for before, arg in zip(["", *args], args):
         if arg.startswith("-") or (before.startswith("-") and before.split("=", 1)[0] in VALUE_FLAGS):
             continue
+        if arg.startswith("~") and not arg[1:].startswith("hydra"):
+            raise ConfigError(f"{arg!r} deletes {arg[1:].split('=', 1)[0]} from the config (Hydra's ~key); every key of "
+                              "metalearn's config is needed, so set it instead: key=value, or key=null where a key "
+                              "allows none (each key's choices: --help)")
         if "=" not in arg:
             raise ConfigError(f"{arg!r} is not key=value; if it is the rest of a value with spaces, quote the whole value "
                               "inside the shell's quotes: 'key=\"my folder\"' (see docs/faq.md)")

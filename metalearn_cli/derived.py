@@ -1,0 +1,44 @@
+"""Where ``compare`` and ``report`` write when no ``--out`` is given: beside the runs they read.
+
+Their outputs are derived from runs, yet a table a researcher looked at yesterday is not to be
+replaced by today's comparison of other runs. So the default folder (``compare/``, ``report/``)
+records which runs made it (``inputs.txt``): the same command over the same runs refreshes it, and
+another set of runs gets the next free ``compare-2/``, ``compare-3/``, ...
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from metalearn_cli.rundir import canonical, held
+
+INPUTS = "inputs.txt"
+
+
+def outside_runs(folder: Path) -> Path:
+    """``folder``, or the nearest folder above it that is not inside a run dir."""
+    folder = Path(folder)
+    while held(folder) and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
+def _listing(inputs: list[Path]) -> str:
+    return "".join(f"{canonical(p)}\n" for p in inputs)
+
+
+def default_output(base: Path, name: str, inputs: list[Path]) -> Path:
+    """``base/name`` if it is free or holds this same set of runs' earlier output, else ``base/name-N``."""
+    listing = _listing(inputs)
+    for n in itertools.count(1):
+        out = Path(base) / (name if n == 1 else f"{name}-{n}")
+        record = out / INPUTS
+        if not out.exists() or (record.is_file() and record.read_text(encoding="utf-8", errors="replace") == listing):
+            return out
+    raise AssertionError("unreachable")
+
+
+def record_inputs(out: Path, inputs: list[Path]) -> None:
+    """Name the runs an output folder was made from (what :func:`default_output` reads back)."""
+    (Path(out) / INPUTS).write_text(_listing(inputs), encoding="utf-8")

@@ -1,0 +1,81 @@
+"""The guard a job runs under: what it may write into its run dir, and when.
+
+Split from :mod:`metalearn_cli.rundir` (which owns the run dir's layout, lock and records) because
+only the CLI's job wrapper (:mod:`metalearn_cli.cli.apps`) uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+from metalearn_cli.files import atomic_write
+from metalearn_cli.rundir import held, record_failure, write_status
+
+
+class RunGuard:
+    """What one job may write into its run dir: nothing until it is accepted.
+
+    Hydra writes nothing into a run dir itself (the CLI turns its ``.hydra/`` and its log file off);
+    a job checks first, then :meth:`accept` writes the command's record (``.hydra/``, or
+    ``.hydra/resume-<time>/`` in the run an accepted resume continues) and starts its log file. So
+    however a command reaches a dir (a sweep, ``-cd``, a colliding sub-dir), a refused one changes
+    nothing in a run that was there. A failure is recorded only in a dir that held no run; a default
+    dir the CLI claimed for a refused command is removed again, and so is one of a ``disposable`` command
+    (eval, predict, export) that failed: it holds nothing but the error, and ``report`` would list a typo as a run."""
+
+    def __init__(self, run_dir: Path, claimed: bool = False, writer: bool = True, disposable: bool = False) -> None:
+        self.run_dir, self.claimed, self.writer, self.disposable = Path(run_dir), claimed, writer, disposable
+        self.existing = held(self.run_dir)
+        self.accepted = False
+        self.handler: Optional[logging.Handler] = None
+
+    def accept(self, record: dict[str, str], log_name: Optional[str]) -> None:
+        if self.accepted or not self.writer:
+            return
+        self.accepted = True
+        folder = self.run_dir / ".hydra"
+        if self.existing:
+            folder = folder / ("resume-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+        for name, text in record.items():
+            atomic_write(folder / name, lambda f, t=text: f.write(t.encode("utf-8")), name, "free disk space")  # type: ignore[misc]
+        if log_name is not None:
+            self.handler = logging.FileHandler(self.run_dir / f"{Path(log_name).name}.log", encoding="utf-8")
+            self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            logging.getLogger().addHandler(self.handler)
+
+    def close(self) -> None:
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None
+
+    @property
+    def protects(self) -> bool:
+        """True while a failure must leave the run dir untouched (a run was there, or this is not rank 0)."""
+        return not self.writer or (bool(self.existing) and not self.accepted)
+
+    def interrupted(self) -> None:
+        """A disposable command stopped by Ctrl-C: its default dir goes; a named one says so in ``status.json``."""
+        if not self.disposable or not self.accepted or self.protects:
+            return
+        self.close()
+        if self.claimed:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        else:
+            write_status(self.run_dir, "interrupted")
+
+    def failed(self, message: str, details: Optional[str], record: dict[str, str]) -> bool:
+        """Record a failure where it belongs; returns whether it was written into the run dir."""
+        if self.protects:
+            return False
+        if self.claimed and (not self.accepted or self.disposable):  # a default dir with nothing but the failure
+            self.close()  # the log file's handle, before its folder goes
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return False
+        self.accept(record, None)  # what was asked, beside why it failed (report lists the run as failed)
+        record_failure(self.run_dir, message, details)
+        return True
