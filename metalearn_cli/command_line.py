@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from metalearn_cli.cpu_kind import this_cpu, version_bf16
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.rundir import CHECKPOINTS, held, refuse_held
+from metalearn_cli.rundir import CHECKPOINTS, foreign, held, refuse_held
 
 USAGE = """\
 usage: metalearn <command> [key=value ...] [group=option ...] [hydra flags]
@@ -102,15 +102,16 @@ def rank() -> int:
         return 0
 
 
-def typed_keys(overrides: list[str]) -> list[str]:
-    """The config keys (or groups) a command line sets; ``"*"`` when a modifier may set any key."""
-    keys = []
+def typed_keys(overrides: list[str]) -> dict[str, str]:
+    """The config keys (or groups) a command line sets, each with the override as typed (for
+    messages); ``"*"`` when a modifier may set any key."""
+    keys: dict[str, str] = {}
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
         if key in MODIFIERS:
-            keys.append("*")
+            keys["*"] = item
         elif key != "resume" and not key.startswith("hydra"):
-            keys.append(key.split("@", 1)[0])
+            keys[key.split("@", 1)[0]] = item
     return keys
 
 
@@ -182,12 +183,24 @@ def refuse_foreign_target(command: str, run_dir: Path, resuming: bool) -> None:
     if command == "train":
         if not resuming:
             refuse_held(run_dir)
+            refuse_foreign_files(command, run_dir)
         return
     found = held(run_dir)
     if found:
         kind = "a training run" if (run_dir / CHECKPOINTS).is_dir() else "an earlier run"
         raise ConfigError(f"{run_dir} is {kind} ({', '.join(found[:3])}); metalearn {command} writes its own files, so "
                           f"give it another hydra.run.dir (or leave it out: outputs/{command}/<time>)")
+    refuse_foreign_files(command, run_dir)
+
+
+def refuse_foreign_files(command: str, run_dir: Path) -> None:
+    """A run dir is the run's alone: a folder of other files (a project, a home dir) is not written into."""
+    found = foreign(run_dir)
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise ConfigError(f"{run_dir} holds files that are not a metalearn run's ({', '.join(found[:3])}{more}); a run "
+                          f"writes into a new or empty folder of its own, so give metalearn {command} another "
+                          f"hydra.run.dir (or leave it out: outputs/{command}/<time>)")
 
 
 def with_run_dir(args: list[str], run_dir: Path) -> list[str]:

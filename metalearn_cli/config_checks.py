@@ -6,7 +6,7 @@ saved config against :class:`~metalearn_cli.schema.TrainConfig` (:func:`validate
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -101,7 +101,7 @@ SUPERVISED_ONLY = ("batch_size", "label_smoothing", "optimizer")  # pretrain=epi
 EPISODIC_ONLY = ("train_way", "train_query", "within_alphabet")  # pretrain=supervised classifies over every class
 
 
-def check_typed_pretrain_keys(cfg: Any, typed: list[str]) -> None:
+def check_typed_pretrain_keys(cfg: Any, typed: Iterable[str]) -> None:
     """A pre-training key typed on the command line that the run's kind of stage does not read is
     refused: a silent no-op would leave the user believing the stage ran as they asked. Keys set by
     config files (presets, ``debug=smoke``, which layer over either kind) are left to them."""

@@ -74,11 +74,12 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "resume"]
 
 
-def resumed_config(cfg: Any, run_dir: Path, typed: list[str]) -> Any:
+def resumed_config(cfg: Any, run_dir: Path, typed: dict[str, str] | list[str]) -> Any:
     """The config a resumed run continues with: its own, saved in its checkpoint, changed only where
-    the user typed a key (``typed``: dotted keys or groups; ``"*"`` for a modifier such as
-    ``experiment=``) and only in the :data:`RESUMABLE` keys. So the printed resume command works as
-    printed, and a resume never takes the command line's defaults for the run's settings."""
+    the user typed a key (``typed``: dotted keys or groups, each with the override as typed; ``"*"``
+    for a modifier such as ``experiment=``) and only in the :data:`RESUMABLE` keys. So the printed
+    resume command works as printed, and a resume never takes the command line's defaults for the
+    run's settings."""
     from metalearn_cli.config_checks import validate_train_config
 
     path = resume_checkpoint(cfg.resume, run_dir)
@@ -89,10 +90,13 @@ def resumed_config(cfg: Any, run_dir: Path, typed: list[str]) -> Any:
     wanted = [k for k in config_diff(saved, current) if "*" in typed or _under(k, typed)]
     refused = [k for k in wanted if not _under(k, RESUMABLE)]
     if refused:
-        values = flatten(saved)
+        values, spelled = flatten(saved), typed if isinstance(typed, dict) else {k: k for k in typed}
+        culprits = list(dict.fromkeys(spelled.get(next((t for t in spelled if t != "*" and _under(k, [t])), "*"), k)
+                                      for k in refused))  # what the user typed: encoder=conv4, not encoder.widths
         raise CheckpointError(
-            f"{path} was trained with {', '.join(f'{k}={values.get(k)!r}' for k in refused[:3])}; a resume continues the "
-            f"run with its own settings, so drop {', '.join(refused[:3])} from the command, or start a new run")
+            f"{path} was trained with {', '.join(f'{k}={values.get(k)!r}' for k in refused[:3])}"
+            f"{f' (and {len(refused) - 3} more)' if len(refused) > 3 else ''}; a resume continues the run with its own "
+            f"settings, so drop {', '.join(culprits[:3])} from the command, or start a new run")
     merged = OmegaConf.create(saved)
     flat = flatten(current)
     for key in wanted:

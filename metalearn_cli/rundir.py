@@ -90,13 +90,14 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
         if lock_made:
-            _remove_if_only_the_lock(path, made)
+            _remove_an_unused_lock(path, made)
 
 
-def _remove_if_only_the_lock(path: Path, made: Optional[Path]) -> None:
-    """A command refused before it wrote anything leaves no lock file, nor any folder it made, behind."""
+def _remove_an_unused_lock(path: Path, made: Optional[Path]) -> None:
+    """A command refused before it wrote anything leaves no lock file, nor any folder it made, behind
+    (a user's folder it was refused from included)."""
     with contextlib.suppress(OSError):
-        if [p.name for p in path.iterdir()] != [LOCK]:
+        if any(p.name in (".hydra", CHECKPOINTS, *OUTPUTS, *TRACES) and p.name != LOCK for p in path.iterdir()):
             return
         (path / LOCK).unlink()
         for folder in [path, *path.parents] if made is not None else []:
@@ -144,6 +145,18 @@ def held(path: Path) -> list[str]:
     if (path / STATUS).exists() and (status != "failed" or found):
         found.insert(0, f"{STATUS} ({status or 'unreadable'})")
     return found
+
+
+TRACES = (STATUS, ERROR, LOCK, "train.log", "eval.log", "predict.log", "export.log")  # what a refused command may leave
+
+
+def foreign(path: Path) -> list[str]:
+    """What a folder that holds no run holds besides a refused command's traces: a user's own files
+    (hidden ones aside), which a run must not be mixed with."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith(".") and p.name not in TRACES)
 
 
 def refuse_held(run_dir: Path) -> None:

@@ -209,6 +209,8 @@ CASES = [
     (["export", f"checkpoint={R}", f"out={R}/new.pt"], "is inside the run"),
     (["export", f"checkpoint={R}", "out={root}/notes.txt"], "not an earlier export"),
     (["train", "~encoder"], "deletes encoder from the config"),
+    (["train", "-m", *SMOKE, "seed=0,1"], "names the folder of one run, and a sweep (-m) writes each job into"),
+    (["train", f"resume={R}", "encoder=conv4_fast", "trainer.iterations=9"], "so drop encoder=conv4_fast from the command"),
     (["eval", f"checkpoint={R}", "~eval.episodes=10"], "deletes eval.episodes"),
 ]
 

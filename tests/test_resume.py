@@ -82,5 +82,8 @@ def test_a_resumed_config_is_the_saved_one_changed_only_where_typed(trained_run,
     with pytest.raises(CheckpointError, match=r"trained with encoder.width=16; a resume continues the run with its own "
                                               r"settings, so drop encoder.width from the command"):
         resumed_config(compose_config("train", ["encoder.width=12", "resume=true"]), run, typed=["encoder.width"])
+    with pytest.raises(CheckpointError, match=r"so drop encoder=conv4_fast from the command"):  # what was typed, not its keys
+        resumed_config(compose_config("train", ["encoder=conv4_fast", "encoder.width=null", "resume=true"]), run,
+                       typed={"encoder": "encoder=conv4_fast", "encoder.width": "encoder.width=null"})
     plain = compose_config("train", FAST)
     assert resumed_config(plain, run, typed=["*"]) is plain  # no resume: as composed

@@ -28,7 +28,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     assert main(["train", *SMOKE, f"hydra.run.dir={train}"]) == 0
     assert main(["eval", f"checkpoint={train}", "eval.episodes=2", f"hydra.run.dir={evaluation}"]) == 0
     write_image_task(root / "task")
-    return {"train": train, "eval": evaluation, "root": root}
+    project = root / "project"  # a user's folder, not a run: no run is mixed into it
+    (project / "data").mkdir(parents=True)
+    (project / "notes.txt").write_text("a user's notes")
+    return {"train": train, "eval": evaluation, "project": project, "root": root}
 
 
 def spell(path: Path, how: str, cwd: Path) -> str:
@@ -58,7 +61,10 @@ CASES = {  # command line (RUN: the spelled training run, EVAL: the spelled eval
     "export into the training run": (["export", "checkpoint=CKPT", "out=FRESH/k.pt", "hydra.run.dir=RUN"], "is a training run"),
     "eval into an earlier eval": (["eval", "checkpoint=CKPT", "hydra.run.dir=EVAL"], "is an earlier run"),
     "resume into another dir": (["train", "resume=RUN", "hydra.run.dir=FRESH"], "drop hydra.run.dir"),
+    "train into a user's folder": (["train", *SMOKE, "hydra.run.dir=PROJ"], "holds files that are not a metalearn run's (data, notes.txt)"),
+    "eval into a user's folder": (["eval", "checkpoint=CKPT", "hydra.run.dir=PROJ"], "holds files that are not a metalearn run's"),
 }
+GUARDED = ("train", "eval", "project")
 
 
 @pytest.mark.parametrize("how", SPELLINGS)
@@ -67,14 +73,14 @@ def test_no_spelling_gets_around_a_guard(runs, tmp_path, monkeypatch, capsys, ca
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    before = {name: tree_hash(runs[name]) for name in ("train", "eval")}
+    before = {name: tree_hash(runs[name]) for name in GUARDED}
     args, needle = CASES[case]
     fresh = tmp_path / "fresh"
     filled = []
     for a in args:
         key, _, value = a.partition("=")
-        if value.startswith(("RUN", "EVAL")):
-            target = runs["train" if value.startswith("RUN") else "eval"]
+        if value.startswith(("RUN", "EVAL", "PROJ")):
+            target = runs[{"R": "train", "E": "eval", "P": "project"}[value[0]]]
             rest = value.split("/", 1)[1] if "/" in value else ""
             spelled = spell(target, how, cwd)
             if rest:  # a file inside the run: keep the spelling's quotes around the whole value
@@ -86,7 +92,7 @@ def test_no_spelling_gets_around_a_guard(runs, tmp_path, monkeypatch, capsys, ca
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.strip().count("\n") == 0 and "Traceback" not in err and needle in err, err
-    assert {name: tree_hash(runs[name]) for name in ("train", "eval")} == before, "a run changed"
+    assert {name: tree_hash(runs[name]) for name in GUARDED} == before, "a run (or a user's folder) changed"
     assert {p.name for p in cwd.iterdir()} <= {"link", "my rün link", "sub"}, "something was written in the cwd"
     assert not fresh.exists() or not any(fresh.rglob("*.json")), "the refused command wrote elsewhere"
 

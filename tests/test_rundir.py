@@ -195,3 +195,19 @@ def test_one_writer_at_a_time_and_the_lock_goes_with_it(tmp_path):
         out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True).stdout
         assert "is being written by another metalearn process" in out
     assert not is_locked(run)
+
+
+def test_the_lock_leaves_no_trace_where_nothing_was_written(tmp_path):
+    from metalearn_cli.rundir import exclusive
+
+    made, users = tmp_path / "a" / "b" / "run", tmp_path / "users"
+    (users / "data").mkdir(parents=True)
+    for folder in (made, users):
+        with exclusive(folder):
+            assert (folder / ".lock").is_file()
+    assert not (tmp_path / "a").exists()  # every folder it made, gone
+    assert sorted(p.name for p in users.iterdir()) == ["data"]  # a user's folder as it was
+    kept = tmp_path / "kept"
+    with exclusive(kept):
+        (kept / "status.json").write_text("{}")
+    assert (kept / ".lock").is_file() and (kept / "status.json").is_file()  # a run's lock stays with it

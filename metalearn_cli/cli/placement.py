@@ -57,7 +57,12 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
     from metalearn_cli.resume import refuse_another_dir, resume_value, run_dir_of
 
     multirun = str(values.get("hydra.mode", "")).upper() == "MULTIRUN"  # the same as -m: each job checks its own dir
-    if multirun or flag_present(args, ("-m", "--multirun", *PRINTING_FLAGS)) or flag_present(args, CONFIG_FLAGS):
+    multirun = multirun or flag_present(args, ("-m", "--multirun")) is not None
+    if multirun and "hydra.run.dir" in values and not flag_present(args, PRINTING_FLAGS):
+        raise ConfigError(f"hydra.run.dir={values['hydra.run.dir']} names the folder of one run, and a sweep (-m) "
+                          "writes each job into hydra.sweep.dir/<job number> (by default outputs/multirun/"
+                          f"{command}/<time>/N); pass hydra.sweep.dir={values['hydra.run.dir']} instead")
+    if multirun or flag_present(args, PRINTING_FLAGS) or flag_present(args, CONFIG_FLAGS):
         return args, None
     named = values.get("hydra.run.dir")
     if named is not None and (not isinstance(named, (str, int, float)) or str(named).strip() in ("", "???")):
