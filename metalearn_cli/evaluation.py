@@ -27,7 +27,7 @@ from metalearn_cli.config_checks import check_seed, check_tta_shift, validate_ev
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, check_fits, is_lake, resident, split_seed
-from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
+from metalearn_cli.lake_runs import LakeRuns, lake_breakdown
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble, other_data
 from metalearn_cli.files import atomic_write
@@ -155,7 +155,7 @@ def score_checkpoint(
         write_outcomes(Path(run_dir) / OUTCOMES, outcomes)
     return {
         **summarize(accs),
-        **({"by_alphabet": accuracy_by_alphabet(data, split, way, seed, accs)} if lake else {}),
+        **(lake_breakdown(data, split, way, seed, accs, torch.cat(outcomes[0::2]) if outcomes else None) if lake else {}),
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": modes[0], "seed": seed,
         **({"ensemble_bn_modes": modes} if len(modes) > 1 else {}),
         "protocol": "lake" if lake else "random",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,6 +200,13 @@ def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
     by = results["by_alphabet"]  # the runs of each alphabet, whose accuracies average to the whole
     assert sum(v["runs"] for v in by.values()) == 6 and all("/" not in name for name in by)
     assert sum(v["runs"] * v["accuracy"] for v in by.values()) / 6 == pytest.approx(results["accuracy"], abs=1e-6)
+    # the pairs mistaken for each other account for wrong answers only, as test_outcomes.npz holds them
+    predicted = np.load(tmp_path / "lake" / "test_outcomes.npz")["predicted"]
+    wrong = int((predicted != np.arange(20)).sum())
+    pairs = results["confused_pairs"]
+    assert 0 < len(pairs) <= 10 and sum(p["errors"] for p in pairs) <= wrong
+    assert all(p["characters"][0].split("/")[0] == p["characters"][1].split("/")[0] for p in pairs)  # one alphabet
+    assert all(0 < p["errors"] <= p["queries"] <= 12 for p in pairs)
     vinyals = tmp_path / "vinyals"
     training.train(compose_config("train", ["encoder=conv4", "encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
                                         "trainer.val_episodes=2", "eval.episodes=2", "trainer.progress=false",

@@ -132,6 +132,7 @@ def test_the_lake_preset_runs_both_stages_from_the_console_script_and_tests_each
     assert (stage["protocol"], stage["way"], stage["train_way"], stage["tta_shift"]) == ("lake", 20, 5, 3)
     assert (final["protocol"], final["way"], final["episodes"]) == ("lake", 20, 2)
     assert sum(v["runs"] for v in final["by_alphabet"].values()) == 2 and "by alphabet" in proc.stdout + proc.stderr
+    assert isinstance(final["confused_pairs"], list) and all(p["errors"] <= p["queries"] for p in final["confused_pairs"])
     assert f"from {run.resolve() / 'pretrain' / 'checkpoints' / 'best.pt'}" in proc.stdout + proc.stderr
     paired = subprocess.run([str(exe), "compare", str(run / "pretrain"), str(run)], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path)  # the stage's test outcomes pair with the run's
