@@ -173,17 +173,11 @@ class EpisodeSampler:
         ``part=(rank, ranks)`` keeps only that rank's contiguous share of the tasks; all ranks draw
         the whole meta-batch from the stream, so their shares are disjoint and the stream stays in step.
         """
-        g, split = self.generator, self.split
+        split = self.split
         n, k, q = self.n_way, self.k_shot, self.n_query
         # Drawn task by task so an episode depends only on the seed and its position in the
         # stream, not on how many tasks are batched together.
-        picks = [
-            (
-                self._classes(g),
-                torch.rand(n, split.n_per_class, generator=g).argsort(dim=1)[:, : k + q],
-            )
-            for _ in range(tasks)
-        ]
+        picks = [self._draw() for _ in range(tasks)]
         rank, ranks = part
         share = tasks // ranks
         picks = picks[rank * share : (rank + 1) * share]
@@ -204,6 +198,22 @@ class EpisodeSampler:
             k_shot=k,
             n_query=q,
         )
+
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task from the stream: its classes ``[N]`` and each class's images ``[N, K+Q]``."""
+        g = self.generator
+        classes = self._classes(g)
+        examples = torch.rand(self.n_way, self.split.n_per_class, generator=g).argsort(dim=1)[:, : self.k_shot + self.n_query]
+        return classes, examples
+
+    def task_classes(self, episodes: int) -> list[list[int]]:
+        """The classes of each of the first ``episodes`` fixed tasks, label by label (what :meth:`fixed` draws)."""
+        saved = self.generator.get_state()
+        self.generator.manual_seed(self.seed)
+        try:
+            return [self._draw()[0].tolist() for _ in range(episodes)]
+        finally:
+            self.generator.set_state(saved)
 
     def _classes(self, g: torch.Generator) -> torch.Tensor:
         """One task's classes: from one alphabet (a ``within`` share of the tasks), else from the whole split.

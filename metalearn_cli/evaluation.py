@@ -26,11 +26,11 @@ from metalearn_cli.augment import TtaViews
 from metalearn_cli.config_checks import check_seed, check_tta_shift, validate_eval
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.confusions import OUTCOMES, log_confused_pairs, write_outcomes
 from metalearn_cli.episodes import EpisodeSampler, check_fits, is_lake, resident, split_seed
-from metalearn_cli.lake_runs import LakeRuns, lake_breakdown
+from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble, other_data
-from metalearn_cli.files import atomic_write
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.rundir import write_results, write_status
 from metalearn_cli.schema import EvalConfig
@@ -83,22 +83,14 @@ def evaluate_tasks(
     return torch.cat(accs).cpu()
 
 
-OUTCOMES = "test_outcomes.npz"  # per-query correctness and prediction on the fixed tasks, for metalearn compare
-
-
-def write_outcomes(path: Path, outcomes: list[torch.Tensor]) -> None:
-    """Correctness ``[tasks, queries]`` bit-packed, and the predicted classes (1,000 tasks x 75 queries:
-    about 15 kB); ``outcomes`` alternates predictions and labels, as :func:`evaluate_tasks` appends them."""
-    import io
-
-    import numpy as np
-
-    predicted, labels = torch.cat(outcomes[0::2]), torch.cat(outcomes[1::2])
-    buffer = io.BytesIO()
-    array = (predicted == labels).numpy()
-    np.savez_compressed(buffer, packed=np.packbits(array, axis=None), shape=np.array(array.shape),
-                        predicted=predicted.numpy().astype(np.int16))
-    atomic_write(path, lambda f: f.write(buffer.getvalue()), path.name, "free disk space")
+def record_outcomes(run_dir: Path, outcomes: list[torch.Tensor], data: FewShotData, split: str,
+                    shapes: tuple[int, int, int], seed: int, lake: bool) -> dict[str, Any]:
+    """``test_outcomes.npz``, and results.json's ``confused_pairs`` from the same predictions."""
+    write_outcomes(run_dir / OUTCOMES, outcomes)
+    predicted = torch.cat(outcomes[0::2])
+    replay = fixed_tasks(data, split, shapes, seed, torch.device("cpu"), lake)  # each task's classes, drawn again
+    return {"confused_pairs": log_confused_pairs(replay, predicted.shape[0], predicted, outcomes[1][0],
+                                                 data.split(split).class_names)}
 
 
 def write_task_stats(path: Path, rows: list[dict[str, float]]) -> None:
@@ -151,11 +143,11 @@ def score_checkpoint(
     if stats is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_task_stats(Path(run_dir) / "task_stats.csv", stats)
-    if outcomes:
-        write_outcomes(Path(run_dir) / OUTCOMES, outcomes)
+    confused = record_outcomes(Path(run_dir), outcomes, data, split, shapes, seed, lake) if outcomes else {}
     return {
         **summarize(accs),
-        **(lake_breakdown(data, split, way, seed, accs, torch.cat(outcomes[0::2]) if outcomes else None) if lake else {}),
+        **({"by_alphabet": accuracy_by_alphabet(data, split, way, seed, accs)} if lake else {}),
+        **confused,
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": modes[0], "seed": seed,
         **({"ensemble_bn_modes": modes} if len(modes) > 1 else {}),
         "protocol": "lake" if lake else "random",

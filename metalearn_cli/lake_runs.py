@@ -4,8 +4,7 @@ accuracy per alphabet: the protocol's own sampler, apart from the random-task on
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import torch
 
@@ -58,21 +57,9 @@ class LakeRuns:
         return {self.names[a]: {"accuracy": accs[alphabet == a].float().mean().item(), "runs": int((alphabet == a).sum())}
                 for a in alphabet.unique().tolist()}
 
-    def confused_pairs(self, predicted: torch.Tensor, top: int = 10) -> list[dict[str, Any]]:
-        """The pairs of characters most often mistaken for each other, from the runs' predicted classes
-        ``[runs, 20]`` in order (query ``i`` is character ``i``): ``errors`` of the ``queries`` where both
-        were in the run and one was the answer. Near-identical pairs (a circle moved, a stroke longer)
-        hold much of what is wrong on Lake's runs (docs/benchmarks.md)."""
-        runs = [picked.tolist() for _, picked, _ in self._runs(predicted.shape[0])]
-        errors: Counter[tuple[int, int]] = Counter()
-        for chars, row in zip(runs, predicted.tolist()):
-            errors.update(tuple(sorted((chars[q], chars[p]))) for q, p in enumerate(row) if p != q)
-        names = self.split.class_names
-        pairs = []
-        for (i, j), count in sorted(errors.items(), key=lambda item: (-item[1], item[0]))[:top]:
-            together = sum(1 for chars in runs if i in chars and j in chars)
-            pairs.append({"characters": [names[i], names[j]], "errors": count, "queries": 2 * together})
-        return pairs
+    def task_classes(self, episodes: int) -> list[list[int]]:
+        """Each run's characters, label by label (query ``i`` is character ``i``)."""
+        return [picked.tolist() for _, picked, _ in self._runs(episodes)]
 
     def fixed(self, episodes: int, batch_tasks: int) -> Iterator[EpisodeBatch]:
         """``episodes`` runs, the same on every call."""
@@ -88,18 +75,10 @@ class LakeRuns:
             yield EpisodeBatch(images[:, :, 0], labels, images[:, :, 1], labels, self.n_way, 1, 1)
 
 
-def lake_breakdown(data: FewShotData, split: str, way: int, seed: int, accs: torch.Tensor,
-                   predicted: Optional[torch.Tensor]) -> dict[str, Any]:
-    """results.json's ``by_alphabet`` (``accs`` of the runs of ``split`` in order) and, given the
-    predicted classes, ``confused_pairs``; the log names the three hardest alphabets and pairs."""
-    runs = LakeRuns(data.split(split), way, split_seed(seed, split))
-    by = runs.by_alphabet(accs)
+def accuracy_by_alphabet(data: FewShotData, split: str, way: int, seed: int, accs: torch.Tensor) -> dict[str, Any]:
+    """The runs' accuracy per alphabet (``accs`` of the runs of ``split`` in order), logged with the three hardest."""
+    by = LakeRuns(data.split(split), way, split_seed(seed, split)).by_alphabet(accs)
     hardest = sorted(by.items(), key=lambda item: item[1]["accuracy"])[:3]
     log.info("Lake's runs by alphabet (results.json: by_alphabet), the hardest: %s",
              ", ".join(f"{name} {100 * v['accuracy']:.1f}% ({v['runs']} run{'s' if v['runs'] != 1 else ''})" for name, v in hardest))
-    if predicted is None:
-        return {"by_alphabet": by}
-    pairs = runs.confused_pairs(predicted)
-    log.info("the characters most often mistaken for each other (results.json: confused_pairs): %s",
-             "; ".join(f"{' / '.join(p['characters'])} {p['errors']} of {p['queries']}" for p in pairs[:3]))
-    return {"by_alphabet": by, "confused_pairs": pairs}
+    return by

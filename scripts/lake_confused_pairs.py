@@ -38,6 +38,7 @@ def main() -> int:
     import torch
 
     from metalearn_cli.checkpoint import read_meta_knowledge
+    from metalearn_cli.confusions import confused_pairs
     from metalearn_cli.data import DATASETS
     from metalearn_cli.episodes import split_seed
     from metalearn_cli.evaluation import dataset_of
@@ -56,7 +57,8 @@ def main() -> int:
     predicted = torch.from_numpy(np.load(args.run / "test_outcomes.npz")["predicted"].astype(np.int64))
     wrong = int((predicted != torch.arange(results["way"])).sum())
     runs = LakeRuns(split, results["way"], split_seed(results["seed"], results["split"]))
-    every = runs.confused_pairs(predicted, top=wrong)  # every pair with a wrong answer, the same order as results.json
+    every = confused_pairs(runs.task_classes(len(predicted)), predicted, torch.arange(results["way"]), split.class_names,
+                           top=wrong)  # every pair with a wrong answer, in results.json's order
     assert every[: len(pairs)] == pairs, "results.json's confused_pairs are not these runs' (another seed or split?)"
     for rate in (0.4, 0.3, 0.2):
         held = [p for p in every if p["queries"] >= 20 and p["errors"] >= rate * p["queries"]]
@@ -66,11 +68,11 @@ def main() -> int:
     draw = originals(args.archive) if args.archive else lambda name: [split.images[index[name], d, 0].cpu().numpy() for d in range(4)]
     rows = []
     for pair in pairs:
-        first, second = (draw(c) for c in pair["characters"])
+        first, second = (draw(c) for c in pair["classes"])
         gap = np.full((first[0].shape[0], 8), 128, np.uint8)
         rows += [np.concatenate([*first, gap, *second], axis=1), np.full((4, 8 * first[0].shape[1] + 8), 128, np.uint8)]
         print(f"{pair['errors']:4d} of {pair['queries']:4d} ({100 * pair['errors'] / pair['queries']:.0f}%)  "
-              f"{pair['characters'][0]}  <->  {pair['characters'][1]}")
+              f"{pair['classes'][0]}  <->  {pair['classes'][1]}")
     shown = sum(p["errors"] for p in pairs)
     print(f"the {len(rows) // 2} pairs drawn: {shown} of the run's {wrong} wrong answers ({100 * shown / max(wrong, 1):.1f}%), "
           f"{100 * shown / results['episodes'] / results['way']:.2f} points of accuracy")

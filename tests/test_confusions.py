@@ -1,0 +1,53 @@
+"""Which classes a fixed test confuses: every wrong answer counted under its pair, on Lake's runs and random tasks."""
+
+import torch
+
+from metalearn_cli.confusions import confused_pairs
+from metalearn_cli.episodes import ClassImages, EpisodeSampler
+from metalearn_cli.lake_runs import LakeRuns
+
+
+def test_confused_pairs_count_each_mistake_under_its_pair_of_characters():
+
+    names = [f"A{a}/character{c:02d}" for a, n in ((0, 7), (1, 6)) for c in range(n)]
+    images = torch.arange(len(names), dtype=torch.uint8).view(-1, 1, 1, 1, 1).expand(-1, 3, 1, 1, 1).contiguous()
+    runs = LakeRuns(ClassImages(images, names), 5, seed=2)
+    chars = torch.cat([(b.support_images[:, :, 0, 0, 0] * 255).round().long() for b in runs.fixed(60, 8)])  # [60, 5]
+    predicted = torch.arange(5).repeat(60, 1)
+    expected: dict[tuple[int, int], int] = {}
+    for r in range(60):
+        row = chars[r].tolist()
+        if 0 in row and 1 in row:  # character 0's query answered as character 1 wherever both are in the run
+            predicted[r, row.index(0)] = row.index(1)
+            expected[(0, 1)] = expected.get((0, 1), 0) + 1
+        if r % 7 == 0:  # and a few scattered mistakes: the first query taken for the second
+            pair = tuple(sorted((row[0], row[1])))
+            if predicted[r, 0] == 0:
+                predicted[r, 0] = 1
+                expected[pair] = expected.get(pair, 0) + 1
+    pairs = confused_pairs(runs.task_classes(60), predicted, torch.arange(5), names, top=100)
+    assert {tuple(names.index(c) for c in p["classes"]): p["errors"] for p in pairs} == expected
+    top = pairs[0]
+    assert top["classes"] == ["A0/character00", "A0/character01"] and top["errors"] == max(expected.values())
+    both = sum(1 for r in range(60) if 0 in chars[r].tolist() and 1 in chars[r].tolist())
+    assert top["queries"] == 2 * both and [p["errors"] for p in pairs] == sorted((p["errors"] for p in pairs), reverse=True)
+
+
+def test_random_tasks_replay_their_classes_and_count_queries_per_class():
+    """5 queries per class: a pair's queries are 10 for each task that held both; the classes replayed
+    are the ones the sampler's fixed tasks hold (read off the images, whose pixel is the class)."""
+    names = [f"c{i}" for i in range(12)]
+    images = torch.arange(12, dtype=torch.uint8).view(-1, 1, 1, 1, 1).expand(-1, 8, 1, 1, 1).contiguous()
+    sampler = EpisodeSampler(ClassImages(images, names), 4, 1, 5, seed=7)
+    shown = torch.cat([(b.support_images[:, :, 0, 0, 0] * 255).round().long() for b in sampler.fixed(30, 7)])
+    classes = sampler.task_classes(30)
+    assert shown.tolist() == classes
+    labels = torch.arange(4).repeat_interleave(5)
+    predicted = labels.repeat(30, 1)
+    predicted[:, 0] = 1  # the first query of label 0 answered as label 1, in every task
+    pairs = confused_pairs(classes, predicted, labels, names, top=100)
+    for p in pairs:
+        i, j = (names.index(c) for c in p["classes"])
+        together = sum(1 for c in classes if i in c and j in c)
+        assert p["queries"] == 10 * together and p["errors"] == sum(1 for c in classes if sorted((c[0], c[1])) == [i, j])
+    assert sum(p["errors"] for p in pairs) == 30
