@@ -51,3 +51,32 @@ def test_random_tasks_replay_their_classes_and_count_queries_per_class():
         together = sum(1 for c in classes if i in c and j in c)
         assert p["queries"] == 10 * together and p["errors"] == sum(1 for c in classes if sorted((c[0], c[1])) == [i, j])
     assert sum(p["errors"] for p in pairs) == 30
+
+
+def test_the_confused_pairs_script_draws_the_pairs_of_lake_runs_and_of_random_tasks(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import compose_config
+    from metalearn_cli import evaluation, training
+
+    run = tmp_path / "run"
+    training.train(compose_config("train", ["dataset.split=background", "encoder=conv4", "encoder.width=8", "trainer.iterations=2",
+                                            "trainer.val_every=2", "trainer.val_episodes=2", "trainer.train_way=20",
+                                            "eval.episodes=2", "trainer.progress=false", "device=cpu"]), run)
+    evaluation.evaluate(compose_config("eval", [f"checkpoint={run}", "episode=lake20way1shot", "eval.episodes=8", "device=cpu"]),
+                        tmp_path / "lake")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "confused_pairs.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "lake"), "--out", str(tmp_path / "p.png"), "--pairs", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    top = json.loads((tmp_path / "lake" / "results.json").read_text())["confused_pairs"][0]
+    assert f"{top['classes'][0]}  <->  {top['classes'][1]}" in proc.stdout.splitlines()[3]  # the first pair drawn
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    random = subprocess.run([sys.executable, str(script), str(run), "--out", str(tmp_path / "r.png")],  # the run's own test
+                            capture_output=True, text=True, timeout=300)
+    assert random.returncode == 0 and "pairs erring on 40%" in random.stdout, random.stderr
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "is not a tested run or eval dir" in bad.stderr

@@ -78,29 +78,3 @@ def test_lake_runs_take_alphabets_of_exactly_n_way_and_two_drawers():
         LakeRuns(alphabet_split((4, 3), per_class=4), 5, seed=0)
     with pytest.raises(DataError, match="drawn by two people or more"):
         LakeRuns(alphabet_split((6,), per_class=1), 5, seed=0)
-
-
-def test_the_confused_pairs_script_draws_a_lake_evals_pairs(tmp_path):
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from conftest import compose_config
-    from metalearn_cli import evaluation, training
-
-    run = tmp_path / "run"
-    training.train(compose_config("train", ["dataset.split=background", "encoder=conv4", "encoder.width=8", "trainer.iterations=2",
-                                            "trainer.val_every=2", "trainer.val_episodes=2", "trainer.train_way=20",
-                                            "eval.episodes=2", "trainer.progress=false", "device=cpu"]), run)
-    evaluation.evaluate(compose_config("eval", [f"checkpoint={run}", "episode=lake20way1shot", "eval.episodes=8", "device=cpu"]),
-                        tmp_path / "lake")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "lake_confused_pairs.py"
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "lake"), "--out", str(tmp_path / "p.png"), "--pairs", "3"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    top = json.loads((tmp_path / "lake" / "results.json").read_text())["confused_pairs"][0]
-    assert f"{top['classes'][0]}  <->  {top['classes'][1]}" in proc.stdout.splitlines()[3]  # the first pair drawn
-    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
-    bad = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "episode=lake20way1shot" in bad.stderr  # random tasks: no pairs of one alphabet

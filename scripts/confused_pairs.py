@@ -1,17 +1,17 @@
 #!/usr/bin/env python
-"""A picture of the characters a run most often mistakes for each other on Lake's runs.
+"""A picture of the classes a run most often mistakes for each other, and how many errors are pairs at chance.
 
-    python scripts/lake_confused_pairs.py RUN [--out lake-confused-pairs.png] [--pairs 12] [--min-rate 0.4]
+    python scripts/confused_pairs.py RUN [--out confused-pairs.png] [--pairs 12] [--min-rate 0.4]
         [--archive ../shared/data/omniglot/images_evaluation.zip]
 
-RUN is a training run or a ``metalearn eval`` dir of ``episode=lake20way1shot``: the pairs are counted
-from its ``test_outcomes.npz`` over every run, in ``results.json``'s ``confused_pairs`` order (errors of the
-queries where both characters were in the run). Each row shows
-the first character as four drawers drew it, a gap, then the second; the images are the ones the
-network read (the run's own data set options: size, framing), or with ``--archive`` the 105 px
-originals in Omniglot's zip (whether a pair differs at all before any resizing). ``--min-rate`` keeps the
-pairs that err on at least that share of their queries (0.4: those at chance). Prints the pairs with
-their rates and the share of the run's wrong answers they hold.
+RUN is a training run or a ``metalearn eval`` dir (random tasks or ``episode=lake20way1shot``): the pairs
+are counted from its ``test_outcomes.npz`` over every task, each task's classes drawn again from its seed,
+in ``results.json``'s ``confused_pairs`` order (errors, of the queries of either class in the tasks that
+held both). Each row shows the first class as four drawers drew it, a gap, then the second; the images
+are the ones the network read (the run's own data set options: size, framing, rotation), or with
+``--archive`` the 105 px originals in Omniglot's zip (whether a pair differs at all before any resizing;
+unrotated classes only). ``--min-rate`` keeps the pairs that err on at least that share of their queries
+(0.4: those at chance). Prints the pairs with their rates and the share of the run's wrong answers they hold.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("lake-confused-pairs.png"))
+    parser.add_argument("--out", type=Path, default=Path("confused-pairs.png"))
     parser.add_argument("--pairs", type=int, default=12)
     parser.add_argument("--min-rate", type=float, default=0.0)
     parser.add_argument("--archive", type=Path, help="Omniglot's images_evaluation.zip: draw the originals")
@@ -40,31 +40,35 @@ def main() -> int:
     from metalearn_cli.checkpoint import read_meta_knowledge
     from metalearn_cli.confusions import confused_pairs
     from metalearn_cli.data import DATASETS
-    from metalearn_cli.episodes import split_seed
-    from metalearn_cli.evaluation import dataset_of
-    from metalearn_cli.lake_runs import LakeRuns
+    from metalearn_cli.evaluation import dataset_of, fixed_tasks
 
-    results = json.loads((args.run / "results.json").read_text())
-    if results.get("protocol") != "lake" or not (args.run / "test_outcomes.npz").is_file():
-        print(f"{args.run} is not a run or eval dir of episode=lake20way1shot with test_outcomes.npz", file=sys.stderr)
+    results = json.loads((args.run / "results.json").read_text()) if (args.run / "results.json").is_file() else {}
+    if "way" not in results or not (args.run / "test_outcomes.npz").is_file():
+        print(f"{args.run} is not a tested run or eval dir with test_outcomes.npz", file=sys.stderr)
         return 2
-    pairs = results.get("confused_pairs", [])  # since 2026-12-05; the runs' pairs are counted again below either way
+    pairs = results.get("confused_pairs", [])  # since 2026-12-05; every pair is counted again below either way
     checkpoint = Path(results.get("checkpoint", "checkpoints/best.pt"))
     source = checkpoint if checkpoint.is_absolute() else args.run / checkpoint  # eval dirs: absolute; runs: their own
     config = read_meta_knowledge(source)["config"]
-    split = DATASETS.build(dataset_of(OmegaConf.create(config["dataset"]), None, str(source))).split(results["split"])
+    data = DATASETS.build(dataset_of(OmegaConf.create(config["dataset"]), None, str(source)))
+    split = data.split(results["split"])
     index = {name: i for i, name in enumerate(split.class_names)}
     predicted = torch.from_numpy(np.load(args.run / "test_outcomes.npz")["predicted"].astype(np.int64))
-    wrong = int((predicted != torch.arange(results["way"])).sum())
-    runs = LakeRuns(split, results["way"], split_seed(results["seed"], results["split"]))
-    every = confused_pairs(runs.task_classes(len(predicted)), predicted, torch.arange(results["way"]), split.class_names,
+    shapes = (results["way"], results["shot"], results["query"])
+    labels = torch.arange(shapes[0]).repeat_interleave(shapes[2])
+    wrong = int((predicted != labels).sum())
+    tasks = fixed_tasks(data, results["split"], shapes, results["seed"], torch.device("cpu"), results.get("protocol") == "lake")
+    every = confused_pairs(tasks.task_classes(len(predicted)), predicted, labels, split.class_names,
                            top=wrong)  # every pair with a wrong answer, in results.json's order
-    assert every[: len(pairs)] == pairs, "results.json's confused_pairs are not these runs' (another seed or split?)"
+    assert every[: len(pairs)] == pairs, "results.json's confused_pairs are not these tasks' (another seed or split?)"
     for rate in (0.4, 0.3, 0.2):
         held = [p for p in every if p["queries"] >= 20 and p["errors"] >= rate * p["queries"]]
         print(f"pairs erring on {100 * rate:.0f}% of their queries or more (20 queries or more): {len(held)}, holding "
               f"{sum(p['errors'] for p in held)} of {wrong} wrong answers ({100 * sum(p['errors'] for p in held) / predicted.numel():.2f} points)")
     pairs = [p for p in every if p["errors"] >= args.min_rate * p["queries"]][: args.pairs]
+    if args.archive and any(c.count("/") > 1 for p in pairs for c in p["classes"]):
+        print("--archive draws unrotated characters only (Alphabet/characterNN); these pairs name rotated classes", file=sys.stderr)
+        return 2
     draw = originals(args.archive) if args.archive else lambda name: [split.images[index[name], d, 0].cpu().numpy() for d in range(4)]
     rows = []
     for pair in pairs:
@@ -75,7 +79,7 @@ def main() -> int:
               f"{pair['classes'][0]}  <->  {pair['classes'][1]}")
     shown = sum(p["errors"] for p in pairs)
     print(f"the {len(rows) // 2} pairs drawn: {shown} of the run's {wrong} wrong answers ({100 * shown / max(wrong, 1):.1f}%), "
-          f"{100 * shown / results['episodes'] / results['way']:.2f} points of accuracy")
+          f"{100 * shown / predicted.numel():.2f} points of accuracy")
     picture = np.concatenate(rows[:-1])
     picture = picture if args.archive else 255 - picture  # the archive's ink is already dark on white
     scale = 1 if args.archive else 3
