@@ -65,6 +65,9 @@ def main() -> int:
         held = [p for p in every if p["queries"] >= 20 and p["errors"] >= rate * p["queries"]]
         print(f"pairs erring on {100 * rate:.0f}% of their queries or more (20 queries or more): {len(held)}, holding "
               f"{sum(p['errors'] for p in held)} of {wrong} wrong answers ({100 * sum(p['errors'] for p in held) / predicted.numel():.2f} points)")
+    turns = sum(p["errors"] for p in every if len({c.split("/rot")[0] for c in p["classes"]}) == 1)
+    if turns:  # Vinyals et al.'s rotated classes: a character against its own turn
+        print(f"two turns of one character: {turns} of {wrong} wrong answers ({100 * turns / wrong:.1f}%)")
     pairs = [p for p in every if p["errors"] >= args.min_rate * p["queries"]][: args.pairs]
     if args.archive and any(c.count("/") > 1 for p in pairs for c in p["classes"]):
         print("--archive draws unrotated characters only (Alphabet/characterNN); these pairs name rotated classes", file=sys.stderr)
