@@ -170,6 +170,9 @@ def claim_fresh(path: Path) -> Path:
             return candidate
         except FileExistsError:
             continue
+        except OSError as exc:  # a read-only working directory, a full disk
+            raise ConfigError(f"cannot create the default run dir {candidate} ({exc.strerror or exc}); run from a "
+                              "writable folder, or pass hydra.run.dir=DIR") from None
     raise ConfigError(f"no free run dir next to {path}; pass hydra.run.dir=DIR")
 
 
@@ -216,7 +219,7 @@ def add_override(args: list[str], override: str) -> list[str]:
     kept = [a for a in args if a.startswith("-") or a.split("=", 1)[0].lstrip("+~") != key]
     places = [i for i, a in enumerate(kept) if "=" in a and not a.startswith("-")
               and not (i and kept[i - 1].split("=", 1)[0] in VALUE_FLAGS)]
-    at = places[-1] + 1 if places else len(kept)
+    at = places[-1] + 1 if places else 0  # none yet: first, where no flag with an optional value (--info) takes it
     return [*kept[:at], override, *kept[at:]]
 
 

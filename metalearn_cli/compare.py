@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.errors import MetalearnError
-from metalearn_cli.derived import default_output, outside_runs, record_inputs
+from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.rundir import canonical, find_runs, read_run, refuse_replacing
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
@@ -235,6 +235,7 @@ def main(argv: list[str]) -> int:
     rows, diffs = compare_groups(groups, label)
     if args.out is not None:
         refuse_replacing(args.out, "--out ")
+        refuse_other_output(args.out, "compare.csv", runs)
     out = args.out or default_output(base, "compare", runs)
     out.mkdir(parents=True, exist_ok=True)
     record_inputs(out, runs)

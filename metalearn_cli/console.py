@@ -10,12 +10,13 @@ from typing import Optional
 from metalearn_cli.errors import ConfigError, FileSystemError, MetalearnError
 
 
-def as_user_error(exc: BaseException) -> MetalearnError:
-    """An OSError or a config library's error raised inside a job, as a user error of ours."""
+def as_user_error(exc: BaseException, written: str = "hydra.run.dir") -> MetalearnError:
+    """An OSError or a config library's error raised inside a job, as a user error of ours
+    (``written``: what the command writes, for the hint)."""
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         return FileSystemError(f"cannot access {where}{exc.strerror or exc}; check that the path exists and is "
-                               "readable, and that hydra.run.dir is writable")
+                               f"readable, and that {written} is writable")
     return ConfigError(one_line(exc))
 
 

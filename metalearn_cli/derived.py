@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from metalearn_cli.errors import ConfigError
 from metalearn_cli.rundir import canonical, held
 
 INPUTS = "inputs.txt"
@@ -37,6 +38,16 @@ def default_output(base: Path, name: str, inputs: list[Path]) -> Path:
         if not out.exists() or (record.is_file() and record.read_text(encoding="utf-8", errors="replace") == listing):
             return out
     raise AssertionError("unreachable")
+
+
+def refuse_other_output(out: Path, marker: str, inputs: list[Path]) -> None:
+    """An ``--out`` folder that holds this command's output of other runs (or of runs it cannot name:
+    ``marker`` without ``inputs.txt``) is not replaced: the same runs refresh it, others need another."""
+    record, made = Path(out) / INPUTS, Path(out) / marker
+    if not made.exists() or (record.is_file() and record.read_text(encoding="utf-8", errors="replace") == _listing(inputs)):
+        return
+    raise ConfigError(f"--out {out} holds the {marker} of other runs ({INPUTS} names them), which this one would replace; "
+                      "choose another --out, or leave it out for a new folder beside the runs")
 
 
 def record_inputs(out: Path, inputs: list[Path]) -> None:

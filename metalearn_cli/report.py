@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.console import OneLineParser, help_text
-from metalearn_cli.derived import default_output, outside_runs, record_inputs
+from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.rundir import find_runs, read_run, refuse_replacing
 from metalearn_cli.schema import flatten
 
@@ -220,6 +220,7 @@ def main(argv: list[str]) -> int:
     rows = [describe(run, base) for run in runs]
     if args.out is not None:
         refuse_replacing(args.out, "--out ")
+        refuse_other_output(args.out, "report.md", runs)
     out = args.out or default_out(runs)
     if out.exists() and not out.is_dir():
         raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")

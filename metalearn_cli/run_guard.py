@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from metalearn_cli.files import atomic_write
-from metalearn_cli.rundir import held, record_failure, write_status
+from metalearn_cli.rundir import ERROR, held, record_failure, write_status
 
 
 class RunGuard:
@@ -23,12 +23,15 @@ class RunGuard:
     a job checks first, then :meth:`accept` writes the command's record (``.hydra/``, or
     ``.hydra/resume-<time>/`` in the run an accepted resume continues) and starts its log file. So
     however a command reaches a dir (a sweep, ``-cd``, a colliding sub-dir), a refused one changes
-    nothing in a run that was there. A failure is recorded only in a dir that held no run; a default
+    nothing in a run that was there. A failure is recorded only in a dir that held no run, and only once
+    the job began (a sweep's jobs: also when refused, so the sweep's dir lists them); a default
     dir the CLI claimed for a refused command is removed again, and so is one of a ``disposable`` command
     (eval, predict, export) that failed: it holds nothing but the error, and ``report`` would list a typo as a run."""
 
-    def __init__(self, run_dir: Path, claimed: bool = False, writer: bool = True, disposable: bool = False) -> None:
+    def __init__(self, run_dir: Path, claimed: bool = False, writer: bool = True, disposable: bool = False,
+                 sweep: bool = False) -> None:
         self.run_dir, self.claimed, self.writer, self.disposable = Path(run_dir), claimed, writer, disposable
+        self.sweep = sweep  # a sweep job's refusal is recorded in its dir (report lists the job as failed)
         self.existing = held(self.run_dir)
         self.accepted = False
         self.handler: Optional[logging.Handler] = None
@@ -39,7 +42,11 @@ class RunGuard:
         self.accepted = True
         folder = self.run_dir / ".hydra"
         if self.existing:
-            folder = folder / ("resume-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+            stamp = "resume-" + time.strftime("%Y-%m-%d_%H-%M-%S")
+            folder = next(folder / name for name in (stamp, *(f"{stamp}_{i}" for i in range(1, 1000)))
+                          if not (folder / name).exists())  # two resumes in one second keep a record each
+        else:
+            (self.run_dir / ERROR).unlink(missing_ok=True)  # an earlier refusal's record: this run is what the dir holds now
         for name, text in record.items():
             atomic_write(folder / name, lambda f, t=text: f.write(t.encode("utf-8")), name, "free disk space")  # type: ignore[misc]
         if log_name is not None:
@@ -53,6 +60,19 @@ class RunGuard:
             self.handler.close()
             self.handler = None
 
+    def remove_claimed(self) -> None:
+        """The default dir this command claimed, and the folders above it that it left empty (below the
+        working directory: ``outputs/train/<name>/``)."""
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        cwd = Path.cwd().resolve()
+        for folder in self.run_dir.resolve().parents:
+            if folder == cwd or cwd not in folder.parents:
+                return
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                return
+
     @property
     def protects(self) -> bool:
         """True while a failure must leave the run dir untouched (a run was there, or this is not rank 0)."""
@@ -64,7 +84,7 @@ class RunGuard:
             return
         self.close()
         if self.claimed:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.remove_claimed()
         else:
             write_status(self.run_dir, "interrupted")
 
@@ -74,7 +94,9 @@ class RunGuard:
             return False
         if self.claimed and (not self.accepted or self.disposable):  # a default dir with nothing but the failure
             self.close()  # the log file's handle, before its folder goes
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.remove_claimed()
+            return False
+        if not self.accepted and not self.sweep:  # refused before it began: the line says why, the dir stays as it was
             return False
         self.accept(record, None)  # what was asked, beside why it failed (report lists the run as failed)
         record_failure(self.run_dir, message, details)

@@ -303,3 +303,14 @@ def test_printed_overrides_paste_back_into_a_shell_and_hydra_as_the_same_path(va
     parsed = OverridesParser.create().parse_override(words[0])
     assert not parsed.is_sweep_override()
     assert OmegaConf.create({"v": parsed.value()}).v == value  # as the config reads it, escapes resolved
+
+
+def test_hydra_flags_with_an_optional_or_missing_value_are_not_fed_the_clis_own_override(tmp_path):
+    script = Path(sys.executable).with_name("metalearn")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "metalearn_cli"]
+    info = subprocess.run([*command, "train", "--info"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert info.returncode == 0 and "Hydra" in info.stdout and "invalid choice" not in info.stderr, info.stderr
+    for args, needle in ((["train", "-sc"], "-sc needs what to do"), (["train", "--experimental-rerun", "nowhere"], "does not exist")):
+        proc = subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing written

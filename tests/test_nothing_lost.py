@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from PIL import Image
 
@@ -209,6 +210,8 @@ CASES = [
     (["export", f"checkpoint={R}", f"out={R}/new.pt"], "is inside the run"),
     (["export", f"checkpoint={R}", "out={root}/notes.txt"], "not an earlier export"),
     (["train", "~encoder"], "deletes encoder from the config"),
+    (["train", "resume="], "resume= is empty (an unset shell variable?)"),
+    (["train", "-m", *SMOKE, "resume=''"], "resume= is empty"),
     (["train", "-m", *SMOKE, "seed=0,1"], "names the folder of one run, and a sweep (-m) writes each job into"),
     (["train", f"resume={R}", "encoder=conv4_fast", "trainer.iterations=9"], "so drop encoder=conv4_fast from the command"),
     (["eval", f"checkpoint={R}", "~eval.episodes=10"], "deletes eval.episodes"),
@@ -343,6 +346,14 @@ def test_an_accepted_resume_keeps_the_original_hydra_files_and_records_its_own(t
     assert {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")} == original
     (record,) = (run / ".hydra").glob("resume-*")
     assert "trainer.iterations=6" in (record / "overrides.yaml").read_text()
+    # the config it continued with, not the defaults of a command line that names only resume= and iterations
+    resumed, first = (yaml.safe_load(p.read_text()) for p in (record / "config.yaml", run / ".hydra" / "config.yaml"))
+    assert resumed["trainer"]["iterations"] == 6 and resumed["dataset"] == first["dataset"]
+    assert main(["train", "trainer.iterations=8", f"resume={run}"]) == 0  # no SMOKE on the command line at all
+    records = sorted((run / ".hydra").glob("resume-*"))
+    assert len(records) == 2 and (record / "config.yaml").read_bytes() == (records[0] / "config.yaml").read_bytes()
+    latest = yaml.safe_load((records[1] / "config.yaml").read_text())
+    assert latest["dataset"]["name"] == "synthetic" and latest["trainer"]["iterations"] == 8
 
 
 # ----------------------------------------------------------------------------- signals in every phase

@@ -140,3 +140,17 @@ def test_a_report_of_other_runs_never_replaces_the_default_report(tmp_path):
     assert (runs / "report" / "report.csv").read_text() == both
     assert [r["run"] for r in csv.DictReader((runs / "report-2" / "report.csv").open())] == ["a"]
     assert main(["report", str(runs)]) == 0 and not (runs / "report-3").exists()  # the same runs: refreshed in place
+
+
+def test_an_explicit_out_holding_another_report_is_refused_and_the_same_runs_refresh_it(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for name, seed in (("a", 0), ("b", 1)):
+        training.train(compose_config("train", [*FAST, f"seed={seed}"]), runs / name)
+    out = tmp_path / "rep"
+    assert main(["report", str(runs / "a"), str(runs / "b"), "--out", str(out)]) == 0
+    both = (out / "report.csv").read_text()
+    capsys.readouterr()
+    assert main(["report", str(runs / "a"), "--out", str(out)]) == 2
+    assert "holds the report.md of other runs" in capsys.readouterr().err
+    assert (out / "report.csv").read_text() == both
+    assert main(["report", str(runs / "a"), str(runs / "b"), "--out", str(out)]) == 0  # the same runs: refreshed

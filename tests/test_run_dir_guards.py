@@ -204,16 +204,28 @@ def test_a_failed_tool_command_leaves_no_default_folder_to_list_as_a_run(tmp_pat
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
-def test_a_sweep_whose_every_job_is_refused_exits_2_and_names_the_sweep_dir(tmp_path, capsys):
+def test_a_sweep_into_a_used_sweep_dir_is_refused_before_its_record_is_replaced(tmp_path, capsys):
+    """Hydra writes multirun.yaml before any job checks its dir: the sweep is refused before that."""
     sweep = tmp_path / "sweep é"
     args = ["train", "-m", *SMOKE, "seed=0,1", f'hydra.sweep.dir="{sweep}"']
     assert main(args) == 0
     first = tree_hash(sweep)
     capsys.readouterr()
-    assert main(args) == 2  # both sub-dirs hold runs: nothing ran
+    for again in (args, ["train", "-m", *SMOKE, "seed=5", f'hydra.sweep.dir="{sweep}"']):
+        assert main(again) == 2
+        err = capsys.readouterr().err
+        assert "already holds a sweep or runs (multirun.yaml)" in err and "choose a new hydra.sweep.dir" in err, err
+        assert tree_hash(sweep) == first  # multirun.yaml included
+
+
+def test_a_sweep_job_refused_by_its_own_guard_names_the_sweep_dir(tmp_path, capsys):
+    """Two jobs sent into one sub-dir: the second finds the first's run there and is refused alone."""
+    sweep = tmp_path / "sweep"
+    first = main(["train", "-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=same"])
     out, err = capsys.readouterr()
-    assert "2 of 2 sweep jobs failed" in err and "use a new hydra.sweep.dir" in out + err
-    assert tree_hash(sweep) == first
+    assert first == 0 and "1 of 2 sweep jobs failed" in err, err  # some ran: exit 0
+    assert "already holds a run" in out + err and "a new hydra.sweep.dir" in out + err
+    assert json.loads((sweep / "same" / "results.json").read_text())["seed"] == 0  # the first job's run, kept
 
 
 def test_ctrl_c_in_eval_marks_a_named_dir_interrupted_and_removes_a_default_one(runs, tmp_path, monkeypatch, capsys):
@@ -228,5 +240,37 @@ def test_ctrl_c_in_eval_marks_a_named_dir_interrupted_and_removes_a_default_one(
     assert main(["eval", f"checkpoint={runs['train']}", f"hydra.run.dir={named}"]) == 130
     assert json.loads((named / "status.json").read_text())["status"] == "interrupted"
     assert main(["eval", f"checkpoint={runs['train']}"]) == 130
-    assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+    assert not (tmp_path / "outputs").exists()  # the default dir and the folders made for it
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_sigterm_in_eval_stops_it_as_ctrl_c_does(runs, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from metalearn_cli import evaluation
+
+    def terminated(cfg, run_dir):
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop, mid-evaluation
+        raise AssertionError("SIGTERM did not stop the evaluation")
+
+    monkeypatch.setattr(evaluation, "evaluate", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    named = tmp_path / "named"
+    assert main(["eval", f"checkpoint={runs['train']}", f"hydra.run.dir={named}"]) == 130
+    assert json.loads((named / "status.json").read_text())["status"] == "interrupted"
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the process's own handler, back
+
+
+def test_a_folder_that_cannot_be_written_is_one_line_for_every_command(runs, tmp_path):
+    """/proc takes no new folders, even from root (whom chmod does not stop): the default run dir,
+    report's and sample-task's --out."""
+    script = Path(sys.executable).with_name("metalearn")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "metalearn_cli"]
+    for args, cwd, needle in ((["train", *SMOKE], "/proc", "cannot create the default run dir"),
+                              (["report", str(runs["train"]), "--out", "/proc/metalearn/rep"], tmp_path, "--out"),
+                              (["sample-task", "--out", "/proc/metalearn/t"], tmp_path, "--out is writable")):
+        proc = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

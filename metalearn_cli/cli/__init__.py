@@ -21,7 +21,7 @@ from metalearn_cli.command_line import (
     FLAG_COMMANDS, USAGE, add_override, check_debug, check_groups, flag_present, hydra_argv, rank, refuse_unknown_flags, shell_completion,
     version_line,
 )
-from metalearn_cli.console import suggest
+from metalearn_cli.console import as_user_error, suggest
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.rundir import exclusive
 
@@ -38,6 +38,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(version_line())
         return 0
     command, rest = args[0], args[1:]
+    if args[-1] in ("-sc", "--shell-completion"):
+        print(f"metalearn: error: {args[-1]} needs what to do: install=bash (or zsh, fish), uninstall=bash, or "
+              f"query=... (e.g. eval \"$(metalearn {args[-1]} install=bash)\")", file=sys.stderr)
+        return 2
     for flag in ("-sc", "--shell-completion"):
         for i, a in enumerate(args[:-1]):
             if a == flag:
@@ -50,6 +54,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             return {"report": report.main, "sample-task": sample_task.main, "compare": compare.main}[command](rest)
         except MetalearnError as exc:
             print(f"metalearn {command}: error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # a read-only or full folder where the command writes
+            written = "--out (by default the folder beside the runs)" if command != "sample-task" else "--out"
+            print(f"metalearn {command}: error: {as_user_error(exc, written)}", file=sys.stderr)
             return 2
     if command not in APPS:
         hint = suggest(command, [*APPS, *FLAG_COMMANDS])

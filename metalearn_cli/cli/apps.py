@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -41,7 +44,8 @@ class _JobFailed(BaseException):
 
 
 def _hydra_record(cfg: DictConfig) -> dict[str, str]:
-    """The ``.hydra/`` files Hydra would write, written by the job itself once it is accepted."""
+    """The ``.hydra/`` files Hydra would write, written by the job itself once it is accepted (``cfg``:
+    the config the job runs with)."""
     hc = HydraConfig.get()
     return {"config.yaml": OmegaConf.to_yaml(cfg),
             "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})),
@@ -52,7 +56,7 @@ FAILED_JOBS: list[str] = []  # the numbers of this sweep's failed jobs (a sweep 
 SWEEP_JOBS: list[str] = []
 
 
-def _run_job(job: Callable[[Callable[[], None]], float], cfg: DictConfig, disposable: bool = False) -> float:
+def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> float:
     """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
     recorded only in a dir that held no run (``disposable``: not in a default dir either, :class:`RunGuard`).
     In a sweep a failing job fails alone and the sweep goes on."""
@@ -60,12 +64,13 @@ def _run_job(job: Callable[[Callable[[], None]], float], cfg: DictConfig, dispos
     if hc.mode == RunMode.MULTIRUN:
         SWEEP_JOBS.append(str(hc.job.num))
     run_dir = Path(hc.runtime.output_dir)
-    guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0, disposable=disposable)
+    guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0, disposable=disposable,
+                     sweep=hc.mode == RunMode.MULTIRUN)
     record = _hydra_record(cfg)
     log_name = hc.job.name if hc.runtime.choices.get("hydra/job_logging") == "metalearn" else None
     try:
         try:
-            return job(lambda: guard.accept(record, log_name))
+            return job(lambda ran=None: guard.accept(_hydra_record(ran) if ran is not None else record, log_name))
         except (OSError, OmegaConfBaseException) as exc:
             raise as_user_error(exc) from exc
     except Interrupted as exc:
@@ -100,7 +105,7 @@ def train_app(cfg: DictConfig) -> float:
     """Returns the best validation accuracy: the objective a sweeper maximises."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
-    def job(accept: Callable[[], None]) -> float:
+    def job(accept: Callable[..., None]) -> float:
         from metalearn_cli.training import Training
         from metalearn_cli.config_checks import check_typed_pretrain_keys, seen_class_validation
         from metalearn_cli.resume import resumed_config
@@ -112,10 +117,28 @@ def train_app(cfg: DictConfig) -> float:
         if HydraConfig.get().mode == RunMode.MULTIRUN and (why := seen_class_validation(config)):
             log.warning("metalearn train -m: %s", why)
         run = Training(config, run_dir)  # every check; a refusal leaves an existing run as it was
-        accept()
+        accept(config)  # a resume records the config it continues with, not the command line's defaults
         return run.run()
 
     return _run_job(job, cfg)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler, ``timeout``) stops eval, predict and export as Ctrl-C does: its dir is
+    tidied or marked interrupted, and the command says so (training has its own, saving first)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _tool_app(command: str, keys: tuple[str, ...], target: str) -> Callable[[], Any]:
@@ -125,12 +148,13 @@ def _tool_app(command: str, keys: tuple[str, ...], target: str) -> Callable[[], 
     def app(cfg: DictConfig) -> float:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
 
-        def job(accept: Callable[[], None]) -> float:
+        def job(accept: Callable[..., None]) -> float:
             required(cfg, command, *keys)
             refuse_foreign_target(command, run_dir, resuming=False)  # also under -m, -cd, ...
             accept()
             module, function = target.split(":")
-            return getattr(importlib.import_module(module), function)(cfg, run_dir)
+            with terminate_as_interrupt():
+                return getattr(importlib.import_module(module), function)(cfg, run_dir)
 
         return _run_job(job, cfg, disposable=True)
 
@@ -183,6 +207,9 @@ def run_app(command: str) -> int:
     except KeyboardInterrupt:
         print(f"metalearn {command}: interrupted", file=sys.stderr)
         return 130
+    except ValueError as exc:  # Hydra's own flags given a value it cannot use (--experimental-rerun FILE, ...)
+        print(f"metalearn {command}: error: {one_line(exc)} (see metalearn {command} --help)", file=sys.stderr)
+        return 2
     except OSError as exc:  # the file system refused before the job ran (Hydra writing .hydra/, ...)
         print(f"metalearn {command}: error: {as_user_error(exc)}", file=sys.stderr)
         return 2

@@ -56,12 +56,17 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
     claimed fresh; a dir named on the command line is checked before Hydra writes anything in it."""
     from metalearn_cli.resume import refuse_another_dir, resume_value, run_dir_of
 
+    if isinstance(values.get("resume"), str) and not values["resume"].strip():
+        raise ConfigError("resume= is empty (an unset shell variable?); pass resume=<run dir>, or leave resume out "
+                          "(or resume=false) for a new run")
     multirun = str(values.get("hydra.mode", "")).upper() == "MULTIRUN"  # the same as -m: each job checks its own dir
     multirun = multirun or flag_present(args, ("-m", "--multirun")) is not None
     if multirun and "hydra.run.dir" in values and not flag_present(args, PRINTING_FLAGS):
         raise ConfigError(f"hydra.run.dir={values['hydra.run.dir']} names the folder of one run, and a sweep (-m) "
                           "writes each job into hydra.sweep.dir/<job number> (by default outputs/multirun/"
                           f"{command}/<time>/N); pass hydra.sweep.dir={values['hydra.run.dir']} instead")
+    if multirun and not flag_present(args, PRINTING_FLAGS):
+        refuse_used_sweep_dir(values.get("hydra.sweep.dir"))
     if multirun or flag_present(args, PRINTING_FLAGS) or flag_present(args, CONFIG_FLAGS):
         return args, None
     named = values.get("hydra.run.dir")
@@ -99,6 +104,20 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
         return with_run_dir(args, run_dir), None
     refuse_foreign_target(command, run_dir, resuming=resume is not None)
     return with_run_dir(args, run_dir), run_dir
+
+
+def refuse_used_sweep_dir(named: Any) -> None:
+    """A sweep writes ``multirun.yaml`` into its dir before any job checks its own: a sweep dir that
+    already holds a sweep (or a run) would lose its record, so a new sweep needs a new one."""
+    if named is None or "${" in str(named):
+        return  # the default: outputs/multirun/<command>/<time>, new
+    folder = canonical(str(named))
+    found = [n for n in ("multirun.yaml",) if (folder / n).exists()] or held(folder)
+    if not found and folder.is_dir():
+        found = [p.name for p in sorted(folder.iterdir()) if p.is_dir() and held(p)][:3]
+    if found:
+        raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep or runs ({', '.join(found[:3])}); a sweep "
+                          "writes multirun.yaml and a run dir per job there, so choose a new hydra.sweep.dir")
 
 
 def config_keys(command: str) -> list[str]:
