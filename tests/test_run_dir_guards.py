@@ -111,9 +111,12 @@ def test_a_finished_run_without_last_pt_is_not_retrained(runs, tmp_path, capsys)
 
 def test_a_run_refused_before_it_wrote_anything_can_be_run_again(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", *SMOKE, "optimizer.lr=0", f"hydra.run.dir={run}"]) == 2  # refused: a failure record only
-    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+    assert main(["train", *SMOKE, "optimizer.lr=0", f"hydra.run.dir={run}"]) == 2  # refused: the line says why
+    assert "needs lr > 0" in capsys.readouterr().err and not run.exists()  # and nothing is left to list as a run
+    run.mkdir()
+    (run / "error.txt").write_text("an earlier refusal's record\n")  # as versions before 2026-12-05 left
     assert main(["train", *SMOKE, f"hydra.run.dir={run}"]) == 0
+    assert not (run / "error.txt").exists()  # the run the dir holds now, without a stale error beside it
 
 
 def test_the_quoted_guard_through_the_console_script(runs, tmp_path):

@@ -56,17 +56,7 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
     claimed fresh; a dir named on the command line is checked before Hydra writes anything in it."""
     from metalearn_cli.resume import refuse_another_dir, resume_value, run_dir_of
 
-    if isinstance(values.get("resume"), str) and not values["resume"].strip():
-        raise ConfigError("resume= is empty (an unset shell variable?); pass resume=<run dir>, or leave resume out "
-                          "(or resume=false) for a new run")
-    multirun = str(values.get("hydra.mode", "")).upper() == "MULTIRUN"  # the same as -m: each job checks its own dir
-    multirun = multirun or flag_present(args, ("-m", "--multirun")) is not None
-    if multirun and "hydra.run.dir" in values and not flag_present(args, PRINTING_FLAGS):
-        raise ConfigError(f"hydra.run.dir={values['hydra.run.dir']} names the folder of one run, and a sweep (-m) "
-                          "writes each job into hydra.sweep.dir/<job number> (by default outputs/multirun/"
-                          f"{command}/<time>/N); pass hydra.sweep.dir={values['hydra.run.dir']} instead")
-    if multirun and not flag_present(args, PRINTING_FLAGS):
-        refuse_used_sweep_dir(values.get("hydra.sweep.dir"))
+    multirun = check_sweep(command, args, values)
     if multirun or flag_present(args, PRINTING_FLAGS) or flag_present(args, CONFIG_FLAGS):
         return args, None
     named = values.get("hydra.run.dir")
@@ -104,6 +94,23 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
         return with_run_dir(args, run_dir), None
     refuse_foreign_target(command, run_dir, resuming=resume is not None)
     return with_run_dir(args, run_dir), run_dir
+
+
+def check_sweep(command: str, args: list[str], values: dict[str, Any]) -> bool:
+    """Whether this is a sweep (``-m``), after what no sweep may be given: an empty ``resume=`` (a
+    sweep of the default run), ``hydra.run.dir`` (one run's folder), a sweep dir in use."""
+    if isinstance(values.get("resume"), str) and not values["resume"].strip():
+        raise ConfigError("resume= is empty (an unset shell variable?); pass resume=<run dir>, or leave resume out "
+                          "(or resume=false) for a new run")
+    multirun = str(values.get("hydra.mode", "")).upper() == "MULTIRUN"  # the same as -m: each job checks its own dir
+    multirun = multirun or flag_present(args, ("-m", "--multirun")) is not None
+    if multirun and not flag_present(args, PRINTING_FLAGS):
+        if "hydra.run.dir" in values:
+            raise ConfigError(f"hydra.run.dir={values['hydra.run.dir']} names the folder of one run, and a sweep (-m) "
+                              "writes each job into hydra.sweep.dir/<job number> (by default outputs/multirun/"
+                              f"{command}/<time>/N); pass hydra.sweep.dir={values['hydra.run.dir']} instead")
+        refuse_used_sweep_dir(values.get("hydra.sweep.dir"))
+    return multirun
 
 
 def refuse_used_sweep_dir(named: Any) -> None:
