@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Optional
@@ -187,6 +188,10 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
             raise MetalearnError(f"{short[0]} shares no seed with {short[1]} (seeds {sorted(group)} vs {sorted(ref_runs)}); "
                                  "runs are compared on the test tasks of the same seed: score one on the other's with "
                                  f"metalearn eval checkpoint=RUN seed={sorted(ref_runs)[0]}")
+        unpaired = sorted(set(ref_runs) ^ set(group))
+        if unpaired:  # said, not dropped in silence: a seed without its partner is no paired comparison
+            print(f"note: seed {', '.join(map(str, unpaired))} is in only one of {name} and {ref_name}; compared on seed "
+                  f"{', '.join(map(str, seeds))}", file=sys.stderr)
         a, b, pa, pb = [], [], [], []
         for seed in seeds:
             same_tasks(ref_runs[seed], group[seed])

@@ -179,7 +179,19 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
         resolved = str(Path(knowledge["source"]).resolve())
         if resolved in sources:
             raise ConfigError(f"ensemble member {path} is {resolved}, already a member; list each trained run once")
+        twin = next((src for m, src in zip(members, sources) if same_weights(m, strategy)), None)
+        if twin is not None:
+            raise ConfigError(f"ensemble member {path} holds the same weights as {twin} (a copy, an export or another "
+                              "checkpoint of the same step); an ensemble of copies scores as one network: list each "
+                              "trained run once")
         members.append(strategy)
         sources.append(resolved)
         datasets.append(cfg.dataset)
     return Ensemble(members, sources, datasets)
+
+
+def same_weights(a: Strategy, b: Strategy) -> bool:
+    """Whether two loaded members hold the same meta-knowledge, tensor for tensor."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)

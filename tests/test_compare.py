@@ -127,6 +127,9 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
     assert row["reference"].startswith("w8_s0") and "x 2 seeds" in done.stdout
     assert main(["compare", "--setting", runs[0], runs[1], "--setting", runs[2], runs[3]]) == 0  # as the configs group them
     assert "x 2 seeds" in capsys.readouterr().out
+    assert main(["compare", "--setting", runs[0], runs[1], "--setting", runs[3], "--out", str(tmp_path / "one")]) == 0
+    out, err = capsys.readouterr()
+    assert "note: seed 1 is in only one of" in err and "compared on seed 0" in err and "x 2 seeds" not in out
     for argv, message in ((["--setting", runs[0], runs[3], "--setting", runs[1]], "two runs of seed 0"),
                           (["--setting", runs[0], "--setting", runs[0]], "is given twice"),
                           (["--setting", runs[0], runs[1]], "--setting twice or more"),

@@ -280,3 +280,14 @@ def test_predict_with_an_ensemble_warns_about_the_images_once(two_runs, tmp_path
     alone = warnings("alone")
     assert any("flat value" in w for w in alone) and len(alone) == len(set(alone))
     assert warnings("ens", f"ensemble='{two_runs[1]}'") == alone
+
+
+def test_a_member_with_the_same_weights_as_another_is_refused(two_runs, tmp_path):
+    """A copy of a run's best.pt (or an export of it) under another path is the same network, not a second member."""
+    import shutil
+
+    copy = tmp_path / "copy of best.pt"
+    shutil.copy(two_runs[0] / "checkpoints" / "best.pt", copy)
+    proc = _eval(tmp_path, "twin", f"checkpoint={two_runs[0]}", f"ensemble=['{copy}']")
+    assert proc.returncode == 2 and "holds the same weights as" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "twin" / "results.json").exists()

@@ -211,6 +211,8 @@ CASES = [
     (["export", f"checkpoint={R}", "out={root}/notes.txt"], "not an earlier export"),
     (["train", "~encoder"], "deletes encoder from the config"),
     (["train", "resume="], "resume= is empty (an unset shell variable?)"),
+    (["eval", f"checkpoint={R}", f"ensemble={R},{R}"], "gives several values, which Hydra reads as a sweep: add -m"),
+    (["eval", f"checkpoint={R}", f"ensemble=[{R}"], "a list needs both brackets"),
     (["train", "-m", *SMOKE, "resume=''"], "resume= is empty"),
     (["train", "-m", *SMOKE, "seed=0,1"], "names the folder of one run, and a sweep (-m) writes each job into"),
     (["train", f"resume={R}", "encoder=conv4_fast", "trainer.iterations=9"], "so drop encoder=conv4_fast from the command"),

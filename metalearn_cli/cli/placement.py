@@ -30,6 +30,7 @@ def override_values(args: list[str]) -> dict[str, Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser, values = OverridesParser.create(), {}
+    sweep = any(a in ("-m", "--multirun") or a.replace(" ", "").lower() == "hydra.mode=multirun" for a in args)
     for before, arg in zip(["", *args], args):
         if arg.startswith("-") or (before.startswith("-") and before.split("=", 1)[0] in VALUE_FLAGS):
             continue
@@ -43,8 +44,13 @@ def override_values(args: list[str]) -> dict[str, Any]:
         try:
             override = parser.parse_override(arg)
         except HydraException as exc:
-            raise ConfigError(f"cannot read {arg!r} ({one_line(exc)}); a value with spaces or non-ASCII characters "
-                              "needs quotes inside the shell's: 'key=\"my folder/ü\"' (see docs/faq.md)") from None
+            value = arg.split("=", 1)[1]
+            hint = ("a list needs both brackets: key=[a,b]" if value.count("[") != value.count("]") else
+                    "a value with spaces or non-ASCII characters needs quotes inside the shell's: 'key=\"my folder/ü\"'")
+            raise ConfigError(f"cannot read {arg!r} ({one_line(exc)}); {hint} (see docs/faq.md)") from None
+        if override.is_sweep_override() and not sweep:
+            raise ConfigError(f"{arg!r} gives several values, which Hydra reads as a sweep: add -m to run one job per "
+                              "value, or give one value (a list is key=[a,b], in brackets)")
         if not override.is_delete() and not override.is_sweep_override():
             values[override.key_or_group] = override.value()
     return values
