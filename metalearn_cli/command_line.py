@@ -298,6 +298,11 @@ def shell_completion(request: str, apps: dict[str, Callable[[], Any]]) -> int:
 
 
 def required(cfg: Any, command: str, *keys: str) -> None:
+    """Every path ``command`` needs is given, and none is empty (``checkpoint=$UNSET`` is not the working directory)."""
     missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
     if missing:
         raise ConfigError(f"metalearn {command} needs {' and '.join(f'{k}=...' for k in missing)} (see metalearn {command} --help)")
+    empty = [k for k in keys if not str(OmegaConf.select(cfg, k) or "").strip()]
+    if empty:
+        raise ConfigError(f"{empty[0]}= is empty (an unset shell variable?); metalearn {command} needs a path there "
+                          f"(see metalearn {command} --help)")

@@ -41,6 +41,8 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
     """Write the meta-knowledge of ``checkpoint`` to ``out`` (atomically); returns what was written."""
     from metalearn_cli.knowledge import load  # builds the meta-network: refuse a file that would not load
 
+    if Path(out).is_dir():
+        raise ConfigError(f"out={out} is a folder; name the file to write, e.g. out={Path(out) / 'model.pt'}")
     state = read_meta_knowledge(checkpoint)
     if Path(out).resolve() == Path(state["source"]).resolve():
         raise ConfigError(f"out={out} is the checkpoint being exported; choose another out=PATH")

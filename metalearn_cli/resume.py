@@ -51,7 +51,10 @@ def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:
         return path
     path = Path(value)
     if path.is_dir():
-        path = RunDir(path).last if RunDir(path).checkpoints.is_dir() else path / LAST
+        run, path = RunDir(path), RunDir(path).last if RunDir(path).checkpoints.is_dir() else path / LAST
+        if not path.exists() and run.best.is_file():
+            raise CheckpointError(f"{value} has no {LAST} to resume from (stopped before its first save, or it was "
+                                  f"deleted); its best.pt is there: resume={run.best}")
     refuse_another_dir(value, path, run_dir)
     return path
 

@@ -68,6 +68,8 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         finally:
             _HELD[path][1] -= 1
         return
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"the run dir {run_dir} is a file; name a folder for hydra.run.dir (a new or empty one)")
     made = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)  # the topmost folder made here
     lock_made = not (path / LOCK).exists()
     try:
@@ -262,6 +264,8 @@ def find_runs(paths: list[Path]) -> list[Path]:
     for path in paths:
         if not Path(path).exists():
             raise MetalearnError(f"{path} does not exist; pass run dirs or sweep dirs (e.g. outputs/multirun/train/<time>)")
+        if not Path(path).is_dir():
+            raise MetalearnError(f"{path} is a file; pass run dirs or sweep dirs (folders holding status.json or results.json)")
         if any((Path(path) / m).is_file() for m in (STATUS, RESULTS)):
             runs.add(Path(path))
         for marker in (STATUS, RESULTS):

@@ -87,3 +87,15 @@ def test_a_resumed_config_is_the_saved_one_changed_only_where_typed(trained_run,
                        typed={"encoder": "encoder=conv4_fast", "encoder.width": "encoder.width=null"})
     plain = compose_config("train", FAST)
     assert resumed_config(plain, run, typed=["*"]) is plain  # no resume: as composed
+
+
+def test_a_run_without_last_pt_names_its_best_pt_to_resume_from(trained_run, tmp_path, capsys):
+    from metalearn_cli.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "checkpoints" / "last.pt").unlink()
+    (run / "results.json").unlink()  # stopped before its end: no test yet
+    assert main(["train", "trainer.iterations=20", f"resume={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "has no last.pt to resume from" in err and f"resume={run / 'checkpoints' / 'best.pt'}" in err, err
