@@ -154,7 +154,11 @@ def check_same_test_data(first: Any, other: Any, source: str, first_source: str)
 
 def other_data(first: Any, other: Any, source: str, first_source: str, what: str) -> ConfigError:
     """The refusal of a member whose test tasks are not the first member's (``what`` says how), naming the keys."""
-    shown = ", ".join(f"dataset.{k}={theirs!r} against {mine!r}" for k, (mine, theirs) in _differing(first, other).items())
+    differ = _differing(first, other)
+    if "name" in differ:  # another data set altogether: its name says it, not each of its options
+        differ = {"name": differ["name"]}
+    shown = ", ".join(f"dataset.{k}={theirs!r} against {mine!r}" for k, (mine, theirs) in list(differ.items())[:4])
+    shown += f" and {len(differ) - 4} more" if len(differ) > 4 else ""
     return ConfigError(f"ensemble member {source} was trained on other data than {first_source} ({shown}): {what}; "
                        "an ensemble's members must be tested on the same classes, so that they are scored on the same tasks")
 
