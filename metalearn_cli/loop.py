@@ -262,7 +262,10 @@ class TrainingRun:
     def finish(self, train_seconds: float, metrics: Optional[MetricsLog]) -> None:
         """Test what validation chose, read back from disk: ``metalearn eval`` on best.pt gives the same numbers."""
         s, o = self.stage, self.objective
-        self.strategy.load_state_dict(load_checkpoint(self.files.best)["model"])
+        best = load_checkpoint(self.files.best)
+        if best["config"].get("eval") != s.config.get("eval"):  # a resume changed eval.*: best.pt says how it was tested
+            save_checkpoint(self.files.best, {**best, "config": {**best["config"], "eval": s.config.get("eval")}})
+        self.strategy.load_state_dict(best["model"])
         result = s.test()
         result.update({
             "checkpoint": "checkpoints/best.pt", "best_step": self.best_step, "val_accuracy": self.best_val,

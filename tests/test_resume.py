@@ -99,3 +99,18 @@ def test_a_run_without_last_pt_names_its_best_pt_to_resume_from(trained_run, tmp
     assert main(["train", "trainer.iterations=20", f"resume={run}"]) == 2
     err = capsys.readouterr().err
     assert "has no last.pt to resume from" in err and f"resume={run / 'checkpoints' / 'best.pt'}" in err, err
+
+
+def test_eval_of_a_run_resumed_with_other_test_settings_repeats_its_results(tmp_path):
+    """The README's promise: metalearn eval checkpoint=RUN reproduces results.json, after a resume that changed eval.* too."""
+    import json
+
+    from metalearn_cli.cli import main
+
+    run = tmp_path / "run"
+    small = [*FAST, "trainer.val_every=2", "trainer.checkpoint_every=2"]
+    assert main(["train", *small, "trainer.iterations=4", "eval.episodes=4", f"hydra.run.dir={run}"]) == 0
+    assert main(["train", "trainer.iterations=5", "eval.episodes=7", f"resume={run}"]) == 0  # best.pt may be from before
+    assert main(["eval", f"checkpoint={run}", f"hydra.run.dir={tmp_path / 'again'}"]) == 0
+    trained, again = (json.loads((d / "results.json").read_text()) for d in (run, tmp_path / "again"))
+    assert trained["episodes"] == again["episodes"] == 7 and trained["accuracy"] == again["accuracy"]
