@@ -67,6 +67,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "published": results.get("published_accuracy"), "published_of": results.get("published_of") or "",
         "val_accuracy": _percent(results.get("val_accuracy")), "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s"),
+        "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run).items() if not bookkeeping(k))),  # not a column
     }
 
 
@@ -140,9 +141,10 @@ def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["test_accuracy"] is not None:
-            groups.setdefault(setting_of(row), []).append(row)
+            groups.setdefault(setting_of(row) + row.get("_setting", ""), []).append(row)  # the configs, not only the overrides
     out = []
-    for setting, members in groups.items():
+    for members in groups.values():
+        setting = setting_of(members[0])
         if len(members) < 2:
             continue
         accs = [m["test_accuracy"] for m in members]
@@ -183,7 +185,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> str:
     """report.md, report.csv and (for runs that differ only in their seed) seeds.csv; returns the markdown."""
     table = markdown(rows)
     with open(out / "report.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     seeds = across_seeds(rows)
@@ -195,6 +197,8 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> str:
             writer = csv.DictWriter(f, fieldnames=SEED_COLUMNS)
             writer.writeheader()
             writer.writerows(seeds)
+    else:
+        (out / "seeds.csv").unlink(missing_ok=True)  # a refreshed report keeps no table of an earlier one
     (out / "report.md").write_text(table, encoding="utf-8")
     return table
 

@@ -154,3 +154,21 @@ def test_an_explicit_out_holding_another_report_is_refused_and_the_same_runs_ref
     assert "holds the report.md of other runs" in capsys.readouterr().err
     assert (out / "report.csv").read_text() == both
     assert main(["report", str(runs / "a"), str(runs / "b"), "--out", str(out)]) == 0  # the same runs: refreshed
+
+
+def test_seeds_are_pooled_only_when_their_configs_match_not_just_their_command_lines(tmp_path, capsys):
+    """The same command line under another version's defaults (the default run changed on 2026-12-05) is another setting."""
+    import yaml
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        assert main(["train", *FAST, f"seed={seed}", f"hydra.run.dir={runs / str(seed)}"]) == 0
+    assert main(["report", str(runs)]) == 0
+    assert "Across training seeds" in capsys.readouterr().out
+    record = runs / "1" / ".hydra" / "config.yaml"  # as an older version's defaults would have composed it
+    config = yaml.safe_load(record.read_text())
+    config["trainer"]["train_query"] = 5
+    record.write_text(yaml.safe_dump(config))
+    assert main(["report", str(runs)]) == 0
+    assert "Across training seeds" not in capsys.readouterr().out
+    assert not (runs / "report" / "seeds.csv").exists()  # the refreshed report keeps no stale table
