@@ -217,8 +217,12 @@ def test_a_sweep_into_a_used_sweep_dir_is_refused_before_its_record_is_replaced(
     for again in (args, ["train", "-m", *SMOKE, "seed=5", f'hydra.sweep.dir="{sweep}"']):
         assert main(again) == 2
         err = capsys.readouterr().err
-        assert "already holds a sweep or runs (multirun.yaml)" in err and "choose a new hydra.sweep.dir" in err, err
+        assert "already holds a sweep's runs (0_" in err and "choose a new hydra.sweep.dir" in err, err
         assert tree_hash(sweep) == first  # multirun.yaml included
+    typo = tmp_path / "typo"
+    assert main(["train", "-m", *SMOKE, "trainer.iteratons=1,2", f"hydra.sweep.dir={typo}"]) == 2  # no job ran
+    capsys.readouterr()
+    assert main(["train", "-m", *SMOKE, "trainer.iterations=1,2", f"hydra.sweep.dir={typo}"]) == 0  # corrected: runs there
 
 
 def test_a_sweep_job_refused_by_its_own_guard_names_the_sweep_dir(tmp_path, capsys):

@@ -125,12 +125,13 @@ def refuse_used_sweep_dir(named: Any) -> None:
     if named is None or "${" in str(named):
         return  # the default: outputs/multirun/<command>/<time>, new
     folder = canonical(str(named))
-    found = [n for n in ("multirun.yaml",) if (folder / n).exists()] or held(folder)
-    if not found and folder.is_dir():
+    found = held(folder)
+    if not found and folder.is_dir():  # a sweep none of whose jobs ran (a typo in every job) may be run again
         found = [p.name for p in sorted(folder.iterdir()) if p.is_dir() and held(p)][:3]
     if found:
-        raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep or runs ({', '.join(found[:3])}); a sweep "
-                          "writes multirun.yaml and a run dir per job there, so choose a new hydra.sweep.dir")
+        record = " (and its multirun.yaml)" if (folder / "multirun.yaml").exists() else ""
+        raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep's runs ({', '.join(found[:3])}){record}; a "
+                          "sweep writes multirun.yaml and a run dir per job there, so choose a new hydra.sweep.dir")
 
 
 def config_keys(command: str) -> list[str]:
