@@ -277,7 +277,9 @@ def test_a_folder_that_cannot_be_written_is_one_line_for_every_command(runs, tmp
     command = [str(script)] if script.exists() else [sys.executable, "-m", "metalearn_cli"]
     for args, cwd, needle in ((["train", *SMOKE], "/proc", "cannot create the default run dir"),
                               (["report", str(runs["train"]), "--out", "/proc/metalearn/rep"], tmp_path, "--out"),
-                              (["sample-task", "--out", "/proc/metalearn/t"], tmp_path, "--out is writable")):
+                              (["sample-task", "--out", "/proc/metalearn/t"], tmp_path, "--out is writable"),
+                              (["train", "-m", *SMOKE, "seed=0,1", "hydra.sweep.dir=/proc/metalearn/sw"], tmp_path,
+                               "hydra.sweep.dir is writable")):
         proc = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -72,7 +72,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         try:
             return job(lambda ran=None: guard.accept(_hydra_record(ran) if ran is not None else record, log_name))
         except (OSError, OmegaConfBaseException) as exc:
-            raise as_user_error(exc) from exc
+            raise as_user_error(exc, "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir") from exc
     except Interrupted as exc:
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except KeyboardInterrupt:  # eval, predict, export: no loop to mark it
@@ -210,7 +210,9 @@ def run_app(command: str) -> int:
     except ValueError as exc:  # Hydra's own flags given a value it cannot use (--experimental-rerun FILE, ...)
         print(f"metalearn {command}: error: {one_line(exc)} (see metalearn {command} --help)", file=sys.stderr)
         return 2
-    except OSError as exc:  # the file system refused before the job ran (Hydra writing .hydra/, ...)
-        print(f"metalearn {command}: error: {as_user_error(exc)}", file=sys.stderr)
+    except OSError as exc:  # the file system refused before the job ran (Hydra writing multirun.yaml, ...)
+        sweep = SWEEP_JOBS or any(a in ("-m", "--multirun") for a in sys.argv)  # sys.argv: the command Hydra reads
+        written = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+        print(f"metalearn {command}: error: {as_user_error(exc, written)}", file=sys.stderr)
         return 2
     return 0
