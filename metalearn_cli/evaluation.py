@@ -235,6 +235,9 @@ def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool
                               f"dataset_root=DIR to say where to read it (e.g. dataset_root={dataset['root']})")
         if "root" not in dataset:
             raise ConfigError(f"dataset_root={root} but {source}'s data set ({dataset.get('name')}) is not read from a folder; drop it")
+        if not Path(root).is_dir():
+            raise ConfigError(f"dataset_root={root} {'is a file, not a folder' if Path(root).exists() else 'does not exist'}; "
+                              f"pass the folder {source}'s data set was read from (in training: {dataset.get('root')})")
         dataset["root"] = root
     return dataset
 

@@ -162,6 +162,7 @@ CASES = [
     (["eval", "checkpoint={root}/step_abc.pt"], "malformed step"),
     (["eval", "checkpoint={root}/nan.pt"], "non-finite values"),
     (["eval", "checkpoint={root}/rooted.pt"], "pass dataset_root=DIR"),
+    (["eval", "checkpoint={root}/rooted.pt", "dataset_root={root}/nowhere"], "/nowhere does not exist; pass the folder"),
     (["eval", f"checkpoint={R}", "dataset_root={tmp}"], "is not read from a folder"),
     (["eval", "checkpoint={tmp}/missing.pt"], "does not exist"),
     (["eval", f"checkpoint={R}", "split=train"], "not an evaluation split"),
