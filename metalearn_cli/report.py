@@ -67,7 +67,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "published": results.get("published_accuracy"), "published_of": results.get("published_of") or "",
         "val_accuracy": _percent(results.get("val_accuracy")), "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s"),
-        "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run).items() if not bookkeeping(k))),  # not a column
+        "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run, record).items() if not bookkeeping(k))),  # not a column
     }
 
 
@@ -85,13 +85,13 @@ def bookkeeping(key: str) -> bool:
     return any(key == b or key.startswith(b + ".") for b in BOOKKEEPING)
 
 
-def setting_config(run: Path) -> dict[str, Any]:
+def setting_config(run: Path, info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A run's flat config. An eval dir's ``checkpoint`` (a path, one per seed) is replaced by the
     config of the run that trained it (its seed, bookkeeping and ``eval.*`` aside: the eval dir's own
     ``eval.*`` is what tested), so evaluations of one recipe's seeds are one setting."""
     from metalearn_cli.resume import run_dir_of
 
-    info = read_run(run)
+    info = info if info is not None else read_run(run)  # the caller's record of it, when it has read it already
     config = flatten(info["config"])
     trained = info["results"].get("checkpoint")  # the checkpoint file as eval resolved it
     if "checkpoint" in config and trained:
