@@ -227,6 +227,11 @@ def flag_present(args: list[str], flags: tuple[str, ...]) -> Optional[str]:
     return next((a for a in args if a.split("=", 1)[0] in flags), None)
 
 
+def sweep_requested(args: list[str]) -> bool:
+    """Whether a command line asks for a sweep: ``-m``, ``--multirun`` or ``hydra.mode=MULTIRUN``."""
+    return any(a in ("-m", "--multirun") or a.replace(" ", "").upper() == "HYDRA.MODE=MULTIRUN" for a in args)
+
+
 HYDRA_FLAGS = (*PRINTING_FLAGS, *VALUE_FLAGS, "--hydra-help", "--version", "--run", "-r", "--multirun", "-m")
 
 

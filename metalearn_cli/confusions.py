@@ -57,7 +57,7 @@ def confused_pairs(task_classes: list[list[int]], predicted: torch.Tensor, label
 
 
 def log_confused_pairs(tasks: Any, episodes: int, predicted: torch.Tensor, labels: torch.Tensor, names: list[str],
-                    top: int = 10) -> list[dict[str, Any]]:
+                       top: int = 10) -> list[dict[str, Any]]:
     """``confused_pairs`` of a fixed test (``tasks``: its sampler, which can say each task's classes), logged."""
     pairs = confused_pairs(tasks.task_classes(episodes), predicted, labels, names, top)
     if pairs:

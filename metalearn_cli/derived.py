@@ -29,13 +29,17 @@ def _listing(inputs: list[Path]) -> str:
     return "".join(f"{canonical(p)}\n" for p in inputs)
 
 
+def _made_from(out: Path, inputs: list[Path]) -> bool:
+    """Whether ``out``'s ``inputs.txt`` names exactly these runs."""
+    record = Path(out) / INPUTS
+    return record.is_file() and record.read_text(encoding="utf-8", errors="replace") == _listing(inputs)
+
+
 def default_output(base: Path, name: str, inputs: list[Path]) -> Path:
     """``base/name`` if it is free or holds this same set of runs' earlier output, else ``base/name-N``."""
-    listing = _listing(inputs)
     for n in itertools.count(1):
         out = Path(base) / (name if n == 1 else f"{name}-{n}")
-        record = out / INPUTS
-        if not out.exists() or (record.is_file() and record.read_text(encoding="utf-8", errors="replace") == listing):
+        if not out.exists() or _made_from(out, inputs):
             return out
     raise AssertionError("unreachable")
 
@@ -43,8 +47,7 @@ def default_output(base: Path, name: str, inputs: list[Path]) -> Path:
 def refuse_other_output(out: Path, marker: str, inputs: list[Path]) -> None:
     """An ``--out`` folder that holds this command's output of other runs (or of runs it cannot name:
     ``marker`` without ``inputs.txt``) is not replaced: the same runs refresh it, others need another."""
-    record, made = Path(out) / INPUTS, Path(out) / marker
-    if not made.exists() or (record.is_file() and record.read_text(encoding="utf-8", errors="replace") == _listing(inputs)):
+    if not (Path(out) / marker).exists() or _made_from(out, inputs):
         return
     raise ConfigError(f"--out {out} holds the {marker} of other runs ({INPUTS} names them), which this one would replace; "
                       "choose another --out, or leave it out for a new folder beside the runs")

@@ -9,6 +9,7 @@ so the same seed gives the same episodes on every machine and device; the images
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -208,12 +209,8 @@ class EpisodeSampler:
 
     def task_classes(self, episodes: int) -> list[list[int]]:
         """The classes of each of the first ``episodes`` fixed tasks, label by label (what :meth:`fixed` draws)."""
-        saved = self.generator.get_state()
-        self.generator.manual_seed(self.seed)
-        try:
+        with self._from_seed():
             return [self._draw()[0].tolist() for _ in range(episodes)]
-        finally:
-            self.generator.set_state(saved)
 
     def _classes(self, g: torch.Generator) -> torch.Tensor:
         """One task's classes: from one alphabet (a ``within`` share of the tasks), else from the whole split.
@@ -225,14 +222,20 @@ class EpisodeSampler:
 
     def fixed(self, episodes: int, batch_tasks: int) -> Iterator[EpisodeBatch]:
         """The same ``episodes`` tasks on every call (evaluation): restarts from ``seed`` each time."""
-        saved = self.generator.get_state()
-        self.generator.manual_seed(self.seed)
-        try:
+        with self._from_seed():
             done = 0
             while done < episodes:
                 tasks = min(batch_tasks, episodes - done)
                 yield self.sample(tasks)
                 done += tasks
+
+    @contextlib.contextmanager
+    def _from_seed(self) -> Iterator[None]:
+        """The stream restarted from ``seed`` inside (the fixed tasks), the caller's position kept."""
+        saved = self.generator.get_state()
+        self.generator.manual_seed(self.seed)
+        try:
+            yield
         finally:
             self.generator.set_state(saved)
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import metalearn_cli.cli.placement as placement
-from metalearn_cli.command_line import rank, refuse_foreign_target, required, typed_keys
+from metalearn_cli.command_line import rank, refuse_foreign_target, required, sweep_requested, typed_keys
 from metalearn_cli.console import as_user_error, one_line
 from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
 from metalearn_cli.params import PARAMS
@@ -211,8 +211,7 @@ def run_app(command: str) -> int:
         print(f"metalearn {command}: error: {one_line(exc)} (see metalearn {command} --help)", file=sys.stderr)
         return 2
     except OSError as exc:  # the file system refused before the job ran (Hydra writing multirun.yaml, ...)
-        sweep = SWEEP_JOBS or any(a in ("-m", "--multirun") for a in sys.argv)  # sys.argv: the command Hydra reads
-        written = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+        written = "hydra.sweep.dir" if SWEEP_JOBS or sweep_requested(sys.argv) else "hydra.run.dir"  # argv: what Hydra reads
         print(f"metalearn {command}: error: {as_user_error(exc, written)}", file=sys.stderr)
         return 2
     return 0

@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metalearn_cli.command_line import (
     CONFIG_FLAGS, PRINTING_FLAGS, VALUE_FLAGS, claim_fresh, flag_present, rank, refuse_foreign_target, render_help,
-    with_run_dir,
+    sweep_requested, with_run_dir,
 )
 from metalearn_cli.console import one_line
 from metalearn_cli.errors import ConfigError
@@ -30,7 +30,7 @@ def override_values(args: list[str]) -> dict[str, Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser, values = OverridesParser.create(), {}
-    sweep = any(a in ("-m", "--multirun") or a.replace(" ", "").lower() == "hydra.mode=multirun" for a in args)
+    sweep = sweep_requested(args)
     for before, arg in zip(["", *args], args):
         if arg.startswith("-") or (before.startswith("-") and before.split("=", 1)[0] in VALUE_FLAGS):
             continue
@@ -108,8 +108,7 @@ def check_sweep(command: str, args: list[str], values: dict[str, Any]) -> bool:
     if isinstance(values.get("resume"), str) and not values["resume"].strip():
         raise ConfigError("resume= is empty (an unset shell variable?); pass resume=<run dir>, or leave resume out "
                           "(or resume=false) for a new run")
-    multirun = str(values.get("hydra.mode", "")).upper() == "MULTIRUN"  # the same as -m: each job checks its own dir
-    multirun = multirun or flag_present(args, ("-m", "--multirun")) is not None
+    multirun = sweep_requested(args)  # each job checks its own dir
     if multirun and not flag_present(args, PRINTING_FLAGS):
         if "hydra.run.dir" in values:
             raise ConfigError(f"hydra.run.dir={values['hydra.run.dir']} names the folder of one run, and a sweep (-m) "
