@@ -37,6 +37,7 @@ from metalearn_cli.rundir import canonical, find_runs, read_run, refuse_replacin
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
 COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
            "only_reference_right", "only_run_right", "mcnemar_p", "predictions_differ", "predictions"]
+FEW_TASKS = 100  # below this, a bootstrap over tasks has too few distinct resamples to trust
 
 
 def read_outcomes(run: Path) -> tuple[Any, Any]:
@@ -142,6 +143,11 @@ def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[
 def same_tasks(reference: Path, run: Path) -> None:
     records = {path: read_run(path) for path in (reference, run)}
     for path, record in records.items():
+        if record["command"] in ("predict", "export"):
+            raise MetalearnError(f"{path} is a {record['command']} dir: it scored no fixed test tasks; compare train or eval dirs "
+                                 "(metalearn eval checkpoint=RUN scores a run's checkpoint on them)")
+        if record["status"] == "failed":
+            raise MetalearnError(f"{path} failed ({path / 'error.txt'} says why) and has no test results; fix it and run it again")
         if not record["results"]:
             raise MetalearnError(f"{path} has no test results (status: {record['status']}); "
                                  + ("resume it to finish and test it (metalearn train resume=RUN)"
@@ -151,6 +157,10 @@ def same_tasks(reference: Path, run: Path) -> None:
     if differ:
         raise MetalearnError(f"{run} was not scored on the tasks of {reference} ({', '.join(f'{k}: {a.get(k)} vs {b.get(k)}' for k in differ[:3])}); "
                              "score both on the same tasks (metalearn eval ... seed=S episode=...) to compare them")
+    if a.get("bn_mode") != b.get("bn_mode"):  # the same tasks under another test protocol: said, not refused
+        print(f"note: {run} was tested with eval.bn_mode={b.get('bn_mode')}, {reference} with {a.get('bn_mode')}: the "
+              "difference includes the batch-norm mode (metalearn eval checkpoint=RUN eval.bn_mode=... tests both alike)",
+              file=sys.stderr)
 
 
 def figure(rows: list[dict[str, Any]], diffs: list[Any], out: Path) -> Path:
@@ -254,5 +264,8 @@ def main(argv: list[str]) -> int:
               f"{r['ci95_high']:+.2f}]; McNemar p = {r['mcnemar_p']:.3g} ({r['only_run_right']} vs "
               f"{r['only_reference_right']} queries only one got right)"
               + (f"; {r['predictions_differ']} of {r['predictions']} predictions differ" if r["predictions_differ"] is not None else ""))
+        if r["tasks"] * r["seeds"] < FEW_TASKS:
+            print(f"note: {r['tasks'] * r['seeds']} tasks are too few for a trustworthy interval or p-value; score "
+                  f"{FEW_TASKS} or more (metalearn eval checkpoint=RUN eval.episodes=1000)", file=sys.stderr)
     print(f"wrote {out / 'compare.csv'} and {figure(rows, diffs, out)}")
     return 0

@@ -30,12 +30,14 @@ from metalearn_cli.strategies import Prediction, Strategy
 class Ensemble:
     """Members scored together; what :func:`metalearn_cli.evaluation.evaluate_tasks` needs of a strategy."""
 
-    def __init__(self, members: Sequence[Strategy], sources: Sequence[str] = (), datasets: Sequence[Any] = ()) -> None:
+    def __init__(self, members: Sequence[Strategy], sources: Sequence[str] = (), datasets: Sequence[Any] = (),
+                 evals: Sequence[Any] = ()) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = list(members)
         self.sources = [str(s) for s in sources]
         self.datasets = list(datasets)  # each member's saved dataset config (what it reads the test tasks as)
+        self.evals = list(evals)  # each member's saved eval config (its own test views and batch-norm mode)
         self.model = self.members[0].model  # the first member describes the ensemble (precision, start-up line)
 
     def modes(self, bn_mode: str | Sequence[str]) -> list[str]:
@@ -46,12 +48,14 @@ class Ensemble:
         return modes
 
     def resolve_modes(self, bn_mode: Any) -> list[str]:
-        """``eval.bn_mode`` for each member: ``auto`` is each member's own protocol (so a member scores
-        as it would alone); a named mode must suit every member, and a member it does not suit is named."""
+        """``eval.bn_mode`` for each member (one setting for all, or a list of one each): ``auto`` is each
+        member's own protocol (so a member scores as it would alone); a named mode must suit the member,
+        and a member it does not suit is named."""
+        settings = list(bn_mode) if isinstance(bn_mode, (list, tuple)) else [bn_mode] * len(self.members)
         out = []
         for i, member in enumerate(self.members):
             try:
-                out.append(bn_modes.resolve(bn_mode, member.bn_modes))
+                out.append(bn_modes.resolve(settings[i], member.bn_modes))
             except ConfigError as e:
                 name = self.sources[i] if i < len(self.sources) else f"member {i}"
                 raise ConfigError(f"ensemble member {name}: {e}") from None
@@ -77,12 +81,15 @@ class Ensemble:
                 stack.enter_context(batch_norm_mode(member.model, mode))
             yield
 
-    def predict(self, batch: EpisodeBatch | MemberBatches, views: TtaViews | int = 0, with_stats: bool = False) -> Prediction:
-        """Log of the members' mean class probabilities ``[T, Q, n_way]``; with several members the
-        decoders' norms are reported per member (``m0/...``, ``m1/...``)."""
+    def predict(self, batch: EpisodeBatch | MemberBatches, views: TtaViews | int | Sequence[TtaViews] = 0,
+                with_stats: bool = False) -> Prediction:
+        """Log of the members' mean class probabilities ``[T, Q, n_way]``, each member embedding the images
+        with its views (one for all, or one each); with several members the decoders' norms are reported
+        per member (``m0/...``, ``m1/...``)."""
+        each = list(views) if isinstance(views, (list, tuple)) else [views] * len(self.members)
         outs = []
         for i, member in enumerate(self.members):
-            with member.model.test_views(views):
+            with member.model.test_views(each[i]):
                 outs.append(member.predict(batch.of(i) if isinstance(batch, MemberBatches) else batch, with_stats=with_stats))
         if len(outs) == 1:
             return outs[0]
@@ -175,7 +182,7 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
     from metalearn_cli.assemble import load_strategy
     from metalearn_cli.checkpoint import read_meta_knowledge
 
-    members, sources, datasets = [first], [first_source], [first_cfg.dataset]
+    members, sources, datasets, evals = [first], [first_source], [first_cfg.dataset], [OmegaConf.select(first_cfg, "eval")]
     for path in others:
         knowledge = read_meta_knowledge(path)
         strategy, cfg = load_strategy(knowledge, device)
@@ -191,7 +198,8 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
         members.append(strategy)
         sources.append(resolved)
         datasets.append(cfg.dataset)
-    return Ensemble(members, sources, datasets)
+        evals.append(OmegaConf.select(cfg, "eval"))
+    return Ensemble(members, sources, datasets, evals)
 
 
 def same_weights(a: Strategy, b: Strategy) -> bool:

@@ -108,19 +108,25 @@ def summarize(accs: torch.Tensor) -> dict[str, float]:
     return {"accuracy": accs.mean().item(), "ci95": 1.96 * std / math.sqrt(n), "episodes": n}
 
 
+def test_protocol(strategy: Strategy | Ensemble, each: list[Any]) -> tuple[list[str], list[TtaViews]]:
+    """Each member's resolved batch-norm mode and test views, from its eval settings (one for a single network)."""
+    modes = (strategy.resolve_modes([e.bn_mode for e in each] if len(each) > 1 else each[0].bn_mode)
+             if isinstance(strategy, Ensemble) else [resolve_bn_mode(each[0].bn_mode, strategy)])
+    return modes, [TtaViews.of(e) for e in each]
+
+
 def score_checkpoint(
     strategy: Strategy | Ensemble, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: Any,
     seed: int, device: torch.device, run_dir: Optional[Path] = None, progress: bool = False, lake: bool = False,
-    finetune: Optional[Finetuner] = None, members: Optional[list[FewShotData]] = None,
+    finetune: Optional[Finetuner] = None, members: Optional[list[FewShotData]] = None, each: Optional[list[Any]] = None,
 ) -> dict[str, Any]:
-    """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's
-    results.json report. With ``eval.save_task_stats``, also writes ``run_dir/task_stats.csv``.
-    ``members``: an ensemble's data per member (:func:`member_data`), when some read other image sizes."""
+    """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's results.json report
+    (``eval.save_task_stats``: also ``run_dir/task_stats.csv``). An ensemble's ``members``: its data per member
+    (:func:`member_data`); ``each``: its members' own eval settings (:func:`member_settings`)."""
     way, shot, query = shapes
     sampler = member_tasks(members or [data], split, shapes, seed, device, lake)
-    modes = (strategy.resolve_modes(eval_cfg.bn_mode) if isinstance(strategy, Ensemble)  # each member its own
-             else [resolve_bn_mode(eval_cfg.bn_mode, strategy)])
-    views = TtaViews.of(eval_cfg)
+    modes, member_views = test_protocol(strategy, each or [eval_cfg])
+    views: TtaViews | list[TtaViews] = member_views if len(set(member_views)) > 1 else member_views[0]
     search = None
     if finetune is not None and eval_cfg.finetune_lr_search:  # on validation tasks, before the test
         val = fixed_tasks(data, "val", shapes, seed, device, lake)
@@ -153,7 +159,8 @@ def score_checkpoint(
         "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),
         **({"ensemble_inner_steps_at_test": strategy.inner_steps_each()} if len(modes) > 1 else {}),
-        "finetune_steps": finetune.steps if finetune is not None else 0, **views.summary(),
+        "finetune_steps": finetune.steps if finetune is not None else 0, **member_views[0].summary(),
+        **({"ensemble_tta": [v.summary() for v in member_views]} if len(set(member_views)) > 1 else {}),
         **({"finetune_lr": finetune.lr, "finetune_params": finetune.params, "finetune_search": search}
            if finetune is not None else {}),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
@@ -242,7 +249,7 @@ def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool
     return dataset
 
 
-def eval_settings(choices: Any, saved: Any) -> Any:
+def eval_settings(choices: Any, saved: Any, whose: str = "the checkpoint") -> Any:
     """``metalearn eval``'s eval.*: the checkpoint's own (those its results.json was scored with), each key the
     command line set (not null) replacing the checkpoint's value; checked as one config."""
     typed = {key: value for key, value in choices.items() if value is not None}
@@ -252,9 +259,15 @@ def eval_settings(choices: Any, saved: Any) -> Any:
     kept = [f"eval.{k}={v.name if hasattr(v, 'name') else v}" for k, v in merged.items()
             if k not in typed and v != default[k]]
     if kept:
-        log.info("the checkpoint's own test settings: %s (set any of them on the command line to change it)",
-                 " ".join(kept))
+        log.info("%s's own test settings: %s (set any of them on the command line to change it)", whose, " ".join(kept))
     return merged
+
+
+def member_settings(choices: Any, ensemble: Ensemble, first: Any) -> list[Any]:
+    """Each member's eval.*: its own saved settings under the command line's, as it would be tested alone
+    (its test views and batch-norm mode; the ensemble's task count and batching are the first's)."""
+    return [first, *(eval_settings(choices, saved, f"ensemble member {source}")
+                     for saved, source in zip(ensemble.evals[1:], ensemble.sources[1:]))]
 
 
 def evaluate(cfg: Any, run_dir: Path) -> float:
@@ -281,14 +294,15 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     optional = isinstance(strategy, Ensemble) and reads_folder(strategy)
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], optional))
     members = member_data(strategy, data, cfg.split, cfg.dataset_root) if others else [data]
-    for member in members:
-        check_tta_shift(eval_cfg.tta_shift, member.image_shape)
+    each = member_settings(cfg.eval, strategy, eval_cfg) if isinstance(strategy, Ensemble) else [eval_cfg]
+    for settings, member in zip(each, members):
+        check_tta_shift(settings.tta_shift, member.image_shape)
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed
     finetune = Finetuner.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
     result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), eval_cfg, seed,
                               device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode), finetune=finetune,
-                              members=members)
+                              members=members, each=each)
     result.update({
         "checkpoint": source, "checkpoint_step": knowledge["step"],
         **({"ensemble": strategy.sources} if isinstance(strategy, Ensemble) else {}),

@@ -51,6 +51,11 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
     refuse_replacing(out)
     if Path(out).exists() and not _is_export(Path(out)):
         raise ConfigError(f"out={out} exists and is not an earlier export, which an export would replace; choose another out=PATH")
+    if Path(out).exists():  # an earlier export of the same weights may be written again; another run's may not
+        earlier = read_state(Path(out))
+        if (str(earlier.get("exported_from")), earlier.get("step")) != (str(Path(state["source"]).resolve()), state["step"]):
+            raise ConfigError(f"out={out} holds an export of {earlier.get('exported_from')} (step {earlier.get('step')}), "
+                              "which this export would replace; choose another out=PATH, or delete it first")
     payload = {"format": EXPORT_FORMAT, "version": VERSION, "config": state["config"], "model": state["model"],
                "image_format": state["image_format"], "step": state["step"],
                "exported_from": str(Path(state["source"]).resolve()), "pixel_mean": state["pixel_mean"]}

@@ -17,7 +17,7 @@ from metalearn_cli.derived import default_output, outside_runs, record_inputs, r
 from metalearn_cli.rundir import find_runs, read_run, refuse_replacing
 from metalearn_cli.schema import flatten
 
-COLUMNS = ["run", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
+COLUMNS = ["run", "command", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
            "test_accuracy", "ci95", "published", "published_of", "val_accuracy", "train_seconds", "tasks_per_s"]
 SEED_COLUMNS = ["setting", "seeds", "mean_accuracy", "std_accuracy", "runs"]
 
@@ -43,12 +43,39 @@ def _percent(value: Any, low: float = -math.inf) -> Optional[float]:
     return round(100 * value, 2) if ok else None
 
 
+def trained_by(record: dict[str, Any]) -> dict[str, Any]:
+    """The record of the run whose checkpoint an eval or predict dir used (empty when gone or for a
+    training run): where such a dir's dataset, encoder, decoder and strategy are written."""
+    from metalearn_cli.resume import run_dir_of
+
+    checkpoint = record["results"].get("checkpoint")
+    if record["command"] not in ("eval", "predict") or not isinstance(checkpoint, str):
+        return {}
+    source = run_dir_of(Path(checkpoint))
+    return read_run(source) if source.is_dir() else {}
+
+
+def task_shape(record: dict[str, Any], episode: dict[str, Any]) -> str:
+    """``5w1s``: an eval dir's own tasks (with its split unless ``test``), a predict dir's folder task
+    (its classes and support images per class), a training run's test episode."""
+    results = record["results"]
+    if record["command"] == "predict":
+        shots = sorted(set((results.get("support_per_class") or {}).values()))
+        way = len(results.get("classes") or [])
+        return f"{way}w{'-'.join(map(str, shots[:1] + shots[1:][-1:]))}s" if way and shots else ""
+    way, shot = (results.get("way"), results.get("shot")) if record["command"] == "eval" else (episode.get("way"), episode.get("shot"))
+    split = results.get("split") if record["command"] == "eval" and results.get("split") not in (None, "test") else None
+    shape = f"{way or '?'}w{shot or '?'}s" if way or shot else ""
+    return f"{shape} ({split})" if split else shape
+
+
 def describe(run: Path, base: Path) -> dict[str, Any]:
-    """One row: the run's choices (from .hydra/config.yaml) and its measured figures (accuracies in %)."""
+    """One row: the run's choices (from .hydra/config.yaml; an eval or predict dir's from the run that
+    trained its checkpoint) and its measured figures (accuracies in %)."""
     record = read_run(run)
-    cfg, results = record["config"], record["results"]
-    ep = cfg.get("episode") if isinstance(cfg.get("episode"), dict) else {}
-    choices = record["choices"]
+    results = record["results"]
+    source = trained_by(record) or record
+    cfg, choices = source["config"], source["choices"]
 
     def name(group: str) -> str:  # the config file picked (conv4_fast), else the component's registry name (conv4)
         picked = choices.get(group)
@@ -56,13 +83,15 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
             return picked
         return str((cfg.get(group) or {}).get("name", "")) if isinstance(cfg.get(group), dict) else ""
 
+    seed = results.get("seed") if record["command"] == "eval" and "seed" in results else record["config"].get("seed")
     return {
         "run": str(run.relative_to(base)) if run != base and run.is_relative_to(base) else run.name,
+        "command": record["command"],
         "overrides": " ".join(o for o in record["overrides"] if not o.startswith("hydra.")),
         "dataset": name("dataset"), "encoder": name("encoder"), "decoder": name("decoder"),
         "strategy": strategy_label(cfg),
-        "episode": f"{ep.get('way', '?')}w{ep.get('shot', '?')}s" if ep else "", "seed": cfg.get("seed"),
-        "status": record["status"],
+        "episode": task_shape(record, cfg.get("episode") if isinstance(cfg.get("episode"), dict) else {}),
+        "seed": seed, "status": record["status"],
         "test_accuracy": _percent(results.get("accuracy")), "ci95": _percent(results.get("ci95"), low=0),
         "published": results.get("published_accuracy"), "published_of": results.get("published_of") or "",
         "val_accuracy": _percent(results.get("val_accuracy")), "train_seconds": results.get("train_seconds"),
@@ -85,21 +114,24 @@ def bookkeeping(key: str) -> bool:
     return any(key == b or key.startswith(b + ".") for b in BOOKKEEPING)
 
 
-def setting_config(run: Path, info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """A run's flat config. An eval dir's ``checkpoint`` (a path, one per seed) is replaced by the
-    config of the run that trained it (its seed, bookkeeping and ``eval.*`` aside: the eval dir's own
-    ``eval.*`` is what tested), so evaluations of one recipe's seeds are one setting."""
-    from metalearn_cli.resume import run_dir_of
+OWN_KEYS_IGNORED = ("checkpoint", "dataset_root", "support", "query", "show")  # where, not what, an eval or predict dir tested
 
+
+def setting_config(run: Path, info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """A run's flat config. An eval or predict dir's is the config of the run that trained its checkpoint
+    with what the dir's own command set on top (the ``eval.*`` keys it typed, another ``episode``, an
+    ``ensemble``, a split other than ``test``) and ``command``: so evaluations of one recipe's seeds are
+    one setting, and a label shows what the test changed (``eval.tta_shift=3``), not the paths."""
     info = info if info is not None else read_run(run)  # the caller's record of it, when it has read it already
     config = flatten(info["config"])
-    trained = info["results"].get("checkpoint")  # the checkpoint file as eval resolved it
-    if "checkpoint" in config and trained:
-        source = flatten(read_run(run_dir_of(Path(str(trained))))["config"])
-        if source:
-            del config["checkpoint"]
-            config.update({f"checkpoint.{k}": v for k, v in source.items() if not bookkeeping(k) and not k.startswith("eval.")})
-    return config
+    source = trained_by(info)
+    if not source:
+        return config
+    merged = {k: v for k, v in flatten(source["config"]).items() if not bookkeeping(k)}
+    merged.update({k: v for k, v in config.items()
+                   if v is not None and v != [] and k not in OWN_KEYS_IGNORED and (k, v) != ("split", "test")})
+    merged["command"] = info["command"]
+    return merged
 
 
 def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:

@@ -230,7 +230,8 @@ def _yaml(path: Path, default: Any) -> Any:
 
 
 def read_run(run: Path) -> dict[str, Any]:
-    """A run dir as ``{config, choices, overrides, results, status, metrics}``; damaged files read as empty."""
+    """A run dir as ``{command, config, choices, overrides, results, status, metrics}``; damaged files read
+    as empty. A predict dir's ``results`` are its ``predictions.json``."""
     run = Path(run)
     metrics = []
     if (run / METRICS).is_file():
@@ -247,14 +248,28 @@ def read_run(run: Path) -> dict[str, Any]:
         state = "interrupted"  # killed (kill -9, power loss): no live process holds its lock
     hydra = _yaml(run / ".hydra" / "hydra.yaml", {}).get("hydra")
     choices = ((hydra or {}).get("runtime") or {}).get("choices") if isinstance(hydra, dict) else None
+    config = _yaml(run / ".hydra" / "config.yaml", {})
+    if (run / "predictions.json").is_file() and not results:
+        results = _json(run / "predictions.json")  # predict's summary: its checkpoint, and accuracy when labelled
     return {
-        "config": _yaml(run / ".hydra" / "config.yaml", {}),
+        "command": command_of(run, config),
+        "config": config,
         "choices": choices if isinstance(choices, dict) else {},  # group -> the config file picked (encoder: conv4_fast)
         "overrides": [o for o in _yaml(run / ".hydra" / "overrides.yaml", []) if isinstance(o, str)],
         "results": results,
         "status": state,
         "metrics": metrics,
     }
+
+
+def command_of(run: Path, config: Any) -> str:
+    """Which command made a run dir: ``predict`` and ``export`` by the files they write; ``eval`` by its
+    ``checkpoint`` key (training has none); ``train`` otherwise."""
+    if (run / "predictions.json").is_file():
+        return "predict"
+    if (run / "export.json").is_file():
+        return "export"
+    return "eval" if isinstance(config, dict) and "checkpoint" in config else "train"
 
 
 def find_runs(paths: list[Path]) -> list[Path]:

@@ -178,3 +178,27 @@ def test_a_run_given_twice_is_refused_and_other_runs_never_replace_a_default_com
     assert ",c," in (runs / "compare-2" / "compare.csv").read_text() and f"{runs / 'compare-2'}" in capsys.readouterr().out
     assert main(["compare", str(runs / "a"), str(runs / "b")]) == 0  # the same runs again: their own folder, refreshed
     assert not (runs / "compare-3").exists()
+
+
+def test_compare_says_when_tasks_are_few_or_the_batch_norm_modes_differ_and_names_dirs_it_cannot_use(tmp_path, capsys):
+    from metalearn_cli.rundir import record_failure
+
+    assert main(["train", *FAST, "eval.episodes=8", f"hydra.run.dir={tmp_path / 'a'}"]) == 0
+    assert main(["eval", f"checkpoint={tmp_path / 'a'}", "eval.bn_mode=transductive", "device=cpu",
+                 f"hydra.run.dir={tmp_path / 'tr'}"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "tr"), "--out", str(tmp_path / "cmp")]) == 0
+    err = capsys.readouterr().err
+    assert "eval.bn_mode=transductive" in err and "with running" in err
+    assert "8 tasks are too few" in err
+    failed = tmp_path / "failed"
+    record_failure(failed, "boom")
+    (failed / "results.json").write_text('{"accuracy": 0.5}')  # a partial record does not make it comparable
+    assert main(["compare", str(tmp_path / "a"), str(failed)]) == 2
+    assert "failed" in capsys.readouterr().err.splitlines()[-1]
+    predicted = tmp_path / "predicted"
+    predicted.mkdir()
+    (predicted / "predictions.json").write_text('{"accuracy": 0.5, "checkpoint": "x"}')
+    (predicted / "status.json").write_text('{"status": "completed"}')
+    assert main(["compare", str(tmp_path / "a"), str(predicted)]) == 2
+    assert "is a predict dir: it scored no fixed test tasks" in capsys.readouterr().err

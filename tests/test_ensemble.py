@@ -291,3 +291,21 @@ def test_a_member_with_the_same_weights_as_another_is_refused(two_runs, tmp_path
     proc = _eval(tmp_path, "twin", f"checkpoint={two_runs[0]}", f"ensemble=['{copy}']")
     assert proc.returncode == 2 and "holds the same weights as" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "twin" / "results.json").exists()
+
+
+def test_each_member_is_tested_with_its_own_views_whatever_the_order(compose_train, tmp_path):
+    """A member trained with eval.tta_shift=2 keeps its shifted copies beside one tested without: listing
+    the two either way round gives the same predictions, and results.json records each member's views."""
+    runs = [tmp_path / "plain", tmp_path / "shifted"]
+    for seed, (run, extra) in enumerate(zip(runs, ([], ["eval.tta_shift=2"]))):
+        run.mkdir()
+        training.train(compose_train(f"seed={seed}", *extra), run)
+    for name, (a, b) in (("ab", runs), ("ba", runs[::-1])):
+        proc = _eval(tmp_path, name, f"checkpoint={a}", f"ensemble=['{b}']", "seed=0")
+        assert proc.returncode == 0, proc.stderr
+    ab, ba = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("ab", "ba"))
+    assert ab["accuracy"] == ba["accuracy"]
+    assert [v["tta_shift"] for v in ab["ensemble_tta"]] == [0, 2] and [v["tta_shift"] for v in ba["ensemble_tta"]] == [2, 0]
+    assert ab["tta_shift"] == 0 and ba["tta_shift"] == 2  # the first member's, as bn_mode
+    outcomes = [np.load(tmp_path / n / evaluation.OUTCOMES)["predicted"] for n in ("ab", "ba")]
+    assert np.array_equal(*outcomes)

@@ -194,10 +194,13 @@ CASES = [
     (["train", "debug=smoke", "episode=lake20way1shot"], "no alphabets"),
     (["train", *SMOKE, "dataset.val_classes=20", "dataset.test_classes=20", "episode=lake20way1shot",
       "trainer.train_way=5"], "need classes named Alphabet/character"),
+    (["train", *SMOKE, "episode=lake20way1shot"], "need classes named Alphabet/character"),  # before the way it asks for
     (["train", *SMOKE, "hydra.run.dir={tmp}/rün"], "needs quotes"),
     (["train", *SMOKE, "hydra.run.dir={tmp}/a", "b"], "is not key=value"),
     (["train", "dataset=folder", "dataset.root={root}/looping"], "leads nowhere"),
     (["predict", f"checkpoint={R}", "support={root}/task/support", "query={root}/task/query", "show=-5"], "show=-5"),
+    (["predict", f"checkpoint={R}", "support={root}/task/support", "query={root}/task/query",
+      "hydra.run.dir={root}/task/query/out"], "lies inside query="),
     (["predict", f"checkpoint={R}", "support={root}/task/support", "query={root}/nan.pt"], "is a file; pass the folder"),
     (["train", f"resume={R}", "hydra.run.dir={tmp}/other"], "drop hydra.run.dir"),
     (["train", f"resume={R}/checkpoints/last.pt", "hydra.run.dir={tmp}/other"], "drop hydra.run.dir"),

@@ -115,3 +115,30 @@ def test_blank_images_are_named_and_uniform_probabilities_are_flagged(trained_ru
     assert "2 of 2 support images are nearly one flat value" in shown
     assert "2 of 2 query images are nearly one flat value" in shown
     assert "every query got near-uniform probabilities" in shown
+
+
+def test_an_export_is_written_again_from_the_same_weights_but_never_replaces_another_runs(trained_run, tmp_path, capsys):
+    from conftest import FAST, compose_config
+    from metalearn_cli.training import train
+
+    other = tmp_path / "other"
+    train(compose_config("train", FAST + ["trainer.iterations=4", "seed=1"]), other)
+    out = tmp_path / "mk.pt"
+    assert main(["export", f"checkpoint={trained_run}", f"out={out}", f"hydra.run.dir={tmp_path / 'e1'}"]) == 0
+    assert main(["export", f"checkpoint={trained_run}", f"out={out}", f"hydra.run.dir={tmp_path / 'e2'}"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(["export", f"checkpoint={other}", f"out={out}", f"hydra.run.dir={tmp_path / 'e3'}"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "holds an export of" in last and str(trained_run.resolve()) in last and "choose another out=PATH" in last
+    assert out.read_bytes() == before
+
+
+def test_a_run_dir_inside_the_task_folders_is_refused_before_it_becomes_a_class(trained_run, tmp_path, capsys):
+    write_image_task(tmp_path / "task", classes=2, support=(1,), query=1)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "task").rglob("*"))
+    for inside in ("support/zz", "query"):
+        assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
+                     f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'task' / inside}"]) == 2
+        assert "lies inside" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "task").rglob("*")) == before

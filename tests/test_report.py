@@ -172,3 +172,35 @@ def test_seeds_are_pooled_only_when_their_configs_match_not_just_their_command_l
     assert main(["report", str(runs)]) == 0
     assert "Across training seeds" not in capsys.readouterr().out
     assert not (runs / "report" / "seeds.csv").exists()  # the refreshed report keeps no stale table
+
+
+def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_path):
+    """An eval dir's config holds only its checkpoint and eval.*; its row names the trained run's data
+    set and components, its own task shape, and says which command made it. A predict dir's row
+    shows its accuracy on labelled queries (predictions.json), not an empty completed run."""
+    from conftest import write_image_task
+
+    small = [*FAST, "trainer.iterations=2", "trainer.val_every=2", "eval.episodes=2", "device=cpu"]
+    runs = tmp_path / "runs"
+    assert main(["train", *small, "encoder=conv4_fast", "encoder.width=null", "encoder.widths=[8,8,8,8]",
+                 f"hydra.run.dir={runs / 'trained'}"]) == 0
+    assert main(["eval", f"checkpoint={runs / 'trained'}", "episode=5way1shot", "episode.way=3", "episode.query=2", "eval.episodes=2", "device=cpu",
+                 "eval.tta_shift=1", "split=val", f"hydra.run.dir={runs / 'evaluated'}"]) == 0
+    write_image_task(tmp_path / "task", classes=3, support=(1, 1, 1), query=2)
+    assert main(["predict", f"checkpoint={runs / 'trained'}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", "device=cpu", "show=0", f"hydra.run.dir={runs / 'predicted'}"]) == 0
+    assert main(["report", str(runs)]) == 0
+    rows = {r["run"]: r for r in csv.DictReader((runs / "report" / "report.csv").open())}
+    assert {k: r["command"] for k, r in rows.items()} == {"trained": "train", "evaluated": "eval", "predicted": "predict"}
+    for name in ("evaluated", "predicted"):
+        assert (rows[name]["dataset"], rows[name]["encoder"], rows[name]["strategy"]) == ("synthetic", "conv4_fast", "mgd")
+    assert rows["evaluated"]["episode"] == "3w1s (val)" and rows["trained"]["episode"] != "3w1s"
+    assert rows["predicted"]["episode"] == "3w1s" and 0 <= float(rows["predicted"]["test_accuracy"]) <= 100
+    assert rows["evaluated"]["seed"] == rows["trained"]["seed"] == "0"  # the seed the eval drew its tasks with
+    # The figures' labels say what each test changed, not every key of the trained run under checkpoint.*.
+    from metalearn_cli.report import config_labels, describe
+
+    dirs = [runs / n for n in ("evaluated", "predicted", "trained")]
+    labels = config_labels(dirs, [describe(d, runs) for d in dirs])
+    assert "eval.tta_shift=1" in labels[0] and "split=val" in labels[0] and "command=eval" in labels[0]
+    assert "command=predict" in labels[1] and all("checkpoint" not in label and len(label) < 120 for label in labels), labels

@@ -94,12 +94,25 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
     run_dir = canonical(named)
     if command == "export" and isinstance(values.get("out"), str):
         refuse_replacing(values["out"])
+    if command == "predict":
+        refuse_inside_task(run_dir, values)
     if resume not in (None, "true"):
         refuse_another_dir(resume, Path(resume), run_dir)
     if rank() > 0:
         return with_run_dir(args, run_dir), None
     refuse_foreign_target(command, run_dir, resuming=resume is not None)
     return with_run_dir(args, run_dir), run_dir
+
+
+def refuse_inside_task(run_dir: Path, values: dict[str, Any]) -> None:
+    """A predict run dir inside its support or query folder would be read as a class folder of the task."""
+    for key in ("support", "query"):
+        folder = values.get(key)
+        if isinstance(folder, str) and folder.strip() and Path(folder).is_dir():
+            task = canonical(folder)
+            if run_dir == task or task in run_dir.parents:
+                raise ConfigError(f"hydra.run.dir={run_dir} lies inside {key}={folder}, where its files would be read as "
+                                  "a class of the task; put the run dir outside the task's folders")
 
 
 def check_sweep(command: str, args: list[str], values: dict[str, Any]) -> bool:

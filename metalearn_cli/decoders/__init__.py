@@ -11,6 +11,6 @@ from metalearn_cli.registry import Registry
 
 DECODERS: Registry[Decoder] = Registry("decoder")
 
-from metalearn_cli.decoders import feat, film, latent, linear, logistic, prototype  # noqa: E402,F401  (registers the decoders)
+from metalearn_cli.decoders import feat, film, latent, linear, logistic, metric, prototype  # noqa: E402,F401  (registers the decoders)
 
 __all__ = ["DECODERS", "Decoder", "DecoderOutput", "class_means"]

@@ -67,3 +67,11 @@ class LogisticParams:
 @dataclass
 class PrototypeParams:
     name: str = "prototype"
+
+
+@dataclass
+class MetricParams:
+    name: str = "metric"
+    hidden: int = 16  # width of the per-dimension correction (an MLP shared by every embedding dimension)
+    task_adaptive: bool = True  # feed each dimension's spread over the task's prototypes to the correction
+    lr_mul: float = 1.0  # the decoder's learning rate over the optimizer's

@@ -520,3 +520,62 @@ def test_decoders_whose_classifier_is_not_generated_offer_no_linear_head():
     for name in ("linear", "logistic", "film"):
         decoder = DECODERS.build({"name": name}, in_dim=6, max_way=4, film_channels=(4,))
         assert decoder.linear_head(support, labels, way) is None
+
+
+def _metric_task():
+    torch.manual_seed(0)
+    return torch.randn(2, 6, 8), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2), torch.randn(2, 5, 8)
+
+
+def test_metric_starts_as_prototypes_and_its_correction_learns():
+    support, labels, query = _metric_task()
+    metric = DECODERS.build({"name": "metric"}, in_dim=8)
+    proto = DECODERS.build({"name": "prototype"}, in_dim=8)
+    logits = metric(support, labels, query, 3).logits
+    torch.testing.assert_close(logits, proto(support, labels, query, 3).logits, atol=1e-4, rtol=1e-4)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.tensor([0, 1, 2, 0, 1] * 2)).backward()
+    assert metric.correction[-1].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        metric.correction[-1].weight.normal_()
+    assert not torch.allclose(metric(support, labels, query, 3).logits, logits, atol=1e-3)
+
+
+def _trained_metric(task_adaptive: bool):
+    torch.manual_seed(1)
+    metric = DECODERS.build({"name": "metric", "task_adaptive": task_adaptive}, in_dim=8)
+    with torch.no_grad():
+        metric.correction[-1].weight.normal_()
+    return metric
+
+
+def test_metric_reads_each_dimensions_spread_over_the_tasks_prototypes():
+    """A correction that passes its third input through adds sum_d var_n(c_nd) to every distance: the
+    task statistic is the spread of the task's class means; with task_adaptive off it is 0."""
+    support, labels, query = _metric_task()
+    proto = DECODERS.build({"name": "prototype"}, in_dim=8)(support, labels, query, 3).logits
+    means = torch.stack([support[:, :3], support[:, 3:]]).mean(0)  # classes 0, 1, 2 in both halves
+    spread = means.var(1, unbiased=False).sum(-1)  # [T]
+    for adaptive in (True, False):
+        metric = DECODERS.build({"name": "metric", "task_adaptive": adaptive}, in_dim=8)
+        with torch.no_grad():
+            first, last = metric.correction[0], metric.correction[-1]
+            first.weight.zero_(), first.bias.zero_(), last.weight.zero_()
+            first.weight[0, 2] = 1.0
+            last.weight[0, 0] = 1.0
+        expected = proto - spread[:, None, None] if adaptive else proto
+        torch.testing.assert_close(metric(support, labels, query, 3).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_metric_is_equivariant_to_the_order_of_classes():
+    support, labels, query = _metric_task()
+    metric = _trained_metric(True)
+    relabel = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(metric(support, relabel[labels], query, 3).logits[..., relabel],
+                               metric(support, labels, query, 3).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_metric_refuses_an_empty_correction():
+    from metalearn_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hidden >= 1"):
+        DECODERS.build({"name": "metric", "hidden": 0}, in_dim=8)
