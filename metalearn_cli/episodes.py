@@ -127,7 +127,7 @@ def check_fits(split: ClassImages, split_name: str, dataset: str, n_way: int, k_
     if n_way > split.n_classes:
         raise DataError(
             f"{n_way}-way episodes need {n_way} classes but the {split_name} split of {dataset} has "
-            f"{split.n_classes}; lower the way (episode=... or trainer.train_way=...)"
+            f"{split.n_classes}; lower the way ({'trainer.train_way=...' if split_name == 'train' else 'episode=... or episode.way=...'})"
         )
     if k_shot + n_query > split.n_per_class:
         raise DataError(

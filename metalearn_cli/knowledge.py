@@ -37,8 +37,9 @@ FLAT = 2 / 255  # pixel standard deviation (in [0, 1]) below which an image is o
 
 
 def opposite(mean: float, reference: float) -> bool:
-    """Mean brightness on the other side of mid-grey, and far (> 0.3) from ``reference``: inverted polarity."""
-    return (mean - 0.5) * (reference - 0.5) < 0 and abs(mean - reference) >= 0.3
+    """Mean brightness on the other side of mid-grey, and far (> 0.3) from ``reference``: inverted polarity.
+    A ``reference`` near mid-grey (within 0.15: images of no clear polarity, such as generated ones) has no opposite."""
+    return abs(reference - 0.5) >= 0.15 and (mean - 0.5) * (reference - 0.5) < 0 and abs(mean - reference) >= 0.3
 
 
 class TaskClassifier:
@@ -119,8 +120,8 @@ class MetaKnowledge:
         if not opposite(mean, self.pixel_mean):
             return False
         log.warning("the %s images look inverted against the training data (mean brightness %.2f after conversion, "
-                    "training images %.2f): for Omniglot-trained models give dark strokes on white, as the original "
-                    "files are; predictions on inverted images are poor", what, mean, self.pixel_mean)
+                    "training images %.2f): give images of the training images' polarity (for Omniglot-trained models dark "
+                    "strokes on white, as the original files are); predictions on inverted images are poor", what, mean, self.pixel_mean)
         return True
 
     def check_images(self, pixels: torch.Tensor, what: str) -> int:

@@ -22,6 +22,8 @@ import torch
 
 from metalearn_cli import knowledge
 from metalearn_cli.assemble import setup_device
+from metalearn_cli.augment import TtaViews
+from metalearn_cli.bn_modes import MODES
 from metalearn_cli.ensemble import ensemble_paths
 from metalearn_cli.data.images import class_folders, image_files, read_class_folders
 from metalearn_cli.errors import ConfigError, DataError
@@ -73,7 +75,7 @@ def _table(rows: list[dict[str, Any]], class_names: list[str], limit: int) -> st
         lines.append(line)
     if len(rows) > limit:
         lines.append(f"... {len(rows) - limit} more in predictions.csv")
-    return "\n".join(lines)
+    return "\n".join(lines) if limit > 0 else f"{len(rows)} predictions in predictions.csv"
 
 
 def _members(cfg: Any, device: torch.device) -> list[knowledge.MetaKnowledge]:
@@ -108,6 +110,20 @@ def _mean_probabilities(members: list[knowledge.MetaKnowledge], support_dir: Pat
     return torch.stack(probs).mean(0)
 
 
+def _say_what_the_test_protocol_means(members: list[knowledge.MetaKnowledge]) -> None:
+    """predict tests as the checkpoint's run was tested (its eval.bn_mode and eval.tta_*), with two
+    consequences a user could not guess: a transductive mode answers each query with the others, and
+    test-time fine-tuning is eval's alone."""
+    mixed = sorted({m.bn_mode for m in members if not MODES[m.bn_mode].inductive})
+    if mixed:
+        log.warning("batch-norm mode %s (the checkpoint's test protocol): each query's answer depends on the queries "
+                    "normalised with it, in chunks of %d; predict a test set's queries together, as the run was tested",
+                    " and ".join(mixed), members[0].query_chunk)
+    steps = [int(m.config.eval.finetune_steps or 0) for m in members]
+    if any(steps):
+        log.info("the checkpoint's eval.finetune_steps=%d is not applied by predict (metalearn eval applies it)", max(steps))
+
+
 @contextlib.contextmanager
 def _said_once(logger: logging.Logger) -> Iterator[None]:
     """Inside the block ``logger`` drops a message it has already given."""
@@ -131,6 +147,7 @@ def _ensemble_record(members: list[knowledge.MetaKnowledge]) -> dict[str, Any]:
     if len(members) < 2:
         return {}
     return {"ensemble": [m.source for m in members], "ensemble_bn_modes": [m.bn_mode for m in members],
+            "ensemble_tta": [TtaViews.of(m.config.eval).summary() for m in members],
             "ensemble_image_formats": [m.image_format.to_dict() for m in members]}
 
 
@@ -162,6 +179,7 @@ def predict(cfg: Any, run_dir: Path) -> float:
     first = (torch.cat(stacks), meta.read_images(paths))
     with _said_once(logging.getLogger(knowledge.__name__)):  # an ensemble's members warn about the images once
         probs = _mean_probabilities(members, Path(cfg.support), paths, labels, first)
+    _say_what_the_test_protocol_means(members)
     predicted = probs.argmax(-1).tolist()
     rows = _rows(shown, predicted, truth, class_names, probs)
     run_dir = Path(run_dir)
@@ -175,7 +193,8 @@ def predict(cfg: Any, run_dir: Path) -> float:
         "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": meta.step, "classes": class_names,
         "support_per_class": {c: len(f) for c, f in zip(class_names, support_files)}, "queries": len(rows),
         **_ensemble_record(members),
-        "accuracy": None if truth is None else accuracy, "bn_mode": meta.bn_mode, "device": str(device),
+        "accuracy": None if truth is None else accuracy, "bn_mode": meta.bn_mode, **TtaViews.of(meta.config.eval).summary(),
+        "finetune_steps": 0, "device": str(device),
         "image_format": meta.image_format.to_dict(), "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(run_dir / "predictions.json", summary)
@@ -188,6 +207,7 @@ def predict(cfg: Any, run_dir: Path) -> float:
         log.info("accuracy %.2f%% on %d labelled queries (%d-way, %s support images per class); %s", 100 * accuracy,
                  len(rows), len(class_names), "/".join(str(len(f)) for f in support_files), run_dir / "predictions.csv")
     else:
-        log.info("%d queries classified into %d classes; %s", len(rows), len(class_names), run_dir / "predictions.csv")
+        log.info("%d quer%s classified into %d classes; %s", len(rows), "y" if len(rows) == 1 else "ies", len(class_names),
+                 run_dir / "predictions.csv")
     return accuracy
 

@@ -265,5 +265,6 @@ def main(argv: list[str]) -> int:
     table = write_tables(rows, out)
     pictures = plot(runs, rows, config_labels(runs, rows), out, tuple(formats))
     print(table, end="")
-    print(f"\n{len(rows)} run{'s' if len(rows) != 1 else ''}; wrote {out / 'report.md'}, {out / 'report.csv'}, " + ", ".join(map(str, pictures)))
+    tables = [out / name for name in ("report.md", "report.csv", "seeds.csv", "inputs.txt") if (out / name).is_file()]
+    print(f"\n{len(rows)} run{'s' if len(rows) != 1 else ''}; wrote " + ", ".join(map(str, [*tables, *pictures])))
     return 0

@@ -157,5 +157,10 @@ def plot(runs: list[Path], rows: list[dict[str, Any]], settings: list[str], out:
     import matplotlib
 
     matplotlib.use("Agg")
-    return [*save(curves_figure(runs, rows, settings), out / "curves", list(formats)),
-            *save(accuracy_figure(rows, settings), out / "accuracy", list(formats))]
+    curves: list[Path] = []
+    if any(read_run(run)["metrics"] for run in runs):  # eval and predict dirs log no training curve
+        curves = save(curves_figure(runs, rows, settings), out / "curves", list(formats))
+    else:
+        for stale in out.glob("curves.*"):  # a refreshed report keeps no figure of an earlier one
+            stale.unlink()
+    return [*curves, *save(accuracy_figure(rows, settings), out / "accuracy", list(formats))]

@@ -104,6 +104,8 @@ def test_images_that_look_inverted_get_a_warning(trained_run, caplog):
     with caplog.at_level("WARNING"):
         assert knowledge.warn_if_inverted(torch.full((4, 1, 28, 28), 0.9))
     assert "look inverted" in caplog.text
+    knowledge.pixel_mean = 0.49  # training images of no clear polarity (generated ones): nothing is inverted to them
+    assert not knowledge.warn_if_inverted(torch.full((4, 1, 28, 28), 0.94))
 
 
 def test_queries_are_checked_against_training_and_against_the_support(trained_run, caplog):

@@ -142,3 +142,18 @@ def test_a_run_dir_inside_the_task_folders_is_refused_before_it_becomes_a_class(
                      f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'task' / inside}"]) == 2
         assert "lies inside" in capsys.readouterr().err.strip().splitlines()[-1]
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "task").rglob("*")) == before
+
+
+def test_predict_records_its_test_protocol_and_says_when_queries_answer_together(tmp_path, capfd):
+    from conftest import FAST, compose_config
+    from metalearn_cli.training import train
+
+    run = tmp_path / "maml"
+    train(compose_config("train", FAST + ["strategy=fomaml", "decoder=linear", "trainer.iterations=2",
+                                          "eval.tta_shift=1"]), run)
+    write_image_task(tmp_path / "task", classes=2, support=(1,), query=2)
+    assert main(["predict", f"checkpoint={run}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", "device=cpu", "show=0", f"hydra.run.dir={tmp_path / 'p'}"]) == 0
+    summary = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert summary["bn_mode"] == "transductive" and summary["tta_shift"] == 1 and summary["finetune_steps"] == 0
+    assert "each query's answer depends on the queries normalised with it" in "".join(capfd.readouterr())
