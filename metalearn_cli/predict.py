@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,7 +47,8 @@ def _queries(root: Path, given: str, class_names: list[str]) -> tuple[list[str],
         if not files:
             raise DataError(f"query folder {root} holds no images; put the images to classify there")
         return [os.path.join(given, p.name) for p in files], files, None
-    unknown = [f.name for f in folders if f.name not in class_names]
+    index = {unicodedata.normalize("NFC", name): i for i, name in enumerate(class_names)}  # café typed two ways is one class
+    unknown = [f.name for f in folders if unicodedata.normalize("NFC", f.name) not in index]
     if unknown:
         raise DataError(f"query class folder '{unknown[0]}' is not a support class ({', '.join(class_names)}); "
                         "name query sub-folders after support classes, or put the images directly in the query folder")
@@ -55,7 +57,7 @@ def _queries(root: Path, given: str, class_names: list[str]) -> tuple[list[str],
         for p in image_files(folder):
             shown.append(os.path.join(given, folder.name, p.name))
             paths.append(p)
-            labels.append(class_names.index(folder.name))
+            labels.append(index[unicodedata.normalize("NFC", folder.name)])
     if not paths:
         raise DataError(f"the class folders of {root} hold no images")
     return shown, paths, labels

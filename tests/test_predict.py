@@ -157,3 +157,16 @@ def test_predict_records_its_test_protocol_and_says_when_queries_answer_together
     summary = json.loads((tmp_path / "p" / "predictions.json").read_text())
     assert summary["bn_mode"] == "transductive" and summary["tta_shift"] == 1 and summary["finetune_steps"] == 0
     assert "each query's answer depends on the queries normalised with it" in "".join(capfd.readouterr())
+
+
+def test_a_query_class_folder_spelled_in_another_unicode_form_is_the_same_class(trained_run, tmp_path):
+    """macOS writes café decomposed (NFD), Linux keeps what it is given: one name, one class."""
+    import unicodedata
+
+    names = write_image_task(tmp_path / "task", classes=2, support=(1,), query=1)
+    (tmp_path / "task" / "support" / names[0]).rename(tmp_path / "task" / "support" / unicodedata.normalize("NFC", "café"))
+    (tmp_path / "task" / "query" / names[0]).rename(tmp_path / "task" / "query" / unicodedata.normalize("NFD", "café"))
+    assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", "device=cpu", "show=0", f"hydra.run.dir={tmp_path / 'p'}"]) == 0
+    rows = read_csv(tmp_path / "p" / "predictions.csv")
+    assert sorted(unicodedata.normalize("NFC", r["true"]) for r in rows) == sorted(["café", names[1]])
