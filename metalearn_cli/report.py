@@ -52,7 +52,28 @@ def trained_by(record: dict[str, Any]) -> dict[str, Any]:
     if record["command"] not in ("eval", "predict") or not isinstance(checkpoint, str):
         return {}
     source = run_dir_of(Path(checkpoint))
-    return read_run(source) if source.is_dir() else {}
+    if source.is_dir() and read_run(source)["config"]:
+        return read_run(source)
+    return exported_by(Path(checkpoint))
+
+
+def exported_by(export: Path) -> dict[str, Any]:
+    """An export's trained run (its ``exported_from``), else the config the export carries; empty when unreadable."""
+    from metalearn_cli.checkpoint import read_state
+    from metalearn_cli.errors import CheckpointError
+    from metalearn_cli.resume import run_dir_of
+
+    try:
+        state = read_state(export)
+    except CheckpointError:
+        return {}
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        return {}
+    origin = run_dir_of(Path(str(state.get("exported_from", ""))))
+    if origin.is_dir() and read_run(origin)["config"]:
+        return read_run(origin)
+    return {"command": "train", "config": state["config"], "choices": {}, "overrides": [], "results": {}, "status": "completed",
+            "metrics": []}
 
 
 def task_shape(record: dict[str, Any], episode: dict[str, Any]) -> str:

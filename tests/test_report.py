@@ -1,6 +1,7 @@
 """`metalearn report` over a sweep dir: table, CSV and pictures from real runs."""
 
 import csv
+import shutil
 
 import pytest
 from omegaconf import OmegaConf
@@ -189,10 +190,13 @@ def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_pa
     write_image_task(tmp_path / "task", classes=3, support=(1, 1, 1), query=2)
     assert main(["predict", f"checkpoint={runs / 'trained'}", f"support={tmp_path / 'task' / 'support'}",
                  f"query={tmp_path / 'task' / 'query'}", "device=cpu", "show=0", f"hydra.run.dir={runs / 'predicted'}"]) == 0
+    assert main(["export", f"checkpoint={runs / 'trained'}", f"out={tmp_path / 'mk.pt'}", f"hydra.run.dir={tmp_path / 'exp'}"]) == 0
+    assert main(["eval", f"checkpoint={tmp_path / 'mk.pt'}", "device=cpu", f"hydra.run.dir={runs / 'from_export'}"]) == 0
     assert main(["report", str(runs)]) == 0
     rows = {r["run"]: r for r in csv.DictReader((runs / "report" / "report.csv").open())}
-    assert {k: r["command"] for k, r in rows.items()} == {"trained": "train", "evaluated": "eval", "predicted": "predict"}
-    for name in ("evaluated", "predicted"):
+    assert {k: r["command"] for k, r in rows.items()} == {"trained": "train", "evaluated": "eval", "predicted": "predict",
+                                                            "from_export": "eval"}
+    for name in ("evaluated", "predicted", "from_export"):  # an export names the run it came from
         assert (rows[name]["dataset"], rows[name]["encoder"], rows[name]["strategy"]) == ("synthetic", "conv4_fast", "mgd")
     assert rows["evaluated"]["episode"] == "3w1s (val)" and rows["trained"]["episode"] != "3w1s"
     assert rows["predicted"]["episode"] == "3w1s" and 0 <= float(rows["predicted"]["test_accuracy"]) <= 100
@@ -200,7 +204,12 @@ def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_pa
     # The figures' labels say what each test changed, not every key of the trained run under checkpoint.*.
     from metalearn_cli.report import config_labels, describe
 
+    from metalearn_cli.report import exported_by
+
     dirs = [runs / n for n in ("evaluated", "predicted", "trained")]
+    shutil.move(runs / "trained", tmp_path / "moved")  # the export alone still says what was trained
+    assert exported_by(tmp_path / "mk.pt")["config"]["encoder"]["widths"] == [8, 8, 8, 8]
+    shutil.move(tmp_path / "moved", runs / "trained")
     labels = config_labels(dirs, [describe(d, runs) for d in dirs])
     assert "eval.tta_shift=1" in labels[0] and "split=val" in labels[0] and "command=eval" in labels[0]
     assert "command=predict" in labels[1] and all("checkpoint" not in label and len(label) < 120 for label in labels), labels
