@@ -1,8 +1,8 @@
 """Pairwise covering of a parameter grid: the rows that put every two choices together at least once.
 
-The full product of encoders, decoders, strategies and optimizers is 240 one-step runs; a defect that
+The full product of encoders, decoders, strategies and optimizers is 280 one-step runs; a defect that
 needs two choices to meet (an encoder that breaks one strategy) shows in any row holding that pair, so
-the default run takes a covering set (33 rows for today's registries) and ``pytest -m slow`` the rest.
+the default run takes a covering set (37 rows for today's registries) and ``pytest -m slow`` the rest.
 """
 
 from __future__ import annotations
