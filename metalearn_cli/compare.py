@@ -113,7 +113,7 @@ def paired(a: Any, b: Any, resamples: int = 10_000, seed: int = 0) -> dict[str, 
 def settings(runs: list[Path]) -> list[tuple[str, dict[int, Path]]]:
     """Runs grouped by setting (configs equal but for seed and bookkeeping), each keyed by its seed;
     in the order given. Runs without a readable config, or two runs of one setting and seed, stand alone."""
-    from metalearn_cli.report import config_labels
+    from metalearn_cli.run_settings import config_labels
 
     labels = config_labels(runs, []) if len(runs) > 1 and all(read_run(r)["config"] for r in runs) else [str(r) for r in runs]
     groups: dict[str, dict[int, Path]] = {}

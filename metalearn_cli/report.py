@@ -15,7 +15,7 @@ from metalearn_cli.errors import MetalearnError
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.rundir import find_runs, read_run, refuse_replacing
-from metalearn_cli.schema import flatten
+from metalearn_cli.run_settings import bookkeeping, config_labels, setting_config, setting_of, trained_by
 
 COLUMNS = ["run", "command", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
            "test_accuracy", "ci95", "published", "published_of", "val_accuracy", "train_seconds", "tasks_per_s"]
@@ -41,39 +41,6 @@ def _percent(value: Any, low: float = -math.inf) -> Optional[float]:
     """A fraction as a percentage; anything else (a damaged file: text, inf, NaN, below ``low``) as missing."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
     return round(100 * value, 2) if ok else None
-
-
-def trained_by(record: dict[str, Any]) -> dict[str, Any]:
-    """The record of the run whose checkpoint an eval or predict dir used (empty when gone or for a
-    training run): where such a dir's dataset, encoder, decoder and strategy are written."""
-    from metalearn_cli.resume import run_dir_of
-
-    checkpoint = record["results"].get("checkpoint")
-    if record["command"] not in ("eval", "predict") or not isinstance(checkpoint, str):
-        return {}
-    source = run_dir_of(Path(checkpoint))
-    if source.is_dir() and read_run(source)["config"]:
-        return read_run(source)
-    return exported_by(Path(checkpoint))
-
-
-def exported_by(export: Path) -> dict[str, Any]:
-    """An export's trained run (its ``exported_from``), else the config the export carries; empty when unreadable."""
-    from metalearn_cli.checkpoint import read_state
-    from metalearn_cli.errors import CheckpointError
-    from metalearn_cli.resume import run_dir_of
-
-    try:
-        state = read_state(export)
-    except CheckpointError:
-        return {}
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        return {}
-    origin = run_dir_of(Path(str(state.get("exported_from", ""))))
-    if origin.is_dir() and read_run(origin)["config"]:
-        return read_run(origin)
-    return {"command": "train", "config": state["config"], "choices": {}, "overrides": [], "results": {}, "status": "completed",
-            "metrics": []}
 
 
 def task_shape(record: dict[str, Any], episode: dict[str, Any]) -> str:
@@ -119,74 +86,6 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "tasks_per_s": results.get("train_tasks_per_s"),
         "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run, record).items() if not bookkeeping(k))),  # not a column
     }
-
-
-def setting_of(row: dict[str, Any]) -> str:
-    """What a run was, without its seed: runs of one setting differ only in ``seed=``."""
-    setting = " ".join(o for o in row["overrides"].split() if not o.startswith("seed=")) or "(defaults)"
-    return f"{setting} [{row['dataset']} {row['encoder']} {row['decoder']} {row['strategy']} {row['episode']}]"
-
-
-BOOKKEEPING = ("seed", "resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.checkpoint_every",
-               "reference", "logger")  # keys that never make two runs different settings
-
-
-def bookkeeping(key: str) -> bool:
-    return any(key == b or key.startswith(b + ".") for b in BOOKKEEPING)
-
-
-OWN_KEYS_IGNORED = ("checkpoint", "dataset_root", "support", "query", "show")  # where, not what, an eval or predict dir tested
-
-
-def setting_config(run: Path, info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """A run's flat config. An eval or predict dir's is the config of the run that trained its checkpoint
-    with what the dir's own command set on top (the ``eval.*`` keys it typed, another ``episode``, an
-    ``ensemble``, a split other than ``test``) and ``command``: so evaluations of one recipe's seeds are
-    one setting, and a label shows what the test changed (``eval.tta_shift=3``), not the paths."""
-    info = info if info is not None else read_run(run)  # the caller's record of it, when it has read it already
-    config = flatten(info["config"])
-    source = trained_by(info)
-    if not source:
-        return config
-    merged = {k: v for k, v in flatten(source["config"]).items() if not bookkeeping(k)}
-    merged.update({k: v for k, v in config.items()
-                   if v is not None and v != [] and k not in OWN_KEYS_IGNORED and (k, v) != ("split", "test")})
-    merged["command"] = info["command"]
-    return merged
-
-
-def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
-    """Each run's setting by the config values that tell it from the others (seed and bookkeeping
-    aside), read from the runs' own configs; runs without a readable config fall back on overrides."""
-    configs = [setting_config(run) for run in runs]
-    if len(runs) < 2 or not all(configs):
-        return short_settings(rows)
-    keys = sorted({k for c in configs for k in c if not bookkeeping(k)})
-    differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-    # A component that differs is named by its group (strategy=maml), not by each of its parameters,
-    # unless runs of the same component differ in one (two FEAT recipes beside a ProtoNet).
-    swapped = {k[: -len(".name")] for k in differ if k.endswith(".name")}
-
-    def within_component(k: str, group: str) -> bool:
-        values: dict[str, set[str]] = {}
-        for c in configs:
-            values.setdefault(repr(c.get(group + ".name")), set()).add(repr(c.get(k)))
-        return any(len(v) > 1 for v in values.values())
-
-    shown = [k for k in differ if all(not k.startswith(g + ".") or within_component(k, g) for g in swapped)]
-    return [" ".join([*(f"{g}={c.get(g + '.name')}" for g in sorted(swapped)), *(f"{k}={c.get(k)}" for k in shown if k in c)])
-            or "(common settings)" for c in configs]
-
-
-def short_settings(rows: list[dict[str, Any]]) -> list[str]:
-    """Each run's setting by the overrides that tell it from the others (seed aside): legends stay short."""
-    tokens = [[o for o in r["overrides"].split() if not o.startswith("seed=")] for r in rows]
-    common = set.intersection(*(set(t) for t in tokens)) if tokens else set()
-    short = [" ".join(o for o in t if o not in common) for t in tokens]
-    full = [setting_of(r) for r in rows]
-    if len(set(short)) != len(set(full)):  # the overrides alone do not tell the settings apart
-        return full
-    return [s or "(common settings)" for s in short]
 
 
 def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -108,7 +108,8 @@ def test_a_published_figure_that_is_not_the_methods_own_says_whose_it_is(tmp_pat
 def test_two_recipes_of_one_component_beside_another_are_told_apart(tmp_path):
     """FEAT twice (two temperatures) beside a ProtoNet: the swapped decoder is named by its group,
     and the parameter that differs between the two FEAT runs is shown for them alone."""
-    from metalearn_cli.report import config_labels, describe
+    from metalearn_cli.report import describe
+    from metalearn_cli.run_settings import config_labels
 
     runs = [tmp_path / n for n in ("proto", "feat1", "feat64")]
     for run, extra in zip(runs, (["decoder=prototype"], ["decoder=feat", "decoder.temperature=1"], ["decoder=feat"])):
@@ -202,9 +203,10 @@ def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_pa
     assert rows["predicted"]["episode"] == "3w1s" and 0 <= float(rows["predicted"]["test_accuracy"]) <= 100
     assert rows["evaluated"]["seed"] == rows["trained"]["seed"] == "0"  # the seed the eval drew its tasks with
     # The figures' labels say what each test changed, not every key of the trained run under checkpoint.*.
-    from metalearn_cli.report import config_labels, describe
+    from metalearn_cli.report import describe
+    from metalearn_cli.run_settings import config_labels
 
-    from metalearn_cli.report import exported_by
+    from metalearn_cli.run_settings import exported_by
 
     dirs = [runs / n for n in ("evaluated", "predicted", "trained")]
     shutil.move(runs / "trained", tmp_path / "moved")  # the export alone still says what was trained
