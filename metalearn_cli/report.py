@@ -14,8 +14,8 @@ from typing import Any, Optional
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import find_runs, read_run, refuse_replacing
-from metalearn_cli.run_settings import bookkeeping, config_labels, setting_config, setting_of, trained_by
+from metalearn_cli.rundir import find_runs, refuse_replacing
+from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
 
 COLUMNS = ["run", "command", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
            "test_accuracy", "ci95", "published", "published_of", "val_accuracy", "train_seconds", "tasks_per_s"]
@@ -60,7 +60,7 @@ def task_shape(record: dict[str, Any], episode: dict[str, Any]) -> str:
 def describe(run: Path, base: Path) -> dict[str, Any]:
     """One row: the run's choices (from .hydra/config.yaml; an eval or predict dir's from the run that
     trained its checkpoint) and its measured figures (accuracies in %)."""
-    record = read_run(run)
+    record = record_of(run)
     results = record["results"]
     source = trained_by(record) or record
     cfg, choices = source["config"], source["choices"]

@@ -77,6 +77,24 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "resume"]
 
 
+def last_config(run: Path, first: dict[str, Any]) -> dict[str, Any]:
+    """The config a run last ran with: ``first`` (its ``.hydra/config.yaml``), or its latest resume record
+    (``.hydra/resume-<time>/config.yaml``) that changed only :data:`RESUMABLE` keys. Records written before
+    2026-12-05 held the command line's composition, not the config the run continued with: they differ
+    elsewhere, and are passed over."""
+    import yaml
+
+    config = first
+    for path in sorted((Path(run) / ".hydra").glob("resume-*/config.yaml")) if first else []:
+        try:
+            record = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            continue
+        if isinstance(record, dict) and not [k for k in config_diff(config, record) if not _under(k, RESUMABLE)]:
+            config = record
+    return config
+
+
 def resumed_config(cfg: Any, run_dir: Path, typed: dict[str, str] | list[str]) -> Any:
     """The config a resumed run continues with: its own, saved in its checkpoint, changed only where
     the user typed a key (``typed``: dotted keys or groups, each with the override as typed; ``"*"``

@@ -11,6 +11,17 @@ from metalearn_cli.rundir import read_run
 from metalearn_cli.schema import flatten
 
 
+def record_of(run: Path) -> dict[str, Any]:
+    """:func:`~metalearn_cli.rundir.read_run`, with a resumed training run's config as it last ran
+    (``trainer.iterations=8`` after a resume that raised it), not as it began."""
+    from metalearn_cli.resume import last_config
+
+    record = read_run(run)
+    if record["command"] == "train":
+        record["config"] = last_config(run, record["config"])
+    return record
+
+
 def trained_by(record: dict[str, Any]) -> dict[str, Any]:
     """The record of the run whose checkpoint an eval or predict dir used (empty when gone or for a
     training run): where such a dir's dataset, encoder, decoder and strategy are written."""
@@ -21,7 +32,7 @@ def trained_by(record: dict[str, Any]) -> dict[str, Any]:
         return {}
     source = run_dir_of(Path(checkpoint))
     if source.is_dir() and read_run(source)["config"]:
-        return read_run(source)
+        return record_of(source)
     return exported_by(Path(checkpoint))
 
 
@@ -39,7 +50,7 @@ def exported_by(export: Path) -> dict[str, Any]:
         return {}
     origin = run_dir_of(Path(str(state.get("exported_from", ""))))
     if origin.is_dir() and read_run(origin)["config"]:
-        return read_run(origin)
+        return record_of(origin)
     return {"command": "train", "config": state["config"], "choices": {}, "overrides": [], "results": {}, "status": "completed",
             "metrics": []}
 
@@ -66,7 +77,7 @@ def setting_config(run: Path, info: Optional[dict[str, Any]] = None) -> dict[str
     with what the dir's own command set on top (the ``eval.*`` keys it typed, another ``episode``, an
     ``ensemble``, a split other than ``test``) and ``command``: so evaluations of one recipe's seeds are
     one setting, and a label shows what the test changed (``eval.tta_shift=3``), not the paths."""
-    info = info if info is not None else read_run(run)  # the caller's record of it, when it has read it already
+    info = info if info is not None else record_of(run)  # the caller's record of it, when it has read it already
     config = flatten(info["config"])
     source = trained_by(info)
     if not source:

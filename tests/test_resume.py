@@ -114,3 +114,28 @@ def test_eval_of_a_run_resumed_with_other_test_settings_repeats_its_results(tmp_
     assert main(["eval", f"checkpoint={run}", f"hydra.run.dir={tmp_path / 'again'}"]) == 0
     trained, again = (json.loads((d / "results.json").read_text()) for d in (run, tmp_path / "again"))
     assert trained["episodes"] == again["episodes"] == 7 and trained["accuracy"] == again["accuracy"]
+
+
+def test_a_report_describes_a_resumed_run_by_the_config_it_last_ran_with(tmp_path):
+    """Raised to 5 iterations by a resume, the run is a 5-iteration run to report; a resume record of
+    before 2026-12-05 (the command line's defaults, another encoder) is passed over."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+    from metalearn_cli.cli import main
+    from metalearn_cli.run_settings import setting_config
+
+    run = tmp_path / "run"
+    small = [*FAST, "trainer.val_every=2", "trainer.checkpoint_every=2"]
+    assert main(["train", *small, "trainer.iterations=4", f"hydra.run.dir={run}"]) == 0
+    assert setting_config(run)["trainer.iterations"] == 4
+    assert main(["train", "trainer.iterations=5", f"resume={run}"]) == 0
+    assert setting_config(run)["trainer.iterations"] == 5
+    old = run / ".hydra" / "resume-2026-12-04_10-00-00"  # sorted before today's record: a later valid one wins
+    old.mkdir()
+    (old / "config.yaml").write_text(OmegaConf.to_yaml(compose_config("train", ["resume=x"])))
+    later = run / ".hydra" / "resume-2099-01-01_00-00-00"  # a record as the old code wrote it, the latest
+    later.mkdir()
+    (later / "config.yaml").write_text(OmegaConf.to_yaml(compose_config("train", ["resume=x", "trainer.iterations=9"])))
+    config = setting_config(run)
+    assert config["trainer.iterations"] == 5 and config["encoder.name"] == "conv4"
