@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 Film = list[tuple[torch.Tensor, torch.Tensor]]  # per encoder block: per-task scales and shifts [T, C]
@@ -71,9 +70,14 @@ class Decoder(nn.Module):
         return None
 
 
+def one_hot(labels: torch.Tensor, n_way: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[..., n_way]`` indicators of ``labels``; unlike ``F.one_hot`` it runs under ``vmap`` (the MAML family's)."""
+    return (labels.unsqueeze(-1) == torch.arange(n_way, device=labels.device)).to(dtype)
+
+
 def class_means(x: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
     """Per-task class means ``[T, N, ...D]`` of ``x [T, S, D]`` (prototypes, LEO's per-class codes)."""
-    onehot = F.one_hot(labels, n_way).to(x.dtype)  # [T, S, N]
+    onehot = one_hot(labels, n_way, x.dtype)  # [T, S, N]
     return onehot.transpose(1, 2) @ x / onehot.sum(1).unsqueeze(-1)
 
 

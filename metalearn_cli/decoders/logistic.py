@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from metalearn_cli.decoders import DECODERS
-from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, output
+from metalearn_cli.decoders.base import Decoder, DecoderOutput, Film, one_hot, output
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.params.decoders import LogisticParams
 
@@ -25,7 +25,7 @@ from metalearn_cli.params.decoders import LogisticParams
 def fit_logistic(x: torch.Tensor, labels: torch.Tensor, n_way: int, c: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights ``[T, N, D]`` and biases ``[T, N]`` minimising ``sum_i CE(x_i) + ||W||^2 / (2c)`` per task."""
     t, s, d = x.shape
-    y = F.one_hot(labels, n_way).to(x.dtype)
+    y = one_hot(labels, n_way, x.dtype)
     # Curvature bound per task: the softmax's Hessian is at most 1/2, so L = lambda_max([x 1][x 1]^T) / 2 + 1/c.
     gram = x @ x.transpose(1, 2) + 1
     lipschitz = torch.linalg.eigvalsh(gram.detach().double()).amax(-1).to(x.dtype)[:, None, None] / 2 + 1 / c

@@ -101,6 +101,19 @@ def test_vmap_equals_the_loop_on_every_meta_gradient(adapt, first_order):
         torch.testing.assert_close(grads["vmap"][name], g, rtol=1e-5, atol=1e-8, msg=name)
 
 
+@pytest.mark.parametrize("decoder", ["prototype", "logistic", "latent", "feat", "metric"])
+def test_every_decoder_runs_under_vmap_as_in_the_loop(decoder):
+    """vmap is the default on CUDA: a decoder that breaks under it (F.one_hot once did) breaks MAML there."""
+    grads = {}
+    for mode in ("loop", "vmap"):
+        maml, batch = setup(decoder=decoder, vectorize=mode, adapt="all", inner_steps=1, first_order=True)
+        maml.model.decoder.eval()  # no dropout or sampled codes (FEAT, LEO): both modes compute the same function
+        grads[mode] = meta_gradients(maml, batch)
+    assert grads["loop"].keys() == grads["vmap"].keys()
+    for name, g in grads["loop"].items():
+        torch.testing.assert_close(grads["vmap"][name], g, rtol=1e-5, atol=1e-8, msg=name)
+
+
 def test_zero_inner_steps_is_plain_training():
     maml, batch = setup(inner_steps=0)
     ours = meta_gradients(maml, batch)
