@@ -272,8 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.table == "mini_imagenet" and not args.root and not args.dry_run and not any(e.startswith("debug=") for e in args.extra):
         parser.error("--table mini_imagenet needs --root DIR with the mini-ImageNet images")
     args.out = args.out or ROOT / "outputs" / "reproduce" / f"{args.table}-{args.budget}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    args.out = Path(args.out).resolve()  # the sweeps run from the project root: a relative path is the user's
+    args.root = str(Path(args.root).resolve()) if args.root else None
+    if args.tabulate_only and not (args.out / "runs").is_dir():
+        parser.error(f"--tabulate-only reads the runs of an earlier --out, and {args.out} holds none")
+    if not args.tabulate_only and not args.dry_run and (args.out / "runs").exists():
+        parser.error(f"--out {args.out} already holds runs; pass a new --out, or --tabulate-only to rebuild its table")
 
-    start = time.perf_counter()
+    start, failed = time.perf_counter(), False
     if not args.tabulate_only:
         planned = []
         for method, cmd in commands(args):
@@ -287,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 done = subprocess.run(cmd, cwd=ROOT)
                 if done.returncode != 0:
+                    failed = True
                     print(f"reproduce: the {method} sweep exited with {done.returncode}; its failed jobs are marked in the table",
                           file=sys.stderr)
         if args.dry_run:
@@ -297,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: no runs under {args.out / 'runs'}", file=sys.stderr)
         return 1
     runs_minutes = sum(r["wall_s"] or 0 for r in rows) / 60
-    title = (f"{args.table} table, budget={args.budget}, measured {time.strftime('%Y-%m-%d')} "
+    title = (f"{args.table} table, budget={args.budget}, {'tabulated' if args.tabulate_only else 'measured'} {time.strftime('%Y-%m-%d')} "
              f"({'reduced training: see scripts/reproduce.py QUICK' if args.budget == 'quick' else 'the papers budgets'}); "
              f"the runs' wall time {runs_minutes:.1f} min (this invocation {(time.perf_counter() - start) / 60:.1f} min)")
     text = markdown(rows, title)
@@ -312,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([sys.executable, "-m", "metalearn_cli", "report", str(args.out / "runs"), "--out", str(args.out / "report")],
                    cwd=ROOT, stdout=subprocess.DEVNULL)
     print(f"wrote {stem}.md, {stem}.csv and {args.out / 'report'}/ (curves.png, accuracy.png)")
-    return 0 if all(r["status"] == "completed" for r in rows) else 1
+    return 0 if not failed and all(r["status"] == "completed" for r in rows) else 1
 
 
 if __name__ == "__main__":

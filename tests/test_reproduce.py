@@ -123,3 +123,15 @@ def test_a_lake_row_says_its_runs_are_drawn_and_whose_figure_stands_beside_it(tm
     monkeypatch.setattr("metalearn_cli.rundir.read_run", lambda run: record)
     table = reproduce.markdown(reproduce.collect(tmp_path), "t")
     assert "1000 drawn runs, not their 20 fixed ones" in table and "| 95.5 (humans) | -15.50 |" in table
+
+
+def test_out_is_the_users_path_and_a_used_out_is_refused_not_retabulated(tmp_path):
+    script = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--table", "omniglot", "--methods", "protonet"]
+    proc = subprocess.run([*script, "--dry-run", "--out", "rel"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0 and f"hydra.sweep.dir={tmp_path / 'rel'}/runs/" in proc.stdout, proc.stdout
+    (tmp_path / "used" / "runs").mkdir(parents=True)
+    proc = subprocess.run([*script, "--out", "used", *TINY], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and "already holds runs" in proc.stderr.splitlines()[-1], proc.stderr
+    proc = subprocess.run([*script, "--tabulate-only", "--out", "nowhere"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "holds none" in proc.stderr, proc.stderr
