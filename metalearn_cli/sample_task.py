@@ -1,7 +1,7 @@
 """``metalearn sample-task``: a small task folder to try ``predict`` on, from the embedded Omniglot.
 
 Writes ``OUT/support/<class>/`` and ``OUT/query/<class>/`` with PNGs of characters from the test
-split (never seen in training), dark strokes on white as the original Omniglot images look, so a
+split (never seen in training; upright, not the split's turned copies), dark strokes on white as the original Omniglot images look, so a
 first ``metalearn predict`` needs nothing but the package.
 """
 
@@ -22,8 +22,9 @@ def write_sample_task(out: Path, way: int = 5, shot: int = 1, query: int = 5, se
     from metalearn_cli.data import DATASETS
 
     test = DATASETS.build({"name": "omniglot"}).test
-    if not 2 <= way <= test.n_classes or shot < 1 or query < 0 or shot + query > test.n_per_class:
-        raise ConfigError(f"a sample task needs 2 <= --way <= {test.n_classes}, --shot >= 1, --query >= 0 and "
+    upright = [i for i, name in enumerate(test.class_names) if "/rot" not in name]  # Vinyals et al.'s turned copies are not characters
+    if not 2 <= way <= len(upright) or shot < 1 or query < 0 or shot + query > test.n_per_class:
+        raise ConfigError(f"a sample task needs 2 <= --way <= {len(upright)}, --shot >= 1, --query >= 0 and "
                           f"--shot + --query <= {test.n_per_class}")
     refuse_replacing(out, "--out ")
     if out.exists() and not out.is_dir():
@@ -31,7 +32,7 @@ def write_sample_task(out: Path, way: int = 5, shot: int = 1, query: int = 5, se
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty; choose a new --out folder")
     g = torch.Generator().manual_seed(seed)
-    classes = torch.randperm(test.n_classes, generator=g)[:way].tolist()
+    classes = [upright[i] for i in torch.randperm(len(upright), generator=g)[:way].tolist()]
     names = []
     for c in classes:
         name = test.class_names[c].replace("/", "_")

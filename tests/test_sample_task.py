@@ -40,3 +40,12 @@ def test_help_of_the_flag_commands_is_plain_text():
     for command in ("report", "compare", "sample-task"):
         text = subprocess.run([str(exe), command, "--help"], capture_output=True, text=True, timeout=60).stdout
         assert "`" not in text and ":mod:" not in text and text.count("(") == text.count(")"), text
+
+
+def test_sample_tasks_hold_characters_as_drawn_never_their_turned_copies(tmp_path):
+    """The test split holds each character four times (Vinyals et al.'s turns); a sample task is upright ones."""
+    for seed in range(4):
+        out = tmp_path / f"task{seed}"
+        assert main(["sample-task", "--out", str(out), "--way", "20", "--query", "0", "--seed", str(seed)]) == 0
+        names = [p.name for p in (out / "support").iterdir()]
+        assert len(names) == 20 and not any("rot" in n for n in names), names
