@@ -90,9 +90,12 @@ def validate_pretrain(cfg: Any) -> None:
                           "pass pretrain.epochs=null")
     if episodic and not 0 <= p.within_alphabet <= 1:
         raise ConfigError(f"pretrain.within_alphabet={p.within_alphabet} is a share of the stage's training tasks: give 0 to 1")
-    if p.epochs is not None and (p.iterations == 0 or not p.epochs > 0):
+    if p.epochs is not None and not p.epochs > 0:
+        raise ConfigError(f"pretrain.epochs={p.epochs} is the supervised stage's length: give epochs > 0, or "
+                          "pretrain.epochs=null to count pretrain.iterations")
+    if p.epochs is not None and p.iterations == 0:
         raise ConfigError("pretrain.epochs sets the length of a supervised pre-training stage: add pretrain=supervised "
-                          "(or pretrain=rfs) and give epochs > 0")
+                          "(or pretrain=rfs)")
     if p.iterations and cfg.trainer.init_from:
         raise ConfigError("pretrain.iterations > 0 and trainer.init_from both set the starting weights; choose one")
 

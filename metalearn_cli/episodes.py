@@ -120,19 +120,23 @@ def resident(split: ClassImages, device: torch.device) -> ClassImages:
     return split.to(device)
 
 
+WAY_KEY = {"train": "trainer.train_way=...", "val": "trainer.val_way=... or episode.way=..."}  # else the test's
+QUERY_KEY = {"train": "trainer.train_query"}
+
+
 def check_fits(split: ClassImages, split_name: str, dataset: str, n_way: int, k_shot: int, n_query: int) -> None:
-    """Raise a one-line :class:`DataError` if the split cannot supply these episodes."""
+    """Raise a one-line :class:`DataError` if the split cannot supply these episodes, naming the key that sets them."""
     if n_way < 2 or k_shot < 1 or n_query < 1:
         raise DataError(f"episodes need way >= 2, shot >= 1 and query >= 1 (got way={n_way}, shot={k_shot}, query={n_query})")
     if n_way > split.n_classes:
         raise DataError(
             f"{n_way}-way episodes need {n_way} classes but the {split_name} split of {dataset} has "
-            f"{split.n_classes}; lower the way ({'trainer.train_way=...' if split_name == 'train' else 'episode=... or episode.way=...'})"
+            f"{split.n_classes}; lower the way ({WAY_KEY.get(split_name, 'episode=... or episode.way=...')})"
         )
     if k_shot + n_query > split.n_per_class:
         raise DataError(
             f"episodes need {k_shot + n_query} images per class (shot {k_shot} + query {n_query}) but the "
-            f"{split_name} split of {dataset} has {split.n_per_class}; lower episode.query or the shot"
+            f"{split_name} split of {dataset} has {split.n_per_class}; lower {QUERY_KEY.get(split_name, 'episode.query')} or the shot"
         )
 
 

@@ -116,8 +116,8 @@ class MAML(Strategy):
         if not self.adapt_names:
             decoder = type(self.model.decoder).__name__
             raise ConfigError(
-                f"strategy=maml with adapt={p.adapt.value} has nothing to adapt ({decoder} has no parameters); "
-                "use decoder=linear, or adapt=all"
+                f"strategy={p.name} with strategy.adapt={p.adapt.value} has nothing to adapt ({decoder} has no parameters); "
+                "use decoder=linear, or strategy.adapt=all"
             )
         if p.learn_inner_lr and p.per_step_lr:
             raise ConfigError("strategy.learn_inner_lr (Meta-SGD, per element) and strategy.per_step_lr (MAML++, per "
