@@ -19,6 +19,7 @@ carries the head), so an interrupted stage resumes. The stage runs in the one lo
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, Optional
@@ -41,6 +42,8 @@ from metalearn_cli.schema import is_episodic
 from metalearn_cli.strategies import STRATEGIES
 from metalearn_cli.strategies.mgd import MGD
 
+log = logging.getLogger(__name__)
+
 STAGE = "pretrain"  # the stage's sub-directory of a run
 
 
@@ -54,7 +57,11 @@ def resolve_budget(cfg: Any, data: FewShotData) -> None:
     ``pretrain.max_iterations``, which shortens a stage but never turns one on."""
     p = cfg.pretrain
     if p.epochs is not None and p.iterations > 0 and not is_episodic(cfg.pretrain):
-        p.iterations = math.ceil(p.epochs * data.train.n_classes * data.train.n_per_class / p.batch_size)
+        steps = math.ceil(p.epochs * data.train.n_classes * data.train.n_per_class / p.batch_size)
+        if steps != p.iterations:  # said: the epochs decide, whatever iterations the config or command line held
+            log.info("pre-training for pretrain.epochs=%g: %d steps of %d images (pretrain.iterations=%d only turns the "
+                     "stage on; pretrain.epochs=null counts iterations instead)", p.epochs, steps, p.batch_size, p.iterations)
+        p.iterations = steps
     if p.max_iterations is not None:
         p.iterations = min(p.iterations, p.max_iterations)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from metalearn_cli.files import atomic_write
-from metalearn_cli.rundir import ERROR, held, record_failure, write_status
+from metalearn_cli.rundir import ERROR, held, record_failure, remove_empty, write_status
 
 
 class RunGuard:
@@ -64,14 +64,7 @@ class RunGuard:
         """The default dir this command claimed, and the folders above it that it left empty (below the
         working directory: ``outputs/train/<name>/``)."""
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        cwd = Path.cwd().resolve()
-        for folder in self.run_dir.resolve().parents:
-            if folder == cwd or cwd not in folder.parents:
-                return
-            try:
-                folder.rmdir()  # only when empty
-            except OSError:
-                return
+        remove_empty(self.run_dir.parent)
 
     @property
     def protects(self) -> bool:

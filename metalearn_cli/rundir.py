@@ -289,3 +289,16 @@ def find_runs(paths: list[Path]) -> list[Path]:
     if not runs:
         raise MetalearnError(f"no run dirs (with status.json or results.json) under {', '.join(map(str, paths))}")
     return sorted(runs)
+
+
+def remove_empty(folder: Path, kept: frozenset[Path] = frozenset()) -> None:
+    """``folder`` and the folders above it, while empty, below the working directory and not in ``kept``
+    (the folders that were there before the command: a user's empty folder stays)."""
+    cwd = Path.cwd().resolve()
+    for path in [folder.resolve(), *folder.resolve().parents]:
+        if path == cwd or cwd not in path.parents or path in kept:
+            return
+        try:
+            path.rmdir()
+        except OSError:
+            return

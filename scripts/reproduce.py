@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     runs_minutes = sum(r["wall_s"] or 0 for r in rows) / 60
     title = (f"{args.table} table, budget={args.budget}, {'tabulated' if args.tabulate_only else 'measured'} {time.strftime('%Y-%m-%d')} "
              f"({'reduced training: see scripts/reproduce.py QUICK' if args.budget == 'quick' else 'the papers budgets'}); "
-             f"the runs' wall time {runs_minutes:.1f} min (this invocation {(time.perf_counter() - start) / 60:.1f} min)")
+             f"the runs' wall time {runs_minutes:.1f} min (this invocation {(time.perf_counter() - start) / 60:.1f} min)"
+             + (f"; every run with {' '.join(args.extra)}" if args.extra else ""))
     text = markdown(rows, title)
     stem = args.out / f"{args.table}_{args.budget}"
     stem.with_suffix(".md").write_text(text, encoding="utf-8")

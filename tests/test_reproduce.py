@@ -27,7 +27,7 @@ def test_reproduce_runs_the_presets_and_tabulates_them_beside_the_published_figu
     assert float(by["anil_omniglot_20w5s"]["difference"]) == round(float(by["anil_omniglot_20w5s"]["ours"]) - 98.0, 2)
     assert by["anil_omniglot_20w1s"]["inner_steps_at_test"] == "5" and all(r["status"] == "completed" for r in rows)
     table = (out / "omniglot_quick.md").read_text()
-    assert "| protonet | 20-way 1-shot |" in table and "budget=quick" in table
+    assert "| protonet | 20-way 1-shot |" in table and "budget=quick" in table and "every run with debug=smoke" in table
     assert by["protonet_omniglot_lake20w1s"]["published_of"] == "humans"  # Lake's 95.5 is not a ProtoNet figure
     assert "| 95.5 (humans) |" in table
     for png in ("curves.png", "accuracy.png"):

@@ -84,3 +84,15 @@ def test_the_documented_slurm_launcher_config_composes():
         cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1 and launcher.partition == "gpu"
+
+
+def test_a_sweep_refused_before_its_jobs_leaves_nothing(tmp_path):
+    """Hydra writes multirun.yaml before it composes the jobs; a typo in a swept key must not leave it."""
+    user = tmp_path / "mine"
+    user.mkdir()
+    exe = Path(sys.executable).with_name("metalearn")
+    for extra in ([], [f"hydra.sweep.dir={user}"], [f"hydra.sweep.dir={user / 'new' / 'sweep'}"]):
+        proc = subprocess.run([str(exe), "train", "-m", "debug=smoke", "trainer.iteratons=3,4", *extra],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 2 and "did you mean 'iterations'" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and list(user.iterdir()) == []

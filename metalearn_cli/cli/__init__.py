@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Optional
 
 from metalearn_cli.cli import placement
-from metalearn_cli.cli.apps import APPS, register_configs, run_app
-from metalearn_cli.cli.placement import config_keys, override_values, place_run, print_help
+from metalearn_cli.cli.apps import APPS, SWEEP_JOBS, register_configs, run_app
+from metalearn_cli.cli.placement import config_keys, no_empty_sweep, override_values, place_run, print_help
 from metalearn_cli.command_line import (
     FLAG_COMMANDS, USAGE, add_override, check_debug, check_groups, flag_present, hydra_argv, rank, refuse_unknown_flags, shell_completion,
+    sweep_requested,
     version_line,
 )
 from metalearn_cli.console import as_user_error, suggest
@@ -89,7 +90,8 @@ def _hydra_command(command: str, rest: list[str]) -> int:
         print(f"metalearn {command}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return _guarded(command, args, run_dir)
+        with no_empty_sweep(command, values, sweep_requested(rest) and run_dir is None, SWEEP_JOBS):
+            return _guarded(command, args, run_dir)
     finally:
         for folder in scratch:
             shutil.rmtree(folder, ignore_errors=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
@@ -18,7 +19,7 @@ from metalearn_cli.command_line import (
 )
 from metalearn_cli.console import one_line
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.rundir import canonical, held, refuse_replacing
+from metalearn_cli.rundir import canonical, held, refuse_replacing, remove_empty
 from metalearn_cli.schema import flatten
 
 
@@ -129,6 +130,28 @@ def check_sweep(command: str, args: list[str], values: dict[str, Any]) -> bool:
                               f"{command}/<time>/N); pass hydra.sweep.dir={values['hydra.run.dir']} instead")
         refuse_used_sweep_dir(values.get("hydra.sweep.dir"))
     return multirun
+
+
+@contextlib.contextmanager
+def no_empty_sweep(command: str, values: dict[str, Any], sweep: bool, jobs: list[Any]) -> Iterator[None]:
+    """A sweep refused before any job began (a typo in a swept key) leaves nothing: Hydra writes the sweep
+    dir's ``multirun.yaml`` before it composes the jobs, so that file goes again, with the folders this
+    command made for it (a user's folders stay, empty or not)."""
+    named = values.get("hydra.sweep.dir")
+    named = canonical(str(named)) if isinstance(named, str) and "${" not in named else None
+    parent = named.parent if named is not None else Path("outputs/multirun") / command
+    was = set(parent.iterdir()) if sweep and parent.is_dir() else set()
+    if named is not None and named.is_dir() and not any(named.iterdir()):
+        was.discard(named)  # a user's empty folder: what the sweep writes there goes, the folder stays
+    kept = frozenset(p.resolve() for p in ([named] if named is not None else []) + [parent, *parent.parents] if p.exists())
+    try:
+        yield
+    finally:
+        if sweep and not jobs and parent.is_dir():
+            for folder in set(parent.iterdir()) - was:
+                if (named is None or folder == named) and folder.is_dir() and [p.name for p in folder.iterdir()] == ["multirun.yaml"]:
+                    (folder / "multirun.yaml").unlink()
+                    remove_empty(folder, kept)
 
 
 def refuse_used_sweep_dir(named: Any) -> None:
