@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -23,11 +23,13 @@ from metalearn_cli.rundir import CHECKPOINTS, refuse_replacing
 log = logging.getLogger(__name__)
 
 
-def _is_export(path: Path) -> bool:
+def _earlier_export(path: Path) -> Optional[dict[str, Any]]:
+    """The export at ``path``, read once; None when the file is not one."""
     try:
-        return check_header(read_state(path), path, (EXPORT_FORMAT,)) is not None
+        state = read_state(path)
+        return state if check_header(state, path, (EXPORT_FORMAT,)) is not None else None
     except CheckpointError:
-        return False
+        return None
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -49,10 +51,10 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
     if Path(out).exists() and (Path(out).parent.name == CHECKPOINTS or _is_checkpoint(Path(out))):
         raise ConfigError(f"out={out} is a training checkpoint, which an export would replace; choose another out=PATH")
     refuse_replacing(out)
-    if Path(out).exists() and not _is_export(Path(out)):
+    earlier = _earlier_export(Path(out)) if Path(out).exists() else None
+    if Path(out).exists() and earlier is None:
         raise ConfigError(f"out={out} exists and is not an earlier export, which an export would replace; choose another out=PATH")
-    if Path(out).exists():  # an earlier export of the same weights may be written again; another run's may not
-        earlier = read_state(Path(out))
+    if earlier is not None:  # an earlier export of the same weights may be written again; another run's may not
         if (str(earlier.get("exported_from")), earlier.get("step")) != (str(Path(state["source"]).resolve()), state["step"]):
             raise ConfigError(f"out={out} holds an export of {earlier.get('exported_from')} (step {earlier.get('step')}), "
                               "which this export would replace; choose another out=PATH, or delete it first")

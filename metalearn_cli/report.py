@@ -62,8 +62,8 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
     trained its checkpoint) and its measured figures (accuracies in %)."""
     record = record_of(run)
     results = record["results"]
-    source = trained_by(record) or record
-    cfg, choices = source["config"], source["choices"]
+    trained = trained_by(record)
+    cfg, choices = (trained or record)["config"], (trained or record)["choices"]
 
     def name(group: str) -> str:  # the config file picked (conv4_fast), else the component's registry name (conv4)
         picked = choices.get(group)
@@ -84,7 +84,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "published": results.get("published_accuracy"), "published_of": results.get("published_of") or "",
         "val_accuracy": _percent(results.get("val_accuracy")), "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s"),
-        "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run, record).items() if not bookkeeping(k))),  # not a column
+        "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run, record, trained).items() if not bookkeeping(k))),  # not a column
     }
 
 

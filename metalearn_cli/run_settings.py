@@ -30,10 +30,14 @@ def trained_by(record: dict[str, Any]) -> dict[str, Any]:
     checkpoint = record["results"].get("checkpoint")
     if record["command"] not in ("eval", "predict") or not isinstance(checkpoint, str):
         return {}
-    source = run_dir_of(Path(checkpoint))
-    if source.is_dir() and read_run(source)["config"]:
-        return record_of(source)
-    return exported_by(Path(checkpoint))
+    source = trained_run(run_dir_of(Path(checkpoint)))
+    return source or exported_by(Path(checkpoint))
+
+
+def trained_run(folder: Path) -> dict[str, Any]:
+    """``folder``'s record (:func:`record_of`) when it is a run with a config; else empty."""
+    record = record_of(folder) if folder.is_dir() else {}
+    return record if record and record["config"] else {}
 
 
 def exported_by(export: Path) -> dict[str, Any]:
@@ -48,10 +52,8 @@ def exported_by(export: Path) -> dict[str, Any]:
         return {}
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
         return {}
-    origin = run_dir_of(Path(str(state.get("exported_from", ""))))
-    if origin.is_dir() and read_run(origin)["config"]:
-        return record_of(origin)
-    return {"command": "train", "config": state["config"], "choices": {}, "overrides": [], "results": {}, "status": "completed",
+    origin = trained_run(run_dir_of(Path(str(state.get("exported_from", "")))))
+    return origin or {"command": "train", "config": state["config"], "choices": {}, "overrides": [], "results": {}, "status": "completed",
             "metrics": []}
 
 
@@ -72,14 +74,14 @@ def bookkeeping(key: str) -> bool:
 OWN_KEYS_IGNORED = ("checkpoint", "dataset_root", "support", "query", "show")  # where, not what, an eval or predict dir tested
 
 
-def setting_config(run: Path, info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def setting_config(run: Path, info: Optional[dict[str, Any]] = None, source: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A run's flat config. An eval or predict dir's is the config of the run that trained its checkpoint
     with what the dir's own command set on top (the ``eval.*`` keys it typed, another ``episode``, an
     ``ensemble``, a split other than ``test``) and ``command``: so evaluations of one recipe's seeds are
     one setting, and a label shows what the test changed (``eval.tta_shift=3``), not the paths."""
     info = info if info is not None else record_of(run)  # the caller's record of it, when it has read it already
     config = flatten(info["config"])
-    source = trained_by(info)
+    source = source if source is not None else trained_by(info)  # the caller's, when it has looked it up already
     if not source:
         return config
     merged = {k: v for k, v in flatten(source["config"]).items() if not bookkeeping(k)}
