@@ -37,7 +37,7 @@ from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.loop import Stage
 from metalearn_cli.objectives import EpisodicObjective, SupervisedObjective
-from metalearn_cli.rundir import RunDir
+from metalearn_cli.rundir import RunDir, read_run
 from metalearn_cli.schema import is_episodic
 from metalearn_cli.strategies import STRATEGIES
 from metalearn_cli.strategies.mgd import MGD
@@ -92,6 +92,16 @@ def check_stage_fits(cfg: Any, data: FewShotData) -> None:
     if p.within_alphabet > 0 and not any(len(g) >= way for g in alphabet_groups(data.train)):
         raise ConfigError(f"pretrain.within_alphabet={p.within_alphabet} needs an alphabet of {way} characters in the training "
                           "split (classes named Alphabet/character); lower pretrain.train_way or set pretrain.within_alphabet=0")
+
+
+def stage_summary(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """What the run's results.json says of its pre-training stage (its own results.json holds the rest):
+    the kind, its steps and time, its nearest-centroid test accuracy. Empty without a stage."""
+    if cfg.pretrain.iterations <= 0:
+        return {}
+    done = read_run(stage_dir(run_dir))["results"]
+    return {"pretrain": {"kind": getattr(cfg.pretrain.kind, "value", str(cfg.pretrain.kind)),
+                         **{k: done.get(k) for k in ("iterations", "train_seconds", "accuracy", "ci95", "best_step")}}}
 
 
 def pretrained_checkpoint(cfg: Any, run_dir: Path) -> Optional[Path]:

@@ -18,7 +18,8 @@ from metalearn_cli.rundir import find_runs, refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
 
 COLUMNS = ["run", "command", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
-           "test_accuracy", "ci95", "published", "published_of", "val_accuracy", "train_seconds", "tasks_per_s"]
+           "test_accuracy", "ci95", "published", "published_of", "val_accuracy", "train_seconds", "tasks_per_s",
+           "pretrain", "pretrain_accuracy", "pretrain_seconds"]  # the pre-training stage, where the run had one
 SEED_COLUMNS = ["setting", "seeds", "mean_accuracy", "std_accuracy", "runs"]
 
 
@@ -57,6 +58,13 @@ def task_shape(record: dict[str, Any], episode: dict[str, Any]) -> str:
     return f"{shape} ({split})" if split else shape
 
 
+def stage_columns(stage: Any) -> dict[str, Any]:
+    """The pre-training stage's kind, nearest-centroid test accuracy (%) and training time; empty cells without one."""
+    stage = stage if isinstance(stage, dict) else {}
+    return {"pretrain": stage.get("kind") or "", "pretrain_accuracy": _percent(stage.get("accuracy")),
+            "pretrain_seconds": stage.get("train_seconds")}
+
+
 def describe(run: Path, base: Path) -> dict[str, Any]:
     """One row: the run's choices (from .hydra/config.yaml; an eval or predict dir's from the run that
     trained its checkpoint) and its measured figures (accuracies in %)."""
@@ -84,6 +92,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "published": results.get("published_accuracy"), "published_of": results.get("published_of") or "",
         "val_accuracy": _percent(results.get("val_accuracy")), "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s"),
+        **stage_columns(results.get("pretrain")),
         "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run, record, trained).items() if not bookkeeping(k))),  # not a column
     }
 
@@ -114,7 +123,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         return f"{value:.2f}" if isinstance(value, float) else str(value)
 
     out = io.StringIO()
-    header = [f"{c} (%)" if c in ("test_accuracy", "ci95", "published", "val_accuracy") else c for c in COLUMNS]
+    header = [f"{c} (%)" if c in ("test_accuracy", "ci95", "published", "val_accuracy", "pretrain_accuracy") else c for c in COLUMNS]
     out.write("| " + " | ".join(header) + " |\n|" + "---|" * len(COLUMNS) + "\n")
     for row in rows:
         out.write("| " + " | ".join(cell(row[k]) for k in COLUMNS) + " |\n")

@@ -34,7 +34,7 @@ from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.loop import Stage, TrainingRun
 from metalearn_cli.objectives import EpisodicObjective
-from metalearn_cli.pretrain import check_stage_fits, pretrain_stage, pretrained_checkpoint, resolve_budget
+from metalearn_cli.pretrain import check_stage_fits, pretrain_stage, pretrained_checkpoint, resolve_budget, stage_summary
 from metalearn_cli.resume import resume_checkpoint
 from metalearn_cli.rundir import exclusive, refuse_held, write_status
 from metalearn_cli.signals import stop_requests
@@ -111,7 +111,7 @@ class Training:
                     "precision": self.strategy.model.precision,
                     "torch": torch.__version__, "dataset": data.name, "strategy": cfg.strategy.name,
                     "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,
-                    "published_of": cfg.reference.of}
+                    "published_of": cfg.reference.of, **stage_summary(cfg, self.run_dir)}
 
         return Stage(name="meta-training", step_name="meta-iteration", run_dir=self.run_dir,
                      objective=objective, trainer=self.typed.trainer, evaluation=self.typed.eval, logger=cfg.logger,

@@ -49,6 +49,14 @@ def test_pretraining_is_a_stage_with_its_own_run_dir_and_meta_training_starts_fr
     assert encoder_tensors(pre) and all(torch.equal(v, final[k]) for k, v in encoder_tensors(pre).items())
     results = json.loads((run / "results.json").read_text())
     assert results["best_step"] == 0 and results["accuracy"] == pytest.approx(stage_results["accuracy"], abs=1e-6)
+    # The run's own results.json says what its stage did (its time is where an RFS-style run trained).
+    assert results["pretrain"] == {"kind": "supervised", "iterations": 6, "train_seconds": stage_results["train_seconds"],
+                                   "accuracy": stage_results["accuracy"], "ci95": stage_results["ci95"],
+                                   "best_step": stage_results["best_step"]}
+    from metalearn_cli.report import describe
+
+    row = describe(run, tmp_path)
+    assert row["pretrain"] == "supervised" and row["pretrain_accuracy"] == round(100 * stage_results["accuracy"], 2)
 
 
 def test_freezing_keeps_every_encoder_weight_and_batch_norm_statistic(compose_train, tmp_path):
