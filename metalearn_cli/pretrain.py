@@ -37,7 +37,7 @@ from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.loop import Stage
 from metalearn_cli.objectives import EpisodicObjective, SupervisedObjective
-from metalearn_cli.rundir import RunDir, read_run
+from metalearn_cli.rundir import RunDir, read_json
 from metalearn_cli.schema import is_episodic
 from metalearn_cli.strategies import STRATEGIES
 from metalearn_cli.strategies.mgd import MGD
@@ -99,7 +99,7 @@ def stage_summary(cfg: Any, run_dir: Path) -> dict[str, Any]:
     the kind, its steps and time, its nearest-centroid test accuracy. Empty without a stage."""
     if cfg.pretrain.iterations <= 0:
         return {}
-    done = read_run(stage_dir(run_dir))["results"]
+    done = read_json(RunDir(stage_dir(run_dir)).results)  # the stage's results.json alone, not its whole record
     return {"pretrain": {"kind": getattr(cfg.pretrain.kind, "value", str(cfg.pretrain.kind)),
                          **{k: done.get(k) for k in ("iterations", "train_seconds", "accuracy", "ci95", "best_step")}}}
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.rundir import CHECKPOINTS, LAST, RunDir, canonical
+from metalearn_cli.rundir import CHECKPOINTS, LAST, RunDir, canonical, read_yaml
 from metalearn_cli.schema import flatten
 
 # Keys a resumed run may change: bookkeeping, never what is learned or how.
@@ -82,15 +82,10 @@ def last_config(run: Path, first: dict[str, Any]) -> dict[str, Any]:
     (``.hydra/resume-<time>/config.yaml``) that changed only :data:`RESUMABLE` keys. Records written before
     2026-12-05 held the command line's composition, not the config the run continued with: they differ
     elsewhere, and are passed over."""
-    import yaml
-
     config = first
     for path in sorted((Path(run) / ".hydra").glob("resume-*/config.yaml")) if first else []:
-        try:
-            record = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
-            continue
-        if isinstance(record, dict) and not [k for k in config_diff(config, record) if not _under(k, RESUMABLE)]:
+        record = read_yaml(path, {})
+        if record and not [k for k in config_diff(config, record) if not _under(k, RESUMABLE)]:
             config = record
     return config
 

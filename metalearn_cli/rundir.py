@@ -143,7 +143,7 @@ def held(path: Path) -> list[str]:
     found = [name for name in OUTPUTS if (path / name).exists()]
     if (path / CHECKPOINTS).is_dir():
         found += [f"{CHECKPOINTS}/{p.name}" for p in sorted((path / CHECKPOINTS).iterdir()) if not p.name.startswith(".")]
-    status = _json(path / STATUS).get("status") if (path / STATUS).exists() else None
+    status = read_json(path / STATUS).get("status") if (path / STATUS).exists() else None
     if (path / STATUS).exists() and (status != "failed" or found):
         found.insert(0, f"{STATUS} ({status or 'unreadable'})")
     return found
@@ -213,7 +213,8 @@ def resolve_checkpoint(path: Path | str) -> Path:
 
 
 # ----------------------------------------------------------------------------- reading a run back
-def _json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file; a missing, damaged or other file reads as empty."""
     try:
         value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
@@ -221,7 +222,8 @@ def _json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _yaml(path: Path, default: Any) -> Any:
+def read_yaml(path: Path, default: Any) -> Any:
+    """A YAML file of ``default``'s type; a missing, damaged or other file reads as ``default``."""
     try:
         value = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else default
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
@@ -242,20 +244,20 @@ def read_run(run: Path) -> dict[str, Any]:
                 continue  # a line cut by a kill
             if isinstance(record, dict) and isinstance(record.get("step"), int):
                 metrics.append(record)
-    results, status = _json(run / RESULTS), _json(run / STATUS)
+    results, status = read_json(run / RESULTS), read_json(run / STATUS)
     state = status.get("status", "completed" if results else "unknown")
     if state == "running" and not is_locked(run):
         state = "interrupted"  # killed (kill -9, power loss): no live process holds its lock
-    hydra = _yaml(run / ".hydra" / "hydra.yaml", {}).get("hydra")
+    hydra = read_yaml(run / ".hydra" / "hydra.yaml", {}).get("hydra")
     choices = ((hydra or {}).get("runtime") or {}).get("choices") if isinstance(hydra, dict) else None
-    config = _yaml(run / ".hydra" / "config.yaml", {})
+    config = read_yaml(run / ".hydra" / "config.yaml", {})
     if (run / "predictions.json").is_file() and not results:
-        results = _json(run / "predictions.json")  # predict's summary: its checkpoint, and accuracy when labelled
+        results = read_json(run / "predictions.json")  # predict's summary: its checkpoint, and accuracy when labelled
     return {
         "command": command_of(run, config),
         "config": config,
         "choices": choices if isinstance(choices, dict) else {},  # group -> the config file picked (encoder: conv4_fast)
-        "overrides": [o for o in _yaml(run / ".hydra" / "overrides.yaml", []) if isinstance(o, str)],
+        "overrides": [o for o in read_yaml(run / ".hydra" / "overrides.yaml", []) if isinstance(o, str)],
         "results": results,
         "status": state,
         "metrics": metrics,
