@@ -104,13 +104,17 @@ SUPERVISED_ONLY = ("batch_size", "label_smoothing", "optimizer")  # pretrain=epi
 EPISODIC_ONLY = ("train_way", "train_query", "within_alphabet")  # pretrain=supervised classifies over every class
 
 
-def check_typed_pretrain_keys(cfg: Any, typed: Iterable[str]) -> None:
+def check_typed_pretrain_keys(cfg: Any, typed: Iterable[str], choice: Optional[str] = None) -> None:
     """A pre-training key typed on the command line that the run's kind of stage does not read is
     refused: a silent no-op would leave the user believing the stage ran as they asked. Keys set by
-    config files (presets, ``debug=smoke``, which layer over either kind) are left to them."""
-    p = cfg.pretrain
+    config files (presets, ``debug=smoke``, which layer over either kind) are left to them. So is a
+    stage turned on over ``pretrain=none`` (``choice``: the group's option), which would be supervised."""
+    p, typed = cfg.pretrain, list(typed)
     if p.iterations <= 0 or cfg.get("resume"):  # a resume repeats the run's own command line, checked by the resume
         return
+    if choice == "none" and "pretrain.iterations" in typed:
+        raise ConfigError(f"pretrain.iterations={p.iterations} turns a pre-training stage on, but pretrain=none chose none: "
+                          "name its kind too (pretrain=supervised, rfs or episodic), or drop pretrain.iterations")
     episodic = is_episodic(p)
     kind, other = ("episodic", "supervised") if episodic else ("supervised", "episodic")
     for key in typed:

@@ -33,8 +33,8 @@ def one_line(exc: BaseException) -> str:
     options = getattr(exc, "options", None)  # MissingConfigException lists a group's valid options
     if options:
         missing_option = str(getattr(exc, "missing_cfg_file", "") or "").rsplit("/", 1)[-1]
-        close = difflib.get_close_matches(missing_option, options, n=1)
-        parts.append((f"did you mean {close[0]}? " if close else "") + f"choose one of: {', '.join(options)}")
+        close = closest(missing_option, options)
+        parts.append((f"did you mean {close}? " if close else "") + f"choose one of: {', '.join(options)}")
     suggestion = did_you_mean(" ".join(parts))
     if suggestion:
         parts.append(suggestion)
@@ -68,8 +68,8 @@ def did_you_mean(message: str) -> Optional[str]:
                 classes.append(kind)
                 seen.append(kind)
     keys = [f.name for c in classes if c.__name__ == match.group(2) for f in dataclasses.fields(c)]
-    close = difflib.get_close_matches(match.group(1), keys, n=1)
-    return f"did you mean '{close[0]}'?" if close else None
+    close = closest(match.group(1), keys)
+    return f"did you mean '{close}'?" if close else None
 
 
 def shell_override(key: str, value: object) -> str:
@@ -94,10 +94,17 @@ def help_text(doc: str) -> str:
     return re.sub(r"(:\w+:)?`+([^`]+)`+", r"\2", first)
 
 
+def closest(word: str, choices: list[str]) -> Optional[str]:
+    """The choice nearest to a mistyped word, case aside (``MAML`` -> ``maml``), or None."""
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1)
+    return lowered[close[0]] if close else None
+
+
 def suggest(word: str, choices: list[str]) -> str:
     """``did you mean 'x'? `` for the closest choice, or nothing."""
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f"did you mean '{close[0]}'? " if close else ""
+    close = closest(word, choices)
+    return f"did you mean '{close}'? " if close else ""
 
 
 class OneLineParser(argparse.ArgumentParser):

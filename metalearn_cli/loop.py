@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -37,6 +38,18 @@ from metalearn_cli.rundir import RunDir, write_results, write_status
 from metalearn_cli.schema import EvalConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunClock:
+    """A run's wall time over all its processes: this one's, plus what the checkpoint it resumed from
+    had counted (each checkpoint saves it), so a resumed run's ``wall_seconds`` is the whole run's."""
+
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    before: float = 0.0
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
 
 
 @dataclasses.dataclass
@@ -65,6 +78,8 @@ class Stage:
     extras: Callable[[], dict[str, Any]]  # what the stage adds to results.json
     resume_hint: Path  # the run dir ``metalearn train resume=`` takes
     pixel_mean: float  # saved with the model: predict compares a user's images to it
+    clock: RunClock = dataclasses.field(default_factory=RunClock)  # the run's, shared by its stages
+    earlier_stage: bool = False  # a stage runs before this one (pre-training): what a resume at step 0 continues
 
 
 class TrainingRun:
@@ -80,6 +95,7 @@ class TrainingRun:
         self.nan_policy, self.progress_on = stage.trainer.nan_policy.value, stage.trainer.progress
         self.step, self.best_val, self.best_step, self.seconds_before = 0, -1.0, -1, 0.0
         self.saved_step: Optional[int] = None  # the step of the last.pt on disk
+        self.warned = False  # warn_if_diverging's once
         self.window, self.resumed = MetricWindow(), resume is not None
         self.session_start = self.step_at_start = 0.0  # set when run() starts; save_last() may come first (step 0)
         if resume is not None:
@@ -108,9 +124,11 @@ class TrainingRun:
             raise ConfigError(f"{s.iterations_key}={s.iterations} is below the step of {path} ({self.step}); "
                               f"resume with {s.iterations_key} >= {self.step}")
         self.seconds_before = float(state.get("train_seconds", 0.0))
+        s.clock.before = max(s.clock.before, float(state.get("wall_seconds", self.seconds_before)))
         self.window = MetricWindow.restore(state.get("window"))
         best = f"best val {100 * self.best_val:.2f}% at {self.best_step}" if self.best_step >= 0 else "not validated yet"
-        log.info("resuming %s from %s at %s %d (%s)", s.name, path, s.step_name, self.step, best)
+        if self.step > 0 or not s.earlier_stage:  # at step 0 after a first stage: that stage's resume is the news
+            log.info("resuming %s from %s at %s %d (%s)", s.name, path, s.step_name, self.step, best)
 
     # ------------------------------------------------------------------ checkpoints
     def snapshot(self) -> dict[str, Any]:
@@ -118,7 +136,7 @@ class TrainingRun:
             "config": self.stage.config, "model": self.strategy.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "step": self.step, "best_val": self.best_val,
             "best_step": self.best_step, "rng": capture_rng(), "window": self.window.state(),
-            "train_seconds": self.train_seconds(), "pixel_mean": self.stage.pixel_mean, **self.objective.state(),
+            "train_seconds": self.train_seconds(), "wall_seconds": self.stage.clock.seconds(), "pixel_mean": self.stage.pixel_mean, **self.objective.state(),
         }
 
     def kept(self) -> str:
@@ -175,11 +193,24 @@ class TrainingRun:
                            "or pass trainer.nan_policy=skip")
         self.check_finite()
         values["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.warn_if_diverging(values)
         if metrics is not None:
             metrics.log(self.step, self.objective.split, values)
             if first == self.step_at_start + 1:
                 progress.estimate(self.step, self.objective.per_step, values[f"{self.objective.unit}_per_s"])
         progress.show(first, self.step, values)
+
+    def warn_if_diverging(self, values: dict[str, Any]) -> None:
+        """Steps that diverge without a non-finite value (MAML's inner loop at too large a ``strategy.inner_lr``):
+        a loss over 10x a uniform guess's while accuracy stays near chance. Said once per stage; the run goes on."""
+        chance, s = self.objective.chance_loss, self.stage
+        loss, accuracy = values.get("loss", 0.0), values.get("accuracy", 1.0)
+        if self.warned or not loss > 10 * chance or accuracy > 2 * math.exp(-chance):
+            return
+        self.warned = True
+        inner = "lower strategy.inner_lr, or " if "inner_lr" in s.config.get("strategy", {}) else ""
+        log.warning("%s %d: training loss %.4g is over 10x a uniform guess's (%.2f) and accuracy %.1f%% is near chance: "
+                    "the steps are diverging; %s%s", s.name, self.step, loss, chance, 100 * accuracy, inner, self.fix())
 
     def validate_now(self, metrics: MetricsLog) -> None:
         self.check_finite()

@@ -11,6 +11,7 @@ needs beyond the weights and the optimizer (the task sampler; the head and the b
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
@@ -59,6 +60,7 @@ class Objective(Protocol):
     split: str  # the metrics records' split ("train", "pretrain")
     unit: str  # what a step consumes ("tasks", "images"): throughput is ``<unit>_per_s``
     per_step: int  # how many of them
+    chance_loss: float  # the cross-entropy of a uniform guess, ln(classes): the loop's divergence warning compares to it
 
     def step(self, optimizer: torch.optim.Optimizer, clip: ClipParams) -> tuple[dict[str, torch.Tensor], StepResult]: ...
 
@@ -77,6 +79,7 @@ class EpisodicObjective:
         self.strategy, self.sampler, self.per_step, self.part, self.augment = strategy, sampler, meta_batch, part, augment
         self.parameters = [p for p in strategy.parameters() if p.requires_grad]
         self.param_groups = decoder_lr_groups(strategy, self.parameters)
+        self.chance_loss = math.log(sampler.n_way)
 
     def step(self, optimizer: torch.optim.Optimizer, clip: ClipParams) -> tuple[dict[str, torch.Tensor], StepResult]:
         batch = self.sampler.sample(self.per_step, part=self.part)
@@ -107,6 +110,7 @@ class SupervisedObjective:
         self.head = nn.Linear(strategy.model.encoder.out_dim, images.shape[0]).to(self.device)
         self.parameters = [p for p in [*strategy.parameters(), *self.head.parameters()] if p.requires_grad]
         self.param_groups: list[Any] = self.parameters
+        self.chance_loss = math.log(images.shape[0])
         self.generator = torch.Generator().manual_seed(seed)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:

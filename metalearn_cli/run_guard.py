@@ -54,6 +54,13 @@ class RunGuard:
             self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
             logging.getLogger().addHandler(self.handler)
 
+    def log_end(self, line: str) -> None:
+        """The line the terminal gets at the end (``stopped: SIGINT ...``, ``error: ...``), also in the run's
+        log file, written there alone: the console prints it once, as the command's last line."""
+        if self.handler is not None:
+            self.handler.handle(logging.makeLogRecord({"name": "metalearn", "levelno": logging.WARNING,
+                                                       "levelname": "WARNING", "msg": line}))
+
     def close(self) -> None:
         if self.handler is not None:
             logging.getLogger().removeHandler(self.handler)

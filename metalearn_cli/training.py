@@ -10,9 +10,9 @@ run directory, so tests call it directly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,7 +32,7 @@ from metalearn_cli.lake_runs import LakeRuns
 from metalearn_cli.errors import ConfigError, Interrupted
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.finetune import Finetuner
-from metalearn_cli.loop import Stage, TrainingRun
+from metalearn_cli.loop import RunClock, Stage, TrainingRun
 from metalearn_cli.objectives import EpisodicObjective
 from metalearn_cli.pretrain import check_stage_fits, pretrain_stage, pretrained_checkpoint, resolve_budget, stage_summary
 from metalearn_cli.resume import resume_checkpoint
@@ -46,7 +46,7 @@ class Training:
     """One run: built by ``__init__`` (every check, nothing written yet), executed by :meth:`run`."""
 
     def __init__(self, cfg: Any, run_dir: Path) -> None:
-        self.wall_start = time.perf_counter()
+        self.clock = RunClock()  # wall_seconds: this process's time and, resumed, the earlier processes'
         self.cfg, self.run_dir, self.t = cfg, Path(run_dir), cfg.trainer
         self.device = setup_device(cfg)
         self.ranks = world()
@@ -107,7 +107,7 @@ class Training:
 
         def extras() -> dict[str, Any]:
             return {"meta_batch": self.t.meta_batch, "train_way": s.train_way, "train_query": s.train_query,
-                    "wall_seconds": round(time.perf_counter() - self.wall_start, 2), "device": str(self.device),
+                    "wall_seconds": round(self.clock.seconds(), 2), "device": str(self.device),
                     "precision": self.strategy.model.precision,
                     "torch": torch.__version__, "dataset": data.name, "strategy": cfg.strategy.name,
                     "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,
@@ -120,7 +120,7 @@ class Training:
                      checkpoint_every=self.t.checkpoint_every, val_sampler=val_sampler, val_episodes=self.t.val_episodes,
                      val_bn_mode=resolve_bn_mode(cfg.eval.bn_mode, self.strategy),  # fails before anything is written
                      test=test, extras=extras, resume_hint=self.run_dir,
-                     pixel_mean=data.pixel_mean)
+                     pixel_mean=data.pixel_mean, clock=self.clock, earlier_stage=cfg.pretrain.iterations > 0)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> float:
@@ -150,7 +150,7 @@ class Training:
         self.meta.save_last()
         stage, resume = pretrain_stage(self.cfg, self.run_dir, self.data, self.device)
         if stage is not None:
-            TrainingRun(stage, self.device, World(), resume).run(stop)
+            TrainingRun(dataclasses.replace(stage, clock=self.clock), self.device, World(), resume).run(stop)
         initialise_from(self.strategy, str(source))
         self.meta.save_last()
 

@@ -19,6 +19,7 @@ import argparse
 import csv
 import shlex
 import io
+import math
 import subprocess
 import sys
 import time
@@ -36,13 +37,13 @@ TABLES = {
 EXTRA = {
     "omniglot": {"protonet": ["protonet_omniglot_lake20w1s"]},
 }
-# Reduced budgets for a 2-core CPU (about 44 min of training for the Omniglot table on the reference
+# Reduced budgets for a 2-core CPU (about 40 min of training for the Omniglot table on the reference
 # machine, plus the tests: over an hour; --dry-run estimates each cell).
 # MAML's and Meta-SGD's 20-way cells also drop to 1 inner step (3 at test) and 5 training queries;
 # ANIL keeps its 5 steps there (they adapt only the head: one step from a random head learns nothing).
-# RFS keeps its presets' 3,000 pre-training steps (2-3 min): at 1,500 the 4,112-way classifier had
-# barely left its plateau (loss 8.1 -> 6.1; 88.5% nearest-centroid 5-way 1-shot against 97.8%).
-QUICK_RFS = ["pretrain.val_episodes=100", "eval.episodes=1000"]
+# RFS runs 5 of its schedule's 100 epochs (6,425 steps of 64 images; the milestones stay at 60% and 80%):
+# at 1,500 steps of 128 images the 4,112-way classifier had barely left its plateau (loss 8.1 -> 6.1).
+QUICK_RFS = ["pretrain.epochs=5", "pretrain.val_every=1000", "pretrain.val_episodes=100", "eval.episodes=1000"]
 QUICK_MGD = ["trainer.iterations=500", "trainer.val_every=250", "trainer.val_episodes=100", "eval.episodes=1000"]
 QUICK_MAML = ["trainer.iterations=200", "trainer.meta_batch=4", "trainer.val_every=100", "trainer.val_episodes=50",
               "eval.episodes=300"]
@@ -111,12 +112,14 @@ TRAIN_TASKS_PER_S = {
     "anil_omniglot_5w1s": 24.78, "anil_omniglot_5w5s": 20.99, "anil_omniglot_20w1s": 12.64, "anil_omniglot_20w5s": 8.7,
     "latent_omniglot_5w1s": 9.64, "latent_omniglot_5w5s": 2.66, "latent_omniglot_20w1s": 8.84, "latent_omniglot_20w5s": 2.55,
 }
-# RFS has no meta-training: the same table's training time (2.4 / 2.4 / 2.8 / 4.1 min) is its
-# pre-training stage, the presets' 3,000 steps with the stage's validation and nearest-centroid test,
-# and the validation of the pre-trained encoder, as steps per second.
-PRETRAIN_STEPS_PER_S = {"rfs_omniglot_5w1s": 3000 / 144, "rfs_omniglot_5w5s": 3000 / 144, "rfs_omniglot_20w1s": 3000 / 168,
-                        "rfs_omniglot_20w5s": 3000 / 246}
-COUNTS = ("trainer.iterations", "trainer.meta_batch", "pretrain.iterations")  # what the estimate scales
+# RFS has no meta-training: its training time is its pre-training stage (5 epochs, 6,425 steps of 64 images, with
+# the stage's validation and nearest-centroid test) and the validation of the pre-trained encoder, as steps per
+# second: 1.9 / 1.9 / 2.2 / 2.6 min, measured 2026-12-06 on an Intel Xeon with AMX (2 cores, bf16), not on the
+# reference EPYC (docs/benchmarks.md, "Reproducing published tables").
+PRETRAIN_STEPS_PER_S = {"rfs_omniglot_5w1s": 6425 / 116.3, "rfs_omniglot_5w5s": 6425 / 115.4, "rfs_omniglot_20w1s": 6425 / 132.7,
+                        "rfs_omniglot_20w5s": 6425 / 158.9}
+COUNTS = ("trainer.iterations", "trainer.meta_batch", "pretrain.iterations", "pretrain.epochs")  # what the estimate scales
+TRAIN_IMAGES = {"omniglot": 82_240}  # an epoch-counted stage's images per epoch: the Vinyals split, rotations included
 ASIDE = ("trainer.val_every", "trainer.val_episodes", "pretrain.val_every", "pretrain.val_episodes", "eval.",
          "strategy.eval_", "trainer.progress", "trainer.log_every", "trainer.checkpoint_every", "trainer.memory_check",
          "trainer.nan_policy", "optimizer.", "pretrain.optimizer.", "pretrain.label_smoothing", "seed", "device", "threads",
@@ -156,6 +159,8 @@ def estimate(preset: str, overrides: list[str]) -> tuple[float | None, str]:
         shown = ", ".join(f"{k}={cfg.get(k)} (measured: {measured.get(k)})" for k in differ[:2])
         return None, f"its training tasks differ from the measured cell's: {shown}{', ...' if len(differ) > 2 else ''}"
     tasks, steps = cfg["trainer.iterations"] * cfg["trainer.meta_batch"], cfg["pretrain.iterations"]
+    if steps and cfg.get("pretrain.epochs") and cfg["pretrain.kind"] != "episodic":  # as pretrain.resolve_budget counts them
+        steps = math.ceil(cfg["pretrain.epochs"] * TRAIN_IMAGES[cfg["dataset.name"]] / cfg["pretrain.batch_size"])
     if (tasks and preset not in TRAIN_TASKS_PER_S) or (steps and preset not in PRETRAIN_STEPS_PER_S):
         return None, "no measured figure for this cell's " + ("meta-training" if tasks else "pre-training")
     seconds, how = 0.0, []
@@ -215,14 +220,22 @@ def collect(out: Path) -> list[dict[str, Any]]:
             "published": pub, "published_of": r.get("published_of") or "", "difference": round(ours - pub, 2) if ours is not None and pub is not None else None,
             "iterations": r.get("iterations"), "meta_batch": r.get("meta_batch"), "episodes": r.get("episodes"),
             "bn_mode": r.get("bn_mode"),
-            "inner_steps_at_test": r.get("inner_steps_at_test"), "train_s": r.get("train_seconds"),
-            "tasks_per_s": r.get("train_tasks_per_s"), "wall_s": r.get("wall_seconds"), "status": status,
+            "inner_steps_at_test": r.get("inner_steps_at_test"), "train_s": _training_seconds(r),
+            "tasks_per_s": r.get("train_tasks_per_s") if r.get("iterations") else None,  # RFS: no meta-training
+            "wall_s": r.get("wall_seconds"), "status": status,
             "source": r.get("published_source") or "",
         })
     presets = [p.format(m=m) for m in METHODS for p in sum(TABLES.values(), [])]
     presets += [p for table in EXTRA.values() for m in METHODS for p in table.get(m, [])]
     order = {p: i for i, p in enumerate(presets)}
     return sorted(rows, key=lambda row: order.get(row["preset"], 10**6))
+
+
+def _training_seconds(results: dict[str, Any]) -> float | None:
+    """Meta-training's seconds and the pre-training stage's (RFS's whole training is its stage)."""
+    if results.get("train_seconds") is None:
+        return None
+    return round(results["train_seconds"] + ((results.get("pretrain") or {}).get("train_seconds") or 0.0), 2)
 
 
 def markdown(rows: list[dict[str, Any]], title: str) -> str:

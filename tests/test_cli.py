@@ -140,6 +140,9 @@ def test_sigint_saves_last_checkpoint_and_says_how_to_resume(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "SIGINT at meta-iteration" in err and f"resume={run}" in err
+    stopped = [ln for ln in err.splitlines() if "stopped: SIGINT" in ln]
+    assert len(stopped) == 1, err  # printed once; the run's log keeps the same line
+    assert stopped[0].split("stopped: ", 1)[1] in (run / "train.log").read_text()
     import torch
 
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] >= 1
@@ -167,6 +170,7 @@ def test_version_and_a_mistyped_command(capsys):
 
 @pytest.mark.parametrize("override,hint", [("trainer.iterationz=3", "did you mean 'iterations'?"),
                                            ("encoder=resnt12", "did you mean resnet12?"),
+                                           ("strategy=MAML", "did you mean maml?"),
                                            ("optimizer.schedule.kindd=cosine", "did you mean 'kind'?")])
 def test_a_mistyped_key_or_option_gets_a_suggestion(capsys, override, hint):
     assert main(["train", override]) == 2

@@ -175,6 +175,8 @@ def refusal(encoder: str, decoder: str, strategy: str) -> str | None:
         return "decoder=film needs an encoder that accepts FiLM modulation"
     if strategy == "anil" and decoder in ("prototype", "logistic"):
         return "nothing to adapt"
+    if strategy == "mgd" and decoder == "linear":
+        return "ignores the support set and strategy=mgd never adapts it"
     return None
 
 

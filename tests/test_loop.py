@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -198,6 +199,9 @@ def test_a_resumed_stage_knows_its_checkpoint_and_its_training_time(compose_trai
     meta.run({"signal": None, "now": None})
     results = json.loads((run_dir / "results.json").read_text())
     assert results["train_seconds"] > round(saved["train_seconds"], 2)
+    # the wall clock too spans both processes: the first one's time is in its last.pt and counted on
+    assert saved["wall_seconds"] >= saved["train_seconds"] and results["wall_seconds"] > round(saved["wall_seconds"], 2)
+    assert results["wall_seconds"] >= results["train_seconds"]
 
 
 def test_a_resume_at_or_past_the_end_is_tested_or_refused(compose_train, run_dir):
@@ -255,3 +259,18 @@ def test_nothing_non_finite_is_saved_and_a_save_marks_the_run_running(compose_tr
     with pytest.raises(Diverged, match=r"non-finite values in model\.encoder\..* at meta-iteration 0; nothing non-finite was saved"):
         meta.save_last()
     assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_a_loss_far_above_a_uniform_guess_at_chance_accuracy_is_warned_once(compose_train, run_dir, caplog):
+    """MAML's inner loop at too large an inner_lr diverges to finite losses in the thousands: no NaN stops it,
+    so the loop says so (once) and names the rates to lower; a large loss with accuracy above chance is not it."""
+    meta = training.Training(compose_train("strategy=maml", "trainer.iterations=4"), run_dir).meta
+    chance = meta.objective.chance_loss
+    assert chance == pytest.approx(math.log(meta.objective.sampler.n_way))
+    with caplog.at_level("WARNING", logger="metalearn_cli.loop"):
+        meta.warn_if_diverging({"loss": 11 * chance, "accuracy": 0.9})  # large (a regulariser) yet learning
+        assert not caplog.messages
+        meta.warn_if_diverging({"loss": 2000.0, "accuracy": 1.1 * math.exp(-chance)})
+        meta.warn_if_diverging({"loss": 3000.0, "accuracy": 0.01})
+    assert len(caplog.messages) == 1 and "diverging" in caplog.messages[0]
+    assert "optimizer.lr" in caplog.messages[0] and "strategy.inner_lr" in caplog.messages[0]

@@ -191,6 +191,7 @@ CASES = [
     (["train", *SMOKE, "pretrain=episodic", "pretrain.optimizer.lr=0.1"], "pretrain.optimizer.lr is read by pretrain=supervised"),
     (["train", *SMOKE, "pretrain=supervised", "pretrain.train_way=20"], "pretrain.train_way is read by pretrain=episodic only"),
     (["train", *SMOKE, "pretrain=supervised", "pretrain.max_iterations=-1"], "pretrain.max_iterations=-1 caps the stage's steps"),
+    (["train", *SMOKE, "pretrain=none", "pretrain.iterations=5"], "pretrain=none chose none: name its kind too"),
     (["train", "debug=smoke", "episode=lake20way1shot"], "no alphabets"),
     (["train", *SMOKE, "dataset.val_classes=20", "dataset.test_classes=20", "episode=lake20way1shot",
       "trainer.train_way=5"], "need classes named Alphabet/character"),

@@ -111,16 +111,18 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(compose_train, tmp_pat
     assert json.loads((cut / "pretrain/status.json").read_text())["status"] == "interrupted"
     records = [json.loads(line) for line in (cut / "pretrain/metrics.jsonl").read_text().splitlines()]
     assert not any(r["split"] == "val" and r["step"] == 2 for r in records)  # obeyed at once: no validation first
-    assert load_checkpoint(cut / "pretrain/checkpoints/last.pt")["step"] == 2
+    stopped = load_checkpoint(cut / "pretrain/checkpoints/last.pt")
+    assert stopped["step"] == 2 and stopped["wall_seconds"] > 0
     stage_run(cfg, cut, data).run({"signal": None})
     a = load_checkpoint(whole / "pretrain/checkpoints/last.pt")
     b = load_checkpoint(cut / "pretrain/checkpoints/last.pt")
     assert a["step"] == b["step"] == 6
+    assert b["wall_seconds"] > stopped["wall_seconds"]  # the resumed stage counts on from the first process's time
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
     assert all(torch.equal(v, b["head"][k]) for k, v in a["head"].items())
 
 
-def test_resume_true_continues_a_run_interrupted_during_pretraining(compose_train, tmp_path, monkeypatch):
+def test_resume_true_continues_a_run_interrupted_during_pretraining(compose_train, tmp_path, monkeypatch, caplog):
     run = tmp_path / "run"
     original = SupervisedObjective.step
 
@@ -138,7 +140,11 @@ def test_resume_true_continues_a_run_interrupted_during_pretraining(compose_trai
     monkeypatch.setattr(SupervisedObjective, "step", original)
     assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
     assert (run / "checkpoints/last.pt").is_file()  # step 0: resume=true finds the run
-    training.train(compose_train(*PRE, "resume=true"), run)
+    first_process = load_checkpoint(run / "checkpoints/last.pt")["wall_seconds"]  # its time until the step-0 save
+    with caplog.at_level("INFO", logger="metalearn_cli.loop"):
+        training.train(compose_train(*PRE, "resume=true"), run)
+    assert not [m for m in caplog.messages if m.startswith("resuming meta-training")]  # at 0: nothing of it to resume
+    assert json.loads((run / "results.json").read_text())["wall_seconds"] > round(first_process, 2)  # both processes'
     assert json.loads((run / "pretrain/status.json").read_text())["status"] == "completed"
     assert json.loads((run / "results.json").read_text())["iterations"] == 6
 

@@ -74,12 +74,14 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         except (OSError, OmegaConfBaseException) as exc:
             raise as_user_error(exc, "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir") from exc
     except Interrupted as exc:
+        guard.log_end(f"stopped: {exc}")
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except KeyboardInterrupt:  # eval, predict, export: no loop to mark it
         guard.interrupted()
         raise
     except MetalearnError as exc:
         error: MetalearnError = exc
+        guard.log_end(f"error: {exc}")
         guard.failed(str(exc), None, record)
     except Exception as exc:
         details = traceback.format_exc()
@@ -91,6 +93,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
             where = Path(name)
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = InternalError(f"{type(exc).__name__}: {line[:200]}; this is a bug, the traceback is in {where}; please report it")
+        guard.log_end(f"internal error: {error}")
     finally:
         guard.close()
     if hc.mode == RunMode.MULTIRUN:
@@ -113,7 +116,7 @@ def train_app(cfg: DictConfig) -> float:
         refuse_foreign_target("train", run_dir, resuming=True)  # inside another run: refused (held: by the loop)
         typed = typed_keys(list(HydraConfig.get().overrides.task))
         config = resumed_config(cfg, run_dir, typed)
-        check_typed_pretrain_keys(config, typed)
+        check_typed_pretrain_keys(config, typed, HydraConfig.get().runtime.choices.get("pretrain"))
         if HydraConfig.get().mode == RunMode.MULTIRUN and (why := seen_class_validation(config)):
             log.warning("metalearn train -m: %s", why)
         run = Training(config, run_dir)  # every check; a refusal leaves an existing run as it was

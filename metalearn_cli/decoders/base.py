@@ -47,6 +47,7 @@ class Decoder(nn.Module):
     modulates_encoder = False  # True: modulation() gives FiLM parameters the encoder applies (CNAPs)
     lr_mul = 1.0  # this decoder's learning rate over the optimizer's (FEAT: 10)
     max_way: Optional[int] = None  # the most classes a task may have (a fixed-size head); None = any
+    reads_support = True  # False: the support set is not read (linear): only a strategy that adapts it learns a task
 
     def modulation(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> Optional[Film]:
         """FiLM scales and shifts ``[T, C]`` for every FiLM site of the encoder, from the support images ``[T, S, C, H, W]``."""

@@ -19,6 +19,8 @@ from metalearn_cli.params.decoders import LinearParams
 
 
 class LinearHead(Decoder):
+    reads_support = False
+
     def __init__(self, params: LinearParams, in_dim: int, max_way: int) -> None:
         super().__init__()
         self.in_dim, self.max_way = in_dim, max_way

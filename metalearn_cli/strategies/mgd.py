@@ -29,6 +29,10 @@ class MGD(Strategy):
     def check_compatible(self) -> None:
         if not any(True for _ in self.model.parameters()):
             raise ConfigError("strategy=mgd needs a meta-network with parameters to learn")
+        if not self.model.decoder.reads_support:  # one head for every task, never adapted: each task a guess
+            raise ConfigError("decoder=linear ignores the support set and strategy=mgd never adapts it, so every task "
+                              "would stay at chance; choose a decoder that reads the support set (decoder=prototype) or "
+                              "a strategy that adapts the head (strategy=maml, fomaml, anil or metasgd)")
 
     def meta_loss(self, batch: EpisodeBatch) -> StepOutput:
         out, labelled = self.model.training_output(batch)
