@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.rundir import CHECKPOINTS, LAST, RunDir, canonical, read_yaml
+from metalearn_cli.rundir import CHECKPOINTS, LAST, STATUS, RunDir, canonical, read_json, read_yaml
 from metalearn_cli.schema import flatten
 
 # Keys a resumed run may change: bookkeeping, never what is learned or how.
@@ -130,3 +130,19 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -
             f"{path} was trained with another config ({', '.join(f'{k}={values.get(k)!r}' for k in diff[:3])}); "
             "resume with the same settings, or start a new run"
         )
+
+
+def resumed_sweep_job(cfg: Any, run_dir: Path) -> Optional[float]:
+    """A job of a sweep run again with ``resume=true`` (the same overrides, the same ``hydra.sweep.dir``):
+    one that completed is kept as it is, and its best validation accuracy returned for the sweeper; one
+    that never saved a ``last.pt`` (it had not begun) starts afresh (``cfg.resume`` cleared); None for a
+    job to run, resumed or new."""
+    from omegaconf import open_dict
+
+    files = RunDir(Path(run_dir))
+    if read_json(files.path / STATUS).get("status") == "completed" and files.results.is_file():
+        return float(read_json(files.results).get("val_accuracy", float("nan")))
+    if not files.last.is_file():
+        with open_dict(cfg):
+            cfg.resume = None
+    return None

@@ -96,3 +96,38 @@ def test_a_sweep_refused_before_its_jobs_leaves_nothing(tmp_path):
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 2 and "did you mean 'iterations'" in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and list(user.iterdir()) == []
+
+
+def test_an_interrupted_sweep_is_finished_in_its_own_dir_with_resume_true(tmp_path):
+    """Ctrl-C in job 1 of 3 ends the sweep; the same command with resume=true keeps job 0 as it was,
+    continues job 1 from its last.pt and starts job 2; another sweep into that dir is still refused."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    args = [EXE, "train", "-m", *TINY, "trainer.log_every=1", "trainer.val_every=1000", "trainer.checkpoint_every=1000",
+            "trainer.iterations=3,1500,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not [p for p in (tmp_path / "sweep").glob("1_*/metrics.jsonl") if p.stat().st_size]:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"hydra.sweep.dir={tmp_path / 'sweep'} resume=true" in err
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["completed", "interrupted"]
+    first = (jobs[0] / "results.json").read_bytes()
+
+    other = subprocess.run([*args[:-1], "seed=5", args[-1], "resume=true"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert other.returncode == 2 and "repeat its overrides as they were" in other.stderr, other.stderr
+    done = subprocess.run([*args, "resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["completed"] * 3
+    assert (jobs[0] / "results.json").read_bytes() == first and "completed before" in done.stdout + done.stderr
+    steps = [json.loads(line)["step"] for line in (jobs[1] / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 1500  # continued, each step once
+    assert json.loads((jobs[2] / "results.json").read_text())["iterations"] == 2

@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import metalearn_cli.cli.placement as placement
 from metalearn_cli.command_line import rank, refuse_foreign_target, required, sweep_requested, typed_keys
-from metalearn_cli.console import as_user_error, one_line
+from metalearn_cli.console import as_user_error, one_line, shell_override
 from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
 from metalearn_cli.params import PARAMS
 from metalearn_cli.run_guard import RunGuard
@@ -54,6 +54,7 @@ def _hydra_record(cfg: DictConfig) -> dict[str, str]:
 
 FAILED_JOBS: list[str] = []  # the numbers of this sweep's failed jobs (a sweep none of whose jobs ran exits 2)
 SWEEP_JOBS: list[str] = []
+SWEEP_DIR: list[str] = []  # the running sweep's hydra.sweep.dir: where a resumed sweep continues
 
 
 def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> float:
@@ -63,6 +64,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         SWEEP_JOBS.append(str(hc.job.num))
+        SWEEP_DIR[:] = [hc.sweep.dir]
     run_dir = Path(hc.runtime.output_dir)
     guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0, disposable=disposable,
                      sweep=hc.mode == RunMode.MULTIRUN)
@@ -111,9 +113,14 @@ def train_app(cfg: DictConfig) -> float:
     def job(accept: Callable[..., None]) -> float:
         from metalearn_cli.training import Training
         from metalearn_cli.config_checks import check_typed_pretrain_keys, seen_class_validation
-        from metalearn_cli.resume import resumed_config
+        from metalearn_cli.resume import resume_value, resumed_config, resumed_sweep_job
 
         refuse_foreign_target("train", run_dir, resuming=True)  # inside another run: refused (held: by the loop)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and resume_value(cfg.resume) == "true":
+            kept = resumed_sweep_job(cfg, run_dir)
+            if kept is not None:
+                log.info("job %s: %s completed before; the resumed sweep keeps it as it is", HydraConfig.get().job.num, run_dir)
+                return kept
         typed = typed_keys(list(HydraConfig.get().overrides.task))
         config = resumed_config(cfg, run_dir, typed)
         check_typed_pretrain_keys(config, typed, HydraConfig.get().runtime.choices.get("pretrain"))
@@ -185,6 +192,7 @@ def run_app(command: str) -> int:
     """Run one subcommand's Hydra app; every user error becomes one line on stderr and its exit code."""
     FAILED_JOBS.clear()
     SWEEP_JOBS.clear()
+    SWEEP_DIR.clear()
     try:
         try:
             APPS[command]()
@@ -197,6 +205,9 @@ def run_app(command: str) -> int:
                 return 2
     except Interrupted as exc:
         print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
+        if SWEEP_JOBS and command == "train":
+            print(f"metalearn {command}: to finish the sweep (each job continued or kept), run it again as it was with "
+                  f"{shell_override('hydra.sweep.dir', SWEEP_DIR[0])} resume=true", file=sys.stderr)
         return 0 if exc.signal_name == "SIGTERM" else 130  # pre-emption is an orderly stop
     except InternalError as exc:
         print(f"metalearn {command}: internal error: {exc}", file=sys.stderr)

@@ -128,8 +128,19 @@ def check_sweep(command: str, args: list[str], values: dict[str, Any]) -> bool:
             raise ConfigError(f"hydra.run.dir={values['hydra.run.dir']} names the folder of one run, and a sweep (-m) "
                               "writes each job into hydra.sweep.dir/<job number> (by default outputs/multirun/"
                               f"{command}/<time>/N); pass hydra.sweep.dir={values['hydra.run.dir']} instead")
-        refuse_used_sweep_dir(values.get("hydra.sweep.dir"))
+        refuse_used_sweep_dir(values.get("hydra.sweep.dir"), sweep_overrides(args) if _resumes(values) else None)
     return multirun
+
+
+def _resumes(values: dict[str, Any]) -> bool:
+    return str(values.get("resume", "")).strip().lower() == "true"
+
+
+def sweep_overrides(args: list[str]) -> list[str]:
+    """A sweep's own overrides as Hydra records them in ``multirun.yaml`` (``hydra.overrides.task``),
+    without ``resume=``: what a resumed sweep must repeat."""
+    return sorted(a for a in args if "=" in a and not a.startswith("-")
+                  and not a.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "hydra/", "resume")))
 
 
 @contextlib.contextmanager
@@ -154,19 +165,30 @@ def no_empty_sweep(command: str, values: dict[str, Any], sweep: bool, jobs: list
                     remove_empty(folder, kept)
 
 
-def refuse_used_sweep_dir(named: Any) -> None:
+def refuse_used_sweep_dir(named: Any, resumed: Optional[list[str]] = None) -> None:
     """A sweep writes ``multirun.yaml`` into its dir before any job checks its own: a sweep dir that
-    already holds a sweep (or a run) would lose its record, so a new sweep needs a new one."""
+    already holds a sweep (or a run) would lose its record, so a new sweep needs a new one. The same
+    sweep run again with ``resume=true`` (``resumed``: its overrides) finishes it there: each job
+    continues its own run dir (:func:`metalearn_cli.resume.resumed_sweep_job`)."""
     if named is None or "${" in str(named):
         return  # the default: outputs/multirun/<command>/<time>, new
     folder = canonical(str(named))
     found = held(folder)
     if not found and folder.is_dir():  # a sweep none of whose jobs ran (a typo in every job) may be run again
         found = [p.name for p in sorted(folder.iterdir()) if p.is_dir() and held(p)][:3]
+    if found and resumed is not None and not held(folder) and (folder / "multirun.yaml").is_file():
+        recorded = OmegaConf.load(folder / "multirun.yaml").hydra.overrides.task
+        before = sweep_overrides(list(recorded))
+        if before == resumed:
+            return
+        raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before) or 'the defaults'}; resume=true "
+                          f"finishes that sweep, so repeat its overrides as they were (this command has "
+                          f"{' '.join(resumed) or 'none'}), or choose a new hydra.sweep.dir for a new sweep")
     if found:
         record = " (and its multirun.yaml)" if (folder / "multirun.yaml").exists() else ""
         raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep's runs ({', '.join(found[:3])}){record}; a "
-                          "sweep writes multirun.yaml and a run dir per job there, so choose a new hydra.sweep.dir")
+                          "sweep writes multirun.yaml and a run dir per job there, so choose a new hydra.sweep.dir (or, to finish "
+                          "that sweep, run it again as it was with resume=true)")
 
 
 def config_keys(command: str) -> list[str]:
