@@ -2,7 +2,9 @@
 pre-training stage (``pretrain.augment``) and meta-training tasks (``trainer.augment``). Evaluation
 never draws random transforms: only the training loops (and test-time fine-tuning's pseudo-queries)
 call :func:`augmentation`. Test-time augmentation (``eval.tta_*``, :class:`TtaViews`) uses fixed
-copies, shifted, turned, scaled and sheared by set amounts, so a test repeats exactly.
+copies, shifted, turned, scaled and sheared by set amounts, so a test repeats exactly. RFS's test
+protocol (``eval.support_copies``, :class:`SupportCopies`) draws random copies of the support images,
+under a seed of the test's own, so it too repeats exactly.
 
 Kinds (:class:`metalearn_cli.schema.Augment`): ``crop`` (random crops from a 10%-padded copy),
 ``crop_flip`` (+ horizontal flips), ``crop_flip_jitter`` (+ colour jitter, colour images), and
@@ -24,6 +26,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from metalearn_cli.errors import ConfigError
 
 KOCH_TRANSLATE = 2 / 105  # Koch et al.'s ±2 px at 105 x 105, as a fraction of the side
 
@@ -136,3 +140,31 @@ class TtaViews:
 def augment_images(augment: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
     """``augment`` applied image by image to a task tensor ``[T, M, C, H, W]``."""
     return augment(images.reshape(-1, *images.shape[2:])).reshape(images.shape)
+
+
+@dataclass(frozen=True)
+class SupportCopies:
+    """RFS's test protocol (Tian et al. 2020, ``n_aug_support_samples``, 5 in their code): each support
+    image replaced by ``copies`` random draws of the data set's training augmentation, so the task's
+    classifier (RFS: a logistic regression) is fitted on ``copies`` x K shots; queries stay as they are."""
+
+    copies: int
+    augment: Callable[[torch.Tensor], torch.Tensor]
+
+    @classmethod
+    def of(cls, eval_cfg: Any, augment_default: Any, image_shape: tuple[int, int, int]) -> Optional["SupportCopies"]:
+        """``eval.support_copies`` with ``dataset.augment``'s transforms; None when it is 0."""
+        copies = int(getattr(eval_cfg, "support_copies", 0) or 0)
+        if copies == 0:
+            return None
+        augment = augmentation("auto", augment_default, image_shape)
+        if augment is None:
+            raise ConfigError(f"eval.support_copies={copies} draws augmented copies of the support images, but this data "
+                              "set's dataset.augment is none; set dataset.augment=crop (or affine), or eval.support_copies=0")
+        return cls(copies, augment)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support ``[T, S, C, H, W]`` and labels ``[T, S]`` -> ``[T, S x copies, ...]``, each image's copies together
+        (class-major order kept: the task reads as one of ``copies`` x K shots)."""
+        many = images.repeat_interleave(self.copies, dim=1)
+        return augment_images(self.augment, many), labels.repeat_interleave(self.copies, dim=1)

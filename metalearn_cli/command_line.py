@@ -128,7 +128,7 @@ def check_debug(args: list[str], values: dict[str, Any]) -> None:
         raise ConfigError("debug=smoke runs on generated data, which has no alphabets for Lake et al.'s within-alphabet "
                           "runs; drop one of them (Lake's runs need dataset=omniglot_background)")
     if any(a.startswith("experiment=") for a in args):
-        print("metalearn train: note: debug=smoke replaces the preset's data set by generated 28x28 images and "
+        print("metalearn train: note: debug=smoke replaces the preset's data set by generated 20x20 images and "
               "shrinks its budget; its figures are not comparable with the published one", file=sys.stderr)
 
 

@@ -44,9 +44,7 @@ def validate(cfg: Any) -> TrainConfig:
         raise ConfigError(f"{bad} is not a finite number; give a finite value")
     check_seed(cfg.seed)
     t, e = cfg.trainer, cfg.eval
-    if min(t.meta_batch, t.val_every, t.val_episodes, t.checkpoint_every, t.log_every) < 1 or t.iterations < 0:
-        raise ConfigError("trainer.meta_batch, val_every, val_episodes, checkpoint_every and log_every must be >= 1, and "
-                          "trainer.iterations >= 0")
+    check_counts("trainer", t, ("meta_batch", "val_every", "val_episodes", "checkpoint_every", "log_every"))
     if not 0 <= t.within_alphabet <= 1:
         raise ConfigError(f"trainer.within_alphabet={t.within_alphabet} is a share of the training tasks: give 0 to 1")
     initialised = bool(t.init_from) or cfg.pretrain.iterations > 0
@@ -70,11 +68,18 @@ def check_seed(seed: Any) -> None:
         raise ConfigError(f"seed={seed} is out of range; use an integer from 0 to {2**63 - 1}")
 
 
+def check_counts(node: str, values: Any, positive: tuple[str, ...]) -> None:
+    """Each of ``positive`` >= 1 and ``iterations`` >= 0, the line naming every key that is not, with its value."""
+    wrong = [f"{node}.{k}={values[k]} (give >= 1)" for k in positive if values[k] < 1]
+    wrong += [f"{node}.iterations={values.iterations} (give >= 0)"] if values.iterations < 0 else []
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: a count of steps, tasks, images or records")
+
+
 def validate_pretrain(cfg: Any) -> None:
     p = cfg.pretrain
     episodic = is_episodic(p)
-    if p.iterations < 0 or p.batch_size < 1 or p.val_every < 1 or p.val_episodes < 1:
-        raise ConfigError("pretrain.iterations must be >= 0, and pretrain.batch_size, val_every, val_episodes >= 1")
+    check_counts("pretrain", p, ("batch_size", "val_every", "val_episodes"))
     if not 0 <= p.label_smoothing < 1:
         raise ConfigError("pretrain.label_smoothing must be in [0, 1)")
     if p.max_iterations is not None and p.max_iterations < 1:
@@ -110,7 +115,12 @@ def check_typed_pretrain_keys(cfg: Any, typed: Iterable[str], choice: Optional[s
     config files (presets, ``debug=smoke``, which layer over either kind) are left to them. So is a
     stage turned on over ``pretrain=none`` (``choice``: the group's option), which would be supervised."""
     p, typed = cfg.pretrain, list(typed)
-    if p.iterations <= 0 or cfg.get("resume"):  # a resume repeats the run's own command line, checked by the resume
+    if cfg.get("resume"):  # a resume repeats the run's own command line, checked by the resume
+        return
+    if p.iterations == 0 and choice not in (None, "none") and {"pretrain", "pretrain.iterations"} <= set(typed):
+        raise ConfigError(f"pretrain={choice} asks for a pre-training stage, but pretrain.iterations=0 runs none: give "
+                          f"pretrain.iterations >= 1 (or pretrain.epochs), or drop pretrain={choice}")
+    if p.iterations <= 0:
         return
     if choice == "none" and "pretrain.iterations" in typed:
         raise ConfigError(f"pretrain.iterations={p.iterations} turns a pre-training stage on, but pretrain=none chose none: "
@@ -131,6 +141,9 @@ def validate_eval(e: Any) -> None:
         raise ConfigError("eval.finetune_steps, eval.finetune_lr and eval.finetune_lr_search must be >= 0")
     if e.finetune_search_episodes < 1 or (e.finetune_lr_search is not None and not e.finetune_lr_search):
         raise ConfigError("eval.finetune_search_episodes must be >= 1 and eval.finetune_lr_search a non-empty list (or null)")
+    if e.support_copies < 0:
+        raise ConfigError(f"eval.support_copies={e.support_copies}: give how many augmented copies replace each support "
+                          "image at test (RFS: 5; 0 = off)")
     if e.tta_shift < 0:
         raise ConfigError(f"eval.tta_shift={e.tta_shift}: give the pixels to shift each test image's copies by (>= 0; 0 = off)")
     for key, top, what in (("tta_rotate", 90, "degrees to turn"), ("tta_scale", 1, "fraction to scale"),

@@ -9,6 +9,7 @@ must not mix tasks), the summary (mean and CI95 = 1.96 std / sqrt(n)), ``task_st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import logging
 import math
@@ -22,7 +23,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from metalearn_cli.assemble import load_strategy, resolve_bn_mode, setup_device, startup_line
-from metalearn_cli.augment import TtaViews
+from metalearn_cli.augment import SupportCopies, TtaViews
 from metalearn_cli.config_checks import check_seed, check_tta_shift, validate_eval
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 def evaluate_tasks(
     strategy: Strategy | Ensemble, sampler: EpisodeSampler, episodes: int, batch_tasks: int, bn_mode: str | list[str],
     stats: Optional[list[dict[str, float]]] = None, progress: bool = False, outcomes: Optional[list[torch.Tensor]] = None,
-    finetune: Optional[Finetuner] = None, views: TtaViews | int = 0,
+    finetune: Optional[Finetuner] = None, views: TtaViews | int = 0, support: Optional[SupportCopies] = None,
 ) -> torch.Tensor:
     """Per-task query accuracy ``[episodes]`` on the sampler's fixed tasks, of a strategy or an
     :class:`~metalearn_cli.ensemble.Ensemble` of them.
@@ -51,7 +52,7 @@ def evaluate_tasks(
     it generated (prototypes, latent codes, weights, FiLM modulations) on that task. With
     ``outcomes`` (a list), each batch's predicted classes ``[tasks, queries]`` are appended, then its
     query labels (for ``metalearn compare``: paired tests, and how many predictions two runs differ in). With ``finetune``, each task is scored after its own
-    test-time fine-tuning (one task at a time).
+    test-time fine-tuning (one task at a time); with ``support``, on augmented copies of its support images (RFS).
     """
     if episodes < 1 or batch_tasks < 1:
         raise ConfigError("eval.episodes, eval.batch_tasks and trainer.val_episodes must be >= 1")
@@ -65,6 +66,10 @@ def evaluate_tasks(
     with scored.statistics(bn_mode):
         for batch in sampler.fixed(episodes, batch_tasks):
             for part in batch.split_tasks() if one_by_one else [batch]:
+                if support is not None:
+                    images, labels = support(part.support_images, part.support_labels)
+                    part = dataclasses.replace(part, support_images=images, support_labels=labels,
+                                               k_shot=part.k_shot * support.copies)
                 if finetune is not None:
                     out = finetune.predict(scored, part, views, with_stats=stats is not None)
                 else:
@@ -119,6 +124,7 @@ def score_checkpoint(
     strategy: Strategy | Ensemble, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: Any,
     seed: int, device: torch.device, run_dir: Optional[Path] = None, progress: bool = False, lake: bool = False,
     finetune: Optional[Finetuner] = None, members: Optional[list[FewShotData]] = None, each: Optional[list[Any]] = None,
+    support: Optional[SupportCopies] = None,
 ) -> dict[str, Any]:
     """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's results.json report
     (``eval.save_task_stats``: also ``run_dir/task_stats.csv``). An ensemble's ``members``: its data per member
@@ -129,22 +135,15 @@ def score_checkpoint(
     views: TtaViews | list[TtaViews] = member_views if len(set(member_views)) > 1 else member_views[0]
     search = None
     if finetune is not None and eval_cfg.finetune_lr_search:  # on validation tasks, before the test
-        val = fixed_tasks(data, "val", shapes, seed, device, lake)
-
-        def score(tuner: Finetuner) -> float:
-            with seeded(split_seed(seed, "val"), device):  # every rate sees the same augmentations
-                return float(evaluate_tasks(strategy, val, eval_cfg.finetune_search_episodes, eval_cfg.batch_tasks,
-                                            modes, finetune=tuner, views=views).mean())
-
-        search = finetune.search(list(eval_cfg.finetune_lr_search), score)
-        log.info("test-time fine-tuning: lr %g chosen on %d validation tasks (%s)", finetune.lr,
-                 eval_cfg.finetune_search_episodes, ", ".join(f"{k}: {100 * v:.2f}%" for k, v in search.items()))
+        search = search_rate(strategy, finetune, fixed_tasks(data, "val", shapes, seed, device, lake), eval_cfg, modes,
+                             views, split_seed(seed, "val"), device)
     start = time.perf_counter()
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
-    with seeded(split_seed(seed, split), device) if finetune is not None else contextlib.nullcontext():  # repeats exactly
+    drawn = finetune is not None or support is not None  # random augmentations: from the test's own seed
+    with seeded(split_seed(seed, split), device) if drawn else contextlib.nullcontext():  # repeats exactly
         accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, modes, stats, progress, outcomes,
-                              finetune, views)
+                              finetune, views, support)
     seconds = time.perf_counter() - start
     if stats is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -160,11 +159,27 @@ def score_checkpoint(
         "inner_steps_at_test": strategy.test_inner_steps(),
         **({"ensemble_inner_steps_at_test": strategy.inner_steps_each()} if len(modes) > 1 else {}),
         "finetune_steps": finetune.steps if finetune is not None else 0, **member_views[0].summary(),
+        "support_copies": support.copies if support is not None else 0,
         **({"ensemble_tta": [v.summary() for v in member_views]} if len(set(member_views)) > 1 else {}),
         **({"finetune_lr": finetune.lr, "finetune_params": finetune.params, "finetune_search": search}
            if finetune is not None else {}),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
     }
+
+
+def search_rate(strategy: Strategy | Ensemble, finetune: Finetuner, val: EpisodeSampler, eval_cfg: Any, modes: list[str],
+                views: TtaViews | list[TtaViews], seed: int, device: torch.device) -> dict[str, float]:
+    """P>M>F's choice of ``finetune.lr`` among ``eval.finetune_lr_search`` on validation tasks (it is set on
+    ``finetune``); each rate's validation accuracy."""
+    def score(tuner: Finetuner) -> float:
+        with seeded(seed, device):  # every rate sees the same augmentations
+            return float(evaluate_tasks(strategy, val, eval_cfg.finetune_search_episodes, eval_cfg.batch_tasks,
+                                        modes, finetune=tuner, views=views).mean())
+
+    search = finetune.search(list(eval_cfg.finetune_lr_search), score)
+    log.info("test-time fine-tuning: lr %g chosen on %d validation tasks (%s)", finetune.lr,
+             eval_cfg.finetune_search_episodes, ", ".join(f"{k}: {100 * v:.2f}%" for k, v in search.items()))
+    return search
 
 
 @contextlib.contextmanager
@@ -300,9 +315,10 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed
     finetune = Finetuner.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
+    support = SupportCopies.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).augment, data.image_shape)
     result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), eval_cfg, seed,
                               device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode), finetune=finetune,
-                              members=members, each=each)
+                              members=members, each=each, support=support)
     result.update({
         "checkpoint": source, "checkpoint_step": knowledge["step"],
         **({"ensemble": strategy.sources} if isinstance(strategy, Ensemble) else {}),

@@ -34,7 +34,7 @@ from metalearn_cli.objectives import Objective
 from metalearn_cli.optim import OPTIMIZERS, build_schedule
 from metalearn_cli.progress import Progress
 from metalearn_cli.resume import check_same_run
-from metalearn_cli.rundir import RunDir, write_results, write_status
+from metalearn_cli.rundir import STATUS, RunDir, read_json, write_results, write_status
 from metalearn_cli.schema import EvalConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ class TrainingRun:
             raise ConfigError(f"{s.iterations_key}={s.iterations} is below the step of {path} ({self.step}); "
                               f"resume with {s.iterations_key} >= {self.step}")
         self.seconds_before = float(state.get("train_seconds", 0.0))
-        s.clock.before = max(s.clock.before, float(state.get("wall_seconds", self.seconds_before)))
+        stopped = read_json(s.run_dir / STATUS).get("wall_seconds") or 0.0  # stopped after the save (the final test)
+        s.clock.before = max(s.clock.before, float(state.get("wall_seconds", self.seconds_before)), float(stopped))
         self.window = MetricWindow.restore(state.get("window"))
         best = f"best val {100 * self.best_val:.2f}% at {self.best_step}" if self.best_step >= 0 else "not validated yet"
         if self.step > 0 or not s.earlier_stage:  # at step 0 after a first stage: that stage's resume is the news
@@ -262,7 +263,8 @@ class TrainingRun:
                 self.finish(train_seconds, metrics)
         except (Interrupted, KeyboardInterrupt) as exc:
             if self.main:
-                write_status(s.run_dir, "interrupted", step=self.step, iterations=s.iterations)
+                write_status(s.run_dir, "interrupted", step=self.step, iterations=s.iterations,
+                             wall_seconds=round(s.clock.seconds(), 2))  # a resume counts on from it (RunClock)
             if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, between two saves
                 resume = f"; continue with: metalearn train {shell_override('resume', s.resume_hint)}" if self.saved_step is not None else ""
                 raise Interrupted("SIGINT", f"SIGINT twice: stopped at once; {self.kept()}{resume}") from None

@@ -121,9 +121,10 @@ def _say_what_the_test_protocol_means(members: list[knowledge.MetaKnowledge]) ->
         log.warning("batch-norm mode %s (the checkpoint's test protocol): each query's answer depends on the queries "
                     "normalised with it, in chunks of %d; predict a test set's queries together, as the run was tested",
                     " and ".join(mixed), members[0].query_chunk)
-    steps = [int(m.config.eval.finetune_steps or 0) for m in members]
-    if any(steps):
-        log.info("the checkpoint's eval.finetune_steps=%d is not applied by predict (metalearn eval applies it)", max(steps))
+    for key in ("finetune_steps", "support_copies"):
+        values = [int(m.config.eval.get(key) or 0) for m in members]
+        if any(values):
+            log.info("the checkpoint's eval.%s=%d is not applied by predict (metalearn eval applies it)", key, max(values))
 
 
 @contextlib.contextmanager

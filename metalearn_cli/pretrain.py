@@ -62,8 +62,10 @@ def resolve_budget(cfg: Any, data: FewShotData) -> None:
             log.info("pre-training for pretrain.epochs=%g: %d steps of %d images (pretrain.iterations=%d only turns the "
                      "stage on; pretrain.epochs=null counts iterations instead)", p.epochs, steps, p.batch_size, p.iterations)
         p.iterations = steps
-    if p.max_iterations is not None:
-        p.iterations = min(p.iterations, p.max_iterations)
+    if p.max_iterations is not None and p.iterations > p.max_iterations:  # said: the saved config holds the cap's count
+        log.info("pretrain.max_iterations=%d caps the stage at %d of its %d steps (debug=smoke sets it; "
+                 "pretrain.max_iterations=null lifts it)", p.max_iterations, p.max_iterations, p.iterations)
+        p.iterations = p.max_iterations
 
 
 def check_stage_fits(cfg: Any, data: FewShotData) -> None:

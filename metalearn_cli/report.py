@@ -83,7 +83,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
     return {
         "run": str(run.relative_to(base)) if run != base and run.is_relative_to(base) else run.name,
         "command": record["command"],
-        "overrides": " ".join(o for o in record["overrides"] if not o.startswith("hydra.")),
+        "overrides": " ".join(o for o in record["overrides"] if not o.startswith(("hydra.", "resume="))),  # bookkeeping
         "dataset": name("dataset"), "encoder": name("encoder"), "decoder": name("decoder"),
         "strategy": strategy_label(cfg),
         "episode": task_shape(record, cfg.get("episode") if isinstance(cfg.get("episode"), dict) else {}),

@@ -142,6 +142,9 @@ class EvalConfig:
     tta_rotate: float = 0.0  # 2 copies turned by +- this many degrees; 0 = off
     tta_scale: float = 0.0  # 2 copies scaled by 1 +- this (0.1: 0.9 and 1.1); 0 = off
     tta_shear: float = 0.0  # 2 copies sheared along x by +- this factor; 0 = off
+    # RFS's test protocol (Tian et al. 2020: 5): each support image replaced by this many random draws of dataset.augment
+    # (metalearn_cli.augment.SupportCopies), seeded by the test; the classifier sees copies x K shots. 0 = off
+    support_copies: int = 0
 
 
 # `metalearn eval`'s eval.*: each key the command line leaves null is the checkpoint's own (its run tested so), so

@@ -22,7 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from metalearn_cli.assemble import build_strategy, freeze_encoder, initialise_from, resolve_bn_mode, seed_everything, select_kernels, setup_device
 from metalearn_cli.config_checks import check_tta_shift, validate
-from metalearn_cli.augment import augmentation
+from metalearn_cli.augment import SupportCopies, augmentation
 from metalearn_cli.cost import check_memory
 from metalearn_cli.data import DATASETS
 from metalearn_cli.distributed import World, leave, world
@@ -98,12 +98,13 @@ class Training:
         objective = EpisodicObjective(self.strategy, train_sampler, self.t.meta_batch, (self.ranks.rank, self.ranks.size),
                                       augmentation(self.t.augment, meta_augment, data.image_shape))
         finetune = Finetuner.of(cfg.eval, meta_augment, data.image_shape, self.strategy)  # the final test's
+        support = SupportCopies.of(cfg.eval, DATASETS.params_of(cfg.dataset).augment, data.image_shape)
         val_sampler = validation_sampler(data.val, cfg.episode, cfg.seed, self.device, s.val_way)
 
         def test() -> dict[str, Any]:
             return score_checkpoint(self.strategy, data, "test", (s.way, s.shot, s.query), cfg.eval, cfg.seed, self.device,
                                     self.run_dir, progress=self.t.progress and sys.stderr.isatty(),
-                                    lake=is_lake(cfg.episode), finetune=finetune)
+                                    lake=is_lake(cfg.episode), finetune=finetune, support=support)
 
         def extras() -> dict[str, Any]:
             return {"meta_batch": self.t.meta_batch, "train_way": s.train_way, "train_query": s.train_query,
@@ -133,7 +134,8 @@ class Training:
                 try:
                     self.pretrain(stop)
                 except (Interrupted, KeyboardInterrupt) as exc:
-                    write_status(self.run_dir, "interrupted", step=0, iterations=self.t.iterations)
+                    write_status(self.run_dir, "interrupted", step=0, iterations=self.t.iterations,
+                                 wall_seconds=round(self.clock.seconds(), 2))
                     if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C between the stage's saves
                         raise Interrupted("SIGINT", f"SIGINT twice: stopped at once during pre-training; continue "
                                                     f"with: metalearn train {shell_override('resume', self.run_dir)}") from None

@@ -128,3 +128,17 @@ def test_tta_views_come_from_the_eval_config_and_bad_amounts_are_one_line(compos
     for bad in ("eval.tta_rotate=-5", "eval.tta_scale=1.5", "eval.tta_shear=-0.1"):
         with pytest.raises(ConfigError, match=bad.replace(".", r"\.")):
             validate_eval(compose_train(bad).eval)
+
+
+def test_support_copies_replace_each_support_image_by_augmented_draws_in_class_order():
+    from types import SimpleNamespace
+
+    from metalearn_cli.augment import SupportCopies
+
+    images = torch.rand(2, 6, 1, 12, 12)  # 2 tasks, 3 classes x 2 shots
+    labels = torch.arange(3).repeat_interleave(2).expand(2, 6)
+    copies = SupportCopies.of(SimpleNamespace(support_copies=4), "crop", (1, 12, 12))
+    many, many_labels = copies(images, labels)
+    assert many.shape == (2, 24, 1, 12, 12) and many_labels.tolist()[0] == [c for c in range(3) for _ in range(8)]
+    assert not torch.equal(many[:, ::4], images)  # augmented, not the raw images
+    assert SupportCopies.of(SimpleNamespace(support_copies=0), "crop", (1, 12, 12)) is None

@@ -250,3 +250,31 @@ def test_a_training_run_refuses_a_shift_off_the_image_before_it_trains(compose_t
     with pytest.raises(ConfigError, match="eval.tta_shift=28 moves every copy off"):
         training.train(compose_train("eval.tta_shift=28"), run_dir)
     assert not (run_dir / "checkpoints" / "best.pt").exists()
+
+
+def test_rfs_support_copies_fit_the_classifier_on_augmented_support_images(compose_train, run_dir, tmp_path):
+    """``eval.support_copies=N`` (RFS's n_aug_support_samples): each test task's support images replaced by N
+    random draws of dataset.augment; the logistic regression then predicts otherwise, the same test twice gives
+    the same predictions (the draws come from the test's seed), and results.json records N. A data set without
+    an augmentation is refused in one line."""
+    import numpy as np
+
+    from metalearn_cli.errors import ConfigError
+
+    training.train(compose_train("experiment=rfs_omniglot_5w1s", "dataset=synthetic", "dataset.augment=crop",
+                                 "pretrain.epochs=null", "pretrain.iterations=4", "pretrain.val_every=4"), run_dir)
+    outs = {}
+    for name, extra in (("plain", ["eval.support_copies=0"]), ("copies", ["eval.support_copies=3"]),
+                        ("again", ["eval.support_copies=3"])):
+        evaluation.evaluate(compose_config("eval", [f"checkpoint={run_dir}", "device=cpu", "eval.episodes=8", *extra]),
+                            tmp_path / name)
+        outs[name] = (json.loads((tmp_path / name / "results.json").read_text()),
+                      np.load(tmp_path / name / evaluation.OUTCOMES)["predicted"])
+    assert (outs["plain"][0]["support_copies"], outs["copies"][0]["support_copies"]) == (0, 3)
+    assert (outs["plain"][1] != outs["copies"][1]).any()
+    assert (outs["copies"][1] == outs["again"][1]).all() and outs["copies"][0]["accuracy"] == outs["again"][0]["accuracy"]
+    plain = tmp_path / "no_augment"
+    training.train(compose_train("trainer.iterations=1"), plain)  # synthetic data: augment none
+    with pytest.raises(ConfigError, match="eval.support_copies=2 draws augmented copies"):
+        evaluation.evaluate(compose_config("eval", [f"checkpoint={plain}", "device=cpu", "eval.support_copies=2"]),
+                            tmp_path / "refused")

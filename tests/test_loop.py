@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from metalearn_cli import training
 from metalearn_cli.config_checks import validate_train_config
 from metalearn_cli.checkpoint import load_checkpoint
+from metalearn_cli.rundir import write_status
 from metalearn_cli.errors import CheckpointError, ConfigError, DataError
 
 
@@ -213,9 +214,11 @@ def test_a_resume_at_or_past_the_end_is_tested_or_refused(compose_train, run_dir
         training.Training(compose_train("resume=true", "trainer.iterations=3"), run_dir)
     assert str(refused.value) == message
     (run_dir / "results.json").unlink()  # stopped during its final test: resuming at the end only tests
+    write_status(run_dir, "interrupted", step=3, iterations=3, wall_seconds=1000.0)  # as a process stopped there says
     stamp = last.stat().st_mtime_ns
     training.train(compose_train("resume=true", "trainer.iterations=3"), run_dir)
     assert json.loads((run_dir / "results.json").read_text())["iterations"] == 3
+    assert json.loads((run_dir / "results.json").read_text())["wall_seconds"] > 1000  # that process's time counted
     assert load_checkpoint(last)["step"] == 3 and last.stat().st_mtime_ns == stamp  # no step taken, nothing re-saved
     (run_dir / "results.json").unlink()
     with pytest.raises(ConfigError) as below:

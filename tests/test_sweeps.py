@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,8 @@ def test_an_interrupted_sweep_is_finished_in_its_own_dir_with_resume_true(tmp_pa
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert f"hydra.sweep.dir={tmp_path / 'sweep'} resume=true" in err
+    again = next(ln for ln in err.splitlines() if "to finish the sweep" in ln).split(": ", 2)[2]
+    assert shlex.split(again) == ["metalearn", *args[1:], "resume=true"], again  # the command, pasted as printed
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["completed", "interrupted"]
     first = (jobs[0] / "results.json").read_bytes()
@@ -122,7 +124,12 @@ def test_an_interrupted_sweep_is_finished_in_its_own_dir_with_resume_true(tmp_pa
     other = subprocess.run([*args[:-1], "seed=5", args[-1], "resume=true"], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=120)
     assert other.returncode == 2 and "repeat its overrides as they were" in other.stderr, other.stderr
-    done = subprocess.run([*args, "resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    nowhere = subprocess.run([*args[:-1], f"hydra.sweep.dir={tmp_path / 'none'}", "resume=true"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert nowhere.returncode == 2 and "holds none" in nowhere.stderr and not (tmp_path / "none").exists()
+    done = subprocess.run([EXE, *shlex.split(again)[1:]], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["completed"] * 3
@@ -131,3 +138,4 @@ def test_an_interrupted_sweep_is_finished_in_its_own_dir_with_resume_true(tmp_pa
              if json.loads(line)["split"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == 1500  # continued, each step once
     assert json.loads((jobs[2] / "results.json").read_text())["iterations"] == 2
+    assert not [o for o in yaml.safe_load((jobs[2] / ".hydra" / "overrides.yaml").read_text()) if o.startswith("resume")]

@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -47,14 +48,24 @@ def _hydra_record(cfg: DictConfig) -> dict[str, str]:
     """The ``.hydra/`` files Hydra would write, written by the job itself once it is accepted (``cfg``:
     the config the job runs with)."""
     hc = HydraConfig.get()
+    # a job a resumed sweep starts anew (cfg.resume cleared) is recorded as the new run it is, without resume=
+    overrides = [o for o in hc.overrides.task if cfg.get("resume") or not o.startswith("resume=")]
     return {"config.yaml": OmegaConf.to_yaml(cfg),
             "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})),
-            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task)))}
+            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(overrides))}
 
 
 FAILED_JOBS: list[str] = []  # the numbers of this sweep's failed jobs (a sweep none of whose jobs ran exits 2)
 SWEEP_JOBS: list[str] = []
-SWEEP_DIR: list[str] = []  # the running sweep's hydra.sweep.dir: where a resumed sweep continues
+SWEEP_AGAIN: list[str] = []  # the command that finishes the running sweep (its overrides, its dir, resume=true)
+
+
+def _sweep_again(sweep_dir: Path) -> str:
+    """The command that finishes this sweep: its overrides as Hydra recorded them for the whole sweep (a job's
+    own are one value each), its dir, ``resume=true``."""
+    recorded = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task if (sweep_dir / "multirun.yaml").is_file() else []
+    again = [shlex.quote(o) for o in recorded if not o.startswith("resume=")]
+    return " ".join(["metalearn train -m", *again, shell_override("hydra.sweep.dir", sweep_dir), "resume=true"])
 
 
 def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> float:
@@ -64,7 +75,8 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         SWEEP_JOBS.append(str(hc.job.num))
-        SWEEP_DIR[:] = [hc.sweep.dir]
+        if not SWEEP_AGAIN:
+            SWEEP_AGAIN.append(_sweep_again(canonical(hc.sweep.dir)))
     run_dir = Path(hc.runtime.output_dir)
     guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0, disposable=disposable,
                      sweep=hc.mode == RunMode.MULTIRUN)
@@ -192,7 +204,7 @@ def run_app(command: str) -> int:
     """Run one subcommand's Hydra app; every user error becomes one line on stderr and its exit code."""
     FAILED_JOBS.clear()
     SWEEP_JOBS.clear()
-    SWEEP_DIR.clear()
+    SWEEP_AGAIN.clear()
     try:
         try:
             APPS[command]()
@@ -205,9 +217,8 @@ def run_app(command: str) -> int:
                 return 2
     except Interrupted as exc:
         print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
-        if SWEEP_JOBS and command == "train":
-            print(f"metalearn {command}: to finish the sweep (each job continued or kept), run it again as it was with "
-                  f"{shell_override('hydra.sweep.dir', SWEEP_DIR[0])} resume=true", file=sys.stderr)
+        if SWEEP_AGAIN and command == "train":
+            print(f"metalearn {command}: to finish the sweep (each job continued or kept): {SWEEP_AGAIN[0]}", file=sys.stderr)
         return 0 if exc.signal_name == "SIGTERM" else 130  # pre-emption is an orderly stop
     except InternalError as exc:
         print(f"metalearn {command}: internal error: {exc}", file=sys.stderr)

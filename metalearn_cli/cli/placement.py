@@ -17,7 +17,7 @@ from metalearn_cli.command_line import (
     CONFIG_FLAGS, PRINTING_FLAGS, VALUE_FLAGS, claim_fresh, flag_present, rank, refuse_foreign_target, render_help,
     sweep_requested, with_run_dir,
 )
-from metalearn_cli.console import one_line
+from metalearn_cli.console import one_line, shell_override
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.rundir import canonical, held, refuse_replacing, remove_empty
 from metalearn_cli.schema import flatten
@@ -128,7 +128,10 @@ def check_sweep(command: str, args: list[str], values: dict[str, Any]) -> bool:
             raise ConfigError(f"hydra.run.dir={values['hydra.run.dir']} names the folder of one run, and a sweep (-m) "
                               "writes each job into hydra.sweep.dir/<job number> (by default outputs/multirun/"
                               f"{command}/<time>/N); pass hydra.sweep.dir={values['hydra.run.dir']} instead")
-        refuse_used_sweep_dir(values.get("hydra.sweep.dir"), sweep_overrides(args) if _resumes(values) else None)
+        if _resumes(values):
+            check_resumed_sweep(values.get("hydra.sweep.dir"), sweep_overrides(args))
+        else:
+            refuse_used_sweep_dir(values.get("hydra.sweep.dir"))
     return multirun
 
 
@@ -165,30 +168,41 @@ def no_empty_sweep(command: str, values: dict[str, Any], sweep: bool, jobs: list
                     remove_empty(folder, kept)
 
 
-def refuse_used_sweep_dir(named: Any, resumed: Optional[list[str]] = None) -> None:
+def refuse_used_sweep_dir(named: Any) -> None:
     """A sweep writes ``multirun.yaml`` into its dir before any job checks its own: a sweep dir that
-    already holds a sweep (or a run) would lose its record, so a new sweep needs a new one. The same
-    sweep run again with ``resume=true`` (``resumed``: its overrides) finishes it there: each job
-    continues its own run dir (:func:`metalearn_cli.resume.resumed_sweep_job`)."""
+    already holds a sweep (or a run) would lose its record, so a new sweep needs a new one."""
     if named is None or "${" in str(named):
         return  # the default: outputs/multirun/<command>/<time>, new
     folder = canonical(str(named))
     found = held(folder)
     if not found and folder.is_dir():  # a sweep none of whose jobs ran (a typo in every job) may be run again
         found = [p.name for p in sorted(folder.iterdir()) if p.is_dir() and held(p)][:3]
-    if found and resumed is not None and not held(folder) and (folder / "multirun.yaml").is_file():
-        recorded = OmegaConf.load(folder / "multirun.yaml").hydra.overrides.task
-        before = sweep_overrides(list(recorded))
-        if before == resumed:
-            return
-        raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before) or 'the defaults'}; resume=true "
-                          f"finishes that sweep, so repeat its overrides as they were (this command has "
-                          f"{' '.join(resumed) or 'none'}), or choose a new hydra.sweep.dir for a new sweep")
     if found:
         record = " (and its multirun.yaml)" if (folder / "multirun.yaml").exists() else ""
         raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep's runs ({', '.join(found[:3])}){record}; a "
                           "sweep writes multirun.yaml and a run dir per job there, so choose a new hydra.sweep.dir (or, to finish "
                           "that sweep, run it again as it was with resume=true)")
+
+
+def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
+    """``-m ... resume=true`` finishes the sweep recorded in ``hydra.sweep.dir`` (its ``multirun.yaml``), run
+    again with the same overrides: each job then continues its own run dir
+    (:func:`metalearn_cli.resume.resumed_sweep_job`). Anything else is refused, never a new sweep begun."""
+    if named is None or "${" in str(named):
+        raise ConfigError("resume=true in a sweep finishes the sweep of hydra.sweep.dir: name it (hydra.sweep.dir=DIR, as "
+                          "the stop line printed it), or drop resume=true for a new sweep")
+    folder = canonical(str(named))
+    if held(folder):
+        raise ConfigError(f"hydra.sweep.dir={named} is one run's dir, not a sweep's; continue it with: metalearn train "
+                          f"{shell_override('resume', folder)}")
+    if not (folder / "multirun.yaml").is_file():
+        raise ConfigError(f"resume=true finishes the sweep in hydra.sweep.dir={named}, which holds none (no multirun.yaml); "
+                          "check the path, or drop resume=true for a new sweep")
+    before = sweep_overrides(list(OmegaConf.load(folder / "multirun.yaml").hydra.overrides.task))
+    if before != overrides:
+        raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before) or 'the defaults'}; resume=true "
+                          f"finishes that sweep, so repeat its overrides as they were (this command has "
+                          f"{' '.join(overrides) or 'none'}), or choose a new hydra.sweep.dir for a new sweep")
 
 
 def config_keys(command: str) -> list[str]:

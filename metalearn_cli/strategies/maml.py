@@ -119,6 +119,11 @@ class MAML(Strategy):
                 f"strategy={p.name} with strategy.adapt={p.adapt.value} has nothing to adapt ({decoder} has no parameters); "
                 "use decoder=linear, or strategy.adapt=all"
             )
+        test_steps = p.eval_inner_steps if p.eval_inner_steps is not None else p.inner_steps
+        if test_steps == 0 and not self.model.decoder.reads_support:  # one shared head, never adapted: a guess
+            raise ConfigError(f"strategy={p.name} tests with 0 inner steps (strategy.eval_inner_steps), so decoder=linear's "
+                              "shared head is never adapted to a task and every test task stays at chance; give "
+                              "strategy.eval_inner_steps >= 1")
         if p.learn_inner_lr and p.per_step_lr:
             raise ConfigError("strategy.learn_inner_lr (Meta-SGD, per element) and strategy.per_step_lr (MAML++, per "
                               "tensor and step) are two kinds of learned inner rates; choose one")

@@ -115,7 +115,7 @@ def test_every_decoder_runs_under_vmap_as_in_the_loop(decoder):
 
 
 def test_zero_inner_steps_is_plain_training():
-    maml, batch = setup(inner_steps=0)
+    maml, batch = setup(inner_steps=0, eval_inner_steps=1)  # tested unadapted, a linear head is refused (below)
     ours = meta_gradients(maml, batch)
     maml.zero_grad()
     logits = torch.stack([maml.model(batch.support_images[t : t + 1], batch.support_labels[t : t + 1],
@@ -317,7 +317,9 @@ def test_impossible_inner_loop_settings_are_refused_in_one_line(setting, message
     with pytest.raises(ConfigError) as refused:
         setup(**setting)
     assert str(refused.value) == message
-    assert setup(eval_inner_steps=0)[0].test_inner_steps() == 0  # zero test-time steps: the initialisation's own logits
+    assert setup(decoder="prototype", adapt="all", eval_inner_steps=0)[0].test_inner_steps() == 0  # the initialisation's
+    with pytest.raises(ConfigError, match="shared head is never adapted"):  # a linear head unadapted: every task a guess
+        setup(eval_inner_steps=0)
 
 
 def test_vmap_is_refused_for_an_encoder_that_cannot_batch_tasks():
