@@ -54,10 +54,11 @@ STEPS: list[tuple[str, str, int]] = [  # (title, command line, the exit code it 
     ("Export the meta-knowledge alone", "metalearn export checkpoint=runs/protonet out=meta_knowledge.pt hydra.run.dir=runs/export", 0),
     ("Use it from Python", "python api_example.py", 0),
     ("A sweep on generated data: 2 strategies x 2 decoders, one run dir per job under one sweep dir",
-     "metalearn train -m debug=smoke strategy=mgd,fomaml decoder=linear,prototype seed=0 hydra.sweep.dir=runs/sweep", 0),
+     "metalearn train -m debug=smoke strategy=mgd,fomaml decoder=prototype,metric seed=0 hydra.sweep.dir=runs/sweep", 0),
     ("Summarise the sweep", "metalearn report runs/sweep --out runs/sweep-report", 0),
     ("Compare two of its runs task by task (one seed, so the same test tasks)",
-     "metalearn compare runs/sweep/1_synthetic-mgd-5way1shot-seed0 runs/sweep/3_synthetic-fomaml-5way1shot-seed0 "
+     "metalearn compare runs/sweep/0_synthetic-conv4_fast-prototype-mgd-5way1shot-seed0 "
+     "runs/sweep/2_synthetic-conv4_fast-prototype-fomaml-5way1shot-seed0 "
      "--out runs/compare", 0),
     ("Plan a table reproduction (without running it)",
      "python scripts/reproduce.py --table omniglot --methods protonet --dry-run --out runs/repro", 0),
