@@ -63,8 +63,7 @@ SWEEP_AGAIN: list[str] = []  # the command that finishes the running sweep (its 
 def _sweep_again(sweep_dir: Path) -> str:
     """The command that finishes this sweep: its overrides as Hydra recorded them for the whole sweep (a job's
     own are one value each), its dir, ``resume=true``."""
-    recorded = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task if (sweep_dir / "multirun.yaml").is_file() else []
-    again = [shlex.quote(o) for o in recorded if not o.startswith("resume=")]
+    again = [shlex.quote(o) for o in placement.recorded_sweep(sweep_dir) if not o.startswith("resume=")]
     return " ".join(["metalearn train -m", *again, shell_override("hydra.sweep.dir", sweep_dir), "resume=true"])
 
 

@@ -184,6 +184,12 @@ def refuse_used_sweep_dir(named: Any) -> None:
                           "that sweep, run it again as it was with resume=true)")
 
 
+def recorded_sweep(folder: Path) -> list[str]:
+    """The overrides a sweep dir's ``multirun.yaml`` records for the whole sweep (``a,b`` as typed); none without one."""
+    record = folder / "multirun.yaml"
+    return [str(o) for o in OmegaConf.load(record).hydra.overrides.task] if record.is_file() else []
+
+
 def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
     """``-m ... resume=true`` finishes the sweep recorded in ``hydra.sweep.dir`` (its ``multirun.yaml``), run
     again with the same overrides: each job then continues its own run dir
@@ -198,7 +204,7 @@ def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
     if not (folder / "multirun.yaml").is_file():
         raise ConfigError(f"resume=true finishes the sweep in hydra.sweep.dir={named}, which holds none (no multirun.yaml); "
                           "check the path, or drop resume=true for a new sweep")
-    before = sweep_overrides(list(OmegaConf.load(folder / "multirun.yaml").hydra.overrides.task))
+    before = sweep_overrides(recorded_sweep(folder))
     if before != overrides:
         raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before) or 'the defaults'}; resume=true "
                           f"finishes that sweep, so repeat its overrides as they were (this command has "
