@@ -221,6 +221,23 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
     return rows, diffs
 
 
+def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
+    """The runs each given path stands for; of a sweep dir, only its jobs with test results (a job named
+    alone must have them, :func:`same_tasks`): the others are listed in a note, with how to finish them."""
+    runs, unfinished = [], []
+    for path, inside in zip(given, found):
+        for run in inside:
+            if inside != [path] and not read_run(run)["results"]:
+                unfinished.append(run)
+            else:
+                runs.append(run)
+    if unfinished:
+        print(f"note: left out {len(unfinished)} job{'s' if len(unfinished) > 1 else ''} without test results "
+              f"({', '.join(r.name for r in unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}); a stopped sweep is "
+              "finished by the same sweep with hydra.sweep.dir=DIR resume=true", file=sys.stderr)
+    return runs
+
+
 def main(argv: list[str]) -> int:
     parser = OneLineParser(prog="metalearn compare", description=help_text(__doc__))
     parser.add_argument("runs", nargs="*", type=Path, help="run dirs, eval dirs or sweep dirs; the first run's setting "
@@ -234,7 +251,7 @@ def main(argv: list[str]) -> int:
     if args.runs and args.setting:
         parser.error("give runs, or --setting groups, not both")
     named = [[r for path in group for r in find_runs([path])] for group in args.setting]
-    runs = [r for group in named for r in group] if named else [r for path in args.runs for r in find_runs([path])]
+    runs = [r for group in named for r in group] if named else sweeps_finished([find_runs([path]) for path in args.runs], args.runs)
     if len(runs) < 2:
         parser.error("give two runs or more: the first is the reference")
     seen: dict[Path, Path] = {}

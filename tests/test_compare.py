@@ -202,3 +202,20 @@ def test_compare_says_when_tasks_are_few_or_the_batch_norm_modes_differ_and_name
     (predicted / "status.json").write_text('{"status": "completed"}')
     assert main(["compare", str(tmp_path / "a"), str(predicted)]) == 2
     assert "is a predict dir: it scored no fixed test tasks" in capsys.readouterr().err
+
+
+def test_a_sweep_dir_with_an_unfinished_job_is_compared_over_its_finished_ones_with_a_note(tmp_path, capsys):
+    from metalearn_cli.rundir import write_status
+
+    sweep = tmp_path / "sweep"
+    for width in (8, 16):
+        assert main(["train", *FAST, f"encoder.width={width}", f"hydra.run.dir={sweep / f'{width}'}"]) == 0
+    (sweep / "stopped").mkdir()
+    write_status(sweep / "stopped", "interrupted", step=3)  # a job Ctrl-C ended: no test results yet
+    capsys.readouterr()
+    assert main(["compare", str(sweep), "--out", str(tmp_path / "cmp")]) == 0
+    out, err = capsys.readouterr()
+    assert "left out 1 job without test results (stopped)" in err and "resume=true" in err
+    assert len(list(csv.DictReader((tmp_path / "cmp" / "compare.csv").open()))) == 1
+    assert main(["compare", str(sweep / "8"), str(sweep / "stopped")]) == 2  # named alone, it is refused as before
+    assert "has no test results (status: interrupted)" in capsys.readouterr().err
