@@ -32,7 +32,7 @@ from typing import Any, Optional
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import canonical, find_runs, read_run, refuse_replacing
+from metalearn_cli.rundir import RunDir, canonical, find_runs, read_run, refuse_replacing
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
 COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
@@ -227,7 +227,7 @@ def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
     runs, unfinished = [], []
     for path, inside in zip(given, found):
         for run in inside:
-            if inside != [path] and not read_run(run)["results"]:
+            if inside != [path] and not RunDir(run).results.is_file():  # read whole later, once (same_tasks)
                 unfinished.append(run)
             else:
                 runs.append(run)
