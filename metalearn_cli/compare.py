@@ -33,6 +33,7 @@ from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.rundir import RunDir, canonical, find_runs, read_run, refuse_replacing
+from metalearn_cli.sweep_record import sweep_note
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
 COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
@@ -224,17 +225,16 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
 def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
     """The runs each given path stands for; of a sweep dir, only its jobs with test results (a job named
     alone must have them, :func:`same_tasks`): the others are listed in a note, with how to finish them."""
-    runs, unfinished = [], []
+    runs = []
     for path, inside in zip(given, found):
-        for run in inside:
-            if inside != [path] and not RunDir(run).results.is_file():  # read whole later, once (same_tasks)
-                unfinished.append(run)
-            else:
-                runs.append(run)
-    if unfinished:
-        print(f"note: left out {len(unfinished)} job{'s' if len(unfinished) > 1 else ''} without test results "
-              f"({', '.join(r.name for r in unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}); a stopped sweep is "
-              "finished by the same sweep with hydra.sweep.dir=DIR resume=true", file=sys.stderr)
+        unfinished = [run for run in inside if inside != [path] and not RunDir(run).results.is_file()]  # read later, once
+        runs += [run for run in inside if run not in unfinished]
+        if inside != [path] and (note := sweep_note(path, inside, unfinished)):
+            print(f"note: left out of the comparison: {note}", file=sys.stderr)
+        elif unfinished:
+            print(f"note: left out {len(unfinished)} run{'s' if len(unfinished) > 1 else ''} without test results "
+                  f"({', '.join(r.name for r in unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}); resume each to "
+                  "finish and test it (metalearn train resume=RUN)", file=sys.stderr)
     return runs
 
 

@@ -24,17 +24,18 @@ from tqdm import tqdm
 
 from metalearn_cli.assemble import load_strategy, resolve_bn_mode, setup_device, startup_line
 from metalearn_cli.augment import SupportCopies, TtaViews
-from metalearn_cli.config_checks import check_seed, check_tta_shift, validate_eval
+from metalearn_cli.config_checks import check_seed, check_tta_shift
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.confusions import OUTCOMES, log_confused_pairs, write_outcomes
 from metalearn_cli.episodes import EpisodeSampler, check_fits, is_lake, resident, split_seed
 from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble, other_data
+from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble
+from metalearn_cli.eval_inputs import dataset_of, eval_settings, member_data, member_settings, reads_folder
 from metalearn_cli.finetune import Finetuner
+from metalearn_cli.resume import unfinished_note
 from metalearn_cli.rundir import write_results, write_status
-from metalearn_cli.schema import EvalConfig
 from metalearn_cli.strategies import Strategy, query_accuracy
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def score_checkpoint(
 ) -> dict[str, Any]:
     """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's results.json report
     (``eval.save_task_stats``: also ``run_dir/task_stats.csv``). An ensemble's ``members``: its data per member
-    (:func:`member_data`); ``each``: its members' own eval settings (:func:`member_settings`)."""
+    (:func:`~metalearn_cli.eval_inputs.member_data`); ``each``: its members' own eval settings (:func:`~metalearn_cli.eval_inputs.member_settings`)."""
     way, shot, query = shapes
     sampler = member_tasks(members or [data], split, shapes, seed, device, lake)
     modes, member_views = test_protocol(strategy, each or [eval_cfg])
@@ -205,84 +206,13 @@ def fixed_tasks(data: FewShotData, split: str, shapes: tuple[int, int, int], see
 
 def member_tasks(datas: list[FewShotData], split: str, shapes: tuple[int, int, int], seed: int, device: torch.device,
                  lake: bool) -> Any:
-    """The fixed tasks for each member's data (:func:`member_data`): one sampler when they all read the
+    """The fixed tasks for each member's data (:func:`~metalearn_cli.eval_inputs.member_data`): one sampler when they all read the
     same images, else the same tasks drawn in lockstep at each image size."""
     distinct = list({id(d): d for d in datas}.values())
     if len(distinct) == 1:
         return fixed_tasks(distinct[0], split, shapes, seed, device, lake)
     samplers = [fixed_tasks(d, split, shapes, seed, device, lake) for d in distinct]
     return LockstepTasks(samplers, [next(i for i, d in enumerate(distinct) if d is m) for m in datas])
-
-
-def member_data(ensemble: Ensemble, first: FewShotData, split: str, root: Optional[str]) -> list[FewShotData]:
-    """Each member's data set as it reads the test tasks: ``first`` where it reads the same images (other
-    training-only settings, such as rotated training classes, do not matter), its own copy where it reads
-    the same classes at another image size or framing (``dataset.normalise``); a member tested on other
-    classes or images is refused."""
-    optional = reads_folder(ensemble)
-    configs = [dataset_of(saved, root, source, optional) for saved, source in zip(ensemble.datasets, ensemble.sources)]
-    datas, built = [first], {repr(sorted(configs[0].items())): first}
-    want = first.split(split)
-    for config, saved, source in zip(configs[1:], ensemble.datasets[1:], ensemble.sources[1:]):
-        key = repr(sorted(config.items()))
-        data = built[key] = built.get(key) or DATASETS.build(config)
-        mine = data.split(split)
-        if data.name != first.name or mine.class_names != want.class_names or mine.n_per_class != want.n_per_class:
-            raise other_data(ensemble.datasets[0], saved, source, ensemble.sources[0], f"its {split} classes differ")
-        if mine.images.shape == want.images.shape and config.get("normalise") == configs[0].get("normalise"):
-            if not torch.equal(mine.images, want.images):
-                raise other_data(ensemble.datasets[0], saved, source, ensemble.sources[0], f"its {split} images differ")
-            data = first
-        datas.append(data)
-    return datas
-
-
-def reads_folder(ensemble: Ensemble) -> bool:
-    """Whether some member reads its data set from a folder: then ``dataset_root`` is for those members, and
-    the others keep their embedded copy (without one, ``dataset_root`` applies to every member as to one run)."""
-    return any(OmegaConf.select(d, "root") is not None for d in ensemble.datasets)
-
-
-def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool = False) -> Any:
-    """The checkpoint's data set, touching only what the user names: a checkpoint is data, so its
-    ``root`` is not read unless ``dataset_root=`` says where the data set is, and nothing is downloaded."""
-    dataset = OmegaConf.to_container(saved, resolve=True)
-    if "download" in dataset:
-        dataset["download"] = False
-    if root_optional and dataset.get("root") is None:  # an ensemble member on the embedded copy: dataset_root is another's
-        return dataset
-    if dataset.get("root") is not None or root is not None:
-        if root is None:
-            raise ConfigError(f"{source} was trained on {dataset.get('name')} read from {dataset['root']}; pass "
-                              f"dataset_root=DIR to say where to read it (e.g. dataset_root={dataset['root']})")
-        if "root" not in dataset:
-            raise ConfigError(f"dataset_root={root} but {source}'s data set ({dataset.get('name')}) is not read from a folder; drop it")
-        if not Path(root).is_dir():
-            raise ConfigError(f"dataset_root={root} {'is a file, not a folder' if Path(root).exists() else 'does not exist'}; "
-                              f"pass the folder {source}'s data set was read from (in training: {dataset.get('root')})")
-        dataset["root"] = root
-    return dataset
-
-
-def eval_settings(choices: Any, saved: Any, whose: str = "the checkpoint") -> Any:
-    """``metalearn eval``'s eval.*: the checkpoint's own (those its results.json was scored with), each key the
-    command line set (not null) replacing the checkpoint's value; checked as one config."""
-    typed = {key: value for key, value in choices.items() if value is not None}
-    merged = OmegaConf.merge(OmegaConf.structured(EvalConfig), saved if saved is not None else {}, typed)
-    validate_eval(merged)
-    default = OmegaConf.structured(EvalConfig)
-    kept = [f"eval.{k}={v.name if hasattr(v, 'name') else v}" for k, v in merged.items()
-            if k not in typed and v != default[k]]
-    if kept:
-        log.info("%s's own test settings: %s (set any of them on the command line to change it)", whose, " ".join(kept))
-    return merged
-
-
-def member_settings(choices: Any, ensemble: Ensemble, first: Any) -> list[Any]:
-    """Each member's eval.*: its own saved settings under the command line's, as it would be tested alone
-    (its test views and batch-norm mode; the ensemble's task count and batching are the first's)."""
-    return [first, *(eval_settings(choices, saved, f"ensemble member {source}")
-                     for saved, source in zip(ensemble.evals[1:], ensemble.sources[1:]))]
 
 
 def evaluate(cfg: Any, run_dir: Path) -> float:
@@ -302,6 +232,8 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
                           "drop ensemble= or set eval.finetune_steps=0")
     source = str(Path(knowledge["source"]).resolve())
     log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
+    for note in filter(None, map(unfinished_note, [cfg.checkpoint, *others])):
+        log.warning("%s", note)
     if others:
         strategy = load_ensemble(strategy, train_cfg, source, others, device)
         log.info("an ensemble of %d: the mean of the class probabilities of %s", len(strategy.members),

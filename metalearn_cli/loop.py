@@ -302,7 +302,7 @@ class TrainingRun:
         result = s.test()
         result.update({
             "checkpoint": "checkpoints/best.pt", "best_step": self.best_step, "val_accuracy": self.best_val,
-            "iterations": s.iterations, "train_seconds": round(train_seconds, 2),
+            "iterations": s.iterations, "train_seconds": round(train_seconds, 2), "wall_seconds": round(s.clock.seconds(), 2),
             f"train_{o.unit}_per_s": round(s.iterations * o.per_step / max(train_seconds, 1e-9), 2), **s.extras(),
         })
         write_results(s.run_dir, result)

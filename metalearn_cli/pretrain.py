@@ -37,14 +37,13 @@ from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.loop import Stage
 from metalearn_cli.objectives import EpisodicObjective, SupervisedObjective
-from metalearn_cli.rundir import RunDir, read_json
+from metalearn_cli.rundir import STAGE, RunDir, read_json
 from metalearn_cli.schema import is_episodic
 from metalearn_cli.strategies import STRATEGIES
 from metalearn_cli.strategies.mgd import MGD
 
 log = logging.getLogger(__name__)
 
-STAGE = "pretrain"  # the stage's sub-directory of a run
 
 
 def stage_dir(run_dir: Path) -> Path:

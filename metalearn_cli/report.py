@@ -14,8 +14,9 @@ from typing import Any, Optional
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import find_runs, refuse_replacing
+from metalearn_cli.rundir import RunDir, find_runs, refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
+from metalearn_cli.sweep_record import sweep_note
 
 COLUMNS = ["run", "command", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
            "test_accuracy", "ci95", "published", "published_of", "val_accuracy", "train_seconds", "tasks_per_s",
@@ -65,6 +66,23 @@ def stage_columns(stage: Any) -> dict[str, Any]:
             "pretrain_seconds": stage.get("train_seconds")}
 
 
+def best_validation(metrics: list[dict[str, Any]]) -> Optional[float]:
+    """The best validation accuracy a run's metrics.jsonl holds: an unfinished run's, which has no results.json."""
+    values = [m["accuracy"] for m in metrics if m.get("split") == "val" and isinstance(m.get("accuracy"), (int, float))]
+    return max(values) if values else None
+
+
+def sweep_notes(paths: list[Path], runs: list[Path]) -> list[str]:
+    """A line for each sweep dir named whose jobs did not all finish (:func:`~metalearn_cli.sweep_record.sweep_note`)."""
+    notes = []
+    for path in paths:
+        jobs = [run for run in runs if run.parent == Path(path)]
+        unfinished = [run for run in jobs if not RunDir(run).results.is_file()]
+        if note := sweep_note(Path(path), jobs, unfinished):
+            notes.append(note)
+    return notes
+
+
 def describe(run: Path, base: Path) -> dict[str, Any]:
     """One row: the run's choices (from .hydra/config.yaml; an eval or predict dir's from the run that
     trained its checkpoint) and its measured figures (accuracies in %)."""
@@ -79,19 +97,21 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
             return picked
         return str((cfg.get(group) or {}).get("name", "")) if isinstance(cfg.get(group), dict) else ""
 
+    stage = record.get("stage_of") is not None  # <run>/pretrain: nearest-centroid on the stage's encoder
     seed = results.get("seed") if record["command"] == "eval" and "seed" in results else record["config"].get("seed")
     return {
         "run": str(run.relative_to(base)) if run != base and run.is_relative_to(base) else run.name,
         "command": record["command"],
         "overrides": " ".join(o for o in record["overrides"] if not o.startswith(("hydra.", "resume="))),  # bookkeeping
-        "dataset": name("dataset"), "encoder": name("encoder"), "decoder": name("decoder"),
-        "strategy": strategy_label(cfg),
+        "dataset": name("dataset"), "encoder": name("encoder"), "decoder": "prototype" if stage else name("decoder"),
+        "strategy": f"pretrain={(cfg.get('pretrain') or {}).get('kind', '')}" if stage else strategy_label(cfg),
         "episode": task_shape(record, cfg.get("episode") if isinstance(cfg.get("episode"), dict) else {}),
         "seed": seed, "status": record["status"],
         "test_accuracy": _percent(results.get("accuracy")), "ci95": _percent(results.get("ci95"), low=0),
         "published": results.get("published_accuracy"), "published_of": results.get("published_of") or "",
-        "val_accuracy": _percent(results.get("val_accuracy")), "train_seconds": results.get("train_seconds"),
-        "tasks_per_s": results.get("train_tasks_per_s"),
+        "val_accuracy": _percent(results.get("val_accuracy", best_validation(record["metrics"]))),  # unfinished: so far
+        "train_seconds": results.get("train_seconds"),
+        "tasks_per_s": results.get("train_tasks_per_s") if results.get("iterations") != 0 else None,  # none meta-trained
         **stage_columns(results.get("pretrain")),
         "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run, record, trained).items() if not bookkeeping(k))),  # not a column
     }
@@ -192,6 +212,9 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record_inputs(out, runs)
     table = write_tables(rows, out)
+    if notes := sweep_notes(args.paths, runs):  # in report.md too: the table alone hides the jobs that never ran
+        table += "".join(f"\nNote: {note}\n" for note in notes)
+        (out / "report.md").write_text(table, encoding="utf-8")
     pictures = plot(runs, rows, config_labels(runs, rows), out, tuple(formats))
     print(table, end="")
     tables = [out / name for name in ("report.md", "report.csv", "seeds.csv", "inputs.txt") if (out / name).is_file()]

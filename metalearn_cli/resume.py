@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.rundir import CHECKPOINTS, LAST, STATUS, RunDir, canonical, read_json, read_yaml
+from metalearn_cli.rundir import CHECKPOINTS, LAST, STATUS, RunDir, canonical, is_locked, read_json, read_yaml
 from metalearn_cli.schema import flatten
 
 # Keys a resumed run may change: bookkeeping, never what is learned or how.
@@ -36,6 +36,21 @@ def run_dir_of(path: Path) -> Path:
     if path.is_dir():
         return path
     return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
+
+
+def unfinished_note(checkpoint: Path | str) -> Optional[str]:
+    """A line for a checkpoint whose run has not finished (stopped, or still training): its ``best.pt`` is
+    the best validated so far, not what the finished run would test; None for a finished run or an export."""
+    from metalearn_cli.console import shell_override
+
+    run = run_dir_of(Path(checkpoint))
+    status = read_json(run / STATUS)
+    if status.get("status") not in ("running", "interrupted"):
+        return None
+    state = "is still training" if status["status"] == "running" and is_locked(run) else "stopped before its end"
+    where = f" (step {status['step']} of {status['iterations']})" if {"step", "iterations"} <= status.keys() else ""
+    return (f"{checkpoint} is from {run}, which {state}{where}: it holds the best weights validated so far, not the "
+            f"finished run's; finish the run with: metalearn train {shell_override('resume', run)}")
 
 
 def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:

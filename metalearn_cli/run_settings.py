@@ -7,17 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from metalearn_cli.rundir import read_run
+from metalearn_cli.rundir import STAGE, read_run
 from metalearn_cli.schema import flatten
 
 
 def record_of(run: Path) -> dict[str, Any]:
     """:func:`~metalearn_cli.rundir.read_run`, with a resumed training run's config as it last ran
-    (``trainer.iterations=8`` after a resume that raised it), not as it began."""
+    (``trainer.iterations=8`` after a resume that raised it), not as it began; a pre-training stage
+    (``<run>/pretrain``) has its run's config, and ``stage_of`` names the run."""
     from metalearn_cli.resume import last_config
 
     record = read_run(run)
-    if record["command"] == "train":
+    if record["command"] == "train" and not record["config"] and run.name == STAGE and (run.parent / ".hydra").is_dir():
+        owner = record_of(run.parent)  # a pre-training stage has no .hydra/ of its own: its run's settings
+        record.update(config=owner["config"], choices=owner["choices"], overrides=owner["overrides"], stage_of=run.parent)
+    elif record["command"] == "train":
         record["config"] = last_config(run, record["config"])
     return record
 
@@ -81,6 +85,8 @@ def setting_config(run: Path, info: Optional[dict[str, Any]] = None, source: Opt
     one setting, and a label shows what the test changed (``eval.tta_shift=3``), not the paths."""
     info = info if info is not None else record_of(run)  # the caller's record of it, when it has read it already
     config = flatten(info["config"])
+    if info.get("stage_of"):  # its run's settings, but not its run: a stage tests the pre-trained encoder alone
+        config["stage"] = STAGE
     source = source if source is not None else trained_by(info)  # the caller's, when it has looked it up already
     if not source:
         return config

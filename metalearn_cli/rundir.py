@@ -131,8 +131,9 @@ def is_locked(run_dir: Path) -> bool:
         os.close(fd)
 
 
+STAGE = "pretrain"  # the pre-training stage's sub-directory of a run (a run dir of its own, without .hydra/)
 OUTPUTS = (RESULTS, METRICS, "predictions.csv", "predictions.json", "export.json", "tensorboard", "metrics.csv",
-           "mlruns", "mlflow.json", "pretrain")
+           "mlruns", "mlflow.json", STAGE)
 
 
 def held(path: Path) -> list[str]:

@@ -40,7 +40,8 @@ def main() -> int:
     from metalearn_cli.checkpoint import read_meta_knowledge
     from metalearn_cli.confusions import confused_pairs
     from metalearn_cli.data import DATASETS
-    from metalearn_cli.evaluation import dataset_of, fixed_tasks
+    from metalearn_cli.eval_inputs import dataset_of
+    from metalearn_cli.evaluation import fixed_tasks
 
     results = json.loads((args.run / "results.json").read_text()) if (args.run / "results.json").is_file() else {}
     if "way" not in results or not (args.run / "test_outcomes.npz").is_file():

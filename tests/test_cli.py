@@ -318,3 +318,25 @@ def test_hydra_flags_with_an_optional_or_missing_value_are_not_fed_the_clis_own_
         proc = subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_ctrl_c_outside_the_loop_still_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    """A second Ctrl-C can land where the loop no longer watches (while the first is handled): the run's
+    saved checkpoint still gets its resume line, not a bare "interrupted"."""
+    from metalearn_cli.training import Training
+
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, f"hydra.run.dir={run}"]) == 0
+    capsys.readouterr()
+
+    def ctrl_c(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Training, "run", ctrl_c)
+    assert main(["train", f"resume={run}", "trainer.iterations=8"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("metalearn train: stopped: SIGINT: stopped at once") and f"resume={run}" in err[-1], err
+    assert "continue with" in (run / "train.log").read_text().splitlines()[-1]
+    fresh = tmp_path / "fresh"
+    assert main(["train", *SMOKE, f"hydra.run.dir={fresh}"]) == 130  # nothing saved yet: nothing to continue
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "metalearn train: interrupted"

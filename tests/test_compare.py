@@ -215,7 +215,7 @@ def test_a_sweep_dir_with_an_unfinished_job_is_compared_over_its_finished_ones_w
     capsys.readouterr()
     assert main(["compare", str(sweep), "--out", str(tmp_path / "cmp")]) == 0
     out, err = capsys.readouterr()
-    assert "left out 1 job without test results (stopped)" in err and "resume=true" in err
+    assert "left out 1 run without test results (stopped)" in err and "resume=RUN" in err  # not a sweep: no multirun.yaml
     assert len(list(csv.DictReader((tmp_path / "cmp" / "compare.csv").open()))) == 1
     assert main(["compare", str(sweep / "8"), str(sweep / "stopped")]) == 2  # named alone, it is refused as before
     assert "has no test results (status: interrupted)" in capsys.readouterr().err

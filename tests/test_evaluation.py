@@ -278,3 +278,17 @@ def test_rfs_support_copies_fit_the_classifier_on_augmented_support_images(compo
     with pytest.raises(ConfigError, match="eval.support_copies=2 draws augmented copies"):
         evaluation.evaluate(compose_config("eval", [f"checkpoint={plain}", "device=cpu", "eval.support_copies=2"]),
                             tmp_path / "refused")
+
+
+def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, tmp_path, caplog):
+    """best.pt of a stopped run is the best validated so far: the eval says so and how to finish the run."""
+    from metalearn_cli.resume import unfinished_note
+    from metalearn_cli.rundir import write_status
+
+    training.train(compose_train(), run_dir)
+    assert unfinished_note(run_dir / "checkpoints" / "best.pt") is None  # finished
+    write_status(run_dir, "interrupted", step=3, iterations=10)
+    evaluation.evaluate(compose_config("eval", [f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "device=cpu",
+                                                "eval.episodes=4"]), tmp_path / "eval")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("which stopped before its end (step 3 of 10)" in w and f"resume={run_dir}" in w for w in warned), warned

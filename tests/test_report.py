@@ -215,3 +215,23 @@ def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_pa
     labels = config_labels(dirs, [describe(d, runs) for d in dirs])
     assert "eval.tta_shift=1" in labels[0] and "split=val" in labels[0] and "command=eval" in labels[0]
     assert "command=predict" in labels[1] and all("checkpoint" not in label and len(label) < 120 for label in labels), labels
+
+
+def test_a_pretraining_stage_named_alone_is_a_row_with_its_runs_settings(tmp_path):
+    """``report RUN/pretrain``: the stage has no .hydra/ of its own; its row reads the run's settings, says it is
+    nearest-centroid on the pre-trained encoder, and is not pooled with its run; a run that does not meta-train
+    has no tasks/s."""
+    run = tmp_path / "run"
+    assert main(["train", "experiment=rfs_omniglot_5w1s", "debug=smoke", "encoder.width=8", "encoder.widths=null",
+                 "pretrain.iterations=2", "pretrain.val_every=1", "pretrain.val_episodes=2", "trainer.val_episodes=2",
+                 "eval.episodes=2", "device=cpu", f"hydra.run.dir={run}"]) == 0
+    import json
+
+    assert json.loads((run / "pretrain" / "results.json").read_text())["wall_seconds"] > 0
+    assert main(["report", str(run / "pretrain"), str(run), "--out", str(tmp_path / "rep")]) == 0
+    rows = {r["run"]: r for r in csv.DictReader((tmp_path / "rep" / "report.csv").open())}
+    stage, whole = rows["pretrain"], rows["run"]
+    assert (stage["dataset"], stage["encoder"], stage["decoder"], stage["strategy"]) == ("synthetic", "conv4", "prototype",
+                                                                                         "pretrain=supervised")
+    assert (whole["decoder"], whole["tasks_per_s"], whole["pretrain"]) == ("logistic", "", "supervised")
+    assert not (tmp_path / "rep" / "seeds.csv").exists()  # two settings, not one setting's two seeds

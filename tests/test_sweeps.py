@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from metalearn_cli.cli import main
 
 EXE = str(Path(sys.executable).parent / "metalearn")
 TINY = ["debug=smoke", "trainer.iterations=2", "trainer.val_every=2", "trainer.val_episodes=4", "eval.episodes=4",
@@ -120,6 +123,12 @@ def test_an_interrupted_sweep_is_finished_in_its_own_dir_with_resume_true(tmp_pa
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["completed", "interrupted"]
     first = (jobs[0] / "results.json").read_bytes()
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0  # the stopped sweep, reported
+    note = (tmp_path / "report" / "report.md").read_text().rsplit("Note: ", 1)[1]
+    assert f"1 job stopped before its test ({jobs[1].name})" in note and "1 of its 3 jobs never started" in note
+    assert note.strip().endswith(again)  # the same command as the stop line
+    stopped = next(r for r in csv.DictReader((tmp_path / "report" / "report.csv").open()) if r["status"] == "interrupted")
+    assert stopped["val_accuracy"] and not stopped["test_accuracy"]  # step 0's validation: the best so far
 
     other = subprocess.run([*args[:-1], "seed=5", args[-1], "resume=true"], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=120)

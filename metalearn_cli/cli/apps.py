@@ -6,7 +6,6 @@ import contextlib
 import importlib
 import logging
 import os
-import shlex
 import signal
 import sys
 import tempfile
@@ -29,8 +28,9 @@ from metalearn_cli.console import as_user_error, one_line, shell_override
 from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
 from metalearn_cli.params import PARAMS
 from metalearn_cli.run_guard import RunGuard
-from metalearn_cli.rundir import canonical
+from metalearn_cli.rundir import STAGE, RunDir, canonical
 from metalearn_cli.schema import SCHEMAS
+from metalearn_cli.sweep_record import sweep_again
 
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
@@ -60,11 +60,14 @@ SWEEP_JOBS: list[str] = []
 SWEEP_AGAIN: list[str] = []  # the command that finishes the running sweep (its overrides, its dir, resume=true)
 
 
-def _sweep_again(sweep_dir: Path) -> str:
-    """The command that finishes this sweep: its overrides as Hydra recorded them for the whole sweep (a job's
-    own are one value each), its dir, ``resume=true``."""
-    again = [shlex.quote(o) for o in placement.recorded_sweep(sweep_dir) if not o.startswith("resume=")]
-    return " ".join(["metalearn train -m", *again, shell_override("hydra.sweep.dir", sweep_dir), "resume=true"])
+def _saved_before(run_dir: Path) -> Interrupted | None:
+    """A training run stopped by a Ctrl-C the loop did not catch (a second one while the first was being
+    handled, or one between its stages): how to continue, when a checkpoint was saved before."""
+    saved = [p for p in (RunDir(run_dir).last, RunDir(run_dir / STAGE).last) if p.is_file()]
+    if not saved:
+        return None
+    return Interrupted("SIGINT", f"SIGINT: stopped at once; {saved[0]} was saved before; continue with: "
+                                 f"metalearn train {shell_override('resume', run_dir)}")
 
 
 def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> float:
@@ -75,7 +78,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
     if hc.mode == RunMode.MULTIRUN:
         SWEEP_JOBS.append(str(hc.job.num))
         if not SWEEP_AGAIN:
-            SWEEP_AGAIN.append(_sweep_again(canonical(hc.sweep.dir)))
+            SWEEP_AGAIN.append(sweep_again(canonical(hc.sweep.dir)))
     run_dir = Path(hc.runtime.output_dir)
     guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0, disposable=disposable,
                      sweep=hc.mode == RunMode.MULTIRUN)
@@ -91,6 +94,9 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except KeyboardInterrupt:  # eval, predict, export: no loop to mark it
         guard.interrupted()
+        if hc.job.name == "train" and (stopped := _saved_before(run_dir)) is not None:  # a Ctrl-C outside the loop's watch
+            guard.log_end(f"stopped: {stopped}")
+            raise _JobFailed(stopped) from None
         raise
     except MetalearnError as exc:
         error: MetalearnError = exc
@@ -125,6 +131,7 @@ def train_app(cfg: DictConfig) -> float:
         from metalearn_cli.training import Training
         from metalearn_cli.config_checks import check_typed_pretrain_keys, seen_class_validation
         from metalearn_cli.resume import resume_value, resumed_config, resumed_sweep_job
+        from metalearn_cli.smoke import keep_no_meta_training
 
         refuse_foreign_target("train", run_dir, resuming=True)  # inside another run: refused (held: by the loop)
         if HydraConfig.get().mode == RunMode.MULTIRUN and resume_value(cfg.resume) == "true":
@@ -134,7 +141,9 @@ def train_app(cfg: DictConfig) -> float:
                 return kept
         typed = typed_keys(list(HydraConfig.get().overrides.task))
         config = resumed_config(cfg, run_dir, typed)
-        check_typed_pretrain_keys(config, typed, HydraConfig.get().runtime.choices.get("pretrain"))
+        choices = HydraConfig.get().runtime.choices
+        check_typed_pretrain_keys(config, typed, choices.get("pretrain"))
+        keep_no_meta_training(config, choices, typed)
         if HydraConfig.get().mode == RunMode.MULTIRUN and (why := seen_class_validation(config)):
             log.warning("metalearn train -m: %s", why)
         run = Training(config, run_dir)  # every check; a refusal leaves an existing run as it was

@@ -21,6 +21,7 @@ from metalearn_cli.console import one_line, shell_override
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.rundir import canonical, held, refuse_replacing, remove_empty
 from metalearn_cli.schema import flatten
+from metalearn_cli.sweep_record import recorded_sweep
 
 
 claimed: Optional[Path] = None  # the default run dir this command made (removed if refused)
@@ -182,12 +183,6 @@ def refuse_used_sweep_dir(named: Any) -> None:
         raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep's runs ({', '.join(found[:3])}){record}; a "
                           "sweep writes multirun.yaml and a run dir per job there, so choose a new hydra.sweep.dir (or, to finish "
                           "that sweep, run it again as it was with resume=true)")
-
-
-def recorded_sweep(folder: Path) -> list[str]:
-    """The overrides a sweep dir's ``multirun.yaml`` records for the whole sweep (``a,b`` as typed); none without one."""
-    record = folder / "multirun.yaml"
-    return [str(o) for o in OmegaConf.load(record).hydra.overrides.task] if record.is_file() else []
 
 
 def check_resumed_sweep(named: Any, overrides: list[str]) -> None:

@@ -102,7 +102,7 @@ def test_an_ensemble_member_framed_otherwise_reads_its_own_copy_of_the_same_task
 
     from omegaconf import OmegaConf
 
-    from metalearn_cli import evaluation
+    from metalearn_cli import eval_inputs
     from metalearn_cli.ensemble import Ensemble, check_same_test_data
     from metalearn_cli.errors import ConfigError
 
@@ -112,8 +112,8 @@ def test_an_ensemble_member_framed_otherwise_reads_its_own_copy_of_the_same_task
     member = SimpleNamespace(model=None)
     pair = Ensemble([member, member], ["a", "b"], [saved("none"), saved("centre_scale")])
     check_same_test_data(pair.datasets[0], pair.datasets[1], "b", "a")
-    first = DATASETS.build(evaluation.dataset_of(pair.datasets[0], None, "a"))
-    datas = evaluation.member_data(pair, first, "test", None)
+    first = DATASETS.build(eval_inputs.dataset_of(pair.datasets[0], None, "a"))
+    datas = eval_inputs.member_data(pair, first, "test", None)
     assert datas[0] is first and datas[1] is not first
     assert datas[1].test.class_names == first.test.class_names
     assert not torch.equal(datas[1].test.images, first.test.images)

@@ -306,7 +306,7 @@ def test_an_ensemble_reads_archive_members_from_dataset_root_and_keeps_embedded_
 
     from omegaconf import OmegaConf
 
-    from metalearn_cli import evaluation
+    from metalearn_cli import eval_inputs, evaluation
     from metalearn_cli.ensemble import Ensemble, LockstepTasks
 
     root = str(make_omniglot(tmp_path / "archives", background=tuple((f"A{i}", 1) for i in range(7)), evaluation=(("E", 3),)))
@@ -316,12 +316,12 @@ def test_an_ensemble_reads_archive_members_from_dataset_root_and_keeps_embedded_
 
     member = SimpleNamespace(model=None)
     pair = Ensemble([member, member], ["a", "b"], [saved(28, "/moved/away"), saved(56, "/moved/away")])
-    first = DATASETS.build(evaluation.dataset_of(pair.datasets[0], root, "a", evaluation.reads_folder(pair)))
-    datas = evaluation.member_data(pair, first, "test", root)
+    first = DATASETS.build(eval_inputs.dataset_of(pair.datasets[0], root, "a", eval_inputs.reads_folder(pair)))
+    datas = eval_inputs.member_data(pair, first, "test", root)
     assert datas[0] is first and datas[1].image_shape == (1, 56, 56) and datas[1].test.class_names == first.test.class_names
     assert isinstance(evaluation.member_tasks(datas, "test", (3, 1, 1), 0, torch.device("cpu"), False), LockstepTasks)
     trio = Ensemble([member] * 3, ["a", "b", "c"], [*pair.datasets, saved(28, None)])
     with pytest.raises(ConfigError, match="member c was trained on other data than a .*its test classes differ"):
-        evaluation.member_data(trio, first, "test", root)
+        eval_inputs.member_data(trio, first, "test", root)
     with pytest.raises(ConfigError, match="a was trained on omniglot read from /moved/away; pass dataset_root=DIR"):
-        evaluation.member_data(pair, first, "test", None)
+        eval_inputs.member_data(pair, first, "test", None)

@@ -1,0 +1,91 @@
+"""What ``metalearn eval`` reads from the checkpoints it tests: each one's data set (nothing read or
+downloaded that the user did not name), each ensemble member's data at its own image size, and the test
+settings (``eval.*``) a checkpoint was scored with, under those the command line sets."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from metalearn_cli.config_checks import validate_eval
+from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.ensemble import Ensemble, other_data
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.schema import EvalConfig
+
+log = logging.getLogger(__name__)
+
+
+def member_data(ensemble: Ensemble, first: FewShotData, split: str, root: Optional[str]) -> list[FewShotData]:
+    """Each member's data set as it reads the test tasks: ``first`` where it reads the same images (other
+    training-only settings, such as rotated training classes, do not matter), its own copy where it reads
+    the same classes at another image size or framing (``dataset.normalise``); a member tested on other
+    classes or images is refused."""
+    optional = reads_folder(ensemble)
+    configs = [dataset_of(saved, root, source, optional) for saved, source in zip(ensemble.datasets, ensemble.sources)]
+    datas, built = [first], {repr(sorted(configs[0].items())): first}
+    want = first.split(split)
+    for config, saved, source in zip(configs[1:], ensemble.datasets[1:], ensemble.sources[1:]):
+        key = repr(sorted(config.items()))
+        data = built[key] = built.get(key) or DATASETS.build(config)
+        mine = data.split(split)
+        if data.name != first.name or mine.class_names != want.class_names or mine.n_per_class != want.n_per_class:
+            raise other_data(ensemble.datasets[0], saved, source, ensemble.sources[0], f"its {split} classes differ")
+        if mine.images.shape == want.images.shape and config.get("normalise") == configs[0].get("normalise"):
+            if not torch.equal(mine.images, want.images):
+                raise other_data(ensemble.datasets[0], saved, source, ensemble.sources[0], f"its {split} images differ")
+            data = first
+        datas.append(data)
+    return datas
+
+
+def reads_folder(ensemble: Ensemble) -> bool:
+    """Whether some member reads its data set from a folder: then ``dataset_root`` is for those members, and
+    the others keep their embedded copy (without one, ``dataset_root`` applies to every member as to one run)."""
+    return any(OmegaConf.select(d, "root") is not None for d in ensemble.datasets)
+
+
+def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool = False) -> Any:
+    """The checkpoint's data set, touching only what the user names: a checkpoint is data, so its
+    ``root`` is not read unless ``dataset_root=`` says where the data set is, and nothing is downloaded."""
+    dataset = OmegaConf.to_container(saved, resolve=True)
+    if "download" in dataset:
+        dataset["download"] = False
+    if root_optional and dataset.get("root") is None:  # an ensemble member on the embedded copy: dataset_root is another's
+        return dataset
+    if dataset.get("root") is not None or root is not None:
+        if root is None:
+            raise ConfigError(f"{source} was trained on {dataset.get('name')} read from {dataset['root']}; pass "
+                              f"dataset_root=DIR to say where to read it (e.g. dataset_root={dataset['root']})")
+        if "root" not in dataset:
+            raise ConfigError(f"dataset_root={root} but {source}'s data set ({dataset.get('name')}) is not read from a folder; drop it")
+        if not Path(root).is_dir():
+            raise ConfigError(f"dataset_root={root} {'is a file, not a folder' if Path(root).exists() else 'does not exist'}; "
+                              f"pass the folder {source}'s data set was read from (in training: {dataset.get('root')})")
+        dataset["root"] = root
+    return dataset
+
+
+def eval_settings(choices: Any, saved: Any, whose: str = "the checkpoint") -> Any:
+    """``metalearn eval``'s eval.*: the checkpoint's own (those its results.json was scored with), each key the
+    command line set (not null) replacing the checkpoint's value; checked as one config."""
+    typed = {key: value for key, value in choices.items() if value is not None}
+    merged = OmegaConf.merge(OmegaConf.structured(EvalConfig), saved if saved is not None else {}, typed)
+    validate_eval(merged)
+    default = OmegaConf.structured(EvalConfig)
+    kept = [f"eval.{k}={v.name if hasattr(v, 'name') else v}" for k, v in merged.items()
+            if k not in typed and v != default[k]]
+    if kept:
+        log.info("%s's own test settings: %s (set any of them on the command line to change it)", whose, " ".join(kept))
+    return merged
+
+
+def member_settings(choices: Any, ensemble: Ensemble, first: Any) -> list[Any]:
+    """Each member's eval.*: its own saved settings under the command line's, as it would be tested alone
+    (its test views and batch-norm mode; the ensemble's task count and batching are the first's)."""
+    return [first, *(eval_settings(choices, saved, f"ensemble member {source}")
+                     for saved, source in zip(ensemble.evals[1:], ensemble.sources[1:]))]

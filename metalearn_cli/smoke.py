@@ -1,0 +1,37 @@
+"""What ``debug=smoke`` keeps of a preset once the config is composed.
+
+``configs/debug/smoke.yaml`` comes last in the defaults, so its ``trainer.iterations: 20`` replaces a
+preset's. A preset without meta-training (``trainer.iterations: 0``: RFS's presets test the pre-trained
+encoder as it is) would then meta-train under smoke, which is not the method the user asked to try.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import Any, Iterable, Mapping, Optional
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def preset_iterations(name: str) -> Optional[int]:
+    """The ``trainer.iterations`` a shipped preset sets in its own file, or None (unset, or not shipped)."""
+    path = resources.files("metalearn_cli.configs") / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    value = OmegaConf.select(OmegaConf.create(path.read_text(encoding="utf-8")), "trainer.iterations")
+    return value if isinstance(value, int) else None
+
+
+def keep_no_meta_training(cfg: Any, choices: Mapping[str, Any], typed: Iterable[str]) -> None:
+    """Under ``debug=smoke``, a preset that does not meta-train still does not (unless
+    ``trainer.iterations`` is typed, or the run is a resume, which repeats its saved config)."""
+    preset = choices.get("experiment")
+    if choices.get("debug") != "smoke" or not preset or cfg.get("resume") or "trainer.iterations" in set(typed):
+        return
+    if preset_iterations(str(preset)) == 0 and cfg.trainer.iterations != 0:
+        log.info("debug=smoke keeps experiment=%s's trainer.iterations=0: it tests the pre-trained encoder without "
+                 "meta-training", preset)
+        cfg.trainer.iterations = 0

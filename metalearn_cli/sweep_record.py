@@ -1,0 +1,60 @@
+"""What a sweep dir's ``multirun.yaml`` records: the sweep's overrides, how many jobs they make, and the
+command that finishes the sweep. The stop line, the resumed sweep's check, ``report`` and ``compare`` all
+read a sweep through here, so each says the same about it."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from metalearn_cli.console import shell_override
+
+RECORD = "multirun.yaml"  # Hydra writes it into the sweep dir before the first job
+
+
+def recorded_sweep(folder: Path) -> list[str]:
+    """The overrides a sweep dir's ``multirun.yaml`` records for the whole sweep (``a,b`` as typed); none without one."""
+    record = Path(folder) / RECORD
+    return [str(o) for o in OmegaConf.load(record).hydra.overrides.task] if record.is_file() else []
+
+
+def sweep_again(folder: Path) -> str:
+    """The command that finishes the sweep in ``folder``: its overrides as Hydra recorded them for the whole
+    sweep (a job's own are one value each), its dir, ``resume=true``."""
+    again = [shlex.quote(o) for o in recorded_sweep(folder) if not o.startswith("resume=")]
+    return " ".join(["metalearn train -m", *again, shell_override("hydra.sweep.dir", folder), "resume=true"])
+
+
+def planned_jobs(folder: Path) -> Optional[int]:
+    """How many jobs the sweep in ``folder`` was asked for: the product of its swept values under Hydra's
+    basic sweeper; None where that is not known (another sweeper draws its trials, or an unreadable record)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        record = OmegaConf.load(Path(folder) / RECORD)
+        if "BasicSweeper" not in str(OmegaConf.select(record, "hydra.sweeper._target_", default="")):
+            return None
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in record.hydra.overrides.task])
+        return math.prod(len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override())
+    except (OSError, OmegaConfBaseException, HydraException, ValueError):
+        return None
+
+
+def sweep_note(folder: Path, jobs: list[Path], unfinished: list[Path]) -> Optional[str]:
+    """One line for a sweep dir whose jobs did not all finish: which stopped before their test, how many never
+    started (of ``jobs``, the job dirs found in it), and the command that finishes it; None when all finished."""
+    if not (Path(folder) / RECORD).is_file():
+        return None
+    planned = planned_jobs(folder)
+    missing = planned - len(jobs) if planned is not None else 0
+    parts = [f"{len(unfinished)} job{'s' if len(unfinished) > 1 else ''} stopped before its test "
+             f"({', '.join(r.name for r in unfinished[:3])}{', ...' if len(unfinished) > 3 else ''})"] if unfinished else []
+    if missing > 0:
+        parts.append(f"{missing} of its {planned} jobs never started")
+    return f"{folder}: {' and '.join(parts)}; finish the sweep with: {sweep_again(folder)}" if parts else None

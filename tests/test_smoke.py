@@ -1,0 +1,35 @@
+"""``debug=smoke`` over a preset: what it keeps of the preset (metalearn_cli/smoke.py)."""
+
+from __future__ import annotations
+
+import json
+
+from omegaconf import OmegaConf
+
+from metalearn_cli.cli import main
+from metalearn_cli.smoke import keep_no_meta_training, preset_iterations
+
+SHRINK = ["encoder.width=8", "encoder.widths=null", "pretrain.iterations=2", "pretrain.val_every=1", "pretrain.val_episodes=2",
+          "trainer.val_episodes=2", "eval.episodes=2", "device=cpu", "trainer.progress=false"]
+
+
+def test_a_preset_without_meta_training_stays_so_under_smoke(tmp_path):
+    """RFS's presets test the pre-trained encoder (trainer.iterations: 0); smoke's 20 must not turn meta-training on."""
+    run = tmp_path / "run"
+    assert main(["train", "experiment=rfs_omniglot_5w1s", "debug=smoke", *SHRINK, f"hydra.run.dir={run}"]) == 0
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    assert saved.trainer.iterations == 0 and saved.pretrain.iterations == 2
+    assert json.loads((run / "results.json").read_text())["iterations"] == 0
+
+
+def test_typed_iterations_and_other_presets_keep_smokes_budget():
+    cfg = OmegaConf.create({"trainer": {"iterations": 20}, "resume": None})
+    keep_no_meta_training(cfg, {"debug": "smoke", "experiment": "rfs_omniglot_5w1s"}, ["trainer.iterations"])
+    assert cfg.trainer.iterations == 20  # typed: the user's count
+    keep_no_meta_training(cfg, {"debug": "smoke", "experiment": "best_omniglot_5w1s"}, [])
+    assert cfg.trainer.iterations == 20  # a preset that meta-trains: smoke's 20
+    keep_no_meta_training(cfg, {"debug": None, "experiment": "rfs_omniglot_5w1s"}, [])
+    assert cfg.trainer.iterations == 20  # not smoke: the composed config is left alone
+    keep_no_meta_training(cfg, {"debug": "smoke", "experiment": "rfs_omniglot_5w1s"}, [])
+    assert cfg.trainer.iterations == 0
+    assert preset_iterations("best_omniglot_5w1s") == 60000 and preset_iterations("no_such_preset") is None
