@@ -37,7 +37,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def read_state(path: Path) -> Any:
     """``torch.load`` with ``weights_only=True``: nothing in the file is executed."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass checkpoints/best.pt or last.pt of a run dir")
+        what = "does not exist" if not path.exists() else "is not a file" if not path.is_dir() else "is a folder"
+        raise CheckpointError(f"checkpoint {path} {what}; pass checkpoints/best.pt or last.pt of a run dir")
     other = {"best.pt": "use the run's checkpoints/last.pt", "last.pt": "use the run's checkpoints/best.pt"}.get(
         path.name, "use another checkpoint, e.g. checkpoints/last.pt or best.pt of the run")
     changed = _changed_entry(path)

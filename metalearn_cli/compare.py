@@ -141,6 +141,9 @@ def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[
     return groups
 
 
+TEST_SETTINGS = ("bn_mode", "tta_shift", "tta_rotate", "tta_scale", "tta_shear", "support_copies", "finetune_steps")
+
+
 def same_tasks(reference: Path, run: Path) -> None:
     records = {path: read_run(path) for path in (reference, run)}
     for path, record in records.items():
@@ -150,17 +153,20 @@ def same_tasks(reference: Path, run: Path) -> None:
         if record["status"] == "failed":
             raise MetalearnError(f"{path} failed ({path / 'error.txt'} says why) and has no test results; fix it and run it again")
         if not record["results"]:
-            raise MetalearnError(f"{path} has no test results (status: {record['status']}); "
-                                 + ("resume it to finish and test it (metalearn train resume=RUN)"
-                                    if record["status"] in ("interrupted", "running") else "test it with metalearn eval checkpoint=RUN"))
+            stopped = record["status"] in ("interrupted", "running")
+            raise MetalearnError(f"{path} has no test results (status: {record['status']}); " + (
+                "an eval stopped before its end: run the same metalearn eval again" if record["command"] == "eval" and stopped
+                else "resume it to finish and test it (metalearn train resume=RUN)" if stopped
+                else "test it with metalearn eval checkpoint=RUN"))
     a, b = records[reference]["results"], records[run]["results"]
     differ = [k for k in SAME_TASKS if a.get(k) != b.get(k)]
     if differ:
         raise MetalearnError(f"{run} was not scored on the tasks of {reference} ({', '.join(f'{k}: {a.get(k)} vs {b.get(k)}' for k in differ[:3])}); "
                              "score both on the same tasks (metalearn eval ... seed=S episode=...) to compare them")
-    if a.get("bn_mode") != b.get("bn_mode"):  # the same tasks under another test protocol: said, not refused
-        print(f"note: {run} was tested with eval.bn_mode={b.get('bn_mode')}, {reference} with {a.get('bn_mode')}: the "
-              "difference includes the batch-norm mode (metalearn eval checkpoint=RUN eval.bn_mode=... tests both alike)",
+    protocol = [k for k in TEST_SETTINGS if None not in (a.get(k), b.get(k)) and a[k] != b[k]]  # older results lack some
+    if protocol:  # the same tasks under another test protocol: said, not refused
+        print(f"note: {run} and {reference} were tested differently ({', '.join(f'eval.{k}={b[k]} vs {a[k]}' for k in protocol)}): "
+              f"the difference includes that (metalearn eval checkpoint=RUN eval.{protocol[0]}=... tests both alike)",
               file=sys.stderr)
 
 
@@ -233,8 +239,8 @@ def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
             print(f"note: left out of the comparison: {note}", file=sys.stderr)
         elif unfinished:
             print(f"note: left out {len(unfinished)} run{'s' if len(unfinished) > 1 else ''} without test results "
-                  f"({', '.join(r.name for r in unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}); resume each to "
-                  "finish and test it (metalearn train resume=RUN)", file=sys.stderr)
+                  f"({', '.join(r.name for r in unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}); finish each "
+                  "(a training run: metalearn train resume=RUN; an eval: the same metalearn eval again)", file=sys.stderr)
     return runs
 
 
@@ -274,7 +280,8 @@ def main(argv: list[str]) -> int:
     with open(out / "compare.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows([{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows])
+        writer.writerows([{k: float(f"{v:.4g}") if k == "mcnemar_p" else round(v, 4) if isinstance(v, float) else v  # p: 4 significant digits
+                           for k, v in r.items()} for r in rows])
     for r in rows:
         shared = f"{r['tasks']} shared tasks" + (f" x {r['seeds']} seeds" if r["seeds"] > 1 else "")
         print(f"{r['run']} vs {r['reference']}: {r['accuracy_run']:.2f}% vs {r['accuracy_reference']:.2f}% on {shared}; difference {r['difference']:+.2f} points, CI95 [{r['ci95_low']:+.2f}, "

@@ -89,3 +89,15 @@ def member_settings(choices: Any, ensemble: Ensemble, first: Any) -> list[Any]:
     (its test views and batch-norm mode; the ensemble's task count and batching are the first's)."""
     return [first, *(eval_settings(choices, saved, f"ensemble member {source}")
                      for saved, source in zip(ensemble.evals[1:], ensemble.sources[1:]))]
+
+
+def check_ensemble_options(typed: Any, settings: Any, members: list[FewShotData]) -> None:
+    """What an ensemble cannot be tested with: test-time fine-tuning (the steps of one network), and support
+    copies when its members read the support images at different sizes or framings (copies of one set are drawn)."""
+    if settings.finetune_steps:
+        whose = "" if typed.finetune_steps is not None else " (the checkpoint's own)"
+        raise ConfigError(f"eval.finetune_steps={settings.finetune_steps}{whose} cannot be combined with ensemble=; "
+                          "drop ensemble= or set eval.finetune_steps=0")
+    if settings.support_copies and len({id(m) for m in members}) > 1:
+        raise ConfigError(f"eval.support_copies={settings.support_copies} draws copies of the support images at one image "
+                          "size, but the ensemble's members read them at different sizes or framings; drop one of the two")

@@ -32,7 +32,7 @@ from metalearn_cli.episodes import EpisodeSampler, check_fits, is_lake, resident
 from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble
-from metalearn_cli.eval_inputs import dataset_of, eval_settings, member_data, member_settings, reads_folder
+from metalearn_cli.eval_inputs import check_ensemble_options, dataset_of, eval_settings, member_data, member_settings, reads_folder
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.resume import unfinished_note
 from metalearn_cli.rundir import write_results, write_status
@@ -226,10 +226,6 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     knowledge = read_meta_knowledge(cfg.checkpoint)
     strategy, train_cfg = load_strategy(knowledge, device)
     eval_cfg = eval_settings(cfg.eval, OmegaConf.select(train_cfg, "eval"))
-    if others and eval_cfg.finetune_steps:
-        whose = "" if cfg.eval.finetune_steps is not None else " (the checkpoint's own)"
-        raise ConfigError(f"eval.finetune_steps={eval_cfg.finetune_steps}{whose} cannot be combined with ensemble=; "
-                          "drop ensemble= or set eval.finetune_steps=0")
     source = str(Path(knowledge["source"]).resolve())
     log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
     for note in filter(None, map(unfinished_note, [cfg.checkpoint, *others])):
@@ -241,6 +237,8 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     optional = isinstance(strategy, Ensemble) and reads_folder(strategy)
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], optional))
     members = member_data(strategy, data, cfg.split, cfg.dataset_root) if others else [data]
+    if others:
+        check_ensemble_options(cfg.eval, eval_cfg, members)
     each = member_settings(cfg.eval, strategy, eval_cfg) if isinstance(strategy, Ensemble) else [eval_cfg]
     for settings, member in zip(each, members):
         check_tta_shift(settings.tta_shift, member.image_shape)

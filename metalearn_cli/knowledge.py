@@ -16,6 +16,7 @@ latent steps for LEO-style codes).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -24,11 +25,13 @@ from omegaconf import DictConfig
 
 from metalearn_cli.assemble import load_strategy, resolve_bn_mode, resolve_device
 from metalearn_cli.augment import TtaViews
+from metalearn_cli.bn_modes import MODES
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data.images import ImageFormat, ImageSource, read_image
 from metalearn_cli.episodes import EpisodeBatch, TaskShapes
-from metalearn_cli.errors import ConfigError, DataError
+from metalearn_cli.errors import CheckpointError, ConfigError, DataError
 from metalearn_cli.encoders.norm import batch_norm_mode
+from metalearn_cli.resume import unfinished_note
 from metalearn_cli.strategies import Strategy
 
 Images = Union[torch.Tensor, Sequence[ImageSource]]
@@ -89,6 +92,7 @@ class MetaKnowledge:
         self.step = int(state.get("step", -1))
         self.source = str(Path(state["source"]).resolve()) if state.get("source") else None  # the file it was read from
         self.pixel_mean: float | None = state.get("pixel_mean")  # of the training images, as the model saw them
+        self.said_transductive = False  # warn_if_transductive: once
 
     @property
     def max_way(self) -> int | None:
@@ -108,8 +112,17 @@ class MetaKnowledge:
         if images.dim() != 4 or tuple(images.shape[1:]) != self.image_format.shape:
             raise DataError(f"images must be [n, {', '.join(map(str, self.image_format.shape))}] for this meta-network, "
                             f"got {list(images.shape)}; convert them with read_images()")
-        pixels = images.to(self.device)
-        return pixels.float().div(255.0) if pixels.dtype == torch.uint8 else pixels.float()
+        if images.dtype == torch.uint8:
+            return images.to(self.device).float().div(255.0)
+        if not images.is_floating_point():  # int64 from numpy, bool: 0-255 or 0-1 cannot be told apart
+            raise DataError(f"images of dtype {images.dtype}: give uint8 (0-255) or floats in [0, 1], e.g. images.to(torch.uint8)")
+        pixels = images.to(self.device).float()
+        if pixels.numel() and not bool(torch.isfinite(pixels).all()):
+            raise DataError("the images hold NaN or infinite values; give uint8 (0-255) or floats in [0, 1]")
+        if pixels.numel() and (float(pixels.min()) < 0 or float(pixels.max()) > 1):
+            raise DataError(f"float images must lie in [0, 1]; these span [{float(pixels.min()):g}, {float(pixels.max()):g}] "
+                            "(0-255 floats: divide by 255, or give uint8)")
+        return pixels
 
     def warn_if_inverted(self, pixels: torch.Tensor, what: str = "support") -> bool:
         """Warn (and return True) when images look inverted against the training data: mean brightness
@@ -123,6 +136,15 @@ class MetaKnowledge:
                     "training images %.2f): give images of the training images' polarity (for Omniglot-trained models dark "
                     "strokes on white, as the original files are); predictions on inverted images are poor", what, mean, self.pixel_mean)
         return True
+
+    def warn_if_transductive(self) -> None:
+        """Once (per loaded meta-network): a transductive test protocol answers each query with the others."""
+        if MODES[self.bn_mode].inductive or self.said_transductive:
+            return
+        self.said_transductive = True
+        log.warning("batch-norm mode %s (the checkpoint's test protocol): each query's answer depends on the queries "
+                    "normalised with it (those given in one call, in chunks of %d); give a test set's queries together, as "
+                    "the run was tested", self.bn_mode, self.query_chunk)
 
     def check_images(self, pixels: torch.Tensor, what: str) -> int:
         """Warn about images that are nearly one flat value after conversion (blank, or their content
@@ -138,7 +160,10 @@ class MetaKnowledge:
         """Adapt to a new task: ``support_labels[i]`` in 0..N-1 is the class of ``support_images[i]``;
         every class needs at least one image, and N >= 2."""
         support = self.as_pixels(support_images)
-        labels = torch.as_tensor(support_labels, dtype=torch.long).flatten()
+        try:
+            labels = torch.as_tensor(support_labels, dtype=torch.long).flatten()
+        except (TypeError, ValueError, RuntimeError):  # names ("cat"), ragged lists: torch's message names neither
+            raise DataError(f"support labels must be integers 0..N-1, one per image; got {str(support_labels)[:60]}") from None
         if labels.numel() != support.shape[0]:
             raise DataError(f"{support.shape[0]} support images but {labels.numel()} labels; give one label per image")
         n = int(labels.max()) + 1 if labels.numel() else 0
@@ -146,6 +171,7 @@ class MetaKnowledge:
             raise DataError("support labels must be 0..N-1 with N >= 2 and at least one image of every class")
         self.check_images(support, "support")
         self.warn_if_inverted(support, "support")
+        self.warn_if_transductive()
         if self.max_way is not None and n > self.max_way:
             raise ConfigError(f"this meta-network's classifier head has {self.max_way} outputs, so a task may have at "
                               f"most {self.max_way} classes; this one has {n}")
@@ -154,6 +180,11 @@ class MetaKnowledge:
 
 def load(path: Path | str | dict[str, Any], device: str | torch.device = "auto") -> MetaKnowledge:
     """Load meta-knowledge (an export, a training checkpoint or a run dir) onto ``device`` (auto: CUDA if present)."""
+    if not isinstance(path, (str, os.PathLike, dict)):
+        raise CheckpointError(f"load() takes the path of an export, a checkpoint or a run dir (or a state dict read from "
+                              f"one); got a {type(path).__module__}.{type(path).__name__}")
     state = path if isinstance(path, dict) else read_meta_knowledge(path)
+    if not isinstance(path, dict) and (note := unfinished_note(path)):
+        log.warning("%s", note)
     resolved = device if isinstance(device, torch.device) else resolve_device(str(device))
     return MetaKnowledge(state, resolved)

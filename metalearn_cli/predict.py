@@ -116,11 +116,10 @@ def _say_what_the_test_protocol_means(members: list[knowledge.MetaKnowledge]) ->
     """predict tests as the checkpoint's run was tested (its eval.bn_mode and eval.tta_*), with two
     consequences a user could not guess: a transductive mode answers each query with the others, and
     test-time fine-tuning is eval's alone."""
-    mixed = sorted({m.bn_mode for m in members if not MODES[m.bn_mode].inductive})
-    if mixed:
-        log.warning("batch-norm mode %s (the checkpoint's test protocol): each query's answer depends on the queries "
-                    "normalised with it, in chunks of %d; predict a test set's queries together, as the run was tested",
-                    " and ".join(mixed), members[0].query_chunk)
+    said = [m for m in members if not MODES[m.bn_mode].inductive][:1]
+    for member in members:  # said once, before any image is read (adapt() would say it for each member)
+        member.said_transductive = member not in said
+        member.warn_if_transductive()
     for key in ("finetune_steps", "support_copies"):
         values = [int(m.config.eval.get(key) or 0) for m in members]
         if any(values):

@@ -49,8 +49,9 @@ def unfinished_note(checkpoint: Path | str) -> Optional[str]:
         return None
     state = "is still training" if status["status"] == "running" and is_locked(run) else "stopped before its end"
     where = f" (step {status['step']} of {status['iterations']})" if {"step", "iterations"} <= status.keys() else ""
-    return (f"{checkpoint} is from {run}, which {state}{where}: it holds the best weights validated so far, not the "
-            f"finished run's; finish the run with: metalearn train {shell_override('resume', run)}")
+    subject = f"{run}" if Path(checkpoint).is_dir() else f"{checkpoint} is from {run}, which"
+    return (f"{subject} {state}{where}: its weights are not the finished run's (best.pt holds the best validated so far); "
+            f"finish the run with: metalearn train {shell_override('resume', run)}")
 
 
 def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:

@@ -105,19 +105,25 @@ def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
         return short_settings(rows)
     keys = sorted({k for c in configs for k in c if not bookkeeping(k)})
     differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-    # A component that differs is named by its group (strategy=maml), not by each of its parameters,
-    # unless runs of the same component differ in one (two FEAT recipes beside a ProtoNet).
-    swapped = {k[: -len(".name")] for k in differ if k.endswith(".name")}
+    # A component that differs is named by its group (strategy=maml; encoder=conv4_fast, the config file picked,
+    # where two files configure one component), not by each of its parameters, unless runs of the same
+    # component differ in one (two FEAT recipes beside a ProtoNet).
+    files = {g for g in ("dataset", "encoder", "decoder")
+             if all(r.get(g) for r in rows) and len({r.get(g) for r in rows}) > 1 and len(rows) == len(configs)}
+    swapped = {k[: -len(".name")] for k in differ if k.endswith(".name")} | files
+
+    def component(i: int, group: str) -> Any:
+        return rows[i][group] if group in files else configs[i].get(group + ".name")
 
     def within_component(k: str, group: str) -> bool:
         values: dict[str, set[str]] = {}
-        for c in configs:
-            values.setdefault(repr(c.get(group + ".name")), set()).add(repr(c.get(k)))
+        for i, c in enumerate(configs):
+            values.setdefault(repr(component(i, group)), set()).add(repr(c.get(k)))
         return any(len(v) > 1 for v in values.values())
 
     shown = [k for k in differ if all(not k.startswith(g + ".") or within_component(k, g) for g in swapped)]
-    return [" ".join([*(f"{g}={c.get(g + '.name')}" for g in sorted(swapped)), *(f"{k}={c.get(k)}" for k in shown if k in c)])
-            or "(common settings)" for c in configs]
+    return [" ".join([*(f"{g}={component(i, g)}" for g in sorted(swapped)), *(f"{k}={c.get(k)}" for k in shown if k in c)])
+            or "(common settings)" for i, c in enumerate(configs)]
 
 
 def short_settings(rows: list[dict[str, Any]]) -> list[str]:

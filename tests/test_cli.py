@@ -340,3 +340,15 @@ def test_a_ctrl_c_outside_the_loop_still_says_how_to_resume(tmp_path, capsys, mo
     fresh = tmp_path / "fresh"
     assert main(["train", *SMOKE, f"hydra.run.dir={fresh}"]) == 130  # nothing saved yet: nothing to continue
     assert capsys.readouterr().err.strip().splitlines()[-1] == "metalearn train: interrupted"
+
+
+def test_a_ctrl_c_before_a_command_handles_it_is_one_line(monkeypatch, capsys):
+    """While torch or Hydra is still being imported, a Ctrl-C is one line, not an import traceback."""
+    import metalearn_cli.cli as cli
+
+    def importing(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_dispatch", importing)
+    assert cli.main(["export", "checkpoint=x", "out=y.pt"]) == 130
+    assert capsys.readouterr().err == "metalearn export: interrupted\n"

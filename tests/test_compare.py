@@ -184,12 +184,12 @@ def test_compare_says_when_tasks_are_few_or_the_batch_norm_modes_differ_and_name
     from metalearn_cli.rundir import record_failure
 
     assert main(["train", *FAST, "eval.episodes=8", f"hydra.run.dir={tmp_path / 'a'}"]) == 0
-    assert main(["eval", f"checkpoint={tmp_path / 'a'}", "eval.bn_mode=transductive", "device=cpu",
+    assert main(["eval", f"checkpoint={tmp_path / 'a'}", "eval.bn_mode=transductive", "eval.tta_shift=1", "device=cpu",
                  f"hydra.run.dir={tmp_path / 'tr'}"]) == 0
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "tr"), "--out", str(tmp_path / "cmp")]) == 0
     err = capsys.readouterr().err
-    assert "eval.bn_mode=transductive" in err and "with running" in err
+    assert "were tested differently (eval.bn_mode=transductive vs running, eval.tta_shift=1 vs 0)" in err
     assert "8 tasks are too few" in err
     failed = tmp_path / "failed"
     record_failure(failed, "boom")
@@ -219,3 +219,8 @@ def test_a_sweep_dir_with_an_unfinished_job_is_compared_over_its_finished_ones_w
     assert len(list(csv.DictReader((tmp_path / "cmp" / "compare.csv").open()))) == 1
     assert main(["compare", str(sweep / "8"), str(sweep / "stopped")]) == 2  # named alone, it is refused as before
     assert "has no test results (status: interrupted)" in capsys.readouterr().err
+    (tmp_path / "evalstop" / ".hydra").mkdir(parents=True)  # an eval Ctrl-C stopped: run again, not resumed
+    (tmp_path / "evalstop" / ".hydra" / "config.yaml").write_text("checkpoint: somewhere\n")
+    write_status(tmp_path / "evalstop", "interrupted")
+    assert main(["compare", str(sweep / "8"), str(tmp_path / "evalstop")]) == 2
+    assert "an eval stopped before its end: run the same metalearn eval again" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from metalearn_cli.assemble import load_strategy
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS
 from metalearn_cli.ensemble import Ensemble
+from metalearn_cli.errors import ConfigError
 
 CPU = torch.device("cpu")
 
@@ -120,6 +121,10 @@ def test_members_that_differ_in_training_only_settings_or_image_size_score_toget
         assert proc.returncode == 0, proc.stderr
         result = json.loads((tmp_path / f"with_{name}" / "results.json").read_text())
         assert result["ensemble"][1] == str((tmp_path / name / "checkpoints" / "best.pt").resolve())
+    copies = compose_config("eval", [f"checkpoint={two_runs[0]}", f"ensemble=['{tmp_path / 'larger'}']", "device=cpu",
+                                     "eval.support_copies=2"])
+    with pytest.raises(ConfigError, match="members read them at different sizes"):  # not an AttributeError mid-test
+        evaluation.evaluate(copies, tmp_path / "copies")
     strategies = [_loaded(r)[0] for r in (two_runs[0], tmp_path / "larger")]
     datas = [DATASETS.build(_loaded(r)[1].dataset) for r in (two_runs[0], tmp_path / "larger")]
     ensemble = Ensemble(strategies)

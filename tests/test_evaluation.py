@@ -292,3 +292,10 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
                                                 "eval.episodes=4"]), tmp_path / "eval")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("which stopped before its end (step 3 of 10)" in w and f"resume={run_dir}" in w for w in warned), warned
+    from metalearn_cli.knowledge import load
+
+    caplog.clear()
+    load(run_dir, "cpu")  # the Python API (and predict, through it) and export say the same
+    export(run_dir / "checkpoints" / "last.pt", tmp_path / "mk.pt")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned[0].startswith(f"{run_dir} stopped before its end") and "last.pt is from" in warned[1], warned

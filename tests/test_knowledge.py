@@ -151,3 +151,33 @@ def test_predict_tests_as_the_run_did_with_its_test_time_augmentation(trained_ru
     OmegaConf.update(knowledge.config, "eval.tta_rotate", 10.0)  # the turned copies too
     turned = knowledge.adapt(batch.support_images[0], batch.support_labels[0])(batch.query_images[0])
     assert not torch.allclose(turned, shifted) and len(knowledge.strategy.model.views) == 1
+
+
+def test_images_and_labels_in_an_ambiguous_form_are_refused_not_guessed(trained_run):
+    """0-255 in int64 or float reads as far too bright if taken for [0, 1]: refused, as are NaN pixels,
+    labels that are names, and a load() of something that is not a path."""
+    import numpy as np
+
+    knowledge = load(trained_run, "cpu")
+    pixels = (torch.rand(2, 1, 28, 28) * 255).round()
+    with pytest.raises(DataError, match="dtype torch.int64: give uint8"):
+        knowledge.adapt(pixels.long(), [0, 1])
+    with pytest.raises(DataError, match=r"float images must lie in \[0, 1\]; these span"):
+        knowledge.adapt(pixels, [0, 1])
+    with pytest.raises(DataError, match="NaN or infinite"):
+        knowledge.adapt(torch.full((2, 1, 28, 28), float("nan")), [0, 1])
+    with pytest.raises(DataError, match="support labels must be integers"):
+        knowledge.adapt(pixels.to(torch.uint8), ["cat", "dog"])
+    with pytest.raises(CheckpointError, match="got a numpy.ndarray"):
+        load(np.zeros(3))
+    assert knowledge.adapt(pixels.to(torch.uint8), [0, 1])(pixels / 255).shape == (2, 2)  # the two accepted forms
+
+
+def test_a_transductive_protocol_is_said_once_by_the_python_api(tmp_path, caplog):
+    run = tmp_path / "maml"
+    train(compose_config("train", FAST + ["strategy=fomaml", "decoder=linear", "trainer.iterations=2"]), run)
+    knowledge = load(run, "cpu")
+    for _ in range(2):
+        knowledge.adapt(torch.rand(2, 1, 28, 28), [0, 1])(torch.rand(3, 1, 28, 28))
+    said = [r for r in caplog.records if "each query's answer depends on the queries normalised with it" in r.getMessage()]
+    assert knowledge.bn_mode == "transductive" and len(said) == 1

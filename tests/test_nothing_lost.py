@@ -167,6 +167,8 @@ CASES = [
     (["eval", "checkpoint={root}/rooted.pt", "dataset_root={root}/nowhere"], "/nowhere does not exist; pass the folder"),
     (["eval", f"checkpoint={R}", "dataset_root={tmp}"], "is not read from a folder"),
     (["eval", "checkpoint={tmp}/missing.pt"], "does not exist"),
+    (["eval", "checkpoint=/dev/null"], "/dev/null is not a file"),
+    (["export", f"checkpoint={R}", "out={tmp}/newdir/"], "names a folder; name the file to write"),
     (["eval", f"checkpoint={R}", "split=train"], "not an evaluation split"),
     (["eval", f"checkpoint={R}", "eval.episodes=0"], "must be >= 1"),
     (["eval"], "metalearn eval needs checkpoint="),

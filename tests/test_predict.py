@@ -132,6 +132,11 @@ def test_an_export_is_written_again_from_the_same_weights_but_never_replaces_ano
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "holds an export of" in last and str(trained_run.resolve()) in last and "choose another out=PATH" in last
     assert out.read_bytes() == before
+    copy = tmp_path / "copy.pt"  # the same weights reached by another path: written again, as documented
+    shutil.copy(trained_run / "checkpoints" / "best.pt", copy)
+    assert main(["export", f"checkpoint={copy}", f"out={out}", f"hydra.run.dir={tmp_path / 'e4'}"]) == 0
+    assert main(["export", f"checkpoint={copy}", f"out={tmp_path / 'newdir'}/", f"hydra.run.dir={tmp_path / 'e5'}"]) == 2
+    assert "names a folder; name the file to write" in capsys.readouterr().err and not (tmp_path / "newdir").exists()
 
 
 def test_a_run_dir_inside_the_task_folders_is_refused_before_it_becomes_a_class(trained_run, tmp_path, capsys):

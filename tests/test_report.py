@@ -130,6 +130,11 @@ def test_a_run_is_labelled_by_the_config_file_it_picked_not_the_components_regis
     rows = list(csv.DictReader((tmp_path / "runs" / "report" / "report.csv").open()))
     assert {r["run"]: r["encoder"] for r in rows} == {"fast": "conv4_fast", "plain": "conv4"}
     assert {r["dataset"] for r in rows} == {"synthetic"}
+    from metalearn_cli.report import describe
+    from metalearn_cli.run_settings import config_labels
+
+    runs = [tmp_path / "runs" / "fast", tmp_path / "runs" / "plain"]  # the legend: by the file, not its parameters
+    assert config_labels(runs, [describe(r, tmp_path / "runs") for r in runs]) == ["encoder=conv4_fast", "encoder=conv4"]
 
 
 def test_a_report_of_other_runs_never_replaces_the_default_report(tmp_path):

@@ -148,3 +148,14 @@ def test_an_interrupted_sweep_is_finished_in_its_own_dir_with_resume_true(tmp_pa
     assert steps == sorted(set(steps)) and steps[-1] == 1500  # continued, each step once
     assert json.loads((jobs[2] / "results.json").read_text())["iterations"] == 2
     assert not [o for o in yaml.safe_load((jobs[2] / ".hydra" / "overrides.yaml").read_text()) if o.startswith("resume")]
+
+
+@pytest.mark.parametrize("command, hint", [("train", True), ("eval", False)])
+def test_a_used_sweep_dir_is_refused_with_a_way_out_the_command_has(tmp_path, capsys, command, hint):
+    """Only train finishes a sweep with resume=true; eval has no resume key to suggest."""
+    (tmp_path / "sweep" / "0_a").mkdir(parents=True)
+    (tmp_path / "sweep" / "0_a" / "status.json").write_text('{"status": "completed"}')
+    extra = ["checkpoint=nowhere"] if command == "eval" else []
+    assert main([command, "-m", *extra, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a sweep's runs (0_a)" in err and ("resume=true" in err) == hint

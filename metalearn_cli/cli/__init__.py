@@ -30,8 +30,17 @@ __all__ = ["APPS", "main", "register_configs"]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Console entry point: dispatch to a subcommand's Hydra app; returns the exit code."""
+    """Console entry point: dispatch to a subcommand's Hydra app; returns the exit code. A Ctrl-C that
+    lands before a command's own handling (while torch or Hydra is still being imported) is one line too."""
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print(f"metalearn{' ' + args[0] if args and not args[0].startswith('-') else ''}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0

@@ -132,7 +132,7 @@ def check_sweep(command: str, args: list[str], values: dict[str, Any]) -> bool:
         if _resumes(values):
             check_resumed_sweep(values.get("hydra.sweep.dir"), sweep_overrides(args))
         else:
-            refuse_used_sweep_dir(values.get("hydra.sweep.dir"))
+            refuse_used_sweep_dir(values.get("hydra.sweep.dir"), command)
     return multirun
 
 
@@ -169,7 +169,7 @@ def no_empty_sweep(command: str, values: dict[str, Any], sweep: bool, jobs: list
                     remove_empty(folder, kept)
 
 
-def refuse_used_sweep_dir(named: Any) -> None:
+def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
     """A sweep writes ``multirun.yaml`` into its dir before any job checks its own: a sweep dir that
     already holds a sweep (or a run) would lose its record, so a new sweep needs a new one."""
     if named is None or "${" in str(named):
@@ -181,8 +181,8 @@ def refuse_used_sweep_dir(named: Any) -> None:
     if found:
         record = " (and its multirun.yaml)" if (folder / "multirun.yaml").exists() else ""
         raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep's runs ({', '.join(found[:3])}){record}; a "
-                          "sweep writes multirun.yaml and a run dir per job there, so choose a new hydra.sweep.dir (or, to finish "
-                          "that sweep, run it again as it was with resume=true)")
+                          "sweep writes multirun.yaml and a run dir per job there, so choose a new hydra.sweep.dir"
+                          + (" (or, to finish that sweep, run it again as it was with resume=true)" if command == "train" else ""))
 
 
 def check_resumed_sweep(named: Any, overrides: list[str]) -> None:

@@ -9,10 +9,12 @@ device, as for training episodes.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import IO, Any, Union
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -20,6 +22,8 @@ from metalearn_cli.errors import DataError
 from metalearn_cli.params.datasets import ImageFormat  # noqa: F401 (re-exported: the conversion's declaration)
 from metalearn_cli.data.ink import normalise_ink
 from metalearn_cli.params.datasets import InkNormalise
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -30,7 +34,7 @@ def pipeline(fmt: ImageFormat) -> Any:
     from torchvision.transforms import InterpolationMode
 
     steps: list[Any] = [
-        transforms.Lambda(lambda img: opaque(ImageOps.exif_transpose(img)).convert("L" if fmt.channels == 1 else "RGB")),
+        transforms.Lambda(lambda img: opaque(eight_bit(ImageOps.exif_transpose(img))).convert("L" if fmt.channels == 1 else "RGB")),
         transforms.Resize((fmt.size, fmt.size), interpolation=InterpolationMode(fmt.resample)),
         transforms.PILToTensor(),
     ]
@@ -41,6 +45,17 @@ def pipeline(fmt: ImageFormat) -> Any:
     return transforms.Compose(steps)
 
 
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit grayscale (PNG, TIFF: modes I;16, I, F) scaled to 8 bits by their type's range: PIL's
+    own conversion clips every value over 255 to white, which erases a 16-bit image's strokes."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    values = np.asarray(img, dtype=np.float64)
+    top = values.max(initial=0.0)
+    full = 1.0 if img.mode == "F" and top <= 1 else 255.0 if top <= 255 else 65535.0  # [0, 1] floats; 8 bits kept
+    return Image.fromarray(np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8))  # 2-d uint8: mode L
 
 
 def opaque(img: Image.Image) -> Image.Image:
@@ -109,6 +124,10 @@ def read_class_folders(root: Path, fmt: ImageFormat, what: str) -> tuple[list[st
     names, files, stacks = [], [], []
     for folder in folders:
         found = image_files(folder)
+        if skipped := sorted(p.name for p in _entries(folder) if p not in found):
+            log.warning("class folder %s: skipped %d entr%s that %s not an image file (%s%s); image files end in %s",
+                        folder, len(skipped), "y" if len(skipped) == 1 else "ies", "is" if len(skipped) == 1 else "are",
+                        ", ".join(skipped[:3]), ", ..." if len(skipped) > 3 else "", ", ".join(IMAGE_SUFFIXES[:4]) + ", ...")
         if not found:
             raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...); "
                             "add images or remove the folder")

@@ -53,14 +53,18 @@ def test_corrupt_and_missing_files_are_one_line(tmp_path):
         read_image(tmp_path / "nope.png", ImageFormat(1, 8))
 
 
-def test_class_folders_allow_different_counts_and_reject_empty_classes(tmp_path):
+def test_class_folders_allow_different_counts_and_reject_empty_classes(tmp_path, caplog):
     for name, count in (("b", 3), ("a", 1)):
         (tmp_path / name).mkdir()
         for i in range(count):
             Image.new("L", (8, 8)).save(tmp_path / name / f"{i}.png")
     (tmp_path / "a" / ".hidden.png").write_bytes(b"")
+    (tmp_path / "b" / "notes.txt").write_text("x")  # skipped, and said
+    (tmp_path / "b" / "nested").mkdir()
     names, files, stacks = read_class_folders(tmp_path, ImageFormat(1, 4), "support")
     assert names == ["a", "b"] and [s.shape[0] for s in stacks] == [1, 3]
+    said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(said) == 1 and "skipped 2 entries that are not an image file (nested, notes.txt)" in said[0]
     (tmp_path / "c").mkdir()
     with pytest.raises(DataError, match="class folder .*c holds no images"):
         read_class_folders(tmp_path, ImageFormat(1, 4), "support")
@@ -107,3 +111,18 @@ def test_transparent_drawings_convert_like_the_same_drawing_on_white(tmp_path, m
     got = read_image(_transparent(mode, tmp_path), fmt)
     assert got.float().std() > 50  # strokes and background
     assert (got.int() - expected.int()).abs().max() <= 1, mode
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_16_and_32_bit_grey_images_convert_like_the_same_8_bit_image(tmp_path, mode):
+    """PIL's own conversion clips values over 255 to white: a 16-bit PNG's strokes would vanish."""
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (40, 30), dtype=np.uint8)
+    wide = {"I;16": grey.astype(np.uint16) * 257, "I": grey.astype(np.int32) * 257, "F": grey.astype(np.float32) / 255}[mode]
+    image = Image.fromarray(wide)
+    assert image.mode == mode
+    if mode == "I;16":  # from a real 16-bit PNG file, as a user's would be
+        image.save(tmp_path / "wide.png")
+        image = tmp_path / "wide.png"
+    fmt = ImageFormat(channels=1, size=28)
+    assert torch.equal(read_image(image, fmt), read_image(Image.fromarray(grey), fmt))
