@@ -93,7 +93,7 @@ def precision_reason(precision: Any, device: torch.device, strategy: Strategy) -
 
 def startup_line(what: str, device: torch.device, precision: Any, strategy: Strategy, run_dir: Any) -> str:
     """The first line of a run: where it computes, in what precision and why, with how many threads."""
-    threads = f"{torch.get_num_threads()} CPU threads"
+    threads = f"{torch.get_num_threads()} CPU thread{'' if torch.get_num_threads() == 1 else 's'}"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.backends.cpu.get_cpu_capability()} kernels"
     return (f"{what} on {device} ({name}), {precision_reason(precision, device, strategy)}, {threads}; "
             f"run dir {run_dir}")

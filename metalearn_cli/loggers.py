@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from metalearn_cli.errors import ConfigError
 from metalearn_cli.files import atomic_write, write_json
 from metalearn_cli.params.loggers import CSVParams, MLflowParams, TensorBoardParams
 from metalearn_cli.registry import Registry
@@ -89,6 +90,19 @@ class MLflowSink:
         uri = params.tracking_uri or (run_dir / "mlruns").resolve().as_uri()
         if uri.startswith("file:"):  # MLflow 3 keeps its local file store behind this switch
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        else:  # a server that does not answer: a minute, not MLflow's default of minutes of retries
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._start(params, run_dir, resume_step, config, uri)
+        except MlflowException as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"logger.tracking_uri={uri}: MLflow could not start the run ({first}); start the server or fix "
+                              "the URI, or use logger=tensorboard (metrics.jsonl is written either way)") from None
+
+    def _start(self, params: MLflowParams, run_dir: Path, resume_step: Optional[int], config: Any, uri: str) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 

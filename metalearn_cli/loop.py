@@ -123,6 +123,11 @@ class TrainingRun:
         if s.iterations < self.step:
             raise ConfigError(f"{s.iterations_key}={s.iterations} is below the step of {path} ({self.step}); "
                               f"resume with {s.iterations_key} >= {self.step}")
+        began = (state["config"].get("trainer") or {}).get("iterations")  # the stage's own config holds its length there
+        if isinstance(began, int) and began != s.iterations:
+            log.warning("%s=%d where the run began with %d: from %s %d the learning rate follows a schedule over %d steps "
+                        "(neither the one it had nor what a run of %d from the start would have)", s.iterations_key,
+                        s.iterations, began, s.step_name, self.step, s.iterations, s.iterations)
         self.seconds_before = float(state.get("train_seconds", 0.0))
         stopped = read_json(s.run_dir / STATUS).get("wall_seconds") or 0.0  # stopped after the save (the final test)
         s.clock.before = max(s.clock.before, float(state.get("wall_seconds", self.seconds_before)), float(stopped))

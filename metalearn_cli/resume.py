@@ -72,7 +72,23 @@ def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:
             raise CheckpointError(f"{value} has no {LAST} to resume from (stopped before its first save, or it was "
                                   f"deleted); its best.pt is there: resume={run.best}")
     refuse_another_dir(value, path, run_dir)
+    refuse_rewinding(value, path)
     return path
+
+
+def refuse_rewinding(value: str, path: Path) -> None:
+    """A resume from an earlier checkpoint of the run (``best.pt``) would train on from its step and overwrite
+    ``last.pt``: the steps after it would be lost without a word. A new run from those weights keeps them."""
+    last = path.parent / LAST
+    if path.name == LAST or path.parent.name != CHECKPOINTS or not last.is_file() or not path.is_file():
+        return
+    if RunDir(path.parent.parent).results.is_file():  # a completed run: the loop says what resuming it means
+        return
+    behind, ahead = int(load_checkpoint(path).get("step", 0)), int(load_checkpoint(last).get("step", 0))
+    if ahead > behind:
+        raise CheckpointError(f"resume={value} would train on from step {behind} and overwrite {last} (step {ahead}): "
+                              f"the run's last {ahead - behind} steps would be lost; resume={path.parent.parent} continues from "
+                              f"{LAST}, or start a new run from these weights with trainer.init_from={value}")
 
 
 def refuse_another_dir(value: str, path: Path, run_dir: Path) -> None:
@@ -104,6 +120,17 @@ def last_config(run: Path, first: dict[str, Any]) -> dict[str, Any]:
         if record and not [k for k in config_diff(config, record) if not _under(k, RESUMABLE)]:
             config = record
     return config
+
+
+def last_overrides(run: Path, first: list[str]) -> list[str]:
+    """The command line a run last ran with: ``first`` (its ``.hydra/overrides.yaml``), each key a resume
+    typed (``.hydra/resume-<time>/overrides.yaml``) replaced by the resume's value, ``resume=`` aside."""
+    typed = {o.split("=", 1)[0]: o for o in first}
+    for path in sorted((Path(run) / ".hydra").glob("resume-*/overrides.yaml")):
+        record = read_yaml(path, [])
+        typed.update({o.split("=", 1)[0]: o for o in record if isinstance(o, str) and not o.startswith("resume=")}
+                     if isinstance(record, list) else {})
+    return list(typed.values())
 
 
 def resumed_config(cfg: Any, run_dir: Path, typed: dict[str, str] | list[str]) -> Any:

@@ -15,7 +15,7 @@ def record_of(run: Path) -> dict[str, Any]:
     """:func:`~metalearn_cli.rundir.read_run`, with a resumed training run's config as it last ran
     (``trainer.iterations=8`` after a resume that raised it), not as it began; a pre-training stage
     (``<run>/pretrain``) has its run's config, and ``stage_of`` names the run."""
-    from metalearn_cli.resume import last_config
+    from metalearn_cli.resume import last_config, last_overrides
 
     record = read_run(run)
     if record["command"] == "train" and not record["config"] and run.name == STAGE and (run.parent / ".hydra").is_dir():
@@ -23,6 +23,7 @@ def record_of(run: Path) -> dict[str, Any]:
         record.update(config=owner["config"], choices=owner["choices"], overrides=owner["overrides"], stage_of=run.parent)
     elif record["command"] == "train":
         record["config"] = last_config(run, record["config"])
+        record["overrides"] = last_overrides(run, record["overrides"])
     return record
 
 

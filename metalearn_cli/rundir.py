@@ -167,8 +167,11 @@ def refuse_held(run_dir: Path) -> None:
     ``last.pt`` was deleted included); only a resume continues one."""
     found = held(run_dir)
     if found:
-        last = RunDir(Path(run_dir)).last
-        hint = "pass resume=true to continue it, or use" if last.is_file() else "it has no last.pt to resume from; use"
+        last, state = RunDir(Path(run_dir)).last, read_json(Path(run_dir) / STATUS).get("status")
+        hint = ("another metalearn process is writing it (wait for it, or stop it); use" if is_locked(Path(run_dir))
+                else "it has no last.pt to resume from; use" if not last.is_file()
+                else "it is completed and tested (resume=true trainer.iterations=N trains it further); use" if state == "completed"
+                else "pass resume=true to continue it, or use")
         raise ConfigError(f"{run_dir} already holds a run ({', '.join(found[:3])}); {hint} a new hydra.run.dir")
 
 

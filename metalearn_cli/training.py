@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -66,6 +67,8 @@ class Training:
         self.resume = resume_checkpoint(cfg.resume, self.run_dir)
         if self.resume is None:
             refuse_held(self.run_dir)
+            if cfg.dataset.get("root"):  # saved absolute: the printed resume command works from any folder
+                cfg.dataset.root = os.path.abspath(os.path.expanduser(str(cfg.dataset.root)))
         self._build()
         self.meta = TrainingRun(self.meta_stage(), self.device, self.ranks, self.resume)
 

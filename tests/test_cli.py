@@ -258,7 +258,7 @@ def test_a_run_starts_by_saying_where_it_computes_and_in_what_precision_and_why(
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (tmp_path / "run" / "train.log").read_text()
     assert "meta-training on cpu (AVX2 kernels), fp32 (auto: no native bf16 on this CPU (AVX2 kernels)" in log
-    assert "CPU threads; run dir" in log and "for the remaining 5 steps" in log
+    assert re.search(r"\d+ CPU threads?; run dir", log) and "for the remaining 5 steps" in log
 
 
 def test_debug_smoke_shortens_a_presets_pre_training_stage_too(tmp_path):

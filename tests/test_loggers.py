@@ -102,3 +102,13 @@ def test_an_unknown_logger_lists_the_choices(capsys):
     assert main(["train", "logger=wandb"]) == 2
     err = capsys.readouterr().err
     assert "csv" in err and "mlflow" in err and "tensorboard" in err
+
+
+def test_an_mlflow_server_that_does_not_answer_is_one_line_not_a_bug(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused port answers at once; no retries to wait for
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "logger=mlflow", "logger.tracking_uri=http://127.0.0.1:1", f"hydra.run.dir={run}"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "logger.tracking_uri=http://127.0.0.1:1: MLflow could not start the run" in last and "this is a bug" not in last
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"

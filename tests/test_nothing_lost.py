@@ -144,7 +144,7 @@ CASES = [
     (["eval", f"checkpoint={R}", f"hydra.run.dir={R}/checkpoints"], "is inside the run"),
     (["train", *SMOKE, f"hydra.run.dir={R}/tensorboard"], "is inside the run"),
     # commands aimed at the finished run: refused, and the run is left byte for byte as it was
-    (["train", *SMOKE, f"hydra.run.dir={R}"], "pass resume=true to continue it"),
+    (["train", *SMOKE, f"hydra.run.dir={R}"], "it is completed and tested (resume=true trainer.iterations=N trains it further)"),
     (["train", *SMOKE, "seed=5", f"hydra.run.dir={R}"], "already holds a run ("),
     (["train", *SMOKE, "seed=5", f"resume={R}"], "was trained with seed=0; a resume continues the run"),
     (["train", *SMOKE, "encoder.width=8", f"resume={R}"], "was trained with encoder.width=16"),

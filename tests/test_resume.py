@@ -116,7 +116,7 @@ def test_eval_of_a_run_resumed_with_other_test_settings_repeats_its_results(tmp_
     assert trained["episodes"] == again["episodes"] == 7 and trained["accuracy"] == again["accuracy"]
 
 
-def test_a_report_describes_a_resumed_run_by_the_config_it_last_ran_with(tmp_path):
+def test_a_report_describes_a_resumed_run_by_the_config_it_last_ran_with(tmp_path, capfd):
     """Raised to 5 iterations by a resume, the run is a 5-iteration run to report; a resume record of
     before 2026-12-05 (the command line's defaults, another encoder) is passed over."""
     from omegaconf import OmegaConf
@@ -129,8 +129,15 @@ def test_a_report_describes_a_resumed_run_by_the_config_it_last_ran_with(tmp_pat
     small = [*FAST, "trainer.val_every=2", "trainer.checkpoint_every=2"]
     assert main(["train", *small, "trainer.iterations=4", f"hydra.run.dir={run}"]) == 0
     assert setting_config(run)["trainer.iterations"] == 4
+    capfd.readouterr()
     assert main(["train", "trainer.iterations=5", f"resume={run}"]) == 0
+    assert "trainer.iterations=5 where the run began with 4: from meta-iteration 4 the learning rate follows a schedule " \
+           "over 5 steps" in "".join(capfd.readouterr())
     assert setting_config(run)["trainer.iterations"] == 5
+    from metalearn_cli.run_settings import record_of
+
+    typed = record_of(run)["overrides"]  # report's overrides column: the command line as it last ran
+    assert "trainer.iterations=5" in typed and "trainer.iterations=4" not in typed and not any("resume=" in o for o in typed)
     old = run / ".hydra" / "resume-2026-12-04_10-00-00"  # sorted before today's record: a later valid one wins
     old.mkdir()
     (old / "config.yaml").write_text(OmegaConf.to_yaml(compose_config("train", ["resume=x"])))
@@ -139,3 +146,20 @@ def test_a_report_describes_a_resumed_run_by_the_config_it_last_ran_with(tmp_pat
     (later / "config.yaml").write_text(OmegaConf.to_yaml(compose_config("train", ["resume=x", "trainer.iterations=9"])))
     config = setting_config(run)
     assert config["trainer.iterations"] == 5 and config["encoder.name"] == "conv4"
+
+
+def test_a_resume_from_an_earlier_checkpoint_than_last_pt_is_refused(trained_run, tmp_path):
+    """Training on from best.pt's step would overwrite last.pt: the steps after best.pt would be lost."""
+    from metalearn_cli.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "results.json").unlink()  # stopped before its test (a completed run's resume is the loop's to refuse)
+    best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
+    state = load_checkpoint(best)
+    save_checkpoint(best, {**{k: v for k, v in state.items() if k not in ("format", "version")}, "step": 4})
+    before = last.read_bytes()
+    with pytest.raises(CheckpointError, match=r"would train on from step 4 and overwrite .*last.pt \(step 10\): the run's "
+                                              r"last 6 steps would be lost"):
+        resume_checkpoint(str(best), run)
+    assert last.read_bytes() == before and resume_checkpoint(str(last), run) == last

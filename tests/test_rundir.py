@@ -90,6 +90,14 @@ def test_refusing_a_held_dir_says_whether_it_can_be_resumed(tmp_path):
     RunDir(run).last.write_bytes(b"")
     with pytest.raises(ConfigError, match="pass resume=true to continue it, or use a new hydra.run.dir"):
         refuse_held(run)
+    (run / "status.json").write_text('{"status": "completed"}')
+    with pytest.raises(ConfigError, match=r"it is completed and tested \(resume=true trainer.iterations=N"):
+        refuse_held(run)
+    from metalearn_cli.rundir import exclusive
+
+    with exclusive(run):  # another process writing it: said so, not "pass resume=true"
+        with pytest.raises(ConfigError, match="another metalearn process is writing it"):
+            refuse_held(run)
 
 
 def test_nothing_is_written_into_a_run_from_outside(tmp_path):

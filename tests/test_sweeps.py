@@ -62,6 +62,18 @@ def test_optuna_study_maximises_validation_accuracy(tmp_path):
     assert best["best_value"] == pytest.approx(max(vals))
 
 
+@pytest.mark.skipif(not plugin("hydra_optuna_sweeper"), reason='needs the sweep extra: pip install -e ".[sweep]"')
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
+    """Seed 0's TPE draws trainer.train_way=60 for trial 1, more classes than the generated data has: that
+    trial fails (no value, which Optuna records as failed; a NaN it refuses to be told) and trial 2 still runs."""
+    proc, jobs = sweep(tmp_path, "sweep=optuna_protonet", "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr
+    states = [json.loads((j / "status.json").read_text())["status"] for j in jobs]
+    assert states == ["completed", "failed", "completed"], states
+    assert "1 of 3 sweep jobs failed (job 1" in proc.stderr
+    assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
+
+
 @pytest.mark.skipif(not plugin("hydra_joblib_launcher"), reason='needs the sweep extra: pip install -e ".[sweep]"')
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     proc, jobs = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1")

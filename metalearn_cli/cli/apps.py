@@ -12,7 +12,7 @@ import tempfile
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -70,7 +70,7 @@ def _saved_before(run_dir: Path) -> Interrupted | None:
                                  f"metalearn train {shell_override('resume', run_dir)}")
 
 
-def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> float:
+def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> Optional[float]:
     """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
     recorded only in a dir that held no run (``disposable``: not in a default dir either, :class:`RunGuard`).
     In a sweep a failing job fails alone and the sweep goes on."""
@@ -118,12 +118,12 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
     if hc.mode == RunMode.MULTIRUN:
         FAILED_JOBS.append(str(hc.job.num))
         log.error("job failed: %s", str(error).replace("a new hydra.run.dir", "a new hydra.sweep.dir (or hydra.sweep.subdir)"))
-        return float("nan")  # sweepers record a failed trial (Optuna: FAIL) and go on
+        return None  # no value: Optuna records a failed trial (a NaN it would refuse to tell) and the study goes on
     raise _JobFailed(error)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
-def train_app(cfg: DictConfig) -> float:
+def train_app(cfg: DictConfig) -> Optional[float]:
     """Returns the best validation accuracy: the objective a sweeper maximises."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
@@ -175,7 +175,7 @@ def _tool_app(command: str, keys: tuple[str, ...], target: str) -> Callable[[], 
     """eval, predict and export: the same guards around their own ``module:function`` (imported when run)."""
 
     @hydra.main(config_path=CONFIG_PATH, config_name=command, version_base="1.3")
-    def app(cfg: DictConfig) -> float:
+    def app(cfg: DictConfig) -> Optional[float]:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
 
         def job(accept: Callable[..., None]) -> float:

@@ -1,33 +1,36 @@
 """Any class-per-folder image set: ``root/<class>/<image>``, split by a file or by seeded ratios.
 
-``split_file`` lists ``<class> <train|val|test>`` per line (a comma also separates); without it the
+``split_file`` lists ``<class> <train|val|test>`` per line (a comma also separates; the class name may hold spaces); without it the
 sorted class names are shuffled by ``split_seed`` and cut by ``ratios``, so the split is the same
 on every machine. Images are converted to ``image_size`` x ``image_size`` once and cached.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 
 from metalearn_cli.data import DATASETS, SPLITS, FewShotData
 from metalearn_cli.data.class_cache import CACHE_DIR, load_classes, split_of
-from metalearn_cli.data.images import class_folders, image_files
+from metalearn_cli.data.images import class_folders, class_images
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.params.datasets import FolderParams
 
 
 def read_split_file(path: Path, classes: list[str]) -> dict[str, list[str]]:
-    """``<class> <split>`` lines -> split -> classes (in file order); every listed class must exist."""
+    """``<class> <split>`` lines -> split -> classes (in file order); every listed class must exist. The split is
+    the line's last word, so a class name may hold spaces (quotes around it are dropped)."""
     if not path.is_file():
         raise DataError(f"split file {path} does not exist; pass dataset.split_file=FILE or null for a seeded split")
     parts: dict[str, list[str]] = {s: [] for s in SPLITS}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        fields = line.replace(",", " ").split()
-        if not fields or fields[0].startswith("#"):
+        if not line.strip() or line.strip().startswith("#"):
             continue
-        if len(fields) != 2 or fields[1] not in SPLITS:
+        found = re.match(r"^(.*?)[\s,]+(train|val|test)$", line.strip())
+        fields = [found.group(1).strip().strip("\"'"), found.group(2)] if found else []
+        if not fields or not fields[0]:
             raise DataError(f"{path}:{n}: expected '<class> <train|val|test>', got {line.strip()!r}")
         if fields[0] not in classes:
             raise DataError(f"{path}:{n}: class {fields[0]} has no folder in the data set root")
@@ -66,7 +69,7 @@ def build_folder(params: FolderParams) -> FewShotData:
     if empty:
         raise DataError(f"the {empty[0]} split of {root} has no classes; change dataset.ratios or the split file")
     used = [c for s in SPLITS for c in parts[s]]
-    files = {c: image_files(root / c) for c in used}
+    files = {c: class_images(root / c) for c in used}
     for c, found in files.items():
         if not found:
             raise DataError(f"class folder {root / c} holds no images; add images or remove the folder")

@@ -106,8 +106,27 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def class_folders(root: Path) -> list[Path]:
-    """The class sub-folders of ``root``, sorted by name (hidden folders skipped)."""
-    return sorted(p for p in _entries(root) if p.is_dir())
+    """The class sub-folders of ``root``, sorted by name (hidden folders skipped); two that are one folder
+    (a link to another class folder) are refused: one class would count twice, and split across train and test."""
+    folders = sorted(p for p in _entries(root) if p.is_dir())
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        real = folder.resolve()
+        if real in seen:
+            raise DataError(f"class folders {seen[real]} and {folder} are one folder ({real}): one class would count as two; "
+                            "remove the link, or copy the images if two classes are meant")
+        seen[real] = folder
+    return folders
+
+
+def class_images(folder: Path) -> list[Path]:
+    """:func:`image_files` of a class folder, saying which of its entries are skipped (notes, nested folders)."""
+    found = image_files(folder)
+    if skipped := sorted(p.name for p in _entries(folder) if p not in found):
+        log.warning("class folder %s: skipped %d entr%s that %s not an image file (%s%s); image files end in %s",
+                    folder, len(skipped), "y" if len(skipped) == 1 else "ies", "is" if len(skipped) == 1 else "are",
+                    ", ".join(skipped[:3]), ", ..." if len(skipped) > 3 else "", ", ".join(IMAGE_SUFFIXES[:4]) + ", ...")
+    return found
 
 
 def read_class_folders(root: Path, fmt: ImageFormat, what: str) -> tuple[list[str], list[list[Path]], list[torch.Tensor]]:
@@ -123,11 +142,7 @@ def read_class_folders(root: Path, fmt: ImageFormat, what: str) -> tuple[list[st
         raise DataError(f"{what} folder {root} has no class sub-folders; put the images of each class in root/<class>/")
     names, files, stacks = [], [], []
     for folder in folders:
-        found = image_files(folder)
-        if skipped := sorted(p.name for p in _entries(folder) if p not in found):
-            log.warning("class folder %s: skipped %d entr%s that %s not an image file (%s%s); image files end in %s",
-                        folder, len(skipped), "y" if len(skipped) == 1 else "ies", "is" if len(skipped) == 1 else "are",
-                        ", ".join(skipped[:3]), ", ..." if len(skipped) > 3 else "", ", ".join(IMAGE_SUFFIXES[:4]) + ", ...")
+        found = class_images(folder)
         if not found:
             raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...); "
                             "add images or remove the folder")

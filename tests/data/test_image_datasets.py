@@ -59,11 +59,17 @@ def test_a_damaged_cache_is_rebuilt(tmp_path):
 
 
 def test_folder_split_file_and_its_errors(tmp_path):
-    make_folder(tmp_path / "data", ["a", "b", "c", "d"], per_class=2)
+    make_folder(tmp_path / "data", ["a", "b", "c", "d e"], per_class=2)
     split = tmp_path / "split.txt"
-    split.write_text("# class split\na train\nb,train\nc val\nd test\n")
+    split.write_text("# class split\na train\nb,train\nc val\n\"d e\" test\n")  # a name with a space, quoted or not
     data = DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6, "split_file": str(split)})
-    assert data.train.class_names == ["a", "b"] and data.test.class_names == ["d"]
+    assert data.train.class_names == ["a", "b"] and data.test.class_names == ["d e"]
+    split.write_text("a train\nb train\nc val\nd e test\n")
+    assert DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6,
+                           "split_file": str(split)}).test.class_names == ["d e"]
+    split.write_text("a train\nb\n")
+    with pytest.raises(DataError, match="expected '<class> <train|val|test>', got 'b'"):
+        DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "split_file": str(split)})
     split.write_text("a train\nzzz test\n")
     with pytest.raises(DataError, match="class zzz has no folder"):
         DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "split_file": str(split)})
@@ -74,9 +80,10 @@ def test_folder_split_file_and_its_errors(tmp_path):
         DATASETS.build({"name": "folder"})
 
 
-def test_training_on_a_folder_data_set_learns(tmp_path):
+def test_training_on_a_folder_data_set_learns(tmp_path, monkeypatch):
     """Class structure survives the folder reader: glyph images written as files, read back through
-    dataset=folder, are learned far above chance (a reader that mixed up classes would sit at 20%)."""
+    dataset=folder, are learned far above chance (a reader that mixed up classes would sit at 20%). A relative
+    dataset.root is saved absolute, so the run resumes (and is evaluated) from any folder."""
     import json
 
     synthetic = DATASETS.build({"name": "synthetic", "train_classes": 24, "val_classes": 8, "test_classes": 8,
@@ -87,12 +94,16 @@ def test_training_on_a_folder_data_set_learns(tmp_path):
             for j in range(split.images.shape[1]):
                 Image.fromarray(split.images[c, j, 0].numpy()).save(tmp_path / "data" / name / f"{j}.png")
     fast = [o for o in FAST if not o.startswith(("dataset", "trainer.iterations", "eval.episodes"))]
-    cfg = compose_config("train", fast + ["dataset=folder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=28",
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config("train", fast + ["dataset=folder", "dataset.root=data", "dataset.image_size=28",
                                           "dataset.channels=1", "dataset.ratios=[0.6,0.2,0.2]", "trainer.iterations=30",
                                           "trainer.val_every=30", "eval.episodes=40"])
     train(cfg, tmp_path / "run")
     accuracy = json.loads((tmp_path / "run" / "results.json").read_text())["accuracy"]
     assert accuracy > 0.5, accuracy  # 5-way: chance is 0.2; 40 tasks x 15 queries
+    from metalearn_cli.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["config"]["dataset"]["root"] == str(tmp_path / "data")
 
 
 @pytest.mark.parametrize("layout", ["images", "per_class", "per_split"])

@@ -65,6 +65,10 @@ def test_class_folders_allow_different_counts_and_reject_empty_classes(tmp_path,
     assert names == ["a", "b"] and [s.shape[0] for s in stacks] == [1, 3]
     said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(said) == 1 and "skipped 2 entries that are not an image file (nested, notes.txt)" in said[0]
+    (tmp_path / "b_link").symlink_to(tmp_path / "b", target_is_directory=True)  # one class counted twice: refused
+    with pytest.raises(DataError, match="class folders .*b and .*b_link are one folder"):
+        read_class_folders(tmp_path, ImageFormat(1, 4), "support")
+    (tmp_path / "b_link").unlink()
     (tmp_path / "c").mkdir()
     with pytest.raises(DataError, match="class folder .*c holds no images"):
         read_class_folders(tmp_path, ImageFormat(1, 4), "support")
