@@ -32,8 +32,8 @@ from typing import Any, Optional
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import RunDir, canonical, find_runs, read_run, refuse_replacing
-from metalearn_cli.sweep_record import sweep_note
+from metalearn_cli.rundir import canonical, find_runs, read_run, refuse_replacing
+from metalearn_cli.sweep_record import sweep_note, unfinished_jobs
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
 COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
@@ -233,9 +233,9 @@ def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
     alone must have them, :func:`same_tasks`): the others are listed in a note, with how to finish them."""
     runs = []
     for path, inside in zip(given, found):
-        unfinished = [run for run in inside if inside != [path] and not RunDir(run).results.is_file()]  # read later, once
+        unfinished = unfinished_jobs(inside) if inside != [path] else []  # a run named alone is checked whole, later
         runs += [run for run in inside if run not in unfinished]
-        if inside != [path] and (note := sweep_note(path, inside, unfinished)):
+        if inside != [path] and (note := sweep_note(path, inside)):
             print(f"note: left out of the comparison: {note}", file=sys.stderr)
         elif unfinished:
             print(f"note: left out {len(unfinished)} run{'s' if len(unfinished) > 1 else ''} without test results "

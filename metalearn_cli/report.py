@@ -14,7 +14,7 @@ from typing import Any, Optional
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import RunDir, find_runs, refuse_replacing
+from metalearn_cli.rundir import find_runs, refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
 from metalearn_cli.sweep_record import sweep_note
 
@@ -74,13 +74,8 @@ def best_validation(metrics: list[dict[str, Any]]) -> Optional[float]:
 
 def sweep_notes(paths: list[Path], runs: list[Path]) -> list[str]:
     """A line for each sweep dir named whose jobs did not all finish (:func:`~metalearn_cli.sweep_record.sweep_note`)."""
-    notes = []
-    for path in paths:
-        jobs = [run for run in runs if run.parent == Path(path)]
-        unfinished = [run for run in jobs if not RunDir(run).results.is_file()]
-        if note := sweep_note(Path(path), jobs, unfinished):
-            notes.append(note)
-    return notes
+    notes = [sweep_note(Path(path), [run for run in runs if run.parent == Path(path)]) for path in paths]
+    return [note for note in notes if note]
 
 
 def describe(run: Path, base: Path) -> dict[str, Any]:
@@ -162,8 +157,9 @@ def default_out(runs: list[Path]) -> Path:
     return default_output(outside_runs(common_base(runs)), "report", runs)
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path) -> str:
-    """report.md, report.csv and (for runs that differ only in their seed) seeds.csv; returns the markdown."""
+def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str:
+    """report.md, report.csv and (for runs that differ only in their seed) seeds.csv; returns the markdown,
+    ``notes`` below its tables (a sweep's jobs that did not finish: the table alone hides those that never ran)."""
     table = markdown(rows)
     with open(out / "report.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -180,6 +176,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> str:
             writer.writerows(seeds)
     else:
         (out / "seeds.csv").unlink(missing_ok=True)  # a refreshed report keeps no table of an earlier one
+    table += "".join(f"\nNote: {note}\n" for note in notes)
     (out / "report.md").write_text(table, encoding="utf-8")
     return table
 
@@ -211,10 +208,7 @@ def main(argv: list[str]) -> int:
         raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")
     out.mkdir(parents=True, exist_ok=True)
     record_inputs(out, runs)
-    table = write_tables(rows, out)
-    if notes := sweep_notes(args.paths, runs):  # in report.md too: the table alone hides the jobs that never ran
-        table += "".join(f"\nNote: {note}\n" for note in notes)
-        (out / "report.md").write_text(table, encoding="utf-8")
+    table = write_tables(rows, out, sweep_notes(args.paths, runs))
     pictures = plot(runs, rows, config_labels(runs, rows), out, tuple(formats))
     print(table, end="")
     tables = [out / name for name in ("report.md", "report.csv", "seeds.csv", "inputs.txt") if (out / name).is_file()]

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from metalearn_cli.console import shell_override
+from metalearn_cli.rundir import RunDir
 
 RECORD = "multirun.yaml"  # Hydra writes it into the sweep dir before the first job
 
@@ -46,11 +47,17 @@ def planned_jobs(folder: Path) -> Optional[int]:
         return None
 
 
-def sweep_note(folder: Path, jobs: list[Path], unfinished: list[Path]) -> Optional[str]:
+def unfinished_jobs(jobs: list[Path]) -> list[Path]:
+    """The job dirs without test results (``results.json``): stopped, failed, or still running."""
+    return [job for job in jobs if not RunDir(job).results.is_file()]
+
+
+def sweep_note(folder: Path, jobs: list[Path]) -> Optional[str]:
     """One line for a sweep dir whose jobs did not all finish: which stopped before their test, how many never
     started (of ``jobs``, the job dirs found in it), and the command that finishes it; None when all finished."""
     if not (Path(folder) / RECORD).is_file():
         return None
+    unfinished = unfinished_jobs(jobs)
     planned = planned_jobs(folder)
     missing = planned - len(jobs) if planned is not None else 0
     parts = [f"{len(unfinished)} job{'s' if len(unfinished) > 1 else ''} stopped before its test "
