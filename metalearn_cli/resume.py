@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.compat import migrate_config
+from metalearn_cli.console import shell_override
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.rundir import CHECKPOINTS, LAST, STATUS, RunDir, canonical, is_locked, read_json, read_yaml
 from metalearn_cli.schema import flatten
@@ -41,8 +42,6 @@ def run_dir_of(path: Path) -> Path:
 def unfinished_note(checkpoint: Path | str) -> Optional[str]:
     """A line for a checkpoint whose run has not finished (stopped, or still training): its ``best.pt`` is
     the best validated so far, not what the finished run would test; None for a finished run or an export."""
-    from metalearn_cli.console import shell_override
-
     run = run_dir_of(Path(checkpoint))
     status = read_json(run / STATUS)
     if status.get("status") not in ("running", "interrupted"):
@@ -87,8 +86,9 @@ def refuse_rewinding(value: str, path: Path) -> None:
     behind, ahead = int(load_checkpoint(path).get("step", 0)), int(load_checkpoint(last).get("step", 0))
     if ahead > behind:
         raise CheckpointError(f"resume={value} would train on from step {behind} and overwrite {last} (step {ahead}): "
-                              f"the run's last {ahead - behind} steps would be lost; resume={path.parent.parent} continues from "
-                              f"{LAST}, or start a new run from these weights with trainer.init_from={value}")
+                              f"the run's last {ahead - behind} steps would be lost; {shell_override('resume', path.parent.parent)} "
+                              f"continues from {LAST}, or start a new run from these weights with "
+                              f"{shell_override('trainer.init_from', value)}")
 
 
 def refuse_another_dir(value: str, path: Path, run_dir: Path) -> None:
