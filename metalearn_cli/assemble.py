@@ -41,6 +41,11 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device={name} is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cpu" and device.index not in (None, 0):  # torch accepts cpu:1 and runs on the one CPU device
+        raise ConfigError(f"device={name}: the CPU is one device; use device=cpu (threads=N sets how many cores it uses)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

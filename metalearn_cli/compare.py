@@ -194,6 +194,27 @@ def figure(rows: list[dict[str, Any]], diffs: list[Any], out: Path) -> Path:
     return path
 
 
+def _named(name: str, runs: dict[int, Path], label: Any) -> str:
+    """A setting as a message names it: its label, and the run dirs that hold it (a label such as
+    ``encoder.width=16`` alone does not say where to look)."""
+    where = [label(p) for p in runs.values()]
+    short = name if len(name) <= 80 else name[:77] + "..."
+    return short if where == [name] else f"{short} ({', '.join(where[:3])}{', ...' if len(where) > 3 else ''})"
+
+
+def run_label(run: Path, base: Path) -> str:
+    """A run as the table, the figure and the messages name it: its path beside the others; an eval dir
+    (named by its time by default) adds the run whose checkpoint it scored."""
+    text = str(run.relative_to(base)) if run.is_relative_to(base) else str(run)
+    record = read_run(run)
+    scored = record["results"].get("checkpoint") if record["command"] == "eval" else None
+    if isinstance(scored, str) and scored:
+        path = Path(scored)
+        path = path.parent.parent if path.parent.name == "checkpoints" else path  # RUN/checkpoints/best.pt: RUN
+        text += f" (eval of {path.relative_to(base) if path.is_relative_to(base) else path})"
+    return text
+
+
 def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tuple[list[dict[str, Any]], list[Any]]:
     """Each setting against the first, on the seeds they share: the table's rows and each row's
     per-task differences (averaged over seeds) for the figure."""
@@ -201,13 +222,14 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
     for name, group in groups[1:]:
         seeds = sorted(set(ref_runs) & set(group))
         if not seeds:
-            short = [n if len(n) <= 80 else n[:77] + "..." for n in (name, ref_name)]
+            short = [_named(n, runs, label) for n, runs in ((name, group), (ref_name, ref_runs))]
             raise MetalearnError(f"{short[0]} shares no seed with {short[1]} (seeds {sorted(group)} vs {sorted(ref_runs)}); "
                                  "runs are compared on the test tasks of the same seed: score one on the other's with "
                                  f"metalearn eval checkpoint=RUN seed={sorted(ref_runs)[0]}")
         unpaired = sorted(set(ref_runs) ^ set(group))
         if unpaired:  # said, not dropped in silence: a seed without its partner is no paired comparison
-            print(f"note: seed {', '.join(map(str, unpaired))} is in only one of {name} and {ref_name}; compared on seed "
+            print(f"note: seed {', '.join(map(str, unpaired))} is in only one of {_named(name, group, label)} and "
+                  f"{_named(ref_name, ref_runs, label)}; compared on seed "
                   f"{', '.join(map(str, seeds))}", file=sys.stderr)
         a, b, pa, pb = [], [], [], []
         for seed in seeds:
@@ -265,7 +287,7 @@ def main(argv: list[str]) -> int:
         if seen.setdefault(canonical(run), run) is not run:
             parser.error(f"{run} is given twice (also as {seen[canonical(run)]}); compare each run once")
     base = outside_runs(runs[0].parent)  # beside the runs, never inside one
-    label = lambda p: str(p.relative_to(base)) if p.is_relative_to(base) else str(p)  # noqa: E731
+    label = lambda p: run_label(p, base)  # noqa: E731
     groups = named_settings(named, label) if named else settings(runs)
     if len(groups) < 2:
         parser.error("give --setting twice or more: the first is the reference" if args.setting else

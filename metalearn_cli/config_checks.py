@@ -44,7 +44,8 @@ def validate(cfg: Any) -> TrainConfig:
         raise ConfigError(f"{bad} is not a finite number; give a finite value")
     check_seed(cfg.seed)
     t, e = cfg.trainer, cfg.eval
-    check_counts("trainer", t, ("meta_batch", "val_every", "val_episodes", "checkpoint_every", "log_every"))
+    check_counts("trainer", t, ("meta_batch", "val_every", "val_episodes", "checkpoint_every", "log_every", "train_way",
+                                "train_query", "val_way"))
     if not 0 <= t.within_alphabet <= 1:
         raise ConfigError(f"trainer.within_alphabet={t.within_alphabet} is a share of the training tasks: give 0 to 1")
     initialised = bool(t.init_from) or cfg.pretrain.iterations > 0
@@ -68,18 +69,29 @@ def check_seed(seed: Any) -> None:
         raise ConfigError(f"seed={seed} is out of range; use an integer from 0 to {2**63 - 1}")
 
 
+COUNTED = {"meta_batch": "tasks per meta-update", "val_every": "steps between validations", "val_episodes": "validation tasks",
+           "checkpoint_every": "steps between checkpoints", "log_every": "steps between log lines",
+           "batch_size": "images per pre-training step", "iterations": "steps (0: none)",
+           "train_way": "classes of a training task", "train_query": "queries per class of a training task",
+           "val_way": "classes of a validation task"}
+DEFAULTS_TO = {"train_way": "episode.way", "train_query": "episode.query", "val_way": "episode.way"}  # null means these
+
+
 def check_counts(node: str, values: Any, positive: tuple[str, ...]) -> None:
-    """Each of ``positive`` >= 1 and ``iterations`` >= 0, the line naming every key that is not, with its value."""
-    wrong = [f"{node}.{k}={values[k]} (give >= 1)" for k in positive if values[k] < 1]
-    wrong += [f"{node}.iterations={values.iterations} (give >= 0)"] if values.iterations < 0 else []
+    """Each of ``positive`` >= 1 (or null where null takes the episode's value), ``iterations`` >= 0; the
+    line names every key that is not, with what it counts."""
+    wrong = [f"{node}.{k}={values[k]} counts {COUNTED[k]}: give >= 1"
+             + (f", or null for {DEFAULTS_TO[k]}" if k in DEFAULTS_TO else "")
+             for k in positive if values.get(k) is not None and values[k] < 1]
+    wrong += [f"{node}.iterations={values.iterations} counts {COUNTED['iterations']}: give >= 0"] if values.iterations < 0 else []
     if wrong:
-        raise ConfigError(f"{', '.join(wrong)}: a count of steps, tasks, images or records")
+        raise ConfigError("; ".join(wrong))
 
 
 def validate_pretrain(cfg: Any) -> None:
     p = cfg.pretrain
     episodic = is_episodic(p)
-    check_counts("pretrain", p, ("batch_size", "val_every", "val_episodes"))
+    check_counts("pretrain", p, ("batch_size", "val_every", "val_episodes", "train_way", "train_query"))
     if not 0 <= p.label_smoothing < 1:
         raise ConfigError("pretrain.label_smoothing must be in [0, 1)")
     if p.max_iterations is not None and p.max_iterations < 1:

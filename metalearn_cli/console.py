@@ -4,8 +4,11 @@ mean" where a key, an option or a command is close to a real one."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
-from typing import Optional
+import sys
+import time
+from typing import Any, Iterator, Optional, TextIO
 
 from metalearn_cli.errors import ConfigError, FileSystemError, MetalearnError
 
@@ -35,7 +38,7 @@ def one_line(exc: BaseException) -> str:
         missing_option = str(getattr(exc, "missing_cfg_file", "") or "").rsplit("/", 1)[-1]
         close = closest(missing_option, options)
         parts.append((f"did you mean {close}? " if close else "") + f"choose one of: {', '.join(options)}")
-    suggestion = did_you_mean(" ".join(parts))
+    suggestion = did_you_mean(" ".join(parts)) or whole_number(" ".join(parts))
     if suggestion:
         parts.append(suggestion)
     missing = str(getattr(exc, "missing_cfg_file", "") or "")
@@ -43,6 +46,58 @@ def one_line(exc: BaseException) -> str:
         parts.append('the sweeper/launcher plugins come with the extras: pip install -e ".[sweep]" (optuna, joblib) '
                      'or ".[cluster]" (submitit)')
     return ": ".join(parts) or exc.__class__.__name__
+
+
+class _HeldLines:
+    """stderr with our own ``metalearn ...`` lines held back (for :func:`errors_once_under_torchrun`)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.lines, self._partial = stream, [], ""
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *complete, self._partial = self._partial.split("\n")
+        for line in complete:
+            if line.startswith("metalearn"):
+                self.lines.append(line)
+            else:
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding: the real stream's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def errors_once_under_torchrun(rank: int, pause: float = 3.0) -> Iterator[None]:
+    """Under torchrun every process checks the same config and data, so a user error would be printed
+    once per process. A rank other than 0 holds its one-line errors and prints them, marked with its
+    rank, only if it is still alive after ``pause`` seconds: torchrun ends every process within a
+    tenth of a second of the first failure, so an error rank 0 shares is printed once (by rank 0), and
+    one of this rank's own still reaches the user."""
+    if rank == 0:
+        yield
+        return
+    held = _HeldLines(sys.stderr)
+    sys.stderr = held  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stderr = held.stream
+        if held._partial:
+            held.write("\n")
+        if held.lines:
+            time.sleep(pause)
+            for line in held.lines:
+                print(f"[rank {rank}] {line}", file=sys.stderr)
+
+
+def whole_number(message: str) -> Optional[str]:
+    """For ``1e3`` given to an integer key (YAML reads it as the float 1000.0): the integer to write."""
+    import re
+
+    match = re.search(r"override ([\w.]+)=\S+?:? Value '(-?\d+)\.0' of type 'float' could not be converted to Integer", message)
+    return f"write it as an integer: {match.group(1)}={match.group(2)}" if match else None
 
 
 def did_you_mean(message: str) -> Optional[str]:

@@ -91,19 +91,19 @@ def _members(cfg: Any, device: torch.device) -> list[knowledge.MetaKnowledge]:
     return members
 
 
-def _mean_probabilities(members: list[knowledge.MetaKnowledge], support_dir: Path, paths: list[Path],
+def _mean_probabilities(members: list[knowledge.MetaKnowledge], support_files: list[Path], paths: list[Path],
                         labels: list[int], first: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """The members' mean class probabilities. Each member reads the support and query files in its own
-    image format (an ensemble of 28 px and 56 px runs reads them at both sizes), each format once;
-    ``first``: the first member's support and queries, already read."""
+    image format (an ensemble of 28 px and 56 px runs reads them at both sizes), each format once, from
+    the one listing of the folders (so a skipped entry is named once); ``first``: the first member's
+    support and queries, already read."""
     read = [(members[0].image_format, first)]
     probs = []
     for m in members:
         images = next((pair for fmt, pair in read if fmt == m.image_format), None)
         if images is None:
             try:
-                stacks = read_class_folders(support_dir, m.image_format, "support")[2]
-                images = (torch.cat(stacks), m.read_images(paths))
+                images = (m.read_images(support_files), m.read_images(paths))
             except DataError as exc:  # the first member read these files; say which format failed
                 fmt = m.image_format
                 raise DataError(f"ensemble member {m.source} ({fmt.channels}-channel, {fmt.size} px): {exc}") from None
@@ -180,7 +180,7 @@ def predict(cfg: Any, run_dir: Path) -> float:
     labels = [i for i, s in enumerate(stacks) for _ in range(s.shape[0])]
     first = (torch.cat(stacks), meta.read_images(paths))
     with _said_once(logging.getLogger(knowledge.__name__)):  # an ensemble's members warn about the images once
-        probs = _mean_probabilities(members, Path(cfg.support), paths, labels, first)
+        probs = _mean_probabilities(members, [p for files in support_files for p in files], paths, labels, first)
     _say_what_the_test_protocol_means(members)
     predicted = probs.argmax(-1).tolist()
     rows = _rows(shown, predicted, truth, class_names, probs)

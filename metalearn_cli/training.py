@@ -111,7 +111,7 @@ class Training:
 
         def extras() -> dict[str, Any]:
             return {"meta_batch": self.t.meta_batch, "train_way": s.train_way, "train_query": s.train_query,
-                    "device": str(self.device),
+                    "device": str(self.device), "processes": self.ranks.size,  # torchrun's process count (1 alone)
                     "precision": self.strategy.model.precision,
                     "torch": torch.__version__, "dataset": data.name, "strategy": cfg.strategy.name,
                     "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,

@@ -115,6 +115,9 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
     assert main(["compare", runs[0], str(tmp_path / "w16_s1")]) == 2  # no seed in common
     err = capsys.readouterr().err
     assert "shares no seed" in err and "metalearn eval checkpoint=RUN seed=" in err
+    assert "(w16_s1)" in err and "(w8_s0)" in err  # the settings' labels, and where their runs are
+    assert main(["compare", evals[0], evals[2], "--out", str(tmp_path / "cmp_two_evals")]) == 2
+    assert "eval_w16_s1 (eval of w16_s1)" in capsys.readouterr().err  # an eval dir, by the run it scored
     # --setting: the user says which runs are one setting (here across configs), through the console command
     cross = [sys.executable, "-m", "metalearn_cli", "compare", "--setting", runs[0], runs[2], "--setting", runs[3], runs[1],
              "--out", str(tmp_path / "cross")]

@@ -96,9 +96,7 @@ def test_torchrun_as_users_run_it(tmp_path):
     one = subprocess.run([sys.executable, *args, f"hydra.run.dir={tmp_path / 'single'}"], cwd=cwd, env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    torchrun = Path(sys.executable).with_name("torchrun")
-    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    two = subprocess.run([*launcher, "--standalone", "--nproc-per-node=2", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
+    two = subprocess.run([*launcher(), "--standalone", "--nproc-per-node=2", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
     assert files_of(tmp_path / "ddp") == files_of(tmp_path / "single")
@@ -107,6 +105,22 @@ def test_torchrun_as_users_run_it(tmp_path):
     assert_same_training(tmp_path / "single", tmp_path / "ddp")
     results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("single", "ddp")]
     assert results[1]["accuracy"] == pytest.approx(results[0]["accuracy"], abs=0.02)
+    assert [r["processes"] for r in results] == [1, 2]
+
+
+def launcher() -> list[str]:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def test_torchrun_prints_a_refused_config_once(tmp_path):
+    """Every rank refuses the same config; the user reads the line once, not once per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    done = subprocess.run([*launcher(), "--standalone", "--nproc-per-node=2", "-m", "metalearn_cli", "train", *OVERRIDES,
+                           "trainer.meta_batch=3", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert (done.stdout + done.stderr).count("trainer.meta_batch=3 does not split over 2 processes") == 1, done.stderr[-3000:]
 
 
 def test_ranks_draw_disjoint_shares_of_the_same_meta_batch():

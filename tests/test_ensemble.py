@@ -193,8 +193,9 @@ def test_predict_with_an_ensemble_gives_the_mean_of_the_members_probabilities(tw
     assert summary["ensemble_bn_modes"] == ["running", "running"]
 
 
-def test_predict_with_members_of_two_image_sizes_reads_the_files_at_each_size(two_runs, compose_train, tmp_path):
-    """A 32 px member beside the others' size: each reads the same files at its own size; the mean holds."""
+def test_predict_with_members_of_two_image_sizes_reads_the_files_at_each_size(two_runs, compose_train, tmp_path, capfd):
+    """A 32 px member beside the others' size: each reads the same files at its own size; the mean holds. The
+    folders are listed once, so a skipped non-image entry is named once, not once per image size."""
     import csv
 
     from conftest import write_image_task
@@ -203,10 +204,13 @@ def test_predict_with_members_of_two_image_sizes_reads_the_files_at_each_size(tw
     (tmp_path / "larger").mkdir()
     training.train(compose_train("dataset.image_size=32", "seed=3"), tmp_path / "larger")
     names = write_image_task(tmp_path / "task", classes=3, support=(1, 2), query=3)
+    (tmp_path / "task" / "support" / names[0] / "notes.txt").write_text("not an image")
     task = [f"support={tmp_path / 'task' / 'support'}", f"query={tmp_path / 'task' / 'query'}", "device=cpu"]
     for name, args in (("pa", [f"checkpoint={two_runs[0]}"]), ("pl", [f"checkpoint={tmp_path / 'larger'}"]),
                        ("ens", [f"checkpoint={two_runs[0]}", f"ensemble={tmp_path / 'larger'}"])):
+        capfd.readouterr()
         assert main(["predict", *args, *task, f"hydra.run.dir={tmp_path / name}"]) == 0
+    assert "".join(capfd.readouterr()).count("notes.txt") == 1
 
     def probs(name):
         with open(tmp_path / name / "predictions.csv", newline="") as f:

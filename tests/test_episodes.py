@@ -67,7 +67,8 @@ def test_split_seeds_differ_per_split():
 
 @pytest.mark.parametrize(
     "way,shot,query,match",
-    [(13, 1, 1, "13-way episodes need 13 classes"), (5, 4, 3, "need 7 images per class"), (1, 1, 1, "way >= 2")],
+    [(13, 1, 1, "13-way episodes need 13 classes"), (5, 4, 3, "need 7 images per class"),
+     (1, 1, 1, "2 classes or more; raise trainer.train_way"), (5, 0, 1, "shot >= 1 and query >= 1")],
 )
 def test_check_fits_explains_the_fix(way, shot, query, match):
     with pytest.raises(DataError, match=match):
@@ -259,5 +260,5 @@ def test_check_fits_accepts_the_edges():
     split = make_split(5, 4)
     check_fits(split, "train", "x", 5, 1, 3)  # every class, every image: fits
     check_fits(split, "train", "x", 2, 1, 1)
-    with pytest.raises(DataError, match="way >= 2"):
+    with pytest.raises(DataError, match="a task needs 2 classes or more"):
         check_fits(split, "train", "x", 1, 1, 1)

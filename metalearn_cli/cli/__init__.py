@@ -22,7 +22,7 @@ from metalearn_cli.command_line import (
     sweep_requested,
     version_line,
 )
-from metalearn_cli.console import as_user_error, suggest
+from metalearn_cli.console import as_user_error, errors_once_under_torchrun, suggest
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.rundir import exclusive
 
@@ -34,7 +34,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     lands before a command's own handling (while torch or Hydra is still being imported) is one line too."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _dispatch(args)
+        with errors_once_under_torchrun(rank()):
+            return _dispatch(args)
     except KeyboardInterrupt:
         print(f"metalearn{' ' + args[0] if args and not args[0].startswith('-') else ''}: interrupted", file=sys.stderr)
         return 130

@@ -69,8 +69,10 @@ def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Opti
         raise DataError(f"{what}: class {smallest} has {counts[smallest]} images but {n} per class are needed; "
                         "add images or lower dataset.images_per_class")
     if per_class is None and len(set(counts.values())) > 1:
-        log.warning("%s: classes have %d to %d images; using the first %d of each (set dataset.images_per_class)",
-                    what, counts[smallest], max(counts.values()), n)
+        short = sorted(name for name, count in counts.items() if count == n)
+        log.warning("%s: classes have %d to %d images; every class is cut to the first %d, the count of %s%s (add images "
+                    "there, or set dataset.images_per_class)", what, n, max(counts.values()), n, ", ".join(short[:3]),
+                    f" and {len(short) - 3} more" if len(short) > 3 else "")
     fingerprint = _fingerprint(files, fmt, n)
     cache = cache_dir / f"{fingerprint[:20]}.pt" if cache_dir is not None else None
     images = _read_cache(cache, fingerprint) if cache is not None else None

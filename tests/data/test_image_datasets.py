@@ -164,3 +164,13 @@ def test_cifar_fs_uses_torchvisions_cifar100_and_the_bertinetto_split(tmp_path, 
 def test_cifar_fs_missing_is_one_line(tmp_path):
     with pytest.raises(DataError, match="CIFAR-100 not found or corrupted .*dataset.download=true"):
         DATASETS.build({"name": "cifar_fs", "root": str(tmp_path)})
+
+
+def test_a_short_class_is_named_when_every_class_is_cut_to_it(tmp_path, caplog):
+    make_folder(tmp_path, [f"class{i:02d}" for i in range(6)], per_class=4)
+    for extra in ("2.png", "3.png"):
+        (tmp_path / "class03" / extra).unlink()
+    with caplog.at_level("WARNING"):
+        data = DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})
+    assert data.train.n_per_class == 2
+    assert "cut to the first 2, the count of class03 (add images there, or set dataset.images_per_class)" in caplog.text
