@@ -62,6 +62,10 @@ def test_help_names_the_subcommand_and_lists_groups(tmp_path):
         assert f"{group}:" in proc.stdout
     job = run_cli("train", "--cfg", "job", cwd=tmp_path)
     assert job.returncode == 0 and "train_way:" in job.stdout
+    bad = run_cli("train", "--cfg", "job", "trainer.meta_batch=0", cwd=tmp_path)  # printed, and said to be refused
+    assert bad.returncode == 2 and "meta_batch: 0" in bad.stdout and bad.stderr.count("\n") == 1
+    assert "a run of this config would be refused: trainer.meta_batch=0 counts tasks per meta-update" in bad.stderr
+    assert list(tmp_path.iterdir()) == []  # printing writes no run dir
     assert run_cli("eval", "--help", cwd=tmp_path).stdout.startswith("metalearn eval:")
     assert run_cli("predict", "--help", cwd=tmp_path).stdout.startswith("metalearn predict:")
     assert run_cli("export", "--help", cwd=tmp_path).stdout.startswith("metalearn export:")

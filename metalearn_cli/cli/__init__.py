@@ -16,7 +16,7 @@ from typing import Optional
 
 from metalearn_cli.cli import placement
 from metalearn_cli.cli.apps import APPS, SWEEP_JOBS, register_configs, run_app
-from metalearn_cli.cli.placement import config_keys, no_empty_sweep, override_values, place_run, print_help
+from metalearn_cli.cli.placement import config_keys, no_empty_sweep, override_values, place_run, print_help, refused_config
 from metalearn_cli.command_line import (
     FLAG_COMMANDS, USAGE, add_override, check_debug, check_groups, flag_present, hydra_argv, rank, refuse_unknown_flags, shell_completion,
     sweep_requested,
@@ -101,7 +101,12 @@ def _hydra_command(command: str, rest: list[str]) -> int:
         return 2
     try:
         with no_empty_sweep(command, values, sweep_requested(rest) and run_dir is None, SWEEP_JOBS):
-            return _guarded(command, args, run_dir)
+            code = _guarded(command, args, run_dir)
+        refused = refused_config(command, rest) if code == 0 and flag_present(rest, ("--cfg", "-c")) else None
+        if refused:  # printed as asked, and said to be refused, as a run of it would be
+            print(f"metalearn {command}: error: a run of this config would be refused: {refused}", file=sys.stderr)
+            return 2
+        return code
     finally:
         for folder in scratch:
             shutil.rmtree(folder, ignore_errors=True)

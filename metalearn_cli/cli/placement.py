@@ -244,3 +244,22 @@ def print_help(command: str, args: list[str]) -> int:
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     print(render_help(command, template, OmegaConf.to_yaml(cfg, resolve=flag_present(args, ("--resolve",)) is not None)), end="")
     return 0
+
+
+def refused_config(command: str, args: list[str]) -> Optional[str]:
+    """Why ``metalearn train`` would refuse the config that ``--cfg`` printed, or None: Hydra prints a
+    config without running the job, where every range check is made, so a config checked by printing
+    it would otherwise fail only once submitted."""
+    if command != "train" or sweep_requested(args):
+        return None
+    from metalearn_cli.config_checks import validate
+    from metalearn_cli.errors import MetalearnError
+
+    overrides = [a for before, a in zip(["", *args], args)
+                 if not a.startswith("-") and not (before.startswith("-") and before in VALUE_FLAGS)]
+    try:
+        cfg = compose(command, overrides)
+        validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    except (MetalearnError, HydraException, OmegaConfBaseException) as exc:
+        return one_line(exc) if not isinstance(exc, MetalearnError) else str(exc)
+    return None
