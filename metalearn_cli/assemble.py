@@ -183,5 +183,6 @@ def initialise_from(strategy: Strategy, source: str) -> None:
         raise ConfigError(f"trainer.init_from={source} shares no parameter (same name and shape) with this meta-network; "
                           "pass a checkpoint of a run with the same encoder")
     strategy.load_state_dict({**ours, **{k: v.to(ours[k].device, ours[k].dtype) for k, v in matched.items()}})
-    log.info("initialised %d of %d tensors from %s", len(matched), len(ours), source)
+    weights = [k for k, v in ours.items() if v.is_floating_point()]  # not batch norm's step counters, which restart
+    log.info("initialised %d of %d weight and statistics tensors from %s", len(matched), len(weights), source)
 

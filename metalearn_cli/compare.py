@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.errors import MetalearnError
-from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
+from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.rundir import canonical, find_runs, read_run, refuse_replacing
 from metalearn_cli.sweep_record import sweep_note, unfinished_jobs
 
@@ -211,7 +211,9 @@ def run_label(run: Path, base: Path) -> str:
     if isinstance(scored, str) and scored:
         path = Path(scored)
         path = path.parent.parent if path.parent.name == "checkpoints" else path  # RUN/checkpoints/best.pt: RUN
-        text += f" (eval of {path.relative_to(base) if path.is_relative_to(base) else path})"
+        members = record["results"].get("ensemble") or []  # an ensemble's eval: its first member and how many more
+        more = f" with {len(members) - 1} more as an ensemble" if len(members) > 1 else ""
+        text += f" (eval of {path.relative_to(base) if path.is_relative_to(base) else path}{more})"
     return text
 
 
@@ -295,7 +297,7 @@ def main(argv: list[str]) -> int:
     rows, diffs = compare_groups(groups, label)
     if args.out is not None:
         refuse_replacing(args.out, "--out ")
-        refuse_other_output(args.out, "compare.csv", runs)
+        refuse_other_output(args.out, ("compare.csv", "compare.png", INPUTS), runs)
     out = args.out or default_output(base, "compare", runs)
     out.mkdir(parents=True, exist_ok=True)
     record_inputs(out, runs)

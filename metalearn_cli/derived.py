@@ -44,13 +44,20 @@ def default_output(base: Path, name: str, inputs: list[Path]) -> Path:
     raise AssertionError("unreachable")
 
 
-def refuse_other_output(out: Path, marker: str, inputs: list[Path]) -> None:
-    """An ``--out`` folder that holds this command's output of other runs (or of runs it cannot name:
-    ``marker`` without ``inputs.txt``) is not replaced: the same runs refresh it, others need another."""
-    if not (Path(out) / marker).exists() or _made_from(out, inputs):
+def refuse_other_output(out: Path, written: tuple[str, ...], inputs: list[Path]) -> None:
+    """An ``--out`` folder that holds any file this command writes there (``written``: names or glob
+    patterns) is not replaced unless this same set of runs made it (``inputs.txt``): the same runs
+    refresh it; other runs, or a user's own files of those names, need another folder."""
+    out = Path(out)
+    if not out.is_dir() or _made_from(out, inputs):
         return
-    raise ConfigError(f"--out {out} holds the {marker} of other runs ({INPUTS} names them), which this one would replace; "
-                      "choose another --out, or leave it out for a new folder beside the runs")
+    found = sorted({p.name for pattern in written for p in out.glob(pattern) if p.is_file()})
+    if not found:
+        return
+    whose = (f"made from other runs ({INPUTS} names them)" if (out / INPUTS).is_file()
+             else f"not written by this command over these runs (no {INPUTS} names its runs)")
+    raise ConfigError(f"--out {out} holds {', '.join(found[:4])}{', ...' if len(found) > 4 else ''}, {whose}, which this "
+                      "one would replace; choose another --out, or leave it out for a new folder beside the runs")
 
 
 def record_inputs(out: Path, inputs: list[Path]) -> None:

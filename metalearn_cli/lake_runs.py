@@ -27,8 +27,9 @@ class LakeRuns:
         for i, name in enumerate(split.class_names):
             parts = name.split("/")
             if len(parts) != 2:
-                raise DataError(f"Lake et al.'s runs need classes named Alphabet/character (dataset=omniglot "
-                                f"dataset.split=background); this split has '{name}'")
+                raise DataError(f"Lake et al.'s runs need classes named Alphabet/character, the evaluation alphabets of "
+                                f"Omniglot's background split, and this split has '{name}': they score a network trained "
+                                "with dataset=omniglot_background (or another omniglot_background_* option)")
             alphabets.setdefault(parts[0], []).append(i)
         kept = [(k, v) for k, v in sorted(alphabets.items()) if len(v) >= n_way]
         self.names, self.alphabets = [k for k, _ in kept], [v for _, v in kept]

@@ -58,7 +58,7 @@ def check_clip(clip: ClipParams) -> ClipParams:
 def build_adam(params: AdamParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     check_clip(params.clip)
     if not params.lr > 0 or len(params.betas) != 2:
-        raise ConfigError("optimizer=adam needs lr > 0 and two betas")
+        raise ConfigError(f"optimizer=adam needs lr > 0 and two betas (got lr={params.lr}, betas={list(params.betas)})")
     if not all(0 <= b < 1 for b in params.betas) or params.weight_decay < 0:
         raise ConfigError(f"optimizer=adam needs betas in [0, 1) and weight_decay >= 0 (got betas={list(params.betas)}, "
                           f"weight_decay={params.weight_decay})")
@@ -71,7 +71,7 @@ def build_adam(params: AdamParams, parameters: Iterable[torch.nn.Parameter]) -> 
 def build_sgd(params: SGDParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     check_clip(params.clip)
     if not params.lr > 0:
-        raise ConfigError("optimizer=sgd needs lr > 0")
+        raise ConfigError(f"optimizer=sgd needs lr > 0 (got lr={params.lr})")
     if params.momentum < 0 or params.weight_decay < 0:
         raise ConfigError(f"optimizer=sgd needs momentum >= 0 and weight_decay >= 0 (got momentum={params.momentum}, "
                           f"weight_decay={params.weight_decay})")

@@ -179,9 +179,9 @@ def predict(cfg: Any, run_dir: Path) -> float:
     shown, paths, truth = _queries(Path(cfg.query), str(cfg.query), class_names)
     labels = [i for i, s in enumerate(stacks) for _ in range(s.shape[0])]
     first = (torch.cat(stacks), meta.read_images(paths))
+    _say_what_the_test_protocol_means(members)  # before adapt(), which would say it again
     with _said_once(logging.getLogger(knowledge.__name__)):  # an ensemble's members warn about the images once
         probs = _mean_probabilities(members, [p for files in support_files for p in files], paths, labels, first)
-    _say_what_the_test_protocol_means(members)
     predicted = probs.argmax(-1).tolist()
     rows = _rows(shown, predicted, truth, class_names, probs)
     run_dir = Path(run_dir)

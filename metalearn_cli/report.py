@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.console import OneLineParser, help_text
-from metalearn_cli.derived import default_output, outside_runs, record_inputs, refuse_other_output
+from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.rundir import find_runs, refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
 from metalearn_cli.sweep_record import sweep_note
@@ -202,7 +202,7 @@ def main(argv: list[str]) -> int:
     rows = [describe(run, base) for run in runs]
     if args.out is not None:
         refuse_replacing(args.out, "--out ")
-        refuse_other_output(args.out, "report.md", runs)
+        refuse_other_output(args.out, ("report.md", "report.csv", "seeds.csv", INPUTS, "curves.*", "accuracy.*"), runs)
     out = args.out or default_out(runs)
     if out.exists() and not out.is_dir():
         raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")

@@ -79,9 +79,10 @@ class Training:
         resolve_budget(cfg, data)
         if is_lake(cfg.episode):  # a data set without alphabets is refused now, not after training, and before its sizes
             LakeRuns(data.test, s.way, cfg.seed)
-        check_fits(data.train, "train", data.name, s.train_way, s.shot, s.train_query)
-        check_fits(data.val, "val", data.name, s.val_way, s.shot, s.query)
+        # the test's shape first: episode.way too large for any split is named as episode.way, not as trainer.train_way
         check_fits(data.test, "test", data.name, s.way, s.shot, s.query)
+        check_fits(data.val, "val", data.name, s.val_way, s.shot, s.query)
+        check_fits(data.train, "train", data.name, s.train_way, s.shot, s.train_query)
         check_stage_fits(cfg, data)
         check_memory(cfg, data.image_shape, self.device)
         check_tta_shift(cfg.eval.tta_shift, data.image_shape)

@@ -181,6 +181,13 @@ def test_a_run_given_twice_is_refused_and_other_runs_never_replace_a_default_com
     assert ",c," in (runs / "compare-2" / "compare.csv").read_text() and f"{runs / 'compare-2'}" in capsys.readouterr().out
     assert main(["compare", str(runs / "a"), str(runs / "b")]) == 0  # the same runs again: their own folder, refreshed
     assert not (runs / "compare-3").exists()
+    mine = tmp_path / "mine"  # a user's own compare.png in the --out folder named: refused, kept
+    mine.mkdir()
+    (mine / "compare.png").write_text("precious")
+    capsys.readouterr()
+    assert main(["compare", str(runs / "a"), str(runs / "b"), "--out", str(mine)]) == 2
+    assert "holds compare.png, not written by this command over these runs" in capsys.readouterr().err
+    assert (mine / "compare.png").read_text() == "precious"
 
 
 def test_compare_says_when_tasks_are_few_or_the_batch_norm_modes_differ_and_names_dirs_it_cannot_use(tmp_path, capsys):

@@ -82,6 +82,10 @@ def test_the_eval_command_scores_an_ensemble_on_the_first_member_s_tasks(two_run
     assert "ensemble" not in own and (ens["seed"], ens["episodes"]) == (own["seed"], 8)
     labels = [np.load(tmp_path / n / evaluation.OUTCOMES)["predicted"].shape for n in ("ens", "alone")]
     assert labels[0] == labels[1]
+    from metalearn_cli.compare import run_label
+
+    assert run_label(tmp_path / "ens", tmp_path) == f"ens (eval of {first.name} with 1 more as an ensemble)"
+    assert run_label(tmp_path / "alone", tmp_path) == f"alone (eval of {first.name})"
 
 
 @pytest.mark.parametrize("extra, expected", [

@@ -211,7 +211,7 @@ def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
     training.train(compose_config("train", ["encoder=conv4", "encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
                                         "trainer.val_episodes=2", "eval.episodes=2", "trainer.progress=false",
                                         "device=cpu"]), vinyals)
-    with pytest.raises(Exception, match="dataset.split=background"):
+    with pytest.raises(Exception, match="they score a network trained with dataset=omniglot_background"):
         evaluation.evaluate(compose_config("eval", [f"checkpoint={vinyals}", "episode=lake20way1shot", "device=cpu"]),
                             tmp_path / "bad")
 

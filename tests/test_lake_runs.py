@@ -57,7 +57,7 @@ def test_lake_runs_refuse_a_split_without_alphabets():
     from metalearn_cli.errors import DataError
 
     images = torch.zeros(30, 4, 1, 2, 2, dtype=torch.uint8)
-    with pytest.raises(DataError, match="dataset.split=background"):
+    with pytest.raises(DataError, match="trained with dataset=omniglot_background"):
         LakeRuns(ClassImages(images, [f"A/c{i}/rot000" for i in range(30)]), 20, seed=0)
 
 

@@ -148,7 +148,7 @@ def test_a_schedule_at_the_edge_of_its_range_is_accepted(edge):
 @pytest.mark.parametrize("node,message", [
     ({"name": "adam", "lr": 0.0}, "adam needs lr > 0"), ({"name": "adam", "betas": [0.9]}, "two betas"),
     ({"name": "adam", "betas": [0.9, 1.0]}, "betas in"), ({"name": "adam", "weight_decay": -1.0}, "weight_decay >= 0"),
-    ({"name": "sgd", "lr": -1.0}, "sgd needs lr > 0"), ({"name": "sgd", "momentum": -0.5}, "momentum >= 0"),
+    ({"name": "sgd", "lr": -1.0}, r"sgd needs lr > 0 \(got lr=-1.0\)"), ({"name": "sgd", "momentum": -0.5}, "momentum >= 0"),
     ({"name": "sgd", "weight_decay": -1.0}, "weight_decay >= 0"),
     ({"name": "sgd", "schedule": {"gamma": -1.0}}, "optimizer.schedule"),
 ])

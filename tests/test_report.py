@@ -158,9 +158,20 @@ def test_an_explicit_out_holding_another_report_is_refused_and_the_same_runs_ref
     both = (out / "report.csv").read_text()
     capsys.readouterr()
     assert main(["report", str(runs / "a"), "--out", str(out)]) == 2
-    assert "holds the report.md of other runs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds accuracy.png, curves.png, inputs.txt, report.csv, ..., made from other runs (inputs.txt names them)" in err
     assert (out / "report.csv").read_text() == both
     assert main(["report", str(runs / "a"), str(runs / "b"), "--out", str(out)]) == 0  # the same runs: refreshed
+    mine = tmp_path / "mine"  # a user's own files of the names a report writes, in a folder of theirs
+    mine.mkdir()
+    (mine / "accuracy.png").write_text("precious")
+    assert main(["report", str(runs / "a"), "--out", str(mine)]) == 2
+    assert "holds accuracy.png, not written by this command over these runs" in capsys.readouterr().err
+    assert (mine / "accuracy.png").read_text() == "precious" and sorted(p.name for p in mine.iterdir()) == ["accuracy.png"]
+    for name in ("report.md", "inputs.txt"):  # another report's folder, part deleted: still not replaced
+        (out / name).unlink()
+        assert main(["report", str(runs / "a"), "--out", str(out)]) == 2
+    assert (out / "report.csv").read_text() == both
 
 
 def test_seeds_are_pooled_only_when_their_configs_match_not_just_their_command_lines(tmp_path, capsys):

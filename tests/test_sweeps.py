@@ -172,3 +172,28 @@ def test_a_used_sweep_dir_is_refused_with_a_way_out_the_command_has(tmp_path, ca
     assert main([command, "-m", *extra, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 2
     err = capsys.readouterr().err
     assert "already holds a sweep's runs (0_a)" in err and ("resume=true" in err) == hint
+
+
+def test_report_of_a_sweep_with_a_failed_job_says_it_failed_not_stopped(tmp_path, capsys):
+    """A job that failed (its error.txt) would fail again if rerun as it was: report says so, not "stopped"."""
+    sweep_dir = tmp_path / "sweep"
+    assert main(["train", "-m", *TINY, "episode.way=500,2", "episode.query=2", f"hydra.sweep.dir={sweep_dir}"]) == 0
+    failed = next(j for j in sweep_dir.iterdir() if j.name.startswith("0_"))
+    assert json.loads((failed / "status.json").read_text())["status"] == "failed"
+    capsys.readouterr()
+    assert main(["report", str(sweep_dir), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert f"1 job failed ({failed.name}; each error.txt says why)" in out and "stopped before its test" not in out
+    assert "once what failed is fixed, finish the sweep with: metalearn train -m" in out
+
+
+@pytest.mark.skipif(not plugin("hydra_joblib_launcher"), reason='needs the sweep extra: pip install -e ".[sweep]"')
+def test_a_broken_launcher_package_is_one_line_naming_the_extra(tmp_path):
+    """A joblib that cannot be imported (here one that raises on import, first on the path): one line, not a traceback."""
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "joblib.py").write_text('raise ImportError("broken install", name="joblib")\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block")}
+    proc = subprocess.run([EXE, "train", "-m", "seed=0", *TINY, "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path / 's'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot import joblib (broken install)" in proc.stderr and 'pip install -e ".[sweep]"' in proc.stderr

@@ -240,6 +240,11 @@ def run_app(command: str) -> int:
     except KeyboardInterrupt:
         print(f"metalearn {command}: interrupted", file=sys.stderr)
         return 130
+    except ImportError as exc:  # a sweeper's or launcher's own package broken or missing (hydra/launcher=joblib, ...)
+        print(f"metalearn {command}: error: cannot import {exc.name or 'a module'} ({one_line(exc)}), which a sweeper or "
+              'launcher plugin needs; reinstall its extra: pip install -e ".[sweep]" (optuna, joblib) or ".[cluster]" '
+              "(submitit)", file=sys.stderr)
+        return 2
     except ValueError as exc:  # Hydra's own flags given a value it cannot use (--experimental-rerun FILE, ...)
         print(f"metalearn {command}: error: {one_line(exc)} (see metalearn {command} --help)", file=sys.stderr)
         return 2

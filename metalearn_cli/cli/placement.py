@@ -127,8 +127,8 @@ def check_sweep(command: str, args: list[str], values: dict[str, Any]) -> bool:
     if multirun and not flag_present(args, PRINTING_FLAGS):
         if "hydra.run.dir" in values:
             raise ConfigError(f"hydra.run.dir={values['hydra.run.dir']} names the folder of one run, and a sweep (-m) "
-                              "writes each job into hydra.sweep.dir/<job number> (by default outputs/multirun/"
-                              f"{command}/<time>/N); pass hydra.sweep.dir={values['hydra.run.dir']} instead")
+                              "writes each job into a sub-folder of hydra.sweep.dir named after its number (by default "
+                              f"under outputs/multirun/{command}/<time>/); pass hydra.sweep.dir={values['hydra.run.dir']} instead")
         if _resumes(values):
             check_resumed_sweep(values.get("hydra.sweep.dir"), sweep_overrides(args))
         else:
@@ -179,10 +179,13 @@ def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
     if not found and folder.is_dir():  # a sweep none of whose jobs ran (a typo in every job) may be run again
         found = [p.name for p in sorted(folder.iterdir()) if p.is_dir() and held(p)][:3]
     if found:
-        record = " (and its multirun.yaml)" if (folder / "multirun.yaml").exists() else ""
-        raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep's runs ({', '.join(found[:3])}){record}; a "
-                          "sweep writes multirun.yaml and a run dir per job there, so choose a new hydra.sweep.dir"
-                          + (" (or, to finish that sweep, run it again as it was with resume=true)" if command == "train" else ""))
+        recorded = (folder / "multirun.yaml").exists()
+        finish = ("" if command != "train" else " (or, to finish that sweep, run it again as it was with resume=true)"
+                  if recorded else " (that sweep wrote no multirun.yaml, as an Optuna study does not, so resume=true "
+                  "cannot finish it)")
+        raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep's runs ({', '.join(found[:3])})"
+                          f"{' (and its multirun.yaml)' if recorded else ''}; a sweep writes multirun.yaml and a run dir "
+                          f"per job there, so choose a new hydra.sweep.dir{finish}")
 
 
 def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
@@ -197,8 +200,11 @@ def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
         raise ConfigError(f"hydra.sweep.dir={named} is one run's dir, not a sweep's; continue it with: metalearn train "
                           f"{shell_override('resume', folder)}")
     if not (folder / "multirun.yaml").is_file():
-        raise ConfigError(f"resume=true finishes the sweep in hydra.sweep.dir={named}, which holds none (no multirun.yaml); "
-                          "check the path, or drop resume=true for a new sweep")
+        jobs = folder.is_dir() and any(p.is_dir() and held(p) for p in folder.iterdir())
+        raise ConfigError(f"resume=true finishes the sweep in hydra.sweep.dir={named}, which " + (
+            "holds a sweep's runs but no multirun.yaml (Optuna's sweeper writes none), so its jobs cannot be told again; "
+            "start a new sweep in a new hydra.sweep.dir" if jobs else
+            "holds none (no multirun.yaml); check the path, or drop resume=true for a new sweep"))
     before = sweep_overrides(recorded_sweep(folder))
     if before != overrides:
         raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before) or 'the defaults'}; resume=true "
