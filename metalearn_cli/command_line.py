@@ -189,11 +189,23 @@ def refuse_foreign_target(command: str, run_dir: Path, resuming: bool) -> None:
             refuse_foreign_files(command, run_dir)
         return
     found = held(run_dir)
+    if found and stopped_before_its_end(command, run_dir):
+        return  # the same command stopped there: run again, it starts that dir over (what the stop line says)
     if found:
         kind = "a training run" if (run_dir / CHECKPOINTS).is_dir() else "an earlier run"
         raise ConfigError(f"{run_dir} is {kind} ({', '.join(found[:3])}); metalearn {command} writes its own files, so "
                           f"give it another hydra.run.dir (or leave it out: outputs/{command}/<time>)")
     refuse_foreign_files(command, run_dir)
+
+
+def stopped_before_its_end(command: str, run_dir: Path) -> bool:
+    """Whether ``run_dir`` is an eval, predict or export of ``command`` that was stopped (Ctrl-C, SIGTERM)
+    before it wrote anything but its record and log: nothing in it is lost when it runs again."""
+    from metalearn_cli.rundir import STATUS, read_json
+
+    if read_json(run_dir / STATUS).get("status") != "interrupted" or not (run_dir / f"{command}.log").is_file():
+        return False  # its log names the command that ran there
+    return all(p.name in {".hydra", ".lock", STATUS, f"{command}.log"} for p in run_dir.iterdir())
 
 
 def refuse_foreign_files(command: str, run_dir: Path) -> None:

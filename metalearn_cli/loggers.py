@@ -3,7 +3,8 @@ default, CSV, MLflow), each a sink with ``log``, ``summary`` (the final test) an
 
 ``metrics.jsonl`` stays the run's own record (``report`` and ``compare`` read it); a sink mirrors it.
 On resume each sink drops what came after the resumed step, as ``metrics.jsonl`` does, where its
-format allows: TensorBoard purges, the CSV is rewritten, MLflow (append-only) continues its run.
+format allows: TensorBoard purges, the CSV is rewritten; MLflow (append-only) continues its run and skips the steps
+it already holds.
 """
 
 from __future__ import annotations
@@ -107,10 +108,13 @@ class MLflowSink:
         from mlflow.tracking import MlflowClient
 
         self._client, record = MlflowClient(tracking_uri=uri), run_dir / self.RECORD
+        self._logged_to = -1  # a resume after a kill: the steps MLflow already holds are not logged twice
         saved = json.loads(record.read_text(encoding="utf-8")) if resume_step is not None and record.is_file() else {}
-        if saved.get("tracking_uri") == uri:
+        own = params.tracking_uri is None  # the run dir's own store, wherever the run dir has moved since
+        if saved.get("tracking_uri") == uri or (own and saved.get("own_store", str(saved.get("tracking_uri")).endswith("/mlruns"))):
             self._run_id = saved["run_id"]
             self._client.update_run(self._run_id, status="RUNNING")
+            self._logged_to = self._last_logged_step()
             return
         experiment = self._client.get_experiment_by_name(params.experiment)
         experiment_id = experiment.experiment_id if experiment else self._client.create_experiment(params.experiment)
@@ -120,11 +124,20 @@ class MLflowSink:
         settings = [Param(k, str(v)[:6000]) for k, v in values.items() if k != "resume"]
         for i in range(0, len(settings), 100):  # MLflow takes at most 100 parameters per call
             self._client.log_batch(self._run_id, params=settings[i:i + 100])
-        write_json(record, {"tracking_uri": uri, "run_id": self._run_id, "experiment": params.experiment})
+        write_json(record, {"tracking_uri": uri, "own_store": params.tracking_uri is None, "run_id": self._run_id,
+                            "experiment": params.experiment})
+
+    def _last_logged_step(self) -> int:
+        """The last step of any metric the run holds (MLflow cannot drop points: after a kill, those past the
+        resumed checkpoint are already there, and a resumed CPU run logs the same values again)."""
+        keys = self._client.get_run(self._run_id).data.metrics
+        return max((m.step for key in keys for m in self._client.get_metric_history(self._run_id, key)), default=-1)
 
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
+        if step <= self._logged_to:
+            return
         stamp = _millis()
         self._client.log_batch(self._run_id, metrics=[Metric(f"{split}/{k}", float(v), stamp, step) for k, v in values.items()])
 

@@ -33,7 +33,7 @@ from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
 from metalearn_cli.objectives import Objective
 from metalearn_cli.optim import OPTIMIZERS, build_schedule
 from metalearn_cli.progress import Progress
-from metalearn_cli.resume import check_same_run
+from metalearn_cli.resume import check_same_run, continue_command, warn_changed_course
 from metalearn_cli.rundir import STATUS, RunDir, read_json, write_results, write_status
 from metalearn_cli.schema import EvalConfig, TrainerConfig
 
@@ -123,11 +123,7 @@ class TrainingRun:
         if s.iterations < self.step:
             raise ConfigError(f"{s.iterations_key}={s.iterations} is below the step of {path} ({self.step}); "
                               f"resume with {s.iterations_key} >= {self.step}")
-        began = (state["config"].get("trainer") or {}).get("iterations")  # the stage's own config holds its length there
-        if isinstance(began, int) and began != s.iterations:
-            log.warning("%s=%d where the run began with %d: from %s %d the learning rate follows a schedule over %d steps "
-                        "(neither the one it had nor what a run of %d from the start would have)", s.iterations_key,
-                        s.iterations, began, s.step_name, self.step, s.iterations, s.iterations)
+        warn_changed_course(state, s.iterations, s.iterations_key, f"{s.step_name} {self.step}", self.ranks.size)
         self.seconds_before = float(state.get("train_seconds", 0.0))
         stopped = read_json(s.run_dir / STATUS).get("wall_seconds") or 0.0  # stopped after the save (the final test)
         s.clock.before = max(s.clock.before, float(state.get("wall_seconds", self.seconds_before)), float(stopped))
@@ -142,8 +138,12 @@ class TrainingRun:
             "config": self.stage.config, "model": self.strategy.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "step": self.step, "best_val": self.best_val,
             "best_step": self.best_step, "rng": capture_rng(), "window": self.window.state(),
-            "train_seconds": self.train_seconds(), "wall_seconds": self.stage.clock.seconds(), "pixel_mean": self.stage.pixel_mean, **self.objective.state(),
+            "train_seconds": self.train_seconds(), "wall_seconds": self.stage.clock.seconds(), "pixel_mean": self.stage.pixel_mean,
+            "processes": self.ranks.size, **self.objective.state(),
         }
+
+    def resume_command(self) -> str:
+        return continue_command(self.stage.resume_hint, self.ranks.size)
 
     def kept(self) -> str:
         """Which checkpoint a stopped stage leaves, in words."""
@@ -263,7 +263,7 @@ class TrainingRun:
                 progress.close()
             train_seconds = self.train_seconds()
             stop["now"] = (f"during the final test; {self.files.last} holds the finished training; "
-                           f"test it with: metalearn train {shell_override('resume', s.resume_hint)}")
+                           f"test it with: {self.resume_command()}")
             if self.main:
                 self.finish(train_seconds, metrics)
         except (Interrupted, KeyboardInterrupt) as exc:
@@ -271,7 +271,7 @@ class TrainingRun:
                 write_status(s.run_dir, "interrupted", step=self.step, iterations=s.iterations,
                              wall_seconds=round(s.clock.seconds(), 2))  # a resume counts on from it (RunClock)
             if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, between two saves
-                resume = f"; continue with: metalearn train {shell_override('resume', s.resume_hint)}" if self.saved_step is not None else ""
+                resume = f"; continue with: {self.resume_command()}" if self.saved_step is not None else ""
                 raise Interrupted("SIGINT", f"SIGINT twice: stopped at once; {self.kept()}{resume}") from None
             raise
         finally:
@@ -295,7 +295,7 @@ class TrainingRun:
         self.window.started += time.perf_counter() - paused  # throughput counts training only
         if stop["signal"]:
             raise Interrupted(stop["signal"], f"{stop['signal']} at {s.step_name} {self.step}/{s.iterations}; saved "
-                                              f"{self.files.last}; continue with: metalearn train {shell_override('resume', s.resume_hint)}")
+                                              f"{self.files.last}; continue with: {self.resume_command()}")
 
     def finish(self, train_seconds: float, metrics: Optional[MetricsLog]) -> None:
         """Test what validation chose, read back from disk: ``metalearn eval`` on best.pt gives the same numbers."""

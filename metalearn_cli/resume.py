@@ -7,6 +7,7 @@ line. One parser of ``resume=`` values and one config diff serve the CLI and the
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +19,8 @@ from metalearn_cli.console import shell_override
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.rundir import CHECKPOINTS, LAST, STATUS, RunDir, canonical, is_locked, read_json, read_yaml
 from metalearn_cli.schema import flatten
+
+log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: bookkeeping, never what is learned or how.
 RESUMABLE = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
@@ -70,6 +73,10 @@ def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:
         if not path.exists() and run.best.is_file():
             raise CheckpointError(f"{value} has no {LAST} to resume from (stopped before its first save, or it was "
                                   f"deleted); its best.pt is there: resume={run.best}")
+        if not path.exists() and (run.path / STATUS).is_file():
+            raise CheckpointError(f"{value} stopped before it saved a checkpoint, so there is nothing to continue; run "
+                                  "the same command anew in another hydra.run.dir (or delete this one first: it holds "
+                                  "only the stopped run's record and log)")
     refuse_another_dir(value, path, run_dir)
     refuse_rewinding(value, path)
     return path
@@ -189,3 +196,26 @@ def resumed_sweep_job(cfg: Any, run_dir: Path) -> Optional[float]:
         with open_dict(cfg):
             cfg.resume = None
     return None
+
+
+def warn_changed_course(state: dict[str, Any], iterations: int, iterations_key: str, where: str, processes: int) -> None:
+    """A resume that goes on, but not as the run would have: another length (a new learning-rate schedule
+    from here) or another number of processes than the checkpoint's (``state``) trained it."""
+    began = (state["config"].get("trainer") or {}).get("iterations")  # the stage's own config holds its length there
+    if isinstance(began, int) and began != iterations:
+        log.warning("%s=%d where the run began with %d: from %s the learning rate follows a schedule over %d steps "
+                    "(neither the one it had nor what a run of %d from the start would have)", iterations_key,
+                    iterations, began, where, iterations, iterations)
+    before = int(state.get("processes", 1))
+    if before != processes:
+        log.warning("the run was trained by %d process%s and continues in %d: its remaining steps split each meta-batch "
+                    "otherwise (with per-rank batch-norm statistics under mgd), so it will not end as it would have; "
+                    "resume it with torchrun --nproc-per-node=%d for that", before, "es" if before > 1 else "",
+                    processes, before)
+
+
+def continue_command(run_dir: Path, processes: int) -> str:
+    """The command that continues a stopped run: under torchrun, with as many processes as it had (one
+    process continues it too, but not as they would have: see :func:`warn_changed_course`)."""
+    resume = shell_override("resume", run_dir)
+    return f"torchrun --nproc-per-node={processes} -m metalearn_cli train {resume}" if processes > 1 else f"metalearn train {resume}"

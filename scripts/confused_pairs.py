@@ -2,7 +2,7 @@
 """A picture of the classes a run most often mistakes for each other, and how many errors are pairs at chance.
 
     python scripts/confused_pairs.py RUN [--out confused-pairs.png] [--pairs 12] [--min-rate 0.4]
-        [--archive ../shared/data/omniglot/images_evaluation.zip]
+        [--archive ../shared/data/omniglot/images_evaluation.zip] [--dataset-root DIR]
 
 RUN is a training run or a ``metalearn eval`` dir (random tasks or ``episode=lake20way1shot``): the pairs
 are counted from its ``test_outcomes.npz`` over every task, each task's classes drawn again from its seed,
@@ -10,7 +10,8 @@ in ``results.json``'s ``confused_pairs`` order (errors, of the queries of either
 held both). Each row shows the first class as four drawers drew it, a gap, then the second; the images
 are the ones the network read (the run's own data set options: size, framing, rotation), or with
 ``--archive`` the 105 px originals in Omniglot's zip (whether a pair differs at all before any resizing;
-unrotated classes only). ``--min-rate`` keeps the pairs that err on at least that share of their queries
+unrotated classes only; ``--dataset-root``: where a run's data set read from a folder is now, as ``metalearn
+eval dataset_root=`` takes it). ``--min-rate`` keeps the pairs that err on at least that share of their queries
 (0.4: those at chance). Prints the pairs with their rates and the share of the run's wrong answers they hold.
 """
 
@@ -29,7 +30,20 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=12)
     parser.add_argument("--min-rate", type=float, default=0.0)
     parser.add_argument("--archive", type=Path, help="Omniglot's images_evaluation.zip: draw the originals")
+    parser.add_argument("--dataset-root", help="the folder a run's data set was read from (dataset=folder, ...)")
     args = parser.parse_args()
+    if not args.out.suffix:
+        args.out = args.out.with_suffix(".png")
+    from metalearn_cli.errors import MetalearnError
+
+    try:
+        return draw_pairs(args)
+    except MetalearnError as exc:  # the package's one-line errors, in this script's spelling
+        print(f"confused_pairs.py: error: {str(exc).replace('dataset_root=', '--dataset-root ')}", file=sys.stderr)
+        return 2
+
+
+def draw_pairs(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
@@ -51,7 +65,7 @@ def main() -> int:
     checkpoint = Path(results.get("checkpoint", "checkpoints/best.pt"))
     source = checkpoint if checkpoint.is_absolute() else args.run / checkpoint  # eval dirs: absolute; runs: their own
     config = read_meta_knowledge(source)["config"]
-    data = DATASETS.build(dataset_of(OmegaConf.create(config["dataset"]), None, str(source)))
+    data = DATASETS.build(dataset_of(OmegaConf.create(config["dataset"]), args.dataset_root, str(source)))
     split = data.split(results["split"])
     index = {name: i for i, name in enumerate(split.class_names)}
     predicted = torch.from_numpy(np.load(args.run / "test_outcomes.npz")["predicted"].astype(np.int64))

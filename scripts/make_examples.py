@@ -147,4 +147,7 @@ def documented(text: str) -> dict[str, list]:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + f" It replaces {DOC}.").parse_args()  # --help, no options
     sys.exit(main())

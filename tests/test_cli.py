@@ -343,7 +343,7 @@ def test_a_ctrl_c_outside_the_loop_still_says_how_to_resume(tmp_path, capsys, mo
     assert "continue with" in (run / "train.log").read_text().splitlines()[-1]
     fresh = tmp_path / "fresh"
     assert main(["train", *SMOKE, f"hydra.run.dir={fresh}"]) == 130  # nothing saved yet: nothing to continue
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "metalearn train: interrupted"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "metalearn train: interrupted before its end"
 
 
 def test_a_ctrl_c_before_a_command_handles_it_is_one_line(monkeypatch, capsys):

@@ -80,3 +80,35 @@ def test_the_confused_pairs_script_draws_the_pairs_of_lake_runs_and_of_random_ta
     assert random.returncode == 0 and "pairs erring on 40%" in random.stdout, random.stderr
     bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "is not a tested run or eval dir" in bad.stderr
+
+
+def test_the_confused_pairs_script_reads_a_moved_folder_data_set_and_says_what_it_needs(tmp_path):
+    """scripts/confused_pairs.py on a dataset=folder run: without --dataset-root one line naming it; with it
+    (the data moved since), the picture, as .png when --out has no suffix."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import FAST, compose_config
+    from metalearn_cli.training import train
+
+    rng = np.random.default_rng(0)
+    for c in range(12):
+        (tmp_path / "data" / f"class{c:02d}").mkdir(parents=True)
+        for j in range(6):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / "data" / f"class{c:02d}" / f"{j}.png")
+    args = [a for a in FAST if not a.startswith("dataset.")]
+    train(compose_config("train", [*args, "dataset=folder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16",
+                                   "episode.way=2", "episode.query=2"]), tmp_path / "run")
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "confused_pairs.py"), str(tmp_path / "run")]
+    refused = subprocess.run([*script, "--out", str(tmp_path / "pairs")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr and "--dataset-root DIR" in refused.stderr, refused.stderr
+    done = subprocess.run([*script, "--out", str(tmp_path / "pairs"), "--dataset-root", str(tmp_path / "moved")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "pairs.png").read_bytes()[:4] == b"\x89PNG"

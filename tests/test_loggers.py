@@ -86,6 +86,26 @@ def test_a_resume_continues_the_same_mlflow_run(tmp_path):
     assert client.get_run(first).info.status == "FINISHED"
 
 
+def test_a_moved_run_dir_continues_its_mlflow_run_and_a_killed_run_logs_no_step_twice(tmp_path):
+    """The run dir's own store moves with it; points a killed process logged past its last checkpoint are
+    already in MLflow (which cannot drop them), so the resume does not log those steps again."""
+    pytest.importorskip("mlflow")
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    run, moved = tmp_path / "run", tmp_path / "moved run"
+    assert main(["train", *SMOKE, "logger=mlflow", f"hydra.run.dir={run}"]) == 0
+    first = json.loads((run / "mlflow.json").read_text())["run_id"]
+    run.rename(moved)
+    client = MlflowClient(tracking_uri=(moved / "mlruns").resolve().as_uri())
+    client.log_batch(first, metrics=[Metric("val/accuracy", 0.125, 0, 15)])  # as a process killed after step 15 left it
+    assert main(["train", "trainer.iterations=20", f"resume='{moved}'"]) == 0
+    assert json.loads((moved / "mlflow.json").read_text())["run_id"] == first
+    history = client.get_metric_history(first, "val/accuracy")
+    assert [m.step for m in history] == [0, 5, 10, 15, 20] and history[3].value == 0.125
+    assert len(client.search_runs([client.get_run(first).info.experiment_id])) == 1
+
+
 def test_mlflow_missing_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
     import importlib.util
 

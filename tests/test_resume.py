@@ -163,3 +163,28 @@ def test_a_resume_from_an_earlier_checkpoint_than_last_pt_is_refused(trained_run
                                               r"last 6 steps would be lost"):
         resume_checkpoint(str(best), run)
     assert last.read_bytes() == before and resume_checkpoint(str(last), run) == last
+
+
+def test_resuming_a_run_stopped_before_its_first_save_says_there_is_nothing_to_continue(tmp_path, capsys):
+    from metalearn_cli.cli import main
+
+    run = tmp_path / "stopped"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "status.json").write_text('{"status": "interrupted"}')  # what two early Ctrl-Cs leave
+    assert main(["train", f"resume={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "stopped before it saved a checkpoint, so there is nothing to continue" in err and "last.pt" not in err
+
+
+def test_a_run_trained_by_torchrun_is_continued_by_torchrun_and_warned_otherwise(tmp_path, caplog):
+    """The stop line repeats the process count; a resume with another count goes on, with a warning."""
+    from metalearn_cli.resume import continue_command, warn_changed_course
+
+    assert continue_command(tmp_path / "my run", 1) == f"metalearn train 'resume=\"{tmp_path / 'my run'}\"'"
+    assert continue_command(tmp_path / "r", 2) == f"torchrun --nproc-per-node=2 -m metalearn_cli train resume={tmp_path / 'r'}"
+    state = {"config": {"trainer": {"iterations": 10}}, "processes": 2}
+    with caplog.at_level("WARNING"):
+        warn_changed_course(state, 10, "trainer.iterations", "meta-iteration 4", 2)
+        assert not caplog.records  # as it was: nothing to say
+        warn_changed_course(state, 10, "trainer.iterations", "meta-iteration 4", 1)
+    assert "trained by 2 processes and continues in 1" in caplog.text and "torchrun --nproc-per-node=2" in caplog.text

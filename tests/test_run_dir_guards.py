@@ -264,10 +264,15 @@ def test_sigterm_in_eval_stops_it_as_ctrl_c_does(runs, tmp_path, monkeypatch, ca
     monkeypatch.setattr(evaluation, "evaluate", terminated)
     before = signal.getsignal(signal.SIGTERM)
     named = tmp_path / "named"
-    assert main(["eval", f"checkpoint={runs['train']}", f"hydra.run.dir={named}"]) == 130
+    assert main(["eval", f"checkpoint={runs['train']}", f"hydra.run.dir={named}"]) == 143  # 128 + SIGTERM
     assert json.loads((named / "status.json").read_text())["status"] == "interrupted"
-    assert "interrupted" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "metalearn eval: stopped by SIGTERM before its end; to finish it, run the same metalearn eval again"
     assert signal.getsignal(signal.SIGTERM) is before  # the process's own handler, back
+    monkeypatch.undo()
+    assert main(["eval", f"checkpoint={runs['train']}", f"hydra.run.dir={named}"]) == 0  # as it says: the same dir, again
+    assert json.loads((named / "status.json").read_text())["status"] == "completed"
+    assert main(["eval", f"checkpoint={runs['train']}", f"hydra.run.dir={named}"]) == 2  # a finished eval is kept
 
 
 def test_a_folder_that_cannot_be_written_is_one_line_for_every_command(runs, tmp_path):

@@ -57,6 +57,7 @@ def _hydra_record(cfg: DictConfig) -> dict[str, str]:
 
 FAILED_JOBS: list[str] = []  # the numbers of this sweep's failed jobs (a sweep none of whose jobs ran exits 2)
 SWEEP_JOBS: list[str] = []
+TERMINATED: list[int] = []  # SIGTERM stopped eval, predict or export (terminate_as_interrupt)
 SWEEP_AGAIN: list[str] = []  # the command that finishes the running sweep (its overrides, its dir, resume=true)
 
 
@@ -162,6 +163,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        TERMINATED.append(signum)  # said as SIGTERM, with its exit code (143), not as a Ctrl-C
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -211,6 +213,7 @@ def register_configs() -> None:
 def run_app(command: str) -> int:
     """Run one subcommand's Hydra app; every user error becomes one line on stderr and its exit code."""
     FAILED_JOBS.clear()
+    TERMINATED.clear()
     SWEEP_JOBS.clear()
     SWEEP_AGAIN.clear()
     try:
@@ -224,7 +227,8 @@ def run_app(command: str) -> int:
             if len(FAILED_JOBS) == len(SWEEP_JOBS):
                 return 2
     except Interrupted as exc:
-        print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
+        if rank() == 0:  # under torchrun every rank stops; rank 0 alone saved, and says so
+            print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
         if SWEEP_AGAIN and command == "train":
             print(f"metalearn {command}: to finish the sweep (each job continued or kept): {SWEEP_AGAIN[0]}", file=sys.stderr)
         return 0 if exc.signal_name == "SIGTERM" else 130  # pre-emption is an orderly stop
@@ -238,8 +242,10 @@ def run_app(command: str) -> int:
         print(f"metalearn {command}: config error: {one_line(exc)} (see metalearn {command} --help)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"metalearn {command}: interrupted", file=sys.stderr)
-        return 130
+        what = "stopped by SIGTERM" if TERMINATED else "interrupted"
+        again = f"; to finish it, run the same metalearn {command} again" if command != "train" else ""
+        print(f"metalearn {command}: {what} before its end{again}", file=sys.stderr)
+        return 143 if TERMINATED else 130
     except ImportError as exc:  # a sweeper's or launcher's own package broken or missing (hydra/launcher=joblib, ...)
         print(f"metalearn {command}: error: cannot import {exc.name or 'a module'} ({one_line(exc)}), which a sweeper or "
               'launcher plugin needs; reinstall its extra: pip install -e ".[sweep]" (optuna, joblib) or ".[cluster]" '

@@ -46,7 +46,9 @@ class FewShotData:
                 continue
             for cls in self.split(split_name).class_names:
                 if cls in seen:
-                    raise DataError(f"{self.name}: class '{cls}' is in both the {seen[cls]} and {split_name} splits")
+                    where = (f"twice in the {split_name} split" if seen[cls] == split_name
+                             else f"in both the {seen[cls]} and {split_name} splits")
+                    raise DataError(f"{self.name}: class '{cls}' is {where}; list each class once")
                 seen[cls] = split_name
 
     @property

@@ -7,7 +7,9 @@ class) from ``dataset.root``; ``dataset.download=true`` fetches it there. The cl
 
 from __future__ import annotations
 
+import shutil
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,13 +28,23 @@ ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "cifar_fs"
 def _read_cifar100(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from torchvision.datasets import CIFAR100
 
+    if Path(root).exists() and not Path(root).is_dir():
+        raise DataError(f"dataset.root={root} is a file, not a folder; pass the folder that holds cifar-100-python/")
+    if download and not Path(root).exists():
+        made = Path(root)  # torchvision makes the folder before it fetches: a failed fetch leaves none behind
+        while not made.parent.exists():
+            made = made.parent
+    else:
+        made = None
     try:
         parts = [CIFAR100(root, train=train, download=download) for train in (True, False)]
     except Exception as exc:  # torchvision says "Dataset not found or corrupted" (RuntimeError) or fails to fetch
-        raise DataError(
-            f"CIFAR-100 not found or corrupted in {root} ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}); "
-            "put torchvision's cifar-100-python/ there or pass dataset.download=true on a connected machine"
-        ) from exc
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        fix = ("the download failed: check the connection, or put torchvision's cifar-100-python/ there" if download else
+               "put torchvision's cifar-100-python/ there or pass dataset.download=true on a connected machine")
+        raise DataError(f"CIFAR-100 not found or corrupted in {root} "
+                        f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}); {fix}") from exc
     images = np.concatenate([p.data for p in parts])  # [60000, 32, 32, 3] uint8
     labels = np.concatenate([np.asarray(p.targets) for p in parts])
     return images, labels, list(parts[0].classes)

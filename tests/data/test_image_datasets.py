@@ -70,6 +70,9 @@ def test_folder_split_file_and_its_errors(tmp_path):
     split.write_text("a train\nb\n")
     with pytest.raises(DataError, match="expected '<class> <train|val|test>', got 'b'"):
         DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "split_file": str(split)})
+    split.write_text("a train\nb train\nc val\nd e test\nc val\n")
+    with pytest.raises(DataError, match="class 'c' is twice in the val split; list each class once"):
+        DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6, "split_file": str(split)})
     split.write_text("a train\nzzz test\n")
     with pytest.raises(DataError, match="class zzz has no folder"):
         DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "split_file": str(split)})
@@ -174,3 +177,9 @@ def test_a_short_class_is_named_when_every_class_is_cut_to_it(tmp_path, caplog):
         data = DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})
     assert data.train.n_per_class == 2
     assert "cut to the first 2, the count of class03 (add images there, or set dataset.images_per_class)" in caplog.text
+
+
+def test_a_cifar_root_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "cifar").write_text("not a folder")
+    with pytest.raises(DataError, match="is a file, not a folder; pass the folder that holds cifar-100-python/"):
+        DATASETS.build({"name": "cifar_fs", "root": str(tmp_path / "cifar")})
