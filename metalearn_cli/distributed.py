@@ -29,12 +29,31 @@ class World:
         return self.rank == 0
 
 
+def die_with_launcher() -> None:
+    """Ask Linux to send this rank SIGTERM when its launcher dies: a torchrun killed with SIGKILL cannot end
+    its workers, which would train on as orphans holding the run dir's lock. SIGTERM stops a rank as a
+    pre-emption does (it saves, then stops); elsewhere (no ``prctl``) this does nothing."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the request: nobody is left to send it
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def world() -> World:
     """The process group described by torchrun's environment, joined on first use."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
     if not dist.is_initialized():
+        die_with_launcher()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))

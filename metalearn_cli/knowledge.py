@@ -161,9 +161,15 @@ class MetaKnowledge:
         every class needs at least one image, and N >= 2."""
         support = self.as_pixels(support_images)
         try:
-            labels = torch.as_tensor(support_labels, dtype=torch.long).flatten()
+            given = torch.as_tensor(support_labels)
         except (TypeError, ValueError, RuntimeError):  # names ("cat"), ragged lists: torch's message names neither
             raise DataError(f"support labels must be integers 0..N-1, one per image; got {str(support_labels)[:60]}") from None
+        if given.dtype == torch.bool or given.is_complex() or given.dim() > 1 or (
+                given.is_floating_point() and not bool((given == given.round()).all())):
+            # a cast would answer another task: 0.9 -> class 0, True -> class 1, a [n, 1] column taken as n labels
+            raise DataError(f"support labels must be integers 0..N-1, one per image (a flat list); got {given.dtype} "
+                            f"{str(support_labels)[:60]}")
+        labels = given.to(torch.long).flatten()
         if labels.numel() != support.shape[0]:
             raise DataError(f"{support.shape[0]} support images but {labels.numel()} labels; give one label per image")
         n = int(labels.max()) + 1 if labels.numel() else 0

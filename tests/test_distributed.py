@@ -136,3 +136,28 @@ def test_a_meta_batch_that_does_not_split_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "world", lambda: World(rank=0, size=3))
     with pytest.raises(training.ConfigError, match="does not split over 3 processes"):
         training.train(compose_config("train", [*FAST, "trainer.meta_batch=4"]), tmp_path)
+
+
+def test_ranks_stop_and_save_when_torchrun_is_killed(tmp_path):
+    """SIGKILL to torchrun cannot reach its workers; each asks Linux for SIGTERM when its launcher dies, so
+    they save and stop (the run is resumable, its lock free) instead of training on as orphans."""
+    import time
+
+    from metalearn_cli.rundir import is_locked
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([*launcher(), "--standalone", "--nproc-per-node=2", "-m", "metalearn_cli", "train", *OVERRIDES,
+                             "trainer.iterations=100000", "trainer.checkpoint_every=50", "trainer.val_every=100000",
+                             f"hydra.run.dir={run}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    while time.monotonic() < deadline and (is_locked(run) or json.loads((run / "status.json").read_text())["status"] == "running"):
+        time.sleep(0.5)
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    assert not is_locked(run)  # no orphan holds the run

@@ -166,8 +166,10 @@ def test_images_and_labels_in_an_ambiguous_form_are_refused_not_guessed(trained_
         knowledge.adapt(pixels, [0, 1])
     with pytest.raises(DataError, match="NaN or infinite"):
         knowledge.adapt(torch.full((2, 1, 28, 28), float("nan")), [0, 1])
-    with pytest.raises(DataError, match="support labels must be integers"):
-        knowledge.adapt(pixels.to(torch.uint8), ["cat", "dog"])
+    for labels in (["cat", "dog"], [0.4, 1.2], torch.tensor([0.9, 1.1]), torch.tensor([True, False]), [[0], [1]]):
+        with pytest.raises(DataError, match="support labels must be integers"):  # never cast into another task
+            knowledge.adapt(pixels.to(torch.uint8), labels)
+    assert knowledge.adapt(pixels.to(torch.uint8), torch.tensor([0.0, 1.0]))(pixels / 255).shape == (2, 2)  # whole floats
     with pytest.raises(CheckpointError, match="got a numpy.ndarray"):
         load(np.zeros(3))
     assert knowledge.adapt(pixels.to(torch.uint8), [0, 1])(pixels / 255).shape == (2, 2)  # the two accepted forms

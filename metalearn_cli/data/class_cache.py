@@ -26,12 +26,14 @@ CACHE_DIR = ".metalearn-cache"
 
 
 def _fingerprint(files: dict[str, list[Path]], fmt: ImageFormat, per_class: int) -> str:
-    """Identity of the sources and the conversion: file names, sizes and times, the format, the count."""
+    """Identity of the sources and the conversion: file names, sizes and times, the format, the count. The
+    change time (ctime, which no tool sets back) is in it too: a file replaced by one of the same size with
+    its modification time restored (``touch -r``) still counts as changed; a copied data set converts once."""
     h = hashlib.sha256(f"{fmt}:{per_class}".encode())
     for name, paths in files.items():
         for p in paths[:per_class]:
             st = p.stat()
-            h.update(f"{name}/{p.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+            h.update(f"{name}/{p.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n".encode())
     return h.hexdigest()
 
 

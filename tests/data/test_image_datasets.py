@@ -183,3 +183,30 @@ def test_a_cifar_root_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "cifar").write_text("not a folder")
     with pytest.raises(DataError, match="is a file, not a folder; pass the folder that holds cifar-100-python/"):
         DATASETS.build({"name": "cifar_fs", "root": str(tmp_path / "cifar")})
+
+
+def test_an_image_replaced_with_its_size_and_mtime_kept_is_converted_again(tmp_path):
+    """``cp new.png 0.png; touch -r old 0.png``: same size, same mtime, other pixels; the cache must not hide it."""
+    import os
+    import shutil
+
+    make_folder(tmp_path / "data", ["a", "b", "c"], per_class=2, size=(8, 8))
+    cfg = {"name": "folder", "root": str(tmp_path / "data"), "image_size": 8}
+    first = DATASETS.build(cfg)
+    target = tmp_path / "data" / "a" / "0.png"
+    other = tmp_path / "other.png"
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(other)
+    stat = target.stat()
+    while other.stat().st_size != stat.st_size:  # pad the PNG to the same byte size (after IEND, readers ignore it)
+        assert other.stat().st_size < stat.st_size
+        with open(other, "ab") as f:
+            f.write(b"\0" * (stat.st_size - other.stat().st_size))
+    shutil.copyfile(other, target)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    again = DATASETS.build(cfg)
+    names = again.train.class_names + again.val.class_names + again.test.class_names
+    split = next(s for s in (again.train, again.val, again.test) if "a" in s.class_names)
+    before = next(s for s in (first.train, first.val, first.test) if "a" in s.class_names)
+    assert "a" in names and (split.images[split.class_names.index("a"), 0] == 255).all()
+    assert not torch.equal(split.images, before.images)
