@@ -288,3 +288,22 @@ def test_a_folder_that_cannot_be_written_is_one_line_for_every_command(runs, tmp
         proc = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_stop_that_comes_just_after_the_work_was_written_is_no_failure(runs, tmp_path, monkeypatch, capsys):
+    """Ctrl-C a moment after export wrote its file and record: exit 0 and the dir kept as finished, not
+    "interrupted" beside a finished export (whose dir a rerun would then refuse)."""
+    from metalearn_cli import export
+
+    real = export.export_command
+
+    def late_ctrl_c(cfg, run_dir):
+        real(cfg, run_dir)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_command", late_ctrl_c)
+    out, named = tmp_path / "model.pt", tmp_path / "named"
+    assert main(["export", f"checkpoint={runs['train']}", f"out={out}", f"hydra.run.dir={named}"]) == 0
+    assert out.is_file() and json.loads((named / "export.json").read_text())["out"] == str(out.resolve())
+    assert "finished before the interrupt came" in (named / "export.log").read_text()
+    assert "interrupted" not in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -28,7 +29,7 @@ from metalearn_cli.console import as_user_error, one_line, shell_override
 from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
 from metalearn_cli.params import PARAMS
 from metalearn_cli.run_guard import RunGuard
-from metalearn_cli.rundir import STAGE, RunDir, canonical
+from metalearn_cli.rundir import STAGE, STATUS, RunDir, canonical, read_json, write_status
 from metalearn_cli.schema import SCHEMAS
 from metalearn_cli.sweep_record import sweep_again
 
@@ -71,6 +72,19 @@ def _saved_before(run_dir: Path) -> Interrupted | None:
                                  f"metalearn train {shell_override('resume', run_dir)}")
 
 
+DONE = {"eval": "results.json", "predict": "predictions.json", "export": "export.json"}  # each written last but status
+
+
+def _finished(command: str, run_dir: Path) -> bool:
+    """Whether ``command`` had written its results when a Ctrl-C or SIGTERM came (marked completed if its
+    status was still to be written): a stop a moment after the work was done is no failure."""
+    if command not in DONE or not (run_dir / DONE[command]).is_file():
+        return False
+    if (run_dir / STATUS).is_file() and read_json(run_dir / STATUS).get("status") != "completed":
+        write_status(run_dir, "completed")
+    return True
+
+
 def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> Optional[float]:
     """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
     recorded only in a dir that held no run (``disposable``: not in a default dir either, :class:`RunGuard`).
@@ -94,6 +108,9 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         guard.log_end(f"stopped: {exc}")
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except KeyboardInterrupt:  # eval, predict, export: no loop to mark it
+        if _finished(hc.job.name, run_dir):  # the signal came after the work was written: it stands
+            guard.log_end("finished before the interrupt came")
+            return math.nan
         guard.interrupted()
         if hc.job.name == "train" and (stopped := _saved_before(run_dir)) is not None:  # a Ctrl-C outside the loop's watch
             guard.log_end(f"stopped: {stopped}")
