@@ -85,6 +85,19 @@ def _finished(command: str, run_dir: Path) -> bool:
     return True
 
 
+def _after_ctrl_c(command: str, run_dir: Path, guard: RunGuard) -> float:
+    """A Ctrl-C (or eval's, predict's, export's SIGTERM) the training loop did not handle: the work stands if it
+    was written; else the dir is marked interrupted, and a training run that saved says how to resume."""
+    if _finished(command, run_dir):  # the signal came after the work was written
+        guard.log_end("finished before the interrupt came")
+        return math.nan
+    guard.interrupted()
+    if command == "train" and (stopped := _saved_before(run_dir)) is not None:  # a Ctrl-C outside the loop's watch
+        guard.log_end(f"stopped: {stopped}")
+        raise _JobFailed(stopped) from None
+    raise KeyboardInterrupt
+
+
 def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> Optional[float]:
     """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
     recorded only in a dir that held no run (``disposable``: not in a default dir either, :class:`RunGuard`).
@@ -108,14 +121,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         guard.log_end(f"stopped: {exc}")
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except KeyboardInterrupt:  # eval, predict, export: no loop to mark it
-        if _finished(hc.job.name, run_dir):  # the signal came after the work was written: it stands
-            guard.log_end("finished before the interrupt came")
-            return math.nan
-        guard.interrupted()
-        if hc.job.name == "train" and (stopped := _saved_before(run_dir)) is not None:  # a Ctrl-C outside the loop's watch
-            guard.log_end(f"stopped: {stopped}")
-            raise _JobFailed(stopped) from None
-        raise
+        return _after_ctrl_c(hc.job.name, run_dir, guard)
     except MetalearnError as exc:
         error: MetalearnError = exc
         guard.log_end(f"error: {exc}")
