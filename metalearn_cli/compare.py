@@ -29,7 +29,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
-from metalearn_cli.console import OneLineParser, help_text
+from metalearn_cli.console import OneLineParser, first_names, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.rundir import canonical, find_runs, read_run, refuse_replacing
@@ -199,7 +199,7 @@ def _named(name: str, runs: dict[int, Path], label: Any) -> str:
     ``encoder.width=16`` alone does not say where to look)."""
     where = [label(p) for p in runs.values()]
     short = name if len(name) <= 80 else name[:77] + "..."
-    return short if where == [name] else f"{short} ({', '.join(where[:3])}{', ...' if len(where) > 3 else ''})"
+    return short if where == [name] else f"{short} ({first_names(where)})"
 
 
 def run_label(run: Path, base: Path) -> str:
@@ -263,7 +263,7 @@ def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
             print(f"note: left out of the comparison: {note}", file=sys.stderr)
         elif unfinished:
             print(f"note: left out {len(unfinished)} run{'s' if len(unfinished) > 1 else ''} without test results "
-                  f"({', '.join(r.name for r in unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}); finish each "
+                  f"({first_names([r.name for r in unfinished])}); finish each "
                   "(a training run: metalearn train resume=RUN; an eval: the same metalearn eval again)", file=sys.stderr)
     return runs
 

@@ -127,6 +127,11 @@ def did_you_mean(message: str) -> Optional[str]:
     return f"did you mean '{close}'?" if close else None
 
 
+def first_names(names: list[str], limit: int = 3) -> str:
+    """The first ``limit`` of ``names`` for a one-line message, ``, ...`` when there are more."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 def shell_override(key: str, value: object) -> str:
     """``key=value`` as a user pastes it into a shell: bare when plain, else quoted for Hydra and for the shell
     (``'resume="my runs/été"'``), so a printed command works for a path with spaces or non-ASCII letters."""

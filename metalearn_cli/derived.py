@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from metalearn_cli.console import first_names
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.rundir import canonical, held
 
@@ -56,7 +57,7 @@ def refuse_other_output(out: Path, written: tuple[str, ...], inputs: list[Path])
         return
     whose = (f"made from other runs ({INPUTS} names them)" if (out / INPUTS).is_file()
              else f"not written by this command over these runs (no {INPUTS} names its runs)")
-    raise ConfigError(f"--out {out} holds {', '.join(found[:4])}{', ...' if len(found) > 4 else ''}, {whose}, which this "
+    raise ConfigError(f"--out {out} holds {first_names(found, 4)}, {whose}, which this "
                       "one would replace; choose another --out, or leave it out for a new folder beside the runs")
 
 

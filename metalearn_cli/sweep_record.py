@@ -12,7 +12,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from metalearn_cli.console import shell_override
+from metalearn_cli.console import first_names, shell_override
 from metalearn_cli.rundir import ERROR, STATUS, RunDir, read_json
 
 RECORD = "multirun.yaml"  # Hydra writes it into the sweep dir before the first job
@@ -62,14 +62,12 @@ def sweep_note(folder: Path, jobs: list[Path]) -> Optional[str]:
     stopped = [job for job in unfinished if job not in failed]
     planned = planned_jobs(folder)
     missing = planned - len(jobs) if planned is not None else 0
-    parts = [f"{len(stopped)} job{'s' if len(stopped) > 1 else ''} stopped before its test ({_names(stopped)})"] if stopped else []
+    parts = [f"{len(stopped)} job{'s' if len(stopped) > 1 else ''} stopped before its test "
+             f"({first_names([j.name for j in stopped])})"] if stopped else []
     if failed:  # run again as they were, they fail again: the cause is fixed first
-        parts.append(f"{len(failed)} job{'s' if len(failed) > 1 else ''} failed ({_names(failed)}; each {ERROR} says why)")
+        parts.append(f"{len(failed)} job{'s' if len(failed) > 1 else ''} failed ({first_names([j.name for j in failed])}; "
+                     f"each {ERROR} says why)")
     if missing > 0:
         parts.append(f"{missing} of its {planned} jobs never started")
     fix = "once what failed is fixed, " if failed else ""
     return f"{folder}: {' and '.join(parts)}; {fix}finish the sweep with: {sweep_again(folder)}" if parts else None
-
-
-def _names(jobs: list[Path]) -> str:
-    return ", ".join(j.name for j in jobs[:3]) + (", ..." if len(jobs) > 3 else "")

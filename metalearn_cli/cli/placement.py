@@ -177,7 +177,7 @@ def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
     folder = canonical(str(named))
     found = held(folder)
     if not found and folder.is_dir():  # a sweep none of whose jobs ran (a typo in every job) may be run again
-        found = [p.name for p in sorted(folder.iterdir()) if p.is_dir() and held(p)][:3]
+        found = _job_dirs(folder)[:3]
     if found:
         recorded = (folder / "multirun.yaml").exists()
         finish = ("" if command != "train" else " (or, to finish that sweep, run it again as it was with resume=true)"
@@ -186,6 +186,11 @@ def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
         raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep's runs ({', '.join(found[:3])})"
                           f"{' (and its multirun.yaml)' if recorded else ''}; a sweep writes multirun.yaml and a run dir "
                           f"per job there, so choose a new hydra.sweep.dir{finish}")
+
+
+def _job_dirs(folder: Path) -> list[str]:
+    """The names of the run dirs a sweep dir holds (its jobs')."""
+    return [p.name for p in sorted(folder.iterdir()) if p.is_dir() and held(p)]
 
 
 def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
@@ -200,7 +205,7 @@ def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
         raise ConfigError(f"hydra.sweep.dir={named} is one run's dir, not a sweep's; continue it with: metalearn train "
                           f"{shell_override('resume', folder)}")
     if not (folder / "multirun.yaml").is_file():
-        jobs = folder.is_dir() and any(p.is_dir() and held(p) for p in folder.iterdir())
+        jobs = folder.is_dir() and bool(_job_dirs(folder))
         raise ConfigError(f"resume=true finishes the sweep in hydra.sweep.dir={named}, which " + (
             "holds a sweep's runs but no multirun.yaml (Optuna's sweeper writes none), so its jobs cannot be told again; "
             "start a new sweep in a new hydra.sweep.dir" if jobs else

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from metalearn_cli.console import first_names
 from metalearn_cli.errors import DataError
 from metalearn_cli.params.datasets import ImageFormat  # noqa: F401 (re-exported: the conversion's declaration)
 from metalearn_cli.data.ink import normalise_ink
@@ -123,9 +124,9 @@ def class_images(folder: Path) -> list[Path]:
     """:func:`image_files` of a class folder, saying which of its entries are skipped (notes, nested folders)."""
     found = image_files(folder)
     if skipped := sorted(p.name for p in _entries(folder) if p not in found):
-        log.warning("class folder %s: skipped %d entr%s that %s not an image file (%s%s); image files end in %s",
+        log.warning("class folder %s: skipped %d entr%s that %s not an image file (%s); image files end in %s",
                     folder, len(skipped), "y" if len(skipped) == 1 else "ies", "is" if len(skipped) == 1 else "are",
-                    ", ".join(skipped[:3]), ", ..." if len(skipped) > 3 else "", ", ".join(IMAGE_SUFFIXES[:4]) + ", ...")
+                    first_names(skipped), first_names(list(IMAGE_SUFFIXES), 4))
     return found
 
 
