@@ -37,6 +37,14 @@ class Interrupted(MetalearnError):
         self.signal_name = signal_name
 
 
+class PeerLost(Interrupted):
+    """Another process of a torchrun run died (killed, out of memory): this one stopped as after a signal,
+    keeping its last checkpoint, so the run resumes; the exit code is 1, not a signal's."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("peer", message)
+
+
 class Diverged(MetalearnError):
     """A NaN/Inf meta-loss or meta-gradient under ``trainer.nan_policy=stop``."""
 

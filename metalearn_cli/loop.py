@@ -24,9 +24,9 @@ from metalearn_cli.assemble import first_non_finite, load_weights, startup_line
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
 from metalearn_cli.compat import refuse_changed_recipe
 from metalearn_cli.console import shell_override
-from metalearn_cli.distributed import World, average_metrics
+from metalearn_cli.distributed import World, agreed_stop, average_metrics, lost_peer
 from metalearn_cli.episodes import EpisodeSampler
-from metalearn_cli.errors import ConfigError, Diverged, Interrupted
+from metalearn_cli.errors import ConfigError, Diverged, Interrupted, PeerLost
 from metalearn_cli.evaluation import evaluate_tasks, summarize
 from metalearn_cli.files import remove_stale_temporaries
 from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
@@ -266,10 +266,15 @@ class TrainingRun:
                            f"test it with: {self.resume_command()}")
             if self.main:
                 self.finish(train_seconds, metrics)
-        except (Interrupted, KeyboardInterrupt) as exc:
+        except (Interrupted, KeyboardInterrupt, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not lost_peer(exc):
+                raise
             if self.main:
                 write_status(s.run_dir, "interrupted", step=self.step, iterations=s.iterations,
                              wall_seconds=round(s.clock.seconds(), 2))  # a resume counts on from it (RunClock)
+            if isinstance(exc, RuntimeError):  # e.g. kill -9 or out of memory in another rank: resumable as a stop
+                raise PeerLost(f"another process of this run stopped during {s.step_name} {self.step + 1} (torchrun's "
+                               f"report names it); {self.kept()}; continue with: {self.resume_command()}") from None
             if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, between two saves
                 resume = f"; continue with: {self.resume_command()}" if self.saved_step is not None else ""
                 raise Interrupted("SIGINT", f"SIGINT twice: stopped at once; {self.kept()}{resume}") from None
@@ -290,12 +295,14 @@ class TrainingRun:
         paused = time.perf_counter()
         if self.main and (self.step % s.val_every == 0 or last):
             self.validate_now(metrics)
-        if self.step % s.checkpoint_every == 0 or last or stop["signal"]:
+        signal_name = agreed_stop(stop["signal"])  # every rank stops after the same step (a local copy: a
+        # rank's own late signal is then a first request, not a second that stops at once mid-save)
+        if self.step % s.checkpoint_every == 0 or last or signal_name:
             self.save_last()
         self.window.started += time.perf_counter() - paused  # throughput counts training only
-        if stop["signal"]:
-            raise Interrupted(stop["signal"], f"{stop['signal']} at {s.step_name} {self.step}/{s.iterations}; saved "
-                                              f"{self.files.last}; continue with: {self.resume_command()}")
+        if signal_name:
+            raise Interrupted(signal_name, f"{signal_name} at {s.step_name} {self.step}/{s.iterations}; saved "
+                                           f"{self.files.last}; continue with: {self.resume_command()}")
 
     def finish(self, train_seconds: float, metrics: Optional[MetricsLog]) -> None:
         """Test what validation chose, read back from disk: ``metalearn eval`` on best.pt gives the same numbers."""

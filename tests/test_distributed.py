@@ -138,26 +138,97 @@ def test_a_meta_batch_that_does_not_split_is_refused(tmp_path, monkeypatch):
         training.train(compose_config("train", [*FAST, "trainer.meta_batch=4"]), tmp_path)
 
 
-def test_ranks_stop_and_save_when_torchrun_is_killed(tmp_path):
-    """SIGKILL to torchrun cannot reach its workers; each asks Linux for SIGTERM when its launcher dies, so
-    they save and stop (the run is resumable, its lock free) instead of training on as orphans."""
+def long_torchrun(tmp_path: Path) -> tuple[subprocess.Popen, Path, float]:
+    """A two-process run long enough to be stopped, once it has saved ``last.pt``; returns its deadline too."""
     import time
 
-    from metalearn_cli.rundir import is_locked
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("PR_SET_PDEATHSIG is Linux's")
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([*launcher(), "--standalone", "--nproc-per-node=2", "-m", "metalearn_cli", "train", *OVERRIDES,
                              "trainer.iterations=100000", "trainer.checkpoint_every=50", "trainer.val_every=100000",
-                             f"hydra.run.dir={run}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             f"hydra.run.dir={run}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + 120
     while not (run / "checkpoints" / "last.pt").is_file() and time.monotonic() < deadline:
         time.sleep(0.5)
-    proc.kill()
-    proc.wait()
+    return proc, run, deadline
+
+
+def ranks_output(proc: subprocess.Popen) -> str:
+    """What torchrun and its ranks wrote to stderr, once all have exited (or after 120 s, then said)."""
+    try:
+        return proc.communicate(timeout=120)[1]
+    except subprocess.TimeoutExpired:
+        return "(ranks still running after 120 s)"
+
+
+def wait_until_stopped(run: Path, deadline: float) -> None:
+    import time
+
+    from metalearn_cli.rundir import is_locked
+
     while time.monotonic() < deadline and (is_locked(run) or json.loads((run / "status.json").read_text())["status"] == "running"):
         time.sleep(0.5)
-    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
-    assert not is_locked(run)  # no orphan holds the run
+
+
+def test_ranks_stop_and_save_when_torchrun_is_killed(tmp_path):
+    """SIGKILL to torchrun cannot reach its workers; each asks Linux for SIGTERM when its launcher dies, so
+    they save and stop (the run is resumable, its lock free) instead of training on as orphans."""
+    from metalearn_cli.rundir import is_locked
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    proc, run, deadline = long_torchrun(tmp_path)
+    proc.kill()
+    err = ranks_output(proc)  # the ranks hold the pipe: it ends when both have exited
+    wait_until_stopped(run, deadline)
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted", err[-3000:]
+    assert not is_locked(run), err[-3000:]  # no orphan holds the run
+
+
+def rank_pid(launcher_pid: int, rank: int) -> int:
+    """The pid of the worker of ``rank`` under a torchrun (read from /proc: its children's RANK)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == launcher_pid and \
+                    f"RANK={rank}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                return int(entry.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    raise AssertionError(f"no rank {rank} under {launcher_pid}")
+
+
+def signal_rank_1(tmp_path: Path, signum: int) -> tuple[Path, dict, str]:
+    """Send ``signum`` to rank 1 of a running two-process run; its run dir, final status and stderr."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads the ranks from /proc")
+    proc, run, deadline = long_torchrun(tmp_path)
+    os.kill(rank_pid(proc.pid, 1), signum)
+    err = ranks_output(proc)
+    wait_until_stopped(run, deadline)
+    return run, json.loads((run / "status.json").read_text()), err
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """Signals reach ranks apart (here only rank 1 gets one): the ranks vote before each save, so the run
+    saves once and ends interrupted, with the torchrun command that continues it, not "failed" in a
+    collective the stopped rank left."""
+    import signal
+
+    run, status, err = signal_rank_1(tmp_path, signal.SIGTERM)
+    assert status["status"] == "interrupted", err[-3000:]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == status["step"]
+    assert "SIGTERM at meta-iteration" in err and "torchrun --nproc-per-node=2" in err, err[-3000:]
+
+
+def test_a_rank_killed_outright_leaves_a_resumable_run_and_one_line(tmp_path):
+    """kill -9 (or the OOM killer) to one rank: the other meets a closed connection in its next all-reduce;
+    it stops as after a signal, keeping last.pt and naming the command that continues, not an internal error."""
+    import signal
+
+    run, status, err = signal_rank_1(tmp_path, signal.SIGKILL)
+    assert status["status"] == "interrupted", err[-3000:]
+    assert not (run / "error.txt").exists()
+    assert "metalearn train: stopped: another process of this run stopped during meta-iteration" in err, err[-3000:]
+    assert "internal error" not in err and f"train resume={run}" in err

@@ -254,7 +254,7 @@ def run_app(command: str) -> int:
             print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
         if SWEEP_AGAIN and command == "train":
             print(f"metalearn {command}: to finish the sweep (each job continued or kept): {SWEEP_AGAIN[0]}", file=sys.stderr)
-        return 0 if exc.signal_name == "SIGTERM" else 130  # pre-emption is an orderly stop
+        return {"SIGTERM": 0, "SIGINT": 130}.get(exc.signal_name, 1)  # pre-emption is an orderly stop; a lost peer is not
     except InternalError as exc:
         print(f"metalearn {command}: internal error: {exc}", file=sys.stderr)
         return 1
