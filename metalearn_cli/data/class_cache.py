@@ -55,15 +55,33 @@ def _read_cache(path: Path, fingerprint: str) -> Optional[torch.Tensor]:
     return None
 
 
+def _remove_older(cache: Path) -> None:
+    """Remove the caches this one replaces: those of the same format and count made from sources since
+    changed (``<kind>-<fingerprint>.pt``), and the unprefixed ones of versions before 2026-12-06, which
+    are never read again. A cache of another format or count stays: a run at 84 px does not evict 28 px."""
+    kind = cache.name.split("-", 1)[0]
+    for old in cache.parent.glob("*.pt"):
+        stem = old.stem
+        replaced = stem.startswith(f"{kind}-") or (len(stem) == 20 and all(c in "0123456789abcdef" for c in stem))
+        if replaced and old != cache:
+            try:
+                old.unlink()
+                log.info("removed %s, the image cache of an earlier version of these images", old)
+            except OSError:
+                pass  # another run may be reading it; it goes next time
+
+
 def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Optional[int], cache_dir: Optional[Path],
                  what: str) -> ClassImages:
-    """Stack the first ``per_class`` images of every class (sorted by file name) into ``ClassImages``.
+    """Stack the first ``per_class`` images of every class (sorted by file name) into ``ClassImages``, the
+    classes sorted by name (:func:`split_of` picks each split's).
 
     ``per_class=None`` takes the smallest class's count. ``cache_dir=None`` disables the cache; an
     unwritable cache dir only costs the conversion next time.
     """
     if not files:
         raise DataError(f"{what} has no classes")
+    files = dict(sorted(files.items()))  # one cache whatever the split: another split seed reads it too
     counts = {name: len(paths) for name, paths in files.items()}
     smallest = min(counts, key=counts.get)  # type: ignore[arg-type]
     n = per_class if per_class is not None else counts[smallest]
@@ -76,7 +94,8 @@ def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Opti
                     "there, or set dataset.images_per_class)", what, n, max(counts.values()), n, ", ".join(short[:3]),
                     f" and {len(short) - 3} more" if len(short) > 3 else "")
     fingerprint = _fingerprint(files, fmt, n)
-    cache = cache_dir / f"{fingerprint[:20]}.pt" if cache_dir is not None else None
+    kind = hashlib.sha256(f"{fmt}:{n}".encode()).hexdigest()[:8]  # one cache per image format and count
+    cache = cache_dir / f"{kind}-{fingerprint[:20]}.pt" if cache_dir is not None else None
     images = _read_cache(cache, fingerprint) if cache is not None else None
     if images is None:
         from metalearn_cli.data import check_host_memory  # the package imports this module
@@ -93,6 +112,7 @@ def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Opti
             try:
                 save_torch(cache, {"images": images, "fingerprint": fingerprint, "checksum": _checksum(images)},
                             "image cache", "the images are converted again next time")
+                _remove_older(cache)
             except WriteError as exc:
                 log.warning("%s", exc)
     return ClassImages(images, list(files))

@@ -40,6 +40,7 @@ def test_folder_split_by_ratios_is_seeded_disjoint_and_cached(tmp_path, monkeypa
     again = DATASETS.build(cfg)
     assert again.test.class_names == data.test.class_names and torch.equal(again.test.images, data.test.images)
     assert DATASETS.build({**cfg, "split_seed": 1}).test.class_names != data.test.class_names
+    assert len(list((tmp_path / CACHE_DIR).iterdir())) == 1  # another split of the same images: the same cache
     # The second build read the cache: converting an image would now fail.
     from metalearn_cli.data import class_cache
 
@@ -56,6 +57,23 @@ def test_a_damaged_cache_is_rebuilt(tmp_path):
     state["images"][0, 0, 0, 0, 0] ^= 1  # a flipped bit: the checksum no longer matches
     torch.save(state, cache)
     assert torch.equal(DATASETS.build(cfg).train.images, first.train.images)
+
+
+def test_a_changed_data_set_replaces_its_cache_and_keeps_other_sizes(tmp_path):
+    """Each edit of the images made a new cache file beside the old ones; now the new one replaces the
+    caches of the same image size (and those of earlier versions), and a cache of another size stays."""
+    make_folder(tmp_path, ["a", "b", "c"], per_class=2)
+    legacy = tmp_path / CACHE_DIR / "0123456789abcdef0123.pt"
+    legacy.parent.mkdir()
+    legacy.write_bytes(b"a cache of an earlier version")
+    (tmp_path / CACHE_DIR / "notes.pt").write_bytes(b"not ours")
+    DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})
+    DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 8})
+    assert len(list((tmp_path / CACHE_DIR).glob("*.pt"))) == 3 and not legacy.exists()
+    Image.fromarray(np.zeros((20, 14, 3), dtype=np.uint8)).save(tmp_path / "a" / "0.png")
+    changed = DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})
+    assert changed.train.images.sum() >= 0 and len(list((tmp_path / CACHE_DIR).glob("*.pt"))) == 3
+    assert (tmp_path / CACHE_DIR / "notes.pt").exists()
 
 
 def test_folder_split_file_and_its_errors(tmp_path):
