@@ -113,7 +113,7 @@ def lost_peer(exc: BaseException) -> bool:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return False
     text = str(exc)
-    return isinstance(exc, dist.DistError) or any(sign in text for sign in (
+    return isinstance(exc, dist.DistNetworkError) or any(sign in text for sign in (
         "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted"))
 
 

@@ -26,7 +26,7 @@ from metalearn_cli.assemble import load_strategy, resolve_bn_mode, setup_device,
 from metalearn_cli.augment import SupportCopies, TtaViews
 from metalearn_cli.config_checks import check_seed, check_tta_shift
 from metalearn_cli.checkpoint import read_meta_knowledge
-from metalearn_cli.data import DATASETS, FewShotData
+from metalearn_cli.data import DATASETS, FewShotData, classes_id
 from metalearn_cli.confusions import OUTCOMES, log_confused_pairs, write_outcomes
 from metalearn_cli.episodes import EpisodeSampler, check_fits, is_lake, resident, split_seed
 from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
@@ -155,6 +155,7 @@ def score_checkpoint(
         **({"by_alphabet": accuracy_by_alphabet(data, split, way, seed, accs)} if lake else {}),
         **confused,
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": modes[0], "seed": seed,
+        "split_classes": classes_id(getattr(data, split).class_names),
         **({"ensemble_bn_modes": modes} if len(modes) > 1 else {}),
         "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),

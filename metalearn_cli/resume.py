@@ -8,6 +8,7 @@ line. One parser of ``resume=`` values and one config diff serve the CLI and the
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: bookkeeping, never what is learned or how.
 RESUMABLE = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
-             "trainer.checkpoint_every", "trainer.iterations", "trainer.nan_policy", "eval", "reference", "logger"}
+             "trainer.checkpoint_every", "trainer.iterations", "trainer.nan_policy", "eval", "reference", "logger",
+             "dataset.root"}  # where the data set lies (moved since): a folder's recorded split still has to be there
 
 
 def resume_value(resume: Any) -> Optional[str]:
@@ -167,6 +169,11 @@ def resumed_config(cfg: Any, run_dir: Path, typed: dict[str, str] | list[str]) -
     flat = flatten(current)
     for key in wanted:
         OmegaConf.update(merged, key, flat.get(key), merge=False)
+    if "dataset.root" in wanted:
+        root = os.path.abspath(os.path.expanduser(str(flat["dataset.root"]))) if flat.get("dataset.root") else None
+        merged.dataset.root = root
+        log.warning("%s continues on the data set in dataset.root=%s (it trained on %s): the same images, moved, "
+                    "or the run's numbers mix two data sets", run_dir_of(path), root, saved["dataset"].get("root"))
     merged.resume = cfg.resume
     return validate_train_config(merged)
 

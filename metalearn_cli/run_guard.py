@@ -16,6 +16,18 @@ from metalearn_cli.files import atomic_write
 from metalearn_cli.rundir import ERROR, held, record_failure, remove_empty, write_status
 
 
+class _Held(logging.Handler):
+    """Holds the records a job logs before its run dir is accepted (at most a few hundred)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < 500:
+            self.records.append(record)
+
+
 class RunGuard:
     """What one job may write into its run dir: nothing until it is accepted.
 
@@ -35,6 +47,8 @@ class RunGuard:
         self.existing = held(self.run_dir)
         self.accepted = False
         self.handler: Optional[logging.Handler] = None
+        self.early = _Held()  # what the job logs while it checks (a data set's warnings): the log file gets it too
+        logging.getLogger().addHandler(self.early)
 
     def accept(self, record: dict[str, str], log_name: Optional[str]) -> None:
         if self.accepted or not self.writer:
@@ -53,6 +67,9 @@ class RunGuard:
             self.handler = logging.FileHandler(self.run_dir / f"{Path(log_name).name}.log", encoding="utf-8")
             self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
             logging.getLogger().addHandler(self.handler)
+            for line in self.early.records:
+                self.handler.handle(line)
+        self._drop_early()
 
     def log_end(self, line: str) -> None:
         """The line the terminal gets at the end (``stopped: SIGINT ...``, ``error: ...``), also in the run's
@@ -61,7 +78,12 @@ class RunGuard:
             self.handler.handle(logging.makeLogRecord({"name": "metalearn", "levelno": logging.WARNING,
                                                        "levelname": "WARNING", "msg": line}))
 
+    def _drop_early(self) -> None:
+        logging.getLogger().removeHandler(self.early)
+        self.early.records.clear()
+
     def close(self) -> None:
+        self._drop_early()
         if self.handler is not None:
             logging.getLogger().removeHandler(self.handler)
             self.handler.close()

@@ -25,7 +25,7 @@ from metalearn_cli.assemble import build_strategy, freeze_encoder, initialise_fr
 from metalearn_cli.config_checks import check_tta_shift, validate
 from metalearn_cli.augment import SupportCopies, augmentation
 from metalearn_cli.cost import check_memory
-from metalearn_cli.data import DATASETS
+from metalearn_cli.data import DATASETS, SPLITS
 from metalearn_cli.distributed import World, leave, world
 from metalearn_cli.console import shell_override
 from metalearn_cli.episodes import EpisodeSampler, TaskShapes, check_fits, is_lake, resident, split_seed, validation_sampler
@@ -67,8 +67,9 @@ class Training:
         self.resume = resume_checkpoint(cfg.resume, self.run_dir)
         if self.resume is None:
             refuse_held(self.run_dir)
-            if cfg.dataset.get("root"):  # saved absolute: the printed resume command works from any folder
-                cfg.dataset.root = os.path.abspath(os.path.expanduser(str(cfg.dataset.root)))
+            for key in ("root", "split_file"):  # saved absolute: the printed resume command works from any folder
+                if cfg.dataset.get(key):
+                    cfg.dataset[key] = os.path.abspath(os.path.expanduser(str(cfg.dataset[key])))
         self._build()
         self.meta = TrainingRun(self.meta_stage(), self.device, self.ranks, self.resume)
 
@@ -76,6 +77,8 @@ class Training:
         cfg, s = self.cfg, self.shapes
         seed_everything(cfg.seed)
         self.data = data = DATASETS.build(cfg.dataset)
+        if self.resume is None and "classes" in cfg.dataset and not cfg.dataset.classes:  # a folder's split, kept for eval and resume
+            cfg.dataset.classes = {s: list(getattr(data, s).class_names) for s in SPLITS}
         resolve_budget(cfg, data)
         if is_lake(cfg.episode):  # a data set without alphabets is refused now, not after training, and before its sizes
             LakeRuns(data.test, s.way, cfg.seed)

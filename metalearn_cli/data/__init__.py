@@ -73,6 +73,14 @@ class FewShotData:
 DATASETS: Registry[FewShotData] = Registry("dataset")
 
 
+def classes_id(names: list[str]) -> str:
+    """A short digest of a split's class names, in results: ``compare`` pairs two runs only on the same
+    classes (a folder data set re-split, or a class added, gives the same task seeds other classes)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+
+
 def check_host_memory(nbytes: int, what: str) -> None:
     """Refuse, in one line, data that would not fit in the host's available memory."""
     import torch

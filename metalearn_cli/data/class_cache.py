@@ -66,7 +66,7 @@ def _remove_older(cache: Path) -> None:
         if replaced and old != cache:
             try:
                 old.unlink()
-                log.info("removed %s, the image cache of an earlier version of these images", old)
+                log.info("removed %s, the image cache of these images before they changed (or were copied or moved)", old)
             except OSError:
                 pass  # another run may be reading it; it goes next time
 

@@ -7,16 +7,20 @@ on every machine. Images are converted to ``image_size`` x ``image_size`` once a
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import torch
 
 from metalearn_cli.data import DATASETS, SPLITS, FewShotData
+from metalearn_cli.console import first_names
 from metalearn_cli.data.class_cache import CACHE_DIR, load_classes, split_of
 from metalearn_cli.data.images import class_folders, class_images
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.params.datasets import FolderParams
+
+log = logging.getLogger(__name__)
 
 
 def read_split_file(path: Path, classes: list[str]) -> dict[str, list[str]]:
@@ -51,6 +55,26 @@ def ratio_split(classes: list[str], ratios: list[float], seed: int) -> dict[str,
     return {"train": shuffled[:n_train], "val": shuffled[n_train:n_train + n_val], "test": shuffled[n_train + n_val:]}
 
 
+def recorded_split(classes: dict[str, list[str]], names: list[str], root: Path) -> dict[str, list[str]]:
+    """The split a run recorded (``dataset.classes``), checked against the folders there now: a class added
+    since is left out (said once), a missing one is refused, since a split worked out again from today's
+    folders would move classes the run trained on into its test split."""
+    parts = {s: list(classes.get(s) or []) for s in SPLITS}
+    present = set(names)
+    for split, members in parts.items():
+        gone = [c for c in members if c not in present]
+        if gone:
+            raise DataError(f"{root} has no class folder{'s' if len(gone) > 1 else ''} {first_names(gone)}, which the run's "
+                            f"{split} split holds; the run trained on the split it recorded (dataset.classes in its config), "
+                            "so restore the folder (a renamed class under its old name), or train a new run on the data as it is")
+    extra = sorted(present - {c for members in parts.values() for c in members})
+    if extra:
+        log.warning("%s: %s (%s) %s not in the run's recorded split, so not used (added after the run was trained)",
+                    root, f"{len(extra)} class folders" if len(extra) > 1 else "1 class folder", first_names(extra),
+                    "are" if len(extra) > 1 else "is")
+    return parts
+
+
 @DATASETS.register("folder", params=FolderParams)
 def build_folder(params: FolderParams) -> FewShotData:
     if params.root is None:
@@ -64,7 +88,10 @@ def build_folder(params: FolderParams) -> FewShotData:
     names = [f.name for f in folders]
     if len(names) < 3:
         raise DataError(f"{root} has {len(names)} class folders; train, val and test need at least one class each")
-    parts = read_split_file(Path(params.split_file), names) if params.split_file else ratio_split(names, params.ratios, params.split_seed)
+    if params.classes:
+        parts = recorded_split(params.classes, names, root)
+    else:
+        parts = read_split_file(Path(params.split_file), names) if params.split_file else ratio_split(names, params.ratios, params.split_seed)
     empty = [s for s in SPLITS if not parts[s]]
     if empty:
         raise DataError(f"the {empty[0]} split of {root} has no classes; change dataset.ratios or the split file")

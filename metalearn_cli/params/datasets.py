@@ -82,6 +82,7 @@ class FolderParams:
     split_file: Optional[str] = None  # lines "<class> <train|val|test>"; null = seeded split by ratios
     ratios: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])  # train / val / test shares of the classes
     split_seed: int = 0  # fixes the ratio split (not the run seed: the split must not move between runs)
+    classes: Optional[dict[str, list[str]]] = None  # the split a run trained on, recorded by it: eval and resume use it
     images_per_class: Optional[int] = None  # null = the smallest class's count
     cache: bool = True  # keep the converted tensor in root/.metalearn-cache/
     augment: Augment = Augment.crop_flip  # supervised pre-training; crop_flip_jitter for colour photos, crop for symbols

@@ -228,3 +228,56 @@ def test_an_image_replaced_with_its_size_and_mtime_kept_is_converted_again(tmp_p
     before = next(s for s in (first.train, first.val, first.test) if "a" in s.class_names)
     assert "a" in names and (split.images[split.class_names.index("a"), 0] == 255).all()
     assert not torch.equal(split.images, before.images)
+
+
+def test_a_folder_run_keeps_its_split_when_classes_are_added_renamed_or_moved(tmp_path):
+    """The split was worked out again from the folders there now: a class added or renamed after training
+    moved classes the run trained on into the test split of `metalearn eval` and of a resume, without a word.
+    The run records its split; eval uses it (an added class is left out, said), a missing class is refused,
+    `compare` refuses runs scored on other classes, and a resume follows the data set to where it moved."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from metalearn_cli.checkpoint import load_checkpoint
+
+    make_folder(tmp_path / "data", [f"class{i:02d}" for i in range(12)], per_class=6)
+    base = ["-m", "metalearn_cli"]
+    train_args = ["dataset=folder", "dataset.root=data", "dataset.image_size=20", "encoder=conv4", "encoder.width=8",
+                  "episode.way=2", "episode.query=3", "trainer.train_way=5", "trainer.train_query=3", "trainer.meta_batch=2",
+                  "trainer.iterations=4", "trainer.val_every=2", "trainer.val_episodes=10", "trainer.checkpoint_every=2",
+                  "eval.episodes=10", "eval.batch_tasks=5"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *base, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    done = cli("train", *train_args, "hydra.run.dir=run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    recorded = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["config"]["dataset"]["classes"]
+    trained = json.loads((tmp_path / "run" / "results.json").read_text())
+    make_folder(tmp_path / "data", ["aaa_added"], per_class=6)  # sorts first: a fresh ratio split would move classes
+    again = cli("eval", "checkpoint=run", "dataset_root=data", "hydra.run.dir=eval_added")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 class folder (aaa_added) is not in the run's recorded split, so not used" in again.stdout + again.stderr
+    scored = json.loads((tmp_path / "eval_added" / "results.json").read_text())
+    assert scored["split_classes"] == trained["split_classes"] and scored["accuracy"] == trained["accuracy"]
+    other = cli("train", *train_args, "hydra.run.dir=run_other")  # trained on the 13 classes: another split
+    assert other.returncode == 0, other.stderr[-2000:]
+    refused = cli("compare", "run", "run_other", "--out", "cmp")
+    assert refused.returncode == 2 and "the test split holds other classes" in refused.stderr, refused.stderr
+    shutil.move(tmp_path / "data" / recorded["test"][0], tmp_path / "data" / "renamed")
+    gone = cli("eval", "checkpoint=run", "dataset_root=data", "hydra.run.dir=eval_renamed")
+    assert gone.returncode == 2 and f"has no class folder {recorded['test'][0]}, which the run's test split holds" \
+        in gone.stderr, gone.stderr
+    shutil.move(tmp_path / "data" / "renamed", tmp_path / "data" / recorded["test"][0])
+    shutil.move(tmp_path / "data", tmp_path / "moved data")  # a resume follows the data set where it went
+    resumed = cli("train", "resume=run", "trainer.iterations=6", "dataset.root=moved data")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "continues on the data set in dataset.root=" in resumed.stdout + resumed.stderr
+    # said before the run dir was accepted, and in its log file too (it once went to the console alone)
+    assert "continues on the data set" in (tmp_path / "run" / "train.log").read_text()
+    assert "is not in the run's recorded split" in (tmp_path / "eval_added" / "eval.log").read_text()
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and state["config"]["dataset"]["root"] == str(tmp_path / "moved data")
+    assert state["config"]["dataset"]["classes"] == recorded
