@@ -30,17 +30,22 @@ def _listing(inputs: list[Path]) -> str:
     return "".join(f"{canonical(p)}\n" for p in inputs)
 
 
-def _made_from(out: Path, inputs: list[Path]) -> bool:
-    """Whether ``out``'s ``inputs.txt`` names exactly these runs."""
+def _made_from(out: Path, inputs: list[Path], grown: bool = False) -> bool:
+    """Whether ``out``'s ``inputs.txt`` names exactly these runs (``grown``: or some of them, none other)."""
     record = Path(out) / INPUTS
-    return record.is_file() and record.read_text(encoding="utf-8", errors="replace") == _listing(inputs)
+    if not record.is_file():
+        return False
+    text = record.read_text(encoding="utf-8", errors="replace")
+    return text == _listing(inputs) or (grown and bool(text) and set(text.splitlines()) <= set(_listing(inputs).splitlines()))
 
 
-def default_output(base: Path, name: str, inputs: list[Path]) -> Path:
-    """``base/name`` if it is free or holds this same set of runs' earlier output, else ``base/name-N``."""
+def default_output(base: Path, name: str, inputs: list[Path], grown: bool = False) -> Path:
+    """``base/name`` if it is free or holds this same set of runs' earlier output, else ``base/name-N``.
+    ``grown``: the output of some of these runs and no other is refreshed too (a report of a sweep that
+    has since finished, or of a folder with more runs in it, supersedes the partial one)."""
     for n in itertools.count(1):
         out = Path(base) / (name if n == 1 else f"{name}-{n}")
-        if not out.exists() or _made_from(out, inputs):
+        if not out.exists() or _made_from(out, inputs, grown):
             return out
     raise AssertionError("unreachable")
 

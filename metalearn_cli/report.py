@@ -153,8 +153,8 @@ def common_base(runs: list[Path]) -> Path:
 
 def default_out(runs: list[Path]) -> Path:
     """``report/`` beside the inputs: in the folder holding them all, never inside a run, never over
-    the report of other runs (:mod:`metalearn_cli.derived`)."""
-    return default_output(outside_runs(common_base(runs)), "report", runs)
+    the report of other runs (:mod:`metalearn_cli.derived`); a report of some of these runs is refreshed."""
+    return default_output(outside_runs(common_base(runs)), "report", runs, grown=True)
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str:

@@ -147,6 +147,9 @@ def test_a_report_of_other_runs_never_replaces_the_default_report(tmp_path):
     assert (runs / "report" / "report.csv").read_text() == both
     assert [r["run"] for r in csv.DictReader((runs / "report-2" / "report.csv").open())] == ["a"]
     assert main(["report", str(runs)]) == 0 and not (runs / "report-3").exists()  # the same runs: refreshed in place
+    training.train(compose_config("train", [*FAST, "seed=2"]), runs / "c")  # a sweep's last job, finished since
+    assert main(["report", str(runs)]) == 0 and not (runs / "report-3").exists()  # the report of a part: superseded
+    assert [r["run"] for r in csv.DictReader((runs / "report" / "report.csv").open())] == ["a", "b", "c"]
 
 
 def test_an_explicit_out_holding_another_report_is_refused_and_the_same_runs_refresh_it(tmp_path, capsys):

@@ -266,7 +266,9 @@ def run_app(command: str) -> int:
         return 2
     except KeyboardInterrupt:
         what = "stopped by SIGTERM" if TERMINATED else "interrupted"
-        again = f"; to finish it, run the same metalearn {command} again" if command != "train" else ""
+        again = (f"; to finish it, run the same metalearn {command} again" if command != "train"
+                 else f"; to finish the sweep: {SWEEP_AGAIN[0]}" if SWEEP_AGAIN
+                 else "; no job had begun: run the same command again to start the sweep" if sweep_requested(sys.argv) else "")
         print(f"metalearn {command}: {what} before its end{again}", file=sys.stderr)
         return 143 if TERMINATED else 130
     except ImportError as exc:  # a sweeper's or launcher's own package broken or missing (hydra/launcher=joblib, ...)
