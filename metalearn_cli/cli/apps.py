@@ -233,6 +233,15 @@ def register_configs() -> None:
             store.store(group=f"schema/{group}", name=name, node=params)
 
 
+def _stopped_line(command: str) -> str:
+    """The line for a Ctrl-C or SIGTERM no job handled: how to finish what it stopped, where that is known."""
+    what = "stopped by SIGTERM" if TERMINATED else "interrupted"
+    again = (f"; to finish it, run the same metalearn {command} again" if command != "train"
+             else f"; to finish the sweep: {SWEEP_AGAIN[0]}" if SWEEP_AGAIN
+             else "; no job had begun: run the same command again to start the sweep" if sweep_requested(sys.argv) else "")
+    return f"metalearn {command}: {what} before its end{again}"
+
+
 def run_app(command: str) -> int:
     """Run one subcommand's Hydra app; every user error becomes one line on stderr and its exit code."""
     FAILED_JOBS.clear()
@@ -265,11 +274,7 @@ def run_app(command: str) -> int:
         print(f"metalearn {command}: config error: {one_line(exc)} (see metalearn {command} --help)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        what = "stopped by SIGTERM" if TERMINATED else "interrupted"
-        again = (f"; to finish it, run the same metalearn {command} again" if command != "train"
-                 else f"; to finish the sweep: {SWEEP_AGAIN[0]}" if SWEEP_AGAIN
-                 else "; no job had begun: run the same command again to start the sweep" if sweep_requested(sys.argv) else "")
-        print(f"metalearn {command}: {what} before its end{again}", file=sys.stderr)
+        print(_stopped_line(command), file=sys.stderr)
         return 143 if TERMINATED else 130
     except ImportError as exc:  # a sweeper's or launcher's own package broken or missing (hydra/launcher=joblib, ...)
         print(f"metalearn {command}: error: cannot import {exc.name or 'a module'} ({one_line(exc)}), which a sweeper or "
