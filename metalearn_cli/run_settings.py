@@ -123,8 +123,15 @@ def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
         return any(len(v) > 1 for v in values.values())
 
     shown = [k for k in differ if all(not k.startswith(g + ".") or within_component(k, g) for g in swapped)]
-    return [" ".join([*(f"{g}={component(i, g)}" for g in sorted(swapped)), *(f"{k}={c.get(k)}" for k in shown if k in c)])
+    return [" ".join([*(f"{g}={component(i, g)}" for g in sorted(swapped)), *(f"{k}={_brief(c.get(k))}" for k in shown if k in c)])
             or "(common settings)" for i, c in enumerate(configs)]
+
+
+def _brief(value: Any) -> str:
+    """A value for a label: a long list (a folder run's recorded classes) by its first items and its length."""
+    if isinstance(value, list) and len(value) > 4:
+        return f"[{', '.join(map(str, value[:2]))}, ... {len(value)} items]"
+    return str(value)
 
 
 def short_settings(rows: list[dict[str, Any]]) -> list[str]:

@@ -266,6 +266,12 @@ def test_a_folder_run_keeps_its_split_when_classes_are_added_renamed_or_moved(tm
     assert other.returncode == 0, other.stderr[-2000:]
     refused = cli("compare", "run", "run_other", "--out", "cmp")
     assert refused.returncode == 2 and "the test split holds other classes" in refused.stderr, refused.stderr
+    from metalearn_cli.report import describe
+    from metalearn_cli.run_settings import config_labels
+
+    runs = [tmp_path / "run", tmp_path / "run_other"]  # legends name the splits briefly, not every class
+    labels = config_labels(runs, [describe(r, tmp_path) for r in runs])
+    assert all("items]" in label and len(label) < 300 for label in labels), labels
     shutil.move(tmp_path / "data" / recorded["test"][0], tmp_path / "data" / "renamed")
     gone = cli("eval", "checkpoint=run", "dataset_root=data", "hydra.run.dir=eval_renamed")
     assert gone.returncode == 2 and f"has no class folder {recorded['test'][0]}, which the run's test split holds" \
