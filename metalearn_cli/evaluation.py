@@ -26,7 +26,7 @@ from metalearn_cli.assemble import load_strategy, resolve_bn_mode, setup_device,
 from metalearn_cli.augment import SupportCopies, TtaViews
 from metalearn_cli.config_checks import check_seed, check_tta_shift
 from metalearn_cli.checkpoint import read_meta_knowledge
-from metalearn_cli.data import DATASETS, FewShotData, classes_id
+from metalearn_cli.data import DATASETS, FewShotData, split_digest
 from metalearn_cli.confusions import OUTCOMES, log_confused_pairs, write_outcomes
 from metalearn_cli.episodes import EpisodeSampler, check_fits, is_lake, resident, split_seed
 from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
@@ -34,8 +34,8 @@ from metalearn_cli.errors import ConfigError
 from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble
 from metalearn_cli.eval_inputs import check_ensemble_options, dataset_of, eval_settings, member_data, member_settings, reads_folder
 from metalearn_cli.finetune import Finetuner
-from metalearn_cli.resume import unfinished_note
-from metalearn_cli.rundir import write_results, write_status
+from metalearn_cli.resume import run_dir_of, unfinished_note
+from metalearn_cli.rundir import RunDir, read_json, write_results, write_status
 from metalearn_cli.strategies import Strategy, query_accuracy
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def score_checkpoint(
         **({"by_alphabet": accuracy_by_alphabet(data, split, way, seed, accs)} if lake else {}),
         **confused,
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": modes[0], "seed": seed,
-        "split_classes": classes_id(getattr(data, split).class_names),
+        "split_digest": split_digest(getattr(data, split)),
         **({"ensemble_bn_modes": modes} if len(modes) > 1 else {}),
         "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),
@@ -216,6 +216,16 @@ def member_tasks(datas: list[FewShotData], split: str, shapes: tuple[int, int, i
     return LockstepTasks(samplers, [next(i for i, d in enumerate(distinct) if d is m) for m in datas])
 
 
+def warn_other_data(source: str, data: FewShotData, split: str) -> None:
+    """Say when the split to score is not the one the checkpoint's run tested (its ``results.json``): a
+    folder data set edited since, or ``dataset_root`` naming another set under the same class names."""
+    tested = read_json(RunDir(run_dir_of(Path(source))).results)
+    if tested.get("split") == split and tested.get("split_digest") not in (None, split_digest(getattr(data, split))):
+        log.warning("the %s split read now holds other images or classes than the one %s was tested on (the data set "
+                    "changed since, or dataset_root names another): these numbers are not comparable with the run's own",
+                    split, run_dir_of(Path(source)))
+
+
 def evaluate(cfg: Any, run_dir: Path) -> float:
     """``metalearn eval``: test a checkpoint or export on fixed tasks; writes ``results.json``; returns accuracy."""
     wall_start = time.perf_counter()
@@ -237,6 +247,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
                  ", ".join(strategy.sources))
     optional = isinstance(strategy, Ensemble) and reads_folder(strategy)
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], optional))
+    warn_other_data(source, data, cfg.split)
     members = member_data(strategy, data, cfg.split, cfg.dataset_root) if others else [data]
     if others:
         check_ensemble_options(cfg.eval, eval_cfg, members)

@@ -73,12 +73,15 @@ class FewShotData:
 DATASETS: Registry[FewShotData] = Registry("dataset")
 
 
-def classes_id(names: list[str]) -> str:
-    """A short digest of a split's class names, in results: ``compare`` pairs two runs only on the same
-    classes (a folder data set re-split, or a class added, gives the same task seeds other classes)."""
+def split_digest(split: ClassImages) -> str:
+    """A short digest of a split's class names and images, in results: ``compare`` pairs two runs only on
+    the same data (the same task seeds draw other tasks from a folder data set changed or re-split), and
+    ``metalearn eval`` warns when it scores a run's test split on other images than the run's own test did."""
     import hashlib
 
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+    digest = hashlib.sha256("\n".join(split.class_names).encode())
+    digest.update(split.images.detach().cpu().contiguous().numpy().data)  # the buffer: no copy of a large set
+    return digest.hexdigest()[:12]
 
 
 def check_host_memory(nbytes: int, what: str) -> None:

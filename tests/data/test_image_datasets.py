@@ -261,11 +261,16 @@ def test_a_folder_run_keeps_its_split_when_classes_are_added_renamed_or_moved(tm
     assert again.returncode == 0, again.stderr[-2000:]
     assert "1 class folder (aaa_added) is not in the run's recorded split, so not used" in again.stdout + again.stderr
     scored = json.loads((tmp_path / "eval_added" / "results.json").read_text())
-    assert scored["split_classes"] == trained["split_classes"] and scored["accuracy"] == trained["accuracy"]
+    assert scored["split_digest"] == trained["split_digest"] and scored["accuracy"] == trained["accuracy"]
+    Image.fromarray(np.full((20, 14, 3), 7, dtype=np.uint8)).save(tmp_path / "data" / recorded["test"][0] / "0.png")
+    edited = cli("eval", "checkpoint=run", "dataset_root=data", "hydra.run.dir=eval_edited")
+    assert edited.returncode == 0 and "the test split read now holds other images or classes than the one" in \
+        edited.stdout + edited.stderr, edited.stdout[-2000:]
+    assert "holds other images" not in again.stdout + again.stderr  # the added class alone: the same test split
     other = cli("train", *train_args, "hydra.run.dir=run_other")  # trained on the 13 classes: another split
     assert other.returncode == 0, other.stderr[-2000:]
     refused = cli("compare", "run", "run_other", "--out", "cmp")
-    assert refused.returncode == 2 and "the test split holds other classes" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "the test split holds other classes or images" in refused.stderr, refused.stderr
     from metalearn_cli.report import describe
     from metalearn_cli.run_settings import config_labels
 
