@@ -160,10 +160,10 @@ def same_tasks(reference: Path, run: Path) -> None:
                 else "test it with metalearn eval checkpoint=RUN"))
     a, b = records[reference]["results"], records[run]["results"]
     differ = [k for k in SAME_TASKS if a.get(k) != b.get(k)]
-    if a.get("split_digest") and b.get("split_digest") and a["split_digest"] != b["split_digest"]:
-        raise MetalearnError(f"{run} was not scored on the data of {reference}: the same task seeds, but the "
-                             f"{a.get('split', 'test')} split holds other classes or images (a folder data set changed or "
-                             "re-split between the runs); pairing them would compare different tasks")
+    if a.get("split_classes") and b.get("split_classes") and a["split_classes"] != b["split_classes"]:
+        raise MetalearnError(f"{run} was not scored on the classes of {reference}: the same task seeds, but the "
+                             f"{a.get('split', 'test')} split holds other classes (a folder data set changed or re-split "
+                             "between the runs); pairing them would compare different tasks")
     if differ:
         raise MetalearnError(f"{run} was not scored on the tasks of {reference} ({', '.join(f'{k}: {a.get(k)} vs {b.get(k)}' for k in differ[:3])}); "
                              "score both on the same tasks (metalearn eval ... seed=S episode=...) to compare them")

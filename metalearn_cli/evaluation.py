@@ -26,7 +26,7 @@ from metalearn_cli.assemble import load_strategy, resolve_bn_mode, setup_device,
 from metalearn_cli.augment import SupportCopies, TtaViews
 from metalearn_cli.config_checks import check_seed, check_tta_shift
 from metalearn_cli.checkpoint import read_meta_knowledge
-from metalearn_cli.data import DATASETS, FewShotData, split_digest
+from metalearn_cli.data import DATASETS, FewShotData, split_ids
 from metalearn_cli.confusions import OUTCOMES, log_confused_pairs, write_outcomes
 from metalearn_cli.episodes import EpisodeSampler, check_fits, is_lake, resident, split_seed
 from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
@@ -155,7 +155,7 @@ def score_checkpoint(
         **({"by_alphabet": accuracy_by_alphabet(data, split, way, seed, accs)} if lake else {}),
         **confused,
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": modes[0], "seed": seed,
-        "split_digest": split_digest(getattr(data, split)),
+        **split_ids(getattr(data, split)),
         **({"ensemble_bn_modes": modes} if len(modes) > 1 else {}),
         "protocol": "lake" if lake else "random",
         "inner_steps_at_test": strategy.test_inner_steps(),
@@ -220,7 +220,7 @@ def warn_other_data(source: str, data: FewShotData, split: str) -> None:
     """Say when the split to score is not the one the checkpoint's run tested (its ``results.json``): a
     folder data set edited since, or ``dataset_root`` naming another set under the same class names."""
     tested = read_json(RunDir(run_dir_of(Path(source))).results)
-    if tested.get("split") == split and tested.get("split_digest") not in (None, split_digest(getattr(data, split))):
+    if tested.get("split") == split and tested.get("split_digest") not in (None, split_ids(getattr(data, split))["split_digest"]):
         log.warning("the %s split read now holds other images or classes than the one %s was tested on (the data set "
                     "changed since, or dataset_root names another): these numbers are not comparable with the run's own",
                     split, run_dir_of(Path(source)))

@@ -73,15 +73,17 @@ class FewShotData:
 DATASETS: Registry[FewShotData] = Registry("dataset")
 
 
-def split_digest(split: ClassImages) -> str:
-    """A short digest of a split's class names and images, in results: ``compare`` pairs two runs only on
-    the same data (the same task seeds draw other tasks from a folder data set changed or re-split), and
-    ``metalearn eval`` warns when it scores a run's test split on other images than the run's own test did."""
+def split_ids(split: ClassImages) -> dict[str, str]:
+    """Short digests of a split, in results: ``split_classes`` of its class names in order (``compare``
+    pairs two runs only on the same classes: the same task seeds draw other tasks from a folder data set
+    re-split, yet the same ones at another image size), ``split_digest`` of the names and the images
+    (``metalearn eval`` warns when it scores a run's test split on other images than the run's test did)."""
     import hashlib
 
-    digest = hashlib.sha256("\n".join(split.class_names).encode())
-    digest.update(split.images.detach().cpu().contiguous().numpy().data)  # the buffer: no copy of a large set
-    return digest.hexdigest()[:12]
+    names = hashlib.sha256("\n".join(split.class_names).encode())
+    both = names.copy()
+    both.update(split.images.detach().cpu().contiguous().numpy().data)  # the buffer: no copy of a large set
+    return {"split_classes": names.hexdigest()[:12], "split_digest": both.hexdigest()[:12]}
 
 
 def check_host_memory(nbytes: int, what: str) -> None:

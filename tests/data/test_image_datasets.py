@@ -270,7 +270,7 @@ def test_a_folder_run_keeps_its_split_when_classes_are_added_renamed_or_moved(tm
     other = cli("train", *train_args, "hydra.run.dir=run_other")  # trained on the 13 classes: another split
     assert other.returncode == 0, other.stderr[-2000:]
     refused = cli("compare", "run", "run_other", "--out", "cmp")
-    assert refused.returncode == 2 and "the test split holds other classes or images" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "the test split holds other classes" in refused.stderr, refused.stderr
     from metalearn_cli.report import describe
     from metalearn_cli.run_settings import config_labels
 
@@ -292,3 +292,16 @@ def test_a_folder_run_keeps_its_split_when_classes_are_added_renamed_or_moved(tm
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == 6 and state["config"]["dataset"]["root"] == str(tmp_path / "moved data")
     assert state["config"]["dataset"]["classes"] == recorded
+
+
+def test_split_ids_tell_classes_from_images():
+    """compare pairs runs on the same classes (at any image size); eval's warning needs the images too."""
+    from metalearn_cli.data import split_ids
+    from metalearn_cli.episodes import ClassImages
+
+    images = torch.zeros(3, 2, 1, 4, 4, dtype=torch.uint8)
+    base = split_ids(ClassImages(images, ["a", "b", "c"]))
+    bigger = split_ids(ClassImages(torch.zeros(3, 2, 1, 8, 8, dtype=torch.uint8), ["a", "b", "c"]))
+    assert bigger["split_classes"] == base["split_classes"] and bigger["split_digest"] != base["split_digest"]
+    assert split_ids(ClassImages(images, ["a", "c", "b"]))["split_classes"] != base["split_classes"]
+    assert split_ids(ClassImages(images.clone(), ["a", "b", "c"])) == base
