@@ -32,7 +32,7 @@ from typing import Any, Optional
 from metalearn_cli.console import OneLineParser, first_names, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import canonical, find_runs, read_run, refuse_replacing
+from metalearn_cli.rundir import ERROR, STATUS, canonical, find_runs, read_json, read_run, refuse_replacing
 from metalearn_cli.sweep_record import sweep_note, unfinished_jobs
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
@@ -266,9 +266,13 @@ def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
         if inside != [path] and (note := sweep_note(path, inside)):
             print(f"note: left out of the comparison: {note}", file=sys.stderr)
         elif unfinished:
-            print(f"note: left out {len(unfinished)} run{'s' if len(unfinished) > 1 else ''} without test results "
-                  f"({first_names([r.name for r in unfinished])}); finish each "
-                  "(a training run: metalearn train resume=RUN; an eval: the same metalearn eval again)", file=sys.stderr)
+            failed = [r for r in unfinished if read_json(r / STATUS).get("status") == "failed"]
+            stopped = [r for r in unfinished if r not in failed]
+            parts = [f"{first_names([r.name for r in failed])} failed (each {ERROR} says why)"] if failed else []
+            parts += [f"{first_names([r.name for r in stopped])} stopped before its test: finish each (a training run: "
+                      "metalearn train resume=RUN; an eval: the same metalearn eval again)"] if stopped else []
+            print(f"note: left out {len(unfinished)} run{'s' if len(unfinished) > 1 else ''} without test results: "
+                  f"{'; '.join(parts)}", file=sys.stderr)
     return runs
 
 

@@ -153,10 +153,18 @@ READING_KEYS = ("image_size", "root", "download", "cache", "resample", "channels
 TRAINING_ONLY_KEYS = ("augment", "meta_augment", "rotations", "mirror", "val")
 
 
+RECORDED_SPLIT_KEYS = ("split_file", "ratios", "split_seed")  # how a folder's split was made; recorded, it is the split
+
+
 def check_same_test_data(first: Any, other: Any, source: str, first_source: str) -> None:
     """Refuse, from the saved configs alone (before any data is read), a member whose test images would differ."""
     if set(_differing(first, other)) - set(READING_KEYS) - set(TRAINING_ONLY_KEYS):
         raise other_data(first, other, source, first_source, "its test images would differ")
+
+
+def _evaluated_classes(classes: Any) -> Any:
+    """Of a folder run's recorded split, what an evaluation reads (its val and test classes); None if none."""
+    return {s: list(classes.get(s) or []) for s in ("val", "test")} if classes else None
 
 
 def other_data(first: Any, other: Any, source: str, first_source: str, what: str) -> ConfigError:
@@ -173,6 +181,11 @@ def other_data(first: Any, other: Any, source: str, first_source: str, what: str
 def _differing(first: Any, other: Any) -> dict[str, tuple[Any, Any]]:
     """The dataset keys whose saved values differ, sorted: ``{key: (first's, other's)}``."""
     mine, theirs = (OmegaConf.to_container(c, resolve=True) for c in (first, other))
+    if mine.get("classes") and theirs.get("classes"):  # recorded folder splits: only the evaluated classes matter
+        for config in (mine, theirs):
+            config["classes"] = _evaluated_classes(config["classes"])
+            for key in RECORDED_SPLIT_KEYS:
+                config.pop(key, None)
     return {k: (mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)}
 
 

@@ -66,7 +66,7 @@ def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool
         if not Path(root).is_dir():
             raise ConfigError(f"dataset_root={root} {'is a file, not a folder' if Path(root).exists() else 'does not exist'}; "
                               f"pass the folder {source}'s data set was read from (in training: {dataset.get('root')})")
-        dataset["root"] = root
+        dataset["root"] = str(Path(root).expanduser().absolute())  # messages name it wherever it was typed from
     return dataset
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,8 +24,12 @@ from metalearn_cli.params.loggers import CSVParams, MLflowParams, TensorBoardPar
 from metalearn_cli.registry import Registry
 from metalearn_cli.schema import flatten
 
+log = logging.getLogger(__name__)
+
 
 class Sink(Protocol):
+    where: str  # one line naming where the records go, logged when the sink starts
+
     def log(self, step: int, split: str, values: dict[str, float]) -> None: ...
     def close(self) -> None: ...
 
@@ -39,6 +44,7 @@ class TensorBoardSink:
 
         # The resumed step's own records were written before its checkpoint: keep them, drop what follows.
         self._writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
+        self.where = f"TensorBoard logs: {run_dir / 'tensorboard'} (view: tensorboard --logdir {run_dir / 'tensorboard'})"
 
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         for key, value in values.items():
@@ -57,6 +63,7 @@ class CSVSink:
 
     def __init__(self, params: CSVParams, run_dir: Path, resume_step: Optional[int], config: Any) -> None:
         path = run_dir / "metrics.csv"
+        self.where = f"CSV metrics: {path}"
         if resume_step is not None and path.is_file():
             with open(path, newline="", encoding="utf-8") as f:
                 kept = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
@@ -98,6 +105,7 @@ class MLflowSink:
 
         try:
             self._start(params, run_dir, resume_step, config, uri)
+            self.where = f"MLflow run {self._run_id} in {uri} (experiment {params.experiment})"
         except MlflowException as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"logger.tracking_uri={uri}: MLflow could not start the run ({first}); start the server or fix "
@@ -115,6 +123,9 @@ class MLflowSink:
             self._run_id = saved["run_id"]
             self._client.update_run(self._run_id, status="RUNNING")
             self._logged_to = self._last_logged_step()
+            if saved.get("tracking_uri") != uri:  # the run dir moved: its record names the store where it is now
+                write_json(record, {**saved, "tracking_uri": uri})
+                self._client.set_tag(self._run_id, "metalearn.run_dir", str(run_dir))
             return
         experiment = self._client.get_experiment_by_name(params.experiment)
         experiment_id = experiment.experiment_id if experiment else self._client.create_experiment(params.experiment)
@@ -143,7 +154,7 @@ class MLflowSink:
 
     def close(self) -> None:
         failed = sys.exc_info()[0]  # close() runs in the loop's finally: the exception ending the run, if any
-        status = "FINISHED" if failed is None else "KILLED" if failed.__name__ in ("Interrupted", "KeyboardInterrupt") else "FAILED"
+        status = "FINISHED" if failed is None else "KILLED" if failed.__name__ in ("Interrupted", "PeerLost", "KeyboardInterrupt") else "FAILED"
         self._client.set_terminated(self._run_id, status=status)
 
 
@@ -162,4 +173,6 @@ def _millis() -> int:
 def build_sink(logger_cfg: Any, run_dir: Path, resume_step: Optional[int], config: Any) -> Sink:
     """The sink the ``logger`` group names (validated earlier with the rest of the config)."""
     params = LOGGERS.params_of(logger_cfg)
-    return LOGGERS.get(params.name).factory(params, run_dir=run_dir, resume_step=resume_step, config=config)
+    sink = LOGGERS.get(params.name).factory(params, run_dir=run_dir, resume_step=resume_step, config=config)
+    log.info("%s", sink.where)
+    return sink

@@ -169,6 +169,10 @@ def resumed_config(cfg: Any, run_dir: Path, typed: dict[str, str] | list[str]) -
     flat = flatten(current)
     for key in wanted:
         OmegaConf.update(merged, key, flat.get(key), merge=False)
+    before, after = (saved.get("logger") or {}).get("name"), (current.get("logger") or {}).get("name")
+    if before != after and any(_under(k, ["logger"]) for k in wanted):
+        log.warning("%s logged with logger=%s and continues with logger=%s: its curves before this resume stay in the "
+                    "first logger's files", run_dir_of(path), before, after)
     if "dataset.root" in wanted:
         root = os.path.abspath(os.path.expanduser(str(flat["dataset.root"]))) if flat.get("dataset.root") else None
         merged.dataset.root = root

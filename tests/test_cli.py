@@ -346,7 +346,7 @@ def test_a_ctrl_c_outside_the_loop_still_says_how_to_resume(tmp_path, capsys, mo
     assert capsys.readouterr().err.strip().splitlines()[-1] == "metalearn train: interrupted before its end"
     assert main(["train", "-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]  # a sweep's line says how to finish it
-    assert last.startswith("metalearn train: interrupted before its end; to finish the sweep: metalearn train -m"), last
+    assert last.startswith("metalearn train: interrupted before its end; to finish the sweep (each job continued or kept): metalearn train -m"), last
 
 
 def test_a_ctrl_c_before_a_command_handles_it_is_one_line(monkeypatch, capsys):

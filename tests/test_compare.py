@@ -222,10 +222,13 @@ def test_a_sweep_dir_with_an_unfinished_job_is_compared_over_its_finished_ones_w
         assert main(["train", *FAST, f"encoder.width={width}", f"hydra.run.dir={sweep / f'{width}'}"]) == 0
     (sweep / "stopped").mkdir()
     write_status(sweep / "stopped", "interrupted", step=3)  # a job Ctrl-C ended: no test results yet
+    (sweep / "broken").mkdir()  # a job that failed (an Optuna trial of a way too large): not to be resumed
+    write_status(sweep / "broken", "failed")
     capsys.readouterr()
     assert main(["compare", str(sweep), "--out", str(tmp_path / "cmp")]) == 0
     out, err = capsys.readouterr()
-    assert "left out 1 run without test results (stopped)" in err and "resume=RUN" in err  # not a sweep: no multirun.yaml
+    assert "left out 2 runs without test results: broken failed (each error.txt says why); stopped stopped before " \
+           "its test: finish each" in err and "resume=RUN" in err  # not a sweep: no multirun.yaml
     assert len(list(csv.DictReader((tmp_path / "cmp" / "compare.csv").open()))) == 1
     assert main(["compare", str(sweep / "8"), str(sweep / "stopped")]) == 2  # named alone, it is refused as before
     assert "has no test results (status: interrupted)" in capsys.readouterr().err

@@ -322,3 +322,21 @@ def test_each_member_is_tested_with_its_own_views_whatever_the_order(compose_tra
     assert ab["tta_shift"] == 0 and ba["tta_shift"] == 2  # the first member's, as bn_mode
     outcomes = [np.load(tmp_path / n / evaluation.OUTCOMES)["predicted"] for n in ("ab", "ba")]
     assert np.array_equal(*outcomes)
+
+
+def test_folder_members_with_the_same_recorded_test_classes_read_the_same_test_images():
+    """Two folder runs whose recorded splits differ only in training classes (one trained after a class
+    was added, by another split file) score the same test tasks; other test classes are refused."""
+    from omegaconf import OmegaConf
+
+    from metalearn_cli.ensemble import check_same_test_data
+    from metalearn_cli.errors import ConfigError
+
+    def folder(train: list[str], test: list[str], split_file: str) -> object:
+        return OmegaConf.create({"name": "folder", "root": "/d", "split_file": split_file, "ratios": [0.64, 0.16, 0.2],
+                                 "classes": {"train": train, "val": ["v"], "test": test}})
+
+    first = folder(["a", "b"], ["t1", "t2"], "/s12.txt")
+    check_same_test_data(first, folder(["a", "b", "added"], ["t1", "t2"], "/s13.txt"), "B", "A")
+    with pytest.raises(ConfigError, match="dataset.classes=.*'t3'.*its test images would differ"):
+        check_same_test_data(first, folder(["a", "b"], ["t1", "t3"], "/s12.txt"), "B", "A")

@@ -44,6 +44,9 @@ def test_a_resumed_csv_keeps_each_step_once(tmp_path):
     assert main(["train", *SMOKE, "logger=csv", f"hydra.run.dir={run}"]) == 0
     assert main(["train", "resume=true", "trainer.iterations=20", f"hydra.run.dir={run}"]) == 0
     keys = [(r["step"], r["split"], r["metric"]) for r in csv_rows(run)]
+    assert f"CSV metrics: {run / 'metrics.csv'}" in (run / "train.log").read_text()  # where the records go, said
+    assert main(["train", "resume=true", "trainer.iterations=25", "logger=tensorboard", f"hydra.run.dir={run}"]) == 0
+    assert "logged with logger=csv and continues with logger=tensorboard" in (run / "train.log").read_text()
     assert len(keys) == len(set(keys)) and ("20", "val", "accuracy") in keys and ("5", "train", "loss") in keys
 
 
@@ -100,7 +103,9 @@ def test_a_moved_run_dir_continues_its_mlflow_run_and_a_killed_run_logs_no_step_
     client = MlflowClient(tracking_uri=(moved / "mlruns").resolve().as_uri())
     client.log_batch(first, metrics=[Metric("val/accuracy", 0.125, 0, 15)])  # as a process killed after step 15 left it
     assert main(["train", "trainer.iterations=20", f"resume='{moved}'"]) == 0
-    assert json.loads((moved / "mlflow.json").read_text())["run_id"] == first
+    record = json.loads((moved / "mlflow.json").read_text())
+    assert record["run_id"] == first and record["tracking_uri"] == (moved / "mlruns").resolve().as_uri()  # where it is now
+    assert client.get_run(first).data.tags["metalearn.run_dir"] == str(moved)
     history = client.get_metric_history(first, "val/accuracy")
     assert [m.step for m in history] == [0, 5, 10, 15, 20] and history[3].value == 0.125
     assert len(client.search_runs([client.get_run(first).info.experiment_id])) == 1

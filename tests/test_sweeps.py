@@ -197,3 +197,13 @@ def test_a_broken_launcher_package_is_one_line_naming_the_extra(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "cannot import joblib (broken install)" in proc.stderr and 'pip install -e ".[sweep]"' in proc.stderr
+
+
+def test_a_stopped_sweep_offers_resume_true_only_where_hydra_recorded_it(tmp_path):
+    """Optuna's sweeper writes no multirun.yaml, and resume=true is refused there: its stop line says so."""
+    from metalearn_cli.cli.apps import _how_to_finish
+
+    assert "resume=true cannot finish its study" in _how_to_finish(tmp_path)
+    (tmp_path / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: [seed=0,1]\n")
+    line = _how_to_finish(tmp_path)
+    assert line.startswith("to finish the sweep (each job continued or kept): metalearn train -m") and "resume=true" in line

@@ -45,6 +45,15 @@ class _JobFailed(BaseException):
         self.error = error
 
 
+def _how_to_finish(sweep_dir: Path) -> str:
+    """What finishes a stopped sweep: ``resume=true`` where Hydra recorded the sweep (``multirun.yaml``);
+    Optuna's sweeper records none, so its study cannot be told again."""
+    if (sweep_dir / "multirun.yaml").is_file():
+        return f"to finish the sweep (each job continued or kept): {sweep_again(sweep_dir)}"
+    return ("this sweeper (Optuna's) records no multirun.yaml, so resume=true cannot finish its study: continue the "
+            "stopped job with the line above (metalearn train resume=JOB), or start a new sweep in a new hydra.sweep.dir")
+
+
 def _hydra_record(cfg: DictConfig) -> dict[str, str]:
     """The ``.hydra/`` files Hydra would write, written by the job itself once it is accepted (``cfg``:
     the config the job runs with)."""
@@ -59,7 +68,7 @@ def _hydra_record(cfg: DictConfig) -> dict[str, str]:
 FAILED_JOBS: list[str] = []  # the numbers of this sweep's failed jobs (a sweep none of whose jobs ran exits 2)
 SWEEP_JOBS: list[str] = []
 TERMINATED: list[int] = []  # SIGTERM stopped eval, predict or export (terminate_as_interrupt)
-SWEEP_AGAIN: list[str] = []  # the command that finishes the running sweep (its overrides, its dir, resume=true)
+SWEEP_AGAIN: list[str] = []  # how to finish the running sweep: the command (its overrides, its dir, resume=true)
 
 
 def _saved_before(run_dir: Path) -> Interrupted | None:
@@ -106,7 +115,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
     if hc.mode == RunMode.MULTIRUN:
         SWEEP_JOBS.append(str(hc.job.num))
         if not SWEEP_AGAIN:
-            SWEEP_AGAIN.append(sweep_again(canonical(hc.sweep.dir)))
+            SWEEP_AGAIN.append(_how_to_finish(canonical(hc.sweep.dir)))
     run_dir = Path(hc.runtime.output_dir)
     guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0, disposable=disposable,
                      sweep=hc.mode == RunMode.MULTIRUN)
@@ -237,7 +246,7 @@ def _stopped_line(command: str) -> str:
     """The line for a Ctrl-C or SIGTERM no job handled: how to finish what it stopped, where that is known."""
     what = "stopped by SIGTERM" if TERMINATED else "interrupted"
     again = (f"; to finish it, run the same metalearn {command} again" if command != "train"
-             else f"; to finish the sweep: {SWEEP_AGAIN[0]}" if SWEEP_AGAIN
+             else f"; {SWEEP_AGAIN[0]}" if SWEEP_AGAIN
              else "; no job had begun: run the same command again to start the sweep" if sweep_requested(sys.argv) else "")
     return f"metalearn {command}: {what} before its end{again}"
 
@@ -262,7 +271,7 @@ def run_app(command: str) -> int:
         if rank() == 0:  # under torchrun every rank stops; rank 0 alone saved, and says so
             print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
         if SWEEP_AGAIN and command == "train":
-            print(f"metalearn {command}: to finish the sweep (each job continued or kept): {SWEEP_AGAIN[0]}", file=sys.stderr)
+            print(f"metalearn {command}: {SWEEP_AGAIN[0]}", file=sys.stderr)
         return {"SIGTERM": 0, "SIGINT": 130}.get(exc.signal_name, 1)  # pre-emption is an orderly stop; a lost peer is not
     except InternalError as exc:
         print(f"metalearn {command}: internal error: {exc}", file=sys.stderr)

@@ -56,9 +56,10 @@ def _read_cache(path: Path, fingerprint: str) -> Optional[torch.Tensor]:
 
 
 def _remove_older(cache: Path) -> None:
-    """Remove the caches this one replaces: those of the same format and count made from sources since
-    changed (``<kind>-<fingerprint>.pt``), and the unprefixed ones of versions before 2026-12-06, which
-    are never read again. A cache of another format or count stays: a run at 84 px does not evict 28 px."""
+    """Remove the caches this one replaces: those of the same format, count and classes made from sources
+    since changed (``<kind>-<fingerprint>.pt``), and the unprefixed ones of versions before 2026-12-06,
+    which are never read again. A cache of another format, count or class set stays: a run at 84 px does
+    not evict 28 px, nor a run that recorded 13 classes one that recorded 12."""
     kind = cache.name.split("-", 1)[0]
     for old in cache.parent.glob("*.pt"):
         stem = old.stem
@@ -94,7 +95,7 @@ def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Opti
                     "there, or set dataset.images_per_class)", what, n, max(counts.values()), n, ", ".join(short[:3]),
                     f" and {len(short) - 3} more" if len(short) > 3 else "")
     fingerprint = _fingerprint(files, fmt, n)
-    kind = hashlib.sha256(f"{fmt}:{n}".encode()).hexdigest()[:8]  # one cache per image format and count
+    kind = hashlib.sha256(f"{fmt}:{n}:{list(files)}".encode()).hexdigest()[:8]  # one cache per format, count and class set
     cache = cache_dir / f"{kind}-{fingerprint[:20]}.pt" if cache_dir is not None else None
     images = _read_cache(cache, fingerprint) if cache is not None else None
     if images is None:

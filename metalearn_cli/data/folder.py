@@ -69,7 +69,7 @@ def recorded_split(classes: dict[str, list[str]], names: list[str], root: Path) 
                             "so restore the folder (a renamed class under its old name), or train a new run on the data as it is")
     extra = sorted(present - {c for members in parts.values() for c in members})
     if extra:
-        log.warning("%s: %s (%s) %s not in the run's recorded split, so not used (added after the run was trained)",
+        log.warning("%s: %s (%s) %s not in the run's recorded split, so not used (added since, or left out by its split file)",
                     root, f"{len(extra)} class folders" if len(extra) > 1 else "1 class folder", first_names(extra),
                     "are" if len(extra) > 1 else "is")
     return parts

@@ -305,3 +305,16 @@ def test_split_ids_tell_classes_from_images():
     assert bigger["split_classes"] == base["split_classes"] and bigger["split_digest"] != base["split_digest"]
     assert split_ids(ClassImages(images, ["a", "c", "b"]))["split_classes"] != base["split_classes"]
     assert split_ids(ClassImages(images.clone(), ["a", "b", "c"])) == base
+
+
+def test_runs_on_two_class_sets_of_one_folder_keep_a_cache_each(tmp_path):
+    """A run that recorded 3 classes and one trained after a fourth was added read one folder: each keeps
+    its cache (they evicted each other's, and every switch converted the images again)."""
+    make_folder(tmp_path, ["a", "b", "c"], per_class=2)
+    three = {"name": "folder", "root": str(tmp_path), "image_size": 6,
+             "classes": {"train": ["a"], "val": ["b"], "test": ["c"]}}
+    DATASETS.build(three)
+    make_folder(tmp_path, ["d"], per_class=2)
+    DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})  # all four classes
+    DATASETS.build(three)
+    assert len(list((tmp_path / CACHE_DIR).glob("*.pt"))) == 2
