@@ -282,18 +282,23 @@ def find_runs(paths: list[Path]) -> list[Path]:
     """Every run dir (a dir holding status.json or results.json) under the given paths, sorted; a
     run's own stages (``<run>/pretrain``) belong to their run and are listed only when named."""
     runs: set[Path] = set()
+    empty = []
     for path in paths:
         if not Path(path).exists():
             raise MetalearnError(f"{path} does not exist; pass run dirs or sweep dirs (e.g. outputs/multirun/train/<time>)")
         if not Path(path).is_dir():
             raise MetalearnError(f"{path} is a file; pass run dirs or sweep dirs (folders holding status.json or results.json)")
-        if any((Path(path) / m).is_file() for m in (STATUS, RESULTS)):
-            runs.add(Path(path))
+        found = {Path(path)} if any((Path(path) / m).is_file() for m in (STATUS, RESULTS)) else set()
         for marker in (STATUS, RESULTS):
-            runs.update(p.parent for p in Path(path).rglob(marker)
-                        if not any((p.parent.parent / m).is_file() for m in (STATUS, RESULTS)))
+            found.update(p.parent for p in Path(path).rglob(marker)
+                         if not any((p.parent.parent / m).is_file() for m in (STATUS, RESULTS)))
+        empty += [] if found else [path]
+        runs |= found
     if not runs:
         raise MetalearnError(f"no run dirs (with status.json or results.json) under {', '.join(map(str, paths))}")
+    if empty:  # named, yet it would be left out without a word (an export's folder: its file is tested by eval)
+        raise MetalearnError(f"{empty[0]} holds no run dir (no status.json or results.json under it); drop it, or for an "
+                             "exported file: metalearn eval checkpoint=FILE, then pass that eval dir")
     return sorted(runs)
 
 

@@ -137,7 +137,7 @@ def test_a_run_is_labelled_by_the_config_file_it_picked_not_the_components_regis
     assert config_labels(runs, [describe(r, tmp_path / "runs") for r in runs]) == ["encoder=conv4_fast", "encoder=conv4"]
 
 
-def test_a_report_of_other_runs_never_replaces_the_default_report(tmp_path):
+def test_a_report_of_other_runs_never_replaces_the_default_report(tmp_path, capsys):
     runs = tmp_path / "runs"
     for name, seed in (("a", 0), ("b", 1)):
         training.train(compose_config("train", [*FAST, f"seed={seed}"]), runs / name)
@@ -147,6 +147,9 @@ def test_a_report_of_other_runs_never_replaces_the_default_report(tmp_path):
     assert (runs / "report" / "report.csv").read_text() == both
     assert [r["run"] for r in csv.DictReader((runs / "report-2" / "report.csv").open())] == ["a"]
     assert main(["report", str(runs)]) == 0 and not (runs / "report-3").exists()  # the same runs: refreshed in place
+    (tmp_path / "export").mkdir()  # named beside the runs, it was left out without a word
+    assert main(["report", str(runs / "a"), str(tmp_path / "export")]) == 2
+    assert f"{tmp_path / 'export'} holds no run dir" in capsys.readouterr().err
     training.train(compose_config("train", [*FAST, "seed=2"]), runs / "c")  # a sweep's last job, finished since
     assert main(["report", str(runs)]) == 0 and not (runs / "report-3").exists()  # the report of a part: superseded
     assert [r["run"] for r in csv.DictReader((runs / "report" / "report.csv").open())] == ["a", "b", "c"]
