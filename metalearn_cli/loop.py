@@ -202,8 +202,7 @@ class TrainingRun:
         self.warn_if_diverging(values)
         if metrics is not None:
             metrics.log(self.step, self.objective.split, values)
-            if first == self.step_at_start + 1:
-                progress.estimate(self.step, self.objective.per_step, values[f"{self.objective.unit}_per_s"])
+            progress.estimate(self.step, self.objective.per_step, values[f"{self.objective.unit}_per_s"])
         progress.show(first, self.step, values)
 
     def warn_if_diverging(self, values: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
 """What a running stage shows: a tqdm bar on a terminal (no ``\\r`` frames in a redirected log), a
-log line about every tenth of the stage off one, and an estimate of the time left after the first
+log line about every tenth of the stage off one, and an estimate of the time left after the second
 measured window. Never silent, never a frame in a log file."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ class Progress:
     def __init__(self, desc: str, total: int, initial: int, enabled: bool, log: logging.Logger,
                  unit: str = "tasks") -> None:
         self.desc, self.total, self.enabled, self.log, self.unit = desc, total, enabled, log, unit
+        self.windows = 0  # measured windows so far: the estimate waits for the second
         self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc=desc,
                         disable=not (enabled and sys.stderr.isatty()))
 
@@ -22,8 +23,10 @@ class Progress:
         self.bar.update(steps)
 
     def estimate(self, step: int, per_step: int, per_s: float) -> None:
-        """The time left, from the first measured window of this session."""
-        if step < self.total and per_s > 0:
+        """The time left, from the second measured window of this session: the first holds the warm-up (kernel
+        choices, allocations, the first validation's pause) and made estimates several times too long."""
+        self.windows += 1
+        if self.windows == 2 and step < self.total and per_s > 0:
             left = (self.total - step) * per_step / per_s
             self.log.info("%s: %.1f %s/s: about %s for the remaining %d steps, validation not included", self.desc,
                           per_s, self.unit, f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min", self.total - step)

@@ -256,7 +256,7 @@ def test_a_redirected_log_has_no_progress_bar_frames(tmp_path):
 def test_a_run_starts_by_saying_where_it_computes_and_in_what_precision_and_why(tmp_path):
     """On a CPU without AVX512 (emulated: ATEN_CPU_CAPABILITY=avx2) the start-up line says fp32 and why."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
-    proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "train", "debug=smoke", "trainer.iterations=10",
+    proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "train", "debug=smoke", "trainer.iterations=15",
                            "trainer.log_every=5", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
                           timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
