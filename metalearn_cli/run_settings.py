@@ -102,6 +102,9 @@ def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
     """Each run's setting by the config values that tell it from the others (seed and bookkeeping
     aside), read from the runs' own configs; runs without a readable config fall back on overrides."""
     configs = [setting_config(run) for run in runs]
+    if sum(map(bool, configs)) >= 2 and not all(configs) and len(rows) == len(runs):  # e.g. a refused eval dir
+        known = iter(config_labels([r for r, c in zip(runs, configs) if c], [row for row, c in zip(rows, configs) if c]))
+        return [next(known) if c else f"{run.name} (no config recorded)" for run, c in zip(runs, configs)]
     if len(runs) < 2 or not all(configs):
         return short_settings(rows)
     keys = sorted({k for c in configs for k in c if not bookkeeping(k)})

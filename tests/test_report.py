@@ -135,6 +135,12 @@ def test_a_run_is_labelled_by_the_config_file_it_picked_not_the_components_regis
 
     runs = [tmp_path / "runs" / "fast", tmp_path / "runs" / "plain"]  # the legend: by the file, not its parameters
     assert config_labels(runs, [describe(r, tmp_path / "runs") for r in runs]) == ["encoder=conv4_fast", "encoder=conv4"]
+    refused = tmp_path / "runs" / "refused"  # a refused eval's dir: a status, no config; the others keep their labels
+    refused.mkdir()
+    (refused / "status.json").write_text('{"status": "failed"}')
+    runs.append(refused)
+    assert config_labels(runs, [describe(r, tmp_path / "runs") for r in runs]) == \
+        ["encoder=conv4_fast", "encoder=conv4", "refused (no config recorded)"]
 
 
 def test_a_report_of_other_runs_never_replaces_the_default_report(tmp_path, capsys):
