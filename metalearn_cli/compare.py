@@ -32,8 +32,8 @@ from typing import Any, Optional
 from metalearn_cli.console import OneLineParser, first_names, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import ERROR, STATUS, canonical, find_runs, read_json, read_run, refuse_replacing
-from metalearn_cli.sweep_record import sweep_note, unfinished_jobs
+from metalearn_cli.rundir import ERROR, canonical, find_runs, read_run, refuse_replacing
+from metalearn_cli.sweep_record import failed_and_stopped, sweep_note, unfinished_jobs
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
 COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
@@ -266,8 +266,7 @@ def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
         if inside != [path] and (note := sweep_note(path, inside)):
             print(f"note: left out of the comparison: {note}", file=sys.stderr)
         elif unfinished:
-            failed = [r for r in unfinished if read_json(r / STATUS).get("status") == "failed"]
-            stopped = [r for r in unfinished if r not in failed]
+            failed, stopped = failed_and_stopped(unfinished)
             parts = [f"{first_names([r.name for r in failed])} failed (each {ERROR} says why)"] if failed else []
             parts += [f"{first_names([r.name for r in stopped])} stopped before its test: finish each (a training run: "
                       "metalearn train resume=RUN; an eval: the same metalearn eval again)"] if stopped else []

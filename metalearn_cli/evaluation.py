@@ -216,11 +216,11 @@ def member_tasks(datas: list[FewShotData], split: str, shapes: tuple[int, int, i
     return LockstepTasks(samplers, [next(i for i, d in enumerate(distinct) if d is m) for m in datas])
 
 
-def warn_other_data(source: str, data: FewShotData, split: str) -> None:
-    """Say when the split to score is not the one the checkpoint's run tested (its ``results.json``): a
-    folder data set edited since, or ``dataset_root`` naming another set under the same class names."""
-    tested = read_json(RunDir(run_dir_of(Path(source))).results)
-    if tested.get("split") == split and tested.get("split_digest") not in (None, split_ids(getattr(data, split))["split_digest"]):
+def warn_other_data(source: str, result: dict[str, Any]) -> None:
+    """Say when the split scored (``result``) is not the one the checkpoint's run tested (its ``results.json``):
+    a folder data set edited since, or ``dataset_root`` naming another set under the same class names."""
+    tested, split = read_json(RunDir(run_dir_of(Path(source))).results), result["split"]
+    if tested.get("split") == split and tested.get("split_digest") not in (None, result["split_digest"]):
         log.warning("the %s split read now holds other images or classes than the one %s was tested on (the data set "
                     "changed since, or dataset_root names another): these numbers are not comparable with the run's own",
                     split, run_dir_of(Path(source)))
@@ -247,7 +247,6 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
                  ", ".join(strategy.sources))
     optional = isinstance(strategy, Ensemble) and reads_folder(strategy)
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], optional))
-    warn_other_data(source, data, cfg.split)
     members = member_data(strategy, data, cfg.split, cfg.dataset_root) if others else [data]
     if others:
         check_ensemble_options(cfg.eval, eval_cfg, members)
@@ -268,6 +267,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
         "precision": strategy.model.precision, "torch": torch.__version__,
         "dataset": data.name,
     })
+    warn_other_data(source, result)  # the digest of what was scored: the split is hashed once
     write_results(run_dir, result)
     write_status(run_dir, "completed", accuracy=result["accuracy"])
     log.info("%s accuracy %.2f%% ± %.2f%% over %d %d-way %d-shot tasks; %s", cfg.split, 100 * result["accuracy"],

@@ -52,14 +52,18 @@ def unfinished_jobs(jobs: list[Path]) -> list[Path]:
     return [job for job in jobs if not RunDir(job).results.is_file()]
 
 
+def failed_and_stopped(unfinished: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Runs without test results, told apart: those that failed (rerun as they are, they fail again) and the rest."""
+    failed = [run for run in unfinished if read_json(run / STATUS).get("status") == "failed"]
+    return failed, [run for run in unfinished if run not in failed]
+
+
 def sweep_note(folder: Path, jobs: list[Path]) -> Optional[str]:
     """One line for a sweep dir whose jobs did not all finish: which stopped before their test, how many never
     started (of ``jobs``, the job dirs found in it), and the command that finishes it; None when all finished."""
     if not (Path(folder) / RECORD).is_file():
         return None
-    unfinished = unfinished_jobs(jobs)
-    failed = [job for job in unfinished if read_json(job / STATUS).get("status") == "failed"]
-    stopped = [job for job in unfinished if job not in failed]
+    failed, stopped = failed_and_stopped(unfinished_jobs(jobs))
     planned = planned_jobs(folder)
     missing = planned - len(jobs) if planned is not None else 0
     parts = [f"{len(stopped)} job{'s' if len(stopped) > 1 else ''} stopped before its test "

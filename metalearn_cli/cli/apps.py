@@ -31,7 +31,7 @@ from metalearn_cli.params import PARAMS
 from metalearn_cli.run_guard import RunGuard
 from metalearn_cli.rundir import STAGE, STATUS, RunDir, canonical, read_json, write_status
 from metalearn_cli.schema import SCHEMAS
-from metalearn_cli.sweep_record import sweep_again
+from metalearn_cli.sweep_record import RECORD, sweep_again
 
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
@@ -48,7 +48,7 @@ class _JobFailed(BaseException):
 def _how_to_finish(sweep_dir: Path) -> str:
     """What finishes a stopped sweep: ``resume=true`` where Hydra recorded the sweep (``multirun.yaml``);
     Optuna's sweeper records none, so its study cannot be told again."""
-    if (sweep_dir / "multirun.yaml").is_file():
+    if (sweep_dir / RECORD).is_file():
         return f"to finish the sweep (each job continued or kept): {sweep_again(sweep_dir)}"
     return ("this sweeper (Optuna's) records no multirun.yaml, so resume=true cannot finish its study: continue the "
             "stopped job with the line above (metalearn train resume=JOB), or start a new sweep in a new hydra.sweep.dir")

@@ -7,6 +7,7 @@ splits hold disjoint classes. Importing this package registers all of them.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,8 +79,6 @@ def split_ids(split: ClassImages) -> dict[str, str]:
     pairs two runs only on the same classes: the same task seeds draw other tasks from a folder data set
     re-split, yet the same ones at another image size), ``split_digest`` of the names and the images
     (``metalearn eval`` warns when it scores a run's test split on other images than the run's test did)."""
-    import hashlib
-
     names = hashlib.sha256("\n".join(split.class_names).encode())
     both = names.copy()
     both.update(split.images.detach().cpu().contiguous().numpy().data)  # the buffer: no copy of a large set
