@@ -8,7 +8,6 @@ line. One parser of ``resume=`` values and one config diff serve the CLI and the
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -173,11 +172,10 @@ def resumed_config(cfg: Any, run_dir: Path, typed: dict[str, str] | list[str]) -
     if before != after and any(_under(k, ["logger"]) for k in wanted):
         log.warning("%s logged with logger=%s and continues with logger=%s: its curves before this resume stay in the "
                     "first logger's files", run_dir_of(path), before, after)
-    if "dataset.root" in wanted:
-        root = os.path.abspath(os.path.expanduser(str(flat["dataset.root"]))) if flat.get("dataset.root") else None
-        merged.dataset.root = root
+    if "dataset.root" in wanted:  # made absolute with the rest of the run's paths (training.Training)
         log.warning("%s continues on the data set in dataset.root=%s (it trained on %s): the same images, moved, "
-                    "or the run's numbers mix two data sets", run_dir_of(path), root, saved["dataset"].get("root"))
+                    "or the run's numbers mix two data sets", run_dir_of(path), flat.get("dataset.root"),
+                    saved["dataset"].get("root"))
     merged.resume = cfg.resume
     return validate_train_config(merged)
 

@@ -67,9 +67,9 @@ class Training:
         self.resume = resume_checkpoint(cfg.resume, self.run_dir)
         if self.resume is None:
             refuse_held(self.run_dir)
-            for key in ("root", "split_file"):  # saved absolute: the printed resume command works from any folder
-                if cfg.dataset.get(key):
-                    cfg.dataset[key] = os.path.abspath(os.path.expanduser(str(cfg.dataset[key])))
+        for key in ("root", "split_file"):  # saved absolute (a resume's new root too): resume works from any folder
+            if cfg.dataset.get(key):
+                cfg.dataset[key] = os.path.abspath(os.path.expanduser(str(cfg.dataset[key])))
         self._build()
         self.meta = TrainingRun(self.meta_stage(), self.device, self.ranks, self.resume)
 
