@@ -29,6 +29,7 @@ from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData, split_ids
 from metalearn_cli.confusions import OUTCOMES, log_confused_pairs, write_outcomes
 from metalearn_cli.episodes import EpisodeSampler, check_fits, is_lake, resident, split_seed
+from metalearn_cli.lake_original import OriginalRuns, original_runs
 from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble
@@ -90,11 +91,11 @@ def evaluate_tasks(
 
 
 def record_outcomes(run_dir: Path, outcomes: list[torch.Tensor], data: FewShotData, split: str,
-                    shapes: tuple[int, int, int], seed: int, lake: bool) -> dict[str, Any]:
+                    shapes: tuple[int, int, int], seed: int, lake: bool, original: Optional[OriginalRuns] = None) -> dict[str, Any]:
     """``test_outcomes.npz``, and results.json's ``confused_pairs`` from the same predictions."""
     write_outcomes(run_dir / OUTCOMES, outcomes)
     predicted = torch.cat(outcomes[0::2])
-    replay = fixed_tasks(data, split, shapes, seed, torch.device("cpu"), lake)  # each task's classes, drawn again
+    replay = fixed_tasks(data, split, shapes, seed, torch.device("cpu"), lake, original)  # each task's classes, drawn again
     return {"confused_pairs": log_confused_pairs(replay, predicted.shape[0], predicted, outcomes[1][0],
                                                  data.split(split).class_names)}
 
@@ -125,13 +126,16 @@ def score_checkpoint(
     strategy: Strategy | Ensemble, data: FewShotData, split: str, shapes: tuple[int, int, int], eval_cfg: Any,
     seed: int, device: torch.device, run_dir: Optional[Path] = None, progress: bool = False, lake: bool = False,
     finetune: Optional[Finetuner] = None, members: Optional[list[FewShotData]] = None, each: Optional[list[Any]] = None,
-    support: Optional[SupportCopies] = None,
+    support: Optional[SupportCopies] = None, original: Optional[OriginalRuns] = None,
 ) -> dict[str, Any]:
     """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's results.json report
-    (``eval.save_task_stats``: also ``run_dir/task_stats.csv``). An ensemble's ``members``: its data per member
+    (``eval.save_task_stats``: also ``run_dir/task_stats.csv``); with ``original``, Lake's original runs
+    (:mod:`~metalearn_cli.lake_original`) instead of ``eval.episodes`` drawn ones. An ensemble's ``members``: its data per member
     (:func:`~metalearn_cli.eval_inputs.member_data`); ``each``: its members' own eval settings (:func:`~metalearn_cli.eval_inputs.member_settings`)."""
     way, shot, query = shapes
-    sampler = member_tasks(members or [data], split, shapes, seed, device, lake)
+    original = original if split == "test" else None  # the archive's runs are of the evaluation alphabets
+    sampler = member_tasks(members or [data], split, shapes, seed, device, lake, original)
+    episodes = len(original.names) if original is not None else eval_cfg.episodes
     modes, member_views = test_protocol(strategy, each or [eval_cfg])
     views: TtaViews | list[TtaViews] = member_views if len(set(member_views)) > 1 else member_views[0]
     search = None
@@ -143,21 +147,22 @@ def score_checkpoint(
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
     drawn = finetune is not None or support is not None  # random augmentations: from the test's own seed
     with seeded(split_seed(seed, split), device) if drawn else contextlib.nullcontext():  # repeats exactly
-        accs = evaluate_tasks(strategy, sampler, eval_cfg.episodes, eval_cfg.batch_tasks, modes, stats, progress, outcomes,
+        accs = evaluate_tasks(strategy, sampler, episodes, eval_cfg.batch_tasks, modes, stats, progress, outcomes,
                               finetune, views, support)
     seconds = time.perf_counter() - start
     if stats is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_task_stats(Path(run_dir) / "task_stats.csv", stats)
-    confused = record_outcomes(Path(run_dir), outcomes, data, split, shapes, seed, lake) if outcomes else {}
+    confused = record_outcomes(Path(run_dir), outcomes, data, split, shapes, seed, lake, original) if outcomes else {}
     return {
         **summarize(accs),
-        **({"by_alphabet": accuracy_by_alphabet(data, split, way, seed, accs)} if lake else {}),
+        **({"by_alphabet": accuracy_by_alphabet(data, split, way, seed, accs, original)} if lake else {}),
         **confused,
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": modes[0], "seed": seed,
         **split_ids(getattr(data, split)),
         **({"ensemble_bn_modes": modes} if len(modes) > 1 else {}),
-        "protocol": "lake" if lake else "random",
+        "protocol": ("lake_original" if original is not None else "lake") if lake else "random",
+        **({"lake_runs": original.record()} if original is not None else {}),
         "inner_steps_at_test": strategy.test_inner_steps(),
         **({"ensemble_inner_steps_at_test": strategy.inner_steps_each()} if len(modes) > 1 else {}),
         "finetune_steps": finetune.steps if finetune is not None else 0, **member_views[0].summary(),
@@ -193,26 +198,26 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def fixed_tasks(data: FewShotData, split: str, shapes: tuple[int, int, int], seed: int, device: torch.device,
-                lake: bool) -> Any:
-    """The fixed tasks of ``split`` (Lake's runs or random tasks), from the seed: the same on every call."""
+                lake: bool, original: Optional[OriginalRuns] = None) -> Any:
+    """The fixed tasks of ``split`` (Lake's runs, drawn or ``original``, or random tasks), from the seed: the same on every call."""
     way, shot, query = shapes
     classes = data.split(split)
     if lake:
         if (shot, query) != (1, 1):
             raise ConfigError("Lake et al.'s runs are one-shot with one query per class: use episode=lake20way1shot")
-        return LakeRuns(resident(classes, device), way, split_seed(seed, split), device)
+        return LakeRuns(resident(classes, device), way, split_seed(seed, split), device, original)
     check_fits(classes, split, data.name, way, shot, query)
     return EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)
 
 
 def member_tasks(datas: list[FewShotData], split: str, shapes: tuple[int, int, int], seed: int, device: torch.device,
-                 lake: bool) -> Any:
+                 lake: bool, original: Optional[OriginalRuns] = None) -> Any:
     """The fixed tasks for each member's data (:func:`~metalearn_cli.eval_inputs.member_data`): one sampler when they all read the
     same images, else the same tasks drawn in lockstep at each image size."""
     distinct = list({id(d): d for d in datas}.values())
     if len(distinct) == 1:
-        return fixed_tasks(distinct[0], split, shapes, seed, device, lake)
-    samplers = [fixed_tasks(d, split, shapes, seed, device, lake) for d in distinct]
+        return fixed_tasks(distinct[0], split, shapes, seed, device, lake, original)
+    samplers = [fixed_tasks(d, split, shapes, seed, device, lake, original) for d in distinct]
     return LockstepTasks(samplers, [next(i for i, d in enumerate(distinct) if d is m) for m in datas])
 
 
@@ -226,11 +231,17 @@ def warn_other_data(source: str, result: dict[str, Any]) -> None:
                     split, run_dir_of(Path(source)))
 
 
+def _check_split(cfg: Any) -> None:
+    if cfg.split not in ("test", "val"):
+        raise ConfigError(f"split={cfg.split} is not an evaluation split; use test or val")
+    if cfg.split != "test" and OmegaConf.select(cfg, "eval.lake_runs"):
+        raise ConfigError("eval.lake_runs are runs of the evaluation alphabets, the test split: drop split=val or eval.lake_runs")
+
+
 def evaluate(cfg: Any, run_dir: Path) -> float:
     """``metalearn eval``: test a checkpoint or export on fixed tasks; writes ``results.json``; returns accuracy."""
     wall_start = time.perf_counter()
-    if cfg.split not in ("test", "val"):
-        raise ConfigError(f"split={cfg.split} is not an evaluation split; use test or val")
+    _check_split(cfg)
     check_seed(cfg.seed)
     device = setup_device(cfg)
     others = ensemble_paths(cfg.ensemble)
@@ -257,9 +268,10 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed
     finetune = Finetuner.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
     support = SupportCopies.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).augment, data.image_shape)
+    original = original_runs(eval_cfg, train_cfg.dataset, data.test, episode.way, is_lake(episode))
     result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), eval_cfg, seed,
                               device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode), finetune=finetune,
-                              members=members, each=each, support=support)
+                              members=members, each=each, support=support, original=original)
     result.update({
         "checkpoint": source, "checkpoint_step": knowledge["step"],
         **({"ensemble": strategy.sources} if isinstance(strategy, Ensemble) else {}),
@@ -270,6 +282,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     warn_other_data(source, result)  # the digest of what was scored: the split is hashed once
     write_results(run_dir, result)
     write_status(run_dir, "completed", accuracy=result["accuracy"])
-    log.info("%s accuracy %.2f%% ± %.2f%% over %d %d-way %d-shot tasks; %s", cfg.split, 100 * result["accuracy"],
-             100 * result["ci95"], result["episodes"], episode.way, episode.shot, run_dir)
+    over = (f"Lake et al.'s {result['episodes']} original runs" if original is not None
+            else f"{result['episodes']} {episode.way}-way {episode.shot}-shot tasks")
+    log.info("%s accuracy %.2f%% ± %.2f%% over %s; %s", cfg.split, 100 * result["accuracy"], 100 * result["ci95"], over, run_dir)
     return result["accuracy"]

@@ -35,6 +35,7 @@ from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, TaskShapes, alphabet_groups, is_lake, resident, split_seed, validation_sampler
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.evaluation import score_checkpoint
+from metalearn_cli.lake_original import original_runs
 from metalearn_cli.loop import Stage
 from metalearn_cli.objectives import EpisodicObjective, SupervisedObjective
 from metalearn_cli.rundir import STAGE, RunDir, read_json
@@ -141,10 +142,11 @@ def _stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device, str
     RUN/pretrain`` gives it."""
     e, p = cfg.episode, cfg.pretrain
     lake = is_lake(e)
+    original = original_runs(cfg.eval, cfg.dataset, data.test, e.way, lake)  # Lake's own runs, as the run's test
 
     def test() -> dict[str, Any]:  # its test_outcomes.npz pairs it with the run's (metalearn compare RUN/pretrain RUN)
         return score_checkpoint(strategy, data, "test", (e.way, e.shot, e.query), cfg.eval, cfg.seed, device,
-                                stage_dir(run_dir), lake=lake)
+                                stage_dir(run_dir), lake=lake, original=original)
 
     return Stage(run_dir=stage_dir(run_dir), iterations=p.iterations, iterations_key="pretrain.iterations",
                  log_every=cfg.trainer.log_every, val_every=p.val_every, val_episodes=p.val_episodes,

@@ -145,6 +145,9 @@ class EvalConfig:
     # RFS's test protocol (Tian et al. 2020: 5): each support image replaced by this many random draws of dataset.augment
     # (metalearn_cli.augment.SupportCopies), seeded by the test; the classifier sees copies x K shots. 0 = off
     support_copies: int = 0
+    # Lake et al.'s 20 original runs instead of eval.episodes drawn ones (episode=lake20way1shot): the path of their
+    # all_runs.zip (github.com/brendenlake/omniglot, python/one-shot-classification) or its folder; null = drawn runs
+    lake_runs: Optional[str] = None
 
 
 # `metalearn eval`'s eval.*: each key the command line leaves null is the checkpoint's own (its run tested so), so

@@ -29,6 +29,7 @@ from metalearn_cli.data import DATASETS, SPLITS
 from metalearn_cli.distributed import World, leave, world
 from metalearn_cli.console import shell_override
 from metalearn_cli.episodes import EpisodeSampler, TaskShapes, check_fits, is_lake, resident, split_seed, validation_sampler
+from metalearn_cli.lake_original import original_runs
 from metalearn_cli.lake_runs import LakeRuns
 from metalearn_cli.errors import ConfigError, Interrupted
 from metalearn_cli.evaluation import score_checkpoint
@@ -67,9 +68,9 @@ class Training:
         self.resume = resume_checkpoint(cfg.resume, self.run_dir)
         if self.resume is None:
             refuse_held(self.run_dir)
-        for key in ("root", "split_file"):  # saved absolute (a resume's new root too): resume works from any folder
-            if cfg.dataset.get(key):
-                cfg.dataset[key] = os.path.abspath(os.path.expanduser(str(cfg.dataset[key])))
+        for part, key in (("dataset", "root"), ("dataset", "split_file"), ("eval", "lake_runs")):  # saved absolute (a
+            if cfg[part].get(key):  # resume's new root too): resume and eval work from any folder
+                cfg[part][key] = os.path.abspath(os.path.expanduser(str(cfg[part][key])))
         self._build()
         self.meta = TrainingRun(self.meta_stage(), self.device, self.ranks, self.resume)
 
@@ -82,6 +83,7 @@ class Training:
         resolve_budget(cfg, data)
         if is_lake(cfg.episode):  # a data set without alphabets is refused now, not after training, and before its sizes
             LakeRuns(data.test, s.way, cfg.seed)
+        self.original = original_runs(cfg.eval, cfg.dataset, data.test, s.way, is_lake(cfg.episode))  # read before training
         # the test's shape first: episode.way too large for any split is named as episode.way, not as trainer.train_way
         check_fits(data.test, "test", data.name, s.way, s.shot, s.query)
         check_fits(data.val, "val", data.name, s.val_way, s.shot, s.query)
@@ -111,7 +113,7 @@ class Training:
         def test() -> dict[str, Any]:
             return score_checkpoint(self.strategy, data, "test", (s.way, s.shot, s.query), cfg.eval, cfg.seed, self.device,
                                     self.run_dir, progress=self.t.progress and sys.stderr.isatty(),
-                                    lake=is_lake(cfg.episode), finetune=finetune, support=support)
+                                    lake=is_lake(cfg.episode), finetune=finetune, support=support, original=self.original)
 
         def extras() -> dict[str, Any]:
             return {"meta_batch": self.t.meta_batch, "train_way": s.train_way, "train_query": s.train_query,

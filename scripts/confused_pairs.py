@@ -72,7 +72,13 @@ def draw_pairs(args: argparse.Namespace) -> int:
     shapes = (results["way"], results["shot"], results["query"])
     labels = torch.arange(shapes[0]).repeat_interleave(shapes[2])
     wrong = int((predicted != labels).sum())
-    tasks = fixed_tasks(data, results["split"], shapes, results["seed"], torch.device("cpu"), results.get("protocol") == "lake")
+    original = None
+    if results.get("protocol") == "lake_original":  # Lake's own runs (eval.lake_runs): read from the archive again
+        from metalearn_cli.lake_original import read_runs
+        from metalearn_cli.data import image_format
+        original = read_runs(Path(results["lake_runs"]["source"]), split, image_format(OmegaConf.create(config["dataset"])))
+    tasks = fixed_tasks(data, results["split"], shapes, results["seed"], torch.device("cpu"),
+                        results.get("protocol") in ("lake", "lake_original"), original)
     every = confused_pairs(tasks.task_classes(len(predicted)), predicted, labels, split.class_names,
                            top=wrong)  # every pair with a wrong answer, in results.json's order
     assert every[: len(pairs)] == pairs, "results.json's confused_pairs are not these tasks' (another seed or split?)"

@@ -214,7 +214,7 @@ def collect(out: Path) -> list[dict[str, Any]]:
             "preset": preset, "method": preset.split("_")[0],
             "task": f"{r.get('way', '?')}-way {r.get('shot', '?')}-shot" + (
                 f" (Lake et al.'s within-alphabet runs: {r.get('episodes', '?')} drawn runs, not their 20 fixed ones)"
-                if r.get("protocol") == "lake" else ""),
+                if r.get("protocol") == "lake" else " (Lake et al.'s 20 original runs)" if r.get("protocol") == "lake_original" else ""),
             "ours": round(ours, 2) if ours is not None else None,
             "ci95": round(100 * r["ci95"], 2) if "ci95" in r else None,
             "published": pub, "published_of": r.get("published_of") or "", "difference": round(ours - pub, 2) if ours is not None and pub is not None else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -138,3 +139,17 @@ def stop_after(run, step: int, signal: str = "SIGINT") -> dict:
 
     run.iteration = step_then_stop
     return stop
+
+
+def write_tree(files: dict[str, bytes], where: Path, as_zip: bool) -> Path:
+    """``files`` (name -> bytes) as the zip ``where`` or under the folder ``where``, as archives ship and extract."""
+    if as_zip:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(where, "w") as zf:
+            for name, data in sorted(files.items()):
+                zf.writestr(name, data)
+        return where
+    for name, data in files.items():
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_bytes(data)
+    return where

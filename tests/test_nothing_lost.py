@@ -207,6 +207,8 @@ CASES = [
     (["train", *SMOKE, "dataset.val_classes=20", "dataset.test_classes=20", "episode=lake20way1shot",
       "trainer.train_way=5"], "need classes named Alphabet/character"),
     (["train", *SMOKE, "episode=lake20way1shot"], "need classes named Alphabet/character"),  # before the way it asks for
+    (["train", *SMOKE, "eval.lake_runs={root}/all_runs.zip"], "add episode=lake20way1shot"),
+    (["eval", f"checkpoint={R}", "split=val", "eval.lake_runs={root}/all_runs.zip"], "drop split=val or eval.lake_runs"),
     (["train", *SMOKE, "hydra.run.dir={tmp}/rün"], "needs quotes"),
     (["train", *SMOKE, "hydra.run.dir={tmp}/a", "b"], "is not key=value"),
     (["train", "dataset=folder", "dataset.root={root}/looping"], "leads nowhere"),

@@ -4,7 +4,6 @@ a chosen root and its cache, and the protocols on the embedded copy."""
 from __future__ import annotations
 
 import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_tree
 from metalearn_cli.data import DATASETS, omniglot_files
 from metalearn_cli.errors import ConfigError, DataError
 
@@ -41,14 +41,7 @@ def make_omniglot(root: Path, background=(("Alpha", 2), ("Beta", 1)), evaluation
                     name = f"{set_name}/{alphabet}/character{c:02d}/{char_id:04d}_{d:02d}.png"
                     if name != skip:
                         files[name] = png(char_id * 100 + d)
-        if as_zip:
-            with zipfile.ZipFile(root / f"{set_name}.zip", "w") as zf:
-                for name, data in sorted(files.items()):
-                    zf.writestr(name, data)
-        else:
-            for name, data in files.items():
-                (root / name).parent.mkdir(parents=True, exist_ok=True)
-                (root / name).write_bytes(data)
+        write_tree(files, root / f"{set_name}.zip" if as_zip else root, as_zip)
     return root
 
 
