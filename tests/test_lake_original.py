@@ -184,3 +184,8 @@ def test_eval_command_scores_lake_s_own_runs_of_a_background_model(tmp_path):
                            "eval.episodes=5", f"hydra.run.dir={tmp_path / 'drawn'}"], capture_output=True, text=True, timeout=300)
     drawn = json.loads((tmp_path / "drawn" / "results.json").read_text())
     assert proc.returncode == 0 and (drawn["protocol"], drawn["episodes"]) == ("lake", 5) and "lake_runs" not in drawn
+    # compare pairs two tests of Lake's runs, and refuses drawn runs beside them
+    from metalearn_cli.cli import main
+
+    assert main(["compare", str(run), str(tmp_path / "eval"), "--out", str(tmp_path / "cmp")]) == 0
+    assert main(["compare", str(run), str(tmp_path / "drawn")]) == 2
