@@ -30,6 +30,7 @@ from metalearn_cli.errors import ConfigError, DataError
 ARCHIVE = "all_runs.zip (github.com/brendenlake/omniglot, python/one-shot-classification)"
 LABELS = "class_labels.txt"
 RUN = re.compile(r"(.*/)?run\d+/class_labels\.txt")  # the runs may sit in a top folder of the zip
+IN_RUN = re.compile(r"(^|/)run\d+/")
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,16 @@ def _files(path: Path) -> dict[str, bytes]:
     """The archive's files by name (``runNN/...``), from the zip or the folder it extracts to."""
     if not path.exists():
         raise DataError(f"eval.lake_runs={path} does not exist; give the path of {ARCHIVE} or of the folder it extracts to")
-    if path.is_dir():
-        return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
     try:
-        with zipfile.ZipFile(path) as zf:
-            return {n: zf.read(n) for n in zf.namelist() if not n.endswith("/")}
+        if path.is_dir():
+            inside = ((p.relative_to(path).as_posix(), p) for p in path.rglob("*"))
+            return {n: p.read_bytes() for n, p in inside if IN_RUN.search(n) and p.is_file()}
+        with zipfile.ZipFile(path) as zf:  # only the runs' files: a wrong, large zip is not read whole
+            return {n: zf.read(n) for n in zf.namelist() if IN_RUN.search(n) and not n.endswith("/")}
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"eval.lake_runs={path} is not a readable zip ({exc.__class__.__name__}); download {ARCHIVE} again") from exc
+        what = "cannot be read" if path.is_dir() else "is not a readable zip"
+        raise DataError(f"eval.lake_runs={path} {what} ({exc.__class__.__name__}: {exc}); give {ARCHIVE} "
+                        "or the folder it extracts to, readable") from exc
 
 
 def _drawing_index(test: ClassImages) -> dict[bytes, tuple[int, int]]:

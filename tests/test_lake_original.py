@@ -86,6 +86,10 @@ def test_original_runs_are_found_among_the_test_drawings_and_scored_as_given(tmp
     folder = read_runs(write_runs(tmp_path / "extracted", raw, RUNS, as_zip=False), split, image_format(omniglot(normalise)))
     assert (folder.characters, folder.drawers) == (runs.characters, runs.drawers)
     assert folder.record()["digest"] == runs.record()["digest"] and runs.record()["queries"] == 10
+    with zipfile.ZipFile(tmp_path / "all_runs.zip") as zf:  # re-zipped under a top folder, beside other files
+        files = {f"all_runs/{n}": zf.read(n) for n in zf.namelist()} | {"README.txt": b"Lake's runs"}
+    nested = read_runs(write_tree(files, tmp_path / "nested.zip", True), split, image_format(omniglot(normalise)))
+    assert (nested.names, nested.characters, nested.drawers) == (runs.names, runs.characters, runs.drawers)
 
 
 def _edit(path: Path, name: str, data: bytes | None) -> None:
