@@ -8,7 +8,9 @@ methods are compared task by task rather than by two intervals that overlap:
 - with several seeds of each setting (runs whose configs differ only in ``seed``, eval dirs of such
   runs, or the runs one ``--setting`` names: seeds of one recipe given in different ways), runs are paired by seed (each seed
   fixes its own test tasks) and the interval is a two-level bootstrap: seeds drawn with replacement,
-  then tasks within each drawn seed, so it holds the spread between seeds too;
+  then tasks within each drawn seed, so it holds the spread between seeds too; tests of Lake et al.'s
+  published runs (``eval.lake_runs``) are the same tasks whatever the seed, so two single runs of
+  other seeds pair too (two copies of the runs that differ do not);
 - McNemar's test on the per-query outcomes: of the queries exactly one run gets right, how often
   each one is that run (exact binomial below 25 discordant queries, chi-square with continuity
   correction above);
@@ -23,14 +25,14 @@ since 2026-12-01 hold ``test_outcomes.npz``; an older one is re-scored with ``me
 from __future__ import annotations
 
 import csv
-import math
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from metalearn_cli.console import OneLineParser, first_names, help_text
 from metalearn_cli.errors import MetalearnError
+from metalearn_cli.paired_stats import differing, paired, read_outcomes
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.rundir import ERROR, canonical, find_runs, read_run, refuse_replacing
 from metalearn_cli.sweep_record import failed_and_stopped, sweep_note, unfinished_jobs
@@ -39,76 +41,6 @@ SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "p
 COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
            "only_reference_right", "only_run_right", "mcnemar_p", "predictions_differ", "predictions"]
 FEW_TASKS = 100  # below this, a bootstrap over tasks has too few distinct resamples to trust
-
-
-def read_outcomes(run: Path) -> tuple[Any, Any]:
-    """The run's per-query correctness ``[tasks, queries]`` (numpy bool) and predicted classes (int16;
-    None for a file written before they were kept), read in one pass."""
-    import numpy as np
-
-    path = run / "test_outcomes.npz"
-    if not path.is_file():
-        raise MetalearnError(f"{run} holds no test_outcomes.npz (runs before 2026-12-01); score it again with "
-                             f"metalearn eval checkpoint={run} hydra.run.dir=<new dir>, then compare that dir")
-    try:
-        with np.load(path) as f:
-            shape = tuple(int(s) for s in f["shape"])
-            correct = np.unpackbits(f["packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
-            return correct, (f["predicted"] if "predicted" in f.files else None)
-    except (OSError, ValueError, KeyError) as exc:
-        raise MetalearnError(f"{path} is damaged ({exc.__class__.__name__}); score the run again with metalearn eval") from exc
-
-
-def outcomes(run: Path) -> Any:
-    """The run's per-query correctness ``[tasks, queries]`` (numpy bool)."""
-    return read_outcomes(run)[0]
-
-
-def predictions(run: Path) -> Any:
-    """The run's predicted classes ``[tasks, queries]``, or None for a file written before they were kept."""
-    return read_outcomes(run)[1]
-
-
-def differing(a: list[Any], b: list[Any]) -> tuple[Optional[int], int]:
-    """How many of the queries two runs predict differently (None when a file holds no predictions), of how many."""
-    if any(x is None for x in [*a, *b]):
-        return None, 0
-    return int(sum((x != y).sum() for x, y in zip(a, b))), sum(x.size for x in a)
-
-
-def mcnemar(only_a: int, only_b: int) -> float:
-    """Two-sided p-value of McNemar's test from the discordant counts."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    if n < 25:  # exact: the smaller count under Binomial(n, 1/2)
-        tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
-        return min(1.0, 2 * tail)
-    statistic = (abs(only_a - only_b) - 1) ** 2 / n
-    return math.erfc(math.sqrt(statistic / 2))  # chi-square with one degree of freedom
-
-
-def paired(a: Any, b: Any, resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """B against A on the same tasks: mean per-task difference, its bootstrap CI95, McNemar. ``a`` and
-    ``b`` are ``[tasks, queries]`` outcomes, or lists of them paired by seed (a two-level bootstrap)."""
-    import numpy as np
-
-    a_seeds, b_seeds = (list(x) if isinstance(x, (list, tuple)) else [x] for x in (a, b))
-    diff = np.stack([bs.mean(1) - as_.mean(1) for as_, bs in zip(a_seeds, b_seeds)])  # [seeds, tasks]
-    rng = np.random.default_rng(seed)
-    if len(diff) == 1:
-        means = diff[0][rng.integers(0, diff.shape[1], size=(resamples, diff.shape[1]))].mean(1)
-    else:  # seeds with replacement, then tasks within each drawn seed (in chunks: memory stays small)
-        means = np.concatenate([diff[rng.integers(0, len(diff), size=(n, len(diff), 1)),
-                                     rng.integers(0, diff.shape[1], size=(n, len(diff), diff.shape[1]))].mean((1, 2))
-                                for n in [1000] * (resamples // 1000)])
-    low, high = np.percentile(means, [2.5, 97.5])
-    a_all, b_all = np.concatenate(a_seeds), np.concatenate(b_seeds)
-    only_a, only_b = int((a_all & ~b_all).sum()), int((~a_all & b_all).sum())
-    return {"seeds": len(diff), "tasks": diff.shape[1], "accuracy_reference": 100 * a_all.mean(),
-            "accuracy_run": 100 * b_all.mean(), "difference": 100 * diff.mean(), "ci95_low": 100 * low,
-            "ci95_high": 100 * high, "only_reference_right": only_a, "only_run_right": only_b,
-            "mcnemar_p": mcnemar(only_a, only_b)}
 
 
 def settings(runs: list[Path]) -> list[tuple[str, dict[int, Path]]]:
@@ -141,6 +73,11 @@ def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[
     return groups
 
 
+def published(results: dict[str, Any]) -> bool:
+    """Whether a test was of Lake et al.'s published runs (``eval.lake_runs``), the same whatever the seed."""
+    return results.get("protocol") == "lake_original" and isinstance(results.get("lake_runs"), dict)
+
+
 TEST_SETTINGS = ("bn_mode", "tta_shift", "tta_rotate", "tta_scale", "tta_shear", "support_copies", "finetune_steps")
 
 
@@ -159,7 +96,12 @@ def same_tasks(reference: Path, run: Path) -> None:
                 else "resume it to finish and test it (metalearn train resume=RUN)" if stopped
                 else "test it with metalearn eval checkpoint=RUN"))
     a, b = records[reference]["results"], records[run]["results"]
-    differ = [k for k in SAME_TASKS if a.get(k) != b.get(k)]
+    fixed = published(a) and published(b)  # Lake et al.'s published runs: the archive fixes the tasks, not the seed
+    differ = [k for k in SAME_TASKS if a.get(k) != b.get(k) and not (fixed and k == "seed")]
+    if fixed and a["lake_runs"].get("digest") != b["lake_runs"].get("digest"):
+        raise MetalearnError(f"{run} and {reference} were scored on different copies of Lake et al.'s runs "
+                             f"(eval.lake_runs={b['lake_runs'].get('source')} vs {a['lake_runs'].get('source')}, other "
+                             "characters or drawers); score both on one archive to compare them")
     if a.get("split_classes") and b.get("split_classes") and a["split_classes"] != b["split_classes"]:
         raise MetalearnError(f"{run} was not scored on the classes of {reference}: the same task seeds, but the "
                              f"{a.get('split', 'test')} split holds other classes (a folder data set changed or re-split "
@@ -224,9 +166,13 @@ def run_label(run: Path, base: Path) -> str:
 def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tuple[list[dict[str, Any]], list[Any]]:
     """Each setting against the first, on the seeds they share: the table's rows and each row's
     per-task differences (averaged over seeds) for the figure."""
-    (ref_name, ref_runs), rows, diffs = groups[0], [], []
+    ref_name, rows, diffs = groups[0][0], [], []
     for name, group in groups[1:]:
+        ref_runs = groups[0][1]
         seeds = sorted(set(ref_runs) & set(group))
+        if not seeds and one_published_test(ref_runs, group):  # one run each, on the archive's runs: paired whatever the seeds
+            seeds = list(group)
+            ref_runs = {seeds[0]: next(iter(ref_runs.values()))}
         if not seeds:
             short = [_named(n, runs, label) for n, runs in ((name, group), (ref_name, ref_runs))]
             raise MetalearnError(f"{short[0]} shares no seed with {short[1]} (seeds {sorted(group)} vs {sorted(ref_runs)}); "
@@ -254,6 +200,11 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
                      "predictions_differ": changed, "predictions": total})
         diffs.append(sum(y.mean(1) - x.mean(1) for x, y in zip(a, b)) / len(seeds))
     return rows, diffs
+
+
+def one_published_test(a: dict[int, Path], b: dict[int, Path]) -> bool:
+    """Two single runs, both tested on Lake et al.'s published runs: their seeds did not draw the tasks."""
+    return len(a) == len(b) == 1 and all(published(read_run(r)["results"]) for r in (*a.values(), *b.values()))
 
 
 def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:

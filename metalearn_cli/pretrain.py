@@ -35,7 +35,7 @@ from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.episodes import EpisodeSampler, TaskShapes, alphabet_groups, is_lake, resident, split_seed, validation_sampler
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.evaluation import score_checkpoint
-from metalearn_cli.lake_original import original_runs
+from metalearn_cli.lake_original import OriginalRuns
 from metalearn_cli.loop import Stage
 from metalearn_cli.objectives import EpisodicObjective, SupervisedObjective
 from metalearn_cli.rundir import STAGE, RunDir, read_json
@@ -126,23 +126,24 @@ def protonet_config(cfg: Any) -> dict[str, Any]:
     return config
 
 
-def pretrain_stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device) -> tuple[Optional[Stage], Optional[Path]]:
+def pretrain_stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device,
+                   original: Optional[OriginalRuns] = None) -> tuple[Optional[Stage], Optional[Path]]:
     """The stage of ``<run>/pretrain`` and the checkpoint it resumes from; ``(None, None)`` once it is
-    done (tested)."""
+    done (tested). ``original``: Lake et al.'s runs the run tests on (``eval.lake_runs``), read once by the run."""
     files = RunDir(stage_dir(run_dir))
     if files.results.is_file() and files.best.is_file():
         return None, None
     build = _episodic if is_episodic(cfg.pretrain) else _supervised
-    return build(cfg, Path(run_dir), data, device), (files.last if files.last.is_file() else None)
+    return build(cfg, Path(run_dir), data, device, original), (files.last if files.last.is_file() else None)
 
 
-def _stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device, strategy: Any, **settings: Any) -> Stage:
+def _stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device, strategy: Any,
+           original: Optional[OriginalRuns], **settings: Any) -> Stage:
     """What both kinds of stage share: the run's fixed validation tasks, and the final test:
     nearest-centroid on the run's own test (Lake's runs when the run's are), as ``metalearn eval
     RUN/pretrain`` gives it."""
     e, p = cfg.episode, cfg.pretrain
     lake = is_lake(e)
-    original = original_runs(cfg.eval, cfg.dataset, data.test, e.way, lake)  # Lake's own runs, as the run's test
 
     def test() -> dict[str, Any]:  # its test_outcomes.npz pairs it with the run's (metalearn compare RUN/pretrain RUN)
         return score_checkpoint(strategy, data, "test", (e.way, e.shot, e.query), cfg.eval, cfg.seed, device,
@@ -154,7 +155,7 @@ def _stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device, str
                  logger=cfg.logger, test=test, resume_hint=run_dir, pixel_mean=data.pixel_mean, **settings)
 
 
-def _supervised(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device) -> Stage:
+def _supervised(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device, original: Optional[OriginalRuns]) -> Stage:
     """Classification over every training class. Built in the order the weights were always drawn:
     the run's meta-network, then the stage's encoder, then the head."""
     p, config = cfg.pretrain, protonet_config(cfg)
@@ -168,13 +169,13 @@ def _supervised(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device
     def extras() -> dict[str, Any]:
         return {"dataset": data.name, "strategy": "pretrain", "stage": "supervised pre-training, nearest-centroid evaluation"}
 
-    return _stage(cfg, run_dir, data, device, strategy, name="pre-training", step_name="pre-training step",
+    return _stage(cfg, run_dir, data, device, strategy, original, name="pre-training", step_name="pre-training step",
                   objective=objective, trainer=typed.trainer, evaluation=typed.eval,
                   config=config, optimizer=p.optimizer, optimizer_key="pretrain.optimizer", checkpoint_every=p.val_every,
                   val_bn_mode="running", extras=extras)
 
 
-def _episodic(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device) -> Stage:
+def _episodic(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device, original: Optional[OriginalRuns]) -> Stage:
     """ProtoNet meta-training on the stage's tasks, under the run's optimizer. Its weights are drawn
     from the run's seed afresh and its tasks from the training stream, so the stage is exactly the
     run ``metalearn train decoder=prototype strategy=mgd`` with the stage's task shape would be."""
@@ -193,7 +194,7 @@ def _episodic(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device) 
         return {"dataset": data.name, "strategy": "pretrain", "train_way": s.train_way, "train_query": s.train_query,
                 "stage": "episodic pre-training (prototypes, mgd), nearest-centroid evaluation"}
 
-    return _stage(cfg, run_dir, data, device, strategy, name="episodic pre-training", step_name="pre-training iteration",
+    return _stage(cfg, run_dir, data, device, strategy, original, name="episodic pre-training", step_name="pre-training iteration",
                   objective=objective, trainer=typed.trainer, evaluation=typed.eval, config=config, optimizer=cfg.optimizer,
                   optimizer_key="optimizer", checkpoint_every=cfg.trainer.checkpoint_every,
                   val_bn_mode=resolve_bn_mode(cfg.eval.bn_mode, strategy), extras=extras)

@@ -159,7 +159,7 @@ class Training:
         if source is None or self.meta.step > 0 or not self.main:
             return
         self.meta.save_last()
-        stage, resume = pretrain_stage(self.cfg, self.run_dir, self.data, self.device)
+        stage, resume = pretrain_stage(self.cfg, self.run_dir, self.data, self.device, self.original)
         if stage is not None:
             TrainingRun(dataclasses.replace(stage, clock=self.clock), self.device, World(), resume).run(stop)
         initialise_from(self.strategy, str(source))

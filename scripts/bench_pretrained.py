@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from metalearn_cli.compare import differing, outcomes, paired, predictions  # noqa: E402
+from metalearn_cli.paired_stats import differing, outcomes, paired, predictions  # noqa: E402
 
 FROZEN = ["trainer.freeze_encoder=true", "optimizer.lr=0.001"]
 TUNED = ["optimizer.lr=0.0002"]

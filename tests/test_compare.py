@@ -4,36 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import FAST
 from metalearn_cli.cli import main
-from metalearn_cli.compare import differing, mcnemar, outcomes, paired, predictions
-
-
-def test_mcnemar_exact_and_chi_square():
-    assert mcnemar(0, 0) == 1.0
-    assert mcnemar(0, 6) == pytest.approx(2 / 64)  # exact: both tails of Binomial(6, 1/2) at 0
-    assert mcnemar(3, 3) == 1.0
-    assert mcnemar(10, 40) == pytest.approx(math.erfc(math.sqrt((30 - 1) ** 2 / 50 / 2)))
-
-
-def test_paired_counts_and_interval():
-    rng = np.random.default_rng(0)
-    a = rng.random((200, 15)) < 0.6
-    b = a.copy()
-    b[:, 0] = True  # B also gets every first query right
-    result = paired(a, b)
-    assert result["only_reference_right"] == 0 and result["only_run_right"] == int((~a[:, 0]).sum())
-    assert result["difference"] == pytest.approx(100 * (b.mean() - a.mean()))
-    assert result["ci95_low"] <= result["difference"] <= result["ci95_high"] and result["ci95_low"] > 0
-    same = paired(a, a)
-    assert same["difference"] == same["ci95_low"] == same["ci95_high"] == 0 and same["mcnemar_p"] == 1.0
+from metalearn_cli.paired_stats import outcomes, predictions
 
 
 def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
@@ -63,27 +41,6 @@ def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "holds no test_outcomes.npz" in err and "metalearn eval checkpoint=" in err and err.count("\n") == 1
-
-
-def test_differing_predictions_are_counted_over_seeds_and_unknown_for_old_files():
-    a = [np.array([[0, 1, 2], [3, 4, 0]]), np.array([[1, 1, 1], [2, 2, 2]])]
-    b = [np.array([[0, 2, 2], [3, 4, 1]]), np.array([[1, 1, 1], [2, 2, 2]])]
-    assert differing(a, b) == (2, 12) and differing(a, a) == (0, 12)
-    assert differing(a, [b[0], None]) == (None, 0)
-
-
-def test_paired_over_seeds_is_the_mean_of_seeds_and_holds_their_spread():
-    rng = np.random.default_rng(1)
-    a = [rng.random((300, 10)) < 0.6 for _ in range(3)]
-    shifts = (0.0, 0.1, 0.2)  # B's gain differs by seed
-    b = [x | (rng.random(x.shape) < s) for x, s in zip(a, shifts)]
-    both = paired(a, b)
-    per_seed = [paired(x, y)["difference"] for x, y in zip(a, b)]
-    assert both["seeds"] == 3 and both["tasks"] == 300
-    assert both["difference"] == pytest.approx(np.mean(per_seed))
-    pooled = paired(np.concatenate(a), np.concatenate(b))  # as if 900 tasks of one seed
-    assert both["ci95_high"] - both["ci95_low"] > 1.5 * (pooled["ci95_high"] - pooled["ci95_low"])
-    assert both["only_run_right"] == pooled["only_run_right"] and both["mcnemar_p"] == pooled["mcnemar_p"]
 
 
 def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -155,10 +156,10 @@ def test_the_runs_need_lake_s_protocol_and_its_way(tmp_path):
     assert original_runs(settings, omniglot(), split, 5, lake=True).characters == [[c for c, _, _ in r] for r in RUNS]
 
 
-def test_eval_command_scores_lake_s_own_runs_of_a_background_model(tmp_path):
+def test_eval_command_scores_lake_s_own_runs_of_a_background_model(tmp_path, capsys):
     """``python -m metalearn_cli eval ... eval.lake_runs=DIR`` (a folder with a space and non-ASCII in its name)
     scores exactly the archive's runs: as many tasks as runs, recorded as their own protocol; a training run
-    given the archive's relative path saves it absolute and tests on the same runs."""
+    given the archive's relative path saves it absolute and tests on the same runs, its pre-training stage too."""
     from metalearn_cli.data import DATASETS
 
     test = DATASETS.build(omniglot()).test
@@ -169,12 +170,16 @@ def test_eval_command_scores_lake_s_own_runs_of_a_background_model(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "train", "dataset=omniglot_background", "encoder=conv4",
                            "encoder.width=8", "trainer.iterations=2", "trainer.val_every=2", "trainer.val_episodes=4",
                            "trainer.train_way=20", "episode=lake20way1shot", "eval.lake_runs=\"Lake runs ü\"",
+                           "pretrain=episodic", "pretrain.iterations=2", "pretrain.val_every=2", "pretrain.val_episodes=4",
+                           "pretrain.train_way=20",
                            "trainer.progress=false", "device=cpu", f"hydra.run.dir={run}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     trained = json.loads((run / "results.json").read_text())
     saved = OmegaConf.load(run / ".hydra" / "config.yaml")
     assert saved.eval.lake_runs == str(folder) and trained["protocol"] == "lake_original" and trained["episodes"] == 3
+    stage = json.loads((run / "pretrain" / "results.json").read_text())  # the pre-training stage tests on them too
+    assert (stage["protocol"], stage["lake_runs"]) == ("lake_original", trained["lake_runs"])
     proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "eval", f"checkpoint={run}", "device=cpu",
                            f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -193,3 +198,19 @@ def test_eval_command_scores_lake_s_own_runs_of_a_background_model(tmp_path):
 
     assert main(["compare", str(run), str(tmp_path / "eval"), "--out", str(tmp_path / "cmp")]) == 0
     assert main(["compare", str(run), str(tmp_path / "drawn")]) == 2
+    # another seed tests on the same published runs, so it pairs with seed 0; another copy of the runs does not
+    proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "eval", f"checkpoint={run}", "device=cpu", "seed=1",
+                           f"hydra.run.dir={tmp_path / 'seed1'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main(["compare", "--setting", str(run), "--setting", str(tmp_path / "seed1"), "--out", str(tmp_path / "cmp1")]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "cmp1" / "compare.csv", encoding="utf-8")))
+    assert len(rows) == 1 and (rows[0]["seeds"], rows[0]["tasks"]) == ("1", "3")
+    assert rows[0]["accuracy_run"] == rows[0]["accuracy_reference"]  # the same network on the same runs
+    shutil.copytree(tmp_path / "seed1", tmp_path / "other")
+    record = json.loads((tmp_path / "other" / "results.json").read_text())
+    record["lake_runs"]["digest"] = "0" * 12
+    (tmp_path / "other" / "results.json").write_text(json.dumps(record))
+    assert main(["compare", "--setting", str(run), "--setting", str(tmp_path / "other")]) == 2
+    assert "different copies of Lake et al.'s runs" in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""Paired statistics of two runs' per-query outcomes on the same fixed test tasks: the outcomes as
+``test_outcomes.npz`` holds them, the bootstrap interval of the difference (over tasks, or seeds then
+tasks), McNemar's test and how many predictions differ. ``metalearn compare`` and the benches share them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from metalearn_cli.errors import MetalearnError
+
+
+def read_outcomes(run: Path) -> tuple[Any, Any]:
+    """The run's per-query correctness ``[tasks, queries]`` (numpy bool) and predicted classes (int16;
+    None for a file written before they were kept), read in one pass."""
+    import numpy as np
+
+    path = run / "test_outcomes.npz"
+    if not path.is_file():
+        raise MetalearnError(f"{run} holds no test_outcomes.npz (runs before 2026-12-01); score it again with "
+                             f"metalearn eval checkpoint={run} hydra.run.dir=<new dir>, then compare that dir")
+    try:
+        with np.load(path) as f:
+            shape = tuple(int(s) for s in f["shape"])
+            correct = np.unpackbits(f["packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+            return correct, (f["predicted"] if "predicted" in f.files else None)
+    except (OSError, ValueError, KeyError) as exc:
+        raise MetalearnError(f"{path} is damaged ({exc.__class__.__name__}); score the run again with metalearn eval") from exc
+
+
+def outcomes(run: Path) -> Any:
+    """The run's per-query correctness ``[tasks, queries]`` (numpy bool)."""
+    return read_outcomes(run)[0]
+
+
+def predictions(run: Path) -> Any:
+    """The run's predicted classes ``[tasks, queries]``, or None for a file written before they were kept."""
+    return read_outcomes(run)[1]
+
+
+def differing(a: list[Any], b: list[Any]) -> tuple[Optional[int], int]:
+    """How many of the queries two runs predict differently (None when a file holds no predictions), of how many."""
+    if any(x is None for x in [*a, *b]):
+        return None, 0
+    return int(sum((x != y).sum() for x, y in zip(a, b))), sum(x.size for x in a)
+
+
+def mcnemar(only_a: int, only_b: int) -> float:
+    """Two-sided p-value of McNemar's test from the discordant counts."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    if n < 25:  # exact: the smaller count under Binomial(n, 1/2)
+        tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+        return min(1.0, 2 * tail)
+    statistic = (abs(only_a - only_b) - 1) ** 2 / n
+    return math.erfc(math.sqrt(statistic / 2))  # chi-square with one degree of freedom
+
+
+def paired(a: Any, b: Any, resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """B against A on the same tasks: mean per-task difference, its bootstrap CI95, McNemar. ``a`` and
+    ``b`` are ``[tasks, queries]`` outcomes, or lists of them paired by seed (a two-level bootstrap)."""
+    import numpy as np
+
+    a_seeds, b_seeds = (list(x) if isinstance(x, (list, tuple)) else [x] for x in (a, b))
+    diff = np.stack([bs.mean(1) - as_.mean(1) for as_, bs in zip(a_seeds, b_seeds)])  # [seeds, tasks]
+    rng = np.random.default_rng(seed)
+    if len(diff) == 1:
+        means = diff[0][rng.integers(0, diff.shape[1], size=(resamples, diff.shape[1]))].mean(1)
+    else:  # seeds with replacement, then tasks within each drawn seed (in chunks: memory stays small)
+        means = np.concatenate([diff[rng.integers(0, len(diff), size=(n, len(diff), 1)),
+                                     rng.integers(0, diff.shape[1], size=(n, len(diff), diff.shape[1]))].mean((1, 2))
+                                for n in [1000] * (resamples // 1000)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    a_all, b_all = np.concatenate(a_seeds), np.concatenate(b_seeds)
+    only_a, only_b = int((a_all & ~b_all).sum()), int((~a_all & b_all).sum())
+    return {"seeds": len(diff), "tasks": diff.shape[1], "accuracy_reference": 100 * a_all.mean(),
+            "accuracy_run": 100 * b_all.mean(), "difference": 100 * diff.mean(), "ci95_low": 100 * low,
+            "ci95_high": 100 * high, "only_reference_right": only_a, "only_run_right": only_b,
+            "mcnemar_p": mcnemar(only_a, only_b)}
