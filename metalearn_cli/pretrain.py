@@ -36,7 +36,7 @@ from metalearn_cli.episodes import EpisodeSampler, TaskShapes, alphabet_groups, 
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.lake_original import OriginalRuns
-from metalearn_cli.loop import Stage
+from metalearn_cli.stage import Stage
 from metalearn_cli.objectives import EpisodicObjective, SupervisedObjective
 from metalearn_cli.rundir import STAGE, RunDir, read_json
 from metalearn_cli.schema import is_episodic

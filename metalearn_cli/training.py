@@ -2,7 +2,7 @@
 
 Owns: a run's set-up (device, processes, validation of the config, the data, the meta-network and
 where its weights start), its stages in order (the pre-training stage when ``pretrain.iterations >
-0``, then meta-training; each a :class:`~metalearn_cli.loop.Stage` run by the one loop), one lock on
+0``, then meta-training; each a :class:`~metalearn_cli.stage.Stage` run by the one loop), one lock on
 the run directory and one stop handler over all stages. Hydra-free: it takes a composed config and a
 run directory, so tests call it directly.
 """
@@ -34,7 +34,8 @@ from metalearn_cli.lake_runs import LakeRuns
 from metalearn_cli.errors import ConfigError, Interrupted
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.finetune import Finetuner
-from metalearn_cli.loop import RunClock, Stage, TrainingRun
+from metalearn_cli.loop import TrainingRun
+from metalearn_cli.stage import RunClock, Stage
 from metalearn_cli.objectives import EpisodicObjective
 from metalearn_cli.pretrain import check_stage_fits, pretrain_stage, pretrained_checkpoint, resolve_budget, stage_summary
 from metalearn_cli.resume import resume_checkpoint
