@@ -17,10 +17,9 @@ from typing import Optional
 from metalearn_cli.cli import placement
 from metalearn_cli.cli.apps import APPS, SWEEP_JOBS, register_configs, run_app
 from metalearn_cli.cli.placement import config_keys, no_empty_sweep, override_values, place_run, print_help, refused_config
+from metalearn_cli.command_help import USAGE, shell_completion, version_line
 from metalearn_cli.command_line import (
-    FLAG_COMMANDS, USAGE, add_override, check_debug, check_groups, flag_present, hydra_argv, rank, refuse_unknown_flags, shell_completion,
-    sweep_requested,
-    version_line,
+    FLAG_COMMANDS, add_override, check_debug, check_groups, flag_present, hydra_argv, rank, refuse_unknown_flags, sweep_requested,
 )
 from metalearn_cli.console import as_user_error, errors_once_under_torchrun, suggest
 from metalearn_cli.errors import MetalearnError

@@ -13,9 +13,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from metalearn_cli.command_help import render_help
 from metalearn_cli.command_line import (
-    CONFIG_FLAGS, PRINTING_FLAGS, VALUE_FLAGS, claim_fresh, flag_present, rank, refuse_foreign_target, render_help,
-    sweep_requested, with_run_dir,
+    CONFIG_FLAGS, PRINTING_FLAGS, VALUE_FLAGS, claim_fresh, flag_present, rank, refuse_foreign_target, sweep_requested,
+    with_run_dir,
 )
 from metalearn_cli.console import one_line, shell_override
 from metalearn_cli.errors import ConfigError
