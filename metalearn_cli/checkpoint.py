@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from metalearn_cli.console import shell_override
 from metalearn_cli.errors import CheckpointError
 from metalearn_cli.files import save_torch
 from metalearn_cli.rundir import resolve_checkpoint
@@ -39,7 +40,7 @@ def read_state(path: Path) -> Any:
     if not path.is_file():
         what = "does not exist" if not path.exists() else "is not a file" if not path.is_dir() else "is a folder"
         raise CheckpointError(f"checkpoint {path} {what}; pass checkpoints/best.pt or last.pt of a run dir")
-    other = {"best.pt": "use the run's checkpoints/last.pt", "last.pt": "use the run's checkpoints/best.pt"}.get(
+    other = {"best.pt": "use the run's checkpoints/last.pt", "last.pt": f"use the run's checkpoints/best.pt (to train on: {shell_override('resume', path.parent / 'best.pt')})"}.get(
         path.name, "use another checkpoint, e.g. checkpoints/last.pt or best.pt of the run")
     changed = _changed_entry(path)
     if changed:

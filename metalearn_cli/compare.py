@@ -102,13 +102,13 @@ def same_tasks(reference: Path, run: Path) -> None:
         raise MetalearnError(f"{run} and {reference} were scored on different copies of Lake et al.'s runs "
                              f"(eval.lake_runs={b['lake_runs'].get('source')} vs {a['lake_runs'].get('source')}, other "
                              "characters or drawers); score both on one archive to compare them")
+    if differ:
+        raise MetalearnError(f"{run} was not scored on the tasks of {reference} ({', '.join(f'{k}: {a.get(k)} vs {b.get(k)}' for k in differ[:3])}); "
+                             "score both on the same tasks (metalearn eval ... seed=S episode=...) to compare them")
     if a.get("split_classes") and b.get("split_classes") and a["split_classes"] != b["split_classes"]:
         raise MetalearnError(f"{run} was not scored on the classes of {reference}: the same task seeds, but the "
                              f"{a.get('split', 'test')} split holds other classes (a folder data set changed or re-split "
                              "between the runs); pairing them would compare different tasks")
-    if differ:
-        raise MetalearnError(f"{run} was not scored on the tasks of {reference} ({', '.join(f'{k}: {a.get(k)} vs {b.get(k)}' for k in differ[:3])}); "
-                             "score both on the same tasks (metalearn eval ... seed=S episode=...) to compare them")
     protocol = [k for k in TEST_SETTINGS if None not in (a.get(k), b.get(k)) and a[k] != b[k]]  # older results lack some
     if protocol:  # the same tasks under another test protocol: said, not refused
         print(f"note: {run} and {reference} were tested differently ({', '.join(f'eval.{k}={b[k]} vs {a[k]}' for k in protocol)}): "
@@ -207,6 +207,15 @@ def one_published_test(a: dict[int, Path], b: dict[int, Path]) -> bool:
     return len(a) == len(b) == 1 and all(published(read_run(r)["results"]) for r in (*a.values(), *b.values()))
 
 
+def few_tasks_note(tasks: int, reference: Path) -> str:
+    """What to do when a comparison rests on too few tasks: score more, or (Lake et al.'s published runs, all
+    there are) compare more seeds."""
+    how = ("Lake et al. published only these runs: compare more seeds of each setting (--setting RUN ...)"
+           if published(read_run(reference)["results"]) else
+           f"score {FEW_TASKS} or more (metalearn eval checkpoint=RUN eval.episodes=1000)")
+    return f"note: {tasks} tasks are too few for a trustworthy interval or p-value; {how}"
+
+
 def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
     """The runs each given path stands for; of a sweep dir, only its jobs with test results (a job named
     alone must have them, :func:`same_tasks`): the others are listed in a note, with how to finish them."""
@@ -271,7 +280,6 @@ def main(argv: list[str]) -> int:
               f"{r['only_reference_right']} queries only one got right)"
               + (f"; {r['predictions_differ']} of {r['predictions']} predictions differ" if r["predictions_differ"] is not None else ""))
         if r["tasks"] * r["seeds"] < FEW_TASKS:
-            print(f"note: {r['tasks'] * r['seeds']} tasks are too few for a trustworthy interval or p-value; score "
-                  f"{FEW_TASKS} or more (metalearn eval checkpoint=RUN eval.episodes=1000)", file=sys.stderr)
+            print(few_tasks_note(r["tasks"] * r["seeds"], next(iter(groups[0][1].values()))), file=sys.stderr)
     print(f"wrote {out / 'compare.csv'} and {figure(rows, diffs, out)}")
     return 0

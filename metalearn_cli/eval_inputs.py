@@ -12,8 +12,10 @@ import torch
 from omegaconf import OmegaConf
 
 from metalearn_cli.config_checks import validate_eval
+from metalearn_cli.console import shell_override
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.ensemble import Ensemble, other_data
+from metalearn_cli.episodes import is_lake
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.schema import EvalConfig
 
@@ -59,8 +61,9 @@ def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool
         return dataset
     if dataset.get("root") is not None or root is not None:
         if root is None:
-            raise ConfigError(f"{source} was trained on {dataset.get('name')} read from {dataset['root']}; pass "
-                              f"dataset_root=DIR to say where to read it (e.g. dataset_root={dataset['root']})")
+            raise ConfigError(f"{source} was trained on {dataset.get('name')} read from {dataset['root']}; eval reads a data "
+                              "folder only where the command names it (a checkpoint's recorded path is not followed on its "
+                              f"own: it may come from another machine): add {shell_override('dataset_root', dataset['root'])}")
         if "root" not in dataset:
             raise ConfigError(f"dataset_root={root} but {source}'s data set ({dataset.get('name')}) is not read from a folder; drop it")
         if not Path(root).is_dir():
@@ -82,6 +85,18 @@ def eval_settings(choices: Any, saved: Any, whose: str = "the checkpoint") -> An
     if kept:
         log.info("%s's own test settings: %s (set any of them on the command line to change it)", whose, " ".join(kept))
     return merged
+
+
+def published_runs_settings(typed: Any, settings: Any, episode: Any) -> None:
+    """The checkpoint's ``eval.lake_runs`` (Lake et al.'s published runs) is its test of Lake's protocol: another
+    episode named on the command line tests without them (said); a task count cannot apply to 20 fixed runs (said)."""
+    if settings.lake_runs and not is_lake(episode) and not typed.lake_runs:
+        log.info("the checkpoint's eval.lake_runs (Lake et al.'s published runs) is not used: episode=%d-way %d-shot "
+                 "tasks are drawn", episode.way, episode.shot)
+        settings.lake_runs = None
+    elif settings.lake_runs and is_lake(episode) and typed.episodes is not None:
+        log.warning("eval.episodes=%s is not used: eval.lake_runs scores every one of the runs Lake et al. published "
+                    "(eval.lake_runs='' scores that many drawn runs instead)", typed.episodes)
 
 
 def member_settings(choices: Any, ensemble: Ensemble, first: Any) -> list[Any]:

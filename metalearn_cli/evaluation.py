@@ -33,7 +33,9 @@ from metalearn_cli.lake_original import OriginalRuns, original_runs
 from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble
-from metalearn_cli.eval_inputs import check_ensemble_options, dataset_of, eval_settings, member_data, member_settings, reads_folder
+from metalearn_cli.eval_inputs import (
+    check_ensemble_options, dataset_of, eval_settings, member_data, member_settings, published_runs_settings, reads_folder,
+)
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.resume import run_dir_of, unfinished_note
 from metalearn_cli.rundir import RunDir, read_json, write_results, write_status
@@ -265,6 +267,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     for settings, member in zip(each, members):
         check_tta_shift(settings.tta_shift, member.image_shape)
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
+    published_runs_settings(cfg.eval, eval_cfg, episode)
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed
     finetune = Finetuner.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
     support = SupportCopies.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).augment, data.image_shape)

@@ -111,7 +111,11 @@ def read_runs(path: Path, test: ClassImages, fmt: Any) -> OriginalRuns:
         names.append(name[len(prefix):].split("/")[0])
         characters.append(chars)
         drawers.append([(drawer, query_drawer) for (_, query_drawer), (_, drawer) in found_in])
-    return OriginalRuns(str(path), names, characters, drawers)
+    numbers = [int(n[3:]) for n in names]
+    if gaps := sorted(set(range(1, max(numbers) + 1)) - set(numbers)):  # a run lost in copying would shift every figure
+        raise DataError(f"eval.lake_runs={path} holds {names[-1]} but not run{gaps[0]:02d}{' and others' if len(gaps) > 1 else ''}: "
+                        f"a run is missing; download {ARCHIVE} again")
+    return OriginalRuns(str(path.absolute()), names, characters, drawers)
 
 
 def _pairs(path: Path, text: bytes, name: str) -> list[tuple[str, int, tuple[str, str]]]:

@@ -95,7 +95,7 @@ class MLflowSink:
     RECORD = "mlflow.json"
 
     def __init__(self, params: MLflowParams, run_dir: Path, resume_step: Optional[int], config: Any) -> None:
-        uri = params.tracking_uri or (run_dir / "mlruns").resolve().as_uri()
+        uri = absolute_uri(params.tracking_uri) if params.tracking_uri else (run_dir / "mlruns").resolve().as_uri()
         if uri.startswith("file:"):  # MLflow 3 keeps its local file store behind this switch
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         else:  # a server that does not answer: a minute, not MLflow's default of minutes of retries
@@ -107,9 +107,11 @@ class MLflowSink:
             self._start(params, run_dir, resume_step, config, uri)
             self.where = f"MLflow run {self._run_id} in {uri} (experiment {params.experiment})"
         except MlflowException as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"logger.tracking_uri={uri}: MLflow could not start the run ({first}); start the server or fix "
-                              "the URI, or use logger=tensorboard (metrics.jsonl is written either way)") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first if len(first) <= 300 else first[:300].rsplit(" ", 1)[0] + " ..."
+            fix = "fix the URI" if uri.startswith(("file:", "sqlite:")) else "start the server or fix the URI"
+            raise ConfigError(f"logger.tracking_uri={uri}: MLflow could not start the run ({first}); {fix}, or use "
+                              "logger=tensorboard (metrics.jsonl is written either way)") from None
 
     def _start(self, params: MLflowParams, run_dir: Path, resume_step: Optional[int], config: Any, uri: str) -> None:
         from mlflow.entities import Param
@@ -117,7 +119,7 @@ class MLflowSink:
 
         self._client, record = MlflowClient(tracking_uri=uri), run_dir / self.RECORD
         self._logged_to = -1  # a resume after a kill: the steps MLflow already holds are not logged twice
-        saved = json.loads(record.read_text(encoding="utf-8")) if resume_step is not None and record.is_file() else {}
+        saved = self._record(record) if resume_step is not None else {}
         own = params.tracking_uri is None  # the run dir's own store, wherever the run dir has moved since
         if saved.get("tracking_uri") == uri or (own and saved.get("own_store", str(saved.get("tracking_uri")).endswith("/mlruns"))):
             self._run_id = saved["run_id"]
@@ -137,6 +139,14 @@ class MLflowSink:
             self._client.log_batch(self._run_id, params=settings[i:i + 100])
         write_json(record, {"tracking_uri": uri, "own_store": params.tracking_uri is None, "run_id": self._run_id,
                             "experiment": params.experiment})
+
+    @staticmethod
+    def _record(record: Path) -> dict[str, Any]:
+        """A resumed run's ``mlflow.json``: the MLflow run it continues (none: a new MLflow run, said)."""
+        if not record.is_file():
+            log.warning("%s is gone: this resume logs to a new MLflow run (the earlier one stays in its store)", record)
+            return {}
+        return mlflow_record(record)
 
     def _last_logged_step(self) -> int:
         """The last step of any metric the run holds (MLflow cannot drop points: after a kill, those past the
@@ -168,6 +178,40 @@ def _millis() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+def mlflow_record(record: Path) -> dict[str, Any]:
+    """``mlflow.json`` read back: the MLflow run a resume continues; damaged, one line (checked before a resume
+    writes anything, :func:`check_resumable`)."""
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        if isinstance(saved, dict) and isinstance(saved.get("run_id"), str):
+            return saved
+    except (OSError, ValueError):
+        pass
+    raise ConfigError(f"{record} is damaged: it names no MLflow run to continue; restore it, or delete it to log this "
+                      "run's rest to a new MLflow run")
+
+
+def check_resumable(logger_cfg: Any, run_dir: Path) -> None:
+    """A resume's logger records (the run's and its pre-training stage's ``mlflow.json``) are readable."""
+    if str(logger_cfg.get("name")) == "mlflow":
+        for record in (run_dir / MLflowSink.RECORD, run_dir / "pretrain" / MLflowSink.RECORD):
+            if record.is_file():
+                mlflow_record(record)
+
+
+def absolute_uri(uri: str) -> str:
+    """``logger.tracking_uri`` as saved with the run: a folder (``file:DIR``, a plain path, ``sqlite:///FILE``)
+    made absolute, so a resume from another folder logs to the same store; a server's URI as given."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().absolute())
+    if "://" in uri and not uri.startswith("file:"):
+        return uri
+    path = uri[len("file:"):] if uri.startswith("file:") else uri
+    if path.startswith("//"):  # file://HOST/PATH or file:///PATH: already absolute
+        return uri
+    return Path(path).expanduser().absolute().as_uri()
 
 
 def build_sink(logger_cfg: Any, run_dir: Path, resume_step: Optional[int], config: Any) -> Sink:

@@ -91,7 +91,13 @@ def refuse_rewinding(value: str, path: Path) -> None:
         return
     if RunDir(path.parent.parent).results.is_file():  # a completed run: the loop says what resuming it means
         return
-    behind, ahead = int(load_checkpoint(path).get("step", 0)), int(load_checkpoint(last).get("step", 0))
+    behind = int(load_checkpoint(path).get("step", 0))
+    try:
+        ahead = int(load_checkpoint(last).get("step", 0))
+    except CheckpointError as exc:  # a damaged last.pt: best.pt is what is left to train on from
+        log.warning("%s; resuming from %s (step %d): the steps after it are trained again and last.pt is replaced at "
+                    "the next save", exc, path.name, behind)
+        return
     if ahead > behind:
         raise CheckpointError(f"resume={value} would train on from step {behind} and overwrite {last} (step {ahead}): "
                               f"the run's last {ahead - behind} steps would be lost; {shell_override('resume', path.parent.parent)} "

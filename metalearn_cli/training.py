@@ -34,6 +34,7 @@ from metalearn_cli.lake_runs import LakeRuns
 from metalearn_cli.errors import ConfigError, Interrupted
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.finetune import Finetuner
+from metalearn_cli.loggers import absolute_uri, check_resumable
 from metalearn_cli.loop import TrainingRun
 from metalearn_cli.stage import RunClock, Stage
 from metalearn_cli.objectives import EpisodicObjective
@@ -69,9 +70,13 @@ class Training:
         self.resume = resume_checkpoint(cfg.resume, self.run_dir)
         if self.resume is None:
             refuse_held(self.run_dir)
+        else:
+            check_resumable(cfg.logger, self.run_dir)
         for part, key in (("dataset", "root"), ("dataset", "split_file"), ("eval", "lake_runs")):  # saved absolute (a
             if cfg[part].get(key):  # resume's new root too): resume and eval work from any folder
                 cfg[part][key] = os.path.abspath(os.path.expanduser(str(cfg[part][key])))
+        if cfg.logger.get("tracking_uri"):  # an MLflow store in a folder, likewise
+            cfg.logger.tracking_uri = absolute_uri(str(cfg.logger.tracking_uri))
         self._build()
         self.meta = TrainingRun(self.meta_stage(), self.device, self.ranks, self.resume)
 

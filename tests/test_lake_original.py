@@ -115,6 +115,7 @@ def _edit(path: Path, name: str, data: bytes | None) -> None:
     ("other drawing", "is none of the test split's drawings"),
     ("two characters", "pairs drawings of two characters"),
     ("a character twice", "must name each character once"),
+    ("a run missing", "holds run02 but not run01: a run is missing"),
 ])
 def test_a_bad_archive_is_one_line_that_says_what_to_do(tmp_path, change, message):
     raw, names = drawings()
@@ -138,6 +139,8 @@ def test_a_bad_archive_is_one_line_that_says_what_to_do(tmp_path, change, messag
         _edit(path, labels, b"run01/test/item01.png run01/training/class01.png\n")
     elif change == "a character twice":
         _edit(path, labels, b"run01/test/item05.png run01/training/class01.png\n" * 2)
+    elif change == "a run missing":
+        _edit(path, labels, None)
     with pytest.raises(DataError, match=message) as info:
         read_runs(path, split, fmt)
     assert "\n" not in str(info.value)
@@ -195,6 +198,15 @@ def test_eval_command_scores_lake_s_own_runs_of_a_background_model(tmp_path, cap
     assert proc.returncode == 0 and (drawn["protocol"], drawn["episodes"]) == ("lake", 5) and "lake_runs" not in drawn
     # compare pairs two tests of Lake's runs, and refuses drawn runs beside them
     from metalearn_cli.cli import main
+
+    # another episode tests without the checkpoint's runs (said); a task count cannot apply to them (said)
+    assert main(["eval", f"checkpoint={run}", "device=cpu", "episode=5way1shot", "eval.episodes=4",
+                 f"hydra.run.dir={tmp_path / 'five'}"]) == 0
+    five = json.loads((tmp_path / "five" / "results.json").read_text())
+    assert (five["protocol"], five["way"], five["episodes"]) == ("random", 5, 4) and "lake_runs" not in five
+    assert main(["eval", f"checkpoint={run}", "device=cpu", "eval.episodes=7", f"hydra.run.dir={tmp_path / 'seven'}"]) == 0
+    assert json.loads((tmp_path / "seven" / "results.json").read_text())["episodes"] == 3
+    assert "eval.episodes=7 is not used" in (tmp_path / "seven" / "eval.log").read_text()
 
     assert main(["compare", str(run), str(tmp_path / "eval"), "--out", str(tmp_path / "cmp")]) == 0
     assert main(["compare", str(run), str(tmp_path / "drawn")]) == 2

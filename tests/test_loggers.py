@@ -137,3 +137,32 @@ def test_an_mlflow_server_that_does_not_answer_is_one_line_not_a_bug(tmp_path, c
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "logger.tracking_uri=http://127.0.0.1:1: MLflow could not start the run" in last and "this is a bug" not in last
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_relative_mlflow_store_is_saved_absolute_and_a_damaged_record_is_one_line(tmp_path, capsys, monkeypatch):
+    """``logger.tracking_uri=file:store`` (or a plain folder) is the folder where the command ran: saved absolute,
+    a resume from another folder logs to the same MLflow run; a damaged ``mlflow.json`` is one line, an empty
+    experiment name is refused before anything is written."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "logger=mlflow", "logger.tracking_uri=file:my_store", f"hydra.run.dir={run}"]) == 0
+    saved = json.loads((run / "mlflow.json").read_text())
+    assert saved["tracking_uri"] == (tmp_path / "my_store").as_uri()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", f"resume={run}", "trainer.iterations=15"]) == 0
+    assert json.loads((run / "mlflow.json").read_text())["run_id"] == saved["run_id"]
+    assert not (tmp_path / "elsewhere" / "my_store").exists()
+    history = MlflowClient(tracking_uri=saved["tracking_uri"]).get_metric_history(saved["run_id"], "val/accuracy")
+    assert [m.step for m in history] == [0, 5, 10, 15]
+    (run / "mlflow.json").write_text('{"run_id": "abc')
+    capsys.readouterr()
+    assert main(["train", f"resume={run}", "trainer.iterations=20"]) == 2
+    err = capsys.readouterr().err
+    assert "mlflow.json is damaged: it names no MLflow run to continue" in err and err.strip().count("\n") == 0
+    assert json.loads((run / "status.json").read_text())["status"] == "completed", (run / "status.json").read_text()
+    assert main(["train", *SMOKE, "logger=mlflow", "logger.experiment=''", f"hydra.run.dir={tmp_path / 'r2'}"]) == 2
+    assert "logger.experiment is empty" in capsys.readouterr().err and not (tmp_path / "r2" / "checkpoints").exists()

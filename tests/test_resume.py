@@ -163,6 +163,10 @@ def test_a_resume_from_an_earlier_checkpoint_than_last_pt_is_refused(trained_run
                                               r"last 6 steps would be lost"):
         resume_checkpoint(str(best), run)
     assert last.read_bytes() == before and resume_checkpoint(str(last), run) == last
+    last.write_bytes(before[: len(before) // 2])  # a truncated last.pt: best.pt is what is left, and its message says so
+    with pytest.raises(CheckpointError, match=r"use the run's checkpoints/best.pt \(to train on: resume="):
+        load_checkpoint(last)
+    assert resume_checkpoint(str(best), run) == best  # said in a warning, not refused
 
 
 def test_resuming_a_run_stopped_before_its_first_save_says_there_is_nothing_to_continue(tmp_path, capsys):

@@ -36,11 +36,16 @@ def find_images(root: Path, wnids: list[str]) -> dict[str, list[Path]]:
         for p in sorted(flat.iterdir()):
             if p.suffix.lower() in IMAGE_SUFFIXES and p.name[:9] in wanted:
                 found[p.name[:9]].append(p)
+    seen: dict[Path, Path] = {}  # a class folder linked to another's: one class's images in two splits
     for wnid in wnids:
         if wnid in found:
             continue
         for folder in (root / wnid, *(root / s / wnid for s in SPLITS), flat / wnid):
-            if folder.is_dir():
+            if folder.is_dir() and image_files(folder):  # an empty leftover folder does not hide the class's real one
+                if (real := folder.resolve()) in seen:
+                    raise DataError(f"class folders {seen[real]} and {folder} are one folder ({real}): one class's images would "
+                                    "train and test as two classes; remove the link and put that class's own images there")
+                seen[real] = folder
                 found[wnid] = image_files(folder)
                 break
     return found
@@ -62,7 +67,9 @@ def build_mini_imagenet(params: MiniImageNetParams) -> FewShotData:
     if missing:
         raise DataError(
             f"mini-ImageNet in {root} lacks {len(missing)} of the 100 classes of the Ravi split (e.g. {missing[0]}); "
-            f"put the images in {root}/images/ as <wnid><index>.jpg, or in {root}/<wnid>/ folders"
+            f"put the images in {root}/images/ as <wnid><index>.jpg, or in {root}/<wnid>/ or {root}/<train|val|test>/<wnid>/ "
+            "folders" + (f" (dataset.root is the folder that holds images/: dataset.root={root.parent})"
+                         if root.name == "images" and len(missing) == len(wnids) else "")
         )
     data = load_classes({w: files[w] for w in wnids}, params.image_format(), params.images_per_class,
                         root / CACHE_DIR if params.cache else None, "mini-ImageNet")

@@ -30,6 +30,9 @@ class MLflowParams:
     experiment: str = "metalearn"  # the MLflow experiment the run is filed under
 
     def __post_init__(self) -> None:
+        if not str(self.experiment).strip():
+            raise ConfigError("logger.experiment is empty; name the MLflow experiment the run is filed under "
+                              "(default: logger.experiment=metalearn)")
         if importlib.util.find_spec("mlflow") is None:
             raise ConfigError("logger=mlflow needs MLflow: pip install 'metalearn[mlflow]' (or mlflow-skinny), "
                               "or choose logger=tensorboard or logger=csv")

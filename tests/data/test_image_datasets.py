@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,23 @@ def test_mini_imagenet_missing_images_say_where_to_put_them(tmp_path):
     make_folder(tmp_path, mini.ravi_split()["train"][:3], per_class=1, flat=True)
     with pytest.raises(DataError, match=r"lacks 97 of the 100 classes .*images/ as <wnid><index>.jpg"):
         DATASETS.build({"name": "mini_imagenet", "root": str(tmp_path)})
+    with pytest.raises(DataError, match=r"lacks 100 .*the folder that holds images/: dataset.root="):
+        DATASETS.build({"name": "mini_imagenet", "root": str(tmp_path / "images")})
+
+
+def test_mini_imagenet_refuses_a_class_folder_linked_to_another_and_skips_empty_leftovers(tmp_path):
+    """A test class's folder that links to a training class's would test on training images; an empty
+    ``<wnid>/`` left beside ``train/<wnid>/`` must not hide the images there."""
+    split = mini.ravi_split()
+    for s, ws in split.items():
+        make_folder(tmp_path / s, ws, per_class=2, size=(10, 12))
+    (tmp_path / split["train"][0]).mkdir()  # empty, looked at first
+    data = DATASETS.build({"name": "mini_imagenet", "root": str(tmp_path), "image_size": 8, "images_per_class": 2})
+    assert data.train.n_classes == 64
+    shutil.rmtree(tmp_path / "test" / split["test"][0])
+    (tmp_path / "test" / split["test"][0]).symlink_to(tmp_path / "train" / split["train"][1])
+    with pytest.raises(DataError, match="are one folder"):
+        DATASETS.build({"name": "mini_imagenet", "root": str(tmp_path), "image_size": 8, "images_per_class": 2})
 
 
 def write_fake_cifar100(root: Path, per_class: int = 2) -> list[str]:
