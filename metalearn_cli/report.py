@@ -46,8 +46,8 @@ def _percent(value: Any, low: float = -math.inf) -> Optional[float]:
 
 
 def task_shape(record: dict[str, Any], episode: dict[str, Any]) -> str:
-    """``5w1s``: an eval dir's own tasks (with its split unless ``test``), a predict dir's folder task
-    (its classes and support images per class), a training run's test episode."""
+    """``5w1s``: an eval dir's own tasks (with its split unless ``test``; Lake et al.'s runs, drawn or
+    published, named), a predict dir's folder task (its classes and support images per class), a training run's test episode."""
     results = record["results"]
     if record["command"] == "predict":
         shots = sorted(set((results.get("support_per_class") or {}).values()))
@@ -56,6 +56,7 @@ def task_shape(record: dict[str, Any], episode: dict[str, Any]) -> str:
     way, shot = (results.get("way"), results.get("shot")) if record["command"] == "eval" else (episode.get("way"), episode.get("shot"))
     split = results.get("split") if record["command"] == "eval" and results.get("split") not in (None, "test") else None
     shape = f"{way or '?'}w{shot or '?'}s" if way or shot else ""
+    shape += {"lake": " Lake runs", "lake_original": " Lake's published runs"}.get(results.get("protocol"), "") if shape else ""
     return f"{shape} ({split})" if split else shape
 
 

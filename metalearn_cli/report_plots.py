@@ -6,6 +6,7 @@ configs, seeds aggregated (mean with a CI95 band / bar), in PNG, PDF or SVG."""
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,8 @@ def curves_figure(runs: list[Path], rows: list[dict[str, Any]], settings: list[s
     for ax in (loss_ax, val_ax):
         ax.tick_params(labelsize=FONT - 1)
         ax.grid(alpha=0.3)
-    labels = {s: f"{s} (n={len(m)})" if several else s for s, m in groups.items()}
+    shown = displayed(list(groups))
+    labels = {s: f"{shown[s]} (n={len(m)})" if several else shown[s] for s, m in groups.items()}
     _legend(fig, labels, palette)
     fig.tight_layout()
     return fig
@@ -105,7 +107,8 @@ def accuracy_figure(rows: list[dict[str, Any]], settings: list[str]) -> Any:
               for s, m in groups_of(list(range(len(rows))), rows, settings).items()}  # type: ignore[arg-type]
     groups = {s: m for s, m in groups.items() if m}
     palette = colours(list(groups))
-    lines = sum(len(textwrap.wrap(s, 48)) or 1 for s in groups)
+    shown = displayed(list(groups))
+    lines = sum(len(textwrap.wrap(shown[s], 48)) or 1 for s in groups)
     fig, ax = plt.subplots(figsize=(10, 1.4 + 0.3 * max(lines, 1) + 0.15 * len(groups)))
     ys = list(range(len(groups)))[::-1]
     lows, highs = [], []
@@ -126,7 +129,7 @@ def accuracy_figure(rows: list[dict[str, Any]], settings: list[str]) -> Any:
             highs.append(published)
         lows.append(mean - half)
         highs.append(mean + half)
-    ax.set_yticks(ys, [textwrap.fill(f"{s} (n={len(m)})" if len(m) > 1 else s, 48) for s, m in groups.items()],
+    ax.set_yticks(ys, [textwrap.fill(f"{shown[s]} (n={len(m)})" if len(m) > 1 else shown[s], 48) for s, m in groups.items()],
                   fontsize=FONT - 1)
     ax.set_xlabel("test accuracy (%)" + ("; × published" if any(r.get("published") is not None for r in rows) else ""),
                   fontsize=FONT)
@@ -163,4 +166,24 @@ def plot(runs: list[Path], rows: list[dict[str, Any]], settings: list[str], out:
     else:
         for stale in out.glob("curves.*"):  # a refreshed report keeps no figure of an earlier one
             stale.unlink()
-    return [*curves, *save(accuracy_figure(rows, settings), out / "accuracy", list(formats))]
+    if any(r["test_accuracy"] is not None for r in rows):
+        return [*curves, *save(accuracy_figure(rows, settings), out / "accuracy", list(formats))]
+    for stale in out.glob("accuracy.*"):  # no run was tested: no empty chart (the table says each run's status)
+        stale.unlink()
+    return curves
+
+
+LABEL_CHARS = 200  # a label longer than this (runs of unlike recipes) is cut in the figures; the tables hold it whole
+
+
+def displayed(settings: list[str]) -> dict[str, str]:
+    """Each setting as a figure shows it: cut at :data:`LABEL_CHARS` (numbered where two cut labels would read
+    alike), so runs of many unlike recipes still make a readable figure."""
+    cut = {s: s if len(s) <= LABEL_CHARS else s[:LABEL_CHARS].rsplit(" ", 1)[0] + " ... (report.md: all)" for s in settings}
+    counts = Counter(cut.values())
+    seen: Counter = Counter()
+    for s in settings:
+        if counts[cut[s]] > 1 and cut[s] != s:
+            seen[cut[s]] += 1
+            cut[s] = f"{cut[s]} [{seen[cut[s]]}]"
+    return cut

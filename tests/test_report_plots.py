@@ -76,3 +76,26 @@ def test_report_writes_each_requested_format(sweep, tmp_path, capsys):
     assert (tmp_path / "r" / "curves.pdf").read_bytes()[:4] == b"%PDF"
     assert main(["report", str(sweep), "--out", str(tmp_path / "r2"), "--format", "gif"]) == 2
     assert json.loads((sweep / "w4" / "status.json").read_text())["status"] == "completed"
+
+
+def test_long_labels_are_cut_in_figures_and_stay_distinct():
+    """Runs of unlike recipes differ in dozens of keys: the figures cut each label, numbering cut labels
+    that would read alike; short labels are shown whole."""
+    from metalearn_cli.report_plots import LABEL_CHARS, displayed
+
+    common = " ".join(f"key{i}=value{i}" for i in range(40))
+    long_a, long_b, short = common + " seed_like=a", common + " seed_like=b", "encoder.width=8"
+    shown = displayed([long_a, long_b, short])
+    assert shown[short] == short and len({*shown.values()}) == 3
+    assert all(len(shown[s]) < LABEL_CHARS + 40 and "(report.md: all)" in shown[s] for s in (long_a, long_b))
+
+
+def test_a_report_of_runs_without_a_test_draws_no_empty_accuracy_chart(tmp_path, capsys):
+    """A run stopped before its test (its results.json not written) has curves but no accuracy to chart."""
+    run = tmp_path / "stopped"
+    assert main(["train", *FAST, f"hydra.run.dir={run}"]) == 0
+    (run / "results.json").unlink()
+    (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert not (tmp_path / "rep" / "accuracy.png").exists() and (tmp_path / "rep" / "curves.png").is_file()
+    assert "interrupted" in (tmp_path / "rep" / "report.md").read_text()
