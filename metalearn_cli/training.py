@@ -31,7 +31,7 @@ from metalearn_cli.console import shell_override
 from metalearn_cli.episodes import EpisodeSampler, TaskShapes, check_fits, is_lake, resident, split_seed, validation_sampler
 from metalearn_cli.lake_original import original_runs
 from metalearn_cli.lake_runs import LakeRuns
-from metalearn_cli.errors import ConfigError, Interrupted
+from metalearn_cli.errors import ConfigError, DataError, Interrupted
 from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.loggers import absolute_uri, check_resumable
@@ -83,7 +83,7 @@ class Training:
     def _build(self) -> None:
         cfg, s = self.cfg, self.shapes
         seed_everything(cfg.seed)
-        self.data = data = DATASETS.build(cfg.dataset)
+        self.data = data = self._data()
         if self.resume is None and "classes" in cfg.dataset and not cfg.dataset.classes:  # a folder's split, kept for eval and resume
             cfg.dataset.classes = {s: list(getattr(data, s).class_names) for s in SPLITS}
         resolve_budget(cfg, data)
@@ -104,6 +104,16 @@ class Training:
             freeze_encoder(self.strategy, cfg)
         self.config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         self.config["resume"] = None  # a saved config describes the run, not how it was started
+
+    def _data(self) -> Any:
+        """The run's data set; a resume whose recorded folder is gone says how to point it at the new place."""
+        try:
+            return DATASETS.build(self.cfg.dataset)
+        except DataError as exc:
+            if self.resume is None or not self.cfg.dataset.get("root"):
+                raise
+            raise DataError(f"{exc} (moved since the run started? resume with "
+                            f"{shell_override('resume', self.run_dir)} dataset.root=NEW_FOLDER)") from None
 
     def meta_stage(self) -> Stage:
         cfg, s, data = self.cfg, self.shapes, self.data

@@ -30,6 +30,9 @@ def _read_cifar100(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, l
 
     if Path(root).exists() and not Path(root).is_dir():
         raise DataError(f"dataset.root={root} is a file, not a folder; pass the folder that holds cifar-100-python/")
+    if Path(root).name == "cifar-100-python":
+        raise DataError(f"dataset.root={root} is cifar-100-python/ itself; pass the folder that holds it: "
+                        f"dataset.root={Path(root).parent}")
     if download and not Path(root).exists():
         made = Path(root)  # torchvision makes the folder before it fetches: a failed fetch leaves none behind
         while not made.parent.exists():
@@ -44,7 +47,8 @@ def _read_cifar100(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, l
         fix = ("the download failed: check the connection, or put torchvision's cifar-100-python/ there" if download else
                "put torchvision's cifar-100-python/ there or pass dataset.download=true on a connected machine")
         raise DataError(f"CIFAR-100 not found or corrupted in {root} "
-                        f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}); {fix}") from exc
+                        f"({(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__).split(' You can use download=True')[0]}); "
+                        f"{fix}") from exc
     images = np.concatenate([p.data for p in parts])  # [60000, 32, 32, 3] uint8
     labels = np.concatenate([np.asarray(p.targets) for p in parts])
     return images, labels, list(parts[0].classes)

@@ -102,7 +102,7 @@ def test_folder_split_file_and_its_errors(tmp_path):
         DATASETS.build({"name": "folder"})
 
 
-def test_training_on_a_folder_data_set_learns(tmp_path, monkeypatch):
+def test_training_on_a_folder_data_set_learns(tmp_path, monkeypatch, capsys):
     """Class structure survives the folder reader: glyph images written as files, read back through
     dataset=folder, are learned far above chance (a reader that mixed up classes would sit at 20%). A relative
     dataset.root is saved absolute, so the run resumes (and is evaluated) from any folder."""
@@ -126,6 +126,12 @@ def test_training_on_a_folder_data_set_learns(tmp_path, monkeypatch):
     from metalearn_cli.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["config"]["dataset"]["root"] == str(tmp_path / "data")
+    from metalearn_cli.cli import main
+
+    (tmp_path / "data").rename(tmp_path / "moved data")  # a resume whose data moved says how to point it there
+    assert main(["train", f"resume={tmp_path / 'run'}", "trainer.iterations=32"]) == 2
+    assert "(moved since the run started? resume with resume=" in capsys.readouterr().err
+    assert main(["train", f"resume={tmp_path / 'run'}", "trainer.iterations=32", "dataset.root='moved data'"]) == 0
 
 
 @pytest.mark.parametrize("layout", ["images", "per_class", "per_split"])
@@ -201,8 +207,12 @@ def test_cifar_fs_uses_torchvisions_cifar100_and_the_bertinetto_split(tmp_path, 
 
 
 def test_cifar_fs_missing_is_one_line(tmp_path):
-    with pytest.raises(DataError, match="CIFAR-100 not found or corrupted .*dataset.download=true"):
+    with pytest.raises(DataError, match="CIFAR-100 not found or corrupted .*dataset.download=true") as info:
         DATASETS.build({"name": "cifar_fs", "root": str(tmp_path)})
+    assert "download=True" not in str(info.value)  # torchvision's Python argument, not this command line's
+    (tmp_path / "cifar-100-python").mkdir()
+    with pytest.raises(DataError, match=f"is cifar-100-python/ itself; pass the folder that holds it: dataset.root={tmp_path}"):
+        DATASETS.build({"name": "cifar_fs", "root": str(tmp_path / "cifar-100-python")})
 
 
 def test_a_short_class_is_named_when_every_class_is_cut_to_it(tmp_path, caplog):
