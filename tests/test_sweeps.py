@@ -75,6 +75,22 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
 
 
+@pytest.mark.skipif(not plugin("hydra_optuna_sweeper"), reason='needs the sweep extra: pip install -e ".[sweep]"')
+def test_a_study_continues_from_its_storage_and_a_storage_it_cannot_open_is_one_line(tmp_path):
+    """``hydra.sweeper.storage=sqlite:///FILE`` (the README's way to continue a study) works as installed by the
+    sweep extra; a storage the sweeper cannot open is the sweeper's own failure: one line, exit 1, the traceback in a file."""
+    proc, jobs = sweep(tmp_path, "sweep=optuna_protonet", "hydra.sweeper.n_trials=1", "trainer.train_way=5",
+                       "hydra.sweeper.storage=sqlite:///study.db")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "study.db").stat().st_size > 0 and len(jobs) == 1
+    (tmp_path / "again").mkdir()
+    proc, _ = sweep(tmp_path / "again", "sweep=optuna_protonet", "hydra.sweeper.n_trials=1",
+                    "hydra.sweeper.storage=sqlite:////nonexistent folder/study.db")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "unexpected error: OperationalError" in lines[-1] and "hydra.sweeper" in lines[-1]
+    assert "Traceback" not in proc.stderr and Path(lines[-1].rsplit("the traceback is in ", 1)[1]).is_file()
+
+
 @pytest.mark.skipif(not plugin("hydra_joblib_launcher"), reason='needs the sweep extra: pip install -e ".[sweep]"')
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     proc, jobs = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1")

@@ -3,14 +3,18 @@
 Each subcommand is its own Hydra app with its own primary config (``configs/train.yaml``,
 ``configs/eval.yaml``), so ``-m`` multirun, ``--help``, ``--cfg``, shell completion and launchers
 work unchanged. User errors (:class:`MetalearnError`, bad overrides, invalid values) become one
-line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+line on stderr and exit code 2; anything else (a bug, or a sweeper's or launcher's own failure) is one
+line with exit code 1, its traceback in a file the line names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +42,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"metalearn{' ' + args[0] if args and not args[0].startswith('-') else ''}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # outside any job (a sweeper's or launcher's own failure): one line, the traceback in a file
+        return _unexpected(args, exc)
+
+
+def _unexpected(args: list[str], exc: Exception) -> int:
+    fd, name = tempfile.mkstemp(prefix="metalearn-error-", suffix=".txt")
+    os.write(fd, traceback.format_exc().encode())
+    os.close(fd)
+    line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    command = " " + args[0] if args and not args[0].startswith("-") else ""
+    plugin = " (in a sweeper or launcher: check its hydra.sweeper.* or hydra.launcher.* settings)" if sweep_requested(args) else ""
+    print(f"metalearn{command}: unexpected error: {type(exc).__name__}: {line}{plugin}; the traceback is in {name}",
+          file=sys.stderr)
+    return 1
 
 
 def _dispatch(args: list[str]) -> int:
