@@ -34,7 +34,7 @@ from metalearn_cli.console import OneLineParser, first_names, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.paired_stats import differing, paired, read_outcomes
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import ERROR, canonical, find_runs, read_run, refuse_replacing
+from metalearn_cli.rundir import ERROR, RESULTS, canonical, find_runs, read_run, refuse_replacing
 from metalearn_cli.sweep_record import failed_and_stopped, sweep_note, unfinished_jobs
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks
@@ -89,6 +89,9 @@ def same_tasks(reference: Path, run: Path) -> None:
                                  "(metalearn eval checkpoint=RUN scores a run's checkpoint on them)")
         if record["status"] == "failed":
             raise MetalearnError(f"{path} failed ({path / 'error.txt'} says why) and has no test results; fix it and run it again")
+        if RESULTS in record["damaged"]:
+            raise MetalearnError(f"{path / RESULTS} is damaged (not readable JSON); restore it, or score the run again with "
+                                 "metalearn eval checkpoint=RUN and compare that eval dir")
         if not record["results"]:
             stopped = record["status"] in ("interrupted", "running")
             raise MetalearnError(f"{path} has no test results (status: {record['status']}); " + (
@@ -228,7 +231,7 @@ def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
         elif unfinished:
             failed, stopped = failed_and_stopped(unfinished)
             parts = [f"{first_names([r.name for r in failed])} failed (each {ERROR} says why)"] if failed else []
-            parts += [f"{first_names([r.name for r in stopped])} stopped before its test: finish each (a training run: "
+            parts += [f"{first_names([r.name for r in stopped])} stopped before {'their' if len(stopped) > 1 else 'its'} test: finish each (a training run: "
                       "metalearn train resume=RUN; an eval: the same metalearn eval again)"] if stopped else []
             print(f"note: left out {len(unfinished)} run{'s' if len(unfinished) > 1 else ''} without test results: "
                   f"{'; '.join(parts)}", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import find_runs, refuse_replacing
+from metalearn_cli.rundir import find_runs, read_run, refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
 from metalearn_cli.sweep_record import sweep_note
 
@@ -74,8 +74,13 @@ def best_validation(metrics: list[dict[str, Any]]) -> Optional[float]:
 
 
 def sweep_notes(paths: list[Path], runs: list[Path]) -> list[str]:
-    """A line for each sweep dir named whose jobs did not all finish (:func:`~metalearn_cli.sweep_record.sweep_note`)."""
+    """A line for each sweep dir named whose jobs did not all finish (:func:`~metalearn_cli.sweep_record.sweep_note`),
+    and one naming the runs' damaged files."""
     notes = [sweep_note(Path(path), [run for run in runs if run.parent == Path(path)]) for path in paths]
+    damaged = [f"{run / name}" for run in runs for name in read_run(run)["damaged"]]
+    notes.append(f"damaged (read as empty, so the row lacks what it held): {', '.join(damaged[:5])}"
+                 f"{f' and {len(damaged) - 5} more' if len(damaged) > 5 else ''}; restore each, or score the run again "
+                 "with metalearn eval checkpoint=RUN" if damaged else "")
     return [note for note in notes if note]
 
 
@@ -114,7 +119,8 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
 
 
 def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Runs that differ only in ``seed=``: mean and sample std of their test accuracy (in %)."""
+    """Runs that differ only in ``seed=``: mean and sample std of their test accuracy (in %); a setting that holds
+    one seed twice is left out (what differs between those runs is not the seed)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["test_accuracy"] is not None:
@@ -122,8 +128,8 @@ def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for members in groups.values():
         setting = setting_of(members[0])
-        if len(members) < 2:
-            continue
+        if len(members) < 2 or len({m["seed"] for m in members}) < len(members):  # repeats of one seed (other process
+            continue  # counts, a rerun) are no spread over seeds: report.md lists each run
         accs = [m["test_accuracy"] for m in members]
         mean = sum(accs) / len(accs)
         std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5

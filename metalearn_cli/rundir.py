@@ -236,8 +236,8 @@ def read_yaml(path: Path, default: Any) -> Any:
 
 
 def read_run(run: Path) -> dict[str, Any]:
-    """A run dir as ``{command, config, choices, overrides, results, status, metrics}``; damaged files read
-    as empty. A predict dir's ``results`` are its ``predictions.json``."""
+    """A run dir as ``{command, config, choices, overrides, results, status, metrics, damaged}``; damaged files
+    read as empty, and ``damaged`` names them. A predict dir's ``results`` are its ``predictions.json``."""
     run = Path(run)
     metrics = []
     if (run / METRICS).is_file():
@@ -265,6 +265,7 @@ def read_run(run: Path) -> dict[str, Any]:
         "results": results,
         "status": state,
         "metrics": metrics,
+        "damaged": [name for name in (RESULTS, STATUS) if (run / name).is_file() and not read_json(run / name)],
     }
 
 

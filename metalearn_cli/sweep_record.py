@@ -24,10 +24,21 @@ def recorded_sweep(folder: Path) -> list[str]:
     return [str(o) for o in OmegaConf.load(record).hydra.overrides.task] if record.is_file() else []
 
 
+def recorded_launcher(folder: Path) -> list[str]:
+    """The launcher a sweep dir's jobs ran under (``hydra/launcher=joblib hydra.launcher.n_jobs=2``): a job's
+    threads, and so its numbers, follow from it, so the sweep is finished under the same one."""
+    record = Path(folder) / RECORD
+    try:
+        hydra = [str(o) for o in OmegaConf.load(record).hydra.overrides.hydra] if record.is_file() else []
+    except (OSError, OmegaConfBaseException):
+        return []
+    return [o for o in hydra if o.startswith(("hydra/launcher=", "hydra.launcher."))]
+
+
 def sweep_again(folder: Path) -> str:
     """The command that finishes the sweep in ``folder``: its overrides as Hydra recorded them for the whole
-    sweep (a job's own are one value each), its dir, ``resume=true``."""
-    again = [shlex.quote(o) for o in recorded_sweep(folder) if not o.startswith("resume=")]
+    sweep (a job's own are one value each), its launcher, its dir, ``resume=true``."""
+    again = [shlex.quote(o) for o in [*recorded_sweep(folder), *recorded_launcher(folder)] if not o.startswith("resume=")]
     return " ".join(["metalearn train -m", *again, shell_override("hydra.sweep.dir", folder), "resume=true"])
 
 
@@ -66,7 +77,7 @@ def sweep_note(folder: Path, jobs: list[Path]) -> Optional[str]:
     failed, stopped = failed_and_stopped(unfinished_jobs(jobs))
     planned = planned_jobs(folder)
     missing = planned - len(jobs) if planned is not None else 0
-    parts = [f"{len(stopped)} job{'s' if len(stopped) > 1 else ''} stopped before its test "
+    parts = [f"{len(stopped)} job{'s' if len(stopped) > 1 else ''} stopped before {'their' if len(stopped) > 1 else 'its'} test "
              f"({first_names([j.name for j in stopped])})"] if stopped else []
     if failed:  # run again as they were, they fail again: the cause is fixed first
         parts.append(f"{len(failed)} job{'s' if len(failed) > 1 else ''} failed ({first_names([j.name for j in failed])}; "

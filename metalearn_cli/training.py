@@ -39,7 +39,7 @@ from metalearn_cli.loop import TrainingRun
 from metalearn_cli.stage import RunClock, Stage
 from metalearn_cli.objectives import EpisodicObjective
 from metalearn_cli.pretrain import check_stage_fits, pretrain_stage, pretrained_checkpoint, resolve_budget, stage_summary
-from metalearn_cli.resume import resume_checkpoint
+from metalearn_cli.resume import resume_checkpoint, resume_value
 from metalearn_cli.rundir import exclusive, refuse_held, write_status
 from metalearn_cli.signals import stop_requests
 
@@ -65,8 +65,11 @@ class Training:
             raise ConfigError("the pre-training stage runs in one process; pre-train in a single-process run, then pass "
                               "trainer.init_from=RUN to this one")
         if self.t.meta_batch % self.ranks.size:
-            raise ConfigError(f"trainer.meta_batch={self.t.meta_batch} does not split over {self.ranks.size} processes; "
-                              f"use a multiple of {self.ranks.size}")
+            counts = [n for n in range(1, self.t.meta_batch + 1) if self.t.meta_batch % n == 0]
+            fix = (f"a resume keeps the run's meta-batch, so resume with a process count that divides it "
+                   f"(torchrun --nproc-per-node={' or '.join(map(str, counts[-3:]))})" if resume_value(cfg.resume) is not None
+                   else f"use a multiple of {self.ranks.size}")
+            raise ConfigError(f"trainer.meta_batch={self.t.meta_batch} does not split over {self.ranks.size} processes; {fix}")
         self.resume = resume_checkpoint(cfg.resume, self.run_dir)
         if self.resume is None:
             refuse_held(self.run_dir)
@@ -134,6 +137,7 @@ class Training:
         def extras() -> dict[str, Any]:
             return {"meta_batch": self.t.meta_batch, "train_way": s.train_way, "train_query": s.train_query,
                     "device": str(self.device), "processes": self.ranks.size,  # torchrun's process count (1 alone)
+                    "cpu_threads": torch.get_num_threads(),  # CPU results depend on it (a joblib job gets its share)
                     "precision": self.strategy.model.precision,
                     "torch": torch.__version__, "dataset": data.name, "strategy": cfg.strategy.name,
                     "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,

@@ -115,6 +115,14 @@ def test_a_run_without_test_results_is_named_with_its_status_not_called_other_ta
     proc = subprocess.run([str(exe), "compare", str(done), str(stopped)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "has no test results (status: interrupted); resume it" in proc.stderr, proc.stderr
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "results.json").write_text('{"accuracy": 0.9, "data')  # cut short: named as damaged, not as untested
+    proc = subprocess.run([str(exe), "compare", str(done), str(damaged)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "results.json is damaged (not readable JSON)" in proc.stderr, proc.stderr
+    proc = subprocess.run([str(exe), "report", str(done), str(damaged), "--out", str(tmp_path / "rep")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Note: damaged (read as empty" in proc.stdout, proc.stderr
 
 
 def test_a_run_given_twice_is_refused_and_other_runs_never_replace_a_default_comparison(tmp_path, capsys):

@@ -105,7 +105,7 @@ def test_torchrun_as_users_run_it(tmp_path):
     assert_same_training(tmp_path / "single", tmp_path / "ddp")
     results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("single", "ddp")]
     assert results[1]["accuracy"] == pytest.approx(results[0]["accuracy"], abs=0.02)
-    assert [r["processes"] for r in results] == [1, 2]
+    assert [r["processes"] for r in results] == [1, 2] and [r["cpu_threads"] for r in results] == [1, 1]
 
 
 def launcher() -> list[str]:
@@ -134,8 +134,13 @@ def test_ranks_draw_disjoint_shares_of_the_same_meta_batch():
 
 def test_a_meta_batch_that_does_not_split_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "world", lambda: World(rank=0, size=3))
-    with pytest.raises(training.ConfigError, match="does not split over 3 processes"):
+    with pytest.raises(training.ConfigError, match="does not split over 3 processes; use a multiple of 3"):
         training.train(compose_config("train", [*FAST, "trainer.meta_batch=4"]), tmp_path)
+    monkeypatch.setattr(training, "world", lambda: World(rank=0, size=1))  # a run of meta-batch 4, then resumed on 3
+    training.train(compose_config("train", [*FAST, "trainer.meta_batch=4"]), tmp_path / "run")
+    monkeypatch.setattr(training, "world", lambda: World(rank=0, size=3))
+    with pytest.raises(training.ConfigError, match=r"resume with a process count that divides it \(torchrun --nproc-per-node=1 or 2 or 4\)"):
+        training.train(compose_config("train", [*FAST, "trainer.meta_batch=4", f"resume={tmp_path / 'run'}"]), tmp_path / "run")
 
 
 def long_torchrun(tmp_path: Path) -> tuple[subprocess.Popen, Path, float]:

@@ -37,6 +37,10 @@ def test_report_over_two_runs(tmp_path, capsys):
     assert group["seeds"] == "0,1" and float(group["mean_accuracy"]) == round(sum(accs) / 2, 2)
     assert float(group["std_accuracy"]) == round(abs(accs[0] - accs[1]) / 2**0.5, 2)
     assert "Across training seeds" in out
+    # a second run of seed 0 (another process count, a rerun) is no spread over seeds: no such row
+    shutil.copytree(tmp_path / "sweep" / "0_job", tmp_path / "sweep" / "3_again")
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "again")]) == 0
+    assert "Across training seeds" not in capsys.readouterr().out and not (tmp_path / "again" / "seeds.csv").exists()
 
 
 def test_report_without_runs_is_one_line(tmp_path, capsys):

@@ -242,11 +242,34 @@ def register_configs() -> None:
             store.store(group=f"schema/{group}", name=name, node=params)
 
 
+def _begun_sweep() -> Optional[Path]:
+    """The sweep dir, when some of its jobs had begun (in this process or a launcher's)."""
+    from metalearn_cli.cli.placement import override_values
+
+    try:
+        named = str(HydraConfig.get().sweep.dir)
+    except Exception:  # not set in this process (a launcher's jobs set it in theirs): the one the command named
+        named = override_values(sys.argv[1:]).get("hydra.sweep.dir")
+    if not named:
+        return None
+    sweep_dir = canonical(Path(str(named)))
+    return sweep_dir if any((job / STATUS).is_file() for job in sweep_dir.glob("*")) else None
+
+
+def _launched(argv: list[str]) -> bool:
+    """A sweep whose jobs run in another launcher's processes (joblib, submitit), not this one."""
+    return sweep_requested(argv) and any(a.startswith("hydra/launcher=") and a != "hydra/launcher=basic" for a in argv)
+
+
 def _stopped_line(command: str) -> str:
     """The line for a Ctrl-C or SIGTERM no job handled: how to finish what it stopped, where that is known."""
     what = "stopped by SIGTERM" if TERMINATED else "interrupted"
+    if not SWEEP_AGAIN and command == "train" and sweep_requested(sys.argv) and (begun := _begun_sweep()) is not None:
+        SWEEP_AGAIN.append(_how_to_finish(begun))  # its jobs ran in a launcher's processes (joblib), not this one
     again = (f"; to finish it, run the same metalearn {command} again" if command != "train"
              else f"; {SWEEP_AGAIN[0]}" if SWEEP_AGAIN
+             else ("; its jobs ran in the launcher's processes: if its hydra.sweep.dir holds job folders, add resume=true "
+                   "to the same command to finish it, else run the same command again") if _launched(sys.argv)
              else "; no job had begun: run the same command again to start the sweep" if sweep_requested(sys.argv) else "")
     return f"metalearn {command}: {what} before its end{again}"
 
