@@ -32,6 +32,7 @@ from metalearn_cli.optim import OPTIMIZERS, build_schedule
 from metalearn_cli.progress import Progress
 from metalearn_cli.resume import check_same_run, continue_command, warn_changed_course
 from metalearn_cli.rundir import STATUS, RunDir, read_json, write_results, write_status
+from metalearn_cli.signals import second_request
 from metalearn_cli.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,8 @@ class TrainingRun:
                                f"report names it); {self.kept()}; continue with: {self.resume_command()}") from None
             if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, between two saves
                 resume = f"; continue with: {self.resume_command()}" if self.saved_step is not None else ""
-                raise Interrupted("SIGINT", f"SIGINT twice: stopped at once; {self.kept()}{resume}") from None
+                name, both = second_request(stop)
+                raise Interrupted(name, f"{both}: stopped at once; {self.kept()}{resume}") from None
             raise
         finally:
             stop["now"] = None  # "nothing left to save" held for this stage's final test only: the next stage saves again

@@ -20,7 +20,7 @@ def stop_requests() -> Iterator[dict[str, Any]]:
     """SIGINT/SIGTERM set a flag checked between meta-iterations, so a checkpoint can be saved. Once
     ``flag["now"]`` holds a message (the final test: nothing left to save), a request raises
     :class:`Interrupted` at once with it."""
-    flag: dict[str, Any] = {"signal": None, "now": None}
+    flag: dict[str, Any] = {"signal": None, "now": None, "again": None}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -30,6 +30,7 @@ def stop_requests() -> Iterator[dict[str, Any]]:
         if flag["now"] is not None:
             raise Interrupted(name, f"{name} {flag['now']}")
         if flag["signal"] is not None:  # a second request: stop now
+            flag["again"] = name
             raise KeyboardInterrupt
         flag["signal"] = name
 
@@ -39,3 +40,10 @@ def stop_requests() -> Iterator[dict[str, Any]]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def second_request(flag: dict[str, Any]) -> tuple[str, str]:
+    """The signal of a second stop request and how a message names the two (``SIGINT twice``, ``SIGTERM, then
+    SIGINT``): a launcher's SIGTERM followed by a Ctrl-C is not two Ctrl-Cs."""
+    first, again = flag.get("signal") or "SIGINT", flag.get("again") or "SIGINT"
+    return again, f"{first} twice" if first == again else f"{first}, then {again}"

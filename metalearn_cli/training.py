@@ -41,7 +41,7 @@ from metalearn_cli.objectives import EpisodicObjective
 from metalearn_cli.pretrain import check_stage_fits, pretrain_stage, pretrained_checkpoint, resolve_budget, stage_summary
 from metalearn_cli.resume import resume_checkpoint, resume_value
 from metalearn_cli.rundir import exclusive, refuse_held, write_status
-from metalearn_cli.signals import stop_requests
+from metalearn_cli.signals import second_request, stop_requests
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,9 @@ class Training:
                     write_status(self.run_dir, "interrupted", step=0, iterations=self.t.iterations,
                                  wall_seconds=round(self.clock.seconds(), 2))
                     if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C between the stage's saves
-                        raise Interrupted("SIGINT", f"SIGINT twice: stopped at once during pre-training; continue "
-                                                    f"with: metalearn train {shell_override('resume', self.run_dir)}") from None
+                        name, both = second_request(stop)
+                        raise Interrupted(name, f"{both}: stopped at once during pre-training; continue "
+                                                f"with: metalearn train {shell_override('resume', self.run_dir)}") from None
                     raise
                 return self.meta.run(stop)
 
