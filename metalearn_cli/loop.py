@@ -128,7 +128,8 @@ class TrainingRun:
             self.check_finite()
             save_checkpoint(self.files.last, self.snapshot())
             self.saved_step = self.step
-            write_status(self.stage.run_dir, "running", step=self.step, iterations=self.stage.iterations)
+            write_status(self.stage.run_dir, "running", step=self.step, iterations=self.stage.iterations,
+                         processes=self.ranks.size)  # what continues it: resume.continue_command
 
     # ------------------------------------------------------------------ one step
     def iteration(self) -> None:
@@ -203,7 +204,7 @@ class TrainingRun:
         if self.main:
             log.info(startup_line(s.name, self.device, s.trainer.precision, self.strategy, s.run_dir))
             remove_stale_temporaries(self.files.checkpoints)
-            write_status(s.run_dir, "running", step=self.step, iterations=s.iterations)
+            write_status(s.run_dir, "running", step=self.step, iterations=s.iterations, processes=self.ranks.size)
         metrics = MetricsLog(s.run_dir, self.step if self.resumed else None, s.logger, s.config) if self.main else None
         progress = Progress(s.name, s.iterations, self.step, self.progress_on and self.main, log,
                             self.objective.unit)
@@ -225,7 +226,8 @@ class TrainingRun:
             if isinstance(exc, RuntimeError) and not lost_peer(exc):
                 raise
             if self.main:
-                write_status(s.run_dir, "interrupted", step=self.step, iterations=s.iterations,
+                saved = self.step if self.saved_step is None else self.saved_step  # where a resume continues from
+                write_status(s.run_dir, "interrupted", step=saved, iterations=s.iterations, processes=self.ranks.size,
                              wall_seconds=round(s.clock.seconds(), 2))  # a resume counts on from it (RunClock)
             if isinstance(exc, RuntimeError):  # e.g. kill -9 or out of memory in another rank: resumable as a stop
                 raise PeerLost(f"another process of this run stopped during {s.step_name} {self.step + 1} (torchrun's "

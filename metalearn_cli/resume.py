@@ -54,7 +54,7 @@ def unfinished_note(checkpoint: Path | str) -> Optional[str]:
     where = f" (step {status['step']} of {status['iterations']})" if {"step", "iterations"} <= status.keys() else ""
     subject = f"{run}" if Path(checkpoint).is_dir() else f"{checkpoint} is from {run}, which"
     return (f"{subject} {state}{where}: its weights are not the finished run's (best.pt holds the best validated so far); "
-            f"finish the run with: metalearn train {shell_override('resume', run)}")
+            f"finish the run with: {continue_command(run, int(status.get('processes') or 1))}")
 
 
 def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:

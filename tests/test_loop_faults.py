@@ -303,8 +303,8 @@ def test_a_second_ctrl_c_inside_a_step_marks_the_run_and_prints_the_resume_comma
     assert main(["train", *STARTED, "trainer.checkpoint_every=2", f"hydra.run.dir={run}"]) == 130
     err = capsys.readouterr().err
     assert "SIGINT twice: stopped at once" in err and f"metalearn train resume={run}" in err and "(meta-iteration 4) is kept" in err
-    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
-
+    status = json.loads((run / "status.json").read_text())
+    assert (status["status"], status["step"]) == ("interrupted", 4)  # the step a resume continues from, not the 5 reached
 
 
 def test_a_second_ctrl_c_before_the_first_last_pt_names_the_validated_start(tmp_path, monkeypatch, capsys):
