@@ -299,3 +299,5 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
     export(run_dir / "checkpoints" / "last.pt", tmp_path / "mk.pt")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warned[0].startswith(f"{run_dir} stopped before its end") and "last.pt is from" in warned[1], warned
+    write_status(run_dir, "interrupted", step=3, iterations=10, processes=2)  # a torchrun run goes on as one
+    assert f"torchrun --nproc-per-node=2 -m metalearn_cli train resume={run_dir}" in unfinished_note(run_dir)
