@@ -26,7 +26,8 @@ from metalearn_cli.assemble import setup_device
 from metalearn_cli.augment import TtaViews
 from metalearn_cli.bn_modes import MODES
 from metalearn_cli.ensemble import ensemble_paths
-from metalearn_cli.data.images import class_folders, image_files, read_class_folders
+from metalearn_cli.console import first_names
+from metalearn_cli.data.images import IMAGE_SUFFIXES, class_folders, class_images, image_files, read_class_folders
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.files import write_json
 from metalearn_cli.rundir import write_status
@@ -46,6 +47,9 @@ def _queries(root: Path, given: str, class_names: list[str]) -> tuple[list[str],
     if not folders:
         if not files:
             raise DataError(f"query folder {root} holds no images; put the images to classify there")
+        if skipped := sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p not in files):
+            log.warning("query folder %s: skipped %s, not an image file (image files end in %s)", root,
+                        first_names(skipped), first_names(list(IMAGE_SUFFIXES), 4))
         return [os.path.join(given, p.name) for p in files], files, None
     index = {unicodedata.normalize("NFC", name): i for i, name in enumerate(class_names)}  # café typed two ways is one class
     unknown = [f.name for f in folders if unicodedata.normalize("NFC", f.name) not in index]
@@ -54,7 +58,7 @@ def _queries(root: Path, given: str, class_names: list[str]) -> tuple[list[str],
                         "name query sub-folders after support classes, or put the images directly in the query folder")
     shown, paths, labels = [], [], []
     for folder in folders:
-        for p in image_files(folder):
+        for p in class_images(folder):  # each says which of its entries it skips
             shown.append(os.path.join(given, folder.name, p.name))
             paths.append(p)
             labels.append(index[unicodedata.normalize("NFC", folder.name)])

@@ -175,3 +175,15 @@ def test_a_query_class_folder_spelled_in_another_unicode_form_is_the_same_class(
                  f"query={tmp_path / 'task' / 'query'}", "device=cpu", "show=0", f"hydra.run.dir={tmp_path / 'p'}"]) == 0
     rows = read_csv(tmp_path / "p" / "predictions.csv")
     assert sorted(unicodedata.normalize("NFC", r["true"]) for r in rows) == sorted(["café", names[1]])
+
+
+def test_a_query_entry_that_is_not_an_image_file_is_named_as_skipped(trained_run, tmp_path):
+    """A query image saved without its extension (or a note beside the images) is skipped, as in the support
+    folders, and the predict log says so: it would otherwise vanish from predictions.csv without a word."""
+    write_image_task(tmp_path / "task", classes=2, support=(2,), query=2, labelled=False)
+    first = sorted((tmp_path / "task" / "query").iterdir())[0]
+    first.rename(first.with_suffix(""))
+    assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'out'}", "device=cpu"]) == 0
+    assert f"skipped {first.stem}, not an image file" in (tmp_path / "out" / "predict.log").read_text()
+    assert len(read_csv(tmp_path / "out" / "predictions.csv")) == len(list((tmp_path / "task" / "query").iterdir())) - 1
