@@ -164,10 +164,11 @@ CASES = [
     (["export", f"checkpoint={R}", f"out={R}/checkpoints/last.pt", f"hydra.run.dir={T}/x"], "which would be replaced"),
     (["export", f"checkpoint={R}", f"out={T}/k.pt", f"hydra.run.dir={R}"], "is a training run"),
     # files that are damaged, foreign or crafted
+    (["train", *SMOKE, "logger=mlflow", "logger.experiment=''", f"hydra.run.dir={T}/x"], "logger.experiment is empty"),
     (["eval", "checkpoint={root}/version_abc.pt"], "unreadable format version"),
     (["eval", "checkpoint={root}/step_abc.pt"], "malformed step"),
     (["eval", "checkpoint={root}/nan.pt"], "non-finite values"),
-    (["eval", "checkpoint={root}/rooted.pt"], "pass dataset_root=DIR"),
+    (["eval", "checkpoint={root}/rooted.pt"], "eval reads a data folder only where the command names it"),
     (["eval", "checkpoint={root}/rooted.pt", "dataset_root={root}/nowhere"], "/nowhere does not exist; pass the folder"),
     (["eval", f"checkpoint={R}", "dataset_root={tmp}"], "is not read from a folder"),
     (["eval", "checkpoint={tmp}/missing.pt"], "does not exist"),
