@@ -14,7 +14,7 @@ from typing import Any, Optional
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.console import OneLineParser, help_text
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import find_runs, read_run, refuse_replacing
+from metalearn_cli.rundir import find_runs, refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
 from metalearn_cli.sweep_record import sweep_note
 
@@ -74,14 +74,17 @@ def best_validation(metrics: list[dict[str, Any]]) -> Optional[float]:
 
 
 def sweep_notes(paths: list[Path], runs: list[Path]) -> list[str]:
-    """A line for each sweep dir named whose jobs did not all finish (:func:`~metalearn_cli.sweep_record.sweep_note`),
-    and one naming the runs' damaged files."""
+    """A line for each sweep dir named whose jobs did not all finish (:func:`~metalearn_cli.sweep_record.sweep_note`)."""
     notes = [sweep_note(Path(path), [run for run in runs if run.parent == Path(path)]) for path in paths]
-    damaged = [f"{run / name}" for run in runs for name in read_run(run)["damaged"]]
-    notes.append(f"damaged (read as empty, so the row lacks what it held): {', '.join(damaged[:5])}"
-                 f"{f' and {len(damaged) - 5} more' if len(damaged) > 5 else ''}; restore each, or score the run again "
-                 "with metalearn eval checkpoint=RUN" if damaged else "")
     return [note for note in notes if note]
+
+
+def damaged_note(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
+    """A line naming the runs' damaged files (read as empty, so their rows lack what the files held)."""
+    damaged = [str(run / name) for run, row in zip(runs, rows) for name in row["_damaged"]]
+    return [f"damaged (read as empty, so the row lacks what it held): {', '.join(damaged[:5])}"
+            f"{f' and {len(damaged) - 5} more' if len(damaged) > 5 else ''}; restore each, or score the run again "
+            "with metalearn eval checkpoint=RUN"] if damaged else []
 
 
 def describe(run: Path, base: Path) -> dict[str, Any]:
@@ -114,6 +117,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s") if results.get("iterations") != 0 else None,  # none meta-trained
         **stage_columns(results.get("pretrain")),
+        "_damaged": record["damaged"],  # not a column: named in a note
         "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run, record, trained).items() if not bookkeeping(k))),  # not a column
     }
 
@@ -215,7 +219,7 @@ def main(argv: list[str]) -> int:
         raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")
     out.mkdir(parents=True, exist_ok=True)
     record_inputs(out, runs)
-    table = write_tables(rows, out, sweep_notes(args.paths, runs))
+    table = write_tables(rows, out, sweep_notes(args.paths, runs) + damaged_note(runs, rows))
     pictures = plot(runs, rows, config_labels(runs, rows), out, tuple(formats))
     print(table, end="")
     tables = [out / name for name in ("report.md", "report.csv", "seeds.csv", "inputs.txt") if (out / name).is_file()]

@@ -41,12 +41,13 @@ def find_images(root: Path, wnids: list[str]) -> dict[str, list[Path]]:
         if wnid in found:
             continue
         for folder in (root / wnid, *(root / s / wnid for s in SPLITS), flat / wnid):
-            if folder.is_dir() and image_files(folder):  # an empty leftover folder does not hide the class's real one
+            files = image_files(folder) if folder.is_dir() else []
+            if files:  # an empty leftover folder does not hide the class's real one
                 if (real := folder.resolve()) in seen:
                     raise DataError(f"class folders {seen[real]} and {folder} are one folder ({real}): one class's images would "
                                     "train and test as two classes; remove the link and put that class's own images there")
                 seen[real] = folder
-                found[wnid] = image_files(folder)
+                found[wnid] = files
                 break
     return found
 

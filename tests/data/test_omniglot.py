@@ -316,5 +316,5 @@ def test_an_ensemble_reads_archive_members_from_dataset_root_and_keeps_embedded_
     trio = Ensemble([member] * 3, ["a", "b", "c"], [*pair.datasets, saved(28, None)])
     with pytest.raises(ConfigError, match="member c was trained on other data than a .*its test classes differ"):
         eval_inputs.member_data(trio, first, "test", root)
-    with pytest.raises(ConfigError, match="a was trained on omniglot read from /moved/away; pass dataset_root=DIR"):
+    with pytest.raises(ConfigError, match="a was trained on omniglot read from /moved/away; eval reads a data folder only where the command names it"):
         eval_inputs.member_data(pair, first, "test", None)
