@@ -26,8 +26,7 @@ from metalearn_cli.assemble import setup_device
 from metalearn_cli.augment import TtaViews
 from metalearn_cli.bn_modes import MODES
 from metalearn_cli.ensemble import ensemble_paths
-from metalearn_cli.console import first_names
-from metalearn_cli.data.images import IMAGE_SUFFIXES, class_folders, class_images, image_files, read_class_folders
+from metalearn_cli.data.images import class_folders, class_images, image_files, read_class_folders
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.files import write_json
 from metalearn_cli.rundir import write_status
@@ -41,15 +40,13 @@ def _queries(root: Path, given: str, class_names: list[str]) -> tuple[list[str],
         raise DataError(f"query={given} is a file; pass the folder that holds it (query=DIR of images or class sub-folders)")
     if not root.is_dir():
         raise DataError(f"query folder {root} does not exist; pass query=DIR holding images or class sub-folders")
-    folders, files = class_folders(root), image_files(root)
+    folders = class_folders(root)
+    files = image_files(root) if folders else class_images(root, "query folder")  # the entries it skips, said once
     if folders and files:
         raise DataError(f"query folder {root} mixes images and sub-folders; use either images only or one sub-folder per class")
     if not folders:
         if not files:
             raise DataError(f"query folder {root} holds no images; put the images to classify there")
-        if skipped := sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p not in files):
-            log.warning("query folder %s: skipped %s, not an image file (image files end in %s)", root,
-                        first_names(skipped), first_names(list(IMAGE_SUFFIXES), 4))
         return [os.path.join(given, p.name) for p in files], files, None
     index = {unicodedata.normalize("NFC", name): i for i, name in enumerate(class_names)}  # café typed two ways is one class
     unknown = [f.name for f in folders if unicodedata.normalize("NFC", f.name) not in index]

@@ -185,5 +185,5 @@ def test_a_query_entry_that_is_not_an_image_file_is_named_as_skipped(trained_run
     first.rename(first.with_suffix(""))
     assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
                  f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'out'}", "device=cpu"]) == 0
-    assert f"skipped {first.stem}, not an image file" in (tmp_path / "out" / "predict.log").read_text()
+    assert f"skipped 1 entry that is not an image file ({first.stem})" in (tmp_path / "out" / "predict.log").read_text()
     assert len(read_csv(tmp_path / "out" / "predictions.csv")) == len(list((tmp_path / "task" / "query").iterdir())) - 1

@@ -120,11 +120,12 @@ def class_folders(root: Path) -> list[Path]:
     return folders
 
 
-def class_images(folder: Path) -> list[Path]:
-    """:func:`image_files` of a class folder, saying which of its entries are skipped (notes, nested folders)."""
+def class_images(folder: Path, what: str = "class folder") -> list[Path]:
+    """:func:`image_files` of a class folder (or a query folder, ``what``), saying which of its entries are
+    skipped (notes, nested folders, an image saved without its extension)."""
     found = image_files(folder)
     if skipped := sorted(p.name for p in _entries(folder) if p not in found):
-        log.warning("class folder %s: skipped %d entr%s that %s not an image file (%s); image files end in %s",
+        log.warning("%s %s: skipped %d entr%s that %s not an image file (%s); image files end in %s", what,
                     folder, len(skipped), "y" if len(skipped) == 1 else "ies", "is" if len(skipped) == 1 else "are",
                     first_names(skipped), first_names(list(IMAGE_SUFFIXES), 4))
     return found
