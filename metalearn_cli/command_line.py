@@ -102,6 +102,36 @@ def hydra_quote(text: str) -> str:
     return f"'{escaped}'"
 
 
+HOME = re.compile(r"~[\w.-]*(?=/|$)")  # ~ or ~user, then a slash or nothing: what a shell expands
+
+
+def _home_expanded(value: str) -> Optional[str]:
+    """``value`` with a leading ``~`` expanded as a shell would, Hydra-quoted; None if it has none."""
+    inner = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+    if not HOME.match(inner) or os.path.expanduser(inner) == inner:
+        return None
+    return hydra_quote(os.path.expanduser(inner))
+
+
+def expand_home(args: list[str]) -> list[str]:
+    """``key=~/x`` (or ``key="~/x"``, or ``key=[~/a,~/b]``) with the home folder written out: the
+    shells other than bash leave a ``~`` after ``=`` alone, Hydra's grammar refuses it unquoted and keeps it quoted,
+    and a path starting with a literal ``~`` folder is never what was meant."""
+    out = []
+    for before, arg in zip(["", *args], args):
+        key, eq, value = arg.partition("=")
+        if arg.startswith("-") or not eq or (before.startswith("-") and before.split("=", 1)[0] in VALUE_FLAGS):
+            out.append(arg)
+            continue
+        if value.startswith("[") and value.endswith("]") and not re.search("['\"]", value):
+            items = [_home_expanded(item.strip()) or item for item in value[1:-1].split(",")] if value[1:-1] else []
+            out.append(f"{key}=[{','.join(items)}]" if items else arg)
+            continue
+        expanded = _home_expanded(value)
+        out.append(f"{key}={expanded}" if expanded else arg)
+    return out
+
+
 def claim_fresh(path: Path) -> Path:
     """A default run dir of its own: ``path``, else ``path_1``, ``path_2``, ... created atomically
     (``mkdir`` fails if another process took the name first), so two runs started in the same second

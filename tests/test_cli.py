@@ -19,8 +19,9 @@ SMOKE = ["debug=smoke", "trainer.iterations=4", "trainer.val_every=2", "trainer.
          "device=cpu", "encoder.width=16"]
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, home: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update({"HOME": str(home)} if home else {})
     return subprocess.run([EXE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -41,8 +42,8 @@ def test_installed_cli_trains_then_evaluates(tmp_path):
     assert train.returncode == 0, train.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
-    ev = run_cli("eval", f"checkpoint={tmp_path / 'run'}", "eval.episodes=8", "eval.batch_tasks=20",
-                 f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    ev = run_cli("eval", "checkpoint=~/run", "eval.episodes=8", "eval.batch_tasks=20",  # ~ as a shell would
+                 f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path, home=tmp_path)
     assert ev.returncode == 0, ev.stderr
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["accuracy"] == results["accuracy"]
 
@@ -359,3 +360,20 @@ def test_a_ctrl_c_before_a_command_handles_it_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_dispatch", importing)
     assert cli.main(["export", "checkpoint=x", "out=y.pt"]) == 130
     assert capsys.readouterr().err == "metalearn export: interrupted\n"
+
+
+def test_a_leading_tilde_is_the_home_folder_plain_quoted_or_in_a_list(monkeypatch):
+    from metalearn_cli.command_line import expand_home
+
+    monkeypatch.setenv("HOME", "/home/ann")
+    assert expand_home(["checkpoint=~/r/best.pt", 'support="~/my task"', "out=~", "-cd", "~/x"]) == [
+        "checkpoint='/home/ann/r/best.pt'", "support='/home/ann/my task'", "out='/home/ann'", "-cd", "~/x"]
+    assert expand_home(["ensemble=[~/a.pt,b.pt]", "x=a~/b", "~seed", "tag=~a b"]) == [
+        "ensemble=['/home/ann/a.pt',b.pt]", "x=a~/b", "~seed", "tag=~a b"]
+
+
+def test_a_character_hydra_refuses_unquoted_is_named_with_the_quoted_override(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "checkpoint=runs/a#1"]) == 2
+    err = capsys.readouterr().err
+    assert """'#' needs the value in quotes inside the shell's: 'checkpoint="runs/a#1"'""" in err, err

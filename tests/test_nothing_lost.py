@@ -210,7 +210,7 @@ CASES = [
     (["train", *SMOKE, "episode=lake20way1shot"], "need classes named Alphabet/character"),  # before the way it asks for
     (["train", *SMOKE, "eval.lake_runs={root}/all_runs.zip"], "add episode=lake20way1shot"),
     (["eval", f"checkpoint={R}", "split=val", "eval.lake_runs={root}/all_runs.zip"], "drop split=val or eval.lake_runs"),
-    (["train", *SMOKE, "hydra.run.dir={tmp}/rün"], "needs quotes"),
+    (["train", *SMOKE, "hydra.run.dir={tmp}/rün"], "'ü' needs the value in quotes"),
     (["train", *SMOKE, "hydra.run.dir={tmp}/a", "b"], "is not key=value"),
     (["train", "dataset=folder", "dataset.root={root}/looping"], "leads nowhere"),
     (["predict", f"checkpoint={R}", "support={root}/task/support", "query={root}/task/query", "show=-5"], "show=-5"),

@@ -23,7 +23,7 @@ from metalearn_cli.cli.apps import APPS, SWEEP_JOBS, register_configs, run_app
 from metalearn_cli.cli.placement import config_keys, no_empty_sweep, override_values, place_run, print_help, refused_config
 from metalearn_cli.command_help import USAGE, shell_completion, version_line
 from metalearn_cli.command_line import (
-    FLAG_COMMANDS, add_override, check_debug, check_groups, flag_present, hydra_argv, rank, refuse_unknown_flags, sweep_requested,
+    FLAG_COMMANDS, add_override, check_debug, check_groups, expand_home, flag_present, hydra_argv, rank, refuse_unknown_flags, sweep_requested,
 )
 from metalearn_cli.console import as_user_error, errors_once_under_torchrun, suggest
 from metalearn_cli.errors import MetalearnError
@@ -101,7 +101,7 @@ def _hydra_command(command: str, rest: list[str]) -> int:
     placement.claimed = None  # set again only if this command claims a default dir
 
     register_configs()
-    rest = add_override(rest, "hydra.output_subdir=null")  # a job writes its .hydra/ record itself, once accepted
+    rest = add_override(expand_home(rest), "hydra.output_subdir=null")  # a job writes its .hydra/ record itself, once accepted
     if rank() > 0:  # torchrun: rank 0 alone writes the run dir
         rest = add_override(rest, "hydra/job_logging=disabled")
     if flag_present(rest, ("--help", "-h")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -47,8 +48,12 @@ def override_values(args: list[str]) -> dict[str, Any]:
         try:
             override = parser.parse_override(arg)
         except HydraException as exc:
-            value = arg.split("=", 1)[1]
+            key, value = arg.split("=", 1)
+            char = re.search(r"token recognition error at: '(.)'", str(exc))
+            named = f"{char.group(1)!r} needs" if char and not char.group(1).isspace() else "it needs"
             hint = ("a list needs both brackets: key=[a,b]" if value.count("[") != value.count("]") else
+                    f"{named} the value in quotes inside the shell's: '{key}=\"{value}\"'"
+                    if value.strip() == value and not re.search("['\"]", value) else
                     "a value with spaces or non-ASCII characters needs quotes inside the shell's: 'key=\"my folder/ü\"'")
             raise ConfigError(f"cannot read {arg!r} ({one_line(exc)}); {hint} (see docs/faq.md)") from None
         if override.is_sweep_override() and not sweep:
