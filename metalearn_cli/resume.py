@@ -225,8 +225,8 @@ def warn_changed_course(state: dict[str, Any], iterations: int, iterations_key: 
     if before != processes:
         log.warning("the run was trained by %d process%s and continues in %d: its remaining steps split each meta-batch "
                     "otherwise (with per-rank batch-norm statistics under mgd), so it will not end as it would have; "
-                    "resume it with torchrun --nproc-per-node=%d for that", before, "es" if before > 1 else "",
-                    processes, before)
+                    "for that, resume it %s", before, "es" if before > 1 else "", processes,
+                    f"with torchrun --nproc-per-node={before}" if before > 1 else "in one process, without torchrun")
 
 
 def continue_command(run_dir: Path, processes: int) -> str:

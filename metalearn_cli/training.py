@@ -65,9 +65,10 @@ class Training:
             raise ConfigError("the pre-training stage runs in one process; pre-train in a single-process run, then pass "
                               "trainer.init_from=RUN to this one")
         if self.t.meta_batch % self.ranks.size:
-            counts = [n for n in range(1, self.t.meta_batch + 1) if self.t.meta_batch % n == 0]
+            counts = [n for n in range(2, self.t.meta_batch + 1) if self.t.meta_batch % n == 0][-3:]
+            torchrun = f"torchrun --nproc-per-node={' or '.join(map(str, counts))}, or " if counts else ""
             fix = (f"a resume keeps the run's meta-batch, so resume with a process count that divides it "
-                   f"(torchrun --nproc-per-node={' or '.join(map(str, counts[-3:]))})" if resume_value(cfg.resume) is not None
+                   f"({torchrun}one process: metalearn train without torchrun)" if resume_value(cfg.resume) is not None
                    else f"use a multiple of {self.ranks.size}")
             raise ConfigError(f"trainer.meta_batch={self.t.meta_batch} does not split over {self.ranks.size} processes; {fix}")
         self.resume = resume_checkpoint(cfg.resume, self.run_dir)

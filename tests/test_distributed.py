@@ -139,7 +139,7 @@ def test_a_meta_batch_that_does_not_split_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "world", lambda: World(rank=0, size=1))  # a run of meta-batch 4, then resumed on 3
     training.train(compose_config("train", [*FAST, "trainer.meta_batch=4"]), tmp_path / "run")
     monkeypatch.setattr(training, "world", lambda: World(rank=0, size=3))
-    with pytest.raises(training.ConfigError, match=r"resume with a process count that divides it \(torchrun --nproc-per-node=1 or 2 or 4\)"):
+    with pytest.raises(training.ConfigError, match=r"resume with a process count that divides it \(torchrun --nproc-per-node=2 or 4, or one process: metalearn train without torchrun\)"):
         training.train(compose_config("train", [*FAST, "trainer.meta_batch=4", f"resume={tmp_path / 'run'}"]), tmp_path / "run")
 
 

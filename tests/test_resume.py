@@ -192,3 +192,8 @@ def test_a_run_trained_by_torchrun_is_continued_by_torchrun_and_warned_otherwise
         assert not caplog.records  # as it was: nothing to say
         warn_changed_course(state, 10, "trainer.iterations", "meta-iteration 4", 1)
     assert "trained by 2 processes and continues in 1" in caplog.text and "torchrun --nproc-per-node=2" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # one process resumed under torchrun: the advice is no torchrun at all
+        warn_changed_course({**state, "processes": 1}, 10, "trainer.iterations", "meta-iteration 4", 2)
+    assert "trained by 1 process and continues in 2" in caplog.text and "in one process, without torchrun" in caplog.text
+    assert "--nproc-per-node=1" not in caplog.text
