@@ -149,9 +149,12 @@ class EpisodeSampler:
 
     def __init__(
         self, split: ClassImages, n_way: int, k_shot: int, n_query: int, seed: int, device: torch.device | None = None,
-        within: float = 0.0,
+        within: float = 0.0, same_drawers: bool = False,
     ) -> None:
         self.split = split
+        # same_drawers: every class of a task takes the same image positions, that is the same drawers where
+        # a class's images are in drawer order (Omniglot's): supports by one set of people, queries by another.
+        self.same_drawers = same_drawers
         # within > 0: that share of the tasks takes its classes from one alphabet (uniform over the
         # alphabets with n_way characters or more), the rest from the whole split.
         self.within, self.groups = within, [torch.tensor(g) for g in alphabet_groups(split) if len(g) >= n_way]
@@ -212,8 +215,9 @@ class EpisodeSampler:
         """One task from the stream: its classes ``[N]`` and each class's images ``[N, K+Q]``."""
         g = self.generator
         classes = self._classes(g)
-        examples = torch.rand(self.n_way, self.split.n_per_class, generator=g).argsort(dim=1)[:, : self.k_shot + self.n_query]
-        return classes, examples
+        drawn = 1 if self.same_drawers else self.n_way
+        examples = torch.rand(drawn, self.split.n_per_class, generator=g).argsort(dim=1)[:, : self.k_shot + self.n_query]
+        return classes, examples.expand(self.n_way, -1)
 
     def task_classes(self, episodes: int) -> list[list[int]]:
         """The classes of each of the first ``episodes`` fixed tasks, label by label (what :meth:`fixed` draws)."""

@@ -76,6 +76,7 @@ class TrainerConfig:
     freeze_encoder: bool = False  # meta-train everything but the (pre-trained) encoder: its weights and batch-norm statistics stay as loaded (LEO, CNAPs)
     memory_check: bool = True  # refuse a run whose estimated memory exceeds what the device has free (false: try anyway)
     within_alphabet: float = 0.0  # share of training tasks drawn from one alphabet (Lake's runs are within-alphabet); needs Alphabet/character class names
+    same_drawers: bool = False  # each training task's supports by the same drawers for every class, its queries by others (as Lake's runs); images in drawer order
     augment: Augment = Augment.none  # per-image transforms of training tasks (never at validation or test); auto = dataset.meta_augment
 
 

@@ -122,7 +122,8 @@ class Training:
     def meta_stage(self) -> Stage:
         cfg, s, data = self.cfg, self.shapes, self.data
         train_sampler = EpisodeSampler(resident(data.train, self.device), s.train_way, s.shot, s.train_query,
-                                       split_seed(cfg.seed, "train"), self.device, within=self.t.within_alphabet)
+                                       split_seed(cfg.seed, "train"), self.device, within=self.t.within_alphabet,
+                                       same_drawers=self.t.same_drawers)
         meta_augment = DATASETS.params_of(cfg.dataset).meta_augment
         objective = EpisodicObjective(self.strategy, train_sampler, self.t.meta_batch, (self.ranks.rank, self.ranks.size),
                                       augmentation(self.t.augment, meta_augment, data.image_shape))

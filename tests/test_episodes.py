@@ -103,6 +103,19 @@ def test_a_within_alphabet_share_mixes_both_kinds_and_zero_changes_nothing():
     assert torch.equal(plain.sample(4).support_images, zero.sample(4).support_images)
 
 
+def test_same_drawers_gives_every_class_of_a_task_the_same_drawings_positions_supports_apart_from_queries():
+    sampler = EpisodeSampler(make_split(12, 6), n_way=5, k_shot=2, n_query=3, seed=0, same_drawers=True)
+    batch = sampler.sample(20)
+    _, support = decode(batch.support_images.view(20, 5, 2, 1, 4, 4))  # [T, N, K] drawer of each support image
+    _, query = decode(batch.query_images.view(20, 5, 3, 1, 4, 4))
+    assert (support == support[:, :1]).all() and (query == query[:, :1]).all()  # one set of drawers for every class
+    assert all(not set(s[0].tolist()) & set(q[0].tolist()) for s, q in zip(support, query))  # supports and queries apart
+    assert len({tuple(s[0].tolist()) for s in support}) > 5  # and the drawers change from task to task
+    plain = EpisodeSampler(make_split(12, 6), n_way=5, k_shot=2, n_query=3, seed=0).sample(20)
+    _, drawn = decode(plain.support_images.view(20, 5, 2, 1, 4, 4))
+    assert not (drawn == drawn[:, :1]).all()  # without the option each class draws its own
+
+
 def test_within_alphabet_needs_alphabets_large_enough():
     from metalearn_cli.errors import ConfigError
 
