@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from metalearn_cli import bn_modes
 from metalearn_cli.checkpoint import read_meta_knowledge
-from metalearn_cli.config_checks import validate_host, validate_train_config
+from metalearn_cli.config_checks import parse_device, validate_host, validate_train_config
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.host import keep_freed_memory, native_bf16
 from metalearn_cli.model import build_meta_model, resolve_precision
@@ -31,18 +31,11 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- the host and device
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+    device = parse_device(name)
+    if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device={name} is not supported; use auto, cpu, cuda or cuda:N")
-    if device.type == "cpu" and device.index not in (None, 0):  # torch accepts cpu:1 and runs on the one CPU device
-        raise ConfigError(f"device={name}: the CPU is one device; use device=cpu (threads=N sets how many cores it uses)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
                           f"cuda:{torch.cuda.device_count() - 1}")

@@ -43,6 +43,7 @@ examples:
   metalearn --version
   metalearn train --help                             # config groups, options and the composed config
   metalearn train --cfg job                          # print the composed config and exit
+  eval "$(metalearn -sc install=bash)"               # tab completion of commands, groups, keys (fish: install=fish)
 
 Run dirs go to outputs/<command>/...; each holds .hydra/, checkpoints/, metrics.jsonl,
 tensorboard/ (or logger=csv / logger=mlflow) and results.json. Errors print one line and exit with code 2.

@@ -30,7 +30,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from metalearn_cli.console import OneLineParser, first_names, help_text
+from metalearn_cli.console import OneLineParser, first_names, folder_arg, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.paired_stats import differing, paired, read_outcomes
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
@@ -78,7 +78,8 @@ def published(results: dict[str, Any]) -> bool:
     return results.get("protocol") == "lake_original" and isinstance(results.get("lake_runs"), dict)
 
 
-TEST_SETTINGS = ("bn_mode", "tta_shift", "tta_rotate", "tta_scale", "tta_shear", "support_copies", "finetune_steps")
+TEST_SETTINGS = ("bn_mode", "tta_shift", "tta_rotate", "tta_scale", "tta_shear", "support_copies", "finetune_steps",
+                 "finetune_lr", "finetune_params")  # the last two where both runs fine-tuned
 
 
 def same_tasks(reference: Path, run: Path) -> None:
@@ -245,7 +246,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--setting", nargs="+", type=Path, action="append", default=[], metavar="RUN",
                         help="the runs (seeds) of one setting, whatever their configs say; repeat it per setting, "
                              "the first is the reference (instead of positional runs)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write compare.csv and compare.png "
+    parser.add_argument("--out", type=folder_arg, default=None, help="where to write compare.csv and compare.png "
                                                                "(default: compare/ beside the first run; compare-2/, ... when compare/ holds other runs' comparison)")
     args = parser.parse_args(argv)
     if args.runs and args.setting:

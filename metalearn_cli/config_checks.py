@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional
 
+import torch
+
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from metalearn_cli.compat import migrate_config
@@ -55,9 +57,11 @@ def validate(cfg: Any) -> TrainConfig:
     if t.freeze_encoder and not initialised:
         raise ConfigError("trainer.freeze_encoder=true would keep a random encoder; add pretrain=supervised, "
                           "pretrain=episodic or trainer.init_from=RUN, or drop freeze_encoder")
+    validate_episode(cfg.episode)
     validate_pretrain(cfg)
     validate_eval(e)
     validate_host(cfg)
+    check_optimizer(cfg.optimizer)
     for group, registry in REGISTRIES.items():
         registry.params_of(cfg[group])  # types and the component's own __post_init__ checks
     return typed
@@ -146,6 +150,15 @@ def check_typed_pretrain_keys(cfg: Any, typed: Iterable[str], choice: Optional[s
                               f"not use it (drop it, or choose pretrain={other})")
 
 
+def validate_episode(episode: Any) -> None:
+    """The test's task shape (the data's own limits are checked when it is read: :func:`~metalearn_cli.episodes.check_fits`)."""
+    if episode.way < 2:
+        raise ConfigError(f"episode.way={episode.way}: a task needs 2 classes or more to be scored")
+    if episode.shot < 1 or episode.query < 1:
+        raise ConfigError(f"episode.shot={episode.shot}, episode.query={episode.query}: a task needs shot >= 1 and "
+                          "query >= 1 (images per class in its support and query sets)")
+
+
 def validate_eval(e: Any) -> None:
     if e.episodes < 1 or e.batch_tasks < 1:
         raise ConfigError("eval.episodes and eval.batch_tasks must be >= 1")
@@ -158,11 +171,12 @@ def validate_eval(e: Any) -> None:
                           "image at test (RFS: 5; 0 = off)")
     if e.tta_shift < 0:
         raise ConfigError(f"eval.tta_shift={e.tta_shift}: give the pixels to shift each test image's copies by (>= 0; 0 = off)")
-    for key, top, what in (("tta_rotate", 90, "degrees to turn"), ("tta_scale", 1, "fraction to scale"),
-                           ("tta_shear", 1, "factor to shear")):
+    for key, top, what, usual in (("tta_rotate", 90, "degrees to turn", "a few degrees"),
+                                  ("tta_scale", 1, "fraction to scale", "a tenth or so"),
+                                  ("tta_shear", 1, "factor to shear", "a tenth or so")):
         if not 0 <= getattr(e, key) < top:
             raise ConfigError(f"eval.{key}={getattr(e, key)}: give the {what} each test image's copies by, in [0, {top}) "
-                              f"(a few degrees or tenths, as in training's distortions; 0 = off)")
+                              f"({usual}, as in training's distortions; 0 = off)")
 
 
 def check_tta_shift(shift: int, image_shape: tuple[int, ...]) -> None:
@@ -176,6 +190,23 @@ def check_tta_shift(shift: int, image_shape: tuple[int, ...]) -> None:
 def validate_host(cfg: Any) -> None:
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError("threads must be >= 1 or null")
+    parse_device(str(cfg.device))
+
+
+def parse_device(name: str) -> Optional[torch.device]:
+    """``device=`` as a torch device (None for auto), refused when no machine has it: its spelling alone,
+    so a config meant for another machine (a GPU one) is checked here too (``--cfg``)."""
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name} is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cpu" and device.index not in (None, 0):  # torch accepts cpu:1 and runs on the one CPU device
+        raise ConfigError(f"device={name}: the CPU is one device; use device=cpu (threads=N sets how many cores it uses)")
+    return device
 
 
 def code_key(node: Any, prefix: str = "") -> Optional[str]:

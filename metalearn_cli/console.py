@@ -8,6 +8,7 @@ import contextlib
 import difflib
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
 from metalearn_cli.errors import ConfigError, FileSystemError, MetalearnError
@@ -165,6 +166,13 @@ def suggest(word: str, choices: list[str]) -> str:
     """``did you mean 'x'? `` for the closest choice, or nothing."""
     close = closest(word, choices)
     return f"did you mean '{close}'? " if close else ""
+
+
+def folder_arg(text: str) -> Path:
+    """An ``--out`` folder; an empty one (an unset shell variable) is refused, not read as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?); name a folder")
+    return Path(text)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -55,6 +55,9 @@ def refuse_other_output(out: Path, written: tuple[str, ...], inputs: list[Path])
     patterns) is not replaced unless this same set of runs made it (``inputs.txt``): the same runs
     refresh it; other runs, or a user's own files of those names, need another folder."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder (the command writes {first_names(list(written), 2)} "
+                          "and the rest into it)")
     if not out.is_dir() or _made_from(out, inputs):
         return
     found = sorted({p.name for pattern in written for p in out.glob(pattern) if p.is_file()})

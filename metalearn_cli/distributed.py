@@ -117,6 +117,13 @@ def lost_peer(exc: BaseException) -> bool:
         "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted"))
 
 
+def together() -> None:
+    """Wait for every rank (no-op in one process): a check all ranks make of the run dir is made before
+    rank 0 writes in it, or a slower rank would find rank 0's first files and refuse its own run."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def leave(finished: bool) -> None:
     """Leave the process group, if one was joined: after a finished run every rank first waits for
     rank 0's final test, so no rank tears its connections down while another still holds them (a

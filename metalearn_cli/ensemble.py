@@ -23,7 +23,7 @@ from metalearn_cli.augment import TtaViews
 from metalearn_cli.bn_modes import MODES
 from metalearn_cli.encoders.norm import batch_norm_mode
 from metalearn_cli.episodes import EpisodeBatch
-from metalearn_cli.errors import ConfigError
+from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.strategies import Prediction, Strategy
 
 
@@ -197,7 +197,10 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
 
     members, sources, datasets, evals = [first], [first_source], [first_cfg.dataset], [OmegaConf.select(first_cfg, "eval")]
     for path in others:
-        knowledge = read_meta_knowledge(path)
+        try:
+            knowledge = read_meta_knowledge(path)
+        except CheckpointError as exc:  # say which key named it: checkpoint= is fine
+            raise CheckpointError(f"ensemble member {path}: {exc}") from None
         strategy, cfg = load_strategy(knowledge, device)
         check_same_test_data(first_cfg.dataset, cfg.dataset, knowledge["source"], first_source)
         resolved = str(Path(knowledge["source"]).resolve())

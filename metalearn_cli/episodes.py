@@ -141,6 +141,7 @@ def check_fits(split: ClassImages, split_name: str, dataset: str, n_way: int, k_
         raise DataError(
             f"episodes need {k_shot + n_query} images per class (shot {k_shot} + query {n_query}) but the "
             f"{split_name} split of {dataset} has {split.n_per_class}; lower {QUERY_KEY.get(split_name, 'episode.query')} or the shot"
+            ", or give the data set's classes more images"
         )
 
 

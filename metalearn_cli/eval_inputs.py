@@ -84,6 +84,10 @@ def eval_settings(choices: Any, saved: Any, whose: str = "the checkpoint") -> An
             if k not in typed and v != default[k]]
     if kept:
         log.info("%s's own test settings: %s (set any of them on the command line to change it)", whose, " ".join(kept))
+    idle = [f"eval.{k}" for k in typed if k.startswith("finetune_") and k != "finetune_steps"]
+    if idle and not merged.finetune_steps:
+        log.warning("%s %s nothing: test-time fine-tuning is off (eval.finetune_steps=0); add eval.finetune_steps=N "
+                    "to fine-tune", " and ".join(idle), "changes" if len(idle) == 1 else "change")
     return merged
 
 

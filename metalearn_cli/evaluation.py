@@ -206,7 +206,9 @@ def fixed_tasks(data: FewShotData, split: str, shapes: tuple[int, int, int], see
     classes = data.split(split)
     if lake:
         if (shot, query) != (1, 1):
-            raise ConfigError("Lake et al.'s runs are one-shot with one query per class: use episode=lake20way1shot")
+            raise ConfigError(f"Lake et al.'s runs are one-shot with one query per class, and this test is {shot}-shot with "
+                              f"{query} quer{'y' if query == 1 else 'ies'}: drop episode.shot and episode.query (or set both "
+                              "to 1); the way may differ (episode.way=N: N characters of one alphabet a run)")
         return LakeRuns(resident(classes, device), way, split_seed(seed, split), device, original)
     check_fits(classes, split, data.name, way, shot, query)
     return EpisodeSampler(resident(classes, device), way, shot, query, split_seed(seed, split), device)

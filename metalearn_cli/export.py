@@ -52,6 +52,8 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
     """Write the meta-knowledge of ``checkpoint`` to ``out`` (atomically); returns what was written."""
     from metalearn_cli.knowledge import load  # builds the meta-network: refuse a file that would not load
 
+    if Path(out).is_symlink():  # written where the link leads (each guard below looks there), the link kept
+        out = os.path.realpath(out)
     if str(out).endswith(("/", os.sep)) and not Path(out).is_file():  # Path() would drop the slash and write a file
         raise ConfigError(f"out={out} names a folder; name the file to write, e.g. out={Path(out) / 'model.pt'}")
     if Path(out).is_dir():

@@ -7,6 +7,7 @@ checkpoints, the run dir) can write through it without import circles.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -34,6 +35,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], what: str, remed
         os.replace(tmp, path)
     except OSError as exc:
         kept = "the previous one is kept" if path.exists() else "no earlier file exists"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # not a full disk: the folder refuses writes
+            elsewhere = remedy.split(" or ", 1)[1] if remedy.startswith("free disk space or ") else ""
+            remedy = f"{path.parent} is not writable: make it writable" + (f", or {elsewhere}" if elsewhere else "")
         raise WriteError(f"could not write {what} {path} ({exc.strerror or exc}); {kept}; {remedy}") from exc
     finally:
         if tmp is not None and os.path.exists(tmp):

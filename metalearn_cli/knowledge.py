@@ -99,8 +99,12 @@ class MetaKnowledge:
         """The most classes a task may have (a fixed-size head), or ``None`` for any number."""
         return self.strategy.model.decoder.max_way
 
-    def read_images(self, sources: Sequence[ImageSource]) -> torch.Tensor:
-        """Convert image files or PIL images exactly as the training data were: uint8 ``[n, C, H, W]``."""
+    def read_images(self, sources: Sequence[ImageSource] | ImageSource) -> torch.Tensor:
+        """Convert image files or PIL images exactly as the training data were: uint8 ``[n, C, H, W]``
+        (one path or image alone is a list of one: a path's characters are never taken as files)."""
+        if isinstance(sources, (str, bytes, os.PathLike)) or hasattr(sources, "getpixel"):  # a path, a PIL image
+            sources = [sources]  # type: ignore[list-item]
+        sources = list(sources)  # type: ignore[arg-type]
         if len(sources) == 0:
             return torch.zeros(0, *self.image_format.shape, dtype=torch.uint8)
         return torch.stack([read_image(s, self.image_format) for s in sources])
@@ -108,7 +112,7 @@ class MetaKnowledge:
     def as_pixels(self, images: Images) -> torch.Tensor:
         """Float ``[n, C, H, W]`` in [0, 1] on the device, from files, PIL images or tensors."""
         if not isinstance(images, torch.Tensor):
-            images = self.read_images(list(images))
+            images = self.read_images(images)
         if images.dim() != 4 or tuple(images.shape[1:]) != self.image_format.shape:
             raise DataError(f"images must be [n, {', '.join(map(str, self.image_format.shape))}] for this meta-network, "
                             f"got {list(images.shape)}; convert them with read_images()")

@@ -178,7 +178,7 @@ def build_meta_model(cfg: Any, image_shape: tuple[int, int, int]) -> MetaModel:
     """
     encoder = ENCODERS.build(cfg.encoder, image_shape=image_shape)
     decoder = DECODERS.build(cfg.decoder, in_dim=encoder.out_dim, max_way=TaskShapes.of(cfg).max_way,
-                             film_channels=encoder.film_channels, encoder_name=type(encoder).__name__,
+                             film_channels=encoder.film_channels, encoder_name=f"encoder={cfg.encoder.name}",
                              image_shape=image_shape)
     return MetaModel(encoder, decoder)
 

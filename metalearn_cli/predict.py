@@ -17,7 +17,7 @@ import os
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -166,6 +166,24 @@ def _rows(shown: list[str], predicted: list[int], truth: Any, class_names: list[
     return rows
 
 
+def _say_outcome(probs: torch.Tensor, accuracy: Optional[float], class_names: list[str],
+                 support_files: list[list[Path]], run_dir: Path) -> None:
+    """The closing lines: the accuracy on labelled queries, and probabilities that say little, flagged."""
+    if bool((probs.max(-1).values - probs.min(-1).values < 0.02).all()):
+        ranks = accuracy is not None and accuracy > 1.5 / len(class_names)  # its first choices are right, well above chance
+        log.warning("every query got near-uniform probabilities (all within 0.02 of each other): %s", (
+            f"its first choices are right on {100 * accuracy:.0f}% of the labelled queries, but the probabilities say "
+            "little about how sure it is (logits near zero: a short or early run)") if ranks else (
+            "this meta-network may not tell these classes apart; check the images' format and polarity, or the "
+            "checkpoint's training"))
+    if accuracy is not None:
+        log.info("accuracy %.2f%% on %d labelled queries (%d-way, %s support images per class); %s", 100 * accuracy,
+                 probs.shape[0], len(class_names), "/".join(str(len(f)) for f in support_files), run_dir / "predictions.csv")
+    else:
+        log.info("%d quer%s classified into %d classes; %s", probs.shape[0], "y" if probs.shape[0] == 1 else "ies",
+                 len(class_names), run_dir / "predictions.csv")
+
+
 def predict(cfg: Any, run_dir: Path) -> float:
     """Classify ``cfg.query`` with a meta-network adapted to ``cfg.support``; returns the accuracy (NaN if unlabelled)."""
     start = time.perf_counter()
@@ -203,14 +221,6 @@ def predict(cfg: Any, run_dir: Path) -> float:
     write_json(run_dir / "predictions.json", summary)
     write_status(run_dir, "completed", queries=len(rows))
     print(_table(rows, class_names, cfg.show), flush=True)
-    if bool((probs.max(-1).values - probs.min(-1).values < 0.02).all()):
-        log.warning("every query got near-uniform probabilities (all within 0.02 of each other): this meta-network "
-                    "cannot tell these classes apart; check the images' format and polarity, or the checkpoint's training")
-    if truth is not None:
-        log.info("accuracy %.2f%% on %d labelled queries (%d-way, %s support images per class); %s", 100 * accuracy,
-                 len(rows), len(class_names), "/".join(str(len(f)) for f in support_files), run_dir / "predictions.csv")
-    else:
-        log.info("%d quer%s classified into %d classes; %s", len(rows), "y" if len(rows) == 1 else "ies", len(class_names),
-                 run_dir / "predictions.csv")
+    _say_outcome(probs, accuracy if truth is not None else None, class_names, support_files, run_dir)
     return accuracy
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from metalearn_cli.errors import ConfigError
+from metalearn_cli.errors import ConfigError, MetalearnError
 
 T = TypeVar("T")
 
@@ -66,6 +66,8 @@ class Registry(Generic[T]):
         try:
             merged = OmegaConf.merge(OmegaConf.structured(entry.params), cfg)
             return OmegaConf.to_object(merged)
+        except MetalearnError:  # a component's own check (its __post_init__) already says what and how
+            raise
         except Exception as exc:  # omegaconf raises several types; all mean a bad value here
             raise ConfigError(f"invalid {self.kind} '{name}' config: {str(exc).splitlines()[0]}") from exc
 

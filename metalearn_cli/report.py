@@ -11,8 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from metalearn_cli.errors import MetalearnError
-from metalearn_cli.console import OneLineParser, help_text
+from metalearn_cli.console import OneLineParser, folder_arg, help_text
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.rundir import find_runs, refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
@@ -198,7 +197,7 @@ def main(argv: list[str]) -> int:
 
     parser = OneLineParser(prog="metalearn report", description=help_text(__doc__))
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or sweep dirs")
-    parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the figures "
+    parser.add_argument("--out", type=folder_arg, help="where to write report.md, report.csv and the figures "
                                                  "(default: report/ in the folder holding the runs; report-2/, ... when report/ holds other runs' report)")
     parser.add_argument("--format", default="png", help="figure formats, comma-separated: png, pdf, svg (default: png)")
     args = parser.parse_args(argv)
@@ -215,8 +214,6 @@ def main(argv: list[str]) -> int:
         refuse_replacing(args.out, "--out ")
         refuse_other_output(args.out, ("report.md", "report.csv", "seeds.csv", INPUTS, "curves.*", "accuracy.*"), runs)
     out = args.out or default_out(runs)
-    if out.exists() and not out.is_dir():
-        raise MetalearnError(f"--out {out} is a file; pass a folder for report.md, report.csv and the pictures")
     out.mkdir(parents=True, exist_ok=True)
     record_inputs(out, runs)
     table = write_tables(rows, out, sweep_notes(args.paths, runs) + damaged_note(runs, rows))

@@ -188,9 +188,14 @@ def resumed_config(cfg: Any, run_dir: Path, typed: dict[str, str] | list[str]) -
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """Resuming continues *the same* run: only the :data:`RESUMABLE` keys may differ."""
-    diff = [k for k in config_diff(saved, current) if not _under(k, RESUMABLE)]
+    changed = config_diff(saved, current)
+    diff = [k for k in changed if not _under(k, RESUMABLE)]
+    values = flatten(migrate_config(saved))
+    if tests := [k for k in changed if _under(k, {"eval"})]:  # allowed, but the test is not the one the run began with
+        now = flatten(current)
+        log.warning("the test's settings differ from the run's start (%s): its final test uses the new ones",
+                    ", ".join(f"{k}={now.get(k)!r}, was {values.get(k)!r}" for k in tests[:3]))
     if diff:
-        values = flatten(migrate_config(saved))
         raise CheckpointError(
             f"{path} was trained with another config ({', '.join(f'{k}={values.get(k)!r}' for k in diff[:3])}); "
             "resume with the same settings, or start a new run"

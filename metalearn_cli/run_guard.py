@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from metalearn_cli.errors import WriteError
 from metalearn_cli.files import atomic_write
 from metalearn_cli.rundir import ERROR, held, record_failure, remove_empty, write_status
 
@@ -120,6 +121,9 @@ class RunGuard:
             return False
         if not self.accepted and not self.sweep:  # refused before it began: the line says why, the dir stays as it was
             return False
-        self.accept(record, None)  # what was asked, beside why it failed (report lists the run as failed)
-        record_failure(self.run_dir, message, details)
+        try:
+            self.accept(record, None)  # what was asked, beside why it failed (report lists the run as failed)
+            record_failure(self.run_dir, message, details)
+        except (OSError, WriteError):  # the run dir itself is what failed (not writable, full): the line says so
+            return False
         return True

@@ -76,7 +76,8 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise WriteError(f"cannot create the run dir {run_dir} ({exc.strerror or exc}); choose a writable "
+        what = "write in the run dir" if made is None else "create the run dir"  # it was there: not writable
+        raise WriteError(f"cannot {what} {run_dir} ({exc.strerror or exc}); choose a writable "
                          "hydra.run.dir") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from metalearn_cli.console import OneLineParser, help_text, shell_override
+from metalearn_cli.console import OneLineParser, folder_arg, help_text, shell_override
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.rundir import refuse_replacing
 
@@ -48,7 +48,7 @@ def write_sample_task(out: Path, way: int = 5, shot: int = 1, query: int = 5, se
 
 def main(argv: list[str]) -> int:
     parser = OneLineParser(prog="metalearn sample-task", description=help_text(__doc__))
-    parser.add_argument("--out", type=Path, default=Path("sample_task"), help="a new folder (default: sample_task)")
+    parser.add_argument("--out", type=folder_arg, default=Path("sample_task"), help="a new folder (default: sample_task)")
     parser.add_argument("--way", type=int, default=5, help="classes (default 5)")
     parser.add_argument("--shot", type=int, default=1, help="support images per class (default 1)")
     parser.add_argument("--query", type=int, default=5, help="query images per class (default 5)")

@@ -26,7 +26,7 @@ from metalearn_cli.config_checks import check_tta_shift, validate
 from metalearn_cli.augment import SupportCopies, augmentation
 from metalearn_cli.cost import check_memory
 from metalearn_cli.data import DATASETS, SPLITS
-from metalearn_cli.distributed import World, leave, world
+from metalearn_cli.distributed import World, leave, together, world
 from metalearn_cli.console import shell_override
 from metalearn_cli.episodes import EpisodeSampler, TaskShapes, check_fits, is_lake, resident, split_seed, validation_sampler
 from metalearn_cli.lake_original import original_runs
@@ -76,6 +76,7 @@ class Training:
             refuse_held(self.run_dir)
         else:
             check_resumable(cfg.logger, self.run_dir)
+        together()  # every rank has looked at the run dir before rank 0 writes in it
         for part, key in (("dataset", "root"), ("dataset", "split_file"), ("eval", "lake_runs")):  # saved absolute (a
             if cfg[part].get(key):  # resume's new root too): resume and eval work from any folder
                 cfg[part][key] = os.path.abspath(os.path.expanduser(str(cfg[part][key])))

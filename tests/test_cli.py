@@ -377,3 +377,22 @@ def test_a_character_hydra_refuses_unquoted_is_named_with_the_quoted_override(ca
     assert main(["eval", "checkpoint=runs/a#1"]) == 2
     err = capsys.readouterr().err
     assert """'#' needs the value in quotes inside the shell's: 'checkpoint="runs/a#1"'""" in err, err
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("episode.way=1", "episode.way=1: a task needs 2 classes or more"),
+    ("episode.query=0", "a task needs shot >= 1 and query >= 1"),
+    ("optimizer.lr=-0.1", "needs lr > 0"),
+    ("device=tpu", "device=tpu is not a device"),
+    ("decoder=linear", "decoder=linear ignores the support set and strategy=mgd never adapts it"),
+    ("dataset=folder", "dataset=folder needs dataset.root=DIR"),
+    ("dataset=folder dataset.root=x dataset.channels=2", "dataset.channels=2 must be 1 (grey) or 3 (RGB)"),
+])
+def test_cfg_job_says_a_run_would_be_refused_whatever_check_refuses_it(capsys, tmp_path, monkeypatch, override, needle):
+    """What train refuses before reading data, --cfg refuses too: a config checked by printing it is one a
+    cluster would run (the checks of the components themselves and of the data set's keys included)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *override.split(), "--cfg", "job"]) == 2
+    err = capsys.readouterr().err
+    assert "a run of this config would be refused: " in err and needle in err, err
+    assert list(tmp_path.iterdir()) == []

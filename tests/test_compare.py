@@ -153,6 +153,8 @@ def test_a_run_given_twice_is_refused_and_other_runs_never_replace_a_default_com
     assert main(["compare", str(runs / "a"), str(runs / "b"), "--out", str(mine)]) == 2
     assert "holds compare.png, not written by this command over these runs" in capsys.readouterr().err
     assert (mine / "compare.png").read_text() == "precious"
+    assert main(["compare", str(runs / "a"), str(runs / "b"), "--out", str(mine / "compare.png")]) == 2  # a file
+    assert "is a file; pass a folder" in capsys.readouterr().err and (mine / "compare.png").read_text() == "precious"
 
 
 def test_compare_says_when_tasks_are_few_or_the_batch_norm_modes_differ_and_names_dirs_it_cannot_use(tmp_path, capsys):

@@ -20,7 +20,7 @@ from covering import pairwise_rows
 from encoders.test_encoders import SMALL
 from metalearn_cli import training
 from metalearn_cli.checkpoint import load_checkpoint
-from metalearn_cli.errors import ConfigError
+from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.components import REGISTRIES
 from metalearn_cli.schema import SCHEMAS
 
@@ -39,7 +39,14 @@ def test_every_option_composes(group, option):
     assert cfg.trainer.iterations >= 1 or cfg.pretrain.iterations >= 1
     if group in REGISTRIES:
         assert cfg[group].name in REGISTRIES[group].names()
+        if group == "dataset" and option in NEEDS_ROOT:  # refused without its images' folder, before any is read
+            with pytest.raises(DataError, match=f"dataset={option} needs dataset.root=DIR"):
+                REGISTRIES[group].params_of(cfg[group])
+            cfg[group].root = "images"
         REGISTRIES[group].params_of(cfg[group])  # validates against the registered dataclass
+
+
+NEEDS_ROOT = ("cifar_fs", "folder", "mini_imagenet")  # data sets not shipped
 
 
 def test_every_registry_entry_has_a_config_and_every_config_a_registry_entry():

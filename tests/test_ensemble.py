@@ -91,9 +91,11 @@ def test_the_eval_command_scores_an_ensemble_on_the_first_member_s_tasks(two_run
 @pytest.mark.parametrize("extra, expected", [
     (["eval.finetune_steps=2"], "eval.finetune_steps=2 cannot be combined with ensemble="),
     (["eval.bn_mode=per_step"], "eval.bn_mode=per_step is not possible"),
+    (["ensemble=[nowhere.pt]"], "ensemble member nowhere.pt: checkpoint nowhere.pt does not exist"),
 ])
 def test_refusals_are_one_line(two_runs, tmp_path, extra, expected):
-    proc = _eval(tmp_path, "bad", f"checkpoint={two_runs[0]}", f"ensemble=['{two_runs[1]}']", *extra)
+    members = [] if any(e.startswith("ensemble=") for e in extra) else [f"ensemble=['{two_runs[1]}']"]
+    proc = _eval(tmp_path, "bad", f"checkpoint={two_runs[0]}", *members, *extra)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and expected in last, proc.stderr
     assert not (tmp_path / "bad" / "results.json").exists()

@@ -133,6 +133,16 @@ def test_flat_images_are_named(trained_run, caplog):
     assert "2 of 3 query images are nearly one flat value" in caplog.text
 
 
+def test_one_path_or_image_alone_is_read_as_one_image(trained_run, tmp_path):
+    from PIL import Image
+
+    knowledge = load(trained_run, device="cpu")
+    Image.new("L", (40, 40), 255).save(tmp_path / "a.png")
+    for one in (str(tmp_path / "a.png"), tmp_path / "a.png", Image.open(tmp_path / "a.png")):
+        assert knowledge.read_images(one).shape == (1, 1, 28, 28)
+    assert torch.equal(knowledge.as_pixels(str(tmp_path / "a.png")), knowledge.as_pixels([tmp_path / "a.png"]))
+
+
 def test_predict_tests_as_the_run_did_with_its_test_time_augmentation(trained_run):
     """A checkpoint whose config says ``eval.tta_shift=2`` classifies with the shifted copies (and with
     ``eval.tta_rotate``, the turned ones): other probabilities than the same weights without them."""

@@ -78,3 +78,18 @@ def test_lake_runs_take_alphabets_of_exactly_n_way_and_two_drawers():
         LakeRuns(alphabet_split((4, 3), per_class=4), 5, seed=0)
     with pytest.raises(DataError, match="drawn by two people or more"):
         LakeRuns(alphabet_split((6,), per_class=1), 5, seed=0)
+
+
+def test_a_lake_test_of_other_shots_says_which_keys_to_drop():
+    from metalearn_cli.episodes import ClassImages
+    from metalearn_cli.errors import ConfigError
+    from metalearn_cli.evaluation import fixed_tasks
+
+    class Data:
+        test = ClassImages(torch.zeros(6, 4, 1, 2, 2, dtype=torch.uint8), [f"A/c{i}" for i in range(6)])
+
+        def split(self, name):
+            return self.test
+
+    with pytest.raises(ConfigError, match="this test is 5-shot with 1 query: drop episode.shot and episode.query"):
+        fixed_tasks(Data(), "test", (5, 5, 1), 0, torch.device("cpu"), lake=True)

@@ -114,7 +114,7 @@ def test_blank_images_are_named_and_uniform_probabilities_are_flagged(trained_ru
     shown = "".join(capfd.readouterr())  # Hydra's logging prints to the console, as a user sees it
     assert "2 of 2 support images are nearly one flat value" in shown
     assert "2 of 2 query images are nearly one flat value" in shown
-    assert "every query got near-uniform probabilities" in shown
+    assert "every query got near-uniform probabilities" in shown and "may not tell these classes apart" in shown
 
 
 def test_an_export_is_written_again_from_the_same_weights_but_never_replaces_another_runs(trained_run, tmp_path, capsys):
@@ -137,6 +137,17 @@ def test_an_export_is_written_again_from_the_same_weights_but_never_replaces_ano
     assert main(["export", f"checkpoint={copy}", f"out={out}", f"hydra.run.dir={tmp_path / 'e4'}"]) == 0
     assert main(["export", f"checkpoint={copy}", f"out={tmp_path / 'newdir'}/", f"hydra.run.dir={tmp_path / 'e5'}"]) == 2
     assert "names a folder; name the file to write" in capsys.readouterr().err and not (tmp_path / "newdir").exists()
+
+
+def test_an_export_through_a_link_writes_where_it_leads_and_keeps_the_link(trained_run, tmp_path):
+    (tmp_path / "exports").mkdir()
+    link, dangling = tmp_path / "mk.pt", tmp_path / "later.pt"
+    link.symlink_to(tmp_path / "exports" / "mk.pt")  # an earlier export's place, not there yet
+    dangling.symlink_to("exports/later.pt")  # relative, as ln -s writes it
+    for n, out in enumerate((link, link, dangling)):  # the second: an earlier export of the same weights
+        assert main(["export", f"checkpoint={trained_run}", f"out={out}", f"hydra.run.dir={tmp_path / f'e{n}'}"]) == 0
+    assert link.is_symlink() and dangling.is_symlink()
+    assert (tmp_path / "exports" / "mk.pt").is_file() and (tmp_path / "exports" / "later.pt").is_file()
 
 
 def test_a_run_dir_inside_the_task_folders_is_refused_before_it_becomes_a_class(trained_run, tmp_path, capsys):

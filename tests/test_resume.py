@@ -101,7 +101,7 @@ def test_a_run_without_last_pt_names_its_best_pt_to_resume_from(trained_run, tmp
     assert "has no last.pt to resume from" in err and f"resume={run / 'checkpoints' / 'best.pt'}" in err, err
 
 
-def test_eval_of_a_run_resumed_with_other_test_settings_repeats_its_results(tmp_path):
+def test_eval_of_a_run_resumed_with_other_test_settings_repeats_its_results(tmp_path, capfd):
     """The README's promise: metalearn eval checkpoint=RUN reproduces results.json, after a resume that changed eval.* too."""
     import json
 
@@ -110,7 +110,9 @@ def test_eval_of_a_run_resumed_with_other_test_settings_repeats_its_results(tmp_
     run = tmp_path / "run"
     small = [*FAST, "trainer.val_every=2", "trainer.checkpoint_every=2"]
     assert main(["train", *small, "trainer.iterations=4", "eval.episodes=4", f"hydra.run.dir={run}"]) == 0
+    capfd.readouterr()
     assert main(["train", "trainer.iterations=5", "eval.episodes=7", f"resume={run}"]) == 0  # best.pt may be from before
+    assert "the test's settings differ from the run's start (eval.episodes=7, was 4)" in "".join(capfd.readouterr())
     assert main(["eval", f"checkpoint={run}", f"hydra.run.dir={tmp_path / 'again'}"]) == 0
     trained, again = (json.loads((d / "results.json").read_text()) for d in (run, tmp_path / "again"))
     assert trained["episodes"] == again["episodes"] == 7 and trained["accuracy"] == again["accuracy"]
@@ -197,3 +199,15 @@ def test_a_run_trained_by_torchrun_is_continued_by_torchrun_and_warned_otherwise
         warn_changed_course({**state, "processes": 1}, 10, "trainer.iterations", "meta-iteration 4", 2)
     assert "trained by 1 process and continues in 2" in caplog.text and "in one process, without torchrun" in caplog.text
     assert "--nproc-per-node=1" not in caplog.text
+
+
+@pytest.mark.parametrize("value,needle", [("nosuchdir", "resume=nosuchdir does not exist; pass the run dir to continue"),
+                                          ("yes", "resume=yes is not a choice: resume takes true, false or a run dir")])
+def test_a_resume_of_nothing_says_what_resume_takes(tmp_path, monkeypatch, capsys, value, needle):
+    from metalearn_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", f"resume={value}"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "best.pt" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -307,3 +307,27 @@ def test_a_stop_that_comes_just_after_the_work_was_written_is_no_failure(runs, t
     assert out.is_file() and json.loads((named / "export.json").read_text())["out"] == str(out.resolve())
     assert "finished before the interrupt came" in (named / "export.log").read_text()
     assert "interrupted" not in capsys.readouterr().err
+
+
+def test_a_run_dir_that_stops_taking_writes_mid_resume_is_one_line_naming_it(tmp_path, monkeypatch, capfd):
+    """A run dir made read-only (chmod, chattr +i) after its run: a resume fails at its first write, and the
+    line names that file and the folder's permissions, not a second failure to record the first."""
+    import metalearn_cli.files as files
+
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "trainer.iterations=4", f"hydra.run.dir={run}"]) == 0
+    replace = os.replace
+
+    def refused(src, dst):
+        if Path(dst).parent == run:  # the run dir's own files; the .hydra record is elsewhere
+            raise PermissionError(1, "Operation not permitted")
+        return replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", refused)
+    capfd.readouterr()
+    assert main(["train", *SMOKE, "trainer.iterations=6", f"resume={run}"]) == 2
+    err = capfd.readouterr().err
+    assert "Error executing job" not in err and "error.txt" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "could not write" in last and f"{run} is not writable: make it writable" in last, last
+    assert (run / "checkpoints" / "last.pt").is_file() and json.loads((run / "results.json").read_text())

@@ -52,6 +52,7 @@ def override_values(args: list[str]) -> dict[str, Any]:
             char = re.search(r"token recognition error at: '(.)'", str(exc))
             named = f"{char.group(1)!r} needs" if char and not char.group(1).isspace() else "it needs"
             hint = ("a list needs both brackets: key=[a,b]" if value.count("[") != value.count("]") else
+                    f"quote each item that needs it, inside the list: '{key}=[a,\"my folder/ü.pt\"]'" if value.startswith("[") else
                     f"{named} the value in quotes inside the shell's: '{key}=\"{value}\"'"
                     if value.strip() == value and not re.search("['\"]", value) else
                     "a value with spaces or non-ASCII characters needs quotes inside the shell's: 'key=\"my folder/ü\"'")
@@ -82,7 +83,11 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
     if resume == "true" and named is None:
         raise ConfigError("resume=true continues the run in hydra.run.dir, and none is named (the default is a new "
                           "dir); pass resume=<run dir>, or resume=true hydra.run.dir=<run dir>")
-    if resume not in (None, "true") and Path(resume).exists():
+    if resume not in (None, "true") and not Path(resume).exists():
+        guess = str(resume).lower() in ("yes", "y", "on", "1", "no", "n", "off", "0")
+        raise ConfigError(f"resume={resume} " + ("is not a choice: resume takes true, false or a run dir" if guess else
+                          "does not exist; pass the run dir to continue (or its checkpoints/last.pt)"))
+    if resume not in (None, "true"):
         if not held(run_dir_of(Path(resume))):
             raise ConfigError(f"resume={resume} is not a run dir or a checkpoint inside one; pass the run dir a "
                               "training run wrote (or its checkpoints/last.pt)")
@@ -269,14 +274,19 @@ def refused_config(command: str, args: list[str]) -> Optional[str]:
     it would otherwise fail only once submitted."""
     if command != "train" or sweep_requested(args):
         return None
+    import torch
+
+    from metalearn_cli.assemble import build_strategy
     from metalearn_cli.config_checks import validate
+    from metalearn_cli.data import DATASETS
     from metalearn_cli.errors import MetalearnError
 
     overrides = [a for before, a in zip(["", *args], args)
                  if not a.startswith("-") and not (before.startswith("-") and before in VALUE_FLAGS)]
     try:
         cfg = compose(command, overrides)
-        validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        validate(run := OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        build_strategy(run, DATASETS.params_of(run.dataset).image_format().shape, torch.device("cpu"))  # components' fit
     except (MetalearnError, HydraException, OmegaConfBaseException) as exc:
         return one_line(exc) if not isinstance(exc, MetalearnError) else str(exc)
     return None

@@ -56,8 +56,6 @@ def _read_cifar100(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, l
 
 @DATASETS.register("cifar_fs", params=CifarFSParams)
 def build_cifar_fs(params: CifarFSParams) -> FewShotData:
-    if params.root is None:
-        raise DataError("dataset=cifar_fs needs dataset.root=DIR (with cifar-100-python/, or dataset.download=true to fetch it)")
     images, labels, classes = _read_cifar100(params.root, params.download)
     split = {s: (ASSET_DIR / f"{s}.txt").read_text().split() for s in SPLITS}
     missing = [c for s in SPLITS for c in split[s] if c not in classes]

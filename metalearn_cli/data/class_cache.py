@@ -89,6 +89,10 @@ def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Opti
     if n < 1 or counts[smallest] < n:
         raise DataError(f"{what}: class {smallest} has {counts[smallest]} images but {n} per class are needed; "
                         "add images or lower dataset.images_per_class")
+    if n < 2:  # every class would be cut to it, and a task needs a support and a query image of each class
+        raise DataError(f"{what}: class {smallest} has {counts[smallest]} image, and every class is cut to the smallest "
+                        "class's count, but a task needs 2 or more of each (a support and a query image); add images "
+                        "there or remove its folder")
     if per_class is None and len(set(counts.values())) > 1:
         short = sorted(name for name, count in counts.items() if count == n)
         log.warning("%s: classes have %d to %d images; every class is cut to the first %d, the count of %s%s (add images "

@@ -16,8 +16,8 @@ import torch
 from metalearn_cli.data import DATASETS, SPLITS, FewShotData
 from metalearn_cli.console import first_names
 from metalearn_cli.data.class_cache import CACHE_DIR, load_classes, split_of
-from metalearn_cli.data.images import class_folders, class_images
-from metalearn_cli.errors import ConfigError, DataError
+from metalearn_cli.data.images import class_folders, class_images, say_files_beside
+from metalearn_cli.errors import DataError
 from metalearn_cli.params.datasets import FolderParams
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,9 @@ def read_split_file(path: Path, classes: list[str]) -> dict[str, list[str]]:
     """``<class> <split>`` lines -> split -> classes (in file order); every listed class must exist. The split is
     the line's last word, so a class name may hold spaces (quotes around it are dropped)."""
     if not path.is_file():
-        raise DataError(f"split file {path} does not exist; pass dataset.split_file=FILE or null for a seeded split")
+        what = "is a folder" if path.is_dir() else "is not a file" if path.exists() else "does not exist"
+        raise DataError(f"split file {path} {what}; pass dataset.split_file=FILE (lines '<class> <train|val|test>') "
+                        "or null for a seeded split")
     parts: dict[str, list[str]] = {s: [] for s in SPLITS}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.strip().startswith("#"):
@@ -44,8 +46,6 @@ def read_split_file(path: Path, classes: list[str]) -> dict[str, list[str]]:
 
 def ratio_split(classes: list[str], ratios: list[float], seed: int) -> dict[str, list[str]]:
     """Shuffle the sorted classes with ``seed`` and cut them by ``ratios`` (each split gets >= 1 class)."""
-    if len(ratios) != 3 or min(ratios) <= 0:
-        raise ConfigError("dataset.ratios must be three positive train/val/test shares, e.g. [0.64, 0.16, 0.2]")
     order = torch.randperm(len(classes), generator=torch.Generator().manual_seed(seed)).tolist()
     shuffled = [sorted(classes)[i] for i in order]
     total = sum(ratios)
@@ -77,14 +77,13 @@ def recorded_split(classes: dict[str, list[str]], names: list[str], root: Path) 
 
 @DATASETS.register("folder", params=FolderParams)
 def build_folder(params: FolderParams) -> FewShotData:
-    if params.root is None:
-        raise DataError("dataset=folder needs dataset.root=DIR with one sub-folder of images per class")
     root = Path(params.root).expanduser()
     if root.exists() and not root.is_dir():
         raise DataError(f"dataset.root={root} is a file, not a folder; pass the folder that holds one sub-folder of images per class")
     if not root.is_dir():
         raise DataError(f"dataset.root={root} does not exist; it must hold one sub-folder of images per class")
     folders = class_folders(root)
+    say_files_beside(root, folders)
     names = [f.name for f in folders]
     if len(names) < 3:
         raise DataError(f"{root} has {len(names)} class folders; train, val and test need at least one class each")

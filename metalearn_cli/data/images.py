@@ -120,6 +120,13 @@ def class_folders(root: Path) -> list[Path]:
     return folders
 
 
+def say_files_beside(root: Path, folders: list[Path]) -> None:
+    """Warn of the files at a data set's top level (notes, an image outside any class): not read, said once."""
+    if stray := sorted(p.name for p in _entries(root) if p not in folders):
+        log.warning("%s: skipped %d file%s beside the class folders (%s); each class is a sub-folder of images",
+                    root, len(stray), "" if len(stray) == 1 else "s", first_names(stray))
+
+
 def class_images(folder: Path, what: str = "class folder") -> list[Path]:
     """:func:`image_files` of a class folder (or a query folder, ``what``), saying which of its entries are
     skipped (notes, nested folders, an image saved without its extension)."""
@@ -142,6 +149,7 @@ def read_class_folders(root: Path, fmt: ImageFormat, what: str) -> tuple[list[st
     folders = class_folders(root)
     if not folders:
         raise DataError(f"{what} folder {root} has no class sub-folders; put the images of each class in root/<class>/")
+    say_files_beside(root, folders)
     names, files, stacks = [], [], []
     for folder in folders:
         found = class_images(folder)

@@ -54,9 +54,6 @@ def find_images(root: Path, wnids: list[str]) -> dict[str, list[Path]]:
 
 @DATASETS.register("mini_imagenet", params=MiniImageNetParams)
 def build_mini_imagenet(params: MiniImageNetParams) -> FewShotData:
-    if params.root is None:
-        raise DataError("dataset=mini_imagenet needs dataset.root=DIR holding the mini-ImageNet images "
-                        "(images/<wnid><index>.jpg or <wnid>/ folders); they are not shipped, by ImageNet's terms")
     root = Path(params.root).expanduser()
     if not root.is_dir():
         state = "is a file, not a folder" if root.exists() else "does not exist"

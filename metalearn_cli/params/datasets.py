@@ -39,9 +39,13 @@ class ImageFormat:
 
     def __post_init__(self) -> None:
         framings = [mode.value for mode in InkNormalise]  # dataset.normalise's choices
-        if self.channels not in (1, 3) or self.size < 1 or self.resample not in RESAMPLING or self.normalise not in framings:
-            raise DataError(f"invalid image format {self}: channels must be 1 or 3, size >= 1, "
-                            f"resample one of {', '.join(RESAMPLING)}, normalise one of {', '.join(framings)}")
+        wrong = [f"{key}={value} must be {rule}" for key, value, ok, rule in (
+            ("dataset.channels", self.channels, self.channels in (1, 3), "1 (grey) or 3 (RGB)"),
+            ("dataset.image_size", self.size, self.size >= 1, ">= 1 (pixels per side)"),
+            ("dataset.resample", self.resample, self.resample in RESAMPLING, f"one of {', '.join(RESAMPLING)}"),
+            ("dataset.normalise", self.normalise, self.normalise in framings, f"one of {', '.join(framings)}")) if not ok]
+        if wrong:
+            raise DataError("; ".join(wrong))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -68,6 +72,11 @@ class CifarFSParams:
     augment: Augment = Augment.crop_flip_jitter  # supervised pre-training (RFS's recipe)
     meta_augment: Augment = Augment.crop_flip  # meta-training with trainer.augment=auto
 
+    def __post_init__(self) -> None:  # what a run would refuse, said before it reads data (and by --cfg)
+        if self.root is None:
+            raise DataError("dataset=cifar_fs needs dataset.root=DIR (with cifar-100-python/, or dataset.download=true to fetch it)")
+        self.image_format()
+
     def image_format(self) -> ImageFormat:
         return ImageFormat(3, self.image_size, "bilinear")
 
@@ -88,6 +97,17 @@ class FolderParams:
     augment: Augment = Augment.crop_flip  # supervised pre-training; crop_flip_jitter for colour photos, crop for symbols
     meta_augment: Augment = Augment.crop_flip  # meta-training with trainer.augment=auto; affine for strokes
 
+    def __post_init__(self) -> None:  # what a run would refuse, said before it reads data (and by --cfg)
+        if self.root is None:
+            raise DataError("dataset=folder needs dataset.root=DIR with one sub-folder of images per class")
+        if self.images_per_class is not None and self.images_per_class < 2:
+            raise DataError(f"dataset.images_per_class={self.images_per_class}: give how many images of each class to "
+                            "use (>= 2: a task needs a support and a query image of each), or null for the smallest class's count")
+        if len(self.ratios) != 3 or min(self.ratios) <= 0:
+            raise DataError(f"dataset.ratios={list(self.ratios)}: give three shares > 0 of the classes, for train, val and "
+                            "test (e.g. [0.64,0.16,0.2]), or a split file (dataset.split_file=FILE)")
+        self.image_format()
+
     def image_format(self) -> ImageFormat:
         return ImageFormat(self.channels, self.image_size, self.resample)
 
@@ -101,6 +121,15 @@ class MiniImageNetParams:
     cache: bool = True  # keep the converted tensor (1.3 GB at 84 x 84) in root/.metalearn-cache/
     augment: Augment = Augment.crop_flip_jitter  # supervised pre-training (RFS's recipe)
     meta_augment: Augment = Augment.crop_flip  # meta-training with trainer.augment=auto
+
+    def __post_init__(self) -> None:  # what a run would refuse, said before it reads data (and by --cfg)
+        if self.root is None:
+            raise DataError("dataset=mini_imagenet needs dataset.root=DIR holding the mini-ImageNet images "
+                            "(images/<wnid><index>.jpg or <wnid>/ folders); they are not shipped, by ImageNet's terms")
+        if self.images_per_class is not None and self.images_per_class < 2:
+            raise DataError(f"dataset.images_per_class={self.images_per_class}: give how many images of each class to "
+                            "use (>= 2: a task needs a support and a query image of each), or null for the smallest class's count")
+        self.image_format()
 
     def image_format(self) -> ImageFormat:
         return ImageFormat(3, self.image_size, "bilinear")

@@ -100,6 +100,12 @@ def test_folder_split_file_and_its_errors(tmp_path):
         DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6})
     with pytest.raises(DataError, match="needs dataset.root"):
         DATASETS.build({"name": "folder"})
+    with pytest.raises(DataError, match=r"split file .* is a folder; pass dataset.split_file=FILE"):
+        DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "split_file": str(tmp_path)})
+    for bad, needle in (({"images_per_class": 1}, r"images_per_class=1: .* \(>= 2"), ({"ratios": [1, 0, 0]}, "three shares > 0"),
+                        ({"channels": 2}, r"dataset.channels=2 must be 1 \(grey\) or 3")):
+        with pytest.raises(DataError, match=needle):  # refused before any image is read
+            DATASETS.build({"name": "folder", "root": str(tmp_path / "nowhere"), **bad})
 
 
 def test_training_on_a_folder_data_set_learns(tmp_path, monkeypatch, capsys):
@@ -213,6 +219,19 @@ def test_cifar_fs_missing_is_one_line(tmp_path):
     (tmp_path / "cifar-100-python").mkdir()
     with pytest.raises(DataError, match=f"is cifar-100-python/ itself; pass the folder that holds it: dataset.root={tmp_path}"):
         DATASETS.build({"name": "cifar_fs", "root": str(tmp_path / "cifar-100-python")})
+
+
+def test_a_class_of_one_image_is_named_and_files_beside_the_classes_are_said(tmp_path, caplog):
+    make_folder(tmp_path, [f"class{i:02d}" for i in range(4)], per_class=3)
+    (tmp_path / "README.txt").write_text("my notes")
+    Image.new("L", (8, 8)).save(tmp_path / "stray.png")
+    with caplog.at_level("WARNING"):
+        DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})
+    assert "skipped 2 files beside the class folders (README.txt, stray.png)" in caplog.text
+    for extra in ("1.png", "2.png"):
+        (tmp_path / "class02" / extra).unlink()
+    with pytest.raises(DataError, match="class class02 has 1 image, .* add images there or remove its folder"):
+        DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})
 
 
 def test_a_short_class_is_named_when_every_class_is_cut_to_it(tmp_path, caplog):

@@ -113,7 +113,7 @@ def test_film_refuses_encoders_without_modulation():
 
     cfg = OmegaConf.create({"encoder": {"name": "rnn", "hidden": 8}, "decoder": {"name": "film"},
                             "episode": {"way": 3, "shot": 1, "query": 1}})
-    with pytest.raises(ConfigError, match="decoder=film needs an encoder that accepts FiLM modulation .* RNNEncoder"):
+    with pytest.raises(ConfigError, match="decoder=film needs an encoder that accepts FiLM modulation .* encoder=rnn does not"):
         build_meta_model(cfg, (1, 28, 28))
 
 
