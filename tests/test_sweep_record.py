@@ -24,3 +24,19 @@ def test_the_finishing_command_keeps_the_sweeps_launcher(tmp_path):
     assert not any(w.startswith("hydra.mode") for w in words)
     OmegaConf.save({"hydra": {"overrides": {"task": ["seed=0,1"], "hydra": ["hydra.mode=MULTIRUN"]}}}, folder / RECORD)
     assert "launcher" not in sweep_again(folder)
+
+
+def test_a_sweep_without_multirun_yaml_still_names_its_failed_jobs(tmp_path):
+    """Optuna's sweeper keeps no multirun.yaml: report still says which trials failed (no finishing command)."""
+    import json
+
+    from metalearn_cli.sweep_record import sweep_note
+
+    jobs = [tmp_path / f"{i}_job" for i in range(3)]
+    for job, status in zip(jobs, ("failed", "completed", "failed")):
+        job.mkdir()
+        (job / "status.json").write_text(json.dumps({"status": status}))
+    (jobs[1] / "results.json").write_text("{}")
+    note = sweep_note(tmp_path, jobs)
+    assert note is not None and "2 of its 3 runs failed (0_job, 2_job; each error.txt says why)" in note, note
+    assert "finish the sweep" not in note and sweep_note(tmp_path, jobs[1:2]) is None

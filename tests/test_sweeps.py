@@ -201,6 +201,7 @@ def test_report_of_a_sweep_with_a_failed_job_says_it_failed_not_stopped(tmp_path
     out = capsys.readouterr().out
     assert f"1 job failed ({failed.name}; each error.txt says why)" in out and "stopped before its test" not in out
     assert "once what failed is fixed, finish the sweep with: metalearn train -m" in out
+    assert "resume=true (a job whose own swept value is what failed fails again; the others finish)" in out
 
 
 @pytest.mark.skipif(not plugin("hydra_joblib_launcher"), reason='needs the sweep extra: pip install -e ".[sweep]"')
