@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -164,7 +165,15 @@ def freeze_encoder(strategy: Strategy, cfg: Any) -> None:
 def initialise_from(strategy: Strategy, source: str) -> None:
     """Copy the tensors of another run's meta-knowledge whose names and shapes match (e.g. a
     ProtoNet-trained encoder under a latent decoder); everything else keeps its fresh initialisation."""
-    theirs = read_meta_knowledge(source)["model"]
+    from metalearn_cli.resume import run_dir_of, unfinished_note
+
+    knowledge = read_meta_knowledge(source)
+    theirs = knowledge["model"]
+    if note := unfinished_note(source):  # a stopped run's checkpoint: maybe the weights it started from
+        stage = run_dir_of(Path(source)) / "pretrain"
+        log.warning("trainer.init_from: %s%s", note, "" if knowledge.get("step") != 0 else
+                    " (its checkpoint is of step 0: untrained weights" + (f"; its pre-training stage's: trainer.init_from={stage})"
+                                                                         if stage.is_dir() else ")"))
     bad = first_non_finite(theirs)
     if bad:
         raise CheckpointError(f"trainer.init_from={source} holds non-finite values in {bad}; it came from a diverged run, "

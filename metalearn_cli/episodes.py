@@ -163,7 +163,8 @@ class EpisodeSampler:
             largest = max((len(g) for g in alphabet_groups(split)), default=0)
             raise ConfigError(f"trainer.within_alphabet={within} needs classes named Alphabet/character with {n_way} "
                               f"characters in one alphabet ({'the largest has ' + str(largest) if largest else 'these classes name no alphabet'}); "
-                              "use dataset=omniglot, lower trainer.train_way, or set trainer.within_alphabet=0")
+                              f"{'lower trainer.train_way to ' + str(largest) + ' or less, ' if largest else 'use dataset=omniglot, '}"
+                              "or set trainer.within_alphabet=0")
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)

@@ -104,6 +104,7 @@ def record_outcomes(run_dir: Path, outcomes: list[torch.Tensor], data: FewShotDa
 
 def write_task_stats(path: Path, rows: list[dict[str, float]]) -> None:
     """``task_stats.csv``: one row per test task."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["episode", "accuracy"])
         writer.writeheader()
@@ -153,7 +154,6 @@ def score_checkpoint(
                               finetune, views, support)
     seconds = time.perf_counter() - start
     if stats is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_task_stats(Path(run_dir) / "task_stats.csv", stats)
     confused = record_outcomes(Path(run_dir), outcomes, data, split, shapes, seed, lake, original) if outcomes else {}
     return {
@@ -173,7 +173,7 @@ def score_checkpoint(
         **({"finetune_lr": finetune.lr, "finetune_params": finetune.params, "finetune_search": search}
            if finetune is not None else {}),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
-    }
+        "cpu_threads": torch.get_num_threads()}  # CPU results depend on it (a joblib job gets its share of the cores)
 
 
 def search_rate(strategy: Strategy | Ensemble, finetune: Finetuner, val: EpisodeSampler, eval_cfg: Any, modes: list[str],

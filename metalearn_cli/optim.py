@@ -9,6 +9,7 @@ on CUDA. Strategies only compute the meta-loss; clipping is an optimizer setting
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, ContextManager, Iterable, Optional
@@ -19,6 +20,8 @@ from metalearn_cli.distributed import average_gradients
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.registry import Registry
 from metalearn_cli.params.optimizers import AdamParams, ClipParams, SGDParams, Schedule, ScheduleParams
+
+log = logging.getLogger(__name__)
 
 
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
@@ -88,6 +91,12 @@ def build_schedule(params: ScheduleParams, optimizer: torch.optim.Optimizer, tot
         raise ConfigError("optimizer.schedule needs warmup >= 0, step_size >= 1, 0 <= min_lr_ratio <= 1 and gamma > 0")
     if any(not 0 < m < 1 for m in params.milestones):
         raise ConfigError("optimizer.schedule.milestones are fractions of the run: each between 0 and 1")
+    if params.kind is Schedule.multistep and not params.milestones:
+        raise ConfigError("optimizer.schedule.kind=multistep needs milestones, the fractions of the run where the rate "
+                          "drops by gamma (e.g. optimizer.schedule.milestones=[0.6,0.8]); kind=constant keeps it flat")
+    if total > 1 and params.warmup >= total:
+        log.warning("optimizer.schedule.warmup=%d is not shorter than the stage's %d steps: its learning rate never "
+                    "reaches the configured one (it ends at %.0f%% of it)", params.warmup, total, 100 * total / params.warmup)
     steps = sorted(round(m * total) for m in params.milestones)
 
     def factor(step: int) -> float:

@@ -15,7 +15,7 @@ from metalearn_cli.console import OneLineParser, folder_arg, help_text
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.rundir import find_runs, refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
-from metalearn_cli.sweep_record import sweep_note
+from metalearn_cli.sweep_record import failed_note, sweep_note
 
 COLUMNS = ["run", "command", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
            "test_accuracy", "ci95", "published", "published_of", "val_accuracy", "train_seconds", "tasks_per_s",
@@ -74,7 +74,8 @@ def best_validation(metrics: list[dict[str, Any]]) -> Optional[float]:
 
 def sweep_notes(paths: list[Path], runs: list[Path]) -> list[str]:
     """A line for each sweep dir named whose jobs did not all finish (:func:`~metalearn_cli.sweep_record.sweep_note`)."""
-    notes = [sweep_note(Path(path), [run for run in runs if run.parent == Path(path)]) for path in paths]
+    inside = [[run for run in runs if run.parent == Path(path)] for path in paths]  # a folder without multirun.yaml
+    notes = [sweep_note(Path(path), jobs) or failed_note(Path(path), jobs) for path, jobs in zip(paths, inside)]  # (Optuna's)
     return [note for note in notes if note]
 
 
@@ -127,7 +128,7 @@ def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["test_accuracy"] is not None:
-            groups.setdefault(setting_of(row) + row.get("_setting", ""), []).append(row)  # the configs, not only the overrides
+            groups.setdefault(row.get("_setting") or setting_of(row), []).append(row)  # equal configs, however typed
     out = []
     for members in groups.values():
         setting = setting_of(members[0])

@@ -69,13 +69,19 @@ def failed_and_stopped(unfinished: list[Path]) -> tuple[list[Path], list[Path]]:
     return failed, [run for run in unfinished if run not in failed]
 
 
+def failed_note(folder: Path, jobs: list[Path]) -> Optional[str]:
+    """A folder of runs without ``multirun.yaml`` (a sweeper that keeps none, as Optuna's): its failed runs, said."""
+    failed, _ = failed_and_stopped(unfinished_jobs(jobs))
+    return (f"{folder}: {len(failed)} of its {len(jobs)} runs failed ({first_names([j.name for j in failed])}; each "
+            f"{ERROR} says why)") if failed and len(jobs) > 1 else None
+
+
 def sweep_note(folder: Path, jobs: list[Path]) -> Optional[str]:
     """One line for a sweep dir whose jobs did not all finish: which stopped before their test, how many never
     started (of ``jobs``, the job dirs found in it), and the command that finishes it; None when all finished."""
+    if not (Path(folder) / RECORD).is_file():
+        return None
     failed, stopped = failed_and_stopped(unfinished_jobs(jobs))
-    if not (Path(folder) / RECORD).is_file():  # a sweeper that keeps no multirun.yaml (Optuna): what is known
-        return (f"{folder}: {len(failed)} of its {len(jobs)} runs failed ({first_names([j.name for j in failed])}; each "
-                f"{ERROR} says why)") if failed and len(jobs) > 1 else None
     planned = planned_jobs(folder)
     missing = planned - len(jobs) if planned is not None else 0
     parts = [f"{len(stopped)} job{'s' if len(stopped) > 1 else ''} stopped before {'their' if len(stopped) > 1 else 'its'} test "

@@ -140,7 +140,7 @@ class Training:
         def extras() -> dict[str, Any]:
             return {"meta_batch": self.t.meta_batch, "train_way": s.train_way, "train_query": s.train_query,
                     "device": str(self.device), "processes": self.ranks.size,  # torchrun's process count (1 alone)
-                    "cpu_threads": torch.get_num_threads(),  # CPU results depend on it (a joblib job gets its share)
+                    **({"init_from": str(Path(cfg.trainer.init_from).expanduser().resolve())} if cfg.trainer.init_from else {}),
                     "precision": self.strategy.model.precision,
                     "torch": torch.__version__, "dataset": data.name, "strategy": cfg.strategy.name,
                     "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,

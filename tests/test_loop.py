@@ -129,6 +129,15 @@ def test_init_from_copies_the_matching_tensors_of_another_run(compose_train, tmp
     assert any(k.startswith("model.decoder.") for k in started)  # the latent decoder kept its own initialisation
     with pytest.raises(ConfigError, match="shares no parameter"):
         training.train(compose_train("encoder.width=8", f"trainer.init_from={tmp_path / 'proto'}"), tmp_path / "narrow")
+    assert json.loads((tmp_path / "latent" / "results.json").read_text())["init_from"] == str((tmp_path / "proto").resolve())
+
+
+def test_init_from_a_stopped_run_says_its_weights_are_not_the_finished_runs(compose_train, tmp_path, caplog):
+    training.train(compose_train(), tmp_path / "proto")
+    (tmp_path / "proto" / "status.json").write_text(json.dumps({"status": "interrupted", "step": 4, "iterations": 9}))
+    with caplog.at_level("WARNING"):
+        training.train(compose_train(f"trainer.init_from={tmp_path / 'proto'}", "trainer.iterations=1"), tmp_path / "next")
+    assert "trainer.init_from: " in caplog.text and "stopped before its end (step 4 of 9)" in caplog.text
 
 
 def test_a_run_whose_every_step_hurts_keeps_its_starting_weights(compose_train, tmp_path):

@@ -103,6 +103,22 @@ def test_multistep_decays_at_fractions_of_the_run():
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     with pytest.raises(ConfigError, match="milestones"):
         build_schedule(ScheduleParams(kind=Schedule.multistep, milestones=[60.0]), optimizer, 100)
+    with pytest.raises(ConfigError, match="kind=multistep needs milestones"):  # else a constant rate, unsaid
+        build_schedule(ScheduleParams(kind=Schedule.multistep, milestones=[]), optimizer, 100)
+
+
+def test_a_warm_up_as_long_as_the_run_is_said(caplog):
+    from metalearn_cli.optim import build_schedule
+    from metalearn_cli.params.optimizers import ScheduleParams
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with caplog.at_level("WARNING"):
+        build_schedule(ScheduleParams(warmup=100), optimizer, 20)
+        assert "warmup=100 is not shorter than the stage's 20 steps" in caplog.text and "ends at 20% of it" in caplog.text
+        caplog.clear()
+        build_schedule(ScheduleParams(warmup=10), optimizer, 20)
+        build_schedule(ScheduleParams(warmup=100), optimizer, 1)  # the range check's probe
+    assert not caplog.text
 
 
 # ----------------------------------------------------------------------------- schedules and their checks

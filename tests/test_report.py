@@ -206,6 +206,12 @@ def test_seeds_are_pooled_only_when_their_configs_match_not_just_their_command_l
     assert main(["report", str(runs)]) == 0
     assert "Across training seeds" not in capsys.readouterr().out
     assert not (runs / "report" / "seeds.csv").exists()  # the refreshed report keeps no stale table
+    other = tmp_path / "typed"  # the same config, one command line naming a default the other leaves out
+    assert main(["train", *FAST, "seed=0", f"hydra.run.dir={other / '0'}"]) == 0
+    assert main(["train", *FAST, "seed=1", "strategy=mgd", f"hydra.run.dir={other / '1'}"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(other)]) == 0
+    assert "Across training seeds" in capsys.readouterr().out and (other / "report" / "seeds.csv").is_file()
 
 
 def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_path):

@@ -30,13 +30,14 @@ def test_a_sweep_without_multirun_yaml_still_names_its_failed_jobs(tmp_path):
     """Optuna's sweeper keeps no multirun.yaml: report still says which trials failed (no finishing command)."""
     import json
 
-    from metalearn_cli.sweep_record import sweep_note
+    from metalearn_cli.sweep_record import failed_note, sweep_note
 
     jobs = [tmp_path / f"{i}_job" for i in range(3)]
     for job, status in zip(jobs, ("failed", "completed", "failed")):
         job.mkdir()
         (job / "status.json").write_text(json.dumps({"status": status}))
     (jobs[1] / "results.json").write_text("{}")
-    note = sweep_note(tmp_path, jobs)
+    assert sweep_note(tmp_path, jobs) is None  # no record of the sweep: no finishing command
+    note = failed_note(tmp_path, jobs)
     assert note is not None and "2 of its 3 runs failed (0_job, 2_job; each error.txt says why)" in note, note
-    assert "finish the sweep" not in note and sweep_note(tmp_path, jobs[1:2]) is None
+    assert failed_note(tmp_path, jobs[1:2]) is None

@@ -276,7 +276,7 @@ def refused_config(command: str, args: list[str]) -> Optional[str]:
         return None
     import torch
 
-    from metalearn_cli.assemble import build_strategy
+    from metalearn_cli.assemble import build_strategy, resolve_bn_mode
     from metalearn_cli.config_checks import validate
     from metalearn_cli.data import DATASETS
     from metalearn_cli.errors import MetalearnError
@@ -286,7 +286,8 @@ def refused_config(command: str, args: list[str]) -> Optional[str]:
     try:
         cfg = compose(command, overrides)
         validate(run := OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
-        build_strategy(run, DATASETS.params_of(run.dataset).image_format().shape, torch.device("cpu"))  # components' fit
+        strategy = build_strategy(run, DATASETS.params_of(run.dataset).image_format().shape, torch.device("cpu"))  # fit
+        resolve_bn_mode(run.eval.bn_mode, strategy)
     except (MetalearnError, HydraException, OmegaConfBaseException) as exc:
         return one_line(exc) if not isinstance(exc, MetalearnError) else str(exc)
     return None

@@ -36,9 +36,9 @@ import torch
 
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.data.ink import normalise_ink
-from metalearn_cli.data.omniglot_files import ASSET_DIR, ASSET_NAME, IMAGE_SIZE, OmniglotArrays, arrays_from_root, load_arrays
+from metalearn_cli.data.omniglot_files import ASSET_DIR, ASSET_NAME, OmniglotArrays, arrays_from_root, load_arrays
 from metalearn_cli.episodes import ClassImages
-from metalearn_cli.errors import ConfigError, DataError
+from metalearn_cli.errors import DataError
 from metalearn_cli.params.datasets import OmniglotParams, OmniglotSplit, OmniglotVal
 
 LAKE_VAL_ALPHABETS = 5
@@ -83,11 +83,6 @@ def _class_name(character: str, turn: int) -> str:
 def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: OmniglotVal = OmniglotVal.alphabets,
                 rotations: int = 1, mirror: bool = False) -> FewShotData:
     """Cut the characters into train / val / test classes by the chosen protocol."""
-    if val is OmniglotVal.drawers and split is not OmniglotSplit.background:
-        raise ConfigError("dataset.val=drawers is for dataset.split=background (Lake et al.'s 30 training alphabets)")
-    if rotations not in (1, 4) or (rotations == 4 and split is not OmniglotSplit.background):
-        raise ConfigError(f"dataset.rotations={rotations}: give 1 (none) or 4 (each training character turned by 90, 180 "
-                          "and 270 degrees into new classes), and 4 only with dataset.split=background (vinyals has its own)")
     parts: dict[str, list[tuple[str, int]]] = {}
     if split is OmniglotSplit.vinyals:
         for part in ("train", "val", "test"):
@@ -129,17 +124,7 @@ def make_splits(arrays: OmniglotArrays, split: OmniglotSplit, where: str, val: O
 
 @DATASETS.register("omniglot", params=OmniglotParams)
 def build_omniglot(params: OmniglotParams) -> FewShotData:
-    if params.split is OmniglotSplit.lake:
-        raise ConfigError("dataset.split=lake was renamed dataset.split=background: it draws random cross-alphabet "
-                          "tasks from the evaluation alphabets, which is not Lake et al.'s within-alphabet protocol")
-    if params.image_size < 8:
-        raise ConfigError(f"dataset.image_size={params.image_size} is too small to draw a character on; give >= 8 (28: Vinyals et al.)")
-    if params.root is None:
-        if params.download:
-            raise DataError("dataset.download=true needs dataset.root=DIR to download into")
-        if params.image_size != IMAGE_SIZE:
-            raise ConfigError(f"dataset.image_size={params.image_size}: the embedded copy is {IMAGE_SIZE} px; pass dataset.root=DIR "
-                              "with the full-resolution images_background and images_evaluation (dataset.download=true fetches them)")
+    if params.root is None:  # the settings themselves are checked by OmniglotParams
         asset = ASSET_DIR / ASSET_NAME
         if not asset.is_file():
             raise DataError(f"the embedded Omniglot file {asset} is missing; reinstall metalearn or run scripts/prepare_omniglot.py")

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from metalearn_cli.errors import DataError
+from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.schema import Augment
 
 # torchvision's InterpolationMode by name (torchvision is imported when images are converted, not
@@ -164,6 +164,25 @@ class OmniglotParams:
     rotations: int = 1  # split=background: each training character also rotated by 90/180/270 degrees into new classes (4)
     mirror: bool = False  # each training class (and each turn) also mirrored left-right into a new class; val and test never
     normalise: InkNormalise = InkNormalise.none  # every image (train, val, test) framed by its own ink, once at load
+
+    def __post_init__(self) -> None:  # what a run would refuse, said before it reads data (and by --cfg)
+        split, val = OmniglotSplit(self.split), OmniglotVal(self.val)
+        if split is OmniglotSplit.lake:
+            raise ConfigError("dataset.split=lake was renamed dataset.split=background: it draws random cross-alphabet "
+                            "tasks from the evaluation alphabets, which is not Lake et al.'s within-alphabet protocol")
+        if self.image_size < 8:
+            raise ConfigError(f"dataset.image_size={self.image_size} is too small to draw a character on; give >= 8 (28: Vinyals et al.)")
+        if self.root is None and self.download:
+            raise DataError("dataset.download=true needs dataset.root=DIR to download into")
+        if self.root is None and self.image_size != OMNIGLOT_FORMAT.size:
+            raise ConfigError(f"dataset.image_size={self.image_size}: the embedded copy is {OMNIGLOT_FORMAT.size} px; pass "
+                            "dataset.root=DIR with the full-resolution images_background and images_evaluation "
+                            "(dataset.download=true fetches them)")
+        if val is OmniglotVal.drawers and split is not OmniglotSplit.background:
+            raise ConfigError("dataset.val=drawers is for dataset.split=background (Lake et al.'s 30 training alphabets)")
+        if self.rotations not in (1, 4) or (self.rotations == 4 and split is not OmniglotSplit.background):
+            raise ConfigError(f"dataset.rotations={self.rotations}: give 1 (none) or 4 (each training character turned by 90, "
+                            "180 and 270 degrees into new classes), and 4 only with dataset.split=background (vinyals has its own)")
 
     def image_format(self) -> ImageFormat:
         """Also framed as the data set frames its drawings, so a user's images (predict, ``load``) match them."""
