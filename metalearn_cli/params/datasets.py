@@ -63,6 +63,13 @@ class ImageFormat:
 OMNIGLOT_FORMAT = ImageFormat(channels=1, size=28, resample="lanczos", invert=True)  # Vinyals et al.'s 28 x 28
 
 
+def check_images_per_class(count: Optional[int]) -> None:
+    """``dataset.images_per_class``: null (the smallest class's count) or enough for a task's support and query."""
+    if count is not None and count < 2:
+        raise DataError(f"dataset.images_per_class={count}: give how many images of each class to use (>= 2: a task "
+                        "needs a support and a query image of each), or null for the smallest class's count")
+
+
 @dataclass
 class CifarFSParams:
     name: str = "cifar_fs"
@@ -100,9 +107,7 @@ class FolderParams:
     def __post_init__(self) -> None:  # what a run would refuse, said before it reads data (and by --cfg)
         if self.root is None:
             raise DataError("dataset=folder needs dataset.root=DIR with one sub-folder of images per class")
-        if self.images_per_class is not None and self.images_per_class < 2:
-            raise DataError(f"dataset.images_per_class={self.images_per_class}: give how many images of each class to "
-                            "use (>= 2: a task needs a support and a query image of each), or null for the smallest class's count")
+        check_images_per_class(self.images_per_class)
         if len(self.ratios) != 3 or min(self.ratios) <= 0:
             raise DataError(f"dataset.ratios={list(self.ratios)}: give three shares > 0 of the classes, for train, val and "
                             "test (e.g. [0.64,0.16,0.2]), or a split file (dataset.split_file=FILE)")
@@ -126,9 +131,7 @@ class MiniImageNetParams:
         if self.root is None:
             raise DataError("dataset=mini_imagenet needs dataset.root=DIR holding the mini-ImageNet images "
                             "(images/<wnid><index>.jpg or <wnid>/ folders); they are not shipped, by ImageNet's terms")
-        if self.images_per_class is not None and self.images_per_class < 2:
-            raise DataError(f"dataset.images_per_class={self.images_per_class}: give how many images of each class to "
-                            "use (>= 2: a task needs a support and a query image of each), or null for the smallest class's count")
+        check_images_per_class(self.images_per_class)
         self.image_format()
 
     def image_format(self) -> ImageFormat:
@@ -169,20 +172,20 @@ class OmniglotParams:
         split, val = OmniglotSplit(self.split), OmniglotVal(self.val)
         if split is OmniglotSplit.lake:
             raise ConfigError("dataset.split=lake was renamed dataset.split=background: it draws random cross-alphabet "
-                            "tasks from the evaluation alphabets, which is not Lake et al.'s within-alphabet protocol")
+                              "tasks from the evaluation alphabets, which is not Lake et al.'s within-alphabet protocol")
         if self.image_size < 8:
             raise ConfigError(f"dataset.image_size={self.image_size} is too small to draw a character on; give >= 8 (28: Vinyals et al.)")
         if self.root is None and self.download:
             raise DataError("dataset.download=true needs dataset.root=DIR to download into")
         if self.root is None and self.image_size != OMNIGLOT_FORMAT.size:
             raise ConfigError(f"dataset.image_size={self.image_size}: the embedded copy is {OMNIGLOT_FORMAT.size} px; pass "
-                            "dataset.root=DIR with the full-resolution images_background and images_evaluation "
-                            "(dataset.download=true fetches them)")
+                              "dataset.root=DIR with the full-resolution images_background and images_evaluation "
+                              "(dataset.download=true fetches them)")
         if val is OmniglotVal.drawers and split is not OmniglotSplit.background:
             raise ConfigError("dataset.val=drawers is for dataset.split=background (Lake et al.'s 30 training alphabets)")
         if self.rotations not in (1, 4) or (self.rotations == 4 and split is not OmniglotSplit.background):
             raise ConfigError(f"dataset.rotations={self.rotations}: give 1 (none) or 4 (each training character turned by 90, "
-                            "180 and 270 degrees into new classes), and 4 only with dataset.split=background (vinyals has its own)")
+                              "180 and 270 degrees into new classes), and 4 only with dataset.split=background (vinyals has its own)")
 
     def image_format(self) -> ImageFormat:
         """Also framed as the data set frames its drawings, so a user's images (predict, ``load``) match them."""
