@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.components import REGISTRIES
+from metalearn_cli.episodes import check_shape
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.optim import check_optimizer
 from metalearn_cli.schema import TrainConfig, is_episodic
@@ -57,7 +58,7 @@ def validate(cfg: Any) -> TrainConfig:
     if t.freeze_encoder and not initialised:
         raise ConfigError("trainer.freeze_encoder=true would keep a random encoder; add pretrain=supervised, "
                           "pretrain=episodic or trainer.init_from=RUN, or drop freeze_encoder")
-    validate_episode(cfg.episode)
+    check_shape("test", cfg.episode.way, cfg.episode.shot, cfg.episode.query)  # the data's own limits: when it is read
     validate_pretrain(cfg)
     validate_eval(e)
     validate_host(cfg)
@@ -148,15 +149,6 @@ def check_typed_pretrain_keys(cfg: Any, typed: Iterable[str], choice: Optional[s
         if parts[0] == "pretrain" and len(parts) > 1 and parts[1] in (SUPERVISED_ONLY if episodic else EPISODIC_ONLY):
             raise ConfigError(f"{key} is read by pretrain={other} only; this run's stage is pretrain={kind}, which does "
                               f"not use it (drop it, or choose pretrain={other})")
-
-
-def validate_episode(episode: Any) -> None:
-    """The test's task shape (the data's own limits are checked when it is read: :func:`~metalearn_cli.episodes.check_fits`)."""
-    if episode.way < 2:
-        raise ConfigError(f"episode.way={episode.way}: a task needs 2 classes or more to be scored")
-    if episode.shot < 1 or episode.query < 1:
-        raise ConfigError(f"episode.shot={episode.shot}, episode.query={episode.query}: a task needs shot >= 1 and "
-                          "query >= 1 (images per class in its support and query sets)")
 
 
 def validate_eval(e: Any) -> None:

@@ -124,14 +124,19 @@ WAY_KEY = {"train": "trainer.train_way=...", "val": "trainer.val_way=... or epis
 QUERY_KEY = {"train": "trainer.train_query"}
 
 
-def check_fits(split: ClassImages, split_name: str, dataset: str, n_way: int, k_shot: int, n_query: int) -> None:
-    """Raise a one-line :class:`DataError` if the split cannot supply these episodes, naming the key that sets them."""
+def check_shape(split_name: str, n_way: int, k_shot: int, n_query: int) -> None:
+    """A task shape that can be scored at all, whatever the data (checked from the config alone, too)."""
     if n_way < 2:
         raise DataError(f"{split_name} episodes of {n_way} way cannot be scored: a task needs 2 classes or more; raise "
                         f"{WAY_KEY.get(split_name, 'episode.way')}")
     if k_shot < 1 or n_query < 1:
         raise DataError(f"{split_name} episodes need shot >= 1 and query >= 1 (got shot={k_shot}, query={n_query}); raise "
                         f"episode.shot or {QUERY_KEY.get(split_name, 'episode.query')}")
+
+
+def check_fits(split: ClassImages, split_name: str, dataset: str, n_way: int, k_shot: int, n_query: int) -> None:
+    """Raise a one-line :class:`DataError` if the split cannot supply these episodes, naming the key that sets them."""
+    check_shape(split_name, n_way, k_shot, n_query)
     if n_way > split.n_classes:
         raise DataError(
             f"{n_way}-way episodes need {n_way} classes but the {split_name} split of {dataset} has "

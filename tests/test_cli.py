@@ -380,8 +380,8 @@ def test_a_character_hydra_refuses_unquoted_is_named_with_the_quoted_override(ca
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("episode.way=1", "episode.way=1: a task needs 2 classes or more"),
-    ("episode.query=0", "a task needs shot >= 1 and query >= 1"),
+    ("episode.way=1", "test episodes of 1 way cannot be scored: a task needs 2 classes or more"),
+    ("episode.query=0", "test episodes need shot >= 1 and query >= 1"),
     ("optimizer.lr=-0.1", "needs lr > 0"),
     ("device=tpu", "device=tpu is not a device"),
     ("decoder=linear", "decoder=linear ignores the support set and strategy=mgd never adapts it"),
