@@ -48,6 +48,10 @@ def setup_device(cfg: Any) -> torch.device:
     validate_host(cfg)
     keep_freed_memory()
     if cfg.threads is not None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if cfg.threads > cores:
+            log.warning("threads=%d is more than the %d CPU cores this process may use: the extra threads wait on "
+                        "each other and slow the run; threads=null uses them all", cfg.threads, cores)
         torch.set_num_threads(cfg.threads)
     return resolve_device(cfg.device)
 

@@ -5,6 +5,7 @@ saved config against :class:`~metalearn_cli.schema.TrainConfig` (:func:`validate
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Iterable, Optional
 
@@ -18,6 +19,8 @@ from metalearn_cli.episodes import check_shape
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.optim import check_optimizer
 from metalearn_cli.schema import TrainConfig, is_episodic
+
+log = logging.getLogger(__name__)
 
 
 def non_finite(node: Any, prefix: str = "") -> Optional[str]:
@@ -138,6 +141,11 @@ def check_typed_pretrain_keys(cfg: Any, typed: Iterable[str], choice: Optional[s
         raise ConfigError(f"pretrain={choice} asks for a pre-training stage, but pretrain.iterations=0 runs none: give "
                           f"pretrain.iterations >= 1 (or pretrain.epochs), or drop pretrain={choice}")
     if p.iterations <= 0:
+        idle = [k for k in typed if k.startswith("pretrain.") and k not in ("pretrain.iterations", "pretrain.epochs")]
+        if idle:  # a warning, not a refusal: a sweep over pretrain=none,supervised shares the other jobs' keys
+            log.warning("%s: read by a pre-training stage only, and this run has none (pretrain.iterations=0), so %s "
+                        "nothing; add pretrain=supervised, rfs or episodic to run one", ", ".join(idle),
+                        "it changes" if len(idle) == 1 else "they change")
         return
     if choice == "none" and "pretrain.iterations" in typed:
         raise ConfigError(f"pretrain.iterations={p.iterations} turns a pre-training stage on, but pretrain=none chose none: "

@@ -118,7 +118,17 @@ def check_optimizer(cfg: Any) -> Any:
     """An optimizer node's types and ranges, schedule and clipping included, checked by building it on
     a probe parameter (before the run builds anything); returns its typed parameters."""
     params = OPTIMIZERS.params_of(cfg)
-    build_schedule(params.schedule, OPTIMIZERS.build(cfg, parameters=[torch.nn.Parameter(torch.zeros(1))]), 1)
+    probe = torch.nn.Parameter(torch.zeros(1))
+    optimizer = OPTIMIZERS.build(cfg, parameters=[probe])
+    probe.grad = torch.ones(1)
+    try:  # one step at the peak rate: a rate beyond single precision fails here, not mid-run
+        optimizer.step()
+        finite = bool(torch.isfinite(probe).all())
+    except RuntimeError:
+        finite = False
+    if not finite:
+        raise ConfigError(f"optimizer.lr={params.lr} overflows single precision in the first step; give a smaller rate")
+    build_schedule(params.schedule, optimizer, 1)
     return params
 
 

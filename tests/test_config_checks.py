@@ -11,11 +11,13 @@ def _cfg(kind, iterations=100):
     return OmegaConf.create({"pretrain": OmegaConf.structured(PretrainConfig(kind=kind, iterations=iterations))})
 
 
-def test_a_typed_key_the_stage_does_not_read_is_refused_naming_it():
+def test_a_typed_key_the_stage_does_not_read_is_refused_naming_it(caplog):
     episodic, supervised = _cfg(PretrainKind.episodic), _cfg(PretrainKind.supervised)
     check_typed_pretrain_keys(episodic, ["pretrain", "pretrain.train_way", "pretrain.within_alphabet", "seed"])  # its own
     check_typed_pretrain_keys(supervised, ["pretrain.batch_size", "pretrain.optimizer.lr", "trainer.train_way"])
-    check_typed_pretrain_keys(_cfg(PretrainKind.episodic, iterations=0), ["pretrain.batch_size"])  # no stage: nothing read
+    assert not caplog.records
+    check_typed_pretrain_keys(_cfg(PretrainKind.episodic, iterations=0), ["pretrain.batch_size"])  # no stage: said, not refused
+    assert "pretrain.batch_size: read by a pre-training stage only, and this run has none" in caplog.text
     for cfg, key, kind in [(episodic, "pretrain.batch_size", "episodic"), (episodic, "pretrain.optimizer.schedule.kind", "episodic"),
                            (episodic, "pretrain.label_smoothing", "episodic"), (supervised, "pretrain.train_query", "supervised"),
                            (supervised, "pretrain.within_alphabet", "supervised")]:

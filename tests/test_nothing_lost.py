@@ -114,6 +114,7 @@ CASES = [
     (["train", *SMOKE, "optimizer.lr=-0.1"], "lr > 0"),
     (["train", *SMOKE, "optimizer.lr=nan"], "optimizer.lr=nan is not a finite number"),
     (["train", *SMOKE, "optimizer.lr=inf"], "optimizer.lr=inf is not a finite number"),
+    (["train", *SMOKE, "optimizer.lr=1e38"], "optimizer.lr=1e+38 overflows single precision"),
     (["train", *SMOKE, "optimizer.betas=[1.5,0.9]"], "betas in [0, 1)"),
     (["train", *SMOKE, "optimizer.weight_decay=-1"], "weight_decay >= 0"),
     (["train", *SMOKE, "optimizer=sgd", "optimizer.momentum=-0.5"], "momentum >= 0"),

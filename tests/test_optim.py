@@ -167,6 +167,8 @@ def test_a_schedule_at_the_edge_of_its_range_is_accepted(edge):
     ({"name": "sgd", "lr": -1.0}, r"sgd needs lr > 0 \(got lr=-1.0\)"), ({"name": "sgd", "momentum": -0.5}, "momentum >= 0"),
     ({"name": "sgd", "weight_decay": -1.0}, "weight_decay >= 0"),
     ({"name": "sgd", "schedule": {"gamma": -1.0}}, "optimizer.schedule"),
+    ({"name": "adam", "lr": 1e38}, "overflows single precision"),  # Adam's first step is lr / (1 - beta1)
+    ({"name": "sgd", "lr": 1e39}, "overflows single precision"),
 ])
 def test_an_optimizer_out_of_range_is_refused_before_the_run_builds_anything(node, message):
     from metalearn_cli.optim import check_optimizer

@@ -277,7 +277,8 @@ def refused_config(command: str, args: list[str]) -> Optional[str]:
     import torch
 
     from metalearn_cli.assemble import build_strategy, resolve_bn_mode
-    from metalearn_cli.config_checks import validate
+    from metalearn_cli.command_line import typed_keys
+    from metalearn_cli.config_checks import check_typed_pretrain_keys, validate
     from metalearn_cli.data import DATASETS
     from metalearn_cli.errors import MetalearnError
 
@@ -286,6 +287,7 @@ def refused_config(command: str, args: list[str]) -> Optional[str]:
     try:
         cfg = compose(command, overrides)
         validate(run := OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        check_typed_pretrain_keys(run, typed_keys(overrides), cfg.hydra.runtime.choices.get("pretrain"))
         strategy = build_strategy(run, DATASETS.params_of(run.dataset).image_format().shape, torch.device("cpu"))  # fit
         resolve_bn_mode(run.eval.bn_mode, strategy)
     except (MetalearnError, HydraException, OmegaConfBaseException) as exc:
