@@ -92,6 +92,9 @@ class Training:
         if self.resume is None and "classes" in cfg.dataset and not cfg.dataset.classes:  # a folder's split, kept for eval and resume
             cfg.dataset.classes = {s: list(getattr(data, s).class_names) for s in SPLITS}
         resolve_budget(cfg, data)
+        if self.t.same_drawers and data.name != "omniglot":  # positions are drawers only where files are in drawer order
+            log.warning("trainer.same_drawers=true on dataset %s: only Omniglot keeps each class's images in drawer "
+                        "order, so here it only ties every class of a task to the same image positions", data.name)
         if is_lake(cfg.episode):  # a data set without alphabets is refused now, not after training, and before its sizes
             LakeRuns(data.test, s.way, cfg.seed)
         self.original = original_runs(cfg.eval, cfg.dataset, data.test, s.way, is_lake(cfg.episode))  # read before training

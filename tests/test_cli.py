@@ -389,6 +389,7 @@ def test_a_character_hydra_refuses_unquoted_is_named_with_the_quoted_override(ca
     ("dataset=folder dataset.root=x dataset.channels=2", "dataset.channels=2 must be 1 (grey) or 3 (RGB)"),
     ("pretrain=episodic pretrain.batch_size=64", "pretrain.batch_size is read by pretrain=supervised only"),
     ("optimizer.lr=1e38", "overflows single precision"),
+    ("pretrain=supervised trainer.freeze_encoder=true", "leaves nothing to meta-train in decoder=prototype"),
 ])
 def test_cfg_job_says_a_run_would_be_refused_whatever_check_refuses_it(capsys, tmp_path, monkeypatch, override, needle):
     """What train refuses before reading data, --cfg refuses too: a config checked by printing it is one a

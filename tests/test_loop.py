@@ -286,3 +286,9 @@ def test_a_loss_far_above_a_uniform_guess_at_chance_accuracy_is_warned_once(comp
         meta.warn_if_diverging({"loss": 3000.0, "accuracy": 0.01})
     assert len(caplog.messages) == 1 and "diverging" in caplog.messages[0]
     assert "optimizer.lr" in caplog.messages[0] and "strategy.inner_lr" in caplog.messages[0]
+
+
+def test_same_drawers_on_data_without_drawers_is_said(compose_train, run_dir, caplog):
+    with caplog.at_level("WARNING", logger="metalearn_cli.training"):
+        training.Training(compose_train("trainer.same_drawers=true"), run_dir)
+    assert "trainer.same_drawers=true on dataset synthetic: only Omniglot keeps" in caplog.text

@@ -276,7 +276,7 @@ def refused_config(command: str, args: list[str]) -> Optional[str]:
         return None
     import torch
 
-    from metalearn_cli.assemble import build_strategy, resolve_bn_mode
+    from metalearn_cli.assemble import build_strategy, freeze_encoder, resolve_bn_mode
     from metalearn_cli.command_line import typed_keys
     from metalearn_cli.config_checks import check_typed_pretrain_keys, validate
     from metalearn_cli.data import DATASETS
@@ -290,6 +290,8 @@ def refused_config(command: str, args: list[str]) -> Optional[str]:
         check_typed_pretrain_keys(run, typed_keys(overrides), cfg.hydra.runtime.choices.get("pretrain"))
         strategy = build_strategy(run, DATASETS.params_of(run.dataset).image_format().shape, torch.device("cpu"))  # fit
         resolve_bn_mode(run.eval.bn_mode, strategy)
+        if run.trainer.freeze_encoder:
+            freeze_encoder(strategy, run)
     except (MetalearnError, HydraException, OmegaConfBaseException) as exc:
         return one_line(exc) if not isinstance(exc, MetalearnError) else str(exc)
     return None
