@@ -54,6 +54,9 @@ def validate(cfg: Any) -> TrainConfig:
                                 "train_query", "val_way"))
     if not 0 <= t.within_alphabet <= 1:
         raise ConfigError(f"trainer.within_alphabet={t.within_alphabet} is a share of the training tasks: give 0 to 1")
+    if t.ema is not None and not 0 < t.ema < 1:
+        raise ConfigError(f"trainer.ema={t.ema} is the weight average's decay per step: give 0 < ema < 1 (e.g. 0.999), "
+                          "or null for none")
     initialised = bool(t.init_from) or cfg.pretrain.iterations > 0
     if t.iterations == 0 and not initialised:
         raise ConfigError("trainer.iterations=0 trains nothing; it is for evaluating pre-trained weights: add "

@@ -11,6 +11,7 @@ stays on the device: metrics are accumulated as tensors and read back every ``lo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from metalearn_cli.resume import check_same_run, continue_command, warn_changed_
 from metalearn_cli.rundir import STATUS, RunDir, read_json, write_results, write_status
 from metalearn_cli.signals import second_request
 from metalearn_cli.stage import Stage
+from metalearn_cli.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class TrainingRun:
         self.saved_step: Optional[int] = None  # the step of the last.pt on disk
         self.warned = False  # warn_if_diverging's once
         self.window, self.resumed = MetricWindow(), resume is not None
+        self.average = WeightAverage(self.strategy, stage.ema) if stage.ema else None  # trainer.ema
         self.session_start = self.step_at_start = 0.0  # set when run() starts; save_last() may come first (step 0)
         if resume is not None:
             self.restore(resume)
@@ -69,6 +72,8 @@ class TrainingRun:
         load_weights(self.strategy, state["model"], path)
         load_states(path, state, {"optimizer": self.optimizer, "schedule": self.schedule}, s.name)
         self.objective.load_state(state, path)
+        if self.average is not None and "weight_average" in state:
+            self.average.load(state["weight_average"])
         restore_rng(state["rng"])
         self.step, self.best_val, self.best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
         self.saved_step = self.step
@@ -96,6 +101,7 @@ class TrainingRun:
             "best_step": self.best_step, "rng": capture_rng(), "window": self.window.state(),
             "train_seconds": self.train_seconds(), "wall_seconds": self.stage.clock.seconds(), "pixel_mean": self.stage.pixel_mean,
             "processes": self.ranks.size, **self.objective.state(),
+            **({"weight_average": self.average.state()} if self.average is not None else {}),
         }
 
     def resume_command(self) -> str:
@@ -141,6 +147,8 @@ class TrainingRun:
             self.window.skipped += 1
         else:
             self.window.add(step_record(result.skipped, **values, grad_norm=result.grad_norm))
+            if self.average is not None:
+                self.average.update()
         self.schedule.step()
         self.step += 1
         self.window.steps += 1
@@ -175,14 +183,16 @@ class TrainingRun:
                     "the steps are diverging; %s%s", s.name, self.step, loss, chance, 100 * accuracy, inner, self.fix())
 
     def validate_now(self, metrics: MetricsLog) -> None:
+        """Scores the weights best.pt would hold: the average of the weights under ``trainer.ema``."""
         self.check_finite()
         s = self.stage
-        val = summarize(evaluate_tasks(self.strategy, s.val_sampler, s.val_episodes, s.evaluation.batch_tasks, s.val_bn_mode))
-        metrics.log(self.step, "val", val)
-        log.info("%s step %d: val accuracy %.2f%% ± %.2f%%", s.name, self.step, 100 * val["accuracy"], 100 * val["ci95"])
-        if val["accuracy"] > self.best_val:
-            self.best_val, self.best_step = val["accuracy"], self.step
-            save_checkpoint(self.files.best, self.snapshot())
+        with self.average.applied() if self.average is not None else contextlib.nullcontext():
+            val = summarize(evaluate_tasks(self.strategy, s.val_sampler, s.val_episodes, s.evaluation.batch_tasks, s.val_bn_mode))
+            metrics.log(self.step, "val", val)
+            log.info("%s step %d: val accuracy %.2f%% ± %.2f%%", s.name, self.step, 100 * val["accuracy"], 100 * val["ci95"])
+            if val["accuracy"] > self.best_val:
+                self.best_val, self.best_step = val["accuracy"], self.step
+                save_checkpoint(self.files.best, self.snapshot())
 
     def validate_start(self, metrics: MetricsLog) -> None:
         """Step 0 is a candidate too: when every step hurts, best.pt is the weights the stage started from
@@ -200,6 +210,8 @@ class TrainingRun:
         handler's view); returns the best validation accuracy."""
         s = self.stage
         self.session_start, self.step_at_start = time.perf_counter(), self.step
+        if self.average is not None and self.average.updates == 0:  # from the weights the stage starts with
+            self.average.restart()
         self.window.started = self.session_start  # throughput counts this session's training, not set-up
         if self.main:
             log.info(startup_line(s.name, self.device, s.trainer.precision, self.strategy, s.run_dir))

@@ -78,6 +78,7 @@ class TrainerConfig:
     within_alphabet: float = 0.0  # share of training tasks drawn from one alphabet (Lake's runs are within-alphabet); needs Alphabet/character class names
     same_drawers: bool = False  # each training task's supports by the same drawers for every class, its queries by others (as Lake's runs); images in drawer order
     augment: Augment = Augment.none  # per-image transforms of training tasks (never at validation or test); auto = dataset.meta_augment
+    ema: Optional[float] = None  # decay of an average of the weights that validation scores and best.pt keeps (e.g. 0.999); null = off
 
 
 class PretrainKind(enum.Enum):

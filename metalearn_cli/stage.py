@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from metalearn_cli.episodes import EpisodeSampler
 from metalearn_cli.objectives import Objective
@@ -53,4 +53,5 @@ class Stage:
     resume_hint: Path  # the run dir ``metalearn train resume=`` takes
     pixel_mean: float  # saved with the model: predict compares a user's images to it
     clock: RunClock = dataclasses.field(default_factory=RunClock)  # the run's, shared by its stages
+    ema: Optional[float] = None  # trainer.ema: validate and keep an average of the weights (metalearn_cli.weight_average)
     earlier_stage: bool = False  # a stage runs before this one (pre-training): what a resume at step 0 continues

@@ -156,7 +156,8 @@ class Training:
                      checkpoint_every=self.t.checkpoint_every, val_sampler=val_sampler, val_episodes=self.t.val_episodes,
                      val_bn_mode=resolve_bn_mode(cfg.eval.bn_mode, self.strategy),  # fails before anything is written
                      test=test, extras=extras, resume_hint=self.run_dir,
-                     pixel_mean=data.pixel_mean, clock=self.clock, earlier_stage=cfg.pretrain.iterations > 0)
+                     pixel_mean=data.pixel_mean, clock=self.clock, earlier_stage=cfg.pretrain.iterations > 0,
+                     ema=self.t.ema)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> float:

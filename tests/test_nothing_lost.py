@@ -115,6 +115,7 @@ CASES = [
     (["train", *SMOKE, "optimizer.lr=nan"], "optimizer.lr=nan is not a finite number"),
     (["train", *SMOKE, "optimizer.lr=inf"], "optimizer.lr=inf is not a finite number"),
     (["train", *SMOKE, "optimizer.lr=1e38"], "optimizer.lr=1e+38 overflows single precision"),
+    (["train", *SMOKE, "trainer.ema=1"], "is the weight average's decay per step: give 0 < ema < 1"),
     (["train", *SMOKE, "optimizer.betas=[1.5,0.9]"], "betas in [0, 1)"),
     (["train", *SMOKE, "optimizer.weight_decay=-1"], "weight_decay >= 0"),
     (["train", *SMOKE, "optimizer=sgd", "optimizer.momentum=-0.5"], "momentum >= 0"),
