@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_meta_networks" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the runs start in the project root: a relative --out is the caller's folder
     rows = []
     for encoder in ENCODERS:
         for decoder in DECODERS:

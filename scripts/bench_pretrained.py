@@ -97,10 +97,14 @@ def versus(runs: dict, row_a: tuple, row_b: tuple, setting: str, seeds: list[int
 
 def table(runs: dict, setting: str, seeds: list[int]) -> list[str]:
     lines = [f"**{setting}**", "", "| row | meta-iterations | mean | per seed | vs no meta-training | vs prototypes "
-             "(same budget) | predictions differing from prototypes | run s/seed (training, validation) |", "|---|---|---|---|---|---|---|---|"]
+             "(same budget) | predictions differing from prototypes | run s/seed (training, validation) | best.pt at step, per seed |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (row, budget), by_seed in runs.items():
         accs = [100 * json.loads((by_seed[s][setting] / "results.json").read_text())["accuracy"] for s in seeds]
-        seconds = [json.loads((by_seed[s]["lake"] / "results.json").read_text())["train_seconds"] for s in seeds]
+        trained = [json.loads((by_seed[s]["lake"] / "results.json").read_text()) for s in seeds]
+        seconds = [r["train_seconds"] for r in trained]
+        kept = " / ".join(str(r["best_step"]) for r in trained) + (" (the start kept)" if budget and not any(
+            r["best_step"] for r in trained) else "")  # every step hurt validation: the row is its starting point
         base = (list(ROWS)[0], budget)
         vs_none = versus(runs, NO_META, (row, budget), setting, seeds) if (row, budget) != NO_META else "–"
         vs_proto, changed = "–", "–"
@@ -110,7 +114,7 @@ def table(runs: dict, setting: str, seeds: list[int]) -> list[str]:
                                  [predictions(by_seed[s][setting]) for s in seeds])
             changed = f"{n} of {total} ({100 * n / total:.1f}%)" if n is not None else "?"
         lines.append(f"| {row} | {budget} | {statistics.fmean(accs):.2f} | {' / '.join(f'{a:.2f}' for a in accs)} | "
-                     f"{vs_none} | {vs_proto} | {changed} | {statistics.fmean(seconds):.0f} |")
+                     f"{vs_none} | {vs_proto} | {changed} | {statistics.fmean(seconds):.0f} | {kept} |")
     return lines + [""]
 
 
@@ -129,6 +133,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, after the bench's own")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_pretrained" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the runs start in the project root: a relative --out is the caller's folder
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [list(ROWS)[int(i)] for i in args.rows.split(",")]
     budgets = [0, *(int(b) for b in args.budgets.split(",") if int(b) > 0)]
@@ -149,8 +154,11 @@ def main() -> int:
                 accs = {k: 100 * json.loads((d / "results.json").read_text())["accuracy"] for k, d in dirs.items()}
                 print(f"{row} | {budget} | seed {seed} | lake {accs['lake']:.2f} | 20w {accs['20w']:.2f}", flush=True)
 
-    lines = [f"Omniglot, Lake's split (background alphabets train, {args.val} validate), encoder={args.encoder} pre-trained "
-             f"{args.pretrain_epochs:g} epochs (seed 0, {stage['train_seconds']:.0f} s); meta-training on 20-way 1-shot tasks, "
+    start_kept = " (its best.pt is the random start: validation never rose)" if stage["best_step"] == 0 else ""
+    held_out = {"alphabets": "5 held-out background alphabets", "drawers": "held-out drawers of the training characters"}
+    lines = [f"Omniglot, Lake's split (background alphabets train; validation on {held_out[args.val]}), encoder={args.encoder} "
+             f"pre-trained {args.pretrain_epochs:g} epoch{'' if args.pretrain_epochs == 1 else 's'} (seed 0, "
+             f"{stage['train_seconds']:.0f} s, best.pt at step {stage['best_step']} of {stage['iterations']}){start_kept}; meta-training on 20-way 1-shot tasks, "
              f"{100 * args.within:.0f}% of them within one alphabet; {args.episodes} fixed test tasks per seed and setting; seeds "
              f"{args.seeds}; device={args.device}; total {(time.perf_counter() - start) / 60:.0f} min", ""]
     for setting in SETTINGS:

@@ -14,7 +14,7 @@ TINY = ["encoder.width=8", "trainer.val_episodes=2", "pretrain.val_episodes=2", 
 
 def bench(out: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_pretrained.py"), "--rows", "0,1", "--budgets", "2",
-                           "--seeds", "0", "--episodes", "3", "--out", str(out), *TINY],
+                           "--seeds", "0", "--episodes", "3", "--out", out.name, *TINY],  # relative: the caller's folder
                           capture_output=True, text=True, timeout=600, cwd=out.parent)
 
 
@@ -31,6 +31,8 @@ def test_the_bench_tabulates_each_row_by_budget_against_the_untrained_encoder_an
     untrained_feat = rows[2].split("|")
     assert re.fullmatch(r" [+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] ", untrained_feat[5])  # paired vs no meta-training
     assert re.fullmatch(r" \d+ of 60 \(\d+\.\d%\) ", untrained_feat[7])  # predictions differing, of 3 Lake runs x 20 queries
+    assert re.fullmatch(r" \d+( \(the start kept\))? ", rows[1].split("|")[9])  # where best.pt is: the start is said
+    assert re.search(r"best\.pt at step \d+ of 3", table)  # the pre-training stage's too
     run = out / "runs" / "row1" / "it2" / "seed0"
     assert (run / "checkpoints" / "best.pt").is_file() and (run.parent / "seed0-20w" / "results.json").is_file()
     assert "encoder.width=8" in (run / ".hydra" / "overrides.yaml").read_text()  # the trailing overrides reached the run
