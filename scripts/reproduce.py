@@ -19,6 +19,7 @@ import argparse
 import csv
 import shlex
 import io
+import json
 import math
 import subprocess
 import sys
@@ -50,7 +51,9 @@ QUICK_MAML = ["trainer.iterations=200", "trainer.meta_batch=4", "trainer.val_eve
 QUICK_MAML_20WAY = ["trainer.iterations=100", "trainer.meta_batch=4", "trainer.val_every=50", "trainer.val_episodes=50",
                     "trainer.train_query=5", "strategy.inner_steps=1", "strategy.eval_inner_steps=3", "eval.episodes=300"]
 COLUMNS = ["preset", "method", "task", "ours", "ci95", "published", "published_of", "difference", "iterations", "meta_batch",
-           "episodes", "bn_mode", "inner_steps_at_test", "train_s", "tasks_per_s", "wall_s", "status", "source"]
+           "episodes", "bn_mode", "inner_steps_at_test", "val_at_start", "val_best", "best_step", "precision", "seed",
+           "train_s", "tasks_per_s", "wall_s", "status", "source"]
+INVOCATION = "reproduce.json"  # in --out: how its runs were made, which --tabulate-only repeats in the table's title
 
 
 def quick_overrides(method: str, preset: str) -> list[str]:
@@ -210,6 +213,7 @@ def collect(out: Path) -> list[dict[str, Any]]:
         status, r = record["status"], record["results"]
         ours = 100 * r["accuracy"] if "accuracy" in r else None
         pub = r.get("published_accuracy")
+        start = next((m["accuracy"] for m in record.get("metrics", []) if m.get("split") == "val" and m["step"] == 0), None)
         rows.append({
             "preset": preset, "method": preset.split("_")[0],
             "task": f"{r.get('way', '?')}-way {r.get('shot', '?')}-shot" + (
@@ -219,7 +223,10 @@ def collect(out: Path) -> list[dict[str, Any]]:
             "ci95": round(100 * r["ci95"], 2) if "ci95" in r else None,
             "published": pub, "published_of": r.get("published_of") or "", "difference": round(ours - pub, 2) if ours is not None and pub is not None else None,
             "iterations": r.get("iterations"), "meta_batch": r.get("meta_batch"), "episodes": r.get("episodes"),
-            "bn_mode": r.get("bn_mode"),
+            "bn_mode": r.get("bn_mode"), "precision": r.get("precision"), "seed": r.get("seed"),
+            "val_at_start": round(100 * start, 2) if start is not None else None,  # the row before training
+            "val_best": round(100 * r["val_accuracy"], 2) if r.get("val_accuracy") is not None else None,
+            "best_step": r.get("best_step"),
             "inner_steps_at_test": r.get("inner_steps_at_test"), "train_s": _training_seconds(r),
             "tasks_per_s": r.get("train_tasks_per_s") if r.get("iterations") else None,  # RFS: no meta-training
             "wall_s": r.get("wall_seconds"), "status": status,
@@ -243,16 +250,35 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
         return "–" if v is None or v == "" else str(v)
 
     lines = [title, "", "| method | task | ours (± CI95) | published | difference | iterations x tasks | test episodes | "
-             "batch norm | inner steps at test | training time | tasks/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "batch norm | inner steps at test | validation before training -> best (at step) | precision | training time | "
+             "tasks/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours = f"{r['ours']:.2f} ± {r['ci95']:.2f}" if r["ours"] is not None else f"({r['status']})"
         diff = f"{r['difference']:+.2f}" if r["difference"] is not None else "–"
         train = f"{r['train_s'] / 60:.1f} min" if r["train_s"] is not None else "–"
         published = cell(r["published"]) + (f" ({r['published_of']})" if r.get("published_of") else "")  # "95.5 (humans)"
+        start = f"{r['val_at_start']:.2f}" if r.get("val_at_start") is not None else "–"
+        val = f"{start} -> {r['val_best']:.2f} ({cell(r.get('best_step'))})" if r.get("val_best") is not None else "–"
         lines.append(f"| {r['method']} | {r['task']} | {ours} | {published} | {diff} | "
                      f"{cell(r['iterations'])} x {cell(r['meta_batch'])} | {cell(r['episodes'])} | {cell(r['bn_mode'])} | "
-                     f"{cell(r['inner_steps_at_test'])} | {train} | {cell(r['tasks_per_s'])} |")
+                     f"{cell(r['inner_steps_at_test'])} | {val} | {cell(r.get('precision'))} | {train} | {cell(r['tasks_per_s'])} |")
     return "\n".join(lines) + "\n"
+
+
+def retabulated(args: argparse.Namespace) -> str | None:
+    """--tabulate-only takes the budget, seed and overrides its --out was measured with (its reproduce.json),
+    so the rebuilt table's title describes those runs; a --budget that says otherwise is refused (a message)."""
+    path = args.out / INVOCATION
+    if not path.is_file():  # an --out made before the file was written: the command line's word is all there is
+        return None
+    made = json.loads(path.read_text())
+    if made["budget"] != args.budget:
+        return f"{args.out} was measured with --budget {made['budget']}; pass --budget {made['budget']} to tabulate it"
+    if args.extra and args.extra != made["extra"]:
+        return (f"{args.out} was measured with the overrides {' '.join(made['extra']) or '(none)'}; --tabulate-only "
+                "takes them from there: drop the overrides")
+    args.seed, args.extra = made["seed"], made["extra"]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out} already holds runs; pass a new --out, or --tabulate-only to rebuild its table")
 
     start, failed = time.perf_counter(), False
+    if args.tabulate_only:
+        made = retabulated(args)
+        if isinstance(made, str):
+            parser.error(made)
+    elif not args.dry_run:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / INVOCATION).write_text(json.dumps({"budget": args.budget, "seed": args.seed, "extra": args.extra}))
     if not args.tabulate_only:
         planned = []
         for method, cmd in commands(args):
@@ -317,8 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: no runs under {args.out / 'runs'}", file=sys.stderr)
         return 1
     runs_minutes = sum(r["wall_s"] or 0 for r in rows) / 60
+    budget = "reduced training: see scripts/reproduce.py QUICK" if args.budget == "quick" else "the papers' budgets"
     title = (f"{args.table} table, budget={args.budget}, {'tabulated' if args.tabulate_only else 'measured'} {time.strftime('%Y-%m-%d')} "
-             f"({'reduced training: see scripts/reproduce.py QUICK' if args.budget == 'quick' else 'the papers budgets'}); "
+             f"({budget}); "
+             f"one run per cell, seed {args.seed}: ± CI95 is over that run's test tasks, not over seeds; "
+             "tasks/s counts training's wall time, validations included; "
              f"the runs' wall time {runs_minutes:.1f} min (this invocation {(time.perf_counter() - start) / 60:.1f} min)"
              + (f"; every run with {' '.join(args.extra)}" if args.extra else ""))
     text = markdown(rows, title)

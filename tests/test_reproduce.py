@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,14 @@ def test_reproduce_runs_the_presets_and_tabulates_them_beside_the_published_figu
     assert "| 95.5 (humans) |" in table
     for png in ("curves.png", "accuracy.png"):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "seed 0: ± CI95 is over that run's test tasks, not over seeds" in table
+    assert re.search(r"\| \d+\.\d\d -> \d+\.\d\d \(\d+\) \| (bf16|fp32) \|", table)  # the row before training, the precision
+    script = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--table", "omniglot", "--tabulate-only", "--out", str(out)]
+    paper = subprocess.run([*script, "--budget", "paper"], capture_output=True, text=True, timeout=120)
+    assert paper.returncode == 2 and "was measured with --budget quick" in paper.stderr and not (out / "omniglot_paper.md").exists()
+    again = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "every run with debug=smoke" in (out / "omniglot_quick.md").read_text()  # the overrides it was measured with
 
 
 def test_dry_run_prints_one_multirun_per_override_set(tmp_path):
