@@ -169,10 +169,11 @@ def suggest(word: str, choices: list[str]) -> str:
 
 
 def folder_arg(text: str) -> Path:
-    """An ``--out`` folder; an empty one (an unset shell variable) is refused, not read as the current folder."""
+    """An ``--out`` folder; an empty one (an unset shell variable) is refused, not read as the current folder.
+    A leading ``~`` is the home folder, quoted or not, as in the ``key=value`` commands' values."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty (an unset shell variable?); name a folder")
-    return Path(text)
+    return Path(text).expanduser()
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -92,5 +92,6 @@ def sweep_note(folder: Path, jobs: list[Path]) -> Optional[str]:
     if missing > 0:
         parts.append(f"{missing} of its {planned} jobs never started")
     fix = "once what failed is fixed, " if failed else ""
-    again = " (a job whose own swept value is what failed fails again; the others finish)" if failed else ""
+    again = (" (a job whose own swept value is what failed fails again; the others finish; a cause in an override every "
+             "job shares is fixed by a new sweep without it, in a new hydra.sweep.dir)") if failed else ""
     return f"{folder}: {' and '.join(parts)}; {fix}finish the sweep with: {sweep_again(folder)}{again}" if parts else None

@@ -36,3 +36,13 @@ def test_a_whole_number_written_as_a_float_is_given_back_as_an_integer():
     message = "Error merging override trainer.iterations=1e3 Value '1000.0' of type 'float' could not be converted to Integer"
     assert whole_number(message) == "write it as an integer: trainer.iterations=1000"
     assert whole_number(message.replace("1000.0", "2.5")) is None
+
+
+def test_an_out_folder_with_a_leading_tilde_is_in_the_home_folder(tmp_path, monkeypatch, capsys):
+    from metalearn_cli.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample-task", "--out", "~/task é"]) == 0
+    assert (tmp_path / "home" / "task é" / "support").is_dir() and not (tmp_path / "~").exists()
+    assert str(tmp_path / "home" / "task é") in capsys.readouterr().out  # the printed predict command names it

@@ -180,7 +180,7 @@ def test_jobs_check_their_own_run_dir_under_sweeps_and_other_hydra_flags(runs, t
 
 def test_a_sub_dir_that_collides_inside_one_sweep_leaves_the_first_job_as_it_was(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    assert main(["train", "-m", *SMOKE, "encoder.width=8,16", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=same"]) == 0
+    assert main(["train", "-m", *SMOKE, "encoder.width=8,16", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=same"]) == 1
     status = json.loads((sweep / "same" / "status.json").read_text())["status"]
     assert status == "completed"
     assert "encoder.width=8" in (sweep / "same" / ".hydra" / "overrides.yaml").read_text()  # the record matches the weights
@@ -230,7 +230,7 @@ def test_a_sweep_job_refused_by_its_own_guard_names_the_sweep_dir(tmp_path, caps
     sweep = tmp_path / "sweep"
     first = main(["train", "-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=same"])
     out, err = capsys.readouterr()
-    assert first == 0 and "1 of 2 sweep jobs failed" in err, err  # some ran: exit 0
+    assert first == 1 and "1 of 2 sweep jobs failed" in err, err  # some ran: exit 1, all failed: 2
     assert "already holds a run" in out + err and "a new hydra.sweep.dir" in out + err
     assert json.loads((sweep / "same" / "results.json").read_text())["seed"] == 0  # the first job's run, kept
 

@@ -68,7 +68,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     """Seed 0's TPE draws trainer.train_way=60 for trial 1, more classes than the generated data has: that
     trial fails (no value, which Optuna records as failed; a NaN it refuses to be told) and trial 2 still runs."""
     proc, jobs = sweep(tmp_path, "sweep=optuna_protonet", "hydra.sweeper.n_trials=3")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # the study finished, one trial failed: a script can tell
     states = [json.loads((j / "status.json").read_text())["status"] for j in jobs]
     assert states == ["completed", "failed", "completed"], states
     assert "1 of 3 sweep jobs failed (job 1" in proc.stderr
@@ -193,7 +193,7 @@ def test_a_used_sweep_dir_is_refused_with_a_way_out_the_command_has(tmp_path, ca
 def test_report_of_a_sweep_with_a_failed_job_says_it_failed_not_stopped(tmp_path, capsys):
     """A job that failed (its error.txt) would fail again if rerun as it was: report says so, not "stopped"."""
     sweep_dir = tmp_path / "sweep"
-    assert main(["train", "-m", *TINY, "episode.way=500,2", "episode.query=2", f"hydra.sweep.dir={sweep_dir}"]) == 0
+    assert main(["train", "-m", *TINY, "episode.way=500,2", "episode.query=2", f"hydra.sweep.dir={sweep_dir}"]) == 1
     failed = next(j for j in sweep_dir.iterdir() if j.name.startswith("0_"))
     assert json.loads((failed / "status.json").read_text())["status"] == "failed"
     capsys.readouterr()
@@ -201,7 +201,8 @@ def test_report_of_a_sweep_with_a_failed_job_says_it_failed_not_stopped(tmp_path
     out = capsys.readouterr().out
     assert f"1 job failed ({failed.name}; each error.txt says why)" in out and "stopped before its test" not in out
     assert "once what failed is fixed, finish the sweep with: metalearn train -m" in out
-    assert "resume=true (a job whose own swept value is what failed fails again; the others finish)" in out
+    assert ("resume=true (a job whose own swept value is what failed fails again; the others finish; a cause in an override "
+            "every job shares is fixed by a new sweep without it, in a new hydra.sweep.dir)") in out
 
 
 @pytest.mark.skipif(not plugin("hydra_joblib_launcher"), reason='needs the sweep extra: pip install -e ".[sweep]"')
@@ -224,3 +225,17 @@ def test_a_stopped_sweep_offers_resume_true_only_where_hydra_recorded_it(tmp_pat
     (tmp_path / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: [seed=0,1]\n")
     line = _how_to_finish(tmp_path)
     assert line.startswith("to finish the sweep (each job continued or kept): metalearn train -m") and "resume=true" in line
+
+
+def test_a_resumed_sweep_needs_its_swept_keys_in_their_order_since_jobs_are_numbered_by_it(tmp_path):
+    from omegaconf import OmegaConf
+
+    from metalearn_cli.cli.placement import check_resumed_sweep
+    from metalearn_cli.errors import ConfigError
+
+    OmegaConf.save({"hydra": {"overrides": {"task": ["debug=smoke", "strategy=mgd,fomaml", "seed=0,1"]}}},
+                   tmp_path / "multirun.yaml")
+    check_resumed_sweep(str(tmp_path), ["debug=smoke", "strategy=mgd,fomaml", "seed=0,1"])
+    check_resumed_sweep(str(tmp_path), ["strategy=mgd,fomaml", "seed=0,1", "debug=smoke"])  # a fixed key anywhere
+    with pytest.raises(ConfigError, match=r"numbered in the order of the swept keys \(strategy, seed\).*this command has seed, strategy"):
+        check_resumed_sweep(str(tmp_path), ["debug=smoke", "seed=0,1", "strategy=mgd,fomaml"])

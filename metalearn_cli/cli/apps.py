@@ -288,8 +288,7 @@ def run_app(command: str) -> int:
         if FAILED_JOBS:
             print(f"metalearn {command}: {len(FAILED_JOBS)} of {len(SWEEP_JOBS)} sweep jobs failed "
                   f"(job {', '.join(FAILED_JOBS[:10])}; each says why above)", file=sys.stderr)
-            if len(FAILED_JOBS) == len(SWEEP_JOBS):
-                return 2
+            return 2 if len(FAILED_JOBS) == len(SWEEP_JOBS) else 1  # some ran: a script or scheduler still sees it
     except Interrupted as exc:
         if rank() == 0:  # under torchrun every rank stops; rank 0 alone saved, and says so
             print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)

@@ -154,8 +154,13 @@ def _resumes(values: dict[str, Any]) -> bool:
 def sweep_overrides(args: list[str]) -> list[str]:
     """A sweep's own overrides as Hydra records them in ``multirun.yaml`` (``hydra.overrides.task``),
     without ``resume=``: what a resumed sweep must repeat."""
-    return sorted(a for a in args if "=" in a and not a.startswith("-")
-                  and not a.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "hydra/", "resume")))
+    return [a for a in args if "=" in a and not a.startswith("-")
+            and not a.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "hydra/", "resume"))]
+
+
+def _swept_keys(overrides: list[str]) -> list[str]:
+    """The keys given several values, in command-line order: the order Hydra numbers a sweep's jobs by."""
+    return [a.split("=", 1)[0] for a in overrides if "," in a.split("=", 1)[1] or "(" in a.split("=", 1)[1]]
 
 
 @contextlib.contextmanager
@@ -222,10 +227,14 @@ def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
             "start a new sweep in a new hydra.sweep.dir" if jobs else
             "holds none (no multirun.yaml); check the path, or drop resume=true for a new sweep"))
     before = sweep_overrides(recorded_sweep(folder))
-    if before != overrides:
+    if sorted(before) != sorted(overrides):
         raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before) or 'the defaults'}; resume=true "
                           f"finishes that sweep, so repeat its overrides as they were (this command has "
                           f"{' '.join(overrides) or 'none'}), or choose a new hydra.sweep.dir for a new sweep")
+    if _swept_keys(before) != _swept_keys(overrides):  # job N would be another job's settings: a duplicate run
+        raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before)}; its jobs are numbered in the order "
+                          f"of the swept keys ({', '.join(_swept_keys(before))}), so resume=true needs them in that order "
+                          f"(this command has {', '.join(_swept_keys(overrides))})")
 
 
 def config_keys(command: str) -> list[str]:
