@@ -83,8 +83,8 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ConfigError(f"{run_dir} is being written by another metalearn process; wait for it to end, "
-                          "or choose another hydra.run.dir") from None
+        raise ConfigError(f"{run_dir} is being written by another metalearn process; wait for it to end (for a new run, "
+                          "choose another hydra.run.dir)") from None
     _HELD[path] = [fd, 1]
     try:
         yield

@@ -239,3 +239,13 @@ def test_a_resumed_sweep_needs_its_swept_keys_in_their_order_since_jobs_are_numb
     check_resumed_sweep(str(tmp_path), ["strategy=mgd,fomaml", "seed=0,1", "debug=smoke"])  # a fixed key anywhere
     with pytest.raises(ConfigError, match=r"numbered in the order of the swept keys \(strategy, seed\).*this command has seed, strategy"):
         check_resumed_sweep(str(tmp_path), ["debug=smoke", "seed=0,1", "strategy=mgd,fomaml"])
+
+
+def test_resume_of_a_sweep_dir_gives_the_command_that_finishes_the_sweep(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    OmegaConf.save({"hydra": {"overrides": {"task": ["debug=smoke", "seed=0,1"], "hydra": []}}}, tmp_path / "multirun.yaml")
+    assert main(["train", f"resume={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"is a sweep's dir, not one run's; finish the sweep with: metalearn train -m debug=smoke seed=0,1 " in err, err
+    assert err.strip().endswith("resume=true") and err.strip().count("\n") == 0

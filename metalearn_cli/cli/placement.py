@@ -88,6 +88,11 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
         raise ConfigError(f"resume={resume} " + ("is not a choice: resume takes true, false or a run dir" if guess else
                           "does not exist; pass the run dir to continue (or its checkpoints/last.pt)"))
     if resume not in (None, "true"):
+        if (Path(resume) / "multirun.yaml").is_file():
+            from metalearn_cli.sweep_record import sweep_again
+
+            raise ConfigError(f"resume={resume} is a sweep's dir, not one run's; finish the sweep with: "
+                              f"{sweep_again(canonical(resume))}")
         if not held(run_dir_of(Path(resume))):
             raise ConfigError(f"resume={resume} is not a run dir or a checkpoint inside one; pass the run dir a "
                               "training run wrote (or its checkpoints/last.pt)")
@@ -224,7 +229,8 @@ def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
         jobs = folder.is_dir() and bool(_job_dirs(folder))
         raise ConfigError(f"resume=true finishes the sweep in hydra.sweep.dir={named}, which " + (
             "holds a sweep's runs but no multirun.yaml (Optuna's sweeper writes none), so its jobs cannot be told again; "
-            "start a new sweep in a new hydra.sweep.dir" if jobs else
+            "start a new sweep in a new hydra.sweep.dir (an Optuna study given hydra.sweeper.storage=sqlite:///FILE "
+            "continues from that file in a new sweep)" if jobs else
             "holds none (no multirun.yaml); check the path, or drop resume=true for a new sweep"))
     before = sweep_overrides(recorded_sweep(folder))
     if sorted(before) != sorted(overrides):
