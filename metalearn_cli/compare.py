@@ -118,6 +118,14 @@ def same_tasks(reference: Path, run: Path) -> None:
         print(f"note: {run} and {reference} were tested differently ({', '.join(f'eval.{k}={b[k]} vs {a[k]}' for k in protocol)}): "
               f"the difference includes that (metalearn eval checkpoint=RUN eval.{protocol[0]}=... tests both alike)",
               file=sys.stderr)
+    if None not in (a.get("split_digest"), b.get("split_digest")) and a["split_digest"] != b["split_digest"]:
+        print(f"note: {run} and {reference} read other images of the same classes (a data-set setting such as "
+              "dataset.normalise or image_size differs, or the files changed): the difference includes that", file=sys.stderr)
+
+
+def p_text(p: float) -> str:
+    """``= 0.018``, or a bound where the exact test's tail is below the smallest double (printed as 0)."""
+    return f"= {p:.3g}" if p > 0 else "< 1e-300"
 
 
 def figure(rows: list[dict[str, Any]], diffs: list[Any], out: Path) -> Path:
@@ -134,7 +142,7 @@ def figure(rows: list[dict[str, Any]], diffs: list[Any], out: Path) -> Path:
         ax.errorbar([row["difference"]], [y], xerr=[[row["difference"] - row["ci95_low"]], [row["ci95_high"] - row["difference"]]],
                     fmt="o", capsize=4, color="C0")
     ax.axvline(0, color="black", linewidth=0.8)
-    labels = [textwrap.fill(f"{r['run']} vs {r['reference']}", 48) + f"\nMcNemar p = {r['mcnemar_p']:.3g}" for r in rows]
+    labels = [textwrap.fill(f"{r['run']} vs {r['reference']}", 48) + f"\nMcNemar p {p_text(r['mcnemar_p'])}" for r in rows]
     ax.set_yticks(ys, labels, fontsize=8)  # settings can be long: wrapped, so the plot keeps its width
     ax.set_xlabel("per-task accuracy difference (percentage points; mean, bootstrap CI95)", fontsize=10)
     fig.tight_layout()
@@ -280,7 +288,7 @@ def main(argv: list[str]) -> int:
     for r in rows:
         shared = f"{r['tasks']} shared tasks" + (f" x {r['seeds']} seeds" if r["seeds"] > 1 else "")
         print(f"{r['run']} vs {r['reference']}: {r['accuracy_run']:.2f}% vs {r['accuracy_reference']:.2f}% on {shared}; difference {r['difference']:+.2f} points, CI95 [{r['ci95_low']:+.2f}, "
-              f"{r['ci95_high']:+.2f}]; McNemar p = {r['mcnemar_p']:.3g} ({r['only_run_right']} vs "
+              f"{r['ci95_high']:+.2f}]; McNemar p {p_text(r['mcnemar_p'])} ({r['only_run_right']} vs "
               f"{r['only_reference_right']} queries only one got right)"
               + (f"; {r['predictions_differ']} of {r['predictions']} predictions differ" if r["predictions_differ"] is not None else ""))
         if r["tasks"] * r["seeds"] < FEW_TASKS:

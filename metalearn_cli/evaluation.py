@@ -282,7 +282,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
         **({"ensemble": strategy.sources} if isinstance(strategy, Ensemble) else {}),
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
         "precision": strategy.model.precision, "torch": torch.__version__,
-        "dataset": data.name,
+        "dataset": data.name, "strategy": train_cfg.strategy.name,  # as a training run's results.json says them
     })
     warn_other_data(source, result)  # the digest of what was scored: the split is hashed once
     write_results(run_dir, result)

@@ -100,10 +100,11 @@ def curves_figure(runs: list[Path], rows: list[dict[str, Any]], settings: list[s
 
 def accuracy_figure(rows: list[dict[str, Any]], settings: list[str]) -> Any:
     """Test accuracy (%) per setting: one seed -> its CI95 over the test tasks; several -> their mean
-    with the CI95 over seeds, each seed a small dot; the published figure as a cross."""
+    with the CI95 over seeds, each seed a small dot; the published figure as a cross. A predict dir's
+    accuracy (the user's own labelled queries, no test tasks) stays in the table, out of this chart."""
     import matplotlib.pyplot as plt
 
-    groups = {s: [i for i in m if rows[i]["test_accuracy"] is not None]
+    groups = {s: [i for i in m if rows[i]["test_accuracy"] is not None and rows[i]["command"] != "predict"]
               for s, m in groups_of(list(range(len(rows))), rows, settings).items()}  # type: ignore[arg-type]
     groups = {s: m for s, m in groups.items() if m}
     palette = colours(list(groups))

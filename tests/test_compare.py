@@ -167,7 +167,11 @@ def test_compare_says_when_tasks_are_few_or_the_batch_norm_modes_differ_and_name
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "tr"), "--out", str(tmp_path / "cmp")]) == 0
     err = capsys.readouterr().err
     assert "were tested differently (eval.bn_mode=transductive vs running, eval.tta_shift=1 vs 0)" in err
-    assert "8 tasks are too few" in err
+    assert "8 tasks are too few" in err and "read other images" not in err
+    results = json.loads((tmp_path / "tr" / "results.json").read_text())
+    (tmp_path / "tr" / "results.json").write_text(json.dumps({**results, "split_digest": "other"}))  # e.g. framed drawings
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "tr"), "--out", str(tmp_path / "cmp2")]) == 0
+    assert "read other images of the same classes (a data-set setting such as dataset.normalise" in capsys.readouterr().err
     failed = tmp_path / "failed"
     record_failure(failed, "boom")
     (failed / "results.json").write_text('{"accuracy": 0.5}')  # a partial record does not make it comparable
@@ -204,3 +208,9 @@ def test_a_sweep_dir_with_an_unfinished_job_is_compared_over_its_finished_ones_w
     write_status(tmp_path / "evalstop", "interrupted")
     assert main(["compare", str(sweep / "8"), str(tmp_path / "evalstop")]) == 2
     assert "an eval stopped before its end: run the same metalearn eval again" in capsys.readouterr().err
+
+
+def test_a_p_value_below_the_smallest_double_is_a_bound_not_zero():
+    from metalearn_cli.compare import p_text
+
+    assert p_text(0.0183) == "= 0.0183" and p_text(0.0) == "< 1e-300"

@@ -99,3 +99,10 @@ def test_a_report_of_runs_without_a_test_draws_no_empty_accuracy_chart(tmp_path,
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
     assert not (tmp_path / "rep" / "accuracy.png").exists() and (tmp_path / "rep" / "curves.png").is_file()
     assert "interrupted" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_a_predict_dirs_accuracy_is_kept_out_of_the_test_accuracy_chart(sweep):
+    runs, rows, settings = rows_of(sweep)
+    predicted = {**rows[0], "command": "predict", "test_accuracy": 80.0, "ci95": None}
+    (ax,) = accuracy_figure([*rows, predicted], [*settings, "my own task"]).axes
+    assert "my own task" not in [t.get_text() for t in ax.get_yticklabels()] and len(ax.containers) == 3

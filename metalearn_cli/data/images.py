@@ -84,6 +84,8 @@ def read_image(source: ImageSource, fmt: ImageFormat, where: str | None = None) 
             return pipeline(fmt)(img)
     except FileNotFoundError as exc:
         raise DataError(f"image {name} does not exist; check the path") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{name} is a folder, not an image; give its image files") from exc
     except Image.DecompressionBombError as exc:
         raise DataError(f"image {name} has more pixels than PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS}); "
                         "shrink it or remove it") from exc

@@ -130,3 +130,9 @@ def test_16_and_32_bit_grey_images_convert_like_the_same_8_bit_image(tmp_path, m
         image = tmp_path / "wide.png"
     fmt = ImageFormat(channels=1, size=28)
     assert torch.equal(read_image(image, fmt), read_image(Image.fromarray(grey), fmt))
+
+
+def test_a_folder_given_as_an_image_is_called_a_folder(tmp_path):
+    (tmp_path / "support").mkdir()
+    with pytest.raises(DataError, match=r"support is a folder, not an image; give its image files"):
+        read_image(tmp_path / "support", ImageFormat(1, 28))
