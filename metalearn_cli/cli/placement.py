@@ -65,6 +65,30 @@ def override_values(args: list[str]) -> dict[str, Any]:
     return values
 
 
+def check_resume_target(resume: Optional[str], named: Optional[str]) -> None:
+    """``resume=`` names one run (its dir or a checkpoint in it), or ``true`` with ``hydra.run.dir``; anything
+    else is refused with what it is and what to pass."""
+    from metalearn_cli.resume import run_dir_of
+
+    if resume == "true" and named is None:
+        raise ConfigError("resume=true continues the run in hydra.run.dir, and none is named (the default is a new "
+                          "dir); pass resume=<run dir>, or resume=true hydra.run.dir=<run dir>")
+    if resume in (None, "true"):
+        return
+    if not Path(resume).exists():
+        guess = str(resume).lower() in ("yes", "y", "on", "1", "no", "n", "off", "0")
+        raise ConfigError(f"resume={resume} " + ("is not a choice: resume takes true, false or a run dir" if guess else
+                          "does not exist; pass the run dir to continue (or its checkpoints/last.pt)"))
+    if (Path(resume) / "multirun.yaml").is_file():
+        from metalearn_cli.sweep_record import sweep_again
+
+        raise ConfigError(f"resume={resume} is a sweep's dir, not one run's; finish the sweep with: "
+                          f"{sweep_again(canonical(resume))}")
+    if not held(run_dir_of(Path(resume))):
+        raise ConfigError(f"resume={resume} is not a run dir or a checkpoint inside one; pass the run dir a "
+                          "training run wrote (or its checkpoints/last.pt)")
+
+
 def place_run(command: str, args: list[str], values: dict[str, Any], scratch: list[Path]) -> tuple[list[str], Optional[Path]]:
     """The run dir a single job will write, in its canonical spelling, and the arguments that hand
     Hydra exactly that path (None: a sweep, or a flag that writes no run dir). A default dir is
@@ -80,22 +104,8 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
                           "outputs/<command>/<time>")
     named = None if named is None else str(named)
     resume = resume_value(values.get("resume"))
-    if resume == "true" and named is None:
-        raise ConfigError("resume=true continues the run in hydra.run.dir, and none is named (the default is a new "
-                          "dir); pass resume=<run dir>, or resume=true hydra.run.dir=<run dir>")
-    if resume not in (None, "true") and not Path(resume).exists():
-        guess = str(resume).lower() in ("yes", "y", "on", "1", "no", "n", "off", "0")
-        raise ConfigError(f"resume={resume} " + ("is not a choice: resume takes true, false or a run dir" if guess else
-                          "does not exist; pass the run dir to continue (or its checkpoints/last.pt)"))
+    check_resume_target(resume, named)
     if resume not in (None, "true"):
-        if (Path(resume) / "multirun.yaml").is_file():
-            from metalearn_cli.sweep_record import sweep_again
-
-            raise ConfigError(f"resume={resume} is a sweep's dir, not one run's; finish the sweep with: "
-                              f"{sweep_again(canonical(resume))}")
-        if not held(run_dir_of(Path(resume))):
-            raise ConfigError(f"resume={resume} is not a run dir or a checkpoint inside one; pass the run dir a "
-                              "training run wrote (or its checkpoints/last.pt)")
         named = named or str(run_dir_of(Path(resume)))  # resume=<run> continues in that run's own dir
     if rank() > 0 and named is None:
         scratch.append(Path(tempfile.mkdtemp(prefix="metalearn-rank-")))  # Hydra creates its run dir; rank 0 writes the real one
