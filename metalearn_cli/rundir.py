@@ -213,6 +213,10 @@ def resolve_checkpoint(path: Path | str) -> Path:
         for candidate in (RunDir(path).best, path / BEST, RunDir(path).last, path / LAST):  # a checkpoints/ dir given itself too
             if candidate.is_file():
                 return candidate
+        scored = read_json(path / RESULTS).get("checkpoint") or read_json(path / "predictions.json").get("checkpoint")
+        if scored:  # an eval or predict dir: it names the checkpoint it used
+            raise CheckpointError(f"{path} is the output of an eval or predict of {scored}, with no checkpoint of its own; "
+                                  "pass that checkpoint")
         raise CheckpointError(f"{path} holds no checkpoints/best.pt or last.pt; pass a checkpoint file or a run dir")
     return path
 

@@ -219,3 +219,17 @@ def test_the_lock_leaves_no_trace_where_nothing_was_written(tmp_path):
     with exclusive(kept):
         (kept / "status.json").write_text("{}")
     assert (kept / ".lock").is_file() and (kept / "status.json").is_file()  # a run's lock stays with it
+
+
+def test_an_eval_dir_given_as_a_checkpoint_names_the_checkpoint_it_scored(tmp_path):
+    import json
+
+    import pytest
+
+    from metalearn_cli.errors import CheckpointError
+    from metalearn_cli.rundir import resolve_checkpoint
+
+    (tmp_path / "results.json").write_text(json.dumps({"checkpoint": "/runs/a/checkpoints/best.pt", "accuracy": 0.9}))
+    with pytest.raises(CheckpointError, match=r"is the output of an eval or predict of /runs/a/checkpoints/best.pt, with no "
+                                              r"checkpoint of its own; pass that checkpoint"):
+        resolve_checkpoint(tmp_path)
