@@ -88,7 +88,10 @@ def curves_figure(runs: list[Path], rows: list[dict[str, Any]], settings: list[s
     val_ax.set_ylabel("validation accuracy (%)", fontsize=FONT)
     loss_ax.set_title("training loss" + (" (mean, CI95 over seeds)" if several else ""), fontsize=FONT)
     val_ax.set_title("validation accuracy", fontsize=FONT)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (loss_ax, val_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # meta-iterations are whole: no 0.5 ticks on a short run
         ax.tick_params(labelsize=FONT - 1)
         ax.grid(alpha=0.3)
     shown = displayed(list(groups))

@@ -54,6 +54,22 @@ def test_every_setting_has_one_colour_in_both_panels_and_a_place_in_the_legend(s
     assert len(val_ax.collections) == 2  # CI95 bands over the two seeds of each aggregated setting
 
 
+def test_a_curve_of_one_point_has_whole_meta_iterations_on_its_axes(sweep, tmp_path):
+    import shutil
+
+    run = tmp_path / "one"
+    shutil.copytree(sweep / "w8-s0", run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    kept = [next(r for r in records if r.get("split") == split) for split in ("train", "val")]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    runs, rows, settings = rows_of(run)
+    fig = curves_figure(runs, rows, settings)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+
+
 def test_accuracy_aggregates_seeds_and_labels_by_what_differs(sweep):
     runs, rows, settings = rows_of(sweep)
     fig = accuracy_figure(rows, settings)
