@@ -230,7 +230,7 @@ def test_a_stopped_sweep_offers_resume_true_only_where_hydra_recorded_it(tmp_pat
 def test_a_resumed_sweep_needs_its_swept_keys_in_their_order_since_jobs_are_numbered_by_it(tmp_path):
     from omegaconf import OmegaConf
 
-    from metalearn_cli.cli.placement import check_resumed_sweep
+    from metalearn_cli.cli.sweep_dirs import check_resumed_sweep
     from metalearn_cli.errors import ConfigError
 
     OmegaConf.save({"hydra": {"overrides": {"task": ["debug=smoke", "strategy=mgd,fomaml", "seed=0,1"]}}},
@@ -239,6 +239,9 @@ def test_a_resumed_sweep_needs_its_swept_keys_in_their_order_since_jobs_are_numb
     check_resumed_sweep(str(tmp_path), ["strategy=mgd,fomaml", "seed=0,1", "debug=smoke"])  # a fixed key anywhere
     with pytest.raises(ConfigError, match=r"numbered in the order of the swept keys \(strategy, seed\).*this command has seed, strategy"):
         check_resumed_sweep(str(tmp_path), ["debug=smoke", "seed=0,1", "strategy=mgd,fomaml"])
+    listed = ["encoder.widths=[8,8,8,8]", "strategy=mgd,fomaml", "seed=0,1"]  # a list's commas do not make a sweep
+    OmegaConf.save({"hydra": {"overrides": {"task": listed}}}, tmp_path / "multirun.yaml")
+    check_resumed_sweep(str(tmp_path), [*listed[1:], listed[0]])
 
 
 def test_resume_of_a_sweep_dir_gives_the_command_that_finishes_the_sweep(tmp_path, capsys):

@@ -20,7 +20,8 @@ from typing import Optional
 
 from metalearn_cli.cli import placement
 from metalearn_cli.cli.apps import APPS, SWEEP_JOBS, register_configs, run_app
-from metalearn_cli.cli.placement import config_keys, no_empty_sweep, override_values, place_run, print_help, refused_config
+from metalearn_cli.cli.placement import config_keys, override_values, place_run, print_help, refused_config
+from metalearn_cli.cli.sweep_dirs import no_empty_sweep
 from metalearn_cli.command_help import USAGE, shell_completion, version_line
 from metalearn_cli.command_line import (
     FLAG_COMMANDS, add_override, check_debug, check_groups, expand_home, flag_present, hydra_argv, rank, refuse_unknown_flags, sweep_requested,

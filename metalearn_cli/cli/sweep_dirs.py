@@ -1,0 +1,134 @@
+"""A sweep's dir before Hydra runs: what ``-m`` may be given with, a sweep dir in use refused, a sweep
+resumed only as it was begun (its jobs are numbered by its swept keys), a sweep refused before any job
+leaving nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+from hydra.errors import HydraException
+
+from metalearn_cli.command_line import PRINTING_FLAGS, flag_present, sweep_requested
+from metalearn_cli.console import shell_override
+from metalearn_cli.errors import ConfigError
+from metalearn_cli.rundir import canonical, held, remove_empty
+from metalearn_cli.sweep_record import recorded_sweep
+
+
+def check_sweep(command: str, args: list[str], values: dict[str, Any]) -> bool:
+    """Whether this is a sweep (``-m``), after what no sweep may be given: an empty ``resume=`` (a
+    sweep of the default run), ``hydra.run.dir`` (one run's folder), a sweep dir in use."""
+    if isinstance(values.get("resume"), str) and not values["resume"].strip():
+        raise ConfigError("resume= is empty (an unset shell variable?); pass resume=<run dir>, or leave resume out "
+                          "(or resume=false) for a new run")
+    multirun = sweep_requested(args)  # each job checks its own dir
+    if multirun and not flag_present(args, PRINTING_FLAGS):
+        if "hydra.run.dir" in values:
+            raise ConfigError(f"hydra.run.dir={values['hydra.run.dir']} names the folder of one run, and a sweep (-m) "
+                              "writes each job into a sub-folder of hydra.sweep.dir named after its number (by default "
+                              f"under outputs/multirun/{command}/<time>/); pass hydra.sweep.dir={values['hydra.run.dir']} instead")
+        if _resumes(values):
+            check_resumed_sweep(values.get("hydra.sweep.dir"), sweep_overrides(args))
+        else:
+            refuse_used_sweep_dir(values.get("hydra.sweep.dir"), command)
+    return multirun
+
+
+def _resumes(values: dict[str, Any]) -> bool:
+    return str(values.get("resume", "")).strip().lower() == "true"
+
+
+def sweep_overrides(args: list[str]) -> list[str]:
+    """A sweep's own overrides as Hydra records them in ``multirun.yaml`` (``hydra.overrides.task``),
+    without ``resume=``: what a resumed sweep must repeat."""
+    return [a for a in args if "=" in a and not a.startswith("-")
+            and not a.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "hydra/", "resume"))]
+
+
+def _swept_keys(overrides: list[str]) -> list[str]:
+    """The keys given several values, in command-line order: the order Hydra numbers a sweep's jobs by.
+    Read by Hydra's own parser, so a list value (``x=[1,2]``) or a quoted comma is one value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:  # Hydra refuses such a line itself, with its own message
+        return [a.split("=", 1)[0] for a in overrides]
+    return [o.input_line.split("=", 1)[0] for o in parsed if o.is_sweep_override()]
+
+
+@contextlib.contextmanager
+def no_empty_sweep(command: str, values: dict[str, Any], sweep: bool, jobs: list[Any]) -> Iterator[None]:
+    """A sweep refused before any job began (a typo in a swept key) leaves nothing: Hydra writes the sweep
+    dir's ``multirun.yaml`` before it composes the jobs, so that file goes again, with the folders this
+    command made for it (a user's folders stay, empty or not)."""
+    named = values.get("hydra.sweep.dir")
+    named = canonical(str(named)) if isinstance(named, str) and "${" not in named else None
+    parent = named.parent if named is not None else Path("outputs/multirun") / command
+    was = set(parent.iterdir()) if sweep and parent.is_dir() else set()
+    if named is not None and named.is_dir() and not any(named.iterdir()):
+        was.discard(named)  # a user's empty folder: what the sweep writes there goes, the folder stays
+    kept = frozenset(p.resolve() for p in ([named] if named is not None else []) + [parent, *parent.parents] if p.exists())
+    try:
+        yield
+    finally:
+        if sweep and not jobs and parent.is_dir():
+            for folder in set(parent.iterdir()) - was:
+                if (named is None or folder == named) and folder.is_dir() and [p.name for p in folder.iterdir()] == ["multirun.yaml"]:
+                    (folder / "multirun.yaml").unlink()
+                    remove_empty(folder, kept)
+
+
+def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
+    """A sweep writes ``multirun.yaml`` into its dir before any job checks its own: a sweep dir that
+    already holds a sweep (or a run) would lose its record, so a new sweep needs a new one."""
+    if named is None or "${" in str(named):
+        return  # the default: outputs/multirun/<command>/<time>, new
+    folder = canonical(str(named))
+    found = held(folder)
+    if not found and folder.is_dir():  # a sweep none of whose jobs ran (a typo in every job) may be run again
+        found = _job_dirs(folder)[:3]
+    if found:
+        recorded = (folder / "multirun.yaml").exists()
+        finish = ("" if command != "train" else " (or, to finish that sweep, run it again as it was with resume=true)"
+                  if recorded else " (that sweep wrote no multirun.yaml, as an Optuna study does not, so resume=true "
+                  "cannot finish it)")
+        raise ConfigError(f"hydra.sweep.dir={named} already holds a sweep's runs ({', '.join(found[:3])})"
+                          f"{' (and its multirun.yaml)' if recorded else ''}; a sweep writes multirun.yaml and a run dir "
+                          f"per job there, so choose a new hydra.sweep.dir{finish}")
+
+
+def _job_dirs(folder: Path) -> list[str]:
+    """The names of the run dirs a sweep dir holds (its jobs')."""
+    return [p.name for p in sorted(folder.iterdir()) if p.is_dir() and held(p)]
+
+
+def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
+    """``-m ... resume=true`` finishes the sweep recorded in ``hydra.sweep.dir`` (its ``multirun.yaml``), run
+    again with the same overrides: each job then continues its own run dir
+    (:func:`metalearn_cli.resume.resumed_sweep_job`). Anything else is refused, never a new sweep begun."""
+    if named is None or "${" in str(named):
+        raise ConfigError("resume=true in a sweep finishes the sweep of hydra.sweep.dir: name it (hydra.sweep.dir=DIR, as "
+                          "the stop line printed it), or drop resume=true for a new sweep")
+    folder = canonical(str(named))
+    if held(folder):
+        raise ConfigError(f"hydra.sweep.dir={named} is one run's dir, not a sweep's; continue it with: metalearn train "
+                          f"{shell_override('resume', folder)}")
+    if not (folder / "multirun.yaml").is_file():
+        jobs = folder.is_dir() and bool(_job_dirs(folder))
+        raise ConfigError(f"resume=true finishes the sweep in hydra.sweep.dir={named}, which " + (
+            "holds a sweep's runs but no multirun.yaml (Optuna's sweeper writes none), so its jobs cannot be told again; "
+            "start a new sweep in a new hydra.sweep.dir (an Optuna study given hydra.sweeper.storage=sqlite:///FILE "
+            "continues from that file in a new sweep)" if jobs else
+            "holds none (no multirun.yaml); check the path, or drop resume=true for a new sweep"))
+    before = sweep_overrides(recorded_sweep(folder))
+    if sorted(before) != sorted(overrides):
+        raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before) or 'the defaults'}; resume=true "
+                          f"finishes that sweep, so repeat its overrides as they were (this command has "
+                          f"{' '.join(overrides) or 'none'}), or choose a new hydra.sweep.dir for a new sweep")
+    if _swept_keys(before) != _swept_keys(overrides):  # job N would be another job's settings: a duplicate run
+        raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before)}; its jobs are numbered in the order "
+                          f"of the swept keys ({', '.join(_swept_keys(before))}), so resume=true needs them in that order "
+                          f"(this command has {', '.join(_swept_keys(overrides))})")
