@@ -174,7 +174,8 @@ def refuse_foreign_target(command: str, run_dir: Path, resuming: bool) -> None:
 def stopped_before_its_end(command: str, run_dir: Path) -> bool:
     """Whether ``run_dir`` is an eval, predict or export of ``command`` that was stopped (Ctrl-C, SIGTERM)
     before it wrote anything but its record and log: nothing in it is lost when it runs again."""
-    from metalearn_cli.rundir import STATUS, read_json
+    from metalearn_cli.files import read_json
+    from metalearn_cli.rundir import STATUS
 
     if read_json(run_dir / STATUS).get("status") != "interrupted" or not (run_dir / f"{command}.log").is_file():
         return False  # its log names the command that ran there

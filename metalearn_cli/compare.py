@@ -34,7 +34,8 @@ from metalearn_cli.console import OneLineParser, first_names, folder_arg, help_t
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.paired_stats import differing, paired, read_outcomes
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import ERROR, RESULTS, canonical, find_runs, read_run, refuse_replacing
+from metalearn_cli.run_records import find_runs, read_run
+from metalearn_cli.rundir import ERROR, RESULTS, canonical, refuse_replacing
 from metalearn_cli.sweep_record import failed_and_stopped, sweep_note, unfinished_jobs
 
 SAME_TASKS = ("dataset", "split", "way", "shot", "query", "seed", "episodes", "protocol")  # what fixes the test tasks

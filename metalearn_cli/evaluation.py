@@ -38,7 +38,8 @@ from metalearn_cli.eval_inputs import (
 )
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.resume import run_dir_of, unfinished_note
-from metalearn_cli.rundir import RunDir, read_json, write_results, write_status
+from metalearn_cli.files import read_json
+from metalearn_cli.rundir import RunDir, write_results, write_status
 from metalearn_cli.strategies import Strategy, query_accuracy
 
 log = logging.getLogger(__name__)

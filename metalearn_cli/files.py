@@ -1,4 +1,4 @@
-"""The ground floor of file writing: a file is whole or untouched.
+"""The ground floor of files: a file is written whole or left untouched, and read back as empty if damaged.
 
 Atomic writes (temp file in the same folder, fsync, ``os.replace``) for checkpoints, caches, JSON
 and metrics alike. Imports nothing of the project but its errors, so every layer (data caches,
@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
+
+import yaml
 
 from metalearn_cli.errors import WriteError
 
@@ -60,3 +62,21 @@ def save_torch(path: Path, payload: dict[str, Any], what: str, remedy: str) -> N
     import torch  # only when a tensor file is written: the CLI's usage answers without torch
 
     atomic_write(path, lambda f: torch.save(payload, f), what, remedy)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file; a missing, damaged or other file reads as empty."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_yaml(path: Path, default: Any) -> Any:
+    """A YAML file of ``default``'s type; a missing, damaged or other file reads as ``default``."""
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else default
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return default
+    return value if isinstance(value, type(default)) else default

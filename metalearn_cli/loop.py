@@ -32,7 +32,8 @@ from metalearn_cli.metrics import MetricsLog, MetricWindow, step_record
 from metalearn_cli.optim import OPTIMIZERS, build_schedule
 from metalearn_cli.progress import Progress
 from metalearn_cli.resume import check_same_run, continue_command, warn_changed_course
-from metalearn_cli.rundir import STATUS, RunDir, read_json, write_results, write_status
+from metalearn_cli.files import read_json
+from metalearn_cli.rundir import STATUS, RunDir, write_results, write_status
 from metalearn_cli.signals import second_request
 from metalearn_cli.stage import Stage
 from metalearn_cli.weight_average import WeightAverage

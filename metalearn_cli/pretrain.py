@@ -38,7 +38,8 @@ from metalearn_cli.evaluation import score_checkpoint
 from metalearn_cli.lake_original import OriginalRuns
 from metalearn_cli.stage import Stage
 from metalearn_cli.objectives import EpisodicObjective, SupervisedObjective
-from metalearn_cli.rundir import STAGE, RunDir, read_json
+from metalearn_cli.files import read_json
+from metalearn_cli.rundir import STAGE, RunDir
 from metalearn_cli.schema import is_episodic
 from metalearn_cli.strategies import STRATEGIES
 from metalearn_cli.strategies.mgd import MGD

@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 from metalearn_cli.console import OneLineParser, folder_arg, help_text
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.rundir import find_runs, refuse_replacing
+from metalearn_cli.run_records import find_runs
+from metalearn_cli.rundir import refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
 from metalearn_cli.sweep_record import failed_note, sweep_note
 

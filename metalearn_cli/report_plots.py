@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from metalearn_cli.rundir import read_run
+from metalearn_cli.run_records import read_run
 
 FONT = 10  # readable at a column's width
 # Student's t 97.5% quantiles by degrees of freedom (CI95 of a mean over a few seeds); 1.96 beyond.

@@ -17,7 +17,8 @@ from metalearn_cli.checkpoint import load_checkpoint
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.console import shell_override
 from metalearn_cli.errors import CheckpointError, ConfigError
-from metalearn_cli.rundir import CHECKPOINTS, LAST, STATUS, RunDir, canonical, is_locked, read_json, read_yaml
+from metalearn_cli.files import read_json, read_yaml
+from metalearn_cli.rundir import CHECKPOINTS, LAST, STATUS, RunDir, canonical, is_locked
 from metalearn_cli.schema import flatten
 
 log = logging.getLogger(__name__)

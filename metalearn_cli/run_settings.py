@@ -7,12 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from metalearn_cli.rundir import STAGE, read_run
+from metalearn_cli.run_records import read_run
+from metalearn_cli.rundir import STAGE
 from metalearn_cli.schema import flatten
 
 
 def record_of(run: Path) -> dict[str, Any]:
-    """:func:`~metalearn_cli.rundir.read_run`, with a resumed training run's config as it last ran
+    """:func:`~metalearn_cli.run_records.read_run`, with a resumed training run's config as it last ran
     (``trainer.iterations=8`` after a resume that raised it), not as it began; a pre-training stage
     (``<run>/pretrain``) has its run's config, and ``stage_of`` names the run."""
     from metalearn_cli.resume import last_config, last_overrides

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from metalearn_cli.console import first_names, shell_override
-from metalearn_cli.rundir import ERROR, STATUS, RunDir, read_json
+from metalearn_cli.files import read_json
+from metalearn_cli.rundir import ERROR, STATUS, RunDir
 
 RECORD = "multirun.yaml"  # Hydra writes it into the sweep dir before the first job
 

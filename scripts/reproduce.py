@@ -204,7 +204,7 @@ def print_estimates(cells: list[tuple[str, float | None, str]]) -> None:
 
 def collect(out: Path) -> list[dict[str, Any]]:
     """One row per run dir under ``out/runs``, in table order."""
-    from metalearn_cli.rundir import find_runs, read_run
+    from metalearn_cli.run_records import find_runs, read_run
 
     rows = []
     for run in find_runs([out / "runs"]):  # a run's pre-training stage is part of its row

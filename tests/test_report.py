@@ -83,7 +83,7 @@ def test_two_run_dirs_get_short_labels_and_the_report_lands_beside_them(tmp_path
 
 
 def test_a_runs_pretraining_stage_is_part_of_the_run_not_a_row_of_its_own(tmp_path):
-    from metalearn_cli.rundir import find_runs
+    from metalearn_cli.run_records import find_runs
 
     run = tmp_path / "sweep" / "0_rfs"
     (run / "pretrain").mkdir(parents=True)

@@ -14,7 +14,7 @@ from metalearn_cli.cli import main
 from metalearn_cli.report import common_base, describe
 from metalearn_cli.run_settings import config_labels
 from metalearn_cli.report_plots import accuracy_figure, curves_figure
-from metalearn_cli.rundir import find_runs
+from metalearn_cli.run_records import find_runs
 
 matplotlib.use("Agg")
 

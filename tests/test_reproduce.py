@@ -128,8 +128,8 @@ def test_a_lake_row_says_its_runs_are_drawn_and_whose_figure_stands_beside_it(tm
     results = {"accuracy": 0.8, "ci95": 0.01, "way": 20, "shot": 1, "protocol": "lake", "episodes": 1000,
                "published_accuracy": 95.5, "published_of": "humans"}
     record = {"overrides": ["experiment=protonet_omniglot_lake20w1s"], "status": "completed", "results": results}
-    monkeypatch.setattr("metalearn_cli.rundir.find_runs", lambda roots: [tmp_path / "runs" / "r"])
-    monkeypatch.setattr("metalearn_cli.rundir.read_run", lambda run: record)
+    monkeypatch.setattr("metalearn_cli.run_records.find_runs", lambda roots: [tmp_path / "runs" / "r"])
+    monkeypatch.setattr("metalearn_cli.run_records.read_run", lambda run: record)
     table = reproduce.markdown(reproduce.collect(tmp_path), "t")
     assert "1000 drawn runs, not their 20 fixed ones" in table and "| 95.5 (humans) | -15.50 |" in table
 

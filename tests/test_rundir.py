@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from metalearn_cli.rundir import canonical, held, is_locked, read_run
+from metalearn_cli.run_records import read_run
+from metalearn_cli.rundir import canonical, held, is_locked
 
 
 def test_a_killed_run_reads_as_interrupted_and_a_live_one_as_running(tmp_path):
@@ -147,45 +148,6 @@ def test_a_run_dir_names_its_best_checkpoint_first(tmp_path):
     assert resolve_checkpoint(tmp_path) == files.best
     assert resolve_checkpoint(files.checkpoints) == files.best  # the checkpoints/ folder itself
     assert resolve_checkpoint(files.last) == files.last  # a file names itself
-
-
-def test_reading_a_run_back_skips_what_a_kill_cut(tmp_path):
-    run = tmp_path / "run"
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text("seed: 3\n")
-    (run / ".hydra" / "overrides.yaml").write_text("- seed=3\n- 7\n")
-    (run / "metrics.jsonl").write_text('{"step": 1, "split": "train"}\n{"step": "x"}\n[1]\n{"step": 2, "spl')
-    record = read_run(run)
-    assert record["config"] == {"seed": 3} and record["overrides"] == ["seed=3"]
-    assert record["metrics"] == [{"step": 1, "split": "train"}] and record["status"] == "unknown"
-    (run / "results.json").write_text('{"accuracy": 0.9}')
-    assert read_run(run)["status"] == "completed" and read_run(run)["results"] == {"accuracy": 0.9}
-    (run / ".hydra" / "config.yaml").write_text("[unclosed")
-    assert read_run(run)["config"] == {}
-    (run / ".hydra" / "config.yaml").write_text("- a list\n")  # YAML, but not a config
-    assert read_run(run)["config"] == {}
-    # a cut line in the middle (a kill, then a resume appended) and a byte that is not UTF-8
-    (run / "metrics.jsonl").write_bytes(b'{"step": 1, "split": "tr\n{"step": 2, "split": "val\xff"}\n{"step": 3, "split": "val"}\n')
-    assert [r["step"] for r in read_run(run)["metrics"]] == [2, 3]
-
-
-def test_finding_runs_lists_runs_not_their_stages(tmp_path):
-    import pytest
-
-    from metalearn_cli.errors import MetalearnError
-    from metalearn_cli.rundir import find_runs
-
-    for name in ("a", "b/c"):
-        _status(tmp_path / "sweep" / name, "completed")
-    _status(tmp_path / "sweep" / "a" / "pretrain", "completed")
-    (tmp_path / "sweep" / "d").mkdir()
-    (tmp_path / "sweep" / "d" / "results.json").write_text("{}")
-    assert find_runs([tmp_path / "sweep"]) == [tmp_path / "sweep" / n for n in ("a", "b/c", "d")]
-    with pytest.raises(MetalearnError, match="does not exist"):
-        find_runs([tmp_path / "missing"])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(MetalearnError, match="no run dirs"):
-        find_runs([tmp_path / "empty"])
 
 
 def test_one_writer_at_a_time_and_the_lock_goes_with_it(tmp_path):

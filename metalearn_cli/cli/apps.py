@@ -29,7 +29,8 @@ from metalearn_cli.console import as_user_error, one_line, shell_override
 from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
 from metalearn_cli.params import PARAMS
 from metalearn_cli.run_guard import RunGuard
-from metalearn_cli.rundir import STAGE, STATUS, RunDir, canonical, read_json, write_status
+from metalearn_cli.files import read_json
+from metalearn_cli.rundir import STAGE, STATUS, RunDir, canonical, write_status
 from metalearn_cli.schema import SCHEMAS
 from metalearn_cli.sweep_record import RECORD, sweep_again
 

@@ -1,0 +1,81 @@
+"""Reading a run dir back: its config, overrides, results, status and metrics, as ``metalearn report``,
+``metalearn compare`` and ``scripts/reproduce.py`` see it, damaged files read as empty; and finding the
+run dirs under a sweep dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from metalearn_cli.errors import MetalearnError
+from metalearn_cli.files import read_json, read_yaml
+from metalearn_cli.rundir import METRICS, RESULTS, STATUS, is_locked
+
+
+def read_run(run: Path) -> dict[str, Any]:
+    """A run dir as ``{command, config, choices, overrides, results, status, metrics, damaged}``; damaged files
+    read as empty, and ``damaged`` names them. A predict dir's ``results`` are its ``predictions.json``."""
+    run = Path(run)
+    metrics = []
+    if (run / METRICS).is_file():
+        for line in (run / METRICS).read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                metrics.append(record)
+    results, status = read_json(run / RESULTS), read_json(run / STATUS)
+    state = status.get("status", "completed" if results else "unknown")
+    if state == "running" and not is_locked(run):
+        state = "interrupted"  # killed (kill -9, power loss): no live process holds its lock
+    hydra = read_yaml(run / ".hydra" / "hydra.yaml", {}).get("hydra")
+    choices = ((hydra or {}).get("runtime") or {}).get("choices") if isinstance(hydra, dict) else None
+    config = read_yaml(run / ".hydra" / "config.yaml", {})
+    if (run / "predictions.json").is_file() and not results:
+        results = read_json(run / "predictions.json")  # predict's summary: its checkpoint, and accuracy when labelled
+    return {
+        "command": command_of(run, config),
+        "config": config,
+        "choices": choices if isinstance(choices, dict) else {},  # group -> the config file picked (encoder: conv4_fast)
+        "overrides": [o for o in read_yaml(run / ".hydra" / "overrides.yaml", []) if isinstance(o, str)],
+        "results": results,
+        "status": state,
+        "metrics": metrics,
+        "damaged": [name for name in (RESULTS, STATUS) if (run / name).is_file() and not read_json(run / name)],
+    }
+
+
+def command_of(run: Path, config: Any) -> str:
+    """Which command made a run dir: ``predict`` and ``export`` by the files they write; ``eval`` by its
+    ``checkpoint`` key (training has none); ``train`` otherwise."""
+    if (run / "predictions.json").is_file():
+        return "predict"
+    if (run / "export.json").is_file():
+        return "export"
+    return "eval" if isinstance(config, dict) and "checkpoint" in config else "train"
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Every run dir (a dir holding status.json or results.json) under the given paths, sorted; a
+    run's own stages (``<run>/pretrain``) belong to their run and are listed only when named."""
+    runs: set[Path] = set()
+    empty = []
+    for path in paths:
+        if not Path(path).exists():
+            raise MetalearnError(f"{path} does not exist; pass run dirs or sweep dirs (e.g. outputs/multirun/train/<time>)")
+        if not Path(path).is_dir():
+            raise MetalearnError(f"{path} is a file; pass run dirs or sweep dirs (folders holding status.json or results.json)")
+        found = {Path(path)} if any((Path(path) / m).is_file() for m in (STATUS, RESULTS)) else set()
+        for marker in (STATUS, RESULTS):
+            found.update(p.parent for p in Path(path).rglob(marker)
+                         if not any((p.parent.parent / m).is_file() for m in (STATUS, RESULTS)))
+        empty += [] if found else [path]
+        runs |= found
+    if not runs:
+        raise MetalearnError(f"no run dirs (with status.json or results.json) under {', '.join(map(str, paths))}")
+    if empty:  # named, yet it would be left out without a word (an export's folder: its file is tested by eval)
+        raise MetalearnError(f"{empty[0]} holds no run dir (no status.json or results.json under it); drop it, or for an "
+                             "exported file: metalearn eval checkpoint=FILE, then pass that eval dir")
+    return sorted(runs)

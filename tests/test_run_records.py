@@ -1,0 +1,50 @@
+"""Reading a run dir back: whatever a kill cut or a hand damaged reads as empty, and a sweep's runs are
+found without their stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metalearn_cli.errors import MetalearnError
+from metalearn_cli.run_records import find_runs, read_run
+
+
+def _status(path, status):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "status.json").write_text(json.dumps({"status": status}))
+
+
+def test_reading_a_run_back_skips_what_a_kill_cut(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 3\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=3\n- 7\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "split": "train"}\n{"step": "x"}\n[1]\n{"step": 2, "spl')
+    record = read_run(run)
+    assert record["config"] == {"seed": 3} and record["overrides"] == ["seed=3"]
+    assert record["metrics"] == [{"step": 1, "split": "train"}] and record["status"] == "unknown"
+    (run / "results.json").write_text('{"accuracy": 0.9}')
+    assert read_run(run)["status"] == "completed" and read_run(run)["results"] == {"accuracy": 0.9}
+    (run / ".hydra" / "config.yaml").write_text("[unclosed")
+    assert read_run(run)["config"] == {}
+    (run / ".hydra" / "config.yaml").write_text("- a list\n")  # YAML, but not a config
+    assert read_run(run)["config"] == {}
+    # a cut line in the middle (a kill, then a resume appended) and a byte that is not UTF-8
+    (run / "metrics.jsonl").write_bytes(b'{"step": 1, "split": "tr\n{"step": 2, "split": "val\xff"}\n{"step": 3, "split": "val"}\n')
+    assert [r["step"] for r in read_run(run)["metrics"]] == [2, 3]
+
+
+def test_finding_runs_lists_runs_not_their_stages(tmp_path):
+    for name in ("a", "b/c"):
+        _status(tmp_path / "sweep" / name, "completed")
+    _status(tmp_path / "sweep" / "a" / "pretrain", "completed")
+    (tmp_path / "sweep" / "d").mkdir()
+    (tmp_path / "sweep" / "d" / "results.json").write_text("{}")
+    assert find_runs([tmp_path / "sweep"]) == [tmp_path / "sweep" / n for n in ("a", "b/c", "d")]
+    with pytest.raises(MetalearnError, match="does not exist"):
+        find_runs([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MetalearnError, match="no run dirs"):
+        find_runs([tmp_path / "empty"])
