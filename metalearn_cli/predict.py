@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -184,6 +185,25 @@ def _say_outcome(probs: torch.Tensor, accuracy: Optional[float], class_names: li
                  len(class_names), run_dir / "predictions.csv")
 
 
+def _same_files(support_files: list[list[Path]], paths: list[Path]) -> None:
+    """One file (a copy or a link) in two support classes is a labelling slip, refused: the tie between the two
+    would be broken by their order. A query that is a support file scores recall, not recognition: said."""
+    def digest(path: Path) -> bytes:
+        return hashlib.sha1(path.read_bytes()).digest()
+
+    owner: dict[bytes, Path] = {}
+    for files in support_files:
+        for path in files:
+            first = owner.setdefault(digest(path), path)
+            if first.parent != path.parent:
+                raise DataError(f"support images {first} and {path} are one file in two classes (a copy or a link); "
+                                "each image belongs to one class: remove one of them")
+    seen = [(query, owner[d]) for query in paths if (d := digest(query)) in owner]
+    if seen:
+        log.warning("%d of %d queries are support images byte for byte (%s is %s): their predictions say nothing "
+                    "of recognising new drawings", len(seen), len(paths), seen[0][0], seen[0][1])
+
+
 def predict(cfg: Any, run_dir: Path) -> float:
     """Classify ``cfg.query`` with a meta-network adapted to ``cfg.support``; returns the accuracy (NaN if unlabelled)."""
     start = time.perf_counter()
@@ -196,6 +216,7 @@ def predict(cfg: Any, run_dir: Path) -> float:
     if len(class_names) < 2:
         raise DataError(f"support folder {cfg.support} has one class ({class_names[0]}); a task needs at least two class sub-folders")
     shown, paths, truth = _queries(Path(cfg.query), str(cfg.query), class_names)
+    _same_files(support_files, paths)
     labels = [i for i, s in enumerate(stacks) for _ in range(s.shape[0])]
     first = (torch.cat(stacks), meta.read_images(paths))
     _say_what_the_test_protocol_means(members)  # before adapt(), which would say it again

@@ -64,6 +64,8 @@ def test_unlabelled_queries_keep_their_paths_as_given_and_export_predicts_the_sa
     (lambda t: next((t / "query").rglob("*.png")).write_bytes(b"\x89PNG broken"), "cannot decode image"),
     (lambda t: (t / "query" / "stranger").mkdir(), "query class folder 'stranger' is not a support class"),
     (lambda t: [p.unlink() for p in (t / "query").rglob("*.png")], "hold no images"),
+    (lambda t: os.symlink(next(sorted((t / "support").iterdir())[0].glob("*.png")),
+                          sorted((t / "support").iterdir())[1] / "linked.png"), "are one file in two classes"),
 ])
 def test_bad_task_folders_are_one_line(trained_run, tmp_path, capsys, damage, message):
     write_image_task(tmp_path / "task", classes=3)
@@ -106,15 +108,26 @@ def test_blank_images_are_named_and_uniform_probabilities_are_flagged(trained_ru
     instead of scoring at chance in silence."""
     from PIL import Image
 
-    for folder in ("support/a", "support/b", "query/a", "query/b"):
+    for i, folder in enumerate(("support/a", "support/b", "query/a", "query/b")):
         (tmp_path / "task" / folder).mkdir(parents=True)
-        Image.new("L", (28, 28), 0).save(tmp_path / "task" / folder / "0.png")
+        image = Image.new("L", (28, 28), 0)
+        image.putpixel((0, 0), i)  # four files, none a copy of another
+        image.save(tmp_path / "task" / folder / "0.png")
     assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
                  f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'pred'}", "device=cpu"]) == 0
     shown = "".join(capfd.readouterr())  # Hydra's logging prints to the console, as a user sees it
     assert "2 of 2 support images are nearly one flat value" in shown
     assert "2 of 2 query images are nearly one flat value" in shown
     assert "every query got near-uniform probabilities" in shown and "may not tell these classes apart" in shown
+
+
+def test_a_query_that_is_a_support_image_is_said(trained_run, tmp_path, capfd):
+    write_image_task(tmp_path / "task", classes=3)
+    support = sorted((tmp_path / "task" / "support").iterdir())[0]
+    shutil.copy(next(support.glob("*.png")), tmp_path / "task" / "query" / support.name / "copy.png")
+    assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'pred'}", "device=cpu"]) == 0
+    assert re.search(r"1 of \d+ queries are support images byte for byte .*copy\.png is", "".join(capfd.readouterr()))
 
 
 def test_an_export_is_written_again_from_the_same_weights_but_never_replaces_another_runs(trained_run, tmp_path, capsys):
