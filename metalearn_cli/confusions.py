@@ -38,6 +38,22 @@ def write_outcomes(path: Path, outcomes: list[torch.Tensor]) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue()), path.name, "free disk space")
 
 
+def collapsed(predicted: torch.Tensor, labels: torch.Tensor, accuracy: float, ci95: float, way: int) -> dict[str, Any]:
+    """``one_class_tasks``: the tasks whose every query got one class though they hold several. A diverged or
+    collapsed network (a MAML inner rate that blows up a FiLM head, a decoder stuck at its start) scores
+    near chance and still ends "completed": said beside the final line, so it never passes as a result."""
+    several = labels.unique().numel() > 1
+    one_class = int((predicted == predicted[:, :1]).all(1).sum()) if several else 0
+    if one_class:
+        log.warning("in %d of %d test tasks every query got one class: the network has collapsed there (diverged "
+                    "training, or a decoder that tells no classes apart); look at the training loss before "
+                    "using this result", one_class, predicted.shape[0])
+    if way > 1 and accuracy - ci95 <= 1 / way:
+        log.warning("test accuracy %.2f%% ± %.2f%% is not above chance (%.2f%% for %d ways): this network has "
+                    "learned nothing that this test can see", 100 * accuracy, 100 * ci95, 100 / way, way)
+    return {"one_class_tasks": one_class}
+
+
 def confused_pairs(task_classes: list[list[int]], predicted: torch.Tensor, labels: torch.Tensor, names: list[str],
                    top: int = 10) -> list[dict[str, Any]]:
     """The ``top`` pairs of classes most often mistaken for each other: ``errors`` (a query of one

@@ -27,7 +27,7 @@ from metalearn_cli.augment import SupportCopies, TtaViews
 from metalearn_cli.config_checks import check_seed, check_tta_shift
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData, split_ids
-from metalearn_cli.confusions import OUTCOMES, log_confused_pairs, write_outcomes
+from metalearn_cli.confusions import OUTCOMES, collapsed, log_confused_pairs, write_outcomes
 from metalearn_cli.episodes import EpisodeSampler, check_fits, is_lake, resident, split_seed
 from metalearn_cli.lake_original import OriginalRuns, original_runs
 from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
@@ -93,14 +93,15 @@ def evaluate_tasks(
     return torch.cat(accs).cpu()
 
 
-def record_outcomes(run_dir: Path, outcomes: list[torch.Tensor], data: FewShotData, split: str,
-                    shapes: tuple[int, int, int], seed: int, lake: bool, original: Optional[OriginalRuns] = None) -> dict[str, Any]:
-    """``test_outcomes.npz``, and results.json's ``confused_pairs`` from the same predictions."""
+def record_outcomes(run_dir: Path, outcomes: list[torch.Tensor], data: FewShotData, split: str, shapes: tuple[int, int, int],
+                    seed: int, lake: bool, original: Optional[OriginalRuns], summary: dict[str, float]) -> dict[str, Any]:
+    """``test_outcomes.npz``, and results.json's ``confused_pairs`` and ``one_class_tasks`` from the same predictions."""
     write_outcomes(run_dir / OUTCOMES, outcomes)
     predicted = torch.cat(outcomes[0::2])
     replay = fixed_tasks(data, split, shapes, seed, torch.device("cpu"), lake, original)  # each task's classes, drawn again
     return {"confused_pairs": log_confused_pairs(replay, predicted.shape[0], predicted, outcomes[1][0],
-                                                 data.split(split).class_names)}
+                                                 data.split(split).class_names),
+            **collapsed(predicted, outcomes[1][0], summary["accuracy"], summary["ci95"], shapes[0])}
 
 
 def write_task_stats(path: Path, rows: list[dict[str, float]]) -> None:
@@ -156,9 +157,10 @@ def score_checkpoint(
     seconds = time.perf_counter() - start
     if stats is not None:
         write_task_stats(Path(run_dir) / "task_stats.csv", stats)
-    confused = record_outcomes(Path(run_dir), outcomes, data, split, shapes, seed, lake, original) if outcomes else {}
+    summary = summarize(accs)
+    confused = record_outcomes(Path(run_dir), outcomes, data, split, shapes, seed, lake, original, summary) if outcomes else {}
     return {
-        **summarize(accs),
+        **summary,
         **({"by_alphabet": accuracy_by_alphabet(data, split, way, seed, accs, original)} if lake else {}),
         **confused,
         "split": split, "way": way, "shot": shot, "query": query, "bn_mode": modes[0], "seed": seed,
@@ -284,6 +286,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
         "wall_seconds": round(time.perf_counter() - wall_start, 2), "device": str(device),
         "precision": strategy.model.precision, "torch": torch.__version__,
         "dataset": data.name, "strategy": train_cfg.strategy.name,  # as a training run's results.json says them
+        "encoder": train_cfg.encoder.name, "decoder": train_cfg.decoder.name,
     })
     warn_other_data(source, result)  # the digest of what was scored: the split is hashed once
     write_results(run_dir, result)

@@ -60,9 +60,10 @@ class Finetuner:
             return
         decoder = strategy.model.decoder
         if strategy.test_inner_steps() is not None or type(decoder).linear_head is Decoder.linear_head:
+            usable = [p for p in ("backbone", "decoder", "all") if Finetuner(1, 0.0, p, None)._chosen(strategy)]
             raise ConfigError(f"eval.finetune_params=generated fine-tunes the classifier an amortised decoder generates "
                               f"(strategy=mgd with decoder=prototype, feat or latent); this run's {type(decoder).__name__} "
-                              f"under {type(strategy).__name__} generates none: use backbone, decoder or all")
+                              f"under {type(strategy).__name__} generates none: use {' or '.join(usable)}")
 
     def predict(self, scored: "Ensemble", task: EpisodeBatch, views: TtaViews | int, with_stats: bool = False) -> Prediction:
         """``task`` (one task) scored by the ensemble's one member after this fine-tuning on its support set."""

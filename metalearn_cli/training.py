@@ -146,7 +146,7 @@ class Training:
                     **({"init_from": str(Path(cfg.trainer.init_from).expanduser().resolve())} if cfg.trainer.init_from else {}),
                     "precision": self.strategy.model.precision,
                     "torch": torch.__version__, "dataset": data.name, "strategy": cfg.strategy.name,
-                    "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,
+                    "encoder": cfg.encoder.name, "decoder": cfg.decoder.name, "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,
                     "published_of": cfg.reference.of, **stage_summary(cfg, self.run_dir)}
 
         return Stage(name="meta-training", step_name="meta-iteration", run_dir=self.run_dir,

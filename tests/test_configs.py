@@ -209,7 +209,8 @@ def test_one_meta_step_for_every_combination(tmp_path, encoder, decoder, strateg
         assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
         return
     training.train(cfg, tmp_path / "run")
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["strategy"] == strategy
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (results["strategy"], results["encoder"], results["decoder"]) == (strategy, encoder, decoder)
 
 
 def _restated(raw: Any, defaults: Any, prefix: str = "") -> list[str]:

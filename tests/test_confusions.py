@@ -2,7 +2,7 @@
 
 import torch
 
-from metalearn_cli.confusions import confused_pairs
+from metalearn_cli.confusions import collapsed, confused_pairs
 from metalearn_cli.episodes import ClassImages, EpisodeSampler
 from metalearn_cli.lake_runs import LakeRuns
 
@@ -31,6 +31,21 @@ def test_confused_pairs_count_each_mistake_under_its_pair_of_characters():
     assert top["classes"] == ["A0/character00", "A0/character01"] and top["errors"] == max(expected.values())
     both = sum(1 for r in range(60) if 0 in chars[r].tolist() and 1 in chars[r].tolist())
     assert top["queries"] == 2 * both and [p["errors"] for p in pairs] == sorted((p["errors"] for p in pairs), reverse=True)
+
+
+def test_a_collapsed_or_chance_test_is_said_and_counted(caplog):
+    labels = torch.arange(5).repeat_interleave(3)  # 5 ways, 3 queries each
+    learned = labels.repeat(10, 1)
+    assert collapsed(learned, labels, 1.0, 0.0, 5) == {"one_class_tasks": 0} and not caplog.records
+    stuck = learned.clone()
+    stuck[:4] = 2  # four tasks: every query answered as class 2
+    assert collapsed(stuck, labels, 0.68, 0.2, 5) == {"one_class_tasks": 4}
+    assert "in 4 of 10 test tasks every query got one class" in caplog.text and "not above chance" not in caplog.text
+    caplog.clear()
+    assert collapsed(learned, labels, 0.25, 0.06, 5) == {"one_class_tasks": 0}
+    assert "test accuracy 25.00% ± 6.00% is not above chance (20.00% for 5 ways)" in caplog.text
+    caplog.clear()
+    assert collapsed(torch.zeros(3, 4, dtype=torch.long), torch.zeros(4, dtype=torch.long), 1.0, 0.0, 1) == {"one_class_tasks": 0}
 
 
 def test_random_tasks_replay_their_classes_and_count_queries_per_class():

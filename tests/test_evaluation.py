@@ -207,6 +207,7 @@ def test_eval_runs_lake_et_al_s_protocol_on_a_background_split_model(tmp_path):
     assert 0 < len(pairs) <= 10 and sum(p["errors"] for p in pairs) <= wrong
     assert all(p["classes"][0].split("/")[0] == p["classes"][1].split("/")[0] for p in pairs)  # one alphabet
     assert all(0 < p["errors"] <= p["queries"] <= 12 for p in pairs)
+    assert results["one_class_tasks"] == 0
     vinyals = tmp_path / "vinyals"
     training.train(compose_config("train", ["encoder=conv4", "encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
                                         "trainer.val_episodes=2", "eval.episodes=2", "trainer.progress=false",
