@@ -47,15 +47,12 @@ FEW_TASKS = 100  # below this, a bootstrap over tasks has too few distinct resam
 def settings(runs: list[Path]) -> list[tuple[str, dict[int, Path]]]:
     """Runs grouped by setting (configs equal but for seed and bookkeeping), each keyed by its seed;
     in the order given. Runs without a readable config, or two runs of one setting and seed, stand alone."""
-    from metalearn_cli.run_settings import config_labels
+    from metalearn_cli.run_settings import by_setting, config_labels
 
     labels = config_labels(runs, []) if len(runs) > 1 and all(read_run(r)["config"] for r in runs) else [str(r) for r in runs]
-    groups: dict[str, dict[int, Path]] = {}
-    for run, label in zip(runs, labels):
-        seed = int(read_run(run)["results"].get("seed") or 0)
-        key = label if seed not in groups.get(label, {}) else str(run)
-        groups.setdefault(key, {})[seed] = run
-    return list(groups.items())
+    seeds = [int(read_run(run)["results"].get("seed") or 0) for run in runs]
+    groups = by_setting(labels, seeds, [str(run) for run in runs])
+    return [(key, {seeds[i]: runs[i] for i in members}) for key, members in groups.items()]
 
 
 def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[int, Path]]]:

@@ -15,7 +15,7 @@ from metalearn_cli.console import OneLineParser, folder_arg, help_text
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
 from metalearn_cli.run_records import find_runs
 from metalearn_cli.rundir import refuse_replacing
-from metalearn_cli.run_settings import bookkeeping, config_labels, record_of, setting_config, setting_of, trained_by
+from metalearn_cli.run_settings import bookkeeping, by_setting, config_labels, record_of, setting_config, setting_of, trained_by
 from metalearn_cli.sweep_record import failed_note, sweep_note
 
 COLUMNS = ["run", "command", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
@@ -124,17 +124,17 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
 
 
 def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Runs that differ only in ``seed=``: mean and sample std of their test accuracy (in %); a setting that holds
-    one seed twice is left out (what differs between those runs is not the seed)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        if row["test_accuracy"] is not None:
-            groups.setdefault(row.get("_setting") or setting_of(row), []).append(row)  # equal configs, however typed
+    """Runs that differ only in ``seed=``: mean and sample std of their test accuracy (in %); a run repeating a
+    seed its setting holds stands alone (a rerun, another process count: no spread over seeds), as in the charts."""
+    tested = [row for row in rows if row["test_accuracy"] is not None]
+    groups = by_setting([row.get("_setting") or setting_of(row) for row in tested],  # equal configs, however typed
+                        [row["seed"] for row in tested], [row["run"] for row in tested])
     out = []
-    for members in groups.values():
+    for indices in groups.values():
+        members = [tested[i] for i in indices]
         setting = setting_of(members[0])
-        if len(members) < 2 or len({m["seed"] for m in members}) < len(members):  # repeats of one seed (other process
-            continue  # counts, a rerun) are no spread over seeds: report.md lists each run
+        if len(members) < 2:
+            continue
         accs = [m["test_accuracy"] for m in members]
         mean = sum(accs) / len(accs)
         std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from metalearn_cli.run_records import read_run
+from metalearn_cli.run_settings import by_setting
 
 FONT = 10  # readable at a column's width
 # Student's t 97.5% quantiles by degrees of freedom (CI95 of a mean over a few seeds); 1.96 beyond.
@@ -31,11 +32,10 @@ def _series(run: Path) -> tuple[dict[int, float], dict[int, float]]:
 
 
 def groups_of(runs: list[Path], rows: list[dict[str, Any]], settings: list[str]) -> dict[str, list[int]]:
-    """Setting label -> the indices of its runs (in the order they come)."""
-    groups: dict[str, list[int]] = {}
-    for i, setting in enumerate(settings if len(runs) > 1 else [rows[0]["run"]]):
-        groups.setdefault(setting, []).append(i)
-    return groups
+    """Setting label -> the indices of its runs (in the order they come); a repeated seed stands alone
+    (:func:`~metalearn_cli.run_settings.by_setting`)."""
+    labels = settings if len(runs) > 1 else [rows[0]["run"]]
+    return by_setting(labels, [row.get("seed") for row in rows], [row["run"] for row in rows])
 
 
 def colours(labels: list[str]) -> dict[str, Any]:
@@ -107,10 +107,11 @@ def accuracy_figure(rows: list[dict[str, Any]], settings: list[str]) -> Any:
     accuracy (the user's own labelled queries, no test tasks) stays in the table, out of this chart."""
     import matplotlib.pyplot as plt
 
+    every = groups_of(list(range(len(rows))), rows, settings)  # type: ignore[arg-type]
+    palette = colours(list(every))  # as in the curves: a setting keeps its colour in every figure
     groups = {s: [i for i in m if rows[i]["test_accuracy"] is not None and rows[i]["command"] != "predict"]
-              for s, m in groups_of(list(range(len(rows))), rows, settings).items()}  # type: ignore[arg-type]
+              for s, m in every.items()}
     groups = {s: m for s, m in groups.items() if m}
-    palette = colours(list(groups))
     shown = displayed(list(groups))
     lines = sum(len(textwrap.wrap(shown[s], 48)) or 1 for s in groups)
     fig, ax = plt.subplots(figsize=(10, 1.4 + 0.3 * max(lines, 1) + 0.15 * len(groups)))

@@ -14,7 +14,7 @@ from metalearn_cli.rundir import METRICS, RESULTS, STATUS, is_locked
 
 
 def read_run(run: Path) -> dict[str, Any]:
-    """A run dir as ``{command, config, choices, overrides, results, status, metrics, damaged}``; damaged files
+    """A run dir as ``{command, config, choices, overrides, cwd, results, status, metrics, damaged}``; damaged files
     read as empty, and ``damaged`` names them. A predict dir's ``results`` are its ``predictions.json``."""
     run = Path(run)
     metrics = []
@@ -31,7 +31,8 @@ def read_run(run: Path) -> dict[str, Any]:
     if state == "running" and not is_locked(run):
         state = "interrupted"  # killed (kill -9, power loss): no live process holds its lock
     hydra = read_yaml(run / ".hydra" / "hydra.yaml", {}).get("hydra")
-    choices = ((hydra or {}).get("runtime") or {}).get("choices") if isinstance(hydra, dict) else None
+    runtime = ((hydra or {}).get("runtime") or {}) if isinstance(hydra, dict) else {}
+    choices = runtime.get("choices")
     config = read_yaml(run / ".hydra" / "config.yaml", {})
     if (run / "predictions.json").is_file() and not results:
         results = read_json(run / "predictions.json")  # predict's summary: its checkpoint, and accuracy when labelled
@@ -40,6 +41,7 @@ def read_run(run: Path) -> dict[str, Any]:
         "config": config,
         "choices": choices if isinstance(choices, dict) else {},  # group -> the config file picked (encoder: conv4_fast)
         "overrides": [o for o in read_yaml(run / ".hydra" / "overrides.yaml", []) if isinstance(o, str)],
+        "cwd": runtime.get("cwd") if isinstance(runtime.get("cwd"), str) else None,  # where its relative paths lead
         "results": results,
         "status": state,
         "metrics": metrics,
@@ -48,11 +50,11 @@ def read_run(run: Path) -> dict[str, Any]:
 
 
 def command_of(run: Path, config: Any) -> str:
-    """Which command made a run dir: ``predict`` and ``export`` by the files they write; ``eval`` by its
-    ``checkpoint`` key (training has none); ``train`` otherwise."""
-    if (run / "predictions.json").is_file():
-        return "predict"
-    if (run / "export.json").is_file():
+    """Which command made a run dir: ``predict`` and ``export`` by the files they write or their config's own
+    keys; ``eval`` by its ``checkpoint`` key (training has none); ``train`` otherwise."""
+    if (run / "predictions.json").is_file() or isinstance(config, dict) and "support" in config:
+        return "predict"  # a failed or interrupted one wrote no predictions.json: its config says what it was
+    if (run / "export.json").is_file() or isinstance(config, dict) and "out" in config and "checkpoint" in config:
         return "export"
     return "eval" if isinstance(config, dict) and "checkpoint" in config else "train"
 

@@ -33,11 +33,12 @@ def trained_by(record: dict[str, Any]) -> dict[str, Any]:
     training run): where such a dir's dataset, encoder, decoder and strategy are written."""
     from metalearn_cli.resume import run_dir_of
 
-    checkpoint = record["results"].get("checkpoint")
+    checkpoint = record["results"].get("checkpoint") or record["config"].get("checkpoint")  # unfinished: as it was given
     if record["command"] not in ("eval", "predict") or not isinstance(checkpoint, str):
         return {}
-    source = trained_run(run_dir_of(Path(checkpoint)))
-    return source or exported_by(Path(checkpoint))
+    checkpoint = Path(record.get("cwd") or ".") / Path(checkpoint).expanduser()  # a relative one from where the command ran
+    source = trained_run(run_dir_of(checkpoint))
+    return source or exported_by(checkpoint)
 
 
 def trained_run(folder: Path) -> dict[str, Any]:
@@ -97,6 +98,19 @@ def setting_config(run: Path, info: Optional[dict[str, Any]] = None, source: Opt
                    if v is not None and v != [] and k not in OWN_KEYS_IGNORED and (k, v) != ("split", "test")})
     merged["command"] = info["command"]
     return merged
+
+
+def by_setting(labels: list[str], seeds: list[Any], names: list[str]) -> dict[str, list[int]]:
+    """Run indices grouped by setting label, in the order given. A run whose seed its setting already holds
+    (a rerun, or runs apart only in bookkeeping such as ``logger``) stands alone, as ``label (name)``: one seed
+    twice is no spread over seeds, so ``report``'s charts and seeds table and ``compare`` never count it so."""
+    groups: dict[str, list[int]] = {}
+    held: dict[str, set[Any]] = {}
+    for i, (label, seed) in enumerate(zip(labels, seeds)):
+        key = label if seed not in held.setdefault(label, set()) else f"{label} ({names[i]})"
+        held[label].add(seed)
+        groups.setdefault(key, []).append(i)
+    return groups
 
 
 def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:

@@ -37,10 +37,11 @@ def test_report_over_two_runs(tmp_path, capsys):
     assert group["seeds"] == "0,1" and float(group["mean_accuracy"]) == round(sum(accs) / 2, 2)
     assert float(group["std_accuracy"]) == round(abs(accs[0] - accs[1]) / 2**0.5, 2)
     assert "Across training seeds" in out
-    # a second run of seed 0 (another process count, a rerun) is no spread over seeds: no such row
+    # a second run of seed 0 (another process count, a rerun) is no spread over seeds: it stands alone
     shutil.copytree(tmp_path / "sweep" / "0_job", tmp_path / "sweep" / "3_again")
     assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "again")]) == 0
-    assert "Across training seeds" not in capsys.readouterr().out and not (tmp_path / "again" / "seeds.csv").exists()
+    (again,) = list(csv.DictReader((tmp_path / "again" / "seeds.csv").open()))
+    assert (again["seeds"], again["runs"], again["mean_accuracy"]) == ("0,1", "2", group["mean_accuracy"])
 
 
 def test_report_without_runs_is_one_line(tmp_path, capsys):
@@ -199,6 +200,12 @@ def test_seeds_are_pooled_only_when_their_configs_match_not_just_their_command_l
         assert main(["train", *FAST, f"seed={seed}", f"hydra.run.dir={runs / str(seed)}"]) == 0
     assert main(["report", str(runs)]) == 0
     assert "Across training seeds" in capsys.readouterr().out
+    repeat = tmp_path / "repeat"  # seed 0 again, apart only in bookkeeping
+    assert main(["train", *FAST, "seed=0", "logger=csv", f"hydra.run.dir={repeat / '0csv'}"]) == 0
+    assert main(["report", str(runs), str(repeat), "--out", str(tmp_path / "both")]) == 0
+    seeds = list(csv.DictReader((tmp_path / "both" / "seeds.csv").open()))
+    assert [(r["seeds"], r["runs"]) for r in seeds] == [("0,1", "2")]  # the repeat stands alone, as in compare
+    capsys.readouterr()
     record = runs / "1" / ".hydra" / "config.yaml"  # as an older version's defaults would have composed it
     config = yaml.safe_load(record.read_text())
     config["trainer"]["train_query"] = 5
@@ -214,7 +221,7 @@ def test_seeds_are_pooled_only_when_their_configs_match_not_just_their_command_l
     assert "Across training seeds" in capsys.readouterr().out and (other / "report" / "seeds.csv").is_file()
 
 
-def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_path):
+def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_path, monkeypatch):
     """An eval dir's config holds only its checkpoint and eval.*; its row names the trained run's data
     set and components, its own task shape, and says which command made it. A predict dir's row
     shows its accuracy on labelled queries (predictions.json), not an empty completed run."""
@@ -231,11 +238,15 @@ def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_pa
                  f"query={tmp_path / 'task' / 'query'}", "device=cpu", "show=0", f"hydra.run.dir={runs / 'predicted'}"]) == 0
     assert main(["export", f"checkpoint={runs / 'trained'}", f"out={tmp_path / 'mk.pt'}", f"hydra.run.dir={tmp_path / 'exp'}"]) == 0
     assert main(["eval", f"checkpoint={tmp_path / 'mk.pt'}", "device=cpu", f"hydra.run.dir={runs / 'from_export'}"]) == 0
+    (tmp_path / "task" / "query" / "stranger").mkdir()  # refused: a predict dir with no predictions.json
+    monkeypatch.chdir(tmp_path)  # its checkpoint given relative to where it ran
+    assert main(["predict", "checkpoint=runs/trained", "support=task/support", "query=task/query", "device=cpu",
+                 "hydra.run.dir=runs/refused"]) == 2
     assert main(["report", str(runs)]) == 0
     rows = {r["run"]: r for r in csv.DictReader((runs / "report" / "report.csv").open())}
     assert {k: r["command"] for k, r in rows.items()} == {"trained": "train", "evaluated": "eval", "predicted": "predict",
-                                                            "from_export": "eval"}
-    for name in ("evaluated", "predicted", "from_export"):  # an export names the run it came from
+                                                            "from_export": "eval", "refused": "predict"}
+    for name in ("evaluated", "predicted", "from_export", "refused"):  # an export names the run it came from
         assert (rows[name]["dataset"], rows[name]["encoder"], rows[name]["strategy"]) == ("synthetic", "conv4_fast", "mgd")
     assert rows["evaluated"]["episode"] == "3w1s (val)" and rows["trained"]["episode"] != "3w1s"
     assert rows["predicted"]["episode"] == "3w1s" and 0 <= float(rows["predicted"]["test_accuracy"]) <= 100
