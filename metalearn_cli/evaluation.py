@@ -13,14 +13,12 @@ import dataclasses
 import csv
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from metalearn_cli.assemble import load_strategy, resolve_bn_mode, setup_device, startup_line
 from metalearn_cli.augment import SupportCopies, TtaViews
@@ -31,6 +29,7 @@ from metalearn_cli.confusions import OUTCOMES, collapsed, log_confused_pairs, wr
 from metalearn_cli.episodes import EpisodeSampler, check_fits, is_lake, resident, split_seed
 from metalearn_cli.lake_original import OriginalRuns, original_runs
 from metalearn_cli.lake_runs import LakeRuns, accuracy_by_alphabet
+from metalearn_cli.progress import TaskBar
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble
 from metalearn_cli.eval_inputs import (
@@ -67,7 +66,7 @@ def evaluate_tasks(
         raise ConfigError("eval.finetune_steps cannot be combined with an ensemble; drop one of the two")
     # Transductive statistics must come from one task at a time, never a mix of tasks.
     one_by_one = scored.mixes_tasks(scored.modes(bn_mode)) or finetune is not None
-    bar = tqdm(total=episodes, disable=not progress, unit="task", dynamic_ncols=True, desc="test", leave=False)
+    bar = TaskBar("test", episodes, progress, log)
     with scored.statistics(bn_mode):
         for batch in sampler.fixed(episodes, batch_tasks):
             for part in batch.split_tasks() if one_by_one else [batch]:
@@ -278,7 +277,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     support = SupportCopies.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).augment, data.image_shape)
     original = original_runs(eval_cfg, train_cfg.dataset, data.test, episode.way, is_lake(episode))
     result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), eval_cfg, seed,
-                              device, run_dir, progress=sys.stderr.isatty(), lake=is_lake(episode), finetune=finetune,
+                              device, run_dir, progress=True, lake=is_lake(episode), finetune=finetune,
                               members=members, each=each, support=support, original=original)
     result.update({
         "checkpoint": source, "checkpoint_step": knowledge["step"],

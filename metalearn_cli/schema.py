@@ -69,7 +69,7 @@ class TrainerConfig:
     channels_last: Optional[bool] = None  # NHWC conv kernels; null = auto: on for CPU (oneDNN, ~2x), off for CUDA (NCHW faster there)
     compile: bool = False  # torch.compile the encoder (first-order strategies; long warm-up, pays off on GPUs)
     precision: Precision = Precision.auto  # bf16: ~1.6x faster on AMD CPUs with AVX512-BF16, Intel AMX, recent GPUs
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # a tqdm bar on a terminal and a log line every tenth of a stage (the test: every 30 s off a terminal); false: neither
     nan_policy: NanPolicy = NanPolicy.stop  # what a NaN/Inf meta-loss or meta-gradient does
     deterministic: bool = False  # deterministic kernels, CUDA included (slower there); CPU runs already repeat exactly
     init_from: Optional[str] = None  # a checkpoint, run dir or export: start from its tensors where names and shapes match

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -137,7 +136,7 @@ class Training:
 
         def test() -> dict[str, Any]:
             return score_checkpoint(self.strategy, data, "test", (s.way, s.shot, s.query), cfg.eval, cfg.seed, self.device,
-                                    self.run_dir, progress=self.t.progress and sys.stderr.isatty(),
+                                    self.run_dir, progress=self.t.progress,
                                     lake=is_lake(cfg.episode), finetune=finetune, support=support, original=self.original)
 
         def extras() -> dict[str, Any]:
