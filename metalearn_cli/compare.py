@@ -92,9 +92,11 @@ def same_tasks(reference: Path, run: Path) -> None:
             raise MetalearnError(f"{path / RESULTS} is damaged (not readable JSON); restore it, or score the run again with "
                                  "metalearn eval checkpoint=RUN and compare that eval dir")
         if not record["results"]:
-            stopped = record["status"] in ("interrupted", "running")
+            stopped = record["status"] == "interrupted"
             raise MetalearnError(f"{path} has no test results (status: {record['status']}); " + (
-                "an eval stopped before its end: run the same metalearn eval again" if record["command"] == "eval" and stopped
+                "it is still running (another process holds its lock): compare it once it has finished"
+                if record["status"] == "running"
+                else "an eval stopped before its end: run the same metalearn eval again" if record["command"] == "eval" and stopped
                 else "resume it to finish and test it (metalearn train resume=RUN)" if stopped
                 else "test it with metalearn eval checkpoint=RUN"))
     a, b = records[reference]["results"], records[run]["results"]
@@ -105,8 +107,10 @@ def same_tasks(reference: Path, run: Path) -> None:
                              f"(eval.lake_runs={b['lake_runs'].get('source')} vs {a['lake_runs'].get('source')}, other "
                              "characters or drawers); score both on one archive to compare them")
     if differ:
+        keys = {"episodes": "eval.episodes", "way": "episode.way", "shot": "episode.shot", "query": "episode.query"}
+        named = ' '.join(f"{keys.get(k, k)}={a.get(k)}" for k in differ if k in keys or k == "seed") or "seed=S episode=..."
         raise MetalearnError(f"{run} was not scored on the tasks of {reference} ({', '.join(f'{k}: {a.get(k)} vs {b.get(k)}' for k in differ[:3])}); "
-                             "score both on the same tasks (metalearn eval ... seed=S episode=...) to compare them")
+                             f"score both on the same tasks (metalearn eval checkpoint=RUN {named}) to compare them")
     if a.get("split_classes") and b.get("split_classes") and a["split_classes"] != b["split_classes"]:
         raise MetalearnError(f"{run} was not scored on the classes of {reference}: the same task seeds, but the "
                              f"{a.get('split', 'test')} split holds other classes (a folder data set changed or re-split "

@@ -36,7 +36,8 @@ def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
     assert main(["train", *FAST, "episode.shot=2", f"hydra.run.dir={tmp_path / 'c'}"]) == 0
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 2
-    assert "was not scored on the tasks of" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was not scored on the tasks of" in err and "(metalearn eval checkpoint=RUN episode.shot=1)" in err, err
     (tmp_path / "b" / "test_outcomes.npz").unlink()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
@@ -115,6 +116,12 @@ def test_a_run_without_test_results_is_named_with_its_status_not_called_other_ta
     proc = subprocess.run([str(exe), "compare", str(done), str(stopped)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "has no test results (status: interrupted); resume it" in proc.stderr, proc.stderr
+    from metalearn_cli.rundir import exclusive
+
+    write_status(stopped, "running", step=3)
+    with exclusive(stopped):  # a live run holds its lock: it is waited for, not resumed
+        proc = subprocess.run([str(exe), "compare", str(done), str(stopped)], capture_output=True, text=True, timeout=120)
+    assert "(status: running); it is still running" in proc.stderr and "resume" not in proc.stderr, proc.stderr
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     (damaged / "results.json").write_text('{"accuracy": 0.9, "data')  # cut short: named as damaged, not as untested
