@@ -45,6 +45,20 @@ class TensorBoardSink:
         # The resumed step's own records were written before its checkpoint: keep them, drop what follows.
         self._writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
         self.where = f"TensorBoard logs: {run_dir / 'tensorboard'} (view: tensorboard --logdir {run_dir / 'tensorboard'})"
+        if resume_step is None and config:
+            self._settings(_plain(config))
+
+    def _settings(self, config: dict[str, Any]) -> None:
+        """The run's config, as TEXT (the whole YAML) and as HPARAMS (each key, beside the validation and test
+        accuracy), so runs compare by their settings in TensorBoard itself; in this run's own event file."""
+        import yaml
+        from torch.utils.tensorboard.summary import hparams
+
+        self._writer.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
+        values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()
+                  if k != "resume"}
+        for summary in hparams(values, {"val/accuracy": 0.0, "test/accuracy": 0.0}):  # the metrics by their tags
+            self._writer.file_writer.add_summary(summary)
 
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         for key, value in values.items():

@@ -46,7 +46,8 @@ class MetricsLog:
 
     def summary(self, step: int, split: str, values: dict[str, Any]) -> None:
         """To the logger only (the final test: ``results.json`` is its record, not ``metrics.jsonl``)."""
-        numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and k != "episodes"}  # how many tasks a validation scored is no curve (metrics.jsonl keeps it)
         if numbers:
             self._sink.log(step, split, numbers)
 

@@ -32,11 +32,36 @@ def test_csv_holds_every_number_of_metrics_jsonl_and_the_final_test(tmp_path):
     assert main(["train", *SMOKE, "logger=csv", f"hydra.run.dir={run}"]) == 0
     rows = {(int(r["step"]), r["split"], r["metric"]): float(r["value"]) for r in csv_rows(run)}
     expected = {(r["step"], r["split"], k): float(v) for r in records(run) for k, v in r.items()
-                if k not in ("step", "split") and isinstance(v, (int, float))}
+                if k not in ("step", "split", "episodes") and isinstance(v, (int, float))}  # a count is no curve
     assert expected and {k: rows[k] for k in expected} == pytest.approx(expected)
     results = json.loads((run / "results.json").read_text())
-    assert rows[(10, "test", "accuracy")] == pytest.approx(results["accuracy"])
+    assert rows[(results["best_step"], "test", "accuracy")] == pytest.approx(results["accuracy"])  # best.pt's step
     assert not (run / "tensorboard").exists()  # the default logger is replaced, not added to
+
+
+def test_tensorboard_holds_the_curves_the_test_at_best_pts_step_and_the_config(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = tmp_path / "run"
+    assert main(["train", *SMOKE, "seed=3", f"hydra.run.dir={run}"]) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    scalars = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    expected = {f"{r['split']}/{k}": {} for r in records(run) for k in r if k not in ("step", "split", "episodes")}
+    for r in records(run):
+        for k, v in r.items():
+            if f"{r['split']}/{k}" in expected:
+                expected[f"{r['split']}/{k}"][r["step"]] = v
+    results = json.loads((run / "results.json").read_text())
+    assert set(scalars) == set(expected) | {"test/accuracy", "test/ci95"}
+    assert all(scalars[tag] == pytest.approx(values) for tag, values in expected.items())
+    assert scalars["test/accuracy"] == pytest.approx({results["best_step"]: results["accuracy"]})
+    config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert config.startswith("```yaml") and "seed: 3" in config
+    start = plugin_data_pb2.HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["seed"].number_value == 3
+    assert start.session_start_info.hparams["strategy.name"].string_value == "mgd"
 
 
 def test_a_resumed_csv_keeps_each_step_once(tmp_path):
