@@ -256,7 +256,8 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     eval_cfg = eval_settings(cfg.eval, OmegaConf.select(train_cfg, "eval"))
     source = str(Path(knowledge["source"]).resolve())
     log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
-    for note in filter(None, map(unfinished_note, [cfg.checkpoint, *others])):
+    unfinished = [note for note in map(unfinished_note, [cfg.checkpoint, *others]) if note]
+    for note in unfinished:
         log.warning("%s", note)
     if others:
         strategy = load_ensemble(strategy, train_cfg, source, others, device)
@@ -286,6 +287,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
         "precision": strategy.model.precision, "torch": torch.__version__,
         "dataset": data.name, "strategy": train_cfg.strategy.name,  # as a training run's results.json says them
         "encoder": train_cfg.encoder.name, "decoder": train_cfg.decoder.name,
+        **({"unfinished": unfinished} if unfinished else {}),  # a checkpoint of a run that had not finished: said
     })
     warn_other_data(source, result)  # the digest of what was scored: the split is hashed once
     write_results(run_dir, result)

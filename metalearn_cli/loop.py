@@ -291,7 +291,8 @@ class TrainingRun:
         write_results(s.run_dir, result)
         if metrics is not None:
             metrics.summary(self.best_step, "test", {k: result[k] for k in ("accuracy", "ci95")})  # of best.pt's step
-        write_status(s.run_dir, "completed", step=self.step, iterations=s.iterations, accuracy=result["accuracy"])
+        write_status(s.run_dir, "completed", step=self.step, iterations=s.iterations, accuracy=result["accuracy"],
+                     processes=self.ranks.size, wall_seconds=result["wall_seconds"])  # as a stopped run's says them
         log.info("%s: test accuracy %.2f%% ± %.2f%% over %d tasks (best val %.2f%% at step %d); %s", s.name,
                  100 * result["accuracy"], 100 * result["ci95"], result["episodes"], 100 * self.best_val,
                  self.best_step, s.run_dir)

@@ -293,6 +293,8 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
                                                 "eval.episodes=4"]), tmp_path / "eval")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("which stopped before its end (step 3 of 10)" in w and f"resume={run_dir}" in w for w in warned), warned
+    (recorded,) = json.loads((tmp_path / "eval" / "results.json").read_text())["unfinished"]  # and so says results.json
+    assert "stopped before its end (step 3 of 10)" in recorded
     from metalearn_cli.knowledge import load
 
     caplog.clear()

@@ -253,6 +253,7 @@ def test_the_final_test_is_logged_at_best_pts_step_and_the_status_says_completed
     assert test == {"accuracy": (best, results["accuracy"]), "ci95": (best, results["ci95"])}
     status = json.loads((run_dir / "status.json").read_text())
     assert (status["status"], status["step"], status["iterations"], status["accuracy"]) == ("completed", 6, 6, results["accuracy"])
+    assert (status["processes"], status["wall_seconds"]) == (1, results["wall_seconds"])
     line = (f"meta-training: test accuracy {100 * results['accuracy']:.2f}% ± {100 * results['ci95']:.2f}% over 10 tasks "
             f"(best val {100 * results['val_accuracy']:.2f}% at step {results['best_step']}); {run_dir}")
     assert line in caplog.messages
