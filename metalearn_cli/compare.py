@@ -25,6 +25,7 @@ since 2026-12-01 hold ``test_outcomes.npz``; an older one is re-scored with ``me
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -51,7 +52,8 @@ def settings(runs: list[Path]) -> list[tuple[str, dict[int, Path]]]:
 
     labels = config_labels(runs, []) if len(runs) > 1 and all(read_run(r)["config"] for r in runs) else [str(r) for r in runs]
     seeds = [int(read_run(run)["results"].get("seed") or 0) for run in runs]
-    groups = by_setting(labels, seeds, [str(run) for run in runs])
+    base = Path(os.path.commonpath([str(run.resolve()) for run in runs])) if len(runs) > 1 else runs[0].parent.resolve()
+    groups = by_setting(labels, seeds, [str(run.resolve().relative_to(base)) for run in runs])  # as report names them
     return [(key, {seeds[i]: runs[i] for i in members}) for key, members in groups.items()]
 
 
@@ -107,10 +109,8 @@ def same_tasks(reference: Path, run: Path) -> None:
                              f"(eval.lake_runs={b['lake_runs'].get('source')} vs {a['lake_runs'].get('source')}, other "
                              "characters or drawers); score both on one archive to compare them")
     if differ:
-        keys = {"episodes": "eval.episodes", "way": "episode.way", "shot": "episode.shot", "query": "episode.query"}
-        named = ' '.join(f"{keys.get(k, k)}={a.get(k)}" for k in differ if k in keys or k == "seed") or "seed=S episode=..."
         raise MetalearnError(f"{run} was not scored on the tasks of {reference} ({', '.join(f'{k}: {a.get(k)} vs {b.get(k)}' for k in differ[:3])}); "
-                             f"score both on the same tasks (metalearn eval checkpoint=RUN {named}) to compare them")
+                             f"{same_tasks_hint(a, differ)}")
     if a.get("split_classes") and b.get("split_classes") and a["split_classes"] != b["split_classes"]:
         raise MetalearnError(f"{run} was not scored on the classes of {reference}: the same task seeds, but the "
                              f"{a.get('split', 'test')} split holds other classes (a folder data set changed or re-split "
@@ -120,9 +120,28 @@ def same_tasks(reference: Path, run: Path) -> None:
         print(f"note: {run} and {reference} were tested differently ({', '.join(f'eval.{k}={b[k]} vs {a[k]}' for k in protocol)}): "
               f"the difference includes that (metalearn eval checkpoint=RUN eval.{protocol[0]}=... tests both alike)",
               file=sys.stderr)
+    for path, results in ((reference, a), (run, b)):
+        if results.get("unfinished"):  # an eval of a checkpoint whose run had not finished (results.json says which)
+            print(f"note: {path} scored a checkpoint of a run that had not finished: {results['unfinished'][0]}",
+                  file=sys.stderr)
     if None not in (a.get("split_digest"), b.get("split_digest")) and a["split_digest"] != b["split_digest"]:
         print(f"note: {run} and {reference} read other images of the same classes (a data-set setting such as "
               "dataset.normalise or image_size differs, or the files changed): the difference includes that", file=sys.stderr)
+
+
+def same_tasks_hint(a: dict[str, Any], differ: list[str]) -> str:
+    """The ``metalearn eval`` keys that score a checkpoint on the reference's tasks (an episode option needs an
+    episode named first, as eval asks); another data set has no such keys."""
+    if "dataset" in differ:
+        return f"they test other data sets ({a.get('dataset')}): no eval makes these the same tasks"
+    named = [f"{k}={a.get(k)}" for k in ("seed", "split") if k in differ]
+    if a.get("protocol") == "lake" and {"protocol", "way", "shot", "query"} & set(differ):
+        named.append("episode=lake20way1shot")
+    elif {"protocol", "way", "shot", "query"} & set(differ):
+        named += ["episode=5way1shot", *(f"episode.{k}={a.get(k)}" for k in ("way", "shot", "query"))]
+    if "episodes" in differ:
+        named.append(f"eval.episodes={a.get('episodes')}")
+    return f"score both on the same tasks (metalearn eval checkpoint=RUN {' '.join(named)}) to compare them"
 
 
 def p_text(p: float) -> str:
@@ -159,7 +178,7 @@ def _named(name: str, runs: dict[int, Path], label: Any) -> str:
     ``encoder.width=16`` alone does not say where to look)."""
     where = [label(p) for p in runs.values()]
     short = name if len(name) <= 80 else name[:77] + "..."
-    return short if where == [name] else f"{short} ({first_names(where)})"
+    return short if where == [name] or all(w in name for w in where) else f"{short} ({first_names(where)})"
 
 
 def run_label(run: Path, base: Path) -> str:

@@ -244,6 +244,14 @@ def _check_split(cfg: Any) -> None:
         raise ConfigError("eval.lake_runs are runs of the evaluation alphabets, the test split: drop split=val or eval.lake_runs")
 
 
+def _say_unfinished(checkpoints: list[Any]) -> list[str]:
+    """A warning per checkpoint of a run that has not finished (results.json keeps them as ``unfinished``)."""
+    notes = [note for note in map(unfinished_note, checkpoints) if note]
+    for note in notes:
+        log.warning("%s", note)
+    return notes
+
+
 def evaluate(cfg: Any, run_dir: Path) -> float:
     """``metalearn eval``: test a checkpoint or export on fixed tasks; writes ``results.json``; returns accuracy."""
     wall_start = time.perf_counter()
@@ -256,9 +264,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     eval_cfg = eval_settings(cfg.eval, OmegaConf.select(train_cfg, "eval"))
     source = str(Path(knowledge["source"]).resolve())
     log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
-    unfinished = [note for note in map(unfinished_note, [cfg.checkpoint, *others]) if note]
-    for note in unfinished:
-        log.warning("%s", note)
+    unfinished = _say_unfinished([cfg.checkpoint, *others])
     if others:
         strategy = load_ensemble(strategy, train_cfg, source, others, device)
         log.info("an ensemble of %d: the mean of the class probabilities of %s", len(strategy.members),

@@ -45,26 +45,46 @@ class TensorBoardSink:
         # The resumed step's own records were written before its checkpoint: keep them, drop what follows.
         self._writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
         self.where = f"TensorBoard logs: {run_dir / 'tensorboard'} (view: tensorboard --logdir {run_dir / 'tensorboard'})"
-        if resume_step is None and config:
-            self._settings(_plain(config))
+        self._end: Any = None
+        if config:
+            self._settings(_plain(config), resume_step)
 
-    def _settings(self, config: dict[str, Any]) -> None:
-        """The run's config, as TEXT (the whole YAML) and as HPARAMS (each key, beside the validation and test
-        accuracy), so runs compare by their settings in TensorBoard itself; in this run's own event file."""
+    def _settings(self, config: dict[str, Any], resume_step: Optional[int]) -> None:
+        """The run's config, as TEXT (the whole YAML, again at each resume: ``trainer.iterations`` may have grown)
+        and as HPARAMS (each key, beside the validation and test accuracy, once), so runs compare by their
+        settings in TensorBoard itself; the session's end status is written by :meth:`close`."""
         import yaml
         from torch.utils.tensorboard.summary import hparams
 
-        self._writer.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
+        step = 0 if resume_step is None else resume_step + 1
+        self._writer.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", step)
         values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()
                   if k != "resume"}
-        for summary in hparams(values, {"val/accuracy": 0.0, "test/accuracy": 0.0}):  # the metrics by their tags
-            self._writer.file_writer.add_summary(summary)
+        experiment, start, self._end = hparams(values, {"val/accuracy": 0.0, "test/accuracy": 0.0})  # metrics by tag
+        if resume_step is None:
+            for summary in (experiment, start):
+                self._writer.file_writer.add_summary(summary)
+
+    def _end_status(self) -> Any:
+        """HPARAMS' session end, with how this session ended (torch's helper always says success)."""
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+        failed = sys.exc_info()[0]  # close() runs in the loop's finally: the exception ending the run, if any
+        status = (api_pb2.STATUS_SUCCESS if failed is None else api_pb2.STATUS_UNKNOWN  # stopped, to be resumed
+                  if failed.__name__ in ("Interrupted", "PeerLost", "KeyboardInterrupt") else api_pb2.STATUS_FAILURE)
+        value = self._end.value[0]
+        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        data.session_end_info.status = status
+        value.metadata.plugin_data.content = data.SerializeToString()
+        return self._end
 
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         for key, value in values.items():
             self._writer.add_scalar(f"{split}/{key}", value, step)
 
     def close(self) -> None:
+        if self._end is not None:
+            self._writer.file_writer.add_summary(self._end_status())
         self._writer.close()
 
 
@@ -171,7 +191,7 @@ class MLflowSink:
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
-        if step <= self._logged_to:
+        if step <= self._logged_to and split != "test":  # the test comes once, at best.pt's step (maybe resumed past)
             return
         stamp = _millis()
         self._client.log_batch(self._run_id, metrics=[Metric(f"{split}/{k}", float(v), stamp, step) for k, v in values.items()])

@@ -185,22 +185,24 @@ def _say_outcome(probs: torch.Tensor, accuracy: Optional[float], class_names: li
                  len(class_names), run_dir / "predictions.csv")
 
 
-def _same_files(support_files: list[list[Path]], paths: list[Path]) -> None:
-    """One file (a copy or a link) in two support classes is a labelling slip, refused: the tie between the two
-    would be broken by their order. A query that is a support file scores recall, not recognition: said."""
-    def digest(path: Path) -> bytes:
-        return hashlib.sha1(path.read_bytes()).digest()
+def _same_pictures(support_files: list[list[Path]], stacks: list[torch.Tensor], paths: list[Path],
+                   queries: torch.Tensor) -> None:
+    """Said, as the network reads them (after conversion, so a copy saved in another format counts): one
+    picture in two support classes (a copy or a link: a labelling slip, or two blank scans), which no
+    network can tell apart there; a query that is a support picture, which scores recall, not recognition."""
+    def digest(image: torch.Tensor) -> bytes:
+        return hashlib.sha1(image.contiguous().numpy().tobytes()).digest()
 
     owner: dict[bytes, Path] = {}
-    for files in support_files:
-        for path in files:
-            first = owner.setdefault(digest(path), path)
+    for files, stack in zip(support_files, stacks):
+        for path, image in zip(files, stack):
+            first = owner.setdefault(digest(image), path)
             if first.parent != path.parent:
-                raise DataError(f"support images {first} and {path} are one file in two classes (a copy or a link); "
-                                "each image belongs to one class: remove one of them")
-    seen = [(query, owner[d]) for query in paths if (d := digest(query)) in owner]
+                log.warning("support images %s and %s are one picture in two classes (a copy or a link?): those "
+                            "two classes cannot be told apart by it; each image belongs to one class", first, path)
+    seen = [(query, owner[d]) for query, image in zip(paths, queries) if (d := digest(image)) in owner]
     if seen:
-        log.warning("%d of %d queries are support images byte for byte (%s is %s): their predictions say nothing "
+        log.warning("%d of %d queries are support images, pixel for pixel (%s is %s): their predictions say nothing "
                     "of recognising new drawings", len(seen), len(paths), seen[0][0], seen[0][1])
 
 
@@ -216,9 +218,9 @@ def predict(cfg: Any, run_dir: Path) -> float:
     if len(class_names) < 2:
         raise DataError(f"support folder {cfg.support} has one class ({class_names[0]}); a task needs at least two class sub-folders")
     shown, paths, truth = _queries(Path(cfg.query), str(cfg.query), class_names)
-    _same_files(support_files, paths)
     labels = [i for i, s in enumerate(stacks) for _ in range(s.shape[0])]
     first = (torch.cat(stacks), meta.read_images(paths))
+    _same_pictures(support_files, stacks, paths, first[1])
     _say_what_the_test_protocol_means(members)  # before adapt(), which would say it again
     with _said_once(logging.getLogger(knowledge.__name__)):  # an ensemble's members warn about the images once
         probs = _mean_probabilities(members, [p for files in support_files for p in files], paths, labels, first)

@@ -148,7 +148,7 @@ def _stage(cfg: Any, run_dir: Path, data: FewShotData, device: torch.device, str
 
     def test() -> dict[str, Any]:  # its test_outcomes.npz pairs it with the run's (metalearn compare RUN/pretrain RUN)
         return score_checkpoint(strategy, data, "test", (e.way, e.shot, e.query), cfg.eval, cfg.seed, device,
-                                stage_dir(run_dir), lake=lake, original=original)
+                                stage_dir(run_dir), progress=cfg.trainer.progress, lake=lake, original=original)
 
     return Stage(run_dir=stage_dir(run_dir), iterations=p.iterations, iterations_key="pretrain.iterations",
                  log_every=cfg.trainer.log_every, val_every=p.val_every, val_episodes=p.val_episodes,

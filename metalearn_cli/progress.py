@@ -30,7 +30,7 @@ class Progress:
         """The time left, from the second measured window of this session that ends past warm-up: the first steps
         (kernel choices, allocations, the first validation's pause) made estimates several times too long."""
         self.windows += 1
-        if self.windows >= 2 and step >= self.warm and step < self.total and per_s > 0:
+        if self.enabled and self.windows >= 2 and step >= self.warm and step < self.total and per_s > 0:
             self.windows = -(10**9)  # once
             left = (self.total - step) * per_step / per_s
             self.log.info("%s: %.1f %s/s: about %s for the remaining %d steps, validation not included", self.desc,

@@ -111,7 +111,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "dataset": name("dataset"), "encoder": name("encoder"), "decoder": "prototype" if stage else name("decoder"),
         "strategy": f"pretrain={(cfg.get('pretrain') or {}).get('kind', '')}" if stage else strategy_label(cfg),
         "episode": task_shape(record, cfg.get("episode") if isinstance(cfg.get("episode"), dict) else {}),
-        "seed": seed, "status": record["status"],
+        "seed": seed, "status": record["status"] + (" (of an unfinished run)" if results.get("unfinished") else ""),
         "test_accuracy": _percent(results.get("accuracy")), "ci95": _percent(results.get("ci95"), low=0),
         "published": results.get("published_accuracy"), "published_of": results.get("published_of") or "",
         "val_accuracy": _percent(results.get("val_accuracy", best_validation(record["metrics"]))),  # unfinished: so far
@@ -126,12 +126,14 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
 def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Runs that differ only in ``seed=``: mean and sample std of their test accuracy (in %); a run repeating a
     seed its setting holds stands alone (a rerun, another process count: no spread over seeds), as in the charts."""
-    tested = [row for row in rows if row["test_accuracy"] is not None]
-    groups = by_setting([row.get("_setting") or setting_of(row) for row in tested],  # equal configs, however typed
-                        [row["seed"] for row in tested], [row["run"] for row in tested])
+    groups = by_setting([row.get("_setting") or setting_of(row) for row in rows],  # equal configs, however typed
+                        [row["seed"] for row in rows], [row["run"] for row in rows],
+                        [row["test_accuracy"] is not None for row in rows])  # as the charts group them
     out = []
     for indices in groups.values():
-        members = [tested[i] for i in indices]
+        members = [rows[i] for i in indices if rows[i]["test_accuracy"] is not None and rows[i]["seed"] is not None]
+        if not members:
+            continue
         setting = setting_of(members[0])
         if len(members) < 2:
             continue

@@ -35,7 +35,8 @@ def groups_of(runs: list[Path], rows: list[dict[str, Any]], settings: list[str])
     """Setting label -> the indices of its runs (in the order they come); a repeated seed stands alone
     (:func:`~metalearn_cli.run_settings.by_setting`)."""
     labels = settings if len(runs) > 1 else [rows[0]["run"]]
-    return by_setting(labels, [row.get("seed") for row in rows], [row["run"] for row in rows])
+    return by_setting(labels, [row.get("seed") for row in rows], [row["run"] for row in rows],
+                      [row["test_accuracy"] is not None for row in rows])
 
 
 def colours(labels: list[str]) -> dict[str, Any]:

@@ -54,8 +54,10 @@ def unfinished_note(checkpoint: Path | str) -> Optional[str]:
     state = "is still training" if status["status"] == "running" and is_locked(run) else "stopped before its end"
     where = f" (step {status['step']} of {status['iterations']})" if {"step", "iterations"} <= status.keys() else ""
     subject = f"{run}" if Path(checkpoint).is_dir() else f"{checkpoint} is from {run}, which"
-    return (f"{subject} {state}{where}: its weights are not the finished run's (best.pt holds the best validated so far); "
+    then = ("let it finish, then test it again" if state == "is still training" else
             f"finish the run with: {continue_command(run, int(status.get('processes') or 1))}")
+    return (f"{subject} {state}{where}: its weights are not the finished run's (best.pt holds the best validated so far); "
+            f"{then}")
 
 
 def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:

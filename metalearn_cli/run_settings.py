@@ -100,15 +100,21 @@ def setting_config(run: Path, info: Optional[dict[str, Any]] = None, source: Opt
     return merged
 
 
-def by_setting(labels: list[str], seeds: list[Any], names: list[str]) -> dict[str, list[int]]:
-    """Run indices grouped by setting label, in the order given. A run whose seed its setting already holds
-    (a rerun, or runs apart only in bookkeeping such as ``logger``) stands alone, as ``label (name)``: one seed
-    twice is no spread over seeds, so ``report``'s charts and seeds table and ``compare`` never count it so."""
+def by_setting(labels: list[str], seeds: list[Any], names: list[str],
+               tested: Optional[list[bool]] = None) -> dict[str, list[int]]:
+    """Run indices grouped by setting label, groups in the order they first come. Of the runs of one setting
+    and seed (a rerun, or runs apart only in bookkeeping such as ``logger``), one holds the seed: the first
+    tested one by name, whatever the order given; each other stands alone as ``label (name)``, since one seed
+    twice is no spread over seeds (``report``'s charts and seeds table and ``compare`` alike). Runs without
+    a seed (predict dirs) are never split."""
+    tested = tested if tested is not None else [True] * len(labels)
+    owner: dict[tuple[str, Any], int] = {}
+    for i in sorted(range(len(labels)), key=lambda i: (not tested[i], names[i])):
+        if seeds[i] is not None:
+            owner.setdefault((labels[i], seeds[i]), i)
     groups: dict[str, list[int]] = {}
-    held: dict[str, set[Any]] = {}
     for i, (label, seed) in enumerate(zip(labels, seeds)):
-        key = label if seed not in held.setdefault(label, set()) else f"{label} ({names[i]})"
-        held[label].add(seed)
+        key = label if seed is None or owner[(label, seed)] == i else f"{label} ({names[i]})"
         groups.setdefault(key, []).append(i)
     return groups
 

@@ -170,7 +170,7 @@ class Training:
                     self.pretrain(stop)
                 except (Interrupted, KeyboardInterrupt) as exc:
                     write_status(self.run_dir, "interrupted", step=0, iterations=self.t.iterations,
-                                 wall_seconds=round(self.clock.seconds(), 2))
+                                 processes=self.ranks.size, wall_seconds=round(self.clock.seconds(), 2))
                     if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C between the stage's saves
                         name, both = second_request(stop)
                         raise Interrupted(name, f"{both}: stopped at once during pre-training; continue "

@@ -37,7 +37,10 @@ def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
-    assert "was not scored on the tasks of" in err and "(metalearn eval checkpoint=RUN episode.shot=1)" in err, err
+    hint = "(metalearn eval checkpoint=RUN episode=5way1shot episode.way=5 episode.shot=1 episode.query=3)"
+    assert "was not scored on the tasks of" in err and hint in err, err
+    from metalearn_cli.cli.placement import compose  # the hint's keys compose as an eval command line
+    assert compose("eval", ["checkpoint=RUN", *hint[len("(metalearn eval checkpoint=RUN "):-1].split()]).episode.shot == 1
     (tmp_path / "b" / "test_outcomes.npz").unlink()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err

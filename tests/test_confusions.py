@@ -40,12 +40,24 @@ def test_a_collapsed_or_chance_test_is_said_and_counted(caplog):
     stuck = learned.clone()
     stuck[:4] = 2  # four tasks: every query answered as class 2
     assert collapsed(stuck, labels, 0.68, 0.2, 5) == {"one_class_tasks": 4}
-    assert "in 4 of 10 test tasks every query got one class" in caplog.text and "not above chance" not in caplog.text
+    assert "in 4 of 10 test tasks every query got one class" in caplog.text and "not measurably above" not in caplog.text
     caplog.clear()
     assert collapsed(learned, labels, 0.25, 0.06, 5) == {"one_class_tasks": 0}
-    assert "test accuracy 25.00% ± 6.00% is not above chance (20.00% for 5 ways)" in caplog.text
+    assert "test accuracy 25.00% ± 6.00% over 10 tasks is not measurably above chance (20.00% for 5 ways)" in caplog.text
+    caplog.clear()
+    collapsed(stuck, labels, 0.2000000179, 9.7e-9, 5)  # exactly chance, as float32 sums it
+    assert "not measurably above chance" in caplog.text
     caplog.clear()
     assert collapsed(torch.zeros(3, 4, dtype=torch.long), torch.zeros(4, dtype=torch.long), 1.0, 0.0, 1) == {"one_class_tasks": 0}
+
+
+def test_two_queries_answered_alike_by_a_good_network_are_not_called_a_collapse(caplog):
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1])  # 2-way, 1 query each: one error makes a task one-class
+    right = torch.rand(50, 2) < 0.78
+    predicted = torch.where(right, labels, 1 - labels)
+    result = collapsed(predicted, labels, right.float().mean().item(), 0.06, 2)
+    assert result["one_class_tasks"] > 5 and "collapsed" not in caplog.text
 
 
 def test_random_tasks_replay_their_classes_and_count_queries_per_class():

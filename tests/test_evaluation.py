@@ -295,6 +295,9 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
     assert any("which stopped before its end (step 3 of 10)" in w and f"resume={run_dir}" in w for w in warned), warned
     (recorded,) = json.loads((tmp_path / "eval" / "results.json").read_text())["unfinished"]  # and so says results.json
     assert "stopped before its end (step 3 of 10)" in recorded
+    from metalearn_cli.report import describe
+
+    assert describe(tmp_path / "eval", tmp_path)["status"] == "completed (of an unfinished run)"  # report says so
     from metalearn_cli.knowledge import load
 
     caplog.clear()
@@ -304,3 +307,9 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
     assert warned[0].startswith(f"{run_dir} stopped before its end") and "last.pt is from" in warned[1], warned
     write_status(run_dir, "interrupted", step=3, iterations=10, processes=2)  # a torchrun run goes on as one
     assert f"torchrun --nproc-per-node=2 -m metalearn_cli train resume={run_dir}" in unfinished_note(run_dir)
+    from metalearn_cli.rundir import exclusive
+
+    write_status(run_dir, "running", step=3, iterations=10)
+    with exclusive(run_dir):  # still training: waited for, not resumed (a resume would be refused by its lock)
+        note = unfinished_note(run_dir)
+    assert "is still training (step 3 of 10)" in note and note.endswith("let it finish, then test it again"), note

@@ -41,7 +41,7 @@ def test_csv_holds_every_number_of_metrics_jsonl_and_the_final_test(tmp_path):
 
 def test_tensorboard_holds_the_curves_the_test_at_best_pts_step_and_the_config(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
     run = tmp_path / "run"
     assert main(["train", *SMOKE, "seed=3", f"hydra.run.dir={run}"]) == 0
@@ -59,9 +59,36 @@ def test_tensorboard_holds_the_curves_the_test_at_best_pts_step_and_the_config(t
     assert scalars["test/accuracy"] == pytest.approx({results["best_step"]: results["accuracy"]})
     config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert config.startswith("```yaml") and "seed: 3" in config
-    start = plugin_data_pb2.HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    hparams = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["seed"].number_value == 3
     assert start.session_start_info.hparams["strategy.name"].string_value == "mgd"
+    end = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_end_info"])
+    assert end.session_end_info.status == api_pb2.STATUS_SUCCESS
+    # a resume that raises the budget writes the config again, as it now runs
+    assert main(["train", "resume=true", "trainer.iterations=15", f"hydra.run.dir={run}"]) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    texts = {t.step: t.tensor_proto.string_val[0].decode() for t in events.Tensors("config/text_summary")}
+    assert sorted(texts) == [0, 11] and "iterations: 10" in texts[0] and "iterations: 15" in texts[11]
+
+
+def test_an_interrupted_session_ends_its_hparams_unknown_not_successful(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    from metalearn_cli import training
+    from metalearn_cli.errors import Interrupted
+    from conftest import compose_config
+
+    run = tmp_path / "run"
+    meta = training.Training(compose_config("train", [*SMOKE]), run).meta
+    with pytest.raises(Interrupted):
+        meta.run({"signal": "SIGINT", "now": None, "again": None})  # asked to stop before its first step
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    end = plugin_data_pb2.HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/session_end_info"])
+    assert end.session_end_info.status == api_pb2.STATUS_UNKNOWN
 
 
 def test_a_resumed_csv_keeps_each_step_once(tmp_path):
@@ -112,6 +139,9 @@ def test_a_resume_continues_the_same_mlflow_run(tmp_path):
     client = MlflowClient(tracking_uri=saved["tracking_uri"])
     assert [m.step for m in client.get_metric_history(first, "val/accuracy")] == [0, 5, 10, 15, 20]
     assert client.get_run(first).info.status == "FINISHED"
+    results = json.loads((run / "results.json").read_text())  # the resumed test reaches MLflow, at best.pt's step,
+    tests = client.get_metric_history(first, "test/accuracy")  # even where that step is one MLflow already held
+    assert (tests[-1].step, tests[-1].value) == (results["best_step"], pytest.approx(results["accuracy"]))
 
 
 def test_a_moved_run_dir_continues_its_mlflow_run_and_a_killed_run_logs_no_step_twice(tmp_path):

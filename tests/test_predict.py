@@ -64,8 +64,6 @@ def test_unlabelled_queries_keep_their_paths_as_given_and_export_predicts_the_sa
     (lambda t: next((t / "query").rglob("*.png")).write_bytes(b"\x89PNG broken"), "cannot decode image"),
     (lambda t: (t / "query" / "stranger").mkdir(), "query class folder 'stranger' is not a support class"),
     (lambda t: [p.unlink() for p in (t / "query").rglob("*.png")], "hold no images"),
-    (lambda t: os.symlink(next(sorted((t / "support").iterdir())[0].glob("*.png")),
-                          sorted((t / "support").iterdir())[1] / "linked.png"), "are one file in two classes"),
 ])
 def test_bad_task_folders_are_one_line(trained_run, tmp_path, capsys, damage, message):
     write_image_task(tmp_path / "task", classes=3)
@@ -108,26 +106,32 @@ def test_blank_images_are_named_and_uniform_probabilities_are_flagged(trained_ru
     instead of scoring at chance in silence."""
     from PIL import Image
 
-    for i, folder in enumerate(("support/a", "support/b", "query/a", "query/b")):
+    for folder in ("support/a", "support/b", "query/a", "query/b"):
         (tmp_path / "task" / folder).mkdir(parents=True)
-        image = Image.new("L", (28, 28), 0)
-        image.putpixel((0, 0), i)  # four files, none a copy of another
-        image.save(tmp_path / "task" / folder / "0.png")
+        Image.new("L", (28, 28), 0).save(tmp_path / "task" / folder / "0.png")
     assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
                  f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'pred'}", "device=cpu"]) == 0
     shown = "".join(capfd.readouterr())  # Hydra's logging prints to the console, as a user sees it
     assert "2 of 2 support images are nearly one flat value" in shown
     assert "2 of 2 query images are nearly one flat value" in shown
     assert "every query got near-uniform probabilities" in shown and "may not tell these classes apart" in shown
+    assert "are one picture in two classes" in shown and "2 of 2 queries are support images, pixel for pixel" in shown
 
 
-def test_a_query_that_is_a_support_image_is_said(trained_run, tmp_path, capfd):
+def test_a_support_picture_in_two_classes_and_a_query_that_is_a_support_picture_are_said(trained_run, tmp_path, capfd):
+    from PIL import Image
+
     write_image_task(tmp_path / "task", classes=3)
-    support = sorted((tmp_path / "task" / "support").iterdir())[0]
-    shutil.copy(next(support.glob("*.png")), tmp_path / "task" / "query" / support.name / "copy.png")
+    first, second = sorted((tmp_path / "task" / "support").iterdir())[:2]
+    picture = next(first.glob("*.png"))
+    shutil.copy(picture, tmp_path / "task" / "query" / first.name / "copy.png")
+    os.symlink(picture, second / "linked.png")  # a link in another class
+    Image.open(picture).convert("L").save(second / "resaved.bmp")  # the same pixels in another format
     assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
                  f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'pred'}", "device=cpu"]) == 0
-    assert re.search(r"1 of \d+ queries are support images byte for byte .*copy\.png is", "".join(capfd.readouterr()))
+    shown = "".join(capfd.readouterr())
+    assert re.search(r"1 of \d+ queries are support images, pixel for pixel .*copy\.png is", shown), shown
+    assert shown.count("are one picture in two classes") == 2 and "linked.png" in shown and "resaved.bmp" in shown
 
 
 def test_an_export_is_written_again_from_the_same_weights_but_never_replaces_another_runs(trained_run, tmp_path, capsys):

@@ -46,3 +46,12 @@ def test_on_a_terminal_the_bar_runs_and_the_log_still_gets_each_tenth(caplog, mo
         progress.close()
     lines = [m.split(":")[0] for m in caplog.messages if m.startswith("meta-training ")]
     assert lines == [f"meta-training {s}/20" for s in range(2, 21, 2)]  # train.log as off a terminal
+
+
+def test_progress_off_says_no_time_left_either(caplog):
+    with caplog.at_level("INFO", logger="progress-test"):
+        progress = Progress("meta-training", 100, 0, False, log)  # trainer.progress=false
+        for step in range(10, 101, 10):
+            progress.estimate(step, 1, 50.0)
+        progress.close()
+    assert not caplog.messages

@@ -204,7 +204,7 @@ def test_seeds_are_pooled_only_when_their_configs_match_not_just_their_command_l
     assert main(["train", *FAST, "seed=0", "logger=csv", f"hydra.run.dir={repeat / '0csv'}"]) == 0
     assert main(["report", str(runs), str(repeat), "--out", str(tmp_path / "both")]) == 0
     seeds = list(csv.DictReader((tmp_path / "both" / "seeds.csv").open()))
-    assert [(r["seeds"], r["runs"]) for r in seeds] == [("0,1", "2")]  # the repeat stands alone, as in compare
+    assert [(r["seeds"], r["runs"]) for r in seeds] == [("0,1", "2")]  # one run per seed; the other stands alone
     capsys.readouterr()
     record = runs / "1" / ".hydra" / "config.yaml"  # as an older version's defaults would have composed it
     config = yaml.safe_load(record.read_text())
@@ -242,6 +242,7 @@ def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_pa
     monkeypatch.chdir(tmp_path)  # its checkpoint given relative to where it ran
     assert main(["predict", "checkpoint=runs/trained", "support=task/support", "query=task/query", "device=cpu",
                  "hydra.run.dir=runs/refused"]) == 2
+    monkeypatch.chdir(tmp_path / "task")  # report runs elsewhere: the refused dir's hydra.runtime.cwd places runs/trained
     assert main(["report", str(runs)]) == 0
     rows = {r["run"]: r for r in csv.DictReader((runs / "report" / "report.csv").open())}
     assert {k: r["command"] for k, r in rows.items()} == {"trained": "train", "evaluated": "eval", "predicted": "predict",

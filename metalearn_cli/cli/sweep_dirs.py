@@ -54,8 +54,8 @@ def _swept_keys(overrides: list[str]) -> list[str]:
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:  # Hydra refuses such a line itself, with its own message
-        return [a.split("=", 1)[0] for a in overrides]
+    except HydraException:  # Hydra refuses such a line itself, with its own message: no order to check
+        return []
     return [o.input_line.split("=", 1)[0] for o in parsed if o.is_sweep_override()]
 
 
