@@ -113,7 +113,7 @@ def accuracy_figure(rows: list[dict[str, Any]], settings: list[str]) -> Any:
     groups = {s: [i for i in m if rows[i]["test_accuracy"] is not None and rows[i]["command"] != "predict"]
               for s, m in every.items()}
     groups = {s: m for s, m in groups.items() if m}
-    shown = displayed(list(groups))
+    shown = displayed(list(every))  # numbered as in the curves, where two long labels are cut alike
     lines = sum(len(textwrap.wrap(shown[s], 48)) or 1 for s in groups)
     fig, ax = plt.subplots(figsize=(10, 1.4 + 0.3 * max(lines, 1) + 0.15 * len(groups)))
     ys = list(range(len(groups)))[::-1]
