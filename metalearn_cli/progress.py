@@ -18,7 +18,7 @@ class Progress:
     def __init__(self, desc: str, total: int, initial: int, enabled: bool, log: logging.Logger,
                  unit: str = "tasks") -> None:
         self.desc, self.total, self.enabled, self.log, self.unit = desc, total, enabled, log, unit
-        self.windows = 0  # measured windows so far: the estimate waits for the second
+        self.windows, self.said = 0, False  # measured windows so far: the estimate waits for the second
         self.warm = initial + max(10, total // 50)  # ... and for a window ending past this step (log_every=1)
         self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc=desc,
                         disable=not (enabled and sys.stderr.isatty()))
@@ -30,8 +30,8 @@ class Progress:
         """The time left, from the second measured window of this session that ends past warm-up: the first steps
         (kernel choices, allocations, the first validation's pause) made estimates several times too long."""
         self.windows += 1
-        if self.enabled and self.windows >= 2 and step >= self.warm and step < self.total and per_s > 0:
-            self.windows = -(10**9)  # once
+        if self.enabled and not self.said and self.windows >= 2 and self.warm <= step < self.total and per_s > 0:
+            self.said = True
             left = (self.total - step) * per_step / per_s
             self.log.info("%s: %.1f %s/s: about %s for the remaining %d steps, validation not included", self.desc,
                           per_s, self.unit, f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min", self.total - step)

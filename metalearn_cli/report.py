@@ -132,11 +132,9 @@ def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for indices in groups.values():
         members = [rows[i] for i in indices if rows[i]["test_accuracy"] is not None and rows[i]["seed"] is not None]
-        if not members:
-            continue
-        setting = setting_of(members[0])
         if len(members) < 2:
             continue
+        setting = setting_of(members[0])
         accs = [m["test_accuracy"] for m in members]
         mean = sum(accs) / len(accs)
         std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5

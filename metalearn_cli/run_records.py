@@ -31,7 +31,7 @@ def read_run(run: Path) -> dict[str, Any]:
     if state == "running" and not is_locked(run):
         state = "interrupted"  # killed (kill -9, power loss): no live process holds its lock
     hydra = read_yaml(run / ".hydra" / "hydra.yaml", {}).get("hydra")
-    runtime = ((hydra or {}).get("runtime") or {}) if isinstance(hydra, dict) else {}
+    runtime = hydra.get("runtime") if isinstance(hydra, dict) and isinstance(hydra.get("runtime"), dict) else {}
     choices = runtime.get("choices")
     config = read_yaml(run / ".hydra" / "config.yaml", {})
     if (run / "predictions.json").is_file() and not results:

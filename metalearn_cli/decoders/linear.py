@@ -34,7 +34,7 @@ class LinearHead(Decoder):
         if n_way > self.max_way:
             raise ConfigError(f"decoder=linear was built for up to {self.max_way} ways (one row of its head per class, sized "
                               f"by the run's largest task); this task has {n_way}: test at {self.max_way} ways or fewer "
-                              f"(episode.way={self.max_way}), or train with trainer.train_way={n_way} (or an episode of "
+                              f"(e.g. episode=5way1shot episode.way={self.max_way}), or train with trainer.train_way={n_way} (or an episode of "
                               f"{n_way} ways)")
         weight = self.weight[:n_way]  # the task's adapted head when a strategy calls with fast weights
         stats = {"weight_norm": weight.norm(dim=-1).mean().expand(query.shape[0])} if with_stats else None

@@ -586,5 +586,5 @@ def test_a_linear_head_asked_for_more_ways_than_it_has_rows_says_both_ways_out()
 
     decoder = DECODERS.build({"name": "linear"}, in_dim=5, max_way=5)
     with pytest.raises(ConfigError, match=r"built for up to 5 ways .*this task has 20: test at 5 ways or fewer "
-                                          r"\(episode.way=5\), or train with trainer.train_way=20"):
+                                          r"\(e.g. episode=5way1shot episode.way=5\), or train with trainer.train_way=20"):
         decoder(torch.randn(1, 20, 5), torch.arange(20).view(1, 20), torch.randn(1, 20, 5), 20)
