@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Optional
 from omegaconf import OmegaConf
 
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.rundir import CHECKPOINTS, foreign, held, refuse_held
+from metalearn_cli.rundir import CHECKPOINTS, STAGE, foreign, held, refuse_held
 
 FLAG_COMMANDS = ("report", "sample-task", "compare")  # argparse commands (--flags), beside the Hydra ones (key=value)
 MODIFIERS = ("experiment", "debug", "sweep")  # groups whose options set keys anywhere (@package _global_)
@@ -154,6 +154,9 @@ def refuse_foreign_target(command: str, run_dir: Path, resuming: bool) -> None:
     training run's, and never an earlier command's (checked before Hydra writes ``.hydra/``)."""
     outer = next((d for d in run_dir.parents if held(d)), None)
     if outer is not None:
+        if resuming and run_dir.name == STAGE and run_dir.parent == outer:  # a stage goes on with its run
+            raise ConfigError(f"{run_dir} is the pre-training stage of the run {outer}; a stage goes on with its run: "
+                              f"metalearn train resume={outer}")
         raise ConfigError(f"{run_dir} is inside the run {outer}; give metalearn {command} a hydra.run.dir of its own, "
                           "outside any run dir")
     if command == "train":

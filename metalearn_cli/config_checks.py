@@ -121,9 +121,6 @@ def validate_pretrain(cfg: Any) -> None:
     if p.epochs is not None and not p.epochs > 0:
         raise ConfigError(f"pretrain.epochs={p.epochs} is the supervised stage's length: give epochs > 0, or "
                           "pretrain.epochs=null to count pretrain.iterations")
-    if p.epochs is not None and p.iterations == 0:
-        raise ConfigError("pretrain.epochs sets the length of a supervised pre-training stage: add pretrain=supervised "
-                          "(or pretrain=rfs)")
     if p.iterations and cfg.trainer.init_from:
         raise ConfigError("pretrain.iterations > 0 and trainer.init_from both set the starting weights; choose one")
 
@@ -144,7 +141,7 @@ def check_typed_pretrain_keys(cfg: Any, typed: Iterable[str], choice: Optional[s
         raise ConfigError(f"pretrain={choice} asks for a pre-training stage, but pretrain.iterations=0 runs none: give "
                           f"pretrain.iterations >= 1 (or pretrain.epochs), or drop pretrain={choice}")
     if p.iterations <= 0:
-        idle = [k for k in typed if k.startswith("pretrain.") and k not in ("pretrain.iterations", "pretrain.epochs")]
+        idle = [k for k in typed if k.startswith("pretrain.") and k != "pretrain.iterations"]  # epochs: the stage's length
         if idle:  # a warning, not a refusal: a sweep over pretrain=none,supervised shares the other jobs' keys
             log.warning("%s: read by a pre-training stage only, and this run has none (pretrain.iterations=0), so %s "
                         "nothing; add pretrain=supervised, rfs or episodic to run one", ", ".join(idle),

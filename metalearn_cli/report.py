@@ -60,10 +60,11 @@ def task_shape(record: dict[str, Any], episode: dict[str, Any]) -> str:
     return f"{shape} ({split})" if split else shape
 
 
-def stage_columns(stage: Any) -> dict[str, Any]:
-    """The pre-training stage's kind, nearest-centroid test accuracy (%) and training time; empty cells without one."""
+def stage_columns(stage: Any, recipe: Optional[str] = None) -> dict[str, Any]:
+    """The pre-training stage's option (``rfs``, a ``supervised`` stage on RFS's schedule) or kind, nearest-centroid
+    test accuracy (%) and training time; empty cells without one."""
     stage = stage if isinstance(stage, dict) else {}
-    return {"pretrain": stage.get("kind") or "", "pretrain_accuracy": _percent(stage.get("accuracy")),
+    return {"pretrain": (recipe if stage else None) or stage.get("kind") or "", "pretrain_accuracy": _percent(stage.get("accuracy")),
             "pretrain_seconds": stage.get("train_seconds")}
 
 
@@ -88,6 +89,13 @@ def damaged_note(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
             "with metalearn eval checkpoint=RUN"] if damaged else []
 
 
+def _below(run: Path, base: Path) -> str:
+    """A run's name in the table: its path below the runs' common folder, however it was spelled
+    (``pA/pretrain`` and ``pB/pretrain``, not two rows named ``pretrain``)."""
+    where = run.resolve()
+    return str(where.relative_to(base)) if where != base and where.is_relative_to(base) else run.name
+
+
 def describe(run: Path, base: Path) -> dict[str, Any]:
     """One row: the run's choices (from .hydra/config.yaml; an eval or predict dir's from the run that
     trained its checkpoint) and its measured figures (accuracies in %)."""
@@ -103,13 +111,15 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         return str((cfg.get(group) or {}).get("name", "")) if isinstance(cfg.get(group), dict) else ""
 
     stage = record.get("stage_of") is not None  # <run>/pretrain: nearest-centroid on the stage's encoder
+    picked = choices.get("pretrain")  # the option (rfs), where the config's kind says supervised
+    recipe = picked if isinstance(picked, str) and picked not in ("", "none") else None
     seed = results.get("seed") if record["command"] == "eval" and "seed" in results else record["config"].get("seed")
     return {
-        "run": str(run.relative_to(base)) if run != base and run.is_relative_to(base) else run.name,
+        "run": _below(run, base),
         "command": record["command"],
         "overrides": " ".join(o for o in record["overrides"] if not o.startswith(("hydra.", "resume="))),  # bookkeeping
         "dataset": name("dataset"), "encoder": name("encoder"), "decoder": "prototype" if stage else name("decoder"),
-        "strategy": f"pretrain={(cfg.get('pretrain') or {}).get('kind', '')}" if stage else strategy_label(cfg),
+        "strategy": f"pretrain={recipe or (cfg.get('pretrain') or {}).get('kind', '')}" if stage else strategy_label(cfg),
         "episode": task_shape(record, cfg.get("episode") if isinstance(cfg.get("episode"), dict) else {}),
         "seed": seed, "status": record["status"] + (" (of an unfinished run)" if results.get("unfinished") else ""),
         "test_accuracy": _percent(results.get("accuracy")), "ci95": _percent(results.get("ci95"), low=0),
@@ -117,7 +127,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "val_accuracy": _percent(results.get("val_accuracy", best_validation(record["metrics"]))),  # unfinished: so far
         "train_seconds": results.get("train_seconds"),
         "tasks_per_s": results.get("train_tasks_per_s") if results.get("iterations") != 0 else None,  # none meta-trained
-        **stage_columns(results.get("pretrain")),
+        **stage_columns(results.get("pretrain"), recipe),
         "_damaged": record["damaged"],  # not a column: named in a note
         "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run, record, trained).items() if not bookkeeping(k))),  # not a column
     }

@@ -18,7 +18,7 @@ from metalearn_cli.compat import migrate_config
 from metalearn_cli.console import shell_override
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.files import read_json, read_yaml
-from metalearn_cli.rundir import CHECKPOINTS, LAST, STATUS, RunDir, canonical, is_locked
+from metalearn_cli.rundir import CHECKPOINTS, LAST, STAGE, STATUS, RunDir, canonical, is_locked
 from metalearn_cli.schema import flatten
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def unfinished_note(checkpoint: Path | str) -> Optional[str]:
     """A line for a checkpoint whose run has not finished (stopped, or still training): its ``best.pt`` is
     the best validated so far, not what the finished run would test; None for a finished run or an export."""
     run = run_dir_of(Path(checkpoint))
+    owner = run.parent if run.name == STAGE and (run.parent / STATUS).is_file() else run  # a stage goes on with its run
     status = read_json(run / STATUS)
     if status.get("status") not in ("running", "interrupted"):
         return None
@@ -55,7 +56,10 @@ def unfinished_note(checkpoint: Path | str) -> Optional[str]:
     where = f" (step {status['step']} of {status['iterations']})" if {"step", "iterations"} <= status.keys() else ""
     subject = f"{run}" if Path(checkpoint).is_dir() else f"{checkpoint} is from {run}, which"
     then = ("let it finish, then test it again" if state == "is still training" else
-            f"finish the run with: {continue_command(run, int(status.get('processes') or 1))}")
+            f"finish the run with: {continue_command(owner, int(status.get('processes') or 1))}")
+    if owner == run and read_json(run / STAGE / STATUS).get("status") in ("running", "interrupted"):
+        return (f"{subject} {state} in its pre-training stage: its checkpoints hold the weights it began with, not trained "
+                f"ones; test the stage so far with checkpoint={run / STAGE}, or {then}")
     return (f"{subject} {state}{where}: its weights are not the finished run's (best.pt holds the best validated so far); "
             f"{then}")
 

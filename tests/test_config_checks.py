@@ -31,3 +31,13 @@ def test_a_typed_key_the_stage_does_not_read_is_refused_naming_it(caplog):
                                              (["dataset=synthetic"], False)])
 def test_a_sweep_is_told_when_validation_draws_training_classes(overrides, seen):
     assert (seen_class_validation(compose_config("train", overrides)) is not None) == seen
+
+
+def test_pretrain_epochs_beside_pretrain_none_is_said_and_the_run_goes_on_without_a_stage(tmp_path, capfd):
+    """As every other pretrain.* key: a sweep over pretrain=none,supervised shares it, and its none job runs."""
+    from conftest import FAST
+    from metalearn_cli.cli import main
+
+    assert main(["train", *FAST, "pretrain=none", "pretrain.epochs=3", f"hydra.run.dir={tmp_path / 'run'}"]) == 0
+    assert "pretrain.epochs: read by a pre-training stage only, and this run has none" in "".join(capfd.readouterr())
+    assert not (tmp_path / "run" / "pretrain").exists()

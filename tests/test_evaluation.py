@@ -281,7 +281,7 @@ def test_rfs_support_copies_fit_the_classifier_on_augmented_support_images(compo
                             tmp_path / "refused")
 
 
-def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, tmp_path, caplog):
+def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, tmp_path, caplog, capsys):
     """best.pt of a stopped run is the best validated so far: the eval says so and how to finish the run."""
     from metalearn_cli.resume import unfinished_note
     from metalearn_cli.rundir import write_status
@@ -313,3 +313,13 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
     with exclusive(run_dir):  # still training: waited for, not resumed (a resume would be refused by its lock)
         note = unfinished_note(run_dir)
     assert "is still training (step 3 of 10)" in note and note.endswith("let it finish, then test it again"), note
+    # stopped in its pre-training stage: the run's checkpoints are its starting weights; the stage goes on with its run
+    write_status(run_dir, "interrupted", step=0, iterations=10)
+    write_status(run_dir / "pretrain", "interrupted", step=4, iterations=50)
+    note = unfinished_note(run_dir)
+    assert "stopped before its end in its pre-training stage" in note and f"checkpoint={run_dir / 'pretrain'}" in note
+    assert unfinished_note(run_dir / "pretrain").endswith(f"finish the run with: metalearn train resume={run_dir}")
+    from metalearn_cli.cli import main
+
+    assert main(["train", f"resume={run_dir / 'pretrain'}"]) == 2
+    assert f"a stage goes on with its run: metalearn train resume={run_dir}" in capsys.readouterr().err

@@ -267,7 +267,7 @@ def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_pa
     assert "command=predict" in labels[1] and all("checkpoint" not in label and len(label) < 120 for label in labels), labels
 
 
-def test_a_pretraining_stage_named_alone_is_a_row_with_its_runs_settings(tmp_path):
+def test_a_pretraining_stage_named_alone_is_a_row_with_its_runs_settings(tmp_path, monkeypatch):
     """``report RUN/pretrain``: the stage has no .hydra/ of its own; its row reads the run's settings, says it is
     nearest-centroid on the pre-trained encoder, and is not pooled with its run; a run that does not meta-train
     has no tasks/s."""
@@ -282,6 +282,10 @@ def test_a_pretraining_stage_named_alone_is_a_row_with_its_runs_settings(tmp_pat
     rows = {r["run"]: r for r in csv.DictReader((tmp_path / "rep" / "report.csv").open())}
     stage, whole = rows["pretrain"], rows["run"]
     assert (stage["dataset"], stage["encoder"], stage["decoder"], stage["strategy"]) == ("synthetic", "conv4", "prototype",
-                                                                                         "pretrain=supervised")
-    assert (whole["decoder"], whole["tasks_per_s"], whole["pretrain"]) == ("logistic", "", "supervised")
+                                                                                         "pretrain=rfs")
+    assert (whole["decoder"], whole["tasks_per_s"], whole["pretrain"]) == ("logistic", "", "rfs")  # the option, not its kind
     assert not (tmp_path / "rep" / "seeds.csv").exists()  # two settings, not one setting's two seeds
+    shutil.copytree(run, tmp_path / "copy")
+    monkeypatch.chdir(tmp_path)  # two runs' stages, given relative: rows told apart by their runs
+    assert main(["report", "run/pretrain", "copy/pretrain", "--out", "rep2"]) == 0
+    assert [r["run"] for r in csv.DictReader((tmp_path / "rep2" / "report.csv").open())] == ["copy/pretrain", "run/pretrain"]
