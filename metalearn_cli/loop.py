@@ -231,7 +231,8 @@ class TrainingRun:
             finally:
                 progress.close()
             train_seconds = self.train_seconds()
-            stop["now"] = (f"during the final test; {self.files.last} holds the finished training; "
+            which = "the final test" if s.name == "meta-training" else f"the {s.name} stage's test"  # not the run's
+            stop["now"] = (f"during {which}; {self.files.last} holds the finished training; "
                            f"test it with: {self.resume_command()}")
             if self.main:
                 self.finish(train_seconds, metrics)

@@ -269,3 +269,19 @@ def test_a_signal_during_meta_training_after_the_stage_is_obeyed_with_a_save(com
     with pytest.raises(Interrupted, match="SIGTERM at meta-iteration 2/6; saved .*resume="):
         training.train(compose_train(*PRE), run)
     assert load_checkpoint(run / "checkpoints/last.pt")["step"] == 2
+
+
+def test_a_stop_during_the_stages_own_test_names_the_stage_not_the_runs_final_test(compose_train, tmp_path):
+    import dataclasses
+
+    from metalearn_cli.distributed import World
+    from metalearn_cli.loop import TrainingRun
+    from metalearn_cli.pretrain import pretrain_stage
+
+    run = training.Training(compose_train(*PRE), tmp_path / "run")
+    stage, resume = pretrain_stage(run.cfg, run.run_dir, run.data, run.device, run.original)
+    stop, seen = {"signal": None, "now": None}, []
+    test = stage.test
+    stage = dataclasses.replace(stage, test=lambda: seen.append(stop["now"]) or test(), clock=run.clock)
+    TrainingRun(stage, run.device, World(), resume).run(stop)
+    assert seen and seen[0].startswith("during the pre-training stage's test; ") and "resume=" in seen[0], seen
