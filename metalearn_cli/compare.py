@@ -25,7 +25,6 @@ since 2026-12-01 hold ``test_outcomes.npz``; an older one is re-scored with ``me
 from __future__ import annotations
 
 import csv
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -35,7 +34,7 @@ from metalearn_cli.console import OneLineParser, first_names, folder_arg, help_t
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.paired_stats import differing, paired, read_outcomes
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.run_records import find_runs, read_run
+from metalearn_cli.run_records import common_base, find_runs, read_run
 from metalearn_cli.rundir import ERROR, RESULTS, canonical, refuse_replacing
 from metalearn_cli.sweep_record import failed_and_stopped, sweep_note, unfinished_jobs
 
@@ -50,9 +49,10 @@ def settings(runs: list[Path]) -> list[tuple[str, dict[int, Path]]]:
     in the order given. Runs without a readable config, or two runs of one setting and seed, stand alone."""
     from metalearn_cli.run_settings import by_setting, config_labels
 
-    labels = config_labels(runs, []) if len(runs) > 1 and all(read_run(r)["config"] for r in runs) else [str(r) for r in runs]
-    seeds = [int(read_run(run)["results"].get("seed") or 0) for run in runs]
-    base = Path(os.path.commonpath([str(run.resolve()) for run in runs])) if len(runs) > 1 else runs[0].parent.resolve()
+    records = [read_run(run) for run in runs]
+    labels = config_labels(runs, []) if len(runs) > 1 and all(r["config"] for r in records) else [str(r) for r in runs]
+    seeds = [int(r["results"].get("seed") or 0) for r in records]
+    base = common_base(runs)
     groups = by_setting(labels, seeds, [str(run.resolve().relative_to(base)) for run in runs])  # as report names them
     return [(key, {seeds[i]: runs[i] for i in members}) for key, members in groups.items()]
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 from metalearn_cli.console import OneLineParser, folder_arg, help_text
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
-from metalearn_cli.run_records import find_runs
+from metalearn_cli.run_records import common_base, find_runs
 from metalearn_cli.rundir import refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, by_setting, config_labels, record_of, setting_config, setting_of, trained_by
 from metalearn_cli.sweep_record import failed_note, sweep_note
@@ -165,12 +164,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         out.write("| " + " | ".join(cell(row[k]) for k in COLUMNS) + " |\n")
     return out.getvalue()
-
-
-def common_base(runs: list[Path]) -> Path:
-    """The deepest folder holding every run: labels are paths below it, so they show what differs."""
-    base = Path(os.path.commonpath([str(r.resolve()) for r in runs]))
-    return base.parent if len(runs) == 1 else base
 
 
 def default_out(runs: list[Path]) -> Path:

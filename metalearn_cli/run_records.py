@@ -5,6 +5,7 @@ run dirs under a sweep dir."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
         raise MetalearnError(f"{empty[0]} holds no run dir (no status.json or results.json under it); drop it, or for an "
                              "exported file: metalearn eval checkpoint=FILE, then pass that eval dir")
     return sorted(runs)
+
+
+def common_base(runs: list[Path]) -> Path:
+    """The deepest folder holding every run: labels are paths below it, so they show what differs."""
+    base = Path(os.path.commonpath([str(r.resolve()) for r in runs]))
+    return base.parent if len(runs) == 1 else base

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import FAST
 from metalearn_cli.cli import main
-from metalearn_cli.report import common_base, describe
+from metalearn_cli.report import describe
+from metalearn_cli.run_records import common_base
 from metalearn_cli.run_settings import config_labels
 from metalearn_cli.report_plots import accuracy_figure, curves_figure
 from metalearn_cli.run_records import find_runs
