@@ -78,8 +78,8 @@ def published(results: dict[str, Any]) -> bool:
     return results.get("protocol") == "lake_original" and isinstance(results.get("lake_runs"), dict)
 
 
-TEST_SETTINGS = ("bn_mode", "tta_shift", "tta_rotate", "tta_scale", "tta_shear", "support_copies", "finetune_steps",
-                 "finetune_lr", "finetune_params")  # the last two where both runs fine-tuned
+TEST_SETTINGS = ("bn_mode", "tta_shift", "tta_rotate", "tta_scale", "tta_shear", "support_copies", "soft_kmeans_steps",
+                 "finetune_steps", "finetune_lr", "finetune_params")  # the last two where both runs fine-tuned
 
 
 def same_tasks(reference: Path, run: Path) -> None:

@@ -169,6 +169,9 @@ def validate_eval(e: Any) -> None:
     if e.support_copies < 0:
         raise ConfigError(f"eval.support_copies={e.support_copies}: give how many augmented copies replace each support "
                           "image at test (RFS: 5; 0 = off)")
+    if e.soft_kmeans_steps < 0:
+        raise ConfigError(f"eval.soft_kmeans_steps={e.soft_kmeans_steps}: give the soft k-means steps that refine the "
+                          "prototypes with the test queries (>= 0; Ren et al.: 1; 0 = off)")
     if e.tta_shift < 0:
         raise ConfigError(f"eval.tta_shift={e.tta_shift}: give the pixels to shift each test image's copies by (>= 0; 0 = off)")
     for key, top, what, usual in (("tta_rotate", 90, "degrees to turn", "a few degrees"),

@@ -136,33 +136,32 @@ def score_checkpoint(
     (``eval.save_task_stats``: also ``run_dir/task_stats.csv``); with ``original``, Lake's original runs
     (:mod:`~metalearn_cli.lake_original`) instead of ``eval.episodes`` drawn ones. An ensemble's ``members``: its data per member
     (:func:`~metalearn_cli.eval_inputs.member_data`); ``each``: its members' own eval settings (:func:`~metalearn_cli.eval_inputs.member_settings`)."""
-    way, shot, query = shapes
     original = original if split == "test" else None  # the archive's runs are of the evaluation alphabets
     sampler = member_tasks(members or [data], split, shapes, seed, device, lake, original)
     episodes = len(original.names) if original is not None else eval_cfg.episodes
     modes, member_views = test_protocol(strategy, each or [eval_cfg])
-    views: TtaViews | list[TtaViews] = member_views if len(set(member_views)) > 1 else member_views[0]
-    search = None
-    if finetune is not None and eval_cfg.finetune_lr_search:  # on validation tasks, before the test
-        search = search_rate(strategy, finetune, fixed_tasks(data, "val", shapes, seed, device, lake), eval_cfg, modes,
-                             views, split_seed(seed, "val"), device)
-    start = time.perf_counter()
+    views = member_views if len(set(member_views)) > 1 else member_views[0]
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
-    drawn = finetune is not None or support is not None  # random augmentations: from the test's own seed
-    with seeded(split_seed(seed, split), device) if drawn else contextlib.nullcontext():  # repeats exactly
-        accs = evaluate_tasks(strategy, sampler, episodes, eval_cfg.batch_tasks, modes, stats, progress, outcomes,
-                              finetune, views, support)
-    seconds = time.perf_counter() - start
+    with refining(strategy, each or [eval_cfg]):
+        search = None if finetune is None or not eval_cfg.finetune_lr_search else search_rate(  # on validation tasks first
+            strategy, finetune, fixed_tasks(data, "val", shapes, seed, device, lake), eval_cfg, modes, views,
+            split_seed(seed, "val"), device)
+        start = time.perf_counter()
+        drawn = finetune is not None or support is not None  # random augmentations: from the test's own seed
+        with seeded(split_seed(seed, split), device) if drawn else contextlib.nullcontext():  # repeats exactly
+            accs = evaluate_tasks(strategy, sampler, episodes, eval_cfg.batch_tasks, modes, stats, progress, outcomes,
+                                  finetune, views, support)
+        seconds = time.perf_counter() - start
     if stats is not None:
         write_task_stats(Path(run_dir) / "task_stats.csv", stats)
     summary = summarize(accs)
     confused = record_outcomes(Path(run_dir), outcomes, data, split, shapes, seed, lake, original, summary) if outcomes else {}
     return {
         **summary,
-        **({"by_alphabet": accuracy_by_alphabet(data, split, way, seed, accs, original)} if lake else {}),
+        **({"by_alphabet": accuracy_by_alphabet(data, split, shapes[0], seed, accs, original)} if lake else {}),
         **confused,
-        "split": split, "way": way, "shot": shot, "query": query, "bn_mode": modes[0], "seed": seed,
+        "split": split, **dict(zip(("way", "shot", "query"), shapes)), "bn_mode": modes[0], "seed": seed,
         **split_ids(getattr(data, split)),
         **({"ensemble_bn_modes": modes} if len(modes) > 1 else {}),
         "protocol": ("lake_original" if original is not None else "lake") if lake else "random",
@@ -171,6 +170,7 @@ def score_checkpoint(
         **({"ensemble_inner_steps_at_test": strategy.inner_steps_each()} if len(modes) > 1 else {}),
         "finetune_steps": finetune.steps if finetune is not None else 0, **member_views[0].summary(),
         "support_copies": support.copies if support is not None else 0,
+        "soft_kmeans_steps": eval_cfg.soft_kmeans_steps,
         **({"ensemble_tta": [v.summary() for v in member_views]} if len(set(member_views)) > 1 else {}),
         **({"finetune_lr": finetune.lr, "finetune_params": finetune.params, "finetune_search": search}
            if finetune is not None else {}),
@@ -191,6 +191,16 @@ def search_rate(strategy: Strategy | Ensemble, finetune: Finetuner, val: Episode
     log.info("test-time fine-tuning: lr %g chosen on %d validation tasks (%s)", finetune.lr,
              eval_cfg.finetune_search_episodes, ", ".join(f"{k}: {100 * v:.2f}%" for k, v in search.items()))
     return search
+
+
+@contextlib.contextmanager
+def refining(strategy: Strategy | Ensemble, each: list[Any]) -> Iterator[None]:
+    """Each network scores with its own ``eval.soft_kmeans_steps`` (an ensemble's members, their own settings)."""
+    members = strategy.members if isinstance(strategy, Ensemble) else [strategy]
+    with contextlib.ExitStack() as stack:
+        for member, settings in zip(members, each):
+            stack.enter_context(member.model.refining(settings.soft_kmeans_steps))
+        yield
 
 
 @contextlib.contextmanager

@@ -44,6 +44,10 @@ class Finetuner:
         runs); None when ``eval.finetune_steps=0``."""
         if eval_cfg.finetune_steps == 0:
             return None
+        if getattr(eval_cfg.finetune_params, "value", str(eval_cfg.finetune_params)) == "generated" and eval_cfg.get("soft_kmeans_steps"):
+            raise ConfigError(f"eval.finetune_params=generated fine-tunes the prototypes as a linear head, which "
+                              f"eval.soft_kmeans_steps={eval_cfg.soft_kmeans_steps} would then not refine: drop one of "
+                              "the two (or fine-tune the backbone: eval.finetune_params=backbone)")
         augment = augmentation(eval_cfg.finetune_augment, augment_default, image_shape)
         if augment is None:
             raise ConfigError("eval.finetune_steps needs augmented copies of the support images as pseudo-queries, "

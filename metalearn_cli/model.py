@@ -17,6 +17,7 @@ from metalearn_cli.decoders import DECODERS, Decoder, DecoderOutput
 from metalearn_cli.encoders import ENCODERS, Encoder, inside_vmap
 from metalearn_cli.encoders.norm import TaskBatchNorm2d
 from metalearn_cli.episodes import EpisodeBatch, TaskShapes
+from metalearn_cli.errors import ConfigError
 from metalearn_cli.host import bf16_pays
 
 
@@ -34,6 +35,7 @@ class MetaModel(nn.Module):
         self.statistics = "joint"
         self.encoder_frozen = False
         self.views: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = TtaViews().copies()  # see ``test_views``
+        self.refine_steps = 0  # see ``refining``
 
     def freeze_encoder(self) -> None:
         """No gradient reaches the encoder's weights and its batch norm keeps its stored statistics
@@ -82,6 +84,26 @@ class MetaModel(nn.Module):
         finally:
             self.views = saved
 
+    def check_refinement(self, steps: int) -> None:
+        """Refuse ``eval.soft_kmeans_steps`` where the decoder's classifier is not one of class means."""
+        if steps < 0:
+            raise ConfigError(f"eval.soft_kmeans_steps={steps}: give the refinement steps at test (>= 0; 0 = off)")
+        if steps and not self.decoder.refines_with_queries:
+            raise ConfigError(f"eval.soft_kmeans_steps={steps} refines prototypes (class means of the embeddings) with "
+                              f"the test queries, and this run's {type(self.decoder).__name__} has none: use "
+                              "decoder=prototype, or eval.soft_kmeans_steps=0")
+
+    @contextlib.contextmanager
+    def refining(self, steps: int) -> Iterator[None]:
+        """Inside the block each query scored in evaluation mode is scored by the decoder's ``refined``
+        classifier (``eval.soft_kmeans_steps``: transductive); training, and a support set scoring itself, never."""
+        self.check_refinement(steps)
+        saved, self.refine_steps = self.refine_steps, steps
+        try:
+            yield
+        finally:
+            self.refine_steps = saved
+
     def _embed_once(self, images: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
         """The images in one encoder call."""
         lead = images.shape[:-3]
@@ -105,6 +127,8 @@ class MetaModel(nn.Module):
         ``query_images=None`` the support set scores itself (the inner-loop loss of gradient-based
         strategies). Tensors, not a batch, so ``torch.func.functional_call`` and ``vmap`` can drive it."""
         film, support, query = self.embedded(support_images, support_labels, query_images)
+        if self.refine_steps and query_images is not None and not self.training:
+            return self.decoder.refined(support, support_labels, query, n_way, self.refine_steps, with_stats)
         return self.decoder(support, support_labels, query, n_way, film=film, with_stats=with_stats)
 
     def training_output(self, batch: EpisodeBatch) -> tuple[DecoderOutput, torch.Tensor | None]:

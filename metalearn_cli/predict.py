@@ -122,7 +122,7 @@ def _say_what_the_test_protocol_means(members: list[knowledge.MetaKnowledge]) ->
     for member in members:  # said once, before any image is read (adapt() would say it for each member)
         member.said_transductive = member not in said
         member.warn_if_transductive()
-    for key in ("finetune_steps", "support_copies"):
+    for key in ("finetune_steps", "support_copies", "soft_kmeans_steps"):
         values = [int(m.config.eval.get(key) or 0) for m in members]
         if any(values):
             log.info("the checkpoint's eval.%s=%d is not applied by predict (metalearn eval applies it)", key, max(values))

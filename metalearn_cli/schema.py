@@ -147,6 +147,9 @@ class EvalConfig:
     # RFS's test protocol (Tian et al. 2020: 5): each support image replaced by this many random draws of dataset.augment
     # (metalearn_cli.augment.SupportCopies), seeded by the test; the classifier sees copies x K shots. 0 = off
     support_copies: int = 0
+    # Transductive: each prototype refined with the test task's unlabelled queries, this many soft k-means steps (Ren et
+    # al. 2018; decoder=prototype). Each query's answer then depends on the task's other queries. 0 = off
+    soft_kmeans_steps: int = 0
     # Lake et al.'s 20 original runs instead of eval.episodes drawn ones (episode=lake20way1shot): the path of their
     # all_runs.zip (github.com/brendenlake/omniglot, python/one-shot-classification) or its folder; null = drawn runs
     lake_runs: Optional[str] = None

@@ -105,6 +105,7 @@ class Training:
         check_memory(cfg, data.image_shape, self.device)
         check_tta_shift(cfg.eval.tta_shift, data.image_shape)
         self.strategy = build_strategy(cfg, data.image_shape, self.device)
+        self.strategy.model.check_refinement(cfg.eval.soft_kmeans_steps)  # the final test's, before anything is written
         if self.t.init_from and self.resume is None:
             initialise_from(self.strategy, self.t.init_from)
         if self.t.freeze_encoder:

@@ -245,6 +245,40 @@ def test_test_time_augmentation_through_the_eval_command(compose_train, run_dir,
     assert off.returncode != 0 and "moves every copy off" in off.stderr.strip().splitlines()[-1] and not (tmp_path / "off" / "results.json").exists()
 
 
+
+def test_soft_kmeans_through_the_eval_command(compose_train, run_dir, tmp_path):
+    """`python -m metalearn_cli eval ... eval.soft_kmeans_steps=1` refines each task's prototypes with its queries:
+    other predictions than the run's own test on the same tasks, recorded in results.json; the checkpoint is
+    untouched; a negative count is one line. A training run whose decoder has no prototypes is refused before
+    it trains, and so is the combination with fine-tuning the prototypes as a linear head."""
+    import subprocess
+    import sys
+
+    from metalearn_cli.errors import ConfigError
+
+    training.train(compose_train("eval.episodes=10"), run_dir)
+    before = (run_dir / "checkpoints" / "best.pt").read_bytes()
+    base = [sys.executable, "-m", "metalearn_cli", "eval", f"checkpoint={run_dir}", "device=cpu"]
+    proc = subprocess.run([*base, "eval.soft_kmeans_steps=1", f"hydra.run.dir='{tmp_path / 'skm'}'"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    own, refined = (json.loads((d / "results.json").read_text()) for d in (run_dir, tmp_path / "skm"))
+    assert (own["soft_kmeans_steps"], refined["soft_kmeans_steps"], refined["episodes"]) == (0, 1, 10)
+    predicted = [np.load(d / evaluation.OUTCOMES)["predicted"] for d in (run_dir, tmp_path / "skm")]
+    assert predicted[0].shape == predicted[1].shape and (predicted[0] != predicted[1]).any()
+    assert (run_dir / "checkpoints" / "best.pt").read_bytes() == before
+    bad = subprocess.run([*base, "eval.soft_kmeans_steps=-1", f"hydra.run.dir='{tmp_path / 'bad'}'"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "eval.soft_kmeans_steps=-1" in bad.stderr.strip().splitlines()[-1]
+    with pytest.raises(ConfigError, match="eval.soft_kmeans_steps=1 refines prototypes"):
+        training.train(compose_train("decoder=logistic", "eval.soft_kmeans_steps=1"), tmp_path / "logistic")
+    assert not (tmp_path / "logistic" / "checkpoints").exists()
+    with pytest.raises(ConfigError, match="finetune_params=generated .* eval.soft_kmeans_steps=1"):
+        evaluation.evaluate(compose_config("eval", [f"checkpoint={run_dir}", "device=cpu", "eval.soft_kmeans_steps=1",
+                                                    "eval.finetune_steps=1", "eval.finetune_params=generated"]),
+                            tmp_path / "generated")
+
 def test_a_training_run_refuses_a_shift_off_the_image_before_it_trains(compose_train, run_dir):
     from metalearn_cli.errors import ConfigError
 

@@ -48,6 +48,7 @@ class Decoder(nn.Module):
     lr_mul = 1.0  # this decoder's learning rate over the optimizer's (FEAT: 10)
     max_way: Optional[int] = None  # the most classes a task may have (a fixed-size head); None = any
     reads_support = True  # False: the support set is not read (linear): only a strategy that adapts it learns a task
+    refines_with_queries = False  # True: ``refined`` is offered (a classifier of class means: eval.soft_kmeans_steps)
 
     def modulation(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> Optional[Film]:
         """FiLM scales and shifts ``[T, C]`` for every FiLM site of the encoder, from the support images ``[T, S, C, H, W]``."""
@@ -56,6 +57,12 @@ class Decoder(nn.Module):
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
                 film: Optional[Film] = None, with_stats: bool = False) -> DecoderOutput:
         raise NotImplementedError
+
+    def refined(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int, steps: int,
+                with_stats: bool = False) -> DecoderOutput:
+        """``forward``'s output after ``steps`` rounds of transductive refinement with the task's unlabelled
+        queries (``eval.soft_kmeans_steps``); offered where ``refines_with_queries``."""
+        raise NotImplementedError(f"{type(self).__name__} does not refine its classifier with the queries")
 
     def linear_head(self, support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> Optional[LinearHead]:
         """The classifier this decoder generates for a task, as a linear layer on the embeddings

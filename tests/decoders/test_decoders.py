@@ -17,6 +17,42 @@ def test_prototype_logits_are_negative_squared_distances_to_class_means():
         torch.testing.assert_close(logits[t], expected, atol=1e-4, rtol=1e-4)
 
 
+
+def test_soft_kmeans_moves_each_prototype_to_its_support_and_weighted_queries_without_their_labels():
+    """One step of Ren et al.'s refinement by hand: each prototype becomes the mean of its support embeddings
+    (weight 1) and of every query weighted by its softmax assignment; no query label is an input, so queries
+    relabelled in any way change nothing; 0 steps are the plain decoder."""
+    torch.manual_seed(0)
+    decoder = DECODERS.build({"name": "prototype"}, in_dim=4)
+    support, labels, query = torch.randn(1, 3, 4), torch.tensor([[0, 1, 2]]), torch.randn(1, 5, 4)
+    plain = decoder(support, labels, query, 3).logits
+    torch.testing.assert_close(decoder.refined(support, labels, query, 3, 0).logits, plain)
+    weights = plain[0].softmax(-1)  # [Q, N]
+    protos = torch.stack([(support[0, c] + weights[:, c] @ query[0]) / (1 + weights[:, c].sum()) for c in range(3)])
+    expected = -torch.cdist(query[0], protos).square()
+    torch.testing.assert_close(decoder.refined(support, labels, query, 3, 1).logits[0], expected, atol=1e-4, rtol=1e-4)
+    two = decoder.refined(support, labels, query, 3, 2).logits
+    assert not torch.allclose(two, decoder.refined(support, labels, query, 3, 1).logits)
+    # A query's answer depends on the other queries (transductive): dropping the last changes the first's logits.
+    fewer = decoder.refined(support, labels, query[:, :4], 3, 1).logits
+    assert not torch.allclose(fewer, decoder.refined(support, labels, query, 3, 1).logits[:, :4])
+
+
+def test_only_a_decoder_of_class_means_offers_soft_kmeans():
+    from metalearn_cli.model import MetaModel
+    from metalearn_cli.encoders import ENCODERS
+    from metalearn_cli.errors import ConfigError
+
+    encoder = ENCODERS.build({"name": "conv4"}, image_shape=(1, 28, 28))
+    offered = {name: DECODERS.build({"name": name}, in_dim=encoder.out_dim, max_way=5, film_channels=encoder.film_channels,
+                                    encoder_name="encoder=conv4", image_shape=(1, 28, 28)).refines_with_queries
+               for name in ("prototype", "feat", "latent", "logistic", "linear")}
+    assert offered == {"prototype": True, "feat": False, "latent": False, "logistic": False, "linear": False}
+    model = MetaModel(encoder, DECODERS.build({"name": "logistic"}, in_dim=encoder.out_dim))
+    with pytest.raises(ConfigError, match="eval.soft_kmeans_steps=1 refines prototypes .* decoder=prototype"):
+        model.check_refinement(1)
+    model.check_refinement(0)
+
 def test_every_decoder_gives_task_logits():
     for name in DECODERS.names():
         decoder = DECODERS.build({"name": name}, in_dim=5, max_way=4, film_channels=(4,))
