@@ -80,6 +80,7 @@ def published(results: dict[str, Any]) -> bool:
 
 TEST_SETTINGS = ("bn_mode", "tta_shift", "tta_rotate", "tta_scale", "tta_shear", "support_copies", "soft_kmeans_steps",
                  "finetune_steps", "finetune_lr", "finetune_params")  # the last two where both runs fine-tuned
+BEFORE_THE_KEY = {"soft_kmeans_steps": 0}  # a setting results.json lacked once: every earlier test ran without it
 
 
 def same_tasks(reference: Path, run: Path) -> None:
@@ -115,6 +116,7 @@ def same_tasks(reference: Path, run: Path) -> None:
         raise MetalearnError(f"{run} was not scored on the classes of {reference}: the same task seeds, but the "
                              f"{a.get('split', 'test')} split holds other classes (a folder data set changed or re-split "
                              "between the runs); pairing them would compare different tasks")
+    a, b = ({**BEFORE_THE_KEY, **r} for r in (a, b))  # results written before a key existed ran with its default
     protocol = [k for k in TEST_SETTINGS if None not in (a.get(k), b.get(k)) and a[k] != b[k]]  # older results lack some
     if protocol:  # the same tasks under another test protocol: said, not refused
         print(f"note: {run} and {reference} were tested differently ({', '.join(f'eval.{k}={b[k]} vs {a[k]}' for k in protocol)}): "

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from metalearn_cli.config_checks import validate_eval
+from metalearn_cli.config_checks import check_tta_shift, validate_eval
 from metalearn_cli.console import shell_override
 from metalearn_cli.data import DATASETS, FewShotData
 from metalearn_cli.ensemble import Ensemble, other_data
@@ -120,3 +120,12 @@ def check_ensemble_options(typed: Any, settings: Any, members: list[FewShotData]
     if settings.support_copies and len({id(m) for m in members}) > 1:
         raise ConfigError(f"eval.support_copies={settings.support_copies} draws copies of the support images at one image "
                           "size, but the ensemble's members read them at different sizes or framings; drop one of the two")
+
+
+def check_test_options(each: list[Any], datas: list[FewShotData], strategy: Any) -> None:
+    """Each network's test settings against its data and decoder, before anything is scored: a shift that moves
+    every copy off its images, soft k-means where its decoder has no prototypes."""
+    networks = strategy.members if isinstance(strategy, Ensemble) else [strategy]
+    for settings, data, network in zip(each, datas, networks):
+        check_tta_shift(settings.tta_shift, data.image_shape)
+        network.model.check_refinement(settings.soft_kmeans_steps)

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from metalearn_cli.assemble import load_strategy, resolve_bn_mode, setup_device, startup_line
 from metalearn_cli.augment import SupportCopies, TtaViews
-from metalearn_cli.config_checks import check_seed, check_tta_shift
+from metalearn_cli.config_checks import check_seed
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.data import DATASETS, FewShotData, split_ids
 from metalearn_cli.confusions import OUTCOMES, collapsed, log_confused_pairs, write_outcomes
@@ -33,7 +33,7 @@ from metalearn_cli.progress import TaskBar
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble
 from metalearn_cli.eval_inputs import (
-    check_ensemble_options, dataset_of, eval_settings, member_data, member_settings, published_runs_settings, reads_folder,
+    check_ensemble_options, check_test_options, dataset_of, eval_settings, member_data, member_settings, published_runs_settings, reads_folder,
 )
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.resume import run_dir_of, unfinished_note
@@ -170,7 +170,7 @@ def score_checkpoint(
         **({"ensemble_inner_steps_at_test": strategy.inner_steps_each()} if len(modes) > 1 else {}),
         "finetune_steps": finetune.steps if finetune is not None else 0, **member_views[0].summary(),
         "support_copies": support.copies if support is not None else 0,
-        "soft_kmeans_steps": eval_cfg.soft_kmeans_steps,
+        **refinement_record(each or [eval_cfg]),
         **({"ensemble_tta": [v.summary() for v in member_views]} if len(set(member_views)) > 1 else {}),
         **({"finetune_lr": finetune.lr, "finetune_params": finetune.params, "finetune_search": search}
            if finetune is not None else {}),
@@ -191,6 +191,12 @@ def search_rate(strategy: Strategy | Ensemble, finetune: Finetuner, val: Episode
     log.info("test-time fine-tuning: lr %g chosen on %d validation tasks (%s)", finetune.lr,
              eval_cfg.finetune_search_episodes, ", ".join(f"{k}: {100 * v:.2f}%" for k, v in search.items()))
     return search
+
+
+def refinement_record(each: list[Any]) -> dict[str, Any]:
+    """results.json's ``soft_kmeans_steps`` (the first network's) and, where an ensemble's members differ, each one's."""
+    steps = [e.soft_kmeans_steps for e in each]
+    return {"soft_kmeans_steps": steps[0], **({"ensemble_soft_kmeans_steps": steps} if len(set(steps)) > 1 else {})}
 
 
 @contextlib.contextmanager
@@ -285,8 +291,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     if others:
         check_ensemble_options(cfg.eval, eval_cfg, members)
     each = member_settings(cfg.eval, strategy, eval_cfg) if isinstance(strategy, Ensemble) else [eval_cfg]
-    for settings, member in zip(each, members):
-        check_tta_shift(settings.tta_shift, member.image_shape)
+    check_test_options(each, members, strategy)
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     published_runs_settings(cfg.eval, eval_cfg, episode)
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed

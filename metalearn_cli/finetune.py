@@ -133,7 +133,7 @@ class Finetuner:
             for p in every:
                 p.requires_grad_(any(p is c for c in chosen))
             optimizer = torch.optim.Adam(chosen, lr=self.lr, betas=(0.9, 0.999))  # as P>M>F's code
-            with torch.enable_grad():
+            with torch.enable_grad(), strategy.model.refining(0):  # the loss on the copies: never refined with them
                 for _ in range(self.steps):  # new augmented copies at every step, as P>M>F's code draws them
                     pseudo = EpisodeBatch(task.support_images, task.support_labels,
                                           augment_images(self.augment, task.support_images), task.support_labels,

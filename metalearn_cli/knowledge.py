@@ -4,7 +4,8 @@
 and gives a :class:`MetaKnowledge`, whose ``adapt(support_images,
 support_labels)`` returns a :class:`TaskClassifier` for that task's queries: the strategy adapts
 exactly as at evaluation (a forward pass for amortised decoders, inner steps for the MAML family,
-latent steps for LEO-style codes).
+latent steps for LEO-style codes), with the run's test views and batch-norm mode; ``metalearn eval``'s
+own additions (``eval.finetune_steps``, ``eval.support_copies``, ``eval.soft_kmeans_steps``) are not applied.
 
     >>> import metalearn_cli
     >>> knowledge = metalearn_cli.load("meta_knowledge.pt")

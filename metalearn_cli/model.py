@@ -86,8 +86,6 @@ class MetaModel(nn.Module):
 
     def check_refinement(self, steps: int) -> None:
         """Refuse ``eval.soft_kmeans_steps`` where the decoder's classifier is not one of class means."""
-        if steps < 0:
-            raise ConfigError(f"eval.soft_kmeans_steps={steps}: give the refinement steps at test (>= 0; 0 = off)")
         if steps and not self.decoder.refines_with_queries:
             raise ConfigError(f"eval.soft_kmeans_steps={steps} refines prototypes (class means of the embeddings) with "
                               f"the test queries, and this run's {type(self.decoder).__name__} has none: use "
@@ -95,8 +93,9 @@ class MetaModel(nn.Module):
 
     @contextlib.contextmanager
     def refining(self, steps: int) -> Iterator[None]:
-        """Inside the block each query scored in evaluation mode is scored by the decoder's ``refined``
-        classifier (``eval.soft_kmeans_steps``: transductive); training, and a support set scoring itself, never."""
+        """Inside the block ``forward`` in evaluation mode scores the queries with the decoder's ``refined``
+        classifier (``eval.soft_kmeans_steps``: transductive); never in training, for a support set scoring
+        itself, in ``training_output``, or in test-time fine-tuning's steps (``Finetuner.adapted`` sets 0)."""
         self.check_refinement(steps)
         saved, self.refine_steps = self.refine_steps, steps
         try:

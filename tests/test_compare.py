@@ -172,11 +172,15 @@ def test_compare_says_when_tasks_are_few_or_the_batch_norm_modes_differ_and_name
 
     assert main(["train", *FAST, "eval.episodes=8", f"hydra.run.dir={tmp_path / 'a'}"]) == 0
     assert main(["eval", f"checkpoint={tmp_path / 'a'}", "eval.bn_mode=transductive", "eval.tta_shift=1", "device=cpu",
-                 f"hydra.run.dir={tmp_path / 'tr'}"]) == 0
+                 "eval.soft_kmeans_steps=1", f"hydra.run.dir={tmp_path / 'tr'}"]) == 0
+    own = json.loads((tmp_path / "a" / "results.json").read_text())
+    del own["soft_kmeans_steps"]  # as results.json was written before the key existed
+    (tmp_path / "a" / "results.json").write_text(json.dumps(own))
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "tr"), "--out", str(tmp_path / "cmp")]) == 0
     err = capsys.readouterr().err
-    assert "were tested differently (eval.bn_mode=transductive vs running, eval.tta_shift=1 vs 0)" in err
+    assert ("were tested differently (eval.bn_mode=transductive vs running, eval.tta_shift=1 vs 0, "
+            "eval.soft_kmeans_steps=1 vs 0)") in err
     assert "8 tasks are too few" in err and "read other images" not in err
     results = json.loads((tmp_path / "tr" / "results.json").read_text())
     (tmp_path / "tr" / "results.json").write_text(json.dumps({**results, "split_digest": "other"}))  # e.g. framed drawings

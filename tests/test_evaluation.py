@@ -279,6 +279,28 @@ def test_soft_kmeans_through_the_eval_command(compose_train, run_dir, tmp_path):
                                                     "eval.finetune_steps=1", "eval.finetune_params=generated"]),
                             tmp_path / "generated")
 
+
+def test_a_run_tested_with_soft_kmeans_validates_without_it_and_an_ensemble_records_each_members(compose_train, tmp_path):
+    """Validation during training never refines: two runs apart only in eval.soft_kmeans_steps validate alike
+    and pick the same best.pt (the same weights), then test differently; results.json says 1. An ensemble
+    of runs tested with and without it scores each member with its own setting and records both."""
+    runs = {steps: tmp_path / f"skm{steps}" for steps in (0, 1)}
+    for steps, run in runs.items():
+        training.train(compose_train(f"eval.soft_kmeans_steps={steps}", "eval.episodes=10"), run)
+    val = {s: [(r["step"], r["accuracy"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+               if r["split"] == "val"] for s, run in runs.items()}
+    assert val[0] == val[1] and len(val[0]) >= 2
+    results = {s: json.loads((r / "results.json").read_text()) for s, r in runs.items()}
+    assert (results[0]["soft_kmeans_steps"], results[1]["soft_kmeans_steps"]) == (0, 1)
+    predicted = [np.load(r / evaluation.OUTCOMES)["predicted"] for r in runs.values()]
+    assert (predicted[0] != predicted[1]).any()
+    training.train(compose_train("eval.soft_kmeans_steps=1", "seed=1"), tmp_path / "other")  # other weights
+    evaluation.evaluate(compose_config("eval", [f"checkpoint={runs[0]}", f"ensemble=['{tmp_path / 'other'}']", "device=cpu"]),
+                        tmp_path / "ensemble")
+    ensemble = json.loads((tmp_path / "ensemble" / "results.json").read_text())
+    assert (ensemble["soft_kmeans_steps"], ensemble["ensemble_soft_kmeans_steps"]) == (0, [0, 1])
+
+
 def test_a_training_run_refuses_a_shift_off_the_image_before_it_trains(compose_train, run_dir):
     from metalearn_cli.errors import ConfigError
 

@@ -103,6 +103,23 @@ def test_the_rate_is_chosen_on_validation_tasks_and_recorded(trained, tmp_path):
     assert evaluation.evaluate(plain, tmp_path / "val") == pytest.approx(search["0.0"])  # rate 0: the plain score
 
 
+def test_soft_kmeans_refines_the_scoring_after_fine_tuning_never_its_steps(compose_train, tmp_path):
+    """Under fomaml the fine-tuning loss passes the model's forward with the augmented copies as queries: inside
+    eval.soft_kmeans_steps those steps must still move the weights exactly as without it; only the scoring
+    after them is refined."""
+    training.train(compose_train("strategy=fomaml", "decoder=prototype"), tmp_path / "run")
+    strategy, cfg = load_strategy(read_meta_knowledge(tmp_path / "run"), torch.device("cpu"))
+    task = EpisodeSampler(resident(DATASETS.build(cfg.dataset).test, torch.device("cpu")), 5, 1, 3, seed=1).sample(1)
+    strategy.eval()
+    tuned = {}
+    for steps in (0, 1):
+        torch.manual_seed(0)
+        with strategy.model.refining(steps), tuner(strategy).adapted(strategy, task):
+            tuned[steps] = ({k: v.clone() for k, v in strategy.state_dict().items()}, strategy.predict(task).logits)
+    assert all(torch.equal(v, tuned[1][0][k]) for k, v in tuned[0][0].items())
+    assert not torch.allclose(tuned[0][1], tuned[1][1])
+
+
 def test_a_rate_of_zero_changes_nothing(trained):
     strategy, task, _ = trained
     strategy.eval()

@@ -17,18 +17,18 @@ def test_prototype_logits_are_negative_squared_distances_to_class_means():
         torch.testing.assert_close(logits[t], expected, atol=1e-4, rtol=1e-4)
 
 
-
-def test_soft_kmeans_moves_each_prototype_to_its_support_and_weighted_queries_without_their_labels():
+def test_soft_kmeans_moves_each_prototype_to_its_support_and_weighted_queries():
     """One step of Ren et al.'s refinement by hand: each prototype becomes the mean of its support embeddings
-    (weight 1) and of every query weighted by its softmax assignment; no query label is an input, so queries
-    relabelled in any way change nothing; 0 steps are the plain decoder."""
+    (weight 1 each: a class with 3 shots weighs 3 against the queries, one with 1 shot weighs 1) and of every
+    query weighted by its softmax assignment; 0 steps are the plain decoder."""
     torch.manual_seed(0)
     decoder = DECODERS.build({"name": "prototype"}, in_dim=4)
-    support, labels, query = torch.randn(1, 3, 4), torch.tensor([[0, 1, 2]]), torch.randn(1, 5, 4)
+    support, labels, query = torch.randn(1, 6, 4), torch.tensor([[0, 0, 0, 1, 2, 2]]), torch.randn(1, 5, 4)
     plain = decoder(support, labels, query, 3).logits
     torch.testing.assert_close(decoder.refined(support, labels, query, 3, 0).logits, plain)
     weights = plain[0].softmax(-1)  # [Q, N]
-    protos = torch.stack([(support[0, c] + weights[:, c] @ query[0]) / (1 + weights[:, c].sum()) for c in range(3)])
+    protos = torch.stack([(support[0][labels[0] == c].sum(0) + weights[:, c] @ query[0])
+                          / ((labels[0] == c).sum() + weights[:, c].sum()) for c in range(3)])
     expected = -torch.cdist(query[0], protos).square()
     torch.testing.assert_close(decoder.refined(support, labels, query, 3, 1).logits[0], expected, atol=1e-4, rtol=1e-4)
     two = decoder.refined(support, labels, query, 3, 2).logits
