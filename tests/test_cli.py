@@ -399,3 +399,33 @@ def test_cfg_job_says_a_run_would_be_refused_whatever_check_refuses_it(capsys, t
     err = capsys.readouterr().err
     assert "a run of this config would be refused: " in err and needle in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_ctrl_c_that_escapes_the_training_loop_marks_a_running_run_and_stage_interrupted(tmp_path):
+    """A second Ctrl-C while the first is handled escapes the loop: the run (and its stage) must not be left
+    'running' in status.json, where report and compare would take it for a live run; the step is kept."""
+    import json
+
+    from metalearn_cli.cli.apps import _JobFailed, _after_ctrl_c
+    from metalearn_cli.rundir import STAGE, write_status
+
+    class Guard:
+        writer = True
+
+        def interrupted(self):
+            pass
+
+        def log_end(self, message):
+            self.ended = message
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    (run / STAGE).mkdir()
+    write_status(run, "running", step=50)
+    write_status(run / STAGE, "completed")
+    with pytest.raises(_JobFailed, match="stopped at once"):
+        _after_ctrl_c("train", run, Guard())
+    status = json.loads((run / "status.json").read_text())
+    assert (status["status"], status["step"]) == ("interrupted", 50)
+    assert json.loads((run / STAGE / "status.json").read_text())["status"] == "completed"

@@ -82,6 +82,15 @@ def _saved_before(run_dir: Path) -> Interrupted | None:
                                  f"metalearn train {shell_override('resume', run_dir)}")
 
 
+def _still_running_is_interrupted(run_dir: Path) -> None:
+    """A run (or its stage) whose status.json still says running when a Ctrl-C escaped the loop (a second one
+    while the first was handled) is marked interrupted, its recorded step kept, so no tool waits on it."""
+    for where in (run_dir, run_dir / STAGE):
+        status = read_json(where / STATUS) if (where / STATUS).is_file() else {}
+        if status.get("status") == "running":
+            write_status(where, "interrupted", **{k: v for k, v in status.items() if k not in ("status", "time")})
+
+
 DONE = {"eval": "results.json", "predict": "predictions.json", "export": "export.json"}  # each written last but status
 
 
@@ -103,6 +112,8 @@ def _after_ctrl_c(command: str, run_dir: Path, guard: RunGuard) -> float:
         return math.nan
     guard.interrupted()
     if command == "train" and (stopped := _saved_before(run_dir)) is not None:  # a Ctrl-C outside the loop's watch
+        if guard.writer:
+            _still_running_is_interrupted(run_dir)
         guard.log_end(f"stopped: {stopped}")
         raise _JobFailed(stopped) from None
     raise KeyboardInterrupt
