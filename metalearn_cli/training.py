@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from metalearn_cli.assemble import build_strategy, freeze_encoder, initialise_from, resolve_bn_mode, seed_everything, select_kernels, setup_device
-from metalearn_cli.config_checks import check_tta_shift, validate
+from metalearn_cli.config_checks import validate
 from metalearn_cli.augment import SupportCopies, augmentation
 from metalearn_cli.cost import check_memory
 from metalearn_cli.data import DATASETS, SPLITS
@@ -32,6 +32,7 @@ from metalearn_cli.lake_original import original_runs
 from metalearn_cli.lake_runs import LakeRuns
 from metalearn_cli.errors import ConfigError, DataError, Interrupted
 from metalearn_cli.evaluation import score_checkpoint
+from metalearn_cli.eval_inputs import check_test_options
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.loggers import absolute_uri, check_resumable
 from metalearn_cli.loop import TrainingRun
@@ -103,9 +104,8 @@ class Training:
         check_fits(data.train, "train", data.name, s.train_way, s.shot, s.train_query)
         check_stage_fits(cfg, data)
         check_memory(cfg, data.image_shape, self.device)
-        check_tta_shift(cfg.eval.tta_shift, data.image_shape)
         self.strategy = build_strategy(cfg, data.image_shape, self.device)
-        self.strategy.model.check_refinement(cfg.eval.soft_kmeans_steps)  # the final test's, before anything is written
+        check_test_options([cfg.eval], [data], self.strategy)  # the final test's, as eval checks them, before anything is written
         if self.t.init_from and self.resume is None:
             initialise_from(self.strategy, self.t.init_from)
         if self.t.freeze_encoder:
