@@ -36,6 +36,18 @@ class Interrupted(MetalearnError):
         super().__init__(message)
         self.signal_name = signal_name
 
+    def __reduce__(self) -> tuple:
+        """Rebuilt whole in another process: a launcher's worker (joblib) sends its job's stop back pickled, and
+        the default rebuild would call ``__init__`` with the message alone."""
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type, args: tuple, state: dict) -> BaseException:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class PeerLost(Interrupted):
     """Another process of a torchrun run died (killed, out of memory): this one stopped as after a signal,

@@ -189,6 +189,19 @@ def write_status(run_dir: Path, status: str, **extra: Any) -> None:
     write_json(Path(run_dir) / STATUS, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
 
 
+def mark_interrupted(run_dir: Path, only_if_dead: bool = False) -> bool:
+    """A run (and its pre-training stage) whose ``status.json`` still says running, stopped where it could not say
+    so itself (a second Ctrl-C, a launcher killing its workers), is marked interrupted, its recorded step kept, so
+    no tool or scheduler waits on it. ``only_if_dead``: not while a live process holds its lock. Whether it marked."""
+    marked = False
+    for where in (Path(run_dir), Path(run_dir) / STAGE):
+        status = read_json(where / STATUS) if (where / STATUS).is_file() else {}
+        if status.get("status") == "running" and not (only_if_dead and is_locked(Path(run_dir))):
+            write_status(where, "interrupted", **{k: v for k, v in status.items() if k not in ("status", "time")})
+            marked = True
+    return marked
+
+
 def write_results(run_dir: Path, results: dict[str, Any]) -> None:
     write_json(Path(run_dir) / RESULTS, results)
 

@@ -18,3 +18,15 @@ def test_a_second_request_stops_at_once_and_names_both_signals():
             os.kill(os.getpid(), signal.SIGINT)
     assert second_request(flag) == ("SIGINT", "SIGTERM, then SIGINT")
     assert second_request({"signal": "SIGINT", "again": "SIGINT"}) == ("SIGINT", "SIGINT twice")
+
+
+def test_a_stop_crosses_a_process_boundary_whole():
+    """A launcher's worker (joblib) sends its job's stop back pickled: it must arrive with its signal and message,
+    not as an unpickling error that turns a Ctrl-C into an "unexpected error"."""
+    import pickle
+
+    from metalearn_cli.errors import Interrupted, PeerLost
+
+    for sent in (Interrupted("SIGINT", "SIGINT at meta-iteration 7; saved"), PeerLost("a peer died")):
+        got = pickle.loads(pickle.dumps(sent))
+        assert type(got) is type(sent) and str(got) == str(sent) and got.signal_name == sent.signal_name

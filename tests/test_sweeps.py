@@ -98,6 +98,29 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert len(jobs) == 2 and all((j / "results.json").is_file() for j in jobs)
 
 
+@pytest.mark.skipif(not plugin("hydra_joblib_launcher"), reason='needs the sweep extra: pip install -e ".[sweep]"')
+def test_a_ctrl_c_of_a_joblib_sweep_leaves_no_job_marked_running(tmp_path):
+    """Ctrl-C reaches the whole process group (the launcher and its workers); joblib may kill its workers before
+    they record their stop, so the sweep marks each job it left running interrupted, and says how to finish it."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([EXE, "train", "-m", *TINY, "trainer.log_every=1", "trainer.val_every=1000",
+                             "trainer.checkpoint_every=1000", "trainer.iterations=3000", "seed=0,1", "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and len([p for p in (tmp_path / "sweep").glob("*/metrics.jsonl") if p.stat().st_size]) < 2:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=180)
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert proc.returncode == 130 and any("to finish the sweep" in ln and "resume=true" in ln for ln in err.splitlines()), err
+    assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["interrupted"] * 2, err
+    assert all(isinstance(json.loads((j / "status.json").read_text()).get("step"), int) for j in jobs)
+
+
 @pytest.mark.skipif(not plugin("hydra_submitit_launcher"), reason='needs the cluster extra: pip install -e ".[cluster]"')
 def test_submitit_local_launcher(tmp_path):
     proc, jobs = sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "seed=0,1")
@@ -219,11 +242,11 @@ def test_a_broken_launcher_package_is_one_line_naming_the_extra(tmp_path):
 
 def test_a_stopped_sweep_offers_resume_true_only_where_hydra_recorded_it(tmp_path):
     """Optuna's sweeper writes no multirun.yaml, and resume=true is refused there: its stop line says so."""
-    from metalearn_cli.cli.apps import _how_to_finish
+    from metalearn_cli.cli.sweep_dirs import how_to_finish
 
-    assert "resume=true cannot finish its study" in _how_to_finish(tmp_path)
+    assert "resume=true cannot finish its study" in how_to_finish(tmp_path)
     (tmp_path / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: [seed=0,1]\n")
-    line = _how_to_finish(tmp_path)
+    line = how_to_finish(tmp_path)
     assert line.startswith("to finish the sweep (each job continued or kept): metalearn train -m") and "resume=true" in line
 
 

@@ -24,15 +24,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import metalearn_cli.cli.placement as placement
+from metalearn_cli.cli.sweep_dirs import how_to_finish, launched, settle_stopped_jobs
 from metalearn_cli.command_line import rank, refuse_foreign_target, required, sweep_requested, typed_keys
 from metalearn_cli.console import as_user_error, one_line, shell_override
 from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
 from metalearn_cli.params import PARAMS
 from metalearn_cli.run_guard import RunGuard
 from metalearn_cli.files import read_json
-from metalearn_cli.rundir import STAGE, STATUS, RunDir, canonical, write_status
+from metalearn_cli.rundir import STAGE, STATUS, RunDir, canonical, mark_interrupted, write_status
 from metalearn_cli.schema import SCHEMAS
-from metalearn_cli.sweep_record import RECORD, sweep_again
 
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
@@ -44,15 +44,6 @@ class _JobFailed(BaseException):
     def __init__(self, error: MetalearnError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def _how_to_finish(sweep_dir: Path) -> str:
-    """What finishes a stopped sweep: ``resume=true`` where Hydra recorded the sweep (``multirun.yaml``);
-    Optuna's sweeper records none, so its study cannot be told again."""
-    if (sweep_dir / RECORD).is_file():
-        return f"to finish the sweep (each job continued or kept): {sweep_again(sweep_dir)}"
-    return ("this sweeper (Optuna's) records no multirun.yaml, so resume=true cannot finish its study: continue the "
-            "stopped job with the line above (metalearn train resume=JOB), or start a new sweep in a new hydra.sweep.dir")
 
 
 def _hydra_record(cfg: DictConfig) -> dict[str, str]:
@@ -82,15 +73,6 @@ def _saved_before(run_dir: Path) -> Interrupted | None:
                                  f"metalearn train {shell_override('resume', run_dir)}")
 
 
-def _still_running_is_interrupted(run_dir: Path) -> None:
-    """A run (or its stage) whose status.json still says running when a Ctrl-C escaped the loop (a second one
-    while the first was handled) is marked interrupted, its recorded step kept, so no tool waits on it."""
-    for where in (run_dir, run_dir / STAGE):
-        status = read_json(where / STATUS) if (where / STATUS).is_file() else {}
-        if status.get("status") == "running":
-            write_status(where, "interrupted", **{k: v for k, v in status.items() if k not in ("status", "time")})
-
-
 DONE = {"eval": "results.json", "predict": "predictions.json", "export": "export.json"}  # each written last but status
 
 
@@ -113,7 +95,7 @@ def _after_ctrl_c(command: str, run_dir: Path, guard: RunGuard) -> float:
     guard.interrupted()
     if command == "train" and (stopped := _saved_before(run_dir)) is not None:  # a Ctrl-C outside the loop's watch
         if guard.writer:
-            _still_running_is_interrupted(run_dir)
+            mark_interrupted(run_dir)  # the run's own process: its lock is held
         guard.log_end(f"stopped: {stopped}")
         raise _JobFailed(stopped) from None
     raise KeyboardInterrupt
@@ -127,7 +109,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
     if hc.mode == RunMode.MULTIRUN:
         SWEEP_JOBS.append(str(hc.job.num))
         if not SWEEP_AGAIN:
-            SWEEP_AGAIN.append(_how_to_finish(canonical(hc.sweep.dir)))
+            SWEEP_AGAIN.append(how_to_finish(canonical(hc.sweep.dir)))
     run_dir = Path(hc.runtime.output_dir)
     guard = RunGuard(run_dir, claimed=placement.claimed == canonical(run_dir), writer=rank() == 0, disposable=disposable,
                      sweep=hc.mode == RunMode.MULTIRUN)
@@ -268,20 +250,24 @@ def _begun_sweep() -> Optional[Path]:
     return sweep_dir if any((job / STATUS).is_file() for job in sweep_dir.glob("*")) else None
 
 
-def _launched(argv: list[str]) -> bool:
-    """A sweep whose jobs run in another launcher's processes (joblib, submitit), not this one."""
-    return sweep_requested(argv) and any(a.startswith("hydra/launcher=") and a != "hydra/launcher=basic" for a in argv)
+def _settle_sweep(command: str) -> None:
+    """A train sweep stopped by a signal: the jobs a launcher's killed workers left running are marked interrupted,
+    and how to finish the sweep is known here too when its jobs ran in those processes (joblib), not this one."""
+    if command != "train" or not sweep_requested(sys.argv) or (begun := _begun_sweep()) is None:
+        return
+    if launched(sys.argv):
+        settle_stopped_jobs(begun)
+    if not SWEEP_AGAIN:
+        SWEEP_AGAIN.append(how_to_finish(begun))
 
 
 def _stopped_line(command: str) -> str:
     """The line for a Ctrl-C or SIGTERM no job handled: how to finish what it stopped, where that is known."""
     what = "stopped by SIGTERM" if TERMINATED else "interrupted"
-    if not SWEEP_AGAIN and command == "train" and sweep_requested(sys.argv) and (begun := _begun_sweep()) is not None:
-        SWEEP_AGAIN.append(_how_to_finish(begun))  # its jobs ran in a launcher's processes (joblib), not this one
     again = (f"; to finish it, run the same metalearn {command} again" if command != "train"
              else f"; {SWEEP_AGAIN[0]}" if SWEEP_AGAIN
              else ("; its jobs ran in the launcher's processes: if its hydra.sweep.dir holds job folders, add resume=true "
-                   "to the same command to finish it, else run the same command again") if _launched(sys.argv)
+                   "to the same command to finish it, else run the same command again") if launched(sys.argv)
              else "; no job had begun: run the same command again to start the sweep" if sweep_requested(sys.argv) else "")
     return f"metalearn {command}: {what} before its end{again}"
 
@@ -304,6 +290,7 @@ def run_app(command: str) -> int:
     except Interrupted as exc:
         if rank() == 0:  # under torchrun every rank stops; rank 0 alone saved, and says so
             print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
+        _settle_sweep(command)
         if SWEEP_AGAIN and command == "train":
             print(f"metalearn {command}: {SWEEP_AGAIN[0]}", file=sys.stderr)
         return {"SIGTERM": 0, "SIGINT": 130}.get(exc.signal_name, 1)  # pre-emption is an orderly stop; a lost peer is not
@@ -317,6 +304,7 @@ def run_app(command: str) -> int:
         print(f"metalearn {command}: config error: {one_line(exc)} (see metalearn {command} --help)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _settle_sweep(command)
         print(_stopped_line(command), file=sys.stderr)
         return 143 if TERMINATED else 130
     except ImportError as exc:  # a sweeper's or launcher's own package broken or missing (hydra/launcher=joblib, ...)

@@ -1,20 +1,21 @@
 """A sweep's dir before Hydra runs: what ``-m`` may be given with, a sweep dir in use refused, a sweep
 resumed only as it was begun (its jobs are numbered by its swept keys), a sweep refused before any job
-leaving nothing behind."""
+leaving nothing behind; after a stop, its jobs left marked as they are and how to finish it."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from hydra.errors import HydraException
 
 from metalearn_cli.command_line import PRINTING_FLAGS, flag_present, sweep_requested
 from metalearn_cli.console import shell_override
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.rundir import canonical, held, remove_empty
-from metalearn_cli.sweep_record import recorded_sweep
+from metalearn_cli.rundir import canonical, held, is_locked, mark_interrupted, remove_empty
+from metalearn_cli.sweep_record import RECORD, recorded_sweep, sweep_again
 
 
 def check_sweep(command: str, args: list[str], values: dict[str, Any]) -> bool:
@@ -132,3 +133,30 @@ def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
         raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before)}; its jobs are numbered in the order "
                           f"of the swept keys ({', '.join(_swept_keys(before))}), so resume=true needs them in that order "
                           f"(this command has {', '.join(_swept_keys(overrides))})")
+
+
+def settle_stopped_jobs(sweep_dir: Optional[Path], wait_s: float = 15.0) -> list[Path]:
+    """After a Ctrl-C of a sweep whose jobs ran in a launcher's processes (joblib's workers, which it may kill
+    before they record their stop): each job dir still marked running is marked interrupted once no live process
+    holds it, waiting up to ``wait_s`` for workers still saving. The job dirs it marked."""
+    if sweep_dir is None or not sweep_dir.is_dir():
+        return []
+    jobs = [sweep_dir / name for name in _job_dirs(sweep_dir)]
+    deadline = time.monotonic() + wait_s
+    while any(is_locked(job) for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [job for job in jobs if mark_interrupted(job, only_if_dead=True)]
+
+
+def how_to_finish(sweep_dir: Path) -> str:
+    """What finishes a stopped sweep: ``resume=true`` where Hydra recorded the sweep (``multirun.yaml``);
+    Optuna's sweeper records none, so its study cannot be told again."""
+    if (sweep_dir / RECORD).is_file():
+        return f"to finish the sweep (each job continued or kept): {sweep_again(sweep_dir)}"
+    return ("this sweeper (Optuna's) records no multirun.yaml, so resume=true cannot finish its study: continue the "
+            "stopped job with the line above (metalearn train resume=JOB), or start a new sweep in a new hydra.sweep.dir")
+
+
+def launched(argv: list[str]) -> bool:
+    """A sweep whose jobs run in another launcher's processes (joblib, submitit), not this one."""
+    return sweep_requested(argv) and any(a.startswith("hydra/launcher=") and a != "hydra/launcher=basic" for a in argv)
