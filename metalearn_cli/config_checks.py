@@ -150,6 +150,10 @@ def check_typed_pretrain_keys(cfg: Any, typed: Iterable[str], choice: Optional[s
     if choice == "none" and "pretrain.iterations" in typed:
         raise ConfigError(f"pretrain.iterations={p.iterations} turns a pre-training stage on, but pretrain=none chose none: "
                           "name its kind too (pretrain=supervised, rfs or episodic), or drop pretrain.iterations")
+    if choice == "none" and "pretrain" in typed:  # a preset's own pretrain.iterations comes after the group's 0
+        raise ConfigError(f"pretrain=none asks for no pre-training stage, but the config still sets pretrain.iterations="
+                          f"{p.iterations} (an experiment's own pretrain keys come after the group's), which would run a "
+                          "supervised stage: add pretrain.iterations=0 to drop it")
     episodic = is_episodic(p)
     kind, other = ("episodic", "supervised") if episodic else ("supervised", "episodic")
     for key in typed:

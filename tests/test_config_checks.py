@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -31,6 +33,20 @@ def test_a_typed_key_the_stage_does_not_read_is_refused_naming_it(caplog):
                                              (["dataset=synthetic"], False)])
 def test_a_sweep_is_told_when_validation_draws_training_classes(overrides, seen):
     assert (seen_class_validation(compose_config("train", overrides)) is not None) == seen
+
+
+def test_pretrain_none_over_a_preset_that_sets_its_stage_is_refused_not_run_as_supervised(tmp_path):
+    """best_omniglot_lake20w1s sets pretrain.iterations=30000 itself, after the group: pretrain=none alone would have
+    run 30,000 steps of a supervised stage the user asked not to have."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("metalearn")
+    run = tmp_path / "run"
+    proc = subprocess.run([str(exe), "train", "experiment=best_omniglot_lake20w1s", "pretrain=none", f"hydra.run.dir={run}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2 and "add pretrain.iterations=0" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not run.exists()
 
 
 def test_pretrain_epochs_beside_pretrain_none_is_said_and_the_run_goes_on_without_a_stage(tmp_path, capfd):
