@@ -255,7 +255,7 @@ def _settle_sweep(command: str) -> None:
     and how to finish the sweep is known here too when its jobs ran in those processes (joblib), not this one."""
     if command != "train" or not sweep_requested(sys.argv) or (begun := _begun_sweep()) is None:
         return
-    if launched(sys.argv):
+    if "hydra/launcher=joblib" in sys.argv:  # local workers, whose locks say whether they live (not a cluster's jobs)
         settle_stopped_jobs(begun)
     if not SWEEP_AGAIN:
         SWEEP_AGAIN.append(how_to_finish(begun))
