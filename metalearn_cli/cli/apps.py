@@ -24,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import metalearn_cli.cli.placement as placement
-from metalearn_cli.cli.sweep_dirs import how_to_finish, launched, settle_stopped_jobs
+from metalearn_cli.cli.sweep_dirs import how_to_finish, launched
+from metalearn_cli.cli.launched_jobs import (job_takes_ctrl_c, jobs_ran_elsewhere, launching, settle_sweep, takes_ctrl_c,
+                                             tally_launched_jobs, wait_for_saving_jobs)
 from metalearn_cli.command_line import rank, refuse_foreign_target, required, sweep_requested, typed_keys
 from metalearn_cli.console import as_user_error, one_line, shell_override
 from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
@@ -101,6 +103,21 @@ def _after_ctrl_c(command: str, run_dir: Path, guard: RunGuard) -> float:
     raise KeyboardInterrupt
 
 
+def _internal_error(exc: Exception, guard: RunGuard, record: dict[str, str], run_dir: Path) -> InternalError:
+    """A bug: its traceback recorded (in the run dir where that may be written, else a temporary file), one line said."""
+    details = traceback.format_exc()
+    where = run_dir / "error.txt"
+    if not guard.failed("unexpected error; see error.txt", details, record):
+        fd, name = tempfile.mkstemp(prefix="metalearn-error-", suffix=".txt")
+        os.write(fd, details.encode())
+        os.close(fd)
+        where = Path(name)
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    error = InternalError(f"{type(exc).__name__}: {line[:200]}; this is a bug, the traceback is in {where}; please report it")
+    guard.log_end(f"internal error: {error}")
+    return error
+
+
 def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> Optional[float]:
     """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
     recorded only in a dir that held no run (``disposable``: not in a default dir either, :class:`RunGuard`).
@@ -117,29 +134,25 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
     log_name = hc.job.name if hc.runtime.choices.get("hydra/job_logging") == "metalearn" else None
     try:
         try:
-            return job(lambda ran=None: guard.accept(_hydra_record(ran) if ran is not None else record, log_name))
+            with job_takes_ctrl_c():
+                return job(lambda ran=None: guard.accept(_hydra_record(ran) if ran is not None else record, log_name))
         except (OSError, OmegaConfBaseException) as exc:
             raise as_user_error(exc, "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir") from exc
     except Interrupted as exc:
         guard.log_end(f"stopped: {exc}")
+        if exc.signal_name == "SIGINT" and takes_ctrl_c():  # reported once the sweep's other jobs saved: it ends the sweep
+            wait_for_saving_jobs(canonical(hc.sweep.dir), run_dir)
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except KeyboardInterrupt:  # eval, predict, export: no loop to mark it
+        if takes_ctrl_c():
+            wait_for_saving_jobs(canonical(hc.sweep.dir), run_dir)
         return _after_ctrl_c(hc.job.name, run_dir, guard)
     except MetalearnError as exc:
         error: MetalearnError = exc
         guard.log_end(f"error: {exc}")
         guard.failed(str(exc), None, record)
     except Exception as exc:
-        details = traceback.format_exc()
-        where = run_dir / "error.txt"
-        if not guard.failed("unexpected error; see error.txt", details, record):
-            fd, name = tempfile.mkstemp(prefix="metalearn-error-", suffix=".txt")
-            os.write(fd, details.encode())
-            os.close(fd)
-            where = Path(name)
-        line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        error = InternalError(f"{type(exc).__name__}: {line[:200]}; this is a bug, the traceback is in {where}; please report it")
-        guard.log_end(f"internal error: {error}")
+        error = _internal_error(exc, guard, record, run_dir)
     finally:
         guard.close()
     if hc.mode == RunMode.MULTIRUN:
@@ -236,40 +249,27 @@ def register_configs() -> None:
             store.store(group=f"schema/{group}", name=name, node=params)
 
 
-def _begun_sweep() -> Optional[Path]:
-    """The sweep dir, when some of its jobs had begun (in this process or a launcher's)."""
-    from metalearn_cli.cli.placement import override_values
-
-    try:
-        named = str(HydraConfig.get().sweep.dir)
-    except Exception:  # not set in this process (a launcher's jobs set it in theirs): the one the command named
-        named = override_values(sys.argv[1:]).get("hydra.sweep.dir")
-    if not named:
-        return None
-    sweep_dir = canonical(Path(str(named)))
-    return sweep_dir if any((job / STATUS).is_file() for job in sweep_dir.glob("*")) else None
-
-
-def _settle_sweep(command: str) -> None:
-    """A train sweep stopped by a signal: the jobs a launcher's killed workers left running are marked interrupted,
-    and how to finish the sweep is known here too when its jobs ran in those processes (joblib), not this one."""
-    if command != "train" or not sweep_requested(sys.argv) or (begun := _begun_sweep()) is None:
-        return
-    if "hydra/launcher=joblib" in sys.argv:  # local workers, whose locks say whether they live (not a cluster's jobs)
-        settle_stopped_jobs(begun)
-    if not SWEEP_AGAIN:
-        SWEEP_AGAIN.append(how_to_finish(begun))
-
-
 def _stopped_line(command: str) -> str:
     """The line for a Ctrl-C or SIGTERM no job handled: how to finish what it stopped, where that is known."""
     what = "stopped by SIGTERM" if TERMINATED else "interrupted"
     again = (f"; to finish it, run the same metalearn {command} again" if command != "train"
              else f"; {SWEEP_AGAIN[0]}" if SWEEP_AGAIN
              else ("; its jobs ran in the launcher's processes: if its hydra.sweep.dir holds job folders, add resume=true "
-                   "to the same command to finish it, else run the same command again") if launched(sys.argv)
+                   "to the same command to finish it, else run the same command again") if launched(sys.argv) or jobs_ran_elsewhere()
              else "; no job had begun: run the same command again to start the sweep" if sweep_requested(sys.argv) else "")
     return f"metalearn {command}: {what} before its end{again}"
+
+
+def _sweep_failures(command: str) -> int:
+    """A sweep some of whose jobs failed says which, and exits so: 2 if all failed, else 1 (a script or scheduler
+    sees it); 0 for none (and for a single run)."""
+    elsewhere = not SWEEP_JOBS and tally_launched_jobs(SWEEP_JOBS, FAILED_JOBS)  # jobs in a launcher's processes
+    if not FAILED_JOBS:
+        return 0
+    why = "each one's status.json says why" if elsewhere else "each says why above"
+    print(f"metalearn {command}: {len(FAILED_JOBS)} of {len(SWEEP_JOBS)} sweep jobs failed "
+          f"(job {', '.join(FAILED_JOBS[:10])}; {why})", file=sys.stderr)
+    return 2 if len(FAILED_JOBS) == len(SWEEP_JOBS) else 1
 
 
 def run_app(command: str) -> int:
@@ -280,17 +280,16 @@ def run_app(command: str) -> int:
     SWEEP_AGAIN.clear()
     try:
         try:
-            APPS[command]()
+            with launching():
+                APPS[command]()
         except _JobFailed as failed:
             raise failed.error from None
-        if FAILED_JOBS:
-            print(f"metalearn {command}: {len(FAILED_JOBS)} of {len(SWEEP_JOBS)} sweep jobs failed "
-                  f"(job {', '.join(FAILED_JOBS[:10])}; each says why above)", file=sys.stderr)
-            return 2 if len(FAILED_JOBS) == len(SWEEP_JOBS) else 1  # some ran: a script or scheduler still sees it
+        if failures := _sweep_failures(command):
+            return failures
     except Interrupted as exc:
         if rank() == 0:  # under torchrun every rank stops; rank 0 alone saved, and says so
             print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
-        _settle_sweep(command)
+        settle_sweep(command, sys.argv, SWEEP_AGAIN)
         if SWEEP_AGAIN and command == "train":
             print(f"metalearn {command}: {SWEEP_AGAIN[0]}", file=sys.stderr)
         return {"SIGTERM": 0, "SIGINT": 130}.get(exc.signal_name, 1)  # pre-emption is an orderly stop; a lost peer is not
@@ -304,7 +303,7 @@ def run_app(command: str) -> int:
         print(f"metalearn {command}: config error: {one_line(exc)} (see metalearn {command} --help)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        _settle_sweep(command)
+        settle_sweep(command, sys.argv, SWEEP_AGAIN)
         print(_stopped_line(command), file=sys.stderr)
         return 143 if TERMINATED else 130
     except ImportError as exc:  # a sweeper's or launcher's own package broken or missing (hydra/launcher=joblib, ...)

@@ -1,0 +1,142 @@
+"""A sweep whose jobs run in a launcher's processes (joblib's workers, submitit's jobs), as its launching
+process sees it: where the sweep is, how its jobs ended, and a Ctrl-C that lets every job save first.
+
+Hydra tells the launching process nothing of such jobs but their return values (a failed job's is None,
+as Optuna needs), and sets no :class:`HydraConfig` there; a callback (``hydra.callbacks.metalearn``,
+in each command's config) records the sweep as it starts.
+
+Under joblib a terminal's Ctrl-C reaches the launcher and its workers at once. Left alone, the launcher's
+own KeyboardInterrupt has joblib kill the workers while they save, an idle worker dies of it (which breaks
+the pool, and joblib kills the rest), and the first job to report its stop ends the sweep, killing the
+others mid-save. So the launcher ignores SIGINT for the sweep (its workers, spawned after, inherit that),
+each job takes SIGINT back while it runs, and a job stopped by it reports its stop only once the sweep's
+other jobs have saved. A second Ctrl-C still stops a job at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from hydra.experimental.callback import Callback
+
+from metalearn_cli.cli.sweep_dirs import how_to_finish, job_outcomes, settle_stopped_jobs
+from metalearn_cli.command_line import sweep_requested
+from metalearn_cli.rundir import STATUS, canonical, is_locked
+
+TAKEN_BY_JOBS = "METALEARN_JOBS_TAKE_CTRL_C"  # set by the launching process, read by its workers (inherited)
+SWEEP: dict[str, str] = {}  # this process's sweep as it started: "dir", "launcher" (the launcher's _target_)
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"  # the semaphores of workers joblib killed, which it then frees
+
+
+class SweepStarted(Callback):
+    """Records the sweep in the process that launches it, before any job; under joblib, leaves Ctrl-C to the jobs."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        SWEEP.update(dir=str(config.hydra.sweep.dir), launcher=str(config.hydra.launcher.get("_target_", "")))
+        if "joblib" in SWEEP["launcher"].lower() and _main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # not where it was ignored (a script's background job)
+            os.environ[TAKEN_BY_JOBS] = "1"
+            os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), _QUIET_TRACKER]))
+
+
+def jobs_ran_elsewhere() -> bool:
+    """Whether this process launched a sweep whose jobs ran in other processes (not Hydra's basic launcher)."""
+    return bool(SWEEP) and not SWEEP.get("launcher", "").endswith("BasicLauncher")
+
+
+def begun_sweep(argv: list[str]) -> Optional[Path]:
+    """The sweep dir, when some of its jobs had begun (in this process or a launcher's)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from metalearn_cli.cli.placement import override_values
+
+    try:
+        named = SWEEP.get("dir") or str(HydraConfig.get().sweep.dir)
+    except Exception:  # no callback ran, and no job in this process: the one the command named
+        named = override_values(argv[1:]).get("hydra.sweep.dir")
+    if not named:
+        return None
+    found = canonical(Path(str(named)))
+    return found if any((job / STATUS).is_file() for job in found.glob("*")) else None
+
+
+def tally_launched_jobs(jobs: list[str], failed: list[str]) -> bool:
+    """The jobs (and of them the failed ones) of a sweep whose jobs ran in a launcher's processes, as each one's
+    ``status.json`` says: the launching process saw only their return values (a failed job's is None). Whether
+    this was such a sweep."""
+    if not jobs_ran_elsewhere() or not SWEEP.get("dir"):
+        return False
+    outcomes = job_outcomes(canonical(Path(SWEEP["dir"])))
+    jobs.extend(outcomes)
+    failed.extend(job for job, status in outcomes.items() if status == "failed")
+    return True
+
+
+def settle_sweep(command: str, argv: list[str], again: list[str]) -> None:
+    """A train sweep stopped by a signal: the jobs a launcher's killed workers left running are marked interrupted,
+    and how to finish the sweep is known here too (into ``again``) when its jobs ran in those processes."""
+    if command != "train" or not sweep_requested(argv) or (begun := begun_sweep(argv)) is None:
+        return
+    if "joblib" in SWEEP.get("launcher", "").lower():  # local workers, whose locks say whether they live (not a cluster's jobs)
+        settle_stopped_jobs(begun)
+    if not again:
+        again.append(how_to_finish(begun))
+
+
+@contextlib.contextmanager
+def launching() -> Iterator[None]:
+    """Around a command that may launch a sweep: what :class:`SweepStarted` changed is undone at its end."""
+    SWEEP.clear()
+    handler = signal.getsignal(signal.SIGINT) if _main_thread() else None
+    before = {name: os.environ.get(name) for name in (TAKEN_BY_JOBS, "PYTHONWARNINGS")}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def takes_ctrl_c() -> bool:
+    """Whether this job runs in such a sweep (in a worker, or in the launching process with one job at a time)."""
+    return os.environ.get(TAKEN_BY_JOBS) == "1" and _main_thread()
+
+
+@contextlib.contextmanager
+def job_takes_ctrl_c() -> Iterator[None]:
+    """While a job of such a sweep runs, Ctrl-C is a KeyboardInterrupt again (the training loop installs its own)."""
+    if not takes_ctrl_c():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def wait_for_saving_jobs(sweep: Path, own_dir: Path, wait_s: float = 30.0, poll_s: float = 0.2) -> list[Path]:
+    """Before a job stopped by Ctrl-C reports it (which ends the sweep): wait, up to ``wait_s``, until no live
+    process holds another job dir of ``sweep`` (each job the same Ctrl-C stopped has saved and let go).
+    The job dirs still held when it gave up waiting."""
+    own = Path(own_dir).resolve()
+    others = [p for p in Path(sweep).iterdir() if p.is_dir() and p.resolve() != own] if Path(sweep).is_dir() else []
+    deadline = time.monotonic() + wait_s
+    with job_takes_ctrl_c():  # a second Ctrl-C ends the wait, and the sweep, at once
+        while (busy := [p for p in others if is_locked(p)]) and time.monotonic() < deadline:
+            time.sleep(poll_s)
+    return busy
