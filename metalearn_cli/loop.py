@@ -110,10 +110,10 @@ class TrainingRun:
 
     def kept(self) -> str:
         """Which checkpoint a stopped stage leaves, in words."""
-        if self.saved_step is None and self.best_step >= 0 and self.files.best.is_file():
+        if (self.saved_step is None or not self.files.last.is_file()) and self.best_step >= 0 and self.files.best.is_file():
             return (f"no last.pt to resume from was written yet; {self.files.best} holds the weights validated at "
                     f"{self.stage.step_name} {self.best_step}")
-        if self.saved_step is None:
+        if self.saved_step is None or not self.files.last.is_file():  # (resumed from best.pt: no last.pt yet)
             return "no checkpoint was written yet"
         return f"the last good checkpoint {self.files.last} ({self.stage.step_name} {self.saved_step}) is kept"
 

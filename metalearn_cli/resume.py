@@ -45,16 +45,19 @@ def run_dir_of(path: Path) -> Path:
 
 
 def unfinished_note(checkpoint: Path | str) -> Optional[str]:
-    """A line for a checkpoint whose run has not finished (stopped, or still training): its ``best.pt`` is
+    """A line for a checkpoint whose run has not finished (stopped, failed, or still training): its ``best.pt`` is
     the best validated so far, not what the finished run would test; None for a finished run or an export."""
     run = run_dir_of(Path(checkpoint))
     owner = run.parent if run.name == STAGE and (run.parent / STATUS).is_file() else run  # a stage goes on with its run
     status = read_json(run / STATUS)
+    subject = f"{run}" if Path(checkpoint).is_dir() else f"{checkpoint} is from {run}, which"
+    if status.get("status") == "failed":  # its best.pt may be the weights it began with (a run that diverged at once)
+        return (f"{subject} failed before its end: its weights are not a finished run's (best.pt holds the best validated "
+                f"before it failed); its status.json says why")
     if status.get("status") not in ("running", "interrupted"):
         return None
     state = "is still training" if status["status"] == "running" and is_locked(run) else "stopped before its end"
     where = f" (step {status['step']} of {status['iterations']})" if {"step", "iterations"} <= status.keys() else ""
-    subject = f"{run}" if Path(checkpoint).is_dir() else f"{checkpoint} is from {run}, which"
     then = ("let it finish, then test it again" if state == "is still training" else
             f"finish the run with: {continue_command(owner, int(status.get('processes') or 1))}")
     if owner == run and read_json(run / STAGE / STATUS).get("status") in ("running", "interrupted"):
@@ -80,7 +83,7 @@ def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:
         run, path = RunDir(path), RunDir(path).last if RunDir(path).checkpoints.is_dir() else path / LAST
         if not path.exists() and run.best.is_file():
             raise CheckpointError(f"{value} has no {LAST} to resume from (stopped before its first save, or it was "
-                                  f"deleted); its best.pt is there: resume={run.best}")
+                                  f"deleted); its best.pt is there: {shell_override('resume', run.best)}")
         if not path.exists() and (run.path / STATUS).is_file():
             raise CheckpointError(f"{value} stopped before it saved a checkpoint, so there is nothing to continue; run "
                                   "the same command anew in another hydra.run.dir (or delete this one first: it holds "

@@ -375,6 +375,9 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
     note = unfinished_note(run_dir)
     assert "stopped before its end in its pre-training stage" in note and f"checkpoint={run_dir / 'pretrain'}" in note
     assert unfinished_note(run_dir / "pretrain").endswith(f"finish the run with: metalearn train resume={run_dir}")
+    write_status(run_dir, "failed", error="non-finite values ...")  # a failed run's best.pt may be its first weights
+    note = unfinished_note(run_dir / "checkpoints" / "best.pt")
+    assert note.startswith(f"{run_dir / 'checkpoints' / 'best.pt'} is from {run_dir}, which failed before its end"), note
     from metalearn_cli.cli import main
 
     assert main(["train", f"resume={run_dir / 'pretrain'}"]) == 2

@@ -338,6 +338,23 @@ def test_a_run_that_diverges_before_any_checkpoint_says_so(tmp_path, capsys):
     assert best.is_file() and not best.with_name("last.pt").exists()
 
 
+def test_a_resume_of_such_a_run_is_advised_pasteably_and_names_what_it_really_keeps(tmp_path, capsys):
+    """Resuming it (a dir with a space) advises its best.pt quoted for the shell; a resume from best.pt that
+    diverges again names best.pt, not a last.pt that was never written."""
+    run = tmp_path / "a run"
+    assert main(["train", *SMOKE, "trainer.iterations=20", "optimizer=sgd", "optimizer.lr=1e30",
+                 "trainer.checkpoint_every=10", f"hydra.run.dir={run}"]) == 2
+    capsys.readouterr()
+    assert main(["train", *SMOKE, "trainer.iterations=20", f"resume={run}"]) == 2
+    best = run / "checkpoints" / "best.pt"
+    assert f"its best.pt is there: 'resume=\"{best}\"'" in capsys.readouterr().err
+    assert main(["train", *SMOKE, "trainer.iterations=20", "optimizer=sgd", "optimizer.lr=1e30",
+                 "trainer.checkpoint_every=10", f"resume={best}"]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "last.pt" in err and " is kept" not in err and not best.with_name("last.pt").exists()
+    assert f"{best} holds the weights validated at meta-iteration 0" in err
+
+
 def test_the_advice_to_skip_is_accepted_on_resume(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *SMOKE, "trainer.iterations=4", f"hydra.run.dir={run}"]) == 0

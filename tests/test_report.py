@@ -261,6 +261,8 @@ def test_eval_and_predict_dirs_are_described_by_the_run_that_trained_them(tmp_pa
     dirs = [runs / n for n in ("evaluated", "predicted", "trained")]
     shutil.move(runs / "trained", tmp_path / "moved")  # the export alone still says what was trained
     assert exported_by(tmp_path / "mk.pt")["config"]["encoder"]["widths"] == [8, 8, 8, 8]
+    gone = describe(runs / "evaluated", runs)  # its training run gone: what its own results.json kept
+    assert (gone["dataset"], gone["encoder"], gone["decoder"], gone["strategy"]) == ("synthetic", "conv4", "prototype", "mgd")
     shutil.move(tmp_path / "moved", runs / "trained")
     labels = config_labels(dirs, [describe(d, runs) for d in dirs])
     assert "eval.tta_shift=1" in labels[0] and "split=val" in labels[0] and "command=eval" in labels[0]

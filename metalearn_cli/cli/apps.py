@@ -25,8 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 import metalearn_cli.cli.placement as placement
 from metalearn_cli.cli.sweep_dirs import how_to_finish, launched
-from metalearn_cli.cli.launched_jobs import (job_takes_ctrl_c, jobs_ran_elsewhere, launching, settle_sweep, takes_ctrl_c,
-                                             tally_launched_jobs, wait_for_saving_jobs)
+from metalearn_cli.cli.launched_jobs import (job_takes_ctrl_c, jobs_ran_elsewhere, launching, record_outcome, settle_sweep,
+                                             takes_ctrl_c, tally_launched_jobs, wait_for_saving_jobs)
 from metalearn_cli.command_line import rank, refuse_foreign_target, required, sweep_requested, typed_keys
 from metalearn_cli.console import as_user_error, one_line, shell_override
 from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
@@ -118,6 +118,12 @@ def _internal_error(exc: Exception, guard: RunGuard, record: dict[str, str], run
     return error
 
 
+def _record_end(hc: Any, status: str) -> None:
+    """A sweep job's end, where a launching process that ran it elsewhere reads it."""
+    if hc.mode == RunMode.MULTIRUN:
+        record_outcome(canonical(hc.sweep.dir), str(hc.job.num), str(hc.launcher.get("_target_", "")), status)
+
+
 def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> Optional[float]:
     """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
     recorded only in a dir that held no run (``disposable``: not in a default dir either, :class:`RunGuard`).
@@ -135,7 +141,9 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
     try:
         try:
             with job_takes_ctrl_c():
-                return job(lambda ran=None: guard.accept(_hydra_record(ran) if ran is not None else record, log_name))
+                value = job(lambda ran=None: guard.accept(_hydra_record(ran) if ran is not None else record, log_name))
+            _record_end(hc, "completed")
+            return value
         except (OSError, OmegaConfBaseException) as exc:
             raise as_user_error(exc, "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir") from exc
     except Interrupted as exc:
@@ -157,6 +165,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         guard.close()
     if hc.mode == RunMode.MULTIRUN:
         FAILED_JOBS.append(str(hc.job.num))
+        _record_end(hc, "failed")
         log.error("job failed: %s", str(error).replace("a new hydra.run.dir", "a new hydra.sweep.dir (or hydra.sweep.subdir)"))
         return None  # no value: Optuna records a failed trial (a NaN it would refuse to tell) and the study goes on
     raise _JobFailed(error)
@@ -266,7 +275,7 @@ def _sweep_failures(command: str) -> int:
     elsewhere = not SWEEP_JOBS and tally_launched_jobs(SWEEP_JOBS, FAILED_JOBS)  # jobs in a launcher's processes
     if not FAILED_JOBS:
         return 0
-    why = "each one's status.json says why" if elsewhere else "each says why above"
+    why = "each job's output says why" if elsewhere else "each says why above"
     print(f"metalearn {command}: {len(FAILED_JOBS)} of {len(SWEEP_JOBS)} sweep jobs failed "
           f"(job {', '.join(FAILED_JOBS[:10])}; {why})", file=sys.stderr)
     return 2 if len(FAILED_JOBS) == len(SWEEP_JOBS) else 1
@@ -279,13 +288,13 @@ def run_app(command: str) -> int:
     SWEEP_JOBS.clear()
     SWEEP_AGAIN.clear()
     try:
-        try:
-            with launching():
+        with launching():
+            try:
                 APPS[command]()
-        except _JobFailed as failed:
-            raise failed.error from None
-        if failures := _sweep_failures(command):
-            return failures
+            except _JobFailed as failed:
+                raise failed.error from None
+            if failures := _sweep_failures(command):
+                return failures
     except Interrupted as exc:
         if rank() == 0:  # under torchrun every rank stops; rank 0 alone saved, and says so
             print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)

@@ -10,14 +10,17 @@ own KeyboardInterrupt has joblib kill the workers while they save, an idle worke
 the pool, and joblib kills the rest), and the first job to report its stop ends the sweep, killing the
 others mid-save. So the launcher ignores SIGINT for the sweep (its workers, spawned after, inherit that),
 each job takes SIGINT back while it runs, and a job stopped by it reports its stop only once the sweep's
-other jobs have saved. A second Ctrl-C still stops a job at once.
+other jobs have saved. A second Ctrl-C still stops a job at once; one that comes to a worker between its
+jobs stops the next job it takes up. (One in the first seconds, while the workers start, goes unseen.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,12 +28,13 @@ from typing import Any, Iterator, Optional
 
 from hydra.experimental.callback import Callback
 
-from metalearn_cli.cli.sweep_dirs import how_to_finish, job_outcomes, settle_stopped_jobs
+from metalearn_cli.cli.sweep_dirs import how_to_finish, settle_stopped_jobs
 from metalearn_cli.command_line import sweep_requested
 from metalearn_cli.rundir import STATUS, canonical, is_locked
 
 TAKEN_BY_JOBS = "METALEARN_JOBS_TAKE_CTRL_C"  # set by the launching process, read by its workers (inherited)
 SWEEP: dict[str, str] = {}  # this process's sweep as it started: "dir", "launcher" (the launcher's _target_)
+OUTCOMES = ".job_outcomes"  # in the sweep dir while its command runs: how each job ended, written by the job itself
 _QUIET_TRACKER = "ignore:resource_tracker:UserWarning"  # the semaphores of workers joblib killed, which it then frees
 
 
@@ -39,10 +43,24 @@ class SweepStarted(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         SWEEP.update(dir=str(config.hydra.sweep.dir), launcher=str(config.hydra.launcher.get("_target_", "")))
-        if "joblib" in SWEEP["launcher"].lower() and _main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # not where it was ignored (a script's background job)
+        shutil.rmtree(Path(SWEEP["dir"]) / OUTCOMES, ignore_errors=True)  # a killed command's: not this sweep's
+        if "joblib" in SWEEP["launcher"].lower() and _main_thread() and signal.getsignal(signal.SIGINT) not in (
+                signal.SIG_IGN, None):  # not where it was ignored (a script's background job), nor set outside Python
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             os.environ[TAKEN_BY_JOBS] = "1"
             os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), _QUIET_TRACKER]))
+
+
+def record_outcome(sweep: Path, job: str, launcher: str, status: str) -> None:
+    """In a job's own process, at its end (``completed`` or ``failed``), where the launching process cannot see it
+    (any launcher but Hydra's basic one): what :func:`tally_launched_jobs` counts. Never fails the job."""
+    if launcher.endswith("BasicLauncher"):
+        return
+    try:
+        (Path(sweep) / OUTCOMES).mkdir(exist_ok=True)
+        (Path(sweep) / OUTCOMES / job).write_text(status)
+    except OSError:
+        pass
 
 
 def jobs_ran_elsewhere() -> bool:
@@ -67,14 +85,15 @@ def begun_sweep(argv: list[str]) -> Optional[Path]:
 
 
 def tally_launched_jobs(jobs: list[str], failed: list[str]) -> bool:
-    """The jobs (and of them the failed ones) of a sweep whose jobs ran in a launcher's processes, as each one's
-    ``status.json`` says: the launching process saw only their return values (a failed job's is None). Whether
-    this was such a sweep."""
+    """The jobs (and of them the failed ones) of a sweep whose jobs ran in a launcher's processes, as each one
+    recorded its end (:func:`record_outcome`): the launching process saw only their return values (a failed
+    job's is None). Whether this was such a sweep."""
     if not jobs_ran_elsewhere() or not SWEEP.get("dir"):
         return False
-    outcomes = job_outcomes(canonical(Path(SWEEP["dir"])))
-    jobs.extend(outcomes)
-    failed.extend(job for job, status in outcomes.items() if status == "failed")
+    folder = Path(SWEEP["dir"]) / OUTCOMES
+    ended = sorted(folder.iterdir(), key=lambda p: (len(p.name), p.name)) if folder.is_dir() else []
+    jobs.extend(p.name for p in ended)
+    failed.extend(p.name for p in ended if p.read_text().strip() == "failed")
     return True
 
 
@@ -98,6 +117,8 @@ def launching() -> Iterator[None]:
     try:
         yield
     finally:
+        if SWEEP.get("dir"):
+            shutil.rmtree(Path(SWEEP["dir"]) / OUTCOMES, ignore_errors=True)
         for name, value in before.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -116,27 +137,47 @@ def takes_ctrl_c() -> bool:
     return os.environ.get(TAKEN_BY_JOBS) == "1" and _main_thread()
 
 
+_STOPPED: list[int] = []  # a Ctrl-C that came while this process was between two jobs of such a sweep
+
+
+def _stop_between_jobs(signum: int, frame: Any) -> None:
+    _STOPPED.append(signum)
+
+
 @contextlib.contextmanager
 def job_takes_ctrl_c() -> Iterator[None]:
-    """While a job of such a sweep runs, Ctrl-C is a KeyboardInterrupt again (the training loop installs its own)."""
+    """While a job of such a sweep runs, Ctrl-C is a KeyboardInterrupt again (the training loop installs its own);
+    between jobs it is kept, and the next job this process takes up stops before it begins."""
     if not takes_ctrl_c():
         yield
         return
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if _STOPPED:
+            _STOPPED.clear()
+            raise KeyboardInterrupt
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, _stop_between_jobs if previous is signal.SIG_IGN else previous)
 
 
-def wait_for_saving_jobs(sweep: Path, own_dir: Path, wait_s: float = 30.0, poll_s: float = 0.2) -> list[Path]:
+def wait_for_saving_jobs(sweep: Path, own_dir: Path, wait_s: float = 120.0, poll_s: float = 0.2) -> list[Path]:
     """Before a job stopped by Ctrl-C reports it (which ends the sweep): wait, up to ``wait_s``, until no live
-    process holds another job dir of ``sweep`` (each job the same Ctrl-C stopped has saved and let go).
-    The job dirs still held when it gave up waiting."""
-    own = Path(own_dir).resolve()
-    others = [p for p in Path(sweep).iterdir() if p.is_dir() and p.resolve() != own] if Path(sweep).is_dir() else []
-    deadline = time.monotonic() + wait_s
+    process holds another job dir of ``sweep`` (each job the same Ctrl-C stopped has finished its step or its
+    validation, saved and let go). The job dirs still held when it gave up waiting."""
+    sweep, own = Path(sweep).resolve(), Path(own_dir).resolve()
+    try:  # the other jobs' dirs lie as deep as its own (hydra.sweep.subdir may hold a "/")
+        pattern = "/".join(["*"] * len(own.relative_to(sweep).parts))
+    except ValueError:
+        return []
+    others = [p for p in sweep.glob(pattern) if p.is_dir() and p.resolve() != own]
+    start = time.monotonic()
+    said = False
     with job_takes_ctrl_c():  # a second Ctrl-C ends the wait, and the sweep, at once
-        while (busy := [p for p in others if is_locked(p)]) and time.monotonic() < deadline:
+        while (busy := [p for p in others if is_locked(p)]) and time.monotonic() - start < wait_s:
+            if not said and time.monotonic() - start > 3:
+                print(f"metalearn: {own.name} saved; waiting up to {wait_s:.0f} s for the sweep's other jobs to save "
+                      f"({', '.join(p.name for p in busy[:3])}); Ctrl-C again stops them at once", file=sys.stderr)
+                said = True
             time.sleep(poll_s)
     return busy

@@ -14,8 +14,7 @@ from hydra.errors import HydraException
 from metalearn_cli.command_line import PRINTING_FLAGS, flag_present, sweep_requested
 from metalearn_cli.console import shell_override
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.files import read_json
-from metalearn_cli.rundir import STATUS, canonical, held, is_locked, mark_interrupted, remove_empty
+from metalearn_cli.rundir import canonical, held, is_locked, mark_interrupted, remove_empty
 from metalearn_cli.sweep_record import RECORD, recorded_sweep, sweep_again
 
 
@@ -147,19 +146,6 @@ def settle_stopped_jobs(sweep_dir: Optional[Path], wait_s: float = 15.0) -> list
     while any(is_locked(job) for job in jobs) and time.monotonic() < deadline:
         time.sleep(0.2)
     return [job for job in jobs if mark_interrupted(job, only_if_dead=True)]
-
-
-def job_outcomes(sweep_dir: Path) -> dict[str, str]:
-    """How each job of a sweep ended, as its dir's ``status.json`` says (``completed``, ``failed``, ...), by its
-    job number where its dir's name begins with one (the default ``hydra.sweep.subdir``), else by its name."""
-    if not sweep_dir.is_dir():
-        return {}
-    found = {}
-    for job in sorted(sweep_dir.iterdir()):
-        if job.is_dir() and (job / STATUS).is_file():
-            number = job.name.split("_", 1)[0]
-            found[number if number.isdigit() else job.name] = str(read_json(job / STATUS).get("status"))
-    return found
 
 
 def how_to_finish(sweep_dir: Path) -> str:
