@@ -27,7 +27,7 @@ from metalearn_cli.assemble import setup_device
 from metalearn_cli.augment import TtaViews
 from metalearn_cli.bn_modes import MODES
 from metalearn_cli.ensemble import ensemble_paths
-from metalearn_cli.data.images import class_folders, class_images, image_files, read_class_folders
+from metalearn_cli.data.images import class_folders, class_images, image_files, read_class_folders, say_files_beside
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.files import write_json
 from metalearn_cli.rundir import write_status
@@ -54,6 +54,7 @@ def _queries(root: Path, given: str, class_names: list[str]) -> tuple[list[str],
     if unknown:
         raise DataError(f"query class folder '{unknown[0]}' is not a support class ({', '.join(class_names)}); "
                         "name query sub-folders after support classes, or put the images directly in the query folder")
+    say_files_beside(root, folders)  # a note beside the labelled query folders: not read, said as for the support's
     shown, paths, labels = [], [], []
     for folder in folders:
         for p in class_images(folder):  # each says which of its entries it skips

@@ -57,3 +57,14 @@ def test_pretrain_epochs_beside_pretrain_none_is_said_and_the_run_goes_on_withou
     assert main(["train", *FAST, "pretrain=none", "pretrain.epochs=3", f"hydra.run.dir={tmp_path / 'run'}"]) == 0
     assert "pretrain.epochs: read by a pre-training stage only, and this run has none" in "".join(capfd.readouterr())
     assert not (tmp_path / "run" / "pretrain").exists()
+
+
+@pytest.mark.parametrize("strategy", ["maml", "fomaml", "anil", "metasgd"])
+def test_film_under_an_inner_loop_is_refused_as_it_learns_nothing(strategy):
+    from metalearn_cli.config_checks import validate
+
+    with pytest.raises(ConfigError, match=f"decoder=film with strategy={strategy} diverges.*use strategy=mgd"):
+        validate(compose_config("train", [f"strategy={strategy}", "decoder=film"]))
+    validate(compose_config("train", [f"strategy={strategy}", "decoder=film", "strategy.inner_steps=0",
+                                      "strategy.eval_inner_steps=0"]))  # no inner step: it trains
+    validate(compose_config("train", ["strategy=mgd", "decoder=film"]))

@@ -215,3 +215,12 @@ def test_a_query_entry_that_is_not_an_image_file_is_named_as_skipped(trained_run
                  f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'out'}", "device=cpu"]) == 0
     assert f"skipped 1 entry that is not an image file ({first.stem})" in (tmp_path / "out" / "predict.log").read_text()
     assert len(read_csv(tmp_path / "out" / "predictions.csv")) == len(list((tmp_path / "task" / "query").iterdir())) - 1
+
+
+def test_a_note_beside_labelled_query_folders_is_named_as_skipped(trained_run, tmp_path):
+    """Query class sub-folders with a note beside them: named in the log, as the support's is (it was ignored silently)."""
+    write_image_task(tmp_path / "task", classes=2, support=(2,), query=2)
+    (tmp_path / "task" / "query" / "notes.txt").write_text("drawn by hand")
+    assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'out'}", "device=cpu"]) == 0
+    assert "skipped 1 file beside the class folders (notes.txt)" in (tmp_path / "out" / "predict.log").read_text()
