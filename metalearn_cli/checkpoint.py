@@ -145,7 +145,8 @@ def read_meta_knowledge(path: Path | str) -> dict[str, Any]:
             raise CheckpointError(f"{path}: its config names no usable data set ({exc}); the checkpoint is foreign or damaged") from exc
     mean = state.get("pixel_mean")
     return {"config": state["config"], "model": state["model"], "image_format": fmt, "step": step, "source": str(path),
-            "pixel_mean": float(mean) if isinstance(mean, (int, float)) else None}
+            "pixel_mean": float(mean) if isinstance(mean, (int, float)) else None,
+            **({"unfinished": state["unfinished"]} if isinstance(state.get("unfinished"), str) else {})}  # an export's
 
 
 def capture_rng() -> dict[str, Any]:

@@ -59,7 +59,7 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
     if Path(out).is_dir():
         raise ConfigError(f"out={out} is a folder; name the file to write, e.g. out={Path(out) / 'model.pt'}")
     state = read_meta_knowledge(checkpoint)
-    if note := unfinished_note(checkpoint):
+    if note := unfinished_note(checkpoint, state):
         log.warning("%s", note)
     if Path(out).resolve() == Path(state["source"]).resolve():
         raise ConfigError(f"out={out} is the checkpoint being exported; choose another out=PATH")
@@ -75,7 +75,8 @@ def export(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
                               "which this export would replace; choose another out=PATH, or delete it first")
     payload = {"format": EXPORT_FORMAT, "version": VERSION, "config": state["config"], "model": state["model"],
                "image_format": state["image_format"], "step": state["step"],
-               "exported_from": str(Path(state["source"]).resolve()), "pixel_mean": state["pixel_mean"]}
+               "exported_from": str(Path(state["source"]).resolve()), "pixel_mean": state["pixel_mean"],
+               **({"unfinished": note} if note else {})}  # said again wherever the export is used
     load(payload, device="cpu")
     save_torch(Path(out), payload, "meta-knowledge", "choose a writable path for out= or free disk space")
     return payload

@@ -195,7 +195,7 @@ def load(path: Path | str | dict[str, Any], device: str | torch.device = "auto")
         raise CheckpointError(f"load() takes the path of an export, a checkpoint or a run dir (or a state dict read from "
                               f"one); got a {type(path).__module__}.{type(path).__name__}")
     state = path if isinstance(path, dict) else read_meta_knowledge(path)
-    if not isinstance(path, dict) and (note := unfinished_note(path)):
+    if not isinstance(path, dict) and (note := unfinished_note(path, state)):
         log.warning("%s", note)
     resolved = device if isinstance(device, torch.device) else resolve_device(str(device))
     return MetaKnowledge(state, resolved)

@@ -44,9 +44,12 @@ def run_dir_of(path: Path) -> Path:
     return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
 
 
-def unfinished_note(checkpoint: Path | str) -> Optional[str]:
+def unfinished_note(checkpoint: Path | str, read: Optional[dict[str, Any]] = None) -> Optional[str]:
     """A line for a checkpoint whose run has not finished (stopped, failed, or still training): its ``best.pt`` is
-    the best validated so far, not what the finished run would test; None for a finished run or an export."""
+    the best validated so far, not what the finished run would test; None for a finished run. An export says what
+    its source's line said when it was exported (``read``: the file as read, :func:`read_meta_knowledge`)."""
+    if read is not None and read.get("unfinished"):
+        return f"{checkpoint} is an export of a run that had not finished when exported: {read['unfinished']}"
     run = run_dir_of(Path(checkpoint))
     owner = run.parent if run.name == STAGE and (run.parent / STATUS).is_file() else run  # a stage goes on with its run
     status = read_json(run / STATUS)

@@ -361,6 +361,14 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
     export(run_dir / "checkpoints" / "last.pt", tmp_path / "mk.pt")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warned[0].startswith(f"{run_dir} stopped before its end") and "last.pt is from" in warned[1], warned
+    caplog.clear()  # the export says it wherever it goes: an eval of it, load() of it
+    evaluation.evaluate(compose_config("eval", [f"checkpoint={tmp_path / 'mk.pt'}", "device=cpu", "eval.episodes=4"]),
+                        tmp_path / "eval_export")
+    load(tmp_path / "mk.pt", "cpu")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    said = f"{tmp_path / 'mk.pt'} is an export of a run that had not finished when exported: "
+    assert len([w for w in warned if w.startswith(said) and "stopped before its end" in w]) == 2, warned
+    assert json.loads((tmp_path / "eval_export" / "results.json").read_text())["unfinished"][0].startswith(said)
     write_status(run_dir, "interrupted", step=3, iterations=10, processes=2)  # a torchrun run goes on as one
     assert f"torchrun --nproc-per-node=2 -m metalearn_cli train resume={run_dir}" in unfinished_note(run_dir)
     from metalearn_cli.rundir import exclusive
