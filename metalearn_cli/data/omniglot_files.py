@@ -182,10 +182,16 @@ def download(root: Path) -> None:
     """Fetch the original archives with torchvision's own URLs and checksums."""
     from torchvision.datasets import Omniglot
 
+    made = [f for f in (root, root / "omniglot-py") if not f.exists()]  # torchvision's folders, made by this attempt
     try:
         for background in (True, False):
             Omniglot(str(root), background=background, download=True)
     except Exception as exc:  # network errors come in many types
+        for folder in reversed(made):  # a failed download leaves no empty folder behind (files, if any, stay)
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
         raise DataError(
             f"could not download Omniglot into {root} ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "put images_background.zip and images_evaluation.zip there yourself, or omit dataset.root to use the embedded copy"

@@ -134,13 +134,18 @@ def test_embedded_lake_split_uses_background_and_evaluation_alphabets():
 def test_failed_download_is_one_line(tmp_path, monkeypatch):
     import torchvision.datasets
 
-    class Offline:
-        def __init__(self, *args, **kwargs):
+    class Offline:  # as torchvision does: its folder made, then the fetch fails
+        def __init__(self, root, *args, **kwargs):
+            (Path(root) / "omniglot-py").mkdir(parents=True, exist_ok=True)
             raise OSError("network is unreachable")
 
     monkeypatch.setattr(torchvision.datasets, "Omniglot", Offline)
     with pytest.raises(DataError, match="could not download Omniglot .*network is unreachable"):
         DATASETS.build({"name": "omniglot", "root": str(tmp_path), "download": True})
+    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []  # the user's folder stays, with nothing left in it
+    with pytest.raises(DataError, match="could not download Omniglot"):
+        DATASETS.build({"name": "omniglot", "root": str(tmp_path / "new" / "root"), "download": True})
+    assert not (tmp_path / "new" / "root").exists()
 
 
 def test_a_missing_alphabet_fails_the_vinyals_split_with_the_character_named(tmp_path):
