@@ -173,7 +173,7 @@ def initialise_from(strategy: Strategy, source: str) -> None:
 
     knowledge = read_meta_knowledge(source)
     theirs = knowledge["model"]
-    if note := unfinished_note(source):  # a stopped run's checkpoint: maybe the weights it started from
+    if note := unfinished_note(source, knowledge):  # a stopped run's checkpoint: maybe the weights it started from
         stage = run_dir_of(Path(source)) / "pretrain"
         log.warning("trainer.init_from: %s%s", note, "" if knowledge.get("step") != 0 else
                     " (its checkpoint is of step 0: untrained weights" + (f"; its pre-training stage's: trainer.init_from={stage})"

@@ -79,9 +79,10 @@ def check_film_strategy(cfg: Any) -> None:
     """decoder=film under an inner loop (maml, fomaml, anil, metasgd) learns nothing: SGD steps on its generators and
     its generated dot-product head diverge (Omniglot 5-way 1-shot, 100 iterations: training loss 13.7 at step 40,
     test 19.97%, chance; on generated data the loss reaches 2,286, also at an inner rate of 0.01). CNAPs adapts in
-    one forward pass, under strategy=mgd; with strategy.inner_steps=0 the same run trains."""
-    steps = cfg.strategy.get("inner_steps") or 0
-    if cfg.decoder.get("name") == "film" and steps > 0 and cfg.trainer.iterations > 0:
+    one forward pass, under strategy=mgd; with strategy.inner_steps=0 (and eval_inner_steps=0) the same run trains."""
+    test_steps = cfg.strategy.get("eval_inner_steps")
+    steps = max(cfg.strategy.get("inner_steps") or 0, test_steps if test_steps is not None else 0)  # at test too
+    if cfg.decoder.get("name") == "film" and steps > 0:
         raise ConfigError(f"decoder=film with strategy={cfg.strategy.name} diverges: its {steps} inner SGD step(s) over "
                           "FiLM's generators and generated dot-product head wreck it (strategy=maml on Omniglot: "
                           "chance after 100 iterations); CNAPs adapts to a task in one forward pass, so use strategy=mgd (the cnaps_* presets)")

@@ -77,7 +77,7 @@ class TrainingRun:
             self.average.load(state["weight_average"])
         restore_rng(state["rng"])
         self.step, self.best_val, self.best_step = int(state["step"]), float(state["best_val"]), int(state["best_step"])
-        self.saved_step = self.step
+        self.saved_step = self.step if Path(path).resolve() == self.files.last.resolve() else None  # best.pt: no last.pt yet
         if self.files.results.is_file() and s.iterations <= self.step:
             raise ConfigError(f"{s.run_dir} is completed ({self.step} {s.step_name}s, tested); to train it further pass "
                               f"{s.iterations_key}=N with N > {self.step} (a new learning-rate schedule over N: "
@@ -110,10 +110,10 @@ class TrainingRun:
 
     def kept(self) -> str:
         """Which checkpoint a stopped stage leaves, in words."""
-        if (self.saved_step is None or not self.files.last.is_file()) and self.best_step >= 0 and self.files.best.is_file():
+        if self.saved_step is None and self.best_step >= 0 and self.files.best.is_file():
             return (f"no last.pt to resume from was written yet; {self.files.best} holds the weights validated at "
                     f"{self.stage.step_name} {self.best_step}")
-        if self.saved_step is None or not self.files.last.is_file():  # (resumed from best.pt: no last.pt yet)
+        if self.saved_step is None:
             return "no checkpoint was written yet"
         return f"the last good checkpoint {self.files.last} ({self.stage.step_name} {self.saved_step}) is kept"
 

@@ -102,7 +102,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
     results = record["results"]
     trained = trained_by(record)
     cfg, choices = (trained or record)["config"], (trained or record)["choices"]
-    if not trained and record["command"] in ("eval", "predict"):  # its training run is gone: what its results.json kept
+    if not trained and record["command"] == "eval":  # its training run is gone: what its results.json kept
         cfg = {**{group: {"name": results[group]} for group in ("dataset", "encoder", "decoder", "strategy")
                   if isinstance(results.get(group), str)}, **cfg}
 

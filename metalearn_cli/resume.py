@@ -55,8 +55,8 @@ def unfinished_note(checkpoint: Path | str, read: Optional[dict[str, Any]] = Non
     status = read_json(run / STATUS)
     subject = f"{run}" if Path(checkpoint).is_dir() else f"{checkpoint} is from {run}, which"
     if status.get("status") == "failed":  # its best.pt may be the weights it began with (a run that diverged at once)
-        return (f"{subject} failed before its end: its weights are not a finished run's (best.pt holds the best validated "
-                f"before it failed); its status.json says why")
+        return (f"{subject} failed before its end (its status.json says why): best.pt holds the best validated before "
+                f"it failed, which may be the weights it began with, and the run has no test results")
     if status.get("status") not in ("running", "interrupted"):
         return None
     state = "is still training" if status["status"] == "running" and is_locked(run) else "stopped before its end"

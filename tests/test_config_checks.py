@@ -65,6 +65,9 @@ def test_film_under_an_inner_loop_is_refused_as_it_learns_nothing(strategy):
 
     with pytest.raises(ConfigError, match=f"decoder=film with strategy={strategy} diverges.*use strategy=mgd"):
         validate(compose_config("train", [f"strategy={strategy}", "decoder=film"]))
+    with pytest.raises(ConfigError, match="diverges"):  # no inner step in training, but at test
+        validate(compose_config("train", [f"strategy={strategy}", "decoder=film", "strategy.inner_steps=0",
+                                          "strategy.eval_inner_steps=2"]))
     validate(compose_config("train", [f"strategy={strategy}", "decoder=film", "strategy.inner_steps=0",
                                       "strategy.eval_inner_steps=0"]))  # no inner step: it trains
     validate(compose_config("train", ["strategy=mgd", "decoder=film"]))

@@ -151,7 +151,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         if exc.signal_name == "SIGINT" and takes_ctrl_c():  # reported once the sweep's other jobs saved: it ends the sweep
             wait_for_saving_jobs(canonical(hc.sweep.dir), run_dir)
         raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
-    except KeyboardInterrupt:  # eval, predict, export: no loop to mark it
+    except KeyboardInterrupt:  # eval, predict, export, or a train job stopped before its loop: no loop to mark it
         if takes_ctrl_c():
             wait_for_saving_jobs(canonical(hc.sweep.dir), run_dir)
         return _after_ctrl_c(hc.job.name, run_dir, guard)

@@ -176,7 +176,7 @@ def wait_for_saving_jobs(sweep: Path, own_dir: Path, wait_s: float = 120.0, poll
     with job_takes_ctrl_c():  # a second Ctrl-C ends the wait, and the sweep, at once
         while (busy := [p for p in others if is_locked(p)]) and time.monotonic() - start < wait_s:
             if not said and time.monotonic() - start > 3:
-                print(f"metalearn: {own.name} saved; waiting up to {wait_s:.0f} s for the sweep's other jobs to save "
+                print(f"metalearn: {own.name} stopped; waiting up to {wait_s:.0f} s for the sweep's other jobs to save "
                       f"({', '.join(p.name for p in busy[:3])}); Ctrl-C again stops them at once", file=sys.stderr)
                 said = True
             time.sleep(poll_s)

@@ -182,16 +182,17 @@ def download(root: Path) -> None:
     """Fetch the original archives with torchvision's own URLs and checksums."""
     from torchvision.datasets import Omniglot
 
-    made = [f for f in (root, root / "omniglot-py") if not f.exists()]  # torchvision's folders, made by this attempt
+    chain = [root / "omniglot-py", *(root / "omniglot-py").parents]  # torchvision makes what is missing of it
+    made = next((i for i in range(len(chain) - 1, -1, -1) if not chain[i].exists()), None)  # the topmost made here
     try:
         for background in (True, False):
             Omniglot(str(root), background=background, download=True)
     except Exception as exc:  # network errors come in many types
-        for folder in reversed(made):  # a failed download leaves no empty folder behind (files, if any, stay)
+        for folder in chain[:made + 1] if made is not None else []:  # a failed download leaves no empty folder behind
             try:
-                folder.rmdir()
+                folder.rmdir()  # (files, if any, stay, and the folders that hold them)
             except OSError:
-                pass
+                break
         raise DataError(
             f"could not download Omniglot into {root} ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "put images_background.zip and images_evaluation.zip there yourself, or omit dataset.root to use the embedded copy"
