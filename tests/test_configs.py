@@ -178,6 +178,8 @@ COMBOS = list(itertools.product(*(REGISTRIES[g].names() for g in ("encoder", "de
 
 def refusal(encoder: str, decoder: str, strategy: str) -> str | None:
     """What a combination that cannot be trained must say; None for every combination that trains."""
+    if decoder == "film" and strategy != "mgd":  # refused by the config checks, before any model is built
+        return f"decoder=film with strategy={strategy} diverges"
     if decoder == "film" and encoder in ("rnn", "transformer"):
         return "decoder=film needs an encoder that accepts FiLM modulation"
     if strategy == "anil" and decoder in ("prototype", "logistic"):
