@@ -75,6 +75,13 @@ class StopVote:
     def __init__(self) -> None:
         self.reset()
 
+    def settle(self) -> None:
+        """Wait for the last vote, so no collective is in flight when ranks leave: a process that exits
+        while gloo still holds unfinished work is aborted (SIGABRT) instead of ending."""
+        if self.pending is not None:
+            self.pending[0].wait()
+            self.pending = None
+
     def reset(self) -> None:
         """Forget the group (after it is destroyed)."""
         self.group: Any = None
@@ -127,13 +134,18 @@ def together() -> None:
 def leave(finished: bool) -> None:
     """Leave the process group, if one was joined: after a finished run every rank first waits for
     rank 0's final test, so no rank tears its connections down while another still holds them (a
-    rank that exited early could abort in gloo's teardown); after an error, at once."""
+    rank that exited early could abort in gloo's teardown); after an error, at once. The group is
+    destroyed even when the wait fails (a signal, a lost peer): a process that exits with gloo's
+    state alive aborts, and the signal's own message would be lost."""
     if not (dist.is_available() and dist.is_initialized()):
         return
-    if finished:
-        dist.barrier()
-    dist.destroy_process_group()
-    agreed_stop.reset()
+    try:
+        if finished:
+            agreed_stop.settle()  # every rank cast the same votes: the last one completes
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+        agreed_stop.reset()
 
 
 def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
