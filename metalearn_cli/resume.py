@@ -54,9 +54,8 @@ def unfinished_note(checkpoint: Path | str, read: Optional[dict[str, Any]] = Non
     owner = run.parent if run.name == STAGE and (run.parent / STATUS).is_file() else run  # a stage goes on with its run
     status = read_json(run / STATUS)
     subject = f"{run}" if Path(checkpoint).is_dir() else f"{checkpoint} is from {run}, which"
-    if status.get("status") == "failed":  # its best.pt may be the weights it began with (a run that diverged at once)
-        return (f"{subject} failed before its end (its status.json says why): best.pt holds the best validated before "
-                f"it failed, which may be the weights it began with, and the run has no test results")
+    if status.get("status") == "failed":
+        return f"{subject} {failed_how(status)}"
     if status.get("status") not in ("running", "interrupted"):
         return None
     state = "is still training" if status["status"] == "running" and is_locked(run) else "stopped before its end"
@@ -68,6 +67,19 @@ def unfinished_note(checkpoint: Path | str, read: Optional[dict[str, Any]] = Non
                 f"ones; test the stage so far with checkpoint={run / STAGE}, or {then}")
     return (f"{subject} {state}{where}: its weights are not the finished run's (best.pt holds the best validated so far); "
             f"{then}")
+
+
+def failed_how(status: dict[str, Any]) -> str:
+    """How far a failed run got, from its status.json (the step of its last save): one whose test alone failed
+    keeps what its training chose; one that failed at once (e.g. diverged) may keep the weights it began with."""
+    step, iterations = status.get("step"), status.get("iterations")
+    if step is not None and step == iterations:
+        return ("failed after its training ended, in its test (its status.json says why): best.pt is what its "
+                "validation chose, but the run has no test results")
+    where = f" (last saved at step {step} of {iterations})" if step is not None and iterations is not None else ""
+    began = ", which may be the weights it began with," if not step else ""
+    return (f"failed before its end{where} (its status.json says why): best.pt holds the best validated before it "
+            f"failed{began} and the run has no test results")
 
 
 def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:

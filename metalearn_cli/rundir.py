@@ -207,11 +207,13 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> None:
 
 
 def record_failure(run_dir: Path, message: str, details: Optional[str] = None) -> None:
-    """``error.txt`` (the message, or a traceback) and a ``failed`` status."""
+    """``error.txt`` (the message, or a traceback) and a ``failed`` status, which keeps the step of the run's last
+    save (so a note on its checkpoint can tell a run that failed at once from one whose test alone failed)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ERROR).write_text((details or message).rstrip("\n") + "\n", encoding="utf-8")
-    write_status(run_dir, "failed", error=message)
+    was = read_json(run_dir / STATUS) if (run_dir / STATUS).is_file() else {}
+    write_status(run_dir, "failed", error=message, **{k: was[k] for k in ("step", "iterations", "processes") if k in was})
 
 
 # ----------------------------------------------------------------------------- which checkpoint

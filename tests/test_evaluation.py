@@ -386,6 +386,16 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
     write_status(run_dir, "failed", error="non-finite values ...")  # a failed run's best.pt may be its first weights
     note = unfinished_note(run_dir / "checkpoints" / "best.pt")
     assert note.startswith(f"{run_dir / 'checkpoints' / 'best.pt'} is from {run_dir}, which failed before its end"), note
+    assert "may be the weights it began with" in note, note
+    from metalearn_cli.rundir import record_failure
+
+    write_status(run_dir, "running", step=10, iterations=10)  # its training ended, then its test failed
+    record_failure(run_dir, "out of memory")
+    note = unfinished_note(run_dir)
+    assert "failed after its training ended, in its test" in note and "began with" not in note, note
+    write_status(run_dir, "running", step=4, iterations=10)  # saved at step 4, then failed
+    record_failure(run_dir, "non-finite values")
+    assert "failed before its end (last saved at step 4 of 10)" in unfinished_note(run_dir)
     from metalearn_cli.cli import main
 
     assert main(["train", f"resume={run_dir / 'pretrain'}"]) == 2

@@ -6,10 +6,12 @@ import time
 
 from omegaconf import OmegaConf
 
-from metalearn_cli.cli.launched_jobs import (OUTCOMES, TAKEN_BY_JOBS, SweepStarted, job_takes_ctrl_c, jobs_ran_elsewhere,
-                                             launching, record_outcome, takes_ctrl_c, tally_launched_jobs,
-                                             wait_for_saving_jobs)
-from metalearn_cli.rundir import exclusive
+from metalearn_cli.cli.launched_jobs import (OUTCOMES, TAKEN_BY_JOBS, SweepStarted, begun_sweep, job_takes_ctrl_c,
+                                             jobs_ran_elsewhere, launching, record_outcome, takes_ctrl_c,
+                                             tally_launched_jobs, wait_for_saving_jobs)
+from metalearn_cli.cli.sweep_dirs import job_dirs, settle_stopped_jobs
+from metalearn_cli.files import read_json
+from metalearn_cli.rundir import STATUS, exclusive, write_status
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
@@ -102,3 +104,19 @@ def test_a_ctrl_c_between_two_jobs_stops_the_next_one_before_it_begins(tmp_path)
         with job_takes_ctrl_c():  # the stop was taken once
             began.append(2)
     assert began == [0, "stopped", 2] and signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_sweep_whose_jobs_lie_deeper_is_found_and_settled_as_deep(tmp_path):
+    """hydra.sweep.subdir=${hydra.job.num}/x: a job a killed worker left running, one folder down, is marked
+    interrupted, and the sweep counts as begun (so the stop line says how to finish it)."""
+    job, idle = tmp_path / "0" / "x", tmp_path / "1" / "x"
+    job.mkdir(parents=True)
+    idle.mkdir(parents=True)  # a job that never began: no run there
+    (tmp_path / ".hydra").mkdir()
+    write_status(job, "running", step=3, iterations=10, processes=1)
+    assert job_dirs(tmp_path) == ["0/x"]
+    with launching():
+        SweepStarted().on_multirun_start(started(tmp_path, JOBLIB))
+        assert begun_sweep(["metalearn", "train", "-m"]) == tmp_path.resolve()
+    assert settle_stopped_jobs(tmp_path, wait_s=0) == [tmp_path / "0" / "x"]
+    assert read_json(job / STATUS)["status"] == "interrupted"

@@ -28,9 +28,9 @@ from typing import Any, Iterator, Optional
 
 from hydra.experimental.callback import Callback
 
-from metalearn_cli.cli.sweep_dirs import how_to_finish, settle_stopped_jobs
+from metalearn_cli.cli.sweep_dirs import how_to_finish, job_dirs, settle_stopped_jobs
 from metalearn_cli.command_line import sweep_requested
-from metalearn_cli.rundir import STATUS, canonical, is_locked
+from metalearn_cli.rundir import canonical, is_locked
 
 TAKEN_BY_JOBS = "METALEARN_JOBS_TAKE_CTRL_C"  # set by the launching process, read by its workers (inherited)
 SWEEP: dict[str, str] = {}  # this process's sweep as it started: "dir", "launcher" (the launcher's _target_)
@@ -81,7 +81,7 @@ def begun_sweep(argv: list[str]) -> Optional[Path]:
     if not named:
         return None
     found = canonical(Path(str(named)))
-    return found if any((job / STATUS).is_file() for job in found.glob("*")) else None
+    return found if job_dirs(found) else None
 
 
 def tally_launched_jobs(jobs: list[str], failed: list[str]) -> bool:

@@ -90,7 +90,7 @@ def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
     folder = canonical(str(named))
     found = held(folder)
     if not found and folder.is_dir():  # a sweep none of whose jobs ran (a typo in every job) may be run again
-        found = _job_dirs(folder)[:3]
+        found = job_dirs(folder)[:3]
     if found:
         recorded = (folder / "multirun.yaml").exists()
         finish = ("" if command != "train" else " (or, to finish that sweep, run it again as it was with resume=true)"
@@ -101,9 +101,19 @@ def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
                           f"per job there, so choose a new hydra.sweep.dir{finish}")
 
 
-def _job_dirs(folder: Path) -> list[str]:
-    """The names of the run dirs a sweep dir holds (its jobs')."""
-    return [p.name for p in sorted(folder.iterdir()) if p.is_dir() and held(p)]
+def job_dirs(folder: Path, depth: int = 4) -> list[str]:
+    """The run dirs a sweep dir holds (its jobs'), relative to it: ``hydra.sweep.subdir`` may nest them
+    (``${hydra.job.num}/seed``), so folders that are not runs are searched, to ``depth`` levels, hidden ones
+    (``.hydra``, the launcher's records) never."""
+    found: list[str] = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        if held(p):
+            found.append(p.name)
+        elif depth > 1:
+            found.extend(f"{p.name}/{inner}" for inner in job_dirs(p, depth - 1))
+    return found
 
 
 def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
@@ -118,7 +128,7 @@ def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
         raise ConfigError(f"hydra.sweep.dir={named} is one run's dir, not a sweep's; continue it with: metalearn train "
                           f"{shell_override('resume', folder)}")
     if not (folder / "multirun.yaml").is_file():
-        jobs = folder.is_dir() and bool(_job_dirs(folder))
+        jobs = folder.is_dir() and bool(job_dirs(folder))
         raise ConfigError(f"resume=true finishes the sweep in hydra.sweep.dir={named}, which " + (
             "holds a sweep's runs but no multirun.yaml (Optuna's sweeper writes none), so its jobs cannot be told again; "
             "start a new sweep in a new hydra.sweep.dir (an Optuna study given hydra.sweeper.storage=sqlite:///FILE "
@@ -141,7 +151,7 @@ def settle_stopped_jobs(sweep_dir: Optional[Path], wait_s: float = 15.0) -> list
     holds it, waiting up to ``wait_s`` for workers still saving. The job dirs it marked."""
     if sweep_dir is None or not sweep_dir.is_dir():
         return []
-    jobs = [sweep_dir / name for name in _job_dirs(sweep_dir)]
+    jobs = [sweep_dir / name for name in job_dirs(sweep_dir)]
     deadline = time.monotonic() + wait_s
     while any(is_locked(job) for job in jobs) and time.monotonic() < deadline:
         time.sleep(0.2)
