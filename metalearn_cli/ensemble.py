@@ -38,6 +38,7 @@ class Ensemble:
         self.sources = [str(s) for s in sources]
         self.datasets = list(datasets)  # each member's saved dataset config (what it reads the test tasks as)
         self.evals = list(evals)  # each member's saved eval config (its own test views and batch-norm mode)
+        self.exported_notes: list[dict[str, str]] = []  # per member after the first: an export's "unfinished" line
         self.model = self.members[0].model  # the first member describes the ensemble (precision, start-up line)
 
     def modes(self, bn_mode: str | Sequence[str]) -> list[str]:
@@ -196,6 +197,7 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
     from metalearn_cli.checkpoint import read_meta_knowledge
 
     members, sources, datasets, evals = [first], [first_source], [first_cfg.dataset], [OmegaConf.select(first_cfg, "eval")]
+    notes: list[dict[str, str]] = []
     for path in others:
         try:
             knowledge = read_meta_knowledge(path)
@@ -215,7 +217,10 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
         sources.append(resolved)
         datasets.append(cfg.dataset)
         evals.append(OmegaConf.select(cfg, "eval"))
-    return Ensemble(members, sources, datasets, evals)
+        notes.append({"unfinished": knowledge["unfinished"]} if knowledge.get("unfinished") else {})
+    ensemble = Ensemble(members, sources, datasets, evals)
+    ensemble.exported_notes = notes  # an export of an unfinished run says so as a member too
+    return ensemble
 
 
 def same_weights(a: Strategy, b: Strategy) -> bool:

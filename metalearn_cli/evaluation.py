@@ -260,10 +260,10 @@ def _check_split(cfg: Any) -> None:
         raise ConfigError("eval.lake_runs are runs of the evaluation alphabets, the test split: drop split=val or eval.lake_runs")
 
 
-def _say_unfinished(checkpoints: list[Any], first: dict[str, Any]) -> list[str]:
+def _say_unfinished(checkpoints: list[Any], reads: list[dict[str, Any]]) -> list[str]:
     """A warning per checkpoint of a run that has not finished (results.json keeps them as ``unfinished``);
-    ``first``: the first one, read (an export of such a run says so itself)."""
-    notes = [note for i, path in enumerate(checkpoints) if (note := unfinished_note(path, first if i == 0 else None))]
+    ``reads``: each one as read (an export of such a run says so itself)."""
+    notes = [note for path, read in zip(checkpoints, reads) if (note := unfinished_note(path, read))]
     for note in notes:
         log.warning("%s", note)
     return notes
@@ -281,11 +281,13 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     eval_cfg = eval_settings(cfg.eval, OmegaConf.select(train_cfg, "eval"))
     source = str(Path(knowledge["source"]).resolve())
     log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
-    unfinished = _say_unfinished([cfg.checkpoint, *others], knowledge)
+    reads = [knowledge]
     if others:
         strategy = load_ensemble(strategy, train_cfg, source, others, device)
+        reads += strategy.exported_notes
         log.info("an ensemble of %d: the mean of the class probabilities of %s", len(strategy.members),
                  ", ".join(strategy.sources))
+    unfinished = _say_unfinished([cfg.checkpoint, *others], reads)
     optional = isinstance(strategy, Ensemble) and reads_folder(strategy)
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], optional))
     members = member_data(strategy, data, cfg.split, cfg.dataset_root) if others else [data]

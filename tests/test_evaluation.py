@@ -369,6 +369,14 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
     said = f"{tmp_path / 'mk.pt'} is an export of a run that had not finished when exported: "
     assert len([w for w in warned if w.startswith(said) and "stopped before its end" in w]) == 2, warned
     assert json.loads((tmp_path / "eval_export" / "results.json").read_text())["unfinished"][0].startswith(said)
+    other = tmp_path / "other"  # as an ensemble member, too
+    training.train(compose_train("trainer.iterations=1", "seed=1"), other)
+    caplog.clear()
+    evaluation.evaluate(compose_config("eval", [f"checkpoint={other}", f"ensemble=[{tmp_path / 'mk.pt'}]", "device=cpu",
+                                                "eval.episodes=4"]), tmp_path / "eval_ensemble")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warned if w.startswith(said)], warned
+    assert json.loads((tmp_path / "eval_ensemble" / "results.json").read_text())["unfinished"][0].startswith(said)
     write_status(run_dir, "interrupted", step=3, iterations=10, processes=2)  # a torchrun run goes on as one
     assert f"torchrun --nproc-per-node=2 -m metalearn_cli train resume={run_dir}" in unfinished_note(run_dir)
     from metalearn_cli.rundir import exclusive

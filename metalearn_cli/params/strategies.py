@@ -33,7 +33,7 @@ class MAMLParams:
     msl_anneal: int = 1000  # meta-iterations over which MSL's weights move from uniform to the last step alone
     per_step_lr: bool = False  # MAML++ LSLR: a learned inner learning rate per parameter tensor and inner step
     first_order_until: int = 0  # MAML++ DA: first-order meta-gradients for this many meta-iterations, then second order
-    per_step_bn: bool = False  # MAML++ BNRS: batch-norm running statistics per inner step, used by eval.bn_mode=per_step (auto)
+    per_step_bn: bool = False  # MAML++ BNRS: batch-norm running statistics per inner step, used by eval.bn_mode=per_step (auto stays transductive, as MAML++ tested)
 
 
 @dataclass
