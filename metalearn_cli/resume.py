@@ -8,6 +8,7 @@ line. One parser of ``resume=`` values and one config diff serve the CLI and the
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -142,6 +143,21 @@ def _under(key: str, prefixes: Any) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+RECORDED_BY_RUN = ("dataset.classes",)  # filled in by the run (a folder's split): empty on any command line
+SAVED_ABSOLUTE = ("dataset.root", "dataset.split_file", "eval.lake_runs")  # typed relative, saved absolute
+
+
+def _recorded_by_run(key: str, saved: Any, typed: Any) -> bool:
+    """Whether a typed key differs from the run's only as the run recorded it: a split it filled in itself (the
+    command line leaves it empty), or a path typed relative that the run saved absolute. Such a key is not a
+    change, so a resume that repeats the run's overrides (a sweep's ``resume=true``) is not refused for it."""
+    if _under(key, RECORDED_BY_RUN):
+        return typed in (None, {}, [])
+    if key in SAVED_ABSOLUTE and isinstance(saved, str) and isinstance(typed, str):
+        return canonical(os.path.expanduser(typed)) == canonical(saved)
+    return False
+
+
 def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between a saved run config and ``current``."""
     a, b = flatten(migrate_config(saved)), flatten(current)
@@ -185,7 +201,9 @@ def resumed_config(cfg: Any, run_dir: Path, typed: dict[str, str] | list[str]) -
         return cfg
     saved = migrate_config(load_checkpoint(path)["config"])
     current = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    wanted = [k for k in config_diff(saved, current) if "*" in typed or _under(k, typed)]
+    saved_flat, flat = flatten(saved), flatten(current)
+    wanted = [k for k in config_diff(saved, current) if ("*" in typed or _under(k, typed))
+              and not _recorded_by_run(k, saved_flat.get(k), flat.get(k))]
     refused = [k for k in wanted if not _under(k, RESUMABLE)]
     if refused:
         values, spelled = flatten(saved), typed if isinstance(typed, dict) else {k: k for k in typed}
@@ -196,7 +214,6 @@ def resumed_config(cfg: Any, run_dir: Path, typed: dict[str, str] | list[str]) -
             f"{f' (and {len(refused) - 3} more)' if len(refused) > 3 else ''}; a resume continues the run with its own "
             f"settings, so drop {', '.join(culprits[:3])} from the command, or start a new run")
     merged = OmegaConf.create(saved)
-    flat = flatten(current)
     for key in wanted:
         OmegaConf.update(merged, key, flat.get(key), merge=False)
     before, after = (saved.get("logger") or {}).get("name"), (current.get("logger") or {}).get("name")

@@ -211,3 +211,30 @@ def test_a_resume_of_nothing_says_what_resume_takes(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and "best.pt" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resume_repeating_a_folder_runs_overrides_is_not_refused_for_what_the_run_recorded(tmp_path, monkeypatch, caplog):
+    """A sweep's ``resume=true`` repeats the sweep's command line: ``dataset=folder`` (whose split the run filled in
+    itself, dataset.classes) and a relative ``dataset.root`` (saved absolute) are no change to refuse or warn of."""
+    import numpy as np
+    from PIL import Image
+
+    from metalearn_cli.training import train
+
+    rng = np.random.default_rng(0)
+    for c in range(12):
+        (tmp_path / "my data" / f"class{c:02d}").mkdir(parents=True)
+        for j in range(6):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / "my data" / f"class{c:02d}" / f"{j}.png")
+    monkeypatch.chdir(tmp_path)
+    typed = [*[a for a in FAST if not a.startswith("dataset.")], "dataset=folder", "dataset.root=my data",
+             "dataset.image_size=16", "episode.way=2", "episode.query=2"]
+    train(compose_config("train", typed), tmp_path / "run")
+    caplog.clear()
+    resumed = resumed_config(compose_config("train", [*typed, "trainer.iterations=8", "resume=true"]), tmp_path / "run",
+                             typed={o.split("=", 1)[0]: o for o in [*typed, "trainer.iterations=8"]})
+    assert resumed.trainer.iterations == 8 and list(resumed.dataset.classes.train)  # the recorded split kept
+    assert not [r for r in caplog.records if "continues on the data set" in r.getMessage()]
+    with pytest.raises(CheckpointError, match="trained with dataset.image_size=16; "):  # a real change is still refused
+        resumed_config(compose_config("train", [*typed, "dataset.image_size=20", "resume=true"]), tmp_path / "run",
+                       typed={"dataset": "dataset=folder", "dataset.image_size": "dataset.image_size=20"})
