@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -44,7 +45,8 @@ class TensorBoardSink:
 
         # The resumed step's own records were written before its checkpoint: keep them, drop what follows.
         self._writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
-        self.where = f"TensorBoard logs: {run_dir / 'tensorboard'} (view: tensorboard --logdir {run_dir / 'tensorboard'})"
+        self.where = (f"TensorBoard logs: {run_dir / 'tensorboard'} (view: tensorboard --logdir "
+                      f"{shlex.quote(str(run_dir / 'tensorboard'))})")  # pasted whole, a path with spaces too
         self._end: Any = None
         if config:
             self._settings(_plain(config), resume_step)

@@ -221,3 +221,16 @@ def test_a_relative_mlflow_store_is_saved_absolute_and_a_damaged_record_is_one_l
     assert json.loads((run / "status.json").read_text())["status"] == "completed", (run / "status.json").read_text()
     assert main(["train", *SMOKE, "logger=mlflow", "logger.experiment=''", f"hydra.run.dir={tmp_path / 'r2'}"]) == 2
     assert "logger.experiment is empty" in capsys.readouterr().err and not (tmp_path / "r2" / "checkpoints").exists()
+
+
+def test_the_printed_tensorboard_command_pastes_whole_for_a_path_with_spaces(tmp_path):
+    import shlex
+
+    from metalearn_cli.loggers import TensorBoardSink
+    from metalearn_cli.params.loggers import TensorBoardParams
+
+    run = tmp_path / "first run é"
+    sink = TensorBoardSink(TensorBoardParams(), run, None, {})
+    sink.close()
+    command = sink.where.split("(view: ", 1)[1].rstrip(")")
+    assert shlex.split(command) == ["tensorboard", "--logdir", str(run / "tensorboard")]
