@@ -212,6 +212,27 @@ def add_override(args: list[str], override: str) -> list[str]:
     return [*kept[:at], override, *kept[at:]]
 
 
+def flags_first(args: list[str]) -> list[str]:
+    """``args`` with every flag (and a value flag's value) before the overrides, in their orders: Hydra's parser
+    takes the overrides as one run of words, so ``train debug=smoke -m seed=0,1`` would fail on ``seed=0,1``; its
+    meaning is plain, so it runs as ``train -m debug=smoke seed=0,1``."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-"):
+            flags.append(arg)
+            optional = arg in ("--info", "-i")  # its value is optional: a following override is not it
+            if arg in VALUE_FLAGS and i + 1 < len(args) and not (optional and "=" in args[i + 1]):
+                flags.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(arg)
+        i += 1
+    return [*flags, *overrides]
+
+
 def flag_present(args: list[str], flags: tuple[str, ...]) -> Optional[str]:
     return next((a for a in args if a.split("=", 1)[0] in flags), None)
 

@@ -429,3 +429,18 @@ def test_a_ctrl_c_that_escapes_the_training_loop_marks_a_running_run_and_stage_i
     status = json.loads((run / "status.json").read_text())
     assert (status["status"], status["step"]) == ("interrupted", 50)
     assert json.loads((run / STAGE / "status.json").read_text())["status"] == "completed"
+
+
+def test_a_flag_between_overrides_runs_as_if_typed_before_them(tmp_path):
+    """Hydra's parser takes the overrides as one run of words; ``train debug=smoke --cfg job seed=3`` means what it
+    says, so it runs, as does a sweep's ``-m`` typed after the first overrides."""
+    from metalearn_cli.command_line import flags_first
+
+    assert flags_first(["debug=smoke", "-m", "seed=0,1"]) == ["-m", "debug=smoke", "seed=0,1"]
+    assert flags_first(["a=1", "--cfg", "job", "b=2", "-cd", "my dir", "--info", "c=3"]) == [
+        "--cfg", "job", "-cd", "my dir", "--info", "a=1", "b=2", "c=3"]  # --info's value is optional: c=3 is no value
+    script = Path(sys.executable).with_name("metalearn")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "metalearn_cli"]
+    shown = subprocess.run([*command, "train", "debug=smoke", "--cfg", "job", "seed=3"], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+    assert shown.returncode == 0 and "\nseed: 3\n" in shown.stdout, shown.stderr

@@ -24,7 +24,7 @@ from metalearn_cli.cli.placement import config_keys, override_values, place_run,
 from metalearn_cli.cli.sweep_dirs import no_empty_sweep
 from metalearn_cli.command_help import USAGE, shell_completion, version_line
 from metalearn_cli.command_line import (
-    FLAG_COMMANDS, add_override, check_debug, check_groups, expand_home, flag_present, hydra_argv, rank, refuse_unknown_flags, sweep_requested,
+    FLAG_COMMANDS, add_override, check_debug, check_groups, expand_home, flag_present, flags_first, hydra_argv, rank, refuse_unknown_flags, sweep_requested,
 )
 from metalearn_cli.console import as_user_error, errors_once_under_torchrun, suggest
 from metalearn_cli.errors import MetalearnError
@@ -102,7 +102,7 @@ def _hydra_command(command: str, rest: list[str]) -> int:
     placement.claimed = None  # set again only if this command claims a default dir
 
     register_configs()
-    rest = add_override(expand_home(rest), "hydra.output_subdir=null")  # a job writes its .hydra/ record itself, once accepted
+    rest = add_override(flags_first(expand_home(rest)), "hydra.output_subdir=null")  # a job writes its .hydra/ record itself, once accepted
     if rank() > 0:  # torchrun: rank 0 alone writes the run dir
         rest = add_override(rest, "hydra/job_logging=disabled")
     if flag_present(rest, ("--help", "-h")):
