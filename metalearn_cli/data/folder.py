@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Callable, Optional
+import unicodedata
 
 import torch
 
@@ -23,6 +25,15 @@ from metalearn_cli.params.datasets import FolderParams
 log = logging.getLogger(__name__)
 
 
+def folder_names(names: list[str]) -> Callable[[str], Optional[str]]:
+    """Which class folder a name from a split file or a run's record means: itself, or the folder it equals after
+    Unicode NFC normalisation (``café`` typed on Linux; its folder written by macOS, decomposed), as predict reads
+    class folders; None if none."""
+    exact = set(names)
+    composed = {unicodedata.normalize("NFC", n): n for n in names}
+    return lambda name: name if name in exact else composed.get(unicodedata.normalize("NFC", name))
+
+
 def read_split_file(path: Path, classes: list[str]) -> dict[str, list[str]]:
     """``<class> <split>`` lines -> split -> classes (in file order); every listed class must exist. The split is
     the line's last word, so a class name may hold spaces (quotes around it are dropped)."""
@@ -31,6 +42,7 @@ def read_split_file(path: Path, classes: list[str]) -> dict[str, list[str]]:
         raise DataError(f"split file {path} {what}; pass dataset.split_file=FILE (lines '<class> <train|val|test>') "
                         "or null for a seeded split")
     parts: dict[str, list[str]] = {s: [] for s in SPLITS}
+    folder_of = folder_names(classes)
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.strip().startswith("#"):
             continue
@@ -38,9 +50,10 @@ def read_split_file(path: Path, classes: list[str]) -> dict[str, list[str]]:
         fields = [found.group(1).strip().strip("\"'"), found.group(2)] if found else []
         if not fields or not fields[0]:
             raise DataError(f"{path}:{n}: expected '<class> <train|val|test>', got {line.strip()!r}")
-        if fields[0] not in classes:
+        folder = folder_of(fields[0])
+        if folder is None:
             raise DataError(f"{path}:{n}: class {fields[0]} has no folder in the data set root")
-        parts[fields[1]].append(fields[0])
+        parts[fields[1]].append(folder)
     return parts
 
 
@@ -59,7 +72,9 @@ def recorded_split(classes: dict[str, list[str]], names: list[str], root: Path) 
     """The split a run recorded (``dataset.classes``), checked against the folders there now: a class added
     since is left out (said once), a missing one is refused, since a split worked out again from today's
     folders would move classes the run trained on into its test split."""
-    parts = {s: list(classes.get(s) or []) for s in SPLITS}
+    folder_of = folder_names(names)
+    recorded = {s: list(classes.get(s) or []) for s in SPLITS}
+    parts = {s: [folder_of(c) or c for c in members] for s, members in recorded.items()}
     present = set(names)
     for split, members in parts.items():
         gone = [c for c in members if c not in present]

@@ -365,3 +365,19 @@ def test_runs_on_two_class_sets_of_one_folder_keep_a_cache_each(tmp_path):
     DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})  # all four classes
     DATASETS.build(three)
     assert len(list((tmp_path / CACHE_DIR).glob("*.pt"))) == 2
+
+
+def test_class_names_typed_composed_find_folders_written_decomposed(tmp_path):
+    """macOS writes ``café`` decomposed (e + a combining accent); a split file or a run's record typed composed
+    names the same folder, as predict reads class folders."""
+    import unicodedata
+
+    nfd = [unicodedata.normalize("NFD", n) for n in ("café", "crème brûlée", "été")]
+    make_folder(tmp_path / "data", [*nfd, "plain"], per_class=2)
+    split = tmp_path / "split file.txt"
+    split.write_text("café train\ncrème brûlée train\nété val\nplain test\n", encoding="utf-8")
+    data = DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6, "split_file": str(split)})
+    assert data.train.class_names == nfd[:2] and data.val.class_names == [nfd[2]]
+    recorded = {"train": ["café", "crème brûlée"], "val": ["été"], "test": ["plain"]}
+    data = DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6, "classes": recorded})
+    assert data.train.class_names == nfd[:2] and data.test.class_names == ["plain"]
