@@ -51,7 +51,7 @@ def unfinished_note(checkpoint: Path | str, read: Optional[dict[str, Any]] = Non
     its source's line said when it was exported (``read``: the file as read, :func:`read_meta_knowledge`)."""
     if read is not None and read.get("unfinished"):
         return f"{checkpoint} is an export of a run that had not finished when exported: {read['unfinished']}"
-    run = run_dir_of(Path(checkpoint))
+    run = Path(os.path.abspath(run_dir_of(Path(checkpoint))))  # its commands work pasted anywhere (an export travels)
     owner = run.parent if run.name == STAGE and (run.parent / STATUS).is_file() else run  # a stage goes on with its run
     status = read_json(run / STATUS)
     subject = f"{run}" if Path(checkpoint).is_dir() else f"{checkpoint} is from {run}, which"
@@ -65,7 +65,7 @@ def unfinished_note(checkpoint: Path | str, read: Optional[dict[str, Any]] = Non
             f"finish the run with: {continue_command(owner, int(status.get('processes') or 1))}")
     if owner == run and read_json(run / STAGE / STATUS).get("status") in ("running", "interrupted"):
         return (f"{subject} {state} in its pre-training stage: its checkpoints hold the weights it began with, not trained "
-                f"ones; test the stage so far with checkpoint={run / STAGE}, or {then}")
+                f"ones; test the stage so far with {shell_override('checkpoint', run / STAGE)}, or {then}")
     return (f"{subject} {state}{where}: its weights are not the finished run's (best.pt holds the best validated so far); "
             f"{then}")
 

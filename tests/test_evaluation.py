@@ -377,6 +377,14 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert [w for w in warned if w.startswith(said)], warned
     assert json.loads((tmp_path / "eval_ensemble" / "results.json").read_text())["unfinished"][0].startswith(said)
+    import os
+
+    here = os.getcwd()
+    try:  # a relative spelling: the line names the run absolute, since an export carries it to other folders
+        os.chdir(run_dir.parent)
+        assert f"resume={run_dir}" in unfinished_note(os.path.join(run_dir.name, "checkpoints", "last.pt"))
+    finally:
+        os.chdir(here)
     write_status(run_dir, "interrupted", step=3, iterations=10, processes=2)  # a torchrun run goes on as one
     assert f"torchrun --nproc-per-node=2 -m metalearn_cli train resume={run_dir}" in unfinished_note(run_dir)
     from metalearn_cli.rundir import exclusive
