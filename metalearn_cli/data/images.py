@@ -86,6 +86,8 @@ def read_image(source: ImageSource, fmt: ImageFormat, where: str | None = None) 
         raise DataError(f"image {name} does not exist; check the path") from exc
     except IsADirectoryError as exc:
         raise DataError(f"{name} is a folder, not an image; give its image files") from exc
+    except PermissionError as exc:  # an OSError, but not a corrupt file: replacing it is the wrong fix
+        raise DataError(f"cannot read image {name}: permission denied; make it readable (chmod a+r) or remove it") from exc
     except Image.DecompressionBombError as exc:
         raise DataError(f"image {name} has more pixels than PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS}); "
                         "shrink it or remove it") from exc

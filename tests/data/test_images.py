@@ -53,6 +53,18 @@ def test_corrupt_and_missing_files_are_one_line(tmp_path):
         read_image(tmp_path / "nope.png", ImageFormat(1, 8))
 
 
+
+def test_an_unreadable_image_says_so_not_that_it_is_corrupt(tmp_path, monkeypatch):
+    from PIL import Image
+
+    def denied(*args, **kwargs):  # chmod 000 does not stop root, who runs the tests here
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Image, "open", denied)
+    with pytest.raises(DataError, match=r"cannot read image .*img 0.png: permission denied; make it readable"):
+        read_image(tmp_path / "img 0.png", ImageFormat(1, 8))
+
+
 def test_class_folders_allow_different_counts_and_reject_empty_classes(tmp_path, caplog):
     for name, count in (("b", 3), ("a", 1)):
         (tmp_path / name).mkdir()
