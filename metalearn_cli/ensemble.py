@@ -206,13 +206,7 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
         strategy, cfg = load_strategy(knowledge, device)
         check_same_test_data(first_cfg.dataset, cfg.dataset, knowledge["source"], first_source)
         resolved = str(Path(knowledge["source"]).resolve())
-        if resolved in sources:
-            raise ConfigError(f"ensemble member {path} is {resolved}, already a member; list each trained run once")
-        twin = next((src for m, src in zip(members, sources) if same_weights(m, strategy)), None)
-        if twin is not None:
-            raise ConfigError(f"ensemble member {path} holds the same weights as {twin} (a copy, an export or another "
-                              "checkpoint of the same step); an ensemble of copies scores as one network: list each "
-                              "trained run once")
+        check_new_member(path, resolved, strategy, members, sources)
         members.append(strategy)
         sources.append(resolved)
         datasets.append(cfg.dataset)
@@ -221,6 +215,19 @@ def load_ensemble(first: Strategy, first_cfg: Any, first_source: str, others: Se
     ensemble = Ensemble(members, sources, datasets, evals)
     ensemble.exported_notes = notes  # an export of an unfinished run says so as a member too
     return ensemble
+
+
+def check_new_member(path: Any, source: Optional[str], strategy: Strategy, members: Sequence[Strategy],
+                     sources: Sequence[Optional[str]]) -> None:
+    """An ensemble member (``ensemble=`` of eval and predict alike) is another trained network: not a file
+    already listed, nor a copy of a member's weights (an export, another checkpoint of the same step)."""
+    if source is not None and source in sources:
+        raise ConfigError(f"ensemble member {path} is {source}, already a member; list each trained run once")
+    twin = next((src for m, src in zip(members, sources) if same_weights(m, strategy)), None)
+    if twin is not None:
+        raise ConfigError(f"ensemble member {path} holds the same weights as {twin} (a copy, an export or another "
+                          "checkpoint of the same step); an ensemble of copies scores as one network: list each "
+                          "trained run once")
 
 
 def same_weights(a: Strategy, b: Strategy) -> bool:

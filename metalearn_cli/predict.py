@@ -26,7 +26,7 @@ from metalearn_cli import knowledge
 from metalearn_cli.assemble import setup_device
 from metalearn_cli.augment import TtaViews
 from metalearn_cli.bn_modes import MODES
-from metalearn_cli.ensemble import ensemble_paths
+from metalearn_cli.ensemble import check_new_member, ensemble_paths
 from metalearn_cli.data.images import class_folders, class_images, image_files, read_class_folders, say_files_beside
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.files import write_json
@@ -88,8 +88,7 @@ def _members(cfg: Any, device: torch.device) -> list[knowledge.MetaKnowledge]:
     members = [knowledge.load(cfg.checkpoint, device)]
     for path in ensemble_paths(cfg.ensemble):
         member = knowledge.load(path, device)
-        if member.source is not None and member.source in [m.source for m in members]:
-            raise ConfigError(f"ensemble member {path} is {member.source}, already a member; list each trained run once")
+        check_new_member(path, member.source, member.strategy, [m.strategy for m in members], [m.source for m in members])
         members.append(member)
     return members
 

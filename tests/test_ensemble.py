@@ -306,6 +306,13 @@ def test_a_member_with_the_same_weights_as_another_is_refused(two_runs, tmp_path
     proc = _eval(tmp_path, "twin", f"checkpoint={two_runs[0]}", f"ensemble=['{copy}']")
     assert proc.returncode == 2 and "holds the same weights as" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "twin" / "results.json").exists()
+    from conftest import write_image_task  # predict refuses it alike
+    from metalearn_cli.cli import main
+
+    write_image_task(tmp_path / "task", classes=3, support=(1, 2), query=3)
+    assert main(["predict", f"checkpoint={two_runs[0]}", f"ensemble=['{copy}']", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", "device=cpu", f"hydra.run.dir={tmp_path / 'predicted'}"]) == 2
+    assert not (tmp_path / "predicted" / "predictions.csv").exists()
 
 
 def test_each_member_is_tested_with_its_own_views_whatever_the_order(compose_train, tmp_path):
