@@ -102,7 +102,13 @@ class RunGuard:
         return not self.writer or (bool(self.existing) and not self.accepted)
 
     def interrupted(self) -> None:
-        """A disposable command stopped by Ctrl-C: its default dir goes; a named one says so in ``status.json``."""
+        """A command stopped by Ctrl-C before it began (it wrote nothing), or a disposable one stopped at all: the
+        default dir it claimed goes (a stray empty dir under ``outputs/`` would be listed as a run); a named one
+        says so in ``status.json``."""
+        if self.claimed and self.writer and not self.accepted and not self.existing:
+            self.close()
+            self.remove_claimed()
+            return
         if not self.disposable or not self.accepted or self.protects:
             return
         self.close()

@@ -251,6 +251,20 @@ def test_ctrl_c_in_eval_marks_a_named_dir_interrupted_and_removes_a_default_one(
     assert "interrupted" in capsys.readouterr().err
 
 
+def test_ctrl_c_before_training_began_removes_the_default_dir_it_claimed(tmp_path, monkeypatch, capsys):
+    """Stopped while it read its data, a train has written nothing: no empty dir is left under outputs/."""
+    from metalearn_cli import training
+
+    def stopped(self, cfg, run_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Training, "__init__", stopped)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "debug=smoke"]) == 130
+    assert not (tmp_path / "outputs").exists()
+    assert "interrupted" in capsys.readouterr().err
+
+
 def test_sigterm_in_eval_stops_it_as_ctrl_c_does(runs, tmp_path, monkeypatch, capsys):
     import os
     import signal
