@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from metalearn_cli.compat import migrate_config
 from metalearn_cli.components import REGISTRIES
+from metalearn_cli.console import did_you_mean
 from metalearn_cli.episodes import check_shape
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.optim import check_optimizer
@@ -252,7 +253,9 @@ def validate_train_config(cfg: Any) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_config(plain))
     except Exception as exc:
-        raise ConfigError(f"invalid run config: {str(exc).splitlines()[0]}") from exc
+        first = str(exc).splitlines()[0]
+        hint = did_you_mean(first)
+        raise ConfigError(f"invalid run config: {first}" + (f"; {hint}" if hint else "")) from exc
 
 
 def seen_class_validation(cfg: Any) -> Optional[str]:

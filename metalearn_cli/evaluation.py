@@ -281,13 +281,11 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     eval_cfg = eval_settings(cfg.eval, OmegaConf.select(train_cfg, "eval"))
     source = str(Path(knowledge["source"]).resolve())
     log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
-    reads = [knowledge]
     if others:
         strategy = load_ensemble(strategy, train_cfg, source, others, device)
-        reads += strategy.exported_notes
         log.info("an ensemble of %d: the mean of the class probabilities of %s", len(strategy.members),
                  ", ".join(strategy.sources))
-    unfinished = _say_unfinished([cfg.checkpoint, *others], reads)
+    unfinished = _say_unfinished([cfg.checkpoint, *others], [knowledge, *getattr(strategy, "exported_notes", [])])
     optional = isinstance(strategy, Ensemble) and reads_folder(strategy)
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], optional))
     members = member_data(strategy, data, cfg.split, cfg.dataset_root) if others else [data]

@@ -135,7 +135,7 @@ CASES = [
     (["train", *SMOKE, "encoder.width=0"], "width >= 1"),
     (["train", *SMOKE, "encoder.widths=[8,8,8,8]"], "encoder.width=16 and encoder.widths=[8, 8, 8, 8] are both set"),
     (["train", *SMOKE, "dataset.channels=2"], "1 or 3 channels"),
-    (["train", *SMOKE, "+foo=bar"], "Key 'foo' not in 'TrainConfig'"),
+    (["train", *SMOKE, "+foo=bar"], "Key 'foo' not in 'TrainConfig'; no such key: remove it"),
     (["train", *SMOKE, "+encoder._target_=os.system"], "_target_"),
     (["train", *SMOKE, "trainer.meta_batch=1000000"], "trainer.memory_check=false"),
     (["train", *SMOKE, "encoder.width=100000"], "trainer.memory_check=false"),
