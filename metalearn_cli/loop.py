@@ -203,6 +203,10 @@ class TrainingRun:
             self.validate_now(metrics)
         if self.stage.iterations == 0:  # nothing to train: the initial weights are the result
             self.save_last()
+        elif self.best_val >= 1.0:  # no later step can score higher: best.pt would keep the untrained weights
+            log.warning("%s: validation scores 100%% before any training, so it cannot tell checkpoints apart and best.pt "
+                        "stays the weights the stage started from; give validation harder or more tasks (more classes in "
+                        "its split, e.g. dataset.ratios or the split file; trainer.val_episodes)", self.stage.name)
         self.window.started += time.perf_counter() - paused  # throughput counts training only
 
     # ------------------------------------------------------------------ the stage

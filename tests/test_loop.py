@@ -157,6 +157,17 @@ def test_a_run_whose_every_step_hurts_keeps_its_starting_weights(compose_train, 
     assert all(torch.equal(kept[k], v) for k, v in start.items() if not k.endswith("num_batches_tracked"))
 
 
+def test_a_validation_at_100_percent_before_training_is_said(compose_train, run_dir, caplog, monkeypatch):
+    """Validation that no step can beat (two easy classes in a small folder's split) keeps best.pt at the
+    untrained weights without a word, unless it is said."""
+    from metalearn_cli import loop
+
+    monkeypatch.setattr(loop, "summarize", lambda values: {"accuracy": 1.0, "ci95": 0.0, "episodes": 6})
+    training.train(compose_train("trainer.iterations=3"), run_dir)
+    said = [r.getMessage() for r in caplog.records if "validation scores 100% before any training" in r.getMessage()]
+    assert len(said) == 1 and "best.pt stays the weights the stage started from" in said[0], said
+
+
 def test_channels_last_defaults_to_nhwc_on_cpus_and_nchw_on_cuda():
     """Measured: NHWC ~2x faster convolutions on CPU (oneDNN), NCHW 1.3-1.4x faster on an H100."""
     from metalearn_cli.model import resolve_channels_last
