@@ -137,8 +137,10 @@ def load_weights(strategy: Strategy, weights: dict[str, Any], source: Any) -> No
                               "earlier checkpoint")
     try:
         strategy.load_state_dict(weights)
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{source} does not match its own config's meta-network: {str(exc).splitlines()[0][:160]}") from exc
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # torch's lines name the keys: one line of them
+        said = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise CheckpointError(f"{source} does not match its own config's meta-network ({said[:300]}); the file was "
+                              "edited or damaged: use the checkpoint it came from, or export it again") from exc
 
 
 def load_strategy(knowledge: dict[str, Any], device: torch.device) -> tuple[Strategy, DictConfig]:
@@ -150,7 +152,7 @@ def load_strategy(knowledge: dict[str, Any], device: torch.device) -> tuple[Stra
     config = validate_train_config(knowledge["config"])
     config.trainer.compile = False
     strategy = build_strategy(config, ImageFormat.from_dict(knowledge["image_format"]).shape, device)
-    load_weights(strategy, knowledge["model"], knowledge.get("source", "the file"))
+    load_weights(strategy, knowledge["model"], knowledge.get("source") or "the state dict")
     return strategy, config
 
 

@@ -132,17 +132,25 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
 def read_meta_knowledge(path: Path | str) -> dict[str, Any]:
     """A checkpoint or an export (or a run dir) as ``{config, model, image_format, step, source}``:
     what eval, predict, ``load`` and ``trainer.init_from`` need, whichever file they are given."""
-    from metalearn_cli.data import image_format  # the data sets load only when a file is read
-
     path = resolve_checkpoint(path)
-    state = check_header(read_state(path), path, (FORMAT, EXPORT_FORMAT))
+    return meta_knowledge_of(read_state(path), path)
+
+
+def meta_knowledge_of(state: Any, path: Path | str) -> dict[str, Any]:
+    """A checkpoint's or an export's contents (read from ``path``, or given as they were read) as
+    :func:`read_meta_knowledge` gives them, every part checked."""
+    from metalearn_cli.data import image_format  # the data sets load only when a file is read
+    from metalearn_cli.params.datasets import ImageFormat
+
+    if not (isinstance(state, dict) and "format" not in state and {"config", "model", "image_format"} <= state.keys()):
+        state = check_header(state, Path(path), (FORMAT, EXPORT_FORMAT))  # else: this function's own output, again
     step = state.get("step", -1)
     fmt = state.get("image_format")
-    if fmt is None:
-        try:
-            fmt = image_format(state["config"]["dataset"]).to_dict()
-        except Exception as exc:  # a foreign config: any failure means the same
-            raise CheckpointError(f"{path}: its config names no usable data set ({exc}); the checkpoint is foreign or damaged") from exc
+    try:
+        fmt = image_format(state["config"]["dataset"]).to_dict() if fmt is None else ImageFormat.from_dict(fmt).to_dict()
+    except Exception as exc:  # a foreign config or a damaged record: any failure means the same
+        raise CheckpointError(f"{path}: its image format or its config's data set is unusable ({exc}); the file is "
+                              "foreign or damaged") from exc
     mean = state.get("pixel_mean")
     return {"config": state["config"], "model": state["model"], "image_format": fmt, "step": step, "source": str(path),
             "pixel_mean": float(mean) if isinstance(mean, (int, float)) else None,

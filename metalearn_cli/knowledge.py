@@ -21,13 +21,14 @@ import os
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from metalearn_cli.assemble import load_strategy, resolve_bn_mode, resolve_device
 from metalearn_cli.augment import TtaViews
 from metalearn_cli.bn_modes import MODES
-from metalearn_cli.checkpoint import read_meta_knowledge
+from metalearn_cli.checkpoint import meta_knowledge_of, read_meta_knowledge
 from metalearn_cli.data.images import ImageFormat, ImageSource, read_image
 from metalearn_cli.episodes import EpisodeBatch, TaskShapes
 from metalearn_cli.errors import CheckpointError, ConfigError, DataError
@@ -46,6 +47,32 @@ def opposite(mean: float, reference: float) -> bool:
     return abs(reference - 0.5) >= 0.15 and (mean - 0.5) * (reference - 0.5) < 0 and abs(mean - reference) >= 0.3
 
 
+def is_pixels(images: Any) -> bool:
+    """Images given as pixels (a tensor, an array, a list of tensors), not as files to convert."""
+    return isinstance(images, (torch.Tensor, np.ndarray)) or (
+        isinstance(images, (list, tuple)) and bool(images) and all(isinstance(x, torch.Tensor) for x in images))
+
+
+def check_labels(labels: torch.Tensor) -> int:
+    """The class count N of support labels that are 0..N-1 with an image of each class (N >= 2); else one line
+    naming what is wrong. A label past the image count is refused before any count per class is made (a label
+    of 10**12 would allocate a count of that length)."""
+    if labels.numel() and int(labels.min()) < 0:
+        raise DataError(f"support labels must be 0..N-1; got {int(labels.min())}")
+    n = int(labels.max()) + 1 if labels.numel() else 0
+    if n > labels.numel():
+        raise DataError(f"support label {n - 1} means {n} classes, but there are {labels.numel()} images: labels are "
+                        "0..N-1 with an image of every class" + (" (they start at 0)" if int(labels.min()) == 1 else ""))
+    counts = torch.bincount(labels, minlength=n)
+    if n < 2:
+        raise DataError(f"a task needs at least 2 classes; these support labels name {n}")
+    missing = int((counts == 0).nonzero()[0]) if bool((counts == 0).any()) else None
+    if missing is not None:
+        raise DataError(f"support labels must be 0..N-1 with an image of every class; class {missing} has none"
+                        + (" (they start at 0)" if missing == 0 else ""))
+    return n
+
+
 class TaskClassifier:
     """A meta-network adapted to one task's support set; ``classifier(query_images)`` gives class
     probabilities ``[Q, n_classes]`` (``logits(...)`` the scores before the softmax)."""
@@ -54,12 +81,13 @@ class TaskClassifier:
         self.knowledge, self.support, self.labels, self.n_classes = knowledge, support, labels, n_classes
 
     def logits(self, query_images: Images) -> torch.Tensor:
+        """The scores before the softmax, ``[Q, n_classes]``."""
         k = self.knowledge
         query = k.as_pixels(query_images)
         if query.shape[0] == 0:
             return torch.zeros(0, self.n_classes)
         k.check_images(query, "query")
-        if not k.warn_if_inverted(query, "query") and opposite(float(self.support.mean()), float(query.mean())):
+        if not k.warn_if_inverted(query, "query", is_pixels(query_images)) and opposite(float(self.support.mean()), float(query.mean())):
             log.warning("the query images look inverted against the support images (mean brightness %.2f against "
                         "%.2f): give both the same polarity (e.g. dark strokes on white)", float(query.mean()),
                         float(self.support.mean()))
@@ -75,6 +103,7 @@ class TaskClassifier:
         return torch.cat(out)
 
     def __call__(self, query_images: Images) -> torch.Tensor:
+        """Class probabilities ``[Q, n_classes]`` for query images (files, PIL images or pixels, as ``adapt`` takes)."""
         return self.logits(query_images).softmax(-1)
 
 
@@ -101,22 +130,51 @@ class MetaKnowledge:
         return self.strategy.model.decoder.max_way
 
     def read_images(self, sources: Sequence[ImageSource] | ImageSource) -> torch.Tensor:
-        """Convert image files or PIL images exactly as the training data were: uint8 ``[n, C, H, W]``
-        (one path or image alone is a list of one: a path's characters are never taken as files)."""
-        if isinstance(sources, (str, bytes, os.PathLike)) or hasattr(sources, "getpixel"):  # a path, a PIL image
-            sources = [sources]  # type: ignore[list-item]
-        sources = list(sources)  # type: ignore[arg-type]
+        """Convert image files (paths or open binary files) or PIL images exactly as the training data were:
+        uint8 ``[n, C, H, W]`` (one alone is a list of one: a path's characters are never taken as files).
+        Tensors and arrays are pixels already: give them to ``adapt`` or the classifier as they are."""
+        if is_pixels(sources):
+            raise DataError(f"read_images() converts image files and PIL images; tensors and arrays are pixels already: "
+                            f"give them to adapt() or the classifier as they are ({self.pixels_wanted()})")
+        if isinstance(sources, (str, bytes, os.PathLike)) or hasattr(sources, "getpixel") or hasattr(sources, "read"):
+            sources = [sources]  # type: ignore[list-item]  # a path, a PIL image, an open file
+        try:
+            sources = list(sources)  # type: ignore[arg-type]
+        except TypeError:
+            raise DataError(f"images must be image files (paths), PIL images or a tensor; got {type(sources).__name__}") from None
+        odd = next((x for x in sources if not (isinstance(x, (str, bytes, os.PathLike)) or hasattr(x, "getpixel")
+                                               or hasattr(x, "read"))), None)
+        if odd is not None:
+            raise DataError(f"images must be image files (paths), PIL images or one tensor [n, C, H, W]; got a "
+                            f"{type(odd).__name__} among them" + (" (stack tensors into one: torch.stack(images))"
+                                                                  if isinstance(odd, (torch.Tensor, np.ndarray)) else ""))
         if len(sources) == 0:
             return torch.zeros(0, *self.image_format.shape, dtype=torch.uint8)
         return torch.stack([read_image(s, self.image_format) for s in sources])
 
+    def pixels_wanted(self) -> str:
+        """What a tensor of images must be: what read_images() returns, every step of the conversion done."""
+        f = self.image_format
+        steps = [s for s, on in (("inverted: bright strokes on dark", f.invert),
+                                 ("each drawing framed by its ink", f.normalise != "none")) if on]
+        return (f"[n, {', '.join(map(str, f.shape))}], uint8 0-255 or floats in [0, 1], as read_images() returns the "
+                f"files" + (f" ({'; '.join(steps)})" if steps else ""))
+
     def as_pixels(self, images: Images) -> torch.Tensor:
-        """Float ``[n, C, H, W]`` in [0, 1] on the device, from files, PIL images or tensors."""
+        """Float ``[n, C, H, W]`` in [0, 1] on the device, from files, PIL images, or pixels (a tensor, a
+        numpy array or a list of ``[C, H, W]`` tensors) already converted as :meth:`read_images` converts files."""
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        elif isinstance(images, (list, tuple)) and images and all(isinstance(x, torch.Tensor) for x in images):
+            if len({tuple(x.shape) for x in images}) > 1:
+                raise DataError(f"the image tensors differ in shape; each must be [{', '.join(map(str, self.image_format.shape))}]")
+            images = torch.stack(list(images))
         if not isinstance(images, torch.Tensor):
             images = self.read_images(images)
+        images = images.detach()
         if images.dim() != 4 or tuple(images.shape[1:]) != self.image_format.shape:
-            raise DataError(f"images must be [n, {', '.join(map(str, self.image_format.shape))}] for this meta-network, "
-                            f"got {list(images.shape)}; convert them with read_images()")
+            raise DataError(f"images must be {self.pixels_wanted()} for this meta-network, got {list(images.shape)}; "
+                            "read_images() converts files and PIL images")
         if images.dtype == torch.uint8:
             return images.to(self.device).float().div(255.0)
         if not images.is_floating_point():  # int64 from numpy, bool: 0-255 or 0-1 cannot be told apart
@@ -129,17 +187,20 @@ class MetaKnowledge:
                             "(0-255 floats: divide by 255, or give uint8)")
         return pixels
 
-    def warn_if_inverted(self, pixels: torch.Tensor, what: str = "support") -> bool:
+    def warn_if_inverted(self, pixels: torch.Tensor, what: str = "support", given_as_pixels: bool = False) -> bool:
         """Warn (and return True) when images look inverted against the training data: mean brightness
-        on the other side of mid-grey, far from the training images' (e.g. Omniglot saved white on black)."""
+        on the other side of mid-grey, far from the training images' (e.g. Omniglot saved white on black).
+        Tensors skip the conversion files get (which may invert them): the advice differs."""
         if self.pixel_mean is None or pixels.numel() == 0:
             return False
         mean = float(pixels.float().mean())
         if not opposite(mean, self.pixel_mean):
             return False
+        advice = (f"tensors are used as given, so give them converted: {self.pixels_wanted()} (or pass the files)"
+                  if given_as_pixels else "give images of the training images' polarity (for Omniglot-trained models "
+                  "dark strokes on white, as the original files are)")
         log.warning("the %s images look inverted against the training data (mean brightness %.2f after conversion, "
-                    "training images %.2f): give images of the training images' polarity (for Omniglot-trained models dark "
-                    "strokes on white, as the original files are); predictions on inverted images are poor", what, mean, self.pixel_mean)
+                    "training images %.2f): %s; predictions on inverted images are poor", what, mean, self.pixel_mean, advice)
         return True
 
     def warn_if_transductive(self) -> None:
@@ -177,11 +238,9 @@ class MetaKnowledge:
         labels = given.to(torch.long).flatten()
         if labels.numel() != support.shape[0]:
             raise DataError(f"{support.shape[0]} support images but {labels.numel()} labels; give one label per image")
-        n = int(labels.max()) + 1 if labels.numel() else 0
-        if n < 2 or labels.min() < 0 or torch.bincount(labels, minlength=n).min() == 0:
-            raise DataError("support labels must be 0..N-1 with N >= 2 and at least one image of every class")
+        n = check_labels(labels)
         self.check_images(support, "support")
-        self.warn_if_inverted(support, "support")
+        self.warn_if_inverted(support, "support", is_pixels(support_images))
         self.warn_if_transductive()
         if self.max_way is not None and n > self.max_way:
             raise ConfigError(f"this meta-network's classifier head has {self.max_way} outputs, so a task may have at "
@@ -190,12 +249,18 @@ class MetaKnowledge:
 
 
 def load(path: Path | str | dict[str, Any], device: str | torch.device = "auto") -> MetaKnowledge:
-    """Load meta-knowledge (an export, a training checkpoint or a run dir) onto ``device`` (auto: CUDA if present)."""
+    """Load meta-knowledge onto ``device`` ("auto": CUDA if present, "cpu", "cuda", "cuda:N", or a torch.device).
+
+    ``path``: an export (``metalearn export``), a training checkpoint, a run dir (its best.pt), or the
+    contents of an export or checkpoint as ``torch.load`` (or ``read_meta_knowledge``) read them. A
+    checkpoint of a run that has not finished is warned of."""
     if not isinstance(path, (str, os.PathLike, dict)):
         raise CheckpointError(f"load() takes the path of an export, a checkpoint or a run dir (or a state dict read from "
                               f"one); got a {type(path).__module__}.{type(path).__name__}")
-    state = path if isinstance(path, dict) else read_meta_knowledge(path)
-    if not isinstance(path, dict) and (note := unfinished_note(path, state)):
-        log.warning("%s", note)
-    resolved = device if isinstance(device, torch.device) else resolve_device(str(device))
-    return MetaKnowledge(state, resolved)
+    if isinstance(path, dict):
+        state = {**meta_knowledge_of(path, "the state dict given to load()"), "source": None}
+    else:
+        state = read_meta_knowledge(path)
+        if note := unfinished_note(path, state):
+            log.warning("%s", note)
+    return MetaKnowledge(state, resolve_device(str(device)))  # a torch.device is checked as its name is

@@ -55,8 +55,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="which classes and drawings are drawn (default 0)")
     args = parser.parse_args(argv)
     names = write_sample_task(args.out, args.way, args.shot, args.query, args.seed)
-    query = f"{args.out}/query" if args.query > 0 else "<a folder of your own images>"  # --query 0 writes none
-    print(f"wrote a {len(names)}-way {args.shot}-shot task to {args.out}; try:\n"
-          f"  metalearn predict checkpoint=<run>/checkpoints/best.pt {shell_override('support', f'{args.out}/support')} "
-          f"{shell_override('query', query) if args.query > 0 else 'query=' + query}")
+    query = shell_override("query", f"{args.out}/query") if args.query > 0 else "query=YOUR_IMAGES"  # --query 0 writes none
+    print(f"wrote a {len(names)}-way {args.shot}-shot task to {args.out}; try (RUN_DIR: a training run of yours, e.g. "
+          f"under outputs/train/{'; YOUR_IMAGES: a folder of images to classify' if args.query == 0 else ''}):\n"
+          f"  metalearn predict checkpoint=RUN_DIR/checkpoints/best.pt {shell_override('support', f'{args.out}/support')} "
+          f"{query}")  # placeholders that paste as words, not as shell syntax (<run> is a redirect)
     return 0

@@ -75,10 +75,16 @@ def test_metasgd_learned_learning_rates_travel_with_the_export(tmp_path):
 
 def test_bad_tasks_and_tampered_files_are_one_line_errors(trained_run, tmp_path):
     knowledge = load(trained_run, "cpu")
-    with pytest.raises(DataError, match="at least one image of every class"):
+    with pytest.raises(DataError, match="an image of every class; class 1 has none"):
         knowledge.adapt(torch.rand(3, 1, 28, 28), [0, 2, 2])
-    with pytest.raises(DataError, match="N >= 2"):
+    with pytest.raises(DataError, match="at least 2 classes; these support labels name 1"):
         knowledge.adapt(torch.rand(2, 1, 28, 28), [0, 0])
+    with pytest.raises(DataError, match=r"support label 2 means 3 classes, but there are 2 images.*\(they start at 0\)"):
+        knowledge.adapt(torch.rand(2, 1, 28, 28), [1, 2])
+    with pytest.raises(DataError, match="support label 1000000000000 means"):  # said before a count of that length
+        knowledge.adapt(torch.rand(2, 1, 28, 28), [0, 10**12])
+    with pytest.raises(DataError, match="support labels must be 0..N-1; got -1"):
+        knowledge.adapt(torch.rand(3, 1, 28, 28), [-1, 0, 1])
     with pytest.raises(DataError, match="one label per image"):
         knowledge.adapt(torch.rand(2, 1, 28, 28), [0, 1, 1])
     with pytest.raises(DataError, match=r"images must be \[n, 1, 28, 28\]"):
@@ -93,6 +99,14 @@ def test_bad_tasks_and_tampered_files_are_one_line_errors(trained_run, tmp_path)
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="neither a metalearn checkpoint nor an exported"):
         load(tmp_path / "foreign.pt")
+    raw = torch.load(trained_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert load(raw, "cpu").source is None  # a file's contents, read by the user: checked as the file would be
+    for damaged, needle in (({}, "neither a metalearn checkpoint"), ({**raw, "image_format": {"channels": 7}},
+                                                                      "image format or its config's data set is unusable")):
+        with pytest.raises(CheckpointError, match=needle):
+            load(damaged, "cpu")
+    with pytest.raises(ConfigError, match="device=meta is not supported"):  # a torch.device is checked as its name is
+        load(trained_run, torch.device("meta"))
 
 
 def test_images_that_look_inverted_get_a_warning(trained_run, caplog):
@@ -193,3 +207,33 @@ def test_a_transductive_protocol_is_said_once_by_the_python_api(tmp_path, caplog
         knowledge.adapt(torch.rand(2, 1, 28, 28), [0, 1])(torch.rand(3, 1, 28, 28))
     said = [r for r in caplog.records if "each query's answer depends on the queries normalised with it" in r.getMessage()]
     assert knowledge.bn_mode == "transductive" and len(said) == 1
+
+
+def test_pixels_come_as_a_tensor_an_array_or_a_list_of_tensors_and_other_inputs_are_one_line(trained_run, tmp_path, caplog):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    knowledge = load(trained_run, "cpu")
+    pixels = (torch.rand(2, 1, 28, 28) * 255).to(torch.uint8)
+    want = knowledge.adapt(pixels, [0, 1])(pixels)
+    assert torch.equal(knowledge.adapt(pixels.numpy(), [0, 1])(list(pixels)), want)  # the same task, other containers
+    with pytest.raises(DataError, match="tensors and arrays are pixels already: give them to adapt"):
+        knowledge.read_images(pixels)
+    with pytest.raises(DataError, match=r"got a Tensor among them \(stack tensors into one"):
+        knowledge.read_images([tmp_path / "a.png", pixels[1]])
+    for wrong in (None, 5):
+        with pytest.raises(DataError, match="images must be image files .*, PIL images or a tensor; got"):
+            knowledge.adapt(wrong, [0, 1])
+    with pytest.raises(DataError, match=r"the image tensors differ in shape; each must be \[1, 28, 28\]"):
+        knowledge.adapt([pixels[0], pixels[0, :, :20]], [0, 1])
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[0, 0].numpy()).save(buffer, format="PNG")
+    buffer.seek(0)
+    assert knowledge.read_images(buffer).shape == (1, 1, 28, 28)  # an open file alone is one image, as a path is
+    knowledge.pixel_mean = 0.1  # as for Omniglot: white strokes on black once converted
+    with caplog.at_level("WARNING"):
+        knowledge.adapt(torch.full((2, 1, 28, 28), 0.9), [0, 1])  # dark strokes on white, given as pixels
+    assert "tensors are used as given, so give them converted: [n, 1, 28, 28]" in caplog.text
+    assert np.isclose(float(knowledge.adapt(pixels, [0, 1])(pixels.float().requires_grad_() / 255).sum()), 2.0, atol=1e-4)

@@ -27,6 +27,7 @@ def test_the_printed_predict_line_names_the_folders_whole_and_no_missing_query(t
     assert main(["sample-task", "--out", str(out), "--way", "2", "--query", "1"]) == 0
     words = shlex.split(capsys.readouterr().out.splitlines()[-1])
     assert words[-2:] == [f'support="{out}/support"', f'query="{out}/query"']  # one word each, as Hydra reads them
+    assert "<" not in " ".join(words)  # no placeholder the shell reads as a redirect
     assert main(["sample-task", "--out", str(tmp_path / "none"), "--query", "0"]) == 0
     assert not (tmp_path / "none" / "query").exists() and "none/query" not in capsys.readouterr().out
 
