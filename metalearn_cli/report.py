@@ -201,7 +201,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str
 
 def main(argv: list[str]) -> int:
     """``metalearn report PATH... [--out DIR]``; returns the exit code."""
-    from metalearn_cli.report_plots import plot
+    from metalearn_cli.report_plots import FIGURE_FORMATS, plot
 
     parser = OneLineParser(prog="metalearn report", description=help_text(__doc__))
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or sweep dirs")
@@ -209,8 +209,8 @@ def main(argv: list[str]) -> int:
                                                  "(default: report/ in the folder holding the runs; report-2/, ... when report/ holds other runs' report)")
     parser.add_argument("--format", default="png", help="figure formats, comma-separated: png, pdf, svg (default: png)")
     args = parser.parse_args(argv)
-    formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
-    if not formats or any(f not in ("png", "pdf", "svg") for f in formats):
+    formats = list(dict.fromkeys(f.strip().lower() for f in args.format.split(",") if f.strip()))  # PNG,png: once
+    if not formats or any(f not in FIGURE_FORMATS for f in formats):
         parser.error(f"--format {args.format}: choose from png, pdf, svg (comma-separated)")
     for path in args.paths:  # key=value, the Hydra commands' grammar, where a flag is meant
         if "=" in str(path) and not Path(path).exists():

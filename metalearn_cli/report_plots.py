@@ -166,19 +166,17 @@ def plot(runs: list[Path], rows: list[dict[str, Any]], settings: list[str], out:
     import matplotlib
 
     matplotlib.use("Agg")
+    for stale in [out / f"{name}.{fmt}" for name in ("curves", "accuracy") for fmt in FIGURE_FORMATS]:
+        stale.unlink(missing_ok=True)  # a refreshed report keeps no figure of an earlier one, in any format
     curves: list[Path] = []
     if any(read_run(run)["metrics"] for run in runs):  # eval and predict dirs log no training curve
         curves = save(curves_figure(runs, rows, settings), out / "curves", list(formats))
-    else:
-        for stale in out.glob("curves.*"):  # a refreshed report keeps no figure of an earlier one
-            stale.unlink()
-    if any(r["test_accuracy"] is not None for r in rows):
-        return [*curves, *save(accuracy_figure(rows, settings), out / "accuracy", list(formats))]
-    for stale in out.glob("accuracy.*"):  # no run was tested: no empty chart (the table says each run's status)
-        stale.unlink()
+    if any(r["test_accuracy"] is not None and r["command"] != "predict" for r in rows):  # else no empty chart (the
+        return [*curves, *save(accuracy_figure(rows, settings), out / "accuracy", list(formats))]  # table says why)
     return curves
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg")  # report --format's choices
 LABEL_CHARS = 200  # a label longer than this (runs of unlike recipes) is cut in the figures; the tables hold it whole
 
 

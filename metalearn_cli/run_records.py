@@ -63,7 +63,7 @@ def command_of(run: Path, config: Any) -> str:
 def find_runs(paths: list[Path]) -> list[Path]:
     """Every run dir (a dir holding status.json or results.json) under the given paths, sorted; a
     run's own stages (``<run>/pretrain``) belong to their run and are listed only when named."""
-    runs: set[Path] = set()
+    runs: dict[Path, Path] = {}  # one entry per folder, however spelled (relative, absolute, with .., a link)
     empty = []
     for path in paths:
         if not Path(path).exists():
@@ -75,13 +75,14 @@ def find_runs(paths: list[Path]) -> list[Path]:
             found.update(p.parent for p in Path(path).rglob(marker)
                          if not any((p.parent.parent / m).is_file() for m in (STATUS, RESULTS)))
         empty += [] if found else [path]
-        runs |= found
+        for run in sorted(found):
+            runs.setdefault(run.resolve(), run)
     if not runs:
         raise MetalearnError(f"no run dirs (with status.json or results.json) under {', '.join(map(str, paths))}")
     if empty:  # named, yet it would be left out without a word (an export's folder: its file is tested by eval)
         raise MetalearnError(f"{empty[0]} holds no run dir (no status.json or results.json under it); drop it, or for an "
                              "exported file: metalearn eval checkpoint=FILE, then pass that eval dir")
-    return sorted(runs)
+    return sorted(runs.values())
 
 
 def common_base(runs: list[Path]) -> Path:

@@ -92,6 +92,12 @@ def test_report_writes_each_requested_format(sweep, tmp_path, capsys):
     assert written == ["accuracy.pdf", "accuracy.png", "accuracy.svg", "curves.pdf", "curves.png", "curves.svg"]
     assert (tmp_path / "r" / "curves.pdf").read_bytes()[:4] == b"%PDF"
     assert main(["report", str(sweep), "--out", str(tmp_path / "r2"), "--format", "gif"]) == 2
+    assert main(["report", str(sweep / "w4"), "--format", "svg"]) == 0  # one run, then all of them, in report/ beside
+    capsys.readouterr()
+    assert main(["report", str(sweep), "--format", "PNG,png"]) == 0
+    written = sorted(p.name for p in (sweep / "report").iterdir() if p.suffix in (".png", ".pdf", ".svg"))
+    assert written == ["accuracy.png", "curves.png"]  # the one run's figures are gone, in every format
+    assert capsys.readouterr().out.count("curves.png") == 1
     assert json.loads((sweep / "w4" / "status.json").read_text())["status"] == "completed"
 
 
@@ -118,8 +124,13 @@ def test_a_report_of_runs_without_a_test_draws_no_empty_accuracy_chart(tmp_path,
     assert "interrupted" in (tmp_path / "rep" / "report.md").read_text()
 
 
-def test_a_predict_dirs_accuracy_is_kept_out_of_the_test_accuracy_chart(sweep):
+def test_a_predict_dirs_accuracy_is_kept_out_of_the_test_accuracy_chart(sweep, tmp_path):
     runs, rows, settings = rows_of(sweep)
     predicted = {**rows[0], "command": "predict", "test_accuracy": 80.0, "ci95": None}
     (ax,) = accuracy_figure([*rows, predicted], [*settings, "my own task"]).axes
     assert "my own task" not in [t.get_text() for t in ax.get_yticklabels()] and len(ax.containers) == 3
+    from metalearn_cli.report_plots import plot
+
+    out = tmp_path / "predicted only"
+    out.mkdir()
+    assert plot([], [predicted], ["my own task"], out) == [] and not list(out.iterdir())  # no empty chart

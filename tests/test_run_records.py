@@ -43,6 +43,8 @@ def test_finding_runs_lists_runs_not_their_stages(tmp_path):
     (tmp_path / "sweep" / "d").mkdir()
     (tmp_path / "sweep" / "d" / "results.json").write_text("{}")
     assert find_runs([tmp_path / "sweep"]) == [tmp_path / "sweep" / n for n in ("a", "b/c", "d")]
+    twice = [tmp_path / "sweep" / "a", tmp_path / "sweep" / "b" / ".." / "a", tmp_path / "sweep"]  # one run, spelled 3 ways
+    assert find_runs(twice) == [tmp_path / "sweep" / n for n in ("a", "b/c", "d")]  # a report counts it once
     with pytest.raises(MetalearnError, match="does not exist"):
         find_runs([tmp_path / "missing"])
     (tmp_path / "empty").mkdir()
