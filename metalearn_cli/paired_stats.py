@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from metalearn_cli.console import shell_override
 from metalearn_cli.errors import MetalearnError
 
 
@@ -18,8 +19,9 @@ def read_outcomes(run: Path) -> tuple[Any, Any]:
 
     path = run / "test_outcomes.npz"
     if not path.is_file():
-        raise MetalearnError(f"{run} holds no test_outcomes.npz (runs before 2026-12-01); score it again with "
-                             f"metalearn eval checkpoint={run} hydra.run.dir=<new dir>, then compare that dir")
+        raise MetalearnError(f"{run} holds no test_outcomes.npz (written by every test since 2026-12-01: an older run, or "
+                             f"the file was removed); score it again with metalearn eval {shell_override('checkpoint', run)} "
+                             "hydra.run.dir=NEW_DIR, then compare that dir")
     try:
         with np.load(path) as f:
             shape = tuple(int(s) for s in f["shape"])

@@ -12,6 +12,7 @@ import pytest
 from conftest import FAST
 from metalearn_cli.cli import main
 from metalearn_cli.paired_stats import outcomes, predictions
+from metalearn_cli.errors import MetalearnError
 
 
 def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
@@ -45,6 +46,11 @@ def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "holds no test_outcomes.npz" in err and "metalearn eval checkpoint=" in err and err.count("\n") == 1
+    from metalearn_cli.paired_stats import read_outcomes
+
+    (tmp_path / "b c").mkdir()
+    with pytest.raises(MetalearnError, match=f"""metalearn eval 'checkpoint="{tmp_path / 'b c'}"' hydra.run.dir=NEW_DIR"""):
+        read_outcomes(tmp_path / "b c")  # the printed command pastes whole
 
 
 def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
