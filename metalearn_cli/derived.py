@@ -3,7 +3,8 @@
 Their outputs are derived from runs, yet a table a researcher looked at yesterday is not to be
 replaced by today's comparison of other runs. So the default folder (``compare/``, ``report/``)
 records which runs made it (``inputs.txt``): the same command over the same runs refreshes it, and
-another set of runs gets the next free ``compare-2/``, ``compare-3/``, ...
+another set of runs gets the next free ``compare-2/``, ``compare-3/``, ... A hidden ``.written`` names the
+files the commands wrote there, so a user's own file beside them is never taken for one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from metalearn_cli.errors import ConfigError
 from metalearn_cli.rundir import canonical, held
 
 INPUTS = "inputs.txt"
+WRITTEN = ".written"  # the names of the files the commands wrote into a folder (a user's files may sit beside them)
 
 
 def outside_runs(folder: Path) -> Path:
@@ -58,12 +60,16 @@ def refuse_other_output(out: Path, written: tuple[str, ...], inputs: list[Path])
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder (the command writes {first_names(list(written), 2)} "
                           "and the rest into it)")
-    if not out.is_dir() or _made_from(out, inputs):
+    if not out.is_dir():
         return
     found = sorted({p.name for pattern in written for p in out.glob(pattern) if p.is_file()})
+    ours = set((out / WRITTEN).read_text(encoding="utf-8").splitlines()) if (out / WRITTEN).is_file() else None
+    if _made_from(out, inputs):  # these runs' output: what a command wrote there is replaced (all, where unrecorded)
+        found = [] if ours is None else [n for n in found if n not in ours]
     if not found:
         return
-    whose = (f"made from other runs ({INPUTS} names them)" if (out / INPUTS).is_file()
+    whose = ("not written by this command over these runs" if _made_from(out, inputs)  # e.g. a compare's inputs.txt
+             else f"made from other runs ({INPUTS} names them)" if (out / INPUTS).is_file()
              else f"not written by this command over these runs (no {INPUTS} names its runs)")
     raise ConfigError(f"--out {out} holds {first_names(found, 4)}, {whose}, which this "
                       "one would replace; choose another --out, or leave it out for a new folder beside the runs")
@@ -72,3 +78,11 @@ def refuse_other_output(out: Path, written: tuple[str, ...], inputs: list[Path])
 def record_inputs(out: Path, inputs: list[Path]) -> None:
     """Name the runs an output folder was made from (what :func:`default_output` reads back)."""
     (Path(out) / INPUTS).write_text(_listing(inputs), encoding="utf-8")
+
+
+def record_written(out: Path, files: list[Path]) -> None:
+    """Add the files a command wrote to the folder's record of them (:data:`WRITTEN`): a later command over the same
+    runs replaces those, never a user's own file of a name it writes (one a compare's ``inputs.txt`` would vouch for)."""
+    record = Path(out) / WRITTEN
+    names = set(record.read_text(encoding="utf-8").splitlines()) if record.is_file() else set()
+    record.write_text("".join(f"{n}\n" for n in sorted(names | {Path(f).name for f in files})), encoding="utf-8")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from metalearn_cli.console import OneLineParser, folder_arg, help_text
-from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, refuse_other_output
+from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, record_written, refuse_other_output
 from metalearn_cli.run_records import common_base, find_runs
 from metalearn_cli.rundir import refuse_replacing
 from metalearn_cli.run_settings import bookkeeping, by_setting, config_labels, record_of, setting_config, setting_of, trained_by
@@ -228,5 +228,6 @@ def main(argv: list[str]) -> int:
     pictures = plot(runs, rows, config_labels(runs, rows), out, tuple(formats))
     print(table, end="")
     tables = [out / name for name in ("report.md", "report.csv", "seeds.csv", "inputs.txt") if (out / name).is_file()]
+    record_written(out, [*tables, *pictures])
     print(f"\n{len(rows)} run{'s' if len(rows) != 1 else ''}; wrote " + ", ".join(map(str, [*tables, *pictures])))
     return 0

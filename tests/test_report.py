@@ -185,6 +185,16 @@ def test_an_explicit_out_holding_another_report_is_refused_and_the_same_runs_ref
     assert main(["report", str(runs / "a"), "--out", str(mine)]) == 2
     assert "holds accuracy.png, not written by this command over these runs" in capsys.readouterr().err
     assert (mine / "accuracy.png").read_text() == "precious" and sorted(p.name for p in mine.iterdir()) == ["accuracy.png"]
+    shared = tmp_path / "shared"  # a compare over the same runs wrote beside a user's report.md: its inputs.txt does
+    shared.mkdir()  # not make the user's file a report's own
+    (shared / "report.md").write_text("my notes")
+    from metalearn_cli.derived import record_inputs, record_written
+
+    record_inputs(shared, [runs / "a", runs / "b"])  # as compare --out shared leaves it
+    record_written(shared, [shared / "compare.csv", shared / "inputs.txt"])
+    assert main(["report", str(runs / "a"), str(runs / "b"), "--out", str(shared)]) == 2
+    assert "holds report.md, not written by this command over these runs" in capsys.readouterr().err
+    assert (shared / "report.md").read_text() == "my notes"
     for name in ("report.md", "inputs.txt"):  # another report's folder, part deleted: still not replaced
         (out / name).unlink()
         assert main(["report", str(runs / "a"), "--out", str(out)]) == 2
