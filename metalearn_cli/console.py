@@ -177,6 +177,18 @@ def folder_arg(text: str) -> Path:
     return Path(text).expanduser()
 
 
+def int_list(text: str) -> list[int]:
+    """A comma-separated list of whole numbers (``--seeds 0,1,2``), an argparse type: a mistake is argparse's one
+    line, not a traceback later."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers (e.g. 0,1,2)") from None
+    if not values:
+        raise argparse.ArgumentTypeError("is empty; give whole numbers separated by commas (e.g. 0,1,2)")
+    return values
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse for the ``--flag`` commands, its errors one line of ours (usage goes to --help)."""
 

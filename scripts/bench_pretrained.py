@@ -41,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from metalearn_cli.console import int_list  # noqa: E402
 from metalearn_cli.paired_stats import differing, outcomes, paired, predictions  # noqa: E402
 
 FROZEN = ["trainer.freeze_encoder=true", "optimizer.lr=0.001"]
@@ -121,10 +122,11 @@ def table(runs: dict, setting: str, seeds: list[int]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default="conv4")
-    parser.add_argument("--budgets", default="500,2000", help="meta-iterations per run (budget 0 is always measured)")
+    parser.add_argument("--budgets", type=int_list, default="500,2000", help="meta-iterations per run (budget 0 is always measured)")
     parser.add_argument("--pretrain-epochs", type=float, default=30)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--rows", default=",".join(str(i) for i in range(len(ROWS))), help="row numbers to run")
+    parser.add_argument("--seeds", type=int_list, default="0,1,2")
+    parser.add_argument("--rows", type=int_list, default=",".join(str(i) for i in range(len(ROWS))),
+                        help=f"row numbers to run (0 to {len(ROWS) - 1})")
     parser.add_argument("--within", type=float, default=1.0, help="share of training tasks from one alphabet")
     parser.add_argument("--val", choices=("alphabets", "drawers"), default="alphabets",
                         help="what validation holds out of the background set (dataset.val)")
@@ -134,9 +136,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_pretrained" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args = parser.parse_args()
     args.out = args.out.resolve()  # the runs start in the project root: a relative --out is the caller's folder
-    seeds = [int(s) for s in args.seeds.split(",")]
-    rows = [list(ROWS)[int(i)] for i in args.rows.split(",")]
-    budgets = [0, *(int(b) for b in args.budgets.split(",") if int(b) > 0)]
+    if any(not 0 <= i < len(ROWS) for i in args.rows):
+        parser.error(f"--rows: the rows are 0 to {len(ROWS) - 1}")
+    seeds = args.seeds
+    rows = [list(ROWS)[i] for i in args.rows]
+    budgets = [0, *(b for b in args.budgets if b > 0)]
     args.common = [f"encoder={args.encoder}", f"device={args.device}", "dataset=omniglot_background", f"dataset.val={args.val}",
                    "episode=lake20way1shot", f"eval.episodes={args.episodes}"]
     start = time.perf_counter()
@@ -160,7 +164,7 @@ def main() -> int:
              f"pre-trained {args.pretrain_epochs:g} epoch{'' if args.pretrain_epochs == 1 else 's'} (seed 0, "
              f"{stage['train_seconds']:.0f} s, best.pt at step {stage['best_step']} of {stage['iterations']}){start_kept}; meta-training on 20-way 1-shot tasks, "
              f"{100 * args.within:.0f}% of them within one alphabet; {args.episodes} fixed test tasks per seed and setting; seeds "
-             f"{args.seeds}; device={args.device}; total {(time.perf_counter() - start) / 60:.0f} min", ""]
+             f"{','.join(map(str, args.seeds))}; device={args.device}; total {(time.perf_counter() - start) / 60:.0f} min", ""]
     for setting in SETTINGS:
         lines += table(runs, setting, seeds)
     text = "\n".join(lines)

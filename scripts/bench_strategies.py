@@ -36,6 +36,14 @@ VARIANTS = {
 }
 
 
+def int_list(text: str) -> list[int]:
+    """``1,5`` as ``[1, 5]``, an argparse type (this script also runs in learn2learn's env, without metalearn)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()] or [int("")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers (e.g. 1,5)") from None
+
+
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
@@ -163,8 +171,8 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="only 1-shot, 1 inner step")
-    parser.add_argument("--shots", default="1,5")
-    parser.add_argument("--inner-steps", default="1,5")
+    parser.add_argument("--shots", type=int_list, default="1,5")
+    parser.add_argument("--inner-steps", type=int_list, default="1,5")
     parser.add_argument("--modes", default="loop,vmap", help="vectorize modes for every row")
     parser.add_argument("--variants", default="",
                         help="extra rows for 1-shot, 1 step only, as MODE+VARIANT[+VARIANT], e.g. vmap+sync,vmap+nchw; "
@@ -180,8 +188,7 @@ def main() -> int:
         print(json.dumps(measure_learn2learn(args) if args.vectorize == "learn2learn" else measure(args)))
         return 0
 
-    shots, steps = ([1], [1]) if args.quick else ([int(x) for x in args.shots.split(",")],
-                                                  [int(x) for x in args.inner_steps.split(",")])
+    shots, steps = ([1], [1]) if args.quick else (args.shots, args.inner_steps)
     import torch
 
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} threads"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """A picture of the classes a run most often mistakes for each other, and how many errors are pairs at chance.
 
-    python scripts/confused_pairs.py RUN [--out confused-pairs.png] [--pairs 12] [--min-rate 0.4]
+    python scripts/confused_pairs.py RUN [--out confused-pairs.png] [--pairs 12] [--min-rate 0.0]
         [--archive ../shared/data/omniglot/images_evaluation.zip] [--dataset-root DIR]
 
 RUN is a training run or a ``metalearn eval`` dir (random tasks or ``episode=lake20way1shot``): the pairs
@@ -25,15 +25,18 @@ from pathlib import Path
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("confused-pairs.png"))
-    parser.add_argument("--pairs", type=int, default=12)
-    parser.add_argument("--min-rate", type=float, default=0.0)
+    parser.add_argument("run", type=Path, help="a tested training run or a metalearn eval dir")
+    parser.add_argument("--out", type=Path, default=Path("confused-pairs.png"),
+                        help="the picture (default: confused-pairs.png; .png when it has no suffix)")
+    parser.add_argument("--pairs", type=int, default=12, help="how many pairs to draw (default: 12)")
+    parser.add_argument("--min-rate", type=float, default=0.0,
+                        help="keep pairs erring on at least this share of their queries (default: 0.0; 0.4: at chance)")
     parser.add_argument("--archive", type=Path, help="Omniglot's images_evaluation.zip: draw the originals")
     parser.add_argument("--dataset-root", help="the folder a run's data set was read from (dataset=folder, ...)")
     args = parser.parse_args()
     if not args.out.suffix:
         args.out = args.out.with_suffix(".png")
+    check_args(parser, args)
     from metalearn_cli.errors import MetalearnError
 
     try:
@@ -41,6 +44,30 @@ def main() -> int:
     except MetalearnError as exc:  # the package's one-line errors, in this script's spelling
         print(f"confused_pairs.py: error: {str(exc).replace('dataset_root=', '--dataset-root ')}", file=sys.stderr)
         return 2
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Each argument's mistake in one line, before any work: not a traceback after it."""
+    from PIL import Image
+
+    if args.pairs < 1:
+        parser.error(f"--pairs {args.pairs}: draw at least 1 pair")
+    if not 0 <= args.min_rate <= 1:
+        parser.error(f"--min-rate {args.min_rate}: a share of queries, from 0 to 1")
+    if args.out.suffix.lower() not in Image.registered_extensions():
+        parser.error(f"--out {args.out}: {args.out.suffix} is no picture format; use .png (or .jpg, ...)")
+    if not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: the folder {args.out.parent} does not exist; make it first")
+    if not args.run.is_dir():
+        parser.error(f"{args.run} does not exist" if not args.run.exists() else f"{args.run} is a file; pass a run dir")
+    status = json.loads((args.run / "status.json").read_text()).get("status") if (args.run / "status.json").is_file() else None
+    if not (args.run / "results.json").is_file():
+        if status is not None:
+            parser.error(f"{args.run} has no test results (status: {status}); finish the run, or score its best.pt with "
+                         "metalearn eval and pass that eval dir")
+        inside = sorted(p.parent.name for p in args.run.glob("*/results.json"))[:3]
+        parser.error(f"{args.run} is no run dir" + (f" (a sweep? it holds {', '.join(inside)}: pass one of them)" if inside
+                                                     else "; pass a tested run or a metalearn eval dir"))
 
 
 def draw_pairs(args: argparse.Namespace) -> int:
@@ -90,6 +117,9 @@ def draw_pairs(args: argparse.Namespace) -> int:
     if turns:  # Vinyals et al.'s rotated classes: a character against its own turn
         print(f"two turns of one character: {turns} of {wrong} wrong answers ({100 * turns / wrong:.1f}%)")
     pairs = [p for p in every if p["errors"] >= args.min_rate * p["queries"]][: args.pairs]
+    if not pairs:
+        print(f"no pair errs on {100 * args.min_rate:.0f}% of its queries or more; lower --min-rate", file=sys.stderr)
+        return 2
     if args.archive and any(c.count("/") > 1 for p in pairs for c in p["classes"]):
         print("--archive draws unrotated characters only (Alphabet/characterNN); these pairs name rotated classes", file=sys.stderr)
         return 2

@@ -41,3 +41,11 @@ def test_the_bench_tabulates_each_row_by_budget_against_the_untrained_encoder_an
     assert again.returncode == 0, again.stderr[-2000:]
     assert (run / "results.json").stat().st_mtime_ns == stamp  # a finished run is read, not trained again
     assert (out / "table.md").read_text().split("\n", 1)[1] == table.split("\n", 1)[1]  # the same figures
+
+
+def test_a_list_argument_mistake_is_argparses_one_line():
+    for args, needle in ((["--seeds", "a,b"], "argument --seeds: 'a,b' is not a comma-separated list"),
+                         (["--rows", "99"], "--rows: the rows are 0 to")):
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_pretrained.py"), *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr

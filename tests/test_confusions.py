@@ -139,3 +139,22 @@ def test_the_confused_pairs_script_reads_a_moved_folder_data_set_and_says_what_i
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "pairs.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_confused_pairs_scripts_argument_mistakes_are_one_line_before_any_work(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "confused_pairs.py")]
+    (tmp_path / "sweep" / "0_job").mkdir(parents=True)
+    (tmp_path / "sweep" / "0_job" / "results.json").write_text("{}")
+    (tmp_path / "stopped").mkdir()
+    (tmp_path / "stopped" / "status.json").write_text('{"status": "interrupted"}')
+    for args, needle in (([str(tmp_path / "nope")], "does not exist"), ([str(tmp_path / "sweep")], "pass one of them"),
+                         ([str(tmp_path / "stopped")], "has no test results (status: interrupted)"),
+                         ([str(tmp_path / "sweep" / "0_job"), "--pairs", "0"], "draw at least 1 pair"),
+                         ([str(tmp_path / "sweep" / "0_job"), "--out", str(tmp_path / "no" / "x.png")], "does not exist; make it"),
+                         ([str(tmp_path / "sweep" / "0_job"), "--out", "x.txt"], ".txt is no picture format")):
+        done = subprocess.run([*script, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr
