@@ -19,7 +19,7 @@ from metalearn_cli.compat import migrate_config
 from metalearn_cli.console import shell_override
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.files import read_json, read_yaml
-from metalearn_cli.rundir import CHECKPOINTS, LAST, STAGE, STATUS, RunDir, canonical, is_locked
+from metalearn_cli.rundir import CHECKPOINTS, LAST, STAGE, STATUS, RunDir, canonical, held, is_locked, set_aside
 from metalearn_cli.schema import flatten
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,10 @@ def resumed_sweep_job(cfg: Any, run_dir: Path) -> Optional[float]:
     if read_json(files.path / STATUS).get("status") == "completed" and files.results.is_file():
         return float(read_json(files.results).get("val_accuracy", float("nan")))
     if not files.last.is_file():
+        if read_json(files.path / STATUS).get("status") == "failed" and held(files.path):  # failed before its first save:
+            kept = set_aside(files.path)  # it begins again, as the printed "finish the sweep" line promises
+            log.warning("%s failed before its first checkpoint and begins again; the failed attempt is kept in %s",
+                        files.path, kept)
         with open_dict(cfg):
             cfg.resume = None
     return None

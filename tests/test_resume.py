@@ -238,3 +238,24 @@ def test_a_resume_repeating_a_folder_runs_overrides_is_not_refused_for_what_the_
     with pytest.raises(CheckpointError, match="trained with dataset.image_size=16; "):  # a real change is still refused
         resumed_config(compose_config("train", [*typed, "dataset.image_size=20", "resume=true"]), tmp_path / "run",
                        typed={"dataset": "dataset=folder", "dataset.image_size": "dataset.image_size=20"})
+
+
+def test_a_sweep_job_that_failed_before_its_first_save_begins_again_with_its_attempt_kept(tmp_path):
+    """``-m ... resume=true`` (the printed "finish the sweep" line) reruns a job that failed before any last.pt: its
+    files go to failed-<time>/ (nothing lost), its .hydra record stays, and the job starts in its own dir."""
+    from metalearn_cli.resume import resumed_sweep_job
+    from metalearn_cli.rundir import held, record_failure, write_status
+
+    job = tmp_path / "1_job"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "best.pt").write_bytes(b"step 0")
+    (job / "metrics.jsonl").write_text('{"step": 0, "split": "val", "accuracy": 0.5}\n')
+    write_status(job, "running", step=0, iterations=20)
+    record_failure(job, "non-finite loss at meta-iteration 2")
+    cfg = compose_config("train", [*FAST, "resume=true"])
+    assert resumed_sweep_job(cfg, job) is None and cfg.resume is None  # a new run, in the job's dir
+    assert held(job) == [] and (job / ".hydra" / "config.yaml").is_file()
+    (kept,) = job.glob("failed-*")
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoints", "error.txt", "metrics.jsonl", "status.json"]
