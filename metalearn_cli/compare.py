@@ -230,11 +230,18 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
                                      "score both on the same tasks")
         changed, total = differing(pa, pb)
         one = len(ref_runs) == len(group) == 1
-        rows.append({"reference": label(ref_runs[seeds[0]]) if one else ref_name,
-                     "run": label(group[seeds[0]]) if one else name, **paired(a, b),
+        rows.append({"reference": label(ref_runs[seeds[0]]) if one else _on_seeds(ref_name, ref_runs, seeds),
+                     "run": label(group[seeds[0]]) if one else _on_seeds(name, group, seeds), **paired(a, b),
                      "predictions_differ": changed, "predictions": total})
         diffs.append(sum(y.mean(1) - x.mean(1) for x, y in zip(a, b)) / len(seeds))
     return rows, diffs
+
+
+def _on_seeds(name: str, runs: dict[int, Path], seeds: list[int]) -> str:
+    """A setting's name in the table, saying so where only some of its seeds were paired (its numbers are theirs)."""
+    if sorted(runs) == seeds:
+        return name
+    return f"{name} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} of {', '.join(map(str, sorted(runs)))})"
 
 
 def one_published_test(a: dict[int, Path], b: dict[int, Path]) -> bool:

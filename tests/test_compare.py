@@ -100,6 +100,9 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
     assert main(["compare", "--setting", runs[0], runs[1], "--setting", runs[3], "--out", str(tmp_path / "one")]) == 0
     out, err = capsys.readouterr()
     assert "note: seed 1 is in only one of" in err and "compared on seed 0" in err and "x 2 seeds" not in out
+    with open(tmp_path / "one" / "compare.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["reference"].endswith("(seed 0 of 0, 1)") and row["seeds"] == "1"  # the table says whose numbers they are
     for argv, message in ((["--setting", runs[0], runs[3], "--setting", runs[1]], "two runs of seed 0"),
                           (["--setting", runs[0], "--setting", runs[0]], "is given twice"),
                           (["--setting", runs[0], runs[1]], "--setting twice or more"),
