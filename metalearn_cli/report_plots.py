@@ -47,11 +47,12 @@ def colours(labels: list[str]) -> dict[str, Any]:
     return {label: cycle(i % cycle.N) for i, label in enumerate(labels)}
 
 
-def _band(ax: Any, members: list[dict[int, float]], colour: Any) -> None:
-    """The mean over a setting's runs at the steps they all logged, shaded by its CI95 over seeds."""
+def _band(ax: Any, members: list[dict[int, float]], colour: Any, bounds: tuple[float, float] | None = None) -> bool:
+    """The mean over a setting's runs at the steps they all logged, shaded by its CI95 over seeds (kept within
+    ``bounds``: an accuracy's interval is cut at 0 and 100%); whether there was anything to draw."""
     steps = sorted(set.intersection(*(set(m) for m in members))) if members else []
     if not steps:
-        return
+        return False
     import numpy as np
 
     values = np.array([[m[s] for s in steps] for m in members])
@@ -59,7 +60,9 @@ def _band(ax: Any, members: list[dict[int, float]], colour: Any) -> None:
     ax.plot(steps, mean, color=colour, marker="o" if len(steps) < 20 else None, markersize=4)
     if len(members) > 1:
         half = t975(len(members) - 1) * values.std(0, ddof=1) / len(members) ** 0.5
-        ax.fill_between(steps, mean - half, mean + half, color=colour, alpha=0.2, linewidth=0)
+        low, high = (mean - half, mean + half) if bounds is None else (np.clip(mean - half, *bounds), np.clip(mean + half, *bounds))
+        ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+    return True
 
 
 def _legend(fig: Any, labels: dict[str, str], palette: dict[str, Any]) -> None:
@@ -78,17 +81,18 @@ def curves_figure(runs: list[Path], rows: list[dict[str, Any]], settings: list[s
     groups = groups_of(runs, rows, settings)
     palette = colours(list(groups))
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    drawn = set()
     for setting, members in groups.items():
         series = [_series(runs[i]) for i in members]
-        _band(loss_ax, [s[0] for s in series], palette[setting])
-        _band(val_ax, [s[1] for s in series], palette[setting])
+        if _band(loss_ax, [s[0] for s in series], palette[setting]) | _band(val_ax, [s[1] for s in series], palette[setting], (0, 100)):
+            drawn.add(setting)
     several = any(len(m) > 1 for m in groups.values())
     loss_ax.set_xlabel("meta-iteration", fontsize=FONT)
     loss_ax.set_ylabel("training loss", fontsize=FONT)
     val_ax.set_xlabel("meta-iteration", fontsize=FONT)
     val_ax.set_ylabel("validation accuracy (%)", fontsize=FONT)
     loss_ax.set_title("training loss" + (" (mean, CI95 over seeds)" if several else ""), fontsize=FONT)
-    val_ax.set_title("validation accuracy", fontsize=FONT)
+    val_ax.set_title("validation accuracy" + (" (mean, CI95 over seeds)" if several else ""), fontsize=FONT)
     from matplotlib.ticker import MaxNLocator
 
     for ax in (loss_ax, val_ax):
@@ -96,7 +100,8 @@ def curves_figure(runs: list[Path], rows: list[dict[str, Any]], settings: list[s
         ax.tick_params(labelsize=FONT - 1)
         ax.grid(alpha=0.3)
     shown = displayed(list(groups))
-    labels = {s: f"{shown[s]} (n={len(m)})" if several else shown[s] for s, m in groups.items()}
+    labels = {s: f"{shown[s]} (n={len(m)})" if several else shown[s] for s, m in groups.items()
+              if s in drawn}  # an eval dir's setting has no curve: no legend entry without a line
     _legend(fig, labels, palette)
     fig.tight_layout()
     return fig

@@ -134,3 +134,19 @@ def test_a_predict_dirs_accuracy_is_kept_out_of_the_test_accuracy_chart(sweep, t
     out = tmp_path / "predicted only"
     out.mkdir()
     assert plot([], [predicted], ["my own task"], out) == [] and not list(out.iterdir())  # no empty chart
+
+
+def test_an_accuracy_band_stays_between_0_and_100_percent():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from metalearn_cli.report_plots import _band
+
+    fig, ax = plt.subplots()
+    assert _band(ax, [{0: 2.0, 1: 98.0}, {0: 30.0, 1: 99.9}], "C0", (0, 100)) and not _band(ax, [{}], "C1")
+    (band,) = ax.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() >= 0 and ys.max() <= 100  # a t-interval over two seeds reaches far past both ends, unclipped
+    plt.close(fig)
