@@ -310,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown method {unknown[0]}; choose from {', '.join(METHODS)}")
     if args.table == "mini_imagenet" and not args.root and not args.dry_run and not any(e.startswith("debug=") for e in args.extra):
         parser.error("--table mini_imagenet needs --root DIR with the mini-ImageNet images")
-    args.out = args.out or ROOT / "outputs" / "reproduce" / f"{args.table}-{args.budget}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    if args.tabulate_only and args.out is None:
+        parser.error("--tabulate-only rebuilds the table of an earlier run of this script: give its --out")
+    # like metalearn's own outputs/: in the folder the user runs it from, not the project's
+    args.out = args.out or Path("outputs") / "reproduce" / f"{args.table}-{args.budget}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     args.out = Path(args.out).resolve()  # the sweeps run from the project root: a relative path is the user's
     args.root = str(Path(args.root).resolve()) if args.root else None
     if args.tabulate_only and not (args.out / "runs").is_dir():

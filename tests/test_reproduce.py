@@ -144,3 +144,7 @@ def test_out_is_the_users_path_and_a_used_out_is_refused_not_retabulated(tmp_pat
     proc = subprocess.run([*script, "--tabulate-only", "--out", "nowhere"], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "holds none" in proc.stderr, proc.stderr
+    proc = subprocess.run([*script, "--tabulate-only"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and "give its --out" in proc.stderr, proc.stderr
+    proc = subprocess.run([*script, "--dry-run"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0 and f"hydra.sweep.dir={tmp_path / 'outputs' / 'reproduce'}" in proc.stdout  # where it runs
