@@ -224,9 +224,11 @@ def flags_first(args: list[str]) -> list[str]:
         if arg.startswith("-"):
             flags.append(arg)
             optional = arg in ("--info", "-i")  # its value is optional: a following override is not it
-            if arg in VALUE_FLAGS and i + 1 < len(args) and not (optional and "=" in args[i + 1]):
+            if arg in VALUE_FLAGS and i + 1 < len(args) and not (optional and ("=" in args[i + 1] or args[i + 1][:1] == "-")):
                 flags.append(args[i + 1])
                 i += 1
+            elif optional:  # bare, it would take the first override as its value: Hydra's own default, said
+                flags.append("all")
         else:
             overrides.append(arg)
         i += 1

@@ -45,7 +45,7 @@ def validate(cfg: Any) -> TrainConfig:
     """Every run-level range check of a training config, and each component's own parameters;
     returns it typed (enums, dataclasses). Unknown keys (``+key=value``) are refused here: the run's own
     checkpoint would not load later."""
-    typed = OmegaConf.to_object(validate_train_config(cfg))
+    typed = OmegaConf.to_object(validate_train_config(cfg, typed=True))
     bad = non_finite(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
     if bad:
         raise ConfigError(f"{bad} is not a finite number; give a finite value")
@@ -243,8 +243,9 @@ def code_key(node: Any, prefix: str = "") -> Optional[str]:
     return None
 
 
-def validate_train_config(cfg: Any) -> DictConfig:
-    """Check a plain or composed config against :class:`TrainConfig` (a checkpoint's, for instance)."""
+def validate_train_config(cfg: Any, typed: bool = False) -> DictConfig:
+    """Check a plain or composed config against :class:`TrainConfig` (a checkpoint's, for instance; ``typed``: the
+    command line's, whose unknown key the user added and may remove)."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     named = code_key(plain)
     if named:
@@ -254,7 +255,10 @@ def validate_train_config(cfg: Any) -> DictConfig:
         return OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_config(plain))
     except Exception as exc:
         first = str(exc).splitlines()[0]
-        hint = did_you_mean(first)
+        unknown = "not in '" in first
+        hint = did_you_mean(first) or (None if not unknown else "no such key: remove it (add --cfg job to see the keys "
+                                       "there are)" if typed else "a key this metalearn does not know: the file was "
+                                       "written by another version, or damaged")
         raise ConfigError(f"invalid run config: {first}" + (f"; {hint}" if hint else "")) from exc
 
 

@@ -102,8 +102,7 @@ def whole_number(message: str) -> Optional[str]:
 
 
 def did_you_mean(message: str) -> Optional[str]:
-    """For ``Key 'x' not in 'SomeParams'``: the closest key that dataclass does have, or, with none close (a key
-    added with ``+``), that there is no such key."""
+    """For ``Key 'x' not in 'SomeParams'``: the closest key that dataclass does have."""
     import dataclasses
     import re
 
@@ -126,7 +125,7 @@ def did_you_mean(message: str) -> Optional[str]:
                 seen.append(kind)
     keys = [f.name for c in classes if c.__name__ == match.group(2) for f in dataclasses.fields(c)]
     close = closest(match.group(1), keys)
-    return f"did you mean '{close}'?" if close else "no such key: remove it (add --cfg job to see the keys there are)"
+    return f"did you mean '{close}'?" if close else None
 
 
 def first_names(names: list[str], limit: int = 3) -> str:

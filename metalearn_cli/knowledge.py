@@ -164,7 +164,10 @@ class MetaKnowledge:
         """Float ``[n, C, H, W]`` in [0, 1] on the device, from files, PIL images, or pixels (a tensor, a
         numpy array or a list of ``[C, H, W]`` tensors) already converted as :meth:`read_images` converts files."""
         if isinstance(images, np.ndarray):
-            images = torch.from_numpy(images)
+            try:  # a flipped view (negative strides) is copied; an object array is no pixels
+                images = torch.from_numpy(np.ascontiguousarray(images))
+            except TypeError:
+                raise DataError(f"an array of dtype {images.dtype} is no pixels: give uint8 (0-255) or floats in [0, 1]") from None
         elif isinstance(images, (list, tuple)) and images and all(isinstance(x, torch.Tensor) for x in images):
             if len({tuple(x.shape) for x in images}) > 1:
                 raise DataError(f"the image tensors differ in shape; each must be [{', '.join(map(str, self.image_format.shape))}]")

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from metalearn_cli.derived import WRITTEN
 from metalearn_cli.run_records import read_run
 from metalearn_cli.run_settings import by_setting
 
@@ -171,8 +172,10 @@ def plot(runs: list[Path], rows: list[dict[str, Any]], settings: list[str], out:
     import matplotlib
 
     matplotlib.use("Agg")
-    for stale in [out / f"{name}.{fmt}" for name in ("curves", "accuracy") for fmt in FIGURE_FORMATS]:
-        stale.unlink(missing_ok=True)  # a refreshed report keeps no figure of an earlier one, in any format
+    ours = set((out / WRITTEN).read_text(encoding="utf-8").splitlines()) if (out / WRITTEN).is_file() else set()
+    for name in [f"{name}.{fmt}" for name in ("curves", "accuracy") for fmt in FIGURE_FORMATS]:
+        if name in ours:  # a refreshed report keeps no figure of an earlier one, in any format; a user's own file stays
+            (out / name).unlink(missing_ok=True)
     curves: list[Path] = []
     if any(read_run(run)["metrics"] for run in runs):  # eval and predict dirs log no training curve
         curves = save(curves_figure(runs, rows, settings), out / "curves", list(formats))

@@ -7,10 +7,11 @@ line. One parser of ``resume=`` values and one config diff serve the CLI and the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from omegaconf import OmegaConf
 
@@ -19,7 +20,7 @@ from metalearn_cli.compat import migrate_config
 from metalearn_cli.console import shell_override
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.files import read_json, read_yaml
-from metalearn_cli.rundir import CHECKPOINTS, LAST, STAGE, STATUS, RunDir, canonical, held, is_locked, set_aside
+from metalearn_cli.rundir import CHECKPOINTS, LAST, STAGE, STATUS, RunDir, canonical, held, is_locked, put_back, set_aside
 from metalearn_cli.schema import flatten
 
 log = logging.getLogger(__name__)
@@ -255,13 +256,28 @@ def resumed_sweep_job(cfg: Any, run_dir: Path) -> Optional[float]:
     if read_json(files.path / STATUS).get("status") == "completed" and files.results.is_file():
         return float(read_json(files.results).get("val_accuracy", float("nan")))
     if not files.last.is_file():
-        if read_json(files.path / STATUS).get("status") == "failed" and held(files.path):  # failed before its first save:
-            kept = set_aside(files.path)  # it begins again, as the printed "finish the sweep" line promises
-            log.warning("%s failed before its first checkpoint and begins again; the failed attempt is kept in %s",
-                        files.path, kept)
         with open_dict(cfg):
             cfg.resume = None
     return None
+
+
+@contextlib.contextmanager
+def begun_again(run_dir: Path, sweep_resumed: bool) -> Iterator[None]:
+    """A resumed sweep's job that failed before its first ``last.pt`` begins again in its own dir, as the printed
+    "finish the sweep" line promises: its files are set aside (``failed-<time>/``) while the new attempt is checked,
+    and put back if that is refused or stopped before it begins. Not while a live process holds the job."""
+    files = RunDir(Path(run_dir))
+    if not (sweep_resumed and not files.last.is_file() and read_json(files.path / STATUS).get("status") == "failed"
+            and held(files.path) and not is_locked(files.path)):
+        yield
+        return
+    kept = set_aside(files.path)
+    try:
+        yield
+    except BaseException:
+        put_back(kept)
+        raise
+    log.warning("%s failed before its first checkpoint and begins again; the failed attempt is kept in %s", files.path, kept)
 
 
 def warn_changed_course(state: dict[str, Any], iterations: int, iterations_key: str, where: str, processes: int) -> None:

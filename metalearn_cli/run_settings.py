@@ -65,12 +65,8 @@ def exported_by(export: Path) -> dict[str, Any]:
 
 
 def setting_of(row: dict[str, Any]) -> str:
-    """What a run was, without its seed: runs of one setting differ only in ``seed=`` (and evals, grouped by what
-    they tested, in the ``checkpoint=`` of each seed's run: named by the bracket, not by one seed's path)."""
-    import re
-
-    kept = re.sub(r"(^| )checkpoint=.*?(?= [\w.+~-]+=|$)", "", row["overrides"])  # a path may hold spaces
-    setting = " ".join(o for o in kept.split() if not o.startswith("seed=")) or "(defaults)"
+    """What a run was, without its seed: runs of one setting differ only in ``seed=``."""
+    setting = " ".join(o for o in row["overrides"].split() if not o.startswith("seed=")) or "(defaults)"
     return f"{setting} [{row['dataset']} {row['encoder']} {row['decoder']} {row['strategy']} {row['episode']}]"
 
 

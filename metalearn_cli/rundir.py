@@ -215,6 +215,15 @@ def set_aside(run_dir: Path) -> Path:
     return kept
 
 
+def put_back(kept: Path) -> None:
+    """Undo :func:`set_aside`: the attempt's files return to their run dir (none there is replaced)."""
+    for entry in sorted(kept.iterdir()):
+        if not (kept.parent / entry.name).exists():
+            entry.rename(kept.parent / entry.name)
+    if not any(kept.iterdir()):
+        kept.rmdir()
+
+
 def write_results(run_dir: Path, results: dict[str, Any]) -> None:
     write_json(Path(run_dir) / RESULTS, results)
 

@@ -60,7 +60,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--out {args.out}: the folder {args.out.parent} does not exist; make it first")
     if not args.run.is_dir():
         parser.error(f"{args.run} does not exist" if not args.run.exists() else f"{args.run} is a file; pass a run dir")
-    status = json.loads((args.run / "status.json").read_text()).get("status") if (args.run / "status.json").is_file() else None
+    from metalearn_cli.files import read_json  # a damaged status.json reads as none
+
+    status = read_json(args.run / "status.json").get("status") if (args.run / "status.json").is_file() else None
     if not (args.run / "results.json").is_file():
         if status is not None:
             parser.error(f"{args.run} has no test results (status: {status}); finish the run, or score its best.pt with "
@@ -118,7 +120,8 @@ def draw_pairs(args: argparse.Namespace) -> int:
         print(f"two turns of one character: {turns} of {wrong} wrong answers ({100 * turns / wrong:.1f}%)")
     pairs = [p for p in every if p["errors"] >= args.min_rate * p["queries"]][: args.pairs]
     if not pairs:
-        print(f"no pair errs on {100 * args.min_rate:.0f}% of its queries or more; lower --min-rate", file=sys.stderr)
+        print("the run answered every query right: no pair to draw" if not wrong else
+              f"no pair errs on {100 * args.min_rate:.0f}% of its queries or more; lower --min-rate", file=sys.stderr)
         return 2
     if args.archive and any(c.count("/") > 1 for p in pairs for c in p["classes"]):
         print("--archive draws unrotated characters only (Alphabet/characterNN); these pairs name rotated classes", file=sys.stderr)

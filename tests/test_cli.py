@@ -437,8 +437,11 @@ def test_a_flag_between_overrides_runs_as_if_typed_before_them(tmp_path):
     from metalearn_cli.command_line import flags_first
 
     assert flags_first(["debug=smoke", "-m", "seed=0,1"]) == ["-m", "debug=smoke", "seed=0,1"]
-    assert flags_first(["a=1", "--cfg", "job", "b=2", "-cd", "my dir", "--info", "c=3"]) == [
-        "--cfg", "job", "-cd", "my dir", "--info", "a=1", "b=2", "c=3"]  # --info's value is optional: c=3 is no value
+    from hydra._internal.utils import get_args_parser
+
+    for args in (["a=1", "--cfg", "job", "b=2", "-cd", "my dir", "--info", "c=3"], ["seed=1", "--info"], ["-i", "seed=1"], ["--info", "-m", "seed=1"]):
+        parsed = get_args_parser().parse_args(flags_first(args))  # as Hydra's own parser reads the reordered line
+        assert parsed.overrides == [a for a in args if "=" in a] and parsed.info == "all", parsed
     script = Path(sys.executable).with_name("metalearn")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "metalearn_cli"]
     shown = subprocess.run([*command, "train", "debug=smoke", "--cfg", "job", "seed=3"], capture_output=True, text=True,

@@ -71,3 +71,13 @@ def test_film_under_an_inner_loop_is_refused_as_it_learns_nothing(strategy):
     validate(compose_config("train", [f"strategy={strategy}", "decoder=film", "strategy.inner_steps=0",
                                       "strategy.eval_inner_steps=0"]))  # no inner step: it trains
     validate(compose_config("train", ["strategy=mgd", "decoder=film"]))
+
+
+def test_an_unknown_key_in_a_files_config_is_not_blamed_on_the_command_line():
+    from metalearn_cli.config_checks import validate_train_config
+    from metalearn_cli.errors import ConfigError as Refused
+
+    with pytest.raises(Refused, match="a key this metalearn does not know: the file was written by another version"):
+        validate_train_config({"unknown_new_key": 1})
+    with pytest.raises(Refused, match="no such key: remove it"):
+        validate_train_config({"unknown_new_key": 1}, typed=True)

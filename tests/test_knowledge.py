@@ -219,6 +219,9 @@ def test_pixels_come_as_a_tensor_an_array_or_a_list_of_tensors_and_other_inputs_
     pixels = (torch.rand(2, 1, 28, 28) * 255).to(torch.uint8)
     want = knowledge.adapt(pixels, [0, 1])(pixels)
     assert torch.equal(knowledge.adapt(pixels.numpy(), [0, 1])(list(pixels)), want)  # the same task, other containers
+    assert knowledge.adapt(pixels.numpy()[:, :, ::-1], [0, 1])(pixels).shape == (2, 2)  # a flipped view: copied
+    with pytest.raises(DataError, match="an array of dtype object is no pixels"):
+        knowledge.adapt(np.empty((2, 1, 28, 28), dtype=object), [0, 1])
     with pytest.raises(DataError, match="tensors and arrays are pixels already: give them to adapt"):
         knowledge.read_images(pixels)
     with pytest.raises(DataError, match=r"got a Tensor among them \(stack tensors into one"):

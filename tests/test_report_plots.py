@@ -98,6 +98,8 @@ def test_report_writes_each_requested_format(sweep, tmp_path, capsys):
     written = sorted(p.name for p in (sweep / "report").iterdir() if p.suffix in (".png", ".pdf", ".svg"))
     assert written == ["accuracy.png", "curves.png"]  # the one run's figures are gone, in every format
     assert capsys.readouterr().out.count("curves.png") == 1
+    (sweep / "report" / "accuracy.pdf").write_text("my edited figure")  # a user's own file there stays
+    assert main(["report", str(sweep)]) == 0 and (sweep / "report" / "accuracy.pdf").read_text() == "my edited figure"
     assert json.loads((sweep / "w4" / "status.json").read_text())["status"] == "completed"
 
 

@@ -243,7 +243,7 @@ def test_a_resume_repeating_a_folder_runs_overrides_is_not_refused_for_what_the_
 def test_a_sweep_job_that_failed_before_its_first_save_begins_again_with_its_attempt_kept(tmp_path):
     """``-m ... resume=true`` (the printed "finish the sweep" line) reruns a job that failed before any last.pt: its
     files go to failed-<time>/ (nothing lost), its .hydra record stays, and the job starts in its own dir."""
-    from metalearn_cli.resume import resumed_sweep_job
+    from metalearn_cli.resume import begun_again, resumed_sweep_job
     from metalearn_cli.rundir import held, record_failure, write_status
 
     job = tmp_path / "1_job"
@@ -256,6 +256,13 @@ def test_a_sweep_job_that_failed_before_its_first_save_begins_again_with_its_att
     record_failure(job, "non-finite loss at meta-iteration 2")
     cfg = compose_config("train", [*FAST, "resume=true"])
     assert resumed_sweep_job(cfg, job) is None and cfg.resume is None  # a new run, in the job's dir
-    assert held(job) == [] and (job / ".hydra" / "config.yaml").is_file()
+    before = sorted(p.name for p in job.iterdir())
+    with pytest.raises(KeyboardInterrupt):  # stopped (or refused) before it began: the attempt is put back
+        with begun_again(job, sweep_resumed=True):
+            assert held(job) == [] and (job / ".hydra" / "config.yaml").is_file()
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in job.iterdir()) == before
+    with begun_again(job, sweep_resumed=True):  # it began: the attempt stays aside, nothing lost
+        pass
     (kept,) = job.glob("failed-*")
     assert sorted(p.name for p in kept.iterdir()) == ["checkpoints", "error.txt", "metrics.jsonl", "status.json"]

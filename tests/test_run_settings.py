@@ -17,10 +17,3 @@ def test_the_tested_run_holds_its_seed_whatever_the_order_and_runs_without_a_see
         assert named == {"A": ["1_rerun", "2_seed1"], "A (0_failed)": ["0_failed"]}
     assert by_setting(["P", "P"], [None, None], ["p1", "p2"], [False, True]) == {"P": [0, 1]}  # predict dirs
 
-
-def test_a_setting_of_evals_is_not_named_by_one_seeds_checkpoint():
-    from metalearn_cli.run_settings import setting_of
-
-    row = {"overrides": "checkpoint=/runs/my sweep/0_x seed=0 eval.soft_kmeans_steps=1", "dataset": "d", "encoder": "e",
-           "decoder": "p", "strategy": "s", "episode": "5way1shot"}
-    assert setting_of(row) == "eval.soft_kmeans_steps=1 [d e p s 5way1shot]"

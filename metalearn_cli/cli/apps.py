@@ -179,11 +179,12 @@ def train_app(cfg: DictConfig) -> Optional[float]:
     def job(accept: Callable[..., None]) -> float:
         from metalearn_cli.training import Training
         from metalearn_cli.config_checks import check_typed_pretrain_keys, seen_class_validation
-        from metalearn_cli.resume import resume_value, resumed_config, resumed_sweep_job
+        from metalearn_cli.resume import begun_again, resume_value, resumed_config, resumed_sweep_job
         from metalearn_cli.smoke import keep_no_meta_training
 
         refuse_foreign_target("train", run_dir, resuming=True)  # inside another run: refused (held: by the loop)
-        if HydraConfig.get().mode == RunMode.MULTIRUN and resume_value(cfg.resume) == "true":
+        resumed_sweep = HydraConfig.get().mode == RunMode.MULTIRUN and resume_value(cfg.resume) == "true"
+        if resumed_sweep:
             kept = resumed_sweep_job(cfg, run_dir)
             if kept is not None:
                 log.info("job %s: %s completed before; the resumed sweep keeps it as it is", HydraConfig.get().job.num, run_dir)
@@ -195,8 +196,9 @@ def train_app(cfg: DictConfig) -> Optional[float]:
         keep_no_meta_training(config, choices, typed)
         if HydraConfig.get().mode == RunMode.MULTIRUN and (why := seen_class_validation(config)):
             log.warning("metalearn train -m: %s", why)
-        run = Training(config, run_dir)  # every check; a refusal leaves an existing run as it was
-        accept(config)  # a resume records the config it continues with, not the command line's defaults
+        with begun_again(run_dir, resumed_sweep):  # a job that failed before its first last.pt: its attempt set aside
+            run = Training(config, run_dir)  # every check; a refusal leaves an existing run as it was
+            accept(config)  # a resume records the config it continues with, not the command line's defaults
         return run.run()
 
     return _run_job(job, cfg)
