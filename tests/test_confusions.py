@@ -106,7 +106,7 @@ def test_the_confused_pairs_script_draws_the_pairs_of_lake_runs_and_of_random_ta
                             capture_output=True, text=True, timeout=300)
     assert random.returncode == 0 and "pairs erring on 40%" in random.stdout, random.stderr
     bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "is not a tested run or eval dir" in bad.stderr
+    assert bad.returncode == 2 and "is no run dir (a sweep? it holds" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_the_confused_pairs_script_reads_a_moved_folder_data_set_and_says_what_it_needs(tmp_path):
