@@ -63,7 +63,7 @@ def refuse_other_output(out: Path, written: tuple[str, ...], inputs: list[Path])
     if not out.is_dir():
         return
     found = sorted({p.name for pattern in written for p in out.glob(pattern) if p.is_file()})
-    ours = set((out / WRITTEN).read_text(encoding="utf-8").splitlines()) if (out / WRITTEN).is_file() else None
+    ours = written_here(out) if (out / WRITTEN).is_file() else None
     if _made_from(out, inputs):  # these runs' output: what a command wrote there is replaced (all, where unrecorded)
         found = [] if ours is None else [n for n in found if n not in ours]
     if not found:
@@ -84,5 +84,11 @@ def record_written(out: Path, files: list[Path]) -> None:
     """Add the files a command wrote to the folder's record of them (:data:`WRITTEN`): a later command over the same
     runs replaces those, never a user's own file of a name it writes (one a compare's ``inputs.txt`` would vouch for)."""
     record = Path(out) / WRITTEN
-    names = set(record.read_text(encoding="utf-8").splitlines()) if record.is_file() else set()
+    names = written_here(out)
     record.write_text("".join(f"{n}\n" for n in sorted(names | {Path(f).name for f in files})), encoding="utf-8")
+
+
+def written_here(out: Path) -> set[str]:
+    """The names of the files the commands wrote into ``out`` (empty where none were recorded)."""
+    record = Path(out) / WRITTEN
+    return set(record.read_text(encoding="utf-8").splitlines()) if record.is_file() else set()

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from metalearn_cli.derived import WRITTEN
+from metalearn_cli.derived import written_here
 from metalearn_cli.run_records import read_run
 from metalearn_cli.run_settings import by_setting
 
@@ -172,7 +172,7 @@ def plot(runs: list[Path], rows: list[dict[str, Any]], settings: list[str], out:
     import matplotlib
 
     matplotlib.use("Agg")
-    ours = set((out / WRITTEN).read_text(encoding="utf-8").splitlines()) if (out / WRITTEN).is_file() else set()
+    ours = written_here(out)
     for name in [f"{name}.{fmt}" for name in ("curves", "accuracy") for fmt in FIGURE_FORMATS]:
         if name in ours:  # a refreshed report keeps no figure of an earlier one, in any format; a user's own file stays
             (out / name).unlink(missing_ok=True)

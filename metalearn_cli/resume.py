@@ -145,7 +145,7 @@ def _under(key: str, prefixes: Any) -> bool:
 
 
 RECORDED_BY_RUN = ("dataset.classes",)  # filled in by the run (a folder's split): empty on any command line
-SAVED_ABSOLUTE = ("dataset.root", "dataset.split_file", "eval.lake_runs")  # typed relative, saved absolute
+SAVED_ABSOLUTE = ("dataset.root", "dataset.split_file", "eval.lake_runs")  # paths a run saves absolute (Training)
 
 
 def _recorded_by_run(key: str, saved: Any, typed: Any) -> bool:

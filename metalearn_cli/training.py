@@ -39,7 +39,7 @@ from metalearn_cli.loop import TrainingRun
 from metalearn_cli.stage import RunClock, Stage
 from metalearn_cli.objectives import EpisodicObjective
 from metalearn_cli.pretrain import check_stage_fits, pretrain_stage, pretrained_checkpoint, resolve_budget, stage_summary
-from metalearn_cli.resume import resume_checkpoint, resume_value
+from metalearn_cli.resume import SAVED_ABSOLUTE, resume_checkpoint, resume_value
 from metalearn_cli.rundir import exclusive, refuse_held, write_status
 from metalearn_cli.signals import second_request, stop_requests
 
@@ -77,8 +77,8 @@ class Training:
         else:
             check_resumable(cfg.logger, self.run_dir)
         together()  # every rank has looked at the run dir before rank 0 writes in it
-        for part, key in (("dataset", "root"), ("dataset", "split_file"), ("eval", "lake_runs")):  # saved absolute (a
-            if cfg[part].get(key):  # resume's new root too): resume and eval work from any folder
+        for part, key in (dotted.split(".") for dotted in SAVED_ABSOLUTE):  # saved absolute (a resume's new root
+            if cfg[part].get(key):  # too): resume and eval work from any folder
                 cfg[part][key] = os.path.abspath(os.path.expanduser(str(cfg[part][key])))
         if cfg.logger.get("tracking_uri"):  # an MLflow store in a folder, likewise
             cfg.logger.tracking_uri = absolute_uri(str(cfg.logger.tracking_uri))
