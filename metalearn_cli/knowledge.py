@@ -47,6 +47,11 @@ def opposite(mean: float, reference: float) -> bool:
     return abs(reference - 0.5) >= 0.15 and (mean - 0.5) * (reference - 0.5) < 0 and abs(mean - reference) >= 0.3
 
 
+def one_image(source: Any) -> bool:
+    """One image to convert: a path, a PIL image or an open binary file."""
+    return isinstance(source, (str, bytes, os.PathLike)) or hasattr(source, "getpixel") or hasattr(source, "read")
+
+
 def is_pixels(images: Any) -> bool:
     """Images given as pixels (a tensor, an array, a list of tensors), not as files to convert."""
     return isinstance(images, (torch.Tensor, np.ndarray)) or (
@@ -136,14 +141,13 @@ class MetaKnowledge:
         if is_pixels(sources):
             raise DataError(f"read_images() converts image files and PIL images; tensors and arrays are pixels already: "
                             f"give them to adapt() or the classifier as they are ({self.pixels_wanted()})")
-        if isinstance(sources, (str, bytes, os.PathLike)) or hasattr(sources, "getpixel") or hasattr(sources, "read"):
+        if one_image(sources):
             sources = [sources]  # type: ignore[list-item]  # a path, a PIL image, an open file
         try:
             sources = list(sources)  # type: ignore[arg-type]
         except TypeError:
             raise DataError(f"images must be image files (paths), PIL images or a tensor; got {type(sources).__name__}") from None
-        odd = next((x for x in sources if not (isinstance(x, (str, bytes, os.PathLike)) or hasattr(x, "getpixel")
-                                               or hasattr(x, "read"))), None)
+        odd = next((x for x in sources if not one_image(x)), None)
         if odd is not None:
             raise DataError(f"images must be image files (paths), PIL images or one tensor [n, C, H, W]; got a "
                             f"{type(odd).__name__} among them" + (" (stack tensors into one: torch.stack(images))"
