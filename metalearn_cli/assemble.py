@@ -13,7 +13,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -31,14 +31,16 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- the host and device
-def resolve_device(name: str) -> torch.device:
-    device = parse_device(name)
+def resolve_device(name: str, spell: Callable[[str], str] = "device={}".format) -> torch.device:
+    """The device ``name`` means here (auto: CUDA if present), refused when this machine lacks it;
+    ``spell`` as in ``parse_device``."""
+    device = parse_device(name, spell)
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
+        raise ConfigError(f"{spell(name)} but CUDA is not available here; use {spell('auto')} or {spell('cpu')}")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+        raise ConfigError(f"{spell(name)} but this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
                           f"cuda:{torch.cuda.device_count() - 1}")
     return device
 

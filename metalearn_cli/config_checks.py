@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 
@@ -215,19 +215,21 @@ def validate_host(cfg: Any) -> None:
     parse_device(str(cfg.device))
 
 
-def parse_device(name: str) -> Optional[torch.device]:
+def parse_device(name: str, spell: Callable[[str], str] = "device={}".format) -> Optional[torch.device]:
     """``device=`` as a torch device (None for auto), refused when no machine has it: its spelling alone,
-    so a config meant for another machine (a GPU one) is checked here too (``--cfg``)."""
+    so a config meant for another machine (a GPU one) is checked here too (``--cfg``). ``spell`` writes a
+    setting as the caller's user typed it (the command line's ``device=cpu``, the Python API's ``device='cpu'``)."""
     if name == "auto":
         return None
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from exc
+        raise ConfigError(f"{spell(name)} is not a device; use auto, cpu, cuda or cuda:N") from exc
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device={name} is not supported; use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"{spell(name)} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cpu" and device.index not in (None, 0):  # torch accepts cpu:1 and runs on the one CPU device
-        raise ConfigError(f"device={name}: the CPU is one device; use device=cpu (threads=N sets how many cores it uses)")
+        raise ConfigError(f"{spell(name)}: the CPU is one device; use {spell('cpu')} (threads=N sets how many cores "
+                          f"it uses)")
     return device
 
 

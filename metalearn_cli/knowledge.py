@@ -270,4 +270,5 @@ def load(path: Path | str | dict[str, Any], device: str | torch.device = "auto")
         state = read_meta_knowledge(path)
         if note := unfinished_note(path, state):
             log.warning("%s", note)
-    return MetaKnowledge(state, resolve_device(str(device)))  # a torch.device is checked as its name is
+    # a torch.device is checked as its name is; errors spell the setting as this call takes it
+    return MetaKnowledge(state, resolve_device(str(device), "load(..., device={!r})".format))

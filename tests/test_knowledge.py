@@ -105,8 +105,11 @@ def test_bad_tasks_and_tampered_files_are_one_line_errors(trained_run, tmp_path)
                                                                       "image format or its config's data set is unusable")):
         with pytest.raises(CheckpointError, match=needle):
             load(damaged, "cpu")
-    with pytest.raises(ConfigError, match="device=meta is not supported"):  # a torch.device is checked as its name is
-        load(trained_run, torch.device("meta"))
+    with pytest.raises(ConfigError, match=r"load\(\.\.\., device='meta'\) is not supported"):  # checked by its name
+        load(trained_run, torch.device("meta"))  # and spelt as Python, not as the command line's device=meta
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"use load\(\.\.\., device='auto'\) or load\(\.\.\., device='cpu'\)"):
+            load(trained_run, "cuda")
 
 
 def test_images_that_look_inverted_get_a_warning(trained_run, caplog):
