@@ -194,8 +194,16 @@ def run_label(run: Path, base: Path) -> str:
         path = path.parent.parent if path.parent.name == "checkpoints" else path  # RUN/checkpoints/best.pt: RUN
         members = record["results"].get("ensemble") or []  # an ensemble's eval: its first member and how many more
         more = f" with {len(members) - 1} more as an ensemble" if len(members) > 1 else ""
-        text += f" (eval of {path.relative_to(base) if path.is_relative_to(base) else path}{more})"
+        text += f" (eval of {shortest(path, base)}{more})"
     return text
+
+
+def shortest(path: Path, base: Path) -> Path:
+    """``path`` (saved absolute) below the runs' common folder, else below the working directory, else as saved."""
+    for folder in (base.resolve(), Path.cwd().resolve()):
+        if path.is_absolute() and folder != Path(folder.anchor) and path.is_relative_to(folder) and path != folder:
+            return path.relative_to(folder)
+    return path
 
 
 def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tuple[list[dict[str, Any]], list[Any]]:
@@ -277,6 +285,18 @@ def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
     return runs
 
 
+def refuse_twice(parser: OneLineParser, runs: list[Path], given: list[Path]) -> None:
+    """A run beside itself is no comparison (however spelled: a link, a sweep dir holding it): the error
+    names the arguments that hold it, so the user sees which to drop."""
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        if seen.setdefault(canonical(run), run) is not run:
+            held = [f"as {arg}" if canonical(arg) == canonical(run) else f"within {arg}" for arg in given
+                    if canonical(arg) == canonical(run) or canonical(arg) in canonical(run).parents]
+            parser.error(f"{run} is given twice{f' ({held[0]} and {held[-1]})' if len(held) > 1 else ''}; "
+                         "compare each run once")
+
+
 def main(argv: list[str]) -> int:
     parser = OneLineParser(prog="metalearn compare", description=help_text(__doc__))
     parser.add_argument("runs", nargs="*", type=Path, help="run dirs, eval dirs or sweep dirs; the first run's setting "
@@ -293,10 +313,7 @@ def main(argv: list[str]) -> int:
     runs = [r for group in named for r in group] if named else sweeps_finished([find_runs([path]) for path in args.runs], args.runs)
     if len(runs) < 2:
         parser.error("give two runs or more: the first is the reference")
-    seen: dict[Path, Path] = {}
-    for run in runs:  # a run beside itself is no comparison (however spelled: a link, a sweep dir holding it)
-        if seen.setdefault(canonical(run), run) is not run:
-            parser.error(f"{run} is given twice (also as {seen[canonical(run)]}); compare each run once")
+    refuse_twice(parser, runs, [p for group in args.setting for p in group] or args.runs)
     base = outside_runs(runs[0].parent)  # beside the runs, never inside one
     label = lambda p: run_label(p, base)  # noqa: E731
     groups = named_settings(named, label) if named else settings(runs)

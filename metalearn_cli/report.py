@@ -14,7 +14,8 @@ from metalearn_cli.console import OneLineParser, folder_arg, help_text
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, record_written, refuse_other_output
 from metalearn_cli.run_records import common_base, find_runs
 from metalearn_cli.rundir import refuse_replacing
-from metalearn_cli.run_settings import bookkeeping, by_setting, config_labels, record_of, setting_config, setting_of, trained_by
+from metalearn_cli.run_settings import (bookkeeping, by_setting, config_labels, record_of, setting_config, setting_of,
+                                        setting_overrides, trained_by)
 from metalearn_cli.sweep_record import failed_note, sweep_note
 
 COLUMNS = ["run", "command", "overrides", "dataset", "encoder", "decoder", "strategy", "episode", "seed", "status",
@@ -131,6 +132,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
         "tasks_per_s": results.get("train_tasks_per_s") if results.get("iterations") != 0 else None,  # none meta-trained
         **stage_columns(results.get("pretrain"), recipe),
         "_damaged": record["damaged"],  # not a column: named in a note
+        "_setting_overrides": setting_overrides(record, trained),  # not a column: the seeds table's label
         "_setting": repr(sorted((k, repr(v)) for k, v in setting_config(run, record, trained).items() if not bookkeeping(k))),  # not a column
     }
 

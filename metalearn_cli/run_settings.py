@@ -64,9 +64,22 @@ def exported_by(export: Path) -> dict[str, Any]:
             "metrics": []}
 
 
+def setting_overrides(record: dict[str, Any], trained: dict[str, Any]) -> str:
+    """The overrides that say what a run's setting is, bookkeeping aside. An eval or predict dir's are those of
+    the run that trained its checkpoint, then what the dir's own command changed (``eval episode=5way5shot``):
+    its ``checkpoint=`` names one seed's run, which would label the setting of all its seeds."""
+    own = [o for o in record["overrides"] if not o.startswith(("hydra.", "resume="))]
+    if not trained:
+        return " ".join(own)
+    base = [o for o in trained["overrides"] if not o.startswith(("hydra.", "resume=", "seed="))]
+    changed = [o for o in own if o.split("=", 1)[0].lstrip("+~") not in OWN_KEYS_IGNORED]
+    return " ".join([*base, record["command"], *changed])
+
+
 def setting_of(row: dict[str, Any]) -> str:
     """What a run was, without its seed: runs of one setting differ only in ``seed=``."""
-    setting = " ".join(o for o in row["overrides"].split() if not o.startswith("seed=")) or "(defaults)"
+    overrides = row.get("_setting_overrides", row["overrides"])  # an eval's: its trained run's (report's rows)
+    setting = " ".join(o for o in overrides.split() if not o.startswith("seed=")) or "(defaults)"
     return f"{setting} [{row['dataset']} {row['encoder']} {row['decoder']} {row['strategy']} {row['episode']}]"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -53,7 +54,7 @@ def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
         read_outcomes(tmp_path / "b c")  # the printed command pastes whole
 
 
-def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
+def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys, monkeypatch):
     for width in (8, 16):
         for seed in (0, 1):
             assert main(["train", *FAST, f"encoder.width={width}", f"seed={seed}",
@@ -85,6 +86,11 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys):
     assert "(w16_s1)" in err and "(w8_s0)" in err  # the settings' labels, and where their runs are
     assert main(["compare", evals[0], evals[2], "--out", str(tmp_path / "cmp_two_evals")]) == 2
     assert "eval_w16_s1 (eval of w16_s1)" in capsys.readouterr().err  # an eval dir, by the run it scored
+    for name, evaluation in (("e8", evals[0]), ("e16", evals[2])):
+        shutil.copytree(evaluation, tmp_path / "elsewhere" / name)
+    monkeypatch.chdir(tmp_path)  # the runs they scored are outside their folder: named from here, not from /
+    assert main(["compare", str(tmp_path / "elsewhere" / "e8"), str(tmp_path / "elsewhere" / "e16")]) == 2
+    assert "e16 (eval of w16_s1)" in capsys.readouterr().err
     # --setting: the user says which runs are one setting (here across configs), through the console command
     cross = [sys.executable, "-m", "metalearn_cli", "compare", "--setting", runs[0], runs[2], "--setting", runs[3], runs[1],
              "--out", str(tmp_path / "cross")]
@@ -153,9 +159,10 @@ def test_a_run_given_twice_is_refused_and_other_runs_never_replace_a_default_com
         assert main(["train", *FAST, f"encoder.width={width}", f"hydra.run.dir={runs / name}"]) == 0
     os.symlink(runs / "a", tmp_path / "link to a")
     exe = Path(sys.executable).with_name("metalearn")
-    for twice in ([runs / "a", runs / "a"], [runs / "a", tmp_path / "link to a"]):
+    for twice in ([runs / "a", runs / "a"], [runs / "a", tmp_path / "link to a"], [runs / "a", runs]):
         proc = subprocess.run([str(exe), "compare", *map(str, twice)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "is given twice" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"(as {runs / 'a'} and within {runs})" in proc.stderr  # the folder that holds it again is named
     assert not (runs / "compare").exists()
     capsys.readouterr()
     assert main(["compare", str(runs / "a"), str(runs / "b")]) == 0

@@ -301,3 +301,19 @@ def test_a_pretraining_stage_named_alone_is_a_row_with_its_runs_settings(tmp_pat
     monkeypatch.chdir(tmp_path)  # two runs' stages, given relative: rows told apart by their runs
     assert main(["report", "run/pretrain", "copy/pretrain", "--out", "rep2"]) == 0
     assert [r["run"] for r in csv.DictReader((tmp_path / "rep2" / "report.csv").open())] == ["copy/pretrain", "run/pretrain"]
+
+
+def test_evals_of_a_recipes_seeds_are_labelled_by_the_recipe_not_one_seeds_checkpoint(tmp_path):
+    """The seeds table's label of evaluations is what trained them and what the eval changed: the
+    ``checkpoint=`` of the first seed would name one run as the setting of all of them."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        assert main(["train", *FAST, f"seed={seed}", "trainer.iterations=2", "trainer.val_every=2", "eval.episodes=2",
+                     f"hydra.run.dir={runs / f'trained{seed}'}"]) == 0
+        assert main(["eval", f"checkpoint={runs / f'trained{seed}'}", "eval.episodes=2", "eval.tta_shift=1",
+                     f"hydra.run.dir={tmp_path / 'evals' / f'eval{seed}'}"]) == 0
+    assert main(["report", str(tmp_path / "evals"), "--out", str(tmp_path / "rep")]) == 0
+    (group,) = list(csv.DictReader((tmp_path / "rep" / "seeds.csv").open()))
+    assert group["seeds"] == "0,1" and "checkpoint=" not in group["setting"] and "trained0" not in group["setting"]
+    assert group["setting"].startswith("dataset=synthetic ")  # what trained them, then what the eval changed
+    assert group["setting"].split(" [")[0].endswith(" eval eval.episodes=2 eval.tta_shift=1")
