@@ -13,6 +13,10 @@ class ConfigError(MetalearnError):
     """A config value is invalid or two choices do not fit together."""
 
 
+class InUse(ConfigError):
+    """Another live process holds the run dir's lock: nothing of this command may be written there."""
+
+
 class DataError(MetalearnError):
     """A data set is missing, incomplete or too small for the requested episodes."""
 

@@ -20,7 +20,8 @@ from metalearn_cli.compat import migrate_config
 from metalearn_cli.console import shell_override
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.files import read_json, read_yaml
-from metalearn_cli.rundir import CHECKPOINTS, LAST, STAGE, STATUS, RunDir, canonical, held, is_locked, put_back, set_aside
+from metalearn_cli.run_records import command_of
+from metalearn_cli.rundir import CHECKPOINTS, LAST, RESULTS, STAGE, STATUS, RunDir, canonical, held, is_locked, put_back, set_aside
 from metalearn_cli.schema import flatten
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:
         return path
     path = Path(value)
     if path.is_dir():
+        refuse_other_command(value, path)
         run, path = RunDir(path), RunDir(path).last if RunDir(path).checkpoints.is_dir() else path / LAST
         if not path.exists() and run.best.is_file():
             raise CheckpointError(f"{value} has no {LAST} to resume from (stopped before its first save, or it was "
@@ -108,6 +110,16 @@ def resume_checkpoint(resume: Any, run_dir: Path) -> Optional[Path]:
     refuse_another_dir(value, path, run_dir)
     refuse_rewinding(value, path)
     return path
+
+
+def refuse_other_command(value: str, folder: Path) -> None:
+    """``resume=`` names the dir of an eval, predict or export: it holds that command's results, no training to go on."""
+    config = read_yaml(folder / ".hydra" / "config.yaml", {})
+    command = command_of(folder, config)
+    if command != "train":
+        scored = read_json(folder / RESULTS).get("checkpoint") or config.get("checkpoint")
+        raise CheckpointError(f"{value} is the dir of a metalearn {command}, not of a training run; resume= continues a "
+                              f"run of metalearn train" + (f" (that {command} read {scored})" if scored else ""))
 
 
 def refuse_rewinding(value: str, path: Path) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from metalearn_cli.errors import CheckpointError, ConfigError, WriteError
+from metalearn_cli.errors import CheckpointError, ConfigError, InUse, WriteError
 from metalearn_cli.files import read_json, write_json
 
 CHECKPOINTS = "checkpoints"
@@ -79,7 +79,7 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ConfigError(f"{run_dir} is being written by another metalearn process; wait for it to end (for a new run, "
+        raise InUse(f"{run_dir} is being written by another metalearn process; wait for it to end (for a new run, "
                           "choose another hydra.run.dir)") from None
     _HELD[path] = [fd, 1]
     try:
@@ -113,7 +113,10 @@ def canonical(path: Path | str) -> Path:
 
 
 def is_locked(run_dir: Path) -> bool:
-    """Whether a live process holds ``run_dir``'s lock (the OS releases a dead process's)."""
+    """Whether another live process holds ``run_dir``'s lock (the OS releases a dead process's; this
+    process's own lock, :func:`exclusive`, is no other writer)."""
+    if Path(run_dir).resolve() in _HELD:
+        return False
     try:
         fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
     except OSError:

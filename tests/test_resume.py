@@ -182,6 +182,22 @@ def test_resuming_a_run_stopped_before_its_first_save_says_there_is_nothing_to_c
     assert "stopped before it saved a checkpoint, so there is nothing to continue" in err and "last.pt" not in err
 
 
+def test_resume_of_an_eval_or_export_dir_says_what_it_is_not_that_it_stopped(trained_run, tmp_path, capsys):
+    """Their dirs hold results and no last.pt: "stopped before it saved ... delete this one" would invite a user
+    to throw those away."""
+    from metalearn_cli.cli import main
+
+    assert main(["eval", f"checkpoint={trained_run}", "eval.episodes=2", f"hydra.run.dir={tmp_path / 'ev'}"]) == 0
+    assert main(["export", f"checkpoint={trained_run}", f"out={tmp_path / 'mk.pt'}", f"hydra.run.dir={tmp_path / 'ex'}"]) == 0
+    for folder, command in (("ev", "eval"), ("ex", "export")):
+        before = sorted(p.name for p in (tmp_path / folder).iterdir())
+        capsys.readouterr()
+        assert main(["train", f"resume={tmp_path / folder}"]) == 2
+        err = capsys.readouterr().err
+        assert f"is the dir of a metalearn {command}, not of a training run" in err and "delete" not in err, err
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == before
+
+
 def test_a_run_trained_by_torchrun_is_continued_by_torchrun_and_warned_otherwise(tmp_path, caplog):
     """The stop line repeats the process count; a resume with another count goes on, with a warning."""
     from metalearn_cli.resume import continue_command, warn_changed_course

@@ -289,3 +289,42 @@ def test_resume_of_a_sweep_dir_gives_the_command_that_finishes_the_sweep(tmp_pat
     err = capsys.readouterr().err
     assert f"is a sweep's dir, not one run's; finish the sweep with: metalearn train -m debug=smoke seed=0,1 " in err, err
     assert err.strip().endswith("resume=true") and err.strip().count("\n") == 0
+
+
+def _hold_lock(run_dir: Path) -> subprocess.Popen:
+    """Another live process holding ``run_dir``'s lock, as a running job's process does."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir / ".lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_sweep_still_running_is_neither_resumed_nor_written_into(tmp_path, capsys):
+    """A second sweep into a sweep dir a live process still writes (resume=true, as the refusal of a new sweep
+    there suggests) is refused before Hydra rewrites its multirun.yaml; and a job whose dir another process
+    holds fails without writing its refusal into that dir (status.json, error.txt, .hydra/)."""
+    args = ["train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=job${hydra.job.num}"]
+    assert main(args) == 0
+    recorded = (tmp_path / "sweep" / "multirun.yaml").read_bytes()
+    job = tmp_path / "sweep" / "job1"
+    (job / "status.json").write_text('{"status": "running", "step": 1, "iterations": 2}')
+    holder = _hold_lock(job)
+    try:
+        capsys.readouterr()
+        assert main([*args, "resume=true"]) == 2
+        assert "is still running (another metalearn process is writing job1)" in capsys.readouterr().err
+        assert (tmp_path / "sweep" / "multirun.yaml").read_bytes() == recorded and not (job / "error.txt").exists()
+        fresh = tmp_path / "fresh"  # a new sweep whose job dir another process holds before it holds a run
+        holder.kill()
+        holder.wait()
+        holder = _hold_lock(fresh / "job0")
+        proc = subprocess.run([EXE, *args[:-2], f"hydra.sweep.dir={fresh}", args[-1]], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 1 and "being written by another metalearn process" in proc.stdout + proc.stderr, proc.stderr
+        assert sorted(p.name for p in (fresh / "job0").iterdir()) == [".lock"]  # nothing of the refused job
+        assert json.loads((fresh / "job1" / "status.json").read_text())["status"] == "completed"
+    finally:
+        holder.kill()
+        holder.wait()

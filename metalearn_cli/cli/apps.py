@@ -29,11 +29,11 @@ from metalearn_cli.cli.launched_jobs import (job_takes_ctrl_c, jobs_ran_elsewher
                                              takes_ctrl_c, tally_launched_jobs, wait_for_saving_jobs)
 from metalearn_cli.command_line import rank, refuse_foreign_target, required, sweep_requested, typed_keys
 from metalearn_cli.console import as_user_error, one_line, shell_override
-from metalearn_cli.errors import InternalError, Interrupted, MetalearnError
+from metalearn_cli.errors import InUse, InternalError, Interrupted, MetalearnError
 from metalearn_cli.params import PARAMS
 from metalearn_cli.run_guard import RunGuard
 from metalearn_cli.files import read_json
-from metalearn_cli.rundir import STAGE, STATUS, RunDir, canonical, mark_interrupted, write_status
+from metalearn_cli.rundir import STAGE, STATUS, RunDir, canonical, exclusive, mark_interrupted, write_status
 from metalearn_cli.schema import SCHEMAS
 
 
@@ -124,6 +124,22 @@ def _record_end(hc: Any, status: str) -> None:
         record_outcome(canonical(hc.sweep.dir), str(hc.job.num), str(hc.launcher.get("_target_", "")), status)
 
 
+@contextlib.contextmanager
+def _sweep_job_lock(hc: Any, run_dir: Path, guard: RunGuard) -> Iterator[None]:
+    """A sweep job holds its dir's lock from its first check, as a single command does from the start (its dir is
+    known only now): a sweep run again while it still runs leaves the dirs its jobs hold untouched."""
+    if hc.mode != RunMode.MULTIRUN or rank() > 0:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive(run_dir))
+        except InUse:
+            guard.writer = False  # another process's dir: this job's refusal is said, never written there
+            raise
+        yield
+
+
 def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, disposable: bool = False) -> Optional[float]:
     """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
     recorded only in a dir that held no run (``disposable``: not in a default dir either, :class:`RunGuard`).
@@ -140,7 +156,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
     log_name = hc.job.name if hc.runtime.choices.get("hydra/job_logging") == "metalearn" else None
     try:
         try:
-            with job_takes_ctrl_c():
+            with job_takes_ctrl_c(), _sweep_job_lock(hc, run_dir, guard):
                 value = job(lambda ran=None: guard.accept(_hydra_record(ran) if ran is not None else record, log_name))
             _record_end(hc, "completed")
             return value

@@ -82,12 +82,22 @@ def no_empty_sweep(command: str, values: dict[str, Any], sweep: bool, jobs: list
                     remove_empty(folder, kept)
 
 
+def refuse_running_sweep(folder: Path, named: Any) -> None:
+    """A sweep dir whose jobs a live process still writes: a second sweep there (new, or ``resume=true``) would
+    rewrite its ``multirun.yaml`` and fail the jobs the first holds."""
+    busy = [job for job in job_dirs(folder) if is_locked(folder / job)] if folder.is_dir() else []
+    if busy:
+        raise ConfigError(f"hydra.sweep.dir={named} is still running (another metalearn process is writing {busy[0]}); wait "
+                          "for that sweep to end (or stop it), then run it again with resume=true to finish any job it left")
+
+
 def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
     """A sweep writes ``multirun.yaml`` into its dir before any job checks its own: a sweep dir that
     already holds a sweep (or a run) would lose its record, so a new sweep needs a new one."""
     if named is None or "${" in str(named):
         return  # the default: outputs/multirun/<command>/<time>, new
     folder = canonical(str(named))
+    refuse_running_sweep(folder, named)
     found = held(folder)
     if not found and folder.is_dir():  # a sweep none of whose jobs ran (a typo in every job) may be run again
         found = job_dirs(folder)[:3]
@@ -134,6 +144,7 @@ def check_resumed_sweep(named: Any, overrides: list[str]) -> None:
             "start a new sweep in a new hydra.sweep.dir (an Optuna study given hydra.sweeper.storage=sqlite:///FILE "
             "continues from that file in a new sweep)" if jobs else
             "holds none (no multirun.yaml); check the path, or drop resume=true for a new sweep"))
+    refuse_running_sweep(folder, named)
     before = sweep_overrides(recorded_sweep(folder))
     if sorted(before) != sorted(overrides):
         raise ConfigError(f"hydra.sweep.dir={named} holds a sweep of {' '.join(before) or 'the defaults'}; resume=true "
