@@ -67,6 +67,7 @@ def validate(cfg: Any) -> TrainConfig:
                           "pretrain=episodic or trainer.init_from=RUN, or drop freeze_encoder")
     check_shape("test", cfg.episode.way, cfg.episode.shot, cfg.episode.query)  # the data's own limits: when it is read
     check_film_strategy(cfg)
+    check_unadapted_head(cfg)
     validate_pretrain(cfg)
     validate_eval(e)
     validate_host(cfg)
@@ -87,6 +88,16 @@ def check_film_strategy(cfg: Any) -> None:
         raise ConfigError(f"decoder=film with strategy={cfg.strategy.name} diverges: its {steps} inner SGD step(s) over "
                           "FiLM's generators and generated dot-product head wreck it (strategy=maml on Omniglot: "
                           "chance after 100 iterations); CNAPs adapts to a task in one forward pass, so use strategy=mgd (the cnaps_* presets)")
+
+
+def check_unadapted_head(cfg: Any) -> None:
+    """decoder=linear is a head of random initial weights that only the inner loop fits to a task's labels: with no
+    inner step in training it answers every task by one fixed classifier of shuffled classes, at chance (the
+    strategy refuses the same at test, ``eval_inner_steps=0``)."""
+    if cfg.decoder.get("name") == "linear" and "inner_steps" in cfg.strategy and cfg.strategy.get("inner_steps") == 0:
+        raise ConfigError("strategy.inner_steps=0 with decoder=linear never fits the head to a training task's labels, so "
+                          "training stays at chance; give it 1 or more steps (a head fitted without steps: strategy=mgd "
+                          "decoder=prototype)")
 
 
 def check_seed(seed: Any) -> None:

@@ -59,6 +59,23 @@ def test_pretrain_epochs_beside_pretrain_none_is_said_and_the_run_goes_on_withou
     assert not (tmp_path / "run" / "pretrain").exists()
 
 
+@pytest.mark.parametrize("typed, needle", [
+    (["strategy=fomaml", "strategy.first_order=false"], "is second-order MAML, and its runs would be labelled fomaml"),
+    (["strategy=anil", "strategy.adapt=all"], "strategy=anil with strategy.adapt=all is MAML"),
+    (["strategy=metasgd", "strategy.learn_inner_lr=false"], "is MAML with one fixed inner rate"),
+    (["strategy=fomaml", "strategy.first_order_until=5"], "is first-order throughout"),
+    (["strategy=maml", "strategy.first_order=true", "strategy.first_order_until=5"], "is first-order throughout"),
+    (["strategy=maml", "strategy.inner_steps=0"], "training stays at chance"),
+    (["strategy=anil", "strategy.inner_steps=0"], "training stays at chance"),
+])
+def test_a_strategy_undone_by_its_own_options_is_refused_not_run_under_its_name(typed, needle):
+    from metalearn_cli.config_checks import validate
+
+    with pytest.raises(ConfigError, match=needle):
+        validate(compose_config("train", typed))
+    validate(compose_config("train", typed[:1]))  # the strategy as it is
+
+
 @pytest.mark.parametrize("strategy", ["maml", "fomaml", "anil", "metasgd"])
 def test_film_under_an_inner_loop_is_refused_as_it_learns_nothing(strategy):
     from metalearn_cli.config_checks import validate
