@@ -5,6 +5,7 @@ metrics between two records."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -13,6 +14,8 @@ import torch
 
 from metalearn_cli.files import atomic_write
 from metalearn_cli.loggers import build_sink
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -27,15 +30,16 @@ class MetricsLog:
         self._sink = build_sink(logger or {"name": "tensorboard"}, run_dir, resume_step, config or {})
 
     def _truncate_after(self, step: int) -> None:
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-                kept.append(line)
-        text = "".join(k + "\n" for k in kept).encode("utf-8")
+        """Drops the records past ``step`` (the resumed run logs them again) and the lines that cannot be read,
+        saying how many of those there were: the records they held are lost."""
+        from metalearn_cli.run_records import read_metrics
+
+        lines, unreadable = read_metrics(self.path)
+        if unreadable:
+            log.warning("%s: dropped %d unreadable line%s (cut by a kill, or garbled); the records they held are "
+                        "lost, the rest is kept and the run goes on from step %d", self.path, unreadable,
+                        "s" if unreadable > 1 else "", step)
+        text = "".join(line + "\n" for line, record in lines if record["step"] <= step).encode("utf-8")
         atomic_write(self.path, lambda f: f.write(text), "metrics", "free disk space")
 
     def log(self, step: int, split: str, values: dict[str, Any]) -> None:

@@ -5,16 +5,24 @@ tasks), McNemar's test and how many predictions differ. ``metalearn compare`` an
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Optional
 
 from metalearn_cli.console import shell_override
 from metalearn_cli.errors import MetalearnError
+from metalearn_cli.files import read_json
+from metalearn_cli.rundir import RESULTS
+
+
+UNREADABLE = (OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile, zlib.error)  # a cut or changed npz
 
 
 def read_outcomes(run: Path) -> tuple[Any, Any]:
     """The run's per-query correctness ``[tasks, queries]`` (numpy bool) and predicted classes (int16;
-    None for a file written before they were kept), read in one pass."""
+    None for a file written before they were kept), read in one pass. A file that does not read back whole
+    (cut, emptied, a changed byte, arrays that disagree with each other or with results.json) is one line."""
     import numpy as np
 
     path = run / "test_outcomes.npz"
@@ -22,13 +30,37 @@ def read_outcomes(run: Path) -> tuple[Any, Any]:
         raise MetalearnError(f"{run} holds no test_outcomes.npz (written by every test since 2026-12-01: an older run, or "
                              f"the file was removed); score it again with metalearn eval {shell_override('checkpoint', run)} "
                              "hydra.run.dir=NEW_DIR, then compare that dir")
+    rescore = (f"score the run again with metalearn eval {shell_override('checkpoint', run)} hydra.run.dir=NEW_DIR, "
+               "then compare that dir")
     try:
         with np.load(path) as f:
             shape = tuple(int(s) for s in f["shape"])
-            correct = np.unpackbits(f["packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
-            return correct, (f["predicted"] if "predicted" in f.files else None)
-    except (OSError, ValueError, KeyError) as exc:
-        raise MetalearnError(f"{path} is damaged ({exc.__class__.__name__}); score the run again with metalearn eval") from exc
+            packed, predicted = f["packed"], (f["predicted"] if "predicted" in f.files else None)
+            problem = _disagreement(shape, packed, predicted, read_json(run / RESULTS))
+            if problem is None:
+                correct = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).astype(bool)
+                return correct, predicted
+    except UNREADABLE as exc:
+        raise MetalearnError(f"{path} is damaged ({exc.__class__.__name__}); {rescore}") from exc
+    raise MetalearnError(f"{path} is damaged ({problem}); {rescore}")
+
+
+def _disagreement(shape: tuple[int, ...], packed: Any, predicted: Any, results: dict[str, Any]) -> Optional[str]:
+    """What in an outcomes file disagrees with the rest of it or with its run's results.json, else None."""
+    import numpy as np
+
+    if len(shape) != 2 or min(shape) < 0:
+        return f"shape {list(shape)} is not [tasks, queries]"
+    if packed.dtype != np.uint8 or packed.shape != ((shape[0] * shape[1] + 7) // 8,):
+        return f"{packed.size} packed bytes for {shape[0]} x {shape[1]} outcomes"
+    if predicted is not None and (predicted.shape != shape or predicted.dtype.kind not in "iu"):
+        return f"predictions of shape {list(predicted.shape)} for {shape[0]} x {shape[1]} outcomes"
+    tasks, way, query = (results.get(k) for k in ("episodes", "way", "query"))
+    if isinstance(tasks, int) and tasks != shape[0]:
+        return f"{shape[0]} tasks, though {RESULTS} says {tasks}"
+    if isinstance(way, int) and isinstance(query, int) and way * query != shape[1]:
+        return f"{shape[1]} queries per task, though {RESULTS} says {way} ways x {query}"
+    return None
 
 
 def outcomes(run: Path) -> Any:

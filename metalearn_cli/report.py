@@ -13,7 +13,7 @@ from typing import Any, Optional
 from metalearn_cli.console import OneLineParser, folder_arg, help_text
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, record_written, refuse_other_output
 from metalearn_cli.run_records import common_base, find_runs
-from metalearn_cli.rundir import refuse_replacing
+from metalearn_cli.rundir import METRICS, refuse_replacing
 from metalearn_cli.run_settings import (bookkeeping, by_setting, config_labels, record_of, setting_config, setting_of,
                                         setting_overrides, trained_by)
 from metalearn_cli.sweep_record import failed_note, sweep_note
@@ -82,11 +82,16 @@ def sweep_notes(paths: list[Path], runs: list[Path]) -> list[str]:
 
 
 def damaged_note(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
-    """A line naming the runs' damaged files (read as empty, so their rows lack what the files held)."""
-    damaged = [str(run / name) for run, row in zip(runs, rows) for name in row["_damaged"]]
-    return [f"damaged (read as empty, so the row lacks what it held): {', '.join(damaged[:5])}"
-            f"{f' and {len(damaged) - 5} more' if len(damaged) > 5 else ''}; restore each, or score the run again "
-            "with metalearn eval checkpoint=RUN"] if damaged else []
+    """A line naming the runs' damaged files: results and status read as empty (their rows lack what they held), a
+    metrics.jsonl without its unreadable lines (its curves lack their records)."""
+    damaged = [str(run / name) for run, row in zip(runs, rows) for name in row["_damaged"] if name != METRICS]
+    cut = [str(run / METRICS) for run, row in zip(runs, rows) if METRICS in row["_damaged"]]
+    notes = [f"damaged (read as empty, so the row lacks what it held): {', '.join(damaged[:5])}"
+             f"{f' and {len(damaged) - 5} more' if len(damaged) > 5 else ''}; restore each, or score the run again "
+             "with metalearn eval checkpoint=RUN"] if damaged else []
+    return notes + ([f"lines of {', '.join(cut[:5])}{f' and {len(cut) - 5} more' if len(cut) > 5 else ''} cannot be "
+                     "read (cut or garbled), so the curves lack their records; restore each from a copy to draw them "
+                     "whole"] if cut else [])
 
 
 def _below(run: Path, base: Path) -> str:

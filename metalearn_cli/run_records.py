@@ -18,15 +18,7 @@ def read_run(run: Path) -> dict[str, Any]:
     """A run dir as ``{command, config, choices, overrides, cwd, results, status, metrics, damaged}``; damaged files
     read as empty, and ``damaged`` names them. A predict dir's ``results`` are its ``predictions.json``."""
     run = Path(run)
-    metrics = []
-    if (run / METRICS).is_file():
-        for line in (run / METRICS).read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if isinstance(record, dict) and isinstance(record.get("step"), int):
-                metrics.append(record)
+    lines, unreadable = read_metrics(run / METRICS)
     results, status = read_json(run / RESULTS), read_json(run / STATUS)
     state = status.get("status", "completed" if results else "unknown")
     if state == "running" and not is_locked(run):
@@ -45,9 +37,29 @@ def read_run(run: Path) -> dict[str, Any]:
         "cwd": runtime.get("cwd") if isinstance(runtime.get("cwd"), str) else None,  # where its relative paths lead
         "results": results,
         "status": state,
-        "metrics": metrics,
-        "damaged": [name for name in (RESULTS, STATUS) if (run / name).is_file() and not read_json(run / name)],
+        "metrics": [record for _, record in lines],
+        "damaged": [name for name in (RESULTS, STATUS) if (run / name).is_file() and not read_json(run / name)]
+                   + ([METRICS] if unreadable and state != "running" else []),  # a running one may be mid-line
     }
+
+
+def read_metrics(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """``metrics.jsonl``'s records, each with its line, and how many of its lines could not be read (cut by a
+    kill, garbled, not a record); a missing file holds none. Bytes that are not UTF-8 read as U+FFFD: a line
+    with one in a string is still read, and a line of such bytes is no JSON."""
+    lines, unreadable = [], 0
+    if not path.is_file():
+        return lines, unreadable
+    for line in path.read_bytes().decode("utf-8", errors="replace").split("\n"):  # not splitlines: garbage holds \x0c
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            lines.append((line, record))
+        elif line.strip():
+            unreadable += 1
+    return lines, unreadable
 
 
 def command_of(run: Path, config: Any) -> str:

@@ -244,3 +244,41 @@ def test_a_p_value_below_the_smallest_double_is_a_bound_not_zero():
     from metalearn_cli.compare import p_text
 
     assert p_text(0.0183) == "= 0.0183" and p_text(0.0) == "< 1e-300"
+
+
+def test_a_damaged_outcomes_file_is_one_line_however_it_was_damaged(tmp_path, trained_run, capsys):
+    import numpy as np
+
+    shutil.copytree(trained_run, tmp_path / "a")
+    whole = (trained_run / "test_outcomes.npz").read_bytes()
+    with np.load(trained_run / "test_outcomes.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    tasks, queries = (int(s) for s in arrays["shape"])
+
+    def saved(**changed):  # a valid npz whose arrays disagree with each other or with results.json
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **{**arrays, **changed})
+        return buffer.getvalue()
+
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF
+    damages = {"cut": whole[:len(whole) // 3], "empty": b"", "flipped byte": bytes(flipped),
+               "cut to 5 tasks": saved(**{k: v[:5] for k, v in arrays.items()}),  # as the trial made it: shape left whole
+               "fewer predictions": saved(predicted=arrays["predicted"][: tasks // 2]),
+               "fewer tasks than results.json": saved(packed=np.packbits(np.ones((tasks - 1, queries), bool)),
+                                                      shape=np.array([tasks - 1, queries]), predicted=arrays["predicted"][1:]),
+               "other queries than results.json": saved(packed=np.packbits(np.ones((tasks, 2), bool)),
+                                                        shape=np.array([tasks, 2]), predicted=arrays["predicted"][:, :2])}
+    for name, data in damages.items():
+        shutil.rmtree(tmp_path / "b", ignore_errors=True)
+        shutil.copytree(trained_run, tmp_path / "b")
+        (tmp_path / "b" / "test_outcomes.npz").write_bytes(data)
+        assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 2, name
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'b' / 'test_outcomes.npz'} is damaged (" in err, (name, err)
+        assert f"score the run again with metalearn eval checkpoint={tmp_path / 'b'}" in err and err.count("\n") == 1, err
+        assert not (tmp_path / "cmp").exists()
+    (tmp_path / "b" / "test_outcomes.npz").write_bytes(whole)  # whole again: compared
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0

@@ -317,3 +317,15 @@ def test_evals_of_a_recipes_seeds_are_labelled_by_the_recipe_not_one_seeds_check
     assert group["seeds"] == "0,1" and "checkpoint=" not in group["setting"] and "trained0" not in group["setting"]
     assert group["setting"].startswith("dataset=synthetic ")  # what trained them, then what the eval changed
     assert group["setting"].split(" [")[0].endswith(" eval eval.episodes=2 eval.tta_shift=1")
+
+
+def test_a_metrics_file_cut_short_or_garbled_is_named_in_the_damaged_note(tmp_path, trained_run, capsys):
+    for name in ("cut", "garbled", "whole"):
+        shutil.copytree(trained_run, tmp_path / "runs" / name)
+    metrics = (trained_run / "metrics.jsonl").read_bytes()
+    (tmp_path / "runs" / "cut" / "metrics.jsonl").write_bytes(metrics[: len(metrics) // 2 + 7])  # mid-line
+    (tmp_path / "runs" / "garbled" / "metrics.jsonl").write_bytes(metrics + b"\xd6\xce\xedzh\xdc\xe8\x1b\n")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    (note,) = [line for line in capsys.readouterr().out.splitlines() if "cannot be read" in line]
+    assert f"{tmp_path / 'runs' / 'cut' / 'metrics.jsonl'}, {tmp_path / 'runs' / 'garbled' / 'metrics.jsonl'} cannot" in note
+    assert "whole" not in note.split("curves")[0] and "read as empty" not in note  # the rest of the file is drawn

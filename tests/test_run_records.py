@@ -50,3 +50,31 @@ def test_finding_runs_lists_runs_not_their_stages(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MetalearnError, match="no run dirs"):
         find_runs([tmp_path / "empty"])
+
+
+def test_a_metrics_file_with_lines_that_cannot_be_read_is_named_damaged_unless_still_being_written(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    _status(run, "completed")
+    (run / "metrics.jsonl").write_bytes(b'{"step": 1, "split": "train"}\n\n{"step": 2, "split": "val\xff"}\n')
+    assert read_run(run)["damaged"] == []  # a blank line, a byte that is not UTF-8 inside a string: read
+    for damage in (b'{"step": 3, "spl\n', b'\xbe\x00\xff\xd6\xce\xedzh\x0c\xfe\n', b'{"step": "x"}\n'):
+        (run / "metrics.jsonl").write_bytes(b'{"step": 1, "split": "train"}\n' + damage + b'{"step": 4, "split": "val"}\n')
+        record = read_run(run)
+        assert record["damaged"] == ["metrics.jsonl"] and [r["step"] for r in record["metrics"]] == [1, 4], damage
+    (run / "status.json").write_text("{")  # named beside a damaged status.json
+    assert read_run(run)["damaged"] == ["status.json", "metrics.jsonl"]
+    _status(run, "running")
+    (run / ".lock").touch()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print(flush=True); time.sleep(60)", str(run / ".lock")],
+                              stdout=subprocess.PIPE)
+    try:
+        holder.stdout.readline()  # a live run may be mid-line: that is no damage
+        assert read_run(run)["status"] == "running" and read_run(run)["damaged"] == []
+    finally:
+        holder.kill()
+        holder.wait()
+    assert read_run(run)["status"] == "interrupted" and read_run(run)["damaged"] == ["metrics.jsonl"]
