@@ -39,6 +39,8 @@ def one_line(exc: BaseException) -> str:
         missing_option = str(getattr(exc, "missing_cfg_file", "") or "").rsplit("/", 1)[-1]
         close = closest(missing_option, options)
         parts.append((f"did you mean {close}? " if close else "") + f"choose one of: {', '.join(options)}")
+    if mismatch := preset_for_another(" ".join(parts)):
+        return mismatch
     suggestion = did_you_mean(" ".join(parts)) or whole_number(" ".join(parts))
     if suggestion:
         parts.append(suggestion)
@@ -126,6 +128,26 @@ def did_you_mean(message: str) -> Optional[str]:
     keys = [f.name for c in classes if c.__name__ == match.group(2) for f in dataclasses.fields(c)]
     close = closest(match.group(1), keys)
     return f"did you mean '{close}'?" if close else None
+
+
+def preset_for_another(message: str) -> Optional[str]:
+    """For a preset's key that the component chosen beside it lacks (``experiment=maml_omniglot_5w1s strategy=mgd``:
+    ``Key 'inner_lr' not in 'MGDParams'``): the preset was written for another component."""
+    import re
+
+    match = re.search(r"In '(experiment/[^']+)'.*Key '([^']+)' not in '([^']+)'", message)
+    if not match:
+        return None
+    from metalearn_cli.params import PARAMS
+
+    preset, key, params = match.groups()
+    for group, entries in PARAMS.items():
+        for name, cls in entries.items():
+            if cls.__name__ == params:
+                return (f"{preset.replace('/', '=', 1)} sets {group}.{key}, which {group}={name} does not have: the preset "
+                        f"is written for another {group}; drop {group}={name}, or choose a preset of {group}={name} "
+                        "(configs/experiment/)")
+    return None
 
 
 def first_names(names: list[str], limit: int = 3) -> str:

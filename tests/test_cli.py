@@ -183,6 +183,15 @@ def test_a_mistyped_key_or_option_gets_a_suggestion(capsys, override, hint):
     assert hint in err and ".:" not in err and err.strip().count("\n") == 0
 
 
+def test_a_preset_beside_a_component_it_was_not_written_for_says_so(capsys):
+    """Hydra's own words (ConfigKeyError raised while composing config: Key 'inner_lr' not in 'MGDParams') name
+    neither the cause nor a way out."""
+    assert main(["train", "experiment=maml_omniglot_5w1s", "strategy=mgd"]) == 2
+    err = capsys.readouterr().err
+    assert "experiment=maml_omniglot_5w1s sets strategy.inner_lr, which strategy=mgd does not have" in err
+    assert "drop strategy=mgd" in err and "ConfigKeyError" not in err and err.strip().count("\n") == 0
+
+
 @pytest.mark.parametrize("command,listed,hidden", [
     ("train", ["dataset:", "strategy:", "experiment:", "pretrain: episodic, none, rfs, supervised", "logger: csv, mlflow, tensorboard"], ["schema/", "debug/encoder"]),
     ("eval", ["episode:"], ["schema/", "dataset:", "experiment:", "sweep:", "strategy:", "pretrain:"]),
