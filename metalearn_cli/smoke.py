@@ -1,8 +1,10 @@
-"""What ``debug=smoke`` keeps of a preset once the config is composed.
+"""What ``debug=smoke`` keeps of a preset, or of the command line, once the config is composed.
 
 ``configs/debug/smoke.yaml`` comes last in the defaults, so its ``trainer.iterations: 20`` replaces a
 preset's. A preset without meta-training (``trainer.iterations: 0``: RFS's presets test the pre-trained
 encoder as it is) would then meta-train under smoke, which is not the method the user asked to try.
+Its shrunk encoder (``configs/debug/encoder/``) sets ``encoder.width``, which typed ``encoder.widths``
+would otherwise meet as a conflict the user never typed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,23 @@ def preset_iterations(name: str) -> Optional[int]:
         return None
     value = OmegaConf.select(OmegaConf.create(path.read_text(encoding="utf-8")), "trainer.iterations")
     return value if isinstance(value, int) else None
+
+
+def keep_what_was_asked(cfg: Any, choices: Mapping[str, Any], typed: Iterable[str]) -> None:
+    """Every adjustment of this module, in the order a run and ``--cfg``'s check make them."""
+    keep_no_meta_training(cfg, choices, typed)
+    keep_typed_widths(cfg, choices, typed)
+
+
+def keep_typed_widths(cfg: Any, choices: Mapping[str, Any], typed: Iterable[str]) -> None:
+    """Under ``debug=smoke``, ``encoder.widths`` typed (and ``encoder.width`` not) is the shape asked for: the
+    smoke encoder's one width gives way to it."""
+    typed = set(typed)
+    if (choices.get("debug") == "smoke" and "encoder.widths" in typed and "encoder.width" not in typed
+            and cfg.encoder.get("widths") is not None and cfg.encoder.get("width") is not None):
+        log.info("debug=smoke: encoder.widths=%s as typed, in place of the smoke encoder's encoder.width=%s",
+                 list(cfg.encoder.widths), cfg.encoder.width)
+        cfg.encoder.width = None
 
 
 def keep_no_meta_training(cfg: Any, choices: Mapping[str, Any], typed: Iterable[str]) -> None:

@@ -33,3 +33,16 @@ def test_typed_iterations_and_other_presets_keep_smokes_budget():
     keep_no_meta_training(cfg, {"debug": "smoke", "experiment": "rfs_omniglot_5w1s"}, [])
     assert cfg.trainer.iterations == 0
     assert preset_iterations("best_omniglot_5w1s") == 60000 and preset_iterations("no_such_preset") is None
+
+
+def test_typed_widths_replace_the_smoke_encoders_width_in_a_run_and_in_its_cfg_check(tmp_path, capsys):
+    """configs/debug/encoder/ sets encoder.width: typed encoder.widths would meet it as a conflict never typed."""
+    widths = "encoder.widths=[8,8,12,12]"
+    assert main(["train", "--cfg", "job", "debug=smoke", widths]) == 0
+    assert "would be refused" not in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", "debug=smoke", widths, "trainer.iterations=1", "eval.episodes=2", f"hydra.run.dir={run}"]) == 0
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    assert list(saved.encoder.widths) == [8, 8, 12, 12] and saved.encoder.width is None
+    assert main(["train", "--cfg", "job", "debug=smoke", widths, "encoder.width=16"]) == 2  # both typed: still a conflict
+    assert "are both set" in capsys.readouterr().err

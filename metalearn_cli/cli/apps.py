@@ -196,7 +196,7 @@ def train_app(cfg: DictConfig) -> Optional[float]:
         from metalearn_cli.training import Training
         from metalearn_cli.config_checks import check_typed_pretrain_keys, seen_class_validation
         from metalearn_cli.resume import begun_again, resume_value, resumed_config, resumed_sweep_job
-        from metalearn_cli.smoke import keep_no_meta_training
+        from metalearn_cli.smoke import keep_what_was_asked
 
         refuse_foreign_target("train", run_dir, resuming=True)  # inside another run: refused (held: by the loop)
         resumed_sweep = HydraConfig.get().mode == RunMode.MULTIRUN and resume_value(cfg.resume) == "true"
@@ -209,7 +209,7 @@ def train_app(cfg: DictConfig) -> Optional[float]:
         config = resumed_config(cfg, run_dir, typed)
         choices = HydraConfig.get().runtime.choices
         check_typed_pretrain_keys(config, typed, choices.get("pretrain"))
-        keep_no_meta_training(config, choices, typed)
+        keep_what_was_asked(config, choices, typed)
         if HydraConfig.get().mode == RunMode.MULTIRUN and (why := seen_class_validation(config)):
             log.warning("metalearn train -m: %s", why)
         with begun_again(run_dir, resumed_sweep):  # a job that failed before its first last.pt: its attempt set aside

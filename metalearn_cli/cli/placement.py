@@ -195,12 +195,15 @@ def refused_config(command: str, args: list[str]) -> Optional[str]:
     from metalearn_cli.config_checks import check_typed_pretrain_keys, validate
     from metalearn_cli.data import DATASETS
     from metalearn_cli.errors import MetalearnError
+    from metalearn_cli.smoke import keep_what_was_asked
 
     overrides = [a for before, a in zip(["", *args], args)
                  if not a.startswith("-") and not (before.startswith("-") and before in VALUE_FLAGS)]
     try:
         cfg = compose(command, overrides)
-        validate(run := OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        run = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        keep_what_was_asked(run, cfg.hydra.runtime.choices, typed_keys(overrides))  # as the run would
+        validate(run)
         check_typed_pretrain_keys(run, typed_keys(overrides), cfg.hydra.runtime.choices.get("pretrain"))
         strategy = build_strategy(run, DATASETS.params_of(run.dataset).image_format().shape, torch.device("cpu"))  # fit
         resolve_bn_mode(run.eval.bn_mode, strategy)
