@@ -21,7 +21,8 @@ from metalearn_cli.console import shell_override
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.files import read_json, read_yaml
 from metalearn_cli.run_records import command_of
-from metalearn_cli.rundir import CHECKPOINTS, LAST, RESULTS, STAGE, STATUS, RunDir, canonical, held, is_locked, put_back, set_aside
+from metalearn_cli.rundir import (CHECKPOINTS, LAST, RESULTS, STAGE, STATUS, RunDir, canonical, held, held_elsewhere,
+                                  is_locked, put_back, set_aside)
 from metalearn_cli.schema import flatten
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ def begun_again(run_dir: Path, sweep_resumed: bool) -> Iterator[None]:
     and put back if that is refused or stopped before it begins. Not while a live process holds the job."""
     files = RunDir(Path(run_dir))
     if not (sweep_resumed and not files.last.is_file() and read_json(files.path / STATUS).get("status") == "failed"
-            and held(files.path) and not is_locked(files.path)):
+            and held(files.path) and not held_elsewhere(files.path)):
         yield
         return
     kept = set_aside(files.path)

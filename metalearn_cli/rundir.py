@@ -113,10 +113,7 @@ def canonical(path: Path | str) -> Path:
 
 
 def is_locked(run_dir: Path) -> bool:
-    """Whether another live process holds ``run_dir``'s lock (the OS releases a dead process's; this
-    process's own lock, :func:`exclusive`, is no other writer)."""
-    if Path(run_dir).resolve() in _HELD:
-        return False
+    """Whether a live process holds ``run_dir``'s lock (the OS releases a dead process's)."""
     try:
         fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
     except OSError:
@@ -129,6 +126,12 @@ def is_locked(run_dir: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def held_elsewhere(run_dir: Path) -> bool:
+    """Whether a live process other than this one holds ``run_dir``'s lock (a sweep job holds its own
+    from its first check: :func:`exclusive`)."""
+    return Path(run_dir).resolve() not in _HELD and is_locked(run_dir)
 
 
 STAGE = "pretrain"  # the pre-training stage's sub-directory of a run (a run dir of its own, without .hydra/)
@@ -168,7 +171,7 @@ def refuse_held(run_dir: Path) -> None:
     found = held(run_dir)
     if found:
         last, state = RunDir(Path(run_dir)).last, read_json(Path(run_dir) / STATUS).get("status")
-        hint = ("another metalearn process is writing it (wait for it, or stop it); use" if is_locked(Path(run_dir))
+        hint = ("another metalearn process is writing it (wait for it, or stop it); use" if held_elsewhere(Path(run_dir))
                 else "it has no last.pt to resume from; use" if not last.is_file()
                 else "it is completed and tested (resume=true trainer.iterations=N trains it further); use" if state == "completed"
                 else "pass resume=true to continue it, or use")

@@ -94,11 +94,24 @@ def test_refusing_a_held_dir_says_whether_it_can_be_resumed(tmp_path):
     (run / "status.json").write_text('{"status": "completed"}')
     with pytest.raises(ConfigError, match=r"it is completed and tested \(resume=true trainer.iterations=N"):
         refuse_held(run)
+    import subprocess
+    import sys
+
     from metalearn_cli.rundir import exclusive
 
-    with exclusive(run):  # another process writing it: said so, not "pass resume=true"
-        with pytest.raises(ConfigError, match="another metalearn process is writing it"):
+    with exclusive(run):  # this process's own lock (a sweep job holds its dir from its first check): no other writer
+        with pytest.raises(ConfigError, match=r"it is completed and tested \(resume=true trainer.iterations=N"):
             refuse_held(run)
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="another metalearn process is writing it"):  # not "pass resume=true"
+            refuse_held(run)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_nothing_is_written_into_a_run_from_outside(tmp_path):
