@@ -106,7 +106,10 @@ def startup_line(what: str, device: torch.device, precision: Any, strategy: Stra
 
 def resolve_bn_mode(bn_mode: Any, strategy: Strategy) -> str:
     """``auto`` -> the strategy's own protocol; a mode the strategy cannot honour is a config error."""
-    return bn_modes.resolve(bn_mode, strategy.bn_modes)
+    per_step_bn = getattr(getattr(strategy, "params_", None), "per_step_bn", None)  # the MAML family's, off
+    why_not = (" as trained: it needs a run trained with strategy.per_step_bn=true (MAML++'s per-step statistics)"
+               if per_step_bn is False and getattr(bn_mode, "value", str(bn_mode)) == "per_step" else "")
+    return bn_modes.resolve(bn_mode, strategy.bn_modes, why_not)
 
 
 # ----------------------------------------------------------------------------- building and loading

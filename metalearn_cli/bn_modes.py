@@ -49,12 +49,12 @@ def available(auto: str, stored: tuple[str, ...]) -> tuple[str, ...]:
     return (auto, *[m for m in fits if m != auto])
 
 
-def resolve(bn_mode: Any, modes: tuple[str, ...]) -> str:
+def resolve(bn_mode: Any, modes: tuple[str, ...], why_not: str = "") -> str:
     """``eval.bn_mode`` (an enum member or a name) -> a mode of ``modes`` (``auto``: the first); a
-    mode the strategy cannot honour is a config error."""
+    mode the strategy cannot honour is a config error (``why_not``: what the strategy lacks for it)."""
     name = getattr(bn_mode, "value", str(bn_mode))
     if name == AUTO:
         return modes[0]
     if name not in modes:
-        raise ConfigError(f"eval.bn_mode={name} is not possible with this strategy; use {' or '.join(modes)} (or auto)")
+        raise ConfigError(f"eval.bn_mode={name} is not possible with this strategy{why_not}; use {' or '.join(modes)} (or auto)")
     return name

@@ -70,7 +70,7 @@ def check_debug(args: list[str], values: dict[str, Any]) -> None:
     if values.get("episode") == "lake20way1shot" or values.get("episode.protocol") == "lake":
         raise ConfigError("debug=smoke runs on generated data, which has no alphabets for Lake et al.'s within-alphabet "
                           "runs; drop one of them (Lake's runs need dataset=omniglot_background)")
-    if any(a.startswith("experiment=") for a in args):
+    if str(values.get("experiment")) in group_options("experiment"):  # a typo's error comes alone, without the note
         print("metalearn train: note: debug=smoke replaces the preset's data set by generated 20x20 images and "
               "shrinks its budget; its figures are not comparable with the published one", file=sys.stderr)
 
@@ -91,8 +91,9 @@ def check_groups(command: str, values: dict[str, Any]) -> None:
                               f"({', '.join(group_options(group))}); leave it out {default}")
     keys = [k for k in values if k.startswith("episode.")]
     if command == "eval" and keys and "episode" not in values:
+        example = values[keys[0]] if isinstance(values[keys[0]], int) and values[keys[0]] >= 1 else "N"  # a valid one
         raise ConfigError(f"{keys[0]}={values[keys[0]]} changes an episode option, but eval tests on the checkpoint's own "
-                          f"episode unless one is named; name one first, e.g. episode=5way1shot {keys[0]}={values[keys[0]]} "
+                          f"episode unless one is named; name one first, e.g. episode=5way1shot {keys[0]}={example} "
                           f"(options: {', '.join(group_options('episode'))})")
 
 

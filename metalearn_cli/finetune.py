@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 class Finetuner:
     def __init__(self, steps: int, lr: float, params: str, augment: Any) -> None:
         self.steps, self.lr, self.params, self.augment = steps, lr, params, augment
+        self.augment_name: Optional[str] = None  # what eval.finetune_augment resolved to (results.json records it)
 
     @classmethod
     def of(cls, eval_cfg: Any, augment_default: Any, image_shape: tuple[int, int, int], strategy: Strategy) -> Optional["Finetuner"]:
@@ -53,17 +54,21 @@ class Finetuner:
             raise ConfigError("eval.finetune_steps needs augmented copies of the support images as pseudo-queries, "
                               "but eval.finetune_augment resolves to none here; set eval.finetune_augment=crop (or affine)")
         tuner = cls(eval_cfg.finetune_steps, eval_cfg.finetune_lr, getattr(eval_cfg.finetune_params, "value", str(eval_cfg.finetune_params)), augment)
+        asked = getattr(eval_cfg.finetune_augment, "value", eval_cfg.finetune_augment)
+        tuner.augment_name = str(getattr(augment_default, "value", augment_default) if asked == "auto" else asked)
         tuner._check(strategy)
         return tuner
 
     def _check(self, strategy: Strategy) -> None:
+        decoder = strategy.model.decoder
+        generates = strategy.test_inner_steps() is None and type(decoder).linear_head is not Decoder.linear_head
         if self.params != "generated":
             if not self._chosen(strategy):
-                raise ConfigError(f"eval.finetune_params={self.params} names no parameter of this meta-network "
-                                  "(a prototype decoder has none); use backbone or all (or generated, under strategy=mgd)")
+                raise ConfigError(f"eval.finetune_params={self.params} names no parameter of this meta-network (its "
+                                  f"{type(decoder).__name__} has none); use backbone or all"
+                                  + (" (or generated: the classifier it generates)" if generates else ""))
             return
-        decoder = strategy.model.decoder
-        if strategy.test_inner_steps() is not None or type(decoder).linear_head is Decoder.linear_head:
+        if not generates:
             usable = [p for p in ("backbone", "decoder", "all") if Finetuner(1, 0.0, p, None)._chosen(strategy)]
             raise ConfigError(f"eval.finetune_params=generated fine-tunes the classifier an amortised decoder generates "
                               f"(strategy=mgd with decoder=prototype, feat or latent); this run's {type(decoder).__name__} "

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     names = write_sample_task(args.out, args.way, args.shot, args.query, args.seed)
     query = shell_override("query", f"{args.out}/query") if args.query > 0 else "query=YOUR_IMAGES"  # --query 0 writes none
-    print(f"wrote a {len(names)}-way {args.shot}-shot task to {args.out}; try (RUN_DIR: a training run of yours, e.g. "
+    print(f"wrote {'an' if len(names) in (8, 11, 18) or 80 <= len(names) < 90 else 'a'} {len(names)}-way {args.shot}-shot task to {args.out}; try (RUN_DIR: a training run of yours, e.g. "
           f"under outputs/train/{'; YOUR_IMAGES: a folder of images to classify' if args.query == 0 else ''}):\n"
           f"  metalearn predict checkpoint=RUN_DIR/checkpoints/best.pt {shell_override('support', f'{args.out}/support')} "
           f"{query}")  # placeholders that paste as words, not as shell syntax (<run> is a redirect)

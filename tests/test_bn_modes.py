@@ -93,3 +93,11 @@ def test_resolving_a_mode():
     assert resolve(BNMode.support, modes) == "support"
     with pytest.raises(ConfigError, match="eval.bn_mode=per_step is not possible with this strategy; use running or"):
         resolve("per_step", modes)
+    from types import SimpleNamespace
+
+    from metalearn_cli.assemble import resolve_bn_mode
+
+    # a MAML run trained without MAML++'s per-step statistics: that is what it lacks, not the strategy
+    without = SimpleNamespace(bn_modes=available("transductive", ()), params_=SimpleNamespace(per_step_bn=False))
+    with pytest.raises(ConfigError, match="as trained: it needs a run trained with strategy.per_step_bn=true"):
+        resolve_bn_mode("per_step", without)

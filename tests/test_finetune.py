@@ -74,14 +74,15 @@ def test_eval_with_finetuning_leaves_the_checkpoint_and_records_it(trained, tmp_
     tuned = evaluation.evaluate(cfg, tmp_path / "tuned")
     results = json.loads((tmp_path / "tuned" / "results.json").read_text())
     assert results["finetune_steps"] == 3 and results["episodes"] == 6 and 0 <= tuned <= 1
-    assert results["finetune_params"] == "backbone"
+    assert results["finetune_params"] == "backbone" and results["finetune_augment"] == "crop"  # the copies it drew
     assert hashlib.sha256(best.read_bytes()).hexdigest() == digest
 
 
 def test_refusals_are_one_line_before_anything_runs(trained):
     strategy, _, _ = trained
-    with pytest.raises(ConfigError, match="names no parameter"):
-        tuner(strategy, params="decoder")  # a prototype decoder has no weights
+    with pytest.raises(ConfigError, match=r"names no parameter of this meta-network \(its PrototypeDecoder has none\); "
+                                          r"use backbone or all \(or generated"):
+        tuner(strategy, params="decoder")  # a prototype decoder has no weights; the prototypes it generates may be tuned
     cfg = OmegaConf.create({"finetune_steps": 2, "finetune_lr": 0.1, "finetune_params": "backbone", "finetune_augment": "auto"})
     with pytest.raises(ConfigError, match="finetune_augment=crop"):
         Finetuner.of(cfg, "none", (1, 28, 28), strategy)  # generated data's default: no augmentation
