@@ -172,8 +172,7 @@ def score_checkpoint(
         "support_copies": support.copies if support is not None else 0,
         **refinement_record(each or [eval_cfg]),
         **({"ensemble_tta": [v.summary() for v in member_views]} if len(set(member_views)) > 1 else {}),
-        **({"finetune_lr": finetune.lr, "finetune_params": finetune.params, "finetune_augment": finetune.augment_name,
-            "finetune_search": search}
+        **({"finetune_lr": finetune.lr, "finetune_params": finetune.params, "finetune_augment": finetune.augment_name, "finetune_search": search}
            if finetune is not None else {}),
         "eval_seconds": round(seconds, 3), "eval_tasks_per_s": round(accs.numel() / seconds, 2),
         "cpu_threads": torch.get_num_threads()}  # CPU results depend on it (a joblib job gets its share of the cores)

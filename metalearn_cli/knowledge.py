@@ -248,11 +248,15 @@ class MetaKnowledge:
         n = check_labels(labels)
         self.check_images(support, "support")
         self.warn_if_inverted(support, "support", is_pixels(support_images))
+        self.check_way(n)
         self.warn_if_transductive()
+        return TaskClassifier(self, support, labels.to(self.device), n)
+
+    def check_way(self, n: int) -> None:
+        """A task of ``n`` classes fits this meta-network's head (a fixed-size linear head has ``max_way`` outputs)."""
         if self.max_way is not None and n > self.max_way:
             raise ConfigError(f"this meta-network's classifier head has {self.max_way} outputs, so a task may have at "
                               f"most {self.max_way} classes; this one has {n}")
-        return TaskClassifier(self, support, labels.to(self.device), n)
 
 
 def load(path: Path | str | dict[str, Any], device: str | torch.device = "auto") -> MetaKnowledge:

@@ -221,6 +221,8 @@ def predict(cfg: Any, run_dir: Path) -> float:
     labels = [i for i, s in enumerate(stacks) for _ in range(s.shape[0])]
     first = (torch.cat(stacks), meta.read_images(paths))
     _same_pictures(support_files, stacks, paths, first[1])
+    for member in members:  # refused before any warning: the error comes alone
+        member.check_way(len(class_names))
     _say_what_the_test_protocol_means(members)  # before adapt(), which would say it again
     with _said_once(logging.getLogger(knowledge.__name__)):  # an ensemble's members warn about the images once
         probs = _mean_probabilities(members, [p for files in support_files for p in files], paths, labels, first)

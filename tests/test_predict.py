@@ -190,6 +190,11 @@ def test_predict_records_its_test_protocol_and_says_when_queries_answer_together
     summary = json.loads((tmp_path / "p" / "predictions.json").read_text())
     assert summary["bn_mode"] == "transductive" and summary["tta_shift"] == 1 and summary["finetune_steps"] == 0
     assert "".join(capfd.readouterr()).count("each query's answer depends on the queries normalised with it") == 1
+    write_image_task(tmp_path / "wide", classes=6, support=(1,), query=2)  # more classes than its 5-output head
+    assert main(["predict", f"checkpoint={run}", f"support={tmp_path / 'wide' / 'support'}",
+                 f"query={tmp_path / 'wide' / 'query'}", "device=cpu", f"hydra.run.dir={tmp_path / 'p6'}"]) == 2
+    out, err = capfd.readouterr()
+    assert "classifier head has 5 outputs" in err and "normalised with it" not in out + err  # the refusal comes alone
 
 
 def test_a_query_class_folder_spelled_in_another_unicode_form_is_the_same_class(trained_run, tmp_path):
