@@ -46,3 +46,14 @@ def test_typed_widths_replace_the_smoke_encoders_width_in_a_run_and_in_its_cfg_c
     assert list(saved.encoder.widths) == [8, 8, 12, 12] and saved.encoder.width is None
     assert main(["train", "--cfg", "job", "debug=smoke", widths, "encoder.width=16"]) == 2  # both typed: still a conflict
     assert "are both set" in capsys.readouterr().err
+
+
+def test_smoke_shrinks_the_logistic_solver_that_every_inner_step_refits(capsys):
+    """Under the MAML family each inner step refits decoder=logistic and differentiates through the fit: at its 200
+    steps a smoke run took minutes. Outside smoke, and when typed, the steps stay as asked."""
+    import yaml
+
+    for argv, steps in ((["debug=smoke", "strategy=maml", "decoder=logistic"], 20), (["decoder=logistic"], 200),
+                        (["debug=smoke", "decoder=logistic", "decoder.steps=50"], 50)):
+        assert main(["train", "--cfg", "job", *argv]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["decoder"]["steps"] == steps
