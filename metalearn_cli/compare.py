@@ -33,6 +33,7 @@ from typing import Any
 from metalearn_cli.console import OneLineParser, first_names, folder_arg, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.paired_stats import differing, paired, read_outcomes
+from metalearn_cli.report_plots import missing_glyphs_said
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, record_written, refuse_other_output
 from metalearn_cli.run_records import common_base, find_runs, read_run
 from metalearn_cli.rundir import ERROR, RESULTS, canonical, refuse_replacing
@@ -340,7 +341,8 @@ def main(argv: list[str]) -> int:
               + (f"; {r['predictions_differ']} of {r['predictions']} predictions differ" if r["predictions_differ"] is not None else ""))
         if r["tasks"] * r["seeds"] < FEW_TASKS:
             print(few_tasks_note(r["tasks"] * r["seeds"], next(iter(groups[0][1].values()))), file=sys.stderr)
-    drawn = figure(rows, diffs, out)
+    with missing_glyphs_said():  # a run named in CJK: one note, not a warning per character
+        drawn = figure(rows, diffs, out)
     record_written(out, [out / "compare.csv", out / INPUTS, drawn])
     print(f"wrote {out / 'compare.csv'} and {drawn}")
     return 0

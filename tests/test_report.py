@@ -329,3 +329,19 @@ def test_a_metrics_file_cut_short_or_garbled_is_named_in_the_damaged_note(tmp_pa
     (note,) = [line for line in capsys.readouterr().out.splitlines() if "cannot be read" in line]
     assert f"{tmp_path / 'runs' / 'cut' / 'metrics.jsonl'}, {tmp_path / 'runs' / 'garbled' / 'metrics.jsonl'} cannot" in note
     assert "whole" not in note.split("curves")[0] and "read as empty" not in note  # the rest of the file is drawn
+
+
+def test_a_run_named_in_characters_the_figures_font_lacks_gets_one_note_not_warnings(tmp_path):
+    named = tmp_path / "runs" / "my run 日本"
+    assert main(["train", *FAST, "trainer.iterations=2", "trainer.val_every=2", "eval.episodes=2", f'hydra.run.dir="{named}"']) == 0
+    shutil.copytree(named, tmp_path / "runs" / "a run")
+    # one setting and seed twice: the second by name stands alone, labelled by it ("... (my run 日本)")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "report", str(tmp_path / "runs"), "--out",
+                           str(tmp_path / "report")], capture_output=True, text=True, timeout=300)  # warnings as users see them
+    err = proc.stderr
+    assert proc.returncode == 0 and "Glyph" not in err and "UserWarning" not in err, err
+    notes = [line for line in err.splitlines() if "as empty boxes" in line]
+    assert len(notes) <= 1 and all("日 本" in n for n in notes)  # none where a font has them
