@@ -123,6 +123,9 @@ def refuse_other_command(value: str, folder: Path) -> None:
                               f"run of metalearn train" + (f" (that {command} read {scored})" if scored else ""))
 
 
+_SAID_DAMAGED: set[Path] = set()  # best.pt files a resume was warned of (last.pt damaged) in this process
+
+
 def refuse_rewinding(value: str, path: Path) -> None:
     """A resume from an earlier checkpoint of the run (``best.pt``) would train on from its step and overwrite
     ``last.pt``: the steps after it would be lost without a word. A new run from those weights keeps them."""
@@ -135,8 +138,10 @@ def refuse_rewinding(value: str, path: Path) -> None:
     try:
         ahead = int(load_checkpoint(last).get("step", 0))
     except CheckpointError as exc:  # a damaged last.pt: best.pt is what is left to train on from
-        log.warning("%s; resuming from %s (step %d): the steps after it are trained again and last.pt is replaced at "
-                    "the next save", exc, path.name, behind)
+        if path not in _SAID_DAMAGED:  # the config's resolution and the run each read it: said once
+            _SAID_DAMAGED.add(path)
+            log.warning("%s; resuming from %s (step %d), as asked: the steps after it are trained again and last.pt is "
+                        "replaced at the next save", str(exc).split("; ")[0], path.name, behind)  # not its "use best.pt"
         return
     if ahead > behind:
         raise CheckpointError(f"resume={value} would train on from step {behind} and overwrite {last} (step {ahead}): "

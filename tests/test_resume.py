@@ -182,6 +182,20 @@ def test_resuming_a_run_stopped_before_its_first_save_says_there_is_nothing_to_c
     assert "stopped before it saved a checkpoint, so there is nothing to continue" in err and "last.pt" not in err
 
 
+def test_a_resume_from_best_pt_beside_a_damaged_last_pt_is_warned_once_without_telling_to_do_what_was_done(
+        trained_run, tmp_path, capfd):
+    from metalearn_cli.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "results.json").unlink()  # stopped before its test
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:200])  # cut by a full disk
+    assert main(["train", *FAST, "trainer.iterations=10", f"resume={run / 'checkpoints' / 'best.pt'}"]) == 0
+    said = [line for line in "".join(capfd.readouterr()).splitlines() if "as asked" in line]
+    assert len(said) == 1 and "resuming from best.pt" in said[0] and "use the run's" not in said[0], said
+
+
 def test_resume_of_an_eval_or_export_dir_says_what_it_is_not_that_it_stopped(trained_run, tmp_path, capsys):
     """Their dirs hold results and no last.pt: "stopped before it saved ... delete this one" would invite a user
     to throw those away."""
