@@ -103,6 +103,10 @@ def check_header(state: Any, path: Path, formats: tuple[str, ...] = (FORMAT,)) -
     """The format, version and required keys of a loaded file; one line for whatever is wrong."""
     fmt = state.get("format") if isinstance(state, dict) else None
     if fmt not in formats:
+        if formats == (FORMAT,) and fmt == EXPORT_FORMAT:  # an export where training state is needed (resume=, last.pt)
+            raise CheckpointError(f"{path} is a metalearn export (meta-knowledge alone, no optimizer or step to go on "
+                                  "from); pass a best.pt/last.pt written by metalearn train (an export starts a new run: "
+                                  "trainer.init_from=FILE)")
         if formats == (FORMAT,):
             raise CheckpointError(f"{path} is not a metalearn checkpoint (no '{FORMAT}' header); "
                                   "pass a best.pt/last.pt written by metalearn train")

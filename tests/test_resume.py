@@ -196,6 +196,20 @@ def test_a_resume_from_best_pt_beside_a_damaged_last_pt_is_warned_once_without_t
     assert len(said) == 1 and "resuming from best.pt" in said[0] and "use the run's" not in said[0], said
 
 
+def test_an_export_where_a_resume_needs_last_pt_is_named_as_an_export(trained_run, tmp_path, capsys):
+    from metalearn_cli.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "results.json").unlink()
+    assert main(["export", f"checkpoint={run}", f"out={tmp_path / 'mk.pt'}", f"hydra.run.dir={tmp_path / 'ex'}"]) == 0
+    shutil.copyfile(tmp_path / "mk.pt", run / "checkpoints" / "last.pt")  # put in its place by hand
+    capsys.readouterr()
+    assert main(["train", *FAST, "trainer.iterations=10", f"resume={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "is a metalearn export (meta-knowledge alone" in err and "trainer.init_from=FILE" in err, err
+
+
 def test_resume_of_an_eval_or_export_dir_says_what_it_is_not_that_it_stopped(trained_run, tmp_path, capsys):
     """Their dirs hold results and no last.pt: "stopped before it saved ... delete this one" would invite a user
     to throw those away."""
