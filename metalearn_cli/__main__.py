@@ -2,6 +2,6 @@
 
 import sys
 
-from metalearn_cli.cli import main
+from metalearn_cli.entry import main
 
 sys.exit(main())

@@ -456,3 +456,20 @@ def test_a_flag_between_overrides_runs_as_if_typed_before_them(tmp_path):
     shown = subprocess.run([*command, "train", "debug=smoke", "--cfg", "job", "seed=3"], capture_output=True, text=True,
                            timeout=120, cwd=tmp_path)
     assert shown.returncode == 0 and "\nseed: 3\n" in shown.stdout, shown.stderr
+
+
+def test_a_ctrl_c_while_the_cli_still_imports_is_one_line(monkeypatch, capsys):
+    """The console script's first half second is Hydra's and OmegaConf's imports: a Ctrl-C there is a line too."""
+    import types
+
+    from metalearn_cli import entry
+
+    importing = types.ModuleType("metalearn_cli.cli")
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    importing.__getattr__ = interrupted  # the module as a Ctrl-C finds it half imported
+    monkeypatch.setitem(sys.modules, "metalearn_cli.cli", importing)
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "metalearn: interrupted\n"
