@@ -24,6 +24,9 @@ class Conv4(Encoder):
     def __init__(self, params: Conv4Params, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
         c, h, w = image_shape
+        if params.widths is not None and len(params.widths) == 0:  # not taken as null: the user typed a list
+            raise ConfigError("encoder.widths=[] names no block; give one width per block (e.g. [32,64,128,128]), or "
+                              "encoder.widths=null for encoder.width channels in every block")
         if params.widths and params.width is not None:  # one of the two, so that neither is silently unused
             raise ConfigError(f"encoder.width={params.width} and encoder.widths={list(params.widths)} are both set, and only "
                               "one can apply: encoder.width=null keeps the widths, encoder.widths=null gives every block "

@@ -87,6 +87,8 @@ def test_conv4_widths_per_block():
     with pytest.raises(ConfigError, match="both set, and only one can apply"):  # neither may be silently unused
         ENCODERS.build({"name": "conv4", "width": 16, "widths": [8, 8, 16, 24]}, image_shape=(1, 28, 28))
     assert ENCODERS.build({"name": "conv4"}, image_shape=(1, 28, 28)).out_dim == 64  # neither: the standard 64
+    with pytest.raises(ConfigError, match=r"encoder.widths=\[\] names no block"):  # typed, so not taken as null
+        ENCODERS.build({"name": "conv4", "width": None, "widths": []}, image_shape=(1, 28, 28))
 
 
 def test_conv4_global_pool_takes_the_whole_last_map():
