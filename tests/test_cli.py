@@ -415,7 +415,7 @@ def test_a_ctrl_c_that_escapes_the_training_loop_marks_a_running_run_and_stage_i
     'running' in status.json, where report and compare would take it for a live run; the step is kept."""
     import json
 
-    from metalearn_cli.cli.apps import _JobFailed, _after_ctrl_c
+    from metalearn_cli.cli.job_endings import JobFailed as _JobFailed, after_ctrl_c as _after_ctrl_c
     from metalearn_cli.rundir import STAGE, write_status
 
     class Guard:

@@ -5,13 +5,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import math
-import os
 import signal
 import sys
-import tempfile
 import threading
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -28,24 +24,17 @@ from metalearn_cli.cli.sweep_dirs import how_to_finish, launched
 from metalearn_cli.cli.launched_jobs import (job_takes_ctrl_c, jobs_ran_elsewhere, launching, record_outcome, settle_sweep,
                                              takes_ctrl_c, tally_launched_jobs, wait_for_saving_jobs)
 from metalearn_cli.command_line import rank, refuse_foreign_target, required, sweep_requested, typed_keys
-from metalearn_cli.console import as_user_error, one_line, shell_override
+from metalearn_cli.console import as_user_error, one_line
 from metalearn_cli.errors import InUse, InternalError, Interrupted, MetalearnError
 from metalearn_cli.params import PARAMS
 from metalearn_cli.run_guard import RunGuard
-from metalearn_cli.files import read_json
-from metalearn_cli.rundir import STAGE, STATUS, RunDir, canonical, exclusive, mark_interrupted, write_status
+from metalearn_cli.cli.job_endings import JobFailed, after_ctrl_c, internal_error
+from metalearn_cli.rundir import canonical, exclusive
 from metalearn_cli.schema import SCHEMAS
 
 
 CONFIG_PATH = "pkg://metalearn_cli.configs"
 log = logging.getLogger("metalearn")
-
-class _JobFailed(BaseException):
-    """Carries a single run's user error past Hydra, which would add its own report to an Exception."""
-
-    def __init__(self, error: MetalearnError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 def _hydra_record(cfg: DictConfig) -> dict[str, str]:
@@ -63,59 +52,6 @@ FAILED_JOBS: list[str] = []  # the numbers of this sweep's failed jobs (a sweep 
 SWEEP_JOBS: list[str] = []
 TERMINATED: list[int] = []  # SIGTERM stopped eval, predict or export (terminate_as_interrupt)
 SWEEP_AGAIN: list[str] = []  # how to finish the running sweep: the command (its overrides, its dir, resume=true)
-
-
-def _saved_before(run_dir: Path) -> Interrupted | None:
-    """A training run stopped by a Ctrl-C the loop did not catch (a second one while the first was being
-    handled, or one between its stages): how to continue, when a checkpoint was saved before."""
-    saved = [p for p in (RunDir(run_dir).last, RunDir(run_dir / STAGE).last) if p.is_file()]
-    if not saved:
-        return None
-    return Interrupted("SIGINT", f"SIGINT: stopped at once; {saved[0]} was saved before; continue with: "
-                                 f"metalearn train {shell_override('resume', run_dir)}")
-
-
-DONE = {"eval": "results.json", "predict": "predictions.json", "export": "export.json"}  # each written last but status
-
-
-def _finished(command: str, run_dir: Path) -> bool:
-    """Whether ``command`` had written its results when a Ctrl-C or SIGTERM came (marked completed if its
-    status was still to be written): a stop a moment after the work was done is no failure."""
-    if command not in DONE or not (run_dir / DONE[command]).is_file():
-        return False
-    if (run_dir / STATUS).is_file() and read_json(run_dir / STATUS).get("status") != "completed":
-        write_status(run_dir, "completed")
-    return True
-
-
-def _after_ctrl_c(command: str, run_dir: Path, guard: RunGuard) -> float:
-    """A Ctrl-C (or eval's, predict's, export's SIGTERM) the training loop did not handle: the work stands if it
-    was written; else the dir is marked interrupted, and a training run that saved says how to resume."""
-    if _finished(command, run_dir):  # the signal came after the work was written
-        guard.log_end("finished before the interrupt came")
-        return math.nan
-    guard.interrupted()
-    if command == "train" and (stopped := _saved_before(run_dir)) is not None:  # a Ctrl-C outside the loop's watch
-        if guard.writer:
-            mark_interrupted(run_dir)  # the run's own process: its lock is held
-        guard.log_end(f"stopped: {stopped}")
-        raise _JobFailed(stopped) from None
-    raise KeyboardInterrupt
-
-
-def _internal_error(exc: Exception, guard: RunGuard, record: dict[str, str], run_dir: Path) -> InternalError:
-    """A bug: its traceback recorded (in the run dir where that may be written, else a temporary file), one line said."""
-    details = traceback.format_exc()
-    where = run_dir / "error.txt"
-    if not guard.failed("unexpected error; see error.txt", details, record):
-        fd, name = tempfile.mkstemp(prefix="metalearn-error-", suffix=".txt")
-        os.write(fd, details.encode())
-        os.close(fd)
-        where = Path(name)
-    line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    error = InternalError(f"{type(exc).__name__}: {line[:200]}; this is a bug, the traceback is in {where}; please report it")
-    guard.log_end(f"internal error: {error}")
-    return error
 
 
 def _record_end(hc: Any, status: str) -> None:
@@ -166,17 +102,17 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         guard.log_end(f"stopped: {exc}")
         if exc.signal_name == "SIGINT" and takes_ctrl_c():  # reported once the sweep's other jobs saved: it ends the sweep
             wait_for_saving_jobs(canonical(hc.sweep.dir), run_dir)
-        raise _JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
+        raise JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except KeyboardInterrupt:  # eval, predict, export, or a train job stopped before its loop: no loop to mark it
         if takes_ctrl_c():
             wait_for_saving_jobs(canonical(hc.sweep.dir), run_dir)
-        return _after_ctrl_c(hc.job.name, run_dir, guard)
+        return after_ctrl_c(hc.job.name, run_dir, guard)
     except MetalearnError as exc:
         error: MetalearnError = exc
         guard.log_end(f"error: {exc}")
         guard.failed(str(exc), None, record)
     except Exception as exc:
-        error = _internal_error(exc, guard, record, run_dir)
+        error = internal_error(exc, guard, record, run_dir)
     finally:
         guard.close()
     if hc.mode == RunMode.MULTIRUN:
@@ -184,7 +120,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         _record_end(hc, "failed")
         log.error("job failed: %s", str(error).replace("a new hydra.run.dir", "a new hydra.sweep.dir (or hydra.sweep.subdir)"))
         return None  # no value: Optuna records a failed trial (a NaN it would refuse to tell) and the study goes on
-    raise _JobFailed(error)
+    raise JobFailed(error)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
@@ -309,7 +245,7 @@ def run_app(command: str) -> int:
         with launching():
             try:
                 APPS[command]()
-            except _JobFailed as failed:
+            except JobFailed as failed:
                 raise failed.error from None
             if failures := _sweep_failures(command):
                 return failures
