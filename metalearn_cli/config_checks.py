@@ -68,6 +68,7 @@ def validate(cfg: Any) -> TrainConfig:
     check_shape("test", cfg.episode.way, cfg.episode.shot, cfg.episode.query)  # the data's own limits: when it is read
     check_film_strategy(cfg)
     check_unadapted_head(cfg)
+    check_strategy_variant(cfg.strategy)
     validate_pretrain(cfg)
     validate_eval(e)
     validate_host(cfg)
@@ -88,6 +89,25 @@ def check_film_strategy(cfg: Any) -> None:
         raise ConfigError(f"decoder=film with strategy={cfg.strategy.name} diverges: its {steps} inner SGD step(s) over "
                           "FiLM's generators and generated dot-product head wreck it (strategy=maml on Omniglot: "
                           "chance after 100 iterations); CNAPs adapts to a task in one forward pass, so use strategy=mgd (the cnaps_* presets)")
+
+
+UNDONE = {"fomaml": ("first_order", False, "second-order MAML"), "anil": ("adapt", "all", "MAML"),
+          "metasgd": ("learn_inner_lr", False, "MAML without learned per-parameter rates")}  # a variant's defining flag, off
+
+
+def check_strategy_variant(strategy: Any) -> None:
+    """A MAML variant whose defining flag is turned off is another method run under its name; first_order_until
+    means nothing under first-order meta-gradients. Checked when a run is configured, not when a checkpoint is read:
+    runs saved before the check still evaluate, export and resume."""
+    name = str(strategy.get("name"))
+    if name in UNDONE and str(getattr(strategy.get(UNDONE[name][0]), "value", strategy.get(UNDONE[name][0]))) == str(UNDONE[name][1]):
+        key, value, method = UNDONE[name]
+        raise ConfigError(f"strategy={name} with strategy.{key}={str(value).lower()} is {method}, and its runs would be "
+                          f"labelled {name}; use strategy=maml")
+    if strategy.get("first_order") and (strategy.get("first_order_until") or 0) > 0:
+        raise ConfigError(f"strategy.first_order_until={strategy.first_order_until} counts first-order meta-iterations "
+                          f"before second-order ones, but strategy={name} is first-order throughout (first_order=true); "
+                          "first_order_until needs strategy=maml with first_order=false, or drop it")
 
 
 def check_unadapted_head(cfg: Any) -> None:

@@ -62,7 +62,7 @@ def test_pretrain_epochs_beside_pretrain_none_is_said_and_the_run_goes_on_withou
 @pytest.mark.parametrize("typed, needle", [
     (["strategy=fomaml", "strategy.first_order=false"], "is second-order MAML, and its runs would be labelled fomaml"),
     (["strategy=anil", "strategy.adapt=all"], "strategy=anil with strategy.adapt=all is MAML"),
-    (["strategy=metasgd", "strategy.learn_inner_lr=false"], "is MAML with one fixed inner rate"),
+    (["strategy=metasgd", "strategy.learn_inner_lr=false"], "is MAML without learned per-parameter rates"),
     (["strategy=fomaml", "strategy.first_order_until=5"], "is first-order throughout"),
     (["strategy=maml", "strategy.first_order=true", "strategy.first_order_until=5"], "is first-order throughout"),
     (["strategy=maml", "strategy.inner_steps=0"], "training stays at chance"),
@@ -74,6 +74,24 @@ def test_a_strategy_undone_by_its_own_options_is_refused_not_run_under_its_name(
     with pytest.raises(ConfigError, match=needle):
         validate(compose_config("train", typed))
     validate(compose_config("train", typed[:1]))  # the strategy as it is
+
+
+def test_a_run_saved_before_the_variant_check_still_loads(tmp_path):
+    """The check is the configuring run's: a checkpoint whose config it would refuse (trained before it) still
+    evaluates, exports and resumes."""
+    import torch
+
+    from conftest import FAST
+    from metalearn_cli import load
+    from metalearn_cli.training import train
+
+    run = tmp_path / "run"
+    train(compose_config("train", [*FAST, "strategy=anil", "trainer.iterations=1", "eval.episodes=2"]), run)
+    best = run / "checkpoints" / "best.pt"
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    state["config"]["strategy"]["adapt"] = "all"  # accepted before 2026-12-07 (MAML, labelled anil)
+    torch.save(state, best)
+    assert load(best, "cpu").step >= 0
 
 
 @pytest.mark.parametrize("strategy", ["maml", "fomaml", "anil", "metasgd"])

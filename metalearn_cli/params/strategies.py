@@ -6,8 +6,6 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
-from metalearn_cli.errors import ConfigError
-
 
 class Adapt(enum.Enum):
     all = "all"  # every parameter of the meta-network (MAML)
@@ -36,18 +34,6 @@ class MAMLParams:
     per_step_lr: bool = False  # MAML++ LSLR: a learned inner learning rate per parameter tensor and inner step
     first_order_until: int = 0  # MAML++ DA: first-order meta-gradients for this many meta-iterations, then second order
     per_step_bn: bool = False  # MAML++ BNRS: batch-norm running statistics per inner step, used by eval.bn_mode=per_step (auto stays transductive, as MAML++ tested)
-
-    def __post_init__(self) -> None:  # a variant whose defining flag is turned off is another method under its name
-        undone = {"fomaml": ("first_order", False, "second-order MAML"), "anil": ("adapt", Adapt.all, "MAML"),
-                  "metasgd": ("learn_inner_lr", False, "MAML with one fixed inner rate")}
-        if self.name in undone and getattr(self, undone[self.name][0]) == undone[self.name][1]:
-            key, value, method = undone[self.name]
-            raise ConfigError(f"strategy={self.name} with strategy.{key}={str(getattr(value, 'value', value)).lower()} is "
-                              f"{method}, and its runs would be labelled {self.name}; use strategy=maml")
-        if self.first_order and self.first_order_until > 0:
-            raise ConfigError(f"strategy.first_order_until={self.first_order_until} counts first-order meta-iterations "
-                              f"before second-order ones, but strategy={self.name} is first-order throughout "
-                              "(first_order=true); first_order_until needs strategy=maml with first_order=false, or drop it")
 
 
 @dataclass
