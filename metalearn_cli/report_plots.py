@@ -175,16 +175,15 @@ def save(fig: Any, stem: Path, formats: list[str]) -> list[Path]:
 def missing_glyphs_said() -> Iterator[None]:
     """Matplotlib warns once per character its font lacks (a run named in CJK), with a line of its own source: one
     note says which characters the figures show as boxes instead. Other warnings pass as they came."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:  # the filters as they are: ignored ones stay ignored
         yield
     missing: dict[str, str] = {}
     for w in caught:
         found = re.search(r"Glyph (\d+) .*missing from font\(s\) (.+?)\.?$", str(w.message))
         if found:
             missing.setdefault(chr(int(found.group(1))), found.group(2))
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        else:  # through the restored filters again (once per place, an error under -W error)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if missing:
         print(f"note: the figures show {' '.join(missing)} as empty boxes: their font ({next(iter(missing.values()))}) "
               "lacks those characters; the tables and file names spell them right", file=sys.stderr)

@@ -80,7 +80,7 @@ def exclusive(run_dir: Path) -> Iterator[None]:
     except BlockingIOError:
         os.close(fd)
         raise InUse(f"{run_dir} is being written by another metalearn process; wait for it to end (for a new run, "
-                          "choose another hydra.run.dir)") from None
+                          "choose a new hydra.run.dir)") from None
     _HELD[path] = [fd, 1]
     try:
         yield

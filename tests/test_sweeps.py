@@ -301,7 +301,7 @@ def _hold_lock(run_dir: Path) -> subprocess.Popen:
     return holder
 
 
-def test_a_sweep_still_running_is_neither_resumed_nor_written_into(tmp_path, capsys):
+def test_a_sweep_still_running_is_neither_resumed_nor_written_into(tmp_path, capsys, monkeypatch):
     """A second sweep into a sweep dir a live process still writes (resume=true, as the refusal of a new sweep
     there suggests) is refused before Hydra rewrites its multirun.yaml; and a job whose dir another process
     holds fails without writing its refusal into that dir (status.json, error.txt, .hydra/)."""
@@ -316,13 +316,24 @@ def test_a_sweep_still_running_is_neither_resumed_nor_written_into(tmp_path, cap
         assert main([*args, "resume=true"]) == 2
         assert "is still running (another metalearn process is writing job1)" in capsys.readouterr().err
         assert (tmp_path / "sweep" / "multirun.yaml").read_bytes() == recorded and not (job / "error.txt").exists()
-        fresh = tmp_path / "fresh"  # a new sweep whose job dir another process holds before it holds a run
+        holder.kill()
+        holder.wait()
+        holder = _hold_lock(tmp_path / "sweep" / "job2")  # a job still checking: its lock, nothing else written yet
+        assert main(["eval", "-m", "checkpoint=nowhere", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 2
+        err = capsys.readouterr().err
+        assert "is still running (another metalearn process is writing job2)" in err and "resume=true" not in err, err
+        fresh = tmp_path / "fresh"  # a job dir another process takes after the sweep's own check (a race)
         holder.kill()
         holder.wait()
         holder = _hold_lock(fresh / "job0")
-        proc = subprocess.run([EXE, *args[:-2], f"hydra.sweep.dir={fresh}", args[-1]], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 1 and "being written by another metalearn process" in proc.stdout + proc.stderr, proc.stderr
+        import metalearn_cli.cli.sweep_dirs as sweep_dirs
+
+        monkeypatch.setattr(sweep_dirs, "refuse_running_sweep", lambda *a, **k: None)
+        capsys.readouterr()
+        assert main([*args[:-2], f"hydra.sweep.dir={fresh}", args[-1]]) == 1
+        said = capsys.readouterr()
+        assert "being written by another metalearn process" in said.out + said.err
+        assert "hydra.run.dir" not in said.out + said.err  # a sweep's way out: a new hydra.sweep.dir
         assert sorted(p.name for p in (fresh / "job0").iterdir()) == [".lock"]  # nothing of the refused job
         assert json.loads((fresh / "job1" / "status.json").read_text())["status"] == "completed"
     finally:

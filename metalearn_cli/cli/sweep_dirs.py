@@ -11,10 +11,10 @@ from typing import Any, Iterator, Optional
 
 from hydra.errors import HydraException
 
-from metalearn_cli.command_line import PRINTING_FLAGS, flag_present, sweep_requested
+from metalearn_cli.command_line import PRINTING_FLAGS, flag_present, rank, sweep_requested
 from metalearn_cli.console import shell_override
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.rundir import canonical, held, is_locked, mark_interrupted, remove_empty
+from metalearn_cli.rundir import LOCK, canonical, held, is_locked, mark_interrupted, remove_empty
 from metalearn_cli.sweep_record import RECORD, recorded_sweep, sweep_again
 
 
@@ -82,13 +82,28 @@ def no_empty_sweep(command: str, values: dict[str, Any], sweep: bool, jobs: list
                     remove_empty(folder, kept)
 
 
-def refuse_running_sweep(folder: Path, named: Any) -> None:
+def refuse_running_sweep(folder: Path, named: Any, command: str = "train") -> None:
     """A sweep dir whose jobs a live process still writes: a second sweep there (new, or ``resume=true``) would
-    rewrite its ``multirun.yaml`` and fail the jobs the first holds."""
-    busy = [job for job in job_dirs(folder) if is_locked(folder / job)] if folder.is_dir() else []
+    rewrite its ``multirun.yaml`` and fail the jobs the first holds. A job holds its dir's lock from its first
+    check, before it has written anything else, so every folder's lock is looked at. Rank 0 alone asks under
+    torchrun: the other ranks would find rank 0's own jobs' locks."""
+    if rank() > 0:
+        return
+    busy = _locked_below(folder)
     if busy:
-        raise ConfigError(f"hydra.sweep.dir={named} is still running (another metalearn process is writing {busy[0]}); wait "
-                          "for that sweep to end (or stop it), then run it again with resume=true to finish any job it left")
+        then = (", then run it again with resume=true to finish any job it left" if command == "train"
+                and (folder / "multirun.yaml").is_file() else "")
+        raise ConfigError(f"hydra.sweep.dir={named} is still running (another metalearn process is writing "
+                          f"{busy[0].relative_to(folder)}); wait for that sweep to end (or stop it){then}")
+
+
+def _locked_below(folder: Path, depth: int = 4) -> list[Path]:
+    """The folders below ``folder`` (to ``depth`` levels, hidden ones never) whose lock a live process holds."""
+    found: list[Path] = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if p.is_dir() and not p.name.startswith("."):
+            found += [p] if (p / LOCK).is_file() and is_locked(p) else _locked_below(p, depth - 1) if depth > 1 else []
+    return found
 
 
 def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
@@ -97,7 +112,7 @@ def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
     if named is None or "${" in str(named):
         return  # the default: outputs/multirun/<command>/<time>, new
     folder = canonical(str(named))
-    refuse_running_sweep(folder, named)
+    refuse_running_sweep(folder, named, command)
     found = held(folder)
     if not found and folder.is_dir():  # a sweep none of whose jobs ran (a typo in every job) may be run again
         found = job_dirs(folder)[:3]
