@@ -70,7 +70,8 @@ def check_debug(args: list[str], values: dict[str, Any]) -> None:
     if values.get("episode") == "lake20way1shot" or values.get("episode.protocol") == "lake":
         raise ConfigError("debug=smoke runs on generated data, which has no alphabets for Lake et al.'s within-alphabet "
                           "runs; drop one of them (Lake's runs need dataset=omniglot_background)")
-    if str(values.get("experiment")) in group_options("experiment"):  # a typo's error comes alone, without the note
+    presets = [v for a in args if a.startswith("experiment=") for v in a.split("=", 1)[1].split(",")]  # swept too
+    if any(p in group_options("experiment") for p in presets):  # a typo's error comes alone, without the note
         print("metalearn train: note: debug=smoke replaces the preset's data set by generated 20x20 images and "
               "shrinks its budget; its figures are not comparable with the published one", file=sys.stderr)
 
@@ -91,7 +92,10 @@ def check_groups(command: str, values: dict[str, Any]) -> None:
                               f"({', '.join(group_options(group))}); leave it out {default}")
     keys = [k for k in values if k.startswith("episode.")]
     if command == "eval" and keys and "episode" not in values:
-        example = values[keys[0]] if isinstance(values[keys[0]], int) and values[keys[0]] >= 1 else "N"  # a valid one
+        typed = values[keys[0]]
+        valid = (typed in ("random", "lake") if keys[0] == "episode.protocol" else
+                 isinstance(typed, int) and not isinstance(typed, bool) and typed >= 1)
+        example = typed if valid else "random" if keys[0] == "episode.protocol" else "N"  # never an invalid value again
         raise ConfigError(f"{keys[0]}={values[keys[0]]} changes an episode option, but eval tests on the checkpoint's own "
                           f"episode unless one is named; name one first, e.g. episode=5way1shot {keys[0]}={example} "
                           f"(options: {', '.join(group_options('episode'))})")

@@ -221,7 +221,7 @@ def refuse_twice(parser: OneLineParser, runs: list[Path], given: list[Path]) -> 
         if seen.setdefault(canonical(run), run) is not run:
             held = [f"as {arg}" if canonical(arg) == canonical(run) else f"within {arg}" for arg in given
                     if canonical(arg) == canonical(run) or canonical(arg) in canonical(run).parents]
-            parser.error(f"{run} is given twice{f' ({held[0]} and {held[-1]})' if len(held) > 1 else ''}; "
+            parser.error(f"{run} is given twice{f' ({held[0]} and {held[-1]})' if len(held) > 1 and held[0] != held[-1] else ''}; "
                          "compare each run once")
 
 

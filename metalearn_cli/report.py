@@ -90,8 +90,8 @@ def damaged_note(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
              f"{f' and {len(damaged) - 5} more' if len(damaged) > 5 else ''}; restore each, or score the run again "
              "with metalearn eval checkpoint=RUN"] if damaged else []
     return notes + ([f"lines of {', '.join(cut[:5])}{f' and {len(cut) - 5} more' if len(cut) > 5 else ''} cannot be "
-                     "read (cut or garbled), so the curves lack their records; restore each from a copy to draw them "
-                     "whole"] if cut else [])
+                     "read (cut or garbled), so the curves lack their records (a run killed mid-write loses its last line; "
+                     "a garbled file may be restored from a copy)"] if cut else [])
 
 
 def _below(run: Path, base: Path) -> str:
