@@ -58,6 +58,9 @@ def validate(cfg: Any) -> TrainConfig:
     if t.ema is not None and not 0 < t.ema < 1:
         raise ConfigError(f"trainer.ema={t.ema} is the weight average's decay per step: give 0 < ema < 1 (e.g. 0.999), "
                           "or null for none")
+    if t.init_from is not None and not str(t.init_from).strip():  # an unset shell variable: random weights, unsaid
+        raise ConfigError("trainer.init_from is empty (an unset shell variable?); give a checkpoint, run dir or export "
+                          "to start from, or leave the key out to start from random weights")
     initialised = bool(t.init_from) or cfg.pretrain.iterations > 0
     if t.iterations == 0 and not initialised:
         raise ConfigError("trainer.iterations=0 trains nothing; it is for evaluating pre-trained weights: add "

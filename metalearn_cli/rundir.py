@@ -144,13 +144,21 @@ def held(path: Path) -> list[str]:
     a stage, a status other than a failure before anything was written. Empty for a new folder, or for
     one whose only trace is a command refused before it wrote anything (``.hydra/``, ``error.txt``)."""
     path = Path(path)
-    found = [name for name in OUTPUTS if (path / name).exists()]
+    found = [name for name in OUTPUTS if (path / name).exists() and not _empty(path / name)]  # a run failed at its start
     if (path / CHECKPOINTS).is_dir():
         found += [f"{CHECKPOINTS}/{p.name}" for p in sorted((path / CHECKPOINTS).iterdir()) if not p.name.startswith(".")]
     status = read_json(path / STATUS).get("status") if (path / STATUS).exists() else None
     if (path / STATUS).exists() and (status != "failed" or found):
         found.insert(0, f"{STATUS} ({status or 'unreadable'})")
     return found
+
+
+def _empty(path: Path) -> bool:
+    """An empty file, or a folder holding no file at any depth: what a run that failed as it began (its logger
+    unreachable) leaves, and nothing a new run could lose."""
+    if path.is_file():
+        return path.stat().st_size == 0
+    return path.is_dir() and not any(p.is_file() for p in path.rglob("*"))
 
 
 TRACES = (STATUS, ERROR, LOCK, "train.log", "eval.log", "predict.log", "export.log")  # what a refused command may leave

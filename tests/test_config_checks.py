@@ -116,3 +116,11 @@ def test_an_unknown_key_in_a_files_config_is_not_blamed_on_the_command_line():
         validate_train_config({"unknown_new_key": 1})
     with pytest.raises(Refused, match="no such key: remove it"):
         validate_train_config({"unknown_new_key": 1}, typed=True)
+
+
+@pytest.mark.parametrize("typed", ["trainer.init_from=", "trainer.init_from=' '"])
+def test_an_empty_init_from_is_refused_not_taken_as_random_weights(typed):
+    from metalearn_cli.config_checks import validate
+
+    with pytest.raises(ConfigError, match="trainer.init_from is empty"):
+        validate(compose_config("train", [typed]))

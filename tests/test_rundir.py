@@ -208,3 +208,17 @@ def test_an_eval_dir_given_as_a_checkpoint_names_the_checkpoint_it_scored(tmp_pa
     with pytest.raises(CheckpointError, match=r"is the output of an eval or predict of /runs/a/checkpoints/best.pt, with no "
                                               r"checkpoint of its own; pass that checkpoint"):
         resolve_checkpoint(tmp_path)
+
+
+def test_a_run_that_failed_as_it_began_holds_nothing_a_new_run_could_lose(tmp_path):
+    """An unreachable logger fails a run before its first record: an empty metrics.jsonl and logger folder beside a
+    failed status. Running again after the fix (as the error line says) is no overwrite of a run."""
+    from metalearn_cli.rundir import held
+
+    run = tmp_path / "run"
+    (run / "mlruns" / "0").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("")
+    (run / "status.json").write_text('{"status": "failed", "error": "mlflow: cannot reach the tracking server"}')
+    assert held(run) == []
+    (run / "metrics.jsonl").write_text('{"step": 0, "split": "val"}\n')  # one record: a run that began
+    assert held(run) == ["status.json (failed)", "metrics.jsonl"]
