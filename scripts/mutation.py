@@ -20,6 +20,7 @@ score's 95% interval (Wilson) says how far the sample's figure may be from the f
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import hashlib
 import json
 import math
@@ -178,8 +179,9 @@ def table(rows: list[dict[str, object]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("modules", nargs="*", choices=[[], *TARGETS], help="modules to mutate (see TARGETS)")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("modules", nargs="*", metavar="MODULE",
+                        help=f"modules to mutate, each with its targeted tests: {', '.join(TARGETS)}")
     parser.add_argument("--all", action="store_true", help="every module")
     parser.add_argument("--children", type=int, default=2, help="parallel test processes (default 2: the cores)")
     parser.add_argument("--sample", type=int, help="judge a random sample of this many mutants per module (default: all)")
@@ -188,6 +190,13 @@ def main() -> int:
                                                       "with the tests as they are now (its modules, or those named)")
     parser.add_argument("--json", type=Path, help="also write the rows, survivors included, to this file")
     args = parser.parse_args()
+    unknown = [m for m in args.modules if m not in TARGETS]
+    if unknown:
+        parser.error(f"no module {unknown[0]}; choose from {', '.join(TARGETS)}")
+    if importlib.util.find_spec("mutmut") is None:
+        parser.error("mutmut is not installed: pip install mutmut (mutation testing is not in CI)")
+    if args.rejudge and not args.rejudge.is_file():
+        parser.error(f"--rejudge {args.rejudge} does not exist; pass a file written by --json")
     earlier = {r["module"]: r for r in json.loads(args.rejudge.read_text())} if args.rejudge else {}
     names = list(TARGETS) if args.all else args.modules or list(earlier)
     if not names:
