@@ -76,7 +76,8 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         for preset in [p.format(m=method) for p in TABLES[args.table]] + EXTRA.get(args.table, {}).get(method, []):
             if args.cells and not any(preset == c or f"_{c}" in preset for c in args.cells):
                 continue
-            over = tuple(quick_overrides(method, preset) if args.budget == "quick" else [])
+            smoke = "debug=smoke" in args.extra  # its own seconds-long budget, which the quick one would replace
+            over = tuple(quick_overrides(method, preset) if args.budget == "quick" and not smoke else [])
             groups.setdefault(over, []).append(preset)
         # Hydra composes a sweep's shared config before applying swept values, so overrides of
         # strategy keys cannot ride along with experiment=a,b (the default strategy lacks them):

@@ -148,3 +148,17 @@ def test_out_is_the_users_path_and_a_used_out_is_refused_not_retabulated(tmp_pat
     assert proc.returncode == 2 and "give its --out" in proc.stderr, proc.stderr
     proc = subprocess.run([*script, "--dry-run"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0 and f"hydra.sweep.dir={tmp_path / 'outputs' / 'reproduce'}" in proc.stdout  # where it runs
+
+
+def test_a_smoke_reproduction_keeps_smokes_own_budget():
+    """--budget quick's trainer.iterations=500 and eval.episodes=1000 would replace debug=smoke's seconds-long budget."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
+    out = subprocess.run([sys.executable, str(script), "--table", "omniglot", "--methods", "protonet", "--dry-run",
+                          "debug=smoke"], capture_output=True, text=True, timeout=300).stdout
+    commands = [line for line in out.splitlines() if line.startswith("$ metalearn train")]
+    assert commands and all("debug=smoke" in c and "trainer.iterations=" not in c and "eval.episodes=" not in c
+                            for c in commands), out
