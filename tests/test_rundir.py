@@ -60,7 +60,9 @@ def test_held_names_every_output_and_a_status_but_not_a_bare_failure(tmp_path):
     run = tmp_path / "run"
     _status(run, "failed")
     assert held(run) == []  # refused before it wrote anything: a new run may use the dir
-    (run / "metrics.jsonl").write_text("")
+    (run / "metrics.jsonl").write_text("")  # empty: a run that failed as it began (below)
+    assert held(run) == []
+    (run / "metrics.jsonl").write_text('{"step": 0, "split": "val"}\n')
     assert held(run) == ["status.json (failed)", "metrics.jsonl"]
     files = RunDir(run)
     files.checkpoints.mkdir()
