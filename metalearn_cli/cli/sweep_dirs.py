@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from hydra.errors import HydraException
 
@@ -89,21 +89,12 @@ def refuse_running_sweep(folder: Path, named: Any, command: str = "train") -> No
     torchrun: the other ranks would find rank 0's own jobs' locks."""
     if rank() > 0:
         return
-    busy = _locked_below(folder)
+    busy = job_dirs(folder, is_job=lambda p: (p / LOCK).is_file() and is_locked(p))  # a job still checking too
     if busy:
         then = (", then run it again with resume=true to finish any job it left" if command == "train"
                 and (folder / "multirun.yaml").is_file() else "")
         raise ConfigError(f"hydra.sweep.dir={named} is still running (another metalearn process is writing "
-                          f"{busy[0].relative_to(folder)}); wait for that sweep to end (or stop it){then}")
-
-
-def _locked_below(folder: Path, depth: int = 4) -> list[Path]:
-    """The folders below ``folder`` (to ``depth`` levels, hidden ones never) whose lock a live process holds."""
-    found: list[Path] = []
-    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if p.is_dir() and not p.name.startswith("."):
-            found += [p] if (p / LOCK).is_file() and is_locked(p) else _locked_below(p, depth - 1) if depth > 1 else []
-    return found
+                          f"{busy[0]}); wait for that sweep to end (or stop it){then}")
 
 
 def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
@@ -126,18 +117,18 @@ def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
                           f"per job there, so choose a new hydra.sweep.dir{finish}")
 
 
-def job_dirs(folder: Path, depth: int = 4) -> list[str]:
-    """The run dirs a sweep dir holds (its jobs'), relative to it: ``hydra.sweep.subdir`` may nest them
-    (``${hydra.job.num}/seed``), so folders that are not runs are searched, to ``depth`` levels, hidden ones
-    (``.hydra``, the launcher's records) never."""
+def job_dirs(folder: Path, depth: int = 4, is_job: Callable[[Path], Any] = held) -> list[str]:
+    """The run dirs a sweep dir holds (its jobs'; ``is_job``: those holding a run, or another test), relative to
+    it: ``hydra.sweep.subdir`` may nest them (``${hydra.job.num}/seed``), so folders that are not jobs are
+    searched, to ``depth`` levels, hidden ones (``.hydra``, the launcher's records) never."""
     found: list[str] = []
     for p in sorted(folder.iterdir()) if folder.is_dir() else []:
         if not p.is_dir() or p.name.startswith("."):
             continue
-        if held(p):
+        if is_job(p):
             found.append(p.name)
         elif depth > 1:
-            found.extend(f"{p.name}/{inner}" for inner in job_dirs(p, depth - 1))
+            found.extend(f"{p.name}/{inner}" for inner in job_dirs(p, depth - 1, is_job))
     return found
 
 
