@@ -269,6 +269,14 @@ def _say_unfinished(checkpoints: list[Any], reads: list[dict[str, Any]]) -> list
     return notes
 
 
+def _say_start(strategy: Any, train_cfg: Any, device: torch.device, run_dir: Path) -> None:
+    first = strategy.members[0] if isinstance(strategy, Ensemble) else strategy  # the first member describes an ensemble
+    log.info(startup_line("evaluation", device, train_cfg.trainer.precision, first, run_dir))
+    if isinstance(strategy, Ensemble):
+        log.info("an ensemble of %d: the mean of the class probabilities of %s", len(strategy.members),
+                 ", ".join(strategy.sources))
+
+
 def evaluate(cfg: Any, run_dir: Path) -> float:
     """``metalearn eval``: test a checkpoint or export on fixed tasks; writes ``results.json``; returns accuracy."""
     wall_start = time.perf_counter()
@@ -280,11 +288,8 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     strategy, train_cfg = load_strategy(knowledge, device)
     eval_cfg = eval_settings(cfg.eval, OmegaConf.select(train_cfg, "eval"))
     source = str(Path(knowledge["source"]).resolve())
-    log.info(startup_line("evaluation", device, train_cfg.trainer.precision, strategy, run_dir))
     if others:
         strategy = load_ensemble(strategy, train_cfg, source, others, device)
-        log.info("an ensemble of %d: the mean of the class probabilities of %s", len(strategy.members),
-                 ", ".join(strategy.sources))
     unfinished = _say_unfinished([cfg.checkpoint, *others], [knowledge, *getattr(strategy, "exported_notes", [])])
     optional = isinstance(strategy, Ensemble) and reads_folder(strategy)
     data = DATASETS.build(dataset_of(train_cfg.dataset, cfg.dataset_root, knowledge["source"], optional))
@@ -299,6 +304,8 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     finetune = Finetuner.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
     support = SupportCopies.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).augment, data.image_shape)
     original = original_runs(eval_cfg, train_cfg.dataset, data.test, episode.way, is_lake(episode))
+    test_protocol(strategy, each)  # a batch-norm mode the network cannot honour: refused here, not after the start line
+    _say_start(strategy, train_cfg, device, run_dir)  # after every refusal: a refused eval says only why
     result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), eval_cfg, seed,
                               device, run_dir, progress=True, lake=is_lake(episode), finetune=finetune,
                               members=members, each=each, support=support, original=original)

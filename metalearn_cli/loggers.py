@@ -155,7 +155,7 @@ class MLflowSink:
 
         self._client, record = MlflowClient(tracking_uri=uri), run_dir / self.RECORD
         self._logged_to = -1  # a resume after a kill: the steps MLflow already holds are not logged twice
-        saved = self._record(record) if resume_step is not None else {}
+        saved = self._record(record, run_dir / "metrics.jsonl") if resume_step is not None else {}
         own = params.tracking_uri is None  # the run dir's own store, wherever the run dir has moved since
         if saved.get("tracking_uri") == uri or (own and saved.get("own_store", str(saved.get("tracking_uri")).endswith("/mlruns"))):
             self._run_id = saved["run_id"]
@@ -177,9 +177,12 @@ class MLflowSink:
                             "experiment": params.experiment})
 
     @staticmethod
-    def _record(record: Path) -> dict[str, Any]:
-        """A resumed run's ``mlflow.json``: the MLflow run it continues (none: a new MLflow run, said)."""
+    def _record(record: Path, metrics: Path) -> dict[str, Any]:
+        """A resumed run's ``mlflow.json``: the MLflow run it continues (none: a new MLflow run, said only
+        where the stage had logged before: one resumed before its first record never had an MLflow run)."""
         if not record.is_file():
+            if not (metrics.is_file() and metrics.stat().st_size > 0):
+                return {}
             log.warning("%s is gone: this resume logs to a new MLflow run (the earlier one stays in its store)", record)
             return {}
         return mlflow_record(record)

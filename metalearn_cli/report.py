@@ -118,7 +118,7 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
             return picked
         return str((cfg.get(group) or {}).get("name", "")) if isinstance(cfg.get(group), dict) else ""
 
-    stage = record.get("stage_of") is not None  # <run>/pretrain: nearest-centroid on the stage's encoder
+    stage = (trained or record).get("stage_of") is not None  # <run>/pretrain (or an eval of its checkpoint): nearest-centroid on the stage's encoder
     picked = choices.get("pretrain")  # the option (rfs), where the config's kind says supervised
     recipe = picked if isinstance(picked, str) and picked not in ("", "none") else None
     seed = results.get("seed") if record["command"] == "eval" and "seed" in results else record["config"].get("seed")

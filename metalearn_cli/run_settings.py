@@ -100,17 +100,27 @@ def setting_config(run: Path, info: Optional[dict[str, Any]] = None, source: Opt
     ``ensemble``, a split other than ``test``) and ``command``: so evaluations of one recipe's seeds are
     one setting, and a label shows what the test changed (``eval.tta_shift=3``), not the paths."""
     info = info if info is not None else record_of(run)  # the caller's record of it, when it has read it already
-    config = flatten(info["config"])
+    config = with_recipe(flatten(info["config"]), info)
     if info.get("stage_of"):  # its run's settings, but not its run: a stage tests the pre-trained encoder alone
         config["stage"] = STAGE
     source = source if source is not None else trained_by(info)  # the caller's, when it has looked it up already
     if not source:
         return config
-    merged = {k: v for k, v in flatten(source["config"]).items() if not bookkeeping(k)}
+    merged = {k: v for k, v in with_recipe(flatten(source["config"]), source).items() if not bookkeeping(k)}
+    if source.get("stage_of"):  # the checkpoint tested is a stage's
+        merged["stage"] = STAGE
     merged.update({k: v for k, v in config.items()
                    if v is not None and v != [] and k not in OWN_KEYS_IGNORED and (k, v) != ("split", "test")})
     merged["command"] = info["command"]
     return merged
+
+
+def with_recipe(config: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the pre-training option picked (``pretrain=rfs``; ``none``) as ``pretrain.name``, so a label
+    names the option, as it names a strategy, not the settings in which options differ (``pretrain.kind``, the
+    optimizer's keys)."""
+    picked = (record.get("choices") or {}).get("pretrain")
+    return {**config, "pretrain.name": picked} if isinstance(picked, str) and picked else config
 
 
 def by_setting(labels: list[str], seeds: list[Any], names: list[str],

@@ -19,27 +19,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+PICTURE = "confused-pairs.png"  # the default --out, and the picture's name in an --out folder
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a tested training run or a metalearn eval dir")
-    parser.add_argument("--out", type=Path, default=Path("confused-pairs.png"),
-                        help="the picture (default: confused-pairs.png; .png when it has no suffix)")
+    parser.add_argument("--out", default=PICTURE,
+                        help=f"the picture, never over a file nor into a run dir (default: {PICTURE}; .png when it has "
+                             f"no suffix; an existing folder: {PICTURE} in it)")
     parser.add_argument("--pairs", type=int, default=12, help="how many pairs to draw (default: 12)")
     parser.add_argument("--min-rate", type=float, default=0.0,
                         help="keep pairs erring on at least this share of their queries (default: 0.0; 0.4: at chance)")
     parser.add_argument("--archive", type=Path, help="Omniglot's images_evaluation.zip: draw the originals")
     parser.add_argument("--dataset-root", help="the folder a run's data set was read from (dataset=folder, ...)")
     args = parser.parse_args()
-    if not args.out.suffix:
-        args.out = args.out.with_suffix(".png")
-    check_args(parser, args)
     from metalearn_cli.errors import MetalearnError
 
     try:
+        check_args(parser, args)
         return draw_pairs(args)
     except MetalearnError as exc:  # the package's one-line errors, in this script's spelling
         print(f"confused_pairs.py: error: {str(exc).replace('dataset_root=', '--dataset-root ')}", file=sys.stderr)
@@ -47,9 +49,14 @@ def main() -> int:
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Each argument's mistake in one line, before any work: not a traceback after it."""
+    """Each argument's mistake in one line, before any work: not a traceback after it. Sets ``args.out`` to
+    the file to write."""
     from PIL import Image
 
+    from metalearn_cli.errors import ConfigError
+    from metalearn_cli.rundir import refuse_replacing
+
+    args.out = picture_path(parser, args.out)
     if args.pairs < 1:
         parser.error(f"--pairs {args.pairs}: draw at least 1 pair")
     if not 0 <= args.min_rate <= 1:
@@ -70,6 +77,21 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         inside = sorted(p.parent.name for p in args.run.glob("*/results.json"))[:3]
         parser.error(f"{args.run} is no run dir" + (f" (a sweep? it holds {', '.join(inside)}: pass one of them)" if inside
                                                      else "; pass a tested run or a metalearn eval dir"))
+    refuse_replacing(args.out, "--out ")  # the CLI's rule for what it writes outside a run dir
+    if args.out.exists():
+        raise ConfigError(f"--out {args.out} exists and would be replaced; choose another --out, or delete it first")
+
+
+def picture_path(parser: argparse.ArgumentParser, out: str) -> Path:
+    """The file ``--out`` names: in an existing folder, :data:`PICTURE`; without a suffix, ``.png``."""
+    if not out.strip():  # Path("") is the current folder
+        parser.error("--out is empty (an unset shell variable?); name the picture, e.g. --out pairs.png")
+    path = Path(out).expanduser()
+    if out.endswith(("/", os.sep)) and not path.is_dir():  # Path() would drop the slash and write OUT.png
+        parser.error(f"--out {out}: the folder {path} does not exist; make it first")
+    if path.is_dir():  # as report --out and compare --out: a folder holds the output under its own name
+        return path / PICTURE
+    return path if path.suffix else path.with_suffix(".png")
 
 
 def draw_pairs(args: argparse.Namespace) -> int:

@@ -11,6 +11,8 @@ published figure, which the run copies into results.json). ``paper`` runs the pr
 and says so in the table. One protocol for every method: fixed test tasks from the seed, 15 queries
 per class, best-on-validation checkpoint, mean accuracy with its 95% confidence interval.
 Writes <out>/<table>_<budget>.md and .csv, plus `metalearn report`'s curves and bar chart.
+Stopped (Ctrl-C), it exits 130; the same command again, with the same --out, continues it (each sweep it
+began is finished with resume=true, its completed jobs kept).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shlex
 import io
 import json
 import math
+import signal
 import subprocess
 import sys
 import time
@@ -53,7 +56,10 @@ QUICK_MAML_20WAY = ["trainer.iterations=100", "trainer.meta_batch=4", "trainer.v
 COLUMNS = ["preset", "method", "task", "ours", "ci95", "published", "published_of", "difference", "iterations", "meta_batch",
            "episodes", "bn_mode", "inner_steps_at_test", "val_at_start", "val_best", "best_step", "precision", "seed",
            "train_s", "tasks_per_s", "wall_s", "status", "source"]
-INVOCATION = "reproduce.json"  # in --out: how its runs were made, which --tabulate-only repeats in the table's title
+INVOCATION = "reproduce.json"  # in --out: what was asked, which the same command compares to continue it and
+# --tabulate-only repeats in the table's title
+ASKED = ("table", "budget", "methods", "cells", "seed", "device", "root", "extra")  # what INVOCATION records
+SWEEP_RECORD = "multirun.yaml"  # what Hydra writes into a sweep dir before its first job: a sweep to finish with resume=true
 
 
 def quick_overrides(method: str, preset: str) -> list[str]:
@@ -91,7 +97,10 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
                    "hydra.sweep.subdir=${hydra.job.num}_${hydra:runtime.choices.experiment}"]
             if args.root:
                 cmd.append(f"dataset.root={args.root}")
-            runs.append((method, cmd + list(args.extra)))
+            # A sweep a stopped reproduction began is finished in its dir: its completed jobs are kept as they are,
+            # a stopped one resumes from its last.pt, one not begun starts (main checked that --out is this reproduction's).
+            again = ["resume=true"] if (sweep_dir / SWEEP_RECORD).is_file() else []
+            runs.append((method, cmd + list(args.extra) + again))
     return runs
 
 
@@ -180,7 +189,8 @@ def estimate(preset: str, overrides: list[str]) -> tuple[float | None, str]:
 def sweep_cells(cmd: list[str]) -> list[tuple[str, list[str]]]:
     """The cells of one planned sweep, each with the overrides its job gets (Hydra's own aside)."""
     presets = next(a for a in cmd if a.startswith("experiment=")).split("=", 1)[1].split(",")
-    overrides = [a for a in cmd[cmd.index("train") + 1:] if a != "-m" and not a.startswith(("experiment=", "hydra."))]
+    overrides = [a for a in cmd[cmd.index("train") + 1:]
+                 if a != "-m" and not a.startswith(("experiment=", "hydra.", "resume="))]  # resume: how, not what, it runs
     return [(preset, overrides) for preset in presets]
 
 
@@ -205,6 +215,7 @@ def print_estimates(cells: list[tuple[str, float | None, str]]) -> None:
 
 def collect(out: Path) -> list[dict[str, Any]]:
     """One row per run dir under ``out/runs``, in table order."""
+    from metalearn_cli.files import read_json
     from metalearn_cli.run_records import find_runs, read_run
 
     rows = []
@@ -212,6 +223,10 @@ def collect(out: Path) -> list[dict[str, Any]]:
         record = read_run(run)
         preset = next((o.split("=", 1)[1] for o in record["overrides"] if o.startswith("experiment=")), run.name)
         status, r = record["status"], record["results"]
+        episode = (record.get("config") or {}).get("episode") or {}  # a run stopped before its test has no results:
+        r = {"way": episode.get("way", "?"), "shot": episode.get("shot", "?"), **r}  # its config says what it tests
+        if r.get("wall_seconds") is None:  # stopped: its status.json counts the time it ran, resumes included
+            r["wall_seconds"] = read_json(run / "status.json").get("wall_seconds")
         ours = 100 * r["accuracy"] if "accuracy" in r else None
         pub = r.get("published_accuracy")
         start = next((m["accuracy"] for m in record.get("metrics", []) if m.get("split") == "val" and m["step"] == 0), None)
@@ -282,6 +297,89 @@ def retabulated(args: argparse.Namespace) -> str | None:
     return None
 
 
+def asked(args: argparse.Namespace) -> dict[str, Any]:
+    """What this command asks for, as INVOCATION records it: the same again continues its --out."""
+    return {key: getattr(args, key) for key in ASKED}
+
+
+def _spelled(key: str, value: Any) -> str:
+    """One recorded setting as the command line gives it."""
+    if key == "extra":
+        return f"the overrides {' '.join(value)}" if value else "no overrides"
+    if key == "cells" and not value:
+        return "every cell"
+    if value is None:
+        return f"no --{key}"
+    return f"--{key} {','.join(value) if isinstance(value, list) else value}"
+
+
+def _script() -> str:
+    """This script as its user ran it (``scripts/reproduce.py`` from the project's folder)."""
+    return sys.argv[0] if Path(sys.argv[0]).name == Path(__file__).name else "scripts/reproduce.py"
+
+
+def command_of(made: dict[str, Any], out: Path) -> str:
+    """The command that asked for ``made`` (an INVOCATION) in ``out``: run again, it continues it."""
+    defaults = {"budget": "quick", "device": "auto", "methods": list(METHODS), "seed": 0, "cells": [], "root": None}
+    words = ["python", _script(), "--table", made["table"]]
+    for key, default in defaults.items():
+        if made[key] != default:
+            words += [f"--{key}", ",".join(made[key]) if isinstance(made[key], list) else str(made[key])]
+    return shlex.join([*words, "--out", str(out), *made["extra"]])
+
+
+def other_reproduction(args: argparse.Namespace) -> str | None:
+    """Why this command may not run in its --out, which holds runs (a message); None where they are this very
+    reproduction's, which it continues."""
+    try:
+        made = json.loads((args.out / INVOCATION).read_text())
+    except (OSError, ValueError):
+        made = None
+    if not isinstance(made, dict):
+        return (f"--out {args.out} already holds runs, and no {INVOCATION} there says they are a reproduction to continue; "
+                "pass a new --out, or --tabulate-only to rebuild its table")
+    if any(key not in made for key in ASKED):  # written before reproduce.py recorded its methods and cells
+        return (f"--out {args.out} already holds runs of a reproduction that did not record its methods and cells, so it "
+                "cannot be continued; pass a new --out, or --tabulate-only to rebuild its table")
+    now = asked(args)
+
+    def same(key: str, value: Any) -> Any:  # --methods maml,protonet runs the sweeps of --methods protonet,maml
+        return sorted(value) if key in ("methods", "cells") else value
+
+    differ = [key for key in ASKED if same(key, made[key]) != same(key, now[key])]
+    if not differ:
+        return None
+    return (f"--out {args.out} holds a reproduction of {', '.join(_spelled(k, made[k]) for k in differ)}, and this command "
+            f"asks for {', '.join(_spelled(k, now[k]) for k in differ)}; to continue that one: {command_of(made, args.out)}; "
+            "else pass a new --out")
+
+
+def refused(args: argparse.Namespace, cmd: list[str]) -> str | None:
+    """Why metalearn train would refuse a job of this sweep (its own checks of the composed config, as --cfg job makes
+    them; the data is not read), or None."""
+    from metalearn_cli.cli import register_configs
+    from metalearn_cli.cli.placement import refused_config
+
+    register_configs()
+    # a dry run without --root shows mini-ImageNet's commands all the same: the check stands in a folder for it
+    stand_in = ["dataset.root=DIR"] if (args.dry_run and args.table == "mini_imagenet" and not args.root and not any(
+        e.startswith(("debug=", "dataset.root=")) for e in args.extra)) else []
+    for preset, overrides in sweep_cells(cmd):
+        why = refused_config("train", [f"experiment={preset}", *overrides, *stand_in])
+        if why:
+            return f"metalearn train would refuse the {preset} run: {why} (see metalearn train --help)"
+    return None
+
+
+def stopped(args: argparse.Namespace, argv: list[str], where: str) -> int:
+    """A Ctrl-C: the line that says how to continue (the same command, its --out named), and Ctrl-C's exit code."""
+    named = [] if args.out_given else ["--out", str(args.out)]  # the default --out is a new folder each time
+    print(f"reproduce: stopped {where}; to continue it (completed runs are kept, stopped ones resume from their last "
+          f"checkpoint), run the same command again: {shlex.join(['python', _script(), *named, *argv])}",
+          file=sys.stderr, flush=True)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", choices=sorted(TABLES), required=True)
@@ -298,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these cells: comma-separated presets or settings, e.g. 5w1s,lake20w1s or "
                              "protonet_omniglot_20w5s (default: every cell)")
     parser.add_argument("extra", nargs="*", help="more Hydra overrides for every run (e.g. threads=2)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if not 0 <= args.seed < 2**63:  # as metalearn's own seed= check
+        parser.error(f"--seed {args.seed} is out of range; use an integer from 0 to {2**63 - 1}")
     args.methods = [m for m in args.methods.split(",") if m]
     args.cells = [c for c in (args.cells or "").split(",") if c]
     known = [p.format(m=m) for m in METHODS for p in TABLES[args.table]] + [p for v in EXTRA.get(args.table, {}).values() for p in v]
@@ -314,41 +415,63 @@ def main(argv: list[str] | None = None) -> int:
     if args.tabulate_only and args.out is None:
         parser.error("--tabulate-only rebuilds the table of an earlier run of this script: give its --out")
     # like metalearn's own outputs/: in the folder the user runs it from, not the project's
+    args.out_given = args.out is not None
     args.out = args.out or Path("outputs") / "reproduce" / f"{args.table}-{args.budget}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     args.out = Path(args.out).resolve()  # the sweeps run from the project root: a relative path is the user's
     args.root = str(Path(args.root).resolve()) if args.root else None
     if args.tabulate_only and not (args.out / "runs").is_dir():
         parser.error(f"--tabulate-only reads the runs of an earlier --out, and {args.out} holds none")
-    if not args.tabulate_only and not args.dry_run and (args.out / "runs").exists():
-        parser.error(f"--out {args.out} already holds runs; pass a new --out, or --tabulate-only to rebuild its table")
+    continuing = not args.tabulate_only and (args.out / "runs").exists()  # a dry run says what the run itself would do
+    if continuing and (why := other_reproduction(args)):
+        parser.error(why)
 
     start, failed = time.perf_counter(), False
     if args.tabulate_only:
         made = retabulated(args)
         if isinstance(made, str):
             parser.error(made)
-    elif not args.dry_run:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / INVOCATION).write_text(json.dumps({"budget": args.budget, "seed": args.seed, "extra": args.extra}))
-    if not args.tabulate_only:
-        planned = []
-        for method, cmd in commands(args):
-            print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)  # pastes into a shell as it is
-            if args.dry_run:  # each cell's estimated training time, as shell comments
-                for preset, overrides in sweep_cells(cmd):
+    else:
+        plan = commands(args)
+        for _, cmd in plan:  # before anything is written or launched: a refused job would fail in its sweep
+            why = refused(args, cmd)
+            if why:
+                print(f"reproduce: {why}", file=sys.stderr)
+                return 2
+        if continuing:
+            print(f"# {args.out} holds this reproduction's runs: the sweeps it began are finished with resume=true (their "
+                  "completed jobs kept, stopped ones resumed), the others begin", flush=True)
+        if args.dry_run:
+            planned = []
+            for _, cmd in plan:
+                print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)  # pastes into a shell as it is
+                for preset, overrides in sweep_cells(cmd):  # each cell's estimated training time, as shell comments
                     seconds, how = estimate(preset, overrides)
                     planned.append((preset, seconds, how))
                     print(f"#   {preset:<28} " + (f"about {seconds / 60:5.1f} min of training ({how})"
                                                   if seconds is not None else f"no estimate: {how}"))
-            else:
-                done = subprocess.run(cmd, cwd=ROOT)
-                if done.returncode != 0:
-                    failed = True
-                    print(f"reproduce: the {method} sweep exited with {done.returncode}; its failed jobs are marked in the table",
-                          file=sys.stderr)
-        if args.dry_run:
             print_estimates(planned)
             return 0
+        args.out.mkdir(parents=True, exist_ok=True)
+        if not continuing:  # continued: what it holds is what was asked, as other_reproduction found
+            (args.out / INVOCATION).write_text(json.dumps(asked(args)))
+        # Ctrl-C reaches the whole process group: the running sweep saves its jobs and stops by itself. This script
+        # notes it instead of dying mid-wait (subprocess.run would kill the sweep as it saves), and launches no more.
+        ctrl_c: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
+        try:
+            for method, cmd in plan:
+                if ctrl_c:
+                    return stopped(args, argv, f"before the {method} sweep")
+                print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)
+                code = subprocess.Popen(cmd, cwd=ROOT).wait()
+                if ctrl_c or code == 130:  # 130: the sweep was stopped by a Ctrl-C of its own
+                    return stopped(args, argv, f"during the {method} sweep")
+                if code != 0:
+                    failed = True
+                    print(f"reproduce: the {method} sweep exited with {code}; its failed jobs are marked in the table",
+                          file=sys.stderr)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     rows = collect(args.out)
     if not rows:
         print(f"reproduce: no runs under {args.out / 'runs'}", file=sys.stderr)

@@ -139,6 +139,18 @@ def test_the_confused_pairs_script_reads_a_moved_folder_data_set_and_says_what_i
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "pairs.png").read_bytes()[:4] == b"\x89PNG"
+    drawn = (tmp_path / "pairs.png").read_bytes()
+    for out, needle in ((tmp_path / "pairs", f"--out {tmp_path / 'pairs.png'} exists and would be replaced; choose another --out"),
+                        (tmp_path / "run" / "inside.png", f"is inside the run {tmp_path / 'run'}, which would be replaced")):
+        again = subprocess.run([*script, "--out", str(out), "--dataset-root", str(tmp_path / "moved")],
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 2 and needle in again.stderr and len(again.stderr.splitlines()) == 1, again.stderr
+    assert (tmp_path / "pairs.png").read_bytes() == drawn and not (tmp_path / "run" / "inside.png").exists()
+    (tmp_path / "adir").mkdir()  # an existing folder holds the picture under its default name, as report --out does
+    into = subprocess.run([*script, "--out", str(tmp_path / "adir"), "--dataset-root", str(tmp_path / "moved")],
+                          capture_output=True, text=True, timeout=120)
+    assert into.returncode == 0 and f"wrote {tmp_path / 'adir' / 'confused-pairs.png'}" in into.stdout, into.stderr
+    assert (tmp_path / "adir" / "confused-pairs.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "adir.png").exists()
 
 
 def test_the_confused_pairs_scripts_argument_mistakes_are_one_line_before_any_work(tmp_path):
@@ -155,6 +167,36 @@ def test_the_confused_pairs_scripts_argument_mistakes_are_one_line_before_any_wo
                          ([str(tmp_path / "stopped")], "has no test results (status: interrupted)"),
                          ([str(tmp_path / "sweep" / "0_job"), "--pairs", "0"], "draw at least 1 pair"),
                          ([str(tmp_path / "sweep" / "0_job"), "--out", str(tmp_path / "no" / "x.png")], "does not exist; make it"),
-                         ([str(tmp_path / "sweep" / "0_job"), "--out", "x.txt"], ".txt is no picture format")):
+                         ([str(tmp_path / "sweep" / "0_job"), "--out", "x.txt"], ".txt is no picture format"),
+                         ([str(tmp_path / "sweep" / "0_job"), "--out", ""], "--out is empty"),
+                         ([str(tmp_path / "sweep" / "0_job"), "--out", f"{tmp_path / 'new'}/"], "the folder")):
         done = subprocess.run([*script, *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not list(tmp_path.glob("*.png"))  # the trailing slash named a folder, not new.png
+
+
+def test_the_confused_pairs_script_writes_no_picture_over_a_file_or_into_a_run(tmp_path):
+    """--out refuses, in one line and before any work, what report --out, compare --out and export refuse: a
+    file it would replace, and a place inside a run dir (a file or a folder of it, however spelled)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "confused_pairs.py")]
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "results.json").write_text("{}")
+    (tmp_path / "taken.png").write_bytes(b"mine")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir" / "confused-pairs.png").write_bytes(b"mine")
+    for out, needle in ((tmp_path / "taken", f"--out {tmp_path / 'taken.png'} exists and would be replaced; choose another --out"),
+                        (tmp_path / "adir", f"--out {tmp_path / 'adir' / 'confused-pairs.png'} exists and would be replaced"),
+                        (run / "inside.png", f"--out {run / 'inside.png'} is inside the run {run}"),
+                        (run / "checkpoints", f"is inside the run {run}"),  # a folder of the run: its default name there
+                        (run, f"--out {run / 'confused-pairs.png'} is inside the run {run}"),
+                        (tmp_path / "adir" / ".." / "run" / "x.png", f"is inside the run {run}")):
+        done = subprocess.run([*script, str(run), "--out", str(out)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and needle in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+        assert "choose" in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "taken.png").read_bytes() == b"mine" == (tmp_path / "adir" / "confused-pairs.png").read_bytes()
+    assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "results.json"]

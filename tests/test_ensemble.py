@@ -98,6 +98,7 @@ def test_refusals_are_one_line(two_runs, tmp_path, extra, expected):
     proc = _eval(tmp_path, "bad", f"checkpoint={two_runs[0]}", *members, *extra)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and expected in last, proc.stderr
+    assert "evaluation on" not in proc.stdout + proc.stderr  # a refused eval says only why, not that it began
     assert not (tmp_path / "bad" / "results.json").exists()
 
 

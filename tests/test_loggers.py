@@ -166,6 +166,35 @@ def test_a_moved_run_dir_continues_its_mlflow_run_and_a_killed_run_logs_no_step_
     assert len(client.search_runs([client.get_run(first).info.experiment_id])) == 1
 
 
+def test_a_run_stopped_in_pretraining_resumes_without_saying_an_mlflow_run_was_lost(compose_train, tmp_path, monkeypatch,
+                                                                                     caplog):
+    """Meta-training had logged nothing when the stage stopped, so it never had an MLflow run to lose."""
+    pytest.importorskip("mlflow")
+    from metalearn_cli import training
+    from metalearn_cli.errors import Interrupted
+    from metalearn_cli.objectives import SupervisedObjective
+
+    pre = ["pretrain=supervised", "pretrain.iterations=6", "pretrain.batch_size=16", "pretrain.val_every=3",
+           "pretrain.val_episodes=4", "logger=mlflow"]
+    run, original, calls = tmp_path / "run", SupervisedObjective.step, []
+
+    def stopped(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Interrupted("SIGTERM", "SIGTERM during pre-training")
+        return original(self, *args)
+
+    monkeypatch.setattr(SupervisedObjective, "step", stopped)
+    with pytest.raises(Interrupted):
+        training.train(compose_train(*pre), run)
+    monkeypatch.setattr(SupervisedObjective, "step", original)
+    assert not (run / "mlflow.json").exists() and (run / "pretrain/mlflow.json").is_file()
+    with caplog.at_level("WARNING"):
+        training.train(compose_train(*pre, "resume=true"), run)
+    assert not [m for m in caplog.messages if "is gone" in m]
+    assert (run / "mlflow.json").is_file()
+
+
 def test_mlflow_missing_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
     import importlib.util
 

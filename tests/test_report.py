@@ -297,6 +297,20 @@ def test_a_pretraining_stage_named_alone_is_a_row_with_its_runs_settings(tmp_pat
                                                                                          "pretrain=rfs")
     assert (whole["decoder"], whole["tasks_per_s"], whole["pretrain"]) == ("logistic", "", "rfs")  # the option, not its kind
     assert not (tmp_path / "rep" / "seeds.csv").exists()  # two settings, not one setting's two seeds
+    tested = tmp_path / "tested stage"  # an eval of the stage's checkpoint is the stage's nearest-centroid, not the run's mgd
+    assert main(["eval", f"checkpoint={run / 'pretrain/checkpoints/best.pt'}", "eval.episodes=2", "device=cpu",
+                 f"hydra.run.dir={tested}"]) == 0
+    from metalearn_cli.report import describe
+    from metalearn_cli.run_settings import config_labels
+
+    row = describe(tested, tmp_path)
+    assert (row["strategy"], row["decoder"]) == ("pretrain=rfs", "prototype")
+    plain = tmp_path / "plain"  # no stage: labelled by the option, beside rfs, not by pretrain.kind or optimizer keys
+    assert main(["train", "debug=smoke", "encoder.width=8", "encoder.widths=null", "trainer.iterations=2",
+                 "trainer.val_episodes=2", "eval.episodes=2", "device=cpu", f"hydra.run.dir={plain}"]) == 0
+    labels = config_labels([run, plain], [describe(r, tmp_path) for r in (run, plain)])
+    assert "pretrain=rfs" in labels[0].split() and "pretrain=none" in labels[1].split(), labels
+    assert not any("pretrain.kind" in label or "optimizer" in label for label in labels), labels
     shutil.copytree(run, tmp_path / "copy")
     monkeypatch.chdir(tmp_path)  # two runs' stages, given relative: rows told apart by their runs
     assert main(["report", "run/pretrain", "copy/pretrain", "--out", "rep2"]) == 0

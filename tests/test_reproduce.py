@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["debug=smoke", "trainer.iterations=2", "trainer.val_every=1", "trainer.val_episodes=2", "eval.episodes=4",
         "encoder.width=8", "trainer.train_query=1", "episode.query=2"]
@@ -162,3 +164,99 @@ def test_a_smoke_reproduction_keeps_smokes_own_budget():
     commands = [line for line in out.splitlines() if line.startswith("$ metalearn train")]
     assert commands and all("debug=smoke" in c and "trainer.iterations=" not in c and "eval.episodes=" not in c
                             for c in commands), out
+
+
+def _script_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    return reproduce
+
+
+def test_a_stopped_reproduction_says_so_and_the_same_command_again_continues_it(tmp_path):
+    """Ctrl-C (the whole process group) in the sweep's second job: the sweep saves it and stops, the script says how to
+    continue and exits 130; the same command again finishes the sweep with resume=true (the completed job kept as it was,
+    the stopped one resumed) and tabulates; another reproduction in that --out is refused, saying what differs."""
+    import json
+    import os
+    import shlex
+    import signal
+    import time
+
+    out = tmp_path / "repro"
+    overrides = [o for o in TINY if not o.startswith(("trainer.iterations=", "trainer.val_every="))] + [
+        "trainer.iterations=30", "trainer.val_every=1000", "trainer.log_every=1", "trainer.checkpoint_every=1000"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--table", "omniglot", "--methods", "protonet", "--cells",
+           "5w1s,5w5s", "--device", "cpu", "--out", str(out), *overrides]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not [p for p in out.glob("runs/protonet-0/1_*/metrics.jsonl") if p.stat().st_size]:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=240)
+    last = err.splitlines()[-1]
+    assert proc.returncode == 130 and last.startswith("reproduce: stopped during the protonet sweep;"), err
+    assert shlex.split(last.split("run the same command again: ", 1)[1]) == ["python", *cmd[1:]] and "Traceback" not in err
+    jobs = sorted((out / "runs" / "protonet-0").glob("*_protonet_*"))
+    assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["completed", "interrupted"], err
+    rows = {r["preset"]: r for r in _script_module().collect(out)}  # the stopped run's row: what it tests, how long it ran
+    assert rows["protonet_omniglot_5w5s"]["task"] == "5-way 5-shot" and rows["protonet_omniglot_5w5s"]["wall_s"] > 0
+    kept = (jobs[0] / "results.json").read_bytes()
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    (line,) = [ln for ln in again.stdout.splitlines() if ln.startswith("$ ")]
+    assert line.endswith(" resume=true") and "holds this reproduction's runs" in again.stdout
+    assert (jobs[0] / "results.json").read_bytes() == kept  # completed before: kept as it was
+    with open(out / "omniglot_quick.csv", newline="") as f:
+        assert [(r["preset"], r["status"]) for r in csv.DictReader(f)] == [
+            ("protonet_omniglot_5w1s", "completed"), ("protonet_omniglot_5w5s", "completed")]
+
+    other = subprocess.run([*cmd, "--seed", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "holds a reproduction of --seed 0, and this command asks for --seed 1" in other.stderr
+    assert f"to continue that one: python {cmd[1]} --table omniglot" in other.stderr.splitlines()[-1], other.stderr
+
+
+@pytest.mark.parametrize("code", [0, 130])
+def test_a_ctrl_c_launches_no_further_sweep(tmp_path, monkeypatch, capsys, code):
+    """Ctrl-C reaches this script while a sweep runs (the sweep then ends 0, having finished, or 130, stopped), or only
+    the sweep gets it (130): the next method's sweep is not launched, and the script exits 130 saying how to continue."""
+    import os
+    import signal
+    import types
+
+    reproduce = _script_module()
+    launched = []
+
+    class Sweep:
+        def __init__(self, cmd, cwd=None):
+            launched.append(cmd)
+
+        def wait(self):
+            if code == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+            return code
+
+    monkeypatch.setattr(reproduce, "subprocess", types.SimpleNamespace(Popen=Sweep))
+    before = signal.getsignal(signal.SIGINT)
+    assert reproduce.main(["--table", "omniglot", "--methods", "protonet,anil", "--cells", "5w1s", "--out",
+                           str(tmp_path / "repro"), "debug=smoke"]) == 130
+    assert len(launched) == 1 and "experiment=protonet_omniglot_5w1s" in launched[0]
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C is the caller's again
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("reproduce: stopped during the protonet sweep;") and "run the same command again" in last
+
+
+def test_a_dry_run_fails_when_metalearn_would_refuse_its_commands(tmp_path):
+    script = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--table", "omniglot", "--dry-run", "--methods",
+              "protonet", "--cells", "5w1s", "--out", str(tmp_path)]
+    seed = subprocess.run([*script, "--seed", "-1"], capture_output=True, text=True, timeout=60)
+    assert seed.returncode == 2 and "--seed -1 is out of range" in seed.stderr.splitlines()[-1], seed.stderr
+    bogus = subprocess.run([*script, "bogus=1"], capture_output=True, text=True, timeout=120)
+    assert bogus.returncode == 2 and "Traceback" not in bogus.stderr and not bogus.stdout, (bogus.stdout, bogus.stderr)
+    assert bogus.stderr.splitlines()[-1].startswith(
+        "reproduce: metalearn train would refuse the protonet_omniglot_5w1s run: Could not override 'bogus'"), bogus.stderr

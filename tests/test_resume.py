@@ -243,6 +243,10 @@ def test_a_run_trained_by_torchrun_is_continued_by_torchrun_and_warned_otherwise
         warn_changed_course({**state, "processes": 1}, 10, "trainer.iterations", "meta-iteration 4", 2)
     assert "trained by 1 process and continues in 2" in caplog.text and "in one process, without torchrun" in caplog.text
     assert "--nproc-per-node=1" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # stopped before its first step (in pre-training): it goes on as a new run would
+        warn_changed_course({**state, "step": 0}, 5, "trainer.iterations", "meta-iteration 0", 1)
+    assert not caplog.records
 
 
 @pytest.mark.parametrize("value,needle", [("nosuchdir", "resume=nosuchdir does not exist; pass the run dir to continue"),
