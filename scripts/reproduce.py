@@ -371,6 +371,15 @@ def refused(args: argparse.Namespace, cmd: list[str]) -> str | None:
     return None
 
 
+def stopped_jobs(cmd: list[str]) -> list[str]:
+    """The jobs of ``cmd``'s sweep that a stop left unfinished: a SIGTERM (pre-emption) ends a sweep with 0, as an
+    orderly stop, and the next method's sweep must not begin as if it had finished."""
+    from metalearn_cli.files import read_json
+
+    sweep_dir = Path(next(a for a in cmd if a.startswith("hydra.sweep.dir=")).split("=", 1)[1])
+    return sorted(p.parent.name for p in sweep_dir.glob("*/status.json") if read_json(p).get("status") == "interrupted")
+
+
 def stopped(args: argparse.Namespace, argv: list[str], where: str) -> int:
     """A Ctrl-C: the line that says how to continue (the same command, its --out named), and Ctrl-C's exit code."""
     named = [] if args.out_given else ["--out", str(args.out)]  # the default --out is a new folder each time
@@ -464,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                     return stopped(args, argv, f"before the {method} sweep")
                 print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)
                 code = subprocess.Popen(cmd, cwd=ROOT).wait()
-                if ctrl_c or code == 130:  # 130: the sweep was stopped by a Ctrl-C of its own
+                if ctrl_c or code == 130 or (code == 0 and stopped_jobs(cmd)):  # 130: its own Ctrl-C; 0: a SIGTERM
                     return stopped(args, argv, f"during the {method} sweep")
                 if code != 0:
                     failed = True

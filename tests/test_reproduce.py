@@ -221,10 +221,11 @@ def test_a_stopped_reproduction_says_so_and_the_same_command_again_continues_it(
     assert f"to continue that one: python {cmd[1]} --table omniglot" in other.stderr.splitlines()[-1], other.stderr
 
 
-@pytest.mark.parametrize("code", [0, 130])
+@pytest.mark.parametrize("code", [0, 130, "SIGTERM"])
 def test_a_ctrl_c_launches_no_further_sweep(tmp_path, monkeypatch, capsys, code):
     """Ctrl-C reaches this script while a sweep runs (the sweep then ends 0, having finished, or 130, stopped), or only
-    the sweep gets it (130): the next method's sweep is not launched, and the script exits 130 saying how to continue."""
+    the sweep gets it (130), or a SIGTERM stopped the sweep's job (the sweep ends 0, an orderly stop): the next method's
+    sweep is not launched, and the script exits 130 saying how to continue."""
     import os
     import signal
     import types
@@ -235,10 +236,15 @@ def test_a_ctrl_c_launches_no_further_sweep(tmp_path, monkeypatch, capsys, code)
     class Sweep:
         def __init__(self, cmd, cwd=None):
             launched.append(cmd)
+            self.sweep_dir = Path(next(a for a in cmd if a.startswith("hydra.sweep.dir=")).split("=", 1)[1])
 
         def wait(self):
             if code == 0:
                 os.kill(os.getpid(), signal.SIGINT)
+            if code == "SIGTERM":  # what a job stopped by SIGTERM leaves; its sweep exits 0
+                (self.sweep_dir / "0_job").mkdir(parents=True)
+                (self.sweep_dir / "0_job" / "status.json").write_text('{"status": "interrupted"}')
+                return 0
             return code
 
     monkeypatch.setattr(reproduce, "subprocess", types.SimpleNamespace(Popen=Sweep))
