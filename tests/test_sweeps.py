@@ -339,3 +339,19 @@ def test_a_sweep_still_running_is_neither_resumed_nor_written_into(tmp_path, cap
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_sweep_begun_before_the_first_ones_first_job_took_its_lock_is_refused(tmp_path, capsys):
+    """The launching process holds the named sweep dir's own lock while its sweep runs: a second sweep there is
+    refused before Hydra writes anything, even where no job of the first has locked its dir yet."""
+    folder = tmp_path / "sweep dir"
+    holder = _hold_lock(folder)  # as the first sweep's process holds it between multirun.yaml and its first job
+    try:
+        assert main(["train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={folder}"]) == 2
+        assert "is in use by another metalearn sweep" in capsys.readouterr().err
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # no multirun.yaml, no job
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={folder}"]) == 0  # the first sweep gone: it runs
+    assert (folder / "multirun.yaml").is_file()

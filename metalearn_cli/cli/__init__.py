@@ -21,7 +21,7 @@ from typing import Optional
 from metalearn_cli.cli import placement
 from metalearn_cli.cli.apps import APPS, SWEEP_JOBS, register_configs, run_app
 from metalearn_cli.cli.placement import config_keys, override_values, place_run, print_help, refused_config
-from metalearn_cli.cli.sweep_dirs import no_empty_sweep
+from metalearn_cli.cli.sweep_dirs import no_empty_sweep, sweep_lock
 from metalearn_cli.command_help import USAGE, shell_completion, version_line
 from metalearn_cli.command_line import (
     FLAG_COMMANDS, add_override, check_debug, check_groups, expand_home, flag_present, flags_first, hydra_argv, rank, refuse_unknown_flags, sweep_requested,
@@ -119,7 +119,13 @@ def _hydra_command(command: str, rest: list[str]) -> int:
         return 2
     try:
         with no_empty_sweep(command, values, sweep_requested(rest) and run_dir is None, SWEEP_JOBS):
-            code = _guarded(command, args, run_dir)
+            try:
+                held = sweep_lock(rest, values)  # taken once every check passed: a sweep begun since is refused
+            except MetalearnError as exc:
+                print(f"metalearn {command}: error: {exc}", file=sys.stderr)
+                return 2
+            with held:
+                code = _guarded(command, args, run_dir)
         refused = refused_config(command, rest) if code == 0 and flag_present(rest, ("--cfg", "-c")) else None
         if refused:  # printed as asked, and said to be refused, as a run of it would be
             print(f"metalearn {command}: error: a run of this config would be refused: {refused}", file=sys.stderr)

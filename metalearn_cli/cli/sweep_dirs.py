@@ -13,8 +13,8 @@ from hydra.errors import HydraException
 
 from metalearn_cli.command_line import PRINTING_FLAGS, flag_present, rank, sweep_requested
 from metalearn_cli.console import shell_override
-from metalearn_cli.errors import ConfigError
-from metalearn_cli.rundir import LOCK, canonical, held, is_locked, mark_interrupted, remove_empty
+from metalearn_cli.errors import ConfigError, InUse, WriteError
+from metalearn_cli.rundir import LOCK, canonical, exclusive, held, is_locked, mark_interrupted, remove_empty
 from metalearn_cli.sweep_record import RECORD, recorded_sweep, sweep_again
 
 
@@ -95,6 +95,25 @@ def refuse_running_sweep(folder: Path, named: Any, command: str = "train") -> No
                 and (folder / "multirun.yaml").is_file() else "")
         raise ConfigError(f"hydra.sweep.dir={named} is still running (another metalearn process is writing "
                           f"{busy[0]}); wait for that sweep to end (or stop it){then}")
+
+
+def sweep_lock(args: list[str], values: dict[str, Any]) -> contextlib.ExitStack:
+    """A named sweep dir's own lock, taken now by the launching process (rank 0) and held while the sweep runs
+    (``with`` the returned stack): a second sweep started before the first one's first job took its lock (Hydra
+    writes ``multirun.yaml`` before) is refused too, at once, in one line."""
+    held = contextlib.ExitStack()
+    named = values.get("hydra.sweep.dir")
+    if (rank() > 0 or not sweep_requested(args) or flag_present(args, PRINTING_FLAGS) or named is None
+            or "${" in str(named)):
+        return held
+    try:
+        held.enter_context(exclusive(canonical(str(named))))
+    except InUse:
+        raise ConfigError(f"hydra.sweep.dir={named} is in use by another metalearn sweep; wait for that sweep to end "
+                          "(or stop it), or choose a new hydra.sweep.dir") from None
+    except WriteError as exc:
+        raise WriteError(str(exc).replace("hydra.run.dir", "hydra.sweep.dir").replace("the run dir", "the sweep dir")) from None
+    return held
 
 
 def refuse_used_sweep_dir(named: Any, command: str = "train") -> None:
