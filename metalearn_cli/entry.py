@@ -5,9 +5,12 @@ traceback of the import machinery."""
 from __future__ import annotations
 
 import sys
+import warnings
 
 
 def main() -> int:
+    # PIL's decompression-bomb warning names PIL's own source file; read_image says it naming the image instead
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         from metalearn_cli.cli import main as run
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -131,22 +131,22 @@ def score_checkpoint(
     seed: int, device: torch.device, run_dir: Optional[Path] = None, progress: bool = False, lake: bool = False,
     finetune: Optional[Finetuner] = None, members: Optional[list[FewShotData]] = None, each: Optional[list[Any]] = None,
     support: Optional[SupportCopies] = None, original: Optional[OriginalRuns] = None,
+    started: Optional[Callable[[], None]] = None,
 ) -> dict[str, Any]:
-    """Accuracy on fixed tasks of ``split`` (``test`` or ``val``): what train's and eval's results.json report
-    (``eval.save_task_stats``: also ``run_dir/task_stats.csv``); with ``original``, Lake's original runs
-    (:mod:`~metalearn_cli.lake_original`) instead of ``eval.episodes`` drawn ones. An ensemble's ``members``: its data per member
-    (:func:`~metalearn_cli.eval_inputs.member_data`); ``each``: its members' own eval settings (:func:`~metalearn_cli.eval_inputs.member_settings`)."""
+    """Accuracy on fixed tasks of ``split`` (``test`` or ``val``), as results.json reports it (``eval.save_task_stats``: also
+    ``run_dir/task_stats.csv``); ``original``: Lake's published runs, not drawn ones. An ensemble's ``members``: its data per
+    member (:func:`~metalearn_cli.eval_inputs.member_data`); ``each``: their eval settings; ``started``: once nothing is refused."""
     original = original if split == "test" else None  # the archive's runs are of the evaluation alphabets
     sampler = member_tasks(members or [data], split, shapes, seed, device, lake, original)
     episodes = len(original.names) if original is not None else eval_cfg.episodes
     modes, member_views = test_protocol(strategy, each or [eval_cfg])
+    (started or (lambda: None))()  # every refusal of the tasks and the protocol is made: the caller's start line
     views = member_views if len(set(member_views)) > 1 else member_views[0]
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
     with refining(strategy, each or [eval_cfg]):
-        search = None if finetune is None or not eval_cfg.finetune_lr_search else search_rate(  # on validation tasks first
-            strategy, finetune, fixed_tasks(data, "val", shapes, seed, device, lake), eval_cfg, modes, views,
-            split_seed(seed, "val"), device)
+        search = None if finetune is None or not eval_cfg.finetune_lr_search else search_rate(strategy, finetune,  # val first
+            fixed_tasks(data, "val", shapes, seed, device, lake), eval_cfg, modes, views, split_seed(seed, "val"), device)
         start = time.perf_counter()
         drawn = finetune is not None or support is not None  # random augmentations: from the test's own seed
         with seeded(split_seed(seed, split), device) if drawn else contextlib.nullcontext():  # repeats exactly
@@ -304,11 +304,10 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     finetune = Finetuner.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
     support = SupportCopies.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).augment, data.image_shape)
     original = original_runs(eval_cfg, train_cfg.dataset, data.test, episode.way, is_lake(episode))
-    test_protocol(strategy, each)  # a batch-norm mode the network cannot honour: refused here, not after the start line
-    _say_start(strategy, train_cfg, device, run_dir)  # after every refusal: a refused eval says only why
     result = score_checkpoint(strategy, data, cfg.split, (episode.way, episode.shot, episode.query), eval_cfg, seed,
                               device, run_dir, progress=True, lake=is_lake(episode), finetune=finetune,
-                              members=members, each=each, support=support, original=original)
+                              members=members, each=each, support=support, original=original,
+                              started=lambda: _say_start(strategy, train_cfg, device, run_dir))  # after every refusal
     result.update({
         "checkpoint": source, "checkpoint_step": knowledge["step"],
         **({"ensemble": strategy.sources} if isinstance(strategy, Ensemble) else {}),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -58,6 +59,15 @@ def is_pixels(images: Any) -> bool:
         isinstance(images, (list, tuple)) and bool(images) and all(isinstance(x, torch.Tensor) for x in images))
 
 
+_READ: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()  # what read_images() returned
+
+
+def typed_as_pixels(images: Any) -> bool:
+    """Pixels the caller made (:func:`is_pixels`), not a tensor :meth:`MetaKnowledge.read_images` converted from
+    files (as ``metalearn predict`` passes them): advice on the conversion is for the first only."""
+    return is_pixels(images) and not (isinstance(images, torch.Tensor) and _READ.get(id(images)) is images)
+
+
 def check_labels(labels: torch.Tensor) -> int:
     """The class count N of support labels that are 0..N-1 with an image of each class (N >= 2); else one line
     naming what is wrong. A label past the image count is refused before any count per class is made (a label
@@ -92,7 +102,7 @@ class TaskClassifier:
         if query.shape[0] == 0:
             return torch.zeros(0, self.n_classes)
         k.check_images(query, "query")
-        if not k.warn_if_inverted(query, "query", is_pixels(query_images)) and opposite(float(self.support.mean()), float(query.mean())):
+        if not k.warn_if_inverted(query, "query", typed_as_pixels(query_images)) and opposite(float(self.support.mean()), float(query.mean())):
             log.warning("the query images look inverted against the support images (mean brightness %.2f against "
                         "%.2f): give both the same polarity (e.g. dark strokes on white)", float(query.mean()),
                         float(self.support.mean()))
@@ -154,7 +164,9 @@ class MetaKnowledge:
                                                                   if isinstance(odd, (torch.Tensor, np.ndarray)) else ""))
         if len(sources) == 0:
             return torch.zeros(0, *self.image_format.shape, dtype=torch.uint8)
-        return torch.stack([read_image(s, self.image_format) for s in sources])
+        read = torch.stack([read_image(s, self.image_format) for s in sources])
+        _READ[id(read)] = read
+        return read
 
     def pixels_wanted(self) -> str:
         """What a tensor of images must be: what read_images() returns, every step of the conversion done."""
@@ -247,7 +259,7 @@ class MetaKnowledge:
             raise DataError(f"{support.shape[0]} support images but {labels.numel()} labels; give one label per image")
         n = check_labels(labels)
         self.check_images(support, "support")
-        self.warn_if_inverted(support, "support", is_pixels(support_images))
+        self.warn_if_inverted(support, "support", typed_as_pixels(support_images))
         self.check_way(n)
         self.warn_if_transductive()
         return TaskClassifier(self, support, labels.to(self.device), n)

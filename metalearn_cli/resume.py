@@ -301,7 +301,8 @@ def begun_again(run_dir: Path, sweep_resumed: bool) -> Iterator[None]:
 def warn_changed_course(state: dict[str, Any], iterations: int, iterations_key: str, where: str, processes: int) -> None:
     """A resume that goes on, but not as the run would have: another length (a new learning-rate schedule
     from here) or another number of processes than the checkpoint's (``state``) trained it. From step 0 (a
-    run stopped in its pre-training stage) it goes on exactly as a new run of those settings would."""
+    run stopped in its pre-training stage, which runs in one process) it goes on exactly as a new run of those
+    settings would, in any number of processes."""
     if state.get("step") == 0:
         return
     began = (state["config"].get("trainer") or {}).get("iterations")  # the stage's own config holds its length there

@@ -52,10 +52,12 @@ _HELD: dict[Path, list[int]] = {}  # run dir -> [fd, depth]: the locks this proc
 
 
 @contextlib.contextmanager
-def exclusive(run_dir: Path) -> Iterator[None]:
+def exclusive(run_dir: Path, key: str = "hydra.run.dir") -> Iterator[None]:
     """Hold ``run_dir/.lock`` exclusively (``flock``) while the block runs: a second process that
     wants the same run dir is refused at once. The OS releases the lock when a process dies.
-    Re-entrant within one process (the CLI and the training loop both take it)."""
+    Re-entrant within one process (the CLI and the training loop both take it). ``key``: the option that
+    named the folder (``hydra.sweep.dir`` for a sweep's own lock), as the messages spell it."""
+    noun = {"hydra.run.dir": "run dir", "hydra.sweep.dir": "sweep dir"}.get(key, "folder")
     path = Path(run_dir).resolve()
     if path in _HELD:
         _HELD[path][1] += 1
@@ -65,16 +67,15 @@ def exclusive(run_dir: Path) -> Iterator[None]:
             _HELD[path][1] -= 1
         return
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"the run dir {run_dir} is a file; name a folder for hydra.run.dir (a new or empty one)")
+        raise ConfigError(f"the {noun} {run_dir} is a file; name a folder for {key} (a new or empty one)")
     made = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)  # the topmost folder made here
     lock_made = not (path / LOCK).exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        what = "write in the run dir" if made is None else "create the run dir"  # it was there: not writable
-        raise WriteError(f"cannot {what} {run_dir} ({exc.strerror or exc}); choose a writable "
-                         "hydra.run.dir") from None
+        what = f"write in the {noun}" if made is None else f"create the {noun}"  # it was there: not writable
+        raise WriteError(f"cannot {what} {run_dir} ({exc.strerror or exc}); choose a writable {key}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -27,30 +27,38 @@ def preset_iterations(name: str) -> Optional[int]:
     return value if isinstance(value, int) else None
 
 
-def keep_what_was_asked(cfg: Any, choices: Mapping[str, Any], typed: Iterable[str]) -> None:
-    """Every adjustment of this module, in the order a run and ``--cfg``'s check make them."""
-    keep_no_meta_training(cfg, choices, typed)
-    keep_typed_widths(cfg, choices, typed)
+def keep_what_was_asked(cfg: Any, choices: Mapping[str, Any], typed: Iterable[str]) -> list[str]:
+    """Every adjustment of this module, in the order a run and ``--cfg``'s check make them; each is logged and
+    returned in words (``--cfg job`` prints the config as composed, and says these beside it)."""
+    typed = list(typed)
+    said = [keep_no_meta_training(cfg, choices, typed), keep_typed_widths(cfg, choices, typed)]
+    for line in filter(None, said):
+        log.info("%s", line)
+    return [line for line in said if line]
 
 
-def keep_typed_widths(cfg: Any, choices: Mapping[str, Any], typed: Iterable[str]) -> None:
+def keep_typed_widths(cfg: Any, choices: Mapping[str, Any], typed: Iterable[str]) -> Optional[str]:
     """Under ``debug=smoke``, ``encoder.widths`` typed (and ``encoder.width`` not) is the shape asked for: the
-    smoke encoder's one width gives way to it."""
+    smoke encoder's one width gives way to it. Returns what it changed, in words (None: nothing)."""
     typed = set(typed)
     if (choices.get("debug") == "smoke" and "encoder.widths" in typed and "encoder.width" not in typed
             and cfg.encoder.get("widths") is not None and cfg.encoder.get("width") is not None):
-        log.info("debug=smoke: encoder.widths=%s as typed, in place of the smoke encoder's encoder.width=%s",
-                 list(cfg.encoder.widths), cfg.encoder.width)
+        said = (f"debug=smoke: encoder.widths={list(cfg.encoder.widths)} as typed, in place of the smoke encoder's "
+                f"encoder.width={cfg.encoder.width}")
         cfg.encoder.width = None
+        return said
+    return None
 
 
-def keep_no_meta_training(cfg: Any, choices: Mapping[str, Any], typed: Iterable[str]) -> None:
+def keep_no_meta_training(cfg: Any, choices: Mapping[str, Any], typed: Iterable[str]) -> Optional[str]:
     """Under ``debug=smoke``, a preset that does not meta-train still does not (unless
-    ``trainer.iterations`` is typed, or the run is a resume, which repeats its saved config)."""
+    ``trainer.iterations`` is typed, or the run is a resume, which repeats its saved config). Returns what it
+    changed, in words (None: nothing)."""
     preset = choices.get("experiment")
     if choices.get("debug") != "smoke" or not preset or cfg.get("resume") or "trainer.iterations" in set(typed):
-        return
+        return None
     if preset_iterations(str(preset)) == 0 and cfg.trainer.iterations != 0:
-        log.info("debug=smoke keeps experiment=%s's trainer.iterations=0: it tests the pre-trained encoder without "
-                 "meta-training", preset)
         cfg.trainer.iterations = 0
+        return (f"debug=smoke keeps experiment={preset}'s trainer.iterations=0: it tests the pre-trained encoder "
+                "without meta-training")
+    return None

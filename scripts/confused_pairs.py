@@ -98,6 +98,8 @@ def draw_pairs(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    from metalearn_cli.errors import ConfigError
+
     from omegaconf import OmegaConf
 
     import torch
@@ -162,7 +164,16 @@ def draw_pairs(args: argparse.Namespace) -> int:
     picture = np.concatenate(rows[:-1])
     picture = picture if args.archive else 255 - picture  # the archive's ink is already dark on white
     scale = 1 if args.archive else 3
-    Image.fromarray(picture).resize((picture.shape[1] * scale, picture.shape[0] * scale), Image.NEAREST).save(args.out)
+    try:
+        with open(args.out, "xb") as f:  # "x": a file made since the check (another process) is not written over
+            try:
+                Image.fromarray(picture).resize((picture.shape[1] * scale, picture.shape[0] * scale), Image.NEAREST).save(
+                    f, format=Image.registered_extensions()[args.out.suffix.lower()])
+            except BaseException:
+                args.out.unlink()  # no half-written picture left behind
+                raise
+    except FileExistsError:
+        raise ConfigError(f"--out {args.out} appeared while the picture was drawn; choose another --out") from None
     print(f"wrote {args.out}")
     return 0
 

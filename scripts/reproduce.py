@@ -59,7 +59,6 @@ COLUMNS = ["preset", "method", "task", "ours", "ci95", "published", "published_o
 INVOCATION = "reproduce.json"  # in --out: what was asked, which the same command compares to continue it and
 # --tabulate-only repeats in the table's title
 ASKED = ("table", "budget", "methods", "cells", "seed", "device", "root", "extra")  # what INVOCATION records
-SWEEP_RECORD = "multirun.yaml"  # what Hydra writes into a sweep dir before its first job: a sweep to finish with resume=true
 
 
 def quick_overrides(method: str, preset: str) -> list[str]:
@@ -76,6 +75,8 @@ def quick_overrides(method: str, preset: str) -> list[str]:
 
 def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """One multirun per (method, override set): presets sharing overrides run in one sweep."""
+    from metalearn_cli.sweep_record import RECORD
+
     runs = []
     for method in args.methods:
         groups: dict[tuple[str, ...], list[str]] = {}
@@ -99,7 +100,7 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
                 cmd.append(f"dataset.root={args.root}")
             # A sweep a stopped reproduction began is finished in its dir: its completed jobs are kept as they are,
             # a stopped one resumes from its last.pt, one not begun starts (main checked that --out is this reproduction's).
-            again = ["resume=true"] if (sweep_dir / SWEEP_RECORD).is_file() else []
+            again = ["resume=true"] if (sweep_dir / RECORD).is_file() else []  # multirun.yaml: a sweep that began
             runs.append((method, cmd + list(args.extra) + again))
     return runs
 
@@ -371,13 +372,49 @@ def refused(args: argparse.Namespace, cmd: list[str]) -> str | None:
     return None
 
 
-def stopped_jobs(cmd: list[str]) -> list[str]:
-    """The jobs of ``cmd``'s sweep that a stop left unfinished: a SIGTERM (pre-emption) ends a sweep with 0, as an
-    orderly stop, and the next method's sweep must not begin as if it had finished."""
+def sweep_ended(cmd: list[str]) -> str:
+    """How ``cmd``'s sweep left its jobs: ``stopped`` (one interrupted, or still "running": killed; a SIGTERM, as
+    pre-emption, ends a sweep with 0, and the next method's sweep must not begin as if it had finished), ``failed``,
+    ``none`` (no job ran: the sweep was refused before it began) or ``completed``."""
+    from metalearn_cli.cli.sweep_dirs import job_dirs
     from metalearn_cli.files import read_json
+    from metalearn_cli.rundir import STATUS
 
     sweep_dir = Path(next(a for a in cmd if a.startswith("hydra.sweep.dir=")).split("=", 1)[1])
-    return sorted(p.parent.name for p in sweep_dir.glob("*/status.json") if read_json(p).get("status") == "interrupted")
+    ended = [read_json(sweep_dir / job / STATUS).get("status") for job in job_dirs(sweep_dir, is_job=lambda p: (p / STATUS).is_file())]
+    if any(status in ("interrupted", "running") for status in ended):
+        return "stopped"
+    return "failed" if "failed" in ended else "completed" if ended else "none"
+
+
+def launch(args: argparse.Namespace, argv: list[str], plan: list[tuple[str, list[str]]]) -> int | None:
+    """Run the sweeps one after another; an exit code where the reproduction ends early (stopped, or a sweep refused
+    before it began), else None. Ctrl-C reaches the whole process group: the running sweep saves its jobs and stops
+    by itself; this script notes it instead of dying mid-wait (subprocess.run would kill the sweep as it saves), and
+    launches no more. Where Ctrl-C was ignored (started with ``&`` by a script), it stays ignored, for the sweeps too."""
+    ctrl_c: list[int] = []
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    previous = None if ignored else signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
+    try:
+        for method, cmd in plan:
+            if ctrl_c:
+                return stopped(args, argv, f"before the {method} sweep")
+            print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)
+            code = subprocess.Popen(cmd, cwd=ROOT).wait()
+            ended = sweep_ended(cmd)
+            if ctrl_c or code == 130 or ended == "stopped":  # 130: its own Ctrl-C; a SIGTERM's sweep exits 0
+                return stopped(args, argv, f"during the {method} sweep")
+            if code != 0 and ended == "none":  # its line above says why; the next sweeps would be refused alike
+                print(f"reproduce: the {method} sweep was refused before any job ran (the line above says why); "
+                      "nothing more is launched", file=sys.stderr)
+                return 2
+            if code != 0:
+                print(f"reproduce: the {method} sweep exited with {code}; its failed jobs are marked in the table",
+                      file=sys.stderr)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return None
 
 
 def stopped(args: argparse.Namespace, argv: list[str], where: str) -> int:
@@ -460,27 +497,24 @@ def main(argv: list[str] | None = None) -> int:
                                                   if seconds is not None else f"no estimate: {how}"))
             print_estimates(planned)
             return 0
-        args.out.mkdir(parents=True, exist_ok=True)
-        if not continuing:  # continued: what it holds is what was asked, as other_reproduction found
-            (args.out / INVOCATION).write_text(json.dumps(asked(args)))
-        # Ctrl-C reaches the whole process group: the running sweep saves its jobs and stops by itself. This script
-        # notes it instead of dying mid-wait (subprocess.run would kill the sweep as it saves), and launches no more.
-        ctrl_c: list[int] = []
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
+        from metalearn_cli.errors import InUse, MetalearnError
+        from metalearn_cli.rundir import exclusive
+
         try:
-            for method, cmd in plan:
-                if ctrl_c:
-                    return stopped(args, argv, f"before the {method} sweep")
-                print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)
-                code = subprocess.Popen(cmd, cwd=ROOT).wait()
-                if ctrl_c or code == 130 or (code == 0 and stopped_jobs(cmd)):  # 130: its own Ctrl-C; 0: a SIGTERM
-                    return stopped(args, argv, f"during the {method} sweep")
-                if code != 0:
-                    failed = True
-                    print(f"reproduce: the {method} sweep exited with {code}; its failed jobs are marked in the table",
-                          file=sys.stderr)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+            with exclusive(args.out, "--out"):  # one reproduction at a time in --out: the same command twice would race
+                if not continuing:  # continued: what it holds is what was asked, as other_reproduction found
+                    (args.out / INVOCATION).write_text(json.dumps(asked(args)))
+                code = launch(args, argv, plan)
+        except InUse:
+            print(f"reproduce: --out {args.out} is in use by another reproduce.py run (the same command, still "
+                  "running?); wait for it to end, or pass a new --out", file=sys.stderr)
+            return 2
+        except MetalearnError as exc:  # --out a file, or not writable
+            print(f"reproduce: {exc}", file=sys.stderr)
+            return 2
+        if code is not None:
+            return code
+        failed = any(sweep_ended(cmd) == "failed" for _, cmd in plan)
     rows = collect(args.out)
     if not rows:
         print(f"reproduce: no runs under {args.out / 'runs'}", file=sys.stderr)

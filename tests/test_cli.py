@@ -395,6 +395,8 @@ def test_a_character_hydra_refuses_unquoted_is_named_with_the_quoted_override(ca
     ("device=tpu", "device=tpu is not a device"),
     ("decoder=linear", "decoder=linear ignores the support set and strategy=mgd never adapts it"),
     ("dataset=folder", "dataset=folder needs dataset.root=DIR"),
+    ("dataset=folder dataset.root=", "dataset.root is empty (an unset shell variable?)"),  # not the current folder
+    ("dataset=omniglot dataset.root=''", "or leave it out for the embedded 28 px copy"),
     ("dataset=folder dataset.root=x dataset.channels=2", "dataset.channels=2 must be 1 (grey) or 3 (RGB)"),
     ("pretrain=episodic pretrain.batch_size=64", "pretrain.batch_size is read by pretrain=supervised only"),
     ("optimizer.lr=1e38", "overflows single precision"),

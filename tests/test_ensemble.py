@@ -92,6 +92,7 @@ def test_the_eval_command_scores_an_ensemble_on_the_first_member_s_tasks(two_run
     (["eval.finetune_steps=2"], "eval.finetune_steps=2 cannot be combined with ensemble="),
     (["eval.bn_mode=per_step"], "eval.bn_mode=per_step is not possible"),
     (["ensemble=[nowhere.pt]"], "ensemble member nowhere.pt: checkpoint nowhere.pt does not exist"),
+    (["ensemble=[]", "episode=5way1shot", "episode.way=500"], "500-way episodes need 500 classes"),  # the tasks' check
 ])
 def test_refusals_are_one_line(two_runs, tmp_path, extra, expected):
     members = [] if any(e.startswith("ensemble=") for e in extra) else [f"ensemble=['{two_runs[1]}']"]

@@ -242,4 +242,12 @@ def test_pixels_come_as_a_tensor_an_array_or_a_list_of_tensors_and_other_inputs_
     with caplog.at_level("WARNING"):
         knowledge.adapt(torch.full((2, 1, 28, 28), 0.9), [0, 1])  # dark strokes on white, given as pixels
     assert "tensors are used as given, so give them converted: [n, 1, 28, 28]" in caplog.text
+    base = 30 if knowledge.image_format.invert else 200  # bright once converted, against the training images' 0.1
+    Image.fromarray((base + np.random.default_rng(0).integers(0, 50, (28, 28))).astype(np.uint8)).save(tmp_path / "dark.png")
+    caplog.clear()  # files read by read_images (as predict reads them): the advice is about the files, not tensors
+    with caplog.at_level("WARNING"):
+        read = knowledge.read_images([tmp_path / "dark.png"] * 2)
+        knowledge.adapt(read, [0, 1])
+    assert "images look inverted" in caplog.text and "tensors are used as given" not in caplog.text, caplog.text
+    assert "give images of the training images' polarity" in caplog.text
     assert np.isclose(float(knowledge.adapt(pixels, [0, 1])(pixels.float().requires_grad_() / 255).sum()), 2.0, atol=1e-4)

@@ -266,3 +266,27 @@ def test_a_dry_run_fails_when_metalearn_would_refuse_its_commands(tmp_path):
     assert bogus.returncode == 2 and "Traceback" not in bogus.stderr and not bogus.stdout, (bogus.stdout, bogus.stderr)
     assert bogus.stderr.splitlines()[-1].startswith(
         "reproduce: metalearn train would refuse the protonet_omniglot_5w1s run: Could not override 'bogus'"), bogus.stderr
+
+
+def test_a_sweep_refused_before_any_job_launches_no_further_sweep(tmp_path, monkeypatch, capsys):
+    """A begun sweep refused when continued (another copy of the reproduction still runs it, or its overrides
+    changed) is not a sweep of failed jobs: the script says so and stops, rather than launch the next method's."""
+    import types
+
+    reproduce = _script_module()
+    launched = []
+
+    class Refused:
+        def __init__(self, cmd, cwd=None):
+            launched.append(cmd)
+
+        def wait(self):
+            return 2  # as metalearn exits when it refuses a sweep before Hydra runs a job
+
+    monkeypatch.setattr(reproduce, "subprocess", types.SimpleNamespace(Popen=Refused))
+    assert reproduce.main(["--table", "omniglot", "--methods", "protonet,anil", "--cells", "5w1s", "--out",
+                           str(tmp_path / "repro"), "debug=smoke"]) == 2
+    assert len(launched) == 1
+    err = capsys.readouterr().err
+    assert "the protonet sweep was refused before any job ran" in err and "failed jobs" not in err, err
+    assert not (tmp_path / "repro" / ".lock").exists()  # the reproduction's own lock went with it

@@ -39,7 +39,11 @@ def test_typed_widths_replace_the_smoke_encoders_width_in_a_run_and_in_its_cfg_c
     """configs/debug/encoder/ sets encoder.width: typed encoder.widths would meet it as a conflict never typed."""
     widths = "encoder.widths=[8,8,12,12]"
     assert main(["train", "--cfg", "job", "debug=smoke", widths]) == 0
-    assert "would be refused" not in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "would be refused" not in said.err and "width: 32" in said.out  # Hydra prints the config as composed,
+    assert said.err.strip().splitlines() == [  # and the run's change is said beside it
+        "metalearn train: note: a run of this config changes what is printed above: debug=smoke: encoder.widths=[8, 8, "
+        "12, 12] as typed, in place of the smoke encoder's encoder.width=32"]
     run = tmp_path / "run"
     assert main(["train", "debug=smoke", widths, "trainer.iterations=1", "eval.episodes=2", f"hydra.run.dir={run}"]) == 0
     saved = OmegaConf.load(run / ".hydra" / "config.yaml")

@@ -355,3 +355,16 @@ def test_a_sweep_begun_before_the_first_ones_first_job_took_its_lock_is_refused(
         holder.wait()
     assert main(["train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={folder}"]) == 0  # the first sweep gone: it runs
     assert (folder / "multirun.yaml").is_file()
+    fresh = tmp_path / "fresh"  # a sweep's own lock goes with it
+    assert main(["train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={fresh}"]) == 0
+    assert not (fresh / ".lock").exists() and (fresh / "multirun.yaml").is_file()
+    holder = _hold_lock(folder)  # a sweep between its jobs: "in use", not "holds a sweep's runs ... resume=true"
+    try:
+        assert main(["train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={folder}", "resume=true"]) == 2
+        assert "is in use by another metalearn sweep" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / "afile").write_text("x")
+    assert main(["train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'afile'}"]) == 2
+    assert "is a file; name a folder for hydra.sweep.dir" in capsys.readouterr().err

@@ -120,13 +120,16 @@ def _hydra_command(command: str, rest: list[str]) -> int:
     try:
         with no_empty_sweep(command, values, sweep_requested(rest) and run_dir is None, SWEEP_JOBS):
             try:
-                held = sweep_lock(rest, values)  # taken once every check passed: a sweep begun since is refused
+                held = sweep_lock(command, rest, values)  # checked again under it: a sweep begun or ended since is seen
             except MetalearnError as exc:
                 print(f"metalearn {command}: error: {exc}", file=sys.stderr)
                 return 2
             with held:
                 code = _guarded(command, args, run_dir)
-        refused = refused_config(command, rest) if code == 0 and flag_present(rest, ("--cfg", "-c")) else None
+        adjusted: list[str] = []
+        refused = refused_config(command, rest, adjusted) if code == 0 and flag_present(rest, ("--cfg", "-c")) else None
+        for line in adjusted:  # Hydra printed the config as composed; the run changes it so
+            print(f"metalearn {command}: note: a run of this config changes what is printed above: {line}", file=sys.stderr)
         if refused:  # printed as asked, and said to be refused, as a run of it would be
             print(f"metalearn {command}: error: a run of this config would be refused: {refused}", file=sys.stderr)
             return 2

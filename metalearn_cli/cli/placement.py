@@ -182,10 +182,11 @@ def print_help(command: str, args: list[str]) -> int:
     return 0
 
 
-def refused_config(command: str, args: list[str]) -> Optional[str]:
+def refused_config(command: str, args: list[str], adjusted: Optional[list[str]] = None) -> Optional[str]:
     """Why ``metalearn train`` would refuse the config that ``--cfg`` printed, or None: Hydra prints a
     config without running the job, where every range check is made, so a config checked by printing
-    it would otherwise fail only once submitted."""
+    it would otherwise fail only once submitted. ``adjusted`` gets what a run changes of the printed config
+    (:func:`~metalearn_cli.smoke.keep_what_was_asked`), in words."""
     if command != "train" or sweep_requested(args):
         return None
     import torch
@@ -202,7 +203,9 @@ def refused_config(command: str, args: list[str]) -> Optional[str]:
     try:
         cfg = compose(command, overrides)
         run = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        keep_what_was_asked(run, cfg.hydra.runtime.choices, typed_keys(overrides))  # as the run would
+        said = keep_what_was_asked(run, cfg.hydra.runtime.choices, typed_keys(overrides))  # as the run would
+        if adjusted is not None:
+            adjusted.extend(said)
         validate(run)
         check_typed_pretrain_keys(run, typed_keys(overrides), cfg.hydra.runtime.choices.get("pretrain"))
         strategy = build_strategy(run, DATASETS.params_of(run.dataset).image_format().shape, torch.device("cpu"))  # fit

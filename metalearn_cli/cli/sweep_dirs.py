@@ -13,8 +13,8 @@ from hydra.errors import HydraException
 
 from metalearn_cli.command_line import PRINTING_FLAGS, flag_present, rank, sweep_requested
 from metalearn_cli.console import shell_override
-from metalearn_cli.errors import ConfigError, InUse, WriteError
-from metalearn_cli.rundir import LOCK, canonical, exclusive, held, is_locked, mark_interrupted, remove_empty
+from metalearn_cli.errors import ConfigError, InUse
+from metalearn_cli.rundir import LOCK, canonical, exclusive, held, held_elsewhere, is_locked, mark_interrupted, remove_empty
 from metalearn_cli.sweep_record import RECORD, recorded_sweep, sweep_again
 
 
@@ -89,6 +89,9 @@ def refuse_running_sweep(folder: Path, named: Any, command: str = "train") -> No
     torchrun: the other ranks would find rank 0's own jobs' locks."""
     if rank() > 0:
         return
+    if held_elsewhere(folder):  # the launching process of a sweep there, between its jobs too (sweep_lock)
+        raise ConfigError(f"hydra.sweep.dir={named} is in use by another metalearn sweep; wait for that sweep to end "
+                          "(or stop it), or choose a new hydra.sweep.dir")
     busy = job_dirs(folder, is_job=lambda p: (p / LOCK).is_file() and is_locked(p))  # a job still checking too
     if busy:
         then = (", then run it again with resume=true to finish any job it left" if command == "train"
@@ -97,22 +100,26 @@ def refuse_running_sweep(folder: Path, named: Any, command: str = "train") -> No
                           f"{busy[0]}); wait for that sweep to end (or stop it){then}")
 
 
-def sweep_lock(args: list[str], values: dict[str, Any]) -> contextlib.ExitStack:
-    """A named sweep dir's own lock, taken now by the launching process (rank 0) and held while the sweep runs
-    (``with`` the returned stack): a second sweep started before the first one's first job took its lock (Hydra
-    writes ``multirun.yaml`` before) is refused too, at once, in one line."""
+def sweep_lock(command: str, args: list[str], values: dict[str, Any]) -> contextlib.ExitStack:
+    """A named sweep dir's own lock, taken by the launching process (rank 0) and held while the sweep runs (``with``
+    the returned stack): a second sweep there is refused at once, even before the first one's first job took its
+    own lock (Hydra writes ``multirun.yaml`` before). The checks of :func:`check_sweep` are made again once it is
+    held, so a sweep that ended between them and the lock is not written over."""
     held = contextlib.ExitStack()
     named = values.get("hydra.sweep.dir")
     if (rank() > 0 or not sweep_requested(args) or flag_present(args, PRINTING_FLAGS) or named is None
             or "${" in str(named)):
         return held
     try:
-        held.enter_context(exclusive(canonical(str(named))))
+        held.enter_context(exclusive(canonical(str(named)), "hydra.sweep.dir"))
     except InUse:
         raise ConfigError(f"hydra.sweep.dir={named} is in use by another metalearn sweep; wait for that sweep to end "
                           "(or stop it), or choose a new hydra.sweep.dir") from None
-    except WriteError as exc:
-        raise WriteError(str(exc).replace("hydra.run.dir", "hydra.sweep.dir").replace("the run dir", "the sweep dir")) from None
+    try:
+        check_sweep(command, args, values)
+    except BaseException:
+        held.close()
+        raise
     return held
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -96,7 +97,7 @@ def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Opti
     if per_class is None and len(set(counts.values())) > 1:
         short = sorted(name for name, count in counts.items() if count == n)
         log.warning("%s: classes have %d to %d images; every class is cut to the first %d, the count of %s%s (add images "
-                    "there, or set dataset.images_per_class)", what, n, max(counts.values()), n, ", ".join(short[:3]),
+                    "there, or move that class out of the root: dataset.images_per_class can only cut more)", what, n, max(counts.values()), n, ", ".join(short[:3]),
                     f" and {len(short) - 3} more" if len(short) > 3 else "")
     fingerprint = _fingerprint(files, fmt, n)
     kind = hashlib.sha256(f"{fmt}:{n}:{list(files)}".encode()).hexdigest()[:8]  # one cache per format, count and class set
@@ -107,7 +108,8 @@ def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Opti
 
         check_host_memory(len(files) * n * fmt.channels * fmt.size**2, f"{what} at image_size={fmt.size}")
         images = torch.empty(len(files), n, *fmt.shape, dtype=torch.uint8)
-        progress = tqdm(total=len(files) * n, desc=f"converting {what}", unit="img", disable=len(files) * n < 2000)
+        progress = tqdm(total=len(files) * n, desc=f"converting {what}", unit="img",
+                        disable=len(files) * n < 2000 or not sys.stderr.isatty())  # no bar frames in a redirected log
         for i, paths in enumerate(files.values()):
             for j, p in enumerate(paths[:n]):
                 images[i, j] = read_image(p, fmt)

@@ -18,7 +18,7 @@ import torch
 from metalearn_cli.data import DATASETS, SPLITS, FewShotData
 from metalearn_cli.console import first_names
 from metalearn_cli.data.class_cache import CACHE_DIR, load_classes, split_of
-from metalearn_cli.data.images import class_folders, class_images, say_files_beside
+from metalearn_cli.data.images import class_folders, class_images, no_images, say_files_beside
 from metalearn_cli.errors import DataError
 from metalearn_cli.params.datasets import FolderParams
 
@@ -110,10 +110,13 @@ def build_folder(params: FolderParams) -> FewShotData:
     if empty:
         raise DataError(f"the {empty[0]} split of {root} has no classes; change dataset.ratios or the split file")
     used = [c for s in SPLITS for c in parts[s]]
+    if params.split_file and not params.classes and (left := sorted(set(names) - set(used))):  # as eval says it of a record
+        log.warning("%s: %s (%s) %s in no split of %s, so not used", root, f"{len(left)} class folders" if len(left) > 1
+                    else "1 class folder", first_names(left), "are" if len(left) > 1 else "is", params.split_file)
     files = {c: class_images(root / c) for c in used}
     for c, found in files.items():
         if not found:
-            raise DataError(f"class folder {root / c} holds no images; add images or remove the folder")
+            raise no_images(root / c)
     data = load_classes(files, params.image_format(), params.images_per_class,
                         root / CACHE_DIR if params.cache else None, f"dataset.root={root}")
     return FewShotData(name=f"folder:{root.name}", train=split_of(data, parts["train"]), val=split_of(data, parts["val"]),

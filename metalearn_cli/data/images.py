@@ -80,6 +80,9 @@ def read_image(source: ImageSource, fmt: ImageFormat, where: str | None = None) 
         if isinstance(source, Image.Image):
             return pipeline(fmt)(source)
         with Image.open(source) as img:
+            if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:  # PIL's own warning names
+                log.warning("image %s has %d x %d pixels, over PIL's decompression-bomb warning limit (%d); it is read, "
+                            "but slowly: shrink it", name, img.width, img.height, Image.MAX_IMAGE_PIXELS)  # no file
             img.load()
             return pipeline(fmt)(img)
     except FileNotFoundError as exc:
@@ -142,6 +145,21 @@ def class_images(folder: Path, what: str = "class folder") -> list[Path]:
     return found
 
 
+SPLIT_LAYOUT = ("put every class folder directly in one root, and to keep a train/val/test layout list each class's split "
+                "in dataset.split_file=FILE (lines '<class> <train|val|test>')")
+
+
+def no_images(folder: Path, layout: str = SPLIT_LAYOUT) -> DataError:
+    """A class folder without images; one holding only folders is a nested layout (``root/<split>/<class>/``,
+    ``<alphabet>/<character>/``), which is read one level deep, so the error says how to lay it out (``layout``)."""
+    inner = sorted(p.name for p in _entries(folder) if p.is_dir())
+    if inner:
+        return DataError(f"class folder {folder} holds no images, only folders ({first_names(inner)}): class folders are "
+                         f"read one level deep (<folder>/<class>/<image>); {layout}")
+    return DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...); "
+                     "add images or remove the folder")
+
+
 def read_class_folders(root: Path, fmt: ImageFormat, what: str) -> tuple[list[str], list[list[Path]], list[torch.Tensor]]:
     """Read ``root/<class>/<image>`` into per-class uint8 stacks ``[K_c, C, H, W]`` (K may differ per class).
 
@@ -158,8 +176,7 @@ def read_class_folders(root: Path, fmt: ImageFormat, what: str) -> tuple[list[st
     for folder in folders:
         found = class_images(folder)
         if not found:
-            raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...); "
-                            "add images or remove the folder")
+            raise no_images(folder, "put each class's images directly in its folder")
         names.append(folder.name)
         files.append(found)
         stacks.append(torch.stack([read_image(p, fmt) for p in found]))

@@ -4,7 +4,7 @@ The package embeds all 1,623 characters x 20 drawings as one compressed uint8 ar
 (``assets/omniglot/omniglot28.npz``, made by ``scripts/prepare_omniglot.py`` from the original
 archives), so ``dataset=omniglot`` needs no download. ``dataset.root`` reads the full-resolution
 ``images_background`` / ``images_evaluation`` sets (zips or extracted folders, torchvision's
-layout) instead, and ``dataset.download=true`` fetches them with torchvision's ``Omniglot``. Only
+layout) instead, and ``dataset.download=true`` fetches those not there yet with torchvision's ``Omniglot``. Only
 those archives give another resolution (``dataset.image_size``: each 105 x 105 drawing resized with
 Lanczos, converted once and cached beside them per size).
 

@@ -7,10 +7,13 @@ the arrays into the protocols' classes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
+import logging
 import os
+import sys
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from metalearn_cli.data.images import read_image
 from metalearn_cli.errors import DataError, WriteError
@@ -31,6 +35,7 @@ SETS = ("images_background", "images_evaluation")
 ASSET_DIR = resources.files("metalearn_cli.data") / "assets" / "omniglot"
 ASSET_NAME = "omniglot28.npz"
 CACHE_NAME = ".metalearn-omniglot{size}.npz"  # per image size
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,13 @@ class OmniglotArrays:
 
 
 # ----------------------------------------------------------------------------- reading sources
-def _find_sources(root: Path) -> dict[str, Path]:
-    """Locate each set as ``<set>.zip`` or ``<set>/`` in ``root`` or ``root/omniglot-py``."""
+def _locate(root: Path, option: str) -> dict[str, Path]:
+    """Each set found as ``<set>.zip`` or ``<set>/`` in ``root`` or ``root/omniglot-py``; absent ones are left out.
+    ``option`` is how the caller spells the folder (``dataset.root=``, the script's ``SOURCE ``)."""
+    if root.exists() and not root.is_dir():  # typically one of the zips itself
+        here = f", here {option}{root.parent}" if root.name in {f"{s}.zip" for s in SETS} else ""
+        raise DataError(f"{option}{root} is a file, not a folder; give the folder that holds images_background(.zip) "
+                        f"and images_evaluation(.zip){here}")
     found: dict[str, Path] = {}
     for name in SETS:
         for base in (root, root / "omniglot-py"):
@@ -54,12 +64,21 @@ def _find_sources(root: Path) -> dict[str, Path]:
             if (base / f"{name}.zip").is_file():
                 found[name] = base / f"{name}.zip"
                 break
+    return found
+
+
+ROOT_REMEDY = ("put the original archives there, pass dataset.download=true on a connected machine, "
+               "or omit dataset.root to use the embedded copy")
+
+
+def find_sources(root: Path, option: str = "dataset.root=", remedy: str = ROOT_REMEDY) -> dict[str, Path]:
+    """Both sets in ``root`` (see :func:`_locate`), or one line naming what is missing and ``remedy``."""
+    found = _locate(root, option)
+    if not root.is_dir():
+        raise DataError(f"Omniglot not found in {root}: that folder does not exist; {remedy}")
     missing = [s for s in SETS if s not in found]
     if missing:
-        raise DataError(
-            f"Omniglot not found in {root}: missing {' and '.join(m + '(.zip)' for m in missing)}; put the original "
-            "archives there, pass dataset.download=true on a connected machine, or omit dataset.root to use the embedded copy"
-        )
+        raise DataError(f"Omniglot not found in {root}: missing {' and '.join(m + '(.zip)' for m in missing)}; {remedy}")
     return found
 
 
@@ -104,43 +123,46 @@ def convert(data: bytes, where: str, size: int = IMAGE_SIZE) -> np.ndarray:
     return read_image(io.BytesIO(data), dataclasses.replace(IMAGE_FORMAT, size=size), where)[0].numpy()
 
 
-def read_source(root: Path, size: int = IMAGE_SIZE) -> OmniglotArrays:
-    """Read both full-resolution sets from ``root`` (zips or folders) into ``size`` x ``size`` arrays."""
-    sources = _find_sources(root)
+def read_source(root: Path, size: int = IMAGE_SIZE, option: str = "dataset.root=", remedy: str = ROOT_REMEDY) -> OmniglotArrays:
+    """Read both full-resolution sets from ``root`` (zips or folders) into ``size`` x ``size`` arrays; a bar on
+    a terminal, since all 32,460 drawings take half a minute (``option`` and ``remedy`` as :func:`find_sources`)."""
+    sources = find_sources(root, option, remedy)
+    members = {set_name: _members(sources[set_name], set_name) for set_name in SETS}
+    total = sum(len(files) for chars in members.values() for files in chars.values())
+    bar = tqdm(total=total, desc=f"converting Omniglot to {size} px", unit="img",
+               disable=total < 2000 or not sys.stderr.isatty())  # no frames in a redirected log
     images: list[np.ndarray] = []
     characters: list[str] = []
     background: list[bool] = []
     per_char: Optional[int] = None
-    for set_name in SETS:
-        src = sources[set_name]
-        chars = _members(src, set_name)
-        zf = zipfile.ZipFile(src) if src.suffix == ".zip" else None
-        try:
-            for char, files in chars.items():
-                if per_char is None:
-                    per_char = len(files)
-                if len(files) != per_char or per_char < 2:
-                    raise DataError(
-                        f"{src}: character {char} has {len(files)} images but others have {per_char}; "
-                        "the set is incomplete, re-extract or re-download it"
-                    )
-                read = zf.read if zf is not None else (lambda n: (src.parent / n).read_bytes())
-                images.append(np.stack([convert(read(f), f"{src}:{f}", size) for f in files]))
-                characters.append(char)
-                background.append(set_name == "images_background")
-        finally:
-            if zf is not None:
-                zf.close()
+    try:
+        for set_name in SETS:
+            src = sources[set_name]
+            with contextlib.ExitStack() as stack:
+                zf = stack.enter_context(zipfile.ZipFile(src)) if src.suffix == ".zip" else None
+                read = zf.read if zf is not None else (lambda n, src=src: (src.parent / n).read_bytes())
+                for char, files in members[set_name].items():
+                    per_char = per_char if per_char is not None else len(files)
+                    if len(files) != per_char or per_char < 2:
+                        raise DataError(f"{src}: character {char} has {len(files)} images but others have {per_char}; "
+                                        "the set is incomplete, re-extract or re-download it")
+                    images.append(np.stack([convert(read(f), f"{src}:{f}", size) for f in files]))
+                    characters.append(char)
+                    background.append(set_name == "images_background")
+                    bar.update(len(files))
+    finally:
+        bar.close()
     return OmniglotArrays(np.stack(images), characters, np.array(background))
 
 
 # ----------------------------------------------------------------------------- the array file
-def save_arrays(arrays: OmniglotArrays, path: Path, fingerprint: str = "") -> None:
-    """Write the arrays atomically as a compressed .npz."""
+def save_arrays(arrays: OmniglotArrays, path: Path, fingerprint: str = "",
+                remedy: str = "free disk space or choose another dataset.root") -> None:
+    """Write the arrays atomically as a compressed .npz; a failure is a ``WriteError`` ending in ``remedy``."""
     atomic_write(path, lambda f: np.savez_compressed(
         f, images=arrays.images, characters=np.array(arrays.characters), background=arrays.background,
         fingerprint=np.array(fingerprint),
-    ), "the Omniglot array file", "free disk space or choose another dataset.root")
+    ), "the Omniglot array file", remedy)
 
 
 def load_arrays(path: Path | str) -> tuple[OmniglotArrays, str]:
@@ -157,10 +179,12 @@ def load_arrays(path: Path | str) -> tuple[OmniglotArrays, str]:
 
 
 def arrays_from_root(params: OmniglotParams) -> OmniglotArrays:
+    """The arrays of ``dataset.root`` at ``dataset.image_size``: converted once, then read from the cache beside the
+    archives (rebuilt when they change). ``dataset.download=true`` fetches only the sets that are not there."""
     root = Path(params.root).expanduser()
     if params.download:
-        download(root)
-    sources = _find_sources(root)
+        download(root, [s for s in SETS if s not in _locate(root, "dataset.root=")])
+    sources = find_sources(root)
     fingerprint = _fingerprint(sources)
     cache = root / CACHE_NAME.format(size=params.image_size)
     if cache.is_file():
@@ -170,23 +194,32 @@ def arrays_from_root(params: OmniglotParams) -> OmniglotArrays:
                 return arrays
         except DataError:
             pass  # a damaged cache is rebuilt below
+    log.info("converting the Omniglot archives in %s to %d px, once: cached in %s", root, params.image_size, cache)
     arrays = read_source(root, params.image_size)
     try:
         save_arrays(arrays, cache, fingerprint)
-    except WriteError:
-        pass  # a read-only root only costs the conversion next time
+    except WriteError as exc:  # the run goes on; a silent failure would cost every later run the conversion unexplained
+        reason = getattr(exc.__cause__, "strerror", None) or exc.__cause__ or exc
+        log.warning("could not cache the converted Omniglot in %s (%s), so each run converts the archives again; "
+                    "make that folder writable or free disk space there", root, reason)
     return arrays
 
 
-def download(root: Path) -> None:
-    """Fetch the original archives with torchvision's own URLs and checksums."""
+def download(root: Path, sets: list[str]) -> None:
+    """Fetch the ``sets`` not yet in ``root`` with torchvision's own URLs and checksums. Sets already there are
+    never passed to torchvision: it checks a zip's md5, and would fetch a rebuilt (or re-zipped) archive again
+    over the user's own file, or fail offline although the data is there."""
     from torchvision.datasets import Omniglot
 
+    if not sets:
+        log.info("dataset.download=true: both Omniglot sets are already in %s; using them, downloading nothing", root)
+        return
+    log.info("downloading Omniglot's %s into %s", " and ".join(sets), root / "omniglot-py")
     chain = [root / "omniglot-py", *(root / "omniglot-py").parents]  # torchvision makes what is missing of it
     made = next((i for i in range(len(chain) - 1, -1, -1) if not chain[i].exists()), None)  # the topmost made here
     try:
-        for background in (True, False):
-            Omniglot(str(root), background=background, download=True)
+        for set_name in sets:
+            Omniglot(str(root), background=set_name == "images_background", download=True)
     except Exception as exc:  # network errors come in many types
         for folder in chain[:made + 1] if made is not None else []:  # a failed download leaves no empty folder behind
             try:
@@ -195,5 +228,5 @@ def download(root: Path) -> None:
                 break
         raise DataError(
             f"could not download Omniglot into {root} ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "put images_background.zip and images_evaluation.zip there yourself, or omit dataset.root to use the embedded copy"
+            f"put {' and '.join(s + '.zip' for s in sets)} there yourself, or omit dataset.root to use the embedded copy"
         ) from exc

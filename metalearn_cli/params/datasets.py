@@ -63,6 +63,13 @@ class ImageFormat:
 OMNIGLOT_FORMAT = ImageFormat(channels=1, size=28, resample="lanczos", invert=True)  # Vinyals et al.'s 28 x 28
 
 
+def check_root(root: Optional[str], holds: str) -> None:
+    """An empty ``dataset.root`` (an unset shell variable) would be read as the current folder: refused, saying
+    what the folder must hold (``holds``)."""
+    if root is not None and not str(root).strip():
+        raise DataError(f"dataset.root is empty (an unset shell variable?); pass dataset.root=DIR, {holds}")
+
+
 def check_images_per_class(count: Optional[int]) -> None:
     """``dataset.images_per_class``: null (the smallest class's count) or enough for a task's support and query."""
     if count is not None and count < 2:
@@ -80,6 +87,7 @@ class CifarFSParams:
     meta_augment: Augment = Augment.crop_flip  # meta-training with trainer.augment=auto
 
     def __post_init__(self) -> None:  # what a run would refuse, said before it reads data (and by --cfg)
+        check_root(self.root, "the folder that holds cifar-100-python/")
         if self.root is None:
             raise DataError("dataset=cifar_fs needs dataset.root=DIR (with cifar-100-python/, or dataset.download=true to fetch it)")
         self.image_format()
@@ -105,6 +113,7 @@ class FolderParams:
     meta_augment: Augment = Augment.crop_flip  # meta-training with trainer.augment=auto; affine for strokes
 
     def __post_init__(self) -> None:  # what a run would refuse, said before it reads data (and by --cfg)
+        check_root(self.root, "the folder that holds one sub-folder of images per class")
         if self.root is None:
             raise DataError("dataset=folder needs dataset.root=DIR with one sub-folder of images per class")
         check_images_per_class(self.images_per_class)
@@ -128,6 +137,7 @@ class MiniImageNetParams:
     meta_augment: Augment = Augment.crop_flip  # meta-training with trainer.augment=auto
 
     def __post_init__(self) -> None:  # what a run would refuse, said before it reads data (and by --cfg)
+        check_root(self.root, "the folder that holds the mini-ImageNet images")
         if self.root is None:
             raise DataError("dataset=mini_imagenet needs dataset.root=DIR holding the mini-ImageNet images "
                             "(images/<wnid><index>.jpg or <wnid>/ folders); they are not shipped, by ImageNet's terms")
@@ -170,6 +180,7 @@ class OmniglotParams:
 
     def __post_init__(self) -> None:  # what a run would refuse, said before it reads data (and by --cfg)
         split, val = OmniglotSplit(self.split), OmniglotVal(self.val)
+        check_root(self.root, "the folder with images_background and images_evaluation, or leave it out for the embedded 28 px copy")
         if split is OmniglotSplit.lake:
             raise ConfigError("dataset.split=lake was renamed dataset.split=background: it draws random cross-alphabet "
                               "tasks from the evaluation alphabets, which is not Lake et al.'s within-alphabet protocol")

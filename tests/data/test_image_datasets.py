@@ -77,12 +77,19 @@ def test_a_changed_data_set_replaces_its_cache_and_keeps_other_sizes(tmp_path):
     assert (tmp_path / CACHE_DIR / "notes.pt").exists()
 
 
-def test_folder_split_file_and_its_errors(tmp_path):
+def test_folder_split_file_and_its_errors(tmp_path, caplog):
     make_folder(tmp_path / "data", ["a", "b", "c", "d e"], per_class=2)
     split = tmp_path / "split.txt"
     split.write_text("# class split\na train\nb,train\nc val\n\"d e\" test\n")  # a name with a space, quoted or not
-    data = DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6, "split_file": str(split)})
+    with caplog.at_level("WARNING"):
+        data = DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6, "split_file": str(split)})
     assert data.train.class_names == ["a", "b"] and data.test.class_names == ["d e"]
+    assert "in no split" not in caplog.text  # every folder listed: nothing to say
+    make_folder(tmp_path / "data", ["f"], per_class=2)
+    with caplog.at_level("WARNING"):  # a folder the split file leaves out is said, as eval says it
+        DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6, "split_file": str(split)})
+    assert f"1 class folder (f) is in no split of {split}, so not used" in caplog.text
+    shutil.rmtree(tmp_path / "data" / "f")
     split.write_text("a train\nb train\nc val\nd e test\n")
     assert DATASETS.build({"name": "folder", "root": str(tmp_path / "data"), "image_size": 6,
                            "split_file": str(split)}).test.class_names == ["d e"]
@@ -241,7 +248,17 @@ def test_a_short_class_is_named_when_every_class_is_cut_to_it(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         data = DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})
     assert data.train.n_per_class == 2
-    assert "cut to the first 2, the count of class03 (add images there, or set dataset.images_per_class)" in caplog.text
+    assert ("cut to the first 2, the count of class03 (add images there, or move that class out of the root: "
+            "dataset.images_per_class can only cut more)") in caplog.text
+
+
+def test_class_folders_nested_one_level_too_deep_say_how_to_lay_them_out(tmp_path):
+    """root/train|val|test/<class>/ (mini-ImageNet's layout) read as three class folders holding only folders."""
+    for split, classes in (("train", ["a", "b"]), ("val", ["c"]), ("test", ["d"])):
+        make_folder(tmp_path / split, classes)
+    with pytest.raises(DataError, match=r"holds no images, only folders \(\w\): .* list each class's split in "
+                                        r"dataset.split_file=FILE"):
+        DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})
 
 
 def test_a_cifar_root_that_is_a_file_is_one_line(tmp_path):

@@ -148,3 +148,16 @@ def test_a_folder_given_as_an_image_is_called_a_folder(tmp_path):
     (tmp_path / "support").mkdir()
     with pytest.raises(DataError, match=r"support is a folder, not an image; give its image files"):
         read_image(tmp_path / "support", ImageFormat(1, 28))
+
+
+def test_an_image_over_pils_warning_limit_is_read_and_named(tmp_path, monkeypatch, caplog):
+    """PIL's own DecompressionBombWarning names PIL's source file; the warning names the image."""
+    from PIL import Image
+
+    from metalearn_cli.data.images import ImageFormat, read_image
+
+    Image.new("L", (20, 20), 128).save(tmp_path / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 400 pixels: over the warning limit, under the error's 600
+    with caplog.at_level("WARNING"):
+        assert read_image(tmp_path / "large.png", ImageFormat(1, 8, "bilinear")).shape == (1, 8, 8)
+    assert f"image {tmp_path / 'large.png'} has 20 x 20 pixels, over PIL's decompression-bomb warning limit" in caplog.text

@@ -148,6 +148,69 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nor any folder it made above it
 
 
+def test_download_fetches_only_the_missing_sets_and_keeps_the_users_archives(tmp_path, monkeypatch):
+    """dataset.download=true with the archives there (rebuilt zips, whose md5 torchvision would refuse) uses them and
+    asks torchvision for nothing; with one set missing it fetches that set alone."""
+    import torchvision.datasets
+
+    asked = []
+
+    class Recording:  # as if offline: a call here is a download attempt
+        def __init__(self, root, background=True, download=False, **kwargs):
+            asked.append(background)
+            raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "Omniglot", Recording)
+    background = tuple((f"A{i}", 1) for i in range(7))
+    root = make_omniglot(tmp_path / "omni" / "omniglot-py", background=background, evaluation=(("E", 3),)).parent
+    zips = {p: p.read_bytes() for p in (root / "omniglot-py").glob("*.zip")}
+    data = DATASETS.build({"name": "omniglot", "split": "background", "root": str(root), "download": True})
+    assert asked == [] and data.test.n_classes == 3
+    assert {p: p.read_bytes() for p in (root / "omniglot-py").glob("*.zip")} == zips  # untouched
+    (root / "omniglot-py" / "images_evaluation.zip").unlink()
+    with pytest.raises(DataError, match="could not download Omniglot .*put images_evaluation.zip there yourself"):
+        DATASETS.build({"name": "omniglot", "split": "background", "root": str(root), "download": True})
+    assert asked == [False]  # images_evaluation alone
+    assert (root / "omniglot-py" / "images_background.zip").read_bytes() == zips[root / "omniglot-py" / "images_background.zip"]
+
+
+def test_a_root_that_is_a_zip_or_is_absent_is_named_so(tmp_path):
+    root = make_omniglot(tmp_path / "omni_both")
+    with pytest.raises(DataError, match=r"images_background.zip is a file, not a folder; give the folder that holds "
+                                        r"images_background\(.zip\) and images_evaluation\(.zip\), here dataset.root=.*omni_both$"):
+        DATASETS.build({"name": "omniglot", "split": "background", "root": str(root / "images_background.zip")})
+    with pytest.raises(DataError, match="is a file, not a folder"):  # also before any download
+        DATASETS.build({"name": "omniglot", "root": str(root / "images_background.zip"), "download": True})
+    with pytest.raises(DataError, match=r"Omniglot not found in .*nowhere: that folder does not exist; put the original archives there"):
+        DATASETS.build({"name": "omniglot", "split": "background", "root": str(tmp_path / "nowhere")})
+
+
+def test_converting_says_so_once_and_an_unwritable_cache_is_warned_about(tmp_path, monkeypatch, caplog):
+    import errno
+    import logging
+
+    background = tuple((f"A{i}", 1) for i in range(7))
+    root = make_omniglot(tmp_path, background=background, evaluation=(("E", 3),))
+    spec = {"name": "omniglot", "split": "background", "root": str(root)}
+    with caplog.at_level(logging.INFO, logger="metalearn_cli.data.omniglot_files"):
+        DATASETS.build(spec)
+        DATASETS.build(spec)  # from the cache: said nothing
+    said = [r.getMessage() for r in caplog.records if "converting" in r.getMessage()]
+    assert said == [f"converting the Omniglot archives in {root} to 28 px, once: cached in {root / '.metalearn-omniglot28.npz'}"]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(omniglot_files.np, "savez_compressed", full_disk)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="metalearn_cli.data.omniglot_files"):
+        data = DATASETS.build({**spec, "image_size": 32})  # a new size: converted, its cache not written
+    assert data.image_shape == (1, 32, 32)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"could not cache the converted Omniglot in {root} (No space left on device), so each run converts the archives "
+        "again; make that folder writable or free disk space there"]
+
+
 def test_a_missing_alphabet_fails_the_vinyals_split_with_the_character_named(tmp_path):
     root = make_omniglot(tmp_path)
     with pytest.raises(DataError, match=r"lacks \d+ characters of the split \(e.g. [A-Za-z_()\-]+/character\d+\)"):

@@ -4,6 +4,7 @@ folders and zips read alike, and the structure checks that name what is wrong.""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,54 @@ def test_prepare_script_converts_a_generated_archive(tmp_path, capsys):
 def test_prepare_script_reports_a_missing_source(tmp_path, capsys):
     assert load_prepare_script().main([str(tmp_path), "--out", str(tmp_path / "o.npz")]) == 2
     assert "missing images_background" in capsys.readouterr().err
+
+
+def test_the_prepare_script_checks_out_and_says_faults_in_its_own_words(tmp_path):
+    """Run as a user runs it: --help says the default rewrites the embedded copy; an --out folder gets
+    omniglot28.npz in it; a missing set or a SOURCE that is a zip is one line naming SOURCE (never the CLI's
+    dataset.root or dataset.download), exit status 2, no traceback."""
+    import subprocess
+    import sys
+
+    def script(*args):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_omniglot.py"), *map(str, args)],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    usage = script("--help")
+    assert usage.returncode == 0 and "REWRITES" in " ".join(usage.stdout.split())
+    src = make_omniglot(tmp_path / "src")
+    (tmp_path / "runs").mkdir()
+    wrote = script(src, "--out", tmp_path / "runs")
+    assert wrote.returncode == 0, wrote.stderr
+    assert omniglot_files.load_arrays(tmp_path / "runs" / "omniglot28.npz")[0].images.shape == (5, 4, 28, 28)
+    (src / "images_evaluation.zip").unlink()
+    for source, said in ((src, "Omniglot not found in .*src: missing images_evaluation\\(.zip\\); put the original archives "
+                               "\\(or their extracted folders\\) there, or pass as SOURCE the folder that holds them"),
+                         (src / "images_background.zip", "SOURCE .*images_background.zip is a file, not a folder; .*, here SOURCE .*src")):
+        failed = script(source, "--out", tmp_path / "o.npz")
+        lines = failed.stderr.strip().splitlines()
+        assert failed.returncode == 2 and len(lines) == 1 and "dataset." not in failed.stderr, failed.stderr
+        assert re.fullmatch(f"prepare_omniglot.py: error: {said}", lines[0]), lines[0]
+
+
+def test_the_prepare_script_refuses_a_bad_out_before_converting_and_a_failed_write_in_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    src = make_omniglot(tmp_path / "src")
+    (tmp_path / "a file").write_text("")
+    assert load_prepare_script().main([str(src), "--out", str(tmp_path / "a file" / "o.npz")]) == 2
+    out, err = capsys.readouterr()
+    assert "converting" not in out  # refused before the conversion
+    assert err == f"prepare_omniglot.py: error: --out {tmp_path / 'a file' / 'o.npz'}: {tmp_path / 'a file'} is a file, not a folder; choose another --out\n"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(omniglot_files.np, "savez_compressed", full_disk)
+    assert load_prepare_script().main([str(src), "--out", str(tmp_path / "o.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prepare_omniglot.py: error: could not write the Omniglot array file") and err.count("\n") == 1
+    assert err.endswith("free disk space or choose another --out\n")
 
 
 def test_folders_and_zips_read_the_same(tmp_path):
