@@ -140,13 +140,13 @@ def score_checkpoint(
     sampler = member_tasks(members or [data], split, shapes, seed, device, lake, original)
     episodes = len(original.names) if original is not None else eval_cfg.episodes
     modes, member_views = test_protocol(strategy, each or [eval_cfg])
+    val_tasks = fixed_tasks(data, "val", shapes, seed, device, lake) if finetune and eval_cfg.finetune_lr_search else None
     (started or (lambda: None))()  # every refusal of the tasks and the protocol is made: the caller's start line
     views = member_views if len(set(member_views)) > 1 else member_views[0]
     stats: Optional[list[dict[str, float]]] = [] if eval_cfg.save_task_stats and run_dir is not None else None
     outcomes: Optional[list[torch.Tensor]] = [] if run_dir is not None else None
     with refining(strategy, each or [eval_cfg]):
-        search = None if finetune is None or not eval_cfg.finetune_lr_search else search_rate(strategy, finetune,  # val first
-            fixed_tasks(data, "val", shapes, seed, device, lake), eval_cfg, modes, views, split_seed(seed, "val"), device)
+        search = None if val_tasks is None else search_rate(strategy, finetune, val_tasks, eval_cfg, modes, views, split_seed(seed, "val"), device)
         start = time.perf_counter()
         drawn = finetune is not None or support is not None  # random augmentations: from the test's own seed
         with seeded(split_seed(seed, split), device) if drawn else contextlib.nullcontext():  # repeats exactly

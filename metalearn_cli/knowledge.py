@@ -62,6 +62,13 @@ def is_pixels(images: Any) -> bool:
 _READ: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()  # what read_images() returned
 
 
+def read_from_files(images: torch.Tensor) -> torch.Tensor:
+    """``images`` marked as converted from files (``metalearn predict`` reads a support folder itself), so advice
+    on them is about the files, as for what :meth:`MetaKnowledge.read_images` returns."""
+    _READ[id(images)] = images
+    return images
+
+
 def typed_as_pixels(images: Any) -> bool:
     """Pixels the caller made (:func:`is_pixels`), not a tensor :meth:`MetaKnowledge.read_images` converted from
     files (as ``metalearn predict`` passes them): advice on the conversion is for the first only."""
@@ -164,9 +171,7 @@ class MetaKnowledge:
                                                                   if isinstance(odd, (torch.Tensor, np.ndarray)) else ""))
         if len(sources) == 0:
             return torch.zeros(0, *self.image_format.shape, dtype=torch.uint8)
-        read = torch.stack([read_image(s, self.image_format) for s in sources])
-        _READ[id(read)] = read
-        return read
+        return read_from_files(torch.stack([read_image(s, self.image_format) for s in sources]))
 
     def pixels_wanted(self) -> str:
         """What a tensor of images must be: what read_images() returns, every step of the conversion done."""

@@ -219,7 +219,7 @@ def predict(cfg: Any, run_dir: Path) -> float:
         raise DataError(f"support folder {cfg.support} has one class ({class_names[0]}); a task needs at least two class sub-folders")
     shown, paths, truth = _queries(Path(cfg.query), str(cfg.query), class_names)
     labels = [i for i, s in enumerate(stacks) for _ in range(s.shape[0])]
-    first = (torch.cat(stacks), meta.read_images(paths))
+    first = (knowledge.read_from_files(torch.cat(stacks)), meta.read_images(paths))
     _same_pictures(support_files, stacks, paths, first[1])
     for member in members:  # refused before any warning: the error comes alone
         member.check_way(len(class_names))

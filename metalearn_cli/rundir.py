@@ -87,10 +87,12 @@ def exclusive(run_dir: Path, key: str = "hydra.run.dir") -> Iterator[None]:
         yield
     finally:
         del _HELD[path]
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-        if lock_made:
-            _remove_an_unused_lock(path, made)
+        try:
+            if lock_made:  # removed while still held: a process that opened it a moment before is refused, rather
+                _remove_an_unused_lock(path, made)  # than given a lock on a file that is then gone (two holders)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def _remove_an_unused_lock(path: Path, made: Optional[Path]) -> None:

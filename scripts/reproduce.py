@@ -387,34 +387,40 @@ def sweep_ended(cmd: list[str]) -> str:
     return "failed" if "failed" in ended else "completed" if ended else "none"
 
 
-def launch(args: argparse.Namespace, argv: list[str], plan: list[tuple[str, list[str]]]) -> int | None:
-    """Run the sweeps one after another; an exit code where the reproduction ends early (stopped, or a sweep refused
-    before it began), else None. Ctrl-C reaches the whole process group: the running sweep saves its jobs and stops
+def launch(args: argparse.Namespace, argv: list[str], plan: list[tuple[str, list[str]]]) -> tuple[int | None, bool]:
+    """Run the sweeps one after another: an exit code where the reproduction ends early (stopped, killed, or a sweep
+    refused before it began), else None; and whether any sweep ended other than with 0. Ctrl-C reaches the whole process group: the running sweep saves its jobs and stops
     by itself; this script notes it instead of dying mid-wait (subprocess.run would kill the sweep as it saves), and
     launches no more. Where Ctrl-C was ignored (started with ``&`` by a script), it stays ignored, for the sweeps too."""
     ctrl_c: list[int] = []
+    failed = False
     ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     previous = None if ignored else signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
     try:
         for method, cmd in plan:
             if ctrl_c:
-                return stopped(args, argv, f"before the {method} sweep")
+                return stopped(args, argv, f"before the {method} sweep"), True
             print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)
             code = subprocess.Popen(cmd, cwd=ROOT).wait()
             ended = sweep_ended(cmd)
-            if ctrl_c or code == 130 or ended == "stopped":  # 130: its own Ctrl-C; a SIGTERM's sweep exits 0
-                return stopped(args, argv, f"during the {method} sweep")
+            if ctrl_c or code == 130 or (ended == "stopped" and code == 0):  # 130: Ctrl-C; 0: a SIGTERM (pre-emption)
+                return stopped(args, argv, f"during the {method} sweep"), True
+            if ended == "stopped":  # killed (out of memory?): its jobs say "running"; resume=true continues them
+                print(f"reproduce: the {method} sweep was killed (exit {code}) and left jobs unfinished; find why (memory?), "
+                      "then run the same command again to continue it", file=sys.stderr)
+                return 1, True
             if code != 0 and ended == "none":  # its line above says why; the next sweeps would be refused alike
                 print(f"reproduce: the {method} sweep was refused before any job ran (the line above says why); "
                       "nothing more is launched", file=sys.stderr)
-                return 2
+                return 2, True
             if code != 0:
+                failed = True
                 print(f"reproduce: the {method} sweep exited with {code}; its failed jobs are marked in the table",
                       file=sys.stderr)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    return None
+    return None, failed
 
 
 def stopped(args: argparse.Namespace, argv: list[str], where: str) -> int:
@@ -467,6 +473,25 @@ def main(argv: list[str] | None = None) -> int:
     args.root = str(Path(args.root).resolve()) if args.root else None
     if args.tabulate_only and not (args.out / "runs").is_dir():
         parser.error(f"--tabulate-only reads the runs of an earlier --out, and {args.out} holds none")
+    if args.dry_run:
+        return reproduce(args, argv, parser)
+    from metalearn_cli.errors import InUse, MetalearnError
+    from metalearn_cli.rundir import exclusive
+
+    try:  # one reproduction at a time in --out, decided and tabulated under its lock: the same command twice would race
+        with exclusive(args.out, "--out"):
+            return reproduce(args, argv, parser)
+    except InUse:
+        print(f"reproduce: --out {args.out} is in use by another reproduce.py run (the same command, still running?); "
+              "wait for it to end, or pass a new --out", file=sys.stderr)
+        return 2
+    except MetalearnError as exc:  # --out a file, or not writable
+        print(f"reproduce: {exc}", file=sys.stderr)
+        return 2
+
+
+def reproduce(args: argparse.Namespace, argv: list[str], parser: argparse.ArgumentParser) -> int:
+    """The reproduction main asked for: continued or begun, run, tabulated (a dry run: its commands and estimates)."""
     continuing = not args.tabulate_only and (args.out / "runs").exists()  # a dry run says what the run itself would do
     if continuing and (why := other_reproduction(args)):
         parser.error(why)
@@ -497,24 +522,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   if seconds is not None else f"no estimate: {how}"))
             print_estimates(planned)
             return 0
-        from metalearn_cli.errors import InUse, MetalearnError
-        from metalearn_cli.rundir import exclusive
-
-        try:
-            with exclusive(args.out, "--out"):  # one reproduction at a time in --out: the same command twice would race
-                if not continuing:  # continued: what it holds is what was asked, as other_reproduction found
-                    (args.out / INVOCATION).write_text(json.dumps(asked(args)))
-                code = launch(args, argv, plan)
-        except InUse:
-            print(f"reproduce: --out {args.out} is in use by another reproduce.py run (the same command, still "
-                  "running?); wait for it to end, or pass a new --out", file=sys.stderr)
-            return 2
-        except MetalearnError as exc:  # --out a file, or not writable
-            print(f"reproduce: {exc}", file=sys.stderr)
-            return 2
+        if not continuing:  # continued: what it holds is what was asked, as other_reproduction found
+            (args.out / INVOCATION).write_text(json.dumps(asked(args)))
+        code, failed = launch(args, argv, plan)
         if code is not None:
             return code
-        failed = any(sweep_ended(cmd) == "failed" for _, cmd in plan)
     rows = collect(args.out)
     if not rows:
         print(f"reproduce: no runs under {args.out / 'runs'}", file=sys.stderr)

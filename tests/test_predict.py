@@ -229,3 +229,22 @@ def test_a_note_beside_labelled_query_folders_is_named_as_skipped(trained_run, t
     assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
                  f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'out'}", "device=cpu"]) == 0
     assert "skipped 1 file beside the class folders (notes.txt)" in (tmp_path / "out" / "predict.log").read_text()
+
+
+def test_inverted_support_files_get_advice_about_files_not_tensors(trained_run, tmp_path, capfd, monkeypatch):
+    """predict reads the support folder itself into one tensor: its advice on inverted images is the files' (their
+    polarity), not the Python API's on converting tensors, which the user never gave."""
+    from PIL import Image
+
+    from metalearn_cli import knowledge
+
+    monkeypatch.setattr(knowledge, "opposite", lambda mean, reference: True)  # the test run's generated images have
+    for folder in ("support/a", "support/b", "query/a"):  # no clear polarity: these are taken as inverted against them
+        (tmp_path / "task" / folder).mkdir(parents=True)
+        Image.effect_noise((28, 28), 40).save(tmp_path / "task" / folder / "0.png")
+    capfd.readouterr()
+    assert main(["predict", f"checkpoint={trained_run}", f"support={tmp_path / 'task' / 'support'}",
+                 f"query={tmp_path / 'task' / 'query'}", f"hydra.run.dir={tmp_path / 'pred'}", "device=cpu"]) == 0
+    shown = "".join(capfd.readouterr())
+    assert "the support images look inverted" in shown and "give images of the training images' polarity" in shown, shown
+    assert "tensors are used as given" not in shown

@@ -128,7 +128,7 @@ def _hydra_command(command: str, rest: list[str]) -> int:
                 code = _guarded(command, args, run_dir)
         adjusted: list[str] = []
         refused = refused_config(command, rest, adjusted) if code == 0 and flag_present(rest, ("--cfg", "-c")) else None
-        for line in adjusted:  # Hydra printed the config as composed; the run changes it so
+        for line in adjusted if _printed_job(rest) else []:  # Hydra printed the config as composed; the run changes it so
             print(f"metalearn {command}: note: a run of this config changes what is printed above: {line}", file=sys.stderr)
         if refused:  # printed as asked, and said to be refused, as a run of it would be
             print(f"metalearn {command}: error: a run of this config would be refused: {refused}", file=sys.stderr)
@@ -137,6 +137,15 @@ def _hydra_command(command: str, rest: list[str]) -> int:
     finally:
         for folder in scratch:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _printed_job(args: list[str]) -> bool:
+    """Whether ``--cfg`` printed the job's config whole (``job`` or ``all``, no ``--package``): what a note on the
+    run's changes to it is about."""
+    for i, arg in enumerate(args):
+        if arg in ("--cfg", "-c") and i + 1 < len(args):
+            return args[i + 1] in ("job", "all") and not flag_present(args, ("--package", "-p"))
+    return False
 
 
 def _guarded(command: str, args: list[str], run_dir: Optional[Path]) -> int:

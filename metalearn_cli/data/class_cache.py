@@ -97,7 +97,7 @@ def load_classes(files: dict[str, list[Path]], fmt: ImageFormat, per_class: Opti
     if per_class is None and len(set(counts.values())) > 1:
         short = sorted(name for name, count in counts.items() if count == n)
         log.warning("%s: classes have %d to %d images; every class is cut to the first %d, the count of %s%s (add images "
-                    "there, or move that class out of the root: dataset.images_per_class can only cut more)", what, n, max(counts.values()), n, ", ".join(short[:3]),
+                    "there, or move that class out of the root and any split file: dataset.images_per_class can only cut more)", what, n, max(counts.values()), n, ", ".join(short[:3]),
                     f" and {len(short) - 3} more" if len(short) > 3 else "")
     fingerprint = _fingerprint(files, fmt, n)
     kind = hashlib.sha256(f"{fmt}:{n}:{list(files)}".encode()).hexdigest()[:8]  # one cache per format, count and class set

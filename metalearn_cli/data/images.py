@@ -73,6 +73,9 @@ def opaque(img: Image.Image) -> Image.Image:
 ImageSource = Union[str, os.PathLike, IO[bytes], Image.Image]
 
 
+LARGE_SAID: list[str] = []  # the images over PIL's warning limit read so far: the first one is said
+
+
 def read_image(source: ImageSource, fmt: ImageFormat, where: str | None = None) -> torch.Tensor:
     """Decode one image (a path or a PIL image) and convert it; an unreadable file is a :class:`DataError`."""
     name = where or str(source)
@@ -81,8 +84,11 @@ def read_image(source: ImageSource, fmt: ImageFormat, where: str | None = None) 
             return pipeline(fmt)(source)
         with Image.open(source) as img:
             if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:  # PIL's own warning names
-                log.warning("image %s has %d x %d pixels, over PIL's decompression-bomb warning limit (%d); it is read, "
-                            "but slowly: shrink it", name, img.width, img.height, Image.MAX_IMAGE_PIXELS)  # no file
+                (log.debug if LARGE_SAID else log.warning)(  # no file; said once, as PIL's warning is
+                    "image %s has %d x %d pixels, over PIL's decompression-bomb warning limit (%d); it is read, but "
+                    "slowly: shrink it%s", name, img.width, img.height, Image.MAX_IMAGE_PIXELS,
+                    "" if LARGE_SAID else " (said for the first such image only)")
+                LARGE_SAID.append(name)
             img.load()
             return pipeline(fmt)(img)
     except FileNotFoundError as exc:
@@ -154,7 +160,7 @@ def no_images(folder: Path, layout: str = SPLIT_LAYOUT) -> DataError:
     ``<alphabet>/<character>/``), which is read one level deep, so the error says how to lay it out (``layout``)."""
     inner = sorted(p.name for p in _entries(folder) if p.is_dir())
     if inner:
-        return DataError(f"class folder {folder} holds no images, only folders ({first_names(inner)}): class folders are "
+        return DataError(f"class folder {folder} holds no images but folders ({first_names(inner)}): class folders are "
                          f"read one level deep (<folder>/<class>/<image>); {layout}")
     return DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...); "
                      "add images or remove the folder")

@@ -248,15 +248,15 @@ def test_a_short_class_is_named_when_every_class_is_cut_to_it(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         data = DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})
     assert data.train.n_per_class == 2
-    assert ("cut to the first 2, the count of class03 (add images there, or move that class out of the root: "
-            "dataset.images_per_class can only cut more)") in caplog.text
+    assert ("cut to the first 2, the count of class03 (add images there, or move that class out of the root and any "
+            "split file: dataset.images_per_class can only cut more)") in caplog.text
 
 
 def test_class_folders_nested_one_level_too_deep_say_how_to_lay_them_out(tmp_path):
     """root/train|val|test/<class>/ (mini-ImageNet's layout) read as three class folders holding only folders."""
     for split, classes in (("train", ["a", "b"]), ("val", ["c"]), ("test", ["d"])):
         make_folder(tmp_path / split, classes)
-    with pytest.raises(DataError, match=r"holds no images, only folders \(\w\): .* list each class's split in "
+    with pytest.raises(DataError, match=r"holds no images but folders \(\w\): .* list each class's split in "
                                         r"dataset.split_file=FILE"):
         DATASETS.build({"name": "folder", "root": str(tmp_path), "image_size": 6})
 

@@ -172,6 +172,10 @@ def test_download_fetches_only_the_missing_sets_and_keeps_the_users_archives(tmp
         DATASETS.build({"name": "omniglot", "split": "background", "root": str(root), "download": True})
     assert asked == [False]  # images_evaluation alone
     assert (root / "omniglot-py" / "images_background.zip").read_bytes() == zips[root / "omniglot-py" / "images_background.zip"]
+    (root / "omniglot-py" / "images_evaluation.zip").write_bytes(b"<html>proxy error</html>")  # a failed download's
+    with pytest.raises(DataError, match="could not download Omniglot"):  # leftover is fetched again, not read
+        DATASETS.build({"name": "omniglot", "split": "background", "root": str(root), "download": True})
+    assert asked == [False, False]
 
 
 def test_a_root_that_is_a_zip_or_is_absent_is_named_so(tmp_path):
