@@ -89,6 +89,7 @@ def export_command(cfg: Any, run_dir: Path) -> float:
     params = sum(v.numel() for v in payload["model"].values() if isinstance(v, torch.Tensor) and v.is_floating_point())
     write_json(Path(run_dir) / "export.json", {"out": str(Path(cfg.out).resolve()), "from": payload["exported_from"],
                                                 "step": payload["step"], "bytes": size, "parameters": params})
-    log.info("wrote %s (%d parameters and buffers, %.1f MB, step %d); load it with metalearn_cli.load(%r)",
-             cfg.out, params, size / 1e6, payload["step"], str(cfg.out))
+    size_text = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"  # a small network is not "0.0 MB"
+    log.info("wrote %s (%d parameters and buffers, %s, step %d); load it with metalearn_cli.load(%r)",
+             cfg.out, params, size_text, payload["step"], str(cfg.out))
     return math.nan

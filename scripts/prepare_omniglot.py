@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a fault of the data or the arguments is one line in this script's own words; a bug keeps its traceback
         if args.splits is not None and not args.splits.is_dir():
             raise ConfigError(f"--splits {args.splits} is not a folder; give the folder that holds train.txt, val.txt and test.txt")
+        missing = [n for n in ("train.txt", "val.txt", "test.txt") if args.splits is not None and not (args.splits / n).is_file()]
+        if missing:  # a partial set of split files would ship beside older ones
+            raise ConfigError(f"--splits {args.splits} lacks {', '.join(missing)}; give the folder that holds all three")
         out = out_file(args.out)
         print(f"converting the Omniglot archives in {args.source} to {omniglot.IMAGE_SIZE}x{omniglot.IMAGE_SIZE} for {out}",
               flush=True)

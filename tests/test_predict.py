@@ -142,6 +142,9 @@ def test_an_export_is_written_again_from_the_same_weights_but_never_replaces_ano
     train(compose_config("train", FAST + ["trainer.iterations=4", "seed=1"]), other)
     out = tmp_path / "mk.pt"
     assert main(["export", f"checkpoint={trained_run}", f"out={out}", f"hydra.run.dir={tmp_path / 'e1'}"]) == 0
+    size = out.stat().st_size  # the line says it in a unit that shows it: a small network is not "0.0 MB"
+    said = (tmp_path / "e1" / "export.log").read_text()
+    assert (f"{size / 1e3:.1f} kB" if size < 100_000 else f"{size / 1e6:.1f} MB") in said and " 0.0 MB" not in said
     assert main(["export", f"checkpoint={trained_run}", f"out={out}", f"hydra.run.dir={tmp_path / 'e2'}"]) == 0
     before = out.read_bytes()
     capsys.readouterr()

@@ -30,6 +30,11 @@ def test_prepare_script_converts_a_generated_archive(tmp_path, capsys):
     splits.mkdir()
     (splits / "train.txt").write_text("Alpha/character01/rot000\n")
     out = tmp_path / "out" / "omniglot28.npz"
+    assert load_prepare_script().main([str(src), "--out", str(out), "--splits", str(splits)]) == 2  # two of three
+    assert "lacks val.txt, test.txt; give the folder that holds all three" in capsys.readouterr().err
+    assert not out.exists()
+    (splits / "val.txt").write_text("Beta/character01/rot000\n")
+    (splits / "test.txt").write_text("Gamma/character01/rot000\n")
     assert load_prepare_script().main([str(src), "--out", str(out), "--splits", str(splits)]) == 0
     assert "5 characters (3 background, 2 evaluation) x 4 drawings" in capsys.readouterr().out
     arrays, _ = omniglot_files.load_arrays(out)
