@@ -23,6 +23,7 @@ from metalearn_cli.errors import ConfigError
 from metalearn_cli.files import atomic_write, write_json
 from metalearn_cli.params.loggers import CSVParams, MLflowParams, TensorBoardParams
 from metalearn_cli.registry import Registry
+from metalearn_cli.rundir import METRICS
 from metalearn_cli.schema import flatten
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class MLflowSink:
 
         self._client, record = MlflowClient(tracking_uri=uri), run_dir / self.RECORD
         self._logged_to = -1  # a resume after a kill: the steps MLflow already holds are not logged twice
-        saved = self._record(record, run_dir / "metrics.jsonl") if resume_step is not None else {}
+        saved = self._record(record, run_dir / METRICS) if resume_step is not None else {}
         own = params.tracking_uri is None  # the run dir's own store, wherever the run dir has moved since
         if saved.get("tracking_uri") == uri or (own and saved.get("own_store", str(saved.get("tracking_uri")).endswith("/mlruns"))):
             self._run_id = saved["run_id"]

@@ -90,14 +90,19 @@ def refuse_running_sweep(folder: Path, named: Any, command: str = "train") -> No
     if rank() > 0:
         return
     if held_elsewhere(folder):  # the launching process of a sweep there, between its jobs too (sweep_lock)
-        raise ConfigError(f"hydra.sweep.dir={named} is in use by another metalearn sweep; wait for that sweep to end "
-                          "(or stop it), or choose a new hydra.sweep.dir")
+        raise sweep_in_use(named)
     busy = job_dirs(folder, is_job=lambda p: (p / LOCK).is_file() and is_locked(p))  # a job still checking too
     if busy:
         then = (", then run it again with resume=true to finish any job it left" if command == "train"
                 and (folder / "multirun.yaml").is_file() else "")
         raise ConfigError(f"hydra.sweep.dir={named} is still running (another metalearn process is writing "
                           f"{busy[0]}); wait for that sweep to end (or stop it){then}")
+
+
+def sweep_in_use(named: Any) -> ConfigError:
+    """A sweep dir whose own lock another process holds: a sweep there still runs (between its jobs too)."""
+    return ConfigError(f"hydra.sweep.dir={named} is in use by another metalearn sweep; wait for that sweep to end (or "
+                       "stop it), or choose a new hydra.sweep.dir")
 
 
 def sweep_lock(command: str, args: list[str], values: dict[str, Any]) -> contextlib.ExitStack:
@@ -113,8 +118,7 @@ def sweep_lock(command: str, args: list[str], values: dict[str, Any]) -> context
     try:
         held.enter_context(exclusive(canonical(str(named)), "hydra.sweep.dir"))
     except InUse:
-        raise ConfigError(f"hydra.sweep.dir={named} is in use by another metalearn sweep; wait for that sweep to end "
-                          "(or stop it), or choose a new hydra.sweep.dir") from None
+        raise sweep_in_use(named) from None
     try:
         check_sweep(command, args, values)
     except BaseException:

@@ -183,9 +183,7 @@ def arrays_from_root(params: OmniglotParams) -> OmniglotArrays:
     archives (rebuilt when they change). ``dataset.download=true`` fetches only the sets that are not there."""
     root = Path(params.root).expanduser()
     if params.download:
-        found = _locate(root, "dataset.root=")  # a damaged zip where torchvision downloads: its own failed download
-        download(root, [s for s in SETS if s not in found or (found[s].parent.name == "omniglot-py"
-                                                             and found[s].suffix == ".zip" and not zipfile.is_zipfile(found[s]))])
+        download(root, _to_fetch(_locate(root, "dataset.root=")))
     sources = find_sources(root)
     fingerprint = _fingerprint(sources)
     cache = root / CACHE_NAME.format(size=params.image_size)
@@ -205,6 +203,15 @@ def arrays_from_root(params: OmniglotParams) -> OmniglotArrays:
         log.warning("could not cache the converted Omniglot in %s (%s), so each run converts the archives again; "
                     "make that folder writable or free disk space there", root, reason)
     return arrays
+
+
+def _to_fetch(found: dict[str, Path]) -> list[str]:
+    """The sets ``dataset.download=true`` fetches: those missing, and a damaged zip where torchvision downloads
+    (what its own failed download leaves); every other set found is used as it is."""
+    def damaged(path: Path) -> bool:
+        return path.parent.name == "omniglot-py" and path.suffix == ".zip" and not zipfile.is_zipfile(path)
+
+    return [s for s in SETS if s not in found or damaged(found[s])]
 
 
 def download(root: Path, sets: list[str]) -> None:
