@@ -63,7 +63,7 @@ def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool
         if root is None:
             raise ConfigError(f"{source} was trained on {dataset.get('name')} read from {dataset['root']}; eval reads a data "
                               "folder only where the command names it (a checkpoint's recorded path is not followed on its "
-                              f"own: it may come from another machine): add {shell_override('dataset_root', dataset['root'])}")
+                              f"own: it may come from another machine): {_root_advice(dataset['root'])}")
         if "root" not in dataset:
             raise ConfigError(f"dataset_root={root} but {source}'s data set ({dataset.get('name')}) is not read from a folder; drop it")
         if not Path(root).is_dir():
@@ -71,6 +71,13 @@ def dataset_of(saved: Any, root: Optional[str], source: str, root_optional: bool
                               f"pass the folder {source}'s data set was read from (in training: {dataset.get('root')})")
         dataset["root"] = str(Path(root).expanduser().absolute())  # messages name it wherever it was typed from
     return dataset
+
+
+def _root_advice(recorded: str) -> str:
+    """The fix for a missing ``dataset_root``: the recorded folder where it is still there, else where to point."""
+    if Path(recorded).expanduser().is_dir():
+        return f"add {shell_override('dataset_root', recorded)}"
+    return "that folder is gone from this machine; add dataset_root=DIR, the folder that holds the data set now"
 
 
 def eval_settings(choices: Any, saved: Any, whose: str = "the checkpoint") -> Any:

@@ -284,11 +284,13 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
 
 def retabulated(args: argparse.Namespace) -> str | None:
     """--tabulate-only takes the budget, seed and overrides its --out was measured with (its reproduce.json),
-    so the rebuilt table's title describes those runs; a --budget that says otherwise is refused (a message)."""
+    so the rebuilt table's title describes those runs; a --table or --budget that says otherwise is refused (a message)."""
     path = args.out / INVOCATION
     if not path.is_file():  # an --out made before the file was written: the command line's word is all there is
         return None
     made = json.loads(path.read_text())
+    if made["table"] != args.table:  # its rows under another table's name and published figures would be wrong
+        return f"{args.out} holds a reproduction of the {made['table']} table; pass --table {made['table']} to tabulate it"
     if made["budget"] != args.budget:
         return f"{args.out} was measured with --budget {made['budget']}; pass --budget {made['budget']} to tabulate it"
     if args.extra and args.extra != made["extra"]:
@@ -462,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method {unknown[0]}; choose from {', '.join(METHODS)}")
-    if args.table == "mini_imagenet" and not args.root and not args.dry_run and not any(e.startswith("debug=") for e in args.extra):
+    if args.table == "mini_imagenet" and not args.root and not (args.dry_run or args.tabulate_only) and not any(e.startswith("debug=") for e in args.extra):
         parser.error("--table mini_imagenet needs --root DIR with the mini-ImageNet images")
     if args.tabulate_only and args.out is None:
         parser.error("--tabulate-only rebuilds the table of an earlier run of this script: give its --out")

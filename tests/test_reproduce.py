@@ -40,6 +40,9 @@ def test_reproduce_runs_the_presets_and_tabulates_them_beside_the_published_figu
     script = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--table", "omniglot", "--tabulate-only", "--out", str(out)]
     paper = subprocess.run([*script, "--budget", "paper"], capture_output=True, text=True, timeout=120)
     assert paper.returncode == 2 and "was measured with --budget quick" in paper.stderr and not (out / "omniglot_paper.md").exists()
+    other = subprocess.run([*script[:2], "--table", "mini_imagenet", *script[4:]], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "holds a reproduction of the omniglot table; pass --table omniglot" in other.stderr
+    assert not list(out.glob("mini_imagenet_*"))
     again = subprocess.run(script, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "every run with debug=smoke" in (out / "omniglot_quick.md").read_text()  # the overrides it was measured with

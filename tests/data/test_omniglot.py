@@ -388,5 +388,6 @@ def test_an_ensemble_reads_archive_members_from_dataset_root_and_keeps_embedded_
     trio = Ensemble([member] * 3, ["a", "b", "c"], [*pair.datasets, saved(28, None)])
     with pytest.raises(ConfigError, match="member c was trained on other data than a .*its test classes differ"):
         eval_inputs.member_data(trio, first, "test", root)
-    with pytest.raises(ConfigError, match="a was trained on omniglot read from /moved/away; eval reads a data folder only where the command names it"):
+    with pytest.raises(ConfigError, match="a was trained on omniglot read from /moved/away; eval reads a data folder only where the command names it"
+                       r".*that folder is gone from this machine; add dataset_root=DIR"):
         eval_inputs.member_data(pair, first, "test", None)
