@@ -180,13 +180,17 @@ def load_arrays(path: Path | str) -> tuple[OmniglotArrays, str]:
 
 def arrays_from_root(params: OmniglotParams) -> OmniglotArrays:
     """The arrays of ``dataset.root`` at ``dataset.image_size``: converted once, then read from the cache beside the
-    archives (rebuilt when they change). ``dataset.download=true`` fetches only the sets that are not there."""
+    archives (rebuilt when they change; ``dataset.cache=false`` converts every time and writes nothing there).
+    ``dataset.download=true`` fetches only the sets that are not there."""
     root = Path(params.root).expanduser()
     if params.download:
         download(root, _to_fetch(_locate(root, "dataset.root=")))
     sources = find_sources(root)
     fingerprint = _fingerprint(sources)
     cache = root / CACHE_NAME.format(size=params.image_size)
+    if not params.cache:  # a read-only or shared data folder: nothing is written there, nor an old conversion trusted
+        log.info("converting the Omniglot archives in %s to %d px (dataset.cache=false: not kept)", root, params.image_size)
+        return read_source(root, params.image_size)
     if cache.is_file():
         try:
             arrays, cached_fp = load_arrays(cache)
@@ -201,7 +205,7 @@ def arrays_from_root(params: OmniglotParams) -> OmniglotArrays:
     except WriteError as exc:  # the run goes on; a silent failure would cost every later run the conversion unexplained
         reason = getattr(exc.__cause__, "strerror", None) or exc.__cause__ or exc
         log.warning("could not cache the converted Omniglot in %s (%s), so each run converts the archives again; "
-                    "make that folder writable or free disk space there", root, reason)
+                    "make that folder writable or free disk space there (dataset.cache=false: convert without trying)", root, reason)
     return arrays
 
 

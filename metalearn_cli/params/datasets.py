@@ -170,6 +170,7 @@ class OmniglotParams:
     split: OmniglotSplit = OmniglotSplit.vinyals
     root: Optional[str] = None  # folder with images_background/_evaluation (.zip or folders); null = embedded copy
     download: bool = False  # fetch the original archives into root with torchvision (needs a network)
+    cache: bool = True  # keep the archives' conversion at image_size in root/.metalearn-omniglot<size>.npz
     augment: Augment = Augment.crop  # supervised pre-training: shifts of up to 10% (strokes have no mirror images)
     meta_augment: Augment = Augment.affine  # meta-training with trainer.augment=auto: Koch et al.'s distortions
     val: OmniglotVal = OmniglotVal.alphabets  # what validation holds out (see OmniglotVal); alphabets = Vinyals' own val split for split=vinyals

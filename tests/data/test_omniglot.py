@@ -212,7 +212,24 @@ def test_converting_says_so_once_and_an_unwritable_cache_is_warned_about(tmp_pat
     assert data.image_shape == (1, 32, 32)
     assert [r.getMessage() for r in caplog.records] == [
         f"could not cache the converted Omniglot in {root} (No space left on device), so each run converts the archives "
-        "again; make that folder writable or free disk space there"]
+        "again; make that folder writable or free disk space there (dataset.cache=false: convert without trying)"]
+
+
+def test_cache_false_converts_each_time_and_writes_nothing_into_the_data_folder(tmp_path, caplog):
+    import logging
+
+    root = make_omniglot(tmp_path, background=tuple((f"A{i}", 1) for i in range(7)), evaluation=(("E", 3),))
+    spec = {"name": "omniglot", "split": "background", "root": str(root), "cache": False}
+    before = sorted(p.name for p in root.iterdir())
+    with caplog.at_level(logging.INFO, logger="metalearn_cli.data.omniglot_files"):
+        first = DATASETS.build(spec)
+        second = DATASETS.build(spec)
+    assert sorted(p.name for p in root.iterdir()) == before  # no .metalearn-omniglot28.npz
+    said = [r.getMessage() for r in caplog.records if "converting" in r.getMessage()]
+    assert said == [f"converting the Omniglot archives in {root} to 28 px (dataset.cache=false: not kept)"] * 2
+    assert torch.equal(first.test.images, second.test.images)
+    cached = DATASETS.build({**spec, "cache": True})  # the same images as the cached conversion
+    assert (root / ".metalearn-omniglot28.npz").is_file() and torch.equal(cached.test.images, first.test.images)
 
 
 def test_a_missing_alphabet_fails_the_vinyals_split_with_the_character_named(tmp_path):
