@@ -1,8 +1,9 @@
 """Stop requests: SIGINT and SIGTERM become a flag a run checks between steps, so it can save first.
 
 A first request asks the run to stop at its next step (it saves ``last.pt`` and says how to resume);
-a second one stops at once; once nothing is left to save (the final test), a request stops at once
-with the message the run left in ``flag["now"]``.
+a second one stops at once (a SIGTERM repeated within 2 s is the same request, delivered twice); once
+nothing is left to save (the final test), a request stops at once with the message the run left in
+``flag["now"]``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from typing import Any, Iterator
 
 from metalearn_cli.errors import Interrupted
+
+
+SAME_SIGTERM_S = 2.0  # a SIGTERM this soon after the first is the same stop request: a supervisor that signals a
+# process group, or scripts/reproduce.py forwarding its own, may deliver one twice; a person's second Ctrl-C is SIGINT
 
 
 @contextlib.contextmanager
@@ -20,13 +26,16 @@ def stop_requests() -> Iterator[dict[str, Any]]:
     """SIGINT/SIGTERM set a flag checked between meta-iterations, so a checkpoint can be saved. Once
     ``flag["now"]`` holds a message (the final test: nothing left to save), a request raises
     :class:`Interrupted` at once with it."""
-    flag: dict[str, Any] = {"signal": None, "now": None, "again": None}
+    flag: dict[str, Any] = {"signal": None, "now": None, "again": None, "last": None, "at": 0.0}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
+        name, now = signal.Signals(signum).name, time.monotonic()
+        if name == "SIGTERM" == flag["last"] and now - flag["at"] < SAME_SIGTERM_S:
+            return  # one request delivered twice (to the process and its group, or forwarded by a parent script)
+        flag["last"], flag["at"] = name, now
         if flag["now"] is not None:
             raise Interrupted(name, f"{name} {flag['now']}")
         if flag["signal"] is not None:  # a second request: stop now

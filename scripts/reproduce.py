@@ -11,8 +11,9 @@ published figure, which the run copies into results.json). ``paper`` runs the pr
 and says so in the table. One protocol for every method: fixed test tasks from the seed, 15 queries
 per class, best-on-validation checkpoint, mean accuracy with its 95% confidence interval.
 Writes <out>/<table>_<budget>.md and .csv, plus `metalearn report`'s curves and bar chart.
-Stopped (Ctrl-C), it exits 130; the same command again, with the same --out, continues it (each sweep it
-began is finished with resume=true, its completed jobs kept).
+Stopped (Ctrl-C), it exits 130 (SIGTERM: 143); the same command again, with the same --out, continues it (each
+sweep it began is finished with resume=true, its completed jobs kept). A stop request this script gets is passed on
+to the running sweep, which runs in its own process group.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import shlex
 import io
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -391,22 +393,38 @@ def sweep_ended(cmd: list[str]) -> str:
 
 def launch(args: argparse.Namespace, argv: list[str], plan: list[tuple[str, list[str]]]) -> tuple[int | None, bool]:
     """Run the sweeps one after another: an exit code where the reproduction ends early (stopped, killed, or a sweep
-    refused before it began), else None; and whether any sweep ended other than with 0. Ctrl-C reaches the whole process group: the running sweep saves its jobs and stops
-    by itself; this script notes it instead of dying mid-wait (subprocess.run would kill the sweep as it saves), and
-    launches no more. Where Ctrl-C was ignored (started with ``&`` by a script), it stays ignored, for the sweeps too."""
-    ctrl_c: list[int] = []
+    refused before it began), else None; and whether any sweep ended other than with 0. Each sweep runs in its own
+    process group, and a Ctrl-C, SIGTERM or SIGHUP this script gets is passed on to that group once (so a SIGTERM to
+    this script alone, as ``kill PID`` or a container's stop sends, reaches the sweep too): the sweep saves its jobs
+    and stops by itself, and no further sweep begins. Where Ctrl-C was ignored (started with ``&`` by a script), it
+    stays ignored, for the sweeps too."""
+    stops: list[int] = []
+    sweep: list[Any] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        stops.append(signum)
+        if sweep and sweep[0].poll() is None:
+            try:
+                os.killpg(sweep[0].pid, signum)
+            except ProcessLookupError:  # it has just ended
+                pass
+
+    caught = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, forward) for s in caught}
     failed = False
-    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    previous = None if ignored else signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
     try:
         for method, cmd in plan:
-            if ctrl_c:
-                return stopped(args, argv, f"before the {method} sweep"), True
+            if stops:
+                return stopped(args, argv, f"before the {method} sweep", stops[0]), True
             print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)
-            code = subprocess.Popen(cmd, cwd=ROOT).wait()
+            sweep[:] = [subprocess.Popen(cmd, cwd=ROOT, process_group=0)]
+            if stops:  # a request that came as it started
+                forward(stops[0], None)
+            code = sweep[0].wait()
             ended = sweep_ended(cmd)
-            if ctrl_c or code == 130 or (ended == "stopped" and code == 0):  # 130: Ctrl-C; 0: a SIGTERM (pre-emption)
-                return stopped(args, argv, f"during the {method} sweep"), True
+            if stops or code == 130 or (ended == "stopped" and code == 0):  # 130: Ctrl-C; 0: a SIGTERM (pre-emption)
+                sent = stops[0] if stops else signal.SIGINT if code == 130 else signal.SIGTERM  # or the sweep's own
+                return stopped(args, argv, f"during the {method} sweep", sent), True
             if ended == "stopped":  # killed (out of memory?): its jobs say "running"; resume=true continues them
                 print(f"reproduce: the {method} sweep was killed (exit {code}) and left jobs unfinished; find why (memory?), "
                       "then run the same command again to continue it", file=sys.stderr)
@@ -420,18 +438,19 @@ def launch(args: argparse.Namespace, argv: list[str], plan: list[tuple[str, list
                 print(f"reproduce: the {method} sweep exited with {code}; its failed jobs are marked in the table",
                       file=sys.stderr)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return None, failed
 
 
-def stopped(args: argparse.Namespace, argv: list[str], where: str) -> int:
-    """A Ctrl-C: the line that says how to continue (the same command, its --out named), and Ctrl-C's exit code."""
+def stopped(args: argparse.Namespace, argv: list[str], where: str, signum: int) -> int:
+    """A stop request: the line that says how to continue (the same command, its --out named), and the signal's exit
+    code (130 for Ctrl-C, 143 for SIGTERM)."""
     named = [] if args.out_given else ["--out", str(args.out)]  # the default --out is a new folder each time
     print(f"reproduce: stopped {where}; to continue it (completed runs are kept, stopped ones resume from their last "
           f"checkpoint), run the same command again: {shlex.join(['python', _script(), *named, *argv])}",
           file=sys.stderr, flush=True)
-    return 130
+    return 128 + signum
 
 
 def main(argv: list[str] | None = None) -> int:

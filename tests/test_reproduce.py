@@ -224,11 +224,38 @@ def test_a_stopped_reproduction_says_so_and_the_same_command_again_continues_it(
     assert f"to continue that one: python {cmd[1]} --table omniglot" in other.stderr.splitlines()[-1], other.stderr
 
 
+def test_a_sigterm_to_the_script_alone_stops_its_sweep_which_saves(tmp_path):
+    """``kill PID`` of the script (a container's stop): passed on to the sweep in its own process group, whose job saves
+    and stops (a SIGTERM delivered twice is one request: tests/test_signals.py)."""
+    import json
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "repro"
+    overrides = [o for o in TINY if not o.startswith(("trainer.iterations=", "trainer.val_every="))] + [
+        "trainer.iterations=400", "trainer.val_every=1000", "trainer.log_every=1", "trainer.checkpoint_every=1000"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--table", "omniglot", "--methods", "protonet",
+           "--cells", "5w1s", "--device", "cpu", "--out", str(out), *overrides]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not [p for p in out.glob("runs/protonet-0/0_*/metrics.jsonl") if p.stat().st_size]:
+        time.sleep(0.1)
+    (sweep,) = map(int, Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+    assert os.getpgid(sweep) == sweep != os.getpgid(proc.pid)  # its own group: a terminal's Ctrl-C reaches it once
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143 and err.splitlines()[-1].startswith("reproduce: stopped during the protonet sweep;"), err
+    (job,) = (out / "runs" / "protonet-0").glob("0_*")
+    assert json.loads((job / "status.json").read_text())["status"] == "interrupted", err
+    assert "SIGTERM at meta-iteration" in (job / "train.log").read_text() and "Traceback" not in err
+
+
 @pytest.mark.parametrize("code", [0, 130, "SIGTERM"])
 def test_a_ctrl_c_launches_no_further_sweep(tmp_path, monkeypatch, capsys, code):
     """Ctrl-C reaches this script while a sweep runs (the sweep then ends 0, having finished, or 130, stopped), or only
     the sweep gets it (130), or a SIGTERM stopped the sweep's job (the sweep ends 0, an orderly stop): the next method's
-    sweep is not launched, and the script exits 130 saying how to continue."""
+    sweep is not launched, and the script exits 130 (143 for the SIGTERM) saying how to continue."""
     import os
     import signal
     import types
@@ -237,7 +264,10 @@ def test_a_ctrl_c_launches_no_further_sweep(tmp_path, monkeypatch, capsys, code)
     launched = []
 
     class Sweep:
-        def __init__(self, cmd, cwd=None):
+        pid = -1
+
+        def __init__(self, cmd, cwd=None, process_group=None):
+            assert process_group == 0  # its own group: this script passes a stop request on to it once
             launched.append(cmd)
             self.sweep_dir = Path(next(a for a in cmd if a.startswith("hydra.sweep.dir=")).split("=", 1)[1])
 
@@ -250,10 +280,13 @@ def test_a_ctrl_c_launches_no_further_sweep(tmp_path, monkeypatch, capsys, code)
                 return 0
             return code
 
+        def poll(self):
+            return 0
+
     monkeypatch.setattr(reproduce, "subprocess", types.SimpleNamespace(Popen=Sweep))
     before = signal.getsignal(signal.SIGINT)
     assert reproduce.main(["--table", "omniglot", "--methods", "protonet,anil", "--cells", "5w1s", "--out",
-                           str(tmp_path / "repro"), "debug=smoke"]) == 130
+                           str(tmp_path / "repro"), "debug=smoke"]) == (143 if code == "SIGTERM" else 130)
     assert len(launched) == 1 and "experiment=protonet_omniglot_5w1s" in launched[0]
     assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C is the caller's again
     last = capsys.readouterr().err.splitlines()[-1]
@@ -280,7 +313,7 @@ def test_a_sweep_refused_before_any_job_launches_no_further_sweep(tmp_path, monk
     launched = []
 
     class Refused:
-        def __init__(self, cmd, cwd=None):
+        def __init__(self, cmd, cwd=None, process_group=None):
             launched.append(cmd)
 
         def wait(self):

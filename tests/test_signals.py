@@ -20,6 +20,33 @@ def test_a_second_request_stops_at_once_and_names_both_signals():
     assert second_request({"signal": "SIGINT", "again": "SIGINT"}) == ("SIGINT", "SIGINT twice")
 
 
+def test_a_sigterm_delivered_twice_at_once_is_one_request_but_a_later_one_stops_at_once(monkeypatch):
+    """A supervisor that signals a process and its group, or reproduce.py forwarding its own SIGTERM, delivers one
+    request twice: the run must still save. A SIGTERM after the grace is a second request, and so is a Ctrl-C."""
+    from metalearn_cli import signals
+
+    clock = [100.0]
+    monkeypatch.setattr(signals.time, "monotonic", lambda: clock[0])
+    with stop_requests() as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        clock[0] += 0.5
+        os.kill(os.getpid(), signal.SIGTERM)  # the same request again: no KeyboardInterrupt
+        assert flag["signal"] == "SIGTERM" and flag["again"] is None
+        clock[0] += signals.SAME_SIGTERM_S
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert second_request(flag) == ("SIGTERM", "SIGTERM twice")
+    with stop_requests() as flag:
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):  # a person's second Ctrl-C is never taken for a repeat
+            os.kill(os.getpid(), signal.SIGINT)
+    with stop_requests() as flag:
+        flag["now"] = "during the final test"
+        with pytest.raises(signals.Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # its repeat does not break into the first's handling
+
+
 def test_a_stop_crosses_a_process_boundary_whole():
     """A launcher's worker (joblib) sends its job's stop back pickled: it must arrive with its signal and message,
     not as an unpickling error that turns a Ctrl-C into an "unexpected error"."""
