@@ -83,6 +83,19 @@ def test_a_study_continues_from_its_storage_and_a_storage_it_cannot_open_is_one_
                        "hydra.sweeper.storage=sqlite:///study.db")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "study.db").stat().st_size > 0 and len(jobs) == 1
+    storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}"  # continued: the seeded TPE would draw trial 0 again
+    (tmp_path / "next").mkdir()
+    proc, jobs = sweep(tmp_path / "next", "sweep=optuna_protonet", "hydra.sweeper.n_trials=1", "trainer.train_way=5", storage)
+    assert proc.returncode == 2 and not jobs and not (tmp_path / "next" / "sweep").exists(), proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "holds 1 trials of study protonet_lr_way, and hydra.sweeper.sampler.seed=0 would draw the same points" in line
+    fix = line.split("add ", 1)[1].split(" ")[0]
+    proc, jobs = sweep(tmp_path / "next", "sweep=optuna_protonet", "hydra.sweeper.n_trials=1", "trainer.train_way=5", storage, fix)
+    assert proc.returncode == 0 and len(jobs) == 1, proc.stderr[-2000:]
+    import optuna
+
+    trials = optuna.load_study(study_name="protonet_lr_way", storage=storage.split("=", 1)[1]).trials
+    assert len(trials) == 2 and trials[0].params != trials[1].params  # a new point
     (tmp_path / "again").mkdir()
     proc, _ = sweep(tmp_path / "again", "sweep=optuna_protonet", "hydra.sweeper.n_trials=1",
                     "hydra.sweeper.storage=sqlite:////nonexistent folder/study.db")

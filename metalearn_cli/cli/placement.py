@@ -20,7 +20,8 @@ from metalearn_cli.command_line import (
 )
 from metalearn_cli.console import one_line
 from metalearn_cli.errors import ConfigError
-from metalearn_cli.cli.sweep_dirs import check_sweep
+from metalearn_cli.cli.optuna_study import refuse_repeated_trials
+from metalearn_cli.cli.sweep_dirs import check_sweep, sweep_overrides
 from metalearn_cli.rundir import canonical, held, refuse_replacing
 from metalearn_cli.schema import flatten
 
@@ -95,6 +96,10 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
     from metalearn_cli.resume import refuse_another_dir, resume_value, run_dir_of
 
     multirun = check_sweep(command, args, values)
+    if multirun and not flag_present(args, PRINTING_FLAGS) and any("sweep" in a.split("=", 1)[0] for a in args):
+        sweeper = composed_sweeper(command, args)  # a sweep=/hydra.sweeper option: an Optuna study's storage?
+        if sweeper is not None:
+            refuse_repeated_trials(sweeper, sweep_overrides(args))
     if multirun or flag_present(args, PRINTING_FLAGS) or flag_present(args, CONFIG_FLAGS):
         return args, None
     named = values.get("hydra.run.dir")
@@ -158,6 +163,14 @@ def compose(command: str, args: list[str]) -> DictConfig:
         cfg = compose(config_name=command, overrides=[a for a in args if not a.startswith("-")], return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         return cfg
+
+
+def composed_sweeper(command: str, args: list[str]) -> Optional[DictConfig]:
+    """``hydra.sweeper`` as Hydra will compose it; None where the config does not compose (Hydra says why)."""
+    try:
+        return OmegaConf.select(compose(command, args), "hydra.sweeper")
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return None
 
 
 def composed_run_dir(command: str, args: list[str]) -> Optional[str]:
