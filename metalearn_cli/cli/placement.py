@@ -96,7 +96,7 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
     from metalearn_cli.resume import refuse_another_dir, resume_value, run_dir_of
 
     multirun = check_sweep(command, args, values)
-    if multirun and not flag_present(args, PRINTING_FLAGS) and any("sweep" in a.split("=", 1)[0] for a in args):
+    if multirun and not flag_present(args, PRINTING_FLAGS) and any(a.split("=", 1)[0].lstrip("+~").startswith(("sweep", "hydra/sweeper", "hydra.sweeper.")) for a in args):
         sweeper = composed_sweeper(command, args)  # a sweep=/hydra.sweeper option: an Optuna study's storage?
         if sweeper is not None:
             refuse_repeated_trials(sweeper, sweep_overrides(args))
