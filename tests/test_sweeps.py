@@ -116,7 +116,8 @@ def test_a_joblib_sweep_says_which_of_its_jobs_failed_and_exits_so(tmp_path):
     """Its jobs fail in joblib's workers, whose counts the launching process never sees (it exited 0 and said
     nothing): it reads how each job ended from its dir, as a sweep in one process counts them."""
     proc, jobs = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.train_way=5,60")
-    assert proc.returncode == 1 and "1 of 2 sweep jobs failed (job 1; each job's output says why)" in proc.stderr, proc.stderr
+    why = f"60-way episodes need 60 classes but the train split of synthetic has 48; lower the way (trainer.train_way=...); {jobs[1] / 'error.txt'}"
+    assert proc.returncode == 1 and f"1 of 2 sweep jobs failed (job 1: {why})" in proc.stderr, proc.stderr
     assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["completed", "failed"]
 
 
@@ -149,9 +150,11 @@ def test_a_ctrl_c_of_a_joblib_sweep_lets_every_job_save_first(tmp_path):
 
 @pytest.mark.skipif(not plugin("hydra_submitit_launcher"), reason='needs the cluster extra: pip install -e ".[cluster]"')
 def test_submitit_local_launcher(tmp_path):
-    """Its jobs run in processes of their own, which log to submitit's files: a failed one is still counted."""
+    """Its jobs run in processes of their own, which log to submitit's files: a failed one is still counted, and
+    why it failed is said on this console (its output is in a file), with its error.txt."""
     proc, jobs = sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "trainer.train_way=5,60")
-    assert proc.returncode == 1 and "1 of 2 sweep jobs failed (job 1; each job's output says why)" in proc.stderr
+    why = f"60-way episodes need 60 classes but the train split of synthetic has 48; lower the way (trainer.train_way=...); {jobs[1] / 'error.txt'}"
+    assert proc.returncode == 1 and f"1 of 2 sweep jobs failed (job 1: {why})" in proc.stderr, proc.stderr
     results = [j for j in jobs if (j / "results.json").is_file()]
     assert len(results) == 1 and json.loads((jobs[1] / "status.json").read_text())["status"] == "failed"
 

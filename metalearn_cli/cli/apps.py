@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import metalearn_cli.cli.placement as placement
 from metalearn_cli.cli.sweep_dirs import how_to_finish, launched
-from metalearn_cli.cli.launched_jobs import (job_takes_ctrl_c, jobs_ran_elsewhere, launching, record_outcome, settle_sweep,
+from metalearn_cli.cli.launched_jobs import (failure_of, job_takes_ctrl_c, jobs_ran_elsewhere, launching, record_outcome, settle_sweep,
                                              takes_ctrl_c, tally_launched_jobs, wait_for_saving_jobs)
 from metalearn_cli.command_line import rank, refuse_foreign_target, required, sweep_requested, typed_keys
 from metalearn_cli.console import as_user_error, one_line
@@ -29,7 +29,7 @@ from metalearn_cli.errors import InUse, InternalError, Interrupted, MetalearnErr
 from metalearn_cli.params import PARAMS
 from metalearn_cli.run_guard import RunGuard
 from metalearn_cli.cli.job_endings import JobFailed, after_ctrl_c, internal_error
-from metalearn_cli.rundir import canonical, exclusive
+from metalearn_cli.rundir import ERROR, canonical, exclusive
 from metalearn_cli.schema import SCHEMAS
 
 
@@ -54,10 +54,10 @@ TERMINATED: list[int] = []  # SIGTERM stopped eval, predict or export (terminate
 SWEEP_AGAIN: list[str] = []  # how to finish the running sweep: the command (its overrides, its dir, resume=true)
 
 
-def _record_end(hc: Any, status: str) -> None:
-    """A sweep job's end, where a launching process that ran it elsewhere reads it."""
+def _record_end(hc: Any, status: str, why: str = "") -> None:
+    """A sweep job's end (and why it failed), where a launching process that ran it elsewhere reads it."""
     if hc.mode == RunMode.MULTIRUN:
-        record_outcome(canonical(hc.sweep.dir), str(hc.job.num), str(hc.launcher.get("_target_", "")), status)
+        record_outcome(canonical(hc.sweep.dir), str(hc.job.num), str(hc.launcher.get("_target_", "")), status, why)
 
 
 @contextlib.contextmanager
@@ -117,7 +117,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         guard.close()
     if hc.mode == RunMode.MULTIRUN:
         FAILED_JOBS.append(str(hc.job.num))
-        _record_end(hc, "failed")
+        _record_end(hc, "failed", f"{error}" + (f"; {run_dir / ERROR}" if (run_dir / ERROR).is_file() else ""))
         log.error("job failed: %s", str(error).replace("a new hydra.run.dir", "a new hydra.sweep.dir (or hydra.sweep.subdir)"))
         return None  # no value: Optuna records a failed trial (a NaN it would refuse to tell) and the study goes on
     raise JobFailed(error)
@@ -229,10 +229,20 @@ def _sweep_failures(command: str) -> int:
     elsewhere = not SWEEP_JOBS and tally_launched_jobs(SWEEP_JOBS, FAILED_JOBS)  # jobs in a launcher's processes
     if not FAILED_JOBS:
         return 0
-    why = "each job's output says why" if elsewhere else "each says why above"
-    print(f"metalearn {command}: {len(FAILED_JOBS)} of {len(SWEEP_JOBS)} sweep jobs failed "
-          f"(job {', '.join(FAILED_JOBS[:10])}; {why})", file=sys.stderr)
+    print(f"metalearn {command}: {len(FAILED_JOBS)} of {len(SWEEP_JOBS)} sweep jobs failed ({_why_failed(elsewhere)})",
+          file=sys.stderr)
     return 2 if len(FAILED_JOBS) == len(SWEEP_JOBS) else 1
+
+
+def _why_failed(elsewhere: bool) -> str:
+    """Which jobs failed and why: said above by jobs run in this process (and joblib's, whose output is this
+    console's); a launcher's jobs whose output goes elsewhere (submitit's log files) each recorded why."""
+    said = [f"job {job}: {failure_of(job)}" for job in FAILED_JOBS[:3] if elsewhere and failure_of(job)]
+    if not said:
+        where = "each job's output says why" if elsewhere else "each says why above"
+        return f"job {', '.join(FAILED_JOBS[:10])}; {where}"
+    rest = FAILED_JOBS[len(said):10]
+    return "; ".join(said) + (f"; also job {', '.join(rest)}" if rest else "")
 
 
 def run_app(command: str) -> int:

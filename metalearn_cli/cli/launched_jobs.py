@@ -51,16 +51,26 @@ class SweepStarted(Callback):
             os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), _QUIET_TRACKER]))
 
 
-def record_outcome(sweep: Path, job: str, launcher: str, status: str) -> None:
-    """In a job's own process, at its end (``completed`` or ``failed``), where the launching process cannot see it
-    (any launcher but Hydra's basic one): what :func:`tally_launched_jobs` counts. Never fails the job."""
+def record_outcome(sweep: Path, job: str, launcher: str, status: str, why: str = "") -> None:
+    """In a job's own process, at its end (``completed`` or ``failed``, and why, in one line), where the launching
+    process cannot see it (any launcher but Hydra's basic one): what :func:`tally_launched_jobs` counts and
+    :func:`failure_of` says. Never fails the job."""
     if launcher.endswith("BasicLauncher"):
         return
     try:
         (Path(sweep) / OUTCOMES).mkdir(exist_ok=True)
-        (Path(sweep) / OUTCOMES / job).write_text(status)
+        (Path(sweep) / OUTCOMES / job).write_text(f"{status}\n{' '.join(why.split())}")
     except OSError:
         pass
+
+
+def failure_of(job: str) -> str:
+    """Why a job that ran in a launcher's process failed, as it recorded it ('' where it did not): a submitit job's
+    output goes to its own log file, not to this console."""
+    try:
+        return (Path(SWEEP["dir"]) / OUTCOMES / job).read_text().partition("\n")[2].strip()
+    except (KeyError, OSError):
+        return ""
 
 
 def jobs_ran_elsewhere() -> bool:
@@ -93,7 +103,7 @@ def tally_launched_jobs(jobs: list[str], failed: list[str]) -> bool:
     folder = Path(SWEEP["dir"]) / OUTCOMES
     ended = sorted(folder.iterdir(), key=lambda p: (len(p.name), p.name)) if folder.is_dir() else []
     jobs.extend(p.name for p in ended)
-    failed.extend(p.name for p in ended if p.read_text().strip() == "failed")
+    failed.extend(p.name for p in ended if p.read_text().partition("\n")[0].strip() == "failed")
     return True
 
 
