@@ -205,8 +205,8 @@ class TrainingRun:
             self.save_last()
         elif self.best_val >= 1.0:  # no later step can score higher: best.pt would keep the untrained weights
             log.warning("%s: validation scores 100%% before any training, so it cannot tell checkpoints apart and best.pt "
-                        "stays the weights the stage started from; give validation harder or more tasks (more classes in "
-                        "its split, e.g. dataset.ratios or the split file; trainer.val_episodes)", self.stage.name)
+                        "stays the weights the stage started from; give validation more or harder tasks (trainer.val_episodes; "
+                        "with dataset=folder, more classes in its split: dataset.ratios or dataset.split_file)", self.stage.name)
         self.window.started += time.perf_counter() - paused  # throughput counts training only
 
     # ------------------------------------------------------------------ the stage

@@ -46,6 +46,13 @@ def _read_cifar100(root: str, download: bool) -> tuple[np.ndarray, np.ndarray, l
             shutil.rmtree(made, ignore_errors=True)
         fix = ("the download failed: check the connection, or put torchvision's cifar-100-python/ there" if download else
                "put torchvision's cifar-100-python/ there or pass dataset.download=true on a connected machine")
+        if not download and not Path(root).exists():
+            raise DataError(f"dataset.root={root} does not exist; {fix}") from exc
+        if not download and (Path(root) / "cifar-100-python").is_dir():  # there, but torchvision's md5 check refused it
+            raise DataError(f"{Path(root) / 'cifar-100-python'} is there but its files (train, test) fail torchvision's "
+                            "checksums of the official CIFAR-100 archive, the only copy it reads (a subset or a re-packed "
+                            "copy is refused); put the official files there, or pass dataset.download=true on a connected "
+                            "machine") from exc
         raise DataError(f"CIFAR-100 not found or corrupted in {root} "
                         f"({(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__).split(' You can use download=True')[0]}); "
                         f"{fix}") from exc

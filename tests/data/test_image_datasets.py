@@ -223,7 +223,11 @@ def test_cifar_fs_missing_is_one_line(tmp_path):
     with pytest.raises(DataError, match="CIFAR-100 not found or corrupted .*dataset.download=true") as info:
         DATASETS.build({"name": "cifar_fs", "root": str(tmp_path)})
     assert "download=True" not in str(info.value)  # torchvision's Python argument, not this command line's
-    (tmp_path / "cifar-100-python").mkdir()
+    with pytest.raises(DataError, match=f"dataset.root={tmp_path / 'nowhere'} does not exist; put torchvision's"):
+        DATASETS.build({"name": "cifar_fs", "root": str(tmp_path / "nowhere")})
+    write_fake_cifar100(tmp_path)  # there, but not the official archive's files
+    with pytest.raises(DataError, match="cifar-100-python is there but its files .* fail torchvision's checksums"):
+        DATASETS.build({"name": "cifar_fs", "root": str(tmp_path)})
     with pytest.raises(DataError, match=f"is cifar-100-python/ itself; pass the folder that holds it: dataset.root={tmp_path}"):
         DATASETS.build({"name": "cifar_fs", "root": str(tmp_path / "cifar-100-python")})
 
