@@ -9,15 +9,19 @@ it already holds.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import logging
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Iterator, Optional, Protocol
 
 from metalearn_cli.errors import ConfigError
 from metalearn_cli.files import atomic_write, write_json
@@ -141,7 +145,8 @@ class MLflowSink:
         from mlflow.exceptions import MlflowException
 
         try:
-            self._start(params, run_dir, resume_step, config, uri)
+            with _one_at_a_time(uri):
+                self._start(params, run_dir, resume_step, config, uri)
             self.where = f"MLflow run {self._run_id} in {uri} (experiment {params.experiment})"
         except MlflowException as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -206,6 +211,27 @@ class MLflowSink:
         failed = sys.exc_info()[0]  # close() runs in the loop's finally: the exception ending the run, if any
         status = "FINISHED" if failed is None else "KILLED" if failed.__name__ in ("Interrupted", "PeerLost", "KeyboardInterrupt") else "FAILED"
         self._client.set_terminated(self._run_id, status=status)
+
+
+@contextlib.contextmanager
+def _one_at_a_time(uri: str) -> Iterator[None]:
+    """A store on this machine (SQLite, a folder) set up by one run at a time: the jobs of a parallel sweep (joblib)
+    starting together would each create a new SQLite store's tables, or the experiment, and all but one fail. The
+    lock file is in the temp dir, keyed by the store, never beside the user's files; a server orders this itself."""
+    if not uri.startswith(("sqlite:", "file:")):
+        yield
+        return
+    key = hashlib.sha1(uri.encode()).hexdigest()[:16]
+    try:
+        fd = os.open(Path(tempfile.gettempdir()) / f"metalearn-mlflow-{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # no writable temp dir: as before, unordered
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # seconds at most: the other run's set-up
+        yield
+    finally:
+        os.close(fd)
 
 
 def _plain(config: Any) -> dict[str, Any]:

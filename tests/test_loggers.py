@@ -263,3 +263,21 @@ def test_the_printed_tensorboard_command_pastes_whole_for_a_path_with_spaces(tmp
     sink.close()
     command = sink.where.split("(view: ", 1)[1].rstrip(")")
     assert shlex.split(command) == ["tensorboard", "--logdir", str(run / "tensorboard")]
+
+
+def test_parallel_jobs_set_up_a_new_sqlite_mlflow_store_one_at_a_time(tmp_path):
+    """A joblib sweep's jobs start together: each would create the new store's tables (``table experiments already
+    exists``) or its experiment, and all but one fail. Three processes start their MLflow runs at the same moment."""
+    import time
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    start = time.time() + 4  # every process imported MLflow by then
+    code = ("import sys, time; from pathlib import Path; from metalearn_cli.loggers import MLflowSink; "
+            "from metalearn_cli.params.loggers import MLflowParams; run = Path(sys.argv[1]); run.mkdir(); "
+            f"time.sleep(max(0, {start} - time.time())); "
+            f"MLflowSink(MLflowParams(tracking_uri={store!r}), run, None, {{'seed': 0}}).close()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"run{i}")], stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 3, "\n".join(e[-1500:] for e in errors)
+    assert len({json.loads((tmp_path / f"run{i}" / "mlflow.json").read_text())["run_id"] for i in range(3)}) == 3
