@@ -108,7 +108,7 @@ def _named(name: str, runs: dict[int, Path], label: Any) -> str:
     ``encoder.width=16`` alone does not say where to look)."""
     where = [label(p) for p in runs.values()]
     short = name if len(name) <= 80 else name[:77] + "..."
-    return short if where == [name] or all(w in name for w in where) else f"{short} ({first_names(where)})"
+    return short if all(name == w or name.startswith(f"{w} (") for w in where) else f"{short} ({first_names(where)})"
 
 
 def run_label(run: Path, base: Path) -> str:
@@ -166,8 +166,8 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
                                      "score both on the same tasks")
         changed, total = differing(pa, pb)
         one = len(ref_runs) == len(group) == 1
-        rows.append({"reference": label(ref_runs[seeds[0]]) if one else _on_seeds(ref_name, ref_runs, seeds),
-                     "run": label(group[seeds[0]]) if one else _on_seeds(name, group, seeds), **paired(a, b),
+        rows.append({"reference": _named(ref_name, ref_runs, label) if one else _on_seeds(ref_name, ref_runs, seeds),
+                     "run": _named(name, group, label) if one else _on_seeds(name, group, seeds), **paired(a, b),
                      "predictions_differ": changed, "predictions": total})
         diffs.append(sum(y.mean(1) - x.mean(1) for x, y in zip(a, b)) / len(seeds))
     return rows, diffs
