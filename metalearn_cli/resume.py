@@ -281,21 +281,25 @@ def resumed_sweep_job(cfg: Any, run_dir: Path) -> Optional[float]:
 
 @contextlib.contextmanager
 def begun_again(run_dir: Path, sweep_resumed: bool) -> Iterator[None]:
-    """A resumed sweep's job that failed before its first ``last.pt`` begins again in its own dir, as the printed
-    "finish the sweep" line promises: its files are set aside (``failed-<time>/``) while the new attempt is checked,
-    and put back if that is refused or stopped before it begins. Not while a live process holds the job."""
+    """A resumed sweep's job that failed, or was stopped, before its first ``last.pt`` begins again in its own dir, as
+    the printed "finish the sweep" line promises (a joblib worker killed as its sweep ended leaves one marked
+    ``interrupted`` with nothing to resume from): its files are set aside (``failed-<time>/``, ``stopped-<time>/``)
+    while the new attempt is checked, and put back if that is refused or stopped before it begins. Not while a live
+    process holds the job."""
     files = RunDir(Path(run_dir))
-    if not (sweep_resumed and not files.last.is_file() and read_json(files.path / STATUS).get("status") == "failed"
+    ended = read_json(files.path / STATUS).get("status")
+    if not (sweep_resumed and not files.last.is_file() and ended in ("failed", "interrupted")
             and held(files.path) and not held_elsewhere(files.path)):
         yield
         return
-    kept = set_aside(files.path)
+    kept = set_aside(files.path, "failed" if ended == "failed" else "stopped")
     try:
         yield
     except BaseException:
         put_back(kept)
         raise
-    log.warning("%s failed before its first checkpoint and begins again; the failed attempt is kept in %s", files.path, kept)
+    log.warning("%s %s before its first checkpoint and begins again; that attempt is kept in %s", files.path,
+                "failed" if ended == "failed" else "was stopped", kept)
 
 
 def warn_changed_course(state: dict[str, Any], iterations: int, iterations_key: str, where: str, processes: int) -> None:

@@ -219,15 +219,19 @@ def mark_interrupted(run_dir: Path, only_if_dead: bool = False) -> bool:
     return marked
 
 
-def set_aside(run_dir: Path) -> Path:
-    """Move a failed attempt's files (all but its ``.hydra/`` record of what was asked, and its lock) into
-    ``<run>/failed-<time>/``, so the run can start again in its own dir with nothing lost; the folder it made."""
+SET_ASIDE = ("failed-", "stopped-")  # an earlier attempt's files inside a run dir that began again (set_aside)
+
+
+def set_aside(run_dir: Path, ended: str = "failed") -> Path:
+    """Move an attempt's files (all but its ``.hydra/`` record of what was asked, and its lock) into
+    ``<run>/<ended>-<time>/`` (``failed`` or ``stopped``, before its first ``last.pt``), so the run can start again
+    in its own dir with nothing lost; the folder it made."""
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    kept = next(Path(run_dir) / name for name in (f"failed-{stamp}", *(f"failed-{stamp}_{i}" for i in range(1, 1000)))
+    kept = next(Path(run_dir) / name for name in (f"{ended}-{stamp}", *(f"{ended}-{stamp}_{i}" for i in range(1, 1000)))
                 if not (Path(run_dir) / name).exists())
     kept.mkdir()
     for entry in sorted(Path(run_dir).iterdir()):
-        if entry != kept and entry.name not in (".hydra", LOCK) and not entry.name.startswith("failed-"):
+        if entry != kept and entry.name not in (".hydra", LOCK) and not entry.name.startswith(SET_ASIDE):
             entry.rename(kept / entry.name)
     return kept
 

@@ -288,9 +288,11 @@ def test_a_resume_repeating_a_folder_runs_overrides_is_not_refused_for_what_the_
                        typed={"dataset": "dataset=folder", "dataset.image_size": "dataset.image_size=20"})
 
 
-def test_a_sweep_job_that_failed_before_its_first_save_begins_again_with_its_attempt_kept(tmp_path):
-    """``-m ... resume=true`` (the printed "finish the sweep" line) reruns a job that failed before any last.pt: its
-    files go to failed-<time>/ (nothing lost), its .hydra record stays, and the job starts in its own dir."""
+@pytest.mark.parametrize("ended", ["failed", "interrupted"])
+def test_a_sweep_job_that_ended_before_its_first_save_begins_again_with_its_attempt_kept(tmp_path, ended):
+    """``-m ... resume=true`` (the printed "finish the sweep" line) reruns a job that failed, or was stopped (a joblib
+    worker killed as its sweep ended), before any last.pt: its files go to failed-<time>/ or stopped-<time>/ (nothing
+    lost), its .hydra record stays, and the job starts in its own dir (it was refused: "no last.pt to resume from")."""
     from metalearn_cli.resume import begun_again, resumed_sweep_job
     from metalearn_cli.rundir import held, record_failure, write_status
 
@@ -301,7 +303,10 @@ def test_a_sweep_job_that_failed_before_its_first_save_begins_again_with_its_att
     (job / "checkpoints" / "best.pt").write_bytes(b"step 0")
     (job / "metrics.jsonl").write_text('{"step": 0, "split": "val", "accuracy": 0.5}\n')
     write_status(job, "running", step=0, iterations=20)
-    record_failure(job, "non-finite loss at meta-iteration 2")
+    if ended == "failed":
+        record_failure(job, "non-finite loss at meta-iteration 2")
+    else:
+        write_status(job, "interrupted", step=0, iterations=20)
     cfg = compose_config("train", [*FAST, "resume=true"])
     assert resumed_sweep_job(cfg, job) is None and cfg.resume is None  # a new run, in the job's dir
     before = sorted(p.name for p in job.iterdir())
@@ -312,5 +317,6 @@ def test_a_sweep_job_that_failed_before_its_first_save_begins_again_with_its_att
     assert sorted(p.name for p in job.iterdir()) == before
     with begun_again(job, sweep_resumed=True):  # it began: the attempt stays aside, nothing lost
         pass
-    (kept,) = job.glob("failed-*")
-    assert sorted(p.name for p in kept.iterdir()) == ["checkpoints", "error.txt", "metrics.jsonl", "status.json"]
+    (kept,) = job.glob("failed-*" if ended == "failed" else "stopped-*")
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoints", *(["error.txt"] if ended == "failed" else []),
+                                                      "metrics.jsonl", "status.json"]

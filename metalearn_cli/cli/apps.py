@@ -117,8 +117,9 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         guard.close()
     if hc.mode == RunMode.MULTIRUN:
         FAILED_JOBS.append(str(hc.job.num))
-        _record_end(hc, "failed", f"{error}" + (f"; {run_dir / ERROR}" if (run_dir / ERROR).is_file() else ""))
-        log.error("job failed: %s", str(error).replace("a new hydra.run.dir", "a new hydra.sweep.dir (or hydra.sweep.subdir)"))
+        said = str(error).replace("a new hydra.run.dir", "a new hydra.sweep.dir (or hydra.sweep.subdir)")  # a job's dir
+        _record_end(hc, "failed", said + (f"; {run_dir / ERROR}" if (run_dir / ERROR).is_file() else ""))
+        log.error("job failed: %s", said)
         return None  # no value: Optuna records a failed trial (a NaN it would refuse to tell) and the study goes on
     raise JobFailed(error)
 
