@@ -221,6 +221,8 @@ def test_an_mlflow_server_that_does_not_answer_is_one_line_not_a_bug(tmp_path, c
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "logger.tracking_uri=http://127.0.0.1:1: MLflow could not start the run" in last and "this is a bug" not in last
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
+    assert not (run / "metrics.jsonl").exists()  # nothing was trained: the line's advice may use the same dir
+    assert main(["train", *SMOKE, "logger=tensorboard", f"hydra.run.dir={run}"]) == 0
 
 
 def test_a_relative_mlflow_store_is_saved_absolute_and_a_damaged_record_is_one_line(tmp_path, capsys, monkeypatch):
