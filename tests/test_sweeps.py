@@ -149,6 +149,30 @@ def test_a_ctrl_c_of_a_joblib_sweep_lets_every_job_save_first(tmp_path):
 
 
 @pytest.mark.skipif(not plugin("hydra_submitit_launcher"), reason='needs the cluster extra: pip install -e ".[cluster]"')
+def test_a_ctrl_c_of_a_submitit_local_sweep_is_a_stop_that_says_how_to_finish(tmp_path):
+    """Its jobs save and are marked interrupted; the sweep exits 130 with the command that finishes it (it ended as
+    ``unexpected error: UncompletedJobError``, exit 1, with each job controller's KeyboardInterrupt traceback)."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    args = [EXE, "train", "-m", *TINY, "trainer.log_every=1", "trainer.val_every=1000", "trainer.checkpoint_every=1000",
+            "trainer.iterations=3000", "seed=0,1", "threads=1", "hydra/launcher=submitit_local",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and len([p for p in (tmp_path / "sweep").glob("*/metrics.jsonl") if p.stat().st_size]) < 2:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].endswith(f"hydra.sweep.dir={tmp_path / 'sweep'} resume=true"), err
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["interrupted"] * 2, err
+
+
+@pytest.mark.skipif(not plugin("hydra_submitit_launcher"), reason='needs the cluster extra: pip install -e ".[cluster]"')
 def test_submitit_local_launcher(tmp_path):
     """Its jobs run in processes of their own, which log to submitit's files: a failed one is still counted, and
     why it failed is said on this console (its output is in a file), with its error.txt."""

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 import metalearn_cli.cli.placement as placement
 from metalearn_cli.cli.sweep_dirs import how_to_finish, launched
 from metalearn_cli.cli.launched_jobs import (failure_of, job_takes_ctrl_c, jobs_ran_elsewhere, launching, record_outcome, settle_sweep,
+                                             stopped_elsewhere,
                                              takes_ctrl_c, tally_launched_jobs, wait_for_saving_jobs)
 from metalearn_cli.command_line import rank, refuse_foreign_target, required, sweep_requested, typed_keys
 from metalearn_cli.console import as_user_error, one_line
@@ -292,4 +293,10 @@ def run_app(command: str) -> int:
         written = "hydra.sweep.dir" if SWEEP_JOBS or sweep_requested(sys.argv) else "hydra.run.dir"  # argv: what Hydra reads
         print(f"metalearn {command}: error: {as_user_error(exc, written)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not stopped_elsewhere(exc):
+            raise  # a launcher's own failure: one line, the traceback in a file (metalearn_cli.cli.main)
+        settle_sweep(command, sys.argv, SWEEP_AGAIN)
+        print(_stopped_line(command), file=sys.stderr)
+        return 143 if "SIGTERM" in str(exc) else 130
     return 0

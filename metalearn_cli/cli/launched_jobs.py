@@ -5,7 +5,8 @@ Hydra tells the launching process nothing of such jobs but their return values (
 as Optuna needs), and sets no :class:`HydraConfig` there; a callback (``hydra.callbacks.metalearn``,
 in each command's config) records the sweep as it starts.
 
-Under joblib a terminal's Ctrl-C reaches the launcher and its workers at once. Left alone, the launcher's
+Under joblib (and submitit_local, whose per-job controller processes died of it with a traceback, and whose
+launcher then reported the stopped jobs as its own error) a terminal's Ctrl-C reaches the launcher and its workers at once. Left alone, the launcher's
 own KeyboardInterrupt has joblib kill the workers while they save, an idle worker dies of it (which breaks
 the pool, and joblib kills the rest), and the first job to report its stop ends the sweep, killing the
 others mid-save. So the launcher ignores SIGINT for the sweep (its workers, spawned after, inherit that),
@@ -30,7 +31,8 @@ from hydra.experimental.callback import Callback
 
 from metalearn_cli.cli.sweep_dirs import how_to_finish, job_dirs, settle_stopped_jobs
 from metalearn_cli.command_line import sweep_requested
-from metalearn_cli.rundir import canonical, is_locked
+from metalearn_cli.files import read_json
+from metalearn_cli.rundir import STATUS, canonical, is_locked
 
 TAKEN_BY_JOBS = "METALEARN_JOBS_TAKE_CTRL_C"  # set by the launching process, read by its workers (inherited)
 SWEEP: dict[str, str] = {}  # this process's sweep as it started: "dir", "launcher" (the launcher's _target_)
@@ -38,13 +40,21 @@ OUTCOMES = ".job_outcomes"  # in the sweep dir while its command runs: how each 
 _QUIET_TRACKER = "ignore:resource_tracker:UserWarning"  # the semaphores of workers joblib killed, which it then frees
 
 
+def _local_processes(launcher: str) -> bool:
+    """A launcher whose jobs run in processes of this machine that a terminal's Ctrl-C reaches with the launching
+    process (joblib's workers; submitit_local's, under a controller process of each job's, which would die of it
+    with a traceback)."""
+    return "joblib" in launcher.lower() or launcher.endswith("submitit_launcher.LocalLauncher")
+
+
 class SweepStarted(Callback):
-    """Records the sweep in the process that launches it, before any job; under joblib, leaves Ctrl-C to the jobs."""
+    """Records the sweep in the process that launches it, before any job; under joblib and submitit_local, leaves
+    Ctrl-C to the jobs."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         SWEEP.update(dir=str(config.hydra.sweep.dir), launcher=str(config.hydra.launcher.get("_target_", "")))
         shutil.rmtree(Path(SWEEP["dir"]) / OUTCOMES, ignore_errors=True)  # a killed command's: not this sweep's
-        if "joblib" in SWEEP["launcher"].lower() and _main_thread() and signal.getsignal(signal.SIGINT) not in (
+        if _local_processes(SWEEP["launcher"]) and _main_thread() and signal.getsignal(signal.SIGINT) not in (
                 signal.SIG_IGN, None):  # not where it was ignored (a script's background job), nor set outside Python
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             os.environ[TAKEN_BY_JOBS] = "1"
@@ -107,12 +117,22 @@ def tally_launched_jobs(jobs: list[str], failed: list[str]) -> bool:
     return True
 
 
+def stopped_elsewhere(exc: BaseException) -> bool:
+    """A launcher whose jobs run in their own processes (submitit) reports a job that a Ctrl-C or SIGTERM stopped as
+    its own error (``UncompletedJobError``): a stop, not a failure, where a job of the sweep saved and marked itself
+    ``interrupted``."""
+    if not type(exc).__module__.startswith("submitit") or not SWEEP.get("dir"):
+        return False
+    folder = Path(SWEEP["dir"])
+    return any(read_json(folder / job / STATUS).get("status") == "interrupted" for job in job_dirs(folder))
+
+
 def settle_sweep(command: str, argv: list[str], again: list[str]) -> None:
     """A train sweep stopped by a signal: the jobs a launcher's killed workers left running are marked interrupted,
     and how to finish the sweep is known here too (into ``again``) when its jobs ran in those processes."""
     if command != "train" or not sweep_requested(argv) or (begun := begun_sweep(argv)) is None:
         return
-    if "joblib" in SWEEP.get("launcher", "").lower():  # local workers, whose locks say whether they live (not a cluster's jobs)
+    if _local_processes(SWEEP.get("launcher", "")):  # local workers, whose locks say whether they live (not a cluster's jobs)
         settle_stopped_jobs(begun)
     if not again:
         again.append(how_to_finish(begun))
