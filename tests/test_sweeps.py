@@ -29,6 +29,25 @@ def sweep(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list
     return proc, jobs
 
 
+def ctrl_c_of_two_jobs(tmp_path: Path, *launcher: str) -> tuple[subprocess.Popen, str, list[Path]]:
+    """A sweep of two long jobs under ``launcher``, given a terminal's Ctrl-C (the whole process group) once both
+    have logged: the process, its stderr and the job dirs."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    args = [EXE, "train", "-m", *TINY, "trainer.log_every=1", "trainer.val_every=1000", "trainer.checkpoint_every=1000",
+            "trainer.iterations=3000", "seed=0,1", *launcher, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and len([p for p in (tmp_path / "sweep").glob("*/metrics.jsonl") if p.stat().st_size]) < 2:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    return proc, err, sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def plugin(name: str) -> bool:
     return importlib.util.find_spec(f"hydra_plugins.{name}") is not None
 
@@ -126,21 +145,7 @@ def test_a_ctrl_c_of_a_joblib_sweep_lets_every_job_save_first(tmp_path):
     """Ctrl-C reaches the whole process group (the launcher and its workers). Each job saves its checkpoint and
     is marked interrupted at its step before the sweep ends (joblib, left to itself, kills its workers while
     they save); the sweep says how to finish it."""
-    import signal
-    import time
-
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    args = [EXE, "train", "-m", *TINY, "trainer.log_every=1", "trainer.val_every=1000", "trainer.checkpoint_every=1000",
-            "trainer.iterations=3000", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and len([p for p in (tmp_path / "sweep").glob("*/metrics.jsonl") if p.stat().st_size]) < 2:
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
-    _, err = proc.communicate(timeout=180)
-    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    proc, err, jobs = ctrl_c_of_two_jobs(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert proc.returncode == 130 and any("to finish the sweep" in ln and "resume=true" in ln for ln in err.splitlines()), err
     statuses = [json.loads((j / "status.json").read_text()) for j in jobs]
     assert [s["status"] for s in statuses] == ["interrupted"] * 2, err
@@ -152,23 +157,9 @@ def test_a_ctrl_c_of_a_joblib_sweep_lets_every_job_save_first(tmp_path):
 def test_a_ctrl_c_of_a_submitit_local_sweep_is_a_stop_that_says_how_to_finish(tmp_path):
     """Its jobs save and are marked interrupted; the sweep exits 130 with the command that finishes it (it ended as
     ``unexpected error: UncompletedJobError``, exit 1, with each job controller's KeyboardInterrupt traceback)."""
-    import signal
-    import time
-
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    args = [EXE, "train", "-m", *TINY, "trainer.log_every=1", "trainer.val_every=1000", "trainer.checkpoint_every=1000",
-            "trainer.iterations=3000", "seed=0,1", "threads=1", "hydra/launcher=submitit_local",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and len([p for p in (tmp_path / "sweep").glob("*/metrics.jsonl") if p.stat().st_size]) < 2:
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
-    _, err = proc.communicate(timeout=180)
+    proc, err, jobs = ctrl_c_of_two_jobs(tmp_path, "threads=1", "hydra/launcher=submitit_local")
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].endswith(f"hydra.sweep.dir={tmp_path / 'sweep'} resume=true"), err
-    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["interrupted"] * 2, err
 
 

@@ -294,9 +294,15 @@ def run_app(command: str) -> int:
         print(f"metalearn {command}: error: {as_user_error(exc, written)}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if not stopped_elsewhere(exc):
-            raise  # a launcher's own failure: one line, the traceback in a file (metalearn_cli.cli.main)
-        settle_sweep(command, sys.argv, SWEEP_AGAIN)
-        print(_stopped_line(command), file=sys.stderr)
-        return 143 if "SIGTERM" in str(exc) else 130
+        return _stopped_in_launcher(command, exc)
     return 0
+
+
+def _stopped_in_launcher(command: str, exc: Exception) -> int:
+    """A sweep's jobs stopped in a launcher's processes, reported as the launcher's own error: said as a stop, with
+    how to finish it; any other exception is the launcher's own failure (one line, the traceback in a file)."""
+    if not stopped_elsewhere(exc):
+        raise exc
+    settle_sweep(command, sys.argv, SWEEP_AGAIN)
+    print(_stopped_line(command), file=sys.stderr)
+    return 143 if "SIGTERM" in str(exc) else 130
