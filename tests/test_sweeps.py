@@ -61,6 +61,17 @@ def test_a_2x2_grid_gives_four_run_dirs(tmp_path):
     assert all(json.loads((j / "status.json").read_text())["status"] == "completed" for j in jobs)
 
 
+def test_a_sweep_dir_named_through_a_symlink_is_written_and_recorded_by_its_one_spelling(tmp_path):
+    (tmp_path / "real sweeps é").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real sweeps é")
+    proc = subprocess.run([EXE, "train", "-m", *TINY, "seed=0", "hydra.sweep.dir=link/../link/s"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    real = tmp_path / "real sweeps é" / "s"
+    assert yaml.safe_load((real / "multirun.yaml").read_text())["hydra"]["sweep"]["dir"] == str(real)
+    assert f"{real}/0_" in proc.stdout + proc.stderr and f"{tmp_path}/link" not in proc.stdout + proc.stderr
+
+
 def test_a_sweep_ranking_by_seen_classes_says_so(tmp_path):
     """The default data set option validates on characters that also train: a sweep would rank by them."""
     args = ["dataset=omniglot_trainval", "encoder=conv4", "encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",

@@ -15,8 +15,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metalearn_cli.command_help import render_help
 from metalearn_cli.command_line import (
-    CONFIG_FLAGS, PRINTING_FLAGS, VALUE_FLAGS, claim_fresh, flag_present, rank, refuse_foreign_target, sweep_requested,
-    with_run_dir,
+    CONFIG_FLAGS, PRINTING_FLAGS, VALUE_FLAGS, add_override, claim_fresh, flag_present, hydra_quote, rank, refuse_foreign_target,
+    sweep_requested, with_run_dir,
 )
 from metalearn_cli.console import one_line
 from metalearn_cli.errors import ConfigError
@@ -100,6 +100,9 @@ def place_run(command: str, args: list[str], values: dict[str, Any], scratch: li
         sweeper = composed_sweeper(command, args)  # a sweep=/hydra.sweeper option: an Optuna study's storage?
         if sweeper is not None:
             refuse_repeated_trials(sweeper, sweep_overrides(args))
+    if multirun and not flag_present(args, PRINTING_FLAGS) and isinstance(swept := values.get("hydra.sweep.dir"), str) \
+            and swept.strip() and "${" not in swept:  # one spelling, as a run dir's: symlinks and ".." resolved once
+        return add_override(args, f"hydra.sweep.dir={hydra_quote(str(canonical(swept)))}"), None
     if multirun or flag_present(args, PRINTING_FLAGS) or flag_present(args, CONFIG_FLAGS):
         return args, None
     named = values.get("hydra.run.dir")
