@@ -161,6 +161,7 @@ def test_a_ctrl_c_of_a_joblib_sweep_lets_every_job_save_first(tmp_path):
     statuses = [json.loads((j / "status.json").read_text()) for j in jobs]
     assert [s["status"] for s in statuses] == ["interrupted"] * 2, err
     assert all(s["step"] > 0 and (j / "checkpoints" / "last.pt").is_file() for s, j in zip(statuses, jobs)), (statuses, err)
+    assert all(str(j / "checkpoints" / "last.pt") in err for j in jobs), err  # each job's stop is said, not only the first's
     assert "Traceback" not in err, err
 
 
@@ -172,6 +173,7 @@ def test_a_ctrl_c_of_a_submitit_local_sweep_is_a_stop_that_says_how_to_finish(tm
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].endswith(f"hydra.sweep.dir={tmp_path / 'sweep'} resume=true"), err
     assert [json.loads((j / "status.json").read_text())["status"] for j in jobs] == ["interrupted"] * 2, err
+    assert all(str(j / "checkpoints" / "last.pt") in err for j in jobs), err  # each job's stop, from its own log file
 
 
 @pytest.mark.skipif(not plugin("hydra_submitit_launcher"), reason='needs the cluster extra: pip install -e ".[cluster]"')

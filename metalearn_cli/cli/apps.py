@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 import metalearn_cli.cli.placement as placement
 from metalearn_cli.cli.sweep_dirs import how_to_finish, launched
 from metalearn_cli.cli.launched_jobs import (failure_of, job_takes_ctrl_c, jobs_ran_elsewhere, launching, record_outcome, settle_sweep,
-                                             stopped_elsewhere,
+                                             stopped_elsewhere, stops_not_said,
                                              takes_ctrl_c, tally_launched_jobs, wait_for_saving_jobs)
 from metalearn_cli.command_line import rank, refuse_foreign_target, required, sweep_requested, typed_keys
 from metalearn_cli.console import as_user_error, one_line
@@ -262,12 +262,7 @@ def run_app(command: str) -> int:
             if failures := _sweep_failures(command):
                 return failures
     except Interrupted as exc:
-        if rank() == 0:  # under torchrun every rank stops; rank 0 alone saved, and says so
-            print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
-        settle_sweep(command, sys.argv, SWEEP_AGAIN)
-        if SWEEP_AGAIN and command == "train":
-            print(f"metalearn {command}: {SWEEP_AGAIN[0]}", file=sys.stderr)
-        return {"SIGTERM": 0, "SIGINT": 130}.get(exc.signal_name, 1)  # pre-emption is an orderly stop; a lost peer is not
+        return _stopped(command, exc)
     except InternalError as exc:
         print(f"metalearn {command}: internal error: {exc}", file=sys.stderr)
         return 1
@@ -298,11 +293,26 @@ def run_app(command: str) -> int:
     return 0
 
 
+def _stopped(command: str, exc: Interrupted) -> int:
+    """A job's stop: its line, the other jobs the same signal stopped in a launcher's processes, how to finish the
+    sweep; SIGTERM (pre-emption) exits 0, as an orderly stop, SIGINT 130, a lost peer 1."""
+    if rank() == 0:  # under torchrun every rank stops; rank 0 alone saved, and says so
+        print(f"metalearn {command}: stopped: {exc}", file=sys.stderr)
+    settle_sweep(command, sys.argv, SWEEP_AGAIN)
+    for line in stops_not_said(str(exc)):
+        print(f"metalearn {command}: also stopped: {line}", file=sys.stderr)
+    if SWEEP_AGAIN and command == "train":
+        print(f"metalearn {command}: {SWEEP_AGAIN[0]}", file=sys.stderr)
+    return {"SIGTERM": 0, "SIGINT": 130}.get(exc.signal_name, 1)
+
+
 def _stopped_in_launcher(command: str, exc: Exception) -> int:
     """A sweep's jobs stopped in a launcher's processes, reported as the launcher's own error: said as a stop, with
     how to finish it; any other exception is the launcher's own failure (one line, the traceback in a file)."""
     if not stopped_elsewhere(exc):
         raise exc
     settle_sweep(command, sys.argv, SWEEP_AGAIN)
+    for line in stops_not_said(""):
+        print(f"metalearn {command}: stopped: {line}", file=sys.stderr)
     print(_stopped_line(command), file=sys.stderr)
     return 143 if "SIGTERM" in str(exc) else 130

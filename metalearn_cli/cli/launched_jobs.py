@@ -138,6 +138,23 @@ def settle_sweep(command: str, argv: list[str], again: list[str]) -> None:
         again.append(how_to_finish(begun))
 
 
+def stops_not_said(said: str) -> list[str]:
+    """After a stop of a sweep whose jobs ran in local processes (joblib, submitit_local): a line for each other job
+    it stopped, which only its train.log told (the first job's stop ends the sweep, and only that one is printed)."""
+    if not _local_processes(SWEEP.get("launcher", "")) or not SWEEP.get("dir"):
+        return []
+    lines = []
+    for job in job_dirs(Path(SWEEP["dir"])):
+        folder = Path(SWEEP["dir"]) / job
+        status = read_json(folder / STATUS)
+        if status.get("status") != "interrupted" or str(folder) in said:
+            continue
+        last = folder / "checkpoints" / "last.pt"
+        lines.append(f"{job} at step {status.get('step')}/{status.get('iterations')}; saved {last}" if last.is_file()
+                     else f"{job} before its first checkpoint (finishing the sweep begins it again)")
+    return lines
+
+
 @contextlib.contextmanager
 def launching() -> Iterator[None]:
     """Around a command that may launch a sweep: what :class:`SweepStarted` changed is undone at its end."""
