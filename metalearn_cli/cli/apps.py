@@ -91,9 +91,11 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
                      sweep=hc.mode == RunMode.MULTIRUN)
     record = _hydra_record(cfg)
     log_name = hc.job.name if hc.runtime.choices.get("hydra/job_logging") == "metalearn" else None
+    held = contextlib.ExitStack()  # a sweep job's lock, kept until its failure or stop is recorded
     try:
         try:
-            with job_takes_ctrl_c(), _sweep_job_lock(hc, run_dir, guard):
+            with job_takes_ctrl_c():
+                held.enter_context(_sweep_job_lock(hc, run_dir, guard))
                 value = job(lambda ran=None: guard.accept(_hydra_record(ran) if ran is not None else record, log_name))
             _record_end(hc, "completed")
             return value
@@ -101,10 +103,12 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
             raise as_user_error(exc, "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir") from exc
     except Interrupted as exc:
         guard.log_end(f"stopped: {exc}")
+        held.close()  # the loop marked it; the sweep's other jobs wait for no job dir to be held (below)
         if exc.signal_name == "SIGINT" and takes_ctrl_c():  # reported once the sweep's other jobs saved: it ends the sweep
             wait_for_saving_jobs(canonical(hc.sweep.dir), run_dir)
         raise JobFailed(exc) from exc  # an interrupt ends the whole sweep; the loop saved and marked it
     except KeyboardInterrupt:  # eval, predict, export, or a train job stopped before its loop: no loop to mark it
+        held.close()
         if takes_ctrl_c():
             wait_for_saving_jobs(canonical(hc.sweep.dir), run_dir)
         return after_ctrl_c(hc.job.name, run_dir, guard)
@@ -116,13 +120,19 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         error = internal_error(exc, guard, record, run_dir)
     finally:
         guard.close()
+        held.close()
     if hc.mode == RunMode.MULTIRUN:
-        FAILED_JOBS.append(str(hc.job.num))
-        said = str(error).replace("a new hydra.run.dir", "a new hydra.sweep.dir (or hydra.sweep.subdir)")  # a job's dir
-        _record_end(hc, "failed", said + (f"; {run_dir / ERROR}" if (run_dir / ERROR).is_file() else ""))
-        log.error("job failed: %s", said)
-        return None  # no value: Optuna records a failed trial (a NaN it would refuse to tell) and the study goes on
+        return _failed_in_sweep(hc, error, run_dir)
     raise JobFailed(error)
+
+
+def _failed_in_sweep(hc: Any, error: Exception, run_dir: Path) -> None:
+    """A sweep's job failed alone: counted, said, recorded for a launching process elsewhere; no value, which Optuna
+    records as a failed trial (a NaN it would refuse to be told) and the study goes on."""
+    FAILED_JOBS.append(str(hc.job.num))
+    said = str(error).replace("a new hydra.run.dir", "a new hydra.sweep.dir (or hydra.sweep.subdir)")  # a job's dir
+    _record_end(hc, "failed", said + (f"; {run_dir / ERROR}" if (run_dir / ERROR).is_file() else ""))
+    log.error("job failed: %s", said)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
