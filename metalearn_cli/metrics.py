@@ -27,7 +27,11 @@ class MetricsLog:
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
         self._sink = build_sink(logger or {"name": "tensorboard"}, run_dir, resume_step, config or {})  # first: a
-        self._file = open(self.path, "a", encoding="utf-8")  # logger that cannot start leaves no metrics.jsonl behind
+        try:  # logger that cannot start leaves no metrics.jsonl behind
+            self._file = open(self.path, "a", encoding="utf-8")
+        except BaseException:
+            self._sink.close()
+            raise
 
     def _truncate_after(self, step: int) -> None:
         """Drops the records past ``step`` (the resumed run logs them again) and the lines that cannot be read,

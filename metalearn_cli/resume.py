@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # Keys a resumed run may change: bookkeeping, never what is learned or how.
 RESUMABLE = {"resume", "device", "threads", "trainer.progress", "trainer.log_every", "trainer.val_every",
              "trainer.checkpoint_every", "trainer.iterations", "trainer.nan_policy", "eval", "reference", "logger",
-             "dataset.root"}  # where the data set lies (moved since): a folder's recorded split still has to be there
+             "dataset.root",  # where the data set lies (moved since): a folder's recorded split still has to be there
+             "dataset.cache"}  # whether its conversion is kept beside it: the same images either way
 
 
 def resume_value(resume: Any) -> Optional[str]:
@@ -281,14 +282,14 @@ def resumed_sweep_job(cfg: Any, run_dir: Path) -> Optional[float]:
 
 @contextlib.contextmanager
 def begun_again(run_dir: Path, sweep_resumed: bool) -> Iterator[None]:
-    """A resumed sweep's job that failed, or was stopped, before its first ``last.pt`` begins again in its own dir, as
-    the printed "finish the sweep" line promises (a joblib worker killed as its sweep ended leaves one marked
-    ``interrupted`` with nothing to resume from): its files are set aside (``failed-<time>/``, ``stopped-<time>/``)
+    """A resumed sweep's job that failed, or was stopped or killed, before its first ``last.pt`` begins again in its own
+    dir, as the printed "finish the sweep" line promises (a joblib worker killed as its sweep ended leaves one marked
+    ``interrupted`` with nothing to resume from, a SIGKILL one still marked ``running``): its files are set aside (``failed-<time>/``, ``stopped-<time>/``)
     while the new attempt is checked, and put back if that is refused or stopped before it begins. Not while a live
     process holds the job."""
     files = RunDir(Path(run_dir))
-    ended = read_json(files.path / STATUS).get("status")
-    if not (sweep_resumed and not files.last.is_file() and ended in ("failed", "interrupted")
+    ended = read_json(files.path / STATUS).get("status")  # "running" with no live process: killed (out of memory?)
+    if not (sweep_resumed and not files.last.is_file() and ended in ("failed", "interrupted", "running")
             and held(files.path) and not held_elsewhere(files.path)):
         yield
         return

@@ -291,7 +291,7 @@ def retabulated(args: argparse.Namespace) -> str | None:
     if not path.is_file():  # an --out made before the file was written: the command line's word is all there is
         return None
     made = json.loads(path.read_text())
-    if made["table"] != args.table:  # its rows under another table's name and published figures would be wrong
+    if made.get("table", args.table) != args.table:  # its rows under another table's name and published figures would be wrong
         return f"{args.out} holds a reproduction of the {made['table']} table; pass --table {made['table']} to tabulate it"
     if made["budget"] != args.budget:
         return f"{args.out} was measured with --budget {made['budget']}; pass --budget {made['budget']} to tabulate it"
@@ -394,9 +394,9 @@ def sweep_ended(cmd: list[str]) -> str:
 def launch(args: argparse.Namespace, argv: list[str], plan: list[tuple[str, list[str]]]) -> tuple[int | None, bool]:
     """Run the sweeps one after another: an exit code where the reproduction ends early (stopped, killed, or a sweep
     refused before it began), else None; and whether any sweep ended other than with 0. Each sweep runs in its own
-    process group, and a Ctrl-C, SIGTERM or SIGHUP this script gets is passed on to that group once (so a SIGTERM to
-    this script alone, as ``kill PID`` or a container's stop sends, reaches the sweep too): the sweep saves its jobs
-    and stops by itself, and no further sweep begins. Where Ctrl-C was ignored (started with ``&`` by a script), it
+    session (and process group), and each Ctrl-C, SIGTERM or SIGHUP (as a SIGTERM) this script gets is passed on to
+    that group (so a SIGTERM to this script alone, as ``kill PID`` or a container's stop sends, reaches the sweep too):
+    the sweep saves its jobs and stops by itself, and no further sweep begins. Ctrl-Z pauses this script only. Where Ctrl-C was ignored (started with ``&`` by a script), it
     stays ignored, for the sweeps too."""
     stops: list[int] = []
     sweep: list[Any] = []
@@ -404,8 +404,8 @@ def launch(args: argparse.Namespace, argv: list[str], plan: list[tuple[str, list
     def forward(signum: int, frame: Any) -> None:
         stops.append(signum)
         if sweep and sweep[0].poll() is None:
-            try:
-                os.killpg(sweep[0].pid, signum)
+            try:  # a hangup as a SIGTERM: metalearn saves on SIGINT and SIGTERM only
+                os.killpg(sweep[0].pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
             except ProcessLookupError:  # it has just ended
                 pass
 
@@ -417,7 +417,7 @@ def launch(args: argparse.Namespace, argv: list[str], plan: list[tuple[str, list
             if stops:
                 return stopped(args, argv, f"before the {method} sweep", stops[0]), True
             print("$ " + shlex.join(["metalearn", *cmd[3:]]), flush=True)
-            sweep[:] = [subprocess.Popen(cmd, cwd=ROOT, process_group=0)]
+            sweep[:] = [subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)]  # its own group (Python 3.10 too)
             if stops:  # a request that came as it started
                 forward(stops[0], None)
             code = sweep[0].wait()

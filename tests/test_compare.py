@@ -169,7 +169,8 @@ def test_a_run_given_twice_is_refused_and_other_runs_never_replace_a_default_com
     first = (runs / "compare" / "compare.csv").read_text()
     assert main(["compare", str(runs / "a"), str(runs / "c")]) == 0  # other runs: a folder of their own
     assert (runs / "compare" / "compare.csv").read_text() == first
-    assert ",encoder.width=12 (c)," in (runs / "compare-2" / "compare.csv").read_text()  # the setting, and where it is and f"{runs / 'compare-2'}" in capsys.readouterr().out
+    assert ",encoder.width=12 (c)," in (runs / "compare-2" / "compare.csv").read_text()  # the setting, and where it is
+    assert f"{runs / 'compare-2'}" in capsys.readouterr().out
     assert main(["compare", str(runs / "a"), str(runs / "b")]) == 0  # the same runs again: their own folder, refreshed
     assert not (runs / "compare-3").exists()
     mine = tmp_path / "mine"  # a user's own compare.png in the --out folder named: refused, kept

@@ -29,21 +29,22 @@ def stored(storage, params_list, space):
         study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=0.5))
 
 
-def test_a_seeded_draw_already_in_the_study_is_refused_with_a_seed_that_draws_anew(tmp_path):
+def test_a_seeded_run_of_draws_already_in_the_study_is_refused_with_a_seed_that_draws_anew(tmp_path):
     from metalearn_cli.cli import optuna_study
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     config = sweeper(storage)
-    optuna_study.refuse_repeated_trials(config, [])  # no study yet: nothing to repeat
+    optuna_study.refuse_repeated_trials(config, [])  # no study yet: nothing to repeat, and no file made
+    assert not (tmp_path / "study.db").exists()
     space = optuna_study._search_space(config, ["debug=smoke"])
     assert list(space) == ["optimizer.lr", "trainer.train_way"]  # fixed overrides are not searched
-    first = optuna_study._first_draw(config.sampler, 0, space)
-    stored(storage, [first], space)
-    with pytest.raises(ConfigError, match=r"holds 1 trials of study s, and hydra.sweeper.sampler.seed=0 would draw the "
-                                          r"same points again.*add hydra.sweeper.sampler.seed=(\d+) \(its first draw is new\)") as refused:
+    first = optuna_study._draws(config.sampler, 0, space, 2)
+    stored(storage, first, space)  # an earlier sweep of 2 trials with seed 0
+    with pytest.raises(ConfigError, match=r"holds 2 trials of study s, and hydra.sweeper.sampler.seed=0 would draw the "
+                                          r"same points again.*add hydra.sweeper.sampler.seed=(\d+) \(its draws are new\)") as refused:
         optuna_study.refuse_repeated_trials(config, ["debug=smoke"])
     fresh = int(str(refused.value).rsplit("seed=", 1)[1].split(" ")[0])
-    assert optuna_study._first_draw(config.sampler, fresh, space) != first
+    assert optuna_study._draws(config.sampler, fresh, space, 2) != first
     optuna_study.refuse_repeated_trials(sweeper(storage, seed=fresh), [])  # that seed is let through
     optuna_study.refuse_repeated_trials(sweeper(storage, seed=None), [])  # unseeded: draws differ each sweep
     random = sweeper(storage)
@@ -52,11 +53,24 @@ def test_a_seeded_draw_already_in_the_study_is_refused_with_a_seed_that_draws_an
         optuna_study.refuse_repeated_trials(random, [])
 
 
+def test_one_equal_point_among_other_draws_is_chance_not_the_same_seed(tmp_path):
+    """In a small discrete space a new seed may draw a point measured before; only the run of points is the seed's."""
+    from metalearn_cli.cli import optuna_study
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    config = sweeper(storage)
+    space = optuna_study._search_space(config, [])
+    first, second = optuna_study._draws(config.sampler, 0, space, 2)
+    other = next(d for s in range(1, 50) for d in optuna_study._draws(config.sampler, s, space, 1) if d != second)
+    stored(storage, [first, other], space)  # the seed's first point, then not its second
+    optuna_study.refuse_repeated_trials(config, [])
+
+
 def test_tpe_past_its_random_start_follows_the_study_and_is_let_through(tmp_path):
     from metalearn_cli.cli import optuna_study
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     config = sweeper(storage, n_startup_trials=2)
     space = optuna_study._search_space(config, [])
-    stored(storage, [optuna_study._first_draw(config.sampler, s, space) for s in (0, 1)], space)
+    stored(storage, optuna_study._draws(config.sampler, 0, space, 2), space)
     optuna_study.refuse_repeated_trials(config, [])  # 2 completed: TPE's draws depend on them

@@ -266,8 +266,8 @@ def test_a_ctrl_c_launches_no_further_sweep(tmp_path, monkeypatch, capsys, code)
     class Sweep:
         pid = -1
 
-        def __init__(self, cmd, cwd=None, process_group=None):
-            assert process_group == 0  # its own group: this script passes a stop request on to it once
+        def __init__(self, cmd, cwd=None, start_new_session=False):
+            assert start_new_session  # its own group: this script passes a stop request on to it
             launched.append(cmd)
             self.sweep_dir = Path(next(a for a in cmd if a.startswith("hydra.sweep.dir=")).split("=", 1)[1])
 
@@ -313,7 +313,7 @@ def test_a_sweep_refused_before_any_job_launches_no_further_sweep(tmp_path, monk
     launched = []
 
     class Refused:
-        def __init__(self, cmd, cwd=None, process_group=None):
+        def __init__(self, cmd, cwd=None, start_new_session=False):
             launched.append(cmd)
 
         def wait(self):

@@ -288,7 +288,7 @@ def test_a_resume_repeating_a_folder_runs_overrides_is_not_refused_for_what_the_
                        typed={"dataset": "dataset=folder", "dataset.image_size": "dataset.image_size=20"})
 
 
-@pytest.mark.parametrize("ended", ["failed", "interrupted"])
+@pytest.mark.parametrize("ended", ["failed", "interrupted", "running"])
 def test_a_sweep_job_that_ended_before_its_first_save_begins_again_with_its_attempt_kept(tmp_path, ended):
     """``-m ... resume=true`` (the printed "finish the sweep" line) reruns a job that failed, or was stopped (a joblib
     worker killed as its sweep ended), before any last.pt: its files go to failed-<time>/ or stopped-<time>/ (nothing
@@ -305,8 +305,8 @@ def test_a_sweep_job_that_ended_before_its_first_save_begins_again_with_its_atte
     write_status(job, "running", step=0, iterations=20)
     if ended == "failed":
         record_failure(job, "non-finite loss at meta-iteration 2")
-    else:
-        write_status(job, "interrupted", step=0, iterations=20)
+    elif ended == "interrupted":
+        write_status(job, "interrupted", step=0, iterations=20)  # else "running": killed outright (SIGKILL, memory)
     cfg = compose_config("train", [*FAST, "resume=true"])
     assert resumed_sweep_job(cfg, job) is None and cfg.resume is None  # a new run, in the job's dir
     before = sorted(p.name for p in job.iterdir())

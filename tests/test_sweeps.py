@@ -115,7 +115,8 @@ def test_a_study_continues_from_its_storage_and_a_storage_it_cannot_open_is_one_
     assert (tmp_path / "study.db").stat().st_size > 0 and len(jobs) == 1
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}"  # continued: the seeded TPE would draw trial 0 again
     (tmp_path / "next").mkdir()
-    proc, jobs = sweep(tmp_path / "next", "sweep=optuna_protonet", "hydra.sweeper.n_trials=1", "trainer.train_way=5", storage)
+    proc, jobs = sweep(tmp_path / "next", "sweep=optuna_protonet", "hydra.sweeper.n_trials=1", "trainer.train_way=5", storage,
+                       "optimizer.lr=tag(log, interval(0.0001, 0.01))")  # a swept override on the command line too
     assert proc.returncode == 2 and not jobs and not (tmp_path / "next" / "sweep").exists(), proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert "holds 1 trials of study protonet_lr_way, and hydra.sweeper.sampler.seed=0 would draw the same points" in line

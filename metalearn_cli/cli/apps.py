@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -81,7 +82,7 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
     """Run one job under its run dir's guard: it writes nothing until ``accept()``; a failure is
     recorded only in a dir that held no run (``disposable``: not in a default dir either, :class:`RunGuard`).
     In a sweep a failing job fails alone and the sweep goes on."""
-    hc = HydraConfig.get()
+    hc, began = HydraConfig.get(), time.time()
     if hc.mode == RunMode.MULTIRUN:
         SWEEP_JOBS.append(str(hc.job.num))
         if not SWEEP_AGAIN:
@@ -122,16 +123,17 @@ def _run_job(job: Callable[[Callable[..., None]], float], cfg: DictConfig, dispo
         guard.close()
         held.close()
     if hc.mode == RunMode.MULTIRUN:
-        return _failed_in_sweep(hc, error, run_dir)
+        return _failed_in_sweep(hc, error, run_dir, began)
     raise JobFailed(error)
 
 
-def _failed_in_sweep(hc: Any, error: Exception, run_dir: Path) -> None:
+def _failed_in_sweep(hc: Any, error: Exception, run_dir: Path, began: float) -> None:
     """A sweep's job failed alone: counted, said, recorded for a launching process elsewhere; no value, which Optuna
     records as a failed trial (a NaN it would refuse to be told) and the study goes on."""
     FAILED_JOBS.append(str(hc.job.num))
     said = str(error).replace("a new hydra.run.dir", "a new hydra.sweep.dir (or hydra.sweep.subdir)")  # a job's dir
-    _record_end(hc, "failed", said + (f"; {run_dir / ERROR}" if (run_dir / ERROR).is_file() else ""))
+    written = (run_dir / ERROR).is_file() and (run_dir / ERROR).stat().st_mtime >= began  # this attempt's, not an older one
+    _record_end(hc, "failed", said + (f"; {run_dir / ERROR}" if written else ""))
     log.error("job failed: %s", said)
 
 
@@ -249,12 +251,12 @@ def _sweep_failures(command: str) -> int:
 def _why_failed(elsewhere: bool) -> str:
     """Which jobs failed and why: said above by jobs run in this process (and joblib's, whose output is this
     console's); a launcher's jobs whose output goes elsewhere (submitit's log files) each recorded why."""
-    said = [f"job {job}: {failure_of(job)}" for job in FAILED_JOBS[:3] if elsewhere and failure_of(job)]
-    if not said:
+    named = [job for job in FAILED_JOBS[:3] if elsewhere and failure_of(job)]
+    if not named:
         where = "each job's output says why" if elsewhere else "each says why above"
         return f"job {', '.join(FAILED_JOBS[:10])}; {where}"
-    rest = FAILED_JOBS[len(said):10]
-    return "; ".join(said) + (f"; also job {', '.join(rest)}" if rest else "")
+    rest = [job for job in FAILED_JOBS[:10] if job not in named]
+    return "; ".join(f"job {job}: {failure_of(job)}" for job in named) + (f"; also job {', '.join(rest)}" if rest else "")
 
 
 def run_app(command: str) -> int:
@@ -325,4 +327,4 @@ def _stopped_in_launcher(command: str, exc: Exception) -> int:
     for line in stops_not_said(""):
         print(f"metalearn {command}: stopped: {line}", file=sys.stderr)
     print(_stopped_line(command), file=sys.stderr)
-    return 143 if "SIGTERM" in str(exc) else 130
+    return 0 if "SIGTERM" in str(exc) else 130  # as a stop in this process: pre-emption is an orderly stop

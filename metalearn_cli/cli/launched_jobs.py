@@ -35,7 +35,7 @@ from metalearn_cli.files import read_json
 from metalearn_cli.rundir import STATUS, canonical, is_locked
 
 TAKEN_BY_JOBS = "METALEARN_JOBS_TAKE_CTRL_C"  # set by the launching process, read by its workers (inherited)
-SWEEP: dict[str, str] = {}  # this process's sweep as it started: "dir", "launcher" (the launcher's _target_)
+SWEEP: dict[str, str] = {}  # this process's sweep as it started: "dir", "launcher" (the launcher's _target_), "began"
 OUTCOMES = ".job_outcomes"  # in the sweep dir while its command runs: how each job ended, written by the job itself
 _QUIET_TRACKER = "ignore:resource_tracker:UserWarning"  # the semaphores of workers joblib killed, which it then frees
 
@@ -52,7 +52,8 @@ class SweepStarted(Callback):
     Ctrl-C to the jobs."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        SWEEP.update(dir=str(config.hydra.sweep.dir), launcher=str(config.hydra.launcher.get("_target_", "")))
+        SWEEP.update(dir=str(config.hydra.sweep.dir), launcher=str(config.hydra.launcher.get("_target_", "")),
+                     began=str(time.time()))
         shutil.rmtree(Path(SWEEP["dir"]) / OUTCOMES, ignore_errors=True)  # a killed command's: not this sweep's
         if _local_processes(SWEEP["launcher"]) and _main_thread() and signal.getsignal(signal.SIGINT) not in (
                 signal.SIG_IGN, None):  # not where it was ignored (a script's background job), nor set outside Python
@@ -123,8 +124,9 @@ def stopped_elsewhere(exc: BaseException) -> bool:
     ``interrupted``."""
     if not type(exc).__module__.startswith("submitit") or not SWEEP.get("dir"):
         return False
-    folder = Path(SWEEP["dir"])
-    return any(read_json(folder / job / STATUS).get("status") == "interrupted" for job in job_dirs(folder))
+    folder, began = Path(SWEEP["dir"]), float(SWEEP.get("began", 0))
+    return any(read_json(folder / job / STATUS).get("status") == "interrupted"
+               and (folder / job / STATUS).stat().st_mtime >= began for job in job_dirs(folder))  # not an earlier attempt's
 
 
 def settle_sweep(command: str, argv: list[str], again: list[str]) -> None:

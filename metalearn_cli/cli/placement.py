@@ -169,9 +169,14 @@ def compose(command: str, args: list[str]) -> DictConfig:
 
 
 def composed_sweeper(command: str, args: list[str]) -> Optional[DictConfig]:
-    """``hydra.sweeper`` as Hydra will compose it; None where the config does not compose (Hydra says why)."""
+    """``hydra.sweeper`` as Hydra will compose it (the swept overrides left out: composing takes one value of each,
+    and they do not change the sweeper's node); None where the config does not compose (Hydra says why)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     try:
-        return OmegaConf.select(compose(command, args), "hydra.sweeper")
+        parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+        single = [o.input_line for o in parsed if not o.is_sweep_override()]
+        return OmegaConf.select(compose(command, single), "hydra.sweeper")
     except (HydraException, OmegaConfBaseException, ValueError):
         return None
 
