@@ -134,7 +134,8 @@ def test_the_confused_pairs_script_reads_a_moved_folder_data_set_and_says_what_i
     shutil.move(tmp_path / "data", tmp_path / "moved")
     script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "confused_pairs.py"), str(tmp_path / "run")]
     refused = subprocess.run([*script, "--out", str(tmp_path / "pairs")], capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr and f"add --dataset-root {tmp_path / 'data'}" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"read from {tmp_path / 'data'}" in refused.stderr and "that folder is gone from this machine; add --dataset-root DIR" in refused.stderr
     done = subprocess.run([*script, "--out", str(tmp_path / "pairs"), "--dataset-root", str(tmp_path / "moved")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
