@@ -293,14 +293,15 @@ def begun_again(run_dir: Path, sweep_resumed: bool) -> Iterator[None]:
             and held(files.path) and not held_elsewhere(files.path)):
         yield
         return
-    kept = set_aside(files.path, "failed" if ended == "failed" else "stopped")
+    how = "failed" if ended == "failed" else "stopped"
+    kept = set_aside(files.path, how)
     try:
         yield
     except BaseException:
         put_back(kept)
         raise
     log.warning("%s %s before its first checkpoint and begins again; that attempt is kept in %s", files.path,
-                "failed" if ended == "failed" else "was stopped", kept)
+                how if how == "failed" else "was stopped", kept)
 
 
 def warn_changed_course(state: dict[str, Any], iterations: int, iterations_key: str, where: str, processes: int) -> None:

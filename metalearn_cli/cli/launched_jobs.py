@@ -32,7 +32,7 @@ from hydra.experimental.callback import Callback
 from metalearn_cli.cli.sweep_dirs import how_to_finish, job_dirs, settle_stopped_jobs
 from metalearn_cli.command_line import sweep_requested
 from metalearn_cli.files import read_json
-from metalearn_cli.rundir import STATUS, canonical, is_locked
+from metalearn_cli.rundir import STATUS, RunDir, canonical, is_locked
 
 TAKEN_BY_JOBS = "METALEARN_JOBS_TAKE_CTRL_C"  # set by the launching process, read by its workers (inherited)
 SWEEP: dict[str, str] = {}  # this process's sweep as it started: "dir", "launcher" (the launcher's _target_), "began"
@@ -151,7 +151,7 @@ def stops_not_said(said: str) -> list[str]:
         status = read_json(folder / STATUS)
         if status.get("status") != "interrupted" or str(folder) in said:
             continue
-        last = folder / "checkpoints" / "last.pt"
+        last = RunDir(folder).last
         lines.append(f"{job} at step {status.get('step')}/{status.get('iterations')}; saved {last}" if last.is_file()
                      else f"{job} before its first checkpoint (finishing the sweep begins it again)")
     return lines

@@ -16,7 +16,7 @@ from typing import Any
 
 from metalearn_cli.errors import ConfigError
 
-SEEDS_TRIED = 100  # seeds looked at for one whose first draw is new
+SEEDS_TRIED = 100  # seeds looked at for one whose draws are new
 
 
 def refuse_repeated_trials(sweeper: Any, overrides: list[str]) -> None:
