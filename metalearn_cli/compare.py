@@ -36,6 +36,7 @@ from metalearn_cli.paired_stats import differing, paired, read_outcomes
 from metalearn_cli.report_plots import missing_glyphs_said
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, record_written, refuse_other_output
 from metalearn_cli.run_records import common_base, find_runs, read_run
+from metalearn_cli.run_settings import COMMON
 from metalearn_cli.same_tasks import published, same_tasks
 from metalearn_cli.rundir import ERROR, canonical, refuse_replacing
 from metalearn_cli.sweep_record import failed_and_stopped, sweep_note, unfinished_jobs
@@ -93,6 +94,7 @@ def figure(rows: list[dict[str, Any]], diffs: list[Any], out: Path) -> Path:
         ax.errorbar([row["difference"]], [y], xerr=[[row["difference"] - row["ci95_low"]], [row["ci95_high"] - row["difference"]]],
                     fmt="o", capsize=4, color="C0")
     ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)  # each row's dots just above it, never along the frame (one row included)
     labels = [textwrap.fill(f"{r['run']} vs {r['reference']}", 48) + f"\nMcNemar p {p_text(r['mcnemar_p'])}" for r in rows]
     ax.set_yticks(ys, labels, fontsize=8)  # settings can be long: wrapped, so the plot keeps its width
     ax.set_xlabel("per-task accuracy difference (percentage points; mean, bootstrap CI95)", fontsize=10)
@@ -107,6 +109,8 @@ def _named(name: str, runs: dict[int, Path], label: Any) -> str:
     """A setting as a message names it: its label, and the run dirs that hold it (a label such as
     ``encoder.width=16`` alone does not say where to look)."""
     where = [label(p) for p in runs.values()]
+    if name == COMMON or name.startswith(f"{COMMON} ("):  # runs of one setting (one seed's rescores): their dirs alone tell them apart
+        return first_names(where)
     short = name if len(name) <= 80 else name[:77] + "..."
     return short if all(name == w or name.startswith(f"{w} (") for w in where) else f"{short} ({first_names(where)})"
 
@@ -247,7 +251,9 @@ def main(argv: list[str]) -> int:
     groups = named_settings(named, label) if named else settings(runs)
     if len(groups) < 2:
         parser.error("give --setting twice or more: the first is the reference" if args.setting else
-                     "the runs given are seeds of one setting; give runs of two settings or more")
+                     "the runs given are seeds of one setting, and each seed is tested on tasks of its own; give runs "
+                     "of two settings or more, or, to compare these runs' weights, score each on one seed's tasks "
+                     f"(metalearn eval checkpoint=RUN seed={min(groups[0][1])}) and compare the eval dirs")
     rows, diffs = compare_groups(groups, label)
     if args.out is not None:
         refuse_replacing(args.out, "--out ")
@@ -256,7 +262,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record_inputs(out, runs)
     with open(out / "compare.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows([{k: float(f"{v:.4g}") if k == "mcnemar_p" else round(v, 4) if isinstance(v, float) else v  # p: 4 significant digits
                            for k, v in r.items()} for r in rows])

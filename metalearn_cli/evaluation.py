@@ -107,7 +107,8 @@ def write_task_stats(path: Path, rows: list[dict[str, float]]) -> None:
     """``task_stats.csv``: one row per test task."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["episode", "accuracy"])
+        fields = list(rows[0]) if rows else ["episode", "accuracy"]
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
 

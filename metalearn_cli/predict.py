@@ -231,7 +231,7 @@ def predict(cfg: Any, run_dir: Path) -> float:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "predictions.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     accuracy = (sum(p == t for p, t in zip(predicted, truth)) / len(truth)) if truth is not None else math.nan

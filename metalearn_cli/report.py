@@ -187,7 +187,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str
     ``notes`` below its tables (a sweep's jobs that did not finish: the table alone hides those that never ran)."""
     table = markdown(rows)
     with open(out / "report.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     seeds = across_seeds(rows)
@@ -196,7 +196,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str
                   "|---|---|---|---|---|\n" + "".join(f"| {g['setting']} | {g['seeds']} | {g['mean_accuracy']:.2f} | "
                                                        f"{g['std_accuracy']:.2f} | {g['runs']} |\n" for g in seeds))
         with open(out / "seeds.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=SEED_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=SEED_COLUMNS, lineterminator="\n")
             writer.writeheader()
             writer.writerows(seeds)
     else:

@@ -123,6 +123,9 @@ def with_recipe(config: dict[str, Any], record: dict[str, Any]) -> dict[str, Any
     return {**config, "pretrain.name": picked} if isinstance(picked, str) and picked else config
 
 
+COMMON = "(common settings)"  # the label of runs whose configs differ in nothing but seed and bookkeeping
+
+
 def by_setting(labels: list[str], seeds: list[Any], names: list[str],
                tested: Optional[list[bool]] = None) -> dict[str, list[int]]:
     """Run indices grouped by setting label, groups in the order they first come. Of the runs of one setting
@@ -171,7 +174,7 @@ def config_labels(runs: list[Path], rows: list[dict[str, Any]]) -> list[str]:
 
     shown = [k for k in differ if all(not k.startswith(g + ".") or within_component(k, g) for g in swapped)]
     return [" ".join([*(f"{g}={component(i, g)}" for g in sorted(swapped)), *(f"{k}={_brief(c.get(k))}" for k in shown if k in c)])
-            or "(common settings)" for i, c in enumerate(configs)]
+            or COMMON for i, c in enumerate(configs)]
 
 
 def _brief(value: Any) -> str:
@@ -189,4 +192,4 @@ def short_settings(rows: list[dict[str, Any]]) -> list[str]:
     full = [setting_of(r) for r in rows]
     if len(set(short)) != len(set(full)):  # the overrides alone do not tell the settings apart
         return full
-    return [s or "(common settings)" for s in short]
+    return [s or COMMON for s in short]

@@ -13,7 +13,7 @@ per class, best-on-validation checkpoint, mean accuracy with its 95% confidence 
 Writes <out>/<table>_<budget>.md and .csv, plus `metalearn report`'s curves and bar chart.
 Stopped (Ctrl-C), it exits 130 (SIGTERM: 143); the same command again, with the same --out, continues it (each
 sweep it began is finished with resume=true, its completed jobs kept). A stop request this script gets is passed on
-to the running sweep, which runs in its own process group.
+to the running sweep, which runs in its own process group (Ctrl-\\ quits both at once: exit 131).
 """
 
 from __future__ import annotations
@@ -396,7 +396,8 @@ def launch(args: argparse.Namespace, argv: list[str], plan: list[tuple[str, list
     refused before it began), else None; and whether any sweep ended other than with 0. Each sweep runs in its own
     session (and process group), and each Ctrl-C, SIGTERM or SIGHUP (as a SIGTERM) this script gets is passed on to
     that group (so a SIGTERM to this script alone, as ``kill PID`` or a container's stop sends, reaches the sweep too):
-    the sweep saves its jobs and stops by itself, and no further sweep begins. Ctrl-Z pauses this script only. Where Ctrl-C was ignored (started with ``&`` by a script), it
+    the sweep saves its jobs and stops by itself, and no further sweep begins. Ctrl-\\ (SIGQUIT) is passed on as it is:
+    the sweep quits at once, as ``metalearn`` run alone would, rather than running on unseen holding its dirs' locks. Ctrl-Z pauses this script only. Where Ctrl-C was ignored (started with ``&`` by a script), it
     stays ignored, for the sweeps too."""
     stops: list[int] = []
     sweep: list[Any] = []
@@ -409,7 +410,7 @@ def launch(args: argparse.Namespace, argv: list[str], plan: list[tuple[str, list
             except ProcessLookupError:  # it has just ended
                 pass
 
-    caught = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
+    caught = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT) if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.signal(s, forward) for s in caught}
     failed = False
     try:
@@ -564,7 +565,7 @@ def reproduce(args: argparse.Namespace, argv: list[str], parser: argparse.Argume
     stem = args.out / f"{args.table}_{args.budget}"
     stem.with_suffix(".md").write_text(text, encoding="utf-8")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     stem.with_suffix(".csv").write_text(buf.getvalue(), encoding="utf-8")

@@ -20,6 +20,7 @@ def test_compare_two_runs_on_the_same_tasks_through_the_cli(tmp_path, capsys):
     for name, width in (("a", 16), ("b", 8)):
         assert main(["train", *FAST, f"encoder.width={width}", f"hydra.run.dir={tmp_path / name}"]) == 0
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    assert b"\r" not in (tmp_path / "cmp" / "compare.csv").read_bytes()  # Unix line ends, as every file we write
     with open(tmp_path / "cmp" / "compare.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     acc = {n: 100 * json.loads((tmp_path / n / "results.json").read_text())["accuracy"] for n in ("a", "b")}
@@ -78,8 +79,16 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys, m
         (row,) = list(csv.DictReader(f))
     assert row["seeds"] == "2" and "encoder.width=16" in row["run"] and "encoder.width=8" in row["reference"]
     assert "x 2 seeds" in capsys.readouterr().out
-    assert main(["compare", runs[0], runs[1]]) == 2  # seeds of one setting: nothing to compare
-    assert "seeds of one setting" in capsys.readouterr().err
+    assert main(["compare", runs[0], runs[1]]) == 2  # seeds of one setting: not tested on the same tasks
+    err = capsys.readouterr().err
+    assert "seeds of one setting" in err and "(metalearn eval checkpoint=RUN seed=0) and compare the eval dirs" in err
+    rescored = [str(tmp_path / f"rescored_{n}") for n in ("w8_s0", "w8_s1")]  # the advice, followed
+    for run, evaluation in zip(runs[:2], rescored):
+        assert main(["eval", f"checkpoint={run}", "seed=0", "eval.episodes=20", f"hydra.run.dir={evaluation}"]) == 0
+    capsys.readouterr()
+    assert main(["compare", *rescored, "--out", str(tmp_path / "cmp_rescored")]) == 0
+    line = capsys.readouterr().out.splitlines()[0]  # named by their dirs alone: no "(common settings)"
+    assert line.startswith("rescored_w8_s1 (eval of w8_s1) vs rescored_w8_s0 (eval of w8_s0): "), line
     assert main(["compare", runs[0], str(tmp_path / "w16_s1")]) == 2  # no seed in common
     err = capsys.readouterr().err
     assert "shares no seed" in err and "metalearn eval checkpoint=RUN seed=" in err

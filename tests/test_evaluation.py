@@ -88,6 +88,7 @@ def test_eval_writes_per_task_stats_of_what_the_decoder_generated(compose_train,
     cfg = compose_config("eval", [f"checkpoint={last}", "eval.episodes=7", "eval.batch_tasks=3",
                                   "eval.save_task_stats=true", "device=cpu"])
     evaluation.evaluate(cfg, tmp_path / "eval")
+    assert b"\r" not in (tmp_path / "eval" / "task_stats.csv").read_bytes()
     with open(tmp_path / "eval" / "task_stats.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 7 and columns | {"episode", "accuracy"} == set(rows[0])

@@ -19,6 +19,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    assert b"\r" not in path.read_bytes()  # Unix line ends, not the csv module's CRLF
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 

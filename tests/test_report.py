@@ -26,6 +26,7 @@ def test_report_over_two_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("| completed |") == 2 and "| failed |" in out
     report = tmp_path / "sweep" / "report"  # beside the runs, never inside one
+    assert b"\r" not in (report / "report.csv").read_bytes()
     rows = list(csv.DictReader((report / "report.csv").open()))
     assert [r["run"] for r in rows] == ["0_job", "1_job", "2_failed"]
     assert 1 < float(rows[0]["test_accuracy"]) <= 100  # percent, as everywhere in the report

@@ -21,6 +21,7 @@ def test_reproduce_runs_the_presets_and_tabulates_them_beside_the_published_figu
                            "protonet,anil", "--device", "cpu", "--out", str(out), *TINY],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert b"\r" not in (out / "omniglot_quick.csv").read_bytes()
     with open(out / "omniglot_quick.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["preset"] for r in rows] == [f"{m}_omniglot_{s}" for m in ("protonet", "anil")
@@ -291,6 +292,38 @@ def test_a_ctrl_c_launches_no_further_sweep(tmp_path, monkeypatch, capsys, code)
     assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C is the caller's again
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith("reproduce: stopped during the protonet sweep;") and "run the same command again" in last
+
+
+def test_a_ctrl_backslash_quits_the_sweep_in_its_own_group_too(tmp_path, monkeypatch, capsys):
+    """A terminal's Ctrl-\\ (SIGQUIT) reaches the script's group only: passed on as it is, so the sweep quits with the
+    script rather than running on unseen, holding its dirs' locks; the same command again continues it."""
+    import os
+    import signal
+    import types
+
+    reproduce = _script_module()
+    sent = []
+
+    class Sweep:
+        pid = 4242
+
+        def __init__(self, cmd, cwd=None, start_new_session=False):
+            assert start_new_session
+
+        def wait(self):
+            os.kill(os.getpid(), signal.SIGQUIT)
+            return -signal.SIGQUIT
+
+        def poll(self):
+            return None  # still running when the signal comes
+
+    monkeypatch.setattr(reproduce, "subprocess", types.SimpleNamespace(Popen=Sweep))
+    monkeypatch.setattr(reproduce.os, "killpg", lambda pid, signum: sent.append((pid, signum)))
+    before = signal.getsignal(signal.SIGQUIT)
+    assert reproduce.main(["--table", "omniglot", "--methods", "protonet", "--cells", "5w1s", "--out",
+                           str(tmp_path / "repro"), "debug=smoke"]) == 128 + signal.SIGQUIT
+    assert sent == [(4242, signal.SIGQUIT)] and signal.getsignal(signal.SIGQUIT) is before
+    assert "run the same command again" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_a_dry_run_fails_when_metalearn_would_refuse_its_commands(tmp_path):

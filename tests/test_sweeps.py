@@ -332,7 +332,7 @@ def test_resume_of_a_sweep_dir_gives_the_command_that_finishes_the_sweep(tmp_pat
     OmegaConf.save({"hydra": {"overrides": {"task": ["debug=smoke", "seed=0,1"], "hydra": []}}}, tmp_path / "multirun.yaml")
     assert main(["train", f"resume={tmp_path}"]) == 2
     err = capsys.readouterr().err
-    assert f"is a sweep's dir, not one run's; finish the sweep with: metalearn train -m debug=smoke seed=0,1 " in err, err
+    assert "is a sweep's dir, not one run's; finish the sweep with: metalearn train -m debug=smoke seed=0,1 " in err, err
     assert err.strip().endswith("resume=true") and err.strip().count("\n") == 0
 
 
