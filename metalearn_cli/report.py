@@ -182,14 +182,25 @@ def default_out(runs: list[Path]) -> Path:
     return default_output(outside_runs(common_base(runs)), "report", runs, grown=True)
 
 
+def swept(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The command-line keys whose values differ between the runs (a sweep's axes, an Optuna study's parameters), each
+    with every row's value (empty where a run was not given it): columns of their own in report.csv, so a table tool
+    reads ``optimizer.lr`` as a number rather than parsing the overrides. ``seed`` has its own column."""
+    given = [dict(o.split("=", 1) for o in row["overrides"].split() if "=" in o) for row in rows]
+    keys = dict.fromkeys(k.lstrip("+~") for g in given for k in g)
+    columns = {k: [next((v for g_key, v in g.items() if g_key.lstrip("+~") == k), "") for g in given] for k in keys}
+    return {k: values for k, values in columns.items() if k not in COLUMNS and len(set(values)) > 1}
+
+
 def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str:
     """report.md, report.csv and (for runs that differ only in their seed) seeds.csv; returns the markdown,
     ``notes`` below its tables (a sweep's jobs that did not finish: the table alone hides those that never ran)."""
     table = markdown(rows)
+    axes = swept(rows)
     with open(out / "report.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + list(axes), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([{**row, **{k: values[i] for k, values in axes.items()}} for i, row in enumerate(rows)])
     seeds = across_seeds(rows)
     if seeds:
         table += ("\n### Across training seeds (test accuracy %, mean ± sample std)\n\n| setting | seeds | mean | std | runs |\n"

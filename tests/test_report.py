@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from conftest import FAST, compose_config
 from metalearn_cli import training
 from metalearn_cli.cli import main
-from metalearn_cli.report import strategy_label
+from metalearn_cli.report import strategy_label, swept
 
 
 def test_report_over_two_runs(tmp_path, capsys):
@@ -29,6 +29,8 @@ def test_report_over_two_runs(tmp_path, capsys):
     assert b"\r" not in (report / "report.csv").read_bytes()
     rows = list(csv.DictReader((report / "report.csv").open()))
     assert [r["run"] for r in rows] == ["0_job", "1_job", "2_failed"]
+    assert [r["trainer.iterations"] for r in rows] == ["6", "6", ""]  # given to some runs only: a column of its own
+    assert next(csv.reader((report / "report.csv").open())).count("seed") == 1  # seed keeps its one column
     assert 1 < float(rows[0]["test_accuracy"]) <= 100  # percent, as everywhere in the report
     for name in ("curves.png", "accuracy.png"):
         assert (report / name).read_bytes()[:4] == b"\x89PNG"
@@ -62,6 +64,14 @@ def test_report_labels_each_maml_variant_by_its_own_name(tmp_path):
     assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
     rows = list(csv.DictReader((tmp_path / "report" / "report.csv").open()))
     assert {r["run"]: r["strategy"] for r in rows} == {"anil": "anil", "fomaml": "fomaml", "metasgd": "metasgd"}
+
+
+def test_swept_values_are_columns_of_their_own_and_constant_ones_are_not():
+    """An Optuna study's parameters (``optimizer.lr``, one appended with ``+``) read as columns; ``debug=smoke``,
+    given to every run alike, and ``seed`` (a column already) do not."""
+    rows = [{"overrides": "debug=smoke optimizer.lr=0.01 +trainer.clip=1 seed=0"},
+            {"overrides": "debug=smoke optimizer.lr=0.003 seed=1"}]
+    assert swept(rows) == {"optimizer.lr": ["0.01", "0.003"], "trainer.clip": ["1", ""]}
 
 
 @pytest.mark.parametrize("saved,label", [
