@@ -9,7 +9,6 @@ per query image: its path as given, the predicted class, one probability column 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import logging
@@ -18,7 +17,7 @@ import os
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -26,10 +25,11 @@ from metalearn_cli import knowledge
 from metalearn_cli.assemble import setup_device
 from metalearn_cli.augment import TtaViews
 from metalearn_cli.bn_modes import MODES
-from metalearn_cli.ensemble import check_new_member, ensemble_paths
+from metalearn_cli.ensemble import ensemble_paths
 from metalearn_cli.data.images import class_folders, class_images, image_files, read_class_folders, say_files_beside
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.files import write_json
+from metalearn_cli.knowledge_ensemble import KnowledgeEnsemble, load_members
 from metalearn_cli.rundir import write_status
 
 log = logging.getLogger(__name__)
@@ -83,37 +83,6 @@ def _table(rows: list[dict[str, Any]], class_names: list[str], limit: int) -> st
     return "\n".join(lines) if limit > 0 else f"{len(rows)} predictions in predictions.csv"
 
 
-def _members(cfg: Any, device: torch.device) -> list[knowledge.MetaKnowledge]:
-    """The checkpoint and its ``ensemble=`` members (each may read images its own way, e.g. at its own size)."""
-    members = [knowledge.load(cfg.checkpoint, device)]
-    for path in ensemble_paths(cfg.ensemble):
-        member = knowledge.load(path, device)
-        check_new_member(path, member.source, member.strategy, [m.strategy for m in members], [m.source for m in members])
-        members.append(member)
-    return members
-
-
-def _mean_probabilities(members: list[knowledge.MetaKnowledge], support_files: list[Path], paths: list[Path],
-                        labels: list[int], first: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """The members' mean class probabilities. Each member reads the support and query files in its own
-    image format (an ensemble of 28 px and 56 px runs reads them at both sizes), each format once, from
-    the one listing of the folders (so a skipped entry is named once); ``first``: the first member's
-    support and queries, already read."""
-    read = [(members[0].image_format, first)]
-    probs = []
-    for m in members:
-        images = next((pair for fmt, pair in read if fmt == m.image_format), None)
-        if images is None:
-            try:
-                images = (m.read_images(support_files), m.read_images(paths))
-            except DataError as exc:  # the first member read these files; say which format failed
-                fmt = m.image_format
-                raise DataError(f"ensemble member {m.source} ({fmt.channels}-channel, {fmt.size} px): {exc}") from None
-            read.append((m.image_format, images))
-        probs.append(m.adapt(images[0], labels)(images[1]))
-    return torch.stack(probs).mean(0)
-
-
 def _say_what_the_test_protocol_means(members: list[knowledge.MetaKnowledge]) -> None:
     """predict tests as the checkpoint's run was tested (its eval.bn_mode and eval.tta_*), with two
     consequences a user could not guess: a transductive mode answers each query with the others, and
@@ -126,24 +95,6 @@ def _say_what_the_test_protocol_means(members: list[knowledge.MetaKnowledge]) ->
         values = [int(m.config.eval.get(key) or 0) for m in members]
         if any(values):
             log.info("the checkpoint's eval.%s=%d is not applied by predict (metalearn eval applies it)", key, max(values))
-
-
-@contextlib.contextmanager
-def _said_once(logger: logging.Logger) -> Iterator[None]:
-    """Inside the block ``logger`` drops a message it has already given."""
-    seen: set[str] = set()
-
-    def first_time(record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        new = message not in seen
-        seen.add(message)
-        return new
-
-    logger.addFilter(first_time)
-    try:
-        yield
-    finally:
-        logger.removeFilter(first_time)
 
 
 def _ensemble_record(members: list[knowledge.MetaKnowledge]) -> dict[str, Any]:
@@ -212,7 +163,7 @@ def predict(cfg: Any, run_dir: Path) -> float:
     if cfg.show < 0:
         raise ConfigError(f"show={cfg.show} is negative; give how many predictions to print (0: none, all go to predictions.csv)")
     device = setup_device(cfg)
-    members = _members(cfg, device)
+    members = load_members([cfg.checkpoint, *ensemble_paths(cfg.ensemble)], device)
     meta = members[0]
     class_names, support_files, stacks = read_class_folders(Path(cfg.support), meta.image_format, "support")
     if len(class_names) < 2:
@@ -224,8 +175,11 @@ def predict(cfg: Any, run_dir: Path) -> float:
     for member in members:  # refused before any warning: the error comes alone
         member.check_way(len(class_names))
     _say_what_the_test_protocol_means(members)  # before adapt(), which would say it again
-    with _said_once(logging.getLogger(knowledge.__name__)):  # an ensemble's members warn about the images once
-        probs = _mean_probabilities(members, [p for files in support_files for p in files], paths, labels, first)
+    ensemble = KnowledgeEnsemble(members)
+    if len({m.image_format for m in members}) == 1:  # the images read above, as every member reads them
+        probs = ensemble.adapt(first[0], labels)(first[1])
+    else:  # each member reads the files its own way (a 28 px and a 56 px run), each format once
+        probs = ensemble.adapt([p for files in support_files for p in files], labels)(paths)
     predicted = probs.argmax(-1).tolist()
     rows = _rows(shown, predicted, truth, class_names, probs)
     run_dir = Path(run_dir)

@@ -1,0 +1,72 @@
+"""``metalearn_cli.load([A, B])``: trained meta-networks answering as one from Python, as ``ensemble=`` does in
+``metalearn predict`` (each member on its own, at its own image size; the mean of their probabilities)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import metalearn_cli
+from conftest import write_image_task
+from metalearn_cli import training
+from metalearn_cli.errors import ConfigError, DataError
+from metalearn_cli.knowledge_ensemble import EnsembleClassifier, KnowledgeEnsemble
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny runs of one recipe (seeds 0 and 1) and one at 32 px; a task of 3 classes as files."""
+    from conftest import compose_config, FAST
+
+    root = tmp_path_factory.mktemp("ensemble")
+    made = {}
+    for name, extra in (("a", ["seed=0"]), ("b ü", ["seed=1"]), ("larger", ["seed=3", "dataset.image_size=32"])):
+        made[name] = root / name
+        made[name].mkdir()
+        training.train(compose_config("train", [*FAST, *extra]), made[name])
+    names = write_image_task(root / "task", classes=3, support=(1, 2), query=2)
+    support = [p for n in names for p in sorted((root / "task" / "support" / n).iterdir())]
+    labels = [i for i, n in enumerate(names) for _ in (root / "task" / "support" / n).iterdir()]
+    queries = sorted((root / "task" / "query").rglob("*.png"))
+    return made, support, labels, queries
+
+
+def test_a_list_of_paths_loads_an_ensemble_whose_answer_is_the_members_mean(runs):
+    made, support, labels, queries = runs
+    ensemble = metalearn_cli.load([str(made["a"]), made["b ü"]], device="cpu")
+    assert isinstance(ensemble, KnowledgeEnsemble) and len(ensemble.members) == 2
+    classify = ensemble.adapt(support, labels)  # files: each member reads them
+    assert isinstance(classify, EnsembleClassifier) and classify.n_classes == 3
+    alone = [metalearn_cli.load(made[n], device="cpu") for n in ("a", "b ü")]
+    each = [k.adapt(k.read_images(support), labels)(k.read_images(queries)) for k in alone]
+    assert not torch.allclose(each[0], each[1], atol=1e-6)  # the members differ, so the mean is neither
+    assert torch.allclose(classify(queries), (each[0] + each[1]) / 2, atol=1e-6)
+    pixels = ensemble.read_images(queries)  # one image format: pixels as well as files
+    assert torch.allclose(classify(pixels), (each[0] + each[1]) / 2, atol=1e-6)
+    assert torch.equal(classify.logits(pixels).argmax(-1), classify(pixels).argmax(-1))
+
+
+def test_members_of_two_image_sizes_each_read_the_files_and_pixels_are_refused_with_the_fix(runs):
+    made, support, labels, queries = runs
+    ensemble = metalearn_cli.load((made["a"], made["larger"]), device="cpu")
+    alone = [metalearn_cli.load(made[n], device="cpu") for n in ("a", "larger")]
+    each = [k.adapt(support, labels)(queries) for k in alone]
+    assert torch.allclose(ensemble.adapt(support, labels)(queries), (each[0] + each[1]) / 2, atol=1e-6)
+    with pytest.raises(DataError, match=r"members read images in different formats \(1-channel 28 px, 1-channel 32 px\)"
+                                        r": give adapt\(\) and the classifier the files"):
+        ensemble.read_images(queries)
+    with pytest.raises(DataError, match="for this meta-network"):  # pixels of one size fit one member only
+        ensemble.adapt(alone[0].read_images(support), labels)
+
+
+def test_a_copy_of_a_member_an_empty_list_and_bad_labels_are_one_line(runs, tmp_path):
+    made, support, labels, _ = runs
+    with pytest.raises(ConfigError, match="already a member"):
+        metalearn_cli.load([made["a"], made["a"] / "checkpoints" / "best.pt"], device="cpu")
+    with pytest.raises(ConfigError, match="at least one trained meta-network"):
+        metalearn_cli.load([], device="cpu")
+    ensemble = metalearn_cli.load([made["a"], made["b ü"]], device="cpu")
+    with pytest.raises(DataError, match="support labels must be integers"):
+        ensemble.adapt(support, ["cat"] * len(support))
+    with pytest.raises(DataError, match="2 support images but"):
+        ensemble.adapt(support[:2], labels)
