@@ -1,7 +1,7 @@
 """Stop requests: SIGINT and SIGTERM become a flag a run checks between steps, so it can save first.
 
 A first request asks the run to stop at its next step (it saves ``last.pt`` and says how to resume);
-a second one stops at once (a SIGTERM repeated within 2 s is the same request, delivered twice); once
+a second one stops at once (a SIGTERM within 2 s of a first request is the same request, delivered again); once
 nothing is left to save (the final test), a request stops at once with the message the run left in
 ``flag["now"]``.
 """
@@ -17,8 +17,10 @@ from typing import Any, Iterator
 from metalearn_cli.errors import Interrupted
 
 
-SAME_SIGTERM_S = 2.0  # a SIGTERM this soon after the first is the same stop request: a supervisor that signals a
-# process group, or scripts/reproduce.py forwarding its own, may deliver one twice; a person's second Ctrl-C is SIGINT
+SAME_SIGTERM_S = 2.0  # a SIGTERM this soon after a first request is the same stop request: a supervisor that signals
+# a process group, or scripts/reproduce.py forwarding its own, may deliver one twice, and torchrun signalled twice
+# (a Ctrl-C through a wrapper such as `timeout`) sends its workers SIGINT, then SIGTERM 1 ms later. A person's second
+# Ctrl-C is SIGINT, never taken for a repeat.
 
 
 @contextlib.contextmanager
@@ -33,8 +35,8 @@ def stop_requests() -> Iterator[dict[str, Any]]:
 
     def handler(signum: int, frame: Any) -> None:
         name, now = signal.Signals(signum).name, time.monotonic()
-        if name == "SIGTERM" == flag["last"] and now - flag["at"] < SAME_SIGTERM_S:
-            return  # one request delivered twice (to the process and its group, or forwarded by a parent script)
+        if name == "SIGTERM" and flag["last"] is not None and now - flag["at"] < SAME_SIGTERM_S:
+            return  # one request delivered again (to the process and its group, forwarded, escalated by torchrun)
         flag["last"], flag["at"] = name, now
         if flag["now"] is not None:
             raise Interrupted(name, f"{name} {flag['now']}")

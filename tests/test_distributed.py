@@ -237,3 +237,25 @@ def test_a_rank_killed_outright_leaves_a_resumable_run_and_one_line(tmp_path):
     assert not (run / "error.txt").exists()
     assert "metalearn train: stopped: another process of this run stopped during meta-iteration" in err, err[-3000:]
     assert "internal error" not in err and f"train resume={run}" in err
+
+
+def test_torchrun_signalled_twice_saves_as_after_one_ctrl_c(tmp_path):
+    """A Ctrl-C that reaches torchrun twice (through a wrapper in its group, such as ``timeout``): torchrun passes it
+    on as SIGINT and, 1 ms later, SIGTERM. The ranks take that as one request: they save at the step they stop at,
+    rather than stopping at once with only an older checkpoint (or none, in a run's first 500 steps)."""
+    import signal
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads the ranks from /proc")
+    proc, run, deadline = long_torchrun(tmp_path)
+    rank_pid(proc.pid, 1)  # both workers are up
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGINT)
+    err = ranks_output(proc)
+    wait_until_stopped(run, deadline)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and "stopped at once" not in err, err[-3000:]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == status["step"], err[-3000:]
+    assert "SIGINT at meta-iteration" in err and f"train resume={run}" in err, err[-3000:]

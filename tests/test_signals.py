@@ -38,6 +38,9 @@ def test_a_sigterm_delivered_twice_at_once_is_one_request_but_a_later_one_stops_
     assert second_request(flag) == ("SIGTERM", "SIGTERM twice")
     with stop_requests() as flag:
         os.kill(os.getpid(), signal.SIGINT)
+        clock[0] += 0.001
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun signalled twice: SIGINT, then SIGTERM 1 ms later
+        assert flag["signal"] == "SIGINT" and flag["again"] is None
         with pytest.raises(KeyboardInterrupt):  # a person's second Ctrl-C is never taken for a repeat
             os.kill(os.getpid(), signal.SIGINT)
     with stop_requests() as flag:
