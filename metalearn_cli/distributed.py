@@ -164,6 +164,16 @@ def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
         offset += g.numel()
 
 
+def every_rank(obj: Any) -> Optional[list[Any]]:
+    """Each rank's ``obj``, in rank order (one all-gather, every rank calls it), or ``None`` in one process: what
+    rank 0 saves for all (a partial metric window), so a resume gives each rank back its own."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def average_metrics(sums: dict[str, torch.Tensor]) -> None:
     """Average a metric window's scalar sums over ranks in place (one all-reduce), so the records
     rank 0 writes describe the whole meta-batch, not its own share of the tasks."""

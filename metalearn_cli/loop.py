@@ -24,7 +24,7 @@ from metalearn_cli.assemble import first_non_finite, load_weights, startup_line
 from metalearn_cli.checkpoint import capture_rng, load_checkpoint, load_states, restore_rng, save_checkpoint
 from metalearn_cli.compat import refuse_changed_recipe
 from metalearn_cli.console import shell_override
-from metalearn_cli.distributed import World, agreed_stop, average_metrics, lost_peer
+from metalearn_cli.distributed import World, agreed_stop, average_metrics, every_rank, lost_peer
 from metalearn_cli.errors import ConfigError, Diverged, Interrupted, PeerLost
 from metalearn_cli.evaluation import evaluate_tasks, summarize
 from metalearn_cli.files import remove_stale_temporaries
@@ -89,13 +89,16 @@ class TrainingRun:
         self.seconds_before = float(state.get("train_seconds", 0.0))
         stopped = read_json(s.run_dir / STATUS).get("wall_seconds") or 0.0  # stopped after the save (the final test)
         s.clock.before = max(s.clock.before, float(state.get("wall_seconds", self.seconds_before)), float(stopped))
-        self.window = MetricWindow.restore(state.get("window"))
+        windows = state.get("rank_windows")  # a torchrun's: each rank's own share of the partial window
+        own = isinstance(windows, list) and len(windows) == self.ranks.size
+        self.window = MetricWindow.restore(windows[self.ranks.rank] if own else state.get("window"))
         best = f"best val {100 * self.best_val:.2f}% at {self.best_step}" if self.best_step >= 0 else "not validated yet"
         if self.step > 0 or not s.earlier_stage:  # at step 0 after a first stage: that stage's resume is the news
             log.info("resuming %s from %s at %s %d (%s)", s.name, path, s.step_name, self.step, best)
 
     # ------------------------------------------------------------------ checkpoints
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, windows: Optional[list[Any]] = None) -> dict[str, Any]:
+        """What a checkpoint holds; ``windows``: every rank's partial metric window (torchrun), where all ranks save."""
         return {
             "config": self.stage.config, "model": self.strategy.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "step": self.step, "best_val": self.best_val,
@@ -103,6 +106,7 @@ class TrainingRun:
             "train_seconds": self.train_seconds(), "wall_seconds": self.stage.clock.seconds(), "pixel_mean": self.stage.pixel_mean,
             "processes": self.ranks.size, **self.objective.state(),
             **({"weight_average": self.average.state()} if self.average is not None else {}),
+            **({"rank_windows": windows} if windows else {}),
         }
 
     def resume_command(self) -> str:
@@ -130,10 +134,10 @@ class TrainingRun:
     def train_seconds(self) -> float:
         return self.seconds_before + (time.perf_counter() - self.session_start if self.session_start else 0.0)
 
-    def save_last(self) -> None:
+    def save_last(self, windows: Optional[list[Any]] = None) -> None:
         if self.main:
             self.check_finite()
-            save_checkpoint(self.files.last, self.snapshot())
+            save_checkpoint(self.files.last, self.snapshot(windows))
             self.saved_step = self.step
             write_status(self.stage.run_dir, "running", step=self.step, iterations=self.stage.iterations,
                          processes=self.ranks.size)  # what continues it: resume.continue_command
@@ -274,7 +278,7 @@ class TrainingRun:
         signal_name = agreed_stop(stop["signal"])  # every rank stops after the same step (a local copy: a
         # rank's own late signal is then a first request, not a second that stops at once mid-save)
         if self.step % s.checkpoint_every == 0 or last or signal_name:
-            self.save_last()
+            self.save_last(every_rank(self.window.state()))  # each rank's metrics since the last record, for a resume
         self.window.started += time.perf_counter() - paused  # throughput counts training only
         if signal_name:
             raise Interrupted(signal_name, f"{signal_name} at {s.step_name} {self.step}/{s.iterations}; saved "

@@ -73,6 +73,41 @@ def rank_main(rank: int, world: int, port: int, run_dir: str) -> None:
     assert not torch.distributed.is_initialized()  # train leaves the group itself, after rank 0's test
 
 
+WINDOWED = [*OVERRIDES, "trainer.iterations=8", "trainer.log_every=4", "trainer.val_every=100", "trainer.checkpoint_every=100"]
+
+
+def stopping_rank_main(rank: int, world: int, port: int, run_dir: str, stop_at: int, overrides: list[str]) -> None:
+    """A rank of a two-process run that every rank agrees to stop after step ``stop_at`` (as after a Ctrl-C), or
+    one that trains (``stop_at`` 0) with ``overrides``."""
+    from metalearn_cli import loop
+    from metalearn_cli.errors import Interrupted
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    calls = iter(range(1, 10**6))
+    agreed = loop.agreed_stop
+    loop.agreed_stop = lambda signal_name: "SIGINT" if next(calls) == stop_at else agreed(signal_name)
+    try:
+        training.train(compose_config("train", overrides), Path(run_dir))
+    except Interrupted:
+        assert stop_at
+
+
+def test_a_torchrun_resume_logs_what_the_run_would_have_logged(tmp_path):
+    """Stopped between two records, a two-process run saves each rank's share of the partial metric window (rank 0
+    writes the checkpoint for both): the first record after the resume is the uninterrupted run's, bit for bit."""
+    mp.spawn(stopping_rank_main, args=(2, free_port(), str(tmp_path / "whole"), 0, WINDOWED), nprocs=2, join=True)
+    mp.spawn(stopping_rank_main, args=(2, free_port(), str(tmp_path / "cut"), 5, WINDOWED), nprocs=2, join=True)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["step"] == 5
+    mp.spawn(stopping_rank_main, args=(2, free_port(), str(tmp_path / "cut"), 0, [*WINDOWED, f"resume={tmp_path / 'cut'}"]),
+             nprocs=2, join=True)
+    records = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+               for run in ("whole", "cut")]
+    train = [[{k: v for k, v in r.items() if k != "tasks_per_s"} for r in run if r["split"] == "train"] for run in records]
+    assert [r["step"] for r in train[1]] == [4, 8] and train[1] == train[0]
+
+
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     torch.set_num_threads(1)
     training.train(compose_config("train", OVERRIDES), tmp_path / "single")
