@@ -7,13 +7,13 @@ methods are compared task by task rather than by two intervals that overlap:
   resamples, seeded, so the table repeats);
 - with several seeds of each setting (runs whose configs differ only in ``seed``, eval dirs of such
   runs, or the runs one ``--setting`` names: seeds of one recipe given in different ways), runs are paired by seed (each seed
-  fixes its own test tasks) and the interval is a two-level bootstrap: seeds drawn with replacement,
-  then tasks within each drawn seed, so it holds the spread between seeds too; tests of Lake et al.'s
+  fixes its own test tasks) and the interval is Student's t over the seeds' mean differences, so it holds the
+  spread between trained networks (2 seeds: 1 degree of freedom, a wide interval, said); tests of Lake et al.'s
   published runs (``eval.lake_runs``) are the same tasks whatever the seed, so two single runs of
   other seeds pair too (two copies of the runs that differ do not);
 - McNemar's test on the per-query outcomes: of the queries exactly one run gets right, how often
   each one is that run (exact binomial below 25 discordant queries, chi-square with continuity
-  correction above);
+  correction above); over several seeds their queries are pooled, so it is about these trained networks;
 - how many test predictions differ between the two runs (a decoder that changes none is the
   reference under another name); runs written before 2026-12-02 hold no predictions;
 - a figure of the per-task differences.
@@ -97,7 +97,8 @@ def figure(rows: list[dict[str, Any]], diffs: list[Any], out: Path) -> Path:
     ax.set_ylim(-0.6, len(rows) - 0.4)  # each row's dots just above it, never along the frame (one row included)
     labels = [textwrap.fill(f"{r['run']} vs {r['reference']}", 48) + f"\nMcNemar p {p_text(r['mcnemar_p'])}" for r in rows]
     ax.set_yticks(ys, labels, fontsize=8)  # settings can be long: wrapped, so the plot keeps its width
-    ax.set_xlabel("per-task accuracy difference (percentage points; mean, bootstrap CI95)", fontsize=10)
+    ax.set_xlabel("per-task accuracy difference (percentage points; mean and CI95: bootstrap over tasks, or Student's t "
+                  "over seeds)", fontsize=10)
     fig.tight_layout()
     path = out / "compare.png"
     fig.savefig(path, dpi=200, bbox_inches="tight")
@@ -189,6 +190,31 @@ def one_published_test(a: dict[int, Path], b: dict[int, Path]) -> bool:
     return len(a) == len(b) == 1 and all(published(read_run(r)["results"]) for r in (*a.values(), *b.values()))
 
 
+def result_line(r: dict[str, Any]) -> str:
+    """A comparison in one line. Over several seeds the interval is over the seeds, and McNemar's test (every seed's
+    queries pooled) is said to be about these networks, so the two answer different questions in plain words."""
+    seeds = r["seeds"] > 1
+    shared = f"{r['tasks']} shared tasks" + (f" x {r['seeds']} seeds" if seeds else "")
+    interval = f"CI95 [{r['ci95_low']:+.2f}, {r['ci95_high']:+.2f}]" + (" over seeds (Student's t)" if seeds else "")
+    mcnemar = f"McNemar p {p_text(r['mcnemar_p'])}" + (" for these networks, queries pooled" if seeds else "")
+    return (f"{r['run']} vs {r['reference']}: {r['accuracy_run']:.2f}% vs {r['accuracy_reference']:.2f}% on {shared}; "
+            f"difference {r['difference']:+.2f} points, {interval}; {mcnemar} ({r['only_run_right']} vs "
+            f"{r['only_reference_right']} queries only one got right)"
+            + (f"; {r['predictions_differ']} of {r['predictions']} predictions differ" if r["predictions_differ"] is not None else ""))
+
+
+def notes(rows: list[dict[str, Any]], reference: Path) -> list[str]:
+    """What limits the comparison, each said once however many rows it concerns: too few tasks; two seeds."""
+    out = []
+    fewest = min(r["tasks"] * r["seeds"] for r in rows)
+    if fewest < FEW_TASKS:
+        out.append(few_tasks_note(fewest, reference))
+    if any(r["seeds"] == 2 for r in rows):
+        out.append("note: an interval over 2 seeds has 1 degree of freedom, so it is wide (t = 12.7); train a third "
+                   "seed of each setting or more to tell the settings apart")
+    return out
+
+
 def few_tasks_note(tasks: int, reference: Path) -> str:
     """What to do when a comparison rests on too few tasks: score more, or (Lake et al.'s published runs, all
     there are) compare more seeds."""
@@ -267,13 +293,9 @@ def main(argv: list[str]) -> int:
         writer.writerows([{k: float(f"{v:.4g}") if k == "mcnemar_p" else round(v, 4) if isinstance(v, float) else v  # p: 4 significant digits
                            for k, v in r.items()} for r in rows])
     for r in rows:
-        shared = f"{r['tasks']} shared tasks" + (f" x {r['seeds']} seeds" if r["seeds"] > 1 else "")
-        print(f"{r['run']} vs {r['reference']}: {r['accuracy_run']:.2f}% vs {r['accuracy_reference']:.2f}% on {shared}; difference {r['difference']:+.2f} points, CI95 [{r['ci95_low']:+.2f}, "
-              f"{r['ci95_high']:+.2f}]; McNemar p {p_text(r['mcnemar_p'])} ({r['only_run_right']} vs "
-              f"{r['only_reference_right']} queries only one got right)"
-              + (f"; {r['predictions_differ']} of {r['predictions']} predictions differ" if r["predictions_differ"] is not None else ""))
-        if r["tasks"] * r["seeds"] < FEW_TASKS:
-            print(few_tasks_note(r["tasks"] * r["seeds"], next(iter(groups[0][1].values()))), file=sys.stderr)
+        print(result_line(r))
+    for note in notes(rows, next(iter(groups[0][1].values()))):
+        print(note, file=sys.stderr)
     with missing_glyphs_said():  # a run named in CJK: one note, not a warning per character
         drawn = figure(rows, diffs, out)
     record_written(out, [out / "compare.csv", out / INPUTS, drawn])

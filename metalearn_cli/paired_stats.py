@@ -1,6 +1,7 @@
 """Paired statistics of two runs' per-query outcomes on the same fixed test tasks: the outcomes as
-``test_outcomes.npz`` holds them, the bootstrap interval of the difference (over tasks, or seeds then
-tasks), McNemar's test and how many predictions differ. ``metalearn compare`` and the benches share them."""
+``test_outcomes.npz`` holds them, the interval of the difference (a bootstrap over tasks for one seed;
+Student's t over the seeds' differences for several), McNemar's test and how many predictions differ.
+``metalearn compare``, ``report``'s seed bands and the benches share them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ from metalearn_cli.console import shell_override
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.files import read_json
 from metalearn_cli.rundir import RESULTS
+
+
+# Student's t 97.5% quantiles by degrees of freedom (CI95 of a mean over a few seeds); 1.96 beyond 30.
+T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13, 20: 2.09, 30: 2.04}
+
+
+def t975(df: int) -> float:
+    """Student's t 97.5% quantile for ``df`` degrees of freedom (rounded down to the table's nearest below 30)."""
+    return T975.get(df) or T975[max(k for k in T975 if k <= df)] if df <= 30 else 1.96
 
 
 UNREADABLE = (OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile, zlib.error)  # a cut or changed npz
@@ -93,20 +103,25 @@ def mcnemar(only_a: int, only_b: int) -> float:
 
 
 def paired(a: Any, b: Any, resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """B against A on the same tasks: mean per-task difference, its bootstrap CI95, McNemar. ``a`` and
-    ``b`` are ``[tasks, queries]`` outcomes, or lists of them paired by seed (a two-level bootstrap)."""
+    """B against A on the same tasks: mean per-task difference, its CI95, McNemar. ``a`` and ``b`` are ``[tasks,
+    queries]`` outcomes (the interval: a bootstrap over tasks), or lists of them paired by seed.
+
+    Over seeds the interval is Student's t over each seed's mean difference (``seeds - 1`` degrees of freedom): the
+    question is whether one setting trains better networks, and a few seeds say little of that. A bootstrap over 2
+    or 3 seeds has only 3 or 10 distinct draws of them and gave intervals far narrower than the seeds' spread.
+    McNemar's test pools every seed's queries: it asks whether these trained networks differ on these tasks."""
     import numpy as np
 
     a_seeds, b_seeds = (list(x) if isinstance(x, (list, tuple)) else [x] for x in (a, b))
     diff = np.stack([bs.mean(1) - as_.mean(1) for as_, bs in zip(a_seeds, b_seeds)])  # [seeds, tasks]
-    rng = np.random.default_rng(seed)
     if len(diff) == 1:
+        rng = np.random.default_rng(seed)
         means = diff[0][rng.integers(0, diff.shape[1], size=(resamples, diff.shape[1]))].mean(1)
-    else:  # seeds with replacement, then tasks within each drawn seed (in chunks: memory stays small)
-        means = np.concatenate([diff[rng.integers(0, len(diff), size=(n, len(diff), 1)),
-                                     rng.integers(0, diff.shape[1], size=(n, len(diff), diff.shape[1]))].mean((1, 2))
-                                for n in [1000] * (resamples // 1000)])
-    low, high = np.percentile(means, [2.5, 97.5])
+        low, high = np.percentile(means, [2.5, 97.5])
+    else:
+        per_seed = diff.mean(1)
+        half = t975(len(per_seed) - 1) * per_seed.std(ddof=1) / len(per_seed) ** 0.5
+        low, high = per_seed.mean() - half, per_seed.mean() + half
     a_all, b_all = np.concatenate(a_seeds), np.concatenate(b_seeds)
     only_a, only_b = int((a_all & ~b_all).sum()), int((~a_all & b_all).sum())
     return {"seeds": len(diff), "tasks": diff.shape[1], "accuracy_reference": 100 * a_all.mean(),

@@ -15,16 +15,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from metalearn_cli.derived import written_here
+from metalearn_cli.paired_stats import t975
 from metalearn_cli.run_records import read_run
 from metalearn_cli.run_settings import by_setting
 
 FONT = 10  # readable at a column's width
-# Student's t 97.5% quantiles by degrees of freedom (CI95 of a mean over a few seeds); 1.96 beyond.
-T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13, 20: 2.09, 30: 2.04}
-
-
-def t975(df: int) -> float:
-    return T975.get(df) or T975[max(k for k in T975 if k <= df)] if df <= 30 else 1.96
 
 
 def _series(run: Path) -> tuple[dict[int, float], dict[int, float]]:
@@ -54,7 +49,7 @@ def colours(labels: list[str]) -> dict[str, Any]:
 
 def _band(ax: Any, members: list[dict[int, float]], colour: Any, bounds: tuple[float, float] | None = None) -> bool:
     """The mean over a setting's runs at the steps they all logged, shaded by its CI95 over seeds (kept within
-    ``bounds``: an accuracy's interval is cut at 0 and 100%); whether there was anything to draw."""
+    ``bounds``: an accuracy's interval is cut at 0 and 100%, a loss's at 0); whether there was anything to draw."""
     steps = sorted(set.intersection(*(set(m) for m in members))) if members else []
     if not steps:
         return False
@@ -89,7 +84,7 @@ def curves_figure(runs: list[Path], rows: list[dict[str, Any]], settings: list[s
     drawn = set()
     for setting, members in groups.items():
         series = [_series(runs[i]) for i in members]
-        if _band(loss_ax, [s[0] for s in series], palette[setting]) | _band(val_ax, [s[1] for s in series], palette[setting], (0, 100)):
+        if _band(loss_ax, [s[0] for s in series], palette[setting], (0, float("inf"))) | _band(val_ax, [s[1] for s in series], palette[setting], (0, 100)):
             drawn.add(setting)
     several = any(len(m) > 1 for m in groups.values())
     loss_ax.set_xlabel("meta-iteration", fontsize=FONT)
@@ -137,14 +132,15 @@ def accuracy_figure(rows: list[dict[str, Any]], settings: list[str]) -> Any:
             ax.scatter(accs, [y] * len(accs), s=12, color=palette[setting], alpha=0.5, zorder=2)
         else:
             half = rows[members[0]]["ci95"] or 0.0
-        ax.errorbar([mean], [y], xerr=[half], fmt="o", capsize=4, color=palette[setting], zorder=3)
+        low, high = max(mean - half, 0.0), min(mean + half, 100.0)  # a few seeds' interval, cut where accuracy ends
+        ax.errorbar([mean], [y], xerr=[[mean - low], [high - mean]], fmt="o", capsize=4, color=palette[setting], zorder=3)
         published = rows[members[0]].get("published")
         if published is not None:
             ax.scatter([published], [y], marker="x", s=60, color="black", zorder=4)
             lows.append(published)
             highs.append(published)
-        lows.append(mean - half)
-        highs.append(mean + half)
+        lows.append(low)
+        highs.append(high)
     ax.set_yticks(ys, [textwrap.fill(f"{shown[s]} (n={len(m)})" if len(m) > 1 else shown[s], 48) for s, m in groups.items()],
                   fontsize=FONT - 1)
     ax.set_xlabel("test accuracy (%)" + ("; × published" if any(r.get("published") is not None for r in rows) else ""),

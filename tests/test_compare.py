@@ -68,7 +68,12 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys, m
     acc = {n: 100 * json.loads((tmp_path / n / "results.json").read_text())["accuracy"] for n in ("w8_s0", "w8_s1", "w16_s0", "w16_s1")}
     expected = ((acc["w16_s0"] - acc["w8_s0"]) + (acc["w16_s1"] - acc["w8_s1"])) / 2
     assert float(row["difference"]) == pytest.approx(expected, abs=1e-3)
-    assert "x 2 seeds" in capsys.readouterr().out
+    per_seed = [acc["w16_s0"] - acc["w8_s0"], acc["w16_s1"] - acc["w8_s1"]]  # Student's t over the two seeds
+    assert float(row["ci95_high"]) == pytest.approx(expected + 12.71 * abs(per_seed[0] - per_seed[1]) / 2, abs=2e-3)
+    said = capsys.readouterr()
+    assert "x 2 seeds" in said.out and "over seeds (Student's t); McNemar p" in said.out
+    assert "for these networks, queries pooled" in said.out
+    assert said.err.count("an interval over 2 seeds has 1 degree of freedom") == 1
     # eval dirs of those runs (one checkpoint path each) pool by the recipe that trained them
     evals = [str(tmp_path / f"eval_{n}") for n in ("w8_s0", "w8_s1", "w16_s1", "w16_s0")]
     for run, evaluation in zip(runs, evals):

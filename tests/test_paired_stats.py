@@ -50,3 +50,18 @@ def test_paired_over_seeds_is_the_mean_of_seeds_and_holds_their_spread():
     pooled = paired(np.concatenate(a), np.concatenate(b))  # as if 900 tasks of one seed
     assert both["ci95_high"] - both["ci95_low"] > 1.5 * (pooled["ci95_high"] - pooled["ci95_low"])
     assert both["only_run_right"] == pooled["only_run_right"] and both["mcnemar_p"] == pooled["mcnemar_p"]
+    # Student's t over the seeds' mean differences, 2 degrees of freedom (4.30), not a bootstrap of 3 seeds
+    half = 4.30 * np.std(per_seed, ddof=1) / 3**0.5
+    assert (both["ci95_low"], both["ci95_high"]) == pytest.approx((np.mean(per_seed) - half, np.mean(per_seed) + half))
+
+
+def test_two_seeds_that_disagree_give_an_interval_that_says_so():
+    """Two seeds whose gains are +15.9 and +14.6 points (trial F's sweep): a t-interval with 1 degree of freedom,
+    about [+7, +23], where the earlier two-level bootstrap said [+12.6, +17.9]."""
+    a = [np.zeros((100, 10), bool), np.zeros((100, 10), bool)]
+    b = [np.zeros((100, 10), bool), np.zeros((100, 10), bool)]
+    b[0][:, 0] = b[0][:59, 1] = True  # +15.9 points
+    b[1][:, 0] = b[1][:46, 1] = True  # +14.6 points
+    result = paired(a, b)
+    assert result["difference"] == pytest.approx(15.25)
+    assert (result["ci95_low"], result["ci95_high"]) == pytest.approx((15.25 - 12.71 * 0.65, 15.25 + 12.71 * 0.65))
