@@ -112,6 +112,16 @@ class TrainingRun:
     def resume_command(self) -> str:
         return continue_command(self.stage.resume_hint, self.ranks.size)
 
+    def continue_hint(self) -> str:
+        """How a stopped stage goes on: from last.pt; before the first, meta-training from best.pt (its validated
+        weights, with the RNG and sampler states of that step: the run goes on as it would have from there)."""
+        if self.saved_step is not None:
+            return f"; continue with: {self.resume_command()}"
+        if self.best_step > 0 and self.files.best.is_file() and self.stage.resume_hint == self.stage.run_dir:
+            # a run's own meta-training (not a stage inside it), past the weights it started from
+            return f"; continue from it with: {continue_command(self.files.best, self.ranks.size)}"
+        return ""
+
     def kept(self) -> str:
         """Which checkpoint a stopped stage leaves, in words."""
         if self.saved_step is None and self.best_step >= 0 and self.files.best.is_file():
@@ -253,11 +263,10 @@ class TrainingRun:
                              wall_seconds=round(s.clock.seconds(), 2))  # a resume counts on from it (RunClock)
             if isinstance(exc, RuntimeError):  # e.g. kill -9 or out of memory in another rank: resumable as a stop
                 raise PeerLost(f"another process of this run stopped during {s.step_name} {self.step + 1} (torchrun's "
-                               f"report names it); {self.kept()}; continue with: {self.resume_command()}") from None
+                               f"report names it); {self.kept()}{self.continue_hint()}") from None
             if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, between two saves
-                resume = f"; continue with: {self.resume_command()}" if self.saved_step is not None else ""
                 name, both = second_request(stop)
-                raise Interrupted(name, f"{both}: stopped at once; {self.kept()}{resume}") from None
+                raise Interrupted(name, f"{both}: stopped at once; {self.kept()}{self.continue_hint()}") from None
             raise
         finally:
             stop["now"] = None  # "nothing left to save" held for this stage's final test only: the next stage saves again

@@ -323,7 +323,29 @@ def test_a_second_ctrl_c_before_the_first_last_pt_names_the_validated_start(tmp_
     best = run / "checkpoints" / "best.pt"
     assert best.is_file() and not (run / "checkpoints" / "last.pt").exists()
     assert f"no last.pt to resume from was written yet; {best} holds the weights validated at meta-iteration 0" in err
-    assert "no checkpoint was written" not in err and "resume=" not in err
+    assert "no checkpoint was written" not in err and "resume=" not in err  # best.pt holds the start: nothing to continue
+
+
+def test_a_stop_at_once_before_the_first_last_pt_continues_from_the_validated_best_pt(tmp_path, monkeypatch, capsys):
+    """Stopped at once after a validation but before any last.pt (a second Ctrl-C; under torchrun, a rank killed):
+    the line gives the command that goes on from best.pt, and that command finishes the run (trial F)."""
+    real = loop.TrainingRun.iteration
+
+    def iteration(self):
+        real(self)
+        if self.step == 7:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.TrainingRun, "iteration", iteration)
+    run = tmp_path / "run"
+    overrides = [*STARTED, "trainer.checkpoint_every=100", "trainer.val_every=5"]
+    assert main(["train", *overrides, f"hydra.run.dir={run}"]) == 130
+    err = capsys.readouterr().err
+    best = run / "checkpoints" / "best.pt"
+    assert f"continue from it with: metalearn train resume={best}" in err, err
+    monkeypatch.setattr(loop.TrainingRun, "iteration", real)
+    assert main(["train", f"resume={best}"]) == 0
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
 
 def test_the_throughput_window_restarts_with_its_timer():
     from metalearn_cli.metrics import MetricWindow
