@@ -127,7 +127,37 @@ def did_you_mean(message: str) -> Optional[str]:
                 seen.append(kind)
     keys = [f.name for c in classes if c.__name__ == match.group(2) for f in dataclasses.fields(c)]
     close = closest(match.group(1), keys)
-    return f"did you mean '{close}'?" if close else None
+    if close:
+        return f"did you mean '{close}'?"
+    typed = re.search(r"override '([\w.]+)'", message)
+    homes = [path for path in key_paths() if path.rsplit(".", 1)[-1] == match.group(1)
+             and (typed is None or path != typed.group(1))]
+    if not homes or len(homes) > 3:
+        return None
+    return "did you mean " + " or ".join(f"'{h}'" for h in homes) + "?" + (
+        f" ({match.group(1)} is a key of {homes[0].rsplit('.', 1)[0]})" if len(homes) == 1 else "")
+
+
+def key_paths() -> list[str]:
+    """Every run-level key as it is typed (``trainer.iterations``, ``optimizer.lr``, ``optimizer.schedule.warmup``):
+    where a key typed under the wrong section belongs (``trainer.lr``). Torch-free, like the rest of this module."""
+    import dataclasses
+
+    from metalearn_cli import schema
+    from metalearn_cli.params import PARAMS
+
+    def below(prefix: str, cls: Any) -> list[str]:
+        out = []
+        for f in dataclasses.fields(cls):
+            kind = type(f.default_factory()) if f.default_factory is not dataclasses.MISSING else f.type  # type: ignore[misc]
+            nested = isinstance(kind, type) and dataclasses.is_dataclass(kind)
+            out += below(f"{prefix}{f.name}.", kind) if nested else [prefix + f.name]
+        return out
+
+    paths = below("", schema.TrainConfig)
+    for group, entries in PARAMS.items():
+        paths += [p for params in entries.values() for p in below(f"{group}.", params)]
+    return list(dict.fromkeys(paths))
 
 
 def preset_for_another(message: str) -> Optional[str]:

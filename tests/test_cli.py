@@ -176,7 +176,11 @@ def test_version_and_a_mistyped_command(capsys):
 @pytest.mark.parametrize("override,hint", [("trainer.iterationz=3", "did you mean 'iterations'?"),
                                            ("encoder=resnt12", "did you mean resnet12?"),
                                            ("strategy=MAML", "did you mean maml?"),
-                                           ("optimizer.schedule.kindd=cosine", "did you mean 'kind'?")])
+                                           ("optimizer.schedule.kindd=cosine", "did you mean 'kind'?"),
+                                           # a key typed under the wrong section: where it lives (trial F's trainer.lr)
+                                           ("trainer.lr=0.1", "did you mean 'optimizer.lr'? (lr is a key of optimizer)"),
+                                           ("trainer.warmup=5", "did you mean 'optimizer.schedule.warmup'?"),
+                                           ("iterations=5", "did you mean 'trainer.iterations' or 'pretrain.iterations'?")])
 def test_a_mistyped_key_or_option_gets_a_suggestion(capsys, override, hint):
     assert main(["train", override]) == 2
     err = capsys.readouterr().err
