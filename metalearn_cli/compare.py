@@ -204,9 +204,10 @@ def result_line(r: dict[str, Any]) -> str:
 
 
 def notes(rows: list[dict[str, Any]], reference: Path) -> list[str]:
-    """What limits the comparison, each said once however many rows it concerns: too few tasks; two seeds."""
+    """What limits the comparison, each said once however many rows it concerns: too few tasks (one seed: the interval
+    is over tasks); two seeds (the interval is over seeds)."""
     out = []
-    fewest = min(r["tasks"] * r["seeds"] for r in rows)
+    fewest = min((r["tasks"] for r in rows if r["seeds"] == 1), default=FEW_TASKS)
     if fewest < FEW_TASKS:
         out.append(few_tasks_note(fewest, reference))
     if any(r["seeds"] == 2 for r in rows):
@@ -243,6 +244,16 @@ def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
     return runs
 
 
+def one_setting(runs: dict[int, Path]) -> str:
+    """Why runs of one setting are no comparison, and how to compare their weights all the same."""
+    if all(published(read_run(run)["results"]) for run in runs.values()):  # the same 20 runs whatever the seed
+        return ("the runs given are seeds of one setting; to compare their weights on Lake et al.'s published runs, "
+                "which every seed is tested on, name each as a setting: --setting A --setting B")
+    return ("the runs given are seeds of one setting, and each seed is tested on tasks of its own; give runs of two "
+            "settings or more, or, to compare these runs' weights, score each on one seed's tasks (metalearn eval "
+            f"checkpoint=RUN seed={min(runs)}) and compare the eval dirs")
+
+
 def refuse_twice(parser: OneLineParser, runs: list[Path], given: list[Path]) -> None:
     """A run beside itself is no comparison (however spelled: a link, a sweep dir holding it): the error
     names the arguments that hold it, so the user sees which to drop."""
@@ -276,10 +287,7 @@ def main(argv: list[str]) -> int:
     label = lambda p: run_label(p, base)  # noqa: E731
     groups = named_settings(named, label) if named else settings(runs)
     if len(groups) < 2:
-        parser.error("give --setting twice or more: the first is the reference" if args.setting else
-                     "the runs given are seeds of one setting, and each seed is tested on tasks of its own; give runs "
-                     "of two settings or more, or, to compare these runs' weights, score each on one seed's tasks "
-                     f"(metalearn eval checkpoint=RUN seed={min(groups[0][1])}) and compare the eval dirs")
+        parser.error("give --setting twice or more: the first is the reference" if args.setting else one_setting(groups[0][1]))
     rows, diffs = compare_groups(groups, label)
     if args.out is not None:
         refuse_replacing(args.out, "--out ")

@@ -89,22 +89,32 @@ class KnowledgeEnsemble:
         heads = [m.max_way for m in self.members if m.max_way is not None]
         return min(heads) if heads else None
 
-    def read_images(self, sources: Sequence[ImageSource] | ImageSource) -> torch.Tensor:
-        """Files as pixels, where every member reads them alike; members of other formats take the files instead."""
+    def formats_alike(self, what: str) -> None:
+        """Refuse ``what`` (read_images(), pixels) where the members read images in different formats."""
         formats = {m.image_format for m in self.members}
         if len(formats) > 1:
             sizes = ", ".join(sorted(f"{f.channels}-channel {f.size} px" for f in formats))
-            raise DataError(f"the members read images in different formats ({sizes}): give adapt() and the classifier "
-                            "the files (paths or PIL images), and each member reads them its own way")
+            raise DataError(f"the members read images in different formats ({sizes}), so {what} cannot fit them all: "
+                            "give adapt() and the classifier the files (paths or PIL images), and each member reads "
+                            "them its own way")
+
+    def read_images(self, sources: Sequence[ImageSource] | ImageSource) -> torch.Tensor:
+        """Files as pixels, where every member reads them alike; members of other formats take the files instead."""
+        self.formats_alike("read_images()")
         return self.members[0].read_images(sources)
 
     def as_each_member_reads(self, images: Images | Sequence[ImageSource]) -> list[Images]:
         """``images`` for each member: pixels as given (each member checks they fit it); files read once per image
         format, an error naming the member whose format failed."""
         if is_pixels(images):
+            self.formats_alike("pixels")
             return [images] * len(self.members)
         if knowledge.one_image(images):
             images = [images]  # type: ignore[list-item]
+        try:
+            images = list(images)  # type: ignore[arg-type]  # once: a generator or Path.glob feeds every format
+        except TypeError:
+            raise DataError(f"images must be image files (paths), PIL images or a tensor; got {type(images).__name__}") from None
         read: dict[Any, torch.Tensor] = {}
         for m in self.members:
             if m.image_format not in read:

@@ -114,10 +114,12 @@ class TrainingRun:
 
     def continue_hint(self) -> str:
         """How a stopped stage goes on: from last.pt; before the first, meta-training from best.pt (its validated
-        weights, with the RNG and sampler states of that step: the run goes on as it would have from there)."""
+        weights with the optimizer, RNG and sampler states of that step). Not with ``trainer.ema``, whose best.pt holds
+        the average in place of the trained weights."""
         if self.saved_step is not None:
             return f"; continue with: {self.resume_command()}"
-        if self.best_step > 0 and self.files.best.is_file() and self.stage.resume_hint == self.stage.run_dir:
+        if self.best_step > 0 and self.average is None and self.files.best.is_file() and \
+                self.stage.resume_hint == self.stage.run_dir:
             # a run's own meta-training (not a stage inside it), past the weights it started from
             return f"; continue from it with: {continue_command(self.files.best, self.ranks.size)}"
         return ""

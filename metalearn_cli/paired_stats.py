@@ -18,12 +18,13 @@ from metalearn_cli.rundir import RESULTS
 
 
 # Student's t 97.5% quantiles by degrees of freedom (CI95 of a mean over a few seeds); 1.96 beyond 30.
-T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13, 20: 2.09, 30: 2.04}
+T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13, 20: 2.09,
+        30: 2.04, 40: 2.02, 60: 2.00, 120: 1.98}
 
 
 def t975(df: int) -> float:
-    """Student's t 97.5% quantile for ``df`` degrees of freedom (rounded down to the table's nearest below 30)."""
-    return T975.get(df) or T975[max(k for k in T975 if k <= df)] if df <= 30 else 1.96
+    """Student's t 97.5% quantile for ``df`` degrees of freedom (the table's entry at or below it: never narrower)."""
+    return T975[max(k for k in T975 if k <= df)] if df <= 120 else 1.96
 
 
 UNREADABLE = (OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile, zlib.error)  # a cut or changed npz
@@ -113,18 +114,18 @@ def paired(a: Any, b: Any, resamples: int = 10_000, seed: int = 0) -> dict[str, 
     import numpy as np
 
     a_seeds, b_seeds = (list(x) if isinstance(x, (list, tuple)) else [x] for x in (a, b))
-    diff = np.stack([bs.mean(1) - as_.mean(1) for as_, bs in zip(a_seeds, b_seeds)])  # [seeds, tasks]
+    diff = [bs.mean(1) - as_.mean(1) for as_, bs in zip(a_seeds, b_seeds)]  # per seed, [tasks] (seeds may differ in tasks)
+    per_seed = np.array([d.mean() for d in diff])
     if len(diff) == 1:
         rng = np.random.default_rng(seed)
-        means = diff[0][rng.integers(0, diff.shape[1], size=(resamples, diff.shape[1]))].mean(1)
+        means = diff[0][rng.integers(0, len(diff[0]), size=(resamples, len(diff[0])))].mean(1)
         low, high = np.percentile(means, [2.5, 97.5])
     else:
-        per_seed = diff.mean(1)
         half = t975(len(per_seed) - 1) * per_seed.std(ddof=1) / len(per_seed) ** 0.5
         low, high = per_seed.mean() - half, per_seed.mean() + half
-    a_all, b_all = np.concatenate(a_seeds), np.concatenate(b_seeds)
+    a_all, b_all = (np.concatenate([x.reshape(-1) for x in seeds]) for seeds in (a_seeds, b_seeds))
     only_a, only_b = int((a_all & ~b_all).sum()), int((~a_all & b_all).sum())
-    return {"seeds": len(diff), "tasks": diff.shape[1], "accuracy_reference": 100 * a_all.mean(),
-            "accuracy_run": 100 * b_all.mean(), "difference": 100 * diff.mean(), "ci95_low": 100 * low,
+    return {"seeds": len(diff), "tasks": min(len(d) for d in diff), "accuracy_reference": 100 * a_all.mean(),
+            "accuracy_run": 100 * b_all.mean(), "difference": 100 * per_seed.mean(), "ci95_low": 100 * low,
             "ci95_high": 100 * high, "only_reference_right": only_a, "only_run_right": only_b,
             "mcnemar_p": mcnemar(only_a, only_b)}

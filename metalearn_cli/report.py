@@ -122,10 +122,12 @@ def describe(run: Path, base: Path) -> dict[str, Any]:
     picked = choices.get("pretrain")  # the option (rfs), where the config's kind says supervised
     recipe = picked if isinstance(picked, str) and picked not in ("", "none") else None
     seed = results.get("seed") if record["command"] == "eval" and "seed" in results else record["config"].get("seed")
+    typed = [o for o in record["overrides"] if isinstance(o, str) and not o.startswith(("hydra.", "resume="))]  # bookkeeping aside
     return {
         "run": _below(run, base),
         "command": record["command"],
-        "overrides": " ".join(o for o in record["overrides"] if not o.startswith(("hydra.", "resume="))),  # bookkeeping
+        "overrides": " ".join(typed),
+        "_overrides": typed,  # not a column: each override whole (a value may hold spaces), for swept()
         "dataset": name("dataset"), "encoder": name("encoder"), "decoder": "prototype" if stage else name("decoder"),
         "strategy": f"pretrain={recipe or (cfg.get('pretrain') or {}).get('kind', '')}" if stage else strategy_label(cfg),
         "episode": task_shape(record, cfg.get("episode") if isinstance(cfg.get("episode"), dict) else {}),
@@ -186,7 +188,7 @@ def swept(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     """The command-line keys whose values differ between the runs (a sweep's axes, an Optuna study's parameters), each
     with every row's value (empty where a run was not given it): columns of their own in report.csv, so a table tool
     reads ``optimizer.lr`` as a number rather than parsing the overrides. ``seed`` has its own column."""
-    given = [dict(o.split("=", 1) for o in row["overrides"].split() if "=" in o) for row in rows]
+    given = [dict(o.split("=", 1) for o in row.get("_overrides", row["overrides"].split()) if "=" in o) for row in rows]
     keys = dict.fromkeys(k.lstrip("+~") for g in given for k in g)
     columns = {k: [next((v for g_key, v in g.items() if g_key.lstrip("+~") == k), "") for g in given] for k in keys}
     return {k: values for k, values in columns.items() if k not in COLUMNS and len(set(values)) > 1}

@@ -21,7 +21,7 @@ alphabet (``trainer.within_alphabet``), scored on two test settings from the sam
 Budget 0 is each decoder *before* meta-training; the prototype row at budget 0 is the pre-trained
 encoder with no meta-training at all, the row every other is measured against. A seed fixes the test
 tasks, so the rows of one seed share them: each difference is ``metalearn compare``'s, paired by
-seed (a two-level bootstrap over seeds and tasks), and "differ" counts the test predictions that
+seed (Student's t over the seeds' differences; until 2026-12-07 a two-level bootstrap over seeds and tasks), and "differ" counts the test predictions that
 are not the prototype row's at the same budget (a decoder that changes none is prototypes under
 another name). Rows that train only a decoder on the frozen encoder (LEO, CNAPs, as their papers
 did) use Adam at 1e-3; rows that fine-tune the encoder use 2e-4. Finished runs are reused, so an
@@ -89,7 +89,7 @@ def eval_overrides(overrides: list[str]) -> list[str]:
 
 
 def versus(runs: dict, row_a: tuple, row_b: tuple, setting: str, seeds: list[int]) -> str:
-    """B - A, paired by seed on the same tasks: the mean and its 95% bootstrap interval."""
+    """B - A, paired by seed on the same tasks: the mean and its CI95 (Student's t over the seeds, as compare's)."""
     a = [outcomes(runs[row_a][s][setting]) for s in seeds]
     b = [outcomes(runs[row_b][s][setting]) for s in seeds]
     r = paired(a, b)

@@ -297,3 +297,18 @@ def test_a_damaged_outcomes_file_is_one_line_however_it_was_damaged(tmp_path, tr
         assert not (tmp_path / "cmp").exists()
     (tmp_path / "b" / "test_outcomes.npz").write_bytes(whole)  # whole again: compared
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+
+
+def test_seeds_of_one_setting_on_lake_s_published_runs_are_told_to_name_each_as_a_setting(tmp_path):
+    """Every seed is tested on Lake et al.'s same 20 published runs: the advice is --setting, not a rescore."""
+    from metalearn_cli.compare import one_setting
+
+    runs = {}
+    for seed in (0, 1):
+        (tmp_path / f"r{seed}").mkdir()
+        (tmp_path / f"r{seed}" / "results.json").write_text(json.dumps(
+            {"seed": seed, "protocol": "lake_original", "lake_runs": {"path": "all_runs.zip"}}))
+        runs[seed] = tmp_path / f"r{seed}"
+    assert "name each as a setting: --setting A --setting B" in one_setting(runs)
+    (tmp_path / "r1" / "results.json").write_text(json.dumps({"seed": 1, "protocol": "lake"}))  # drawn runs: per seed
+    assert "score each on one seed's tasks (metalearn eval checkpoint=RUN seed=0)" in one_setting(runs)

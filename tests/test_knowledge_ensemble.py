@@ -53,10 +53,12 @@ def test_members_of_two_image_sizes_each_read_the_files_and_pixels_are_refused_w
     each = [k.adapt(support, labels)(queries) for k in alone]
     assert torch.allclose(ensemble.adapt(support, labels)(queries), (each[0] + each[1]) / 2, atol=1e-6)
     with pytest.raises(DataError, match=r"members read images in different formats \(1-channel 28 px, 1-channel 32 px\)"
-                                        r": give adapt\(\) and the classifier the files"):
+                                        r", so read_images\(\) cannot fit them all: give adapt\(\) and the classifier the files"):
         ensemble.read_images(queries)
-    with pytest.raises(DataError, match="for this meta-network"):  # pixels of one size fit one member only
+    with pytest.raises(DataError, match=r"different formats .*, so pixels cannot fit them all"):  # one size fits one member
         ensemble.adapt(alone[0].read_images(support), labels)
+    once = ensemble.adapt(iter(support), labels)  # a generator (Path.glob) is read once, for every format
+    assert torch.allclose(once(q for q in queries), (each[0] + each[1]) / 2, atol=1e-6)
 
 
 def test_a_copy_of_a_member_an_empty_list_and_bad_labels_are_one_line(runs, tmp_path):

@@ -65,3 +65,13 @@ def test_two_seeds_that_disagree_give_an_interval_that_says_so():
     result = paired(a, b)
     assert result["difference"] == pytest.approx(15.25)
     assert (result["ci95_low"], result["ci95_high"]) == pytest.approx((15.25 - 12.71 * 0.65, 15.25 + 12.71 * 0.65))
+
+
+def test_seeds_scored_on_different_numbers_of_tasks_pair_without_a_traceback():
+    """Each seed counts once in the interval over seeds, however many tasks it was scored on."""
+    a = [np.zeros((40, 5), bool), np.zeros((60, 5), bool)]
+    b = [np.ones((40, 5), bool), np.zeros((60, 5), bool)]
+    b[1][:, 0] = True
+    result = paired(a, b)
+    assert result["seeds"] == 2 and result["tasks"] == 40
+    assert result["difference"] == pytest.approx((100 + 20) / 2)

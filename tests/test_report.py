@@ -72,6 +72,9 @@ def test_swept_values_are_columns_of_their_own_and_constant_ones_are_not():
     rows = [{"overrides": "debug=smoke optimizer.lr=0.01 +trainer.clip=1 seed=0"},
             {"overrides": "debug=smoke optimizer.lr=0.003 seed=1"}]
     assert swept(rows) == {"optimizer.lr": ["0.01", "0.003"], "trainer.clip": ["1", ""]}
+    typed = [{"overrides": "", "_overrides": ["encoder.widths=[32, 96, 128]", "seed=0"]},  # a value with spaces, whole
+             {"overrides": "", "_overrides": ["encoder.widths=[32, 64, 128]", "seed=1"]}]
+    assert swept(typed) == {"encoder.widths": ["[32, 96, 128]", "[32, 64, 128]"]}
 
 
 @pytest.mark.parametrize("saved,label", [
