@@ -95,7 +95,8 @@ def figure(rows: list[dict[str, Any]], diffs: list[Any], out: Path) -> Path:
                     fmt="o", capsize=4, color="C0")
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_ylim(-0.6, len(rows) - 0.4)  # each row's dots just above it, never along the frame (one row included)
-    labels = [textwrap.fill(f"{r['run']} vs {r['reference']}", 48) + f"\nMcNemar p {p_text(r['mcnemar_p'])}" for r in rows]
+    labels = [textwrap.fill(f"{r['run']} vs {r['reference']}", 48) + f"\nMcNemar p {p_text(r['mcnemar_p'])}"
+              + (f" (these networks; CI over {r['seeds']} seeds)" if r["seeds"] > 1 else "") for r in rows]
     ax.set_yticks(ys, labels, fontsize=8)  # settings can be long: wrapped, so the plot keeps its width
     ax.set_xlabel("per-task accuracy difference (percentage points; mean and CI95: bootstrap over tasks, or Student's t "
                   "over seeds)", fontsize=10)
@@ -210,9 +211,9 @@ def notes(rows: list[dict[str, Any]], reference: Path) -> list[str]:
     fewest = min((r["tasks"] for r in rows if r["seeds"] == 1), default=FEW_TASKS)
     if fewest < FEW_TASKS:
         out.append(few_tasks_note(fewest, reference))
-    if any(r["seeds"] == 2 for r in rows):
-        out.append("note: an interval over 2 seeds has 1 degree of freedom, so it is wide (t = 12.7); train a third "
-                   "seed of each setting or more to tell the settings apart")
+    if any(r["seeds"] == 2 and r["ci95_low"] <= 0 <= r["ci95_high"] for r in rows):
+        out.append("note: an interval over 2 seeds has 1 degree of freedom (t = 12.7), which is why it holds 0 here; "
+                   "a third seed of each setting narrows it")
     return out
 
 

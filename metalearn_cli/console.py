@@ -130,34 +130,41 @@ def did_you_mean(message: str) -> Optional[str]:
     if close:
         return f"did you mean '{close}'?"
     typed = re.search(r"override '([\w.]+)'", message)
-    homes = [path for path in key_paths() if path.rsplit(".", 1)[-1] == match.group(1)
+    homes = [path for path in key_paths(match.group(2)) if path.rsplit(".", 1)[-1] == match.group(1)
              and (typed is None or path != typed.group(1))]
     if not homes or len(homes) > 3:
         return None
-    return "did you mean " + " or ".join(f"'{h}'" for h in homes) + "?" + (
-        f" ({match.group(1)} is a key of {homes[0].rsplit('.', 1)[0]})" if len(homes) == 1 else "")
+    where = (f"a key of {homes[0].rsplit('.', 1)[0]}" if "." in homes[0] else "a top-level key") if len(homes) == 1 else ""
+    return "did you mean " + " or ".join(f"'{h}'" for h in homes) + "?" + (f" ({match.group(1)} is {where})" if where else "")
 
 
-def key_paths() -> list[str]:
-    """Every run-level key as it is typed (``trainer.iterations``, ``optimizer.lr``, ``optimizer.schedule.warmup``):
-    where a key typed under the wrong section belongs (``trainer.lr``). Torch-free, like the rest of this module."""
+def key_paths(owner: str = "") -> list[str]:
+    """Every key of a command as it is typed (``trainer.iterations``, ``optimizer.lr``, ``optimizer.schedule.warmup``):
+    where a key typed under the wrong section belongs (``trainer.lr``). The command is the one whose schema holds the
+    class ``owner`` (``EvalChoices``: eval's, where ``split`` is a key of its own); train's by default. Torch-free."""
     import dataclasses
 
     from metalearn_cli import schema
     from metalearn_cli.params import PARAMS
 
-    def below(prefix: str, cls: Any) -> list[str]:
+    def below(prefix: str, cls: Any, names: set[str]) -> list[str]:
+        names.add(cls.__name__)
         out = []
         for f in dataclasses.fields(cls):
             kind = type(f.default_factory()) if f.default_factory is not dataclasses.MISSING else f.type  # type: ignore[misc]
             nested = isinstance(kind, type) and dataclasses.is_dataclass(kind)
-            out += below(f"{prefix}{f.name}.", kind) if nested else [prefix + f.name]
+            out += below(f"{prefix}{f.name}.", kind, names) if nested else [prefix + f.name]
         return out
 
-    paths = below("", schema.TrainConfig)
-    for group, entries in PARAMS.items():
-        paths += [p for params in entries.values() for p in below(f"{group}.", params)]
-    return list(dict.fromkeys(paths))
+    for root in (schema.TrainConfig, *schema.SCHEMAS.values()):
+        names: set[str] = set()
+        paths = below("", root, names)
+        if root is schema.TrainConfig:  # its groups' components (optimizer.lr, encoder.width) are keys of train's
+            for group, entries in PARAMS.items():
+                paths += [p for params in entries.values() for p in below(f"{group}.", params, names)]
+        if owner in names:
+            return list(dict.fromkeys(paths))
+    return []
 
 
 def preset_for_another(message: str) -> Optional[str]:

@@ -80,6 +80,14 @@ def _root_advice(recorded: str) -> str:
     return "that folder is gone from this machine; add dataset_root=DIR, the folder that holds the data set now"
 
 
+def check_typed_eval(cfg: Any) -> None:
+    """The command line's eval.* checked on their own, before the eval dir is written (a refusal leaves nothing, as
+    train's range checks do); what holds only with the checkpoint's own values is checked by :func:`eval_settings`."""
+    typed = {key: value for key, value in cfg.eval.items() if value is not None}
+    if typed:
+        validate_eval(OmegaConf.merge(OmegaConf.structured(EvalConfig), typed))
+
+
 def eval_settings(choices: Any, saved: Any, whose: str = "the checkpoint") -> Any:
     """``metalearn eval``'s eval.*: the checkpoint's own (those its results.json was scored with), each key the
     command line set (not null) replacing the checkpoint's value; checked as one config."""

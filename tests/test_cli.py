@@ -187,6 +187,12 @@ def test_a_mistyped_key_or_option_gets_a_suggestion(capsys, override, hint):
     assert hint in err and ".:" not in err and err.strip().count("\n") == 0
 
 
+def test_a_key_of_eval_s_own_is_suggested_by_eval_s_schema(capsys):
+    """``eval.split=val`` under eval: its validation split is the top-level ``split``, not train's keys (trial G)."""
+    assert main(["eval", "checkpoint=RUN", "eval.split=val"]) == 2
+    assert "did you mean 'split'? (split is a top-level key)" in capsys.readouterr().err
+
+
 def test_a_preset_beside_a_component_it_was_not_written_for_says_so(capsys):
     """Hydra's own words (ConfigKeyError raised while composing config: Key 'inner_lr' not in 'MGDParams') name
     neither the cause nor a way out."""

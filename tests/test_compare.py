@@ -73,7 +73,8 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys, m
     said = capsys.readouterr()
     assert "x 2 seeds" in said.out and "over seeds (Student's t); McNemar p" in said.out
     assert "for these networks, queries pooled" in said.out
-    assert said.err.count("an interval over 2 seeds has 1 degree of freedom") == 1
+    holds_zero = float(row["ci95_low"]) <= 0 <= float(row["ci95_high"])  # said where it explains an interval holding 0
+    assert said.err.count("an interval over 2 seeds has 1 degree of freedom") == int(holds_zero)
     # eval dirs of those runs (one checkpoint path each) pool by the recipe that trained them
     evals = [str(tmp_path / f"eval_{n}") for n in ("w8_s0", "w8_s1", "w16_s1", "w16_s0")]
     for run, evaluation in zip(runs, evals):
@@ -312,3 +313,13 @@ def test_seeds_of_one_setting_on_lake_s_published_runs_are_told_to_name_each_as_
     assert "name each as a setting: --setting A --setting B" in one_setting(runs)
     (tmp_path / "r1" / "results.json").write_text(json.dumps({"seed": 1, "protocol": "lake"}))  # drawn runs: per seed
     assert "score each on one seed's tasks (metalearn eval checkpoint=RUN seed=0)" in one_setting(runs)
+
+
+def test_the_two_seed_note_comes_where_it_explains_an_interval_that_holds_zero(tmp_path):
+    from metalearn_cli.compare import notes
+
+    row = {"seeds": 2, "tasks": 500, "ci95_low": -1.0, "ci95_high": 3.0}
+    (tmp_path / "results.json").write_text("{}")
+    assert [n for n in notes([row], tmp_path) if "1 degree of freedom" in n]
+    assert not notes([{**row, "ci95_low": 14.4, "ci95_high": 17.8}], tmp_path)  # narrow enough to say something
+    assert [n for n in notes([{**row, "seeds": 1, "tasks": 40}], tmp_path) if "40 tasks are too few" in n]

@@ -417,3 +417,13 @@ def test_eval_of_an_unfinished_runs_checkpoint_says_so(compose_train, run_dir, t
 
     assert main(["train", f"resume={run_dir / 'pretrain'}"]) == 2
     assert f"a stage goes on with its run: metalearn train resume={run_dir}" in capsys.readouterr().err
+
+
+def test_an_eval_setting_out_of_range_is_refused_before_the_eval_dir_is_written(trained_run, tmp_path, capsys):
+    """As train's range checks: the named dir is not created, so nothing of a refused command is left (trial G)."""
+    from metalearn_cli.cli import main
+
+    target = tmp_path / "eval dir"
+    assert main(["eval", f"checkpoint={trained_run}", "eval.tta_shift=-2", f"hydra.run.dir='{target}'"]) == 2
+    assert "eval.tta_shift=-2: give the pixels to shift" in capsys.readouterr().err
+    assert not target.exists()

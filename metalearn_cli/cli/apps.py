@@ -189,8 +189,9 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _tool_app(command: str, keys: tuple[str, ...], target: str) -> Callable[[], Any]:
-    """eval, predict and export: the same guards around their own ``module:function`` (imported when run)."""
+def _tool_app(command: str, keys: tuple[str, ...], target: str, check: str = "") -> Callable[[], Any]:
+    """eval, predict and export: the same guards around their own ``module:function`` (imported when run); ``check``:
+    a ``module:function`` of the config that refuses before the run dir is written."""
 
     @hydra.main(config_path=CONFIG_PATH, config_name=command, version_base="1.3")
     def app(cfg: DictConfig) -> Optional[float]:
@@ -199,6 +200,9 @@ def _tool_app(command: str, keys: tuple[str, ...], target: str) -> Callable[[], 
         def job(accept: Callable[..., None]) -> float:
             required(cfg, command, *keys)
             refuse_foreign_target(command, run_dir, resuming=False)  # also under -m, -cd, ...
+            for name in [check] if check else []:
+                module, function = name.split(":")
+                getattr(importlib.import_module(module), function)(cfg)
             accept()
             module, function = target.split(":")
             with terminate_as_interrupt():
@@ -210,7 +214,8 @@ def _tool_app(command: str, keys: tuple[str, ...], target: str) -> Callable[[], 
 
 
 APPS: dict[str, Callable[[], Any]] = {
-    "train": train_app, "eval": _tool_app("eval", ("checkpoint",), "metalearn_cli.evaluation:evaluate"),
+    "train": train_app, "eval": _tool_app("eval", ("checkpoint",), "metalearn_cli.evaluation:evaluate",
+                                          "metalearn_cli.eval_inputs:check_typed_eval"),
     "predict": _tool_app("predict", ("checkpoint", "support", "query"), "metalearn_cli.predict:predict"),
     "export": _tool_app("export", ("checkpoint", "out"), "metalearn_cli.export:export_command")}
 
