@@ -99,11 +99,20 @@ def eval_settings(choices: Any, saved: Any, whose: str = "the checkpoint") -> An
             if k not in typed and v != default[k]]
     if kept:
         log.info("%s's own test settings: %s (set any of them on the command line to change it)", whose, " ".join(kept))
+    own = OmegaConf.merge(default, saved if saved is not None else {})
+    changed = [f"eval.{k}={_shown(merged[k])} (its own: {_shown(own[k])})" for k in typed
+               if k in own and merged[k] != own[k] and k not in ("episodes", "batch_tasks", "save_task_stats")]
+    if changed:  # so a figure is not read as the run's own test (soft k-means, another batch-norm mode)
+        log.info("the command line changes %s's test: %s", whose, " ".join(changed))
     idle = [f"eval.{k}" for k in typed if k.startswith("finetune_") and k != "finetune_steps"]
     if idle and not merged.finetune_steps:
         log.warning("%s %s nothing: test-time fine-tuning is off (eval.finetune_steps=0); add eval.finetune_steps=N "
                     "to fine-tune", " and ".join(idle), "changes" if len(idle) == 1 else "change")
     return merged
+
+
+def _shown(value: Any) -> str:
+    return value.name if hasattr(value, "name") else str(value)
 
 
 def published_runs_settings(typed: Any, settings: Any, episode: Any) -> None:

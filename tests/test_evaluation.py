@@ -427,3 +427,14 @@ def test_an_eval_setting_out_of_range_is_refused_before_the_eval_dir_is_written(
     assert main(["eval", f"checkpoint={trained_run}", "eval.tta_shift=-2", f"hydra.run.dir='{target}'"]) == 2
     assert "eval.tta_shift=-2: give the pixels to shift" in capsys.readouterr().err
     assert not target.exists()
+
+
+def test_eval_says_what_the_command_line_changed_of_the_checkpoint_s_test(trained_run, tmp_path, capfd):
+    """A soft k-means score is not to be read as the run's own inductive test (trial G)."""
+    from metalearn_cli.cli import main
+
+    assert main(["eval", f"checkpoint={trained_run}", "eval.soft_kmeans_steps=1", "eval.episodes=4", "device=cpu",
+                 f"hydra.run.dir={tmp_path / 'e'}"]) == 0
+    shown = "".join(capfd.readouterr())
+    assert "the command line changes the checkpoint's test: eval.soft_kmeans_steps=1 (its own: 0)" in shown
+    assert "eval.episodes=4 (its own" not in shown  # how many tasks is not how each is tested
