@@ -288,17 +288,23 @@ def test_a_completed_run_is_extended_only_with_more_iterations(tmp_path, capsys)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["trainer"]["iterations"] == 20
 
 
-def test_a_second_ctrl_c_inside_a_step_marks_the_run_and_prints_the_resume_command(tmp_path, monkeypatch, capsys):
-    """The at-once stop (KeyboardInterrupt from the second request) is an interruption with a
-    resume command, not a bare 'interrupted' and a status left at running."""
+def second_ctrl_c_at(monkeypatch, step: int):
+    """Meta-iteration ``step`` ends in the KeyboardInterrupt a second stop request raises; returns the real iteration."""
     real = loop.TrainingRun.iteration
 
     def iteration(self):
         real(self)
-        if self.step == 5:
+        if self.step == step:
             raise KeyboardInterrupt  # what the handler raises on a second request
 
     monkeypatch.setattr(loop.TrainingRun, "iteration", iteration)
+    return real
+
+
+def test_a_second_ctrl_c_inside_a_step_marks_the_run_and_prints_the_resume_command(tmp_path, monkeypatch, capsys):
+    """The at-once stop (KeyboardInterrupt from the second request) is an interruption with a
+    resume command, not a bare 'interrupted' and a status left at running."""
+    second_ctrl_c_at(monkeypatch, 5)
     run = tmp_path / "run"
     assert main(["train", *STARTED, "trainer.checkpoint_every=2", f"hydra.run.dir={run}"]) == 130
     err = capsys.readouterr().err
@@ -309,14 +315,7 @@ def test_a_second_ctrl_c_inside_a_step_marks_the_run_and_prints_the_resume_comma
 
 def test_a_second_ctrl_c_before_the_first_last_pt_names_the_validated_start(tmp_path, monkeypatch, capsys):
     """Step 0 was validated, so best.pt exists: the message must not say that no checkpoint was written."""
-    real = loop.TrainingRun.iteration
-
-    def iteration(self):
-        real(self)
-        if self.step == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.TrainingRun, "iteration", iteration)
+    second_ctrl_c_at(monkeypatch, 1)
     run = tmp_path / "run"
     assert main(["train", *STARTED, "trainer.checkpoint_every=2", f"hydra.run.dir={run}"]) == 130
     err = capsys.readouterr().err
@@ -329,14 +328,7 @@ def test_a_second_ctrl_c_before_the_first_last_pt_names_the_validated_start(tmp_
 def test_a_stop_at_once_before_the_first_last_pt_continues_from_the_validated_best_pt(tmp_path, monkeypatch, capsys):
     """Stopped at once after a validation but before any last.pt (a second Ctrl-C; under torchrun, a rank killed):
     the line gives the command that goes on from best.pt, and that command finishes the run (trial F)."""
-    real = loop.TrainingRun.iteration
-
-    def iteration(self):
-        real(self)
-        if self.step == 7:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.TrainingRun, "iteration", iteration)
+    real = second_ctrl_c_at(monkeypatch, 7)
     run = tmp_path / "run"
     overrides = [*STARTED, "trainer.checkpoint_every=100", "trainer.val_every=5"]
     assert main(["train", *overrides, f"hydra.run.dir={run}"]) == 130
