@@ -71,8 +71,21 @@ def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[
                                      "holds one run per seed")
             by_seed[seed] = run
         name = label(runs[0]) + (f" (+{len(runs) - 1} more)" if len(runs) > 1 else "")
+        say_mixed(name, runs)
         groups.append((name, by_seed))
     return groups
+
+
+def say_mixed(name: str, runs: list[Path]) -> None:
+    """A note where the runs named as one setting differ in more than seed and bookkeeping (a pre-training given in
+    two ways is such a case, and fine; lr 1e-3 beside 1e-2 is not): the keys, so a slip is seen before it is pooled."""
+    from metalearn_cli.run_settings import bookkeeping, setting_config
+
+    configs = [setting_config(run) for run in runs]
+    keys = sorted({k for c in configs for k in c if not bookkeeping(k) and len({repr(c.get(k)) for c in configs}) > 1})
+    if len(runs) > 1 and keys:
+        shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+        print(f"note: the runs of --setting {name} differ in {shown}; they are pooled as one setting as asked", file=sys.stderr)
 
 
 def p_text(p: float) -> str:

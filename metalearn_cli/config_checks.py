@@ -215,8 +215,12 @@ def check_typed_pretrain_keys(cfg: Any, typed: Iterable[str], choice: Optional[s
 def validate_eval(e: Any) -> None:
     if e.episodes < 1 or e.batch_tasks < 1:
         raise ConfigError("eval.episodes and eval.batch_tasks must be >= 1")
-    if e.finetune_steps < 0 or e.finetune_lr < 0 or any(lr < 0 for lr in e.finetune_lr_search or []):
-        raise ConfigError("eval.finetune_steps, eval.finetune_lr and eval.finetune_lr_search must be >= 0")
+    for key, value in (("finetune_steps", e.finetune_steps), ("finetune_lr", e.finetune_lr),
+                       *(("finetune_lr_search", lr) for lr in e.finetune_lr_search or [])):
+        if value < 0:
+            what = {"finetune_steps": "a count of steps", "finetune_lr": "a learning rate"}.get(key, "learning rates")
+            shown = list(e.finetune_lr_search) if key == "finetune_lr_search" else value
+            raise ConfigError(f"eval.{key}={shown}: give {what} >= 0 (0 = off)")
     if e.finetune_search_episodes < 1 or (e.finetune_lr_search is not None and not e.finetune_lr_search):
         raise ConfigError("eval.finetune_search_episodes must be >= 1 and eval.finetune_lr_search a non-empty list (or null)")
     if e.support_copies < 0:

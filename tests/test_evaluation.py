@@ -438,3 +438,13 @@ def test_eval_says_what_the_command_line_changed_of_the_checkpoint_s_test(traine
     shown = "".join(capfd.readouterr())
     assert "the command line changes the checkpoint's test: eval.soft_kmeans_steps=1 (its own: 0)" in shown
     assert "eval.episodes=4 (its own" not in shown  # how many tasks is not how each is tested
+
+
+@pytest.mark.parametrize("typed,said", [("eval.finetune_steps=-3", "eval.finetune_steps=-3: give a count of steps >= 0"),
+                                        ("eval.finetune_lr=-0.1", "eval.finetune_lr=-0.1: give a learning rate >= 0"),
+                                        ("eval.finetune_lr_search=[0.1,-1]", "eval.finetune_lr_search=[0.1, -1.0]: give")])
+def test_a_fine_tuning_value_out_of_range_is_named_alone(trained_run, tmp_path, capsys, typed, said):
+    from metalearn_cli.cli import main
+
+    assert main(["eval", f"checkpoint={trained_run}", typed, f"hydra.run.dir={tmp_path / 'e'}"]) == 2
+    assert said in capsys.readouterr().err and not (tmp_path / "e").exists()
