@@ -36,7 +36,7 @@ from metalearn_cli.paired_stats import differing, paired, read_outcomes
 from metalearn_cli.report_plots import missing_glyphs_said
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, record_written, refuse_other_output
 from metalearn_cli.run_records import common_base, find_runs, read_run
-from metalearn_cli.run_settings import COMMON
+from metalearn_cli.run_settings import COMMON, bookkeeping, setting_config
 from metalearn_cli.same_tasks import published, same_tasks
 from metalearn_cli.rundir import ERROR, canonical, refuse_replacing
 from metalearn_cli.sweep_record import failed_and_stopped, sweep_note, unfinished_jobs
@@ -79,8 +79,6 @@ def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[
 def say_mixed(name: str, runs: list[Path]) -> None:
     """A note where the runs named as one setting differ in more than seed and bookkeeping (a pre-training given in
     two ways is such a case, and fine; lr 1e-3 beside 1e-2 is not): the keys, so a slip is seen before it is pooled."""
-    from metalearn_cli.run_settings import bookkeeping, setting_config
-
     configs = [setting_config(run) for run in runs]
     keys = sorted({k for c in configs for k in c if not bookkeeping(k) and len({repr(c.get(k)) for c in configs}) > 1})
     if len(runs) > 1 and keys:
