@@ -200,8 +200,8 @@ def _tool_app(command: str, keys: tuple[str, ...], target: str, check: str = "")
         def job(accept: Callable[..., None]) -> float:
             required(cfg, command, *keys)
             refuse_foreign_target(command, run_dir, resuming=False)  # also under -m, -cd, ...
-            for name in [check] if check else []:
-                module, function = name.split(":")
+            if check:
+                module, function = check.split(":")
                 getattr(importlib.import_module(module), function)(cfg)
             accept()
             module, function = target.split(":")
