@@ -24,7 +24,7 @@ commands:
   export    write a checkpoint's meta-knowledge alone, for metalearn_cli.load() and predict
   report    one table (markdown + CSV) and plots over run dirs or sweep dirs
   sample-task  write a small Omniglot task folder (support/, query/) to try predict on
-  compare   paired comparison of runs on the same test tasks: difference with CI95 (tasks, or seeds), McNemar
+  compare   paired comparison of runs on the same test tasks: difference with CI95 (tasks, or seeds), sign test
 
 examples:
   metalearn train                                    # ProtoNet on Omniglot 5-way 1-shot (embedded data, CPU ok)

@@ -11,12 +11,16 @@ methods are compared task by task rather than by two intervals that overlap:
   spread between trained networks (2 seeds: 1 degree of freedom, a wide interval, said); tests of Lake et al.'s
   published runs (``eval.lake_runs``) are the same tasks whatever the seed, so two single runs of
   other seeds pair too (two copies of the runs that differ do not);
+- the sign test over tasks: of the tasks on which the two runs' accuracies differ, how often each
+  is the better (exact binomial); tasks are drawn independently, so this is the honest test;
 - McNemar's test on the per-query outcomes: of the queries exactly one run gets right, how often
   each one is that run (exact binomial below 25 discordant queries, chi-square with continuity
-  correction above); over several seeds their queries are pooled, so it is about these trained networks;
+  correction above); a task's queries share its support set, so its p-value is smaller than the
+  evidence warrants and it says only that these networks differ on these queries; over several
+  seeds both tests pool the seeds' tasks, so they are about these trained networks;
 - how many test predictions differ between the two runs (a decoder that changes none is the
   reference under another name); runs written before 2026-12-02 hold no predictions;
-- a figure of the per-task differences.
+- a figure of the differences: per task (one seed) or per seed (several), under the interval.
 
 The first run is the reference; every other run is compared with it. Runs and eval dirs written
 since 2026-12-01 hold ``test_outcomes.npz``; an older one is re-scored with ``metalearn eval``.
@@ -26,24 +30,23 @@ from __future__ import annotations
 
 import csv
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
+from metalearn_cli.compare_lines import figure, notes, one_setting, result_line, say_mixed
 from metalearn_cli.console import OneLineParser, first_names, folder_arg, help_text
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.paired_stats import differing, paired, read_outcomes
 from metalearn_cli.report_plots import missing_glyphs_said
 from metalearn_cli.derived import INPUTS, default_output, outside_runs, record_inputs, record_written, refuse_other_output
 from metalearn_cli.run_records import common_base, find_runs, read_run
-from metalearn_cli.run_settings import COMMON, bookkeeping, setting_config
+from metalearn_cli.run_settings import COMMON
 from metalearn_cli.same_tasks import published, same_tasks
 from metalearn_cli.rundir import ERROR, canonical, refuse_replacing
 from metalearn_cli.sweep_record import failed_and_stopped, sweep_note, unfinished_jobs
 
 COLUMNS = ["reference", "run", "seeds", "tasks", "accuracy_reference", "accuracy_run", "difference", "ci95_low", "ci95_high",
-           "only_reference_right", "only_run_right", "mcnemar_p", "predictions_differ", "predictions"]
-FEW_TASKS = 100  # below this, a bootstrap over tasks has too few distinct resamples to trust
+           "reference_better_tasks", "run_better_tasks", "sign_p", "only_reference_right", "only_run_right", "mcnemar_p", "predictions_differ", "predictions"]
 
 
 def settings(runs: list[Path]) -> list[tuple[str, dict[int, Path]]]:
@@ -76,46 +79,7 @@ def named_settings(named: list[list[Path]], label: Any) -> list[tuple[str, dict[
     return groups
 
 
-def say_mixed(name: str, runs: list[Path]) -> None:
-    """A note where the runs named as one setting differ in more than seed and bookkeeping (a pre-training given in
-    two ways is such a case, and fine; lr 1e-3 beside 1e-2 is not): the keys, so a slip is seen before it is pooled."""
-    configs = [setting_config(run) for run in runs]
-    keys = sorted({k for c in configs for k in c if not bookkeeping(k) and len({repr(c.get(k)) for c in configs}) > 1})
-    if len(runs) > 1 and keys:
-        shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
-        print(f"note: the runs of --setting {name} differ in {shown}; they are pooled as one setting as asked", file=sys.stderr)
 
-
-def p_text(p: float) -> str:
-    """``= 0.018``, or a bound where the exact test's tail is below the smallest double (printed as 0)."""
-    return f"= {p:.3g}" if p > 0 else "< 1e-300"
-
-
-def figure(rows: list[dict[str, Any]], diffs: list[Any], out: Path) -> Path:
-    """Per-task accuracy differences (B - A, %) of each comparison, with the mean and its CI95."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 1.4 + 1.1 * len(rows)))
-    ys = list(range(len(rows)))[::-1]
-    for row, diff, y in zip(rows, diffs, ys):
-        ax.scatter(100 * diff, [y + 0.25] * len(diff), s=4, alpha=0.15, color="grey")
-        ax.errorbar([row["difference"]], [y], xerr=[[row["difference"] - row["ci95_low"]], [row["ci95_high"] - row["difference"]]],
-                    fmt="o", capsize=4, color="C0")
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_ylim(-0.6, len(rows) - 0.4)  # each row's dots just above it, never along the frame (one row included)
-    labels = [textwrap.fill(f"{r['run']} vs {r['reference']}", 48) + f"\nMcNemar p {p_text(r['mcnemar_p'])}"
-              + (f" (these networks; CI over {r['seeds']} seeds)" if r["seeds"] > 1 else "") for r in rows]
-    ax.set_yticks(ys, labels, fontsize=8)  # settings can be long: wrapped, so the plot keeps its width
-    ax.set_xlabel("per-task accuracy difference (percentage points; mean and CI95: bootstrap over tasks, or Student's t "
-                  "over seeds)", fontsize=10)
-    fig.tight_layout()
-    path = out / "compare.png"
-    fig.savefig(path, dpi=200, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _named(name: str, runs: dict[int, Path], label: Any) -> str:
@@ -153,7 +117,9 @@ def shortest(path: Path, base: Path) -> Path:
 
 def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tuple[list[dict[str, Any]], list[Any]]:
     """Each setting against the first, on the seeds they share: the table's rows and each row's
-    per-task differences (averaged over seeds) for the figure."""
+    differences for the figure: per task (one seed) or each seed's mean (several: what the interval is over)."""
+    import numpy as np
+
     ref_name, rows, diffs = groups[0][0], [], []
     for name, group in groups[1:]:
         ref_runs = groups[0][1]
@@ -186,7 +152,8 @@ def compare_groups(groups: list[tuple[str, dict[int, Path]]], label: Any) -> tup
         rows.append({"reference": _named(ref_name, ref_runs, label) if one else _on_seeds(ref_name, ref_runs, seeds),
                      "run": _named(name, group, label) if one else _on_seeds(name, group, seeds), **paired(a, b),
                      "predictions_differ": changed, "predictions": total})
-        diffs.append(sum(y.mean(1) - x.mean(1) for x, y in zip(a, b)) / len(seeds))
+        per_task = [y.mean(1) - x.mean(1) for x, y in zip(a, b)]  # the figure's dots: what the interval is over
+        diffs.append(per_task[0] if len(seeds) == 1 else np.array([d.mean() for d in per_task]))
     return rows, diffs
 
 
@@ -202,39 +169,7 @@ def one_published_test(a: dict[int, Path], b: dict[int, Path]) -> bool:
     return len(a) == len(b) == 1 and all(published(read_run(r)["results"]) for r in (*a.values(), *b.values()))
 
 
-def result_line(r: dict[str, Any]) -> str:
-    """A comparison in one line. Over several seeds the interval is over the seeds, and McNemar's test (every seed's
-    queries pooled) is said to be about these networks, so the two answer different questions in plain words."""
-    seeds = r["seeds"] > 1
-    shared = f"{r['tasks']} shared tasks" + (f" x {r['seeds']} seeds" if seeds else "")
-    interval = f"CI95 [{r['ci95_low']:+.2f}, {r['ci95_high']:+.2f}]" + (" over seeds (Student's t)" if seeds else "")
-    mcnemar = f"McNemar p {p_text(r['mcnemar_p'])}" + (" for these networks, queries pooled" if seeds else "")
-    return (f"{r['run']} vs {r['reference']}: {r['accuracy_run']:.2f}% vs {r['accuracy_reference']:.2f}% on {shared}; "
-            f"difference {r['difference']:+.2f} points, {interval}; {mcnemar} ({r['only_run_right']} vs "
-            f"{r['only_reference_right']} queries only one got right)"
-            + (f"; {r['predictions_differ']} of {r['predictions']} predictions differ" if r["predictions_differ"] is not None else ""))
 
-
-def notes(rows: list[dict[str, Any]], reference: Path) -> list[str]:
-    """What limits the comparison, each said once however many rows it concerns: too few tasks (one seed: the interval
-    is over tasks); two seeds (the interval is over seeds)."""
-    out = []
-    fewest = min((r["tasks"] for r in rows if r["seeds"] == 1), default=FEW_TASKS)
-    if fewest < FEW_TASKS:
-        out.append(few_tasks_note(fewest, reference))
-    if any(r["seeds"] == 2 and r["ci95_low"] <= 0 <= r["ci95_high"] for r in rows):
-        out.append("note: an interval over 2 seeds has 1 degree of freedom (t = 12.7), which is why it holds 0 here; "
-                   "a third seed of each setting narrows it")
-    return out
-
-
-def few_tasks_note(tasks: int, reference: Path) -> str:
-    """What to do when a comparison rests on too few tasks: score more, or (Lake et al.'s published runs, all
-    there are) compare more seeds."""
-    how = ("Lake et al. published only these runs: compare more seeds of each setting (--setting RUN ...)"
-           if published(read_run(reference)["results"]) else
-           f"score {FEW_TASKS} or more (metalearn eval checkpoint=RUN eval.episodes=1000)")
-    return f"note: {tasks} tasks are too few for a trustworthy interval or p-value; {how}"
 
 
 def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
@@ -255,15 +190,6 @@ def sweeps_finished(found: list[list[Path]], given: list[Path]) -> list[Path]:
                   f"{'; '.join(parts)}", file=sys.stderr)
     return runs
 
-
-def one_setting(runs: dict[int, Path]) -> str:
-    """Why runs of one setting are no comparison, and how to compare their weights all the same."""
-    if all(published(read_run(run)["results"]) for run in runs.values()):  # the same 20 runs whatever the seed
-        return ("the runs given are seeds of one setting; to compare their weights on Lake et al.'s published runs, "
-                "which every seed is tested on, name each as a setting: --setting A --setting B")
-    return ("the runs given are seeds of one setting, and each seed is tested on tasks of its own; give runs of two "
-            "settings or more, or, to compare these runs' weights, score each on one seed's tasks (metalearn eval "
-            f"checkpoint=RUN seed={min(runs)}) and compare the eval dirs")
 
 
 def refuse_twice(parser: OneLineParser, runs: list[Path], given: list[Path]) -> None:
@@ -310,7 +236,7 @@ def main(argv: list[str]) -> int:
     with open(out / "compare.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows([{k: float(f"{v:.4g}") if k == "mcnemar_p" else round(v, 4) if isinstance(v, float) else v  # p: 4 significant digits
+        writer.writerows([{k: float(f"{v:.4g}") if k.endswith("_p") else round(v, 4) if isinstance(v, float) else v  # p: 4 significant digits
                            for k, v in r.items()} for r in rows])
     for r in rows:
         print(result_line(r))

@@ -1,6 +1,7 @@
 """Paired statistics of two runs' per-query outcomes on the same fixed test tasks: the outcomes as
 ``test_outcomes.npz`` holds them, the interval of the difference (a bootstrap over tasks for one seed;
-Student's t over the seeds' differences for several), McNemar's test and how many predictions differ.
+Student's t over the seeds' differences for several), the sign test over tasks, McNemar's test over
+queries and how many predictions differ.
 ``metalearn compare``, ``report``'s seed bands and the benches share them."""
 
 from __future__ import annotations
@@ -91,14 +92,27 @@ def differing(a: list[Any], b: list[Any]) -> tuple[Optional[int], int]:
     return int(sum((x != y).sum() for x, y in zip(a, b))), sum(x.size for x in a)
 
 
+def binomial_two_sided(a: int, b: int) -> float:
+    """Exact two-sided p-value of ``a`` against ``b`` successes under Binomial(a + b, 1/2): twice the smaller tail
+    (integers throughout, so a tail below the smallest double is 0.0, never an overflow)."""
+    n = a + b
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(a, b) + 1)) / 2**n)
+
+
+def sign_test(a_better: int, b_better: int) -> float:
+    """Two-sided sign test over tasks: of the tasks where the two runs' accuracies differ, how often each is the
+    better one. Tasks are the units drawn independently; the queries of one task share its support set and its
+    classes, so a test over queries (McNemar's) counts one task's luck many times."""
+    return binomial_two_sided(a_better, b_better)
+
+
 def mcnemar(only_a: int, only_b: int) -> float:
     """Two-sided p-value of McNemar's test from the discordant counts."""
     n = only_a + only_b
-    if n == 0:
-        return 1.0
     if n < 25:  # exact: the smaller count under Binomial(n, 1/2)
-        tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
-        return min(1.0, 2 * tail)
+        return binomial_two_sided(only_a, only_b)
     statistic = (abs(only_a - only_b) - 1) ** 2 / n
     return math.erfc(math.sqrt(statistic / 2))  # chi-square with one degree of freedom
 
@@ -110,7 +124,8 @@ def paired(a: Any, b: Any, resamples: int = 10_000, seed: int = 0) -> dict[str, 
     Over seeds the interval is Student's t over each seed's mean difference (``seeds - 1`` degrees of freedom): the
     question is whether one setting trains better networks, and a few seeds say little of that. A bootstrap over 2
     or 3 seeds has only 3 or 10 distinct draws of them and gave intervals far narrower than the seeds' spread.
-    McNemar's test pools every seed's queries: it asks whether these trained networks differ on these tasks."""
+    The sign test (tasks) and McNemar's test (queries) pool every seed's: they ask whether these trained networks
+    differ on these tasks; of the two, the sign test is the one whose units are independent draws."""
     import numpy as np
 
     a_seeds, b_seeds = (list(x) if isinstance(x, (list, tuple)) else [x] for x in (a, b))
@@ -125,7 +140,9 @@ def paired(a: Any, b: Any, resamples: int = 10_000, seed: int = 0) -> dict[str, 
         low, high = per_seed.mean() - half, per_seed.mean() + half
     a_all, b_all = (np.concatenate([x.reshape(-1) for x in seeds]) for seeds in (a_seeds, b_seeds))
     only_a, only_b = int((a_all & ~b_all).sum()), int((~a_all & b_all).sum())
+    a_tasks, b_tasks = int(sum((d < 0).sum() for d in diff)), int(sum((d > 0).sum() for d in diff))  # ties say nothing
     return {"seeds": len(diff), "tasks": min(len(d) for d in diff), "accuracy_reference": 100 * a_all.mean(),
             "accuracy_run": 100 * b_all.mean(), "difference": 100 * per_seed.mean(), "ci95_low": 100 * low,
             "ci95_high": 100 * high, "only_reference_right": only_a, "only_run_right": only_b,
+            "reference_better_tasks": a_tasks, "run_better_tasks": b_tasks, "sign_p": sign_test(a_tasks, b_tasks),
             "mcnemar_p": mcnemar(only_a, only_b)}

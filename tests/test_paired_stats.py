@@ -1,5 +1,5 @@
-"""The paired statistics behind metalearn compare: McNemar, the bootstrap interval over tasks and seeds,
-and the count of differing predictions."""
+"""The paired statistics behind metalearn compare: McNemar, the sign test over tasks, the interval over tasks
+and seeds, and the count of differing predictions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from metalearn_cli.paired_stats import differing, mcnemar, paired
+from metalearn_cli.paired_stats import differing, mcnemar, paired, sign_test
 
 
 def test_mcnemar_exact_and_chi_square():
@@ -75,3 +75,21 @@ def test_seeds_scored_on_different_numbers_of_tasks_pair_without_a_traceback():
     result = paired(a, b)
     assert result["seeds"] == 2 and result["tasks"] == 40
     assert result["difference"] == pytest.approx((100 + 20) / 2)
+
+
+def test_the_sign_test_counts_tasks_so_one_task_s_many_queries_count_once():
+    """A gain that comes from a few tasks, many queries each: McNemar's test over queries calls it certain, the
+    sign test over tasks does not; ties are left out, and an exact tail below the smallest double is 0, not an error."""
+    assert sign_test(0, 6) == pytest.approx(2 / 64) and sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
+    assert sign_test(0, 2000) == 0.0
+    a = np.zeros((200, 100), bool)
+    b = a.copy()
+    b[:3] = True  # 3 of 200 tasks gained 100 queries each; the other 197 tie
+    result = paired(a, b)
+    assert (result["run_better_tasks"], result["reference_better_tasks"]) == (3, 0)
+    assert result["sign_p"] == pytest.approx(0.25) and result["mcnemar_p"] < 1e-60
+    b[3:7, 0] = False  # seeds pool their tasks: two seeds, each with its own ties and wins
+    a[3:7, 0] = True
+    both = paired([a, a], [b, b])
+    assert (both["run_better_tasks"], both["reference_better_tasks"]) == (6, 8)
+    assert both["sign_p"] == pytest.approx(sign_test(8, 6))
