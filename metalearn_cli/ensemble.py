@@ -222,7 +222,8 @@ def check_new_member(path: Any, source: Optional[str], strategy: Strategy, membe
     """An ensemble member (``ensemble=`` of eval and predict alike) is another trained network: not a file
     already listed, nor a copy of a member's weights (an export, another checkpoint of the same step)."""
     if source is not None and source in sources:
-        raise ConfigError(f"ensemble member {path} is {source}, already a member; list each trained run once")
+        spelled = f" ({source})" if str(Path(str(path)).expanduser().resolve()) != source else ""  # a run dir: its checkpoint
+        raise ConfigError(f"ensemble member {path}{spelled} is listed twice; list each trained run once")
     twin = next((src for m, src in zip(members, sources) if same_weights(m, strategy)), None)
     if twin is not None:
         raise ConfigError(f"ensemble member {path} holds the same weights as {twin} (a copy, an export or another "

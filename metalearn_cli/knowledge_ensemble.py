@@ -19,10 +19,13 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from metalearn_cli import knowledge
+from metalearn_cli.console import first_names
 from metalearn_cli.data.images import ImageSource
 from metalearn_cli.ensemble import check_new_member
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.knowledge import Images, MetaKnowledge, TaskClassifier, is_pixels
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -53,7 +56,20 @@ def load_members(paths: Sequence[Any], device: Any) -> list[MetaKnowledge]:
             check_new_member(path, member.source, member.strategy, [m.strategy for m in members],
                              [m.source for m in members])
         members.append(member)
+    say_other_data(members)
     return members
+
+
+def say_other_data(members: Sequence[MetaKnowledge]) -> None:
+    """A warning where the members were trained on different data sets (Omniglot beside mini-ImageNet): averaged as
+    asked, since the user brings the task, but ``metalearn eval`` refuses such an ensemble, so it is said, not silent."""
+    trained: dict[str, list[str]] = {}
+    for m in members:
+        trained.setdefault(str(m.config.dataset.get("name")), []).append(str(m.source))
+    if len(trained) > 1:
+        shown = "; ".join(f"{name}: {first_names(sources, 2)}" for name, sources in trained.items())
+        log.warning("the ensemble's members were trained on different data sets (%s); their probabilities are averaged "
+                    "as asked (metalearn eval refuses such an ensemble: their test classes differ)", shown)
 
 
 class EnsembleClassifier:

@@ -251,7 +251,7 @@ def test_a_run_listed_twice_is_refused(two_runs, tmp_path):
     link.symlink_to(two_runs[0], target_is_directory=True)
     proc = _eval(tmp_path, "twice", f"checkpoint={two_runs[0]}", f"ensemble=['{two_runs[1]}','{link}']")
     last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "already a member" in last, proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "is listed twice" in last, proc.stderr
     assert not (tmp_path / "twice" / "results.json").exists()
 
 

@@ -63,8 +63,10 @@ def test_members_of_two_image_sizes_each_read_the_files_and_pixels_are_refused_w
 
 def test_a_copy_of_a_member_an_empty_list_and_bad_labels_are_one_line(runs, tmp_path):
     made, support, labels, _ = runs
-    with pytest.raises(ConfigError, match="already a member"):
-        metalearn_cli.load([made["a"], made["a"] / "checkpoints" / "best.pt"], device="cpu")
+    with pytest.raises(ConfigError, match=r"best.pt\) is listed twice; list each trained run once"):  # the dir: its file named
+        metalearn_cli.load([made["a"] / "checkpoints" / "best.pt", made["a"]], device="cpu")
+    with pytest.raises(ConfigError, match=r"best.pt is listed twice; list each trained run once$"):  # the file: said once
+        metalearn_cli.load([made["a"] / "checkpoints" / "best.pt"] * 2, device="cpu")
     with pytest.raises(ConfigError, match="at least one trained meta-network"):
         metalearn_cli.load([], device="cpu")
     ensemble = metalearn_cli.load([made["a"], made["b ü"]], device="cpu")
@@ -72,3 +74,23 @@ def test_a_copy_of_a_member_an_empty_list_and_bad_labels_are_one_line(runs, tmp_
         ensemble.adapt(support, ["cat"] * len(support))
     with pytest.raises(DataError, match="2 support images but"):
         ensemble.adapt(support[:2], labels)
+
+
+def test_members_trained_on_different_data_sets_are_averaged_with_a_warning(runs, caplog):
+    """eval refuses such an ensemble (its test classes differ); from Python or predict the user brings the task, so
+    the mean is given, and the warning names each data set's members."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from metalearn_cli.knowledge_ensemble import say_other_data
+
+    def member(name, source):
+        return SimpleNamespace(config=OmegaConf.create({"dataset": {"name": name}}), source=source)
+
+    say_other_data([member("omniglot", "/r/a.pt"), member("omniglot", "/r/b.pt")])
+    assert not caplog.records
+    say_other_data([member("omniglot", "/r/a.pt"), member("mini_imagenet", "/r/b.pt"), member("omniglot", "/r/c.pt")])
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "trained on different data sets (omniglot: /r/a.pt, /r/c.pt; " \
+        "mini_imagenet: /r/b.pt); their probabilities are averaged as asked" in record.getMessage()
