@@ -305,10 +305,10 @@ def validate_train_config(cfg: Any, typed: bool = False) -> DictConfig:
 def seen_class_validation(cfg: Any) -> Optional[str]:
     """Why a sweep over this config would rank trials by classes that also train, or None: the default
     data set option (and the best presets) validate on their training characters (``dataset.val=trainval``)."""
+    from metalearn_cli.params.datasets import seen_validation
+
     val = OmegaConf.select(cfg, "dataset.val")
-    val = getattr(val, "value", val)
-    if val not in ("trainval", "drawers"):
+    if (what := seen_validation(val)) is None:
         return None
-    what = "characters that also train" if val == "trainval" else "new drawings of the training characters"
-    return (f"dataset.val={val} validates on {what}, so this sweep ranks its trials by seen classes; add dataset=omniglot "
+    return (f"dataset.val={getattr(val, 'value', val)} validates on {what}, so this sweep ranks its trials by seen classes; add dataset=omniglot "
             "(or dataset.val=alphabets on split=background) to rank them by held-out ones")

@@ -153,3 +153,21 @@ def check_test_options(each: list[Any], datas: list[FewShotData], strategy: Any)
     for settings, data, network in zip(each, datas, networks):
         check_tta_shift(settings.tta_shift, data.image_shape)
         network.model.check_refinement(settings.soft_kmeans_steps)
+
+
+def say_seen_classes(split: str, dataset: Any, settings: Any) -> None:
+    """A warning where what eval reads from the validation split was seen in training (``dataset.val=trainval``, the
+    default run's, or ``drawers``): ``split=val`` then scores no held-out classes, and ``eval.finetune_lr_search``
+    picks its rate on classes the network knows (the test itself stays on held-out ones)."""
+    from metalearn_cli.params.datasets import seen_validation
+
+    val = OmegaConf.select(dataset, "val")
+    if (what := seen_validation(val)) is None:
+        return
+    val = getattr(val, "value", val)
+    if split == "val":
+        log.warning("split=val scores %s (the run's dataset.val=%s), not held-out classes; split=test scores held-out "
+                    "ones", what, val)
+    if settings.finetune_lr_search and settings.finetune_steps:
+        log.warning("eval.finetune_lr_search picks its rate on validation tasks of %s (the run's dataset.val=%s), which "
+                    "may favour less fine-tuning than held-out classes need", what, val)

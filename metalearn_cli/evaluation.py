@@ -34,6 +34,7 @@ from metalearn_cli.errors import ConfigError
 from metalearn_cli.ensemble import Ensemble, LockstepTasks, ensemble_paths, load_ensemble
 from metalearn_cli.eval_inputs import (
     check_ensemble_options, check_test_options, dataset_of, eval_settings, member_data, member_settings, published_runs_settings, reads_folder,
+    say_seen_classes,
 )
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.resume import run_dir_of, unfinished_note
@@ -301,6 +302,7 @@ def evaluate(cfg: Any, run_dir: Path) -> float:
     check_test_options(each, members, strategy)
     episode = cfg.episode if cfg.episode is not None else train_cfg.episode
     published_runs_settings(cfg.eval, eval_cfg, episode)
+    say_seen_classes(cfg.split, train_cfg.dataset, eval_cfg)
     seed = cfg.seed if cfg.seed is not None else train_cfg.seed
     finetune = Finetuner.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).meta_augment, data.image_shape, strategy)
     support = SupportCopies.of(eval_cfg, DATASETS.params_of(train_cfg.dataset).augment, data.image_shape)

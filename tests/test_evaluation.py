@@ -448,3 +448,27 @@ def test_a_fine_tuning_value_out_of_range_is_named_alone(trained_run, tmp_path, 
 
     assert main(["eval", f"checkpoint={trained_run}", typed, f"hydra.run.dir={tmp_path / 'e'}"]) == 2
     assert said in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_eval_warns_where_the_validation_split_holds_classes_the_run_trained_on(tmp_path, caplog):
+    """The default run validates on characters that also train (dataset.val=trainval): split=val scores no held-out
+    classes, and eval.finetune_lr_search picks its rate on them (trial G). A held-out validation says nothing."""
+    from metalearn_cli.params.datasets import seen_validation
+
+    run = tmp_path / "run"
+    training.train(compose_config("train", ["encoder=conv4", "encoder.width=8", "trainer.iterations=1", "trainer.val_every=1",
+                                            "trainer.val_episodes=2", "eval.episodes=2", "trainer.progress=false",
+                                            "device=cpu"]), run)
+    assert json.loads((run / "results.json").read_text())["dataset"] == "omniglot"
+    caplog.set_level("WARNING")
+    evaluation.evaluate(compose_config("eval", [f"checkpoint={run}", "split=val", "eval.episodes=2", "eval.finetune_steps=1",
+                                                "eval.finetune_lr_search=[0,0.001]", "eval.finetune_search_episodes=1",
+                                                "device=cpu"]), tmp_path / "val")
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("split=val scores characters that also train (the run's dataset.val=trainval)") for m in said), said
+    assert any(m.startswith("eval.finetune_lr_search picks its rate on validation tasks of characters that also train")
+               for m in said), said
+    caplog.clear()
+    evaluation.evaluate(compose_config("eval", [f"checkpoint={run}", "eval.episodes=2", "device=cpu"]), tmp_path / "test")
+    assert not [r for r in caplog.records if "dataset.val=" in r.getMessage()]
+    assert seen_validation("drawers") == "new drawings of the training characters" and seen_validation("alphabets") is None

@@ -164,6 +164,14 @@ class OmniglotVal(enum.Enum):
     #   validation draws the upright training characters again (seen images: it ranks checkpoints optimistically)
 
 
+def seen_validation(val: Any) -> Optional[str]:
+    """What a validation split of ``dataset.val=val`` holds where training saw it (``trainval``: characters that
+    also train; ``drawers``: new drawings of training characters), else None: held-out classes. Sweeps that rank
+    trials by it, and ``metalearn eval split=val``, say so."""
+    val = getattr(val, "value", val)
+    return {"trainval": "characters that also train", "drawers": "new drawings of the training characters"}.get(val)
+
+
 @dataclass
 class OmniglotParams:
     name: str = "omniglot"
