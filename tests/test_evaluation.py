@@ -95,6 +95,8 @@ def test_eval_writes_per_task_stats_of_what_the_decoder_generated(compose_train,
     assert all(float(r[c]) > 0 for r in rows for c in columns)
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert sum(float(r["accuracy"]) for r in rows) / 7 == pytest.approx(results["accuracy"])
+    assert results["task_stats"] == "task_stats.csv"  # results.json says where the rows are (trial G: no trace)
+    assert "task_stats" not in json.loads((tmp_path / "run" / "results.json").read_text())  # not asked for: not said
     # Per-task rows, not one row repeated: tasks differ, so do their generated parameters.
     assert len({r[sorted(columns)[0]] for r in rows}) > 1
 
