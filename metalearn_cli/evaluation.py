@@ -171,8 +171,7 @@ def score_checkpoint(
         "inner_steps_at_test": strategy.test_inner_steps(),
         **({"ensemble_inner_steps_at_test": strategy.inner_steps_each()} if len(modes) > 1 else {}),
         "finetune_steps": finetune.steps if finetune is not None else 0, **member_views[0].summary(),
-        "support_copies": support.copies if support is not None else 0,
-        **({"task_stats": "task_stats.csv"} if stats is not None else {}),  # eval.save_task_stats: where its rows are
+        "support_copies": support.copies if support is not None else 0, **({"task_stats": "task_stats.csv"} if stats is not None else {}),
         **refinement_record(each or [eval_cfg]),
         **({"ensemble_tta": [v.summary() for v in member_views]} if len(set(member_views)) > 1 else {}),
         **({"finetune_lr": finetune.lr, "finetune_params": finetune.params, "finetune_augment": finetune.augment_name, "finetune_search": search}

@@ -98,7 +98,7 @@ class PretrainConfig:
     max_iterations: Optional[int] = None  # a cap on the stage's steps, epochs counted (debug=smoke: any preset's stage in seconds)
     batch_size: int = 128  # images per step, drawn from all training classes
     # An optimizer-group node (configs/optimizer/), its update through optim.meta_step like meta-training's:
-    # SGD + Nesterov momentum 0.9, lr 0.05, weight decay 5e-4, cosine decay to 0, no clipping (RFS's settings).
+    # SGD + Nesterov momentum 0.9, lr 0.05, weight decay 5e-4, cosine decay to 0, no clipping (RFS's rate, momentum and decay; RFS's schedule is pretrain=rfs).
     optimizer: Any = field(default_factory=lambda: {
         "name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
         "schedule": {"kind": "cosine", "warmup": 0, "min_lr_ratio": 0.0, "step_size": 2000, "gamma": 0.5, "milestones": [0.6, 0.8]},

@@ -12,6 +12,12 @@ class Adapt(enum.Enum):
     head = "head"  # the decoder only (ANIL)
 
 
+class InnerLoss(enum.Enum):
+    mean = "mean"  # the support set's mean cross-entropy (learn2learn's and MAML++'s code)
+    sum_per_shot = "sum_per_shot"  # Finn et al.'s code: summed over the support set, divided by the shot: N x the mean,
+    #   so one inner_lr steps N times further (their Omniglot 0.4 at 5-way is 2.0 on the mean)
+
+
 class Vectorize(enum.Enum):
     auto = "auto"  # vmap on CUDA when the encoder allows it, the task loop on CPU (measured faster there)
     vmap = "vmap"
@@ -26,6 +32,8 @@ class MAMLParams:
     inner_lr: float = 0.4  # inner-loop step size (Finn et al., Omniglot: 0.4); Meta-SGD's initial value unless inner_lr_range
     first_order: bool = False  # FOMAML: drop the second-order term
     adapt: Adapt = Adapt.all
+    adapt_norm: bool = True  # false: batch-norm's scale and shift stay out of the inner loop (learned across tasks only), as Finn et al.'s and MAML++'s code
+    inner_loss: InnerLoss = InnerLoss.mean  # the support loss the inner step descends (sum_per_shot: Finn et al.'s code)
     learn_inner_lr: bool = False  # Meta-SGD: per-parameter learned inner learning rates
     inner_lr_range: Optional[list[float]] = None  # Meta-SGD: draw each rate from U(low, high) (Li et al.: [0.005, 0.1]); null: start at inner_lr
     vectorize: Vectorize = Vectorize.auto

@@ -41,7 +41,7 @@ from metalearn_cli.errors import ConfigError
 from metalearn_cli.model import MetaModel
 from metalearn_cli.strategies import STRATEGIES
 from metalearn_cli.strategies.base import Prediction, StepOutput, Strategy
-from metalearn_cli.params.strategies import ANILParams, Adapt, FOMAMLParams, MAMLParams, MetaSGDParams, Vectorize
+from metalearn_cli.params.strategies import ANILParams, Adapt, FOMAMLParams, InnerLoss, MAMLParams, MetaSGDParams, Vectorize
 
 Weights = dict[str, torch.Tensor]
 
@@ -60,6 +60,14 @@ class _Counter(nn.Module):
         self.value = int(state["meta_iterations"])
 
 
+def norm_parameters(model: nn.Module) -> set[str]:
+    """The names of the normalisation layers' own parameters (batch norm's scale and shift, group and layer norm's):
+    what ``strategy.adapt_norm=false`` keeps out of the inner loop."""
+    kinds = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+    return {f"{name}.{p}" if name else p for name, module in model.named_modules() if isinstance(module, kinds)
+            for p, _ in module.named_parameters(recurse=False)}
+
+
 class MAML(Strategy):
     isolates_tasks = True
 
@@ -74,8 +82,10 @@ class MAML(Strategy):
         self.bn_steps = StepStatistics(model, params.inner_steps if params.per_step_bn else None)
         if params.per_step_bn:
             self.stored_statistics = ("per_step",)
+        norm = norm_parameters(model) if not params.adapt_norm else set()
         self.adapt_names = [n for n, _ in model.named_parameters()
-                            if params.adapt is Adapt.all or n.startswith("decoder.")]
+                            if (params.adapt is Adapt.all or n.startswith("decoder.")) and n not in norm]
+        self.support_scale = params.inner_loss is InnerLoss.sum_per_shot  # the loss times N: Finn et al.'s sum over K
         self.inner_lrs = nn.ParameterDict()
         if params.learn_inner_lr:
             for name, p in model.named_parameters():
@@ -194,6 +204,7 @@ class MAML(Strategy):
             def support_loss(trainable: Weights) -> tuple[torch.Tensor, list[torch.Tensor]]:
                 start = len(self.bn_steps.records)
                 loss = F.cross_entropy(forward({**base, **trainable}, None, constant=not create_graph).logits[0], sy)
+                loss = loss * n_way if self.support_scale else loss
                 return loss, self.bn_steps.since(start)  # BNRS statistics, unwrapped by grad
 
             trainable = {n[len(prefix):]: base[n[len(prefix):]] for n in adapted}
