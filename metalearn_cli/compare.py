@@ -12,7 +12,9 @@ methods are compared task by task rather than by two intervals that overlap:
   published runs (``eval.lake_runs``) are the same tasks whatever the seed, so two single runs of
   other seeds pair too (two copies of the runs that differ do not);
 - the sign test over tasks: of the tasks on which the two runs' accuracies differ, how often each
-  is the better (exact binomial); tasks are drawn independently, so this is the honest test;
+  is the better (exact binomial); one seed's tasks are drawn independently, so this is the honest
+  one-seed test (over several seeds it counts task-seed pairs, and on Lake et al.'s published runs
+  every seed scores the same 20 runs: there the interval over seeds is the answer);
 - McNemar's test on the per-query outcomes: of the queries exactly one run gets right, how often
   each one is that run (exact binomial below 25 discordant queries, chi-square with continuity
   correction above); a task's queries share its support set, so its p-value is smaller than the

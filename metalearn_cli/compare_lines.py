@@ -69,7 +69,8 @@ def result_line(r: dict[str, Any]) -> str:
     seeds = r["seeds"] > 1
     shared = f"{r['tasks']} shared tasks" + (f" x {r['seeds']} seeds" if seeds else "")
     interval = f"CI95 [{r['ci95_low']:+.2f}, {r['ci95_high']:+.2f}]" + (" over seeds (Student's t)" if seeds else "")
-    tests = (f"better on {r['run_better_tasks']} vs {r['reference_better_tasks']} tasks (sign test p {p_text(r['sign_p'])}); "
+    units = "task-seed pairs" if seeds else "tasks"  # Lake's published runs: the same 20 under every seed
+    tests = (f"better on {r['run_better_tasks']} vs {r['reference_better_tasks']} {units} (sign test p {p_text(r['sign_p'])}); "
              f"McNemar p {p_text(r['mcnemar_p'])} over queries ({r['only_run_right']} vs {r['only_reference_right']} "
              "queries only one got right)")
     return (f"{r['run']} vs {r['reference']}: {r['accuracy_run']:.2f}% vs {r['accuracy_reference']:.2f}% on {shared}; "

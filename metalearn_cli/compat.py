@@ -17,8 +17,8 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     ``episode.protocol``, ``pretrain``, ``trainer.freeze_encoder`` and the transformer's ``stem`` (files
     before it hold the patch stem) were added on 2026-11-27; ``pretrain.lr`` and ``weight_decay`` moved
     into ``pretrain.optimizer``, ``logger`` was added, and FEAT took its code's recipe, on 2026-12-01; a Conv-4's
-    ``width`` is null beside ``widths`` since 2026-12-05. Options added to a data set, the trainer, pre-training or
-    evaluation since a file was written take their defaults, which keep what the run did then."""
+    ``width`` is null beside ``widths`` since 2026-12-05. Options added to a data set, the trainer, a strategy,
+    pre-training or evaluation since a file was written take their defaults, which keep what the run did then."""
     from metalearn_cli.schema import PretrainConfig
 
     config = copy.deepcopy(config)
@@ -73,6 +73,9 @@ def _fill_added_options(config: dict[str, Any]) -> None:
         _fill(config["eval"], EvalConfig)
     if isinstance(config.get("pretrain"), dict):  # pretrain options added since (epochs): their defaults
         _fill(config["pretrain"], PretrainConfig)
+    strategy = config.get("strategy")
+    if isinstance(strategy, dict) and strategy.get("name") in PARAMS["strategy"]:  # adapt_norm, inner_loss since 2026-12-07
+        _fill(strategy, PARAMS["strategy"][strategy["name"]])
 
 
 def refuse_changed_recipe(saved: dict[str, Any], path: Any) -> None:

@@ -111,6 +111,9 @@ def check_strategy_variant(strategy: Any) -> None:
         raise ConfigError(f"strategy.first_order_until={strategy.first_order_until} counts first-order meta-iterations "
                           f"before second-order ones, but strategy={name} is first-order throughout (first_order=true); "
                           "first_order_until needs strategy=maml with first_order=false, or drop it")
+    if strategy.get("adapt_norm") is False and str(getattr(strategy.get("adapt"), "value", strategy.get("adapt"))) == "head":
+        raise ConfigError(f"strategy.adapt_norm=false keeps the encoder's norm layers out of the inner loop, but "
+                          f"strategy={name} adapts the head alone (adapt=head): drop it")
 
 
 def check_unadapted_head(cfg: Any) -> None:

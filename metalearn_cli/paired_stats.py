@@ -96,9 +96,11 @@ def binomial_two_sided(a: int, b: int) -> float:
     """Exact two-sided p-value of ``a`` against ``b`` successes under Binomial(a + b, 1/2): twice the smaller tail
     (integers throughout, so a tail below the smallest double is 0.0, never an overflow)."""
     n = a + b
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(a, b) + 1)) / 2**n)
+    term = tail = 1  # C(n, 0); each next coefficient from the last, exactly: milliseconds at 50,000 tasks
+    for i in range(min(a, b)):
+        term = term * (n - i) // (i + 1)
+        tail += term
+    return min(1.0, 2 * tail / 2**n)
 
 
 def sign_test(a_better: int, b_better: int) -> float:

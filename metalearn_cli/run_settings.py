@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from metalearn_cli.compat import migrate_config
 from metalearn_cli.run_records import read_run
 from metalearn_cli.rundir import STAGE
 from metalearn_cli.schema import flatten
@@ -94,19 +95,25 @@ def bookkeeping(key: str) -> bool:
 OWN_KEYS_IGNORED = ("checkpoint", "dataset_root", "support", "query", "show")  # where, not what, an eval or predict dir tested
 
 
+def _today(config: Any) -> Any:
+    """A training run's saved config in today's layout (options added since take the defaults that keep what the run
+    did); an eval or predict dir's as saved, whose unset keys are null: only what its command typed."""
+    return migrate_config(config) if isinstance(config, dict) and "trainer" in config else config
+
+
 def setting_config(run: Path, info: Optional[dict[str, Any]] = None, source: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A run's flat config. An eval or predict dir's is the config of the run that trained its checkpoint
     with what the dir's own command set on top (the ``eval.*`` keys it typed, another ``episode``, an
     ``ensemble``, a split other than ``test``) and ``command``: so evaluations of one recipe's seeds are
     one setting, and a label shows what the test changed (``eval.tta_shift=3``), not the paths."""
     info = info if info is not None else record_of(run)  # the caller's record of it, when it has read it already
-    config = with_recipe(flatten(info["config"]), info)
+    config = with_recipe(flatten(_today(info["config"])), info)  # today's layout: an older run is not another setting
     if info.get("stage_of"):  # its run's settings, but not its run: a stage tests the pre-trained encoder alone
         config["stage"] = STAGE
     source = source if source is not None else trained_by(info)  # the caller's, when it has looked it up already
     if not source:
         return config
-    merged = {k: v for k, v in with_recipe(flatten(source["config"]), source).items() if not bookkeeping(k)}
+    merged = {k: v for k, v in with_recipe(flatten(_today(source["config"])), source).items() if not bookkeeping(k)}
     if source.get("stage_of"):  # the checkpoint tested is a stage's
         merged["stage"] = STAGE
     merged.update({k: v for k, v in config.items()

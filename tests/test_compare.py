@@ -72,7 +72,7 @@ def test_compare_pairs_seeds_of_two_settings_through_the_cli(tmp_path, capsys, m
     assert float(row["ci95_high"]) == pytest.approx(expected + 12.71 * abs(per_seed[0] - per_seed[1]) / 2, abs=2e-3)
     said = capsys.readouterr()
     assert "x 2 seeds" in said.out and "over seeds (Student's t); for these networks, seeds pooled: better on" in said.out
-    assert f"better on {row['run_better_tasks']} vs {row['reference_better_tasks']} tasks (sign test p" in said.out
+    assert f"better on {row['run_better_tasks']} vs {row['reference_better_tasks']} task-seed pairs (sign test p" in said.out
     holds_zero = float(row["ci95_low"]) <= 0 <= float(row["ci95_high"])  # said where it explains an interval holding 0
     assert said.err.count("an interval over 2 seeds has 1 degree of freedom") == int(holds_zero)
     # eval dirs of those runs (one checkpoint path each) pool by the recipe that trained them

@@ -51,4 +51,4 @@ def test_the_line_gives_the_sign_test_over_tasks_before_mcnemar_over_queries_and
     assert "better on 5 vs 0 tasks (sign test p = 0.0625); McNemar p" in line and "over queries (50 vs 0 queries" in line
     assert "seeds pooled" not in line and "predictions differ" not in line
     line = result_line({**row, **paired([a, a], [b, b])})
-    assert "over seeds (Student's t); for these networks, seeds pooled: better on 10 vs 0 tasks" in line
+    assert "over seeds (Student's t); for these networks, seeds pooled: better on 10 vs 0 task-seed pairs" in line

@@ -64,3 +64,14 @@ def test_a_run_saved_before_test_time_augmentation_loads_without_it():
     saved = OmegaConf.to_container(compose_config("train"), resolve=True, enum_to_str=True)
     saved["eval"].pop("tta_shift")
     assert validate_train_config(saved).eval.tta_shift == 0
+
+
+def test_a_maml_run_saved_before_adapt_norm_and_inner_loss_reads_with_the_defaults_it_ran_with():
+    """Without them a resume with strategy= on the command line was refused ("trained with strategy.adapt_norm=None"),
+    and compare put the run beside a new one of the same recipe as another setting (review 41)."""
+    from metalearn_cli.compat import migrate_config
+
+    old = {"trainer": {}, "strategy": {"name": "anil", "inner_lr": 0.1, "adapt": "head"}}
+    strategy = migrate_config(old)["strategy"]
+    assert (strategy["adapt_norm"], strategy["inner_loss"], strategy["inner_lr"], strategy["adapt"]) == (True, "mean", 0.1, "head")
+    assert migrate_config({"strategy": {"name": "mgd"}})["strategy"]["name"] == "mgd"

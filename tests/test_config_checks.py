@@ -67,6 +67,7 @@ def test_pretrain_epochs_beside_pretrain_none_is_said_and_the_run_goes_on_withou
     (["strategy=maml", "strategy.first_order=true", "strategy.first_order_until=5"], "is first-order throughout"),
     (["strategy=maml", "strategy.inner_steps=0"], "training stays at chance"),
     (["strategy=anil", "strategy.inner_steps=0"], "training stays at chance"),
+    (["strategy=anil", "strategy.adapt_norm=false"], "strategy=anil adapts the head alone"),
 ])
 def test_a_strategy_undone_by_its_own_options_is_refused_not_run_under_its_name(typed, needle):
     from metalearn_cli.config_checks import validate

@@ -15,7 +15,8 @@ class Adapt(enum.Enum):
 class InnerLoss(enum.Enum):
     mean = "mean"  # the support set's mean cross-entropy (learn2learn's and MAML++'s code)
     sum_per_shot = "sum_per_shot"  # Finn et al.'s code: summed over the support set, divided by the shot: N x the mean,
-    #   so one inner_lr steps N times further (their Omniglot 0.4 at 5-way is 2.0 on the mean)
+    #   so one inner_lr steps N times further (their Omniglot 0.4 at 5-way is 2.0 on the mean); N is each task's own
+    #   way, as in their code, so a 5-way run tested on 20-way tasks steps 4 times further there
 
 
 class Vectorize(enum.Enum):

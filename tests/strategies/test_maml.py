@@ -24,7 +24,7 @@ from metalearn_cli.optim import ClipParams
 from metalearn_cli.strategies import STRATEGIES
 
 
-def setup(decoder="linear", width=4, **strategy):
+def setup(decoder="linear", width=4, shot=1, **strategy):
     torch.manual_seed(0)
     data = DATASETS.build({"name": "synthetic", "train_classes": 10, "images_per_class": 6, "image_size": 16})
     cfg = OmegaConf.create({"encoder": {"name": "conv4", "width": width}, "decoder": {"name": decoder},
@@ -32,9 +32,9 @@ def setup(decoder="linear", width=4, **strategy):
     model = build_meta_model(cfg, data.image_shape).double()
     maml = STRATEGIES.build({"name": "maml", **strategy}, model=model)
     maml.check_compatible()
-    batch = EpisodeSampler(data.train, 3, 1, 2, seed=0).sample(3)
+    batch = EpisodeSampler(data.train, 3, shot, 2, seed=0).sample(3)
     batch = type(batch)(batch.support_images.double(), batch.support_labels, batch.query_images.double(),
-                        batch.query_labels, 3, 1, 2)
+                        batch.query_labels, 3, shot, 2)
     return maml, batch
 
 
@@ -405,22 +405,34 @@ def test_support_mode_never_lets_the_queries_into_the_support_statistics(adapt):
     torch.testing.assert_close(a[:, 1:2], c)
 
 
-def test_finn_s_summed_support_loss_steps_n_times_further_than_the_mean():
+@pytest.mark.parametrize("vectorize", ["loop", "vmap"])
+def test_finn_s_summed_support_loss_steps_n_times_further_than_the_mean(vectorize):
     """Finn et al.'s code descends the support losses summed and divided by the shot (N x the mean): its inner_lr
-    0.4 on 5-way tasks is 2.0 on the mean (review 41)."""
-    runs = [setup(inner_lr=0.1, inner_loss="sum_per_shot"), setup(inner_lr=0.3), setup(inner_lr=0.1)]  # 3-way: N x 0.1
-    sx, sy, qx = (x[0] for x in (runs[0][1].support_images, runs[0][1].support_labels, runs[0][1].query_images))
-    summed, mean_3x, mean = (m._task_logits(dict(m.model.named_parameters()), sx, sy, qx, 3, 1, create_graph=False)[0]
-                             for m, _ in runs)  # the same initial weights (setup seeds them)
-    assert torch.allclose(summed, mean_3x, atol=1e-10) and not torch.allclose(summed, mean, atol=1e-4)
+    0.4 on 5-way tasks is 2.0 on the mean (review 41). Two shots, so a plain sum (N x K x the mean) would differ."""
+    summed, batch = setup(shot=2, inner_lr=0.1, inner_loss="sum_per_shot", vectorize=vectorize)
+    grads = [meta_gradients(m, batch) for m in (summed, setup(shot=2, inner_lr=0.3, vectorize=vectorize)[0],
+                                                setup(shot=2, inner_lr=0.6, vectorize=vectorize)[0])]  # 3-way: N x 0.1, N x K x 0.1
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-10) for n in grads[0])
+    assert not all(torch.allclose(grads[0][n], grads[2][n], atol=1e-6) for n in grads[0])
 
 
 def test_adapt_norm_false_keeps_batch_norm_scale_and_shift_out_of_the_inner_loop_but_meta_learned():
+    """The adapted network equals one inner step written out by hand over every parameter but the norm layers'."""
     from metalearn_cli.strategies.maml import norm_parameters
 
-    maml, batch = setup(adapt_norm=False)
-    norm = norm_parameters(maml.model)
+    maml, batch = setup(adapt_norm=False, inner_lr=0.5)
+    model, norm = maml.model, norm_parameters(maml.model)
     assert norm and all(".weight" in n or ".bias" in n for n in norm) and not norm & set(maml.adapt_names)
-    assert set(maml.adapt_names) == {n for n, _ in maml.model.named_parameters()} - norm
+    params = dict(model.named_parameters())
+    sx, sy, qx = batch.support_images[:1], batch.support_labels[:1], batch.query_images[:1]
+    loss = F.cross_entropy(functional_call(model, params, (sx, sy, None, 3)).logits[0], sy[0])
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    fast = {n: w if n in norm else w - 0.5 * grads[n] for n, w in params.items()}
+    by_hand = functional_call(model, fast, (sx, sy, qx, 3)).logits[0]
+    adapted = maml._task_logits(params, sx[0], sy[0], qx[0], 3, 1, create_graph=False)[0]
+    assert torch.allclose(adapted, by_hand, atol=1e-10)
+    every = functional_call(model, {n: w - 0.5 * grads[n] for n, w in params.items()}, (sx, sy, qx, 3)).logits[0]
+    assert not torch.allclose(adapted, every, atol=1e-6)  # the norm layers' step matters: the test can fail
     grads = meta_gradients(maml, batch)  # still meta-learned: the query loss reaches them through the forward pass
     assert all(grads[f"model.{n}"].abs().sum() > 0 for n in norm)
