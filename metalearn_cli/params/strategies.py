@@ -33,7 +33,7 @@ class MAMLParams:
     inner_lr: float = 0.4  # inner-loop step size (Finn et al., Omniglot: 0.4); Meta-SGD's initial value unless inner_lr_range
     first_order: bool = False  # FOMAML: drop the second-order term
     adapt: Adapt = Adapt.all
-    adapt_norm: bool = True  # false: batch-norm's scale and shift stay out of the inner loop (learned across tasks only), as Finn et al.'s and MAML++'s code
+    adapt_norm: bool = True  # false: the normalisation layers' parameters (batch norm's scale and shift) stay out of the inner loop (learned across tasks only), as Finn et al.'s and MAML++'s code
     inner_loss: InnerLoss = InnerLoss.mean  # the support loss the inner step descends (sum_per_shot: Finn et al.'s code)
     learn_inner_lr: bool = False  # Meta-SGD: per-parameter learned inner learning rates
     inner_lr_range: Optional[list[float]] = None  # Meta-SGD: draw each rate from U(low, high) (Li et al.: [0.005, 0.1]); null: start at inner_lr
