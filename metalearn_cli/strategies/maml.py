@@ -63,7 +63,7 @@ class _Counter(nn.Module):
 def norm_parameters(model: nn.Module) -> set[str]:
     """The names of the normalisation layers' own parameters (batch norm's scale and shift, group and layer norm's):
     what ``strategy.adapt_norm=false`` keeps out of the inner loop."""
-    kinds = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+    kinds = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)  # _NormBase: batch and instance norm
     return {f"{name}.{p}" if name else p for name, module in model.named_modules() if isinstance(module, kinds)
             for p, _ in module.named_parameters(recurse=False)}
 
