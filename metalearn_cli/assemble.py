@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from metalearn_cli import bn_modes
 from metalearn_cli.checkpoint import read_meta_knowledge
 from metalearn_cli.config_checks import parse_device, validate_host, validate_train_config
+from metalearn_cli.encoders.norm import per_step_copies
 from metalearn_cli.errors import CheckpointError, ConfigError
 from metalearn_cli.host import keep_freed_memory, native_bf16
 from metalearn_cli.model import build_meta_model, resolve_precision
@@ -192,6 +193,7 @@ def initialise_from(strategy: Strategy, source: str) -> None:
     ours = strategy.state_dict()
     matched = {k: v for k, v in theirs.items()
                if k in ours and isinstance(v, torch.Tensor) and v.is_floating_point() and v.shape == ours[k].shape}
+    matched.update(per_step_copies(matched, ours))  # MAML++'s per-step pairs start from a one-pair network's
     if not matched:
         raise ConfigError(f"trainer.init_from={source} shares no parameter (same name and shape) with this meta-network; "
                           "pass a checkpoint of a run with the same encoder")

@@ -158,7 +158,8 @@ def check_test_options(each: list[Any], datas: list[FewShotData], strategy: Any)
 def say_seen_classes(split: str, dataset: Any, settings: Any) -> None:
     """A warning where what eval reads from the validation split was seen in training (``dataset.val=trainval``, the
     default run's, or ``drawers``): ``split=val`` then scores no held-out classes, and ``eval.finetune_lr_search``
-    picks its rate on classes the network knows (the test itself stays on held-out ones)."""
+    picks its rate on classes the network knows (the test itself stays on held-out ones). ``metalearn train`` says
+    it of its final test (``split="test"``)."""
     from metalearn_cli.params.datasets import seen_validation
 
     val = OmegaConf.select(dataset, "val")

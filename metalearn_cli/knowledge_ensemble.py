@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from metalearn_cli import knowledge
 from metalearn_cli.console import first_names
-from metalearn_cli.data.images import ImageSource
+from metalearn_cli.data import identity
+from metalearn_cli.data.images import ImageFormat, ImageSource
 from metalearn_cli.ensemble import check_new_member
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.knowledge import Images, MetaKnowledge, TaskClassifier, is_pixels
@@ -61,11 +62,12 @@ def load_members(paths: Sequence[Any], device: Any) -> list[MetaKnowledge]:
 
 
 def say_other_data(members: Sequence[MetaKnowledge]) -> None:
-    """A warning where the members were trained on different data sets (Omniglot beside mini-ImageNet): averaged as
-    asked, since the user brings the task, but ``metalearn eval`` refuses such an ensemble, so it is said, not silent."""
+    """A warning where the members were trained on different data sets (Omniglot beside mini-ImageNet, two folders of
+    ``dataset=folder``): averaged as asked, since the user brings the task, but ``metalearn eval`` refuses such an
+    ensemble, so it is said, not silent."""
     trained: dict[str, list[str]] = {}
     for m in members:
-        trained.setdefault(str(m.config.dataset.get("name")), []).append(str(m.source))
+        trained.setdefault(identity(m.config.dataset), []).append(str(m.source))
     if len(trained) > 1:
         shown = "; ".join(f"{name}: {first_names(sources, 2)}" for name, sources in trained.items())
         log.warning("the ensemble's members were trained on different data sets (%s); their probabilities are averaged "
@@ -80,10 +82,12 @@ class EnsembleClassifier:
         self.ensemble, self.classifiers = ensemble, classifiers
         self.n_classes = classifiers[0].n_classes
 
-    def __call__(self, query_images: Images | Sequence[ImageSource]) -> torch.Tensor:
-        """Mean class probabilities ``[Q, n_classes]`` (files, PIL images, or pixels that fit every member)."""
+    def __call__(self, query_images: Images | Sequence[ImageSource],
+                 read_as: Mapping[ImageFormat, torch.Tensor] | None = None) -> torch.Tensor:
+        """Mean class probabilities ``[Q, n_classes]`` (files, PIL images, or pixels that fit every member);
+        ``read_as`` as :meth:`KnowledgeEnsemble.as_each_member_reads` takes it."""
         with said_once(logging.getLogger(knowledge.__name__)):
-            views = self.ensemble.as_each_member_reads(query_images)
+            views = self.ensemble.as_each_member_reads(query_images, read_as)
             return torch.stack([c(v) for c, v in zip(self.classifiers, views)]).mean(0)
 
     def logits(self, query_images: Images | Sequence[ImageSource]) -> torch.Tensor:
@@ -119,9 +123,11 @@ class KnowledgeEnsemble:
         self.formats_alike("read_images()")
         return self.members[0].read_images(sources)
 
-    def as_each_member_reads(self, images: Images | Sequence[ImageSource]) -> list[Images]:
+    def as_each_member_reads(self, images: Images | Sequence[ImageSource],
+                             read_as: Mapping[ImageFormat, torch.Tensor] | None = None) -> list[Images]:
         """``images`` for each member: pixels as given (each member checks they fit it); files read once per image
-        format, an error naming the member whose format failed."""
+        format, an error naming the member whose format failed. ``read_as``: these files already read in some
+        formats (``metalearn predict`` reads the first member's itself), so no file is read twice in one format."""
         if is_pixels(images):
             self.formats_alike("pixels")
             return [images] * len(self.members)
@@ -131,7 +137,7 @@ class KnowledgeEnsemble:
             images = list(images)  # type: ignore[arg-type]  # once: a generator or Path.glob feeds every format
         except TypeError:
             raise DataError(f"images must be image files (paths), PIL images or a tensor; got {type(images).__name__}") from None
-        read: dict[Any, torch.Tensor] = {}
+        read: dict[Any, torch.Tensor] = dict(read_as or {})
         for m in self.members:
             if m.image_format not in read:
                 try:
@@ -143,9 +149,10 @@ class KnowledgeEnsemble:
                     raise DataError(f"ensemble member {m.source} ({fmt.channels}-channel, {fmt.size} px): {exc}") from None
         return [read[m.image_format] for m in self.members]
 
-    def adapt(self, support_images: Images | Sequence[ImageSource],
-              support_labels: Sequence[int] | torch.Tensor) -> EnsembleClassifier:
-        """Each member adapted to the task (``support_labels[i]`` in 0..N-1 is the class of ``support_images[i]``)."""
+    def adapt(self, support_images: Images | Sequence[ImageSource], support_labels: Sequence[int] | torch.Tensor,
+              read_as: Mapping[ImageFormat, torch.Tensor] | None = None) -> EnsembleClassifier:
+        """Each member adapted to the task (``support_labels[i]`` in 0..N-1 is the class of ``support_images[i]``);
+        ``read_as`` as :meth:`as_each_member_reads` takes it."""
         with said_once(logging.getLogger(knowledge.__name__)):
-            views = self.as_each_member_reads(support_images)
+            views = self.as_each_member_reads(support_images, read_as)
             return EnsembleClassifier(self, [m.adapt(v, support_labels) for m, v in zip(self.members, views)])

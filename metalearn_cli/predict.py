@@ -175,11 +175,9 @@ def predict(cfg: Any, run_dir: Path) -> float:
     for member in members:  # refused before any warning: the error comes alone
         member.check_way(len(class_names))
     _say_what_the_test_protocol_means(members)  # before adapt(), which would say it again
-    ensemble = KnowledgeEnsemble(members)
-    if len({m.image_format for m in members}) == 1:  # the images read above, as every member reads them
-        probs = ensemble.adapt(first[0], labels)(first[1])
-    else:  # each member reads the files its own way (a 28 px and a 56 px run), each format once
-        probs = ensemble.adapt([p for files in support_files for p in files], labels)(paths)
+    # each member reads the files its own way (a 28 px and a 56 px run), each format once: the first's is read above
+    ensemble, files = KnowledgeEnsemble(members), [p for f in support_files for p in f]
+    probs = ensemble.adapt(files, labels, {meta.image_format: first[0]})(paths, {meta.image_format: first[1]})
     predicted = probs.argmax(-1).tolist()
     rows = _rows(shown, predicted, truth, class_names, probs)
     run_dir = Path(run_dir)

@@ -57,7 +57,7 @@ def resolve_budget(cfg: Any, data: FewShotData) -> None:
     saved config holds both, so a resume and a report see the steps the stage took); then
     ``pretrain.max_iterations``, which shortens a stage but never turns one on."""
     p = cfg.pretrain
-    if p.epochs is not None and p.iterations > 0 and not is_episodic(cfg.pretrain):
+    if counts_epochs(p):
         steps = math.ceil(p.epochs * data.train.n_classes * data.train.n_per_class / p.batch_size)
         if steps != p.iterations:  # said: the epochs decide, whatever iterations the config or command line held
             log.info("pre-training for pretrain.epochs=%g: %d steps of %d images (pretrain.iterations=%d only turns the "
@@ -67,6 +67,24 @@ def resolve_budget(cfg: Any, data: FewShotData) -> None:
         log.info("pretrain.max_iterations=%d caps the stage at %d of its %d steps (debug=smoke sets it; "
                  "pretrain.max_iterations=null lifts it)", p.max_iterations, p.max_iterations, p.iterations)
         p.iterations = p.max_iterations
+
+
+def counts_epochs(p: Any) -> bool:
+    """Whether ``pretrain.epochs`` decides the stage's length (a supervised stage that is on), not ``pretrain.iterations``."""
+    return p.epochs is not None and p.iterations > 0 and not is_episodic(p)
+
+
+def epochs_note(cfg: Any) -> Optional[str]:
+    """In words, what a run changes of the ``pretrain.iterations`` that ``--cfg job`` prints where ``pretrain.epochs``
+    counts the steps (pretrain=rfs): the printed number only turns the stage on; :func:`resolve_budget` counts them
+    once the training images are read (a printed config reads no data). None where the printed number runs."""
+    p = cfg.pretrain
+    if not counts_epochs(p):
+        return None
+    cap = f", at most pretrain.max_iterations={p.max_iterations}" if p.max_iterations is not None else ""
+    return (f"pretrain.iterations={p.iterations} only turns the stage on: pretrain.epochs={p.epochs:g} counts its steps, "
+            f"ceil(epochs x training images / pretrain.batch_size={p.batch_size}){cap}, once the data set is read (the "
+            "run's saved config holds that count)")
 
 
 def check_stage_fits(cfg: Any, data: FewShotData) -> None:

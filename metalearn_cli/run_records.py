@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from metalearn_cli.command_line import GROUPS
 from metalearn_cli.errors import MetalearnError
 from metalearn_cli.files import read_json, read_yaml
 from metalearn_cli.rundir import METRICS, RESULTS, STATUS, is_locked
@@ -23,8 +24,7 @@ def read_run(run: Path) -> dict[str, Any]:
     state = status.get("status", "completed" if results else "unknown")
     if state == "running" and not is_locked(run):
         state = "interrupted"  # killed (kill -9, power loss): no live process holds its lock
-    hydra = read_yaml(run / ".hydra" / "hydra.yaml", {}).get("hydra")
-    runtime = hydra.get("runtime") if isinstance(hydra, dict) and isinstance(hydra.get("runtime"), dict) else {}
+    runtime = _runtime(run)
     choices = runtime.get("choices")
     config = read_yaml(run / ".hydra" / "config.yaml", {})
     if (run / "predictions.json").is_file() and not results:
@@ -41,6 +41,23 @@ def read_run(run: Path) -> dict[str, Any]:
         "damaged": [name for name in (RESULTS, STATUS) if (run / name).is_file() and not read_json(run / name)]
                    + ([METRICS] if unreadable and state != "running" else []),  # a running one may be mid-line
     }
+
+
+def _runtime(run: Path) -> dict[str, Any]:
+    """``hydra.runtime`` as the run's ``.hydra/hydra.yaml`` recorded it when the run began (a resume's record is
+    kept beside it, in ``.hydra/resume-<time>/``); empty where there is none or it is damaged."""
+    hydra = read_yaml(Path(run) / ".hydra" / "hydra.yaml", {}).get("hydra")
+    return hydra.get("runtime") if isinstance(hydra, dict) and isinstance(hydra.get("runtime"), dict) else {}
+
+
+def recorded_choices(run: Path, command: str = "train") -> dict[str, str]:
+    """The option picked in each of ``command``'s config groups, as the run began (``dataset: omniglot_fast`` where its
+    config and results.json name the component, ``omniglot``): what results.json records as ``choices``. Empty for a
+    run without a ``.hydra/`` record (``train()`` called from Python); a resume's own command line does not change it."""
+    choices = _runtime(run).get("choices")
+    if not isinstance(choices, dict):
+        return {}
+    return {group: choices[group] for group in GROUPS.get(command, ()) if isinstance(choices.get(group), str)}
 
 
 def read_metrics(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], int]:

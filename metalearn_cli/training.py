@@ -32,7 +32,7 @@ from metalearn_cli.lake_original import original_runs
 from metalearn_cli.lake_runs import LakeRuns
 from metalearn_cli.errors import ConfigError, DataError, Interrupted
 from metalearn_cli.evaluation import score_checkpoint
-from metalearn_cli.eval_inputs import check_test_options
+from metalearn_cli.eval_inputs import check_test_options, say_seen_classes
 from metalearn_cli.finetune import Finetuner
 from metalearn_cli.loggers import absolute_uri, check_resumable
 from metalearn_cli.loop import TrainingRun
@@ -41,6 +41,7 @@ from metalearn_cli.objectives import EpisodicObjective
 from metalearn_cli.pretrain import check_stage_fits, pretrain_stage, pretrained_checkpoint, resolve_budget, stage_summary
 from metalearn_cli.resume import SAVED_ABSOLUTE, resume_checkpoint, resume_value
 from metalearn_cli.rundir import exclusive, refuse_held, write_status
+from metalearn_cli.run_records import recorded_choices
 from metalearn_cli.signals import second_request, stop_requests
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class Training:
         check_memory(cfg, data.image_shape, self.device)
         self.strategy = build_strategy(cfg, data.image_shape, self.device)
         check_test_options([cfg.eval], [data], self.strategy)  # the final test's, as eval checks them, before anything is written
+        if self.main:  # the final test's eval.finetune_lr_search on seen classes: said before training, as eval says it
+            say_seen_classes("test", cfg.dataset, cfg.eval)
         if self.t.init_from and self.resume is None:
             initialise_from(self.strategy, self.t.init_from)
         if self.t.freeze_encoder:
@@ -147,7 +150,8 @@ class Training:
                     "precision": self.strategy.model.precision,
                     "torch": torch.__version__, "dataset": data.name, "strategy": cfg.strategy.name,
                     "encoder": cfg.encoder.name, "decoder": cfg.decoder.name, "published_accuracy": cfg.reference.accuracy, "published_source": cfg.reference.source,
-                    "published_of": cfg.reference.of, **stage_summary(cfg, self.run_dir)}
+                    "published_of": cfg.reference.of, **stage_summary(cfg, self.run_dir),
+                    **({"choices": picked} if (picked := recorded_choices(self.run_dir)) else {})}  # omniglot_fast, conv4_fast
 
         return Stage(name="meta-training", step_name="meta-iteration", run_dir=self.run_dir,
                      objective=objective, trainer=self.typed.trainer, evaluation=self.typed.eval, logger=cfg.logger,

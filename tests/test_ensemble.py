@@ -201,13 +201,28 @@ def test_predict_with_an_ensemble_gives_the_mean_of_the_members_probabilities(tw
     assert summary["ensemble_bn_modes"] == ["running", "running"]
 
 
-def test_predict_with_members_of_two_image_sizes_reads_the_files_at_each_size(two_runs, compose_train, tmp_path, capfd):
-    """A 32 px member beside the others' size: each reads the same files at its own size; the mean holds. The
-    folders are listed once, so a skipped non-image entry is named once, not once per image size."""
+def test_predict_with_members_of_two_image_sizes_reads_the_files_at_each_size(two_runs, compose_train, tmp_path, capfd,
+                                                                               monkeypatch):
+    """A 32 px member beside the others' size: each reads the same files at its own size, each file once per size
+    (the first member's reading is not repeated); the mean holds. The folders are listed once, so a skipped
+    non-image entry is named once, not once per image size."""
     import csv
+    from collections import Counter
 
     from conftest import write_image_task
+    from metalearn_cli import knowledge
     from metalearn_cli.cli import main
+    from metalearn_cli.data import images
+
+    reads: Counter = Counter()  # (file, image size) -> how many times it was decoded
+    original = images.read_image
+
+    def counted(source, fmt):
+        reads[(str(source), fmt.size)] += 1
+        return original(source, fmt)
+
+    for module in (images, knowledge):  # the support folder's reading (read_class_folders) and read_images()
+        monkeypatch.setattr(module, "read_image", counted)
 
     (tmp_path / "larger").mkdir()
     training.train(compose_train("dataset.image_size=32", "seed=3"), tmp_path / "larger")
@@ -217,8 +232,12 @@ def test_predict_with_members_of_two_image_sizes_reads_the_files_at_each_size(tw
     for name, args in (("pa", [f"checkpoint={two_runs[0]}"]), ("pl", [f"checkpoint={tmp_path / 'larger'}"]),
                        ("ens", [f"checkpoint={two_runs[0]}", f"ensemble={tmp_path / 'larger'}"])):
         capfd.readouterr()
+        reads.clear()
         assert main(["predict", *args, *task, f"hydra.run.dir={tmp_path / name}"]) == 0
     assert "".join(capfd.readouterr()).count("notes.txt") == 1
+    files = [str(p) for p in (tmp_path / "task").rglob("*.png")]
+    assert sorted(reads) == sorted((f, size) for f in files for size in (compose_train().dataset.image_size, 32))
+    assert set(reads.values()) == {1}, [k for k, n in reads.items() if n > 1]  # each file once in each format
 
     def probs(name):
         with open(tmp_path / name / "predictions.csv", newline="") as f:

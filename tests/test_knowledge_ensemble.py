@@ -94,3 +94,24 @@ def test_members_trained_on_different_data_sets_are_averaged_with_a_warning(runs
     (record,) = caplog.records
     assert record.levelname == "WARNING" and "trained on different data sets (omniglot: /r/a.pt, /r/c.pt; " \
         "mini_imagenet: /r/b.pt); their probabilities are averaged as asked" in record.getMessage()
+
+
+def test_members_trained_on_two_folders_are_two_data_sets_and_omniglot_read_from_a_folder_is_one(caplog):
+    """dataset=folder names any folder of images: its root is which data set (two folders warn, one folder does not);
+    Omniglot's root is only where the same drawings were read from (embedded beside a folder: one data set)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from metalearn_cli.knowledge_ensemble import say_other_data
+
+    def member(source, **dataset):
+        return SimpleNamespace(config=OmegaConf.create({"dataset": dataset}), source=source)
+
+    say_other_data([member("/r/a.pt", name="omniglot", root=None), member("/r/b.pt", name="omniglot", root="/data/omniglot")])
+    say_other_data([member("/r/a.pt", name="folder", root="/data/birds", split_seed=0),
+                    member("/r/b.pt", name="folder", root="/data/birds", split_seed=1)])
+    assert not caplog.records
+    say_other_data([member("/r/a.pt", name="folder", root="/data/birds"), member("/r/b.pt", name="folder", root="/data/cars")])
+    (record,) = caplog.records
+    assert "trained on different data sets (folder /data/birds: /r/a.pt; folder /data/cars: /r/b.pt)" in record.getMessage()

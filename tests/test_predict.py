@@ -6,7 +6,10 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,6 +161,25 @@ def test_an_export_is_written_again_from_the_same_weights_but_never_replaces_ano
     assert main(["export", f"checkpoint={copy}", f"out={out}", f"hydra.run.dir={tmp_path / 'e4'}"]) == 0
     assert main(["export", f"checkpoint={copy}", f"out={tmp_path / 'newdir'}/", f"hydra.run.dir={tmp_path / 'e5'}"]) == 2
     assert "names a folder; name the file to write" in capsys.readouterr().err and not (tmp_path / "newdir").exists()
+
+
+def test_the_export_help_s_sweep_example_writes_one_export_per_run(trained_run, tmp_path, capsys):
+    """export accepts -m as the other Hydra commands do, and its --help says so: its example, run as written (in a
+    subprocess, as a shell would), writes each run's export into that job's dir."""
+    assert main(["export", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "-m/--multirun" in text.splitlines()[-1]
+    example = next(line for line in text.splitlines() if "metalearn export -m" in line)
+    copy = tmp_path / "copy.pt"  # another checkpoint file of the run: a second job
+    shutil.copy(trained_run / "checkpoints" / "best.pt", copy)
+    typed = example.split("#")[0].replace("<run A>", str(trained_run)).replace("<run B>", str(copy))
+    proc = subprocess.run([sys.executable, "-m", "metalearn_cli", *shlex.split(typed)[1:],
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for job, source in enumerate((trained_run / "checkpoints" / "best.pt", copy)):
+        record = json.loads((tmp_path / "sweep" / str(job) / "export.json").read_text())
+        assert record["from"] == str(source.resolve())
+        assert record["out"] == str((tmp_path / "sweep" / str(job) / "meta_knowledge.pt").resolve())
 
 
 def test_an_export_through_a_link_writes_where_it_leads_and_keeps_the_link(trained_run, tmp_path):

@@ -242,6 +242,30 @@ def test_an_epoch_budget_sets_the_stages_steps_and_the_saved_config_holds_them(c
     assert not (tmp_path / "no_stage" / "pretrain").exists()  # which the command line warns of (test_config_checks)
 
 
+def test_printing_an_epoch_counted_config_says_its_iterations_only_turn_the_stage_on(tmp_path):
+    """--cfg job prints the config as composed (pretrain=rfs: supervised's iterations: 3000 beside epochs: 100), before
+    any image is counted; what runs is said beside it, as for other changes a run makes. A stage counted in
+    iterations (pretrain=supervised, or debug=smoke's epochs=null) says nothing."""
+    import subprocess
+    import sys
+
+    def printed(*args):
+        proc = subprocess.run([sys.executable, "-m", "metalearn_cli", "train", "--cfg", "job", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    rfs = printed("pretrain=rfs", "pretrain.epochs=5")
+    assert "  iterations: 3000\n  epochs: 5.0\n" in rfs.stdout
+    assert rfs.stderr.strip().splitlines() == [
+        "metalearn train: note: a run of this config changes what is printed above: pretrain.iterations=3000 only turns "
+        "the stage on: pretrain.epochs=5 counts its steps, ceil(epochs x training images / pretrain.batch_size=64), once "
+        "the data set is read (the run's saved config holds that count)"]
+    for counted in (["pretrain=supervised"], ["pretrain=rfs", "debug=smoke"]):
+        assert "pretrain.iterations" not in printed(*counted).stderr
+    assert list(tmp_path.iterdir()) == []  # printing writes no run dir
+
+
 def test_the_rfs_schedule_composes_as_rfs_ran(compose_train):
     cfg = compose_train("pretrain=rfs")
     o = cfg.pretrain.optimizer

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from metalearn_cli.errors import MetalearnError
-from metalearn_cli.run_records import find_runs, read_run
+from metalearn_cli.run_records import find_runs, read_run, recorded_choices
 
 
 def _status(path, status):
@@ -78,3 +78,19 @@ def test_a_metrics_file_with_lines_that_cannot_be_read_is_named_damaged_unless_s
         holder.kill()
         holder.wait()
     assert read_run(run)["status"] == "interrupted" and read_run(run)["damaged"] == ["metrics.jsonl"]
+
+
+def test_the_recorded_choices_are_the_command_s_groups_as_the_run_began(tmp_path):
+    """results.json's ``choices``: each group's option from .hydra/hydra.yaml (not Hydra's own groups, nor a group left
+    unpicked); a resume's record beside it is not read; none where the record is missing or damaged."""
+    run = tmp_path / "run"
+    (run / ".hydra" / "resume-2026").mkdir(parents=True)
+    assert recorded_choices(run) == {}
+    (run / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      dataset: omniglot_fast\n      encoder: conv4_fast\n      experiment: null\n"
+        "      hydra/launcher: basic\n      debug/encoder@encoder: smoke_conv4_fast\n")
+    (run / ".hydra" / "resume-2026" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      encoder: conv4\n")
+    assert recorded_choices(run) == {"dataset": "omniglot_fast", "encoder": "conv4_fast"}
+    assert recorded_choices(run, "eval") == {}  # eval's one group, episode, was not picked here
+    (run / ".hydra" / "hydra.yaml").write_text("hydra: [unclosed")
+    assert recorded_choices(run) == {}

@@ -207,7 +207,7 @@ def refused_config(command: str, args: list[str], adjusted: Optional[list[str]] 
     """Why ``metalearn train`` would refuse the config that ``--cfg`` printed, or None: Hydra prints a
     config without running the job, where every range check is made, so a config checked by printing
     it would otherwise fail only once submitted. ``adjusted`` gets what a run changes of the printed config
-    (:func:`~metalearn_cli.smoke.keep_what_was_asked`), in words."""
+    (:func:`~metalearn_cli.smoke.keep_what_was_asked`, :func:`~metalearn_cli.pretrain.epochs_note`), in words."""
     if command != "train" or sweep_requested(args):
         return None
     import torch
@@ -217,6 +217,7 @@ def refused_config(command: str, args: list[str], adjusted: Optional[list[str]] 
     from metalearn_cli.config_checks import check_typed_pretrain_keys, validate
     from metalearn_cli.data import DATASETS
     from metalearn_cli.errors import MetalearnError
+    from metalearn_cli.pretrain import epochs_note
     from metalearn_cli.smoke import keep_what_was_asked
 
     overrides = [a for before, a in zip(["", *args], args)
@@ -226,7 +227,7 @@ def refused_config(command: str, args: list[str], adjusted: Optional[list[str]] 
         run = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         said = keep_what_was_asked(run, cfg.hydra.runtime.choices, typed_keys(overrides))  # as the run would
         if adjusted is not None:
-            adjusted.extend(said)
+            adjusted.extend([*said, *filter(None, [epochs_note(run)])])
         validate(run)
         check_typed_pretrain_keys(run, typed_keys(overrides), cfg.hydra.runtime.choices.get("pretrain"))
         strategy = build_strategy(run, DATASETS.params_of(run.dataset).image_format().shape, torch.device("cpu"))  # fit

@@ -102,4 +102,14 @@ def image_format(dataset_cfg: Any) -> "ImageFormat":
     every data set's parameters say it with an ``image_format()`` method."""
     return DATASETS.params_of(dataset_cfg).image_format()
 
+
+def identity(dataset_cfg: Any) -> str:
+    """Which data set a config names, told apart from another's: its name and the keys its parameters say identify it
+    (``identified_by``: ``dataset=folder`` names any folder of images, so its root too; Omniglot's root is only where
+    the same drawings are read from). From the config alone: a checkpoint's saved one, on any machine."""
+    name = str(dataset_cfg.get("name"))
+    keys = getattr(DATASETS.get(name).params, "identified_by", ()) if name in DATASETS.names() else ()
+    return " ".join([name, *(str(dataset_cfg.get(key)) for key in keys)])
+
+
 from metalearn_cli.data import cifar_fs, folder, mini_imagenet, omniglot, synthetic  # noqa: E402,F401  (registers the data sets)

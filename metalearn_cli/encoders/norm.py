@@ -17,6 +17,8 @@ one pass:
   are recorded (``record``) for the strategy to fold into set ``j`` outside any ``torch.func``
   transform; in evaluation, set ``j`` normalises. :class:`StepStatistics` keeps that bookkeeping
   for a strategy.
+- ``use_per_step_affine``: one learned scale and shift per inner step (MAML++'s BNWB), chosen by
+  ``step`` the same way, in place of the layer's own pair (kept, frozen, in the state dict).
 """
 
 from __future__ import annotations
@@ -49,12 +51,20 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         self.register_buffer("step_mean", like.new_zeros(steps, self.num_features))
         self.register_buffer("step_var", like.new_ones(steps, self.num_features))
 
+    def use_per_step_affine(self, steps: int) -> None:
+        """Learn ``steps`` scales and shifts (parameters ``step_weight``/``step_bias``, each starting as the
+        layer's own pair), used in its place: the own pair is frozen, and stays for loading weights."""
+        self.step_weight = nn.Parameter(self.weight.detach().expand(steps, -1).clone())
+        self.step_bias = nn.Parameter(self.bias.detach().expand(steps, -1).clone())
+        self.weight.requires_grad_(False)
+        self.bias.requires_grad_(False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.support_rows is not None:
             return self._affine(self._support_normalised(x))
         if self.step is not None and hasattr(self, "step_mean"):
             return self._affine(self._per_step(x))
-        if not self.split_affine:
+        if not self.split_affine and not hasattr(self, "step_weight"):
             return super().forward(x)
         tracking = self.training and self.track_running_stats
         if tracking and self.num_batches_tracked is not None:
@@ -73,7 +83,11 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         return self._affine(y)
 
     def _affine(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.weight[:, None, None] + self.bias[:, None, None]
+        weight, bias = self.weight, self.bias
+        if hasattr(self, "step_weight"):  # BNWB: the step's own pair; outside an inner loop (step None) the last step's
+            j = self.step_weight.shape[0] - 1 if self.step is None else min(self.step, self.step_weight.shape[0] - 1)
+            weight, bias = self.step_weight[j], self.step_bias[j]
+        return y * weight[:, None, None] + bias[:, None, None]
 
     def _support_normalised(self, x: torch.Tensor) -> torch.Tensor:
         per_task, support = self.support_rows  # type: ignore[misc]
@@ -104,17 +118,33 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         self.step_var[j].lerp_(var.to(self.step_var.dtype), momentum)
 
 
-class StepStatistics:
-    """MAML++'s per-step statistics (BNRS) of a model's batch-norm layers: which inner step's set a
-    pass uses, and in training the batch statistics each pass recorded, folded into each step's set
-    once the meta-step is done. Off (every method a no-op) unless ``steps`` is given."""
+def per_step_copies(theirs: dict[str, Any], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-step scales and shifts (BNWB) that ``theirs`` lacks, each step a copy of the layer's own pair
+    there: a network pre-trained with one pair per layer starts every step from it."""
+    copies = {}
+    for key, like in ours.items():
+        own = key.replace(".step_weight", ".weight").replace(".step_bias", ".bias")
+        source = theirs.get(own)
+        if own != key and key not in theirs and isinstance(source, torch.Tensor) and source.shape == like.shape[1:]:
+            copies[key] = source.expand_as(like).clone()
+    return copies
 
-    def __init__(self, model: nn.Module, steps: Optional[int]) -> None:
-        self.on = steps is not None
+
+class StepStatistics:
+    """MAML++'s per-step batch norm of a model's batch-norm layers: which inner step's set a pass uses;
+    with ``statistics`` (BNRS), in training, the batch statistics each pass recorded, folded into each
+    step's set once the meta-step is done; with ``affine`` (BNWB), each step's scale and shift. Off
+    (every method a no-op) unless ``steps`` is given."""
+
+    def __init__(self, model: nn.Module, steps: Optional[int], statistics: bool = True, affine: bool = False) -> None:
+        self.on = steps is not None and (statistics or affine)
         self.norms = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)] if self.on else []
         self.records: list[Record] = []
         for m in self.norms:
-            m.use_per_step(max(steps or 1, 1))
+            if statistics:
+                m.use_per_step(max(steps or 1, 1))
+            if affine and m.affine:
+                m.use_per_step_affine(max(steps or 1, 1))
 
     def at(self, step: int) -> None:
         """The inner step whose statistics the next pass uses (and, training, records)."""

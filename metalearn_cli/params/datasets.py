@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import dataclasses
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from metalearn_cli.errors import ConfigError, DataError
 from metalearn_cli.schema import Augment
@@ -98,6 +98,7 @@ class CifarFSParams:
 
 @dataclass
 class FolderParams:
+    identified_by: ClassVar[tuple[str, ...]] = ("root",)  # the folder is the data set (another's root: where its files are)
     name: str = "folder"
     root: Optional[str] = None  # root/<class>/<image files>
     image_size: int = 84  # pixels per side after resizing

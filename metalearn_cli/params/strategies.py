@@ -43,6 +43,7 @@ class MAMLParams:
     per_step_lr: bool = False  # MAML++ LSLR: a learned inner learning rate per parameter tensor and inner step
     first_order_until: int = 0  # MAML++ DA: first-order meta-gradients for this many meta-iterations, then second order
     per_step_bn: bool = False  # MAML++ BNRS: batch-norm running statistics per inner step, used by eval.bn_mode=per_step (auto stays transductive, as MAML++ tested)
+    per_step_bn_params: bool = False  # MAML++ BNWB: a batch-norm scale and shift per inner step, learned across tasks (needs adapt_norm=false, as MAML++'s code)
 
 
 @dataclass

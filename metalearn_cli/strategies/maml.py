@@ -13,8 +13,9 @@ its runs are labelled so):
 - MAML++ (Antoniou et al. 2019), each an option: ``multi_step_loss`` (the query loss after every
   inner step, weights annealed to the last step over ``msl_anneal`` meta-iterations),
   ``per_step_lr`` (a learned inner learning rate per parameter tensor and inner step) and
-  ``first_order_until`` (derivative-order annealing: first order for the first N meta-iterations) and
-  ``per_step_bn`` (BNRS: batch-norm running statistics per inner step, for inductive evaluation).
+  ``first_order_until`` (derivative-order annealing: first order for the first N meta-iterations),
+  ``per_step_bn`` (BNRS: batch-norm running statistics per inner step, for inductive evaluation) and
+  ``per_step_bn_params`` (BNWB: a batch-norm scale and shift per inner step, meta-learned only).
 
 The inner loop is ``torch.func.functional_call`` + ``torch.func.grad`` on one task, batched over the
 tasks of a meta-batch with ``torch.func.vmap`` or run task by task (``vectorize``). Batch norm uses
@@ -79,7 +80,8 @@ class MAML(Strategy):
         self.bn_auto, self.stored_statistics = "transductive", ()
         # BNRS: MAML++'s code normalises with batch statistics at every step, evaluation included (auto stays
         # transductive); the statistics it stores per inner step are an inductive option beside it.
-        self.bn_steps = StepStatistics(model, params.inner_steps if params.per_step_bn else None)
+        self.bn_steps = StepStatistics(model, params.inner_steps if params.per_step_bn or params.per_step_bn_params else None,
+                                       statistics=params.per_step_bn, affine=params.per_step_bn_params)
         if params.per_step_bn:
             self.stored_statistics = ("per_step",)
         norm = norm_parameters(model) if not params.adapt_norm else set()
@@ -142,8 +144,21 @@ class MAML(Strategy):
         if p.per_step_bn and (p.inner_steps < 1 or p.vectorize is Vectorize.vmap):
             raise ConfigError("strategy.per_step_bn needs strategy.inner_steps >= 1 and vectorize=loop or auto (its "
                               "statistics are updated in place, which vmap cannot do)")
+        if p.per_step_bn_params:
+            self._check_per_step_bn_params()
         if p.vectorize is Vectorize.vmap and not self.model.encoder.supports_vmap:
             raise ConfigError(f"{type(self.model.encoder).__name__} does not support vmap; use strategy.vectorize=loop or auto")
+
+    def _check_per_step_bn_params(self) -> None:
+        p = self.params_
+        if p.adapt_norm:
+            raise ConfigError("strategy.per_step_bn_params=true (MAML++'s per-step batch-norm scales and shifts) needs "
+                              "strategy.adapt_norm=false: MAML++ learns them across tasks only, never in the inner loop")
+        if p.inner_steps < 1:
+            raise ConfigError("strategy.per_step_bn_params=true needs strategy.inner_steps >= 1 (one scale and shift per step)")
+        if not any(hasattr(m, "step_weight") for m in self.bn_steps.norms):
+            raise ConfigError(f"strategy.per_step_bn_params=true needs batch norm with a scale and shift, and "
+                              f"{type(self.model.encoder).__name__} has none; use encoder=conv4 or encoder=resnet12")
 
     def uses_vmap(self, device: torch.device) -> bool:
         if self.params_.vectorize is Vectorize.auto:

@@ -436,3 +436,107 @@ def test_adapt_norm_false_keeps_batch_norm_scale_and_shift_out_of_the_inner_loop
     assert not torch.allclose(adapted, every, atol=1e-6)  # the norm layers' step matters: the test can fail
     grads = meta_gradients(maml, batch)  # still meta-learned: the query loss reaches them through the forward pass
     assert all(grads[f"model.{n}"].abs().sum() > 0 for n in norm)
+
+
+def test_per_step_bn_params_give_each_inner_step_its_own_scale_and_shift_meta_learned_only():
+    """MAML++ BNWB: two inner steps written out by hand with a one-pair network whose batch-norm pair is
+    replaced by step j's at step j (the query pass after the last step uses the last step's), equal the
+    strategy's; both steps' pairs get meta-gradients, the layer's own pair (frozen) none."""
+    maml, batch = setup(vectorize="loop", inner_steps=2, adapt_norm=False, per_step_bn_params=True, inner_lr=0.5)
+    plain, _ = setup(vectorize="loop", inner_steps=2, adapt_norm=False, inner_lr=0.5)
+    norms = maml.bn_steps.norms
+    assert norms[0].step_weight.shape == (2, 4) and not norms[0].weight.requires_grad
+    assert not any("step_" in n for n in maml.adapt_names)
+    with torch.no_grad():  # the steps' pairs differ, so using the wrong one shows
+        for m in norms:
+            m.step_weight.uniform_(0.5, 1.5)
+            m.step_bias.normal_(0, 0.3)
+    names = [n for n, m in maml.model.named_modules() if hasattr(m, "step_weight")]
+    params = {n: p for n, p in maml.model.named_parameters() if "step_" not in n}
+
+    def at(step: int, weights: dict) -> dict:
+        pairs = {f"{n}.{k}": getattr(dict(maml.model.named_modules())[n], f"step_{k}")[step] for n in names
+                 for k in ("weight", "bias")}
+        return {**weights, **pairs}
+
+    sx, sy, qx = batch.support_images[:1], batch.support_labels[:1], batch.query_images[:1]
+    fast = dict(params)
+    for step in range(2):
+        loss = F.cross_entropy(functional_call(plain.model, at(step, fast), (sx, sy, None, 3)).logits[0], sy[0])
+        free = [n for n in fast if n in plain.adapt_names]
+        grads = dict(zip(free, torch.autograd.grad(loss, [fast[n] for n in free])))
+        fast = {n: w - 0.5 * grads[n] if n in grads else w for n, w in fast.items()}
+    by_hand = functional_call(plain.model, at(1, fast), (sx, sy, qx, 3)).logits[0]
+    adapted = maml._task_logits(dict(maml.model.named_parameters()), sx[0], sy[0], qx[0], 3, 2, create_graph=False)[0]
+    assert torch.allclose(adapted, by_hand, atol=1e-10)
+    wrong = functional_call(plain.model, at(0, fast), (sx, sy, qx, 3)).logits[0]
+    assert not torch.allclose(adapted, wrong, atol=1e-6)  # the last step's pair, not the first's: the test can fail
+    grads = meta_gradients(maml, batch)
+    for n in names:
+        assert (grads[f"model.{n}.step_weight"].abs().sum(-1) > 0).all()  # both steps' rows learn
+        assert f"model.{n}.weight" not in grads
+
+
+@pytest.mark.parametrize(("options", "said"), [
+    ({"adapt_norm": True}, "needs strategy.adapt_norm=false"),
+    ({"adapt_norm": False, "inner_steps": 0}, "needs strategy.inner_steps >= 1"),
+])
+def test_per_step_bn_params_refuse_what_maml_plus_plus_never_did(options, said):
+    with pytest.raises(ConfigError, match=said):
+        setup(per_step_bn_params=True, **options)
+
+
+def test_per_step_bn_params_start_from_a_one_pair_network():
+    """trainer.init_from and pre-training stages: every step's pair starts as the source's own pair."""
+    from metalearn_cli.encoders.norm import per_step_copies
+
+    maml, _ = setup(inner_steps=3, adapt_norm=False, per_step_bn_params=True)
+    plain, _ = setup(inner_steps=3)
+    theirs = {k: v + torch.rand_like(v) for k, v in plain.state_dict().items() if v.is_floating_point()}
+    copies = per_step_copies(theirs, maml.state_dict())
+    assert copies and all(".step_" in k for k in copies)
+    key = next(k for k in copies if k.endswith("step_bias"))
+    assert copies[key].shape[0] == 3 and all(torch.equal(row, theirs[key.replace("step_bias", "bias")]) for row in copies[key])
+    assert not per_step_copies(maml.state_dict(), maml.state_dict())  # a BNWB source keeps its own pairs
+
+
+def test_cli_trains_maml_plus_plus_batch_norm_from_a_pretraining_stage_and_refuses_adapted_pairs(tmp_path):
+    """The installed command: MAML++'s per-step pairs after a supervised stage, saved and learned per step, the
+    layer's own pair frozen at the stage's values; with the pairs in the inner loop, one line and no run."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("metalearn") or str(Path(sys.executable).parent / "metalearn")
+    common = [*FAST, "strategy=maml", "decoder=linear", "strategy.inner_steps=2", "strategy.per_step_bn_params=true"]
+    bad = subprocess.run([exe, "train", *common, f"hydra.run.dir={tmp_path / 'bad'}"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "needs strategy.adapt_norm=false" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+    run = tmp_path / "run"
+    proc = subprocess.run([exe, "train", *common, "strategy.adapt_norm=false", "pretrain=supervised", "pretrain.iterations=4",
+                           "pretrain.batch_size=16", "pretrain.val_every=2", "pretrain.val_episodes=4", f"hydra.run.dir={run}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    final = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    stage = load_checkpoint(run / "pretrain" / "checkpoints" / "best.pt")["model"]  # the stage hands on its best
+    key = "model.encoder.net.1"
+    assert final[f"{key}.step_weight"].shape[0] == 2 and not torch.equal(*final[f"{key}.step_weight"])
+    torch.testing.assert_close(final[f"{key}.weight"], stage[f"{key}.weight"])  # frozen where the stage left it
+    assert "accuracy" in json.loads((run / "results.json").read_text())
+
+
+def test_per_step_bn_params_run_under_vmap_as_in_the_loop():
+    """BNWB alone keeps vmap (CUDA's default): only BNRS's in-place statistics need the loop."""
+    grads = {}
+    for mode in ("loop", "vmap"):
+        maml, batch = setup(vectorize=mode, inner_steps=2, adapt_norm=False, per_step_bn_params=True)
+        assert maml.uses_vmap(torch.device("cuda")) == (mode == "vmap")
+        with torch.no_grad():
+            for m in maml.bn_steps.norms:
+                m.step_weight.copy_(torch.linspace(0.5, 1.5, m.step_weight.numel()).view_as(m.step_weight))
+        grads[mode] = meta_gradients(maml, batch)
+    assert grads["loop"].keys() == grads["vmap"].keys() and any("step_weight" in n for n in grads["loop"])
+    for name, g in grads["loop"].items():
+        torch.testing.assert_close(grads["vmap"][name], g, rtol=1e-5, atol=1e-8, msg=name)
