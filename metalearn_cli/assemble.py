@@ -193,7 +193,7 @@ def initialise_from(strategy: Strategy, source: str) -> None:
     ours = strategy.state_dict()
     matched = {k: v for k, v in theirs.items()
                if k in ours and isinstance(v, torch.Tensor) and v.is_floating_point() and v.shape == ours[k].shape}
-    matched.update(per_step_copies(matched, ours))  # MAML++'s per-step pairs start from a one-pair network's
+    matched.update(per_step_copies(theirs, ours))  # MAML++'s per-step pairs from a one-pair network's, and back
     if not matched:
         raise ConfigError(f"trainer.init_from={source} shares no parameter (same name and shape) with this meta-network; "
                           "pass a checkpoint of a run with the same encoder")

@@ -146,8 +146,13 @@ class MetaModel(nn.Module):
         if self.decoder.modulates_encoder:
             # CNAPs: the decoder's own set encoder reads the support images and sets this task's FiLM parameters.
             film = self.decoder.modulation(support_images, support_labels)
-        if query_images is None:
-            support = query = self.embed(support_images, film)
+        if query_images is None:  # the support set scores itself (an inner step): under "support", by its own statistics
+            shot_rows = support_images.shape[1] if self.statistics == "support" else None
+            with self._support_statistics(shot_rows, support_images.shape[1]):
+                support = query = self.embed(support_images, film)
+        elif self.statistics == "separate" and not self.decoder.reads_support:  # MAML's linear head scores the queries
+            query = self.embed(query_images, film)  # alone: the support set's pass would be work (and BNRS statistics)
+            support = query[:, :0]  # for nothing; an empty set in its place
         else:
             support, query = self.embed_task(support_images, query_images, film)
         return film, support, query

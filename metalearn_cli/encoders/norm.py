@@ -66,17 +66,19 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
             return self._affine(self._per_step(x))
         if not self.split_affine and not hasattr(self, "step_weight"):
             return super().forward(x)
+        # As nn.BatchNorm2d decides: in training the batch's statistics (the running ones moved only when tracked); in
+        # evaluation the stored ones, so an evaluation never writes them (nor hands vmap unbatched buffers to fill).
         tracking = self.training and self.track_running_stats
         if tracking and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-        use_batch_stats = self.training or not self.track_running_stats
+        stored = not self.training or tracking
         y = F.batch_norm(
             x,
-            self.running_mean if not self.training or tracking else None,
-            self.running_var if not self.training or tracking else None,
+            self.running_mean if stored else None,
+            self.running_var if stored else None,
             None,
             None,
-            use_batch_stats,
+            self.training or self.running_mean is None,
             self.momentum if self.momentum is not None else 0.0,
             self.eps,
         )
@@ -119,14 +121,23 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
 
 
 def per_step_copies(theirs: dict[str, Any], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-step scales and shifts (BNWB) that ``theirs`` lacks, each step a copy of the layer's own pair
-    there: a network pre-trained with one pair per layer starts every step from it."""
+    """Batch-norm pairs across BNWB's line, for starting one network from another's weights: a network with one
+    pair per layer starts each of ours steps' pairs (``step_weight``/``step_bias``) from it, and a one-pair network
+    of ours takes a BNWB network's last step's pair (the one its query pass used), not the frozen own pair beside it.
+    Only where ``theirs`` has no such key at all: a BNWB source with another step count gives nothing."""
     copies = {}
     for key, like in ours.items():
-        own = key.replace(".step_weight", ".weight").replace(".step_bias", ".bias")
-        source = theirs.get(own)
-        if own != key and key not in theirs and isinstance(source, torch.Tensor) and source.shape == like.shape[1:]:
-            copies[key] = source.expand_as(like).clone()
+        if key.endswith((".step_weight", ".step_bias")):
+            own = key.replace(".step_weight", ".weight").replace(".step_bias", ".bias")
+            source = theirs.get(own)
+            if key not in theirs and isinstance(source, torch.Tensor) and source.is_floating_point() and source.shape == like.shape[1:]:
+                copies[key] = source.expand_as(like).clone()
+        elif key.endswith((".weight", ".bias")):
+            steps = key.replace(".weight", ".step_weight").replace(".bias", ".step_bias")
+            source = theirs.get(steps)
+            if (steps not in ours and isinstance(source, torch.Tensor) and source.is_floating_point() and source.dim() == 2
+                    and source.shape[1:] == like.shape):
+                copies[key] = source[-1].clone()
     return copies
 
 
@@ -146,10 +157,11 @@ class StepStatistics:
             if affine and m.affine:
                 m.use_per_step_affine(max(steps or 1, 1))
 
-    def at(self, step: int) -> None:
-        """The inner step whose statistics the next pass uses (and, training, records)."""
+    def at(self, step: Optional[int]) -> None:
+        """The inner step whose statistics the next pass uses (and, training, records); None after an inner loop, so a
+        pass outside one normalises as the layer alone would (BNWB's pair: the last step's)."""
         for m in self.norms:
-            m.step = max(step, 0)
+            m.step = None if step is None else max(step, 0)
 
     def since(self, start: int) -> list[torch.Tensor]:
         """The statistics recorded after ``start`` (``len(records)`` before a pass), flat: returned as

@@ -151,6 +151,9 @@ class MAML(Strategy):
 
     def _check_per_step_bn_params(self) -> None:
         p = self.params_
+        if p.adapt is Adapt.head:
+            raise ConfigError(f"strategy={p.name} with strategy.adapt=head embeds each task once, so of "
+                              "strategy.per_step_bn_params's per-step pairs only the first would be used; use strategy=maml")
         if p.adapt_norm:
             raise ConfigError("strategy.per_step_bn_params=true (MAML++'s per-step batch-norm scales and shifts) needs "
                               "strategy.adapt_norm=false: MAML++ learns them across tasks only, never in the inner loop")
@@ -235,6 +238,7 @@ class MAML(Strategy):
                 per_step.append(forward(fast, qx).logits[0])
         self.bn_steps.at(steps - 1)  # the query pass after step j uses step j's statistics, as MAML++'s code
         final = forward(fast, qx, with_stats=with_stats)
+        self.bn_steps.at(None)  # a pass outside the inner loop (an embedding) is no step's
         logits = torch.stack([*per_step, final.logits[0]]) if every_step else final.logits[0]
         return logits, final.regularizer, {k: v[0] for k, v in final.stats.items()}
 
@@ -268,7 +272,7 @@ class MAML(Strategy):
         p = self.params_
         done = self.meta_iterations.value if hasattr(self, "meta_iterations") else 0
         create_graph = not p.first_order and done >= p.first_order_until
-        multi_step = p.multi_step_loss and p.inner_steps > 1
+        multi_step = p.multi_step_loss and p.inner_steps > 1 and done < p.msl_anneal  # then the last step's loss alone
         with self.bn_steps.recording():
             logits, regularizer, _ = self._batch_logits(batch, p.inner_steps, create_graph, every_step=multi_step)
         if multi_step:  # [T, steps, Q, N]: a weighted sum of the query losses after each step

@@ -480,6 +480,7 @@ def test_per_step_bn_params_give_each_inner_step_its_own_scale_and_shift_meta_le
 @pytest.mark.parametrize(("options", "said"), [
     ({"adapt_norm": True}, "needs strategy.adapt_norm=false"),
     ({"adapt_norm": False, "inner_steps": 0}, "needs strategy.inner_steps >= 1"),
+    ({"adapt_norm": False, "adapt": "head"}, "only the first would be used"),
 ])
 def test_per_step_bn_params_refuse_what_maml_plus_plus_never_did(options, said):
     with pytest.raises(ConfigError, match=said):
@@ -498,6 +499,10 @@ def test_per_step_bn_params_start_from_a_one_pair_network():
     key = next(k for k in copies if k.endswith("step_bias"))
     assert copies[key].shape[0] == 3 and all(torch.equal(row, theirs[key.replace("step_bias", "bias")]) for row in copies[key])
     assert not per_step_copies(maml.state_dict(), maml.state_dict())  # a BNWB source keeps its own pairs
+    other, _ = setup(inner_steps=2, adapt_norm=False, per_step_bn_params=True)
+    assert not any(".step_" in k for k in per_step_copies(other.state_dict(), maml.state_dict()))  # not its frozen pair
+    back = per_step_copies(maml.state_dict(), plain.state_dict())  # a one-pair network takes the last step's pair
+    assert back and torch.equal(back[key.replace("step_bias", "bias")], maml.state_dict()[key][-1])
 
 
 def test_cli_trains_maml_plus_plus_batch_norm_from_a_pretraining_stage_and_refuses_adapted_pairs(tmp_path):
@@ -540,3 +545,47 @@ def test_per_step_bn_params_run_under_vmap_as_in_the_loop():
     assert grads["loop"].keys() == grads["vmap"].keys() and any("step_weight" in n for n in grads["loop"])
     for name, g in grads["loop"].items():
         torch.testing.assert_close(grads["vmap"][name], g, rtol=1e-5, atol=1e-8, msg=name)
+
+
+@pytest.mark.parametrize("vectorize", ["loop", "vmap"])
+@pytest.mark.parametrize("bnwb", [False, True])
+def test_support_mode_normalises_every_pass_by_the_support_set_and_writes_no_statistics(vectorize, bnwb):
+    """Under eval.bn_mode=support the inner steps' support passes are normalised by the support set's statistics
+    too (they once went unnormalised), so scaling every image changes no prediction; nothing stored is written,
+    and vmap runs it (BNWB's split batch norm once wrote the running buffers, which vmap refused)."""
+    from metalearn_cli.encoders.norm import batch_norm_mode
+
+    options = {"adapt_norm": False, "per_step_bn_params": True} if bnwb else {}
+    maml, batch = setup(vectorize=vectorize, inner_steps=2, inner_lr=0.5, **options)
+    stored = {k: v.clone() for k, v in maml.state_dict().items()}
+    scaled = type(batch)(batch.support_images * 3, batch.support_labels, batch.query_images * 3, batch.query_labels, 3, 1, 2)
+    with batch_norm_mode(maml.model, "support"):
+        a, b = maml.predict(batch).logits, maml.predict(scaled).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=5e-3)  # batch norm's eps aside; unnormalised, 0.6-0.9 apart
+    assert all(torch.equal(v, stored[k]) for k, v in maml.state_dict().items())
+    assert all(m.step is None for m in maml.bn_steps.norms)  # the inner loop's step does not outlive it
+
+
+def test_the_multi_step_loss_stops_scoring_every_step_once_annealed(monkeypatch):
+    """After msl_anneal the weights are the last step's alone, as MAML++'s code: the earlier query passes go."""
+    maml, batch = setup(vectorize="loop", inner_steps=3, multi_step_loss=True, msl_anneal=2)
+    asked = []
+    original = maml._batch_logits
+    monkeypatch.setattr(maml, "_batch_logits", lambda *a, **k: asked.append(k.get("every_step")) or original(*a, **k))
+    for _ in range(3):
+        meta_gradients(maml, batch)  # a meta-step, counted
+    assert asked == [True, True, False]
+
+
+def test_the_query_pass_of_a_linear_head_embeds_the_queries_alone():
+    """MAML's linear head never reads the support set, so scoring the queries embeds them alone: one encoder pass
+    per inner step and one for the queries (MAML++'s code likewise), not a support pass beside each query pass."""
+    maml, batch = setup(vectorize="loop", inner_steps=2, eval_inner_steps=2)
+    sizes = []
+    hook = maml.model.encoder.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+    with torch.no_grad():
+        maml.eval()
+        maml.predict(batch)
+    hook.remove()
+    per_task = [1 * 3] * 2 + [2 * 3]  # 3-way 1-shot support, twice; then 2 queries per class
+    assert sizes == per_task * batch.tasks
