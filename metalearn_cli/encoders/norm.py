@@ -122,23 +122,25 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
 
 def per_step_copies(theirs: dict[str, Any], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Batch-norm pairs across BNWB's line, for starting one network from another's weights: a network with one
-    pair per layer starts each of ours steps' pairs (``step_weight``/``step_bias``) from it, and a one-pair network
+    pair per layer starts each of our steps' pairs (``step_weight``/``step_bias``) from it, and a one-pair network
     of ours takes a BNWB network's last step's pair (the one its query pass used), not the frozen own pair beside it.
     Only where ``theirs`` has no such key at all: a BNWB source with another step count gives nothing."""
     copies = {}
     for key, like in ours.items():
-        if key.endswith((".step_weight", ".step_bias")):
-            own = key.replace(".step_weight", ".weight").replace(".step_bias", ".bias")
-            source = theirs.get(own)
-            if key not in theirs and isinstance(source, torch.Tensor) and source.is_floating_point() and source.shape == like.shape[1:]:
+        layer, _, name = key.rpartition(".")
+        if name in ("step_weight", "step_bias"):  # ours per step, theirs one pair
+            source = theirs.get(f"{layer}.{name[len('step_'):]}")
+            if key not in theirs and _floating(source) and source.shape == like.shape[1:]:
                 copies[key] = source.expand_as(like).clone()
-        elif key.endswith((".weight", ".bias")):
-            steps = key.replace(".weight", ".step_weight").replace(".bias", ".step_bias")
-            source = theirs.get(steps)
-            if (steps not in ours and isinstance(source, torch.Tensor) and source.is_floating_point() and source.dim() == 2
-                    and source.shape[1:] == like.shape):
+        elif name in ("weight", "bias") and f"{layer}.step_{name}" not in ours:  # ours one pair, theirs per step
+            source = theirs.get(f"{layer}.step_{name}")
+            if _floating(source) and source.dim() == 2 and source.shape[1:] == like.shape:
                 copies[key] = source[-1].clone()
     return copies
+
+
+def _floating(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
 
 
 class StepStatistics:
