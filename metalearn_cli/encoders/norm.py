@@ -147,17 +147,16 @@ class StepStatistics:
     """MAML++'s per-step batch norm of a model's batch-norm layers: which inner step's set a pass uses;
     with ``statistics`` (BNRS), in training, the batch statistics each pass recorded, folded into each
     step's set once the meta-step is done; with ``affine`` (BNWB), each step's scale and shift. Off
-    (every method a no-op) unless ``steps`` is given."""
+    (every method a no-op) unless one of them is asked for."""
 
-    def __init__(self, model: nn.Module, steps: Optional[int], statistics: bool = True, affine: bool = False) -> None:
-        self.on = steps is not None and (statistics or affine)
-        self.norms = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)] if self.on else []
+    def __init__(self, model: nn.Module, steps: int, statistics: bool = True, affine: bool = False) -> None:
+        self.norms = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)] if statistics or affine else []
         self.records: list[Record] = []
         for m in self.norms:
             if statistics:
-                m.use_per_step(max(steps or 1, 1))
+                m.use_per_step(max(steps, 1))
             if affine and m.affine:
-                m.use_per_step_affine(max(steps or 1, 1))
+                m.use_per_step_affine(max(steps, 1))
 
     def at(self, step: Optional[int]) -> None:
         """The inner step whose statistics the next pass uses (and, training, records); None after an inner loop, so a

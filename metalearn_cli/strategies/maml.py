@@ -80,8 +80,7 @@ class MAML(Strategy):
         self.bn_auto, self.stored_statistics = "transductive", ()
         # BNRS: MAML++'s code normalises with batch statistics at every step, evaluation included (auto stays
         # transductive); the statistics it stores per inner step are an inductive option beside it.
-        self.bn_steps = StepStatistics(model, params.inner_steps if params.per_step_bn or params.per_step_bn_params else None,
-                                       statistics=params.per_step_bn, affine=params.per_step_bn_params)
+        self.bn_steps = StepStatistics(model, params.inner_steps, statistics=params.per_step_bn, affine=params.per_step_bn_params)
         if params.per_step_bn:
             self.stored_statistics = ("per_step",)
         norm = norm_parameters(model) if not params.adapt_norm else set()
